@@ -1,0 +1,143 @@
+//! The [`BlobStore`] trait and the types it exchanges.
+//!
+//! The trait is synchronous and object safe: lookups are in-memory, and callers that move
+//! large blobs run reads and uploads on blocking threads (`spawn_blocking`), so one slow disk
+//! never stalls the async runtime.
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::digest::{Digest, DigestError};
+use crate::meta::MetaError;
+
+/// Why a store operation failed. A missing blob is not an error: lookups return `None`.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The uploaded data does not match the digest it was sent under.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    /// More data arrived than the digest's size allows.
+    #[error("upload of {digest} overflows: {received} bytes received, digest says {expected}")]
+    Overflow {
+        /// The blob being uploaded.
+        digest: Digest,
+        /// Bytes received so far.
+        received: u64,
+        /// The size the digest names.
+        expected: u64,
+    },
+    /// The blob cannot be stored: eviction could not free enough space within the budget.
+    #[error("no room for {digest}: needs {needed} bytes, budget {budget} bytes, {pinned} bytes pinned or too recent to evict")]
+    Full {
+        /// The blob that did not fit.
+        digest: Digest,
+        /// Bytes it needs at rest.
+        needed: u64,
+        /// The store's byte budget.
+        budget: u64,
+        /// Bytes that eviction may not touch.
+        pinned: u64,
+    },
+    /// A stored blob failed its hash check while being read; it has been removed.
+    #[error("stored blob {digest} is corrupt and has been removed: {reason}")]
+    Corrupt {
+        /// The blob that failed.
+        digest: Digest,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("failed to write blob file", ...).
+        op: &'static str,
+        /// The path involved.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The index could not be read or written.
+    #[error("blob index: {0}")]
+    Meta(#[from] MetaError),
+}
+
+impl StoreError {
+    pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            op,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Figures for metrics and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Number of blobs stored.
+    pub blobs: u64,
+    /// Sum of the blobs' logical sizes.
+    pub logical_bytes: u64,
+    /// Bytes they take at rest (after compression).
+    pub stored_bytes: u64,
+    /// The byte budget eviction keeps `stored_bytes` under (`u64::MAX`: none).
+    pub budget_bytes: u64,
+    /// Blobs evicted since start.
+    pub evicted: u64,
+}
+
+/// A verified, streaming read of one blob: chunks of its uncompressed bytes from the requested
+/// offset. The whole blob is hashed as it is read; if it does not match its digest, the last
+/// call returns [`StoreError::Corrupt`] instead of `Ok(None)` and the blob is removed, so a
+/// reader that waits for the end never accepts wrong bytes.
+pub trait BlobRead: Send {
+    /// The next chunk, or `None` at the verified end.
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError>;
+}
+
+/// A boxed [`BlobRead`].
+pub type BlobReader = Box<dyn BlobRead>;
+
+/// An upload in progress: uncompressed bytes in order, then [`Upload::commit`]. Dropping an
+/// upload without committing discards it; nothing partial is ever visible.
+pub trait Upload: Send {
+    /// The digest being uploaded.
+    fn digest(&self) -> Digest;
+    /// Appends bytes. Refuses more bytes than the digest's size.
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
+    /// Bytes received so far.
+    fn received(&self) -> u64;
+    /// Verifies the data against the digest and makes the blob visible.
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A content-addressed blob store. The empty blob of every function is always present.
+pub trait BlobStore: Send + Sync + 'static {
+    /// The digests of `digests` that are not stored, in request order. Present blobs count as
+    /// used (their access time is refreshed in memory).
+    fn find_missing(&self, digests: &[Digest]) -> Vec<Digest>;
+
+    /// Whether the blob is stored; does not refresh its access time.
+    fn contains(&self, digest: &Digest) -> bool;
+
+    /// Marks blobs as used now (for example the outputs of an ActionCache entry just read or
+    /// written), so eviction takes them last.
+    fn touch(&self, digests: &[Digest]);
+
+    /// Reads a whole blob, verified. `None` if it is missing or was found corrupt (and removed).
+    fn read(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError>;
+
+    /// Opens a streaming, verified read from uncompressed `offset` (at most the blob's size).
+    fn open(&self, digest: &Digest, offset: u64) -> Result<Option<BlobReader>, StoreError>;
+
+    /// Stores `data` after verifying it against `digest`. Storing a blob that is already
+    /// present is a no-op.
+    fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Starts a streaming upload of `digest`.
+    fn begin_upload(&self, digest: &Digest) -> Result<Box<dyn Upload>, StoreError>;
+
+    /// Current figures.
+    fn stats(&self) -> StoreStats;
+}

@@ -1,0 +1,611 @@
+//! [`DiskStore`]: blobs as files under the data directory.
+//!
+//! Layout: `blobs/{function}/{first two hex digits}/{hash}` for raw blobs and `....zst` for
+//! blobs kept zstd-compressed (when compression shrinks them by a tenth or more). Every write
+//! goes to `tmp/` first and is renamed into place only after its hash has been verified, so a
+//! partial or wrong blob is never visible. Blob files are not fsynced: a blob lost in a machine
+//! crash is a cache miss that clients repair by uploading again (DESIGN.md §3). At start the
+//! index and the files are reconciled: records without files are dropped, files without
+//! records (written just before a crash) are deleted.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::blob_store::{BlobRead, BlobReader, BlobStore, StoreError, StoreStats, Upload};
+use super::index::{self, Entry, Form, Index, Victim, now_ms};
+use crate::digest::{Digest, DigestFunction, Hasher};
+use crate::meta::MetadataStore;
+
+/// Uploads up to this size are held in memory and written in one go.
+const BUFFER_LIMIT: usize = 256 * 1024;
+/// Bytes per chunk handed out by readers.
+const READ_CHUNK: usize = 256 * 1024;
+/// Blobs smaller than this are never compressed at rest.
+const COMPRESS_MIN: usize = 512;
+const ZSTD_LEVEL: i32 = 1;
+
+/// How a [`DiskStore`] is set up.
+#[derive(Debug, Clone)]
+pub struct DiskStoreOptions {
+    /// Directory holding `blobs/` and `tmp/`.
+    pub root: PathBuf,
+    /// Bytes the blobs may take at rest; eviction keeps under it.
+    pub budget_bytes: u64,
+    /// Blobs used within this window are not evicted.
+    pub protect_recent: Duration,
+    /// Whether to keep compressible blobs zstd-compressed at rest.
+    pub compress: bool,
+}
+
+impl DiskStoreOptions {
+    /// Defaults for `root`: no budget, a minute of protection, compression on.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DiskStoreOptions {
+            root: root.into(),
+            budget_bytes: u64::MAX,
+            protect_recent: Duration::from_secs(60),
+            compress: true,
+        }
+    }
+}
+
+/// A blob store on the local filesystem, indexed in the metadata store.
+#[derive(Clone)]
+pub struct DiskStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    compress: bool,
+    index: Mutex<Index>,
+    meta: Arc<dyn MetadataStore>,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("blobs", &self.inner.blobs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::io(op, path, source)
+}
+
+impl DiskStore {
+    /// Opens (creating) the store under `options.root`, loads the index from `meta` and
+    /// reconciles it with the files.
+    pub fn open(meta: Arc<dyn MetadataStore>, options: DiskStoreOptions) -> Result<Self, StoreError> {
+        let blobs = options.root.join("blobs");
+        let tmp = options.root.join("tmp");
+        // Leftovers of uploads that never finished.
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_err("failed to clear", &tmp))?;
+        }
+        fs::create_dir_all(&tmp).map_err(io_err("failed to create", &tmp))?;
+        for function in [DigestFunction::Sha256, DigestFunction::Blake3] {
+            for shard in 0..=255u8 {
+                let dir = blobs.join(function.name()).join(hex::encode([shard]));
+                fs::create_dir_all(&dir).map_err(io_err("failed to create", &dir))?;
+            }
+        }
+        let table = meta.table(index::TABLE)?;
+        let index = Index::load(table, options.budget_bytes, options.protect_recent)?;
+        let inner = Inner {
+            blobs,
+            tmp,
+            compress: options.compress,
+            index: Mutex::new(index),
+            meta,
+        };
+        inner.reconcile()?;
+        Ok(DiskStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Writes access times changed since the last call to the metadata store (not flushed:
+    /// they are hints). The coordinator calls this every few seconds and at shutdown.
+    pub fn write_back_access_times(&self) -> Result<(), StoreError> {
+        let batch = self.inner.lock().take_dirty();
+        if let Some(batch) = batch {
+            self.inner.meta.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `digests` from eviction until the returned guard is dropped. Digests not stored
+    /// are ignored.
+    pub fn pin(&self, digests: &[Digest]) -> PinGuard {
+        let mut index = self.inner.lock();
+        let pinned = digests.iter().filter(|d| index.pin(d)).copied().collect();
+        PinGuard {
+            inner: Arc::clone(&self.inner),
+            digests: pinned,
+        }
+    }
+}
+
+/// Keeps blobs pinned; see [`DiskStore::pin`].
+pub struct PinGuard {
+    inner: Arc<Inner>,
+    digests: Vec<Digest>,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let mut index = self.inner.lock();
+        for digest in &self.digests {
+            index.unpin(digest);
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // Index mutations keep it consistent at every step, so a poisoned lock is still usable.
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn path(&self, digest: &Digest, form: Form) -> PathBuf {
+        let hash = digest.hash_hex();
+        let mut path = self
+            .blobs
+            .join(digest.function.name())
+            .join(&hash[..2])
+            .join(&hash);
+        if form == Form::Zstd {
+            path.set_extension("zst");
+        }
+        path
+    }
+
+    fn reconcile(&self) -> Result<(), StoreError> {
+        let mut index = self.lock();
+        let mut by_file: HashMap<PathBuf, Digest> = index
+            .digests()
+            .map(|(d, e)| (self.path(d, e.form), *d))
+            .collect();
+        let mut orphans = 0usize;
+        for function in [DigestFunction::Sha256, DigestFunction::Blake3] {
+            for shard in 0..=255u8 {
+                let dir = self.blobs.join(function.name()).join(hex::encode([shard]));
+                let entries = fs::read_dir(&dir).map_err(io_err("failed to list", &dir))?;
+                for entry in entries {
+                    let path = entry.map_err(io_err("failed to list", &dir))?.path();
+                    if by_file.remove(&path).is_none() {
+                        orphans += 1;
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        let lost: Vec<Digest> = by_file.into_values().collect();
+        for digest in &lost {
+            index.remove(digest);
+        }
+        if orphans > 0 || !lost.is_empty() {
+            tracing::warn!(orphans, lost = lost.len(), "reconciled blob index with files");
+        }
+        tracing::info!(
+            blobs = index.len(),
+            stored_bytes = index.stored_bytes(),
+            "blob store opened"
+        );
+        Ok(())
+    }
+
+    /// Drops a blob whose file failed verification or vanished.
+    fn discard(&self, digest: &Digest, reason: &str) {
+        let mut index = self.lock();
+        if let Some(entry) = index.remove(digest) {
+            tracing::error!(%digest, reason, "removing corrupt blob");
+            let _ = fs::remove_file(self.path(digest, entry.form));
+        }
+    }
+
+    /// Moves a verified temporary file into place and records it. Evicts as needed while
+    /// holding the index lock, so an eviction can never delete a file that a concurrent
+    /// upload of the same digest has just put in place.
+    fn install(&self, digest: Digest, tmp: &Path, form: Form, stored: u64) -> Result<(), StoreError> {
+        let mut index = self.lock();
+        let now = now_ms();
+        if index.touch(&digest, now) {
+            drop(index);
+            let _ = fs::remove_file(tmp);
+            return Ok(());
+        }
+        let victims = match index.make_room(stored, now) {
+            Ok(victims) => victims,
+            Err(pinned) => {
+                let budget = index.budget;
+                drop(index);
+                let _ = fs::remove_file(tmp);
+                return Err(StoreError::Full {
+                    digest,
+                    needed: stored,
+                    budget,
+                    pinned,
+                });
+            }
+        };
+        for Victim { digest, form } in &victims {
+            let _ = fs::remove_file(self.path(digest, *form));
+        }
+        let path = self.path(&digest, form);
+        if let Err(source) = fs::rename(tmp, &path) {
+            drop(index);
+            let _ = fs::remove_file(tmp);
+            return Err(StoreError::io("failed to move blob into place at", &path, source));
+        }
+        let entry = Entry {
+            stored,
+            form,
+            last_access: now,
+            pins: 0,
+        };
+        if let Err(error) = index.insert(digest, entry) {
+            let _ = fs::remove_file(&path);
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.tmp.join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    fn write_whole(&self, digest: Digest, data: &[u8]) -> Result<(), StoreError> {
+        let compressed = if self.compress {
+            compress_if_smaller(data)
+        } else {
+            None
+        };
+        let (form, bytes) = match &compressed {
+            Some(c) => (Form::Zstd, c.as_slice()),
+            None => (Form::Raw, data),
+        };
+        let tmp = self.tmp_path();
+        fs::write(&tmp, bytes).map_err(io_err("failed to write blob file", &tmp))?;
+        self.install(digest, &tmp, form, bytes.len() as u64)
+    }
+}
+
+/// zstd-compresses `data` if that saves at least a tenth of it.
+fn compress_if_smaller(data: &[u8]) -> Option<Vec<u8>> {
+    if data.len() < COMPRESS_MIN {
+        return None;
+    }
+    let compressed = zstd::bulk::compress(data, ZSTD_LEVEL).ok()?;
+    (compressed.len() <= data.len() / 10 * 9).then_some(compressed)
+}
+
+impl BlobStore for DiskStore {
+    fn find_missing(&self, digests: &[Digest]) -> Vec<Digest> {
+        let now = now_ms();
+        let mut index = self.inner.lock();
+        digests
+            .iter()
+            .filter(|d| !d.is_empty_blob() && !index.touch(d, now))
+            .copied()
+            .collect()
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        digest.is_empty_blob() || self.inner.lock().get(digest).is_some()
+    }
+
+    fn touch(&self, digests: &[Digest]) {
+        let now = now_ms();
+        let mut index = self.inner.lock();
+        for digest in digests {
+            index.touch(digest, now);
+        }
+    }
+
+    fn read(&self, digest: &Digest) -> Result<Option<Bytes>, StoreError> {
+        let Some(mut reader) = self.open(digest, 0)? else {
+            return Ok(None);
+        };
+        let mut out = BytesMut::with_capacity(usize::try_from(digest.size_bytes).unwrap_or(0));
+        loop {
+            match reader.next_chunk() {
+                Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+                Ok(None) => return Ok(Some(out.freeze())),
+                // Removed by the reader; to a whole-blob caller it is simply missing.
+                Err(StoreError::Corrupt { .. }) => return Ok(None),
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    fn open(&self, digest: &Digest, offset: u64) -> Result<Option<BlobReader>, StoreError> {
+        let offset = offset.min(digest.size_bytes);
+        if digest.is_empty_blob() {
+            return Ok(Some(Box::new(EmptyReader)));
+        }
+        let entry = {
+            let mut index = self.inner.lock();
+            index.touch(digest, now_ms());
+            index.get(digest)
+        };
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let path = self.inner.path(digest, entry.form);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                self.inner.discard(digest, "file missing");
+                return Ok(None);
+            }
+            Err(error) => return Err(StoreError::io("failed to open blob file", &path, error)),
+        };
+        let source: Box<dyn Read + Send> = match entry.form {
+            Form::Raw => Box::new(BufReader::with_capacity(READ_CHUNK, file)),
+            Form::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(file)
+                    .map_err(io_err("failed to open zstd blob", &path))?,
+            ),
+        };
+        Ok(Some(Box::new(DiskReader {
+            inner: Arc::clone(&self.inner),
+            digest: *digest,
+            source,
+            hasher: digest.function.hasher(),
+            pos: 0,
+            offset,
+            finished: false,
+        })))
+    }
+
+    fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
+        digest.verify(data)?;
+        if self.contains(digest) {
+            self.touch(std::slice::from_ref(digest));
+            return Ok(());
+        }
+        self.inner.write_whole(*digest, data)
+    }
+
+    fn begin_upload(&self, digest: &Digest) -> Result<Box<dyn Upload>, StoreError> {
+        Ok(Box::new(DiskUpload {
+            inner: Arc::clone(&self.inner),
+            digest: *digest,
+            hasher: digest.function.hasher(),
+            buffer: Vec::new(),
+            sink: None,
+            received: 0,
+        }))
+    }
+
+    fn stats(&self) -> StoreStats {
+        let index = self.inner.lock();
+        StoreStats {
+            blobs: index.len() as u64,
+            logical_bytes: index.logical_bytes(),
+            stored_bytes: index.stored_bytes(),
+            budget_bytes: index.budget,
+            evicted: index.evicted,
+        }
+    }
+}
+
+struct EmptyReader;
+
+impl BlobRead for EmptyReader {
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
+        Ok(None)
+    }
+}
+
+struct DiskReader {
+    inner: Arc<Inner>,
+    digest: Digest,
+    source: Box<dyn Read + Send>,
+    hasher: Hasher,
+    pos: u64,
+    offset: u64,
+    finished: bool,
+}
+
+impl DiskReader {
+    fn corrupt(&mut self, reason: String) -> StoreError {
+        self.finished = true;
+        self.inner.discard(&self.digest, &reason);
+        StoreError::Corrupt {
+            digest: self.digest,
+            reason,
+        }
+    }
+}
+
+impl BlobRead for DiskReader {
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let size = self.digest.size_bytes;
+        loop {
+            if self.pos == size {
+                // The blob must end exactly here and hash to its digest.
+                let mut probe = [0u8; 1];
+                let extra = self.source.read(&mut probe).unwrap_or(0);
+                let hasher = std::mem::replace(&mut self.hasher, self.digest.function.hasher());
+                let actual = hasher.finish_digest();
+                if extra != 0 {
+                    return Err(self.corrupt("file is longer than the digest's size".into()));
+                }
+                if let Err(error) = self.digest.verify_against(&actual) {
+                    return Err(self.corrupt(error.to_string()));
+                }
+                self.finished = true;
+                return Ok(None);
+            }
+            let want = usize::try_from(size - self.pos).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
+            let mut buf = BytesMut::zeroed(want);
+            let mut filled = 0;
+            while filled < want {
+                match self.source.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(self.corrupt(format!("unreadable: {error}"))),
+                }
+            }
+            if filled == 0 {
+                return Err(self.corrupt(format!(
+                    "file ends after {} of {size} bytes",
+                    self.pos
+                )));
+            }
+            buf.truncate(filled);
+            self.hasher.update(&buf);
+            let start = self.pos;
+            self.pos += filled as u64;
+            if self.pos <= self.offset {
+                continue;
+            }
+            let skip = usize::try_from(self.offset.saturating_sub(start)).unwrap_or(0);
+            let mut chunk = buf.freeze();
+            if skip > 0 {
+                chunk = chunk.slice(skip..);
+            }
+            return Ok(Some(chunk));
+        }
+    }
+}
+
+enum Sink {
+    Raw(BufWriter<File>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+}
+
+struct DiskUpload {
+    inner: Arc<Inner>,
+    digest: Digest,
+    hasher: Hasher,
+    /// The first bytes, until they pass [`BUFFER_LIMIT`].
+    buffer: Vec<u8>,
+    /// Once past the limit: the temporary file being written.
+    sink: Option<(PathBuf, Sink)>,
+    received: u64,
+}
+
+impl DiskUpload {
+    fn open_sink(&mut self) -> Result<(), StoreError> {
+        let path = self.inner.tmp_path();
+        let file = File::create(&path).map_err(io_err("failed to create", &path))?;
+        let writer = BufWriter::with_capacity(1 << 20, file);
+        // Decide the at-rest form from the first quarter MiB.
+        let sink = if self.inner.compress && compress_if_smaller(&self.buffer).is_some() {
+            let encoder = zstd::stream::write::Encoder::new(writer, ZSTD_LEVEL)
+                .map_err(io_err("failed to start zstd for", &path))?;
+            Sink::Zstd(encoder)
+        } else {
+            Sink::Raw(writer)
+        };
+        self.sink = Some((path, sink));
+        let buffered = std::mem::take(&mut self.buffer);
+        self.write_sink(&buffered)
+    }
+
+    fn write_sink(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        if let Some((path, sink)) = &mut self.sink {
+            let result = match sink {
+                Sink::Raw(w) => w.write_all(data),
+                Sink::Zstd(w) => w.write_all(data),
+            };
+            result.map_err(io_err("failed to write", path))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DiskUpload {
+    fn drop(&mut self) {
+        if let Some((path, _)) = self.sink.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+impl Upload for DiskUpload {
+    fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let received = self.received + data.len() as u64;
+        if received > self.digest.size_bytes {
+            return Err(StoreError::Overflow {
+                digest: self.digest,
+                received,
+                expected: self.digest.size_bytes,
+            });
+        }
+        self.hasher.update(data);
+        self.received = received;
+        if self.sink.is_some() {
+            self.write_sink(data)
+        } else {
+            self.buffer.extend_from_slice(data);
+            if self.buffer.len() > BUFFER_LIMIT {
+                self.open_sink()?;
+            }
+            Ok(())
+        }
+    }
+
+    fn received(&self) -> u64 {
+        self.received
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let hasher = std::mem::replace(&mut self.hasher, self.digest.function.hasher());
+        self.digest.verify_against(&hasher.finish_digest())?;
+        let Some((path, sink)) = self.sink.take() else {
+            let buffer = std::mem::take(&mut self.buffer);
+            if self.digest.is_empty_blob() {
+                return Ok(());
+            }
+            if self.inner.lock().touch(&self.digest, now_ms()) {
+                return Ok(());
+            }
+            return self.inner.write_whole(self.digest, &buffer);
+        };
+        let (form, finished) = match sink {
+            Sink::Raw(w) => (Form::Raw, w.into_inner().map_err(|e| e.into_error())),
+            Sink::Zstd(w) => (
+                Form::Zstd,
+                w.finish()
+                    .and_then(|w| w.into_inner().map_err(|e| e.into_error())),
+            ),
+        };
+        let file = match finished {
+            Ok(file) => file,
+            Err(source) => {
+                let _ = fs::remove_file(&path);
+                return Err(StoreError::io("failed to finish", &path, source));
+            }
+        };
+        let stored = match file.metadata() {
+            Ok(meta) => meta.len(),
+            Err(source) => {
+                let _ = fs::remove_file(&path);
+                return Err(StoreError::io("failed to stat", &path, source));
+            }
+        };
+        drop(file);
+        self.inner.install(self.digest, &path, form, stored)
+    }
+}

@@ -1,0 +1,384 @@
+//! The disk store's index: what is stored, in which form, and when it was last used.
+//!
+//! The whole index lives in memory (a blob costs a few dozen bytes), so FindMissingBlobs is a
+//! hash-map probe per digest and never touches the database. Every insert and removal is also
+//! written to the metadata store table `blobs`; access times are only kept in memory and written
+//! back in batches by [`Index::write_back`], because losing some of them in a crash only makes
+//! eviction slightly less exact. Eviction is least-recently-used to a byte budget and skips
+//! pinned blobs and blobs used within the protection window.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::digest::{Digest, DigestFunction};
+use crate::meta::{Batch, MetaError, Table};
+
+/// Name of the metadata table holding one record per blob.
+pub(crate) const TABLE: &str = "blobs";
+
+/// How a blob sits on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// The bytes themselves.
+    Raw,
+    /// One zstd frame.
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    pub(crate) stored: u64,
+    pub(crate) form: Form,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) last_access: u64,
+    pub(crate) pins: u32,
+}
+
+/// A blob eviction chose; the caller deletes its file while still holding the index lock.
+#[derive(Debug)]
+pub(crate) struct Victim {
+    pub(crate) digest: Digest,
+    pub(crate) form: Form,
+}
+
+pub(crate) struct Index {
+    entries: HashMap<Digest, Entry>,
+    dirty: HashSet<Digest>,
+    stored_bytes: u64,
+    logical_bytes: u64,
+    pub(crate) budget: u64,
+    pub(crate) protect: Duration,
+    pub(crate) evicted: u64,
+    table: Table,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    // Never go backwards, so LRU order is stable across clock steps.
+    LAST.fetch_max(now, Ordering::Relaxed).max(now)
+}
+
+pub(crate) fn key(digest: &Digest) -> Vec<u8> {
+    let mut key = Vec::with_capacity(41);
+    key.push(match digest.function {
+        DigestFunction::Sha256 => 1,
+        DigestFunction::Blake3 => 9,
+    });
+    key.extend_from_slice(&digest.hash);
+    key.extend_from_slice(&digest.size_bytes.to_be_bytes());
+    key
+}
+
+fn decode_key(key: &[u8]) -> Option<Digest> {
+    let (&function, rest) = key.split_first()?;
+    let function = match function {
+        1 => DigestFunction::Sha256,
+        9 => DigestFunction::Blake3,
+        _ => return None,
+    };
+    let hash: [u8; 32] = rest.get(..32)?.try_into().ok()?;
+    let size_bytes = u64::from_be_bytes(rest.get(32..40)?.try_into().ok()?);
+    Some(Digest {
+        function,
+        hash,
+        size_bytes,
+    })
+}
+
+fn encode_value(entry: &Entry) -> Vec<u8> {
+    let mut value = Vec::with_capacity(17);
+    value.extend_from_slice(&entry.stored.to_be_bytes());
+    value.push(match entry.form {
+        Form::Raw => 0,
+        Form::Zstd => 1,
+    });
+    value.extend_from_slice(&entry.last_access.to_be_bytes());
+    value
+}
+
+fn decode_value(value: &[u8]) -> Option<Entry> {
+    let stored = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let form = match value.get(8)? {
+        0 => Form::Raw,
+        1 => Form::Zstd,
+        _ => return None,
+    };
+    let last_access = u64::from_be_bytes(value.get(9..17)?.try_into().ok()?);
+    Some(Entry {
+        stored,
+        form,
+        last_access,
+        pins: 0,
+    })
+}
+
+impl Index {
+    /// Loads every record of `table`. Records that do not decode are dropped from the table.
+    pub(crate) fn load(table: Table, budget: u64, protect: Duration) -> Result<Self, MetaError> {
+        let mut entries = HashMap::new();
+        let mut bad = Vec::new();
+        for item in table.scan_prefix(b"") {
+            let (k, v) = item?;
+            match (decode_key(&k), decode_value(&v)) {
+                (Some(digest), Some(entry)) => {
+                    entries.insert(digest, entry);
+                }
+                _ => bad.push(k),
+            }
+        }
+        for k in bad {
+            tracing::warn!("dropping undecodable blob index record");
+            table.remove(&k)?;
+        }
+        let stored_bytes = entries.values().map(|e| e.stored).sum();
+        let logical_bytes = entries.keys().map(|d| d.size_bytes).sum();
+        Ok(Index {
+            entries,
+            dirty: HashSet::new(),
+            stored_bytes,
+            logical_bytes,
+            budget,
+            protect,
+            evicted: 0,
+            table,
+        })
+    }
+
+    pub(crate) fn get(&self, digest: &Digest) -> Option<Entry> {
+        self.entries.get(digest).copied()
+    }
+
+    pub(crate) fn digests(&self) -> impl Iterator<Item = (&Digest, &Entry)> {
+        self.entries.iter()
+    }
+
+    pub(crate) fn touch(&mut self, digest: &Digest, now: u64) -> bool {
+        match self.entries.get_mut(digest) {
+            Some(entry) => {
+                // Only a change worth writing back marks the record dirty.
+                if now.saturating_sub(entry.last_access) > 1_000 {
+                    self.dirty.insert(*digest);
+                }
+                entry.last_access = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn pin(&mut self, digest: &Digest) -> bool {
+        match self.entries.get_mut(digest) {
+            Some(entry) => {
+                entry.pins += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn unpin(&mut self, digest: &Digest) {
+        if let Some(entry) = self.entries.get_mut(digest) {
+            entry.pins = entry.pins.saturating_sub(1);
+        }
+    }
+
+    /// Chooses victims so that `needed` more stored bytes fit in the budget, evicting down to
+    /// 90% of the budget so eviction runs in batches. Returns `Err(pinned_bytes)` if even
+    /// removing every evictable blob would not make room; nothing is chosen then.
+    pub(crate) fn make_room(&mut self, needed: u64, now: u64) -> Result<Vec<Victim>, u64> {
+        if self.stored_bytes.saturating_add(needed) <= self.budget {
+            return Ok(Vec::new());
+        }
+        let protect_ms = u64::try_from(self.protect.as_millis()).unwrap_or(u64::MAX);
+        let mut candidates: Vec<(u64, Digest, u64)> = Vec::new();
+        let mut untouchable = 0u64;
+        for (digest, entry) in &self.entries {
+            if entry.pins > 0 || now.saturating_sub(entry.last_access) < protect_ms {
+                untouchable += entry.stored;
+            } else {
+                candidates.push((entry.last_access, *digest, entry.stored));
+            }
+        }
+        if untouchable.saturating_add(needed) > self.budget {
+            return Err(untouchable);
+        }
+        let target = (self.budget / 10 * 9)
+            .max(untouchable.saturating_add(needed))
+            .min(self.budget)
+            .saturating_sub(needed);
+        candidates.sort_unstable_by_key(|(access, digest, _)| (*access, *digest));
+        let mut victims = Vec::new();
+        let mut stored = self.stored_bytes;
+        for (_, digest, size) in candidates {
+            if stored <= target {
+                break;
+            }
+            stored -= size;
+            victims.push(digest);
+        }
+        Ok(victims
+            .into_iter()
+            .filter_map(|digest| {
+                self.remove(&digest).map(|entry| {
+                    self.evicted += 1;
+                    Victim {
+                        digest,
+                        form: entry.form,
+                    }
+                })
+            })
+            .collect())
+    }
+
+    pub(crate) fn insert(&mut self, digest: Digest, entry: Entry) -> Result<(), MetaError> {
+        self.table.insert(&key(&digest), &encode_value(&entry))?;
+        if let Some(old) = self.entries.insert(digest, entry) {
+            self.stored_bytes -= old.stored;
+            self.logical_bytes -= digest.size_bytes;
+        }
+        self.stored_bytes += entry.stored;
+        self.logical_bytes += digest.size_bytes;
+        self.dirty.remove(&digest);
+        Ok(())
+    }
+
+    pub(crate) fn remove(&mut self, digest: &Digest) -> Option<Entry> {
+        let entry = self.entries.remove(digest)?;
+        self.stored_bytes -= entry.stored;
+        self.logical_bytes -= digest.size_bytes;
+        self.dirty.remove(digest);
+        if let Err(error) = self.table.remove(&key(digest)) {
+            // The file is gone either way; a stale record is dropped at the next start.
+            tracing::warn!(%digest, %error, "failed to remove blob index record");
+        }
+        Some(entry)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
+    }
+
+    pub(crate) fn logical_bytes(&self) -> u64 {
+        self.logical_bytes
+    }
+
+    /// The access-time records changed since the last write-back, as one batch.
+    pub(crate) fn take_dirty(&mut self) -> Option<Batch> {
+        if self.dirty.is_empty() {
+            return None;
+        }
+        let mut batch = Batch::new();
+        for digest in self.dirty.drain() {
+            if let Some(entry) = self.entries.get(&digest) {
+                batch.insert(TABLE, key(&digest), encode_value(entry));
+            }
+        }
+        Some(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::{MemoryMetaStore, MetadataStore};
+
+    fn index(budget: u64) -> Index {
+        let store = MemoryMetaStore::new();
+        Index::load(store.table(TABLE).unwrap(), budget, Duration::ZERO).unwrap()
+    }
+
+    fn blob(n: u8, size: u64) -> Digest {
+        Digest {
+            function: DigestFunction::Sha256,
+            hash: [n; 32],
+            size_bytes: size,
+        }
+    }
+
+    fn entry(stored: u64, last_access: u64) -> Entry {
+        Entry {
+            stored,
+            form: Form::Raw,
+            last_access,
+            pins: 0,
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let d = blob(7, 1234);
+        assert_eq!(decode_key(&key(&d)), Some(d));
+        let e = Entry {
+            stored: 99,
+            form: Form::Zstd,
+            last_access: 42,
+            pins: 3,
+        };
+        let back = decode_value(&encode_value(&e)).unwrap();
+        assert_eq!((back.stored, back.form, back.last_access, back.pins), (99, Form::Zstd, 42, 0));
+        assert_eq!(decode_key(b"\x05short"), None);
+        assert!(decode_value(b"\x00").is_none());
+    }
+
+    #[test]
+    fn eviction_takes_least_recently_used_first() {
+        let mut idx = index(100);
+        for n in 0..10u8 {
+            idx.insert(blob(n, 10), entry(10, u64::from(n))).unwrap();
+        }
+        // Blob 0 was used last, so it survives.
+        idx.touch(&blob(0, 10), 1_000);
+        let victims = idx.make_room(10, 2_000).unwrap();
+        let gone: Vec<u8> = victims.iter().map(|v| v.digest.hash[0]).collect();
+        assert_eq!(gone, vec![1, 2]);
+        assert!(idx.get(&blob(0, 10)).is_some());
+        assert_eq!(idx.stored_bytes(), 80);
+        assert_eq!(idx.evicted, 2);
+    }
+
+    #[test]
+    fn pinned_and_recent_blobs_are_never_evicted() {
+        let mut idx = index(30);
+        idx.protect = Duration::from_millis(500);
+        idx.insert(blob(1, 10), entry(10, 0)).unwrap();
+        idx.insert(blob(2, 10), entry(10, 0)).unwrap();
+        idx.insert(blob(3, 10), entry(10, 900)).unwrap();
+        assert!(idx.pin(&blob(1, 10)));
+        // Only blob 2 may go: 10 bytes free after it, so 20 bytes cannot fit.
+        assert_eq!(idx.make_room(20, 1_000).unwrap_err(), 20);
+        assert_eq!(idx.len(), 3, "a refused eviction removes nothing");
+        let victims = idx.make_room(10, 1_000).unwrap();
+        assert_eq!(victims.len(), 1);
+        assert_eq!(victims[0].digest, blob(2, 10));
+        idx.unpin(&blob(1, 10));
+    }
+
+    #[test]
+    fn a_blob_larger_than_the_budget_is_refused() {
+        let mut idx = index(100);
+        assert_eq!(idx.make_room(101, 0).unwrap_err(), 0);
+    }
+
+    #[test]
+    fn access_times_are_written_back_in_one_batch() {
+        let store = MemoryMetaStore::new();
+        let table = store.table(TABLE).unwrap();
+        let mut idx = Index::load(table.clone(), 1_000, Duration::ZERO).unwrap();
+        idx.insert(blob(1, 1), entry(1, 0)).unwrap();
+        assert!(idx.take_dirty().is_none());
+        idx.touch(&blob(1, 1), 50_000);
+        let batch = idx.take_dirty().unwrap();
+        assert_eq!(batch.len(), 1);
+        store.apply_batch(batch).unwrap();
+        let reloaded = Index::load(table, 1_000, Duration::ZERO).unwrap();
+        assert_eq!(reloaded.get(&blob(1, 1)).unwrap().last_access, 50_000);
+    }
+}
