@@ -3,7 +3,7 @@
 # Idempotent and quick when everything is already present (no apt-get at all then).
 #   - bazel-bootstrap: Debian's Bazel 4.2.3 (/usr/bin/bazel), for the real-client tests
 #     under tests/fixtures/bazel (it pulls in a JDK; the build needs gcc/g++ too)
-#   - iproute2 (ip), python3, gcc/g++ (cc_test in the Bazel fixture), ca-certificates
+#   - iproute2 (ip), python3, gcc/g++ (cc_test in the Bazel fixture), zip/unzip (test outputs.zip)
 # Set TESSERA_SKIP_BAZEL=1 to skip Bazel (e.g. on machines that only run unit tests).
 set -euo pipefail
 
@@ -22,8 +22,8 @@ need ip iproute2
 need python3 python3
 need gcc gcc
 need g++ g++
-need unzip unzip    # bazel's shell tooling and coverage helpers
-need zip zip
+need unzip unzip
+need zip zip          # test-setup.sh zips TEST_UNDECLARED_OUTPUTS_DIR
 
 if [ "${#pkgs[@]}" -eq 0 ]; then
   echo "install-deps: all present"

@@ -113,12 +113,14 @@ impl fmt::Display for DigestFunction {
 }
 
 /// An incremental hasher for one digest function; also an [`io::Write`] sink so that
-/// `io::copy` can feed it.
+/// `io::copy` can feed it. Cloning forks the state, to peek at a prefix's hash.
+#[derive(Clone)]
 pub struct Hasher {
     inner: HasherInner,
     len: u64,
 }
 
+#[derive(Clone)]
 enum HasherInner {
     Sha256(sha2::Sha256),
     // Boxed: blake3's state is about 2 KiB and would bloat every Hasher otherwise.
@@ -253,7 +255,8 @@ impl Digest {
         size_bytes: i64,
     ) -> Result<Digest, DigestError> {
         let hash = parse_hash(hash_hex)?;
-        let size_bytes = u64::try_from(size_bytes).map_err(|_| DigestError::NegativeSize(size_bytes))?;
+        let size_bytes =
+            u64::try_from(size_bytes).map_err(|_| DigestError::NegativeSize(size_bytes))?;
         Ok(Digest {
             function,
             hash,
@@ -338,7 +341,10 @@ impl fmt::Display for Digest {
 
 /// Encodes `message` and hashes the encoding: the digest under which it is stored, and the
 /// bytes to store.
-pub fn digest_message<M: prost::Message>(function: DigestFunction, message: &M) -> (Digest, Vec<u8>) {
+pub fn digest_message<M: prost::Message>(
+    function: DigestFunction,
+    message: &M,
+) -> (Digest, Vec<u8>) {
     let bytes = message.encode_to_vec();
     (function.digest_of(&bytes), bytes)
 }
@@ -351,7 +357,10 @@ fn parse_hash(hash_hex: &str) -> Result<[u8; 32], DigestError> {
     if hash_hex.len() != 64 {
         return Err(invalid("expected 64 hexadecimal characters"));
     }
-    if !hash_hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !hash_hex
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return Err(invalid("expected lowercase hexadecimal characters only"));
     }
     let mut hash = [0u8; 32];
@@ -384,10 +393,22 @@ mod tests {
 
     #[test]
     fn known_vectors() {
-        assert_eq!(DigestFunction::Sha256.empty_digest().hash_hex(), SHA256_EMPTY);
-        assert_eq!(DigestFunction::Blake3.empty_digest().hash_hex(), BLAKE3_EMPTY);
-        assert_eq!(DigestFunction::Sha256.digest_of(b"abc").hash_hex(), SHA256_ABC);
-        assert_eq!(DigestFunction::Blake3.digest_of(b"abc").hash_hex(), BLAKE3_ABC);
+        assert_eq!(
+            DigestFunction::Sha256.empty_digest().hash_hex(),
+            SHA256_EMPTY
+        );
+        assert_eq!(
+            DigestFunction::Blake3.empty_digest().hash_hex(),
+            BLAKE3_EMPTY
+        );
+        assert_eq!(
+            DigestFunction::Sha256.digest_of(b"abc").hash_hex(),
+            SHA256_ABC
+        );
+        assert_eq!(
+            DigestFunction::Blake3.digest_of(b"abc").hash_hex(),
+            BLAKE3_ABC
+        );
         assert_eq!(DigestFunction::Sha256.digest_of(b"abc").size_bytes, 3);
     }
 
@@ -417,8 +438,14 @@ mod tests {
             assert_eq!(DigestFunction::from_name(f.name()), Some(f));
             assert_eq!(f.to_string(), f.name());
         }
-        assert_eq!(DigestFunction::from_name("SHA256"), Some(DigestFunction::Sha256));
-        assert_eq!(DigestFunction::from_name("Blake3"), Some(DigestFunction::Blake3));
+        assert_eq!(
+            DigestFunction::from_name("SHA256"),
+            Some(DigestFunction::Sha256)
+        );
+        assert_eq!(
+            DigestFunction::from_name("Blake3"),
+            Some(DigestFunction::Blake3)
+        );
         for bad in ["", "sha1", "md5", "sha-256", "blake3 ", "sha2566"] {
             assert_eq!(DigestFunction::from_name(bad), None, "{bad:?}");
         }
@@ -556,9 +583,18 @@ mod tests {
 
             let err = d.verify(b"jello").unwrap_err();
             let actual = f.digest_of(b"jello");
-            assert_eq!(err, DigestError::HashMismatch { expected: d, actual });
+            assert_eq!(
+                err,
+                DigestError::HashMismatch {
+                    expected: d,
+                    actual
+                }
+            );
             let msg = err.to_string();
-            assert!(msg.contains(&d.hash_hex()) && msg.contains(&actual.hash_hex()), "{msg}");
+            assert!(
+                msg.contains(&d.hash_hex()) && msg.contains(&actual.hash_hex()),
+                "{msg}"
+            );
         }
         let sha = DigestFunction::Sha256.digest_of(b"x");
         let blake = DigestFunction::Blake3.digest_of(b"x");
@@ -578,10 +614,15 @@ mod tests {
         let d = DigestFunction::Sha256.digest_of(b"abc").to_proto();
         let (digest, bytes) = digest_message(DigestFunction::Blake3, &d);
         assert_eq!(digest, DigestFunction::Blake3.digest_of(&bytes));
-        assert_eq!(<tessera_proto::reapi::Digest as prost::Message>::decode(&bytes[..]).unwrap(), d);
+        assert_eq!(
+            <tessera_proto::reapi::Digest as prost::Message>::decode(&bytes[..]).unwrap(),
+            d
+        );
         // The empty message encodes to nothing: the empty blob.
-        let (empty, bytes) =
-            digest_message(DigestFunction::Sha256, &tessera_proto::reapi::Digest::default());
+        let (empty, bytes) = digest_message(
+            DigestFunction::Sha256,
+            &tessera_proto::reapi::Digest::default(),
+        );
         assert!(bytes.is_empty());
         assert!(empty.is_empty_blob());
     }

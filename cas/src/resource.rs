@@ -194,8 +194,7 @@ pub fn parse_read(name: &str) -> Result<ReadResource, ResourceError> {
         name: shorten(name),
         expected: "blobs or compressed-blobs",
     })?;
-    let instance_name = segments[..anchor].join("/");
-    validate_instance_name(&instance_name)?;
+    let instance_name = instance_before(&segments, anchor)?;
     let (compressor, digest) = parse_blob_part(name, &segments[anchor..])?;
     Ok(ReadResource {
         instance_name,
@@ -217,12 +216,13 @@ pub fn parse_write(name: &str) -> Result<WriteResource, ResourceError> {
             expected: "uploads",
         });
     }
-    let instance_name = segments[..anchor].join("/");
-    validate_instance_name(&instance_name)?;
-    let upload_id = *segments.get(anchor + 1).ok_or_else(|| ResourceError::Truncated {
-        name: shorten(name),
-        part: "upload id",
-    })?;
+    let instance_name = instance_before(&segments, anchor)?;
+    let upload_id = *segments
+        .get(anchor + 1)
+        .ok_or_else(|| ResourceError::Truncated {
+            name: shorten(name),
+            part: "upload id",
+        })?;
     validate_upload_id(upload_id)?;
     let rest = &segments[anchor + 2..];
     if rest.is_empty() {
@@ -282,6 +282,20 @@ fn push_blob_part(out: &mut String, compressor: Compressor, digest: &Digest) {
     out.push_str(&digest.hash_hex());
     out.push('/');
     out.push_str(&digest.size_bytes.to_string());
+}
+
+/// The instance name before the segment at `anchor`, validated. Checked on the segments, not
+/// on their join alone, so that a leading `/` (an empty first segment) is caught too.
+fn instance_before(segments: &[&str], anchor: usize) -> Result<String, ResourceError> {
+    let instance_name = segments[..anchor].join("/");
+    if anchor > 0 && instance_name.is_empty() {
+        return Err(ResourceError::InvalidInstanceName {
+            name: String::new(),
+            reason: "has an empty segment",
+        });
+    }
+    validate_instance_name(&instance_name)?;
+    Ok(instance_name)
 }
 
 fn first_reserved(segments: &[&str]) -> Option<usize> {
@@ -375,7 +389,10 @@ fn parse_size(segment: &str) -> Result<i64, ResourceError> {
     if segment.is_empty() {
         return Err(invalid("empty"));
     }
-    if segment.starts_with('-') && segment.len() > 1 && segment[1..].bytes().all(|b| b.is_ascii_digit()) {
+    if segment.starts_with('-')
+        && segment.len() > 1
+        && segment[1..].bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(invalid("must not be negative"));
     }
     if !segment.bytes().all(|b| b.is_ascii_digit()) {
@@ -421,23 +438,47 @@ mod tests {
         use Compressor::*;
         let cases: Vec<(String, ReadResource)> = vec![
             (format!("blobs/{H}/0"), read("", Identity, sha(H, 0))),
-            (format!("main/blobs/{H}/42"), read("main", Identity, sha(H, 42))),
-            (format!("a/b/c/blobs/{H}/42"), read("a/b/c", Identity, sha(H, 42))),
+            (
+                format!("main/blobs/{H}/42"),
+                read("main", Identity, sha(H, 42)),
+            ),
+            (
+                format!("a/b/c/blobs/{H}/42"),
+                read("a/b/c", Identity, sha(H, 42)),
+            ),
             (format!("blobs/sha256/{H}/1"), read("", Identity, sha(H, 1))),
-            (format!("blobs/blake3/{H2}/1"), read("", Identity, blake(H2, 1))),
-            (format!("i/compressed-blobs/zstd/{H}/7"), read("i", Zstd, sha(H, 7))),
+            (
+                format!("blobs/blake3/{H2}/1"),
+                read("", Identity, blake(H2, 1)),
+            ),
+            (
+                format!("i/compressed-blobs/zstd/{H}/7"),
+                read("i", Zstd, sha(H, 7)),
+            ),
             (
                 format!("x/y/compressed-blobs/zstd/blake3/{H2}/7"),
                 read("x/y", Zstd, blake(H2, 7)),
             ),
             // An instance named like a hash, or like a digest function.
             (format!("{H}/blobs/{H2}/3"), read(H, Identity, sha(H2, 3))),
-            (format!("blake3/blobs/{H}/3"), read("blake3", Identity, sha(H, 3))),
-            (format!("{H}/5/blobs/{H}/5"), read(&format!("{H}/5"), Identity, sha(H, 5))),
+            (
+                format!("blake3/blobs/{H}/3"),
+                read("blake3", Identity, sha(H, 3)),
+            ),
+            (
+                format!("{H}/5/blobs/{H}/5"),
+                read(&format!("{H}/5"), Identity, sha(H, 5)),
+            ),
             // Metadata after the size, even metadata that looks like another blob.
             (format!("blobs/{H}/9/meta"), read("", Identity, sha(H, 9))),
-            (format!("blobs/{H}/9/blobs/{H2}/10"), read("", Identity, sha(H, 9))),
-            (format!("i/blobs/{H}/9/a//b/"), read("i", Identity, sha(H, 9))),
+            (
+                format!("blobs/{H}/9/blobs/{H2}/10"),
+                read("", Identity, sha(H, 9)),
+            ),
+            (
+                format!("i/blobs/{H}/9/a//b/"),
+                read("i", Identity, sha(H, 9)),
+            ),
             (
                 format!("blobs/{H}/{}", i64::MAX),
                 read("", Identity, sha(H, i64::MAX)),
@@ -445,7 +486,10 @@ mod tests {
             // Leading zeros are the same number.
             (format!("blobs/{H}/007"), read("", Identity, sha(H, 7))),
             // Keywords are case-sensitive: `Blobs` is an ordinary instance segment.
-            (format!("Blobs/blobs/{H}/1"), read("Blobs", Identity, sha(H, 1))),
+            (
+                format!("Blobs/blobs/{H}/1"),
+                read("Blobs", Identity, sha(H, 1)),
+            ),
         ];
         for (name, want) in cases {
             assert_eq!(parse_read(&name), Ok(want), "{name}");
@@ -457,7 +501,10 @@ mod tests {
         let huge = "x".repeat(1 << 20);
         let cases: Vec<(String, &str)> = vec![
             (String::new(), "no blobs or compressed-blobs segment"),
-            ("just/an/instance".into(), "no blobs or compressed-blobs segment"),
+            (
+                "just/an/instance".into(),
+                "no blobs or compressed-blobs segment",
+            ),
             (format!("{H}/0"), "no blobs or compressed-blobs segment"),
             ("blobs".into(), "ends before its hash"),
             ("blobs/".into(), "invalid hash"),
@@ -474,31 +521,67 @@ mod tests {
             (format!("blobs/{}/1", H.to_uppercase()), "lowercase"),
             (format!("blobs/{}/1", &H[..63]), "64 hexadecimal"),
             (format!("blobs/{H}0/1"), "64 hexadecimal"),
-            (format!("blobs/BLAKE3/{H}/1"), "unsupported digest function \"BLAKE3\""),
-            (format!("blobs/md5/{H}/1"), "unsupported digest function \"md5\""),
-            (format!("blobs/sha1/{H}/1"), "unsupported digest function \"sha1\""),
+            (
+                format!("blobs/BLAKE3/{H}/1"),
+                "unsupported digest function \"BLAKE3\"",
+            ),
+            (
+                format!("blobs/md5/{H}/1"),
+                "unsupported digest function \"md5\"",
+            ),
+            (
+                format!("blobs/sha1/{H}/1"),
+                "unsupported digest function \"sha1\"",
+            ),
             ("blobs/blake3".into(), "ends before its hash"),
             (format!("blobs/blake3/{H}"), "ends before its size"),
-            (format!("compressed-blobs/identity/{H}/1"), "unsupported compressor \"identity\""),
-            (format!("compressed-blobs/deflate/{H}/1"), "unsupported compressor \"deflate\""),
-            (format!("compressed-blobs/ZSTD/{H}/1"), "unsupported compressor \"ZSTD\""),
+            (
+                format!("compressed-blobs/identity/{H}/1"),
+                "unsupported compressor \"identity\"",
+            ),
+            (
+                format!("compressed-blobs/deflate/{H}/1"),
+                "unsupported compressor \"deflate\"",
+            ),
+            (
+                format!("compressed-blobs/ZSTD/{H}/1"),
+                "unsupported compressor \"ZSTD\"",
+            ),
             ("compressed-blobs".into(), "ends before its compressor"),
             ("compressed-blobs/zstd".into(), "ends before its hash"),
             (format!("compressed-blobs/{H}/1"), "unsupported compressor"),
             (format!("/blobs/{H}/1"), "has an empty segment"),
             (format!("/i/blobs/{H}/1"), "starts with '/'"),
             (format!("a//b/blobs/{H}/1"), "has an empty segment"),
+            (format!("//blobs/{H}/1"), "starts with '/'"),
+            (
+                format!("a/blobs/{H}/1").replacen('a', "", 1),
+                "has an empty segment",
+            ),
             (format!("../blobs/{H}/1"), "'.' or '..'"),
             (format!("a/./blobs/{H}/1"), "'.' or '..'"),
             (format!("a\nb/blobs/{H}/1"), "control character"),
-            (format!("uploads/u/blobs/{H}/1"), "unexpected segment \"uploads\""),
-            (format!("actions/blobs/{H}/1"), "unexpected segment \"actions\""),
-            (format!("i/operations/x/blobs/{H}/1"), "unexpected segment \"operations\""),
+            (
+                format!("uploads/u/blobs/{H}/1"),
+                "unexpected segment \"uploads\"",
+            ),
+            (
+                format!("actions/blobs/{H}/1"),
+                "unexpected segment \"actions\"",
+            ),
+            (
+                format!("i/operations/x/blobs/{H}/1"),
+                "unexpected segment \"operations\"",
+            ),
             (format!("{huge}/{huge}"), "no blobs"),
         ];
         for (name, want) in cases {
             let err = parse_read(&name).unwrap_err().to_string();
-            assert!(err.contains(want), "{:.100}: got {err:?}, want {want:?}", name);
+            assert!(
+                err.contains(want),
+                "{:.100}: got {err:?}, want {want:?}",
+                name
+            );
             assert!(err.len() < 400, "message not cut: {err:.100}");
         }
     }
@@ -546,25 +629,44 @@ mod tests {
             (String::new(), "no uploads segment"),
             (format!("i/{H}/1"), "no uploads segment"),
             (format!("blobs/{H}/1"), "unexpected segment \"blobs\""),
-            (format!("i/blobs/uploads/u/blobs/{H}/1"), "unexpected segment \"blobs\""),
+            (
+                format!("i/blobs/uploads/u/blobs/{H}/1"),
+                "unexpected segment \"blobs\"",
+            ),
             ("uploads".into(), "ends before its upload id"),
             ("uploads/u".into(), "ends before its blobs segment"),
             (format!("uploads//blobs/{H}/1"), "invalid upload id \"\""),
-            (format!("uploads/../blobs/{H}/1"), "invalid upload id \"..\""),
+            (
+                format!("uploads/../blobs/{H}/1"),
+                "invalid upload id \"..\"",
+            ),
             (format!("uploads/./blobs/{H}/1"), "invalid upload id \".\""),
             (format!("uploads/a b/blobs/{H}/1"), "invalid upload id"),
             (format!("uploads/a\\b/blobs/{H}/1"), "invalid upload id"),
-            (format!("uploads/{long_id}/blobs/{H}/1"), "invalid upload id"),
+            (
+                format!("uploads/{long_id}/blobs/{H}/1"),
+                "invalid upload id",
+            ),
             // `uploads` without an id: the id would be `blobs`, then no blobs segment.
             (format!("uploads/blobs/{H}/1"), "unexpected segment"),
             (format!("uploads/u/{H}/1"), "unexpected segment"),
             (format!("uploads/u/blobs/{H}"), "ends before its size"),
             (format!("uploads/u/blobs/{H}/x"), "expected decimal digits"),
             (format!("uploads/u/blobs/{H}/-5"), "must not be negative"),
-            (format!("uploads/u/compressed-blobs/brotli/{H}/1"), "unsupported compressor"),
-            (format!("a//uploads/u/blobs/{H}/1"), "empty segment"),
-            (format!("a/actionResults/uploads/u/blobs/{H}/1"), "unexpected segment"),
-            (format!("uploads/u/blobs/{}/1", H.to_uppercase()), "lowercase"),
+            (
+                format!("uploads/u/compressed-blobs/brotli/{H}/1"),
+                "unsupported compressor",
+            ),
+            (format!("a//uploads/u/blobs/{H}/1"), "ends with '/'"),
+            (format!("/uploads/u/blobs/{H}/1"), "empty segment"),
+            (
+                format!("a/actionResults/uploads/u/blobs/{H}/1"),
+                "unexpected segment",
+            ),
+            (
+                format!("uploads/u/blobs/{}/1", H.to_uppercase()),
+                "lowercase",
+            ),
         ];
         for (name, want) in cases {
             let err = parse_write(&name).unwrap_err().to_string();
@@ -600,16 +702,31 @@ mod tests {
 
     #[test]
     fn instance_names() {
-        for ok in ["", "a", "a/b", "main-instance_1", "a.b", "...", "Blobs", "x/compressed"] {
+        for ok in [
+            "",
+            "a",
+            "a/b",
+            "main-instance_1",
+            "a.b",
+            "...",
+            "Blobs",
+            "x/compressed",
+        ] {
             assert_eq!(validate_instance_name(ok), Ok(()), "{ok}");
         }
         for bad in RESERVED_SEGMENTS {
             assert!(validate_instance_name(bad).is_err(), "{bad}");
-            assert!(validate_instance_name(&format!("a/{bad}/b")).is_err(), "{bad}");
+            assert!(
+                validate_instance_name(&format!("a/{bad}/b")).is_err(),
+                "{bad}"
+            );
         }
         for bad in ["/", "/a", "a/", "a//b", ".", "..", "a/../b", "a\0b", "a\tb"] {
             let err = validate_instance_name(bad).unwrap_err();
-            assert!(err.to_string().starts_with("invalid instance name"), "{bad:?}: {err}");
+            assert!(
+                err.to_string().starts_with("invalid instance name"),
+                "{bad:?}: {err}"
+            );
         }
     }
 
@@ -625,8 +742,22 @@ mod tests {
     #[test]
     fn arbitrary_input_never_panics() {
         let pieces = [
-            "", "/", "blobs", "uploads", "compressed-blobs", "zstd", "identity", "blake3",
-            "sha256", H, "1", "-1", "x", "é", "\0", "..",
+            "",
+            "/",
+            "blobs",
+            "uploads",
+            "compressed-blobs",
+            "zstd",
+            "identity",
+            "blake3",
+            "sha256",
+            H,
+            "1",
+            "-1",
+            "x",
+            "é",
+            "\0",
+            "..",
         ];
         // Every 4-piece combination, joined with and without slashes.
         for a in pieces {

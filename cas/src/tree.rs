@@ -285,7 +285,13 @@ struct Entry {
 }
 
 impl Builder<'_> {
-    fn open(&mut self, path: PathBuf, rel: String, name: String, depth: usize) -> Result<Frame, TreeError> {
+    fn open(
+        &mut self,
+        path: PathBuf,
+        rel: String,
+        name: String,
+        depth: usize,
+    ) -> Result<Frame, TreeError> {
         let mut entries = Vec::new();
         for entry in fs::read_dir(&path).map_err(|e| io_error(&path, e))? {
             let entry = entry.map_err(|e| io_error(&path, e))?;
@@ -410,14 +416,20 @@ mod tests {
         let root = decode(&tree, tree.root);
         let names = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
         assert_eq!(
-            root.files.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+            root.files
+                .iter()
+                .map(|n| n.name.clone())
+                .collect::<Vec<_>>(),
             names(vec!["a.txt", "run.sh"])
         );
         assert!(!root.files[0].is_executable);
         assert!(root.files[1].is_executable);
         assert_eq!(root.files[0].digest, Some(f.digest_of(b"hello").to_proto()));
         assert_eq!(
-            root.directories.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+            root.directories
+                .iter()
+                .map(|n| n.name.clone())
+                .collect::<Vec<_>>(),
             names(vec!["empty", "sub"])
         );
         assert_eq!(root.symlinks.len(), 1);
@@ -428,7 +440,8 @@ mod tests {
         let empty = child(&tree, &root, "empty");
         assert_eq!(empty, Directory::default());
         // The empty directory encodes to the empty blob.
-        let empty_digest = Digest::from_proto(f, root.directories[0].digest.as_ref().unwrap()).unwrap();
+        let empty_digest =
+            Digest::from_proto(f, root.directories[0].digest.as_ref().unwrap()).unwrap();
         assert!(empty_digest.is_empty_blob());
 
         let sub = child(&tree, &root, "sub");
@@ -439,7 +452,11 @@ mod tests {
 
         // Files deduplicated by digest: "hello" once, "#!/bin/sh", "c".
         assert_eq!(tree.files.len(), 3);
-        let hello = tree.files.iter().find(|(d, _)| *d == f.digest_of(b"hello")).unwrap();
+        let hello = tree
+            .files
+            .iter()
+            .find(|(d, _)| *d == f.digest_of(b"hello"))
+            .unwrap();
         assert_eq!(hello.1, tmp.path().join("a.txt"));
         for (digest, path) in &tree.files {
             assert_eq!(digest.verify(&fs::read(path).unwrap()), Ok(()));
@@ -518,7 +535,12 @@ mod tests {
             .collect();
         assert_eq!(
             links,
-            [("abs", "/etc/passwd"), ("dangling", "missing"), ("to_dir", "d"), ("up", "../../outside")]
+            [
+                ("abs", "/etc/passwd"),
+                ("dangling", "missing"),
+                ("to_dir", "d"),
+                ("up", "../../outside")
+            ]
         );
         assert_eq!(root.directories.len(), 1);
         assert!(tree.files.is_empty());
@@ -558,7 +580,10 @@ mod tests {
         let sock = tmp.path().join("sock");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let err = build_tree(tmp.path(), DigestFunction::Sha256).unwrap_err();
-        assert!(matches!(err, TreeError::UnsupportedFileType(ref p) if *p == sock), "{err}");
+        assert!(
+            matches!(err, TreeError::UnsupportedFileType(ref p) if *p == sock),
+            "{err}"
+        );
     }
 
     #[test]
@@ -583,7 +608,10 @@ mod tests {
             ..TreeLimits::default()
         };
         let err = build_tree_with_limits(tmp.path(), DigestFunction::Sha256, &limits).unwrap_err();
-        assert!(matches!(err, TreeError::TooDeep { ref path, max: 2 } if path == "1/2/3"), "{err}");
+        assert!(
+            matches!(err, TreeError::TooDeep { ref path, max: 2 } if path == "1/2/3"),
+            "{err}"
+        );
         let limits = TreeLimits {
             max_depth: 3,
             ..TreeLimits::default()
@@ -645,10 +673,20 @@ mod tests {
 
         let mut broken = tree.clone();
         broken.directories.retain(|(d, _)| *d != tree.root);
-        assert!(matches!(assemble_tree(&broken), Err(TreeError::MissingDirectory(..))));
+        assert!(matches!(
+            assemble_tree(&broken),
+            Err(TreeError::MissingDirectory(..))
+        ));
         let mut garbage = tree.clone();
-        garbage.directories.push((tree.root, Bytes::from_static(b"\xff\xff\xff")));
-        garbage.directories.retain(|(d, b)| *d != tree.root || b.as_ref() == b"\xff\xff\xff");
-        assert!(matches!(assemble_tree(&garbage), Err(TreeError::Decode { .. })));
+        garbage
+            .directories
+            .push((tree.root, Bytes::from_static(b"\xff\xff\xff")));
+        garbage
+            .directories
+            .retain(|(d, b)| *d != tree.root || b.as_ref() == b"\xff\xff\xff");
+        assert!(matches!(
+            assemble_tree(&garbage),
+            Err(TreeError::Decode { .. })
+        ));
     }
 }

@@ -7,7 +7,7 @@
 //! every write ever acknowledged, every acknowledged removal, the all-or-nothing of every
 //! batch, and that every value present is whole.
 //!
-//! `TESSERA_META_CRASH_CYCLES` (default 240) and `TESSERA_META_CRASH_SEED` make longer or
+//! `TESSERA_META_CRASH_CYCLES` (default 300) and `TESSERA_META_CRASH_SEED` make longer or
 //! repeated runs; the seed is printed. On failure the data directory and the ack log are kept.
 
 use std::fmt::Write as _;
@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_meta-crash-child");
-const DEFAULT_CYCLES: u64 = 240;
+const DEFAULT_CYCLES: u64 = 300;
+const SIGKILL: i32 = 9;
 /// Generous: a debug child on a loaded 2-core machine can be slow to open a large store.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -42,13 +43,14 @@ fn sled_keeps_every_acknowledged_write_through_repeated_sigkill() {
         Ok(totals) => println!(
             "meta crash test: {cycles} kills ({} during startup), {} writes acknowledged, \
              {} acknowledged keys checked over all reopens ({} at the end), {} entries \
-             scanned, {:.1} s, seed {seed}",
+             scanned, {:.1} s ({:.1} s of it reopening and verifying), seed {seed}",
             totals.killed_in_startup,
             totals.acknowledged,
             totals.checked,
             totals.last_checked,
             totals.scanned,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            totals.verifying.as_secs_f64(),
         ),
         Err(failure) => {
             let kept = dir.keep();
@@ -68,6 +70,7 @@ struct Totals {
     checked: u64,
     last_checked: u64,
     scanned: u64,
+    verifying: Duration,
 }
 
 /// When to kill the writer.
@@ -79,11 +82,14 @@ enum KillAt {
     AfterReady(Duration),
 }
 
-fn pick_kill(rng: &mut StdRng) -> KillAt {
+/// `startup` is how long the writer has lately taken to open the store, so that kills timed
+/// from the spawn land in process start, store open and recovery alike.
+fn pick_kill(rng: &mut StdRng, startup: Duration) -> KillAt {
     let micros = |rng: &mut StdRng, max: u64| Duration::from_micros(rng.random_range(0..max));
+    let startup = (startup.as_micros() as u64).max(1_000);
     match rng.random_range(0..100) {
-        0..15 => KillAt::AfterSpawn(micros(rng, 40_000)),
-        15..60 => KillAt::AfterReady(micros(rng, 3_000)),
+        0..20 => KillAt::AfterSpawn(micros(rng, startup + startup / 4)),
+        20..60 => KillAt::AfterReady(micros(rng, 3_000)),
         60..90 => KillAt::AfterReady(micros(rng, 40_000)),
         _ => KillAt::AfterReady(micros(rng, 300_000)),
     }
@@ -92,12 +98,13 @@ fn pick_kill(rng: &mut StdRng) -> KillAt {
 fn run_cycles(dir: &Path, cycles: u64, seed: u64) -> Result<Totals, String> {
     let db = dir.join("db");
     let log_path = dir.join("acks.log");
-    let mut log = File::create(&log_path).unwrap();
+    File::create(&log_path).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut totals = Totals::default();
+    let mut startup = Duration::from_millis(20);
 
     for cycle in 0..cycles {
-        let kill_at = pick_kill(&mut rng);
+        let kill_at = pick_kill(&mut rng, startup);
         let context = |what: &str| format!("cycle {cycle} (kill {kill_at:?}): {what}");
 
         let stderr_path = dir.join("child.stderr");
@@ -111,12 +118,16 @@ fn run_cycles(dir: &Path, cycles: u64, seed: u64) -> Result<Totals, String> {
             .stderr(File::create(&stderr_path).unwrap())
             .spawn()
             .unwrap();
+        let spawned = Instant::now();
         let (lines, reader) = read_lines(&mut child);
 
         match kill_at {
             KillAt::AfterSpawn(delay) => std::thread::sleep(delay),
             KillAt::AfterReady(delay) => match lines.recv_timeout(PATIENCE) {
-                Ok(line) if line == "ready" => std::thread::sleep(delay),
+                Ok(line) if line == "ready" => {
+                    startup = (startup * 3 + spawned.elapsed()) / 4;
+                    std::thread::sleep(delay);
+                }
                 other => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -135,7 +146,7 @@ fn run_cycles(dir: &Path, cycles: u64, seed: u64) -> Result<Totals, String> {
         }
         child.kill().unwrap();
         let status = child.wait().unwrap();
-        if status.signal() != Some(libc_sigkill()) {
+        if status.signal() != Some(SIGKILL) {
             return Err(context(&format!(
                 "writer ended with {status}, not by our SIGKILL; its stderr:\n{}",
                 read(&stderr_path)
@@ -144,7 +155,7 @@ fn run_cycles(dir: &Path, cycles: u64, seed: u64) -> Result<Totals, String> {
         // The pipe is closed now, so this drains everything the writer managed to print.
         let printed: Vec<String> = lines.into_iter().collect();
         reader.join().unwrap();
-        let mut ready = false;
+        let mut ready = matches!(kill_at, KillAt::AfterReady(_));
         let mut chunk = String::new();
         for line in printed {
             if line == "ready" {
@@ -159,10 +170,19 @@ fn run_cycles(dir: &Path, cycles: u64, seed: u64) -> Result<Totals, String> {
         if !ready {
             totals.killed_in_startup += 1;
         }
+        // Reopened each cycle: the verifier rewrites it compacted.
+        let mut log = OpenOptions::new().append(true).open(&log_path).unwrap();
         log.write_all(chunk.as_bytes()).unwrap();
-        log.flush().unwrap();
 
+        let verify_started = Instant::now();
         let verified = run_verifier(&db, &log_path).map_err(|why| context(&why))?;
+        totals.verifying += verify_started.elapsed();
+        if std::env::var_os("TESSERA_META_CRASH_TRACE").is_some() {
+            eprintln!(
+                "cycle {cycle}: {kill_at:?}, startup {startup:?}, verify {:?}: {verified}",
+                verify_started.elapsed()
+            );
+        }
         let count = |name: &str| -> u64 {
             verified
                 .split(' ')
@@ -232,7 +252,9 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Result<Output, Stri
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("verifier hung for {timeout:?}; reopening the store stalls"));
+            return Err(format!(
+                "verifier hung for {timeout:?}; reopening the store stalls"
+            ));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -247,19 +269,10 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-fn libc_sigkill() -> i32 {
-    9
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
-}
-
-#[allow(dead_code)]
-fn open_append(path: &Path) -> File {
-    OpenOptions::new().append(true).open(path).unwrap()
 }

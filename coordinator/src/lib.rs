@@ -1,1 +1,15 @@
-//! placeholder while the workspace is assembled
+//! The Tessera coordinator.
+//!
+//! Owns the gRPC services (REAPI Capabilities, ContentAddressableStorage, ByteStream,
+//! ActionCache), the action cache on top of the metadata store, the coordinator's configuration
+//! and the server lifecycle (start, serve, drain on shutdown). Content addressing itself lives in
+//! `tessera-cas`; the coordinator never depends on the agent.
+
+pub mod action_cache;
+pub mod config;
+pub mod server;
+pub mod services;
+mod status;
+
+pub use config::{ConfigError, ConfigOverrides, CoordinatorConfig, LogFormat};
+pub use server::{Coordinator, ServerError};

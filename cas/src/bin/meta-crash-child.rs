@@ -11,7 +11,7 @@
 //!
 //! `meta-crash-child verify <db-dir> <ack-log>` reopens the store and checks it against every
 //! line the writers ever printed: exit 0 with `verified ...`, 1 with one line per violation,
-//! 2 if the store does not open.
+//! 2 if the store does not open. On success it rewrites the log compacted.
 //!
 //! Every value is `version (u64 LE) ++ payload`, the payload derived from table, key and
 //! version, so any value can be checked without a record of it.
@@ -20,16 +20,25 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tessera_cas::meta::{Batch, MetadataStore, SledStore, SwapOutcome, Table};
 
 const HOT_KEYS: u64 = 32;
+/// New keys one writer process may create; after that it only updates and removes, so the
+/// store (and the verifier's work) grows slowly however long a cycle lasts.
+const NEW_KEYS_PER_RUN: u64 = 64;
 const WRITE_FOR_AT_MOST: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["write", dir, cycle, seed] => match (cycle.parse(), seed.parse()) {
             (Ok(cycle), Ok(seed)) => write(dir, cycle, seed),
             _ => usage(),
@@ -85,7 +94,11 @@ fn version_of(table: &str, key: &str, bytes: &[u8]) -> Result<u64, String> {
 /// Writes `text` to stdout in one go; exits if the test is gone.
 fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
-    if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
         std::process::exit(3);
     }
 }
@@ -101,12 +114,16 @@ fn write(dir: &str, cycle: u64, seed: u64) -> ExitCode {
     let store = match SledStore::open(dir) {
         Ok(store) => Arc::new(store),
         Err(err) => {
-            eprintln!("meta-crash-child: {err}: {:?}", std::error::Error::source(&err));
+            eprintln!(
+                "meta-crash-child: {err}: {:?}",
+                std::error::Error::source(&err)
+            );
             return ExitCode::from(2);
         }
     };
     emit("ready\n");
     let deadline = Instant::now() + WRITE_FOR_AT_MOST;
+    let budget = Arc::new(AtomicU64::new(NEW_KEYS_PER_RUN));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,7 +131,7 @@ fn write(dir: &str, cycle: u64, seed: u64) -> ExitCode {
         .build()
         .unwrap();
     let blocking = std::thread::spawn({
-        let mut writer = Writer::new(&store, cycle, seed, 0);
+        let mut writer = Writer::new(&store, &budget, cycle, seed, 0);
         let store = Arc::clone(&store);
         move || {
             while Instant::now() < deadline {
@@ -129,7 +146,7 @@ fn write(dir: &str, cycle: u64, seed: u64) -> ExitCode {
     runtime.block_on(async {
         let writers: Vec<_> = (1..=3)
             .map(|id| {
-                let mut writer = Writer::new(&store, cycle, seed, id);
+                let mut writer = Writer::new(&store, &budget, cycle, seed, id);
                 let store = Arc::clone(&store);
                 tokio::spawn(async move {
                     while Instant::now() < deadline {
@@ -154,6 +171,8 @@ struct Writer {
     store: Arc<SledStore>,
     ac: Table,
     blobs: Table,
+    /// New keys this process may still create, shared by its writers.
+    budget: Arc<AtomicU64>,
     prefix: String,
     next: u64,
     rng: u64,
@@ -164,7 +183,13 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(store: &Arc<SledStore>, cycle: u64, seed: u64, id: u64) -> Self {
+    fn new(
+        store: &Arc<SledStore>,
+        budget: &Arc<AtomicU64>,
+        cycle: u64,
+        seed: u64,
+        id: u64,
+    ) -> Self {
         let table = |name| {
             store
                 .table(name)
@@ -174,6 +199,7 @@ impl Writer {
             store: Arc::clone(store),
             ac: table("ac"),
             blobs: table("blobs"),
+            budget: Arc::clone(budget),
             prefix: format!("c{cycle:05}/w{id}"),
             next: 0,
             rng: (seed ^ (cycle << 8) ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
@@ -204,15 +230,23 @@ impl Writer {
         let mut acks = String::new();
         for _ in 0..=self.random(4) {
             match self.random(100) {
-                0..40 => self.put("ac", &mut acks),
-                40..60 => self.put("blobs", &mut acks),
-                60..72 => self.batch_in_one_table(&mut acks),
-                72..82 => self.batch_across_tables(&mut acks),
-                82..94 => self.bump_hot_key(&mut acks),
-                _ => self.remove(&mut acks),
+                0..40 if self.take_keys(1) => self.put("ac", &mut acks),
+                40..60 if self.take_keys(1) => self.put("blobs", &mut acks),
+                60..72 if self.take_keys(8) => self.batch_in_one_table(&mut acks),
+                72..82 if self.take_keys(3) => self.batch_across_tables(&mut acks),
+                88.. => self.remove(&mut acks),
+                _ => self.bump_hot_key(&mut acks),
             }
         }
         acks
+    }
+
+    fn take_keys(&self, count: u64) -> bool {
+        self.budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(count)
+            })
+            .is_ok()
     }
 
     fn acknowledge(&mut self, acks: String) {
@@ -222,7 +256,10 @@ impl Writer {
 
     fn put(&mut self, table: &'static str, acks: &mut String) {
         let key = self.new_key();
-        if let Err(err) = self.table(table).insert(key.as_bytes(), &value(table, &key, 0)) {
+        if let Err(err) = self
+            .table(table)
+            .insert(key.as_bytes(), &value(table, &key, 0))
+        {
             fatal(format!("{err}"));
         }
         acks.push_str(&format!("put {table} {key} 0\n"));
@@ -375,6 +412,31 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// The same ledger in one line per key (the raw log repeats hot keys thousands of times).
+    fn compacted(&self) -> String {
+        let mut text = String::new();
+        for ((table, key), version) in &self.acked {
+            text.push_str(&format!("put {table} {key} {version}\n"));
+        }
+        for (table, key) in &self.removed {
+            text.push_str(&format!("del {table} {key}\n"));
+        }
+        for (table, key) in &self.removing {
+            text.push_str(&format!("deleting {table} {key}\n"));
+        }
+        for ops in &self.batches {
+            text.push_str("batch");
+            for (insert, (table, key)) in ops {
+                let op = if *insert { '+' } else { '-' };
+                text.push_str(&format!(" {op}{table}:{key}"));
+            }
+            text.push('\n');
+        }
+        text
+    }
+}
+
 fn key_of(table: &str, key: &str) -> Key {
     (table.to_owned(), key.to_owned())
 }
@@ -400,27 +462,29 @@ fn verify(dir: &str, log: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let tables: HashMap<&str, Table> = ["ac", "blobs"]
-        .into_iter()
-        .map(|name| (name, store.table(name).unwrap()))
-        .collect();
     let mut problems = Vec::new();
-    let present = |(table, key): &Key, problems: &mut Vec<String>| -> Option<u64> {
-        match tables[table.as_str()].get(key.as_bytes()) {
-            Ok(None) => None,
-            Ok(Some(bytes)) => match version_of(table, key, &bytes) {
-                Ok(version) => Some(version),
-                Err(why) => {
-                    problems.push(format!("CORRUPT {table} {key}: {why}"));
-                    Some(u64::MAX)
+
+    // One pass over every table: every value present, acknowledged or not, must be whole.
+    let mut stored: HashMap<Key, u64> = HashMap::new();
+    let mut tables = Vec::new();
+    for name in ["ac", "blobs"] {
+        let table = store.table(name).unwrap();
+        for entry in table.scan_prefix(b"") {
+            match entry {
+                Ok((key, bytes)) => {
+                    let key = String::from_utf8_lossy(&key).into_owned();
+                    let version = version_of(name, &key, &bytes).unwrap_or_else(|why| {
+                        problems.push(format!("CORRUPT {name} {key}: {why}"));
+                        u64::MAX
+                    });
+                    stored.insert(key_of(name, &key), version);
                 }
-            },
-            Err(err) => {
-                problems.push(format!("READ FAILED {table} {key}: {err}"));
-                None
+                Err(err) => problems.push(format!("SCAN FAILED {name}: {err}")),
             }
         }
-    };
+        tables.push((name, table));
+    }
+    let scanned = stored.len();
 
     let mut checked = 0u64;
     for (key, &min_version) in &ledger.acked {
@@ -428,8 +492,8 @@ fn verify(dir: &str, log: &str) -> ExitCode {
             continue;
         }
         checked += 1;
-        match present(key, &mut problems) {
-            Some(version) if version >= min_version => {}
+        match stored.get(key) {
+            Some(&version) if version >= min_version => {}
             Some(version) => problems.push(format!(
                 "STALE {} {}: holds version {version}, version {min_version} was acknowledged",
                 key.0, key.1
@@ -443,7 +507,7 @@ fn verify(dir: &str, log: &str) -> ExitCode {
     }
     for key in &ledger.removed {
         checked += 1;
-        if present(key, &mut problems).is_some() {
+        if stored.contains_key(key) {
             problems.push(format!(
                 "RESURRECTED {} {}: removal was acknowledged",
                 key.0, key.1
@@ -453,7 +517,7 @@ fn verify(dir: &str, log: &str) -> ExitCode {
     for ops in &ledger.batches {
         let applied: Vec<bool> = ops
             .iter()
-            .map(|(insert, key)| present(key, &mut problems).is_some() == *insert)
+            .map(|(insert, key)| stored.contains_key(key) == *insert)
             .collect();
         if applied.iter().any(|&a| a) && !applied.iter().all(|&a| a) {
             let ops: Vec<String> = ops
@@ -467,24 +531,34 @@ fn verify(dir: &str, log: &str) -> ExitCode {
             problems.push(format!("TORN BATCH {}", ops.join(" ")));
         }
     }
-    // Every value present, acknowledged or not, must be whole.
-    let mut scanned = 0u64;
+    // Point reads must agree with the scan (a sample; the scan already read everything).
     for (name, table) in &tables {
-        for entry in table.scan_prefix(b"") {
-            scanned += 1;
-            match entry {
-                Ok((key, bytes)) => {
-                    let key = String::from_utf8_lossy(&key);
-                    if let Err(why) = version_of(name, &key, &bytes) {
-                        problems.push(format!("CORRUPT {name} {key}: {why}"));
-                    }
+        for (table_name, key) in ledger.acked.keys().filter(|(t, _)| t == name).take(256) {
+            let read = match table.get(key.as_bytes()) {
+                Ok(value) => value.map(|bytes| version_of(name, key, &bytes).unwrap_or(u64::MAX)),
+                Err(err) => {
+                    problems.push(format!("READ FAILED {table_name} {key}: {err}"));
+                    continue;
                 }
-                Err(err) => problems.push(format!("SCAN FAILED {name}: {err}")),
+            };
+            let scan = stored.get(&key_of(name, key)).copied();
+            if read != scan {
+                problems.push(format!(
+                    "INCONSISTENT {table_name} {key}: get says {read:?}, scan says {scan:?}"
+                ));
             }
         }
     }
 
     if problems.is_empty() {
+        // Rewrite the log compacted, atomically, so the next verification reads less.
+        let tmp = format!("{log}.tmp");
+        if let Err(err) =
+            std::fs::write(&tmp, ledger.compacted()).and_then(|()| std::fs::rename(&tmp, log))
+        {
+            eprintln!("meta-crash-child: cannot compact {log}: {err}");
+            return ExitCode::from(2);
+        }
         println!(
             "verified acked_keys={checked} batches={} scanned={scanned}",
             ledger.batches.len()

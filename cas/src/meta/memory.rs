@@ -6,9 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::future::BoxFuture;
 
-use super::{
-    Batch, BatchOp, Entries, MetaError, MetaTable, MetadataStore, SwapOutcome, Table,
-};
+use super::{Batch, BatchOp, Entries, MetaError, MetaTable, MetadataStore, SwapOutcome, Table};
 
 type Tables = HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 

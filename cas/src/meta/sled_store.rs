@@ -188,7 +188,10 @@ impl MetaTable for SledTable {
     }
 
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
-        let old = self.tree.insert(key, value).map_err(self.write_error(key))?;
+        let old = self
+            .tree
+            .insert(key, value)
+            .map_err(self.write_error(key))?;
         Ok(old.map(|v| v.to_vec()))
     }
 

@@ -27,7 +27,9 @@ pub enum StoreError {
         expected: u64,
     },
     /// The blob cannot be stored: eviction could not free enough space within the budget.
-    #[error("no room for {digest}: needs {needed} bytes, budget {budget} bytes, {pinned} bytes pinned or too recent to evict")]
+    #[error(
+        "no room for {digest}: needs {needed} bytes, budget {budget} bytes, {pinned} bytes pinned or too recent to evict"
+    )]
     Full {
         /// The blob that did not fit.
         digest: Digest,

@@ -170,7 +170,9 @@ mod tests {
 
     #[test]
     fn streaming_round_trip_in_odd_pieces() {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let mut enc = StreamEncoder::new().unwrap();
         let mut compressed = Vec::new();
         for piece in data.chunks(7_777) {

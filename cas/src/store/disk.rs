@@ -84,7 +84,10 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 impl DiskStore {
     /// Opens (creating) the store under `options.root`, loads the index from `meta` and
     /// reconciles it with the files.
-    pub fn open(meta: Arc<dyn MetadataStore>, options: DiskStoreOptions) -> Result<Self, StoreError> {
+    pub fn open(
+        meta: Arc<dyn MetadataStore>,
+        options: DiskStoreOptions,
+    ) -> Result<Self, StoreError> {
         let blobs = options.root.join("blobs");
         let tmp = options.root.join("tmp");
         // Leftovers of uploads that never finished.
@@ -194,7 +197,11 @@ impl Inner {
             index.remove(digest);
         }
         if orphans > 0 || !lost.is_empty() {
-            tracing::warn!(orphans, lost = lost.len(), "reconciled blob index with files");
+            tracing::warn!(
+                orphans,
+                lost = lost.len(),
+                "reconciled blob index with files"
+            );
         }
         tracing::info!(
             blobs = index.len(),
@@ -216,7 +223,13 @@ impl Inner {
     /// Moves a verified temporary file into place and records it. Evicts as needed while
     /// holding the index lock, so an eviction can never delete a file that a concurrent
     /// upload of the same digest has just put in place.
-    fn install(&self, digest: Digest, tmp: &Path, form: Form, stored: u64) -> Result<(), StoreError> {
+    fn install(
+        &self,
+        digest: Digest,
+        tmp: &Path,
+        form: Form,
+        stored: u64,
+    ) -> Result<(), StoreError> {
         let mut index = self.lock();
         let now = now_ms();
         if index.touch(&digest, now) {
@@ -245,7 +258,11 @@ impl Inner {
         if let Err(source) = fs::rename(tmp, &path) {
             drop(index);
             let _ = fs::remove_file(tmp);
-            return Err(StoreError::io("failed to move blob into place at", &path, source));
+            return Err(StoreError::io(
+                "failed to move blob into place at",
+                &path,
+                source,
+            ));
         }
         let entry = Entry {
             stored,
@@ -463,10 +480,7 @@ impl BlobRead for DiskReader {
                 }
             }
             if filled == 0 {
-                return Err(self.corrupt(format!(
-                    "file ends after {} of {size} bytes",
-                    self.pos
-                )));
+                return Err(self.corrupt(format!("file ends after {} of {size} bytes", self.pos)));
             }
             buf.truncate(filled);
             self.hasher.update(&buf);

@@ -323,7 +323,10 @@ mod tests {
             pins: 3,
         };
         let back = decode_value(&encode_value(&e)).unwrap();
-        assert_eq!((back.stored, back.form, back.last_access, back.pins), (99, Form::Zstd, 42, 0));
+        assert_eq!(
+            (back.stored, back.form, back.last_access, back.pins),
+            (99, Form::Zstd, 42, 0)
+        );
         assert_eq!(decode_key(b"\x05short"), None);
         assert!(decode_value(b"\x00").is_none());
     }

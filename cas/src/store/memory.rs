@@ -146,7 +146,9 @@ impl BlobRead for MemoryReader {
                 reason: error.to_string(),
             });
         }
-        let offset = usize::try_from(self.offset).unwrap_or(usize::MAX).min(data.len());
+        let offset = usize::try_from(self.offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         let rest = data.slice(offset..);
         Ok((!rest.is_empty()).then_some(rest))
     }

@@ -1,0 +1,415 @@
+//! The upload/download client for a REAPI content store: what agents, the CLI, tests and the
+//! bench use to move blobs. Small blobs go in batches up to the server's advertised limit;
+//! large ones through ByteStream, optionally zstd-compressed on the wire. Everything
+//! downloaded is verified against its digest.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use tessera_proto::bytestream::byte_stream_client::ByteStreamClient;
+use tessera_proto::bytestream::{ReadRequest, WriteRequest};
+use tessera_proto::reapi::capabilities_client::CapabilitiesClient;
+use tessera_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use tessera_proto::reapi::{
+    BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
+    GetCapabilitiesRequest, batch_update_blobs_request, compressor,
+};
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::digest::{Digest, DigestError, DigestFunction};
+use crate::resource::{Compressor, ReadResource, WriteResource, format_read, format_write};
+use crate::store::codec::{self, CodecError, StreamDecoder};
+
+/// Bytes per ByteStream WriteRequest.
+pub const WRITE_CHUNK: usize = 1024 * 1024;
+/// Digests per FindMissingBlobs call.
+const FIND_MISSING_CHUNK: usize = 16_384;
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The endpoint URL is malformed or the connection failed.
+    #[error("failed to connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{call} failed: {status}")]
+    Rpc {
+        /// The call.
+        call: &'static str,
+        /// The status.
+        status: tonic::Status,
+    },
+    /// One blob of a batch failed.
+    #[error("{call} of {digest} failed: {code:?} {message}")]
+    Blob {
+        /// The call.
+        call: &'static str,
+        /// The blob.
+        digest: String,
+        /// The status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+    /// Downloaded bytes do not match their digest.
+    #[error("downloaded data does not match: {0}")]
+    Mismatch(#[from] DigestError),
+    /// Compressed bytes from the server did not decode.
+    #[error("downloaded zstd data is invalid: {0}")]
+    Codec(#[from] CodecError),
+    /// The server answered something the protocol does not allow.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
+    move |status| ClientError::Rpc { call, status }
+}
+
+/// A client for one instance of a REAPI content store.
+#[derive(Debug, Clone)]
+pub struct CasClient {
+    cas: ContentAddressableStorageClient<Channel>,
+    bytestream: ByteStreamClient<Channel>,
+    instance: String,
+    function: DigestFunction,
+    max_batch_bytes: u64,
+}
+
+impl CasClient {
+    /// Connects to `endpoint` (`http://host:port`) and reads the server's batch limit.
+    pub async fn connect(
+        endpoint: &str,
+        instance: &str,
+        function: DigestFunction,
+    ) -> Result<Self, ClientError> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|source| ClientError::Connect {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?
+            .tcp_nodelay(true)
+            .initial_connection_window_size(32 * 1024 * 1024)
+            .initial_stream_window_size(16 * 1024 * 1024)
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?;
+        Self::from_channel(channel, instance, function).await
+    }
+
+    /// Uses an existing channel.
+    pub async fn from_channel(
+        channel: Channel,
+        instance: &str,
+        function: DigestFunction,
+    ) -> Result<Self, ClientError> {
+        let caps = CapabilitiesClient::new(channel.clone())
+            .get_capabilities(GetCapabilitiesRequest {
+                instance_name: instance.to_owned(),
+            })
+            .await
+            .map_err(rpc("GetCapabilities"))?
+            .into_inner();
+        let advertised = caps
+            .cache_capabilities
+            .map_or(0, |c| c.max_batch_total_size_bytes);
+        let max_batch_bytes = match u64::try_from(advertised) {
+            Ok(0) | Err(_) => 4 * 1024 * 1024,
+            Ok(n) => n,
+        };
+        let limit = 64 * 1024 * 1024;
+        Ok(CasClient {
+            cas: ContentAddressableStorageClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            bytestream: ByteStreamClient::new(channel)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            instance: instance.to_owned(),
+            function,
+            max_batch_bytes,
+        })
+    }
+
+    /// The digest function this client hashes with.
+    pub fn function(&self) -> DigestFunction {
+        self.function
+    }
+
+    /// Which of `digests` the server lacks.
+    pub async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, ClientError> {
+        let mut missing = Vec::new();
+        for chunk in digests.chunks(FIND_MISSING_CHUNK) {
+            let response = self
+                .cas
+                .clone()
+                .find_missing_blobs(FindMissingBlobsRequest {
+                    instance_name: self.instance.clone(),
+                    blob_digests: chunk.iter().map(Digest::to_proto).collect(),
+                    digest_function: self.function.to_proto(),
+                })
+                .await
+                .map_err(rpc("FindMissingBlobs"))?
+                .into_inner();
+            for d in &response.missing_blob_digests {
+                missing.push(Digest::from_proto(self.function, d)?);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Uploads whatever of `blobs` the server lacks: small ones in batches, large ones through
+    /// ByteStream (zstd on the wire if `compress`).
+    pub async fn upload(
+        &self,
+        blobs: &[(Digest, Bytes)],
+        compress: bool,
+    ) -> Result<(), ClientError> {
+        let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        let missing: std::collections::HashSet<Digest> =
+            self.find_missing(&digests).await?.into_iter().collect();
+        let mut batch: Vec<(Digest, Bytes)> = Vec::new();
+        let mut batch_bytes = 0u64;
+        let headroom = self.max_batch_bytes.saturating_sub(64 * 1024).max(1);
+        for (digest, data) in blobs.iter().filter(|(d, _)| missing.contains(d)) {
+            if digest.size_bytes > headroom / 2 {
+                self.write(digest, data.clone(), compress).await?;
+                continue;
+            }
+            if batch_bytes + digest.size_bytes > headroom {
+                self.batch_update(std::mem::take(&mut batch), compress)
+                    .await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += digest.size_bytes;
+            batch.push((*digest, data.clone()));
+        }
+        if !batch.is_empty() {
+            self.batch_update(batch, compress).await?;
+        }
+        Ok(())
+    }
+
+    /// One BatchUpdateBlobs call; every entry must succeed.
+    pub async fn batch_update(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+        compress: bool,
+    ) -> Result<(), ClientError> {
+        let requests = blobs
+            .iter()
+            .map(|(digest, data)| {
+                let (data, compressor) = if compress {
+                    (Bytes::from(codec::compress(data)), compressor::Value::Zstd)
+                } else {
+                    (data.clone(), compressor::Value::Identity)
+                };
+                batch_update_blobs_request::Request {
+                    digest: Some(digest.to_proto()),
+                    data,
+                    compressor: compressor as i32,
+                }
+            })
+            .collect();
+        let response = self
+            .cas
+            .clone()
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                instance_name: self.instance.clone(),
+                requests,
+                digest_function: self.function.to_proto(),
+            })
+            .await
+            .map_err(rpc("BatchUpdateBlobs"))?
+            .into_inner();
+        for entry in response.responses {
+            let status = entry.status.unwrap_or_default();
+            if status.code != 0 {
+                return Err(ClientError::Blob {
+                    call: "BatchUpdateBlobs",
+                    digest: entry
+                        .digest
+                        .map(|d| format!("{}/{}", d.hash, d.size_bytes))
+                        .unwrap_or_default(),
+                    code: tonic::Code::from(status.code),
+                    message: status.message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads one blob with ByteStream Write in [`WRITE_CHUNK`] pieces.
+    pub async fn write(
+        &self,
+        digest: &Digest,
+        data: Bytes,
+        compress: bool,
+    ) -> Result<i64, ClientError> {
+        self.write_chunked(digest, data, compress, WRITE_CHUNK)
+            .await
+    }
+
+    /// Uploads one blob with ByteStream Write in `chunk`-byte pieces (Bazel uses 16 KiB).
+    pub async fn write_chunked(
+        &self,
+        digest: &Digest,
+        data: Bytes,
+        compress: bool,
+        chunk: usize,
+    ) -> Result<i64, ClientError> {
+        let resource = format_write(&WriteResource {
+            instance_name: self.instance.clone(),
+            upload_id: uuid::Uuid::new_v4().to_string(),
+            compressor: if compress {
+                Compressor::Zstd
+            } else {
+                Compressor::Identity
+            },
+            digest: *digest,
+        });
+        let payload = if compress {
+            Bytes::from(codec::compress(&data))
+        } else {
+            data
+        };
+        let chunk = chunk.max(1);
+        let total = payload.len();
+        let messages: Vec<WriteRequest> = if total == 0 {
+            vec![WriteRequest {
+                resource_name: resource,
+                write_offset: 0,
+                finish_write: true,
+                data: Bytes::new(),
+            }]
+        } else {
+            (0..total)
+                .step_by(chunk)
+                .map(|start| {
+                    let end = (start + chunk).min(total);
+                    WriteRequest {
+                        resource_name: if start == 0 {
+                            resource.clone()
+                        } else {
+                            String::new()
+                        },
+                        write_offset: start as i64,
+                        finish_write: end == total,
+                        data: payload.slice(start..end),
+                    }
+                })
+                .collect()
+        };
+        let response = self
+            .bytestream
+            .clone()
+            .write(futures::stream::iter(messages))
+            .await
+            .map_err(rpc("ByteStream.Write"))?
+            .into_inner();
+        Ok(response.committed_size)
+    }
+
+    /// Downloads one blob with ByteStream Read (zstd on the wire if `compressed`) and verifies it.
+    pub async fn read(&self, digest: &Digest, compressed: bool) -> Result<Bytes, ClientError> {
+        let resource = format_read(&ReadResource {
+            instance_name: self.instance.clone(),
+            compressor: if compressed {
+                Compressor::Zstd
+            } else {
+                Compressor::Identity
+            },
+            digest: *digest,
+        });
+        let mut stream = self
+            .bytestream
+            .clone()
+            .read(ReadRequest {
+                resource_name: resource,
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await
+            .map_err(rpc("ByteStream.Read"))?
+            .into_inner();
+        let mut out = BytesMut::with_capacity(usize::try_from(digest.size_bytes).unwrap_or(0));
+        let mut decoder = if compressed {
+            Some(StreamDecoder::new(digest.size_bytes)?)
+        } else {
+            None
+        };
+        while let Some(message) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
+            match &mut decoder {
+                Some(decoder) => decoder.feed::<CodecError>(&message.data, |piece| {
+                    out.extend_from_slice(piece);
+                    Ok(())
+                })?,
+                None => out.extend_from_slice(&message.data),
+            }
+        }
+        if let Some(decoder) = &decoder {
+            decoder.finish()?;
+        }
+        let data = out.freeze();
+        digest.verify(&data)?;
+        Ok(data)
+    }
+
+    /// Downloads blobs with BatchReadBlobs (accepting zstd if `compressed`), verifying each.
+    pub async fn batch_read(
+        &self,
+        digests: &[Digest],
+        compressed: bool,
+    ) -> Result<HashMap<Digest, Bytes>, ClientError> {
+        let response = self
+            .cas
+            .clone()
+            .batch_read_blobs(BatchReadBlobsRequest {
+                instance_name: self.instance.clone(),
+                digests: digests.iter().map(Digest::to_proto).collect(),
+                acceptable_compressors: if compressed {
+                    vec![compressor::Value::Zstd as i32]
+                } else {
+                    Vec::new()
+                },
+                digest_function: self.function.to_proto(),
+            })
+            .await
+            .map_err(rpc("BatchReadBlobs"))?
+            .into_inner();
+        let mut out = HashMap::new();
+        for entry in response.responses {
+            let proto = entry.digest.ok_or_else(|| {
+                ClientError::Protocol("BatchReadBlobs entry without digest".into())
+            })?;
+            let digest = Digest::from_proto(self.function, &proto)?;
+            let status = entry.status.unwrap_or_default();
+            if status.code != 0 {
+                return Err(ClientError::Blob {
+                    call: "BatchReadBlobs",
+                    digest: digest.to_string(),
+                    code: tonic::Code::from(status.code),
+                    message: status.message,
+                });
+            }
+            let data = if entry.compressor == compressor::Value::Zstd as i32 {
+                Bytes::from(codec::decompress(&entry.data, digest.size_bytes)?)
+            } else {
+                entry.data
+            };
+            digest.verify(&data)?;
+            out.insert(digest, data);
+        }
+        Ok(out)
+    }
+}

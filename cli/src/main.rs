@@ -1,0 +1,144 @@
+//! `tessera`: the one user-facing binary. A doorway: parse flags, load config, call the
+//! library, map the outcome to a documented exit code.
+//!
+//! Exit codes: 0 success, 1 tests failed, 2 usage or bad input (including configuration
+//! errors), 3 infrastructure failure (cannot bind, cannot open the data directory, ...).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tessera_coordinator::{ConfigOverrides, Coordinator, CoordinatorConfig, LogFormat};
+
+/// Exit code for usage errors and bad input.
+const EXIT_USAGE: u8 = 2;
+/// Exit code for infrastructure failures.
+const EXIT_INFRA: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a distributed build and test runner with a Remote Execution API v2 cache",
+    after_help = "Exit codes: 0 success, 1 tests failed, 2 usage or bad input, 3 infrastructure failure."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator: REAPI CAS, ByteStream, ActionCache and Capabilities on one port.
+    ///
+    /// Point Bazel at it with `--remote_cache=grpc://HOST:PORT`. Settings come from defaults,
+    /// then --config FILE, then TESSERA_* environment variables, then these flags.
+    Coordinator(CoordinatorArgs),
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// TOML configuration file (unknown keys are errors). Also TESSERA_CONFIG.
+    #[arg(long, env = "TESSERA_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:8980]. Also TESSERA_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Directory for all state [default: ./tessera-data]. Also TESSERA_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Byte budget for stored blobs; least recently used blobs are evicted beyond it.
+    /// Also TESSERA_MAX_CAS_BYTES.
+    #[arg(long, value_name = "BYTES")]
+    max_cas_bytes: Option<u64>,
+    /// Log format: text or json [default: text]. Verbosity comes from RUST_LOG.
+    /// Also TESSERA_LOG_FORMAT.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process still stops on the default action.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+}
+
+async fn coordinator(args: CoordinatorArgs) -> ExitCode {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let flags = ConfigOverrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        max_cas_bytes: args.max_cas_bytes,
+        log_format: args.log_format,
+    };
+    let config = match CoordinatorConfig::load(args.config.as_deref(), &env, &flags) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(config.log_format);
+    let server = match Coordinator::start(&config).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            return ExitCode::from(EXIT_INFRA);
+        }
+    };
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    match server.run_until_shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            ExitCode::from(EXIT_INFRA)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tessera: failed to start the async runtime: {error}");
+            return ExitCode::from(EXIT_INFRA);
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Coordinator(args) => coordinator(args).await,
+        }
+    })
+}

@@ -1,0 +1,320 @@
+//! The coordinator's configuration: typed, strict, and loaded in one function.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config`), `TESSERA_*`
+//! environment variables, command-line flags. Unknown keys in the file are errors, and so are
+//! malformed environment values: a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format \"{other}\" (expected text or json)"
+            )),
+        }
+    }
+}
+
+/// Everything the coordinator needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorConfig {
+    /// gRPC listen address. Loopback by default: until authentication exists, a coordinator
+    /// reachable from a network runs whatever its clients send.
+    pub listen: SocketAddr,
+    /// Directory for all state: `meta/` (sled) and `cas/` (blobs).
+    pub data_dir: PathBuf,
+    /// Byte budget for blobs at rest; `None` means no limit.
+    pub max_cas_bytes: Option<u64>,
+    /// Blobs used more recently than this are not evicted.
+    pub cas_protect_recent: Duration,
+    /// Largest total of blob bytes accepted or returned by one batch call.
+    pub max_batch_total_size_bytes: u64,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8980)),
+            data_dir: PathBuf::from("tessera-data"),
+            max_cas_bytes: None,
+            cas_protect_recent: Duration::from_secs(60),
+            max_batch_total_size_bytes: 4 * 1024 * 1024,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The file form: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    max_cas_bytes: Option<u64>,
+    cas_protect_recent: Option<String>,
+    max_batch_total_size_bytes: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigOverrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--max-cas-bytes`.
+    pub max_cas_bytes: Option<u64>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, ...).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, including the offending key.
+        message: String,
+    },
+    /// An environment variable or key has a value that does not parse.
+    #[error("invalid value for {key}: \"{value}\": {reason}")]
+    Value {
+        /// The variable or key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A `TESSERA_*` variable that no setting uses.
+    #[error("unknown environment variable {0} (known: {known})", known = ENV_KEYS.join(", "))]
+    UnknownEnv(String),
+}
+
+/// Environment variables read by [`CoordinatorConfig::load`]. Other `TESSERA_*` variables that
+/// belong to other commands are listed in [`OTHER_ENV_KEYS`] and ignored here.
+pub const ENV_KEYS: &[&str] = &[
+    "TESSERA_LISTEN",
+    "TESSERA_DATA_DIR",
+    "TESSERA_MAX_CAS_BYTES",
+    "TESSERA_CAS_PROTECT_RECENT",
+    "TESSERA_MAX_BATCH_TOTAL_SIZE_BYTES",
+    "TESSERA_LOG_FORMAT",
+    "TESSERA_CONFIG",
+];
+
+/// `TESSERA_*` variables used by other parts of the `tessera` binary.
+pub const OTHER_ENV_KEYS: &[&str] = &["TESSERA_COORDINATOR"];
+
+fn parse_value<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| ConfigError::Value {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|e| ConfigError::Value {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: format!("{e} (write durations like \"30s\", \"5m\", \"250ms\")"),
+    })
+}
+
+impl CoordinatorConfig {
+    /// Loads the configuration: defaults, then `file` (if any), then the `TESSERA_*` entries of
+    /// `env`, then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: &ConfigOverrides,
+    ) -> Result<Self, ConfigError> {
+        let mut config = CoordinatorConfig::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            config.apply_file(path, &text)?;
+        }
+        config.apply_env(env)?;
+        if let Some(listen) = flags.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &flags.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        if let Some(max) = flags.max_cas_bytes {
+            config.max_cas_bytes = Some(max);
+        }
+        if let Some(format) = flags.log_format {
+            config.log_format = format;
+        }
+        Ok(config)
+    }
+
+    /// Applies a TOML document.
+    pub fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Some(v) = file.listen {
+            self.listen = v;
+        }
+        if let Some(v) = file.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = file.max_cas_bytes {
+            self.max_cas_bytes = Some(v);
+        }
+        if let Some(v) = file.cas_protect_recent {
+            self.cas_protect_recent = parse_duration("cas_protect_recent", &v)?;
+        }
+        if let Some(v) = file.max_batch_total_size_bytes {
+            self.max_batch_total_size_bytes = v;
+        }
+        if let Some(v) = file.log_format {
+            self.log_format = v;
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        for (key, value) in env.range("TESSERA_".to_owned()..) {
+            if !key.starts_with("TESSERA_") {
+                break;
+            }
+            match key.as_str() {
+                "TESSERA_LISTEN" => self.listen = parse_value(key, value)?,
+                "TESSERA_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "TESSERA_MAX_CAS_BYTES" => self.max_cas_bytes = Some(parse_value(key, value)?),
+                "TESSERA_CAS_PROTECT_RECENT" => {
+                    self.cas_protect_recent = parse_duration(key, value)?;
+                }
+                "TESSERA_MAX_BATCH_TOTAL_SIZE_BYTES" => {
+                    self.max_batch_total_size_bytes = parse_value(key, value)?;
+                }
+                "TESSERA_LOG_FORMAT" => self.log_format = parse_value(key, value)?,
+                // Read by the command line before this function runs.
+                "TESSERA_CONFIG" => {}
+                other if OTHER_ENV_KEYS.contains(&other) => {}
+                other => return Err(ConfigError::UnknownEnv(other.to_owned())),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1000\"\ndata_dir = \"/from/file\"\nmax_cas_bytes = 5\ncas_protect_recent = \"2m\"\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("TESSERA_DATA_DIR", "/from/env"),
+            ("TESSERA_MAX_CAS_BYTES", "7"),
+            ("PATH", "/bin"),
+        ]);
+        let flags = ConfigOverrides {
+            max_cas_bytes: Some(9),
+            ..Default::default()
+        };
+        let c = CoordinatorConfig::load(Some(&file), &e, &flags).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1000".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.max_cas_bytes, Some(9));
+        assert_eq!(c.cas_protect_recent, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let mut c = CoordinatorConfig::default();
+        let err = c
+            .apply_file(Path::new("x.toml"), "listen_addr = \"127.0.0.1:1\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_values_and_unknown_variables_are_errors() {
+        let none = ConfigOverrides::default();
+        let err = CoordinatorConfig::load(None, &env(&[("TESSERA_MAX_CAS_BYTES", "lots")]), &none)
+            .unwrap_err();
+        assert!(err.to_string().contains("TESSERA_MAX_CAS_BYTES"), "{err}");
+        let err =
+            CoordinatorConfig::load(None, &env(&[("TESSERA_LISTN", "x")]), &none).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnv(ref k) if k == "TESSERA_LISTN"));
+        let err =
+            CoordinatorConfig::load(None, &env(&[("TESSERA_CAS_PROTECT_RECENT", "soon")]), &none)
+                .unwrap_err();
+        assert!(err.to_string().contains("30s"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_in_deploy_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
+        let c = CoordinatorConfig::load(Some(&path), &BTreeMap::new(), &ConfigOverrides::default())
+            .unwrap();
+        assert_ne!(
+            c,
+            CoordinatorConfig::default(),
+            "the example should set something"
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! The coordinator's lifecycle: open the stores under the data directory, bind, serve every
+//! gRPC service on one port, run the background chores, and shut down as a protocol.
+//!
+//! Shutdown causes: the caller cancels the token (the CLI does so on SIGTERM or SIGINT), or
+//! serving fails. On shutdown the server stops accepting connections, lets running calls
+//! finish for up to [`DRAIN_DEADLINE`], then writes back access times and flushes the metadata
+//! store before returning.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_cas::meta::{MetaError, MetadataStore, SledStore};
+use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, StoreError};
+use tessera_proto::bytestream::byte_stream_server::ByteStreamServer;
+use tessera_proto::reapi::action_cache_server::ActionCacheServer;
+use tessera_proto::reapi::capabilities_server::CapabilitiesServer;
+use tessera_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::action_cache::{AcError, ActionCache};
+use crate::config::CoordinatorConfig;
+use crate::services::action_cache::ActionCacheService;
+use crate::services::bytestream::ByteStreamService;
+use crate::services::capabilities::CapabilitiesService;
+use crate::services::cas::CasService;
+
+/// How long running calls may take to finish once shutdown starts.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How often in-memory access times are written to the metadata store.
+const WRITE_BACK_EVERY: Duration = Duration::from_secs(10);
+/// Largest gRPC message accepted or sent: room for a full batch plus framing.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why the coordinator could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("failed to create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metadata store could not be opened (often: another coordinator uses the directory).
+    #[error(
+        "failed to open the metadata store (is another coordinator using this --data-dir?): {0}"
+    )]
+    Meta(#[from] MetaError),
+    /// The blob store could not be opened.
+    #[error("failed to open the blob store: {0}")]
+    Store(#[from] StoreError),
+    /// The action cache could not be opened.
+    #[error("failed to open the action cache: {0}")]
+    ActionCache(#[from] AcError),
+    /// The listen address could not be bound.
+    #[error(
+        "failed to listen on {addr}: {source} (is the port in use? pick another with --listen)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    addr: SocketAddr,
+    token: CancellationToken,
+    tasks: TaskTracker,
+    serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    meta: Arc<SledStore>,
+    store: DiskStore,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// Opens the stores and starts serving on `config.listen` (port 0 picks a free port; see
+    /// [`Coordinator::local_addr`]).
+    pub async fn start(config: &CoordinatorConfig) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let meta = Arc::new(SledStore::open(config.data_dir.join("meta"))?);
+        let meta_dyn: Arc<dyn MetadataStore> = meta.clone();
+        let mut options = DiskStoreOptions::new(config.data_dir.join("cas"));
+        options.budget_bytes = config.max_cas_bytes.unwrap_or(u64::MAX);
+        options.protect_recent = config.cas_protect_recent;
+        let store = {
+            let meta_dyn = Arc::clone(&meta_dyn);
+            tokio::task::spawn_blocking(move || DiskStore::open(meta_dyn, options))
+                .await
+                .map_err(|e| StoreError::Io {
+                    op: "failed to open",
+                    path: "blob store".into(),
+                    source: std::io::Error::other(e),
+                })??
+        };
+        let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
+        let cache = ActionCache::open(meta_dyn, Arc::clone(&blobs))?;
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let token = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let batch = config.max_batch_total_size_bytes;
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .initial_connection_window_size(32 * 1024 * 1024)
+            .initial_stream_window_size(16 * 1024 * 1024)
+            .add_service(CapabilitiesServer::new(CapabilitiesService::new(batch)))
+            .add_service(
+                ContentAddressableStorageServer::new(CasService::new(Arc::clone(&blobs), batch))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ByteStreamServer::new(ByteStreamService::new(Arc::clone(&blobs)))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ActionCacheServer::new(ActionCacheService::new(cache, Arc::clone(&blobs)))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            );
+        let serve = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            token.clone().cancelled_owned(),
+        ));
+
+        tasks.spawn({
+            let token = token.clone();
+            let store = store.clone();
+            async move {
+                let mut tick = tokio::time::interval(WRITE_BACK_EVERY);
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let store = store.clone();
+                    let outcome =
+                        tokio::task::spawn_blocking(move || store.write_back_access_times()).await;
+                    if let Ok(Err(error)) = outcome {
+                        tracing::warn!(%error, "failed to write back access times");
+                    }
+                }
+            }
+        });
+        tasks.close();
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "coordinator listening");
+        Ok(Coordinator {
+            addr,
+            token,
+            tasks,
+            serve,
+            meta,
+            store,
+        })
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A token that starts shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Runs until the shutdown token is cancelled, then shuts down.
+    pub async fn run_until_shutdown(self) -> Result<(), ServerError> {
+        self.token.cancelled().await;
+        self.shutdown().await
+    }
+
+    /// Stops accepting work, drains running calls (bounded by [`DRAIN_DEADLINE`]), and makes
+    /// the metadata durable.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        tracing::info!("coordinator shutting down");
+        self.token.cancel();
+        let served = match tokio::time::timeout(DRAIN_DEADLINE, self.serve).await {
+            Ok(Ok(result)) => result.map_err(ServerError::from),
+            Ok(Err(join)) => {
+                tracing::error!(%join, "server task failed");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!("calls still running after the drain deadline; stopping anyway");
+                Ok(())
+            }
+        };
+        self.tasks.wait().await;
+        let store = self.store.clone();
+        let meta = Arc::clone(&self.meta);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.write_back_access_times() {
+                tracing::warn!(%error, "failed to write back access times");
+            }
+            meta.flush()
+        })
+        .await
+        .map_err(|_| MetaError::Closed)
+        .and_then(|r| r)
+        .map_err(|error| tracing::error!(%error, "final metadata flush failed"));
+        served
+    }
+}

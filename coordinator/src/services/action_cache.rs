@@ -1,0 +1,131 @@
+//! REAPI `ActionCache`: GetActionResult and UpdateActionResult over [`ActionCache`].
+
+use std::sync::Arc;
+
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_cas::store::BlobStore;
+use tessera_proto::reapi::{
+    ActionResult, GetActionResultRequest, UpdateActionResultRequest, action_cache_server,
+};
+use tonic::{Request, Response, Status};
+
+use crate::action_cache::{AcError, ActionCache};
+use crate::status::{missing_blobs, store_error};
+
+/// Most bytes inlined into one GetActionResult answer (stdout, stderr and files together).
+const MAX_INLINE_BYTES: u64 = 2 * 1024 * 1024;
+
+impl From<AcError> for Status {
+    fn from(error: AcError) -> Status {
+        match &error {
+            AcError::Instance(_)
+            | AcError::Digest(_)
+            | AcError::MissingResult
+            | AcError::InvalidResult(_) => Status::invalid_argument(error.to_string()),
+            // REAPI: the client must upload outputs before the result; say which are missing.
+            AcError::MissingOutputs(missing) => missing_blobs(error.to_string(), missing),
+            AcError::Store(inner) => store_error(inner),
+            AcError::Undecodable(_) | AcError::Meta(_) => Status::internal(error.to_string()),
+        }
+    }
+}
+
+/// The ActionCache service.
+#[derive(Clone)]
+pub struct ActionCacheService {
+    cache: ActionCache,
+    store: Arc<dyn BlobStore>,
+}
+
+impl ActionCacheService {
+    /// Serves `cache`, inlining outputs from `store` when asked.
+    pub fn new(cache: ActionCache, store: Arc<dyn BlobStore>) -> Self {
+        ActionCacheService { cache, store }
+    }
+
+    async fn get(&self, req: GetActionResultRequest) -> Result<ActionResult, Status> {
+        let function = DigestFunction::from_request(req.digest_function).map_err(AcError::from)?;
+        let action =
+            Digest::from_proto_opt(function, req.action_digest.as_ref()).map_err(AcError::from)?;
+        let cache = self.cache.clone();
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let Some(mut result) = cache.get(&req.instance_name, &action)? else {
+                return Err(Status::not_found(format!(
+                    "no action result for {action} in instance \"{}\"",
+                    req.instance_name
+                )));
+            };
+            inline_outputs(store.as_ref(), function, &req, &mut result);
+            Ok(result)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
+
+    async fn update(&self, req: UpdateActionResultRequest) -> Result<ActionResult, Status> {
+        let function = DigestFunction::from_request(req.digest_function).map_err(AcError::from)?;
+        let action =
+            Digest::from_proto_opt(function, req.action_digest.as_ref()).map_err(AcError::from)?;
+        let result = req.action_result.ok_or(AcError::MissingResult)?;
+        Ok(self
+            .cache
+            .update(&req.instance_name, &action, result)
+            .await?)
+    }
+}
+
+/// Fills `stdout_raw`, `stderr_raw` and output file `contents` as far as the request asks and
+/// the inline budget allows. Inlining is a hint: anything that does not fit, or cannot be read,
+/// is left for the client to fetch.
+fn inline_outputs(
+    store: &dyn BlobStore,
+    function: DigestFunction,
+    req: &GetActionResultRequest,
+    result: &mut ActionResult,
+) {
+    let mut budget = MAX_INLINE_BYTES;
+    let mut fetch = |digest: Option<&tessera_proto::reapi::Digest>| {
+        let digest = Digest::from_proto_opt(function, digest).ok()?;
+        if digest.size_bytes > budget {
+            return None;
+        }
+        let data = store.read(&digest).ok()??;
+        budget -= digest.size_bytes;
+        Some(data)
+    };
+    if req.inline_stdout {
+        if let Some(data) = fetch(result.stdout_digest.as_ref()) {
+            result.stdout_raw = data;
+        }
+    }
+    if req.inline_stderr {
+        if let Some(data) = fetch(result.stderr_digest.as_ref()) {
+            result.stderr_raw = data;
+        }
+    }
+    for file in &mut result.output_files {
+        if req.inline_output_files.contains(&file.path) {
+            if let Some(data) = fetch(file.digest.as_ref()) {
+                file.contents = data;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl action_cache_server::ActionCache for ActionCacheService {
+    async fn get_action_result(
+        &self,
+        request: Request<GetActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        Ok(Response::new(self.get(request.into_inner()).await?))
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        Ok(Response::new(self.update(request.into_inner()).await?))
+    }
+}

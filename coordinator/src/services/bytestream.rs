@@ -1,0 +1,412 @@
+//! `google.bytestream.ByteStream` for the CAS: Read (with offset and limit), Write (resumable,
+//! deduplicated) and QueryWriteStatus, for `blobs/` and `compressed-blobs/zstd/` resources.
+//!
+//! An upload whose stream breaks is parked under its resource name, so the client can ask
+//! QueryWriteStatus and resume from the committed offset; parked uploads expire after
+//! [`PARK_TTL`]. If the blob appears while an upload is running (another client finished it),
+//! the upload ends at once with the full size, as REAPI specifies. Reads verify the whole blob
+//! as they stream it and end in DATA_LOSS if it does not match its digest.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use tessera_cas::digest::Digest;
+use tessera_cas::resource::{self, Compressor, ResourceError};
+use tessera_cas::store::codec::{CodecError, StreamDecoder, StreamEncoder};
+use tessera_cas::store::{BlobStore, StoreError, Upload};
+use tessera_proto::bytestream::{
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
+    WriteResponse, byte_stream_server,
+};
+use thiserror::Error;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::status::store_error;
+
+/// How long a broken upload waits to be resumed.
+pub const PARK_TTL: Duration = Duration::from_secs(600);
+/// Most broken uploads kept at once; the oldest go first.
+const MAX_PARKED: usize = 1024;
+/// Largest `data` in one ReadResponse.
+const MAX_READ_MESSAGE: usize = 1024 * 1024;
+
+#[derive(Debug, Error)]
+enum ByteStreamError {
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    #[error("write stream is empty")]
+    EmptyWrite,
+    #[error("write for {expected} continued with a different resource name \"{found}\"")]
+    ResourceChanged { expected: String, found: String },
+    #[error(
+        "write_offset {got} does not match the {expected} bytes committed for {resource}; ask QueryWriteStatus and resume from there"
+    )]
+    WrongOffset {
+        resource: String,
+        expected: u64,
+        got: i64,
+    },
+    #[error("write stream for {0} ended without finish_write; resume with QueryWriteStatus")]
+    Unfinished(String),
+    #[error("read_offset {offset} is out of range for blob of {size} bytes")]
+    OffsetOutOfRange { offset: i64, size: u64 },
+    #[error("read_limit {0} is negative")]
+    NegativeLimit(i64),
+    #[error("read_limit must be 0 for compressed-blobs resources, got {0}")]
+    CompressedLimit(i64),
+    #[error("blob {0} not found")]
+    NotFound(Digest),
+    #[error("compressed upload: {0}")]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<ByteStreamError> for Status {
+    fn from(error: ByteStreamError) -> Status {
+        match &error {
+            ByteStreamError::Resource(_)
+            | ByteStreamError::EmptyWrite
+            | ByteStreamError::ResourceChanged { .. }
+            | ByteStreamError::WrongOffset { .. }
+            | ByteStreamError::Unfinished(_)
+            | ByteStreamError::NegativeLimit(_)
+            | ByteStreamError::CompressedLimit(_)
+            | ByteStreamError::Codec(_) => Status::invalid_argument(error.to_string()),
+            ByteStreamError::OffsetOutOfRange { .. } => Status::out_of_range(error.to_string()),
+            ByteStreamError::NotFound(_) => Status::not_found(error.to_string()),
+            ByteStreamError::Store(inner) => store_error(inner),
+            ByteStreamError::Internal(_) => Status::internal(error.to_string()),
+        }
+    }
+}
+
+/// An upload in progress: the store's upload plus, for compressed resources, the decoder.
+struct UploadState {
+    upload: Box<dyn Upload>,
+    decoder: Option<StreamDecoder>,
+    /// Bytes accepted on the wire (compressed bytes for compressed resources).
+    committed: u64,
+}
+
+struct Parked {
+    state: UploadState,
+    since: Instant,
+}
+
+/// The ByteStream service.
+#[derive(Clone)]
+pub struct ByteStreamService {
+    store: Arc<dyn BlobStore>,
+    parked: Arc<Mutex<HashMap<String, Parked>>>,
+}
+
+impl ByteStreamService {
+    /// Serves blobs of `store`.
+    pub fn new(store: Arc<dyn BlobStore>) -> Self {
+        ByteStreamService {
+            store,
+            parked: Arc::default(),
+        }
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Parked>> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn park(&self, key: String, state: UploadState) {
+        let mut parked = self.parked();
+        parked.retain(|_, p| p.since.elapsed() < PARK_TTL);
+        if parked.len() >= MAX_PARKED {
+            if let Some(oldest) = parked
+                .iter()
+                .min_by_key(|(_, p)| p.since)
+                .map(|(k, _)| k.clone())
+            {
+                parked.remove(&oldest);
+            }
+        }
+        parked.insert(
+            key,
+            Parked {
+                state,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    fn start_read(
+        &self,
+        req: &ReadRequest,
+    ) -> Result<ReceiverStream<Result<ReadResponse, Status>>, ByteStreamError> {
+        let resource = resource::parse_read(&req.resource_name)?;
+        let digest = resource.digest;
+        if req.read_offset < 0 || req.read_offset as u64 > digest.size_bytes {
+            return Err(ByteStreamError::OffsetOutOfRange {
+                offset: req.read_offset,
+                size: digest.size_bytes,
+            });
+        }
+        if req.read_limit < 0 {
+            return Err(ByteStreamError::NegativeLimit(req.read_limit));
+        }
+        let compressed = resource.compressor == Compressor::Zstd;
+        if compressed && req.read_limit != 0 {
+            return Err(ByteStreamError::CompressedLimit(req.read_limit));
+        }
+        let offset = req.read_offset as u64;
+        let Some(mut reader) = self.store.open(&digest, offset)? else {
+            return Err(ByteStreamError::NotFound(digest));
+        };
+        let mut remaining = if req.read_limit == 0 {
+            u64::MAX
+        } else {
+            req.read_limit as u64
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut encoder = if compressed {
+                match StreamEncoder::new() {
+                    Ok(encoder) => Some(encoder),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            let send = |data: Bytes| -> bool {
+                let mut data = data;
+                while !data.is_empty() {
+                    let piece = data.split_to(data.len().min(MAX_READ_MESSAGE));
+                    if tx.blocking_send(Ok(ReadResponse { data: piece })).is_err() {
+                        return false;
+                    }
+                }
+                true
+            };
+            loop {
+                match reader.next_chunk() {
+                    Ok(Some(mut chunk)) => {
+                        if remaining == 0 {
+                            // The limit is reached, but the rest is still read to verify the blob.
+                            continue;
+                        }
+                        if (chunk.len() as u64) > remaining {
+                            chunk.truncate(remaining as usize);
+                        }
+                        remaining -= chunk.len() as u64;
+                        let out = match &mut encoder {
+                            Some(encoder) => match encoder.feed(&chunk) {
+                                Ok(c) => Bytes::from(c),
+                                Err(e) => {
+                                    let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                                    return;
+                                }
+                            },
+                            None => chunk,
+                        };
+                        if !send(out) {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        if let Some(encoder) = &mut encoder {
+                            match encoder.finish() {
+                                Ok(tail) => {
+                                    send(Bytes::from(tail));
+                                }
+                                Err(e) => {
+                                    let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                                }
+                            }
+                        }
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = tx.blocking_send(Err(store_error(&error)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    async fn write(
+        &self,
+        mut stream: Streaming<WriteRequest>,
+    ) -> Result<WriteResponse, ByteStreamError> {
+        let first = match stream.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => return Err(ByteStreamError::EmptyWrite),
+            Err(status) => return Err(ByteStreamError::Internal(status.message().to_owned())),
+        };
+        let resource = resource::parse_write(&first.resource_name)?;
+        let digest = resource.digest;
+        let compressed = resource.compressor == Compressor::Zstd;
+        let key = resource::format_write(&resource);
+        // REAPI: when the blob already exists, answer -1 for compressed uploads and the full
+        // size for plain ones.
+        let already_there = WriteResponse {
+            committed_size: if compressed { -1 } else { digest.size_i64() },
+        };
+        if self.store.contains(&digest) {
+            return Ok(already_there);
+        }
+        let parked = self.parked().remove(&key);
+        let mut state = match (first.write_offset, parked) {
+            (0, _) => UploadState {
+                upload: self.store.begin_upload(&digest)?,
+                decoder: if compressed {
+                    Some(StreamDecoder::new(digest.size_bytes)?)
+                } else {
+                    None
+                },
+                committed: 0,
+            },
+            (offset, Some(p)) if offset >= 0 && offset as u64 == p.state.committed => p.state,
+            (offset, parked) => {
+                let expected = parked.as_ref().map_or(0, |p| p.state.committed);
+                if let Some(p) = parked {
+                    self.park(key.clone(), p.state);
+                }
+                return Err(ByteStreamError::WrongOffset {
+                    resource: key,
+                    expected,
+                    got: offset,
+                });
+            }
+        };
+        let mut message = first;
+        loop {
+            if !message.resource_name.is_empty() && !same_resource(&key, &message.resource_name) {
+                return Err(ByteStreamError::ResourceChanged {
+                    expected: key,
+                    found: message.resource_name,
+                });
+            }
+            if message.write_offset < 0 || message.write_offset as u64 != state.committed {
+                let got = message.write_offset;
+                let expected = state.committed;
+                self.park(key.clone(), state);
+                return Err(ByteStreamError::WrongOffset {
+                    resource: key,
+                    expected,
+                    got,
+                });
+            }
+            feed(&mut state, &message.data)?;
+            if message.finish_write {
+                let committed = state.committed;
+                let UploadState {
+                    upload, decoder, ..
+                } = state;
+                if let Some(decoder) = &decoder {
+                    decoder.finish()?;
+                }
+                tokio::task::spawn_blocking(move || upload.commit())
+                    .await
+                    .map_err(|e| ByteStreamError::Internal(e.to_string()))??;
+                return Ok(WriteResponse {
+                    committed_size: if compressed {
+                        committed as i64
+                    } else {
+                        digest.size_i64()
+                    },
+                });
+            }
+            // Another writer finished the same blob: stop early, as REAPI allows.
+            if self.store.contains(&digest) {
+                return Ok(already_there);
+            }
+            message = match stream.message().await {
+                Ok(Some(next)) => next,
+                Ok(None) => {
+                    self.park(key.clone(), state);
+                    return Err(ByteStreamError::Unfinished(key));
+                }
+                Err(status) => {
+                    tracing::debug!(resource = %key, %status, "upload stream broke; parked for resumption");
+                    self.park(key, state);
+                    return Err(ByteStreamError::Internal(status.message().to_owned()));
+                }
+            };
+        }
+    }
+
+    fn query_write_status(
+        &self,
+        req: &QueryWriteStatusRequest,
+    ) -> Result<QueryWriteStatusResponse, ByteStreamError> {
+        let resource = resource::parse_write(&req.resource_name)?;
+        if self.store.contains(&resource.digest) {
+            return Ok(QueryWriteStatusResponse {
+                committed_size: resource.digest.size_i64(),
+                complete: true,
+            });
+        }
+        let key = resource::format_write(&resource);
+        let committed = self.parked().get(&key).map_or(0, |p| p.state.committed);
+        Ok(QueryWriteStatusResponse {
+            committed_size: committed as i64,
+            complete: false,
+        })
+    }
+}
+
+/// Later messages may repeat the resource name, possibly with other trailing metadata; they
+/// must name the same upload.
+fn same_resource(key: &str, name: &str) -> bool {
+    resource::parse_write(name).is_ok_and(|parsed| resource::format_write(&parsed) == key)
+}
+
+fn feed(state: &mut UploadState, data: &[u8]) -> Result<(), ByteStreamError> {
+    match &mut state.decoder {
+        Some(decoder) => {
+            let upload = &mut state.upload;
+            decoder
+                .feed::<ByteStreamError>(data, |piece| upload.write(piece).map_err(Into::into))?;
+        }
+        None => state.upload.write(data)?,
+    }
+    state.committed += data.len() as u64;
+    Ok(())
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl byte_stream_server::ByteStream for ByteStreamService {
+    type ReadStream = ReadStream;
+
+    async fn read(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let stream = self.start_read(request.get_ref())?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        Ok(Response::new(self.write(request.into_inner()).await?))
+    }
+
+    async fn query_write_status(
+        &self,
+        request: Request<QueryWriteStatusRequest>,
+    ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        Ok(Response::new(self.query_write_status(request.get_ref())?))
+    }
+}

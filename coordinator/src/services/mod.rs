@@ -1,0 +1,8 @@
+//! One file per gRPC service; each method is a thin adapter over an inner function that
+//! returns the service's domain `Result`, and each file maps its errors to status codes in one
+//! `From` impl.
+
+pub mod action_cache;
+pub mod bytestream;
+pub mod capabilities;
+pub mod cas;

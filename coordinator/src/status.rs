@@ -1,0 +1,83 @@
+//! Building gRPC statuses with REAPI error details, and `google.rpc.Status` values for
+//! per-entry results of batch calls. Which code a domain error gets is decided in each
+//! service's own `impl From<..> for Status`, not here.
+
+use prost::Message;
+use tessera_cas::digest::Digest;
+use tessera_proto::rpc;
+use tonic::{Code, Status};
+
+/// `FAILED_PRECONDITION` with a `PreconditionFailure` detail naming each missing blob as
+/// `blobs/{hash}/{size}` (with the digest function segment for non-legacy functions), as REAPI
+/// asks so clients can re-upload exactly what is missing.
+pub(crate) fn missing_blobs(message: String, missing: &[Digest]) -> Status {
+    let failure = rpc::PreconditionFailure {
+        violations: missing
+            .iter()
+            .map(|d| rpc::precondition_failure::Violation {
+                r#type: "MISSING".to_owned(),
+                subject: missing_subject(d),
+                description: String::new(),
+            })
+            .collect(),
+    };
+    let details = rpc::Status {
+        code: Code::FailedPrecondition as i32,
+        message: message.clone(),
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.PreconditionFailure".to_owned(),
+            value: failure.encode_to_vec(),
+        }],
+    };
+    Status::with_details(
+        Code::FailedPrecondition,
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
+fn missing_subject(d: &Digest) -> String {
+    match d.function {
+        tessera_cas::digest::DigestFunction::Sha256 => {
+            format!("blobs/{}/{}", d.hash_hex(), d.size_bytes)
+        }
+        other => format!("blobs/{}/{}/{}", other.name(), d.hash_hex(), d.size_bytes),
+    }
+}
+
+/// A `google.rpc.Status` for one entry of a batch response.
+pub(crate) fn rpc_status(status: &Status) -> rpc::Status {
+    rpc::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    }
+}
+
+/// The OK `google.rpc.Status`.
+pub(crate) fn rpc_ok() -> rpc::Status {
+    rpc::Status {
+        code: Code::Ok as i32,
+        message: String::new(),
+        details: Vec::new(),
+    }
+}
+
+/// The status for a blob store failure, shared by the CAS and ByteStream services.
+pub(crate) fn store_error(error: &tessera_cas::store::StoreError) -> Status {
+    use tessera_cas::store::StoreError;
+    match error {
+        // The client sent bytes that do not match their digest.
+        StoreError::Digest(_) | StoreError::Overflow { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+        StoreError::Full { .. } => Status::resource_exhausted(error.to_string()),
+        // Only streaming reads see this: the bytes already sent must not be accepted.
+        StoreError::Corrupt { .. } => Status::data_loss(error.to_string()),
+        StoreError::Io { source, .. } if source.raw_os_error() == Some(28) => {
+            // ENOSPC: the disk itself is full.
+            Status::resource_exhausted(error.to_string())
+        }
+        StoreError::Io { .. } | StoreError::Meta(_) => Status::internal(error.to_string()),
+    }
+}

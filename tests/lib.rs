@@ -1,0 +1,190 @@
+//! Shared harness for the workspace integration tests (`it/`): servers in-process and as real
+//! processes, clients, and helpers to find the `tessera` binary and external tools.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::DigestFunction;
+use tessera_coordinator::{Coordinator, CoordinatorConfig};
+use tonic::transport::Channel;
+
+/// A coordinator running inside the test process on a free loopback port.
+pub struct TestServer {
+    coordinator: Option<Coordinator>,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub endpoint: String,
+    /// Its data directory (deleted on drop).
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    /// Starts a coordinator with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a coordinator after `adjust` has changed its configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut CoordinatorConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = CoordinatorConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: dir.path().join("data"),
+            ..CoordinatorConfig::default()
+        };
+        adjust(&mut config);
+        let coordinator = Coordinator::start(&config)
+            .await
+            .expect("coordinator starts");
+        let addr = coordinator.local_addr();
+        TestServer {
+            coordinator: Some(coordinator),
+            addr,
+            endpoint: format!("http://{addr}"),
+            dir,
+        }
+    }
+
+    /// A raw channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A CAS client for instance `""` hashing with `function`.
+    pub async fn client(&self, function: DigestFunction) -> CasClient {
+        CasClient::connect(&self.endpoint, "", function)
+            .await
+            .expect("client connects")
+    }
+
+    /// Shuts the server down cleanly, keeping the data directory.
+    pub async fn stop(&mut self) {
+        if let Some(coordinator) = self.coordinator.take() {
+            coordinator.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// Path of the `tessera` binary built by this workspace (`cargo build` puts it beside the
+/// test binary's `deps/` directory).
+pub fn tessera_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TESSERA_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("tessera");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p tessera-cli` (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound and released; a small race that tests accept).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Whether tests must not skip when a tool is missing (CI sets `CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// A `tessera coordinator` child process.
+pub struct ServerProcess {
+    /// The child.
+    pub child: Child,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `tessera coordinator` on a free port with `data_dir` and extra arguments, and
+    /// waits until it accepts connections.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = Command::new(tessera_bin())
+            .arg("coordinator")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tessera coordinator");
+        let mut server = ServerProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+        };
+        server.wait_ready(Duration::from_secs(30));
+        server
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tessera coordinator exited early: {status}");
+            }
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "tessera coordinator did not listen on {} within {limit:?}",
+            self.addr
+        );
+    }
+
+    /// `http://addr`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends `signal` and waits for the exit status (at most `limit`).
+    pub fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, signal);
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
