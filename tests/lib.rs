@@ -188,3 +188,30 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `len` bytes that zstd cannot shrink, the same for the same `seed` (xorshift64).
+pub fn noise(len: usize, seed: u64) -> bytes::Bytes {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out.into()
+}
+
+/// The file holding `digest` in the disk store under `data_dir` (raw or `.zst`), if any.
+pub fn blob_file(data_dir: &Path, digest: &tessera_cas::digest::Digest) -> Option<PathBuf> {
+    let hash = digest.hash_hex();
+    let raw = data_dir
+        .join("cas/blobs")
+        .join(digest.function.name())
+        .join(&hash[..2])
+        .join(&hash);
+    [raw.with_extension("zst"), raw]
+        .into_iter()
+        .find(|p| p.exists())
+}

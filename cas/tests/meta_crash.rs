@@ -8,7 +8,8 @@
 //! batch, and that every value present is whole.
 //!
 //! `TESSERA_META_CRASH_CYCLES` (default 300) and `TESSERA_META_CRASH_SEED` make longer or
-//! repeated runs; the seed is printed. On failure the data directory and the ack log are kept.
+//! repeated runs; the seed is printed; `TESSERA_META_CRASH_TRACE=1` prints every cycle. On
+//! failure the data directory and the ack log are kept.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -30,7 +31,7 @@ const SIGKILL: i32 = 9;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 #[test]
-fn sled_keeps_every_acknowledged_write_through_repeated_sigkill() {
+fn meta_store_keeps_every_acknowledged_write_through_repeated_sigkill() {
     let cycles = env_u64("TESSERA_META_CRASH_CYCLES").unwrap_or(DEFAULT_CYCLES);
     let seed = env_u64("TESSERA_META_CRASH_SEED").unwrap_or_else(|| rand::rng().random());
     let dir = tempfile::Builder::new()

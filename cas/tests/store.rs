@@ -37,7 +37,6 @@ const FIFTH: usize = 200 * KIB;
 const BUDGET: u64 = MIB as u64;
 
 /// Some bytes and their digest.
-#[derive(Clone)]
 struct Blob {
     digest: Digest,
     data: Vec<u8>,

@@ -128,7 +128,7 @@ impl ActionCache {
             }
             Err(other) => return Err(other),
         };
-        let missing = self.blobs.find_missing(&needed);
+        let missing = self.blobs.find_missing_checked(&needed);
         if !missing.is_empty() {
             tracing::debug!(%action, first_missing = %missing[0], "action cache entry lost outputs");
             self.table.remove(&key)?;

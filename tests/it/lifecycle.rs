@@ -59,7 +59,7 @@ async fn a_second_coordinator_on_the_same_data_dir_fails_with_a_clear_error() {
 fn unknown_config_keys_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "listen = \"127.0.0.1:1\"\n").unwrap();
+    std::fs::write(&config, "listen_addr = \"127.0.0.1:1\"\n").unwrap();
     let output = std::process::Command::new(tessera_tests::tessera_bin())
         .arg("coordinator")
         .arg("--config")
@@ -68,5 +68,5 @@ fn unknown_config_keys_are_usage_errors() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("listen"), "{stderr}");
+    assert!(stderr.contains("listen_addr"), "{stderr}");
 }

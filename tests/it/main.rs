@@ -1,3 +1,7 @@
 //! One integration-test binary for the workspace; each module is a story about one area.
 
+mod architecture;
+mod bad_input;
+mod bazel;
+mod cas_api;
 mod lifecycle;

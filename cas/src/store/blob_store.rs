@@ -120,6 +120,14 @@ pub trait BlobStore: Send + Sync + 'static {
     /// used (their access time is refreshed in memory).
     fn find_missing(&self, digests: &[Digest]) -> Vec<Digest>;
 
+    /// Like [`find_missing`](Self::find_missing), but also checks that each blob's bytes are
+    /// really there (a `stat` per blob for the disk store), forgetting blobs whose files have
+    /// vanished. For answers a client will act on without re-checking, such as ActionCache
+    /// hits.
+    fn find_missing_checked(&self, digests: &[Digest]) -> Vec<Digest> {
+        self.find_missing(digests)
+    }
+
     /// Whether the blob is stored; does not refresh its access time.
     fn contains(&self, digest: &Digest) -> bool;
 

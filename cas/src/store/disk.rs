@@ -119,8 +119,10 @@ impl DiskStore {
     /// Writes access times changed since the last call to the metadata store (not flushed:
     /// they are hints). The coordinator calls this every few seconds and at shutdown.
     pub fn write_back_access_times(&self) -> Result<(), StoreError> {
-        let batch = self.inner.lock().take_dirty();
-        if let Some(batch) = batch {
+        // Applied under the index lock, so a blob evicted or replaced meanwhile cannot have
+        // its old record written back.
+        let mut index = self.inner.lock();
+        if let Some(batch) = index.take_dirty() {
             self.inner.meta.apply_batch(batch)?;
         }
         Ok(())
@@ -317,6 +319,24 @@ impl BlobStore for DiskStore {
             .collect()
     }
 
+    fn find_missing_checked(&self, digests: &[Digest]) -> Vec<Digest> {
+        let mut missing = self.find_missing(digests);
+        for digest in digests {
+            if digest.is_empty_blob() || missing.contains(digest) {
+                continue;
+            }
+            let Some(entry) = self.inner.lock().get(digest) else {
+                missing.push(*digest);
+                continue;
+            };
+            if !self.inner.path(digest, entry.form).exists() {
+                self.inner.discard(digest, "file missing");
+                missing.push(*digest);
+            }
+        }
+        missing
+    }
+
     fn contains(&self, digest: &Digest) -> bool {
         digest.is_empty_blob() || self.inner.lock().get(digest).is_some()
     }
@@ -456,7 +476,12 @@ impl BlobRead for DiskReader {
             if self.pos == size {
                 // The blob must end exactly here and hash to its digest.
                 let mut probe = [0u8; 1];
-                let extra = self.source.read(&mut probe).unwrap_or(0);
+                let extra = match self.source.read(&mut probe) {
+                    Ok(n) => n,
+                    Err(error) => {
+                        return Err(self.corrupt(format!("unreadable past the end: {error}")));
+                    }
+                };
                 let hasher = std::mem::replace(&mut self.hasher, self.digest.function.hasher());
                 let actual = hasher.finish_digest();
                 if extra != 0 {

@@ -54,6 +54,14 @@ impl BlobStore for MemoryStore {
             .collect()
     }
 
+    fn find_missing_checked(&self, digests: &[Digest]) -> Vec<Digest> {
+        digests
+            .iter()
+            .filter(|d| matches!(self.read(d), Ok(None) | Err(_)))
+            .copied()
+            .collect()
+    }
+
     fn contains(&self, digest: &Digest) -> bool {
         digest.is_empty_blob() || self.get(digest).is_some()
     }

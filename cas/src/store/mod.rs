@@ -12,5 +12,5 @@ mod index;
 mod memory;
 
 pub use blob_store::{BlobRead, BlobReader, BlobStore, StoreError, StoreStats, Upload};
-pub use disk::{DiskStore, DiskStoreOptions};
+pub use disk::{DiskStore, DiskStoreOptions, PinGuard};
 pub use memory::MemoryStore;

@@ -94,21 +94,21 @@ fn inline_outputs(
         budget -= digest.size_bytes;
         Some(data)
     };
-    if req.inline_stdout {
-        if let Some(data) = fetch(result.stdout_digest.as_ref()) {
-            result.stdout_raw = data;
-        }
+    if req.inline_stdout
+        && let Some(data) = fetch(result.stdout_digest.as_ref())
+    {
+        result.stdout_raw = data;
     }
-    if req.inline_stderr {
-        if let Some(data) = fetch(result.stderr_digest.as_ref()) {
-            result.stderr_raw = data;
-        }
+    if req.inline_stderr
+        && let Some(data) = fetch(result.stderr_digest.as_ref())
+    {
+        result.stderr_raw = data;
     }
     for file in &mut result.output_files {
-        if req.inline_output_files.contains(&file.path) {
-            if let Some(data) = fetch(file.digest.as_ref()) {
-                file.contents = data;
-            }
+        if req.inline_output_files.contains(&file.path)
+            && let Some(data) = fetch(file.digest.as_ref())
+        {
+            file.contents = data;
         }
     }
 }

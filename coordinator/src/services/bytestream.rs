@@ -67,6 +67,10 @@ enum ByteStreamError {
     Store(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
+    /// The request stream itself failed (too large a message, a broken connection): its own
+    /// status is passed on.
+    #[error("{}", .0.message())]
+    Stream(Status),
 }
 
 impl From<ByteStreamError> for Status {
@@ -84,6 +88,7 @@ impl From<ByteStreamError> for Status {
             ByteStreamError::NotFound(_) => Status::not_found(error.to_string()),
             ByteStreamError::Store(inner) => store_error(inner),
             ByteStreamError::Internal(_) => Status::internal(error.to_string()),
+            ByteStreamError::Stream(status) => status.clone(),
         }
     }
 }
@@ -124,14 +129,13 @@ impl ByteStreamService {
     fn park(&self, key: String, state: UploadState) {
         let mut parked = self.parked();
         parked.retain(|_, p| p.since.elapsed() < PARK_TTL);
-        if parked.len() >= MAX_PARKED {
-            if let Some(oldest) = parked
+        if parked.len() >= MAX_PARKED
+            && let Some(oldest) = parked
                 .iter()
                 .min_by_key(|(_, p)| p.since)
                 .map(|(k, _)| k.clone())
-            {
-                parked.remove(&oldest);
-            }
+        {
+            parked.remove(&oldest);
         }
         parked.insert(
             key,
@@ -248,7 +252,7 @@ impl ByteStreamService {
         let first = match stream.message().await {
             Ok(Some(first)) => first,
             Ok(None) => return Err(ByteStreamError::EmptyWrite),
-            Err(status) => return Err(ByteStreamError::Internal(status.message().to_owned())),
+            Err(status) => return Err(ByteStreamError::Stream(status)),
         };
         let resource = resource::parse_write(&first.resource_name)?;
         let digest = resource.digest;
@@ -337,7 +341,7 @@ impl ByteStreamService {
                 Err(status) => {
                     tracing::debug!(resource = %key, %status, "upload stream broke; parked for resumption");
                     self.park(key, state);
-                    return Err(ByteStreamError::Internal(status.message().to_owned()));
+                    return Err(ByteStreamError::Stream(status));
                 }
             };
         }

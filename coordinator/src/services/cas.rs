@@ -153,7 +153,16 @@ impl CasService {
     ) -> Result<BatchUpdateBlobsResponse, CasError> {
         validate_instance_name(&req.instance_name)?;
         let function = function_of(req.digest_function)?;
-        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        // A compressed entry counts at its decompressed size: that is what the server holds
+        // in memory, and zstd can expand a tiny payload enormously.
+        let total = req.requests.iter().fold(0u64, |sum, r| {
+            let size = r
+                .digest
+                .as_ref()
+                .and_then(|d| u64::try_from(d.size_bytes).ok())
+                .unwrap_or(0);
+            sum.saturating_add(size.max(r.data.len() as u64))
+        });
         if total > self.max_batch_bytes {
             return Err(CasError::BatchTooLarge {
                 total,
@@ -193,7 +202,9 @@ impl CasService {
             .enumerate()
             .map(|(i, d)| parse_digest(function, || format!("digests[{i}]"), Some(d)))
             .collect::<Result<Vec<_>, _>>()?;
-        let total: u64 = digests.iter().map(|d| d.size_bytes).sum();
+        let total = digests
+            .iter()
+            .fold(0u64, |sum, d| sum.saturating_add(d.size_bytes));
         if total > self.max_batch_bytes {
             return Err(CasError::BatchTooLarge {
                 total,
@@ -331,10 +342,10 @@ fn walk_tree(
             if seen.len() > MAX_TREE_DIRECTORIES {
                 return Err(CasError::TreeTooLarge(root));
             }
-            if let Some(bytes) = store.read(&digest)? {
-                if let Ok(child_dir) = Directory::decode(bytes) {
-                    queue.push_back(child_dir);
-                }
+            if let Some(bytes) = store.read(&digest)?
+                && let Ok(child_dir) = Directory::decode(bytes)
+            {
+                queue.push_back(child_dir);
             }
         }
         order.push(dir);

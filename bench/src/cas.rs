@@ -1,0 +1,463 @@
+//! `tessera-bench cas`: the content store as clients see it, through [`CasClient`] over real
+//! gRPC to an in-process coordinator with a disk store.
+//!
+//! Measures, each beside its limits and target (the targets come from the issue that asked for
+//! this benchmark):
+//! - ByteStream upload and download of fresh random blobs (incompressible, so they are stored
+//!   raw and compression cannot flatter the result), per digest function and size, one
+//!   transfer at a time: at least 60% of the lower of the single-core hash rate and the
+//!   loopback TCP rate, both measured just before.
+//! - FindMissingBlobs with Bazel's batch of 15,000 digests, half present: p50 at most 20 ms.
+//! - 4 KiB blobs each uploaded by its own ByteStream Write, many in flight as Bazel does with
+//!   `--jobs`: at least 5,000 writes per second.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{RngCore, SeedableRng};
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::{Digest, DigestFunction};
+use tokio::task::JoinSet;
+
+use crate::error::BenchError;
+use crate::limits::{self, mb_per_s};
+use crate::report::{Check, Environment, Report, Row, percentile, thousands};
+use crate::server::BenchServer;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// A large transfer must reach this share of the lower of its two limits.
+const TRANSFER_SHARE: f64 = 0.6;
+/// Largest median FindMissingBlobs latency allowed, milliseconds.
+const FIND_MISSING_MAX_P50_MS: f64 = 20.0;
+/// Fewest small writes per second allowed.
+const SMALL_WRITES_MIN_PER_S: f64 = 5_000.0;
+/// Digests per FindMissingBlobs call in Bazel.
+const BAZEL_FIND_MISSING_BATCH: usize = 15_000;
+/// Size of the blobs made present for FindMissingBlobs.
+const PRESENT_BLOB_BYTES: usize = 64;
+/// Blobs per BatchUpdateBlobs call when making them present.
+const PRESENT_BATCH: usize = 1_000;
+
+/// Blobs of one size moved one after another.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    /// Bytes per blob.
+    pub size: usize,
+    /// Distinct blobs uploaded, then downloaded.
+    pub count: usize,
+}
+
+/// What one `cas` run measures.
+#[derive(Debug, Clone)]
+pub struct CasPlan {
+    /// The command line that selects this plan, for the report.
+    pub command: &'static str,
+    /// Digest functions the transfers run with.
+    pub functions: Vec<DigestFunction>,
+    /// Transfer sizes.
+    pub transfers: Vec<Transfer>,
+    /// Bytes hashed to measure a function's single-core rate.
+    pub hash_probe_bytes: usize,
+    /// Digests per FindMissingBlobs call (half present, half missing).
+    pub find_missing_digests: usize,
+    /// FindMissingBlobs calls timed.
+    pub find_missing_calls: usize,
+    /// Small blobs written.
+    pub small_writes: usize,
+    /// Bytes per small blob.
+    pub small_write_bytes: usize,
+    /// Small writes in flight at once.
+    pub small_writes_in_flight: usize,
+}
+
+impl CasPlan {
+    /// The benchmark the README quotes.
+    pub fn full() -> Self {
+        CasPlan {
+            command: "cargo run --release -p tessera-bench -- cas",
+            functions: DigestFunction::ALL.to_vec(),
+            transfers: vec![
+                Transfer {
+                    size: MIB,
+                    count: 64,
+                },
+                Transfer {
+                    size: 256 * MIB,
+                    count: 2,
+                },
+            ],
+            hash_probe_bytes: 64 * MIB,
+            find_missing_digests: BAZEL_FIND_MISSING_BATCH,
+            find_missing_calls: 100,
+            small_writes: 20_000,
+            small_write_bytes: 4 * KIB,
+            small_writes_in_flight: 32,
+        }
+    }
+
+    /// A smoke run: smaller blobs and fewer calls, same targets.
+    pub fn quick() -> Self {
+        CasPlan {
+            command: "cargo run --release -p tessera-bench -- cas --quick",
+            transfers: vec![
+                Transfer {
+                    size: MIB,
+                    count: 16,
+                },
+                Transfer {
+                    size: 16 * MIB,
+                    count: 2,
+                },
+            ],
+            hash_probe_bytes: 16 * MIB,
+            find_missing_calls: 20,
+            small_writes: 2_000,
+            ..CasPlan::full()
+        }
+    }
+}
+
+/// Starts a coordinator with its data under `data_parent`, runs `plan` against it, stops it.
+pub async fn run(plan: &CasPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
+    let server = BenchServer::start(data_parent).await?;
+    let environment = Environment {
+        command: plan.command.to_owned(),
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        data_dir: server.data_dir().display().to_string(),
+    };
+    let measured = measure(plan, &server).await;
+    let stopped = server.stop().await;
+    let rows = measured?;
+    stopped?;
+    Ok(Report { environment, rows })
+}
+
+async fn measure(plan: &CasPlan, server: &BenchServer) -> Result<Vec<Row>, BenchError> {
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let mut clients = Vec::new();
+    for &function in &plan.functions {
+        let client = server.client(function).await?;
+        warm_up(&client, &mut rng).await?;
+        clients.push(client);
+    }
+    let mut rows = Vec::new();
+    for transfer in &plan.transfers {
+        for client in &clients {
+            rows.extend(transfer_rows(server, client, *transfer, plan, &mut rng).await?);
+        }
+    }
+    let sha256 = server.client(DigestFunction::Sha256).await?;
+    warm_up(&sha256, &mut rng).await?;
+    rows.push(find_missing_row(&sha256, plan, &mut rng).await?);
+    rows.push(small_writes_row(&sha256, plan, &mut rng).await?);
+    Ok(rows)
+}
+
+fn random_bytes(rng: &mut SmallRng, len: usize) -> Bytes {
+    let mut data = vec![0u8; len];
+    rng.fill_bytes(&mut data);
+    Bytes::from(data)
+}
+
+fn progress(message: &str) {
+    eprintln!("tessera-bench: {message}");
+}
+
+fn size_label(bytes: usize) -> String {
+    if bytes >= MIB {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{} KiB", bytes / KIB)
+    }
+}
+
+/// One untimed upload and download, so that no measurement pays for connection start-up.
+async fn warm_up(client: &CasClient, rng: &mut SmallRng) -> Result<(), BenchError> {
+    let data = random_bytes(rng, MIB);
+    let digest = client.function().digest_of(&data);
+    client.write(&digest, data, false).await?;
+    client.read(&digest, false).await?;
+    Ok(())
+}
+
+/// Upload then download rows for one transfer size and digest function.
+async fn transfer_rows(
+    server: &BenchServer,
+    client: &CasClient,
+    transfer: Transfer,
+    plan: &CasPlan,
+    rng: &mut SmallRng,
+) -> Result<[Row; 2], BenchError> {
+    let function = client.function();
+    let workload = format!(
+        "{} × {}",
+        thousands(transfer.count),
+        size_label(transfer.size)
+    );
+    progress(&format!("{function}: limits for {workload}"));
+    let hash = limits::hash_rate(function, random_bytes(rng, plan.hash_probe_bytes)).await?;
+    let blob = random_bytes(rng, transfer.size);
+    let tcp = limits::tcp_rate(&server.handle(), blob.clone(), transfer.count).await?;
+    let disk = limits::disk_write_rate(server.scratch_dir(), blob, transfer.count).await?;
+    progress(&format!("{function}: ByteStream {workload}"));
+    let (upload, download) = transfer_rates(client, transfer, rng).await?;
+    let row = |measurement: &str, mb_per_s: f64, disk_write_mb_per_s: Option<f64>| Row {
+        measurement: measurement.to_owned(),
+        digest: function.to_string(),
+        workload: workload.clone(),
+        check: Check::Throughput {
+            mb_per_s,
+            hash_limit_mb_per_s: hash,
+            tcp_limit_mb_per_s: tcp,
+            disk_write_mb_per_s,
+            share: TRANSFER_SHARE,
+        },
+    };
+    Ok([
+        row("ByteStream upload", upload, Some(disk)),
+        row("ByteStream download", download, None),
+    ])
+}
+
+/// Uploads `transfer.count` fresh blobs one at a time, then downloads each (verified by the
+/// client); returns the upload and download rates in MB/s. Generating and hashing the blobs
+/// before upload is not timed: a client knows its digests before it uploads.
+async fn transfer_rates(
+    client: &CasClient,
+    transfer: Transfer,
+    rng: &mut SmallRng,
+) -> Result<(f64, f64), BenchError> {
+    let function = client.function();
+    let mut uploading = Duration::ZERO;
+    let mut digests = Vec::with_capacity(transfer.count);
+    for _ in 0..transfer.count {
+        let data = random_bytes(rng, transfer.size);
+        let digest = function.digest_of(&data);
+        let start = Instant::now();
+        let committed = client.write(&digest, data, false).await?;
+        uploading += start.elapsed();
+        if committed != digest.size_i64() {
+            return Err(BenchError::Unexpected(format!(
+                "upload of {digest} committed {committed} bytes"
+            )));
+        }
+        digests.push(digest);
+    }
+    let mut downloading = Duration::ZERO;
+    for digest in &digests {
+        let start = Instant::now();
+        let data = client.read(digest, false).await?;
+        downloading += start.elapsed();
+        if data.len() != transfer.size {
+            return Err(BenchError::Unexpected(format!(
+                "download of {digest} returned {} bytes",
+                data.len()
+            )));
+        }
+    }
+    let total = (transfer.size * transfer.count) as u64;
+    Ok((mb_per_s(total, uploading), mb_per_s(total, downloading)))
+}
+
+/// FindMissingBlobs with half of the digests present, the same list every call.
+async fn find_missing_row(
+    client: &CasClient,
+    plan: &CasPlan,
+    rng: &mut SmallRng,
+) -> Result<Row, BenchError> {
+    let function = client.function();
+    let total = plan.find_missing_digests;
+    let missing = total - total / 2;
+    progress(&format!("FindMissingBlobs: storing {} blobs", total / 2));
+    let present: Vec<(Digest, Bytes)> = (0..total / 2)
+        .map(|_| {
+            let data = random_bytes(rng, PRESENT_BLOB_BYTES);
+            (function.digest_of(&data), data)
+        })
+        .collect();
+    for batch in present.chunks(PRESENT_BATCH) {
+        client.batch_update(batch.to_vec(), false).await?;
+    }
+    let mut digests: Vec<Digest> = present.iter().map(|(digest, _)| *digest).collect();
+    digests
+        .extend((0..missing).map(|_| function.digest_of(&random_bytes(rng, PRESENT_BLOB_BYTES))));
+    digests.shuffle(rng);
+
+    progress(&format!(
+        "FindMissingBlobs: {} calls of {} digests",
+        plan.find_missing_calls,
+        thousands(total)
+    ));
+    let mut samples = Vec::with_capacity(plan.find_missing_calls);
+    // The first call is untimed: it only warms caches.
+    for call in 0..=plan.find_missing_calls {
+        let start = Instant::now();
+        let answer = client.find_missing(&digests).await?;
+        let elapsed = start.elapsed();
+        if answer.len() != missing {
+            return Err(BenchError::Unexpected(format!(
+                "FindMissingBlobs reported {} of {total} digests missing, expected {missing}",
+                answer.len()
+            )));
+        }
+        if call > 0 {
+            samples.push(elapsed.as_secs_f64() * 1e3);
+        }
+    }
+    Ok(Row {
+        measurement: "FindMissingBlobs".to_owned(),
+        digest: function.to_string(),
+        workload: format!("{} digests, half present", thousands(total)),
+        check: Check::Latency {
+            calls: samples.len(),
+            p50_ms: percentile(&samples, 0.5),
+            p99_ms: percentile(&samples, 0.99),
+            max_p50_ms: FIND_MISSING_MAX_P50_MS,
+        },
+    })
+}
+
+/// Distinct small blobs, each its own ByteStream Write, `small_writes_in_flight` at a time on
+/// one connection.
+async fn small_writes_row(
+    client: &CasClient,
+    plan: &CasPlan,
+    rng: &mut SmallRng,
+) -> Result<Row, BenchError> {
+    let function = client.function();
+    let blobs: Arc<Vec<(Digest, Bytes)>> = Arc::new(
+        (0..plan.small_writes)
+            .map(|_| {
+                let data = random_bytes(rng, plan.small_write_bytes);
+                (function.digest_of(&data), data)
+            })
+            .collect(),
+    );
+    progress(&format!(
+        "ByteStream: {} writes of {}, {} in flight",
+        thousands(plan.small_writes),
+        size_label(plan.small_write_bytes),
+        plan.small_writes_in_flight
+    ));
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut writers = JoinSet::new();
+    for _ in 0..plan.small_writes_in_flight {
+        let client = client.clone();
+        let blobs = Arc::clone(&blobs);
+        let next = Arc::clone(&next);
+        writers.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some((digest, data)) = blobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return Ok::<_, BenchError>(latencies);
+                };
+                let start = Instant::now();
+                let committed = client.write(digest, data.clone(), false).await?;
+                latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                if committed != digest.size_i64() {
+                    return Err(BenchError::Unexpected(format!(
+                        "upload of {digest} committed {committed} bytes"
+                    )));
+                }
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(plan.small_writes);
+    while let Some(joined) = writers.join_next().await {
+        latencies.extend(joined??);
+    }
+    let elapsed = start.elapsed();
+    Ok(Row {
+        measurement: "ByteStream small writes".to_owned(),
+        digest: function.to_string(),
+        workload: format!(
+            "{} × {}, {} in flight",
+            thousands(plan.small_writes),
+            size_label(plan.small_write_bytes),
+            plan.small_writes_in_flight
+        ),
+        check: Check::Rate {
+            per_s: plan.small_writes as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50_ms: percentile(&latencies, 0.5),
+            p99_ms: percentile(&latencies, 0.99),
+            min_per_s: SMALL_WRITES_MIN_PER_S,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small enough for a debug build in CI; exercises every measurement end to end.
+    fn smoke() -> CasPlan {
+        CasPlan {
+            command: "smoke test",
+            transfers: vec![
+                Transfer {
+                    size: 64 * KIB,
+                    count: 4,
+                },
+                Transfer {
+                    size: MIB,
+                    count: 1,
+                },
+            ],
+            hash_probe_bytes: MIB,
+            find_missing_calls: 3,
+            small_writes: 200,
+            small_writes_in_flight: 8,
+            ..CasPlan::full()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smoke_plan_measures_every_row() {
+        let report = run(&smoke(), None).await.expect("benchmark runs");
+        // Upload and download per size and function, then FindMissingBlobs and small writes.
+        assert_eq!(report.rows.len(), 2 * 2 * 2 + 2);
+        for row in &report.rows {
+            let values = match row.check {
+                Check::Throughput {
+                    mb_per_s,
+                    hash_limit_mb_per_s,
+                    tcp_limit_mb_per_s,
+                    disk_write_mb_per_s,
+                    ..
+                } => {
+                    let mut values = vec![mb_per_s, hash_limit_mb_per_s, tcp_limit_mb_per_s];
+                    values.extend(disk_write_mb_per_s);
+                    values
+                }
+                Check::Latency { p50_ms, p99_ms, .. } => vec![p50_ms, p99_ms],
+                Check::Rate {
+                    per_s,
+                    p50_ms,
+                    p99_ms,
+                    ..
+                } => vec![per_s, p50_ms, p99_ms],
+            };
+            assert!(values.iter().all(|v| v.is_finite() && *v > 0.0), "{row:?}");
+        }
+        let table = report.to_markdown();
+        assert_eq!(table.matches("\n| ").count(), 1 + report.rows.len());
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("json");
+        assert_eq!(
+            json["rows"].as_array().map(Vec::len),
+            Some(report.rows.len())
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! Why a benchmark could not run. A missed target is not an error: it is a row in the report.
+
+use tessera_cas::client::ClientError;
+use tessera_coordinator::ServerError;
+use thiserror::Error;
+
+/// Why a benchmark could not run.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// The in-process coordinator failed to start or to stop cleanly.
+    #[error("coordinator failed: {0}")]
+    Server(#[from] ServerError),
+    /// A client call to the coordinator failed.
+    #[error("client call failed: {0}")]
+    Client(#[from] ClientError),
+    /// A local operation (runtime, temporary directory, loopback socket) failed.
+    #[error("failed to {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A benchmark task panicked or was cancelled.
+    #[error("benchmark task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The server answered something that makes the measurement meaningless (a short read,
+    /// a wrong committed size, present blobs reported missing, ...).
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}

@@ -1,0 +1,103 @@
+//! The coordinator under test: started in this process on its own Tokio runtime, as if it were
+//! its own process, serving real gRPC on a loopback port with a disk store in a temporary
+//! directory that is deleted afterwards. The benchmark's clients run on the caller's runtime.
+
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::DigestFunction;
+use tessera_coordinator::{Coordinator, CoordinatorConfig};
+use tokio::runtime::{Handle, Runtime};
+
+use crate::error::BenchError;
+
+/// A running coordinator and the runtime it runs on.
+pub struct BenchServer {
+    runtime: Option<Runtime>,
+    coordinator: Option<Coordinator>,
+    endpoint: String,
+    dir: TempDir,
+}
+
+impl BenchServer {
+    /// Starts a coordinator with default settings on `127.0.0.1:0`, its data directory a fresh
+    /// temporary directory under `parent` (or the system temporary directory).
+    pub async fn start(parent: Option<&Path>) -> Result<Self, BenchError> {
+        let dir = match parent {
+            Some(parent) => tempfile::Builder::new()
+                .prefix("tessera-bench-")
+                .tempdir_in(parent),
+            None => tempfile::Builder::new().prefix("tessera-bench-").tempdir(),
+        }
+        .map_err(|source| BenchError::Io {
+            what: "create the data directory",
+            source,
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("coordinator")
+            .build()
+            .map_err(|source| BenchError::Io {
+                what: "start the coordinator runtime",
+                source,
+            })?;
+        let config = CoordinatorConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            data_dir: dir.path().join("data"),
+            ..CoordinatorConfig::default()
+        };
+        let coordinator = runtime
+            .spawn(async move { Coordinator::start(&config).await })
+            .await??;
+        let endpoint = format!("http://{}", coordinator.local_addr());
+        Ok(BenchServer {
+            runtime: Some(runtime),
+            coordinator: Some(coordinator),
+            endpoint,
+            dir,
+        })
+    }
+
+    /// The coordinator's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A directory on the same filesystem as the store, for probes; deleted with it.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.dir.path().join("scratch")
+    }
+
+    /// The coordinator's runtime, for probes that should run where the server runs.
+    pub fn handle(&self) -> Handle {
+        self.runtime
+            .as_ref()
+            .expect("runtime lives until stop")
+            .handle()
+            .clone()
+    }
+
+    /// A new client (its own HTTP/2 connection) for instance `""`, hashing with `function`.
+    pub async fn client(&self, function: DigestFunction) -> Result<CasClient, BenchError> {
+        Ok(CasClient::connect(&self.endpoint, "", function).await?)
+    }
+
+    /// Shuts the coordinator down cleanly and stops its runtime.
+    pub async fn stop(mut self) -> Result<(), BenchError> {
+        if let Some(coordinator) = self.coordinator.take() {
+            self.handle().spawn(coordinator.shutdown()).await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        // The caller is usually inside its own runtime, where blocking on this one is not
+        // allowed; its tasks are simply abandoned.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

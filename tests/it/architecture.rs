@@ -1,0 +1,60 @@
+//! The dependency rule of DESIGN.md §2, checked: `proto` and `cas` know nothing of the
+//! coordinator or the agent; the agent and the coordinator never depend on each other.
+
+use std::path::Path;
+
+fn tessera_deps(crate_dir: &str) -> Vec<String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(crate_dir)
+        .join("Cargo.toml");
+    let Ok(text) = std::fs::read_to_string(&manifest) else {
+        return Vec::new(); // the crate does not exist (yet)
+    };
+    let doc: toml::Table = text.parse().expect("manifest parses");
+    ["dependencies", "build-dependencies"]
+        .iter()
+        .filter_map(|section| doc.get(*section).and_then(|v| v.as_table()))
+        .flat_map(|table| table.keys().cloned())
+        .filter(|name| name.starts_with("tessera-"))
+        .collect()
+}
+
+#[test]
+fn crates_depend_only_downwards() {
+    let forbidden: &[(&str, &[&str])] = &[
+        (
+            "proto",
+            &[
+                "tessera-cas",
+                "tessera-coordinator",
+                "tessera-agent",
+                "tessera-runners",
+                "tessera-cli",
+            ],
+        ),
+        (
+            "cas",
+            &[
+                "tessera-coordinator",
+                "tessera-agent",
+                "tessera-runners",
+                "tessera-cli",
+            ],
+        ),
+        ("coordinator", &["tessera-agent", "tessera-cli"]),
+        ("agent", &["tessera-coordinator", "tessera-cli"]),
+        (
+            "runners",
+            &["tessera-coordinator", "tessera-agent", "tessera-cli"],
+        ),
+    ];
+    for (crate_dir, not_allowed) in forbidden {
+        for dep in tessera_deps(crate_dir) {
+            assert!(
+                !not_allowed.contains(&dep.as_str()),
+                "{crate_dir}/ must not depend on {dep} (DESIGN.md §2)"
+            );
+        }
+    }
+}
