@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "google/longrunning/operations.proto",
         "google/rpc/status.proto",
         "google/rpc/error_details.proto",
+        "tessera/v1/agent.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed=protos/{file}");

@@ -34,6 +34,12 @@ pub mod google {
     }
 }
 
+pub mod tessera {
+    pub mod v1 {
+        tonic::include_proto!("tessera.v1");
+    }
+}
+
 /// The REAPI v2 messages and services.
 pub use build::bazel::remote::execution::v2 as reapi;
 /// `google.bytestream`.

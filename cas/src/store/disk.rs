@@ -128,6 +128,18 @@ impl DiskStore {
         Ok(())
     }
 
+    /// The file holding `digest` if it is stored raw (uncompressed), for callers that hard-link
+    /// blobs into place (the agent's input materialization; open its cache with
+    /// `compress: false`). The file must be treated as read-only. Refreshes the access time.
+    pub fn raw_path(&self, digest: &Digest) -> Option<PathBuf> {
+        let mut index = self.inner.lock();
+        index.touch(digest, now_ms());
+        match index.get(digest)?.form {
+            Form::Raw => Some(self.inner.path(digest, Form::Raw)),
+            Form::Zstd => None,
+        }
+    }
+
     /// Keeps `digests` from eviction until the returned guard is dropped. Digests not stored
     /// are ignored.
     pub fn pin(&self, digests: &[Digest]) -> PinGuard {

@@ -1,0 +1,1 @@
+//! The Tessera agent (being written).
