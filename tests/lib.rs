@@ -66,6 +66,14 @@ impl TestServer {
             .expect("client connects")
     }
 
+    /// The running coordinator's scheduler.
+    pub fn scheduler(&self) -> &tessera_coordinator::execution::scheduler::SchedulerHandle {
+        self.coordinator
+            .as_ref()
+            .expect("server running")
+            .scheduler()
+    }
+
     /// Shuts the server down cleanly, keeping the data directory.
     pub async fn stop(&mut self) {
         if let Some(coordinator) = self.coordinator.take() {
@@ -214,4 +222,56 @@ pub fn blob_file(data_dir: &Path, digest: &tessera_cas::digest::Digest) -> Optio
     [raw.with_extension("zst"), raw]
         .into_iter()
         .find(|p| p.exists())
+}
+
+/// Builds an Action with `arguments`, an empty input root and `output_paths`, uploads it
+/// (Command, Action and root) through `client`, and returns the action digest.
+pub async fn upload_action(
+    client: &CasClient,
+    arguments: &[&str],
+    output_paths: &[&str],
+    platform: &[(&str, &str)],
+    do_not_cache: bool,
+) -> tessera_cas::digest::Digest {
+    use tessera_cas::digest::digest_message;
+    use tessera_proto::reapi::{Action, Command, Directory, Platform, platform::Property};
+    let function = client.function();
+    let properties: Vec<Property> = platform
+        .iter()
+        .map(|(k, v)| Property {
+            name: (*k).to_owned(),
+            value: (*v).to_owned(),
+        })
+        .collect();
+    let command = Command {
+        arguments: arguments.iter().map(|a| (*a).to_owned()).collect(),
+        output_paths: output_paths.iter().map(|p| (*p).to_owned()).collect(),
+        environment_variables: vec![tessera_proto::reapi::command::EnvironmentVariable {
+            name: "PATH".to_owned(),
+            value: "/usr/bin:/bin".to_owned(),
+        }],
+        ..Default::default()
+    };
+    let (command_digest, command_bytes) = digest_message(function, &command);
+    let (root_digest, root_bytes) = digest_message(function, &Directory::default());
+    let action = Action {
+        command_digest: Some(command_digest.to_proto()),
+        input_root_digest: Some(root_digest.to_proto()),
+        do_not_cache,
+        platform: (!properties.is_empty()).then_some(Platform { properties }),
+        ..Default::default()
+    };
+    let (action_digest, action_bytes) = digest_message(function, &action);
+    client
+        .upload(
+            &[
+                (command_digest, command_bytes.into()),
+                (root_digest, root_bytes.into()),
+                (action_digest, action_bytes.into()),
+            ],
+            false,
+        )
+        .await
+        .expect("upload action");
+    action_digest
 }

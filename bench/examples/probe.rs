@@ -17,7 +17,9 @@ fn rnd(n: usize) -> Bytes {
 }
 
 async fn channel(ep: &str, mode: &str) -> Channel {
-    let e = Endpoint::from_shared(ep.to_owned()).unwrap().tcp_nodelay(true);
+    let e = Endpoint::from_shared(ep.to_owned())
+        .unwrap()
+        .tcp_nodelay(true);
     let e = match mode {
         "default" => e,
         "big" => e
@@ -33,10 +35,17 @@ async fn channel(ep: &str, mode: &str) -> Channel {
     e.connect().await.unwrap()
 }
 
-async fn raw_read(bs: &mut ByteStreamClient<Channel>, name: String) -> (Duration, Duration, usize, usize) {
+async fn raw_read(
+    bs: &mut ByteStreamClient<Channel>,
+    name: String,
+) -> (Duration, Duration, usize, usize) {
     let t = Instant::now();
     let mut s = bs
-        .read(ReadRequest { resource_name: name, read_offset: 0, read_limit: 0 })
+        .read(ReadRequest {
+            resource_name: name,
+            read_offset: 0,
+            read_limit: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -49,12 +58,23 @@ async fn raw_read(bs: &mut ByteStreamClient<Channel>, name: String) -> (Duration
         }
         n += m.data.len();
         msgs += 1;
-        if std::env::var("TRACE").is_ok() { eprint!(" {}:{:.2}ms", m.data.len()>>10, t.elapsed().as_secs_f64()*1e3); }
+        if std::env::var("TRACE").is_ok() {
+            eprint!(
+                " {}:{:.2}ms",
+                m.data.len() >> 10,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
     (first.unwrap_or_default(), t.elapsed(), n, msgs)
 }
 
-async fn raw_write(bs: &mut ByteStreamClient<Channel>, name: String, data: Bytes, chunk: usize) -> Duration {
+async fn raw_write(
+    bs: &mut ByteStreamClient<Channel>,
+    name: String,
+    data: Bytes,
+    chunk: usize,
+) -> Duration {
     let total = data.len();
     let msgs: Vec<WriteRequest> = (0..total)
         .step_by(chunk)
@@ -70,13 +90,21 @@ async fn raw_write(bs: &mut ByteStreamClient<Channel>, name: String, data: Bytes
         .collect();
     let t = Instant::now();
     bs.write(futures::stream::iter(msgs)).await.unwrap();
-    if std::env::var("TRACE").is_ok() { eprintln!("client write {:.2}ms", t.elapsed().as_secs_f64()*1e3); }
+    if std::env::var("TRACE").is_ok() {
+        eprintln!("client write {:.2}ms", t.elapsed().as_secs_f64() * 1e3);
+    }
     t.elapsed()
 }
 
 fn main() {
-    let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let client_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = CoordinatorConfig {
         listen: ([127, 0, 0, 1], 0).into(),
@@ -85,10 +113,16 @@ fn main() {
     };
     let coord = server_rt.block_on(Coordinator::start(&config)).unwrap();
     let ep = format!("http://{}", coord.local_addr());
-    let size: usize = std::env::args().nth(1).map_or(1 << 20, |s| s.parse().unwrap());
+    let size: usize = std::env::args()
+        .nth(1)
+        .map_or(1 << 20, |s| s.parse().unwrap());
     let count: usize = std::env::args().nth(2).map_or(32, |s| s.parse().unwrap());
     client_rt.block_on(async move {
-        let f = if std::env::var("BLAKE3").is_ok() { DigestFunction::Blake3 } else { DigestFunction::Sha256 };
+        let f = if std::env::var("BLAKE3").is_ok() {
+            DigestFunction::Blake3
+        } else {
+            DigestFunction::Sha256
+        };
         let client = CasClient::connect(&ep, "", f).await.unwrap();
         // upload blobs with CasClient
         let mut digests = vec![];
@@ -101,16 +135,27 @@ fn main() {
             up += t.elapsed();
             digests.push(dg);
         }
-        println!("CasClient.write {size}x{count}: {:.0} MB/s", (size * count) as f64 / 1e6 / up.as_secs_f64());
-        if std::env::var("ONLY_UPLOAD").is_ok() { return; }
+        println!(
+            "CasClient.write {size}x{count}: {:.0} MB/s",
+            (size * count) as f64 / 1e6 / up.as_secs_f64()
+        );
+        if std::env::var("ONLY_UPLOAD").is_ok() {
+            return;
+        }
         let mut down = Duration::ZERO;
         for dg in &digests {
             let t = Instant::now();
             client.read(dg, false).await.unwrap();
             down += t.elapsed();
         }
-        println!("CasClient.read: {:.0} MB/s", (size * count) as f64 / 1e6 / down.as_secs_f64());
-        for mode in std::env::var("MODES").unwrap_or("default,big,adaptive,bigbuf".into()).split(',') {
+        println!(
+            "CasClient.read: {:.0} MB/s",
+            (size * count) as f64 / 1e6 / down.as_secs_f64()
+        );
+        for mode in std::env::var("MODES")
+            .unwrap_or("default,big,adaptive,bigbuf".into())
+            .split(',')
+        {
             let mut bs = ByteStreamClient::new(channel(&ep, mode).await)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
@@ -122,7 +167,9 @@ fn main() {
                 let (first, all, n, m) = raw_read(&mut bs, name).await;
                 assert_eq!(n, size);
                 tot += all;
-                if std::env::var("TRACE").is_ok() { eprintln!(" total {:.2}ms", all.as_secs_f64()*1e3); }
+                if std::env::var("TRACE").is_ok() {
+                    eprintln!(" total {:.2}ms", all.as_secs_f64() * 1e3);
+                }
                 firsts.push(first.as_secs_f64() * 1e3);
                 msgs = m;
             }
@@ -138,7 +185,12 @@ fn main() {
                 for _ in 0..count {
                     let d = rnd(size);
                     let dg = f.digest_of(&d);
-                    let name = format!("uploads/{}/blobs/{}/{}", uuid_like(), dg.hash_hex(), dg.size_bytes);
+                    let name = format!(
+                        "uploads/{}/blobs/{}/{}",
+                        uuid_like(),
+                        dg.hash_hex(),
+                        dg.size_bytes
+                    );
                     tot += raw_write(&mut bs, name, d, chunk).await;
                 }
                 println!(

@@ -162,6 +162,23 @@ impl ActionCache {
         Ok(result)
     }
 
+    /// Stores the result of an action that ran on one of our agents, without waiting for it to
+    /// become durable (the metadata store flushes on its own within a second; losing it in a
+    /// crash only costs a re-run). Failed actions are not stored.
+    pub fn record_executed(
+        &self,
+        instance: &str,
+        action: &Digest,
+        result: &ActionResult,
+    ) -> Result<(), AcError> {
+        if result.exit_code != 0 {
+            return Ok(());
+        }
+        self.table
+            .insert(&key(instance, action), &result.encode_to_vec())?;
+        Ok(())
+    }
+
     /// Validates the result's paths and digests and lists every blob it needs, including the
     /// files inside output trees. A tree blob that is missing or does not decode is reported
     /// as missing.

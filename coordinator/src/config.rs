@@ -52,6 +52,18 @@ pub struct CoordinatorConfig {
     pub max_batch_total_size_bytes: u64,
     /// Log line format.
     pub log_format: LogFormat,
+    /// A lease expires when its agent sends no heartbeat for this long.
+    pub lease_timeout: Duration,
+    /// Attempts (first run included) before an action fails on infrastructure errors.
+    pub max_attempts: u32,
+    /// How long finished operations stay available to WaitExecution.
+    pub operation_retention: Duration,
+    /// Timeout for actions that name none.
+    pub default_action_timeout: Duration,
+    /// Longest action timeout accepted.
+    pub max_action_timeout: Duration,
+    /// Platform keys accepted before any agent declares them.
+    pub platform_keys: Vec<String>,
 }
 
 impl Default for CoordinatorConfig {
@@ -63,6 +75,20 @@ impl Default for CoordinatorConfig {
             cas_protect_recent: Duration::from_secs(60),
             max_batch_total_size_bytes: 4 * 1024 * 1024,
             log_format: LogFormat::Text,
+            lease_timeout: Duration::from_secs(10),
+            max_attempts: 3,
+            operation_retention: Duration::from_secs(3600),
+            default_action_timeout: Duration::from_secs(15 * 60),
+            max_action_timeout: Duration::from_secs(3 * 3600),
+            platform_keys: vec![
+                "OSFamily".to_owned(),
+                "ISA".to_owned(),
+                "arch".to_owned(),
+                "cores".to_owned(),
+                "memory".to_owned(),
+                "network".to_owned(),
+                "pool".to_owned(),
+            ],
         }
     }
 }
@@ -77,6 +103,12 @@ struct FileConfig {
     cas_protect_recent: Option<String>,
     max_batch_total_size_bytes: Option<u64>,
     log_format: Option<LogFormat>,
+    lease_timeout: Option<String>,
+    max_attempts: Option<u32>,
+    operation_retention: Option<String>,
+    default_action_timeout: Option<String>,
+    max_action_timeout: Option<String>,
+    platform_keys: Option<Vec<String>>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -136,11 +168,23 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_CAS_PROTECT_RECENT",
     "TESSERA_MAX_BATCH_TOTAL_SIZE_BYTES",
     "TESSERA_LOG_FORMAT",
+    "TESSERA_LEASE_TIMEOUT",
+    "TESSERA_MAX_ATTEMPTS",
+    "TESSERA_OPERATION_RETENTION",
+    "TESSERA_DEFAULT_ACTION_TIMEOUT",
+    "TESSERA_MAX_ACTION_TIMEOUT",
+    "TESSERA_PLATFORM_KEYS",
     "TESSERA_CONFIG",
 ];
 
 /// `TESSERA_*` variables used by other parts of the `tessera` binary.
-pub const OTHER_ENV_KEYS: &[&str] = &["TESSERA_COORDINATOR"];
+pub const OTHER_ENV_KEYS: &[&str] = &[
+    "TESSERA_COORDINATOR",
+    "TESSERA_WORK_DIR",
+    "TESSERA_SLOTS",
+    "TESSERA_AGENT_ID",
+    "TESSERA_BIN",
+];
 
 fn parse_value<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
 where
@@ -217,6 +261,51 @@ impl CoordinatorConfig {
         if let Some(v) = file.log_format {
             self.log_format = v;
         }
+        if let Some(v) = file.lease_timeout {
+            self.lease_timeout = parse_duration("lease_timeout", &v)?;
+        }
+        if let Some(v) = file.max_attempts {
+            self.max_attempts = v;
+        }
+        if let Some(v) = file.operation_retention {
+            self.operation_retention = parse_duration("operation_retention", &v)?;
+        }
+        if let Some(v) = file.default_action_timeout {
+            self.default_action_timeout = parse_duration("default_action_timeout", &v)?;
+        }
+        if let Some(v) = file.max_action_timeout {
+            self.max_action_timeout = parse_duration("max_action_timeout", &v)?;
+        }
+        if let Some(v) = file.platform_keys {
+            self.platform_keys = v;
+        }
+        self.check()
+    }
+
+    /// Checks values that parse but make no sense together.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, reason: &str| ConfigError::Value {
+            key: key.to_owned(),
+            value,
+            reason: reason.to_owned(),
+        };
+        if self.lease_timeout < Duration::from_millis(200) {
+            return Err(bad(
+                "lease_timeout",
+                format!("{:?}", self.lease_timeout),
+                "must be at least 200ms",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(bad("max_attempts", "0".into(), "must be at least 1"));
+        }
+        if self.default_action_timeout > self.max_action_timeout {
+            return Err(bad(
+                "default_action_timeout",
+                format!("{:?}", self.default_action_timeout),
+                "must not exceed max_action_timeout",
+            ));
+        }
         Ok(())
     }
 
@@ -236,13 +325,32 @@ impl CoordinatorConfig {
                     self.max_batch_total_size_bytes = parse_value(key, value)?;
                 }
                 "TESSERA_LOG_FORMAT" => self.log_format = parse_value(key, value)?,
+                "TESSERA_LEASE_TIMEOUT" => self.lease_timeout = parse_duration(key, value)?,
+                "TESSERA_MAX_ATTEMPTS" => self.max_attempts = parse_value(key, value)?,
+                "TESSERA_OPERATION_RETENTION" => {
+                    self.operation_retention = parse_duration(key, value)?;
+                }
+                "TESSERA_DEFAULT_ACTION_TIMEOUT" => {
+                    self.default_action_timeout = parse_duration(key, value)?;
+                }
+                "TESSERA_MAX_ACTION_TIMEOUT" => {
+                    self.max_action_timeout = parse_duration(key, value)?
+                }
+                "TESSERA_PLATFORM_KEYS" => {
+                    self.platform_keys = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
                 // Read by the command line before this function runs.
                 "TESSERA_CONFIG" => {}
                 other if OTHER_ENV_KEYS.contains(&other) => {}
                 other => return Err(ConfigError::UnknownEnv(other.to_owned())),
             }
         }
-        Ok(())
+        self.check()
     }
 }
 

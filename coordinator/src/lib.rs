@@ -7,6 +7,7 @@
 
 pub mod action_cache;
 pub mod config;
+pub mod execution;
 pub mod server;
 pub mod services;
 mod status;

@@ -14,9 +14,12 @@ use std::time::Duration;
 use tessera_cas::meta::{MetaError, MetadataStore, SledStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, StoreError};
 use tessera_proto::bytestream::byte_stream_server::ByteStreamServer;
+use tessera_proto::longrunning::operations_server::OperationsServer;
 use tessera_proto::reapi::action_cache_server::ActionCacheServer;
 use tessera_proto::reapi::capabilities_server::CapabilitiesServer;
 use tessera_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use tessera_proto::reapi::execution_server::ExecutionServer;
+use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -25,10 +28,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::action_cache::{AcError, ActionCache};
 use crate::config::CoordinatorConfig;
+use crate::execution::inputs::ExecLimits;
+use crate::execution::scheduler::{self, SchedulerConfig, SchedulerError, SchedulerHandle};
 use crate::services::action_cache::ActionCacheService;
+use crate::services::agent_session::AgentSessionService;
 use crate::services::bytestream::ByteStreamService;
 use crate::services::capabilities::CapabilitiesService;
 use crate::services::cas::CasService;
+use crate::services::execution::ExecutionService;
+use crate::services::operations::OperationsService;
 
 /// How long running calls may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -60,6 +68,9 @@ pub enum ServerError {
     /// The action cache could not be opened.
     #[error("failed to open the action cache: {0}")]
     ActionCache(#[from] AcError),
+    /// The scheduler could not load its state.
+    #[error("failed to start the scheduler: {0}")]
+    Scheduler(#[from] SchedulerError),
     /// The listen address could not be bound.
     #[error(
         "failed to listen on {addr}: {source} (is the port in use? pick another with --listen)"
@@ -84,6 +95,7 @@ pub struct Coordinator {
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     meta: Arc<SledStore>,
     store: DiskStore,
+    scheduler: SchedulerHandle,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -118,7 +130,22 @@ impl Coordinator {
                 })??
         };
         let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
-        let cache = ActionCache::open(meta_dyn, Arc::clone(&blobs))?;
+        let cache = ActionCache::open(Arc::clone(&meta_dyn), Arc::clone(&blobs))?;
+        let scheduler = scheduler::start(
+            SchedulerConfig {
+                lease_timeout: config.lease_timeout,
+                max_attempts: config.max_attempts,
+                retention: config.operation_retention,
+                known_platform_keys: config.platform_keys.clone(),
+            },
+            &meta_dyn,
+            cache.clone(),
+        )?;
+        let limits = ExecLimits {
+            default_timeout: config.default_action_timeout,
+            max_timeout: config.max_action_timeout,
+            tree: tessera_cas::validate::TreeLimits::default(),
+        };
 
         let listener =
             TcpListener::bind(config.listen)
@@ -151,7 +178,26 @@ impl Coordinator {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                ActionCacheServer::new(ActionCacheService::new(cache, Arc::clone(&blobs)))
+                ActionCacheServer::new(ActionCacheService::new(cache.clone(), Arc::clone(&blobs)))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ExecutionServer::new(ExecutionService::new(
+                    Arc::clone(&blobs),
+                    cache,
+                    Arc::clone(&meta_dyn),
+                    scheduler.clone(),
+                    limits,
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(OperationsServer::new(OperationsService::new(
+                scheduler.clone(),
+            )))
+            .add_service(
+                AgentSessionServer::new(AgentSessionService::new(scheduler.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
@@ -188,7 +234,13 @@ impl Coordinator {
             serve,
             meta,
             store,
+            scheduler,
         })
+    }
+
+    /// The scheduler (for status queries and tests).
+    pub fn scheduler(&self) -> &SchedulerHandle {
+        &self.scheduler
     }
 
     /// The address the server is bound to.

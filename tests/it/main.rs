@@ -4,4 +4,5 @@ mod architecture;
 mod bad_input;
 mod bazel;
 mod cas_api;
+mod execution;
 mod lifecycle;

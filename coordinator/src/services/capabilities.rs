@@ -54,12 +54,15 @@ impl CapabilitiesService {
                 supported_compressors: vec![compressor::Value::Zstd as i32],
                 supported_batch_update_compressors: vec![compressor::Value::Zstd as i32],
             }),
-            // Execution arrives with the scheduler; until then the singular digest function is
-            // still filled, since clients read it even when execution is off.
             execution_capabilities: Some(ExecutionCapabilities {
                 digest_function: digest_function::Value::Sha256 as i32,
-                exec_enabled: false,
-                execution_priority_capabilities: None,
+                exec_enabled: true,
+                execution_priority_capabilities: Some(PriorityCapabilities {
+                    priorities: vec![PriorityRange {
+                        min_priority: crate::services::execution::PRIORITY_RANGE.0,
+                        max_priority: crate::services::execution::PRIORITY_RANGE.1,
+                    }],
+                }),
                 supported_node_properties: Vec::new(),
                 digest_functions: functions,
             }),

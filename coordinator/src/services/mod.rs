@@ -3,6 +3,9 @@
 //! `From` impl.
 
 pub mod action_cache;
+pub mod agent_session;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
+pub mod execution;
+pub mod operations;

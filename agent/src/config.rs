@@ -1,0 +1,529 @@
+//! The agent's configuration: typed, strict, and loaded in one function.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`--config`), `TESSERA_AGENT_*`
+//! environment variables (plus `TESSERA_COORDINATOR`, shared with the client commands), then
+//! command-line flags. Unknown file keys, unknown `TESSERA_AGENT_*` variables and malformed
+//! values are errors. Other `TESSERA_*` variables belong to other commands and are left alone.
+//! Also owns the agent's identity: the configured id, or one generated once and kept in the
+//! work directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Whether to run actions in Linux namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    /// Use namespaces if a probe at startup shows the host allows them; otherwise warn and run
+    /// without (advertising `sandbox=none`).
+    #[default]
+    Auto,
+    /// Never use namespaces (resource limits and process groups still apply).
+    Off,
+}
+
+impl std::str::FromStr for SandboxMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(SandboxMode::Auto),
+            "off" => Ok(SandboxMode::Off),
+            other => Err(format!("unknown sandbox mode \"{other}\" (expected auto or off)")),
+        }
+    }
+}
+
+/// Everything the agent needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The coordinator's gRPC endpoint, `http://HOST:PORT`; it also serves the CAS.
+    pub coordinator: String,
+    /// Directory for the agent's state: its id, the local blob cache, the exec roots.
+    pub work_dir: PathBuf,
+    /// Actions run at once.
+    pub slots: u32,
+    /// Extra platform properties to advertise; they override detected ones with the same name.
+    pub properties: BTreeMap<String, String>,
+    /// The agent id; `None` uses the one kept in the work directory (generated on first start).
+    pub id: Option<String>,
+    /// Byte budget of the local blob cache; least recently used blobs are evicted beyond it.
+    pub max_cache_bytes: u64,
+    /// Whether to sandbox actions with namespaces.
+    pub sandbox: SandboxMode,
+    /// Keep the directory of a failed lease (non-zero exit or error) under `work_dir/kept/`.
+    pub keep_failed: bool,
+    /// When draining, cancel leases still running after this long (`None`: wait for each
+    /// lease's own timeout).
+    pub drain_timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when a command's process group is stopped.
+    pub kill_grace: Duration,
+}
+
+/// Default local cache budget: 10 GiB.
+pub const DEFAULT_MAX_CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            coordinator: "http://127.0.0.1:8980".to_owned(),
+            work_dir: PathBuf::from("tessera-agent"),
+            slots: std::thread::available_parallelism()
+                .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
+            properties: BTreeMap::new(),
+            id: None,
+            max_cache_bytes: DEFAULT_MAX_CACHE_BYTES,
+            sandbox: SandboxMode::Auto,
+            keep_failed: false,
+            drain_timeout: None,
+            kill_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Values given on the command line; `None` (or empty) leaves the lower layers' value.
+#[derive(Debug, Default, Clone)]
+pub struct AgentOverrides {
+    /// `--coordinator`.
+    pub coordinator: Option<String>,
+    /// `--work-dir`.
+    pub work_dir: Option<PathBuf>,
+    /// `--slots`.
+    pub slots: Option<u32>,
+    /// `--property key=value`, repeated; added to (and overriding) lower layers' properties.
+    pub properties: Vec<String>,
+    /// `--id`.
+    pub id: Option<String>,
+    /// `--max-cache-bytes`.
+    pub max_cache_bytes: Option<u64>,
+    /// `--sandbox`.
+    pub sandbox: Option<SandboxMode>,
+    /// `--keep-failed` (only ever turns it on).
+    pub keep_failed: bool,
+    /// `--drain-timeout`.
+    pub drain_timeout: Option<Duration>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, ...).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, including the offending key.
+        message: String,
+    },
+    /// A variable, key or flag has a value that does not parse or is out of range.
+    #[error("invalid value for {key}: \"{value}\": {reason}")]
+    Value {
+        /// The variable, key or flag.
+        key: String,
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A `TESSERA_AGENT_*` variable that no setting uses.
+    #[error("unknown environment variable {0} (known: {known})", known = ENV_KEYS.join(", "))]
+    UnknownEnv(String),
+}
+
+/// Environment variables read by [`AgentConfig::load`].
+pub const ENV_KEYS: &[&str] = &[
+    "TESSERA_COORDINATOR",
+    "TESSERA_AGENT_CONFIG",
+    "TESSERA_AGENT_WORK_DIR",
+    "TESSERA_AGENT_SLOTS",
+    "TESSERA_AGENT_PROPERTIES",
+    "TESSERA_AGENT_ID",
+    "TESSERA_AGENT_MAX_CACHE_BYTES",
+    "TESSERA_AGENT_SANDBOX",
+    "TESSERA_AGENT_KEEP_FAILED",
+    "TESSERA_AGENT_DRAIN_TIMEOUT",
+    "TESSERA_AGENT_KILL_GRACE",
+];
+
+/// The file form: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    coordinator: Option<String>,
+    work_dir: Option<PathBuf>,
+    slots: Option<u32>,
+    properties: Option<BTreeMap<String, String>>,
+    id: Option<String>,
+    max_cache_bytes: Option<u64>,
+    sandbox: Option<SandboxMode>,
+    keep_failed: Option<bool>,
+    drain_timeout: Option<String>,
+    kill_grace: Option<String>,
+}
+
+fn value_error(key: &str, value: &str, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Value {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_value<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e: T::Err| value_error(key, value, e))
+}
+
+fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|e| {
+        value_error(
+            key,
+            value,
+            format!("{e} (write durations like \"30s\", \"5m\", \"250ms\")"),
+        )
+    })
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(value_error(key, value, "expected true or false")),
+    }
+}
+
+/// Parses one `key=value` property.
+pub fn parse_property(key: &str, text: &str) -> Result<(String, String), ConfigError> {
+    let Some((name, value)) = text.split_once('=') else {
+        return Err(value_error(key, text, "expected key=value"));
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(value_error(key, text, "the property name is empty"));
+    }
+    Ok((name.to_owned(), value.trim().to_owned()))
+}
+
+impl AgentConfig {
+    /// Loads the configuration: defaults, then `file` (if any), then the agent's variables in
+    /// `env`, then `flags`; then checks it.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        flags: &AgentOverrides,
+    ) -> Result<Self, ConfigError> {
+        let mut config = AgentConfig::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            config.apply_file(path, &text)?;
+        }
+        config.apply_env(env)?;
+        config.apply_flags(flags)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Applies a TOML document.
+    pub fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Some(v) = file.coordinator {
+            self.coordinator = v;
+        }
+        if let Some(v) = file.work_dir {
+            self.work_dir = v;
+        }
+        if let Some(v) = file.slots {
+            self.slots = v;
+        }
+        if let Some(v) = file.properties {
+            self.properties.extend(v);
+        }
+        if let Some(v) = file.id {
+            self.id = Some(v);
+        }
+        if let Some(v) = file.max_cache_bytes {
+            self.max_cache_bytes = v;
+        }
+        if let Some(v) = file.sandbox {
+            self.sandbox = v;
+        }
+        if let Some(v) = file.keep_failed {
+            self.keep_failed = v;
+        }
+        if let Some(v) = file.drain_timeout {
+            self.drain_timeout = Some(parse_duration("drain_timeout", &v)?);
+        }
+        if let Some(v) = file.kill_grace {
+            self.kill_grace = parse_duration("kill_grace", &v)?;
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        for (key, value) in env {
+            match key.as_str() {
+                "TESSERA_COORDINATOR" => self.coordinator.clone_from(value),
+                "TESSERA_AGENT_WORK_DIR" => self.work_dir = PathBuf::from(value),
+                "TESSERA_AGENT_SLOTS" => self.slots = parse_value(key, value)?,
+                "TESSERA_AGENT_PROPERTIES" => {
+                    for item in value.split(',').filter(|s| !s.trim().is_empty()) {
+                        let (name, v) = parse_property(key, item)?;
+                        self.properties.insert(name, v);
+                    }
+                }
+                "TESSERA_AGENT_ID" => self.id = Some(value.clone()),
+                "TESSERA_AGENT_MAX_CACHE_BYTES" => {
+                    self.max_cache_bytes = parse_value(key, value)?;
+                }
+                "TESSERA_AGENT_SANDBOX" => self.sandbox = parse_value(key, value)?,
+                "TESSERA_AGENT_KEEP_FAILED" => self.keep_failed = parse_bool(key, value)?,
+                "TESSERA_AGENT_DRAIN_TIMEOUT" => {
+                    self.drain_timeout = Some(parse_duration(key, value)?);
+                }
+                "TESSERA_AGENT_KILL_GRACE" => self.kill_grace = parse_duration(key, value)?,
+                // Read by the command line before this function runs.
+                "TESSERA_AGENT_CONFIG" => {}
+                other if other.starts_with("TESSERA_AGENT_") => {
+                    return Err(ConfigError::UnknownEnv(other.to_owned()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_flags(&mut self, flags: &AgentOverrides) -> Result<(), ConfigError> {
+        if let Some(v) = &flags.coordinator {
+            self.coordinator.clone_from(v);
+        }
+        if let Some(v) = &flags.work_dir {
+            self.work_dir.clone_from(v);
+        }
+        if let Some(v) = flags.slots {
+            self.slots = v;
+        }
+        for item in &flags.properties {
+            let (name, value) = parse_property("--property", item)?;
+            self.properties.insert(name, value);
+        }
+        if let Some(v) = &flags.id {
+            self.id = Some(v.clone());
+        }
+        if let Some(v) = flags.max_cache_bytes {
+            self.max_cache_bytes = v;
+        }
+        if let Some(v) = flags.sandbox {
+            self.sandbox = v;
+        }
+        if flags.keep_failed {
+            self.keep_failed = true;
+        }
+        if let Some(v) = flags.drain_timeout {
+            self.drain_timeout = Some(v);
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.slots == 0 {
+            return Err(value_error("slots", "0", "an agent needs at least one slot"));
+        }
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://"))
+        {
+            return Err(value_error(
+                "coordinator",
+                &self.coordinator,
+                "expected an endpoint like http://127.0.0.1:8980",
+            ));
+        }
+        if let Some(id) = &self.id {
+            check_agent_id(id).map_err(|reason| value_error("id", id, reason))?;
+        }
+        Ok(())
+    }
+}
+
+/// Agent ids are printable ASCII without spaces, 1 to 128 bytes: they appear in logs, metrics
+/// and `ExecutedActionMetadata.worker`.
+pub fn check_agent_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 characters");
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces");
+    }
+    Ok(())
+}
+
+/// Name of the file in the work directory that keeps a generated agent id.
+const ID_FILE: &str = "agent-id";
+
+/// The agent's id: `configured` if given, else the one kept in `work_dir`, else a new one
+/// (`<hostname>-<8 hex digits>`) written there for the next start.
+pub fn agent_id(configured: Option<&str>, work_dir: &Path) -> std::io::Result<String> {
+    if let Some(id) = configured {
+        return Ok(id.to_owned());
+    }
+    let path = work_dir.join(ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if check_agent_id(id).is_ok() {
+                return Ok(id.to_owned());
+            }
+            tracing::warn!(path = %path.display(), "ignoring malformed agent id file");
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agent".to_owned());
+    let id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let tmp = work_dir.join(format!("{ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "coordinator = \"http://file:1\"\nslots = 3\nwork_dir = \"/from/file\"\n\
+             drain_timeout = \"5m\"\n[properties]\npool = \"file\"\ngpu = \"none\"\n",
+        )
+        .unwrap();
+        let e = env(&[
+            ("TESSERA_AGENT_WORK_DIR", "/from/env"),
+            ("TESSERA_AGENT_PROPERTIES", "pool=env, zone=b"),
+            ("TESSERA_LISTEN", "belongs to the coordinator"),
+            ("PATH", "/bin"),
+        ]);
+        let flags = AgentOverrides {
+            slots: Some(7),
+            properties: vec!["pool=flag".into()],
+            ..AgentOverrides::default()
+        };
+        let c = AgentConfig::load(Some(&file), &e, &flags).unwrap();
+        assert_eq!(c.coordinator, "http://file:1");
+        assert_eq!(c.work_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.slots, 7);
+        assert_eq!(c.drain_timeout, Some(Duration::from_secs(300)));
+        let props: Vec<(&str, &str)> = c
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            props,
+            [("gpu", "none"), ("pool", "flag"), ("zone", "b")],
+            "flags override env, env overrides file"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        let none = AgentOverrides::default();
+        let mut c = AgentConfig::default();
+        let err = c
+            .apply_file(Path::new("a.toml"), "slot = 3\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("slot"), "{err}");
+
+        let err = AgentConfig::load(None, &env(&[("TESSERA_AGENT_SLOT", "3")]), &none).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnv(ref k) if k == "TESSERA_AGENT_SLOT"));
+
+        let err =
+            AgentConfig::load(None, &env(&[("TESSERA_AGENT_SLOTS", "many")]), &none).unwrap_err();
+        assert!(err.to_string().contains("TESSERA_AGENT_SLOTS"), "{err}");
+
+        let err = AgentConfig::load(None, &env(&[("TESSERA_AGENT_SLOTS", "0")]), &none).unwrap_err();
+        assert!(err.to_string().contains("at least one slot"), "{err}");
+
+        let bad_property = AgentOverrides {
+            properties: vec!["novalue".into()],
+            ..AgentOverrides::default()
+        };
+        let err = AgentConfig::load(None, &BTreeMap::new(), &bad_property).unwrap_err();
+        assert!(err.to_string().contains("key=value"), "{err}");
+
+        let bad_endpoint = AgentOverrides {
+            coordinator: Some("127.0.0.1:8980".into()),
+            ..AgentOverrides::default()
+        };
+        let err = AgentConfig::load(None, &BTreeMap::new(), &bad_endpoint).unwrap_err();
+        assert!(err.to_string().contains("http://"), "{err}");
+
+        let bad_id = AgentOverrides {
+            id: Some("has space".into()),
+            ..AgentOverrides::default()
+        };
+        assert!(AgentConfig::load(None, &BTreeMap::new(), &bad_id).is_err());
+
+        let err = AgentConfig::load(None, &env(&[("TESSERA_AGENT_SANDBOX", "on")]), &none)
+            .unwrap_err();
+        assert!(err.to_string().contains("auto or off"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml");
+        let c = AgentConfig::load(Some(&path), &BTreeMap::new(), &AgentOverrides::default())
+            .unwrap();
+        assert_ne!(c, AgentConfig::default(), "the example should set something");
+    }
+
+    #[test]
+    fn generated_id_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = agent_id(None, dir.path()).unwrap();
+        check_agent_id(&first).unwrap();
+        assert_eq!(agent_id(None, dir.path()).unwrap(), first);
+        assert_eq!(agent_id(Some("given"), dir.path()).unwrap(), "given");
+    }
+}

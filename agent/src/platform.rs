@@ -1,0 +1,269 @@
+//! Platform properties, both ways: what this agent advertises in `Hello`, and how it reads the
+//! platform of an action it runs.
+//!
+//! Advertised: `OSFamily` (`linux`), `ISA` and `arch` (`std::env::consts::ARCH`, e.g.
+//! `x86_64`), `cores` (CPUs this process may use), `memory` (MiB: physical memory, or the
+//! cgroup limit if lower), `sandbox` (`namespaces` or `none`) and `network`: `on` always, and
+//! also `off` when namespaces work (an agent may list one key with several values: it satisfies
+//! each). Configured properties are added and override detected ones of the same name.
+//!
+//! Read from an action's platform (the execution keys; all others are for matching only and
+//! ignored here): `network` = `on` | `off` (default `off`: a private network namespace with
+//! only loopback, when namespaces are available), and resource limits `limit.nofile` (open
+//! files), `limit.memory` (MiB of address space, RLIMIT_AS) and `limit.cpu` (CPU seconds).
+
+use std::collections::BTreeMap;
+
+use tessera_proto::reapi::Platform;
+use tessera_proto::reapi::platform::Property;
+use thiserror::Error;
+
+/// Default soft and hard limit on open files for actions (capped by the agent's own hard limit
+/// unless the agent may raise it).
+pub const DEFAULT_NOFILE: u64 = 65_536;
+
+/// What the host offers, found once at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// CPUs this process may use.
+    pub cores: usize,
+    /// Memory in MiB (physical, or the cgroup limit if lower); `None` if unknown.
+    pub memory_mib: Option<u64>,
+    /// Whether actions can run in Linux namespaces.
+    pub namespaces: bool,
+}
+
+impl HostFacts {
+    /// Detects cores and memory; `namespaces` comes from the sandbox probe.
+    pub fn detect(namespaces: bool) -> Self {
+        HostFacts {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_mib: memory_mib(),
+            namespaces,
+        }
+    }
+}
+
+/// The properties to advertise: detected ones, then `configured` (overriding by name), sorted
+/// by name then value.
+pub fn advertised(facts: &HostFacts, configured: &BTreeMap<String, String>) -> Vec<Property> {
+    let mut detected: Vec<(String, String)> = vec![
+        ("OSFamily".into(), std::env::consts::OS.into()),
+        ("ISA".into(), std::env::consts::ARCH.into()),
+        ("arch".into(), std::env::consts::ARCH.into()),
+        ("cores".into(), facts.cores.to_string()),
+        (
+            "sandbox".into(),
+            if facts.namespaces { "namespaces" } else { "none" }.into(),
+        ),
+        ("network".into(), "on".into()),
+    ];
+    if facts.namespaces {
+        detected.push(("network".into(), "off".into()));
+    }
+    if let Some(mib) = facts.memory_mib {
+        detected.push(("memory".into(), mib.to_string()));
+    }
+    let mut properties: Vec<Property> = detected
+        .into_iter()
+        .filter(|(name, _)| !configured.contains_key(name))
+        .chain(configured.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .map(|(name, value)| Property { name, value })
+        .collect();
+    properties.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
+    properties
+}
+
+/// Why an action's platform cannot be honoured.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlatformError {
+    /// An execution key has a value the agent does not understand.
+    #[error("platform property {name}=\"{value}\": {reason}")]
+    BadValue {
+        /// The key.
+        name: String,
+        /// The value.
+        value: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+}
+
+/// Resource limits for one action; `None` leaves the agent's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// RLIMIT_NOFILE (soft and hard).
+    pub nofile: Option<u64>,
+    /// RLIMIT_AS in bytes.
+    pub address_space: Option<u64>,
+    /// RLIMIT_CPU in seconds.
+    pub cpu_seconds: Option<u64>,
+}
+
+/// How the agent must run one action, read from its platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExecutionOptions {
+    /// `network=on`: keep the host's network. Otherwise the action gets a private network
+    /// namespace with only loopback (where namespaces are available).
+    pub network: bool,
+    /// Resource limits asked for.
+    pub limits: Limits,
+}
+
+impl ExecutionOptions {
+    /// Reads the execution keys of `platform`.
+    pub fn from_platform(platform: Option<&Platform>) -> Result<Self, PlatformError> {
+        let mut options = ExecutionOptions::default();
+        let Some(platform) = platform else {
+            return Ok(options);
+        };
+        for Property { name, value } in &platform.properties {
+            let bad = |reason| PlatformError::BadValue {
+                name: name.clone(),
+                value: value.clone(),
+                reason,
+            };
+            let number = || {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad("expected a whole number"))
+            };
+            match name.as_str() {
+                "network" => {
+                    options.network = match value.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(bad("expected on or off")),
+                    }
+                }
+                "limit.nofile" => options.limits.nofile = Some(number()?),
+                "limit.memory" => {
+                    options.limits.address_space = Some(number()?.saturating_mul(1024 * 1024));
+                }
+                "limit.cpu" => options.limits.cpu_seconds = Some(number()?),
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// Physical memory in MiB, or the cgroup v2 limit if lower.
+fn memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let mut mib = total_kib / 1024;
+    let cgroup_limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|limit| limit.trim().parse::<u64>().ok());
+    if let Some(bytes) = cgroup_limit {
+        mib = mib.min(bytes / (1024 * 1024));
+    }
+    Some(mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform(pairs: &[(&str, &str)]) -> Platform {
+        Platform {
+            properties: pairs
+                .iter()
+                .map(|(n, v)| Property {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn pairs(props: &[Property]) -> Vec<(&str, &str)> {
+        props
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn advertises_detected_and_configured_properties() {
+        let facts = HostFacts {
+            cores: 8,
+            memory_mib: Some(16_000),
+            namespaces: true,
+        };
+        let configured: BTreeMap<String, String> =
+            [("pool".into(), "big".into()), ("cores".into(), "4".into())].into();
+        let props = advertised(&facts, &configured);
+        let arch = std::env::consts::ARCH;
+        assert_eq!(
+            pairs(&props),
+            [
+                ("ISA", arch),
+                ("OSFamily", "linux"),
+                ("arch", arch),
+                ("cores", "4"),
+                ("memory", "16000"),
+                ("network", "off"),
+                ("network", "on"),
+                ("pool", "big"),
+                ("sandbox", "namespaces"),
+            ]
+        );
+        let without = HostFacts {
+            namespaces: false,
+            memory_mib: None,
+            ..facts
+        };
+        let props = advertised(&without, &BTreeMap::new());
+        assert!(pairs(&props).contains(&("sandbox", "none")));
+        assert!(!pairs(&props).contains(&("network", "off")));
+    }
+
+    #[test]
+    fn reads_execution_keys() {
+        assert_eq!(
+            ExecutionOptions::from_platform(None).unwrap(),
+            ExecutionOptions::default()
+        );
+        let options = ExecutionOptions::from_platform(Some(&platform(&[
+            ("OSFamily", "linux"),
+            ("limit.cpu", "10"),
+            ("limit.memory", "512"),
+            ("limit.nofile", "1024"),
+            ("network", "on"),
+        ])))
+        .unwrap();
+        assert!(options.network);
+        assert_eq!(
+            options.limits,
+            Limits {
+                nofile: Some(1024),
+                address_space: Some(512 * 1024 * 1024),
+                cpu_seconds: Some(10),
+            }
+        );
+        let err = ExecutionOptions::from_platform(Some(&platform(&[("network", "yes")])))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "platform property network=\"yes\": expected on or off"
+        );
+        assert!(ExecutionOptions::from_platform(Some(&platform(&[("limit.cpu", "-1")]))).is_err());
+    }
+
+    #[test]
+    fn detects_something_plausible() {
+        let facts = HostFacts::detect(false);
+        assert!(facts.cores >= 1);
+        assert!(facts.memory_mib.is_some_and(|m| m > 0));
+    }
+}

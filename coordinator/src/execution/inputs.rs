@@ -1,0 +1,254 @@
+//! What Execute checks before it accepts an action: the Action and Command exist and decode,
+//! the input tree is valid and every blob in it is in the CAS, output paths are sane, and the
+//! timeout is within the server's limit. Missing blobs are collected, not reported one at a
+//! time, so the client can upload them all and retry once.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use prost::Message;
+use tessera_cas::digest::{Digest, DigestError, DigestFunction};
+use tessera_cas::store::{BlobStore, StoreError};
+use tessera_cas::validate::{TreeError, TreeLimits, validate_directory};
+use tessera_proto::reapi::{Action, Command, Directory};
+use thiserror::Error;
+
+use super::platform::Platform;
+
+/// Limits applied at Execute time.
+#[derive(Debug, Clone)]
+pub struct ExecLimits {
+    /// Timeout for actions that name none.
+    pub default_timeout: Duration,
+    /// Longest timeout accepted (REAPI: longer is rejected, not clamped).
+    pub max_timeout: Duration,
+    /// Tree bounds.
+    pub tree: TreeLimits,
+}
+
+/// An action ready to queue.
+#[derive(Debug, Clone)]
+pub struct ResolvedAction {
+    /// The Action message.
+    pub action: Action,
+    /// Its Command.
+    pub command: Command,
+    /// The platform it needs: the Action's, else the Command's (REAPI 2.2).
+    pub platform: Platform,
+    /// Its execution timeout.
+    pub timeout: Duration,
+}
+
+/// Why an action was refused.
+#[derive(Debug, Error)]
+pub enum InputError {
+    /// A digest in the Action is malformed.
+    #[error("{what}: {source}")]
+    Digest {
+        /// Which field.
+        what: &'static str,
+        /// What is wrong.
+        #[source]
+        source: DigestError,
+    },
+    /// Blobs the action needs are not in the CAS.
+    #[error("{} blob(s) needed by the action are missing from the CAS, first {}", .0.len(), .0[0])]
+    Missing(Vec<Digest>),
+    /// A blob does not decode as the message it should be.
+    #[error("{what} {digest} does not decode as a {what} message")]
+    Undecodable {
+        /// Which message.
+        what: &'static str,
+        /// The blob.
+        digest: Digest,
+    },
+    /// The Command or Action breaks a rule.
+    #[error("invalid {0}")]
+    Invalid(String),
+    /// The input tree breaks a rule.
+    #[error("invalid input tree: {0}")]
+    Tree(#[from] TreeError),
+    /// The timeout is beyond the server's maximum.
+    #[error("action timeout {asked:?} exceeds the server maximum {max:?}")]
+    TimeoutTooLong {
+        /// What the action asked for.
+        asked: Duration,
+        /// The limit.
+        max: Duration,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn read_message<M: Message + Default>(
+    store: &dyn BlobStore,
+    what: &'static str,
+    digest: Digest,
+) -> Result<M, InputError> {
+    let Some(bytes) = store.read(&digest)? else {
+        return Err(InputError::Missing(vec![digest]));
+    };
+    M::decode(bytes).map_err(|_| InputError::Undecodable { what, digest })
+}
+
+fn check_output_path(kind: &str, path: &str) -> Result<(), InputError> {
+    if path.starts_with('/')
+        || path.contains('\0')
+        || path.split('/').any(|s| s == "..")
+        || (!path.is_empty() && path.split('/').any(str::is_empty))
+    {
+        return Err(InputError::Invalid(format!(
+            "command: {kind} \"{path}\" must be a relative path without empty or \"..\" segments"
+        )));
+    }
+    Ok(())
+}
+
+/// Fetches and checks everything the action needs.
+#[expect(
+    deprecated,
+    reason = "v2.0 clients still send output_files, output_directories and Command.platform"
+)]
+pub fn resolve(
+    store: &dyn BlobStore,
+    function: DigestFunction,
+    action_digest: Digest,
+    limits: &ExecLimits,
+) -> Result<ResolvedAction, InputError> {
+    let action: Action = read_message(store, "Action", action_digest)?;
+    let command_digest =
+        Digest::from_proto_opt(function, action.command_digest.as_ref()).map_err(|source| {
+            InputError::Digest {
+                what: "action.command_digest",
+                source,
+            }
+        })?;
+    let root_digest =
+        Digest::from_proto_opt(function, action.input_root_digest.as_ref()).map_err(|source| {
+            InputError::Digest {
+                what: "action.input_root_digest",
+                source,
+            }
+        })?;
+    let mut missing = Vec::new();
+    let command: Option<Command> = match read_message(store, "Command", command_digest) {
+        Ok(command) => Some(command),
+        Err(InputError::Missing(m)) => {
+            missing.extend(m);
+            None
+        }
+        Err(other) => return Err(other),
+    };
+    missing.extend(missing_inputs(store, function, root_digest, &limits.tree)?);
+    if !missing.is_empty() {
+        return Err(InputError::Missing(missing));
+    }
+    let command = command.unwrap_or_default();
+    if command.arguments.is_empty() {
+        return Err(InputError::Invalid("command: no arguments".to_owned()));
+    }
+    for path in command
+        .output_paths
+        .iter()
+        .chain(&command.output_files)
+        .chain(&command.output_directories)
+    {
+        check_output_path("output path", path)?;
+    }
+    check_output_path("working_directory", &command.working_directory)?;
+    let timeout = match &action.timeout {
+        Some(t) if t.seconds < 0 || t.nanos < 0 => {
+            return Err(InputError::Invalid(format!(
+                "action: negative timeout {t:?}"
+            )));
+        }
+        Some(t) if t.seconds > 0 || t.nanos > 0 => {
+            Duration::new(t.seconds.unsigned_abs(), t.nanos.unsigned_abs())
+        }
+        _ => limits.default_timeout,
+    };
+    if timeout > limits.max_timeout {
+        return Err(InputError::TimeoutTooLong {
+            asked: timeout,
+            max: limits.max_timeout,
+        });
+    }
+    let properties = match &action.platform {
+        Some(p) if !p.properties.is_empty() => p.properties.clone(),
+        _ => command
+            .platform
+            .clone()
+            .map(|p| p.properties)
+            .unwrap_or_default(),
+    };
+    let platform = Platform::new(properties.into_iter().map(|p| (p.name, p.value)));
+    Ok(ResolvedAction {
+        action,
+        command,
+        platform,
+        timeout,
+    })
+}
+
+/// Walks the input tree and returns every blob it references that the CAS lacks (directory
+/// messages included). Each directory present is validated.
+fn missing_inputs(
+    store: &dyn BlobStore,
+    function: DigestFunction,
+    root: Digest,
+    limits: &TreeLimits,
+) -> Result<Vec<Digest>, InputError> {
+    let mut missing = Vec::new();
+    let mut files = Vec::new();
+    let mut seen = HashSet::from([root]);
+    let mut queue = VecDeque::from([(root, String::new(), 0usize)]);
+    let mut entries = 0usize;
+    while let Some((digest, path, depth)) = queue.pop_front() {
+        if depth > limits.max_depth {
+            return Err(TreeError::TooDeep {
+                path,
+                max: limits.max_depth,
+            }
+            .into());
+        }
+        let Some(bytes) = store.read(&digest)? else {
+            missing.push(digest);
+            continue;
+        };
+        let dir = Directory::decode(bytes).map_err(|_| InputError::Undecodable {
+            what: "Directory",
+            digest,
+        })?;
+        validate_directory(&dir, function, &path)?;
+        entries += dir.files.len() + dir.directories.len() + dir.symlinks.len();
+        if entries > limits.max_entries {
+            return Err(TreeError::TooManyEntries {
+                max: limits.max_entries,
+            }
+            .into());
+        }
+        for file in &dir.files {
+            // validate_directory has checked that every digest parses.
+            if let Ok(d) = Digest::from_proto_opt(function, file.digest.as_ref()) {
+                files.push(d);
+            }
+        }
+        for child in &dir.directories {
+            if let Ok(d) = Digest::from_proto_opt(function, child.digest.as_ref())
+                && seen.insert(d)
+            {
+                let child_path = if path.is_empty() {
+                    child.name.clone()
+                } else {
+                    format!("{path}/{}", child.name)
+                };
+                queue.push_back((d, child_path, depth + 1));
+            }
+        }
+    }
+    files.sort_unstable();
+    files.dedup();
+    missing.extend(store.find_missing_checked(&files));
+    Ok(missing)
+}

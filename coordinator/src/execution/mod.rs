@@ -1,0 +1,8 @@
+//! Remote execution on the coordinator: platform matching, the fair-share queue, the
+//! operation lifecycle, input checks, and the scheduler actor that owns them.
+
+pub mod inputs;
+pub mod operation;
+pub mod platform;
+pub mod queue;
+pub mod scheduler;
