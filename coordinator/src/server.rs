@@ -96,6 +96,8 @@ pub struct Coordinator {
     meta: Arc<SledStore>,
     store: DiskStore,
     scheduler: SchedulerHandle,
+    scheduler_stop: CancellationToken,
+    scheduler_task: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -131,7 +133,8 @@ impl Coordinator {
         };
         let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
         let cache = ActionCache::open(Arc::clone(&meta_dyn), Arc::clone(&blobs))?;
-        let scheduler = scheduler::start(
+        let scheduler_stop = CancellationToken::new();
+        let (scheduler, scheduler_task) = scheduler::start(
             SchedulerConfig {
                 lease_timeout: config.lease_timeout,
                 max_attempts: config.max_attempts,
@@ -140,6 +143,7 @@ impl Coordinator {
             },
             &meta_dyn,
             cache.clone(),
+            scheduler_stop.clone(),
         )?;
         let limits = ExecLimits {
             default_timeout: config.default_action_timeout,
@@ -235,6 +239,8 @@ impl Coordinator {
             meta,
             store,
             scheduler,
+            scheduler_stop,
+            scheduler_task,
         })
     }
 
@@ -264,7 +270,13 @@ impl Coordinator {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         tracing::info!("coordinator shutting down");
         self.token.cancel();
-        let served = match tokio::time::timeout(DRAIN_DEADLINE, self.serve).await {
+        // Stopping the scheduler ends agent sessions and operation streams (clients re-attach
+        // with WaitExecution after a restart); its state is already durable, since accepted
+        // operations were flushed when they were accepted.
+        self.scheduler_stop.cancel();
+        let _ = self.scheduler_task.await;
+        let mut serve = self.serve;
+        let served = match tokio::time::timeout(DRAIN_DEADLINE, &mut serve).await {
             Ok(Ok(result)) => result.map_err(ServerError::from),
             Ok(Err(join)) => {
                 tracing::error!(%join, "server task failed");
@@ -272,6 +284,8 @@ impl Coordinator {
             }
             Err(_) => {
                 tracing::warn!("calls still running after the drain deadline; stopping anyway");
+                serve.abort();
+                let _ = serve.await;
                 Ok(())
             }
         };

@@ -524,3 +524,55 @@ async fn wait_for_stats(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_operations_survive_a_coordinator_restart() {
+    let mut first = server(Duration::from_secs(10)).await;
+    let client = first.client(DigestFunction::Sha256).await;
+    let queued = upload_action(&client, &["echo", "queued"], &[], &[], false).await;
+    let finished = upload_action(&client, &["echo", "finished"], &[], &[], false).await;
+    let mut agent = ScriptedAgent::connect(&first, "a1", 1, &[]).await;
+    let done_stream = execute(&first, &finished, false).await;
+    let lease = agent.next_lease().await;
+    agent.finish(&lease, 0).await;
+    let (_, done_name, _) = drain(done_stream).await;
+    drop(agent);
+    // Accepted while no agent is connected: stays queued.
+    let mut stream = execute(&first, &queued, false).await;
+    let queued_name = stream.next().await.unwrap().unwrap().name;
+    drop(stream);
+    first.stop().await;
+
+    let data_dir = first.dir.path().join("data");
+    let second = TestServer::start_with(|c| c.data_dir = data_dir.clone()).await;
+    // The finished operation can still be waited on; the queued one runs once an agent joins.
+    let (_, name, response) = drain(
+        ExecutionClient::new(second.channel().await)
+            .wait_execution(WaitExecutionRequest {
+                name: done_name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(name, done_name);
+    assert_eq!(response.status.unwrap_or_default().code, 0);
+    let waiting = ExecutionClient::new(second.channel().await)
+        .wait_execution(WaitExecutionRequest {
+            name: queued_name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut agent = ScriptedAgent::connect(&second, "a2", 1, &[]).await;
+    let lease = agent.next_lease().await;
+    assert_eq!(
+        lease.command.as_ref().unwrap().arguments,
+        vec!["echo", "queued"]
+    );
+    agent.finish(&lease, 0).await;
+    let (_, name, response) = drain(waiting).await;
+    assert_eq!(name, queued_name);
+    assert_eq!(response.status.unwrap_or_default().code, 0);
+}

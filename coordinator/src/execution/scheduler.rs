@@ -259,6 +259,11 @@ impl SchedulerHandle {
         });
     }
 
+    /// Resolves when the scheduler has stopped (the coordinator is shutting down).
+    pub async fn stopped(&self) {
+        self.tx.closed().await;
+    }
+
     /// An agent's session closed.
     pub fn agent_left(&self, id: String, session: u64) {
         let _ = self.tx.send(Request::AgentLeft { id, session });
@@ -346,12 +351,14 @@ fn merge_key(record: &OperationRecord) -> Vec<u8> {
 }
 
 /// Starts the scheduler actor: loads persisted operations (finished ones kept, unfinished
-/// ones queued again) and returns its handle. The actor stops when every handle is dropped.
+/// ones queued again) and returns its handle and task. The actor stops when `stop` is
+/// cancelled or every handle is dropped, releasing its hold on the metadata store.
 pub fn start(
     config: SchedulerConfig,
     meta: &Arc<dyn MetadataStore>,
     cache: ActionCache,
-) -> Result<SchedulerHandle, SchedulerError> {
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>), SchedulerError> {
     let config = Arc::new(config);
     let table = meta.table(OPERATIONS_TABLE)?;
     let keys_table = meta.table(PLATFORM_KEYS_TABLE)?;
@@ -375,8 +382,8 @@ pub fn start(
     };
     scheduler.recover()?;
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(scheduler.run(rx));
-    Ok(SchedulerHandle { tx, config })
+    let task = tokio::spawn(scheduler.run(rx, stop));
+    Ok((SchedulerHandle { tx, config }, task))
 }
 
 impl Scheduler {
@@ -449,12 +456,17 @@ impl Scheduler {
         Ok(())
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Request>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_gc = Instant::now();
         loop {
             tokio::select! {
+                () = stop.cancelled() => return,
                 request = rx.recv() => {
                     let Some(request) = request else { return };
                     self.handle(request);

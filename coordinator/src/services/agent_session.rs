@@ -93,7 +93,12 @@ impl agent_session_server::AgentSession for AgentSessionService {
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             loop {
-                match inbound.message().await {
+                let next = tokio::select! {
+                    // Shutting down: let go of the stream so the connection can close.
+                    () = scheduler.stopped() => break,
+                    next = inbound.message() => next,
+                };
+                match next {
                     Ok(Some(message)) => scheduler.agent_message(id.clone(), session, message),
                     Ok(None) => break,
                     Err(status) => {

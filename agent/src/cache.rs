@@ -1,0 +1,328 @@
+//! The agent's local blob cache: blobs fetched from the coordinator's CAS, kept on disk under the
+//! work directory so the next action that needs them costs a hard link, not a download.
+//!
+//! A [`DiskStore`] without compression (so every blob is a plain file that can be hard-linked)
+//! over a sled index in `cache-meta/`, evicting least recently used blobs beyond a byte budget.
+//! Blobs an action is using are pinned for as long as its [`CachePins`] lives, so eviction
+//! never pulls an input from under a materialization. Downloads: small blobs in
+//! `BatchReadBlobs` calls, large ones through ByteStream, a few at a time. A blob the CAS does
+//! not have is reported as missing, by digest. Does not lay out trees (see `materialize`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tessera_cas::client::{CasClient, ClientError};
+use tessera_cas::digest::Digest;
+use tessera_cas::meta::{MetaError, MetadataStore, SledStore};
+use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, PinGuard, StoreError};
+use thiserror::Error;
+
+/// Blobs up to this size are fetched in batches.
+const BATCH_BLOB_MAX: u64 = 1024 * 1024;
+/// Most bytes asked for in one `BatchReadBlobs` call: below every common server limit (4 MiB).
+const BATCH_TOTAL_MAX: u64 = 2 * 1024 * 1024;
+/// Download calls in flight at once per lease.
+const DOWNLOADS_IN_FLIGHT: usize = 4;
+/// Blobs used this recently are not evicted even if unpinned (a blob just written and not yet
+/// pinned, for one).
+const PROTECT_RECENT: Duration = Duration::from_secs(10);
+
+/// Why blobs could not be brought into the cache.
+#[derive(Debug, Error)]
+pub enum FetchError {
+    /// The CAS does not have these blobs.
+    #[error("missing from the CAS: {}", list(.0))]
+    Missing(Vec<Digest>),
+    /// Talking to the CAS failed.
+    #[error("failed to fetch from the CAS: {0}")]
+    Cas(#[from] ClientError),
+    /// The local store failed (disk error, or no room within the budget).
+    #[error("local cache: {0}")]
+    Store(#[from] StoreError),
+    /// A blob was evicted between download and use: the budget is too small for the inputs
+    /// of the actions running at once.
+    #[error("blob {0} was evicted before use (local cache budget too small?)")]
+    Evicted(Digest),
+    /// A blocking task failed.
+    #[error("local cache task failed: {0}")]
+    Task(String),
+}
+
+fn list(digests: &[Digest]) -> String {
+    let shown: Vec<String> = digests.iter().take(5).map(Digest::to_string).collect();
+    let more = digests.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Why the cache could not be opened.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The index could not be opened.
+    #[error("failed to open the cache index: {0}")]
+    Meta(#[from] MetaError),
+    /// The blob directory could not be opened.
+    #[error("failed to open the cache: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Keeps blobs from eviction while an action uses them.
+#[derive(Default)]
+pub struct CachePins {
+    _guards: Vec<PinGuard>,
+}
+
+impl std::fmt::Debug for CachePins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachePins")
+            .field("guards", &self._guards.len())
+            .finish()
+    }
+}
+
+/// The local blob cache.
+#[derive(Clone, Debug)]
+pub struct LocalCache {
+    store: DiskStore,
+    meta: Arc<SledStore>,
+}
+
+impl LocalCache {
+    /// Opens (creating) the cache: blobs under `dir/cache`, index under `dir/cache-meta`.
+    /// Blocking.
+    pub fn open(dir: &Path, budget_bytes: u64) -> Result<Self, OpenError> {
+        let meta = Arc::new(SledStore::open(dir.join("cache-meta"))?);
+        let meta_dyn: Arc<dyn MetadataStore> = meta.clone();
+        let options = DiskStoreOptions {
+            root: dir.join("cache"),
+            budget_bytes,
+            protect_recent: PROTECT_RECENT,
+            compress: false,
+        };
+        let store = DiskStore::open(meta_dyn, options)?;
+        Ok(LocalCache { store, meta })
+    }
+
+    /// The file holding `digest` (read-only: it may be hard-linked into exec roots), if cached.
+    pub fn path_of(&self, digest: &Digest) -> Option<PathBuf> {
+        self.store.raw_path(digest)
+    }
+
+    /// Whether `digest` is cached.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.store.contains(digest)
+    }
+
+    /// Writes access times back to the index and flushes it. Blocking.
+    pub fn persist(&self) -> Result<(), OpenError> {
+        self.store.write_back_access_times()?;
+        self.meta.flush()?;
+        Ok(())
+    }
+
+    /// The contents of `digests` (small blobs such as `Directory` messages), from the cache
+    /// where present, fetched from `cas` (and cached) otherwise.
+    pub async fn get_many(
+        &self,
+        cas: &CasClient,
+        digests: &[Digest],
+    ) -> Result<HashMap<Digest, Bytes>, FetchError> {
+        let store = self.store.clone();
+        let wanted = digests.to_vec();
+        let mut found = blocking(move || {
+            let mut found = HashMap::new();
+            for digest in wanted {
+                if let Some(data) = store.read(&digest)? {
+                    found.insert(digest, data);
+                }
+            }
+            Ok::<_, FetchError>(found)
+        })
+        .await?;
+        let missing: Vec<Digest> = digests
+            .iter()
+            .filter(|d| !found.contains_key(d))
+            .copied()
+            .collect();
+        for (digest, data) in self.download(cas, &missing).await? {
+            found.insert(digest, data);
+        }
+        Ok(found)
+    }
+
+    /// Makes sure every blob of `digests` is cached, downloading what is not, and pins them all
+    /// until the returned guard is dropped.
+    pub async fn ensure(
+        &self,
+        cas: &CasClient,
+        digests: &[Digest],
+    ) -> Result<CachePins, FetchError> {
+        let mut pins = CachePins::default();
+        pins._guards.push(self.store.pin(digests));
+        let missing = self.store.find_missing(digests);
+        if missing.is_empty() {
+            return Ok(pins);
+        }
+        // Blobs are written as they arrive; only their digests are kept.
+        self.download_with(cas, &missing, |_, _| {}).await?;
+        pins._guards.push(self.store.pin(&missing));
+        if let Some(gone) = self.store.find_missing(&missing).first() {
+            return Err(FetchError::Evicted(*gone));
+        }
+        Ok(pins)
+    }
+
+    /// Downloads `digests` from `cas`, stores them, and returns their contents.
+    async fn download(
+        &self,
+        cas: &CasClient,
+        digests: &[Digest],
+    ) -> Result<Vec<(Digest, Bytes)>, FetchError> {
+        let mut out = Vec::with_capacity(digests.len());
+        let collected = std::sync::Mutex::new(&mut out);
+        self.download_with(cas, digests, |digest, data| {
+            collected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((digest, data));
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Downloads `digests` (small ones batched, large ones streamed, a few calls at a time),
+    /// stores each in the cache and hands it to `sink`.
+    async fn download_with(
+        &self,
+        cas: &CasClient,
+        digests: &[Digest],
+        sink: impl Fn(Digest, Bytes),
+    ) -> Result<(), FetchError> {
+        let calls = plan_downloads(digests);
+        let sink = &sink;
+        let result = futures::stream::iter(calls.into_iter().map(|call| async move {
+            let blobs: Vec<(Digest, Bytes)> = match call {
+                Download::Batch(group) => cas.batch_read(&group, false).await?.into_iter().collect(),
+                Download::Stream(digest) => vec![(digest, cas.read(&digest, false).await?)],
+            };
+            let store = self.store.clone();
+            let stored = blobs.clone();
+            blocking(move || {
+                for (digest, data) in &stored {
+                    store.write(digest, data)?;
+                }
+                Ok::<_, FetchError>(())
+            })
+            .await?;
+            for (digest, data) in blobs {
+                sink(digest, data);
+            }
+            Ok::<_, FetchError>(())
+        }))
+        .buffer_unordered(DOWNLOADS_IN_FLIGHT)
+        .try_collect::<()>()
+        .await;
+        match result {
+            Err(FetchError::Cas(error)) if is_not_found(&error) => {
+                // Name exactly which blobs are missing, not just the first one a call tripped on.
+                let missing = cas.find_missing(digests).await?;
+                if missing.is_empty() {
+                    Err(FetchError::Cas(error))
+                } else {
+                    Err(FetchError::Missing(missing))
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+fn is_not_found(error: &ClientError) -> bool {
+    match error {
+        ClientError::Blob { code, .. } => *code == tonic::Code::NotFound,
+        ClientError::Rpc { status, .. } => status.code() == tonic::Code::NotFound,
+        _ => false,
+    }
+}
+
+/// One download call.
+#[derive(Debug, PartialEq, Eq)]
+enum Download {
+    Batch(Vec<Digest>),
+    Stream(Digest),
+}
+
+/// Splits `digests` into batch calls of small blobs and one stream per large blob.
+fn plan_downloads(digests: &[Digest]) -> Vec<Download> {
+    let mut calls = Vec::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for digest in digests {
+        if digest.size_bytes > BATCH_BLOB_MAX {
+            calls.push(Download::Stream(*digest));
+            continue;
+        }
+        if !batch.is_empty() && batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX {
+            calls.push(Download::Batch(std::mem::take(&mut batch)));
+            batch_bytes = 0;
+        }
+        batch_bytes += digest.size_bytes;
+        batch.push(*digest);
+    }
+    if !batch.is_empty() {
+        calls.push(Download::Batch(batch));
+    }
+    calls
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
+) -> Result<T, FetchError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| FetchError::Task(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_cas::digest::DigestFunction;
+
+    fn blob(size: u64, seed: u8) -> Digest {
+        Digest {
+            function: DigestFunction::Sha256,
+            hash: [seed; 32],
+            size_bytes: size,
+        }
+    }
+
+    #[test]
+    fn plans_batches_and_streams() {
+        let small = |i| blob(600 * 1024, i);
+        let big = blob(BATCH_BLOB_MAX + 1, 9);
+        let plan = plan_downloads(&[small(1), big, small(2), small(3), small(4)]);
+        assert_eq!(
+            plan,
+            [
+                Download::Stream(big),
+                Download::Batch(vec![small(1), small(2), small(3)]),
+                Download::Batch(vec![small(4)]),
+            ]
+        );
+        assert!(plan_downloads(&[]).is_empty());
+    }
+
+    #[test]
+    fn missing_lists_are_cut() {
+        let digests: Vec<Digest> = (0..8).map(|i| blob(1, i)).collect();
+        let message = FetchError::Missing(digests).to_string();
+        assert!(message.ends_with("and 3 more"), "{message}");
+    }
+}

@@ -1,0 +1,675 @@
+//! Running one command: process spawning, namespaces, resource limits, and stopping the whole
+//! process group.
+//!
+//! Owns the [`ProcessRunner`] seam (the real [`LocalRunner`] and whatever fake a test plugs in),
+//! the resolution of `argv[0]` as REAPI 2.3 describes it, and the startup probe that decides
+//! whether this host can sandbox. Does not know about leases, trees or the CAS.
+//!
+//! Every command starts in a new session (so its own process group), with exactly the
+//! environment it was given, stdin from `/dev/null`, stdout and stderr to files. With
+//! namespaces it also gets a private mount namespace whose `/tmp` is a per-action directory
+//! (if the exec root itself lies under `/tmp`, it is bind-mounted back at the same path) and,
+//! unless the action asked for `network=on`, a private network namespace with only loopback
+//! (brought up). Resource limits are set with `setrlimit` whether or not namespaces are used.
+//!
+//! The code between `fork` and `exec` ([`Prepared::enter`]) only makes raw system calls on
+//! data prepared beforehand: no allocation, no locks, as async-signal-safety requires.
+//!
+//! Stopping (timeout or cancel): SIGTERM to the group, a grace period while the group still
+//! exists, then SIGKILL. A command that exits normally has any leftover group members
+//! SIGKILLed, so no stray daemon outlives its action.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::resource::Resource;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::platform::{DEFAULT_NOFILE, Limits};
+
+/// Spawn attempts when `exec` reports ETXTBSY (an executable still open for writing somewhere:
+/// the fork/exec race with a file another thread has just written).
+const SPAWN_ATTEMPTS: u32 = 6;
+/// First wait after ETXTBSY; doubled each time.
+const SPAWN_BACKOFF: Duration = Duration::from_millis(10);
+/// How often a stopping process group is checked for having exited.
+const GROUP_POLL: Duration = Duration::from_millis(20);
+
+/// How one command is isolated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Isolation {
+    /// Use Linux namespaces (only if the host supports them; see [`probe_namespaces`]).
+    pub namespaces: bool,
+    /// With namespaces: keep the host network (`network=on`) instead of a private one.
+    pub network: bool,
+    /// With namespaces: the directory mounted on `/tmp`.
+    pub private_tmp: Option<PathBuf>,
+    /// The exec root; with a private `/tmp`, re-exposed at its own path if it lies under
+    /// `/tmp`.
+    pub exec_root: Option<PathBuf>,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// One command to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// The executable, already resolved (see [`resolve_program`]).
+    pub program: PathBuf,
+    /// The arguments, `argv[0]` as given by the action.
+    pub argv: Vec<String>,
+    /// The complete environment; nothing is inherited.
+    pub env: Vec<(String, String)>,
+    /// The working directory.
+    pub cwd: PathBuf,
+    /// File that receives stdout (created or truncated).
+    pub stdout: PathBuf,
+    /// File that receives stderr (created or truncated).
+    pub stderr: PathBuf,
+    /// Stop the command after this long.
+    pub timeout: Option<Duration>,
+    /// Namespaces and limits.
+    pub isolation: Isolation,
+}
+
+/// How a command ended. Exit codes follow the shell: a command killed by signal N has 128+N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessExit {
+    /// It ran to completion.
+    Exited {
+        /// Its exit code.
+        exit_code: i32,
+    },
+    /// It ran past its timeout and was stopped.
+    TimedOut {
+        /// The timeout.
+        after: Duration,
+        /// Its exit code once stopped.
+        exit_code: i32,
+    },
+    /// It was cancelled and stopped.
+    Cancelled,
+}
+
+/// Why a command could not be started.
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    /// `argv` is empty.
+    #[error("the command has no arguments")]
+    NoArguments,
+    /// `argv[0]` names nothing executable.
+    #[error("command not found: \"{program}\" ({searched})")]
+    NotFound {
+        /// `argv[0]`.
+        program: String,
+        /// Where it was looked for.
+        searched: String,
+    },
+    /// An argument, variable or path contains a NUL byte, or a variable name contains `=`.
+    #[error("invalid command: {0}")]
+    Invalid(String),
+    /// The output files could not be created, or the exec root not opened.
+    #[error("failed to prepare {path}: {source}")]
+    Prepare {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `exec` (or the sandbox set-up before it) failed.
+    #[error("failed to start {program}: {source}")]
+    Exec {
+        /// The resolved program.
+        program: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SpawnError {
+    /// True if the action is at fault (missing or non-executable program, bad arguments), not
+    /// the agent.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            SpawnError::NoArguments | SpawnError::NotFound { .. } | SpawnError::Invalid(_) => true,
+            SpawnError::Prepare { .. } => false,
+            SpawnError::Exec { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::ENOENT | libc::EACCES | libc::ENOEXEC | libc::ENOTDIR | libc::EISDIR)
+            ),
+        }
+    }
+}
+
+/// Runs commands. The seam between a lease's pipeline and real processes.
+pub trait ProcessRunner: Send + Sync + 'static {
+    /// Runs `spec` to its end, its timeout, or `cancel`.
+    fn run<'a>(
+        &'a self,
+        spec: &'a ProcessSpec,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<ProcessExit, SpawnError>>;
+}
+
+/// Runs commands as real processes on this host.
+#[derive(Debug, Clone)]
+pub struct LocalRunner {
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+impl ProcessRunner for LocalRunner {
+    fn run<'a>(
+        &'a self,
+        spec: &'a ProcessSpec,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<ProcessExit, SpawnError>> {
+        Box::pin(self.run_local(spec, cancel))
+    }
+}
+
+impl LocalRunner {
+    async fn run_local(
+        &self,
+        spec: &ProcessSpec,
+        cancel: &CancellationToken,
+    ) -> Result<ProcessExit, SpawnError> {
+        let (argv0, rest) = spec.argv.split_first().ok_or(SpawnError::NoArguments)?;
+        check_command(spec)?;
+        let create = |path: &Path| {
+            File::create(path).map_err(|source| SpawnError::Prepare {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let stdout = create(&spec.stdout)?;
+        let stderr = create(&spec.stderr)?;
+        // Held open until the child has exec'd: the child finds the exec root through it.
+        let (prepared, exec_root_fd) = Prepared::new(&spec.isolation)?;
+
+        let mut command = std::process::Command::new(&spec.program);
+        command
+            .arg0(argv0)
+            .args(rest)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        install_pre_exec(&mut command, prepared);
+        let mut command = tokio::process::Command::from(command);
+
+        let mut child = spawn_retrying(&mut command, &spec.program).await?;
+        drop(exec_root_fd);
+        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+            return Err(SpawnError::Exec {
+                program: spec.program.clone(),
+                source: io::Error::other("child exited before its pid was known"),
+            });
+        };
+        let group = Pid::from_raw(pid);
+        let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map_err(|source| SpawnError::Exec {
+                    program: spec.program.clone(),
+                    source,
+                })?;
+                // Whatever the command left behind in its group goes with it.
+                let _ = killpg(group, Signal::SIGKILL);
+                Ok(ProcessExit::Exited { exit_code: exit_code(status) })
+            }
+            () = sleep_until_deadline => {
+                let status = self.stop_group(group, &mut child).await;
+                Ok(ProcessExit::TimedOut {
+                    after: spec.timeout.unwrap_or_default(),
+                    exit_code: status.map_or(128 + libc::SIGKILL, exit_code),
+                })
+            }
+            () = cancel.cancelled() => {
+                self.stop_group(group, &mut child).await;
+                Ok(ProcessExit::Cancelled)
+            }
+        }
+    }
+
+    /// SIGTERM to the group; SIGKILL once the grace period is over if any member is left.
+    /// Returns the leader's exit status.
+    async fn stop_group(
+        &self,
+        group: Pid,
+        child: &mut tokio::process::Child,
+    ) -> Option<ExitStatus> {
+        let _ = killpg(group, Signal::SIGTERM);
+        let until = Instant::now() + self.kill_grace;
+        let mut status = None;
+        loop {
+            if status.is_none() {
+                // The leader must be reaped: a zombie still counts as a group member.
+                status = child.try_wait().ok().flatten();
+            }
+            if status.is_some() && killpg(group, None) == Err(Errno::ESRCH) {
+                return status;
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(GROUP_POLL).await;
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        match status {
+            Some(status) => Some(status),
+            None => child.wait().await.ok(),
+        }
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => -1,
+    }
+}
+
+fn check_command(spec: &ProcessSpec) -> Result<(), SpawnError> {
+    if let Some(arg) = spec.argv.iter().find(|a| a.contains('\0')) {
+        return Err(SpawnError::Invalid(format!(
+            "argument {arg:?} contains a NUL byte"
+        )));
+    }
+    for (name, value) in &spec.env {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            return Err(SpawnError::Invalid(format!(
+                "environment variable name {name:?} is empty or contains '=' or NUL"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(SpawnError::Invalid(format!(
+                "environment variable {name} contains a NUL byte"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn spawn_retrying(
+    command: &mut tokio::process::Command,
+    program: &Path,
+) -> Result<tokio::process::Child, SpawnError> {
+    let mut wait = SPAWN_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match command.spawn() {
+            Ok(child) => return Ok(child),
+            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) && attempt < SPAWN_ATTEMPTS => {
+                tracing::debug!(program = %program.display(), attempt, "exec hit ETXTBSY; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(source) => {
+                return Err(SpawnError::Exec {
+                    program: program.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+#[expect(
+    unsafe_code,
+    reason = "pre_exec runs Prepared::enter between fork and exec; it only makes raw system \
+              calls on data prepared before the fork"
+)]
+fn install_pre_exec(command: &mut std::process::Command, prepared: Prepared) {
+    // SAFETY: `Prepared::enter` is async-signal-safe: it allocates nothing and takes no
+    // locks, it only issues system calls on memory that was set up before the fork.
+    unsafe {
+        command.pre_exec(move || prepared.enter().map_err(io::Error::from));
+    }
+}
+
+/// Everything the child needs between fork and exec, computed before the fork.
+#[derive(Debug)]
+struct Prepared {
+    namespaces: bool,
+    private_network: bool,
+    /// Directory to bind on /tmp.
+    tmp_source: Option<CString>,
+    /// The exec root to bind back when it lies under /tmp.
+    reexpose: Option<Reexpose>,
+    rlimits: Vec<(Resource, libc::rlim_t, libc::rlim_t)>,
+}
+
+#[derive(Debug)]
+struct Reexpose {
+    /// `/proc/self/fd/N` of a descriptor open on the exec root.
+    source: CString,
+    /// The exec root's ancestors below /tmp, then the exec root, to create in the new /tmp.
+    mkdirs: Vec<CString>,
+    /// The exec root.
+    target: CString,
+}
+
+fn c_path(path: &Path) -> Result<CString, SpawnError> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| SpawnError::Invalid(format!("path {} contains NUL", path.display())))
+}
+
+impl Prepared {
+    fn new(isolation: &Isolation) -> Result<(Prepared, Option<File>), SpawnError> {
+        let mut rlimits = vec![(Resource::RLIMIT_CORE, 0, 0)];
+        let nofile = isolation.limits.nofile.unwrap_or(DEFAULT_NOFILE);
+        let nofile = if nix::unistd::geteuid().is_root() {
+            nofile
+        } else {
+            // Only root may raise the hard limit.
+            let (_, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
+                .unwrap_or((nofile, nofile));
+            nofile.min(hard)
+        };
+        rlimits.push((Resource::RLIMIT_NOFILE, nofile, nofile));
+        if let Some(bytes) = isolation.limits.address_space {
+            rlimits.push((Resource::RLIMIT_AS, bytes, bytes));
+        }
+        if let Some(seconds) = isolation.limits.cpu_seconds {
+            rlimits.push((Resource::RLIMIT_CPU, seconds, seconds));
+        }
+        let mut prepared = Prepared {
+            namespaces: isolation.namespaces,
+            private_network: isolation.namespaces && !isolation.network,
+            tmp_source: None,
+            reexpose: None,
+            rlimits,
+        };
+        let mut fd = None;
+        if let (true, Some(tmp)) = (isolation.namespaces, &isolation.private_tmp) {
+            prepared.tmp_source = Some(c_path(tmp)?);
+            if let Some(root) = isolation
+                .exec_root
+                .as_ref()
+                .filter(|r| r.starts_with("/tmp") && r.as_path() != Path::new("/tmp"))
+            {
+                let file = File::open(root).map_err(|source| SpawnError::Prepare {
+                    path: root.clone(),
+                    source,
+                })?;
+                let source = c_path(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
+                let mkdirs = root
+                    .ancestors()
+                    .filter(|a| a.starts_with("/tmp") && *a != Path::new("/tmp"))
+                    .map(c_path)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .rev()
+                    .collect();
+                prepared.reexpose = Some(Reexpose {
+                    source,
+                    mkdirs,
+                    target: c_path(root)?,
+                });
+                fd = Some(file);
+            }
+        }
+        Ok((prepared, fd))
+    }
+
+    /// Runs in the child between fork and exec: new session, limits, namespaces.
+    fn enter(&self) -> Result<(), Errno> {
+        nix::unistd::setsid()?;
+        for &(resource, soft, hard) in &self.rlimits {
+            nix::sys::resource::setrlimit(resource, soft, hard)?;
+        }
+        if !self.namespaces {
+            return Ok(());
+        }
+        let mut flags = CloneFlags::CLONE_NEWNS;
+        if self.private_network {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        nix::sched::unshare(flags)?;
+        // Mounts made below must not propagate back to the host.
+        mount(None, c"/", MsFlags::MS_REC | MsFlags::MS_PRIVATE)?;
+        if let Some(tmp) = &self.tmp_source {
+            mount(Some(tmp), c"/tmp", MsFlags::MS_BIND)?;
+            if let Some(re) = &self.reexpose {
+                for dir in &re.mkdirs {
+                    match mkdir(dir) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                mount(Some(&re.source), &re.target, MsFlags::MS_BIND | MsFlags::MS_REC)?;
+            }
+        }
+        if self.private_network {
+            loopback_up()?;
+        }
+        Ok(())
+    }
+}
+
+fn mount(source: Option<&CStr>, target: &CStr, flags: MsFlags) -> Result<(), Errno> {
+    nix::mount::mount(source, target, None::<&CStr>, flags, None::<&CStr>)
+}
+
+#[expect(unsafe_code, reason = "mkdir(2) on a prepared C string, between fork and exec")]
+fn mkdir(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let rc = unsafe { libc::mkdir(path.as_ptr(), 0o755) };
+    Errno::result(rc).map(drop)
+}
+
+/// Brings up `lo` in a fresh network namespace (it starts down), so commands can still talk to
+/// themselves over 127.0.0.1.
+#[expect(
+    unsafe_code,
+    reason = "socket/ioctl/close on a stack ifreq: the only way to set interface flags"
+)]
+fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: plain system calls; `ifreq` is a C struct for which all-zero is valid, and the
+    // union member read and written is the one SIOCGIFFLAGS/SIOCSIFFLAGS use.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        request.ifr_name[0] = b'l' as libc::c_char;
+        request.ifr_name[1] = b'o' as libc::c_char;
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut request);
+        if rc == 0 {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &request);
+        }
+        let error = Errno::last();
+        libc::close(fd);
+        if rc < 0 { Err(error) } else { Ok(()) }
+    }
+}
+
+/// Checks, once, whether this host lets the agent run commands in namespaces the way
+/// [`LocalRunner`] does (mount and network namespaces, a bind mount on /tmp, loopback up), by
+/// doing exactly that in a forked child. `scratch` is an empty directory to bind on /tmp.
+/// Blocking; call it from a blocking thread.
+pub fn probe_namespaces(scratch: &Path) -> Result<(), String> {
+    let isolation = Isolation {
+        namespaces: true,
+        network: false,
+        private_tmp: Some(scratch.to_owned()),
+        exec_root: None,
+        limits: Limits::default(),
+    };
+    let (prepared, _) = Prepared::new(&isolation).map_err(|e| e.to_string())?;
+    fork_and_enter(&prepared)
+}
+
+#[expect(
+    unsafe_code,
+    reason = "fork(2) in a threaded process: the child only runs Prepared::enter and _exit"
+)]
+fn fork_and_enter(prepared: &Prepared) -> Result<(), String> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::unistd::ForkResult;
+    // SAFETY: the child only calls async-signal-safe code (`Prepared::enter`) and `_exit`.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            let code = match prepared.enter() {
+                Ok(()) => 0,
+                Err(errno) => errno as i32,
+            };
+            // SAFETY: `_exit` is async-signal-safe and never returns.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
+                Ok(WaitStatus::Exited(_, code)) => {
+                    return Err(format!("{}", Errno::from_raw(code)));
+                }
+                Ok(other) => return Err(format!("probe child ended with {other:?}")),
+                Err(Errno::EINTR) => continue,
+                Err(error) => return Err(format!("waitpid failed: {error}")),
+            }
+        },
+        Err(error) => Err(format!("fork failed: {error}")),
+    }
+}
+
+/// Resolves `argv[0]` as REAPI 2.3 says: a path with a `/` is taken relative to the working
+/// directory `cwd` (or as is, if absolute); a bare name is looked up in the command's own
+/// `PATH` (its relative entries taken relative to `cwd`) if it sets one, else taken relative to
+/// `cwd`. Never uses the agent's own `PATH`.
+pub fn resolve_program(
+    argv0: &str,
+    env: &[(String, String)],
+    cwd: &Path,
+) -> Result<PathBuf, SpawnError> {
+    if argv0.is_empty() {
+        return Err(SpawnError::Invalid("argv[0] is empty".into()));
+    }
+    if argv0.contains('/') {
+        return Ok(cwd.join(argv0));
+    }
+    let Some((_, path)) = env.iter().rev().find(|(name, _)| name == "PATH") else {
+        return Ok(cwd.join(argv0));
+    };
+    for dir in path.split(':') {
+        // An empty PATH entry means the current directory.
+        let candidate = cwd.join(dir).join(argv0);
+        let executable = std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if executable {
+            return Ok(candidate);
+        }
+    }
+    Err(SpawnError::NotFound {
+        program: argv0.to_owned(),
+        searched: format!("PATH={path}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn resolves_argv0_like_reapi() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path();
+        std::fs::create_dir(cwd.join("bin")).unwrap();
+        std::fs::write(cwd.join("bin/tool"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(cwd.join("bin/tool"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(cwd.join("bin/data"), "").unwrap();
+
+        assert_eq!(
+            resolve_program("/bin/sh", &[], cwd).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        assert_eq!(
+            resolve_program("bin/tool", &[], cwd).unwrap(),
+            cwd.join("bin/tool")
+        );
+        assert_eq!(resolve_program("tool", &[], cwd).unwrap(), cwd.join("tool"));
+        assert_eq!(
+            resolve_program("tool", &env(&[("PATH", "/nonexistent:bin")]), cwd).unwrap(),
+            cwd.join("bin/tool")
+        );
+        assert_eq!(
+            resolve_program("sh", &env(&[("PATH", "/usr/bin:/bin")]), cwd).unwrap(),
+            PathBuf::from("/usr/bin/sh")
+        );
+        let err = resolve_program("data", &env(&[("PATH", "bin")]), cwd).unwrap_err();
+        assert!(err.is_user_error());
+        assert_eq!(err.to_string(), "command not found: \"data\" (PATH=bin)");
+        assert!(resolve_program("", &[], cwd).is_err());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 128 + 9);
+    }
+
+    #[test]
+    fn reexposes_an_exec_root_under_tmp() {
+        let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+        let root = dir.path().join("x/0/root");
+        std::fs::create_dir_all(&root).unwrap();
+        let isolation = Isolation {
+            namespaces: true,
+            network: false,
+            private_tmp: Some(dir.path().join("x/0/tmp")),
+            exec_root: Some(root.clone()),
+            limits: Limits::default(),
+        };
+        let (prepared, fd) = Prepared::new(&isolation).unwrap();
+        assert!(fd.is_some());
+        let re = prepared.reexpose.unwrap();
+        assert_eq!(re.target.as_bytes(), root.as_os_str().as_bytes());
+        assert_eq!(
+            re.mkdirs.last().unwrap().as_bytes(),
+            root.as_os_str().as_bytes()
+        );
+        assert_eq!(
+            re.mkdirs[0].as_bytes(),
+            dir.path().as_os_str().as_bytes(),
+            "parents first"
+        );
+        assert!(re.source.to_str().unwrap().starts_with("/proc/self/fd/"));
+    }
+}
