@@ -128,6 +128,17 @@ impl ServerProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        Self::start_on(addr, data_dir, extra, &[])
+    }
+
+    /// Starts `tessera coordinator` listening on `addr`, with extra arguments and environment
+    /// variables, and waits until it accepts connections.
+    pub fn start_on(
+        addr: SocketAddr,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(tessera_bin())
             .arg("coordinator")
             .arg("--listen")
@@ -135,6 +146,7 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -155,7 +167,12 @@ impl ServerProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("tessera coordinator exited early: {status}");
             }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
+            let probe = if self.addr.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], self.addr.port()))
+            } else {
+                self.addr
+            };
+            if std::net::TcpStream::connect(probe).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -166,9 +183,19 @@ impl ServerProcess {
         );
     }
 
-    /// `http://addr`.
+    /// `http://addr` (loopback when listening on all addresses).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.addr.ip().is_unspecified() {
+            format!("http://127.0.0.1:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// Kills the coordinator with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends `signal` and waits for the exit status (at most `limit`).
@@ -274,4 +301,72 @@ pub async fn upload_action(
         .await
         .expect("upload action");
     action_digest
+}
+
+/// A `tessera agent` child process.
+pub struct AgentProcess {
+    /// The child.
+    pub child: Child,
+    /// Its id.
+    pub id: String,
+    /// Its work directory.
+    pub work_dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `tessera agent` against `endpoint` with `slots` slots and extra arguments.
+    pub fn start(endpoint: &str, work_dir: &Path, id: &str, slots: u32, extra: &[&str]) -> Self {
+        let child = Command::new(tessera_bin())
+            .arg("agent")
+            .arg("--coordinator")
+            .arg(endpoint)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .arg("--slots")
+            .arg(slots.to_string())
+            .arg("--id")
+            .arg(id)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tessera agent");
+        AgentProcess {
+            child,
+            id: id.to_owned(),
+            work_dir: work_dir.to_owned(),
+        }
+    }
+
+    /// The child's pid, for signals.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+    }
+
+    /// Sends `signal` to the agent.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(self.pid(), signal);
+    }
+
+    /// Waits up to `limit` for the agent to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // A stopped agent must be continued before it can die.
+        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -88,10 +88,18 @@ impl std::fmt::Debug for CachePins {
 }
 
 /// The local blob cache.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LocalCache {
     store: DiskStore,
     meta: Arc<SledStore>,
+}
+
+impl std::fmt::Debug for LocalCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCache")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalCache {
@@ -205,12 +213,14 @@ impl LocalCache {
         digests: &[Digest],
         sink: impl Fn(Digest, Bytes),
     ) -> Result<(), FetchError> {
-        let calls = plan_downloads(digests);
+        let calls = plan_transfers(digests);
         let sink = &sink;
         let result = futures::stream::iter(calls.into_iter().map(|call| async move {
             let blobs: Vec<(Digest, Bytes)> = match call {
-                Download::Batch(group) => cas.batch_read(&group, false).await?.into_iter().collect(),
-                Download::Stream(digest) => vec![(digest, cas.read(&digest, false).await?)],
+                Transfer::Batch(group) => {
+                    cas.batch_read(&group, false).await?.into_iter().collect()
+                }
+                Transfer::Stream(digest) => vec![(digest, cas.read(&digest, false).await?)],
             };
             let store = self.store.clone();
             let stored = blobs.clone();
@@ -252,32 +262,33 @@ fn is_not_found(error: &ClientError) -> bool {
     }
 }
 
-/// One download call.
+/// One transfer call: a batch of small blobs, or one large blob streamed.
 #[derive(Debug, PartialEq, Eq)]
-enum Download {
+pub(crate) enum Transfer {
     Batch(Vec<Digest>),
     Stream(Digest),
 }
 
-/// Splits `digests` into batch calls of small blobs and one stream per large blob.
-fn plan_downloads(digests: &[Digest]) -> Vec<Download> {
+/// Splits `digests` into batch calls of small blobs and one stream per large blob (for
+/// downloads and uploads alike).
+pub(crate) fn plan_transfers(digests: &[Digest]) -> Vec<Transfer> {
     let mut calls = Vec::new();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     for digest in digests {
         if digest.size_bytes > BATCH_BLOB_MAX {
-            calls.push(Download::Stream(*digest));
+            calls.push(Transfer::Stream(*digest));
             continue;
         }
         if !batch.is_empty() && batch_bytes + digest.size_bytes > BATCH_TOTAL_MAX {
-            calls.push(Download::Batch(std::mem::take(&mut batch)));
+            calls.push(Transfer::Batch(std::mem::take(&mut batch)));
             batch_bytes = 0;
         }
         batch_bytes += digest.size_bytes;
         batch.push(*digest);
     }
     if !batch.is_empty() {
-        calls.push(Download::Batch(batch));
+        calls.push(Transfer::Batch(batch));
     }
     calls
 }
@@ -307,16 +318,16 @@ mod tests {
     fn plans_batches_and_streams() {
         let small = |i| blob(600 * 1024, i);
         let big = blob(BATCH_BLOB_MAX + 1, 9);
-        let plan = plan_downloads(&[small(1), big, small(2), small(3), small(4)]);
+        let plan = plan_transfers(&[small(1), big, small(2), small(3), small(4)]);
         assert_eq!(
             plan,
             [
-                Download::Stream(big),
-                Download::Batch(vec![small(1), small(2), small(3)]),
-                Download::Batch(vec![small(4)]),
+                Transfer::Stream(big),
+                Transfer::Batch(vec![small(1), small(2), small(3)]),
+                Transfer::Batch(vec![small(4)]),
             ]
         );
-        assert!(plan_downloads(&[]).is_empty());
+        assert!(plan_transfers(&[]).is_empty());
     }
 
     #[test]

@@ -32,7 +32,9 @@ impl std::str::FromStr for SandboxMode {
         match s {
             "auto" => Ok(SandboxMode::Auto),
             "off" => Ok(SandboxMode::Off),
-            other => Err(format!("unknown sandbox mode \"{other}\" (expected auto or off)")),
+            other => Err(format!(
+                "unknown sandbox mode \"{other}\" (expected auto or off)"
+            )),
         }
     }
 }
@@ -200,6 +202,12 @@ fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
     })
 }
 
+/// Parses a duration flag such as "30s", "10m" or "250ms" (a clap `value_parser`).
+pub fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (write durations like \"30s\", \"10m\")"))
+}
+
 fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
     match value {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -349,10 +357,13 @@ impl AgentConfig {
     /// Checks values that parse but make no sense.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.slots == 0 {
-            return Err(value_error("slots", "0", "an agent needs at least one slot"));
+            return Err(value_error(
+                "slots",
+                "0",
+                "an agent needs at least one slot",
+            ));
         }
-        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://"))
-        {
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(value_error(
                 "coordinator",
                 &self.coordinator,
@@ -470,9 +481,7 @@ mod tests {
     fn mistakes_are_errors() {
         let none = AgentOverrides::default();
         let mut c = AgentConfig::default();
-        let err = c
-            .apply_file(Path::new("a.toml"), "slot = 3\n")
-            .unwrap_err();
+        let err = c.apply_file(Path::new("a.toml"), "slot = 3\n").unwrap_err();
         assert!(err.to_string().contains("slot"), "{err}");
 
         let err = AgentConfig::load(None, &env(&[("TESSERA_AGENT_SLOT", "3")]), &none).unwrap_err();
@@ -482,7 +491,8 @@ mod tests {
             AgentConfig::load(None, &env(&[("TESSERA_AGENT_SLOTS", "many")]), &none).unwrap_err();
         assert!(err.to_string().contains("TESSERA_AGENT_SLOTS"), "{err}");
 
-        let err = AgentConfig::load(None, &env(&[("TESSERA_AGENT_SLOTS", "0")]), &none).unwrap_err();
+        let err =
+            AgentConfig::load(None, &env(&[("TESSERA_AGENT_SLOTS", "0")]), &none).unwrap_err();
         assert!(err.to_string().contains("at least one slot"), "{err}");
 
         let bad_property = AgentOverrides {
@@ -505,17 +515,21 @@ mod tests {
         };
         assert!(AgentConfig::load(None, &BTreeMap::new(), &bad_id).is_err());
 
-        let err = AgentConfig::load(None, &env(&[("TESSERA_AGENT_SANDBOX", "on")]), &none)
-            .unwrap_err();
+        let err =
+            AgentConfig::load(None, &env(&[("TESSERA_AGENT_SANDBOX", "on")]), &none).unwrap_err();
         assert!(err.to_string().contains("auto or off"), "{err}");
     }
 
     #[test]
     fn the_example_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml");
-        let c = AgentConfig::load(Some(&path), &BTreeMap::new(), &AgentOverrides::default())
-            .unwrap();
-        assert_ne!(c, AgentConfig::default(), "the example should set something");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let c =
+            AgentConfig::load(Some(&path), &BTreeMap::new(), &AgentOverrides::default()).unwrap();
+        assert_ne!(
+            c,
+            AgentConfig::default(),
+            "the example should set something"
+        );
     }
 
     #[test]

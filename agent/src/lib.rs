@@ -1,1 +1,245 @@
-//! The Tessera agent (being written).
+//! The Tessera agent: runs actions for a coordinator.
+//!
+//! It keeps one session with the coordinator (`session`), receives leases and runs each through
+//! its pipeline (`lease`): fetch the input root into the local blob cache (`cache`), lay it out
+//! in a private exec root (`materialize`), run the command in its own process group, sandboxed
+//! where the host allows (`sandbox`), collect and upload outputs (`outputs`), report the result.
+//! `config` loads the settings, `platform` says what the agent advertises and how it reads an
+//! action's platform, `workdir` says where everything lives on disk.
+//!
+//! The agent never depends on the coordinator crate: they meet only in `tessera-proto`.
+
+pub mod cache;
+pub mod config;
+pub mod lease;
+pub mod materialize;
+pub mod outputs;
+pub mod platform;
+pub mod sandbox;
+pub mod session;
+pub mod workdir;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tonic::transport::Endpoint;
+
+pub use config::{AgentConfig, AgentOverrides, ConfigError, SandboxMode};
+pub use lease::RunOutcome;
+/// The token type [`Agent::run`] takes, re-exported so callers need not name `tokio-util`.
+pub use tokio_util::sync::CancellationToken;
+
+use crate::cache::LocalCache;
+use crate::lease::{CasClients, LeasePipeline};
+use crate::platform::HostFacts;
+use crate::sandbox::{LocalRunner, ProcessRunner};
+use crate::workdir::WorkLayout;
+
+/// The agent's version, sent in `Hello`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often the local cache's access times are written back to its index.
+const CACHE_PERSIST_EVERY: Duration = Duration::from_secs(30);
+
+/// Why the agent could not start or run.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The work directory could not be prepared.
+    #[error("failed to prepare the work directory {path}: {source}")]
+    WorkDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The local blob cache could not be opened (is another agent using this work directory?).
+    #[error(transparent)]
+    Cache(#[from] cache::OpenError),
+    /// The coordinator endpoint is malformed.
+    #[error("invalid coordinator endpoint {endpoint}: {reason}")]
+    Endpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A start-up task failed.
+    #[error("agent start-up failed: {0}")]
+    Startup(String),
+}
+
+/// The agent.
+#[derive(Debug)]
+pub struct Agent;
+
+impl Agent {
+    /// Runs the agent until `shutdown` is cancelled and the drain is done: running leases
+    /// finish (bounded by their timeouts, or by `config.drain_timeout`) and their results are
+    /// delivered. Returns an error only if the agent cannot start.
+    pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+        Self::run_with_abort(config, shutdown, CancellationToken::new()).await
+    }
+
+    /// Like [`Agent::run`]; cancelling `abort` (a second Ctrl-C, say) additionally stops
+    /// running commands at once, reports them UNAVAILABLE so they run elsewhere, and exits
+    /// after a short attempt to deliver that.
+    pub async fn run_with_abort(
+        config: AgentConfig,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+    ) -> Result<(), AgentError> {
+        Self::run_with_runner(config, shutdown, abort, None).await
+    }
+
+    /// Like [`Agent::run_with_abort`], with commands run by `runner` instead of real
+    /// processes (a test seam; `None` uses the real runner).
+    pub async fn run_with_runner(
+        config: AgentConfig,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+        runner: Option<Arc<dyn ProcessRunner>>,
+    ) -> Result<(), AgentError> {
+        config.check()?;
+        let (layout, agent_id, cache, namespaces) = prepare(&config).await?;
+        let facts = HostFacts::detect(namespaces);
+        let properties = platform::advertised(&facts, &config.properties);
+        tracing::info!(
+            agent = %agent_id,
+            work_dir = %layout.root().display(),
+            slots = config.slots,
+            sandbox = if namespaces { "namespaces" } else { "none" },
+            coordinator = %config.coordinator,
+            "agent starting"
+        );
+
+        let channel = Endpoint::from_shared(config.coordinator.clone())
+            .map_err(|e| AgentError::Endpoint {
+                endpoint: config.coordinator.clone(),
+                reason: e.to_string(),
+            })?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .initial_connection_window_size(32 * 1024 * 1024)
+            .initial_stream_window_size(16 * 1024 * 1024)
+            .connect_lazy();
+        let runner = runner.unwrap_or_else(|| {
+            Arc::new(LocalRunner {
+                kill_grace: config.kill_grace,
+            })
+        });
+        let pipeline = Arc::new(LeasePipeline {
+            agent_id: agent_id.clone(),
+            cache: cache.clone(),
+            cas: CasClients::new(channel.clone()),
+            runner,
+            layout,
+            namespaces,
+            keep_failed: config.keep_failed,
+        });
+        let hello = tessera_proto::tessera::v1::Hello {
+            agent_id,
+            properties,
+            slots: config.slots,
+            version: VERSION.to_owned(),
+        };
+
+        let persist_stop = CancellationToken::new();
+        let persist = tokio::spawn(persist_cache(cache.clone(), persist_stop.clone()));
+        let end = session::run(
+            session::SessionParams {
+                channel,
+                hello,
+                slots: usize::try_from(config.slots).unwrap_or(usize::MAX),
+                pipeline,
+                drain_timeout: config.drain_timeout,
+            },
+            shutdown,
+            abort,
+        )
+        .await;
+        persist_stop.cancel();
+        let _ = persist.await;
+        if end.undelivered > 0 {
+            tracing::warn!(
+                undelivered = end.undelivered,
+                "exiting with results the coordinator never received (it will retry that work)"
+            );
+        }
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+}
+
+/// Prepares the work directory, the agent id, the local cache and the sandbox probe.
+async fn prepare(
+    config: &AgentConfig,
+) -> Result<(WorkLayout, String, LocalCache, bool), AgentError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let work_error = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| AgentError::WorkDir { path, source }
+        };
+        std::fs::create_dir_all(&config.work_dir).map_err(work_error(&config.work_dir))?;
+        // Absolute, because exec roots are bind-mounted by path.
+        let root = std::fs::canonicalize(&config.work_dir).map_err(work_error(&config.work_dir))?;
+        let layout = WorkLayout::new(root);
+        let agent_id = config::agent_id(config.id.as_deref(), layout.root())
+            .map_err(work_error(layout.root()))?;
+        layout
+            .clear_exec_base()
+            .map_err(work_error(&layout.exec_base()))?;
+        let cache = LocalCache::open(layout.cache_dir(), config.max_cache_bytes)?;
+        let namespaces = match config.sandbox {
+            SandboxMode::Off => false,
+            SandboxMode::Auto => {
+                let scratch = layout.probe_dir();
+                std::fs::create_dir_all(&scratch).map_err(work_error(&scratch))?;
+                let probed = sandbox::probe_namespaces(&scratch);
+                let _ = std::fs::remove_dir(&scratch);
+                match probed {
+                    Ok(()) => true,
+                    Err(reason) => {
+                        tracing::warn!(
+                            %reason,
+                            "Linux namespaces are not available: actions run without a \
+                             sandbox (advertising sandbox=none)"
+                        );
+                        false
+                    }
+                }
+            }
+        };
+        Ok((layout, agent_id, cache, namespaces))
+    })
+    .await
+    .map_err(|e| AgentError::Startup(e.to_string()))?
+}
+
+async fn persist_cache(cache: LocalCache, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(CACHE_PERSIST_EVERY);
+    tick.tick().await;
+    loop {
+        let stopping = tokio::select! {
+            () = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let cache = cache.clone();
+        match tokio::task::spawn_blocking(move || cache.persist()).await {
+            Ok(Err(error)) => tracing::warn!(%error, "failed to persist the local cache index"),
+            Err(error) => tracing::warn!(%error, "cache persistence task failed"),
+            Ok(Ok(())) => {}
+        }
+        if stopping {
+            return;
+        }
+    }
+}

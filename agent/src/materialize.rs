@@ -71,7 +71,10 @@ pub enum MaterializeError {
     },
 }
 
-fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> MaterializeError + '_ {
+fn io_error<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> MaterializeError + 'a {
     move |source| MaterializeError::Io {
         op,
         path: path.to_owned(),
@@ -149,10 +152,12 @@ pub async fn fetch_input_tree(
             // then checks every directory at every path it appears at.
             validate_directory(&dir, function, &path)?;
             for node in &dir.directories {
-                let child = Digest::from_proto_opt(function, node.digest.as_ref())
-                    .map_err(|source| TreeError::InvalidDigest {
-                        path: join(&path, &node.name),
-                        source,
+                let child =
+                    Digest::from_proto_opt(function, node.digest.as_ref()).map_err(|source| {
+                        TreeError::InvalidDigest {
+                            path: join(&path, &node.name),
+                            source,
+                        }
                     })?;
                 if !directories.contains_key(&child) && queued.insert(child) {
                     next.push((child, join(&path, &node.name)));
@@ -207,15 +212,19 @@ pub fn materialize(
         let dir = tree
             .directories
             .get(&digest)
-            .ok_or(TreeError::MissingDirectory(dir_path.display().to_string(), digest))?;
+            .ok_or(TreeError::MissingDirectory(
+                dir_path.display().to_string(),
+                digest,
+            ))?;
         for file in &dir.files {
             let path = dir_path.join(&file.name);
-            let digest = Digest::from_proto_opt(tree.function, file.digest.as_ref()).map_err(
-                |source| TreeError::InvalidDigest {
-                    path: path.display().to_string(),
-                    source,
-                },
-            )?;
+            let digest =
+                Digest::from_proto_opt(tree.function, file.digest.as_ref()).map_err(|source| {
+                    TreeError::InvalidDigest {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
             let mode = if file.is_executable {
                 EXECUTABLE
             } else {
@@ -256,12 +265,13 @@ pub fn materialize(
             let path = dir_path.join(&node.name);
             fs::create_dir(&path).map_err(io_error("create directory", &path))?;
             stats.directories += 1;
-            let child = Digest::from_proto_opt(tree.function, node.digest.as_ref()).map_err(
-                |source| TreeError::InvalidDigest {
-                    path: path.display().to_string(),
-                    source,
-                },
-            )?;
+            let child =
+                Digest::from_proto_opt(tree.function, node.digest.as_ref()).map_err(|source| {
+                    TreeError::InvalidDigest {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
             stack.push((child, path));
         }
         for link in &dir.symlinks {
@@ -378,7 +388,10 @@ mod tests {
 
         assert!(create_dirs_within(&root, &["a", "b"]).unwrap());
         assert!(root.join("a/b").is_dir());
-        assert!(create_dirs_within(&root, &["a", "b"]).unwrap(), "idempotent");
+        assert!(
+            create_dirs_within(&root, &["a", "b"]).unwrap(),
+            "idempotent"
+        );
         assert!(!create_dirs_within(&root, &["link", "x"]).unwrap());
         assert!(!outside.join("x").exists());
     }

@@ -54,7 +54,12 @@ pub fn advertised(facts: &HostFacts, configured: &BTreeMap<String, String>) -> V
         ("cores".into(), facts.cores.to_string()),
         (
             "sandbox".into(),
-            if facts.namespaces { "namespaces" } else { "none" }.into(),
+            if facts.namespaces {
+                "namespaces"
+            } else {
+                "none"
+            }
+            .into(),
         ),
         ("network".into(), "on".into()),
     ];
@@ -251,8 +256,8 @@ mod tests {
                 cpu_seconds: Some(10),
             }
         );
-        let err = ExecutionOptions::from_platform(Some(&platform(&[("network", "yes")])))
-            .unwrap_err();
+        let err =
+            ExecutionOptions::from_platform(Some(&platform(&[("network", "yes")]))).unwrap_err();
         assert_eq!(
             err.to_string(),
             "platform property network=\"yes\": expected on or off"

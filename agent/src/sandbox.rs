@@ -22,7 +22,6 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -201,8 +200,7 @@ impl LocalRunner {
         };
         let stdout = create(&spec.stdout)?;
         let stderr = create(&spec.stderr)?;
-        // Held open until the child has exec'd: the child finds the exec root through it.
-        let (prepared, exec_root_fd) = Prepared::new(&spec.isolation)?;
+        let prepared = Prepared::new(&spec.isolation)?;
 
         let mut command = std::process::Command::new(&spec.program);
         command
@@ -218,7 +216,6 @@ impl LocalRunner {
         let mut command = tokio::process::Command::from(command);
 
         let mut child = spawn_retrying(&mut command, &spec.program).await?;
-        drop(exec_root_fd);
         let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
             return Err(SpawnError::Exec {
                 program: spec.program.clone(),
@@ -326,7 +323,9 @@ async fn spawn_retrying(
     loop {
         match command.spawn() {
             Ok(child) => return Ok(child),
-            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) && attempt < SPAWN_ATTEMPTS => {
+            Err(error)
+                if error.raw_os_error() == Some(libc::ETXTBSY) && attempt < SPAWN_ATTEMPTS =>
+            {
                 tracing::debug!(program = %program.display(), attempt, "exec hit ETXTBSY; retrying");
                 tokio::time::sleep(wait).await;
                 wait *= 2;
@@ -369,11 +368,9 @@ struct Prepared {
 
 #[derive(Debug)]
 struct Reexpose {
-    /// `/proc/self/fd/N` of a descriptor open on the exec root.
-    source: CString,
-    /// The exec root's ancestors below /tmp, then the exec root, to create in the new /tmp.
-    mkdirs: Vec<CString>,
     /// The exec root.
+    source: CString,
+    /// Where it goes inside the directory bound on /tmp (`TMP_SOURCE/<exec root below /tmp>`).
     target: CString,
 }
 
@@ -383,22 +380,20 @@ fn c_path(path: &Path) -> Result<CString, SpawnError> {
 }
 
 impl Prepared {
-    fn new(isolation: &Isolation) -> Result<(Prepared, Option<File>), SpawnError> {
+    fn new(isolation: &Isolation) -> Result<Prepared, SpawnError> {
+        let limits = &isolation.limits;
         let mut rlimits = vec![(Resource::RLIMIT_CORE, 0, 0)];
-        let nofile = isolation.limits.nofile.unwrap_or(DEFAULT_NOFILE);
-        let nofile = if nix::unistd::geteuid().is_root() {
-            nofile
-        } else {
-            // Only root may raise the hard limit.
-            let (_, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
-                .unwrap_or((nofile, nofile));
-            nofile.min(hard)
-        };
+        let nofile = clamp_limit(
+            Resource::RLIMIT_NOFILE,
+            limits.nofile.unwrap_or(DEFAULT_NOFILE),
+        );
         rlimits.push((Resource::RLIMIT_NOFILE, nofile, nofile));
-        if let Some(bytes) = isolation.limits.address_space {
+        if let Some(bytes) = limits.address_space {
+            let bytes = clamp_limit(Resource::RLIMIT_AS, bytes);
             rlimits.push((Resource::RLIMIT_AS, bytes, bytes));
         }
-        if let Some(seconds) = isolation.limits.cpu_seconds {
+        if let Some(seconds) = limits.cpu_seconds {
+            let seconds = clamp_limit(Resource::RLIMIT_CPU, seconds);
             rlimits.push((Resource::RLIMIT_CPU, seconds, seconds));
         }
         let mut prepared = Prepared {
@@ -408,36 +403,25 @@ impl Prepared {
             reexpose: None,
             rlimits,
         };
-        let mut fd = None;
         if let (true, Some(tmp)) = (isolation.namespaces, &isolation.private_tmp) {
             prepared.tmp_source = Some(c_path(tmp)?);
-            if let Some(root) = isolation
-                .exec_root
-                .as_ref()
-                .filter(|r| r.starts_with("/tmp") && r.as_path() != Path::new("/tmp"))
+            if let Some(root) = isolation.exec_root.as_ref()
+                && let Ok(below_tmp) = root.strip_prefix("/tmp")
             {
-                let file = File::open(root).map_err(|source| SpawnError::Prepare {
-                    path: root.clone(),
+                // Before /tmp is covered, the exec root is bound at its own path inside the
+                // directory that will become /tmp; the recursive bind carries it along.
+                let target = tmp.join(below_tmp);
+                std::fs::create_dir_all(&target).map_err(|source| SpawnError::Prepare {
+                    path: target.clone(),
                     source,
                 })?;
-                let source = c_path(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
-                let mkdirs = root
-                    .ancestors()
-                    .filter(|a| a.starts_with("/tmp") && *a != Path::new("/tmp"))
-                    .map(c_path)
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .rev()
-                    .collect();
                 prepared.reexpose = Some(Reexpose {
-                    source,
-                    mkdirs,
-                    target: c_path(root)?,
+                    source: c_path(root)?,
+                    target: c_path(&target)?,
                 });
-                fd = Some(file);
             }
         }
-        Ok((prepared, fd))
+        Ok(prepared)
     }
 
     /// Runs in the child between fork and exec: new session, limits, namespaces.
@@ -457,16 +441,14 @@ impl Prepared {
         // Mounts made below must not propagate back to the host.
         mount(None, c"/", MsFlags::MS_REC | MsFlags::MS_PRIVATE)?;
         if let Some(tmp) = &self.tmp_source {
-            mount(Some(tmp), c"/tmp", MsFlags::MS_BIND)?;
             if let Some(re) = &self.reexpose {
-                for dir in &re.mkdirs {
-                    match mkdir(dir) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
-                        Err(error) => return Err(error),
-                    }
-                }
-                mount(Some(&re.source), &re.target, MsFlags::MS_BIND | MsFlags::MS_REC)?;
+                mount(
+                    Some(&re.source),
+                    &re.target,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                )?;
             }
+            mount(Some(tmp), c"/tmp", MsFlags::MS_BIND | MsFlags::MS_REC)?;
         }
         if self.private_network {
             loopback_up()?;
@@ -475,15 +457,40 @@ impl Prepared {
     }
 }
 
-fn mount(source: Option<&CStr>, target: &CStr, flags: MsFlags) -> Result<(), Errno> {
-    nix::mount::mount(source, target, None::<&CStr>, flags, None::<&CStr>)
+/// The open-files limit commands get when the action does not ask for one.
+pub fn default_nofile() -> u64 {
+    clamp_limit(Resource::RLIMIT_NOFILE, DEFAULT_NOFILE)
 }
 
-#[expect(unsafe_code, reason = "mkdir(2) on a prepared C string, between fork and exec")]
-fn mkdir(path: &CStr) -> Result<(), Errno> {
-    // SAFETY: `path` is a valid NUL-terminated string.
-    let rc = unsafe { libc::mkdir(path.as_ptr(), 0o755) };
-    Errno::result(rc).map(drop)
+/// `value`, lowered to the agent's own hard limit unless the agent may raise hard limits
+/// (CAP_SYS_RESOURCE; being root is not enough in a container).
+fn clamp_limit(resource: Resource, value: u64) -> u64 {
+    if can_raise_limits() {
+        return value;
+    }
+    match nix::sys::resource::getrlimit(resource) {
+        Ok((_, hard)) => value.min(hard),
+        Err(_) => value,
+    }
+}
+
+/// Whether this process has CAP_SYS_RESOURCE in its effective set.
+fn can_raise_limits() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        const CAP_SYS_RESOURCE: u32 = 24;
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+                u64::from_str_radix(hex.trim(), 16).ok()
+            })
+            .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+    })
+}
+
+fn mount(source: Option<&CStr>, target: &CStr, flags: MsFlags) -> Result<(), Errno> {
+    nix::mount::mount(source, target, None::<&CStr>, flags, None::<&CStr>)
 }
 
 /// Brings up `lo` in a fresh network namespace (it starts down), so commands can still talk to
@@ -526,7 +533,7 @@ pub fn probe_namespaces(scratch: &Path) -> Result<(), String> {
         exec_root: None,
         limits: Limits::default(),
     };
-    let (prepared, _) = Prepared::new(&isolation).map_err(|e| e.to_string())?;
+    let prepared = Prepared::new(&isolation).map_err(|e| e.to_string())?;
     fork_and_enter(&prepared)
 }
 
@@ -649,27 +656,26 @@ mod tests {
     fn reexposes_an_exec_root_under_tmp() {
         let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
         let root = dir.path().join("x/0/root");
+        let tmp = dir.path().join("x/0/tmp");
         std::fs::create_dir_all(&root).unwrap();
         let isolation = Isolation {
             namespaces: true,
             network: false,
-            private_tmp: Some(dir.path().join("x/0/tmp")),
+            private_tmp: Some(tmp.clone()),
             exec_root: Some(root.clone()),
             limits: Limits::default(),
         };
-        let (prepared, fd) = Prepared::new(&isolation).unwrap();
-        assert!(fd.is_some());
+        let prepared = Prepared::new(&isolation).unwrap();
         let re = prepared.reexpose.unwrap();
-        assert_eq!(re.target.as_bytes(), root.as_os_str().as_bytes());
-        assert_eq!(
-            re.mkdirs.last().unwrap().as_bytes(),
-            root.as_os_str().as_bytes()
-        );
-        assert_eq!(
-            re.mkdirs[0].as_bytes(),
-            dir.path().as_os_str().as_bytes(),
-            "parents first"
-        );
-        assert!(re.source.to_str().unwrap().starts_with("/proc/self/fd/"));
+        assert_eq!(re.source.as_bytes(), root.as_os_str().as_bytes());
+        let target = tmp.join(root.strip_prefix("/tmp").unwrap());
+        assert_eq!(re.target.as_bytes(), target.as_os_str().as_bytes());
+        assert!(target.is_dir(), "the mount point is made before the fork");
+
+        let elsewhere = Isolation {
+            exec_root: Some(PathBuf::from("/var/lib/agent/x/0/root")),
+            ..isolation
+        };
+        assert!(Prepared::new(&elsewhere).unwrap().reexpose.is_none());
     }
 }

@@ -6,7 +6,8 @@
 //! - ByteStream upload and download of fresh random blobs (incompressible, so they are stored
 //!   raw and compression cannot flatter the result), per digest function and size, one
 //!   transfer at a time: at least 60% of the lower of the single-core hash rate and the
-//!   loopback TCP rate, both measured just before.
+//!   loopback TCP rate, both measured just before. Uploads also show how fast the same bytes
+//!   go into new files on the store's filesystem, for context only.
 //! - FindMissingBlobs with Bazel's batch of 15,000 digests, half present: p50 at most 20 ms.
 //! - 4 KiB blobs each uploaded by its own ByteStream Write, many in flight as Bazel does with
 //!   `--jobs`: at least 5,000 writes per second.
@@ -135,7 +136,10 @@ pub async fn run(plan: &CasPlan, data_parent: Option<&Path>) -> Result<Report, B
         } else {
             "release"
         },
-        data_dir: server.data_dir().display().to_string(),
+        data_dir: data_parent
+            .map_or_else(std::env::temp_dir, Path::to_path_buf)
+            .display()
+            .to_string(),
     };
     let measured = measure(plan, &server).await;
     let stopped = server.stop().await;

@@ -116,7 +116,7 @@ pub struct Environment {
     pub cores: usize,
     /// `release` or `debug`.
     pub profile: &'static str,
-    /// The coordinator's (temporary) data directory.
+    /// Where the coordinator's temporary data directory was created.
     pub data_dir: String,
 }
 
@@ -163,7 +163,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "`{}` — {} cores, {} build, data in {}\n",
+            "`{}` — {} cores, {} build, store under {}\n",
             env.command, env.cores, env.profile, env.data_dir
         );
         out.push_str(

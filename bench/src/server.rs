@@ -59,11 +59,6 @@ impl BenchServer {
         })
     }
 
-    /// The coordinator's data directory.
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     /// A directory on the same filesystem as the store, for probes; deleted with it.
     pub fn scratch_dir(&self) -> PathBuf {
         self.dir.path().join("scratch")

@@ -96,6 +96,7 @@ impl CasClient {
                 source,
             })?
             .tcp_nodelay(true)
+            .max_frame_size(1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024)
             .initial_stream_window_size(16 * 1024 * 1024)
             .connect()
@@ -348,21 +349,26 @@ impl CasClient {
         } else {
             None
         };
+        // Hash as the bytes arrive, so verification overlaps the transfer.
+        let mut hasher = digest.function.hasher();
         while let Some(message) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
             match &mut decoder {
                 Some(decoder) => decoder.feed::<CodecError>(&message.data, |piece| {
+                    hasher.update(piece);
                     out.extend_from_slice(piece);
                     Ok(())
                 })?,
-                None => out.extend_from_slice(&message.data),
+                None => {
+                    hasher.update(&message.data);
+                    out.extend_from_slice(&message.data);
+                }
             }
         }
         if let Some(decoder) = &decoder {
             decoder.finish()?;
         }
-        let data = out.freeze();
-        digest.verify(&data)?;
-        Ok(data)
+        digest.verify_against(&hasher.finish_digest())?;
+        Ok(out.freeze())
     }
 
     /// Downloads blobs with BatchReadBlobs (accepting zstd if `compressed`), verifying each.

@@ -36,6 +36,54 @@ enum Command {
     /// Point Bazel at it with `--remote_cache=grpc://HOST:PORT`. Settings come from defaults,
     /// then --config FILE, then TESSERA_* environment variables, then these flags.
     Coordinator(CoordinatorArgs),
+    /// Run an agent: connect to a coordinator and run the actions it leases.
+    ///
+    /// Settings come from defaults, then --config FILE, then TESSERA_AGENT_* (and
+    /// TESSERA_COORDINATOR) environment variables, then these flags. SIGTERM or Ctrl-C drains:
+    /// no new leases, running ones finish and are reported; a second signal stops them at once.
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// TOML configuration file (unknown keys are errors). Also TESSERA_AGENT_CONFIG.
+    #[arg(long, env = "TESSERA_AGENT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Coordinator endpoint [default: http://127.0.0.1:8980]. Also TESSERA_COORDINATOR.
+    #[arg(long, value_name = "URL")]
+    coordinator: Option<String>,
+    /// Directory for the agent's id, blob cache and exec roots [default: ./tessera-agent].
+    /// Also TESSERA_AGENT_WORK_DIR.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Actions run at once [default: number of CPUs]. Also TESSERA_AGENT_SLOTS.
+    #[arg(long, value_name = "N")]
+    slots: Option<u32>,
+    /// Extra platform property to advertise, KEY=VALUE; repeatable. Also
+    /// TESSERA_AGENT_PROPERTIES=k=v,k=v.
+    #[arg(long = "property", value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+    /// Agent id [default: generated once and kept in the work directory]. Also TESSERA_AGENT_ID.
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// Byte budget of the local blob cache [default: 10 GiB]. Also
+    /// TESSERA_AGENT_MAX_CACHE_BYTES.
+    #[arg(long, value_name = "BYTES")]
+    max_cache_bytes: Option<u64>,
+    /// Sandbox with Linux namespaces: auto (if the host allows) or off [default: auto].
+    /// Also TESSERA_AGENT_SANDBOX.
+    #[arg(long, value_name = "MODE")]
+    sandbox: Option<tessera_agent::SandboxMode>,
+    /// Keep the directories of failed leases under WORK_DIR/kept/ for debugging.
+    #[arg(long)]
+    keep_failed: bool,
+    /// When draining, cancel leases still running after this long, e.g. "10m" [default: wait
+    /// for their timeouts]. Also TESSERA_AGENT_DRAIN_TIMEOUT.
+    #[arg(long, value_name = "DURATION", value_parser = tessera_agent::config::parse_duration_arg)]
+    drain_timeout: Option<std::time::Duration>,
+    /// Log format: text or json [default: text]. Verbosity comes from RUST_LOG.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(Args)]
@@ -124,6 +172,48 @@ async fn coordinator(args: CoordinatorArgs) -> ExitCode {
     }
 }
 
+async fn agent(args: AgentArgs) -> ExitCode {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let flags = tessera_agent::AgentOverrides {
+        coordinator: args.coordinator,
+        work_dir: args.work_dir,
+        slots: args.slots,
+        properties: args.properties,
+        id: args.id,
+        max_cache_bytes: args.max_cache_bytes,
+        sandbox: args.sandbox,
+        keep_failed: args.keep_failed,
+        drain_timeout: args.drain_timeout,
+    };
+    let config = match tessera_agent::AgentConfig::load(args.config.as_deref(), &env, &flags) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(args.log_format);
+    let shutdown = tessera_agent::CancellationToken::new();
+    let abort = tessera_agent::CancellationToken::new();
+    tokio::spawn({
+        let (shutdown, abort) = (shutdown.clone(), abort.clone());
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+            shutdown_signal().await;
+            tracing::warn!("second signal: stopping running actions now");
+            abort.cancel();
+        }
+    });
+    match tessera_agent::Agent::run_with_abort(config, shutdown, abort).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            ExitCode::from(EXIT_INFRA)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -139,6 +229,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Coordinator(args) => coordinator(args).await,
+            Command::Agent(args) => agent(args).await,
         }
     })
 }

@@ -346,7 +346,8 @@ impl CoordinatorConfig {
                 }
                 // Read by the command line before this function runs.
                 "TESSERA_CONFIG" => {}
-                other if OTHER_ENV_KEYS.contains(&other) => {}
+                other if OTHER_ENV_KEYS.contains(&other) || other.starts_with("TESSERA_AGENT_") => {
+                }
                 other => return Err(ConfigError::UnknownEnv(other.to_owned())),
             }
         }

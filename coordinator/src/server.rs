@@ -22,7 +22,6 @@ use tessera_proto::reapi::execution_server::ExecutionServer;
 use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -167,7 +166,7 @@ impl Coordinator {
 
         let batch = config.max_batch_total_size_bytes;
         let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+            .max_frame_size(1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024)
             .initial_stream_window_size(16 * 1024 * 1024)
             .add_service(CapabilitiesServer::new(CapabilitiesService::new(batch)))
@@ -205,10 +204,13 @@ impl Coordinator {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
-        let serve = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            token.clone().cancelled_owned(),
-        ));
+        // TCP_NODELAY must be set on the incoming stream: the builder's setting is ignored by
+        // serve_with_incoming, and without it replies stall on delayed ACKs (~40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
+        );
 
         tasks.spawn({
             let token = token.clone();

@@ -25,7 +25,17 @@ use tokio_stream::wrappers::ReceiverStream;
 struct ScriptedAgent {
     out: mpsc::Sender<AgentMessage>,
     leases: mpsc::Receiver<Lease>,
-    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+const FROZEN: u8 = 1;
+const GONE: u8 = 2;
+
+impl Drop for ScriptedAgent {
+    fn drop(&mut self) {
+        // Ends the heartbeats, so the session closes like a dead agent's.
+        self.frozen.store(GONE, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl ScriptedAgent {
@@ -59,13 +69,15 @@ impl ScriptedAgent {
             .into_inner();
         // Like a real agent, say "alive" regularly (without extending any lease).
         let beat = out.clone();
-        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
         let stopped = frozen.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if stopped.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue;
+                match stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    FROZEN => continue,
+                    GONE => return,
+                    _ => {}
                 }
                 let message = AgentMessage {
                     kind: Some(agent_message::Kind::Heartbeat(Heartbeat::default())),
@@ -94,7 +106,8 @@ impl ScriptedAgent {
 
     /// Stops the regular heartbeats, as SIGSTOP would.
     fn freeze(&mut self) {
-        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.frozen
+            .store(FROZEN, std::sync::atomic::Ordering::SeqCst);
     }
 
     async fn next_lease(&mut self) -> Lease {
@@ -544,7 +557,11 @@ async fn accepted_operations_survive_a_coordinator_restart() {
     first.stop().await;
 
     let data_dir = first.dir.path().join("data");
-    let second = TestServer::start_with(|c| c.data_dir = data_dir.clone()).await;
+    let second = TestServer::start_with(|c| {
+        c.data_dir = data_dir.clone();
+        c.lease_timeout = Duration::from_secs(1);
+    })
+    .await;
     // The finished operation can still be waited on; the queued one runs once an agent joins.
     let (_, name, response) = drain(
         ExecutionClient::new(second.channel().await)
@@ -575,4 +592,46 @@ async fn accepted_operations_survive_a_coordinator_restart() {
     let (_, name, response) = drain(waiting).await;
     assert_eq!(name, queued_name);
     assert_eq!(response.status.unwrap_or_default().code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_held_across_a_coordinator_restart_still_counts() {
+    let mut first = server(Duration::from_secs(10)).await;
+    let client = first.client(DigestFunction::Sha256).await;
+    let digest = upload_action(&client, &["sleep", "5"], &[], &[], false).await;
+    let mut agent = ScriptedAgent::connect(&first, "steady", 1, &[]).await;
+    let mut stream = execute(&first, &digest, false).await;
+    let name = stream.next().await.unwrap().unwrap().name;
+    drop(stream);
+    let lease = agent.next_lease().await;
+    drop(agent);
+    first.stop().await;
+
+    let data_dir = first.dir.path().join("data");
+    let second = TestServer::start_with(|c| {
+        c.data_dir = data_dir.clone();
+        c.lease_timeout = Duration::from_secs(5);
+    })
+    .await;
+    // The agent reconnects under the same id and reports the lease it kept running.
+    let mut agent = ScriptedAgent::connect(&second, "steady", 1, &[]).await;
+    agent.heartbeat(&[&lease.lease_id]).await;
+    agent.finish(&lease, 0).await;
+    let (_, _, response) = drain(
+        ExecutionClient::new(second.channel().await)
+            .wait_execution(WaitExecutionRequest { name })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(response.status.unwrap_or_default().code, 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), agent.next_lease())
+            .await
+            .is_err(),
+        "the action was not run again"
+    );
+    let stats = wait_for_stats(&second, |s| s.completed == 1).await;
+    assert_eq!(stats.stale_results, 0);
 }

@@ -5,4 +5,5 @@ mod bad_input;
 mod bazel;
 mod cas_api;
 mod execution;
+mod faults;
 mod lifecycle;

@@ -26,6 +26,8 @@ use crate::meta::MetadataStore;
 const BUFFER_LIMIT: usize = 256 * 1024;
 /// Bytes per chunk handed out by readers.
 const READ_CHUNK: usize = 256 * 1024;
+/// Bytes of a large upload used to decide whether to keep it compressed.
+const COMPRESS_SAMPLE: usize = 32 * 1024;
 /// Blobs smaller than this are never compressed at rest.
 const COMPRESS_MIN: usize = 512;
 const ZSTD_LEVEL: i32 = 1;
@@ -557,8 +559,10 @@ impl DiskUpload {
         let path = self.inner.tmp_path();
         let file = File::create(&path).map_err(io_err("failed to create", &path))?;
         let writer = BufWriter::with_capacity(1 << 20, file);
-        // Decide the at-rest form from the first quarter MiB.
-        let sink = if self.inner.compress && compress_if_smaller(&self.buffer).is_some() {
+        // Decide the at-rest form from a sample of the start: enough to tell text and binaries
+        // from random or already-compressed data, cheap enough for every upload.
+        let sample = &self.buffer[..self.buffer.len().min(COMPRESS_SAMPLE)];
+        let sink = if self.inner.compress && compress_if_smaller(sample).is_some() {
             let encoder = zstd::stream::write::Encoder::new(writer, ZSTD_LEVEL)
                 .map_err(io_err("failed to start zstd for", &path))?;
             Sink::Zstd(encoder)

@@ -32,13 +32,16 @@ impl Platform {
 
     /// Whether an agent with `properties` may run work that needs `self`.
     pub fn satisfied_by(&self, properties: &Platform) -> bool {
-        self.0.iter().all(|(key, wanted)| {
-            properties
-                .0
-                .iter()
-                .filter(|(k, _)| k == key)
-                .any(|(_, have)| value_satisfies(key, wanted, have))
-        })
+        self.0
+            .iter()
+            .filter(|(key, _)| !key.starts_with("limit."))
+            .all(|(key, wanted)| {
+                properties
+                    .0
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .any(|(_, have)| value_satisfies(key, wanted, have))
+            })
     }
 }
 
@@ -94,6 +97,12 @@ mod tests {
         assert!(p(&[("memory", "2048"), ("cores", "2")]).satisfied_by(&agent));
         // Not a numeric key: exact only.
         assert!(!p(&[("pool", "4")]).satisfied_by(&agent));
+    }
+
+    #[test]
+    fn execution_only_limits_are_not_matched() {
+        let agent = p(&[("OSFamily", "linux")]);
+        assert!(p(&[("limit.nofile", "1024"), ("OSFamily", "linux")]).satisfied_by(&agent));
     }
 
     #[test]

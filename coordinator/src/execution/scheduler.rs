@@ -306,9 +306,33 @@ struct AgentEntry {
     tx: Option<AgentTx>,
     leases: HashSet<String>,
     draining: bool,
+    /// The agent refused a lease for lack of room; no more until its next heartbeat.
+    saturated: bool,
     /// When the agent last sent anything. An agent silent for a lease timeout is presumed
     /// frozen or cut off and gets no new work until it speaks again.
     last_heard: Instant,
+}
+
+impl AgentEntry {
+    /// An agent known only from a lease recovered after a restart, until it reconnects.
+    fn offline(_id: &str) -> Self {
+        AgentEntry {
+            session: 0,
+            properties: Platform::default(),
+            slots: 0,
+            tx: None,
+            leases: HashSet::new(),
+            draining: false,
+            saturated: false,
+            last_heard: Instant::now(),
+        }
+    }
+}
+
+/// Lease ids are the operation's id and the attempt: unique, never reused, and the same after
+/// a restart for a lease recovered from the record.
+fn lease_id(operation: &str, attempt: u32) -> String {
+    format!("{}#{attempt}", operation.trim_start_matches("operations/"))
 }
 
 struct Scheduler {
@@ -337,6 +361,12 @@ fn status(code: Code, message: impl Into<String>) -> rpc::Status {
         message: message.into(),
         details: Vec::new(),
     }
+}
+
+/// Keys that tell the agent how to run the action (`limit.nofile`, `limit.memory`, ...)
+/// rather than where: never matched against agent properties.
+pub fn is_execution_only(key: &str) -> bool {
+    key.starts_with("limit.")
 }
 
 fn merge_key(record: &OperationRecord) -> Vec<u8> {
@@ -412,6 +442,20 @@ impl Scheduler {
             );
             let done = record.done;
             let mergeable = !record.action.as_ref().is_some_and(|a| a.do_not_cache);
+            // A lease held when the coordinator stopped stays valid until it lapses: the agent
+            // may still be running it and report the result when it reconnects.
+            let state = if done {
+                OpState::Done
+            } else if !record.leased_to.is_empty() && record.attempts > 0 {
+                OpState::Leased {
+                    lease_id: lease_id(&record.name, record.attempts),
+                    agent: record.leased_to.clone(),
+                    attempt: record.attempts,
+                    deadline: Instant::now() + self.config.lease_timeout,
+                }
+            } else {
+                OpState::Queued
+            };
             let mut op = Op {
                 tx: watch::channel(OpSnapshot {
                     name: record.name.clone(),
@@ -423,7 +467,7 @@ impl Scheduler {
                 .0,
                 record,
                 platform,
-                state: if done { OpState::Done } else { OpState::Queued },
+                state,
                 merge_key: None,
                 completed_at: done.then(Instant::now),
             };
@@ -438,12 +482,24 @@ impl Scheduler {
                     self.inflight.insert(key.clone(), name.clone());
                     op.merge_key = Some(key);
                 }
-                self.queue.push(
-                    name.clone(),
-                    op.platform.clone(),
-                    &op.record.requester,
-                    op.record.priority,
-                );
+                match &op.state {
+                    OpState::Leased {
+                        lease_id, agent, ..
+                    } => {
+                        self.leases.insert(lease_id.clone(), name.clone());
+                        self.agents
+                            .entry(agent.clone())
+                            .or_insert_with(|| AgentEntry::offline(agent))
+                            .leases
+                            .insert(lease_id.clone());
+                    }
+                    _ => self.queue.push(
+                        name.clone(),
+                        op.platform.clone(),
+                        &op.record.requester,
+                        op.record.priority,
+                    ),
+                }
             }
             self.ops.insert(name, op);
         }
@@ -550,7 +606,7 @@ impl Scheduler {
     }
 
     fn check_platform(&self, platform: &Platform) -> Result<(), SchedulerError> {
-        for key in platform.keys() {
+        for key in platform.keys().filter(|k| !is_execution_only(k)) {
             if !self.known_keys.contains(key) {
                 let mut known: Vec<&str> = self.known_keys.iter().map(String::as_str).collect();
                 known.sort_unstable();
@@ -643,6 +699,7 @@ impl Scheduler {
             tx: None,
             leases: HashSet::new(),
             draining: false,
+            saturated: false,
             last_heard: Instant::now(),
         });
         // A reconnecting agent keeps its leases: it reports their results on the new session.
@@ -664,6 +721,7 @@ impl Scheduler {
         agent.last_heard = Instant::now();
         match message.kind {
             Some(agent_message::Kind::Heartbeat(beat)) => {
+                agent.saturated = false;
                 let deadline = Instant::now() + self.config.lease_timeout;
                 for lease_id in &beat.lease_ids {
                     if !agent.leases.contains(lease_id) {
@@ -706,7 +764,7 @@ impl Scheduler {
         });
         let Some(name) = current else {
             self.stats.stale_results += 1;
-            tracing::warn!(agent = %agent_id, lease = %result.lease_id, attempt = result.attempt,
+            tracing::info!(agent = %agent_id, lease = %result.lease_id, attempt = result.attempt,
                 "refusing result for a lease that is no longer current");
             return;
         };
@@ -714,7 +772,12 @@ impl Scheduler {
         let status = result.status.unwrap_or_default();
         let code = Code::from(status.code);
         match code {
-            Code::Ok | Code::DeadlineExceeded | Code::Cancelled | Code::FailedPrecondition => {
+            // Outcomes that another attempt cannot change: report them.
+            Code::Ok
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::FailedPrecondition
+            | Code::InvalidArgument => {
                 let response = ExecuteResponse {
                     result: result.result,
                     cached_result: false,
@@ -723,6 +786,18 @@ impl Scheduler {
                     message: String::new(),
                 };
                 self.finish(&name, response);
+            }
+            // The agent refused without starting (slots busy, draining): no attempt is spent,
+            // and it gets no more work until its next heartbeat says what it runs.
+            Code::ResourceExhausted => {
+                tracing::debug!(operation = %name, agent = %agent_id, message = %status.message, "lease refused");
+                if let Some(agent) = self.agents.get_mut(agent_id) {
+                    agent.saturated = true;
+                }
+                if let Some(op) = self.ops.get_mut(&name) {
+                    op.record.attempts = op.record.attempts.saturating_sub(1);
+                }
+                self.retry_or_fail(&name, &status.message);
             }
             _ => {
                 tracing::warn!(operation = %name, agent = %agent_id, code = ?code, message = %status.message,
@@ -765,6 +840,7 @@ impl Scheduler {
                 return;
             }
         }
+        op.record.leased_to.clear();
         self.queue.push(
             name.to_owned(),
             op.platform.clone(),
@@ -926,7 +1002,7 @@ impl Scheduler {
                 let Some(tx) = agent.tx.clone() else {
                     break;
                 };
-                if agent.draining || agent.leases.len() >= agent.slots as usize {
+                if agent.draining || agent.saturated || agent.leases.len() >= agent.slots as usize {
                     break;
                 }
                 let Some(name) = self.queue.pop_for(&agent.properties) else {
@@ -942,10 +1018,7 @@ impl Scheduler {
             return;
         };
         let attempt = op.record.attempts + 1;
-        let lease_id = format!(
-            "{}#{attempt}",
-            op.record.name.trim_start_matches("operations/")
-        );
+        let lease_id = lease_id(&op.record.name, attempt);
         let deadline = Instant::now() + self.config.lease_timeout;
         let lease = Lease {
             lease_id: lease_id.clone(),
@@ -994,6 +1067,7 @@ impl Scheduler {
             }
         }
         op.record.attempts = attempt;
+        op.record.leased_to = agent_id.to_owned();
         op.tx.send_replace(op.snapshot());
         let record = op.record.clone();
         self.persist(&record);

@@ -204,6 +204,7 @@ impl ExecutionService {
                 })
                 .collect(),
             timeout_ms: i64::try_from(resolved.timeout.as_millis()).unwrap_or(i64::MAX),
+            leased_to: String::new(),
             action: Some(resolved.action),
             command: Some(resolved.command),
         };

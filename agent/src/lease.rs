@@ -1,0 +1,735 @@
+//! One lease's pipeline: check → fetch → run → upload → report.
+//!
+//! [`LeasePipeline::run`] turns a `Lease` into the `LeaseResult` to send back, by way of a
+//! [`RunOutcome`]: what happened, not an error. The status code of every way a lease can end
+//! is chosen in one place, [`lease_status`]:
+//!
+//! | outcome | status | result |
+//! | --- | --- | --- |
+//! | command ran (any exit code) | OK | outputs, stdout/stderr, exit code, metadata |
+//! | timed out | DEADLINE_EXCEEDED | stdout/stderr so far, exit code |
+//! | cancelled by the coordinator | CANCELLED | none |
+//! | stopped because the agent is stopping | UNAVAILABLE | none |
+//! | inputs missing from the CAS | FAILED_PRECONDITION + `PreconditionFailure` (MISSING) | none |
+//! | bad lease, tree, command, platform or outputs | INVALID_ARGUMENT | none |
+//! | CAS unreachable, local cache full | UNAVAILABLE | none |
+//! | local disk or other agent trouble | INTERNAL | none |
+//!
+//! Does not talk to the coordinator (see `session`); progress goes out through a callback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use tessera_cas::client::{CasClient, ClientError};
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_proto::reapi::{ActionResult, Command, ExecutedActionMetadata};
+use tessera_proto::rpc::{PreconditionFailure, Status, precondition_failure};
+use tessera_proto::tessera::v1::{Lease, LeaseResult, LeaseStage};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::cache::{FetchError, LocalCache};
+use crate::materialize::{
+    MaterializeError, create_dirs_within, fetch_input_tree, materialize, relative_components,
+};
+use crate::outputs::{
+    OutputError, RequestedOutput, collect_outputs, file_blob, requested_outputs, upload,
+};
+use crate::platform::{ExecutionOptions, PlatformError};
+use crate::sandbox::{
+    Isolation, ProcessExit, ProcessRunner, ProcessSpec, SpawnError, resolve_program,
+};
+use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
+
+/// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
+const UPLOAD_ATTEMPTS: u32 = 5;
+/// Wait before the first upload retry; doubled each time (0.25 + 0.5 + 1 + 2 s in all).
+const UPLOAD_RETRY_FIRST: Duration = Duration::from_millis(250);
+
+/// Whether a CAS call may succeed if simply tried again.
+fn is_transient(error: &ClientError) -> bool {
+    let code = match error {
+        ClientError::Rpc { status, .. } => status.code(),
+        ClientError::Blob { code, .. } => *code,
+        _ => return false,
+    };
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted
+    )
+}
+
+/// Where in the pipeline something happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Checking the lease, fetching and laying out inputs.
+    Fetch,
+    /// Running the command.
+    Execute,
+    /// Collecting and uploading outputs.
+    Upload,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Fetch => "fetching inputs",
+            Stage::Execute => "executing",
+            Stage::Upload => "uploading outputs",
+        })
+    }
+}
+
+/// Why a lease was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The coordinator sent `CancelLease`.
+    Coordinator,
+    /// The agent is stopping (drain timeout or abort): the work should run elsewhere.
+    AgentStopping,
+}
+
+/// Cancels one lease, remembering why (the first reason given wins).
+#[derive(Debug, Clone, Default)]
+pub struct LeaseCancel {
+    token: CancellationToken,
+    reason: Arc<OnceLock<CancelReason>>,
+}
+
+impl LeaseCancel {
+    /// A lease that is not cancelled yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels the lease.
+    pub fn cancel(&self, reason: CancelReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Fires when the lease is cancelled.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Why it was cancelled (`Coordinator` if not known).
+    pub fn reason(&self) -> CancelReason {
+        self.reason
+            .get()
+            .copied()
+            .unwrap_or(CancelReason::Coordinator)
+    }
+}
+
+/// How a lease ended. An outcome, not an error: a failing command is a normal end.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// The command exited 0.
+    Passed,
+    /// The command exited non-zero (or was killed by a signal: 128+N).
+    Failed {
+        /// Its exit code.
+        exit_code: i32,
+    },
+    /// The command ran past the lease's timeout and was stopped.
+    TimedOut {
+        /// The timeout.
+        after: Duration,
+    },
+    /// The lease was cancelled.
+    Cancelled {
+        /// By whom.
+        reason: CancelReason,
+    },
+    /// The command did not run to an end: the action is malformed, its inputs are missing, or
+    /// the agent failed. [`LeaseError::code`] says which.
+    Error {
+        /// Where it failed.
+        stage: Stage,
+        /// What went wrong.
+        error: LeaseError,
+    },
+}
+
+impl RunOutcome {
+    /// True unless the command ran and exited 0.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, RunOutcome::Passed)
+    }
+}
+
+/// Why a lease could not be run to an end.
+#[derive(Debug, Error)]
+pub enum LeaseError {
+    /// The lease lacks the action or command, or its fields are malformed.
+    #[error("malformed lease: {0}")]
+    BadLease(String),
+    /// The action's platform asks for something the agent cannot read.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    /// The input root could not be fetched or laid out.
+    #[error(transparent)]
+    Inputs(#[from] MaterializeError),
+    /// The command could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// Outputs could not be collected or uploaded.
+    #[error(transparent)]
+    Outputs(#[from] OutputError),
+    /// The CAS could not be reached.
+    #[error("failed to connect to the CAS: {0}")]
+    Cas(#[from] ClientError),
+    /// A local filesystem operation failed.
+    #[error("failed to {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LeaseError {
+    /// The status code the coordinator gets: whose fault it is and whether to retry.
+    pub fn code(&self) -> Code {
+        match self {
+            LeaseError::BadLease(_) | LeaseError::Platform(_) => Code::InvalidArgument,
+            LeaseError::Inputs(error) => match error {
+                MaterializeError::Fetch(FetchError::Missing(_)) => Code::FailedPrecondition,
+                MaterializeError::Fetch(FetchError::Cas(_) | FetchError::Evicted(_)) => {
+                    Code::Unavailable
+                }
+                // No room in the local cache: another agent may have it.
+                MaterializeError::Fetch(FetchError::Store(
+                    tessera_cas::store::StoreError::Full { .. },
+                )) => Code::Unavailable,
+                MaterializeError::InvalidTree(_) | MaterializeError::Decode { .. } => {
+                    Code::InvalidArgument
+                }
+                MaterializeError::Fetch(FetchError::Store(_) | FetchError::Task(_))
+                | MaterializeError::NotCached(_)
+                | MaterializeError::Io { .. } => Code::Internal,
+            },
+            LeaseError::Spawn(error) if error.is_user_error() => Code::InvalidArgument,
+            LeaseError::Outputs(error) if error.is_user_error() => Code::InvalidArgument,
+            LeaseError::Outputs(OutputError::Upload(_)) | LeaseError::Cas(_) => Code::Unavailable,
+            LeaseError::Spawn(_) | LeaseError::Outputs(_) | LeaseError::Io { .. } => Code::Internal,
+        }
+    }
+
+    /// Blobs the CAS lacks, for the `PreconditionFailure` details.
+    pub fn missing_blobs(&self) -> &[Digest] {
+        match self {
+            LeaseError::Inputs(MaterializeError::Fetch(FetchError::Missing(digests))) => digests,
+            _ => &[],
+        }
+    }
+}
+
+fn io_error(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LeaseError {
+    let op = op.into();
+    move |source| LeaseError::Io { op, source }
+}
+
+/// The status a lease's result carries (see the table in the module docs).
+pub fn lease_status(outcome: &RunOutcome) -> Status {
+    let status = |code: Code, message: String| Status {
+        code: code as i32,
+        message,
+        details: Vec::new(),
+    };
+    match outcome {
+        RunOutcome::Passed | RunOutcome::Failed { .. } => status(Code::Ok, String::new()),
+        RunOutcome::TimedOut { after } => status(
+            Code::DeadlineExceeded,
+            format!(
+                "command timed out after {}",
+                humantime::format_duration(*after)
+            ),
+        ),
+        RunOutcome::Cancelled {
+            reason: CancelReason::Coordinator,
+        } => status(Code::Cancelled, "lease cancelled".into()),
+        RunOutcome::Cancelled {
+            reason: CancelReason::AgentStopping,
+        } => status(
+            Code::Unavailable,
+            "the agent stopped before the action finished".into(),
+        ),
+        RunOutcome::Error { stage, error } => {
+            let mut s = status(error.code(), format!("{stage}: {error}"));
+            let missing = error.missing_blobs();
+            if !missing.is_empty() {
+                let failure = PreconditionFailure {
+                    violations: missing
+                        .iter()
+                        .map(|d| precondition_failure::Violation {
+                            r#type: "MISSING".into(),
+                            subject: format!("blobs/{}/{}", d.hash_hex(), d.size_bytes),
+                            description: format!("input blob {d} is not in the CAS"),
+                        })
+                        .collect(),
+                };
+                s.details.push(prost_types::Any {
+                    type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
+                    value: failure.encode_to_vec(),
+                });
+            }
+            s
+        }
+    }
+}
+
+/// CAS clients per (instance name, digest function), sharing one channel.
+#[derive(Debug, Clone)]
+pub struct CasClients {
+    channel: Channel,
+    clients: Arc<Mutex<HashMap<(String, DigestFunction), CasClient>>>,
+}
+
+impl CasClients {
+    /// Clients over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        CasClients {
+            channel,
+            clients: Arc::default(),
+        }
+    }
+
+    /// The client for `instance` and `function`, created on first use.
+    pub async fn get(
+        &self,
+        instance: &str,
+        function: DigestFunction,
+    ) -> Result<CasClient, ClientError> {
+        let key = (instance.to_owned(), function);
+        if let Some(client) = self.lock().get(&key) {
+            return Ok(client.clone());
+        }
+        let client = CasClient::from_channel(self.channel.clone(), instance, function).await?;
+        self.lock().insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, DigestFunction), CasClient>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Everything a lease needs from the agent.
+pub struct LeasePipeline {
+    /// Reported as `ExecutedActionMetadata.worker`.
+    pub agent_id: String,
+    /// The local blob cache.
+    pub cache: LocalCache,
+    /// The CAS.
+    pub cas: CasClients,
+    /// Runs the commands.
+    pub runner: Arc<dyn ProcessRunner>,
+    /// Where lease directories go.
+    pub layout: WorkLayout,
+    /// Whether commands run in namespaces.
+    pub namespaces: bool,
+    /// Keep the directories of failed leases.
+    pub keep_failed: bool,
+}
+
+impl std::fmt::Debug for LeasePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasePipeline")
+            .field("agent_id", &self.agent_id)
+            .field("layout", &self.layout)
+            .field("namespaces", &self.namespaces)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the lease asks for, checked before any work.
+struct Plan {
+    function: DigestFunction,
+    input_root: Digest,
+    command: Command,
+    options: ExecutionOptions,
+    outputs: Vec<RequestedOutput>,
+    timeout: Option<Duration>,
+    cas: CasClient,
+}
+
+fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp::from(time))
+}
+
+impl LeasePipeline {
+    /// Runs `lease` in the directories numbered `seq`, reporting stages through `progress`.
+    /// Leaves the directories for [`LeasePipeline::clean_up`].
+    pub async fn run(
+        &self,
+        lease: &Lease,
+        seq: u64,
+        cancel: &LeaseCancel,
+        progress: &(dyn Fn(LeaseStage) + Send + Sync),
+    ) -> (LeaseResult, RunOutcome) {
+        let dirs = self.layout.lease_dirs(seq);
+        let mut metadata = ExecutedActionMetadata {
+            worker: self.agent_id.clone(),
+            worker_start_timestamp: timestamp(SystemTime::now()),
+            ..ExecutedActionMetadata::default()
+        };
+        let (outcome, result) = self
+            .stages(lease, &dirs, cancel, progress, &mut metadata)
+            .await;
+        let result = result.map(|mut result| {
+            metadata.worker_completed_timestamp = timestamp(SystemTime::now());
+            result.execution_metadata = Some(metadata);
+            result
+        });
+        let status = lease_status(&outcome);
+        let lease_result = LeaseResult {
+            lease_id: lease.lease_id.clone(),
+            attempt: lease.attempt,
+            result,
+            status: Some(status),
+        };
+        (lease_result, outcome)
+    }
+
+    async fn stages(
+        &self,
+        lease: &Lease,
+        dirs: &LeaseDirs,
+        cancel: &LeaseCancel,
+        progress: &(dyn Fn(LeaseStage) + Send + Sync),
+        metadata: &mut ExecutedActionMetadata,
+    ) -> (RunOutcome, Option<ActionResult>) {
+        let fail = |stage, error| (RunOutcome::Error { stage, error }, None);
+        let cancelled = || {
+            (
+                RunOutcome::Cancelled {
+                    reason: cancel.reason(),
+                },
+                None,
+            )
+        };
+
+        progress(LeaseStage::Fetching);
+        metadata.input_fetch_start_timestamp = timestamp(SystemTime::now());
+        let (plan, spec) = match self.fetch(lease, dirs, cancel).await {
+            Ok(Some(fetched)) => fetched,
+            Ok(None) => return cancelled(),
+            Err(error) => return fail(Stage::Fetch, error),
+        };
+        metadata.input_fetch_completed_timestamp = timestamp(SystemTime::now());
+        if cancel.token().is_cancelled() {
+            return cancelled();
+        }
+
+        progress(LeaseStage::Executing);
+        metadata.execution_start_timestamp = timestamp(SystemTime::now());
+        let exit = match self.runner.run(&spec, cancel.token()).await {
+            Ok(exit) => exit,
+            Err(error) => return fail(Stage::Execute, error.into()),
+        };
+        metadata.execution_completed_timestamp = timestamp(SystemTime::now());
+
+        let (outcome, exit_code, requested) = match exit {
+            ProcessExit::Cancelled => return cancelled(),
+            ProcessExit::TimedOut { after, exit_code } => {
+                // Only what the command printed: its outputs are unfinished.
+                (RunOutcome::TimedOut { after }, exit_code, Vec::new())
+            }
+            ProcessExit::Exited { exit_code: 0 } => (RunOutcome::Passed, 0, plan.outputs.clone()),
+            ProcessExit::Exited { exit_code } => (
+                RunOutcome::Failed { exit_code },
+                exit_code,
+                plan.outputs.clone(),
+            ),
+        };
+        progress(LeaseStage::Uploading);
+        metadata.output_upload_start_timestamp = timestamp(SystemTime::now());
+        let uploaded = tokio::select! {
+            uploaded = self.upload(&plan, &spec, dirs, requested) => uploaded,
+            () = cancel.token().cancelled() => return cancelled(),
+        };
+        let mut result = match uploaded {
+            Ok(result) => result,
+            Err(error) => return fail(Stage::Upload, error),
+        };
+        metadata.output_upload_completed_timestamp = timestamp(SystemTime::now());
+        result.exit_code = exit_code;
+        (outcome, Some(result))
+    }
+
+    /// Checks the lease, fetches and lays out its inputs, and says how to run its command;
+    /// `None` if cancelled while fetching; laying out, once begun, is not interrupted, so a
+    /// cancelled lease never races its own clean-up.
+    async fn fetch(
+        &self,
+        lease: &Lease,
+        dirs: &LeaseDirs,
+        cancel: &LeaseCancel,
+    ) -> Result<Option<(Plan, ProcessSpec)>, LeaseError> {
+        let download = async {
+            let plan = self.plan(lease).await?;
+            let tree = fetch_input_tree(&self.cache, &plan.cas, plan.input_root).await?;
+            let pins = self
+                .cache
+                .ensure(&plan.cas, &tree.file_digests())
+                .await
+                .map_err(MaterializeError::from)?;
+            Ok::<_, LeaseError>((plan, tree, pins))
+        };
+        let (plan, tree, pins) = tokio::select! {
+            downloaded = download => downloaded?,
+            () = cancel.token().cancelled() => return Ok(None),
+        };
+        let cache = self.cache.clone();
+        let lease_dirs = dirs.clone();
+        let working_directory = plan.command.working_directory.clone();
+        let outputs = plan.outputs.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            lease_dirs
+                .create()
+                .map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
+            let stats = materialize(&tree, &cache, &lease_dirs.root)?;
+            let cwd = relative_components(&working_directory).unwrap_or_default();
+            if !create_dirs_within(&lease_dirs.root, &cwd)? {
+                return Err(LeaseError::BadLease(format!(
+                    "working directory \"{working_directory}\" is not a directory of the input root"
+                )));
+            }
+            let cwd_path = lease_dirs.root.join(&working_directory);
+            for output in &outputs {
+                let components = output.components();
+                if let Some((_, parents)) = components.split_last() {
+                    // A parent that the inputs made a file or symlink is left alone.
+                    create_dirs_within(&cwd_path, parents)?;
+                }
+            }
+            Ok::<_, LeaseError>(stats)
+        })
+        .await
+        .map_err(|e| LeaseError::Io {
+            op: "lay out inputs".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        drop(pins); // Linked files keep their inodes even if the cache evicts them now.
+        tracing::debug!(lease = %lease.lease_id, ?stats, "inputs laid out");
+
+        let cwd = dirs.root.join(&plan.command.working_directory);
+        let env: Vec<(String, String)> = plan
+            .command
+            .environment_variables
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect();
+        let program = resolve_program(&plan.command.arguments[0], &env, &cwd)?;
+        let spec = ProcessSpec {
+            program,
+            argv: plan.command.arguments.clone(),
+            env,
+            cwd,
+            stdout: dirs.stdout.clone(),
+            stderr: dirs.stderr.clone(),
+            timeout: plan.timeout,
+            isolation: Isolation {
+                namespaces: self.namespaces,
+                network: plan.options.network,
+                private_tmp: Some(dirs.tmp.clone()),
+                exec_root: Some(dirs.root.clone()),
+                limits: plan.options.limits,
+            },
+        };
+        Ok(Some((plan, spec)))
+    }
+
+    async fn plan(&self, lease: &Lease) -> Result<Plan, LeaseError> {
+        let bad = |message: String| LeaseError::BadLease(message);
+        let function =
+            DigestFunction::from_request(lease.digest_function).map_err(|e| bad(e.to_string()))?;
+        let action = lease
+            .action
+            .as_ref()
+            .ok_or_else(|| bad("no action".into()))?;
+        let command = lease
+            .command
+            .clone()
+            .ok_or_else(|| bad("no command".into()))?;
+        if command.arguments.is_empty() {
+            return Err(bad("the command has no arguments".into()));
+        }
+        let input_root = Digest::from_proto_opt(function, action.input_root_digest.as_ref())
+            .map_err(|e| bad(format!("input root digest: {e}")))?;
+        relative_components(&command.working_directory).map_err(|reason| {
+            bad(format!(
+                "working directory \"{}\" {reason}",
+                command.working_directory
+            ))
+        })?;
+        let options = ExecutionOptions::from_platform(action.platform.as_ref())?;
+        let outputs = requested_outputs(&command)?;
+        let timeout = lease
+            .timeout
+            .and_then(|t| Duration::try_from(t).ok())
+            .filter(|t| !t.is_zero());
+        let cas = self.cas.get(&lease.instance_name, function).await?;
+        Ok(Plan {
+            function,
+            input_root,
+            command,
+            options,
+            outputs,
+            timeout,
+            cas,
+        })
+    }
+
+    /// Collects the requested outputs and uploads them with stdout and stderr.
+    async fn upload(
+        &self,
+        plan: &Plan,
+        spec: &ProcessSpec,
+        dirs: &LeaseDirs,
+        requested: Vec<RequestedOutput>,
+    ) -> Result<ActionResult, LeaseError> {
+        let function = plan.function;
+        let root = dirs.root.clone();
+        let cwd = spec.cwd.clone();
+        let stdout = dirs.stdout.clone();
+        let stderr = dirs.stderr.clone();
+        let (mut collected, stdout, stderr) = tokio::task::spawn_blocking(move || {
+            let collected = collect_outputs(&root, &cwd, &requested, function)?;
+            let stdout = file_blob(&stdout, function)?;
+            let stderr = file_blob(&stderr, function)?;
+            Ok::<_, OutputError>((collected, stdout, stderr))
+        })
+        .await
+        .map_err(|e| LeaseError::Io {
+            op: "collect outputs".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        collected.result.stdout_digest = Some(stdout.0.to_proto());
+        collected.result.stderr_digest = Some(stderr.0.to_proto());
+        collected.blobs.push(stdout);
+        collected.blobs.push(stderr);
+        // The command has run: ride out a short CAS outage rather than waste the run.
+        let mut wait = UPLOAD_RETRY_FIRST;
+        let mut attempt = 1;
+        loop {
+            match upload(&plan.cas, &collected.blobs).await {
+                Ok(()) => return Ok(collected.result),
+                Err(OutputError::Upload(error))
+                    if attempt < UPLOAD_ATTEMPTS && is_transient(&error) =>
+                {
+                    tracing::warn!(%error, attempt, retry_in = ?wait, "output upload failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Removes the lease's directories, or keeps them under `kept/` if it failed and
+    /// `keep_failed` is set.
+    pub async fn clean_up(&self, lease: &Lease, seq: u64, outcome: &RunOutcome) {
+        let dirs = self.layout.lease_dirs(seq);
+        let keep = (self.keep_failed && outcome.is_failure())
+            .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
+        let done = tokio::task::spawn_blocking(move || {
+            if let Some(kept) = keep {
+                if let Some(parent) = kept.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                remove_tree(&kept)?;
+                std::fs::rename(&dirs.base, &kept)?;
+                tracing::info!(dir = %kept.display(), "kept the directory of a failed lease");
+                return Ok(());
+            }
+            remove_tree(&dirs.base)
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "failed to clean up a lease directory"),
+            Err(error) => tracing::warn!(%error, "lease clean-up task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_say_whose_fault_it_is() {
+        let code = |outcome: RunOutcome| lease_status(&outcome).code;
+        assert_eq!(code(RunOutcome::Passed), Code::Ok as i32);
+        assert_eq!(code(RunOutcome::Failed { exit_code: 1 }), Code::Ok as i32);
+        assert_eq!(
+            code(RunOutcome::TimedOut {
+                after: Duration::from_secs(1)
+            }),
+            Code::DeadlineExceeded as i32
+        );
+        assert_eq!(
+            code(RunOutcome::Cancelled {
+                reason: CancelReason::Coordinator
+            }),
+            Code::Cancelled as i32
+        );
+        assert_eq!(
+            code(RunOutcome::Cancelled {
+                reason: CancelReason::AgentStopping
+            }),
+            Code::Unavailable as i32
+        );
+        assert_eq!(
+            code(RunOutcome::Error {
+                stage: Stage::Fetch,
+                error: LeaseError::BadLease("x".into())
+            }),
+            Code::InvalidArgument as i32
+        );
+    }
+
+    #[test]
+    fn missing_inputs_carry_precondition_details() {
+        let digest = DigestFunction::Sha256.digest_of(b"gone");
+        let outcome = RunOutcome::Error {
+            stage: Stage::Fetch,
+            error: LeaseError::Inputs(MaterializeError::Fetch(FetchError::Missing(vec![digest]))),
+        };
+        let status = lease_status(&outcome);
+        assert_eq!(status.code, Code::FailedPrecondition as i32);
+        assert!(
+            status.message.contains(&digest.hash_hex()),
+            "{}",
+            status.message
+        );
+        let failure = PreconditionFailure::decode(status.details[0].value.as_slice()).unwrap();
+        assert_eq!(failure.violations[0].r#type, "MISSING");
+        assert_eq!(
+            failure.violations[0].subject,
+            format!("blobs/{}/4", digest.hash_hex())
+        );
+    }
+
+    #[test]
+    fn cancel_remembers_the_first_reason() {
+        let cancel = LeaseCancel::new();
+        assert!(!cancel.token().is_cancelled());
+        cancel.cancel(CancelReason::AgentStopping);
+        cancel.cancel(CancelReason::Coordinator);
+        assert!(cancel.token().is_cancelled());
+        assert_eq!(cancel.reason(), CancelReason::AgentStopping);
+    }
+}

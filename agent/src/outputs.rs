@@ -1,0 +1,522 @@
+//! An action's outputs: which paths it asked for, what it left there, and uploading it all.
+//!
+//! Requested paths come from `output_paths` (REAPI 2.1 and later), else from the deprecated
+//! `output_files` and `output_directories`; all are relative to the working directory. After
+//! the command: a regular file becomes an `OutputFile`; a directory is hashed into a Merkle
+//! tree and becomes an `OutputDirectory` (its `Tree` message, every `Directory` and every file
+//! uploaded, both `tree_digest` and `root_directory_digest` set, not topologically sorted); a
+//! symlink becomes an `OutputSymlink` (for old clients also the matching deprecated
+//! `output_file_symlinks` or `output_directory_symlinks`). A path that does not exist is left
+//! out, as REAPI says. A path whose parent resolves outside the exec root (through a symlink)
+//! is left out too. Uploads ask FindMissingBlobs first and send only what the CAS lacks, small
+//! blobs in batches, large ones through ByteStream, reading files in bounded groups.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tessera_cas::client::{CasClient, ClientError};
+use tessera_cas::digest::{Digest, DigestFunction, digest_message};
+use tessera_cas::tree::{TreeError, assemble_tree, build_tree};
+use tessera_proto::reapi::{ActionResult, Command, OutputDirectory, OutputFile, OutputSymlink};
+use thiserror::Error;
+
+use crate::cache::{Transfer, plan_transfers};
+use crate::materialize::relative_components;
+
+/// Most file bytes read into memory at once while uploading.
+const UPLOAD_GROUP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why outputs could not be collected or uploaded.
+#[derive(Debug, Error)]
+pub enum OutputError {
+    /// A requested path is not a clean relative path.
+    #[error("output path \"{path}\" {reason}")]
+    InvalidPath {
+        /// The path.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A path declared as a file is a directory, or the reverse.
+    #[error("output \"{path}\" was declared as a {declared} but is a {found}")]
+    WrongType {
+        /// The path.
+        path: String,
+        /// "file" or "directory".
+        declared: &'static str,
+        /// What it is.
+        found: &'static str,
+    },
+    /// An output is neither a file, a directory nor a symlink, or has a name that is not UTF-8.
+    #[error("output \"{path}\": {reason}")]
+    Unsupported {
+        /// The path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An output directory could not be hashed.
+    #[error("output directory \"{path}\": {source}")]
+    Tree {
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: Box<TreeError>,
+    },
+    /// A filesystem operation failed.
+    #[error("failed to {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Uploading failed.
+    #[error("failed to upload outputs: {0}")]
+    Upload(#[from] ClientError),
+}
+
+impl OutputError {
+    /// True if the action is at fault (what it left behind), not the agent.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            OutputError::InvalidPath { .. }
+            | OutputError::WrongType { .. }
+            | OutputError::Unsupported { .. } => true,
+            OutputError::Tree { source, .. } => {
+                matches!(
+                    **source,
+                    TreeError::NotUtf8(_) | TreeError::UnsupportedFileType(_)
+                ) || source.is_invalid_tree()
+            }
+            OutputError::Io { .. } | OutputError::Upload(_) => false,
+        }
+    }
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OutputError + 'a {
+    move |source| OutputError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a requested path was declared as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declared {
+    /// `output_paths`: whatever it turns out to be.
+    Any,
+    /// `output_files`.
+    File,
+    /// `output_directories`.
+    Directory,
+}
+
+/// One requested output path, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedOutput {
+    /// As the action gave it, relative to the working directory.
+    pub path: String,
+    /// How it was declared.
+    pub declared: Declared,
+}
+
+impl RequestedOutput {
+    /// Its path components (empty for the working directory itself).
+    pub fn components(&self) -> Vec<&str> {
+        relative_components(&self.path).unwrap_or_default()
+    }
+}
+
+#[expect(
+    deprecated,
+    reason = "output_files and output_directories are what REAPI 2.0 clients send"
+)]
+/// The outputs `command` asks for: `output_paths` if set, else `output_files` and
+/// `output_directories`. Refuses paths that are not clean relative paths; only a directory may
+/// be `""` (the working directory itself).
+pub fn requested_outputs(command: &Command) -> Result<Vec<RequestedOutput>, OutputError> {
+    let declared: Vec<(String, Declared)> = if command.output_paths.is_empty() {
+        let files = command
+            .output_files
+            .iter()
+            .map(|p| (p.clone(), Declared::File));
+        let dirs = command
+            .output_directories
+            .iter()
+            .map(|p| (p.clone(), Declared::Directory));
+        files.chain(dirs).collect()
+    } else {
+        command
+            .output_paths
+            .iter()
+            .map(|p| (p.clone(), Declared::Any))
+            .collect()
+    };
+    declared
+        .into_iter()
+        .map(|(path, declared)| {
+            relative_components(&path).map_err(|reason| OutputError::InvalidPath {
+                path: path.clone(),
+                reason,
+            })?;
+            if path.is_empty() && declared == Declared::File {
+                return Err(OutputError::InvalidPath {
+                    path,
+                    reason: "is empty",
+                });
+            }
+            Ok(RequestedOutput { path, declared })
+        })
+        .collect()
+}
+
+/// Where the bytes of a blob to upload are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobSource {
+    /// In a local file.
+    File(PathBuf),
+    /// In memory.
+    Bytes(Bytes),
+}
+
+/// Outputs found after the command ran, not yet uploaded.
+#[derive(Debug, Default)]
+pub struct CollectedOutputs {
+    /// An `ActionResult` with the output fields filled in.
+    pub result: ActionResult,
+    /// Every blob the result refers to.
+    pub blobs: Vec<(Digest, BlobSource)>,
+}
+
+/// The digest of a local file, and the blob to upload for it. Blocking.
+pub fn file_blob(
+    path: &Path,
+    function: DigestFunction,
+) -> Result<(Digest, BlobSource), OutputError> {
+    let file = fs::File::open(path).map_err(io_error("open", path))?;
+    let digest = function
+        .digest_reader(file)
+        .map_err(io_error("read", path))?;
+    Ok((digest, BlobSource::File(path.to_owned())))
+}
+
+#[expect(
+    deprecated,
+    reason = "REAPI 2.0 clients read symlinks from output_file_symlinks and output_directory_symlinks"
+)]
+/// Looks at each requested output under `working_dir` (inside `exec_root`). Blocking.
+pub fn collect_outputs(
+    exec_root: &Path,
+    working_dir: &Path,
+    requested: &[RequestedOutput],
+    function: DigestFunction,
+) -> Result<CollectedOutputs, OutputError> {
+    let root = fs::canonicalize(exec_root).map_err(io_error("resolve", exec_root))?;
+    let mut out = CollectedOutputs::default();
+    for output in requested {
+        let path = working_dir.join(&output.path);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(OutputError::Io {
+                    op: "stat",
+                    path,
+                    source,
+                });
+            }
+        };
+        let parent = if output.path.is_empty() {
+            path.clone()
+        } else {
+            path.parent()
+                .map(Path::to_owned)
+                .unwrap_or_else(|| path.clone())
+        };
+        let inside = fs::canonicalize(&parent).is_ok_and(|p| p.starts_with(&root));
+        if !inside {
+            tracing::warn!(path = %output.path, "output leads outside the exec root; left out");
+            continue;
+        }
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            let target = fs::read_link(&path).map_err(io_error("read symlink", &path))?;
+            let target =
+                target
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| OutputError::Unsupported {
+                        path: output.path.clone(),
+                        reason: "symlink target is not valid UTF-8".into(),
+                    })?;
+            let symlink = OutputSymlink {
+                path: output.path.clone(),
+                target,
+                node_properties: None,
+            };
+            match output.declared {
+                Declared::Any => {}
+                Declared::File => out.result.output_file_symlinks.push(symlink.clone()),
+                Declared::Directory => out.result.output_directory_symlinks.push(symlink.clone()),
+            }
+            out.result.output_symlinks.push(symlink);
+        } else if file_type.is_file() {
+            if output.declared == Declared::Directory {
+                return Err(OutputError::WrongType {
+                    path: output.path.clone(),
+                    declared: "directory",
+                    found: "file",
+                });
+            }
+            let (digest, source) = file_blob(&path, function)?;
+            out.result.output_files.push(OutputFile {
+                path: output.path.clone(),
+                digest: Some(digest.to_proto()),
+                is_executable: meta.permissions().mode() & 0o111 != 0,
+                contents: Bytes::new(),
+                node_properties: None,
+            });
+            out.blobs.push((digest, source));
+        } else if file_type.is_dir() {
+            if output.declared == Declared::File {
+                return Err(OutputError::WrongType {
+                    path: output.path.clone(),
+                    declared: "file",
+                    found: "directory",
+                });
+            }
+            let tree_error = |source| OutputError::Tree {
+                path: output.path.clone(),
+                source: Box::new(source),
+            };
+            let tree = build_tree(&path, function).map_err(tree_error)?;
+            let message = assemble_tree(&tree).map_err(tree_error)?;
+            let (tree_digest, tree_bytes) = digest_message(function, &message);
+            out.result.output_directories.push(OutputDirectory {
+                path: output.path.clone(),
+                tree_digest: Some(tree_digest.to_proto()),
+                is_topologically_sorted: false,
+                root_directory_digest: Some(tree.root.to_proto()),
+            });
+            out.blobs
+                .push((tree_digest, BlobSource::Bytes(Bytes::from(tree_bytes))));
+            for (digest, bytes) in tree.directories {
+                out.blobs.push((digest, BlobSource::Bytes(bytes)));
+            }
+            for (digest, path) in tree.files {
+                out.blobs.push((digest, BlobSource::File(path)));
+            }
+        } else {
+            return Err(OutputError::Unsupported {
+                path: output.path.clone(),
+                reason: "not a file, directory or symlink".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Uploads whatever of `blobs` the CAS lacks.
+pub async fn upload(cas: &CasClient, blobs: &[(Digest, BlobSource)]) -> Result<(), OutputError> {
+    let mut seen = HashSet::new();
+    let unique: Vec<&(Digest, BlobSource)> = blobs
+        .iter()
+        .filter(|(d, _)| !d.is_empty_blob() && seen.insert(*d))
+        .collect();
+    let digests: Vec<Digest> = unique.iter().map(|(d, _)| *d).collect();
+    let missing: HashSet<Digest> = cas.find_missing(&digests).await?.into_iter().collect();
+    let todo: Vec<&(Digest, BlobSource)> = unique
+        .into_iter()
+        .filter(|(d, _)| missing.contains(d))
+        .collect();
+    // Bounded groups, so a large output tree is never all in memory at once.
+    let mut group: Vec<(Digest, BlobSource)> = Vec::new();
+    let mut group_bytes = 0;
+    for (digest, source) in todo {
+        if !group.is_empty() && group_bytes + digest.size_bytes > UPLOAD_GROUP_BYTES {
+            upload_group(cas, std::mem::take(&mut group)).await?;
+            group_bytes = 0;
+        }
+        group_bytes += digest.size_bytes;
+        group.push((*digest, source.clone()));
+    }
+    if !group.is_empty() {
+        upload_group(cas, group).await?;
+    }
+    Ok(())
+}
+
+async fn upload_group(
+    cas: &CasClient,
+    group: Vec<(Digest, BlobSource)>,
+) -> Result<(), OutputError> {
+    let loaded = tokio::task::spawn_blocking(move || {
+        group
+            .into_iter()
+            .map(|(digest, source)| {
+                let data = match source {
+                    BlobSource::Bytes(bytes) => bytes,
+                    BlobSource::File(path) => {
+                        Bytes::from(fs::read(&path).map_err(io_error("read", &path))?)
+                    }
+                };
+                Ok((digest, data))
+            })
+            .collect::<Result<Vec<(Digest, Bytes)>, OutputError>>()
+    })
+    .await
+    .map_err(|e| OutputError::Io {
+        op: "read outputs in",
+        path: PathBuf::from("a blocking task"),
+        source: io::Error::other(e.to_string()),
+    })??;
+    let digests: Vec<Digest> = loaded.iter().map(|(d, _)| *d).collect();
+    let data: std::collections::HashMap<Digest, Bytes> = loaded.into_iter().collect();
+    for transfer in plan_transfers(&digests) {
+        match transfer {
+            Transfer::Batch(batch) => {
+                let blobs = batch.iter().map(|d| (*d, data[d].clone())).collect();
+                cas.batch_update(blobs, false).await?;
+            }
+            Transfer::Stream(digest) => {
+                cas.write(&digest, data[&digest].clone(), false).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[expect(deprecated, reason = "testing the REAPI 2.0 fields")]
+    fn output_paths_win_over_the_deprecated_fields() {
+        let command = Command {
+            output_paths: vec!["out/a".into(), "".into()],
+            output_files: vec!["ignored".into()],
+            ..Command::default()
+        };
+        let requested = requested_outputs(&command).unwrap();
+        assert_eq!(
+            requested,
+            [
+                RequestedOutput {
+                    path: "out/a".into(),
+                    declared: Declared::Any
+                },
+                RequestedOutput {
+                    path: "".into(),
+                    declared: Declared::Any
+                },
+            ]
+        );
+        let old = Command {
+            output_files: vec!["f".into()],
+            output_directories: vec!["d".into()],
+            ..Command::default()
+        };
+        let declared: Vec<Declared> = requested_outputs(&old)
+            .unwrap()
+            .iter()
+            .map(|r| r.declared)
+            .collect();
+        assert_eq!(declared, [Declared::File, Declared::Directory]);
+    }
+
+    #[test]
+    #[expect(deprecated, reason = "testing the REAPI 2.0 fields")]
+    fn bad_output_paths_are_refused() {
+        for bad in ["/abs", "../up", "a//b", "a/"] {
+            let command = Command {
+                output_paths: vec![bad.into()],
+                ..Command::default()
+            };
+            let err = requested_outputs(&command).unwrap_err();
+            assert!(
+                err.is_user_error() && err.to_string().contains(bad),
+                "{err}"
+            );
+        }
+        let empty_file = Command {
+            output_files: vec!["".into()],
+            ..Command::default()
+        };
+        assert!(requested_outputs(&empty_file).is_err());
+    }
+
+    #[test]
+    #[expect(deprecated, reason = "testing the REAPI 2.0 fields")]
+    fn collects_files_directories_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("out/tree/sub")).unwrap();
+        fs::write(root.join("out/file"), "data").unwrap();
+        fs::set_permissions(root.join("out/file"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(root.join("out/tree/sub/x"), "x").unwrap();
+        std::os::unix::fs::symlink("file", root.join("out/link")).unwrap();
+        let requested: Vec<RequestedOutput> = ["out/file", "out/tree", "out/link", "out/none"]
+            .iter()
+            .map(|p| RequestedOutput {
+                path: (*p).into(),
+                declared: Declared::Any,
+            })
+            .collect();
+        let f = DigestFunction::Sha256;
+        let out = collect_outputs(root, root, &requested, f).unwrap();
+        assert_eq!(out.result.output_files.len(), 1);
+        assert!(out.result.output_files[0].is_executable);
+        assert_eq!(
+            out.result.output_files[0].digest,
+            Some(f.digest_of(b"data").to_proto())
+        );
+        assert_eq!(out.result.output_directories.len(), 1);
+        assert_eq!(out.result.output_symlinks.len(), 1);
+        assert_eq!(out.result.output_symlinks[0].target, "file");
+        assert!(out.result.output_file_symlinks.is_empty());
+        // The file, the tree message, its two directories (tree, tree/sub) and x.
+        assert_eq!(out.blobs.len(), 1 + 1 + 2 + 1);
+
+        let as_file = [RequestedOutput {
+            path: "out/tree".into(),
+            declared: Declared::File,
+        }];
+        let err = collect_outputs(root, root, &as_file, f).unwrap_err();
+        assert!(err.is_user_error(), "{err}");
+        let old_link = [RequestedOutput {
+            path: "out/link".into(),
+            declared: Declared::File,
+        }];
+        let out = collect_outputs(root, root, &old_link, f).unwrap();
+        assert_eq!(out.result.output_file_symlinks.len(), 1);
+        assert_eq!(out.result.output_symlinks.len(), 1);
+    }
+
+    #[test]
+    fn outputs_through_symlinks_out_of_the_root_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(dir.path().join("secret")).unwrap();
+        fs::write(dir.path().join("secret/key"), "k").unwrap();
+        std::os::unix::fs::symlink("../secret", root.join("s")).unwrap();
+        let requested = [RequestedOutput {
+            path: "s/key".into(),
+            declared: Declared::Any,
+        }];
+        let out = collect_outputs(&root, &root, &requested, DigestFunction::Sha256).unwrap();
+        assert!(out.result.output_files.is_empty());
+        assert!(out.blobs.is_empty());
+    }
+}

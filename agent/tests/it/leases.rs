@@ -1,0 +1,368 @@
+//! One lease end to end through a real agent and a fake coordinator: inputs fetched and laid
+//! out, the command run, outputs of every kind uploaded, and each way a lease can fail.
+
+use std::time::Duration;
+
+use prost::Message;
+use tessera_proto::reapi::{Directory, FileNode, SymlinkNode, Tree};
+use tessera_proto::rpc::PreconditionFailure;
+use tessera_proto::tessera::v1::coordinator_message::Kind as CoordinatorKind;
+use tessera_proto::tessera::v1::{CancelLease, LeaseStage};
+use tonic::Code;
+
+use crate::harness::{F, FakeCoordinator, PATIENCE, TestAgent, command, input_dir, lease};
+
+const TOOL: &str = r#"#!/bin/sh
+set -e
+cat link > out/file
+chmod +x out/file
+mkdir -p out/dir/sub
+echo a > out/dir/a
+echo b > out/dir/sub/b
+ln -s file out/sym
+stat -c '%a %h' src/data.txt bin/tool.sh
+echo "args: $*"
+echo oops >&2
+exit 3
+"#;
+
+#[tokio::test]
+async fn runs_a_command_and_uploads_files_directories_and_symlinks() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let inputs = input_dir(&[
+        ("src/data.txt", "hello", false),
+        ("bin/tool.sh", TOOL, true),
+    ]);
+    std::os::unix::fs::symlink("src/data.txt", inputs.path().join("link")).unwrap();
+    let root = coordinator.upload_dir(inputs.path()).await;
+    let _agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let mut link = coordinator.link().await;
+
+    assert_eq!(link.hello.agent_id, "test-agent");
+    assert_eq!(link.hello.slots, 2);
+    assert_eq!(link.hello.version, env!("CARGO_PKG_VERSION"));
+    assert!(
+        link.hello
+            .properties
+            .iter()
+            .any(|p| p.name == "OSFamily" && p.value == "linux")
+    );
+
+    let mut l = lease("l1", root, &["bin/tool.sh", "x", "y"]);
+    command(&mut l).output_paths = ["out/file", "out/dir", "out/sym", "out/missing"]
+        .map(String::from)
+        .to_vec();
+    link.lease(l).await;
+    let answer = link.result().await;
+
+    assert_eq!(answer.lease_id, "l1");
+    assert_eq!(answer.attempt, 1);
+    let status = answer.status.unwrap();
+    assert_eq!(status.code, Code::Ok as i32, "{}", status.message);
+    let result = answer.result.unwrap();
+    assert_eq!(result.exit_code, 3);
+    let stages: Vec<LeaseStage> = link.progress.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        stages,
+        [
+            LeaseStage::Fetching,
+            LeaseStage::Executing,
+            LeaseStage::Uploading
+        ]
+    );
+
+    // Inputs: the plain file is a read-only hard link to the cache, the executable a copy.
+    let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        "444 2\n555 1\nargs: x y\n"
+    );
+    let stderr = coordinator.read(result.stderr_digest.as_ref()).await;
+    assert_eq!(&stderr[..], b"oops\n");
+
+    assert_eq!(result.output_files.len(), 1);
+    let file = &result.output_files[0];
+    assert_eq!(file.path, "out/file");
+    assert!(file.is_executable);
+    assert_eq!(file.digest, Some(F.digest_of(b"hello").to_proto()));
+    assert_eq!(&coordinator.read(file.digest.as_ref()).await[..], b"hello");
+
+    assert_eq!(result.output_directories.len(), 1);
+    let dir = &result.output_directories[0];
+    assert_eq!(dir.path, "out/dir");
+    assert!(!dir.is_topologically_sorted);
+    let tree = Tree::decode(coordinator.read(dir.tree_digest.as_ref()).await).unwrap();
+    let tree_root = tree.root.unwrap();
+    assert_eq!(tree_root.files[0].name, "a");
+    assert_eq!(tree_root.directories[0].name, "sub");
+    assert_eq!(tree.children.len(), 1);
+    assert_eq!(tree.children[0].files[0].name, "b");
+    let root_dir =
+        Directory::decode(coordinator.read(dir.root_directory_digest.as_ref()).await).unwrap();
+    assert_eq!(
+        root_dir, tree_root,
+        "the root directory message is uploaded too"
+    );
+    assert_eq!(
+        &coordinator
+            .read(tree.children[0].files[0].digest.as_ref())
+            .await[..],
+        b"b\n"
+    );
+
+    assert_eq!(result.output_symlinks.len(), 1);
+    assert_eq!(result.output_symlinks[0].path, "out/sym");
+    assert_eq!(result.output_symlinks[0].target, "file");
+
+    let metadata = result.execution_metadata.unwrap();
+    assert_eq!(metadata.worker, "test-agent");
+    for stamp in [
+        metadata.worker_start_timestamp,
+        metadata.input_fetch_start_timestamp,
+        metadata.execution_start_timestamp,
+        metadata.execution_completed_timestamp,
+        metadata.output_upload_completed_timestamp,
+        metadata.worker_completed_timestamp,
+    ] {
+        assert!(stamp.is_some());
+    }
+}
+
+#[tokio::test]
+#[expect(deprecated, reason = "REAPI 2.0 output fields")]
+async fn working_directory_and_old_style_outputs() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let inputs = input_dir(&[("pkg/BUILD", "", false)]);
+    let root = coordinator.upload_dir(inputs.path()).await;
+    let agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let mut link = coordinator.link().await;
+
+    let mut l = lease(
+        "wd",
+        root,
+        &[
+            "sh",
+            "-c",
+            "pwd; mkdir d; echo x > out/f; ln -s f out/l; test -d nested/deeper",
+        ],
+    );
+    let c = command(&mut l);
+    c.working_directory = "pkg/work".into();
+    c.output_files = vec!["out/f".into(), "out/l".into(), "nested/deeper/x".into()];
+    c.output_directories = vec!["d".into()];
+    link.lease(l).await;
+    let answer = link.result().await;
+    let status = answer.status.unwrap();
+    assert_eq!(status.code, Code::Ok as i32, "{}", status.message);
+    let result = answer.result.unwrap();
+    assert_eq!(result.exit_code, 0, "output parents were created");
+    let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
+    let work_dir = std::fs::canonicalize(agent.work_dir.path()).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        format!("{}/x/0/root/pkg/work\n", work_dir.display())
+    );
+    assert_eq!(result.output_files.len(), 1);
+    assert_eq!(result.output_files[0].path, "out/f");
+    assert_eq!(result.output_file_symlinks.len(), 1);
+    assert_eq!(result.output_file_symlinks[0].path, "out/l");
+    assert_eq!(result.output_symlinks, result.output_file_symlinks);
+    assert_eq!(result.output_directories.len(), 1);
+    assert_eq!(result.output_directories[0].path, "d");
+}
+
+#[tokio::test]
+async fn inputs_missing_from_the_cas_are_a_failed_precondition_naming_them() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let gone = F.digest_of(b"never uploaded");
+    let root = coordinator
+        .upload_message(&Directory {
+            files: vec![FileNode {
+                name: "gone".into(),
+                digest: Some(gone.to_proto()),
+                is_executable: false,
+                node_properties: None,
+            }],
+            ..Directory::default()
+        })
+        .await;
+    let _agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let mut link = coordinator.link().await;
+    link.lease(lease("m", root, &["true"])).await;
+    let answer = link.result().await;
+    assert!(answer.result.is_none());
+    let status = answer.status.unwrap();
+    assert_eq!(status.code, Code::FailedPrecondition as i32);
+    assert!(
+        status.message.contains(&gone.hash_hex()),
+        "{}",
+        status.message
+    );
+    let failure = PreconditionFailure::decode(status.details[0].value.as_slice()).unwrap();
+    assert_eq!(failure.violations.len(), 1);
+    assert_eq!(failure.violations[0].r#type, "MISSING");
+    assert_eq!(
+        failure.violations[0].subject,
+        format!("blobs/{}/{}", gone.hash_hex(), gone.size_bytes)
+    );
+
+    // A missing directory is named just the same.
+    let missing_dir = F.digest_of(b"no such directory");
+    link.lease(lease("m2", missing_dir, &["true"])).await;
+    let status = link.result().await.status.unwrap();
+    assert_eq!(status.code, Code::FailedPrecondition as i32);
+    assert!(status.message.contains(&missing_dir.hash_hex()));
+}
+
+#[tokio::test]
+async fn malformed_actions_are_invalid_arguments() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let escaping = coordinator
+        .upload_message(&Directory {
+            symlinks: vec![SymlinkNode {
+                name: "up".into(),
+                target: "../etc".into(),
+                node_properties: None,
+            }],
+            ..Directory::default()
+        })
+        .await;
+    let empty = coordinator.upload_message(&Directory::default()).await;
+    let _agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let mut link = coordinator.link().await;
+
+    let mut cases = vec![
+        (lease("tree", escaping, &["true"]), "escapes the input root"),
+        (
+            lease("argv0", empty, &["no-such-tool"]),
+            "command not found",
+        ),
+        (lease("noargs", empty, &[]), "no arguments"),
+    ];
+    let mut bad_wd = lease("wd", empty, &["true"]);
+    command(&mut bad_wd).working_directory = "../out".into();
+    cases.push((bad_wd, "working directory"));
+    let mut bad_output = lease("out", empty, &["true"]);
+    command(&mut bad_output).output_paths = vec!["/etc/passwd".into()];
+    cases.push((bad_output, "is absolute"));
+    let mut bad_platform = lease("platform", empty, &["true"]);
+    crate::harness::set_platform(&mut bad_platform, &[("network", "maybe")]);
+    cases.push((bad_platform, "network"));
+
+    for (l, expected) in cases {
+        let id = l.lease_id.clone();
+        link.lease(l).await;
+        let answer = link.result().await;
+        assert_eq!(answer.lease_id, id);
+        let status = answer.status.unwrap();
+        assert_eq!(
+            status.code,
+            Code::InvalidArgument as i32,
+            "{id}: {}",
+            status.message
+        );
+        assert!(
+            status.message.contains(expected),
+            "{id}: {}",
+            status.message
+        );
+    }
+}
+
+#[tokio::test]
+async fn timeout_reports_deadline_exceeded_with_the_output_so_far() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let empty = coordinator.upload_message(&Directory::default()).await;
+    let _agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let mut link = coordinator.link().await;
+    let mut l = lease("slow", empty, &["sh", "-c", "echo started; sleep 30"]);
+    l.timeout = Some(Duration::from_millis(300).try_into().unwrap());
+    command(&mut l).output_paths = vec!["never".into()];
+    link.lease(l).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), link.result())
+        .await
+        .expect("the timeout was not enforced");
+    let status = answer.status.unwrap();
+    assert_eq!(status.code, Code::DeadlineExceeded as i32);
+    assert!(status.message.contains("300ms"), "{}", status.message);
+    let result = answer.result.unwrap();
+    assert_eq!(
+        &coordinator.read(result.stdout_digest.as_ref()).await[..],
+        b"started\n"
+    );
+}
+
+#[tokio::test]
+async fn cancel_lease_stops_the_command() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let empty = coordinator.upload_message(&Directory::default()).await;
+    let _agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let mut link = coordinator.link().await;
+    link.lease(lease("c", empty, &["sleep", "30"])).await;
+    link.wait_stage("c", LeaseStage::Executing).await;
+    link.send(CoordinatorKind::Cancel(CancelLease {
+        lease_id: "c".into(),
+    }))
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), link.result())
+        .await
+        .expect("cancel was not prompt");
+    assert_eq!(answer.status.unwrap().code, Code::Cancelled as i32);
+    assert!(answer.result.is_none());
+}
+
+#[tokio::test]
+async fn lease_directories_are_removed_or_kept_when_asked() {
+    let mut coordinator = FakeCoordinator::start().await;
+    let inputs = input_dir(&[("f", "data", false)]);
+    let root = coordinator.upload_dir(inputs.path()).await;
+    let agent = TestAgent::start(&coordinator.endpoint, |c| c.keep_failed = true);
+    let mut link = coordinator.link().await;
+
+    link.lease(lease("ok", root, &["true"])).await;
+    assert_eq!(link.result().await.result.unwrap().exit_code, 0);
+    link.lease(lease("bad", root, &["sh", "-c", "echo why >&2; exit 1"]))
+        .await;
+    assert_eq!(link.result().await.result.unwrap().exit_code, 1);
+
+    let exec_base = agent.work_dir.path().join("x");
+    let kept = agent.work_dir.path().join("kept/bad-1");
+    let until = tokio::time::Instant::now() + PATIENCE;
+    while std::fs::read_dir(&exec_base).unwrap().count() > 0 || !kept.exists() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "lease dirs not cleaned up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(kept.join("stderr")).unwrap(),
+        "why\n"
+    );
+    assert!(kept.join("root/f").exists());
+}
+
+#[tokio::test]
+async fn the_local_cache_outlives_the_agent_and_serves_the_next_lease() {
+    let mut first = FakeCoordinator::start().await;
+    // Above the batch limit: downloaded through ByteStream.
+    let inputs = input_dir(&[("big", &"x".repeat(3 * 1024 * 1024), false)]);
+    let root = first.upload_dir(inputs.path()).await;
+    let agent = TestAgent::start(&first.endpoint, |_| {});
+    let mut link = first.link().await;
+    link.lease(lease("first", root, &["test", "-s", "big"]))
+        .await;
+    assert_eq!(link.result().await.result.unwrap().exit_code, 0);
+    let work_dir = agent.stop().await;
+
+    // A CAS that has never seen the inputs: only the agent's cache can provide them.
+    let mut second = FakeCoordinator::start().await;
+    let _agent = TestAgent::start_in(&second.endpoint, work_dir, |_| {});
+    let mut link = second.link().await;
+    link.lease(lease("second", root, &["test", "-s", "big"]))
+        .await;
+    let answer = link.result().await;
+    let status = answer.status.unwrap();
+    assert_eq!(status.code, Code::Ok as i32, "{}", status.message);
+    assert_eq!(answer.result.unwrap().exit_code, 0);
+}

@@ -1,0 +1,298 @@
+//! The real process runner, running real commands: exit codes, exact environment, working
+//! directory, timeouts and cancellation that take the whole process group down, limits, the
+//! network and /tmp namespaces, and the ETXTBSY retry.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tessera_agent::platform::Limits;
+use tessera_agent::sandbox::{Isolation, LocalRunner, ProcessExit, ProcessRunner, ProcessSpec};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::namespaces_available;
+
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("root")).unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        Scratch { dir }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn spec(&self, script: &str) -> ProcessSpec {
+        ProcessSpec {
+            program: PathBuf::from("/bin/sh"),
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: self.root(),
+            stdout: self.dir.path().join("stdout"),
+            stderr: self.dir.path().join("stderr"),
+            timeout: Some(Duration::from_secs(10)),
+            isolation: Isolation::default(),
+        }
+    }
+
+    fn sandboxed(&self, script: &str, network: bool) -> ProcessSpec {
+        ProcessSpec {
+            isolation: Isolation {
+                namespaces: true,
+                network,
+                private_tmp: Some(self.dir.path().join("tmp")),
+                exec_root: Some(self.root()),
+                limits: Limits::default(),
+            },
+            ..self.spec(script)
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap()
+    }
+}
+
+fn runner() -> LocalRunner {
+    LocalRunner {
+        kill_grace: Duration::from_millis(300),
+    }
+}
+
+async fn run(spec: &ProcessSpec) -> ProcessExit {
+    runner()
+        .run(spec, &CancellationToken::new())
+        .await
+        .expect("spawn")
+}
+
+/// Gone, or a zombie nobody has reaped yet (in a container without an init that reaps).
+fn is_dead(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+async fn wait_dead(pid: &str) -> bool {
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        if is_dead(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn exit_codes_and_signals() {
+    let s = Scratch::new();
+    assert_eq!(
+        run(&s.spec("exit 0")).await,
+        ProcessExit::Exited { exit_code: 0 }
+    );
+    assert_eq!(
+        run(&s.spec("exit 7")).await,
+        ProcessExit::Exited { exit_code: 7 }
+    );
+    assert_eq!(
+        run(&s.spec("kill -9 $$")).await,
+        ProcessExit::Exited { exit_code: 137 }
+    );
+}
+
+#[tokio::test]
+async fn environment_is_exactly_what_was_given() {
+    let s = Scratch::new();
+    let mut spec = s.spec("");
+    spec.program = PathBuf::from("/usr/bin/env");
+    spec.argv = vec!["env".into()];
+    spec.env = vec![("B".into(), "two words".into()), ("A".into(), "1".into())];
+    assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+    // REAPI sorts variables by name; the command gets them sorted.
+    assert_eq!(s.stdout(), "A=1\nB=two words\n");
+}
+
+#[tokio::test]
+async fn runs_in_its_working_directory_with_argv0_as_given() {
+    let s = Scratch::new();
+    std::fs::create_dir(s.root().join("sub")).unwrap();
+    let mut spec = s.spec("pwd; echo $0");
+    spec.cwd = s.root().join("sub");
+    spec.argv[0] = "my-shell".into();
+    assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+    let canonical = std::fs::canonicalize(s.root().join("sub")).unwrap();
+    assert_eq!(s.stdout(), format!("{}\nmy-shell\n", canonical.display()));
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_group_including_grandchildren() {
+    let s = Scratch::new();
+    // The shell ignores SIGTERM, so SIGKILL has to follow after the grace period.
+    let mut spec = s.spec("trap '' TERM; sleep 30 & echo $! > grandchild; echo started; wait");
+    spec.timeout = Some(Duration::from_millis(300));
+    let started = Instant::now();
+    let exit = run(&spec).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(exit, ProcessExit::TimedOut { after, exit_code: 137 } if after == Duration::from_millis(300)),
+        "{exit:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert_eq!(s.stdout(), "started\n", "output so far is kept");
+    let grandchild = std::fs::read_to_string(s.root().join("grandchild")).unwrap();
+    assert!(
+        wait_dead(&grandchild).await,
+        "grandchild {grandchild} survived"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_the_group() {
+    let s = Scratch::new();
+    let spec = s.spec("sleep 30 & echo $! > grandchild; wait");
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    let runner = runner();
+    let (exit, ()) = tokio::join!(runner.run(&spec, &cancel), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cancel.cancel();
+    });
+    assert_eq!(exit.unwrap(), ProcessExit::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let grandchild = std::fs::read_to_string(s.root().join("grandchild")).unwrap();
+    assert!(wait_dead(&grandchild).await);
+}
+
+#[tokio::test]
+async fn leftovers_of_a_finished_command_are_killed() {
+    let s = Scratch::new();
+    let spec = s.spec("sleep 30 & echo $! > straggler");
+    assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+    let straggler = std::fs::read_to_string(s.root().join("straggler")).unwrap();
+    assert!(
+        wait_dead(&straggler).await,
+        "straggler {straggler} survived"
+    );
+}
+
+#[tokio::test]
+async fn resource_limits_apply() {
+    let s = Scratch::new();
+    assert_eq!(
+        run(&s.spec("ulimit -n; ulimit -c")).await,
+        ProcessExit::Exited { exit_code: 0 }
+    );
+    assert_eq!(
+        s.stdout(),
+        format!("{}\n0\n", tessera_agent::sandbox::default_nofile())
+    );
+    let mut spec = s.spec("ulimit -n");
+    spec.isolation.limits.nofile = Some(1000);
+    run(&spec).await;
+    assert_eq!(s.stdout(), "1000\n");
+}
+
+#[tokio::test]
+async fn a_missing_program_is_the_actions_fault() {
+    let s = Scratch::new();
+    let mut spec = s.spec("");
+    spec.program = s.root().join("nope");
+    let err = runner()
+        .run(&spec, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.is_user_error(), "{err}");
+}
+
+/// Regression guard for the fork/exec race: exec fails with ETXTBSY while any process still
+/// has the file open for writing; the runner retries instead of failing the action.
+#[tokio::test]
+async fn exec_retries_while_the_file_is_busy() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let tool = s.root().join("tool");
+    let mut file = std::fs::File::create(&tool).unwrap();
+    file.write_all(b"#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(60));
+        drop(file);
+    });
+    let mut spec = s.spec("");
+    spec.program = tool;
+    spec.argv = vec!["./tool".into()];
+    assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+    assert_eq!(s.stdout(), "ran\n");
+    closer.join().unwrap();
+}
+
+#[tokio::test]
+async fn network_namespace_blocks_the_network_unless_asked() {
+    if !namespaces_available() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected");
+    let s = Scratch::new();
+    let mut blocked = s.sandboxed(&probe, false);
+    blocked.program = PathBuf::from("/bin/bash");
+    blocked.argv[0] = "bash".into();
+    let exit = run(&blocked).await;
+    assert_ne!(exit, ProcessExit::Exited { exit_code: 0 }, "{}", s.stdout());
+
+    let mut open = s.sandboxed(&probe, true);
+    open.program = PathBuf::from("/bin/bash");
+    open.argv[0] = "bash".into();
+    assert_eq!(run(&open).await, ProcessExit::Exited { exit_code: 0 });
+    assert_eq!(s.stdout(), "connected\n");
+
+    // Loopback is up inside the private namespace.
+    if Path::new("/usr/sbin/ip").exists() || Path::new("/sbin/ip").exists() {
+        let mut lo = s.sandboxed("ip -o link show lo", false);
+        lo.env = vec![("PATH".into(), "/usr/sbin:/sbin:/usr/bin:/bin".into())];
+        assert_eq!(run(&lo).await, ProcessExit::Exited { exit_code: 0 });
+        assert!(s.stdout().contains("UP"), "{}", s.stdout());
+    }
+}
+
+#[tokio::test]
+async fn tmp_is_private_and_the_exec_root_stays_reachable() {
+    if !namespaces_available() {
+        return;
+    }
+    let s = Scratch::new();
+    std::fs::write(s.root().join("input"), "in").unwrap();
+    let marker = format!("tessera-agent-test-{}", std::process::id());
+    let script = format!(
+        "echo private > /tmp/{marker} && ls -A /tmp | grep -c . && cat {root}/input",
+        root = s.root().display()
+    );
+    let spec = s.sandboxed(&script, false);
+    assert!(
+        s.root().starts_with("/tmp"),
+        "this test wants an exec root under /tmp"
+    );
+    assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+    assert!(
+        !Path::new("/tmp").join(&marker).exists(),
+        "leaked to the host /tmp"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.dir.path().join("tmp").join(&marker)).unwrap(),
+        "private\n"
+    );
+    // The private /tmp holds the marker and the path back to the exec root, nothing else.
+    assert_eq!(s.stdout(), "2\nin");
+}

@@ -1,0 +1,458 @@
+//! Faults with real processes: a `tessera coordinator` and `tessera agent`s as children of the
+//! test, killed, frozen, restarted and cut off from the network while they work. In every
+//! case the work finishes exactly once, with the result of the attempt that counted.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use prost::Message;
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_proto::longrunning::{Operation, operation};
+use tessera_proto::reapi::action_cache_client::ActionCacheClient;
+use tessera_proto::reapi::execution_client::ExecutionClient;
+use tessera_proto::reapi::{
+    ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, GetActionResultRequest,
+    WaitExecutionRequest, execution_stage,
+};
+use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, upload_action};
+use tonic::transport::Channel;
+
+const LEASE_TIMEOUT: &str = "2s";
+
+fn coordinator(dir: &std::path::Path, addr: SocketAddr) -> ServerProcess {
+    ServerProcess::start_on(
+        addr,
+        &dir.join("data"),
+        &[],
+        &[("TESSERA_LEASE_TIMEOUT", LEASE_TIMEOUT)],
+    )
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+async fn channel(endpoint: &str) -> Channel {
+    Channel::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn stage_of(op: &Operation) -> execution_stage::Value {
+    let meta =
+        ExecuteOperationMetadata::decode(op.metadata.as_ref().unwrap().value.as_slice()).unwrap();
+    execution_stage::Value::try_from(meta.stage).unwrap()
+}
+
+fn response_of(op: &Operation) -> Option<ExecuteResponse> {
+    match &op.result {
+        Some(operation::Result::Response(any)) => {
+            Some(ExecuteResponse::decode(any.value.as_slice()).unwrap())
+        }
+        Some(operation::Result::Error(e)) => panic!("Operation.error must never be set: {e:?}"),
+        None => None,
+    }
+}
+
+/// Starts an execution and returns its name once an agent is running it.
+async fn execute_until_running(endpoint: &str, digest: &Digest) -> String {
+    let mut stream = ExecutionClient::new(channel(endpoint).await)
+        .execute(ExecuteRequest {
+            action_digest: Some(digest.to_proto()),
+            skip_cache_lookup: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let op = tokio::time::timeout_at(deadline.into(), stream.next())
+            .await
+            .expect("the action starts within 30 s")
+            .expect("stream open")
+            .expect("stream ok");
+        if stage_of(&op) == execution_stage::Value::Executing {
+            return op.name;
+        }
+        assert!(!op.done, "finished before it was seen running: {op:?}");
+    }
+}
+
+/// Waits for the operation to finish, re-attaching with WaitExecution through coordinator
+/// restarts.
+async fn wait_done(endpoint: &str, name: &str, limit: Duration) -> ExecuteResponse {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let Ok(channel) = Channel::from_shared(endpoint.to_owned())
+            .unwrap()
+            .connect()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(stream) = ExecutionClient::new(channel)
+            .wait_execution(WaitExecutionRequest {
+                name: name.to_owned(),
+            })
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        while let Ok(Some(Ok(op))) = tokio::time::timeout_at(deadline.into(), stream.next())
+            .await
+            .map(|o| o.map(|r| r.map_err(|_| ())))
+        {
+            if let Some(response) = response_of(&op) {
+                return response;
+            }
+        }
+    }
+    panic!("operation {name} did not finish within {limit:?}");
+}
+
+fn worker(response: &ExecuteResponse) -> String {
+    response
+        .result
+        .as_ref()
+        .and_then(|r| r.execution_metadata.as_ref())
+        .map(|m| m.worker.clone())
+        .unwrap_or_default()
+}
+
+fn assert_ok(response: &ExecuteResponse) {
+    let status = response.status.clone().unwrap_or_default();
+    assert_eq!(status.code, 0, "status: {status:?}");
+    assert_eq!(
+        response.result.as_ref().map(|r| r.exit_code),
+        Some(0),
+        "{response:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_action_costs_a_retry_not_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(dir.path(), loopback());
+    let endpoint = server.endpoint();
+    let mut doomed = AgentProcess::start(&endpoint, &dir.path().join("a"), "doomed", 1, &[]);
+    let client = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
+        .await
+        .unwrap();
+    let digest = upload_action(
+        &client,
+        &["sh", "-c", "sleep 2; echo done > out.txt"],
+        &["out.txt"],
+        &[],
+        false,
+    )
+    .await;
+    let name = execute_until_running(&endpoint, &digest).await;
+
+    let _survivor = AgentProcess::start(&endpoint, &dir.path().join("b"), "survivor", 1, &[]);
+    doomed.signal(Signal::SIGKILL);
+    doomed.wait_exit(Duration::from_secs(5)).expect("killed");
+
+    let response = wait_done(&endpoint, &name, Duration::from_secs(60)).await;
+    assert_ok(&response);
+    assert_eq!(worker(&response), "survivor");
+    let out = &response.result.as_ref().unwrap().output_files;
+    assert_eq!(out.len(), 1, "{out:?}");
+    let data = client
+        .read(
+            &Digest::from_proto(DigestFunction::Sha256, out[0].digest.as_ref().unwrap()).unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(&data[..], b"done\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_loses_its_lease_and_its_late_result_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(dir.path(), loopback());
+    let endpoint = server.endpoint();
+    let frozen = AgentProcess::start(&endpoint, &dir.path().join("a"), "frozen", 1, &[]);
+    let client = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
+        .await
+        .unwrap();
+    let digest = upload_action(
+        &client,
+        &["sh", "-c", "sleep 1; echo done"],
+        &[],
+        &[],
+        false,
+    )
+    .await;
+    let name = execute_until_running(&endpoint, &digest).await;
+
+    frozen.signal(Signal::SIGSTOP);
+    let _healthy = AgentProcess::start(&endpoint, &dir.path().join("b"), "healthy", 1, &[]);
+    let response = wait_done(&endpoint, &name, Duration::from_secs(60)).await;
+    assert_ok(&response);
+    assert_eq!(worker(&response), "healthy", "the work moved on");
+
+    // Wake the frozen agent: whatever it reports now is refused, so the cached result stays
+    // the healthy agent's.
+    frozen.signal(Signal::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cached = ActionCacheClient::new(channel(&endpoint).await)
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(digest.to_proto()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        cached
+            .execution_metadata
+            .map(|m| m.worker)
+            .unwrap_or_default(),
+        "healthy",
+        "the late result was not counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_build_keeps_every_accepted_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = loopback();
+    let mut server = coordinator(dir.path(), addr);
+    let endpoint = server.endpoint();
+    let _agent = AgentProcess::start(&endpoint, &dir.path().join("a"), "a", 1, &[]);
+    let client = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    for i in 0..4 {
+        let script = format!("sleep 0.5; echo {i} > out.txt");
+        let digest = upload_action(&client, &["sh", "-c", &script], &["out.txt"], &[], false).await;
+        let mut stream = ExecutionClient::new(channel(&endpoint).await)
+            .execute(ExecuteRequest {
+                action_digest: Some(digest.to_proto()),
+                skip_cache_lookup: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        names.push(stream.next().await.unwrap().unwrap().name);
+    }
+    // Mid-build: one action running, the rest queued.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill();
+    let _restarted = coordinator(dir.path(), addr);
+    for name in &names {
+        let response = wait_done(&endpoint, name, Duration::from_secs(60)).await;
+        assert_ok(&response);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_agent_finishes_its_work_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(dir.path(), loopback());
+    let endpoint = server.endpoint();
+    let mut agent = AgentProcess::start(&endpoint, &dir.path().join("a"), "a", 1, &[]);
+    let client = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
+        .await
+        .unwrap();
+    let digest = upload_action(
+        &client,
+        &["sh", "-c", "sleep 1; echo drained"],
+        &[],
+        &[],
+        false,
+    )
+    .await;
+    let name = execute_until_running(&endpoint, &digest).await;
+    // EXECUTING means the lease was sent; give the agent a moment to take it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    agent.signal(Signal::SIGTERM);
+    let response = wait_done(&endpoint, &name, Duration::from_secs(30)).await;
+    assert_ok(&response);
+    assert_eq!(worker(&response), "a");
+    let status = agent
+        .wait_exit(Duration::from_secs(15))
+        .expect("agent exits after draining");
+    assert!(status.success(), "{status}");
+}
+
+/// A network namespace with a veth link to the host, removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+}
+
+impl Netns {
+    fn create(index: u8) -> Option<Netns> {
+        let id = std::process::id() % 10_000;
+        let ns = Netns {
+            name: format!("tsr{id}n{index}"),
+            host_if: format!("tsr{id}h{index}"),
+            host_ip: format!("10.231.{index}.1"),
+        };
+        let agent_if = format!("tsr{id}a{index}");
+        let agent_ip = format!("10.231.{index}.2/24");
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), ns.name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                ns.host_if.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                agent_if.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                agent_if.clone(),
+                "netns".into(),
+                ns.name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{}/24", ns.host_ip),
+                "dev".into(),
+                ns.host_if.clone(),
+            ],
+            vec!["link".into(), "set".into(), ns.host_if.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "addr".into(),
+                "add".into(),
+                agent_ip,
+                "dev".into(),
+                agent_if.clone(),
+            ],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "link".into(),
+                "set".into(),
+                agent_if,
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.name.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+        ];
+        for step in steps {
+            let ok = Command::new("ip")
+                .args(&step)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("`ip {}` failed", step.join(" "));
+                return None;
+            }
+        }
+        Some(ns)
+    }
+
+    fn cut(&self) {
+        let status = Command::new("ip")
+            .args(["link", "set", &self.host_if, "down"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "link down");
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_from_the_network_loses_its_work_to_another() {
+    let root = nix::unistd::Uid::effective().is_root();
+    let netns = if root { Netns::create(7) } else { None };
+    let Some(netns) = netns else {
+        assert!(
+            !in_ci(),
+            "network namespaces are required under CI (root and iproute2)"
+        );
+        eprintln!("SKIP: network namespaces need root and iproute2");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = coordinator(dir.path(), SocketAddr::from(([0, 0, 0, 0], port)));
+    let endpoint = server.endpoint();
+    // The isolated agent reaches the coordinator only through the veth link.
+    let remote_endpoint = format!("http://{}:{port}", netns.host_ip);
+    let mut isolated = Command::new("ip")
+        .args(["netns", "exec", &netns.name])
+        .arg(tessera_tests::tessera_bin())
+        .args([
+            "agent",
+            "--coordinator",
+            &remote_endpoint,
+            "--slots",
+            "1",
+            "--id",
+            "isolated",
+            "--work-dir",
+        ])
+        .arg(dir.path().join("isolated"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
+        .await
+        .unwrap();
+    let digest = upload_action(
+        &client,
+        &["sh", "-c", "sleep 2; echo done"],
+        &[],
+        &[],
+        false,
+    )
+    .await;
+    let name = execute_until_running(&endpoint, &digest).await;
+
+    netns.cut();
+    let _local = AgentProcess::start(&endpoint, &dir.path().join("local"), "local", 1, &[]);
+    let response = wait_done(&endpoint, &name, Duration::from_secs(60)).await;
+    assert_ok(&response);
+    assert_eq!(
+        worker(&response),
+        "local",
+        "the work moved to a reachable agent"
+    );
+    let _ = isolated.kill();
+    let _ = isolated.wait();
+}
