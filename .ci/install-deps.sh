@@ -4,6 +4,8 @@
 #   - bazel-bootstrap: Debian's Bazel 4.2.3 (/usr/bin/bazel), for the real-client tests
 #     under tests/fixtures/bazel (it pulls in a JDK; the build needs gcc/g++ too)
 #   - iproute2 (ip), python3, gcc/g++ (cc_test in the Bazel fixture), zip/unzip (test outputs.zip)
+#   - golang-go (go test) and pytest >= 8.2 from PyPI (@file node ids): the runner adapters'
+#     tests in runners/tests drive the real tools on the projects under examples/
 # Set TESSERA_SKIP_BAZEL=1 to skip Bazel (e.g. on machines that only run unit tests).
 set -euo pipefail
 
@@ -24,15 +26,32 @@ need gcc gcc
 need g++ g++
 need unzip unzip
 need zip zip          # test-setup.sh zips TEST_UNDECLARED_OUTPUTS_DIR
+need go golang-go     # runners: go test adapter
 
 if [ "${#pkgs[@]}" -eq 0 ]; then
-  echo "install-deps: all present"
-  exit 0
+  echo "install-deps: system packages all present"
+else
+  echo "install-deps: installing ${pkgs[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+  if [ "${TESSERA_SKIP_BAZEL:-0}" != 1 ]; then
+    bazel --version
+  fi
 fi
 
-echo "install-deps: installing ${pkgs[*]}"
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
-if [ "${TESSERA_SKIP_BAZEL:-0}" != 1 ]; then
-  bazel --version
+# runners: pytest adapter passes node ids through an @file, which needs pytest 8.2 or later.
+pytest_ok() {
+  python3 - <<'PY' 2>/dev/null
+import sys
+import pytest
+major, minor = (int(x) for x in pytest.__version__.split(".")[:2])
+sys.exit(0 if (major, minor) >= (8, 2) else 1)
+PY
+}
+if pytest_ok; then
+  echo "install-deps: pytest present"
+else
+  echo "install-deps: installing pytest>=8.2"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'pytest>=8.2'
+  python3 -m pytest --version
 fi

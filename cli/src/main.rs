@@ -31,10 +31,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the coordinator: REAPI CAS, ByteStream, ActionCache and Capabilities on one port.
+    /// Run the coordinator: REAPI CAS, ByteStream, ActionCache, Execution, Operations and
+    /// Capabilities, plus the agent protocol, on one port.
     ///
-    /// Point Bazel at it with `--remote_cache=grpc://HOST:PORT`. Settings come from defaults,
-    /// then --config FILE, then TESSERA_* environment variables, then these flags.
+    /// Point Bazel at it with `--remote_cache=grpc://HOST:PORT` or
+    /// `--remote_executor=grpc://HOST:PORT` (start agents with `tessera agent`). Settings come
+    /// from defaults, then --config FILE, then TESSERA_* environment variables, then these
+    /// flags.
     Coordinator(CoordinatorArgs),
     /// Run an agent: connect to a coordinator and run the actions it leases.
     ///

@@ -280,6 +280,32 @@ struct Op {
 }
 
 impl Op {
+    /// An operation in `state`, its watch already showing that state.
+    fn new(
+        record: OperationRecord,
+        platform: Platform,
+        state: OpState,
+        merge_key: Option<Vec<u8>>,
+    ) -> Self {
+        let op = Op {
+            tx: watch::channel(OpSnapshot {
+                name: record.name.clone(),
+                stage: execution_stage::Value::Queued,
+                action_digest: Default::default(),
+                digest_function: 0,
+                response: None,
+            })
+            .0,
+            record,
+            platform,
+            state,
+            merge_key,
+            completed_at: None,
+        };
+        op.tx.send_replace(op.snapshot());
+        op
+    }
+
     fn snapshot(&self) -> OpSnapshot {
         OpSnapshot {
             name: self.record.name.clone(),
@@ -456,22 +482,8 @@ impl Scheduler {
             } else {
                 OpState::Queued
             };
-            let mut op = Op {
-                tx: watch::channel(OpSnapshot {
-                    name: record.name.clone(),
-                    stage: execution_stage::Value::Queued,
-                    action_digest: Default::default(),
-                    digest_function: 0,
-                    response: None,
-                })
-                .0,
-                record,
-                platform,
-                state,
-                merge_key: None,
-                completed_at: done.then(Instant::now),
-            };
-            op.tx.send_replace(op.snapshot());
+            let mut op = Op::new(record, platform, state, None);
+            op.completed_at = done.then(Instant::now);
             let name = op.record.name.clone();
             if done {
                 kept += 1;
@@ -652,22 +664,12 @@ impl Scheduler {
             &record.requester,
             record.priority,
         );
-        let op = Op {
-            tx: watch::channel(OpSnapshot {
-                name: name.clone(),
-                stage: execution_stage::Value::Queued,
-                action_digest: Default::default(),
-                digest_function: 0,
-                response: None,
-            })
-            .0,
+        let op = Op::new(
             record,
             platform,
-            state: OpState::Queued,
-            merge_key: mergeable.then(|| key.clone()),
-            completed_at: None,
-        };
-        op.tx.send_replace(op.snapshot());
+            OpState::Queued,
+            mergeable.then(|| key.clone()),
+        );
         let rx = op.tx.subscribe();
         if mergeable {
             self.inflight.insert(key, name.clone());
