@@ -9,6 +9,7 @@ pub mod client;
 pub mod digest;
 pub mod meta;
 pub mod resource;
+pub mod snapshot;
 pub mod store;
 pub mod tree;
 pub mod validate;
