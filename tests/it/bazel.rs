@@ -1,29 +1,54 @@
 //! Bazel as a real REAPI client: Debian's `bazel-bootstrap` (Bazel 4.2.3) builds and tests the
-//! fixture workspace (`tests/fixtures/bazel/`) against a `tessera coordinator` process as its
-//! `--remote_cache`. A run after `bazel clean`, and a run from a second checkout with its own
-//! output base, must be answered entirely by the remote cache.
+//! fixture workspace (`tests/fixtures/bazel/`) against `tessera` processes.
 //!
-//! Bazel is installed with `.ci/install-deps.sh` when missing; outside CI the test skips if that
-//! fails (CI fails instead). `TESSERA_SKIP_BAZEL=1` skips it explicitly, like the installer.
-//! Run with `--nocapture` to see Bazel's summary lines and the timings.
+//! - As `--remote_cache` of a coordinator: a run after `bazel clean`, and a run from a second
+//!   checkout with its own output base, must be answered entirely by the remote cache.
+//! - As `--remote_executor` of a coordinator with two agent processes: every spawn (genrules
+//!   with several outputs, a directory output and a 5 MiB output, sh_tests including a sharded
+//!   one, a cc_test) runs remotely and passes, and after `bazel clean` every spawn is a remote
+//!   cache hit.
+//! - The same while one agent is killed with SIGKILL in the middle of the build, running an
+//!   action: the coordinator's lease expires, the action runs again on the other agent, and
+//!   the build succeeds with every spawn remote (Bazel's own retries are off).
+//!
+//! Bazel is installed with `.ci/install-deps.sh` when missing; outside CI the tests skip if that
+//! fails (CI fails instead). `TESSERA_SKIP_BAZEL=1` skips them explicitly, like the installer.
+//! The tests run one at a time (each starts a Bazel server: a JVM). Run with `--nocapture` to
+//! see Bazel's summary lines and the timings.
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
-use tessera_tests::{ServerProcess, in_ci};
+use tessera_tests::{AgentProcess, ServerProcess, in_ci};
 
 /// Size of the fixture's `//gen:big` output (`gen/big.bin`).
 const BIG_SIZE: usize = 5 * 1024 * 1024;
 /// Longest any single Bazel command may take before the test gives up on it.
 const COMMAND_LIMIT: Duration = Duration::from_secs(240);
+/// Bazel's concurrency in the remote execution tests: more than the agents' slots together.
+const JOBS: &str = "--jobs=8";
+
+/// Held by each test for its whole run: one Bazel server at a time on a small machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 #[test]
 fn remote_cache_answers_a_rebuild_after_clean_and_a_fresh_checkout() {
+    let _serial = serial();
     let Some(bazel) = bazel_or_skip() else {
         return;
     };
@@ -101,6 +126,311 @@ fn remote_cache_answers_a_rebuild_after_clean_and_a_fresh_checkout() {
     );
 }
 
+#[test]
+fn remote_execution_runs_every_spawn_remotely_then_caches_them() {
+    let _serial = serial();
+    let Some(bazel) = bazel_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path(), &[]);
+    let executor = cluster.executor();
+
+    // 1. Cold: empty cache, every spawn runs on an agent.
+    let mut checkout = Checkout::new(&bazel, tmp.path(), "checkout");
+    let cold = checkout.run_ok(&["test", "//...", &executor, JOBS, "--remote_retries=0"]);
+    cold.report("remote execution, cold (incl. Bazel server start)");
+    let cold_counts = cold.processes();
+    let actions = assert_all_remote(&cold);
+    assert!(
+        actions > 20,
+        "expected > 20 non-internal processes, got {cold_counts:?}"
+    );
+    let tests = cold.test_results();
+    assert_all_passed_remotely(&cold, &tests, 5);
+    cluster.report_agents();
+
+    // The outputs came back: several outputs of one genrule (one empty, one in a subdirectory),
+    // the 5 MiB one, and the directory (REAPI output_directories: a Tree).
+    let bin = checkout.bazel_bin();
+    assert_eq!(
+        std::fs::read_to_string(bin.join("gen/alpha.txt")).unwrap(),
+        "alpha\n"
+    );
+    assert_eq!(
+        std::fs::metadata(bin.join("gen/empty.txt")).unwrap().len(),
+        0
+    );
+    assert!(
+        std::fs::read_to_string(bin.join("gen/nested/gamma.json"))
+            .unwrap()
+            .contains("gamma")
+    );
+    let big = std::fs::read(bin.join("gen/big.bin")).unwrap();
+    assert_eq!(big.len(), BIG_SIZE, "gen/big.bin");
+    let summary = std::fs::read_to_string(bin.join("gen/summary.txt")).unwrap();
+    let big_hash = DigestFunction::Sha256.digest_of(&big).hash_hex();
+    assert!(
+        summary.ends_with(&format!("{BIG_SIZE}\n{big_hash}\n")),
+        "gen/summary.txt (computed remotely from big.bin) {summary:?}, local sha256 {big_hash}"
+    );
+    let tree = bin.join("tree/dir");
+    assert_eq!(
+        std::fs::read_to_string(tree.join("sub/deeper/leaf.txt")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tree.join("sub/copied.txt")).unwrap(),
+        "alpha\n"
+    );
+    let mut files = Vec::new();
+    list_files(&tree, &tree, &mut files);
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "f1.txt",
+            "f2.txt",
+            "f3.txt",
+            "f4.txt",
+            "f5.txt",
+            "sub/copied.txt",
+            "sub/deeper/leaf.txt",
+            "sub/empty.txt"
+        ],
+        "tree/dir"
+    );
+    assert!(
+        std::fs::read_to_string(bin.join("tree/listing.txt"))
+            .unwrap()
+            .contains("== ./sub/deeper/leaf.txt\ndeep\n"),
+        "tree/listing.txt: the directory as an input of a remote action"
+    );
+
+    // 2. After `bazel clean`: every spawn is a remote cache hit; nothing runs.
+    checkout.run_ok(&["clean"]);
+    let warm = checkout.run_ok(&["test", "//...", &executor, JOBS, "--remote_retries=0"]);
+    warm.report("remote execution after clean");
+    assert_all_cached(&warm, actions, &tests);
+
+    println!(
+        "bazel: remote execution cold {:.1?}, cached after clean {:.1?}",
+        cold.took, warm.took
+    );
+}
+
+#[test]
+fn remote_execution_survives_an_agent_killed_mid_build() {
+    let _serial = serial();
+    let Some(bazel) = bazel_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(tmp.path(), &[("TESSERA_LEASE_TIMEOUT", LEASE_TIMEOUT)]);
+    let executor = cluster.executor();
+
+    // //slow:slow_test (manual) needs four 3 s genrules that start after //gen:chained.
+    let mut checkout = Checkout::new(&bazel, tmp.path(), "checkout");
+    let mut build = checkout.spawn(&[
+        "test",
+        "//...",
+        "//slow:slow_test",
+        &executor,
+        JOBS,
+        "--remote_retries=0",
+    ]);
+
+    // Wait until an agent runs one of the slow genrules, then kill that agent.
+    let waiting = Instant::now();
+    let (victim, lease) = loop {
+        if let Some(found) = cluster
+            .agents
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| running_slow_lease(&a.work_dir).map(|l| (i, l)))
+        {
+            break found;
+        }
+        if build.finished() {
+            let run = build.wait();
+            panic!(
+                "the build ended before any agent ran a //slow genrule ({}):\n{}",
+                run.status, run.stderr
+            );
+        }
+        assert!(
+            waiting.elapsed() < COMMAND_LIMIT,
+            "no agent ran a //slow genrule within {COMMAND_LIMIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let killed_at = build.start.elapsed();
+    let agent = &mut cluster.agents[victim];
+    agent.signal(Signal::SIGKILL);
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("the agent dies");
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status}");
+    println!(
+        "bazel: killed agent {} {killed_at:.1?} into the build, while it ran {}",
+        agent.id,
+        lease.display()
+    );
+
+    let run = build.wait().ok();
+    run.report("remote execution, an agent killed mid-build (incl. Bazel server start)");
+    let counts = run.processes();
+    let actions = assert_all_remote(&run);
+    assert!(actions > 20, "{counts:?}");
+    let tests = run.test_results();
+    assert!(
+        tests.iter().any(|t| t.target == "//slow:slow_test"),
+        "{tests:?}"
+    );
+    assert_all_passed_remotely(&run, &tests, 6);
+    // The dead agent never cleaned up: its lease directory is still there.
+    assert!(
+        lease.is_dir(),
+        "{} is left behind by the killed agent",
+        lease.display()
+    );
+    println!(
+        "bazel: build with an agent killed {:.1?} (lease timeout {LEASE_TIMEOUT})",
+        run.took
+    );
+}
+
+/// The coordinator's lease timeout in the agent-kill test: the lost action is queued again
+/// this long after the agent died.
+const LEASE_TIMEOUT: &str = "3s";
+
+/// A `tessera coordinator` process and two `tessera agent` processes with 2 slots each, under
+/// `dir`.
+struct Cluster {
+    agents: Vec<AgentProcess>,
+    server: ServerProcess,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], tessera_tests::free_port()));
+        let server = ServerProcess::start_on(addr, &dir.join("data"), &[], env);
+        let agents = ["agent-1", "agent-2"]
+            .iter()
+            .map(|id| AgentProcess::start(&server.endpoint(), &dir.join(id), id, 2, &[]))
+            .collect();
+        let cluster = Cluster {
+            agents,
+            server,
+            dir: dir.to_owned(),
+        };
+        cluster.wait_for_agents();
+        cluster
+    }
+
+    /// Waits until both agents have opened their work directories (they register with the
+    /// coordinator right after; Bazel's actions wait in the queue until they do anyway).
+    fn wait_for_agents(&self) {
+        let start = Instant::now();
+        while !self.agents.iter().all(|a| a.work_dir.join("x").is_dir()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agents did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `--remote_executor=grpc://ADDR`.
+    fn executor(&self) -> String {
+        format!("--remote_executor=grpc://{}", self.server.addr)
+    }
+
+    /// Prints how many blobs each agent's local cache holds (both took part when both > 0).
+    fn report_agents(&self) {
+        for agent in &self.agents {
+            let mut files = Vec::new();
+            let cache = agent.work_dir.join("cache");
+            list_files(&cache, &cache, &mut files);
+            println!("bazel: {} cached {} blobs", agent.id, files.len());
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agents.clear();
+        make_dirs_writable(&self.dir);
+    }
+}
+
+/// The number of non-internal processes of `run`, all of which ran remotely.
+fn assert_all_remote(run: &Run) -> u64 {
+    let counts = run.processes();
+    let actions = non_internal(&counts);
+    assert_eq!(
+        counts.get("remote").copied(),
+        Some(actions),
+        "every spawn ran remotely (no local, sandboxed or cached ones): {counts:?}"
+    );
+    actions
+}
+
+/// `expected` test targets, all run (not cached) and passed.
+fn assert_all_passed_remotely(run: &Run, tests: &[TestResult], expected: usize) {
+    assert_eq!(tests.len(), expected, "test results: {tests:?}");
+    assert!(
+        tests.iter().all(|t| !t.cached && t.status == "PASSED"),
+        "all tests ran and PASSED: {tests:?}"
+    );
+    let executed = format!("Executed {expected} out of {expected} tests: {expected} tests pass.");
+    assert!(
+        run.stdout.lines().any(|l| l.trim() == executed),
+        "expected `{executed}` in:\n{}",
+        run.stdout
+    );
+}
+
+/// A lease directory of the agent in `work_dir` that is running a `//slow` genrule: the
+/// agent creates the parent of the declared outputs, `bazel-out/CONFIG/bin/slow`, in the exec
+/// root before it starts the command, and removes the whole lease directory after reporting.
+fn running_slow_lease(work_dir: &Path) -> Option<PathBuf> {
+    let leases = std::fs::read_dir(work_dir.join("x")).ok()?;
+    for lease in leases.flatten() {
+        let Ok(configs) = std::fs::read_dir(lease.path().join("root/bazel-out")) else {
+            continue;
+        };
+        if configs
+            .flatten()
+            .any(|c| c.path().join("bin/slow").is_dir())
+        {
+            return Some(lease.path());
+        }
+    }
+    None
+}
+
+/// Paths (relative to `base`) of the regular files under `dir`, symlinks followed.
+fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            list_files(base, &path, out);
+        } else if path.is_file() {
+            out.push(
+                path.strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+}
+
 /// Every non-internal process of `run` was a remote cache hit, as many as the cold run had, and
 /// every test result came from the cache and passed.
 fn assert_all_cached(run: &Run, actions: u64, cold_tests: &[TestResult]) {
@@ -171,11 +501,16 @@ impl Checkout {
 
     /// Runs `bazel STARTUP... args` in the workspace, with a time limit.
     fn run(&mut self, args: &[&str]) -> Run {
+        self.spawn(args).wait()
+    }
+
+    /// Starts `bazel STARTUP... args` in the workspace without waiting for it.
+    fn spawn(&mut self, args: &[&str]) -> Pending {
         self.commands += 1;
         let out = self.root.join(format!("cmd-{}.out", self.commands));
         let err = self.root.join(format!("cmd-{}.err", self.commands));
         let start = Instant::now();
-        let mut child = self
+        let child = self
             .command()
             .args(args)
             .stdout(File::create(&out).unwrap())
@@ -183,53 +518,18 @@ impl Checkout {
             .spawn()
             .expect("spawn bazel");
         self.running = true;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > COMMAND_LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`bazel {}` took longer than {COMMAND_LIMIT:?}; stderr:\n{}",
-                    args.join(" "),
-                    std::fs::read_to_string(&err).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Run {
+        Pending {
             args: args.join(" "),
-            status,
-            took: start.elapsed(),
-            stdout: std::fs::read_to_string(&out).unwrap(),
-            stderr: std::fs::read_to_string(&err).unwrap(),
+            child: Some(child),
+            start,
+            out,
+            err,
         }
     }
 
     /// Like [`Checkout::run`], and the command must succeed without warnings or errors.
     fn run_ok(&mut self, args: &[&str]) -> Run {
-        let run = self.run(args);
-        assert!(
-            run.status.success(),
-            "`bazel {}` failed: {}\nstdout:\n{}\nstderr:\n{}",
-            run.args,
-            run.status,
-            run.stdout,
-            run.stderr
-        );
-        let noise: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("WARNING:") || l.starts_with("ERROR:"))
-            .collect();
-        assert!(
-            noise.is_empty(),
-            "`bazel {}` warned:\n{}",
-            run.args,
-            noise.join("\n")
-        );
-        run
+        self.run(args).ok()
     }
 
     /// `bazel test //...` with the remote cache flag.
@@ -292,6 +592,60 @@ impl Drop for Checkout {
     }
 }
 
+/// A Bazel command still running (killed on drop).
+struct Pending {
+    args: String,
+    child: Option<Child>,
+    start: Instant,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Pending {
+    /// Whether the command has exited.
+    fn finished(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_some())
+    }
+
+    /// Waits for the command (at most [`COMMAND_LIMIT`] since it started).
+    fn wait(mut self) -> Run {
+        let mut child = self.child.take().expect("not waited yet");
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if self.start.elapsed() > COMMAND_LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`bazel {}` took longer than {COMMAND_LIMIT:?}; stderr:\n{}",
+                    self.args,
+                    std::fs::read_to_string(&self.err).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Run {
+            args: self.args.clone(),
+            status,
+            took: self.start.elapsed(),
+            stdout: std::fs::read_to_string(&self.out).unwrap(),
+            stderr: std::fs::read_to_string(&self.err).unwrap(),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// One finished Bazel command.
 struct Run {
     args: String,
@@ -310,6 +664,30 @@ struct TestResult {
 }
 
 impl Run {
+    /// The command must have succeeded without warnings or errors.
+    fn ok(self) -> Run {
+        assert!(
+            self.status.success(),
+            "`bazel {}` failed: {}\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        let noise: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("WARNING:") || l.starts_with("ERROR:"))
+            .collect();
+        assert!(
+            noise.is_empty(),
+            "`bazel {}` warned:\n{}",
+            self.args,
+            noise.join("\n")
+        );
+        self
+    }
+
     /// The `INFO: N processes: ...` line.
     fn summary_line(&self) -> &str {
         self.stderr
