@@ -118,7 +118,7 @@ async fn shutdown_drains_running_leases_and_refuses_new_ones() {
     let late = link.result().await;
     assert_eq!(late.lease_id, "late");
     let status = late.status.unwrap();
-    assert_eq!(status.code, Code::Unavailable as i32);
+    assert_eq!(status.code, Code::ResourceExhausted as i32);
     assert!(status.message.contains("draining"), "{}", status.message);
 
     let finished = link.result().await;
@@ -219,7 +219,7 @@ async fn leases_beyond_the_slots_are_refused_at_once() {
     let refused = link.result().await;
     assert_eq!(refused.lease_id, "second");
     let status = refused.status.unwrap();
-    assert_eq!(status.code, Code::Unavailable as i32);
+    assert_eq!(status.code, Code::ResourceExhausted as i32);
     assert!(status.message.contains("slots"), "{}", status.message);
 
     gate.add_permits(1);
