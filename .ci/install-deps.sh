@@ -52,6 +52,12 @@ if pytest_ok; then
   echo "install-deps: pytest present"
 else
   echo "install-deps: installing pytest>=8.2"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'pytest>=8.2'
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  pip_install() { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
+  # Debian's own python3 is "externally managed" (PEP 668); Debian 12 packages only pytest 7.
+  pip_install 'pytest>=8.2' || pip_install --break-system-packages 'pytest>=8.2'
   python3 -m pytest --version
 fi

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::error::BenchError;
 use crate::limits::{self, mb_per_s};
-use crate::report::{Check, Environment, Report, Row, percentile, thousands};
+use crate::report::{Check, Environment, Layout, Report, Row, percentile, thousands};
 use crate::server::BenchServer;
 
 const KIB: usize = 1024;
@@ -128,24 +128,17 @@ impl CasPlan {
 /// Starts a coordinator with its data under `data_parent`, runs `plan` against it, stops it.
 pub async fn run(plan: &CasPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
     let server = BenchServer::start(data_parent).await?;
-    let environment = Environment {
-        command: plan.command.to_owned(),
-        cores: std::thread::available_parallelism().map_or(1, usize::from),
-        profile: if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-        data_dir: data_parent
-            .map_or_else(std::env::temp_dir, Path::to_path_buf)
-            .display()
-            .to_string(),
-    };
+    let environment = Environment::here(plan.command, data_parent);
     let measured = measure(plan, &server).await;
     let stopped = server.stop().await;
     let rows = measured?;
     stopped?;
-    Ok(Report { environment, rows })
+    Ok(Report {
+        environment,
+        layout: Layout::Cas,
+        rows,
+        notes: Vec::new(),
+    })
 }
 
 async fn measure(plan: &CasPlan, server: &BenchServer) -> Result<Vec<Row>, BenchError> {
@@ -394,10 +387,12 @@ async fn small_writes_row(
             plan.small_writes_in_flight
         ),
         check: Check::Rate {
+            unit: "writes",
             per_s: plan.small_writes as f64 / elapsed.as_secs_f64().max(1e-9),
             p50_ms: percentile(&latencies, 0.5),
             p99_ms: percentile(&latencies, 0.99),
-            min_per_s: SMALL_WRITES_MIN_PER_S,
+            min_per_s: Some(SMALL_WRITES_MIN_PER_S),
+            bare_spawn_ms: None,
         },
     })
 }
@@ -453,6 +448,7 @@ mod tests {
                     p99_ms,
                     ..
                 } => vec![per_s, p50_ms, p99_ms],
+                ref other => panic!("unexpected row {other:?}"),
             };
             assert!(values.iter().all(|v| v.is_finite() && *v > 0.0), "{row:?}");
         }

@@ -13,6 +13,27 @@ pub enum BenchError {
     /// A client call to the coordinator failed.
     #[error("client call failed: {0}")]
     Client(#[from] ClientError),
+    /// A gRPC call the benchmark makes itself (Execute, an agent session) failed.
+    #[error("{call} failed: {status}")]
+    Rpc {
+        /// The call.
+        call: &'static str,
+        /// What the server said.
+        #[source]
+        status: tonic::Status,
+    },
+    /// A connection to the coordinator could not be made.
+    #[error("failed to connect to {endpoint}: {source}")]
+    Connect {
+        /// Where to.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A tool the benchmark drives (Bazel, the `tessera` binary) is missing or failed.
+    #[error("{0}")]
+    Tool(String),
     /// A local operation (runtime, temporary directory, loopback socket) failed.
     #[error("failed to {what}: {source}")]
     Io {
@@ -26,7 +47,8 @@ pub enum BenchError {
     #[error("benchmark task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// The server answered something that makes the measurement meaningless (a short read,
-    /// a wrong committed size, present blobs reported missing, ...).
+    /// a wrong committed size, present blobs reported missing, an action that did not pass,
+    /// ...).
     #[error("unexpected answer: {0}")]
     Unexpected(String),
 }

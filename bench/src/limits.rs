@@ -4,6 +4,9 @@
 //! the slower of the two. Also, for context only, how fast the same bytes go into new files on
 //! the store's filesystem (buffered, not synced, as the store writes them).
 //!
+//! For execution, how long a bare process spawn takes here: a trivial action can go no faster
+//! than that, whatever the scheduler does.
+//!
 //! Each probe is taken several times and the best kept, so a limit is what the machine can do,
 //! not what it happened to do once; that only ever makes a target harder to meet.
 
@@ -18,6 +21,7 @@ use tessera_cas::digest::DigestFunction;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Handle;
 
+use crate::cpu;
 use crate::error::BenchError;
 
 /// Times each probe is taken; the best counts.
@@ -131,6 +135,57 @@ pub async fn disk_write_rate(dir: PathBuf, chunk: Bytes, count: usize) -> Result
             let _ = std::fs::remove_file(path);
         }
         Ok(best)
+    })
+    .await?
+}
+
+/// A bare process spawn, as [`spawn_cost`] measured it.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnCost {
+    /// Spawns timed.
+    pub spawns: usize,
+    /// Wall time per spawn and wait, ms (best of the probe runs).
+    pub ms: f64,
+    /// CPU per spawn, this process and the reaped child together, ms.
+    pub cpu_ms: f64,
+}
+
+/// Spawns `program` `count` times, one at a time, waiting for each: the cost of a process on
+/// this machine with nothing else around it (no sandbox, no pipes).
+pub async fn spawn_cost(program: &'static str, count: usize) -> Result<SpawnCost, BenchError> {
+    tokio::task::spawn_blocking(move || {
+        let mut best = f64::INFINITY;
+        let mut cpu_ms = f64::INFINITY;
+        for _ in 0..PROBE_RUNS {
+            let cpu_before = cpu::process("self")?;
+            let start = Instant::now();
+            for _ in 0..count {
+                let status = std::process::Command::new(program)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map_err(|source| BenchError::Io {
+                        what: "spawn the spawn probe",
+                        source,
+                    })?;
+                if !status.success() {
+                    return Err(BenchError::Unexpected(format!("{program} exited {status}")));
+                }
+            }
+            let elapsed = start.elapsed();
+            let spent = cpu::process("self")? - cpu_before;
+            let per = |d: Duration| d.as_secs_f64() * 1e3 / count.max(1) as f64;
+            if per(elapsed) < best {
+                best = per(elapsed);
+                cpu_ms = per(spent.own + spent.children);
+            }
+        }
+        Ok(SpawnCost {
+            spawns: count,
+            ms: best,
+            cpu_ms,
+        })
     })
     .await?
 }

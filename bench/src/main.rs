@@ -1,24 +1,34 @@
 //! `tessera-bench`: measures Tessera on this machine and prints each result beside the limits
-//! measured in the same run and the target it is held to. A doorway: parse flags, run one
-//! benchmark, print the report, map the outcome to an exit code.
+//! or baselines measured in the same run and the target it is held to. A doorway: parse flags,
+//! run one benchmark, print the report, map the outcome to an exit code.
 //!
 //! Exit codes: 0 measured (with `--check`: and every target passed), 1 `--check` and a target
 //! was missed, 2 usage error, 3 the benchmark could not run.
 
+mod actions;
+mod bazel;
 mod cas;
+mod cpu;
 mod error;
 mod limits;
+mod processes;
 mod report;
+mod sched;
 mod server;
+mod shard;
+mod sim_agent;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bazel::BazelPlan;
 use crate::cas::CasPlan;
 use crate::error::BenchError;
-use crate::report::Verdict;
+use crate::report::{Report, Verdict};
+use crate::sched::SchedPlan;
 
 /// Exit code when `--check` is given and a target was missed.
 const EXIT_MISSED: u8 = 1;
@@ -44,6 +54,67 @@ enum Command {
     /// Runs a coordinator in this process (its own runtime, real gRPC over loopback TCP, a
     /// disk store in a temporary directory) and prints a markdown table.
     Cas(CasArgs),
+    /// Scheduler: actions per second and submit-to-lease latency with many simulated agents,
+    /// then real `/bin/true` actions through real agents with their CPU cost per action.
+    ///
+    /// The simulated part runs the coordinator in this process; the real part runs
+    /// `tessera coordinator` and `tessera agent` child processes from the `tessera` binary
+    /// beside this one (build it with `cargo build --release -p tessera-cli`). Clients speak
+    /// real gRPC over loopback TCP.
+    Sched(SchedArgs),
+    /// Bazel on the fixture workspace: remote execution against a local build (cold, and fully
+    /// cached), and the coordinator's and agents' CPU per remote action.
+    ///
+    /// Runs `tessera coordinator` and `tessera agent` as child processes from the `tessera`
+    /// binary beside this one (build it with `cargo build --release -p tessera-cli`) and
+    /// Debian's Bazel 4.2.3 (installed with `.ci/install-deps.sh` if missing).
+    Bazel(BazelArgs),
+    /// Sharding: how evenly the shard planner spreads a heavy-tailed suite of 2,000 tests over
+    /// 4, 16 and 64 slots, beside static longest-first and count partitioning.
+    ///
+    /// A simulation on a simulated clock (the noise off, then slot speeds and run times
+    /// varying), then a real run of sleeping tests on threads, timed by the wall clock.
+    Shard(ShardArgs),
+}
+
+#[derive(Args)]
+struct ShardArgs {
+    /// Fewer seeds and a real run of a few seconds. The targets stay the same.
+    #[arg(long)]
+    quick: bool,
+    /// Fixed overhead of one batch, milliseconds [default: the planner's default, 50].
+    #[arg(long, value_name = "MS")]
+    overhead_ms: Option<u64>,
+    /// The pull planner's minimum batch, milliseconds [default: the planner's default].
+    #[arg(long, value_name = "MS")]
+    min_batch_ms: Option<u64>,
+    /// The pull planner's batch share, in (0, 1] [default: the planner's default].
+    #[arg(long, value_name = "SHARE")]
+    batch_share: Option<f64>,
+    /// Skip the real run with sleeping tests.
+    #[arg(long)]
+    no_real: bool,
+    /// Print the report as JSON instead of a markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Exit with code 1 if any target is missed.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Flags every benchmark takes.
+#[derive(Args)]
+struct Output {
+    /// Print the report as JSON instead of a markdown table.
+    #[arg(long)]
+    json: bool,
+    /// Exit with code 1 if any target is missed.
+    #[arg(long)]
+    check: bool,
+    /// Directory under which the temporary data directories are created
+    /// [default: the system temporary directory]. Put it on the disk you want to measure.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -52,40 +123,144 @@ struct CasArgs {
     /// The targets stay the same.
     #[arg(long)]
     quick: bool,
-    /// Print the report as JSON instead of a markdown table.
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct SchedArgs {
+    /// Fewer actions for a smoke run (2,000 instead of 20,000; one sandbox mode). The targets
+    /// stay the same.
     #[arg(long)]
-    json: bool,
-    /// Exit with code 1 if any target is missed.
+    quick: bool,
+    /// Simulated agents [default: 50].
+    #[arg(long, value_name = "N")]
+    agents: Option<usize>,
+    /// Slots per simulated agent [default: 4].
+    #[arg(long, value_name = "N")]
+    slots: Option<u32>,
+    /// Actions timed against the simulated agents [default: 20,000].
+    #[arg(long, value_name = "N")]
+    actions: Option<usize>,
+    /// Load levels to measure, as Execute calls in flight at once [default: 16,64].
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    in_flight: Vec<usize>,
+    /// Real agents for the `/bin/true` part [default: 2].
+    #[arg(long, value_name = "N")]
+    real_agents: Option<usize>,
+    /// Slots per real agent [default: 2].
+    #[arg(long, value_name = "N")]
+    real_slots: Option<u32>,
+    /// Real actions timed per sandbox mode [default: 2,000].
+    #[arg(long, value_name = "N")]
+    real_actions: Option<usize>,
+    /// The `tessera` binary for the real agents [default: `tessera` beside this executable].
+    #[arg(long, value_name = "PATH")]
+    tessera: Option<PathBuf>,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct BazelArgs {
+    /// One run of each build instead of three.
     #[arg(long)]
-    check: bool,
-    /// Directory under which the coordinator's temporary data directory is created
-    /// [default: the system temporary directory]. Put it on the disk you want to measure.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    quick: bool,
+    /// Runs of each build; the medians are reported [default: 3].
+    #[arg(long, value_name = "N")]
+    runs: Option<usize>,
+    /// The `tessera` binary [default: `tessera` beside this executable].
+    #[arg(long, value_name = "PATH")]
+    tessera: Option<PathBuf>,
+    #[command(flatten)]
+    output: Output,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Cas(args) => run_cas(&args),
+        Command::Cas(args) => {
+            let plan = if args.quick {
+                CasPlan::quick()
+            } else {
+                CasPlan::full()
+            };
+            let data = args.output.data_dir.clone();
+            finish(
+                block_on(async move { cas::run(&plan, data.as_deref()).await }),
+                &args.output,
+            )
+        }
+        Command::Sched(args) => {
+            let mut plan = if args.quick {
+                SchedPlan::quick()
+            } else {
+                SchedPlan::full()
+            };
+            let overridden = args.agents.is_some()
+                || args.slots.is_some()
+                || args.actions.is_some()
+                || !args.in_flight.is_empty()
+                || args.real_agents.is_some()
+                || args.real_slots.is_some()
+                || args.real_actions.is_some();
+            plan.agents = args.agents.unwrap_or(plan.agents);
+            plan.slots = args.slots.unwrap_or(plan.slots);
+            plan.actions = args.actions.unwrap_or(plan.actions);
+            if !args.in_flight.is_empty() {
+                plan.loads = args.in_flight.clone();
+            }
+            plan.real.agents = args.real_agents.unwrap_or(plan.real.agents);
+            plan.real.slots = args.real_slots.unwrap_or(plan.real.slots);
+            plan.real.actions = args.real_actions.unwrap_or(plan.real.actions);
+            if overridden {
+                plan.command = std::env::args().collect::<Vec<_>>().join(" ");
+            }
+            plan.real.tessera = args.tessera.clone();
+            let data = args.output.data_dir.clone();
+            finish(
+                block_on(async move { sched::run(&plan, data.as_deref()).await }),
+                &args.output,
+            )
+        }
+        Command::Shard(args) => run_shard(&args),
+        Command::Bazel(args) => {
+            let mut plan = if args.quick {
+                BazelPlan::quick()
+            } else {
+                BazelPlan::full()
+            };
+            if let Some(runs) = args.runs {
+                plan.runs = runs.max(1);
+                plan.command = std::env::args().collect::<Vec<_>>().join(" ");
+            }
+            plan.tessera = args.tessera.clone();
+            let data = args.output.data_dir.clone();
+            finish(
+                block_on(async move { bazel::run(&plan, data.as_deref()).await }),
+                &args.output,
+            )
+        }
     }
 }
 
-fn run_cas(args: &CasArgs) -> ExitCode {
-    let plan = if args.quick {
-        CasPlan::quick()
-    } else {
-        CasPlan::full()
-    };
-    let outcome = tokio::runtime::Builder::new_multi_thread()
+/// Runs `benchmark` on a fresh client runtime.
+fn block_on(
+    benchmark: impl Future<Output = Result<Report, BenchError>>,
+) -> Result<Report, BenchError> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_name("bench-client")
+        .thread_name("bench-main")
         .build()
         .map_err(|source| BenchError::Io {
             what: "start the client runtime",
             source,
-        })
-        .and_then(|runtime| runtime.block_on(cas::run(&plan, args.data_dir.as_deref())));
+        })?
+        .block_on(benchmark)
+}
+
+/// Prints the report and maps the outcome to the exit code.
+fn finish(outcome: Result<Report, BenchError>, output: &Output) -> ExitCode {
     let report = match outcome {
         Ok(report) => report,
         Err(error) => {
@@ -93,12 +268,54 @@ fn run_cas(args: &CasArgs) -> ExitCode {
             return ExitCode::from(EXIT_INFRA);
         }
     };
+    if output.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_markdown());
+    }
+    if output.check && report.rows.iter().any(|row| row.verdict() == Verdict::Miss) {
+        return ExitCode::from(EXIT_MISSED);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs the `shard` benchmark (no coordinator, no runtime: a simulation and sleeping threads).
+fn run_shard(args: &ShardArgs) -> ExitCode {
+    let mut plan = if args.quick {
+        shard::ShardPlan::quick()
+    } else {
+        shard::ShardPlan::full()
+    };
+    if let Some(ms) = args.overhead_ms {
+        plan.planner.batch_overhead = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.min_batch_ms {
+        plan.planner.min_batch = std::time::Duration::from_millis(ms);
+    }
+    if let Some(share) = args.batch_share {
+        if !(share > 0.0 && share <= 1.0) {
+            eprintln!("tessera-bench: --batch-share must be in (0, 1], not {share}");
+            return ExitCode::from(2);
+        }
+        plan.planner.batch_share = share;
+    }
+    if args.no_real {
+        plan.real = None;
+    }
+    let custom = args.overhead_ms.is_some()
+        || args.min_batch_ms.is_some()
+        || args.batch_share.is_some()
+        || args.no_real;
+    if custom {
+        plan.command = std::env::args().collect::<Vec<_>>().join(" ");
+    }
+    let report = shard::run(&plan);
     if args.json {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.to_markdown());
     }
-    if args.check && report.rows.iter().any(|row| row.verdict() == Verdict::Miss) {
+    if args.check && report.missed() {
         return ExitCode::from(EXIT_MISSED);
     }
     ExitCode::SUCCESS

@@ -1,6 +1,7 @@
 //! What a benchmark run found: one row per measurement, each carrying its result, the limits
-//! measured beside it and the target it is held to, so a verdict is computed in exactly one
-//! place ([`Check::verdict`]). Renders as a markdown table (for the README) or JSON.
+//! or baselines measured beside it and the target it is held to, so a verdict is computed in
+//! exactly one place ([`Check::verdict`]). Renders as a markdown table (for the README) or
+//! JSON; the table's columns depend on the benchmark ([`Layout`]).
 
 use std::fmt::Write as _;
 
@@ -8,12 +9,14 @@ use serde::Serialize;
 
 /// Whether a measurement met its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Verdict {
     /// The target was met.
     Pass,
     /// The target was missed.
     Miss,
+    /// Measured for context; no target applies.
+    NoTarget,
 }
 
 /// A measurement together with the target it is judged against.
@@ -45,16 +48,65 @@ pub enum Check {
         /// Largest median allowed.
         max_p50_ms: f64,
     },
-    /// Completed operations per second, which must reach `min_per_s`.
+    /// Completed operations per second, which must reach `min_per_s` when there is a target.
     Rate {
+        /// What an operation is, plural ("writes", "actions").
+        unit: &'static str,
         /// Operations per second.
         per_s: f64,
         /// Median latency of one operation, milliseconds.
         p50_ms: f64,
         /// 99th percentile latency of one operation, milliseconds.
         p99_ms: f64,
-        /// Lowest rate allowed.
-        min_per_s: f64,
+        /// Lowest rate allowed; `None` for a rate measured for context.
+        min_per_s: Option<f64>,
+        /// Wall time of a bare `/bin/true` spawn on this machine, ms, for operations that
+        /// spawn a process. Context only.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bare_spawn_ms: Option<f64>,
+    },
+    /// CPU time of the coordinator and agents per action, which must not exceed `max_ms` when
+    /// there is a target.
+    CpuPerAction {
+        /// Actions the CPU time is divided by.
+        actions: u64,
+        /// Coordinator and agent CPU (user + system) per action, ms.
+        ms: f64,
+        /// The coordinator's part, ms.
+        coordinator_ms: f64,
+        /// The agents' part, ms.
+        agent_ms: f64,
+        /// CPU of the action processes themselves (the agents' reaped children), ms per action.
+        /// Context only: it is the action's cost, not the system's.
+        action_processes_ms: f64,
+        /// Wall time of a bare `/bin/true` spawn on this machine, ms. Context only.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bare_spawn_ms: Option<f64>,
+        /// Largest cost allowed; `None` for a cost measured for context.
+        max_ms: Option<f64>,
+    },
+    /// The cost of spawning a process, measured for context.
+    Spawn {
+        /// Processes spawned and waited for, one at a time.
+        spawns: usize,
+        /// Wall time per spawn, ms.
+        ms_per_spawn: f64,
+        /// CPU (user + system, this process and the reaped children) per spawn, ms.
+        cpu_ms_per_spawn: f64,
+    },
+    /// A wall time held against a baseline measured in the same run: `seconds /
+    /// baseline_seconds` must not exceed `max_ratio`.
+    Ratio {
+        /// Measured wall time (median of `runs`), seconds.
+        seconds: f64,
+        /// The baseline's wall time (median of `runs`), seconds.
+        baseline_seconds: f64,
+        /// What the baseline is ("local cold build").
+        baseline: &'static str,
+        /// Runs each median is taken over.
+        runs: usize,
+        /// Largest ratio allowed.
+        max_ratio: f64,
     },
 }
 
@@ -80,8 +132,26 @@ impl Check {
                 p50_ms, max_p50_ms, ..
             } => p50_ms <= max_p50_ms,
             Check::Rate {
-                per_s, min_per_s, ..
+                per_s,
+                min_per_s: Some(min_per_s),
+                ..
             } => per_s >= min_per_s,
+            Check::CpuPerAction {
+                ms,
+                max_ms: Some(max_ms),
+                ..
+            } => ms <= max_ms,
+            Check::Ratio {
+                seconds,
+                baseline_seconds,
+                max_ratio,
+                ..
+            } => seconds / baseline_seconds <= max_ratio,
+            Check::Rate {
+                min_per_s: None, ..
+            }
+            | Check::CpuPerAction { max_ms: None, .. }
+            | Check::Spawn { .. } => return Verdict::NoTarget,
         };
         if pass { Verdict::Pass } else { Verdict::Miss }
     }
@@ -92,7 +162,8 @@ impl Check {
 pub struct Row {
     /// What was measured ("ByteStream upload").
     pub measurement: String,
-    /// Digest function used.
+    /// Digest function used (content-store rows only).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub digest: String,
     /// The workload ("64 × 1 MiB").
     pub workload: String,
@@ -107,6 +178,17 @@ impl Row {
     }
 }
 
+/// Which columns the markdown table has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Transfers beside their hash and TCP limits (`tessera-bench cas`).
+    Cas,
+    /// Execution: rates, latencies, CPU costs and wall times beside their baselines
+    /// (`tessera-bench sched`, `tessera-bench bazel`).
+    Execution,
+}
+
 /// Where and how the run happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Environment {
@@ -118,6 +200,31 @@ pub struct Environment {
     pub profile: &'static str,
     /// Where the coordinator's temporary data directory was created.
     pub data_dir: String,
+    /// The 1-minute load average when the run started: other work on the machine skews
+    /// every number here.
+    pub load_average: Option<f64>,
+}
+
+impl Environment {
+    /// This machine and build, for `command` with data under `data_parent`.
+    pub fn here(command: &str, data_parent: Option<&std::path::Path>) -> Self {
+        Environment {
+            command: command.to_owned(),
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            data_dir: data_parent
+                .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf)
+                .display()
+                .to_string(),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok()),
+        }
+    }
 }
 
 /// A whole run.
@@ -125,8 +232,12 @@ pub struct Environment {
 pub struct Report {
     /// Where and how.
     pub environment: Environment,
+    /// The table's columns.
+    pub layout: Layout,
     /// The measurements, in the order they ran.
     pub rows: Vec<Row>,
+    /// Extra lines printed under the table: what each row means, details found on the way.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -142,9 +253,11 @@ impl Report {
         struct JsonReport<'a> {
             environment: &'a Environment,
             rows: Vec<JsonRow<'a>>,
+            notes: &'a [String],
         }
         let report = JsonReport {
             environment: &self.environment,
+            notes: &self.notes,
             rows: self
                 .rows
                 .iter()
@@ -161,25 +274,38 @@ impl Report {
     pub fn to_markdown(&self) -> String {
         let env = &self.environment;
         let mut out = String::new();
+        let load = env.load_average.map_or_else(String::new, |load| {
+            format!(", load average {load:.1} at start")
+        });
         let _ = writeln!(
             out,
-            "`{}` — {} cores, {} build, store under {}\n",
+            "`{}` — {} cores, {} build, store under {}{load}\n",
             env.command, env.cores, env.profile, env.data_dir
         );
+        match self.layout {
+            Layout::Cas => self.cas_table(&mut out),
+            Layout::Execution => self.execution_table(&mut out),
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "\n{note}");
+        }
+        out
+    }
+
+    fn cas_table(&self, out: &mut String) {
         out.push_str(
             "| measurement | digest | workload | result | hash, 1 core | loopback TCP | disk write | target | verdict |\n",
         );
         out.push_str("|---|---|---|--:|--:|--:|--:|---|---|\n");
         for row in &self.rows {
             let (result, hash, tcp, target, disk) = describe(&row.check);
-            let verdict = match row.verdict() {
-                Verdict::Pass => "PASS",
-                Verdict::Miss => "**MISS**",
-            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {result} | {hash} | {tcp} | {disk} | {target} | {verdict} |",
-                row.measurement, row.digest, row.workload
+                "| {} | {} | {} | {result} | {hash} | {tcp} | {disk} | {target} | {} |",
+                row.measurement,
+                row.digest,
+                row.workload,
+                verdict_cell(row.verdict())
             );
         }
         out.push_str(
@@ -188,7 +314,115 @@ impl Report {
              written to new files beside the store) is context, not part of the target. \
              Latencies are per call as the client sees them.\n",
         );
-        out
+    }
+
+    fn execution_table(&self, out: &mut String) {
+        out.push_str(
+            "| measurement | workload | result | beside it (same run) | target | verdict |\n",
+        );
+        out.push_str("|---|---|--:|--:|---|---|\n");
+        for row in &self.rows {
+            let (result, beside, target) = describe_execution(&row.check);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {result} | {beside} | {target} | {} |",
+                row.measurement,
+                row.workload,
+                verdict_cell(row.verdict())
+            );
+        }
+    }
+}
+
+fn verdict_cell(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Miss => "**MISS**",
+        Verdict::NoTarget => "—",
+    }
+}
+
+/// Result, baseline and target cells of an execution row.
+fn describe_execution(check: &Check) -> (String, String, String) {
+    let dash = || "—".to_owned();
+    let spawn = |ms: Option<f64>| ms.map_or_else(dash, |ms| format!("bare spawn {ms:.2} ms"));
+    match *check {
+        Check::Rate {
+            unit,
+            per_s,
+            p50_ms,
+            p99_ms,
+            min_per_s,
+            bare_spawn_ms,
+        } => (
+            format!(
+                "{} {unit}/s (each p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms)",
+                number(per_s)
+            ),
+            spawn(bare_spawn_ms),
+            min_per_s.map_or_else(dash, |min| format!("≥ {} {unit}/s", number(min))),
+        ),
+        Check::Latency {
+            calls,
+            p50_ms,
+            p99_ms,
+            max_p50_ms,
+        } => (
+            format!(
+                "p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms ({} samples)",
+                thousands(calls)
+            ),
+            dash(),
+            format!("p50 ≤ {max_p50_ms} ms"),
+        ),
+        Check::CpuPerAction {
+            actions,
+            ms,
+            coordinator_ms,
+            agent_ms,
+            action_processes_ms,
+            bare_spawn_ms,
+            max_ms,
+        } => (
+            format!(
+                "{ms:.2} ms/action (coordinator {coordinator_ms:.2}, agents {agent_ms:.2}; {} actions)",
+                thousands(usize::try_from(actions).unwrap_or(usize::MAX))
+            ),
+            match bare_spawn_ms {
+                Some(spawn_ms) => format!(
+                    "actions' own CPU {action_processes_ms:.2} ms; bare spawn {spawn_ms:.2} ms"
+                ),
+                None => format!("actions' own CPU {action_processes_ms:.2} ms"),
+            },
+            max_ms.map_or_else(dash, |max| format!("≤ {max} ms")),
+        ),
+        Check::Spawn {
+            spawns,
+            ms_per_spawn,
+            cpu_ms_per_spawn,
+        } => (
+            format!(
+                "{ms_per_spawn:.2} ms/spawn wall, {cpu_ms_per_spawn:.2} ms CPU ({} spawns)",
+                thousands(spawns)
+            ),
+            dash(),
+            dash(),
+        ),
+        Check::Ratio {
+            seconds,
+            baseline_seconds,
+            baseline,
+            runs,
+            max_ratio,
+        } => (
+            format!(
+                "{seconds:.2} s = {:.2}× (median of {runs})",
+                seconds / baseline_seconds
+            ),
+            format!("{baseline} {baseline_seconds:.2} s"),
+            format!("≤ {max_ratio:.2}×"),
+        ),
+        Check::Throughput { .. } => (dash(), dash(), dash()),
     }
 }
 
@@ -237,20 +471,26 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
             "—".into(),
         ),
         Check::Rate {
+            unit,
             per_s,
             p50_ms,
             p99_ms,
             min_per_s,
+            ..
         } => (
             format!(
-                "{} writes/s (p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms)",
+                "{} {unit}/s (p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms)",
                 number(per_s)
             ),
             "—".into(),
             "—".into(),
-            format!("≥ {} writes/s", number(min_per_s)),
+            min_per_s.map_or("—".into(), |min| format!("≥ {} {unit}/s", number(min))),
             "—".into(),
         ),
+        Check::CpuPerAction { .. } | Check::Spawn { .. } | Check::Ratio { .. } => {
+            let (result, _, target) = describe_execution(check);
+            (result, "—".into(), "—".into(), target, "—".into())
+        }
     }
 }
 
@@ -321,12 +561,56 @@ mod tests {
         };
         assert_eq!(slow.verdict(), Verdict::Miss);
         let few = Check::Rate {
+            unit: "writes",
             per_s: 4999.0,
             p50_ms: 1.0,
             p99_ms: 2.0,
-            min_per_s: 5000.0,
+            min_per_s: Some(5000.0),
+            bare_spawn_ms: None,
         };
         assert_eq!(few.verdict(), Verdict::Miss);
+        let costly = Check::CpuPerAction {
+            actions: 24,
+            ms: 8.5,
+            coordinator_ms: 4.0,
+            agent_ms: 4.5,
+            action_processes_ms: 1.0,
+            bare_spawn_ms: None,
+            max_ms: Some(8.0),
+        };
+        assert_eq!(costly.verdict(), Verdict::Miss);
+    }
+
+    #[test]
+    fn ratios_compare_with_their_baseline() {
+        let ratio = |seconds| Check::Ratio {
+            seconds,
+            baseline_seconds: 2.0,
+            baseline: "local",
+            runs: 3,
+            max_ratio: 1.1,
+        };
+        assert_eq!(ratio(2.2).verdict(), Verdict::Pass);
+        assert_eq!(ratio(2.3).verdict(), Verdict::Miss);
+    }
+
+    #[test]
+    fn context_rows_have_no_verdict() {
+        let spawn = Check::Spawn {
+            spawns: 100,
+            ms_per_spawn: 0.7,
+            cpu_ms_per_spawn: 0.5,
+        };
+        assert_eq!(spawn.verdict(), Verdict::NoTarget);
+        let rate = Check::Rate {
+            unit: "actions",
+            per_s: 10.0,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            min_per_s: None,
+            bare_spawn_ms: Some(0.7),
+        };
+        assert_eq!(rate.verdict(), Verdict::NoTarget);
     }
 
     #[test]

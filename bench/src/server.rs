@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
+use tessera_coordinator::execution::scheduler::SchedulerHandle;
 use tessera_coordinator::{Coordinator, CoordinatorConfig};
 use tokio::runtime::{Handle, Runtime};
 
@@ -71,6 +72,42 @@ impl BenchServer {
             .expect("runtime lives until stop")
             .handle()
             .clone()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The coordinator's scheduler, to see which agents have connected.
+    pub fn scheduler(&self) -> SchedulerHandle {
+        self.coordinator
+            .as_ref()
+            .expect("coordinator lives until stop")
+            .scheduler()
+            .clone()
+    }
+
+    /// Waits until `count` agents are connected to the scheduler (at most 30 s).
+    pub async fn wait_for_agents(&self, count: usize) -> Result<(), BenchError> {
+        let scheduler = self.scheduler();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (stats, _) = scheduler
+                .stats()
+                .await
+                .map_err(|e| BenchError::Unexpected(e.to_string()))?;
+            if stats.agents >= count {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(BenchError::Unexpected(format!(
+                    "only {} of {count} agents connected within 30 s",
+                    stats.agents
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// A new client (its own HTTP/2 connection) for instance `""`, hashing with `function`.

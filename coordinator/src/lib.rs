@@ -8,6 +8,7 @@
 pub mod action_cache;
 pub mod config;
 pub mod execution;
+pub mod jobs;
 pub mod server;
 pub mod services;
 mod status;

@@ -1,0 +1,138 @@
+//! CPU time as the kernel accounts it in `/proc/<pid>/stat`: a process's own time (all its
+//! threads, those that already exited included) and its reaped children's; and this process's
+//! live threads, for telling apart the parts of a benchmark that run in one process (the
+//! in-process coordinator names its threads).
+//!
+//! Resolution is one clock tick (`CLK_TCK`, usually 10 ms): divide by enough actions.
+
+use std::ops::Sub;
+use std::time::Duration;
+
+use crate::error::BenchError;
+
+/// User plus system time of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// The process itself, every thread.
+    pub own: Duration,
+    /// Its children that it has waited for.
+    pub children: Duration,
+}
+
+impl Sub for CpuTimes {
+    type Output = CpuTimes;
+    fn sub(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            own: self.own.saturating_sub(earlier.own),
+            children: self.children.saturating_sub(earlier.children),
+        }
+    }
+}
+
+impl std::ops::Add for CpuTimes {
+    type Output = CpuTimes;
+    fn add(self, other: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            own: self.own + other.own,
+            children: self.children + other.children,
+        }
+    }
+}
+
+/// The CPU times of process `pid` (`"self"` for this one).
+pub fn process(pid: &str) -> Result<CpuTimes, BenchError> {
+    let stat = read(&format!("/proc/{pid}/stat"))?;
+    let (_, fields) = parse_stat(&stat)?;
+    let ticks = ticks_per_second()?;
+    Ok(CpuTimes {
+        own: ticks_to_duration(fields[0] + fields[1], ticks),
+        children: ticks_to_duration(fields[2] + fields[3], ticks),
+    })
+}
+
+/// CPU time of this process's live threads whose name starts with one of `prefixes`. A thread
+/// that exits between two samples takes its time with it, so compare long-lived threads only.
+pub fn threads_named(prefixes: &[&str]) -> Result<Duration, BenchError> {
+    let ticks = ticks_per_second()?;
+    let tasks = std::fs::read_dir("/proc/self/task").map_err(|source| BenchError::Io {
+        what: "list this process's threads",
+        source,
+    })?;
+    let mut spent = Duration::ZERO;
+    for task in tasks.flatten() {
+        // A thread may exit between the listing and the read: skip it.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (name, fields) = parse_stat(&stat)?;
+        if prefixes.iter().any(|prefix| name.starts_with(prefix)) {
+            spent += ticks_to_duration(fields[0] + fields[1], ticks);
+        }
+    }
+    Ok(spent)
+}
+
+fn read(path: &str) -> Result<String, BenchError> {
+    std::fs::read_to_string(path).map_err(|source| BenchError::Io {
+        what: "read CPU times from /proc",
+        source,
+    })
+}
+
+/// The command name and utime, stime, cutime, cstime (in ticks) of a `stat` line. The name is
+/// in parentheses and may itself contain spaces or parentheses, so fields are counted from the
+/// last `)`.
+fn parse_stat(stat: &str) -> Result<(String, [u64; 4]), BenchError> {
+    let malformed = || BenchError::Unexpected(format!("malformed /proc stat line: {stat}"));
+    let open = stat.find('(').ok_or_else(malformed)?;
+    let close = stat.rfind(')').ok_or_else(malformed)?;
+    let name = stat.get(open + 1..close).ok_or_else(malformed)?.to_owned();
+    // After the name: state (field 3), ..., utime (14), stime (15), cutime (16), cstime (17).
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let mut fields = [0u64; 4];
+    for (slot, index) in fields.iter_mut().zip(11..15) {
+        *slot = rest
+            .get(index)
+            .and_then(|field| field.parse().ok())
+            .ok_or_else(malformed)?;
+    }
+    Ok((name, fields))
+}
+
+fn ticks_per_second() -> Result<u64, BenchError> {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) if ticks > 0 => Ok(u64::try_from(ticks).unwrap_or(100)),
+        other => Err(BenchError::Unexpected(format!(
+            "sysconf(CLK_TCK) returned {other:?}"
+        ))),
+    }
+}
+
+fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
+                    17 5 3 2 20 0 4 0 100 1000 10 18446744073709551615";
+        let (name, fields) = parse_stat(line).expect("parses");
+        assert_eq!(name, "a (b) c");
+        assert_eq!(fields, [17, 5, 3, 2]);
+    }
+
+    #[test]
+    fn this_process_has_cpu_time() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        let times = process("self").expect("own times");
+        assert!(times.own > Duration::ZERO);
+        assert!(threads_named(&[""]).expect("threads") <= times.own);
+    }
+}

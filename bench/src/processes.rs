@@ -1,0 +1,274 @@
+//! A coordinator and its agents as child processes of the `tessera` binary, the way they run
+//! in production, so that each one's CPU can be read from `/proc/<pid>/stat`. Logs go to
+//! files in the cluster's directory; every child is killed if the cluster is dropped.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::cpu::{self, CpuTimes};
+use crate::error::BenchError;
+
+/// How long a child may take to come up, or to exit after SIGTERM.
+const START_LIMIT: Duration = Duration::from_secs(30);
+const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+/// The `tessera` binary: `explicit`, else `$TESSERA_BIN`, else the one beside this
+/// executable (`cargo build --release -p tessera-cli` puts it in the same `target/release`;
+/// for a test binary in `target/debug/deps/`, the one in `target/debug/`).
+pub fn tessera_binary(explicit: Option<&Path>) -> Result<PathBuf, BenchError> {
+    if let Some(path) = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("TESSERA_BIN").map(PathBuf::from))
+    {
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(BenchError::Tool(format!("{} not found", path.display())))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|source| BenchError::Io {
+        what: "find this executable",
+        source,
+    })?;
+    let beside = exe.with_file_name("tessera");
+    let above = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tessera"));
+    std::iter::once(beside.clone())
+        .chain(above)
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            BenchError::Tool(format!(
+                "{} not found: build it with `cargo build --release -p tessera-cli` (or \
+                 `cargo build -p tessera-cli` for tests), or pass --tessera / set TESSERA_BIN",
+                beside.display()
+            ))
+        })
+}
+
+/// CPU of the cluster's processes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterCpu {
+    /// The coordinator.
+    pub coordinator: CpuTimes,
+    /// All agents together (their `children` are the actions they ran).
+    pub agents: CpuTimes,
+}
+
+impl std::ops::Sub for ClusterCpu {
+    type Output = ClusterCpu;
+    fn sub(self, earlier: ClusterCpu) -> ClusterCpu {
+        ClusterCpu {
+            coordinator: self.coordinator - earlier.coordinator,
+            agents: self.agents - earlier.agents,
+        }
+    }
+}
+
+/// A running `tessera coordinator` and its `tessera agent`s.
+pub struct Cluster {
+    coordinator: Child,
+    agents: Vec<Child>,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts a coordinator with its data in `dir` on a free loopback port, then `agents`
+    /// agents with `slots` slots each (and `agent_args`), and waits until every agent has
+    /// connected.
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        agents: usize,
+        slots: u32,
+        agent_args: &[&str],
+    ) -> Result<Self, BenchError> {
+        let io = |what| move |source| BenchError::Io { what, source };
+        std::fs::create_dir_all(dir).map_err(io("create the cluster directory"))?;
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io("find a free port"))?;
+        let coordinator_log = dir.join("coordinator.log");
+        let coordinator = Command::new(binary)
+            .arg("coordinator")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&coordinator_log).map_err(io("create a log file"))?)
+            .spawn()
+            .map_err(io("start tessera coordinator"))?;
+        let mut cluster = Cluster {
+            coordinator,
+            agents: Vec::new(),
+            addr,
+            dir: dir.to_owned(),
+        };
+        cluster.wait(
+            || Ok(TcpStream::connect(addr).is_ok()),
+            "the coordinator to listen",
+        )?;
+        for n in 0..agents {
+            let log = File::create(dir.join(format!("agent-{n}.log")))
+                .map_err(io("create a log file"))?;
+            let agent = Command::new(binary)
+                .arg("agent")
+                .arg("--coordinator")
+                .arg(format!("http://{addr}"))
+                .arg("--work-dir")
+                .arg(dir.join(format!("agent-{n}")))
+                .arg("--slots")
+                .arg(slots.to_string())
+                .arg("--id")
+                .arg(format!("bench-agent-{n}"))
+                .args(agent_args)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(io("start tessera agent"))?;
+            cluster.agents.push(agent);
+        }
+        cluster.wait(
+            || {
+                let log = std::fs::read_to_string(&coordinator_log)
+                    .map_err(io("read the coordinator's log"))?;
+                Ok(log.matches("agent connected").count() >= agents)
+            },
+            "every agent to connect",
+        )?;
+        Ok(cluster)
+    }
+
+    fn wait(
+        &mut self,
+        mut ready: impl FnMut() -> Result<bool, BenchError>,
+        what: &str,
+    ) -> Result<(), BenchError> {
+        let start = Instant::now();
+        loop {
+            for child in std::iter::once(&mut self.coordinator).chain(self.agents.iter_mut()) {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(BenchError::Tool(format!(
+                        "a tessera process exited while waiting for {what}: {status}"
+                    )));
+                }
+            }
+            if ready()? {
+                return Ok(());
+            }
+            if start.elapsed() > START_LIMIT {
+                return Err(BenchError::Tool(format!(
+                    "timed out after {START_LIMIT:?} waiting for {what}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `grpc://127.0.0.1:PORT`, for Bazel.
+    pub fn grpc_address(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`, for gRPC clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How the first agent sandboxes actions, from its start-up log line (`namespaces` or
+    /// `none`).
+    pub fn agent_sandbox(&self) -> Result<String, BenchError> {
+        let log = std::fs::read_to_string(self.dir.join("agent-0.log")).map_err(|source| {
+            BenchError::Io {
+                what: "read the agent's log",
+                source,
+            }
+        })?;
+        log.lines()
+            .filter(|line| line.contains("agent starting"))
+            .find_map(|line| line.split_once("sandbox=").map(|(_, rest)| rest))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|value| value.trim_matches('"').to_owned())
+            .ok_or_else(|| {
+                BenchError::Unexpected("the agent's log does not say how it sandboxes".to_owned())
+            })
+    }
+
+    /// CPU spent so far by the coordinator and by the agents.
+    pub fn cpu(&self) -> Result<ClusterCpu, BenchError> {
+        let mut agents = CpuTimes::default();
+        for agent in &self.agents {
+            agents = agents + cpu::process(&agent.id().to_string())?;
+        }
+        Ok(ClusterCpu {
+            coordinator: cpu::process(&self.coordinator.id().to_string())?,
+            agents,
+        })
+    }
+
+    /// Stops the agents, then the coordinator, each with SIGTERM and a bounded wait.
+    pub fn stop(mut self) -> Result<(), BenchError> {
+        let mut agents = std::mem::take(&mut self.agents);
+        for agent in &agents {
+            terminate(agent);
+        }
+        for agent in &mut agents {
+            reap(agent, "tessera agent")?;
+        }
+        terminate(&self.coordinator);
+        reap(&mut self.coordinator, "tessera coordinator")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self
+            .agents
+            .iter_mut()
+            .chain(std::iter::once(&mut self.coordinator))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+}
+
+fn reap(child: &mut Child, what: &str) -> Result<(), BenchError> {
+    let start = Instant::now();
+    while start.elapsed() < STOP_LIMIT {
+        if let Ok(Some(status)) = child.try_wait() {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(BenchError::Tool(format!("{what} exited with {status}")))
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(BenchError::Tool(format!(
+        "{what} did not stop within {STOP_LIMIT:?} of SIGTERM"
+    )))
+}

@@ -1,0 +1,3 @@
+module example.com/go-suite
+
+go 1.19
