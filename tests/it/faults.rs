@@ -456,3 +456,28 @@ async fn an_agent_cut_off_from_the_network_loses_its_work_to_another() {
     let _ = isolated.kill();
     let _ = isolated.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drops_its_execute_stream_re_attaches_with_wait_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = coordinator(dir.path(), loopback());
+    let endpoint = server.endpoint();
+    let _agent = AgentProcess::start(&endpoint, &dir.path().join("a"), "a", 1, &[]);
+    let client = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
+        .await
+        .unwrap();
+    let digest = upload_action(
+        &client,
+        &["sh", "-c", "sleep 1; echo kept > out.txt"],
+        &["out.txt"],
+        &[],
+        false,
+    )
+    .await;
+    // The client goes away (its stream and connection dropped) while the action runs...
+    let name = execute_until_running(&endpoint, &digest).await;
+    // ...and comes back on a new connection.
+    let response = wait_done(&endpoint, &name, Duration::from_secs(30)).await;
+    assert_ok(&response);
+    assert_eq!(response.result.unwrap().output_files.len(), 1);
+}
