@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tessera_cas::client::{CasClient, ClientError};
 use tessera_cas::digest::Digest;
-use tessera_cas::meta::{MetaError, MetadataStore, SledStore};
+use tessera_cas::meta::{MetaError, MetadataStore, RedbStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, PinGuard, StoreError};
 use thiserror::Error;
 
@@ -91,7 +91,7 @@ impl std::fmt::Debug for CachePins {
 #[derive(Clone)]
 pub struct LocalCache {
     store: DiskStore,
-    meta: Arc<SledStore>,
+    meta: Arc<RedbStore>,
 }
 
 impl std::fmt::Debug for LocalCache {
@@ -106,7 +106,7 @@ impl LocalCache {
     /// Opens (creating) the cache: blobs under `dir/cache`, index under `dir/cache-meta`.
     /// Blocking.
     pub fn open(dir: &Path, budget_bytes: u64) -> Result<Self, OpenError> {
-        let meta = Arc::new(SledStore::open(dir.join("cache-meta"))?);
+        let meta = Arc::new(RedbStore::open(dir.join("cache-meta"))?);
         let meta_dyn: Arc<dyn MetadataStore> = meta.clone();
         let options = DiskStoreOptions {
             root: dir.join("cache"),

@@ -1,4 +1,4 @@
-//! Crash safety of the sled metadata store (DESIGN.md §6: what is acknowledged survives).
+//! Crash safety of the metadata store (redb; DESIGN.md §6: what is acknowledged survives).
 //!
 //! A child process (`meta-crash-child write`) writes metadata and prints each write only after
 //! the store said it is durable. We SIGKILL it at random moments, during its startup and

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_cas::meta::{MetaError, MetadataStore, SledStore};
+use tessera_cas::meta::{MetaError, MetadataStore, RedbStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, StoreError};
 use tessera_proto::bytestream::byte_stream_server::ByteStreamServer;
 use tessera_proto::longrunning::operations_server::OperationsServer;
@@ -92,7 +92,7 @@ pub struct Coordinator {
     token: CancellationToken,
     tasks: TaskTracker,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    meta: Arc<SledStore>,
+    meta: Arc<RedbStore>,
     store: DiskStore,
     scheduler: SchedulerHandle,
     scheduler_stop: CancellationToken,
@@ -115,7 +115,7 @@ impl Coordinator {
             path: config.data_dir.clone(),
             source,
         })?;
-        let meta = Arc::new(SledStore::open(config.data_dir.join("meta"))?);
+        let meta = Arc::new(RedbStore::open(config.data_dir.join("meta"))?);
         let meta_dyn: Arc<dyn MetadataStore> = meta.clone();
         let mut options = DiskStoreOptions::new(config.data_dir.join("cas"));
         options.budget_bytes = config.max_cas_bytes.unwrap_or(u64::MAX);

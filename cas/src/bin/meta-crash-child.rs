@@ -1,6 +1,6 @@
 //! Test helper for `cas/tests/meta_crash.rs`: the process that gets SIGKILLed.
 //!
-//! `meta-crash-child write <db-dir> <cycle> <seed>` opens the sled metadata store, prints
+//! `meta-crash-child write <db-dir> <cycle> <seed>` opens the metadata store (redb), prints
 //! `ready`, then writes until killed (or 30 s pass): ActionCache-like entries (200 B to 4 KiB)
 //! in table `ac`, index-record-like entries (16 to 64 B) in table `blobs`, single writes,
 //! batches within and across tables, compare-and-swap updates of shared `hot/*` keys, and
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tessera_cas::meta::{Batch, MetadataStore, SledStore, SwapOutcome, Table};
+use tessera_cas::meta::{Batch, MetadataStore, RedbStore, SwapOutcome, Table};
 
 const HOT_KEYS: u64 = 32;
 /// New keys one writer process may create; after that it only updates and removes, so the
@@ -111,7 +111,7 @@ fn fatal(message: String) -> ! {
 // ---- write mode ---------------------------------------------------------------------------
 
 fn write(dir: &str, cycle: u64, seed: u64) -> ExitCode {
-    let store = match SledStore::open(dir) {
+    let store = match RedbStore::open(dir) {
         Ok(store) => Arc::new(store),
         Err(err) => {
             eprintln!(
@@ -168,7 +168,7 @@ fn write(dir: &str, cycle: u64, seed: u64) -> ExitCode {
 }
 
 struct Writer {
-    store: Arc<SledStore>,
+    store: Arc<RedbStore>,
     ac: Table,
     blobs: Table,
     /// New keys this process may still create, shared by its writers.
@@ -184,7 +184,7 @@ struct Writer {
 
 impl Writer {
     fn new(
-        store: &Arc<SledStore>,
+        store: &Arc<RedbStore>,
         budget: &Arc<AtomicU64>,
         cycle: u64,
         seed: u64,
@@ -452,7 +452,7 @@ fn verify(dir: &str, log: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store = match SledStore::open(dir) {
+    let store = match RedbStore::open(dir) {
         Ok(store) => store,
         Err(err) => {
             println!(

@@ -13,11 +13,13 @@
 mod error;
 mod group_flush;
 mod memory;
+mod redb_store;
 mod sled_store;
 mod store;
 
 pub use error::MetaError;
 pub use group_flush::GroupFlush;
 pub use memory::MemoryMetaStore;
+pub use redb_store::RedbStore;
 pub use sled_store::{SledOptions, SledStore};
 pub use store::{Batch, BatchOp, Entries, MetaTable, MetadataStore, SwapOutcome, Table};
