@@ -370,3 +370,31 @@ impl Drop for AgentProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The `ExecuteResponse` of a finished operation (`None` while it runs). Panics if the server
+/// set `Operation.error`, which REAPI forbids.
+pub fn response_of(
+    op: &tessera_proto::longrunning::Operation,
+) -> Option<tessera_proto::reapi::ExecuteResponse> {
+    use prost::Message;
+    use tessera_proto::longrunning::operation;
+    match &op.result {
+        Some(operation::Result::Response(any)) => Some(
+            tessera_proto::reapi::ExecuteResponse::decode(any.value.as_slice())
+                .expect("ExecuteResponse decodes"),
+        ),
+        Some(operation::Result::Error(e)) => panic!("Operation.error must never be set: {e:?}"),
+        None => None,
+    }
+}
+
+/// The REAPI stage an operation reports in its metadata.
+pub fn stage_of(
+    op: &tessera_proto::longrunning::Operation,
+) -> tessera_proto::reapi::execution_stage::Value {
+    use prost::Message;
+    let metadata = op.metadata.as_ref().expect("operation metadata");
+    let meta = tessera_proto::reapi::ExecuteOperationMetadata::decode(metadata.value.as_slice())
+        .expect("ExecuteOperationMetadata decodes");
+    tessera_proto::reapi::execution_stage::Value::try_from(meta.stage).expect("known stage")
+}

@@ -36,13 +36,13 @@ pub(crate) fn missing_blobs(message: String, missing: &[Digest]) -> Status {
     )
 }
 
+/// REAPI: the subject is the ByteStream read resource name without an instance name.
 fn missing_subject(d: &Digest) -> String {
-    match d.function {
-        tessera_cas::digest::DigestFunction::Sha256 => {
-            format!("blobs/{}/{}", d.hash_hex(), d.size_bytes)
-        }
-        other => format!("blobs/{}/{}/{}", other.name(), d.hash_hex(), d.size_bytes),
-    }
+    tessera_cas::resource::format_read(&tessera_cas::resource::ReadResource {
+        instance_name: String::new(),
+        compressor: tessera_cas::resource::Compressor::Identity,
+        digest: *d,
+    })
 }
 
 /// A `google.rpc.Status` for one entry of a batch response.

@@ -7,17 +7,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use prost::Message;
 use tessera_cas::digest::{Digest, DigestFunction};
-use tessera_proto::longrunning::{Operation, operation};
+use tessera_proto::longrunning::Operation;
 use tessera_proto::reapi::execution_client::ExecutionClient;
 use tessera_proto::reapi::{
-    ActionResult, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, WaitExecutionRequest,
-    execution_stage, platform::Property,
+    ActionResult, ExecuteRequest, ExecuteResponse, WaitExecutionRequest, execution_stage,
+    platform::Property,
 };
 use tessera_proto::tessera::v1::agent_session_client::AgentSessionClient;
 use tessera_proto::tessera::v1::{
     AgentMessage, Heartbeat, Hello, Lease, LeaseResult, agent_message, coordinator_message,
 };
-use tessera_tests::{TestServer, upload_action};
+use tessera_tests::{TestServer, response_of, stage_of, upload_action};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -157,22 +157,6 @@ impl ScriptedAgent {
             .await
             .unwrap();
     }
-}
-
-fn response_of(op: &Operation) -> Option<ExecuteResponse> {
-    match &op.result {
-        Some(operation::Result::Response(any)) => {
-            Some(ExecuteResponse::decode(any.value.as_slice()).unwrap())
-        }
-        Some(operation::Result::Error(e)) => panic!("Operation.error must never be set: {e:?}"),
-        None => None,
-    }
-}
-
-fn stage_of(op: &Operation) -> execution_stage::Value {
-    let meta =
-        ExecuteOperationMetadata::decode(op.metadata.as_ref().unwrap().value.as_slice()).unwrap();
-    execution_stage::Value::try_from(meta.stage).unwrap()
 }
 
 async fn execute(

@@ -8,17 +8,16 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nix::sys::signal::Signal;
-use prost::Message;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, DigestFunction};
-use tessera_proto::longrunning::{Operation, operation};
 use tessera_proto::reapi::action_cache_client::ActionCacheClient;
 use tessera_proto::reapi::execution_client::ExecutionClient;
 use tessera_proto::reapi::{
-    ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, GetActionResultRequest,
-    WaitExecutionRequest, execution_stage,
+    ExecuteRequest, ExecuteResponse, GetActionResultRequest, WaitExecutionRequest, execution_stage,
 };
-use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, upload_action};
+use tessera_tests::{
+    AgentProcess, ServerProcess, free_port, in_ci, response_of, stage_of, upload_action,
+};
 use tonic::transport::Channel;
 
 const LEASE_TIMEOUT: &str = "2s";
@@ -42,22 +41,6 @@ async fn channel(endpoint: &str) -> Channel {
         .connect()
         .await
         .unwrap()
-}
-
-fn stage_of(op: &Operation) -> execution_stage::Value {
-    let meta =
-        ExecuteOperationMetadata::decode(op.metadata.as_ref().unwrap().value.as_slice()).unwrap();
-    execution_stage::Value::try_from(meta.stage).unwrap()
-}
-
-fn response_of(op: &Operation) -> Option<ExecuteResponse> {
-    match &op.result {
-        Some(operation::Result::Response(any)) => {
-            Some(ExecuteResponse::decode(any.value.as_slice()).unwrap())
-        }
-        Some(operation::Result::Error(e)) => panic!("Operation.error must never be set: {e:?}"),
-        None => None,
-    }
 }
 
 /// Starts an execution and returns its name once an agent is running it.

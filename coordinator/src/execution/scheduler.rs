@@ -341,7 +341,7 @@ struct AgentEntry {
 
 impl AgentEntry {
     /// An agent known only from a lease recovered after a restart, until it reconnects.
-    fn offline(_id: &str) -> Self {
+    fn offline() -> Self {
         AgentEntry {
             session: 0,
             properties: Platform::default(),
@@ -501,7 +501,7 @@ impl Scheduler {
                         self.leases.insert(lease_id.clone(), name.clone());
                         self.agents
                             .entry(agent.clone())
-                            .or_insert_with(|| AgentEntry::offline(agent))
+                            .or_insert_with(AgentEntry::offline)
                             .leases
                             .insert(lease_id.clone());
                     }
@@ -770,7 +770,7 @@ impl Scheduler {
                 "refusing result for a lease that is no longer current");
             return;
         };
-        self.release_lease(&result.lease_id);
+        self.release_lease(agent_id, &result.lease_id);
         let status = result.status.unwrap_or_default();
         let code = Code::from(status.code);
         match code {
@@ -809,10 +809,10 @@ impl Scheduler {
         }
     }
 
-    /// Removes the lease from the lease table and its agent.
-    fn release_lease(&mut self, lease_id: &str) {
+    /// Removes the lease from the lease table and from the agent holding it.
+    fn release_lease(&mut self, agent: &str, lease_id: &str) {
         self.leases.remove(lease_id);
-        for agent in self.agents.values_mut() {
+        if let Some(agent) = self.agents.get_mut(agent) {
             agent.leases.remove(lease_id);
         }
     }
@@ -919,7 +919,7 @@ impl Scheduler {
                         })),
                     }));
                 }
-                self.release_lease(&lease_id);
+                self.release_lease(&agent, &lease_id);
             }
         }
         let response = ExecuteResponse {
@@ -956,7 +956,7 @@ impl Scheduler {
                     })),
                 }));
             }
-            self.release_lease(&lease_id);
+            self.release_lease(&agent, &lease_id);
             self.retry_or_fail(
                 &name,
                 &format!("lease expired on agent {agent} (no heartbeat)"),
