@@ -121,12 +121,20 @@ impl Runner for CargoTestRunner {
     fn parse_prepare(&self, output: &CommandOutput) -> Result<Prepared, RunnerError> {
         check_prepare(output)?;
         let mut test_binaries: Vec<TestBinary> = Vec::new();
+        let mut files: Vec<PathBuf> = Vec::new();
         for line in output.stdout.lines().filter(|l| l.starts_with('{')) {
             let message: Artifact =
                 serde_json::from_str(line).map_err(|e| RunnerError::UnexpectedOutput {
                     tool: "cargo",
                     detail: format!("bad JSON message ({e}): {line}"),
                 })?;
+            // Every executable is kept, not only test binaries: integration tests run the
+            // crate's binaries (`CARGO_BIN_EXE_<name>`).
+            if let Some(executable) = &message.executable
+                && !files.contains(executable)
+            {
+                files.push(executable.clone());
+            }
             if let Some(binary) = message.test_binary()? {
                 // A binary built twice (say for two profiles) is listed once.
                 if !test_binaries.iter().any(|b| b.id == binary.id) {
@@ -134,7 +142,10 @@ impl Runner for CargoTestRunner {
                 }
             }
         }
-        Ok(Prepared { test_binaries })
+        Ok(Prepared {
+            test_binaries,
+            files,
+        })
     }
 
     fn list_command(&self, prepared: &Prepared) -> CommandSpec {
@@ -429,6 +440,7 @@ mod tests {
                     package_version: "0.1.0".into(),
                 },
             ],
+            files: vec!["/t/debug/deps/demo-1".into(), "/t/debug/deps/it-2".into()],
         }
     }
 
@@ -474,6 +486,11 @@ mod tests {
             .collect();
         assert_eq!(ids, ["demo", "demo::it", "demo::bin/tool"]);
         assert_eq!(prepared.test_binaries[0].cwd, PathBuf::from("/src/demo"));
+        // Every executable travels to the later steps, the crate's binaries included.
+        assert_eq!(
+            prepared.files,
+            ["/t/demo-1", "/t/it-2", "/t/tool-3"].map(PathBuf::from)
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod gotest;
 pub mod junit;
 pub mod nextest;
 pub mod pytest;
+pub mod step;
 
 pub use cargo::{CargoTestRunner, TestBinary};
 pub use command::CommandRunner;
@@ -368,7 +369,13 @@ impl Batching {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prepared {
     /// Test executables, for [`CargoTestRunner`]; empty for the other runners.
+    #[serde(default)]
     pub test_binaries: Vec<TestBinary>,
+    /// Every file the list and run steps need besides the job's input root (absolute paths:
+    /// test binaries, the binaries tests run, a nextest archive). The agent that ran the
+    /// prepare step uploads them, and every later step sees them at the same paths.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
 }
 
 /// Why an adapter could not do its part. Test failures are never errors (see [`Outcome`]).

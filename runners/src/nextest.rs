@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::junit::{self, CaseStatus, JunitCase};
 use crate::{
     Batching, CommandOutput, CommandSpec, Outcome, Prepared, RunInvocation, Runner, RunnerError,
-    ScratchFile, Termination, TestId, TestResult, list_failed, unreported,
+    ScratchFile, Termination, TestId, TestResult, check_prepare, list_failed, unreported,
 };
 
 /// Runs tests with cargo-nextest from an archive.
@@ -141,6 +141,14 @@ impl Runner for NextestRunner {
                 .arg(self.archive_file.display().to_string())
                 .args(self.cargo_args.iter().cloned()),
         )
+    }
+
+    fn parse_prepare(&self, output: &CommandOutput) -> Result<Prepared, RunnerError> {
+        check_prepare(output)?;
+        Ok(Prepared {
+            test_binaries: Vec::new(),
+            files: vec![self.archive_file.clone()],
+        })
     }
 
     fn list_command(&self, _prepared: &Prepared) -> CommandSpec {

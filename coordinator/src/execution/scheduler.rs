@@ -389,11 +389,16 @@ fn status(code: Code, message: impl Into<String>) -> rpc::Status {
     }
 }
 
-/// Keys that tell the agent how to run the action (`limit.nofile`, `limit.memory`, ...)
-/// rather than where: never matched against agent properties.
+/// Keys that tell the agent how to run the action (`limit.nofile`, `limit.memory`, ...,
+/// and `exec-root`, the fixed path where a job's steps see their input root) rather than
+/// where: never matched against agent properties.
 pub fn is_execution_only(key: &str) -> bool {
-    key.starts_with("limit.")
+    key.starts_with("limit.") || key == EXEC_ROOT_PROPERTY
 }
+
+/// Platform property naming the absolute path at which the agent shows the action its input
+/// root (DESIGN.md §5: a job's prepare step and batches see it at the same path everywhere).
+pub const EXEC_ROOT_PROPERTY: &str = "exec-root";
 
 fn merge_key(record: &OperationRecord) -> Vec<u8> {
     let mut key = record.instance_name.as_bytes().to_vec();

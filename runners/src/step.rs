@@ -1,0 +1,285 @@
+//! One step of a job as a remote action: what the coordinator asks an agent to do, and what the
+//! agent answers.
+//!
+//! The coordinator turns each step of a job (prepare, list, run a batch) into a REAPI action
+//! whose command is [`BUILTIN_PROGRAM`] followed by [`StepSpec::to_argv`]'s arguments. An agent
+//! that sees that program does not start it: it runs [`execute_step`] with its own way of
+//! spawning processes ([`Spawn`], sandboxed, with the lease's cancellation), writes the
+//! [`StepReport`] as JSON to [`REPORT_PATH`] under the exec root, copies the files a prepare
+//! step produced under [`PREPARED_DIR`], and uploads both as the action's declared outputs.
+//! So the steps share the scheduler, the leases, retries and the action cache with every other
+//! action, and the runner adapters run next to the tools whose output they read.
+//!
+//! Every step sees the input root at the job's fixed exec root path (DESIGN.md §5: cargo test
+//! binaries embed absolute paths), so the paths in [`Prepared`] are valid on every agent.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    CommandOutput, CommandSpec, Outcome, Prepared, RunnerConfig, RunnerError, TestId, TestResult,
+};
+
+/// `argv[0]` of a job step's command: the agent runs the step itself instead of a program.
+pub const BUILTIN_PROGRAM: &str = "tessera-builtin";
+
+/// `argv[1]`: which builtin (there is one so far; the word leaves room for more).
+const STEP_VERB: &str = "run-step";
+
+/// Where the agent writes the [`StepReport`], relative to the exec root; a declared output file
+/// of every step action.
+pub const REPORT_PATH: &str = ".tessera/report.json";
+
+/// Where the agent copies what a prepare step produced, relative to the exec root; a declared
+/// output directory of prepare actions. A file at absolute path `<exec root>/<p>` is copied to
+/// `PREPARED_DIR/<p>`, so the coordinator can lay it back at `<p>` in the prepared input root.
+pub const PREPARED_DIR: &str = ".tessera/prepared";
+
+/// Per-step scratch directories (JUnit reports, id files) live here, relative to the exec root.
+pub const SCRATCH_DIR: &str = ".tessera/scratch";
+
+/// What one step action does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StepSpec {
+    /// Run the runner's prepare command once and report what it built.
+    Prepare {
+        /// The runner.
+        runner: RunnerConfig,
+        /// Directories under the exec root (relative paths) that the agent keeps between
+        /// prepare steps of the same exec root on that agent, such as cargo's `target`, so a
+        /// rebuild is incremental. The agent may ignore this; the result must not depend on it.
+        #[serde(default)]
+        persist: Vec<PathBuf>,
+    },
+    /// Run the runner's list command.
+    List {
+        /// The runner.
+        runner: RunnerConfig,
+        /// What the prepare step reported.
+        prepared: Prepared,
+    },
+    /// Run a batch of tests and report one result per test.
+    Batch {
+        /// The runner.
+        runner: RunnerConfig,
+        /// What the prepare step reported.
+        prepared: Prepared,
+        /// The tests, in the order to run them.
+        tests: Vec<TestId>,
+        /// Deadline of each test; a command running several tests gets the sum.
+        test_timeout_ms: u64,
+    },
+}
+
+impl StepSpec {
+    /// The command line of the step's action.
+    pub fn to_argv(&self) -> Vec<String> {
+        let json = serde_json::to_string(self).expect("a step spec always serializes");
+        vec![BUILTIN_PROGRAM.to_owned(), STEP_VERB.to_owned(), json]
+    }
+
+    /// The step an action's command line asks for: `None` if it is not a builtin command at
+    /// all, an error message if it is one but malformed.
+    pub fn from_argv(argv: &[String]) -> Option<Result<Self, String>> {
+        if argv.first().map(String::as_str) != Some(BUILTIN_PROGRAM) {
+            return None;
+        }
+        Some(match argv {
+            [_, verb, json] if verb == STEP_VERB => serde_json::from_str(json)
+                .map_err(|e| format!("{BUILTIN_PROGRAM}: malformed step spec: {e}")),
+            _ => Err(format!(
+                "{BUILTIN_PROGRAM}: expected `{BUILTIN_PROGRAM} {STEP_VERB} <json>`, got {} arguments",
+                argv.len()
+            )),
+        })
+    }
+
+    /// The runner of the step.
+    pub fn runner(&self) -> &RunnerConfig {
+        match self {
+            Self::Prepare { runner, .. }
+            | Self::List { runner, .. }
+            | Self::Batch { runner, .. } => runner,
+        }
+    }
+}
+
+/// What a step reported. A step whose tool failed (the build broke, the list command crashed)
+/// reports [`StepReport::Failed`]; the action itself still succeeds, so it is not retried as an
+/// infrastructure failure (and the coordinator never caches it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StepReport {
+    /// The prepare step succeeded.
+    Prepared {
+        /// What later steps need.
+        prepared: Prepared,
+    },
+    /// The list step succeeded.
+    Listed {
+        /// The tests, in the tool's order.
+        tests: Vec<TestId>,
+    },
+    /// The batch ran: one result per requested test, in request order.
+    Ran {
+        /// The results.
+        results: Vec<TestResult>,
+    },
+    /// The step could not do its work.
+    Failed {
+        /// What went wrong, with the end of the tool's output.
+        error: String,
+    },
+}
+
+impl StepReport {
+    /// Whether the coordinator may cache the step's action: only successful prepare and list
+    /// steps, since batch results are cached per test and failures never.
+    pub fn cacheable(&self) -> bool {
+        matches!(self, Self::Prepared { .. } | Self::Listed { .. })
+    }
+}
+
+/// How [`execute_step`] runs a command: the agent's sandboxed process runner in production, a
+/// plain local process in tests.
+pub trait Spawn {
+    /// Runs `command` to its end, or until `timeout` passes (then it is killed, whole process
+    /// group, and the output says [`Termination::TimedOut`]). An error means the command could
+    /// not be started or the run was cancelled.
+    fn spawn(
+        &self,
+        command: &CommandSpec,
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = std::io::Result<CommandOutput>> + Send;
+}
+
+/// Runs `spec` with `spawn`, using `exec_root` (where the input root is seen, the job's fixed
+/// path) for scratch files. Tool failures become [`StepReport::Failed`]; an error from `spawn`
+/// (cancelled, could not start) is returned as it is.
+pub async fn execute_step<S: Spawn + Sync>(
+    spec: &StepSpec,
+    exec_root: &Path,
+    spawn: &S,
+) -> std::io::Result<StepReport> {
+    let runner = spec.runner().runner();
+    match spec {
+        StepSpec::Prepare { .. } => {
+            let Some(command) = runner.prepare_command() else {
+                return Ok(StepReport::Prepared {
+                    prepared: Prepared::default(),
+                });
+            };
+            let output = spawn.spawn(&command, None).await?;
+            Ok(match runner.parse_prepare(&output) {
+                Ok(prepared) => StepReport::Prepared { prepared },
+                Err(e) => StepReport::Failed {
+                    error: e.to_string(),
+                },
+            })
+        }
+        StepSpec::List { prepared, .. } => {
+            let output = spawn.spawn(&runner.list_command(prepared), None).await?;
+            Ok(match runner.parse_list(prepared, &output) {
+                Ok(tests) => StepReport::Listed { tests },
+                Err(e) => StepReport::Failed {
+                    error: e.to_string(),
+                },
+            })
+        }
+        StepSpec::Batch {
+            prepared,
+            tests,
+            test_timeout_ms,
+            ..
+        } => {
+            let per_test = Duration::from_millis((*test_timeout_ms).max(1));
+            let mut results = Vec::with_capacity(tests.len());
+            for (i, group) in runner.batching().split(tests).into_iter().enumerate() {
+                let scratch = exec_root.join(SCRATCH_DIR).join(i.to_string());
+                std::fs::create_dir_all(&scratch)?;
+                let timeout =
+                    per_test.saturating_mul(u32::try_from(group.len()).unwrap_or(u32::MAX));
+                let ran = match runner.run_command(prepared, &group, &scratch) {
+                    Ok(invocation) => {
+                        invocation.write_files()?;
+                        let output = spawn.spawn(&invocation.command, Some(timeout)).await?;
+                        runner
+                            .parse_results(prepared, &group, &output, &scratch)
+                            .map(|mut ran| {
+                                if !runner.times_tests_itself() {
+                                    for result in &mut ran {
+                                        result.duration = Some(output.elapsed);
+                                    }
+                                }
+                                ran
+                            })
+                    }
+                    Err(e) => Err(e),
+                };
+                match ran {
+                    Ok(ran) => results.extend(ran),
+                    Err(e) => results.extend(group.iter().map(|id| no_result(id, &e))),
+                }
+            }
+            Ok(StepReport::Ran { results })
+        }
+    }
+}
+
+/// The result of a test whose run could not be read.
+fn no_result(id: &TestId, error: &RunnerError) -> TestResult {
+    TestResult {
+        id: id.clone(),
+        outcome: Outcome::NoResult,
+        duration: None,
+        output: format!("tessera could not read this test's result: {error}"),
+    }
+}
+
+/// Where a file the prepare step produced goes in the prepared input root: its path relative to
+/// `exec_root`, or `None` for a file outside it (which later steps could not see anyway).
+pub fn prepared_path(exec_root: &Path, file: &Path) -> Option<PathBuf> {
+    let relative = file.strip_prefix(exec_root).ok()?;
+    let clean = relative
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    (clean && !relative.as_os_str().is_empty()).then(|| relative.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PytestRunner;
+
+    #[test]
+    fn argv_round_trips() {
+        let spec = StepSpec::Batch {
+            runner: RunnerConfig::Pytest(PytestRunner::new("/tmp/root")),
+            prepared: Prepared::default(),
+            tests: vec![TestId::ungrouped("t.py::a")],
+            test_timeout_ms: 1000,
+        };
+        let argv = spec.to_argv();
+        assert_eq!(argv[0], BUILTIN_PROGRAM);
+        assert_eq!(StepSpec::from_argv(&argv), Some(Ok(spec)));
+        assert_eq!(StepSpec::from_argv(&["sh".into()]), None);
+        let bad = StepSpec::from_argv(&[BUILTIN_PROGRAM.into(), "run-step".into(), "{".into()]);
+        assert!(bad.unwrap().unwrap_err().contains("malformed step spec"));
+    }
+
+    #[test]
+    fn prepared_paths_stay_inside_the_exec_root() {
+        let root = Path::new("/tmp/root");
+        assert_eq!(
+            prepared_path(root, Path::new("/tmp/root/target/debug/t")),
+            Some(PathBuf::from("target/debug/t"))
+        );
+        assert_eq!(prepared_path(root, Path::new("/usr/bin/t")), None);
+        assert_eq!(prepared_path(root, Path::new("/tmp/root/../x")), None);
+        assert_eq!(prepared_path(root, root), None);
+    }
+}
