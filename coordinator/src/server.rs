@@ -20,6 +20,7 @@ use tessera_proto::reapi::capabilities_server::CapabilitiesServer;
 use tessera_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use tessera_proto::reapi::execution_server::ExecutionServer;
 use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
+use tessera_proto::tessera::v1::jobs_server::JobsServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,9 @@ use crate::action_cache::{AcError, ActionCache};
 use crate::config::CoordinatorConfig;
 use crate::execution::inputs::ExecLimits;
 use crate::execution::scheduler::{self, SchedulerConfig, SchedulerError, SchedulerHandle};
+use crate::jobs::driver::JobContext;
+use crate::jobs::results::TestStore;
+use crate::jobs::service::JobsService;
 use crate::services::action_cache::ActionCacheService;
 use crate::services::agent_session::AgentSessionService;
 use crate::services::bytestream::ByteStreamService;
@@ -150,6 +154,25 @@ impl Coordinator {
             tree: tessera_cas::validate::TreeLimits::default(),
         };
 
+        let execution = ExecutionService::new(
+            Arc::clone(&blobs),
+            cache.clone(),
+            Arc::clone(&meta_dyn),
+            scheduler.clone(),
+            limits.clone(),
+        );
+        let jobs = JobsService::start(
+            JobContext {
+                store: Arc::clone(&blobs),
+                exec: execution.clone(),
+                scheduler: scheduler.clone(),
+                tests: TestStore::open(Arc::clone(&meta_dyn))?,
+                default_test_timeout: config.default_action_timeout,
+                max_action_timeout: config.max_action_timeout,
+            },
+            Arc::clone(&meta_dyn),
+        )?;
+
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -186,15 +209,14 @@ impl Coordinator {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                ExecutionServer::new(ExecutionService::new(
-                    Arc::clone(&blobs),
-                    cache,
-                    Arc::clone(&meta_dyn),
-                    scheduler.clone(),
-                    limits,
-                ))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                ExecutionServer::new(execution.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                JobsServer::new(jobs.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(OperationsServer::new(OperationsService::new(
                 scheduler.clone(),

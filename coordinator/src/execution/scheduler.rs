@@ -157,6 +157,10 @@ enum Request {
     Stats {
         reply: oneshot::Sender<(SchedulerStats, Vec<AgentInfo>)>,
     },
+    Position {
+        names: Vec<String>,
+        reply: oneshot::Sender<Option<usize>>,
+    },
 }
 
 /// A cheap, cloneable way to talk to the scheduler actor.
@@ -230,6 +234,15 @@ impl SchedulerHandle {
     /// Counters and the connected agents.
     pub async fn stats(&self) -> Result<(SchedulerStats, Vec<AgentInfo>), SchedulerError> {
         self.ask(|reply| Request::Stats { reply }).await
+    }
+
+    /// How many queued operations would be picked before the first of `names` that is still
+    /// queued (`None` when none of them is queued).
+    pub async fn queue_position(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Option<usize>, SchedulerError> {
+        self.ask(|reply| Request::Position { names, reply }).await
     }
 
     /// An agent's session opened.
@@ -598,6 +611,13 @@ impl Scheduler {
                     tracing::info!(agent = %id, leases = agent.leases.len(), "agent disconnected");
                     agent.tx = None;
                 }
+            }
+            Request::Position { names, reply } => {
+                let position = names
+                    .iter()
+                    .filter_map(|name| self.queue.position(name))
+                    .min();
+                let _ = reply.send(position);
             }
             Request::Stats { reply } => {
                 let agents = self

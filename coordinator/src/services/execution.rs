@@ -98,6 +98,14 @@ pub(crate) fn watch_stream(rx: watch::Receiver<OpSnapshot>) -> OperationStream {
     ))
 }
 
+/// What [`ExecutionService::submit`] did with an action.
+pub(crate) enum Submitted {
+    /// Answered from the action cache: done.
+    Cached(Box<OpSnapshot>),
+    /// Queued (or merged into an identical running action): watch it.
+    Queued(watch::Receiver<OpSnapshot>),
+}
+
 /// The Execution service.
 #[derive(Clone)]
 pub struct ExecutionService {
@@ -131,6 +139,21 @@ impl ExecutionService {
         requester: String,
         req: ExecuteRequest,
     ) -> Result<OperationStream, Status> {
+        Ok(match self.submit(requester, req).await? {
+            Submitted::Cached(snapshot) => {
+                Box::pin(futures::stream::iter([Ok(snapshot.to_operation())]))
+            }
+            Submitted::Queued(rx) => watch_stream(rx),
+        })
+    }
+
+    /// Execute without the stream: answers from the action cache, or queues the action (for
+    /// the job driver, which runs its steps as actions and watches them itself).
+    pub(crate) async fn submit(
+        &self,
+        requester: String,
+        req: ExecuteRequest,
+    ) -> Result<Submitted, Status> {
         validate_instance_name(&req.instance_name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let function = DigestFunction::from_request(req.digest_function)
@@ -164,9 +187,7 @@ impl ExecutionService {
                         ..Default::default()
                     }),
                 };
-                return Ok(Box::pin(futures::stream::iter([Ok(
-                    snapshot.to_operation()
-                )])));
+                return Ok(Submitted::Cached(Box::new(snapshot)));
             }
         }
 
@@ -219,7 +240,7 @@ impl ExecutionService {
                 .await
                 .map_err(|e| Status::internal(format!("failed to persist the operation: {e}")))?;
         }
-        Ok(watch_stream(rx))
+        Ok(Submitted::Queued(rx))
     }
 
     async fn wait(&self, req: WaitExecutionRequest) -> Result<OperationStream, Status> {
