@@ -1,0 +1,181 @@
+//! `--json`: one JSON object a line on stdout, one per event, and nothing else there.
+//!
+//! Every line has `"event"`; job events also have `"seq"` and `"elapsed_ms"`. Field names:
+//!
+//! | event | fields |
+//! | --- | --- |
+//! | `submitted` | `job_id` (the client's first line; `tessera watch` omits it) |
+//! | `phase` | `phase` (`queued`, `preparing`, `listing`, `running`, `done`), `detail` |
+//! | `queue` | `ahead` (operations of others ahead in the queue) |
+//! | `planned` | `total`, `cached`, `to_run`, `expected_ms` |
+//! | `test` | `test` (`"group name"`, or the name without a group), `group`, `name`, `outcome` (`passed`, `failed`, `skipped`, `timed_out`, `flaky`, `no_result`, `cancelled`), `attempt`, `final`, `cached`, `duration_ms`, `agent`, `output`, `failed_attempts` |
+//! | `progress` | `done`, `total`, `running_batches`, `agents`, `busy_slots`, `total_slots`, `eta_ms` |
+//! | `log` | `text` |
+//! | `note` | `text` (from the client: re-attaching, cancelling) |
+//! | `finished` | `job_id`, `result` (`passed`, `failed`, `error`, `infrastructure`, `cancelled`), `message`, `passed`, `failed`, `skipped`, `flaky`, `timed_out`, `cached`, `not_run`, `wall_ms`, `serial_ms`, `log`, `exit_code` |
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+use tessera_proto::tessera::v1::{JobEvent, job_event::Kind};
+
+use super::tally::{
+    EventSink, Tally, duration, exit_for, outcome_name, phase_name, result_name, test_name,
+};
+
+fn ms(d: Option<&prost_types::Duration>) -> u64 {
+    u64::try_from(duration(d).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The JSON object for one job event.
+pub fn event_json(event: &JobEvent, job_id: &str) -> Value {
+    let mut value = match &event.kind {
+        Some(Kind::Phase(p)) => json!({
+            "event": "phase", "phase": phase_name(p.phase()), "detail": p.detail,
+        }),
+        Some(Kind::Queue(q)) => json!({ "event": "queue", "ahead": q.ahead }),
+        Some(Kind::Planned(p)) => json!({
+            "event": "planned", "total": p.total, "cached": p.cached, "to_run": p.to_run,
+            "expected_ms": ms(p.expected.as_ref()),
+        }),
+        Some(Kind::Test(t)) => {
+            let (group, name) = t
+                .test
+                .as_ref()
+                .map(|r| (r.group.as_str(), r.name.as_str()))
+                .unwrap_or_default();
+            json!({
+                "event": "test", "test": test_name(t), "group": group, "name": name,
+                "outcome": outcome_name(t.outcome()), "attempt": t.attempt, "final": t.r#final,
+                "cached": t.cached, "duration_ms": ms(t.duration.as_ref()), "agent": t.agent,
+                "output": t.output, "failed_attempts": t.failed_attempts,
+            })
+        }
+        Some(Kind::Progress(p)) => json!({
+            "event": "progress", "done": p.done, "total": p.total,
+            "running_batches": p.running_batches, "agents": p.agents,
+            "busy_slots": p.busy_slots, "total_slots": p.total_slots,
+            "eta_ms": ms(p.eta.as_ref()),
+        }),
+        Some(Kind::Log(l)) => json!({ "event": "log", "text": l.text }),
+        Some(Kind::Finished(f)) => json!({
+            "event": "finished", "job_id": job_id, "result": result_name(f.result()),
+            "message": f.message, "passed": f.passed, "failed": f.failed,
+            "skipped": f.skipped, "flaky": f.flaky, "timed_out": f.timed_out,
+            "cached": f.cached, "not_run": f.not_run, "wall_ms": ms(f.wall.as_ref()),
+            "serial_ms": ms(f.serial.as_ref()), "log": f.log,
+            "exit_code": exit_for(f) as u8,
+        }),
+        None => json!({ "event": "unknown" }),
+    };
+    if let Value::Object(map) = &mut value {
+        map.insert("seq".to_owned(), json!(event.seq));
+        map.insert("elapsed_ms".to_owned(), json!(event.elapsed_ms));
+    }
+    value
+}
+
+/// Writes JSON lines to `out`.
+pub struct JsonLines<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonLines<W> {
+    /// JSON lines on `out`.
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+
+    /// The `submitted` line.
+    pub fn submitted(&mut self, job_id: &str) {
+        self.line(&json!({ "event": "submitted", "job_id": job_id }));
+    }
+
+    fn line(&mut self, value: &Value) {
+        // A closed stdout (`| head`) must not stop the job's watch; the exit code still counts.
+        let _ = writeln!(self.out, "{value}");
+        let _ = self.out.flush();
+    }
+
+    /// The writer (for tests).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+impl<W: Write> EventSink for JsonLines<W> {
+    fn event(&mut self, event: &JobEvent, tally: &Tally) {
+        let value = event_json(event, &tally.job_id);
+        self.line(&value);
+    }
+
+    fn note(&mut self, text: &str) {
+        self.line(&json!({ "event": "note", "text": text }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_proto::tessera::v1::{JobFinished, JobResult, TestFinished, TestOutcome, TestRef};
+
+    use super::*;
+
+    #[test]
+    fn every_event_is_one_parseable_line_with_documented_fields() {
+        let mut sink = JsonLines::new(Vec::new());
+        let tally = Tally::new("job-1");
+        sink.submitted("job-1");
+        sink.event(
+            &JobEvent {
+                seq: 1,
+                elapsed_ms: 5,
+                kind: Some(Kind::Test(TestFinished {
+                    test: Some(TestRef {
+                        group: "pkg".into(),
+                        name: "t \"quoted\"\nnext".into(),
+                    }),
+                    outcome: TestOutcome::TimedOut as i32,
+                    attempt: 2,
+                    r#final: true,
+                    duration: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 500_000_000,
+                    }),
+                    output: "boom".into(),
+                    ..TestFinished::default()
+                })),
+            },
+            &tally,
+        );
+        sink.event(
+            &JobEvent {
+                seq: 2,
+                elapsed_ms: 9,
+                kind: Some(Kind::Finished(JobFinished {
+                    result: JobResult::Failed as i32,
+                    passed: 3,
+                    timed_out: 1,
+                    ..JobFinished::default()
+                })),
+            },
+            &tally,
+        );
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["event"], "submitted");
+        assert_eq!(lines[1]["event"], "test");
+        assert_eq!(lines[1]["test"], "pkg t \"quoted\"\nnext");
+        assert_eq!(lines[1]["outcome"], "timed_out");
+        assert_eq!(lines[1]["duration_ms"], 1500);
+        assert_eq!(lines[1]["final"], true);
+        assert_eq!(lines[1]["seq"], 1);
+        assert_eq!(lines[2]["event"], "finished");
+        assert_eq!(lines[2]["job_id"], "job-1");
+        assert_eq!(lines[2]["result"], "failed");
+        assert_eq!(lines[2]["exit_code"], 1);
+    }
+}

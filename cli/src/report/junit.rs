@@ -1,0 +1,307 @@
+//! `--junit FILE`: a JUnit XML report of the job's final results.
+//!
+//! One `<testsuite>` per test group (tests without a group go to the suite `tessera`), one
+//! `<testcase>` per test with its `time` in seconds. A failed or timed-out test has a
+//! `<failure>` (type `failed` or `timeout`) whose text is its output; a test the tool said
+//! nothing about has an `<error type="no_result">`; skipped and never-run (cancelled) tests
+//! have `<skipped/>`. A flaky test is a passing test case with one `<flakyFailure>` per failed
+//! attempt, its output in `<system-out>`, as Maven Surefire writes them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use quick_xml::escape::escape;
+use tessera_proto::tessera::v1::{JobEvent, TestFinished, TestOutcome, job_event::Kind};
+
+use super::tally::{EventSink, Tally, duration};
+
+/// Suite name for tests without a group.
+pub const UNGROUPED_SUITE: &str = "tessera";
+
+/// Collects the final result of every test.
+#[derive(Debug, Default)]
+pub struct JunitReport {
+    /// By group, then by name: the last final event of each test.
+    suites: BTreeMap<String, BTreeMap<String, TestFinished>>,
+}
+
+impl JunitReport {
+    /// An empty report.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a test's final result (a later one for the same test replaces it).
+    pub fn record(&mut self, test: &TestFinished) {
+        if !test.r#final {
+            return;
+        }
+        let (group, name) = test
+            .test
+            .as_ref()
+            .map(|t| (t.group.clone(), t.name.clone()))
+            .unwrap_or_default();
+        self.suites
+            .entry(group)
+            .or_default()
+            .insert(name, test.clone());
+    }
+
+    /// The report as XML.
+    pub fn to_xml(&self) -> String {
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let all: Vec<&TestFinished> = self.suites.values().flat_map(|s| s.values()).collect();
+        let counts = Counts::of(all.iter().copied());
+        out.push_str(&format!(
+            "<testsuites name=\"tessera\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
+            counts.tests, counts.failures, counts.errors, counts.skipped, counts.time
+        ));
+        for (group, tests) in &self.suites {
+            let suite = if group.is_empty() {
+                UNGROUPED_SUITE
+            } else {
+                group
+            };
+            let counts = Counts::of(tests.values());
+            out.push_str(&format!(
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
+                text(suite),
+                counts.tests,
+                counts.failures,
+                counts.errors,
+                counts.skipped,
+                counts.time
+            ));
+            for (name, test) in tests {
+                case(&mut out, suite, name, test);
+            }
+            out.push_str("  </testsuite>\n");
+        }
+        out.push_str("</testsuites>\n");
+        out
+    }
+
+    /// Writes the report to `path` (through a temporary file, so a reader never sees half).
+    pub fn write_to(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("xml.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(self.to_xml().as_bytes())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    }
+}
+
+impl EventSink for JunitReport {
+    fn event(&mut self, event: &JobEvent, _tally: &Tally) {
+        if let Some(Kind::Test(test)) = &event.kind {
+            self.record(test);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    tests: usize,
+    failures: usize,
+    errors: usize,
+    skipped: usize,
+    time: f64,
+}
+
+impl Counts {
+    fn of<'a>(tests: impl IntoIterator<Item = &'a TestFinished>) -> Self {
+        let mut c = Counts::default();
+        for t in tests {
+            c.tests += 1;
+            c.time += duration(t.duration.as_ref()).as_secs_f64();
+            match t.outcome() {
+                TestOutcome::Failed | TestOutcome::TimedOut => c.failures += 1,
+                TestOutcome::NoResult | TestOutcome::Unknown => c.errors += 1,
+                TestOutcome::Skipped | TestOutcome::Cancelled => c.skipped += 1,
+                TestOutcome::Passed | TestOutcome::Flaky => {}
+            }
+        }
+        c
+    }
+}
+
+fn case(out: &mut String, suite: &str, name: &str, test: &TestFinished) {
+    let time = duration(test.duration.as_ref()).as_secs_f64();
+    let open = format!(
+        "    <testcase name=\"{}\" classname=\"{}\" time=\"{time:.3}\"",
+        text(name),
+        text(suite)
+    );
+    let body = match test.outcome() {
+        TestOutcome::Passed => None,
+        TestOutcome::Failed => Some(format!(
+            "<failure message=\"failed\" type=\"failed\">{}</failure>",
+            text(&test.output)
+        )),
+        TestOutcome::TimedOut => Some(format!(
+            "<failure message=\"timed out\" type=\"timeout\">{}</failure>",
+            text(&test.output)
+        )),
+        TestOutcome::NoResult | TestOutcome::Unknown => Some(format!(
+            "<error message=\"no result\" type=\"no_result\">{}</error>",
+            text(&test.output)
+        )),
+        TestOutcome::Skipped => Some("<skipped/>".to_owned()),
+        TestOutcome::Cancelled => Some("<skipped message=\"not run: cancelled\"/>".to_owned()),
+        TestOutcome::Flaky => {
+            let attempts: Vec<&str> = if test.failed_attempts.is_empty() {
+                vec![test.output.as_str()]
+            } else {
+                test.failed_attempts.iter().map(String::as_str).collect()
+            };
+            Some(
+                attempts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, output)| {
+                        format!(
+                            "<flakyFailure message=\"attempt {} failed\" type=\"flaky\"><system-out>{}</system-out></flakyFailure>",
+                            i + 1,
+                            text(output)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n      "),
+            )
+        }
+    };
+    match body {
+        None => out.push_str(&format!("{open}/>\n")),
+        Some(body) => out.push_str(&format!("{open}>\n      {body}\n    </testcase>\n")),
+    }
+}
+
+/// Escapes `s` for XML text and attribute values, dropping characters XML 1.0 cannot hold
+/// (control characters other than tab, newline and carriage return; unpaired surrogates cannot
+/// occur in a Rust string).
+fn text(s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .filter(|&c| {
+            matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+        })
+        .collect();
+    escape(clean.as_str()).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use quick_xml::Reader;
+    use quick_xml::events::Event;
+    use tessera_proto::tessera::v1::TestRef;
+    use tessera_runners::junit::{CaseStatus, parse};
+
+    use super::*;
+
+    fn test(group: &str, name: &str, outcome: TestOutcome, output: &str) -> TestFinished {
+        TestFinished {
+            test: Some(TestRef {
+                group: group.into(),
+                name: name.into(),
+            }),
+            outcome: outcome as i32,
+            attempt: 1,
+            r#final: true,
+            duration: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 250_000_000,
+            }),
+            output: output.into(),
+            ..TestFinished::default()
+        }
+    }
+
+    fn report() -> JunitReport {
+        let mut r = JunitReport::new();
+        r.record(&test("calc", "adds", TestOutcome::Passed, ""));
+        r.record(&test(
+            "calc",
+            "divides <by> \"zero\" & more",
+            TestOutcome::Failed,
+            "expected 1 < 2 & \u{1b}[31mred\u{1b}[0m ]]> done",
+        ));
+        r.record(&test("calc", "slow", TestOutcome::TimedOut, "killed"));
+        r.record(&test("", "a.py::skipped", TestOutcome::Skipped, ""));
+        let mut flaky = test("calc", "flaky", TestOutcome::Flaky, "");
+        flaky.attempt = 3;
+        flaky.failed_attempts = vec!["first <fail>".into(), "second fail".into()];
+        r.record(&flaky);
+        // A retry that is not final does not make a test case.
+        let mut retry = test("calc", "retried", TestOutcome::Failed, "x");
+        retry.r#final = false;
+        r.record(&retry);
+        r
+    }
+
+    #[test]
+    fn the_report_parses_back_with_every_outcome() {
+        let xml = report().to_xml();
+        let cases = parse(&xml).unwrap();
+        let find = |name: &str| cases.iter().find(|c| c.name == name).unwrap();
+        assert_eq!(cases.len(), 5, "{xml}");
+        assert_eq!(find("adds").status, CaseStatus::Passed);
+        assert_eq!(find("adds").suite, "calc");
+        assert_eq!(
+            find("adds").time,
+            Some(std::time::Duration::from_millis(250))
+        );
+        let failed = find("divides <by> \"zero\" & more");
+        assert_eq!(failed.status, CaseStatus::Failed);
+        assert!(
+            failed
+                .detail
+                .contains("expected 1 < 2 & [31mred[0m ]]> done"),
+            "{failed:?}"
+        );
+        assert_eq!(find("slow").status, CaseStatus::Failed);
+        assert_eq!(find("slow").kind.as_deref(), Some("timeout"));
+        assert_eq!(find("a.py::skipped").status, CaseStatus::Skipped);
+        assert_eq!(find("a.py::skipped").suite, UNGROUPED_SUITE);
+        assert_eq!(find("flaky").status, CaseStatus::Passed);
+    }
+
+    #[test]
+    fn flaky_tests_carry_one_flaky_failure_per_failed_attempt() {
+        let xml = report().to_xml();
+        let mut reader = Reader::from_str(&xml);
+        let mut in_flaky = false;
+        let mut outputs = Vec::new();
+        loop {
+            match reader.read_event().unwrap() {
+                Event::Start(e) if e.name().as_ref() == b"flakyFailure" => in_flaky = true,
+                Event::End(e) if e.name().as_ref() == b"flakyFailure" => in_flaky = false,
+                Event::Text(t) if in_flaky => outputs.push(t.decode().unwrap().into_owned()),
+                Event::GeneralRef(r) if in_flaky => {
+                    let name = r.decode().unwrap().into_owned();
+                    if let Some(last) = outputs.last_mut() {
+                        last.push_str(match name.as_str() {
+                            "lt" => "<",
+                            "gt" => ">",
+                            _ => "?",
+                        });
+                    }
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        let joined = outputs.concat();
+        assert!(joined.contains("first <fail>"), "{outputs:?}");
+        assert!(joined.contains("second fail"), "{outputs:?}");
+        assert_eq!(xml.matches("<flakyFailure").count(), 2);
+        // Suite counts: calc has 4 cases (adds, divides, slow, flaky), 2 failures.
+        assert!(
+            xml.contains(
+                "<testsuite name=\"calc\" tests=\"4\" failures=\"2\" errors=\"0\" skipped=\"0\""
+            ),
+            "{xml}"
+        );
+    }
+}
