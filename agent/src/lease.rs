@@ -11,13 +11,18 @@
 //! | cancelled by the coordinator | CANCELLED | none |
 //! | stopped because the agent is stopping | UNAVAILABLE | none |
 //! | inputs missing from the CAS | FAILED_PRECONDITION + `PreconditionFailure` (MISSING) | none |
-//! | bad lease, tree, command, platform or outputs | INVALID_ARGUMENT | none |
+//! | bad lease, tree, command, platform, outputs or step spec | INVALID_ARGUMENT | none |
 //! | CAS unreachable, local cache full | UNAVAILABLE | none |
 //! | local disk or other agent trouble | INTERNAL | none |
+//!
+//! A builtin step action (`tessera-builtin run-step ...`) runs through the same stages; only
+//! the run differs (see `step`). An action with an `exec-root` platform property sees its input
+//! root at that path (see `exec_root`).
 //!
 //! Does not talk to the coordinator (see `session`); progress goes out through a callback.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +38,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::cache::{FetchError, LocalCache};
+use crate::exec_root::{ExecRootError, PathMap, SymlinkedRoot, check_disjoint};
 use crate::materialize::{
     MaterializeError, create_dirs_within, fetch_input_tree, materialize, relative_components,
 };
@@ -43,7 +49,11 @@ use crate::platform::{ExecutionOptions, PlatformError};
 use crate::sandbox::{
     Isolation, ProcessExit, ProcessRunner, ProcessSpec, SpawnError, resolve_program,
 };
+use crate::step::{
+    StepContext, StepEnd, StepError, check_persist_paths, lay_out_persist, run_step,
+};
 use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
+use tessera_runners::step::StepSpec;
 
 /// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
 const UPLOAD_ATTEMPTS: u32 = 5;
@@ -184,6 +194,12 @@ pub enum LeaseError {
     /// The CAS could not be reached.
     #[error("failed to connect to the CAS: {0}")]
     Cas(#[from] ClientError),
+    /// The fixed exec root could not be set up.
+    #[error(transparent)]
+    ExecRoot(#[from] ExecRootError),
+    /// A builtin step could not be run.
+    #[error(transparent)]
+    Step(#[from] StepError),
     /// A local filesystem operation failed.
     #[error("failed to {op}: {source}")]
     Io {
@@ -217,6 +233,9 @@ impl LeaseError {
                 | MaterializeError::Io { .. } => Code::Internal,
             },
             LeaseError::Spawn(error) if error.is_user_error() => Code::InvalidArgument,
+            LeaseError::ExecRoot(error) if error.is_user_error() => Code::InvalidArgument,
+            // The host is in the way (a directory where the exec root goes, a disk error).
+            LeaseError::ExecRoot(_) | LeaseError::Step(_) => Code::Internal,
             LeaseError::Outputs(error) if error.is_user_error() => Code::InvalidArgument,
             LeaseError::Outputs(OutputError::Upload(_)) | LeaseError::Cas(_) => Code::Unavailable,
             LeaseError::Spawn(_) | LeaseError::Outputs(_) | LeaseError::Io { .. } => Code::Internal,
@@ -361,6 +380,17 @@ struct Plan {
     outputs: Vec<RequestedOutput>,
     timeout: Option<Duration>,
     cas: CasClient,
+    /// The builtin step the command asks for, if it is one.
+    step: Option<StepSpec>,
+}
+
+/// How to run a lease once its inputs are laid out.
+struct Launch {
+    /// The command; for a step, the template of its commands (environment, isolation, limits,
+    /// the action's timeout).
+    spec: ProcessSpec,
+    /// Paths as the command sees them and as the agent opens them.
+    map: PathMap,
 }
 
 fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
@@ -421,7 +451,7 @@ impl LeasePipeline {
 
         progress(LeaseStage::Fetching);
         metadata.input_fetch_start_timestamp = timestamp(SystemTime::now());
-        let (plan, spec) = match self.fetch(lease, dirs, cancel).await {
+        let (plan, launch) = match self.fetch(lease, dirs, cancel).await {
             Ok(Some(fetched)) => fetched,
             Ok(None) => return cancelled(),
             Err(error) => return fail(Stage::Fetch, error),
@@ -430,12 +460,32 @@ impl LeasePipeline {
         if cancel.token().is_cancelled() {
             return cancelled();
         }
+        // Without namespaces a fixed exec root is a symlink, one lease at a time.
+        let linked = match (&plan.options.exec_root, self.namespaces) {
+            (Some(path), false) => {
+                match SymlinkedRoot::acquire(path, &dirs.root, cancel.token()).await {
+                    Ok(Some(linked)) => Some(linked),
+                    Ok(None) => return cancelled(),
+                    Err(error) => return fail(Stage::Execute, error.into()),
+                }
+            }
+            _ => None,
+        };
 
         progress(LeaseStage::Executing);
         metadata.execution_start_timestamp = timestamp(SystemTime::now());
-        let exit = match self.runner.run(&spec, cancel.token()).await {
+        let exit = match &plan.step {
+            None => self
+                .runner
+                .run(&launch.spec, cancel.token())
+                .await
+                .map_err(LeaseError::from),
+            Some(step) => self.run_step(step, &launch, dirs, cancel).await,
+        };
+        drop(linked);
+        let exit = match exit {
             Ok(exit) => exit,
-            Err(error) => return fail(Stage::Execute, error.into()),
+            Err(error) => return fail(Stage::Execute, error),
         };
         metadata.execution_completed_timestamp = timestamp(SystemTime::now());
 
@@ -455,7 +505,7 @@ impl LeasePipeline {
         progress(LeaseStage::Uploading);
         metadata.output_upload_start_timestamp = timestamp(SystemTime::now());
         let uploaded = tokio::select! {
-            uploaded = self.upload(&plan, &spec, dirs, requested) => uploaded,
+            uploaded = self.upload(&plan, dirs, requested) => uploaded,
             () = cancel.token().cancelled() => return cancelled(),
         };
         let mut result = match uploaded {
@@ -475,7 +525,7 @@ impl LeasePipeline {
         lease: &Lease,
         dirs: &LeaseDirs,
         cancel: &LeaseCancel,
-    ) -> Result<Option<(Plan, ProcessSpec)>, LeaseError> {
+    ) -> Result<Option<(Plan, Launch)>, LeaseError> {
         let download = async {
             let plan = self.plan(lease).await?;
             let tree = fetch_input_tree(&self.cache, &plan.cas, plan.input_root).await?;
@@ -494,7 +544,16 @@ impl LeasePipeline {
         let lease_dirs = dirs.clone();
         let working_directory = plan.command.working_directory.clone();
         let outputs = plan.outputs.clone();
-        let stats = tokio::task::spawn_blocking(move || {
+        let step = plan.step.clone();
+        let persist_base = self.layout.persist_base();
+        let seen_root = plan
+            .options
+            .exec_root
+            .clone()
+            .unwrap_or_else(|| dirs.root.clone());
+        let fixed_root = plan.options.exec_root.is_some();
+        let namespaces = self.namespaces;
+        let (stats, persisted) = tokio::task::spawn_blocking(move || {
             lease_dirs
                 .create()
                 .map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
@@ -513,7 +572,19 @@ impl LeasePipeline {
                     create_dirs_within(&cwd_path, parents)?;
                 }
             }
-            Ok::<_, LeaseError>(stats)
+            // Kept directories only make sense at a path that stays the same.
+            let persisted = match &step {
+                Some(step) if fixed_root => lay_out_persist(
+                    step,
+                    &persist_base,
+                    &seen_root,
+                    &lease_dirs.root,
+                    namespaces,
+                )
+                .map_err(io_error("lay out the persistent directories"))?,
+                _ => Default::default(),
+            };
+            Ok::<_, LeaseError>((stats, persisted))
         })
         .await
         .map_err(|e| LeaseError::Io {
@@ -523,14 +594,36 @@ impl LeasePipeline {
         drop(pins); // Linked files keep their inodes even if the cache evicts them now.
         tracing::debug!(lease = %lease.lease_id, ?stats, "inputs laid out");
 
-        let cwd = dirs.root.join(&plan.command.working_directory);
+        let mut map = PathMap::new(
+            plan.options
+                .exec_root
+                .clone()
+                .unwrap_or_else(|| dirs.root.clone()),
+            &dirs.root,
+        );
+        for (relative, local) in &persisted.mounts {
+            map.mount(relative, local);
+        }
+        let cwd = map.seen_root().join(&plan.command.working_directory);
         let env: Vec<(String, String)> = plan
             .command
             .environment_variables
             .iter()
             .map(|v| (v.name.clone(), v.value.clone()))
             .collect();
-        let program = resolve_program(&plan.command.arguments[0], &env, &cwd)?;
+        let program = match plan.step {
+            // A step's commands are resolved one by one (see `step`).
+            Some(_) => PathBuf::from(tessera_runners::step::BUILTIN_PROGRAM),
+            None => {
+                // Looked up where the agent sees the inputs, named as the command sees them.
+                let local_cwd = dirs.root.join(&plan.command.working_directory);
+                map.to_seen(&resolve_program(
+                    &plan.command.arguments[0],
+                    &env,
+                    &local_cwd,
+                )?)
+            }
+        };
         let spec = ProcessSpec {
             program,
             argv: plan.command.arguments.clone(),
@@ -544,10 +637,37 @@ impl LeasePipeline {
                 network: plan.options.network,
                 private_tmp: Some(dirs.tmp.clone()),
                 exec_root: Some(dirs.root.clone()),
+                exec_root_at: plan.options.exec_root.clone(),
+                binds: persisted.binds,
                 limits: plan.options.limits,
             },
         };
-        Ok(Some((plan, spec)))
+        Ok(Some((plan, Launch { spec, map })))
+    }
+
+    /// Runs a builtin step; its report is then in the exec root, and the exit code 0.
+    async fn run_step(
+        &self,
+        step: &StepSpec,
+        launch: &Launch,
+        dirs: &LeaseDirs,
+        cancel: &LeaseCancel,
+    ) -> Result<ProcessExit, LeaseError> {
+        let context = StepContext {
+            runner: self.runner.as_ref(),
+            template: &launch.spec,
+            map: &launch.map,
+            dirs,
+            cancel: cancel.token(),
+        };
+        Ok(match run_step(step, &context).await? {
+            StepEnd::Reported(_) => ProcessExit::Exited { exit_code: 0 },
+            StepEnd::TimedOut { after } => ProcessExit::TimedOut {
+                after,
+                exit_code: 128 + libc::SIGKILL,
+            },
+            StepEnd::Cancelled => ProcessExit::Cancelled,
+        })
     }
 
     async fn plan(&self, lease: &Lease) -> Result<Plan, LeaseError> {
@@ -574,6 +694,17 @@ impl LeasePipeline {
             ))
         })?;
         let options = ExecutionOptions::from_platform(action.platform.as_ref())?;
+        if let Some(exec_root) = &options.exec_root {
+            check_disjoint(exec_root, self.layout.root())?;
+        }
+        let step = match StepSpec::from_argv(&command.arguments) {
+            None => None,
+            Some(Ok(step)) => {
+                check_persist_paths(&step).map_err(bad)?;
+                Some(step)
+            }
+            Some(Err(message)) => return Err(bad(message)),
+        };
         let outputs = requested_outputs(&command)?;
         let timeout = lease
             .timeout
@@ -588,6 +719,7 @@ impl LeasePipeline {
             outputs,
             timeout,
             cas,
+            step,
         })
     }
 
@@ -595,13 +727,13 @@ impl LeasePipeline {
     async fn upload(
         &self,
         plan: &Plan,
-        spec: &ProcessSpec,
         dirs: &LeaseDirs,
         requested: Vec<RequestedOutput>,
     ) -> Result<ActionResult, LeaseError> {
         let function = plan.function;
         let root = dirs.root.clone();
-        let cwd = spec.cwd.clone();
+        // Where the agent sees the working directory (the command may see it elsewhere).
+        let cwd = dirs.root.join(&plan.command.working_directory);
         let stdout = dirs.stdout.clone();
         let stderr = dirs.stderr.clone();
         let (mut collected, stdout, stderr) = tokio::task::spawn_blocking(move || {

@@ -4,6 +4,8 @@
 //! its pipeline (`lease`): fetch the input root into the local blob cache (`cache`), lay it out
 //! in a private exec root (`materialize`), run the command in its own process group, sandboxed
 //! where the host allows (`sandbox`), collect and upload outputs (`outputs`), report the result.
+//! An action may ask to see its input root at a fixed path (`exec_root`); a job's steps arrive
+//! as builtin actions that the agent runs itself (`step`).
 //! `config` loads the settings, `platform` says what the agent advertises and how it reads an
 //! action's platform, `workdir` says where everything lives on disk.
 //!
@@ -11,12 +13,14 @@
 
 pub mod cache;
 pub mod config;
+pub mod exec_root;
 pub mod lease;
 pub mod materialize;
 pub mod outputs;
 pub mod platform;
 pub mod sandbox;
 pub mod session;
+pub mod step;
 pub mod workdir;
 
 use std::sync::Arc;

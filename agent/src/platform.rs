@@ -9,10 +9,12 @@
 //!
 //! Read from an action's platform (the execution keys; all others are for matching only and
 //! ignored here): `network` = `on` | `off` (default `off`: a private network namespace with
-//! only loopback, when namespaces are available), and resource limits `limit.nofile` (open
-//! files), `limit.memory` (MiB of address space, RLIMIT_AS) and `limit.cpu` (CPU seconds).
+//! only loopback, when namespaces are available), resource limits `limit.nofile` (open
+//! files), `limit.memory` (MiB of address space, RLIMIT_AS) and `limit.cpu` (CPU seconds), and
+//! `exec-root`: the absolute path at which the command sees its input root (see `exec_root`).
 
 use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
 use tessera_proto::reapi::Platform;
 use tessera_proto::reapi::platform::Property;
@@ -94,6 +96,10 @@ pub enum PlatformError {
     },
 }
 
+/// The platform key naming the fixed path where an action sees its input root; the same word
+/// as the coordinator's `EXEC_ROOT_PROPERTY` (they meet only in the protocol).
+pub const EXEC_ROOT_KEY: &str = "exec-root";
+
 /// Resource limits for one action; `None` leaves the agent's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Limits {
@@ -106,13 +112,16 @@ pub struct Limits {
 }
 
 /// How the agent must run one action, read from its platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecutionOptions {
     /// `network=on`: keep the host's network. Otherwise the action gets a private network
     /// namespace with only loopback (where namespaces are available).
     pub network: bool,
     /// Resource limits asked for.
     pub limits: Limits,
+    /// `exec-root`: where the command sees its input root instead of the lease's own
+    /// directory; checked by [`check_exec_root`].
+    pub exec_root: Option<PathBuf>,
 }
 
 impl ExecutionOptions {
@@ -147,11 +156,46 @@ impl ExecutionOptions {
                     options.limits.address_space = Some(number()?.saturating_mul(1024 * 1024));
                 }
                 "limit.cpu" => options.limits.cpu_seconds = Some(number()?),
+                EXEC_ROOT_KEY => {
+                    check_exec_root(value).map_err(bad)?;
+                    options.exec_root = Some(PathBuf::from(value));
+                }
                 _ => {}
             }
         }
         Ok(options)
     }
+}
+
+/// Checks an `exec-root` value: an absolute, normalized path (no `.`, `..`, empty or trailing
+/// components) other than `/`. Says what is wrong otherwise.
+pub fn check_exec_root(value: &str) -> Result<(), &'static str> {
+    let path = Path::new(value);
+    if !path.is_absolute() {
+        return Err("expected an absolute path");
+    }
+    let mut normal = 0;
+    for component in path.components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(_) => normal += 1,
+            Component::CurDir | Component::ParentDir | Component::Prefix(_) => {
+                return Err("expected a normalized path, without `.` or `..`");
+            }
+        }
+    }
+    if normal == 0 {
+        return Err("expected a directory below /, not / itself");
+    }
+    // `components` hides `//`, `/./` and a trailing `/`: the text must be exactly the path.
+    let rebuilt: PathBuf = path.components().collect();
+    if rebuilt.as_os_str() != path.as_os_str() {
+        return Err("expected a normalized path, without `//` or a trailing `/`");
+    }
+    if value.contains('\0') {
+        return Err("the path contains a NUL byte");
+    }
+    Ok(())
 }
 
 /// Physical memory in MiB, or the cgroup v2 limit if lower.
@@ -263,6 +307,39 @@ mod tests {
             "platform property network=\"yes\": expected on or off"
         );
         assert!(ExecutionOptions::from_platform(Some(&platform(&[("limit.cpu", "-1")]))).is_err());
+    }
+
+    #[test]
+    fn exec_roots_are_absolute_normalized_and_not_the_root() {
+        for good in ["/tmp/tessera/repo", "/src", "/a b/c.d"] {
+            assert_eq!(check_exec_root(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "/",
+            "//",
+            "relative/x",
+            "./x",
+            "/tmp/../etc",
+            "/tmp/./x",
+            "/tmp//x",
+            "/tmp/x/",
+            "/tmp/x/..",
+            "/a\0b",
+        ] {
+            assert!(check_exec_root(bad).is_err(), "{bad:?} accepted");
+        }
+        let options =
+            ExecutionOptions::from_platform(Some(&platform(&[("exec-root", "/tmp/t/repo")])))
+                .unwrap();
+        assert_eq!(options.exec_root, Some(PathBuf::from("/tmp/t/repo")));
+        let err = ExecutionOptions::from_platform(Some(&platform(&[("exec-root", "/tmp/../x")])))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "platform property exec-root=\"/tmp/../x\": expected a normalized path, without `.` \
+             or `..`"
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! namespaces it also gets a private mount namespace whose `/tmp` is a per-action directory
 //! (if the exec root itself lies under `/tmp`, it is bind-mounted back at the same path) and,
 //! unless the action asked for `network=on`, a private network namespace with only loopback
-//! (brought up). Resource limits are set with `setrlimit` whether or not namespaces are used.
+//! (brought up). In that mount namespace, extra directories may be bind-mounted into the exec
+//! root, and the exec root may be shown at a fixed path ([`Isolation::exec_root_at`]); the
+//! working directory is entered after the mounts, so it may lie below that path. Resource
+//! limits are set with `setrlimit` whether or not namespaces are used.
 //!
 //! The code between `fork` and `exec` ([`Prepared::enter`]) only makes raw system calls on
 //! data prepared beforehand: no allocation, no locks, as async-signal-safety requires.
@@ -61,6 +64,13 @@ pub struct Isolation {
     /// The exec root; with a private `/tmp`, re-exposed at its own path if it lies under
     /// `/tmp`.
     pub exec_root: Option<PathBuf>,
+    /// With namespaces: also show the exec root at this absolute path (below the private
+    /// `/tmp` if it lies under `/tmp`, so actions using the same path do not collide). The
+    /// mount point is created if missing.
+    pub exec_root_at: Option<PathBuf>,
+    /// With namespaces: directories bind-mounted (source, target) before anything else, so
+    /// the exec root's own mounts carry them; each target must exist.
+    pub binds: Vec<(PathBuf, PathBuf)>,
     /// Resource limits.
     pub limits: Limits,
 }
@@ -200,7 +210,9 @@ impl LocalRunner {
         };
         let stdout = create(&spec.stdout)?;
         let stderr = create(&spec.stderr)?;
-        let prepared = Prepared::new(&spec.isolation)?;
+        // The working directory is entered in `Prepared::enter`, after the mounts it may
+        // depend on (std would enter it before `pre_exec` runs).
+        let prepared = Prepared::new(&spec.isolation, Some(&spec.cwd))?;
 
         let mut command = std::process::Command::new(&spec.program);
         command
@@ -208,7 +220,6 @@ impl LocalRunner {
             .args(rest)
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&spec.cwd)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -359,18 +370,22 @@ fn install_pre_exec(command: &mut std::process::Command, prepared: Prepared) {
 struct Prepared {
     namespaces: bool,
     private_network: bool,
+    /// Recursive bind mounts made in order before /tmp is covered: extra directories into the
+    /// exec root, the exec root at its fixed path, the exec root back at its own path when it
+    /// lies under /tmp.
+    binds: Vec<Bind>,
     /// Directory to bind on /tmp.
     tmp_source: Option<CString>,
-    /// The exec root to bind back when it lies under /tmp.
-    reexpose: Option<Reexpose>,
+    /// The working directory, entered last.
+    cwd: Option<CString>,
     rlimits: Vec<(Resource, libc::rlim_t, libc::rlim_t)>,
 }
 
-#[derive(Debug)]
-struct Reexpose {
-    /// The exec root.
+#[derive(Debug, PartialEq, Eq)]
+struct Bind {
     source: CString,
-    /// Where it goes inside the directory bound on /tmp (`TMP_SOURCE/<exec root below /tmp>`).
+    /// A host path, or a path inside the directory bound on /tmp (`TMP_SOURCE/<p below /tmp>`)
+    /// for a path `p` the command sees under /tmp.
     target: CString,
 }
 
@@ -379,8 +394,15 @@ fn c_path(path: &Path) -> Result<CString, SpawnError> {
         .map_err(|_| SpawnError::Invalid(format!("path {} contains NUL", path.display())))
 }
 
+fn create_mount_point(path: &Path) -> Result<(), SpawnError> {
+    std::fs::create_dir_all(path).map_err(|source| SpawnError::Prepare {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 impl Prepared {
-    fn new(isolation: &Isolation) -> Result<Prepared, SpawnError> {
+    fn new(isolation: &Isolation, cwd: Option<&Path>) -> Result<Prepared, SpawnError> {
         let limits = &isolation.limits;
         let mut rlimits = vec![(Resource::RLIMIT_CORE, 0, 0)];
         let nofile = clamp_limit(
@@ -399,23 +421,43 @@ impl Prepared {
         let mut prepared = Prepared {
             namespaces: isolation.namespaces,
             private_network: isolation.namespaces && !isolation.network,
+            binds: Vec::new(),
             tmp_source: None,
-            reexpose: None,
+            cwd: cwd.map(c_path).transpose()?,
             rlimits,
         };
-        if let (true, Some(tmp)) = (isolation.namespaces, &isolation.private_tmp) {
+        if !isolation.namespaces {
+            return Ok(prepared);
+        }
+        // Where a path the command sees ends up before /tmp is covered: under /tmp, inside
+        // the directory that will become /tmp (the recursive bind on /tmp carries it along).
+        let private_tmp = isolation.private_tmp.as_deref();
+        let placed = |path: &Path| match (private_tmp, path.strip_prefix("/tmp")) {
+            (Some(tmp), Ok(below_tmp)) => tmp.join(below_tmp),
+            _ => path.to_owned(),
+        };
+        for (source, target) in &isolation.binds {
+            prepared.binds.push(Bind {
+                source: c_path(source)?,
+                target: c_path(target)?,
+            });
+        }
+        if let (Some(root), Some(at)) = (&isolation.exec_root, &isolation.exec_root_at) {
+            let target = placed(at);
+            create_mount_point(&target)?;
+            prepared.binds.push(Bind {
+                source: c_path(root)?,
+                target: c_path(&target)?,
+            });
+        }
+        if let Some(tmp) = private_tmp {
             prepared.tmp_source = Some(c_path(tmp)?);
-            if let Some(root) = isolation.exec_root.as_ref()
-                && let Ok(below_tmp) = root.strip_prefix("/tmp")
+            if let Some(root) = &isolation.exec_root
+                && root.starts_with("/tmp")
             {
-                // Before /tmp is covered, the exec root is bound at its own path inside the
-                // directory that will become /tmp; the recursive bind carries it along.
-                let target = tmp.join(below_tmp);
-                std::fs::create_dir_all(&target).map_err(|source| SpawnError::Prepare {
-                    path: target.clone(),
-                    source,
-                })?;
-                prepared.reexpose = Some(Reexpose {
+                let target = placed(root);
+                create_mount_point(&target)?;
+                prepared.binds.push(Bind {
                     source: c_path(root)?,
                     target: c_path(&target)?,
                 });
@@ -424,34 +466,37 @@ impl Prepared {
         Ok(prepared)
     }
 
-    /// Runs in the child between fork and exec: new session, limits, namespaces.
+    /// Runs in the child between fork and exec: new session, limits, namespaces, working
+    /// directory.
     fn enter(&self) -> Result<(), Errno> {
         nix::unistd::setsid()?;
         for &(resource, soft, hard) in &self.rlimits {
             nix::sys::resource::setrlimit(resource, soft, hard)?;
         }
-        if !self.namespaces {
-            return Ok(());
-        }
-        let mut flags = CloneFlags::CLONE_NEWNS;
-        if self.private_network {
-            flags |= CloneFlags::CLONE_NEWNET;
-        }
-        nix::sched::unshare(flags)?;
-        // Mounts made below must not propagate back to the host.
-        mount(None, c"/", MsFlags::MS_REC | MsFlags::MS_PRIVATE)?;
-        if let Some(tmp) = &self.tmp_source {
-            if let Some(re) = &self.reexpose {
+        if self.namespaces {
+            let mut flags = CloneFlags::CLONE_NEWNS;
+            if self.private_network {
+                flags |= CloneFlags::CLONE_NEWNET;
+            }
+            nix::sched::unshare(flags)?;
+            // Mounts made below must not propagate back to the host.
+            mount(None, c"/", MsFlags::MS_REC | MsFlags::MS_PRIVATE)?;
+            for bind in &self.binds {
                 mount(
-                    Some(&re.source),
-                    &re.target,
+                    Some(&bind.source),
+                    &bind.target,
                     MsFlags::MS_BIND | MsFlags::MS_REC,
                 )?;
             }
-            mount(Some(tmp), c"/tmp", MsFlags::MS_BIND | MsFlags::MS_REC)?;
+            if let Some(tmp) = &self.tmp_source {
+                mount(Some(tmp), c"/tmp", MsFlags::MS_BIND | MsFlags::MS_REC)?;
+            }
+            if self.private_network {
+                loopback_up()?;
+            }
         }
-        if self.private_network {
-            loopback_up()?;
+        if let Some(cwd) = &self.cwd {
+            nix::unistd::chdir(cwd.as_c_str())?;
         }
         Ok(())
     }
@@ -530,10 +575,9 @@ pub fn probe_namespaces(scratch: &Path) -> Result<(), String> {
         namespaces: true,
         network: false,
         private_tmp: Some(scratch.to_owned()),
-        exec_root: None,
-        limits: Limits::default(),
+        ..Isolation::default()
     };
-    let prepared = Prepared::new(&isolation).map_err(|e| e.to_string())?;
+    let prepared = Prepared::new(&isolation, None).map_err(|e| e.to_string())?;
     fork_and_enter(&prepared)
 }
 
@@ -663,19 +707,63 @@ mod tests {
             network: false,
             private_tmp: Some(tmp.clone()),
             exec_root: Some(root.clone()),
-            limits: Limits::default(),
+            ..Isolation::default()
         };
-        let prepared = Prepared::new(&isolation).unwrap();
-        let re = prepared.reexpose.unwrap();
-        assert_eq!(re.source.as_bytes(), root.as_os_str().as_bytes());
+        let prepared = Prepared::new(&isolation, None).unwrap();
         let target = tmp.join(root.strip_prefix("/tmp").unwrap());
-        assert_eq!(re.target.as_bytes(), target.as_os_str().as_bytes());
+        assert_eq!(prepared.binds, [bind(&root, &target)]);
         assert!(target.is_dir(), "the mount point is made before the fork");
 
         let elsewhere = Isolation {
             exec_root: Some(PathBuf::from("/var/lib/agent/x/0/root")),
             ..isolation
         };
-        assert!(Prepared::new(&elsewhere).unwrap().reexpose.is_none());
+        assert!(Prepared::new(&elsewhere, None).unwrap().binds.is_empty());
+    }
+
+    fn bind(source: &Path, target: &Path) -> Bind {
+        Bind {
+            source: c_path(source).unwrap(),
+            target: c_path(target).unwrap(),
+        }
+    }
+
+    #[test]
+    fn fixed_exec_roots_are_bound_after_their_inner_mounts() {
+        let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+        let root = dir.path().join("x/0/root");
+        let tmp = dir.path().join("x/0/tmp");
+        let persist = dir.path().join("persist/abc");
+        std::fs::create_dir_all(&root).unwrap();
+        let at = PathBuf::from("/tmp/tessera-unit/repo");
+        let isolation = Isolation {
+            namespaces: true,
+            private_tmp: Some(tmp.clone()),
+            exec_root: Some(root.clone()),
+            exec_root_at: Some(at.clone()),
+            binds: vec![(persist.clone(), root.join("target"))],
+            ..Isolation::default()
+        };
+        let prepared = Prepared::new(&isolation, Some(&at)).unwrap();
+        let at_in_tmp = tmp.join("tessera-unit/repo");
+        let root_in_tmp = tmp.join(root.strip_prefix("/tmp").unwrap());
+        assert_eq!(
+            prepared.binds,
+            [
+                bind(&persist, &root.join("target")),
+                bind(&root, &at_in_tmp),
+                bind(&root, &root_in_tmp),
+            ]
+        );
+        assert!(at_in_tmp.is_dir(), "the mount point is in the private /tmp");
+        assert!(!at.exists(), "nothing is made in the host's /tmp");
+        assert_eq!(prepared.cwd.unwrap().as_bytes(), at.as_os_str().as_bytes());
+
+        // Without namespaces nothing is mounted: the caller links the path instead.
+        let plain = Isolation {
+            namespaces: false,
+            ..isolation
+        };
+        assert!(Prepared::new(&plain, None).unwrap().binds.is_empty());
     }
 }

@@ -7,12 +7,13 @@
 //! WORK_DIR/x/N/              one lease: root/ (the exec root), tmp/ (its private /tmp),
 //!                            stdout, stderr; removed once the result is sent
 //! WORK_DIR/kept/LEASE-ATTEMPT/  a failed lease's directory, with --keep-failed
+//! WORK_DIR/persist/HASH/     a directory prepare steps keep between runs (see step)
 //! WORK_DIR/probe/            scratch for the sandbox probe at startup
 //! ```
 //!
-//! The exec root's path comes from [`WorkLayout::lease_dirs`] alone, so that later it can be
-//! made the same on every agent (build outputs embed absolute paths; DESIGN.md §5). Short
-//! names keep those paths short.
+//! The exec root is laid out at the path [`WorkLayout::lease_dirs`] gives; an action that asks
+//! for a fixed path (`exec-root`) sees it there instead (see `exec_root`). Short names keep
+//! these paths short.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,11 @@ impl WorkLayout {
     /// Parent of every lease directory.
     pub fn exec_base(&self) -> PathBuf {
         self.root.join("x")
+    }
+
+    /// Parent of the directories prepare steps keep between runs.
+    pub fn persist_base(&self) -> PathBuf {
+        self.root.join("persist")
     }
 
     /// Scratch directory for the sandbox probe.

@@ -165,6 +165,18 @@ pub async fn execute_step<S: Spawn + Sync>(
     exec_root: &Path,
     spawn: &S,
 ) -> std::io::Result<StepReport> {
+    execute_step_in(spec, &exec_root.join(SCRATCH_DIR), spawn).await
+}
+
+/// Like [`execute_step`], with the batches' scratch directories under `scratch` instead of
+/// `<exec root>/`[`SCRATCH_DIR`]. The caller writes and reads scratch files at the same paths
+/// the commands see them at, so `scratch` must be valid for both: an agent whose commands see
+/// the exec root in a mount namespace of their own passes a path they share with it.
+pub async fn execute_step_in<S: Spawn + Sync>(
+    spec: &StepSpec,
+    scratch: &Path,
+    spawn: &S,
+) -> std::io::Result<StepReport> {
     let runner = spec.runner().runner();
     match spec {
         StepSpec::Prepare { .. } => {
@@ -199,7 +211,7 @@ pub async fn execute_step<S: Spawn + Sync>(
             let per_test = Duration::from_millis((*test_timeout_ms).max(1));
             let mut results = Vec::with_capacity(tests.len());
             for (i, group) in runner.batching().split(tests).into_iter().enumerate() {
-                let scratch = exec_root.join(SCRATCH_DIR).join(i.to_string());
+                let scratch = scratch.join(i.to_string());
                 std::fs::create_dir_all(&scratch)?;
                 let timeout =
                     per_test.saturating_mul(u32::try_from(group.len()).unwrap_or(u32::MAX));

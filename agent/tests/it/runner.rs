@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tessera_agent::platform::Limits;
 use tessera_agent::sandbox::{Isolation, LocalRunner, ProcessExit, ProcessRunner, ProcessSpec};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +46,7 @@ impl Scratch {
                 network,
                 private_tmp: Some(self.dir.path().join("tmp")),
                 exec_root: Some(self.root()),
-                limits: Limits::default(),
+                ..Isolation::default()
             },
             ..self.spec(script)
         }

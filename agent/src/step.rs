@@ -1,0 +1,535 @@
+//! Builtin step actions: an action whose command is `tessera-builtin run-step <json>` (a job's
+//! prepare, list or batch step, see `tessera_runners::step`) is not started as a program; the
+//! agent runs the step itself with [`run_step`].
+//!
+//! The step's commands go through the same [`ProcessRunner`] as any action's command, with the
+//! action's environment (plus each command's own variables), isolation, limits and
+//! cancellation, and each in its own process group under its own timeout. Afterwards the agent
+//! writes the [`StepReport`] to `.tessera/report.json` in the exec root and, for a prepare
+//! step, copies the files it reported to `.tessera/prepared/`; the lease pipeline then uploads
+//! them as the action's declared outputs. A step whose tool failed still ends with exit code 0
+//! and a [`StepReport::Failed`]: that is the tool's failure, not the agent's.
+//!
+//! Prepare steps may ask to keep directories (cargo's `target`) between runs:
+//! [`lay_out_persist`] puts an agent-local directory there, bind-mounted with namespaces or
+//! symlinked without.
+//!
+//! Does not lay out inputs, upload or report to the coordinator (see `lease`).
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tessera_runners::step::{
+    PREPARED_DIR, REPORT_PATH, SCRATCH_DIR, Spawn, StepReport, StepSpec, execute_step_in,
+    prepared_path,
+};
+use tessera_runners::{CommandOutput, CommandSpec, Prepared, Termination};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec_root::{PathMap, persist_dir};
+use crate::sandbox::{ProcessExit, ProcessRunner, ProcessSpec, SpawnError, resolve_program};
+use crate::workdir::{LeaseDirs, remove_tree};
+
+/// Most bytes of a command's stdout (and, separately, stderr) a step keeps: the end of it.
+pub const OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Longest command line shown in the step's log.
+const LOG_ARGV_CHARS: usize = 300;
+
+/// How a step action ended.
+#[derive(Debug)]
+pub enum StepEnd {
+    /// The step ran and its report is written (a failed tool included).
+    Reported(StepReport),
+    /// The action's own timeout passed while a command was running.
+    TimedOut {
+        /// The action's timeout.
+        after: Duration,
+    },
+    /// The lease was cancelled.
+    Cancelled,
+}
+
+/// Why a step could not be run: the agent's trouble, not the step's.
+#[derive(Debug, Error)]
+pub enum StepError {
+    /// A command could not be started for a reason that is not the action's fault, or a local
+    /// filesystem operation failed.
+    #[error("failed to {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Everything a step needs from its lease.
+pub struct StepContext<'a> {
+    /// Runs the commands.
+    pub runner: &'a dyn ProcessRunner,
+    /// The action's command as the lease pipeline prepared it: environment, isolation, limits,
+    /// and the action's timeout (a deadline for the whole step).
+    pub template: &'a ProcessSpec,
+    /// Where the commands see the exec root, and where the agent finds what they see.
+    pub map: &'a PathMap,
+    /// The lease's directories.
+    pub dirs: &'a LeaseDirs,
+    /// The lease's cancellation.
+    pub cancel: &'a CancellationToken,
+}
+
+/// Runs `step`: its commands, then the report and the prepared files. Writes a short log to
+/// the lease's stdout file.
+pub async fn run_step(step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepEnd, StepError> {
+    let spawner = SandboxSpawner {
+        ctx,
+        deadline: ctx.template.timeout.map(|t| (Instant::now() + t, t)),
+        seq: AtomicU32::new(0),
+        log: Mutex::new(String::new()),
+    };
+    let scratch = ctx.dirs.root.join(SCRATCH_DIR);
+    let ran = execute_step_in(step, &scratch, &spawner).await;
+    if ctx.cancel.is_cancelled() {
+        return Ok(StepEnd::Cancelled);
+    }
+    let report = match ran {
+        Ok(report) => report,
+        Err(error) => match error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<Interrupted>())
+        {
+            Some(Interrupted::Cancelled) => return Ok(StepEnd::Cancelled),
+            Some(Interrupted::ActionTimedOut { after }) => {
+                return Ok(StepEnd::TimedOut { after: *after });
+            }
+            Some(Interrupted::CouldNotStart { program, source }) if source.is_user_error() => {
+                StepReport::Failed {
+                    error: format!(
+                        "could not start {program}: {source}; is it installed and on PATH?"
+                    ),
+                }
+            }
+            // The agent could not start it (or the step's scratch files could not be written).
+            Some(Interrupted::CouldNotStart { .. }) | None => {
+                return Err(StepError::Io {
+                    op: "run the step".into(),
+                    source: error,
+                });
+            }
+        },
+    };
+    let mut log = spawner
+        .log
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = ctx.map.clone();
+    let dirs = ctx.dirs.clone();
+    tokio::task::spawn_blocking(move || {
+        let report = match report {
+            StepReport::Prepared { prepared } => match copy_prepared(&prepared, &map, &dirs.root) {
+                Ok(()) => StepReport::Prepared { prepared },
+                Err(error) => StepReport::Failed { error },
+            },
+            other => other,
+        };
+        log.push_str(&summary(&report));
+        write_report(&report, &dirs.root)?;
+        std::fs::write(&dirs.stdout, log.as_bytes()).map_err(io_error("write the step log"))?;
+        std::fs::write(&dirs.stderr, b"").map_err(io_error("write the step log"))?;
+        Ok(StepEnd::Reported(report))
+    })
+    .await
+    .map_err(|e| StepError::Io {
+        op: "finish the step".into(),
+        source: io::Error::other(e.to_string()),
+    })?
+}
+
+/// What ended a step early, carried through `execute_step`'s `io::Error`.
+#[derive(Debug, Error)]
+enum Interrupted {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the action timed out after {after:?}")]
+    ActionTimedOut { after: Duration },
+    #[error("could not start {program}: {source}")]
+    CouldNotStart {
+        program: String,
+        #[source]
+        source: SpawnError,
+    },
+}
+
+/// Runs a step's commands through the lease's process runner.
+struct SandboxSpawner<'a> {
+    ctx: &'a StepContext<'a>,
+    /// When the action's timeout passes, and the timeout.
+    deadline: Option<(Instant, Duration)>,
+    seq: AtomicU32,
+    log: Mutex<String>,
+}
+
+impl Spawn for SandboxSpawner<'_> {
+    async fn spawn(
+        &self,
+        command: &CommandSpec,
+        timeout: Option<Duration>,
+    ) -> io::Result<CommandOutput> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let spec = self.process_spec(command, n).map_err(io::Error::other)?;
+        // The command's own timeout, unless the action's comes first.
+        let left = self
+            .deadline
+            .map(|(at, _)| at.saturating_duration_since(Instant::now()));
+        let (limit, action_bound) = match (timeout, left) {
+            (Some(own), Some(left)) if left < own => (Some(left), true),
+            (None, Some(left)) => (Some(left), true),
+            (own, _) => (own, false),
+        };
+        let action_timed_out = || {
+            let after = self.deadline.map(|(_, t)| t).unwrap_or_default();
+            io::Error::other(Interrupted::ActionTimedOut { after })
+        };
+        if limit.is_some_and(|l| l.is_zero()) && action_bound {
+            return Err(action_timed_out());
+        }
+        let spec = ProcessSpec {
+            timeout: limit,
+            ..spec
+        };
+        let started = Instant::now();
+        let exit = self.ctx.runner.run(&spec, self.ctx.cancel).await;
+        let elapsed = started.elapsed();
+        let termination = match exit {
+            Ok(ProcessExit::Exited { exit_code }) => Termination::Exited(exit_code),
+            Ok(ProcessExit::TimedOut { .. }) if action_bound => return Err(action_timed_out()),
+            Ok(ProcessExit::TimedOut { .. }) => Termination::TimedOut,
+            Ok(ProcessExit::Cancelled) => return Err(io::Error::other(Interrupted::Cancelled)),
+            Err(source) => {
+                return Err(io::Error::other(Interrupted::CouldNotStart {
+                    program: command.argv.first().cloned().unwrap_or_default(),
+                    source,
+                }));
+            }
+        };
+        let (stdout_path, stderr_path) = (spec.stdout.clone(), spec.stderr.clone());
+        let (stdout, stderr) = tokio::task::spawn_blocking(move || {
+            let read = |path: &Path| {
+                let text = read_tail(path, OUTPUT_LIMIT);
+                let _ = std::fs::remove_file(path);
+                text
+            };
+            Ok::<_, io::Error>((read(&stdout_path)?, read(&stderr_path)?))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.note(&command.argv, termination, elapsed);
+        Ok(CommandOutput {
+            termination,
+            stdout,
+            stderr,
+            elapsed,
+        })
+    }
+}
+
+impl SandboxSpawner<'_> {
+    /// The process for `command`: the action's environment with the command's on top, its
+    /// working directory (the exec root if it names none), its program looked up as the
+    /// command will see it.
+    fn process_spec(&self, command: &CommandSpec, n: u32) -> Result<ProcessSpec, Interrupted> {
+        let template = self.ctx.template;
+        let map = self.ctx.map;
+        let could_not_start = |source| Interrupted::CouldNotStart {
+            program: command.argv.first().cloned().unwrap_or_default(),
+            source,
+        };
+        let argv0 = command
+            .argv
+            .first()
+            .ok_or_else(|| could_not_start(SpawnError::NoArguments))?;
+        let mut env: Vec<(String, String)> = template
+            .env
+            .iter()
+            .filter(|(name, _)| !command.env.contains_key(name))
+            .cloned()
+            .collect();
+        env.extend(command.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let cwd = match &command.cwd {
+            Some(dir) => map.seen_root().join(dir),
+            None => map.seen_root().to_owned(),
+        };
+        // The agent looks the program up where it can see it, then names it as the command
+        // will see it.
+        let lookup_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| {
+                if name != "PATH" {
+                    return (name.clone(), value.clone());
+                }
+                let local: Vec<String> = value
+                    .split(':')
+                    .map(|dir| {
+                        if dir.starts_with('/') {
+                            map.to_local(Path::new(dir)).display().to_string()
+                        } else {
+                            dir.to_owned()
+                        }
+                    })
+                    .collect();
+                (name.clone(), local.join(":"))
+            })
+            .collect();
+        let program =
+            resolve_program(argv0, &lookup_env, &map.to_local(&cwd)).map_err(could_not_start)?;
+        Ok(ProcessSpec {
+            program: map.to_seen(&program),
+            argv: command.argv.clone(),
+            env,
+            cwd,
+            stdout: self.ctx.dirs.base.join(format!("step-{n}.stdout")),
+            stderr: self.ctx.dirs.base.join(format!("step-{n}.stderr")),
+            timeout: None,
+            isolation: template.isolation.clone(),
+        })
+    }
+
+    /// Adds a line about one command to the step's log.
+    fn note(&self, argv: &[String], termination: Termination, elapsed: Duration) {
+        let mut line = argv.join(" ");
+        if line.chars().count() > LOG_ARGV_CHARS {
+            line = line.chars().take(LOG_ARGV_CHARS).collect::<String>() + "...";
+        }
+        let mut log = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.push_str(&format!(
+            "ran {line}: {termination} after {:.2}s\n",
+            elapsed.as_secs_f64()
+        ));
+    }
+}
+
+/// The last `limit` bytes of a file, from the first line that starts inside them, decoded
+/// lossily.
+fn read_tail(path: &Path, limit: u64) -> io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut bytes = Vec::new();
+    if len > limit {
+        file.seek(SeekFrom::Start(len - limit))?;
+        file.read_to_end(&mut bytes)?;
+        if let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+            bytes.drain(..=newline);
+        }
+    } else {
+        file.read_to_end(&mut bytes)?;
+    }
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Copies the files a prepare step reported into `<lease root>/PREPARED_DIR`, at their paths
+/// relative to the exec root, keeping their modes. Says which file is missing or outside.
+fn copy_prepared(prepared: &Prepared, map: &PathMap, lease_root: &Path) -> Result<(), String> {
+    let root = map.seen_root();
+    for file in &prepared.files {
+        let Some(relative) = prepared_path(root, file) else {
+            return Err(format!(
+                "the prepare step reported {}, which is outside the exec root {}",
+                file.display(),
+                root.display()
+            ));
+        };
+        let target = lease_root.join(PREPARED_DIR).join(&relative);
+        let copied = target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::copy(map.to_local(file), &target));
+        if let Err(error) = copied {
+            return Err(format!(
+                "could not keep the prepared file {}: {error}",
+                file.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn write_report(report: &StepReport, lease_root: &Path) -> Result<(), StepError> {
+    let path = lease_root.join(REPORT_PATH);
+    let json = serde_json::to_vec(report).map_err(|e| StepError::Io {
+        op: "encode the step report".into(),
+        source: io::Error::other(e),
+    })?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_error("create the report directory"))?;
+    }
+    std::fs::write(&path, json).map_err(io_error("write the step report"))
+}
+
+/// The last line of the step's log.
+fn summary(report: &StepReport) -> String {
+    match report {
+        StepReport::Prepared { prepared } => {
+            format!("prepared: {} files kept\n", prepared.files.len())
+        }
+        StepReport::Listed { tests } => format!("listed {} tests\n", tests.len()),
+        StepReport::Ran { results } => format!("ran {} tests\n", results.len()),
+        StepReport::Failed { error } => {
+            let first = error.lines().next().unwrap_or_default();
+            format!("step failed: {first}\n")
+        }
+    }
+}
+
+fn io_error(op: &str) -> impl FnOnce(io::Error) -> StepError + '_ {
+    move |source| StepError::Io {
+        op: op.to_owned(),
+        source,
+    }
+}
+
+/// Directories a prepare step keeps between runs, as laid out for one lease.
+#[derive(Debug, Default)]
+pub struct Persisted {
+    /// With namespaces: (persistent directory, its place in the lease's exec root) to
+    /// bind-mount.
+    pub binds: Vec<(PathBuf, PathBuf)>,
+    /// (path relative to the exec root, persistent directory), for a [`PathMap`].
+    pub mounts: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Puts the persistent directory of each of a prepare step's `persist` paths in place under
+/// `lease_root`, replacing whatever the input root had there: a mount point for a bind mount
+/// with `namespaces`, else a symlink. The directories live in `persist_base`, named after
+/// `exec_root` (the path the step sees) and the relative path. Paths must have been checked
+/// with [`check_persist_paths`]. Blocking.
+pub fn lay_out_persist(
+    step: &StepSpec,
+    persist_base: &Path,
+    exec_root: &Path,
+    lease_root: &Path,
+    namespaces: bool,
+) -> io::Result<Persisted> {
+    let mut persisted = Persisted::default();
+    let StepSpec::Prepare { persist, .. } = step else {
+        return Ok(persisted);
+    };
+    for relative in persist {
+        let dir = persist_dir(persist_base, exec_root, relative);
+        std::fs::create_dir_all(&dir)?;
+        let place = lease_root.join(relative);
+        let existing = std::fs::symlink_metadata(&place).ok();
+        if namespaces {
+            if existing.is_some_and(|m| !m.is_dir()) {
+                std::fs::remove_file(&place)?;
+            }
+            std::fs::create_dir_all(&place)?;
+            persisted.binds.push((dir.clone(), place));
+        } else {
+            match existing {
+                Some(meta) if meta.is_dir() => remove_tree(&place)?,
+                Some(_) => std::fs::remove_file(&place)?,
+                None => {}
+            }
+            if let Some(parent) = place.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::os::unix::fs::symlink(&dir, &place)?;
+        }
+        persisted.mounts.push((relative.clone(), dir));
+    }
+    Ok(persisted)
+}
+
+/// Checks a step's `persist` paths: relative, plain names only, not empty, and not inside
+/// `.tessera` (the agent's own files).
+pub fn check_persist_paths(step: &StepSpec) -> Result<(), String> {
+    let StepSpec::Prepare { persist, .. } = step else {
+        return Ok(());
+    };
+    for path in persist {
+        let plain = path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let agents_own = path.starts_with(".tessera");
+        if !plain || path.as_os_str().is_empty() || agents_own {
+            return Err(format!(
+                "persist path {:?} must be a relative path of plain names outside .tessera",
+                path.display().to_string()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_runners::{CommandRunner, RunnerConfig};
+
+    fn prepare(persist: &[&str]) -> StepSpec {
+        let runner = CommandRunner::new("/r", vec!["ls".into()], vec!["{tests}".into()]).unwrap();
+        StepSpec::Prepare {
+            runner: RunnerConfig::Command(runner),
+            persist: persist.iter().map(PathBuf::from).collect(),
+        }
+    }
+
+    #[test]
+    fn persist_paths_are_plain_relative_names() {
+        assert!(check_persist_paths(&prepare(&["target", "build/out"])).is_ok());
+        for bad in ["/abs", "../up", "a/../b", "", ".tessera/x", "./x"] {
+            assert!(check_persist_paths(&prepare(&[bad])).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn persist_dirs_replace_the_inputs_and_survive_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("persist");
+        let exec_root = Path::new("/tmp/t/repo");
+        for namespaces in [false, true] {
+            let lease_root = dir.path().join(format!("root-{namespaces}"));
+            std::fs::create_dir_all(lease_root.join("target")).unwrap();
+            std::fs::write(lease_root.join("target/stale"), "from the inputs").unwrap();
+            let persisted = lay_out_persist(
+                &prepare(&["target"]),
+                &base,
+                exec_root,
+                &lease_root,
+                namespaces,
+            )
+            .unwrap();
+            let kept = persist_dir(&base, exec_root, Path::new("target"));
+            assert!(kept.is_dir());
+            assert_eq!(persisted.mounts, [(PathBuf::from("target"), kept.clone())]);
+            if namespaces {
+                assert_eq!(persisted.binds, [(kept, lease_root.join("target"))]);
+            } else {
+                assert!(persisted.binds.is_empty());
+                assert_eq!(std::fs::read_link(lease_root.join("target")).unwrap(), kept);
+                assert!(!lease_root.join("target/stale").exists());
+            }
+        }
+    }
+
+    #[test]
+    fn tails_start_at_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        std::fs::write(&path, "first line\nsecond\nthird\n").unwrap();
+        assert_eq!(
+            read_tail(&path, 1000).unwrap(),
+            "first line\nsecond\nthird\n"
+        );
+        assert_eq!(read_tail(&path, 10).unwrap(), "third\n");
+    }
+}
