@@ -266,7 +266,8 @@ fn check_abs_path(field: &str, path: &str) -> Result<(), Status> {
         && p.components()
             .skip(1)
             .all(|c| matches!(c, Component::Normal(_)))
-        && p.components().count() > 1;
+        && p.components().count() > 1
+        && p.components().collect::<std::path::PathBuf>().as_os_str() == p.as_os_str();
     if normal {
         Ok(())
     } else {
@@ -381,8 +382,16 @@ mod tests {
     #[test]
     fn exec_roots_must_be_absolute_and_normal() {
         assert!(check_abs_path("exec_root", "/tmp/tessera/x").is_ok());
-        for bad in ["", "/", "tmp/x", "/tmp/../etc", "/tmp/./x", "/tmp//x", "/tmp/x/"] {
-            let err = check_abs_path("exec_root", bad).unwrap_err();
+        for bad in [
+            "",
+            "/",
+            "tmp/x",
+            "/tmp/../etc",
+            "/tmp/./x",
+            "/tmp//x",
+            "/tmp/x/",
+        ] {
+            let err = check_abs_path("exec_root", bad).expect_err(bad);
             assert!(err.message().starts_with("exec_root:"), "{bad}: {err}");
         }
     }
