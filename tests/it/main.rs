@@ -6,4 +6,5 @@ mod bazel;
 mod cas_api;
 mod execution;
 mod faults;
+mod jobs;
 mod lifecycle;

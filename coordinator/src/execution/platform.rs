@@ -34,7 +34,7 @@ impl Platform {
     pub fn satisfied_by(&self, properties: &Platform) -> bool {
         self.0
             .iter()
-            .filter(|(key, _)| !key.starts_with("limit."))
+            .filter(|(key, _)| !crate::execution::scheduler::is_execution_only(key))
             .all(|(key, wanted)| {
                 properties
                     .0

@@ -1,0 +1,434 @@
+//! Test-suite jobs end to end through `tessera.v1.Jobs`: a coordinator, real `tessera agent`
+//! processes, and the example suites run by their real tools. Each test checks what a client
+//! sees: per-test outcomes (flaky after a retry), the cached re-run, cancellation, bad specs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_cas::tree::build_tree;
+use tessera_proto::reapi::command::EnvironmentVariable;
+use tessera_proto::tessera::v1::jobs_client::JobsClient;
+use tessera_proto::tessera::v1::{
+    CancelJobRequest, JobEvent, JobFinished, JobResult, JobSpec, StatusRequest, SubmitJobRequest,
+    TestOutcome, WatchJobRequest, job_event::Kind,
+};
+use tessera_runners::{CommandRunner, RunnerConfig};
+use tessera_tests::{AgentProcess, TestServer, in_ci};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Uploads the directory at `dir` and returns its root digest.
+async fn upload_dir(server: &TestServer, dir: &Path) -> Digest {
+    let client = server.client(DigestFunction::Sha256).await;
+    let tree = build_tree(dir, DigestFunction::Sha256).expect("tree");
+    let mut blobs: Vec<(Digest, bytes::Bytes)> = tree.directories.clone();
+    for (digest, path) in &tree.files {
+        blobs.push((*digest, std::fs::read(path).expect("read file").into()));
+    }
+    client.upload(&blobs, false).await.expect("upload");
+    tree.root
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<EnvironmentVariable> {
+    pairs
+        .iter()
+        .map(|(name, value)| EnvironmentVariable {
+            name: (*name).to_owned(),
+            value: (*value).to_owned(),
+        })
+        .collect()
+}
+
+/// A job spec running `examples/command-suite` from `root` at `exec_root`.
+fn command_suite_spec(root: Digest, exec_root: &str, state_dir: &Path) -> JobSpec {
+    let runner = CommandRunner::new(
+        exec_root,
+        vec!["sh".into(), "suite.sh".into(), "list".into()],
+        vec![
+            "sh".into(),
+            "suite.sh".into(),
+            "run".into(),
+            "--junit".into(),
+            "{junit}".into(),
+            "{tests}".into(),
+        ],
+    )
+    .expect("runner");
+    JobSpec {
+        digest_function: DigestFunction::Sha256.to_proto(),
+        input_root_digest: Some(root.to_proto()),
+        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
+        exec_root: exec_root.to_owned(),
+        environment: env(&[
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            (
+                "TESSERA_EXAMPLE_STATE_DIR",
+                state_dir.to_str().expect("utf-8"),
+            ),
+        ]),
+        retries: 1,
+        submitter: "jobs-test".into(),
+        title: "sh suite.sh".into(),
+        ..Default::default()
+    }
+}
+
+/// Submits `spec` and collects every event until the job finishes.
+async fn run_job(jobs: &mut JobsClient<Channel>, spec: JobSpec) -> (Vec<JobEvent>, JobFinished) {
+    let id = jobs
+        .submit(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    watch_to_end(jobs, &id).await
+}
+
+async fn watch_to_end(jobs: &mut JobsClient<Channel>, id: &str) -> (Vec<JobEvent>, JobFinished) {
+    let mut stream = jobs
+        .watch(WatchJobRequest {
+            job_id: id.to_owned(),
+            after_seq: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = stream.message().await.expect("event") {
+            eprintln!("job event: {event:?}");
+            events.push(event.clone());
+            if let Some(Kind::Finished(f)) = event.kind {
+                return f;
+            }
+        }
+        panic!("stream ended without a finished event: {events:#?}");
+    })
+    .await
+    .expect("job finishes in time");
+    (events, finished)
+}
+
+/// Final outcome per test id (`group name`), and whether it was cached.
+fn finals(events: &[JobEvent]) -> BTreeMap<String, (TestOutcome, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Test(t)) if t.r#final => {
+                let test = t.test.clone().unwrap_or_default();
+                let id = if test.group.is_empty() {
+                    test.name
+                } else {
+                    format!("{} {}", test.group, test.name)
+                };
+                Some((id, (t.outcome(), t.cached)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+struct Cluster {
+    server: TestServer,
+    _agents: Vec<AgentProcess>,
+    _work: tempfile::TempDir,
+}
+
+async fn cluster(agents: usize, slots: u32) -> Cluster {
+    let server = TestServer::start().await;
+    let work = tempfile::tempdir().expect("work dir");
+    let agents = (0..agents)
+        .map(|i| {
+            AgentProcess::start(
+                &server.endpoint,
+                &work.path().join(format!("agent-{i}")),
+                &format!("agent-{i}"),
+                slots,
+                &[],
+            )
+        })
+        .collect();
+    let cluster = Cluster {
+        server,
+        _agents: agents,
+        _work: work,
+    };
+    let mut jobs = JobsClient::new(cluster.server.channel().await);
+    for _ in 0..200 {
+        let status = jobs
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.agents.len() == cluster._agents.len() {
+            return cluster;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("agents did not connect");
+}
+
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+/// State directories must survive the agent's private /tmp.
+fn state_dir() -> tempfile::TempDir {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(base).expect("target tmp");
+    tempfile::tempdir_in(base).expect("state dir")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_suite_runs_with_retries_then_answers_from_cache() {
+    let cluster = cluster(2, 2).await;
+    let mut jobs = JobsClient::new(cluster.server.channel().await);
+    let root = upload_dir(&cluster.server, &example("command-suite")).await;
+    let state = state_dir();
+    let exec_root = "/tmp/tessera-it/command-suite";
+
+    let (events, finished) =
+        run_job(&mut jobs, command_suite_spec(root, exec_root, state.path())).await;
+    let outcomes = finals(&events);
+    let expected: BTreeMap<String, (TestOutcome, bool)> = [
+        ("env::flaky_once", TestOutcome::Flaky),
+        ("env::skipped", TestOutcome::Skipped),
+        ("math::add", TestOutcome::Passed),
+        ("math::add_many", TestOutcome::Passed),
+        ("math::slow_sum", TestOutcome::Passed),
+        ("math::wrong_answer", TestOutcome::Failed),
+    ]
+    .into_iter()
+    .map(|(id, outcome)| (id.to_owned(), (outcome, false)))
+    .collect();
+    assert_eq!(outcomes, expected, "{events:#?}");
+    assert_eq!(finished.result(), JobResult::Failed, "{finished:?}");
+    assert_eq!(
+        (
+            finished.passed,
+            finished.failed,
+            finished.skipped,
+            finished.flaky
+        ),
+        (3, 1, 1, 1)
+    );
+    // The failing test ran twice (one retry), with its output each time.
+    let wrong: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Test(t))
+                if t.test
+                    .as_ref()
+                    .is_some_and(|r| r.name == "math::wrong_answer") =>
+            {
+                Some(t.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(wrong.len(), 2, "{wrong:#?}");
+    assert!(!wrong[0].r#final && wrong[1].r#final);
+    assert!(
+        wrong[1].output.contains("expected 5, got 4"),
+        "{}",
+        wrong[1].output
+    );
+    let flaky = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::Test(t)) if t.outcome() == TestOutcome::Flaky => Some(t.clone()),
+            _ => None,
+        })
+        .expect("flaky event");
+    assert_eq!(flaky.failed_attempts.len(), 1);
+    assert!(flaky.failed_attempts[0].contains("first run fails on purpose"));
+
+    // Unchanged re-run: clean passes come from the cache; the flaky test (never cached) and the
+    // failing one run again.
+    let (events, finished) =
+        run_job(&mut jobs, command_suite_spec(root, exec_root, state.path())).await;
+    let outcomes = finals(&events);
+    for id in ["math::add", "math::add_many", "math::slow_sum"] {
+        assert_eq!(
+            outcomes[id],
+            (TestOutcome::Passed, true),
+            "{id}: {events:#?}"
+        );
+    }
+    assert_eq!(outcomes["env::flaky_once"], (TestOutcome::Passed, false));
+    assert_eq!(outcomes["math::wrong_answer"], (TestOutcome::Failed, false));
+    assert_eq!(outcomes["env::skipped"], (TestOutcome::Skipped, false));
+    assert_eq!(finished.cached, 3);
+    assert!(
+        events.iter().any(|e| matches!(&e.kind, Some(Kind::Phase(p)) if p.phase() == tessera_proto::tessera::v1::JobPhase::Listing)),
+        "the list step still runs (answered by the action cache)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_stops_its_work_and_says_so() {
+    let cluster = cluster(1, 2).await;
+    let mut jobs = JobsClient::new(cluster.server.channel().await);
+    let dir = tempfile::tempdir().expect("suite dir");
+    std::fs::write(
+        dir.path().join("slow.sh"),
+        "case \"$1\" in list) echo a; echo b; echo c;; *) sleep 30;; esac\n",
+    )
+    .expect("write suite");
+    let root = upload_dir(&cluster.server, dir.path()).await;
+    let exec_root = "/tmp/tessera-it/slow";
+    let runner = CommandRunner::new(
+        exec_root,
+        vec!["sh".into(), "slow.sh".into(), "list".into()],
+        vec![
+            "sh".into(),
+            "slow.sh".into(),
+            "run".into(),
+            "{tests}".into(),
+        ],
+    )
+    .expect("runner");
+    let spec = JobSpec {
+        digest_function: DigestFunction::Sha256.to_proto(),
+        input_root_digest: Some(root.to_proto()),
+        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
+        exec_root: exec_root.to_owned(),
+        environment: env(&[("PATH", "/usr/bin:/bin")]),
+        ..Default::default()
+    };
+    let id = jobs
+        .submit(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    // Wait until tests are running on the agent, then cancel.
+    for _ in 0..200 {
+        let status = jobs
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.agents.iter().any(|a| a.busy > 0)
+            && status.jobs.iter().any(|j| j.job_id == id && j.total == 3)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = std::time::Instant::now();
+    let cancelled = jobs
+        .cancel(CancelJobRequest { job_id: id.clone() })
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert!(cancelled.cancelled);
+    let (events, finished) = watch_to_end(&mut jobs, &id).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(finished.result(), JobResult::Cancelled, "{events:#?}");
+    assert_eq!(finished.not_run, 3);
+    let outcomes = finals(&events);
+    assert!(
+        outcomes.values().all(|(o, _)| *o == TestOutcome::Cancelled),
+        "{outcomes:?}"
+    );
+    // The agent's slots are free again.
+    for _ in 0..200 {
+        let status = jobs
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.agents.iter().all(|a| a.busy == 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the agent still runs the cancelled job's batches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_job_specs_are_refused_with_the_field_named() {
+    let server = TestServer::start().await;
+    let mut jobs = JobsClient::new(server.channel().await);
+    let root = upload_dir(&server, &example("command-suite")).await;
+    let state = state_dir();
+    let good = command_suite_spec(root, "/tmp/tessera-it/x", state.path());
+    let cases: Vec<(&str, Box<dyn Fn(&mut JobSpec)>, Code)> = vec![
+        (
+            "runner_json",
+            Box::new(|s| s.runner_json = "{\"kind\":\"rake\"}".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "exec_root",
+            Box::new(|s| s.exec_root = "relative/path".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "exec_root",
+            Box::new(|s| s.exec_root = "/tmp/../etc".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "input_root_digest",
+            Box::new(|s| s.input_root_digest = None),
+            Code::InvalidArgument,
+        ),
+        (
+            "input_root_digest",
+            Box::new(|s| {
+                s.input_root_digest =
+                    Some(DigestFunction::Sha256.digest_of(b"not uploaded").to_proto());
+            }),
+            Code::FailedPrecondition,
+        ),
+        (
+            "environment",
+            Box::new(|s| s.environment.push(s.environment[0].clone())),
+            Code::InvalidArgument,
+        ),
+        (
+            "priority",
+            Box::new(|s| s.priority = 5000),
+            Code::InvalidArgument,
+        ),
+        (
+            "persist",
+            Box::new(|s| s.persist = vec!["../up".into()]),
+            Code::InvalidArgument,
+        ),
+        (
+            "instance_name",
+            Box::new(|s| s.instance_name = "a/../b".into()),
+            Code::InvalidArgument,
+        ),
+    ];
+    for (field, mutate, code) in cases {
+        let mut spec = good.clone();
+        mutate(&mut spec);
+        let err = jobs
+            .submit(SubmitJobRequest { spec: Some(spec) })
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), code, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let err = jobs
+        .watch(WatchJobRequest {
+            job_id: "nope".into(),
+            after_seq: 0,
+        })
+        .await
+        .expect_err("unknown job");
+    assert_eq!(err.code(), Code::NotFound);
+    let _ = in_ci();
+}
