@@ -355,6 +355,9 @@ async fn a_cancelled_job_stops_its_work_and_says_so() {
     panic!("the agent still runs the cancelled job's batches");
 }
 
+/// Changes one field of a good spec.
+type Mutation = Box<dyn Fn(&mut JobSpec)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_job_specs_are_refused_with_the_field_named() {
     let server = TestServer::start().await;
@@ -362,7 +365,7 @@ async fn bad_job_specs_are_refused_with_the_field_named() {
     let root = upload_dir(&server, &example("command-suite")).await;
     let state = state_dir();
     let good = command_suite_spec(root, "/tmp/tessera-it/x", state.path());
-    let cases: Vec<(&str, Box<dyn Fn(&mut JobSpec)>, Code)> = vec![
+    let cases: Vec<(&str, Mutation, Code)> = vec![
         (
             "runner_json",
             Box::new(|s| s.runner_json = "{\"kind\":\"rake\"}".into()),
