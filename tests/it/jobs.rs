@@ -435,3 +435,97 @@ async fn bad_job_specs_are_refused_with_the_field_named() {
     assert_eq!(err.code(), Code::NotFound);
     let _ = in_ci();
 }
+
+/// Variables a cargo build on this machine needs.
+fn cargo_env(exec_root: &str, state: &Path) -> Vec<EnvironmentVariable> {
+    let mut vars: Vec<(String, String)> = [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+    ]
+    .iter()
+    .filter_map(|name| std::env::var(name).ok().map(|v| ((*name).to_owned(), v)))
+    .collect();
+    vars.push(("CARGO_TARGET_DIR".into(), format!("{exec_root}/target")));
+    vars.push((
+        "TESSERA_EXAMPLE_STATE_DIR".into(),
+        state.to_str().expect("utf-8").to_owned(),
+    ));
+    vars.sort();
+    vars.into_iter()
+        .map(|(name, value)| EnvironmentVariable { name, value })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cargo_suite_is_built_once_and_its_binaries_run_on_every_agent() {
+    if std::process::Command::new("cargo")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(!in_ci(), "cargo is required under CI");
+        return;
+    }
+    let cluster = cluster(2, 2).await;
+    let mut jobs = JobsClient::new(cluster.server.channel().await);
+    let root = upload_dir(&cluster.server, &example("rust-suite")).await;
+    let state = state_dir();
+    let exec_root = "/tmp/tessera-it/rust-suite";
+    let runner = tessera_runners::CargoTestRunner::new(exec_root);
+    let spec = JobSpec {
+        digest_function: DigestFunction::Sha256.to_proto(),
+        input_root_digest: Some(root.to_proto()),
+        runner_json: serde_json::to_string(&RunnerConfig::Cargo(runner)).expect("json"),
+        exec_root: exec_root.to_owned(),
+        environment: cargo_env(exec_root, state.path()),
+        retries: 1,
+        persist: vec!["target".into()],
+        ..Default::default()
+    };
+    let (events, finished) = run_job(&mut jobs, spec.clone()).await;
+    let outcomes = finals(&events);
+    let expected: BTreeMap<String, (TestOutcome, bool)> = [
+        ("rust-suite tests::add_small", TestOutcome::Passed),
+        ("rust-suite tests::add_small_many", TestOutcome::Passed),
+        ("rust-suite tests::flaky_once", TestOutcome::Flaky),
+        ("rust-suite tests::ignored_test", TestOutcome::Skipped),
+        ("rust-suite tests::slow_sum", TestOutcome::Passed),
+        ("rust-suite tests::wrong_answer", TestOutcome::Failed),
+        ("rust-suite::integration add_small", TestOutcome::Passed),
+        (
+            "rust-suite::integration panics_with_message",
+            TestOutcome::Failed,
+        ),
+        (
+            "rust-suite::integration slow_integration",
+            TestOutcome::Passed,
+        ),
+    ]
+    .into_iter()
+    .map(|(id, outcome)| (id.to_owned(), (outcome, false)))
+    .collect();
+    assert_eq!(outcomes, expected, "{finished:?}");
+    // Both agents ran tests from the one build.
+    let agents: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Test(t)) if !t.agent.is_empty() => Some(t.agent.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+
+    // The re-run answers the prepare and list steps from the action cache and the clean
+    // passes from the test cache.
+    let (events, finished) = run_job(&mut jobs, spec).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, Some(Kind::Phase(p)) if p.detail.contains("from cache"))),
+        "{events:#?}"
+    );
+    assert_eq!(finished.cached, 5, "{finished:?}");
+}
