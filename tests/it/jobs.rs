@@ -529,3 +529,87 @@ async fn a_cargo_suite_is_built_once_and_its_binaries_run_on_every_agent() {
     );
     assert_eq!(finished.cached, 5, "{finished:?}");
 }
+
+/// A spec for a suite of `count` tests that each sleep `seconds`.
+async fn sleepy_spec(server: &TestServer, count: usize, seconds: &str, submitter: &str) -> JobSpec {
+    let dir = tempfile::tempdir().expect("suite dir");
+    std::fs::write(
+        dir.path().join("sleepy.sh"),
+        format!(
+            "case \"$1\" in list) i=0; while [ $i -lt {count} ]; do echo t$i; i=$((i+1)); done;; *) sleep {seconds};; esac\n"
+        ),
+    )
+    .expect("write suite");
+    let root = upload_dir(server, dir.path()).await;
+    let exec_root = "/tmp/tessera-it/sleepy";
+    let runner = CommandRunner::new(
+        exec_root,
+        vec!["sh".into(), "sleepy.sh".into(), "list".into()],
+        vec![
+            "sh".into(),
+            "sleepy.sh".into(),
+            "run".into(),
+            "{tests}".into(),
+        ],
+    )
+    .expect("runner");
+    JobSpec {
+        digest_function: DigestFunction::Sha256.to_proto(),
+        input_root_digest: Some(root.to_proto()),
+        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
+        exec_root: exec_root.to_owned(),
+        environment: env(&[("PATH", "/usr/bin:/bin")]),
+        submitter: submitter.to_owned(),
+        // Every run really runs: these tests are about slots, not the cache.
+        skip_cache: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_ci_jobs_does_not_starve_a_developer() {
+    let cluster = cluster(1, 2).await;
+    let mut jobs = JobsClient::new(cluster.server.channel().await);
+    // Three CI jobs: 3 × 8 tests × 0.5 s = 12 s of work for 2 slots.
+    let mut ci = Vec::new();
+    for _ in 0..3 {
+        let spec = sleepy_spec(&cluster.server, 8, "0.5", "ci-pipeline").await;
+        ci.push(
+            jobs.submit(SubmitJobRequest { spec: Some(spec) })
+                .await
+                .expect("submit")
+                .into_inner()
+                .job_id,
+        );
+    }
+    // Let the flood take both slots, then a developer submits two tests.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dev = sleepy_spec(&cluster.server, 2, "0.5", "dev@laptop").await;
+    let started = std::time::Instant::now();
+    let (_, finished) = run_job(&mut jobs, dev).await;
+    let took = started.elapsed();
+    assert_eq!(finished.result(), JobResult::Passed, "{finished:?}");
+    let status = jobs
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let ci_running = status
+        .jobs
+        .iter()
+        .filter(|j| {
+            ci.contains(&j.job_id) && j.phase() != tessera_proto::tessera::v1::JobPhase::Done
+        })
+        .count();
+    assert!(ci_running > 0, "the CI flood should still be running");
+    // Fair share: the developer waits for at most one CI batch per slot, not for the flood.
+    assert!(
+        took < Duration::from_secs(6),
+        "the developer's job took {took:?}"
+    );
+    for id in ci {
+        let (_, finished) = watch_to_end(&mut jobs, &id).await;
+        assert_eq!(finished.result(), JobResult::Passed, "{finished:?}");
+        assert_eq!(finished.passed, 8);
+    }
+}
