@@ -1,8 +1,10 @@
 //! `tessera`: the one user-facing binary. A doorway: parse flags, load config, call the
 //! library, map the outcome to a documented exit code.
 //!
-//! Exit codes: 0 success, 1 tests failed, 2 usage or bad input (including configuration
-//! errors), 3 infrastructure failure (cannot bind, cannot open the data directory, ...).
+//! Exit codes (see [`tessera_cli::exit`]): 0 success (every test passed, flaky included), 1
+//! tests failed or the prepare/list step failed, 2 usage or bad input (including configuration
+//! errors), 3 infrastructure failure (coordinator unreachable, cannot bind, cannot open the data
+//! directory, ...), 130 interrupted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,19 +12,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tessera_cli::cluster::{ClusterLock, ClusterOptions, EmbeddedCluster};
+use tessera_cli::exit::{CliError, EXIT_CODES_HELP, Exit};
+use tessera_cli::run::{RunArgs, WatchArgs};
+use tessera_cli::status::{CancelArgs, StatusArgs};
 use tessera_coordinator::{ConfigOverrides, Coordinator, CoordinatorConfig, LogFormat};
 
 /// Exit code for usage errors and bad input.
-const EXIT_USAGE: u8 = 2;
+const EXIT_USAGE: u8 = Exit::Usage as u8;
 /// Exit code for infrastructure failures.
-const EXIT_INFRA: u8 = 3;
+const EXIT_INFRA: u8 = Exit::Infrastructure as u8;
 
 #[derive(Parser)]
 #[command(
     name = "tessera",
     version,
     about = "Tessera: a distributed build and test runner with a Remote Execution API v2 cache",
-    after_help = "Exit codes: 0 success, 1 tests failed, 2 usage or bad input, 3 infrastructure failure."
+    after_help = EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +37,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a test suite on the fleet: snapshot the working tree, submit it, show progress and
+    /// failures, exit with the result.
+    ///
+    /// `tessera run -- cargo test`, `-- cargo nextest run`, `-- pytest -k fast`, `-- go test
+    /// ./...`, or any command with `--runner command --list-command CMD -- RUN TEMPLATE` (the
+    /// template names {tests} or {tests_file}). The project root (git top level, else the
+    /// current directory) is seen at /tmp/tessera/<its name> on every agent. Without
+    /// --coordinator or TESSERA_COORDINATOR, the run joins the embedded cluster of `tessera up`
+    /// or starts one for its duration. Ctrl-C cancels the job and exits 130.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Follow a job (again) from its first event, shown like `tessera run`, with the same exit
+    /// codes.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Watch(WatchArgs),
+    /// Cancel a job.
+    Cancel(CancelArgs),
+    /// Jobs, agents and the queue of a coordinator.
+    Status(StatusArgs),
+    /// Run an embedded cluster in the foreground: a coordinator and local agents on loopback,
+    /// with state under the user cache directory; `tessera run` on this machine uses it.
+    /// Ctrl-C or SIGTERM stops it.
+    Up(UpArgs),
     /// Run the coordinator: REAPI CAS, ByteStream, ActionCache, Execution, Operations and
     /// Capabilities, plus the agent protocol, on one port.
     ///
@@ -45,6 +74,19 @@ enum Command {
     /// TESSERA_COORDINATOR) environment variables, then these flags. SIGTERM or Ctrl-C drains:
     /// no new leases, running ones finish and are reported; a second signal stops them at once.
     Agent(AgentArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// In-process agents.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    agents: u32,
+    /// Slots per agent [default: one per core].
+    #[arg(long, value_name = "N")]
+    slots: Option<u32>,
+    /// Coordinator listen address (loopback unless you mean otherwise).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
 }
 
 #[derive(Args)]
@@ -217,6 +259,79 @@ async fn agent(args: AgentArgs) -> ExitCode {
     }
 }
 
+/// Logging for the client commands: warnings only unless RUST_LOG says otherwise, so the
+/// embedded cluster stays quiet.
+fn init_client_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Maps a client command's result to its exit code, printing the error.
+fn client_exit(result: Result<Exit, CliError>) -> ExitCode {
+    match result {
+        Ok(exit) => exit.into(),
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            error.exit().into()
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> ExitCode {
+    init_logging(LogFormat::Text);
+    let cache_dir = tessera_cli::paths::cache_dir();
+    let lock = match ClusterLock::try_acquire(&cache_dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            let running = tessera_cli::connect::running_cluster(&cache_dir).await;
+            eprintln!(
+                "tessera: an embedded cluster already runs{} (it holds {})",
+                running.map(|u| format!(" at {u}")).unwrap_or_default(),
+                tessera_cli::paths::cluster_dir(&cache_dir)
+                    .join("lock")
+                    .display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            return error.exit().into();
+        }
+    };
+    let options = ClusterOptions {
+        agents: args.agents,
+        slots: args.slots,
+        listen: args.listen,
+        ..ClusterOptions::new(cache_dir.clone())
+    };
+    let cluster = match EmbeddedCluster::start(&options, lock).await {
+        Ok(cluster) => cluster,
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            return error.exit().into();
+        }
+    };
+    println!(
+        "tessera: embedded cluster at {} ({} agent(s)), started in {} ms; state in {}",
+        cluster.url(),
+        args.agents,
+        cluster.started_in().as_millis(),
+        tessera_cli::paths::cluster_dir(&cache_dir).display()
+    );
+    shutdown_signal().await;
+    match cluster.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            error.exit().into()
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -233,6 +348,24 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Coordinator(args) => coordinator(args).await,
             Command::Agent(args) => agent(args).await,
+            Command::Up(args) => up(args).await,
+            Command::Run(args) => {
+                init_client_logging();
+                let title = tessera_cli::spec::title(&std::env::args().skip(1).collect::<Vec<_>>());
+                client_exit(tessera_cli::run::run(args, format!("tessera {title}")).await)
+            }
+            Command::Watch(args) => {
+                init_client_logging();
+                client_exit(tessera_cli::run::watch(args).await)
+            }
+            Command::Cancel(args) => {
+                init_client_logging();
+                client_exit(tessera_cli::status::cancel(args).await)
+            }
+            Command::Status(args) => {
+                init_client_logging();
+                client_exit(tessera_cli::status::status(args).await)
+            }
         }
     })
 }

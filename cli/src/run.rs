@@ -1,0 +1,371 @@
+//! `tessera run` and `tessera watch`: snapshot, submit, follow, report, exit code; and the
+//! embedded cluster's part in them (join a running one, or serve one for the run's duration).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::DigestFunction;
+use tessera_proto::tessera::v1::jobs_client::JobsClient;
+use tessera_proto::tessera::v1::{JobPhase, StatusRequest, SubmitJobRequest};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tonic::transport::Channel;
+
+use crate::cluster::{ClusterLock, ClusterOptions, EmbeddedCluster};
+use crate::connect;
+use crate::exit::{CliError, Exit};
+use crate::paths;
+use crate::report::EventSink;
+use crate::report::human::Human;
+use crate::report::json::JsonLines;
+use crate::report::junit::JunitReport;
+use crate::spec::{self, JobSettings, Placement, RunnerKind};
+use crate::upload;
+use crate::watch::{self, WatchEnd};
+
+/// How long a run waits for another process's embedded cluster to come up.
+const JOIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the embedded cluster's owner looks for other clients' jobs before stopping.
+const IDLE_POLL: Duration = Duration::from_millis(300);
+
+/// `tessera run` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Coordinator URL [default: TESSERA_COORDINATOR, else the running embedded cluster, else
+    /// one started for this run].
+    #[arg(long, value_name = "URL")]
+    pub coordinator: Option<String>,
+    /// Runner [default: inferred from the command: `cargo test`, `cargo nextest run`,
+    /// `pytest` / `python3 -m pytest`, `go test`].
+    #[arg(long, value_enum)]
+    pub runner: Option<RunnerKind>,
+    /// Run a failing test again up to N times; a pass after a failure is reported as flaky.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+    /// Stop at the first test that fails for good.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Print one JSON object a line for each event, and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Priority of the job's actions, -1000..1000 (lower runs first).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub priority: i32,
+    /// Deadline of one test, e.g. "90s" or "5m" [default: the coordinator's].
+    #[arg(long, value_name = "DURATION", value_parser = tessera_agent::config::parse_duration_arg)]
+    pub timeout: Option<Duration>,
+    /// Environment variable for every step, KEY=VALUE, or KEY to pass its value from here;
+    /// repeatable.
+    #[arg(long = "env", value_name = "KEY[=VAL]")]
+    pub env: Vec<String>,
+    /// Platform property the agents must have, KEY=VALUE; repeatable.
+    #[arg(long = "platform", value_name = "K=V")]
+    pub platform: Vec<String>,
+    /// Only send files matching GLOB (relative to the project root; a directory means all
+    /// under it); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out files matching GLOB; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Run every test even if its result is cached.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// For --runner command: a shell command printing one test id a line.
+    #[arg(long, value_name = "CMD")]
+    pub list_command: Option<String>,
+    /// The test command: `cargo test ...`, `cargo nextest run ...`, `pytest ...`, `go test
+    /// ...`, or a run template naming {tests} or {tests_file} for --runner command.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+}
+
+/// `tessera watch` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// The job's id.
+    pub job: String,
+    /// Coordinator URL [default: TESSERA_COORDINATOR, else the running embedded cluster].
+    #[arg(long, value_name = "URL")]
+    pub coordinator: Option<String>,
+    /// Write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// One JSON object a line for each event.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The views of one run or watch.
+struct Views {
+    human: Option<Human<std::io::Stdout>>,
+    json: Option<JsonLines<std::io::Stdout>>,
+    junit: Option<(JunitReport, PathBuf)>,
+}
+
+impl Views {
+    fn new(json: bool, junit: Option<PathBuf>) -> Self {
+        Self {
+            human: (!json).then(|| Human::stdout(std::io::stdout().is_terminal())),
+            json: json.then(|| JsonLines::new(std::io::stdout())),
+            junit: junit.map(|path| (JunitReport::new(), path)),
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        if let Some(human) = &mut self.human {
+            human.note(text);
+        }
+    }
+
+    fn sinks(&mut self) -> Vec<&mut dyn EventSink> {
+        let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
+        if let Some(h) = &mut self.human {
+            sinks.push(h);
+        }
+        if let Some(j) = &mut self.json {
+            sinks.push(j);
+        }
+        if let Some((r, _)) = &mut self.junit {
+            sinks.push(r);
+        }
+        sinks
+    }
+
+    /// Writes the JUnit report, if asked for.
+    fn finish(&self) -> Result<(), CliError> {
+        if let Some((report, path)) = &self.junit {
+            report.write_to(path).map_err(|e| {
+                CliError::usage(format!(
+                    "cannot write the JUnit report {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn interrupt_signal() -> Result<Signal, CliError> {
+    signal(SignalKind::interrupt())
+        .map_err(|e| CliError::infra(format!("cannot handle SIGINT: {e}")))
+}
+
+/// `tessera run`.
+pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
+    let mut interrupt = interrupt_signal()?;
+    let cwd = std::env::current_dir()
+        .and_then(|d| d.canonicalize())
+        .map_err(|e| CliError::usage(format!("cannot read the current directory: {e}")))?;
+    let root = paths::project_root(&cwd);
+    let root = root.canonicalize().unwrap_or(root);
+    let exec_root = paths::exec_root(&root);
+    let placement = Placement::new(&root, &cwd, exec_root.clone());
+    let runner = spec::choose_runner(
+        args.runner,
+        args.list_command.as_deref(),
+        &args.args,
+        &placement,
+    )?;
+    let lookup = |k: &str| std::env::var(k).ok();
+    let settings = JobSettings {
+        runner,
+        exec_root,
+        environment: spec::environment(lookup, &args.env)?,
+        platform: spec::platform(&args.platform)?,
+        retries: args.retries,
+        fail_fast: args.fail_fast,
+        timeout: args.timeout,
+        priority: args.priority,
+        submitter: spec::submitter(lookup),
+        title,
+        no_cache: args.no_cache,
+    };
+    let cache_dir = paths::cache_dir();
+    let mut views = Views::new(args.json, args.junit.clone());
+
+    let (url, cluster) = match connect::configured(args.coordinator.as_deref()) {
+        Some(url) => (url, None),
+        None => join_or_start(&cache_dir, &mut views).await?,
+    };
+    let channel = connect::channel(&url)?;
+    let mut jobs = JobsClient::new(channel.clone());
+    let outcome = submit_and_follow(
+        &mut jobs,
+        channel,
+        &root,
+        &args,
+        &settings,
+        &cache_dir,
+        &mut views,
+        &mut interrupt,
+    )
+    .await;
+    if let Some(cluster) = cluster {
+        serve_until_idle(cluster, &mut jobs, &mut views, &mut interrupt).await;
+    }
+    outcome
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces of one run"
+)]
+async fn submit_and_follow(
+    jobs: &mut JobsClient<Channel>,
+    channel: Channel,
+    root: &std::path::Path,
+    args: &RunArgs,
+    settings: &JobSettings,
+    cache_dir: &std::path::Path,
+    views: &mut Views,
+    interrupt: &mut Signal,
+) -> Result<Exit, CliError> {
+    let uploaded = tokio::select! {
+        uploaded = async {
+            let cas = CasClient::from_channel(channel, "", DigestFunction::Blake3)
+                .await
+                .map_err(|e| CliError::infra(format!("cannot reach the coordinator: {e}")))?;
+            upload::snapshot_and_upload(&cas, root, &args.include, &args.exclude, cache_dir).await
+        } => uploaded,
+        _ = interrupt.recv() => return Ok(Exit::Interrupted),
+    };
+    let (input_root, stats) = uploaded?;
+    views.note(&format!(
+        "snapshot of {}: {} files in {} ms, {} new blobs ({} KiB) uploaded in {} ms",
+        root.display(),
+        stats.files,
+        stats.snapshot_time.as_millis(),
+        stats.uploaded_blobs,
+        stats.uploaded_bytes.div_ceil(1024),
+        stats.upload_time.as_millis()
+    ));
+    let spec = spec::job_spec(settings, &input_root)?;
+    let job_id = jobs
+        .submit(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| CliError::from_status("Submit", &s))?
+        .into_inner()
+        .job_id;
+    if let Some(json) = &mut views.json {
+        json.submitted(&job_id);
+    }
+    views.note(&format!(
+        "job {job_id} (`tessera watch {job_id}` follows it too)"
+    ));
+    follow(jobs, &job_id, views, interrupt).await
+}
+
+async fn follow(
+    jobs: &mut JobsClient<Channel>,
+    job_id: &str,
+    views: &mut Views,
+    interrupt: &mut Signal,
+) -> Result<Exit, CliError> {
+    let end = {
+        let mut sinks = views.sinks();
+        watch::follow(jobs, job_id, &mut sinks, interrupt).await?
+    };
+    views.finish()?;
+    Ok(match end {
+        WatchEnd::Finished(tally) => tally.exit().unwrap_or(Exit::Infrastructure),
+        WatchEnd::Interrupted(_) => Exit::Interrupted,
+    })
+}
+
+/// `tessera watch`.
+pub async fn watch(args: WatchArgs) -> Result<Exit, CliError> {
+    let mut interrupt = interrupt_signal()?;
+    let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
+    let mut jobs = JobsClient::new(connect::channel(&url)?);
+    let mut views = Views::new(args.json, args.junit);
+    follow(&mut jobs, &args.job, &mut views, &mut interrupt).await
+}
+
+/// Joins the running embedded cluster, or starts one in this process.
+async fn join_or_start(
+    cache_dir: &std::path::Path,
+    views: &mut Views,
+) -> Result<(String, Option<EmbeddedCluster>), CliError> {
+    if let Some(url) = connect::running_cluster(cache_dir).await {
+        return Ok((url, None));
+    }
+    let deadline = Instant::now() + JOIN_DEADLINE;
+    loop {
+        if let Some(lock) = ClusterLock::try_acquire(cache_dir)? {
+            let cluster =
+                EmbeddedCluster::start(&ClusterOptions::new(cache_dir.to_owned()), lock).await?;
+            views.note(&format!(
+                "started an embedded cluster at {} in {} ms (state in {})",
+                cluster.url(),
+                cluster.started_in().as_millis(),
+                paths::cluster_dir(cache_dir).display()
+            ));
+            return Ok((cluster.url().to_owned(), Some(cluster)));
+        }
+        // Another process holds the lock: it is starting the cluster, or serving it.
+        if let Some(url) = connect::running_cluster(cache_dir).await {
+            return Ok((url, None));
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::infra(format!(
+                "another tessera process holds {} but its cluster does not answer",
+                paths::cluster_dir(cache_dir).join("lock").display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Keeps the embedded cluster serving while other clients' jobs run on it, then stops it.
+async fn serve_until_idle(
+    cluster: EmbeddedCluster,
+    jobs: &mut JobsClient<Channel>,
+    views: &mut Views,
+    interrupt: &mut Signal,
+) {
+    let mut told = false;
+    let mut unpublished = false;
+    loop {
+        let running = match jobs.status(StatusRequest {}).await {
+            Ok(status) => status
+                .into_inner()
+                .jobs
+                .iter()
+                .filter(|j| j.phase() != JobPhase::Done)
+                .count(),
+            Err(_) => 0,
+        };
+        if running == 0 {
+            if unpublished {
+                break;
+            }
+            // Look once more after unpublishing: a client may have submitted meanwhile.
+            cluster.unpublish();
+            unpublished = true;
+            continue;
+        }
+        if !told {
+            views.note(&format!(
+                "keeping the embedded cluster up for {running} job(s) of other clients (Ctrl-C stops it)"
+            ));
+            told = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(IDLE_POLL) => {}
+            _ = interrupt.recv() => break,
+        }
+    }
+    if let Err(error) = cluster.shutdown().await {
+        views.note(&error.to_string());
+    }
+}

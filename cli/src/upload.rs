@@ -1,0 +1,253 @@
+//! The input root of a job: a snapshot of the project's working tree (git's tracked files plus
+//! untracked ones that are not ignored, narrowed by `--include`/`--exclude`), hashed with a
+//! persistent cache so an unchanged tree costs one `lstat` a file, and uploaded so that only
+//! the blobs the CAS lacks travel (one FindMissingBlobs, then batches, ByteStream for big files).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_cas::snapshot::{HashCache, list_files, snapshot};
+use tessera_cas::tree::MerkleTree;
+
+use crate::exit::CliError;
+
+/// Blobs above this go through ByteStream instead of a batch.
+const BATCH_BLOB_LIMIT: u64 = 1024 * 1024;
+/// Bytes per BatchUpdateBlobs call (below the coordinator's default 4 MiB limit).
+const BATCH_BYTES: u64 = 3 * 1024 * 1024;
+
+/// What a snapshot and upload did, for the `--verbose`-free timing note.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UploadStats {
+    /// Files in the snapshot.
+    pub files: usize,
+    /// Blobs the CAS lacked and got.
+    pub uploaded_blobs: usize,
+    /// Their bytes.
+    pub uploaded_bytes: u64,
+    /// Time to list and hash.
+    pub snapshot_time: Duration,
+    /// Time to find and upload missing blobs.
+    pub upload_time: Duration,
+}
+
+/// Which files of the tree at `root` to take: `include`/`exclude` are globs over paths
+/// relative to the root (`*` within a path segment, `**` across segments, `?` one character);
+/// a pattern also matches everything under a directory it matches, so `docs` or `docs/`
+/// names the whole directory.
+pub fn select_files(
+    root: &Path,
+    include: &[String],
+    exclude: &[String],
+) -> Result<Vec<String>, CliError> {
+    let mut files = list_files(root, &[], &[]).map_err(|e| {
+        CliError::usage(format!("cannot list the files of {}: {e}", root.display()))
+    })?;
+    files.retain(|f| {
+        (include.is_empty() || include.iter().any(|p| glob_matches(p, f)))
+            && !exclude.iter().any(|p| glob_matches(p, f))
+    });
+    Ok(files)
+}
+
+/// Whether `pattern` matches `path` or one of its parent directories.
+pub fn glob_matches(pattern: &str, path: &str) -> bool {
+    let pattern = pattern.trim_start_matches("./").trim_end_matches('/');
+    if pattern.is_empty() {
+        return true;
+    }
+    let pat: Vec<&str> = pattern.split('/').collect();
+    let segs: Vec<&str> = path.split('/').collect();
+    (1..=segs.len()).any(|n| match_segments(&pat, &segs[..n]))
+}
+
+fn match_segments(pat: &[&str], segs: &[&str]) -> bool {
+    match pat.split_first() {
+        None => segs.is_empty(),
+        Some((&"**", rest)) => (0..=segs.len()).any(|skip| match_segments(rest, &segs[skip..])),
+        Some((first, rest)) => {
+            !segs.is_empty()
+                && match_segment(first.as_bytes(), segs[0].as_bytes())
+                && match_segments(rest, &segs[1..])
+        }
+    }
+}
+
+fn match_segment(pat: &[u8], name: &[u8]) -> bool {
+    match pat.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|skip| match_segment(rest, &name[skip..])),
+        Some((b'?', rest)) => !name.is_empty() && match_segment(rest, &name[1..]),
+        Some((c, rest)) => name.first() == Some(c) && match_segment(rest, &name[1..]),
+    }
+}
+
+/// The hash cache file for the project at `root`, under the user cache directory.
+pub fn hash_cache_path(cache_dir: &Path, root: &Path) -> PathBuf {
+    let key = DigestFunction::Blake3.digest_of(root.as_os_str().as_encoded_bytes());
+    cache_dir
+        .join("snapshots")
+        .join(format!("{}.bin", &key.hash_hex()[..24]))
+}
+
+/// Snapshots `root` (blocking; run it off the async threads).
+pub fn take_snapshot(
+    root: &Path,
+    include: &[String],
+    exclude: &[String],
+    cache_file: &Path,
+) -> Result<(MerkleTree, usize), CliError> {
+    let files = select_files(root, include, exclude)?;
+    let mut cache = HashCache::load(cache_file);
+    let tree = snapshot(root, &files, DigestFunction::Blake3, &mut cache)
+        .map_err(|e| CliError::usage(format!("cannot snapshot {}: {e}", root.display())))?;
+    if let Err(error) = cache.save(cache_file) {
+        tracing::warn!(%error, path = %cache_file.display(), "failed to save the hash cache");
+    }
+    Ok((tree, files.len()))
+}
+
+/// Uploads whatever of `tree` the CAS lacks.
+pub async fn upload_tree(cas: &CasClient, tree: &MerkleTree) -> Result<(usize, u64), CliError> {
+    let mut all: Vec<Digest> = tree.directories.iter().map(|(d, _)| *d).collect();
+    all.extend(tree.files.iter().map(|(d, _)| *d));
+    let missing: std::collections::HashSet<Digest> = cas
+        .find_missing(&all)
+        .await
+        .map_err(|e| CliError::infra(format!("cannot reach the CAS: {e}")))?
+        .into_iter()
+        .collect();
+    if missing.is_empty() {
+        return Ok((0, 0));
+    }
+    let upload_error = |e: tessera_cas::client::ClientError| {
+        CliError::infra(format!("failed to upload the snapshot: {e}"))
+    };
+    let mut batch: Vec<(Digest, Bytes)> = Vec::new();
+    let mut batch_bytes = 0;
+    let (mut count, mut bytes) = (0, 0);
+    let mut sources: Vec<(Digest, Source<'_>)> = tree
+        .directories
+        .iter()
+        .filter(|(d, _)| missing.contains(d))
+        .map(|(d, data)| (*d, Source::Memory(data)))
+        .collect();
+    sources.extend(
+        tree.files
+            .iter()
+            .filter(|(d, _)| missing.contains(d))
+            .map(|(d, path)| (*d, Source::File(path))),
+    );
+    for (digest, source) in sources {
+        let data = match source {
+            Source::Memory(data) => data.clone(),
+            Source::File(path) => {
+                let path = path.clone();
+                let read = tokio::task::spawn_blocking(move || std::fs::read(&path))
+                    .await
+                    .map_err(|e| CliError::infra(format!("file reader failed: {e}")))?;
+                Bytes::from(read.map_err(|e| {
+                    CliError::usage(format!("cannot read a file of the snapshot: {e}"))
+                })?)
+            }
+        };
+        if data.len() as u64 != digest.size_bytes {
+            return Err(CliError::usage(
+                "a file changed while it was being uploaded; run again".to_owned(),
+            ));
+        }
+        count += 1;
+        bytes += digest.size_bytes;
+        if digest.size_bytes > BATCH_BLOB_LIMIT {
+            cas.write(&digest, data, true).await.map_err(upload_error)?;
+            continue;
+        }
+        if batch_bytes + digest.size_bytes > BATCH_BYTES {
+            cas.batch_update(std::mem::take(&mut batch), false)
+                .await
+                .map_err(upload_error)?;
+            batch_bytes = 0;
+        }
+        batch_bytes += digest.size_bytes;
+        batch.push((digest, data));
+    }
+    if !batch.is_empty() {
+        cas.batch_update(batch, false).await.map_err(upload_error)?;
+    }
+    Ok((count, bytes))
+}
+
+enum Source<'a> {
+    Memory(&'a Bytes),
+    File(&'a PathBuf),
+}
+
+/// Snapshots `root` and uploads it: the input root's digest and what it took.
+pub async fn snapshot_and_upload(
+    cas: &CasClient,
+    root: &Path,
+    include: &[String],
+    exclude: &[String],
+    cache_dir: &Path,
+) -> Result<(Digest, UploadStats), CliError> {
+    let started = Instant::now();
+    let cache_file = hash_cache_path(cache_dir, root);
+    let (root_owned, include, exclude) = (root.to_owned(), include.to_vec(), exclude.to_vec());
+    let (tree, files) = tokio::task::spawn_blocking(move || {
+        take_snapshot(&root_owned, &include, &exclude, &cache_file)
+    })
+    .await
+    .map_err(|e| CliError::infra(format!("snapshot task failed: {e}")))??;
+    let snapshot_time = started.elapsed();
+    let started = Instant::now();
+    let (uploaded_blobs, uploaded_bytes) = upload_tree(cas, &tree).await?;
+    Ok((
+        tree.root,
+        UploadStats {
+            files,
+            uploaded_blobs,
+            uploaded_bytes,
+            snapshot_time,
+            upload_time: started.elapsed(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_files_and_whole_directories() {
+        assert!(glob_matches("src", "src/a/b.rs"));
+        assert!(glob_matches("src/", "src/a.rs"));
+        assert!(!glob_matches("src", "srcx/a.rs"));
+        assert!(glob_matches("*.md", "README.md"));
+        assert!(!glob_matches("*.md", "docs/x.md"));
+        assert!(glob_matches("**/*.md", "docs/deep/x.md"));
+        assert!(glob_matches("**/*.md", "x.md"));
+        assert!(glob_matches("tests/test_?.py", "tests/test_a.py"));
+        assert!(glob_matches("target", "target/debug/x"));
+        assert!(glob_matches("./docs", "docs/a"));
+    }
+
+    #[test]
+    fn select_files_applies_include_then_exclude() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["src/a.rs", "src/gen/b.rs", "docs/x.md", "README.md"] {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        let files = select_files(
+            dir.path(),
+            &["src".into(), "*.md".into()],
+            &["src/gen".into()],
+        )
+        .unwrap();
+        assert_eq!(files, vec!["README.md", "src/a.rs"]);
+    }
+}

@@ -1,0 +1,176 @@
+//! Following a job to its end: Jobs.Watch from the start (or from the last event seen, when a
+//! lost stream is re-attached with backoff), every event handed to the views once, and Ctrl-C
+//! turned into Jobs.Cancel.
+
+use std::time::Duration;
+
+use tessera_proto::tessera::v1::jobs_client::JobsClient;
+use tessera_proto::tessera::v1::{CancelJobRequest, WatchJobRequest};
+use tokio::signal::unix::Signal;
+use tonic::transport::Channel;
+
+use crate::exit::CliError;
+use crate::report::{EventSink, Tally};
+
+/// Re-attachments tried in a row before giving up.
+const REATTACH_ATTEMPTS: u32 = 5;
+/// First wait before re-attaching; doubles each time.
+const REATTACH_BACKOFF: Duration = Duration::from_millis(200);
+/// How long to wait for the finished event after asking to cancel.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// How following a job ended.
+#[derive(Debug)]
+pub enum WatchEnd {
+    /// The job finished (the tally has its finished event).
+    Finished(Tally),
+    /// The user interrupted; the job was asked to cancel.
+    Interrupted(Tally),
+}
+
+/// Follows `job_id` on `jobs`, showing events on `sinks`, until it finishes or `interrupt`
+/// fires (then cancels it and waits a little for its end).
+pub async fn follow(
+    jobs: &mut JobsClient<Channel>,
+    job_id: &str,
+    sinks: &mut [&mut dyn EventSink],
+    interrupt: &mut Signal,
+) -> Result<WatchEnd, CliError> {
+    let mut tally = Tally::new(job_id);
+    let mut failures = 0u32;
+    let mut cancel_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let opened = tokio::select! {
+            opened = jobs.watch(WatchJobRequest {
+                job_id: job_id.to_owned(),
+                after_seq: tally.last_seq,
+            }) => opened,
+            _ = interrupt.recv(), if cancel_deadline.is_none() => {
+                cancel_deadline = Some(cancel(jobs, job_id, sinks).await);
+                continue;
+            }
+        };
+        let mut stream = match opened {
+            Ok(response) => response.into_inner(),
+            Err(status) if is_final(&status) => {
+                return Err(CliError::from_status("Watch", &status));
+            }
+            Err(status) => {
+                failures += 1;
+                retry_or_give_up(failures, &status, sinks).await?;
+                continue;
+            }
+        };
+        let lost = loop {
+            let deadline = cancel_deadline;
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(event)) => {
+                        failures = 0;
+                        if tally.apply(&event) {
+                            for sink in sinks.iter_mut() {
+                                sink.event(&event, &tally);
+                            }
+                        }
+                        if tally.finished.is_some() {
+                            for sink in sinks.iter_mut() {
+                                sink.close(&tally);
+                            }
+                            return Ok(if cancel_deadline.is_some() {
+                                WatchEnd::Interrupted(tally)
+                            } else {
+                                WatchEnd::Finished(tally)
+                            });
+                        }
+                    }
+                    Ok(None) => break tonic::Status::unavailable("the watch stream ended before the job"),
+                    Err(status) => break status,
+                },
+                _ = interrupt.recv() => {
+                    if cancel_deadline.is_some() {
+                        // A second Ctrl-C: stop waiting.
+                        return Ok(WatchEnd::Interrupted(tally));
+                    }
+                    cancel_deadline = Some(cancel(jobs, job_id, sinks).await);
+                }
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    for sink in sinks.iter_mut() {
+                        sink.note("the job did not confirm the cancel in time");
+                        sink.close(&tally);
+                    }
+                    return Ok(WatchEnd::Interrupted(tally));
+                }
+            }
+        };
+        if is_final(&lost) {
+            return Err(CliError::from_status("Watch", &lost));
+        }
+        failures += 1;
+        retry_or_give_up(failures, &lost, sinks).await?;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Errors that re-attaching cannot fix.
+fn is_final(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+    )
+}
+
+async fn retry_or_give_up(
+    failures: u32,
+    status: &tonic::Status,
+    sinks: &mut [&mut dyn EventSink],
+) -> Result<(), CliError> {
+    if failures > REATTACH_ATTEMPTS {
+        return Err(CliError::infra(format!(
+            "lost the job's watch stream and could not re-attach after {REATTACH_ATTEMPTS} tries: {}",
+            status.message()
+        )));
+    }
+    let wait = REATTACH_BACKOFF * 2u32.pow(failures - 1);
+    for sink in sinks.iter_mut() {
+        sink.note(&format!(
+            "watch stream lost ({}); re-attaching in {} ms",
+            status.message(),
+            wait.as_millis()
+        ));
+    }
+    tokio::time::sleep(wait).await;
+    Ok(())
+}
+
+async fn cancel(
+    jobs: &mut JobsClient<Channel>,
+    job_id: &str,
+    sinks: &mut [&mut dyn EventSink],
+) -> tokio::time::Instant {
+    for sink in sinks.iter_mut() {
+        sink.note(&format!("interrupted: cancelling job {job_id}"));
+    }
+    let request = CancelJobRequest {
+        job_id: job_id.to_owned(),
+    };
+    match tokio::time::timeout(Duration::from_secs(2), jobs.cancel(request)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => {
+            for sink in sinks.iter_mut() {
+                sink.note(&format!("cancel failed: {}", status.message()));
+            }
+        }
+        Err(_) => {
+            for sink in sinks.iter_mut() {
+                sink.note("cancel timed out");
+            }
+        }
+    }
+    tokio::time::Instant::now() + CANCEL_GRACE
+}
