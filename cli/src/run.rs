@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tessera_cas::client::CasClient;
-use tessera_cas::digest::DigestFunction;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{JobPhase, StatusRequest, SubmitJobRequest};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -232,7 +231,7 @@ async fn submit_and_follow(
 ) -> Result<Exit, CliError> {
     let uploaded = tokio::select! {
         uploaded = async {
-            let cas = CasClient::from_channel(channel, "", DigestFunction::Blake3)
+            let cas = CasClient::from_channel(channel, "", upload::DIGEST_FUNCTION)
                 .await
                 .map_err(|e| CliError::infra(format!("cannot reach the coordinator: {e}")))?;
             upload::snapshot_and_upload(&cas, root, &args.include, &args.exclude, cache_dir).await

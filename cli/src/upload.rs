@@ -14,6 +14,8 @@ use tessera_cas::tree::MerkleTree;
 
 use crate::exit::CliError;
 
+/// The digest function of snapshots and jobs.
+pub const DIGEST_FUNCTION: DigestFunction = DigestFunction::Sha256;
 /// Blobs above this go through ByteStream instead of a batch.
 const BATCH_BLOB_LIMIT: u64 = 1024 * 1024;
 /// Bytes per BatchUpdateBlobs call (below the coordinator's default 4 MiB limit).
@@ -102,7 +104,7 @@ pub fn take_snapshot(
 ) -> Result<(MerkleTree, usize), CliError> {
     let files = select_files(root, include, exclude)?;
     let mut cache = HashCache::load(cache_file);
-    let tree = snapshot(root, &files, DigestFunction::Blake3, &mut cache)
+    let tree = snapshot(root, &files, DIGEST_FUNCTION, &mut cache)
         .map_err(|e| CliError::usage(format!("cannot snapshot {}: {e}", root.display())))?;
     if let Err(error) = cache.save(cache_file) {
         tracing::warn!(%error, path = %cache_file.display(), "failed to save the hash cache");
