@@ -613,3 +613,83 @@ async fn a_flood_of_ci_jobs_does_not_starve_a_developer() {
         assert_eq!(finished.passed, 8);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_job_survives_a_coordinator_crash() {
+    let data = tempfile::tempdir().expect("data dir");
+    let mut server = tessera_tests::ServerProcess::start(&data.path().join("coordinator"), &[]);
+    let work = tempfile::tempdir().expect("work dir");
+    let _agent = AgentProcess::start(&server.endpoint(), work.path(), "agent-0", 2, &[]);
+    let channel = Channel::from_shared(server.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut jobs = JobsClient::new(channel);
+    // Upload through a throwaway in-process view of the same CAS: the client API.
+    let client =
+        tessera_cas::client::CasClient::connect(&server.endpoint(), "", DigestFunction::Sha256)
+            .await
+            .expect("cas client");
+    let dir = tempfile::tempdir().expect("suite dir");
+    std::fs::write(
+        dir.path().join("sleepy.sh"),
+        "case \"$1\" in list) for t in a b c d e f; do echo $t; done;; *) sleep 1;; esac\n",
+    )
+    .expect("write suite");
+    let tree = build_tree(dir.path(), DigestFunction::Sha256).expect("tree");
+    let mut blobs: Vec<(Digest, bytes::Bytes)> = tree.directories.clone();
+    for (digest, path) in &tree.files {
+        blobs.push((*digest, std::fs::read(path).expect("read").into()));
+    }
+    client.upload(&blobs, false).await.expect("upload");
+    let exec_root = "/tmp/tessera-it/crash";
+    let runner = CommandRunner::new(
+        exec_root,
+        vec!["sh".into(), "sleepy.sh".into(), "list".into()],
+        vec![
+            "sh".into(),
+            "sleepy.sh".into(),
+            "run".into(),
+            "{tests}".into(),
+        ],
+    )
+    .expect("runner");
+    let spec = JobSpec {
+        digest_function: DigestFunction::Sha256.to_proto(),
+        input_root_digest: Some(tree.root.to_proto()),
+        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
+        exec_root: exec_root.to_owned(),
+        environment: env(&[("PATH", "/usr/bin:/bin")]),
+        ..Default::default()
+    };
+    let id = jobs
+        .submit(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    // Let some tests run, then kill the coordinator without warning and start it again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill();
+    let mut server =
+        tessera_tests::ServerProcess::start_on(server.addr, &server.data_dir.clone(), &[], &[]);
+    let channel = Channel::from_shared(server.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("reconnect");
+    let mut jobs = JobsClient::new(channel);
+    let (events, finished) = watch_to_end(&mut jobs, &id).await;
+    assert_eq!(finished.result(), JobResult::Passed, "{events:#?}");
+    // Every test counted exactly once.
+    assert_eq!(finished.passed, 6, "{finished:?}");
+    assert_eq!(finals(&events).len(), 6);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, Some(Kind::Log(l)) if l.text.contains("restarted"))),
+        "{events:#?}"
+    );
+    server.kill();
+}
