@@ -240,9 +240,9 @@ impl Spawn for SandboxSpawner<'_> {
 }
 
 impl SandboxSpawner<'_> {
-    /// The process for `command`: the action's environment with the command's on top, its
-    /// working directory (the exec root if it names none), its program looked up as the
-    /// command will see it.
+    /// The process for `command`: the action's environment with the command's on top (and
+    /// `PWD`), its working directory (the exec root if it names none), its program looked up
+    /// as the command will see it.
     fn process_spec(&self, command: &CommandSpec, n: u32) -> Result<ProcessSpec, Interrupted> {
         let template = self.ctx.template;
         let map = self.ctx.map;
@@ -265,6 +265,11 @@ impl SandboxSpawner<'_> {
             Some(dir) => map.seen_root().join(dir),
             None => map.seen_root().to_owned(),
         };
+        // Tools that ask the shell where they are get the path they were started at, even
+        // where that is a symlink (a fixed exec root without namespaces).
+        if !env.iter().any(|(name, _)| name == "PWD") {
+            env.push(("PWD".to_owned(), cwd.display().to_string()));
+        }
         // The agent looks the program up where it can see it, then names it as the command
         // will see it.
         let lookup_env: Vec<(String, String)> = env

@@ -5,3 +5,4 @@ mod harness;
 mod leases;
 mod runner;
 mod session;
+mod steps;
