@@ -499,3 +499,56 @@ async fn prepare_hands_back_what_it_built_for_later_steps_at_the_same_path() {
     assert_eq!(results[0].outcome, Outcome::Passed, "{}", results[0].output);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_step_stops_its_command_and_frees_the_exec_root() {
+    use crate::harness::{FakeCoordinator, lease, set_platform};
+    use tessera_proto::tessera::v1::coordinator_message::Kind as CoordinatorKind;
+    use tessera_proto::tessera::v1::{CancelLease, LeaseStage};
+    for mode in modes() {
+        let mut coordinator = FakeCoordinator::start().await;
+        let inputs = input_dir(&[("tests.sh", SUITE, true), ("marker.txt", "m", false)]);
+        let input_root = coordinator.upload_dir(inputs.path()).await;
+        let _agent = TestAgent::start(&coordinator.endpoint, |c| c.sandbox = mode);
+        let mut link = coordinator.link().await;
+        let root = exec_root();
+        let step = batch(suite(&root, "m"), &["sleepy"], 60_000);
+        let argv = step.to_argv();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut sleepy = lease("sleepy", input_root, &argv);
+        let root_value = root.display().to_string();
+        set_platform(&mut sleepy, &[("exec-root", &root_value)]);
+        link.lease(sleepy).await;
+        link.wait_stage("sleepy", LeaseStage::Executing).await;
+        link.send(CoordinatorKind::Cancel(CancelLease {
+            lease_id: "sleepy".into(),
+        }))
+        .await;
+        let answer = tokio::time::timeout(Duration::from_secs(5), link.result())
+            .await
+            .expect("cancel was not prompt");
+        assert_eq!(
+            answer.status.unwrap().code,
+            tonic::Code::Cancelled as i32,
+            "{mode:?}"
+        );
+
+        // A plain command with the same exec root runs next, there. (Without namespaces the
+        // path is a symlink: the kernel's idea of the working directory is the lease's own.)
+        let script = format!("cat {root_value}/marker.txt; echo; pwd -P");
+        let mut plain = lease("pwd", input_root, &["sh", "-c", &script]);
+        set_platform(&mut plain, &[("exec-root", &root_value)]);
+        link.lease(plain).await;
+        let answer = link.result().await;
+        let result = answer.result.expect("a result");
+        assert_eq!(result.exit_code, 0, "{mode:?}");
+        let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
+        let stdout = String::from_utf8_lossy(&stdout);
+        assert!(stdout.starts_with("m\n"), "{mode:?}: {stdout}");
+        if mode == SandboxMode::Auto {
+            assert_eq!(stdout, format!("m\n{root_value}\n"));
+        }
+        assert!(std::fs::symlink_metadata(&root).is_err(), "{mode:?}");
+        let _ = std::fs::remove_dir_all(root.parent().unwrap());
+    }
+}
