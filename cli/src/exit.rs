@@ -6,7 +6,7 @@
 //! | 1 | tests failed (timed-out tests count as failed), or the prepare or list step failed: the build under test is broken |
 //! | 2 | usage or bad input: flags, an unsupported runner combination, a job the coordinator refused (`INVALID_ARGUMENT`) |
 //! | 3 | infrastructure: coordinator unreachable, the fleet lost the job (`JOB_RESULT_INFRASTRUCTURE`), the watch stream could not be re-attached |
-//! | 130 | interrupted (Ctrl-C): the job was cancelled |
+//! | 130 | interrupted (Ctrl-C or SIGTERM): the job was cancelled |
 
 use std::process::ExitCode;
 
@@ -21,7 +21,7 @@ pub enum Exit {
     Usage = 2,
     /// Coordinator, agents or the network failed.
     Infrastructure = 3,
-    /// Interrupted by SIGINT; the job was cancelled.
+    /// Interrupted by SIGINT or SIGTERM; the job was cancelled.
     Interrupted = 130,
 }
 
@@ -34,7 +34,7 @@ impl From<Exit> for ExitCode {
 /// Text for `--help` listing the exit codes.
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 all tests passed (flaky counts as passed), \
 1 tests failed (timed out counts as failed) or the prepare/list step failed, \
-2 usage or bad input, 3 infrastructure (coordinator unreachable, job lost), 130 interrupted.";
+2 usage or bad input, 3 infrastructure (coordinator unreachable, job lost), 130 interrupted (Ctrl-C or SIGTERM; the job is cancelled).";
 
 /// Why a client command stopped early; each variant maps to one exit code.
 #[derive(Debug, thiserror::Error)]

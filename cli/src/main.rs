@@ -45,7 +45,7 @@ enum Command {
     /// template names {tests} or {tests_file}). The project root (git top level, else the
     /// current directory) is seen at /tmp/tessera/<its name> on every agent. Without
     /// --coordinator or TESSERA_COORDINATOR, the run joins the embedded cluster of `tessera up`
-    /// or starts one for its duration. Ctrl-C cancels the job and exits 130.
+    /// or starts one for its duration. Ctrl-C (or SIGTERM) cancels the job and exits 130.
     #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
     /// Follow a job (again) from its first event, shown like `tessera run`, with the same exit

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use tessera_cas::client::CasClient;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{JobPhase, StatusRequest, SubmitJobRequest};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tonic::transport::Channel;
 
 use crate::cluster::{ClusterLock, ClusterOptions, EmbeddedCluster};
@@ -21,7 +20,7 @@ use crate::report::json::JsonLines;
 use crate::report::junit::JunitReport;
 use crate::spec::{self, JobSettings, Placement, RunnerKind};
 use crate::upload;
-use crate::watch::{self, WatchEnd};
+use crate::watch::{self, Interrupt, WatchEnd};
 
 /// How long a run waits for another process's embedded cluster to come up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -154,14 +153,9 @@ impl Views {
     }
 }
 
-fn interrupt_signal() -> Result<Signal, CliError> {
-    signal(SignalKind::interrupt())
-        .map_err(|e| CliError::infra(format!("cannot handle SIGINT: {e}")))
-}
-
 /// `tessera run`.
 pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
-    let mut interrupt = interrupt_signal()?;
+    let mut interrupt = Interrupt::listen()?;
     let cwd = std::env::current_dir()
         .and_then(|d| d.canonicalize())
         .map_err(|e| CliError::usage(format!("cannot read the current directory: {e}")))?;
@@ -227,7 +221,7 @@ async fn submit_and_follow(
     settings: &JobSettings,
     cache_dir: &std::path::Path,
     views: &mut Views,
-    interrupt: &mut Signal,
+    interrupt: &mut Interrupt,
 ) -> Result<Exit, CliError> {
     let uploaded = tokio::select! {
         uploaded = async {
@@ -268,7 +262,7 @@ async fn follow(
     jobs: &mut JobsClient<Channel>,
     job_id: &str,
     views: &mut Views,
-    interrupt: &mut Signal,
+    interrupt: &mut Interrupt,
 ) -> Result<Exit, CliError> {
     let end = {
         let mut sinks = views.sinks();
@@ -283,7 +277,7 @@ async fn follow(
 
 /// `tessera watch`.
 pub async fn watch(args: WatchArgs) -> Result<Exit, CliError> {
-    let mut interrupt = interrupt_signal()?;
+    let mut interrupt = Interrupt::listen()?;
     let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
     let mut jobs = JobsClient::new(connect::channel(&url)?);
     let mut views = Views::new(args.json, args.junit);
@@ -330,7 +324,7 @@ async fn serve_until_idle(
     cluster: EmbeddedCluster,
     jobs: &mut JobsClient<Channel>,
     views: &mut Views,
-    interrupt: &mut Signal,
+    interrupt: &mut Interrupt,
 ) {
     let mut told = false;
     let mut unpublished = false;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{CancelJobRequest, WatchJobRequest};
-use tokio::signal::unix::Signal;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tonic::transport::Channel;
 
 use crate::exit::CliError;
@@ -18,6 +18,33 @@ const REATTACH_ATTEMPTS: u32 = 5;
 const REATTACH_BACKOFF: Duration = Duration::from_millis(200);
 /// How long to wait for the finished event after asking to cancel.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// SIGINT (Ctrl-C) and SIGTERM, either of which interrupts a run.
+#[derive(Debug)]
+pub struct Interrupt {
+    int: Signal,
+    term: Signal,
+}
+
+impl Interrupt {
+    /// Starts listening for both signals.
+    pub fn listen() -> Result<Self, CliError> {
+        let handler =
+            |kind| signal(kind).map_err(|e| CliError::infra(format!("cannot handle signals: {e}")));
+        Ok(Self {
+            int: handler(SignalKind::interrupt())?,
+            term: handler(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
 
 /// How following a job ended.
 #[derive(Debug)]
@@ -34,7 +61,7 @@ pub async fn follow(
     jobs: &mut JobsClient<Channel>,
     job_id: &str,
     sinks: &mut [&mut dyn EventSink],
-    interrupt: &mut Signal,
+    interrupt: &mut Interrupt,
 ) -> Result<WatchEnd, CliError> {
     let mut tally = Tally::new(job_id);
     let mut failures = 0u32;
