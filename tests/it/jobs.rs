@@ -232,6 +232,10 @@ async fn a_command_suite_runs_with_retries_then_answers_from_cache() {
         .collect();
     assert_eq!(wrong.len(), 2, "{wrong:#?}");
     assert!(!wrong[0].r#final && wrong[1].r#final);
+    assert_ne!(
+        wrong[0].agent, wrong[1].agent,
+        "a retry goes to another agent where possible"
+    );
     assert!(
         wrong[1].output.contains("expected 5, got 4"),
         "{}",

@@ -30,6 +30,14 @@ impl Platform {
         self.0.iter().map(|(k, _)| k.as_str())
     }
 
+    /// Whether the work asks to avoid agent `agent` (see
+    /// [`crate::execution::scheduler::AVOID_AGENT_PROPERTY`]).
+    pub fn avoids(&self, agent: &str) -> bool {
+        self.0.iter().any(|(key, value)| {
+            key == crate::execution::scheduler::AVOID_AGENT_PROPERTY && value == agent
+        })
+    }
+
     /// Whether an agent with `properties` may run work that needs `self`.
     pub fn satisfied_by(&self, properties: &Platform) -> bool {
         self.0

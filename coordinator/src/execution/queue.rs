@@ -134,11 +134,12 @@ impl FairQueue {
         true
     }
 
-    /// Takes the next item an agent with `properties` may run, charging its requester.
-    pub fn pop_for(&mut self, properties: &Platform) -> Option<ItemId> {
+    /// Takes the next item an agent with `properties` may run, charging its requester. With
+    /// `agent`, items that ask to avoid that agent are passed over.
+    pub fn pop_for(&mut self, properties: &Platform, agent: Option<&str>) -> Option<ItemId> {
         let mut best: Option<(i32, f64, u64, ItemId, String, f64)> = None;
         for (platform, group) in &self.groups {
-            if !platform.satisfied_by(properties) {
+            if !platform.satisfied_by(properties) || agent.is_some_and(|a| platform.avoids(a)) {
                 continue;
             }
             for (name, r) in group {
@@ -197,10 +198,10 @@ mod tests {
         q.push("a".into(), any(), "u", 0);
         q.push("b".into(), any(), "u", -5);
         q.push("c".into(), any(), "u", 0);
-        assert_eq!(q.pop_for(&any()).as_deref(), Some("b"));
-        assert_eq!(q.pop_for(&any()).as_deref(), Some("a"));
-        assert_eq!(q.pop_for(&any()).as_deref(), Some("c"));
-        assert!(q.pop_for(&any()).is_none());
+        assert_eq!(q.pop_for(&any(), None).as_deref(), Some("b"));
+        assert_eq!(q.pop_for(&any(), None).as_deref(), Some("a"));
+        assert_eq!(q.pop_for(&any(), None).as_deref(), Some("c"));
+        assert!(q.pop_for(&any(), None).is_none());
     }
 
     #[test]
@@ -211,12 +212,12 @@ mod tests {
         }
         // Some of the big build runs first.
         for _ in 0..10 {
-            assert!(q.pop_for(&any()).unwrap().starts_with("big"));
+            assert!(q.pop_for(&any(), None).unwrap().starts_with("big"));
         }
         for i in 0..3 {
             q.push(format!("small{i}"), any(), "laptop", 0);
         }
-        let next: Vec<String> = (0..6).map(|_| q.pop_for(&any()).unwrap()).collect();
+        let next: Vec<String> = (0..6).map(|_| q.pop_for(&any(), None).unwrap()).collect();
         let smalls = next.iter().filter(|n| n.starts_with("small")).count();
         assert_eq!(smalls, 3, "the small build gets every other slot: {next:?}");
     }
@@ -228,10 +229,27 @@ mod tests {
             q.push(format!("a{i}"), any(), "a", 0);
             q.push(format!("b{i}"), any(), "b", 0);
         }
-        let order: Vec<String> = (0..8).map(|_| q.pop_for(&any()).unwrap()).collect();
+        let order: Vec<String> = (0..8).map(|_| q.pop_for(&any(), None).unwrap()).collect();
         for pair in order.chunks(2) {
             assert_ne!(pair[0].chars().next(), pair[1].chars().next(), "{order:?}");
         }
+    }
+
+    #[test]
+    fn work_that_avoids_an_agent_goes_to_another() {
+        let mut q = FairQueue::new();
+        let retry = Platform::new([("avoid-agent".to_owned(), "a1".to_owned())]);
+        q.push("retry".into(), retry, "u", 0);
+        assert!(q.pop_for(&any(), Some("a1")).is_none());
+        assert_eq!(q.pop_for(&any(), Some("a2")).as_deref(), Some("retry"));
+        q.push(
+            "retry2".into(),
+            Platform::new([("avoid-agent".to_owned(), "a1".to_owned())]),
+            "u",
+            0,
+        );
+        // Without an alternative (one agent), the avoided agent still takes it.
+        assert_eq!(q.pop_for(&any(), None).as_deref(), Some("retry2"));
     }
 
     #[test]
@@ -241,9 +259,9 @@ mod tests {
         q.push("g".into(), gpu.clone(), "u", 0);
         q.push("x".into(), any(), "u", 1);
         let plain = Platform::new([("OSFamily".to_owned(), "linux".to_owned())]);
-        assert_eq!(q.pop_for(&plain).as_deref(), Some("x"));
-        assert!(q.pop_for(&plain).is_none());
-        assert_eq!(q.pop_for(&gpu).as_deref(), Some("g"));
+        assert_eq!(q.pop_for(&plain, None).as_deref(), Some("x"));
+        assert!(q.pop_for(&plain, None).is_none());
+        assert_eq!(q.pop_for(&gpu, None).as_deref(), Some("g"));
     }
 
     #[test]

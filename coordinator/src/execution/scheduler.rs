@@ -406,8 +406,12 @@ fn status(code: Code, message: impl Into<String>) -> rpc::Status {
 /// and `exec-root`, the fixed path where a job's steps see their input root) rather than
 /// where: never matched against agent properties.
 pub fn is_execution_only(key: &str) -> bool {
-    key.starts_with("limit.") || key == EXEC_ROOT_PROPERTY
+    key.starts_with("limit.") || key == EXEC_ROOT_PROPERTY || key == AVOID_AGENT_PROPERTY
 }
+
+/// Platform property naming an agent that should not run the action when another agent can
+/// (a job's retry of a failed test goes to another agent where possible).
+pub const AVOID_AGENT_PROPERTY: &str = "avoid-agent";
 
 /// Platform property naming the absolute path at which the agent shows the action its input
 /// root (DESIGN.md §5: a job's prepare step and batches see it at the same path everywhere).
@@ -1018,6 +1022,8 @@ impl Scheduler {
             .filter(|(_, a)| a.last_heard.elapsed() < silent_after)
             .map(|(id, _)| id.clone())
             .collect();
+        // With one agent there is nobody else to prefer.
+        let avoid = ids.len() > 1;
         for id in ids {
             loop {
                 if self.queue.is_empty() {
@@ -1032,7 +1038,10 @@ impl Scheduler {
                 if agent.draining || agent.saturated || agent.leases.len() >= agent.slots as usize {
                     break;
                 }
-                let Some(name) = self.queue.pop_for(&agent.properties) else {
+                let Some(name) = self
+                    .queue
+                    .pop_for(&agent.properties, avoid.then_some(id.as_str()))
+                else {
                     break;
                 };
                 self.lease(&id, &name, &tx);

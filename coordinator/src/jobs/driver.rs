@@ -32,7 +32,7 @@ use super::job::{Job, is_failure};
 use super::overlay::overlay;
 use super::planner::{PlannerConfig, ShardPlanner};
 use super::results::{SuiteKey, TestStore};
-use crate::execution::scheduler::{EXEC_ROOT_PROPERTY, SchedulerHandle};
+use crate::execution::scheduler::{AVOID_AGENT_PROPERTY, EXEC_ROOT_PROPERTY, SchedulerHandle};
 use crate::services::execution::{ExecutionService, Submitted};
 
 /// Most bytes of one test's output kept in its event (the tail is kept).
@@ -161,7 +161,7 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
                 runner: job.runner.clone(),
                 persist: job.spec.persist.iter().map(Into::into).collect(),
             };
-            let run = steps.run(&spec, &input_root, true, None).await?;
+            let run = steps.run(&spec, &input_root, true, None, None).await?;
             let StepReport::Prepared { prepared } = run.report else {
                 return Err(step_failed("prepare", run.report));
             };
@@ -180,7 +180,7 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
             runner: job.runner.clone(),
             prepared: prepared.clone(),
         };
-        let run = steps.run(&spec, &prepared_root, true, None).await?;
+        let run = steps.run(&spec, &prepared_root, true, None, None).await?;
         let StepReport::Listed { tests } = run.report else {
             return Err(step_failed("list", run.report));
         };
@@ -261,6 +261,7 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
             pending: to_run.iter().map(|(key, _)| key.clone()).collect(),
             attempts: HashMap::new(),
             failures: HashMap::new(),
+            failed_on: HashMap::new(),
             finished: HashMap::new(),
             tally,
         };
@@ -286,6 +287,7 @@ impl Steps<'_> {
         root: &Digest,
         cacheable: bool,
         timeout: Option<Duration>,
+        avoid_agent: Option<&str>,
     ) -> Result<StepRun, Stop> {
         let spec_json = &self.job.spec;
         let mut env: Vec<EnvironmentVariable> = spec_json.environment.clone();
@@ -293,9 +295,15 @@ impl Steps<'_> {
         let mut properties: Vec<Property> = spec_json
             .platform
             .iter()
-            .filter(|p| p.name != EXEC_ROOT_PROPERTY)
+            .filter(|p| p.name != EXEC_ROOT_PROPERTY && p.name != AVOID_AGENT_PROPERTY)
             .cloned()
             .collect();
+        if let Some(agent) = avoid_agent.filter(|a| !a.is_empty()) {
+            properties.push(Property {
+                name: AVOID_AGENT_PROPERTY.to_owned(),
+                value: agent.to_owned(),
+            });
+        }
         properties.push(Property {
             name: EXEC_ROOT_PROPERTY.to_owned(),
             value: spec_json.exec_root.clone(),
@@ -508,6 +516,8 @@ struct Runs<'a> {
     attempts: HashMap<String, u32>,
     /// Output of each failed run per test.
     failures: HashMap<String, Vec<String>>,
+    /// The agent each test last failed on.
+    failed_on: HashMap<String, String>,
     /// Tests with a final outcome.
     finished: HashMap<String, TestOutcome>,
     tally: &'a mut Tally,
@@ -551,8 +561,15 @@ impl Runs<'_> {
                     .saturating_add(BATCH_SLACK);
                 let root = self.prepared_root;
                 let keys = batch.tests.clone();
+                // A retry goes to another agent than the one its test failed on, where possible.
+                let avoid = batch
+                    .tests
+                    .iter()
+                    .find_map(|k| self.failed_on.get(k).cloned());
                 in_flight.push(Box::pin(async move {
-                    let run = steps.run(&spec, &root, false, Some(timeout)).await;
+                    let run = steps
+                        .run(&spec, &root, false, Some(timeout), avoid.as_deref())
+                        .await;
                     (keys, run)
                 }));
             }
@@ -688,6 +705,7 @@ impl Runs<'_> {
                         .entry(key.clone())
                         .or_default()
                         .push(output.clone());
+                    self.failed_on.insert(key.clone(), agent.clone());
                     if attempt <= self.job.spec.retries && !self.job.cancel.is_cancelled() {
                         self.job.emit(Kind::Test(TestFinished {
                             test: Some(test_ref(&test)),
