@@ -53,7 +53,7 @@ use crate::step::{
     StepContext, StepEnd, StepError, check_persist_paths, lay_out_persist, run_step,
 };
 use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
-use tessera_runners::step::StepSpec;
+use tessera_runners::step::{StepReport, StepSpec};
 
 /// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
 const UPLOAD_ATTEMPTS: u32 = 5;
@@ -661,6 +661,9 @@ impl LeasePipeline {
             cancel: cancel.token(),
         };
         Ok(match run_step(step, &context).await? {
+            // A failed step exits 1 so that no cache keeps it (a broken build is retried on
+            // the next run); its report is uploaded all the same.
+            StepEnd::Reported(StepReport::Failed { .. }) => ProcessExit::Exited { exit_code: 1 },
             StepEnd::Reported(_) => ProcessExit::Exited { exit_code: 0 },
             StepEnd::TimedOut { after } => ProcessExit::TimedOut {
                 after,

@@ -7,8 +7,9 @@
 //! cancellation, and each in its own process group under its own timeout. Afterwards the agent
 //! writes the [`StepReport`] to `.tessera/report.json` in the exec root and, for a prepare
 //! step, copies the files it reported to `.tessera/prepared/`; the lease pipeline then uploads
-//! them as the action's declared outputs. A step whose tool failed still ends with exit code 0
-//! and a [`StepReport::Failed`]: that is the tool's failure, not the agent's.
+//! them as the action's declared outputs. A step whose tool failed ends with exit code 1 and a
+//! [`StepReport::Failed`]: the tool's failure, not the agent's (no infrastructure retry), and
+//! never cached.
 //!
 //! Prepare steps may ask to keep directories (cargo's `target`) between runs:
 //! [`lay_out_persist`] puts an agent-local directory there, bind-mounted with namespaces or

@@ -109,8 +109,8 @@ impl StepSpec {
 }
 
 /// What a step reported. A step whose tool failed (the build broke, the list command crashed)
-/// reports [`StepReport::Failed`]; the action itself still succeeds, so it is not retried as an
-/// infrastructure failure (and the coordinator never caches it).
+/// reports [`StepReport::Failed`]; the agent ends that action with exit code 1, so it is not
+/// retried as an infrastructure failure and no action cache keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "report", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StepReport {

@@ -697,3 +697,37 @@ async fn an_accepted_job_survives_a_coordinator_crash() {
     );
     server.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_build_fails_the_job_with_its_log_and_is_not_cached() {
+    let cluster = cluster(1, 1).await;
+    let mut jobs = JobsClient::new(cluster.server.channel().await);
+    let root = upload_dir(&cluster.server, &example("command-suite")).await;
+    let state = state_dir();
+    let mut spec = command_suite_spec(root, "/tmp/tessera-it/broken", state.path());
+    let mut runner: RunnerConfig = serde_json::from_str(&spec.runner_json).expect("runner");
+    if let RunnerConfig::Command(command) = &mut runner {
+        command.prepare = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo 'error[E0425]: cannot find value' >&2; exit 101".into(),
+        ]);
+    }
+    spec.runner_json = serde_json::to_string(&runner).expect("json");
+    for run in 0..2 {
+        let (events, finished) = run_job(&mut jobs, spec.clone()).await;
+        assert_eq!(finished.result(), JobResult::Error, "{events:#?}");
+        assert!(
+            finished.message.contains("prepare step failed"),
+            "{}",
+            finished.message
+        );
+        assert!(finished.log.contains("error[E0425]"), "{}", finished.log);
+        assert!(
+            !events.iter().any(
+                |e| matches!(&e.kind, Some(Kind::Phase(p)) if p.detail.contains("from cache"))
+            ),
+            "run {run}: a failed prepare step must not be cached: {events:#?}"
+        );
+    }
+}
