@@ -6,10 +6,12 @@
 //! was missed, 2 usage error, 3 the benchmark could not run.
 
 mod actions;
+mod batch;
 mod bazel;
 mod cas;
 mod cpu;
 mod error;
+mod job;
 mod limits;
 mod processes;
 mod report;
@@ -17,6 +19,7 @@ mod sched;
 mod server;
 mod shard;
 mod sim_agent;
+mod suite_repo;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -27,6 +30,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::bazel::BazelPlan;
 use crate::cas::CasPlan;
 use crate::error::BenchError;
+use crate::job::JobPlan;
 use crate::report::{Report, Verdict};
 use crate::sched::SchedPlan;
 
@@ -75,6 +79,27 @@ enum Command {
     /// A simulation on a simulated clock (the noise off, then slot speeds and run times
     /// varying), then a real run of sleeping tests on threads, timed by the wall clock.
     Shard(ShardArgs),
+    /// Test jobs: a cached re-run of 1,000 tests in a 10,000-file repository, timed as the
+    /// whole `tessera run` process (with a coordinator, and with zero setup), and the fixed
+    /// overhead of one batch action on an agent.
+    ///
+    /// Runs `tessera coordinator`, `tessera agent`, `tessera up` and `tessera run` as child
+    /// processes from the `tessera` binary beside this one (build it with `cargo build
+    /// --release -p tessera-cli`), and `git` to make the fixture repository.
+    Job(JobArgs),
+}
+
+#[derive(Args)]
+struct JobArgs {
+    /// 3 re-runs per mode instead of 5, and 15 batches instead of 50. The targets stay the
+    /// same.
+    #[arg(long)]
+    quick: bool,
+    /// The `tessera` binary [default: `tessera` beside this executable].
+    #[arg(long, value_name = "PATH")]
+    tessera: Option<PathBuf>,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -224,6 +249,19 @@ fn main() -> ExitCode {
             )
         }
         Command::Shard(args) => run_shard(&args),
+        Command::Job(args) => {
+            let mut plan = if args.quick {
+                JobPlan::quick()
+            } else {
+                JobPlan::full()
+            };
+            plan.tessera = args.tessera.clone();
+            let data = args.output.data_dir.clone();
+            finish(
+                block_on(async move { job::run(&plan, data.as_deref()).await }),
+                &args.output,
+            )
+        }
         Command::Bazel(args) => {
             let mut plan = if args.quick {
                 BazelPlan::quick()

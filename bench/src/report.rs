@@ -108,6 +108,50 @@ pub enum Check {
         /// Largest ratio allowed.
         max_ratio: f64,
     },
+    /// Wall times of repeated runs or calls, whose median must not exceed `max_p50_ms` when
+    /// there is a target.
+    Time {
+        /// Runs or calls timed.
+        samples: usize,
+        /// Median, milliseconds.
+        p50_ms: f64,
+        /// The tail shown beside the median, milliseconds.
+        tail_ms: f64,
+        /// Which tail `tail_ms` is.
+        tail: Tail,
+        /// Largest median allowed; `None` for a time measured for context.
+        max_p50_ms: Option<f64>,
+        /// What the "beside it" column shows (a cold run, the raw wall time), or empty.
+        context: String,
+    },
+    /// Where a time goes: its parts, each a median over `samples`, for context.
+    Breakdown {
+        /// Runs or calls the medians are taken over.
+        samples: usize,
+        /// The parts, in the order they happen.
+        parts: Vec<Part>,
+        /// What the "beside it" column shows, or empty.
+        context: String,
+    },
+}
+
+/// Which tail a [`Check::Time`] reports beside its median.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tail {
+    /// The slowest sample.
+    Max,
+    /// The 95th percentile.
+    P95,
+}
+
+/// One part of a [`Check::Breakdown`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Part {
+    /// What happens in it ("snapshot").
+    pub name: String,
+    /// Median, milliseconds.
+    pub ms: f64,
 }
 
 impl Check {
@@ -147,10 +191,19 @@ impl Check {
                 max_ratio,
                 ..
             } => seconds / baseline_seconds <= max_ratio,
+            Check::Time {
+                p50_ms,
+                max_p50_ms: Some(max_p50_ms),
+                ..
+            } => p50_ms <= max_p50_ms,
             Check::Rate {
                 min_per_s: None, ..
             }
             | Check::CpuPerAction { max_ms: None, .. }
+            | Check::Time {
+                max_p50_ms: None, ..
+            }
+            | Check::Breakdown { .. }
             | Check::Spawn { .. } => return Verdict::NoTarget,
         };
         if pass { Verdict::Pass } else { Verdict::Miss }
@@ -185,7 +238,7 @@ pub enum Layout {
     /// Transfers beside their hash and TCP limits (`tessera-bench cas`).
     Cas,
     /// Execution: rates, latencies, CPU costs and wall times beside their baselines
-    /// (`tessera-bench sched`, `tessera-bench bazel`).
+    /// (`tessera-bench sched`, `tessera-bench bazel`, `tessera-bench job`).
     Execution,
 }
 
@@ -422,6 +475,48 @@ fn describe_execution(check: &Check) -> (String, String, String) {
             format!("{baseline} {baseline_seconds:.2} s"),
             format!("≤ {max_ratio:.2}×"),
         ),
+        Check::Time {
+            samples,
+            p50_ms,
+            tail_ms,
+            tail,
+            max_p50_ms,
+            ref context,
+        } => (
+            format!(
+                "p50 {p50_ms:.1} ms, {} {tail_ms:.1} ms ({samples} runs)",
+                match tail {
+                    Tail::Max => "max",
+                    Tail::P95 => "p95",
+                }
+            ),
+            if context.is_empty() {
+                dash()
+            } else {
+                context.clone()
+            },
+            max_p50_ms.map_or_else(dash, |max| format!("p50 ≤ {max} ms")),
+        ),
+        Check::Breakdown {
+            samples,
+            ref parts,
+            ref context,
+        } => (
+            format!(
+                "{} (medians of {samples})",
+                parts
+                    .iter()
+                    .map(|part| format!("{} {:.1} ms", part.name, part.ms))
+                    .collect::<Vec<_>>()
+                    .join(" · ")
+            ),
+            if context.is_empty() {
+                dash()
+            } else {
+                context.clone()
+            },
+            dash(),
+        ),
         Check::Throughput { .. } => (dash(), dash(), dash()),
     }
 }
@@ -487,7 +582,11 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
             min_per_s.map_or("—".into(), |min| format!("≥ {} {unit}/s", number(min))),
             "—".into(),
         ),
-        Check::CpuPerAction { .. } | Check::Spawn { .. } | Check::Ratio { .. } => {
+        Check::CpuPerAction { .. }
+        | Check::Spawn { .. }
+        | Check::Ratio { .. }
+        | Check::Time { .. }
+        | Check::Breakdown { .. } => {
             let (result, _, target) = describe_execution(check);
             (result, "—".into(), "—".into(), target, "—".into())
         }
@@ -592,6 +691,32 @@ mod tests {
         };
         assert_eq!(ratio(2.2).verdict(), Verdict::Pass);
         assert_eq!(ratio(2.3).verdict(), Verdict::Miss);
+    }
+
+    #[test]
+    fn times_are_judged_by_their_median() {
+        let time = |p50_ms, max_p50_ms| Check::Time {
+            samples: 5,
+            p50_ms,
+            tail_ms: 400.0,
+            tail: Tail::Max,
+            max_p50_ms,
+            context: String::new(),
+        };
+        assert_eq!(time(300.0, Some(300.0)).verdict(), Verdict::Pass);
+        assert_eq!(time(300.5, Some(300.0)).verdict(), Verdict::Miss);
+        assert_eq!(time(900.0, None).verdict(), Verdict::NoTarget);
+        let breakdown = Check::Breakdown {
+            samples: 5,
+            parts: vec![Part {
+                name: "snapshot".to_owned(),
+                ms: 60.0,
+            }],
+            context: String::new(),
+        };
+        assert_eq!(breakdown.verdict(), Verdict::NoTarget);
+        let (result, _, _) = describe_execution(&breakdown);
+        assert_eq!(result, "snapshot 60.0 ms (medians of 5)");
     }
 
     #[test]
