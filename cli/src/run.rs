@@ -362,3 +362,57 @@ async fn serve_until_idle(
         views.note(&error.to_string());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|c| c.run)
+    }
+
+    #[test]
+    fn flags_come_before_the_test_command_after_double_dash() {
+        let args = parse(&[
+            "--retries",
+            "2",
+            "--priority",
+            "-5",
+            "--timeout",
+            "90s",
+            "--env",
+            "A=1",
+            "--env",
+            "B",
+            "--platform",
+            "os=linux",
+            "--exclude",
+            "docs",
+            "--runner",
+            "cargo",
+            "--",
+            "cargo",
+            "test",
+            "--",
+            "--nocapture",
+        ])
+        .unwrap();
+        assert_eq!(args.retries, 2);
+        assert_eq!(args.priority, -5);
+        assert_eq!(args.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(args.env, vec!["A=1", "B"]);
+        assert_eq!(args.runner, Some(RunnerKind::Cargo));
+        // Everything after the first `--` belongs to the test command, `--` included.
+        assert_eq!(args.args, vec!["cargo", "test", "--", "--nocapture"]);
+        assert!(parse(&["--runner", "maven", "--", "x"]).is_err());
+        assert!(parse(&["--timeout", "soon", "--", "x"]).is_err());
+    }
+}

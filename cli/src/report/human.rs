@@ -128,11 +128,30 @@ impl<W: Write> Human<W> {
             }
             _ => {}
         }
-        if let Some(bar) = &self.bar
-            && test.r#final
-        {
-            bar.inc(1);
+    }
+
+    /// Bar position and message from the tally and the latest progress report.
+    fn refresh_bar(&self, tally: &Tally) {
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        let mut msg = format!(
+            "{} passed, {} failed, {} flaky",
+            tally.passed, tally.failed, tally.flaky
+        );
+        if let Some(p) = &tally.progress {
+            bar.set_length(u64::from(p.total));
+            msg.push_str(&format!(
+                " | {} agents, {}/{} slots busy",
+                p.agents, p.busy_slots, p.total_slots
+            ));
+            let eta = duration(p.eta.as_ref());
+            if eta > Duration::ZERO {
+                msg.push_str(&format!(" | ETA {}", seconds(eta)));
+            }
         }
+        bar.set_position(u64::from(tally.done()));
+        bar.set_message(msg);
     }
 }
 
@@ -222,27 +241,11 @@ impl<W: Write> EventSink for Human<W> {
                     bar.set_position(u64::from(tally.done()));
                 }
             }
-            Some(Kind::Test(t)) => self.test(t),
-            Some(Kind::Progress(p)) => {
-                if let Some(bar) = &self.bar {
-                    bar.set_length(u64::from(p.total));
-                    bar.set_position(u64::from(tally.done().max(p.done)));
-                    let eta = duration(p.eta.as_ref());
-                    let mut msg = format!(
-                        "passed {} failed {} flaky {} | agents {} slots {}/{}",
-                        tally.passed,
-                        tally.failed,
-                        tally.flaky,
-                        p.agents,
-                        p.busy_slots,
-                        p.total_slots
-                    );
-                    if eta > Duration::ZERO {
-                        msg.push_str(&format!(" | ETA {}", seconds(eta)));
-                    }
-                    bar.set_message(msg);
-                }
+            Some(Kind::Test(t)) => {
+                self.test(t);
+                self.refresh_bar(tally);
             }
+            Some(Kind::Progress(_)) => self.refresh_bar(tally),
             Some(Kind::Log(l)) => {
                 for line in l.text.lines() {
                     self.line(line);
