@@ -14,8 +14,8 @@ use tessera_cas::tree::MerkleTree;
 
 use crate::exit::CliError;
 
-/// The digest function of snapshots and jobs.
-pub const DIGEST_FUNCTION: DigestFunction = DigestFunction::Sha256;
+/// The digest function of snapshots and jobs: BLAKE3, the native default (DESIGN.md §3).
+pub const DIGEST_FUNCTION: DigestFunction = DigestFunction::Blake3;
 /// Blobs above this go through ByteStream instead of a batch.
 const BATCH_BLOB_LIMIT: u64 = 1024 * 1024;
 /// Bytes per BatchUpdateBlobs call (below the coordinator's default 4 MiB limit).
