@@ -4,9 +4,14 @@
 //! each run takes beyond the test's own duration (from the step report) is what every batch
 //! costs the shard planner, which assumes 50 ms (`PlannerConfig::default().batch_overhead`).
 //!
+//! The same batch is then run on the fixture repository's whole working tree as its input
+//! root (as a job's batches are), for context: the agent lays out every file of the input
+//! root for every batch.
+//!
 //! Owns the action, the Execute loop and the rows it yields; the coordinator and agent are
 //! started by [`crate::job`].
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,6 +19,7 @@ use futures::StreamExt;
 use prost::Message;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, DigestFunction, digest_message};
+use tessera_cas::snapshot::{self, HashCache};
 use tessera_coordinator::jobs::planner::PlannerConfig;
 use tessera_proto::longrunning::operation;
 use tessera_proto::reapi::execution_client::ExecutionClient;
@@ -27,7 +33,6 @@ use tessera_runners::{CommandRunner, Outcome, Prepared, RunnerConfig, TestId};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::BenchError;
-use crate::job::JobPlan;
 use crate::report::{self, Check, Part, Row, Tail};
 use crate::suite_repo::{self, LIST_COMMAND, RUN_TEMPLATE, SUITE};
 
@@ -44,10 +49,22 @@ const PASSED_ENV: [&str; 4] = ["HOME", "LANG", "PATH", "USER"];
 /// How many batches to time.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPlan {
-    /// Batches timed, one after another.
+    /// Batches timed, one after another, with the one-file input root.
     pub batches: usize,
-    /// Batches run first and not timed (the agent's first fetch of the inputs, connections).
+    /// Batches timed with the fixture repository as the input root.
+    pub repo_batches: usize,
+    /// Batches run first and not timed, per input root (the agent's first fetch of the
+    /// inputs, connections).
     pub warmup: usize,
+}
+
+/// What a batch's input root is.
+#[derive(Debug, Clone)]
+pub enum InputRoot {
+    /// `suite.sh` alone.
+    Suite,
+    /// A repository's working tree as `tessera run` snapshots it (git's files).
+    Repository(PathBuf),
 }
 
 /// One timed batch: wall time and the instants of its execution metadata, ms after the
@@ -69,19 +86,34 @@ impl BatchTiming {
     }
 }
 
-/// Every timed batch.
+/// Every timed batch on one input root.
 #[derive(Debug, Clone)]
 pub struct BatchRun {
+    /// Files in the input root.
+    pub files: usize,
     /// In the order they ran.
     pub timings: Vec<BatchTiming>,
+    /// The batch's command (`sh suite.sh run --junit FILE ID`) spawned here, outside any
+    /// agent and sandbox: median wall time, ms.
+    pub bare_command_ms: f64,
 }
 
-/// Runs `plan` against the coordinator at `endpoint` (one agent with one slot).
-pub async fn run(plan: &BatchPlan, endpoint: &str) -> Result<BatchRun, BenchError> {
+/// Spawns of the bare command timed for [`BatchRun::bare_command_ms`].
+const BARE_SPAWNS: usize = 20;
+
+/// Times `batches` batches (after `warmup` untimed) on `root` against the coordinator at
+/// `endpoint`.
+pub async fn run(
+    endpoint: &str,
+    root: &InputRoot,
+    batches: usize,
+    warmup: usize,
+) -> Result<BatchRun, BenchError> {
     let function = DigestFunction::Blake3;
     let cas = CasClient::connect(endpoint, "", function).await?;
     let exec_root = format!("/tmp/tessera/bench-batch-{:08x}", rand::random::<u32>());
-    let action = upload_batch_action(&cas, &exec_root).await?;
+    let (root_digest, files) = upload_input_root(&cas, root).await?;
+    let action = upload_batch_action(&cas, &exec_root, root_digest).await?;
     let channel = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|source| BenchError::Connect {
             endpoint: endpoint.to_owned(),
@@ -95,32 +127,115 @@ pub async fn run(plan: &BatchPlan, endpoint: &str) -> Result<BatchRun, BenchErro
             source,
         })?;
     let mut client = ExecutionClient::new(channel);
-    let mut timings = Vec::with_capacity(plan.batches);
-    for n in 0..plan.warmup + plan.batches {
+    let mut timings = Vec::with_capacity(batches);
+    for n in 0..warmup + batches {
         let timing = execute_batch(&mut client, &cas, &action, function).await?;
-        if n >= plan.warmup {
+        if n >= warmup {
             timings.push(timing);
         }
     }
-    Ok(BatchRun { timings })
+    let bare_command_ms = tokio::task::spawn_blocking(bare_command_ms).await??;
+    Ok(BatchRun {
+        files,
+        timings,
+        bare_command_ms,
+    })
 }
 
-/// Builds the batch action (one test) as `Steps::run` in the job driver does, and uploads the
-/// input root, Command and Action.
-async fn upload_batch_action(cas: &CasClient, exec_root: &str) -> Result<Digest, BenchError> {
+/// Median wall time of the batch's command run directly in a scratch directory, ms.
+fn bare_command_ms() -> Result<f64, BenchError> {
+    let io = |what| move |source| BenchError::Io { what, source };
+    let dir = tempfile::tempdir().map_err(io("create a scratch directory"))?;
+    std::fs::write(dir.path().join(SUITE), suite_repo::suite_script(1))
+        .map_err(io("write the suite"))?;
+    let (group, name) = suite_repo::test_id(0);
+    let id = format!("{group}::{name}");
+    let mut samples = Vec::with_capacity(BARE_SPAWNS);
+    for _ in 0..BARE_SPAWNS {
+        let started = Instant::now();
+        let status = std::process::Command::new("sh")
+            .args([SUITE, "run", "--junit", "junit.xml", &id])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(io("run sh"))?;
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+        if !status.success() {
+            return Err(BenchError::Tool(format!(
+                "sh {SUITE} run exited with {status}"
+            )));
+        }
+    }
+    Ok(report::percentile(&samples, 0.5))
+}
+
+/// Uploads `root`; returns its digest and how many files it holds.
+async fn upload_input_root(
+    cas: &CasClient,
+    root: &InputRoot,
+) -> Result<(Digest, usize), BenchError> {
     let function = cas.function();
-    let script = suite_repo::suite_script(1);
-    let script_digest = function.digest_of(script.as_bytes());
-    let root = Directory {
-        files: vec![FileNode {
-            name: SUITE.to_owned(),
-            digest: Some(script_digest.to_proto()),
-            is_executable: false,
-            ..Default::default()
-        }],
-        ..Default::default()
+    match root {
+        InputRoot::Suite => {
+            let script = suite_repo::suite_script(1);
+            let script_digest = function.digest_of(script.as_bytes());
+            let directory = Directory {
+                files: vec![FileNode {
+                    name: SUITE.to_owned(),
+                    digest: Some(script_digest.to_proto()),
+                    is_executable: false,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let (root_digest, root_bytes) = digest_message(function, &directory);
+            let blobs = [
+                (script_digest, Bytes::from(script)),
+                (root_digest, root_bytes.into()),
+            ];
+            cas.upload(&blobs, false).await?;
+            Ok((root_digest, 1))
+        }
+        InputRoot::Repository(repo) => {
+            let repo = repo.clone();
+            let (root_digest, files, blobs) =
+                tokio::task::spawn_blocking(move || repository_blobs(&repo, function)).await??;
+            cas.upload(&blobs, false).await?;
+            Ok((root_digest, files))
+        }
+    }
+}
+
+/// An input root's digest, its file count, and every blob (directories and file contents).
+type RootBlobs = (Digest, usize, Vec<(Digest, Bytes)>);
+
+/// The working tree at `repo` as `tessera run` snapshots it.
+fn repository_blobs(repo: &Path, function: DigestFunction) -> Result<RootBlobs, BenchError> {
+    let tree_error = |e: tessera_cas::tree::TreeError| {
+        BenchError::Unexpected(format!("cannot snapshot {}: {e}", repo.display()))
     };
-    let (root_digest, root_bytes) = digest_message(function, &root);
+    let files = snapshot::list_files(repo, &[], &[]).map_err(tree_error)?;
+    let tree = snapshot::snapshot(repo, &files, function, &mut HashCache::default())
+        .map_err(tree_error)?;
+    let mut blobs = tree.directories.clone();
+    for (digest, path) in &tree.files {
+        let bytes = std::fs::read(path).map_err(|source| BenchError::Io {
+            what: "read a fixture file",
+            source,
+        })?;
+        blobs.push((*digest, Bytes::from(bytes)));
+    }
+    Ok((tree.root, files.len(), blobs))
+}
+
+/// Builds the batch action (one test) on `root_digest` as `Steps::run` in the job driver
+/// does, and uploads its Command and Action.
+async fn upload_batch_action(
+    cas: &CasClient,
+    exec_root: &str,
+    root_digest: Digest,
+) -> Result<Digest, BenchError> {
+    let function = cas.function();
 
     let runner = CommandRunner::new(
         exec_root,
@@ -173,8 +288,6 @@ async fn upload_batch_action(cas: &CasClient, exec_root: &str) -> Result<Digest,
     };
     let (action_digest, action_bytes) = digest_message(function, &action);
     let blobs: Vec<(Digest, Bytes)> = vec![
-        (script_digest, Bytes::from(script)),
-        (root_digest, root_bytes.into()),
         (command_digest, command_bytes.into()),
         (action_digest, action_bytes.into()),
     ];
@@ -324,11 +437,11 @@ fn marks(metadata: &ExecutedActionMetadata, sent_at: SystemTime) -> Result<[f64;
     ])
 }
 
-/// The overhead row and its breakdown.
-pub fn rows(plan: &JobPlan, run: &BatchRun) -> Vec<Row> {
+/// The overhead row and its breakdown for `run`; held to the planner's assumption if `target`.
+pub fn rows(run: &BatchRun, target: bool) -> Vec<Row> {
     let overheads: Vec<f64> = run.timings.iter().map(BatchTiming::overhead_ms).collect();
     let walls: Vec<f64> = run.timings.iter().map(|t| t.wall_ms).collect();
-    let target = PlannerConfig::default().batch_overhead.as_secs_f64() * 1e3;
+    let assumed = PlannerConfig::default().batch_overhead.as_secs_f64() * 1e3;
     let median = |values: Vec<f64>| report::percentile(&values, 0.5);
     // Stage k runs from mark k-1 (the send at 0 for k = 0) to mark k; the last, from the
     // worker's end to the client seeing the operation done.
@@ -352,32 +465,50 @@ pub fn rows(plan: &JobPlan, run: &BatchRun) -> Vec<Row> {
         "upload",
         "report back",
     ];
+    let (measurement, root) = if target {
+        (
+            "fixed overhead per batch",
+            "input root: suite.sh alone".to_owned(),
+        )
+    } else {
+        (
+            "fixed overhead per batch, repository input root",
+            format!(
+                "input root: the fixture repository ({} files)",
+                report::thousands(run.files)
+            ),
+        )
+    };
     let workload = format!(
-        "1 test per batch (does nothing), 1 agent × 1 slot, {} batches in a row",
-        plan.batch.batches
+        "1 test per batch (does nothing), 1 agent × 1 slot, {} batches in a row; {root}",
+        run.timings.len()
     );
+    let mut context = format!(
+        "Execute → done p50 {:.1} ms; test's own p50 {:.1} ms",
+        median(walls),
+        median(run.timings.iter().map(|t| t.test_ms).collect())
+    );
+    if !target {
+        context.push_str(&format!("; the planner assumes {assumed:.0} ms"));
+    }
     vec![
         Row {
-            measurement: "fixed overhead per batch".to_owned(),
+            measurement: measurement.to_owned(),
             digest: String::new(),
-            workload: workload.clone(),
+            workload,
             check: Check::Time {
                 samples: overheads.len(),
                 p50_ms: median(overheads.clone()),
                 tail_ms: report::percentile(&overheads, 0.95),
                 tail: Tail::P95,
-                max_p50_ms: Some(target),
-                context: format!(
-                    "Execute → done p50 {:.1} ms; test's own p50 {:.1} ms",
-                    median(walls),
-                    median(run.timings.iter().map(|t| t.test_ms).collect())
-                ),
+                max_p50_ms: target.then_some(assumed),
+                context,
             },
         },
         Row {
             measurement: "  where it goes".to_owned(),
             digest: String::new(),
-            workload,
+            workload: "the batches above".to_owned(),
             check: Check::Breakdown {
                 samples: run.timings.len(),
                 parts: names
@@ -388,7 +519,10 @@ pub fn rows(plan: &JobPlan, run: &BatchRun) -> Vec<Row> {
                         ms: stage(k),
                     })
                     .collect(),
-                context: String::new(),
+                context: format!(
+                    "the command alone, spawned here: {:.1} ms",
+                    run.bare_command_ms
+                ),
             },
         },
     ]

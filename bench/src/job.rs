@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
-use crate::batch::{self, BatchPlan, BatchRun};
+use crate::batch::{self, BatchPlan, BatchRun, InputRoot};
 use crate::error::BenchError;
 use crate::processes::{Cluster, tessera_binary};
 use crate::report::{self, Check, Environment, Layout, Part, Report, Row, Tail};
@@ -67,6 +67,7 @@ impl JobPlan {
             reruns: 5,
             batch: BatchPlan {
                 batches: 50,
+                repo_batches: 10,
                 warmup: 2,
             },
             tessera: None,
@@ -80,6 +81,7 @@ impl JobPlan {
             reruns: 3,
             batch: BatchPlan {
                 batches: 15,
+                repo_batches: 4,
                 warmup: 2,
             },
             ..JobPlan::full()
@@ -181,18 +183,49 @@ pub async fn run(plan: &JobPlan, data_parent: Option<&Path>) -> Result<Report, B
     for mode in [Mode::Coordinator, Mode::Embedded, Mode::JoinedUp] {
         modes.push(run_mode(plan, &binary, scratch.path(), &repo, mode, cores).await?);
     }
-    progress(&format!(
-        "batch overhead: {} batches (+{} warm-up) on one agent with one slot",
-        plan.batch.batches, plan.batch.warmup
-    ));
-    let batches = {
-        let cluster = start_cluster(&binary, &scratch.path().join("batch-cluster"), 1).await?;
-        let sandbox = cluster.agent_sandbox()?;
-        let measured = batch::run(&plan.batch, &cluster.endpoint()).await;
-        tokio::task::spawn_blocking(move || cluster.stop()).await??;
-        (measured?, sandbox)
-    };
+    let batches = run_batches(&plan.batch, &binary, scratch.path(), &repo).await?;
     Ok(summarize(plan, environment, cores, &modes, &batches))
+}
+
+/// The batch runs, on one input root and then the other, against one coordinator and one
+/// agent with one slot; and how the agent sandboxes.
+struct Batches {
+    suite: BatchRun,
+    repository: BatchRun,
+    sandbox: String,
+}
+
+async fn run_batches(
+    plan: &BatchPlan,
+    binary: &Path,
+    scratch: &Path,
+    repo: &Path,
+) -> Result<Batches, BenchError> {
+    let cluster = start_cluster(binary, &scratch.join("batch-cluster"), 1).await?;
+    let sandbox = cluster.agent_sandbox()?;
+    let endpoint = cluster.endpoint();
+    let measured = async {
+        progress(&format!(
+            "batch overhead: {} batches (+{} warm-up) on suite.sh alone",
+            plan.batches, plan.warmup
+        ));
+        let suite = batch::run(&endpoint, &InputRoot::Suite, plan.batches, plan.warmup).await?;
+        progress(&format!(
+            "batch overhead: {} batches (+{} warm-up) on the fixture repository",
+            plan.repo_batches, plan.warmup
+        ));
+        let root = InputRoot::Repository(repo.to_owned());
+        let repository = batch::run(&endpoint, &root, plan.repo_batches, plan.warmup).await?;
+        Ok::<_, BenchError>((suite, repository))
+    }
+    .await;
+    tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    let (suite, repository) = measured?;
+    Ok(Batches {
+        suite,
+        repository,
+        sandbox,
+    })
 }
 
 fn progress(message: &str) {
@@ -478,7 +511,7 @@ fn summarize(
     environment: Environment,
     cores: usize,
     modes: &[ModeRuns],
-    (batches, sandbox): &(BatchRun, String),
+    batches: &Batches,
 ) -> Report {
     let workload = format!(
         "{} files, {} tests all cached; 1 agent × {cores} slots",
@@ -505,7 +538,8 @@ fn summarize(
     for runs in modes {
         rows.push(breakdown_row(runs));
     }
-    rows.extend(batch::rows(plan, batches));
+    rows.extend(batch::rows(&batches.suite, true));
+    rows.extend(batch::rows(&batches.repository, false));
     let mut notes = vec![
         "Re-runs: wall time of the whole `tessera run` process, spawn to exit, in the fixture \
          repository (`tessera run [--coordinator URL] --runner command --list-command \"sh \
@@ -517,17 +551,18 @@ fn summarize(
          the events, exit (and, for the embedded cluster, stopping it)."
             .to_owned(),
         format!(
-            "Batches: {} actions (after {} warm-up) one after another through REAPI Execute, each \
-             a `tessera-builtin run-step` batch of one test built like the job driver's \
-             (do_not_cache, skip_cache_lookup, exec-root platform property, report.json \
-             output), on one agent with one slot (sandbox: {sandbox}). Overhead = Execute sent \
+            "Batches: {} actions on suite.sh alone, then {} on the fixture repository (each after \
+             {} warm-up), one after another through REAPI Execute, each a `tessera-builtin \
+             run-step` batch of one test built like the job driver's (do_not_cache, \
+             skip_cache_lookup, exec-root platform property, report.json output), on one agent \
+             with one slot (sandbox: {}). Overhead = Execute sent \
              to operation done, minus the test's own duration from the step report (0 ms: the \
              tests do nothing). The breakdown splits the same wall time by the result's \
              execution metadata: dispatch = sent → worker start, fetch = worker start → inputs \
              laid out, exec root = → execution start (fixed-path link), run step = the step \
              (the sh process, JUnit parsing, report written), upload = → worker done (outputs \
              uploaded), report back = worker done → client sees the operation done.",
-            plan.batch.batches, plan.batch.warmup
+            plan.batch.batches, plan.batch.repo_batches, plan.batch.warmup, batches.sandbox
         ),
     ];
     for runs in modes {
