@@ -93,6 +93,9 @@ pub struct BatchRun {
     pub files: usize,
     /// In the order they ran.
     pub timings: Vec<BatchTiming>,
+    /// The warm-up batches, in the order they ran (the first on an agent that has none of the
+    /// input root's blobs yet).
+    pub warmups: Vec<BatchTiming>,
     /// The batch's command (`sh suite.sh run --junit FILE ID`) spawned here, outside any
     /// agent and sandbox: median wall time, ms.
     pub bare_command_ms: f64,
@@ -128,16 +131,20 @@ pub async fn run(
         })?;
     let mut client = ExecutionClient::new(channel);
     let mut timings = Vec::with_capacity(batches);
+    let mut warmups = Vec::with_capacity(warmup);
     for n in 0..warmup + batches {
         let timing = execute_batch(&mut client, &cas, &action, function).await?;
         if n >= warmup {
             timings.push(timing);
+        } else {
+            warmups.push(timing);
         }
     }
     let bare_command_ms = tokio::task::spawn_blocking(bare_command_ms).await??;
     Ok(BatchRun {
         files,
         timings,
+        warmups,
         bare_command_ms,
     })
 }

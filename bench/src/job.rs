@@ -565,6 +565,27 @@ fn summarize(
             plan.batch.batches, plan.batch.repo_batches, plan.batch.warmup, batches.sandbox
         ),
     ];
+    for (what, run) in [
+        ("suite.sh alone", &batches.suite),
+        ("the fixture repository", &batches.repository),
+    ] {
+        let warmups: Vec<String> = run
+            .warmups
+            .iter()
+            .map(|t| {
+                format!(
+                    "{:.0} ms (fetch {:.0} ms)",
+                    t.wall_ms,
+                    t.marks_ms[1] - t.marks_ms[0]
+                )
+            })
+            .collect();
+        notes.push(format!(
+            "Warm-up batches on {what} (untimed; the first on an agent without the input root's \
+             blobs): {}.",
+            warmups.join(", ")
+        ));
+    }
     for runs in modes {
         let list = |runs: &[CliRun]| {
             runs.iter()
