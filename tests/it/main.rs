@@ -8,3 +8,4 @@ mod execution;
 mod faults;
 mod jobs;
 mod lifecycle;
+mod runners_e2e;
