@@ -365,6 +365,19 @@ fn copy_prepared(prepared: &Prepared, map: &PathMap, lease_root: &Path) -> Resul
             ));
         }
     }
+    // Directories the later steps expect, such as CARGO_TARGET_TMPDIR: empty, so the output
+    // tree carries them. One outside the exec root could not be seen later anyway.
+    for dir in &prepared.dirs {
+        let Some(relative) = prepared_path(root, dir) else {
+            continue;
+        };
+        if let Err(error) = std::fs::create_dir_all(lease_root.join(PREPARED_DIR).join(&relative)) {
+            return Err(format!(
+                "could not keep the prepared directory {}: {error}",
+                dir.display()
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -142,9 +142,11 @@ impl Runner for CargoTestRunner {
                 }
             }
         }
+        let dirs = target_tmp_dirs(&test_binaries);
         Ok(Prepared {
             test_binaries,
             files,
+            dirs,
         })
     }
 
@@ -388,6 +390,37 @@ impl Artifact {
     }
 }
 
+/// `CARGO_TARGET_TMPDIR` (`<target dir>/tmp`), which cargo creates at build time and test
+/// binaries embed, worked out from where the test binaries are: `<target dir>[/<triple>]/
+/// <profile>/deps/<binary>`. With a target triple both candidates are kept.
+fn target_tmp_dirs(binaries: &[TestBinary]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for binary in binaries {
+        let Some(base) = binary
+            .executable
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::parent)
+        else {
+            continue;
+        };
+        let mut candidates = vec![base.join("tmp")];
+        let looks_like_triple = base
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.matches('-').count() >= 2);
+        if looks_like_triple && let Some(parent) = base.parent() {
+            candidates.push(parent.join("tmp"));
+        }
+        for dir in candidates {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs
+}
+
 /// Name and version from a cargo package id, in either of its forms: the package id spec of
 /// cargo 1.77 and later (`path+file:///src/foo#0.1.0`, `registry+https://...#serde@1.0.0`, where
 /// the name is left out when it equals the last path segment) or the older
@@ -441,6 +474,7 @@ mod tests {
                 },
             ],
             files: vec!["/t/debug/deps/demo-1".into(), "/t/debug/deps/it-2".into()],
+            dirs: vec!["/t/tmp".into()],
         }
     }
 
@@ -486,6 +520,10 @@ mod tests {
             .collect();
         assert_eq!(ids, ["demo", "demo::it", "demo::bin/tool"]);
         assert_eq!(prepared.test_binaries[0].cwd, PathBuf::from("/src/demo"));
+        assert!(
+            prepared.dirs.is_empty(),
+            "binaries directly under / have no target dir"
+        );
         // Every executable travels to the later steps, the crate's binaries included.
         assert_eq!(
             prepared.files,
@@ -621,5 +659,32 @@ mod tests {
             .parse_results(&prepared(), &test, &not_found, Path::new("/s"))
             .unwrap();
         assert_eq!(results[0].outcome, Outcome::NoResult);
+    }
+
+    #[test]
+    fn the_target_tmp_dir_is_found_beside_the_test_binaries() {
+        let binary = |exe: &str| TestBinary {
+            id: "demo".into(),
+            executable: exe.into(),
+            cwd: "/src".into(),
+            package_name: "demo".into(),
+            package_version: "0.1.0".into(),
+        };
+        assert_eq!(
+            target_tmp_dirs(&[
+                binary("/w/target/debug/deps/a-1"),
+                binary("/w/target/debug/deps/b-2")
+            ]),
+            [PathBuf::from("/w/target/tmp")]
+        );
+        assert_eq!(
+            target_tmp_dirs(&[binary(
+                "/w/target/x86_64-unknown-linux-gnu/release/deps/a-1"
+            )]),
+            [
+                PathBuf::from("/w/target/x86_64-unknown-linux-gnu/tmp"),
+                PathBuf::from("/w/target/tmp")
+            ]
+        );
     }
 }

@@ -376,6 +376,10 @@ pub struct Prepared {
     /// prepare step uploads them, and every later step sees them at the same paths.
     #[serde(default)]
     pub files: Vec<PathBuf>,
+    /// Directories the list and run steps expect to exist, created empty beside
+    /// [`Self::files`] (cargo's `CARGO_TARGET_TMPDIR`, which integration tests write to).
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
 }
 
 /// Why an adapter could not do its part. Test failures are never errors (see [`Outcome`]).

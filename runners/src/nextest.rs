@@ -135,11 +135,28 @@ impl Runner for NextestRunner {
     }
 
     fn prepare_command(&self) -> Option<CommandSpec> {
+        // `cargo nextest archive` does not create the archive's directory, and on a fresh
+        // agent nothing has made it yet.
+        let archive = self
+            .nextest("archive")
+            .arg("--archive-file")
+            .arg(self.archive_file.display().to_string())
+            .args(self.cargo_args.iter().cloned());
+        let dir = self
+            .archive_file
+            .parent()
+            .map_or_else(|| ".".to_owned(), |d| d.display().to_string());
         Some(
-            self.nextest("archive")
-                .arg("--archive-file")
-                .arg(self.archive_file.display().to_string())
-                .args(self.cargo_args.iter().cloned()),
+            CommandSpec::new("sh")
+                .args([
+                    "-c",
+                    "mkdir -p \"$1\" && shift && exec \"$@\"",
+                    "tessera-prepare",
+                    &dir,
+                ])
+                .args(archive.argv)
+                .envs(&archive.env)
+                .cwd(&self.dir),
         )
     }
 
@@ -148,6 +165,7 @@ impl Runner for NextestRunner {
         Ok(Prepared {
             test_binaries: Vec::new(),
             files: vec![self.archive_file.clone()],
+            dirs: Vec::new(),
         })
     }
 
