@@ -43,7 +43,7 @@ enum Command {
     /// `tessera run -- cargo test`, `-- cargo nextest run`, `-- pytest -k fast`, `-- go test
     /// ./...`, or any command with `--runner command --list-command CMD -- RUN TEMPLATE` (the
     /// template names {tests} or {tests_file}). The project root (git top level, else the
-    /// current directory) is seen at /tmp/tessera/<its name> on every agent. Without
+    /// current directory) is seen at /var/tmp/tessera/<its name> on every agent. Without
     /// --coordinator or TESSERA_COORDINATOR, the run joins the embedded cluster of `tessera up`
     /// or starts one for its duration. Ctrl-C (or SIGTERM) cancels the job and exits 130.
     #[command(after_help = EXIT_CODES_HELP)]

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 /// Root of every exec root: a job of the project at `/any/where/NAME` sees its input root at
-/// `/tmp/tessera/NAME` on every agent.
-pub const EXEC_ROOT_BASE: &str = "/tmp/tessera";
+/// `/var/tmp/tessera/NAME` on every agent.
+pub const EXEC_ROOT_BASE: &str = "/var/tmp/tessera";
 
 /// The user cache directory for Tessera, from `env` (`XDG_CACHE_HOME`, `HOME`).
 pub fn cache_dir_from(env: impl Fn(&str) -> Option<String>) -> PathBuf {
@@ -34,7 +34,7 @@ pub fn endpoint_file(cache: &Path) -> PathBuf {
     cluster_dir(cache).join("endpoint")
 }
 
-/// The exec root of the project at `project_root`: `/tmp/tessera/<basename>`.
+/// The exec root of the project at `project_root`: `/var/tmp/tessera/<basename>`.
 pub fn exec_root(project_root: &Path) -> PathBuf {
     let name = project_root
         .file_name()
@@ -90,7 +90,7 @@ mod tests {
     fn the_exec_root_is_named_after_the_project() {
         assert_eq!(
             exec_root(Path::new("/home/ann/src/widget")),
-            PathBuf::from("/tmp/tessera/widget")
+            PathBuf::from("/var/tmp/tessera/widget")
         );
     }
 }

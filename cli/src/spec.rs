@@ -66,7 +66,7 @@ pub const PASSED_ENV: &[&str] = &[
 /// ran `tessera` in, seen under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// `/tmp/tessera/<project name>`.
+    /// `/var/tmp/tessera/<project name>`.
     pub exec_root: PathBuf,
     /// `exec_root` joined with the cwd's path relative to the project root.
     pub dir: PathBuf,
@@ -574,7 +574,7 @@ mod tests {
         Placement::new(
             Path::new("/home/ann/widget"),
             Path::new("/home/ann/widget/crates/a"),
-            PathBuf::from("/tmp/tessera/widget"),
+            PathBuf::from("/var/tmp/tessera/widget"),
         )
     }
 
@@ -586,14 +586,14 @@ mod tests {
     fn the_dir_is_the_cwd_under_the_exec_root() {
         assert_eq!(
             placement().dir,
-            PathBuf::from("/tmp/tessera/widget/crates/a")
+            PathBuf::from("/var/tmp/tessera/widget/crates/a")
         );
         let top = Placement::new(
             Path::new("/w"),
             Path::new("/w"),
-            PathBuf::from("/tmp/tessera/w"),
+            PathBuf::from("/var/tmp/tessera/w"),
         );
-        assert_eq!(top.dir, PathBuf::from("/tmp/tessera/w"));
+        assert_eq!(top.dir, PathBuf::from("/var/tmp/tessera/w"));
     }
 
     #[test]
@@ -603,8 +603,8 @@ mod tests {
             panic!("{choice:?}")
         };
         assert_eq!(runner.cargo_args, argv("-p foo --features x"));
-        assert_eq!(runner.dir, PathBuf::from("/tmp/tessera/widget/crates/a"));
-        assert_eq!(runner.env["CARGO_TARGET_DIR"], "/tmp/tessera/widget/target");
+        assert_eq!(runner.dir, PathBuf::from("/var/tmp/tessera/widget/crates/a"));
+        assert_eq!(runner.env["CARGO_TARGET_DIR"], "/var/tmp/tessera/widget/target");
         assert_eq!(choice.persist, vec!["target"]);
         // A trailing `--` with nothing after it is harmless; test arguments are refused.
         assert!(choose("cargo test --").is_ok());
@@ -625,7 +625,7 @@ mod tests {
         assert!(
             runner
                 .archive_file
-                .starts_with("/tmp/tessera/widget/target")
+                .starts_with("/var/tmp/tessera/widget/target")
         );
         assert_eq!(choice.persist, vec!["target"]);
     }

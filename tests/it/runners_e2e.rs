@@ -36,7 +36,7 @@ struct Workspace {
 
 impl Workspace {
     /// Copies `examples/<example>` (without build output) to a fresh git repository named like
-    /// the example, so tessera's exec root is `/tmp/tessera/<example>`.
+    /// the example, so tessera's exec root is `/var/tmp/tessera/<example>`.
     fn new(example: &str) -> Self {
         let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
         std::fs::create_dir_all(base).expect("target tmp");
