@@ -603,8 +603,14 @@ mod tests {
             panic!("{choice:?}")
         };
         assert_eq!(runner.cargo_args, argv("-p foo --features x"));
-        assert_eq!(runner.dir, PathBuf::from("/var/tmp/tessera/widget/crates/a"));
-        assert_eq!(runner.env["CARGO_TARGET_DIR"], "/var/tmp/tessera/widget/target");
+        assert_eq!(
+            runner.dir,
+            PathBuf::from("/var/tmp/tessera/widget/crates/a")
+        );
+        assert_eq!(
+            runner.env["CARGO_TARGET_DIR"],
+            "/var/tmp/tessera/widget/target"
+        );
         assert_eq!(choice.persist, vec!["target"]);
         // A trailing `--` with nothing after it is harmless; test arguments are refused.
         assert!(choose("cargo test --").is_ok());
