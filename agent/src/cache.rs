@@ -71,6 +71,9 @@ pub enum OpenError {
     /// The blob directory could not be opened.
     #[error("failed to open the cache: {0}")]
     Store(#[from] StoreError),
+    /// The directory of executable twins could not be reset.
+    #[error("failed to reset the cache's executable copies: {0}")]
+    Io(std::io::Error),
 }
 
 /// Keeps blobs from eviction while an action uses them.
@@ -92,6 +95,9 @@ impl std::fmt::Debug for CachePins {
 pub struct LocalCache {
     store: DiskStore,
     meta: Arc<RedbStore>,
+    /// Executable twins of cached blobs (mode 0555), made on first use and hard-linked into
+    /// exec roots after that; emptied when the cache opens, so they live one agent run.
+    exec_dir: PathBuf,
 }
 
 impl std::fmt::Debug for LocalCache {
@@ -115,7 +121,45 @@ impl LocalCache {
             compress: false,
         };
         let store = DiskStore::open(meta_dyn, options)?;
-        Ok(LocalCache { store, meta })
+        let exec_dir = dir.join("cache-exec");
+        // Twins of blobs evicted since the last run would never be removed otherwise.
+        match std::fs::remove_dir_all(&exec_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(OpenError::Io(e)),
+        }
+        std::fs::create_dir_all(&exec_dir).map_err(OpenError::Io)?;
+        Ok(LocalCache {
+            store,
+            meta,
+            exec_dir,
+        })
+    }
+
+    /// A read-only executable (0555) copy of the cached blob `digest`, made once per agent
+    /// run, so executables are hard-linked into exec roots instead of copied for every action
+    /// (test binaries are large). `None` if the blob is not cached.
+    pub fn executable_path_of(&self, digest: &Digest) -> std::io::Result<Option<PathBuf>> {
+        use std::os::unix::fs::PermissionsExt;
+        let twin = self.exec_dir.join(format!(
+            "{}-{}-{}",
+            digest.function.name(),
+            digest.hash_hex(),
+            digest.size_bytes
+        ));
+        if twin.exists() {
+            return Ok(Some(twin));
+        }
+        let Some(blob) = self.path_of(digest) else {
+            return Ok(None);
+        };
+        let temp = self
+            .exec_dir
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::copy(&blob, &temp)?;
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o555))?;
+        std::fs::rename(&temp, &twin)?;
+        Ok(Some(twin))
     }
 
     /// The file holding `digest` (read-only: it may be hard-linked into exec roots), if cached.

@@ -9,8 +9,9 @@
 //! Laying out: directories are created (0755); symlinks are created with their target as
 //! given; a non-executable file is a hard link to the cached blob, which is made read-only
 //! (0444) first, since every link shares the blob's inode and mode; an executable file is a
-//! private copy with mode 0555, because giving it the exec bit through a link would change
-//! the cached blob for every other user. Where a hard link is not possible (another
+//! hard link to the blob's executable twin (a copy with mode 0555 the cache makes once per
+//! agent run), because giving the blob itself the exec bit would change it for every other
+//! user, and copying large test binaries for every action costs seconds. Where a hard link is not possible (another
 //! filesystem, the link-count limit), files are copied. Empty files are created, not linked.
 //! Inputs are therefore read-only to the action: an action running as root could still write
 //! through a link and corrupt the cached blob, which the cache does not re-verify on link.
@@ -235,14 +236,30 @@ pub fn materialize(
                 set_mode(&path, mode)?;
                 continue;
             }
+            if file.is_executable {
+                let twin = cache
+                    .executable_path_of(&digest)
+                    .map_err(io_error("make an executable copy of", &path))?
+                    .ok_or(MaterializeError::NotCached(digest))?;
+                match fs::hard_link(&twin, &path) {
+                    Ok(()) => stats.linked += 1,
+                    Err(error) if link_unsupported(&error) => {
+                        copy(&twin, &path, mode)?;
+                        stats.copied += 1;
+                    }
+                    Err(source) => {
+                        return Err(MaterializeError::Io {
+                            op: "hard-link executable input",
+                            path,
+                            source,
+                        });
+                    }
+                }
+                continue;
+            }
             let blob = cache
                 .path_of(&digest)
                 .ok_or(MaterializeError::NotCached(digest))?;
-            if file.is_executable {
-                copy(&blob, &path, mode)?;
-                stats.copied += 1;
-                continue;
-            }
             if read_only_blobs.insert(digest) {
                 make_read_only(&blob)?;
             }

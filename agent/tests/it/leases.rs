@@ -71,11 +71,12 @@ async fn runs_a_command_and_uploads_files_directories_and_symlinks() {
         ]
     );
 
-    // Inputs: the plain file is a read-only hard link to the cache, the executable a copy.
+    // Inputs: the plain file is a read-only hard link to the cached blob, the executable a
+    // hard link to the blob's executable twin (never the blob itself, which stays 0444).
     let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
     assert_eq!(
         String::from_utf8_lossy(&stdout),
-        "444 2\n555 1\nargs: x y\n"
+        "444 2\n555 2\nargs: x y\n"
     );
     let stderr = coordinator.read(result.stderr_digest.as_ref()).await;
     assert_eq!(&stderr[..], b"oops\n");
