@@ -149,6 +149,7 @@ impl Coordinator {
             scheduler_stop.clone(),
         )?;
         let limits = ExecLimits {
+            verified: Default::default(),
             default_timeout: config.default_action_timeout,
             max_timeout: config.max_action_timeout,
             tree: tessera_cas::validate::TreeLimits::default(),

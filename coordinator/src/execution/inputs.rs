@@ -24,6 +24,39 @@ pub struct ExecLimits {
     pub max_timeout: Duration,
     /// Tree bounds.
     pub tree: TreeLimits,
+    /// Input roots found complete and valid a moment ago.
+    pub verified: VerifiedRoots,
+}
+
+/// How long an input root found complete stays trusted without another walk. A job runs many
+/// batches on one (often large) prepared root; walking 10,000 files costs ~60 ms per Execute.
+/// The CAS keeps recently used blobs from eviction far longer than this.
+const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most roots remembered.
+const VERIFIED_MAX: usize = 4096;
+
+/// Input roots recently found complete and valid (shared by every clone).
+#[derive(Debug, Clone, Default)]
+pub struct VerifiedRoots(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, std::time::Instant>>>,
+);
+
+impl VerifiedRoots {
+    fn fresh(&self, root: &Digest) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(root).is_some_and(|at| at.elapsed() < VERIFIED_FOR)
+    }
+
+    fn record(&self, root: Digest) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= VERIFIED_MAX {
+            map.retain(|_, at| at.elapsed() < VERIFIED_FOR);
+            if map.len() >= VERIFIED_MAX {
+                map.clear();
+            }
+        }
+        map.insert(root, std::time::Instant::now());
+    }
 }
 
 /// An action ready to queue.
@@ -140,7 +173,13 @@ pub fn resolve(
         }
         Err(other) => return Err(other),
     };
-    missing.extend(missing_inputs(store, function, root_digest, &limits.tree)?);
+    if !limits.verified.fresh(&root_digest) {
+        let missing_files = missing_inputs(store, function, root_digest, &limits.tree)?;
+        if missing_files.is_empty() {
+            limits.verified.record(root_digest);
+        }
+        missing.extend(missing_files);
+    }
     if !missing.is_empty() {
         return Err(InputError::Missing(missing));
     }
