@@ -116,6 +116,10 @@ struct ShardArgs {
     /// The pull planner's batch share, in (0, 1] [default: the planner's default].
     #[arg(long, value_name = "SHARE")]
     batch_share: Option<f64>,
+    /// The pull planner's longest batch, milliseconds; 0 for no cap [default: the job
+    /// driver's, 10,000].
+    #[arg(long, value_name = "MS")]
+    max_batch_ms: Option<u64>,
     /// Skip the real run with sleeping tests.
     #[arg(long)]
     no_real: bool,
@@ -337,10 +341,14 @@ fn run_shard(args: &ShardArgs) -> ExitCode {
         }
         plan.planner.batch_share = share;
     }
+    if let Some(ms) = args.max_batch_ms {
+        plan.planner.max_batch = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+    }
     if args.no_real {
         plan.real = None;
     }
-    let custom = args.overhead_ms.is_some()
+    let custom = args.max_batch_ms.is_some()
+        || args.overhead_ms.is_some()
         || args.min_batch_ms.is_some()
         || args.batch_share.is_some()
         || args.no_real;

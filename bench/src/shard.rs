@@ -101,7 +101,8 @@ impl ShardPlan {
             tests: 2_000,
             seeds: 30,
             slot_counts: vec![4, 16, 64],
-            planner: PlannerConfig::default(),
+            // What every job runs with, batches capped at 10 s included.
+            planner: tessera_coordinator::jobs::driver::planner_config(),
             sensitivity_overheads: [0, 200, 1_000].map(Duration::from_millis).to_vec(),
             real: Some(RealPlan {
                 tests: 200,
@@ -804,6 +805,7 @@ fn real_run(plan: &RealPlan, config: &PlannerConfig) -> RealReport {
     let config = PlannerConfig {
         min_batch: config.min_batch.mul_f64(scale),
         batch_overhead: config.batch_overhead.mul_f64(scale),
+        max_batch: config.max_batch.map(|max| max.mul_f64(scale)),
         ..config.clone()
     };
     let bound = conditions.lower_bound(&scaled);

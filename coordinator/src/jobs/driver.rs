@@ -39,6 +39,17 @@ use crate::services::execution::{ExecutionService, Submitted};
 const MAX_OUTPUT: usize = 64 * 1024;
 /// Fixed time added to a batch action's timeout on top of its tests' deadlines.
 const BATCH_SLACK: Duration = Duration::from_secs(60);
+/// The longest batch the driver plans: results come back when a batch ends, so a slot
+/// reports at least this often, at a cost of one batch overhead (tens of ms) per batch.
+pub const MAX_BATCH: Duration = Duration::from_secs(10);
+
+/// The planner settings every job runs with (also what `tessera-bench shard` measures).
+pub fn planner_config() -> PlannerConfig {
+    PlannerConfig {
+        max_batch: Some(MAX_BATCH),
+        ..PlannerConfig::default()
+    }
+}
 /// How often a running job reports progress and its queue position.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -233,7 +244,7 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
             }
         }
         let slots = fleet_slots(&ctx.scheduler).await;
-        let mut planner = ShardPlanner::new(to_run.clone(), slots, PlannerConfig::default());
+        let mut planner = ShardPlanner::new(to_run.clone(), slots, planner_config());
         job.emit(Kind::Planned(TestsPlanned {
             total: u32::try_from(ids.len()).unwrap_or(u32::MAX),
             cached: u32::try_from(cached_events.len()).unwrap_or(u32::MAX),

@@ -86,6 +86,10 @@ pub struct PlannerConfig {
     pub batch_share: f64,
     /// What a test is expected to take when no test of the suite has history.
     pub first_run_estimate: Duration,
+    /// The longest batch planned, if any (a single longer test still goes alone). A batch
+    /// reports its results when it ends, so this bounds how long a slot's results wait; the
+    /// job driver uses it, the efficiency benchmark does not.
+    pub max_batch: Option<Duration>,
 }
 
 impl Default for PlannerConfig {
@@ -96,6 +100,7 @@ impl Default for PlannerConfig {
             max_batch_tests: 256,
             batch_share: 0.5,
             first_run_estimate: Duration::from_secs(1),
+            max_batch: None,
         }
     }
 }
@@ -234,7 +239,7 @@ impl ShardPlanner {
     /// The expected duration a batch handed out at `now` aims at: `batch_share` of the time
     /// each slot is expected to have left, which is the queued work plus the rest of the
     /// running batches (each assumed to take its expected time), over the slots; but at
-    /// least `min_batch`.
+    /// least `min_batch` and at most `max_batch`.
     pub fn batch_target(&self, now: Duration) -> Duration {
         let running: Duration = self
             .open
@@ -242,9 +247,13 @@ impl ShardPlanner {
             .map(|batch| batch.busy_until.saturating_sub(now))
             .sum();
         let per_slot = (self.queued_expected + running).div_f64(self.slots as f64);
-        per_slot
+        let target = per_slot
             .mul_f64(self.config.batch_share)
-            .max(self.config.min_batch)
+            .max(self.config.min_batch);
+        match self.config.max_batch {
+            Some(max) => target.min(max.max(self.config.min_batch)),
+            None => target,
+        }
     }
 
     /// Puts `tests` back at the front of the queue, slowest first, to be handed out again
@@ -749,5 +758,22 @@ mod tests {
         let mut reversed = tests.clone();
         reversed.reverse();
         assert_eq!(plan(tests), plan(reversed));
+    }
+
+    #[test]
+    fn batches_never_plan_more_than_max_batch() {
+        let tests: Vec<(String, Option<Duration>)> = (0..100)
+            .map(|i| (format!("t{i}"), Some(Duration::from_secs(1))))
+            .collect();
+        let config = PlannerConfig {
+            max_batch: Some(Duration::from_secs(10)),
+            ..PlannerConfig::default()
+        };
+        let mut planner = ShardPlanner::new(tests.clone(), 2, config);
+        let first = planner.next_batch(Duration::ZERO).unwrap();
+        assert_eq!(first.tests.len(), 10, "{first:?}");
+        // Without the cap the first batch is half of each slot's share: 25 tests.
+        let mut uncapped = ShardPlanner::new(tests, 2, PlannerConfig::default());
+        assert_eq!(uncapped.next_batch(Duration::ZERO).unwrap().tests.len(), 25);
     }
 }
