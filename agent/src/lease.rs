@@ -406,6 +406,7 @@ impl LeasePipeline {
         seq: u64,
         cancel: &LeaseCancel,
         progress: &(dyn Fn(LeaseStage) + Send + Sync),
+        step_results: &(dyn Fn(String) + Send + Sync),
     ) -> (LeaseResult, RunOutcome) {
         let dirs = self.layout.lease_dirs(seq);
         let mut metadata = ExecutedActionMetadata {
@@ -414,7 +415,7 @@ impl LeasePipeline {
             ..ExecutedActionMetadata::default()
         };
         let (outcome, result) = self
-            .stages(lease, &dirs, cancel, progress, &mut metadata)
+            .stages(lease, &dirs, cancel, progress, step_results, &mut metadata)
             .await;
         let result = result.map(|mut result| {
             metadata.worker_completed_timestamp = timestamp(SystemTime::now());
@@ -437,6 +438,7 @@ impl LeasePipeline {
         dirs: &LeaseDirs,
         cancel: &LeaseCancel,
         progress: &(dyn Fn(LeaseStage) + Send + Sync),
+        step_results: &(dyn Fn(String) + Send + Sync),
         metadata: &mut ExecutedActionMetadata,
     ) -> (RunOutcome, Option<ActionResult>) {
         let fail = |stage, error| (RunOutcome::Error { stage, error }, None);
@@ -480,7 +482,10 @@ impl LeasePipeline {
                 .run(&launch.spec, cancel.token())
                 .await
                 .map_err(LeaseError::from),
-            Some(step) => self.run_step(step, &launch, dirs, cancel).await,
+            Some(step) => {
+                self.run_step(step, &launch, dirs, cancel, step_results)
+                    .await
+            }
         };
         drop(linked);
         let exit = match exit {
@@ -652,6 +657,7 @@ impl LeasePipeline {
         launch: &Launch,
         dirs: &LeaseDirs,
         cancel: &LeaseCancel,
+        step_results: &(dyn Fn(String) + Send + Sync),
     ) -> Result<ProcessExit, LeaseError> {
         let context = StepContext {
             runner: self.runner.as_ref(),
@@ -659,6 +665,7 @@ impl LeasePipeline {
             map: &launch.map,
             dirs,
             cancel: cancel.token(),
+            results: step_results,
         };
         Ok(match run_step(step, &context).await? {
             // A failed step exits 1 so that no cache keeps it (a broken build is retried on

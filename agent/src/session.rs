@@ -139,6 +139,8 @@ enum Event {
     Progress {
         lease_id: String,
         stage: LeaseStage,
+        /// Test results a batch step has read so far (JSON), or empty.
+        results_json: String,
     },
     Finished {
         lease_id: String,
@@ -399,10 +401,15 @@ impl Session {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Progress { lease_id, stage } => {
+            Event::Progress {
+                lease_id,
+                stage,
+                results_json,
+            } => {
                 self.send(message(AgentKind::Progress(LeaseProgress {
                     lease_id,
                     stage: stage as i32,
+                    step_results_json: results_json,
                 })));
             }
             Event::Finished { lease_id, result } => {
@@ -609,9 +616,19 @@ impl Session {
                     let _ = events.send(Event::Progress {
                         lease_id: lease_id.clone(),
                         stage,
+                        results_json: String::new(),
                     });
                 };
-                let (result, outcome) = pipeline.run(&lease, seq, &cancel, &progress).await;
+                let step_results = |results_json: String| {
+                    let _ = events.send(Event::Progress {
+                        lease_id: lease_id.clone(),
+                        stage: LeaseStage::Executing,
+                        results_json,
+                    });
+                };
+                let (result, outcome) = pipeline
+                    .run(&lease, seq, &cancel, &progress, &step_results)
+                    .await;
                 log_outcome(&lease, &outcome);
                 reported.store(true, Ordering::SeqCst);
                 let _ = events.send(Event::Finished {

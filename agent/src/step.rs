@@ -27,7 +27,7 @@ use tessera_runners::step::{
     PREPARED_DIR, REPORT_PATH, SCRATCH_DIR, Spawn, StepReport, StepSpec, execute_step_in,
     prepared_path,
 };
-use tessera_runners::{CommandOutput, CommandSpec, Prepared, Termination};
+use tessera_runners::{CommandOutput, CommandSpec, Prepared, Termination, TestResult};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -83,6 +83,8 @@ pub struct StepContext<'a> {
     pub dirs: &'a LeaseDirs,
     /// The lease's cancellation.
     pub cancel: &'a CancellationToken,
+    /// Receives the results of a batch step as they are read (JSON array of `TestResult`).
+    pub results: &'a (dyn Fn(String) + Send + Sync),
 }
 
 /// Runs `step`: its commands, then the report and the prepared files. Writes a short log to
@@ -237,6 +239,16 @@ impl Spawn for SandboxSpawner<'_> {
             stderr,
             elapsed,
         })
+    }
+
+    fn results(&self, results: &[TestResult]) {
+        if results.is_empty() {
+            return;
+        }
+        match serde_json::to_string(results) {
+            Ok(json) => (self.ctx.results)(json),
+            Err(error) => tracing::warn!(%error, "failed to encode test results for progress"),
+        }
     }
 }
 

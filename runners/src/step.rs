@@ -155,6 +155,10 @@ pub trait Spawn {
         command: &CommandSpec,
         timeout: Option<Duration>,
     ) -> impl Future<Output = std::io::Result<CommandOutput>> + Send;
+
+    /// Called with each group of results as a batch step reads them, before the step ends, so
+    /// the caller can report tests as they finish. The default ignores them.
+    fn results(&self, _results: &[TestResult]) {}
 }
 
 /// Runs `spec` with `spawn`, using `exec_root` (where the input root is seen, the job's fixed
@@ -232,10 +236,12 @@ pub async fn execute_step_in<S: Spawn + Sync>(
                     }
                     Err(e) => Err(e),
                 };
-                match ran {
-                    Ok(ran) => results.extend(ran),
-                    Err(e) => results.extend(group.iter().map(|id| no_result(id, &e))),
-                }
+                let ran = match ran {
+                    Ok(ran) => ran,
+                    Err(e) => group.iter().map(|id| no_result(id, &e)).collect(),
+                };
+                spawn.results(&ran);
+                results.extend(ran);
             }
             Ok(StepReport::Ran { results })
         }

@@ -731,3 +731,59 @@ async fn a_broken_build_fails_the_job_with_its_log_and_is_not_cached() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_stream_per_test_while_their_batch_runs() {
+    let cluster = cluster(1, 1).await;
+    let mut jobs = JobsClient::new(cluster.server.channel().await);
+    let dir = tempfile::tempdir().expect("suite dir");
+    // Six tests without history plan as one-second estimates; the first batch takes three
+    // of them: a1 and a2 pass at once, a3 sleeps.
+    std::fs::write(
+        dir.path().join("stream.sh"),
+        "case \"$1\" in list) for t in a1 a2 a3 a4 a5 a6; do echo $t; done;; run) [ \"$2\" = a3 ] && sleep 3; exit 0;; esac\n",
+    )
+    .expect("write suite");
+    let root = upload_dir(&cluster.server, dir.path()).await;
+    let exec_root = "/tmp/tessera-it/stream";
+    let runner = CommandRunner::new(
+        exec_root,
+        vec!["sh".into(), "stream.sh".into(), "list".into()],
+        vec![
+            "sh".into(),
+            "stream.sh".into(),
+            "run".into(),
+            "{tests}".into(),
+        ],
+    )
+    .expect("runner");
+    let spec = JobSpec {
+        digest_function: DigestFunction::Sha256.to_proto(),
+        input_root_digest: Some(root.to_proto()),
+        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
+        exec_root: exec_root.to_owned(),
+        environment: env(&[("PATH", "/usr/bin:/bin")]),
+        skip_cache: true,
+        ..Default::default()
+    };
+    let (events, finished) = run_job(&mut jobs, spec).await;
+    assert_eq!(finished.result(), JobResult::Passed, "{events:#?}");
+    let at = |name: &str| {
+        events
+            .iter()
+            .find_map(|e| match &e.kind {
+                Some(Kind::Test(t)) if t.test.as_ref().is_some_and(|r| r.name == name) => {
+                    Some(e.elapsed_ms)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no event for {name}: {events:#?}"))
+    };
+    // a1 is reported when it ends, not when its batch (held up by a3) ends.
+    assert!(
+        at("a1") + 2_000 < at("a3"),
+        "a1 at {} ms, a3 at {} ms",
+        at("a1"),
+        at("a3")
+    );
+}

@@ -103,6 +103,18 @@ pub struct OpSnapshot {
     pub digest_function: i32,
     /// Present when done.
     pub response: Option<ExecuteResponse>,
+    /// Test results a builtin batch step reported before it ended, oldest first, over every
+    /// attempt (see `tessera.v1.LeaseProgress.step_results_json`).
+    pub partial: Vec<StepPartial>,
+}
+
+/// Test results an agent reported while a batch step was running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepPartial {
+    /// The agent running it.
+    pub agent: String,
+    /// JSON array of `tessera_runners::TestResult`.
+    pub results_json: String,
 }
 
 impl OpSnapshot {
@@ -184,6 +196,7 @@ mod tests {
             action_digest: ProtoDigest::default(),
             digest_function: 1,
             response: Some(ExecuteResponse::default()),
+            partial: Vec::new(),
         };
         let op = snap.to_operation();
         assert!(op.done);

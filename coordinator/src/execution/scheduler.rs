@@ -24,13 +24,13 @@ use tessera_cas::meta::{MetaError, MetadataStore, Table};
 use tessera_proto::reapi::{ExecuteResponse, execution_stage};
 use tessera_proto::rpc;
 use tessera_proto::tessera::v1::{
-    AgentMessage, CancelLease, CoordinatorMessage, Lease, LeaseResult, OperationRecord,
-    agent_message, coordinator_message,
+    AgentMessage, CancelLease, CoordinatorMessage, Lease, LeaseProgress, LeaseResult,
+    OperationRecord, agent_message, coordinator_message,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Status};
 
-use super::operation::{OpEvent, OpSnapshot, OpState, transition};
+use super::operation::{OpEvent, OpSnapshot, OpState, StepPartial, transition};
 use super::platform::Platform;
 use super::queue::FairQueue;
 use crate::action_cache::ActionCache;
@@ -290,6 +290,7 @@ struct Op {
     tx: watch::Sender<OpSnapshot>,
     merge_key: Option<Vec<u8>>,
     completed_at: Option<Instant>,
+    partial: Vec<StepPartial>,
 }
 
 impl Op {
@@ -307,6 +308,7 @@ impl Op {
                 action_digest: Default::default(),
                 digest_function: 0,
                 response: None,
+                partial: Vec::new(),
             })
             .0,
             record,
@@ -314,6 +316,7 @@ impl Op {
             state,
             merge_key,
             completed_at: None,
+            partial: Vec::new(),
         };
         op.tx.send_replace(op.snapshot());
         op
@@ -334,6 +337,7 @@ impl Op {
             } else {
                 None
             },
+            partial: self.partial.clone(),
         }
     }
 }
@@ -771,9 +775,33 @@ impl Scheduler {
                 tracing::info!(agent = %id, "agent draining");
                 agent.draining = true;
             }
-            Some(agent_message::Kind::Progress(_)) | Some(agent_message::Kind::Hello(_)) | None => {
+            Some(agent_message::Kind::Progress(progress)) => {
+                if !progress.step_results_json.is_empty() {
+                    self.step_progress(id, progress);
+                }
             }
+            Some(agent_message::Kind::Hello(_)) | None => {}
         }
+    }
+
+    /// Test results of a running batch step: shown to the operation's watchers at once.
+    fn step_progress(&mut self, agent_id: &str, progress: LeaseProgress) {
+        let Some(name) = self.leases.get(&progress.lease_id) else {
+            return;
+        };
+        let Some(op) = self.ops.get_mut(name) else {
+            return;
+        };
+        let current = matches!(&op.state, OpState::Leased { lease_id, agent, .. }
+            if *lease_id == progress.lease_id && agent == agent_id);
+        if !current {
+            return;
+        }
+        op.partial.push(StepPartial {
+            agent: agent_id.to_owned(),
+            results_json: progress.step_results_json,
+        });
+        op.tx.send_replace(op.snapshot());
     }
 
     fn lease_result(&mut self, agent_id: &str, result: LeaseResult) {

@@ -6,7 +6,7 @@
 //! with every other client. Prepare and list actions are cacheable like any action; batch
 //! actions are not (their tests are cached one by one in [`TestStore`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use tonic::Code;
 
 use super::job::{Job, is_failure};
 use super::overlay::overlay;
-use super::planner::{PlannerConfig, ShardPlanner};
+use super::planner::{BatchId, PlannerConfig, ShardPlanner};
 use super::results::{SuiteKey, TestStore};
 use crate::execution::scheduler::{AVOID_AGENT_PROPERTY, EXEC_ROOT_PROPERTY, SchedulerHandle};
 use crate::services::execution::{ExecutionService, Submitted};
@@ -172,7 +172,9 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
                 runner: job.runner.clone(),
                 persist: job.spec.persist.iter().map(Into::into).collect(),
             };
-            let run = steps.run(&spec, &input_root, true, None, None).await?;
+            let run = steps
+                .run(&spec, &input_root, true, None, None, None)
+                .await?;
             let StepReport::Prepared { prepared } = run.report else {
                 return Err(step_failed("prepare", run.report));
             };
@@ -191,7 +193,9 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
             runner: job.runner.clone(),
             prepared: prepared.clone(),
         };
-        let run = steps.run(&spec, &prepared_root, true, None, None).await?;
+        let run = steps
+            .run(&spec, &prepared_root, true, None, None, None)
+            .await?;
         let StepReport::Listed { tests } = run.report else {
             return Err(step_failed("list", run.report));
         };
@@ -273,6 +277,7 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
             attempts: HashMap::new(),
             failures: HashMap::new(),
             failed_on: HashMap::new(),
+            open_batches: HashMap::new(),
             finished: HashMap::new(),
             tally,
         };
@@ -299,6 +304,7 @@ impl Steps<'_> {
         cacheable: bool,
         timeout: Option<Duration>,
         avoid_agent: Option<&str>,
+        on_partial: Option<&(dyn Fn(String, Vec<TestResult>) + Send + Sync)>,
     ) -> Result<StepRun, Stop> {
         let spec_json = &self.job.spec;
         let mut env: Vec<EnvironmentVariable> = spec_json.environment.clone();
@@ -400,8 +406,19 @@ impl Steps<'_> {
                 let name = rx.borrow().name.clone();
                 self.job.add_operation(&name);
                 let mut cancelled = false;
+                let mut partials_seen = 0;
                 let response = loop {
-                    if let Some(response) = rx.borrow_and_update().response.clone() {
+                    let snapshot = rx.borrow_and_update().clone();
+                    if let Some(on_partial) = on_partial {
+                        for partial in snapshot.partial.iter().skip(partials_seen) {
+                            match serde_json::from_str::<Vec<TestResult>>(&partial.results_json) {
+                                Ok(results) => on_partial(partial.agent.clone(), results),
+                                Err(error) => tracing::warn!(%error, "undecodable step progress"),
+                            }
+                        }
+                        partials_seen = snapshot.partial.len();
+                    }
+                    if let Some(response) = snapshot.response {
                         break Some(response);
                     }
                     tokio::select! {
@@ -529,12 +546,17 @@ struct Runs<'a> {
     failures: HashMap<String, Vec<String>>,
     /// The agent each test last failed on.
     failed_on: HashMap<String, String>,
+    /// Running batches: their tests, and those already reported while they ran.
+    open_batches: HashMap<BatchId, (HashSet<String>, HashSet<String>)>,
     /// Tests with a final outcome.
     finished: HashMap<String, TestOutcome>,
     tally: &'a mut Tally,
 }
 
-type BatchFuture<'a> = BoxFuture<'a, (Vec<String>, Result<StepRun, Stop>)>;
+type BatchFuture<'a> = BoxFuture<'a, (BatchId, Vec<String>, Result<StepRun, Stop>)>;
+
+/// Results a running batch reported before it ended: its batch, the agent, the results.
+type Partial = (BatchId, String, Vec<TestResult>);
 
 impl Runs<'_> {
     async fn run(&mut self, planner: &mut ShardPlanner, slots: usize) -> Result<(), Stop> {
@@ -548,6 +570,7 @@ impl Runs<'_> {
             .filter(|d| !d.is_zero())
             .unwrap_or(self.steps.ctx.default_test_timeout);
         let mut in_flight: FuturesUnordered<BatchFuture<'_>> = FuturesUnordered::new();
+        let (partial_tx, mut partial_rx) = tokio::sync::mpsc::unbounded_channel::<Partial>();
         let mut stop: Option<Stop> = None;
         let mut slots = slots;
         let mut tick = tokio::time::interval(TICK);
@@ -572,23 +595,48 @@ impl Runs<'_> {
                     .saturating_add(BATCH_SLACK);
                 let root = self.prepared_root;
                 let keys = batch.tests.clone();
+                let batch_id = batch.id;
+                self.open_batches.insert(
+                    batch_id,
+                    (batch.tests.iter().cloned().collect(), HashSet::new()),
+                );
+                let partial_tx = partial_tx.clone();
                 // A retry goes to another agent than the one its test failed on, where possible.
                 let avoid = batch
                     .tests
                     .iter()
                     .find_map(|k| self.failed_on.get(k).cloned());
                 in_flight.push(Box::pin(async move {
+                    let on_partial = move |agent: String, results: Vec<TestResult>| {
+                        let _ = partial_tx.send((batch_id, agent, results));
+                    };
                     let run = steps
-                        .run(&spec, &root, false, Some(timeout), avoid.as_deref())
+                        .run(
+                            &spec,
+                            &root,
+                            false,
+                            Some(timeout),
+                            avoid.as_deref(),
+                            Some(&on_partial),
+                        )
                         .await;
-                    (keys, run)
+                    (batch_id, keys, run)
                 }));
             }
             if in_flight.is_empty() {
                 break;
             }
             tokio::select! {
-                Some((keys, run)) = in_flight.next() => {
+                Some((batch_id, keys, run)) = in_flight.next() => {
+                    // Whatever the batch reported on its way comes first.
+                    while let Ok((id, agent, results)) = partial_rx.try_recv() {
+                        if let Some(s) = self.finish_partial(planner, id, &agent, results) {
+                            stop.get_or_insert(s);
+                        }
+                    }
+                    let (_, reported) = self.open_batches.remove(&batch_id).unwrap_or_default();
+                    let keys: Vec<String> =
+                        keys.into_iter().filter(|k| !reported.contains(k)).collect();
                     match run {
                         Ok(run) => {
                             if let Some(s) = self.finish_batch(planner, &keys, run) {
@@ -607,6 +655,11 @@ impl Runs<'_> {
                         }
                     }
                     self.progress(planner, in_flight.len(), slots).await;
+                }
+                Some((id, agent, results)) = partial_rx.recv() => {
+                    if let Some(s) = self.finish_partial(planner, id, &agent, results) {
+                        stop.get_or_insert(s);
+                    }
                 }
                 () = self.job.cancel.cancelled(), if stop.is_none() => {
                     stop = Some(Stop::Cancelled);
@@ -670,20 +723,62 @@ impl Runs<'_> {
                 })
                 .collect(),
         };
-        let by_key: HashMap<String, TestResult> =
+        let mut by_key: HashMap<String, TestResult> =
             results.into_iter().map(|r| (test_key(&r.id), r)).collect();
+        let results = keys
+            .iter()
+            .map(|key| {
+                by_key.remove(key).unwrap_or_else(|| TestResult {
+                    id: self.ids[key].clone(),
+                    outcome: Outcome::NoResult,
+                    duration: None,
+                    output: "the runner reported nothing for this test".to_owned(),
+                })
+            })
+            .collect();
+        self.record_results(planner, &agent, results)
+    }
+
+    /// Handles results a batch reported while it ran: each test of the batch once.
+    fn finish_partial(
+        &mut self,
+        planner: &mut ShardPlanner,
+        batch: BatchId,
+        agent: &str,
+        results: Vec<TestResult>,
+    ) -> Option<Stop> {
+        let (tests, reported) = self.open_batches.get_mut(&batch)?;
+        let fresh: Vec<TestResult> = results
+            .into_iter()
+            .filter(|r| {
+                let key = test_key(&r.id);
+                tests.contains(&key) && reported.insert(key)
+            })
+            .collect();
+        if fresh.is_empty() {
+            return None;
+        }
+        self.record_results(planner, agent, fresh)
+    }
+
+    /// Reports, records and (where retries are left) requeues finished tests; returns a
+    /// reason to stop (fail-fast) if any.
+    fn record_results(
+        &mut self,
+        planner: &mut ShardPlanner,
+        agent: &str,
+        results: Vec<TestResult>,
+    ) -> Option<Stop> {
+        let agent = agent.to_owned();
         let mut durations = Vec::new();
         let mut passes = Vec::new();
         let mut requeue = Vec::new();
         let mut stop = None;
-        for key in keys {
-            let test = self.ids[key].clone();
-            let result = by_key.get(key).cloned().unwrap_or_else(|| TestResult {
-                id: test.clone(),
-                outcome: Outcome::NoResult,
-                duration: None,
-                output: "the runner reported nothing for this test".to_owned(),
-            });
+        for result in results {
+            let key = &test_key(&result.id);
+            let Some(test) = self.ids.get(key).cloned() else {
+                continue;
+            };
             let attempt = self.attempts.get(key).copied().unwrap_or(1);
             if let Some(took) = result.duration {
                 self.tally.serial += took;

@@ -186,6 +186,7 @@ impl ExecutionService {
                         status: Some(tessera_proto::rpc::Status::default()),
                         ..Default::default()
                     }),
+                    partial: Vec::new(),
                 };
                 return Ok(Submitted::Cached(Box::new(snapshot)));
             }
