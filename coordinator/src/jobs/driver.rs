@@ -39,8 +39,9 @@ use crate::services::execution::{ExecutionService, Submitted};
 const MAX_OUTPUT: usize = 64 * 1024;
 /// Fixed time added to a batch action's timeout on top of its tests' deadlines.
 const BATCH_SLACK: Duration = Duration::from_secs(60);
-/// The longest batch the driver plans: results come back when a batch ends, so a slot
-/// reports at least this often, at a cost of one batch overhead (tens of ms) per batch.
+/// The longest batch the driver plans. Tests report as they finish either way; the cap
+/// bounds what a lost agent takes with it (its batch runs again) and how long a slot keeps
+/// work the planner could give a faster slot, at one batch overhead (tens of ms) per batch.
 pub const MAX_BATCH: Duration = Duration::from_secs(10);
 
 /// The planner settings every job runs with (also what `tessera-bench shard` measures).

@@ -86,9 +86,8 @@ pub struct PlannerConfig {
     pub batch_share: f64,
     /// What a test is expected to take when no test of the suite has history.
     pub first_run_estimate: Duration,
-    /// The longest batch planned, if any (a single longer test still goes alone). A batch
-    /// reports its results when it ends, so this bounds how long a slot's results wait; the
-    /// job driver uses it, the efficiency benchmark does not.
+    /// The longest batch planned, if any (a single longer test still goes alone). It bounds
+    /// the work a lost agent takes with it; the job driver sets it (`driver::planner_config`).
     pub max_batch: Option<Duration>,
 }
 
