@@ -99,6 +99,17 @@ pub fn tessera_bin() -> PathBuf {
     bin
 }
 
+/// Where tests keep files that sandboxed actions must see too: not under `/tmp`, since every
+/// action gets a private `/tmp` (and a CI checkout, with its `CARGO_TARGET_TMPDIR`, may live
+/// under `/tmp`).
+pub const VISIBLE_TMP: &str = "/var/tmp/tessera-tests";
+
+/// A fresh temporary directory under [`VISIBLE_TMP`].
+pub fn visible_tempdir() -> TempDir {
+    std::fs::create_dir_all(VISIBLE_TMP).expect("create the visible temp dir");
+    tempfile::tempdir_in(VISIBLE_TMP).expect("temp dir")
+}
+
 /// A free loopback port (bound and released; a small race that tests accept).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -42,7 +42,11 @@ impl Project {
             dir,
             cache: tempfile::tempdir().unwrap(),
             // Not under /tmp: the agents' sandbox gives each action a private /tmp.
-            state: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
+            state: {
+                let base = std::path::Path::new("/var/tmp/tessera-tests");
+                std::fs::create_dir_all(base).unwrap();
+                tempfile::tempdir_in(base).unwrap()
+            },
         }
     }
 

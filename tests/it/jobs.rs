@@ -178,9 +178,7 @@ fn example(name: &str) -> std::path::PathBuf {
 
 /// State directories must survive the agent's private /tmp.
 fn state_dir() -> tempfile::TempDir {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).expect("target tmp");
-    tempfile::tempdir_in(base).expect("state dir")
+    tessera_tests::visible_tempdir()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

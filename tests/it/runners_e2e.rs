@@ -5,7 +5,8 @@
 //!
 //! Both runs get a fresh `TESSERA_EXAMPLE_STATE_DIR`, so both see the flaky test's failing first
 //! run; with `--retries 0` tessera must report it failed, as the tool does. Everything lives
-//! under `CARGO_TARGET_TMPDIR`, not `/tmp`: each action gets a private `/tmp`.
+//! under `/var/tmp` (`tessera_tests::VISIBLE_TMP`), not `/tmp`: each action gets a private
+//! `/tmp`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -38,8 +39,8 @@ impl Workspace {
     /// Copies `examples/<example>` (without build output) to a fresh git repository named like
     /// the example, so tessera's exec root is `/var/tmp/tessera/<example>`.
     fn new(example: &str) -> Self {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        std::fs::create_dir_all(base).expect("target tmp");
+        let base = Path::new(tessera_tests::VISIBLE_TMP);
+        std::fs::create_dir_all(base).expect("visible tmp");
         let dir = tempfile::Builder::new()
             .prefix("runners-e2e-")
             .tempdir_in(base)
