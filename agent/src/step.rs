@@ -360,9 +360,16 @@ fn copy_prepared(prepared: &Prepared, map: &PathMap, lease_root: &Path) -> Resul
     for file in &prepared.files {
         let Some(relative) = prepared_path(root, file) else {
             return Err(format!(
-                "the prepare step reported {}, which is outside the exec root {}",
+                "the prepare step reported {}, which is outside the exec root {}{}",
                 file.display(),
-                root.display()
+                root.display(),
+                if file.starts_with(lease_root) {
+                    "; the tool saw through the exec root to this agent's work directory, \
+                     which happens without a mount namespace: cargo and nextest jobs need \
+                     agents with namespaces (run `tessera agent` as root)"
+                } else {
+                    ""
+                }
             ));
         };
         let target = lease_root.join(PREPARED_DIR).join(&relative);
