@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tessera_runners::step::{
-    PREPARED_DIR, REPORT_PATH, SCRATCH_DIR, Spawn, StepReport, StepSpec, execute_step_in,
+    PREPARED_DIR, REPORT_PATH, SCRATCH_DIR, Spawn, StepReport, StepSpec, execute_step,
     prepared_path,
 };
 use tessera_runners::{CommandOutput, CommandSpec, Prepared, Termination, TestResult};
@@ -97,7 +97,7 @@ pub async fn run_step(step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepEnd,
         log: Mutex::new(String::new()),
     };
     let scratch = ctx.dirs.root.join(SCRATCH_DIR);
-    let ran = execute_step_in(step, &scratch, &spawner).await;
+    let ran = execute_step(step, &scratch, &spawner).await;
     if ctx.cancel.is_cancelled() {
         return Ok(StepEnd::Cancelled);
     }

@@ -161,22 +161,13 @@ pub trait Spawn {
     fn results(&self, _results: &[TestResult]) {}
 }
 
-/// Runs `spec` with `spawn`, using `exec_root` (where the input root is seen, the job's fixed
-/// path) for scratch files. Tool failures become [`StepReport::Failed`]; an error from `spawn`
-/// (cancelled, could not start) is returned as it is.
+/// Runs `spec` with `spawn`, with the batches' scratch directories under `scratch` (usually
+/// `<exec root>/`[`SCRATCH_DIR`]). Tool failures become [`StepReport::Failed`]; an error from
+/// `spawn` (cancelled, could not start) is returned as it is. The caller writes and reads
+/// scratch files at the same paths the commands see them at, so `scratch` must be valid for
+/// both: an agent whose commands see the exec root in a mount namespace of their own passes a
+/// path they share with it.
 pub async fn execute_step<S: Spawn + Sync>(
-    spec: &StepSpec,
-    exec_root: &Path,
-    spawn: &S,
-) -> std::io::Result<StepReport> {
-    execute_step_in(spec, &exec_root.join(SCRATCH_DIR), spawn).await
-}
-
-/// Like [`execute_step`], with the batches' scratch directories under `scratch` instead of
-/// `<exec root>/`[`SCRATCH_DIR`]. The caller writes and reads scratch files at the same paths
-/// the commands see them at, so `scratch` must be valid for both: an agent whose commands see
-/// the exec root in a mount namespace of their own passes a path they share with it.
-pub async fn execute_step_in<S: Spawn + Sync>(
     spec: &StepSpec,
     scratch: &Path,
     spawn: &S,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::tree::build_tree;
 use tessera_proto::reapi::command::EnvironmentVariable;
@@ -21,7 +22,11 @@ use tonic::transport::Channel;
 
 /// Uploads the directory at `dir` and returns its root digest.
 async fn upload_dir(server: &TestServer, dir: &Path) -> Digest {
-    let client = server.client(DigestFunction::Sha256).await;
+    upload_with(&server.client(DigestFunction::Sha256).await, dir).await
+}
+
+/// Uploads the directory at `dir` through `client` and returns its root digest.
+async fn upload_with(client: &CasClient, dir: &Path) -> Digest {
     let tree = build_tree(dir, DigestFunction::Sha256).expect("tree");
     let mut blobs: Vec<(Digest, bytes::Bytes)> = tree.directories.clone();
     for (digest, path) in &tree.files {
@@ -29,6 +34,30 @@ async fn upload_dir(server: &TestServer, dir: &Path) -> Digest {
     }
     client.upload(&blobs, false).await.expect("upload");
     tree.root
+}
+
+/// A job running `sh NAME.sh list` and `sh NAME.sh run <ids>` from `script`, uploaded through
+/// `client`, at exec root `/tmp/tessera-it/NAME`, with `PATH` set.
+async fn script_job(client: &CasClient, name: &str, script: &str) -> JobSpec {
+    let dir = tempfile::tempdir().expect("suite dir");
+    let file = format!("{name}.sh");
+    std::fs::write(dir.path().join(&file), script).expect("write suite");
+    let root = upload_with(client, dir.path()).await;
+    let exec_root = format!("/tmp/tessera-it/{name}");
+    let runner = CommandRunner::new(
+        &exec_root,
+        vec!["sh".into(), file.clone(), "list".into()],
+        vec!["sh".into(), file, "run".into(), "{tests}".into()],
+    )
+    .expect("runner");
+    JobSpec {
+        digest_function: DigestFunction::Sha256.to_proto(),
+        input_root_digest: Some(root.to_proto()),
+        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
+        exec_root,
+        environment: env(&[("PATH", "/usr/bin:/bin")]),
+        ..Default::default()
+    }
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<EnvironmentVariable> {
@@ -275,33 +304,13 @@ async fn a_command_suite_runs_with_retries_then_answers_from_cache() {
 async fn a_cancelled_job_stops_its_work_and_says_so() {
     let cluster = cluster(1, 2).await;
     let mut jobs = JobsClient::new(cluster.server.channel().await);
-    let dir = tempfile::tempdir().expect("suite dir");
-    std::fs::write(
-        dir.path().join("slow.sh"),
+    let client = cluster.server.client(DigestFunction::Sha256).await;
+    let spec = script_job(
+        &client,
+        "slow",
         "case \"$1\" in list) echo a; echo b; echo c;; *) sleep 30;; esac\n",
     )
-    .expect("write suite");
-    let root = upload_dir(&cluster.server, dir.path()).await;
-    let exec_root = "/tmp/tessera-it/slow";
-    let runner = CommandRunner::new(
-        exec_root,
-        vec!["sh".into(), "slow.sh".into(), "list".into()],
-        vec![
-            "sh".into(),
-            "slow.sh".into(),
-            "run".into(),
-            "{tests}".into(),
-        ],
-    )
-    .expect("runner");
-    let spec = JobSpec {
-        digest_function: DigestFunction::Sha256.to_proto(),
-        input_root_digest: Some(root.to_proto()),
-        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
-        exec_root: exec_root.to_owned(),
-        environment: env(&[("PATH", "/usr/bin:/bin")]),
-        ..Default::default()
-    };
+    .await;
     let id = jobs
         .submit(SubmitJobRequest { spec: Some(spec) })
         .await
@@ -534,37 +543,20 @@ async fn a_cargo_suite_is_built_once_and_its_binaries_run_on_every_agent() {
 
 /// A spec for a suite of `count` tests that each sleep `seconds`.
 async fn sleepy_spec(server: &TestServer, count: usize, seconds: &str, submitter: &str) -> JobSpec {
-    let dir = tempfile::tempdir().expect("suite dir");
-    std::fs::write(
-        dir.path().join("sleepy.sh"),
-        format!(
-            "case \"$1\" in list) i=0; while [ $i -lt {count} ]; do echo t$i; i=$((i+1)); done;; *) sleep {seconds};; esac\n"
-        ),
+    let script = format!(
+        "case \"$1\" in list) i=0; while [ $i -lt {count} ]; do echo t$i; i=$((i+1)); done;; *) sleep {seconds};; esac\n"
+    );
+    let spec = script_job(
+        &server.client(DigestFunction::Sha256).await,
+        "sleepy",
+        &script,
     )
-    .expect("write suite");
-    let root = upload_dir(server, dir.path()).await;
-    let exec_root = "/tmp/tessera-it/sleepy";
-    let runner = CommandRunner::new(
-        exec_root,
-        vec!["sh".into(), "sleepy.sh".into(), "list".into()],
-        vec![
-            "sh".into(),
-            "sleepy.sh".into(),
-            "run".into(),
-            "{tests}".into(),
-        ],
-    )
-    .expect("runner");
+    .await;
     JobSpec {
-        digest_function: DigestFunction::Sha256.to_proto(),
-        input_root_digest: Some(root.to_proto()),
-        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
-        exec_root: exec_root.to_owned(),
-        environment: env(&[("PATH", "/usr/bin:/bin")]),
         submitter: submitter.to_owned(),
         // Every run really runs: these tests are about slots, not the cache.
         skip_cache: true,
-        ..Default::default()
+        ..spec
     }
 }
 
@@ -628,43 +620,15 @@ async fn an_accepted_job_survives_a_coordinator_crash() {
         .await
         .expect("connect");
     let mut jobs = JobsClient::new(channel);
-    // Upload through a throwaway in-process view of the same CAS: the client API.
-    let client =
-        tessera_cas::client::CasClient::connect(&server.endpoint(), "", DigestFunction::Sha256)
-            .await
-            .expect("cas client");
-    let dir = tempfile::tempdir().expect("suite dir");
-    std::fs::write(
-        dir.path().join("sleepy.sh"),
+    let client = CasClient::connect(&server.endpoint(), "", DigestFunction::Sha256)
+        .await
+        .expect("cas client");
+    let spec = script_job(
+        &client,
+        "crash",
         "case \"$1\" in list) for t in a b c d e f; do echo $t; done;; *) sleep 1;; esac\n",
     )
-    .expect("write suite");
-    let tree = build_tree(dir.path(), DigestFunction::Sha256).expect("tree");
-    let mut blobs: Vec<(Digest, bytes::Bytes)> = tree.directories.clone();
-    for (digest, path) in &tree.files {
-        blobs.push((*digest, std::fs::read(path).expect("read").into()));
-    }
-    client.upload(&blobs, false).await.expect("upload");
-    let exec_root = "/tmp/tessera-it/crash";
-    let runner = CommandRunner::new(
-        exec_root,
-        vec!["sh".into(), "sleepy.sh".into(), "list".into()],
-        vec![
-            "sh".into(),
-            "sleepy.sh".into(),
-            "run".into(),
-            "{tests}".into(),
-        ],
-    )
-    .expect("runner");
-    let spec = JobSpec {
-        digest_function: DigestFunction::Sha256.to_proto(),
-        input_root_digest: Some(tree.root.to_proto()),
-        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
-        exec_root: exec_root.to_owned(),
-        environment: env(&[("PATH", "/usr/bin:/bin")]),
-        ..Default::default()
-    };
+    .await;
     let id = jobs
         .submit(SubmitJobRequest { spec: Some(spec) })
         .await
@@ -734,35 +698,18 @@ async fn a_broken_build_fails_the_job_with_its_log_and_is_not_cached() {
 async fn results_stream_per_test_while_their_batch_runs() {
     let cluster = cluster(1, 1).await;
     let mut jobs = JobsClient::new(cluster.server.channel().await);
-    let dir = tempfile::tempdir().expect("suite dir");
     // Six tests without history plan as one-second estimates; the first batch takes three
     // of them: a1 and a2 pass at once, a3 sleeps.
-    std::fs::write(
-        dir.path().join("stream.sh"),
+    let client = cluster.server.client(DigestFunction::Sha256).await;
+    let spec = script_job(
+        &client,
+        "stream",
         "case \"$1\" in list) for t in a1 a2 a3 a4 a5 a6; do echo $t; done;; run) [ \"$2\" = a3 ] && sleep 3; exit 0;; esac\n",
     )
-    .expect("write suite");
-    let root = upload_dir(&cluster.server, dir.path()).await;
-    let exec_root = "/tmp/tessera-it/stream";
-    let runner = CommandRunner::new(
-        exec_root,
-        vec!["sh".into(), "stream.sh".into(), "list".into()],
-        vec![
-            "sh".into(),
-            "stream.sh".into(),
-            "run".into(),
-            "{tests}".into(),
-        ],
-    )
-    .expect("runner");
+    .await;
     let spec = JobSpec {
-        digest_function: DigestFunction::Sha256.to_proto(),
-        input_root_digest: Some(root.to_proto()),
-        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
-        exec_root: exec_root.to_owned(),
-        environment: env(&[("PATH", "/usr/bin:/bin")]),
         skip_cache: true,
-        ..Default::default()
+        ..spec
     };
     let (events, finished) = run_job(&mut jobs, spec).await;
     assert_eq!(finished.result(), JobResult::Passed, "{events:#?}");

@@ -409,17 +409,24 @@ impl Steps<'_> {
                 let mut cancelled = false;
                 let mut partials_seen = 0;
                 let response = loop {
-                    let snapshot = rx.borrow_and_update().clone();
-                    if let Some(on_partial) = on_partial {
-                        for partial in snapshot.partial.iter().skip(partials_seen) {
-                            match serde_json::from_str::<Vec<TestResult>>(&partial.results_json) {
-                                Ok(results) => on_partial(partial.agent.clone(), results),
-                                Err(error) => tracing::warn!(%error, "undecodable step progress"),
+                    // Only what is new: the snapshot's partial results grow with the batch.
+                    let response = {
+                        let snapshot = rx.borrow_and_update();
+                        if let Some(on_partial) = on_partial {
+                            for partial in snapshot.partial.iter().skip(partials_seen) {
+                                match serde_json::from_str::<Vec<TestResult>>(&partial.results_json)
+                                {
+                                    Ok(results) => on_partial(partial.agent.clone(), results),
+                                    Err(error) => {
+                                        tracing::warn!(%error, "undecodable step progress");
+                                    }
+                                }
                             }
+                            partials_seen = snapshot.partial.len();
                         }
-                        partials_seen = snapshot.partial.len();
-                    }
-                    if let Some(response) = snapshot.response {
+                        snapshot.response.clone()
+                    };
+                    if let Some(response) = response {
                         break Some(response);
                     }
                     tokio::select! {
@@ -666,8 +673,8 @@ impl Runs<'_> {
                     stop = Some(Stop::Cancelled);
                 }
                 _ = tick.tick() => {
-                    slots = fleet_slots(&steps.ctx.scheduler).await;
-                    self.progress(planner, in_flight.len(), slots).await;
+                    let fleet = self.progress(planner, in_flight.len(), slots).await;
+                    slots = fleet.max(1);
                 }
             }
         }
@@ -897,7 +904,8 @@ impl Runs<'_> {
         }));
     }
 
-    async fn progress(&self, planner: &ShardPlanner, running: usize, slots: usize) {
+    /// Emits a progress event and returns the fleet's slot count it saw (0 if unknown).
+    async fn progress(&self, planner: &ShardPlanner, running: usize, slots: usize) -> usize {
         let (agents, busy, total_slots) = match self.steps.ctx.scheduler.stats().await {
             Ok((_, agents)) => (
                 agents.len(),
@@ -916,6 +924,7 @@ impl Runs<'_> {
             total_slots: u32::try_from(total_slots).unwrap_or(u32::MAX),
             eta: Some(proto_duration(eta)),
         }));
+        total_slots
     }
 }
 
