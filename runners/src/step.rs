@@ -136,14 +136,6 @@ pub enum StepReport {
     },
 }
 
-impl StepReport {
-    /// Whether the coordinator may cache the step's action: only successful prepare and list
-    /// steps, since batch results are cached per test and failures never.
-    pub fn cacheable(&self) -> bool {
-        matches!(self, Self::Prepared { .. } | Self::Listed { .. })
-    }
-}
-
 /// How [`execute_step`] runs a command: the agent's sandboxed process runner in production, a
 /// plain local process in tests.
 pub trait Spawn {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tessera_proto::tessera::v1::{
-    JobEvent, JobFinished, JobPhase, JobResult, JobSpec, JobSummary, TestOutcome, job_event,
+    JobEvent, JobPhase, JobResult, JobSpec, JobSummary, TestOutcome, job_event,
 };
 use tessera_runners::RunnerConfig;
 use tokio::sync::watch;
@@ -106,14 +106,6 @@ impl Job {
     /// Whether the job has finished.
     pub fn finished(&self) -> bool {
         self.lock().phase == JobPhase::Done
-    }
-
-    /// The final event, once the job has finished.
-    pub fn outcome(&self) -> Option<JobFinished> {
-        self.lock().events.iter().rev().find_map(|e| match &e.kind {
-            Some(job_event::Kind::Finished(f)) => Some(f.clone()),
-            _ => None,
-        })
     }
 
     /// Records an operation of this job in the scheduler.

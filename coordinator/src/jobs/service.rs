@@ -100,13 +100,6 @@ impl JobsService {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Cancels every running job (the coordinator is shutting down).
-    pub fn cancel_all(&self) {
-        for job in self.lock().jobs.values() {
-            job.cancel.cancel();
-        }
-    }
-
     fn launch(&self, job: Arc<Job>) {
         self.lock().jobs.insert(job.id.clone(), Arc::clone(&job));
         let service = self.clone();
