@@ -428,6 +428,7 @@ impl LeasePipeline {
             attempt: lease.attempt,
             result,
             status: Some(status),
+            ..Default::default()
         };
         (lease_result, outcome)
     }

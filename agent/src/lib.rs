@@ -153,6 +153,7 @@ impl Agent {
             properties,
             slots: config.slots,
             version: VERSION.to_owned(),
+            ..Default::default()
         };
 
         let persist_stop = CancellationToken::new();

@@ -587,6 +587,7 @@ impl Session {
                 message: why.to_owned(),
                 details: Vec::new(),
             }),
+            ..Default::default()
         });
     }
 
@@ -653,6 +654,7 @@ impl Session {
                                 message: format!("the agent's lease task failed: {error}"),
                                 details: Vec::new(),
                             }),
+                            ..Default::default()
                         }),
                     });
                 }

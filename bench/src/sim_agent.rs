@@ -92,6 +92,7 @@ impl Session {
             properties: properties(),
             slots,
             version: "tessera-bench".to_owned(),
+            protocol_version: tessera_proto::AGENT_PROTOCOL_VERSION,
         };
         send(&out, agent_message::Kind::Hello(hello)).await?;
         let mut inbound = AgentSessionClient::new(channel)
@@ -199,7 +200,8 @@ fn passed(lease: &Lease) -> LeaseResult {
             }),
             ..Default::default()
         }),
-        status: Some(Default::default()),
+        outcome: tessera_proto::tessera::v1::LeaseOutcome::Completed as i32,
+        ..Default::default()
     }
 }
 

@@ -11,6 +11,17 @@ use tonic::{Code, Status};
 /// `blobs/{hash}/{size}` (with the digest function segment for non-legacy functions), as REAPI
 /// asks so clients can re-upload exactly what is missing.
 pub(crate) fn missing_blobs(message: String, missing: &[Digest]) -> Status {
+    let details = missing_blobs_status(message.clone(), missing);
+    Status::with_details(
+        Code::FailedPrecondition,
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
+/// The same as a `google.rpc.Status`, for `ExecuteResponse.status` when an agent found inputs
+/// missing.
+pub(crate) fn missing_blobs_status(message: String, missing: &[Digest]) -> rpc::Status {
     let failure = rpc::PreconditionFailure {
         violations: missing
             .iter()
@@ -21,19 +32,14 @@ pub(crate) fn missing_blobs(message: String, missing: &[Digest]) -> Status {
             })
             .collect(),
     };
-    let details = rpc::Status {
+    rpc::Status {
         code: Code::FailedPrecondition as i32,
-        message: message.clone(),
+        message,
         details: vec![prost_types::Any {
             type_url: "type.googleapis.com/google.rpc.PreconditionFailure".to_owned(),
             value: failure.encode_to_vec(),
         }],
-    };
-    Status::with_details(
-        Code::FailedPrecondition,
-        message,
-        details.encode_to_vec().into(),
-    )
+    }
 }
 
 /// REAPI: the subject is the ByteStream read resource name without an instance name.

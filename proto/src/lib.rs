@@ -1,12 +1,14 @@
-//! Generated protocol code for Tessera, and nothing else.
+//! Generated protocol code for Tessera, plus the protocol's constants and time conversions
+//! ([`time`]); nothing else.
 //!
 //! The `.proto` files under `protos/` are our own, written to be wire-compatible with upstream
 //! `bazelbuild/remote-apis` and `googleapis` (same packages, names, numbers and types). Code is
 //! generated at build time by prost/tonic through protox, so no system `protoc` is needed.
 //! `bytes` fields are `bytes::Bytes`.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
+pub mod time;
 
+#[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
 pub mod build {
     pub mod bazel {
         pub mod semver {
@@ -22,6 +24,7 @@ pub mod build {
     }
 }
 
+#[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
 pub mod google {
     pub mod bytestream {
         tonic::include_proto!("google.bytestream");
@@ -34,6 +37,7 @@ pub mod google {
     }
 }
 
+#[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
 pub mod tessera {
     pub mod v1 {
         tonic::include_proto!("tessera.v1");
@@ -48,6 +52,14 @@ pub use google::bytestream;
 pub use google::longrunning;
 /// `google.rpc` (Status and error details).
 pub use google::rpc;
+
+/// The version of the agent protocol (`tessera.v1.AgentSession`) this build speaks. Bumped
+/// whenever a change would make an older agent or coordinator misread the other; a coordinator
+/// accepts only agents that speak the same version (see `Hello.protocol_version`).
+///
+/// History: 1 carried lease outcomes as `google.rpc.Status` codes (and sent no version);
+/// 2 carries `LeaseOutcome`.
+pub const AGENT_PROTOCOL_VERSION: u32 = 2;
 
 /// The gRPC metadata key under which REAPI clients send `RequestMetadata`.
 pub const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";

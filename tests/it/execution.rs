@@ -15,7 +15,8 @@ use tessera_proto::reapi::{
 };
 use tessera_proto::tessera::v1::agent_session_client::AgentSessionClient;
 use tessera_proto::tessera::v1::{
-    AgentMessage, Heartbeat, Hello, Lease, LeaseResult, agent_message, coordinator_message,
+    AgentMessage, Heartbeat, Hello, Lease, LeaseOutcome, LeaseResult, agent_message,
+    coordinator_message,
 };
 use tessera_tests::{TestServer, response_of, stage_of, upload_action};
 use tokio::sync::mpsc;
@@ -58,6 +59,7 @@ impl ScriptedAgent {
                     .collect(),
                 slots,
                 version: "test".to_owned(),
+                protocol_version: tessera_proto::AGENT_PROTOCOL_VERSION,
             })),
         })
         .await
@@ -132,7 +134,8 @@ impl ScriptedAgent {
                 exit_code,
                 ..Default::default()
             }),
-            status: Some(Default::default()),
+            outcome: LeaseOutcome::Completed as i32,
+            ..Default::default()
         }))
         .await;
     }
@@ -142,11 +145,9 @@ impl ScriptedAgent {
             lease_id: lease.lease_id.clone(),
             attempt: lease.attempt,
             result: None,
-            status: Some(tessera_proto::rpc::Status {
-                code: tonic::Code::Unavailable as i32,
-                message: "disk on fire".to_owned(),
-                details: Vec::new(),
-            }),
+            outcome: LeaseOutcome::Retryable as i32,
+            message: "disk on fire".to_owned(),
+            ..Default::default()
         }))
         .await;
     }

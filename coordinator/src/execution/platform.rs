@@ -2,12 +2,28 @@
 //!
 //! A requirement is a sorted list of `name=value` pairs. An agent satisfies it when, for every
 //! pair, it has a property of that name with the same value, or, for numeric keys such as
-//! `cores` and `memory`, a value at least as large.
+//! `cores` and `memory`, a value at least as large. Execution-only keys (`limit.*`,
+//! `exec-root`, `avoid-agent`) say how to run the work, not where, and are never matched.
 
 use std::collections::BTreeSet;
 
 /// Keys compared as "at least" when both sides are numbers.
 pub const NUMERIC_KEYS: &[&str] = &["cores", "cpus", "memory", "memory_mb", "mem_mb", "disk_gb"];
+
+/// Keys that tell the agent how to run the action (`limit.nofile`, `limit.memory`, ...,
+/// and `exec-root`, the fixed path where a job's steps see their input root) rather than
+/// where: never matched against agent properties.
+pub fn is_execution_only(key: &str) -> bool {
+    key.starts_with("limit.") || key == EXEC_ROOT_PROPERTY || key == AVOID_AGENT_PROPERTY
+}
+
+/// Platform property naming an agent that should not run the action when another agent can
+/// (a job's retry of a failed test goes to another agent where possible).
+pub const AVOID_AGENT_PROPERTY: &str = "avoid-agent";
+
+/// Platform property naming the absolute path at which the agent shows the action its input
+/// root (DESIGN.md §5: a job's prepare step and batches see it at the same path everywhere).
+pub const EXEC_ROOT_PROPERTY: &str = "exec-root";
 
 /// A platform requirement (or an agent's properties): sorted, deduplicated pairs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -31,18 +47,18 @@ impl Platform {
     }
 
     /// Whether the work asks to avoid agent `agent` (see
-    /// [`crate::execution::scheduler::AVOID_AGENT_PROPERTY`]).
+    /// [`AVOID_AGENT_PROPERTY`]).
     pub fn avoids(&self, agent: &str) -> bool {
-        self.0.iter().any(|(key, value)| {
-            key == crate::execution::scheduler::AVOID_AGENT_PROPERTY && value == agent
-        })
+        self.0
+            .iter()
+            .any(|(key, value)| key == AVOID_AGENT_PROPERTY && value == agent)
     }
 
     /// Whether an agent with `properties` may run work that needs `self`.
     pub fn satisfied_by(&self, properties: &Platform) -> bool {
         self.0
             .iter()
-            .filter(|(key, _)| !crate::execution::scheduler::is_execution_only(key))
+            .filter(|(key, _)| !is_execution_only(key))
             .all(|(key, wanted)| {
                 properties
                     .0

@@ -24,14 +24,14 @@ use tessera_cas::meta::{MetaError, MetadataStore, Table};
 use tessera_proto::reapi::{ExecuteResponse, execution_stage};
 use tessera_proto::rpc;
 use tessera_proto::tessera::v1::{
-    AgentMessage, CancelLease, CoordinatorMessage, Lease, LeaseProgress, LeaseResult,
+    AgentMessage, CancelLease, CoordinatorMessage, Lease, LeaseOutcome, LeaseProgress, LeaseResult,
     OperationRecord, agent_message, coordinator_message,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Status};
 
 use super::operation::{OpEvent, OpSnapshot, OpState, StepPartial, transition};
-use super::platform::Platform;
+use super::platform::{Platform, is_execution_only};
 use super::queue::FairQueue;
 use crate::action_cache::ActionCache;
 
@@ -406,20 +406,27 @@ fn status(code: Code, message: impl Into<String>) -> rpc::Status {
     }
 }
 
-/// Keys that tell the agent how to run the action (`limit.nofile`, `limit.memory`, ...,
-/// and `exec-root`, the fixed path where a job's steps see their input root) rather than
-/// where: never matched against agent properties.
-pub fn is_execution_only(key: &str) -> bool {
-    key.starts_with("limit.") || key == EXEC_ROOT_PROPERTY || key == AVOID_AGENT_PROPERTY
+/// The digest function of operation `name`'s action.
+fn result_function(ops: &HashMap<String, Op>, name: &str) -> i32 {
+    ops.get(name).map_or(0, |op| op.record.digest_function)
 }
 
-/// Platform property naming an agent that should not run the action when another agent can
-/// (a job's retry of a failed test goes to another agent where possible).
-pub const AVOID_AGENT_PROPERTY: &str = "avoid-agent";
-
-/// Platform property naming the absolute path at which the agent shows the action its input
-/// root (DESIGN.md §5: a job's prepare step and batches see it at the same path everywhere).
-pub const EXEC_ROOT_PROPERTY: &str = "exec-root";
+/// How a lease ended: the result's outcome, or (from an agent of protocol 1) what its status
+/// code meant.
+fn lease_outcome(result: &LeaseResult) -> LeaseOutcome {
+    match LeaseOutcome::try_from(result.outcome) {
+        Ok(outcome) if outcome != LeaseOutcome::Unspecified => outcome,
+        _ => match Code::from(result.status.as_ref().map_or(0, |s| s.code)) {
+            Code::Ok => LeaseOutcome::Completed,
+            Code::DeadlineExceeded => LeaseOutcome::TimedOut,
+            Code::Cancelled => LeaseOutcome::Cancelled,
+            Code::FailedPrecondition => LeaseOutcome::MissingInputs,
+            Code::InvalidArgument => LeaseOutcome::InvalidAction,
+            Code::ResourceExhausted => LeaseOutcome::Refused,
+            _ => LeaseOutcome::Retryable,
+        },
+    }
+}
 
 fn merge_key(record: &OperationRecord) -> Vec<u8> {
     let mut key = record.instance_name.as_bytes().to_vec();
@@ -828,41 +835,76 @@ impl Scheduler {
             return;
         };
         self.release_lease(agent_id, &result.lease_id);
-        let status = result.status.unwrap_or_default();
-        let code = Code::from(status.code);
-        match code {
-            // Outcomes that another attempt cannot change: report them.
-            Code::Ok
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::FailedPrecondition
-            | Code::InvalidArgument => {
-                let response = ExecuteResponse {
-                    result: result.result,
-                    cached_result: false,
-                    status: Some(status),
-                    server_logs: Default::default(),
-                    message: String::new(),
-                };
-                self.finish(&name, response);
+        let outcome = lease_outcome(&result);
+        let message = if result.message.is_empty() {
+            result
+                .status
+                .as_ref()
+                .map(|s| s.message.clone())
+                .unwrap_or_default()
+        } else {
+            result.message.clone()
+        };
+        let final_status = |code: Code| status(code, message.clone());
+        let reported = match outcome {
+            LeaseOutcome::Completed => Some(rpc::Status::default()),
+            LeaseOutcome::TimedOut => Some(final_status(Code::DeadlineExceeded)),
+            LeaseOutcome::Cancelled => Some(final_status(Code::Cancelled)),
+            LeaseOutcome::InvalidAction => Some(final_status(Code::InvalidArgument)),
+            LeaseOutcome::MissingInputs => {
+                let function = DigestFunction::from_request(result_function(&self.ops, &name));
+                let missing: Vec<Digest> = function
+                    .map(|f| {
+                        result
+                            .missing
+                            .iter()
+                            .filter_map(|d| Digest::from_proto(f, d).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if missing.is_empty() {
+                    // A legacy agent's status carries its own details.
+                    Some(
+                        result
+                            .status
+                            .clone()
+                            .unwrap_or_else(|| final_status(Code::FailedPrecondition)),
+                    )
+                } else {
+                    Some(crate::status::missing_blobs_status(
+                        message.clone(),
+                        &missing,
+                    ))
+                }
             }
+            LeaseOutcome::Refused | LeaseOutcome::Retryable | LeaseOutcome::Unspecified => None,
+        };
+        if let Some(status) = reported {
+            let response = ExecuteResponse {
+                result: result.result,
+                cached_result: false,
+                status: Some(status),
+                server_logs: Default::default(),
+                message: String::new(),
+            };
+            self.finish(&name, response);
+            return;
+        }
+        if outcome == LeaseOutcome::Refused {
             // The agent refused without starting (slots busy, draining): no attempt is spent,
             // and it gets no more work until its next heartbeat says what it runs.
-            Code::ResourceExhausted => {
-                tracing::debug!(operation = %name, agent = %agent_id, message = %status.message, "lease refused");
-                if let Some(agent) = self.agents.get_mut(agent_id) {
-                    agent.saturated = true;
-                }
-                if let Some(op) = self.ops.get_mut(&name) {
-                    op.record.attempts = op.record.attempts.saturating_sub(1);
-                }
-                self.retry_or_fail(&name, &status.message);
+            tracing::debug!(operation = %name, agent = %agent_id, %message, "lease refused");
+            if let Some(agent) = self.agents.get_mut(agent_id) {
+                agent.saturated = true;
             }
-            _ => {
-                tracing::warn!(operation = %name, agent = %agent_id, code = ?code, message = %status.message,
-                    "infrastructure failure");
-                self.retry_or_fail(&name, &format!("agent {agent_id}: {}", status.message));
+            if let Some(op) = self.ops.get_mut(&name) {
+                op.record.attempts = op.record.attempts.saturating_sub(1);
             }
+            self.retry_or_fail(&name, &message);
+        } else {
+            tracing::warn!(operation = %name, agent = %agent_id, ?outcome, %message,
+                "infrastructure failure");
+            self.retry_or_fail(&name, &format!("agent {agent_id}: {message}"));
         }
     }
 

@@ -32,7 +32,8 @@ use super::job::{Job, is_failure};
 use super::overlay::overlay;
 use super::planner::{BatchId, PlannerConfig, ShardPlanner};
 use super::results::{SuiteKey, TestStore};
-use crate::execution::scheduler::{AVOID_AGENT_PROPERTY, EXEC_ROOT_PROPERTY, SchedulerHandle};
+use crate::execution::platform::{AVOID_AGENT_PROPERTY, EXEC_ROOT_PROPERTY};
+use crate::execution::scheduler::SchedulerHandle;
 use crate::services::execution::{ExecutionService, Submitted};
 
 /// Most bytes of one test's output kept in its event (the tail is kept).
