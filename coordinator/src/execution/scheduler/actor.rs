@@ -1,0 +1,393 @@
+//! The actor: one task owns every operation, the queue, the agents and their leases, and
+//! handles one [`Request`] at a time. Submitting, cancelling, finishing and forgetting
+//! operations live here; leases are in `leases`, the agent registry in `agents`, restart
+//! recovery in `recovery`.
+//!
+//! Durability: every accepted operation is written to the metadata table `operations` when it
+//! is submitted (the Execute service flushes before acknowledging), and again when it is
+//! leased and when it finishes; the record written is always derived from the operation's
+//! state ([`Operation::record`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_cas::meta::{MetadataStore, Table};
+use tessera_proto::reapi::ExecuteResponse;
+use tessera_proto::tessera::v1::OperationRecord;
+use tokio::sync::{mpsc, watch};
+
+use super::agents::AgentRegistry;
+use super::handle::{Request, SchedulerConfig, SchedulerError, SchedulerHandle, SchedulerStats};
+use crate::action_cache::ActionCache;
+use crate::execution::clock::{Clock, Stamp, SystemClock};
+use crate::execution::operation::{OpEvent, OpSnapshot, Operation};
+use crate::execution::platform::{Platform, is_execution_only};
+use crate::execution::queue::FairQueue;
+
+/// Metadata table of operation records.
+pub const OPERATIONS_TABLE: &str = "operations";
+/// Metadata table of platform keys ever declared by an agent.
+pub const PLATFORM_KEYS_TABLE: &str = "platform_keys";
+/// How often leases are checked for expiry.
+const TICK: Duration = Duration::from_millis(200);
+/// How often finished operations past retention are forgotten.
+const GC_EVERY: Duration = Duration::from_secs(30);
+
+/// An operation and what the scheduler keeps beside it.
+pub(super) struct Op {
+    pub(super) op: Operation,
+    /// Its watchers.
+    pub(super) tx: watch::Sender<OpSnapshot>,
+    /// Its key among in-flight mergeable operations, until it finishes.
+    pub(super) merge_key: Option<Vec<u8>>,
+}
+
+impl Op {
+    pub(super) fn new(op: Operation, merge_key: Option<Vec<u8>>) -> Self {
+        let tx = watch::channel(op.snapshot()).0;
+        Op { op, tx, merge_key }
+    }
+
+    /// Shows watchers the current state.
+    pub(super) fn publish(&self) {
+        self.tx.send_replace(self.op.snapshot());
+    }
+}
+
+/// The scheduler's state; see the module docs.
+pub(super) struct Scheduler {
+    pub(super) config: Arc<SchedulerConfig>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) table: Table,
+    pub(super) keys_table: Table,
+    pub(super) cache: ActionCache,
+    pub(super) ops: HashMap<String, Op>,
+    pub(super) queue: FairQueue,
+    /// Mergeable in-flight operations by merge key.
+    pub(super) inflight: HashMap<Vec<u8>, String>,
+    /// Lease id → operation name, for every lease held.
+    pub(super) leases: HashMap<String, String>,
+    pub(super) agents: AgentRegistry,
+    pub(super) known_keys: HashSet<String>,
+    pub(super) stats: SchedulerStats,
+}
+
+/// Starts the scheduler actor on the real clock: loads persisted operations (finished ones
+/// kept, unfinished ones queued again) and returns its handle and task. The actor stops when
+/// `stop` is cancelled or every handle is dropped, releasing its hold on the metadata store.
+pub fn start(
+    config: SchedulerConfig,
+    meta: &Arc<dyn MetadataStore>,
+    cache: ActionCache,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(SchedulerHandle, tokio::task::JoinHandle<()>), SchedulerError> {
+    let scheduler = Scheduler::open(config, meta, cache, Arc::new(SystemClock))?;
+    let config = Arc::clone(&scheduler.config);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(scheduler.run(rx, stop));
+    Ok((SchedulerHandle::new(tx, config), task))
+}
+
+impl Scheduler {
+    /// The scheduler with its persisted state recovered, not yet running.
+    pub(super) fn open(
+        config: SchedulerConfig,
+        meta: &Arc<dyn MetadataStore>,
+        cache: ActionCache,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, SchedulerError> {
+        let table = meta.table(OPERATIONS_TABLE)?;
+        let keys_table = meta.table(PLATFORM_KEYS_TABLE)?;
+        let mut known_keys: HashSet<String> = config.known_platform_keys.iter().cloned().collect();
+        for entry in keys_table.scan_prefix(b"") {
+            let (key, _) = entry?;
+            known_keys.insert(String::from_utf8_lossy(&key).into_owned());
+        }
+        let mut scheduler = Scheduler {
+            config: Arc::new(config),
+            clock,
+            table,
+            keys_table,
+            cache,
+            ops: HashMap::new(),
+            queue: FairQueue::new(),
+            inflight: HashMap::new(),
+            leases: HashMap::new(),
+            agents: AgentRegistry::default(),
+            known_keys,
+            stats: SchedulerStats::default(),
+        };
+        scheduler.recover()?;
+        Ok(scheduler)
+    }
+
+    pub(super) fn now(&self) -> Stamp {
+        self.clock.now()
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Request>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_gc = self.now().instant;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                request = rx.recv() => {
+                    let Some(request) = request else { return };
+                    self.handle(request);
+                    // Take whatever else is waiting before dispatching once.
+                    while let Ok(request) = rx.try_recv() {
+                        self.handle(request);
+                    }
+                }
+                _ = tick.tick() => {
+                    self.expire_leases();
+                    let now = self.now().instant;
+                    if now.saturating_duration_since(last_gc) > GC_EVERY {
+                        last_gc = now;
+                        self.forget_old();
+                    }
+                }
+            }
+            self.dispatch();
+        }
+    }
+
+    pub(super) fn handle(&mut self, request: Request) {
+        match request {
+            Request::Submit {
+                record,
+                platform,
+                mergeable,
+                reply,
+            } => {
+                let _ = reply.send(self.submit(*record, platform, mergeable));
+            }
+            Request::CheckPlatform { platform, reply } => {
+                let _ = reply.send(self.check_platform(&platform));
+            }
+            Request::Watch { name, reply } => {
+                let _ = reply.send(self.ops.get(&name).map(|op| op.tx.subscribe()));
+            }
+            Request::Cancel { name, reply } => {
+                let _ = reply.send(self.cancel(&name));
+            }
+            Request::AgentJoined {
+                id,
+                session,
+                properties,
+                slots,
+                tx,
+            } => self.agent_joined(id, session, properties, slots, tx),
+            Request::AgentMessage {
+                id,
+                session,
+                message,
+            } => self.agent_message(&id, session, *message),
+            Request::AgentLeft { id, session } => self.agents.left(&id, session),
+            Request::Position { names, reply } => {
+                let position = names
+                    .iter()
+                    .filter_map(|name| self.queue.position(name))
+                    .min();
+                let _ = reply.send(position);
+            }
+            Request::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+        }
+    }
+
+    fn stats(&self) -> (SchedulerStats, Vec<super::handle::AgentInfo>) {
+        let agents = self.agents.connected();
+        let mut stats = self.stats.clone();
+        stats.queued = self.queue.len();
+        stats.leased = self.leases.len();
+        stats.agents = agents.len();
+        stats.slots = agents.iter().map(|a| a.slots as usize).sum();
+        (stats, agents)
+    }
+
+    fn check_platform(&self, platform: &Platform) -> Result<(), SchedulerError> {
+        for key in platform.keys().filter(|k| !is_execution_only(k)) {
+            if !self.known_keys.contains(key) {
+                let mut known: Vec<&str> = self.known_keys.iter().map(String::as_str).collect();
+                known.sort_unstable();
+                return Err(SchedulerError::UnknownPlatformKey(
+                    key.to_owned(),
+                    known.join(", "),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the operation's record (derived from its state).
+    pub(super) fn persist(&self, op: &Operation) {
+        let record = op.record();
+        if let Err(error) = self
+            .table
+            .insert(record.name.as_bytes(), &record.encode_to_vec())
+        {
+            tracing::error!(operation = %record.name, %error, "failed to persist operation");
+        }
+    }
+
+    fn submit(
+        &mut self,
+        record: OperationRecord,
+        platform: Platform,
+        mergeable: bool,
+    ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
+        let key = merge_key(&record);
+        if mergeable
+            && let Some(existing) = self.inflight.get(&key)
+            && let Some(op) = self.ops.get(existing)
+            && !op.op.is_done()
+        {
+            self.stats.merged += 1;
+            return Ok((op.tx.subscribe(), false));
+        }
+        let op = Operation::new(record, platform);
+        // Unlike later writes, this one's failure is the caller's: nothing was promised yet.
+        let record = op.record();
+        self.table
+            .insert(record.name.as_bytes(), &record.encode_to_vec())?;
+        let name = op.name().to_owned();
+        self.enqueue(&op);
+        let op = Op::new(op, mergeable.then(|| key.clone()));
+        let rx = op.tx.subscribe();
+        if mergeable {
+            self.inflight.insert(key, name.clone());
+        }
+        self.ops.insert(name, op);
+        Ok((rx, true))
+    }
+
+    /// Puts a queued operation in the fair queue.
+    pub(super) fn enqueue(&mut self, op: &Operation) {
+        let spec = op.spec();
+        self.queue.push(
+            spec.name.clone(),
+            op.platform().clone(),
+            &spec.requester,
+            spec.priority,
+        );
+    }
+
+    fn cancel(&mut self, name: &str) -> Result<(), SchedulerError> {
+        let Some(entry) = self.ops.get(name) else {
+            return Err(SchedulerError::NotFound(name.to_owned()));
+        };
+        if entry.op.is_done() {
+            return Ok(());
+        }
+        if let Some((lease_id, agent)) = entry.op.lease() {
+            let agent = agent.to_owned();
+            if let Some(entry) = self.agents.get(&agent) {
+                entry.send_cancel(&lease_id);
+            }
+            self.release_lease(&agent, &lease_id);
+        }
+        let at = self.now();
+        self.complete(name, OpEvent::Cancelled { at });
+        Ok(())
+    }
+
+    /// Ends a leased operation with `response`, caching a successful result.
+    pub(super) fn finish(&mut self, name: &str, response: ExecuteResponse) {
+        if let Some(op) = self.ops.get(name) {
+            self.cache_result(&op.op, &response);
+        }
+        let at = self.now();
+        self.complete(
+            name,
+            OpEvent::Finished {
+                response: Box::new(response),
+                at,
+            },
+        );
+    }
+
+    /// Applies a finishing event (finished or cancelled) and does what follows: out of the
+    /// queue and the in-flight index, watchers told, the record written.
+    fn complete(&mut self, name: &str, event: OpEvent) {
+        let Some(op) = self.ops.get_mut(name) else {
+            return;
+        };
+        if let Err(error) = op.op.apply(event) {
+            tracing::error!(%error, "scheduler bug");
+            return;
+        }
+        self.queue.remove(name);
+        if let Some(key) = op.merge_key.take() {
+            self.inflight.remove(&key);
+        }
+        op.publish();
+        let op = &self.ops[name].op;
+        self.persist(op);
+        self.stats.completed += 1;
+    }
+
+    fn cache_result(&self, op: &Operation, response: &ExecuteResponse) {
+        let spec = op.spec();
+        let ok = response.status.as_ref().is_none_or(|s| s.code == 0);
+        let cacheable = ok && !spec.action.as_ref().is_some_and(|a| a.do_not_cache);
+        if cacheable
+            && let Some(result) = &response.result
+            && let Ok(function) = DigestFunction::from_request(spec.digest_function)
+            && let Some(Ok(digest)) = spec
+                .action_digest
+                .as_ref()
+                .map(|d| Digest::from_proto(function, d))
+            && let Err(error) = self
+                .cache
+                .record_executed(&spec.instance_name, &digest, result)
+        {
+            tracing::warn!(operation = %spec.name, %error, "failed to cache result");
+        }
+    }
+
+    /// Forgets finished operations older than the retention.
+    pub(super) fn forget_old(&mut self) {
+        let retention = self.config.retention;
+        let now = self.now().instant;
+        let old: Vec<String> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| match op.op.state() {
+                crate::execution::operation::OpState::Done { completed_at, .. } => {
+                    now.saturating_duration_since(*completed_at) > retention
+                }
+                _ => false,
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in old {
+            self.ops.remove(&name);
+            if let Err(error) = self.table.remove(name.as_bytes()) {
+                tracing::warn!(%error, "failed to forget operation");
+            }
+        }
+        self.agents.forget_idle_disconnected();
+    }
+}
+
+/// The key under which identical actions merge: instance, digest function and action digest.
+pub(super) fn merge_key(record: &OperationRecord) -> Vec<u8> {
+    let mut key = record.instance_name.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&record.digest_function.to_le_bytes());
+    if let Some(d) = &record.action_digest {
+        key.extend_from_slice(d.hash.as_bytes());
+        key.extend_from_slice(&d.size_bytes.to_le_bytes());
+    }
+    key
+}

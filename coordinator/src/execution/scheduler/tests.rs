@@ -1,0 +1,400 @@
+//! The scheduler driven request by request on a manual clock: leases, heartbeats, expiry,
+//! refusals, retries, retention and recovery, without sleeping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tessera_cas::digest::DigestFunction;
+use tessera_cas::meta::{MemoryMetaStore, MetadataStore};
+use tessera_cas::store::MemoryStore;
+use tessera_proto::reapi::{Action, ExecuteResponse, execution_stage};
+use tessera_proto::rpc::PreconditionFailure;
+use tessera_proto::tessera::v1::{
+    AgentMessage, CoordinatorMessage, Heartbeat, Lease, LeaseOutcome, LeaseResult, OperationRecord,
+    agent_message, coordinator_message,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Code, Status};
+
+use super::actor::Scheduler;
+use super::handle::{Request, SchedulerConfig};
+use crate::action_cache::ActionCache;
+use crate::execution::clock::ManualClock;
+use crate::execution::operation::OpSnapshot;
+use crate::execution::platform::Platform;
+
+const LEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Harness {
+    scheduler: Scheduler,
+    clock: ManualClock,
+    meta: Arc<dyn MetadataStore>,
+    next_session: u64,
+}
+
+type AgentRx = mpsc::Receiver<Result<CoordinatorMessage, Status>>;
+
+fn config(max_attempts: u32) -> SchedulerConfig {
+    SchedulerConfig {
+        lease_timeout: LEASE_TIMEOUT,
+        max_attempts,
+        retention: Duration::from_secs(600),
+        known_platform_keys: Vec::new(),
+    }
+}
+
+impl Harness {
+    fn new(max_attempts: u32) -> Self {
+        let meta: Arc<dyn MetadataStore> = Arc::new(MemoryMetaStore::new());
+        Self::open(meta, ManualClock::new(), max_attempts)
+    }
+
+    /// A scheduler over `meta`, as after a restart.
+    fn open(meta: Arc<dyn MetadataStore>, clock: ManualClock, max_attempts: u32) -> Self {
+        let cache = ActionCache::open(Arc::clone(&meta), Arc::new(MemoryStore::new())).unwrap();
+        let scheduler =
+            Scheduler::open(config(max_attempts), &meta, cache, Arc::new(clock.clone())).unwrap();
+        Harness {
+            scheduler,
+            clock,
+            meta,
+            next_session: 1,
+        }
+    }
+
+    /// Connects agent `id`; returns what the scheduler sends it.
+    fn agent(&mut self, id: &str, slots: u32) -> (u64, AgentRx) {
+        let (tx, rx) = mpsc::channel(64);
+        let session = self.next_session;
+        self.next_session += 1;
+        self.scheduler.handle(Request::AgentJoined {
+            id: id.to_owned(),
+            session,
+            properties: Platform::default(),
+            slots,
+            tx,
+        });
+        (session, rx)
+    }
+
+    fn submit_with(&mut self, n: u8, function: DigestFunction) -> watch::Receiver<OpSnapshot> {
+        let digest = function.digest_of(&[n]);
+        let record = OperationRecord {
+            name: format!("operations/op-{n}"),
+            action_digest: Some(digest.to_proto()),
+            digest_function: function.to_proto(),
+            requester: "someone".into(),
+            timeout_ms: 60_000,
+            action: Some(Action::default()),
+            ..Default::default()
+        };
+        let (reply, mut rx) = oneshot::channel();
+        self.scheduler.handle(Request::Submit {
+            record: Box::new(record),
+            platform: Platform::default(),
+            mergeable: true,
+            reply,
+        });
+        let (watch, created) = rx.try_recv().unwrap().unwrap();
+        assert!(created);
+        self.scheduler.dispatch();
+        watch
+    }
+
+    fn submit(&mut self, n: u8) -> watch::Receiver<OpSnapshot> {
+        self.submit_with(n, DigestFunction::Sha256)
+    }
+
+    fn send(&mut self, id: &str, session: u64, kind: agent_message::Kind) {
+        self.scheduler.handle(Request::AgentMessage {
+            id: id.to_owned(),
+            session,
+            message: Box::new(AgentMessage { kind: Some(kind) }),
+        });
+        self.scheduler.dispatch();
+    }
+
+    fn result(&mut self, id: &str, session: u64, lease: &Lease, outcome: LeaseOutcome) {
+        self.report(
+            id,
+            session,
+            LeaseResult {
+                lease_id: lease.lease_id.clone(),
+                attempt: lease.attempt,
+                outcome: outcome as i32,
+                message: format!("{outcome:?}"),
+                ..Default::default()
+            },
+        );
+    }
+
+    fn report(&mut self, id: &str, session: u64, result: LeaseResult) {
+        self.send(id, session, agent_message::Kind::Result(result));
+    }
+
+    fn heartbeat(&mut self, id: &str, session: u64, leases: &[&Lease]) {
+        let lease_ids = leases.iter().map(|l| l.lease_id.clone()).collect();
+        self.send(
+            id,
+            session,
+            agent_message::Kind::Heartbeat(Heartbeat { lease_ids }),
+        );
+    }
+
+    /// Lets time pass and runs what the actor's timer would.
+    fn advance(&mut self, by: Duration) {
+        self.clock.advance(by);
+        self.scheduler.expire_leases();
+        self.scheduler.dispatch();
+    }
+}
+
+/// The next lease sent to an agent (cancellations skipped), if any.
+fn next_lease(rx: &mut AgentRx) -> Option<Lease> {
+    while let Ok(message) = rx.try_recv() {
+        if let Some(coordinator_message::Kind::Lease(lease)) = message.unwrap().kind {
+            return Some(lease);
+        }
+    }
+    None
+}
+
+fn response(watch: &watch::Receiver<OpSnapshot>) -> Option<ExecuteResponse> {
+    watch.borrow().response.clone()
+}
+
+fn code(response: &ExecuteResponse) -> Code {
+    Code::from(response.status.as_ref().map_or(0, |s| s.code))
+}
+
+#[test]
+fn a_completed_lease_finishes_the_operation() {
+    let mut h = Harness::new(3);
+    let (session, mut rx) = h.agent("a", 1);
+    let op = h.submit(1);
+    let lease = next_lease(&mut rx).unwrap();
+    assert_eq!((lease.lease_id.as_str(), lease.attempt), ("op-1#1", 1));
+    assert_eq!(op.borrow().stage, execution_stage::Value::Executing);
+    h.result("a", session, &lease, LeaseOutcome::Completed);
+    let done = response(&op).unwrap();
+    assert_eq!(code(&done), Code::Ok);
+    assert_eq!(h.scheduler.stats.completed, 1);
+}
+
+#[test]
+fn a_lease_without_heartbeats_expires_and_its_late_result_is_refused() {
+    let mut h = Harness::new(3);
+    let (s1, mut rx1) = h.agent("a", 1);
+    let op = h.submit(1);
+    let first = next_lease(&mut rx1).unwrap();
+    // Another agent with room arrives; the first one falls silent.
+    let (s2, mut rx2) = h.agent("b", 1);
+    h.advance(LEASE_TIMEOUT - Duration::from_millis(1));
+    assert!(next_lease(&mut rx2).is_none(), "expired too early");
+    h.heartbeat("b", s2, &[]);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.scheduler.stats.expired_leases, 1);
+    let second = next_lease(&mut rx2).expect("the work goes to the agent that is alive");
+    assert_eq!((second.lease_id.as_str(), second.attempt), ("op-1#2", 2));
+    h.result("a", s1, &first, LeaseOutcome::Completed);
+    assert_eq!(h.scheduler.stats.stale_results, 1);
+    assert!(response(&op).is_none(), "a stale result must not finish it");
+    h.result("b", s2, &second, LeaseOutcome::Completed);
+    assert_eq!(code(&response(&op).unwrap()), Code::Ok);
+}
+
+#[test]
+fn heartbeats_move_the_deadline() {
+    let mut h = Harness::new(3);
+    let (session, mut rx) = h.agent("a", 1);
+    let op = h.submit(1);
+    let lease = next_lease(&mut rx).unwrap();
+    for _ in 0..5 {
+        h.advance(LEASE_TIMEOUT * 3 / 4);
+        h.heartbeat("a", session, &[&lease]);
+    }
+    assert_eq!(h.scheduler.stats.expired_leases, 0);
+    assert_eq!(op.borrow().stage, execution_stage::Value::Executing);
+    h.advance(LEASE_TIMEOUT);
+    assert_eq!(h.scheduler.stats.expired_leases, 1);
+}
+
+#[test]
+fn a_refused_lease_spends_no_attempt_and_pauses_the_agent_until_its_heartbeat() {
+    let mut h = Harness::new(1);
+    let (session, mut rx) = h.agent("a", 4);
+    let op = h.submit(1);
+    let lease = next_lease(&mut rx).unwrap();
+    h.result("a", session, &lease, LeaseOutcome::Refused);
+    assert!(response(&op).is_none(), "a refusal is not a failure");
+    assert!(
+        next_lease(&mut rx).is_none(),
+        "no work until the next heartbeat"
+    );
+    assert_eq!(op.borrow().stage, execution_stage::Value::Queued);
+    h.heartbeat("a", session, &[]);
+    let again = next_lease(&mut rx).unwrap();
+    assert_eq!(again.attempt, 1, "the refused attempt was not spent");
+    h.result("a", session, &again, LeaseOutcome::Completed);
+    assert_eq!(code(&response(&op).unwrap()), Code::Ok);
+}
+
+#[test]
+fn infrastructure_failures_are_retried_then_fail_unavailable() {
+    let mut h = Harness::new(2);
+    let (session, mut rx) = h.agent("a", 1);
+    let op = h.submit(1);
+    for attempt in 1..=2 {
+        let lease = next_lease(&mut rx).unwrap();
+        assert_eq!(lease.attempt, attempt);
+        h.result("a", session, &lease, LeaseOutcome::Retryable);
+    }
+    let done = response(&op).unwrap();
+    assert_eq!(code(&done), Code::Unavailable);
+    let message = done.status.unwrap().message;
+    assert_eq!(
+        message,
+        "action failed 2 times on agents; last failure: agent a: Retryable"
+    );
+    assert!(next_lease(&mut rx).is_none());
+}
+
+#[test]
+fn final_outcomes_become_the_status_the_client_sees() {
+    for (outcome, expected) in [
+        (LeaseOutcome::TimedOut, Code::DeadlineExceeded),
+        (LeaseOutcome::Cancelled, Code::Cancelled),
+        (LeaseOutcome::InvalidAction, Code::InvalidArgument),
+        (LeaseOutcome::MissingInputs, Code::FailedPrecondition),
+    ] {
+        let mut h = Harness::new(3);
+        let (session, mut rx) = h.agent("a", 1);
+        let op = h.submit(1);
+        let lease = next_lease(&mut rx).unwrap();
+        h.result("a", session, &lease, outcome);
+        let done = response(&op).unwrap();
+        assert_eq!(code(&done), expected, "{outcome:?}");
+        assert_eq!(done.status.unwrap().message, format!("{outcome:?}"));
+    }
+}
+
+/// Regression: the agent built MISSING subjects itself and left out the digest function of
+/// BLAKE3 digests; the coordinator now builds them in the one place REAPI resource names are
+/// written.
+#[test]
+fn missing_blake3_inputs_are_named_with_their_digest_function() {
+    let mut h = Harness::new(3);
+    let (session, mut rx) = h.agent("a", 1);
+    let op = h.submit_with(1, DigestFunction::Blake3);
+    let lease = next_lease(&mut rx).unwrap();
+    let missing = DigestFunction::Blake3.digest_of(b"gone");
+    h.report(
+        "a",
+        session,
+        LeaseResult {
+            lease_id: lease.lease_id.clone(),
+            attempt: lease.attempt,
+            outcome: LeaseOutcome::MissingInputs as i32,
+            message: "fetching inputs: 1 blob missing".into(),
+            missing: vec![missing.to_proto()],
+            ..Default::default()
+        },
+    );
+    let status = response(&op).unwrap().status.unwrap();
+    assert_eq!(status.code, Code::FailedPrecondition as i32);
+    let failure = PreconditionFailure::decode(status.details[0].value.as_ref()).unwrap();
+    let subject = &failure.violations[0].subject;
+    assert_eq!(
+        subject,
+        &format!("blobs/blake3/{}/{}", missing.hash_hex(), missing.size_bytes)
+    );
+    assert_eq!(failure.violations[0].r#type, "MISSING");
+}
+
+#[test]
+fn a_silent_agent_gets_no_new_work_until_it_speaks() {
+    let mut h = Harness::new(3);
+    let (session, mut rx) = h.agent("a", 4);
+    h.advance(LEASE_TIMEOUT);
+    let _op = h.submit(1);
+    assert!(next_lease(&mut rx).is_none(), "presumed frozen");
+    h.heartbeat("a", session, &[]);
+    assert!(next_lease(&mut rx).is_some());
+}
+
+#[test]
+fn finished_operations_are_forgotten_after_retention() {
+    let mut h = Harness::new(3);
+    let (session, mut rx) = h.agent("a", 1);
+    let _op = h.submit(1);
+    let lease = next_lease(&mut rx).unwrap();
+    h.result("a", session, &lease, LeaseOutcome::Completed);
+    h.clock.advance(Duration::from_secs(599));
+    h.scheduler.forget_old();
+    assert!(h.scheduler.ops.contains_key("operations/op-1"));
+    h.clock.advance(Duration::from_secs(2));
+    h.scheduler.forget_old();
+    assert!(!h.scheduler.ops.contains_key("operations/op-1"));
+    let table = h.meta.table(super::OPERATIONS_TABLE).unwrap();
+    assert!(table.get(b"operations/op-1").unwrap().is_none());
+}
+
+#[test]
+fn after_a_restart_a_held_lease_is_honoured_and_queued_work_is_queued_again() {
+    let mut h = Harness::new(3);
+    let (_, mut rx) = h.agent("a", 1);
+    let _running = h.submit(1);
+    let _waiting = h.submit(2);
+    let lease = next_lease(&mut rx).unwrap();
+    let (meta, clock) = (Arc::clone(&h.meta), h.clock.clone());
+    drop(h);
+
+    let mut h = Harness::open(meta, clock, 3);
+    let running = h.scheduler.ops["operations/op-1"].tx.subscribe();
+    assert_eq!(running.borrow().stage, execution_stage::Value::Executing);
+    assert_eq!(h.scheduler.queue.len(), 1, "op-2 is queued again");
+    // The agent reconnects on a new session and reports the lease it kept running.
+    let (session, mut rx) = h.agent("a", 1);
+    h.result("a", session, &lease, LeaseOutcome::Completed);
+    assert_eq!(code(&response(&running).unwrap()), Code::Ok);
+    let next = next_lease(&mut rx).unwrap();
+    assert_eq!((next.lease_id.as_str(), next.attempt), ("op-2#1", 1));
+}
+
+#[test]
+fn a_recovered_lease_lapses_if_its_agent_never_returns() {
+    let mut h = Harness::new(3);
+    let (_, mut rx) = h.agent("a", 1);
+    let _op = h.submit(1);
+    assert!(next_lease(&mut rx).is_some());
+    let (meta, clock) = (Arc::clone(&h.meta), h.clock.clone());
+    drop(h);
+
+    let mut h = Harness::open(meta, clock, 3);
+    let (session, mut rx) = h.agent("b", 1);
+    assert!(next_lease(&mut rx).is_none());
+    h.advance(LEASE_TIMEOUT);
+    h.heartbeat("b", session, &[]);
+    let lease = next_lease(&mut rx).expect("requeued once the recovered lease lapsed");
+    assert_eq!(lease.attempt, 2);
+}
+
+#[test]
+fn cancelling_a_running_operation_tells_its_agent() {
+    let mut h = Harness::new(3);
+    let (_, mut rx) = h.agent("a", 1);
+    let op = h.submit(1);
+    let lease = next_lease(&mut rx).unwrap();
+    let (reply, mut answer) = oneshot::channel();
+    h.scheduler.handle(Request::Cancel {
+        name: "operations/op-1".into(),
+        reply,
+    });
+    answer.try_recv().unwrap().unwrap();
+    assert_eq!(code(&response(&op).unwrap()), Code::Cancelled);
+    let message = rx.try_recv().unwrap().unwrap();
+    assert!(
+        matches!(message.kind, Some(coordinator_message::Kind::Cancel(c)) if c.lease_id == lease.lease_id)
+    );
+}
