@@ -191,7 +191,8 @@ impl AgentConfig {
             .for_key("coordinator"));
         }
         if let Some(id) = &self.id {
-            check_agent_id(id).map_err(|reason| BadValue::new(id.as_str(), reason).for_key("id"))?;
+            check_agent_id(id)
+                .map_err(|reason| BadValue::new(id.as_str(), reason).for_key("id"))?;
         }
         Ok(())
     }

@@ -169,7 +169,10 @@ mod tests {
             }
         );
         let err = load::<Toy>(Some(&file), &e, &None).unwrap_err();
-        assert_eq!(err.to_string(), "invalid value for slots: \"0\": must be at least 1");
+        assert_eq!(
+            err.to_string(),
+            "invalid value for slots: \"0\": must be at least 1"
+        );
     }
 
     #[test]

@@ -24,7 +24,8 @@ where
 
 /// Parses a duration such as "30s", "10m" or "250ms".
 pub fn parse_duration(text: &str) -> Result<Duration, BadValue> {
-    humantime::parse_duration(text).map_err(|e| BadValue::new(text, format!("{e} ({DURATION_HINT})")))
+    humantime::parse_duration(text)
+        .map_err(|e| BadValue::new(text, format!("{e} ({DURATION_HINT})")))
 }
 
 /// Parses a boolean: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`.
