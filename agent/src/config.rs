@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tessera_config::{BadValue, EnvScope, Settings, parse, parse_bool, parse_duration, parse_list};
+use tessera_config::{
+    BadValue, EnvScope, Settings, file_duration, parse, parse_bool, parse_duration, parse_list,
+};
 
 pub use tessera_config::ConfigError;
 
@@ -155,11 +157,6 @@ pub fn parse_property(text: &str) -> Result<(String, String), BadValue> {
         return Err(BadValue::new(text, "the property name is empty"));
     }
     Ok((name.to_owned(), value.trim().to_owned()))
-}
-
-/// A duration from file key `key`.
-fn file_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    parse_duration(text).map_err(|bad| bad.for_key(key))
 }
 
 impl AgentConfig {

@@ -88,7 +88,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::{parse, parse_duration};
+    use crate::{file_duration, parse, parse_duration};
 
     /// A command with two settings, to watch the layers stack.
     #[derive(Debug, Default, PartialEq)]
@@ -118,7 +118,7 @@ mod tests {
                 self.slots = v;
             }
             if let Some(v) = file.grace {
-                self.grace = parse_duration(&v).map_err(|bad| bad.for_key("grace"))?;
+                self.grace = file_duration("grace", &v)?;
             }
             Ok(())
         }

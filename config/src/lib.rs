@@ -26,4 +26,4 @@ mod value;
 pub use env::{EnvScope, EnvUse};
 pub use error::{BadValue, ConfigError, UnknownEnvVar};
 pub use layers::{Settings, load, parse_file, read_file};
-pub use value::{DURATION_HINT, parse, parse_bool, parse_duration, parse_list};
+pub use value::{DURATION_HINT, file_duration, parse, parse_bool, parse_duration, parse_list};

@@ -8,7 +8,7 @@ use std::fmt::Display;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::BadValue;
+use crate::{BadValue, ConfigError};
 
 /// How a duration should be written, appended to every duration error.
 pub const DURATION_HINT: &str = "write durations like \"30s\", \"5m\", \"250ms\"";
@@ -26,6 +26,11 @@ where
 pub fn parse_duration(text: &str) -> Result<Duration, BadValue> {
     humantime::parse_duration(text)
         .map_err(|e| BadValue::new(text, format!("{e} ({DURATION_HINT})")))
+}
+
+/// Parses a duration written under file key `key`.
+pub fn file_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text).map_err(|bad| bad.for_key(key))
 }
 
 /// Parses a boolean: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`.

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tessera_config::{BadValue, EnvScope, Settings, parse, parse_duration, parse_list};
+use tessera_config::{
+    BadValue, EnvScope, Settings, file_duration, parse, parse_duration, parse_list,
+};
 
 pub use tessera_config::ConfigError;
 
@@ -173,11 +175,6 @@ impl CoordinatorConfig {
     pub fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
         self.merge_file(tessera_config::parse_file(path, text)?)
     }
-}
-
-/// A duration from file key `key`.
-fn file_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    parse_duration(text).map_err(|bad| bad.for_key(key))
 }
 
 impl Settings for CoordinatorConfig {
