@@ -1,9 +1,11 @@
-//! The agent's configuration: typed, strict, and loaded in one function.
+//! The agent's settings: what they are, their defaults, keys, variables and checks.
 //!
 //! Precedence, lowest first: built-in defaults, the TOML file (`--config`), `TESSERA_AGENT_*`
 //! environment variables (plus `TESSERA_COORDINATOR`, shared with the client commands), then
 //! command-line flags. Unknown file keys, unknown `TESSERA_AGENT_*` variables and malformed
 //! values are errors. Other `TESSERA_*` variables belong to other commands and are left alone.
+//! The layering itself, the value parsers and [`ConfigError`] live in `tessera-config`, shared
+//! with the coordinator and the CLI.
 //! Also owns the agent's identity: the configured id, or one generated once and kept in the
 //! work directory.
 
@@ -12,7 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
+use tessera_config::{
+    BadValue, EnvScope, Settings, file_duration, parse, parse_bool, parse_duration, parse_list,
+};
+
+pub use tessera_config::ConfigError;
 
 /// Whether to run actions in Linux namespaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -27,13 +33,14 @@ pub enum SandboxMode {
 }
 
 impl std::str::FromStr for SandboxMode {
-    type Err = String;
+    type Err = BadValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(SandboxMode::Auto),
             "off" => Ok(SandboxMode::Off),
-            other => Err(format!(
-                "unknown sandbox mode \"{other}\" (expected auto or off)"
+            other => Err(BadValue::new(
+                other,
+                format!("unknown sandbox mode \"{other}\" (expected auto or off)"),
             )),
         }
     }
@@ -109,41 +116,6 @@ pub struct AgentOverrides {
     pub drain_timeout: Option<Duration>,
 }
 
-/// Why the configuration could not be loaded.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("failed to read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema (unknown key, wrong type, ...).
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said, including the offending key.
-        message: String,
-    },
-    /// A variable, key or flag has a value that does not parse or is out of range.
-    #[error("invalid value for {key}: \"{value}\": {reason}")]
-    Value {
-        /// The variable, key or flag.
-        key: String,
-        /// The value given.
-        value: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// A `TESSERA_AGENT_*` variable that no setting uses.
-    #[error("unknown environment variable {0} (known: {known})", known = ENV_KEYS.join(", "))]
-    UnknownEnv(String),
-}
-
 /// Environment variables read by [`AgentConfig::load`].
 pub const ENV_KEYS: &[&str] = &[
     "TESSERA_COORDINATOR",
@@ -162,7 +134,7 @@ pub const ENV_KEYS: &[&str] = &[
 /// The file form: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
+pub struct FileConfig {
     coordinator: Option<String>,
     work_dir: Option<PathBuf>,
     slots: Option<u32>,
@@ -175,55 +147,14 @@ struct FileConfig {
     kill_grace: Option<String>,
 }
 
-fn value_error(key: &str, value: &str, reason: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Value {
-        key: key.to_owned(),
-        value: value.to_owned(),
-        reason: reason.to_string(),
-    }
-}
-
-fn parse_value<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    value
-        .parse()
-        .map_err(|e: T::Err| value_error(key, value, e))
-}
-
-fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value).map_err(|e| {
-        value_error(
-            key,
-            value,
-            format!("{e} (write durations like \"30s\", \"5m\", \"250ms\")"),
-        )
-    })
-}
-
-/// Parses a duration flag such as "30s", "10m" or "250ms" (a clap `value_parser`).
-pub fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{e} (write durations like \"30s\", \"10m\")"))
-}
-
-fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
-    match value {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(value_error(key, value, "expected true or false")),
-    }
-}
-
 /// Parses one `key=value` property.
-pub fn parse_property(key: &str, text: &str) -> Result<(String, String), ConfigError> {
+pub fn parse_property(text: &str) -> Result<(String, String), BadValue> {
     let Some((name, value)) = text.split_once('=') else {
-        return Err(value_error(key, text, "expected key=value"));
+        return Err(BadValue::new(text, "expected key=value"));
     };
     let name = name.trim();
     if name.is_empty() {
-        return Err(value_error(key, text, "the property name is empty"));
+        return Err(BadValue::new(text, "the property name is empty"));
     }
     Ok((name.to_owned(), value.trim().to_owned()))
 }
@@ -236,26 +167,44 @@ impl AgentConfig {
         env: &BTreeMap<String, String>,
         flags: &AgentOverrides,
     ) -> Result<Self, ConfigError> {
-        let mut config = AgentConfig::default();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            config.apply_file(path, &text)?;
-        }
-        config.apply_env(env)?;
-        config.apply_flags(flags)?;
-        config.check()?;
-        Ok(config)
+        tessera_config::load(file, env, flags)
     }
 
-    /// Applies a TOML document.
+    /// Applies a TOML document (the loader checks the settings once every layer is in).
     pub fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        self.merge_file(tessera_config::parse_file(path, text)?)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.slots == 0 {
+            return Err(BadValue::new("0", "an agent needs at least one slot").for_key("slots"));
+        }
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+            return Err(BadValue::new(
+                self.coordinator.as_str(),
+                "expected an endpoint like http://127.0.0.1:8980",
+            )
+            .for_key("coordinator"));
+        }
+        if let Some(id) = &self.id {
+            check_agent_id(id)
+                .map_err(|reason| BadValue::new(id.as_str(), reason).for_key("id"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Settings for AgentConfig {
+    type File = FileConfig;
+    type Flags = AgentOverrides;
+    const ENV: EnvScope = EnvScope {
+        reads: ENV_KEYS,
+        prefix: "TESSERA_AGENT_",
+        others: &[],
+    };
+
+    fn merge_file(&mut self, file: FileConfig) -> Result<(), ConfigError> {
         if let Some(v) = file.coordinator {
             self.coordinator = v;
         }
@@ -281,48 +230,38 @@ impl AgentConfig {
             self.keep_failed = v;
         }
         if let Some(v) = file.drain_timeout {
-            self.drain_timeout = Some(parse_duration("drain_timeout", &v)?);
+            self.drain_timeout = Some(file_duration("drain_timeout", &v)?);
         }
         if let Some(v) = file.kill_grace {
-            self.kill_grace = parse_duration("kill_grace", &v)?;
+            self.kill_grace = file_duration("kill_grace", &v)?;
         }
         Ok(())
     }
 
-    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-        for (key, value) in env {
-            match key.as_str() {
-                "TESSERA_COORDINATOR" => self.coordinator.clone_from(value),
-                "TESSERA_AGENT_WORK_DIR" => self.work_dir = PathBuf::from(value),
-                "TESSERA_AGENT_SLOTS" => self.slots = parse_value(key, value)?,
-                "TESSERA_AGENT_PROPERTIES" => {
-                    for item in value.split(',').filter(|s| !s.trim().is_empty()) {
-                        let (name, v) = parse_property(key, item)?;
-                        self.properties.insert(name, v);
-                    }
+    fn merge_env(&mut self, var: &str, value: &str) -> Result<(), BadValue> {
+        match var {
+            "TESSERA_COORDINATOR" => value.clone_into(&mut self.coordinator),
+            "TESSERA_AGENT_WORK_DIR" => self.work_dir = PathBuf::from(value),
+            "TESSERA_AGENT_SLOTS" => self.slots = parse(value)?,
+            "TESSERA_AGENT_PROPERTIES" => {
+                for item in parse_list(value) {
+                    let (name, v) = parse_property(&item)?;
+                    self.properties.insert(name, v);
                 }
-                "TESSERA_AGENT_ID" => self.id = Some(value.clone()),
-                "TESSERA_AGENT_MAX_CACHE_BYTES" => {
-                    self.max_cache_bytes = parse_value(key, value)?;
-                }
-                "TESSERA_AGENT_SANDBOX" => self.sandbox = parse_value(key, value)?,
-                "TESSERA_AGENT_KEEP_FAILED" => self.keep_failed = parse_bool(key, value)?,
-                "TESSERA_AGENT_DRAIN_TIMEOUT" => {
-                    self.drain_timeout = Some(parse_duration(key, value)?);
-                }
-                "TESSERA_AGENT_KILL_GRACE" => self.kill_grace = parse_duration(key, value)?,
-                // Read by the command line before this function runs.
-                "TESSERA_AGENT_CONFIG" => {}
-                other if other.starts_with("TESSERA_AGENT_") => {
-                    return Err(ConfigError::UnknownEnv(other.to_owned()));
-                }
-                _ => {}
             }
+            "TESSERA_AGENT_ID" => self.id = Some(value.to_owned()),
+            "TESSERA_AGENT_MAX_CACHE_BYTES" => self.max_cache_bytes = parse(value)?,
+            "TESSERA_AGENT_SANDBOX" => self.sandbox = parse(value)?,
+            "TESSERA_AGENT_KEEP_FAILED" => self.keep_failed = parse_bool(value)?,
+            "TESSERA_AGENT_DRAIN_TIMEOUT" => self.drain_timeout = Some(parse_duration(value)?),
+            "TESSERA_AGENT_KILL_GRACE" => self.kill_grace = parse_duration(value)?,
+            // TESSERA_AGENT_CONFIG: read by the command line before loading starts.
+            _ => {}
         }
         Ok(())
     }
 
-    fn apply_flags(&mut self, flags: &AgentOverrides) -> Result<(), ConfigError> {
+    fn merge_flags(&mut self, flags: &AgentOverrides) -> Result<(), ConfigError> {
         if let Some(v) = &flags.coordinator {
             self.coordinator.clone_from(v);
         }
@@ -333,7 +272,7 @@ impl AgentConfig {
             self.slots = v;
         }
         for item in &flags.properties {
-            let (name, value) = parse_property("--property", item)?;
+            let (name, value) = parse_property(item).map_err(|bad| bad.for_key("--property"))?;
             self.properties.insert(name, value);
         }
         if let Some(v) = &flags.id {
@@ -354,26 +293,8 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// Checks values that parse but make no sense.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        if self.slots == 0 {
-            return Err(value_error(
-                "slots",
-                "0",
-                "an agent needs at least one slot",
-            ));
-        }
-        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
-            return Err(value_error(
-                "coordinator",
-                &self.coordinator,
-                "expected an endpoint like http://127.0.0.1:8980",
-            ));
-        }
-        if let Some(id) = &self.id {
-            check_agent_id(id).map_err(|reason| value_error("id", id, reason))?;
-        }
-        Ok(())
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
     }
 }
 

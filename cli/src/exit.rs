@@ -1,14 +1,22 @@
-//! The documented exit codes of `tessera`, and the error type that carries one to `main`.
+//! The documented exit codes of `tessera`, the error type that carries one to `main`, and the
+//! one place that prints that error.
 //!
 //! | code | meaning |
 //! | --- | --- |
-//! | 0 | every test passed (flaky tests count as passed) |
+//! | 0 | every test passed (flaky tests count as passed), or the command did what it was asked |
 //! | 1 | tests failed (timed-out tests count as failed), or the prepare or list step failed: the build under test is broken |
-//! | 2 | usage or bad input: flags, an unsupported runner combination, a job the coordinator refused (`INVALID_ARGUMENT`) |
-//! | 3 | infrastructure: coordinator unreachable, the fleet lost the job (`JOB_RESULT_INFRASTRUCTURE`), the watch stream could not be re-attached |
+//! | 2 | usage or bad input: flags, configuration (file, `TESSERA_*` variables), an unsupported runner combination, a job the coordinator refused (`INVALID_ARGUMENT`) |
+//! | 3 | infrastructure: coordinator unreachable, the fleet lost the job (`JOB_RESULT_INFRASTRUCTURE`), the watch stream could not be re-attached, a server that cannot bind or open its data directory |
 //! | 130 | interrupted (Ctrl-C or SIGTERM): the job was cancelled |
+//!
+//! Every command returns `Result<Exit, CliError>`; [`exit_code`] turns that into the process's
+//! exit code and prints the error, once, as `tessera: <message>`.
 
 use std::process::ExitCode;
+
+use tessera_agent::AgentError;
+use tessera_config::ConfigError;
+use tessera_coordinator::ServerError;
 
 /// One of `tessera`'s exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,23 +44,32 @@ pub const EXIT_CODES_HELP: &str = "Exit codes: 0 all tests passed (flaky counts 
 1 tests failed (timed out counts as failed) or the prepare/list step failed, \
 2 usage or bad input, 3 infrastructure (coordinator unreachable, job lost), 130 interrupted (Ctrl-C or SIGTERM; the job is cancelled).";
 
-/// Why a client command stopped early; each variant maps to one exit code.
+/// Why a command stopped early; each variant maps to one exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// Bad flags or input, with what to do instead (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// The command's configuration is unusable (exit 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The coordinator or the machinery around it failed (exit 3).
     #[error("{0}")]
     Infrastructure(String),
+    /// `tessera coordinator` could not start, or failed while serving (exit 3).
+    #[error(transparent)]
+    Coordinator(#[from] ServerError),
+    /// `tessera agent` could not start, or failed while running (exit 3).
+    #[error(transparent)]
+    Agent(#[from] AgentError),
 }
 
 impl CliError {
     /// The exit code for this error.
     pub fn exit(&self) -> Exit {
         match self {
-            Self::Usage(_) => Exit::Usage,
-            Self::Infrastructure(_) => Exit::Infrastructure,
+            Self::Usage(_) | Self::Config(_) => Exit::Usage,
+            Self::Infrastructure(_) | Self::Coordinator(_) | Self::Agent(_) => Exit::Infrastructure,
         }
     }
 
@@ -81,5 +98,47 @@ impl CliError {
             | Code::Unauthenticated => Self::Usage(message),
             _ => Self::Infrastructure(message),
         }
+    }
+}
+
+/// The process exit code for a command's `result`. An error is printed here, once, on stderr.
+pub fn exit_code(result: Result<Exit, CliError>) -> ExitCode {
+    match result {
+        Ok(exit) => exit.into(),
+        Err(error) => {
+            eprintln!("tessera: {error}");
+            error.exit().into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tessera_coordinator::{ConfigOverrides, CoordinatorConfig};
+
+    use super::*;
+
+    #[test]
+    fn each_error_knows_its_exit_code() {
+        let env = BTreeMap::from([("TESSERA_LISTN".to_owned(), "x".to_owned())]);
+        let config = CoordinatorConfig::load(None, &env, &ConfigOverrides::default()).unwrap_err();
+        let error = CliError::from(config);
+        assert_eq!(error.exit(), Exit::Usage);
+        assert!(
+            error
+                .to_string()
+                .starts_with("unknown environment variable TESSERA_LISTN")
+        );
+        assert_eq!(CliError::usage("bad flag").exit(), Exit::Usage);
+        assert_eq!(CliError::infra("unreachable").exit(), Exit::Infrastructure);
+        let status = tonic::Status::unavailable("down");
+        assert_eq!(
+            CliError::from_status("Submit", &status).exit(),
+            Exit::Infrastructure
+        );
+        let status = tonic::Status::invalid_argument("no");
+        assert_eq!(CliError::from_status("Submit", &status).exit(), Exit::Usage);
     }
 }

@@ -1,26 +1,32 @@
-//! The `tessera` client: what `tessera run`, `watch`, `cancel`, `status` and `up` do, behind
-//! the thin `main.rs`.
+//! The `tessera` command: everything behind the thin `main.rs`, so tests reach it in-process.
 //!
 //! | module | owns |
 //! | --- | --- |
+//! | [`command`] | the command line: parser, subcommands, `--help` texts, which function runs each |
+//! | [`commands`] | one module per subcommand: `run`/`watch`, `status`/`cancel`, `up`, `coordinator`, `agent` |
+//! | [`exit`] | the documented exit codes, `CliError`, printing it once |
 //! | [`spec`] | the runner inferred from the command line, environment, platform: the `JobSpec` |
 //! | [`upload`] | snapshot of the working tree and upload of what the CAS lacks |
 //! | [`report`] | views of a job's events: progress bar or plain lines, JSON lines, JUnit XML |
-//! | [`exit`] | the documented exit codes |
 //! | [`paths`] | cache directory, endpoint file, exec roots |
 //! | [`connect`] | which coordinator: flag, environment, or the embedded cluster's endpoint file |
 //! | [`cluster`] | the embedded cluster (coordinator and agents in-process) and its lock |
 //! | [`watch`] | following a job: re-attaching lost streams, Ctrl-C as Cancel |
-//! | [`run`] | `tessera run` and `tessera watch` end to end |
-//! | [`status`] | `tessera status` and `tessera cancel` |
+//! | [`logging`] | log set-up: servers at info, clients warnings only |
+//! | [`signals`] | the servers' shutdown signal |
+//!
+//! Settings of `coordinator` and `agent` are loaded by their crates through `tessera-config`;
+//! duration flags parse with `tessera_config::parse_duration`.
 
 pub mod cluster;
+pub mod command;
+pub mod commands;
 pub mod connect;
 pub mod exit;
+pub mod logging;
 pub mod paths;
 pub mod report;
-pub mod run;
+pub mod signals;
 pub mod spec;
-pub mod status;
 pub mod upload;
 pub mod watch;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tessera_proto::reapi::{command::EnvironmentVariable, platform::Property};
 use tessera_proto::tessera::v1::JobSpec;
+use tessera_proto::time::to_proto_duration;
 use tessera_runners::{
     CargoTestRunner, CommandRunner, GoTestRunner, NextestRunner, PytestRunner, RunnerConfig,
 };
@@ -534,9 +535,7 @@ pub fn job_spec(
             .collect(),
         retries: settings.retries,
         fail_fast: settings.fail_fast,
-        test_timeout: settings
-            .timeout
-            .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        test_timeout: settings.timeout.map(to_proto_duration),
         priority: settings.priority,
         submitter: settings.submitter.clone(),
         title: settings.title.clone(),

@@ -1,8 +1,10 @@
-//! The coordinator's configuration: typed, strict, and loaded in one function.
+//! The coordinator's settings: what they are, their defaults, keys, variables and checks.
 //!
 //! Precedence, lowest first: built-in defaults, the TOML file (`--config`), `TESSERA_*`
 //! environment variables, command-line flags. Unknown keys in the file are errors, and so are
-//! malformed environment values: a typo never silently falls back to a default.
+//! malformed environment values and unknown `TESSERA_*` variables that no other command uses:
+//! a typo never silently falls back to a default. The layering itself, the value parsers and
+//! [`ConfigError`] live in `tessera-config`, shared with the agent and the CLI.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
+use tessera_config::{
+    BadValue, EnvScope, Settings, file_duration, parse, parse_duration, parse_list,
+};
+
+pub use tessera_config::ConfigError;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -24,13 +30,14 @@ pub enum LogFormat {
 }
 
 impl std::str::FromStr for LogFormat {
-    type Err = String;
+    type Err = BadValue;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "unknown log format \"{other}\" (expected text or json)"
+            other => Err(BadValue::new(
+                other,
+                format!("unknown log format \"{other}\" (expected text or json)"),
             )),
         }
     }
@@ -42,7 +49,7 @@ pub struct CoordinatorConfig {
     /// gRPC listen address. Loopback by default: until authentication exists, a coordinator
     /// reachable from a network runs whatever its clients send.
     pub listen: SocketAddr,
-    /// Directory for all state: `meta/` (sled) and `cas/` (blobs).
+    /// Directory for all state: `meta/` (the redb metadata store) and `cas/` (blobs).
     pub data_dir: PathBuf,
     /// Byte budget for blobs at rest; `None` means no limit.
     pub max_cas_bytes: Option<u64>,
@@ -96,7 +103,7 @@ impl Default for CoordinatorConfig {
 /// The file form: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
+pub struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     max_cas_bytes: Option<u64>,
@@ -124,41 +131,6 @@ pub struct ConfigOverrides {
     pub log_format: Option<LogFormat>,
 }
 
-/// Why the configuration could not be loaded.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("failed to read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this schema (unknown key, wrong type, ...).
-    #[error("invalid config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What the parser said, including the offending key.
-        message: String,
-    },
-    /// An environment variable or key has a value that does not parse.
-    #[error("invalid value for {key}: \"{value}\": {reason}")]
-    Value {
-        /// The variable or key.
-        key: String,
-        /// The value given.
-        value: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// A `TESSERA_*` variable that no setting uses.
-    #[error("unknown environment variable {0} (known: {known})", known = ENV_KEYS.join(", "))]
-    UnknownEnv(String),
-}
-
 /// Environment variables read by [`CoordinatorConfig::load`]. Other `TESSERA_*` variables that
 /// belong to other commands are listed in [`OTHER_ENV_KEYS`] and ignored here.
 pub const ENV_KEYS: &[&str] = &[
@@ -177,72 +149,44 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_CONFIG",
 ];
 
-/// `TESSERA_*` variables used by other parts of the `tessera` binary.
+/// `TESSERA_*` variables used by other parts of the `tessera` binary (a trailing `*` covers a
+/// prefix: every agent variable).
 pub const OTHER_ENV_KEYS: &[&str] = &[
     "TESSERA_COORDINATOR",
     "TESSERA_WORK_DIR",
     "TESSERA_SLOTS",
     "TESSERA_AGENT_ID",
     "TESSERA_BIN",
+    "TESSERA_AGENT_*",
 ];
-
-fn parse_value<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    value.parse().map_err(|e: T::Err| ConfigError::Value {
-        key: key.to_owned(),
-        value: value.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value).map_err(|e| ConfigError::Value {
-        key: key.to_owned(),
-        value: value.to_owned(),
-        reason: format!("{e} (write durations like \"30s\", \"5m\", \"250ms\")"),
-    })
-}
 
 impl CoordinatorConfig {
     /// Loads the configuration: defaults, then `file` (if any), then the `TESSERA_*` entries of
-    /// `env`, then `flags`.
+    /// `env`, then `flags`; then checks it.
     pub fn load(
         file: Option<&Path>,
         env: &BTreeMap<String, String>,
         flags: &ConfigOverrides,
     ) -> Result<Self, ConfigError> {
-        let mut config = CoordinatorConfig::default();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            config.apply_file(path, &text)?;
-        }
-        config.apply_env(env)?;
-        if let Some(listen) = flags.listen {
-            config.listen = listen;
-        }
-        if let Some(dir) = &flags.data_dir {
-            config.data_dir.clone_from(dir);
-        }
-        if let Some(max) = flags.max_cas_bytes {
-            config.max_cas_bytes = Some(max);
-        }
-        if let Some(format) = flags.log_format {
-            config.log_format = format;
-        }
-        Ok(config)
+        tessera_config::load(file, env, flags)
     }
 
-    /// Applies a TOML document.
+    /// Applies a TOML document (the loader checks the settings once every layer is in).
     pub fn apply_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        self.merge_file(tessera_config::parse_file(path, text)?)
+    }
+}
+
+impl Settings for CoordinatorConfig {
+    type File = FileConfig;
+    type Flags = ConfigOverrides;
+    const ENV: EnvScope = EnvScope {
+        reads: ENV_KEYS,
+        prefix: "TESSERA_",
+        others: OTHER_ENV_KEYS,
+    };
+
+    fn merge_file(&mut self, file: FileConfig) -> Result<(), ConfigError> {
         if let Some(v) = file.listen {
             self.listen = v;
         }
@@ -253,7 +197,7 @@ impl CoordinatorConfig {
             self.max_cas_bytes = Some(v);
         }
         if let Some(v) = file.cas_protect_recent {
-            self.cas_protect_recent = parse_duration("cas_protect_recent", &v)?;
+            self.cas_protect_recent = file_duration("cas_protect_recent", &v)?;
         }
         if let Some(v) = file.max_batch_total_size_bytes {
             self.max_batch_total_size_bytes = v;
@@ -262,96 +206,85 @@ impl CoordinatorConfig {
             self.log_format = v;
         }
         if let Some(v) = file.lease_timeout {
-            self.lease_timeout = parse_duration("lease_timeout", &v)?;
+            self.lease_timeout = file_duration("lease_timeout", &v)?;
         }
         if let Some(v) = file.max_attempts {
             self.max_attempts = v;
         }
         if let Some(v) = file.operation_retention {
-            self.operation_retention = parse_duration("operation_retention", &v)?;
+            self.operation_retention = file_duration("operation_retention", &v)?;
         }
         if let Some(v) = file.default_action_timeout {
-            self.default_action_timeout = parse_duration("default_action_timeout", &v)?;
+            self.default_action_timeout = file_duration("default_action_timeout", &v)?;
         }
         if let Some(v) = file.max_action_timeout {
-            self.max_action_timeout = parse_duration("max_action_timeout", &v)?;
+            self.max_action_timeout = file_duration("max_action_timeout", &v)?;
         }
         if let Some(v) = file.platform_keys {
             self.platform_keys = v;
         }
-        self.check()
+        Ok(())
     }
 
-    /// Checks values that parse but make no sense together.
-    fn check(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, value: String, reason: &str| ConfigError::Value {
-            key: key.to_owned(),
-            value,
-            reason: reason.to_owned(),
-        };
-        if self.lease_timeout < Duration::from_millis(200) {
-            return Err(bad(
-                "lease_timeout",
-                format!("{:?}", self.lease_timeout),
-                "must be at least 200ms",
-            ));
-        }
-        if self.max_attempts == 0 {
-            return Err(bad("max_attempts", "0".into(), "must be at least 1"));
-        }
-        if self.default_action_timeout > self.max_action_timeout {
-            return Err(bad(
-                "default_action_timeout",
-                format!("{:?}", self.default_action_timeout),
-                "must not exceed max_action_timeout",
-            ));
+    fn merge_env(&mut self, var: &str, value: &str) -> Result<(), BadValue> {
+        match var {
+            "TESSERA_LISTEN" => self.listen = parse(value)?,
+            "TESSERA_DATA_DIR" => self.data_dir = PathBuf::from(value),
+            "TESSERA_MAX_CAS_BYTES" => self.max_cas_bytes = Some(parse(value)?),
+            "TESSERA_CAS_PROTECT_RECENT" => self.cas_protect_recent = parse_duration(value)?,
+            "TESSERA_MAX_BATCH_TOTAL_SIZE_BYTES" => {
+                self.max_batch_total_size_bytes = parse(value)?;
+            }
+            "TESSERA_LOG_FORMAT" => self.log_format = parse(value)?,
+            "TESSERA_LEASE_TIMEOUT" => self.lease_timeout = parse_duration(value)?,
+            "TESSERA_MAX_ATTEMPTS" => self.max_attempts = parse(value)?,
+            "TESSERA_OPERATION_RETENTION" => self.operation_retention = parse_duration(value)?,
+            "TESSERA_DEFAULT_ACTION_TIMEOUT" => {
+                self.default_action_timeout = parse_duration(value)?;
+            }
+            "TESSERA_MAX_ACTION_TIMEOUT" => self.max_action_timeout = parse_duration(value)?,
+            "TESSERA_PLATFORM_KEYS" => self.platform_keys = parse_list(value),
+            // TESSERA_CONFIG: read by the command line before loading starts.
+            _ => {}
         }
         Ok(())
     }
 
-    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-        for (key, value) in env.range("TESSERA_".to_owned()..) {
-            if !key.starts_with("TESSERA_") {
-                break;
-            }
-            match key.as_str() {
-                "TESSERA_LISTEN" => self.listen = parse_value(key, value)?,
-                "TESSERA_DATA_DIR" => self.data_dir = PathBuf::from(value),
-                "TESSERA_MAX_CAS_BYTES" => self.max_cas_bytes = Some(parse_value(key, value)?),
-                "TESSERA_CAS_PROTECT_RECENT" => {
-                    self.cas_protect_recent = parse_duration(key, value)?;
-                }
-                "TESSERA_MAX_BATCH_TOTAL_SIZE_BYTES" => {
-                    self.max_batch_total_size_bytes = parse_value(key, value)?;
-                }
-                "TESSERA_LOG_FORMAT" => self.log_format = parse_value(key, value)?,
-                "TESSERA_LEASE_TIMEOUT" => self.lease_timeout = parse_duration(key, value)?,
-                "TESSERA_MAX_ATTEMPTS" => self.max_attempts = parse_value(key, value)?,
-                "TESSERA_OPERATION_RETENTION" => {
-                    self.operation_retention = parse_duration(key, value)?;
-                }
-                "TESSERA_DEFAULT_ACTION_TIMEOUT" => {
-                    self.default_action_timeout = parse_duration(key, value)?;
-                }
-                "TESSERA_MAX_ACTION_TIMEOUT" => {
-                    self.max_action_timeout = parse_duration(key, value)?
-                }
-                "TESSERA_PLATFORM_KEYS" => {
-                    self.platform_keys = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|k| !k.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                }
-                // Read by the command line before this function runs.
-                "TESSERA_CONFIG" => {}
-                other if OTHER_ENV_KEYS.contains(&other) || other.starts_with("TESSERA_AGENT_") => {
-                }
-                other => return Err(ConfigError::UnknownEnv(other.to_owned())),
-            }
+    fn merge_flags(&mut self, flags: &ConfigOverrides) -> Result<(), ConfigError> {
+        if let Some(listen) = flags.listen {
+            self.listen = listen;
         }
-        self.check()
+        if let Some(dir) = &flags.data_dir {
+            self.data_dir.clone_from(dir);
+        }
+        if let Some(max) = flags.max_cas_bytes {
+            self.max_cas_bytes = Some(max);
+        }
+        if let Some(format) = flags.log_format {
+            self.log_format = format;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.lease_timeout < Duration::from_millis(200) {
+            return Err(BadValue::new(
+                format!("{:?}", self.lease_timeout),
+                "must be at least 200ms",
+            )
+            .for_key("lease_timeout"));
+        }
+        if self.max_attempts == 0 {
+            return Err(BadValue::new("0", "must be at least 1").for_key("max_attempts"));
+        }
+        if self.default_action_timeout > self.max_action_timeout {
+            return Err(BadValue::new(
+                format!("{:?}", self.default_action_timeout),
+                "must not exceed max_action_timeout",
+            )
+            .for_key("default_action_timeout"));
+        }
+        Ok(())
     }
 }
 

@@ -1,9 +1,12 @@
 //! The dependency rule of DESIGN.md §2, checked: `proto` and `cas` know nothing of the
-//! coordinator or the agent; the agent and the coordinator never depend on each other.
+//! coordinator or the agent; the agent and the coordinator never depend on each other;
+//! `config` (configuration loading, shared by every command) depends on nothing of ours and
+//! stays tiny.
 
 use std::path::Path;
 
-fn tessera_deps(crate_dir: &str) -> Vec<String> {
+/// The names of a crate's normal and build dependencies (none if the crate does not exist).
+fn deps(crate_dir: &str) -> Vec<String> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(crate_dir)
@@ -16,6 +19,12 @@ fn tessera_deps(crate_dir: &str) -> Vec<String> {
         .iter()
         .filter_map(|section| doc.get(*section).and_then(|v| v.as_table()))
         .flat_map(|table| table.keys().cloned())
+        .collect()
+}
+
+fn tessera_deps(crate_dir: &str) -> Vec<String> {
+    deps(crate_dir)
+        .into_iter()
         .filter(|name| name.starts_with("tessera-"))
         .collect()
 }
@@ -49,6 +58,11 @@ fn crates_depend_only_downwards() {
             &["tessera-coordinator", "tessera-agent", "tessera-cli"],
         ),
     ];
+    assert!(
+        tessera_deps("config").is_empty(),
+        "config/ must not depend on our other crates: {:?}",
+        tessera_deps("config")
+    );
     for (crate_dir, not_allowed) in forbidden {
         for dep in tessera_deps(crate_dir) {
             assert!(
@@ -56,5 +70,20 @@ fn crates_depend_only_downwards() {
                 "{crate_dir}/ must not depend on {dep} (DESIGN.md §2)"
             );
         }
+    }
+}
+
+/// Every crate may depend on `tessera-config`, so it must stay small: no async runtime, no gRPC,
+/// only what reading TOML, durations and errors takes.
+#[test]
+fn the_config_crate_stays_tiny() {
+    let allowed = ["serde", "toml", "humantime", "thiserror"];
+    let deps = deps("config");
+    assert!(!deps.is_empty(), "config/Cargo.toml is missing");
+    for dep in deps {
+        assert!(
+            allowed.contains(&dep.as_str()),
+            "config/ must not depend on {dep}: only {allowed:?}"
+        );
     }
 }

@@ -7,6 +7,7 @@ use tessera_proto::tessera::v1::{
     JobEvent, JobFinished, JobPhase, JobResult, Progress, TestFinished, TestOutcome, TestsPlanned,
     job_event::Kind,
 };
+use tessera_proto::time::from_proto_duration;
 
 use crate::exit::Exit;
 
@@ -156,8 +157,7 @@ pub fn timing_line(finished: &JobFinished) -> String {
 
 /// A protobuf duration as a std one (negative or missing: zero).
 pub fn duration(d: Option<&prost_types::Duration>) -> Duration {
-    d.and_then(|d| Duration::try_from(*d).ok())
-        .unwrap_or_default()
+    d.and_then(from_proto_duration).unwrap_or_default()
 }
 
 /// `1.23s`, `45ms`, `2m03s`.

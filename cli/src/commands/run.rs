@@ -59,7 +59,7 @@ pub struct RunArgs {
     )]
     pub priority: i32,
     /// Deadline of one test, e.g. "90s" or "5m" [default: the coordinator's].
-    #[arg(long, value_name = "DURATION", value_parser = tessera_agent::config::parse_duration_arg)]
+    #[arg(long, value_name = "DURATION", value_parser = tessera_config::parse_duration)]
     pub timeout: Option<Duration>,
     /// Environment variable for every step, KEY=VALUE, or KEY to pass its value from here;
     /// repeatable.

@@ -1,0 +1,127 @@
+//! `tessera`'s command line: the parser, its subcommands with their `--help` texts, and the one
+//! `match` that runs each. The commands themselves live in [`crate::commands`].
+
+use clap::{Parser, Subcommand};
+
+use crate::commands::agent::{self, AgentArgs};
+use crate::commands::coordinator::{self, CoordinatorArgs};
+use crate::commands::run::{self, RunArgs, WatchArgs};
+use crate::commands::status::{self, CancelArgs, StatusArgs};
+use crate::commands::up::{self, UpArgs};
+use crate::exit::{CliError, EXIT_CODES_HELP, Exit};
+use crate::{logging, spec};
+
+/// The `tessera` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a distributed build and test runner with a Remote Execution API v2 cache",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A `tessera` subcommand and its flags.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a test suite on the fleet: snapshot the working tree, submit it, show progress and
+    /// failures, exit with the result.
+    ///
+    /// `tessera run -- cargo test`, `-- cargo nextest run`, `-- pytest -k fast`, `-- go test
+    /// ./...`, or any command with `--runner command --list-command CMD -- RUN TEMPLATE` (the
+    /// template names {tests} or {tests_file}). The project root (git top level, else the
+    /// current directory) is seen at /var/tmp/tessera/<its name> on every agent. Without
+    /// --coordinator or TESSERA_COORDINATOR, the run joins the embedded cluster of `tessera up`
+    /// or starts one for its duration. Ctrl-C (or SIGTERM) cancels the job and exits 130.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Follow a job (again) from its first event, shown like `tessera run`, with the same exit
+    /// codes.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Watch(WatchArgs),
+    /// Cancel a job.
+    Cancel(CancelArgs),
+    /// Jobs, agents and the queue of a coordinator.
+    Status(StatusArgs),
+    /// Run an embedded cluster in the foreground: a coordinator and local agents on loopback,
+    /// with state under the user cache directory; `tessera run` on this machine uses it.
+    /// Ctrl-C or SIGTERM stops it.
+    Up(UpArgs),
+    /// Run the coordinator: REAPI CAS, ByteStream, ActionCache, Execution, Operations and
+    /// Capabilities, plus the agent protocol, on one port.
+    ///
+    /// Point Bazel at it with `--remote_cache=grpc://HOST:PORT` or
+    /// `--remote_executor=grpc://HOST:PORT` (start agents with `tessera agent`). Settings come
+    /// from defaults, then --config FILE, then TESSERA_* environment variables, then these
+    /// flags.
+    Coordinator(CoordinatorArgs),
+    /// Run an agent: connect to a coordinator and run the actions it leases.
+    ///
+    /// Settings come from defaults, then --config FILE, then TESSERA_AGENT_* (and
+    /// TESSERA_COORDINATOR) environment variables, then these flags. SIGTERM or Ctrl-C drains:
+    /// no new leases, running ones finish and are reported; a second signal stops them at once.
+    Agent(AgentArgs),
+}
+
+impl Command {
+    /// Runs the command. The servers set up their own logging (after their configuration is
+    /// loaded, in its format); the client commands log warnings only.
+    pub async fn run(self) -> Result<Exit, CliError> {
+        match self {
+            Command::Coordinator(args) => coordinator::coordinator(args).await,
+            Command::Agent(args) => agent::agent(args).await,
+            Command::Up(args) => up::up(args).await,
+            Command::Run(args) => {
+                logging::init_client();
+                let title = spec::title(&std::env::args().skip(1).collect::<Vec<_>>());
+                run::run(args, format!("tessera {title}")).await
+            }
+            Command::Watch(args) => {
+                logging::init_client();
+                run::watch(args).await
+            }
+            Command::Cancel(args) => {
+                logging::init_client();
+                status::cancel(args).await
+            }
+            Command::Status(args) => {
+                logging::init_client();
+                status::status(args).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn duration_flags_share_the_config_parser() {
+        let cli = Cli::try_parse_from(["tessera", "agent", "--drain-timeout", "10m"]).unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(
+            args.drain_timeout,
+            Some(std::time::Duration::from_secs(600))
+        );
+        let err = Cli::try_parse_from(["tessera", "agent", "--drain-timeout", "soon"]).unwrap_err();
+        assert_eq!(err.exit_code(), Exit::Usage as i32);
+        assert!(
+            err.to_string().contains(tessera_config::DURATION_HINT),
+            "{err}"
+        );
+    }
+}

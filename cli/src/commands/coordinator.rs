@@ -1,0 +1,61 @@
+//! `tessera coordinator`: load the coordinator's settings, serve until SIGTERM or SIGINT, then
+//! drain and flush (the server's own shutdown protocol, in `tessera-coordinator`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tessera_coordinator::{ConfigOverrides, Coordinator, CoordinatorConfig, LogFormat};
+
+use crate::exit::{CliError, Exit};
+use crate::logging;
+use crate::signals::shutdown_signal;
+
+/// `tessera coordinator` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CoordinatorArgs {
+    /// TOML configuration file (unknown keys are errors). Also TESSERA_CONFIG.
+    #[arg(long, env = "TESSERA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:8980]. Also TESSERA_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for all state [default: ./tessera-data]. Also TESSERA_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Byte budget for stored blobs; least recently used blobs are evicted beyond it.
+    /// Also TESSERA_MAX_CAS_BYTES.
+    #[arg(long, value_name = "BYTES")]
+    pub max_cas_bytes: Option<u64>,
+    /// Log format: text or json [default: text]. Verbosity comes from RUST_LOG.
+    /// Also TESSERA_LOG_FORMAT.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl CoordinatorArgs {
+    /// The settings these flags override.
+    fn overrides(&self) -> ConfigOverrides {
+        ConfigOverrides {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            max_cas_bytes: self.max_cas_bytes,
+            log_format: self.log_format,
+        }
+    }
+}
+
+/// `tessera coordinator`: a configuration error exits 2; failing to start or to serve, 3.
+pub async fn coordinator(args: CoordinatorArgs) -> Result<Exit, CliError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = CoordinatorConfig::load(args.config.as_deref(), &env, &args.overrides())?;
+    logging::init_server(config.log_format);
+    let server = Coordinator::start(&config).await?;
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    server.run_until_shutdown().await?;
+    Ok(Exit::Success)
+}

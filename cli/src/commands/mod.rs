@@ -1,0 +1,16 @@
+//! One module per `tessera` subcommand: its clap flags and the function that runs it, returning
+//! `Result<Exit, CliError>` (see [`crate::exit`]).
+//!
+//! | module | commands |
+//! | --- | --- |
+//! | [`run`] | `tessera run`, `tessera watch` |
+//! | [`status`] | `tessera status`, `tessera cancel` |
+//! | [`up`] | `tessera up`: the embedded cluster in the foreground |
+//! | [`coordinator`] | `tessera coordinator` |
+//! | [`agent`] | `tessera agent` |
+
+pub mod agent;
+pub mod coordinator;
+pub mod run;
+pub mod status;
+pub mod up;
