@@ -1,19 +1,25 @@
 //! One lease's pipeline: check → fetch → run → upload → report.
 //!
 //! [`LeasePipeline::run`] turns a `Lease` into the `LeaseResult` to send back, by way of a
-//! [`RunOutcome`]: what happened, not an error. The status code of every way a lease can end
-//! is chosen in one place, [`lease_status`]:
+//! [`RunOutcome`]: what happened, not an error. The `LeaseOutcome` the coordinator is told
+//! for every way a lease can end is chosen in one place, [`Report::of`]; it is Tessera's own
+//! outcome, not a gRPC code: the coordinator alone decides what a REAPI client sees.
 //!
-//! | outcome | status | result |
+//! | how the lease ended | outcome | result |
 //! | --- | --- | --- |
-//! | command ran (any exit code) | OK | outputs, stdout/stderr, exit code, metadata |
-//! | timed out | DEADLINE_EXCEEDED | stdout/stderr so far, exit code |
+//! | command ran (any exit code) | COMPLETED | outputs, stdout/stderr, exit code, metadata |
+//! | timed out | TIMED_OUT | stdout/stderr so far, exit code |
 //! | cancelled by the coordinator | CANCELLED | none |
-//! | stopped because the agent is stopping | UNAVAILABLE | none |
-//! | inputs missing from the CAS | FAILED_PRECONDITION + `PreconditionFailure` (MISSING) | none |
-//! | bad lease, tree, command, platform, outputs or step spec | INVALID_ARGUMENT | none |
-//! | CAS unreachable, local cache full | UNAVAILABLE | none |
-//! | local disk or other agent trouble | INTERNAL | none |
+//! | stopped because the agent is stopping | RETRYABLE | none |
+//! | inputs missing from the CAS | MISSING_INPUTS, `missing` lists them | none |
+//! | bad lease, tree, command, platform, outputs or step spec | INVALID_ACTION | none |
+//! | CAS unreachable, local cache full | RETRYABLE | none |
+//! | local disk or other agent trouble | RETRYABLE | none |
+//! | not started: slots busy or draining (`session`) | REFUSED | none |
+//! | the agent's lease task failed (`session`) | RETRYABLE | none |
+//!
+//! Every outcome but COMPLETED carries a message saying why. The agent names missing blobs by
+//! digest only; the coordinator builds the REAPI `PreconditionFailure` from them.
 //!
 //! A builtin step action (`tessera-builtin run-step ...`) runs through the same stages; only
 //! the run differs (see `step`). An action with an `exec-root` platform property sees its input
@@ -26,12 +32,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use prost::Message;
 use tessera_cas::client::{CasClient, ClientError};
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_proto::reapi::{ActionResult, Command, ExecutedActionMetadata};
-use tessera_proto::rpc::{PreconditionFailure, Status, precondition_failure};
-use tessera_proto::tessera::v1::{Lease, LeaseResult, LeaseStage};
+use tessera_proto::tessera::v1::{Lease, LeaseOutcome, LeaseResult, LeaseStage};
+use tessera_proto::time::from_proto_duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -50,10 +55,11 @@ use crate::sandbox::{
     Isolation, ProcessExit, ProcessRunner, ProcessSpec, SpawnError, resolve_program,
 };
 use crate::step::{
-    StepContext, StepEnd, StepError, check_persist_paths, lay_out_persist, run_step,
+    PersistPathError, StepContext, StepEnd, StepError, check_persist_paths, lay_out_persist,
+    run_step,
 };
 use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
-use tessera_runners::step::{StepReport, StepSpec};
+use tessera_runners::step::{StepArgvError, StepReport, StepSpec};
 
 /// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
 const UPLOAD_ATTEMPTS: u32 = 5;
@@ -157,7 +163,7 @@ pub enum RunOutcome {
         reason: CancelReason,
     },
     /// The command did not run to an end: the action is malformed, its inputs are missing, or
-    /// the agent failed. [`LeaseError::code`] says which.
+    /// the agent failed. [`LeaseError::outcome`] says which.
     Error {
         /// Where it failed.
         stage: Stage,
@@ -179,6 +185,12 @@ pub enum LeaseError {
     /// The lease lacks the action or command, or its fields are malformed.
     #[error("malformed lease: {0}")]
     BadLease(String),
+    /// The command names a builtin step, but not in the form the agent reads.
+    #[error("malformed lease: {0}")]
+    StepArgv(#[from] StepArgvError),
+    /// A prepare step asks to keep a directory it may not.
+    #[error("malformed lease: {0}")]
+    PersistPath(#[from] PersistPathError),
     /// The action's platform asks for something the agent cannot read.
     #[error(transparent)]
     Platform(#[from] PlatformError),
@@ -212,37 +224,37 @@ pub enum LeaseError {
 }
 
 impl LeaseError {
-    /// The status code the coordinator gets: whose fault it is and whether to retry.
-    pub fn code(&self) -> Code {
+    /// The outcome the coordinator is told: whose fault it is and whether to retry.
+    pub fn outcome(&self) -> LeaseOutcome {
+        use LeaseOutcome::{InvalidAction, MissingInputs, Retryable};
         match self {
-            LeaseError::BadLease(_) | LeaseError::Platform(_) => Code::InvalidArgument,
+            LeaseError::BadLease(_)
+            | LeaseError::StepArgv(_)
+            | LeaseError::PersistPath(_)
+            | LeaseError::Platform(_) => InvalidAction,
             LeaseError::Inputs(error) => match error {
-                MaterializeError::Fetch(FetchError::Missing(_)) => Code::FailedPrecondition,
-                MaterializeError::Fetch(FetchError::Cas(_) | FetchError::Evicted(_)) => {
-                    Code::Unavailable
-                }
+                MaterializeError::Fetch(FetchError::Missing(_)) => MissingInputs,
+                MaterializeError::Fetch(FetchError::Cas(_) | FetchError::Evicted(_)) => Retryable,
                 // No room in the local cache: another agent may have it.
                 MaterializeError::Fetch(FetchError::Store(
                     tessera_cas::store::StoreError::Full { .. },
-                )) => Code::Unavailable,
-                MaterializeError::InvalidTree(_) | MaterializeError::Decode { .. } => {
-                    Code::InvalidArgument
-                }
+                )) => Retryable,
+                MaterializeError::InvalidTree(_) | MaterializeError::Decode { .. } => InvalidAction,
                 MaterializeError::Fetch(FetchError::Store(_) | FetchError::Task(_))
                 | MaterializeError::NotCached(_)
-                | MaterializeError::Io { .. } => Code::Internal,
+                | MaterializeError::Io { .. } => Retryable,
             },
-            LeaseError::Spawn(error) if error.is_user_error() => Code::InvalidArgument,
-            LeaseError::ExecRoot(error) if error.is_user_error() => Code::InvalidArgument,
+            LeaseError::Spawn(error) if error.is_user_error() => InvalidAction,
+            LeaseError::ExecRoot(error) if error.is_user_error() => InvalidAction,
             // The host is in the way (a directory where the exec root goes, a disk error).
-            LeaseError::ExecRoot(_) | LeaseError::Step(_) => Code::Internal,
-            LeaseError::Outputs(error) if error.is_user_error() => Code::InvalidArgument,
-            LeaseError::Outputs(OutputError::Upload(_)) | LeaseError::Cas(_) => Code::Unavailable,
-            LeaseError::Spawn(_) | LeaseError::Outputs(_) | LeaseError::Io { .. } => Code::Internal,
+            LeaseError::ExecRoot(_) | LeaseError::Step(_) => Retryable,
+            LeaseError::Outputs(error) if error.is_user_error() => InvalidAction,
+            LeaseError::Outputs(OutputError::Upload(_)) | LeaseError::Cas(_) => Retryable,
+            LeaseError::Spawn(_) | LeaseError::Outputs(_) | LeaseError::Io { .. } => Retryable,
         }
     }
 
-    /// Blobs the CAS lacks, for the `PreconditionFailure` details.
+    /// Blobs the CAS lacks, for `LeaseResult.missing`.
     pub fn missing_blobs(&self) -> &[Digest] {
         match self {
             LeaseError::Inputs(MaterializeError::Fetch(FetchError::Missing(digests))) => digests,
@@ -256,51 +268,69 @@ fn io_error(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LeaseError 
     move |source| LeaseError::Io { op, source }
 }
 
-/// The status a lease's result carries (see the table in the module docs).
-pub fn lease_status(outcome: &RunOutcome) -> Status {
-    let status = |code: Code, message: String| Status {
-        code: code as i32,
-        message,
-        details: Vec::new(),
-    };
-    match outcome {
-        RunOutcome::Passed | RunOutcome::Failed { .. } => status(Code::Ok, String::new()),
-        RunOutcome::TimedOut { after } => status(
-            Code::DeadlineExceeded,
-            format!(
-                "command timed out after {}",
-                humantime::format_duration(*after)
-            ),
-        ),
-        RunOutcome::Cancelled {
-            reason: CancelReason::Coordinator,
-        } => status(Code::Cancelled, "lease cancelled".into()),
-        RunOutcome::Cancelled {
-            reason: CancelReason::AgentStopping,
-        } => status(
-            Code::Unavailable,
-            "the agent stopped before the action finished".into(),
-        ),
-        RunOutcome::Error { stage, error } => {
-            let mut s = status(error.code(), format!("{stage}: {error}"));
-            let missing = error.missing_blobs();
-            if !missing.is_empty() {
-                let failure = PreconditionFailure {
-                    violations: missing
-                        .iter()
-                        .map(|d| precondition_failure::Violation {
-                            r#type: "MISSING".into(),
-                            subject: format!("blobs/{}/{}", d.hash_hex(), d.size_bytes),
-                            description: format!("input blob {d} is not in the CAS"),
-                        })
-                        .collect(),
-                };
-                s.details.push(prost_types::Any {
-                    type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
-                    value: failure.encode_to_vec(),
-                });
+/// How a lease ended, as the coordinator is told: the fields of a `LeaseResult` besides the
+/// action's result (see the table in the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The outcome.
+    pub outcome: LeaseOutcome,
+    /// Why, for every outcome but COMPLETED.
+    pub message: String,
+    /// For MISSING_INPUTS: the blobs the CAS lacks.
+    pub missing: Vec<Digest>,
+}
+
+impl Report {
+    /// An outcome with its message and no missing blobs.
+    pub fn new(outcome: LeaseOutcome, message: impl Into<String>) -> Self {
+        Report {
+            outcome,
+            message: message.into(),
+            missing: Vec::new(),
+        }
+    }
+
+    /// What the coordinator is told about a lease that ended with `outcome`.
+    pub fn of(outcome: &RunOutcome) -> Self {
+        match outcome {
+            RunOutcome::Passed | RunOutcome::Failed { .. } => {
+                Report::new(LeaseOutcome::Completed, "")
             }
-            s
+            RunOutcome::TimedOut { after } => Report::new(
+                LeaseOutcome::TimedOut,
+                format!(
+                    "command timed out after {}",
+                    humantime::format_duration(*after)
+                ),
+            ),
+            RunOutcome::Cancelled {
+                reason: CancelReason::Coordinator,
+            } => Report::new(LeaseOutcome::Cancelled, "lease cancelled"),
+            // The work is fine; it should run elsewhere.
+            RunOutcome::Cancelled {
+                reason: CancelReason::AgentStopping,
+            } => Report::new(
+                LeaseOutcome::Retryable,
+                "the agent stopped before the action finished",
+            ),
+            RunOutcome::Error { stage, error } => Report {
+                outcome: error.outcome(),
+                message: format!("{stage}: {error}"),
+                missing: error.missing_blobs().to_vec(),
+            },
+        }
+    }
+
+    /// The `LeaseResult` answering `lease` with this outcome and `result`.
+    pub fn into_result(self, lease: &Lease, result: Option<ActionResult>) -> LeaseResult {
+        LeaseResult {
+            lease_id: lease.lease_id.clone(),
+            attempt: lease.attempt,
+            result,
+            outcome: self.outcome as i32,
+            message: self.message,
+            missing: self.missing.iter().map(Digest::to_proto).collect(),
+            ..LeaseResult::default()
         }
     }
 }
@@ -422,15 +452,7 @@ impl LeasePipeline {
             result.execution_metadata = Some(metadata);
             result
         });
-        let status = lease_status(&outcome);
-        let lease_result = LeaseResult {
-            lease_id: lease.lease_id.clone(),
-            attempt: lease.attempt,
-            result,
-            status: Some(status),
-            ..Default::default()
-        };
-        (lease_result, outcome)
+        (Report::of(&outcome).into_result(lease, result), outcome)
     }
 
     async fn stages(
@@ -711,15 +733,15 @@ impl LeasePipeline {
         let step = match StepSpec::from_argv(&command.arguments) {
             None => None,
             Some(Ok(step)) => {
-                check_persist_paths(&step).map_err(bad)?;
+                check_persist_paths(&step)?;
                 Some(step)
             }
-            Some(Err(message)) => return Err(bad(message)),
+            Some(Err(error)) => return Err(error.into()),
         };
         let outputs = requested_outputs(&command)?;
         let timeout = lease
             .timeout
-            .and_then(|t| Duration::try_from(t).ok())
+            .and_then(|t| from_proto_duration(&t))
             .filter(|t| !t.is_zero());
         let cas = self.cas.get(&lease.instance_name, function).await?;
         Ok(Plan {
@@ -813,57 +835,125 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_say_whose_fault_it_is() {
-        let code = |outcome: RunOutcome| lease_status(&outcome).code;
-        assert_eq!(code(RunOutcome::Passed), Code::Ok as i32);
-        assert_eq!(code(RunOutcome::Failed { exit_code: 1 }), Code::Ok as i32);
+    fn outcomes_say_whose_fault_it_is() {
+        let outcome = |outcome: RunOutcome| Report::of(&outcome).outcome;
+        assert_eq!(outcome(RunOutcome::Passed), LeaseOutcome::Completed);
         assert_eq!(
-            code(RunOutcome::TimedOut {
+            outcome(RunOutcome::Failed { exit_code: 1 }),
+            LeaseOutcome::Completed
+        );
+        assert_eq!(
+            outcome(RunOutcome::TimedOut {
                 after: Duration::from_secs(1)
             }),
-            Code::DeadlineExceeded as i32
+            LeaseOutcome::TimedOut
         );
         assert_eq!(
-            code(RunOutcome::Cancelled {
+            outcome(RunOutcome::Cancelled {
                 reason: CancelReason::Coordinator
             }),
-            Code::Cancelled as i32
+            LeaseOutcome::Cancelled
         );
         assert_eq!(
-            code(RunOutcome::Cancelled {
+            outcome(RunOutcome::Cancelled {
                 reason: CancelReason::AgentStopping
             }),
-            Code::Unavailable as i32
+            LeaseOutcome::Retryable
         );
         assert_eq!(
-            code(RunOutcome::Error {
+            outcome(RunOutcome::Error {
                 stage: Stage::Fetch,
                 error: LeaseError::BadLease("x".into())
             }),
-            Code::InvalidArgument as i32
+            LeaseOutcome::InvalidAction
         );
     }
 
     #[test]
-    fn missing_inputs_carry_precondition_details() {
+    fn errors_are_classified_as_before_outcomes_existed() {
+        // Each row: the error, and the outcome standing for the gRPC code it used to carry.
+        let full = tessera_cas::store::StoreError::Full {
+            digest: DigestFunction::Sha256.digest_of(b"big"),
+            needed: 1,
+            budget: 0,
+            pinned: 0,
+        };
+        let io = || std::io::Error::other("disk");
+        let rows: Vec<(LeaseError, LeaseOutcome)> = vec![
+            // FAILED_PRECONDITION
+            (
+                LeaseError::Inputs(MaterializeError::Fetch(FetchError::Missing(Vec::new()))),
+                LeaseOutcome::MissingInputs,
+            ),
+            // UNAVAILABLE
+            (
+                LeaseError::Inputs(MaterializeError::Fetch(FetchError::Store(full))),
+                LeaseOutcome::Retryable,
+            ),
+            // INTERNAL
+            (
+                LeaseError::Io {
+                    op: "create".into(),
+                    source: io(),
+                },
+                LeaseOutcome::Retryable,
+            ),
+            (
+                LeaseError::Step(StepError::Io {
+                    op: "write".into(),
+                    source: io(),
+                }),
+                LeaseOutcome::Retryable,
+            ),
+            // INVALID_ARGUMENT
+            (
+                LeaseError::Spawn(SpawnError::NoArguments),
+                LeaseOutcome::InvalidAction,
+            ),
+            (
+                LeaseError::Spawn(SpawnError::Prepare {
+                    path: PathBuf::from("/x"),
+                    source: io(),
+                }),
+                LeaseOutcome::Retryable,
+            ),
+            (
+                LeaseError::PersistPath(PersistPathError {
+                    path: PathBuf::from("/abs"),
+                }),
+                LeaseOutcome::InvalidAction,
+            ),
+        ];
+        for (error, expected) in rows {
+            assert_eq!(error.outcome(), expected, "{error}");
+        }
+    }
+
+    #[test]
+    fn missing_inputs_are_named_by_digest() {
         let digest = DigestFunction::Sha256.digest_of(b"gone");
         let outcome = RunOutcome::Error {
             stage: Stage::Fetch,
             error: LeaseError::Inputs(MaterializeError::Fetch(FetchError::Missing(vec![digest]))),
         };
-        let status = lease_status(&outcome);
-        assert_eq!(status.code, Code::FailedPrecondition as i32);
+        let report = Report::of(&outcome);
+        assert_eq!(report.outcome, LeaseOutcome::MissingInputs);
         assert!(
-            status.message.contains(&digest.hash_hex()),
+            report.message.contains(&digest.hash_hex()),
             "{}",
-            status.message
+            report.message
         );
-        let failure = PreconditionFailure::decode(status.details[0].value.as_slice()).unwrap();
-        assert_eq!(failure.violations[0].r#type, "MISSING");
-        assert_eq!(
-            failure.violations[0].subject,
-            format!("blobs/{}/4", digest.hash_hex())
-        );
+        assert_eq!(report.missing, [digest]);
+        let lease = Lease {
+            lease_id: "l".into(),
+            attempt: 2,
+            ..Lease::default()
+        };
+        let result = report.into_result(&lease, None);
+        assert_eq!((result.lease_id.as_str(), result.attempt), ("l", 2));
+        assert_eq!(result.outcome, LeaseOutcome::MissingInputs as i32);
+        assert_eq!(result.missing, [digest.to_proto()]);
+        assert!(result.status.is_none(), "the agent no longer builds statuses");
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub enum AgentError {
     /// A start-up task failed.
     #[error("agent start-up failed: {0}")]
     Startup(String),
+    /// The coordinator refused this agent for good (most often: it speaks another agent
+    /// protocol version; see README "Upgrading a fleet").
+    #[error("the coordinator refused this agent: {0}")]
+    Refused(String),
 }
 
 /// The agent.
@@ -84,13 +88,14 @@ pub struct Agent;
 impl Agent {
     /// Runs the agent until `shutdown` is cancelled and the drain is done: running leases
     /// finish (bounded by their timeouts, or by `config.drain_timeout`) and their results are
-    /// delivered. Returns an error only if the agent cannot start.
+    /// delivered. Returns an error if the agent cannot start, or if the coordinator refuses it
+    /// for good ([`AgentError::Refused`]).
     pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
         Self::run_with_abort(config, shutdown, CancellationToken::new()).await
     }
 
     /// Like [`Agent::run`]; cancelling `abort` (a second Ctrl-C, say) additionally stops
-    /// running commands at once, reports them UNAVAILABLE so they run elsewhere, and exits
+    /// running commands at once, reports them RETRYABLE so they run elsewhere, and exits
     /// after a short attempt to deliver that.
     pub async fn run_with_abort(
         config: AgentConfig,
@@ -153,7 +158,7 @@ impl Agent {
             properties,
             slots: config.slots,
             version: VERSION.to_owned(),
-            ..Default::default()
+            protocol_version: tessera_proto::AGENT_PROTOCOL_VERSION,
         };
 
         let persist_stop = CancellationToken::new();
@@ -179,7 +184,10 @@ impl Agent {
             );
         }
         tracing::info!("agent stopped");
-        Ok(())
+        match end.refused {
+            Some(message) => Err(AgentError::Refused(message)),
+            None => Ok(()),
+        }
     }
 }
 
