@@ -1,9 +1,10 @@
 //! The Tessera agent: runs actions for a coordinator.
 //!
 //! It keeps one session with the coordinator (`session`), receives leases and runs each through
-//! its pipeline (`lease`): fetch the input root into the local blob cache (`cache`), lay it out
-//! in a private exec root (`materialize`), run the command in its own process group, sandboxed
-//! where the host allows (`sandbox`), collect and upload outputs (`outputs`), report the result.
+//! its pipeline (`pipeline`): fetch the input root into the local blob cache (`cache`), lay it
+//! out in a private exec root (`materialize`), run the command in its own process group,
+//! sandboxed where the host allows (`sandbox`), collect and upload outputs (`outputs`), report
+//! the result as one of the outcomes `lease` lists.
 //! An action may ask to see its input root at a fixed path (`exec_root`); a job's steps arrive
 //! as builtin actions that the agent runs itself (`step`).
 //! `config` loads the settings, `platform` says what the agent advertises and how it reads an
@@ -17,6 +18,7 @@ pub mod exec_root;
 pub mod lease;
 pub mod materialize;
 pub mod outputs;
+pub mod pipeline;
 pub mod platform;
 pub mod sandbox;
 pub mod session;
@@ -35,7 +37,7 @@ pub use lease::RunOutcome;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::cache::LocalCache;
-use crate::lease::{CasClients, LeasePipeline};
+use crate::pipeline::{CasClients, LeasePipeline};
 use crate::platform::HostFacts;
 use crate::sandbox::{LocalRunner, ProcessRunner};
 use crate::workdir::WorkLayout;

@@ -623,7 +623,9 @@ fn fork_and_enter(prepared: &Prepared) -> Result<(), ProbeError> {
         Ok(ForkResult::Parent { child }) => loop {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
-                Ok(WaitStatus::Exited(_, code)) => return Err(ProbeError::Enter(Errno::from_raw(code))),
+                Ok(WaitStatus::Exited(_, code)) => {
+                    return Err(ProbeError::Enter(Errno::from_raw(code)));
+                }
                 Ok(other) => return Err(ProbeError::Ended(other)),
                 Err(Errno::EINTR) => continue,
                 Err(error) => return Err(ProbeError::Wait(error)),
@@ -708,6 +710,15 @@ mod tests {
         assert!(err.is_user_error());
         assert_eq!(err.to_string(), "command not found: \"data\" (PATH=bin)");
         assert!(resolve_program("", &[], cwd).is_err());
+    }
+
+    #[test]
+    fn a_probe_that_cannot_enter_says_why() {
+        // Not root: unshare fails; root: there is nothing to bind on /tmp. Either way the
+        // child's errno comes back, typed.
+        let error = probe_namespaces(Path::new("/nonexistent/tessera-probe")).unwrap_err();
+        assert!(matches!(error, ProbeError::Enter(_)), "{error:?}");
+        assert!(!error.to_string().is_empty());
     }
 
     #[test]

@@ -59,7 +59,8 @@ use tonic::Code;
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
 
-use crate::lease::{CancelReason, LeaseCancel, LeasePipeline, Report, RunOutcome};
+use crate::lease::{CancelReason, LeaseCancel, Report, RunOutcome};
+use crate::pipeline::LeasePipeline;
 
 /// First reconnection delay.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);

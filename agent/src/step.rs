@@ -601,6 +601,57 @@ mod tests {
     }
 
     #[test]
+    fn refused_persist_paths_are_named() {
+        let error = check_persist_paths(&prepare(&["target", "/abs"])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "persist path \"/abs\" must be a relative path of plain names outside .tessera"
+        );
+    }
+
+    #[test]
+    fn prepared_files_are_kept_or_the_failure_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease_root = dir.path().join("root");
+        std::fs::create_dir_all(lease_root.join("target")).unwrap();
+        std::fs::write(lease_root.join("target/t"), "bin").unwrap();
+        let seen = Path::new("/tmp/t/repo");
+        let map = PathMap::new(seen, &lease_root);
+        let kept = Prepared {
+            files: vec![seen.join("target/t")],
+            ..Prepared::default()
+        };
+        copy_prepared(&kept, &map, &lease_root).unwrap();
+        assert!(lease_root.join(PREPARED_DIR).join("target/t").is_file());
+
+        // Seen through the exec root into the agent's own directory: say why.
+        let through = Prepared {
+            files: vec![lease_root.join("target/t")],
+            ..Prepared::default()
+        };
+        let error = copy_prepared(&through, &map, &lease_root).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the prepare step reported {}, which is outside the exec root /tmp/t/repo{}",
+                lease_root.join("target/t").display(),
+                SEEN_THROUGH_HINT
+            )
+        );
+        let gone = Prepared {
+            files: vec![seen.join("target/gone")],
+            ..Prepared::default()
+        };
+        let error = copy_prepared(&gone, &map, &lease_root).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("could not keep the prepared file /tmp/t/repo/target/gone: "),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn persist_dirs_replace_the_inputs_and_survive_the_lease() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("persist");

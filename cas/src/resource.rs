@@ -450,7 +450,10 @@ mod tests {
     #[test]
     fn missing_subjects_name_sha256_implicitly_and_other_functions_explicitly() {
         assert_eq!(missing_subject(&sha(H, 7)), format!("blobs/{H}/7"));
-        assert_eq!(missing_subject(&blake(H2, 12)), format!("blobs/blake3/{H2}/12"));
+        assert_eq!(
+            missing_subject(&blake(H2, 12)),
+            format!("blobs/blake3/{H2}/12")
+        );
         // A subject is a read resource name: it parses back to the same blob.
         for digest in [sha(H, 7), blake(H2, 12)] {
             let parsed = parse_read(&missing_subject(&digest)).unwrap();

@@ -106,7 +106,10 @@ mod tests {
         ];
         assert_eq!(
             subjects,
-            [("MISSING", expected[0].as_str()), ("MISSING", expected[1].as_str())]
+            [
+                ("MISSING", expected[0].as_str()),
+                ("MISSING", expected[1].as_str())
+            ]
         );
     }
 }

@@ -205,7 +205,10 @@ mod tests {
 
     #[test]
     fn agents_of_this_protocol_are_welcome() {
-        assert_eq!(check_protocol(&hello(AGENT_PROTOCOL_VERSION, VERSION)), Ok(()));
+        assert_eq!(
+            check_protocol(&hello(AGENT_PROTOCOL_VERSION, VERSION)),
+            Ok(())
+        );
     }
 
     #[test]
