@@ -2,7 +2,7 @@
 //! work directory so the next action that needs them costs a hard link, not a download.
 //!
 //! A [`DiskStore`] without compression (so every blob is a plain file that can be hard-linked)
-//! over a sled index in `cache-meta/`, evicting least recently used blobs beyond a byte budget.
+//! over a redb index in `cache-meta/`, evicting least recently used blobs beyond a byte budget.
 //! Blobs an action is using are pinned for as long as its [`CachePins`] lives, so eviction
 //! never pulls an input from under a materialization. Downloads: small blobs in
 //! `BatchReadBlobs` calls, large ones through ByteStream, a few at a time. A blob the CAS does

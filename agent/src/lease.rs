@@ -1,77 +1,45 @@
-//! One lease's pipeline: check → fetch → run → upload → report.
+//! How a lease ends: the typed outcome of one lease ([`RunOutcome`], [`LeaseError`]) and what
+//! the coordinator is told about it ([`Report`]). The pipeline that produces the outcome is
+//! `pipeline`; the session sends the report.
 //!
-//! [`LeasePipeline::run`] turns a `Lease` into the `LeaseResult` to send back, by way of a
-//! [`RunOutcome`]: what happened, not an error. The status code of every way a lease can end
-//! is chosen in one place, [`lease_status`]:
+//! A [`RunOutcome`] says what happened, not an error. The `LeaseOutcome` the coordinator is
+//! told for every way a lease can end is chosen in one place, [`Report::of`]; it is Tessera's
+//! own outcome, not a gRPC code: the coordinator alone decides what a REAPI client sees.
 //!
-//! | outcome | status | result |
+//! | how the lease ended | outcome | result |
 //! | --- | --- | --- |
-//! | command ran (any exit code) | OK | outputs, stdout/stderr, exit code, metadata |
-//! | timed out | DEADLINE_EXCEEDED | stdout/stderr so far, exit code |
+//! | command ran (any exit code) | COMPLETED | outputs, stdout/stderr, exit code, metadata |
+//! | timed out | TIMED_OUT | stdout/stderr so far, exit code |
 //! | cancelled by the coordinator | CANCELLED | none |
-//! | stopped because the agent is stopping | UNAVAILABLE | none |
-//! | inputs missing from the CAS | FAILED_PRECONDITION + `PreconditionFailure` (MISSING) | none |
-//! | bad lease, tree, command, platform, outputs or step spec | INVALID_ARGUMENT | none |
-//! | CAS unreachable, local cache full | UNAVAILABLE | none |
-//! | local disk or other agent trouble | INTERNAL | none |
+//! | stopped because the agent is stopping | RETRYABLE | none |
+//! | inputs missing from the CAS | MISSING_INPUTS, `missing` lists them | none |
+//! | bad lease, tree, command, platform, outputs or step spec | INVALID_ACTION | none |
+//! | CAS unreachable, local cache full | RETRYABLE | none |
+//! | local disk or other agent trouble | RETRYABLE | none |
+//! | not started: slots busy or draining (`session`) | REFUSED | none |
+//! | the agent's lease task failed (`session`) | RETRYABLE | none |
 //!
-//! A builtin step action (`tessera-builtin run-step ...`) runs through the same stages; only
-//! the run differs (see `step`). An action with an `exec-root` platform property sees its input
-//! root at that path (see `exec_root`).
-//!
-//! Does not talk to the coordinator (see `session`); progress goes out through a callback.
+//! Every outcome but COMPLETED carries a message saying why. The agent names missing blobs by
+//! digest only; the coordinator builds the REAPI `PreconditionFailure` from them.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use prost::Message;
-use tessera_cas::client::{CasClient, ClientError};
-use tessera_cas::digest::{Digest, DigestFunction};
-use tessera_proto::reapi::{ActionResult, Command, ExecutedActionMetadata};
-use tessera_proto::rpc::{PreconditionFailure, Status, precondition_failure};
-use tessera_proto::tessera::v1::{Lease, LeaseResult, LeaseStage};
+use tessera_cas::client::ClientError;
+use tessera_cas::digest::Digest;
+use tessera_proto::reapi::ActionResult;
+use tessera_proto::tessera::v1::{Lease, LeaseOutcome, LeaseResult};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
-use tonic::transport::Channel;
 
-use crate::cache::{FetchError, LocalCache};
-use crate::exec_root::{ExecRootError, PathMap, SymlinkedRoot, check_disjoint};
-use crate::materialize::{
-    MaterializeError, create_dirs_within, fetch_input_tree, materialize, relative_components,
-};
-use crate::outputs::{
-    OutputError, RequestedOutput, collect_outputs, file_blob, requested_outputs, upload,
-};
-use crate::platform::{ExecutionOptions, PlatformError};
-use crate::sandbox::{
-    Isolation, ProcessExit, ProcessRunner, ProcessSpec, SpawnError, resolve_program,
-};
-use crate::step::{
-    StepContext, StepEnd, StepError, check_persist_paths, lay_out_persist, run_step,
-};
-use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
-use tessera_runners::step::{StepReport, StepSpec};
-
-/// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
-const UPLOAD_ATTEMPTS: u32 = 5;
-/// Wait before the first upload retry; doubled each time (0.25 + 0.5 + 1 + 2 s in all).
-const UPLOAD_RETRY_FIRST: Duration = Duration::from_millis(250);
-
-/// Whether a CAS call may succeed if simply tried again.
-fn is_transient(error: &ClientError) -> bool {
-    let code = match error {
-        ClientError::Rpc { status, .. } => status.code(),
-        ClientError::Blob { code, .. } => *code,
-        _ => return false,
-    };
-    matches!(
-        code,
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted
-    )
-}
+use crate::cache::FetchError;
+use crate::exec_root::ExecRootError;
+use crate::materialize::MaterializeError;
+use crate::outputs::OutputError;
+use crate::platform::PlatformError;
+use crate::sandbox::SpawnError;
+use crate::step::{PersistPathError, StepError};
+use tessera_runners::step::StepArgvError;
 
 /// Where in the pipeline something happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +125,7 @@ pub enum RunOutcome {
         reason: CancelReason,
     },
     /// The command did not run to an end: the action is malformed, its inputs are missing, or
-    /// the agent failed. [`LeaseError::code`] says which.
+    /// the agent failed. [`LeaseError::outcome`] says which.
     Error {
         /// Where it failed.
         stage: Stage,
@@ -179,6 +147,12 @@ pub enum LeaseError {
     /// The lease lacks the action or command, or its fields are malformed.
     #[error("malformed lease: {0}")]
     BadLease(String),
+    /// The command names a builtin step, but not in the form the agent reads.
+    #[error("malformed lease: {0}")]
+    StepArgv(#[from] StepArgvError),
+    /// A prepare step asks to keep a directory it may not.
+    #[error("malformed lease: {0}")]
+    PersistPath(#[from] PersistPathError),
     /// The action's platform asks for something the agent cannot read.
     #[error(transparent)]
     Platform(#[from] PlatformError),
@@ -212,37 +186,37 @@ pub enum LeaseError {
 }
 
 impl LeaseError {
-    /// The status code the coordinator gets: whose fault it is and whether to retry.
-    pub fn code(&self) -> Code {
+    /// The outcome the coordinator is told: whose fault it is and whether to retry.
+    pub fn outcome(&self) -> LeaseOutcome {
+        use LeaseOutcome::{InvalidAction, MissingInputs, Retryable};
         match self {
-            LeaseError::BadLease(_) | LeaseError::Platform(_) => Code::InvalidArgument,
+            LeaseError::BadLease(_)
+            | LeaseError::StepArgv(_)
+            | LeaseError::PersistPath(_)
+            | LeaseError::Platform(_) => InvalidAction,
             LeaseError::Inputs(error) => match error {
-                MaterializeError::Fetch(FetchError::Missing(_)) => Code::FailedPrecondition,
-                MaterializeError::Fetch(FetchError::Cas(_) | FetchError::Evicted(_)) => {
-                    Code::Unavailable
-                }
+                MaterializeError::Fetch(FetchError::Missing(_)) => MissingInputs,
+                MaterializeError::Fetch(FetchError::Cas(_) | FetchError::Evicted(_)) => Retryable,
                 // No room in the local cache: another agent may have it.
                 MaterializeError::Fetch(FetchError::Store(
                     tessera_cas::store::StoreError::Full { .. },
-                )) => Code::Unavailable,
-                MaterializeError::InvalidTree(_) | MaterializeError::Decode { .. } => {
-                    Code::InvalidArgument
-                }
+                )) => Retryable,
+                MaterializeError::InvalidTree(_) | MaterializeError::Decode { .. } => InvalidAction,
                 MaterializeError::Fetch(FetchError::Store(_) | FetchError::Task(_))
                 | MaterializeError::NotCached(_)
-                | MaterializeError::Io { .. } => Code::Internal,
+                | MaterializeError::Io { .. } => Retryable,
             },
-            LeaseError::Spawn(error) if error.is_user_error() => Code::InvalidArgument,
-            LeaseError::ExecRoot(error) if error.is_user_error() => Code::InvalidArgument,
+            LeaseError::Spawn(error) if error.is_user_error() => InvalidAction,
+            LeaseError::ExecRoot(error) if error.is_user_error() => InvalidAction,
             // The host is in the way (a directory where the exec root goes, a disk error).
-            LeaseError::ExecRoot(_) | LeaseError::Step(_) => Code::Internal,
-            LeaseError::Outputs(error) if error.is_user_error() => Code::InvalidArgument,
-            LeaseError::Outputs(OutputError::Upload(_)) | LeaseError::Cas(_) => Code::Unavailable,
-            LeaseError::Spawn(_) | LeaseError::Outputs(_) | LeaseError::Io { .. } => Code::Internal,
+            LeaseError::ExecRoot(_) | LeaseError::Step(_) => Retryable,
+            LeaseError::Outputs(error) if error.is_user_error() => InvalidAction,
+            LeaseError::Outputs(OutputError::Upload(_)) | LeaseError::Cas(_) => Retryable,
+            LeaseError::Spawn(_) | LeaseError::Outputs(_) | LeaseError::Io { .. } => Retryable,
         }
     }
 
-    /// Blobs the CAS lacks, for the `PreconditionFailure` details.
+    /// Blobs the CAS lacks, for `LeaseResult.missing`.
     pub fn missing_blobs(&self) -> &[Digest] {
         match self {
             LeaseError::Inputs(MaterializeError::Fetch(FetchError::Missing(digests))) => digests,
@@ -251,618 +225,203 @@ impl LeaseError {
     }
 }
 
-fn io_error(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LeaseError {
-    let op = op.into();
-    move |source| LeaseError::Io { op, source }
+/// How a lease ended, as the coordinator is told: the fields of a `LeaseResult` besides the
+/// action's result (see the table in the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The outcome.
+    pub outcome: LeaseOutcome,
+    /// Why, for every outcome but COMPLETED.
+    pub message: String,
+    /// For MISSING_INPUTS: the blobs the CAS lacks.
+    pub missing: Vec<Digest>,
 }
 
-/// The status a lease's result carries (see the table in the module docs).
-pub fn lease_status(outcome: &RunOutcome) -> Status {
-    let status = |code: Code, message: String| Status {
-        code: code as i32,
-        message,
-        details: Vec::new(),
-    };
-    match outcome {
-        RunOutcome::Passed | RunOutcome::Failed { .. } => status(Code::Ok, String::new()),
-        RunOutcome::TimedOut { after } => status(
-            Code::DeadlineExceeded,
-            format!(
-                "command timed out after {}",
-                humantime::format_duration(*after)
-            ),
-        ),
-        RunOutcome::Cancelled {
-            reason: CancelReason::Coordinator,
-        } => status(Code::Cancelled, "lease cancelled".into()),
-        RunOutcome::Cancelled {
-            reason: CancelReason::AgentStopping,
-        } => status(
-            Code::Unavailable,
-            "the agent stopped before the action finished".into(),
-        ),
-        RunOutcome::Error { stage, error } => {
-            let mut s = status(error.code(), format!("{stage}: {error}"));
-            let missing = error.missing_blobs();
-            if !missing.is_empty() {
-                let failure = PreconditionFailure {
-                    violations: missing
-                        .iter()
-                        .map(|d| precondition_failure::Violation {
-                            r#type: "MISSING".into(),
-                            subject: format!("blobs/{}/{}", d.hash_hex(), d.size_bytes),
-                            description: format!("input blob {d} is not in the CAS"),
-                        })
-                        .collect(),
-                };
-                s.details.push(prost_types::Any {
-                    type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
-                    value: failure.encode_to_vec(),
-                });
+impl Report {
+    /// An outcome with its message and no missing blobs.
+    pub fn new(outcome: LeaseOutcome, message: impl Into<String>) -> Self {
+        Report {
+            outcome,
+            message: message.into(),
+            missing: Vec::new(),
+        }
+    }
+
+    /// What the coordinator is told about a lease that ended with `outcome`.
+    pub fn of(outcome: &RunOutcome) -> Self {
+        match outcome {
+            RunOutcome::Passed | RunOutcome::Failed { .. } => {
+                Report::new(LeaseOutcome::Completed, "")
             }
-            s
+            RunOutcome::TimedOut { after } => Report::new(
+                LeaseOutcome::TimedOut,
+                format!(
+                    "command timed out after {}",
+                    humantime::format_duration(*after)
+                ),
+            ),
+            RunOutcome::Cancelled {
+                reason: CancelReason::Coordinator,
+            } => Report::new(LeaseOutcome::Cancelled, "lease cancelled"),
+            // The work is fine; it should run elsewhere.
+            RunOutcome::Cancelled {
+                reason: CancelReason::AgentStopping,
+            } => Report::new(
+                LeaseOutcome::Retryable,
+                "the agent stopped before the action finished",
+            ),
+            RunOutcome::Error { stage, error } => Report {
+                outcome: error.outcome(),
+                message: format!("{stage}: {error}"),
+                missing: error.missing_blobs().to_vec(),
+            },
         }
     }
-}
 
-/// CAS clients per (instance name, digest function), sharing one channel.
-#[derive(Debug, Clone)]
-pub struct CasClients {
-    channel: Channel,
-    clients: Arc<Mutex<HashMap<(String, DigestFunction), CasClient>>>,
-}
-
-impl CasClients {
-    /// Clients over `channel`.
-    pub fn new(channel: Channel) -> Self {
-        CasClients {
-            channel,
-            clients: Arc::default(),
-        }
-    }
-
-    /// The client for `instance` and `function`, created on first use.
-    pub async fn get(
-        &self,
-        instance: &str,
-        function: DigestFunction,
-    ) -> Result<CasClient, ClientError> {
-        let key = (instance.to_owned(), function);
-        if let Some(client) = self.lock().get(&key) {
-            return Ok(client.clone());
-        }
-        let client = CasClient::from_channel(self.channel.clone(), instance, function).await?;
-        self.lock().insert(key, client.clone());
-        Ok(client)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, DigestFunction), CasClient>> {
-        self.clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Everything a lease needs from the agent.
-pub struct LeasePipeline {
-    /// Reported as `ExecutedActionMetadata.worker`.
-    pub agent_id: String,
-    /// The local blob cache.
-    pub cache: LocalCache,
-    /// The CAS.
-    pub cas: CasClients,
-    /// Runs the commands.
-    pub runner: Arc<dyn ProcessRunner>,
-    /// Where lease directories go.
-    pub layout: WorkLayout,
-    /// Whether commands run in namespaces.
-    pub namespaces: bool,
-    /// Keep the directories of failed leases.
-    pub keep_failed: bool,
-}
-
-impl std::fmt::Debug for LeasePipeline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeasePipeline")
-            .field("agent_id", &self.agent_id)
-            .field("layout", &self.layout)
-            .field("namespaces", &self.namespaces)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the lease asks for, checked before any work.
-struct Plan {
-    function: DigestFunction,
-    input_root: Digest,
-    command: Command,
-    options: ExecutionOptions,
-    outputs: Vec<RequestedOutput>,
-    timeout: Option<Duration>,
-    cas: CasClient,
-    /// The builtin step the command asks for, if it is one.
-    step: Option<StepSpec>,
-}
-
-/// How to run a lease once its inputs are laid out.
-struct Launch {
-    /// The command; for a step, the template of its commands (environment, isolation, limits,
-    /// the action's timeout).
-    spec: ProcessSpec,
-    /// Paths as the command sees them and as the agent opens them.
-    map: PathMap,
-}
-
-fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp::from(time))
-}
-
-impl LeasePipeline {
-    /// Runs `lease` in the directories numbered `seq`, reporting stages through `progress`.
-    /// Leaves the directories for [`LeasePipeline::clean_up`].
-    pub async fn run(
-        &self,
-        lease: &Lease,
-        seq: u64,
-        cancel: &LeaseCancel,
-        progress: &(dyn Fn(LeaseStage) + Send + Sync),
-        step_results: &(dyn Fn(String) + Send + Sync),
-    ) -> (LeaseResult, RunOutcome) {
-        let dirs = self.layout.lease_dirs(seq);
-        let mut metadata = ExecutedActionMetadata {
-            worker: self.agent_id.clone(),
-            worker_start_timestamp: timestamp(SystemTime::now()),
-            ..ExecutedActionMetadata::default()
-        };
-        let (outcome, result) = self
-            .stages(lease, &dirs, cancel, progress, step_results, &mut metadata)
-            .await;
-        let result = result.map(|mut result| {
-            metadata.worker_completed_timestamp = timestamp(SystemTime::now());
-            result.execution_metadata = Some(metadata);
-            result
-        });
-        let status = lease_status(&outcome);
-        let lease_result = LeaseResult {
+    /// The `LeaseResult` answering `lease` with this outcome and `result`.
+    pub fn into_result(self, lease: &Lease, result: Option<ActionResult>) -> LeaseResult {
+        LeaseResult {
             lease_id: lease.lease_id.clone(),
             attempt: lease.attempt,
             result,
-            status: Some(status),
-            ..Default::default()
-        };
-        (lease_result, outcome)
-    }
-
-    async fn stages(
-        &self,
-        lease: &Lease,
-        dirs: &LeaseDirs,
-        cancel: &LeaseCancel,
-        progress: &(dyn Fn(LeaseStage) + Send + Sync),
-        step_results: &(dyn Fn(String) + Send + Sync),
-        metadata: &mut ExecutedActionMetadata,
-    ) -> (RunOutcome, Option<ActionResult>) {
-        let fail = |stage, error| (RunOutcome::Error { stage, error }, None);
-        let cancelled = || {
-            (
-                RunOutcome::Cancelled {
-                    reason: cancel.reason(),
-                },
-                None,
-            )
-        };
-
-        progress(LeaseStage::Fetching);
-        metadata.input_fetch_start_timestamp = timestamp(SystemTime::now());
-        let (plan, launch) = match self.fetch(lease, dirs, cancel).await {
-            Ok(Some(fetched)) => fetched,
-            Ok(None) => return cancelled(),
-            Err(error) => return fail(Stage::Fetch, error),
-        };
-        metadata.input_fetch_completed_timestamp = timestamp(SystemTime::now());
-        if cancel.token().is_cancelled() {
-            return cancelled();
-        }
-        // Without namespaces a fixed exec root is a symlink, one lease at a time.
-        let linked = match (&plan.options.exec_root, self.namespaces) {
-            (Some(path), false) => {
-                match SymlinkedRoot::acquire(path, &dirs.root, cancel.token()).await {
-                    Ok(Some(linked)) => Some(linked),
-                    Ok(None) => return cancelled(),
-                    Err(error) => return fail(Stage::Execute, error.into()),
-                }
-            }
-            _ => None,
-        };
-
-        progress(LeaseStage::Executing);
-        metadata.execution_start_timestamp = timestamp(SystemTime::now());
-        let exit = match &plan.step {
-            None => self
-                .runner
-                .run(&launch.spec, cancel.token())
-                .await
-                .map_err(LeaseError::from),
-            Some(step) => {
-                self.run_step(step, &launch, dirs, cancel, step_results)
-                    .await
-            }
-        };
-        drop(linked);
-        let exit = match exit {
-            Ok(exit) => exit,
-            Err(error) => return fail(Stage::Execute, error),
-        };
-        metadata.execution_completed_timestamp = timestamp(SystemTime::now());
-
-        let (outcome, exit_code, requested) = match exit {
-            ProcessExit::Cancelled => return cancelled(),
-            ProcessExit::TimedOut { after, exit_code } => {
-                // Only what the command printed: its outputs are unfinished.
-                (RunOutcome::TimedOut { after }, exit_code, Vec::new())
-            }
-            ProcessExit::Exited { exit_code: 0 } => (RunOutcome::Passed, 0, plan.outputs.clone()),
-            ProcessExit::Exited { exit_code } => (
-                RunOutcome::Failed { exit_code },
-                exit_code,
-                plan.outputs.clone(),
-            ),
-        };
-        progress(LeaseStage::Uploading);
-        metadata.output_upload_start_timestamp = timestamp(SystemTime::now());
-        let uploaded = tokio::select! {
-            uploaded = self.upload(&plan, dirs, requested) => uploaded,
-            () = cancel.token().cancelled() => return cancelled(),
-        };
-        let mut result = match uploaded {
-            Ok(result) => result,
-            Err(error) => return fail(Stage::Upload, error),
-        };
-        metadata.output_upload_completed_timestamp = timestamp(SystemTime::now());
-        result.exit_code = exit_code;
-        (outcome, Some(result))
-    }
-
-    /// Checks the lease, fetches and lays out its inputs, and says how to run its command;
-    /// `None` if cancelled while fetching; laying out, once begun, is not interrupted, so a
-    /// cancelled lease never races its own clean-up.
-    async fn fetch(
-        &self,
-        lease: &Lease,
-        dirs: &LeaseDirs,
-        cancel: &LeaseCancel,
-    ) -> Result<Option<(Plan, Launch)>, LeaseError> {
-        let download = async {
-            let plan = self.plan(lease).await?;
-            let tree = fetch_input_tree(&self.cache, &plan.cas, plan.input_root).await?;
-            let pins = self
-                .cache
-                .ensure(&plan.cas, &tree.file_digests())
-                .await
-                .map_err(MaterializeError::from)?;
-            Ok::<_, LeaseError>((plan, tree, pins))
-        };
-        let (plan, tree, pins) = tokio::select! {
-            downloaded = download => downloaded?,
-            () = cancel.token().cancelled() => return Ok(None),
-        };
-        let cache = self.cache.clone();
-        let lease_dirs = dirs.clone();
-        let working_directory = plan.command.working_directory.clone();
-        let outputs = plan.outputs.clone();
-        let step = plan.step.clone();
-        let persist_base = self.layout.persist_base();
-        let seen_root = plan
-            .options
-            .exec_root
-            .clone()
-            .unwrap_or_else(|| dirs.root.clone());
-        let fixed_root = plan.options.exec_root.is_some();
-        let namespaces = self.namespaces;
-        let (stats, persisted) = tokio::task::spawn_blocking(move || {
-            lease_dirs
-                .create()
-                .map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
-            let stats = materialize(&tree, &cache, &lease_dirs.root)?;
-            let cwd = relative_components(&working_directory).unwrap_or_default();
-            if !create_dirs_within(&lease_dirs.root, &cwd)? {
-                return Err(LeaseError::BadLease(format!(
-                    "working directory \"{working_directory}\" is not a directory of the input root"
-                )));
-            }
-            let cwd_path = lease_dirs.root.join(&working_directory);
-            for output in &outputs {
-                let components = output.components();
-                if let Some((_, parents)) = components.split_last() {
-                    // A parent that the inputs made a file or symlink is left alone.
-                    create_dirs_within(&cwd_path, parents)?;
-                }
-            }
-            // Kept directories only make sense at a path that stays the same.
-            let persisted = match &step {
-                Some(step) if fixed_root => lay_out_persist(
-                    step,
-                    &persist_base,
-                    &seen_root,
-                    &lease_dirs.root,
-                    namespaces,
-                )
-                .map_err(io_error("lay out the persistent directories"))?,
-                _ => Default::default(),
-            };
-            Ok::<_, LeaseError>((stats, persisted))
-        })
-        .await
-        .map_err(|e| LeaseError::Io {
-            op: "lay out inputs".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
-        drop(pins); // Linked files keep their inodes even if the cache evicts them now.
-        tracing::debug!(lease = %lease.lease_id, ?stats, "inputs laid out");
-
-        let mut map = PathMap::new(
-            plan.options
-                .exec_root
-                .clone()
-                .unwrap_or_else(|| dirs.root.clone()),
-            &dirs.root,
-        );
-        for (relative, local) in &persisted.mounts {
-            map.mount(relative, local);
-        }
-        let cwd = map.seen_root().join(&plan.command.working_directory);
-        let env: Vec<(String, String)> = plan
-            .command
-            .environment_variables
-            .iter()
-            .map(|v| (v.name.clone(), v.value.clone()))
-            .collect();
-        let program = match plan.step {
-            // A step's commands are resolved one by one (see `step`).
-            Some(_) => PathBuf::from(tessera_runners::step::BUILTIN_PROGRAM),
-            None => {
-                // Looked up where the agent sees the inputs, named as the command sees them.
-                let local_cwd = dirs.root.join(&plan.command.working_directory);
-                map.to_seen(&resolve_program(
-                    &plan.command.arguments[0],
-                    &env,
-                    &local_cwd,
-                )?)
-            }
-        };
-        let spec = ProcessSpec {
-            program,
-            argv: plan.command.arguments.clone(),
-            env,
-            cwd,
-            stdout: dirs.stdout.clone(),
-            stderr: dirs.stderr.clone(),
-            timeout: plan.timeout,
-            isolation: Isolation {
-                namespaces: self.namespaces,
-                network: plan.options.network,
-                private_tmp: Some(dirs.tmp.clone()),
-                exec_root: Some(dirs.root.clone()),
-                exec_root_at: plan.options.exec_root.clone(),
-                binds: persisted.binds,
-                limits: plan.options.limits,
-            },
-        };
-        Ok(Some((plan, Launch { spec, map })))
-    }
-
-    /// Runs a builtin step; its report is then in the exec root, and the exit code 0.
-    async fn run_step(
-        &self,
-        step: &StepSpec,
-        launch: &Launch,
-        dirs: &LeaseDirs,
-        cancel: &LeaseCancel,
-        step_results: &(dyn Fn(String) + Send + Sync),
-    ) -> Result<ProcessExit, LeaseError> {
-        let context = StepContext {
-            runner: self.runner.as_ref(),
-            template: &launch.spec,
-            map: &launch.map,
-            dirs,
-            cancel: cancel.token(),
-            results: step_results,
-        };
-        Ok(match run_step(step, &context).await? {
-            // A failed step exits 1 so that no cache keeps it (a broken build is retried on
-            // the next run); its report is uploaded all the same.
-            StepEnd::Reported(StepReport::Failed { .. }) => ProcessExit::Exited { exit_code: 1 },
-            StepEnd::Reported(_) => ProcessExit::Exited { exit_code: 0 },
-            StepEnd::TimedOut { after } => ProcessExit::TimedOut {
-                after,
-                exit_code: 128 + libc::SIGKILL,
-            },
-            StepEnd::Cancelled => ProcessExit::Cancelled,
-        })
-    }
-
-    async fn plan(&self, lease: &Lease) -> Result<Plan, LeaseError> {
-        let bad = |message: String| LeaseError::BadLease(message);
-        let function =
-            DigestFunction::from_request(lease.digest_function).map_err(|e| bad(e.to_string()))?;
-        let action = lease
-            .action
-            .as_ref()
-            .ok_or_else(|| bad("no action".into()))?;
-        let command = lease
-            .command
-            .clone()
-            .ok_or_else(|| bad("no command".into()))?;
-        if command.arguments.is_empty() {
-            return Err(bad("the command has no arguments".into()));
-        }
-        let input_root = Digest::from_proto_opt(function, action.input_root_digest.as_ref())
-            .map_err(|e| bad(format!("input root digest: {e}")))?;
-        relative_components(&command.working_directory).map_err(|reason| {
-            bad(format!(
-                "working directory \"{}\" {reason}",
-                command.working_directory
-            ))
-        })?;
-        let options = ExecutionOptions::from_platform(action.platform.as_ref())?;
-        if let Some(exec_root) = &options.exec_root {
-            check_disjoint(exec_root, self.layout.root())?;
-        }
-        let step = match StepSpec::from_argv(&command.arguments) {
-            None => None,
-            Some(Ok(step)) => {
-                check_persist_paths(&step).map_err(bad)?;
-                Some(step)
-            }
-            Some(Err(message)) => return Err(bad(message)),
-        };
-        let outputs = requested_outputs(&command)?;
-        let timeout = lease
-            .timeout
-            .and_then(|t| Duration::try_from(t).ok())
-            .filter(|t| !t.is_zero());
-        let cas = self.cas.get(&lease.instance_name, function).await?;
-        Ok(Plan {
-            function,
-            input_root,
-            command,
-            options,
-            outputs,
-            timeout,
-            cas,
-            step,
-        })
-    }
-
-    /// Collects the requested outputs and uploads them with stdout and stderr.
-    async fn upload(
-        &self,
-        plan: &Plan,
-        dirs: &LeaseDirs,
-        requested: Vec<RequestedOutput>,
-    ) -> Result<ActionResult, LeaseError> {
-        let function = plan.function;
-        let root = dirs.root.clone();
-        // Where the agent sees the working directory (the command may see it elsewhere).
-        let cwd = dirs.root.join(&plan.command.working_directory);
-        let stdout = dirs.stdout.clone();
-        let stderr = dirs.stderr.clone();
-        let (mut collected, stdout, stderr) = tokio::task::spawn_blocking(move || {
-            let collected = collect_outputs(&root, &cwd, &requested, function)?;
-            let stdout = file_blob(&stdout, function)?;
-            let stderr = file_blob(&stderr, function)?;
-            Ok::<_, OutputError>((collected, stdout, stderr))
-        })
-        .await
-        .map_err(|e| LeaseError::Io {
-            op: "collect outputs".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
-        collected.result.stdout_digest = Some(stdout.0.to_proto());
-        collected.result.stderr_digest = Some(stderr.0.to_proto());
-        collected.blobs.push(stdout);
-        collected.blobs.push(stderr);
-        // The command has run: ride out a short CAS outage rather than waste the run.
-        let mut wait = UPLOAD_RETRY_FIRST;
-        let mut attempt = 1;
-        loop {
-            match upload(&plan.cas, &collected.blobs).await {
-                Ok(()) => return Ok(collected.result),
-                Err(OutputError::Upload(error))
-                    if attempt < UPLOAD_ATTEMPTS && is_transient(&error) =>
-                {
-                    tracing::warn!(%error, attempt, retry_in = ?wait, "output upload failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                    attempt += 1;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-    }
-
-    /// Removes the lease's directories, or keeps them under `kept/` if it failed and
-    /// `keep_failed` is set.
-    pub async fn clean_up(&self, lease: &Lease, seq: u64, outcome: &RunOutcome) {
-        let dirs = self.layout.lease_dirs(seq);
-        let keep = (self.keep_failed && outcome.is_failure())
-            .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
-        let done = tokio::task::spawn_blocking(move || {
-            if let Some(kept) = keep {
-                if let Some(parent) = kept.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                remove_tree(&kept)?;
-                std::fs::rename(&dirs.base, &kept)?;
-                tracing::info!(dir = %kept.display(), "kept the directory of a failed lease");
-                return Ok(());
-            }
-            remove_tree(&dirs.base)
-        })
-        .await;
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "failed to clean up a lease directory"),
-            Err(error) => tracing::warn!(%error, "lease clean-up task failed"),
+            outcome: self.outcome as i32,
+            message: self.message,
+            missing: self.missing.iter().map(Digest::to_proto).collect(),
+            ..LeaseResult::default()
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use tessera_cas::digest::DigestFunction;
+
     use super::*;
 
     #[test]
-    fn statuses_say_whose_fault_it_is() {
-        let code = |outcome: RunOutcome| lease_status(&outcome).code;
-        assert_eq!(code(RunOutcome::Passed), Code::Ok as i32);
-        assert_eq!(code(RunOutcome::Failed { exit_code: 1 }), Code::Ok as i32);
+    fn outcomes_say_whose_fault_it_is() {
+        let outcome = |outcome: RunOutcome| Report::of(&outcome).outcome;
+        assert_eq!(outcome(RunOutcome::Passed), LeaseOutcome::Completed);
         assert_eq!(
-            code(RunOutcome::TimedOut {
+            outcome(RunOutcome::Failed { exit_code: 1 }),
+            LeaseOutcome::Completed
+        );
+        assert_eq!(
+            outcome(RunOutcome::TimedOut {
                 after: Duration::from_secs(1)
             }),
-            Code::DeadlineExceeded as i32
+            LeaseOutcome::TimedOut
         );
         assert_eq!(
-            code(RunOutcome::Cancelled {
+            outcome(RunOutcome::Cancelled {
                 reason: CancelReason::Coordinator
             }),
-            Code::Cancelled as i32
+            LeaseOutcome::Cancelled
         );
         assert_eq!(
-            code(RunOutcome::Cancelled {
+            outcome(RunOutcome::Cancelled {
                 reason: CancelReason::AgentStopping
             }),
-            Code::Unavailable as i32
+            LeaseOutcome::Retryable
         );
         assert_eq!(
-            code(RunOutcome::Error {
+            outcome(RunOutcome::Error {
                 stage: Stage::Fetch,
                 error: LeaseError::BadLease("x".into())
             }),
-            Code::InvalidArgument as i32
+            LeaseOutcome::InvalidAction
         );
     }
 
     #[test]
-    fn missing_inputs_carry_precondition_details() {
+    fn errors_are_classified_as_before_outcomes_existed() {
+        // Each row: the error, and the outcome standing for the gRPC code it used to carry.
+        let full = tessera_cas::store::StoreError::Full {
+            digest: DigestFunction::Sha256.digest_of(b"big"),
+            needed: 1,
+            budget: 0,
+            pinned: 0,
+        };
+        let io = || std::io::Error::other("disk");
+        let rows: Vec<(LeaseError, LeaseOutcome)> = vec![
+            // FAILED_PRECONDITION
+            (
+                LeaseError::Inputs(MaterializeError::Fetch(FetchError::Missing(Vec::new()))),
+                LeaseOutcome::MissingInputs,
+            ),
+            // UNAVAILABLE
+            (
+                LeaseError::Inputs(MaterializeError::Fetch(FetchError::Store(full))),
+                LeaseOutcome::Retryable,
+            ),
+            // INTERNAL
+            (
+                LeaseError::Io {
+                    op: "create".into(),
+                    source: io(),
+                },
+                LeaseOutcome::Retryable,
+            ),
+            (
+                LeaseError::Step(StepError::Io {
+                    op: "write".into(),
+                    source: io(),
+                }),
+                LeaseOutcome::Retryable,
+            ),
+            // INVALID_ARGUMENT
+            (
+                LeaseError::Spawn(SpawnError::NoArguments),
+                LeaseOutcome::InvalidAction,
+            ),
+            (
+                LeaseError::Spawn(SpawnError::Prepare {
+                    path: PathBuf::from("/x"),
+                    source: io(),
+                }),
+                LeaseOutcome::Retryable,
+            ),
+            (
+                LeaseError::PersistPath(PersistPathError {
+                    path: PathBuf::from("/abs"),
+                }),
+                LeaseOutcome::InvalidAction,
+            ),
+        ];
+        for (error, expected) in rows {
+            assert_eq!(error.outcome(), expected, "{error}");
+        }
+    }
+
+    #[test]
+    fn missing_inputs_are_named_by_digest() {
         let digest = DigestFunction::Sha256.digest_of(b"gone");
         let outcome = RunOutcome::Error {
             stage: Stage::Fetch,
             error: LeaseError::Inputs(MaterializeError::Fetch(FetchError::Missing(vec![digest]))),
         };
-        let status = lease_status(&outcome);
-        assert_eq!(status.code, Code::FailedPrecondition as i32);
+        let report = Report::of(&outcome);
+        assert_eq!(report.outcome, LeaseOutcome::MissingInputs);
         assert!(
-            status.message.contains(&digest.hash_hex()),
+            report.message.contains(&digest.hash_hex()),
             "{}",
-            status.message
+            report.message
         );
-        let failure = PreconditionFailure::decode(status.details[0].value.as_slice()).unwrap();
-        assert_eq!(failure.violations[0].r#type, "MISSING");
-        assert_eq!(
-            failure.violations[0].subject,
-            format!("blobs/{}/4", digest.hash_hex())
+        assert_eq!(report.missing, [digest]);
+        let lease = Lease {
+            lease_id: "l".into(),
+            attempt: 2,
+            ..Lease::default()
+        };
+        let result = report.into_result(&lease, None);
+        assert_eq!((result.lease_id.as_str(), result.attempt), ("l", 2));
+        assert_eq!(result.outcome, LeaseOutcome::MissingInputs as i32);
+        assert_eq!(result.missing, [digest.to_proto()]);
+        assert!(
+            result.status.is_none(),
+            "the agent no longer builds statuses"
         );
     }
 

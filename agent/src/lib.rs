@@ -1,9 +1,10 @@
 //! The Tessera agent: runs actions for a coordinator.
 //!
 //! It keeps one session with the coordinator (`session`), receives leases and runs each through
-//! its pipeline (`lease`): fetch the input root into the local blob cache (`cache`), lay it out
-//! in a private exec root (`materialize`), run the command in its own process group, sandboxed
-//! where the host allows (`sandbox`), collect and upload outputs (`outputs`), report the result.
+//! its pipeline (`pipeline`): fetch the input root into the local blob cache (`cache`), lay it
+//! out in a private exec root (`materialize`), run the command in its own process group,
+//! sandboxed where the host allows (`sandbox`), collect and upload outputs (`outputs`), report
+//! the result as one of the outcomes `lease` lists.
 //! An action may ask to see its input root at a fixed path (`exec_root`); a job's steps arrive
 //! as builtin actions that the agent runs itself (`step`).
 //! `config` loads the settings, `platform` says what the agent advertises and how it reads an
@@ -17,6 +18,7 @@ pub mod exec_root;
 pub mod lease;
 pub mod materialize;
 pub mod outputs;
+pub mod pipeline;
 pub mod platform;
 pub mod sandbox;
 pub mod session;
@@ -35,7 +37,7 @@ pub use lease::RunOutcome;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::cache::LocalCache;
-use crate::lease::{CasClients, LeasePipeline};
+use crate::pipeline::{CasClients, LeasePipeline};
 use crate::platform::HostFacts;
 use crate::sandbox::{LocalRunner, ProcessRunner};
 use crate::workdir::WorkLayout;
@@ -75,6 +77,10 @@ pub enum AgentError {
     /// A start-up task failed.
     #[error("agent start-up failed: {0}")]
     Startup(String),
+    /// The coordinator refused this agent for good (most often: it speaks another agent
+    /// protocol version; see README "Upgrading a fleet").
+    #[error("the coordinator refused this agent: {0}")]
+    Refused(String),
 }
 
 /// The agent.
@@ -84,13 +90,14 @@ pub struct Agent;
 impl Agent {
     /// Runs the agent until `shutdown` is cancelled and the drain is done: running leases
     /// finish (bounded by their timeouts, or by `config.drain_timeout`) and their results are
-    /// delivered. Returns an error only if the agent cannot start.
+    /// delivered. Returns an error if the agent cannot start, or if the coordinator refuses it
+    /// for good ([`AgentError::Refused`]).
     pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
         Self::run_with_abort(config, shutdown, CancellationToken::new()).await
     }
 
     /// Like [`Agent::run`]; cancelling `abort` (a second Ctrl-C, say) additionally stops
-    /// running commands at once, reports them UNAVAILABLE so they run elsewhere, and exits
+    /// running commands at once, reports them RETRYABLE so they run elsewhere, and exits
     /// after a short attempt to deliver that.
     pub async fn run_with_abort(
         config: AgentConfig,
@@ -153,7 +160,7 @@ impl Agent {
             properties,
             slots: config.slots,
             version: VERSION.to_owned(),
-            ..Default::default()
+            protocol_version: tessera_proto::AGENT_PROTOCOL_VERSION,
         };
 
         let persist_stop = CancellationToken::new();
@@ -179,7 +186,10 @@ impl Agent {
             );
         }
         tracing::info!("agent stopped");
-        Ok(())
+        match end.refused {
+            Some(message) => Err(AgentError::Refused(message)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -38,6 +38,7 @@ use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::resource::Resource;
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -566,18 +567,39 @@ fn loopback_up() -> Result<(), Errno> {
     }
 }
 
+/// Why this host cannot sandbox commands (see [`probe_namespaces`]).
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    /// The probe's sandbox could not even be prepared.
+    #[error(transparent)]
+    Prepare(#[from] SpawnError),
+    /// Entering the namespaces failed in the probe child (often EPERM: not root, or user
+    /// namespaces are off).
+    #[error("{0}")]
+    Enter(Errno),
+    /// The probe child ended some other way than by exiting.
+    #[error("probe child ended with {0:?}")]
+    Ended(WaitStatus),
+    /// Waiting for the probe child failed.
+    #[error("waitpid failed: {0}")]
+    Wait(Errno),
+    /// The probe child could not be forked.
+    #[error("fork failed: {0}")]
+    Fork(Errno),
+}
+
 /// Checks, once, whether this host lets the agent run commands in namespaces the way
 /// [`LocalRunner`] does (mount and network namespaces, a bind mount on /tmp, loopback up), by
 /// doing exactly that in a forked child. `scratch` is an empty directory to bind on /tmp.
 /// Blocking; call it from a blocking thread.
-pub fn probe_namespaces(scratch: &Path) -> Result<(), String> {
+pub fn probe_namespaces(scratch: &Path) -> Result<(), ProbeError> {
     let isolation = Isolation {
         namespaces: true,
         network: false,
         private_tmp: Some(scratch.to_owned()),
         ..Isolation::default()
     };
-    let prepared = Prepared::new(&isolation, None).map_err(|e| e.to_string())?;
+    let prepared = Prepared::new(&isolation, None)?;
     fork_and_enter(&prepared)
 }
 
@@ -585,8 +607,8 @@ pub fn probe_namespaces(scratch: &Path) -> Result<(), String> {
     unsafe_code,
     reason = "fork(2) in a threaded process: the child only runs Prepared::enter and _exit"
 )]
-fn fork_and_enter(prepared: &Prepared) -> Result<(), String> {
-    use nix::sys::wait::{WaitStatus, waitpid};
+fn fork_and_enter(prepared: &Prepared) -> Result<(), ProbeError> {
+    use nix::sys::wait::waitpid;
     use nix::unistd::ForkResult;
     // SAFETY: the child only calls async-signal-safe code (`Prepared::enter`) and `_exit`.
     match unsafe { nix::unistd::fork() } {
@@ -602,14 +624,14 @@ fn fork_and_enter(prepared: &Prepared) -> Result<(), String> {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
                 Ok(WaitStatus::Exited(_, code)) => {
-                    return Err(format!("{}", Errno::from_raw(code)));
+                    return Err(ProbeError::Enter(Errno::from_raw(code)));
                 }
-                Ok(other) => return Err(format!("probe child ended with {other:?}")),
+                Ok(other) => return Err(ProbeError::Ended(other)),
                 Err(Errno::EINTR) => continue,
-                Err(error) => return Err(format!("waitpid failed: {error}")),
+                Err(error) => return Err(ProbeError::Wait(error)),
             }
         },
-        Err(error) => Err(format!("fork failed: {error}")),
+        Err(error) => Err(ProbeError::Fork(error)),
     }
 }
 
@@ -688,6 +710,15 @@ mod tests {
         assert!(err.is_user_error());
         assert_eq!(err.to_string(), "command not found: \"data\" (PATH=bin)");
         assert!(resolve_program("", &[], cwd).is_err());
+    }
+
+    #[test]
+    fn a_probe_that_cannot_enter_says_why() {
+        // Not root: unshare fails; root: there is nothing to bind on /tmp. Either way the
+        // child's errno comes back, typed.
+        let error = probe_namespaces(Path::new("/nonexistent/tessera-probe")).unwrap_err();
+        assert!(matches!(error, ProbeError::Enter(_)), "{error:?}");
+        assert!(!error.to_string().is_empty());
     }
 
     #[test]

@@ -17,14 +17,20 @@
 //! [`MAX_PENDING_AGE`].
 //!
 //! Leases beyond the agent's slots, and leases that arrive while draining, are answered at once
-//! with UNAVAILABLE so the coordinator can place them elsewhere.
+//! with REFUSED so the coordinator can place them elsewhere without spending an attempt.
 //!
 //! Shutdown causes, all leading to the same drain: the shutdown token (SIGTERM/SIGINT in the
 //! CLI), a `Drain` message. Draining: send `Draining`, take no new leases, let running ones
-//! finish (or cancel them after the configured drain timeout, reporting UNAVAILABLE), deliver
+//! finish (or cancel them after the configured drain timeout, reporting RETRYABLE), deliver
 //! their results (trying to reconnect for up to [`RESULT_FLUSH_TIMEOUT`] if the link is down),
 //! close the stream, wait for lease clean-up, return. The abort token cancels running leases at
 //! once and gives up on undelivered results after a short flush.
+//!
+//! Refusal: a coordinator that refuses the session with FAILED_PRECONDITION (an agent of
+//! another protocol version) will refuse it again however often the agent retries, so the
+//! session ends at once, cancelling running leases (their results could not be delivered),
+//! and [`SessionEnd::refused`] says why. A refusal with any other code is retried like a
+//! broken stream.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -39,9 +45,10 @@ use tessera_proto::tessera::v1::agent_message::Kind as AgentKind;
 use tessera_proto::tessera::v1::agent_session_client::AgentSessionClient;
 use tessera_proto::tessera::v1::coordinator_message::Kind as CoordinatorKind;
 use tessera_proto::tessera::v1::{
-    AgentMessage, CoordinatorMessage, Draining, Heartbeat, Hello, Lease, LeaseProgress,
-    LeaseResult, LeaseStage, Welcome,
+    AgentMessage, CoordinatorMessage, Draining, Heartbeat, Hello, Lease, LeaseOutcome,
+    LeaseProgress, LeaseResult, LeaseStage, Welcome,
 };
+use tessera_proto::time::from_proto_duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -52,7 +59,8 @@ use tonic::Code;
 use tonic::codec::Streaming;
 use tonic::transport::Channel;
 
-use crate::lease::{CancelReason, LeaseCancel, LeasePipeline, RunOutcome};
+use crate::lease::{CancelReason, LeaseCancel, Report, RunOutcome};
+use crate::pipeline::LeasePipeline;
 
 /// First reconnection delay.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -96,10 +104,12 @@ pub struct SessionParams {
 }
 
 /// How the session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionEnd {
     /// Results that could not be delivered.
     pub undelivered: usize,
+    /// The coordinator's message, if it refused this agent for good (see the module docs).
+    pub refused: Option<String>,
 }
 
 /// Runs the session until it has drained (after `shutdown`, a `Drain` message, or `abort`).
@@ -120,6 +130,7 @@ pub async fn run(
         drain_deadline: None,
         flush_deadline: None,
         gave_up: false,
+        refused: None,
         link: Link::Down {
             retry_at: Instant::now(),
         },
@@ -171,6 +182,8 @@ struct Session {
     drain_deadline: Option<Instant>,
     flush_deadline: Option<Instant>,
     gave_up: bool,
+    /// Set when the coordinator refused the agent for good: the session ends.
+    refused: Option<String>,
     link: Link,
     backoff: Backoff,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -210,8 +223,8 @@ enum LinkError {
     Rpc(tonic::Status),
     #[error("the coordinator closed the stream before welcoming the agent")]
     Closed,
-    #[error("the coordinator refused the agent: {0}")]
-    Refused(String),
+    #[error("the coordinator refused the agent: {:?}: {}", Code::from(.0.code), .0.message)]
+    Refused(Status),
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
 }
@@ -252,8 +265,15 @@ fn message(kind: AgentKind) -> AgentMessage {
 }
 
 fn duration_of(d: Option<prost_types::Duration>) -> Option<Duration> {
-    d.and_then(|d| Duration::try_from(d).ok())
+    d.as_ref()
+        .and_then(from_proto_duration)
         .filter(|d| !d.is_zero())
+}
+
+/// Whether a refusal is for good: FAILED_PRECONDITION says the agent cannot work with this
+/// coordinator as it is (another protocol version), so retrying would only repeat it.
+fn is_final(refusal: &Status) -> bool {
+    Code::from(refusal.code) == Code::FailedPrecondition
 }
 
 /// Opens a stream, says hello, waits for the welcome.
@@ -275,13 +295,7 @@ async fn connect(channel: Channel, hello: Hello) -> Result<Connected, LinkError>
         .map_err(LinkError::Rpc)?;
     let welcome: Welcome = match first.and_then(|m| m.kind) {
         Some(CoordinatorKind::Welcome(welcome)) => welcome,
-        Some(CoordinatorKind::Refused(status)) => {
-            return Err(LinkError::Refused(format!(
-                "{:?}: {}",
-                Code::from(status.code),
-                status.message
-            )));
-        }
+        Some(CoordinatorKind::Refused(status)) => return Err(LinkError::Refused(status)),
         None => return Err(LinkError::Closed),
         Some(_) => return Err(LinkError::Protocol("the first message was not Welcome")),
     };
@@ -325,7 +339,7 @@ impl Backoff {
 
 impl Session {
     fn is_done(&self) -> bool {
-        if self.gave_up {
+        if self.gave_up || self.refused.is_some() {
             return true;
         }
         self.draining && self.leases.is_empty() && self.pending.is_empty()
@@ -488,6 +502,9 @@ impl Session {
                 }
                 self.flush_pending();
             }
+            LinkEvent::Failed(LinkError::Refused(refusal)) if is_final(&refusal) => {
+                self.refuse_session(refusal);
+            }
             LinkEvent::Failed(error) => {
                 let wait = self.backoff.next();
                 if self.backoff.failures <= 1 || self.backoff.failures.is_multiple_of(20) {
@@ -548,6 +565,9 @@ impl Session {
                     connected.heartbeat = heartbeat_timer(&welcome);
                 }
             }
+            Some(CoordinatorKind::Refused(status)) if is_final(&status) => {
+                self.refuse_session(status);
+            }
             Some(CoordinatorKind::Refused(status)) => {
                 let reason = format!(
                     "refused by the coordinator: {:?}: {}",
@@ -558,6 +578,22 @@ impl Session {
             }
             None => tracing::debug!("ignoring an empty coordinator message"),
         }
+    }
+
+    /// Ends the session: the coordinator will not take this agent. Running leases are
+    /// cancelled, since no result of theirs could be delivered.
+    fn refuse_session(&mut self, refusal: Status) {
+        tracing::error!(
+            code = ?Code::from(refusal.code),
+            reason = %refusal.message,
+            running = self.leases.len(),
+            "the coordinator refused this agent; stopping"
+        );
+        self.cancel_all(CancelReason::AgentStopping);
+        self.refused = Some(refusal.message);
+        self.link = Link::Down {
+            retry_at: Instant::now(),
+        };
     }
 
     fn on_lease(&mut self, lease: Lease) {
@@ -577,18 +613,8 @@ impl Session {
 
     fn refuse(&mut self, lease: &Lease, why: &str) {
         tracing::info!(lease = %lease.lease_id, why, "refusing a lease");
-        self.queue_result(LeaseResult {
-            lease_id: lease.lease_id.clone(),
-            attempt: lease.attempt,
-            result: None,
-            // Not started: the coordinator queues it again without counting an attempt.
-            status: Some(Status {
-                code: Code::ResourceExhausted as i32,
-                message: why.to_owned(),
-                details: Vec::new(),
-            }),
-            ..Default::default()
-        });
+        // Not started: the coordinator queues it again without counting an attempt.
+        self.queue_result(Report::new(LeaseOutcome::Refused, why).into_result(lease, None));
     }
 
     fn start(&mut self, lease: Lease) {
@@ -645,17 +671,13 @@ impl Session {
                 if !reported.load(Ordering::SeqCst) {
                     let _ = events.send(Event::Finished {
                         lease_id: lease.lease_id.clone(),
-                        result: Box::new(LeaseResult {
-                            lease_id: lease.lease_id.clone(),
-                            attempt: lease.attempt,
-                            result: None,
-                            status: Some(Status {
-                                code: Code::Internal as i32,
-                                message: format!("the agent's lease task failed: {error}"),
-                                details: Vec::new(),
-                            }),
-                            ..Default::default()
-                        }),
+                        result: Box::new(
+                            Report::new(
+                                LeaseOutcome::Retryable,
+                                format!("the agent's lease task failed: {error}"),
+                            )
+                            .into_result(&lease, None),
+                        ),
                     });
                 }
             }
@@ -677,7 +699,7 @@ impl Session {
             .await;
         }
         self.tasks.close();
-        if self.aborted || self.gave_up {
+        if self.aborted || self.gave_up || self.refused.is_some() {
             if tokio::time::timeout(CLOSE_TIMEOUT, self.tasks.wait())
                 .await
                 .is_err()
@@ -688,7 +710,10 @@ impl Session {
             self.tasks.wait().await;
         }
         tracing::info!(undelivered, "session closed");
-        SessionEnd { undelivered }
+        SessionEnd {
+            undelivered,
+            refused: self.refused,
+        }
     }
 }
 
@@ -702,7 +727,7 @@ fn log_outcome(lease: &Lease, outcome: &RunOutcome) {
         RunOutcome::TimedOut { after } => tracing::info!(lease = %id, ?after, "command timed out"),
         RunOutcome::Cancelled { reason } => tracing::info!(lease = %id, ?reason, "lease cancelled"),
         RunOutcome::Error { stage, error } => {
-            tracing::warn!(lease = %id, %stage, %error, code = ?error.code(), "lease failed");
+            tracing::warn!(lease = %id, %stage, %error, outcome = ?error.outcome(), "lease failed");
         }
     }
 }

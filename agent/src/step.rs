@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tessera_runners::step::{
-    PREPARED_DIR, REPORT_PATH, SCRATCH_DIR, Spawn, StepReport, StepSpec, execute_step,
-    prepared_path,
+    ExecuteError, PREPARED_DIR, REPORT_PATH, SCRATCH_DIR, Spawn, StepReport, StepSpec,
+    execute_step, prepared_path,
 };
 use tessera_runners::{CommandOutput, CommandSpec, Prepared, Termination, TestResult};
 use thiserror::Error;
@@ -58,8 +58,11 @@ pub enum StepEnd {
 /// Why a step could not be run: the agent's trouble, not the step's.
 #[derive(Debug, Error)]
 pub enum StepError {
-    /// A command could not be started for a reason that is not the action's fault, or a local
-    /// filesystem operation failed.
+    /// A command could not be started for a reason that is not the action's fault, its output
+    /// could not be read, or the step's scratch files could not be written.
+    #[error("failed to run the step: {0}")]
+    Run(#[source] ExecuteError<CommandError>),
+    /// A local filesystem operation failed.
     #[error("failed to {op}: {source}")]
     Io {
         /// What was being done.
@@ -103,29 +106,20 @@ pub async fn run_step(step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepEnd,
     }
     let report = match ran {
         Ok(report) => report,
-        Err(error) => match error
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<Interrupted>())
+        Err(ExecuteError::Spawn(CommandError::Cancelled)) => return Ok(StepEnd::Cancelled),
+        Err(ExecuteError::Spawn(CommandError::ActionTimedOut { after })) => {
+            return Ok(StepEnd::TimedOut { after });
+        }
+        // The tool is not there: the step's failure (reported), not the agent's.
+        Err(ExecuteError::Spawn(CommandError::CouldNotStart { program, source }))
+            if source.is_user_error() =>
         {
-            Some(Interrupted::Cancelled) => return Ok(StepEnd::Cancelled),
-            Some(Interrupted::ActionTimedOut { after }) => {
-                return Ok(StepEnd::TimedOut { after: *after });
+            StepReport::Failed {
+                error: format!("could not start {program}: {source}; is it installed and on PATH?"),
             }
-            Some(Interrupted::CouldNotStart { program, source }) if source.is_user_error() => {
-                StepReport::Failed {
-                    error: format!(
-                        "could not start {program}: {source}; is it installed and on PATH?"
-                    ),
-                }
-            }
-            // The agent could not start it (or the step's scratch files could not be written).
-            Some(Interrupted::CouldNotStart { .. }) | None => {
-                return Err(StepError::Io {
-                    op: "run the step".into(),
-                    source: error,
-                });
-            }
-        },
+        }
+        // The agent could not start it, read its output or write the scratch files.
+        Err(error) => return Err(StepError::Run(error)),
     };
     let mut log = spawner
         .log
@@ -137,7 +131,9 @@ pub async fn run_step(step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepEnd,
         let report = match report {
             StepReport::Prepared { prepared } => match copy_prepared(&prepared, &map, &dirs.root) {
                 Ok(()) => StepReport::Prepared { prepared },
-                Err(error) => StepReport::Failed { error },
+                Err(error) => StepReport::Failed {
+                    error: error.to_string(),
+                },
             },
             other => other,
         };
@@ -154,18 +150,36 @@ pub async fn run_step(step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepEnd,
     })?
 }
 
-/// What ended a step early, carried through `execute_step`'s `io::Error`.
+/// Why one of a step's commands did not run to an end: the step spawner's error, which
+/// `execute_step` hands back to [`run_step`] as it is.
 #[derive(Debug, Error)]
-enum Interrupted {
+pub enum CommandError {
+    /// The lease was cancelled while the command ran.
     #[error("cancelled")]
     Cancelled,
+    /// The action's own timeout passed (not the command's: that is a test's timeout).
     #[error("the action timed out after {after:?}")]
-    ActionTimedOut { after: Duration },
+    ActionTimedOut {
+        /// The action's timeout.
+        after: Duration,
+    },
+    /// The command could not be started.
     #[error("could not start {program}: {source}")]
     CouldNotStart {
+        /// Its `argv[0]`.
         program: String,
+        /// Why.
         #[source]
         source: SpawnError,
+    },
+    /// The command ran, but its output could not be read back.
+    #[error("failed to read the output of {program}: {source}")]
+    Output {
+        /// Its `argv[0]`.
+        program: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
 }
 
@@ -179,13 +193,16 @@ struct SandboxSpawner<'a> {
 }
 
 impl Spawn for SandboxSpawner<'_> {
+    type Error = CommandError;
+
     async fn spawn(
         &self,
         command: &CommandSpec,
         timeout: Option<Duration>,
-    ) -> io::Result<CommandOutput> {
+    ) -> Result<CommandOutput, CommandError> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let spec = self.process_spec(command, n).map_err(io::Error::other)?;
+        let program = || command.argv.first().cloned().unwrap_or_default();
+        let spec = self.process_spec(command, n)?;
         // The command's own timeout, unless the action's comes first.
         let left = self
             .deadline
@@ -195,9 +212,8 @@ impl Spawn for SandboxSpawner<'_> {
             (None, Some(left)) => (Some(left), true),
             (own, _) => (own, false),
         };
-        let action_timed_out = || {
-            let after = self.deadline.map(|(_, t)| t).unwrap_or_default();
-            io::Error::other(Interrupted::ActionTimedOut { after })
+        let action_timed_out = || CommandError::ActionTimedOut {
+            after: self.deadline.map(|(_, t)| t).unwrap_or_default(),
         };
         if limit.is_some_and(|l| l.is_zero()) && action_bound {
             return Err(action_timed_out());
@@ -213,15 +229,19 @@ impl Spawn for SandboxSpawner<'_> {
             Ok(ProcessExit::Exited { exit_code }) => Termination::Exited(exit_code),
             Ok(ProcessExit::TimedOut { .. }) if action_bound => return Err(action_timed_out()),
             Ok(ProcessExit::TimedOut { .. }) => Termination::TimedOut,
-            Ok(ProcessExit::Cancelled) => return Err(io::Error::other(Interrupted::Cancelled)),
+            Ok(ProcessExit::Cancelled) => return Err(CommandError::Cancelled),
             Err(source) => {
-                return Err(io::Error::other(Interrupted::CouldNotStart {
-                    program: command.argv.first().cloned().unwrap_or_default(),
+                return Err(CommandError::CouldNotStart {
+                    program: program(),
                     source,
-                }));
+                });
             }
         };
         let (stdout_path, stderr_path) = (spec.stdout.clone(), spec.stderr.clone());
+        let output_error = |source| CommandError::Output {
+            program: program(),
+            source,
+        };
         let (stdout, stderr) = tokio::task::spawn_blocking(move || {
             let read = |path: &Path| {
                 let text = read_tail(path, OUTPUT_LIMIT);
@@ -231,7 +251,8 @@ impl Spawn for SandboxSpawner<'_> {
             Ok::<_, io::Error>((read(&stdout_path)?, read(&stderr_path)?))
         })
         .await
-        .map_err(io::Error::other)??;
+        .map_err(|e| output_error(io::Error::other(e)))?
+        .map_err(output_error)?;
         self.note(&command.argv, termination, elapsed);
         Ok(CommandOutput {
             termination,
@@ -256,10 +277,10 @@ impl SandboxSpawner<'_> {
     /// The process for `command`: the action's environment with the command's on top (and
     /// `PWD`), its working directory (the exec root if it names none), its program looked up
     /// as the command will see it.
-    fn process_spec(&self, command: &CommandSpec, n: u32) -> Result<ProcessSpec, Interrupted> {
+    fn process_spec(&self, command: &CommandSpec, n: u32) -> Result<ProcessSpec, CommandError> {
         let template = self.ctx.template;
         let map = self.ctx.map;
-        let could_not_start = |source| Interrupted::CouldNotStart {
+        let could_not_start = |source| CommandError::CouldNotStart {
             program: command.argv.first().cloned().unwrap_or_default(),
             source,
         };
@@ -353,36 +374,78 @@ fn read_tail(path: &Path, limit: u64) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Why the files a prepare step reported could not be kept: the step's failure (its report
+/// becomes [`StepReport::Failed`] with this message), not the agent's.
+#[derive(Debug, Error)]
+enum KeepPreparedError {
+    /// A reported file lies outside the exec root, where later steps could not see it.
+    #[error(
+        "the prepare step reported {}, which is outside the exec root {}{hint}",
+        .file.display(),
+        .root.display()
+    )]
+    Outside {
+        /// The file as reported.
+        file: PathBuf,
+        /// The exec root as the step saw it.
+        root: PathBuf,
+        /// What probably happened, or empty.
+        hint: &'static str,
+    },
+    /// A reported file could not be copied.
+    #[error("could not keep the prepared file {}: {source}", .file.display())]
+    File {
+        /// The file as reported.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A reported directory could not be created.
+    #[error("could not keep the prepared directory {}: {source}", .dir.display())]
+    Dir {
+        /// The directory as reported.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a reported file under the agent's own work directory is outside the exec root.
+const SEEN_THROUGH_HINT: &str = "; the tool saw through the exec root to this agent's work \
+     directory, which happens without a mount namespace: cargo and nextest jobs need agents \
+     with namespaces (run `tessera agent` as root)";
+
 /// Copies the files a prepare step reported into `<lease root>/PREPARED_DIR`, at their paths
 /// relative to the exec root, keeping their modes. Says which file is missing or outside.
-fn copy_prepared(prepared: &Prepared, map: &PathMap, lease_root: &Path) -> Result<(), String> {
+fn copy_prepared(
+    prepared: &Prepared,
+    map: &PathMap,
+    lease_root: &Path,
+) -> Result<(), KeepPreparedError> {
     let root = map.seen_root();
     for file in &prepared.files {
         let Some(relative) = prepared_path(root, file) else {
-            return Err(format!(
-                "the prepare step reported {}, which is outside the exec root {}{}",
-                file.display(),
-                root.display(),
-                if file.starts_with(lease_root) {
-                    "; the tool saw through the exec root to this agent's work directory, \
-                     which happens without a mount namespace: cargo and nextest jobs need \
-                     agents with namespaces (run `tessera agent` as root)"
+            return Err(KeepPreparedError::Outside {
+                file: file.clone(),
+                root: root.to_owned(),
+                hint: if file.starts_with(lease_root) {
+                    SEEN_THROUGH_HINT
                 } else {
                     ""
-                }
-            ));
+                },
+            });
         };
         let target = lease_root.join(PREPARED_DIR).join(&relative);
-        let copied = target
+        target
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::copy(map.to_local(file), &target));
-        if let Err(error) = copied {
-            return Err(format!(
-                "could not keep the prepared file {}: {error}",
-                file.display()
-            ));
-        }
+            .and_then(|()| std::fs::copy(map.to_local(file), &target))
+            .map_err(|source| KeepPreparedError::File {
+                file: file.clone(),
+                source,
+            })?;
     }
     // Directories the later steps expect, such as CARGO_TARGET_TMPDIR: empty, so the output
     // tree carries them. One outside the exec root could not be seen later anyway.
@@ -390,12 +453,12 @@ fn copy_prepared(prepared: &Prepared, map: &PathMap, lease_root: &Path) -> Resul
         let Some(relative) = prepared_path(root, dir) else {
             continue;
         };
-        if let Err(error) = std::fs::create_dir_all(lease_root.join(PREPARED_DIR).join(&relative)) {
-            return Err(format!(
-                "could not keep the prepared directory {}: {error}",
-                dir.display()
-            ));
-        }
+        std::fs::create_dir_all(lease_root.join(PREPARED_DIR).join(&relative)).map_err(
+            |source| KeepPreparedError::Dir {
+                dir: dir.clone(),
+                source,
+            },
+        )?;
     }
     Ok(())
 }
@@ -487,9 +550,20 @@ pub fn lay_out_persist(
     Ok(persisted)
 }
 
+/// A prepare step's `persist` path that the agent may not keep: the action's fault.
+#[derive(Debug, Error)]
+#[error(
+    "persist path {:?} must be a relative path of plain names outside .tessera",
+    .path.display().to_string()
+)]
+pub struct PersistPathError {
+    /// The path as the step gave it.
+    pub path: PathBuf,
+}
+
 /// Checks a step's `persist` paths: relative, plain names only, not empty, and not inside
 /// `.tessera` (the agent's own files).
-pub fn check_persist_paths(step: &StepSpec) -> Result<(), String> {
+pub fn check_persist_paths(step: &StepSpec) -> Result<(), PersistPathError> {
     let StepSpec::Prepare { persist, .. } = step else {
         return Ok(());
     };
@@ -499,10 +573,7 @@ pub fn check_persist_paths(step: &StepSpec) -> Result<(), String> {
             .all(|c| matches!(c, std::path::Component::Normal(_)));
         let agents_own = path.starts_with(".tessera");
         if !plain || path.as_os_str().is_empty() || agents_own {
-            return Err(format!(
-                "persist path {:?} must be a relative path of plain names outside .tessera",
-                path.display().to_string()
-            ));
+            return Err(PersistPathError { path: path.clone() });
         }
     }
     Ok(())
@@ -527,6 +598,57 @@ mod tests {
         for bad in ["/abs", "../up", "a/../b", "", ".tessera/x", "./x"] {
             assert!(check_persist_paths(&prepare(&[bad])).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn refused_persist_paths_are_named() {
+        let error = check_persist_paths(&prepare(&["target", "/abs"])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "persist path \"/abs\" must be a relative path of plain names outside .tessera"
+        );
+    }
+
+    #[test]
+    fn prepared_files_are_kept_or_the_failure_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease_root = dir.path().join("root");
+        std::fs::create_dir_all(lease_root.join("target")).unwrap();
+        std::fs::write(lease_root.join("target/t"), "bin").unwrap();
+        let seen = Path::new("/tmp/t/repo");
+        let map = PathMap::new(seen, &lease_root);
+        let kept = Prepared {
+            files: vec![seen.join("target/t")],
+            ..Prepared::default()
+        };
+        copy_prepared(&kept, &map, &lease_root).unwrap();
+        assert!(lease_root.join(PREPARED_DIR).join("target/t").is_file());
+
+        // Seen through the exec root into the agent's own directory: say why.
+        let through = Prepared {
+            files: vec![lease_root.join("target/t")],
+            ..Prepared::default()
+        };
+        let error = copy_prepared(&through, &map, &lease_root).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the prepare step reported {}, which is outside the exec root /tmp/t/repo{}",
+                lease_root.join("target/t").display(),
+                SEEN_THROUGH_HINT
+            )
+        );
+        let gone = Prepared {
+            files: vec![seen.join("target/gone")],
+            ..Prepared::default()
+        };
+        let error = copy_prepared(&gone, &map, &lease_root).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("could not keep the prepared file /tmp/t/repo/target/gone: "),
+            "{error}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //! WORK_DIR/agent-id          the generated agent id (see config::agent_id)
 //! WORK_DIR/cache/            local blob cache (DiskStore, uncompressed)
-//! WORK_DIR/cache-meta/       its sled index
+//! WORK_DIR/cache-meta/       its redb index
 //! WORK_DIR/x/N/              one lease: root/ (the exec root), tmp/ (its private /tmp),
 //!                            stdout, stderr; removed once the result is sent
 //! WORK_DIR/kept/LEASE-ATTEMPT/  a failed lease's directory, with --keep-failed

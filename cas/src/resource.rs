@@ -3,9 +3,10 @@
 //! Owns parsing and formatting of
 //! `[{instance}/]blobs/[{function}/]{hash}/{size}[/{metadata}]`,
 //! `[{instance}/]compressed-blobs/{compressor}/[{function}/]{hash}/{size}[/{metadata}]`
-//! and their upload forms prefixed with `uploads/{uuid}/`, plus the rules for instance names.
-//! Optional trailing metadata is accepted and ignored. Does not know which instances exist
-//! nor which compressors a store serves.
+//! and their upload forms prefixed with `uploads/{uuid}/`, plus the rules for instance names,
+//! and the subject that names a missing blob in a REAPI `PreconditionFailure`
+//! ([`missing_subject`]). Optional trailing metadata is accepted and ignored. Does not know
+//! which instances exist nor which compressors a store serves.
 //!
 //! Instance names may span several segments but none of them may be a reserved keyword
 //! (upstream rule), so the first reserved segment always ends the instance name: a name
@@ -259,6 +260,19 @@ pub fn format_write(w: &WriteResource) -> String {
     out
 }
 
+/// The subject of a REAPI `PreconditionFailure` violation of type `MISSING` for `digest`: its
+/// ByteStream read resource name without an instance name, `blobs/{hash}/{size}` for SHA-256
+/// and `blobs/{function}/{hash}/{size}` for the others, as [`format_read`] writes it. REAPI
+/// asks for exactly this so that clients re-upload what is missing; one function builds it so
+/// every place that reports missing blobs names them alike.
+pub fn missing_subject(digest: &Digest) -> String {
+    format_read(&ReadResource {
+        instance_name: String::new(),
+        compressor: Compressor::Identity,
+        digest: *digest,
+    })
+}
+
 fn push_instance(out: &mut String, instance_name: &str) {
     if !instance_name.is_empty() {
         out.push_str(instance_name);
@@ -430,6 +444,20 @@ mod tests {
             upload_id: id.to_owned(),
             compressor,
             digest,
+        }
+    }
+
+    #[test]
+    fn missing_subjects_name_sha256_implicitly_and_other_functions_explicitly() {
+        assert_eq!(missing_subject(&sha(H, 7)), format!("blobs/{H}/7"));
+        assert_eq!(
+            missing_subject(&blake(H2, 12)),
+            format!("blobs/blake3/{H2}/12")
+        );
+        // A subject is a read resource name: it parses back to the same blob.
+        for digest in [sha(H, 7), blake(H2, 12)] {
+            let parsed = parse_read(&missing_subject(&digest)).unwrap();
+            assert_eq!(parsed, read("", Compressor::Identity, digest));
         }
     }
 

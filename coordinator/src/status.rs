@@ -7,9 +7,10 @@ use tessera_cas::digest::Digest;
 use tessera_proto::rpc;
 use tonic::{Code, Status};
 
-/// `FAILED_PRECONDITION` with a `PreconditionFailure` detail naming each missing blob as
-/// `blobs/{hash}/{size}` (with the digest function segment for non-legacy functions), as REAPI
-/// asks so clients can re-upload exactly what is missing.
+/// `FAILED_PRECONDITION` with a `PreconditionFailure` detail naming each missing blob by
+/// [`tessera_cas::resource::missing_subject`] (`blobs/{hash}/{size}`, with the digest function
+/// segment for functions other than SHA-256), as REAPI asks so clients can re-upload exactly
+/// what is missing.
 pub(crate) fn missing_blobs(message: String, missing: &[Digest]) -> Status {
     let details = missing_blobs_status(message.clone(), missing);
     Status::with_details(
@@ -27,7 +28,7 @@ pub(crate) fn missing_blobs_status(message: String, missing: &[Digest]) -> rpc::
             .iter()
             .map(|d| rpc::precondition_failure::Violation {
                 r#type: "MISSING".to_owned(),
-                subject: missing_subject(d),
+                subject: tessera_cas::resource::missing_subject(d),
                 description: String::new(),
             })
             .collect(),
@@ -40,15 +41,6 @@ pub(crate) fn missing_blobs_status(message: String, missing: &[Digest]) -> rpc::
             value: failure.encode_to_vec(),
         }],
     }
-}
-
-/// REAPI: the subject is the ByteStream read resource name without an instance name.
-fn missing_subject(d: &Digest) -> String {
-    tessera_cas::resource::format_read(&tessera_cas::resource::ReadResource {
-        instance_name: String::new(),
-        compressor: tessera_cas::resource::Compressor::Identity,
-        digest: *d,
-    })
 }
 
 /// A `google.rpc.Status` for one entry of a batch response.
@@ -85,5 +77,39 @@ pub(crate) fn store_error(error: &tessera_cas::store::StoreError) -> Status {
             Status::resource_exhausted(error.to_string())
         }
         StoreError::Io { .. } | StoreError::Meta(_) => Status::internal(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_cas::digest::DigestFunction;
+
+    use super::*;
+
+    #[test]
+    fn missing_blobs_are_named_with_their_digest_function() {
+        let sha = DigestFunction::Sha256.digest_of(b"gone");
+        let blake = DigestFunction::Blake3.digest_of(b"gone too");
+        let status = missing_blobs_status("inputs missing".to_owned(), &[sha, blake]);
+        assert_eq!(status.code, Code::FailedPrecondition as i32);
+        assert_eq!(status.message, "inputs missing");
+        let failure = rpc::PreconditionFailure::decode(status.details[0].value.as_slice()).unwrap();
+        let subjects: Vec<(&str, &str)> = failure
+            .violations
+            .iter()
+            .map(|v| (v.r#type.as_str(), v.subject.as_str()))
+            .collect();
+        let expected = [
+            format!("blobs/{}/4", sha.hash_hex()),
+            // Before one function built subjects, agents wrote BLAKE3 ones without `blake3/`.
+            format!("blobs/blake3/{}/8", blake.hash_hex()),
+        ];
+        assert_eq!(
+            subjects,
+            [
+                ("MISSING", expected[0].as_str()),
+                ("MISSING", expected[1].as_str())
+            ]
+        );
     }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::{
     CommandOutput, CommandSpec, Outcome, Prepared, RunnerConfig, RunnerError, TestId, TestResult,
@@ -83,18 +84,16 @@ impl StepSpec {
     }
 
     /// The step an action's command line asks for: `None` if it is not a builtin command at
-    /// all, an error message if it is one but malformed.
-    pub fn from_argv(argv: &[String]) -> Option<Result<Self, String>> {
+    /// all, an error if it is one but malformed.
+    pub fn from_argv(argv: &[String]) -> Option<Result<Self, StepArgvError>> {
         if argv.first().map(String::as_str) != Some(BUILTIN_PROGRAM) {
             return None;
         }
         Some(match argv {
-            [_, verb, json] if verb == STEP_VERB => serde_json::from_str(json)
-                .map_err(|e| format!("{BUILTIN_PROGRAM}: malformed step spec: {e}")),
-            _ => Err(format!(
-                "{BUILTIN_PROGRAM}: expected `{BUILTIN_PROGRAM} {STEP_VERB} <json>`, got {} arguments",
-                argv.len()
-            )),
+            [_, verb, json] if verb == STEP_VERB => {
+                serde_json::from_str(json).map_err(StepArgvError::Malformed)
+            }
+            _ => Err(StepArgvError::Arguments { count: argv.len() }),
         })
     }
 
@@ -106,6 +105,21 @@ impl StepSpec {
             | Self::Batch { runner, .. } => runner,
         }
     }
+}
+
+/// Why a builtin command line (`argv[0]` is [`BUILTIN_PROGRAM`]) names no step: the action's
+/// fault.
+#[derive(Debug, Error)]
+pub enum StepArgvError {
+    /// The arguments are not `tessera-builtin run-step <json>`.
+    #[error("{program}: expected `{program} {verb} <json>`, got {count} arguments", program = BUILTIN_PROGRAM, verb = STEP_VERB)]
+    Arguments {
+        /// How many arguments there are, `argv[0]` included.
+        count: usize,
+    },
+    /// The JSON is not a step spec.
+    #[error("{program}: malformed step spec: {0}", program = BUILTIN_PROGRAM)]
+    Malformed(#[source] serde_json::Error),
 }
 
 /// What a step reported. A step whose tool failed (the build broke, the list command crashed)
@@ -139,31 +153,52 @@ pub enum StepReport {
 /// How [`execute_step`] runs a command: the agent's sandboxed process runner in production, a
 /// plain local process in tests.
 pub trait Spawn {
+    /// Why a command did not run to an end (it could not be started, the run was cancelled,
+    /// ...): the spawner's own type, which [`execute_step`] hands back as it is, so the caller
+    /// tells these cases apart by matching, not by digging in an `io::Error`.
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// Runs `command` to its end, or until `timeout` passes (then it is killed, whole process
-    /// group, and the output says [`Termination::TimedOut`]). An error means the command could
-    /// not be started or the run was cancelled.
+    /// group, and the output says [`Termination::TimedOut`]).
     fn spawn(
         &self,
         command: &CommandSpec,
         timeout: Option<Duration>,
-    ) -> impl Future<Output = std::io::Result<CommandOutput>> + Send;
+    ) -> impl Future<Output = Result<CommandOutput, Self::Error>> + Send;
 
     /// Called with each group of results as a batch step reads them, before the step ends, so
     /// the caller can report tests as they finish. The default ignores them.
     fn results(&self, _results: &[TestResult]) {}
 }
 
+/// Why [`execute_step`] ended without a report.
+#[derive(Debug, Error)]
+pub enum ExecuteError<E> {
+    /// The spawner's error, as it returned it.
+    #[error(transparent)]
+    Spawn(E),
+    /// A batch's scratch directory or the files its command reads could not be written.
+    #[error("failed to write the step's scratch files in {}: {source}", .dir.display())]
+    Scratch {
+        /// The batch's scratch directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Runs `spec` with `spawn`, with the batches' scratch directories under `scratch` (usually
 /// `<exec root>/`[`SCRATCH_DIR`]). Tool failures become [`StepReport::Failed`]; an error from
-/// `spawn` (cancelled, could not start) is returned as it is. The caller writes and reads
-/// scratch files at the same paths the commands see them at, so `scratch` must be valid for
-/// both: an agent whose commands see the exec root in a mount namespace of their own passes a
-/// path they share with it.
+/// `spawn` (cancelled, could not start) is returned as it is, in [`ExecuteError::Spawn`]. The
+/// caller writes and reads scratch files at the same paths the commands see them at, so
+/// `scratch` must be valid for both: an agent whose commands see the exec root in a mount
+/// namespace of their own passes a path they share with it.
 pub async fn execute_step<S: Spawn + Sync>(
     spec: &StepSpec,
     scratch: &Path,
     spawn: &S,
-) -> std::io::Result<StepReport> {
+) -> Result<StepReport, ExecuteError<S::Error>> {
     let runner = spec.runner().runner();
     match spec {
         StepSpec::Prepare { .. } => {
@@ -172,7 +207,10 @@ pub async fn execute_step<S: Spawn + Sync>(
                     prepared: Prepared::default(),
                 });
             };
-            let output = spawn.spawn(&command, None).await?;
+            let output = spawn
+                .spawn(&command, None)
+                .await
+                .map_err(ExecuteError::Spawn)?;
             Ok(match runner.parse_prepare(&output) {
                 Ok(prepared) => StepReport::Prepared { prepared },
                 Err(e) => StepReport::Failed {
@@ -181,7 +219,10 @@ pub async fn execute_step<S: Spawn + Sync>(
             })
         }
         StepSpec::List { prepared, .. } => {
-            let output = spawn.spawn(&runner.list_command(prepared), None).await?;
+            let output = spawn
+                .spawn(&runner.list_command(prepared), None)
+                .await
+                .map_err(ExecuteError::Spawn)?;
             Ok(match runner.parse_list(prepared, &output) {
                 Ok(tests) => StepReport::Listed { tests },
                 Err(e) => StepReport::Failed {
@@ -199,13 +240,20 @@ pub async fn execute_step<S: Spawn + Sync>(
             let mut results = Vec::with_capacity(tests.len());
             for (i, group) in runner.batching().split(tests).into_iter().enumerate() {
                 let scratch = scratch.join(i.to_string());
-                std::fs::create_dir_all(&scratch)?;
+                let scratch_error = |source| ExecuteError::<S::Error>::Scratch {
+                    dir: scratch.clone(),
+                    source,
+                };
+                std::fs::create_dir_all(&scratch).map_err(scratch_error)?;
                 let timeout =
                     per_test.saturating_mul(u32::try_from(group.len()).unwrap_or(u32::MAX));
                 let ran = match runner.run_command(prepared, &group, &scratch) {
                     Ok(invocation) => {
-                        invocation.write_files()?;
-                        let output = spawn.spawn(&invocation.command, Some(timeout)).await?;
+                        invocation.write_files().map_err(scratch_error)?;
+                        let output = spawn
+                            .spawn(&invocation.command, Some(timeout))
+                            .await
+                            .map_err(ExecuteError::Spawn)?;
                         runner
                             .parse_results(prepared, &group, &output, &scratch)
                             .map(|mut ran| {
@@ -266,10 +314,20 @@ mod tests {
         };
         let argv = spec.to_argv();
         assert_eq!(argv[0], BUILTIN_PROGRAM);
-        assert_eq!(StepSpec::from_argv(&argv), Some(Ok(spec)));
-        assert_eq!(StepSpec::from_argv(&["sh".into()]), None);
+        assert!(matches!(StepSpec::from_argv(&argv), Some(Ok(parsed)) if parsed == spec));
+        assert!(StepSpec::from_argv(&["sh".into()]).is_none());
         let bad = StepSpec::from_argv(&[BUILTIN_PROGRAM.into(), "run-step".into(), "{".into()]);
-        assert!(bad.unwrap().unwrap_err().contains("malformed step spec"));
+        assert!(
+            bad.unwrap()
+                .unwrap_err()
+                .to_string()
+                .contains("malformed step spec")
+        );
+        let short = StepSpec::from_argv(&[BUILTIN_PROGRAM.into(), "run-step".into()]);
+        assert_eq!(
+            short.unwrap().unwrap_err().to_string(),
+            "tessera-builtin: expected `tessera-builtin run-step <json>`, got 2 arguments"
+        );
     }
 
     #[test]

@@ -429,6 +429,7 @@ async fn cancelling_a_running_operation_tells_its_agent() {
         kind: Some(agent_message::Kind::Hello(Hello {
             agent_id: "a1".into(),
             slots: 1,
+            protocol_version: tessera_proto::AGENT_PROTOCOL_VERSION,
             ..Default::default()
         })),
     })

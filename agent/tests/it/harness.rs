@@ -1,11 +1,12 @@
 //! A fake coordinator for the agent's tests: the real CAS, ByteStream and Capabilities services
 //! of `tessera-coordinator` over an in-memory store, plus a minimal AgentSession server that
-//! hands each new agent stream to the test, which then plays the coordinator's part by hand.
+//! hands each new agent stream to the test, which then plays the coordinator's part by hand
+//! (or refuses it, when the test asks).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -128,6 +129,8 @@ impl AgentLink {
 
 struct FakeSession {
     links: mpsc::UnboundedSender<AgentLink>,
+    /// The refusal the next session gets instead of `Welcome`.
+    refuse: Arc<Mutex<Option<tessera_proto::rpc::Status>>>,
 }
 
 #[tonic::async_trait]
@@ -144,6 +147,13 @@ impl AgentSession for FakeSession {
         let Some(AgentKind::Hello(hello)) = first else {
             return Err(Status::invalid_argument("expected Hello first"));
         };
+        let refusal = self.refuse.lock().unwrap().take();
+        if let Some(refusal) = refusal {
+            let refused = CoordinatorMessage {
+                kind: Some(CoordinatorKind::Refused(refusal)),
+            };
+            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(refused)))));
+        }
         let (to_agent, rx) = mpsc::channel(64);
         let (from_tx, from_agent) = mpsc::unbounded_channel();
         // Like a real coordinator, end our side once the agent has ended its own.
@@ -187,6 +197,7 @@ pub struct FakeCoordinator {
     pub addr: SocketAddr,
     pub endpoint: String,
     links: mpsc::UnboundedReceiver<AgentLink>,
+    refuse: Arc<Mutex<Option<tessera_proto::rpc::Status>>>,
     stop: CancellationToken,
 }
 
@@ -200,6 +211,7 @@ impl FakeCoordinator {
         let addr = listener.local_addr().unwrap();
         let blobs: Arc<dyn BlobStore> = Arc::new(MemoryStore::new());
         let (links_tx, links) = mpsc::unbounded_channel();
+        let refuse = Arc::new(Mutex::new(None));
         let stop = CancellationToken::new();
         let batch = 4 * 1024 * 1024;
         let router = tonic::transport::Server::builder()
@@ -209,7 +221,10 @@ impl FakeCoordinator {
                 batch,
             )))
             .add_service(ByteStreamServer::new(ByteStreamService::new(blobs)))
-            .add_service(AgentSessionServer::new(FakeSession { links: links_tx }));
+            .add_service(AgentSessionServer::new(FakeSession {
+                links: links_tx,
+                refuse: Arc::clone(&refuse),
+            }));
         tokio::spawn(router.serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             stop.clone().cancelled_owned(),
@@ -218,8 +233,19 @@ impl FakeCoordinator {
             addr,
             endpoint: format!("http://{addr}"),
             links,
+            refuse,
             stop,
         }
+    }
+
+    /// The next agent stream is answered with `refused` (code and message) instead of
+    /// `Welcome`, then closed.
+    pub fn refuse_next(&self, code: tonic::Code, message: &str) {
+        *self.refuse.lock().unwrap() = Some(tessera_proto::rpc::Status {
+            code: code as i32,
+            message: message.to_owned(),
+            details: Vec::new(),
+        });
     }
 
     /// The next agent stream to connect.

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use prost::Message;
+use tessera_cas::digest::Digest;
+use tessera_cas::resource::missing_subject;
 use tessera_proto::reapi::{Directory, FileNode, SymlinkNode, Tree};
-use tessera_proto::rpc::PreconditionFailure;
 use tessera_proto::tessera::v1::coordinator_message::Kind as CoordinatorKind;
-use tessera_proto::tessera::v1::{CancelLease, LeaseStage};
-use tonic::Code;
+use tessera_proto::tessera::v1::{CancelLease, LeaseOutcome, LeaseStage};
 
 use crate::harness::{F, FakeCoordinator, PATIENCE, TestAgent, command, input_dir, lease};
 
@@ -41,6 +41,10 @@ async fn runs_a_command_and_uploads_files_directories_and_symlinks() {
     assert_eq!(link.hello.agent_id, "test-agent");
     assert_eq!(link.hello.slots, 2);
     assert_eq!(link.hello.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        link.hello.protocol_version,
+        tessera_proto::AGENT_PROTOCOL_VERSION
+    );
     assert!(
         link.hello
             .properties
@@ -57,8 +61,12 @@ async fn runs_a_command_and_uploads_files_directories_and_symlinks() {
 
     assert_eq!(answer.lease_id, "l1");
     assert_eq!(answer.attempt, 1);
-    let status = answer.status.unwrap();
-    assert_eq!(status.code, Code::Ok as i32, "{}", status.message);
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Completed,
+        "{}",
+        answer.message
+    );
     let result = answer.result.unwrap();
     assert_eq!(result.exit_code, 3);
     let stages: Vec<LeaseStage> = link.progress.iter().map(|(_, s)| *s).collect();
@@ -153,8 +161,12 @@ async fn working_directory_and_old_style_outputs() {
     c.output_directories = vec!["d".into()];
     link.lease(l).await;
     let answer = link.result().await;
-    let status = answer.status.unwrap();
-    assert_eq!(status.code, Code::Ok as i32, "{}", status.message);
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Completed,
+        "{}",
+        answer.message
+    );
     let result = answer.result.unwrap();
     assert_eq!(result.exit_code, 0, "output parents were created");
     let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
@@ -192,27 +204,27 @@ async fn inputs_missing_from_the_cas_are_a_failed_precondition_naming_them() {
     link.lease(lease("m", root, &["true"])).await;
     let answer = link.result().await;
     assert!(answer.result.is_none());
-    let status = answer.status.unwrap();
-    assert_eq!(status.code, Code::FailedPrecondition as i32);
+    assert_eq!(answer.outcome(), LeaseOutcome::MissingInputs);
     assert!(
-        status.message.contains(&gone.hash_hex()),
+        answer.message.contains(&gone.hash_hex()),
         "{}",
-        status.message
+        answer.message
     );
-    let failure = PreconditionFailure::decode(status.details[0].value.as_slice()).unwrap();
-    assert_eq!(failure.violations.len(), 1);
-    assert_eq!(failure.violations[0].r#type, "MISSING");
+    // The agent names the blobs; the coordinator turns them into `PreconditionFailure`
+    // subjects (see `tessera_cas::resource::missing_subject`).
+    assert_eq!(answer.missing.len(), 1);
+    let missing = Digest::from_proto(F, &answer.missing[0]).unwrap();
     assert_eq!(
-        failure.violations[0].subject,
+        missing_subject(&missing),
         format!("blobs/{}/{}", gone.hash_hex(), gone.size_bytes)
     );
 
     // A missing directory is named just the same.
     let missing_dir = F.digest_of(b"no such directory");
     link.lease(lease("m2", missing_dir, &["true"])).await;
-    let status = link.result().await.status.unwrap();
-    assert_eq!(status.code, Code::FailedPrecondition as i32);
-    assert!(status.message.contains(&missing_dir.hash_hex()));
+    let answer = link.result().await;
+    assert_eq!(answer.outcome(), LeaseOutcome::MissingInputs);
+    assert!(answer.message.contains(&missing_dir.hash_hex()));
 }
 
 #[tokio::test]
@@ -255,17 +267,16 @@ async fn malformed_actions_are_invalid_arguments() {
         link.lease(l).await;
         let answer = link.result().await;
         assert_eq!(answer.lease_id, id);
-        let status = answer.status.unwrap();
         assert_eq!(
-            status.code,
-            Code::InvalidArgument as i32,
+            answer.outcome(),
+            LeaseOutcome::InvalidAction,
             "{id}: {}",
-            status.message
+            answer.message
         );
         assert!(
-            status.message.contains(expected),
+            answer.message.contains(expected),
             "{id}: {}",
-            status.message
+            answer.message
         );
     }
 }
@@ -283,9 +294,8 @@ async fn timeout_reports_deadline_exceeded_with_the_output_so_far() {
     let answer = tokio::time::timeout(Duration::from_secs(5), link.result())
         .await
         .expect("the timeout was not enforced");
-    let status = answer.status.unwrap();
-    assert_eq!(status.code, Code::DeadlineExceeded as i32);
-    assert!(status.message.contains("300ms"), "{}", status.message);
+    assert_eq!(answer.outcome(), LeaseOutcome::TimedOut);
+    assert!(answer.message.contains("300ms"), "{}", answer.message);
     let result = answer.result.unwrap();
     assert_eq!(
         &coordinator.read(result.stdout_digest.as_ref()).await[..],
@@ -308,7 +318,7 @@ async fn cancel_lease_stops_the_command() {
     let answer = tokio::time::timeout(Duration::from_secs(5), link.result())
         .await
         .expect("cancel was not prompt");
-    assert_eq!(answer.status.unwrap().code, Code::Cancelled as i32);
+    assert_eq!(answer.outcome(), LeaseOutcome::Cancelled);
     assert!(answer.result.is_none());
 }
 
@@ -363,7 +373,11 @@ async fn the_local_cache_outlives_the_agent_and_serves_the_next_lease() {
     link.lease(lease("second", root, &["test", "-s", "big"]))
         .await;
     let answer = link.result().await;
-    let status = answer.status.unwrap();
-    assert_eq!(status.code, Code::Ok as i32, "{}", status.message);
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Completed,
+        "{}",
+        answer.message
+    );
     assert_eq!(answer.result.unwrap().exit_code, 0);
 }

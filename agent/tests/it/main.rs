@@ -3,6 +3,7 @@
 
 mod harness;
 mod leases;
+mod protocol;
 mod runner;
 mod session;
 mod steps;

@@ -9,10 +9,9 @@ use tessera_agent::sandbox::{ProcessExit, ProcessRunner, ProcessSpec, SpawnError
 use tessera_proto::reapi::Directory;
 use tessera_proto::tessera::v1::agent_message::Kind as AgentKind;
 use tessera_proto::tessera::v1::coordinator_message::Kind as CoordinatorKind;
-use tessera_proto::tessera::v1::{Drain, LeaseStage};
+use tessera_proto::tessera::v1::{Drain, LeaseOutcome, LeaseStage};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
 
 use crate::harness::{FakeCoordinator, TestAgent, lease};
 
@@ -30,7 +29,7 @@ async fn heartbeats_list_the_running_leases() {
     }
     assert_eq!(link.heartbeats.last().unwrap(), &["hb".to_owned()]);
     let answer = link.result().await;
-    assert_eq!(answer.status.unwrap().code, Code::Ok as i32);
+    assert_eq!(answer.outcome(), LeaseOutcome::Completed);
     let seen = link.heartbeats.len();
     while link.heartbeats.len() == seen {
         link.next().await;
@@ -58,7 +57,7 @@ async fn leases_survive_a_broken_stream_and_report_on_the_next_one() {
     assert_eq!(again.heartbeats[0], ["r".to_owned()]);
     let answer = again.result().await;
     assert_eq!(answer.lease_id, "r");
-    assert_eq!(answer.status.unwrap().code, Code::Ok as i32);
+    assert_eq!(answer.outcome(), LeaseOutcome::Completed);
     let stdout = coordinator
         .read(answer.result.unwrap().stdout_digest.as_ref())
         .await;
@@ -83,9 +82,13 @@ async fn results_finished_while_the_coordinator_is_down_are_delivered_after() {
     let mut link = restarted.link().await;
     let answer = link.result().await;
     assert_eq!(answer.lease_id, "down");
-    let status = answer.status.unwrap();
     // The upload of stdout/stderr was retried until the CAS came back.
-    assert_eq!(status.code, Code::Ok as i32, "{}", status.message);
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Completed,
+        "{}",
+        answer.message
+    );
 }
 
 #[tokio::test]
@@ -117,13 +120,12 @@ async fn shutdown_drains_running_leases_and_refuses_new_ones() {
     link.lease(lease("late", empty, &["true"])).await;
     let late = link.result().await;
     assert_eq!(late.lease_id, "late");
-    let status = late.status.unwrap();
-    assert_eq!(status.code, Code::ResourceExhausted as i32);
-    assert!(status.message.contains("draining"), "{}", status.message);
+    assert_eq!(late.outcome(), LeaseOutcome::Refused);
+    assert!(late.message.contains("draining"), "{}", late.message);
 
     let finished = link.result().await;
     assert_eq!(finished.lease_id, "running");
-    assert_eq!(finished.status.unwrap().code, Code::Ok as i32);
+    assert_eq!(finished.outcome(), LeaseOutcome::Completed);
     link.wait_closed().await;
     agent.exited().await.unwrap();
 }
@@ -154,8 +156,12 @@ async fn abort_stops_running_commands_and_reports_them_unavailable() {
     agent.shutdown.cancel();
     agent.abort.cancel();
     let answer = link.result().await;
-    let status = answer.status.unwrap();
-    assert_eq!(status.code, Code::Unavailable as i32, "{}", status.message);
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Retryable,
+        "{}",
+        answer.message
+    );
     agent.exited().await.unwrap();
 }
 
@@ -218,14 +224,13 @@ async fn leases_beyond_the_slots_are_refused_at_once() {
     link.lease(lease("second", empty, &["true"])).await;
     let refused = link.result().await;
     assert_eq!(refused.lease_id, "second");
-    let status = refused.status.unwrap();
-    assert_eq!(status.code, Code::ResourceExhausted as i32);
-    assert!(status.message.contains("slots"), "{}", status.message);
+    assert_eq!(refused.outcome(), LeaseOutcome::Refused);
+    assert!(refused.message.contains("slots"), "{}", refused.message);
 
     gate.add_permits(1);
     let done = link.result().await;
     assert_eq!(done.lease_id, "first");
-    assert_eq!(done.status.unwrap().code, Code::Ok as i32);
+    assert_eq!(done.outcome(), LeaseOutcome::Completed);
 
     // The slot is free again.
     link.lease(lease("third", empty, &["true"])).await;

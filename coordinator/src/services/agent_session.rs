@@ -1,19 +1,24 @@
-//! `tessera.v1.AgentSession`: the agent's long-lived stream. The first message must be Hello;
-//! the coordinator answers Welcome and hands the session to the scheduler, which sends leases
-//! on it. Every later message is forwarded to the scheduler; when the stream ends, the
-//! scheduler is told (the agent's leases then live until they expire, so an agent that
-//! reconnects in time keeps them).
+//! `tessera.v1.AgentSession`: the agent's long-lived stream. The first message must be Hello.
+//! An agent that speaks another agent protocol version is refused (`CoordinatorMessage.refused`,
+//! FAILED_PRECONDITION, naming both versions) before the scheduler hears of it; otherwise the
+//! coordinator answers Welcome and hands the session to the scheduler, which sends leases on
+//! it. Every later message is forwarded to the scheduler; when the stream ends, the scheduler
+//! is told (the agent's leases then live until they expire, so an agent that reconnects in
+//! time keeps them). Does not decide anything about leases (see the scheduler).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::Stream;
+use tessera_proto::AGENT_PROTOCOL_VERSION;
 use tessera_proto::tessera::v1::{
-    AgentMessage, CoordinatorMessage, Welcome, agent_message, agent_session_server,
+    AgentMessage, CoordinatorMessage, Hello, Welcome, agent_message, agent_session_server,
     coordinator_message,
 };
+use tessera_proto::time::to_proto_duration;
+use thiserror::Error;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::execution::platform::Platform;
 use crate::execution::scheduler::SchedulerHandle;
@@ -21,13 +26,61 @@ use crate::execution::scheduler::SchedulerHandle;
 /// Most slots one agent may declare.
 const MAX_SLOTS: u32 = 4096;
 
+/// This coordinator's release, named in refusals.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
-fn duration(d: std::time::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+/// An agent whose Hello names another agent protocol version than this coordinator's.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error(
+    "agent {:?} speaks agent protocol {}{} ({}); this coordinator (tessera {coordinator}) \
+     speaks protocol {protocol} only: run agents from the coordinator's release (see README \
+     \"Upgrading a fleet\")",
+    .agent_id,
+    .agent_protocol,
+    before_checks(*.agent_protocol),
+    release(.agent_version),
+    coordinator = VERSION,
+    protocol = AGENT_PROTOCOL_VERSION
+)]
+pub struct ProtocolMismatch {
+    /// The agent's id.
+    pub agent_id: String,
+    /// The protocol version its Hello names (0: absent, an agent from before version checks).
+    pub agent_protocol: u32,
+    /// Its release, as its Hello names it (may be empty).
+    pub agent_version: String,
+}
+
+/// What an absent protocol version (0) means.
+fn before_checks(protocol: u32) -> &'static str {
+    if protocol == 0 {
+        ", from before version checks"
+    } else {
+        ""
     }
+}
+
+/// An agent's release as a refusal names it.
+fn release(version: &str) -> String {
+    if version.is_empty() {
+        "release unknown".to_owned()
+    } else {
+        format!("tessera {version}")
+    }
+}
+
+/// Checks that `hello` speaks this coordinator's agent protocol.
+pub fn check_protocol(hello: &Hello) -> Result<(), ProtocolMismatch> {
+    if hello.protocol_version == AGENT_PROTOCOL_VERSION {
+        return Ok(());
+    }
+    Err(ProtocolMismatch {
+        agent_id: hello.agent_id.clone(),
+        agent_protocol: hello.protocol_version,
+        agent_version: hello.version.clone(),
+    })
 }
 
 /// The AgentSession service.
@@ -44,6 +97,21 @@ impl AgentSessionService {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+/// A session that says only `refused`, then ends: the agent reads why instead of a bare
+/// stream error, and (for FAILED_PRECONDITION) stops rather than retry.
+fn refused(code: Code, message: String) -> SessionStream {
+    let refusal = CoordinatorMessage {
+        kind: Some(coordinator_message::Kind::Refused(
+            tessera_proto::rpc::Status {
+                code: code as i32,
+                message,
+                details: Vec::new(),
+            },
+        )),
+    };
+    Box::pin(tokio_stream::once(Ok(refusal)))
+}
 
 #[tonic::async_trait]
 impl agent_session_server::AgentSession for AgentSessionService {
@@ -63,6 +131,14 @@ impl agent_session_server::AgentSession for AgentSessionService {
                 "the first message of an agent session must be Hello",
             ));
         };
+        // First: an agent of another protocol may mean something else by the rest of Hello.
+        if let Err(mismatch) = check_protocol(&hello) {
+            tracing::warn!(agent = %hello.agent_id, %mismatch, "refusing an agent");
+            return Ok(Response::new(refused(
+                Code::FailedPrecondition,
+                mismatch.to_string(),
+            )));
+        }
         if hello.agent_id.is_empty() || hello.agent_id.len() > 256 {
             return Err(Status::invalid_argument(
                 "Hello.agent_id must be 1 to 256 characters",
@@ -79,8 +155,8 @@ impl agent_session_server::AgentSession for AgentSessionService {
         let config = self.scheduler.config();
         let welcome = CoordinatorMessage {
             kind: Some(coordinator_message::Kind::Welcome(Welcome {
-                heartbeat_interval: Some(duration(config.heartbeat_interval())),
-                lease_timeout: Some(duration(config.lease_timeout)),
+                heartbeat_interval: Some(to_proto_duration(config.heartbeat_interval())),
+                lease_timeout: Some(to_proto_duration(config.lease_timeout)),
             })),
         };
         tx.send(Ok(welcome))
@@ -110,5 +186,49 @@ impl agent_session_server::AgentSession for AgentSessionService {
             scheduler.agent_left(id, session);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(protocol_version: u32, version: &str) -> Hello {
+        Hello {
+            agent_id: "a1".to_owned(),
+            slots: 1,
+            version: version.to_owned(),
+            protocol_version,
+            ..Hello::default()
+        }
+    }
+
+    #[test]
+    fn agents_of_this_protocol_are_welcome() {
+        assert_eq!(
+            check_protocol(&hello(AGENT_PROTOCOL_VERSION, VERSION)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn refusals_say_which_versions_meet() {
+        let older = check_protocol(&hello(1, "0.1.0")).unwrap_err();
+        assert_eq!(
+            older.to_string(),
+            format!(
+                "agent \"a1\" speaks agent protocol 1 (tessera 0.1.0); this coordinator \
+                 (tessera {VERSION}) speaks protocol {AGENT_PROTOCOL_VERSION} only: run agents \
+                 from the coordinator's release (see README \"Upgrading a fleet\")"
+            )
+        );
+        let ancient = check_protocol(&hello(0, "")).unwrap_err().to_string();
+        assert!(
+            ancient.starts_with(
+                "agent \"a1\" speaks agent protocol 0, from before version checks (release \
+                 unknown); "
+            ),
+            "{ancient}"
+        );
     }
 }

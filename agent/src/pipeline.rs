@@ -1,0 +1,555 @@
+//! One lease's pipeline: check → fetch → run → upload, ending in a [`RunOutcome`] and the
+//! `LeaseResult` that reports it (see `lease` for every way a lease ends and what the
+//! coordinator is told).
+//!
+//! A builtin step action (`tessera-builtin run-step ...`) runs through the same stages; only
+//! the run differs (see `step`). An action with an `exec-root` platform property sees its input
+//! root at that path (see `exec_root`).
+//!
+//! Does not talk to the coordinator (see `session`); progress goes out through a callback.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tessera_cas::client::{CasClient, ClientError};
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_proto::reapi::{ActionResult, Command, ExecutedActionMetadata};
+use tessera_proto::tessera::v1::{Lease, LeaseResult, LeaseStage};
+use tessera_proto::time::from_proto_duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::cache::LocalCache;
+use crate::exec_root::{PathMap, SymlinkedRoot, check_disjoint};
+use crate::lease::{LeaseCancel, LeaseError, Report, RunOutcome, Stage};
+use crate::materialize::{
+    MaterializeError, create_dirs_within, fetch_input_tree, materialize, relative_components,
+};
+use crate::outputs::{
+    OutputError, RequestedOutput, collect_outputs, file_blob, requested_outputs, upload,
+};
+use crate::platform::ExecutionOptions;
+use crate::sandbox::{Isolation, ProcessExit, ProcessRunner, ProcessSpec, resolve_program};
+use crate::step::{StepContext, StepEnd, check_persist_paths, lay_out_persist, run_step};
+use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
+use tessera_runners::step::{StepReport, StepSpec};
+
+/// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
+const UPLOAD_ATTEMPTS: u32 = 5;
+/// Wait before the first upload retry; doubled each time (0.25 + 0.5 + 1 + 2 s in all).
+const UPLOAD_RETRY_FIRST: Duration = Duration::from_millis(250);
+
+/// Whether a CAS call may succeed if simply tried again.
+fn is_transient(error: &ClientError) -> bool {
+    let code = match error {
+        ClientError::Rpc { status, .. } => status.code(),
+        ClientError::Blob { code, .. } => *code,
+        _ => return false,
+    };
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted
+    )
+}
+
+fn io_error(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LeaseError {
+    let op = op.into();
+    move |source| LeaseError::Io { op, source }
+}
+
+/// CAS clients per (instance name, digest function), sharing one channel.
+#[derive(Debug, Clone)]
+pub struct CasClients {
+    channel: Channel,
+    clients: Arc<Mutex<HashMap<(String, DigestFunction), CasClient>>>,
+}
+
+impl CasClients {
+    /// Clients over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        CasClients {
+            channel,
+            clients: Arc::default(),
+        }
+    }
+
+    /// The client for `instance` and `function`, created on first use.
+    pub async fn get(
+        &self,
+        instance: &str,
+        function: DigestFunction,
+    ) -> Result<CasClient, ClientError> {
+        let key = (instance.to_owned(), function);
+        if let Some(client) = self.lock().get(&key) {
+            return Ok(client.clone());
+        }
+        let client = CasClient::from_channel(self.channel.clone(), instance, function).await?;
+        self.lock().insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, DigestFunction), CasClient>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Everything a lease needs from the agent.
+pub struct LeasePipeline {
+    /// Reported as `ExecutedActionMetadata.worker`.
+    pub agent_id: String,
+    /// The local blob cache.
+    pub cache: LocalCache,
+    /// The CAS.
+    pub cas: CasClients,
+    /// Runs the commands.
+    pub runner: Arc<dyn ProcessRunner>,
+    /// Where lease directories go.
+    pub layout: WorkLayout,
+    /// Whether commands run in namespaces.
+    pub namespaces: bool,
+    /// Keep the directories of failed leases.
+    pub keep_failed: bool,
+}
+
+impl std::fmt::Debug for LeasePipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasePipeline")
+            .field("agent_id", &self.agent_id)
+            .field("layout", &self.layout)
+            .field("namespaces", &self.namespaces)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the lease asks for, checked before any work.
+struct Plan {
+    function: DigestFunction,
+    input_root: Digest,
+    command: Command,
+    options: ExecutionOptions,
+    outputs: Vec<RequestedOutput>,
+    timeout: Option<Duration>,
+    cas: CasClient,
+    /// The builtin step the command asks for, if it is one.
+    step: Option<StepSpec>,
+}
+
+/// How to run a lease once its inputs are laid out.
+struct Launch {
+    /// The command; for a step, the template of its commands (environment, isolation, limits,
+    /// the action's timeout).
+    spec: ProcessSpec,
+    /// Paths as the command sees them and as the agent opens them.
+    map: PathMap,
+}
+
+fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp::from(time))
+}
+
+impl LeasePipeline {
+    /// Runs `lease` in the directories numbered `seq`, reporting stages through `progress`.
+    /// Leaves the directories for [`LeasePipeline::clean_up`].
+    pub async fn run(
+        &self,
+        lease: &Lease,
+        seq: u64,
+        cancel: &LeaseCancel,
+        progress: &(dyn Fn(LeaseStage) + Send + Sync),
+        step_results: &(dyn Fn(String) + Send + Sync),
+    ) -> (LeaseResult, RunOutcome) {
+        let dirs = self.layout.lease_dirs(seq);
+        let mut metadata = ExecutedActionMetadata {
+            worker: self.agent_id.clone(),
+            worker_start_timestamp: timestamp(SystemTime::now()),
+            ..ExecutedActionMetadata::default()
+        };
+        let (outcome, result) = self
+            .stages(lease, &dirs, cancel, progress, step_results, &mut metadata)
+            .await;
+        let result = result.map(|mut result| {
+            metadata.worker_completed_timestamp = timestamp(SystemTime::now());
+            result.execution_metadata = Some(metadata);
+            result
+        });
+        (Report::of(&outcome).into_result(lease, result), outcome)
+    }
+
+    async fn stages(
+        &self,
+        lease: &Lease,
+        dirs: &LeaseDirs,
+        cancel: &LeaseCancel,
+        progress: &(dyn Fn(LeaseStage) + Send + Sync),
+        step_results: &(dyn Fn(String) + Send + Sync),
+        metadata: &mut ExecutedActionMetadata,
+    ) -> (RunOutcome, Option<ActionResult>) {
+        let fail = |stage, error| (RunOutcome::Error { stage, error }, None);
+        let cancelled = || {
+            (
+                RunOutcome::Cancelled {
+                    reason: cancel.reason(),
+                },
+                None,
+            )
+        };
+
+        progress(LeaseStage::Fetching);
+        metadata.input_fetch_start_timestamp = timestamp(SystemTime::now());
+        let (plan, launch) = match self.fetch(lease, dirs, cancel).await {
+            Ok(Some(fetched)) => fetched,
+            Ok(None) => return cancelled(),
+            Err(error) => return fail(Stage::Fetch, error),
+        };
+        metadata.input_fetch_completed_timestamp = timestamp(SystemTime::now());
+        if cancel.token().is_cancelled() {
+            return cancelled();
+        }
+        // Without namespaces a fixed exec root is a symlink, one lease at a time.
+        let linked = match (&plan.options.exec_root, self.namespaces) {
+            (Some(path), false) => {
+                match SymlinkedRoot::acquire(path, &dirs.root, cancel.token()).await {
+                    Ok(Some(linked)) => Some(linked),
+                    Ok(None) => return cancelled(),
+                    Err(error) => return fail(Stage::Execute, error.into()),
+                }
+            }
+            _ => None,
+        };
+
+        progress(LeaseStage::Executing);
+        metadata.execution_start_timestamp = timestamp(SystemTime::now());
+        let exit = match &plan.step {
+            None => self
+                .runner
+                .run(&launch.spec, cancel.token())
+                .await
+                .map_err(LeaseError::from),
+            Some(step) => {
+                self.run_step(step, &launch, dirs, cancel, step_results)
+                    .await
+            }
+        };
+        drop(linked);
+        let exit = match exit {
+            Ok(exit) => exit,
+            Err(error) => return fail(Stage::Execute, error),
+        };
+        metadata.execution_completed_timestamp = timestamp(SystemTime::now());
+
+        let (outcome, exit_code, requested) = match exit {
+            ProcessExit::Cancelled => return cancelled(),
+            ProcessExit::TimedOut { after, exit_code } => {
+                // Only what the command printed: its outputs are unfinished.
+                (RunOutcome::TimedOut { after }, exit_code, Vec::new())
+            }
+            ProcessExit::Exited { exit_code: 0 } => (RunOutcome::Passed, 0, plan.outputs.clone()),
+            ProcessExit::Exited { exit_code } => (
+                RunOutcome::Failed { exit_code },
+                exit_code,
+                plan.outputs.clone(),
+            ),
+        };
+        progress(LeaseStage::Uploading);
+        metadata.output_upload_start_timestamp = timestamp(SystemTime::now());
+        let uploaded = tokio::select! {
+            uploaded = self.upload(&plan, dirs, requested) => uploaded,
+            () = cancel.token().cancelled() => return cancelled(),
+        };
+        let mut result = match uploaded {
+            Ok(result) => result,
+            Err(error) => return fail(Stage::Upload, error),
+        };
+        metadata.output_upload_completed_timestamp = timestamp(SystemTime::now());
+        result.exit_code = exit_code;
+        (outcome, Some(result))
+    }
+
+    /// Checks the lease, fetches and lays out its inputs, and says how to run its command;
+    /// `None` if cancelled while fetching; laying out, once begun, is not interrupted, so a
+    /// cancelled lease never races its own clean-up.
+    async fn fetch(
+        &self,
+        lease: &Lease,
+        dirs: &LeaseDirs,
+        cancel: &LeaseCancel,
+    ) -> Result<Option<(Plan, Launch)>, LeaseError> {
+        let download = async {
+            let plan = self.plan(lease).await?;
+            let tree = fetch_input_tree(&self.cache, &plan.cas, plan.input_root).await?;
+            let pins = self
+                .cache
+                .ensure(&plan.cas, &tree.file_digests())
+                .await
+                .map_err(MaterializeError::from)?;
+            Ok::<_, LeaseError>((plan, tree, pins))
+        };
+        let (plan, tree, pins) = tokio::select! {
+            downloaded = download => downloaded?,
+            () = cancel.token().cancelled() => return Ok(None),
+        };
+        let cache = self.cache.clone();
+        let lease_dirs = dirs.clone();
+        let working_directory = plan.command.working_directory.clone();
+        let outputs = plan.outputs.clone();
+        let step = plan.step.clone();
+        let persist_base = self.layout.persist_base();
+        let seen_root = plan
+            .options
+            .exec_root
+            .clone()
+            .unwrap_or_else(|| dirs.root.clone());
+        let fixed_root = plan.options.exec_root.is_some();
+        let namespaces = self.namespaces;
+        let (stats, persisted) = tokio::task::spawn_blocking(move || {
+            lease_dirs
+                .create()
+                .map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
+            let stats = materialize(&tree, &cache, &lease_dirs.root)?;
+            let cwd = relative_components(&working_directory).unwrap_or_default();
+            if !create_dirs_within(&lease_dirs.root, &cwd)? {
+                return Err(LeaseError::BadLease(format!(
+                    "working directory \"{working_directory}\" is not a directory of the input root"
+                )));
+            }
+            let cwd_path = lease_dirs.root.join(&working_directory);
+            for output in &outputs {
+                let components = output.components();
+                if let Some((_, parents)) = components.split_last() {
+                    // A parent that the inputs made a file or symlink is left alone.
+                    create_dirs_within(&cwd_path, parents)?;
+                }
+            }
+            // Kept directories only make sense at a path that stays the same.
+            let persisted = match &step {
+                Some(step) if fixed_root => lay_out_persist(
+                    step,
+                    &persist_base,
+                    &seen_root,
+                    &lease_dirs.root,
+                    namespaces,
+                )
+                .map_err(io_error("lay out the persistent directories"))?,
+                _ => Default::default(),
+            };
+            Ok::<_, LeaseError>((stats, persisted))
+        })
+        .await
+        .map_err(|e| LeaseError::Io {
+            op: "lay out inputs".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        drop(pins); // Linked files keep their inodes even if the cache evicts them now.
+        tracing::debug!(lease = %lease.lease_id, ?stats, "inputs laid out");
+
+        let mut map = PathMap::new(
+            plan.options
+                .exec_root
+                .clone()
+                .unwrap_or_else(|| dirs.root.clone()),
+            &dirs.root,
+        );
+        for (relative, local) in &persisted.mounts {
+            map.mount(relative, local);
+        }
+        let cwd = map.seen_root().join(&plan.command.working_directory);
+        let env: Vec<(String, String)> = plan
+            .command
+            .environment_variables
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect();
+        let program = match plan.step {
+            // A step's commands are resolved one by one (see `step`).
+            Some(_) => PathBuf::from(tessera_runners::step::BUILTIN_PROGRAM),
+            None => {
+                // Looked up where the agent sees the inputs, named as the command sees them.
+                let local_cwd = dirs.root.join(&plan.command.working_directory);
+                map.to_seen(&resolve_program(
+                    &plan.command.arguments[0],
+                    &env,
+                    &local_cwd,
+                )?)
+            }
+        };
+        let spec = ProcessSpec {
+            program,
+            argv: plan.command.arguments.clone(),
+            env,
+            cwd,
+            stdout: dirs.stdout.clone(),
+            stderr: dirs.stderr.clone(),
+            timeout: plan.timeout,
+            isolation: Isolation {
+                namespaces: self.namespaces,
+                network: plan.options.network,
+                private_tmp: Some(dirs.tmp.clone()),
+                exec_root: Some(dirs.root.clone()),
+                exec_root_at: plan.options.exec_root.clone(),
+                binds: persisted.binds,
+                limits: plan.options.limits,
+            },
+        };
+        Ok(Some((plan, Launch { spec, map })))
+    }
+
+    /// Runs a builtin step; its report is then in the exec root, and the exit code 0.
+    async fn run_step(
+        &self,
+        step: &StepSpec,
+        launch: &Launch,
+        dirs: &LeaseDirs,
+        cancel: &LeaseCancel,
+        step_results: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<ProcessExit, LeaseError> {
+        let context = StepContext {
+            runner: self.runner.as_ref(),
+            template: &launch.spec,
+            map: &launch.map,
+            dirs,
+            cancel: cancel.token(),
+            results: step_results,
+        };
+        Ok(match run_step(step, &context).await? {
+            // A failed step exits 1 so that no cache keeps it (a broken build is retried on
+            // the next run); its report is uploaded all the same.
+            StepEnd::Reported(StepReport::Failed { .. }) => ProcessExit::Exited { exit_code: 1 },
+            StepEnd::Reported(_) => ProcessExit::Exited { exit_code: 0 },
+            StepEnd::TimedOut { after } => ProcessExit::TimedOut {
+                after,
+                exit_code: 128 + libc::SIGKILL,
+            },
+            StepEnd::Cancelled => ProcessExit::Cancelled,
+        })
+    }
+
+    async fn plan(&self, lease: &Lease) -> Result<Plan, LeaseError> {
+        let bad = |message: String| LeaseError::BadLease(message);
+        let function =
+            DigestFunction::from_request(lease.digest_function).map_err(|e| bad(e.to_string()))?;
+        let action = lease
+            .action
+            .as_ref()
+            .ok_or_else(|| bad("no action".into()))?;
+        let command = lease
+            .command
+            .clone()
+            .ok_or_else(|| bad("no command".into()))?;
+        if command.arguments.is_empty() {
+            return Err(bad("the command has no arguments".into()));
+        }
+        let input_root = Digest::from_proto_opt(function, action.input_root_digest.as_ref())
+            .map_err(|e| bad(format!("input root digest: {e}")))?;
+        relative_components(&command.working_directory).map_err(|reason| {
+            bad(format!(
+                "working directory \"{}\" {reason}",
+                command.working_directory
+            ))
+        })?;
+        let options = ExecutionOptions::from_platform(action.platform.as_ref())?;
+        if let Some(exec_root) = &options.exec_root {
+            check_disjoint(exec_root, self.layout.root())?;
+        }
+        let step = match StepSpec::from_argv(&command.arguments) {
+            None => None,
+            Some(Ok(step)) => {
+                check_persist_paths(&step)?;
+                Some(step)
+            }
+            Some(Err(error)) => return Err(error.into()),
+        };
+        let outputs = requested_outputs(&command)?;
+        let timeout = lease
+            .timeout
+            .and_then(|t| from_proto_duration(&t))
+            .filter(|t| !t.is_zero());
+        let cas = self.cas.get(&lease.instance_name, function).await?;
+        Ok(Plan {
+            function,
+            input_root,
+            command,
+            options,
+            outputs,
+            timeout,
+            cas,
+            step,
+        })
+    }
+
+    /// Collects the requested outputs and uploads them with stdout and stderr.
+    async fn upload(
+        &self,
+        plan: &Plan,
+        dirs: &LeaseDirs,
+        requested: Vec<RequestedOutput>,
+    ) -> Result<ActionResult, LeaseError> {
+        let function = plan.function;
+        let root = dirs.root.clone();
+        // Where the agent sees the working directory (the command may see it elsewhere).
+        let cwd = dirs.root.join(&plan.command.working_directory);
+        let stdout = dirs.stdout.clone();
+        let stderr = dirs.stderr.clone();
+        let (mut collected, stdout, stderr) = tokio::task::spawn_blocking(move || {
+            let collected = collect_outputs(&root, &cwd, &requested, function)?;
+            let stdout = file_blob(&stdout, function)?;
+            let stderr = file_blob(&stderr, function)?;
+            Ok::<_, OutputError>((collected, stdout, stderr))
+        })
+        .await
+        .map_err(|e| LeaseError::Io {
+            op: "collect outputs".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+        collected.result.stdout_digest = Some(stdout.0.to_proto());
+        collected.result.stderr_digest = Some(stderr.0.to_proto());
+        collected.blobs.push(stdout);
+        collected.blobs.push(stderr);
+        // The command has run: ride out a short CAS outage rather than waste the run.
+        let mut wait = UPLOAD_RETRY_FIRST;
+        let mut attempt = 1;
+        loop {
+            match upload(&plan.cas, &collected.blobs).await {
+                Ok(()) => return Ok(collected.result),
+                Err(OutputError::Upload(error))
+                    if attempt < UPLOAD_ATTEMPTS && is_transient(&error) =>
+                {
+                    tracing::warn!(%error, attempt, retry_in = ?wait, "output upload failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Removes the lease's directories, or keeps them under `kept/` if it failed and
+    /// `keep_failed` is set.
+    pub async fn clean_up(&self, lease: &Lease, seq: u64, outcome: &RunOutcome) {
+        let dirs = self.layout.lease_dirs(seq);
+        let keep = (self.keep_failed && outcome.is_failure())
+            .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
+        let done = tokio::task::spawn_blocking(move || {
+            if let Some(kept) = keep {
+                if let Some(parent) = kept.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                remove_tree(&kept)?;
+                std::fs::rename(&dirs.base, &kept)?;
+                tracing::info!(dir = %kept.display(), "kept the directory of a failed lease");
+                return Ok(());
+            }
+            remove_tree(&dirs.base)
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "failed to clean up a lease directory"),
+            Err(error) => tracing::warn!(%error, "lease clean-up task failed"),
+        }
+    }
+}
