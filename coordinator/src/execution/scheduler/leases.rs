@@ -141,12 +141,8 @@ impl Scheduler {
         };
         self.release_lease(agent_id, &result.lease_id);
         let outcome = lease_outcome(&result);
-        let message = if result.message.is_empty() {
-            result
-                .status
-                .as_ref()
-                .map(|s| s.message.clone())
-                .unwrap_or_default()
+        let message = if result.outcome == LeaseOutcome::Unspecified as i32 {
+            format!("the agent's result names no outcome ({})", result.message)
         } else {
             result.message.clone()
         };
@@ -195,12 +191,6 @@ impl Scheduler {
                     .collect()
             })
             .unwrap_or_default();
-        if missing.is_empty()
-            && let Some(legacy) = &result.status
-        {
-            // A protocol-1 agent's status carries its own details.
-            return legacy.clone();
-        }
         crate::status::missing_blobs_status(message.to_owned(), &missing)
     }
 
@@ -376,19 +366,11 @@ impl Scheduler {
     }
 }
 
-/// How a lease ended: the result's outcome, or (from an agent of protocol 1) what its status
-/// code meant.
+/// How a lease ended. An agent of this protocol always says; a result without an outcome is
+/// malformed and counts as a retryable failure of that agent.
 fn lease_outcome(result: &LeaseResult) -> LeaseOutcome {
     match LeaseOutcome::try_from(result.outcome) {
-        Ok(outcome) if outcome != LeaseOutcome::Unspecified => outcome,
-        _ => match Code::from(result.status.as_ref().map_or(0, |s| s.code)) {
-            Code::Ok => LeaseOutcome::Completed,
-            Code::DeadlineExceeded => LeaseOutcome::TimedOut,
-            Code::Cancelled => LeaseOutcome::Cancelled,
-            Code::FailedPrecondition => LeaseOutcome::MissingInputs,
-            Code::InvalidArgument => LeaseOutcome::InvalidAction,
-            Code::ResourceExhausted => LeaseOutcome::Refused,
-            _ => LeaseOutcome::Retryable,
-        },
+        Ok(LeaseOutcome::Unspecified) | Err(_) => LeaseOutcome::Retryable,
+        Ok(outcome) => outcome,
     }
 }
