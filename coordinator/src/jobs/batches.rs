@@ -149,8 +149,7 @@ impl<'a> RunPhase<'a> {
                     self.tally.count(done.outcome);
                     job.emit(Kind::Test(final_event(&test, done, None, "")));
                 }
-                Ok(other) => tracing::warn!(?other, "a stopped test is not done"),
-                Err(error) => tracing::warn!(%error, job = %job.id, "test state"),
+                other => tracing::warn!(?other, job = %job.id, "a stopped test did not end"),
             }
         }
         stop.map_or(Ok(()), Err)
@@ -300,7 +299,7 @@ impl<'a> RunPhase<'a> {
                     continue;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, job = %self.job.id, "test state");
+                    tracing::warn!(%error, job = %self.job.id, "ignored a result that does not fit its test's state");
                     continue;
                 }
             };

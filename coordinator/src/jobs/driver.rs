@@ -140,7 +140,7 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
         match cached {
             Some(pass) => {
                 if let Err(error) = tests.apply(&test, TestEvent::Cached) {
-                    tracing::warn!(%error, job = %job.id, "test state");
+                    tracing::warn!(%error, job = %job.id, "ignored a cached pass");
                 }
                 cached_events.push(TestFinished {
                     test: Some(test_ref(&test)),
