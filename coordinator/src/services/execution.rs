@@ -153,3 +153,49 @@ impl execution_server::Execution for ExecutionService {
         Ok(Response::new(self.wait(request.into_inner()).await?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_cas::digest::DigestFunction;
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn each_error_keeps_its_status_code() {
+        let missing = DigestFunction::Sha256.digest_of(b"absent");
+        let cases = [
+            (ExecuteError::Priority(5000), Code::InvalidArgument),
+            (
+                ExecuteError::MissingInputs(vec![missing]),
+                Code::FailedPrecondition,
+            ),
+            (
+                ExecuteError::UnknownPlatformKey {
+                    key: "colour".into(),
+                    known: "os".into(),
+                },
+                Code::InvalidArgument,
+            ),
+            (
+                ExecuteError::NotFound("operations/x".into()),
+                Code::NotFound,
+            ),
+            (ExecuteError::Stopped, Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().starts_with(&message), "{status:?}");
+        }
+        assert_eq!(
+            Status::from(ExecuteError::Stopped).message(),
+            "the coordinator stopped; re-attach with WaitExecution"
+        );
+        assert_eq!(
+            Status::from(ExecuteError::Priority(5000)).message(),
+            "priority 5000 is outside the supported range -1000..=1000"
+        );
+    }
+}
