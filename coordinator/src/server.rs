@@ -28,17 +28,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::action_cache::{AcError, ActionCache};
 use crate::config::CoordinatorConfig;
+use crate::execution::execute::Executor;
 use crate::execution::inputs::ExecLimits;
 use crate::execution::scheduler::{self, SchedulerConfig, SchedulerError, SchedulerHandle};
 use crate::jobs::driver::JobContext;
+use crate::jobs::registry::JobRegistry;
 use crate::jobs::results::TestStore;
-use crate::jobs::service::JobsService;
 use crate::services::action_cache::ActionCacheService;
 use crate::services::agent_session::AgentSessionService;
 use crate::services::bytestream::ByteStreamService;
 use crate::services::capabilities::CapabilitiesService;
 use crate::services::cas::CasService;
 use crate::services::execution::ExecutionService;
+use crate::services::jobs::JobsService;
 use crate::services::operations::OperationsService;
 
 /// How long running calls may take to finish once shutdown starts.
@@ -155,17 +157,17 @@ impl Coordinator {
             tree: tessera_cas::validate::TreeLimits::default(),
         };
 
-        let execution = ExecutionService::new(
+        let executor = Executor::new(
             Arc::clone(&blobs),
             cache.clone(),
             Arc::clone(&meta_dyn),
             scheduler.clone(),
-            limits.clone(),
+            limits,
         );
-        let jobs = JobsService::start(
+        let jobs = JobRegistry::start(
             JobContext {
                 store: Arc::clone(&blobs),
-                exec: execution.clone(),
+                executor: executor.clone(),
                 scheduler: scheduler.clone(),
                 tests: TestStore::open(Arc::clone(&meta_dyn))?,
                 default_test_timeout: config.default_action_timeout,
@@ -210,12 +212,12 @@ impl Coordinator {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                ExecutionServer::new(execution.clone())
+                ExecutionServer::new(ExecutionService::new(executor))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                JobsServer::new(jobs.clone())
+                JobsServer::new(JobsService::new(jobs))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )

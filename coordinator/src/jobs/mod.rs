@@ -1,10 +1,16 @@
-//! Test-suite jobs (`tessera run`, DESIGN.md §5): the `tessera.v1.Jobs` service, the driver
-//! that runs a job's steps as actions, the per-test result cache and history, and the planner
-//! that splits the tests a job still has to run into batches for the agents' slots.
+//! Test-suite jobs (`tessera run`, DESIGN.md §5): the registry of accepted jobs, the driver
+//! that runs a job's steps as actions, the lifecycle of each test in a job, the per-test result
+//! cache and history, and the planner that splits the tests a job still has to run into
+//! batches for the agents' slots. The gRPC service is `services::jobs`.
 
+mod batches;
 pub mod driver;
 pub mod job;
 pub mod overlay;
 pub mod planner;
+pub mod registry;
 pub mod results;
-pub mod service;
+mod steps;
+mod tally;
+mod test_state;
+mod validate;

@@ -2,7 +2,8 @@
 //!
 //! Pure: no I/O and no clock of its own (callers pass the job's elapsed time, real or
 //! simulated), and the same calls give the same batches, so it is tested and benchmarked on a
-//! simulated clock (`tessera-bench shard`).
+//! simulated clock (`tessera-bench shard`). Tests are named by any ordered id: the job driver
+//! uses `tessera_runners::TestId`, the unit tests and the benchmark use strings.
 //!
 //! How a job is split (DESIGN.md §5.4):
 //! - The tests still to run are ordered slowest-first by their recorded duration; a test with
@@ -19,12 +20,15 @@
 //!   left, to keep the fixed cost per batch small beside the work it carries.
 //! - Tests to run again (a retry, a batch lost with its agent) go back to the front.
 //!
-//! Not here: leases, timeouts, retry limits, result caching and the history store. The job
-//! runner owns those; it asks this planner for batches, tells it what finished
+//! Not here: a test's lifecycle (attempts, failures, its final outcome: the job driver's
+//! `TestState` owns that), leases, timeouts, retry limits, result caching and the history
+//! store. The job driver asks this planner for batches, tells it what finished
 //! ([`ShardPlanner::record`]) and what must run again ([`ShardPlanner::requeue`]), and stores
 //! the updated history entries that [`ShardPlanner::record`] returns.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
 use std::time::Duration;
 
 /// Weight of the newest run in a test's recorded duration ([`moving_average`]).
@@ -42,9 +46,9 @@ pub fn moving_average(old: Option<Duration>, new: Duration) -> Duration {
 
 /// A test and how long the planner expects it to take.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TestEstimate {
-    /// The test's id, as the runner lists it.
-    pub id: String,
+pub struct TestEstimate<Id> {
+    /// The test's id.
+    pub id: Id,
     /// Its recorded duration, or the suite's median if it has none.
     pub expected: Duration,
 }
@@ -55,11 +59,11 @@ pub struct BatchId(pub u64);
 
 /// Tests one slot runs in one go, as one action.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Batch {
+pub struct Batch<Id> {
     /// Which batch this is.
     pub id: BatchId,
     /// The tests, in the order to run them (slowest first).
-    pub tests: Vec<String>,
+    pub tests: Vec<Id>,
     /// The sum of the tests' expected durations, without the fixed cost of the batch.
     pub expected: Duration,
 }
@@ -104,9 +108,10 @@ impl Default for PlannerConfig {
     }
 }
 
-/// Where one test is in this job.
+/// Where one test is in the plan (its place in the queue or a batch; its lifecycle is the job
+/// driver's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TestState {
+enum Placement {
     /// Waiting in the queue.
     Queued,
     /// Handed out in a batch that has not reported it yet.
@@ -124,17 +129,18 @@ struct OpenBatch {
     unreported: usize,
 }
 
-/// Splits one job's tests into batches for slots that pull work. See the module docs.
+/// Splits one job's tests, named by `Id`, into batches for slots that pull work. See the
+/// module docs.
 #[derive(Debug)]
-pub struct ShardPlanner {
+pub struct ShardPlanner<Id> {
     config: PlannerConfig,
     slots: usize,
     /// Every test of the job, in plan order (slowest first, then by id).
-    tests: Vec<TestEstimate>,
+    tests: Vec<TestEstimate<Id>>,
     /// Recorded duration per test (same index as `tests`); `None` for no history.
     history: Vec<Option<Duration>>,
-    state: Vec<TestState>,
-    index: HashMap<String, usize>,
+    placement: Vec<Placement>,
+    index: HashMap<Id, usize>,
     /// Indices into `tests`, front first.
     queue: VecDeque<usize>,
     queued_expected: Duration,
@@ -142,24 +148,20 @@ pub struct ShardPlanner {
     next_id: u64,
 }
 
-impl ShardPlanner {
+impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
     /// Plans `tests` (id and recorded duration, if any) over `slots` slots. Tests without
     /// history are expected to take the median of those with history. A repeated id is planned
     /// once. `slots` and `config.max_batch_tests` below one count as one; see
     /// [`PlannerConfig::batch_share`] for shares outside (0, 1].
-    pub fn new(
-        tests: Vec<(String, Option<Duration>)>,
-        slots: usize,
-        config: PlannerConfig,
-    ) -> Self {
+    pub fn new(tests: Vec<(Id, Option<Duration>)>, slots: usize, config: PlannerConfig) -> Self {
         let mut seen = HashSet::new();
-        let tests: Vec<(String, Option<Duration>)> = tests
+        let tests: Vec<(Id, Option<Duration>)> = tests
             .into_iter()
             .filter(|(id, _)| seen.insert(id.clone()))
             .collect();
         let fill = median(tests.iter().filter_map(|(_, recorded)| *recorded))
             .unwrap_or(config.first_run_estimate);
-        let mut planned: Vec<(TestEstimate, Option<Duration>)> = tests
+        let mut planned: Vec<(TestEstimate<Id>, Option<Duration>)> = tests
             .into_iter()
             .map(|(id, recorded)| {
                 let expected = recorded.unwrap_or(fill);
@@ -167,7 +169,7 @@ impl ShardPlanner {
             })
             .collect();
         planned.sort_by(|(a, _), (b, _)| plan_order(a, b));
-        let (tests, history): (Vec<TestEstimate>, Vec<Option<Duration>>) =
+        let (tests, history): (Vec<TestEstimate<Id>>, Vec<Option<Duration>>) =
             planned.into_iter().unzip();
         let index = tests
             .iter()
@@ -186,7 +188,7 @@ impl ShardPlanner {
                 ..config
             },
             slots: slots.max(1),
-            state: vec![TestState::Queued; tests.len()],
+            placement: vec![Placement::Queued; tests.len()],
             queue: (0..tests.len()).collect(),
             tests,
             history,
@@ -201,7 +203,7 @@ impl ShardPlanner {
     /// `None` when no test is queued. The batch is cut from the front of the queue: at least
     /// one test, at most `max_batch_tests`, and tests are added while the batch's expected
     /// duration stays within half a test of [`ShardPlanner::batch_target`].
-    pub fn next_batch(&mut self, now: Duration) -> Option<Batch> {
+    pub fn next_batch(&mut self, now: Duration) -> Option<Batch<Id>> {
         self.queue.front()?;
         let target = self.batch_target(now);
         let id = BatchId(self.next_id);
@@ -216,7 +218,7 @@ impl ShardPlanner {
                 break;
             }
             self.queue.pop_front();
-            self.state[next] = TestState::Leased(id);
+            self.placement[next] = Placement::Leased(id);
             tests.push(self.tests[next].id.clone());
             expected += duration;
         }
@@ -258,18 +260,18 @@ impl ShardPlanner {
     /// Puts `tests` back at the front of the queue, slowest first, to be handed out again
     /// (a retry, a batch lost with its agent). Ids the planner does not know and tests
     /// already queued are ignored.
-    pub fn requeue(&mut self, tests: Vec<String>) {
+    pub fn requeue(&mut self, tests: Vec<Id>) {
         let mut back = Vec::new();
         for id in tests {
             let Some(&i) = self.index.get(&id) else {
                 continue;
             };
-            match self.state[i] {
-                TestState::Queued => continue,
-                TestState::Leased(batch) => self.release(batch),
-                TestState::Done => {}
+            match self.placement[i] {
+                Placement::Queued => continue,
+                Placement::Leased(batch) => self.release(batch),
+                Placement::Done => {}
             }
-            self.state[i] = TestState::Queued;
+            self.placement[i] = Placement::Queued;
             self.queued_expected += self.tests[i].expected;
             back.push(i);
         }
@@ -284,24 +286,28 @@ impl ShardPlanner {
     /// as running, and a later [`ShardPlanner::requeue`] of the test expects the new
     /// duration. Record each test as it finishes: until then the planner assumes a running
     /// batch takes its expected time.
-    pub fn record(&mut self, id: &str, took: Duration) -> Duration {
+    pub fn record<Q>(&mut self, id: &Q, took: Duration) -> Duration
+    where
+        Id: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let Some(&i) = self.index.get(id) else {
             return moving_average(None, took);
         };
         let updated = moving_average(self.history[i], took);
         self.history[i] = Some(updated);
-        match self.state[i] {
-            TestState::Leased(batch) => {
+        match self.placement[i] {
+            Placement::Leased(batch) => {
                 self.release(batch);
-                self.state[i] = TestState::Done;
+                self.placement[i] = Placement::Done;
             }
-            TestState::Queued => {
+            Placement::Queued => {
                 // A late report for a test already put back: it will run again, now expected
                 // to take the new duration.
                 self.queued_expected =
                     self.queued_expected.saturating_sub(self.tests[i].expected) + updated;
             }
-            TestState::Done => {}
+            Placement::Done => {}
         }
         self.tests[i].expected = updated;
         updated
@@ -318,7 +324,7 @@ impl ShardPlanner {
     }
 
     /// The queued tests, front first.
-    pub fn queued(&self) -> impl Iterator<Item = &TestEstimate> + '_ {
+    pub fn queued(&self) -> impl Iterator<Item = &TestEstimate<Id>> + '_ {
         self.queue.iter().map(|&i| &self.tests[i])
     }
 
@@ -334,7 +340,7 @@ impl ShardPlanner {
 }
 
 /// Slowest first; equal durations by id, so that plans are deterministic.
-fn plan_order(a: &TestEstimate, b: &TestEstimate) -> std::cmp::Ordering {
+fn plan_order<Id: Ord>(a: &TestEstimate<Id>, b: &TestEstimate<Id>) -> std::cmp::Ordering {
     b.expected.cmp(&a.expected).then_with(|| a.id.cmp(&b.id))
 }
 
@@ -388,7 +394,7 @@ mod tests {
     struct Handed {
         at: Duration,
         target: Duration,
-        batch: Batch,
+        batch: Batch<String>,
     }
 
     /// What happens at a point of simulated time.
@@ -402,7 +408,7 @@ mod tests {
     /// overhead per batch; each test is recorded when it finishes. Returns the batches handed
     /// out and when each slot ran out of work.
     fn simulate(
-        mut planner: ShardPlanner,
+        mut planner: ShardPlanner<String>,
         speeds: &[f64],
         actual: &HashMap<String, Duration>,
     ) -> (Vec<Handed>, Vec<Duration>) {
@@ -453,7 +459,7 @@ mod tests {
 
     /// [`simulate`] with `slots` equal slots; the batches handed out.
     fn run_exact(
-        planner: ShardPlanner,
+        planner: ShardPlanner<String>,
         slots: usize,
         actual: &HashMap<String, Duration>,
     ) -> Vec<Handed> {

@@ -8,4 +8,5 @@ pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
 pub mod execution;
+pub mod jobs;
 pub mod operations;

@@ -1,0 +1,283 @@
+//! The jobs this coordinator has accepted: submit, watch, cancel, status, and recovery after
+//! a restart. The `tessera.v1.Jobs` gRPC service (`services::jobs`) is a thin adapter over
+//! [`JobRegistry`].
+//!
+//! Submit validates the spec (`validate.rs`), makes the job durable, starts its driver and
+//! returns its id. Jobs that had not finished when the coordinator stopped are started again
+//! when it starts: cached steps and cached passes make the second run cheap, and nothing
+//! accepted is lost.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::Stream;
+use prost::Message;
+use tessera_cas::digest::Digest;
+use tessera_cas::meta::{MetaError, MetadataStore, Table};
+use tessera_proto::reapi::platform::Property;
+use tessera_proto::tessera::v1::{
+    AgentSummary, JobEvent, JobSpec, LogLine, StatusResponse, job_event::Kind,
+};
+use tessera_runners::RunnerConfig;
+use thiserror::Error;
+
+use super::driver::{self, JobContext};
+use super::job::Job;
+use super::validate::validate;
+use crate::execution::execute::ExecuteError;
+
+/// Table of accepted jobs that have not finished: id → `JobSpec` with its creation time.
+const TABLE: &str = "jobs";
+/// Finished jobs kept for `Watch` and `Status`.
+const KEEP_FINISHED: usize = 200;
+
+/// Why a Jobs request failed.
+#[derive(Debug, Error)]
+pub enum JobsError {
+    /// A field of the request is invalid.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The field, as the proto names it.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The job's input root has not been uploaded.
+    #[error("input_root_digest: {0} is not in the CAS; upload the snapshot first")]
+    InputRootMissing(Digest),
+    /// No job with that id (never accepted, or finished and forgotten).
+    #[error(
+        "job \"{0}\" not found (finished jobs are kept for a while); `tessera status` lists the jobs"
+    )]
+    NotFound(String),
+    /// The job could not be written to the metadata store.
+    #[error("failed to record the job: {0}")]
+    Record(#[source] MetaError),
+    /// The job could not be made durable, so it was not accepted.
+    #[error("failed to persist the job: {0}")]
+    Persist(#[source] MetaError),
+    /// The execution layer (the scheduler, for the fleet's status) failed.
+    #[error(transparent)]
+    Execution(#[from] ExecuteError),
+}
+
+/// Every job this coordinator knows: running ones, and the last finished ones.
+#[derive(Clone)]
+pub struct JobRegistry {
+    ctx: JobContext,
+    meta: Arc<dyn MetadataStore>,
+    table: Table,
+    jobs: Arc<Mutex<Registry>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    jobs: BTreeMap<String, Arc<Job>>,
+    finished: VecDeque<String>,
+}
+
+impl std::fmt::Debug for JobRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRegistry").finish_non_exhaustive()
+    }
+}
+
+impl JobRegistry {
+    /// The registry; jobs left unfinished by an earlier run of the coordinator start again.
+    pub fn start(ctx: JobContext, meta: Arc<dyn MetadataStore>) -> Result<Self, MetaError> {
+        let table = meta.table(TABLE)?;
+        let registry = JobRegistry {
+            ctx,
+            meta,
+            table,
+            jobs: Arc::new(Mutex::new(Registry::default())),
+        };
+        let mut resumed = 0;
+        for entry in registry.table.scan_prefix(b"") {
+            let (key, value) = entry?;
+            let id = String::from_utf8_lossy(&key).into_owned();
+            let Some((created, spec)) = decode_record(&value) else {
+                tracing::warn!(job = %id, "dropping an undecodable job record");
+                registry.table.remove(&key)?;
+                continue;
+            };
+            let Ok(runner) = serde_json::from_str::<RunnerConfig>(&spec.runner_json) else {
+                registry.table.remove(&key)?;
+                continue;
+            };
+            let job = Job::new(id, spec, runner, created);
+            job.emit(Kind::Log(LogLine {
+                text: "the coordinator restarted; the job starts again (cached results are kept)"
+                    .to_owned(),
+            }));
+            registry.launch(job);
+            resumed += 1;
+        }
+        if resumed > 0 {
+            tracing::info!(resumed, "resumed unfinished jobs");
+        }
+        Ok(registry)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn launch(&self, job: Arc<Job>) {
+        self.lock().jobs.insert(job.id.clone(), Arc::clone(&job));
+        let registry = self.clone();
+        tokio::spawn(async move {
+            driver::run(registry.ctx.clone(), Arc::clone(&job)).await;
+            if let Err(error) = registry.table.remove(job.id.as_bytes()) {
+                tracing::warn!(%error, job = %job.id, "failed to forget a finished job");
+            }
+            let mut jobs = registry.lock();
+            jobs.finished.push_back(job.id.clone());
+            while jobs.finished.len() > KEEP_FINISHED {
+                if let Some(old) = jobs.finished.pop_front() {
+                    jobs.jobs.remove(&old);
+                }
+            }
+        });
+    }
+
+    fn job(&self, id: &str) -> Result<Arc<Job>, JobsError> {
+        self.lock()
+            .jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| JobsError::NotFound(id.to_owned()))
+    }
+
+    /// Accepts `spec`: checks it, makes it durable, starts its driver; returns the job's id.
+    pub async fn submit(&self, spec: Option<JobSpec>) -> Result<String, JobsError> {
+        let mut spec = spec.ok_or_else(|| JobsError::Invalid {
+            field: "spec",
+            problem: "missing".to_owned(),
+        })?;
+        let runner = validate(&mut spec, &self.ctx)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let created = u64::try_from(tessera_proto::time::unix_ms()).unwrap_or(0);
+        self.table
+            .insert(id.as_bytes(), &encode_record(created, &spec))
+            .map_err(JobsError::Record)?;
+        self.meta.flush_async().await.map_err(JobsError::Persist)?;
+        let job = Job::new(id.clone(), spec, runner, created);
+        self.launch(job);
+        tracing::info!(job = %id, "job accepted");
+        Ok(id)
+    }
+
+    /// The events of job `id` after `after_seq`, and then its new events as they come, until
+    /// it has finished.
+    pub fn watch(
+        &self,
+        id: &str,
+        after_seq: u64,
+    ) -> Result<impl Stream<Item = JobEvent> + Send + 'static, JobsError> {
+        let job = self.job(id)?;
+        let rx = job.subscribe();
+        Ok(futures::stream::unfold(
+            (job, rx, after_seq, VecDeque::<JobEvent>::new(), false),
+            |(job, mut rx, mut seq, mut pending, mut complete)| async move {
+                loop {
+                    if let Some(event) = pending.pop_front() {
+                        seq = event.seq;
+                        return Some((event, (job, rx, seq, pending, complete)));
+                    }
+                    if complete {
+                        return None;
+                    }
+                    rx.borrow_and_update();
+                    let (events, done) = job.events_after(seq);
+                    if events.is_empty() && done {
+                        return None;
+                    }
+                    complete = done;
+                    pending.extend(events);
+                    if pending.is_empty() && rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Cancels job `id`; whether it was still running.
+    pub fn cancel(&self, id: &str) -> Result<bool, JobsError> {
+        let job = self.job(id)?;
+        let cancelled = !job.finished();
+        job.cancel.cancel();
+        Ok(cancelled)
+    }
+
+    /// The jobs (running first, then newest first) and the fleet.
+    pub async fn status(&self) -> Result<StatusResponse, JobsError> {
+        let (stats, agents) = self
+            .ctx
+            .scheduler
+            .stats()
+            .await
+            .map_err(ExecuteError::from)?;
+        let agents = agents
+            .into_iter()
+            .map(|a| AgentSummary {
+                agent_id: a.id,
+                slots: a.slots,
+                busy: u32::try_from(a.running).unwrap_or(u32::MAX),
+                properties: a
+                    .properties
+                    .into_iter()
+                    .map(|(name, value)| Property { name, value })
+                    .collect(),
+            })
+            .collect();
+        let registry = self.lock();
+        let mut jobs: Vec<_> = registry
+            .jobs
+            .values()
+            .map(|j| (j.finished(), j.summary()))
+            .collect();
+        jobs.sort_by(|(a_done, a), (b_done, b)| {
+            a_done
+                .cmp(b_done)
+                .then(b.created_unix_ms.cmp(&a.created_unix_ms))
+        });
+        Ok(StatusResponse {
+            jobs: jobs.into_iter().map(|(_, s)| s).collect(),
+            agents,
+            queued_operations: u32::try_from(stats.queued).unwrap_or(u32::MAX),
+            running_operations: u32::try_from(stats.leased).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+fn encode_record(created: u64, spec: &JobSpec) -> Vec<u8> {
+    let mut bytes = created.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&spec.encode_to_vec());
+    bytes
+}
+
+fn decode_record(bytes: &[u8]) -> Option<(u64, JobSpec)> {
+    let (created, spec) = bytes.split_at_checked(8)?;
+    Some((
+        u64::from_be_bytes(created.try_into().ok()?),
+        JobSpec::decode(spec).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_records_round_trip() {
+        let spec = JobSpec {
+            title: "cargo test".into(),
+            ..Default::default()
+        };
+        let bytes = encode_record(42, &spec);
+        assert_eq!(decode_record(&bytes), Some((42, spec)));
+        assert_eq!(decode_record(b"short"), None);
+    }
+}

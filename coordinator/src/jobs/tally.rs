@@ -1,0 +1,130 @@
+//! Counting a job's final outcomes, and its last event: what the job's result is, given the
+//! tally and the reason it stopped, if any.
+
+use std::time::Duration;
+
+use tessera_proto::tessera::v1::{JobFinished, JobResult, TestOutcome};
+use tessera_proto::time::to_proto_duration;
+
+use super::driver::Stop;
+
+/// Final outcomes counted so far.
+#[derive(Debug, Default)]
+pub(super) struct Tally {
+    pub(super) passed: u32,
+    pub(super) failed: u32,
+    pub(super) skipped: u32,
+    pub(super) flaky: u32,
+    pub(super) timed_out: u32,
+    /// Passes answered from the result cache (also counted in `passed`).
+    pub(super) cached: u32,
+    pub(super) not_run: u32,
+    /// The sum of every run's duration, retries included.
+    pub(super) serial: Duration,
+}
+
+impl Tally {
+    /// Counts one final outcome.
+    pub(super) fn count(&mut self, outcome: TestOutcome) {
+        match outcome {
+            TestOutcome::Passed => self.passed += 1,
+            TestOutcome::Flaky => self.flaky += 1,
+            TestOutcome::Skipped => self.skipped += 1,
+            TestOutcome::TimedOut => self.timed_out += 1,
+            TestOutcome::Failed | TestOutcome::NoResult | TestOutcome::Unknown => self.failed += 1,
+            TestOutcome::Cancelled => self.not_run += 1,
+        }
+    }
+
+    /// Tests with a final outcome.
+    pub(super) fn done(&self) -> u32 {
+        self.passed + self.failed + self.skipped + self.flaky + self.timed_out + self.not_run
+    }
+
+    /// The job's last event: its result from `stop` (why it stopped early, if it did) and
+    /// the tally, which ran for `wall`.
+    pub(super) fn finished(&self, stop: Option<Stop>, wall: Duration) -> JobFinished {
+        let (result, message, log) = match stop {
+            None if self.failed + self.timed_out > 0 => {
+                (JobResult::Failed, String::new(), String::new())
+            }
+            None => (JobResult::Passed, String::new(), String::new()),
+            // The failure that stopped it is in the tally and its test's event.
+            Some(Stop::FailFast { .. }) => (JobResult::Failed, String::new(), String::new()),
+            Some(Stop::Error { message, log }) => (JobResult::Error, message, log),
+            Some(Stop::Infrastructure(message)) => {
+                (JobResult::Infrastructure, message, String::new())
+            }
+            Some(Stop::Cancelled) => (
+                JobResult::Cancelled,
+                "the job was cancelled".to_owned(),
+                String::new(),
+            ),
+        };
+        JobFinished {
+            result: result as i32,
+            message,
+            passed: self.passed,
+            failed: self.failed,
+            skipped: self.skipped,
+            flaky: self.flaky,
+            timed_out: self.timed_out,
+            cached: self.cached,
+            not_run: self.not_run,
+            wall: Some(to_proto_duration(wall)),
+            serial: Some(to_proto_duration(self.serial)),
+            log,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_runners::TestId;
+
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_as_failed() {
+        let mut tally = Tally::default();
+        for outcome in [
+            TestOutcome::Passed,
+            TestOutcome::Failed,
+            TestOutcome::NoResult,
+            TestOutcome::Flaky,
+            TestOutcome::Cancelled,
+        ] {
+            tally.count(outcome);
+        }
+        assert_eq!(
+            (tally.passed, tally.failed, tally.flaky, tally.not_run),
+            (1, 2, 1, 1)
+        );
+        assert_eq!(tally.done(), 5);
+    }
+
+    #[test]
+    fn the_result_follows_the_stop_and_then_the_tally() {
+        let mut tally = Tally::default();
+        tally.count(TestOutcome::Passed);
+        let result = |tally: &Tally, stop| tally.finished(stop, Duration::ZERO).result();
+        assert_eq!(result(&tally, None), JobResult::Passed);
+        let fail_fast = Stop::FailFast {
+            test: TestId::new("g", "t"),
+        };
+        assert_eq!(result(&tally, Some(fail_fast)), JobResult::Failed);
+        assert_eq!(result(&tally, Some(Stop::Cancelled)), JobResult::Cancelled);
+        tally.count(TestOutcome::TimedOut);
+        assert_eq!(result(&tally, None), JobResult::Failed);
+        let error = Stop::Error {
+            message: "the list step failed".into(),
+            log: "log".into(),
+        };
+        let finished = tally.finished(Some(error), Duration::ZERO);
+        assert_eq!(finished.result(), JobResult::Error);
+        assert_eq!(
+            (finished.message.as_str(), finished.log.as_str()),
+            ("the list step failed", "log")
+        );
+    }
+}
