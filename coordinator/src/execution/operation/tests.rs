@@ -69,7 +69,12 @@ fn name(event: &OpEvent) -> &'static str {
 
 /// A row of the transition table: state label, state, event name, and what follows (`None`
 /// for an illegal pair, else the kind of state and its attempts).
-type Row = (&'static str, OpState, &'static str, Option<(&'static str, u32)>);
+type Row = (
+    &'static str,
+    OpState,
+    &'static str,
+    Option<(&'static str, u32)>,
+);
 
 /// What each (state, event) pair gives: the attempts after it, and the kind of state, or
 /// `None` for an illegal pair. Every pair is listed.
