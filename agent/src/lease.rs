@@ -287,7 +287,6 @@ impl Report {
             outcome: self.outcome as i32,
             message: self.message,
             missing: self.missing.iter().map(Digest::to_proto).collect(),
-            ..LeaseResult::default()
         }
     }
 }
