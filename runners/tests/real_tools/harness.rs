@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tessera_runners::{
@@ -71,16 +71,12 @@ pub fn execute_with_timeout(spec: &CommandSpec, timeout: Duration) -> CommandOut
         .unwrap_or_else(|e| panic!("failed to start {:?}: {e}", spec.argv));
     let stdout = drain(child.stdout.take().unwrap());
     let stderr = drain(child.stderr.take().unwrap());
-    let termination = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Termination::from_status(status);
-        }
-        if start.elapsed() > timeout {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break Termination::TimedOut;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let termination = if exits_within(&child, timeout) {
+        Termination::from_status(child.wait().unwrap())
+    } else {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        Termination::TimedOut
     };
     let elapsed = start.elapsed();
     CommandOutput {
@@ -89,6 +85,22 @@ pub fn execute_with_timeout(spec: &CommandSpec, timeout: Duration) -> CommandOut
         stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
         elapsed,
     }
+}
+
+/// Whether `child` exits within `limit`. The exit is awaited as an event: a helper thread
+/// blocks in `waitid(WNOWAIT)`, which sees the exit without reaping the child, so the caller
+/// can still kill it or collect its status.
+fn exits_within(child: &Child, limit: Duration) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(limit).is_ok()
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
