@@ -384,6 +384,7 @@ fn stream(store: &dyn BlobStore, digest: &Digest, offset: u64) -> Option<Streame
 /// Lets the store's millisecond clock move on, so that uses in a row get distinct access
 /// times and least-recently-used order is not left to ties.
 fn tick() {
+    // Real time: the disk store reads the wall clock and takes no clock to advance.
     std::thread::sleep(Duration::from_millis(3));
 }
 
@@ -1230,7 +1231,8 @@ fn access_times_written_back_survive_a_restart_and_steer_eviction() {
     for disk in [&written_back, &forgotten] {
         write_in_order(&disk.store, &[a, b, c, d, e]);
     }
-    // Access times are only worth writing back once they moved by more than a second.
+    // Access times are only worth writing back once they moved by more than a second: real
+    // time, since the disk store reads the wall clock and takes no clock to advance.
     std::thread::sleep(Duration::from_millis(1100));
     for disk in [&written_back, &forgotten] {
         assert_eq!(disk.store.find_missing(&[a.digest]), vec![]);
