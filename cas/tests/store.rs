@@ -1,10 +1,10 @@
 //! The blob stores, end to end, through the [`BlobStore`] trait (DESIGN.md §3).
 //!
 //! Behaviour every store must show runs against both the real [`DiskStore`] (on a temporary
-//! directory, indexed in a real [`SledStore`]) and the [`MemoryStore`]; what only the disk store
-//! has (the at-rest form of files, eviction to a byte budget, pins, restarts) runs against it
-//! alone. The harness at the top builds blobs, stores and damage; the tests below it read as
-//! stories.
+//! directory, indexed in a real [`RedbStore`], as the coordinator's and the agent's are) and
+//! the [`MemoryStore`]; what only the disk store has (the at-rest form of files, eviction to a
+//! byte budget, pins, restarts) runs against it alone. The harness at the top builds blobs,
+//! stores and damage; the tests below it read as stories.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore as _, SeedableRng as _};
 use tempfile::TempDir;
 use tessera_cas::digest::{Digest, DigestError, DigestFunction};
-use tessera_cas::meta::{MetadataStore, SledStore};
+use tessera_cas::meta::{MetadataStore, RedbStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, MemoryStore, StoreError};
 
 // ---------------------------------------------------------------------------------------------
@@ -122,11 +122,11 @@ impl AtRest {
     }
 }
 
-/// A [`DiskStore`] on a temporary directory, indexed in a [`SledStore`] beside it.
+/// A [`DiskStore`] on a temporary directory, indexed in a [`RedbStore`] beside it.
 struct DiskFixture {
     dir: TempDir,
     options: DiskStoreOptions,
-    meta: Arc<SledStore>,
+    meta: Arc<RedbStore>,
     store: DiskStore,
 }
 
@@ -156,7 +156,7 @@ impl DiskFixture {
     }
 
     fn open_in(dir: TempDir, options: DiskStoreOptions) -> DiskFixture {
-        let meta = Arc::new(SledStore::open(dir.path().join("meta")).unwrap());
+        let meta = Arc::new(RedbStore::open(dir.path().join("meta")).unwrap());
         let store =
             DiskStore::open(Arc::clone(&meta) as Arc<dyn MetadataStore>, options.clone()).unwrap();
         DiskFixture {
