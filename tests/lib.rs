@@ -1,16 +1,49 @@
 //! Shared harness for the workspace integration tests (`it/`): servers in-process and as real
 //! processes, clients, and helpers to find the `tessera` binary and external tools.
+//!
+//! Tests wait on events, not on the clock: an operation's stages and a job's events
+//! ([`wait_stage`], [`wait_job_event`]), a child process's log lines and exit ([`ChildLog`],
+//! [`wait_exit`]). A sleep left in a test is there because real time must pass (a lease
+//! timeout, "nothing happens for N seconds", a cadence), and says so; a state nobody announces
+//! is polled with [`poll_until`], and the caller says why.
+//!
+//! - this file: the in-process server ([`TestServer`]), paths, data and REAPI helpers;
+//! - `process.rs`: `tessera coordinator` / `tessera agent` child processes;
+//! - `child_log.rs`: a child's stderr as lines to wait for;
+//! - `wait.rs`: waits on gRPC streams, and polling where there is no event.
+
+mod child_log;
+mod process;
+mod wait;
+
+pub use child_log::ChildLog;
+pub use process::{AgentProcess, ServerProcess, wait_exit};
+pub use wait::{POLL_EVERY, blocking_poll_until, poll_until, wait_job_event, wait_stage};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
 use tessera_coordinator::{Coordinator, CoordinatorConfig};
 use tonic::transport::Channel;
+
+/// The log lines the harness waits for, named once: if the code rewords one, change it here
+/// (`it/harness.rs` checks that each still occurs in the code it comes from).
+pub mod lines {
+    /// The coordinator has bound its port (`coordinator/src/server.rs`).
+    pub const COORDINATOR_LISTENING: &str = "coordinator listening";
+    /// An agent got the coordinator's Welcome: the scheduler registered it before sending it
+    /// (`agent/src/session.rs`).
+    pub const AGENT_CONNECTED: &str = "connected to the coordinator";
+    /// An agent took a lease and starts its work (`agent/src/session.rs`).
+    pub const LEASE_ACCEPTED: &str = "lease accepted";
+    /// The scheduler refused a result for an attempt that no longer counts
+    /// (`coordinator/src/execution/`).
+    pub const RESULT_REFUSED: &str = "refusing result for a lease that is no longer current";
+}
 
 /// A coordinator running inside the test process on a free loopback port.
 pub struct TestServer {
@@ -74,6 +107,22 @@ impl TestServer {
             .scheduler()
     }
 
+    /// The scheduler's counters once `ready` holds for them, or the last ones seen after 10 s
+    /// (the caller asserts on them). Polls: the scheduler offers its counters only on request.
+    pub async fn wait_for_stats(
+        &self,
+        ready: impl Fn(&tessera_coordinator::execution::scheduler::SchedulerStats) -> bool,
+    ) -> tessera_coordinator::execution::scheduler::SchedulerStats {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (stats, _) = self.scheduler().stats().await.expect("scheduler stats");
+            if ready(&stats) || tokio::time::Instant::now() > deadline {
+                return stats;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
     /// Shuts the server down cleanly, keeping the data directory.
     pub async fn stop(&mut self) {
         if let Some(coordinator) = self.coordinator.take() {
@@ -121,118 +170,6 @@ pub fn free_port() -> u16 {
 /// Whether tests must not skip when a tool is missing (CI sets `CI=true`).
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// A `tessera coordinator` child process.
-pub struct ServerProcess {
-    /// The child.
-    pub child: Child,
-    /// Its address.
-    pub addr: SocketAddr,
-    /// Its data directory.
-    pub data_dir: PathBuf,
-}
-
-impl ServerProcess {
-    /// Starts `tessera coordinator` on a free port with `data_dir` and extra arguments, and
-    /// waits until it accepts connections.
-    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        Self::start_on(addr, data_dir, extra, &[])
-    }
-
-    /// Starts `tessera coordinator` listening on `addr`, with extra arguments and environment
-    /// variables, and waits until it accepts connections.
-    pub fn start_on(
-        addr: SocketAddr,
-        data_dir: &Path,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
-        let child = Command::new(tessera_bin())
-            .arg("coordinator")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tessera coordinator");
-        let mut server = ServerProcess {
-            child,
-            addr,
-            data_dir: data_dir.to_owned(),
-        };
-        server.wait_ready(Duration::from_secs(30));
-        server
-    }
-
-    fn wait_ready(&mut self, limit: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tessera coordinator exited early: {status}");
-            }
-            let probe = if self.addr.ip().is_unspecified() {
-                SocketAddr::from(([127, 0, 0, 1], self.addr.port()))
-            } else {
-                self.addr
-            };
-            if std::net::TcpStream::connect(probe).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "tessera coordinator did not listen on {} within {limit:?}",
-            self.addr
-        );
-    }
-
-    /// `http://addr` (loopback when listening on all addresses).
-    pub fn endpoint(&self) -> String {
-        if self.addr.ip().is_unspecified() {
-            format!("http://127.0.0.1:{}", self.addr.port())
-        } else {
-            format!("http://{}", self.addr)
-        }
-    }
-
-    /// Kills the coordinator with SIGKILL and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends `signal` and waits for the exit status (at most `limit`).
-    pub fn signal_and_wait(
-        &mut self,
-        signal: nix::sys::signal::Signal,
-        limit: Duration,
-    ) -> Option<std::process::ExitStatus> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        let _ = nix::sys::signal::kill(pid, signal);
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `len` bytes that zstd cannot shrink, the same for the same `seed` (xorshift64).
@@ -312,74 +249,6 @@ pub async fn upload_action(
         .await
         .expect("upload action");
     action_digest
-}
-
-/// A `tessera agent` child process.
-pub struct AgentProcess {
-    /// The child.
-    pub child: Child,
-    /// Its id.
-    pub id: String,
-    /// Its work directory.
-    pub work_dir: PathBuf,
-}
-
-impl AgentProcess {
-    /// Starts `tessera agent` against `endpoint` with `slots` slots and extra arguments.
-    pub fn start(endpoint: &str, work_dir: &Path, id: &str, slots: u32, extra: &[&str]) -> Self {
-        let child = Command::new(tessera_bin())
-            .arg("agent")
-            .arg("--coordinator")
-            .arg(endpoint)
-            .arg("--work-dir")
-            .arg(work_dir)
-            .arg("--slots")
-            .arg(slots.to_string())
-            .arg("--id")
-            .arg(id)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tessera agent");
-        AgentProcess {
-            child,
-            id: id.to_owned(),
-            work_dir: work_dir.to_owned(),
-        }
-    }
-
-    /// The child's pid, for signals.
-    pub fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
-    }
-
-    /// Sends `signal` to the agent.
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(self.pid(), signal);
-    }
-
-    /// Waits up to `limit` for the agent to exit.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        // A stopped agent must be continued before it can die.
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The `ExecuteResponse` of a finished operation (`None` while it runs). Panics if the server

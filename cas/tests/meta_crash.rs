@@ -123,10 +123,12 @@ fn run_cycles(dir: &Path, cycles: u64, seed: u64) -> Result<Totals, String> {
         let (lines, reader) = read_lines(&mut child);
 
         match kill_at {
+            // Real time: the kill lands at a random moment of the writer's life on purpose.
             KillAt::AfterSpawn(delay) => std::thread::sleep(delay),
             KillAt::AfterReady(delay) => match lines.recv_timeout(PATIENCE) {
                 Ok(line) if line == "ready" => {
                     startup = (startup * 3 + spawned.elapsed()) / 4;
+                    // Real time, as above: mid-write, mid-flush, wherever it falls.
                     std::thread::sleep(delay);
                 }
                 other => {
@@ -248,18 +250,30 @@ fn run_verifier(db: &Path, log: &Path) -> Result<String, String> {
 }
 
 fn wait_with_timeout(mut child: Child, timeout: Duration) -> Result<Output, String> {
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "verifier hung for {timeout:?}; reopening the store stalls"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    if !exits_within(&child, timeout) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!(
+            "verifier hung for {timeout:?}; reopening the store stalls"
+        ));
     }
     Ok(child.wait_with_output().unwrap())
+}
+
+/// Whether `child` exits within `limit`. The exit is awaited as an event: a helper thread
+/// blocks in `waitid(WNOWAIT)`, which sees the exit without reaping the child, so the caller
+/// can still kill it or collect its status and output.
+fn exits_within(child: &Child, limit: Duration) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(limit).is_ok()
 }
 
 fn describe(status: ExitStatus) -> String {

@@ -1,10 +1,10 @@
 //! The blob stores, end to end, through the [`BlobStore`] trait (DESIGN.md §3).
 //!
 //! Behaviour every store must show runs against both the real [`DiskStore`] (on a temporary
-//! directory, indexed in a real [`SledStore`]) and the [`MemoryStore`]; what only the disk store
-//! has (the at-rest form of files, eviction to a byte budget, pins, restarts) runs against it
-//! alone. The harness at the top builds blobs, stores and damage; the tests below it read as
-//! stories.
+//! directory, indexed in a real [`RedbStore`], as the coordinator's and the agent's are) and
+//! the [`MemoryStore`]; what only the disk store has (the at-rest form of files, eviction to a
+//! byte budget, pins, restarts) runs against it alone. The harness at the top builds blobs,
+//! stores and damage; the tests below it read as stories.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore as _, SeedableRng as _};
 use tempfile::TempDir;
 use tessera_cas::digest::{Digest, DigestError, DigestFunction};
-use tessera_cas::meta::{MetadataStore, SledStore};
+use tessera_cas::meta::{MetadataStore, RedbStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, MemoryStore, StoreError};
 
 // ---------------------------------------------------------------------------------------------
@@ -122,11 +122,11 @@ impl AtRest {
     }
 }
 
-/// A [`DiskStore`] on a temporary directory, indexed in a [`SledStore`] beside it.
+/// A [`DiskStore`] on a temporary directory, indexed in a [`RedbStore`] beside it.
 struct DiskFixture {
     dir: TempDir,
     options: DiskStoreOptions,
-    meta: Arc<SledStore>,
+    meta: Arc<RedbStore>,
     store: DiskStore,
 }
 
@@ -156,7 +156,7 @@ impl DiskFixture {
     }
 
     fn open_in(dir: TempDir, options: DiskStoreOptions) -> DiskFixture {
-        let meta = Arc::new(SledStore::open(dir.path().join("meta")).unwrap());
+        let meta = Arc::new(RedbStore::open(dir.path().join("meta")).unwrap());
         let store =
             DiskStore::open(Arc::clone(&meta) as Arc<dyn MetadataStore>, options.clone()).unwrap();
         DiskFixture {
@@ -384,6 +384,7 @@ fn stream(store: &dyn BlobStore, digest: &Digest, offset: u64) -> Option<Streame
 /// Lets the store's millisecond clock move on, so that uses in a row get distinct access
 /// times and least-recently-used order is not left to ties.
 fn tick() {
+    // Real time: the disk store reads the wall clock and takes no clock to advance.
     std::thread::sleep(Duration::from_millis(3));
 }
 
@@ -1230,7 +1231,8 @@ fn access_times_written_back_survive_a_restart_and_steer_eviction() {
     for disk in [&written_back, &forgotten] {
         write_in_order(&disk.store, &[a, b, c, d, e]);
     }
-    // Access times are only worth writing back once they moved by more than a second.
+    // Access times are only worth writing back once they moved by more than a second: real
+    // time, since the disk store reads the wall clock and takes no clock to advance.
     std::thread::sleep(Duration::from_millis(1100));
     for disk in [&written_back, &forgotten] {
         assert_eq!(disk.store.find_missing(&[a.digest]), vec![]);

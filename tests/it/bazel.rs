@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
-use tessera_tests::{AgentProcess, ServerProcess, in_ci};
+use tessera_tests::{AgentProcess, ServerProcess, blocking_poll_until, in_ci, lines, wait_exit};
 
 /// Size of the fixture's `//gen:big` output (`gen/big.bin`).
 const BIG_SIZE: usize = 5 * 1024 * 1024;
@@ -240,30 +240,23 @@ fn remote_execution_survives_an_agent_killed_mid_build() {
         "--remote_retries=0",
     ]);
 
-    // Wait until an agent runs one of the slow genrules, then kill that agent.
-    let waiting = Instant::now();
-    let (victim, lease) = loop {
-        if let Some(found) = cluster
-            .agents
-            .iter()
-            .enumerate()
-            .find_map(|(i, a)| running_slow_lease(&a.work_dir).map(|l| (i, l)))
-        {
-            break found;
-        }
-        if build.finished() {
-            let run = build.wait();
-            panic!(
-                "the build ended before any agent ran a //slow genrule ({}):\n{}",
-                run.status, run.stderr
-            );
-        }
-        assert!(
-            waiting.elapsed() < COMMAND_LIMIT,
-            "no agent ran a //slow genrule within {COMMAND_LIMIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    // Wait until an agent runs one of the slow genrules, then kill that agent. Polled: an
+    // agent announces a lease, not which action it runs, so its lease directory is the sign.
+    let (victim, lease) =
+        blocking_poll_until("agent running a //slow genrule", COMMAND_LIMIT, || {
+            if build.finished() {
+                let run = build.take_run();
+                panic!(
+                    "the build ended before any agent ran a //slow genrule ({}):\n{}",
+                    run.status, run.stderr
+                );
+            }
+            cluster
+                .agents
+                .iter()
+                .enumerate()
+                .find_map(|(i, a)| running_slow_lease(&a.work_dir).map(|l| (i, l)))
+        });
     let killed_at = build.start.elapsed();
     let agent = &mut cluster.agents[victim];
     agent.signal(Signal::SIGKILL);
@@ -329,16 +322,13 @@ impl Cluster {
         cluster
     }
 
-    /// Waits until both agents have opened their work directories (they register with the
-    /// coordinator right after; Bazel's actions wait in the queue until they do anyway).
+    /// Waits until both agents are connected (Bazel's actions would wait in the queue for them
+    /// anyway; this way both take part from the first action).
     fn wait_for_agents(&self) {
-        let start = Instant::now();
-        while !self.agents.iter().all(|a| a.work_dir.join("x").is_dir()) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "agents did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        for agent in &self.agents {
+            agent
+                .log
+                .blocking_wait_for(lines::AGENT_CONNECTED, Duration::from_secs(30));
         }
     }
 
@@ -611,21 +601,21 @@ impl Pending {
 
     /// Waits for the command (at most [`COMMAND_LIMIT`] since it started).
     fn wait(mut self) -> Run {
+        self.take_run()
+    }
+
+    /// [`Self::wait`] through a borrow; the command must not have been waited for yet.
+    fn take_run(&mut self) -> Run {
         let mut child = self.child.take().expect("not waited yet");
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if self.start.elapsed() > COMMAND_LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "`bazel {}` took longer than {COMMAND_LIMIT:?}; stderr:\n{}",
-                    self.args,
-                    std::fs::read_to_string(&self.err).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let left = COMMAND_LIMIT.saturating_sub(self.start.elapsed());
+        let Some(status) = wait_exit(&mut child, left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`bazel {}` took longer than {COMMAND_LIMIT:?}; stderr:\n{}",
+                self.args,
+                std::fs::read_to_string(&self.err).unwrap_or_default()
+            );
         };
         Run {
             args: self.args.clone(),

@@ -20,7 +20,7 @@ use tessera_proto::reapi::{
     GetActionResultRequest, GetCapabilitiesRequest, GetTreeRequest, OutputFile,
     UpdateActionResultRequest, compressor, digest_function,
 };
-use tessera_tests::{TestServer, blob_file, noise};
+use tessera_tests::{TestServer, blob_file, noise, poll_until};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -411,20 +411,18 @@ async fn a_broken_upload_resumes_from_the_committed_offset() {
     let _ = call.await;
     drop(tx);
 
-    // The server parks the upload once it sees the stream break.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let committed = loop {
-        let (committed, complete) = query_write_status(&channel, &name).await;
-        assert!(!complete);
-        if committed > 0 {
-            break committed as usize;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "QueryWriteStatus never reported the bytes of the broken upload"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The server parks the upload once it sees the stream break. Polled: nothing announces
+    // that, QueryWriteStatus is the only window on it.
+    let committed = poll_until(
+        "QueryWriteStatus report of the bytes of the broken upload",
+        Duration::from_secs(10),
+        async || {
+            let (committed, complete) = query_write_status(&channel, &name).await;
+            assert!(!complete);
+            (committed > 0).then_some(committed as usize)
+        },
+    )
+    .await;
     assert_eq!(committed % BAZEL_CHUNK, 0, "whole messages are committed");
     assert!(committed <= sent_chunks * BAZEL_CHUNK);
     assert!(

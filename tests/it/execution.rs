@@ -75,6 +75,7 @@ impl ScriptedAgent {
         let stopped = frozen.clone();
         tokio::spawn(async move {
             loop {
+                // A cadence, like a real agent's heartbeat timer: real time is the point.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 match stopped.load(std::sync::atomic::Ordering::SeqCst) {
                     FROZEN => continue,
@@ -294,7 +295,7 @@ async fn an_expired_lease_moves_the_work_and_its_late_result_is_refused() {
     healthy.finish(&second, 0).await;
     let (_, _, response) = drain(stream).await;
     assert_eq!(response.status.unwrap_or_default().code, 0);
-    let coordinator_stats = wait_for_stats(&server, |s| s.stale_results == 1).await;
+    let coordinator_stats = server.wait_for_stats(|s| s.stale_results == 1).await;
     assert_eq!(coordinator_stats.completed, 1);
     assert!(coordinator_stats.expired_leases >= 1);
 }
@@ -309,12 +310,13 @@ async fn heartbeats_keep_a_long_lease_alive() {
     let lease = agent.next_lease().await;
     for _ in 0..10 {
         agent.heartbeat(&[&lease.lease_id]).await;
+        // Real time: the heartbeats must span more than the lease timeout to prove anything.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     agent.finish(&lease, 0).await;
     let (_, _, response) = drain(stream).await;
     assert_eq!(response.status.unwrap_or_default().code, 0);
-    let stats = wait_for_stats(&server, |s| s.completed == 1).await;
+    let stats = server.wait_for_stats(|s| s.completed == 1).await;
     assert_eq!(stats.expired_leases, 0);
     assert_eq!(stats.stale_results, 0);
 }
@@ -510,20 +512,6 @@ async fn missing_inputs_are_failed_precondition_with_details() {
     assert!(failure.violations.iter().all(|v| v.r#type == "MISSING"));
 }
 
-async fn wait_for_stats(
-    server: &TestServer,
-    ready: impl Fn(&tessera_coordinator::execution::scheduler::SchedulerStats) -> bool,
-) -> tessera_coordinator::execution::scheduler::SchedulerStats {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (stats, _) = server.scheduler().stats().await.unwrap();
-        if ready(&stats) || std::time::Instant::now() > deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_operations_survive_a_coordinator_restart() {
     let mut first = server(Duration::from_secs(10)).await;
@@ -618,6 +606,6 @@ async fn a_lease_held_across_a_coordinator_restart_still_counts() {
             .is_err(),
         "the action was not run again"
     );
-    let stats = wait_for_stats(&second, |s| s.completed == 1).await;
+    let stats = second.wait_for_stats(|s| s.completed == 1).await;
     assert_eq!(stats.stale_results, 0);
 }

@@ -16,7 +16,7 @@ use tessera_proto::reapi::{
     ExecuteRequest, ExecuteResponse, GetActionResultRequest, WaitExecutionRequest, execution_stage,
 };
 use tessera_tests::{
-    AgentProcess, ServerProcess, free_port, in_ci, response_of, stage_of, upload_action,
+    AgentProcess, ServerProcess, free_port, in_ci, lines, response_of, upload_action, wait_stage,
 };
 use tonic::transport::Channel;
 
@@ -43,7 +43,8 @@ async fn channel(endpoint: &str) -> Channel {
         .unwrap()
 }
 
-/// Starts an execution and returns its name once an agent is running it.
+/// Starts an execution and returns its name once an agent is running it (the stream is
+/// dropped then).
 async fn execute_until_running(endpoint: &str, digest: &Digest) -> String {
     let mut stream = ExecutionClient::new(channel(endpoint).await)
         .execute(ExecuteRequest {
@@ -54,18 +55,13 @@ async fn execute_until_running(endpoint: &str, digest: &Digest) -> String {
         .await
         .unwrap()
         .into_inner();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let op = tokio::time::timeout_at(deadline.into(), stream.next())
-            .await
-            .expect("the action starts within 30 s")
-            .expect("stream open")
-            .expect("stream ok");
-        if stage_of(&op) == execution_stage::Value::Executing {
-            return op.name;
-        }
-        assert!(!op.done, "finished before it was seen running: {op:?}");
-    }
+    wait_stage(
+        &mut stream,
+        execution_stage::Value::Executing,
+        Duration::from_secs(30),
+    )
+    .await
+    .name
 }
 
 /// Waits for the operation to finish, re-attaching with WaitExecution through coordinator
@@ -78,6 +74,7 @@ async fn wait_done(endpoint: &str, name: &str, limit: Duration) -> ExecuteRespon
             .connect()
             .await
         else {
+            // A pause between reconnects, not a wait for a state: the server may be restarting.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -87,6 +84,7 @@ async fn wait_done(endpoint: &str, name: &str, limit: Duration) -> ExecuteRespon
             })
             .await
         else {
+            // The same pause before calling again.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -188,7 +186,10 @@ async fn a_frozen_agent_loses_its_lease_and_its_late_result_is_refused() {
     // Wake the frozen agent: whatever it reports now is refused, so the cached result stays
     // the healthy agent's.
     frozen.signal(Signal::SIGCONT);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    server
+        .log
+        .wait_for(lines::RESULT_REFUSED, Duration::from_secs(30))
+        .await;
     let cached = ActionCacheClient::new(channel(&endpoint).await)
         .get_action_result(GetActionResultRequest {
             action_digest: Some(digest.to_proto()),
@@ -218,6 +219,7 @@ async fn a_coordinator_killed_mid_build_keeps_every_accepted_operation() {
         .await
         .unwrap();
     let mut names = Vec::new();
+    let mut first = None;
     for i in 0..4 {
         let script = format!("sleep 0.5; echo {i} > out.txt");
         let digest = upload_action(&client, &["sh", "-c", &script], &["out.txt"], &[], false).await;
@@ -231,9 +233,16 @@ async fn a_coordinator_killed_mid_build_keeps_every_accepted_operation() {
             .unwrap()
             .into_inner();
         names.push(stream.next().await.unwrap().unwrap().name);
+        first.get_or_insert(stream);
     }
     // Mid-build: one action running, the rest queued.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut first = first.expect("four executions");
+    wait_stage(
+        &mut first,
+        execution_stage::Value::Executing,
+        Duration::from_secs(30),
+    )
+    .await;
     server.kill();
     let _restarted = coordinator(dir.path(), addr);
     for name in &names {
@@ -260,8 +269,11 @@ async fn a_draining_agent_finishes_its_work_then_exits() {
     )
     .await;
     let name = execute_until_running(&endpoint, &digest).await;
-    // EXECUTING means the lease was sent; give the agent a moment to take it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // EXECUTING means the lease was sent; drain once the agent has taken it.
+    agent
+        .log
+        .wait_for(lines::LEASE_ACCEPTED, Duration::from_secs(30))
+        .await;
     agent.signal(Signal::SIGTERM);
     let response = wait_done(&endpoint, &name, Duration::from_secs(30)).await;
     assert_ok(&response);

@@ -16,7 +16,7 @@ use tessera_proto::tessera::v1::{
     TestOutcome, WatchJobRequest, job_event::Kind,
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, TestServer, in_ci};
+use tessera_tests::{AgentProcess, TestServer, in_ci, lines, poll_until, wait_job_event};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -168,7 +168,7 @@ struct Cluster {
 async fn cluster(agents: usize, slots: u32) -> Cluster {
     let server = TestServer::start().await;
     let work = tempfile::tempdir().expect("work dir");
-    let agents = (0..agents)
+    let agents: Vec<AgentProcess> = (0..agents)
         .map(|i| {
             AgentProcess::start(
                 &server.endpoint,
@@ -179,24 +179,34 @@ async fn cluster(agents: usize, slots: u32) -> Cluster {
             )
         })
         .collect();
+    for agent in &agents {
+        agent
+            .log
+            .wait_for(lines::AGENT_CONNECTED, Duration::from_secs(30))
+            .await;
+    }
     let cluster = Cluster {
         server,
         _agents: agents,
         _work: work,
     };
     let mut jobs = JobsClient::new(cluster.server.channel().await);
-    for _ in 0..200 {
-        let status = jobs
-            .status(StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner();
-        if status.agents.len() == cluster._agents.len() {
-            return cluster;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("agents did not connect");
+    // No event says "the scheduler lists it", but it registers an agent before welcoming it,
+    // so this normally holds at the first look.
+    poll_until(
+        "every agent in Status",
+        Duration::from_secs(10),
+        async || {
+            let status = jobs
+                .status(StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner();
+            (status.agents.len() == cluster._agents.len()).then_some(())
+        },
+    )
+    .await;
+    cluster
 }
 
 fn example(name: &str) -> std::path::PathBuf {
@@ -317,20 +327,16 @@ async fn a_cancelled_job_stops_its_work_and_says_so() {
         .expect("submit")
         .into_inner()
         .job_id;
-    // Wait until tests are running on the agent, then cancel.
-    for _ in 0..200 {
-        let status = jobs
-            .status(StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner();
-        if status.agents.iter().any(|a| a.busy > 0)
-            && status.jobs.iter().any(|j| j.job_id == id && j.total == 3)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Wait until tests are running on the agent (the job's progress counts busy slots once
+    // all three are planned), then cancel.
+    wait_job_event(
+        &mut jobs,
+        &id,
+        "progress with a busy slot",
+        Duration::from_secs(60),
+        |e| matches!(&e.kind, Some(Kind::Progress(p)) if p.total == 3 && p.busy_slots > 0),
+    )
+    .await;
     let started = std::time::Instant::now();
     let cancelled = jobs
         .cancel(CancelJobRequest { job_id: id.clone() })
@@ -351,19 +357,21 @@ async fn a_cancelled_job_stops_its_work_and_says_so() {
         outcomes.values().all(|(o, _)| *o == TestOutcome::Cancelled),
         "{outcomes:?}"
     );
-    // The agent's slots are free again.
-    for _ in 0..200 {
-        let status = jobs
-            .status(StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner();
-        if status.agents.iter().all(|a| a.busy == 0) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the agent still runs the cancelled job's batches");
+    // The agent's slots are free again. Polled: the job has ended, so no job event follows,
+    // and the scheduler announces no lease release.
+    poll_until(
+        "free agent slots after the cancel",
+        Duration::from_secs(10),
+        async || {
+            let status = jobs
+                .status(StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner();
+            status.agents.iter().all(|a| a.busy == 0).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Changes one field of a good spec.
@@ -576,8 +584,18 @@ async fn a_flood_of_ci_jobs_does_not_starve_a_developer() {
                 .job_id,
         );
     }
-    // Let the flood take both slots, then a developer submits two tests.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the flood take both slots (each CI job runs, and its progress shows the fleet's
+    // slots all busy), then a developer submits two tests.
+    for id in &ci {
+        wait_job_event(
+            &mut jobs,
+            id,
+            "progress with every slot busy",
+            Duration::from_secs(60),
+            |e| matches!(&e.kind, Some(Kind::Progress(p)) if p.total_slots == 2 && p.busy_slots == 2),
+        )
+        .await;
+    }
     let dev = sleepy_spec(&cluster.server, 2, "0.5", "dev@laptop").await;
     let started = std::time::Instant::now();
     let (_, finished) = run_job(&mut jobs, dev).await;
@@ -635,8 +653,16 @@ async fn an_accepted_job_survives_a_coordinator_crash() {
         .expect("submit")
         .into_inner()
         .job_id;
-    // Let some tests run, then kill the coordinator without warning and start it again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let some tests run (the first result is in), then kill the coordinator without warning
+    // and start it again.
+    wait_job_event(
+        &mut jobs,
+        &id,
+        "a test result",
+        Duration::from_secs(60),
+        |e| matches!(&e.kind, Some(Kind::Test(_))),
+    )
+    .await;
     server.kill();
     let mut server =
         tessera_tests::ServerProcess::start_on(server.addr, &server.data_dir.clone(), &[], &[]);

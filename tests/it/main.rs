@@ -6,6 +6,7 @@ mod bazel;
 mod cas_api;
 mod execution;
 mod faults;
+mod harness;
 mod jobs;
 mod lifecycle;
 mod runners_e2e;

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 use tessera_runners::junit::{self, CaseStatus};
-use tessera_tests::{in_ci, tessera_bin};
+use tessera_tests::{in_ci, tessera_bin, wait_exit};
 
 /// No command here should come near this; it only keeps a hung tool from hanging the suite.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -98,21 +98,15 @@ impl Workspace {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("failed to start {command:?}: {e}"));
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status.code();
-            }
-            if start.elapsed() > COMMAND_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{command:?} ran past {COMMAND_TIMEOUT:?}:\n{}",
-                    std::fs::read_to_string(log_path).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = wait_exit(&mut child, COMMAND_TIMEOUT) {
+            return status.code();
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{command:?} ran past {COMMAND_TIMEOUT:?}:\n{}",
+            std::fs::read_to_string(log_path).unwrap_or_default()
+        );
     }
 
     /// `tessera run --json --retries 0` with `args` (flags, then `--` and the test command) on an

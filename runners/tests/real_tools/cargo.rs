@@ -14,7 +14,7 @@ use crate::harness::{
 };
 
 /// Every test of the example suite, as both Rust runners name them.
-pub const RUST_SUITE_TESTS: [&str; 9] = [
+pub(crate) const RUST_SUITE_TESTS: [&str; 9] = [
     "rust-suite tests::add_small",
     "rust-suite tests::add_small_many",
     "rust-suite tests::flaky_once",

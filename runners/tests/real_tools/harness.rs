@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tessera_runners::{
@@ -15,20 +15,20 @@ use tessera_runners::{
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The repository's `examples/` folder.
-pub fn examples() -> PathBuf {
+pub(crate) fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
 /// Where the example Rust suite is built: ignored by git, shared by the cargo and nextest tests
 /// (cargo's lock serializes them) and kept between runs so a rerun builds nothing.
-pub fn rust_target_dir() -> PathBuf {
+pub(crate) fn rust_target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target-examples")
 }
 
 /// Whether `tool` can be started (`probe` is its version command). A missing tool skips the test
 /// with a message, except under `CI=true`, where it fails it: CI installs every tool with
 /// `.ci/install-deps.sh`.
-pub fn tool_available(tool: &str, probe: &[&str]) -> bool {
+pub(crate) fn tool_available(tool: &str, probe: &[&str]) -> bool {
     let found = Command::new(probe[0])
         .args(&probe[1..])
         .stdout(Stdio::null())
@@ -50,7 +50,7 @@ pub fn tool_available(tool: &str, probe: &[&str]) -> bool {
 /// Runs `spec` to completion, killing it after `timeout`. The environment a parent cargo or
 /// nextest gave this test process (target directory, package variables, nextest's run
 /// settings) is removed, so the example projects build and run as they would on their own.
-pub fn execute_with_timeout(spec: &CommandSpec, timeout: Duration) -> CommandOutput {
+pub(crate) fn execute_with_timeout(spec: &CommandSpec, timeout: Duration) -> CommandOutput {
     let mut command = spec.to_command();
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
@@ -71,16 +71,12 @@ pub fn execute_with_timeout(spec: &CommandSpec, timeout: Duration) -> CommandOut
         .unwrap_or_else(|e| panic!("failed to start {:?}: {e}", spec.argv));
     let stdout = drain(child.stdout.take().unwrap());
     let stderr = drain(child.stderr.take().unwrap());
-    let termination = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Termination::from_status(status);
-        }
-        if start.elapsed() > timeout {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break Termination::TimedOut;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let termination = if exits_within(&child, timeout) {
+        Termination::from_status(child.wait().unwrap())
+    } else {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        Termination::TimedOut
     };
     let elapsed = start.elapsed();
     CommandOutput {
@@ -89,6 +85,22 @@ pub fn execute_with_timeout(spec: &CommandSpec, timeout: Duration) -> CommandOut
         stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
         elapsed,
     }
+}
+
+/// Whether `child` exits within `limit`. The exit is awaited as an event: a helper thread
+/// blocks in `waitid(WNOWAIT)`, which sees the exit without reaping the child, so the caller
+/// can still kill it or collect its status.
+fn exits_within(child: &Child, limit: Duration) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(limit).is_ok()
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
@@ -100,12 +112,12 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8
 }
 
 /// Runs `spec` with the default timeout.
-pub fn execute(spec: &CommandSpec) -> CommandOutput {
+pub(crate) fn execute(spec: &CommandSpec) -> CommandOutput {
     execute_with_timeout(spec, COMMAND_TIMEOUT)
 }
 
 /// Runs the prepare step (if any) and the list step, as a job's first two actions do.
-pub fn prepare_and_list(runner: &dyn Runner) -> (Prepared, Vec<TestId>) {
+pub(crate) fn prepare_and_list(runner: &dyn Runner) -> (Prepared, Vec<TestId>) {
     let prepared = match runner.prepare_command() {
         Some(spec) => runner
             .parse_prepare(&execute(&spec))
@@ -120,14 +132,14 @@ pub fn prepare_and_list(runner: &dyn Runner) -> (Prepared, Vec<TestId>) {
 }
 
 /// A batch that has run: its results and the scratch directory the tool wrote to.
-pub struct Batch {
-    pub results: Vec<TestResult>,
-    pub output: CommandOutput,
-    pub scratch: tempfile::TempDir,
+pub(crate) struct Batch {
+    pub(crate) results: Vec<TestResult>,
+    pub(crate) output: CommandOutput,
+    pub(crate) scratch: tempfile::TempDir,
 }
 
 /// Runs one batch as an agent will: a fresh scratch directory, the adapter's files, the command.
-pub fn run_batch(
+pub(crate) fn run_batch(
     runner: &dyn Runner,
     prepared: &Prepared,
     tests: &[TestId],
@@ -155,7 +167,11 @@ pub fn run_batch(
 }
 
 /// Runs `tests` in as few batches as the runner allows, and returns every result.
-pub fn run_all(runner: &dyn Runner, prepared: &Prepared, tests: &[TestId]) -> Vec<TestResult> {
+pub(crate) fn run_all(
+    runner: &dyn Runner,
+    prepared: &Prepared,
+    tests: &[TestId],
+) -> Vec<TestResult> {
     runner
         .batching()
         .split(tests)
@@ -165,7 +181,7 @@ pub fn run_all(runner: &dyn Runner, prepared: &Prepared, tests: &[TestId]) -> Ve
 }
 
 /// Outcomes by test id (`TestId`'s display form), for comparing with a direct run.
-pub fn outcomes(results: &[TestResult]) -> BTreeMap<String, Outcome> {
+pub(crate) fn outcomes(results: &[TestResult]) -> BTreeMap<String, Outcome> {
     results
         .iter()
         .map(|r| (r.id.to_string(), r.outcome))
@@ -173,7 +189,7 @@ pub fn outcomes(results: &[TestResult]) -> BTreeMap<String, Outcome> {
 }
 
 /// The result for the test displayed as `id`.
-pub fn result<'a>(results: &'a [TestResult], id: &str) -> &'a TestResult {
+pub(crate) fn result<'a>(results: &'a [TestResult], id: &str) -> &'a TestResult {
     results
         .iter()
         .find(|r| r.id.to_string() == id)
@@ -181,21 +197,21 @@ pub fn result<'a>(results: &'a [TestResult], id: &str) -> &'a TestResult {
 }
 
 /// Display forms of test ids, sorted.
-pub fn names(tests: &[TestId]) -> Vec<String> {
+pub(crate) fn names(tests: &[TestId]) -> Vec<String> {
     let mut names: Vec<String> = tests.iter().map(ToString::to_string).collect();
     names.sort();
     names
 }
 
 /// A fresh directory for the examples' flaky tests: their first run in it fails.
-pub fn flaky_state() -> tempfile::TempDir {
+pub(crate) fn flaky_state() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
 /// The variable pointing the examples' flaky tests at their state directory.
-pub const STATE_VAR: &str = "TESSERA_EXAMPLE_STATE_DIR";
+pub(crate) const STATE_VAR: &str = "TESSERA_EXAMPLE_STATE_DIR";
 
 /// A path as a string, for environment variables.
-pub fn path_str(path: &Path) -> String {
+pub(crate) fn path_str(path: &Path) -> String {
     path.display().to_string()
 }
