@@ -32,7 +32,7 @@ const MARKER: &str = "tessera-bench:";
 
 /// Distinct actions running `program` with an empty input root, uploaded to the CAS.
 #[derive(Debug, Clone)]
-pub struct ActionSet {
+pub(crate) struct ActionSet {
     digests: Arc<Vec<Digest>>,
 }
 
@@ -40,7 +40,7 @@ impl ActionSet {
     /// Builds `count` actions `program... tessera-bench:RUN:i` (RUN random, so a reused
     /// store holds none of them) and uploads each Command and Action and the empty root
     /// directory through `client`.
-    pub async fn upload(
+    pub(crate) async fn upload(
         client: &CasClient,
         program: &[&str],
         count: usize,
@@ -83,13 +83,13 @@ impl ActionSet {
     }
 
     /// How many actions there are.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.digests.len()
     }
 }
 
 /// Which action of an [`ActionSet`] a command is, from its marker argument.
-pub fn index_of(command: Option<&Command>) -> Option<usize> {
+pub(crate) fn index_of(command: Option<&Command>) -> Option<usize> {
     let marker = command?.arguments.last()?.strip_prefix(MARKER)?;
     marker.rsplit(':').next()?.parse().ok()
 }
@@ -97,7 +97,7 @@ pub fn index_of(command: Option<&Command>) -> Option<usize> {
 /// When each action was submitted and when it was leased, as nanoseconds since a common
 /// start (0: not yet). Written by clients and agents from any thread.
 #[derive(Debug)]
-pub struct Timeline {
+pub(crate) struct Timeline {
     start: Instant,
     submitted: Vec<AtomicU64>,
     leased: Vec<AtomicU64>,
@@ -105,7 +105,7 @@ pub struct Timeline {
 
 impl Timeline {
     /// A timeline for `count` actions.
-    pub fn new(count: usize) -> Self {
+    pub(crate) fn new(count: usize) -> Self {
         Timeline {
             start: Instant::now(),
             submitted: (0..count).map(|_| AtomicU64::new(0)).collect(),
@@ -126,7 +126,7 @@ impl Timeline {
     }
 
     /// Action `index` reached an agent (the first lease counts).
-    pub fn leased(&self, index: usize) {
+    pub(crate) fn leased(&self, index: usize) {
         if let Some(slot) = self.leased.get(index) {
             let _ = slot.compare_exchange(0, self.now(), Ordering::Relaxed, Ordering::Relaxed);
         }
@@ -134,7 +134,7 @@ impl Timeline {
 
     /// Submit-to-lease times of the actions in `range`, milliseconds; an error if one was
     /// never leased.
-    pub fn submit_to_lease_ms(&self, range: Range<usize>) -> Result<Vec<f64>, BenchError> {
+    pub(crate) fn submit_to_lease_ms(&self, range: Range<usize>) -> Result<Vec<f64>, BenchError> {
         range
             .map(|index| {
                 let submitted = self.submitted[index].load(Ordering::Relaxed);
@@ -152,7 +152,7 @@ impl Timeline {
 
 /// `count` HTTP/2 connections to `endpoint`, as separate clients would have, each connected
 /// now so that no timed call pays for it.
-pub async fn connect(endpoint: &str, count: usize) -> Result<Vec<Channel>, BenchError> {
+pub(crate) async fn connect(endpoint: &str, count: usize) -> Result<Vec<Channel>, BenchError> {
     let error = |source| BenchError::Connect {
         endpoint: endpoint.to_owned(),
         source,
@@ -172,7 +172,7 @@ pub async fn connect(endpoint: &str, count: usize) -> Result<Vec<Channel>, Bench
 
 /// What executing a range of actions took.
 #[derive(Debug, Clone)]
-pub struct Executed {
+pub(crate) struct Executed {
     /// From the first Execute sent to the last operation done.
     pub elapsed: Duration,
     /// Per action, from Execute sent to its operation done, milliseconds.
@@ -181,7 +181,7 @@ pub struct Executed {
 
 impl Executed {
     /// Actions completed per second.
-    pub fn per_s(&self) -> f64 {
+    pub(crate) fn per_s(&self) -> f64 {
         self.latencies_ms.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
@@ -189,7 +189,7 @@ impl Executed {
 /// Executes actions `range` of `actions`, `in_flight` at a time spread over `channels`, each
 /// to the end of its operation stream; every one must pass (exit code 0). Marks submit times
 /// on `timeline` if given.
-pub async fn execute(
+pub(crate) async fn execute(
     channels: &[Channel],
     actions: &ActionSet,
     range: Range<usize>,

@@ -48,7 +48,7 @@ const PASSED_ENV: [&str; 4] = ["HOME", "LANG", "PATH", "USER"];
 
 /// How many batches to time.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchPlan {
+pub(crate) struct BatchPlan {
     /// Batches timed, one after another, with the one-file input root.
     pub batches: usize,
     /// Batches timed with the fixture repository as the input root.
@@ -60,7 +60,7 @@ pub struct BatchPlan {
 
 /// What a batch's input root is.
 #[derive(Debug, Clone)]
-pub enum InputRoot {
+pub(crate) enum InputRoot {
     /// `suite.sh` alone.
     Suite,
     /// A repository's working tree as `tessera run` snapshots it (git's files).
@@ -70,7 +70,7 @@ pub enum InputRoot {
 /// One timed batch: wall time and the instants of its execution metadata, ms after the
 /// Execute call was sent.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchTiming {
+pub(crate) struct BatchTiming {
     /// Execute sent → operation done.
     pub wall_ms: f64,
     /// The test's own duration from the step report.
@@ -81,14 +81,14 @@ pub struct BatchTiming {
 
 impl BatchTiming {
     /// The batch's cost beyond its test.
-    pub fn overhead_ms(&self) -> f64 {
+    pub(crate) fn overhead_ms(&self) -> f64 {
         self.wall_ms - self.test_ms
     }
 }
 
 /// Every timed batch on one input root.
 #[derive(Debug, Clone)]
-pub struct BatchRun {
+pub(crate) struct BatchRun {
     /// Files in the input root.
     pub files: usize,
     /// In the order they ran.
@@ -106,7 +106,7 @@ const BARE_SPAWNS: usize = 20;
 
 /// Times `batches` batches (after `warmup` untimed) on `root` against the coordinator at
 /// `endpoint`.
-pub async fn run(
+pub(crate) async fn run(
     endpoint: &str,
     root: &InputRoot,
     batches: usize,
@@ -445,7 +445,7 @@ fn marks(metadata: &ExecutedActionMetadata, sent_at: SystemTime) -> Result<[f64;
 }
 
 /// The overhead row and its breakdown for `run`; held to the planner's assumption if `target`.
-pub fn rows(run: &BatchRun, target: bool) -> Vec<Row> {
+pub(crate) fn rows(run: &BatchRun, target: bool) -> Vec<Row> {
     let overheads: Vec<f64> = run.timings.iter().map(BatchTiming::overhead_ms).collect();
     let walls: Vec<f64> = run.timings.iter().map(|t| t.wall_ms).collect();
     let assumed = PlannerConfig::default().batch_overhead.as_secs_f64() * 1e3;

@@ -41,7 +41,7 @@ const CACHE_HIT: &str = "remote cache hit";
 
 /// What one `bazel` run measures.
 #[derive(Debug, Clone)]
-pub struct BazelPlan {
+pub(crate) struct BazelPlan {
     /// The command line that selects this plan, for the report.
     pub command: String,
     /// Rounds; medians are reported.
@@ -58,7 +58,7 @@ pub struct BazelPlan {
 
 impl BazelPlan {
     /// Three rounds, 2 agents × 4 slots, `--jobs=8`.
-    pub fn full() -> Self {
+    pub(crate) fn full() -> Self {
         BazelPlan {
             command: "cargo run --release -p tessera-bench -- bazel".to_owned(),
             runs: 3,
@@ -70,7 +70,7 @@ impl BazelPlan {
     }
 
     /// One round.
-    pub fn quick() -> Self {
+    pub(crate) fn quick() -> Self {
         BazelPlan {
             command: "cargo run --release -p tessera-bench -- bazel --quick".to_owned(),
             runs: 1,
@@ -80,7 +80,10 @@ impl BazelPlan {
 }
 
 /// Runs `plan` with its scratch directories under `data_parent`.
-pub async fn run(plan: &BazelPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
+pub(crate) async fn run(
+    plan: &BazelPlan,
+    data_parent: Option<&Path>,
+) -> Result<Report, BenchError> {
     let plan = plan.clone();
     let parent = data_parent.map(Path::to_path_buf);
     tokio::task::spawn_blocking(move || run_blocking(&plan, parent.as_deref())).await?

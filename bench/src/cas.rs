@@ -48,7 +48,7 @@ const PRESENT_BATCH: usize = 1_000;
 
 /// Blobs of one size moved one after another.
 #[derive(Debug, Clone, Copy)]
-pub struct Transfer {
+pub(crate) struct Transfer {
     /// Bytes per blob.
     pub size: usize,
     /// Distinct blobs uploaded, then downloaded.
@@ -57,7 +57,7 @@ pub struct Transfer {
 
 /// What one `cas` run measures.
 #[derive(Debug, Clone)]
-pub struct CasPlan {
+pub(crate) struct CasPlan {
     /// The command line that selects this plan, for the report.
     pub command: &'static str,
     /// Digest functions the transfers run with.
@@ -80,7 +80,7 @@ pub struct CasPlan {
 
 impl CasPlan {
     /// The benchmark the README quotes.
-    pub fn full() -> Self {
+    pub(crate) fn full() -> Self {
         CasPlan {
             command: "cargo run --release -p tessera-bench -- cas",
             functions: DigestFunction::ALL.to_vec(),
@@ -104,7 +104,7 @@ impl CasPlan {
     }
 
     /// A smoke run: smaller blobs and fewer calls, same targets.
-    pub fn quick() -> Self {
+    pub(crate) fn quick() -> Self {
         CasPlan {
             command: "cargo run --release -p tessera-bench -- cas --quick",
             transfers: vec![
@@ -126,7 +126,7 @@ impl CasPlan {
 }
 
 /// Starts a coordinator with its data under `data_parent`, runs `plan` against it, stops it.
-pub async fn run(plan: &CasPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
+pub(crate) async fn run(plan: &CasPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
     let server = BenchServer::start(data_parent).await?;
     let environment = Environment::here(plan.command, data_parent);
     let measured = measure(plan, &server).await;

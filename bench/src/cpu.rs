@@ -12,7 +12,7 @@ use crate::error::BenchError;
 
 /// User plus system time of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CpuTimes {
+pub(crate) struct CpuTimes {
     /// The process itself, every thread.
     pub own: Duration,
     /// Its children that it has waited for.
@@ -40,7 +40,7 @@ impl std::ops::Add for CpuTimes {
 }
 
 /// The CPU times of process `pid` (`"self"` for this one).
-pub fn process(pid: &str) -> Result<CpuTimes, BenchError> {
+pub(crate) fn process(pid: &str) -> Result<CpuTimes, BenchError> {
     let stat = read(&format!("/proc/{pid}/stat"))?;
     let (_, fields) = parse_stat(&stat)?;
     let ticks = ticks_per_second()?;
@@ -52,7 +52,7 @@ pub fn process(pid: &str) -> Result<CpuTimes, BenchError> {
 
 /// CPU time of this process's live threads whose name starts with one of `prefixes`. A thread
 /// that exits between two samples takes its time with it, so compare long-lived threads only.
-pub fn threads_named(prefixes: &[&str]) -> Result<Duration, BenchError> {
+pub(crate) fn threads_named(prefixes: &[&str]) -> Result<Duration, BenchError> {
     let ticks = ticks_per_second()?;
     let tasks = std::fs::read_dir("/proc/self/task").map_err(|source| BenchError::Io {
         what: "list this process's threads",

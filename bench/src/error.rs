@@ -6,7 +6,7 @@ use thiserror::Error;
 
 /// Why a benchmark could not run.
 #[derive(Debug, Error)]
-pub enum BenchError {
+pub(crate) enum BenchError {
     /// The in-process coordinator failed to start or to stop cleanly.
     #[error("coordinator failed: {0}")]
     Server(#[from] ServerError),

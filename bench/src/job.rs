@@ -41,7 +41,7 @@ const UP_LIMIT: Duration = Duration::from_secs(30);
 
 /// What one `job` run measures.
 #[derive(Debug, Clone)]
-pub struct JobPlan {
+pub(crate) struct JobPlan {
     /// The command line that selects this plan, for the report.
     pub command: String,
     /// The fixture repository.
@@ -56,7 +56,7 @@ pub struct JobPlan {
 
 impl JobPlan {
     /// The benchmark the README quotes: 5 re-runs per mode, 50 batches.
-    pub fn full() -> Self {
+    pub(crate) fn full() -> Self {
         JobPlan {
             command: "cargo run --release -p tessera-bench -- job".to_owned(),
             shape: RepoShape {
@@ -75,7 +75,7 @@ impl JobPlan {
     }
 
     /// A smoke run: 3 re-runs per mode, 15 batches; the same repository and targets.
-    pub fn quick() -> Self {
+    pub(crate) fn quick() -> Self {
         JobPlan {
             command: "cargo run --release -p tessera-bench -- job --quick".to_owned(),
             reruns: 3,
@@ -149,7 +149,7 @@ struct ModeRuns {
 }
 
 /// Runs `plan` with its scratch directories under `data_parent`.
-pub async fn run(plan: &JobPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
+pub(crate) async fn run(plan: &JobPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
     let environment = Environment::here(&plan.command, data_parent);
     let binary = tessera_binary(plan.tessera.as_deref())?;
     let scratch = match data_parent {

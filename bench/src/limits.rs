@@ -30,13 +30,13 @@ const PROBE_RUNS: usize = 3;
 const IO_BUFFER: usize = 1024 * 1024;
 
 /// Megabytes (10^6 bytes) per second.
-pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+pub(crate) fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 
 /// Single-threaded hash rate of `function` over `data`, in MB/s, using the same crates the
 /// store uses (`sha2`, `blake3`) without their multi-threaded modes.
-pub async fn hash_rate(function: DigestFunction, data: Bytes) -> Result<f64, BenchError> {
+pub(crate) async fn hash_rate(function: DigestFunction, data: Bytes) -> Result<f64, BenchError> {
     let rate = tokio::task::spawn_blocking(move || {
         (0..PROBE_RUNS)
             .map(|_| {
@@ -60,7 +60,11 @@ pub async fn hash_rate(function: DigestFunction, data: Bytes) -> Result<f64, Ben
 /// Rate, in MB/s, at which `count` copies of `chunk` cross one loopback TCP connection: a
 /// tokio writer on the caller's runtime, a reader on `server` (the coordinator's runtime, where
 /// a gRPC upload would land). Timed from the first write until the reader has every byte.
-pub async fn tcp_rate(server: &Handle, chunk: Bytes, count: usize) -> Result<f64, BenchError> {
+pub(crate) async fn tcp_rate(
+    server: &Handle,
+    chunk: Bytes,
+    count: usize,
+) -> Result<f64, BenchError> {
     let mut best: f64 = 0.0;
     for _ in 0..PROBE_RUNS {
         best = best.max(tcp_once(server, chunk.clone(), count).await?);
@@ -111,7 +115,11 @@ async fn tcp_once(server: &Handle, chunk: Bytes, count: usize) -> Result<f64, Be
 /// Rate, in MB/s, at which `count` copies of `chunk` are written to new files in `dir` in
 /// 1 MiB writes, not synced: what the disk store does with an upload, minus hashing. The files
 /// are deleted afterwards.
-pub async fn disk_write_rate(dir: PathBuf, chunk: Bytes, count: usize) -> Result<f64, BenchError> {
+pub(crate) async fn disk_write_rate(
+    dir: PathBuf,
+    chunk: Bytes,
+    count: usize,
+) -> Result<f64, BenchError> {
     tokio::task::spawn_blocking(move || {
         let io = |what: &'static str| move |source| BenchError::Io { what, source };
         std::fs::create_dir_all(&dir).map_err(io("create the disk probe directory"))?;
@@ -141,7 +149,7 @@ pub async fn disk_write_rate(dir: PathBuf, chunk: Bytes, count: usize) -> Result
 
 /// A bare process spawn, as [`spawn_cost`] measured it.
 #[derive(Debug, Clone, Copy)]
-pub struct SpawnCost {
+pub(crate) struct SpawnCost {
     /// Spawns timed.
     pub spawns: usize,
     /// Wall time per spawn and wait, ms (best of the probe runs).
@@ -152,7 +160,10 @@ pub struct SpawnCost {
 
 /// Spawns `program` `count` times, one at a time, waiting for each: the cost of a process on
 /// this machine with nothing else around it (no sandbox, no pipes).
-pub async fn spawn_cost(program: &'static str, count: usize) -> Result<SpawnCost, BenchError> {
+pub(crate) async fn spawn_cost(
+    program: &'static str,
+    count: usize,
+) -> Result<SpawnCost, BenchError> {
     tokio::task::spawn_blocking(move || {
         let mut best = f64::INFINITY;
         let mut cpu_ms = f64::INFINITY;

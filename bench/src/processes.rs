@@ -21,7 +21,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// The `tessera` binary: `explicit`, else `$TESSERA_BIN`, else the one beside this
 /// executable (`cargo build --release -p tessera-cli` puts it in the same `target/release`;
 /// for a test binary in `target/debug/deps/`, the one in `target/debug/`).
-pub fn tessera_binary(explicit: Option<&Path>) -> Result<PathBuf, BenchError> {
+pub(crate) fn tessera_binary(explicit: Option<&Path>) -> Result<PathBuf, BenchError> {
     if let Some(path) = explicit
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("TESSERA_BIN").map(PathBuf::from))
@@ -55,7 +55,7 @@ pub fn tessera_binary(explicit: Option<&Path>) -> Result<PathBuf, BenchError> {
 
 /// CPU of the cluster's processes.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ClusterCpu {
+pub(crate) struct ClusterCpu {
     /// The coordinator.
     pub coordinator: CpuTimes,
     /// All agents together (their `children` are the actions they ran).
@@ -73,7 +73,7 @@ impl std::ops::Sub for ClusterCpu {
 }
 
 /// A running `tessera coordinator` and its `tessera agent`s.
-pub struct Cluster {
+pub(crate) struct Cluster {
     coordinator: Child,
     agents: Vec<Child>,
     addr: SocketAddr,
@@ -84,7 +84,7 @@ impl Cluster {
     /// Starts a coordinator with its data in `dir` on a free loopback port, then `agents`
     /// agents with `slots` slots each (and `agent_args`), and waits until every agent has
     /// connected.
-    pub fn start(
+    pub(crate) fn start(
         binary: &Path,
         dir: &Path,
         agents: usize,
@@ -181,18 +181,18 @@ impl Cluster {
     }
 
     /// `grpc://127.0.0.1:PORT`, for Bazel.
-    pub fn grpc_address(&self) -> String {
+    pub(crate) fn grpc_address(&self) -> String {
         format!("grpc://{}", self.addr)
     }
 
     /// `http://127.0.0.1:PORT`, for gRPC clients.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// How the first agent sandboxes actions, from its start-up log line (`namespaces` or
     /// `none`).
-    pub fn agent_sandbox(&self) -> Result<String, BenchError> {
+    pub(crate) fn agent_sandbox(&self) -> Result<String, BenchError> {
         let log = std::fs::read_to_string(self.dir.join("agent-0.log")).map_err(|source| {
             BenchError::Io {
                 what: "read the agent's log",
@@ -210,7 +210,7 @@ impl Cluster {
     }
 
     /// CPU spent so far by the coordinator and by the agents.
-    pub fn cpu(&self) -> Result<ClusterCpu, BenchError> {
+    pub(crate) fn cpu(&self) -> Result<ClusterCpu, BenchError> {
         let mut agents = CpuTimes::default();
         for agent in &self.agents {
             agents = agents + cpu::process(&agent.id().to_string())?;
@@ -222,7 +222,7 @@ impl Cluster {
     }
 
     /// Stops the agents, then the coordinator, each with SIGTERM and a bounded wait.
-    pub fn stop(mut self) -> Result<(), BenchError> {
+    pub(crate) fn stop(mut self) -> Result<(), BenchError> {
         let mut agents = std::mem::take(&mut self.agents);
         for agent in &agents {
             terminate(agent);

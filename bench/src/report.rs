@@ -10,7 +10,7 @@ use serde::Serialize;
 /// Whether a measurement met its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The target was met.
     Pass,
     /// The target was missed.
@@ -22,7 +22,7 @@ pub enum Verdict {
 /// A measurement together with the target it is judged against.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Check {
+pub(crate) enum Check {
     /// A transfer rate that must reach `share` of the lower of the two limits.
     Throughput {
         /// Measured MB/s.
@@ -138,7 +138,7 @@ pub enum Check {
 /// Which tail a [`Check::Time`] reports beside its median.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Tail {
+pub(crate) enum Tail {
     /// The slowest sample.
     Max,
     /// The 95th percentile.
@@ -147,7 +147,7 @@ pub enum Tail {
 
 /// One part of a [`Check::Breakdown`].
 #[derive(Debug, Clone, Serialize)]
-pub struct Part {
+pub(crate) struct Part {
     /// What happens in it ("snapshot").
     pub name: String,
     /// Median, milliseconds.
@@ -161,7 +161,7 @@ impl Check {
     }
 
     /// Whether the measurement meets its target.
-    pub fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Verdict {
         let pass = match *self {
             Check::Throughput {
                 mb_per_s,
@@ -212,7 +212,7 @@ impl Check {
 
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// What was measured ("ByteStream upload").
     pub measurement: String,
     /// Digest function used (content-store rows only).
@@ -226,7 +226,7 @@ pub struct Row {
 
 impl Row {
     /// Whether this row met its target.
-    pub fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Verdict {
         self.check.verdict()
     }
 }
@@ -234,7 +234,7 @@ impl Row {
 /// Which columns the markdown table has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Layout {
+pub(crate) enum Layout {
     /// Transfers beside their hash and TCP limits (`tessera-bench cas`).
     Cas,
     /// Execution: rates, latencies, CPU costs and wall times beside their baselines
@@ -244,7 +244,7 @@ pub enum Layout {
 
 /// Where and how the run happened.
 #[derive(Debug, Clone, Serialize)]
-pub struct Environment {
+pub(crate) struct Environment {
     /// The command that produced the report.
     pub command: String,
     /// Cores available to this process.
@@ -260,7 +260,7 @@ pub struct Environment {
 
 impl Environment {
     /// This machine and build, for `command` with data under `data_parent`.
-    pub fn here(command: &str, data_parent: Option<&std::path::Path>) -> Self {
+    pub(crate) fn here(command: &str, data_parent: Option<&std::path::Path>) -> Self {
         Environment {
             command: command.to_owned(),
             cores: std::thread::available_parallelism().map_or(1, usize::from),
@@ -282,7 +282,7 @@ impl Environment {
 
 /// A whole run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Where and how.
     pub environment: Environment,
     /// The table's columns.
@@ -295,7 +295,7 @@ pub struct Report {
 
 impl Report {
     /// Pretty JSON, rows with their verdicts.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         #[derive(Serialize)]
         struct JsonRow<'a> {
             #[serde(flatten)]
@@ -324,7 +324,7 @@ impl Report {
     }
 
     /// A markdown table with a short header, ready to paste into the README.
-    pub fn to_markdown(&self) -> String {
+    pub(crate) fn to_markdown(&self) -> String {
         let env = &self.environment;
         let mut out = String::new();
         let load = env.load_average.map_or_else(String::new, |load| {
@@ -594,7 +594,7 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
 }
 
 /// A rate for humans: thousands separated, one decimal below 100.
-pub fn number(value: f64) -> String {
+pub(crate) fn number(value: f64) -> String {
     if value < 100.0 {
         return format!("{value:.1}");
     }
@@ -602,7 +602,7 @@ pub fn number(value: f64) -> String {
 }
 
 /// A count for humans: thousands separated.
-pub fn thousands(value: usize) -> String {
+pub(crate) fn thousands(value: usize) -> String {
     grouped(&value.to_string())
 }
 
@@ -620,7 +620,7 @@ fn grouped(digits: &str) -> String {
 }
 
 /// The `q`-quantile (0..=1) of `samples` by nearest rank; `samples` need not be sorted.
-pub fn percentile(samples: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(samples: &[f64], q: f64) -> f64 {
     if samples.is_empty() {
         return f64::NAN;
     }

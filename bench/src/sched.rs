@@ -38,12 +38,12 @@ const MAX_SUBMIT_TO_LEASE_P50_MS: f64 = 2.0;
 /// The trivial action.
 const TRUE: &str = "/bin/true";
 /// Names of the in-process coordinator's threads: its runtime (`BenchServer`), the metadata
-/// group flusher and sled's threads.
-const COORDINATOR_THREADS: &[&str] = &["coordinator", "tessera-meta", "sled-", "log flusher"];
+/// group flusher and the metadata store's threads.
+const COORDINATOR_THREADS: &[&str] = &["coordinator", "tessera-meta", "log flusher"];
 
 /// How the real agents isolate actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sandbox {
+pub(crate) enum Sandbox {
     /// The agent's default: Linux namespaces where the host allows them.
     Auto,
     /// `--sandbox off`: process group and resource limits only.
@@ -68,7 +68,7 @@ impl Sandbox {
 
 /// What one `sched` run measures.
 #[derive(Debug, Clone)]
-pub struct SchedPlan {
+pub(crate) struct SchedPlan {
     /// The command line that selects this plan, for the report.
     pub command: String,
     /// Simulated agents.
@@ -91,7 +91,7 @@ pub struct SchedPlan {
 
 /// The real-agent part of a `sched` run.
 #[derive(Debug, Clone)]
-pub struct RealPlan {
+pub(crate) struct RealPlan {
     /// `tessera agent` processes.
     pub agents: usize,
     /// Slots per agent.
@@ -110,7 +110,7 @@ pub struct RealPlan {
 
 impl SchedPlan {
     /// The benchmark the README quotes: 50 simulated agents × 4 slots, 20,000 actions.
-    pub fn full() -> Self {
+    pub(crate) fn full() -> Self {
         SchedPlan {
             command: "cargo run --release -p tessera-bench -- sched".to_owned(),
             agents: 50,
@@ -133,7 +133,7 @@ impl SchedPlan {
     }
 
     /// A smoke run: fewer actions, same targets.
-    pub fn quick() -> Self {
+    pub(crate) fn quick() -> Self {
         let full = SchedPlan::full();
         SchedPlan {
             command: "cargo run --release -p tessera-bench -- sched --quick".to_owned(),
@@ -152,7 +152,10 @@ impl SchedPlan {
 }
 
 /// Runs `plan`: each part against its own coordinator with its data under `data_parent`.
-pub async fn run(plan: &SchedPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
+pub(crate) async fn run(
+    plan: &SchedPlan,
+    data_parent: Option<&Path>,
+) -> Result<Report, BenchError> {
     let environment = Environment::here(&plan.command, data_parent);
     let mut rows = simulated(plan, data_parent).await?;
     let mut notes = vec![format!(

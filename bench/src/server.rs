@@ -14,7 +14,7 @@ use tokio::runtime::{Handle, Runtime};
 use crate::error::BenchError;
 
 /// A running coordinator and the runtime it runs on.
-pub struct BenchServer {
+pub(crate) struct BenchServer {
     runtime: Option<Runtime>,
     coordinator: Option<Coordinator>,
     endpoint: String,
@@ -24,7 +24,7 @@ pub struct BenchServer {
 impl BenchServer {
     /// Starts a coordinator with default settings on `127.0.0.1:0`, its data directory a fresh
     /// temporary directory under `parent` (or the system temporary directory).
-    pub async fn start(parent: Option<&Path>) -> Result<Self, BenchError> {
+    pub(crate) async fn start(parent: Option<&Path>) -> Result<Self, BenchError> {
         let dir = match parent {
             Some(parent) => tempfile::Builder::new()
                 .prefix("tessera-bench-")
@@ -61,12 +61,12 @@ impl BenchServer {
     }
 
     /// A directory on the same filesystem as the store, for probes; deleted with it.
-    pub fn scratch_dir(&self) -> PathBuf {
+    pub(crate) fn scratch_dir(&self) -> PathBuf {
         self.dir.path().join("scratch")
     }
 
     /// The coordinator's runtime, for probes that should run where the server runs.
-    pub fn handle(&self) -> Handle {
+    pub(crate) fn handle(&self) -> Handle {
         self.runtime
             .as_ref()
             .expect("runtime lives until stop")
@@ -75,12 +75,12 @@ impl BenchServer {
     }
 
     /// `http://127.0.0.1:PORT`.
-    pub fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     /// The coordinator's scheduler, to see which agents have connected.
-    pub fn scheduler(&self) -> SchedulerHandle {
+    pub(crate) fn scheduler(&self) -> SchedulerHandle {
         self.coordinator
             .as_ref()
             .expect("coordinator lives until stop")
@@ -89,7 +89,7 @@ impl BenchServer {
     }
 
     /// Waits until `count` agents are connected to the scheduler (at most 30 s).
-    pub async fn wait_for_agents(&self, count: usize) -> Result<(), BenchError> {
+    pub(crate) async fn wait_for_agents(&self, count: usize) -> Result<(), BenchError> {
         let scheduler = self.scheduler();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -111,12 +111,12 @@ impl BenchServer {
     }
 
     /// A new client (its own HTTP/2 connection) for instance `""`, hashing with `function`.
-    pub async fn client(&self, function: DigestFunction) -> Result<CasClient, BenchError> {
+    pub(crate) async fn client(&self, function: DigestFunction) -> Result<CasClient, BenchError> {
         Ok(CasClient::connect(&self.endpoint, "", function).await?)
     }
 
     /// Shuts the coordinator down cleanly and stops its runtime.
-    pub async fn stop(mut self) -> Result<(), BenchError> {
+    pub(crate) async fn stop(mut self) -> Result<(), BenchError> {
         if let Some(coordinator) = self.coordinator.take() {
             self.handle().spawn(coordinator.shutdown()).await??;
         }

@@ -61,7 +61,7 @@ const TIE_MARGIN: f64 = 0.005;
 
 /// What one `shard` run measures.
 #[derive(Debug, Clone)]
-pub struct ShardPlan {
+pub(crate) struct ShardPlan {
     /// The command line that selects this plan, for the report.
     pub command: String,
     /// Tests per synthetic suite.
@@ -82,7 +82,7 @@ pub struct ShardPlan {
 
 /// The real run: a small suite slept through on threads, timed by the wall clock.
 #[derive(Debug, Clone)]
-pub struct RealPlan {
+pub(crate) struct RealPlan {
     /// Tests in the suite.
     pub tests: usize,
     /// Threads, one per slot.
@@ -95,7 +95,7 @@ pub struct RealPlan {
 
 impl ShardPlan {
     /// The benchmark the README quotes.
-    pub fn full() -> Self {
+    pub(crate) fn full() -> Self {
         ShardPlan {
             command: "cargo run --release -p tessera-bench -- shard".to_owned(),
             tests: 2_000,
@@ -114,7 +114,7 @@ impl ShardPlan {
     }
 
     /// A smoke run: fewer seeds and a real run of a few seconds, same suites and targets.
-    pub fn quick() -> Self {
+    pub(crate) fn quick() -> Self {
         ShardPlan {
             command: "cargo run --release -p tessera-bench -- shard --quick".to_owned(),
             seeds: 3,
@@ -129,7 +129,7 @@ impl ShardPlan {
 
 /// Mean and minimum efficiency over the seeds of a row.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Efficiency {
+pub(crate) struct Efficiency {
     /// Mean over the seeds.
     pub mean: f64,
     /// Lowest over the seeds.
@@ -147,7 +147,7 @@ impl Efficiency {
 
 /// One simulated configuration over all seeds.
 #[derive(Debug, Clone, Serialize)]
-pub struct SimRow {
+pub(crate) struct SimRow {
     /// Slots the suite is spread over.
     pub slots: usize,
     /// Whether slot speeds and run durations vary.
@@ -174,7 +174,7 @@ pub struct SimRow {
 
 /// The pull planner against static LPT at one fixed overhead per batch (context, no target).
 #[derive(Debug, Clone, Serialize)]
-pub struct OverheadRow {
+pub(crate) struct OverheadRow {
     /// Slots the suite is spread over.
     pub slots: usize,
     /// Fixed overhead per batch, milliseconds.
@@ -191,7 +191,7 @@ pub struct OverheadRow {
 
 /// One planner in the real run.
 #[derive(Debug, Clone, Serialize)]
-pub struct RealRow {
+pub(crate) struct RealRow {
     /// Which planner.
     pub planner: &'static str,
     /// Wall time from the first batch handed out to the last test finished, seconds.
@@ -204,7 +204,7 @@ pub struct RealRow {
 
 /// The real run's setup and results.
 #[derive(Debug, Clone, Serialize)]
-pub struct RealReport {
+pub(crate) struct RealReport {
     /// Tests in the suite.
     pub tests: usize,
     /// Threads, one per slot.
@@ -229,7 +229,7 @@ pub struct RealReport {
 
 /// A whole `shard` run.
 #[derive(Debug, Clone, Serialize)]
-pub struct ShardReport {
+pub(crate) struct ShardReport {
     /// The command that produced the report.
     pub command: String,
     /// `release` or `debug`.
@@ -258,7 +258,7 @@ pub struct ShardReport {
 
 impl ShardReport {
     /// Whether any target was missed.
-    pub fn missed(&self) -> bool {
+    pub(crate) fn missed(&self) -> bool {
         self.rows.iter().any(|row| row.verdict == Verdict::Miss)
             || self
                 .real
@@ -267,12 +267,12 @@ impl ShardReport {
     }
 
     /// Pretty JSON.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("report serializes")
     }
 
     /// Markdown tables with a short header and footnotes, ready to paste into the README.
-    pub fn to_markdown(&self) -> String {
+    pub(crate) fn to_markdown(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -407,7 +407,7 @@ fn verdict_cell(verdict: Verdict) -> &'static str {
 }
 
 /// Runs `plan`: the simulation, then the real run.
-pub fn run(plan: &ShardPlan) -> ShardReport {
+pub(crate) fn run(plan: &ShardPlan) -> ShardReport {
     let config = &plan.planner;
     let mut planner_cost = PlannerCost::default();
     let mut rows = Vec::new();

@@ -28,7 +28,7 @@ const OUTBOUND: usize = 1024;
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Running simulated agents.
-pub struct SimulatedAgents {
+pub(crate) struct SimulatedAgents {
     stop: CancellationToken,
     tasks: JoinSet<Result<u64, BenchError>>,
 }
@@ -36,7 +36,7 @@ pub struct SimulatedAgents {
 impl SimulatedAgents {
     /// Connects `count` agents with `slots` slots each to `endpoint`; each has a session open
     /// (its `Welcome` received) when this returns.
-    pub async fn start(
+    pub(crate) async fn start(
         endpoint: &str,
         count: usize,
         slots: u32,
@@ -62,7 +62,7 @@ impl SimulatedAgents {
     }
 
     /// Closes every session; returns how many leases the agents answered in all.
-    pub async fn stop(mut self) -> Result<u64, BenchError> {
+    pub(crate) async fn stop(mut self) -> Result<u64, BenchError> {
         self.stop.cancel();
         let mut answered = 0;
         while let Some(joined) = self.tasks.join_next().await {

@@ -13,21 +13,22 @@ use std::process::{Command, Stdio};
 use crate::error::BenchError;
 
 /// The suite's file name in the repository.
-pub const SUITE: &str = "suite.sh";
+pub(crate) const SUITE: &str = "suite.sh";
 
 /// The list command, as `tessera run --list-command` takes it.
-pub const LIST_COMMAND: &str = "sh suite.sh list";
+pub(crate) const LIST_COMMAND: &str = "sh suite.sh list";
 
 /// The run template, as `tessera run -- ...` takes it.
-pub const RUN_TEMPLATE: [&str; 6] = ["sh", "suite.sh", "run", "--junit", "{junit}", "{tests}"];
+pub(crate) const RUN_TEMPLATE: [&str; 6] =
+    ["sh", "suite.sh", "run", "--junit", "{junit}", "{tests}"];
 
 /// The id of test `index`.
-pub fn test_id(index: usize) -> (String, String) {
+pub(crate) fn test_id(index: usize) -> (String, String) {
     ("bench".to_owned(), format!("t{index:04}"))
 }
 
 /// `suite.sh` with `tests` tests.
-pub fn suite_script(tests: usize) -> String {
+pub(crate) fn suite_script(tests: usize) -> String {
     format!(
         r#"#!/bin/sh
 # tessera-bench: {tests} tests that pass at once, for Tessera's generic command runner.
@@ -58,7 +59,7 @@ esac
 
 /// The shape of the repository.
 #[derive(Debug, Clone, Copy)]
-pub struct RepoShape {
+pub(crate) struct RepoShape {
     /// Directories of filler files.
     pub dirs: usize,
     /// Filler files per directory.
@@ -69,14 +70,14 @@ pub struct RepoShape {
 
 impl RepoShape {
     /// Files in the repository, `suite.sh` included.
-    pub fn files(&self) -> usize {
+    pub(crate) fn files(&self) -> usize {
         self.dirs * self.files_per_dir + 1
     }
 }
 
 /// Writes the repository at `root` (which must not exist yet) and commits it with a fixed
 /// author.
-pub fn create(root: &Path, shape: RepoShape) -> Result<(), BenchError> {
+pub(crate) fn create(root: &Path, shape: RepoShape) -> Result<(), BenchError> {
     let io = |what| move |source| BenchError::Io { what, source };
     std::fs::create_dir_all(root).map_err(io("create the fixture repository"))?;
     for dir in 0..shape.dirs {

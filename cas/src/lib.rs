@@ -1,7 +1,7 @@
 //! Content addressing for Tessera.
 //!
 //! Owns digests (BLAKE3 and SHA-256), REAPI ByteStream resource names, Merkle trees of
-//! directories and their validation, the blob stores (disk with a sled index, memory), and the
+//! directories and their validation, the blob stores (disk with a redb index, memory), and the
 //! metadata store trait that everything durable goes through. Knows nothing of the coordinator
 //! or the agent.
 

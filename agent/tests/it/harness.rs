@@ -39,14 +39,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 /// How long a test waits for anything before failing.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 /// Heartbeat interval the fake coordinator asks for.
-pub const HEARTBEAT: Duration = Duration::from_millis(100);
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(100);
 
-pub const F: DigestFunction = DigestFunction::Sha256;
+pub(crate) const F: DigestFunction = DigestFunction::Sha256;
 
 /// One agent stream, as the fake coordinator sees it.
-pub struct AgentLink {
+pub(crate) struct AgentLink {
     pub hello: Hello,
     to_agent: Option<mpsc::Sender<Result<CoordinatorMessage, Status>>>,
     from_agent: mpsc::UnboundedReceiver<AgentMessage>,
@@ -59,7 +59,7 @@ pub struct AgentLink {
 }
 
 impl AgentLink {
-    pub async fn send(&self, kind: CoordinatorKind) {
+    pub(crate) async fn send(&self, kind: CoordinatorKind) {
         self.to_agent
             .as_ref()
             .expect("link closed")
@@ -68,18 +68,18 @@ impl AgentLink {
             .expect("agent stream gone");
     }
 
-    pub async fn lease(&self, lease: Lease) {
+    pub(crate) async fn lease(&self, lease: Lease) {
         self.send(CoordinatorKind::Lease(lease)).await;
     }
 
     /// Ends the coordinator's side of the stream, as a coordinator restart would.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.to_agent = None;
     }
 
     /// The next message from the agent, noting heartbeats, progress and draining on the way;
     /// `None` when the agent closed its side.
-    pub async fn next(&mut self) -> Option<AgentKind> {
+    pub(crate) async fn next(&mut self) -> Option<AgentKind> {
         let message = tokio::time::timeout(PATIENCE, self.from_agent.recv())
             .await
             .expect("the agent said nothing in time")?;
@@ -97,7 +97,7 @@ impl AgentLink {
     }
 
     /// Waits for the next result, skipping everything else.
-    pub async fn result(&mut self) -> LeaseResult {
+    pub(crate) async fn result(&mut self) -> LeaseResult {
         loop {
             match self.next().await {
                 Some(AgentKind::Result(result)) => return result,
@@ -108,7 +108,7 @@ impl AgentLink {
     }
 
     /// Waits until the lease reaches `stage`.
-    pub async fn wait_stage(&mut self, lease_id: &str, stage: LeaseStage) {
+    pub(crate) async fn wait_stage(&mut self, lease_id: &str, stage: LeaseStage) {
         while !self
             .progress
             .iter()
@@ -122,7 +122,7 @@ impl AgentLink {
     }
 
     /// Waits until the agent closes its side of the stream.
-    pub async fn wait_closed(&mut self) {
+    pub(crate) async fn wait_closed(&mut self) {
         while self.next().await.is_some() {}
     }
 }
@@ -193,7 +193,7 @@ impl AgentSession for FakeSession {
 }
 
 /// The fake coordinator.
-pub struct FakeCoordinator {
+pub(crate) struct FakeCoordinator {
     pub addr: SocketAddr,
     pub endpoint: String,
     links: mpsc::UnboundedReceiver<AgentLink>,
@@ -202,11 +202,11 @@ pub struct FakeCoordinator {
 }
 
 impl FakeCoordinator {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_on("127.0.0.1:0".parse().unwrap()).await
     }
 
-    pub async fn start_on(addr: SocketAddr) -> Self {
+    pub(crate) async fn start_on(addr: SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let blobs: Arc<dyn BlobStore> = Arc::new(MemoryStore::new());
@@ -240,7 +240,7 @@ impl FakeCoordinator {
 
     /// The next agent stream is answered with `refused` (code and message) instead of
     /// `Welcome`, then closed.
-    pub fn refuse_next(&self, code: tonic::Code, message: &str) {
+    pub(crate) fn refuse_next(&self, code: tonic::Code, message: &str) {
         *self.refuse.lock().unwrap() = Some(tessera_proto::rpc::Status {
             code: code as i32,
             message: message.to_owned(),
@@ -249,19 +249,19 @@ impl FakeCoordinator {
     }
 
     /// The next agent stream to connect.
-    pub async fn link(&mut self) -> AgentLink {
+    pub(crate) async fn link(&mut self) -> AgentLink {
         tokio::time::timeout(PATIENCE, self.links.recv())
             .await
             .expect("no agent connected in time")
             .expect("server gone")
     }
 
-    pub async fn cas(&self) -> CasClient {
+    pub(crate) async fn cas(&self) -> CasClient {
         CasClient::connect(&self.endpoint, "", F).await.unwrap()
     }
 
     /// Uploads the tree of a local directory; returns its root digest.
-    pub async fn upload_dir(&self, dir: &Path) -> Digest {
+    pub(crate) async fn upload_dir(&self, dir: &Path) -> Digest {
         let tree = build_tree(dir, F).unwrap();
         let mut blobs: Vec<(Digest, Bytes)> = tree.directories.clone();
         for (digest, path) in &tree.files {
@@ -272,7 +272,7 @@ impl FakeCoordinator {
     }
 
     /// Uploads one message; returns its digest.
-    pub async fn upload_message<M: Message>(&self, message: &M) -> Digest {
+    pub(crate) async fn upload_message<M: Message>(&self, message: &M) -> Digest {
         let (digest, bytes) = digest_message(F, message);
         self.cas()
             .await
@@ -282,18 +282,18 @@ impl FakeCoordinator {
         digest
     }
 
-    pub async fn read(&self, digest: Option<&tessera_proto::reapi::Digest>) -> Bytes {
+    pub(crate) async fn read(&self, digest: Option<&tessera_proto::reapi::Digest>) -> Bytes {
         let digest = Digest::from_proto_opt(F, digest).unwrap();
         self.cas().await.read(&digest, false).await.unwrap()
     }
 
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
     }
 }
 
 /// A lease for `arguments` over `input_root`, with `output_paths`.
-pub fn lease(id: &str, input_root: Digest, arguments: &[&str]) -> Lease {
+pub(crate) fn lease(id: &str, input_root: Digest, arguments: &[&str]) -> Lease {
     Lease {
         lease_id: id.into(),
         attempt: 1,
@@ -316,11 +316,11 @@ pub fn lease(id: &str, input_root: Digest, arguments: &[&str]) -> Lease {
     }
 }
 
-pub fn command(lease: &mut Lease) -> &mut Command {
+pub(crate) fn command(lease: &mut Lease) -> &mut Command {
     lease.command.as_mut().unwrap()
 }
 
-pub fn set_platform(lease: &mut Lease, pairs: &[(&str, &str)]) {
+pub(crate) fn set_platform(lease: &mut Lease, pairs: &[(&str, &str)]) {
     lease.action.as_mut().unwrap().platform = Some(Platform {
         properties: pairs
             .iter()
@@ -333,7 +333,7 @@ pub fn set_platform(lease: &mut Lease, pairs: &[(&str, &str)]) {
 }
 
 /// An agent running in the test process; aborted when dropped.
-pub struct TestAgent {
+pub(crate) struct TestAgent {
     pub shutdown: CancellationToken,
     pub abort: CancellationToken,
     pub handle: tokio::task::JoinHandle<Result<(), tessera_agent::AgentError>>,
@@ -342,12 +342,12 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
-    pub fn start(endpoint: &str, adjust: impl FnOnce(&mut AgentConfig)) -> Self {
+    pub(crate) fn start(endpoint: &str, adjust: impl FnOnce(&mut AgentConfig)) -> Self {
         Self::start_in(endpoint, tempfile::tempdir().unwrap(), adjust)
     }
 
     /// Starts an agent in an existing work directory.
-    pub fn start_in(
+    pub(crate) fn start_in(
         endpoint: &str,
         work_dir: tempfile::TempDir,
         adjust: impl FnOnce(&mut AgentConfig),
@@ -378,7 +378,7 @@ impl TestAgent {
     }
 
     /// Drains the agent, waits for it to exit, and hands back its work directory.
-    pub async fn stop(self) -> tempfile::TempDir {
+    pub(crate) async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
         tokio::time::timeout(PATIENCE, self.handle)
             .await
@@ -389,7 +389,7 @@ impl TestAgent {
     }
 
     /// Waits for the agent to exit.
-    pub async fn exited(self) -> Result<(), tessera_agent::AgentError> {
+    pub(crate) async fn exited(self) -> Result<(), tessera_agent::AgentError> {
         tokio::time::timeout(PATIENCE, self.handle)
             .await
             .expect("the agent did not exit in time")
@@ -398,7 +398,7 @@ impl TestAgent {
 }
 
 /// Writes `files` (path, contents, executable) under a fresh directory.
-pub fn input_dir(files: &[(&str, &str, bool)]) -> tempfile::TempDir {
+pub(crate) fn input_dir(files: &[(&str, &str, bool)]) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     for (path, contents, executable) in files {
@@ -412,7 +412,7 @@ pub fn input_dir(files: &[(&str, &str, bool)]) -> tempfile::TempDir {
 }
 
 /// Whether this host lets the agent use namespaces (root, or a permissive kernel).
-pub fn namespaces_available() -> bool {
+pub(crate) fn namespaces_available() -> bool {
     let scratch = tempfile::tempdir().unwrap();
     let available = tessera_agent::sandbox::probe_namespaces(scratch.path()).is_ok();
     if !available {

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The error a backend (sled, later redb) reported, kept as the source.
-pub type BackendError = Box<dyn StdError + Send + Sync + 'static>;
+/// The error a backend (redb) reported, kept as the source.
+pub(super) type BackendError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Why a metadata store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,47 +14,64 @@ pub enum MetaError {
     /// The database could not be opened (locked by another process, unreadable, corrupt).
     #[error("failed to open metadata store at {}", path.display())]
     Open {
+        /// The database file.
         path: PathBuf,
+        /// The backend's error.
         #[source]
         source: BackendError,
     },
     /// A table name was empty or reserved by the backend.
     #[error("invalid table name {name:?}")]
-    InvalidTableName { name: String },
+    InvalidTableName {
+        /// The name.
+        name: String,
+    },
     /// A table could not be opened or created.
     #[error("failed to open table {table}")]
     OpenTable {
+        /// The table.
         table: String,
+        /// The backend's error.
         #[source]
         source: BackendError,
     },
     /// A key could not be read.
     #[error("failed to read key {key} from table {table}")]
     Read {
+        /// The table.
         table: String,
+        /// The key, printable.
         key: String,
+        /// The backend's error.
         #[source]
         source: BackendError,
     },
     /// A key could not be written or removed.
     #[error("failed to write key {key} to table {table}")]
     Write {
+        /// The table.
         table: String,
+        /// The key, printable.
         key: String,
+        /// The backend's error.
         #[source]
         source: BackendError,
     },
     /// A table could not be scanned.
     #[error("failed to scan table {table}")]
     Scan {
+        /// The table.
         table: String,
+        /// The backend's error.
         #[source]
         source: BackendError,
     },
     /// An atomic batch could not be applied; none of it was written.
     #[error("failed to apply batch to tables {tables}")]
     Batch {
+        /// The tables the batch touched.
         tables: String,
+        /// The backend's error.
         #[source]
         source: BackendError,
     },
@@ -62,6 +79,7 @@ pub enum MetaError {
     /// waited on the same group flush.
     #[error("failed to flush metadata store")]
     Flush {
+        /// The backend's error, shared by every waiter.
         #[source]
         source: Arc<dyn StdError + Send + Sync + 'static>,
     },

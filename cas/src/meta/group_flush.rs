@@ -18,7 +18,7 @@ use super::MetaError;
 use super::error::BackendError;
 
 /// The backend's flush: returns once everything written before it started is durable.
-pub type FlushFn = Box<dyn FnMut() -> Result<(), BackendError> + Send + 'static>;
+pub(super) type FlushFn = Box<dyn FnMut() -> Result<(), BackendError> + Send + 'static>;
 
 /// Coalesces concurrent flush requests; see the module docs. Dropping it runs the flushes
 /// already requested, then stops the flusher thread.

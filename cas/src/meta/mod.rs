@@ -1,8 +1,8 @@
 //! The metadata store: everything durable in Tessera goes through it.
 //!
 //! Owns the [`MetadataStore`] and [`MetaTable`] traits (named tables of byte keys and values,
-//! atomic multi-table batches, compare-and-swap, prefix scans, durable flushes), the sled
-//! implementation ([`SledStore`]), an in-memory one for tests ([`MemoryMetaStore`]) and the
+//! atomic multi-table batches, compare-and-swap, prefix scans, durable flushes), the redb
+//! implementation ([`RedbStore`]), an in-memory one for tests ([`MemoryMetaStore`]) and the
 //! [`GroupFlush`] that coalesces concurrent flush requests into one fsync. It knows nothing of
 //! what the tables hold: the ActionCache, blob index and job tables encode their own records.
 //!
@@ -14,12 +14,10 @@ mod error;
 mod group_flush;
 mod memory;
 mod redb_store;
-mod sled_store;
 mod store;
 
 pub use error::MetaError;
 pub use group_flush::GroupFlush;
 pub use memory::MemoryMetaStore;
 pub use redb_store::RedbStore;
-pub use sled_store::{SledOptions, SledStore};
 pub use store::{Batch, BatchOp, Entries, MetaTable, MetadataStore, SwapOutcome, Table};

@@ -65,7 +65,7 @@ pub trait MetaTable: Send + Sync + 'static {
     /// whole table. The scan is not a snapshot: concurrent writes may or may not show.
     fn scan_prefix(&self, prefix: &[u8]) -> Entries;
 
-    /// Number of entries. Costs a full scan on sled; meant for tests, stats and startup.
+    /// Number of entries. May cost a full scan; meant for tests, stats and startup.
     fn len(&self) -> Result<usize, MetaError>;
 
     /// Whether the table has no entries.
@@ -89,12 +89,20 @@ pub enum SwapOutcome {
 pub enum BatchOp {
     /// Store `value` under `key` in `table`.
     Insert {
+        /// The table.
         table: String,
+        /// The key.
         key: Vec<u8>,
+        /// The value.
         value: Vec<u8>,
     },
     /// Remove `key` from `table`.
-    Remove { table: String, key: Vec<u8> },
+    Remove {
+        /// The table.
+        table: String,
+        /// The key.
+        key: Vec<u8>,
+    },
 }
 
 impl BatchOp {
