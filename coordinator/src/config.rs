@@ -157,6 +157,7 @@ pub const OTHER_ENV_KEYS: &[&str] = &[
     "TESSERA_SLOTS",
     "TESSERA_AGENT_ID",
     "TESSERA_BIN",
+    "TESSERA_SUBMITTER",
     "TESSERA_AGENT_*",
 ];
 
@@ -297,6 +298,14 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    /// Regression: `TESSERA_SUBMITTER` (read by `tessera run`) in the environment made
+    /// `tessera coordinator` refuse to start as if it were a typo of one of its own variables.
+    #[test]
+    fn the_run_commands_submitter_variable_is_not_a_coordinator_typo() {
+        let env = env(&[("TESSERA_SUBMITTER", "ci@builder")]);
+        CoordinatorConfig::load(None, &env, &ConfigOverrides::default()).unwrap();
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 /// segment for functions other than SHA-256), as REAPI asks so clients can re-upload exactly
 /// what is missing.
 pub(crate) fn missing_blobs(message: String, missing: &[Digest]) -> Status {
-    let details = missing_blobs_status(message.clone(), missing);
+    let details = precondition_failure(message.clone(), missing, |_| String::new());
     Status::with_details(
         Code::FailedPrecondition,
         message,
@@ -21,15 +21,33 @@ pub(crate) fn missing_blobs(message: String, missing: &[Digest]) -> Status {
 }
 
 /// The same as a `google.rpc.Status`, for `ExecuteResponse.status` when an agent found inputs
-/// missing.
-pub(crate) fn missing_blobs_status(message: String, missing: &[Digest]) -> rpc::Status {
+/// missing while fetching them: each violation says the blob is not in the CAS, and with no
+/// blob named there is no detail.
+pub(crate) fn missing_inputs_status(message: String, missing: &[Digest]) -> rpc::Status {
+    if missing.is_empty() {
+        return rpc::Status {
+            code: Code::FailedPrecondition as i32,
+            message,
+            details: Vec::new(),
+        };
+    }
+    precondition_failure(message, missing, |d| {
+        format!("input blob {d} is not in the CAS")
+    })
+}
+
+fn precondition_failure(
+    message: String,
+    missing: &[Digest],
+    description: impl Fn(&Digest) -> String,
+) -> rpc::Status {
     let failure = rpc::PreconditionFailure {
         violations: missing
             .iter()
             .map(|d| rpc::precondition_failure::Violation {
                 r#type: "MISSING".to_owned(),
                 subject: tessera_cas::resource::missing_subject(d),
-                description: String::new(),
+                description: description(d),
             })
             .collect(),
     };
@@ -90,7 +108,7 @@ mod tests {
     fn missing_blobs_are_named_with_their_digest_function() {
         let sha = DigestFunction::Sha256.digest_of(b"gone");
         let blake = DigestFunction::Blake3.digest_of(b"gone too");
-        let status = missing_blobs_status("inputs missing".to_owned(), &[sha, blake]);
+        let status = missing_inputs_status("inputs missing".to_owned(), &[sha, blake]);
         assert_eq!(status.code, Code::FailedPrecondition as i32);
         assert_eq!(status.message, "inputs missing");
         let failure = rpc::PreconditionFailure::decode(status.details[0].value.as_slice()).unwrap();
@@ -99,6 +117,10 @@ mod tests {
             .iter()
             .map(|v| (v.r#type.as_str(), v.subject.as_str()))
             .collect();
+        assert_eq!(
+            failure.violations[0].description,
+            format!("input blob {sha} is not in the CAS")
+        );
         let expected = [
             format!("blobs/{}/4", sha.hash_hex()),
             // Before one function built subjects, agents wrote BLAKE3 ones without `blake3/`.

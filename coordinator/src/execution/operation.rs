@@ -138,7 +138,7 @@ pub fn transition(state: &OpState, event: OpEvent) -> Result<OpState, Box<Illega
             }
         }
         (OpState::Leased { attempt, .. }, OpEvent::Refused) => OpState::Queued {
-            attempts: attempt - 1,
+            attempts: attempt.saturating_sub(1),
         },
         (OpState::Leased { attempt, .. }, OpEvent::Requeued) => {
             OpState::Queued { attempts: *attempt }

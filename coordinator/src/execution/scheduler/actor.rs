@@ -23,7 +23,7 @@ use super::agents::AgentRegistry;
 use super::handle::{Request, SchedulerConfig, SchedulerError, SchedulerHandle, SchedulerStats};
 use crate::action_cache::ActionCache;
 use crate::execution::clock::{Clock, Stamp, SystemClock};
-use crate::execution::operation::{OpEvent, OpSnapshot, Operation};
+use crate::execution::operation::{OpEvent, OpSnapshot, OpState, Operation};
 use crate::execution::platform::{Platform, is_execution_only};
 use crate::execution::queue::FairQueue;
 
@@ -301,11 +301,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Ends a leased operation with `response`, caching a successful result.
+    /// Ends a leased operation with `response` (a successful result is cached once the
+    /// operation has legally finished).
     pub(super) fn finish(&mut self, name: &str, response: ExecuteResponse) {
-        if let Some(op) = self.ops.get(name) {
-            self.cache_result(&op.op, &response);
-        }
         let at = self.now();
         self.complete(
             name,
@@ -332,6 +330,9 @@ impl Scheduler {
         }
         op.publish();
         let op = &self.ops[name].op;
+        if let OpState::Done { response, .. } = op.state() {
+            self.cache_result(op, response);
+        }
         self.persist(op);
         self.stats.completed += 1;
     }
@@ -363,7 +364,7 @@ impl Scheduler {
             .ops
             .iter()
             .filter(|(_, op)| match op.op.state() {
-                crate::execution::operation::OpState::Done { completed_at, .. } => {
+                OpState::Done { completed_at, .. } => {
                     now.saturating_duration_since(*completed_at) > retention
                 }
                 _ => false,

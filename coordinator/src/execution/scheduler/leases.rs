@@ -168,7 +168,13 @@ impl Scheduler {
             if let Some(agent) = self.agents.get_mut(agent_id) {
                 agent.saturated = true;
             }
-            self.requeue(&name, OpEvent::Refused);
+            let spent = self.ops[&name].op.attempts().saturating_sub(1);
+            if spent >= self.config.max_attempts {
+                // Only after a restart with a lower limit than the record's attempts.
+                self.fail_exhausted(&name, spent, &message);
+            } else {
+                self.requeue(&name, OpEvent::Refused);
+            }
         } else {
             tracing::warn!(operation = %name, agent = %agent_id, ?outcome, %message,
                 "infrastructure failure");
@@ -191,7 +197,7 @@ impl Scheduler {
                     .collect()
             })
             .unwrap_or_default();
-        crate::status::missing_blobs_status(message.to_owned(), &missing)
+        crate::status::missing_inputs_status(message.to_owned(), &missing)
     }
 
     /// Removes the lease from the lease table and from the agent holding it.
@@ -228,17 +234,22 @@ impl Scheduler {
         };
         let attempts = op.op.attempts();
         if attempts >= self.config.max_attempts {
-            let response = ExecuteResponse {
-                status: Some(status(
-                    Code::Unavailable,
-                    format!("action failed {attempts} times on agents; last failure: {why}"),
-                )),
-                ..Default::default()
-            };
-            self.finish(name, response);
+            self.fail_exhausted(name, attempts, why);
         } else {
             self.requeue(name, OpEvent::Requeued);
         }
+    }
+
+    /// Ends an operation whose attempts are all spent with UNAVAILABLE.
+    fn fail_exhausted(&mut self, name: &str, attempts: u32, why: &str) {
+        let response = ExecuteResponse {
+            status: Some(status(
+                Code::Unavailable,
+                format!("action failed {attempts} times on agents; last failure: {why}"),
+            )),
+            ..Default::default()
+        };
+        self.finish(name, response);
     }
 
     /// Queues again the work of every lease past its deadline.

@@ -398,3 +398,31 @@ fn cancelling_a_running_operation_tells_its_agent() {
         matches!(message.kind, Some(coordinator_message::Kind::Cancel(c)) if c.lease_id == lease.lease_id)
     );
 }
+
+/// Review finding: a refusal after a restart with a lower limit than the attempts already
+/// spent fails the operation, as before the reshape, instead of queueing it forever.
+#[test]
+fn a_refusal_with_every_attempt_spent_fails_the_operation() {
+    let mut h = Harness::new(3);
+    let (session, mut rx) = h.agent("a", 1);
+    let _op = h.submit(1);
+    for _ in 0..2 {
+        let lease = next_lease(&mut rx).unwrap();
+        h.result("a", session, &lease, LeaseOutcome::Retryable);
+    }
+    let third = next_lease(&mut rx).unwrap();
+    assert_eq!(third.attempt, 3);
+    let (meta, clock) = (Arc::clone(&h.meta), h.clock.clone());
+    drop(h);
+
+    let mut h = Harness::open(meta, clock, 1);
+    let op = h.scheduler.ops["operations/op-1"].tx.subscribe();
+    let (session, _rx) = h.agent("a", 1);
+    h.result("a", session, &third, LeaseOutcome::Refused);
+    let done = response(&op).expect("failed, not queued again");
+    assert_eq!(code(&done), Code::Unavailable);
+    assert_eq!(
+        done.status.unwrap().message,
+        "action failed 2 times on agents; last failure: Refused"
+    );
+}
