@@ -261,7 +261,7 @@ impl Scheduler {
         self.table
             .insert(record.name.as_bytes(), &record.encode_to_vec())?;
         let name = op.name().to_owned();
-        self.enqueue(&op);
+        enqueue(&mut self.queue, &op);
         let op = Op::new(op, mergeable.then(|| key.clone()));
         let rx = op.tx.subscribe();
         if mergeable {
@@ -269,17 +269,6 @@ impl Scheduler {
         }
         self.ops.insert(name, op);
         Ok((rx, true))
-    }
-
-    /// Puts a queued operation in the fair queue.
-    pub(super) fn enqueue(&mut self, op: &Operation) {
-        let spec = op.spec();
-        self.queue.push(
-            spec.name.clone(),
-            op.platform().clone(),
-            &spec.requester,
-            spec.priority,
-        );
     }
 
     fn cancel(&mut self, name: &str) -> Result<(), SchedulerError> {
@@ -379,6 +368,18 @@ impl Scheduler {
         }
         self.agents.forget_idle_disconnected();
     }
+}
+
+/// Puts a queued operation in the fair queue (a free function, so callers can hold the
+/// operation borrowed from the scheduler's map while the queue changes).
+pub(super) fn enqueue(queue: &mut FairQueue, op: &Operation) {
+    let spec = op.spec();
+    queue.push(
+        spec.name.clone(),
+        op.platform().clone(),
+        &spec.requester,
+        spec.priority,
+    );
 }
 
 /// The key under which identical actions merge: instance, digest function and action digest.

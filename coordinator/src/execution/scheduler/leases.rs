@@ -26,7 +26,7 @@ use tessera_proto::tessera::v1::{
 };
 use tonic::Code;
 
-use super::actor::Scheduler;
+use super::actor::{Scheduler, enqueue};
 use super::handle::AgentTx;
 use crate::execution::operation::{OpEvent, OpState, StepPartial, lease_id};
 use crate::execution::platform::Platform;
@@ -216,14 +216,7 @@ impl Scheduler {
             return;
         }
         op.publish();
-        let op = &self.ops[name].op;
-        let spec = op.spec();
-        self.queue.push(
-            spec.name.clone(),
-            op.platform().clone(),
-            &spec.requester,
-            spec.priority,
-        );
+        enqueue(&mut self.queue, &op.op);
     }
 
     /// After a lease ended without an answer: queued again, or failed once every attempt is
@@ -348,14 +341,7 @@ impl Scheduler {
             .is_err()
         {
             // The session is gone or jammed: leave the work queued for another agent.
-            let op = &entry.op;
-            let spec = op.spec();
-            self.queue.push(
-                spec.name.clone(),
-                op.platform().clone(),
-                &spec.requester,
-                spec.priority,
-            );
+            enqueue(&mut self.queue, &entry.op);
             if let Some(agent) = self.agents.get_mut(agent_id) {
                 agent.tx = None;
             }

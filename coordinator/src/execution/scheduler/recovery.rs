@@ -8,7 +8,7 @@
 use prost::Message;
 use tessera_proto::tessera::v1::OperationRecord;
 
-use super::actor::{Op, Scheduler, merge_key};
+use super::actor::{Op, Scheduler, enqueue, merge_key};
 use super::handle::SchedulerError;
 use crate::execution::operation::{OpState, Operation};
 
@@ -46,7 +46,7 @@ impl Scheduler {
                 }
                 OpState::Queued { .. } => {
                     requeued += 1;
-                    self.enqueue(&op);
+                    enqueue(&mut self.queue, &op);
                 }
             }
             if !op.is_done() && mergeable {
