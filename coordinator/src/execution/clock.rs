@@ -1,9 +1,12 @@
 //! The scheduler's clock, injected so that lease expiry, heartbeats and retention can be
-//! tested without sleeping: [`SystemClock`] in the server, [`ManualClock`] in tests.
+//! tested without sleeping: [`SystemClock`] in the server, `ManualClock` in unit tests.
 
 use std::fmt::Debug;
+#[cfg(test)]
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::Instant;
 
 /// A point in time on both clocks the scheduler uses: monotonic for deadlines, wall clock
 /// (Unix milliseconds) for what it persists.
@@ -34,22 +37,24 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to; clones share the time.
+/// A clock that moves only when told to; clones share the time. For tests.
+#[cfg(test)]
 #[derive(Debug, Clone)]
-pub struct ManualClock {
+pub(crate) struct ManualClock {
     now: Arc<Mutex<Stamp>>,
 }
 
+#[cfg(test)]
 impl ManualClock {
     /// A clock that starts at the real time.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ManualClock {
             now: Arc::new(Mutex::new(SystemClock.now())),
         }
     }
 
     /// Moves both clocks forward by `by`.
-    pub fn advance(&self, by: Duration) {
+    pub(crate) fn advance(&self, by: Duration) {
         let mut now = self
             .now
             .lock()
@@ -61,12 +66,7 @@ impl ManualClock {
     }
 }
 
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now(&self) -> Stamp {
         *self

@@ -33,6 +33,21 @@ pub(super) struct AgentEntry {
 }
 
 impl AgentEntry {
+    /// An agent not connected yet (or known only from a recovered lease): no session, no
+    /// slots, until its Hello says otherwise.
+    fn offline(now: Instant) -> Self {
+        AgentEntry {
+            session: 0,
+            properties: Platform::default(),
+            slots: 0,
+            tx: None,
+            leases: HashSet::new(),
+            draining: false,
+            saturated: false,
+            last_heard: now,
+        }
+    }
+
     /// Whether it can take one more lease now.
     pub(super) fn has_room(&self) -> bool {
         self.tx.is_some()
@@ -72,16 +87,10 @@ impl AgentRegistry {
         now: Instant,
     ) {
         tracing::info!(agent = %id, slots, properties = %properties, "agent connected");
-        let entry = self.agents.entry(id).or_insert_with(|| AgentEntry {
-            session,
-            properties: Platform::default(),
-            slots,
-            tx: None,
-            leases: HashSet::new(),
-            draining: false,
-            saturated: false,
-            last_heard: now,
-        });
+        let entry = self
+            .agents
+            .entry(id)
+            .or_insert_with(|| AgentEntry::offline(now));
         entry.session = session;
         entry.properties = properties;
         entry.slots = slots;
@@ -130,16 +139,7 @@ impl AgentRegistry {
     pub(super) fn hold(&mut self, agent: &str, lease_id: String, now: Instant) {
         self.agents
             .entry(agent.to_owned())
-            .or_insert_with(|| AgentEntry {
-                session: 0,
-                properties: Platform::default(),
-                slots: 0,
-                tx: None,
-                leases: HashSet::new(),
-                draining: false,
-                saturated: false,
-                last_heard: now,
-            })
+            .or_insert_with(|| AgentEntry::offline(now))
             .leases
             .insert(lease_id);
     }

@@ -93,7 +93,7 @@ pub enum SchedulerError {
 pub type AgentTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
 /// A new operation and its watch; `created` is false when it joined an identical in-flight one.
-pub(crate) type Submitted = Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError>;
+pub(crate) type SubmitReply = Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError>;
 
 /// What the actor is asked to do.
 pub(crate) enum Request {
@@ -101,7 +101,7 @@ pub(crate) enum Request {
         record: Box<OperationRecord>,
         platform: Platform,
         mergeable: bool,
-        reply: oneshot::Sender<Submitted>,
+        reply: oneshot::Sender<SubmitReply>,
     },
     CheckPlatform {
         platform: Platform,

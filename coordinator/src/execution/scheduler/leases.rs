@@ -17,6 +17,8 @@
 //! | REFUSED | queued again, no attempt spent; the agent gets no work until its next heartbeat | — |
 //! | RETRYABLE (and lease expiry) | queued again, or UNAVAILABLE once `max_attempts` are spent | UNAVAILABLE at the end |
 
+use std::time::Duration;
+
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_proto::reapi::ExecuteResponse;
 use tessera_proto::rpc;
@@ -24,6 +26,7 @@ use tessera_proto::tessera::v1::{
     AgentMessage, CoordinatorMessage, Lease, LeaseOutcome, LeaseProgress, LeaseResult,
     agent_message, coordinator_message,
 };
+use tessera_proto::time::to_proto_duration;
 use tonic::Code;
 
 use super::actor::{Scheduler, enqueue};
@@ -97,7 +100,9 @@ impl Scheduler {
     }
 
     /// The operation `lease_id` belongs to, if that lease is its current one, held by
-    /// `agent_id` (and, when given, for `attempt`).
+    /// `agent_id` (and, when given, for `attempt`). The lease table holds only current leases
+    /// (a lease is released when its operation is queued again or finishes), so finding `id`
+    /// there is enough to know it is the operation's latest.
     fn current_lease(&self, id: &str, agent_id: &str, attempt: Option<u32>) -> Option<String> {
         let name = self.leases.get(id)?;
         let op = self.ops.get(name)?;
@@ -106,12 +111,7 @@ impl Scheduler {
                 agent,
                 attempt: current,
                 ..
-            } if agent == agent_id
-                && attempt.is_none_or(|a| a == *current)
-                && lease_id(name, *current) == id =>
-            {
-                Some(name.clone())
-            }
+            } if agent == agent_id && attempt.is_none_or(|a| a == *current) => Some(name.clone()),
             _ => None,
         }
     }
@@ -329,10 +329,9 @@ impl Scheduler {
             digest_function: spec.digest_function,
             action: spec.action.clone(),
             command: spec.command.clone(),
-            timeout: Some(prost_types::Duration {
-                seconds: spec.timeout_ms / 1000,
-                nanos: i32::try_from((spec.timeout_ms % 1000) * 1_000_000).unwrap_or(0),
-            }),
+            timeout: Some(to_proto_duration(Duration::from_millis(
+                u64::try_from(spec.timeout_ms).unwrap_or(0),
+            ))),
         };
         if tx
             .try_send(Ok(CoordinatorMessage {
