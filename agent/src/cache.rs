@@ -218,7 +218,12 @@ impl LocalCache {
     ) -> Result<CachePins, FetchError> {
         let mut pins = CachePins::default();
         pins._guards.push(self.store.pin(digests));
-        let missing = self.store.find_missing(digests);
+        // Files kept from before a restart are hashed on first use: one damaged while the
+        // agent was down is fetched again instead of linked into an action.
+        let store = self.store.clone();
+        let wanted = digests.to_vec();
+        let missing =
+            blocking(move || Ok::<_, FetchError>(store.find_missing_verified(&wanted))).await?;
         if missing.is_empty() {
             return Ok(pins);
         }

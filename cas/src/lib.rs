@@ -10,6 +10,7 @@ pub mod digest;
 pub mod meta;
 pub mod resource;
 pub mod snapshot;
+pub mod space;
 pub mod store;
 pub mod tree;
 pub mod validate;

@@ -1149,63 +1149,121 @@ fn blobs_survive_a_restart() {
 }
 
 #[test]
-fn a_restart_deletes_orphan_files_and_forgets_blobs_whose_files_vanished() {
+fn a_restart_adopts_blob_files_without_records_and_removes_only_files_proven_wrong() {
     let disk = DiskFixture::open();
     let kept = Blob::incompressible(DigestFunction::Sha256, 10 * KIB, 700);
     let vanished = Blob::compressible(DigestFunction::Blake3, 10 * KIB, 701);
     let compressed = Blob::compressible(DigestFunction::Sha256, 10 * KIB, 702);
-    for blob in [&kept, &vanished, &compressed] {
+    let truncated = Blob::incompressible(DigestFunction::Blake3, 10 * KIB, 706);
+    for blob in [&kept, &vanished, &compressed, &truncated] {
         disk.store.write(&blob.digest, &blob.data).unwrap();
     }
-    // A blob file the index does not know (written just before a crash), the other form of a
-    // blob the index does know, and a leftover upload.
+    // Blob files the index does not know (their records lost in a crash): one raw, one
+    // compressed (made by a second store, so it is a real zstd file of the blob).
     let unknown = Blob::incompressible(DigestFunction::Sha256, 100, 703);
     let hash = unknown.digest.hash_hex();
     let unknown_path = disk
         .shard_dir(DigestFunction::Sha256, &hash[..2])
         .join(&hash);
     fs::write(&unknown_path, &unknown.data).unwrap();
+    let unknown_zst = Blob::compressible(DigestFunction::Blake3, 20 * KIB, 704);
+    {
+        let other = DiskFixture::open();
+        other
+            .store
+            .write(&unknown_zst.digest, &unknown_zst.data)
+            .unwrap();
+        let file = other.at_rest(&unknown_zst.digest).unwrap();
+        assert!(file.path().to_string_lossy().ends_with(".zst"));
+        let hash = unknown_zst.digest.hash_hex();
+        let dest = disk
+            .shard_dir(DigestFunction::Blake3, &hash[..2])
+            .join(format!("{hash}.zst"));
+        fs::copy(file.path(), dest).unwrap();
+    }
+    // Files proven wrong: a "compressed form" of a known blob that is not zstd at all, and a
+    // raw file whose content is not the blob its name says.
     let other_form = disk
         .at_rest(&kept.digest)
         .unwrap()
         .path()
         .with_extension("zst");
     fs::write(&other_form, b"not the kept blob").unwrap();
+    let liar = Blob::incompressible(DigestFunction::Sha256, 100, 705);
+    let liar_hash = liar.digest.hash_hex();
+    let liar_path = disk
+        .shard_dir(DigestFunction::Sha256, &liar_hash[..2])
+        .join(&liar_hash);
+    fs::write(&liar_path, b"some other bytes").unwrap();
+    // A second, valid copy of a blob the index has in the other form: redundant.
     let raw_of_compressed = disk
         .at_rest(&compressed.digest)
         .unwrap()
         .path()
         .with_extension("");
     fs::write(&raw_of_compressed, &compressed.data).unwrap();
+    // A file that is not named as a blob: not the store's to judge.
+    let foreign = disk
+        .shard_dir(DigestFunction::Sha256, "ab")
+        .join("notes.txt");
+    fs::write(&foreign, b"someone's notes").unwrap();
     let leftover = disk.root().join("tmp").join("leftover-upload");
     fs::write(&leftover, b"half an upload").unwrap();
-    // And a stored blob's file deleted behind the store's back.
+    // A stored blob's file deleted behind the store's back, and one cut short (its record
+    // and its file disagree, so the file is checked, and it is wrong).
     fs::remove_file(disk.at_rest(&vanished.digest).unwrap().path()).unwrap();
+    let cut = disk.at_rest(&truncated.digest).unwrap().path().to_owned();
+    fs::write(&cut, &truncated.data[..100]).unwrap();
 
     let disk = disk.restart();
-    for orphan in [&unknown_path, &other_form, &raw_of_compressed, &leftover] {
-        assert!(
-            !orphan.exists(),
-            "{} survived the restart",
-            orphan.display()
+    for gone in [&other_form, &liar_path, &raw_of_compressed, &leftover, &cut] {
+        assert!(!gone.exists(), "{} survived the restart", gone.display());
+    }
+    assert!(foreign.exists(), "a file not named as a blob was removed");
+    fs::remove_file(&foreign).unwrap();
+    assert_reads_back(&disk.store, &unknown, "adopted raw blob");
+    assert_reads_back(&disk.store, &unknown_zst, "adopted compressed blob");
+    for missing in [&vanished, &liar, &truncated] {
+        assert_eq!(
+            disk.store.find_missing(&[missing.digest]),
+            vec![missing.digest]
         );
     }
-    assert_eq!(
-        disk.store.find_missing(&[unknown.digest]),
-        vec![unknown.digest]
-    );
-    assert_eq!(
-        disk.store.find_missing(&[vanished.digest]),
-        vec![vanished.digest]
-    );
     assert_reads_back(&disk.store, &kept, "disk store");
     assert_reads_back(&disk.store, &compressed, "disk store");
-    assert_eq!(disk.store.stats().blobs, 2);
+    assert_eq!(disk.store.stats().blobs, 4);
     disk.assert_consistent();
 
-    // The vanished blob stays forgotten.
+    // Adopted blobs now have records; the vanished blob stays forgotten.
     let disk = disk.restart();
-    assert_eq!(disk.store.stats().blobs, 2);
+    assert_eq!(disk.store.stats().blobs, 4);
+    assert_reads_back(&disk.store, &unknown_zst, "adopted compressed blob");
+    disk.assert_consistent();
+}
+
+#[test]
+fn a_file_hashed_on_first_use_is_removed_if_it_was_damaged_while_the_store_was_closed() {
+    let disk = DiskFixture::open_with(|o| o.compress = false);
+    let good = Blob::incompressible(DigestFunction::Sha256, 10 * KIB, 710);
+    let damaged = Blob::incompressible(DigestFunction::Blake3, 10 * KIB, 711);
+    for blob in [&good, &damaged] {
+        disk.store.write(&blob.digest, &blob.data).unwrap();
+    }
+    let path = disk.at_rest(&damaged.digest).unwrap().path().to_owned();
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[5000] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+
+    let disk = disk.restart();
+    // Same length as its record says, so the start cannot tell; first use does.
+    assert!(disk.store.raw_path(&good.digest).is_some());
+    assert_eq!(
+        disk.store
+            .find_missing_verified(&[good.digest, damaged.digest]),
+        vec![damaged.digest]
+    );
+    assert!(disk.store.raw_path(&damaged.digest).is_none());
+    assert!(!path.exists());
     disk.assert_consistent();
 }
 

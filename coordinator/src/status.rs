@@ -4,6 +4,7 @@
 
 use prost::Message;
 use tessera_cas::digest::Digest;
+use tessera_cas::meta::MetaError;
 use tessera_proto::rpc;
 use tonic::{Code, Status};
 
@@ -87,14 +88,25 @@ pub(crate) fn store_error(error: &tessera_cas::store::StoreError) -> Status {
         StoreError::Digest(_) | StoreError::Overflow { .. } => {
             Status::invalid_argument(error.to_string())
         }
-        StoreError::Full { .. } => Status::resource_exhausted(error.to_string()),
-        // Only streaming reads see this: the bytes already sent must not be accepted.
-        StoreError::Corrupt { .. } => Status::data_loss(error.to_string()),
-        StoreError::Io { source, .. } if source.raw_os_error() == Some(28) => {
-            // ENOSPC: the disk itself is full.
+        StoreError::Full { .. } | StoreError::OutOfSpace { .. } => {
             Status::resource_exhausted(error.to_string())
         }
-        StoreError::Io { .. } | StoreError::Meta(_) => Status::internal(error.to_string()),
+        // Only streaming reads see this: the bytes already sent must not be accepted.
+        StoreError::Corrupt { .. } => Status::data_loss(error.to_string()),
+        StoreError::Meta(inner) => meta_error(error, inner),
+        StoreError::Io { .. } => Status::internal(error.to_string()),
+    }
+}
+
+/// The status for a failure whose cause is the metadata store: a full disk is
+/// `RESOURCE_EXHAUSTED` and a store reopening after an I/O error `UNAVAILABLE` (both
+/// retryable, with the store's own message saying what is full or wrong); anything else is
+/// `INTERNAL` with `outer`'s message.
+pub(crate) fn meta_error(outer: &dyn std::fmt::Display, error: &MetaError) -> Status {
+    match error {
+        MetaError::OutOfSpace { .. } => Status::resource_exhausted(error.to_string()),
+        MetaError::Unavailable { .. } | MetaError::Closed => Status::unavailable(error.to_string()),
+        _ => Status::internal(outer.to_string()),
     }
 }
 

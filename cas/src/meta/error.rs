@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The error a backend (redb) reported, kept as the source.
-pub(super) type BackendError = Box<dyn StdError + Send + Sync + 'static>;
+pub(crate) type BackendError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Why a metadata store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,32 @@ pub enum MetaError {
     /// The store was closed (or its flusher stopped) before the requested flush could run.
     #[error("metadata store is closed")]
     Closed,
+    /// The file system holding the store is full. Nothing of the refused write was kept, and
+    /// writes succeed again by themselves once space returns.
+    #[error(
+        "metadata store is out of space (the file system holding {} is full); free space there and writes resume by themselves",
+        path.display()
+    )]
+    OutOfSpace {
+        /// The store's directory.
+        path: PathBuf,
+    },
+    /// An earlier I/O error closed the store and reopening it has not succeeded yet; it is
+    /// retried by later calls.
+    #[error("metadata store at {} is unavailable after an I/O error ({cause}); retrying", path.display())]
+    Unavailable {
+        /// The store's directory.
+        path: PathBuf,
+        /// The error that closed it, or the last failure to reopen it.
+        cause: String,
+    },
+}
+
+impl MetaError {
+    /// Whether the store refused the call because its file system is full.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, MetaError::OutOfSpace { .. })
+    }
 }
 
 /// Shows a key in an error message: as text when it is printable ASCII, else as hex; long keys

@@ -3,66 +3,277 @@
 //! Chosen over sled after the crash test (`cas/tests/meta_crash.rs`) caught sled 0.34 unable to
 //! reopen its database ("Read corrupted data") after a SIGKILL that landed while it was
 //! generating a snapshot, about once in a few thousand kills. redb is copy-on-write with
-//! checksummed commits: after a crash it opens at the last durable commit.
+//! checksummed commits: after a crash it opens at the last commit that reached the file.
 //!
-//! Every write is its own transaction committed with `Durability::None`: visible at once, made
-//! durable by the next flush, which is an empty commit with `Durability::Immediate` run by the
-//! [`GroupFlush`] thread, so many waiting writers share one fsync. Non-durable commits do not
-//! free pages, so every 256th write commits with `Durability::Eventual`.
+//! Every write is its own transaction committed with `Durability::Eventual`: written to the
+//! file (so it survives the process being killed) but not fsynced. A flush is an empty commit
+//! with `Durability::Immediate` run by the [`GroupFlush`] thread, so many waiting writers share
+//! one fsync; after it returns, the writes before it also survive a power loss.
+//!
+//! After an I/O error (a full disk, most often) redb refuses every further call until the
+//! database is reopened. So the store drops the failed database and the next call reopens it
+//! (at most once per [`REOPEN_EVERY`] while reopening keeps failing); every commit that
+//! returned before the error is in the file, so reopening loses nothing that was written.
+//! A full file system is reported as [`MetaError::OutOfSpace`] and logged once per episode.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::error::display_key;
+use super::error::{BackendError, display_key};
 use super::{
     Batch, BatchOp, Entries, GroupFlush, MetaError, MetaTable, MetadataStore, SwapOutcome, Table,
 };
+use crate::space::{SpaceStats, SpaceWatch, is_out_of_space};
 
-/// Writes between commits that let redb reclaim pages.
-const RECLAIM_EVERY: u64 = 256;
+/// Least time between two attempts to reopen a database that failed to reopen.
+const REOPEN_EVERY: Duration = Duration::from_millis(500);
+/// While the file system is full, writes are tried at most this often; the others are refused
+/// at once. Each failed write closes the database and the next call reopens it, which can mean
+/// a repair pass over the whole file, so a burst of writes must not each pay for one.
+const WRITE_RETRY: Duration = Duration::from_millis(250);
 
 fn def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
 }
 
-fn boxed(error: impl std::error::Error + Send + Sync + 'static) -> super::error::BackendError {
-    Box::new(error)
+/// A failed redb call, boxed (redb's error is large).
+struct Failure(Box<redb::Error>);
+
+impl<E: Into<redb::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure(Box::new(error.into()))
+    }
+}
+
+/// Why the database is closed, while it is.
+struct Closed {
+    out_of_space: bool,
+    cause: String,
+    next_attempt: Instant,
 }
 
 struct Shared {
-    db: Database,
-    writes: AtomicU64,
+    dir: PathBuf,
+    file: PathBuf,
+    /// `None` after an I/O error, until a call reopens it.
+    db: RwLock<Option<Arc<Database>>>,
+    closed: Mutex<Option<Closed>>,
+    space: SpaceWatch,
+    reopens: AtomicU64,
+    /// Set when a write found the file system full: writes before then are refused untried.
+    writes_resume: Mutex<Option<Instant>>,
 }
 
 impl Shared {
-    /// Runs `f` in a write transaction and commits it (not yet durable).
+    /// The open database, reopening it if an I/O error closed it.
+    fn database(&self) -> Result<Arc<Database>, MetaError> {
+        if let Some(db) = self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            return Ok(Arc::clone(db));
+        }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let state = closed.get_or_insert_with(|| Closed {
+            out_of_space: false,
+            cause: "closed".to_owned(),
+            next_attempt: now,
+        });
+        if now < state.next_attempt {
+            return Err(self.closed_error(state));
+        }
+        match Database::create(&self.file) {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *slot = Some(Arc::clone(&db));
+                *closed = None;
+                self.reopens.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(path = %self.dir.display(), "metadata store reopened");
+                Ok(db)
+            }
+            Err(error) => {
+                let error = redb::Error::from(error);
+                if let redb::Error::DatabaseAlreadyOpen = error {
+                    // A call that began before the error still holds the old database; it
+                    // ends soon, so the next call tries again at once.
+                    state.next_attempt = now;
+                } else {
+                    if let redb::Error::Io(io) = &error {
+                        state.out_of_space = is_out_of_space(io);
+                    }
+                    state.cause = format!("reopening failed: {error}");
+                    state.next_attempt = now + REOPEN_EVERY;
+                }
+                Err(self.closed_error(state))
+            }
+        }
+    }
+
+    fn closed_error(&self, state: &Closed) -> MetaError {
+        if state.out_of_space {
+            self.space.refused();
+            MetaError::OutOfSpace {
+                path: self.dir.clone(),
+            }
+        } else {
+            MetaError::Unavailable {
+                path: self.dir.clone(),
+                cause: state.cause.clone(),
+            }
+        }
+    }
+
+    /// Runs `f` on the database. An I/O error closes the database (the next call reopens
+    /// it); a full file system becomes [`MetaError::OutOfSpace`]; other errors go through
+    /// `wrap`.
+    fn call<T>(
+        &self,
+        wrap: impl FnOnce(BackendError) -> MetaError,
+        f: impl FnOnce(&Database) -> Result<T, Failure>,
+    ) -> Result<T, MetaError> {
+        let db = self.database()?;
+        let error = match f(&db) {
+            Ok(value) => return Ok(value),
+            Err(Failure(error)) => *error,
+        };
+        let out_of_space = match &error {
+            redb::Error::Io(io) => is_out_of_space(io),
+            redb::Error::PreviousIo => self
+                .closed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|c| c.out_of_space),
+            _ => return Err(wrap(Box::new(error))),
+        };
+        self.close(&db, out_of_space, &error);
+        if out_of_space {
+            self.space.refused();
+            *self
+                .writes_resume
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + WRITE_RETRY);
+            return Err(MetaError::OutOfSpace {
+                path: self.dir.clone(),
+            });
+        }
+        Err(wrap(Box::new(error)))
+    }
+
+    /// Closes `db` after an I/O error, unless another call already has.
+    fn close(&self, db: &Arc<Database>, out_of_space: bool, error: &redb::Error) {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, db))
+        {
+            return;
+        }
+        *slot = None;
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Closed {
+            out_of_space,
+            cause: error.to_string(),
+            next_attempt: Instant::now(),
+        });
+        if !out_of_space {
+            tracing::error!(path = %self.dir.display(), %error, "metadata store I/O error; reopening it");
+        }
+    }
+
+    /// Runs `f` in a write transaction and commits it (written, not yet fsynced).
     fn write<T>(
         &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, super::error::BackendError>,
-    ) -> Result<T, super::error::BackendError> {
-        let mut txn = self.db.begin_write().map_err(boxed)?;
-        let n = self.writes.fetch_add(1, Ordering::Relaxed);
-        txn.set_durability(if n % RECLAIM_EVERY == RECLAIM_EVERY - 1 {
-            Durability::Eventual
-        } else {
-            Durability::None
-        });
-        let value = f(&txn)?;
-        txn.commit().map_err(boxed)?;
+        wrap: impl FnOnce(BackendError) -> MetaError,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, Failure>,
+    ) -> Result<T, MetaError> {
+        self.check_space()?;
+        let value = self.call(wrap, |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Eventual);
+            let value = f(&txn)?;
+            txn.commit()?;
+            Ok(value)
+        })?;
+        self.space.accepted();
         Ok(value)
     }
+
+    /// Refuses a write untried while a recent one found the file system full.
+    fn check_space(&self) -> Result<(), MetaError> {
+        let mut resume = self
+            .writes_resume
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *resume {
+            Some(at) if Instant::now() < at => {
+                self.space.refused();
+                Err(MetaError::OutOfSpace {
+                    path: self.dir.clone(),
+                })
+            }
+            Some(_) => {
+                *resume = None;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The durable commit a flush runs.
+    fn flush(&self) -> Result<(), MetaError> {
+        self.check_space()?;
+        self.call(
+            |source| MetaError::Flush {
+                source: Arc::from(source),
+            },
+            |db| {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate);
+                txn.commit()?;
+                Ok(())
+            },
+        )?;
+        self.space.accepted();
+        Ok(())
+    }
+}
+
+/// Creates the database `file` if it does not exist, under a temporary name first: a process
+/// killed while redb writes a new file's first pages would otherwise leave a file that no
+/// later start can open.
+fn create_whole(file: &Path) -> Result<(), BackendError> {
+    if file.exists() {
+        return Ok(());
+    }
+    let fresh = file.with_extension("redb.new");
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(Box::new(error)),
+    }
+    drop(Database::create(&fresh)?);
+    std::fs::File::open(&fresh)?.sync_all()?;
+    std::fs::rename(&fresh, file)?;
+    Ok(())
 }
 
 /// A metadata store in one redb file inside directory `path`. Only one process may open it at
 /// a time.
 pub struct RedbStore {
     shared: Arc<Shared>,
-    path: PathBuf,
     group: GroupFlush,
 }
 
@@ -70,40 +281,67 @@ impl RedbStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, MetaError> {
         let path = path.as_ref().to_owned();
-        let open_error = |source: super::error::BackendError| MetaError::Open {
+        let open_error = |source: BackendError| MetaError::Open {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&path).map_err(|e| open_error(boxed(e)))?;
-        let db = Database::create(path.join("meta.redb")).map_err(|e| open_error(boxed(e)))?;
+        std::fs::create_dir_all(&path).map_err(|e| open_error(Box::new(e)))?;
+        let file = path.join("meta.redb");
+        create_whole(&file).map_err(open_error)?;
+        let db = Database::create(&file).map_err(|e| open_error(Box::new(e)))?;
         let shared = Arc::new(Shared {
-            db,
-            writes: AtomicU64::new(0),
+            space: SpaceWatch::new("metadata", &path),
+            dir: path.clone(),
+            file,
+            db: RwLock::new(Some(Arc::new(db))),
+            closed: Mutex::new(None),
+            reopens: AtomicU64::new(0),
+            writes_resume: Mutex::new(None),
         });
         let group = GroupFlush::start("tessera-meta-flush", {
             let shared = Arc::clone(&shared);
-            move || {
-                let mut txn = shared.db.begin_write().map_err(boxed)?;
-                txn.set_durability(Durability::Immediate);
-                txn.commit().map_err(boxed)
-            }
+            move || shared.flush().map_err(|e| Box::new(e) as BackendError)
         })
-        .map_err(|e| open_error(boxed(e)))?;
-        Ok(RedbStore {
-            shared,
-            path,
-            group,
-        })
+        .map_err(|e| open_error(Box::new(e)))?;
+        Ok(RedbStore { shared, group })
     }
 
     /// The store's directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.dir
     }
 
     /// Number of fsyncs the group flush has run (for metrics and tests).
     pub fn flushes(&self) -> u64 {
         self.group.flushes()
+    }
+
+    /// How many times the database was reopened after an I/O error.
+    pub fn reopens(&self) -> u64 {
+        self.shared.reopens.load(Ordering::Relaxed)
+    }
+
+    /// A flush error as the caller should see it: out of space or unavailable as such.
+    fn flush_error(dir: &Path, error: MetaError) -> MetaError {
+        if let MetaError::Flush { source } = &error
+            && let Some(inner) = source.downcast_ref::<MetaError>()
+        {
+            match inner {
+                MetaError::OutOfSpace { .. } => {
+                    return MetaError::OutOfSpace {
+                        path: dir.to_owned(),
+                    };
+                }
+                MetaError::Unavailable { cause, .. } => {
+                    return MetaError::Unavailable {
+                        path: dir.to_owned(),
+                        cause: cause.clone(),
+                    };
+                }
+                _ => {}
+            }
+        }
+        error
     }
 }
 
@@ -114,15 +352,16 @@ impl MetadataStore for RedbStore {
                 name: name.to_owned(),
             });
         }
-        self.shared
-            .write(|txn| {
-                txn.open_table(def(name)).map_err(boxed)?;
-                Ok(())
-            })
-            .map_err(|source| MetaError::OpenTable {
+        self.shared.write(
+            |source| MetaError::OpenTable {
                 table: name.to_owned(),
                 source,
-            })?;
+            },
+            |txn| {
+                txn.open_table(def(name))?;
+                Ok(())
+            },
+        )?;
         Ok(Arc::new(RedbTable {
             name: name.to_owned(),
             shared: Arc::clone(&self.shared),
@@ -141,31 +380,42 @@ impl MetadataStore for RedbStore {
                 });
             }
         }
-        self.shared
-            .write(|txn| {
+        self.shared.write(
+            |source| MetaError::Batch { tables, source },
+            |txn| {
                 for op in batch.into_ops() {
                     match op {
                         BatchOp::Insert { table, key, value } => {
-                            let mut t = txn.open_table(def(&table)).map_err(boxed)?;
-                            t.insert(key.as_slice(), value.as_slice()).map_err(boxed)?;
+                            let mut t = txn.open_table(def(&table))?;
+                            t.insert(key.as_slice(), value.as_slice())?;
                         }
                         BatchOp::Remove { table, key } => {
-                            let mut t = txn.open_table(def(&table)).map_err(boxed)?;
-                            t.remove(key.as_slice()).map_err(boxed)?;
+                            let mut t = txn.open_table(def(&table))?;
+                            t.remove(key.as_slice())?;
                         }
                     }
                 }
                 Ok(())
-            })
-            .map_err(|source| MetaError::Batch { tables, source })
+            },
+        )
     }
 
     fn flush(&self) -> Result<(), MetaError> {
-        self.group.flush()
+        self.group
+            .flush()
+            .map_err(|e| Self::flush_error(&self.shared.dir, e))
+    }
+
+    fn space(&self) -> SpaceStats {
+        self.shared.space.stats()
     }
 
     fn flush_async(&self) -> BoxFuture<'static, Result<(), MetaError>> {
-        self.group.flush_async().boxed()
+        let dir = self.shared.dir.clone();
+        self.group
+            .flush_async()
+            .map(move |result| result.map_err(|e| Self::flush_error(&dir, e)))
+            .boxed()
     }
 }
 
@@ -178,39 +428,38 @@ impl RedbTable {
     fn read<T>(
         &self,
         key: &[u8],
-        f: impl FnOnce(
-            &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-        ) -> Result<T, super::error::BackendError>,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
-        let run = || -> Result<T, super::error::BackendError> {
-            let txn = self.shared.db.begin_read().map_err(boxed)?;
-            let table = txn.open_table(def(&self.name)).map_err(boxed)?;
-            f(&table)
-        };
-        run().map_err(|source| MetaError::Read {
-            table: self.name.clone(),
-            key: display_key(key),
-            source,
-        })
+        self.shared.call(
+            |source| MetaError::Read {
+                table: self.name.clone(),
+                key: display_key(key),
+                source,
+            },
+            |db| {
+                let txn = db.begin_read()?;
+                let table = txn.open_table(def(&self.name))?;
+                f(&table)
+            },
+        )
     }
 
     fn write<T>(
         &self,
         key: &[u8],
-        f: impl FnOnce(
-            &mut redb::Table<'_, &'static [u8], &'static [u8]>,
-        ) -> Result<T, super::error::BackendError>,
+        f: impl FnOnce(&mut redb::Table<'_, &'static [u8], &'static [u8]>) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
-        self.shared
-            .write(|txn| {
-                let mut table = txn.open_table(def(&self.name)).map_err(boxed)?;
-                f(&mut table)
-            })
-            .map_err(|source| MetaError::Write {
+        self.shared.write(
+            |source| MetaError::Write {
                 table: self.name.clone(),
                 key: display_key(key),
                 source,
-            })
+            },
+            |txn| {
+                let mut table = txn.open_table(def(&self.name))?;
+                f(&mut table)
+            },
+        )
     }
 }
 
@@ -220,23 +469,17 @@ impl MetaTable for RedbTable {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
-        self.read(key, |t| {
-            Ok(t.get(key).map_err(boxed)?.map(|v| v.value().to_vec()))
-        })
+        self.read(key, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())))
     }
 
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
         self.write(key, |t| {
-            Ok(t.insert(key, value)
-                .map_err(boxed)?
-                .map(|v| v.value().to_vec()))
+            Ok(t.insert(key, value)?.map(|v| v.value().to_vec()))
         })
     }
 
     fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
-        self.write(key, |t| {
-            Ok(t.remove(key).map_err(boxed)?.map(|v| v.value().to_vec()))
-        })
+        self.write(key, |t| Ok(t.remove(key)?.map(|v| v.value().to_vec())))
     }
 
     fn compare_and_swap(
@@ -246,16 +489,16 @@ impl MetaTable for RedbTable {
         new: Option<&[u8]>,
     ) -> Result<SwapOutcome, MetaError> {
         self.write(key, |t| {
-            let current = t.get(key).map_err(boxed)?.map(|v| v.value().to_vec());
+            let current = t.get(key)?.map(|v| v.value().to_vec());
             if current.as_deref() != expected {
                 return Ok(SwapOutcome::Conflict { current });
             }
             match new {
                 Some(value) => {
-                    t.insert(key, value).map_err(boxed)?;
+                    t.insert(key, value)?;
                 }
                 None => {
-                    t.remove(key).map_err(boxed)?;
+                    t.remove(key)?;
                 }
             }
             Ok(SwapOutcome::Swapped)
@@ -266,8 +509,8 @@ impl MetaTable for RedbTable {
         let table = self.name.clone();
         let collected = self.read(prefix, |t| {
             let mut out = Vec::new();
-            for entry in t.range(prefix..).map_err(boxed)? {
-                let (k, v) = entry.map_err(boxed)?;
+            for entry in t.range(prefix..)? {
+                let (k, v) = entry?;
                 if !k.value().starts_with(prefix) {
                     break;
                 }
@@ -277,15 +520,18 @@ impl MetaTable for RedbTable {
         });
         match collected {
             Ok(entries) => Box::new(entries.into_iter().map(Ok)),
+            Err(error @ (MetaError::OutOfSpace { .. } | MetaError::Unavailable { .. })) => {
+                Box::new(std::iter::once(Err(error)))
+            }
             Err(error) => {
-                let source: super::error::BackendError = Box::new(error);
+                let source: BackendError = Box::new(error);
                 Box::new(std::iter::once(Err(MetaError::Scan { table, source })))
             }
         }
     }
 
     fn len(&self) -> Result<usize, MetaError> {
-        self.read(b"", |t| Ok(t.len().map_err(boxed)? as usize))
+        self.read(b"", |t| Ok(t.len()? as usize))
     }
 
     fn is_empty(&self) -> Result<bool, MetaError> {

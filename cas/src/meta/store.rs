@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::MetaError;
+use crate::space::SpaceStats;
 
 /// A shared handle to one named table.
 pub type Table = Arc<dyn MetaTable>;
@@ -36,6 +37,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// when this is called (not when the future is first polled), and dropping the future
     /// does not cancel the flush others may be waiting on.
     fn flush_async(&self) -> BoxFuture<'static, Result<(), MetaError>>;
+
+    /// Writes refused for lack of disk space (none for stores that keep no files).
+    fn space(&self) -> SpaceStats {
+        SpaceStats::default()
+    }
 }
 
 /// One named table: an ordered map of byte keys to byte values.

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::digest::{Digest, DigestError};
 use crate::meta::MetaError;
+use crate::space::SpaceStats;
 
 /// Why a store operation failed. A missing blob is not an error: lookups return `None`.
 #[derive(Debug, Error)]
@@ -62,6 +63,16 @@ pub enum StoreError {
     /// The index could not be read or written.
     #[error("blob index: {0}")]
     Meta(#[from] MetaError),
+    /// The file system holding the blobs is full. Nothing of the refused blob was kept, and
+    /// writes succeed again by themselves once space returns.
+    #[error(
+        "blob store is out of space (the file system holding {} is full); free space there and writes resume by themselves",
+        path.display()
+    )]
+    OutOfSpace {
+        /// The store's directory.
+        path: std::path::PathBuf,
+    },
 }
 
 impl StoreError {
@@ -87,6 +98,8 @@ pub struct StoreStats {
     pub budget_bytes: u64,
     /// Blobs evicted since start.
     pub evicted: u64,
+    /// Writes refused because the file system was full.
+    pub space: SpaceStats,
 }
 
 /// A verified, streaming read of one blob: chunks of its uncompressed bytes from the requested

@@ -4,16 +4,29 @@
 //! blobs kept zstd-compressed (when compression shrinks them by a tenth or more). Every write
 //! goes to `tmp/` first and is renamed into place only after its hash has been verified, so a
 //! partial or wrong blob is never visible. Blob files are not fsynced: a blob lost in a machine
-//! crash is a cache miss that clients repair by uploading again (DESIGN.md §3). At start the
-//! index and the files are reconciled: records without files are dropped, files without
-//! records (written just before a crash) are deleted.
+//! crash is a cache miss that clients repair by uploading again (DESIGN.md §3).
+//!
+//! The files are the truth and the index records a cache of them. At start the two are
+//! reconciled: a record without its file is dropped; a file without a record (its record was
+//! lost in a crash, or could not be written on a full disk) or disagreeing with it is hashed,
+//! on every core, and adopted if its content matches its name. A file is deleted only once it
+//! is proven wrong; one that cannot be read, or whose name is not a blob's, is left in place.
+//! Records loaded at start are trusted for reads through the store (those hash as they go) and
+//! hashed on first use by callers that link the file instead ([`DiskStore::raw_path`],
+//! [`DiskStore::find_missing_verified`]).
+//!
+//! A full file system refuses the blob being written with [`StoreError::OutOfSpace`], leaving
+//! nothing behind, and is reported once per episode ([`SpaceWatch`]). A record that cannot be
+//! written does not refuse the blob: the file is in place, the record is retried with the next
+//! access-time write-back, and the next start adopts the file if it never was.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
@@ -21,6 +34,7 @@ use super::blob_store::{BlobRead, BlobReader, BlobStore, StoreError, StoreStats,
 use super::index::{self, Entry, Form, Index, Victim, now_ms};
 use crate::digest::{Digest, DigestFunction, Hasher};
 use crate::meta::MetadataStore;
+use crate::space::{SpaceWatch, is_out_of_space};
 
 /// Uploads up to this size are held in memory and written in one go.
 const BUFFER_LIMIT: usize = 256 * 1024;
@@ -64,11 +78,13 @@ pub struct DiskStore {
 }
 
 struct Inner {
+    root: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
     compress: bool,
     index: Mutex<Index>,
     meta: Arc<dyn MetadataStore>,
+    space: SpaceWatch,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -106,6 +122,8 @@ impl DiskStore {
         let table = meta.table(index::TABLE)?;
         let index = Index::load(table, options.budget_bytes, options.protect_recent)?;
         let inner = Inner {
+            space: SpaceWatch::new("blobs", &options.root),
+            root: options.root,
             blobs,
             tmp,
             compress: options.compress,
@@ -118,14 +136,17 @@ impl DiskStore {
         })
     }
 
-    /// Writes access times changed since the last call to the metadata store (not flushed:
-    /// they are hints). The coordinator calls this every few seconds and at shutdown.
+    /// Writes the records changed since the last call to the metadata store (not flushed:
+    /// access times are hints, and a lost record is adopted again at start): access times,
+    /// and records an earlier write could not store. The coordinator calls this every few
+    /// seconds and at shutdown.
     pub fn write_back_access_times(&self) -> Result<(), StoreError> {
         // Applied under the index lock, so a blob evicted or replaced meanwhile cannot have
         // its old record written back.
         let mut index = self.inner.lock();
-        if let Some(batch) = index.take_dirty() {
+        if let Some((batch, digests)) = index.take_dirty() {
             self.inner.meta.apply_batch(batch)?;
+            index.recorded(&digests);
         }
         Ok(())
     }
@@ -133,13 +154,43 @@ impl DiskStore {
     /// The file holding `digest` if it is stored raw (uncompressed), for callers that hard-link
     /// blobs into place (the agent's input materialization; open its cache with
     /// `compress: false`). The file must be treated as read-only. Refreshes the access time.
+    /// A file not yet hashed by this process is hashed first; if it does not match, it is
+    /// removed and the blob is missing.
     pub fn raw_path(&self, digest: &Digest) -> Option<PathBuf> {
-        let mut index = self.inner.lock();
-        index.touch(digest, now_ms());
-        match index.get(digest)?.form {
-            Form::Raw => Some(self.inner.path(digest, Form::Raw)),
-            Form::Zstd => None,
+        let entry = {
+            let mut index = self.inner.lock();
+            index.touch(digest, now_ms());
+            index.get(digest)?
+        };
+        if entry.form != Form::Raw {
+            return None;
         }
+        if !entry.verified && !self.inner.verify(digest, entry.form) {
+            return None;
+        }
+        Some(self.inner.path(digest, Form::Raw))
+    }
+
+    /// Like [`BlobStore::find_missing`], but first hashes each present blob not yet hashed by
+    /// this process, so that a file damaged while the process was down is removed and reported
+    /// missing (to be fetched again) instead of used. Blocking: it reads those files.
+    pub fn find_missing_verified(&self, digests: &[Digest]) -> Vec<Digest> {
+        let unverified: Vec<(Digest, Form)> = {
+            let index = self.inner.lock();
+            digests
+                .iter()
+                .filter_map(|d| index.get(d).filter(|e| !e.verified).map(|e| (*d, e.form)))
+                .collect()
+        };
+        for (digest, form) in unverified {
+            self.inner.verify(&digest, form);
+        }
+        self.find_missing(digests)
+    }
+
+    /// Out-of-space figures of the blob files.
+    pub fn space(&self) -> crate::space::SpaceStats {
+        self.inner.space.stats()
     }
 
     /// Keeps `digests` from eviction until the returned guard is dropped. Digests not stored
@@ -188,43 +239,148 @@ impl Inner {
         path
     }
 
+    /// The error for a failed write to `path`: [`StoreError::OutOfSpace`] (counted) when the
+    /// file system is full.
+    fn write_error(&self, op: &'static str, path: &Path, source: std::io::Error) -> StoreError {
+        if is_out_of_space(&source) {
+            self.space.refused();
+            StoreError::OutOfSpace {
+                path: self.root.clone(),
+            }
+        } else {
+            StoreError::io(op, path, source)
+        }
+    }
+
+    /// Reconciles the index with the files; see the module docs.
     fn reconcile(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
         let mut index = self.lock();
-        let mut by_file: HashMap<PathBuf, Digest> = index
+        let mut by_file: HashMap<PathBuf, (Digest, Entry)> = index
             .digests()
-            .map(|(d, e)| (self.path(d, e.form), *d))
+            .map(|(d, e)| (self.path(d, e.form), (*d, *e)))
             .collect();
-        let mut orphans = 0usize;
+        let mut unknown = Vec::new();
+        let mut foreign = 0usize;
         for function in [DigestFunction::Sha256, DigestFunction::Blake3] {
             for shard in 0..=255u8 {
                 let dir = self.blobs.join(function.name()).join(hex::encode([shard]));
                 let entries = fs::read_dir(&dir).map_err(io_err("failed to list", &dir))?;
                 for entry in entries {
-                    let path = entry.map_err(io_err("failed to list", &dir))?.path();
-                    if by_file.remove(&path).is_none() {
-                        orphans += 1;
-                        let _ = fs::remove_file(&path);
+                    let entry = entry.map_err(io_err("failed to list", &dir))?;
+                    let path = entry.path();
+                    if let Some((digest, record)) = by_file.remove(&path) {
+                        let len = entry.metadata().map(|m| m.len()).ok();
+                        if len == Some(record.stored) {
+                            continue;
+                        }
+                        // The record and the file disagree: neither is proof, so check the file.
+                        index.remove(&digest);
+                    }
+                    match Found::parse(function, shard, path) {
+                        Some(found) => unknown.push(found),
+                        None => {
+                            foreign += 1;
+                            tracing::warn!(path = %entry.path().display(), "leaving a file that is not named as a blob in the blob directory");
+                        }
                     }
                 }
             }
         }
-        let lost: Vec<Digest> = by_file.into_values().collect();
-        for digest in &lost {
-            index.remove(digest);
+        // Records whose files are gone: a machine crash, or removed by hand.
+        let lost = by_file.len();
+        for (digest, _) in by_file.into_values() {
+            index.remove(&digest);
         }
-        if orphans > 0 || !lost.is_empty() {
-            tracing::warn!(
-                orphans,
-                lost = lost.len(),
-                "reconciled blob index with files"
-            );
+        let checks = check_all(&unknown);
+        let (mut adopted, mut wrong, mut unreadable, mut duplicates) = (Vec::new(), 0, 0, 0);
+        let mut seen = HashSet::new();
+        for (found, check) in unknown.iter().zip(checks) {
+            match check {
+                Check::Matches {
+                    digest,
+                    stored,
+                    modified_ms,
+                } => {
+                    if index.get(&digest).is_some() || !seen.insert(digest) {
+                        // The same blob in the other form: one copy is enough.
+                        duplicates += 1;
+                        let _ = fs::remove_file(&found.path);
+                        continue;
+                    }
+                    let entry = Entry {
+                        stored,
+                        form: found.form,
+                        last_access: modified_ms,
+                        pins: 0,
+                        verified: true,
+                    };
+                    adopted.push((digest, entry));
+                }
+                Check::Wrong(reason) => {
+                    wrong += 1;
+                    tracing::warn!(path = %found.path.display(), reason, "removing a blob file whose content does not match its name");
+                    let _ = fs::remove_file(&found.path);
+                }
+                Check::Unreadable(error) => {
+                    unreadable += 1;
+                    tracing::warn!(path = %found.path.display(), %error, "leaving a blob file that could not be read");
+                }
+            }
+        }
+        let adopted_count = adopted.len();
+        if !adopted.is_empty() {
+            let digests: Vec<Digest> = adopted.iter().map(|(d, _)| *d).collect();
+            let batch = index.adopt(adopted);
+            match self.meta.apply_batch(batch) {
+                Ok(()) => index.recorded(&digests),
+                Err(error) => {
+                    tracing::warn!(%error, "could not record adopted blobs yet; retrying with the access times");
+                }
+            }
         }
         tracing::info!(
             blobs = index.len(),
             stored_bytes = index.stored_bytes(),
+            adopted = adopted_count,
+            removed_wrong = wrong,
+            duplicates,
+            unreadable,
+            foreign,
+            lost,
+            took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "blob store opened"
         );
         Ok(())
+    }
+
+    /// Hashes the file of `digest` (not under the index lock); marks it verified if it
+    /// matches, removes it otherwise. Whether the blob is still there.
+    fn verify(&self, digest: &Digest, form: Form) -> bool {
+        let found = Found {
+            path: self.path(digest, form),
+            function: digest.function,
+            hash: digest.hash,
+            form,
+        };
+        match found.check() {
+            Check::Matches { digest: actual, .. } if actual == *digest => {
+                self.lock().set_verified(digest);
+                true
+            }
+            Check::Matches { .. } => {
+                self.discard(digest, "file size does not match the digest");
+                false
+            }
+            Check::Wrong(reason) => {
+                self.discard(digest, &reason);
+                false
+            }
+            Check::Unreadable(error) => {
+                self.discard(digest, &format!("unreadable: {error}"));
+                false
+            }
+        }
     }
 
     /// Drops a blob whose file failed verification or vanished.
@@ -274,22 +430,26 @@ impl Inner {
         if let Err(source) = fs::rename(tmp, &path) {
             drop(index);
             let _ = fs::remove_file(tmp);
-            return Err(StoreError::io(
-                "failed to move blob into place at",
-                &path,
-                source,
-            ));
+            return Err(self.write_error("failed to move blob into place at", &path, source));
         }
         let entry = Entry {
             stored,
             form,
             last_access: now,
             pins: 0,
+            verified: true,
         };
         if let Err(error) = index.insert(digest, entry) {
-            let _ = fs::remove_file(&path);
-            return Err(error.into());
+            // The blob is in place and served; its record is retried with the access times,
+            // and the next start adopts the file if it never gets written.
+            if error.is_out_of_space() {
+                tracing::debug!(%digest, %error, "blob index record deferred");
+            } else {
+                tracing::warn!(%digest, %error, "blob index record deferred");
+            }
         }
+        drop(index);
+        self.space.accepted();
         Ok(())
     }
 
@@ -308,9 +468,154 @@ impl Inner {
             None => (Form::Raw, data),
         };
         let tmp = self.tmp_path();
-        fs::write(&tmp, bytes).map_err(io_err("failed to write blob file", &tmp))?;
+        if let Err(source) = fs::write(&tmp, bytes) {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.write_error("failed to write blob file", &tmp, source));
+        }
         self.install(digest, &tmp, form, bytes.len() as u64)
     }
+}
+
+/// A file in the blob directory named as a blob, not yet known to match its name.
+struct Found {
+    path: PathBuf,
+    function: DigestFunction,
+    hash: [u8; 32],
+    form: Form,
+}
+
+/// What hashing a [`Found`] file showed.
+enum Check {
+    /// The content hashes to the name: the blob `digest`, `stored` bytes at rest.
+    Matches {
+        digest: Digest,
+        stored: u64,
+        modified_ms: u64,
+    },
+    /// The content is not the named blob (or not valid zstd for a `.zst` file).
+    Wrong(String),
+    /// The file could not be read: no proof either way.
+    Unreadable(std::io::Error),
+}
+
+impl Found {
+    /// Parses `{shard}/{hash}` or `{shard}/{hash}.zst`; `None` for any other name.
+    fn parse(function: DigestFunction, shard: u8, path: PathBuf) -> Option<Found> {
+        let name = path.file_name()?.to_str()?;
+        let (hex_hash, form) = match name.strip_suffix(".zst") {
+            Some(stem) => (stem, Form::Zstd),
+            None => (name, Form::Raw),
+        };
+        if hex_hash.len() != 64 || hex_hash.bytes().any(|b| b.is_ascii_uppercase()) {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(hex_hash, &mut hash).ok()?;
+        (hash[0] == shard).then_some(Found {
+            path,
+            function,
+            hash,
+            form,
+        })
+    }
+
+    fn check(&self) -> Check {
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(error) => return Check::Unreadable(error),
+        };
+        let (stored, modified_ms) = match file.metadata() {
+            Ok(meta) => (
+                meta.len(),
+                meta.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map_or_else(now_ms, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+            ),
+            Err(error) => return Check::Unreadable(error),
+        };
+        let mut hasher = self.function.hasher();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut source: Box<dyn Read> = match self.form {
+            Form::Raw => Box::new(file),
+            Form::Zstd => match zstd::stream::read::Decoder::new(file) {
+                Ok(decoder) => Box::new(decoder),
+                Err(error) => return Check::Unreadable(error),
+            },
+        };
+        loop {
+            match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    size += n as u64;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                // zstd reports a damaged frame as `Other`; the file cannot be the blob then.
+                Err(error)
+                    if self.form == Form::Zstd && error.kind() == std::io::ErrorKind::Other =>
+                {
+                    return Check::Wrong(format!("not a valid zstd frame: {error}"));
+                }
+                Err(error) => return Check::Unreadable(error),
+            }
+        }
+        let actual = hasher.finish_digest();
+        if actual.hash != self.hash {
+            return Check::Wrong(format!("content hashes to {}", actual.hash_hex()));
+        }
+        Check::Matches {
+            digest: Digest {
+                function: self.function,
+                hash: self.hash,
+                size_bytes: size,
+            },
+            stored,
+            modified_ms,
+        }
+    }
+}
+
+/// Checks every file, on as many threads as there are cores; results in `found`'s order.
+fn check_all(found: &[Found]) -> Vec<Check> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(found.len());
+    if workers <= 1 {
+        return found.iter().map(Found::check).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Vec<(usize, Check)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(file) = found.get(i) else { break };
+                        out.push((i, file.check()));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    // Placed by index, so a file whose check was lost to a panic is left alone, never
+    // mistaken for another.
+    let mut checks: Vec<Option<Check>> =
+        std::iter::repeat_with(|| None).take(found.len()).collect();
+    for (i, check) in results {
+        checks[i] = Some(check);
+    }
+    checks
+        .into_iter()
+        .map(|c| c.unwrap_or_else(|| Check::Unreadable(std::io::Error::other("check failed"))))
+        .collect()
 }
 
 /// zstd-compresses `data` if that saves at least a tenth of it.
@@ -447,6 +752,7 @@ impl BlobStore for DiskStore {
             stored_bytes: index.stored_bytes(),
             budget_bytes: index.budget,
             evicted: index.evicted,
+            space: self.inner.space.stats(),
         }
     }
 }
@@ -557,7 +863,8 @@ struct DiskUpload {
 impl DiskUpload {
     fn open_sink(&mut self) -> Result<(), StoreError> {
         let path = self.inner.tmp_path();
-        let file = File::create(&path).map_err(io_err("failed to create", &path))?;
+        let file = File::create(&path)
+            .map_err(|source| self.inner.write_error("failed to create", &path, source))?;
         let writer = BufWriter::with_capacity(1 << 20, file);
         // Decide the at-rest form from a sample of the start: enough to tell text and binaries
         // from random or already-compressed data, cheap enough for every upload.
@@ -580,7 +887,9 @@ impl DiskUpload {
                 Sink::Raw(w) => w.write_all(data),
                 Sink::Zstd(w) => w.write_all(data),
             };
-            result.map_err(io_err("failed to write", path))?;
+            if let Err(source) = result {
+                return Err(self.inner.write_error("failed to write", path, source));
+            }
         }
         Ok(())
     }
@@ -650,7 +959,7 @@ impl Upload for DiskUpload {
             Ok(file) => file,
             Err(source) => {
                 let _ = fs::remove_file(&path);
-                return Err(StoreError::io("failed to finish", &path, source));
+                return Err(self.inner.write_error("failed to finish", &path, source));
             }
         };
         let stored = match file.metadata() {

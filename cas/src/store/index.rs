@@ -3,8 +3,10 @@
 //! The whole index lives in memory (a blob costs a few dozen bytes), so FindMissingBlobs is a
 //! hash-map probe per digest and never touches the database. Every insert and removal is also
 //! written to the metadata store table `blobs`; access times are only kept in memory and written
-//! back in batches by [`Index::write_back`], because losing some of them in a crash only makes
-//! eviction slightly less exact. Eviction is least-recently-used to a byte budget and skips
+//! back in batches (see [`Index::take_dirty`]), because losing some of them in a crash only makes
+//! eviction slightly less exact. The records are a cache of what the files say: a record that
+//! could not be written (a full disk) is kept in memory and written back with the access
+//! times, and a blob file whose record was lost is adopted again at the next start. Eviction is least-recently-used to a byte budget and skips
 //! pinned blobs and blobs used within the protection window.
 
 use std::collections::{HashMap, HashSet};
@@ -33,6 +35,10 @@ pub(crate) struct Entry {
     /// Milliseconds since the Unix epoch.
     pub(crate) last_access: u64,
     pub(crate) pins: u32,
+    /// Whether the file has been hashed by this process (written by it, or checked since).
+    /// Records loaded at start are not: the file is hashed on its first use by a caller that
+    /// does not read it through the store ([`crate::store::DiskStore::raw_path`]).
+    pub(crate) verified: bool,
 }
 
 /// A blob eviction chose; the caller deletes its file while still holding the index lock.
@@ -113,6 +119,7 @@ fn decode_value(value: &[u8]) -> Option<Entry> {
         form,
         last_access,
         pins: 0,
+        verified: false,
     })
 }
 
@@ -234,16 +241,56 @@ impl Index {
             .collect())
     }
 
+    /// Adds (or replaces) a blob and writes its record. The blob is in the index even if the
+    /// record could not be written: it is retried by the next [`Index::take_dirty`].
     pub(crate) fn insert(&mut self, digest: Digest, entry: Entry) -> Result<(), MetaError> {
-        self.table.insert(&key(&digest), &encode_value(&entry))?;
+        self.insert_in_memory(digest, entry);
+        match self.table.insert(&key(&digest), &encode_value(&entry)) {
+            Ok(_) => {
+                self.dirty.remove(&digest);
+                Ok(())
+            }
+            Err(error) => {
+                self.dirty.insert(digest);
+                Err(error)
+            }
+        }
+    }
+
+    /// Adds blobs found on disk without records and returns their records as one batch for
+    /// the caller to write (if that fails, [`Index::take_dirty`] offers them again).
+    pub(crate) fn adopt(&mut self, found: Vec<(Digest, Entry)>) -> Batch {
+        let mut batch = Batch::new();
+        for (digest, entry) in found {
+            self.insert_in_memory(digest, entry);
+            self.dirty.insert(digest);
+            batch.insert(TABLE, key(&digest), encode_value(&entry));
+        }
+        batch
+    }
+
+    /// Marks blobs whose records were written (by a batch from [`Index::adopt`] or
+    /// [`Index::take_dirty`]) as clean.
+    pub(crate) fn recorded(&mut self, digests: &[Digest]) {
+        for digest in digests {
+            self.dirty.remove(digest);
+        }
+    }
+
+    fn insert_in_memory(&mut self, digest: Digest, entry: Entry) {
         if let Some(old) = self.entries.insert(digest, entry) {
             self.stored_bytes -= old.stored;
             self.logical_bytes -= digest.size_bytes;
         }
         self.stored_bytes += entry.stored;
         self.logical_bytes += digest.size_bytes;
-        self.dirty.remove(&digest);
-        Ok(())
+    }
+
+    /// Records that the file of `digest` has been hashed and matched.
+    pub(crate) fn set_verified(&mut self, digest: &Digest) {
+        if let Some(entry) = self.entries.get_mut(digest) {
+            entry.verified = true;
+        }
     }
 
     pub(crate) fn remove(&mut self, digest: &Digest) -> Option<Entry> {
@@ -270,18 +317,22 @@ impl Index {
         self.logical_bytes
     }
 
-    /// The access-time records changed since the last write-back, as one batch.
-    pub(crate) fn take_dirty(&mut self) -> Option<Batch> {
+    /// The records changed since the last write-back (access times, and records that could
+    /// not be written), as one batch, with the blobs it covers: pass those to
+    /// [`Index::recorded`] once the batch is written.
+    pub(crate) fn take_dirty(&self) -> Option<(Batch, Vec<Digest>)> {
         if self.dirty.is_empty() {
             return None;
         }
         let mut batch = Batch::new();
-        for digest in self.dirty.drain() {
-            if let Some(entry) = self.entries.get(&digest) {
-                batch.insert(TABLE, key(&digest), encode_value(entry));
+        let mut digests = Vec::with_capacity(self.dirty.len());
+        for digest in &self.dirty {
+            if let Some(entry) = self.entries.get(digest) {
+                batch.insert(TABLE, key(digest), encode_value(entry));
             }
+            digests.push(*digest);
         }
-        Some(batch)
+        Some((batch, digests))
     }
 }
 
@@ -309,6 +360,7 @@ mod tests {
             form: Form::Raw,
             last_access,
             pins: 0,
+            verified: true,
         }
     }
 
@@ -321,6 +373,7 @@ mod tests {
             form: Form::Zstd,
             last_access: 42,
             pins: 3,
+            verified: true,
         };
         let back = decode_value(&encode_value(&e)).unwrap();
         assert_eq!(
@@ -378,9 +431,11 @@ mod tests {
         idx.insert(blob(1, 1), entry(1, 0)).unwrap();
         assert!(idx.take_dirty().is_none());
         idx.touch(&blob(1, 1), 50_000);
-        let batch = idx.take_dirty().unwrap();
+        let (batch, digests) = idx.take_dirty().unwrap();
         assert_eq!(batch.len(), 1);
         store.apply_batch(batch).unwrap();
+        idx.recorded(&digests);
+        assert!(idx.take_dirty().is_none());
         let reloaded = Index::load(table, 1_000, Duration::ZERO).unwrap();
         assert_eq!(reloaded.get(&blob(1, 1)).unwrap().last_access, 50_000);
     }

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
-use tessera_proto::tessera::v1::{CancelJobRequest, StatusRequest, StatusResponse};
+use tessera_proto::tessera::v1::{CancelJobRequest, StatusRequest, StatusResponse, StoreSummary};
 
 use crate::connect;
 use crate::exit::{CliError, Exit};
@@ -81,6 +81,13 @@ pub fn status_json(status: &StatusResponse) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "queued_operations": status.queued_operations,
         "running_operations": status.running_operations,
+        "store": status.store.as_ref().map(|s| json!({
+            "blobs": s.blobs, "stored_bytes": s.stored_bytes, "budget_bytes": s.budget_bytes,
+            "blobs_out_of_space": s.blobs_out_of_space,
+            "blob_writes_refused": s.blob_writes_refused,
+            "metadata_out_of_space": s.metadata_out_of_space,
+            "metadata_writes_refused": s.metadata_writes_refused,
+        })),
     })
 }
 
@@ -141,7 +148,45 @@ pub fn status_table(status: &StatusResponse) -> String {
         "\nqueue: {} operations waiting, {} running\n",
         status.queued_operations, status.running_operations
     ));
+    if let Some(store) = &status.store {
+        out.push_str(&store_line(store));
+    }
     out
+}
+
+/// One line on the coordinator's storage; a full disk is said loudly, with what to do.
+fn store_line(store: &StoreSummary) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let mut line = format!(
+        "store: {} blobs, {:.1} MiB",
+        store.blobs,
+        mib(store.stored_bytes)
+    );
+    if store.budget_bytes > 0 {
+        line.push_str(&format!(" of {:.1} MiB", mib(store.budget_bytes)));
+    }
+    line.push('\n');
+    let full: Vec<&str> = [
+        (store.blobs_out_of_space, "blob store"),
+        (store.metadata_out_of_space, "metadata store"),
+    ]
+    .into_iter()
+    .filter_map(|(full, name)| full.then_some(name))
+    .collect();
+    if !full.is_empty() {
+        line.push_str(&format!(
+            "OUT OF SPACE: the {} refuses writes; free space in the coordinator's data directory (writes resume by themselves)\n",
+            full.join(" and the ")
+        ));
+    }
+    let refused = store.blob_writes_refused + store.metadata_writes_refused;
+    if refused > 0 {
+        line.push_str(&format!(
+            "writes refused for lack of space since start: {} blob, {} metadata\n",
+            store.blob_writes_refused, store.metadata_writes_refused
+        ));
+    }
+    line
 }
 
 fn table(rows: &[Vec<String>]) -> String {
@@ -197,6 +242,7 @@ mod tests {
             }],
             queued_operations: 4,
             running_operations: 1,
+            store: None,
         };
         let text = status_table(&status);
         assert!(
@@ -206,5 +252,28 @@ mod tests {
         assert!(text.contains("embedded-0  1/2"), "{text}");
         assert!(text.ends_with("queue: 4 operations waiting, 1 running\n"));
         assert_eq!(status_json(&status)["jobs"][0]["phase"], "running");
+    }
+
+    #[test]
+    fn a_full_disk_is_said_loudly_with_what_to_do() {
+        let mut store = StoreSummary {
+            blobs: 12,
+            stored_bytes: 3 << 20,
+            ..StoreSummary::default()
+        };
+        assert_eq!(store_line(&store), "store: 12 blobs, 3.0 MiB\n");
+        store.metadata_out_of_space = true;
+        store.metadata_writes_refused = 7;
+        let line = store_line(&store);
+        assert!(
+            line.contains("OUT OF SPACE: the metadata store refuses writes; free space"),
+            "{line}"
+        );
+        assert!(line.contains("since start: 0 blob, 7 metadata"), "{line}");
+        let status = StatusResponse {
+            store: Some(store),
+            ..StatusResponse::default()
+        };
+        assert_eq!(status_json(&status)["store"]["metadata_writes_refused"], 7);
     }
 }

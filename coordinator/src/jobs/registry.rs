@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures::Stream;
 use prost::Message;
@@ -16,7 +17,7 @@ use tessera_cas::digest::Digest;
 use tessera_cas::meta::{MetaError, MetadataStore, Table};
 use tessera_proto::reapi::platform::Property;
 use tessera_proto::tessera::v1::{
-    AgentSummary, JobEvent, JobSpec, LogLine, StatusResponse, job_event::Kind,
+    AgentSummary, JobEvent, JobSpec, LogLine, StatusResponse, StoreSummary, job_event::Kind,
 };
 use tessera_runners::RunnerConfig;
 use thiserror::Error;
@@ -123,14 +124,32 @@ impl JobRegistry {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Removes a finished job's record, so a restart does not run it again; on a full disk,
+    /// retries until space returns (or the coordinator stops).
+    async fn forget_record(&self, id: &str) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.table.remove(id.as_bytes()) {
+                Ok(_) => return,
+                Err(error) if error.is_out_of_space() => {
+                    tracing::debug!(%error, job = %id, "finished job's record kept for now");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, job = %id, "failed to forget a finished job");
+                    return;
+                }
+            }
+        }
+    }
+
     fn launch(&self, job: Arc<Job>) {
         self.lock().jobs.insert(job.id.clone(), Arc::clone(&job));
         let registry = self.clone();
         tokio::spawn(async move {
             driver::run(registry.ctx.clone(), Arc::clone(&job)).await;
-            if let Err(error) = registry.table.remove(job.id.as_bytes()) {
-                tracing::warn!(%error, job = %job.id, "failed to forget a finished job");
-            }
+            registry.forget_record(&job.id).await;
             let mut jobs = registry.lock();
             jobs.finished.push_back(job.id.clone());
             while jobs.finished.len() > KEEP_FINISHED {
@@ -243,11 +262,26 @@ impl JobRegistry {
                 .cmp(b_done)
                 .then(b.created_unix_ms.cmp(&a.created_unix_ms))
         });
+        let blobs = self.ctx.store.stats();
+        let meta = self.meta.space();
         Ok(StatusResponse {
             jobs: jobs.into_iter().map(|(_, s)| s).collect(),
             agents,
             queued_operations: u32::try_from(stats.queued).unwrap_or(u32::MAX),
             running_operations: u32::try_from(stats.leased).unwrap_or(u32::MAX),
+            store: Some(StoreSummary {
+                blobs: blobs.blobs,
+                stored_bytes: blobs.stored_bytes,
+                budget_bytes: if blobs.budget_bytes == u64::MAX {
+                    0
+                } else {
+                    blobs.budget_bytes
+                },
+                blobs_out_of_space: blobs.space.full,
+                blob_writes_refused: blobs.space.refused,
+                metadata_out_of_space: meta.full,
+                metadata_writes_refused: meta.refused,
+            }),
         })
     }
 }

@@ -10,7 +10,7 @@ use tessera_proto::reapi::{
 use tonic::{Request, Response, Status};
 
 use crate::action_cache::{AcError, ActionCache};
-use crate::status::{missing_blobs, store_error};
+use crate::status::{meta_error, missing_blobs, store_error};
 
 /// Most bytes inlined into one GetActionResult answer (stdout, stderr and files together).
 const MAX_INLINE_BYTES: u64 = 2 * 1024 * 1024;
@@ -25,7 +25,8 @@ impl From<AcError> for Status {
             // REAPI: the client must upload outputs before the result; say which are missing.
             AcError::MissingOutputs(missing) => missing_blobs(error.to_string(), missing),
             AcError::Store(inner) => store_error(inner),
-            AcError::Undecodable(_) | AcError::Meta(_) => Status::internal(error.to_string()),
+            AcError::Meta(inner) => meta_error(&error, inner),
+            AcError::Undecodable(_) => Status::internal(error.to_string()),
         }
     }
 }

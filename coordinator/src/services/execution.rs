@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::execution::execute::{ExecuteError, Executor, OperationWatch, Submitted};
 use crate::execution::scheduler::SchedulerError;
-use crate::status::{missing_blobs, store_error};
+use crate::status::{meta_error, missing_blobs, store_error};
 
 pub use crate::execution::execute::PRIORITY_RANGE;
 
@@ -44,9 +44,10 @@ impl From<ExecuteError> for Status {
             }
             ExecuteError::ActionCache(inner) => inner.into(),
             ExecuteError::Store(ref inner) => store_error(inner),
-            ExecuteError::Meta(_) | ExecuteError::Persist(_) | ExecuteError::Task(_) => {
-                Status::internal(error.to_string())
+            ExecuteError::Meta(ref inner) | ExecuteError::Persist(ref inner) => {
+                meta_error(&error, inner)
             }
+            ExecuteError::Task(_) => Status::internal(error.to_string()),
         }
     }
 }

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::execution::execute::ExecuteError;
 use crate::jobs::registry::{JobRegistry, JobsError};
+use crate::status::meta_error;
 
 impl From<JobsError> for Status {
     fn from(error: JobsError) -> Status {
@@ -22,9 +23,10 @@ impl From<JobsError> for Status {
             JobsError::NotFound(_) => Status::not_found(error.to_string()),
             // Retryable: the coordinator is shutting down.
             JobsError::Execution(ExecuteError::Stopped) => Status::unavailable(error.to_string()),
-            JobsError::Record(_) | JobsError::Persist(_) | JobsError::Execution(_) => {
-                Status::internal(error.to_string())
+            JobsError::Record(ref inner) | JobsError::Persist(ref inner) => {
+                meta_error(&error, inner)
             }
+            JobsError::Execution(inner) => inner.into(),
         }
     }
 }

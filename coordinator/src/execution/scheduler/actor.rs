@@ -236,7 +236,12 @@ impl Scheduler {
             .table
             .insert(record.name.as_bytes(), &record.encode_to_vec())
         {
-            tracing::error!(operation = %record.name, %error, "failed to persist operation");
+            // A full disk is logged once per episode by the store itself.
+            if error.is_out_of_space() {
+                tracing::debug!(operation = %record.name, %error, "failed to persist operation");
+            } else {
+                tracing::error!(operation = %record.name, %error, "failed to persist operation");
+            }
         }
     }
 

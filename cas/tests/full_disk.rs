@@ -1,0 +1,280 @@
+//! The stores on a full file system (a small tmpfs): a write refused for lack of space is
+//! `OutOfSpace`, keeps nothing partial, is reported once per episode, and succeeds again once
+//! space returns, without reopening anything by hand; everything acknowledged before, during
+//! and after the episode is still there after a restart.
+//!
+//! Mounting needs root; without it the tests skip, unless `CI` is set (then they fail).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_cas::meta::{MetaError, MetadataStore, RedbStore};
+use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, StoreError};
+
+/// A tmpfs mounted for one test, unmounted on drop (also when the test panics).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `mib` MiB, or `None` to skip (not root and not in CI).
+    fn mount(mib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-full")
+            .tempdir()
+            .unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs { dir }),
+            other => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI is set but mounting a tmpfs failed ({other:?}); these tests need root"
+                );
+                eprintln!("skipping: cannot mount a tmpfs ({other:?})");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// A file that takes the rest of the file system's space, and gives it back on [`free`].
+struct Filler {
+    path: PathBuf,
+}
+
+impl Filler {
+    fn fill(dir: &Path) -> Filler {
+        let path = dir.join("filler");
+        let mut file = fs::File::create(&path).unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        loop {
+            if let Err(error) = file.write_all(&chunk) {
+                assert!(
+                    tessera_cas::space::is_out_of_space(&error),
+                    "filling failed: {error}"
+                );
+                break;
+            }
+        }
+        // Small writes may still find room in partly used pages; take those too.
+        loop {
+            if file.write_all(&[0u8; 512]).is_err() {
+                break;
+            }
+        }
+        Filler { path }
+    }
+
+    fn free(self) {
+        fs::remove_file(&self.path).unwrap();
+    }
+}
+
+/// Runs `write` until it succeeds: after a refusal the stores try the disk again within a
+/// fraction of a second, and refuse untried before that.
+fn retry_briefly<T, E: std::fmt::Display>(mut write: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match write() {
+            Ok(value) => return value,
+            Err(error) if std::time::Instant::now() < deadline => {
+                eprintln!("still refused: {error}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(error) => panic!("still refused 5 s after space returned: {error}"),
+        }
+    }
+}
+
+fn value(n: u32) -> Vec<u8> {
+    let mut v = n.to_be_bytes().repeat(1024);
+    v.truncate(4000);
+    v
+}
+
+#[test]
+fn metadata_store_refuses_writes_when_full_and_recovers_without_restart() {
+    let Some(fs_) = Tmpfs::mount(8) else { return };
+    let dir = fs_.path().join("meta");
+    let mut acknowledged = Vec::new();
+    {
+        let store = RedbStore::open(&dir).unwrap();
+        let table = store.table("t").unwrap();
+        for n in 0..50u32 {
+            table.insert(&n.to_be_bytes(), &value(n)).unwrap();
+            acknowledged.push(n);
+        }
+        store.flush().unwrap();
+        let filler = Filler::fill(fs_.path());
+
+        // Keep writing until the store itself runs out of room.
+        let mut refused = 0;
+        for n in 50..5_000u32 {
+            match table.insert(&n.to_be_bytes(), &value(n)) {
+                Ok(_) => match store.flush() {
+                    Ok(()) => acknowledged.push(n),
+                    Err(error) => {
+                        assert!(error.is_out_of_space(), "flush: {error}");
+                        refused += 1;
+                    }
+                },
+                Err(error) => {
+                    assert!(
+                        matches!(error, MetaError::OutOfSpace { .. }),
+                        "insert: {error}"
+                    );
+                    assert!(error.to_string().contains("out of space"), "{error}");
+                    refused += 1;
+                }
+            }
+            if refused >= 20 {
+                break;
+            }
+        }
+        assert!(refused >= 20, "the store never ran out of space");
+        let space = store.space();
+        assert!(space.full, "{space:?}");
+        assert_eq!(space.episodes, 1, "one episode, however many refusals");
+        assert!(space.refused >= 20);
+        // Reads go on while the disk is full.
+        for n in acknowledged.iter().step_by(7) {
+            assert_eq!(table.get(&n.to_be_bytes()).unwrap(), Some(value(*n)));
+        }
+
+        // Space returns: writes succeed again, no restart.
+        filler.free();
+        let n = 10_000u32;
+        retry_briefly(|| {
+            table.insert(&n.to_be_bytes(), &value(n))?;
+            store.flush()
+        });
+        acknowledged.push(n);
+        assert!(!store.space().full);
+        for n in &acknowledged {
+            assert_eq!(table.get(&n.to_be_bytes()).unwrap(), Some(value(*n)));
+        }
+    }
+    let store = RedbStore::open(&dir).unwrap();
+    let table = store.table("t").unwrap();
+    for n in &acknowledged {
+        assert_eq!(
+            table.get(&n.to_be_bytes()).unwrap(),
+            Some(value(*n)),
+            "acknowledged key {n} lost after restart"
+        );
+    }
+}
+
+#[test]
+fn blob_store_refuses_blobs_when_full_leaves_nothing_partial_and_recovers_without_restart() {
+    let Some(fs_) = Tmpfs::mount(16) else { return };
+    let meta_dir = fs_.path().join("meta");
+    let options = DiskStoreOptions::new(fs_.path().join("cas"));
+    let mut acknowledged: Vec<(Digest, Vec<u8>)> = Vec::new();
+    let blob = |n: u64, size: usize| {
+        // Incompressible, so every blob takes its size at rest.
+        let mut data = Vec::with_capacity(size);
+        let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        while data.len() < size {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        data.truncate(size);
+        let function = if n.is_multiple_of(2) {
+            DigestFunction::Sha256
+        } else {
+            DigestFunction::Blake3
+        };
+        (function.digest_of(&data), data)
+    };
+    {
+        let meta = Arc::new(RedbStore::open(&meta_dir).unwrap());
+        let store =
+            DiskStore::open(Arc::clone(&meta) as Arc<dyn MetadataStore>, options.clone()).unwrap();
+        let spare = fs_.path().join("spare");
+        fs::write(&spare, vec![1u8; 3 << 20]).unwrap();
+        let mut refused = 0;
+        for n in 0..400u64 {
+            // Large blobs stream through a temporary file; small ones are written whole.
+            let size = if n % 3 == 0 { 600 * 1024 } else { 40 * 1024 };
+            let (digest, data) = blob(n, size);
+            let result = if size > 300 * 1024 {
+                store.begin_upload(&digest).and_then(|mut upload| {
+                    for chunk in data.chunks(64 * 1024) {
+                        upload.write(chunk)?;
+                    }
+                    upload.commit()
+                })
+            } else {
+                store.write(&digest, &data)
+            };
+            match result {
+                Ok(()) => acknowledged.push((digest, data)),
+                Err(error) => {
+                    assert!(
+                        matches!(error, StoreError::OutOfSpace { .. }),
+                        "blob {n}: {error}"
+                    );
+                    assert!(error.to_string().contains("blob store is out of space"));
+                    refused += 1;
+                    assert!(store.find_missing(&[digest]) == vec![digest]);
+                }
+            }
+        }
+        assert!(
+            refused > 10,
+            "the file system never filled ({refused} refused)"
+        );
+        let space = store.space();
+        // Small blobs can still fit after a large one was refused, which ends an episode; but
+        // the log and the counters see episodes, not every refusal.
+        assert!(
+            space.full && space.episodes * 10 <= space.refused,
+            "{space:?}"
+        );
+        let tmp: Vec<_> = fs::read_dir(options.root.join("tmp")).unwrap().collect();
+        assert!(
+            tmp.is_empty(),
+            "refused uploads left {} temp files",
+            tmp.len()
+        );
+
+        // Make room (as an operator would): the next write succeeds, no restart.
+        fs::remove_file(&spare).unwrap();
+        let (digest, data) = blob(1_000, 40 * 1024);
+        retry_briefly(|| store.write(&digest, &data));
+        acknowledged.push((digest, data));
+        assert!(!store.space().full);
+        store.write_back_access_times().unwrap();
+        meta.flush().unwrap();
+    }
+    let meta = Arc::new(RedbStore::open(&meta_dir).unwrap());
+    let store = DiskStore::open(meta as Arc<dyn MetadataStore>, options).unwrap();
+    for (digest, data) in &acknowledged {
+        assert_eq!(
+            store.read(digest).unwrap().as_deref(),
+            Some(data.as_slice()),
+            "acknowledged blob {digest} lost after restart"
+        );
+    }
+}
