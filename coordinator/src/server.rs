@@ -250,8 +250,15 @@ impl Coordinator {
                     let store = store.clone();
                     let outcome =
                         tokio::task::spawn_blocking(move || store.write_back_access_times()).await;
-                    if let Ok(Err(error)) = outcome {
-                        tracing::warn!(%error, "failed to write back access times");
+                    match outcome {
+                        // Logged once per episode by the store; retried next time.
+                        Ok(Err(error)) if error.is_out_of_space() => {
+                            tracing::debug!(%error, "failed to write back access times");
+                        }
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "failed to write back access times");
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -328,7 +335,10 @@ impl Coordinator {
         .await
         .map_err(|_| MetaError::Closed)
         .and_then(|r| r)
-        .map_err(|error| tracing::error!(%error, "final metadata flush failed"));
+        .map_err(|error| {
+            // What was acknowledged was flushed when it was; this covers access times only.
+            tracing::error!(%error, "final metadata flush failed");
+        });
         served
     }
 }

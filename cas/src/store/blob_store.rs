@@ -76,6 +76,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the write was refused because a file system is full (the blobs' or the
+    /// index's).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::OutOfSpace { .. } => true,
+            StoreError::Meta(inner) => inner.is_out_of_space(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         StoreError::Io {
             op,
