@@ -93,11 +93,35 @@ pub(super) enum Stop {
     Cancelled,
 }
 
-/// Runs `job` to its end and emits its final event.
-pub async fn run(ctx: JobContext, job: Arc<Job>) {
+/// How long an infrastructure stop waits to see whether the scheduler is shutting down.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+/// How [`run`] left a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It ran to its end (passed, failed, cancelled or failed on the fleet) and its final
+    /// event was emitted.
+    Finished,
+    /// The coordinator is shutting down under it: no final event; the job's record must be
+    /// kept so the next start runs it again.
+    Interrupted,
+}
+
+/// Runs `job` to its end and emits its final event, unless the coordinator stops first.
+pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
     let mut tally = Tally::default();
     let started = Instant::now();
     let stop = drive(&ctx, &job, &mut tally).await.err();
+    // A shutdown ends the job's operations a moment before the scheduler's handle reports
+    // it, so an infrastructure stop waits that moment to tell the two apart.
+    if matches!(stop, Some(Stop::Infrastructure(_)))
+        && tokio::time::timeout(SHUTDOWN_GRACE, ctx.scheduler.stopped())
+            .await
+            .is_ok()
+    {
+        tracing::info!(job = %job.id, "job interrupted by shutdown; it runs again at the next start");
+        return Ended::Interrupted;
+    }
     if let Some(Stop::FailFast { test }) = &stop {
         tracing::info!(job = %job.id, %test, "stopped by --fail-fast");
     }
@@ -106,6 +130,7 @@ pub async fn run(ctx: JobContext, job: Arc<Job>) {
         let _ = ctx.scheduler.cancel(&name).await;
     }
     job.emit(Kind::Finished(tally.finished(stop, started.elapsed())));
+    Ended::Finished
 }
 
 async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<(), Stop> {

@@ -148,7 +148,12 @@ impl JobRegistry {
         self.lock().jobs.insert(job.id.clone(), Arc::clone(&job));
         let registry = self.clone();
         tokio::spawn(async move {
-            driver::run(registry.ctx.clone(), Arc::clone(&job)).await;
+            if driver::run(registry.ctx.clone(), Arc::clone(&job)).await
+                == driver::Ended::Interrupted
+            {
+                // Kept, so the next start runs it again.
+                return;
+            }
             registry.forget_record(&job.id).await;
             let mut jobs = registry.lock();
             jobs.finished.push_back(job.id.clone());
