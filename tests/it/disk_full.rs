@@ -213,8 +213,9 @@ fn coordinator(addr: SocketAddr, data: &Path) -> ServerProcess {
         .unwrap_or_else(|(status, _)| panic!("the coordinator did not start: {status}"))
 }
 
-/// Stops `server` with SIGTERM; how it exited.
+/// Stops `server` with SIGTERM (after checking that nothing in it panicked); how it exited.
 fn terminate(server: &mut ServerProcess) -> ExitStatus {
+    assert_no_panic(&server.log);
     server
         .signal_and_wait(Signal::SIGTERM, LIMIT)
         .expect("the coordinator exits after SIGTERM")
@@ -227,6 +228,12 @@ fn assert_clean_exit(status: ExitStatus, when: &str) {
         status.code().is_some_and(|code| code != 101),
         "{when}: the coordinator ended with {status}"
     );
+}
+
+/// Nothing in the process panicked (a panicking task prints "panicked at" and may live on).
+#[track_caller]
+fn assert_no_panic(log: &ChildLog) {
+    assert_eq!(log.count("panicked"), 0, "a panic in the coordinator");
 }
 
 /// The JSON log events whose message is `message` for `store` (`blobs` or `metadata`).
@@ -775,6 +782,7 @@ async fn a_full_disk_refuses_writes_recovers_without_a_restart_and_keeps_what_it
     update_ac(&mut c.ac, &ac_entry(disk.next_entry, &disk.output))
         .await
         .expect("an AC write after the restart");
+    assert_no_panic(&disk.server.log);
     eprintln!(
         "disk-full: {rounds} round(s); refused {} uploads and {} metadata writes; after a \
          SIGTERM on the full disk and a restart, served all {} blobs, {} AC entries and {} \
@@ -920,4 +928,5 @@ async fn test_results_that_cannot_be_recorded_still_reach_the_client() {
         (JobResult::Failed, 3),
         "{events:#?}"
     );
+    assert_no_panic(&server.log);
 }
