@@ -36,13 +36,13 @@ use tessera_proto::reapi::{
 };
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{
-    JobEvent, JobFinished, JobResult, JobSpec, StatusRequest, SubmitJobRequest, TestOutcome,
-    WatchJobRequest, job_event::Kind,
+    JobEvent, JobFinished, JobResult, JobSpec, StatusRequest, StoreSummary, SubmitJobRequest,
+    TestOutcome, WatchJobRequest, job_event::Kind,
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
 use tessera_tests::{
     AgentProcess, ChildLog, ServerProcess, blob_file, blocking_poll_until, free_port, in_ci, lines,
-    noise, tessera_bin, visible_tempdir, wait_exit, wait_job_event,
+    noise, poll_until, tessera_bin, visible_tempdir, wait_exit, wait_job_event,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -410,6 +410,21 @@ async fn ac_writes_until_refused(
     panic!("{MAX_WRITES_TO_FILL} action-cache writes accepted on a full file system");
 }
 
+/// Calls `write` until it is accepted, as a client would, and returns its answer. Right after
+/// space returns the metadata store may refuse a little longer: while its file system was full
+/// it tries a write at most every 250 ms and reopens its database at most every 500 ms, so
+/// only a write can tell that it is back. Every refusal meanwhile must still be out of space.
+async fn until_accepted<T>(what: &str, mut write: impl AsyncFnMut() -> Result<T, Refusal>) -> T {
+    poll_until(what, LIMIT, async || match write().await {
+        Ok(value) => Some(value),
+        Err(refusal) => {
+            assert_out_of_space(what, &refusal, "metadata store");
+            None
+        }
+    })
+    .await
+}
+
 async fn submit(jobs: &mut JobsClient<Channel>, spec: &JobSpec) -> Result<String, Refusal> {
     jobs.submit(SubmitJobRequest {
         spec: Some(spec.clone()),
@@ -450,6 +465,16 @@ async fn script_job(cas: &CasClient, name: &str, script: &str) -> JobSpec {
         submitter: "disk-full".into(),
         ..Default::default()
     }
+}
+
+/// The store figures of `Jobs.Status`.
+async fn store_summary(jobs: &mut JobsClient<Channel>) -> StoreSummary {
+    jobs.status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .store
+        .expect("Status reports the store")
 }
 
 /// Files left in the blob store's temporary directory.
@@ -520,7 +545,8 @@ impl Acknowledged {
             .collect();
         assert!(
             lost.is_empty(),
-            "{when}: acknowledged jobs {lost:?} are gone (listed: {listed:?})"
+            "{when}: acknowledged jobs {lost:?} are gone (listed: {listed:?}); none of them \
+             finished, so a restart must resume them"
         );
     }
 }
@@ -637,6 +663,9 @@ impl FullDisk {
         assert_eq!(temp_files(&self.data), Vec::<PathBuf>::new(), "temp files");
         let warning = wait_store_event(&self.server.log, OUT_OF_SPACE, "blobs", round).await;
         assert_eq!(warning["level"], "WARN", "{warning}");
+        let store = store_summary(&mut self.c.jobs).await;
+        assert!(store.blobs_out_of_space, "Status while full: {store:?}");
+        assert_eq!(store.blob_writes_refused, self.refused_uploads, "{store:?}");
 
         // Space returns: uploads are accepted again, without a restart.
         filler.remove();
@@ -647,6 +676,11 @@ impl FullDisk {
         self.acked.blobs.push(b);
         let returned = wait_store_event(&self.server.log, SPACE_RETURNED, "blobs", round).await;
         assert_eq!(refused(&returned), refusals, "{returned}");
+        let store = store_summary(&mut self.c.jobs).await;
+        assert!(
+            !store.blobs_out_of_space,
+            "Status once space returned: {store:?}"
+        );
         let warnings = store_events(&self.server.log, OUT_OF_SPACE, "blobs").await;
         assert_eq!(
             warnings.len(),
@@ -692,24 +726,38 @@ impl FullDisk {
         assert_out_of_space("Jobs.Submit", &refusal, "metadata store");
         refusals += 1;
         self.refused_metadata += refusals - 1;
+        let store = store_summary(&mut self.c.jobs).await;
+        assert!(store.metadata_out_of_space, "Status while full: {store:?}");
+        assert!(
+            store.metadata_writes_refused >= self.refused_metadata,
+            "{} refused: {store:?}",
+            self.refused_metadata
+        );
 
         // Space returns: both are accepted again, without a restart.
         filler.remove();
-        let entry = ac_entry(self.next_entry, &self.output);
-        self.next_entry += 1;
-        update_ac(&mut self.c.ac, &entry)
-            .await
-            .expect("an AC write once space has returned");
+        let entry = until_accepted("an AC write once space has returned", async || {
+            let entry = ac_entry(self.next_entry, &self.output);
+            self.next_entry += 1;
+            update_ac(&mut self.c.ac, &entry).await.map(|()| entry)
+        })
+        .await;
         self.acked.ac.push(entry);
-        let id = submit(&mut self.c.jobs, &self.spec)
-            .await
-            .expect("a submission once space has returned");
+        let id = until_accepted("a submission once space has returned", async || {
+            submit(&mut self.c.jobs, &self.spec).await
+        })
+        .await;
         self.acked.jobs.push(id);
         let returned = wait_store_event(&self.server.log, SPACE_RETURNED, "metadata", round).await;
         // Background writes (access times) may have been refused as well.
         assert!(
             refused(&returned) >= refusals,
             "{refusals} refused: {returned}"
+        );
+        let store = store_summary(&mut self.c.jobs).await;
+        assert!(
+            !store.metadata_out_of_space,
+            "Status once space returned: {store:?}"
         );
         let warnings = store_events(&self.server.log, OUT_OF_SPACE, "metadata").await;
         assert_eq!(
@@ -720,9 +768,17 @@ impl FullDisk {
     }
 
     /// Starts the coordinator again on the same data directory and port.
-    fn restart(&mut self) -> Result<(), (ExitStatus, ChildLog)> {
+    async fn restart(&mut self) -> Result<(), (ExitStatus, ChildLog)> {
         self.server = start_coordinator(self.addr, &self.data)?;
+        self.c = Clients::connect(&self.server.endpoint()).await;
         Ok(())
+    }
+
+    /// [`FullDisk::restart`] for a start that must succeed.
+    async fn restart_or_panic(&mut self, when: &str) {
+        if let Err((status, _)) = self.restart().await {
+            panic!("the coordinator did not start {when}: {status}");
+        }
     }
 }
 
@@ -742,12 +798,13 @@ async fn a_full_disk_refuses_writes_recovers_without_a_restart_and_keeps_what_it
 
     // A clean shutdown while the disk is full.
     let filler = disk.metadata_store_fills(rounds + 1).await;
+    let figures = store_summary(&mut disk.c.jobs).await;
     let status = terminate(&mut disk.server);
     assert_clean_exit(status, "SIGTERM on a full disk");
 
     // A restart with the disk still full: if the coordinator starts, it serves everything
     // acknowledged; if it cannot, it says why.
-    let on_full_disk = match disk.restart() {
+    let on_full_disk = match disk.restart().await {
         Ok(()) => {
             disk.acked
                 .check(&disk.server.endpoint(), "restarted on a full disk")
@@ -765,30 +822,41 @@ async fn a_full_disk_refuses_writes_recovers_without_a_restart_and_keeps_what_it
         }
     };
 
-    // Space returns: everything acknowledged is served, and writes are accepted.
+    // Space returns: everything acknowledged is served and writes are accepted; then a plain
+    // clean shutdown and restart, with space to spare, keeps it all too.
     filler.remove();
-    if let Err((status, _)) = disk.restart() {
-        panic!("the coordinator did not start once space had returned: {status}");
-    }
+    disk.restart_or_panic("once space has returned").await;
     let endpoint = disk.server.endpoint();
     disk.acked
         .check(&endpoint, "restarted after space returned")
         .await;
     assert_eq!(temp_files(&disk.data), Vec::<PathBuf>::new(), "temp files");
-    let mut c = Clients::connect(&endpoint).await;
-    upload(&c.cas, Via::Batch, &disk.new_blob())
+    let b = disk.new_blob();
+    upload(&disk.c.cas, Via::Batch, &b)
         .await
         .expect("an upload after the restart");
-    update_ac(&mut c.ac, &ac_entry(disk.next_entry, &disk.output))
+    disk.acked.blobs.push(b);
+    let entry = ac_entry(disk.next_entry, &disk.output);
+    update_ac(&mut disk.c.ac, &entry)
         .await
         .expect("an AC write after the restart");
+    disk.acked.ac.push(entry);
+    let status = terminate(&mut disk.server);
+    assert_clean_exit(status, "SIGTERM with space to spare");
+    disk.restart_or_panic("after a clean shutdown").await;
+    disk.acked
+        .check(&disk.server.endpoint(), "restarted once more")
+        .await;
     assert_no_panic(&disk.server.log);
     eprintln!(
-        "disk-full: {rounds} round(s); refused {} uploads and {} metadata writes; after a \
-         SIGTERM on the full disk and a restart, served all {} blobs, {} AC entries and {} \
-         jobs acknowledged; on the still-full disk the coordinator {on_full_disk}",
+        "disk-full: {rounds} round(s); refused {} uploads and {} metadata writes seen by the \
+         client ({} blob and {} metadata writes refused in all, says Status); after a SIGTERM on \
+         the full disk and a restart, served all {} blobs, {} AC entries and {} jobs \
+         acknowledged; on the still-full disk the coordinator {on_full_disk}",
         disk.refused_uploads,
         disk.refused_metadata,
+        figures.blob_writes_refused,
+        figures.metadata_writes_refused,
         disk.acked.blobs.len(),
         disk.acked.ac.len(),
         disk.acked.jobs.len(),
@@ -841,9 +909,9 @@ fn finals(events: &[JobEvent]) -> Vec<(String, TestOutcome, bool)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_results_that_cannot_be_recorded_still_reach_the_client() {
+async fn a_full_metadata_store_loses_no_test_result_the_client_sees_nor_a_blob_it_accepted() {
     // Only the metadata store is on the small file system, so what fills up is the database
-    // the results are recorded in (the blob index is in it too).
+    // the results are recorded in (the blob index is in it too; the blob files have room).
     let dir = tempfile::tempdir().expect("data dir");
     let data = dir.path().join("data");
     let meta = data.join("meta");
@@ -851,7 +919,8 @@ async fn test_results_that_cannot_be_recorded_still_reach_the_client() {
     let Some(fs) = Tmpfs::mount_at(&meta, "16m") else {
         return;
     };
-    let server = coordinator(loopback(), &data);
+    let addr = loopback();
+    let mut server = coordinator(addr, &data);
     let endpoint = server.endpoint();
     let work = tempfile::tempdir().expect("agent dir");
     let agent = AgentProcess::start(&endpoint, work.path(), "agent-0", 4, &[]);
@@ -913,9 +982,10 @@ async fn test_results_that_cannot_be_recorded_still_reach_the_client() {
     // Space returns: nothing was recorded, so the same job runs every test again and this
     // time records the passes; the third run answers them from the cache.
     filler.remove();
-    let id = submit(&mut c.jobs, &spec)
-        .await
-        .expect("a submission once space has returned");
+    let id = until_accepted("a submission once space has returned", async || {
+        submit(&mut c.jobs, &spec).await
+    })
+    .await;
     let (events, finished) = watch_to_end(&mut c.jobs, &id).await;
     assert_eq!(finals(&events), expected, "nothing was cached: {events:#?}");
     assert_eq!(finished.cached, 0, "{finished:?}");
@@ -928,5 +998,28 @@ async fn test_results_that_cannot_be_recorded_still_reach_the_client() {
         (JobResult::Failed, 3),
         "{events:#?}"
     );
+
+    // A blob accepted while the metadata store is full (its file has room, its index record
+    // does not) survives a clean shutdown on the full disk and a restart.
+    let filler = Filler::fill(fs.path().join("filler"));
+    let refusal = ac_writes_until_refused(&mut c.ac, &mut next, &output.0, &mut Vec::new()).await;
+    assert_out_of_space("UpdateActionResult", &refusal, "metadata store");
+    let kept = blob(2, BLOB);
+    upload(&c.cas, Via::ByteStream, &kept)
+        .await
+        .expect("a blob upload while only the metadata store is full");
+    let status = terminate(&mut server);
+    assert_clean_exit(status, "SIGTERM with the metadata store full");
+    filler.remove();
+    let server = coordinator(addr, &data);
+    let opened = server.log.wait_for("blob store opened", LIMIT).await;
+    eprintln!("after the restart: {opened}");
+    let c = Clients::connect(&server.endpoint()).await;
+    let read = c
+        .cas
+        .read(&kept.0, false)
+        .await
+        .expect("the blob accepted on the full disk, after a restart");
+    assert_eq!(read, kept.1);
     assert_no_panic(&server.log);
 }
