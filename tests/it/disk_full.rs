@@ -6,6 +6,7 @@
 //! | blob uploads (BatchUpdateBlobs, ByteStream) | the uploads themselves | `RESOURCE_EXHAUSTED`, "blob store" |
 //! | action-cache writes, job submissions | a filler file, then the writes | `RESOURCE_EXHAUSTED`, "metadata store" |
 //! | the test results a finished batch records | a filler file, while the job runs | its results, as if nothing happened |
+//! | blob uploads while only the metadata store is full | a filler file | accepted (the index record waits) |
 //!
 //! In every case: never `INTERNAL` and never a panic; one warning per episode however many
 //! requests are refused, then an info line with the refusal count once space returns; writes
@@ -62,6 +63,20 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Rounds of the blob and metadata episodes. Not a `TESSERA_*` name: the coordinator inherits
 /// the test's environment and refuses unknown `TESSERA_*` variables.
 const ROUNDS_VAR: &str = "DISK_FULL_ROUNDS";
+
+/// The two log lines are still logged where they come from, so a rewording fails here, by
+/// name, rather than as a 30 s wait in the stories below.
+#[test]
+fn the_out_of_space_log_lines_are_still_logged() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cas/src/space.rs");
+    let text = std::fs::read_to_string(&source).expect("read cas/src/space.rs");
+    for line in [OUT_OF_SPACE, SPACE_RETURNED] {
+        assert!(
+            text.contains(line),
+            "cas/src/space.rs no longer logs {line:?}"
+        );
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // The file system.
