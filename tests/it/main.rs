@@ -4,6 +4,7 @@ mod architecture;
 mod bad_input;
 mod bazel;
 mod cas_api;
+mod disk_full;
 mod execution;
 mod faults;
 mod harness;
