@@ -4,6 +4,7 @@ mod architecture;
 mod bad_input;
 mod bazel;
 mod cas_api;
+mod cas_crash;
 mod execution;
 mod faults;
 mod harness;
