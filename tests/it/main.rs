@@ -1,5 +1,6 @@
 //! One integration-test binary for the workspace; each module is a story about one area.
 
+mod agent_cache_crash;
 mod architecture;
 mod bad_input;
 mod bazel;
