@@ -1,9 +1,11 @@
 //! One integration-test binary for the workspace; each module is a story about one area.
 
+mod agent_cache_crash;
 mod architecture;
 mod bad_input;
 mod bazel;
 mod cas_api;
+mod cas_crash;
 mod disk_full;
 mod execution;
 mod faults;
