@@ -94,7 +94,6 @@ impl std::fmt::Debug for CachePins {
 #[derive(Clone)]
 pub struct LocalCache {
     store: DiskStore,
-    meta: Arc<RedbStore>,
     /// Executable twins of cached blobs (mode 0555), made on first use and hard-linked into
     /// exec roots after that; emptied when the cache opens, so they live one agent run.
     exec_dir: PathBuf,
@@ -112,8 +111,7 @@ impl LocalCache {
     /// Opens (creating) the cache: blobs under `dir/cache`, index under `dir/cache-meta`.
     /// Blocking.
     pub fn open(dir: &Path, budget_bytes: u64) -> Result<Self, OpenError> {
-        let meta = Arc::new(RedbStore::open(dir.join("cache-meta"))?);
-        let meta_dyn: Arc<dyn MetadataStore> = meta.clone();
+        let meta_dyn: Arc<dyn MetadataStore> = Arc::new(RedbStore::open(dir.join("cache-meta"))?);
         let options = DiskStoreOptions {
             root: dir.join("cache"),
             budget_bytes,
@@ -129,11 +127,7 @@ impl LocalCache {
             Err(e) => return Err(OpenError::Io(e)),
         }
         std::fs::create_dir_all(&exec_dir).map_err(OpenError::Io)?;
-        Ok(LocalCache {
-            store,
-            meta,
-            exec_dir,
-        })
+        Ok(LocalCache { store, exec_dir })
     }
 
     /// A read-only executable (0555) copy of the cached blob `digest`, made once per agent
@@ -174,9 +168,7 @@ impl LocalCache {
 
     /// Writes access times back to the index and flushes it. Blocking.
     pub fn persist(&self) -> Result<(), OpenError> {
-        self.store.write_back_access_times()?;
-        self.meta.flush()?;
-        Ok(())
+        Ok(self.store.checkpoint()?)
     }
 
     /// The contents of `digests` (small blobs such as `Directory` messages), from the cache

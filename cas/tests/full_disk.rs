@@ -265,7 +265,7 @@ fn blob_store_refuses_blobs_when_full_leaves_nothing_partial_and_recovers_withou
         retry_briefly(|| store.write(&digest, &data));
         acknowledged.push((digest, data));
         assert!(!store.space().full);
-        store.write_back_access_times().unwrap();
+        store.checkpoint().unwrap();
         meta.flush().unwrap();
     }
     let meta = Arc::new(RedbStore::open(&meta_dir).unwrap());

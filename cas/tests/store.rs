@@ -1295,7 +1295,7 @@ fn access_times_written_back_survive_a_restart_and_steer_eviction() {
     for disk in [&written_back, &forgotten] {
         assert_eq!(disk.store.find_missing(&[a.digest]), vec![]);
     }
-    written_back.store.write_back_access_times().unwrap();
+    written_back.store.checkpoint().unwrap();
 
     let written_back = written_back.restart();
     let forgotten = forgotten.restart();

@@ -45,7 +45,8 @@ use crate::services::operations::OperationsService;
 
 /// How long running calls may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
-/// How often in-memory access times are written to the metadata store.
+/// How often the blob index is checkpointed: access times written back, the metadata store
+/// flushed (so a crash leaves at most this much to adopt at the next start).
 const WRITE_BACK_EVERY: Duration = Duration::from_secs(10);
 /// Largest gRPC message accepted or sent: room for a full batch plus framing.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -98,7 +99,6 @@ pub struct Coordinator {
     token: CancellationToken,
     tasks: TaskTracker,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    meta: Arc<RedbStore>,
     store: DiskStore,
     scheduler: SchedulerHandle,
     scheduler_stop: CancellationToken,
@@ -121,8 +121,8 @@ impl Coordinator {
             path: config.data_dir.clone(),
             source,
         })?;
-        let meta = Arc::new(RedbStore::open(config.data_dir.join("meta"))?);
-        let meta_dyn: Arc<dyn MetadataStore> = meta.clone();
+        let meta_dyn: Arc<dyn MetadataStore> =
+            Arc::new(RedbStore::open(config.data_dir.join("meta"))?);
         let mut options = DiskStoreOptions::new(config.data_dir.join("cas"));
         options.budget_bytes = config.max_cas_bytes.unwrap_or(u64::MAX);
         options.protect_recent = config.cas_protect_recent;
@@ -248,16 +248,13 @@ impl Coordinator {
                         _ = tick.tick() => {}
                     }
                     let store = store.clone();
-                    let outcome =
-                        tokio::task::spawn_blocking(move || store.write_back_access_times()).await;
+                    let outcome = tokio::task::spawn_blocking(move || store.checkpoint()).await;
                     match outcome {
                         // Logged once per episode by the store; retried next time.
                         Ok(Err(error)) if error.is_out_of_space() => {
-                            tracing::debug!(%error, "failed to write back access times");
+                            tracing::debug!(%error, "blob index checkpoint failed");
                         }
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "failed to write back access times");
-                        }
+                        Ok(Err(error)) => tracing::warn!(%error, "blob index checkpoint failed"),
                         _ => {}
                     }
                 }
@@ -270,7 +267,6 @@ impl Coordinator {
             token,
             tasks,
             serve,
-            meta,
             store,
             scheduler,
             scheduler_stop,
@@ -325,20 +321,13 @@ impl Coordinator {
         };
         self.tasks.wait().await;
         let store = self.store.clone();
-        let meta = Arc::clone(&self.meta);
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(error) = store.write_back_access_times() {
-                tracing::warn!(%error, "failed to write back access times");
-            }
-            meta.flush()
-        })
-        .await
-        .map_err(|_| MetaError::Closed)
-        .and_then(|r| r)
-        .map_err(|error| {
-            // What was acknowledged was flushed when it was; this covers access times only.
-            tracing::error!(%error, "final metadata flush failed");
-        });
+        match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            // What was acknowledged was flushed when it was; this covers access times and
+            // blob records only (the next start adopts the files of records it lacks).
+            Ok(Err(error)) => tracing::error!(%error, "final metadata checkpoint failed"),
+            Err(error) => tracing::error!(%error, "final metadata checkpoint task failed"),
+            Ok(Ok(())) => {}
+        }
         served
     }
 }

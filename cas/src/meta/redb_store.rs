@@ -5,15 +5,17 @@
 //! generating a snapshot, about once in a few thousand kills. redb is copy-on-write with
 //! checksummed commits: after a crash it opens at the last commit that reached the file.
 //!
-//! Every write is its own transaction committed with `Durability::Eventual`: written to the
-//! file (so it survives the process being killed) but not fsynced. A flush is an empty commit
-//! with `Durability::Immediate` run by the [`GroupFlush`] thread, so many waiting writers share
-//! one fsync; after it returns, the writes before it also survive a power loss.
+//! Every write is its own transaction committed with `Durability::None`: visible at once, made
+//! durable by the next flush, which is an empty commit with `Durability::Immediate` run by the
+//! [`GroupFlush`] thread, so many waiting writers share one fsync. Non-durable commits do not
+//! free pages, so every [`RECLAIM_EVERY`]th write commits with `Durability::Eventual` (which on
+//! Linux also fsyncs: it must stay rare, never one per write).
 //!
 //! After an I/O error (a full disk, most often) redb refuses every further call until the
 //! database is reopened. So the store drops the failed database and the next call reopens it
-//! (at most once per [`REOPEN_EVERY`] while reopening keeps failing); every commit that
-//! returned before the error is in the file, so reopening loses nothing that was written.
+//! (at most once per [`REOPEN_EVERY`] while reopening keeps failing). Reopening goes back to the
+//! last flush: what was acknowledged was flushed, so nothing acknowledged is lost, and the
+//! callers whose writes were not yet flushed get the error from their flush.
 //! A full file system is reported as [`MetaError::OutOfSpace`] and logged once per episode.
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ use super::{
 };
 use crate::space::{SpaceStats, SpaceWatch, is_out_of_space};
 
+/// Writes between commits that let redb reclaim pages.
+const RECLAIM_EVERY: u64 = 256;
 /// Least time between two attempts to reopen a database that failed to reopen.
 const REOPEN_EVERY: Duration = Duration::from_millis(500);
 /// While the file system is full, writes are tried at most this often; the others are refused
@@ -66,6 +70,7 @@ struct Shared {
     closed: Mutex<Option<Closed>>,
     space: SpaceWatch,
     reopens: AtomicU64,
+    writes: AtomicU64,
     /// Set when a write found the file system full: writes before then are refused untried.
     writes_resume: Mutex<Option<Instant>>,
 }
@@ -193,7 +198,7 @@ impl Shared {
         }
     }
 
-    /// Runs `f` in a write transaction and commits it (written, not yet fsynced).
+    /// Runs `f` in a write transaction and commits it (visible, not yet durable).
     fn write<T>(
         &self,
         wrap: impl FnOnce(BackendError) -> MetaError,
@@ -202,7 +207,12 @@ impl Shared {
         self.check_space()?;
         let value = self.call(wrap, |db| {
             let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Eventual);
+            let n = self.writes.fetch_add(1, Ordering::Relaxed);
+            txn.set_durability(if n % RECLAIM_EVERY == RECLAIM_EVERY - 1 {
+                Durability::Eventual
+            } else {
+                Durability::None
+            });
             let value = f(&txn)?;
             txn.commit()?;
             Ok(value)
@@ -296,6 +306,7 @@ impl RedbStore {
             db: RwLock::new(Some(Arc::new(db))),
             closed: Mutex::new(None),
             reopens: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             writes_resume: Mutex::new(None),
         });
         let group = GroupFlush::start("tessera-meta-flush", {

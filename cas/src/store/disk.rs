@@ -136,18 +136,21 @@ impl DiskStore {
         })
     }
 
-    /// Writes the records changed since the last call to the metadata store (not flushed:
-    /// access times are hints, and a lost record is adopted again at start): access times,
-    /// and records an earlier write could not store. The coordinator calls this every few
-    /// seconds and at shutdown.
-    pub fn write_back_access_times(&self) -> Result<(), StoreError> {
-        // Applied under the index lock, so a blob evicted or replaced meanwhile cannot have
-        // its old record written back.
-        let mut index = self.inner.lock();
-        if let Some((batch, digests)) = index.take_dirty() {
-            self.inner.meta.apply_batch(batch)?;
-            index.recorded(&digests);
+    /// Writes the records changed since the last call (access times, and records an earlier
+    /// write could not store) and flushes the metadata store, so the index survives a crash
+    /// as of now and the next start has only the blobs written after this to hash and adopt.
+    /// Owners call it every few seconds and at shutdown.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        {
+            // Applied under the index lock, so a blob evicted or replaced meanwhile cannot
+            // have its old record written back.
+            let mut index = self.inner.lock();
+            if let Some((batch, digests)) = index.take_dirty() {
+                self.inner.meta.apply_batch(batch)?;
+                index.recorded(&digests);
+            }
         }
+        self.inner.meta.flush()?;
         Ok(())
     }
 
@@ -363,7 +366,7 @@ impl Inner {
             hash: digest.hash,
             form,
         };
-        match found.check() {
+        match Checker::new().check(&found) {
             Check::Matches { digest: actual, .. } if actual == *digest => {
                 self.lock().set_verified(digest);
                 true
@@ -518,9 +521,30 @@ impl Found {
             form,
         })
     }
+}
 
-    fn check(&self) -> Check {
-        let file = match File::open(&self.path) {
+/// Compressed files up to this size are read whole into a reused buffer before decoding.
+const READ_WHOLE: u64 = 4 * 1024 * 1024;
+
+/// Checks [`Found`] files one after another, reusing its buffers and zstd context: with many
+/// small files, allocating them per file costs more than the hashing.
+struct Checker {
+    buf: Vec<u8>,
+    whole: Vec<u8>,
+    dctx: zstd::zstd_safe::DCtx<'static>,
+}
+
+impl Checker {
+    fn new() -> Self {
+        Checker {
+            buf: vec![0u8; READ_CHUNK],
+            whole: Vec::new(),
+            dctx: zstd::zstd_safe::DCtx::create(),
+        }
+    }
+
+    fn check(&mut self, found: &Found) -> Check {
+        let mut file = match File::open(&found.path) {
             Ok(file) => file,
             Err(error) => return Check::Unreadable(error),
         };
@@ -534,45 +558,66 @@ impl Found {
             ),
             Err(error) => return Check::Unreadable(error),
         };
-        let mut hasher = self.function.hasher();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut source: Box<dyn Read> = match self.form {
-            Form::Raw => Box::new(file),
-            Form::Zstd => match zstd::stream::read::Decoder::new(file) {
-                Ok(decoder) => Box::new(decoder),
-                Err(error) => return Check::Unreadable(error),
-            },
-        };
-        loop {
-            match source.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    size += n as u64;
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+        let hashed = match found.form {
+            Form::Raw => hash_all(found.function, &mut file, &mut self.buf),
+            Form::Zstd => {
+                let _ = self
+                    .dctx
+                    .reset(zstd::zstd_safe::ResetDirective::SessionOnly);
+                let hashed = if stored <= READ_WHOLE {
+                    self.whole.clear();
+                    if let Err(error) = file.read_to_end(&mut self.whole) {
+                        return Check::Unreadable(error);
+                    }
+                    let mut decoder = zstd::stream::read::Decoder::with_context(
+                        self.whole.as_slice(),
+                        &mut self.dctx,
+                    );
+                    hash_all(found.function, &mut decoder, &mut self.buf)
+                } else {
+                    let mut decoder = zstd::stream::read::Decoder::with_context(
+                        BufReader::new(file),
+                        &mut self.dctx,
+                    );
+                    hash_all(found.function, &mut decoder, &mut self.buf)
+                };
                 // zstd reports a damaged frame as `Other`; the file cannot be the blob then.
-                Err(error)
-                    if self.form == Form::Zstd && error.kind() == std::io::ErrorKind::Other =>
-                {
-                    return Check::Wrong(format!("not a valid zstd frame: {error}"));
+                match hashed {
+                    Err(error) if error.kind() == std::io::ErrorKind::Other => {
+                        return Check::Wrong(format!("not a valid zstd frame: {error}"));
+                    }
+                    other => other,
                 }
-                Err(error) => return Check::Unreadable(error),
             }
-        }
-        let actual = hasher.finish_digest();
-        if actual.hash != self.hash {
+        };
+        let actual = match hashed {
+            Ok(actual) => actual,
+            Err(error) => return Check::Unreadable(error),
+        };
+        if actual.hash != found.hash {
             return Check::Wrong(format!("content hashes to {}", actual.hash_hex()));
         }
         Check::Matches {
-            digest: Digest {
-                function: self.function,
-                hash: self.hash,
-                size_bytes: size,
-            },
+            digest: actual,
             stored,
             modified_ms,
+        }
+    }
+}
+
+/// Hashes everything `source` yields, through `buf`.
+fn hash_all(
+    function: DigestFunction,
+    source: &mut dyn Read,
+    buf: &mut [u8],
+) -> std::io::Result<Digest> {
+    let mut hasher = function.hasher();
+    loop {
+        match source.read(buf) {
+            Ok(0) => return Ok(hasher.finish_digest()),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
         }
     }
 }
@@ -583,18 +628,20 @@ fn check_all(found: &[Found]) -> Vec<Check> {
         .map_or(1, std::num::NonZero::get)
         .min(found.len());
     if workers <= 1 {
-        return found.iter().map(Found::check).collect();
+        let mut checker = Checker::new();
+        return found.iter().map(|f| checker.check(f)).collect();
     }
     let next = AtomicUsize::new(0);
     let results: Vec<(usize, Check)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
+                    let mut checker = Checker::new();
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(file) = found.get(i) else { break };
-                        out.push((i, file.check()));
+                        out.push((i, checker.check(file)));
                     }
                     out
                 })
