@@ -14,11 +14,15 @@
 
 mod child_log;
 mod process;
+mod tmpfs;
 mod wait;
 
 pub use child_log::ChildLog;
 pub use process::{AgentProcess, ServerProcess, wait_exit};
-pub use wait::{POLL_EVERY, blocking_poll_until, poll_until, wait_job_event, wait_stage};
+pub use tmpfs::{Filler, Tmpfs};
+pub use wait::{
+    POLL_EVERY, blocking_poll_until, poll_until, wait_job_event, wait_stage, watch_job_to_end,
+};
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -43,6 +47,12 @@ pub mod lines {
     /// The scheduler refused a result for an attempt that no longer counts
     /// (`coordinator/src/execution/`).
     pub const RESULT_REFUSED: &str = "refusing result for a lease that is no longer current";
+    /// A store began refusing writes for lack of space, once per episode, with a `store`
+    /// field (`cas/src/space.rs`).
+    pub const OUT_OF_SPACE: &str = "out of space: refusing writes until space returns";
+    /// The episode ended: a write succeeded again; with `store` and `refused=<count>`
+    /// (`cas/src/space.rs`).
+    pub const SPACE_RETURNED: &str = "space returned: writes accepted again";
 }
 
 /// A coordinator running inside the test process on a free loopback port.

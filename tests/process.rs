@@ -43,6 +43,24 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// `tessera SUBCOMMAND` with stdin and stdout closed and stderr piped, without the test's own
+/// `TESSERA_*` variables: `tessera` refuses variables it does not know, and those it knows
+/// must come from the test explicitly, not from whoever runs the tests.
+fn tessera_command(subcommand: &str) -> Command {
+    let mut command = Command::new(tessera_bin());
+    command
+        .arg(subcommand)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TESSERA_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 fn pid_of(child: &Child) -> Pid {
     Pid::from_raw(i32::try_from(child.id()).expect("pid"))
 }
@@ -77,21 +95,33 @@ impl ServerProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut child = Command::new(tessera_bin())
-            .arg("coordinator")
+        let server = Self::spawn(addr, data_dir, extra, env, "coordinator");
+        server
+            .log
+            .blocking_wait_for(lines::COORDINATOR_LISTENING, Duration::from_secs(30));
+        server
+    }
+
+    /// Starts `tessera coordinator` like [`ServerProcess::start_on`] without waiting for it
+    /// (to kill it during its start, or to see it fail to start); its log lines are prefixed
+    /// with `label`.
+    pub fn spawn(
+        addr: SocketAddr,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        label: &str,
+    ) -> Self {
+        let mut child = tessera_command("coordinator")
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tessera coordinator");
-        let log = ChildLog::capture("coordinator", child.stderr.take().expect("piped stderr"));
-        log.blocking_wait_for(lines::COORDINATOR_LISTENING, Duration::from_secs(30));
+        let log = ChildLog::capture(label, child.stderr.take().expect("piped stderr"));
         ServerProcess {
             child,
             addr,
@@ -146,8 +176,7 @@ impl AgentProcess {
     /// connects in the background: wait for [`lines::AGENT_CONNECTED`] in its `log` when the
     /// test needs it connected.
     pub fn start(endpoint: &str, work_dir: &Path, id: &str, slots: u32, extra: &[&str]) -> Self {
-        let mut child = Command::new(tessera_bin())
-            .arg("agent")
+        let mut child = tessera_command("agent")
             .arg("--coordinator")
             .arg(endpoint)
             .arg("--work-dir")
@@ -157,9 +186,6 @@ impl AgentProcess {
             .arg("--id")
             .arg(id)
             .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tessera agent");
         let log = ChildLog::capture(id, child.stderr.take().expect("piped stderr"));

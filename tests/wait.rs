@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tessera_proto::longrunning::Operation;
 use tessera_proto::reapi::execution_stage;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
-use tessera_proto::tessera::v1::{JobEvent, WatchJobRequest, job_event};
+use tessera_proto::tessera::v1::{JobEvent, JobFinished, WatchJobRequest, job_event};
 use tonic::transport::Channel;
 
 use crate::stage_of;
@@ -78,6 +78,36 @@ pub async fn wait_job_event(
             panic!("job {job_id} finished before {what}: {finished:?}");
         }
     }
+}
+
+/// Every event of job `job_id` from the start until it finishes (at most a minute), and its
+/// final event. Events are printed as they come, for the failure output.
+pub async fn watch_job_to_end(
+    jobs: &mut JobsClient<Channel>,
+    job_id: &str,
+) -> (Vec<JobEvent>, JobFinished) {
+    let mut stream = jobs
+        .watch(WatchJobRequest {
+            job_id: job_id.to_owned(),
+            after_seq: 0,
+        })
+        .await
+        .expect("watch the job")
+        .into_inner();
+    let mut events = Vec::new();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = stream.message().await.expect("job event stream") {
+            eprintln!("job event: {event:?}");
+            events.push(event.clone());
+            if let Some(job_event::Kind::Finished(f)) = event.kind {
+                return f;
+            }
+        }
+        panic!("job {job_id}: the stream ended without a finished event: {events:#?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("job {job_id} did not finish within a minute"));
+    (events, finished)
 }
 
 /// Asks `check` every [`POLL_EVERY`] until it returns a value, for a state that no stream or

@@ -28,7 +28,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,7 +44,7 @@ use tessera_proto::reapi::{
     ActionResult, BatchReadBlobsRequest, GetActionResultRequest, OutputFile,
     UpdateActionResultRequest, compressor,
 };
-use tessera_tests::{ChildLog, ServerProcess, blob_file, free_port, lines, noise, tessera_bin};
+use tessera_tests::{ServerProcess, blob_file, free_port, lines, noise};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -488,28 +487,7 @@ async fn check(
 /// Starts `tessera coordinator` without waiting for it, so that it can be killed in its
 /// start-up.
 fn spawn_coordinator(addr: SocketAddr, data: &Path, label: &str) -> ServerProcess {
-    let mut child = Command::new(tessera_bin())
-        .arg("coordinator")
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(data)
-        // The coordinator refuses TESSERA_* variables it does not know: ours are not for it.
-        .env_remove("TESSERA_CAS_CRASH_CYCLES")
-        .env_remove("TESSERA_CAS_CRASH_SEED")
-        .env_remove("TESSERA_CAS_CRASH_TRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tessera coordinator");
-    let log = ChildLog::capture(label, child.stderr.take().expect("piped stderr"));
-    ServerProcess {
-        child,
-        addr,
-        data_dir: data.to_owned(),
-        log,
-    }
+    ServerProcess::spawn(addr, data, &[], &[], label)
 }
 
 /// Waits until the coordinator listens; its log's tail if it exits or stalls first.

@@ -17,11 +17,9 @@
 //! The tests mount their tmpfs themselves (root); outside CI a refused mount skips them.
 //! `DISK_FULL_ROUNDS` (default 1) repeats the blob and metadata episodes before the shutdown.
 
-use std::fs::File;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,21 +35,18 @@ use tessera_proto::reapi::{
 };
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{
-    JobEvent, JobFinished, JobResult, JobSpec, StatusRequest, StoreSummary, SubmitJobRequest,
-    TestOutcome, WatchJobRequest, job_event::Kind,
+    JobEvent, JobResult, JobSpec, StatusRequest, StoreSummary, SubmitJobRequest, TestOutcome,
+    job_event::Kind,
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
 use tessera_tests::{
-    AgentProcess, ChildLog, ServerProcess, blob_file, blocking_poll_until, free_port, in_ci, lines,
-    noise, poll_until, tessera_bin, visible_tempdir, wait_exit, wait_job_event,
+    AgentProcess, ChildLog, Filler, ServerProcess, Tmpfs, blob_file, blocking_poll_until,
+    free_port, lines, noise, poll_until, visible_tempdir, wait_exit, wait_job_event,
+    watch_job_to_end,
 };
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// The warning that opens an out-of-space episode, once per episode.
-const OUT_OF_SPACE: &str = "out of space: refusing writes until space returns";
-/// The info line that closes it, with `refused=<count>`.
-const SPACE_RETURNED: &str = "space returned: writes accepted again";
 /// Size of every blob the blob episode uploads (a whole number of pages).
 const BLOB: usize = 1024 * 1024;
 /// Room the blob episode leaves: three blobs fit, the fourth does not.
@@ -63,117 +58,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Rounds of the blob and metadata episodes. Not a `TESSERA_*` name: the coordinator inherits
 /// the test's environment and refuses unknown `TESSERA_*` variables.
 const ROUNDS_VAR: &str = "DISK_FULL_ROUNDS";
-
-/// The two log lines are still logged where they come from, so a rewording fails here, by
-/// name, rather than as a 30 s wait in the stories below.
-#[test]
-fn the_out_of_space_log_lines_are_still_logged() {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cas/src/space.rs");
-    let text = std::fs::read_to_string(&source).expect("read cas/src/space.rs");
-    for line in [OUT_OF_SPACE, SPACE_RETURNED] {
-        assert!(
-            text.contains(line),
-            "cas/src/space.rs no longer logs {line:?}"
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The file system.
-
-/// A tmpfs mounted for one test, unmounted when dropped (a panicking test included).
-struct Tmpfs {
-    path: PathBuf,
-    /// The mount point, when the tmpfs made its own (removed after the unmount).
-    _own: Option<tempfile::TempDir>,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (as in `mount -o size=`) on a fresh directory. `None` (the
-    /// test skips) when the mount is refused and CI is unset; under CI a refusal fails.
-    fn mount(size: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().expect("mount point");
-        let mut fs = Self::mount_at(dir.path(), size)?;
-        fs._own = Some(dir);
-        Some(fs)
-    }
-
-    /// Mounts a tmpfs of `size` on the existing directory `path`, as [`Tmpfs::mount`].
-    fn mount_at(path: &Path, size: &str) -> Option<Self> {
-        use nix::mount::{MsFlags, mount};
-        let options = format!("size={size},mode=0755");
-        match mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(options.as_str()),
-        ) {
-            Ok(()) => Some(Tmpfs {
-                path: path.to_owned(),
-                _own: None,
-            }),
-            Err(error) => {
-                assert!(
-                    !in_ci(),
-                    "mounting a tmpfs was refused ({error}): under CI these tests must run as root"
-                );
-                eprintln!("skipped: mounting a tmpfs was refused ({error}); run as root");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazily, so a child that still holds a file open cannot keep the mount alive.
-        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-/// A file that takes the free space of its file system.
-struct Filler {
-    path: PathBuf,
-    file: File,
-    len: u64,
-}
-
-impl Filler {
-    /// Writes `path` until the file system refuses (ENOSPC): afterwards not a page is free.
-    fn fill(path: PathBuf) -> Self {
-        let mut file = File::create(&path).expect("create the filler");
-        let mut len = 0u64;
-        // Large pieces first, then pages, so the last free page goes too.
-        for piece in [1024 * 1024, 4096] {
-            let zeros = vec![0u8; piece];
-            loop {
-                match file.write(&zeros) {
-                    Ok(0) => break,
-                    Ok(n) => len += n as u64,
-                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
-                    Err(e) => panic!("fill {}: {e}", path.display()),
-                }
-            }
-        }
-        Filler { path, file, len }
-    }
-
-    /// Gives `bytes` back to the file system.
-    fn leave_free(&mut self, bytes: u64) {
-        self.len = self.len.saturating_sub(bytes);
-        self.file.set_len(self.len).expect("shrink the filler");
-    }
-
-    /// Gives all of it back: space returns.
-    fn remove(self) {
-        std::fs::remove_file(&self.path).expect("remove the filler");
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The coordinator and its log.
@@ -188,36 +72,20 @@ fn start_coordinator(
     addr: SocketAddr,
     data: &Path,
 ) -> Result<ServerProcess, (ExitStatus, ChildLog)> {
-    let mut child = Command::new(tessera_bin())
-        .arg("coordinator")
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--log-format", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tessera coordinator");
-    let log = ChildLog::capture("coordinator", child.stderr.take().expect("piped stderr"));
+    let mut server =
+        ServerProcess::spawn(addr, data, &["--log-format", "json"], &[], "coordinator");
     // Two events, either may come first (the listening line, the exit): polled for both.
     let exited = blocking_poll_until("the coordinator listening or exited", LIMIT, || {
-        if log.count(lines::COORDINATOR_LISTENING) > 0 {
+        if server.log.count(lines::COORDINATOR_LISTENING) > 0 {
             return Some(None);
         }
-        child.try_wait().expect("poll the child").map(Some)
+        server.child.try_wait().expect("poll the child").map(Some)
     });
     match exited {
-        None => Ok(ServerProcess {
-            child,
-            addr,
-            data_dir: data.to_owned(),
-            log,
-        }),
+        None => Ok(server),
         Some(status) => {
-            let _ = wait_exit(&mut child, LIMIT);
-            Err((status, log))
+            let _ = wait_exit(&mut server.child, LIMIT);
+            Err((status, server.log.clone()))
         }
     }
 }
@@ -676,7 +544,7 @@ impl FullDisk {
         }
         self.refused_uploads += refusals;
         assert_eq!(temp_files(&self.data), Vec::<PathBuf>::new(), "temp files");
-        let warning = wait_store_event(&self.server.log, OUT_OF_SPACE, "blobs", round).await;
+        let warning = wait_store_event(&self.server.log, lines::OUT_OF_SPACE, "blobs", round).await;
         assert_eq!(warning["level"], "WARN", "{warning}");
         let store = store_summary(&mut self.c.jobs).await;
         assert!(store.blobs_out_of_space, "Status while full: {store:?}");
@@ -689,14 +557,15 @@ impl FullDisk {
             .await
             .expect("an upload once space has returned");
         self.acked.blobs.push(b);
-        let returned = wait_store_event(&self.server.log, SPACE_RETURNED, "blobs", round).await;
+        let returned =
+            wait_store_event(&self.server.log, lines::SPACE_RETURNED, "blobs", round).await;
         assert_eq!(refused(&returned), refusals, "{returned}");
         let store = store_summary(&mut self.c.jobs).await;
         assert!(
             !store.blobs_out_of_space,
             "Status once space returned: {store:?}"
         );
-        let warnings = store_events(&self.server.log, OUT_OF_SPACE, "blobs").await;
+        let warnings = store_events(&self.server.log, lines::OUT_OF_SPACE, "blobs").await;
         assert_eq!(
             warnings.len(),
             round,
@@ -717,7 +586,8 @@ impl FullDisk {
         .await;
         assert_out_of_space("UpdateActionResult", &refusal, "metadata store");
         self.refused_metadata += 1;
-        let warning = wait_store_event(&self.server.log, OUT_OF_SPACE, "metadata", nth).await;
+        let warning =
+            wait_store_event(&self.server.log, lines::OUT_OF_SPACE, "metadata", nth).await;
         assert_eq!(warning["level"], "WARN", "{warning}");
         filler
     }
@@ -763,7 +633,8 @@ impl FullDisk {
         })
         .await;
         self.acked.jobs.push(id);
-        let returned = wait_store_event(&self.server.log, SPACE_RETURNED, "metadata", round).await;
+        let returned =
+            wait_store_event(&self.server.log, lines::SPACE_RETURNED, "metadata", round).await;
         // Background writes (access times) may have been refused as well.
         assert!(
             refused(&returned) >= refusals,
@@ -774,7 +645,7 @@ impl FullDisk {
             !store.metadata_out_of_space,
             "Status once space returned: {store:?}"
         );
-        let warnings = store_events(&self.server.log, OUT_OF_SPACE, "metadata").await;
+        let warnings = store_events(&self.server.log, lines::OUT_OF_SPACE, "metadata").await;
         assert_eq!(
             warnings.len(),
             round,
@@ -881,31 +752,6 @@ async fn a_full_disk_refuses_writes_recovers_without_a_restart_and_keeps_what_it
 // ---------------------------------------------------------------------------------------------
 // Test results on a full metadata store.
 
-/// Collects a job's events until it finishes.
-async fn watch_to_end(jobs: &mut JobsClient<Channel>, id: &str) -> (Vec<JobEvent>, JobFinished) {
-    let mut stream = jobs
-        .watch(WatchJobRequest {
-            job_id: id.to_owned(),
-            after_seq: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut events = Vec::new();
-    let finished = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = stream.message().await.expect("event") {
-            events.push(event.clone());
-            if let Some(Kind::Finished(f)) = event.kind {
-                return f;
-            }
-        }
-        panic!("the stream ended without a finished event: {events:#?}");
-    })
-    .await
-    .expect("the job finishes in time");
-    (events, finished)
-}
-
 /// Each test's final outcome and whether it came from the cache, by name.
 fn finals(events: &[JobEvent]) -> Vec<(String, TestOutcome, bool)> {
     let mut out: Vec<_> = events
@@ -969,7 +815,7 @@ async fn a_full_metadata_store_loses_no_test_result_the_client_sees_nor_a_blob_i
     let refusal = ac_writes_until_refused(&mut c.ac, &mut next, &output.0, &mut Vec::new()).await;
     assert_out_of_space("UpdateActionResult", &refusal, "metadata store");
     std::fs::write(&gate, b"").expect("open the gate");
-    let (events, finished) = watch_to_end(&mut c.jobs, &id).await;
+    let (events, finished) = watch_job_to_end(&mut c.jobs, &id).await;
     let expected = vec![
         ("t1".to_owned(), TestOutcome::Passed, false),
         ("t2".to_owned(), TestOutcome::Passed, false),
@@ -983,7 +829,7 @@ async fn a_full_metadata_store_loses_no_test_result_the_client_sees_nor_a_blob_i
         "{finished:?}"
     );
     // Said once, not once per test.
-    let warnings = store_events(&server.log, OUT_OF_SPACE, "metadata").await;
+    let warnings = store_events(&server.log, lines::OUT_OF_SPACE, "metadata").await;
     assert_eq!(
         warnings.len(),
         1,
@@ -1001,13 +847,13 @@ async fn a_full_metadata_store_loses_no_test_result_the_client_sees_nor_a_blob_i
         submit(&mut c.jobs, &spec).await
     })
     .await;
-    let (events, finished) = watch_to_end(&mut c.jobs, &id).await;
+    let (events, finished) = watch_job_to_end(&mut c.jobs, &id).await;
     assert_eq!(finals(&events), expected, "nothing was cached: {events:#?}");
     assert_eq!(finished.cached, 0, "{finished:?}");
-    let returned = wait_store_event(&server.log, SPACE_RETURNED, "metadata", 1).await;
+    let returned = wait_store_event(&server.log, lines::SPACE_RETURNED, "metadata", 1).await;
     assert!(refused(&returned) >= 1, "{returned}");
     let id = submit(&mut c.jobs, &spec).await.expect("submit");
-    let (events, finished) = watch_to_end(&mut c.jobs, &id).await;
+    let (events, finished) = watch_job_to_end(&mut c.jobs, &id).await;
     assert_eq!(
         (finished.result(), finished.cached),
         (JobResult::Failed, 3),

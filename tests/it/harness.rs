@@ -29,6 +29,8 @@ fn the_log_lines_the_harness_waits_for_are_still_logged() {
         (lines::AGENT_CONNECTED, "agent/src"),
         (lines::LEASE_ACCEPTED, "agent/src"),
         (lines::RESULT_REFUSED, "coordinator/src"),
+        (lines::OUT_OF_SPACE, "cas/src"),
+        (lines::SPACE_RETURNED, "cas/src"),
     ] {
         assert!(
             source_contains(&root.join(crate_dir), line),

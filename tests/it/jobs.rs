@@ -16,7 +16,9 @@ use tessera_proto::tessera::v1::{
     TestOutcome, WatchJobRequest, job_event::Kind,
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, TestServer, in_ci, lines, poll_until, wait_job_event};
+use tessera_tests::{
+    AgentProcess, TestServer, in_ci, lines, poll_until, wait_job_event, watch_job_to_end,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -112,32 +114,7 @@ async fn run_job(jobs: &mut JobsClient<Channel>, spec: JobSpec) -> (Vec<JobEvent
         .expect("submit")
         .into_inner()
         .job_id;
-    watch_to_end(jobs, &id).await
-}
-
-async fn watch_to_end(jobs: &mut JobsClient<Channel>, id: &str) -> (Vec<JobEvent>, JobFinished) {
-    let mut stream = jobs
-        .watch(WatchJobRequest {
-            job_id: id.to_owned(),
-            after_seq: 0,
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut events = Vec::new();
-    let finished = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(event) = stream.message().await.expect("event") {
-            eprintln!("job event: {event:?}");
-            events.push(event.clone());
-            if let Some(Kind::Finished(f)) = event.kind {
-                return f;
-            }
-        }
-        panic!("stream ended without a finished event: {events:#?}");
-    })
-    .await
-    .expect("job finishes in time");
-    (events, finished)
+    watch_job_to_end(jobs, &id).await
 }
 
 /// Final outcome per test id (`group name`), and whether it was cached.
@@ -344,7 +321,7 @@ async fn a_cancelled_job_stops_its_work_and_says_so() {
         .expect("cancel")
         .into_inner();
     assert!(cancelled.cancelled);
-    let (events, finished) = watch_to_end(&mut jobs, &id).await;
+    let (events, finished) = watch_job_to_end(&mut jobs, &id).await;
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "cancel took {:?}",
@@ -620,7 +597,7 @@ async fn a_flood_of_ci_jobs_does_not_starve_a_developer() {
         "the developer's job took {took:?}"
     );
     for id in ci {
-        let (_, finished) = watch_to_end(&mut jobs, &id).await;
+        let (_, finished) = watch_job_to_end(&mut jobs, &id).await;
         assert_eq!(finished.result(), JobResult::Passed, "{finished:?}");
         assert_eq!(finished.passed, 8);
     }
@@ -672,7 +649,7 @@ async fn an_accepted_job_survives_a_coordinator_crash() {
         .await
         .expect("reconnect");
     let mut jobs = JobsClient::new(channel);
-    let (events, finished) = watch_to_end(&mut jobs, &id).await;
+    let (events, finished) = watch_job_to_end(&mut jobs, &id).await;
     assert_eq!(finished.result(), JobResult::Passed, "{events:#?}");
     // Every test counted exactly once.
     assert_eq!(finished.passed, 6, "{finished:?}");

@@ -13,3 +13,4 @@ mod harness;
 mod jobs;
 mod lifecycle;
 mod runners_e2e;
+mod store_full;

@@ -1,92 +1,16 @@
-//! The stores on a full file system (a small tmpfs): a write refused for lack of space is
-//! `OutOfSpace`, keeps nothing partial, is reported once per episode, and succeeds again once
-//! space returns, without reopening anything by hand; everything acknowledged before, during
-//! and after the episode is still there after a restart.
-//!
-//! Mounting needs root; without it the tests skip, unless `CI` is set (then they fail).
+//! The stores themselves on a full file system (a small tmpfs), below gRPC: a write refused for
+//! lack of space is `OutOfSpace`, keeps nothing partial, counts as one episode however many
+//! writes are refused, and succeeds again once space returns without reopening anything by
+//! hand; everything acknowledged before, during and after the episode is there after a
+//! restart. `disk_full` tells the same story through a real coordinator.
 
 use std::fs;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::{MetaError, MetadataStore, RedbStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, StoreError};
-
-/// A tmpfs mounted for one test, unmounted on drop (also when the test panics).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `mib` MiB, or `None` to skip (not root and not in CI).
-    fn mount(mib: u64) -> Option<Tmpfs> {
-        let dir = tempfile::Builder::new()
-            .prefix("tessera-full")
-            .tempdir()
-            .unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Tmpfs { dir }),
-            other => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "CI is set but mounting a tmpfs failed ({other:?}); these tests need root"
-                );
-                eprintln!("skipping: cannot mount a tmpfs ({other:?})");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// A file that takes the rest of the file system's space, and gives it back on [`free`].
-struct Filler {
-    path: PathBuf,
-}
-
-impl Filler {
-    fn fill(dir: &Path) -> Filler {
-        let path = dir.join("filler");
-        let mut file = fs::File::create(&path).unwrap();
-        let chunk = vec![0x5au8; 64 * 1024];
-        loop {
-            if let Err(error) = file.write_all(&chunk) {
-                assert!(
-                    tessera_cas::space::is_out_of_space(&error),
-                    "filling failed: {error}"
-                );
-                break;
-            }
-        }
-        // Small writes may still find room in partly used pages; take those too.
-        loop {
-            if file.write_all(&[0u8; 512]).is_err() {
-                break;
-            }
-        }
-        Filler { path }
-    }
-
-    fn free(self) {
-        fs::remove_file(&self.path).unwrap();
-    }
-}
+use tessera_tests::{Filler, Tmpfs};
 
 /// Runs `write` until it succeeds: after a refusal the stores try the disk again within a
 /// fraction of a second, and refuse untried before that.
@@ -112,7 +36,9 @@ fn value(n: u32) -> Vec<u8> {
 
 #[test]
 fn metadata_store_refuses_writes_when_full_and_recovers_without_restart() {
-    let Some(fs_) = Tmpfs::mount(8) else { return };
+    let Some(fs_) = Tmpfs::mount("8m") else {
+        return;
+    };
     let dir = fs_.path().join("meta");
     let mut acknowledged = Vec::new();
     {
@@ -123,7 +49,7 @@ fn metadata_store_refuses_writes_when_full_and_recovers_without_restart() {
             acknowledged.push(n);
         }
         store.flush().unwrap();
-        let filler = Filler::fill(fs_.path());
+        let filler = Filler::fill(fs_.path().join("filler"));
 
         // Keep writing until the store itself runs out of room.
         let mut refused = 0;
@@ -160,7 +86,7 @@ fn metadata_store_refuses_writes_when_full_and_recovers_without_restart() {
         }
 
         // Space returns: writes succeed again, no restart.
-        filler.free();
+        filler.remove();
         let n = 10_000u32;
         retry_briefly(|| {
             table.insert(&n.to_be_bytes(), &value(n))?;
@@ -185,7 +111,9 @@ fn metadata_store_refuses_writes_when_full_and_recovers_without_restart() {
 
 #[test]
 fn blob_store_refuses_blobs_when_full_leaves_nothing_partial_and_recovers_without_restart() {
-    let Some(fs_) = Tmpfs::mount(16) else { return };
+    let Some(fs_) = Tmpfs::mount("16m") else {
+        return;
+    };
     let meta_dir = fs_.path().join("meta");
     let options = DiskStoreOptions::new(fs_.path().join("cas"));
     let mut acknowledged: Vec<(Digest, Vec<u8>)> = Vec::new();
