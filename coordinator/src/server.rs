@@ -138,6 +138,7 @@ impl Coordinator {
         };
         let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
         let cache = ActionCache::open(Arc::clone(&meta_dyn), Arc::clone(&blobs))?;
+        let token = CancellationToken::new();
         let scheduler_stop = CancellationToken::new();
         let (scheduler, scheduler_task) = scheduler::start(
             SchedulerConfig {
@@ -166,6 +167,7 @@ impl Coordinator {
         );
         let jobs = JobRegistry::start(
             JobContext {
+                shutdown: token.clone(),
                 store: Arc::clone(&blobs),
                 executor: executor.clone(),
                 scheduler: scheduler.clone(),
@@ -187,7 +189,6 @@ impl Coordinator {
             addr: config.listen,
             source,
         })?;
-        let token = CancellationToken::new();
         let tasks = TaskTracker::new();
 
         let batch = config.max_batch_total_size_bytes;

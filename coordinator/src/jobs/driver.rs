@@ -22,6 +22,7 @@ use tessera_proto::tessera::v1::{
 use tessera_proto::time::to_proto_duration;
 use tessera_runners::step::{StepReport, StepSpec};
 use tessera_runners::{Prepared, TestId};
+use tokio_util::sync::CancellationToken;
 
 use super::batches::RunPhase;
 use super::job::Job;
@@ -52,6 +53,8 @@ pub(super) const TICK: Duration = Duration::from_secs(1);
 /// What every job driver shares.
 #[derive(Clone)]
 pub struct JobContext {
+    /// Cancelled when the coordinator starts shutting down (before the scheduler stops).
+    pub shutdown: CancellationToken,
     /// The CAS.
     pub store: Arc<dyn BlobStore>,
     /// How steps are executed.
@@ -93,9 +96,6 @@ pub(super) enum Stop {
     Cancelled,
 }
 
-/// How long an infrastructure stop waits to see whether the scheduler is shutting down.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
-
 /// How [`run`] left a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -112,13 +112,7 @@ pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
     let mut tally = Tally::default();
     let started = Instant::now();
     let stop = drive(&ctx, &job, &mut tally).await.err();
-    // A shutdown ends the job's operations a moment before the scheduler's handle reports
-    // it, so an infrastructure stop waits that moment to tell the two apart.
-    if matches!(stop, Some(Stop::Infrastructure(_)))
-        && tokio::time::timeout(SHUTDOWN_GRACE, ctx.scheduler.stopped())
-            .await
-            .is_ok()
-    {
+    if matches!(stop, Some(Stop::Infrastructure(_))) && ctx.shutdown.is_cancelled() {
         tracing::info!(job = %job.id, "job interrupted by shutdown; it runs again at the next start");
         return Ended::Interrupted;
     }
