@@ -335,10 +335,12 @@ impl Rss {
     }
 
     fn end(self) -> Self {
-        Rss {
-            peak: peak_rss(),
-            ..self
+        let peak = peak_rss();
+        if let Some(peak) = peak {
+            // Kernel RSS counters are approximate; keep the run's peak consistent with this.
+            EARLIER_PEAK.fetch_max(peak, Ordering::Relaxed);
         }
+        Rss { peak, ..self }
     }
 
     /// "P MiB peak (B MiB before)" of the run with the highest peak.
