@@ -14,6 +14,7 @@ mod error;
 mod job;
 mod limits;
 mod processes;
+mod reopen;
 mod report;
 mod sched;
 mod server;
@@ -31,6 +32,7 @@ use crate::bazel::BazelPlan;
 use crate::cas::CasPlan;
 use crate::error::BenchError;
 use crate::job::JobPlan;
+use crate::reopen::ReopenPlan;
 use crate::report::{Report, Verdict};
 use crate::sched::SchedPlan;
 
@@ -87,6 +89,26 @@ enum Command {
     /// processes from the `tessera` binary beside this one (build it with `cargo build
     /// --release -p tessera-cli`), and `git` to make the fixture repository.
     Job(JobArgs),
+    /// Blob store start-up with a large store: fills a disk store with 100,000 blobs, then
+    /// times reopening it after a clean close, after its index was lost (every file hashed and
+    /// adopted, beside this machine's hash rate for the same files) and after adoption.
+    ///
+    /// Runs the real disk store and metadata store in this process (no coordinator, no gRPC)
+    /// in a temporary directory.
+    Reopen(ReopenArgs),
+}
+
+#[derive(Args)]
+struct ReopenArgs {
+    /// 10,000 blobs instead of 100,000, fewer reopens and one adoption. The targets stay the
+    /// same.
+    #[arg(long)]
+    quick: bool,
+    /// Blobs to fill the store with [default: 100,000; 10,000 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    blobs: Option<u64>,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -263,6 +285,21 @@ fn main() -> ExitCode {
             let data = args.output.data_dir.clone();
             finish(
                 block_on(async move { job::run(&plan, data.as_deref()).await }),
+                &args.output,
+            )
+        }
+        Command::Reopen(args) => {
+            let mut plan = if args.quick {
+                ReopenPlan::quick()
+            } else {
+                ReopenPlan::full()
+            };
+            if let Some(blobs) = args.blobs {
+                plan.blobs = usize::try_from(blobs).unwrap_or(usize::MAX);
+                plan.command = std::env::args().collect::<Vec<_>>().join(" ");
+            }
+            finish(
+                reopen::run(&plan, args.output.data_dir.as_deref()),
                 &args.output,
             )
         }

@@ -133,6 +133,24 @@ pub(crate) enum Check {
         /// What the "beside it" column shows, or empty.
         context: String,
     },
+    /// A rate that must reach `share` of a limit measured beside it in the same run (the blob
+    /// store's adoption at start against this machine's hash rate).
+    ShareOfLimit {
+        /// Measured MB/s.
+        mb_per_s: f64,
+        /// How long the measured work took (median of `runs`), seconds.
+        seconds: f64,
+        /// Runs the median is taken over.
+        runs: usize,
+        /// What the limit is ("hash, all cores").
+        limit: &'static str,
+        /// The limit, MB/s.
+        limit_mb_per_s: f64,
+        /// More figures for the "beside it" column (other limits), or empty.
+        context: String,
+        /// Required fraction of the limit.
+        share: f64,
+    },
 }
 
 /// Which tail a [`Check::Time`] reports beside its median.
@@ -191,6 +209,12 @@ impl Check {
                 max_ratio,
                 ..
             } => seconds / baseline_seconds <= max_ratio,
+            Check::ShareOfLimit {
+                mb_per_s,
+                limit_mb_per_s,
+                share,
+                ..
+            } => mb_per_s >= share * limit_mb_per_s,
             Check::Time {
                 p50_ms,
                 max_p50_ms: Some(max_p50_ms),
@@ -238,7 +262,8 @@ pub(crate) enum Layout {
     /// Transfers beside their hash and TCP limits (`tessera-bench cas`).
     Cas,
     /// Execution: rates, latencies, CPU costs and wall times beside their baselines
-    /// (`tessera-bench sched`, `tessera-bench bazel`, `tessera-bench job`).
+    /// (`tessera-bench sched`, `tessera-bench bazel`, `tessera-bench job`); also the blob
+    /// store's start-up (`tessera-bench reopen`).
     Execution,
 }
 
@@ -517,6 +542,31 @@ fn describe_execution(check: &Check) -> (String, String, String) {
             },
             dash(),
         ),
+        Check::ShareOfLimit {
+            mb_per_s,
+            seconds,
+            runs,
+            limit,
+            limit_mb_per_s,
+            ref context,
+            share,
+        } => (
+            format!(
+                "{} MB/s = {:.0}% of limit ({seconds:.2} s, median of {runs})",
+                number(mb_per_s),
+                100.0 * mb_per_s / limit_mb_per_s
+            ),
+            if context.is_empty() {
+                format!("{limit} {} MB/s", number(limit_mb_per_s))
+            } else {
+                format!("{limit} {} MB/s · {context}", number(limit_mb_per_s))
+            },
+            format!(
+                "≥ {} MB/s ({:.0}% of {limit})",
+                number(share * limit_mb_per_s),
+                share * 100.0
+            ),
+        ),
         Check::Throughput { .. } => (dash(), dash(), dash()),
     }
 }
@@ -586,7 +636,8 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
         | Check::Spawn { .. }
         | Check::Ratio { .. }
         | Check::Time { .. }
-        | Check::Breakdown { .. } => {
+        | Check::Breakdown { .. }
+        | Check::ShareOfLimit { .. } => {
             let (result, _, target) = describe_execution(check);
             (result, "—".into(), "—".into(), target, "—".into())
         }
@@ -717,6 +768,25 @@ mod tests {
         assert_eq!(breakdown.verdict(), Verdict::NoTarget);
         let (result, _, _) = describe_execution(&breakdown);
         assert_eq!(result, "snapshot 60.0 ms (medians of 5)");
+    }
+
+    #[test]
+    fn shares_of_a_limit_can_miss() {
+        let adoption = |mb_per_s| Check::ShareOfLimit {
+            mb_per_s,
+            seconds: 1.0,
+            runs: 3,
+            limit: "hash, all cores",
+            limit_mb_per_s: 2000.0,
+            context: String::new(),
+            share: 0.5,
+        };
+        assert_eq!(adoption(1000.0).verdict(), Verdict::Pass);
+        assert_eq!(adoption(999.0).verdict(), Verdict::Miss);
+        let (result, beside, target) = describe_execution(&adoption(1000.0));
+        assert_eq!(result, "1,000 MB/s = 50% of limit (1.00 s, median of 3)");
+        assert_eq!(beside, "hash, all cores 2,000 MB/s");
+        assert_eq!(target, "≥ 1,000 MB/s (50% of hash, all cores)");
     }
 
     #[test]
