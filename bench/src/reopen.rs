@@ -575,14 +575,12 @@ fn read_sample(
     Ok(())
 }
 
-/// Writes back access times, flushes, and closes both stores, so that the next open finds a
-/// cleanly closed database.
+/// Checkpoints the index (access times written back, flushed) and closes both stores, so that
+/// the next open finds a cleanly closed database.
 fn close(meta: Arc<RedbStore>, store: DiskStore) -> Result<(), BenchError> {
     store
-        .write_back_access_times()
-        .map_err(|e| failed("write back access times", e))?;
-    meta.flush()
-        .map_err(|e| failed("flush the metadata store", e))?;
+        .checkpoint()
+        .map_err(|e| failed("checkpoint the blob index", e))?;
     drop(store);
     // The last reference: dropping it closes the database (and stops its flush thread).
     match Arc::try_unwrap(meta) {
