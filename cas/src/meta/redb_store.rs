@@ -62,14 +62,18 @@ struct Closed {
     next_attempt: Instant,
 }
 
+/// The database, or why there is none right now.
+enum Slot {
+    Open(Arc<Database>),
+    /// An I/O error closed it; the next call after `next_attempt` reopens it.
+    Closed(Closed),
+}
+
 struct Shared {
     dir: PathBuf,
     file: PathBuf,
-    /// `None` after an I/O error, until a call reopens it.
-    db: RwLock<Option<Arc<Database>>>,
-    closed: Mutex<Option<Closed>>,
+    slot: RwLock<Slot>,
     space: SpaceWatch,
-    reopens: AtomicU64,
     writes: AtomicU64,
     /// Set when a write found the file system full: writes before then are refused untried.
     writes_resume: Mutex<Option<Instant>>,
@@ -78,34 +82,22 @@ struct Shared {
 impl Shared {
     /// The open database, reopening it if an I/O error closed it.
     fn database(&self) -> Result<Arc<Database>, MetaError> {
-        if let Some(db) = self
-            .db
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
+        if let Slot::Open(db) = &*self.slot.read().unwrap_or_else(PoisonError::into_inner) {
             return Ok(Arc::clone(db));
         }
-        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(db) = slot.as_ref() {
-            return Ok(Arc::clone(db));
-        }
-        let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        let state = match &mut *slot {
+            Slot::Open(db) => return Ok(Arc::clone(db)),
+            Slot::Closed(state) => state,
+        };
         let now = Instant::now();
-        let state = closed.get_or_insert_with(|| Closed {
-            out_of_space: false,
-            cause: "closed".to_owned(),
-            next_attempt: now,
-        });
         if now < state.next_attempt {
             return Err(self.closed_error(state));
         }
         match Database::create(&self.file) {
             Ok(db) => {
                 let db = Arc::new(db);
-                *slot = Some(Arc::clone(&db));
-                *closed = None;
-                self.reopens.fetch_add(1, Ordering::Relaxed);
+                *slot = Slot::Open(Arc::clone(&db));
                 tracing::info!(path = %self.dir.display(), "metadata store reopened");
                 Ok(db)
             }
@@ -156,12 +148,10 @@ impl Shared {
         };
         let out_of_space = match &error {
             redb::Error::Io(io) => is_out_of_space(io),
-            redb::Error::PreviousIo => self
-                .closed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .is_some_and(|c| c.out_of_space),
+            redb::Error::PreviousIo => matches!(
+                &*self.slot.read().unwrap_or_else(PoisonError::into_inner),
+                Slot::Closed(c) if c.out_of_space
+            ),
             _ => return Err(wrap(Box::new(error))),
         };
         self.close(&db, out_of_space, &error);
@@ -180,15 +170,11 @@ impl Shared {
 
     /// Closes `db` after an I/O error, unless another call already has.
     fn close(&self, db: &Arc<Database>, out_of_space: bool, error: &redb::Error) {
-        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
-        if !slot
-            .as_ref()
-            .is_some_and(|current| Arc::ptr_eq(current, db))
-        {
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(&*slot, Slot::Open(current) if Arc::ptr_eq(current, db)) {
             return;
         }
-        *slot = None;
-        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Closed {
+        *slot = Slot::Closed(Closed {
             out_of_space,
             cause: error.to_string(),
             next_attempt: Instant::now(),
@@ -303,9 +289,7 @@ impl RedbStore {
             space: SpaceWatch::new("metadata", &path),
             dir: path.clone(),
             file,
-            db: RwLock::new(Some(Arc::new(db))),
-            closed: Mutex::new(None),
-            reopens: AtomicU64::new(0),
+            slot: RwLock::new(Slot::Open(Arc::new(db))),
             writes: AtomicU64::new(0),
             writes_resume: Mutex::new(None),
         });
@@ -325,11 +309,6 @@ impl RedbStore {
     /// Number of fsyncs the group flush has run (for metrics and tests).
     pub fn flushes(&self) -> u64 {
         self.group.flushes()
-    }
-
-    /// How many times the database was reopened after an I/O error.
-    pub fn reopens(&self) -> u64 {
-        self.shared.reopens.load(Ordering::Relaxed)
     }
 
     /// A flush error as the caller should see it: out of space or unavailable as such.
