@@ -17,8 +17,8 @@
 //!
 //! A full file system refuses the blob being written with [`StoreError::OutOfSpace`], leaving
 //! nothing behind, and is reported once per episode ([`SpaceWatch`]). A record that cannot be
-//! written does not refuse the blob: the file is in place, the record is retried with the next
-//! access-time write-back, and the next start adopts the file if it never was.
+//! written does not refuse the blob: the file is in place, the record is retried at the next
+//! [`DiskStore::checkpoint`], and the next start adopts the file if it never was.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -78,7 +78,6 @@ pub struct DiskStore {
 }
 
 struct Inner {
-    root: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
     compress: bool,
@@ -123,7 +122,6 @@ impl DiskStore {
         let index = Index::load(table, options.budget_bytes, options.protect_recent)?;
         let inner = Inner {
             space: SpaceWatch::new("blobs", &options.root),
-            root: options.root,
             blobs,
             tmp,
             compress: options.compress,
@@ -248,7 +246,7 @@ impl Inner {
         if is_out_of_space(&source) {
             self.space.refused();
             StoreError::OutOfSpace {
-                path: self.root.clone(),
+                path: self.space.path().to_owned(),
             }
         } else {
             StoreError::io(op, path, source)
@@ -338,7 +336,7 @@ impl Inner {
             match self.meta.apply_batch(batch) {
                 Ok(()) => index.recorded(&digests),
                 Err(error) => {
-                    tracing::warn!(%error, "could not record adopted blobs yet; retrying with the access times");
+                    tracing::warn!(%error, "could not record adopted blobs yet; retried at the next checkpoint");
                 }
             }
         }
@@ -443,7 +441,7 @@ impl Inner {
             verified: true,
         };
         if let Err(error) = index.insert(digest, entry) {
-            // The blob is in place and served; its record is retried with the access times,
+            // The blob is in place and served; its record is retried at the next checkpoint,
             // and the next start adopts the file if it never gets written.
             if error.is_out_of_space() {
                 tracing::debug!(%digest, %error, "blob index record deferred");
