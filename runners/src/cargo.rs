@@ -62,6 +62,12 @@ pub struct TestBinary {
 }
 
 impl CargoTestRunner {
+    /// These settings without those that only select tests, for cache keys (see
+    /// [`crate::RunnerConfig::key_settings`]).
+    pub fn without_selection(&self) -> Self {
+        self.clone()
+    }
+
     /// Runs cargo in `dir` with no extra arguments.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {

@@ -48,6 +48,12 @@ fn default_packages() -> Vec<String> {
 }
 
 impl GoTestRunner {
+    /// These settings without those that only select tests, for cache keys (see
+    /// [`crate::RunnerConfig::key_settings`]).
+    pub fn without_selection(&self) -> Self {
+        self.clone()
+    }
+
     /// Runs `go test` on `./...` in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {

@@ -287,9 +287,12 @@ impl CommandOutput {
 pub enum Outcome {
     /// The tool reported a pass.
     Passed,
-    /// The tool reported a failure (pytest's setup and teardown errors included), or the test's
-    /// own process crashed.
+    /// The tool reported a failure, or the test's own process crashed.
     Failed,
+    /// The tool reported an error outside the test's own body, which its JUnit report counts
+    /// as an `<error>` rather than a `<failure>`: a pytest fixture's setup or teardown, a test
+    /// file that failed to import, a go package that failed to build.
+    Error,
     /// The tool skipped it (libtest's `#[ignore]`, `pytest.skip`, `t.Skip`, ...).
     Skipped,
     /// The command ran past its deadline before the tool reported this test.
@@ -543,6 +546,19 @@ pub enum RunnerConfig {
 }
 
 impl RunnerConfig {
+    /// These settings as part of a test result's cache key: without the settings that only
+    /// select which tests run (test paths, `-k`, name filters), so that a test selected another
+    /// way answers from the same cached pass (DESIGN.md §5.3).
+    pub fn key_settings(&self) -> RunnerConfig {
+        match self {
+            Self::Cargo(r) => Self::Cargo(r.without_selection()),
+            Self::Nextest(r) => Self::Nextest(r.without_selection()),
+            Self::Pytest(r) => Self::Pytest(r.without_selection()),
+            Self::Go(r) => Self::Go(r.without_selection()),
+            Self::Command(r) => Self::Command(r.clone()),
+        }
+    }
+
     /// The adapter these settings describe.
     pub fn runner(&self) -> &dyn Runner {
         match self {

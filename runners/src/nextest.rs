@@ -57,6 +57,12 @@ pub struct NextestRunner {
 const EXIT_TEST_FAILED: i32 = 100;
 
 impl NextestRunner {
+    /// These settings without those that only select tests, for cache keys (see
+    /// [`crate::RunnerConfig::key_settings`]).
+    pub fn without_selection(&self) -> Self {
+        self.clone()
+    }
+
     /// Runs nextest in `dir`, with the archive at `dir/target/tessera/nextest-archive.tar.zst`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();

@@ -57,6 +57,12 @@ const EXIT_NO_TESTS: i32 = 5;
 const EXIT_USAGE_ERROR: i32 = 4;
 
 impl PytestRunner {
+    /// These settings without those that only select tests, for cache keys (see
+    /// [`crate::RunnerConfig::key_settings`]).
+    pub fn without_selection(&self) -> Self {
+        self.clone()
+    }
+
     /// Runs `python3 -m pytest` in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {

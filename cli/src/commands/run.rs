@@ -68,6 +68,14 @@ pub struct RunArgs {
     /// Platform property the agents must have, KEY=VALUE; repeatable.
     #[arg(long = "platform", value_name = "K=V")]
     pub platform: Vec<String>,
+    /// Give the test steps the host's network (the same as `--platform network=on`); by default
+    /// tests run with only loopback.
+    #[arg(long)]
+    pub network: bool,
+    /// Run the prepare step (the build) without network too; by default it may fetch
+    /// dependencies, as a build in CI does.
+    #[arg(long)]
+    pub no_prepare_network: bool,
     /// Only send files matching GLOB (relative to the project root; a directory means all
     /// under it); repeatable.
     #[arg(long, value_name = "GLOB")]
@@ -170,13 +178,15 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         &placement,
     )?;
     let lookup = |k: &str| std::env::var(k).ok();
+    let fail_fast = args.fail_fast || runner.fail_fast;
     let settings = JobSettings {
         runner,
         exec_root,
         environment: spec::environment(lookup, &args.env)?,
-        platform: spec::platform(&args.platform)?,
+        platform: spec::platform(&args.platform, args.network)?,
+        prepare_network: !args.no_prepare_network,
         retries: args.retries,
-        fail_fast: args.fail_fast,
+        fail_fast,
         timeout: args.timeout,
         priority: args.priority,
         submitter: spec::submitter(lookup),

@@ -85,7 +85,13 @@ impl<W: Write> Human<W> {
             format!(", on {}", test.agent)
         };
         match (test.outcome(), test.r#final) {
-            (TestOutcome::Failed | TestOutcome::TimedOut | TestOutcome::NoResult, false) => {
+            (
+                TestOutcome::Failed
+                | TestOutcome::Error
+                | TestOutcome::TimedOut
+                | TestOutcome::NoResult,
+                false,
+            ) => {
                 self.line(&format!(
                     "RETRY   {name} (attempt {} {}{agent})",
                     test.attempt,
@@ -93,12 +99,16 @@ impl<W: Write> Human<W> {
                 ));
             }
             (
-                outcome @ (TestOutcome::Failed | TestOutcome::TimedOut | TestOutcome::NoResult),
+                outcome @ (TestOutcome::Failed
+                | TestOutcome::Error
+                | TestOutcome::TimedOut
+                | TestOutcome::NoResult),
                 true,
             ) => {
                 let label = match outcome {
                     TestOutcome::TimedOut => "TIMEOUT",
                     TestOutcome::NoResult => "NO RESULT",
+                    TestOutcome::Error => "ERROR",
                     _ => "FAIL",
                 };
                 let mut text = format!(
@@ -139,6 +149,9 @@ impl<W: Write> Human<W> {
             "{} passed, {} failed, {} flaky",
             tally.passed, tally.failed, tally.flaky
         );
+        if tally.errors > 0 {
+            msg.push_str(&format!(", {} errors", tally.errors));
+        }
         if let Some(p) = &tally.progress {
             bar.set_length(u64::from(p.total));
             msg.push_str(&format!(
@@ -159,6 +172,7 @@ fn word(outcome: TestOutcome) -> &'static str {
     match outcome {
         TestOutcome::TimedOut => "timed out",
         TestOutcome::NoResult => "gave no result",
+        TestOutcome::Error => "had an error",
         _ => "failed",
     }
 }

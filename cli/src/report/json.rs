@@ -8,11 +8,11 @@
 //! | `phase` | `phase` (`queued`, `preparing`, `listing`, `running`, `done`), `detail` |
 //! | `queue` | `ahead` (operations of others ahead in the queue) |
 //! | `planned` | `total`, `cached`, `to_run`, `expected_ms` |
-//! | `test` | `test` (`"group name"`, or the name without a group), `group`, `name`, `outcome` (`passed`, `failed`, `skipped`, `timed_out`, `flaky`, `no_result`, `cancelled`), `attempt`, `final`, `cached`, `duration_ms`, `agent`, `output`, `failed_attempts` |
+//! | `test` | `test` (`"group name"`, or the name without a group), `group`, `name`, `outcome` (`passed`, `failed`, `error`, `skipped`, `timed_out`, `flaky`, `no_result`, `cancelled`), `attempt`, `final`, `cached`, `duration_ms`, `agent`, `output`, `failed_attempts` |
 //! | `progress` | `done`, `total`, `running_batches`, `agents`, `busy_slots`, `total_slots`, `eta_ms` |
 //! | `log` | `text` |
 //! | `note` | `text` (from the client: re-attaching, cancelling) |
-//! | `finished` | `job_id`, `result` (`passed`, `failed`, `error`, `infrastructure`, `cancelled`), `message`, `passed`, `failed`, `skipped`, `flaky`, `timed_out`, `cached`, `not_run`, `wall_ms`, `serial_ms`, `log`, `exit_code` |
+//! | `finished` | `job_id`, `result` (`passed`, `failed`, `error`, `infrastructure`, `cancelled`), `message`, `passed`, `failed`, `errors`, `skipped`, `flaky`, `timed_out`, `cached`, `not_run`, `wall_ms`, `serial_ms`, `log`, `exit_code` |
 
 use std::io::Write;
 
@@ -60,7 +60,7 @@ pub fn event_json(event: &JobEvent, job_id: &str) -> Value {
         Some(Kind::Log(l)) => json!({ "event": "log", "text": l.text }),
         Some(Kind::Finished(f)) => json!({
             "event": "finished", "job_id": job_id, "result": result_name(f.result()),
-            "message": f.message, "passed": f.passed, "failed": f.failed,
+            "message": f.message, "passed": f.passed, "failed": f.failed, "errors": f.errors,
             "skipped": f.skipped, "flaky": f.flaky, "timed_out": f.timed_out,
             "cached": f.cached, "not_run": f.not_run, "wall_ms": ms(f.wall.as_ref()),
             "serial_ms": ms(f.serial.as_ref()), "log": f.log,

@@ -118,7 +118,7 @@ impl Counts {
             c.time += duration(t.duration.as_ref()).as_secs_f64();
             match t.outcome() {
                 TestOutcome::Failed | TestOutcome::TimedOut => c.failures += 1,
-                TestOutcome::NoResult | TestOutcome::Unknown => c.errors += 1,
+                TestOutcome::NoResult | TestOutcome::Error | TestOutcome::Unknown => c.errors += 1,
                 TestOutcome::Skipped | TestOutcome::Cancelled => c.skipped += 1,
                 TestOutcome::Passed | TestOutcome::Flaky => {}
             }
@@ -142,6 +142,10 @@ fn case(out: &mut String, suite: &str, name: &str, test: &TestFinished) {
         )),
         TestOutcome::TimedOut => Some(format!(
             "<failure message=\"timed out\" type=\"timeout\">{}</failure>",
+            text(&test.output)
+        )),
+        TestOutcome::Error => Some(format!(
+            "<error message=\"error\" type=\"error\">{}</error>",
             text(&test.output)
         )),
         TestOutcome::NoResult | TestOutcome::Unknown => Some(format!(

@@ -38,6 +38,8 @@ pub struct Tally {
     pub passed: u32,
     /// Final failures so far (timed out and no result included).
     pub failed: u32,
+    /// Errors so far (pytest's setup and import errors, go build failures).
+    pub errors: u32,
     /// Skipped tests so far.
     pub skipped: u32,
     /// Flaky tests so far.
@@ -89,13 +91,14 @@ impl Tally {
             TestOutcome::Failed | TestOutcome::TimedOut | TestOutcome::NoResult => {
                 self.failed += 1;
             }
+            TestOutcome::Error => self.errors += 1,
             TestOutcome::Cancelled | TestOutcome::Unknown => {}
         }
     }
 
     /// Tests with a final result so far.
     pub fn done(&self) -> u32 {
-        self.passed + self.failed + self.skipped + self.flaky
+        self.passed + self.failed + self.errors + self.skipped + self.flaky
     }
 
     /// The exit code the job's result calls for; `None` while it runs.
@@ -115,8 +118,8 @@ pub fn exit_for(finished: &JobFinished) -> Exit {
     }
 }
 
-/// The last line of every human report: `N passed, N failed`, then `, N skipped` and
-/// `, N flaky` when not zero. Timed-out tests are counted as failed (the line before it says
+/// The last line of every human report: `N passed, N failed`, then `, N errors`, `, N
+/// skipped` and `, N flaky` when not zero. Timed-out tests are counted as failed (the line before it says
 /// how many of them timed out).
 pub fn summary_line(finished: &JobFinished) -> String {
     let mut line = format!(
@@ -124,6 +127,10 @@ pub fn summary_line(finished: &JobFinished) -> String {
         finished.passed,
         finished.failed + finished.timed_out
     );
+    if finished.errors > 0 {
+        let s = if finished.errors == 1 { "" } else { "s" };
+        line.push_str(&format!(", {} error{s}", finished.errors));
+    }
     if finished.skipped > 0 {
         line.push_str(&format!(", {} skipped", finished.skipped));
     }
@@ -178,6 +185,7 @@ pub fn outcome_name(outcome: TestOutcome) -> &'static str {
         TestOutcome::Unknown => "unknown",
         TestOutcome::Passed => "passed",
         TestOutcome::Failed => "failed",
+        TestOutcome::Error => "error",
         TestOutcome::Skipped => "skipped",
         TestOutcome::TimedOut => "timed_out",
         TestOutcome::Flaky => "flaky",

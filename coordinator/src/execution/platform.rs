@@ -25,6 +25,10 @@ pub const AVOID_AGENT_PROPERTY: &str = "avoid-agent";
 /// root (DESIGN.md §5: a job's prepare step and batches see it at the same path everywhere).
 pub const EXEC_ROOT_PROPERTY: &str = "exec-root";
 
+/// Platform property saying whether an action gets the host's network (`on`) or a private
+/// network namespace with only loopback (`off`, the default), as agents read it.
+pub const NETWORK_PROPERTY: &str = "network";
+
 /// A platform requirement (or an agent's properties): sorted, deduplicated pairs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Platform(Vec<(String, String)>);

@@ -259,6 +259,7 @@ impl<'a> RunPhase<'a> {
             let failure = match result.outcome {
                 Outcome::Passed | Outcome::Skipped => None,
                 Outcome::Failed => Some(Failure::Failed),
+                Outcome::Error => Some(Failure::Error),
                 Outcome::TimedOut => Some(Failure::TimedOut),
                 Outcome::NoResult => Some(Failure::NoResult),
             };

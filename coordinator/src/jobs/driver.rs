@@ -321,7 +321,11 @@ fn settings_key(job: &Job) -> Vec<u8> {
     };
     push(&spec.instance_name);
     push(&spec.digest_function.to_string());
-    push(&spec.runner_json);
+    // The runner without its test selection: a test picked by `-k` or a path answers from the
+    // pass it had when the whole suite ran.
+    let runner = serde_json::to_string(&job.runner.key_settings())
+        .unwrap_or_else(|_| spec.runner_json.clone());
+    push(&runner);
     push(&spec.exec_root);
     let mut env: Vec<_> = spec
         .environment

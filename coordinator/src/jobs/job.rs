@@ -143,6 +143,7 @@ impl Job {
                 },
             ),
             priority: self.spec.priority,
+            prepare_network: self.spec.prepare_network,
         }
     }
 }
@@ -151,6 +152,6 @@ impl Job {
 pub fn is_failure(outcome: TestOutcome) -> bool {
     matches!(
         outcome,
-        TestOutcome::Failed | TestOutcome::TimedOut | TestOutcome::NoResult
+        TestOutcome::Failed | TestOutcome::Error | TestOutcome::TimedOut | TestOutcome::NoResult
     )
 }

@@ -28,7 +28,7 @@ use super::driver::{JobContext, Stop};
 use super::job::Job;
 use super::overlay::overlay;
 use crate::execution::execute::{ExecuteError, OperationWatch, Submitted};
-use crate::execution::platform::{AVOID_AGENT_PROPERTY, EXEC_ROOT_PROPERTY};
+use crate::execution::platform::{AVOID_AGENT_PROPERTY, EXEC_ROOT_PROPERTY, NETWORK_PROPERTY};
 
 /// Most bytes of one test's or step's output kept in an event (the tail is kept).
 pub(super) const MAX_OUTPUT: usize = 64 * 1024;
@@ -165,9 +165,17 @@ impl Steps<'_> {
             name: EXEC_ROOT_PROPERTY.to_owned(),
             value: spec.exec_root.clone(),
         });
+        let prepare = matches!(request.spec, StepSpec::Prepare { .. });
+        if prepare && spec.prepare_network {
+            // The build may fetch dependencies, as in any CI; tests keep the job's platform.
+            properties.retain(|p| p.name != NETWORK_PROPERTY);
+            properties.push(Property {
+                name: NETWORK_PROPERTY.to_owned(),
+                value: "on".to_owned(),
+            });
+        }
         properties.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
         let platform = Platform { properties };
-        let prepare = matches!(request.spec, StepSpec::Prepare { .. });
         #[expect(
             deprecated,
             reason = "agents and v2.0 clients read the pre-2.1 output fields"

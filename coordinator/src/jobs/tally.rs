@@ -16,6 +16,7 @@ pub(super) struct Tally {
     pub(super) skipped: u32,
     pub(super) flaky: u32,
     pub(super) timed_out: u32,
+    pub(super) errors: u32,
     /// Passes answered from the result cache (also counted in `passed`).
     pub(super) cached: u32,
     pub(super) not_run: u32,
@@ -32,20 +33,27 @@ impl Tally {
             TestOutcome::Skipped => self.skipped += 1,
             TestOutcome::TimedOut => self.timed_out += 1,
             TestOutcome::Failed | TestOutcome::NoResult | TestOutcome::Unknown => self.failed += 1,
+            TestOutcome::Error => self.errors += 1,
             TestOutcome::Cancelled => self.not_run += 1,
         }
     }
 
     /// Tests with a final outcome.
     pub(super) fn done(&self) -> u32 {
-        self.passed + self.failed + self.skipped + self.flaky + self.timed_out + self.not_run
+        self.passed
+            + self.failed
+            + self.errors
+            + self.skipped
+            + self.flaky
+            + self.timed_out
+            + self.not_run
     }
 
     /// The job's last event: its result from `stop` (why it stopped early, if it did) and
     /// the tally, which ran for `wall`.
     pub(super) fn finished(&self, stop: Option<Stop>, wall: Duration) -> JobFinished {
         let (result, message, log) = match stop {
-            None if self.failed + self.timed_out > 0 => {
+            None if self.failed + self.errors + self.timed_out > 0 => {
                 (JobResult::Failed, String::new(), String::new())
             }
             None => (JobResult::Passed, String::new(), String::new()),
@@ -74,6 +82,7 @@ impl Tally {
             wall: Some(to_proto_duration(wall)),
             serial: Some(to_proto_duration(self.serial)),
             log,
+            errors: self.errors,
         }
     }
 }

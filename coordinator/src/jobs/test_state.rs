@@ -31,6 +31,8 @@ use super::planner::BatchId;
 pub(super) enum Failure {
     /// The tool reported a failure.
     Failed,
+    /// The tool reported an error outside the test's body (setup, import, build).
+    Error,
     /// The test ran past its deadline.
     TimedOut,
     /// The tool said nothing about the test (a crash, a build failure, a lost batch).
@@ -42,6 +44,7 @@ impl Failure {
     pub(super) fn outcome(self) -> TestOutcome {
         match self {
             Failure::Failed => TestOutcome::Failed,
+            Failure::Error => TestOutcome::Error,
             Failure::TimedOut => TestOutcome::TimedOut,
             Failure::NoResult => TestOutcome::NoResult,
         }

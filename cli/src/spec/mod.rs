@@ -1,6 +1,9 @@
 //! What `tessera run` submits: the runner inferred from the command line, the environment and
 //! platform, as a `tessera.v1.JobSpec`. Pure functions of their inputs, so they are unit-tested
 //! without a coordinator.
+//!
+//! Each tool's command line is read by its own module (`cargo.rs`, `nextest.rs`, `pytest.rs`,
+//! `go.rs`); this one infers the tool and builds the spec.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,11 +12,14 @@ use std::time::Duration;
 use tessera_proto::reapi::{command::EnvironmentVariable, platform::Property};
 use tessera_proto::tessera::v1::JobSpec;
 use tessera_proto::time::to_proto_duration;
-use tessera_runners::{
-    CargoTestRunner, CommandRunner, GoTestRunner, NextestRunner, PytestRunner, RunnerConfig,
-};
+use tessera_runners::{CommandRunner, RunnerConfig};
 
 use crate::exit::CliError;
+
+mod cargo;
+mod go;
+mod nextest;
+mod pytest;
 
 /// `--runner`: which adapter runs the tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,25 +48,81 @@ impl RunnerKind {
     }
 }
 
-/// Variables passed from the submitting environment when set; everything else is left out,
-/// since the environment is part of every test's cache key.
+/// Variables passed from the submitting environment when set: those that change what the
+/// tools do or which toolchain runs (README "What travels with a job"). Everything else is left
+/// out, since the environment is part of every test's cache key; `--env KEY` adds more.
 pub const PASSED_ENV: &[&str] = &[
+    // Everyone.
     "PATH",
     "HOME",
     "USER",
     "LANG",
     "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "CI",
+    // Rust: toolchain, build and test settings.
     "CARGO_HOME",
+    "CARGO_INCREMENTAL",
+    "CARGO_NET_OFFLINE",
+    "CARGO_PROFILE_DEV_DEBUG",
+    "CARGO_PROFILE_TEST_DEBUG",
+    "CARGO_PROFILE_RELEASE_DEBUG",
     "RUSTUP_HOME",
     "RUSTUP_TOOLCHAIN",
+    "RUSTC",
+    "RUSTDOC",
     "RUSTFLAGS",
+    "RUSTDOCFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+    "RUST_TEST_THREADS",
+    "RUST_TEST_TIME_UNIT",
+    "RUST_TEST_TIME_INTEGRATION",
+    "RUST_MIN_STACK",
+    "RUST_LOG",
+    "NEXTEST_PROFILE",
+    "NEXTEST_RETRIES",
+    "NEXTEST_TEST_THREADS",
+    // Python.
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "PYTHONWARNINGS",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUTF8",
+    "PYTHONIOENCODING",
+    "PYTHONSAFEPATH",
+    "PYTHONDEVMODE",
+    "PYTEST_ADDOPTS",
+    "PYTEST_PLUGINS",
+    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
+    "VIRTUAL_ENV",
+    "PYENV_VERSION",
+    "CONDA_PREFIX",
+    // Go.
     "GOPATH",
+    "GOROOT",
     "GOCACHE",
     "GOMODCACHE",
     "GOFLAGS",
     "GOPROXY",
-    "PYTHONPATH",
-    "VIRTUAL_ENV",
+    "GOPRIVATE",
+    "GONOSUMDB",
+    "GONOPROXY",
+    "GOSUMDB",
+    "GOTOOLCHAIN",
+    "GO111MODULE",
+    "GOEXPERIMENT",
+    "GODEBUG",
+    "GOOS",
+    "GOARCH",
+    "GOAMD64",
+    "CGO_ENABLED",
+    "CGO_CFLAGS",
+    "CGO_LDFLAGS",
+    "CC",
+    "CXX",
 ];
 
 /// Where the job runs: the project root's fixed path on the agents, and the directory the user
@@ -93,6 +155,20 @@ pub struct RunnerChoice {
     pub config: RunnerConfig,
     /// Directories the prepare step keeps between runs (`target` for cargo and nextest).
     pub persist: Vec<String>,
+    /// The tool's own command line asked to stop at the first failure (`pytest -x`, `go test
+    /// -failfast`): the job runs with fail-fast, which never reports untried tests as failed.
+    pub fail_fast: bool,
+}
+
+impl RunnerChoice {
+    /// A runner that keeps nothing between runs and does not stop at the first failure.
+    pub fn new(config: RunnerConfig) -> Self {
+        Self {
+            config,
+            persist: Vec::new(),
+            fail_fast: false,
+        }
+    }
 }
 
 /// Chooses the runner for `args` (what followed `--`), given `--runner` and `--list-command`.
@@ -141,75 +217,17 @@ pub fn choose_runner(
         _ => args,
     };
     let dir = placement.dir.clone();
-    let target = placement.exec_root.join("target");
-    let target_env = target.display().to_string();
     let choice = match kind {
-        RunnerKind::Cargo => {
-            let cargo_args = cargo_args(rest, "cargo test")?;
-            if let Some(bad) = cargo_args
-                .iter()
-                .find(|a| matches!(a.as_str(), "--no-run" | "--doc"))
-            {
-                return Err(CliError::usage(format!(
-                    "`cargo test {bad}` is not supported: tessera builds the test binaries and runs every test they list"
-                )));
-            }
-            RunnerChoice {
-                config: RunnerConfig::Cargo(
-                    CargoTestRunner::new(dir)
-                        .cargo_args(cargo_args)
-                        .env("CARGO_TARGET_DIR", target_env),
-                ),
-                persist: vec!["target".to_owned()],
-            }
-        }
-        RunnerKind::Nextest => {
-            let mut cargo_args = cargo_args(rest, "cargo nextest run")?;
-            let profile = take_option(&mut cargo_args, &["--profile", "-P"])?;
-            let mut runner = NextestRunner::new(dir)
-                .archive_file(target.join("tessera/nextest-archive.tar.zst"))
-                .cargo_args(cargo_args)
-                .env("CARGO_TARGET_DIR", target_env);
-            if let Some(profile) = profile {
-                runner = runner.profile(profile);
-            }
-            RunnerChoice {
-                config: RunnerConfig::Nextest(runner),
-                persist: vec!["target".to_owned()],
-            }
-        }
+        RunnerKind::Cargo => cargo::choose_cargo(rest, &dir, &placement.exec_root)?,
+        RunnerKind::Nextest => nextest::choose(rest, &dir, &placement.exec_root)?,
         RunnerKind::Pytest => {
             let (command, rest) = match inferred {
                 Some((RunnerKind::Pytest, skip)) => (args[..skip].to_vec(), &args[skip..]),
                 _ => (Vec::new(), rest),
             };
-            if let Some(path) = pytest_paths(rest).first() {
-                return Err(CliError::usage(format!(
-                    "pytest test paths such as `{path}` are not supported: tessera lists and \
-                     shards every test under the directory you run it in; cd into the directory \
-                     to narrow it, or select tests with -k / -m"
-                )));
-            }
-            let mut runner = PytestRunner::new(dir).args(rest.iter().cloned());
-            if !command.is_empty() {
-                runner = runner.pytest_command(command);
-            }
-            RunnerChoice {
-                config: RunnerConfig::Pytest(runner),
-                persist: Vec::new(),
-            }
+            pytest::choose(command, rest, &dir)?
         }
-        RunnerKind::Go => {
-            let (flags, packages) = split_go_args(rest)?;
-            let mut runner = GoTestRunner::new(dir).args(flags);
-            if !packages.is_empty() {
-                runner = runner.packages(packages);
-            }
-            RunnerChoice {
-                config: RunnerConfig::Go(runner),
-                persist: Vec::new(),
-            }
-        }
+        RunnerKind::Go => go::choose(rest, &dir)?,
         RunnerKind::Command => {
             let Some(list) = list_command else {
                 return Err(CliError::usage(
@@ -227,10 +245,7 @@ pub fn choose_runner(
                 args.to_vec(),
             )
             .map_err(|e| CliError::usage(format!("bad run template: {e}")))?;
-            RunnerChoice {
-                config: RunnerConfig::Command(runner),
-                persist: Vec::new(),
-            }
+            RunnerChoice::new(RunnerConfig::Command(runner))
         }
     };
     Ok(choice)
@@ -260,152 +275,6 @@ fn is_python(word: &str) -> bool {
         || name
             .strip_prefix("python")
             .is_some_and(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.'))
-}
-
-/// Cargo's arguments up to `--`; test-binary arguments after it are refused, since tessera
-/// picks and runs the tests itself.
-fn cargo_args(args: &[String], tool: &str) -> Result<Vec<String>, CliError> {
-    match args.iter().position(|a| a == "--") {
-        None => Ok(args.to_vec()),
-        Some(at) if at + 1 == args.len() => Ok(args[..at].to_vec()),
-        Some(at) => Err(CliError::usage(format!(
-            "test arguments after `{tool} ... --` ({}) are not supported: tessera lists the \
-             tests and runs each one itself; drop them",
-            args[at + 1..].join(" ")
-        ))),
-    }
-}
-
-/// Removes `--flag VALUE` / `--flag=VALUE` for any of `names`, returning the last value.
-fn take_option(args: &mut Vec<String>, names: &[&str]) -> Result<Option<String>, CliError> {
-    let mut value = None;
-    let mut i = 0;
-    while i < args.len() {
-        let arg = &args[i];
-        if names.contains(&arg.as_str()) {
-            if i + 1 >= args.len() {
-                return Err(CliError::usage(format!("{arg} needs a value")));
-            }
-            value = Some(args.remove(i + 1));
-            args.remove(i);
-            continue;
-        }
-        if let Some(v) = names
-            .iter()
-            .find_map(|n| arg.strip_prefix(&format!("{n}=")))
-        {
-            value = Some(v.to_owned());
-            args.remove(i);
-            continue;
-        }
-        i += 1;
-    }
-    Ok(value)
-}
-
-/// pytest options whose value is the next argument.
-const PYTEST_VALUE_OPTIONS: &[&str] = &[
-    "-k",
-    "-m",
-    "-p",
-    "-o",
-    "-c",
-    "-W",
-    "-r",
-    "--deselect",
-    "--ignore",
-    "--ignore-glob",
-    "--rootdir",
-    "--confcutdir",
-    "--basetemp",
-    "--tb",
-    "--maxfail",
-    "--durations",
-    "--import-mode",
-    "--capture",
-    "--log-level",
-    "--override-ini",
-];
-
-/// Positional arguments of a pytest command line (test paths and node ids).
-fn pytest_paths(args: &[String]) -> Vec<String> {
-    let mut paths = Vec::new();
-    let mut skip_next = false;
-    for arg in args {
-        if skip_next {
-            skip_next = false;
-            continue;
-        }
-        if PYTEST_VALUE_OPTIONS.contains(&arg.as_str()) {
-            skip_next = true;
-        } else if !arg.starts_with('-') {
-            paths.push(arg.clone());
-        }
-    }
-    paths
-}
-
-/// `go test` flags whose value may be the next argument.
-const GO_VALUE_FLAGS: &[&str] = &[
-    "bench",
-    "benchtime",
-    "blockprofile",
-    "count",
-    "covermode",
-    "coverpkg",
-    "coverprofile",
-    "cpu",
-    "cpuprofile",
-    "exec",
-    "gcflags",
-    "ldflags",
-    "asmflags",
-    "memprofile",
-    "mod",
-    "modfile",
-    "mutexprofile",
-    "o",
-    "outputdir",
-    "overlay",
-    "p",
-    "parallel",
-    "pkgdir",
-    "shuffle",
-    "tags",
-    "timeout",
-    "toolexec",
-    "trace",
-    "vet",
-    "fuzz",
-    "fuzztime",
-];
-
-/// Splits `go test` arguments into flags and package patterns.
-fn split_go_args(args: &[String]) -> Result<(Vec<String>, Vec<String>), CliError> {
-    let mut flags = Vec::new();
-    let mut packages = Vec::new();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
-            packages.push(arg.clone());
-            continue;
-        };
-        let name = flag.split('=').next().unwrap_or_default();
-        if matches!(name, "run" | "skip" | "list" | "json") {
-            return Err(CliError::usage(format!(
-                "`go test -{name}` is not supported: tessera lists the tests and selects each \
-                 batch itself; drop it"
-            )));
-        }
-        flags.push(arg.clone());
-        if !flag.contains('=') && GO_VALUE_FLAGS.contains(&name) {
-            match iter.next() {
-                Some(value) => flags.push(value.clone()),
-                None => return Err(CliError::usage(format!("go test {arg} needs a value"))),
-            }
-        }
-    }
-    Ok((flags, packages))
 }
 
 /// The environment of every step: [`PASSED_ENV`] from `lookup`, then `--env KEY=VAL` / `--env
@@ -442,9 +311,13 @@ pub fn environment(
     Ok(env)
 }
 
-/// `--platform K=V` values, sorted by key (a repeated key keeps its last value).
-pub fn platform(items: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+/// `--platform K=V` values, sorted by key (a repeated key keeps its last value), with
+/// `network=on` for `--network`.
+pub fn platform(items: &[String], network: bool) -> Result<BTreeMap<String, String>, CliError> {
     let mut out = BTreeMap::new();
+    if network {
+        out.insert("network".to_owned(), "on".to_owned());
+    }
     for item in items {
         match item.split_once('=') {
             Some((k, v)) if !k.is_empty() => {
@@ -502,6 +375,8 @@ pub struct JobSettings {
     pub title: String,
     /// Run every test even if cached.
     pub no_cache: bool,
+    /// The prepare step may use the network.
+    pub prepare_network: bool,
 }
 
 /// The job spec for `settings` with the snapshot root `input_root`.
@@ -541,6 +416,7 @@ pub fn job_spec(
         title: settings.title.clone(),
         skip_cache: settings.no_cache,
         persist: settings.runner.persist.clone(),
+        prepare_network: settings.prepare_network,
     })
 }
 
@@ -756,9 +632,11 @@ mod tests {
 
     #[test]
     fn platform_pairs_and_titles() {
-        let p = platform(&["os=linux".to_owned(), "arch=x86_64".to_owned()]).unwrap();
+        let p = platform(&["os=linux".to_owned(), "arch=x86_64".to_owned()], false).unwrap();
         assert_eq!(p.keys().collect::<Vec<_>>(), vec!["arch", "os"]);
-        assert!(platform(&["nokey".to_owned()]).is_err());
+        assert!(platform(&["nokey".to_owned()], false).is_err());
+        let p = platform(&[], true).unwrap();
+        assert_eq!(p["network"], "on");
         assert_eq!(
             title(&argv("tessera run -- pytest -k")),
             "tessera run -- pytest -k"
