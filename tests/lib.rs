@@ -10,12 +10,14 @@
 //! - this file: the in-process server ([`TestServer`]), paths, data and REAPI helpers;
 //! - `process.rs`: `tessera coordinator` / `tessera agent` child processes;
 //! - `child_log.rs`: a child's stderr as lines to wait for;
-//! - `wait.rs`: waits on gRPC streams, and polling where there is no event.
+//! - `wait.rs`: waits on gRPC streams, and polling where there is no event;
+//! - `world/`: the world's suites, fetched, run directly and through `tessera run`, compared.
 
 mod child_log;
 mod process;
 mod tmpfs;
 mod wait;
+pub mod world;
 
 pub use child_log::ChildLog;
 pub use process::{AgentProcess, ServerProcess, wait_exit};
