@@ -6,6 +6,9 @@
 #   - iproute2 (ip), python3, gcc/g++ (cc_test in the Bazel fixture), zip/unzip (test outputs.zip)
 #   - golang-go (go test) and pytest >= 8.2 from PyPI (@file node ids): the runner adapters'
 #     tests in runners/tests drive the real tools on the projects under examples/
+#   - golang-github-google-go-cmp-dev, golang-github-pkg-errors-dev (Go sources under
+#     /usr/share/gocode/src) and curl (crates.io downloads): the world's suites that
+#     tests/it/world_suites.rs runs directly and through `tessera run` (tests/world/fetch.sh)
 # Set TESSERA_SKIP_BAZEL=1 to skip Bazel (e.g. on machines that only run unit tests).
 set -euo pipefail
 
@@ -27,6 +30,10 @@ need g++ g++
 need unzip unzip
 need zip zip          # test-setup.sh zips TEST_UNDECLARED_OUTPUTS_DIR
 need go golang-go     # runners: go test adapter
+need curl curl        # tests/world/fetch.sh: .crate files from crates.io
+for deb in golang-github-google-go-cmp-dev golang-github-pkg-errors-dev; do
+  dpkg -s "$deb" >/dev/null 2>&1 || pkgs+=("$deb") # tests/world/fetch.sh: Go sources
+done
 
 if [ "${#pkgs[@]}" -eq 0 ]; then
   echo "install-deps: system packages all present"

@@ -10,15 +10,16 @@
 //! The suites are downloaded once into `${TESSERA_WORLD_CACHE:-~/.cache/tessera-world}`
 //! (`world/fetch.sh`). With `CI` unset, a missing tool or download skips with a message;
 //! under `CI=true` it fails. The table of suites is printed (run with `--no-capture` to see it
-//! when everything passes) and written to `world-table.md` in the cache.
+//! when everything passes) and written to `table-STORY.md` in the cache; a failing story
+//! keeps its logs (direct output and reports, Tessera's events and JUnit) in the cache's
+//! `last-failure-STORY/`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tessera_tests::world::catalogue::{DATEUTIL, Fetched, SUITES, Suite};
+use tessera_tests::world::catalogue::{Fetched, MORE_ITERTOOLS, SUITES, Suite};
 use tessera_tests::world::compare::{Mismatch, Row, compare, table};
 use tessera_tests::world::direct::{self, DirectRun};
 use tessera_tests::world::source;
@@ -65,14 +66,56 @@ fn agent(endpoint: &str, work: &Path, id: &str) -> AgentProcess {
     agent
 }
 
+/// Where one story works: its temp dir (copies, agents, coordinator data) and its logs, which
+/// are kept in the cache (`last-failure-STORY/`) when the story fails.
+struct Workspace {
+    dir: tempfile::TempDir,
+    story: &'static str,
+}
+
+impl Workspace {
+    fn new(story: &'static str) -> Self {
+        Workspace {
+            dir: tessera_tests::visible_tempdir(),
+            story,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Logs of `suite`: the direct run's output and report, Tessera's events and JUnit.
+    fn logs(&self, suite: &str) -> PathBuf {
+        let dir = self.path().join("logs").join(suite);
+        std::fs::create_dir_all(&dir).expect("logs dir");
+        dir
+    }
+
+    /// Fails the story with `why`, keeping its logs.
+    fn fail(&self, why: &str) -> ! {
+        let kept = source::cache_dir().join(format!("last-failure-{}", self.story));
+        let _ = std::fs::remove_dir_all(&kept);
+        let _ = source::copy_tree(&self.path().join("logs"), &kept);
+        panic!("{why}\n(logs kept in {})", kept.display());
+    }
+}
+
 /// The direct run of `suite`, with its evidence checked: what the suite was chosen for and
 /// the direct run did not show is returned as a complaint.
-fn run_directly(suite: &Suite, fetched: &Fetched, work: &Path) -> (DirectRun, Vec<String>) {
+fn run_directly(
+    suite: &Suite,
+    fetched: &Fetched,
+    work: &Workspace,
+    copy_name: &str,
+) -> (DirectRun, Duration, Vec<String>) {
     let copy = suite
-        .copy(fetched, &work.join("direct"))
+        .copy(fetched, &work.path().join("direct"), copy_name)
         .unwrap_or_else(|e| panic!("copy {}: {e}", suite.name));
-    let run = direct::run(suite, fetched, &copy, work)
-        .unwrap_or_else(|e| panic!("{} run directly: {e}", suite.name));
+    let started = Instant::now();
+    let run = direct::run(suite, fetched, &copy, &work.logs(suite.name))
+        .unwrap_or_else(|e| work.fail(&format!("{} run directly: {e}", suite.name)));
+    let took = started.elapsed();
     let missing: Vec<String> = suite
         .chosen_for
         .iter()
@@ -85,25 +128,55 @@ fn run_directly(suite: &Suite, fetched: &Fetched, work: &Path) -> (DirectRun, Ve
             )
         })
         .collect();
-    (run, missing)
+    (run, took, missing)
+}
+
+/// Starts `tessera run` on a fresh copy of `suite` named `copy_name`.
+fn start_tessera(
+    suite: &Suite,
+    fetched: &Fetched,
+    work: &Workspace,
+    copy_name: &str,
+    endpoint: &str,
+) -> TesseraRun {
+    let copy = suite
+        .copy(fetched, &work.path().join("tessera"), copy_name)
+        .expect("copy for tessera");
+    let mut env = direct::common_env();
+    env.extend(fetched.env.clone());
+    TesseraRun::start(
+        endpoint,
+        &copy,
+        &env,
+        suite.command,
+        work.logs(suite.name).join("tessera.xml"),
+        &[],
+    )
 }
 
 /// What one suite gave: its row, its differences and the problems of Tessera's views.
 struct Verdict {
+    suite: &'static str,
     row: Row,
     mismatches: Vec<Mismatch>,
     views: Vec<String>,
 }
 
-fn judge(suite: &Suite, direct: &DirectRun, answer: &Answer) -> Verdict {
+fn judge(
+    suite: &Suite,
+    direct: &DirectRun,
+    answer: &Answer,
+    times: (Duration, Duration),
+    work: &Workspace,
+) -> Verdict {
+    let events: String = answer.events.iter().map(|e| format!("{e}\n")).collect();
+    let logs = work.logs(suite.name);
+    let _ = std::fs::write(logs.join("tessera.jsonl"), events);
+    let _ = std::fs::write(logs.join("tessera.stderr"), &answer.stderr);
     let tessera = answer.outcomes();
     let mismatches = compare(&direct.outcomes, &tessera, &direct.build_failures);
-    let views = answer
-        .views_disagree()
-        .into_iter()
-        .map(|p| format!("{}: {p}", suite.name))
-        .collect();
     Verdict {
+        suite: suite.name,
         row: Row {
             suite: suite.name.to_owned(),
             tool: suite.tool.to_string(),
@@ -111,47 +184,61 @@ fn judge(suite: &Suite, direct: &DirectRun, answer: &Answer) -> Verdict {
             tessera_tests: tessera.len(),
             mismatches: mismatches.len(),
             problem: answer.problem(),
+            direct_time: times.0,
+            tessera_time: times.1,
         },
         mismatches,
-        views,
+        views: answer.views_disagree(),
     }
 }
 
-/// Prints everything found, writes the table beside the cache, then fails on the first thing
-/// wrong: a suite that lost its case, views that disagree, then the first test that differs.
-fn report(verdicts: &[(Suite, Verdict)], missing: &[String]) {
-    let rows: Vec<Row> = verdicts.iter().map(|(_, v)| v.row.clone()).collect();
+/// Prints everything found and writes the table into the cache, then fails on the first
+/// thing wrong: a suite that lost its case, views that disagree, a run with no answer, then
+/// the first test that differs.
+fn report(verdicts: &[Verdict], missing: &[String], work: &Workspace) {
+    let rows: Vec<Row> = verdicts.iter().map(|v| v.row.clone()).collect();
     let table = table(&rows);
-    eprintln!("\nThe world's suites, direct and through tessera run:\n{table}");
-    let _ = std::fs::write(source::cache_dir().join("world-table.md"), &table);
-    for (suite, verdict) in verdicts {
+    eprintln!("\n{}: the world's suites, direct and through tessera run:\n{table}", work.story);
+    let _ = std::fs::write(
+        source::cache_dir().join(format!("table-{}.md", work.story)),
+        &table,
+    );
+    for verdict in verdicts {
         for m in verdict.mismatches.iter().take(20) {
-            eprintln!("  {}: {m}", suite.name);
+            eprintln!("  {}: {m}", verdict.suite);
         }
         if verdict.mismatches.len() > 20 {
-            eprintln!("  {}: ... {} more", suite.name, verdict.mismatches.len() - 20);
+            eprintln!("  {}: ... {} more", verdict.suite, verdict.mismatches.len() - 20);
         }
         for problem in verdict.views.iter().take(10) {
-            eprintln!("  views: {problem}");
+            eprintln!("  {} views: {problem}", verdict.suite);
         }
     }
-    assert!(missing.is_empty(), "{}", missing.join("\n"));
-    let views: Vec<&String> = verdicts.iter().flat_map(|(_, v)| &v.views).collect();
-    assert!(
-        views.is_empty(),
-        "tessera's views (JUnit, --json, summary) disagree:\n{}",
-        views.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
-    );
-    for (suite, verdict) in verdicts {
+    if !missing.is_empty() {
+        work.fail(&missing.join("\n"));
+    }
+    for verdict in verdicts {
+        if let Some(first) = verdict.views.first() {
+            work.fail(&format!(
+                "suite {}: tessera's views (JUnit, --json, summary) disagree: {first} ({} problems)",
+                verdict.suite,
+                verdict.views.len()
+            ));
+        }
+    }
+    for verdict in verdicts {
         if let Some(problem) = &verdict.row.problem {
-            panic!("suite {}: tessera run gave no per-test answer: {problem}", suite.name);
+            work.fail(&format!(
+                "suite {}: tessera run gave no per-test answer: {problem}",
+                verdict.suite
+            ));
         }
         if let Some(first) = verdict.mismatches.first() {
-            panic!(
+            work.fail(&format!(
                 "suite {}: the first difference: {first} ({} in all; table above)",
-                suite.name,
+                verdict.suite,
                 verdict.mismatches.len()
-            );
+            ));
         }
     }
 }
@@ -161,7 +248,7 @@ fn the_worlds_suites_answer_through_tessera_as_their_tools_do() {
     let Some(suites) = fetch_or_skip(SUITES) else {
         return;
     };
-    let work = tessera_tests::visible_tempdir();
+    let work = Workspace::new("suites");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let server = coordinator(addr, &work.path().join("data"));
     let endpoint = server.endpoint();
@@ -173,41 +260,30 @@ fn the_worlds_suites_answer_through_tessera_as_their_tools_do() {
     let mut verdicts = Vec::new();
     let mut missing = Vec::new();
     for (suite, fetched) in &suites {
-        let scratch = work.path().join(suite.name);
-        std::fs::create_dir_all(&scratch).expect("scratch dir");
-        let (direct, lost) = run_directly(suite, fetched, &scratch);
+        let (direct, direct_time, lost) = run_directly(suite, fetched, &work, suite.name);
         missing.extend(lost);
-
-        let copy = suite
-            .copy(fetched, &scratch.join("tessera"))
-            .expect("copy for tessera");
-        let mut env = direct::common_env();
-        env.extend(fetched.env.clone());
-        let answer = TesseraRun::start(
-            &endpoint,
-            &copy,
-            &env,
-            suite.command,
-            scratch.join("tessera.xml"),
-            &[],
-        )
-        .finish(SUITE_LIMIT);
-        verdicts.push((*suite, judge(suite, &direct, &answer)));
+        let started = Instant::now();
+        let answer =
+            start_tessera(suite, fetched, &work, suite.name, &endpoint).finish(SUITE_LIMIT);
+        let times = (direct_time, started.elapsed());
+        verdicts.push(judge(suite, &direct, &answer, times, &work));
     }
-    report(&verdicts, &missing);
+    report(&verdicts, &missing, &work);
 }
 
 #[test]
 fn a_world_suite_outlives_an_agent_and_the_coordinator_killed_mid_job() {
-    let Some(suites) = fetch_or_skip(&[DATEUTIL]) else {
+    let Some(suites) = fetch_or_skip(&[MORE_ITERTOOLS]) else {
         return;
     };
     let (suite, fetched) = &suites[0];
-    let work = tessera_tests::visible_tempdir();
-    let scratch = work.path().join("direct");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-    let (direct, missing) = run_directly(suite, fetched, &scratch);
-    assert!(missing.is_empty(), "{}", missing.join("\n"));
+    // Not the name the other story's copy has: both may run at once on one machine.
+    let name = "more-itertools-faults";
+    let work = Workspace::new("faults");
+    let (direct, direct_time, missing) = run_directly(suite, fetched, &work, name);
+    if !missing.is_empty() {
+        work.fail(&missing.join("\n"));
+    }
 
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let data = work.path().join("data");
@@ -216,61 +292,41 @@ fn a_world_suite_outlives_an_agent_and_the_coordinator_killed_mid_job() {
     let mut doomed = agent(&endpoint, work.path(), "doomed");
     let _survivor = agent(&endpoint, work.path(), "survivor");
 
-    let copy = suite
-        .copy(fetched, &work.path().join("tessera"))
-        .expect("copy for tessera");
-    let mut env = direct::common_env();
-    env.extend(fetched.env.clone());
-    let mut run = TesseraRun::start(
-        &endpoint,
-        &copy,
-        &env,
-        suite.command,
-        work.path().join("tessera.xml"),
-        &[],
-    );
+    let started = Instant::now();
+    let mut run = start_tessera(suite, fetched, &work, name, &endpoint);
     let total = direct.outcomes.len();
-    let finals_seen = |run: &TesseraRun| {
-        run.events
-            .iter()
-            .filter(|e| e["event"] == "test" && e["final"] == true)
-            .count()
-    };
+    let is_final = |e: &serde_json::Value| e["event"] == "test" && e["final"] == true;
 
     // An agent dies with work in hand; a fresh one joins so the job keeps two agents.
-    assert!(
-        run.wait_for_event(SUITE_LIMIT, |e| e["event"] == "test"),
-        "no test result before the agent was to be killed: {:?}",
-        run.events.last()
-    );
+    if !run.wait_for_event(SUITE_LIMIT, |e| e["event"] == "test") {
+        work.fail(&format!(
+            "no test result before the agent was to be killed: {:?}",
+            run.events.last()
+        ));
+    }
     doomed.signal(Signal::SIGKILL);
-    doomed.wait_exit(Duration::from_secs(10)).expect("the agent died");
+    doomed
+        .wait_exit(Duration::from_secs(10))
+        .expect("the agent died");
     let _replacement = agent(&endpoint, work.path(), "replacement");
 
     // Then the coordinator dies, a quarter of the way in, and comes back on its data.
-    let quarter = total / 4;
-    let before = finals_seen(&run);
-    let mut seen = before;
-    assert!(
-        run.wait_for_event(SUITE_LIMIT, |e| {
-            if e["event"] == "test" && e["final"] == true {
-                seen += 1;
-            }
-            seen >= quarter.max(before + 1)
-        }),
-        "the job ended or stalled before a quarter of its tests: {:?}",
-        run.events.last()
-    );
-    assert!(
-        finals_seen(&run) < total,
-        "every test finished before the coordinator could be killed: the suite is too small for this story"
-    );
+    let mut seen = run.events.iter().filter(|e| is_final(e)).count();
+    let quarter = (total / 4).max(seen + 1);
+    if !run.wait_for_event(SUITE_LIMIT, |e| {
+        seen += usize::from(is_final(e));
+        seen >= quarter
+    }) {
+        work.fail(&format!(
+            "the job ended or stalled before a quarter of its tests: {:?}",
+            run.events.last()
+        ));
+    }
     server.kill();
-    let _server = coordinator(addr, &data);
+    let _restarted = coordinator(addr, &data);
 
     let answer = run.finish(SUITE_LIMIT);
-    let verdict = judge(suite, &direct, &answer);
-    report(&[(*suite, verdict)], &[]);
-    let tests: BTreeMap<_, _> = answer.outcomes();
-    assert_eq!(tests.len(), total, "every test, once");
+    let times = (direct_time, started.elapsed());
+    let verdict = judge(suite, &direct, &answer, times, &work);
+    report(&[verdict], &[], &work);
 }

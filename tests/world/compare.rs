@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 /// One test as both sides name it: `group` is the test binary (cargo), the package (go) or
 /// empty (pytest, whose node ids are complete).
@@ -150,12 +151,16 @@ pub struct Row {
     pub mismatches: usize,
     /// A problem with the run as a whole (refused, infrastructure, views disagreeing).
     pub problem: Option<String>,
+    /// Wall time of the direct run.
+    pub direct_time: Duration,
+    /// Wall time of `tessera run`.
+    pub tessera_time: Duration,
 }
 
 /// The table, as Markdown, so it can go into a report as it is.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| suite | tool | direct tests | tessera tests | mismatches |\n| --- | --- | ---: | ---: | ---: |\n",
+        "| suite | tool | direct tests | tessera tests | mismatches | direct s | tessera s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for row in rows {
         let mismatches = match &row.problem {
@@ -163,8 +168,14 @@ pub fn table(rows: &[Row]) -> String {
             Some(problem) => format!("{} ({problem})", row.mismatches),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            row.suite, row.tool, row.direct_tests, row.tessera_tests, mismatches
+            "| {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
+            row.suite,
+            row.tool,
+            row.direct_tests,
+            row.tessera_tests,
+            mismatches,
+            row.direct_time.as_secs_f64(),
+            row.tessera_time.as_secs_f64()
         ));
     }
     out

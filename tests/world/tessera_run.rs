@@ -156,6 +156,8 @@ pub struct Answer {
     pub junit_tests: Result<Vec<(TestKey, Outcome)>, String>,
     /// The `finished` event, if one came.
     pub finished: Option<Value>,
+    /// Every line `--json` printed, parsed.
+    pub events: Vec<Value>,
 }
 
 /// A `--json` outcome word, normalised (`compare.rs`).
@@ -223,6 +225,7 @@ impl Answer {
             json_tests,
             junit_tests,
             finished,
+            events,
         }
     }
 
