@@ -133,6 +133,14 @@ impl Views {
         }
     }
 
+    /// A note that must be seen even with `--json`: on stderr then.
+    fn warn(&mut self, text: &str) {
+        match &mut self.human {
+            Some(human) => human.note(&format!("warning: {text}")),
+            None => eprintln!("tessera: warning: {text}"),
+        }
+    }
+
     fn sinks(&mut self) -> Vec<&mut dyn EventSink> {
         let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
         if let Some(h) = &mut self.human {
@@ -242,7 +250,16 @@ async fn submit_and_follow(
         } => uploaded,
         _ = interrupt.recv() => return Ok(Exit::Interrupted),
     };
-    let (input_root, stats) = uploaded?;
+    let (input_root, stats, notes) = uploaded?;
+    if !notes.left_out.is_empty() {
+        views.note(&format!(
+            "left out of the snapshot as tool outputs: {} (name one with --include to send it)",
+            notes.left_out.join(", ")
+        ));
+    }
+    if let Some(large) = &notes.large {
+        views.warn(large);
+    }
     views.note(&format!(
         "snapshot of {}: {} files in {} ms, {} new blobs ({} KiB) uploaded in {} ms",
         root.display(),
