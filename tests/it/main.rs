@@ -14,3 +14,4 @@ mod jobs;
 mod lifecycle;
 mod runners_e2e;
 mod store_full;
+mod toolchains;

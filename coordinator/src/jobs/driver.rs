@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::MetaError;
 use tessera_cas::store::BlobStore;
+use tessera_proto::reapi::platform::Property;
 use tessera_proto::tessera::v1::{
     JobPhase, PhaseChanged, QueuePosition, TestFinished, TestOutcome, TestRef, TestsPlanned,
     job_event::Kind,
@@ -132,7 +133,13 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
         .map_err(|e| stop_error(format!("digest_function: {e}")))?;
     let input_root = Digest::from_proto_opt(function, job.spec.input_root_digest.as_ref())
         .map_err(|e| stop_error(format!("input_root_digest: {e}")))?;
-    let steps = Steps { ctx, job, function };
+    let pinned = super::toolchain::pin(&ctx.scheduler, job).await?;
+    let steps = Steps {
+        ctx,
+        job,
+        function,
+        pinned,
+    };
     let positions = tokio::spawn(report_queue_position(
         ctx.scheduler.clone(),
         Arc::clone(job),
@@ -148,7 +155,10 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     let listed = list(steps, &prepared, prepared_root).await?;
 
     // Cached passes answer at once; the rest is planned from its history.
-    let suite = SuiteKey::new(&settings_key(job), &prepared_root.to_string());
+    let suite = SuiteKey::new(
+        &settings_key(job, &steps.pinned),
+        &prepared_root.to_string(),
+    );
     let mut tests = TestTable::default();
     let mut to_run: Vec<(TestId, Option<Duration>)> = Vec::new();
     let mut cached_events = Vec::new();
@@ -312,7 +322,7 @@ async fn fleet_slots(scheduler: &SchedulerHandle) -> usize {
 }
 
 /// Everything besides the input root that decides a test's result, in a stable encoding.
-fn settings_key(job: &Job) -> Vec<u8> {
+fn settings_key(job: &Job, pinned: &[Property]) -> Vec<u8> {
     let spec = &job.spec;
     let mut key = Vec::new();
     let mut push = |part: &str| {
@@ -338,7 +348,12 @@ fn settings_key(job: &Job) -> Vec<u8> {
         push(value);
     }
     push("--platform--");
-    let mut platform: Vec<_> = spec.platform.iter().map(|p| (&p.name, &p.value)).collect();
+    let mut platform: Vec<_> = spec
+        .platform
+        .iter()
+        .chain(pinned)
+        .map(|p| (&p.name, &p.value))
+        .collect();
     platform.sort();
     for (name, value) in platform {
         push(name);

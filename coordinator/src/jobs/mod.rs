@@ -13,4 +13,5 @@ pub mod results;
 mod steps;
 mod tally;
 mod test_state;
+mod toolchain;
 mod validate;

@@ -94,6 +94,8 @@ pub(super) struct Steps<'a> {
     pub(super) ctx: &'a JobContext,
     pub(super) job: &'a Arc<Job>,
     pub(super) function: DigestFunction,
+    /// Platform requirements the job was pinned to (its runner's tool and toolchain).
+    pub(super) pinned: Vec<Property>,
 }
 
 impl Steps<'_> {
@@ -153,6 +155,7 @@ impl Steps<'_> {
             .platform
             .iter()
             .filter(|p| p.name != EXEC_ROOT_PROPERTY && p.name != AVOID_AGENT_PROPERTY)
+            .chain(&self.pinned)
             .cloned()
             .collect();
         if let Some(agent) = request.avoid_agent.as_ref().filter(|a| !a.is_empty()) {
