@@ -23,7 +23,9 @@ use super::driver::{Stop, TICK, test_ref};
 use super::job::{Job, is_failure};
 use super::planner::{Batch, BatchId, ShardPlanner};
 use super::results::SuiteKey;
-use super::steps::{MAX_OUTPUT, StepRequest, StepRun, Steps, tail};
+use super::steps::{
+    MAX_OUTPUT, StepRequest, StepRun, Steps, no_network_hint, tail, tests_have_network,
+};
 use super::tally::Tally;
 use super::test_state::{Failure, Final, TestEvent, TestState, TestTable};
 
@@ -264,7 +266,13 @@ impl<'a> RunPhase<'a> {
                 Outcome::NoResult => Some(Failure::NoResult),
             };
             let output = match failure {
-                Some(_) => tail(&result.output, MAX_OUTPUT),
+                Some(_) => {
+                    let output = tail(&result.output, MAX_OUTPUT);
+                    match no_network_hint(&output, tests_have_network(&self.job.spec)) {
+                        Some(hint) => format!("tessera: {hint}\n{output}"),
+                        None => output,
+                    }
+                }
                 None => String::new(),
             };
             let event = match (failure, result.outcome) {

@@ -29,7 +29,7 @@ use super::batches::RunPhase;
 use super::job::Job;
 use super::planner::{PlannerConfig, ShardPlanner};
 use super::results::{CachedPass, SuiteKey, TestStore};
-use super::steps::{StepRequest, Steps, step_failed};
+use super::steps::{StepRequest, Steps, step_failed, tests_have_network};
 use super::tally::Tally;
 use super::test_state::{TestEvent, TestTable};
 use crate::execution::execute::Executor;
@@ -230,7 +230,8 @@ async fn prepare(steps: &Steps<'_>, input_root: Digest) -> Result<(Prepared, Dig
     };
     let run = steps.run(StepRequest::cacheable(spec, input_root)).await?;
     let StepReport::Prepared { prepared } = run.report else {
-        return Err(step_failed("prepare", run.report));
+        let had_network = job.spec.prepare_network || tests_have_network(&job.spec);
+        return Err(step_failed("prepare", run.report, had_network));
     };
     let root = steps.prepared_root(&input_root, &run.result).await?;
     if run.cached {
@@ -255,7 +256,11 @@ async fn list(
         .run(StepRequest::cacheable(spec, prepared_root))
         .await?;
     let StepReport::Listed { tests } = run.report else {
-        return Err(step_failed("list", run.report));
+        return Err(step_failed(
+            "list",
+            run.report,
+            tests_have_network(&job.spec),
+        ));
     };
     Ok(tests)
 }
