@@ -182,9 +182,10 @@ impl PytestRunner {
         self.root.as_deref().unwrap_or(&self.dir)
     }
 
-    /// The group of the tests pytest listed with `rootdir` (see the module doc).
+    /// The group of the tests pytest listed with `rootdir` (see the module doc). pytest prints
+    /// its rootdir without `.` or `..`, so the root is compared the same way.
     fn group(&self, rootdir: &Path) -> String {
-        match rootdir.strip_prefix(self.project_root()) {
+        match rootdir.strip_prefix(normalize(self.project_root())) {
             Ok(relative) => relative.display().to_string(),
             Err(_) => rootdir.display().to_string(),
         }
@@ -372,6 +373,21 @@ impl Runner for PytestRunner {
             })
             .collect())
     }
+}
+
+/// `path` with `.` and `..` resolved by name, as pytest's `absolutepath` does.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// What a `--collect-only` listing says.
