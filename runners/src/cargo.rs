@@ -245,8 +245,11 @@ impl Runner for CargoTestRunner {
             script.push_str(BUILD_SCRIPT);
         }
         script.push_str(MANIFESTS_SCRIPT);
-        if mode != DocMode::Without {
-            script.push_str(DOCTESTS_SCRIPT);
+        match mode {
+            DocMode::Without => {}
+            DocMode::Also => script.push_str(DOCTESTS_SCRIPT),
+            // `--doc` is among the arguments already; cargo refuses it twice.
+            DocMode::Only => script.push_str(&DOCTESTS_SCRIPT.replace(" --doc ", " ")),
         }
         Some(
             CommandSpec::new("sh")
@@ -565,6 +568,8 @@ impl CargoTestRunner {
                 doctests.names.push(name.to_owned());
             }
         }
+        // A library without examples in its docs has nothing to list or run.
+        binaries.retain(|b| matches!(&b.kind, BinaryKind::Doctests(d) if !d.names.is_empty()));
         Ok(binaries)
     }
 }
