@@ -56,8 +56,8 @@ pub mod libtest;
 mod manifest;
 
 pub use doctest::Doctests;
-pub use libtest::{IgnoredTests, TestArgs, TestArgsError};
 use libtest::LibtestReport;
+pub use libtest::{IgnoredTests, TestArgs, TestArgsError};
 use manifest::PlainTargets;
 
 /// Runs `cargo test` binaries, one test per process, and a library's doctests through rustdoc.
@@ -333,9 +333,9 @@ impl Runner for CargoTestRunner {
                     let command = std::iter::once("env".to_owned())
                         .chain(doctests.env.iter().map(|(k, v)| format!("{k}={v}")))
                         .chain(doctests.argv.iter().cloned())
-                        .chain(test_args(std::iter::once("--list").chain(
-                            selection.iter().map(String::as_str),
-                        )));
+                        .chain(test_args(
+                            std::iter::once("--list").chain(selection.iter().map(String::as_str)),
+                        ));
                     let _ = writeln!(
                         script,
                         "(cd {} && {}) || exit",

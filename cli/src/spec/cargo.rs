@@ -131,7 +131,10 @@ mod tests {
             "/var/tmp/tessera/widget/target"
         );
         // A trailing `--` with nothing after it is harmless.
-        assert_eq!(choose("cargo test --").unwrap().test_args, TestArgs::default());
+        assert_eq!(
+            choose("cargo test --").unwrap().test_args,
+            TestArgs::default()
+        );
         assert!(choose("cargo test --no-run").is_err());
     }
 
@@ -157,7 +160,11 @@ mod tests {
         let plain = RunnerConfig::Cargo(choose("cargo test --lib -- --include-ignored").unwrap());
         assert_eq!(key, plain.key_settings());
         let unfiltered = RunnerConfig::Cargo(choose("cargo test --lib").unwrap());
-        assert_ne!(key, unfiltered.key_settings(), "running ignored tests changes outcomes");
+        assert_ne!(
+            key,
+            unfiltered.key_settings(),
+            "running ignored tests changes outcomes"
+        );
     }
 
     #[test]
@@ -172,7 +179,10 @@ mod tests {
     fn unknown_libtest_options_are_refused_with_the_nearest_supported_one() {
         let err = choose("cargo test -- --include-ignore").unwrap_err();
         assert!(matches!(err, CliError::Usage(_)));
-        assert!(err.to_string().contains("did you mean `--include-ignored`"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean `--include-ignored`"),
+            "{err}"
+        );
         let err = choose("cargo test -- --logfile x").unwrap_err();
         assert!(err.to_string().contains("--logfile"), "{err}");
     }

@@ -198,7 +198,12 @@ mod tests {
         assert_eq!(doctests.env["LD_LIBRARY_PATH"], "/t/debug/deps:/tc/lib");
         assert_eq!(doctests.env.len(), 5);
         assert_eq!(doctests.argv[0], "/tc/bin/rustdoc");
-        assert!(!doctests.argv.iter().any(|a| a == "--test-args" || a == "--list"));
+        assert!(
+            !doctests
+                .argv
+                .iter()
+                .any(|a| a == "--test-args" || a == "--list")
+        );
         assert!(doctests.argv.iter().any(|a| a == "cfg(feature, values())"));
         // A rustc line, or a half-quoted one, is not a doctest command.
         assert_eq!(

@@ -280,7 +280,8 @@ mod tests {
 
     #[test]
     fn filters_exact_skip_and_ignored_are_understood() {
-        let parsed = TestArgs::parse(&args("add --exact --skip slow --skip=big --ignored")).unwrap();
+        let parsed =
+            TestArgs::parse(&args("add --exact --skip slow --skip=big --ignored")).unwrap();
         assert_eq!(parsed.filters, ["add"]);
         assert!(parsed.exact);
         assert_eq!(parsed.skip, ["slow", "big"]);
@@ -315,7 +316,11 @@ mod tests {
             "`--include-ignore` after `cargo test --` is not supported (did you mean `--include-ignored`?)"
         );
         let err = TestArgs::parse(&args("--logfile out.txt")).unwrap_err();
-        assert!(err.to_string().contains("supported: test name filters, --exact"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("supported: test name filters, --exact"),
+            "{err}"
+        );
         assert_eq!(
             TestArgs::parse(&args("--skip")).unwrap_err(),
             TestArgsError::MissingValue("--skip".into())

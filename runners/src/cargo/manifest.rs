@@ -66,8 +66,7 @@ impl PlainTargets {
                     // cargo refuses a [[test]] without a name.
                     (_, None) => continue,
                 };
-                self.0
-                    .insert((package.name.clone(), kind.to_owned(), name));
+                self.0.insert((package.name.clone(), kind.to_owned(), name));
             }
         }
     }

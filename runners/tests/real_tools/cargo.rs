@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tessera_runners::cargo::{BinaryKind, TestArgs};
 use tessera_runners::{
-    CargoTestRunner, CommandSpec, Outcome, Prepared, Runner, TestBinary, Termination, TestId,
+    CargoTestRunner, CommandSpec, Outcome, Prepared, Runner, Termination, TestBinary, TestId,
 };
 
 use crate::harness::{
@@ -252,7 +252,8 @@ fn same_as_cargo_test(
     let state = flaky_state();
     let direct = cargo_test_directly(dir, &direct_args, &prepared, state.path());
     assert_eq!(
-        through_runner, direct,
+        through_runner,
+        direct,
         "cargo test {direct_args:?} in {}",
         dir.display()
     );
@@ -271,14 +272,20 @@ fn cargo_reports_should_panic_tests_doctests_and_plain_targets_as_cargo_test_doe
     let outcomes = same_as_cargo_test(&fixture("mixed"), &[], &[]);
     // What the fixture is for, so that a change to it cannot quietly drop a case.
     assert_eq!(outcomes["mixed tests::panics"], Outcome::Passed);
-    assert_eq!(outcomes["mixed tests::panics_with_message"], Outcome::Passed);
+    assert_eq!(
+        outcomes["mixed tests::panics_with_message"],
+        Outcome::Passed
+    );
     assert_eq!(
         outcomes["mixed tests::panics_with_the_wrong_message"],
         Outcome::Failed
     );
     assert_eq!(outcomes["mixed tests::does_not_panic"], Outcome::Failed);
     assert_eq!(outcomes["mixed tests::needs_a_database"], Outcome::Skipped);
-    assert_eq!(outcomes["mixed::plain_passes plain_passes"], Outcome::Passed);
+    assert_eq!(
+        outcomes["mixed::plain_passes plain_passes"],
+        Outcome::Passed
+    );
     assert_eq!(outcomes["mixed::plain_fails plain_fails"], Outcome::Failed);
     let doctest = |line: u32| format!("mixed::doctest/mixed src/lib.rs - double (line {line})");
     // A plain, a should_panic, a no_run and a compile_fail doctest pass; ignore is ignored.
@@ -389,7 +396,10 @@ fn cargo_tests_a_workspace_without_a_lock_file() {
             "ws-core::doctest/ws_core core/src/lib.rs - answer (line 5)",
         ]
     );
-    assert!(outcomes.values().all(|o| *o == Outcome::Passed), "{outcomes:?}");
+    assert!(
+        outcomes.values().all(|o| *o == Outcome::Passed),
+        "{outcomes:?}"
+    );
     // From a member's directory, as a user in it would run it.
     same_as_cargo_test(&dir.join("app"), &[], &[]);
 }
