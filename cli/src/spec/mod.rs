@@ -486,30 +486,6 @@ mod tests {
     }
 
     #[test]
-    fn cargo_test_becomes_the_cargo_runner_with_a_persistent_target() {
-        let choice = choose("cargo test -p foo --features x").unwrap();
-        let RunnerConfig::Cargo(runner) = &choice.config else {
-            panic!("{choice:?}")
-        };
-        assert_eq!(runner.cargo_args, argv("-p foo --features x"));
-        assert_eq!(
-            runner.dir,
-            PathBuf::from("/var/tmp/tessera/widget/crates/a")
-        );
-        assert_eq!(
-            runner.env["CARGO_TARGET_DIR"],
-            "/var/tmp/tessera/widget/target"
-        );
-        assert_eq!(choice.persist, vec!["target"]);
-        // A trailing `--` with nothing after it is harmless; test arguments are refused.
-        assert!(choose("cargo test --").is_ok());
-        let err = choose("cargo test -- --nocapture").unwrap_err();
-        assert!(matches!(err, CliError::Usage(_)));
-        assert!(err.to_string().contains("--nocapture"), "{err}");
-        assert!(choose("cargo test --no-run").is_err());
-    }
-
-    #[test]
     fn cargo_nextest_run_becomes_nextest_with_its_profile() {
         let choice = choose("cargo nextest run --workspace --profile ci").unwrap();
         let RunnerConfig::Nextest(runner) = &choice.config else {
