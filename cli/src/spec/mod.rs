@@ -502,22 +502,6 @@ mod tests {
     }
 
     #[test]
-    fn cargo_nextest_run_becomes_nextest_with_its_profile() {
-        let choice = choose("cargo nextest run --workspace --profile ci").unwrap();
-        let RunnerConfig::Nextest(runner) = &choice.config else {
-            panic!("{choice:?}")
-        };
-        assert_eq!(runner.cargo_args, argv("--workspace"));
-        assert_eq!(runner.profile.as_deref(), Some("ci"));
-        assert!(
-            runner
-                .archive_file
-                .starts_with("/var/tmp/tessera/widget/target")
-        );
-        assert_eq!(choice.persist, vec!["target"]);
-    }
-
-    #[test]
     fn pytest_in_its_spellings() {
         for (line, command) in [
             ("pytest -k fast", vec!["pytest"]),
