@@ -39,7 +39,9 @@
 //! Why JUnit rather than `--message-format libtest-json`: that format is still experimental
 //! (`NEXTEST_EXPERIMENTAL_LIBTEST_JSON=1`), names tests by crate and binary *name* rather than
 //! binary id, and leaves out the output of passing tests. A project whose own config sets a JUnit
-//! path for the chosen profile overrides ours; its tests then come back as [`Outcome::NoResult`].
+//! path for the chosen profile (common for a `ci` profile) overrides ours, since a repository's
+//! config outranks a tool config; nextest then writes it under the store directory ours names,
+//! where it is read instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -180,6 +182,23 @@ impl NextestRunner {
     /// Where a run in `scratch` gets its JUnit report.
     pub fn junit_path(scratch: &Path) -> PathBuf {
         scratch.join("junit.xml")
+    }
+
+    /// The JUnit report of a run in `scratch`: ours, or, when the project's own config names a
+    /// JUnit path for the profile (its config outranks a tool config), the one report nextest
+    /// wrote under the store directory ours points at.
+    fn report_path(&self, scratch: &Path) -> PathBuf {
+        let ours = Self::junit_path(scratch);
+        if ours.exists() {
+            return ours;
+        }
+        let profile_dir = scratch.join("nextest-store").join(self.profile_name());
+        let mut found = Vec::new();
+        find_xml(&profile_dir, &mut found);
+        match found.as_slice() {
+            [only] => only.clone(),
+            _ => ours,
+        }
     }
 
     fn tool_config(&self, scratch: &Path) -> String {
@@ -331,7 +350,7 @@ impl Runner for NextestRunner {
         output: &CommandOutput,
         scratch: &Path,
     ) -> Result<Vec<TestResult>, RunnerError> {
-        let path = Self::junit_path(scratch);
+        let path = self.report_path(scratch);
         let cases = match std::fs::read_to_string(&path) {
             Ok(xml) => junit::parse(&xml).map_err(|source| RunnerError::Junit {
                 path: path.clone(),
@@ -391,6 +410,21 @@ fn case_outcome(case: &JunitCase) -> Outcome {
             Outcome::TimedOut
         }
         CaseStatus::Failed | CaseStatus::Errored => Outcome::Failed,
+    }
+}
+
+/// Every `.xml` file under `dir`.
+fn find_xml(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            find_xml(&path, found);
+        } else if path.extension().is_some_and(|e| e == "xml") {
+            found.push(path);
+        }
     }
 }
 
@@ -579,20 +613,29 @@ mod tests {
             "{list}"
         );
         let run = runner
-            .run_command(&Prepared::default(), &[TestId::new("c", "a")], Path::new("/s"))
+            .run_command(
+                &Prepared::default(),
+                &[TestId::new("c", "a")],
+                Path::new("/s"),
+            )
             .unwrap()
             .command
             .argv
             .join(" ");
         assert!(!run.contains("slow"), "{run}");
-        assert!(run.contains("-j 2") && run.ends_with("--run-ignored all"), "{run}");
+        assert!(
+            run.contains("-j 2") && run.ends_with("--run-ignored all"),
+            "{run}"
+        );
         // nextest's own retries are the profile's unless asked for.
         assert!(!run.contains("--retries"), "{run}");
         let key = runner.without_selection();
         assert!(key.filters.is_empty());
         assert_eq!(key.run_args, ["-j", "2"]);
         assert_eq!(
-            NextestRunner::new("/src").filters(["-E", "test(b)"]).without_selection(),
+            NextestRunner::new("/src")
+                .filters(["-E", "test(b)"])
+                .without_selection(),
             NextestRunner::new("/src")
         );
     }
