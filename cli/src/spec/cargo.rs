@@ -47,20 +47,6 @@ pub(super) fn choose_cargo(
     })
 }
 
-/// Cargo's arguments up to `--` for `cargo nextest run`; test-binary arguments after it are
-/// refused, since tessera picks and runs the tests itself.
-pub(super) fn cargo_args(args: &[String], tool: &str) -> Result<Vec<String>, CliError> {
-    match args.iter().position(|a| a == "--") {
-        None => Ok(args.to_vec()),
-        Some(at) if at + 1 == args.len() => Ok(args[..at].to_vec()),
-        Some(at) => Err(CliError::usage(format!(
-            "test arguments after `{tool} ... --` ({}) are not supported: tessera lists the \
-             tests and runs each one itself; drop them",
-            args[at + 1..].join(" ")
-        ))),
-    }
-}
-
 /// Removes `--flag VALUE` / `--flag=VALUE` for any of `names`, returning the last value.
 pub(super) fn take_option(
     args: &mut Vec<String>,

@@ -237,7 +237,7 @@ pub fn choose_runner(
             };
             pytest::choose(command, rest, placement)?
         }
-        RunnerKind::Go => go::choose(rest, &dir)?,
+        RunnerKind::Go => go::choose(rest, &dir, &placement.cwd)?,
         RunnerKind::Command => {
             let Some(list) = list_command else {
                 return Err(CliError::usage(
@@ -483,37 +483,6 @@ mod tests {
             PathBuf::from("/var/tmp/tessera/w"),
         );
         assert_eq!(top.dir, PathBuf::from("/var/tmp/tessera/w"));
-    }
-
-    #[test]
-    fn cargo_nextest_run_becomes_nextest_with_its_profile() {
-        let choice = choose("cargo nextest run --workspace --profile ci").unwrap();
-        let RunnerConfig::Nextest(runner) = &choice.config else {
-            panic!("{choice:?}")
-        };
-        assert_eq!(runner.cargo_args, argv("--workspace"));
-        assert_eq!(runner.profile.as_deref(), Some("ci"));
-        assert!(
-            runner
-                .archive_file
-                .starts_with("/var/tmp/tessera/widget/target")
-        );
-        assert_eq!(choice.persist, vec!["target"]);
-    }
-
-    #[test]
-    fn go_test_splits_flags_from_packages() {
-        let choice = choose("go test -tags integration -race ./pkg/... ./cmd").unwrap();
-        let RunnerConfig::Go(runner) = &choice.config else {
-            panic!("{choice:?}")
-        };
-        assert_eq!(runner.args, argv("-tags integration -race"));
-        assert_eq!(runner.packages, argv("./pkg/... ./cmd"));
-        let RunnerConfig::Go(runner) = choose("go test").unwrap().config else {
-            panic!()
-        };
-        assert_eq!(runner.packages, vec!["./..."]);
-        assert!(choose("go test -run TestX ./...").is_err());
     }
 
     #[test]
