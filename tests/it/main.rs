@@ -14,4 +14,5 @@ mod jobs;
 mod lifecycle;
 mod runners_e2e;
 mod store_full;
+mod test_output;
 mod toolchains;

@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Run every test even if its result is cached.
     #[arg(long)]
     pub no_cache: bool,
+    /// Bytes of each failing test's output shown and kept in events and JUnit (its head and
+    /// tail; the cut is said) [default: 64 KiB]; `tessera logs JOB TEST` prints all of it.
+    #[arg(long, value_name = "BYTES")]
+    pub output_limit: Option<u32>,
     /// For --runner command: a shell command printing one test id a line.
     #[arg(long, value_name = "CMD")]
     pub list_command: Option<String>,
@@ -193,6 +197,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         environment: spec::environment(lookup, &args.env)?,
         platform: spec::platform(&args.platform, args.network)?,
         prepare_network: !args.no_prepare_network,
+        output_limit: args.output_limit.unwrap_or(0),
         retries: args.retries,
         fail_fast,
         timeout: args.timeout,

@@ -391,6 +391,8 @@ pub struct JobSettings {
     pub no_cache: bool,
     /// The prepare step may use the network.
     pub prepare_network: bool,
+    /// Bytes of a test's output kept in events (0: the coordinator's default).
+    pub output_limit: u32,
 }
 
 /// The job spec for `settings` with the snapshot root `input_root`.
@@ -431,6 +433,7 @@ pub fn job_spec(
         skip_cache: settings.no_cache,
         persist: settings.runner.persist.clone(),
         prepare_network: settings.prepare_network,
+        output_limit: settings.output_limit,
     })
 }
 

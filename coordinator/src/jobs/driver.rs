@@ -168,12 +168,22 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
         }
         match cached {
             Some(pass) => {
-                if let Err(error) = tests.apply(&test, TestEvent::Cached) {
+                let event = if pass.skipped {
+                    TestEvent::CachedSkip
+                } else {
+                    TestEvent::Cached
+                };
+                if let Err(error) = tests.apply(&test, event) {
                     tracing::warn!(%error, job = %job.id, "ignored a cached pass");
                 }
+                let outcome = if pass.skipped {
+                    TestOutcome::Skipped
+                } else {
+                    TestOutcome::Passed
+                };
                 cached_events.push(TestFinished {
                     test: Some(test_ref(&test)),
-                    outcome: TestOutcome::Passed as i32,
+                    outcome: outcome as i32,
                     attempt: 1,
                     r#final: true,
                     cached: true,
@@ -195,7 +205,7 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     }));
     for event in cached_events {
         tally.cached += 1;
-        tally.count(TestOutcome::Passed);
+        tally.count(event.outcome());
         job.emit(Kind::Test(event));
     }
     if to_run_count == 0 {

@@ -6,6 +6,7 @@
 mod batches;
 pub mod driver;
 pub mod job;
+mod output;
 pub mod overlay;
 pub mod planner;
 pub mod registry;

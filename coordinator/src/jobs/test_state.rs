@@ -94,6 +94,8 @@ pub(super) enum TestState {
 pub(super) enum TestEvent {
     /// Its clean pass was found in the result cache.
     Cached,
+    /// Its skip was found in the result cache.
+    CachedSkip,
     /// It was handed out in `batch`.
     Started {
         /// The batch.
@@ -142,6 +144,7 @@ impl TestState {
         };
         let next = match (std::mem::replace(self, S::Queued), event) {
             (S::Queued, E::Cached) => done(TestOutcome::Passed, 1, Vec::new()),
+            (S::Queued, E::CachedSkip) => done(TestOutcome::Skipped, 1, Vec::new()),
             (S::Queued, E::Started { batch }) => S::Running {
                 attempt: 1,
                 batch,
@@ -246,6 +249,7 @@ impl TestEvent {
     fn name(&self) -> &'static str {
         match self {
             TestEvent::Cached => "cached",
+            TestEvent::CachedSkip => "cached skip",
             TestEvent::Started { .. } => "started",
             TestEvent::Passed => "passed",
             TestEvent::Skipped => "skipped",
