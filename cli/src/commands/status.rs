@@ -70,8 +70,8 @@ pub fn recent(status: &mut StatusResponse, limit: Option<usize>) -> usize {
         std::mem::take(&mut status.jobs)
             .into_iter()
             .partition(|j| j.phase() != JobPhase::Done);
-    running.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms));
-    finished.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms));
+    running.sort_by_key(|j| std::cmp::Reverse(j.created_unix_ms));
+    finished.sort_by_key(|j| std::cmp::Reverse(j.created_unix_ms));
     let keep = limit.unwrap_or(usize::MAX).min(finished.len());
     let left_out = finished.len() - keep;
     finished.truncate(keep);
