@@ -10,6 +10,7 @@ mod disk_full;
 mod execution;
 mod faults;
 mod harness;
+mod job_faults;
 mod jobs;
 mod lifecycle;
 mod runners_e2e;

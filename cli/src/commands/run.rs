@@ -213,10 +213,11 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         Some(url) => (url, None),
         None => join_or_start(&cache_dir, &mut views).await?,
     };
-    let channel = connect::channel(&url)?;
+    let channel = connect::connect(&url).await?;
     let mut jobs = JobsClient::new(channel.clone());
     let outcome = submit_and_follow(
         &mut jobs,
+        &url,
         channel,
         &root,
         &args,
@@ -238,6 +239,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
 )]
 async fn submit_and_follow(
     jobs: &mut JobsClient<Channel>,
+    url: &str,
     channel: Channel,
     root: &std::path::Path,
     args: &RunArgs,
@@ -278,7 +280,7 @@ async fn submit_and_follow(
     let job_id = jobs
         .submit(SubmitJobRequest { spec: Some(spec) })
         .await
-        .map_err(|s| CliError::from_status("Submit", &s))?
+        .map_err(|s| connect::call_failed(url, "Submit", &s))?
         .into_inner()
         .job_id;
     if let Some(json) = &mut views.json {
@@ -287,18 +289,19 @@ async fn submit_and_follow(
     views.note(&format!(
         "job {job_id} (`tessera watch {job_id}` follows it too)"
     ));
-    follow(jobs, &job_id, views, interrupt).await
+    follow(jobs, url, &job_id, views, interrupt).await
 }
 
 async fn follow(
     jobs: &mut JobsClient<Channel>,
+    url: &str,
     job_id: &str,
     views: &mut Views,
     interrupt: &mut Interrupt,
 ) -> Result<Exit, CliError> {
     let end = {
         let mut sinks = views.sinks();
-        watch::follow(jobs, job_id, &mut sinks, interrupt).await?
+        watch::follow(jobs, url, job_id, &mut sinks, interrupt).await?
     };
     views.finish()?;
     Ok(match end {
@@ -311,9 +314,9 @@ async fn follow(
 pub async fn watch(args: WatchArgs) -> Result<Exit, CliError> {
     let mut interrupt = Interrupt::listen()?;
     let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
-    let mut jobs = JobsClient::new(connect::channel(&url)?);
+    let mut jobs = JobsClient::new(connect::connect(&url).await?);
     let mut views = Views::new(args.json, args.junit);
-    follow(&mut jobs, &args.job, &mut views, &mut interrupt).await
+    follow(&mut jobs, &url, &args.job, &mut views, &mut interrupt).await
 }
 
 /// Joins the running embedded cluster, or starts one in this process.

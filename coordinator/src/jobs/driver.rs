@@ -110,7 +110,8 @@ pub enum Ended {
 
 /// Runs `job` to its end and emits its final event, unless the coordinator stops first.
 pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
-    let mut tally = Tally::default();
+    // Results restored after a restart stand and count (`journal.rs`).
+    let mut tally = Tally::restored(job.restored().values());
     let started = Instant::now();
     let stop = drive(&ctx, &job, &mut tally).await.err();
     if matches!(stop, Some(Stop::Infrastructure(_))) && ctx.shutdown.is_cancelled() {
@@ -154,15 +155,35 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     let (prepared, prepared_root) = prepare(steps, input_root).await?;
     let listed = list(steps, &prepared, prepared_root).await?;
 
-    // Cached passes answer at once; the rest is planned from its history.
+    // Results restored after a restart stand (they are in the tally already); cached passes
+    // answer at once; the rest is planned from its history.
     let suite = SuiteKey::new(
         &settings_key(job, &steps.pinned),
         &prepared_root.to_string(),
     );
     let mut tests = TestTable::default();
+    let mut listed_anew = Vec::with_capacity(listed.len());
+    for test in listed {
+        let Some(restored) = job.restored().get(&test) else {
+            listed_anew.push(test);
+            continue;
+        };
+        if !tests.insert(test.clone()) {
+            continue;
+        }
+        let event = TestEvent::Restored {
+            outcome: restored.outcome(),
+            attempt: restored.attempt,
+        };
+        if let Err(error) = tests.apply(&test, event) {
+            tracing::warn!(%error, job = %job.id, "ignored a restored result");
+        }
+    }
     let mut to_run: Vec<(TestId, Option<Duration>)> = Vec::new();
     let mut cached_events = Vec::new();
-    for (test, cached, history) in look_up(&ctx.tests, &suite, job.spec.skip_cache, listed).await? {
+    for (test, cached, history) in
+        look_up(&ctx.tests, &suite, job.spec.skip_cache, listed_anew).await?
+    {
         if !tests.insert(test.clone()) {
             continue;
         }
