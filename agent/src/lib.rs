@@ -117,7 +117,9 @@ impl Agent {
     ) -> Result<(), AgentError> {
         config.check()?;
         let (layout, agent_id, cache, namespaces) = prepare(&config).await?;
-        let facts = HostFacts::detect(namespaces);
+        let facts = tokio::task::spawn_blocking(move || HostFacts::detect(namespaces))
+            .await
+            .map_err(|e| AgentError::Startup(format!("toolchain detection failed: {e}")))?;
         let properties = platform::advertised(&facts, &config.properties);
         tracing::info!(
             agent = %agent_id,

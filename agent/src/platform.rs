@@ -5,7 +5,9 @@
 //! `x86_64`), `cores` (CPUs this process may use), `memory` (MiB: physical memory, or the
 //! cgroup limit if lower), `sandbox` (`namespaces` or `none`) and `network`: `on` always, and
 //! also `off` when namespaces work (an agent may list one key with several values: it satisfies
-//! each). Configured properties are added and override detected ones of the same name.
+//! each), and for each toolchain found on the host (`tessera_runners::toolchain`): `tool=<name>`
+//! and `toolchain.<name>=<version>+<fingerprint>`. Configured properties are added and
+//! override detected ones of the same name.
 //!
 //! Read from an action's platform (the execution keys; all others are for matching only and
 //! ignored here): `network` = `on` | `off` (default `off`: a private network namespace with
@@ -18,6 +20,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tessera_proto::reapi::Platform;
 use tessera_proto::reapi::platform::Property;
+use tessera_runners::toolchain::{TOOL_KEY, Toolchain};
 use thiserror::Error;
 
 /// Default soft and hard limit on open files for actions (capped by the agent's own hard limit
@@ -33,15 +36,30 @@ pub struct HostFacts {
     pub memory_mib: Option<u64>,
     /// Whether actions can run in Linux namespaces.
     pub namespaces: bool,
+    /// The toolchains found here, with their property values.
+    pub toolchains: Vec<(Toolchain, String)>,
 }
 
 impl HostFacts {
-    /// Detects cores and memory; `namespaces` comes from the sandbox probe.
+    /// Detects cores, memory and toolchains (probing each toolchain at once, in its own
+    /// thread: this blocks for as long as the slowest probe); `namespaces` comes from the
+    /// sandbox probe.
     pub fn detect(namespaces: bool) -> Self {
+        let toolchains = std::thread::scope(|scope| {
+            let probes: Vec<_> = Toolchain::ALL
+                .iter()
+                .map(|&t| scope.spawn(move || t.probe().map(|value| (t, value))))
+                .collect();
+            probes
+                .into_iter()
+                .filter_map(|probe| probe.join().ok().flatten())
+                .collect()
+        });
         HostFacts {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_mib: memory_mib(),
             namespaces,
+            toolchains,
         }
     }
 }
@@ -70,6 +88,10 @@ pub fn advertised(facts: &HostFacts, configured: &BTreeMap<String, String>) -> V
     }
     if let Some(mib) = facts.memory_mib {
         detected.push(("memory".into(), mib.to_string()));
+    }
+    for (toolchain, value) in &facts.toolchains {
+        detected.push((TOOL_KEY.into(), toolchain.name().into()));
+        detected.push((toolchain.key(), value.clone()));
     }
     let mut properties: Vec<Property> = detected
         .into_iter()
@@ -248,6 +270,7 @@ mod tests {
             cores: 8,
             memory_mib: Some(16_000),
             namespaces: true,
+            toolchains: vec![(Toolchain::Go, "1.19.8+0123456789ab".into())],
         };
         let configured: BTreeMap<String, String> =
             [("pool".into(), "big".into()), ("cores".into(), "4".into())].into();
@@ -265,6 +288,8 @@ mod tests {
                 ("network", "on"),
                 ("pool", "big"),
                 ("sandbox", "namespaces"),
+                ("tool", "go"),
+                ("toolchain.go", "1.19.8+0123456789ab"),
             ]
         );
         let without = HostFacts {

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::commands::agent::{self, AgentArgs};
 use crate::commands::coordinator::{self, CoordinatorArgs};
+use crate::commands::logs::{self, LogsArgs};
 use crate::commands::run::{self, RunArgs, WatchArgs};
 use crate::commands::status::{self, CancelArgs, StatusArgs};
 use crate::commands::up::{self, UpArgs};
@@ -47,6 +48,9 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Jobs, agents and the queue of a coordinator.
     Status(StatusArgs),
+    /// Print the whole output of each run of one test of a job (events keep its head and tail
+    /// only, at most --output-limit bytes).
+    Logs(LogsArgs),
     /// Run an embedded cluster in the foreground: a coordinator and local agents on loopback,
     /// with state under the user cache directory; `tessera run` on this machine uses it.
     /// Ctrl-C or SIGTERM stops it.
@@ -91,6 +95,10 @@ impl Command {
             Command::Status(args) => {
                 logging::init_client();
                 status::status(args).await
+            }
+            Command::Logs(args) => {
+                logging::init_client();
+                logs::logs(args).await
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Finding and reaching a coordinator: `--coordinator`, else `TESSERA_COORDINATOR`, else the
-//! embedded cluster named by the endpoint file (if it answers).
+//! embedded cluster named by the endpoint file (if it answers). A coordinator that does not
+//! answer is one line naming its URL, the cause and what to do ([`CliError::unreachable`]),
+//! never a transport error's debug dump.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use tessera_proto::tessera::v1::StatusRequest;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::exit::CliError;
+use crate::exit::{CliError, transport_cause, transport_failure};
 use crate::paths;
 
 /// How long a coordinator gets to answer before it counts as not running.
@@ -32,15 +34,36 @@ pub fn configured(flag: Option<&str>) -> Option<String> {
         .map(|u| normalize(&u))
 }
 
-/// A lazily connecting channel to `url`.
-pub fn channel(url: &str) -> Result<Channel, CliError> {
+fn endpoint(url: &str) -> Result<Endpoint, CliError> {
     Ok(Endpoint::from_shared(url.to_owned())
         .map_err(|e| CliError::usage(format!("bad coordinator URL {url}: {e}")))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
+}
+
+/// A lazily connecting channel to `url`.
+pub fn channel(url: &str) -> Result<Channel, CliError> {
+    Ok(endpoint(url)?.connect_lazy())
+}
+
+/// A channel to `url`, connected now: a coordinator that is not there is said at once. The
+/// channel reconnects by itself later (a restarted coordinator).
+pub async fn connect(url: &str) -> Result<Channel, CliError> {
+    endpoint(url)?
+        .connect()
+        .await
+        .map_err(|e| CliError::unreachable(Some(url), &transport_cause(&e)))
+}
+
+/// A failed call to the coordinator at `url`: a transport failure as
+/// [`CliError::unreachable`], anything the coordinator said as [`CliError::from_status`].
+pub fn call_failed(url: &str, call: &str, status: &tonic::Status) -> CliError {
+    match transport_failure(status) {
+        Some(cause) => CliError::unreachable(Some(url), &cause),
+        None => CliError::from_status(call, status),
+    }
 }
 
 /// Whether a coordinator at `url` answers Jobs.Status within `timeout`.

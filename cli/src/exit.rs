@@ -6,7 +6,7 @@
 //! | 0 | every test passed (flaky tests count as passed), or the command did what it was asked |
 //! | 1 | tests failed (timed-out tests count as failed), or the prepare or list step failed: the build under test is broken |
 //! | 2 | usage or bad input: flags, configuration (file, `TESSERA_*` variables), an unsupported runner combination, a job the coordinator refused (`INVALID_ARGUMENT`) |
-//! | 3 | infrastructure: coordinator unreachable, the fleet lost the job (`JOB_RESULT_INFRASTRUCTURE`), the watch stream could not be re-attached, a server that cannot bind or open its data directory |
+//! | 3 | infrastructure: coordinator unreachable (one line: its URL, the cause, what to do), the fleet lost the job (`JOB_RESULT_INFRASTRUCTURE`), the watch stream could not be re-attached, a server that cannot bind or open its data directory |
 //! | 130 | interrupted (Ctrl-C or SIGTERM): the job was cancelled |
 //!
 //! Every command returns `Result<Exit, CliError>`; [`exit_code`] turns that into the process's
@@ -83,10 +83,25 @@ impl CliError {
         Self::Infrastructure(message.into())
     }
 
+    /// The coordinator (at `url`, when known) did not answer: one line saying where, why
+    /// (`cause`, as [`transport_cause`] words it) and what to do.
+    pub fn unreachable(url: Option<&str>, cause: &str) -> Self {
+        let at = url.map(|u| format!(" at {u}")).unwrap_or_default();
+        Self::Infrastructure(format!(
+            "cannot reach the coordinator{at}: {cause}; is `tessera coordinator` running{there}? \
+             (set --coordinator or TESSERA_COORDINATOR)",
+            there = if url.is_some() { " there" } else { "" }
+        ))
+    }
+
     /// Classifies a gRPC status from the coordinator: the caller's fault (bad input, unknown
-    /// job) is a usage error, anything else is infrastructure.
+    /// job) is a usage error, no answer at all is [`CliError::unreachable`], anything else is
+    /// infrastructure.
     pub fn from_status(call: &str, status: &tonic::Status) -> Self {
         use tonic::Code;
+        if let Some(cause) = transport_failure(status) {
+            return Self::unreachable(None, &cause);
+        }
         let message = format!("{call}: {} ({:?})", status.message(), status.code());
         match status.code() {
             Code::InvalidArgument
@@ -99,6 +114,38 @@ impl CliError {
             _ => Self::Infrastructure(message),
         }
     }
+}
+
+/// The cause of `status` in a few words when it is a transport failure (the coordinator never
+/// answered, or the connection broke), `None` when the coordinator itself sent it: tonic gives
+/// a status made from a transport error that error as its source.
+pub fn transport_failure(status: &tonic::Status) -> Option<String> {
+    std::error::Error::source(status).map(transport_cause)
+}
+
+/// The innermost cause of a transport error, in words: an I/O error's kind where there is one
+/// (`connection refused`), else the last message of the chain; never a debug dump.
+pub fn transport_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind as K;
+    let mut current = Some(error);
+    let mut last = error.to_string();
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                K::ConnectionRefused => "connection refused".to_owned(),
+                K::TimedOut => "connection timed out".to_owned(),
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+                    "connection lost".to_owned()
+                }
+                K::HostUnreachable | K::NetworkUnreachable => "no route to host".to_owned(),
+                K::AddrNotAvailable => "address not available".to_owned(),
+                _ => io.to_string(),
+            };
+        }
+        last = e.to_string();
+        current = e.source();
+    }
+    last
 }
 
 /// The process exit code for a command's `result`. An error is printed here, once, on stderr.
@@ -140,5 +187,26 @@ mod tests {
         );
         let status = tonic::Status::invalid_argument("no");
         assert_eq!(CliError::from_status("Submit", &status).exit(), Exit::Usage);
+    }
+
+    #[test]
+    fn an_unreachable_coordinator_is_one_line_with_what_to_do() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let status = tonic::Status::from_error(Box::new(refused));
+        let error = CliError::from_status("Status", &status);
+        assert_eq!(error.exit(), Exit::Infrastructure);
+        assert_eq!(
+            error.to_string(),
+            "cannot reach the coordinator: connection refused; is `tessera coordinator` running? \
+             (set --coordinator or TESSERA_COORDINATOR)"
+        );
+        let error = CliError::unreachable(Some("http://127.0.0.1:9090"), "connection refused");
+        assert_eq!(
+            error.to_string(),
+            "cannot reach the coordinator at http://127.0.0.1:9090: connection refused; is \
+             `tessera coordinator` running there? (set --coordinator or TESSERA_COORDINATOR)"
+        );
+        // A status the coordinator sent is not a transport failure.
+        assert_eq!(transport_failure(&tonic::Status::unavailable("busy")), None);
     }
 }

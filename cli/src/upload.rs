@@ -2,6 +2,12 @@
 //! untracked ones that are not ignored, narrowed by `--include`/`--exclude`), hashed with a
 //! persistent cache so an unchanged tree costs one `lstat` a file, and uploaded so that only
 //! the blobs the CAS lacks travel (one FindMissingBlobs, then batches, ByteStream for big files).
+//!
+//! The tools' own outputs and caches never travel, even when git does not ignore them, unless
+//! an `--include` names them: they are rebuilt on the agents, and uploading them costs time and
+//! changes every test's cache key for nothing. [`is_tool_output`] says which directories those
+//! are. A snapshot larger than [`LARGE_SNAPSHOT_BYTES`] is reported with its biggest
+//! directories, so a stray build directory does not travel without a word.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,15 +42,54 @@ pub struct UploadStats {
     pub upload_time: Duration,
 }
 
+/// What the user should hear about a snapshot: tool outputs left out, unusual size.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotNotes {
+    /// Directories left out as tools' outputs.
+    pub left_out: Vec<String>,
+    /// Set when the snapshot is unusually large.
+    pub large: Option<String>,
+}
+
+/// A snapshot above this size gets a note naming its biggest directories.
+pub const LARGE_SNAPSHOT_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Directory names that are always a tool's cache or output.
+const TOOL_OUTPUT_NAMES: &[&str] = &[
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    ".tox",
+    ".nox",
+];
+
+/// Whether the directory `rel` under `root` is a tool's own output or cache: a name from
+/// [`TOOL_OUTPUT_NAMES`], a directory tagged with `CACHEDIR.TAG` (cargo's target directory, and
+/// any tool following the Cache Directory Tagging convention), cargo's target directory before
+/// it was tagged (`.rustc_info.json`), or a Python virtual environment (`pyvenv.cfg`).
+pub fn is_tool_output(root: &Path, rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    if TOOL_OUTPUT_NAMES.contains(&name) {
+        return true;
+    }
+    let dir = root.join(rel);
+    ["CACHEDIR.TAG", ".rustc_info.json", "pyvenv.cfg"]
+        .iter()
+        .any(|marker| dir.join(marker).is_file())
+}
+
 /// Which files of the tree at `root` to take: `include`/`exclude` are globs over paths
 /// relative to the root (`*` within a path segment, `**` across segments, `?` one character);
 /// a pattern also matches everything under a directory it matches, so `docs` or `docs/`
-/// names the whole directory.
+/// names the whole directory. Tools' outputs ([`is_tool_output`]) are left out unless an
+/// include pattern names them; the directories left out are returned beside the files.
 pub fn select_files(
     root: &Path,
     include: &[String],
     exclude: &[String],
-) -> Result<Vec<String>, CliError> {
+) -> Result<(Vec<String>, Vec<String>), CliError> {
     let mut files = list_files(root, &[], &[]).map_err(|e| {
         CliError::usage(format!("cannot list the files of {}: {e}", root.display()))
     })?;
@@ -52,7 +97,68 @@ pub fn select_files(
         (include.is_empty() || include.iter().any(|p| glob_matches(p, f)))
             && !exclude.iter().any(|p| glob_matches(p, f))
     });
-    Ok(files)
+    // Each directory is judged once; a file goes with its outermost tool-output ancestor.
+    let mut judged: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    let mut left_out: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    files.retain(|f| {
+        let mut end = 0;
+        while let Some(at) = f[end..].find('/') {
+            let dir = &f[..end + at];
+            end += at + 1;
+            let output = *judged
+                .entry(dir.to_owned())
+                .or_insert_with(|| is_tool_output(root, dir));
+            if output
+                && !include
+                    .iter()
+                    .any(|p| glob_matches(p, f) && names_inside(p, dir))
+            {
+                left_out.insert(dir.to_owned());
+                return false;
+            }
+        }
+        true
+    });
+    Ok((files, left_out.into_iter().collect()))
+}
+
+/// Whether `pattern` names something at or inside `dir` (so it asks for a tool's output
+/// explicitly), rather than an ancestor of it such as `.` or `src`.
+fn names_inside(pattern: &str, dir: &str) -> bool {
+    let pattern = pattern.trim_start_matches("./").trim_end_matches('/');
+    let depth = |s: &str| s.split('/').count();
+    !pattern.is_empty() && depth(pattern) >= depth(dir)
+}
+
+/// The note for a snapshot of `bytes` above [`LARGE_SNAPSHOT_BYTES`]: its biggest top-level
+/// directories (two levels deep) and how to leave them out; `None` for a usual snapshot.
+pub fn large_snapshot_note(root: &Path, files: &[String], bytes: u64) -> Option<String> {
+    if bytes <= LARGE_SNAPSHOT_BYTES {
+        return None;
+    }
+    let mut by_dir: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for f in files {
+        let dir = match f.match_indices('/').nth(1) {
+            Some((at, _)) => &f[..at],
+            None => f.rsplit_once('/').map_or(".", |(d, _)| d),
+        };
+        let size = std::fs::symlink_metadata(root.join(f)).map_or(0, |m| m.len());
+        *by_dir.entry(dir).or_default() += size;
+    }
+    let mut dirs: Vec<(&str, u64)> = by_dir.into_iter().collect();
+    dirs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let biggest: Vec<String> = dirs
+        .iter()
+        .take(3)
+        .map(|(d, b)| format!("{d}/ ({} MiB)", b / (1024 * 1024)))
+        .collect();
+    Some(format!(
+        "the snapshot is large: {} MiB in {} files; biggest: {}. If these are build outputs, \
+         leave them out with --exclude DIR or list them in .gitignore",
+        bytes / (1024 * 1024),
+        files.len(),
+        biggest.join(", ")
+    ))
 }
 
 /// Whether `pattern` matches `path` or one of its parent directories.
@@ -101,15 +207,20 @@ pub fn take_snapshot(
     include: &[String],
     exclude: &[String],
     cache_file: &Path,
-) -> Result<(MerkleTree, usize), CliError> {
-    let files = select_files(root, include, exclude)?;
+) -> Result<(MerkleTree, usize, SnapshotNotes), CliError> {
+    let (files, left_out) = select_files(root, include, exclude)?;
     let mut cache = HashCache::load(cache_file);
     let tree = snapshot(root, &files, DIGEST_FUNCTION, &mut cache)
         .map_err(|e| CliError::usage(format!("cannot snapshot {}: {e}", root.display())))?;
     if let Err(error) = cache.save(cache_file) {
         tracing::warn!(%error, path = %cache_file.display(), "failed to save the hash cache");
     }
-    Ok((tree, files.len()))
+    let bytes = tree.files.iter().map(|(d, _)| d.size_bytes).sum();
+    let notes = SnapshotNotes {
+        left_out,
+        large: large_snapshot_note(root, &files, bytes),
+    };
+    Ok((tree, files.len(), notes))
 }
 
 /// Uploads whatever of `tree` the CAS lacks.
@@ -194,11 +305,11 @@ pub async fn snapshot_and_upload(
     include: &[String],
     exclude: &[String],
     cache_dir: &Path,
-) -> Result<(Digest, UploadStats), CliError> {
+) -> Result<(Digest, UploadStats, SnapshotNotes), CliError> {
     let started = Instant::now();
     let cache_file = hash_cache_path(cache_dir, root);
     let (root_owned, include, exclude) = (root.to_owned(), include.to_vec(), exclude.to_vec());
-    let (tree, files) = tokio::task::spawn_blocking(move || {
+    let (tree, files, notes) = tokio::task::spawn_blocking(move || {
         take_snapshot(&root_owned, &include, &exclude, &cache_file)
     })
     .await
@@ -215,6 +326,7 @@ pub async fn snapshot_and_upload(
             snapshot_time,
             upload_time: started.elapsed(),
         },
+        notes,
     ))
 }
 
@@ -244,12 +356,69 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "x").unwrap();
         }
-        let files = select_files(
+        let (files, _) = select_files(
             dir.path(),
             &["src".into(), "*.md".into()],
             &["src/gen".into()],
         )
         .unwrap();
         assert_eq!(files, vec!["README.md", "src/a.rs"]);
+    }
+
+    /// Regression: an untracked, unignored cargo `target/` (132 MB) travelled with every run.
+    #[test]
+    fn tool_outputs_stay_home_unless_included() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "src/lib.rs",
+            "target/CACHEDIR.TAG",
+            "target/debug/big",
+            "pkg/__pycache__/m.cpython-311.pyc",
+            "pkg/m.py",
+            "venv/pyvenv.cfg",
+            "venv/lib/site.py",
+            "build/target.rs",
+        ] {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        let (files, left_out) = select_files(dir.path(), &[], &[]).unwrap();
+        assert_eq!(files, vec!["build/target.rs", "pkg/m.py", "src/lib.rs"]);
+        assert_eq!(left_out, vec!["pkg/__pycache__", "target", "venv"]);
+        // Naming the directory brings it back; naming an ancestor does not.
+        let (files, left_out) =
+            select_files(dir.path(), &["target".into(), "src".into()], &[]).unwrap();
+        assert_eq!(
+            files,
+            vec!["src/lib.rs", "target/CACHEDIR.TAG", "target/debug/big"]
+        );
+        assert!(left_out.is_empty());
+    }
+
+    #[test]
+    fn a_large_snapshot_names_its_biggest_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<String> = ["out/gen/a.bin", "src/a.rs"]
+            .iter()
+            .map(|f| {
+                let p = dir.path().join(f);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, vec![0u8; if f.starts_with("out") { 4096 } else { 10 }])
+                    .unwrap();
+                f.to_string()
+            })
+            .collect();
+        assert!(large_snapshot_note(dir.path(), &files, LARGE_SNAPSHOT_BYTES).is_none());
+        let note = large_snapshot_note(dir.path(), &files, LARGE_SNAPSHOT_BYTES + 1).unwrap();
+        assert!(
+            note.starts_with("the snapshot is large: 100 MiB in 2 files"),
+            "{note}"
+        );
+        assert!(
+            note.contains("biggest: out/gen/ (0 MiB), src/ (0 MiB)"),
+            "{note}"
+        );
+        assert!(note.contains("--exclude"), "{note}");
     }
 }

@@ -1,6 +1,7 @@
 //! Following a job to its end: Jobs.Watch from the start (or from the last event seen, when a
-//! lost stream is re-attached with backoff), every event handed to the views once, and Ctrl-C
-//! turned into Jobs.Cancel.
+//! lost stream is re-attached with backoff, through a restart of the coordinator too), every
+//! event handed to the views once, as the tally passes it (`report/tally.rs`: each test once),
+//! and Ctrl-C turned into Jobs.Cancel.
 
 use std::time::Duration;
 
@@ -9,13 +10,17 @@ use tessera_proto::tessera::v1::{CancelJobRequest, WatchJobRequest};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tonic::transport::Channel;
 
-use crate::exit::CliError;
+use crate::connect;
+use crate::exit::{CliError, transport_failure};
 use crate::report::{EventSink, Tally};
 
-/// Re-attachments tried in a row before giving up.
-const REATTACH_ATTEMPTS: u32 = 5;
-/// First wait before re-attaching; doubles each time.
+/// How long re-attaching goes on without hearing from the coordinator before giving up: long
+/// enough for a coordinator to be restarted (by hand, or by systemd after a crash).
+const REATTACH_FOR: Duration = Duration::from_secs(90);
+/// First wait before re-attaching; doubles each time, up to [`REATTACH_BACKOFF_MAX`].
 const REATTACH_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between two re-attachments.
+const REATTACH_BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// How long to wait for the finished event after asking to cancel.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
@@ -55,16 +60,17 @@ pub enum WatchEnd {
     Interrupted(Tally),
 }
 
-/// Follows `job_id` on `jobs`, showing events on `sinks`, until it finishes or `interrupt`
-/// fires (then cancels it and waits a little for its end).
+/// Follows `job_id` on `jobs` (the coordinator at `url`), showing events on `sinks`, until it
+/// finishes or `interrupt` fires (then cancels it and waits a little for its end).
 pub async fn follow(
     jobs: &mut JobsClient<Channel>,
+    url: &str,
     job_id: &str,
     sinks: &mut [&mut dyn EventSink],
     interrupt: &mut Interrupt,
 ) -> Result<WatchEnd, CliError> {
     let mut tally = Tally::new(job_id);
-    let mut failures = 0u32;
+    let mut lost = Lost::default();
     let mut cancel_deadline: Option<tokio::time::Instant> = None;
     loop {
         let opened = tokio::select! {
@@ -80,23 +86,28 @@ pub async fn follow(
         let mut stream = match opened {
             Ok(response) => response.into_inner(),
             Err(status) if is_final(&status) => {
-                return Err(CliError::from_status("Watch", &status));
+                return Err(connect::call_failed(url, "Watch", &status));
             }
             Err(status) => {
-                failures += 1;
-                retry_or_give_up(failures, &status, sinks).await?;
+                lost.retry_or_give_up(url, job_id, &status, sinks).await?;
                 continue;
             }
         };
-        let lost = loop {
+        let broken = loop {
             let deadline = cancel_deadline;
             tokio::select! {
                 message = stream.message() => match message {
                     Ok(Some(event)) => {
-                        failures = 0;
-                        if tally.apply(&event) {
+                        lost = Lost::default();
+                        let applied = tally.apply(event);
+                        if let Some(note) = &applied.note {
                             for sink in sinks.iter_mut() {
-                                sink.event(&event, &tally);
+                                sink.note(note);
+                            }
+                        }
+                        if let Some(event) = &applied.event {
+                            for sink in sinks.iter_mut() {
+                                sink.event(event, &tally);
                             }
                         }
                         if tally.finished.is_some() {
@@ -129,11 +140,10 @@ pub async fn follow(
                 }
             }
         };
-        if is_final(&lost) {
-            return Err(CliError::from_status("Watch", &lost));
+        if is_final(&broken) {
+            return Err(connect::call_failed(url, "Watch", &broken));
         }
-        failures += 1;
-        retry_or_give_up(failures, &lost, sinks).await?;
+        lost.retry_or_give_up(url, job_id, &broken, sinks).await?;
     }
 }
 
@@ -152,27 +162,48 @@ fn is_final(status: &tonic::Status) -> bool {
     )
 }
 
-async fn retry_or_give_up(
-    failures: u32,
-    status: &tonic::Status,
-    sinks: &mut [&mut dyn EventSink],
-) -> Result<(), CliError> {
-    if failures > REATTACH_ATTEMPTS {
-        return Err(CliError::infra(format!(
-            "lost the job's watch stream and could not re-attach after {REATTACH_ATTEMPTS} tries: {}",
-            status.message()
-        )));
+/// Re-attaching after the watch stream was lost: since when, and how many tries.
+#[derive(Debug, Default)]
+struct Lost {
+    since: Option<tokio::time::Instant>,
+    tries: u32,
+}
+
+impl Lost {
+    /// Waits before the next try (backing off), or gives up once [`REATTACH_FOR`] has passed
+    /// without an event: one line saying why and how to follow the job again.
+    async fn retry_or_give_up(
+        &mut self,
+        url: &str,
+        job_id: &str,
+        status: &tonic::Status,
+        sinks: &mut [&mut dyn EventSink],
+    ) -> Result<(), CliError> {
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        let cause = match transport_failure(status) {
+            Some(cause) => format!("cannot reach the coordinator at {url}: {cause}"),
+            None => status.message().to_owned(),
+        };
+        if since.elapsed() > REATTACH_FOR {
+            return Err(CliError::infra(format!(
+                "lost the job's watch stream and could not re-attach for {}s ({cause}); \
+                 the job may still run: `tessera watch {job_id}` follows it again",
+                REATTACH_FOR.as_secs()
+            )));
+        }
+        self.tries += 1;
+        let wait = REATTACH_BACKOFF
+            .saturating_mul(2u32.saturating_pow(self.tries - 1))
+            .min(REATTACH_BACKOFF_MAX);
+        for sink in sinks.iter_mut() {
+            sink.note(&format!(
+                "watch stream lost ({cause}); re-attaching in {} ms",
+                wait.as_millis()
+            ));
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
-    let wait = REATTACH_BACKOFF * 2u32.pow(failures - 1);
-    for sink in sinks.iter_mut() {
-        sink.note(&format!(
-            "watch stream lost ({}); re-attaching in {} ms",
-            status.message(),
-            wait.as_millis()
-        ));
-    }
-    tokio::time::sleep(wait).await;
-    Ok(())
 }
 
 async fn cancel(

@@ -1,26 +1,47 @@
-//! The cargo runner: Rust tests through libtest, the standard test harness, without nextest.
+//! The cargo runner: Rust tests through libtest, the standard test harness, without nextest,
+//! answering test by test what `cargo test` answers.
 //!
-//! - **prepare**: `cargo test --no-run --message-format=json-render-diagnostics`, once; the
-//!   `compiler-artifact` messages with `profile.test` and an `executable` name the test
-//!   binaries, which [`CargoTestRunner::parse_prepare`] records as [`TestBinary`]s. Binaries are
-//!   named by nextest's binary ids (`crate`, `crate::integration`, `crate::bin/name`), so this
-//!   runner and [`crate::NextestRunner`] give the same tests the same [`TestId`]s.
-//! - **list**: one `sh -c` loop asks every binary for `--list --format terse` (`name: test`
-//!   lines), with a marker line before each binary. Ignored tests are listed too; running one
-//!   reports [`Outcome::Skipped`], as `cargo test` does.
+//! - **prepare**: one `sh -c` script. `cargo test --no-run --message-format=json-render-diagnostics`
+//!   builds the test binaries; the `compiler-artifact` messages with `profile.test` and an
+//!   `executable` name them, and [`CargoTestRunner::parse_prepare`] records them as
+//!   [`TestBinary`]s, named by nextest's binary ids (`crate`, `crate::integration`,
+//!   `crate::bin/name`), so this runner and [`crate::NextestRunner`] give the same tests the
+//!   same [`TestId`]s. The script then prints the workspace's manifests, for the targets built
+//!   with `harness = false` ([`manifest`]), and, when `cargo test` would run doctests, runs
+//!   `cargo test --doc -vv -- --list` to capture rustdoc's command line ([`doctest`]).
+//! - **list**: one `sh -c` script asks every libtest binary for `--list --format terse` (`name:
+//!   test` lines) and replays rustdoc with `--test-args --list`, with a marker line before
+//!   each binary. The user's libtest arguments ([`TestArgs`]: name filters, `--exact`, `--skip`,
+//!   `--ignored`, `--include-ignored`) are given to these listings, so libtest itself selects
+//!   exactly what it would select directly. Ignored tests are listed; running one reports
+//!   [`Outcome::Skipped`], as `cargo test` does, unless `--ignored`/`--include-ignored` asked
+//!   for them to run.
 //! - **run**: `<binary> --exact NAME --show-output` in the package directory, with the
 //!   `CARGO_MANIFEST_DIR`/`CARGO_PKG_*` variables cargo would set. Stable libtest cannot time a
 //!   test, so [`Batching::PerTest`]: the caller runs each test as its own process and the
 //!   process's wall-clock time is the test's duration (what nextest does too). Several tests of
-//!   one binary may still share a command when durations do not matter.
-//! - **results**: libtest's `test NAME ... ok|FAILED|ignored` lines, and the `---- NAME stdout
-//!   ----` sections `--show-output` prints for each test. A single-test process that dies without
-//!   reporting (abort, signal) failed.
+//!   one binary may still share a command when durations do not matter. Doctests replay
+//!   rustdoc's command with patterns that pick out the requested doctests
+//!   ([`doctest::select`]).
+//! - **results**: libtest's `test NAME[ - should panic| - compile fail| - compile] ...
+//!   ok|FAILED|ignored` lines, and the `---- NAME stdout ----` sections `--show-output` prints
+//!   for each test. A single-test process that dies without reporting (abort, signal) failed.
 //!
-//! Not supported: doctests (they have no binary to list), and `harness = false` targets that do
-//! not accept libtest's `--list`/`--exact` arguments.
+//! How the tests are named:
+//!
+//! | tests | group | name |
+//! | --- | --- | --- |
+//! | libtest binary | nextest's binary id (`crate`, `crate::it`, `crate::bin/tool`) | libtest's name (`tests::add`) |
+//! | `harness = false` target | its binary id | the target's name; passed iff it exits 0, as cargo reports it |
+//! | a library's doctests | `PACKAGE::doctest/CRATE` (the `/` keeps it apart from a test target named `doctest`) | libtest's name (`src/lib.rs - add (line 3)`) |
+//!
+//! cargo runs doctests only when the library is selected with no target filter (`--lib`,
+//! `--tests`, `--all-targets`, ...), or with `--doc` alone; so does this runner. A doctest is
+//! compiled when it runs, so its agent needs the toolchain at the path cargo used, and every
+//! library artifact of the build travels with the job (only when there are doctests).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -30,42 +51,104 @@ use crate::{
     Termination, TestId, TestResult, check_prepare, list_failed, unreported,
 };
 
-/// Runs `cargo test` binaries, one test per process.
+pub mod doctest;
+pub mod libtest;
+mod manifest;
+
+pub use doctest::Doctests;
+use libtest::LibtestReport;
+pub use libtest::{IgnoredTests, TestArgs, TestArgsError};
+use manifest::PlainTargets;
+
+/// Runs `cargo test` binaries, one test per process, and a library's doctests through rustdoc.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CargoTestRunner {
     /// Where to run cargo: the workspace or package root.
     pub dir: PathBuf,
     /// Extra arguments for `cargo test --no-run`: package and target selection, features,
-    /// `--release`, `--target-dir`.
+    /// `--release`, `--target-dir`, `--doc`.
     #[serde(default)]
     pub cargo_args: Vec<String>,
     /// Variables for every command (build and tests).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The libtest arguments after `cargo test ... --`.
+    #[serde(default)]
+    pub test_args: TestArgs,
 }
 
-/// A test executable built by the prepare step.
+/// A test executable built by the prepare step, or a library's doctests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestBinary {
     /// nextest's binary id: `crate` for a library, `crate::name` for an integration test,
-    /// `crate::bin/name`, `crate::example/name`, `crate::bench/name` otherwise.
+    /// `crate::bin/name`, `crate::example/name`, `crate::bench/name` otherwise; and
+    /// `crate::doctest/CRATE_NAME` for doctests.
     pub id: String,
-    /// Absolute path of the executable.
+    /// Absolute path of the executable (rustdoc, for doctests).
     pub executable: PathBuf,
-    /// The package directory, where cargo runs the binary.
+    /// Where cargo runs it: the package directory (the workspace root, for rustdoc).
     pub cwd: PathBuf,
     /// The package's name.
     pub package_name: String,
     /// The package's version.
     pub package_version: String,
+    /// How it is listed and run.
+    #[serde(default)]
+    pub kind: BinaryKind,
 }
+
+/// How a [`TestBinary`] is listed and run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryKind {
+    /// A libtest harness: `--list`, `--exact NAME`.
+    #[default]
+    Libtest,
+    /// A `harness = false` target: not listable, run as one unit named `target`, passed iff it
+    /// exits 0 (what `cargo test` reports for it).
+    Plain {
+        /// The target's name, the unit's test name.
+        target: String,
+    },
+    /// A library's doctests, replayed through rustdoc.
+    Doctests(Doctests),
+}
+
+/// Whether `cargo test` with these arguments runs doctests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DocMode {
+    /// A target filter (`--lib`, `--tests`, ...) leaves them out.
+    Without,
+    /// With the other tests (no target filter).
+    Also,
+    /// Only them (`--doc`).
+    Only,
+}
+
+/// cargo's target-selection flags: any of them (without `--doc`) leaves doctests out.
+const TARGET_FILTERS: &[&str] = &[
+    "--lib",
+    "--bin",
+    "--bins",
+    "--test",
+    "--tests",
+    "--example",
+    "--examples",
+    "--bench",
+    "--benches",
+    "--all-targets",
+];
 
 impl CargoTestRunner {
     /// These settings without those that only select tests, for cache keys (see
-    /// [`crate::RunnerConfig::key_settings`]).
+    /// [`crate::RunnerConfig::key_settings`]): name filters, `--exact` and `--skip` go;
+    /// whether ignored tests run stays (see [`TestArgs::without_selection`]).
     pub fn without_selection(&self) -> Self {
-        self.clone()
+        Self {
+            test_args: self.test_args.without_selection(),
+            ..self.clone()
+        }
     }
 
     /// Runs cargo in `dir` with no extra arguments.
@@ -74,6 +157,7 @@ impl CargoTestRunner {
             dir: dir.into(),
             cargo_args: Vec::new(),
             env: BTreeMap::new(),
+            test_args: TestArgs::default(),
         }
     }
 
@@ -92,18 +176,62 @@ impl CargoTestRunner {
         self.env.insert(key.into(), value.into());
         self
     }
+
+    /// Sets the libtest arguments (what followed `cargo test ... --`).
+    pub fn test_args(mut self, args: TestArgs) -> Self {
+        self.test_args = args;
+        self
+    }
+
+    fn doc_mode(&self) -> DocMode {
+        let flag = |a: &String| a.split_once('=').map_or(a.as_str(), |(f, _)| f).to_owned();
+        let flags: Vec<String> = self.cargo_args.iter().map(flag).collect();
+        if flags.iter().any(|f| f == "--doc") {
+            DocMode::Only
+        } else if flags.iter().any(|f| TARGET_FILTERS.contains(&f.as_str())) {
+            DocMode::Without
+        } else {
+            DocMode::Also
+        }
+    }
 }
 
 /// Marks the start of each binary's list in the list command's output.
 const BINARY_MARKER: &str = "#tessera-test-binary ";
 
-/// Lists every binary given as an argument, each after a marker line with its position.
-const LIST_SCRIPT: &str = r##"i=0
-for bin do
-  echo "#tessera-test-binary $i"
-  "$bin" --list --format terse || exit
-  i=$((i + 1))
-done"##;
+/// The prepare script's section markers.
+const MANIFESTS_MARKER: &str = "#tessera-manifests";
+const MANIFEST_MARKER: &str = "#tessera-manifest ";
+const ROOT_MARKER: &str = "#tessera-workspace-root";
+const DOCTESTS_MARKER: &str = "#tessera-doctests";
+const DOCTESTS_EXIT_MARKER: &str = "#tessera-doctests-exit ";
+
+/// Builds the test binaries (`"$@"` are the cargo arguments).
+const BUILD_SCRIPT: &str =
+    "cargo test --no-run --message-format=json-render-diagnostics \"$@\" || exit\n";
+
+/// Prints every workspace member's manifest after a marker line naming it. The paths come from
+/// `cargo metadata`'s JSON without a JSON parser: cargo writes them as plain strings.
+const MANIFESTS_SCRIPT: &str = r##"echo '#tessera-manifests'
+cargo metadata --no-deps --format-version 1 | grep -o '"manifest_path":"[^"]*"' | sort -u |
+while IFS= read -r m; do
+  m=${m#'"manifest_path":"'}
+  m=${m%'"'}
+  echo "#tessera-manifest $m"
+  cat "$m"
+  echo
+done
+"##;
+
+/// Captures rustdoc's doctest commands: cargo's `-vv` prints each with its environment, and
+/// `--list` keeps rustdoc from compiling anything. Its exit code is read, not obeyed: without
+/// `--doc`, a package with no library has no doctests, which is no failure.
+const DOCTESTS_SCRIPT: &str = r##"echo '#tessera-workspace-root'
+cargo locate-project --workspace --message-format plain || exit
+echo '#tessera-doctests'
+cargo test --doc -vv --message-format=json-render-diagnostics "$@" -- --list 2>&1
+echo "#tessera-doctests-exit $?"
+"##;
 
 impl Runner for CargoTestRunner {
     fn name(&self) -> &'static str {
@@ -111,13 +239,21 @@ impl Runner for CargoTestRunner {
     }
 
     fn prepare_command(&self) -> Option<CommandSpec> {
+        let mode = self.doc_mode();
+        let mut script = String::new();
+        if mode != DocMode::Only {
+            script.push_str(BUILD_SCRIPT);
+        }
+        script.push_str(MANIFESTS_SCRIPT);
+        match mode {
+            DocMode::Without => {}
+            DocMode::Also => script.push_str(DOCTESTS_SCRIPT),
+            // `--doc` is among the arguments already; cargo refuses it twice.
+            DocMode::Only => script.push_str(&DOCTESTS_SCRIPT.replace(" --doc ", " ")),
+        }
         Some(
-            CommandSpec::new("cargo")
-                .args([
-                    "test",
-                    "--no-run",
-                    "--message-format=json-render-diagnostics",
-                ])
+            CommandSpec::new("sh")
+                .args(["-c", &script, "tessera-prepare"])
                 .args(self.cargo_args.iter().cloned())
                 .envs(&self.env)
                 .cwd(&self.dir),
@@ -126,9 +262,20 @@ impl Runner for CargoTestRunner {
 
     fn parse_prepare(&self, output: &CommandOutput) -> Result<Prepared, RunnerError> {
         check_prepare(output)?;
+        let sections = PrepareSections::split(&output.stdout);
+        let mut plain = PlainTargets::default();
+        for manifest in &sections.manifests {
+            plain.add_manifest(manifest);
+        }
         let mut test_binaries: Vec<TestBinary> = Vec::new();
         let mut files: Vec<PathBuf> = Vec::new();
-        for line in output.stdout.lines().filter(|l| l.starts_with('{')) {
+        let mut libraries: Vec<PathBuf> = Vec::new();
+        let json_lines = sections
+            .build
+            .iter()
+            .chain(&sections.doctests)
+            .filter(|l| l.starts_with('{'));
+        for line in json_lines {
             let message: Artifact =
                 serde_json::from_str(line).map_err(|e| RunnerError::UnexpectedOutput {
                     tool: "cargo",
@@ -141,7 +288,10 @@ impl Runner for CargoTestRunner {
             {
                 files.push(executable.clone());
             }
-            if let Some(binary) = message.test_binary()? {
+            if message.is_library() {
+                libraries.extend(message.filenames.iter().cloned());
+            }
+            if let Some(binary) = message.test_binary(&plain)? {
                 // A binary built twice (say for two profiles) is listed once.
                 if !test_binaries.iter().any(|b| b.id == binary.id) {
                     test_binaries.push(binary);
@@ -149,6 +299,16 @@ impl Runner for CargoTestRunner {
             }
         }
         let dirs = target_tmp_dirs(&test_binaries);
+        let doctests = self.doctest_binaries(&sections, output)?;
+        if !doctests.is_empty() {
+            // rustdoc compiles each doctest against the library and everything it may use.
+            for file in libraries {
+                if !files.contains(&file) {
+                    files.push(file);
+                }
+            }
+        }
+        test_binaries.extend(doctests);
         Ok(Prepared {
             test_binaries,
             files,
@@ -157,14 +317,36 @@ impl Runner for CargoTestRunner {
     }
 
     fn list_command(&self, prepared: &Prepared) -> CommandSpec {
+        let selection = self.test_args.selection_args();
+        let mut script = String::new();
+        for (i, binary) in prepared.test_binaries.iter().enumerate() {
+            let _ = writeln!(script, "echo '{BINARY_MARKER}{i}'");
+            match &binary.kind {
+                BinaryKind::Libtest => {
+                    let command = std::iter::once(binary.executable.display().to_string())
+                        .chain(["--list", "--format", "terse"].map(String::from))
+                        .chain(selection.iter().cloned());
+                    let _ = writeln!(script, "{} || exit", shell_line(command));
+                }
+                BinaryKind::Plain { .. } => {}
+                BinaryKind::Doctests(doctests) => {
+                    let command = std::iter::once("env".to_owned())
+                        .chain(doctests.env.iter().map(|(k, v)| format!("{k}={v}")))
+                        .chain(doctests.argv.iter().cloned())
+                        .chain(test_args(
+                            std::iter::once("--list").chain(selection.iter().map(String::as_str)),
+                        ));
+                    let _ = writeln!(
+                        script,
+                        "(cd {} && {}) || exit",
+                        shell_quote(&binary.cwd.display().to_string()),
+                        shell_line(command)
+                    );
+                }
+            }
+        }
         CommandSpec::new("sh")
-            .args(["-c", LIST_SCRIPT, "tessera-list"])
-            .args(
-                prepared
-                    .test_binaries
-                    .iter()
-                    .map(|b| b.executable.display().to_string()),
-            )
+            .args(["-c", &script])
             .envs(&self.env)
             .cwd(&self.dir)
     }
@@ -185,11 +367,20 @@ impl Runner for CargoTestRunner {
                     .parse::<usize>()
                     .ok()
                     .and_then(|i| prepared.test_binaries.get(i));
-                if binary.is_none() {
-                    return Err(RunnerError::UnexpectedOutput {
-                        tool: "sh",
-                        detail: format!("marker for an unknown binary: {line}"),
-                    });
+                match binary {
+                    None => {
+                        return Err(RunnerError::UnexpectedOutput {
+                            tool: "sh",
+                            detail: format!("marker for an unknown binary: {line}"),
+                        });
+                    }
+                    // cargo runs a target without harness whatever the filters say.
+                    Some(TestBinary {
+                        id,
+                        kind: BinaryKind::Plain { target },
+                        ..
+                    }) => tests.push(TestId::new(id, target)),
+                    Some(_) => {}
                 }
             } else if let Some(name) = line.strip_suffix(": test") {
                 let Some(binary) = binary else {
@@ -216,29 +407,62 @@ impl Runner for CargoTestRunner {
         _scratch: &Path,
     ) -> Result<RunInvocation, RunnerError> {
         let binary = binary_for(prepared, tests)?;
-        let command = CommandSpec::new(binary.executable.display().to_string())
-            .args(["--exact", "--show-output", "--color", "never"])
-            .args(tests.iter().map(|t| t.name.clone()))
-            .env("CARGO_MANIFEST_DIR", binary.cwd.display().to_string())
-            .env("CARGO_PKG_NAME", &binary.package_name)
-            .env("CARGO_PKG_VERSION", &binary.package_version)
-            .envs(&self.env)
-            .cwd(&binary.cwd);
+        let command = match &binary.kind {
+            BinaryKind::Libtest => CommandSpec::new(binary.executable.display().to_string())
+                .args(["--exact", "--show-output", "--color", "never"])
+                .args(self.test_args.run_ignored_arg())
+                .args(tests.iter().map(|t| t.name.clone()))
+                .envs(&package_env(binary))
+                .envs(&self.env),
+            // cargo hands the arguments after `--` to such a binary as they are.
+            BinaryKind::Plain { .. } => CommandSpec::new(binary.executable.display().to_string())
+                .args(self.test_args.selection_args())
+                .envs(&package_env(binary))
+                .envs(&self.env),
+            BinaryKind::Doctests(doctests) => {
+                let wanted: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
+                let selection = doctest::select(&wanted, &doctests.names);
+                let args = selection
+                    .args()
+                    .into_iter()
+                    .chain(["--show-output", "--color", "never"].map(String::from))
+                    .chain(self.test_args.run_ignored_arg().map(String::from))
+                    .collect::<Vec<_>>();
+                CommandSpec {
+                    argv: doctests
+                        .argv
+                        .iter()
+                        .cloned()
+                        .chain(test_args(args.iter().map(String::as_str)))
+                        .collect(),
+                    ..CommandSpec::default()
+                }
+                .envs(&self.env)
+                .envs(&doctests.env)
+            }
+        };
         Ok(RunInvocation {
-            command,
+            command: command.cwd(&binary.cwd),
             files: Vec::new(),
         })
     }
 
     fn parse_results(
         &self,
-        _prepared: &Prepared,
+        prepared: &Prepared,
         tests: &[TestId],
         output: &CommandOutput,
         _scratch: &Path,
     ) -> Result<Vec<TestResult>, RunnerError> {
-        let report = LibtestReport::parse(&output.stdout);
         let single = tests.len() == 1;
+        if let Ok(TestBinary {
+            kind: BinaryKind::Plain { .. },
+            ..
+        }) = binary_for(prepared, tests)
+        {
+            return Ok(tests.iter().map(|id| plain_result(id, output)).collect());
+        }
+        let report = LibtestReport::parse(&output.stdout);
         let results = tests
             .iter()
             .map(|id| {
@@ -270,6 +494,194 @@ impl Runner for CargoTestRunner {
     }
 }
 
+impl CargoTestRunner {
+    /// The doctest "binaries" of the prepare output's doctest section.
+    fn doctest_binaries(
+        &self,
+        sections: &PrepareSections<'_>,
+        output: &CommandOutput,
+    ) -> Result<Vec<TestBinary>, RunnerError> {
+        let Some(exit) = sections.doctests_exit else {
+            return Ok(Vec::new());
+        };
+        if exit != 0 {
+            let log = sections.doctests.join("\n");
+            // `cargo test` skips doctests of packages without a library; `cargo test --doc`
+            // refuses them, as cargo does.
+            if self.doc_mode() == DocMode::Also && log.contains("no library targets found") {
+                return Ok(Vec::new());
+            }
+            let lines: Vec<&str> = sections.doctests.iter().rev().take(20).copied().collect();
+            return Err(RunnerError::PrepareFailed {
+                termination: Termination::Exited(exit),
+                log: lines.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            });
+        }
+        let root = sections
+            .workspace_root
+            .map(Path::new)
+            .and_then(Path::parent)
+            .ok_or_else(|| RunnerError::UnexpectedOutput {
+                tool: "cargo",
+                detail: format!(
+                    "`cargo locate-project --workspace` printed no manifest path: {}",
+                    output.tail(5)
+                ),
+            })?;
+        let mut binaries: Vec<TestBinary> = Vec::new();
+        let mut expecting_command = false;
+        for line in &sections.doctests {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("Doc-tests ") {
+                expecting_command = true;
+            } else if let Some(command) = trimmed
+                .strip_prefix("Running `")
+                .and_then(|rest| rest.strip_suffix('`'))
+                && expecting_command
+            {
+                expecting_command = false;
+                let run = doctest::RustdocRun::from_command_line(command).ok_or_else(|| {
+                    RunnerError::UnexpectedOutput {
+                        tool: "cargo",
+                        detail: format!("unrecognized rustdoc command: {command}"),
+                    }
+                })?;
+                let env = &run.doctests.env;
+                let package_name = env
+                    .get("CARGO_PKG_NAME")
+                    .cloned()
+                    .unwrap_or_else(|| run.crate_name.clone());
+                binaries.push(TestBinary {
+                    id: format!("{package_name}::doctest/{}", run.crate_name),
+                    executable: PathBuf::from(&run.doctests.argv[0]),
+                    cwd: root.to_path_buf(),
+                    package_version: env.get("CARGO_PKG_VERSION").cloned().unwrap_or_default(),
+                    package_name,
+                    kind: BinaryKind::Doctests(run.doctests),
+                });
+            } else if let Some(name) = line.strip_suffix(": test")
+                && let Some(TestBinary {
+                    kind: BinaryKind::Doctests(doctests),
+                    ..
+                }) = binaries.last_mut()
+            {
+                doctests.names.push(name.to_owned());
+            }
+        }
+        // A library without examples in its docs has nothing to list or run.
+        binaries.retain(|b| matches!(&b.kind, BinaryKind::Doctests(d) if !d.names.is_empty()));
+        Ok(binaries)
+    }
+}
+
+/// The prepare script's output, cut at its markers.
+#[derive(Debug, Default)]
+struct PrepareSections<'a> {
+    /// `cargo test --no-run`'s JSON messages.
+    build: Vec<&'a str>,
+    /// Each manifest's text.
+    manifests: Vec<String>,
+    /// The workspace's root manifest.
+    workspace_root: Option<&'a str>,
+    /// `cargo test --doc -vv -- --list`, stdout and stderr.
+    doctests: Vec<&'a str>,
+    /// Its exit code, when it ran.
+    doctests_exit: Option<i32>,
+}
+
+impl<'a> PrepareSections<'a> {
+    fn split(stdout: &'a str) -> Self {
+        #[derive(PartialEq)]
+        enum At {
+            Build,
+            Manifests,
+            Root,
+            Doctests,
+        }
+        let mut sections = Self::default();
+        let mut at = At::Build;
+        for line in stdout.lines() {
+            if line == MANIFESTS_MARKER {
+                at = At::Manifests;
+            } else if at == At::Manifests && line.starts_with(MANIFEST_MARKER) {
+                sections.manifests.push(String::new());
+            } else if line == ROOT_MARKER {
+                at = At::Root;
+            } else if line == DOCTESTS_MARKER {
+                at = At::Doctests;
+            } else if let Some(code) = line.strip_prefix(DOCTESTS_EXIT_MARKER) {
+                sections.doctests_exit = code.trim().parse().ok();
+            } else {
+                match at {
+                    At::Build => sections.build.push(line),
+                    At::Manifests => {
+                        if let Some(text) = sections.manifests.last_mut() {
+                            text.push_str(line);
+                            text.push('\n');
+                        }
+                    }
+                    At::Root if !line.trim().is_empty() => {
+                        sections.workspace_root = Some(line.trim());
+                    }
+                    At::Root => {}
+                    At::Doctests => sections.doctests.push(line),
+                }
+            }
+        }
+        sections
+    }
+}
+
+/// `--test-args ARG` for each argument, as cargo hands test arguments to rustdoc.
+fn test_args<'a>(args: impl IntoIterator<Item = &'a str>) -> impl Iterator<Item = String> {
+    args.into_iter()
+        .flat_map(|a| ["--test-args".to_owned(), a.to_owned()])
+}
+
+/// The variables cargo sets for a test binary.
+fn package_env(binary: &TestBinary) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "CARGO_MANIFEST_DIR".to_owned(),
+            binary.cwd.display().to_string(),
+        ),
+        ("CARGO_PKG_NAME".to_owned(), binary.package_name.clone()),
+        (
+            "CARGO_PKG_VERSION".to_owned(),
+            binary.package_version.clone(),
+        ),
+    ])
+}
+
+/// What `cargo test` reports for a target without harness: it passed iff it exited 0.
+fn plain_result(id: &TestId, output: &CommandOutput) -> TestResult {
+    let outcome = match output.termination {
+        Termination::TimedOut => Outcome::TimedOut,
+        t if t.success() => Outcome::Passed,
+        _ => Outcome::Failed,
+    };
+    TestResult {
+        id: id.clone(),
+        outcome,
+        duration: Some(output.elapsed),
+        output: output.combined(),
+    }
+}
+
+/// `word` quoted for `sh`.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// Words joined into one `sh` command line.
+fn shell_line(words: impl IntoIterator<Item = String>) -> String {
+    words
+        .into_iter()
+        .map(|w| shell_quote(&w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The binary all of `tests` live in.
 fn binary_for<'p>(prepared: &'p Prepared, tests: &[TestId]) -> Result<&'p TestBinary, RunnerError> {
     let first = tests.first().ok_or(RunnerError::EmptyBatch)?;
@@ -283,57 +695,6 @@ fn binary_for<'p>(prepared: &'p Prepared, tests: &[TestId]) -> Result<&'p TestBi
         })
 }
 
-/// What libtest's human output says about each test.
-#[derive(Debug, Default)]
-struct LibtestReport<'a> {
-    outcomes: BTreeMap<&'a str, Outcome>,
-    /// Captured output per test, from the `---- NAME stdout ----` sections.
-    sections: BTreeMap<&'a str, String>,
-}
-
-impl<'a> LibtestReport<'a> {
-    fn parse(stdout: &'a str) -> Self {
-        let mut report = Self::default();
-        let mut section: Option<&'a str> = None;
-        for line in stdout.lines() {
-            if let Some(name) = line
-                .strip_prefix("---- ")
-                .and_then(|rest| rest.strip_suffix(" stdout ----"))
-            {
-                section = Some(name);
-                report.sections.entry(name).or_default();
-                continue;
-            }
-            if line == "successes:" || line == "failures:" {
-                section = None;
-                continue;
-            }
-            if let Some(name) = section {
-                let text = report.sections.entry(name).or_default();
-                text.push_str(line);
-                text.push('\n');
-                continue;
-            }
-            if let Some((name, status)) = line
-                .strip_prefix("test ")
-                .and_then(|rest| rest.split_once(" ... "))
-            {
-                let outcome = if status.starts_with("ok") {
-                    Outcome::Passed
-                } else if status.starts_with("FAILED") {
-                    Outcome::Failed
-                } else if status.starts_with("ignored") {
-                    Outcome::Skipped
-                } else {
-                    continue;
-                };
-                report.outcomes.insert(name, outcome);
-            }
-        }
-        report
-    }
-}
-
 /// The parts of a cargo JSON message this runner reads.
 #[derive(Deserialize)]
 struct Artifact {
@@ -345,6 +706,8 @@ struct Artifact {
     target: Option<ArtifactTarget>,
     profile: Option<ArtifactProfile>,
     executable: Option<PathBuf>,
+    #[serde(default)]
+    filenames: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -359,7 +722,19 @@ struct ArtifactProfile {
 }
 
 impl Artifact {
-    fn test_binary(self) -> Result<Option<TestBinary>, RunnerError> {
+    /// A library built for use by others (not its unit-test binary): what rustdoc's
+    /// `--extern` and `-L dependency=` find when it compiles a doctest.
+    fn is_library(&self) -> bool {
+        self.reason == "compiler-artifact"
+            && self.profile.as_ref().is_some_and(|p| !p.test)
+            && self.target.as_ref().is_some_and(|t| {
+                t.kind
+                    .iter()
+                    .any(|k| matches!(k.as_str(), "lib" | "rlib" | "dylib" | "proc-macro"))
+            })
+    }
+
+    fn test_binary(self, plain: &PlainTargets) -> Result<Option<TestBinary>, RunnerError> {
         let (Some(target), Some(profile), Some(executable)) =
             (self.target, self.profile, self.executable)
         else {
@@ -386,12 +761,20 @@ impl Artifact {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        let kind = if plain.contains(&package_name, kind, &target.name) {
+            BinaryKind::Plain {
+                target: target.name,
+            }
+        } else {
+            BinaryKind::Libtest
+        };
         Ok(Some(TestBinary {
             id,
             executable,
             cwd,
             package_name,
             package_version,
+            kind,
         }))
     }
 }
@@ -401,7 +784,10 @@ impl Artifact {
 /// <profile>/deps/<binary>`. With a target triple both candidates are kept.
 fn target_tmp_dirs(binaries: &[TestBinary]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
-    for binary in binaries {
+    let built = binaries
+        .iter()
+        .filter(|b| !matches!(b.kind, BinaryKind::Doctests(_)));
+    for binary in built {
         let Some(base) = binary
             .executable
             .parent()
@@ -470,6 +856,7 @@ mod tests {
                     cwd: "/src/demo".into(),
                     package_name: "demo".into(),
                     package_version: "0.1.0".into(),
+                    kind: BinaryKind::Libtest,
                 },
                 TestBinary {
                     id: "demo::it".into(),
@@ -477,6 +864,7 @@ mod tests {
                     cwd: "/src/demo".into(),
                     package_name: "demo".into(),
                     package_version: "0.1.0".into(),
+                    kind: BinaryKind::Libtest,
                 },
             ],
             files: vec!["/t/debug/deps/demo-1".into(), "/t/debug/deps/it-2".into()],
@@ -675,6 +1063,7 @@ mod tests {
             cwd: "/src".into(),
             package_name: "demo".into(),
             package_version: "0.1.0".into(),
+            kind: BinaryKind::Libtest,
         };
         assert_eq!(
             target_tmp_dirs(&[

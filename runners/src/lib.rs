@@ -45,6 +45,7 @@ pub mod junit;
 pub mod nextest;
 pub mod pytest;
 pub mod step;
+pub mod toolchain;
 
 pub use cargo::{CargoTestRunner, TestBinary};
 pub use command::CommandRunner;

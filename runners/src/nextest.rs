@@ -4,12 +4,14 @@
 //! - **prepare**: `cargo nextest archive --archive-file F`, once. The archive holds the test
 //!   binaries and what nextest needs to run them; later steps run from it without cargo
 //!   building anything.
-//! - **list**: `cargo nextest list --archive-file F --message-format json --run-ignored all`:
-//!   every test whose filter matches, keyed by nextest's binary id. Ignored tests are listed;
-//!   running one reports [`Outcome::Skipped`], as `cargo nextest run` does.
+//! - **list**: `cargo nextest list --archive-file F --message-format json --run-ignored all`
+//!   plus the user's selection (`-E` filtersets, name filters): every test whose filter matches,
+//!   keyed by nextest's binary id. Ignored tests are listed; running one reports
+//!   [`Outcome::Skipped`], as `cargo nextest run` does. The selection is given to the list
+//!   command only and is not part of the cache key.
 //! - **run**: `cargo nextest run --archive-file F -E EXPR` where `EXPR` names exactly the batch's
-//!   tests (`binary_id(=B) & (test(=a) | test(=b))`, with the filterset escapes), with nextest's
-//!   own retries off and no fail-fast. Nextest runs each test as its own process and times it, so
+//!   tests (`binary_id(=B) & (test(=a) | test(=b))`, with the filterset escapes), with no
+//!   fail-fast (the job decides that). Nextest runs each test as its own process and times it, so
 //!   any tests may share a command.
 //! - **results**: a JUnit report. A tool config file written to the scratch directory (passed
 //!   with `--tool-config-file`, so the project's own `.config/nextest.toml` still applies on top)
@@ -17,10 +19,29 @@
 //!   the output of passing tests. Cases are matched by (binary id = suite name, test name); a
 //!   failure of type `test timeout` (nextest's slow-timeout) is [`Outcome::TimedOut`].
 //!
+//! # The profile's per-test settings in batches
+//!
+//! The batch runs under the job's profile, with the project's `.config/nextest.toml` (found at
+//! the same path on every agent), so nextest itself applies, per test:
+//!
+//! | setting | in a batch | reported as |
+//! | --- | --- | --- |
+//! | `slow-timeout` with `terminate-after` | applied | `<failure type="test timeout">`: [`Outcome::TimedOut`] |
+//! | `leak-timeout` | applied | a leaky pass is a plain pass in nextest's JUnit: [`Outcome::Passed`]; with `result = "fail"`, a failure |
+//! | `retries` (profile, overrides, `--retries`) | applied | a pass after failures is a passing case with `<flakyFailure>`s, as nextest counts it (passed, flaky): [`Outcome::Passed`]; failing every attempt: [`Outcome::Failed`] |
+//! | `threads-required`, test groups' `max-threads` | within the batch only | nothing stops two batches on one agent, or on two agents, from running tests of one group, or heavy tests, at once |
+//! | `test-threads` (`-j`) | per batch | |
+//!
+//! `threads-required` and test groups hold across the whole job only if the scheduler places
+//! such tests with that in mind (one batch per group, slots sized by threads required); it does
+//! not yet.
+//!
 //! Why JUnit rather than `--message-format libtest-json`: that format is still experimental
 //! (`NEXTEST_EXPERIMENTAL_LIBTEST_JSON=1`), names tests by crate and binary *name* rather than
 //! binary id, and leaves out the output of passing tests. A project whose own config sets a JUnit
-//! path for the chosen profile overrides ours; its tests then come back as [`Outcome::NoResult`].
+//! path for the chosen profile (common for a `ci` profile) overrides ours, since a repository's
+//! config outranks a tool config; nextest then writes it under the store directory ours names,
+//! where it is read instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +69,18 @@ pub struct NextestRunner {
     /// The nextest profile (`default` if unset).
     #[serde(default)]
     pub profile: Option<String>,
+    /// Arguments that only select tests, given to `cargo nextest list` and nowhere else:
+    /// `-E` filtersets and test name filters (with their `-- --exact`, `--skip`). Not part of
+    /// the cache key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// Arguments that change how tests run, given to both `cargo nextest list` and `cargo
+    /// nextest run`: `-j`, `--retries`, `--flaky-result`, `--config-file`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_args: Vec<String>,
+    /// `--run-ignored` (`default`, `only` or `all`); unset means `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ignored: Option<String>,
     /// Variables for every command.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -60,7 +93,10 @@ impl NextestRunner {
     /// These settings without those that only select tests, for cache keys (see
     /// [`crate::RunnerConfig::key_settings`]).
     pub fn without_selection(&self) -> Self {
-        self.clone()
+        Self {
+            filters: Vec::new(),
+            ..self.clone()
+        }
     }
 
     /// Runs nextest in `dir`, with the archive at `dir/target/tessera/nextest-archive.tar.zst`.
@@ -71,8 +107,37 @@ impl NextestRunner {
             dir,
             cargo_args: Vec::new(),
             profile: None,
+            filters: Vec::new(),
+            run_args: Vec::new(),
+            run_ignored: None,
             env: BTreeMap::new(),
         }
+    }
+
+    /// Lists only the tests these arguments select (`-E EXPR`, name filters).
+    pub fn filters<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.filters.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds arguments for listing and running (`-j 4`, `--retries 2`).
+    pub fn run_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.run_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets `--run-ignored` (`default`, `only` or `all`).
+    pub fn run_ignored(mut self, which: impl Into<String>) -> Self {
+        self.run_ignored = Some(which.into());
+        self
     }
 
     /// Puts the archive elsewhere.
@@ -117,6 +182,23 @@ impl NextestRunner {
     /// Where a run in `scratch` gets its JUnit report.
     pub fn junit_path(scratch: &Path) -> PathBuf {
         scratch.join("junit.xml")
+    }
+
+    /// The JUnit report of a run in `scratch`: ours, or, when the project's own config names a
+    /// JUnit path for the profile (its config outranks a tool config), the one report nextest
+    /// wrote under the store directory ours points at.
+    fn report_path(&self, scratch: &Path) -> PathBuf {
+        let ours = Self::junit_path(scratch);
+        if ours.exists() {
+            return ours;
+        }
+        let profile_dir = scratch.join("nextest-store").join(self.profile_name());
+        let mut found = Vec::new();
+        find_xml(&profile_dir, &mut found);
+        match found.as_slice() {
+            [only] => only.clone(),
+            _ => ours,
+        }
     }
 
     fn tool_config(&self, scratch: &Path) -> String {
@@ -176,18 +258,26 @@ impl Runner for NextestRunner {
     }
 
     fn list_command(&self, _prepared: &Prepared) -> CommandSpec {
-        self.nextest("list")
+        // Ignored tests are listed too (unless only they were asked for), so that they are
+        // reported skipped, as `cargo nextest run` reports them.
+        let ignored = match self.run_ignored.as_deref() {
+            Some("only") => "only",
+            _ => "all",
+        };
+        let (options, names) = split_at_dashes(&self.filters);
+        let mut command = self
+            .nextest("list")
             .arg("--archive-file")
             .arg(self.archive_file.display().to_string())
             .args(["--profile", self.profile_name()])
-            .args([
-                "--message-format",
-                "json",
-                "--run-ignored",
-                "all",
-                "--color",
-                "never",
-            ])
+            .args(self.run_args.iter().cloned())
+            .args(["--message-format", "json", "--run-ignored", ignored])
+            .args(["--color", "never"])
+            .args(options.iter().cloned());
+        if !names.is_empty() {
+            command = command.arg("--").args(names.iter().cloned());
+        }
+        command
     }
 
     fn parse_list(
@@ -236,8 +326,14 @@ impl Runner for NextestRunner {
             .arg(self.archive_file.display().to_string())
             .args(["--tool-config-file", tool_config.as_str()])
             .args(["--profile", self.profile_name()])
-            .args(["--retries", "0", "--no-fail-fast", "--no-tests", "warn"])
+            .args(self.run_args.iter().cloned())
+            .args(["--no-fail-fast", "--no-tests", "warn"])
             .args(["--color", "never", "-E", filterset(tests).as_str()]);
+        // The batch names its tests exactly; ignored ones among them run only when asked to.
+        let command = match self.run_ignored.as_deref() {
+            Some("only" | "all") => command.args(["--run-ignored", "all"]),
+            _ => command,
+        };
         Ok(RunInvocation {
             command,
             files: vec![ScratchFile {
@@ -254,7 +350,7 @@ impl Runner for NextestRunner {
         output: &CommandOutput,
         scratch: &Path,
     ) -> Result<Vec<TestResult>, RunnerError> {
-        let path = Self::junit_path(scratch);
+        let path = self.report_path(scratch);
         let cases = match std::fs::read_to_string(&path) {
             Ok(xml) => junit::parse(&xml).map_err(|source| RunnerError::Junit {
                 path: path.clone(),
@@ -314,6 +410,29 @@ fn case_outcome(case: &JunitCase) -> Outcome {
             Outcome::TimedOut
         }
         CaseStatus::Failed | CaseStatus::Errored => Outcome::Failed,
+    }
+}
+
+/// Every `.xml` file under `dir`.
+fn find_xml(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            find_xml(&path, found);
+        } else if path.extension().is_some_and(|e| e == "xml") {
+            found.push(path);
+        }
+    }
+}
+
+/// Splits arguments at their `--`: options before it, test-binary arguments after it.
+fn split_at_dashes(args: &[String]) -> (&[String], &[String]) {
+    match args.iter().position(|a| a == "--") {
+        Some(at) => (&args[..at], &args[at + 1..]),
+        None => (args, &[]),
     }
 }
 
@@ -476,6 +595,49 @@ mod tests {
         let config = &run.files[0].contents;
         assert!(config.contains("[profile.\"ci\".junit]"), "{config}");
         assert!(config.contains("path = \"/scratch/junit.xml\""), "{config}");
+    }
+
+    #[test]
+    fn the_selection_goes_to_the_list_only_and_not_into_the_key() {
+        let runner = NextestRunner::new("/src")
+            .filters(["-E", "test(a) & !test(slow)", "name", "--", "--exact"])
+            .run_args(["-j", "2"])
+            .run_ignored("only");
+        let list = runner.list_command(&Prepared::default()).argv.join(" ");
+        assert!(
+            list.contains("-j 2 --message-format json --run-ignored only"),
+            "{list}"
+        );
+        assert!(
+            list.ends_with("-E test(a) & !test(slow) name -- --exact"),
+            "{list}"
+        );
+        let run = runner
+            .run_command(
+                &Prepared::default(),
+                &[TestId::new("c", "a")],
+                Path::new("/s"),
+            )
+            .unwrap()
+            .command
+            .argv
+            .join(" ");
+        assert!(!run.contains("slow"), "{run}");
+        assert!(
+            run.contains("-j 2") && run.ends_with("--run-ignored all"),
+            "{run}"
+        );
+        // nextest's own retries are the profile's unless asked for.
+        assert!(!run.contains("--retries"), "{run}");
+        let key = runner.without_selection();
+        assert!(key.filters.is_empty());
+        assert_eq!(key.run_args, ["-j", "2"]);
+        assert_eq!(
+            NextestRunner::new("/src")
+                .filters(["-E", "test(b)"])
+                .without_selection(),
+            NextestRunner::new("/src")
+        );
     }
 
     #[test]

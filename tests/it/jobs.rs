@@ -630,16 +630,29 @@ async fn an_accepted_job_survives_a_coordinator_crash() {
         .expect("submit")
         .into_inner()
         .job_id;
-    // Let some tests run (the first result is in), then kill the coordinator without warning
-    // and start it again.
-    wait_job_event(
-        &mut jobs,
-        &id,
-        "a test result",
-        Duration::from_secs(60),
-        |e| matches!(&e.kind, Some(Kind::Test(_))),
-    )
-    .await;
+    // A client follows the job until the first result is in; then the coordinator is killed
+    // without warning and started again.
+    let mut stream = jobs
+        .watch(WatchJobRequest {
+            job_id: id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut before = Vec::new();
+    while !before
+        .iter()
+        .any(|e: &JobEvent| matches!(&e.kind, Some(Kind::Test(t)) if t.r#final))
+    {
+        let event = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .expect("a test result within a minute")
+            .expect("event stream")
+            .expect("the job runs");
+        before.push(event);
+    }
+    let last_seen = before.last().map_or(0, |e| e.seq);
     server.kill();
     let mut server =
         tessera_tests::ServerProcess::start_on(server.addr, &server.data_dir.clone(), &[], &[]);
@@ -649,11 +662,62 @@ async fn an_accepted_job_survives_a_coordinator_crash() {
         .await
         .expect("reconnect");
     let mut jobs = JobsClient::new(channel);
+
+    // The client re-attaches after the last event it saw (the regression of issue 10: the
+    // restarted job numbered its events from 1 again, so the client missed tests). It misses
+    // nothing, and is told nothing twice: the results it saw stand, their tests do not run
+    // again.
+    let mut stream = jobs
+        .watch(WatchJobRequest {
+            job_id: id.clone(),
+            after_seq: last_seen,
+        })
+        .await
+        .expect("re-attach")
+        .into_inner();
+    let mut after = Vec::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("the job ends within a minute")
+        .expect("event stream")
+    {
+        after.push(event);
+    }
+    assert!(after.iter().all(|e| e.seq > last_seen), "{after:#?}");
+    let seen_before = finals(&before);
+    let seen_after = finals(&after);
+    assert!(
+        seen_before.keys().all(|t| !seen_after.contains_key(t)),
+        "reported again: before {seen_before:?}, after {seen_after:?}"
+    );
+    assert!(
+        !after.iter().any(|e| matches!(&e.kind, Some(Kind::Test(t))
+            if t.test.as_ref().is_some_and(|r| seen_before.contains_key(&r.name)))),
+        "a test whose result the client saw ran again: {after:#?}"
+    );
+    assert_eq!(seen_before.len() + seen_after.len(), 6, "{after:#?}");
+    let finished = after
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(Kind::Finished(f)) => Some(f.clone()),
+            _ => None,
+        })
+        .expect("the finished event");
+    assert_eq!(finished.result(), JobResult::Passed, "{after:#?}");
+    assert_eq!(finished.passed, 6, "{finished:?}");
+
+    // A client that watches from the start gets every test exactly once too.
     let (events, finished) = watch_job_to_end(&mut jobs, &id).await;
-    assert_eq!(finished.result(), JobResult::Passed, "{events:#?}");
-    // Every test counted exactly once.
     assert_eq!(finished.passed, 6, "{finished:?}");
     assert_eq!(finals(&events).len(), 6);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(&e.kind, Some(Kind::Test(t)) if t.r#final))
+            .count(),
+        6,
+        "{events:#?}"
+    );
     assert!(
         events
             .iter()

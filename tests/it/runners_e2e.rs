@@ -265,22 +265,28 @@ fn tool_available(tool: &str, probe: &[&str]) -> bool {
     found
 }
 
-/// The outcome of a JUnit test case, in tessera's words (an error is a failure, as the
-/// runners count setup and teardown errors).
+/// The outcome of a JUnit test case, in tessera's words: an `<error>` (a pytest fixture's
+/// setup or teardown) is an error, as the tools' JUnit reports count it.
 fn junit_outcome(status: CaseStatus) -> &'static str {
     match status {
         CaseStatus::Passed => "passed",
-        CaseStatus::Failed | CaseStatus::Errored => "failed",
+        CaseStatus::Failed => "failed",
+        CaseStatus::Errored => "error",
         CaseStatus::Skipped => "skipped",
     }
 }
 
 /// Records `outcome` for `id`; a test reported twice (pytest reports a failing test's teardown
-/// error as a second case) keeps its worst outcome.
+/// error as a second case) keeps its worst outcome, a failure before an error.
 fn record(outcomes: &mut Outcomes, id: String, outcome: &str) {
     let entry = outcomes.entry(id).or_insert_with(|| outcome.to_owned());
-    if outcome == "failed" {
-        "failed".clone_into(entry);
+    let rank = |o: &str| match o {
+        "failed" => 2,
+        "error" => 1,
+        _ => 0,
+    };
+    if rank(outcome) > rank(entry) {
+        outcome.clone_into(entry);
     }
 }
 

@@ -5,12 +5,14 @@
 //! | --- | --- |
 //! | [`run`] | `tessera run`, `tessera watch` |
 //! | [`status`] | `tessera status`, `tessera cancel` |
+//! | [`logs`] | `tessera logs`: a test's whole output |
 //! | [`up`] | `tessera up`: the embedded cluster in the foreground |
 //! | [`coordinator`] | `tessera coordinator` |
 //! | [`agent`] | `tessera agent` |
 
 pub mod agent;
 pub mod coordinator;
+pub mod logs;
 pub mod run;
 pub mod status;
 pub mod up;

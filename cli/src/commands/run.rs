@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Run every test even if its result is cached.
     #[arg(long)]
     pub no_cache: bool,
+    /// Bytes of each failing test's output shown and kept in events and JUnit (its head and
+    /// tail; the cut is said) [default: 64 KiB]; `tessera logs JOB TEST` prints all of it.
+    #[arg(long, value_name = "BYTES")]
+    pub output_limit: Option<u32>,
     /// For --runner command: a shell command printing one test id a line.
     #[arg(long, value_name = "CMD")]
     pub list_command: Option<String>,
@@ -130,6 +134,14 @@ impl Views {
     fn note(&mut self, text: &str) {
         if let Some(human) = &mut self.human {
             human.note(text);
+        }
+    }
+
+    /// A note that must be seen even with `--json`: on stderr then.
+    fn warn(&mut self, text: &str) {
+        match &mut self.human {
+            Some(human) => human.note(&format!("warning: {text}")),
+            None => eprintln!("tessera: warning: {text}"),
         }
     }
 
@@ -185,6 +197,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         environment: spec::environment(lookup, &args.env)?,
         platform: spec::platform(&args.platform, args.network)?,
         prepare_network: !args.no_prepare_network,
+        output_limit: args.output_limit.unwrap_or(0),
         retries: args.retries,
         fail_fast,
         timeout: args.timeout,
@@ -200,10 +213,11 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         Some(url) => (url, None),
         None => join_or_start(&cache_dir, &mut views).await?,
     };
-    let channel = connect::channel(&url)?;
+    let channel = connect::connect(&url).await?;
     let mut jobs = JobsClient::new(channel.clone());
     let outcome = submit_and_follow(
         &mut jobs,
+        &url,
         channel,
         &root,
         &args,
@@ -225,6 +239,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
 )]
 async fn submit_and_follow(
     jobs: &mut JobsClient<Channel>,
+    url: &str,
     channel: Channel,
     root: &std::path::Path,
     args: &RunArgs,
@@ -242,7 +257,16 @@ async fn submit_and_follow(
         } => uploaded,
         _ = interrupt.recv() => return Ok(Exit::Interrupted),
     };
-    let (input_root, stats) = uploaded?;
+    let (input_root, stats, notes) = uploaded?;
+    if !notes.left_out.is_empty() {
+        views.note(&format!(
+            "left out of the snapshot as tool outputs: {} (name one with --include to send it)",
+            notes.left_out.join(", ")
+        ));
+    }
+    if let Some(large) = &notes.large {
+        views.warn(large);
+    }
     views.note(&format!(
         "snapshot of {}: {} files in {} ms, {} new blobs ({} KiB) uploaded in {} ms",
         root.display(),
@@ -256,7 +280,7 @@ async fn submit_and_follow(
     let job_id = jobs
         .submit(SubmitJobRequest { spec: Some(spec) })
         .await
-        .map_err(|s| CliError::from_status("Submit", &s))?
+        .map_err(|s| connect::call_failed(url, "Submit", &s))?
         .into_inner()
         .job_id;
     if let Some(json) = &mut views.json {
@@ -265,18 +289,19 @@ async fn submit_and_follow(
     views.note(&format!(
         "job {job_id} (`tessera watch {job_id}` follows it too)"
     ));
-    follow(jobs, &job_id, views, interrupt).await
+    follow(jobs, url, &job_id, views, interrupt).await
 }
 
 async fn follow(
     jobs: &mut JobsClient<Channel>,
+    url: &str,
     job_id: &str,
     views: &mut Views,
     interrupt: &mut Interrupt,
 ) -> Result<Exit, CliError> {
     let end = {
         let mut sinks = views.sinks();
-        watch::follow(jobs, job_id, &mut sinks, interrupt).await?
+        watch::follow(jobs, url, job_id, &mut sinks, interrupt).await?
     };
     views.finish()?;
     Ok(match end {
@@ -289,9 +314,9 @@ async fn follow(
 pub async fn watch(args: WatchArgs) -> Result<Exit, CliError> {
     let mut interrupt = Interrupt::listen()?;
     let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
-    let mut jobs = JobsClient::new(connect::channel(&url)?);
+    let mut jobs = JobsClient::new(connect::connect(&url).await?);
     let mut views = Views::new(args.json, args.junit);
-    follow(&mut jobs, &args.job, &mut views, &mut interrupt).await
+    follow(&mut jobs, &url, &args.job, &mut views, &mut interrupt).await
 }
 
 /// Joins the running embedded cluster, or starts one in this process.

@@ -1,13 +1,22 @@
 //! `tessera status` and `tessera cancel`.
+//!
+//! `tessera status` shows recent jobs, not all of them: the running ones, then the last
+//! [`DEFAULT_LIMIT`] finished ones (`--limit N`, `--all`), with a line saying how many older
+//! ones were left out; `--json` holds the same jobs and the count left out.
 
 use serde_json::json;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
-use tessera_proto::tessera::v1::{CancelJobRequest, StatusRequest, StatusResponse, StoreSummary};
+use tessera_proto::tessera::v1::{
+    CancelJobRequest, JobPhase, JobSummary, StatusRequest, StatusResponse, StoreSummary,
+};
 
 use crate::connect;
 use crate::exit::{CliError, Exit};
 use crate::paths;
 use crate::report::tally::{phase_name, result_name, seconds};
+
+/// Finished jobs `tessera status` shows unless told otherwise.
+pub const DEFAULT_LIMIT: usize = 20;
 
 /// `tessera status` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -18,6 +27,12 @@ pub struct StatusArgs {
     /// Print the status as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Show the N most recent finished jobs (running ones are always shown).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT, conflicts_with = "all")]
+    pub limit: usize,
+    /// Show every finished job the coordinator still keeps.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `tessera cancel` flags.
@@ -33,30 +48,48 @@ pub struct CancelArgs {
 /// `tessera status`.
 pub async fn status(args: StatusArgs) -> Result<Exit, CliError> {
     let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
-    let mut jobs = JobsClient::new(connect::channel(&url)?);
-    let status = jobs
+    let mut jobs = JobsClient::new(connect::connect(&url).await?);
+    let mut status = jobs
         .status(StatusRequest {})
         .await
-        .map_err(|s| CliError::from_status("Status", &s))?
+        .map_err(|s| connect::call_failed(&url, "Status", &s))?
         .into_inner();
+    let left_out = recent(&mut status, (!args.all).then_some(args.limit));
     if args.json {
-        println!("{}", status_json(&status));
+        println!("{}", status_json(&status, left_out));
     } else {
-        print!("{}", status_table(&status));
+        print!("{}", status_table(&status, left_out));
     }
     Ok(Exit::Success)
+}
+
+/// Keeps the running jobs and the `limit` most recent finished ones (all with `None`), running
+/// first, then newest first; returns how many finished jobs were left out.
+pub fn recent(status: &mut StatusResponse, limit: Option<usize>) -> usize {
+    let (mut running, mut finished): (Vec<JobSummary>, Vec<JobSummary>) =
+        std::mem::take(&mut status.jobs)
+            .into_iter()
+            .partition(|j| j.phase() != JobPhase::Done);
+    running.sort_by_key(|j| std::cmp::Reverse(j.created_unix_ms));
+    finished.sort_by_key(|j| std::cmp::Reverse(j.created_unix_ms));
+    let keep = limit.unwrap_or(usize::MAX).min(finished.len());
+    let left_out = finished.len() - keep;
+    finished.truncate(keep);
+    running.append(&mut finished);
+    status.jobs = running;
+    left_out
 }
 
 /// `tessera cancel`.
 pub async fn cancel(args: CancelArgs) -> Result<Exit, CliError> {
     let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
-    let mut jobs = JobsClient::new(connect::channel(&url)?);
+    let mut jobs = JobsClient::new(connect::connect(&url).await?);
     let response = jobs
         .cancel(CancelJobRequest {
             job_id: args.job.clone(),
         })
         .await
-        .map_err(|s| CliError::from_status("Cancel", &s))?
+        .map_err(|s| connect::call_failed(&url, "Cancel", &s))?
         .into_inner();
     if response.cancelled {
         println!("cancelled job {}", args.job);
@@ -66,15 +99,19 @@ pub async fn cancel(args: CancelArgs) -> Result<Exit, CliError> {
     Ok(Exit::Success)
 }
 
-/// The status as JSON: `jobs`, `agents`, `queued_operations`, `running_operations`.
-pub fn status_json(status: &StatusResponse) -> serde_json::Value {
+/// The status as JSON: `jobs` (each with `prepare_network`: whether its build may use the
+/// network), `finished_jobs_not_shown`, `agents`, `queued_operations`, `running_operations`,
+/// `store`.
+pub fn status_json(status: &StatusResponse, left_out: usize) -> serde_json::Value {
     json!({
         "jobs": status.jobs.iter().map(|j| json!({
             "job_id": j.job_id, "submitter": j.submitter, "title": j.title,
             "phase": phase_name(j.phase()), "result": result_name(j.result()),
             "done": j.done, "total": j.total, "created_unix_ms": j.created_unix_ms,
             "elapsed_ms": j.elapsed_ms, "priority": j.priority,
+            "prepare_network": j.prepare_network,
         })).collect::<Vec<_>>(),
+        "finished_jobs_not_shown": left_out,
         "agents": status.agents.iter().map(|a| json!({
             "agent_id": a.agent_id, "slots": a.slots, "busy": a.busy,
             "properties": a.properties.iter().map(|p| (p.name.clone(), json!(p.value))).collect::<serde_json::Map<_, _>>(),
@@ -91,14 +128,16 @@ pub fn status_json(status: &StatusResponse) -> serde_json::Value {
     })
 }
 
-/// The status as tables: jobs, agents, queue counts.
-pub fn status_table(status: &StatusResponse) -> String {
+/// The status as tables: jobs (`net` under NET: the job's build may use the network), a line
+/// on the finished jobs left out, agents, queue counts.
+pub fn status_table(status: &StatusResponse, left_out: usize) -> String {
     let mut rows = vec![vec![
         "JOB".to_owned(),
         "PHASE".to_owned(),
         "RESULT".to_owned(),
         "TESTS".to_owned(),
         "ELAPSED".to_owned(),
+        "NET".to_owned(),
         "SUBMITTER".to_owned(),
         "TITLE".to_owned(),
     ]];
@@ -106,13 +145,14 @@ pub fn status_table(status: &StatusResponse) -> String {
         rows.push(vec![
             j.job_id.clone(),
             phase_name(j.phase()).to_owned(),
-            if j.phase() == tessera_proto::tessera::v1::JobPhase::Done {
+            if j.phase() == JobPhase::Done {
                 result_name(j.result()).to_owned()
             } else {
                 "-".to_owned()
             },
             format!("{}/{}", j.done, j.total),
             seconds(std::time::Duration::from_millis(j.elapsed_ms)),
+            if j.prepare_network { "net" } else { "-" }.to_owned(),
             j.submitter.clone(),
             j.title.clone(),
         ]);
@@ -122,6 +162,12 @@ pub fn status_table(status: &StatusResponse) -> String {
     } else {
         table(&rows)
     };
+    if left_out > 0 {
+        let s = if left_out == 1 { "" } else { "s" };
+        out.push_str(&format!(
+            "({left_out} older finished job{s} not shown; --limit N or --all shows them)\n"
+        ));
+    }
     out.push('\n');
     let mut rows = vec![vec![
         "AGENT".to_owned(),
@@ -217,7 +263,7 @@ fn table(rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use tessera_proto::tessera::v1::{AgentSummary, JobPhase, JobSummary};
+    use tessera_proto::tessera::v1::{AgentSummary, JobResult};
 
     use super::*;
 
@@ -232,6 +278,7 @@ mod tests {
                 done: 3,
                 total: 10,
                 elapsed_ms: 1500,
+                prepare_network: true,
                 ..JobSummary::default()
             }],
             agents: vec![AgentSummary {
@@ -244,14 +291,64 @@ mod tests {
             running_operations: 1,
             store: None,
         };
-        let text = status_table(&status);
+        let text = status_table(&status, 0);
         assert!(
-            text.contains("abc  running  -       3/10   1.50s    ann@box    tessera run -- pytest"),
+            text.contains(
+                "abc  running  -       3/10   1.50s    net  ann@box    tessera run -- pytest"
+            ),
             "{text}"
         );
         assert!(text.contains("embedded-0  1/2"), "{text}");
         assert!(text.ends_with("queue: 4 operations waiting, 1 running\n"));
-        assert_eq!(status_json(&status)["jobs"][0]["phase"], "running");
+        let json = status_json(&status, 0);
+        assert_eq!(json["jobs"][0]["phase"], "running");
+        assert_eq!(json["jobs"][0]["prepare_network"], true);
+    }
+
+    #[test]
+    fn status_shows_running_jobs_then_the_most_recent_finished_ones() {
+        let job = |id: &str, created: u64, phase: JobPhase| JobSummary {
+            job_id: id.into(),
+            created_unix_ms: created,
+            phase: phase as i32,
+            result: JobResult::Passed as i32,
+            ..JobSummary::default()
+        };
+        let mut all = vec![job("old-running", 1, JobPhase::Running)];
+        for i in 0..30 {
+            all.push(job(&format!("done-{i:02}"), 10 + i, JobPhase::Done));
+        }
+        all.push(job("new-running", 100, JobPhase::Queued));
+        let mut status = StatusResponse {
+            jobs: all.clone(),
+            ..StatusResponse::default()
+        };
+        let left_out = recent(&mut status, Some(DEFAULT_LIMIT));
+        assert_eq!(left_out, 10);
+        let ids: Vec<&str> = status.jobs.iter().map(|j| j.job_id.as_str()).collect();
+        assert_eq!(ids.len(), 22);
+        assert_eq!(
+            &ids[..4],
+            ["new-running", "old-running", "done-29", "done-28"]
+        );
+        assert_eq!(ids[21], "done-10");
+        let text = status_table(&status, left_out);
+        assert!(
+            text.contains("(10 older finished jobs not shown; --limit N or --all shows them)"),
+            "{text}"
+        );
+        assert_eq!(
+            status_json(&status, left_out)["finished_jobs_not_shown"],
+            10
+        );
+
+        let mut status = StatusResponse {
+            jobs: all,
+            ..StatusResponse::default()
+        };
+        assert_eq!(recent(&mut status, None), 0);
+        assert_eq!(status.jobs.len(), 32);
+        assert!(!status_table(&status, 0).contains("not shown"));
     }
 
     #[test]
@@ -274,6 +371,9 @@ mod tests {
             store: Some(store),
             ..StatusResponse::default()
         };
-        assert_eq!(status_json(&status)["store"]["metadata_writes_refused"], 7);
+        assert_eq!(
+            status_json(&status, 0)["store"]["metadata_writes_refused"],
+            7
+        );
     }
 }

@@ -318,6 +318,20 @@ mod tests {
         }
     }
 
+    fn passed(name: &str, cached: bool) -> Kind {
+        Kind::Test(TestFinished {
+            test: Some(TestRef {
+                group: "g".into(),
+                name: name.into(),
+            }),
+            outcome: TestOutcome::Passed as i32,
+            attempt: 1,
+            r#final: true,
+            cached,
+            ..TestFinished::default()
+        })
+    }
+
     #[test]
     fn plain_output_shows_phases_failures_and_the_summary() {
         let mut human = Human::plain(Vec::new());
@@ -340,8 +354,10 @@ mod tests {
                     expected: None,
                 }),
             ),
+            ev(4, passed("cached", true)),
+            ev(5, passed("good", false)),
             ev(
-                4,
+                6,
                 Kind::Test(TestFinished {
                     test: Some(TestRef {
                         group: "g".into(),
@@ -355,7 +371,7 @@ mod tests {
                 }),
             ),
             ev(
-                5,
+                7,
                 Kind::Finished(JobFinished {
                     result: JobResult::Failed as i32,
                     passed: 2,
@@ -365,9 +381,10 @@ mod tests {
                 }),
             ),
         ];
-        for e in &events {
-            tally.apply(e);
-            human.event(e, &tally);
+        for e in events {
+            if let Some(shown) = tally.apply(e).event {
+                human.event(&shown, &tally);
+            }
         }
         let text = String::from_utf8(human.into_inner()).unwrap();
         let lines: Vec<&str> = text.lines().collect();

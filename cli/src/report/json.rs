@@ -1,5 +1,9 @@
 //! `--json`: one JSON object a line on stdout, one per event, and nothing else there.
 //!
+//! Each test has one final `test` line (the first final result the coordinator reported; a
+//! repeat is left out, with a `note` when it said something else), and the `finished` line
+//! counts exactly the tests listed (`report/tally.rs`).
+//!
 //! Every line has `"event"`; job events also have `"seq"` and `"elapsed_ms"`. Field names:
 //!
 //! | event | fields |
@@ -11,7 +15,7 @@
 //! | `test` | `test` (`"group name"`, or the name without a group), `group`, `name`, `outcome` (`passed`, `failed`, `error`, `skipped`, `timed_out`, `flaky`, `no_result`, `cancelled`), `attempt`, `final`, `cached`, `duration_ms`, `agent`, `output`, `failed_attempts` |
 //! | `progress` | `done`, `total`, `running_batches`, `agents`, `busy_slots`, `total_slots`, `eta_ms` |
 //! | `log` | `text` |
-//! | `note` | `text` (from the client: re-attaching, cancelling) |
+//! | `note` | `text` (from the client: re-attaching, cancelling, a test reported twice, counts that differ from the coordinator's) |
 //! | `finished` | `job_id`, `result` (`passed`, `failed`, `error`, `infrastructure`, `cancelled`), `message`, `passed`, `failed`, `errors`, `skipped`, `flaky`, `timed_out`, `cached`, `not_run`, `wall_ms`, `serial_ms`, `log`, `exit_code` |
 
 use std::io::Write;

@@ -1,6 +1,16 @@
 //! What every view of a job needs: counts of final test results, the planned total, the last
 //! progress report, the finished event, and the names of the words the views print.
+//!
+//! The tally is also where the client keeps its promise that every view lists every test
+//! exactly once (DESIGN.md §5.5), whatever the coordinator sends: events are taken in `seq`
+//! order, each once; a test's first final result is the one every view shows, and a later
+//! result for the same test (a coordinator that lost what it reported, then ran the test
+//! again) is not shown, with a note when it says something else; the finished event's counts
+//! are those of the tests shown, with a note when the coordinator counted otherwise; and a
+//! planned test that never got a result fails the run as an infrastructure error instead of
+//! vanishing.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tessera_proto::tessera::v1::{
@@ -13,12 +23,21 @@ use crate::exit::Exit;
 
 /// A view of a job's events (human, JSON, JUnit).
 pub trait EventSink {
-    /// One event of the job, in `seq` order, each exactly once.
+    /// One event of the job, in `seq` order, each exactly once, as [`Tally::apply`] passed it.
     fn event(&mut self, event: &JobEvent, tally: &Tally);
     /// A note from the client itself (re-attaching, cancelling), not from the job.
     fn note(&mut self, _text: &str) {}
     /// The job ended (after the finished event went through [`Self::event`]).
     fn close(&mut self, _tally: &Tally) {}
+}
+
+/// What [`Tally::apply`] made of an event.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    /// The event the views show; `None` for one they must skip (seen already).
+    pub event: Option<JobEvent>,
+    /// Something the client noticed that the user must hear about.
+    pub note: Option<String>,
 }
 
 /// Counts of final results and the latest state of the job, updated event by event.
@@ -38,15 +57,21 @@ pub struct Tally {
     pub passed: u32,
     /// Final failures so far (timed out and no result included).
     pub failed: u32,
+    /// Of the failures, those that timed out.
+    pub timed_out: u32,
     /// Errors so far (pytest's setup and import errors, go build failures).
     pub errors: u32,
     /// Skipped tests so far.
     pub skipped: u32,
     /// Flaky tests so far.
     pub flaky: u32,
+    /// Tests that ended without running (the job was cancelled or stopped).
+    pub not_run: u32,
     /// Tests answered from the cache so far.
     pub cached: u32,
-    /// The finished event, once the job ended.
+    /// The first final outcome of each test shown, by group and name.
+    finals: HashMap<(String, String), TestOutcome>,
+    /// The finished event, once the job ended (with the counts of the tests shown).
     pub finished: Option<JobFinished>,
 }
 
@@ -59,25 +84,60 @@ impl Tally {
         }
     }
 
-    /// Takes one event into account; returns false for an event already seen (a replay after
-    /// re-attaching), which the views must skip.
-    pub fn apply(&mut self, event: &JobEvent) -> bool {
+    /// Takes one event into account and says what the views show of it: nothing for an event
+    /// seen already (a replay after re-attaching) or a second result for a test that has one;
+    /// the finished event with the counts of the tests shown.
+    pub fn apply(&mut self, event: JobEvent) -> Applied {
         if event.seq != 0 && event.seq <= self.last_seq {
-            return false;
+            return Applied::default();
         }
         self.last_seq = event.seq;
+        let mut note = None;
         match &event.kind {
             Some(Kind::Phase(p)) => self.phase = p.phase(),
             Some(Kind::Planned(p)) => self.planned = Some(*p),
             Some(Kind::Progress(p)) => self.progress = Some(*p),
-            Some(Kind::Test(t)) if t.r#final => self.count(t),
+            Some(Kind::Test(t)) => {
+                let key = t
+                    .test
+                    .as_ref()
+                    .map(|r| (r.group.clone(), r.name.clone()))
+                    .unwrap_or_default();
+                if let Some(first) = self.finals.get(&key) {
+                    if t.r#final && t.outcome() != *first {
+                        note = Some(format!(
+                            "{} was reported again, {} this time; the first result, {}, stands",
+                            test_name(t),
+                            outcome_name(t.outcome()),
+                            outcome_name(*first)
+                        ));
+                    }
+                    return Applied { event: None, note };
+                }
+                if t.r#final {
+                    self.finals.insert(key, t.outcome());
+                    self.count(t);
+                }
+            }
             Some(Kind::Finished(f)) => {
                 self.phase = JobPhase::Done;
-                self.finished = Some(f.clone());
+                let (finished, said) = self.reconcile(f.clone());
+                note = said;
+                self.finished = Some(finished.clone());
+                return Applied {
+                    event: Some(JobEvent {
+                        kind: Some(Kind::Finished(finished)),
+                        ..event
+                    }),
+                    note,
+                };
             }
             _ => {}
         }
-        true
+        Applied {
+            event: Some(event),
+            note,
+        }
     }
 
     fn count(&mut self, test: &TestFinished) {
@@ -88,12 +148,77 @@ impl Tally {
             TestOutcome::Passed => self.passed += 1,
             TestOutcome::Flaky => self.flaky += 1,
             TestOutcome::Skipped => self.skipped += 1,
-            TestOutcome::Failed | TestOutcome::TimedOut | TestOutcome::NoResult => {
+            TestOutcome::TimedOut => {
+                self.failed += 1;
+                self.timed_out += 1;
+            }
+            TestOutcome::Failed | TestOutcome::NoResult | TestOutcome::Unknown => {
                 self.failed += 1;
             }
             TestOutcome::Error => self.errors += 1,
-            TestOutcome::Cancelled | TestOutcome::Unknown => {}
+            TestOutcome::Cancelled => self.not_run += 1,
         }
+    }
+
+    /// The finished event with the counts of the tests shown, and what to tell the user when
+    /// they are not the coordinator's or a planned test never got a result.
+    fn reconcile(&self, mut finished: JobFinished) -> (JobFinished, Option<String>) {
+        let ours = [
+            self.passed,
+            self.failed - self.timed_out,
+            self.timed_out,
+            self.errors,
+            self.skipped,
+            self.flaky,
+            self.not_run,
+        ];
+        let theirs = [
+            finished.passed,
+            finished.failed,
+            finished.timed_out,
+            finished.errors,
+            finished.skipped,
+            finished.flaky,
+            finished.not_run,
+        ];
+        let mut notes = Vec::new();
+        if ours != theirs {
+            notes.push(format!(
+                "the coordinator counted {}; the summary counts the {} tests reported",
+                summary_line(&finished),
+                self.finals.len()
+            ));
+        }
+        [
+            finished.passed,
+            finished.failed,
+            finished.timed_out,
+            finished.errors,
+            finished.skipped,
+            finished.flaky,
+            finished.not_run,
+        ] = ours;
+        finished.cached = self.cached;
+        if matches!(finished.result(), JobResult::Passed | JobResult::Failed) {
+            let missing = self
+                .planned
+                .map_or(0, |p| (p.total as usize).saturating_sub(self.finals.len()));
+            if missing > 0 {
+                let message = format!(
+                    "{missing} of the {} tests planned were never reported",
+                    self.planned.map_or(0, |p| p.total)
+                );
+                notes.push(message.clone());
+                finished.set_result(JobResult::Infrastructure);
+                finished.message = message;
+            } else if self.failed + self.errors > 0 {
+                finished.set_result(JobResult::Failed);
+            } else {
+                finished.set_result(JobResult::Passed);
+            }
+        }
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
+        (finished, note)
     }
 
     /// Tests with a final result so far.
@@ -294,21 +419,131 @@ mod tests {
         }
     }
 
-    #[test]
-    fn replayed_events_are_skipped() {
-        let mut tally = Tally::new("j");
-        let event = |seq| JobEvent {
+    fn test_event(seq: u64, name: &str, outcome: TestOutcome, r#final: bool) -> JobEvent {
+        JobEvent {
             seq,
             elapsed_ms: 0,
             kind: Some(Kind::Test(TestFinished {
-                outcome: TestOutcome::Passed as i32,
-                r#final: true,
+                test: Some(tessera_proto::tessera::v1::TestRef {
+                    group: "g".into(),
+                    name: name.into(),
+                }),
+                outcome: outcome as i32,
+                r#final,
                 ..TestFinished::default()
             })),
-        };
-        assert!(tally.apply(&event(1)));
-        assert!(tally.apply(&event(2)));
-        assert!(!tally.apply(&event(2)));
+        }
+    }
+
+    fn finished_event(seq: u64, f: JobFinished) -> JobEvent {
+        JobEvent {
+            seq,
+            elapsed_ms: 0,
+            kind: Some(Kind::Finished(f)),
+        }
+    }
+
+    fn shown_finished(applied: &Applied) -> JobFinished {
+        match applied.event.as_ref().and_then(|e| e.kind.clone()) {
+            Some(Kind::Finished(f)) => f,
+            other => panic!("not a finished event: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replayed_events_are_skipped() {
+        let mut tally = Tally::new("j");
+        assert!(
+            tally
+                .apply(test_event(1, "a", TestOutcome::Passed, true))
+                .event
+                .is_some()
+        );
+        assert!(
+            tally
+                .apply(test_event(2, "b", TestOutcome::Passed, true))
+                .event
+                .is_some()
+        );
+        assert_eq!(
+            tally.apply(test_event(2, "b", TestOutcome::Passed, true)),
+            Applied::default()
+        );
         assert_eq!(tally.passed, 2);
+    }
+
+    /// The bug of issue 10: after a coordinator restart a client listed tests twice or not at
+    /// all. Whatever the coordinator re-sends, each test is shown once and counted once.
+    #[test]
+    fn a_test_reported_again_is_shown_and_counted_once_and_a_contradiction_is_said() {
+        let mut tally = Tally::new("j");
+        tally.apply(test_event(1, "a", TestOutcome::Failed, false));
+        tally.apply(test_event(2, "a", TestOutcome::Passed, true));
+        tally.apply(test_event(3, "b", TestOutcome::Passed, true));
+        // Renumbered after a restart: the same results again, one of them different.
+        let same = tally.apply(test_event(10, "b", TestOutcome::Passed, true));
+        assert_eq!(same, Applied::default());
+        let retry = tally.apply(test_event(11, "a", TestOutcome::Failed, false));
+        assert_eq!(retry, Applied::default(), "a retry of a finished test");
+        let other = tally.apply(test_event(12, "a", TestOutcome::Failed, true));
+        assert_eq!(other.event, None);
+        assert_eq!(
+            other.note.as_deref(),
+            Some("g a was reported again, failed this time; the first result, passed, stands")
+        );
+        assert_eq!((tally.passed, tally.failed), (2, 0));
+
+        // The coordinator counted the re-run too: the summary counts what was shown.
+        let applied = tally.apply(finished_event(
+            13,
+            JobFinished {
+                result: JobResult::Failed as i32,
+                passed: 2,
+                failed: 1,
+                ..JobFinished::default()
+            },
+        ));
+        let finished = shown_finished(&applied);
+        assert_eq!((finished.passed, finished.failed), (2, 0));
+        assert_eq!(finished.result(), JobResult::Passed);
+        assert_eq!(
+            applied.note.as_deref(),
+            Some(
+                "the coordinator counted 2 passed, 1 failed; the summary counts the 2 tests reported"
+            )
+        );
+        assert_eq!(tally.exit(), Some(Exit::Success));
+    }
+
+    #[test]
+    fn a_planned_test_that_never_reported_fails_the_run() {
+        let mut tally = Tally::new("j");
+        tally.apply(JobEvent {
+            seq: 1,
+            elapsed_ms: 0,
+            kind: Some(Kind::Planned(TestsPlanned {
+                total: 3,
+                ..TestsPlanned::default()
+            })),
+        });
+        tally.apply(test_event(2, "a", TestOutcome::Passed, true));
+        tally.apply(test_event(3, "b", TestOutcome::TimedOut, true));
+        let applied = tally.apply(finished_event(
+            4,
+            JobFinished {
+                result: JobResult::Failed as i32,
+                passed: 1,
+                timed_out: 1,
+                ..JobFinished::default()
+            },
+        ));
+        let finished = shown_finished(&applied);
+        assert_eq!(finished.result(), JobResult::Infrastructure);
+        assert_eq!(
+            finished.message,
+            "1 of the 3 tests planned were never reported"
+        );
+        assert_eq!((finished.failed, finished.timed_out), (0, 1));
+        assert_eq!(tally.exit(), Some(Exit::Infrastructure));
     }
 }

@@ -133,6 +133,11 @@ pub struct Placement {
     pub exec_root: PathBuf,
     /// `exec_root` joined with the cwd's path relative to the project root.
     pub dir: PathBuf,
+    /// The project root here, on the user's machine.
+    pub project_root: PathBuf,
+    /// The directory the user ran `tessera` in, here: relative paths on the command line are
+    /// relative to it.
+    pub cwd: PathBuf,
 }
 
 impl Placement {
@@ -144,7 +149,12 @@ impl Placement {
         } else {
             exec_root.join(relative)
         };
-        Self { exec_root, dir }
+        Self {
+            exec_root,
+            dir,
+            project_root: project_root.to_path_buf(),
+            cwd: cwd.to_path_buf(),
+        }
     }
 }
 
@@ -225,9 +235,9 @@ pub fn choose_runner(
                 Some((RunnerKind::Pytest, skip)) => (args[..skip].to_vec(), &args[skip..]),
                 _ => (Vec::new(), rest),
             };
-            pytest::choose(command, rest, &dir)?
+            pytest::choose(command, rest, placement)?
         }
-        RunnerKind::Go => go::choose(rest, &dir)?,
+        RunnerKind::Go => go::choose(rest, &dir, &placement.cwd)?,
         RunnerKind::Command => {
             let Some(list) = list_command else {
                 return Err(CliError::usage(
@@ -259,7 +269,11 @@ fn infer(args: &[String]) -> Option<(RunnerKind, usize)> {
         ["cargo", "test", ..] => Some((RunnerKind::Cargo, 2)),
         ["go", "test", ..] => Some((RunnerKind::Go, 2)),
         [python, "-m", "pytest", ..] if is_python(python) => Some((RunnerKind::Pytest, 3)),
-        [tool, ..] if Path::new(tool).file_name().is_some_and(|n| n == "pytest") => {
+        [tool, ..]
+            if Path::new(tool)
+                .file_name()
+                .is_some_and(|n| n == "pytest" || n == "py.test") =>
+        {
             Some((RunnerKind::Pytest, 1))
         }
         _ => None,
@@ -377,6 +391,8 @@ pub struct JobSettings {
     pub no_cache: bool,
     /// The prepare step may use the network.
     pub prepare_network: bool,
+    /// Bytes of a test's output kept in events (0: the coordinator's default).
+    pub output_limit: u32,
 }
 
 /// The job spec for `settings` with the snapshot root `input_root`.
@@ -417,6 +433,7 @@ pub fn job_spec(
         skip_cache: settings.no_cache,
         persist: settings.runner.persist.clone(),
         prepare_network: settings.prepare_network,
+        output_limit: settings.output_limit,
     })
 }
 
@@ -469,85 +486,6 @@ mod tests {
             PathBuf::from("/var/tmp/tessera/w"),
         );
         assert_eq!(top.dir, PathBuf::from("/var/tmp/tessera/w"));
-    }
-
-    #[test]
-    fn cargo_test_becomes_the_cargo_runner_with_a_persistent_target() {
-        let choice = choose("cargo test -p foo --features x").unwrap();
-        let RunnerConfig::Cargo(runner) = &choice.config else {
-            panic!("{choice:?}")
-        };
-        assert_eq!(runner.cargo_args, argv("-p foo --features x"));
-        assert_eq!(
-            runner.dir,
-            PathBuf::from("/var/tmp/tessera/widget/crates/a")
-        );
-        assert_eq!(
-            runner.env["CARGO_TARGET_DIR"],
-            "/var/tmp/tessera/widget/target"
-        );
-        assert_eq!(choice.persist, vec!["target"]);
-        // A trailing `--` with nothing after it is harmless; test arguments are refused.
-        assert!(choose("cargo test --").is_ok());
-        let err = choose("cargo test -- --nocapture").unwrap_err();
-        assert!(matches!(err, CliError::Usage(_)));
-        assert!(err.to_string().contains("--nocapture"), "{err}");
-        assert!(choose("cargo test --no-run").is_err());
-    }
-
-    #[test]
-    fn cargo_nextest_run_becomes_nextest_with_its_profile() {
-        let choice = choose("cargo nextest run --workspace --profile ci").unwrap();
-        let RunnerConfig::Nextest(runner) = &choice.config else {
-            panic!("{choice:?}")
-        };
-        assert_eq!(runner.cargo_args, argv("--workspace"));
-        assert_eq!(runner.profile.as_deref(), Some("ci"));
-        assert!(
-            runner
-                .archive_file
-                .starts_with("/var/tmp/tessera/widget/target")
-        );
-        assert_eq!(choice.persist, vec!["target"]);
-    }
-
-    #[test]
-    fn pytest_in_its_spellings() {
-        for (line, command) in [
-            ("pytest -k fast", vec!["pytest"]),
-            ("python3 -m pytest -k fast", vec!["python3", "-m", "pytest"]),
-            (".venv/bin/pytest -k fast", vec![".venv/bin/pytest"]),
-            (
-                "python3.12 -m pytest -k fast",
-                vec!["python3.12", "-m", "pytest"],
-            ),
-        ] {
-            let choice = choose(line).unwrap();
-            let RunnerConfig::Pytest(runner) = &choice.config else {
-                panic!("{line}: {choice:?}")
-            };
-            assert_eq!(runner.pytest, command, "{line}");
-            assert_eq!(runner.args, argv("-k fast"), "{line}");
-        }
-        let err = choose("pytest tests/test_a.py").unwrap_err();
-        assert!(err.to_string().contains("tests/test_a.py"), "{err}");
-        // Option values are not paths.
-        assert!(choose("pytest -m slow --ignore build").is_ok());
-    }
-
-    #[test]
-    fn go_test_splits_flags_from_packages() {
-        let choice = choose("go test -tags integration -race ./pkg/... ./cmd").unwrap();
-        let RunnerConfig::Go(runner) = &choice.config else {
-            panic!("{choice:?}")
-        };
-        assert_eq!(runner.args, argv("-tags integration -race"));
-        assert_eq!(runner.packages, argv("./pkg/... ./cmd"));
-        let RunnerConfig::Go(runner) = choose("go test").unwrap().config else {
-            panic!()
-        };
-        assert_eq!(runner.packages, vec!["./..."]);
-        assert!(choose("go test -run TestX ./...").is_err());
     }
 
     #[test]

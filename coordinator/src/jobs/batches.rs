@@ -21,9 +21,10 @@ use tokio::sync::mpsc;
 
 use super::driver::{Stop, TICK, test_ref};
 use super::job::{Job, is_failure};
+use super::output;
 use super::planner::{Batch, BatchId, ShardPlanner};
-use super::results::SuiteKey;
-use super::steps::{MAX_OUTPUT, StepRequest, StepRun, Steps, tail};
+use super::results::{CachedPass, SuiteKey};
+use super::steps::{StepRequest, StepRun, Steps, no_network_hint, tests_have_network};
 use super::tally::Tally;
 use super::test_state::{Failure, Final, TestEvent, TestState, TestTable};
 
@@ -263,9 +264,22 @@ impl<'a> RunPhase<'a> {
                 Outcome::TimedOut => Some(Failure::TimedOut),
                 Outcome::NoResult => Some(Failure::NoResult),
             };
-            let output = match failure {
-                Some(_) => tail(&result.output, MAX_OUTPUT),
-                None => String::new(),
+            let (output, output_digest) = match failure {
+                Some(_) => {
+                    let output =
+                        match no_network_hint(&result.output, tests_have_network(&self.job.spec)) {
+                            Some(hint) => format!("tessera: {hint}\n{}", result.output),
+                            None => result.output,
+                        };
+                    output::capped(
+                        output,
+                        output::limit(self.job.spec.output_limit),
+                        self.steps.function,
+                        self.steps.ctx.store.as_ref(),
+                        &test.to_string(),
+                    )
+                }
+                None => (String::new(), None),
             };
             let event = match (failure, result.outcome) {
                 (Some(failure), _) => TestEvent::Failed {
@@ -291,6 +305,7 @@ impl<'a> RunPhase<'a> {
                         output,
                         agent: agent.to_owned(),
                         failed_attempts: Vec::new(),
+                        output_digest: output_digest.map(|d| d.to_proto()),
                     }));
                     requeue.push(test);
                     continue;
@@ -309,13 +324,22 @@ impl<'a> RunPhase<'a> {
             if result.duration.is_some() {
                 durations.push((test.clone(), average));
             }
-            if done.outcome == TestOutcome::Passed {
-                // Only clean passes are cached: never a flaky one.
-                passes.push((test.clone(), took));
+            if matches!(done.outcome, TestOutcome::Passed | TestOutcome::Skipped) {
+                // Only clean passes and skips are cached: never a flaky pass.
+                passes.push((
+                    test.clone(),
+                    CachedPass {
+                        duration: took,
+                        skipped: done.outcome == TestOutcome::Skipped,
+                    },
+                ));
             }
             self.tally.count(done.outcome);
-            self.job
-                .emit(Kind::Test(final_event(&test, done, result.duration, agent)));
+            let mut event = final_event(&test, done, result.duration, agent);
+            if is_failure(done.outcome) {
+                event.output_digest = output_digest.map(|d| d.to_proto());
+            }
+            self.job.emit(Kind::Test(event));
             if is_failure(done.outcome) && self.job.spec.fail_fast && stop.is_none() {
                 self.job.emit(Kind::Log(LogLine {
                     text: format!("--fail-fast: stopping after {test} failed"),
@@ -396,5 +420,6 @@ fn final_event(
         } else {
             Vec::new()
         },
+        output_digest: None,
     }
 }

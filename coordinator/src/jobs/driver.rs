@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::MetaError;
 use tessera_cas::store::BlobStore;
+use tessera_proto::reapi::platform::Property;
 use tessera_proto::tessera::v1::{
     JobPhase, PhaseChanged, QueuePosition, TestFinished, TestOutcome, TestRef, TestsPlanned,
     job_event::Kind,
@@ -28,7 +29,7 @@ use super::batches::RunPhase;
 use super::job::Job;
 use super::planner::{PlannerConfig, ShardPlanner};
 use super::results::{CachedPass, SuiteKey, TestStore};
-use super::steps::{StepRequest, Steps, step_failed};
+use super::steps::{StepRequest, Steps, step_failed, tests_have_network};
 use super::tally::Tally;
 use super::test_state::{TestEvent, TestTable};
 use crate::execution::execute::Executor;
@@ -109,7 +110,8 @@ pub enum Ended {
 
 /// Runs `job` to its end and emits its final event, unless the coordinator stops first.
 pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
-    let mut tally = Tally::default();
+    // Results restored after a restart stand and count (`journal.rs`).
+    let mut tally = Tally::restored(job.restored().values());
     let started = Instant::now();
     let stop = drive(&ctx, &job, &mut tally).await.err();
     if matches!(stop, Some(Stop::Infrastructure(_))) && ctx.shutdown.is_cancelled() {
@@ -132,7 +134,13 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
         .map_err(|e| stop_error(format!("digest_function: {e}")))?;
     let input_root = Digest::from_proto_opt(function, job.spec.input_root_digest.as_ref())
         .map_err(|e| stop_error(format!("input_root_digest: {e}")))?;
-    let steps = Steps { ctx, job, function };
+    let pinned = super::toolchain::pin(&ctx.scheduler, job).await?;
+    let steps = Steps {
+        ctx,
+        job,
+        function,
+        pinned,
+    };
     let positions = tokio::spawn(report_queue_position(
         ctx.scheduler.clone(),
         Arc::clone(job),
@@ -147,23 +155,56 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     let (prepared, prepared_root) = prepare(steps, input_root).await?;
     let listed = list(steps, &prepared, prepared_root).await?;
 
-    // Cached passes answer at once; the rest is planned from its history.
-    let suite = SuiteKey::new(&settings_key(job), &prepared_root.to_string());
+    // Results restored after a restart stand (they are in the tally already); cached passes
+    // answer at once; the rest is planned from its history.
+    let suite = SuiteKey::new(
+        &settings_key(job, &steps.pinned),
+        &prepared_root.to_string(),
+    );
     let mut tests = TestTable::default();
+    let mut listed_anew = Vec::with_capacity(listed.len());
+    for test in listed {
+        let Some(restored) = job.restored().get(&test) else {
+            listed_anew.push(test);
+            continue;
+        };
+        if !tests.insert(test.clone()) {
+            continue;
+        }
+        let event = TestEvent::Restored {
+            outcome: restored.outcome(),
+            attempt: restored.attempt,
+        };
+        if let Err(error) = tests.apply(&test, event) {
+            tracing::warn!(%error, job = %job.id, "ignored a restored result");
+        }
+    }
     let mut to_run: Vec<(TestId, Option<Duration>)> = Vec::new();
     let mut cached_events = Vec::new();
-    for (test, cached, history) in look_up(&ctx.tests, &suite, job.spec.skip_cache, listed).await? {
+    for (test, cached, history) in
+        look_up(&ctx.tests, &suite, job.spec.skip_cache, listed_anew).await?
+    {
         if !tests.insert(test.clone()) {
             continue;
         }
         match cached {
             Some(pass) => {
-                if let Err(error) = tests.apply(&test, TestEvent::Cached) {
+                let event = if pass.skipped {
+                    TestEvent::CachedSkip
+                } else {
+                    TestEvent::Cached
+                };
+                if let Err(error) = tests.apply(&test, event) {
                     tracing::warn!(%error, job = %job.id, "ignored a cached pass");
                 }
+                let outcome = if pass.skipped {
+                    TestOutcome::Skipped
+                } else {
+                    TestOutcome::Passed
+                };
                 cached_events.push(TestFinished {
                     test: Some(test_ref(&test)),
-                    outcome: TestOutcome::Passed as i32,
+                    outcome: outcome as i32,
                     attempt: 1,
                     r#final: true,
                     cached: true,
@@ -185,7 +226,7 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     }));
     for event in cached_events {
         tally.cached += 1;
-        tally.count(TestOutcome::Passed);
+        tally.count(event.outcome());
         job.emit(Kind::Test(event));
     }
     if to_run_count == 0 {
@@ -220,7 +261,8 @@ async fn prepare(steps: &Steps<'_>, input_root: Digest) -> Result<(Prepared, Dig
     };
     let run = steps.run(StepRequest::cacheable(spec, input_root)).await?;
     let StepReport::Prepared { prepared } = run.report else {
-        return Err(step_failed("prepare", run.report));
+        let had_network = job.spec.prepare_network || tests_have_network(&job.spec);
+        return Err(step_failed("prepare", run.report, had_network));
     };
     let root = steps.prepared_root(&input_root, &run.result).await?;
     if run.cached {
@@ -245,7 +287,11 @@ async fn list(
         .run(StepRequest::cacheable(spec, prepared_root))
         .await?;
     let StepReport::Listed { tests } = run.report else {
-        return Err(step_failed("list", run.report));
+        return Err(step_failed(
+            "list",
+            run.report,
+            tests_have_network(&job.spec),
+        ));
     };
     Ok(tests)
 }
@@ -312,7 +358,7 @@ async fn fleet_slots(scheduler: &SchedulerHandle) -> usize {
 }
 
 /// Everything besides the input root that decides a test's result, in a stable encoding.
-fn settings_key(job: &Job) -> Vec<u8> {
+fn settings_key(job: &Job, pinned: &[Property]) -> Vec<u8> {
     let spec = &job.spec;
     let mut key = Vec::new();
     let mut push = |part: &str| {
@@ -338,7 +384,12 @@ fn settings_key(job: &Job) -> Vec<u8> {
         push(value);
     }
     push("--platform--");
-    let mut platform: Vec<_> = spec.platform.iter().map(|p| (&p.name, &p.value)).collect();
+    let mut platform: Vec<_> = spec
+        .platform
+        .iter()
+        .chain(pinned)
+        .map(|p| (&p.name, &p.value))
+        .collect();
     platform.sort();
     for (name, value) in platform {
         push(name);

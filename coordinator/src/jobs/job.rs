@@ -1,17 +1,23 @@
 //! One job's state as clients see it: its spec, its event log and its cancellation.
 //!
 //! Every event gets the next sequence number and stays in the log until the job is forgotten,
-//! so `Jobs.Watch` replays a job from its first event and then follows it live.
+//! so `Jobs.Watch` replays a job from its first event and then follows it live. Watchers see
+//! a prefix of the log: an event is shown only once what it says cannot be lost in a crash
+//! (its final test result written and flushed, its number below the durable ceiling), which
+//! [`Job::keep_journal`] takes care of; the rule and its tables are in `journal.rs`.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tessera_proto::tessera::v1::{
-    JobEvent, JobPhase, JobResult, JobSpec, JobSummary, TestOutcome, job_event,
+    JobEvent, JobPhase, JobResult, JobSpec, JobSummary, TestFinished, TestOutcome, job_event,
 };
-use tessera_runners::RunnerConfig;
-use tokio::sync::watch;
+use tessera_runners::{RunnerConfig, TestId};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+
+use super::journal::{Journal, Restored, SEQ_BLOCK};
 
 /// A job, shared by its driver, its watchers and the registry.
 #[derive(Debug)]
@@ -26,14 +32,27 @@ pub struct Job {
     pub created_unix_ms: u64,
     started: Instant,
     state: Mutex<State>,
-    seq: watch::Sender<u64>,
+    /// The highest seq watchers may see.
+    shown: watch::Sender<u64>,
+    /// Wakes [`Job::keep_journal`]: events wait to be shown.
+    hidden: Notify,
+    /// Final results an earlier run of the coordinator made durable, by test.
+    restored: BTreeMap<TestId, TestFinished>,
     /// Cancelled by `Jobs.Cancel` (or the coordinator shutting down).
     pub cancel: CancellationToken,
 }
 
 #[derive(Debug, Default)]
 struct State {
+    /// By seq, ascending (with gaps after a restart).
     events: Vec<JobEvent>,
+    next_seq: u64,
+    /// Every event up to this seq may be shown.
+    shown: u64,
+    /// The durable ceiling: no event above it may be shown before it is raised.
+    ceiling: u64,
+    /// Final test events not yet written to the journal.
+    unwritten: Vec<JobEvent>,
     phase: JobPhase,
     result: JobResult,
     done: u32,
@@ -45,14 +64,79 @@ struct State {
 impl Job {
     /// A new job with an empty log.
     pub fn new(id: String, spec: JobSpec, runner: RunnerConfig, created_unix_ms: u64) -> Arc<Self> {
+        Self::with_state(
+            id,
+            spec,
+            runner,
+            created_unix_ms,
+            Instant::now(),
+            State {
+                next_seq: 1,
+                ..State::default()
+            },
+            BTreeMap::new(),
+        )
+    }
+
+    /// A job accepted by an earlier run of the coordinator, with the final results that run
+    /// made durable: they keep their numbers, and new events are numbered above `ceiling`.
+    pub fn restore(
+        id: String,
+        spec: JobSpec,
+        runner: RunnerConfig,
+        created_unix_ms: u64,
+        restored: Restored,
+    ) -> Arc<Self> {
+        let last = restored.events.last().map_or(0, |e| e.seq);
+        let top = restored.ceiling.max(last);
+        let finals: BTreeMap<TestId, TestFinished> = restored
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(job_event::Kind::Test(t)) if t.r#final => {
+                    let test = t.test.clone().unwrap_or_default();
+                    Some((TestId::new(test.group, test.name), t.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        // Elapsed times go on from when the job was accepted, not from the restart.
+        let age = u64::try_from(tessera_proto::time::unix_ms())
+            .unwrap_or(0)
+            .saturating_sub(created_unix_ms);
+        let now = Instant::now();
+        let started = now.checked_sub(Duration::from_millis(age)).unwrap_or(now);
+        let state = State {
+            done: u32::try_from(finals.len()).unwrap_or(u32::MAX),
+            events: restored.events,
+            next_seq: top + 1,
+            shown: top,
+            ceiling: top,
+            ..State::default()
+        };
+        Self::with_state(id, spec, runner, created_unix_ms, started, state, finals)
+    }
+
+    fn with_state(
+        id: String,
+        spec: JobSpec,
+        runner: RunnerConfig,
+        created_unix_ms: u64,
+        started: Instant,
+        state: State,
+        restored: BTreeMap<TestId, TestFinished>,
+    ) -> Arc<Self> {
+        let shown = state.shown;
         Arc::new(Job {
             id,
             spec,
             runner,
             created_unix_ms,
-            started: Instant::now(),
-            state: Mutex::new(State::default()),
-            seq: watch::channel(0).0,
+            started,
+            state: Mutex::new(state),
+            shown: watch::channel(shown).0,
+            hidden: Notify::new(),
+            restored,
             cancel: CancellationToken::new(),
         })
     }
@@ -61,46 +145,131 @@ impl Job {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends an event to the log and wakes the watchers.
-    pub fn emit(&self, kind: job_event::Kind) {
-        let seq = {
-            let mut state = self.lock();
-            match &kind {
-                job_event::Kind::Phase(p) => state.phase = p.phase(),
-                job_event::Kind::Planned(p) => state.total = p.total,
-                job_event::Kind::Test(t) if t.r#final => state.done += 1,
-                job_event::Kind::Finished(f) => {
-                    state.phase = JobPhase::Done;
-                    state.result = f.result();
-                }
-                _ => {}
-            }
-            let seq = state.events.len() as u64 + 1;
-            state.events.push(JobEvent {
-                seq,
-                elapsed_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                kind: Some(kind),
-            });
-            seq
-        };
-        self.seq.send_replace(seq);
+    /// Final results restored from an earlier run of the coordinator: clients may have seen
+    /// them, so they stand, and their tests are not run again.
+    pub fn restored(&self) -> &BTreeMap<TestId, TestFinished> {
+        &self.restored
     }
 
-    /// Events after `seq`, and whether the log is complete (the job finished).
+    /// Appends an event to the log; it is shown at once, or once it is durable.
+    pub fn emit(&self, kind: job_event::Kind) {
+        let mut state = self.lock();
+        match &kind {
+            job_event::Kind::Phase(p) => state.phase = p.phase(),
+            job_event::Kind::Planned(p) => state.total = p.total,
+            job_event::Kind::Test(t) if t.r#final => state.done += 1,
+            job_event::Kind::Finished(f) => {
+                state.phase = JobPhase::Done;
+                state.result = f.result();
+            }
+            _ => {}
+        }
+        let durable = matches!(&kind, job_event::Kind::Test(t) if t.r#final);
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let event = JobEvent {
+            seq,
+            elapsed_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            kind: Some(kind),
+        };
+        if durable {
+            state.unwritten.push(event.clone());
+        }
+        state.events.push(event);
+        let show = !durable && state.shown + 1 == seq && seq <= state.ceiling;
+        if show {
+            state.shown = seq;
+        }
+        drop(state);
+        if show {
+            self.shown.send_replace(seq);
+        }
+        // Also when shown: the journal's keeper ends once the finished event is.
+        self.hidden.notify_one();
+    }
+
+    /// Makes hidden events durable and shows them, until the job has finished and everything
+    /// is shown (`true`) or `shutdown` is cancelled first (`false`). One task per job runs it,
+    /// beside the driver; writes made while it waits on a flush go in its next batch.
+    pub async fn keep_journal(&self, journal: &Journal, shutdown: &CancellationToken) -> bool {
+        let mut failing = false;
+        loop {
+            let work = {
+                let mut state = self.lock();
+                let last = state.next_seq - 1;
+                if state.shown >= last {
+                    if state.phase == JobPhase::Done {
+                        return true;
+                    }
+                    None
+                } else {
+                    let events = std::mem::take(&mut state.unwritten);
+                    // Reserve ahead, so that progress and phase events rarely wait.
+                    let ceiling =
+                        (last + SEQ_BLOCK / 2 > state.ceiling).then_some(last + SEQ_BLOCK);
+                    Some((events, last, ceiling))
+                }
+            };
+            let Some((events, last, ceiling)) = work else {
+                tokio::select! {
+                    () = self.hidden.notified() => continue,
+                    () = shutdown.cancelled() => return false,
+                }
+            };
+            let written = match journal.write(&self.id, &events, ceiling) {
+                Ok(()) => tokio::select! {
+                    flushed = journal.flush() => flushed,
+                    () = shutdown.cancelled() => return false,
+                },
+                Err(error) => Err(error),
+            };
+            let mut state = self.lock();
+            match written {
+                Ok(()) => {
+                    if let Some(ceiling) = ceiling {
+                        state.ceiling = state.ceiling.max(ceiling);
+                    }
+                    if failing {
+                        tracing::info!(job = %self.id, "job events are durable again");
+                        failing = false;
+                    }
+                }
+                Err(error) => {
+                    // Shown anyway: a full disk must not hide results (DESIGN.md §3). They are
+                    // written with the next events.
+                    let mut again = events;
+                    again.append(&mut state.unwritten);
+                    state.unwritten = again;
+                    if !failing {
+                        if error.is_out_of_space() {
+                            tracing::debug!(%error, job = %self.id, "job events shown before they are durable");
+                        } else {
+                            tracing::warn!(%error, job = %self.id, "job events shown before they are durable");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+            state.shown = state.shown.max(last);
+            drop(state);
+            self.shown.send_replace(last);
+        }
+    }
+
+    /// Shown events after `seq`, and whether the log is complete (the job finished and its
+    /// last event is shown).
     pub fn events_after(&self, seq: u64) -> (Vec<JobEvent>, bool) {
         let state = self.lock();
-        let start = usize::try_from(seq)
-            .unwrap_or(usize::MAX)
-            .min(state.events.len());
-        (
-            state.events[start..].to_vec(),
-            state.phase == JobPhase::Done,
-        )
+        let start = state.events.partition_point(|e| e.seq <= seq);
+        let end = state.events.partition_point(|e| e.seq <= state.shown);
+        let events = state.events.get(start..end).unwrap_or_default().to_vec();
+        let complete = state.phase == JobPhase::Done && state.shown + 1 >= state.next_seq;
+        (events, complete)
     }
 
-    /// A receiver that changes whenever an event is added.
+    /// A receiver that changes whenever more events are shown.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.seq.subscribe()
+        self.shown.subscribe()
     }
 
     /// Whether the job has finished.
@@ -154,4 +323,109 @@ pub fn is_failure(outcome: TestOutcome) -> bool {
         outcome,
         TestOutcome::Failed | TestOutcome::Error | TestOutcome::TimedOut | TestOutcome::NoResult
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_cas::meta::MemoryMetaStore;
+    use tessera_proto::tessera::v1::{JobFinished, LogLine, TestRef, job_event::Kind};
+    use tessera_runners::CommandRunner;
+
+    use super::*;
+
+    fn runner() -> RunnerConfig {
+        RunnerConfig::Command(
+            CommandRunner::new(
+                "/tmp/x",
+                vec!["list".into()],
+                vec!["run".into(), "{tests}".into()],
+            )
+            .expect("runner"),
+        )
+    }
+
+    fn passed(name: &str) -> Kind {
+        Kind::Test(TestFinished {
+            test: Some(TestRef {
+                group: "g".into(),
+                name: name.into(),
+            }),
+            outcome: TestOutcome::Passed as i32,
+            r#final: true,
+            ..TestFinished::default()
+        })
+    }
+
+    fn log(text: &str) -> Kind {
+        Kind::Log(LogLine { text: text.into() })
+    }
+
+    fn seqs(events: &[JobEvent]) -> Vec<u64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    /// Waits until events up to `seq` are shown.
+    async fn shown(job: &Job, seq: u64) {
+        let mut rx = job.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| *s >= seq))
+            .await
+            .expect("shown in time")
+            .expect("job alive");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_shown_before_the_journal_has_it_and_a_restart_never_renumbers() {
+        let meta = Arc::new(MemoryMetaStore::new());
+        let journal = Journal::open(meta.clone()).expect("journal");
+        let job = Job::new("j".into(), JobSpec::default(), runner(), 0);
+
+        // No keeper yet: neither a result nor a log line is shown (the log line's number is
+        // not reserved yet either).
+        job.emit(log("first"));
+        job.emit(passed("a"));
+        job.emit(log("second"));
+        assert_eq!(job.events_after(0), (Vec::new(), false));
+
+        let shutdown = CancellationToken::new();
+        let keeper = {
+            let (job, journal, shutdown) = (Arc::clone(&job), journal.clone(), shutdown.clone());
+            tokio::spawn(async move { job.keep_journal(&journal, &shutdown).await })
+        };
+        shown(&job, 3).await;
+        assert_eq!(seqs(&job.events_after(0).0), [1, 2, 3]);
+        // Within the reserved block, a log line is shown at once.
+        job.emit(log("third"));
+        assert_eq!(seqs(&job.events_after(3).0), [4]);
+        job.emit(passed("b"));
+        shown(&job, 5).await;
+
+        // The coordinator dies here. What comes back: the two results, with their numbers.
+        shutdown.cancel();
+        assert!(!keeper.await.expect("keeper"));
+        let restored = journal.load("j").expect("load");
+        assert_eq!(seqs(&restored.events), [2, 5]);
+        let ceiling = restored.ceiling;
+        assert!(ceiling >= 5, "{ceiling}");
+
+        let job = Job::restore("j".into(), JobSpec::default(), runner(), 0, restored);
+        assert_eq!(
+            job.restored().keys().cloned().collect::<Vec<_>>(),
+            [TestId::new("g", "a"), TestId::new("g", "b")]
+        );
+        assert_eq!(job.summary().done, 2);
+        // A client that saw up to 4 re-attaches after 4: it gets b's result and then what the
+        // new run says, numbered above anything the first run could have shown.
+        assert_eq!(seqs(&job.events_after(4).0), [5]);
+        let shutdown = CancellationToken::new();
+        let keeper = {
+            let (job, journal, shutdown) = (Arc::clone(&job), journal.clone(), shutdown.clone());
+            tokio::spawn(async move { job.keep_journal(&journal, &shutdown).await })
+        };
+        job.emit(log("restarted"));
+        job.emit(Kind::Finished(JobFinished::default()));
+        assert!(keeper.await.expect("keeper"), "ends once all is shown");
+        let (after, complete) = job.events_after(4);
+        assert_eq!(seqs(&after), [5, ceiling + 1, ceiling + 2]);
+        assert!(complete);
+    }
 }

@@ -1,11 +1,14 @@
 //! Test-suite jobs (`tessera run`, DESIGN.md §5): the registry of accepted jobs, the driver
-//! that runs a job's steps as actions, the lifecycle of each test in a job, the per-test result
-//! cache and history, and the planner that splits the tests a job still has to run into
-//! batches for the agents' slots. The gRPC service is `services::jobs`.
+//! that runs a job's steps as actions, the journal that keeps what clients saw across a crash,
+//! the lifecycle of each test in a job, the per-test result cache and history, and the planner
+//! that splits the tests a job still has to run into batches for the agents' slots. The gRPC
+//! service is `services::jobs`.
 
 mod batches;
 pub mod driver;
 pub mod job;
+pub mod journal;
+mod output;
 pub mod overlay;
 pub mod planner;
 pub mod registry;
@@ -13,4 +16,5 @@ pub mod results;
 mod steps;
 mod tally;
 mod test_state;
+mod toolchain;
 mod validate;

@@ -2,10 +2,12 @@
 //! a restart. The `tessera.v1.Jobs` gRPC service (`services::jobs`) is a thin adapter over
 //! [`JobRegistry`].
 //!
-//! Submit validates the spec (`validate.rs`), makes the job durable, starts its driver and
-//! returns its id. Jobs that had not finished when the coordinator stopped are started again
-//! when it starts: cached steps and cached passes make the second run cheap, and nothing
-//! accepted is lost.
+//! Submit validates the spec (`validate.rs`), makes the job durable, starts its driver (and the
+//! keeper of its journal, `journal.rs`) and returns its id. Jobs that had not finished when the
+//! coordinator stopped go on when it starts: the final results clients may have seen come back
+//! from the journal with their numbers and stand; the other tests run again (cached steps and
+//! cached passes make that cheap). Nothing accepted is lost, nothing shown is renumbered.
+//! A finished job's record and journal are removed together.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +16,7 @@ use std::time::Duration;
 use futures::Stream;
 use prost::Message;
 use tessera_cas::digest::Digest;
-use tessera_cas::meta::{MetaError, MetadataStore, Table};
+use tessera_cas::meta::{Batch, MetaError, MetadataStore, Table};
 use tessera_proto::reapi::platform::Property;
 use tessera_proto::tessera::v1::{
     AgentSummary, JobEvent, JobSpec, LogLine, StatusResponse, StoreSummary, job_event::Kind,
@@ -24,6 +26,7 @@ use thiserror::Error;
 
 use super::driver::{self, JobContext};
 use super::job::Job;
+use super::journal::Journal;
 use super::validate::validate;
 use crate::execution::execute::ExecuteError;
 
@@ -68,6 +71,7 @@ pub struct JobRegistry {
     ctx: JobContext,
     meta: Arc<dyn MetadataStore>,
     table: Table,
+    journal: Journal,
     jobs: Arc<Mutex<Registry>>,
 }
 
@@ -84,11 +88,12 @@ impl std::fmt::Debug for JobRegistry {
 }
 
 impl JobRegistry {
-    /// The registry; jobs left unfinished by an earlier run of the coordinator start again.
+    /// The registry; jobs left unfinished by an earlier run of the coordinator go on.
     pub fn start(ctx: JobContext, meta: Arc<dyn MetadataStore>) -> Result<Self, MetaError> {
         let table = meta.table(TABLE)?;
         let registry = JobRegistry {
             ctx,
+            journal: Journal::open(Arc::clone(&meta))?,
             meta,
             table,
             jobs: Arc::new(Mutex::new(Registry::default())),
@@ -99,20 +104,30 @@ impl JobRegistry {
             let id = String::from_utf8_lossy(&key).into_owned();
             let Some((created, spec)) = decode_record(&value) else {
                 tracing::warn!(job = %id, "dropping an undecodable job record");
-                registry.table.remove(&key)?;
+                registry.forget_now(&id)?;
                 continue;
             };
             let Ok(runner) = serde_json::from_str::<RunnerConfig>(&spec.runner_json) else {
-                registry.table.remove(&key)?;
+                registry.forget_now(&id)?;
                 continue;
             };
-            let job = Job::new(id, spec, runner, created);
+            let restored = registry.journal.load(&id)?;
+            let job = Job::restore(id, spec, runner, created, restored);
+            let kept = job.restored().len();
             job.emit(Kind::Log(LogLine {
-                text: "the coordinator restarted; the job starts again (cached results are kept)"
-                    .to_owned(),
+                text: format!(
+                    "the coordinator restarted; the job goes on: {kept} test results already reported stand, the other tests run again (cached results are kept)"
+                ),
             }));
             registry.launch(job);
             resumed += 1;
+        }
+        // Journals whose job record is gone (a crash between the two removals of an older
+        // version, or a record dropped above).
+        for id in registry.journal.jobs()? {
+            if registry.table.get(id.as_bytes())?.is_none() {
+                registry.forget_now(&id)?;
+            }
         }
         if resumed > 0 {
             tracing::info!(resumed, "resumed unfinished jobs");
@@ -124,16 +139,27 @@ impl JobRegistry {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes a finished job's record, so a restart does not run it again; on a full disk,
-    /// retries until space returns (or the coordinator stops).
+    /// Removes job `id`'s record and journal, in one batch.
+    fn forget_now(&self, id: &str) -> Result<(), MetaError> {
+        let mut batch = Batch::new();
+        batch.remove(TABLE, id.as_bytes());
+        self.journal.forget(id, &mut batch)?;
+        self.meta.apply_batch(batch)
+    }
+
+    /// Removes a finished job's record and journal, so a restart does not run it again; on a
+    /// full disk, retries until space returns (or the coordinator stops).
     async fn forget_record(&self, id: &str) {
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.table.remove(id.as_bytes()) {
-                Ok(_) => return,
+            match self.forget_now(id) {
+                Ok(()) => return,
                 Err(error) if error.is_out_of_space() => {
                     tracing::debug!(%error, job = %id, "finished job's record kept for now");
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.ctx.shutdown.cancelled() => return,
+                    }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(error) => {
@@ -148,10 +174,18 @@ impl JobRegistry {
         self.lock().jobs.insert(job.id.clone(), Arc::clone(&job));
         let registry = self.clone();
         tokio::spawn(async move {
-            if driver::run(registry.ctx.clone(), Arc::clone(&job)).await
-                == driver::Ended::Interrupted
-            {
-                // Kept, so the next start runs it again.
+            let keeper = {
+                let job = Arc::clone(&job);
+                let journal = registry.journal.clone();
+                let shutdown = registry.ctx.shutdown.clone();
+                tokio::spawn(async move { job.keep_journal(&journal, &shutdown).await })
+            };
+            let ended = driver::run(registry.ctx.clone(), Arc::clone(&job)).await;
+            // The keeper ends once the finished event is shown, or at shutdown.
+            let all_shown = keeper.await.unwrap_or(false);
+            if ended == driver::Ended::Interrupted || !all_shown {
+                // Kept, so the next start goes on with it (a client may not have seen its
+                // end yet).
                 return;
             }
             registry.forget_record(&job.id).await;

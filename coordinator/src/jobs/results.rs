@@ -3,7 +3,8 @@
 //!
 //! - **Result cache** (table `test_results`): key = hash of the instance, the prepared input
 //!   root, the runner and its settings, the environment, the platform and the test id
-//!   (DESIGN.md §5.3). Only clean passes are stored; a flaky pass or a failure never is.
+//!   (DESIGN.md §5.3). Only clean passes and skips are stored (value: duration in
+//!   microseconds, then one byte 1 for a skip); a flaky pass or a failure never is.
 //! - **History** (table `test_history`): key = the suite (instance, runner settings,
 //!   environment, platform: not the input root, so history survives code changes) and the test
 //!   id; value = moving average of its duration in microseconds.
@@ -64,11 +65,13 @@ impl SuiteKey {
     }
 }
 
-/// A test's cached pass.
+/// A test's cached pass (or skip: a skip is cached like a pass, under the same key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachedPass {
     /// How long the passing run took.
     pub duration: Duration,
+    /// The tool skipped the test.
+    pub skipped: bool,
 }
 
 impl TestStore {
@@ -84,9 +87,13 @@ impl TestStore {
     /// The cached pass of `test`, if any.
     pub fn cached(&self, key: &SuiteKey, test: &TestId) -> Result<Option<CachedPass>, MetaError> {
         let value = self.results.get(&SuiteKey::key(&key.results, test))?;
-        Ok(value
-            .and_then(|v| decode_micros(&v))
-            .map(|duration| CachedPass { duration }))
+        Ok(value.and_then(|v| {
+            let (micros, rest) = v.split_at_checked(8)?;
+            Some(CachedPass {
+                duration: decode_micros(micros)?,
+                skipped: rest.first() == Some(&1),
+            })
+        }))
     }
 
     /// The recorded duration of `test`, if any.
@@ -96,12 +103,13 @@ impl TestStore {
     }
 
     /// Records a batch of outcomes: `durations` (moving averages, as the planner computed
-    /// them) into the history, and `passes` (clean first-attempt passes) into the cache.
+    /// them) into the history, and `passes` (clean first-attempt passes and skips) into the
+    /// cache.
     pub fn record(
         &self,
         key: &SuiteKey,
         durations: &[(TestId, Duration)],
-        passes: &[(TestId, Duration)],
+        passes: &[(TestId, CachedPass)],
     ) -> Result<(), MetaError> {
         let mut batch = Batch::new();
         for (test, duration) in durations {
@@ -111,12 +119,12 @@ impl TestStore {
                 encode_micros(*duration),
             );
         }
-        for (test, duration) in passes {
-            batch.insert(
-                RESULTS,
-                SuiteKey::key(&key.results, test),
-                encode_micros(*duration),
-            );
+        for (test, pass) in passes {
+            let mut value = encode_micros(pass.duration);
+            if pass.skipped {
+                value.push(1);
+            }
+            batch.insert(RESULTS, SuiteKey::key(&key.results, test), value);
         }
         if batch.is_empty() {
             return Ok(());
@@ -153,14 +161,38 @@ mod tests {
             .record(
                 &v1,
                 &[(test.clone(), Duration::from_millis(40))],
-                &[(test.clone(), Duration::from_millis(42))],
+                &[
+                    (
+                        test.clone(),
+                        CachedPass {
+                            duration: Duration::from_millis(42),
+                            skipped: false,
+                        },
+                    ),
+                    (
+                        TestId::new("crate", "skip"),
+                        CachedPass {
+                            duration: Duration::ZERO,
+                            skipped: true,
+                        },
+                    ),
+                ],
             )
             .unwrap();
         assert_eq!(
             store.cached(&v1, &test).unwrap(),
             Some(CachedPass {
-                duration: Duration::from_millis(42)
+                duration: Duration::from_millis(42),
+                skipped: false,
             })
+        );
+        // Skips are cached like passes, and say so.
+        assert!(
+            store
+                .cached(&v1, &TestId::new("crate", "skip"))
+                .unwrap()
+                .unwrap()
+                .skipped
         );
         assert_eq!(store.cached(&v2, &test).unwrap(), None);
         assert_eq!(store.cached(&other, &test).unwrap(), None);

@@ -94,6 +94,8 @@ pub(super) struct Steps<'a> {
     pub(super) ctx: &'a JobContext,
     pub(super) job: &'a Arc<Job>,
     pub(super) function: DigestFunction,
+    /// Platform requirements the job was pinned to (its runner's tool and toolchain).
+    pub(super) pinned: Vec<Property>,
 }
 
 impl Steps<'_> {
@@ -153,6 +155,7 @@ impl Steps<'_> {
             .platform
             .iter()
             .filter(|p| p.name != EXEC_ROOT_PROPERTY && p.name != AVOID_AGENT_PROPERTY)
+            .chain(&self.pinned)
             .cloned()
             .collect();
         if let Some(agent) = request.avoid_agent.as_ref().filter(|a| !a.is_empty()) {
@@ -378,16 +381,55 @@ pub(super) fn step_name(spec: &StepSpec) -> &'static str {
 }
 
 /// The reason to stop when a prepare or list step reported something other than success.
-pub(super) fn step_failed(step: &str, report: StepReport) -> Stop {
+pub(super) fn step_failed(step: &str, report: StepReport, had_network: bool) -> Stop {
     match report {
         StepReport::Failed { error } => Stop::Error {
-            message: format!(
-                "the {step} step failed; fix the build or the test command and run again"
-            ),
+            message: match no_network_hint(&error, had_network) {
+                Some(_) if step == "prepare" => format!(
+                    "the {step} step failed, and it looks like it needed the network it ran \
+                     without: drop --no-prepare-network, or vendor the dependencies"
+                ),
+                Some(hint) => format!("the {step} step failed; {hint}"),
+                None => format!(
+                    "the {step} step failed; fix the build or the test command and run again"
+                ),
+            },
             log: tail(&error, MAX_OUTPUT),
         },
         other => Stop::Infrastructure(format!("unexpected report from the {step} step: {other:?}")),
     }
+}
+
+/// What tools print when a name does not resolve or no route leads out: the marks of a step that
+/// needed the network inside a sandbox that has only loopback.
+const NO_NETWORK_MARKS: &[&str] = &[
+    "Temporary failure in name resolution",
+    "failed to lookup address information",
+    "Could not resolve host",
+    "Name or service not known",
+    "Network is unreachable",
+    "No address associated with hostname",
+    "nodename nor servname provided",
+    "dial tcp: lookup ",
+    "getaddrinfo failed",
+    "NameResolutionError",
+    "Failed to establish a new connection",
+];
+
+/// One line telling the user that a failure looks like a missing network, when the step ran
+/// without it; `None` otherwise.
+pub(super) fn no_network_hint(output: &str, had_network: bool) -> Option<&'static str> {
+    (!had_network && NO_NETWORK_MARKS.iter().any(|mark| output.contains(mark))).then_some(
+        "it ran without network (tests get only loopback by default) and its output looks like \
+         it needed it: run with --network if it does",
+    )
+}
+
+/// Whether the job's test steps (and list step) run with the host's network.
+pub(super) fn tests_have_network(spec: &tessera_proto::tessera::v1::JobSpec) -> bool {
+    spec.platform
+        .iter()
+        .any(|p| p.name == NETWORK_PROPERTY && p.value == "on")
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary.
@@ -405,6 +447,24 @@ pub(super) fn tail(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_that_is_really_no_network_says_so() {
+        let cargo = "error: failed to get `serde` as a dependency\nCaused by:\n  [6] Could not resolve host: index.crates.io";
+        assert!(no_network_hint(cargo, false).is_some());
+        assert!(no_network_hint(cargo, true).is_none());
+        assert!(no_network_hint("assertion failed: 1 == 2", false).is_none());
+        let Stop::Error { message, .. } = step_failed(
+            "prepare",
+            StepReport::Failed {
+                error: cargo.to_owned(),
+            },
+            false,
+        ) else {
+            panic!("not an error")
+        };
+        assert!(message.contains("--no-prepare-network"), "{message}");
+    }
 
     #[test]
     fn tails_cut_at_character_boundaries() {

@@ -1,10 +1,11 @@
 //! Counting a job's final outcomes, and its last event: what the job's result is, given the
-//! tally and the reason it stopped, if any.
+//! tally and the reason it stopped, if any. The counts are those of the final test events the
+//! job emitted, restored ones included, so they agree with the tests its clients saw.
 
 use std::time::Duration;
 
-use tessera_proto::tessera::v1::{JobFinished, JobResult, TestOutcome};
-use tessera_proto::time::to_proto_duration;
+use tessera_proto::tessera::v1::{JobFinished, JobResult, TestFinished, TestOutcome};
+use tessera_proto::time::{from_proto_duration, to_proto_duration};
 
 use super::driver::Stop;
 
@@ -25,6 +26,21 @@ pub(super) struct Tally {
 }
 
 impl Tally {
+    /// A tally that starts from the final results an earlier run of the coordinator reported.
+    pub(super) fn restored<'a>(finals: impl IntoIterator<Item = &'a TestFinished>) -> Self {
+        let mut tally = Tally::default();
+        for test in finals {
+            tally.count(test.outcome());
+            if test.cached {
+                tally.cached += 1;
+            }
+            if let Some(took) = test.duration.as_ref().and_then(from_proto_duration) {
+                tally.serial += took;
+            }
+        }
+        tally
+    }
+
     /// Counts one final outcome.
     pub(super) fn count(&mut self, outcome: TestOutcome) {
         match outcome {
@@ -110,6 +126,33 @@ mod tests {
             (1, 2, 1, 1)
         );
         assert_eq!(tally.done(), 5);
+    }
+
+    #[test]
+    fn restored_results_count_as_they_were_reported() {
+        let test = |outcome: TestOutcome, cached: bool| TestFinished {
+            outcome: outcome as i32,
+            r#final: true,
+            cached,
+            duration: Some(to_proto_duration(Duration::from_millis(500))),
+            ..TestFinished::default()
+        };
+        let finals = [
+            test(TestOutcome::Passed, true),
+            test(TestOutcome::Failed, false),
+            test(TestOutcome::Skipped, false),
+        ];
+        let tally = Tally::restored(&finals);
+        assert_eq!(
+            (tally.passed, tally.failed, tally.skipped, tally.cached),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(tally.done(), 3);
+        assert_eq!(tally.serial, Duration::from_millis(1500));
+        assert_eq!(
+            tally.finished(None, Duration::ZERO).result(),
+            JobResult::Failed
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! | state | event | next state |
 //! | --- | --- | --- |
 //! | queued | cached | done: passed (answered from the result cache) |
+//! | queued | restored | done: the outcome an earlier run of the coordinator reported (`journal.rs`) |
 //! | queued | started in a batch | running, attempt 1 |
 //! | retrying after attempt n | started in a batch | running, attempt n + 1 |
 //! | running | passed | done: passed, or flaky if an earlier attempt failed |
@@ -94,6 +95,16 @@ pub(super) enum TestState {
 pub(super) enum TestEvent {
     /// Its clean pass was found in the result cache.
     Cached,
+    /// Its skip was found in the result cache.
+    CachedSkip,
+    /// An earlier run of the coordinator reported its final outcome, which clients may have
+    /// seen: it stands.
+    Restored {
+        /// That outcome.
+        outcome: TestOutcome,
+        /// The runs it took.
+        attempt: u32,
+    },
     /// It was handed out in `batch`.
     Started {
         /// The batch.
@@ -142,6 +153,8 @@ impl TestState {
         };
         let next = match (std::mem::replace(self, S::Queued), event) {
             (S::Queued, E::Cached) => done(TestOutcome::Passed, 1, Vec::new()),
+            (S::Queued, E::CachedSkip) => done(TestOutcome::Skipped, 1, Vec::new()),
+            (S::Queued, E::Restored { outcome, attempt }) => done(outcome, attempt, Vec::new()),
             (S::Queued, E::Started { batch }) => S::Running {
                 attempt: 1,
                 batch,
@@ -246,6 +259,8 @@ impl TestEvent {
     fn name(&self) -> &'static str {
         match self {
             TestEvent::Cached => "cached",
+            TestEvent::CachedSkip => "cached skip",
+            TestEvent::Restored { .. } => "restored",
             TestEvent::Started { .. } => "started",
             TestEvent::Passed => "passed",
             TestEvent::Skipped => "skipped",
@@ -375,7 +390,7 @@ mod tests {
     /// Every (state, event) pair: the next state, or `None` where the event is illegal.
     #[test]
     fn every_state_and_event_pair() {
-        use TestOutcome::{Cancelled, Flaky, Passed, Skipped, TimedOut};
+        use TestOutcome::{Cancelled, Failed, Flaky, Passed, Skipped, TimedOut};
         let states = [
             TestState::Queued,
             running(1, &[]),
@@ -385,6 +400,10 @@ mod tests {
         ];
         let events = [
             TestEvent::Cached,
+            TestEvent::Restored {
+                outcome: TestOutcome::Failed,
+                attempt: 2,
+            },
             TestEvent::Started { batch: BATCH },
             TestEvent::Passed,
             TestEvent::Skipped,
@@ -403,10 +422,11 @@ mod tests {
             failed_on: "agent-b".to_owned(),
         };
         // One row per state, one column per event, in the order of `events`.
-        let table: [[Option<TestState>; 7]; 5] = [
+        let table: [[Option<TestState>; 8]; 5] = [
             // Queued
             [
                 Some(done(Passed, 1, &[])),
+                Some(done(Failed, 2, &[])),
                 Some(started(1, &[])),
                 None,
                 None,
@@ -416,6 +436,7 @@ mod tests {
             ],
             // Running, first attempt
             [
+                None,
                 None,
                 None,
                 Some(done(Passed, 1, &[])),
@@ -428,6 +449,7 @@ mod tests {
             [
                 None,
                 None,
+                None,
                 Some(done(Flaky, 2, &["first"])),
                 Some(done(Skipped, 2, &["first"])),
                 Some(failed_on_b(2, &["first", "boom"])),
@@ -437,6 +459,7 @@ mod tests {
             // Retrying after one failed attempt
             [
                 None,
+                None,
                 Some(started(2, &["first"])),
                 None,
                 None,
@@ -445,7 +468,7 @@ mod tests {
                 Some(done(Cancelled, 1, &["first"])),
             ],
             // Done
-            [None, None, None, None, None, None, None],
+            [None, None, None, None, None, None, None, None],
         ];
         for (state, row) in states.iter().zip(table) {
             for (event, expected) in events.iter().zip(row) {

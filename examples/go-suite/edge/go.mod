@@ -1,0 +1,3 @@
+module example.com/go-edge
+
+go 1.19

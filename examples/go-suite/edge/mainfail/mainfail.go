@@ -1,0 +1,2 @@
+// Package mainfail's test binary fails after its tests pass.
+package mainfail

@@ -1,0 +1,2 @@
+// Package tagged has a test behind a build tag.
+package tagged
