@@ -181,6 +181,7 @@ fn judge(
             suite: suite.name.to_owned(),
             tool: suite.tool.to_string(),
             direct_tests: direct.outcomes.len(),
+            folded_subtests: direct.folded_subtests,
             tessera_tests: tessera.len(),
             mismatches: mismatches.len(),
             problem: answer.problem(),

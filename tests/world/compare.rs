@@ -143,8 +143,10 @@ pub struct Row {
     pub suite: String,
     /// pytest, cargo or go.
     pub tool: String,
-    /// Tests the direct run reported.
+    /// Tests the direct run reported (as compared).
     pub direct_tests: usize,
+    /// Go subtests the comparison left to their parents.
+    pub folded_subtests: usize,
     /// Tests `tessera run` reported.
     pub tessera_tests: usize,
     /// Tests whose outcomes differ (absent on one side included).
@@ -167,11 +169,16 @@ pub fn table(rows: &[Row]) -> String {
             None => row.mismatches.to_string(),
             Some(problem) => format!("{} ({problem})", row.mismatches),
         };
+        let direct = if row.folded_subtests > 0 {
+            format!("{} (+{} subtests in them)", row.direct_tests, row.folded_subtests)
+        } else {
+            row.direct_tests.to_string()
+        };
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
             row.suite,
             row.tool,
-            row.direct_tests,
+            direct,
             row.tessera_tests,
             mismatches,
             row.direct_time.as_secs_f64(),
