@@ -232,6 +232,30 @@ pub const MORE_ITERTOOLS: Suite = Suite {
     adjust: None,
 };
 
+/// A difference between a direct run and Tessera's that is known and waits for a feature:
+/// shown in the table and the output with its reason, not failed on. An entry whose test
+/// comes back equal is harmless (the difference may depend on how tests were batched); drop it
+/// once the feature exists.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownGap {
+    /// The suite.
+    pub suite: &'static str,
+    /// The test (as [`super::compare::TestKey`] prints it).
+    pub test: &'static str,
+    /// Why, and what removes it.
+    pub why: &'static str,
+}
+
+/// The differences known today.
+pub const KNOWN_GAPS: &[KnownGap] = &[KnownGap {
+    suite: "more-itertools",
+    test: ORDER_SECOND,
+    why: "tessera run has no option yet to keep a file's tests together and in file order in \
+          one process (issue 10, like pytest-xdist's --dist loadfile); the second test of the \
+          pair fails whenever its batch lacks the first. Once the option exists, the suite's \
+          command passes it and this entry goes",
+}];
+
 /// A suite's tree, fetched and copied, with what its commands need.
 #[derive(Debug)]
 pub struct Fetched {

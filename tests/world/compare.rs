@@ -149,8 +149,10 @@ pub struct Row {
     pub folded_subtests: usize,
     /// Tests `tessera run` reported.
     pub tessera_tests: usize,
-    /// Tests whose outcomes differ (absent on one side included).
+    /// Tests whose outcomes differ (absent on one side included), known gaps left out.
     pub mismatches: usize,
+    /// Differences that are known gaps (`catalogue::KNOWN_GAPS`).
+    pub known: usize,
     /// A problem with the run as a whole (refused, infrastructure, views disagreeing).
     pub problem: Option<String>,
     /// Wall time of the direct run.
@@ -165,10 +167,13 @@ pub fn table(rows: &[Row]) -> String {
         "| suite | tool | direct tests | tessera tests | mismatches | direct s | tessera s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for row in rows {
-        let mismatches = match &row.problem {
-            None => row.mismatches.to_string(),
-            Some(problem) => format!("{} ({problem})", row.mismatches),
-        };
+        let mut mismatches = row.mismatches.to_string();
+        if row.known > 0 {
+            mismatches.push_str(&format!(" (+{} known gap)", row.known));
+        }
+        if let Some(problem) = &row.problem {
+            mismatches.push_str(&format!(" ({problem})"));
+        }
         let direct = if row.folded_subtests > 0 {
             format!("{} (+{} subtests in them)", row.direct_tests, row.folded_subtests)
         } else {

@@ -8,7 +8,7 @@
 //! | tool | group | name |
 //! | --- | --- | --- |
 //! | pytest | empty | the node id, relative to the rootdir |
-//! | cargo | the binary id: `PKG` (lib), `PKG::TARGET` (integration test), `PKG::bin/NAME`, ...; doctests: [`doctest_group`] | libtest's name (`tests::x`, `src/lib.rs - Item (line 12)`) |
+//! | cargo | the binary id: `PKG` (lib), `PKG::TARGET` (integration test), `PKG::bin/NAME`, ...; doctests `PKG::doctest/CRATE` ([`doctest_group`]) | libtest's name (`tests::x`, `src/lib.rs - Item (line 12)`) |
 //! | go | the package's import path | `TestX`, `TestX/case`, `ExampleY` |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,9 +24,11 @@ use super::junit;
 /// The longest a direct run may take (a cold cargo build included).
 const DIRECT_LIMIT: Duration = Duration::from_secs(600);
 
-/// The group Tessera reports a crate's doctests under (the cargo runner's documented choice).
-pub fn doctest_group(package: &str) -> String {
-    format!("{package}::doctest")
+/// The group Tessera reports a library's doctests under: `PACKAGE::doctest/CRATE`, the cargo
+/// runner's documented choice (runners/src/cargo.rs; the `/` keeps it apart from a test
+/// target named `doctest`).
+pub fn doctest_group(package: &str, crate_name: &str) -> String {
+    format!("{package}::doctest/{crate_name}")
 }
 
 /// How Go subtests (`TestX/case`) are compared.
@@ -459,7 +461,7 @@ fn read_libtest(
         if let Some(crate_name) = trimmed.strip_prefix("Doc-tests ") {
             let package = package_of_lib(metadata, crate_name)
                 .ok_or_else(|| format!("no library `{crate_name}` in cargo metadata"))?;
-            group = Some((doctest_group(&package), true));
+            group = Some((doctest_group(&package, crate_name), true));
             continue;
         }
         let Some(rest) = line.strip_prefix("test ") else {
@@ -637,8 +639,14 @@ test src/lib.rs - SmallVec<A>::bad (line 20) - compile fail ... ok
             [
                 want("smallvec tests::drain_overflow", Outcome::Pass),
                 want("smallvec tests::grow", Outcome::Fail),
-                want("smallvec::doctest src/lib.rs - SmallVec<A>::bad (line 20)", Outcome::Pass),
-                want("smallvec::doctest src/lib.rs - SmallVec<A>::new (line 12)", Outcome::Pass),
+                want(
+                    "smallvec::doctest/smallvec src/lib.rs - SmallVec<A>::bad (line 20)",
+                    Outcome::Pass
+                ),
+                want(
+                    "smallvec::doctest/smallvec src/lib.rs - SmallVec<A>::new (line 12)",
+                    Outcome::Pass
+                ),
                 want("smallvec::macros smoke", Outcome::Skip),
             ]
         );
