@@ -37,7 +37,9 @@ fn fetch_or_skip(suites: &[Suite]) -> Option<Vec<(Suite, Fetched)>> {
     for suite in suites {
         match suite.fetch() {
             Ok(f) => fetched.push((*suite, f)),
-            Err(why) if in_ci() => panic!("suite {} is unavailable under CI: {}", suite.name, why.0),
+            Err(why) if in_ci() => {
+                panic!("suite {} is unavailable under CI: {}", suite.name, why.0)
+            }
             Err(why) => {
                 eprintln!("skipped: suite {} is unavailable: {}", suite.name, why.0);
                 return None;
@@ -227,7 +229,10 @@ fn known_gap(suite: &Suite, mismatch: &Mismatch) -> Option<&'static str> {
 fn report(verdicts: &[Verdict], missing: &[String], work: &Workspace) {
     let rows: Vec<Row> = verdicts.iter().map(|v| v.row.clone()).collect();
     let table = table(&rows);
-    eprintln!("\n{}: the world's suites, direct and through tessera run:\n{table}", work.story);
+    eprintln!(
+        "\n{}: the world's suites, direct and through tessera run:\n{table}",
+        work.story
+    );
     let _ = std::fs::write(
         source::cache_dir().join(format!("table-{}.md", work.story)),
         &table,
@@ -240,7 +245,11 @@ fn report(verdicts: &[Verdict], missing: &[String], work: &Workspace) {
             eprintln!("  {}: {m}", verdict.suite);
         }
         if verdict.mismatches.len() > 20 {
-            eprintln!("  {}: ... {} more", verdict.suite, verdict.mismatches.len() - 20);
+            eprintln!(
+                "  {}: ... {} more",
+                verdict.suite,
+                verdict.mismatches.len() - 20
+            );
         }
         for problem in verdict.views.iter().take(10) {
             eprintln!("  {} views: {problem}", verdict.suite);

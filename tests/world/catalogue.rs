@@ -306,16 +306,17 @@ impl Suite {
                         } else {
                             partial.join(name)
                         };
-                        copy_tree(Path::new(from), &to).map_err(|e| {
-                            Unavailable(format!("cannot copy {from}: {e}"))
-                        })?;
+                        copy_tree(Path::new(from), &to)
+                            .map_err(|e| Unavailable(format!("cannot copy {from}: {e}")))?;
                     }
                     std::fs::write(partial.join(".complete"), "")
                         .and_then(|()| {
                             let _ = std::fs::remove_dir_all(&dir);
                             std::fs::rename(&partial, &dir)
                         })
-                        .map_err(|e| Unavailable(format!("cannot finish {}: {e}", dir.display())))?;
+                        .map_err(|e| {
+                            Unavailable(format!("cannot finish {}: {e}", dir.display()))
+                        })?;
                 }
                 dir
             }
@@ -425,5 +426,8 @@ fn break_one_go_cmp_package(dir: &Path) -> std::io::Result<()> {
 }
 
 fn add_pkg_errors_go_mod(dir: &Path) -> std::io::Result<()> {
-    std::fs::write(dir.join("go.mod"), "module github.com/pkg/errors\n\ngo 1.13\n")
+    std::fs::write(
+        dir.join("go.mod"),
+        "module github.com/pkg/errors\n\ngo 1.13\n",
+    )
 }

@@ -84,7 +84,8 @@ pub struct Mismatch {
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let say = |o: &Option<Outcome>| o.as_ref().map_or("(absent)".to_owned(), Outcome::to_string);
+        let say =
+            |o: &Option<Outcome>| o.as_ref().map_or("(absent)".to_owned(), Outcome::to_string);
         write!(
             f,
             "{}: direct {}, tessera {}",
@@ -175,7 +176,10 @@ pub fn table(rows: &[Row]) -> String {
             mismatches.push_str(&format!(" ({problem})"));
         }
         let direct = if row.folded_subtests > 0 {
-            format!("{} (+{} subtests in them)", row.direct_tests, row.folded_subtests)
+            format!(
+                "{} (+{} subtests in them)",
+                row.direct_tests, row.folded_subtests
+            )
         } else {
             row.direct_tests.to_string()
         };

@@ -139,7 +139,10 @@ pub fn run(
             argv.push(format!("--junitxml={}", report.display()));
             let status = run_logged(&argv, dir, &env, &log, None, DIRECT_LIMIT)?;
             let xml = std::fs::read_to_string(&report).map_err(|e| {
-                format!("pytest wrote no report ({e}); exit {status}; see {}", log.display())
+                format!(
+                    "pytest wrote no report ({e}); exit {status}; see {}",
+                    log.display()
+                )
             })?;
             let mut run = read_pytest(&xml, dir, status, log.clone())?;
             pytest_evidence(&mut run, suite, dir, &env, scratch)?;
@@ -158,8 +161,10 @@ pub fn run(
             if !had_lock && text.contains("Locking ") {
                 run.evidence.insert(Feature::NoLockFile, 1);
             }
-            run.evidence
-                .insert(Feature::Workspace, workspace_path_joins(&metadata));
+            let joins = workspace_path_joins(&metadata);
+            if joins > 0 {
+                run.evidence.insert(Feature::Workspace, joins);
+            }
             Ok(run)
         }
         Tool::Go => {
@@ -191,7 +196,12 @@ fn worse(a: Outcome, b: Outcome) -> Outcome {
 /// Reads pytest's JUnit report into node ids and outcomes. `root` is pytest's rootdir (the
 /// copy): the report's class name is the module's dotted path followed by the classes, and the
 /// module is the longest prefix that is a file under it.
-fn read_pytest(xml: &str, root: &Path, status: ExitStatus, log: PathBuf) -> Result<DirectRun, String> {
+fn read_pytest(
+    xml: &str,
+    root: &Path,
+    status: ExitStatus,
+    log: PathBuf,
+) -> Result<DirectRun, String> {
     let mut run = DirectRun {
         outcomes: Outcomes::new(),
         folded_subtests: 0,
@@ -386,7 +396,10 @@ fn workspace_path_joins(metadata: &serde_json::Value) -> usize {
 /// The binary id of the test binary cargo announces as `Running SRC (BINARY)`: the target
 /// whose source is SRC and whose name is the binary's file name less its hash.
 fn binary_id(metadata: &serde_json::Value, src: &str, binary: &str) -> Option<String> {
-    let file = Path::new(binary).file_name()?.to_string_lossy().into_owned();
+    let file = Path::new(binary)
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
     let stem = file.rsplit_once('-').map_or(file.as_str(), |(s, _)| s);
     for package in metadata["packages"].as_array()? {
         let package_name = package["name"].as_str()?;
@@ -501,7 +514,8 @@ fn read_libtest(
         if *doctests {
             count(&mut run.evidence, Feature::Doctests);
         }
-        run.outcomes.insert(TestKey::new(group.clone(), name), outcome);
+        run.outcomes
+            .insert(TestKey::new(group.clone(), name), outcome);
     }
     Ok(run)
 }
@@ -573,7 +587,8 @@ fn read_go_json(text: &str, status: ExitStatus, log: PathBuf) -> DirectRun {
         run.folded_subtests = before - run.outcomes.len();
     }
     for package in &run.build_failures {
-        run.outcomes.insert(build_failure_key(package), Outcome::Error);
+        run.outcomes
+            .insert(build_failure_key(package), Outcome::Error);
         count(&mut run.evidence, Feature::BuildFailure);
     }
     run

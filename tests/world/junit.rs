@@ -140,7 +140,10 @@ mod tests {
                 (
                     c.suite.clone(),
                     c.name.clone(),
-                    c.marks.iter().map(|m| format!("{}:{}", m.tag, m.kind)).collect(),
+                    c.marks
+                        .iter()
+                        .map(|m| format!("{}:{}", m.tag, m.kind))
+                        .collect(),
                 )
             })
             .collect();

@@ -98,7 +98,11 @@ impl TesseraRun {
     }
 
     /// Waits until `seen` holds for an event, at most `limit`; returns whether it did.
-    pub fn wait_for_event(&mut self, limit: Duration, mut seen: impl FnMut(&Value) -> bool) -> bool {
+    pub fn wait_for_event(
+        &mut self,
+        limit: Duration,
+        mut seen: impl FnMut(&Value) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -173,11 +177,12 @@ fn json_outcome(word: &str) -> Outcome {
 
 /// A JUnit case's outcome, as `cli/src/report/junit.rs` writes them.
 fn junit_outcome(case: &junit::Case) -> Outcome {
-    let Some(mark) = case
-        .marks
-        .iter()
-        .find(|m| matches!(m.tag.as_str(), "failure" | "error" | "skipped" | "flakyFailure"))
-    else {
+    let Some(mark) = case.marks.iter().find(|m| {
+        matches!(
+            m.tag.as_str(),
+            "failure" | "error" | "skipped" | "flakyFailure"
+        )
+    }) else {
         return Outcome::Pass;
     };
     match (mark.tag.as_str(), mark.kind.as_str()) {
@@ -213,12 +218,20 @@ impl Answer {
                 cases
                     .iter()
                     .map(|c| {
-                        let group = if c.suite == UNGROUPED_SUITE { "" } else { &c.suite };
+                        let group = if c.suite == UNGROUPED_SUITE {
+                            ""
+                        } else {
+                            &c.suite
+                        };
                         (TestKey::new(group, c.name.clone()), junit_outcome(c))
                     })
                     .collect()
             });
-        let finished = events.iter().rev().find(|e| e["event"] == "finished").cloned();
+        let finished = events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "finished")
+            .cloned();
         Answer {
             exit,
             stderr,
@@ -338,9 +351,7 @@ mod tests {
 </testsuite></testsuites>"#,
         )
         .expect("write");
-        let test = |name: &str, outcome: &str| {
-            serde_json::json!({"event": "test", "final": true, "group": "", "name": name, "outcome": outcome})
-        };
+        let test = |name: &str, outcome: &str| serde_json::json!({"event": "test", "final": true, "group": "", "name": name, "outcome": outcome});
         let events = vec![
             test("a", "passed"),
             test("b", "passed"),
