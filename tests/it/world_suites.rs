@@ -370,4 +370,8 @@ fn a_world_suite_outlives_an_agent_and_the_coordinator_killed_mid_job() {
     let times = (direct_time, started.elapsed());
     let verdict = judge(suite, &direct, &answer, times, &work);
     report(&[verdict], &[], &work);
+    // The restart happened under the client's feet: it lost its stream and re-attached.
+    if !answer.events.iter().any(|e| e["event"] == "note") {
+        work.fail("the client never noted a lost stream: the coordinator died after the job?");
+    }
 }
