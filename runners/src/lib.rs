@@ -502,6 +502,13 @@ pub trait Runner: fmt::Debug + Send + Sync {
     /// Which tests may share one run command.
     fn batching(&self) -> Batching;
 
+    /// The unit (file) `test` belongs to, for jobs that keep each unit's tests together in
+    /// one run in listing order (order-dependent suites); by default its group (a test
+    /// binary, a go package).
+    fn unit_of(&self, test: &TestId) -> String {
+        test.group.clone()
+    }
+
     /// Whether the tool measures each test's duration itself. When it does not, the caller runs
     /// one test per command and uses the command's wall-clock time.
     fn times_tests_itself(&self) -> bool {

@@ -4,6 +4,7 @@ mod agent_cache_crash;
 mod architecture;
 mod bad_input;
 mod bazel;
+mod by_file;
 mod cas_api;
 mod cas_crash;
 mod disk_full;

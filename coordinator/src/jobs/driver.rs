@@ -217,7 +217,11 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     }
     let to_run_count = to_run.len();
     let slots = fleet_slots(&ctx.scheduler).await;
-    let planner = ShardPlanner::new(to_run, slots, planner_config());
+    let mut planner = ShardPlanner::new(to_run, slots, planner_config());
+    if job.spec.keep_files_together {
+        let runner = job.runner.runner();
+        planner.keep_together(|test: &TestId| runner.unit_of(test));
+    }
     job.emit(Kind::Planned(TestsPlanned {
         total: u32::try_from(tests.len()).unwrap_or(u32::MAX),
         cached: u32::try_from(cached_events.len()).unwrap_or(u32::MAX),
