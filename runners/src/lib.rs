@@ -296,6 +296,9 @@ pub enum Outcome {
     Error,
     /// The tool skipped it (libtest's `#[ignore]`, `pytest.skip`, `t.Skip`, ...).
     Skipped,
+    /// The tool ran it again itself after it failed, and it passed (nextest's retries): flaky,
+    /// never cached. The failed tries' texts are in the result's output.
+    Flaky,
     /// The command ran past its deadline before the tool reported this test.
     TimedOut,
     /// The tool ended without saying anything about this test: it crashed in an earlier test,

@@ -258,28 +258,30 @@ impl<'a> RunPhase<'a> {
                 self.tally.serial += took;
             }
             let failure = match result.outcome {
-                Outcome::Passed | Outcome::Skipped => None,
+                Outcome::Passed | Outcome::Skipped | Outcome::Flaky => None,
                 Outcome::Failed => Some(Failure::Failed),
                 Outcome::Error => Some(Failure::Error),
                 Outcome::TimedOut => Some(Failure::TimedOut),
                 Outcome::NoResult => Some(Failure::NoResult),
             };
-            let (output, output_digest) = match failure {
-                Some(_) => {
-                    let output =
-                        match no_network_hint(&result.output, tests_have_network(&self.job.spec)) {
-                            Some(hint) => format!("tessera: {hint}\n{}", result.output),
-                            None => result.output,
-                        };
-                    output::capped(
-                        output,
-                        output::limit(self.job.spec.output_limit),
-                        self.steps.function,
-                        self.steps.ctx.store.as_ref(),
-                        &test.to_string(),
-                    )
-                }
-                None => (String::new(), None),
+            // Failures keep their output, and so does a pass the tool got only after its own
+            // retries (the failed tries are in it).
+            let keeps_output = failure.is_some() || result.outcome == Outcome::Flaky;
+            let (output, output_digest) = if keeps_output {
+                let output =
+                    match no_network_hint(&result.output, tests_have_network(&self.job.spec)) {
+                        Some(hint) => format!("tessera: {hint}\n{}", result.output),
+                        None => result.output,
+                    };
+                output::capped(
+                    output,
+                    output::limit(self.job.spec.output_limit),
+                    self.steps.function,
+                    self.steps.ctx.store.as_ref(),
+                    &test.to_string(),
+                )
+            } else {
+                (String::new(), None)
             };
             let event = match (failure, result.outcome) {
                 (Some(failure), _) => TestEvent::Failed {
@@ -289,6 +291,9 @@ impl<'a> RunPhase<'a> {
                     retry: attempt <= self.job.spec.retries && !self.job.cancel.is_cancelled(),
                 },
                 (None, Outcome::Skipped) => TestEvent::Skipped,
+                (None, Outcome::Flaky) => TestEvent::PassedAfterRetries {
+                    output: output.clone(),
+                },
                 (None, _) => TestEvent::Passed,
             };
             let done = match self.tests.apply(&test, event) {

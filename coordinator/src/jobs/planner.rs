@@ -182,8 +182,7 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
             })
             .collect();
         planned.sort_by(|(a, _), (b, _)| plan_order(a, b));
-        let (tests, extra): (Vec<TestEstimate<Id>>, Vec<Origin>) =
-            planned.into_iter().unzip();
+        let (tests, extra): (Vec<TestEstimate<Id>>, Vec<Origin>) = planned.into_iter().unzip();
         let (history, listed): (Vec<Option<Duration>>, Vec<usize>) = extra.into_iter().unzip();
         let index = tests
             .iter()
