@@ -505,6 +505,14 @@ pub trait Runner: fmt::Debug + Send + Sync {
     /// Which tests may share one run command.
     fn batching(&self) -> Batching;
 
+    /// For a subtest that [`Runner::parse_results`] reported beyond the requested tests, the
+    /// requested test that created it; `None` for a test that is not a subtest. Subtests are
+    /// reported as the tool reports them, but never listed, planned or run on their own.
+    fn subtest_parent(&self, test: &TestId) -> Option<TestId> {
+        let _ = test;
+        None
+    }
+
     /// The unit (file) `test` belongs to, for jobs that keep each unit's tests together in
     /// one run in listing order (order-dependent suites); by default its group (a test
     /// binary, a go package).
@@ -529,7 +537,9 @@ pub trait Runner: fmt::Debug + Send + Sync {
     ) -> Result<RunInvocation, RunnerError>;
 
     /// Reads a run's output (and its reports under `scratch`) into one result per test of
-    /// `tests`, in that order. Whatever else the tool reported is ignored.
+    /// `tests`, in that order, followed by one result per subtest the tool reported for them
+    /// (tests it created while running a requested one, such as go's `TestX/case`; see
+    /// [`Runner::subtest_parent`]). Whatever else the tool reported is ignored.
     fn parse_results(
         &self,
         prepared: &Prepared,
