@@ -96,6 +96,12 @@ pub struct TestBinary {
     /// How it is listed and run.
     #[serde(default)]
     pub kind: BinaryKind,
+    /// `LD_LIBRARY_PATH` as `cargo test` sets it when it runs the binary: its deps directory,
+    /// the profile directory and the toolchain's library directories, without which a
+    /// proc-macro crate's unit tests (linked against the toolchain's `libstd-*.so`) cannot
+    /// start. `None` for doctests, which carry cargo's own environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dylib_path: Option<String>,
 }
 
 /// How a [`TestBinary`] is listed and run.
@@ -205,6 +211,14 @@ const MANIFEST_MARKER: &str = "#tessera-manifest ";
 const ROOT_MARKER: &str = "#tessera-workspace-root";
 const DOCTESTS_MARKER: &str = "#tessera-doctests";
 const DOCTESTS_EXIT_MARKER: &str = "#tessera-doctests-exit ";
+const LIBDIRS_MARKER: &str = "#tessera-toolchain-libdirs";
+
+/// Prints the toolchain's library directories (its sysroot's `lib` and the host's
+/// `rustlib/<host>/lib`), which `cargo test` puts on `LD_LIBRARY_PATH`.
+const LIBDIRS_SCRIPT: &str = r##"echo '#tessera-toolchain-libdirs'
+"${RUSTC:-rustc}" --print target-libdir || exit
+echo "$("${RUSTC:-rustc}" --print sysroot)/lib"
+"##;
 
 /// Builds the test binaries (`"$@"` are the cargo arguments).
 const BUILD_SCRIPT: &str =
@@ -244,6 +258,7 @@ impl Runner for CargoTestRunner {
         if mode != DocMode::Only {
             script.push_str(BUILD_SCRIPT);
         }
+        script.push_str(LIBDIRS_SCRIPT);
         script.push_str(MANIFESTS_SCRIPT);
         match mode {
             DocMode::Without => {}
@@ -298,6 +313,9 @@ impl Runner for CargoTestRunner {
                 }
             }
         }
+        for binary in &mut test_binaries {
+            binary.dylib_path = dylib_path(&binary.executable, &sections.libdirs);
+        }
         let dirs = target_tmp_dirs(&test_binaries);
         let doctests = self.doctest_binaries(&sections, output)?;
         if !doctests.is_empty() {
@@ -323,7 +341,14 @@ impl Runner for CargoTestRunner {
             let _ = writeln!(script, "echo '{BINARY_MARKER}{i}'");
             match &binary.kind {
                 BinaryKind::Libtest => {
-                    let command = std::iter::once(binary.executable.display().to_string())
+                    let command = std::iter::once("env".to_owned())
+                        .chain(
+                            binary
+                                .dylib_path
+                                .iter()
+                                .map(|p| format!("LD_LIBRARY_PATH={p}")),
+                        )
+                        .chain(std::iter::once(binary.executable.display().to_string()))
                         .chain(["--list", "--format", "terse"].map(String::from))
                         .chain(selection.iter().cloned());
                     let _ = writeln!(script, "{} || exit", shell_line(command));
@@ -558,6 +583,7 @@ impl CargoTestRunner {
                     package_version: env.get("CARGO_PKG_VERSION").cloned().unwrap_or_default(),
                     package_name,
                     kind: BinaryKind::Doctests(run.doctests),
+                    dylib_path: None,
                 });
             } else if let Some(name) = line.strip_suffix(": test")
                 && let Some(TestBinary {
@@ -587,6 +613,8 @@ struct PrepareSections<'a> {
     doctests: Vec<&'a str>,
     /// Its exit code, when it ran.
     doctests_exit: Option<i32>,
+    /// The toolchain's library directories.
+    libdirs: Vec<&'a str>,
 }
 
 impl<'a> PrepareSections<'a> {
@@ -597,11 +625,14 @@ impl<'a> PrepareSections<'a> {
             Manifests,
             Root,
             Doctests,
+            Libdirs,
         }
         let mut sections = Self::default();
         let mut at = At::Build;
         for line in stdout.lines() {
-            if line == MANIFESTS_MARKER {
+            if line == LIBDIRS_MARKER {
+                at = At::Libdirs;
+            } else if line == MANIFESTS_MARKER {
                 at = At::Manifests;
             } else if at == At::Manifests && line.starts_with(MANIFEST_MARKER) {
                 sections.manifests.push(String::new());
@@ -625,6 +656,8 @@ impl<'a> PrepareSections<'a> {
                     }
                     At::Root => {}
                     At::Doctests => sections.doctests.push(line),
+                    At::Libdirs if !line.trim().is_empty() => sections.libdirs.push(line.trim()),
+                    At::Libdirs => {}
                 }
             }
         }
@@ -639,7 +672,25 @@ fn test_args<'a>(args: impl IntoIterator<Item = &'a str>) -> impl Iterator<Item 
 }
 
 /// The variables cargo sets for a test binary.
+/// `LD_LIBRARY_PATH` for a binary at `executable` (in a `deps` directory, or a profile
+/// directory) with the toolchain's `libdirs`, in cargo's order: deps, profile, toolchain.
+fn dylib_path(executable: &Path, libdirs: &[&str]) -> Option<String> {
+    let deps = executable.parent()?;
+    let mut dirs: Vec<String> = vec![deps.display().to_string()];
+    if deps.file_name().is_some_and(|n| n == "deps")
+        && let Some(profile) = deps.parent()
+    {
+        dirs.push(profile.display().to_string());
+    }
+    dirs.extend(libdirs.iter().map(|d| (*d).to_owned()));
+    Some(dirs.join(":"))
+}
+
 fn package_env(binary: &TestBinary) -> BTreeMap<String, String> {
+    let dylib = binary
+        .dylib_path
+        .iter()
+        .map(|path| ("LD_LIBRARY_PATH".to_owned(), path.clone()));
     BTreeMap::from([
         (
             "CARGO_MANIFEST_DIR".to_owned(),
@@ -651,6 +702,9 @@ fn package_env(binary: &TestBinary) -> BTreeMap<String, String> {
             binary.package_version.clone(),
         ),
     ])
+    .into_iter()
+    .chain(dylib)
+    .collect()
 }
 
 /// What `cargo test` reports for a target without harness: it passed iff it exited 0.
@@ -775,6 +829,7 @@ impl Artifact {
             package_name,
             package_version,
             kind,
+            dylib_path: None,
         }))
     }
 }
@@ -857,6 +912,7 @@ mod tests {
                     package_name: "demo".into(),
                     package_version: "0.1.0".into(),
                     kind: BinaryKind::Libtest,
+                    dylib_path: None,
                 },
                 TestBinary {
                     id: "demo::it".into(),
@@ -865,6 +921,7 @@ mod tests {
                     package_name: "demo".into(),
                     package_version: "0.1.0".into(),
                     kind: BinaryKind::Libtest,
+                    dylib_path: None,
                 },
             ],
             files: vec!["/t/debug/deps/demo-1".into(), "/t/debug/deps/it-2".into()],
@@ -1064,6 +1121,7 @@ mod tests {
             package_name: "demo".into(),
             package_version: "0.1.0".into(),
             kind: BinaryKind::Libtest,
+            dylib_path: None,
         };
         assert_eq!(
             target_tmp_dirs(&[

@@ -21,14 +21,15 @@
 //!   that never got a final event (the package failed to build, or an earlier test panicked and
 //!   took the process down) has [`Outcome::NoResult`].
 //!
-//! # Granularity: top-level tests
+//! # Granularity: tests as `go test -json` reports them
 //!
-//! Tessera's test ids are top-level tests (`TestX`, `FuzzX`, `ExampleX`): what `go test -list`
-//! prints and what `-run '^TestX$'` selects. Subtests (`TestX/case`, nested, parallel) are created
-//! while their parent runs, so they cannot be listed or placed on their own; a parent fails when
-//! any of its subtests fails, exactly as go reports it, and the subtests' own `--- PASS/FAIL/SKIP`
-//! lines are in the parent's output. Comparing with a direct `go test -json` run therefore means
-//! comparing its top-level test events (those whose `Test` has no `/`), one per test.
+//! Tessera lists, plans and runs top-level tests (`TestX`, `FuzzX`, `ExampleX`): what `go test
+//! -list` prints and what `-run '^TestX$'` selects. Subtests (`TestX/case`, nested, parallel) are
+//! created while their parent runs, so they cannot be listed or placed on their own; but each is
+//! reported as go reports it, with its own outcome, time and output: [`Runner::parse_results`]
+//! returns them after the requested tests and [`Runner::subtest_parent`] names their parent.
+//! A parent fails when any of its subtests fails, exactly as go reports it. A direct `go test
+//! -json` run and Tessera therefore report the same tests, one each, subtests included.
 //!
 //! # Packages that fail
 //!
@@ -271,6 +272,8 @@ impl Runner for GoTestRunner {
         _scratch: &Path,
     ) -> Result<Vec<TestResult>, RunnerError> {
         let mut reports: BTreeMap<&str, Report> = BTreeMap::new();
+        // Subtests as go reports them, in the order they first appear.
+        let mut subtests: Vec<(String, Report)> = Vec::new();
         let mut package = PackageReport::default();
         for line in output.stdout.lines() {
             let Ok(event) = serde_json::from_str::<Event>(line) else {
@@ -298,6 +301,25 @@ impl Runner for GoTestRunner {
             let Some(id) = tests.iter().find(|t| t.name == top) else {
                 continue;
             };
+            if top != test {
+                let at = match subtests.iter().position(|(name, _)| name == test) {
+                    Some(at) => at,
+                    None => {
+                        subtests.push((test.to_owned(), Report::default()));
+                        subtests.len() - 1
+                    }
+                };
+                let sub = &mut subtests[at].1;
+                match event.action.as_str() {
+                    "output" => sub
+                        .output
+                        .push_str(event.output.as_deref().unwrap_or_default()),
+                    "pass" => sub.finish(Outcome::Passed, event.elapsed),
+                    "fail" => sub.finish(Outcome::Failed, event.elapsed),
+                    "skip" => sub.finish(Outcome::Skipped, event.elapsed),
+                    _ => {}
+                }
+            }
             let report = reports.entry(id.name.as_str()).or_default();
             match event.action.as_str() {
                 "output" => report
@@ -320,7 +342,20 @@ impl Runner for GoTestRunner {
                 .values()
                 .any(|r| r.output.contains(GO_TIMEOUT_PANIC));
         let a_test_failed = reports.values().any(|r| r.outcome == Some(Outcome::Failed));
-        Ok(tests
+        let group = tests.first().map(|t| t.group.clone()).unwrap_or_default();
+        // After the requested tests: each subtest that ended, as go reported it.
+        let subtest_results: Vec<TestResult> = subtests
+            .into_iter()
+            .filter_map(|(name, report)| {
+                Some(TestResult {
+                    id: TestId::new(&group, name),
+                    outcome: report.outcome?,
+                    duration: report.elapsed,
+                    output: report.output,
+                })
+            })
+            .collect();
+        let mut results: Vec<TestResult> = tests
             .iter()
             .map(|id| {
                 if is_package_entry(&id.name) {
@@ -350,7 +385,16 @@ impl Runner for GoTestRunner {
                     }
                 }
             })
-            .collect())
+            .collect();
+        results.extend(subtest_results);
+        Ok(results)
+    }
+
+    /// `TestX` for `TestX/case` (and `TestX/case/inner`): go creates subtests while their
+    /// top-level test runs, so they are reported after the requested tests, not listed.
+    fn subtest_parent(&self, test: &TestId) -> Option<TestId> {
+        let (top, _) = test.name.split_once('/')?;
+        Some(TestId::new(&test.group, top))
     }
 }
 
@@ -829,8 +873,16 @@ mod tests {
                 Outcome::Passed,
                 Outcome::Failed,
                 Outcome::Skipped,
-                Outcome::NoResult
+                Outcome::NoResult,
+                // The subtest, after the requested tests, as go reported it.
+                Outcome::Failed,
             ]
+        );
+        assert_eq!(results[4].id, TestId::new("m/a", "TestT/x"));
+        assert_eq!(results[4].output, "sub failed\n");
+        assert_eq!(
+            GoTestRunner::new("/m").subtest_parent(&results[4].id),
+            Some(TestId::new("m/a", "TestT"))
         );
         assert_eq!(results[0].duration, Some(Duration::from_millis(250)));
         assert_eq!(results[1].output, "sub failed\n");

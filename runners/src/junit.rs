@@ -5,8 +5,10 @@
 //! nextest and most CI systems agree on: `<testsuites>` (optional) holding `<testsuite name>`
 //! elements (possibly nested) holding `<testcase name classname time>` elements, whose
 //! children say how the case ended: `<failure>`, `<error>`, `<skipped>`, or none for a pass,
-//! plus `<system-out>`/`<system-err>`. Everything else (properties, `flakyFailure`,
-//! `rerunFailure`, unknown elements) is skipped. This module does not decide which case is which
+//! plus `<system-out>`/`<system-err>`, and the failed earlier tries a tool that retries tests
+//! itself records (Surefire's and nextest's `flakyFailure`/`flakyError`/`rerunFailure`/
+//! `rerunError`), whose texts become [`JunitCase::reruns`]. Everything else (properties,
+//! unknown elements) is skipped. This module does not decide which case is which
 //! test: the adapters map cases to their ids.
 
 use std::time::Duration;
@@ -51,13 +53,22 @@ pub struct JunitCase {
     pub system_out: String,
     /// Text of `<system-err>`.
     pub system_err: String,
+    /// One text per failed earlier try the tool recorded before this case's outcome
+    /// (`flakyFailure`, `flakyError`, `rerunFailure`, `rerunError`), oldest first.
+    pub reruns: Vec<String>,
 }
 
 impl JunitCase {
-    /// Everything a person reading a failure wants, in one string: message, detail, then the
-    /// captured standard output and error. Empty parts are left out.
+    /// Everything a person reading a failure wants, in one string: the failed earlier tries,
+    /// message, detail, then the captured standard output and error. Empty parts are left out.
     pub fn combined_output(&self) -> String {
         let mut out = String::new();
+        for (i, rerun) in self.reruns.iter().enumerate() {
+            push_part(
+                &mut out,
+                &format!("try {} failed:\n{}", i + 1, rerun.trim_end()),
+            );
+        }
         let message_in_detail = self
             .message
             .as_deref()
@@ -122,6 +133,8 @@ enum Capture {
     Detail,
     SystemOut,
     SystemErr,
+    /// The text of a failed earlier try (goes to the last of [`JunitCase::reruns`]).
+    Rerun,
     /// Inside an element whose text is not wanted (properties, flakyFailure, ...).
     Ignored,
 }
@@ -237,6 +250,7 @@ impl ParseState {
                     detail: String::new(),
                     system_out: String::new(),
                     system_err: String::new(),
+                    reruns: Vec::new(),
                 };
                 if empty {
                     self.cases.push(case);
@@ -261,6 +275,13 @@ impl ParseState {
                 }
                 if !empty {
                     self.capture = Some(Capture::Detail);
+                }
+            }
+            ("flakyFailure" | "flakyError" | "rerunFailure" | "rerunError", Some(case)) => {
+                let message = attribute(start, "message").unwrap_or_default();
+                case.reruns.push(message);
+                if !empty {
+                    self.capture = Some(Capture::Rerun);
                 }
             }
             ("system-out", Some(_)) if !empty => self.capture = Some(Capture::SystemOut),
@@ -302,6 +323,14 @@ impl ParseState {
             Capture::Detail => case.detail.push_str(text),
             Capture::SystemOut => case.system_out.push_str(text),
             Capture::SystemErr => case.system_err.push_str(text),
+            Capture::Rerun => {
+                if let Some(rerun) = case.reruns.last_mut() {
+                    if !rerun.is_empty() && !rerun.ends_with('\n') {
+                        rerun.push('\n');
+                    }
+                    rerun.push_str(text);
+                }
+            }
             Capture::Ignored => {}
         }
     }
@@ -372,6 +401,12 @@ trace</failure>
         assert_eq!(case.status, CaseStatus::Passed);
         assert_eq!(case.detail, "");
         assert_eq!(case.system_out, "ok");
+        // The failed try is kept apart, and told first.
+        assert_eq!(case.reruns, vec!["first try\nold trace"]);
+        assert!(
+            case.combined_output()
+                .starts_with("try 1 failed:\nfirst try\nold trace\nok")
+        );
     }
 
     #[test]

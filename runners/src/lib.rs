@@ -296,6 +296,9 @@ pub enum Outcome {
     Error,
     /// The tool skipped it (libtest's `#[ignore]`, `pytest.skip`, `t.Skip`, ...).
     Skipped,
+    /// The tool ran it again itself after it failed, and it passed (nextest's retries): flaky,
+    /// never cached. The failed tries' texts are in the result's output.
+    Flaky,
     /// The command ran past its deadline before the tool reported this test.
     TimedOut,
     /// The tool ended without saying anything about this test: it crashed in an earlier test,
@@ -502,6 +505,21 @@ pub trait Runner: fmt::Debug + Send + Sync {
     /// Which tests may share one run command.
     fn batching(&self) -> Batching;
 
+    /// For a subtest that [`Runner::parse_results`] reported beyond the requested tests, the
+    /// requested test that created it; `None` for a test that is not a subtest. Subtests are
+    /// reported as the tool reports them, but never listed, planned or run on their own.
+    fn subtest_parent(&self, test: &TestId) -> Option<TestId> {
+        let _ = test;
+        None
+    }
+
+    /// The unit (file) `test` belongs to, for jobs that keep each unit's tests together in
+    /// one run in listing order (order-dependent suites); by default its group (a test
+    /// binary, a go package).
+    fn unit_of(&self, test: &TestId) -> String {
+        test.group.clone()
+    }
+
     /// Whether the tool measures each test's duration itself. When it does not, the caller runs
     /// one test per command and uses the command's wall-clock time.
     fn times_tests_itself(&self) -> bool {
@@ -519,7 +537,9 @@ pub trait Runner: fmt::Debug + Send + Sync {
     ) -> Result<RunInvocation, RunnerError>;
 
     /// Reads a run's output (and its reports under `scratch`) into one result per test of
-    /// `tests`, in that order. Whatever else the tool reported is ignored.
+    /// `tests`, in that order, followed by one result per subtest the tool reported for them
+    /// (tests it created while running a requested one, such as go's `TestX/case`; see
+    /// [`Runner::subtest_parent`]). Whatever else the tool reported is ignored.
     fn parse_results(
         &self,
         prepared: &Prepared,

@@ -28,7 +28,7 @@
 //! | --- | --- | --- |
 //! | `slow-timeout` with `terminate-after` | applied | `<failure type="test timeout">`: [`Outcome::TimedOut`] |
 //! | `leak-timeout` | applied | a leaky pass is a plain pass in nextest's JUnit: [`Outcome::Passed`]; with `result = "fail"`, a failure |
-//! | `retries` (profile, overrides, `--retries`) | applied | a pass after failures is a passing case with `<flakyFailure>`s, as nextest counts it (passed, flaky): [`Outcome::Passed`]; failing every attempt: [`Outcome::Failed`] |
+//! | `retries` (profile, overrides, `--retries`) | applied | a pass after failures is a passing case with `<flakyFailure>`s, as nextest counts it (passed, flaky): [`Outcome::Flaky`], never cached; failing every attempt: [`Outcome::Failed`] |
 //! | `threads-required`, test groups' `max-threads` | within the batch only | nothing stops two batches on one agent, or on two agents, from running tests of one group, or heavy tests, at once |
 //! | `test-threads` (`-j`) | per batch | |
 //!
@@ -402,6 +402,7 @@ impl Runner for NextestRunner {
 
 fn case_outcome(case: &JunitCase) -> Outcome {
     match case.status {
+        CaseStatus::Passed if !case.reruns.is_empty() => Outcome::Flaky,
         CaseStatus::Passed => Outcome::Passed,
         CaseStatus::Skipped => Outcome::Skipped,
         CaseStatus::Failed | CaseStatus::Errored

@@ -261,6 +261,12 @@ impl Runner for PytestRunner {
             .collect())
     }
 
+    /// The test's file: its node id up to the first `::` (within its rootdir group).
+    fn unit_of(&self, test: &TestId) -> String {
+        let file = test.name.split("::").next().unwrap_or(&test.name);
+        format!("{}\0{file}", test.group)
+    }
+
     fn batching(&self) -> Batching {
         Batching::Any
     }

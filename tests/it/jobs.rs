@@ -265,8 +265,8 @@ async fn a_command_suite_runs_with_retries_then_answers_from_cache() {
     assert_eq!(flaky.failed_attempts.len(), 1);
     assert!(flaky.failed_attempts[0].contains("first run fails on purpose"));
 
-    // Unchanged re-run: clean passes come from the cache; the flaky test (never cached) and the
-    // failing one run again.
+    // Unchanged re-run: clean passes and skips come from the cache (a skip is cached like a
+    // pass); the flaky test (never cached) and the failing one run again.
     let (events, finished) =
         run_job(&mut jobs, command_suite_spec(root, exec_root, state.path())).await;
     let outcomes = finals(&events);
@@ -279,8 +279,8 @@ async fn a_command_suite_runs_with_retries_then_answers_from_cache() {
     }
     assert_eq!(outcomes["env::flaky_once"], (TestOutcome::Passed, false));
     assert_eq!(outcomes["math::wrong_answer"], (TestOutcome::Failed, false));
-    assert_eq!(outcomes["env::skipped"], (TestOutcome::Skipped, false));
-    assert_eq!(finished.cached, 3);
+    assert_eq!(outcomes["env::skipped"], (TestOutcome::Skipped, true));
+    assert_eq!(finished.cached, 4);
     assert!(
         events.iter().any(|e| matches!(&e.kind, Some(Kind::Phase(p)) if p.phase() == tessera_proto::tessera::v1::JobPhase::Listing)),
         "the list step still runs (answered by the action cache)"
@@ -515,7 +515,7 @@ async fn a_cargo_suite_is_built_once_and_its_binaries_run_on_every_agent() {
     assert_eq!(agents.len(), 2, "{agents:?}");
 
     // The re-run answers the prepare and list steps from the action cache and the clean
-    // passes from the test cache.
+    // passes and the skip from the test cache.
     let (events, finished) = run_job(&mut jobs, spec).await;
     assert!(
         events
@@ -523,7 +523,7 @@ async fn a_cargo_suite_is_built_once_and_its_binaries_run_on_every_agent() {
             .any(|e| matches!(&e.kind, Some(Kind::Phase(p)) if p.detail.contains("from cache"))),
         "{events:#?}"
     );
-    assert_eq!(finished.cached, 5, "{finished:?}");
+    assert_eq!(finished.cached, 6, "{finished:?}");
 }
 
 /// A spec for a suite of `count` tests that each sleep `seconds`.

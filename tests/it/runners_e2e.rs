@@ -489,9 +489,8 @@ fn pytest_directly(workspace: &Workspace) -> Outcomes {
     outcomes
 }
 
-/// `go test -json ./...`: the `pass`, `fail` and `skip` events of top-level tests, named
-/// `<import path> <TestName>` as tessera's go runner names them (subtests, `Parent/Sub`, belong
-/// to their parent there, so they are left out here too).
+/// `go test -json ./...`: the `pass`, `fail` and `skip` events of every test, subtests
+/// (`Parent/Sub`) included, named `<import path> <TestName>` as tessera's go runner names them.
 fn go_test_directly(workspace: &Workspace) -> Outcomes {
     let state = workspace.fresh_dir("direct-state");
     let events_path = workspace.dir.path().join("go-test.jsonl");
@@ -524,9 +523,7 @@ fn go_test_directly(workspace: &Workspace) -> Outcomes {
             Some("skip") => "skipped",
             _ => continue,
         };
-        if !test.contains('/') {
-            record(&mut outcomes, format!("{package} {test}"), outcome);
-        }
+        record(&mut outcomes, format!("{package} {test}"), outcome);
     }
     outcomes
 }

@@ -2,6 +2,8 @@
 //! each; a job needs its runner's tool and is pinned to one toolchain, which is part of every
 //! test's cache key. Agents here get their toolchain value from `--property` (configured
 //! properties override detected ones), standing in for a host whose toolchain was upgraded.
+//! The module's `TestAdd/one` is a subtest: reported (and answered from the cache) as `go test
+//! -json` reports it, beside its parent.
 
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ const MODULE: &[(&str, &str)] = &[
     ),
     (
         "tc_test.go",
-        "package tc\n\nimport \"testing\"\n\nfunc TestAdd(t *testing.T) {\n\tif Add(1, 2) != 3 {\n\t\tt.Fatal(\"no\")\n\t}\n}\n\nfunc TestZero(t *testing.T) {\n\tif Add(0, 0) != 0 {\n\t\tt.Fatal(\"no\")\n\t}\n}\n",
+        "package tc\n\nimport \"testing\"\n\nfunc TestAdd(t *testing.T) {\n\tt.Run(\"one\", func(t *testing.T) {\n\t\tif Add(1, 2) != 3 {\n\t\t\tt.Fatal(\"no\")\n\t\t}\n\t})\n}\n\nfunc TestZero(t *testing.T) {\n\tif Add(0, 0) != 0 {\n\t\tt.Fatal(\"no\")\n\t}\n}\n",
     ),
 ];
 
@@ -118,11 +120,11 @@ async fn an_upgraded_toolchain_never_answers_from_an_old_pass() {
     let first = run(&server, spec.clone()).await;
     assert_eq!(
         (first.result(), first.passed, first.cached),
-        (JobResult::Passed, 2, 0),
+        (JobResult::Passed, 3, 0),
         "{first:?}"
     );
     let again = run(&server, spec.clone()).await;
-    assert_eq!((again.passed, again.cached), (2, 2), "{again:?}");
+    assert_eq!((again.passed, again.cached), (3, 3), "{again:?}");
 
     // The host's go is upgraded: the same tests run again, then answer from the new passes.
     drop(old);
@@ -134,9 +136,9 @@ async fn an_upgraded_toolchain_never_answers_from_an_old_pass() {
     )
     .await;
     let upgraded = run(&server, spec.clone()).await;
-    assert_eq!((upgraded.passed, upgraded.cached), (2, 0), "{upgraded:?}");
+    assert_eq!((upgraded.passed, upgraded.cached), (3, 0), "{upgraded:?}");
     let again = run(&server, spec).await;
-    assert_eq!((again.passed, again.cached), (2, 2), "{again:?}");
+    assert_eq!((again.passed, again.cached), (3, 3), "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

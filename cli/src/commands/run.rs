@@ -86,6 +86,12 @@ pub struct RunArgs {
     /// Run every test even if its result is cached.
     #[arg(long)]
     pub no_cache: bool,
+    /// Keep the tests of one file (pytest module, go package) together in one process, in the
+    /// order the tool lists them, as pytest-xdist's `--dist loadfile`: for suites whose tests
+    /// depend on each other's order. Use --retries to have a test that fails with its
+    /// file-mates and passes alone reported as flaky.
+    #[arg(long)]
+    pub by_file: bool,
     /// Bytes of each failing test's output shown and kept in events and JUnit (its head and
     /// tail; the cut is said) [default: 64 KiB]; `tessera logs JOB TEST` prints all of it.
     #[arg(long, value_name = "BYTES")]
@@ -191,6 +197,14 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
     )?;
     let lookup = |k: &str| std::env::var(k).ok();
     let fail_fast = args.fail_fast || runner.fail_fast;
+    if args.by_file && runner.config.runner().batching() == tessera_runners::Batching::PerTest {
+        return Err(CliError::usage(format!(
+            "--by-file needs a runner that runs many tests in one process (pytest, go test, \
+             or --runner command with a {{junit}} report); the {} runner runs each test in \
+             its own process, so its tests cannot depend on each other's order",
+            runner.config.runner().name()
+        )));
+    }
     let settings = JobSettings {
         runner,
         exec_root,
@@ -198,6 +212,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         platform: spec::platform(&args.platform, args.network)?,
         prepare_network: !args.no_prepare_network,
         output_limit: args.output_limit.unwrap_or(0),
+        keep_files_together: args.by_file,
         retries: args.retries,
         fail_fast,
         timeout: args.timeout,

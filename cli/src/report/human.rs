@@ -203,7 +203,7 @@ pub fn truncate_output(output: &str) -> String {
     }
     if start > 0 || cut_chars {
         format!(
-            "... ({} of {} lines shown; --junit or --json have all of it)\n{kept}",
+            "... ({} of {} lines shown; --json and --junit have more, `tessera logs JOB TEST` all of it)\n{kept}",
             kept.lines().count(),
             lines.len()
         )

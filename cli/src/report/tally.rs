@@ -71,6 +71,8 @@ pub struct Tally {
     pub cached: u32,
     /// The first final outcome of each test shown, by group and name.
     finals: HashMap<(String, String), TestOutcome>,
+    /// How many of them are subtests (never planned, so not held against the planned total).
+    subtests: usize,
     /// The finished event, once the job ended (with the counts of the tests shown).
     pub finished: Option<JobFinished>,
 }
@@ -116,6 +118,7 @@ impl Tally {
                 }
                 if t.r#final {
                     self.finals.insert(key, t.outcome());
+                    self.subtests += usize::from(t.subtest);
                     self.count(t);
                 }
             }
@@ -200,9 +203,9 @@ impl Tally {
         ] = ours;
         finished.cached = self.cached;
         if matches!(finished.result(), JobResult::Passed | JobResult::Failed) {
-            let missing = self
-                .planned
-                .map_or(0, |p| (p.total as usize).saturating_sub(self.finals.len()));
+            let missing = self.planned.map_or(0, |p| {
+                (p.total as usize).saturating_sub(self.finals.len() - self.subtests)
+            });
             if missing > 0 {
                 let message = format!(
                     "{missing} of the {} tests planned were never reported",

@@ -393,6 +393,8 @@ pub struct JobSettings {
     pub prepare_network: bool,
     /// Bytes of a test's output kept in events (0: the coordinator's default).
     pub output_limit: u32,
+    /// Keep each file's tests together, in listing order.
+    pub keep_files_together: bool,
 }
 
 /// The job spec for `settings` with the snapshot root `input_root`.
@@ -434,6 +436,7 @@ pub fn job_spec(
         persist: settings.runner.persist.clone(),
         prepare_network: settings.prepare_network,
         output_limit: settings.output_limit,
+        keep_files_together: settings.keep_files_together,
     })
 }
 

@@ -247,6 +247,19 @@ impl<'a> RunPhase<'a> {
         let mut passes = Vec::new();
         let mut requeue = Vec::new();
         let mut stop = None;
+        // Subtests (go's `TestX/case`) are reported with their parent's final result.
+        let runner = self.job.runner.runner();
+        let (results, subtests): (Vec<TestResult>, Vec<TestResult>) = results
+            .into_iter()
+            .partition(|r| runner.subtest_parent(&r.id).is_none());
+        let mut subtests_of: HashMap<TestId, Vec<TestResult>> = HashMap::new();
+        for sub in subtests {
+            if let Some(parent) = runner.subtest_parent(&sub.id)
+                && self.tests.running_in(&parent, batch)
+            {
+                subtests_of.entry(parent).or_default().push(sub);
+            }
+        }
         for result in results {
             // Not another batch's test, nor one this batch reported already.
             if !self.tests.running_in(&result.id, batch) {
@@ -258,28 +271,30 @@ impl<'a> RunPhase<'a> {
                 self.tally.serial += took;
             }
             let failure = match result.outcome {
-                Outcome::Passed | Outcome::Skipped => None,
+                Outcome::Passed | Outcome::Skipped | Outcome::Flaky => None,
                 Outcome::Failed => Some(Failure::Failed),
                 Outcome::Error => Some(Failure::Error),
                 Outcome::TimedOut => Some(Failure::TimedOut),
                 Outcome::NoResult => Some(Failure::NoResult),
             };
-            let (output, output_digest) = match failure {
-                Some(_) => {
-                    let output =
-                        match no_network_hint(&result.output, tests_have_network(&self.job.spec)) {
-                            Some(hint) => format!("tessera: {hint}\n{}", result.output),
-                            None => result.output,
-                        };
-                    output::capped(
-                        output,
-                        output::limit(self.job.spec.output_limit),
-                        self.steps.function,
-                        self.steps.ctx.store.as_ref(),
-                        &test.to_string(),
-                    )
-                }
-                None => (String::new(), None),
+            // Failures keep their output, and so does a pass the tool got only after its own
+            // retries (the failed tries are in it).
+            let keeps_output = failure.is_some() || result.outcome == Outcome::Flaky;
+            let (output, output_digest) = if keeps_output {
+                let output =
+                    match no_network_hint(&result.output, tests_have_network(&self.job.spec)) {
+                        Some(hint) => format!("tessera: {hint}\n{}", result.output),
+                        None => result.output,
+                    };
+                output::capped(
+                    output,
+                    output::limit(self.job.spec.output_limit),
+                    self.steps.function,
+                    self.steps.ctx.store.as_ref(),
+                    &test.to_string(),
+                )
+            } else {
+                (String::new(), None)
             };
             let event = match (failure, result.outcome) {
                 (Some(failure), _) => TestEvent::Failed {
@@ -289,6 +304,9 @@ impl<'a> RunPhase<'a> {
                     retry: attempt <= self.job.spec.retries && !self.job.cancel.is_cancelled(),
                 },
                 (None, Outcome::Skipped) => TestEvent::Skipped,
+                (None, Outcome::Flaky) => TestEvent::PassedAfterRetries {
+                    output: output.clone(),
+                },
                 (None, _) => TestEvent::Passed,
             };
             let done = match self.tests.apply(&test, event) {
@@ -306,7 +324,10 @@ impl<'a> RunPhase<'a> {
                         agent: agent.to_owned(),
                         failed_attempts: Vec::new(),
                         output_digest: output_digest.map(|d| d.to_proto()),
+                        subtest: false,
                     }));
+                    // Its subtests are reported with the run that ends it.
+                    subtests_of.remove(&test);
                     requeue.push(test);
                     continue;
                 }
@@ -324,6 +345,7 @@ impl<'a> RunPhase<'a> {
             if result.duration.is_some() {
                 durations.push((test.clone(), average));
             }
+            let subtests = subtests_of.remove(&test).unwrap_or_default();
             if matches!(done.outcome, TestOutcome::Passed | TestOutcome::Skipped) {
                 // Only clean passes and skips are cached: never a flaky pass.
                 passes.push((
@@ -331,16 +353,27 @@ impl<'a> RunPhase<'a> {
                     CachedPass {
                         duration: took,
                         skipped: done.outcome == TestOutcome::Skipped,
+                        subtests: subtests
+                            .iter()
+                            .map(|s| (s.id.name.clone(), s.outcome == Outcome::Skipped))
+                            .collect(),
                     },
                 ));
             }
             self.tally.count(done.outcome);
+            let attempt = done.attempt;
             let mut event = final_event(&test, done, result.duration, agent);
             if is_failure(done.outcome) {
                 event.output_digest = output_digest.map(|d| d.to_proto());
             }
             self.job.emit(Kind::Test(event));
-            if is_failure(done.outcome) && self.job.spec.fail_fast && stop.is_none() {
+            let failed = is_failure(done.outcome);
+            for sub in subtests {
+                let event = self.subtest_event(sub, attempt, agent);
+                self.tally.count(event.outcome());
+                self.job.emit(Kind::Test(event));
+            }
+            if failed && self.job.spec.fail_fast && stop.is_none() {
                 self.job.emit(Kind::Log(LogLine {
                     text: format!("--fail-fast: stopping after {test} failed"),
                 }));
@@ -370,6 +403,35 @@ impl<'a> RunPhase<'a> {
         stop
     }
 
+    /// The final event of a subtest its parent's last run reported, as the tool reported it.
+    fn subtest_event(&self, sub: TestResult, attempt: u32, agent: &str) -> TestFinished {
+        let outcome = subtest_outcome(sub.outcome);
+        let (output, output_digest) = if is_failure(outcome) {
+            output::capped(
+                sub.output,
+                output::limit(self.job.spec.output_limit),
+                self.steps.function,
+                self.steps.ctx.store.as_ref(),
+                &sub.id.to_string(),
+            )
+        } else {
+            (String::new(), None)
+        };
+        TestFinished {
+            test: Some(test_ref(&sub.id)),
+            outcome: outcome as i32,
+            attempt,
+            r#final: true,
+            cached: false,
+            duration: sub.duration.map(to_proto_duration),
+            output,
+            agent: agent.to_owned(),
+            failed_attempts: Vec::new(),
+            output_digest: output_digest.map(|d| d.to_proto()),
+            subtest: true,
+        }
+    }
+
     /// Emits a progress event and returns the fleet's slot count it saw (0 if unknown).
     async fn progress(&self, running: usize, slots: usize) -> usize {
         let (agents, busy, total_slots) = match self.steps.ctx.scheduler.stats().await {
@@ -395,6 +457,19 @@ impl<'a> RunPhase<'a> {
 }
 
 /// The event that tells the client `test`'s final outcome.
+/// A subtest's outcome as clients see it.
+fn subtest_outcome(outcome: Outcome) -> TestOutcome {
+    match outcome {
+        Outcome::Passed => TestOutcome::Passed,
+        Outcome::Failed => TestOutcome::Failed,
+        Outcome::Error => TestOutcome::Error,
+        Outcome::Skipped => TestOutcome::Skipped,
+        Outcome::Flaky => TestOutcome::Flaky,
+        Outcome::TimedOut => TestOutcome::TimedOut,
+        Outcome::NoResult => TestOutcome::NoResult,
+    }
+}
+
 fn final_event(
     test: &TestId,
     done: &Final,
@@ -421,5 +496,6 @@ fn final_event(
             Vec::new()
         },
         output_digest: None,
+        subtest: false,
     }
 }

@@ -211,16 +211,38 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
                     duration: Some(to_proto_duration(pass.duration)),
                     ..Default::default()
                 });
+                // Its subtests, as the passing run reported them.
+                for (name, skipped) in &pass.subtests {
+                    let outcome = if *skipped {
+                        TestOutcome::Skipped
+                    } else {
+                        TestOutcome::Passed
+                    };
+                    cached_events.push(TestFinished {
+                        test: Some(test_ref(&TestId::new(&test.group, name))),
+                        outcome: outcome as i32,
+                        attempt: 1,
+                        r#final: true,
+                        cached: true,
+                        subtest: true,
+                        ..Default::default()
+                    });
+                }
             }
             None => to_run.push((test, history)),
         }
     }
     let to_run_count = to_run.len();
     let slots = fleet_slots(&ctx.scheduler).await;
-    let planner = ShardPlanner::new(to_run, slots, planner_config());
+    let mut planner = ShardPlanner::new(to_run, slots, planner_config());
+    if job.spec.keep_files_together {
+        let runner = job.runner.runner();
+        planner.keep_together(|test: &TestId| runner.unit_of(test));
+    }
     job.emit(Kind::Planned(TestsPlanned {
         total: u32::try_from(tests.len()).unwrap_or(u32::MAX),
-        cached: u32::try_from(cached_events.len()).unwrap_or(u32::MAX),
+        cached: u32::try_from(cached_events.iter().filter(|e| !e.subtest).count())
+            .unwrap_or(u32::MAX),
         to_run: u32::try_from(to_run_count).unwrap_or(u32::MAX),
         expected: Some(to_proto_duration(planner.expected_remaining())),
     }));

@@ -19,6 +19,10 @@
 //! - No batch is planned shorter than [`PlannerConfig::min_batch`] while there is enough work
 //!   left, to keep the fixed cost per batch small beside the work it carries.
 //! - Tests to run again (a retry, a batch lost with its agent) go back to the front.
+//! - Kept together ([`ShardPlanner::keep_together`], for order-dependent suites, as
+//!   pytest-xdist's `--dist loadfile`): a batch that takes one test of a unit (a file) takes
+//!   every queued test of it, and a batch lists each unit's tests in the order they were
+//!   planned with (the tool's listing order). A retried test goes alone: its unit-mates are done.
 //!
 //! Not here: a test's lifecycle (attempts, failures, its final outcome: the job driver's
 //! `TestState` owns that), leases, timeouts, retry limits, result caching and the history
@@ -129,6 +133,9 @@ struct OpenBatch {
     unreported: usize,
 }
 
+/// A test's recorded duration (if any) and its position in the list it was planned from.
+type Origin = (Option<Duration>, usize);
+
 /// Splits one job's tests, named by `Id`, into batches for slots that pull work. See the
 /// module docs.
 #[derive(Debug)]
@@ -146,6 +153,10 @@ pub struct ShardPlanner<Id> {
     queued_expected: Duration,
     open: HashMap<BatchId, OpenBatch>,
     next_id: u64,
+    /// With [`ShardPlanner::keep_together`]: each test's unit (same index as `tests`).
+    units: Option<Vec<usize>>,
+    /// Each test's position in the list it was planned from (same index as `tests`).
+    listed: Vec<usize>,
 }
 
 impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
@@ -155,22 +166,24 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
     /// [`PlannerConfig::batch_share`] for shares outside (0, 1].
     pub fn new(tests: Vec<(Id, Option<Duration>)>, slots: usize, config: PlannerConfig) -> Self {
         let mut seen = HashSet::new();
-        let tests: Vec<(Id, Option<Duration>)> = tests
+        let tests: Vec<(usize, Id, Option<Duration>)> = tests
             .into_iter()
             .filter(|(id, _)| seen.insert(id.clone()))
+            .enumerate()
+            .map(|(i, (id, recorded))| (i, id, recorded))
             .collect();
-        let fill = median(tests.iter().filter_map(|(_, recorded)| *recorded))
+        let fill = median(tests.iter().filter_map(|(_, _, recorded)| *recorded))
             .unwrap_or(config.first_run_estimate);
-        let mut planned: Vec<(TestEstimate<Id>, Option<Duration>)> = tests
+        let mut planned: Vec<(TestEstimate<Id>, Origin)> = tests
             .into_iter()
-            .map(|(id, recorded)| {
+            .map(|(listed, id, recorded)| {
                 let expected = recorded.unwrap_or(fill);
-                (TestEstimate { id, expected }, recorded)
+                (TestEstimate { id, expected }, (recorded, listed))
             })
             .collect();
         planned.sort_by(|(a, _), (b, _)| plan_order(a, b));
-        let (tests, history): (Vec<TestEstimate<Id>>, Vec<Option<Duration>>) =
-            planned.into_iter().unzip();
+        let (tests, extra): (Vec<TestEstimate<Id>>, Vec<Origin>) = planned.into_iter().unzip();
+        let (history, listed): (Vec<Option<Duration>>, Vec<usize>) = extra.into_iter().unzip();
         let index = tests
             .iter()
             .enumerate()
@@ -196,7 +209,24 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
             queued_expected,
             open: HashMap::new(),
             next_id: 0,
+            units: None,
+            listed,
         }
+    }
+
+    /// Keeps the tests of one unit together from now on: `unit_of` names each test's unit
+    /// (for example its file). See the module docs.
+    pub fn keep_together<U: Eq + Hash>(&mut self, unit_of: impl Fn(&Id) -> U) {
+        let mut numbers: HashMap<U, usize> = HashMap::new();
+        let units = self
+            .tests
+            .iter()
+            .map(|test| {
+                let next = numbers.len();
+                *numbers.entry(unit_of(&test.id)).or_insert(next)
+            })
+            .collect();
+        self.units = Some(units);
     }
 
     /// The next batch for a slot that is free at `now` (time since the job started), or
@@ -219,9 +249,32 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
             }
             self.queue.pop_front();
             self.placement[next] = Placement::Leased(id);
-            tests.push(self.tests[next].id.clone());
+            tests.push(next);
             expected += duration;
         }
+        if let Some(units) = &self.units {
+            // The rest of each unit the batch took comes along, and each unit runs in its
+            // listing order.
+            let taken: HashSet<usize> = tests.iter().map(|&i| units[i]).collect();
+            let (mates, rest): (VecDeque<usize>, VecDeque<usize>) = self
+                .queue
+                .drain(..)
+                .partition(|&i| taken.contains(&units[i]));
+            self.queue = rest;
+            for i in mates {
+                self.placement[i] = Placement::Leased(id);
+                expected += self.tests[i].expected;
+                tests.push(i);
+            }
+            let first_of_unit: HashMap<usize, usize> =
+                tests.iter().fold(HashMap::new(), |mut first, &i| {
+                    let at = first.entry(units[i]).or_insert(self.listed[i]);
+                    *at = (*at).min(self.listed[i]);
+                    first
+                });
+            tests.sort_by_key(|&i| (first_of_unit[&units[i]], self.listed[i]));
+        }
+        let tests: Vec<Id> = tests.iter().map(|&i| self.tests[i].id.clone()).collect();
         self.queued_expected = self.queued_expected.saturating_sub(expected);
         self.open.insert(
             id,
@@ -651,6 +704,37 @@ mod tests {
                 "{share}"
             );
         }
+    }
+
+    #[test]
+    fn kept_together_a_unit_goes_whole_and_in_listing_order() {
+        // Listed: a.py::1, b.py::1, a.py::2, a.py::3; a.py::3 is the slowest.
+        let tests = vec![
+            ("a.py::1".to_owned(), Some(secs(1.0))),
+            ("b.py::1".to_owned(), Some(secs(2.0))),
+            ("a.py::2".to_owned(), Some(secs(1.0))),
+            ("a.py::3".to_owned(), Some(secs(9.0))),
+        ];
+        let config = PlannerConfig {
+            max_batch_tests: 1,
+            ..PlannerConfig::default()
+        };
+        let mut planner = ShardPlanner::new(tests, 4, config);
+        planner.keep_together(|id: &String| id.split("::").next().unwrap_or("").to_owned());
+        let first = planner.next_batch(Duration::ZERO).unwrap();
+        assert_eq!(first.tests, vec!["a.py::1", "a.py::2", "a.py::3"]);
+        assert_eq!(first.expected, secs(11.0));
+        let second = planner.next_batch(Duration::ZERO).unwrap();
+        assert_eq!(second.tests, vec!["b.py::1"]);
+        assert!(planner.next_batch(Duration::ZERO).is_none());
+        // A retry goes alone.
+        planner.record("a.py::1", secs(1.0));
+        planner.record("a.py::3", secs(9.0));
+        planner.requeue(vec!["a.py::2".to_owned()]);
+        assert_eq!(
+            planner.next_batch(secs(12.0)).unwrap().tests,
+            vec!["a.py::2"]
+        );
     }
 
     #[test]

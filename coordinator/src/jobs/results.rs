@@ -4,7 +4,8 @@
 //! - **Result cache** (table `test_results`): key = hash of the instance, the prepared input
 //!   root, the runner and its settings, the environment, the platform and the test id
 //!   (DESIGN.md §5.3). Only clean passes and skips are stored (value: duration in
-//!   microseconds, then one byte 1 for a skip); a flaky pass or a failure never is.
+//!   microseconds, then one byte 1 for a skip, then the subtests as JSON `[[name, skipped]]`
+//!   when there are any); a flaky pass or a failure never is.
 //! - **History** (table `test_history`): key = the suite (instance, runner settings,
 //!   environment, platform: not the input root, so history survives code changes) and the test
 //!   id; value = moving average of its duration in microseconds.
@@ -66,12 +67,15 @@ impl SuiteKey {
 }
 
 /// A test's cached pass (or skip: a skip is cached like a pass, under the same key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedPass {
     /// How long the passing run took.
     pub duration: Duration,
     /// The tool skipped the test.
     pub skipped: bool,
+    /// The subtests the passing run reported (go's `TestX/case`), each with whether it was
+    /// skipped, in the order they were reported: a cached answer reports them again.
+    pub subtests: Vec<(String, bool)>,
 }
 
 impl TestStore {
@@ -89,9 +93,14 @@ impl TestStore {
         let value = self.results.get(&SuiteKey::key(&key.results, test))?;
         Ok(value.and_then(|v| {
             let (micros, rest) = v.split_at_checked(8)?;
+            let subtests = match rest.get(1..) {
+                Some(json) if !json.is_empty() => serde_json::from_slice(json).ok()?,
+                _ => Vec::new(),
+            };
             Some(CachedPass {
                 duration: decode_micros(micros)?,
                 skipped: rest.first() == Some(&1),
+                subtests,
             })
         }))
     }
@@ -121,8 +130,12 @@ impl TestStore {
         }
         for (test, pass) in passes {
             let mut value = encode_micros(pass.duration);
-            if pass.skipped {
-                value.push(1);
+            if pass.skipped || !pass.subtests.is_empty() {
+                value.push(u8::from(pass.skipped));
+            }
+            if !pass.subtests.is_empty() {
+                // A list of pairs of strings and booleans always serializes.
+                value.extend(serde_json::to_vec(&pass.subtests).unwrap_or_default());
             }
             batch.insert(RESULTS, SuiteKey::key(&key.results, test), value);
         }
@@ -167,6 +180,7 @@ mod tests {
                         CachedPass {
                             duration: Duration::from_millis(42),
                             skipped: false,
+                            subtests: vec![("t/a".into(), false), ("t/b".into(), true)],
                         },
                     ),
                     (
@@ -174,6 +188,7 @@ mod tests {
                         CachedPass {
                             duration: Duration::ZERO,
                             skipped: true,
+                            subtests: Vec::new(),
                         },
                     ),
                 ],
@@ -184,6 +199,7 @@ mod tests {
             Some(CachedPass {
                 duration: Duration::from_millis(42),
                 skipped: false,
+                subtests: vec![("t/a".into(), false), ("t/b".into(), true)],
             })
         );
         // Skips are cached like passes, and say so.

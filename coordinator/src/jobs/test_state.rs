@@ -112,6 +112,11 @@ pub(super) enum TestEvent {
     },
     /// Its run passed.
     Passed,
+    /// Its run passed after the tool itself had run it again (nextest's retries): flaky.
+    PassedAfterRetries {
+        /// The tool's account of the failed tries.
+        output: String,
+    },
     /// Its run skipped it.
     Skipped,
     /// Its run failed.
@@ -182,6 +187,17 @@ impl TestState {
                     TestOutcome::Flaky
                 };
                 done(outcome, attempt, failures)
+            }
+            (
+                S::Running {
+                    attempt,
+                    mut failures,
+                    ..
+                },
+                E::PassedAfterRetries { output },
+            ) => {
+                failures.push(output);
+                done(TestOutcome::Flaky, attempt, failures)
             }
             (
                 S::Running {
@@ -263,6 +279,7 @@ impl TestEvent {
             TestEvent::Restored { .. } => "restored",
             TestEvent::Started { .. } => "started",
             TestEvent::Passed => "passed",
+            TestEvent::PassedAfterRetries { .. } => "passed after retries",
             TestEvent::Skipped => "skipped",
             TestEvent::Failed { .. } => "failed",
             TestEvent::Stopped => "stopped",
@@ -400,12 +417,16 @@ mod tests {
         ];
         let events = [
             TestEvent::Cached,
+            TestEvent::CachedSkip,
             TestEvent::Restored {
                 outcome: TestOutcome::Failed,
                 attempt: 2,
             },
             TestEvent::Started { batch: BATCH },
             TestEvent::Passed,
+            TestEvent::PassedAfterRetries {
+                output: "tried twice".to_owned(),
+            },
             TestEvent::Skipped,
             failed(true),
             failed(false),
@@ -422,12 +443,14 @@ mod tests {
             failed_on: "agent-b".to_owned(),
         };
         // One row per state, one column per event, in the order of `events`.
-        let table: [[Option<TestState>; 8]; 5] = [
+        let table: [[Option<TestState>; 10]; 5] = [
             // Queued
             [
                 Some(done(Passed, 1, &[])),
+                Some(done(Skipped, 1, &[])),
                 Some(done(Failed, 2, &[])),
                 Some(started(1, &[])),
+                None,
                 None,
                 None,
                 None,
@@ -439,7 +462,9 @@ mod tests {
                 None,
                 None,
                 None,
+                None,
                 Some(done(Passed, 1, &[])),
+                Some(done(Flaky, 1, &["tried twice"])),
                 Some(done(Skipped, 1, &[])),
                 Some(failed_on_b(1, &["boom"])),
                 Some(done(TimedOut, 1, &["boom"])),
@@ -450,7 +475,9 @@ mod tests {
                 None,
                 None,
                 None,
+                None,
                 Some(done(Flaky, 2, &["first"])),
+                Some(done(Flaky, 2, &["first", "tried twice"])),
                 Some(done(Skipped, 2, &["first"])),
                 Some(failed_on_b(2, &["first", "boom"])),
                 Some(done(TimedOut, 2, &["first", "boom"])),
@@ -460,7 +487,9 @@ mod tests {
             [
                 None,
                 None,
+                None,
                 Some(started(2, &["first"])),
+                None,
                 None,
                 None,
                 None,
@@ -468,7 +497,7 @@ mod tests {
                 Some(done(Cancelled, 1, &["first"])),
             ],
             // Done
-            [None, None, None, None, None, None, None, None],
+            [None, None, None, None, None, None, None, None, None, None],
         ];
         for (state, row) in states.iter().zip(table) {
             for (event, expected) in events.iter().zip(row) {

@@ -1,10 +1,9 @@
 //! The go test runner on `examples/go-suite` and its `edge/` module, against `go test -json`.
 //!
-//! The comparison is at go's top level, the granularity of Tessera's go test ids (see the
-//! runner's module doc): a direct run's test events whose `Test` has no `/`, plus one `[build
-//! failed]` (or `[package failed]`) error for each package that failed without a failing test.
-//! Subtests are checked separately: every subtest event of the direct run must appear, with the
-//! same status, in its parent's output.
+//! The comparison is at `go test -json`'s own granularity: every test event, top-level tests
+//! and subtests (`TestX/case`, which the runner reports after the requested tests), plus one
+//! `[build failed]` (or `[package failed]`) error for each package that failed without a
+//! failing test. Every subtest's status line must also appear in its parent's output.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,6 +107,22 @@ fn go_test_directly(dir: &Path, state: &Path, flags: &[&str]) -> DirectRun {
     run
 }
 
+impl DirectRun {
+    /// Every test the direct run reported, subtests included, as Tessera names them.
+    fn all(&self) -> BTreeMap<String, Outcome> {
+        let mut all = self.top_level.clone();
+        for (subtest, action) in &self.subtests {
+            let outcome = match action.as_str() {
+                "pass" => Outcome::Passed,
+                "fail" => Outcome::Failed,
+                _ => Outcome::Skipped,
+            };
+            all.insert(subtest.clone(), outcome);
+        }
+        all
+    }
+}
+
 /// Every subtest the direct run reported appears in its top-level test's output with go's own
 /// status line, so a reader of Tessera's report sees each subtest's outcome.
 fn assert_subtests_reported(results: &[TestResult], direct: &DirectRun) {
@@ -152,7 +167,7 @@ fn go_reports_what_go_test_reports() {
     let results = run_all(&runner, &prepared, &tests);
     let direct_state = flaky_state();
     let direct = go_test_directly(&suite_dir(), direct_state.path(), &["./..."]);
-    assert_eq!(outcomes(&results), direct.top_level);
+    assert_eq!(outcomes(&results), direct.all());
     assert_subtests_reported(&results, &direct);
 
     let wrong = result(&results, "example.com/go-suite/calc TestWrongAnswer");
@@ -238,7 +253,7 @@ fn go_reports_subtests_examples_and_broken_packages_as_go_test_does() {
     let results = run_all(&runner, &prepared, &tests);
     let direct_state = flaky_state();
     let direct = go_test_directly(&edge_dir(), direct_state.path(), &["./..."]);
-    assert_eq!(outcomes(&results), direct.top_level);
+    assert_eq!(outcomes(&results), direct.all());
     assert_subtests_reported(&results, &direct);
     // The suite still exercises what it was written for.
     assert_eq!(
@@ -293,7 +308,7 @@ fn go_filters_with_run_as_go_does_and_honours_tags_and_short() {
     let mut direct_flags = flags.to_vec();
     direct_flags.extend(["-run", RUN, "./..."]);
     let direct = go_test_directly(&edge_dir(), direct_state.path(), &direct_flags);
-    assert_eq!(outcomes(&results), direct.top_level);
+    assert_eq!(outcomes(&results), direct.all());
     assert_subtests_reported(&results, &direct);
     // `-short` skips TestLong; `TestNested/outer` runs one branch of TestNested's subtests and
     // none of TestNestedFails' (whose name `TestNested` also matches), so it passes.

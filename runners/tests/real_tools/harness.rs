@@ -155,10 +155,22 @@ pub(crate) fn run_batch(
         .parse_results(prepared, tests, &output, scratch.path())
         .unwrap_or_else(|e| panic!("{} results: {e}", runner.name()));
     assert_eq!(
-        results.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        results
+            .iter()
+            .take(tests.len())
+            .map(|r| &r.id)
+            .collect::<Vec<_>>(),
         tests.iter().collect::<Vec<_>>(),
         "one result per requested test, in order"
     );
+    for extra in &results[tests.len()..] {
+        let parent = runner.subtest_parent(&extra.id);
+        assert!(
+            parent.as_ref().is_some_and(|p| tests.contains(p)),
+            "after the requested tests, only their subtests: {:?}",
+            extra.id
+        );
+    }
     Batch {
         results,
         output,

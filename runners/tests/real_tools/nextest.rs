@@ -245,11 +245,16 @@ fn nextest_run_directly(dir: &Path, state: &Path, args: &[&str]) -> BTreeMap<Str
         let Some((status, rest)) = line.trim_start().split_once(" [") else {
             continue;
         };
-        let status = match status.strip_prefix("TRY ") {
-            Some(retry) => retry.split_once(' ').map_or(retry, |(_, s)| s),
-            None => status,
+        // `TRY 2 PASS`: nextest ran it again after a failure and it passed, which nextest
+        // counts as flaky.
+        let (retried, status) = match status.trim_start().strip_prefix("TRY ") {
+            Some(retry) => retry
+                .split_once(' ')
+                .map_or((false, retry), |(n, s)| (n != "1", s)),
+            None => (false, status),
         };
         let outcome = match status.trim() {
+            "PASS" | "LEAK" if retried => Outcome::Flaky,
             "PASS" | "LEAK" => Outcome::Passed,
             "FAIL" | "SIGSEGV" | "SIGABRT" | "ABORT" | "LEAK-FAIL" => Outcome::Failed,
             "SKIP" => Outcome::Skipped,
@@ -290,8 +295,8 @@ fn nextest_applies_the_projects_per_test_settings_in_a_batch() {
     assert_eq!(outcome("sleeps_past_terminate_after"), Outcome::TimedOut);
     assert_eq!(
         outcome("flaky_once"),
-        Outcome::Passed,
-        "retried by the profile"
+        Outcome::Flaky,
+        "retried by the profile, and never cached as a clean pass"
     );
     assert_eq!(outcome("leaks_a_child"), Outcome::Passed, "a leaky pass");
     assert_eq!(outcome("needs_two_threads"), Outcome::Passed);
