@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tessera_tests::world::catalogue::{Fetched, KNOWN_GAPS, MORE_ITERTOOLS, SUITES, Suite};
+use tessera_tests::world::catalogue::{Fetched, MORE_ITERTOOLS, SUITES, Suite};
 use tessera_tests::world::compare::{Mismatch, Row, compare, table};
 use tessera_tests::world::direct::{self, DirectRun};
 use tessera_tests::world::source;
@@ -159,7 +159,7 @@ fn start_tessera(
         &env,
         suite.command,
         work.logs(suite.name).join("tessera.xml"),
-        &[],
+        suite.tessera_flags,
     )
 }
 
@@ -168,7 +168,6 @@ struct Verdict {
     suite: &'static str,
     row: Row,
     mismatches: Vec<Mismatch>,
-    known: Vec<(Mismatch, &'static str)>,
     views: Vec<String>,
 }
 
@@ -184,17 +183,7 @@ fn judge(
     let _ = std::fs::write(logs.join("tessera.jsonl"), events);
     let _ = std::fs::write(logs.join("tessera.stderr"), &answer.stderr);
     let tessera = answer.outcomes();
-    let (known, mismatches): (Vec<Mismatch>, Vec<Mismatch>) =
-        compare(&direct.outcomes, &tessera, &direct.build_failures)
-            .into_iter()
-            .partition(|m| known_gap(suite, m).is_some());
-    let known: Vec<(Mismatch, &'static str)> = known
-        .into_iter()
-        .map(|m| {
-            let why = known_gap(suite, &m).unwrap_or_default();
-            (m, why)
-        })
-        .collect();
+    let mismatches = compare(&direct.outcomes, &tessera, &direct.build_failures);
     Verdict {
         suite: suite.name,
         row: Row {
@@ -204,23 +193,13 @@ fn judge(
             folded_subtests: direct.folded_subtests,
             tessera_tests: tessera.len(),
             mismatches: mismatches.len(),
-            known: known.len(),
             problem: answer.problem(),
             direct_time: times.0,
             tessera_time: times.1,
         },
         mismatches,
-        known,
         views: answer.views_disagree(),
     }
-}
-
-/// Why `mismatch` is a known gap of `suite`, if it is one.
-fn known_gap(suite: &Suite, mismatch: &Mismatch) -> Option<&'static str> {
-    KNOWN_GAPS
-        .iter()
-        .find(|g| g.suite == suite.name && g.test == mismatch.test.to_string())
-        .map(|g| g.why)
 }
 
 /// Prints everything found and writes the table into the cache, then fails on the first
@@ -238,9 +217,6 @@ fn report(verdicts: &[Verdict], missing: &[String], work: &Workspace) {
         &table,
     );
     for verdict in verdicts {
-        for (m, why) in &verdict.known {
-            eprintln!("  {}: known gap: {m}: {why}", verdict.suite);
-        }
         for m in verdict.mismatches.iter().take(20) {
             eprintln!("  {}: {m}", verdict.suite);
         }

@@ -113,6 +113,8 @@ pub struct Suite {
     pub origin: Origin,
     /// The command its project documents, as typed after `tessera run --`.
     pub command: &'static [&'static str],
+    /// `tessera run` flags the suite needs (before `--`), each said where it is set.
+    pub tessera_flags: &'static [&'static str],
     /// What it is chosen for.
     pub chosen_for: &'static [Feature],
     /// Changes to our copy, said in [`Suite::adjust`]'s table; `None` for the tree as published.
@@ -130,6 +132,7 @@ pub const SUITES: &[Suite] = &[
             requirements: &[],
         },
         command: &["pytest"],
+        tessera_flags: &[],
         chosen_for: &[Feature::ConftestFixtures, Feature::BracketedIds],
         adjust: None,
     },
@@ -137,6 +140,8 @@ pub const SUITES: &[Suite] = &[
     Suite {
         adjust: Some(add_order_dependent_pair),
         chosen_for: &[Feature::Subtests, Feature::OrderDependentPair],
+        // The order-dependent pair needs its file kept together and in order.
+        tessera_flags: &["--by-file"],
         ..MORE_ITERTOOLS
     },
     Suite {
@@ -146,6 +151,7 @@ pub const SUITES: &[Suite] = &[
             crates: &[("smallvec", "1.16.6")],
         },
         command: &["cargo", "test"],
+        tessera_flags: &[],
         chosen_for: &[Feature::Doctests, Feature::ShouldPanic],
         adjust: None,
     },
@@ -156,6 +162,7 @@ pub const SUITES: &[Suite] = &[
             crates: &[("thiserror", "2.0.21"), ("thiserror-impl", "2.0.21")],
         },
         command: &["cargo", "test"],
+        tessera_flags: &[],
         chosen_for: &[Feature::Workspace, Feature::Skips, Feature::Doctests],
         adjust: Some(join_thiserror_workspace),
     },
@@ -166,6 +173,7 @@ pub const SUITES: &[Suite] = &[
             crates: &[("memoffset", "0.9.1")],
         },
         command: &["cargo", "test"],
+        tessera_flags: &[],
         chosen_for: &[Feature::NoLockFile, Feature::Doctests],
         adjust: None,
     },
@@ -177,6 +185,7 @@ pub const SUITES: &[Suite] = &[
             package: "golang-github-google-go-cmp-dev",
         },
         command: &["go", "test", "-json", "./..."],
+        tessera_flags: &[],
         chosen_for: &[Feature::Subtests, Feature::BuildFailure],
         adjust: Some(break_one_go_cmp_package),
     },
@@ -188,6 +197,7 @@ pub const SUITES: &[Suite] = &[
             package: "golang-github-pkg-errors-dev",
         },
         command: &["go", "test", "-json", "./..."],
+        tessera_flags: &[],
         chosen_for: &[Feature::Examples, Feature::Subtests, Feature::Failures],
         adjust: Some(add_pkg_errors_go_mod),
     },
@@ -206,6 +216,7 @@ pub const DATEUTIL: Suite = Suite {
     },
     // tox.ini runs `python -m pytest tests docs ...`; one test file of it keeps the time.
     command: &["python", "-m", "pytest", "tests/test_tz.py"],
+    tessera_flags: &[],
     chosen_for: &[
         Feature::ConftestFixtures,
         Feature::BracketedIds,
@@ -228,33 +239,10 @@ pub const MORE_ITERTOOLS: Suite = Suite {
     },
     // Its Makefile and tox.ini run `python -m unittest`; pytest runs the same TestCases.
     command: &["pytest"],
+    tessera_flags: &[],
     chosen_for: &[Feature::Subtests],
     adjust: None,
 };
-
-/// A difference between a direct run and Tessera's that is known and waits for a feature:
-/// shown in the table and the output with its reason, not failed on. An entry whose test
-/// comes back equal is harmless (the difference may depend on how tests were batched); drop it
-/// once the feature exists.
-#[derive(Clone, Copy, Debug)]
-pub struct KnownGap {
-    /// The suite.
-    pub suite: &'static str,
-    /// The test (as [`super::compare::TestKey`] prints it).
-    pub test: &'static str,
-    /// Why, and what removes it.
-    pub why: &'static str,
-}
-
-/// The differences known today.
-pub const KNOWN_GAPS: &[KnownGap] = &[KnownGap {
-    suite: "more-itertools",
-    test: ORDER_SECOND,
-    why: "tessera run has no option yet to keep a file's tests together and in file order in \
-          one process (issue 10, like pytest-xdist's --dist loadfile); the second test of the \
-          pair fails whenever its batch lacks the first. Once the option exists, the suite's \
-          command passes it and this entry goes",
-}];
 
 /// A suite's tree, fetched and copied, with what its commands need.
 #[derive(Debug)]

@@ -150,10 +150,8 @@ pub struct Row {
     pub folded_subtests: usize,
     /// Tests `tessera run` reported.
     pub tessera_tests: usize,
-    /// Tests whose outcomes differ (absent on one side included), known gaps left out.
+    /// Tests whose outcomes differ (absent on one side included).
     pub mismatches: usize,
-    /// Differences that are known gaps (`catalogue::KNOWN_GAPS`).
-    pub known: usize,
     /// A problem with the run as a whole (refused, infrastructure, views disagreeing).
     pub problem: Option<String>,
     /// Wall time of the direct run.
@@ -169,9 +167,6 @@ pub fn table(rows: &[Row]) -> String {
     );
     for row in rows {
         let mut mismatches = row.mismatches.to_string();
-        if row.known > 0 {
-            mismatches.push_str(&format!(" (+{} known gap)", row.known));
-        }
         if let Some(problem) = &row.problem {
             mismatches.push_str(&format!(" ({problem})"));
         }
