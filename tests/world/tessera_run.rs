@@ -251,7 +251,15 @@ impl Answer {
     /// Why the run gave no per-test answer at all, if so: refused, no summary, an empty
     /// job whose summary says why.
     pub fn problem(&self) -> Option<String> {
-        let first_line = |s: &str| s.lines().next().unwrap_or_default().to_owned();
+        // One line of at most 300 characters: it goes into a table cell.
+        let first_line = |s: &str| {
+            s.lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect::<String>()
+        };
         match (&self.finished, self.exit) {
             (None, Some(2)) => Some(format!("refused: {}", first_line(&self.stderr))),
             (None, code) => Some(format!(
