@@ -319,7 +319,10 @@ impl Runner for CargoTestRunner {
         let dirs = target_tmp_dirs(&test_binaries);
         let doctests = self.doctest_binaries(&sections, output)?;
         if !doctests.is_empty() {
-            // rustdoc compiles each doctest against the library and everything it may use.
+            // rustdoc compiles each doctest against the library and everything it may use,
+            // including what the package's build script wrote to `OUT_DIR` (a crate may
+            // `include!` it, so even listing its doctests needs it).
+            libraries.extend(doctests.iter().flat_map(out_dir_files));
             for file in libraries {
                 if !files.contains(&file) {
                     files.push(file);
@@ -672,6 +675,33 @@ fn test_args<'a>(args: impl IntoIterator<Item = &'a str>) -> impl Iterator<Item 
 }
 
 /// The variables cargo sets for a test binary.
+/// Every file under the `OUT_DIR` of a doctest binary's package (its build script's output), if
+/// it has one. Read here, on the machine that ran the build.
+fn out_dir_files(binary: &TestBinary) -> Vec<PathBuf> {
+    let BinaryKind::Doctests(doctests) = &binary.kind else {
+        return Vec::new();
+    };
+    let Some(out_dir) = doctests.env.get("OUT_DIR") else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    let mut stack = vec![PathBuf::from(out_dir)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => files.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 /// `LD_LIBRARY_PATH` for a binary at `executable` (in a `deps` directory, or a profile
 /// directory) with the toolchain's `libdirs`, in cargo's order: deps, profile, toolchain.
 fn dylib_path(executable: &Path, libdirs: &[&str]) -> Option<String> {

@@ -369,6 +369,14 @@ fn cargo_doctests_need_only_the_prepared_files() {
             "{path} is not among the prepared files"
         );
     }
+    // Regression (thiserror): the crate includes its build script's output, so rustdoc cannot
+    // even list the doctests without `OUT_DIR`'s files.
+    let out_dir = Path::new(&doctests.env["OUT_DIR"]);
+    assert!(
+        prepared.files.contains(&out_dir.join("generated.rs")),
+        "{} is not among the prepared files",
+        out_dir.join("generated.rs").display()
+    );
 }
 
 #[test]
