@@ -212,6 +212,7 @@ const ROOT_MARKER: &str = "#tessera-workspace-root";
 const DOCTESTS_MARKER: &str = "#tessera-doctests";
 const DOCTESTS_EXIT_MARKER: &str = "#tessera-doctests-exit ";
 const LIBDIRS_MARKER: &str = "#tessera-toolchain-libdirs";
+const OUT_DIR_FILES_MARKER: &str = "#tessera-out-dir-files";
 
 /// Prints the toolchain's library directories (its sysroot's `lib` and the host's
 /// `rustlib/<host>/lib`), which `cargo test` puts on `LD_LIBRARY_PATH`.
@@ -245,6 +246,14 @@ cargo locate-project --workspace --message-format plain || exit
 echo '#tessera-doctests'
 cargo test --doc -vv --message-format=json-render-diagnostics "$@" -- --list 2>&1
 echo "#tessera-doctests-exit $?"
+echo '#tessera-out-dir-files'
+t=${CARGO_TARGET_DIR:-}
+if [ -z "$t" ]; then
+  t=$(cargo metadata --no-deps --format-version 1 | grep -o '"target_directory":"[^"]*"' | head -n 1)
+  t=${t#'"target_directory":"'}
+  t=${t%'"'}
+fi
+find "$t" -path '*/build/*/out/*' -type f 2>/dev/null
 "##;
 
 impl Runner for CargoTestRunner {
@@ -322,7 +331,7 @@ impl Runner for CargoTestRunner {
             // rustdoc compiles each doctest against the library and everything it may use,
             // including what the package's build script wrote to `OUT_DIR` (a crate may
             // `include!` it, so even listing its doctests needs it).
-            libraries.extend(doctests.iter().flat_map(out_dir_files));
+            libraries.extend(out_dir_files(&doctests, &sections.out_dir_files));
             for file in libraries {
                 if !files.contains(&file) {
                     files.push(file);
@@ -618,6 +627,8 @@ struct PrepareSections<'a> {
     doctests_exit: Option<i32>,
     /// The toolchain's library directories.
     libdirs: Vec<&'a str>,
+    /// Every file build scripts wrote to their `OUT_DIR`s.
+    out_dir_files: Vec<&'a str>,
 }
 
 impl<'a> PrepareSections<'a> {
@@ -629,12 +640,15 @@ impl<'a> PrepareSections<'a> {
             Root,
             Doctests,
             Libdirs,
+            OutDirFiles,
         }
         let mut sections = Self::default();
         let mut at = At::Build;
         for line in stdout.lines() {
             if line == LIBDIRS_MARKER {
                 at = At::Libdirs;
+            } else if line == OUT_DIR_FILES_MARKER {
+                at = At::OutDirFiles;
             } else if line == MANIFESTS_MARKER {
                 at = At::Manifests;
             } else if at == At::Manifests && line.starts_with(MANIFEST_MARKER) {
@@ -661,6 +675,10 @@ impl<'a> PrepareSections<'a> {
                     At::Doctests => sections.doctests.push(line),
                     At::Libdirs if !line.trim().is_empty() => sections.libdirs.push(line.trim()),
                     At::Libdirs => {}
+                    At::OutDirFiles if !line.trim().is_empty() => {
+                        sections.out_dir_files.push(line.trim());
+                    }
+                    At::OutDirFiles => {}
                 }
             }
         }
@@ -675,31 +693,27 @@ fn test_args<'a>(args: impl IntoIterator<Item = &'a str>) -> impl Iterator<Item 
 }
 
 /// The variables cargo sets for a test binary.
-/// Every file under the `OUT_DIR` of a doctest binary's package (its build script's output), if
-/// it has one. Read here, on the machine that ran the build.
-fn out_dir_files(binary: &TestBinary) -> Vec<PathBuf> {
-    let BinaryKind::Doctests(doctests) = &binary.kind else {
-        return Vec::new();
-    };
-    let Some(out_dir) = doctests.env.get("OUT_DIR") else {
-        return Vec::new();
-    };
-    let mut files = Vec::new();
-    let mut stack = vec![PathBuf::from(out_dir)];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(entry.path()),
-                Ok(t) if t.is_file() => files.push(entry.path()),
-                _ => {}
-            }
-        }
-    }
-    files.sort();
-    files
+/// The files of `found` (every build script output file the prepare step saw) under the
+/// `OUT_DIR` of a doctest binary's package. The prepare script lists them: the agent reads this
+/// output outside the action's mount namespace, where the exec root is not mounted.
+fn out_dir_files(binaries: &[TestBinary], found: &[&str]) -> Vec<PathBuf> {
+    let out_dirs: Vec<&str> = binaries
+        .iter()
+        .filter_map(|b| match &b.kind {
+            BinaryKind::Doctests(doctests) => doctests.env.get("OUT_DIR").map(String::as_str),
+            _ => None,
+        })
+        .collect();
+    found
+        .iter()
+        .filter(|file| {
+            out_dirs.iter().any(|dir| {
+                file.strip_prefix(dir.trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// `LD_LIBRARY_PATH` for a binary at `executable` (in a `deps` directory, or a profile
