@@ -163,7 +163,7 @@ impl<W: Write> Human<W> {
                 msg.push_str(&format!(" | ETA {}", seconds(eta)));
             }
         }
-        bar.set_position(u64::from(tally.done()));
+        bar.set_position(u64::from(tally.planned_done()));
         bar.set_message(msg);
     }
 }
@@ -252,7 +252,7 @@ impl<W: Write> EventSink for Human<W> {
                 if let Some(bar) = &self.bar {
                     bar.set_style(bar_style());
                     bar.set_length(u64::from(p.total));
-                    bar.set_position(u64::from(tally.done()));
+                    bar.set_position(u64::from(tally.planned_done()));
                 }
             }
             Some(Kind::Test(t)) => {

@@ -12,7 +12,7 @@
 //! | `phase` | `phase` (`queued`, `preparing`, `listing`, `running`, `done`), `detail` |
 //! | `queue` | `ahead` (operations of others ahead in the queue) |
 //! | `planned` | `total`, `cached`, `to_run`, `expected_ms` |
-//! | `test` | `test` (`"group name"`, or the name without a group), `group`, `name`, `outcome` (`passed`, `failed`, `error`, `skipped`, `timed_out`, `flaky`, `no_result`, `cancelled`), `attempt`, `final`, `cached`, `duration_ms`, `agent`, `output`, `failed_attempts` |
+//! | `test` | `test` (`"group name"`, or the name without a group), `group`, `name`, `outcome` (`passed`, `failed`, `error`, `skipped`, `timed_out`, `flaky`, `no_result`, `cancelled`), `attempt`, `final`, `cached`, `duration_ms`, `agent`, `output`, `failed_attempts`, `subtest` (go's `TestX/case`, reported beside its parent), `output_cut` (`tessera logs` has the whole output) |
 //! | `progress` | `done`, `total`, `running_batches`, `agents`, `busy_slots`, `total_slots`, `eta_ms` |
 //! | `log` | `text` |
 //! | `note` | `text` (from the client: re-attaching, cancelling, a test reported twice, counts that differ from the coordinator's) |
@@ -53,6 +53,7 @@ pub fn event_json(event: &JobEvent, job_id: &str) -> Value {
                 "outcome": outcome_name(t.outcome()), "attempt": t.attempt, "final": t.r#final,
                 "cached": t.cached, "duration_ms": ms(t.duration.as_ref()), "agent": t.agent,
                 "output": t.output, "failed_attempts": t.failed_attempts,
+                "subtest": t.subtest, "output_cut": t.output_digest.is_some(),
             })
         }
         Some(Kind::Progress(p)) => json!({

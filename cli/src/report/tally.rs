@@ -229,6 +229,13 @@ impl Tally {
         self.passed + self.failed + self.errors + self.skipped + self.flaky
     }
 
+    /// Planned tests with a final result so far: [`Tally::done`] without subtests, which are
+    /// reported beside their parents but not planned (the progress bar's position).
+    pub fn planned_done(&self) -> u32 {
+        self.done()
+            .saturating_sub(u32::try_from(self.subtests).unwrap_or(u32::MAX))
+    }
+
     /// The exit code the job's result calls for; `None` while it runs.
     pub fn exit(&self) -> Option<Exit> {
         self.finished.as_ref().map(exit_for)
