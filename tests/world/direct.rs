@@ -149,9 +149,10 @@ pub fn run(
         }
         Tool::Cargo => {
             let had_lock = dir.join("Cargo.lock").exists();
-            // A warm build between runs: the target directory lives in the cache, outside
-            // the copy (the tests' outcomes do not depend on where it is).
-            let target = super::source::cache_dir().join("target").join(suite.name);
+            // A target directory of this run's own, beside the copy: one shared between runs
+            // from different copies once lost the library rlib under a doctest (`extern
+            // location ... does not exist`), failing 13 of smallvec's doctests in CI.
+            let target = dir.with_file_name(format!("{}-direct-target", suite.name));
             env.insert("CARGO_TARGET_DIR".to_owned(), target.display().to_string());
             let status = run_logged(&argv, dir, &env, &log, None, DIRECT_LIMIT)?;
             let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
