@@ -23,7 +23,8 @@ pub use child_log::ChildLog;
 pub use process::{AgentProcess, ServerProcess, wait_exit};
 pub use tmpfs::{Filler, Tmpfs};
 pub use wait::{
-    POLL_EVERY, blocking_poll_until, poll_until, wait_job_event, wait_stage, watch_job_to_end,
+    POLL_EVERY, blocking_poll_until, poll_until, run_job, wait_job_event, wait_stage,
+    watch_job_to_end,
 };
 
 use std::net::{SocketAddr, TcpListener};
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use tessera_cas::client::CasClient;
-use tessera_cas::digest::DigestFunction;
+use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_coordinator::{Coordinator, CoordinatorConfig};
 use tonic::transport::Channel;
 
@@ -55,6 +56,20 @@ pub mod lines {
     /// The episode ended: a write succeeded again; with `store` and `refused=<count>`
     /// (`cas/src/space.rs`).
     pub const SPACE_RETURNED: &str = "space returned: writes accepted again";
+}
+
+/// Uploads the directory at `dir` through `cas` (hashed with its digest function) and returns
+/// its root digest.
+pub async fn upload_dir(cas: &CasClient, dir: &Path) -> Digest {
+    let tree = tessera_cas::tree::build_tree(dir, cas.function()).expect("tree of the directory");
+    let mut blobs: Vec<(Digest, bytes::Bytes)> = tree.directories.clone();
+    for (digest, path) in &tree.files {
+        blobs.push((*digest, std::fs::read(path).expect("read a file").into()));
+    }
+    cas.upload(&blobs, false)
+        .await
+        .expect("upload the directory");
+    tree.root
 }
 
 /// A coordinator running inside the test process on a free loopback port.
@@ -109,6 +124,12 @@ impl TestServer {
         CasClient::connect(&self.endpoint, "", function)
             .await
             .expect("client connects")
+    }
+
+    /// Uploads the directory at `dir` (its tree and files, hashed with `function`) and returns
+    /// its root digest: a job's input root.
+    pub async fn upload_dir(&self, dir: &Path, function: DigestFunction) -> Digest {
+        upload_dir(&self.client(function).await, dir).await
     }
 
     /// The running coordinator's scheduler.

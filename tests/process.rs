@@ -197,6 +197,22 @@ impl AgentProcess {
         }
     }
 
+    /// Like [`AgentProcess::start`], and returns once the agent has connected.
+    pub async fn start_connected(
+        endpoint: &str,
+        work_dir: &Path,
+        id: &str,
+        slots: u32,
+        extra: &[&str],
+    ) -> Self {
+        let agent = Self::start(endpoint, work_dir, id, slots, extra);
+        agent
+            .log
+            .wait_for(crate::lines::AGENT_CONNECTED, Duration::from_secs(30))
+            .await;
+        agent
+    }
+
     /// The child's pid, for signals.
     pub fn pid(&self) -> Pid {
         pid_of(&self.child)

@@ -12,7 +12,9 @@ use futures::StreamExt;
 use tessera_proto::longrunning::Operation;
 use tessera_proto::reapi::execution_stage;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
-use tessera_proto::tessera::v1::{JobEvent, JobFinished, WatchJobRequest, job_event};
+use tessera_proto::tessera::v1::{
+    JobEvent, JobFinished, JobSpec, SubmitJobRequest, WatchJobRequest, job_event,
+};
 use tonic::transport::Channel;
 
 use crate::stage_of;
@@ -78,6 +80,21 @@ pub async fn wait_job_event(
             panic!("job {job_id} finished before {what}: {finished:?}");
         }
     }
+}
+
+/// Submits `spec` and returns every event of the job until it finishes, and its final event
+/// (see [`watch_job_to_end`]).
+pub async fn run_job(
+    jobs: &mut JobsClient<Channel>,
+    spec: JobSpec,
+) -> (Vec<JobEvent>, JobFinished) {
+    let id = jobs
+        .submit(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .expect("submit the job")
+        .into_inner()
+        .job_id;
+    watch_job_to_end(jobs, &id).await
 }
 
 /// Every event of job `job_id` from the start until it finishes (at most a minute), and its

@@ -4,15 +4,13 @@
 //! with small batches.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use tessera_cas::digest::DigestFunction;
-use tessera_cas::tree::build_tree;
 use tessera_proto::reapi::command::EnvironmentVariable;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
-use tessera_proto::tessera::v1::{JobSpec, SubmitJobRequest, TestOutcome, job_event::Kind};
+use tessera_proto::tessera::v1::{JobSpec, TestOutcome, job_event::Kind};
 use tessera_runners::{PytestRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, TestServer, in_ci, lines, watch_job_to_end};
+use tessera_tests::{AgentProcess, TestServer, in_ci, run_job};
 
 /// Each file: `test_1_set` stores a value in the module, `test_2_read` needs it; fillers in
 /// between make the file big enough that a planner left alone would split it.
@@ -39,17 +37,12 @@ async fn a_file_kept_together_runs_in_order_in_one_process() {
     }
     let server = TestServer::start().await;
     let work = tempfile::tempdir().expect("work");
-    let agents: Vec<AgentProcess> = (0..2)
-        .map(|i| {
-            let id = format!("agent-{i}");
-            AgentProcess::start(&server.endpoint, &work.path().join(&id), &id, 2, &[])
-        })
-        .collect();
-    for agent in &agents {
-        agent
-            .log
-            .wait_for(lines::AGENT_CONNECTED, Duration::from_secs(30))
-            .await;
+    let mut agents = Vec::new();
+    for id in ["agent-0", "agent-1"] {
+        agents.push(
+            AgentProcess::start_connected(&server.endpoint, &work.path().join(id), id, 2, &[])
+                .await,
+        );
     }
     let dir = tempfile::tempdir().expect("suite");
     for n in 0..4 {
@@ -59,22 +52,12 @@ async fn a_file_kept_together_runs_in_order_in_one_process() {
         )
         .expect("write");
     }
-    let tree = build_tree(dir.path(), DigestFunction::Blake3).expect("tree");
-    let mut blobs: Vec<(tessera_cas::digest::Digest, bytes::Bytes)> = tree.directories.clone();
-    for (digest, path) in &tree.files {
-        blobs.push((*digest, std::fs::read(path).expect("read").into()));
-    }
-    server
-        .client(DigestFunction::Blake3)
-        .await
-        .upload(&blobs, false)
-        .await
-        .expect("upload");
+    let root = server.upload_dir(dir.path(), DigestFunction::Blake3).await;
     let exec_root = "/tmp/tessera-it/by-file";
     let runner = PytestRunner::new(exec_root).root(exec_root);
     let spec = JobSpec {
         digest_function: DigestFunction::Blake3.to_proto(),
-        input_root_digest: Some(tree.root.to_proto()),
+        input_root_digest: Some(root.to_proto()),
         runner_json: serde_json::to_string(&RunnerConfig::Pytest(runner)).expect("json"),
         exec_root: exec_root.to_owned(),
         environment: vec![EnvironmentVariable {
@@ -85,14 +68,7 @@ async fn a_file_kept_together_runs_in_order_in_one_process() {
         skip_cache: true,
         ..Default::default()
     };
-    let mut jobs = JobsClient::new(server.channel().await);
-    let job = jobs
-        .submit(SubmitJobRequest { spec: Some(spec) })
-        .await
-        .expect("submit")
-        .into_inner()
-        .job_id;
-    let (events, finished) = watch_job_to_end(&mut jobs, &job).await;
+    let (events, finished) = run_job(&mut JobsClient::new(server.channel().await), spec).await;
     let outcomes: BTreeMap<String, TestOutcome> = events
         .iter()
         .filter_map(|e| match &e.kind {

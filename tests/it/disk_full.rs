@@ -27,7 +27,6 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tessera_cas::client::{CasClient, ClientError};
 use tessera_cas::digest::{Digest, DigestFunction};
-use tessera_cas::tree::build_tree;
 use tessera_proto::reapi::action_cache_client::ActionCacheClient;
 use tessera_proto::reapi::command::EnvironmentVariable;
 use tessera_proto::reapi::{
@@ -323,12 +322,7 @@ async fn script_job(cas: &CasClient, name: &str, script: &str) -> JobSpec {
     let dir = tempfile::tempdir().expect("suite dir");
     let file = format!("{name}.sh");
     std::fs::write(dir.path().join(&file), script).expect("write the suite");
-    let tree = build_tree(dir.path(), DigestFunction::Sha256).expect("tree");
-    let mut blobs: Vec<(Digest, Bytes)> = tree.directories.clone();
-    for (digest, path) in &tree.files {
-        blobs.push((*digest, std::fs::read(path).expect("read").into()));
-    }
-    cas.upload(&blobs, false).await.expect("upload the suite");
+    let root = tessera_tests::upload_dir(cas, dir.path()).await;
     let exec_root = format!("/tmp/tessera-it/{name}");
     let runner = CommandRunner::new(
         &exec_root,
@@ -338,7 +332,7 @@ async fn script_job(cas: &CasClient, name: &str, script: &str) -> JobSpec {
     .expect("runner");
     JobSpec {
         digest_function: DigestFunction::Sha256.to_proto(),
-        input_root_digest: Some(tree.root.to_proto()),
+        input_root_digest: Some(root.to_proto()),
         runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
         exec_root,
         environment: vec![EnvironmentVariable {

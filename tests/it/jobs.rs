@@ -8,35 +8,19 @@ use std::time::Duration;
 
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, DigestFunction};
-use tessera_cas::tree::build_tree;
 use tessera_proto::reapi::command::EnvironmentVariable;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{
-    CancelJobRequest, JobEvent, JobFinished, JobResult, JobSpec, StatusRequest, SubmitJobRequest,
-    TestOutcome, WatchJobRequest, job_event::Kind,
+    CancelJobRequest, JobEvent, JobResult, JobSpec, StatusRequest, SubmitJobRequest, TestOutcome,
+    WatchJobRequest, job_event::Kind,
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
 use tessera_tests::{
-    AgentProcess, TestServer, in_ci, lines, poll_until, wait_job_event, watch_job_to_end,
+    AgentProcess, TestServer, in_ci, lines, poll_until, run_job, upload_dir, wait_job_event,
+    watch_job_to_end,
 };
 use tonic::Code;
 use tonic::transport::Channel;
-
-/// Uploads the directory at `dir` and returns its root digest.
-async fn upload_dir(server: &TestServer, dir: &Path) -> Digest {
-    upload_with(&server.client(DigestFunction::Sha256).await, dir).await
-}
-
-/// Uploads the directory at `dir` through `client` and returns its root digest.
-async fn upload_with(client: &CasClient, dir: &Path) -> Digest {
-    let tree = build_tree(dir, DigestFunction::Sha256).expect("tree");
-    let mut blobs: Vec<(Digest, bytes::Bytes)> = tree.directories.clone();
-    for (digest, path) in &tree.files {
-        blobs.push((*digest, std::fs::read(path).expect("read file").into()));
-    }
-    client.upload(&blobs, false).await.expect("upload");
-    tree.root
-}
 
 /// A job running `sh NAME.sh list` and `sh NAME.sh run <ids>` from `script`, uploaded through
 /// `client`, at exec root `/tmp/tessera-it/NAME`, with `PATH` set.
@@ -44,7 +28,7 @@ async fn script_job(client: &CasClient, name: &str, script: &str) -> JobSpec {
     let dir = tempfile::tempdir().expect("suite dir");
     let file = format!("{name}.sh");
     std::fs::write(dir.path().join(&file), script).expect("write suite");
-    let root = upload_with(client, dir.path()).await;
+    let root = upload_dir(client, dir.path()).await;
     let exec_root = format!("/tmp/tessera-it/{name}");
     let runner = CommandRunner::new(
         &exec_root,
@@ -104,17 +88,6 @@ fn command_suite_spec(root: Digest, exec_root: &str, state_dir: &Path) -> JobSpe
         title: "sh suite.sh".into(),
         ..Default::default()
     }
-}
-
-/// Submits `spec` and collects every event until the job finishes.
-async fn run_job(jobs: &mut JobsClient<Channel>, spec: JobSpec) -> (Vec<JobEvent>, JobFinished) {
-    let id = jobs
-        .submit(SubmitJobRequest { spec: Some(spec) })
-        .await
-        .expect("submit")
-        .into_inner()
-        .job_id;
-    watch_job_to_end(jobs, &id).await
 }
 
 /// Final outcome per test id (`group name`), and whether it was cached.
@@ -201,7 +174,10 @@ fn state_dir() -> tempfile::TempDir {
 async fn a_command_suite_runs_with_retries_then_answers_from_cache() {
     let cluster = cluster(2, 2).await;
     let mut jobs = JobsClient::new(cluster.server.channel().await);
-    let root = upload_dir(&cluster.server, &example("command-suite")).await;
+    let root = cluster
+        .server
+        .upload_dir(&example("command-suite"), DigestFunction::Sha256)
+        .await;
     let state = state_dir();
     let exec_root = "/tmp/tessera-it/command-suite";
 
@@ -358,7 +334,9 @@ type Mutation = Box<dyn Fn(&mut JobSpec)>;
 async fn bad_job_specs_are_refused_with_the_field_named() {
     let server = TestServer::start().await;
     let mut jobs = JobsClient::new(server.channel().await);
-    let root = upload_dir(&server, &example("command-suite")).await;
+    let root = server
+        .upload_dir(&example("command-suite"), DigestFunction::Sha256)
+        .await;
     let state = state_dir();
     let good = command_suite_spec(root, "/tmp/tessera-it/x", state.path());
     let cases: Vec<(&str, Mutation, Code)> = vec![
@@ -467,7 +445,10 @@ async fn a_cargo_suite_is_built_once_and_its_binaries_run_on_every_agent() {
     }
     let cluster = cluster(2, 2).await;
     let mut jobs = JobsClient::new(cluster.server.channel().await);
-    let root = upload_dir(&cluster.server, &example("rust-suite")).await;
+    let root = cluster
+        .server
+        .upload_dir(&example("rust-suite"), DigestFunction::Sha256)
+        .await;
     let state = state_dir();
     let exec_root = "/tmp/tessera-it/rust-suite";
     let runner = tessera_runners::CargoTestRunner::new(exec_root);
@@ -731,7 +712,10 @@ async fn an_accepted_job_survives_a_coordinator_crash() {
 async fn a_broken_build_fails_the_job_with_its_log_and_is_not_cached() {
     let cluster = cluster(1, 1).await;
     let mut jobs = JobsClient::new(cluster.server.channel().await);
-    let root = upload_dir(&cluster.server, &example("command-suite")).await;
+    let root = cluster
+        .server
+        .upload_dir(&example("command-suite"), DigestFunction::Sha256)
+        .await;
     let state = state_dir();
     let mut spec = command_suite_spec(root, "/tmp/tessera-it/broken", state.path());
     let mut runner: RunnerConfig = serde_json::from_str(&spec.runner_json).expect("runner");

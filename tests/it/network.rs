@@ -5,18 +5,13 @@
 //! `/sys/class/net`, always shows the reader's own network namespace): a private one has `lo`
 //! alone.
 
-use std::time::Duration;
-
 use tessera_cas::digest::DigestFunction;
-use tessera_cas::tree::build_tree;
 use tessera_proto::reapi::command::EnvironmentVariable;
 use tessera_proto::reapi::platform::Property;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
-use tessera_proto::tessera::v1::{
-    JobFinished, JobResult, JobSpec, StatusRequest, SubmitJobRequest,
-};
+use tessera_proto::tessera::v1::{JobFinished, JobResult, JobSpec, StatusRequest};
 use tessera_runners::{CommandRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, TestServer, in_ci, lines, watch_job_to_end};
+use tessera_tests::{AgentProcess, TestServer, in_ci, run_job};
 
 /// `loopback_only` passes when the test sees `lo` and nothing else.
 const SUITE: &str = r#"interfaces() { tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; }
@@ -30,14 +25,9 @@ esac
 const PREPARE: &str = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | grep -qvx lo";
 
 async fn run(server: &TestServer, spec: JobSpec) -> JobFinished {
-    let mut jobs = JobsClient::new(server.channel().await);
-    let id = jobs
-        .submit(SubmitJobRequest { spec: Some(spec) })
+    run_job(&mut JobsClient::new(server.channel().await), spec)
         .await
-        .expect("submit")
-        .into_inner()
-        .job_id;
-    watch_job_to_end(&mut jobs, &id).await.1
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,11 +36,8 @@ async fn the_build_gets_the_network_and_the_tests_only_loopback() {
         std::fs::read_to_string("/proc/net/dev").map_or(0, |t| t.lines().skip(2).count());
     let server = TestServer::start().await;
     let work = tempfile::tempdir().expect("work");
-    let agent = AgentProcess::start(&server.endpoint, &work.path().join("a"), "a", 2, &[]);
-    agent
-        .log
-        .wait_for(lines::AGENT_CONNECTED, Duration::from_secs(30))
-        .await;
+    let _agent =
+        AgentProcess::start_connected(&server.endpoint, &work.path().join("a"), "a", 2, &[]).await;
     let status = JobsClient::new(server.channel().await)
         .status(StatusRequest {})
         .await
@@ -73,17 +60,7 @@ async fn the_build_gets_the_network_and_the_tests_only_loopback() {
 
     let dir = tempfile::tempdir().expect("suite");
     std::fs::write(dir.path().join("net.sh"), SUITE).expect("write suite");
-    let tree = build_tree(dir.path(), DigestFunction::Blake3).expect("tree");
-    let mut blobs: Vec<(tessera_cas::digest::Digest, bytes::Bytes)> = tree.directories.clone();
-    for (digest, path) in &tree.files {
-        blobs.push((*digest, std::fs::read(path).expect("read").into()));
-    }
-    server
-        .client(DigestFunction::Blake3)
-        .await
-        .upload(&blobs, false)
-        .await
-        .expect("upload");
+    let root = server.upload_dir(dir.path(), DigestFunction::Blake3).await;
     let exec_root = "/tmp/tessera-it/network";
     let runner = CommandRunner::new(
         exec_root,
@@ -94,7 +71,7 @@ async fn the_build_gets_the_network_and_the_tests_only_loopback() {
     .prepare(vec!["sh".into(), "-c".into(), PREPARE.into()]);
     let spec = JobSpec {
         digest_function: DigestFunction::Blake3.to_proto(),
-        input_root_digest: Some(tree.root.to_proto()),
+        input_root_digest: Some(root.to_proto()),
         runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
         exec_root: exec_root.to_owned(),
         environment: vec![EnvironmentVariable {

@@ -2,15 +2,12 @@
 //! `output_limit`, head and tail kept and the cut said, and `tessera logs JOB TEST` prints the
 //! whole of it from the CAS.
 
-use std::time::Duration;
-
 use tessera_cas::digest::DigestFunction;
-use tessera_cas::tree::build_tree;
 use tessera_proto::reapi::command::EnvironmentVariable;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{JobSpec, SubmitJobRequest, TestOutcome, job_event::Kind};
 use tessera_runners::{CommandRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, TestServer, lines, tessera_bin, watch_job_to_end};
+use tessera_tests::{AgentProcess, TestServer, tessera_bin, watch_job_to_end};
 
 /// `loud` fails after printing 3000 numbered lines; `quiet` passes.
 const SUITE: &str = r#"case "$1" in
@@ -30,25 +27,12 @@ esac
 async fn a_loud_failure_is_capped_in_events_and_whole_in_tessera_logs() {
     let server = TestServer::start().await;
     let work = tempfile::tempdir().expect("work");
-    let agent = AgentProcess::start(&server.endpoint, &work.path().join("a"), "a", 2, &[]);
-    agent
-        .log
-        .wait_for(lines::AGENT_CONNECTED, Duration::from_secs(30))
-        .await;
+    let _agent =
+        AgentProcess::start_connected(&server.endpoint, &work.path().join("a"), "a", 2, &[]).await;
 
     let dir = tempfile::tempdir().expect("suite");
     std::fs::write(dir.path().join("suite.sh"), SUITE).expect("write suite");
-    let tree = build_tree(dir.path(), DigestFunction::Blake3).expect("tree");
-    let mut blobs: Vec<(tessera_cas::digest::Digest, bytes::Bytes)> = tree.directories.clone();
-    for (digest, path) in &tree.files {
-        blobs.push((*digest, std::fs::read(path).expect("read").into()));
-    }
-    server
-        .client(DigestFunction::Blake3)
-        .await
-        .upload(&blobs, false)
-        .await
-        .expect("upload");
+    let root = server.upload_dir(dir.path(), DigestFunction::Blake3).await;
     let exec_root = "/tmp/tessera-it/loud";
     // Without a JUnit report the generic runner runs one test a command; its exit code decides.
     let runner = CommandRunner::new(
@@ -64,7 +48,7 @@ async fn a_loud_failure_is_capped_in_events_and_whole_in_tessera_logs() {
     .expect("runner");
     let spec = JobSpec {
         digest_function: DigestFunction::Blake3.to_proto(),
-        input_root_digest: Some(tree.root.to_proto()),
+        input_root_digest: Some(root.to_proto()),
         runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
         exec_root: exec_root.to_owned(),
         environment: vec![EnvironmentVariable {

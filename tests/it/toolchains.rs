@@ -5,15 +5,12 @@
 //! The module's `TestAdd/one` is a subtest: reported (and answered from the cache) as `go test
 //! -json` reports it, beside its parent.
 
-use std::time::Duration;
-
 use tessera_cas::digest::DigestFunction;
-use tessera_cas::tree::build_tree;
 use tessera_proto::reapi::command::EnvironmentVariable;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
-use tessera_proto::tessera::v1::{JobFinished, JobResult, JobSpec, SubmitJobRequest};
+use tessera_proto::tessera::v1::{JobFinished, JobResult, JobSpec};
 use tessera_runners::{GoTestRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, TestServer, in_ci, lines, watch_job_to_end};
+use tessera_tests::{AgentProcess, TestServer, in_ci, run_job};
 
 const MODULE: &[(&str, &str)] = &[
     ("go.mod", "module example.com/tc\n\ngo 1.19\n"),
@@ -32,13 +29,7 @@ async fn go_job(server: &TestServer, cache: &std::path::Path) -> JobSpec {
     for (name, text) in MODULE {
         std::fs::write(dir.path().join(name), text).expect("write module");
     }
-    let tree = build_tree(dir.path(), DigestFunction::Sha256).expect("tree");
-    let mut blobs: Vec<(tessera_cas::digest::Digest, bytes::Bytes)> = tree.directories.clone();
-    for (digest, path) in &tree.files {
-        blobs.push((*digest, std::fs::read(path).expect("read").into()));
-    }
-    let client = server.client(DigestFunction::Sha256).await;
-    client.upload(&blobs, false).await.expect("upload");
+    let root = server.upload_dir(dir.path(), DigestFunction::Sha256).await;
     let exec_root = "/tmp/tessera-it/toolchain-go";
     let mut environment: Vec<EnvironmentVariable> = [
         ("PATH", std::env::var("PATH").unwrap_or_default()),
@@ -57,7 +48,7 @@ async fn go_job(server: &TestServer, cache: &std::path::Path) -> JobSpec {
     environment.sort_by(|a, b| a.name.cmp(&b.name));
     JobSpec {
         digest_function: DigestFunction::Sha256.to_proto(),
-        input_root_digest: Some(tree.root.to_proto()),
+        input_root_digest: Some(root.to_proto()),
         runner_json: serde_json::to_string(&RunnerConfig::Go(GoTestRunner::new(exec_root)))
             .expect("json"),
         exec_root: exec_root.to_owned(),
@@ -76,23 +67,13 @@ async fn agent(
     for prop in props {
         extra.extend(["--property", prop]);
     }
-    let agent = AgentProcess::start(&server.endpoint, &work.join(id), id, 2, &extra);
-    agent
-        .log
-        .wait_for(lines::AGENT_CONNECTED, Duration::from_secs(30))
-        .await;
-    agent
+    AgentProcess::start_connected(&server.endpoint, &work.join(id), id, 2, &extra).await
 }
 
 async fn run(server: &TestServer, spec: JobSpec) -> JobFinished {
-    let mut jobs = JobsClient::new(server.channel().await);
-    let id = jobs
-        .submit(SubmitJobRequest { spec: Some(spec) })
+    run_job(&mut JobsClient::new(server.channel().await), spec)
         .await
-        .expect("submit")
-        .into_inner()
-        .job_id;
-    watch_job_to_end(&mut jobs, &id).await.1
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
