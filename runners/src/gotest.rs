@@ -48,7 +48,7 @@
 //! `TestMain` that checks for leaked goroutines, say) is reported by go as a failed package with
 //! passing tests; Tessera reports the passing tests and says nothing of the package.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -272,8 +272,9 @@ impl Runner for GoTestRunner {
         _scratch: &Path,
     ) -> Result<Vec<TestResult>, RunnerError> {
         let mut reports: BTreeMap<&str, Report> = BTreeMap::new();
-        // Subtests as go reports them, in the order they first appear.
+        // Subtests as go reports them, in the order they first appear (and where each is).
         let mut subtests: Vec<(String, Report)> = Vec::new();
+        let mut subtest_at: HashMap<String, usize> = HashMap::new();
         let mut package = PackageReport::default();
         for line in output.stdout.lines() {
             let Ok(event) = serde_json::from_str::<Event>(line) else {
@@ -302,13 +303,10 @@ impl Runner for GoTestRunner {
                 continue;
             };
             if top != test {
-                let at = match subtests.iter().position(|(name, _)| name == test) {
-                    Some(at) => at,
-                    None => {
-                        subtests.push((test.to_owned(), Report::default()));
-                        subtests.len() - 1
-                    }
-                };
+                let at = *subtest_at.entry(test.to_owned()).or_insert_with(|| {
+                    subtests.push((test.to_owned(), Report::default()));
+                    subtests.len() - 1
+                });
                 let sub = &mut subtests[at].1;
                 match event.action.as_str() {
                     "output" => sub

@@ -249,18 +249,18 @@ impl<'a> RunPhase<'a> {
         let mut stop = None;
         // Subtests (go's `TestX/case`) are reported with their parent's final result.
         let runner = self.job.runner.runner();
-        let (results, subtests): (Vec<TestResult>, Vec<TestResult>) = results
-            .into_iter()
-            .partition(|r| runner.subtest_parent(&r.id).is_none());
+        let mut tests = Vec::with_capacity(results.len());
         let mut subtests_of: HashMap<TestId, Vec<TestResult>> = HashMap::new();
-        for sub in subtests {
-            if let Some(parent) = runner.subtest_parent(&sub.id)
-                && self.tests.running_in(&parent, batch)
-            {
-                subtests_of.entry(parent).or_default().push(sub);
+        for result in results {
+            match runner.subtest_parent(&result.id) {
+                None => tests.push(result),
+                Some(parent) if self.tests.running_in(&parent, batch) => {
+                    subtests_of.entry(parent).or_default().push(result);
+                }
+                Some(_) => {}
             }
         }
-        for result in results {
+        for result in tests {
             // Not another batch's test, nor one this batch reported already.
             if !self.tests.running_in(&result.id, batch) {
                 continue;
