@@ -14,6 +14,7 @@
 //! upgrading a toolchain on its host. A job that runs a tool from elsewhere (a virtualenv in the
 //! job's `PATH`) is fingerprinted by the agent's default interpreter, not by that one.
 
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -124,7 +125,8 @@ impl Toolchain {
     }
 }
 
-/// Runs one probe command with a deadline; its stdout when it succeeds.
+/// Runs one probe command with a deadline; its stdout when it succeeds. Standard output is
+/// read while the command runs, so a long listing cannot fill the pipe and stall it.
 fn run_probe(argv: &[&str]) -> Option<String> {
     let (program, args) = argv.split_first()?;
     let mut child = Command::new(program)
@@ -134,23 +136,26 @@ fn run_probe(argv: &[&str]) -> Option<String> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
+    let mut stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).ok().map(|_| text)
+    });
     let deadline = Instant::now() + PROBE_TIMEOUT;
-    loop {
+    let succeeded = loop {
         match child.try_wait() {
-            Ok(Some(status)) if status.success() => break,
-            Ok(Some(_)) | Err(_) => return None,
+            Ok(Some(status)) => break status.success(),
+            Err(_) => break false,
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return None;
+                break false;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
         }
-    }
-    let mut stdout = String::new();
-    use std::io::Read;
-    child.stdout.take()?.read_to_string(&mut stdout).ok()?;
-    Some(stdout)
+    };
+    let text = reader.join().ok().flatten();
+    if succeeded { text } else { None }
 }
 
 #[cfg(test)]
@@ -174,6 +179,9 @@ mod tests {
         assert_eq!(run_probe(&["tessera-no-such-tool-here"]), None);
         assert_eq!(run_probe(&["sh", "-c", "exit 3"]), None);
         assert_eq!(run_probe(&["sh", "-c", "echo hi"]).as_deref(), Some("hi\n"));
+        // More than a pipe holds: read while it runs, not after.
+        let long = run_probe(&["sh", "-c", "seq 1 100000"]).expect("a long listing");
+        assert_eq!(long.lines().count(), 100_000);
     }
 
     #[test]
