@@ -62,6 +62,20 @@ pub struct DirectRun {
     pub log: PathBuf,
 }
 
+impl DirectRun {
+    /// A run that ended with `status`, its output in `log`, before its tests are read.
+    fn new(status: ExitStatus, log: PathBuf) -> Self {
+        DirectRun {
+            outcomes: Outcomes::new(),
+            folded_subtests: 0,
+            build_failures: BTreeSet::new(),
+            evidence: BTreeMap::new(),
+            status,
+            log,
+        }
+    }
+}
+
 /// The variables every run gets, direct or through Tessera (which passes the documented ones
 /// on to the agents): the same on both sides, and nothing of the test harness's own (cargo's
 /// and nextest's variables for the test binary must not reach the suites).
@@ -202,14 +216,7 @@ fn read_pytest(
     status: ExitStatus,
     log: PathBuf,
 ) -> Result<DirectRun, String> {
-    let mut run = DirectRun {
-        outcomes: Outcomes::new(),
-        folded_subtests: 0,
-        build_failures: BTreeSet::new(),
-        evidence: BTreeMap::new(),
-        status,
-        log,
-    };
+    let mut run = DirectRun::new(status, log);
     for case in junit::cases(xml)? {
         let id = node_id(root, &case.classname, &case.name);
         let outcome = if case.has("failure") {
@@ -449,14 +456,7 @@ fn read_libtest(
     status: ExitStatus,
     log: PathBuf,
 ) -> Result<DirectRun, String> {
-    let mut run = DirectRun {
-        outcomes: Outcomes::new(),
-        folded_subtests: 0,
-        build_failures: BTreeSet::new(),
-        evidence: BTreeMap::new(),
-        status,
-        log,
-    };
+    let mut run = DirectRun::new(status, log);
     let mut group: Option<(String, bool)> = None;
     for line in text.lines() {
         let trimmed = line.trim();
@@ -524,14 +524,7 @@ fn read_libtest(
 /// never ended failed: its binary died); `FAIL PKG [build failed]` (printed as text by go
 /// 1.19, as an output event by later versions) is a build failure of PKG.
 fn read_go_json(text: &str, status: ExitStatus, log: PathBuf) -> DirectRun {
-    let mut run = DirectRun {
-        outcomes: Outcomes::new(),
-        folded_subtests: 0,
-        build_failures: BTreeSet::new(),
-        evidence: BTreeMap::new(),
-        status,
-        log,
-    };
+    let mut run = DirectRun::new(status, log);
     let build_failed = |line: &str| -> Option<String> {
         let rest = line.trim_end().strip_prefix("FAIL\t")?;
         let (package, why) = rest.split_once(' ')?;
