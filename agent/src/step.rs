@@ -482,7 +482,7 @@ fn summary(report: &StepReport) -> String {
             format!("prepared: {} files kept\n", prepared.files.len())
         }
         StepReport::Listed { tests } => format!("listed {} tests\n", tests.len()),
-        StepReport::Ran { results } => format!("ran {} tests\n", results.len()),
+        StepReport::Ran { results, .. } => format!("ran {} tests\n", results.len()),
         StepReport::Failed { error } => {
             let first = error.lines().next().unwrap_or_default();
             format!("step failed: {first}\n")

@@ -256,6 +256,7 @@ async fn upload_batch_action(
         prepared: Prepared::default(),
         tests: vec![TestId::new(group, name)],
         test_timeout_ms: u64::try_from(TEST_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+        worker: None,
     };
     let environment: Vec<EnvironmentVariable> = PASSED_ENV
         .iter()
@@ -397,7 +398,7 @@ async fn test_duration_ms(
     let report: StepReport = serde_json::from_slice(&bytes)
         .map_err(|e| BenchError::Unexpected(format!("the step report does not parse: {e}")))?;
     match report {
-        StepReport::Ran { results } => match results.as_slice() {
+        StepReport::Ran { results, .. } => match results.as_slice() {
             [result] if result.outcome == Outcome::Passed => {
                 Ok(result.duration.map_or(0.0, |d| d.as_secs_f64() * 1e3))
             }

@@ -73,6 +73,13 @@ pub enum StepSpec {
         tests: Vec<TestId>,
         /// Deadline of each test; a command running several tests gets the sum.
         test_timeout_ms: u64,
+        /// For a runner with a long-lived worker ([`crate::Runner::worker_command`]): the
+        /// job (and matrix cell) this batch belongs to. An agent hands the batch to an idle
+        /// worker it started for the same job, the same step settings and the same input
+        /// root, or starts one; a worker never serves another job. `None`: one process per
+        /// batch, as always.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
     },
 }
 
@@ -142,6 +149,9 @@ pub enum StepReport {
     Ran {
         /// The results.
         results: Vec<TestResult>,
+        /// Test-tool processes started for this batch (0 when a running worker served it).
+        #[serde(default)]
+        startups: u32,
     },
     /// The step could not do its work.
     Failed {
@@ -238,6 +248,7 @@ pub async fn execute_step<S: Spawn + Sync>(
         } => {
             let per_test = Duration::from_millis((*test_timeout_ms).max(1));
             let mut results = Vec::with_capacity(tests.len());
+            let mut startups = 0u32;
             for (i, group) in runner.batching().split(tests).into_iter().enumerate() {
                 let scratch = scratch.join(i.to_string());
                 let scratch_error = |source| ExecuteError::<S::Error>::Scratch {
@@ -250,6 +261,7 @@ pub async fn execute_step<S: Spawn + Sync>(
                 let ran = match runner.run_command(prepared, &group, &scratch) {
                     Ok(invocation) => {
                         invocation.write_files().map_err(scratch_error)?;
+                        startups += 1;
                         let output = spawn
                             .spawn(&invocation.command, Some(timeout))
                             .await
@@ -274,7 +286,7 @@ pub async fn execute_step<S: Spawn + Sync>(
                 spawn.results(&ran);
                 results.extend(ran);
             }
-            Ok(StepReport::Ran { results })
+            Ok(StepReport::Ran { results, startups })
         }
     }
 }
@@ -311,6 +323,7 @@ mod tests {
             prepared: Prepared::default(),
             tests: vec![TestId::ungrouped("t.py::a")],
             test_timeout_ms: 1000,
+            worker: None,
         };
         let argv = spec.to_argv();
         assert_eq!(argv[0], BUILTIN_PROGRAM);

@@ -266,6 +266,7 @@ fn batch(runner: RunnerConfig, tests: &[&str], test_timeout_ms: u64) -> StepSpec
         prepared: Prepared::default(),
         tests: tests.iter().map(|t| TestId::ungrouped(*t)).collect(),
         test_timeout_ms,
+        worker: None,
     }
 }
 
@@ -275,7 +276,7 @@ fn path_env() -> Vec<(String, String)> {
 
 fn ran(report: StepReport) -> Vec<TestResult> {
     match report {
-        StepReport::Ran { results } => results,
+        StepReport::Ran { results, .. } => results,
         other => panic!("expected results, got {other:?}"),
     }
 }
@@ -493,6 +494,7 @@ async fn prepare_hands_back_what_it_built_for_later_steps_at_the_same_path() {
         prepared,
         tests,
         test_timeout_ms: 30_000,
+        worker: None,
     };
     let response = cluster.execute(&run, prepared_root, &root, &env).await;
     let results = ran(cluster.report(&response).await);

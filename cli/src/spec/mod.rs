@@ -437,6 +437,8 @@ pub fn job_spec(
         prepare_network: settings.prepare_network,
         output_limit: settings.output_limit,
         keep_files_together: settings.keep_files_together,
+        project: String::new(),
+        cells: Vec::new(),
     })
 }
 

@@ -182,6 +182,7 @@ impl<'a> RunPhase<'a> {
             prepared: self.prepared.clone(),
             tests: batch.tests.clone(),
             test_timeout_ms: u64::try_from(test_timeout.as_millis()).unwrap_or(u64::MAX),
+            worker: None,
         };
         let timeout = test_timeout
             .saturating_mul(u32::try_from(batch.tests.len()).unwrap_or(u32::MAX))
@@ -212,7 +213,7 @@ impl<'a> RunPhase<'a> {
             output,
         };
         let results: Vec<TestResult> = match run.report {
-            StepReport::Ran { results } => {
+            StepReport::Ran { results, .. } => {
                 let mut by_id: HashMap<TestId, TestResult> =
                     results.into_iter().map(|r| (r.id.clone(), r)).collect();
                 unreported
@@ -325,6 +326,7 @@ impl<'a> RunPhase<'a> {
                         failed_attempts: Vec::new(),
                         output_digest: output_digest.map(|d| d.to_proto()),
                         subtest: false,
+                        cell: String::new(),
                     }));
                     // Its subtests are reported with the run that ends it.
                     subtests_of.remove(&test);
@@ -429,6 +431,7 @@ impl<'a> RunPhase<'a> {
             failed_attempts: Vec::new(),
             output_digest: output_digest.map(|d| d.to_proto()),
             subtest: true,
+            cell: String::new(),
         }
     }
 
@@ -497,5 +500,6 @@ fn final_event(
         },
         output_digest: None,
         subtest: false,
+        cell: String::new(),
     }
 }

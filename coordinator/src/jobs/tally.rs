@@ -23,6 +23,10 @@ pub(super) struct Tally {
     pub(super) not_run: u32,
     /// The sum of every run's duration, retries included.
     pub(super) serial: Duration,
+    /// Batches handed to agents (every attempt).
+    pub(super) batches: u32,
+    /// Tool processes the agents started for the batches.
+    pub(super) tool_startups: u32,
 }
 
 impl Tally {
@@ -99,6 +103,8 @@ impl Tally {
             serial: Some(to_proto_duration(self.serial)),
             log,
             errors: self.errors,
+            batches: self.batches,
+            tool_startups: self.tool_startups,
         }
     }
 }
