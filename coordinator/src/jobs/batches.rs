@@ -343,9 +343,9 @@ impl<'a> RunPhase<'a> {
                 }
             };
             let took = result.duration.unwrap_or_default();
-            let average = self.planner.record(&test, took);
+            self.planner.record(&test, took);
             if result.duration.is_some() {
-                durations.push((test.clone(), average));
+                durations.push((test.clone(), took));
             }
             let subtests = subtests_of.remove(&test).unwrap_or_default();
             if matches!(done.outcome, TestOutcome::Passed | TestOutcome::Skipped) {

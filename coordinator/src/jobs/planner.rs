@@ -6,8 +6,13 @@
 //! uses `tessera_runners::TestId`, the unit tests and the benchmark use strings.
 //!
 //! How a job is split (DESIGN.md §5.4):
-//! - The tests still to run are ordered slowest-first by their recorded duration; a test with
-//!   no history counts as the median of the suite.
+//! - The tests still to run are ordered slowest-first by their recorded duration. A test with
+//!   no history is *unmeasured*: it is expected to take the mean of the unmeasured tests this
+//!   job has run so far; before any has reported, the median of the suite's history; with no
+//!   history at all, what the list step showed ([`PlannerConfig::unmeasured_test`]). Never a
+//!   fixed guess: each result revises the estimate, and with it the queued work and the
+//!   batch targets. The mean, not the median, because a batch is a sum of tests and test
+//!   durations are skewed: the mean predicts a sum of many, the median underestimates it.
 //! - Slots *pull*: whenever one is free it asks for a batch. A batch is cut from the front of
 //!   the queue so that its expected duration is about [`PlannerConfig::batch_share`] of the
 //!   time each slot is expected to have left (queued work plus the rest of what is running,
@@ -16,8 +21,14 @@
 //!   shows; later ones shrink towards single tests, so when the queue runs dry every slot is
 //!   close to done, however the slots' speeds differ and however wrong the estimates were.
 //! - A test longer than the target goes alone, so the long tests start first, one per batch.
-//! - No batch is planned shorter than [`PlannerConfig::min_batch`] while there is enough work
-//!   left, to keep the fixed cost per batch small beside the work it carries.
+//! - The fixed cost of a batch is the agent's overhead ([`PlannerConfig::batch_overhead`])
+//!   plus the tool's start-up ([`PlannerConfig::startup`], measured per suite) when the batch
+//!   pays it: every batch for a runner that starts a process per batch, only a slot's first
+//!   batch for one with a long-lived worker per slot ([`Startups`]). No batch is planned
+//!   shorter than [`MIN_BATCH_PER_FIXED_COST`] times that cost (nor [`PlannerConfig::min_batch`]),
+//!   so it stays a small share of the work, unless that would leave slots idle: the minimum
+//!   never exceeds half of each slot's share of the whole job, so a small suite still runs
+//!   on every slot, in about two batches each (at most `2 × slots + 2` start-ups).
 //! - Tests to run again (a retry, a batch lost with its agent) go back to the front.
 //! - Kept together ([`ShardPlanner::keep_together`], for order-dependent suites, as
 //!   pytest-xdist's `--dist loadfile`): a batch that takes one test of a unit (a file) takes
@@ -25,35 +36,27 @@
 //!   planned with (the tool's listing order). A retried test goes alone: its unit-mates are done.
 //!
 //! Not here: a test's lifecycle (attempts, failures, its final outcome: the job driver's
-//! `TestState` owns that), leases, timeouts, retry limits, result caching and the history
-//! store. The job driver asks this planner for batches, tells it what finished
-//! ([`ShardPlanner::record`]) and what must run again ([`ShardPlanner::requeue`]), and stores
-//! the updated history entries that [`ShardPlanner::record`] returns.
+//! `TestState` owns that), leases, timeouts, retry limits, result caching, measuring the
+//! start-up and the history store (`results.rs`). The job driver asks this planner for
+//! batches, tells it what finished ([`ShardPlanner::record`]), what a batch's start-up cost
+//! ([`ShardPlanner::record_startup`]) and what must run again ([`ShardPlanner::requeue`]).
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
 
-/// Weight of the newest run in a test's recorded duration ([`moving_average`]).
-const NEWEST_RUN_WEIGHT: f64 = 0.3;
-
-/// The duration a test is recorded with after another run: an exponentially weighted moving
-/// average giving the newest run a weight of 0.3, so one slow run moves the plan without
-/// taking it over. A test with no history takes the new duration as it is.
-pub fn moving_average(old: Option<Duration>, new: Duration) -> Duration {
-    match old {
-        None => new,
-        Some(old) => old.mul_f64(1.0 - NEWEST_RUN_WEIGHT) + new.mul_f64(NEWEST_RUN_WEIGHT),
-    }
-}
+/// A batch is planned at least this many times its fixed cost (overhead and start-up), so the
+/// fixed cost stays within a tenth of the work it carries; see the module docs for when a
+/// small suite gets less.
+pub const MIN_BATCH_PER_FIXED_COST: u32 = 10;
 
 /// A test and how long the planner expects it to take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestEstimate<Id> {
     /// The test's id.
     pub id: Id,
-    /// Its recorded duration, or the suite's median if it has none.
+    /// Its recorded duration, or the estimate for unmeasured tests if it has none.
     pub expected: Duration,
 }
 
@@ -72,17 +75,39 @@ pub struct Batch<Id> {
     pub expected: Duration,
 }
 
+/// Which batches pay the tool's start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Startups {
+    /// Every batch starts the tool (cargo's test binaries, go test, pytest without a worker).
+    #[default]
+    PerBatch,
+    /// A long-lived worker per slot serves the job's batches: a slot's first batch starts it,
+    /// later batches on that slot only pay [`PlannerConfig::batch_overhead`]. The planner
+    /// counts the start-up in the job's first `slots` batches.
+    PerSlot,
+}
+
 /// How batches are sized.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannerConfig {
-    /// The shortest batch planned while enough work is left, so the fixed cost of a batch
-    /// stays below `batch_overhead / min_batch` of the work it carries. Only the last batch
-    /// or two of each slot are this short, so about ten times `batch_overhead` is enough; a
-    /// longer minimum leaves the slots finishing further apart (`tessera-bench shard`).
+    /// The shortest batch planned while enough work is left, whatever the fixed cost of a
+    /// batch. Only the last batch or two of each slot are this short, so about ten times
+    /// `batch_overhead` is enough; a longer minimum leaves the slots finishing further apart
+    /// (`tessera-bench shard`).
     pub min_batch: Duration,
-    /// The fixed cost of one batch on an agent (lease, input root, start-up, reporting). The
-    /// planner counts it in how long running batches keep their slots busy.
+    /// The fixed cost of one batch on an agent besides the tool's start-up (lease, input
+    /// root, reporting). The planner counts it in how long running batches keep their slots
+    /// busy.
     pub batch_overhead: Duration,
+    /// The tool's start-up (imports, collection) per process it starts for a batch, measured
+    /// for the suite (`results.rs` keeps it); zero when unknown or negligible.
+    pub startup: Duration,
+    /// Which batches pay [`PlannerConfig::startup`].
+    pub startups: Startups,
+    /// What a test without history is expected to take while the job knows nothing better:
+    /// no test of the job has history and none has reported yet. The job driver derives it
+    /// from the list step (its wall time over the tests it found); zero when unknown.
+    pub unmeasured_test: Duration,
     /// The most tests in one batch (bounds the size of one action and of what a lost agent
     /// takes with it). At least one.
     pub max_batch_tests: usize,
@@ -92,10 +117,9 @@ pub struct PlannerConfig {
     /// counts as 1; zero, negative or NaN as the smallest positive share (every batch as
     /// short as `min_batch`).
     pub batch_share: f64,
-    /// What a test is expected to take when no test of the suite has history.
-    pub first_run_estimate: Duration,
-    /// The longest batch planned, if any (a single longer test still goes alone). It bounds
-    /// the work a lost agent takes with it; the job driver sets it (`driver::planner_config`).
+    /// The longest batch planned, if any (a single longer test still goes alone, and the
+    /// minimum batch wins over it). It bounds the work a lost agent takes with it; the job
+    /// driver sets it (`driver::planner_config`).
     pub max_batch: Option<Duration>,
 }
 
@@ -104,9 +128,13 @@ impl Default for PlannerConfig {
         PlannerConfig {
             min_batch: Duration::from_millis(500),
             batch_overhead: Duration::from_millis(50),
-            max_batch_tests: 256,
+            startup: Duration::ZERO,
+            startups: Startups::PerBatch,
+            unmeasured_test: Duration::ZERO,
+            // A first run plans thousands of fast tests in a handful of batches (one or two
+            // per slot); the ids travel in a file, and `max_batch` bounds the work.
+            max_batch_tests: 4096,
             batch_share: 0.5,
-            first_run_estimate: Duration::from_secs(1),
             max_batch: None,
         }
     }
@@ -125,10 +153,14 @@ enum Placement {
 }
 
 /// A batch that has tests not yet reported.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct OpenBatch {
-    /// When its slot is expected to be free again (job time).
-    busy_until: Duration,
+    /// When it was handed out (job time).
+    started: Duration,
+    /// Its fixed cost: overhead, and the start-up if it pays one.
+    fixed: Duration,
+    /// All its tests (indices into the planner's tests).
+    tests: Vec<usize>,
     /// Its tests not yet reported or requeued.
     unreported: usize,
 }
@@ -143,26 +175,39 @@ pub struct ShardPlanner<Id> {
     config: PlannerConfig,
     slots: usize,
     /// Every test of the job, in plan order (slowest first, then by id).
-    tests: Vec<TestEstimate<Id>>,
-    /// Recorded duration per test (same index as `tests`); `None` for no history.
-    history: Vec<Option<Duration>>,
+    ids: Vec<Id>,
+    /// What each test is known to take (same index as `ids`): its recorded duration, then its
+    /// latest run in this job; `None` while it is unmeasured.
+    known: Vec<Option<Duration>>,
     placement: Vec<Placement>,
     index: HashMap<Id, usize>,
-    /// Indices into `tests`, front first.
+    /// Indices into `ids`, front first.
     queue: VecDeque<usize>,
-    queued_expected: Duration,
+    /// The sum of the queued measured tests' durations, and how many unmeasured are queued.
+    queued_known: Duration,
+    queued_unmeasured: usize,
+    /// The sum of every measured test's duration, and how many tests are unmeasured.
+    total_known: Duration,
+    unmeasured: usize,
+    /// What an unmeasured test is expected to take before any has reported.
+    prior: Duration,
+    /// Unmeasured tests this job has run: how many, and their total duration.
+    first_runs: (u32, Duration),
+    /// Start-ups this job measured: how many, and their total.
+    startups_seen: (u32, Duration),
     open: HashMap<BatchId, OpenBatch>,
     next_id: u64,
-    /// With [`ShardPlanner::keep_together`]: each test's unit (same index as `tests`).
+    /// With [`ShardPlanner::keep_together`]: each test's unit (same index as `ids`).
     units: Option<Vec<usize>>,
-    /// Each test's position in the list it was planned from (same index as `tests`).
+    /// Each test's position in the list it was planned from (same index as `ids`).
     listed: Vec<usize>,
 }
 
 impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
     /// Plans `tests` (id and recorded duration, if any) over `slots` slots. Tests without
-    /// history are expected to take the median of those with history. A repeated id is planned
-    /// once. `slots` and `config.max_batch_tests` below one count as one; see
+    /// history are expected to take the median of those with history, or
+    /// [`PlannerConfig::unmeasured_test`] if none has any, until results revise it. A repeated
+    /// id is planned once. `slots` and `config.max_batch_tests` below one count as one; see
     /// [`PlannerConfig::batch_share`] for shares outside (0, 1].
     pub fn new(tests: Vec<(Id, Option<Duration>)>, slots: usize, config: PlannerConfig) -> Self {
         let mut seen = HashSet::new();
@@ -172,24 +217,26 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
             .enumerate()
             .map(|(i, (id, recorded))| (i, id, recorded))
             .collect();
-        let fill = median(tests.iter().filter_map(|(_, _, recorded)| *recorded))
-            .unwrap_or(config.first_run_estimate);
+        let prior = median(tests.iter().filter_map(|(_, _, recorded)| *recorded))
+            .unwrap_or(config.unmeasured_test);
         let mut planned: Vec<(TestEstimate<Id>, Origin)> = tests
             .into_iter()
             .map(|(listed, id, recorded)| {
-                let expected = recorded.unwrap_or(fill);
+                let expected = recorded.unwrap_or(prior);
                 (TestEstimate { id, expected }, (recorded, listed))
             })
             .collect();
         planned.sort_by(|(a, _), (b, _)| plan_order(a, b));
         let (tests, extra): (Vec<TestEstimate<Id>>, Vec<Origin>) = planned.into_iter().unzip();
-        let (history, listed): (Vec<Option<Duration>>, Vec<usize>) = extra.into_iter().unzip();
-        let index = tests
+        let (known, listed): (Vec<Option<Duration>>, Vec<usize>) = extra.into_iter().unzip();
+        let ids: Vec<Id> = tests.into_iter().map(|test| test.id).collect();
+        let index = ids
             .iter()
             .enumerate()
-            .map(|(i, test)| (test.id.clone(), i))
+            .map(|(i, id)| (id.clone(), i))
             .collect();
-        let queued_expected = tests.iter().map(|test| test.expected).sum();
+        let total_known = known.iter().flatten().sum();
+        let unmeasured = known.iter().filter(|k| k.is_none()).count();
         ShardPlanner {
             config: PlannerConfig {
                 max_batch_tests: config.max_batch_tests.max(1),
@@ -201,12 +248,18 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
                 ..config
             },
             slots: slots.max(1),
-            placement: vec![Placement::Queued; tests.len()],
-            queue: (0..tests.len()).collect(),
-            tests,
-            history,
+            placement: vec![Placement::Queued; ids.len()],
+            queue: (0..ids.len()).collect(),
+            ids,
+            known,
             index,
-            queued_expected,
+            queued_known: total_known,
+            queued_unmeasured: unmeasured,
+            total_known,
+            unmeasured,
+            prior,
+            first_runs: (0, Duration::ZERO),
+            startups_seen: (0, Duration::ZERO),
             open: HashMap::new(),
             next_id: 0,
             units: None,
@@ -219,11 +272,11 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
     pub fn keep_together<U: Eq + Hash>(&mut self, unit_of: impl Fn(&Id) -> U) {
         let mut numbers: HashMap<U, usize> = HashMap::new();
         let units = self
-            .tests
+            .ids
             .iter()
-            .map(|test| {
+            .map(|id| {
                 let next = numbers.len();
-                *numbers.entry(unit_of(&test.id)).or_insert(next)
+                *numbers.entry(unit_of(id)).or_insert(next)
             })
             .collect();
         self.units = Some(units);
@@ -241,18 +294,17 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
         let mut tests = Vec::new();
         let mut expected = Duration::ZERO;
         while let Some(&next) = self.queue.front() {
-            let duration = self.tests[next].expected;
+            let duration = self.expected(next);
             let full =
                 tests.len() >= self.config.max_batch_tests || expected + duration / 2 > target;
             if !tests.is_empty() && full {
                 break;
             }
-            self.queue.pop_front();
-            self.placement[next] = Placement::Leased(id);
+            self.dequeue_front();
             tests.push(next);
             expected += duration;
         }
-        if let Some(units) = &self.units {
+        if let Some(units) = self.units.take() {
             // The rest of each unit the batch took comes along, and each unit runs in its
             // listing order.
             let taken: HashSet<usize> = tests.iter().map(|&i| units[i]).collect();
@@ -262,8 +314,8 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
                 .partition(|&i| taken.contains(&units[i]));
             self.queue = rest;
             for i in mates {
-                self.placement[i] = Placement::Leased(id);
-                expected += self.tests[i].expected;
+                self.unqueued(i);
+                expected += self.expected(i);
                 tests.push(i);
             }
             let first_of_unit: HashMap<usize, usize> =
@@ -273,41 +325,76 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
                     first
                 });
             tests.sort_by_key(|&i| (first_of_unit[&units[i]], self.listed[i]));
+            self.units = Some(units);
         }
-        let tests: Vec<Id> = tests.iter().map(|&i| self.tests[i].id.clone()).collect();
-        self.queued_expected = self.queued_expected.saturating_sub(expected);
+        for &i in &tests {
+            self.placement[i] = Placement::Leased(id);
+        }
+        let pays_startup = match self.config.startups {
+            Startups::PerBatch => true,
+            Startups::PerSlot => id.0 < self.slots as u64,
+        };
+        let fixed = if pays_startup {
+            self.config.batch_overhead + self.config.startup
+        } else {
+            self.config.batch_overhead
+        };
+        let ids: Vec<Id> = tests.iter().map(|&i| self.ids[i].clone()).collect();
         self.open.insert(
             id,
             OpenBatch {
-                busy_until: now + self.config.batch_overhead + expected,
+                started: now,
+                fixed,
                 unreported: tests.len(),
+                tests,
             },
         );
         Some(Batch {
             id,
-            tests,
+            tests: ids,
             expected,
         })
     }
 
-    /// The expected duration a batch handed out at `now` aims at: `batch_share` of the time
+    /// The expected duration a batch handed out at `now` aims at: `batch_share` of the work
     /// each slot is expected to have left, which is the queued work plus the rest of the
-    /// running batches (each assumed to take its expected time), over the slots; but at
-    /// least `min_batch` and at most `max_batch`.
+    /// running batches' tests (each batch assumed to take its fixed cost, then its tests'
+    /// expected time), over the slots; but at least [`ShardPlanner::min_batch`] and at most
+    /// `max_batch`.
     pub fn batch_target(&self, now: Duration) -> Duration {
         let running: Duration = self
             .open
             .values()
-            .map(|batch| batch.busy_until.saturating_sub(now))
+            .map(|batch| {
+                // Only the tests' part: a slot's fixed cost is not work to share.
+                let work: Duration = batch.tests.iter().map(|&i| self.expected(i)).sum();
+                (batch.started + batch.fixed + work)
+                    .saturating_sub(now)
+                    .min(work)
+            })
             .sum();
-        let per_slot = (self.queued_expected + running).div_f64(self.slots as f64);
-        let target = per_slot
-            .mul_f64(self.config.batch_share)
-            .max(self.config.min_batch);
+        let per_slot = (self.expected_remaining() + running).div_f64(self.slots as f64);
+        let least = self.min_batch();
+        let target = per_slot.mul_f64(self.config.batch_share).max(least);
         match self.config.max_batch {
-            Some(max) => target.min(max.max(self.config.min_batch)),
+            Some(max) => target.min(max.max(least)),
             None => target,
         }
+    }
+
+    /// The shortest batch planned now: [`MIN_BATCH_PER_FIXED_COST`] times the fixed cost of a
+    /// batch that does not start a worker, or `min_batch` if that is longer; but no more than
+    /// half of each slot's share of the whole job, so that every slot gets work.
+    pub fn min_batch(&self) -> Duration {
+        let fixed = match self.config.startups {
+            Startups::PerBatch => self.config.batch_overhead + self.startup(),
+            Startups::PerSlot => self.config.batch_overhead,
+        };
+        let half_share = self.expected_total().div_f64(2.0 * self.slots as f64);
+        fixed
+            .saturating_mul(MIN_BATCH_PER_FIXED_COST)
+            .max(self.config.min_batch)
+            .min(half_share)
     }
 
     /// Puts `tests` back at the front of the queue, slowest first, to be handed out again
@@ -325,45 +412,76 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
                 Placement::Done => {}
             }
             self.placement[i] = Placement::Queued;
-            self.queued_expected += self.tests[i].expected;
+            self.enqueued(i);
             back.push(i);
         }
-        back.sort_by(|&a, &b| plan_order(&self.tests[a], &self.tests[b]));
+        back.sort_by(|&a, &b| self.order(a, b));
         for i in back.into_iter().rev() {
             self.queue.push_front(i);
         }
     }
 
-    /// Records that test `id` ran for `took`, and returns its new history entry (see
-    /// [`moving_average`]) for the job runner to store. The test's batch stops counting it
-    /// as running, and a later [`ShardPlanner::requeue`] of the test expects the new
-    /// duration. Record each test as it finishes: until then the planner assumes a running
-    /// batch takes its expected time.
-    pub fn record<Q>(&mut self, id: &Q, took: Duration) -> Duration
+    /// Records that test `id` ran for `took`. The test's batch stops counting it as running,
+    /// a later [`ShardPlanner::requeue`] of it expects `took`, and if it had no history, the
+    /// estimate of every test without history becomes the mean of those run so far. Record
+    /// each test as it finishes: until then the planner assumes a running batch takes its
+    /// expected time. Ids the planner does not know are ignored.
+    pub fn record<Q>(&mut self, id: &Q, took: Duration)
     where
         Id: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let Some(&i) = self.index.get(id) else {
-            return moving_average(None, took);
+            return;
         };
-        let updated = moving_average(self.history[i], took);
-        self.history[i] = Some(updated);
+        let queued = self.placement[i] == Placement::Queued;
+        if queued {
+            // A late report for a test already put back: it will run again, now expected to
+            // take what it just took.
+            self.unqueued(i);
+        }
+        match self.known[i].replace(took) {
+            Some(old) => self.total_known = self.total_known.saturating_sub(old) + took,
+            None => {
+                self.unmeasured -= 1;
+                self.total_known += took;
+                self.first_runs.0 += 1;
+                self.first_runs.1 += took;
+            }
+        }
         match self.placement[i] {
             Placement::Leased(batch) => {
                 self.release(batch);
                 self.placement[i] = Placement::Done;
             }
-            Placement::Queued => {
-                // A late report for a test already put back: it will run again, now expected
-                // to take the new duration.
-                self.queued_expected =
-                    self.queued_expected.saturating_sub(self.tests[i].expected) + updated;
-            }
+            Placement::Queued => self.enqueued(i),
             Placement::Done => {}
         }
-        self.tests[i].expected = updated;
-        updated
+    }
+
+    /// Records that one tool process of this job took `startup` to start (a batch's wall time
+    /// less its tests' durations, over the processes it started). From then on the job plans
+    /// with the mean of the start-ups it measured, in place of the suite's recorded one.
+    pub fn record_startup(&mut self, startup: Duration) {
+        self.startups_seen.0 += 1;
+        self.startups_seen.1 += startup;
+    }
+
+    /// The start-up the planner counts per tool process now (see
+    /// [`ShardPlanner::record_startup`]).
+    pub fn startup(&self) -> Duration {
+        match self.startups_seen {
+            (0, _) => self.config.startup,
+            (n, total) => total / n,
+        }
+    }
+
+    /// What a test without history is expected to take now (see the module docs).
+    pub fn unmeasured_estimate(&self) -> Duration {
+        match self.first_runs {
+            (0, _) => self.prior,
+            (n, total) => total / n,
+        }
     }
 
     /// Tests still queued (not handed out, or put back).
@@ -373,12 +491,55 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
 
     /// The sum of the queued tests' expected durations (running batches not included).
     pub fn expected_remaining(&self) -> Duration {
-        self.queued_expected
+        self.queued_known + self.unmeasured_estimate().saturating_mul(count(self.queued_unmeasured))
     }
 
-    /// The queued tests, front first.
-    pub fn queued(&self) -> impl Iterator<Item = &TestEstimate<Id>> + '_ {
-        self.queue.iter().map(|&i| &self.tests[i])
+    /// The sum of every test's expected duration, those run included (at their latest run).
+    pub fn expected_total(&self) -> Duration {
+        self.total_known + self.unmeasured_estimate().saturating_mul(count(self.unmeasured))
+    }
+
+    /// The queued tests with their expected durations, front first.
+    pub fn queued(&self) -> impl Iterator<Item = TestEstimate<Id>> + '_ {
+        self.queue.iter().map(|&i| TestEstimate {
+            id: self.ids[i].clone(),
+            expected: self.expected(i),
+        })
+    }
+
+    /// What test `i` is expected to take.
+    fn expected(&self, i: usize) -> Duration {
+        self.known[i].unwrap_or_else(|| self.unmeasured_estimate())
+    }
+
+    /// Takes the front of the queue out of the queued sums.
+    fn dequeue_front(&mut self) {
+        if let Some(i) = self.queue.pop_front() {
+            self.unqueued(i);
+        }
+    }
+
+    /// Test `i` left the queue: the queued sums no longer count it.
+    fn unqueued(&mut self, i: usize) {
+        match self.known[i] {
+            Some(known) => self.queued_known = self.queued_known.saturating_sub(known),
+            None => self.queued_unmeasured -= 1,
+        }
+    }
+
+    /// Test `i` joined the queue: the queued sums count it.
+    fn enqueued(&mut self, i: usize) {
+        match self.known[i] {
+            Some(known) => self.queued_known += known,
+            None => self.queued_unmeasured += 1,
+        }
+    }
+
+    /// Plan order of two tests by index.
+    fn order(&self, a: usize, b: usize) -> std::cmp::Ordering {
+        self.expected(b)
+            .cmp(&self.expected(a))
+            .then_with(|| self.ids[a].cmp(&self.ids[b]))
     }
 
     /// One test of `batch` was reported or put back: it no longer counts as running.
@@ -392,13 +553,18 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
     }
 }
 
+/// `n` as a multiplier of a duration.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Slowest first; equal durations by id, so that plans are deterministic.
 fn plan_order<Id: Ord>(a: &TestEstimate<Id>, b: &TestEstimate<Id>) -> std::cmp::Ordering {
     b.expected.cmp(&a.expected).then_with(|| a.id.cmp(&b.id))
 }
 
 /// The median of `durations` (the mean of the middle two for an even count), `None` if empty.
-fn median(durations: impl Iterator<Item = Duration>) -> Option<Duration> {
+pub fn median(durations: impl Iterator<Item = Duration>) -> Option<Duration> {
     let mut sorted: Vec<Duration> = durations.collect();
     sorted.sort();
     let mid = sorted.len() / 2;
@@ -453,19 +619,32 @@ mod tests {
     /// What happens at a point of simulated time.
     enum Event {
         TestFinished { test: String, took: Duration },
+        /// A batch's tool process finished starting.
+        StartedUp,
         SlotFree(usize),
+    }
+
+    /// A run on the simulated clock: the batches handed out, when each slot ran out of work,
+    /// and how many tool processes the slots started.
+    struct Run {
+        handed: Vec<Handed>,
+        idle_from: Vec<Duration>,
+        startups: usize,
     }
 
     /// Runs the planner to the end on a simulated clock. Slot `s` pulls whenever it is free
     /// and runs each test in `speeds[s]` times its `actual` duration, after the configured
-    /// overhead per batch; each test is recorded when it finishes. Returns the batches handed
-    /// out and when each slot ran out of work.
-    fn simulate(
+    /// overhead per batch and, when the batch starts the tool, `startup` (every batch, or a
+    /// slot's first with [`Startups::PerSlot`]), which is then recorded as measured; each
+    /// test is recorded when it finishes.
+    fn simulate_with(
         mut planner: ShardPlanner<String>,
         speeds: &[f64],
         actual: &HashMap<String, Duration>,
-    ) -> (Vec<Handed>, Vec<Duration>) {
+        startup: Duration,
+    ) -> Run {
         let overhead = planner.config.batch_overhead;
+        let per_slot = planner.config.startups == Startups::PerSlot;
         // (time, finished tests before free slots, sequence) → what happens.
         let mut queue = BinaryHeap::new();
         let mut events = Vec::new();
@@ -475,12 +654,15 @@ mod tests {
         }
         let mut handed = Vec::new();
         let mut idle_from = vec![Duration::ZERO; speeds.len()];
+        let mut started = vec![false; speeds.len()];
+        let mut startups = 0;
         while let Some(Reverse((now, _, event))) = queue.pop() {
             match &events[event] {
                 Event::TestFinished { test, took } => {
                     let (test, took) = (test.clone(), *took);
                     planner.record(&test, took);
                 }
+                Event::StartedUp => planner.record_startup(startup),
                 &Event::SlotFree(slot) => {
                     let target = planner.batch_target(now);
                     let Some(batch) = planner.next_batch(now) else {
@@ -488,6 +670,13 @@ mod tests {
                         continue;
                     };
                     let mut t = now + overhead;
+                    if !(per_slot && started[slot]) {
+                        started[slot] = true;
+                        startups += 1;
+                        t += startup;
+                        queue.push(Reverse((t, 0, events.len())));
+                        events.push(Event::StartedUp);
+                    }
                     for test in &batch.tests {
                         let took = actual[test].mul_f64(speeds[slot]);
                         t += took;
@@ -507,7 +696,22 @@ mod tests {
                 }
             }
         }
-        (handed, idle_from)
+        Run {
+            handed,
+            idle_from,
+            startups,
+        }
+    }
+
+    /// [`simulate_with`] with no start-up cost: the batches handed out and when each slot ran
+    /// out of work.
+    fn simulate(
+        planner: ShardPlanner<String>,
+        speeds: &[f64],
+        actual: &HashMap<String, Duration>,
+    ) -> (Vec<Handed>, Vec<Duration>) {
+        let run = simulate_with(planner, speeds, actual, Duration::ZERO);
+        (run.handed, run.idle_from)
     }
 
     /// [`simulate`] with `slots` equal slots; the batches handed out.
@@ -540,14 +744,14 @@ mod tests {
             2,
             PlannerConfig::default(),
         );
-        let order: Vec<(&str, Duration)> = planner
+        let order: Vec<(String, Duration)> = planner
             .queued()
-            .map(|test| (test.id.as_str(), test.expected))
+            .map(|test| (test.id, test.expected))
             .collect();
         // Median of 1, 2, 10, 30 is 6; equal durations are ordered by id.
         assert_eq!(
             order,
-            vec![
+            [
                 ("slower", secs(30.0)),
                 ("slow", secs(10.0)),
                 ("new_a", secs(6.0)),
@@ -555,19 +759,20 @@ mod tests {
                 ("medium", secs(2.0)),
                 ("fast", secs(1.0)),
             ]
+            .map(|(id, d)| (id.to_owned(), d))
         );
         assert_eq!(planner.remaining(), 6);
         assert_eq!(planner.expected_remaining(), secs(55.0));
     }
 
     #[test]
-    fn a_suite_without_any_history_uses_the_first_run_estimate() {
+    fn a_suite_without_any_history_uses_what_the_list_step_showed() {
         let config = PlannerConfig {
-            first_run_estimate: secs(3.0),
+            unmeasured_test: secs(3.0),
             ..PlannerConfig::default()
         };
         let planner = ShardPlanner::new(suite(&[("b", None), ("a", None)]), 4, config);
-        let ids: Vec<&str> = planner.queued().map(|test| test.id.as_str()).collect();
+        let ids: Vec<String> = planner.queued().map(|test| test.id).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(planner.expected_remaining(), secs(6.0));
     }
@@ -770,7 +975,7 @@ mod tests {
             "c".into(),
             "b".into(),
         ]);
-        let ids: Vec<&str> = planner.queued().map(|test| test.id.as_str()).collect();
+        let ids: Vec<String> = planner.queued().map(|test| test.id).collect();
         assert_eq!(ids, ["a", "b", "c", "d", "e"]);
         assert_eq!(planner.expected_remaining(), secs(26.0));
 
@@ -811,23 +1016,179 @@ mod tests {
     }
 
     #[test]
-    fn recording_returns_the_new_history_entry() {
-        assert_eq!(moving_average(None, secs(4.0)), secs(4.0));
-        assert_eq!(moving_average(Some(secs(10.0)), secs(20.0)), secs(13.0));
-
+    fn estimates_without_history_are_revised_as_results_stream() {
         let mut planner = ShardPlanner::new(
-            suite(&[("known", Some(10.0)), ("new", None)]),
+            suite(&[
+                ("known", Some(10.0)),
+                ("a", None),
+                ("b", None),
+                ("c", None),
+                ("d", None),
+            ]),
             1,
-            PlannerConfig::default(),
+            PlannerConfig {
+                min_batch: Duration::ZERO,
+                batch_overhead: Duration::ZERO,
+                ..PlannerConfig::default()
+            },
         );
-        while planner.next_batch(Duration::ZERO).is_some() {}
-        // A test planned at the median has no history of its own: its first run is its entry.
-        assert_eq!(planner.record("new", secs(2.0)), secs(2.0));
-        assert_eq!(planner.record("known", secs(20.0)), secs(13.0));
-        assert_eq!(planner.record("not_in_job", secs(1.0)), secs(1.0));
-        // A retry is expected to take the updated duration.
-        planner.requeue(vec!["known".into()]);
+        // Before any result, tests without history count as the suite's median.
+        assert_eq!(planner.unmeasured_estimate(), secs(10.0));
+        assert_eq!(planner.expected_remaining(), secs(50.0));
+        let first = planner.next_batch(Duration::ZERO).unwrap();
+        assert_eq!(first.tests, ["a", "b", "c"]);
+        // 20 s queued and 30 s running, on one slot.
+        assert_eq!(planner.batch_target(Duration::ZERO), secs(25.0));
+        // Then as the mean of those this job ran: the queued work and the target follow.
+        planner.record("a", secs(2.0));
+        assert_eq!(planner.unmeasured_estimate(), secs(2.0));
+        planner.record("b", secs(4.0));
+        assert_eq!(planner.unmeasured_estimate(), secs(3.0));
+        // "d" and "known" queued; "c" still running, 3 s of its batch's 9 s left.
         assert_eq!(planner.expected_remaining(), secs(13.0));
+        assert_eq!(planner.expected_total(), secs(22.0));
+        assert_eq!(planner.batch_target(secs(6.0)), secs(8.0));
+        // A test with history does not move the estimate; ids not in the job are ignored.
+        planner.record("not_in_job", secs(100.0));
+        while planner.next_batch(secs(6.0)).is_some() {}
+        planner.record("known", secs(20.0));
+        assert_eq!(planner.unmeasured_estimate(), secs(3.0));
+        // A retry is expected to take its latest run.
+        planner.requeue(vec!["known".into()]);
+        assert_eq!(planner.expected_remaining(), secs(20.0));
+    }
+
+    /// `n` tests with no history whose real durations spread from 0.2 to 7 ms around a mean
+    /// of about 3 ms (a pytest suite of small tests), a few at 50 ms.
+    fn first_run_suite(n: usize) -> (Vec<(String, Option<Duration>)>, HashMap<String, Duration>) {
+        let tests: Vec<(String, Option<Duration>)> =
+            (0..n).map(|i| (format!("t{i:05}"), None)).collect();
+        let actual = tests
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| {
+                let k = (i * 7919) % 1000;
+                let ms = if k < 5 { 50.0 } else { 0.2 + 6.8 * (k as f64) / 1000.0 };
+                (id.clone(), secs(ms / 1000.0))
+            })
+            .collect();
+        (tests, actual)
+    }
+
+    #[test]
+    fn a_first_run_starts_the_tool_at_most_twice_per_slot_plus_two() {
+        // The suites: thousands of fast tests; pytest's start-up with collection is
+        // about a second. The list step's wall time over the test count is the first
+        // estimate, here 4 times too low and 4 times too high, with the start-up measured
+        // or not yet known.
+        let startup = secs(1.0);
+        for n in [765, 2459, 5344] {
+            let (tests, actual) = first_run_suite(n);
+            let mean = actual.values().sum::<Duration>() / u32::try_from(n).unwrap();
+            for slots in [1, 2, 4, 8, 16] {
+                for (guess, known_startup) in [(0.25, true), (4.0, true), (0.25, false)] {
+                    let config = PlannerConfig {
+                        startup: if known_startup { startup } else { Duration::ZERO },
+                        unmeasured_test: mean.mul_f64(guess),
+                        max_batch: Some(secs(10.0)),
+                        ..PlannerConfig::default()
+                    };
+                    let planner = ShardPlanner::new(tests.clone(), slots, config);
+                    let run = simulate_with(planner, &vec![1.0; slots], &actual, startup);
+                    assert!(
+                        run.startups <= 2 * slots + 2,
+                        "{n} tests, {slots} slots, guess ×{guess}, start-up known:                          {known_startup}: {} start-ups",
+                        run.startups
+                    );
+                    // And every slot got work.
+                    let used = run.idle_from.iter().filter(|&&t| t > Duration::ZERO).count();
+                    assert_eq!(used, slots.min(n), "{n} tests, {slots} slots");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn with_a_worker_per_slot_later_batches_are_sized_without_the_start_up() {
+        let (tests, actual) = first_run_suite(5344);
+        let total: Duration = actual.values().sum();
+        let startup = secs(1.0);
+        let slots = 4;
+        let config = PlannerConfig {
+            startup,
+            startups: Startups::PerSlot,
+            unmeasured_test: Duration::from_micros(500),
+            max_batch: Some(secs(10.0)),
+            ..PlannerConfig::default()
+        };
+        let planner = ShardPlanner::new(tests.clone(), slots, config.clone());
+        let run = simulate_with(planner, &[1.0; 4], &actual, startup);
+        assert_eq!(run.startups, slots);
+        // Batches after a slot's first pay only the overhead, and the slots end together.
+        let makespan = *run.idle_from.iter().max().unwrap();
+        let overheads = config.batch_overhead * u32::try_from(run.handed.len()).unwrap();
+        let ideal = (total + overheads).div_f64(slots as f64) + startup;
+        assert!(
+            makespan <= ideal.mul_f64(1.05),
+            "makespan {makespan:?}, ideal {ideal:?}"
+        );
+    }
+
+    #[test]
+    fn a_start_up_per_batch_stays_a_small_share_of_the_work() {
+        // A cargo-style runner: every batch starts a process costing 0.5 s; a long suite of
+        // 0.05 to 3 s tests, once with history and once without.
+        let startup = secs(0.5);
+        let tests = spread_suite(2000);
+        let actual = durations_of(&tests);
+        let work: Duration = actual.values().sum();
+        let unmeasured: Vec<(String, Option<Duration>)> =
+            tests.iter().map(|(id, _)| (id.clone(), None)).collect();
+        for (suite, slots) in [(&tests, 4), (&tests, 16), (&unmeasured, 4), (&unmeasured, 16)] {
+            let config = PlannerConfig {
+                startup,
+                unmeasured_test: secs(0.3),
+                max_batch: Some(secs(10.0)),
+                ..PlannerConfig::default()
+            };
+            let planner = ShardPlanner::new(suite.clone(), slots, config);
+            assert_eq!(planner.min_batch(), secs(5.5));
+            let run = simulate_with(planner, &vec![1.0; slots], &actual, startup);
+            let share = (startup * u32::try_from(run.startups).unwrap()).as_secs_f64()
+                / work.as_secs_f64();
+            assert!(share <= 0.11, "{slots} slots: start-ups are {share:.3} of the work");
+        }
+    }
+
+    #[test]
+    fn a_measured_start_up_replaces_the_recorded_one() {
+        let config = PlannerConfig {
+            min_batch: Duration::ZERO,
+            batch_overhead: Duration::ZERO,
+            startup: secs(1.0),
+            ..PlannerConfig::default()
+        };
+        let tests: Vec<(String, Option<Duration>)> =
+            (0..100).map(|i| (format!("t{i:03}"), Some(secs(10.0)))).collect();
+        let mut planner = ShardPlanner::new(tests.clone(), 2, config.clone());
+        assert_eq!(planner.min_batch(), secs(10.0));
+        planner.record_startup(secs(2.0));
+        planner.record_startup(secs(4.0));
+        assert_eq!(planner.startup(), secs(3.0));
+        assert_eq!(planner.min_batch(), secs(30.0));
+        // A small suite: the minimum gives way to half of each slot's share.
+        let small = ShardPlanner::new(tests[..4].to_vec(), 2, config.clone());
+        assert_eq!(small.min_batch(), secs(10.0));
+        // With a worker per slot, the start-up does not count in the minimum at all.
+        let worker = ShardPlanner::new(
+            tests,
+            2,
+            PlannerConfig {
+                startups: Startups::PerSlot,
+                ..config
+            },
+        );
+        assert_eq!(worker.min_batch(), Duration::ZERO);
     }
 
     #[test]
