@@ -71,6 +71,11 @@ pub struct CoordinatorConfig {
     pub max_action_timeout: Duration,
     /// Platform keys accepted before any agent declares them.
     pub platform_keys: Vec<String>,
+    /// Durations kept per test (and tool start-ups per suite) for the planner; a test's
+    /// estimate is their median.
+    pub history_runs: usize,
+    /// A test's history not recorded for this long is removed.
+    pub history_retention: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -96,6 +101,8 @@ impl Default for CoordinatorConfig {
                 "network".to_owned(),
                 "pool".to_owned(),
             ],
+            history_runs: 10,
+            history_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -116,6 +123,8 @@ pub struct FileConfig {
     default_action_timeout: Option<String>,
     max_action_timeout: Option<String>,
     platform_keys: Option<Vec<String>>,
+    history_runs: Option<usize>,
+    history_retention: Option<String>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -130,6 +139,9 @@ pub struct ConfigOverrides {
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
 }
+
+/// Most durations kept per test: each is 8 bytes in every test's history entry.
+pub const MAX_HISTORY_RUNS: usize = 1000;
 
 /// Environment variables read by [`CoordinatorConfig::load`]. Other `TESSERA_*` variables that
 /// belong to other commands are listed in [`OTHER_ENV_KEYS`] and ignored here.
@@ -146,6 +158,8 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_DEFAULT_ACTION_TIMEOUT",
     "TESSERA_MAX_ACTION_TIMEOUT",
     "TESSERA_PLATFORM_KEYS",
+    "TESSERA_HISTORY_RUNS",
+    "TESSERA_HISTORY_RETENTION",
     "TESSERA_CONFIG",
 ];
 
@@ -224,6 +238,12 @@ impl Settings for CoordinatorConfig {
         if let Some(v) = file.platform_keys {
             self.platform_keys = v;
         }
+        if let Some(v) = file.history_runs {
+            self.history_runs = v;
+        }
+        if let Some(v) = file.history_retention {
+            self.history_retention = file_duration("history_retention", &v)?;
+        }
         Ok(())
     }
 
@@ -245,6 +265,8 @@ impl Settings for CoordinatorConfig {
             }
             "TESSERA_MAX_ACTION_TIMEOUT" => self.max_action_timeout = parse_duration(value)?,
             "TESSERA_PLATFORM_KEYS" => self.platform_keys = parse_list(value),
+            "TESSERA_HISTORY_RUNS" => self.history_runs = parse(value)?,
+            "TESSERA_HISTORY_RETENTION" => self.history_retention = parse_duration(value)?,
             // TESSERA_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -284,6 +306,20 @@ impl Settings for CoordinatorConfig {
                 "must not exceed max_action_timeout",
             )
             .for_key("default_action_timeout"));
+        }
+        if !(1..=MAX_HISTORY_RUNS).contains(&self.history_runs) {
+            return Err(BadValue::new(
+                self.history_runs.to_string(),
+                format!("must be between 1 and {MAX_HISTORY_RUNS}"),
+            )
+            .for_key("history_runs"));
+        }
+        if self.history_retention < Duration::from_secs(86_400) {
+            return Err(BadValue::new(
+                format!("{:?}", self.history_retention),
+                "must be at least 1d (history is kept by the day)",
+            )
+            .for_key("history_retention"));
         }
         Ok(())
     }
@@ -355,6 +391,33 @@ mod tests {
             CoordinatorConfig::load(None, &env(&[("TESSERA_CAS_PROTECT_RECENT", "soon")]), &none)
                 .unwrap_err();
         assert!(err.to_string().contains("30s"), "{err}");
+    }
+
+    #[test]
+    fn the_history_bound_is_set_checked_and_defaults_to_ten_runs() {
+        let none = ConfigOverrides::default();
+        let c = CoordinatorConfig::load(None, &BTreeMap::new(), &none).unwrap();
+        assert_eq!(
+            (c.history_runs, c.history_retention),
+            (10, Duration::from_secs(30 * 86_400))
+        );
+        let e = env(&[
+            ("TESSERA_HISTORY_RUNS", "25"),
+            ("TESSERA_HISTORY_RETENTION", "90days"),
+        ]);
+        let c = CoordinatorConfig::load(None, &e, &none).unwrap();
+        assert_eq!(
+            (c.history_runs, c.history_retention),
+            (25, Duration::from_secs(90 * 86_400))
+        );
+        for (var, value) in [
+            ("TESSERA_HISTORY_RUNS", "0"),
+            ("TESSERA_HISTORY_RUNS", "100000"),
+            ("TESSERA_HISTORY_RETENTION", "1h"),
+        ] {
+            let err = CoordinatorConfig::load(None, &env(&[(var, value)]), &none).unwrap_err();
+            assert!(err.to_string().contains("history_"), "{var}={value}: {err}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::execution::inputs::ExecLimits;
 use crate::execution::scheduler::{self, SchedulerConfig, SchedulerError, SchedulerHandle};
 use crate::jobs::driver::JobContext;
 use crate::jobs::registry::JobRegistry;
-use crate::jobs::results::TestStore;
+use crate::jobs::results::{HistoryLimits, TestStore};
 use crate::services::action_cache::ActionCacheService;
 use crate::services::agent_session::AgentSessionService;
 use crate::services::bytestream::ByteStreamService;
@@ -171,7 +171,13 @@ impl Coordinator {
                 store: Arc::clone(&blobs),
                 executor: executor.clone(),
                 scheduler: scheduler.clone(),
-                tests: TestStore::open(Arc::clone(&meta_dyn))?,
+                tests: TestStore::open(
+                    Arc::clone(&meta_dyn),
+                    HistoryLimits {
+                        runs: config.history_runs,
+                        retention: config.history_retention,
+                    },
+                )?,
                 default_test_timeout: config.default_action_timeout,
                 max_action_timeout: config.max_action_timeout,
             },

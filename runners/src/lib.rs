@@ -520,6 +520,13 @@ pub trait Runner: fmt::Debug + Send + Sync {
         test.group.clone()
     }
 
+    /// Whether one long-lived worker per slot can run this runner's batches, so the tool's
+    /// start-up (imports, collection) is paid once per slot instead of once per batch
+    /// (`StepSpec::Batch::worker`). The default: no, one process per batch.
+    fn long_lived_worker(&self) -> bool {
+        false
+    }
+
     /// Whether the tool measures each test's duration itself. When it does not, the caller runs
     /// one test per command and uses the command's wall-clock time.
     fn times_tests_itself(&self) -> bool {

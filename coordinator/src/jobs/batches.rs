@@ -19,11 +19,11 @@ use tessera_runners::step::{StepReport, StepSpec};
 use tessera_runners::{Outcome, Prepared, TestId, TestResult};
 use tokio::sync::mpsc;
 
-use super::driver::{Stop, TICK, test_ref};
+use super::driver::{Stop, TICK, execution_wall, test_ref};
 use super::job::{Job, is_failure};
 use super::output;
 use super::planner::{Batch, BatchId, ShardPlanner};
-use super::results::{CachedPass, SuiteKey};
+use super::results::{CachedPass, Day, SuiteKey};
 use super::steps::{StepRequest, StepRun, Steps, no_network_hint, tests_have_network};
 use super::tally::Tally;
 use super::test_state::{Failure, Final, TestEvent, TestState, TestTable};
@@ -47,6 +47,8 @@ pub(super) struct RunPhase<'a> {
     tests: TestTable,
     planner: ShardPlanner<TestId>,
     tally: &'a mut Tally,
+    /// Tool start-ups measured since the last write to the history.
+    startups: Vec<Duration>,
 }
 
 impl<'a> RunPhase<'a> {
@@ -69,6 +71,7 @@ impl<'a> RunPhase<'a> {
             tests,
             planner,
             tally,
+            startups: Vec::new(),
         }
     }
 
@@ -171,6 +174,7 @@ impl<'a> RunPhase<'a> {
                 Some(TestState::Retrying { failed_on, .. }) => Some(failed_on.clone()),
                 _ => None,
             });
+        let runner_has_worker = self.job.runner.runner().long_lived_worker();
         for test in &batch.tests {
             let started = TestEvent::Started { batch: batch.id };
             if let Err(error) = self.tests.apply(test, started) {
@@ -182,8 +186,10 @@ impl<'a> RunPhase<'a> {
             prepared: self.prepared.clone(),
             tests: batch.tests.clone(),
             test_timeout_ms: u64::try_from(test_timeout.as_millis()).unwrap_or(u64::MAX),
-            worker: None,
+            // A worker serves this job only.
+            worker: runner_has_worker.then(|| self.job.id.clone()),
         };
+        self.tally.batches += 1;
         let timeout = test_timeout
             .saturating_mul(u32::try_from(batch.tests.len()).unwrap_or(u32::MAX))
             .saturating_add(BATCH_SLACK);
@@ -212,6 +218,13 @@ impl<'a> RunPhase<'a> {
             duration: None,
             output,
         };
+        if let StepReport::Ran { results, startups } = &run.report {
+            self.tally.tool_startups += startups;
+            if let Some(startup) = self.startup_of(&run, results, *startups) {
+                self.planner.record_startup(startup);
+                self.startups.push(startup);
+            }
+        }
         let results: Vec<TestResult> = match run.report {
             StepReport::Ran { results, .. } => {
                 let mut by_id: HashMap<TestId, TestResult> =
@@ -240,9 +253,25 @@ impl<'a> RunPhase<'a> {
         self.record(batch, &agent, results)
     }
 
+    /// What one tool start-up of a batch that started `startups` processes cost: the command's
+    /// wall time less its tests' durations (subtests run inside theirs), over the processes.
+    /// `None` when a worker served it or the agent did not say how long it ran.
+    fn startup_of(&self, run: &StepRun, results: &[TestResult], startups: u32) -> Option<Duration> {
+        if startups == 0 {
+            return None;
+        }
+        let runner = self.job.runner.runner();
+        let tests: Duration = results
+            .iter()
+            .filter(|r| runner.subtest_parent(&r.id).is_none())
+            .filter_map(|r| r.duration)
+            .sum();
+        Some(execution_wall(&run.result)?.saturating_sub(tests) / startups)
+    }
+
     /// Moves on each test `batch` is running that `results` names (once each), tells the
-    /// client, records durations and clean passes, and requeues retries. Returns the reason
-    /// to stop (fail-fast), if any.
+    /// client, records durations, clean passes and the start-ups measured since the last
+    /// call, and requeues retries. Returns the reason to stop (fail-fast), if any.
     fn record(&mut self, batch: BatchId, agent: &str, results: Vec<TestResult>) -> Option<Stop> {
         let mut durations = Vec::new();
         let mut passes = Vec::new();
@@ -385,12 +414,13 @@ impl<'a> RunPhase<'a> {
         if !requeue.is_empty() {
             self.planner.requeue(requeue);
         }
-        if let Err(error) = self
-            .steps
-            .ctx
-            .tests
-            .record(&self.suite, &durations, &passes)
-        {
+        if let Err(error) = self.steps.ctx.tests.record(
+            &self.suite,
+            &durations,
+            &std::mem::take(&mut self.startups),
+            &passes,
+            Day::today(),
+        ) {
             // Results still reach the client; only the cache and the history miss them. A
             // full disk is logged once per episode by the store itself.
             if error.is_out_of_space() {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::MetaError;
 use tessera_cas::store::BlobStore;
+use tessera_proto::reapi::ActionResult;
 use tessera_proto::reapi::platform::Property;
 use tessera_proto::tessera::v1::{
     JobPhase, PhaseChanged, QueuePosition, TestFinished, TestOutcome, TestRef, TestsPlanned,
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batches::RunPhase;
 use super::job::Job;
-use super::planner::{PlannerConfig, ShardPlanner};
+use super::planner::{PlannerConfig, ShardPlanner, Startups};
 use super::results::{CachedPass, SuiteKey, TestStore};
 use super::steps::{StepRequest, Steps, step_failed, tests_have_network};
 use super::tally::Tally;
@@ -153,13 +154,15 @@ async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<()
 async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Result<(), Stop> {
     let (ctx, job) = (steps.ctx, steps.job);
     let (prepared, prepared_root) = prepare(steps, input_root).await?;
-    let listed = list(steps, &prepared, prepared_root).await?;
+    let (listed, list_wall) = list(steps, &prepared, prepared_root).await?;
+    let listed_count = listed.len();
 
     // Results restored after a restart stand (they are in the tally already); cached passes
     // answer at once; the rest is planned from its history.
     let suite = SuiteKey::new(
         &settings_key(job, &steps.pinned),
         &prepared_root.to_string(),
+        &history_scope(job, ""),
     );
     let mut tests = TestTable::default();
     let mut listed_anew = Vec::with_capacity(listed.len());
@@ -181,9 +184,9 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     }
     let mut to_run: Vec<(TestId, Option<Duration>)> = Vec::new();
     let mut cached_events = Vec::new();
-    for (test, cached, history) in
-        look_up(&ctx.tests, &suite, job.spec.skip_cache, listed_anew).await?
-    {
+    let (looked_up, recorded_startup) =
+        look_up(&ctx.tests, &suite, job.spec.skip_cache, listed_anew).await?;
+    for (test, cached, history) in looked_up {
         if !tests.insert(test.clone()) {
             continue;
         }
@@ -234,7 +237,8 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     }
     let to_run_count = to_run.len();
     let slots = fleet_slots(&ctx.scheduler).await;
-    let mut planner = ShardPlanner::new(to_run, slots, planner_config());
+    let config = job_planner_config(job, list_wall, listed_count, recorded_startup);
+    let mut planner = ShardPlanner::new(to_run, slots, config);
     if job.spec.keep_files_together {
         let runner = job.runner.runner();
         planner.keep_together(|test: &TestId| runner.unit_of(test));
@@ -293,12 +297,13 @@ async fn prepare(steps: &Steps<'_>, input_root: Digest) -> Result<(Prepared, Dig
     Ok((prepared, root))
 }
 
-/// The list step: the suite's tests, in the tool's order.
+/// The list step: the suite's tests, in the tool's order, and how long the tool ran (also
+/// for a cached step: the run that filled the cache), if the agent said.
 async fn list(
     steps: &Steps<'_>,
     prepared: &Prepared,
     prepared_root: Digest,
-) -> Result<Vec<TestId>, Stop> {
+) -> Result<(Vec<TestId>, Option<Duration>), Stop> {
     let job = steps.job;
     job.emit(phase(JobPhase::Listing, ""));
     let spec = StepSpec::List {
@@ -315,20 +320,65 @@ async fn list(
             tests_have_network(&job.spec),
         ));
     };
-    Ok(tests)
+    Ok((tests, execution_wall(&run.result)))
 }
 
-/// Each listed test with its cached pass (unless `skip_cache`) and its recorded duration.
+/// The planner settings of `job`: [`planner_config`] with what the job knows of its suite.
+/// The tool's start-up is the suite's recorded one, else the list step's wall time (one
+/// start-up plus collecting every test: an upper bound until the first batch measures it).
+/// A test without history is first expected to take the list step's wall time over the
+/// tests it listed (until this job's first results revise it).
+fn job_planner_config(
+    job: &Job,
+    list_wall: Option<Duration>,
+    listed: usize,
+    recorded_startup: Option<Duration>,
+) -> PlannerConfig {
+    let list_wall = list_wall.unwrap_or_default();
+    let unmeasured_test = match u32::try_from(listed) {
+        Ok(n) if n > 0 => list_wall / n,
+        _ => Duration::ZERO,
+    };
+    PlannerConfig {
+        startup: recorded_startup.unwrap_or(list_wall),
+        startups: if job.runner.runner().long_lived_worker() {
+            Startups::PerSlot
+        } else {
+            Startups::PerBatch
+        },
+        unmeasured_test,
+        ..planner_config()
+    }
+}
+
+/// How long an action's command ran on its agent (inputs and outputs not included), from
+/// its result's execution metadata; `None` if the agent did not say.
+pub(super) fn execution_wall(result: &ActionResult) -> Option<Duration> {
+    let metadata = result.execution_metadata.as_ref()?;
+    let start = metadata.execution_start_timestamp.as_ref()?;
+    let end = metadata.execution_completed_timestamp.as_ref()?;
+    let nanos =
+        |t: &prost_types::Timestamp| i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    let took = u64::try_from(nanos(end) - nanos(start)).ok()?;
+    Some(Duration::from_nanos(took))
+}
+
+/// A listed test, its cached pass (unless `skip_cache`) and its recorded duration.
+type LookedUp = (TestId, Option<CachedPass>, Option<Duration>);
+
+/// Each listed test with its cached pass (unless `skip_cache`) and its recorded duration, and
+/// the suite's recorded tool start-up.
 async fn look_up(
     store: &TestStore,
     suite: &SuiteKey,
     skip_cache: bool,
     tests: Vec<TestId>,
-) -> Result<Vec<(TestId, Option<CachedPass>, Option<Duration>)>, Stop> {
+) -> Result<(Vec<LookedUp>, Option<Duration>), Stop> {
     let store = store.clone();
     let suite = suite.clone();
     tokio::task::spawn_blocking(move || {
-        tests
+        let startup = store.startup(&suite)?;
+        let tests = tests
             .into_iter()
             .map(|test| {
                 let cached = if skip_cache {
@@ -339,7 +389,8 @@ async fn look_up(
                 let history = store.history(&suite, &test)?;
                 Ok((test, cached, history))
             })
-            .collect::<Result<Vec<_>, MetaError>>()
+            .collect::<Result<Vec<_>, MetaError>>()?;
+        Ok::<_, MetaError>((tests, startup))
     })
     .await
     .map_err(|e| Stop::Infrastructure(format!("test lookup panicked: {e}")))?
@@ -420,6 +471,58 @@ fn settings_key(job: &Job, pinned: &[Property]) -> Vec<u8> {
     key
 }
 
+/// What a suite's duration history is shared across (`results.rs`): the instance, the
+/// project, the runner's kind and its settings (without test selection) with the exec root
+/// written as `<exec_root>`, and the matrix `cell`. The exec root is named after the
+/// checkout's directory, which differs between two clones of one project, and the runner's
+/// paths lie under it; the rest of its settings are the same on every machine. Not the
+/// submitter, the environment (`HOME`, `PATH`, ...) or the platform: CI and laptops share
+/// what they learn. Empty (history keyed by [`settings_key`], as before) for a job that names
+/// no project: a client older than the field.
+pub(super) fn history_scope(job: &Job, cell: &str) -> Vec<u8> {
+    let spec = &job.spec;
+    if spec.project.is_empty() {
+        return Vec::new();
+    }
+    let runner = serde_json::to_string(&job.runner.key_settings())
+        .unwrap_or_else(|_| spec.runner_json.clone());
+    let mut key = Vec::new();
+    for part in [
+        spec.instance_name.as_str(),
+        spec.project.as_str(),
+        &without_exec_root(&runner, &spec.exec_root),
+        cell,
+    ] {
+        key.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+/// `json` with every path `exec_root` (or under it) starting at `<exec_root>` instead.
+fn without_exec_root(json: &str, exec_root: &str) -> String {
+    let root = serde_json::to_string(exec_root).unwrap_or_default();
+    let root = root.trim_matches('"');
+    if root.is_empty() {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len());
+    let mut rest = json;
+    while let Some(at) = rest.find(root) {
+        let after = &rest[at + root.len()..];
+        out.push_str(&rest[..at]);
+        // Only whole path components: `/x/ab` is not under `/x/a`.
+        if after.starts_with(['/', '"']) {
+            out.push_str("<exec_root>");
+        } else {
+            out.push_str(root);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A test as events name it.
 pub(super) fn test_ref(test: &TestId) -> TestRef {
     TestRef {
@@ -439,5 +542,95 @@ fn stop_error(message: String) -> Stop {
     Stop::Error {
         message,
         log: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_proto::reapi::command::EnvironmentVariable;
+    use tessera_proto::tessera::v1::JobSpec;
+    use tessera_runners::{PytestRunner, RunnerConfig};
+
+    use super::*;
+
+    /// A pytest job of `project`, submitted by `submitter` with `home`, from a checkout whose
+    /// exec root is `exec_root`.
+    fn job(project: &str, submitter: &str, home: &str, exec_root: &str) -> Arc<Job> {
+        let runner = RunnerConfig::Pytest(
+            PytestRunner::new(format!("{exec_root}/tests"))
+                .root(exec_root)
+                .args([
+                    format!("--rootdir={exec_root}"),
+                    "-p".to_owned(),
+                    "no:cacheprovider".to_owned(),
+                ]),
+        );
+        let spec = JobSpec {
+            runner_json: serde_json::to_string(&runner).unwrap(),
+            exec_root: exec_root.to_owned(),
+            submitter: submitter.to_owned(),
+            environment: vec![EnvironmentVariable {
+                name: "HOME".to_owned(),
+                value: home.to_owned(),
+            }],
+            project: project.to_owned(),
+            ..JobSpec::default()
+        };
+        Job::new("j".to_owned(), spec, runner, 0)
+    }
+
+    #[test]
+    fn two_submitters_of_one_project_share_its_history_but_not_its_results() {
+        let laptop = job(
+            "github.com/acme/widget",
+            "ann@laptop",
+            "/home/ann",
+            "/var/tmp/tessera/widget",
+        );
+        let ci = job(
+            "github.com/acme/widget",
+            "ci@runner-7",
+            "/builds",
+            "/var/tmp/tessera/widget-ci",
+        );
+        assert_eq!(history_scope(&laptop, ""), history_scope(&ci, ""));
+        assert_ne!(settings_key(&laptop, &[]), settings_key(&ci, &[]));
+        // Another project, another cell, or other runner settings: other histories.
+        let other = job(
+            "github.com/acme/gadget",
+            "ann@laptop",
+            "/home/ann",
+            "/var/tmp/tessera/widget",
+        );
+        assert_ne!(history_scope(&laptop, ""), history_scope(&other, ""));
+        assert_ne!(
+            history_scope(&laptop, ""),
+            history_scope(&laptop, "FLAG=on")
+        );
+        // A client that names no project keeps its history under its settings.
+        let old = job("", "ann@laptop", "/home/ann", "/var/tmp/tessera/widget");
+        assert!(history_scope(&old, "").is_empty());
+    }
+
+    #[test]
+    fn only_whole_paths_under_the_exec_root_are_rewritten() {
+        let json = r#"{"dir":"/x/a/tests","root":"/x/a","args":["--rootdir=/x/a","/x/ab"]}"#;
+        assert_eq!(
+            without_exec_root(json, "/x/a"),
+            r#"{"dir":"<exec_root>/tests","root":"<exec_root>","args":["--rootdir=<exec_root>","/x/ab"]}"#
+        );
+    }
+
+    #[test]
+    fn the_list_step_sizes_a_first_run() {
+        let job = job("p", "s", "/h", "/r");
+        let config = job_planner_config(&job, Some(Duration::from_secs(4)), 2000, None);
+        assert_eq!(config.startup, Duration::from_secs(4));
+        assert_eq!(config.unmeasured_test, Duration::from_millis(2));
+        assert_eq!(config.startups, Startups::PerBatch);
+        let recorded = Some(Duration::from_millis(700));
+        let config = job_planner_config(&job, None, 0, recorded);
+        assert_eq!(config.startup, Duration::from_millis(700));
+        assert_eq!(config.unmeasured_test, Duration::ZERO);
     }
 }

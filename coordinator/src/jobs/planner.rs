@@ -491,12 +491,18 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
 
     /// The sum of the queued tests' expected durations (running batches not included).
     pub fn expected_remaining(&self) -> Duration {
-        self.queued_known + self.unmeasured_estimate().saturating_mul(count(self.queued_unmeasured))
+        self.queued_known
+            + self
+                .unmeasured_estimate()
+                .saturating_mul(count(self.queued_unmeasured))
     }
 
     /// The sum of every test's expected duration, those run included (at their latest run).
     pub fn expected_total(&self) -> Duration {
-        self.total_known + self.unmeasured_estimate().saturating_mul(count(self.unmeasured))
+        self.total_known
+            + self
+                .unmeasured_estimate()
+                .saturating_mul(count(self.unmeasured))
     }
 
     /// The queued tests with their expected durations, front first.
@@ -618,7 +624,10 @@ mod tests {
 
     /// What happens at a point of simulated time.
     enum Event {
-        TestFinished { test: String, took: Duration },
+        TestFinished {
+            test: String,
+            took: Duration,
+        },
         /// A batch's tool process finished starting.
         StartedUp,
         SlotFree(usize),
@@ -1068,7 +1077,11 @@ mod tests {
             .enumerate()
             .map(|(i, (id, _))| {
                 let k = (i * 7919) % 1000;
-                let ms = if k < 5 { 50.0 } else { 0.2 + 6.8 * (k as f64) / 1000.0 };
+                let ms = if k < 5 {
+                    50.0
+                } else {
+                    0.2 + 6.8 * (k as f64) / 1000.0
+                };
                 (id.clone(), secs(ms / 1000.0))
             })
             .collect();
@@ -1088,7 +1101,11 @@ mod tests {
             for slots in [1, 2, 4, 8, 16] {
                 for (guess, known_startup) in [(0.25, true), (4.0, true), (0.25, false)] {
                     let config = PlannerConfig {
-                        startup: if known_startup { startup } else { Duration::ZERO },
+                        startup: if known_startup {
+                            startup
+                        } else {
+                            Duration::ZERO
+                        },
                         unmeasured_test: mean.mul_f64(guess),
                         max_batch: Some(secs(10.0)),
                         ..PlannerConfig::default()
@@ -1101,7 +1118,11 @@ mod tests {
                         run.startups
                     );
                     // And every slot got work.
-                    let used = run.idle_from.iter().filter(|&&t| t > Duration::ZERO).count();
+                    let used = run
+                        .idle_from
+                        .iter()
+                        .filter(|&&t| t > Duration::ZERO)
+                        .count();
                     assert_eq!(used, slots.min(n), "{n} tests, {slots} slots");
                 }
             }
@@ -1144,7 +1165,12 @@ mod tests {
         let work: Duration = actual.values().sum();
         let unmeasured: Vec<(String, Option<Duration>)> =
             tests.iter().map(|(id, _)| (id.clone(), None)).collect();
-        for (suite, slots) in [(&tests, 4), (&tests, 16), (&unmeasured, 4), (&unmeasured, 16)] {
+        for (suite, slots) in [
+            (&tests, 4),
+            (&tests, 16),
+            (&unmeasured, 4),
+            (&unmeasured, 16),
+        ] {
             let config = PlannerConfig {
                 startup,
                 unmeasured_test: secs(0.3),
@@ -1154,9 +1180,12 @@ mod tests {
             let planner = ShardPlanner::new(suite.clone(), slots, config);
             assert_eq!(planner.min_batch(), secs(5.5));
             let run = simulate_with(planner, &vec![1.0; slots], &actual, startup);
-            let share = (startup * u32::try_from(run.startups).unwrap()).as_secs_f64()
-                / work.as_secs_f64();
-            assert!(share <= 0.11, "{slots} slots: start-ups are {share:.3} of the work");
+            let share =
+                (startup * u32::try_from(run.startups).unwrap()).as_secs_f64() / work.as_secs_f64();
+            assert!(
+                share <= 0.11,
+                "{slots} slots: start-ups are {share:.3} of the work"
+            );
         }
     }
 
@@ -1168,8 +1197,9 @@ mod tests {
             startup: secs(1.0),
             ..PlannerConfig::default()
         };
-        let tests: Vec<(String, Option<Duration>)> =
-            (0..100).map(|i| (format!("t{i:03}"), Some(secs(10.0)))).collect();
+        let tests: Vec<(String, Option<Duration>)> = (0..100)
+            .map(|i| (format!("t{i:03}"), Some(secs(10.0))))
+            .collect();
         let mut planner = ShardPlanner::new(tests.clone(), 2, config.clone());
         assert_eq!(planner.min_batch(), secs(10.0));
         planner.record_startup(secs(2.0));
