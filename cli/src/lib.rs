@@ -9,6 +9,7 @@
 //! | [`upload`] | snapshot of the working tree and upload of what the CAS lacks |
 //! | [`report`] | views of a job's events: progress bar or plain lines, JSON lines, JUnit XML |
 //! | [`paths`] | cache directory, endpoint file, exec roots |
+//! | [`project`] | the project a job belongs to (its history is shared by it): origin, root commit or directory |
 //! | [`connect`] | which coordinator: flag, environment, or the embedded cluster's endpoint file |
 //! | [`cluster`] | the embedded cluster (coordinator and agents in-process) and its lock |
 //! | [`watch`] | following a job: re-attaching lost streams, Ctrl-C as Cancel |
@@ -25,6 +26,7 @@ pub mod connect;
 pub mod exit;
 pub mod logging;
 pub mod paths;
+pub mod project;
 pub mod report;
 pub mod signals;
 pub mod spec;

@@ -220,6 +220,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         submitter: spec::submitter(lookup),
         title,
         no_cache: args.no_cache,
+        project: crate::project::identify(&root),
     };
     let cache_dir = paths::cache_dir();
     let mut views = Views::new(args.json, args.junit.clone());

@@ -395,6 +395,8 @@ pub struct JobSettings {
     pub output_limit: u32,
     /// Keep each file's tests together, in listing order.
     pub keep_files_together: bool,
+    /// The project, whose test history the job shares (`crate::project`).
+    pub project: String,
 }
 
 /// The job spec for `settings` with the snapshot root `input_root`.
@@ -437,7 +439,7 @@ pub fn job_spec(
         prepare_network: settings.prepare_network,
         output_limit: settings.output_limit,
         keep_files_together: settings.keep_files_together,
-        project: String::new(),
+        project: settings.project.clone(),
         cells: Vec::new(),
     })
 }
