@@ -206,6 +206,9 @@ async fn a_command_suite_runs_with_retries_then_answers_from_cache() {
         ),
         (3, 1, 1, 1)
     );
+    // The command runner starts one process per batch, the retry's batch included.
+    assert!(finished.batches >= 2, "{finished:?}");
+    assert_eq!(finished.tool_startups, finished.batches, "{finished:?}");
     // The failing test ran twice (one retry), with its output each time.
     let wrong: Vec<_> = events
         .iter()

@@ -1067,11 +1067,13 @@ mod tests {
         assert_eq!(planner.expected_remaining(), secs(20.0));
     }
 
+    /// Tests as the planner takes them: ids and recorded durations.
+    type Planned = Vec<(String, Option<Duration>)>;
+
     /// `n` tests with no history whose real durations spread from 0.2 to 7 ms around a mean
     /// of about 3 ms (a pytest suite of small tests), a few at 50 ms.
-    fn first_run_suite(n: usize) -> (Vec<(String, Option<Duration>)>, HashMap<String, Duration>) {
-        let tests: Vec<(String, Option<Duration>)> =
-            (0..n).map(|i| (format!("t{i:05}"), None)).collect();
+    fn first_run_suite(n: usize) -> (Planned, HashMap<String, Duration>) {
+        let tests: Planned = (0..n).map(|i| (format!("t{i:05}"), None)).collect();
         let actual = tests
             .iter()
             .enumerate()
