@@ -622,6 +622,27 @@ mod tests {
     }
 
     #[test]
+    fn a_step_runs_from_its_execution_start_to_its_completion() {
+        use tessera_proto::reapi::ExecutedActionMetadata;
+        let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        let result = |start, end| ActionResult {
+            execution_metadata: Some(ExecutedActionMetadata {
+                execution_start_timestamp: start,
+                execution_completed_timestamp: end,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            execution_wall(&result(at(10, 900_000_000), at(12, 100_000_000))),
+            Some(Duration::from_millis(1200))
+        );
+        assert_eq!(execution_wall(&result(at(12, 0), at(10, 0))), None);
+        assert_eq!(execution_wall(&result(None, at(10, 0))), None);
+        assert_eq!(execution_wall(&ActionResult::default()), None);
+    }
+
+    #[test]
     fn the_list_step_sizes_a_first_run() {
         let job = job("p", "s", "/h", "/r");
         let config = job_planner_config(&job, Some(Duration::from_secs(4)), 2000, None);
