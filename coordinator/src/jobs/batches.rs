@@ -255,7 +255,8 @@ impl<'a> RunPhase<'a> {
 
     /// What one tool start-up of a batch that started `startups` processes cost: the command's
     /// wall time less its tests' durations (subtests run inside theirs), over the processes.
-    /// `None` when a worker served it or the agent did not say how long it ran.
+    /// `None` when a worker served it, the agent did not say how long it ran, or a test has
+    /// no duration (a crash or a timeout: its time would count as start-up).
     fn startup_of(&self, run: &StepRun, results: &[TestResult], startups: u32) -> Option<Duration> {
         if startups == 0 {
             return None;
@@ -264,8 +265,8 @@ impl<'a> RunPhase<'a> {
         let tests: Duration = results
             .iter()
             .filter(|r| runner.subtest_parent(&r.id).is_none())
-            .filter_map(|r| r.duration)
-            .sum();
+            .map(|r| r.duration)
+            .sum::<Option<Duration>>()?;
         Some(execution_wall(&run.result)?.saturating_sub(tests) / startups)
     }
 
