@@ -580,7 +580,12 @@ pub trait Runner: fmt::Debug + Send + Sync {
     /// How to start a worker for batches of tests of `group`, with `dir` as a directory
     /// private to the worker for the files the adapter writes; `None` when the runner has no
     /// worker.
-    fn worker_command(&self, prepared: &Prepared, group: &str, dir: &Path) -> Option<WorkerInvocation> {
+    fn worker_command(
+        &self,
+        prepared: &Prepared,
+        group: &str,
+        dir: &Path,
+    ) -> Option<WorkerInvocation> {
         let _ = (prepared, group, dir);
         None
     }

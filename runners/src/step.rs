@@ -294,8 +294,7 @@ pub async fn execute_step<S: Spawn + Sync>(
                     per_test.saturating_mul(u32::try_from(group.len()).unwrap_or(u32::MAX));
                 let served = if on_worker {
                     let dir = worker_dir(scratch.parent().unwrap_or(&scratch), &group[0].group);
-                    run_on_worker(runner, prepared, &group, &scratch, &dir, timeout, spawn)
-                        .await?
+                    run_on_worker(runner, prepared, &group, &scratch, &dir, timeout, spawn).await?
                 } else {
                     None
                 };

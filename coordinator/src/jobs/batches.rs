@@ -177,12 +177,14 @@ impl<'a> RunPhase<'a> {
                 tracing::warn!(%error, job = %self.job.id, "the planner handed out a test that cannot start");
             }
         }
+        let runner_has_worker = self.job.runner.runner().long_lived_worker();
         let spec = StepSpec::Batch {
             runner: self.job.runner.clone(),
             prepared: self.prepared.clone(),
             tests: batch.tests.clone(),
             test_timeout_ms: u64::try_from(test_timeout.as_millis()).unwrap_or(u64::MAX),
-            worker: None,
+            // Batches of one job may share a long-lived worker on an agent; other jobs' never.
+            worker: runner_has_worker.then(|| self.job.id.to_string()),
         };
         let timeout = test_timeout
             .saturating_mul(u32::try_from(batch.tests.len()).unwrap_or(u32::MAX))
