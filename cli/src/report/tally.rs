@@ -9,6 +9,10 @@
 //! are those of the tests shown, with a note when the coordinator counted otherwise; and a
 //! planned test that never got a result fails the run as an infrastructure error instead of
 //! vanishing.
+//!
+//! In a matrix run (`tessera run --matrix`) a test is a test of one cell: results are kept by
+//! (cell, test), each cell's plan and counts are kept apart, and the job's plan is the sum of
+//! its cells'. Views show a cell as `[NAME=v1]` ([`cell_label`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,8 +53,10 @@ pub struct Tally {
     pub last_seq: u64,
     /// The current phase.
     pub phase: JobPhase,
-    /// The plan, once the tests are listed.
+    /// The plan, once the tests are listed (in a matrix run, the sum of the cells' plans).
     pub planned: Option<TestsPlanned>,
+    /// Each cell's plan, by cell, as the cells planned (a plain run's one unnamed cell too).
+    planned_cells: Vec<(String, TestsPlanned)>,
     /// The latest progress report.
     pub progress: Option<Progress>,
     /// Final results so far.
@@ -69,8 +75,11 @@ pub struct Tally {
     pub not_run: u32,
     /// Tests answered from the cache so far.
     pub cached: u32,
-    /// The first final outcome of each test shown, by group and name.
-    finals: HashMap<(String, String), TestOutcome>,
+    /// The first final outcome of each test shown, by cell, group and name.
+    finals: HashMap<(String, String, String), TestOutcome>,
+    /// Counts of the tests shown of each matrix cell, in the order the cells first reported
+    /// (none in a plain run).
+    cells: Vec<(String, JobFinished)>,
     /// How many of them are subtests (never planned, so not held against the planned total).
     subtests: usize,
     /// The finished event, once the job ended (with the counts of the tests shown).
@@ -97,19 +106,20 @@ impl Tally {
         let mut note = None;
         match &event.kind {
             Some(Kind::Phase(p)) => self.phase = p.phase(),
-            Some(Kind::Planned(p)) => self.planned = Some(*p),
-            Some(Kind::Progress(p)) => self.progress = Some(*p),
+            Some(Kind::Planned(p)) => self.plan(p),
+            Some(Kind::Progress(p)) => self.progress = Some(p.clone()),
             Some(Kind::Test(t)) => {
-                let key = t
+                let (group, name) = t
                     .test
                     .as_ref()
                     .map(|r| (r.group.clone(), r.name.clone()))
                     .unwrap_or_default();
+                let key = (t.cell.clone(), group, name);
                 if let Some(first) = self.finals.get(&key) {
                     if t.r#final && t.outcome() != *first {
                         note = Some(format!(
                             "{} was reported again, {} this time; the first result, {}, stands",
-                            test_name(t),
+                            shown_name(t),
                             outcome_name(t.outcome()),
                             outcome_name(*first)
                         ));
@@ -143,7 +153,51 @@ impl Tally {
         }
     }
 
+    /// Takes a cell's plan (again, after a restart: the latest stands) into the job's.
+    fn plan(&mut self, planned: &TestsPlanned) {
+        match self
+            .planned_cells
+            .iter_mut()
+            .find(|(cell, _)| *cell == planned.cell)
+        {
+            Some((_, plan)) => plan.clone_from(planned),
+            None => self
+                .planned_cells
+                .push((planned.cell.clone(), planned.clone())),
+        }
+        let mut sum = TestsPlanned::default();
+        let mut expected = Duration::ZERO;
+        for (_, plan) in &self.planned_cells {
+            sum.total += plan.total;
+            sum.cached += plan.cached;
+            sum.to_run += plan.to_run;
+            expected += duration(plan.expected.as_ref());
+        }
+        sum.expected = Some(prost_types::Duration {
+            seconds: i64::try_from(expected.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(expected.subsec_nanos()).unwrap_or(0),
+        });
+        self.planned = Some(sum);
+    }
+
+    /// Counts of the tests shown of each matrix cell, in the order the cells first reported,
+    /// as a finished event's counts (`failed` without the timed out); none in a plain run.
+    pub fn cells(&self) -> &[(String, JobFinished)] {
+        &self.cells
+    }
+
     fn count(&mut self, test: &TestFinished) {
+        if !test.cell.is_empty() {
+            let index = match self.cells.iter().position(|(cell, _)| *cell == test.cell) {
+                Some(index) => index,
+                None => {
+                    self.cells
+                        .push((test.cell.clone(), JobFinished::default()));
+                    self.cells.len() - 1
+                }
+            };
+            count_into(&mut self.cells[index].1, test);
+        }
         if test.cached {
             self.cached += 1;
         }
@@ -203,13 +257,13 @@ impl Tally {
         ] = ours;
         finished.cached = self.cached;
         if matches!(finished.result(), JobResult::Passed | JobResult::Failed) {
-            let missing = self.planned.map_or(0, |p| {
+            let missing = self.planned.as_ref().map_or(0, |p| {
                 (p.total as usize).saturating_sub(self.finals.len() - self.subtests)
             });
             if missing > 0 {
                 let message = format!(
                     "{missing} of the {} tests planned were never reported",
-                    self.planned.map_or(0, |p| p.total)
+                    self.planned.as_ref().map_or(0, |p| p.total)
                 );
                 notes.push(message.clone());
                 finished.set_result(JobResult::Infrastructure);
@@ -242,15 +296,37 @@ impl Tally {
     }
 }
 
-/// The exit code for a finished job: flaky counts as passed; a broken build (prepare or list
-/// failed) is the user's failure like a failing test.
-pub fn exit_for(finished: &JobFinished) -> Exit {
-    match finished.result() {
-        JobResult::Passed => Exit::Success,
-        JobResult::Failed | JobResult::Error => Exit::TestsFailed,
-        JobResult::Cancelled => Exit::Interrupted,
-        JobResult::Infrastructure | JobResult::Unknown => Exit::Infrastructure,
+/// Counts one final result into a finished event's counts (`failed` without the timed out).
+fn count_into(counts: &mut JobFinished, test: &TestFinished) {
+    if test.cached {
+        counts.cached += 1;
     }
+    match test.outcome() {
+        TestOutcome::Passed => counts.passed += 1,
+        TestOutcome::Flaky => counts.flaky += 1,
+        TestOutcome::Skipped => counts.skipped += 1,
+        TestOutcome::TimedOut => counts.timed_out += 1,
+        TestOutcome::Failed | TestOutcome::NoResult | TestOutcome::Unknown => counts.failed += 1,
+        TestOutcome::Error => counts.errors += 1,
+        TestOutcome::Cancelled => counts.not_run += 1,
+    }
+}
+
+/// The exit code for a finished job: flaky counts as passed; a broken build (prepare or list
+/// failed) is the user's failure like a failing test. In a matrix run: 3 if any cell hit an
+/// infrastructure failure, else 1 if any cell failed, else 0 (130 when cancelled).
+pub fn exit_for(finished: &JobFinished) -> Exit {
+    let results = || std::iter::once(finished.result()).chain(finished.cells.iter().map(|c| c.result()));
+    if results().any(|r| matches!(r, JobResult::Infrastructure | JobResult::Unknown)) {
+        return Exit::Infrastructure;
+    }
+    if finished.result() == JobResult::Cancelled {
+        return Exit::Interrupted;
+    }
+    if results().any(|r| matches!(r, JobResult::Failed | JobResult::Error)) {
+        return Exit::TestsFailed;
+    }
+    Exit::Success
 }
 
 /// The last line of every human report: `N passed, N failed`, then `, N errors`, `, N
@@ -350,6 +426,26 @@ pub fn phase_name(phase: JobPhase) -> &'static str {
         JobPhase::Listing => "listing",
         JobPhase::Running => "running",
         JobPhase::Done => "done",
+    }
+}
+
+/// A matrix cell as views show it: `[NAME=v1]` (`[A=1,B=x]` for several names); empty for a
+/// plain run's unnamed cell.
+pub fn cell_label(cell: &str) -> String {
+    if cell.is_empty() {
+        String::new()
+    } else {
+        format!("[{cell}]")
+    }
+}
+
+/// A test's name as the human view and notes show it: [`test_name`], after its cell's label in
+/// a matrix run.
+pub fn shown_name(test: &TestFinished) -> String {
+    if test.cell.is_empty() {
+        test_name(test)
+    } else {
+        format!("{} {}", cell_label(&test.cell), test_name(test))
     }
 }
 
