@@ -77,9 +77,8 @@ pub struct Tally {
     pub cached: u32,
     /// The first final outcome of each test shown, by cell, group and name.
     finals: HashMap<(String, String, String), TestOutcome>,
-    /// Counts of the tests shown of each matrix cell, in the order the cells first reported
-    /// (none in a plain run).
-    cells: Vec<(String, JobFinished)>,
+    /// Counts of the tests shown of each matrix cell (none in a plain run).
+    cells: HashMap<String, JobFinished>,
     /// How many of them are subtests (never planned, so not held against the planned total).
     subtests: usize,
     /// The finished event, once the job ended (with the counts of the tests shown).
@@ -180,23 +179,15 @@ impl Tally {
         self.planned = Some(sum);
     }
 
-    /// Counts of the tests shown of each matrix cell, in the order the cells first reported,
-    /// as a finished event's counts (`failed` without the timed out); none in a plain run.
-    pub fn cells(&self) -> &[(String, JobFinished)] {
-        &self.cells
+    /// Counts of the tests shown of the matrix cell `cell`, as a finished event's counts
+    /// (`failed` without the timed out); zero for a cell that reported no test.
+    pub fn cell_counts(&self, cell: &str) -> JobFinished {
+        self.cells.get(cell).cloned().unwrap_or_default()
     }
 
     fn count(&mut self, test: &TestFinished) {
         if !test.cell.is_empty() {
-            let index = match self.cells.iter().position(|(cell, _)| *cell == test.cell) {
-                Some(index) => index,
-                None => {
-                    self.cells
-                        .push((test.cell.clone(), JobFinished::default()));
-                    self.cells.len() - 1
-                }
-            };
-            count_into(&mut self.cells[index].1, test);
+            count_into(self.cells.entry(test.cell.clone()).or_default(), test);
         }
         if test.cached {
             self.cached += 1;
@@ -523,6 +514,98 @@ mod tests {
             f.set_result(result);
             assert_eq!(exit_for(&f), exit, "{result:?}");
         }
+    }
+
+    #[test]
+    fn a_matrix_run_exits_for_its_worst_cell() {
+        use tessera_proto::tessera::v1::CellFinished;
+        let job = |result: JobResult, cells: &[JobResult]| JobFinished {
+            result: result as i32,
+            cells: cells
+                .iter()
+                .enumerate()
+                .map(|(i, r)| CellFinished {
+                    cell: format!("A={i}"),
+                    result: *r as i32,
+                    message: String::new(),
+                })
+                .collect(),
+            ..JobFinished::default()
+        };
+        use JobResult::{Cancelled, Error, Failed, Infrastructure, Passed};
+        for (finished, exit) in [
+            (job(Passed, &[Passed, Passed]), Exit::Success),
+            (job(Failed, &[Passed, Failed]), Exit::TestsFailed),
+            (job(Error, &[Error, Failed, Passed]), Exit::TestsFailed),
+            // Whatever the job's own result says, a cell's infrastructure failure is exit 3.
+            (job(Error, &[Error, Infrastructure]), Exit::Infrastructure),
+            (job(Failed, &[Failed, Infrastructure]), Exit::Infrastructure),
+            (job(Cancelled, &[Cancelled, Cancelled]), Exit::Interrupted),
+            // Fail-fast in one cell stops the others: the job failed.
+            (job(Failed, &[Failed, Cancelled]), Exit::TestsFailed),
+        ] {
+            assert_eq!(exit_for(&finished), exit, "{finished:?}");
+        }
+    }
+
+    fn in_cell(seq: u64, cell: &str, name: &str, outcome: TestOutcome) -> JobEvent {
+        let mut event = test_event(seq, name, outcome, true);
+        if let Some(Kind::Test(t)) = &mut event.kind {
+            t.cell = cell.to_owned();
+        }
+        event
+    }
+
+    fn planned_event(seq: u64, cell: &str, total: u32) -> JobEvent {
+        JobEvent {
+            seq,
+            elapsed_ms: 0,
+            kind: Some(Kind::Planned(TestsPlanned {
+                total,
+                cell: cell.to_owned(),
+                ..TestsPlanned::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_test_of_two_cells_is_two_results_and_the_plan_is_the_cells_sum() {
+        let mut tally = Tally::new("j");
+        tally.apply(planned_event(1, "MODE=a", 2));
+        tally.apply(planned_event(2, "MODE=b", 2));
+        // A cell that plans again (after a restart) replaces its plan; it does not add to it.
+        tally.apply(planned_event(3, "MODE=b", 2));
+        assert_eq!(tally.planned.as_ref().map(|p| p.total), Some(4));
+        assert!(tally.apply(in_cell(4, "MODE=a", "t", TestOutcome::Passed)).event.is_some());
+        assert!(tally.apply(in_cell(5, "MODE=b", "t", TestOutcome::Failed)).event.is_some());
+        // The same test of the same cell again is a repeat, said with its cell.
+        let again = tally.apply(in_cell(6, "MODE=b", "t", TestOutcome::Passed));
+        assert_eq!(again.event, None);
+        assert_eq!(
+            again.note.as_deref(),
+            Some("[MODE=b] g t was reported again, passed this time; the first result, failed, stands")
+        );
+        tally.apply(in_cell(7, "MODE=a", "u", TestOutcome::TimedOut));
+        assert_eq!((tally.passed, tally.failed, tally.timed_out), (1, 2, 1));
+        let a = tally.cell_counts("MODE=a");
+        assert_eq!((a.passed, a.failed, a.timed_out), (1, 0, 1));
+        let b = tally.cell_counts("MODE=b");
+        assert_eq!((b.passed, b.failed), (0, 1));
+        assert_eq!(tally.cell_counts("MODE=c"), JobFinished::default());
+        // Cell b's second test never reported: the run cannot pass as if it had.
+        let applied = tally.apply(finished_event(
+            8,
+            JobFinished {
+                result: JobResult::Failed as i32,
+                passed: 1,
+                failed: 1,
+                timed_out: 1,
+                ..JobFinished::default()
+            },
+        ));
+        let finished = shown_finished(&applied);
+        assert_eq!(finished.result(), JobResult::Infrastructure);
+        assert_eq!(finished.message, "1 of the 4 tests planned were never reported");
     }
 
     fn test_event(seq: u64, name: &str, outcome: TestOutcome, r#final: bool) -> JobEvent {
