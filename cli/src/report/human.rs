@@ -288,7 +288,9 @@ impl<W: Write> EventSink for Human<W> {
                 self.line(&text);
                 if let Some(bar) = &self.bar {
                     bar.set_style(bar_style());
-                    bar.set_length(u64::from(tally.planned.as_ref().map_or(p.total, |p| p.total)));
+                    bar.set_length(u64::from(
+                        tally.planned.as_ref().map_or(p.total, |p| p.total),
+                    ));
                     bar.set_position(u64::from(tally.planned_done()));
                 }
             }

@@ -95,7 +95,12 @@ impl JunitReport {
             suite_open(&mut out, &label, suites.values().flat_map(|s| s.values()));
             for (group, tests) in suites {
                 for (name, test) in tests {
-                    case(&mut out, suite_name(group), &format!("{name} {label}"), test);
+                    case(
+                        &mut out,
+                        suite_name(group),
+                        &format!("{name} {label}"),
+                        test,
+                    );
                 }
             }
             out.push_str("  </testsuite>\n");
@@ -335,15 +340,11 @@ mod tests {
         let xml = r.to_xml();
         assert_eq!(xml.matches("<testsuite ").count(), 2, "{xml}");
         assert!(
-            xml.contains(
-                "<testsuite name=\"[MODE=on]\" tests=\"2\" failures=\"0\" errors=\"0\""
-            ),
+            xml.contains("<testsuite name=\"[MODE=on]\" tests=\"2\" failures=\"0\" errors=\"0\""),
             "{xml}"
         );
         assert!(
-            xml.contains(
-                "<testsuite name=\"[MODE=off]\" tests=\"2\" failures=\"1\" errors=\"0\""
-            ),
+            xml.contains("<testsuite name=\"[MODE=off]\" tests=\"2\" failures=\"1\" errors=\"0\""),
             "{xml}"
         );
         assert!(xml.contains("<testsuites name=\"tessera\" tests=\"4\" failures=\"1\""));

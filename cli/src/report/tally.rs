@@ -307,7 +307,8 @@ fn count_into(counts: &mut JobFinished, test: &TestFinished) {
 /// failed) is the user's failure like a failing test. In a matrix run: 3 if any cell hit an
 /// infrastructure failure, else 1 if any cell failed, else 0 (130 when cancelled).
 pub fn exit_for(finished: &JobFinished) -> Exit {
-    let results = || std::iter::once(finished.result()).chain(finished.cells.iter().map(|c| c.result()));
+    let results =
+        || std::iter::once(finished.result()).chain(finished.cells.iter().map(|c| c.result()));
     if results().any(|r| matches!(r, JobResult::Infrastructure | JobResult::Unknown)) {
         return Exit::Infrastructure;
     }
@@ -576,14 +577,26 @@ mod tests {
         // A cell that plans again (after a restart) replaces its plan; it does not add to it.
         tally.apply(planned_event(3, "MODE=b", 2));
         assert_eq!(tally.planned.as_ref().map(|p| p.total), Some(4));
-        assert!(tally.apply(in_cell(4, "MODE=a", "t", TestOutcome::Passed)).event.is_some());
-        assert!(tally.apply(in_cell(5, "MODE=b", "t", TestOutcome::Failed)).event.is_some());
+        assert!(
+            tally
+                .apply(in_cell(4, "MODE=a", "t", TestOutcome::Passed))
+                .event
+                .is_some()
+        );
+        assert!(
+            tally
+                .apply(in_cell(5, "MODE=b", "t", TestOutcome::Failed))
+                .event
+                .is_some()
+        );
         // The same test of the same cell again is a repeat, said with its cell.
         let again = tally.apply(in_cell(6, "MODE=b", "t", TestOutcome::Passed));
         assert_eq!(again.event, None);
         assert_eq!(
             again.note.as_deref(),
-            Some("[MODE=b] g t was reported again, passed this time; the first result, failed, stands")
+            Some(
+                "[MODE=b] g t was reported again, passed this time; the first result, failed, stands"
+            )
         );
         tally.apply(in_cell(7, "MODE=a", "u", TestOutcome::TimedOut));
         assert_eq!((tally.passed, tally.failed, tally.timed_out), (1, 2, 1));
@@ -605,7 +618,10 @@ mod tests {
         ));
         let finished = shown_finished(&applied);
         assert_eq!(finished.result(), JobResult::Infrastructure);
-        assert_eq!(finished.message, "1 of the 4 tests planned were never reported");
+        assert_eq!(
+            finished.message,
+            "1 of the 4 tests planned were never reported"
+        );
     }
 
     fn test_event(seq: u64, name: &str, outcome: TestOutcome, r#final: bool) -> JobEvent {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tessera_proto::reapi::{command::EnvironmentVariable, platform::Property};
 use tessera_coordinator::jobs::cells::{MAX_CELLS, is_variable_name};
+use tessera_proto::reapi::{command::EnvironmentVariable, platform::Property};
 use tessera_proto::tessera::v1::{JobSpec, MatrixCell};
 use tessera_proto::time::to_proto_duration;
 use tessera_runners::{CommandRunner, RunnerConfig};
@@ -701,7 +701,9 @@ mod tests {
         let got = cells(&["A=1,2", "B=x,y,z"]).unwrap();
         assert_eq!(
             names(&got),
-            ["A=1,B=x", "A=1,B=y", "A=1,B=z", "A=2,B=x", "A=2,B=y", "A=2,B=z"]
+            [
+                "A=1,B=x", "A=1,B=y", "A=1,B=z", "A=2,B=x", "A=2,B=y", "A=2,B=z"
+            ]
         );
         let vars: Vec<(&str, &str)> = got[5]
             .environment
@@ -749,7 +751,10 @@ mod tests {
         );
         assert!(refused(&["=a"]).contains("\"\" is not an environment variable name"));
         assert!(refused(&["A-B=a"]).contains("\"A-B\" is not an environment variable name"));
-        assert_eq!(refused(&["A=x,y,x"]), "--matrix A=x,y,x: A=x is given twice");
+        assert_eq!(
+            refused(&["A=x,y,x"]),
+            "--matrix A=x,y,x: A=x is given twice"
+        );
         assert_eq!(refused(&["A=x", "A=x"]), "--matrix A=x: A=x is given twice");
         assert_eq!(
             refused(&["KEPT=2,3"]),

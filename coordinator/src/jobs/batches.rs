@@ -148,7 +148,13 @@ impl<'a> RunPhase<'a> {
             match self.tests.apply(&test, TestEvent::Stopped) {
                 Ok(TestState::Done(done)) => {
                     self.tally.count(done.outcome);
-                    job.emit(Kind::Test(final_event(&self.steps.cell.name, &test, done, None, "")));
+                    job.emit(Kind::Test(final_event(
+                        &self.steps.cell.name,
+                        &test,
+                        done,
+                        None,
+                        "",
+                    )));
                 }
                 other => tracing::warn!(?other, job = %job.id, "a stopped test did not end"),
             }

@@ -191,7 +191,10 @@ mod tests {
             refused(&mut vec![cell("A=1", &[("A", "1")]); MAX_CELLS + 1]),
             "65 cells, more than the limit of 64"
         );
-        assert_eq!(refused(&mut [cell("", &[("A", "1")])]), "cell 1 has no name");
+        assert_eq!(
+            refused(&mut [cell("", &[("A", "1")])]),
+            "cell 1 has no name"
+        );
         assert_eq!(refused(&mut [cell("A=", &[])]), "cell A= sets no variable");
         assert_eq!(
             refused(&mut [cell("A=", &[("A", "")])]),

@@ -96,7 +96,10 @@ impl Job {
             .filter_map(|e| match &e.kind {
                 Some(job_event::Kind::Test(t)) if t.r#final => {
                     let test = t.test.clone().unwrap_or_default();
-                    Some(((t.cell.clone(), TestId::new(test.group, test.name)), t.clone()))
+                    Some((
+                        (t.cell.clone(), TestId::new(test.group, test.name)),
+                        t.clone(),
+                    ))
                 }
                 _ => None,
             })
