@@ -57,7 +57,9 @@ struct State {
     phase: JobPhase,
     result: JobResult,
     done: u32,
-    total: u32,
+    /// Tests planned, by matrix cell (a plain job's one unnamed cell): the job's total is the
+    /// sum, each cell's latest plan counting once.
+    planned: BTreeMap<String, u32>,
     /// Names of this job's operations in the scheduler that have not finished.
     operations: Vec<String>,
 }
@@ -160,7 +162,9 @@ impl Job {
         let mut state = self.lock();
         match &kind {
             job_event::Kind::Phase(p) => state.phase = p.phase(),
-            job_event::Kind::Planned(p) => state.total = p.total,
+            job_event::Kind::Planned(p) => {
+                state.planned.insert(p.cell.clone(), p.total);
+            }
             job_event::Kind::Test(t) if t.r#final => state.done += 1,
             job_event::Kind::Finished(f) => {
                 state.phase = JobPhase::Done;
@@ -306,7 +310,7 @@ impl Job {
             phase: state.phase as i32,
             result: state.result as i32,
             done: state.done,
-            total: state.total,
+            total: state.planned.values().sum(),
             created_unix_ms: self.created_unix_ms,
             elapsed_ms: state.events.last().map_or(0, |e| e.elapsed_ms).max(
                 if state.phase == JobPhase::Done {
@@ -375,6 +379,23 @@ mod tests {
             .await
             .expect("shown in time")
             .expect("job alive");
+    }
+
+    #[test]
+    fn a_matrix_jobs_total_is_the_sum_of_its_cells_plans() {
+        let job = Job::new("j".into(), JobSpec::default(), runner(), 0);
+        let planned = |cell: &str, total: u32| {
+            Kind::Planned(tessera_proto::tessera::v1::TestsPlanned {
+                total,
+                cell: cell.into(),
+                ..Default::default()
+            })
+        };
+        job.emit(planned("MODE=a", 2));
+        job.emit(planned("MODE=b", 3));
+        // A cell that plans again (after a restart) counts once.
+        job.emit(planned("MODE=b", 3));
+        assert_eq!(job.summary().total, 5);
     }
 
     /// A matrix job restored after a restart: the same test's results in two cells are two
