@@ -3,10 +3,16 @@
 //! runs with its own value and its own cache keys (a re-run answers every cell from the cache;
 //! a changed value runs only its cell), every view names the cell, JUnit has a testsuite per
 //! cell, the exit code is 0 or 1 over all cells, and bad input exits 2 naming the problem, in
-//! the client and, for a direct API client, in the coordinator.
+//! the client and, for a direct API client, in the coordinator. A coordinator killed and
+//! restarted under a matrix job keeps each cell's results apart.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use tessera_cas::digest::DigestFunction;
 use tessera_proto::reapi::command::EnvironmentVariable;
@@ -14,7 +20,9 @@ use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{JobSpec, MatrixCell, SubmitJobRequest};
 use tessera_runners::junit::{self, CaseStatus};
 use tessera_runners::{CommandRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, TestServer, tessera_bin};
+use tessera_tests::{
+    AgentProcess, ServerProcess, TestServer, free_port, tessera_bin, visible_tempdir, wait_exit,
+};
 
 /// `reads_mode` prints `MODE` and passes when it is set; `mode_is_known` fails for a mode other
 /// than a, b or c. One process per test (no JUnit report): the exit code decides.
@@ -344,4 +352,140 @@ async fn the_coordinator_refuses_bad_cells_from_an_api_client() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains(problem), "{status:?}");
     }
+}
+
+/// Tests of the restart story's suite, and the results the client sees before the crash.
+const RESTART_TESTS: usize = 20;
+const KILL_COORDINATOR_AFTER: usize = 12;
+/// Far more than the run needs (seconds); only keeps a hang from hanging the suite.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// `t00` .. `t19`, 0.1 s each; under `MODE=b` every fifth one fails, so the cells' results of
+/// one test differ.
+const RESTART_SUITE: &str = r#"case "$1" in
+list) i=0; while [ $i -lt 20 ]; do printf 't%02d\n' $i; i=$((i+1)); done ;;
+run) shift
+  for t in "$@"; do
+    sleep 0.1
+    n=${t#t}; n=${n#0}
+    if [ "$MODE" = b ] && [ $((n % 5)) -eq 0 ]; then echo "fails under b"; exit 1; fi
+  done ;;
+esac
+"#;
+
+/// The bug this would catch: a restarted job that keeps restored results by test alone takes
+/// one cell's result for the other's, so a test of one cell is never run or reported again.
+#[test]
+fn a_coordinator_restart_keeps_each_cells_results_apart() {
+    let scratch = visible_tempdir();
+    let project = scratch.path().join("matrix-restart");
+    std::fs::create_dir(&project).expect("project");
+    std::fs::write(project.join("suite.sh"), RESTART_SUITE).expect("write suite");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let data = scratch.path().join("coordinator");
+    let env = [("TESSERA_LEASE_TIMEOUT", "2s")];
+    let mut server = ServerProcess::start_on(addr, &data, &[], &env);
+    let endpoint = server.endpoint();
+    let agent = AgentProcess::start(&endpoint, &scratch.path().join("agent"), "a", 1, &[]);
+    agent.log.blocking_wait_for(
+        tessera_tests::lines::AGENT_CONNECTED,
+        Duration::from_secs(30),
+    );
+
+    let mut child = std::process::Command::new(tessera_bin())
+        .args([
+            "run",
+            "--coordinator",
+            &endpoint,
+            "--json",
+            "--matrix",
+            "MODE=a,b",
+        ])
+        .args(["--list-command", "sh suite.sh list"])
+        .args(["--", "sh", "suite.sh", "run", "{tests}"])
+        .current_dir(&project)
+        .env("XDG_CACHE_HOME", scratch.path().join("cache"))
+        .env("TESSERA_SUBMITTER", "matrix-restart")
+        .env_remove("TESSERA_COORDINATOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tessera run");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let finals = |seen: &[serde_json::Value]| {
+        seen.iter()
+            .filter(|e| e["event"] == "test" && e["final"] == true)
+            .count()
+    };
+    while finals(&seen) < KILL_COORDINATOR_AFTER {
+        let line = lines
+            .recv_timeout(RUN_LIMIT)
+            .unwrap_or_else(|e| panic!("no {KILL_COORDINATOR_AFTER} results ({e}): {seen:#?}"));
+        seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+    server.kill();
+    let _server = ServerProcess::start_on(addr, &data, &[], &env);
+    let status = wait_exit(&mut child, RUN_LIMIT).expect("tessera run finished");
+    seen.extend(
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"))),
+    );
+
+    // Every test of every cell once, with its own cell's outcome.
+    let mut got: BTreeMap<(String, String), String> = BTreeMap::new();
+    for event in seen
+        .iter()
+        .filter(|e| e["event"] == "test" && e["final"] == true)
+    {
+        let key = (
+            event["cell"].as_str().expect("cell").to_owned(),
+            event["test"].as_str().expect("test").to_owned(),
+        );
+        let outcome = event["outcome"].as_str().expect("outcome").to_owned();
+        assert!(got.insert(key.clone(), outcome).is_none(), "{key:?} twice");
+    }
+    let mut expected = BTreeMap::new();
+    for mode in ["a", "b"] {
+        for n in 0..RESTART_TESTS {
+            let outcome = if mode == "b" && n % 5 == 0 {
+                "failed"
+            } else {
+                "passed"
+            };
+            expected.insert(
+                (format!("[MODE={mode}]"), format!("t{n:02}")),
+                outcome.to_owned(),
+            );
+        }
+    }
+    assert_eq!(got, expected, "{seen:#?}");
+    assert_eq!(status.code(), Some(1), "{seen:#?}");
+    // The job went through the restart, every result the client saw standing (in its cell).
+    let kept: usize = seen
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .find_map(|t| t.split("the job goes on: ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no restart in the job's log: {seen:#?}"));
+    assert!(kept >= KILL_COORDINATOR_AFTER, "{kept} results kept");
+    // What the client saw before the crash stood: the coordinator sent no result again.
+    assert!(
+        !seen.iter().any(|e| e["event"] == "note"
+            && e["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("reported again"))),
+        "the coordinator re-sent a result: {seen:#?}"
+    );
 }
