@@ -133,12 +133,12 @@ pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
             )
         })
         .collect();
-    let stops = match drive(&ctx, &job, &cells, &mut tallies).await {
-        Ok(stops) => stops,
-        // Nothing ran: the job's own stop is every cell's.
-        Err(stop) => vec![Some(stop); cells.len()],
+    let (stops, before_cells) = match drive(&ctx, &job, &cells, &mut tallies).await {
+        Ok(stops) => (stops, None),
+        // No cell started: the job's own stop.
+        Err(stop) => (vec![None; cells.len()], Some(stop)),
     };
-    let stop = job_stop(&stops);
+    let stop = before_cells.clone().or_else(|| job_stop(&stops));
     if matches!(stop, Some(Stop::Infrastructure(_))) && ctx.shutdown.is_cancelled() {
         tracing::info!(job = %job.id, "job interrupted by shutdown; it runs again at the next start");
         return Ended::Interrupted;
@@ -158,7 +158,11 @@ pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
         .zip(stops)
         .map(|((cell, tally), stop)| (cell, tally, stop))
         .collect();
-    job.emit(Kind::Finished(finished(ends, started.elapsed())));
+    job.emit(Kind::Finished(finished(
+        ends,
+        before_cells,
+        started.elapsed(),
+    )));
     Ended::Finished
 }
 
@@ -212,19 +216,24 @@ fn job_stop(stops: &[Option<Stop>]) -> Option<Stop> {
 }
 
 /// The job's final event from how each cell ended: the counts of every cell and the job's
-/// result ([`job_stop`]); a matrix job also says how each cell ended, and its message and log
-/// are those of every cell that stopped early, each under its cell's name.
-fn finished(ends: Vec<(&Cell, Tally, Option<Stop>)>, wall: Duration) -> JobFinished {
+/// result ([`job_stop`], or `before_cells`, what stopped the job before any cell started); a
+/// matrix job whose cells ran also says how each one ended, and its message and log are those
+/// of every cell that stopped early, each under its cell's name.
+fn finished(
+    ends: Vec<(&Cell, Tally, Option<Stop>)>,
+    before_cells: Option<Stop>,
+    wall: Duration,
+) -> JobFinished {
     let stops: Vec<Option<Stop>> = ends.iter().map(|(_, _, stop)| stop.clone()).collect();
     let mut total = Tally::default();
     for (_, tally, _) in &ends {
         total.add(tally);
     }
-    let mut finished = total.finished(job_stop(&stops), wall);
     let matrix = ends.iter().any(|(cell, _, _)| !cell.name.is_empty());
-    if !matrix {
-        return finished;
+    if before_cells.is_some() || !matrix {
+        return total.finished(before_cells.or_else(|| job_stop(&stops)), wall);
     }
+    let mut finished = total.finished(job_stop(&stops), wall);
     let (mut messages, mut logs) = (Vec::new(), Vec::new());
     for (cell, tally, stop) in ends {
         let ended = tally.finished(stop, wall);
@@ -611,7 +620,7 @@ mod tests {
             (&b, tally(2, 1), None),
             (&c, Tally::default(), Some(broken)),
         ];
-        let job = finished(ends, Duration::from_secs(1));
+        let job = finished(ends, None, Duration::from_secs(1));
         assert_eq!((job.passed, job.failed), (5, 1));
         assert_eq!(job.result(), JobResult::Error);
         let results: Vec<(&str, JobResult)> = job
@@ -632,8 +641,16 @@ mod tests {
 
         // A plain job is one unnamed cell: no cells in its final event.
         let plain = cell("");
-        let job = finished(vec![(&plain, tally(1, 1), None)], Duration::ZERO);
+        let job = finished(vec![(&plain, tally(1, 1), None)], None, Duration::ZERO);
         assert!(job.cells.is_empty());
         assert_eq!(job.result(), JobResult::Failed);
+
+        // A job stopped before any cell started says so once, not once per cell.
+        let missing_tool = stop_error("no agent has cargo".to_owned());
+        let ends = vec![(&a, Tally::default(), None), (&b, Tally::default(), None)];
+        let job = finished(ends, Some(missing_tool), Duration::ZERO);
+        assert_eq!(job.result(), JobResult::Error);
+        assert_eq!(job.message, "no agent has cargo");
+        assert!(job.cells.is_empty());
     }
 }
