@@ -392,12 +392,12 @@ pub fn matrix(items: &[String], explicit_env: &[String]) -> Result<Vec<MatrixCel
             )));
         }
     }
-    let count = axes
-        .iter()
-        .try_fold(1usize, |count, (_, values)| count.checked_mul(values.len()));
     if axes.is_empty() {
         return Ok(Vec::new());
     }
+    let count = axes
+        .iter()
+        .try_fold(1usize, |count, (_, values)| count.checked_mul(values.len()));
     if count.is_none_or(|count| count > MAX_CELLS) {
         let sizes: Vec<String> = axes.iter().map(|(_, v)| v.len().to_string()).collect();
         return Err(CliError::usage(format!(
