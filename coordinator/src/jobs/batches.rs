@@ -148,7 +148,13 @@ impl<'a> RunPhase<'a> {
             match self.tests.apply(&test, TestEvent::Stopped) {
                 Ok(TestState::Done(done)) => {
                     self.tally.count(done.outcome);
-                    job.emit(Kind::Test(final_event(&test, done, None, "")));
+                    job.emit(Kind::Test(final_event(
+                        &self.steps.cell.name,
+                        &test,
+                        done,
+                        None,
+                        "",
+                    )));
                 }
                 other => tracing::warn!(?other, job = %job.id, "a stopped test did not end"),
             }
@@ -328,7 +334,7 @@ impl<'a> RunPhase<'a> {
                         failed_attempts: Vec::new(),
                         output_digest: output_digest.map(|d| d.to_proto()),
                         subtest: false,
-                        cell: String::new(),
+                        cell: self.steps.cell.name.clone(),
                     }));
                     // Its subtests are reported with the run that ends it.
                     subtests_of.remove(&test);
@@ -366,7 +372,7 @@ impl<'a> RunPhase<'a> {
             }
             self.tally.count(done.outcome);
             let attempt = done.attempt;
-            let mut event = final_event(&test, done, result.duration, agent);
+            let mut event = final_event(&self.steps.cell.name, &test, done, result.duration, agent);
             if is_failure(done.outcome) {
                 event.output_digest = output_digest.map(|d| d.to_proto());
             }
@@ -433,7 +439,7 @@ impl<'a> RunPhase<'a> {
             failed_attempts: Vec::new(),
             output_digest: output_digest.map(|d| d.to_proto()),
             subtest: true,
-            cell: String::new(),
+            cell: self.steps.cell.name.clone(),
         }
     }
 
@@ -456,12 +462,12 @@ impl<'a> RunPhase<'a> {
             busy_slots: u32::try_from(busy).unwrap_or(u32::MAX),
             total_slots: u32::try_from(total_slots).unwrap_or(u32::MAX),
             eta: Some(to_proto_duration(eta)),
+            cell: self.steps.cell.name.clone(),
         }));
         total_slots
     }
 }
 
-/// The event that tells the client `test`'s final outcome.
 /// A subtest's outcome as clients see it.
 fn subtest_outcome(outcome: Outcome) -> TestOutcome {
     match outcome {
@@ -475,7 +481,9 @@ fn subtest_outcome(outcome: Outcome) -> TestOutcome {
     }
 }
 
+/// The event that tells the client `test`'s final outcome in the matrix cell `cell`.
 fn final_event(
+    cell: &str,
     test: &TestId,
     done: &Final,
     duration: Option<Duration>,
@@ -502,6 +510,6 @@ fn final_event(
         },
         output_digest: None,
         subtest: false,
-        cell: String::new(),
+        cell: cell.to_owned(),
     }
 }
