@@ -190,7 +190,7 @@ impl<'a> RunPhase<'a> {
             tests: batch.tests.clone(),
             test_timeout_ms: u64::try_from(test_timeout.as_millis()).unwrap_or(u64::MAX),
             // Batches of one job may share a long-lived worker on an agent; other jobs' never.
-            worker: runner_has_worker.then(|| self.job.id.to_string()),
+            worker: runner_has_worker.then(|| format!("{}/{}", self.job.id, self.steps.cell.name)),
         };
         let timeout = test_timeout
             .saturating_mul(u32::try_from(batch.tests.len()).unwrap_or(u32::MAX))
