@@ -70,6 +70,10 @@ pub struct AgentConfig {
     pub drain_timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a command's process group is stopped.
     pub kill_grace: Duration,
+    /// How long a long-lived test worker (a pytest that runs one job's batches one after
+    /// another) waits for its next batch before it is stopped; zero turns workers off, and
+    /// every batch starts its tool anew.
+    pub worker_idle: Duration,
 }
 
 /// Default local cache budget: 10 GiB.
@@ -89,6 +93,7 @@ impl Default for AgentConfig {
             keep_failed: false,
             drain_timeout: None,
             kill_grace: Duration::from_secs(2),
+            worker_idle: Duration::from_secs(30),
         }
     }
 }
@@ -129,6 +134,7 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_AGENT_KEEP_FAILED",
     "TESSERA_AGENT_DRAIN_TIMEOUT",
     "TESSERA_AGENT_KILL_GRACE",
+    "TESSERA_AGENT_WORKER_IDLE",
 ];
 
 /// The file form: every key optional, unknown keys refused.
@@ -145,6 +151,7 @@ pub struct FileConfig {
     keep_failed: Option<bool>,
     drain_timeout: Option<String>,
     kill_grace: Option<String>,
+    worker_idle: Option<String>,
 }
 
 /// Parses one `key=value` property.
@@ -235,6 +242,9 @@ impl Settings for AgentConfig {
         if let Some(v) = file.kill_grace {
             self.kill_grace = file_duration("kill_grace", &v)?;
         }
+        if let Some(v) = file.worker_idle {
+            self.worker_idle = file_duration("worker_idle", &v)?;
+        }
         Ok(())
     }
 
@@ -255,6 +265,7 @@ impl Settings for AgentConfig {
             "TESSERA_AGENT_KEEP_FAILED" => self.keep_failed = parse_bool(value)?,
             "TESSERA_AGENT_DRAIN_TIMEOUT" => self.drain_timeout = Some(parse_duration(value)?),
             "TESSERA_AGENT_KILL_GRACE" => self.kill_grace = parse_duration(value)?,
+            "TESSERA_AGENT_WORKER_IDLE" => self.worker_idle = parse_duration(value)?,
             // TESSERA_AGENT_CONFIG: read by the command line before loading starts.
             _ => {}
         }

@@ -24,6 +24,7 @@ pub mod sandbox;
 pub mod session;
 pub mod step;
 pub mod workdir;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +157,12 @@ impl Agent {
             layout,
             namespaces,
             keep_failed: config.keep_failed,
+            workers: (!config.worker_idle.is_zero()).then(|| {
+                worker::WorkerPool::new(
+                    usize::try_from(config.slots).unwrap_or(usize::MAX),
+                    config.worker_idle,
+                )
+            }),
         });
         let hello = tessera_proto::tessera::v1::Hello {
             agent_id,

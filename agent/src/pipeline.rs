@@ -34,6 +34,7 @@ use crate::platform::ExecutionOptions;
 use crate::sandbox::{Isolation, ProcessExit, ProcessRunner, ProcessSpec, resolve_program};
 use crate::step::{StepContext, StepEnd, check_persist_paths, lay_out_persist, run_step};
 use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
+use crate::worker::{LeaseWorker, WorkerKey, WorkerPool};
 use tessera_runners::step::{StepReport, StepSpec};
 
 /// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
@@ -113,6 +114,9 @@ pub struct LeasePipeline {
     pub namespaces: bool,
     /// Keep the directories of failed leases.
     pub keep_failed: bool,
+    /// Long-lived test workers between batches (see `worker`); `None` runs every batch as
+    /// processes of its own.
+    pub workers: Option<Arc<WorkerPool>>,
 }
 
 impl std::fmt::Debug for LeasePipeline {
@@ -136,6 +140,54 @@ struct Plan {
     cas: CasClient,
     /// The builtin step the command asks for, if it is one.
     step: Option<StepSpec>,
+}
+
+/// What a lease's stages leave behind for its end: the action's metadata, and the worker the
+/// lease holds with the directories it ran in.
+struct LeaseState {
+    metadata: ExecutedActionMetadata,
+    hold: Option<(LeaseWorker, LeaseDirs)>,
+}
+
+/// A lease ready to run: what it asks for, how to run it, and, for a batch of a job with
+/// long-lived workers, its hold on a worker with the directories to run in.
+type Fetched = (Plan, Launch, Option<(LeaseWorker, LeaseDirs)>);
+
+/// The key of the workers that may run `plan`'s step: `None` unless it is a batch naming its
+/// job's worker. Everything that decides how the tool runs is in it; the tests and their
+/// timeout are not.
+fn worker_key(lease: &Lease, plan: &Plan) -> Option<WorkerKey> {
+    let Some(StepSpec::Batch {
+        runner,
+        prepared,
+        worker: Some(job),
+        ..
+    }) = &plan.step
+    else {
+        return None;
+    };
+    if !runner.runner().long_lived_worker() {
+        return None;
+    }
+    let settings = serde_json::to_vec(&(runner, prepared)).ok()?;
+    let mut env: Vec<(&str, &str)> = plan
+        .command
+        .environment_variables
+        .iter()
+        .map(|v| (v.name.as_str(), v.value.as_str()))
+        .collect();
+    env.sort_unstable();
+    let env = serde_json::to_vec(&env).ok()?;
+    let options = format!("{:?}", plan.options);
+    Some(WorkerKey::of(&[
+        job.as_bytes(),
+        lease.instance_name.as_bytes(),
+        plan.input_root.to_string().as_bytes(),
+        &settings,
+        &env,
+        plan.command.working_directory.as_bytes(),
+        options.as_bytes(),
+    ]))
 }
 
 /// How to run a lease once its inputs are laid out.
@@ -163,14 +215,23 @@ impl LeasePipeline {
         step_results: &(dyn Fn(String) + Send + Sync),
     ) -> (LeaseResult, RunOutcome) {
         let dirs = self.layout.lease_dirs(seq);
-        let mut metadata = ExecutedActionMetadata {
-            worker: self.agent_id.clone(),
-            worker_start_timestamp: timestamp(SystemTime::now()),
-            ..ExecutedActionMetadata::default()
+        let mut state = LeaseState {
+            metadata: ExecutedActionMetadata {
+                worker: self.agent_id.clone(),
+                worker_start_timestamp: timestamp(SystemTime::now()),
+                ..ExecutedActionMetadata::default()
+            },
+            hold: None,
         };
         let (outcome, result) = self
-            .stages(lease, &dirs, cancel, progress, step_results, &mut metadata)
+            .stages(lease, &dirs, cancel, progress, step_results, &mut state)
             .await;
+        // A worker the lease started or took goes back to the pool, with the directories it
+        // runs in.
+        if let Some((worker, ran_in)) = state.hold.take() {
+            worker.finish(&ran_in);
+        }
+        let mut metadata = state.metadata;
         let result = result.map(|mut result| {
             metadata.worker_completed_timestamp = timestamp(SystemTime::now());
             result.execution_metadata = Some(metadata);
@@ -186,8 +247,9 @@ impl LeasePipeline {
         cancel: &LeaseCancel,
         progress: &(dyn Fn(LeaseStage) + Send + Sync),
         step_results: &(dyn Fn(String) + Send + Sync),
-        metadata: &mut ExecutedActionMetadata,
+        state: &mut LeaseState,
     ) -> (RunOutcome, Option<ActionResult>) {
+        let LeaseState { metadata, hold } = state;
         let fail = |stage, error| (RunOutcome::Error { stage, error }, None);
         let cancelled = || {
             (
@@ -200,11 +262,19 @@ impl LeasePipeline {
 
         progress(LeaseStage::Fetching);
         metadata.input_fetch_start_timestamp = timestamp(SystemTime::now());
-        let (plan, launch) = match self.fetch(lease, dirs, cancel).await {
-            Ok(Some(fetched)) => fetched,
+        let (plan, launch, dirs) = match self.fetch(lease, dirs, cancel).await {
+            Ok(Some((plan, launch, worker))) => match worker {
+                // A batch for a running worker runs where that worker does.
+                Some((worker, ran_in)) => {
+                    *hold = Some((worker, ran_in.clone()));
+                    (plan, launch, ran_in)
+                }
+                None => (plan, launch, dirs.clone()),
+            },
             Ok(None) => return cancelled(),
             Err(error) => return fail(Stage::Fetch, error),
         };
+        let dirs = &dirs;
         metadata.input_fetch_completed_timestamp = timestamp(SystemTime::now());
         if cancel.token().is_cancelled() {
             return cancelled();
@@ -230,7 +300,8 @@ impl LeasePipeline {
                 .await
                 .map_err(LeaseError::from),
             Some(step) => {
-                self.run_step(step, &launch, dirs, cancel, step_results)
+                let worker = hold.as_ref().map(|(worker, _)| worker);
+                self.run_step(step, &launch, dirs, cancel, step_results, worker)
                     .await
             }
         };
@@ -277,9 +348,32 @@ impl LeasePipeline {
         lease: &Lease,
         dirs: &LeaseDirs,
         cancel: &LeaseCancel,
-    ) -> Result<Option<(Plan, Launch)>, LeaseError> {
+    ) -> Result<Option<Fetched>, LeaseError> {
+        let plan = tokio::select! {
+            plan = self.plan(lease) => plan?,
+            () = cancel.token().cancelled() => return Ok(None),
+        };
+        let worker_key = self.workers.as_ref().zip(worker_key(lease, &plan));
+        if let Some((pool, key)) = &worker_key
+            && let Some(worker) = pool.take(key)
+        {
+            // Its inputs are laid out already: the worker runs in them.
+            let home = worker.home().clone();
+            let launch = Launch {
+                spec: ProcessSpec {
+                    timeout: plan.timeout,
+                    ..home.template
+                },
+                map: home.map,
+            };
+            let held = LeaseWorker {
+                pool: Arc::clone(pool),
+                key: key.clone(),
+                held: tokio::sync::Mutex::new(Some(worker)),
+            };
+            return Ok(Some((plan, launch, Some((held, home.dirs)))));
+        }
         let download = async {
-            let plan = self.plan(lease).await?;
             let tree = fetch_input_tree(&self.cache, &plan.cas, plan.input_root).await?;
             let pins = self
                 .cache
@@ -394,7 +488,15 @@ impl LeasePipeline {
                 limits: plan.options.limits,
             },
         };
-        Ok(Some((plan, Launch { spec, map })))
+        let worker = worker_key.map(|(pool, key)| {
+            let held = LeaseWorker {
+                pool: Arc::clone(pool),
+                key,
+                held: tokio::sync::Mutex::new(None),
+            };
+            (held, dirs.clone())
+        });
+        Ok(Some((plan, Launch { spec, map }, worker)))
     }
 
     /// Runs a builtin step; its report is then in the exec root, and the exit code 0.
@@ -405,6 +507,7 @@ impl LeasePipeline {
         dirs: &LeaseDirs,
         cancel: &LeaseCancel,
         step_results: &(dyn Fn(String) + Send + Sync),
+        worker: Option<&LeaseWorker>,
     ) -> Result<ProcessExit, LeaseError> {
         let context = StepContext {
             runner: self.runner.as_ref(),
@@ -413,6 +516,7 @@ impl LeasePipeline {
             dirs,
             cancel: cancel.token(),
             results: step_results,
+            worker,
         };
         Ok(match run_step(step, &context).await? {
             // A failed step exits 1 so that no cache keeps it (a broken build is retried on
@@ -531,6 +635,14 @@ impl LeasePipeline {
     /// `keep_failed` is set.
     pub async fn clean_up(&self, lease: &Lease, seq: u64, outcome: &RunOutcome) {
         let dirs = self.layout.lease_dirs(seq);
+        if self
+            .workers
+            .as_ref()
+            .is_some_and(|pool| pool.owns(&dirs.base))
+        {
+            // A test worker runs in them now; the pool removes them when it stops it.
+            return;
+        }
         let keep = (self.keep_failed && outcome.is_failure())
             .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
         let done = tokio::task::spawn_blocking(move || {

@@ -176,6 +176,69 @@ pub trait ProcessRunner: Send + Sync + 'static {
         spec: &'a ProcessSpec,
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<ProcessExit, SpawnError>>;
+
+    /// Starts `spec` and returns at once, for a process that outlives one command (a test
+    /// runner's long-lived worker, see `worker`); `spec.timeout` is not applied (the caller
+    /// stops it). `None` from runners that keep no long-lived processes (test fakes).
+    fn start<'a>(
+        &'a self,
+        spec: &'a ProcessSpec,
+    ) -> BoxFuture<'a, Result<Option<Started>, SpawnError>> {
+        let _ = spec;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A process started with [`ProcessRunner::start`], in its own process group, which is
+/// stopped whole: by [`Started::stop`], or killed when this is dropped.
+#[derive(Debug)]
+pub struct Started {
+    child: tokio::process::Child,
+    group: Pid,
+    kill_grace: Duration,
+    /// The leader was reaped (its group id may be reused from then on).
+    reaped: bool,
+}
+
+impl Started {
+    /// Waits for the leader to exit, then kills what is left of its group; its exit code.
+    pub async fn wait(&mut self) -> io::Result<i32> {
+        let status = self.child.wait().await?;
+        let _ = killpg(self.group, Signal::SIGKILL);
+        self.reaped = true;
+        Ok(exit_code(status))
+    }
+
+    /// Whether the leader has exited (reaping it if so; what is left of its group is killed).
+    pub fn exited(&mut self) -> bool {
+        if self.reaped {
+            return true;
+        }
+        if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+            let _ = killpg(self.group, Signal::SIGKILL);
+            self.reaped = true;
+        }
+        self.reaped
+    }
+
+    /// SIGTERM to the group, SIGKILL once the grace period is over; the leader's exit code.
+    pub async fn stop(&mut self) -> i32 {
+        if self.reaped {
+            return 128 + libc::SIGKILL;
+        }
+        let status = stop_group(self.kill_grace, self.group, &mut self.child).await;
+        self.reaped = true;
+        status.map_or(128 + libc::SIGKILL, exit_code)
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = killpg(self.group, Signal::SIGKILL);
+            let _ = self.child.start_kill();
+        }
+    }
 }
 
 /// Runs commands as real processes on this host.
@@ -193,6 +256,21 @@ impl ProcessRunner for LocalRunner {
     ) -> BoxFuture<'a, Result<ProcessExit, SpawnError>> {
         Box::pin(self.run_local(spec, cancel))
     }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a ProcessSpec,
+    ) -> BoxFuture<'a, Result<Option<Started>, SpawnError>> {
+        Box::pin(async move {
+            let (child, group) = spawn_child(spec).await?;
+            Ok(Some(Started {
+                child,
+                group,
+                kill_grace: self.kill_grace,
+                reaped: false,
+            }))
+        })
+    }
 }
 
 impl LocalRunner {
@@ -201,40 +279,7 @@ impl LocalRunner {
         spec: &ProcessSpec,
         cancel: &CancellationToken,
     ) -> Result<ProcessExit, SpawnError> {
-        let (argv0, rest) = spec.argv.split_first().ok_or(SpawnError::NoArguments)?;
-        check_command(spec)?;
-        let create = |path: &Path| {
-            File::create(path).map_err(|source| SpawnError::Prepare {
-                path: path.to_owned(),
-                source,
-            })
-        };
-        let stdout = create(&spec.stdout)?;
-        let stderr = create(&spec.stderr)?;
-        // The working directory is entered in `Prepared::enter`, after the mounts it may
-        // depend on (std would enter it before `pre_exec` runs).
-        let prepared = Prepared::new(&spec.isolation, Some(&spec.cwd))?;
-
-        let mut command = std::process::Command::new(&spec.program);
-        command
-            .arg0(argv0)
-            .args(rest)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        install_pre_exec(&mut command, prepared);
-        let mut command = tokio::process::Command::from(command);
-
-        let mut child = spawn_retrying(&mut command, &spec.program).await?;
-        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
-            return Err(SpawnError::Exec {
-                program: spec.program.clone(),
-                source: io::Error::other("child exited before its pid was known"),
-            });
-        };
-        let group = Pid::from_raw(pid);
+        let (mut child, group) = spawn_child(spec).await?;
         let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
         let sleep_until_deadline = async {
             match deadline {
@@ -253,48 +298,87 @@ impl LocalRunner {
                 Ok(ProcessExit::Exited { exit_code: exit_code(status) })
             }
             () = sleep_until_deadline => {
-                let status = self.stop_group(group, &mut child).await;
+                let status = stop_group(self.kill_grace, group, &mut child).await;
                 Ok(ProcessExit::TimedOut {
                     after: spec.timeout.unwrap_or_default(),
                     exit_code: status.map_or(128 + libc::SIGKILL, exit_code),
                 })
             }
             () = cancel.cancelled() => {
-                self.stop_group(group, &mut child).await;
+                stop_group(self.kill_grace, group, &mut child).await;
                 Ok(ProcessExit::Cancelled)
             }
         }
     }
+}
 
-    /// SIGTERM to the group; SIGKILL once the grace period is over if any member is left.
-    /// Returns the leader's exit status.
-    async fn stop_group(
-        &self,
-        group: Pid,
-        child: &mut tokio::process::Child,
-    ) -> Option<ExitStatus> {
-        let _ = killpg(group, Signal::SIGTERM);
-        let until = Instant::now() + self.kill_grace;
-        let mut status = None;
-        loop {
-            if status.is_none() {
-                // The leader must be reaped: a zombie still counts as a group member.
-                status = child.try_wait().ok().flatten();
-            }
-            if status.is_some() && killpg(group, None) == Err(Errno::ESRCH) {
-                return status;
-            }
-            if Instant::now() >= until {
-                break;
-            }
-            tokio::time::sleep(GROUP_POLL).await;
+/// SIGTERM to the group; SIGKILL once the grace period is over if any member is left.
+/// Returns the leader's exit status.
+async fn stop_group(
+    kill_grace: Duration,
+    group: Pid,
+    child: &mut tokio::process::Child,
+) -> Option<ExitStatus> {
+    let _ = killpg(group, Signal::SIGTERM);
+    let until = Instant::now() + kill_grace;
+    let mut status = None;
+    loop {
+        if status.is_none() {
+            // The leader must be reaped: a zombie still counts as a group member.
+            status = child.try_wait().ok().flatten();
         }
-        let _ = killpg(group, Signal::SIGKILL);
-        match status {
-            Some(status) => Some(status),
-            None => child.wait().await.ok(),
+        if status.is_some() && killpg(group, None) == Err(Errno::ESRCH) {
+            return status;
         }
+        if Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(GROUP_POLL).await;
     }
+    let _ = killpg(group, Signal::SIGKILL);
+    match status {
+        Some(status) => Some(status),
+        None => child.wait().await.ok(),
+    }
+}
+
+/// Starts `spec` in a new session (its own process group) with its isolation: the child and
+/// its group.
+async fn spawn_child(spec: &ProcessSpec) -> Result<(tokio::process::Child, Pid), SpawnError> {
+    let (argv0, rest) = spec.argv.split_first().ok_or(SpawnError::NoArguments)?;
+    check_command(spec)?;
+    let create = |path: &Path| {
+        File::create(path).map_err(|source| SpawnError::Prepare {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let stdout = create(&spec.stdout)?;
+    let stderr = create(&spec.stderr)?;
+    // The working directory is entered in `Prepared::enter`, after the mounts it may
+    // depend on (std would enter it before `pre_exec` runs).
+    let prepared = Prepared::new(&spec.isolation, Some(&spec.cwd))?;
+
+    let mut command = std::process::Command::new(&spec.program);
+    command
+        .arg0(argv0)
+        .args(rest)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    install_pre_exec(&mut command, prepared);
+    let mut command = tokio::process::Command::from(command);
+
+    let child = spawn_retrying(&mut command, &spec.program).await?;
+    let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+        return Err(SpawnError::Exec {
+            program: spec.program.clone(),
+            source: io::Error::other("child exited before its pid was known"),
+        });
+    };
+    Ok((child, Pid::from_raw(pid)))
 }
 
 fn exit_code(status: ExitStatus) -> i32 {

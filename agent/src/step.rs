@@ -27,13 +27,17 @@ use tessera_runners::step::{
     ExecuteError, PREPARED_DIR, REPORT_PATH, SCRATCH_DIR, Spawn, StepReport, StepSpec,
     execute_step, prepared_path,
 };
-use tessera_runners::{CommandOutput, CommandSpec, Prepared, Termination, TestResult};
+use tessera_runners::{
+    CommandOutput, CommandSpec, Prepared, Termination, TestResult, WORKER_REPLIES_ENV,
+    WORKER_REQUESTS_ENV, WorkerInvocation,
+};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec_root::{PathMap, persist_dir};
 use crate::sandbox::{ProcessExit, ProcessRunner, ProcessSpec, SpawnError, resolve_program};
 use crate::workdir::{LeaseDirs, remove_tree};
+use crate::worker::{LeaseWorker, Served, Worker, WorkerHome, fifo_paths};
 
 /// Most bytes of a command's stdout (and, separately, stderr) a step keeps: the end of it.
 pub const OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
@@ -88,6 +92,9 @@ pub struct StepContext<'a> {
     pub cancel: &'a CancellationToken,
     /// Receives the results of a batch step as they are read (JSON array of `TestResult`).
     pub results: &'a (dyn Fn(String) + Send + Sync),
+    /// For a batch step that names its job's worker: the lease's hold on a long-lived worker
+    /// (see `worker`); `None` runs every batch as a process of its own.
+    pub worker: Option<&'a LeaseWorker>,
 }
 
 /// Runs `step`: its commands, then the report and the prepared files. Writes a short log to
@@ -204,14 +211,7 @@ impl Spawn for SandboxSpawner<'_> {
         let program = || command.argv.first().cloned().unwrap_or_default();
         let spec = self.process_spec(command, n)?;
         // The command's own timeout, unless the action's comes first.
-        let left = self
-            .deadline
-            .map(|(at, _)| at.saturating_duration_since(Instant::now()));
-        let (limit, action_bound) = match (timeout, left) {
-            (Some(own), Some(left)) if left < own => (Some(left), true),
-            (None, Some(left)) => (Some(left), true),
-            (own, _) => (own, false),
-        };
+        let (limit, action_bound) = self.limit(timeout);
         let action_timed_out = || CommandError::ActionTimedOut {
             after: self.deadline.map(|(_, t)| t).unwrap_or_default(),
         };
@@ -262,6 +262,79 @@ impl Spawn for SandboxSpawner<'_> {
         })
     }
 
+    async fn worker_batch(
+        &self,
+        start: &WorkerInvocation,
+        request: &str,
+        timeout: Duration,
+    ) -> Result<Option<(CommandOutput, bool)>, CommandError> {
+        let Some(lease_worker) = self.ctx.worker else {
+            return Ok(None);
+        };
+        let program = || start.command.argv.first().cloned().unwrap_or_default();
+        let (limit, action_bound) = self.limit(Some(timeout));
+        let action_timed_out = || CommandError::ActionTimedOut {
+            after: self.deadline.map(|(_, t)| t).unwrap_or_default(),
+        };
+        if limit.is_some_and(|l| l.is_zero()) && action_bound {
+            return Err(action_timed_out());
+        }
+        let mut held = lease_worker.held.lock().await;
+        let mut started = false;
+        let reusable = match held.as_mut() {
+            Some(worker) => worker.serves(&start.command),
+            None => false,
+        };
+        if !reusable {
+            // A worker for another command (another rootdir), or one that died idle.
+            *held = None;
+            let n = self.seq.fetch_add(1, Ordering::Relaxed);
+            let Some(worker) = self.start_worker(lease_worker, start, n).await? else {
+                return Ok(None);
+            };
+            *held = Some(worker);
+            started = true;
+        }
+        let Some(worker) = held.as_mut() else {
+            return Ok(None);
+        };
+        let ran = worker
+            .run(request, limit, self.ctx.cancel, OUTPUT_LIMIT)
+            .await
+            .map_err(|source| CommandError::Output {
+                program: program(),
+                source,
+            })?;
+        let termination = match ran.served {
+            Served::Replied => Termination::Exited(0),
+            Served::Exited(code) => Termination::Exited(code),
+            Served::TimedOut if action_bound => {
+                *held = None;
+                return Err(action_timed_out());
+            }
+            Served::TimedOut => Termination::TimedOut,
+            Served::Cancelled => {
+                *held = None;
+                return Err(CommandError::Cancelled);
+            }
+        };
+        if !matches!(ran.served, Served::Replied) {
+            *held = None;
+        }
+        let mut argv = vec!["(worker)".to_owned()];
+        argv.extend(start.command.argv.iter().cloned());
+        self.note(&argv, termination, ran.elapsed);
+        Ok(Some((
+            CommandOutput {
+                termination,
+                stdout: ran.stdout,
+                stderr: ran.stderr,
+                elapsed: ran.elapsed,
+            },
+            started,
+        )))
+    }
+
     fn results(&self, results: &[TestResult]) {
         if results.is_empty() {
             return;
@@ -274,6 +347,89 @@ impl Spawn for SandboxSpawner<'_> {
 }
 
 impl SandboxSpawner<'_> {
+    /// A command's time limit: its own `timeout` unless the action's deadline comes first,
+    /// and whether the action's deadline is the one that applies.
+    fn limit(&self, timeout: Option<Duration>) -> (Option<Duration>, bool) {
+        let left = self
+            .deadline
+            .map(|(at, _)| at.saturating_duration_since(Instant::now()));
+        match (timeout, left) {
+            (Some(own), Some(left)) if left < own => (Some(left), true),
+            (None, Some(left)) => (Some(left), true),
+            (own, _) => (own, false),
+        }
+    }
+
+    /// Starts a worker for `start` in the lease's directories, named `n` among the step's
+    /// commands; `None` when the process runner keeps no long-lived processes.
+    async fn start_worker(
+        &self,
+        lease_worker: &LeaseWorker,
+        start: &WorkerInvocation,
+        n: u32,
+    ) -> Result<Option<Worker>, CommandError> {
+        let could_not_start = |source| CommandError::CouldNotStart {
+            program: start.command.argv.first().cloned().unwrap_or_default(),
+            source,
+        };
+        let write_error = |path: &Path, source| {
+            could_not_start(SpawnError::Prepare {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        std::fs::create_dir_all(&start.dir).map_err(|e| write_error(&start.dir, e))?;
+        for file in &start.files {
+            std::fs::write(&file.path, &file.contents).map_err(|e| write_error(&file.path, e))?;
+        }
+        let mut spec = self.process_spec(&start.command, n)?;
+        for (name, dir) in &start.prepend_paths {
+            let dir = dir.display().to_string();
+            match spec.env.iter_mut().find(|(k, _)| k == name) {
+                Some((_, value)) if !value.is_empty() => *value = format!("{dir}:{value}"),
+                Some((_, value)) => *value = dir,
+                None => spec.env.push((name.clone(), dir)),
+            }
+        }
+        let (requests, replies) = fifo_paths(&start.dir);
+        spec.env
+            .retain(|(k, _)| k != WORKER_REQUESTS_ENV && k != WORKER_REPLIES_ENV);
+        spec.env.push((
+            WORKER_REQUESTS_ENV.to_owned(),
+            requests.display().to_string(),
+        ));
+        spec.env
+            .push((WORKER_REPLIES_ENV.to_owned(), replies.display().to_string()));
+        spec.stdout = self.ctx.dirs.base.join(format!("worker-{n}.stdout"));
+        spec.stderr = self.ctx.dirs.base.join(format!("worker-{n}.stderr"));
+        let home = WorkerHome {
+            dirs: self.ctx.dirs.clone(),
+            template: self.ctx.template.clone(),
+            map: self.ctx.map.clone(),
+        };
+        let runner = self.ctx.runner;
+        let worker = Worker::start(
+            &lease_worker.pool,
+            &start.command,
+            &start.dir,
+            spec,
+            home,
+            |spec| async move { runner.start(&spec).await },
+        )
+        .await
+        .map_err(could_not_start)?;
+        if worker.is_some() {
+            lease_worker.pool.count_start();
+            tracing::info!(
+                program = %start.command.argv.first().map_or("", String::as_str),
+                dir = %self.ctx.dirs.base.display(),
+                live = lease_worker.pool.live(),
+                "started a test worker"
+            );
+        }
+        Ok(worker)
+    }
+
     /// The process for `command`: the action's environment with the command's on top (and
     /// `PWD`), its working directory (the exec root if it names none), its program looked up
     /// as the command will see it.

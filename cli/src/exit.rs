@@ -9,6 +9,9 @@
 //! | 3 | infrastructure: coordinator unreachable (one line: its URL, the cause, what to do), the fleet lost the job (`JOB_RESULT_INFRASTRUCTURE`), the watch stream could not be re-attached, a server that cannot bind or open its data directory |
 //! | 130 | interrupted (Ctrl-C or SIGTERM): the job was cancelled |
 //!
+//! A matrix run (`tessera run --matrix`) exits 3 if any cell hit an infrastructure failure,
+//! else 1 if any cell failed (tests or its prepare or list step), else 0; 130 when interrupted.
+//!
 //! Every command returns `Result<Exit, CliError>`; [`exit_code`] turns that into the process's
 //! exit code and prints the error, once, as `tessera: <message>`.
 
@@ -42,7 +45,8 @@ impl From<Exit> for ExitCode {
 /// Text for `--help` listing the exit codes.
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 all tests passed (flaky counts as passed), \
 1 tests failed (timed out counts as failed) or the prepare/list step failed, \
-2 usage or bad input, 3 infrastructure (coordinator unreachable, job lost), 130 interrupted (Ctrl-C or SIGTERM; the job is cancelled).";
+2 usage or bad input, 3 infrastructure (coordinator unreachable, job lost), 130 interrupted (Ctrl-C or SIGTERM; the job is cancelled). \
+A --matrix run exits 3 if any cell hit an infrastructure failure, else 1 if any cell failed, else 0.";
 
 /// Why a command stopped early; each variant maps to one exit code.
 #[derive(Debug, thiserror::Error)]

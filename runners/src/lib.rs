@@ -173,6 +173,34 @@ pub struct ScratchFile {
     pub contents: String,
 }
 
+/// How to start a runner's long-lived worker: a process that runs one job's batches one after
+/// another, so the tool's start-up (imports, collection) is paid once per slot instead of once
+/// per batch (see [`Runner::worker_command`]).
+///
+/// The protocol is the same for every runner: whoever starts the worker creates two FIFOs and
+/// names them in [`WORKER_REQUESTS_ENV`] and [`WORKER_REPLIES_ENV`]; it writes one request line
+/// ([`Runner::worker_request`]) and waits for one reply line; the worker has then written the
+/// batch's reports where [`Runner::parse_results`] reads them. Closing the requests FIFO ends
+/// the worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInvocation {
+    /// A directory private to the worker (the `dir` given to [`Runner::worker_command`]):
+    /// its files, and the caller's FIFOs.
+    pub dir: PathBuf,
+    /// The command that starts the worker.
+    pub command: CommandSpec,
+    /// Files to write before starting it (a plugin, say).
+    pub files: Vec<ScratchFile>,
+    /// Variables that get a directory put in front of whatever value the worker's environment
+    /// already gives them, `:`-separated (`PYTHONPATH` for a plugin).
+    pub prepend_paths: Vec<(String, PathBuf)>,
+}
+
+/// Names the FIFO a worker reads its requests from, one JSON line each.
+pub const WORKER_REQUESTS_ENV: &str = "TESSERA_WORKER_REQUESTS";
+/// Names the FIFO a worker answers on, one line per request.
+pub const WORKER_REPLIES_ENV: &str = "TESSERA_WORKER_REPLIES";
+
 /// How to run one batch: the files to write, then the command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunInvocation {
@@ -453,6 +481,12 @@ pub enum RunnerError {
     /// A run was asked for with no tests in it.
     #[error("a run needs at least one test")]
     EmptyBatch,
+    /// A worker request for a runner that has no long-lived worker.
+    #[error("{runner} has no long-lived worker")]
+    NoWorker {
+        /// Which runner.
+        runner: &'static str,
+    },
     /// A generic command's run template is unusable.
     #[error("invalid run template: {0}")]
     BadTemplate(String),
@@ -520,13 +554,6 @@ pub trait Runner: fmt::Debug + Send + Sync {
         test.group.clone()
     }
 
-    /// Whether one long-lived worker per slot can run this runner's batches, so the tool's
-    /// start-up (imports, collection) is paid once per slot instead of once per batch
-    /// (`StepSpec::Batch::worker`). The default: no, one process per batch.
-    fn long_lived_worker(&self) -> bool {
-        false
-    }
-
     /// Whether the tool measures each test's duration itself. When it does not, the caller runs
     /// one test per command and uses the command's wall-clock time.
     fn times_tests_itself(&self) -> bool {
@@ -542,6 +569,36 @@ pub trait Runner: fmt::Debug + Send + Sync {
         tests: &[TestId],
         scratch: &Path,
     ) -> Result<RunInvocation, RunnerError>;
+
+    /// Whether this runner runs batches in a long-lived worker ([`Runner::worker_command`]),
+    /// so its start-up is paid once per slot. The job driver then names the job on each batch
+    /// step so that an agent can hand it to the worker it started for that job.
+    fn long_lived_worker(&self) -> bool {
+        false
+    }
+
+    /// How to start a worker for batches of tests of `group`, with `dir` as a directory
+    /// private to the worker for the files the adapter writes; `None` when the runner has no
+    /// worker.
+    fn worker_command(
+        &self,
+        prepared: &Prepared,
+        group: &str,
+        dir: &Path,
+    ) -> Option<WorkerInvocation> {
+        let _ = (prepared, group, dir);
+        None
+    }
+
+    /// The request line that asks a worker to run exactly `tests` (all of one group), with
+    /// `scratch` as an empty directory private to this batch for its reports, which
+    /// [`Runner::parse_results`] then reads as it reads a process's.
+    fn worker_request(&self, tests: &[TestId], scratch: &Path) -> Result<String, RunnerError> {
+        let _ = (tests, scratch);
+        Err(RunnerError::NoWorker {
+            runner: self.name(),
+        })
+    }
 
     /// Reads a run's output (and its reports under `scratch`) into one result per test of
     /// `tests`, in that order, followed by one result per subtest the tool reported for them

@@ -13,6 +13,13 @@
 //!   anywhere. Selection options are not passed: the ids are the selection, and `-m`/`-k` would
 //!   deselect them again. `--maxfail=0` undoes a `-x` from the configuration, which would stop
 //!   a batch at its first failure and leave the rest of it unreported (fail-fast is the job's).
+//! - **worker** ([`Runner::worker_command`]): pytest's start-up (imports, `conftest.py`,
+//!   collection) is often most of a small batch, so a job's batches go to a long-lived pytest
+//!   per slot instead: the list command's options without `--collect-only`, the group's
+//!   rootdir pinned, plus `-p tessera_pytest_worker` (`pytest_worker.py`, written to the
+//!   worker's directory and put on `PYTHONPATH`). It collects once, then runs each batch's node
+//!   ids as they are sent and writes each batch's JUnit report with pytest's own junitxml
+//!   plugin, so results read exactly as a process's do.
 //! - **results**: the JUnit report, matched to node ids the way pytest's junitxml plugin names
 //!   its cases (see [`junit_names`]).
 //!
@@ -49,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use crate::junit::{self, CaseStatus, JunitCase};
 use crate::{
     Batching, CommandOutput, CommandSpec, Outcome, Prepared, RunInvocation, Runner, RunnerError,
-    ScratchFile, Termination, TestId, TestResult, list_failed, unreported,
+    ScratchFile, Termination, TestId, TestResult, WorkerInvocation, list_failed, unreported,
 };
 
 /// Runs tests with pytest.
@@ -91,6 +98,12 @@ const EXIT_INTERRUPTED: i32 = 2;
 const EXIT_USAGE_ERROR: i32 = 4;
 /// pytest's exit code when it collected no tests.
 const EXIT_NO_TESTS: i32 = 5;
+
+/// The module name of the worker plugin (`pytest_worker.py`), loaded with `-p`.
+const WORKER_MODULE: &str = "tessera_pytest_worker";
+
+/// The worker plugin: collects once, then runs the batches it is sent (see its docstring).
+const WORKER_PLUGIN: &str = include_str!("pytest_worker.py");
 
 /// Options that end every list command. They come after `addopts` and the user's options, so
 /// they win: a header with the rootdir and one node id a line (a `-q` anywhere before cannot
@@ -269,6 +282,47 @@ impl Runner for PytestRunner {
 
     fn batching(&self) -> Batching {
         Batching::Any
+    }
+
+    fn long_lived_worker(&self) -> bool {
+        true
+    }
+
+    fn worker_command(
+        &self,
+        _prepared: &Prepared,
+        group: &str,
+        dir: &Path,
+    ) -> Option<WorkerInvocation> {
+        // Collects what the list step collected, named relative to the group's rootdir as
+        // the list step named it.
+        let command = self
+            .pytest()
+            .arg(format!("--rootdir={}", self.rootdir(group).display()))
+            .args(["-p", WORKER_MODULE])
+            .args(self.selection.iter().cloned())
+            .arg("--maxfail=0")
+            .args(["-o", "junit_logging=all"]);
+        Some(WorkerInvocation {
+            dir: dir.to_path_buf(),
+            command,
+            files: vec![ScratchFile {
+                path: dir.join(format!("{WORKER_MODULE}.py")),
+                contents: WORKER_PLUGIN.to_owned(),
+            }],
+            prepend_paths: vec![("PYTHONPATH".to_owned(), dir.to_path_buf())],
+        })
+    }
+
+    fn worker_request(&self, tests: &[TestId], scratch: &Path) -> Result<String, RunnerError> {
+        if tests.is_empty() {
+            return Err(RunnerError::EmptyBatch);
+        }
+        let request = serde_json::json!({
+            "ids": tests.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            "junit": Self::junit_path(scratch),
+        });
+        Ok(request.to_string())
     }
 
     fn run_command(

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{
-    CommandOutput, CommandSpec, Outcome, Prepared, RunnerConfig, RunnerError, TestId, TestResult,
+    Batching, CommandOutput, CommandSpec, Outcome, Prepared, RunnerConfig, RunnerError, TestId,
+    TestResult, WorkerInvocation,
 };
 
 /// `argv[0]` of a job step's command: the agent runs the step itself instead of a program.
@@ -176,6 +177,22 @@ pub trait Spawn {
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<CommandOutput, Self::Error>> + Send;
 
+    /// Runs one batch on a long-lived worker of this step's job ([`StepSpec::Batch`]'s
+    /// `worker`): hands `request` to an idle worker this spawner started earlier with the same
+    /// `start` for the same job and input root, or starts one with `start` first. Returns what
+    /// the worker printed while it ran the batch (its exit, if it died or was stopped at
+    /// `timeout`) and whether a worker was started; `None` when this spawner keeps no workers,
+    /// and the batch then runs as a process of its own. The default keeps none.
+    fn worker_batch(
+        &self,
+        start: &WorkerInvocation,
+        request: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<(CommandOutput, bool)>, Self::Error>> + Send {
+        let _ = (start, request, timeout);
+        async { Ok(None) }
+    }
+
     /// Called with each group of results as a batch step reads them, before the step ends, so
     /// the caller can report tests as they finish. The default ignores them.
     fn results(&self, _results: &[TestResult]) {}
@@ -244,40 +261,69 @@ pub async fn execute_step<S: Spawn + Sync>(
             prepared,
             tests,
             test_timeout_ms,
+            worker,
             ..
         } => {
             let per_test = Duration::from_millis((*test_timeout_ms).max(1));
             let mut results = Vec::with_capacity(tests.len());
             let mut startups = 0u32;
-            for (i, group) in runner.batching().split(tests).into_iter().enumerate() {
+            let on_worker = worker.is_some() && runner.long_lived_worker();
+            let mut groups = runner.batching().split(tests);
+            if on_worker {
+                // One worker runs the tests of one group (a pytest rootdir).
+                groups = groups
+                    .iter()
+                    .flat_map(|group| Batching::PerGroup.split(group))
+                    .collect();
+            }
+            for (i, group) in groups.into_iter().enumerate() {
                 let scratch = scratch.join(i.to_string());
                 let scratch_error = |source| ExecuteError::<S::Error>::Scratch {
                     dir: scratch.clone(),
                     source,
                 };
+                // A worker's directory serves batch after batch: start each one empty.
+                match std::fs::remove_dir_all(&scratch) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(scratch_error(e));
+                    }
+                    _ => {}
+                }
                 std::fs::create_dir_all(&scratch).map_err(scratch_error)?;
                 let timeout =
                     per_test.saturating_mul(u32::try_from(group.len()).unwrap_or(u32::MAX));
-                let ran = match runner.run_command(prepared, &group, &scratch) {
-                    Ok(invocation) => {
-                        invocation.write_files().map_err(scratch_error)?;
-                        startups += 1;
-                        let output = spawn
-                            .spawn(&invocation.command, Some(timeout))
-                            .await
-                            .map_err(ExecuteError::Spawn)?;
-                        runner
-                            .parse_results(prepared, &group, &output, &scratch)
-                            .map(|mut ran| {
-                                if !runner.times_tests_itself() {
-                                    for result in &mut ran {
-                                        result.duration = Some(output.elapsed);
-                                    }
-                                }
-                                ran
-                            })
+                let served = if on_worker {
+                    let dir = worker_dir(scratch.parent().unwrap_or(&scratch), &group[0].group);
+                    run_on_worker(runner, prepared, &group, &scratch, &dir, timeout, spawn).await?
+                } else {
+                    None
+                };
+                let ran = match served {
+                    Some((ran, started)) => {
+                        startups += u32::from(started);
+                        ran
                     }
-                    Err(e) => Err(e),
+                    None => match runner.run_command(prepared, &group, &scratch) {
+                        Ok(invocation) => {
+                            invocation.write_files().map_err(scratch_error)?;
+                            startups += 1;
+                            let output = spawn
+                                .spawn(&invocation.command, Some(timeout))
+                                .await
+                                .map_err(ExecuteError::Spawn)?;
+                            runner
+                                .parse_results(prepared, &group, &output, &scratch)
+                                .map(|mut ran| {
+                                    if !runner.times_tests_itself() {
+                                        for result in &mut ran {
+                                            result.duration = Some(output.elapsed);
+                                        }
+                                    }
+                                    ran
+                                })
+                        }
+                        Err(e) => Err(e),
+                    },
                 };
                 let ran = match ran {
                     Ok(ran) => ran,
@@ -289,6 +335,47 @@ pub async fn execute_step<S: Spawn + Sync>(
             Ok(StepReport::Ran { results, startups })
         }
     }
+}
+
+/// The directory of the worker for tests of `group`, beside the batches' scratch directories
+/// (under `scratch`): the same for every batch of the group, so its files outlive a batch.
+fn worker_dir(scratch: &Path, group: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same name for the same group on every call.
+    let mut hasher = std::hash::DefaultHasher::new();
+    group.hash(&mut hasher);
+    scratch.join(format!("worker-{:016x}", hasher.finish()))
+}
+
+/// Runs `group` on a worker (see [`Spawn::worker_batch`]): its results and whether a worker
+/// was started, or `None` when the runner or the spawner has no worker.
+async fn run_on_worker<S: Spawn + Sync>(
+    runner: &dyn crate::Runner,
+    prepared: &Prepared,
+    group: &[TestId],
+    scratch: &Path,
+    dir: &Path,
+    timeout: Duration,
+    spawn: &S,
+) -> Result<Option<(Result<Vec<TestResult>, RunnerError>, bool)>, ExecuteError<S::Error>> {
+    let Some(start) = runner.worker_command(prepared, &group[0].group, dir) else {
+        return Ok(None);
+    };
+    let request = match runner.worker_request(group, scratch) {
+        Ok(request) => request,
+        Err(e) => return Ok(Some((Err(e), false))),
+    };
+    let Some((output, started)) = spawn
+        .worker_batch(&start, &request, timeout)
+        .await
+        .map_err(ExecuteError::Spawn)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((
+        runner.parse_results(prepared, group, &output, scratch),
+        started,
+    )))
 }
 
 /// The result of a test whose run could not be read.

@@ -14,6 +14,7 @@ mod harness;
 mod job_faults;
 mod jobs;
 mod lifecycle;
+mod matrix;
 mod network;
 mod run_refusals;
 mod runners_e2e;

@@ -550,3 +550,163 @@ async fn cancelling_a_step_stops_its_command_and_frees_the_exec_root() {
         let _ = std::fs::remove_dir_all(root.parent().unwrap());
     }
 }
+
+/// A pytest suite for the worker stories: one test prints its process id and fails (so its
+/// output comes back), one kills its own process, one hangs.
+const WORKER_SUITE: &[(&str, &str, bool)] = &[
+    ("pytest.ini", "[pytest]\n", false),
+    (
+        "test_worker.py",
+        "import os, time\n\n\
+         def test_pid():\n    print('pid', os.getpid())\n    assert False\n\n\
+         def test_die():\n    os._exit(3)\n\n\
+         def test_hang():\n    time.sleep(60)\n",
+        false,
+    ),
+];
+
+/// `python3` with pytest, as this test process finds it.
+fn pytest_env() -> Option<Vec<(String, String)>> {
+    let found = std::process::Command::new("python3")
+        .args(["-m", "pytest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "pytest is required under CI=true; .ci/install-deps.sh installs it"
+        );
+        eprintln!("skipping: pytest is not installed");
+        return None;
+    }
+    Some(
+        ["PATH", "HOME", "PYENV_ROOT"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+            .chain([("PYTHONDONTWRITEBYTECODE".to_owned(), "1".to_owned())])
+            .collect(),
+    )
+}
+
+fn pytest_batch(root: &Path, tests: &[&str], worker: Option<&str>, timeout_ms: u64) -> StepSpec {
+    StepSpec::Batch {
+        runner: RunnerConfig::Pytest(tessera_runners::PytestRunner::new(root)),
+        prepared: Prepared::default(),
+        tests: tests.iter().map(|t| TestId::ungrouped(*t)).collect(),
+        test_timeout_ms: timeout_ms,
+        worker: worker.map(str::to_owned),
+    }
+}
+
+/// Runs `step`: its results and how many tool processes it started.
+async fn run_counted(
+    cluster: &Cluster,
+    step: &StepSpec,
+    input_root: Digest,
+    root: &Path,
+    env: &[(String, String)],
+) -> (Vec<TestResult>, u32) {
+    let response = cluster.execute(step, input_root, root, env).await;
+    match cluster.report(&response).await {
+        StepReport::Ran { results, startups } => (results, startups),
+        other => panic!("expected results, got {other:?}"),
+    }
+}
+
+/// The process id `test_pid` printed.
+fn pid_of(results: &[TestResult]) -> String {
+    let output = &results[0].output;
+    let at = output.find("pid ").unwrap_or_else(|| panic!("{output}"));
+    output[at..].split_whitespace().nth(1).unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_of_one_job_share_a_worker_and_another_jobs_never_do() {
+    let Some(env) = pytest_env() else {
+        return;
+    };
+    for mode in modes() {
+        let cluster = Cluster::start(mode).await;
+        let root = exec_root();
+        let inputs = input_dir(WORKER_SUITE);
+        let input_root = cluster.upload_dir(inputs.path()).await;
+        let pid = ["test_worker.py::test_pid"];
+
+        let first = pytest_batch(&root, &pid, Some("job-a"), 30_000);
+        let (results, startups) = run_counted(&cluster, &first, input_root, &root, &env).await;
+        assert_eq!(results[0].outcome, Outcome::Failed, "{mode:?}: {results:?}");
+        assert_eq!(startups, 1, "{mode:?}: the first batch starts the worker");
+        let worker_pid = pid_of(&results);
+        // The job's next batch: the same process, no start-up, no inputs laid out again.
+        let (results, startups) = run_counted(&cluster, &first, input_root, &root, &env).await;
+        assert_eq!(
+            (pid_of(&results), startups),
+            (worker_pid.clone(), 0),
+            "{mode:?}"
+        );
+
+        // Another job with everything else the same never reaches that worker.
+        let other = pytest_batch(&root, &pid, Some("job-b"), 30_000);
+        let (results, startups) = run_counted(&cluster, &other, input_root, &root, &env).await;
+        assert_eq!(startups, 1, "{mode:?}");
+        assert_ne!(pid_of(&results), worker_pid, "{mode:?}");
+        // Nor does a batch that names no worker.
+        let alone = pytest_batch(&root, &pid, None, 30_000);
+        let (results, startups) = run_counted(&cluster, &alone, input_root, &root, &env).await;
+        assert_eq!(startups, 1, "{mode:?}");
+        assert_ne!(pid_of(&results), worker_pid, "{mode:?}");
+        // And the first job's worker is still there for it.
+        let (results, startups) = run_counted(&cluster, &first, input_root, &root, &env).await;
+        assert_eq!((pid_of(&results), startups), (worker_pid, 0), "{mode:?}");
+        cluster.stop().await;
+        let _ = std::fs::remove_dir_all(root.parent().unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_dies_or_hangs_is_replaced_and_its_batch_says_so() {
+    let Some(env) = pytest_env() else {
+        return;
+    };
+    let cluster = Cluster::start(SandboxMode::Auto).await;
+    let root = exec_root();
+    let inputs = input_dir(WORKER_SUITE);
+    let input_root = cluster.upload_dir(inputs.path()).await;
+    let pid = ["test_worker.py::test_pid"];
+    let (results, _) = run_counted(
+        &cluster,
+        &pytest_batch(&root, &pid, Some("job"), 30_000),
+        input_root,
+        &root,
+        &env,
+    )
+    .await;
+    let first_pid = pid_of(&results);
+
+    // A test that kills the worker: no result for it, and the next batch gets a new worker.
+    let die = pytest_batch(&root, &["test_worker.py::test_die"], Some("job"), 30_000);
+    let (results, startups) = run_counted(&cluster, &die, input_root, &root, &env).await;
+    assert_eq!(startups, 0);
+    assert_eq!(results[0].outcome, Outcome::NoResult, "{results:?}");
+    assert!(
+        results[0].output.contains("exit code 3"),
+        "{}",
+        results[0].output
+    );
+    let next = pytest_batch(&root, &pid, Some("job"), 30_000);
+    let (results, startups) = run_counted(&cluster, &next, input_root, &root, &env).await;
+    assert_eq!(startups, 1);
+    let second_pid = pid_of(&results);
+    assert_ne!(second_pid, first_pid);
+
+    // A test past its timeout: timed out, the worker stopped, the next batch starts another.
+    let started = Instant::now();
+    let hang = pytest_batch(&root, &["test_worker.py::test_hang"], Some("job"), 2_000);
+    let (results, _) = run_counted(&cluster, &hang, input_root, &root, &env).await;
+    assert_eq!(results[0].outcome, Outcome::TimedOut, "{results:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let (results, startups) = run_counted(&cluster, &next, input_root, &root, &env).await;
+    assert_eq!(startups, 1);
+    assert_ne!(pid_of(&results), second_pid);
+    cluster.stop().await;
+}

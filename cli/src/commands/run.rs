@@ -65,6 +65,20 @@ pub struct RunArgs {
     /// repeatable.
     #[arg(long = "env", value_name = "KEY[=VAL]")]
     pub env: Vec<String>,
+    /// Run the suite once per combination of values of environment variables, in one job:
+    /// NAME=V1,V2,...; repeatable, the cells are the cross product.
+    ///
+    /// `--matrix FEATURE=on,off --matrix DB=pg,sqlite` runs 4 cells, each with its own prepare
+    /// step, cached results and history; results show each cell as `[FEATURE=on,DB=pg]`, and
+    /// JUnit has a <testsuite> per cell. A NAME given once is split on commas; a NAME given more
+    /// than once takes each occurrence as one value, commas included (`--matrix OPTS=a,b
+    /// --matrix OPTS=c` is the two values "a,b" and "c"). NAME must be an environment variable
+    /// name (letters, digits, _); values must not be empty or repeated; at most 64 cells. A
+    /// matrix value replaces a variable passed from here; a NAME also given to --env is
+    /// refused. The exit code is 3 if any cell hit an infrastructure failure, else 1 if any
+    /// cell failed, else 0.
+    #[arg(long = "matrix", value_name = "NAME=V1,V2")]
+    pub matrix: Vec<String>,
     /// Platform property the agents must have, KEY=VALUE; repeatable.
     #[arg(long = "platform", value_name = "K=V")]
     pub platform: Vec<String>,
@@ -213,6 +227,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         prepare_network: !args.no_prepare_network,
         output_limit: args.output_limit.unwrap_or(0),
         keep_files_together: args.by_file,
+        matrix: spec::matrix(&args.matrix, &args.env)?,
         retries: args.retries,
         fail_fast,
         timeout: args.timeout,
@@ -443,6 +458,10 @@ mod tests {
             "A=1",
             "--env",
             "B",
+            "--matrix",
+            "MODE=a,b",
+            "--matrix",
+            "OPTS=x,y",
             "--platform",
             "os=linux",
             "--exclude",
@@ -460,6 +479,7 @@ mod tests {
         assert_eq!(args.priority, -5);
         assert_eq!(args.timeout, Some(Duration::from_secs(90)));
         assert_eq!(args.env, vec!["A=1", "B"]);
+        assert_eq!(args.matrix, vec!["MODE=a,b", "OPTS=x,y"]);
         assert_eq!(args.runner, Some(RunnerKind::Cargo));
         // Everything after the first `--` belongs to the test command, `--` included.
         assert_eq!(args.args, vec!["cargo", "test", "--", "--nocapture"]);

@@ -1,17 +1,21 @@
 //! The human view: a progress bar on a terminal (tests done/total, passed, failed, flaky, busy
 //! agent slots, ETA) with failures printed above it, or plain lines when stdout is not a
 //! terminal. Both end with the same summary, whose last line is `N passed, N failed`.
+//!
+//! In a matrix run every line about one cell (its phases, its plan, its tests) starts with the
+//! cell as `[NAME=v1]`, and the summary has a line per cell before the job's.
 
 use std::io::Write;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tessera_proto::tessera::v1::{
-    JobEvent, JobPhase, JobResult, TestFinished, TestOutcome, job_event::Kind,
+    JobEvent, JobFinished, JobPhase, JobResult, TestFinished, TestOutcome, job_event::Kind,
 };
 
 use super::tally::{
-    EventSink, Tally, duration, phase_name, seconds, summary_line, test_name, timing_line,
+    EventSink, Tally, cell_label, duration, phase_name, seconds, shown_name, summary_line,
+    timing_line,
 };
 
 /// Lines of a failure's output shown (its end, where the assertion usually is).
@@ -77,7 +81,7 @@ impl<W: Write> Human<W> {
     }
 
     fn test(&mut self, test: &TestFinished) {
-        let name = test_name(test);
+        let name = shown_name(test);
         let took = seconds(duration(test.duration.as_ref()));
         let agent = if test.agent.is_empty() {
             String::new()
@@ -152,8 +156,11 @@ impl<W: Write> Human<W> {
         if tally.errors > 0 {
             msg.push_str(&format!(", {} errors", tally.errors));
         }
+        // The job's plan, not the latest progress report's: in a matrix run that is one cell's.
+        if let Some(planned) = &tally.planned {
+            bar.set_length(u64::from(planned.total));
+        }
         if let Some(p) = &tally.progress {
-            bar.set_length(u64::from(p.total));
             msg.push_str(&format!(
                 " | {} agents, {}/{} slots busy",
                 p.agents, p.busy_slots, p.total_slots
@@ -166,6 +173,30 @@ impl<W: Write> Human<W> {
         bar.set_position(u64::from(tally.planned_done()));
         bar.set_message(msg);
     }
+}
+
+/// A matrix run's summary line per cell, in the job's order of cells: `[A=1] N passed, N
+/// failed`, and how the cell ended when it did not run to its end.
+fn cell_lines(finished: &JobFinished, tally: &Tally) -> Vec<String> {
+    finished
+        .cells
+        .iter()
+        .map(|cell| {
+            let counts = tally.cell_counts(&cell.cell);
+            let ended = match cell.result() {
+                JobResult::Passed | JobResult::Failed => "",
+                JobResult::Error => " (stopped: its prepare or list step failed)",
+                JobResult::Infrastructure => " (stopped: infrastructure failure)",
+                JobResult::Cancelled => " (cancelled)",
+                JobResult::Unknown => " (no result)",
+            };
+            format!(
+                "{} {}{ended}",
+                cell_label(&cell.cell),
+                summary_line(&counts)
+            )
+        })
+        .collect()
 }
 
 fn word(outcome: TestOutcome) -> &'static str {
@@ -220,6 +251,9 @@ impl<W: Write> EventSink for Human<W> {
                     return;
                 }
                 let mut text = phase_name(p.phase()).to_owned();
+                if !p.cell.is_empty() {
+                    text = format!("{} {text}", cell_label(&p.cell));
+                }
                 if !p.detail.is_empty() {
                     text.push_str(&format!(" ({})", p.detail));
                 }
@@ -241,6 +275,9 @@ impl<W: Write> EventSink for Human<W> {
             }
             Some(Kind::Planned(p)) => {
                 let mut text = format!("{} tests, {} cached", p.total, p.cached);
+                if !p.cell.is_empty() {
+                    text = format!("{} {text}", cell_label(&p.cell));
+                }
                 if p.to_run > 0 {
                     let expected = duration(p.expected.as_ref());
                     text.push_str(&format!(", {} to run", p.to_run));
@@ -251,7 +288,9 @@ impl<W: Write> EventSink for Human<W> {
                 self.line(&text);
                 if let Some(bar) = &self.bar {
                     bar.set_style(bar_style());
-                    bar.set_length(u64::from(p.total));
+                    bar.set_length(u64::from(
+                        tally.planned.as_ref().map_or(p.total, |p| p.total),
+                    ));
                     bar.set_position(u64::from(tally.planned_done()));
                 }
             }
@@ -283,6 +322,9 @@ impl<W: Write> EventSink for Human<W> {
                     }
                     JobResult::Cancelled => self.line(&format!("cancelled: {}", f.message)),
                     JobResult::Unknown => self.line("the job ended without a result"),
+                }
+                for line in cell_lines(f, tally) {
+                    self.line(&line);
                 }
                 self.line(&timing_line(f));
                 self.line(&summary_line(f));
@@ -343,6 +385,7 @@ mod tests {
                 Kind::Phase(PhaseChanged {
                     phase: JobPhase::Preparing as i32,
                     detail: String::new(),
+                    cell: String::new(),
                 }),
             ),
             ev(
@@ -352,6 +395,7 @@ mod tests {
                     cached: 1,
                     to_run: 2,
                     expected: None,
+                    cell: String::new(),
                 }),
             ),
             ev(4, passed("cached", true)),
@@ -394,6 +438,84 @@ mod tests {
         assert!(lines[3].starts_with("FAIL    g bad"), "{text}");
         assert_eq!(lines[4], "    assert 1 == 2");
         assert_eq!(*lines.last().unwrap(), "2 passed, 1 failed");
+    }
+
+    #[test]
+    fn a_matrix_run_shows_each_cell_and_sums_up_each_cell() {
+        use tessera_proto::tessera::v1::CellFinished;
+        let mut human = Human::plain(Vec::new());
+        let mut tally = Tally::new("j");
+        let in_cell = |cell: &str, kind: Kind| match kind {
+            Kind::Test(mut t) => {
+                t.cell = cell.into();
+                Kind::Test(t)
+            }
+            other => other,
+        };
+        let mut failed = match passed("t", false) {
+            Kind::Test(t) => t,
+            _ => unreachable!(),
+        };
+        failed.outcome = TestOutcome::Failed as i32;
+        failed.cell = "MODE=off".into();
+        let events = vec![
+            ev(
+                1,
+                Kind::Phase(PhaseChanged {
+                    phase: JobPhase::Listing as i32,
+                    detail: String::new(),
+                    cell: "MODE=on".into(),
+                }),
+            ),
+            ev(
+                2,
+                Kind::Planned(TestsPlanned {
+                    total: 1,
+                    to_run: 1,
+                    cell: "MODE=on".into(),
+                    ..TestsPlanned::default()
+                }),
+            ),
+            ev(3, in_cell("MODE=on", passed("t", false))),
+            ev(4, Kind::Test(failed)),
+            ev(
+                5,
+                Kind::Finished(JobFinished {
+                    result: JobResult::Error as i32,
+                    message: "[MODE=x] the prepare step failed".into(),
+                    passed: 1,
+                    failed: 1,
+                    cells: ["on", "off", "x"]
+                        .iter()
+                        .zip([JobResult::Passed, JobResult::Failed, JobResult::Error])
+                        .map(|(value, result)| CellFinished {
+                            cell: format!("MODE={value}"),
+                            result: result as i32,
+                            message: String::new(),
+                        })
+                        .collect(),
+                    ..JobFinished::default()
+                }),
+            ),
+        ];
+        for e in events {
+            if let Some(shown) = tally.apply(e).event {
+                human.event(&shown, &tally);
+            }
+        }
+        let text = String::from_utf8(human.into_inner()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "[MODE=on] listing");
+        assert_eq!(lines[1], "[MODE=on] 1 tests, 0 cached, 1 to run");
+        assert!(lines[2].starts_with("FAIL    [MODE=off] g t"), "{text}");
+        assert_eq!(lines[3], "error: [MODE=x] the prepare step failed");
+        assert_eq!(lines[4], "[MODE=on] 1 passed, 0 failed");
+        assert_eq!(lines[5], "[MODE=off] 0 passed, 1 failed");
+        assert_eq!(
+            lines[6],
+            "[MODE=x] 0 passed, 0 failed (stopped: its prepare or list step failed)"
+        );
+        assert_eq!(*lines.last().unwrap(), "1 passed, 1 failed");
     }
 
     #[test]

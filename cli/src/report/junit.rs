@@ -6,6 +6,11 @@
 //! nothing about has an `<error type="no_result">`; skipped and never-run (cancelled) tests
 //! have `<skipped/>`. A flaky test is a passing test case with one `<flakyFailure>` per failed
 //! attempt, its output in `<system-out>`, as Maven Surefire writes them.
+//!
+//! A matrix run (`tessera run --matrix`) has one `<testsuite>` per cell instead, named as views
+//! show the cell (`[NAME=v1]`), in the order the cells reported first; a test case's
+//! `classname` is its group and its `name` ends with the cell (`adds [NAME=v1]`), so tools that
+//! key cases by class and name keep the cells' runs of a test apart.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,7 +19,7 @@ use std::path::Path;
 use quick_xml::escape::escape;
 use tessera_proto::tessera::v1::{JobEvent, TestFinished, TestOutcome, job_event::Kind};
 
-use super::tally::{EventSink, Tally, duration};
+use super::tally::{EventSink, Tally, cell_label, duration};
 
 /// Suite name for tests without a group.
 pub const UNGROUPED_SUITE: &str = "tessera";
@@ -22,9 +27,13 @@ pub const UNGROUPED_SUITE: &str = "tessera";
 /// Collects the final result of every test.
 #[derive(Debug, Default)]
 pub struct JunitReport {
-    /// By group, then by name: the first final event of each test.
-    suites: BTreeMap<String, BTreeMap<String, TestFinished>>,
+    /// By group, then by name: the first final event of each test, of each matrix cell in the
+    /// order the cells first reported (one unnamed cell in a plain run).
+    cells: Vec<(String, Suites)>,
 }
+
+/// Final events by group, then by name.
+type Suites = BTreeMap<String, BTreeMap<String, TestFinished>>;
 
 impl JunitReport {
     /// An empty report.
@@ -43,7 +52,15 @@ impl JunitReport {
             .as_ref()
             .map(|t| (t.group.clone(), t.name.clone()))
             .unwrap_or_default();
-        self.suites
+        let index = match self.cells.iter().position(|(cell, _)| *cell == test.cell) {
+            Some(index) => index,
+            None => {
+                self.cells.push((test.cell.clone(), Suites::new()));
+                self.cells.len() - 1
+            }
+        };
+        self.cells[index]
+            .1
             .entry(group)
             .or_default()
             .entry(name)
@@ -53,30 +70,38 @@ impl JunitReport {
     /// The report as XML.
     pub fn to_xml(&self) -> String {
         let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let all: Vec<&TestFinished> = self.suites.values().flat_map(|s| s.values()).collect();
-        let counts = Counts::of(all.iter().copied());
+        let all = self
+            .cells
+            .iter()
+            .flat_map(|(_, suites)| suites.values().flat_map(|s| s.values()));
+        let counts = Counts::of(all);
         out.push_str(&format!(
             "<testsuites name=\"tessera\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
             counts.tests, counts.failures, counts.errors, counts.skipped, counts.time
         ));
-        for (group, tests) in &self.suites {
-            let suite = if group.is_empty() {
-                UNGROUPED_SUITE
-            } else {
-                group
-            };
-            let counts = Counts::of(tests.values());
-            out.push_str(&format!(
-                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
-                text(suite),
-                counts.tests,
-                counts.failures,
-                counts.errors,
-                counts.skipped,
-                counts.time
-            ));
-            for (name, test) in tests {
-                case(&mut out, suite, name, test);
+        for (cell, suites) in &self.cells {
+            if cell.is_empty() {
+                for (group, tests) in suites {
+                    let suite = suite_name(group);
+                    suite_open(&mut out, suite, tests.values());
+                    for (name, test) in tests {
+                        case(&mut out, suite, name, test);
+                    }
+                    out.push_str("  </testsuite>\n");
+                }
+                continue;
+            }
+            let label = cell_label(cell);
+            suite_open(&mut out, &label, suites.values().flat_map(|s| s.values()));
+            for (group, tests) in suites {
+                for (name, test) in tests {
+                    case(
+                        &mut out,
+                        suite_name(group),
+                        &format!("{name} {label}"),
+                        test,
+                    );
+                }
             }
             out.push_str("  </testsuite>\n");
         }
@@ -127,6 +152,29 @@ impl Counts {
         }
         c
     }
+}
+
+/// The suite (or class) name of a test group.
+fn suite_name(group: &str) -> &str {
+    if group.is_empty() {
+        UNGROUPED_SUITE
+    } else {
+        group
+    }
+}
+
+/// Opens a `<testsuite>` named `name` holding `tests`.
+fn suite_open<'a>(out: &mut String, name: &str, tests: impl IntoIterator<Item = &'a TestFinished>) {
+    let counts = Counts::of(tests);
+    out.push_str(&format!(
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
+        text(name),
+        counts.tests,
+        counts.failures,
+        counts.errors,
+        counts.skipped,
+        counts.time
+    ));
 }
 
 fn case(out: &mut String, suite: &str, name: &str, test: &TestFinished) {
@@ -273,6 +321,53 @@ mod tests {
         assert_eq!(find("a.py::skipped").status, CaseStatus::Skipped);
         assert_eq!(find("a.py::skipped").suite, UNGROUPED_SUITE);
         assert_eq!(find("flaky").status, CaseStatus::Passed);
+    }
+
+    #[test]
+    fn a_matrix_run_has_a_testsuite_per_cell() {
+        let mut r = JunitReport::new();
+        let in_cell = |cell: &str, group: &str, name: &str, outcome: TestOutcome| {
+            let mut t = test(group, name, outcome, "out");
+            t.cell = cell.into();
+            t
+        };
+        r.record(&in_cell("MODE=on", "calc", "adds", TestOutcome::Passed));
+        r.record(&in_cell("MODE=off", "calc", "adds", TestOutcome::Failed));
+        r.record(&in_cell("MODE=on", "", "b.py::t", TestOutcome::Passed));
+        r.record(&in_cell("MODE=off", "", "b.py::t", TestOutcome::Passed));
+        // Again in one cell: its first result stands.
+        r.record(&in_cell("MODE=on", "calc", "adds", TestOutcome::Failed));
+        let xml = r.to_xml();
+        assert_eq!(xml.matches("<testsuite ").count(), 2, "{xml}");
+        assert!(
+            xml.contains("<testsuite name=\"[MODE=on]\" tests=\"2\" failures=\"0\" errors=\"0\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<testsuite name=\"[MODE=off]\" tests=\"2\" failures=\"1\" errors=\"0\""),
+            "{xml}"
+        );
+        assert!(xml.contains("<testsuites name=\"tessera\" tests=\"4\" failures=\"1\""));
+        let cases = parse(&xml).unwrap();
+        let status = |suite: &str, name: &str| {
+            cases
+                .iter()
+                .find(|c| c.suite == suite && c.name == name)
+                .map(|c| (c.classname.clone(), c.status))
+                .unwrap_or_else(|| panic!("no {name} in {suite}: {xml}"))
+        };
+        assert_eq!(
+            status("[MODE=on]", "adds [MODE=on]"),
+            ("calc".to_owned(), CaseStatus::Passed)
+        );
+        assert_eq!(
+            status("[MODE=off]", "adds [MODE=off]"),
+            ("calc".to_owned(), CaseStatus::Failed)
+        );
+        assert_eq!(
+            status("[MODE=off]", "b.py::t [MODE=off]"),
+            (UNGROUPED_SUITE.to_owned(), CaseStatus::Passed)
+        );
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! are those of the tests shown, with a note when the coordinator counted otherwise; and a
 //! planned test that never got a result fails the run as an infrastructure error instead of
 //! vanishing.
+//!
+//! In a matrix run (`tessera run --matrix`) a test is a test of one cell: results are kept by
+//! (cell, test), each cell's plan and counts are kept apart, and the job's plan is the sum of
+//! its cells'. Views show a cell as `[NAME=v1]` ([`cell_label`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,8 +53,10 @@ pub struct Tally {
     pub last_seq: u64,
     /// The current phase.
     pub phase: JobPhase,
-    /// The plan, once the tests are listed.
+    /// The plan, once the tests are listed (in a matrix run, the sum of the cells' plans).
     pub planned: Option<TestsPlanned>,
+    /// Each cell's plan, by cell, as the cells planned (a plain run's one unnamed cell too).
+    planned_cells: Vec<(String, TestsPlanned)>,
     /// The latest progress report.
     pub progress: Option<Progress>,
     /// Final results so far.
@@ -69,8 +75,10 @@ pub struct Tally {
     pub not_run: u32,
     /// Tests answered from the cache so far.
     pub cached: u32,
-    /// The first final outcome of each test shown, by group and name.
-    finals: HashMap<(String, String), TestOutcome>,
+    /// The first final outcome of each test shown, by cell, group and name.
+    finals: HashMap<(String, String, String), TestOutcome>,
+    /// Counts of the tests shown of each matrix cell (none in a plain run).
+    cells: HashMap<String, JobFinished>,
     /// How many of them are subtests (never planned, so not held against the planned total).
     subtests: usize,
     /// The finished event, once the job ended (with the counts of the tests shown).
@@ -97,19 +105,20 @@ impl Tally {
         let mut note = None;
         match &event.kind {
             Some(Kind::Phase(p)) => self.phase = p.phase(),
-            Some(Kind::Planned(p)) => self.planned = Some(*p),
-            Some(Kind::Progress(p)) => self.progress = Some(*p),
+            Some(Kind::Planned(p)) => self.plan(p),
+            Some(Kind::Progress(p)) => self.progress = Some(p.clone()),
             Some(Kind::Test(t)) => {
-                let key = t
+                let (group, name) = t
                     .test
                     .as_ref()
                     .map(|r| (r.group.clone(), r.name.clone()))
                     .unwrap_or_default();
+                let key = (t.cell.clone(), group, name);
                 if let Some(first) = self.finals.get(&key) {
                     if t.r#final && t.outcome() != *first {
                         note = Some(format!(
                             "{} was reported again, {} this time; the first result, {}, stands",
-                            test_name(t),
+                            shown_name(t),
                             outcome_name(t.outcome()),
                             outcome_name(*first)
                         ));
@@ -143,7 +152,43 @@ impl Tally {
         }
     }
 
+    /// Takes a cell's plan (again, after a restart: the latest stands) into the job's.
+    fn plan(&mut self, planned: &TestsPlanned) {
+        match self
+            .planned_cells
+            .iter_mut()
+            .find(|(cell, _)| *cell == planned.cell)
+        {
+            Some((_, plan)) => plan.clone_from(planned),
+            None => self
+                .planned_cells
+                .push((planned.cell.clone(), planned.clone())),
+        }
+        let mut sum = TestsPlanned::default();
+        let mut expected = Duration::ZERO;
+        for (_, plan) in &self.planned_cells {
+            sum.total += plan.total;
+            sum.cached += plan.cached;
+            sum.to_run += plan.to_run;
+            expected += duration(plan.expected.as_ref());
+        }
+        sum.expected = Some(prost_types::Duration {
+            seconds: i64::try_from(expected.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(expected.subsec_nanos()).unwrap_or(0),
+        });
+        self.planned = Some(sum);
+    }
+
+    /// Counts of the tests shown of the matrix cell `cell`, as a finished event's counts
+    /// (`failed` without the timed out); zero for a cell that reported no test.
+    pub fn cell_counts(&self, cell: &str) -> JobFinished {
+        self.cells.get(cell).cloned().unwrap_or_default()
+    }
+
     fn count(&mut self, test: &TestFinished) {
+        if !test.cell.is_empty() {
+            count_into(self.cells.entry(test.cell.clone()).or_default(), test);
+        }
         if test.cached {
             self.cached += 1;
         }
@@ -203,13 +248,13 @@ impl Tally {
         ] = ours;
         finished.cached = self.cached;
         if matches!(finished.result(), JobResult::Passed | JobResult::Failed) {
-            let missing = self.planned.map_or(0, |p| {
+            let missing = self.planned.as_ref().map_or(0, |p| {
                 (p.total as usize).saturating_sub(self.finals.len() - self.subtests)
             });
             if missing > 0 {
                 let message = format!(
                     "{missing} of the {} tests planned were never reported",
-                    self.planned.map_or(0, |p| p.total)
+                    self.planned.as_ref().map_or(0, |p| p.total)
                 );
                 notes.push(message.clone());
                 finished.set_result(JobResult::Infrastructure);
@@ -242,15 +287,38 @@ impl Tally {
     }
 }
 
-/// The exit code for a finished job: flaky counts as passed; a broken build (prepare or list
-/// failed) is the user's failure like a failing test.
-pub fn exit_for(finished: &JobFinished) -> Exit {
-    match finished.result() {
-        JobResult::Passed => Exit::Success,
-        JobResult::Failed | JobResult::Error => Exit::TestsFailed,
-        JobResult::Cancelled => Exit::Interrupted,
-        JobResult::Infrastructure | JobResult::Unknown => Exit::Infrastructure,
+/// Counts one final result into a finished event's counts (`failed` without the timed out).
+fn count_into(counts: &mut JobFinished, test: &TestFinished) {
+    if test.cached {
+        counts.cached += 1;
     }
+    match test.outcome() {
+        TestOutcome::Passed => counts.passed += 1,
+        TestOutcome::Flaky => counts.flaky += 1,
+        TestOutcome::Skipped => counts.skipped += 1,
+        TestOutcome::TimedOut => counts.timed_out += 1,
+        TestOutcome::Failed | TestOutcome::NoResult | TestOutcome::Unknown => counts.failed += 1,
+        TestOutcome::Error => counts.errors += 1,
+        TestOutcome::Cancelled => counts.not_run += 1,
+    }
+}
+
+/// The exit code for a finished job: flaky counts as passed; a broken build (prepare or list
+/// failed) is the user's failure like a failing test. In a matrix run: 3 if any cell hit an
+/// infrastructure failure, else 1 if any cell failed, else 0 (130 when cancelled).
+pub fn exit_for(finished: &JobFinished) -> Exit {
+    let results =
+        || std::iter::once(finished.result()).chain(finished.cells.iter().map(|c| c.result()));
+    if results().any(|r| matches!(r, JobResult::Infrastructure | JobResult::Unknown)) {
+        return Exit::Infrastructure;
+    }
+    if finished.result() == JobResult::Cancelled {
+        return Exit::Interrupted;
+    }
+    if results().any(|r| matches!(r, JobResult::Failed | JobResult::Error)) {
+        return Exit::TestsFailed;
+    }
+    Exit::Success
 }
 
 /// The last line of every human report: `N passed, N failed`, then `, N errors`, `, N
@@ -353,6 +421,26 @@ pub fn phase_name(phase: JobPhase) -> &'static str {
     }
 }
 
+/// A matrix cell as views show it: `[NAME=v1]` (`[A=1,B=x]` for several names); empty for a
+/// plain run's unnamed cell.
+pub fn cell_label(cell: &str) -> String {
+    if cell.is_empty() {
+        String::new()
+    } else {
+        format!("[{cell}]")
+    }
+}
+
+/// A test's name as the human view and notes show it: [`test_name`], after its cell's label in
+/// a matrix run.
+pub fn shown_name(test: &TestFinished) -> String {
+    if test.cell.is_empty() {
+        test_name(test)
+    } else {
+        format!("{} {}", cell_label(&test.cell), test_name(test))
+    }
+}
+
 /// A test's display name: `group name`, or `name` without a group.
 pub fn test_name(test: &TestFinished) -> String {
     match &test.test {
@@ -427,6 +515,113 @@ mod tests {
             f.set_result(result);
             assert_eq!(exit_for(&f), exit, "{result:?}");
         }
+    }
+
+    #[test]
+    fn a_matrix_run_exits_for_its_worst_cell() {
+        use tessera_proto::tessera::v1::CellFinished;
+        let job = |result: JobResult, cells: &[JobResult]| JobFinished {
+            result: result as i32,
+            cells: cells
+                .iter()
+                .enumerate()
+                .map(|(i, r)| CellFinished {
+                    cell: format!("A={i}"),
+                    result: *r as i32,
+                    message: String::new(),
+                })
+                .collect(),
+            ..JobFinished::default()
+        };
+        use JobResult::{Cancelled, Error, Failed, Infrastructure, Passed};
+        for (finished, exit) in [
+            (job(Passed, &[Passed, Passed]), Exit::Success),
+            (job(Failed, &[Passed, Failed]), Exit::TestsFailed),
+            (job(Error, &[Error, Failed, Passed]), Exit::TestsFailed),
+            // Whatever the job's own result says, a cell's infrastructure failure is exit 3.
+            (job(Error, &[Error, Infrastructure]), Exit::Infrastructure),
+            (job(Failed, &[Failed, Infrastructure]), Exit::Infrastructure),
+            (job(Cancelled, &[Cancelled, Cancelled]), Exit::Interrupted),
+            // Fail-fast in one cell stops the others: the job failed.
+            (job(Failed, &[Failed, Cancelled]), Exit::TestsFailed),
+        ] {
+            assert_eq!(exit_for(&finished), exit, "{finished:?}");
+        }
+    }
+
+    fn in_cell(seq: u64, cell: &str, name: &str, outcome: TestOutcome) -> JobEvent {
+        let mut event = test_event(seq, name, outcome, true);
+        if let Some(Kind::Test(t)) = &mut event.kind {
+            t.cell = cell.to_owned();
+        }
+        event
+    }
+
+    fn planned_event(seq: u64, cell: &str, total: u32) -> JobEvent {
+        JobEvent {
+            seq,
+            elapsed_ms: 0,
+            kind: Some(Kind::Planned(TestsPlanned {
+                total,
+                cell: cell.to_owned(),
+                ..TestsPlanned::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_test_of_two_cells_is_two_results_and_the_plan_is_the_cells_sum() {
+        let mut tally = Tally::new("j");
+        tally.apply(planned_event(1, "MODE=a", 2));
+        tally.apply(planned_event(2, "MODE=b", 2));
+        // A cell that plans again (after a restart) replaces its plan; it does not add to it.
+        tally.apply(planned_event(3, "MODE=b", 2));
+        assert_eq!(tally.planned.as_ref().map(|p| p.total), Some(4));
+        assert!(
+            tally
+                .apply(in_cell(4, "MODE=a", "t", TestOutcome::Passed))
+                .event
+                .is_some()
+        );
+        assert!(
+            tally
+                .apply(in_cell(5, "MODE=b", "t", TestOutcome::Failed))
+                .event
+                .is_some()
+        );
+        // The same test of the same cell again is a repeat, said with its cell.
+        let again = tally.apply(in_cell(6, "MODE=b", "t", TestOutcome::Passed));
+        assert_eq!(again.event, None);
+        assert_eq!(
+            again.note.as_deref(),
+            Some(
+                "[MODE=b] g t was reported again, passed this time; the first result, failed, stands"
+            )
+        );
+        tally.apply(in_cell(7, "MODE=a", "u", TestOutcome::TimedOut));
+        assert_eq!((tally.passed, tally.failed, tally.timed_out), (1, 2, 1));
+        let a = tally.cell_counts("MODE=a");
+        assert_eq!((a.passed, a.failed, a.timed_out), (1, 0, 1));
+        let b = tally.cell_counts("MODE=b");
+        assert_eq!((b.passed, b.failed), (0, 1));
+        assert_eq!(tally.cell_counts("MODE=c"), JobFinished::default());
+        // Cell b's second test never reported: the run cannot pass as if it had.
+        let applied = tally.apply(finished_event(
+            8,
+            JobFinished {
+                result: JobResult::Failed as i32,
+                passed: 1,
+                failed: 1,
+                timed_out: 1,
+                ..JobFinished::default()
+            },
+        ));
+        let finished = shown_finished(&applied);
+        assert_eq!(finished.result(), JobResult::Infrastructure);
+        assert_eq!(
+            finished.message,
+            "1 of the 4 tests planned were never reported"
+        );
     }
 
     fn test_event(seq: u64, name: &str, outcome: TestOutcome, r#final: bool) -> JobEvent {

@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tessera_coordinator::jobs::cells::{MAX_CELLS, is_variable_name};
 use tessera_proto::reapi::{command::EnvironmentVariable, platform::Property};
-use tessera_proto::tessera::v1::JobSpec;
+use tessera_proto::tessera::v1::{JobSpec, MatrixCell};
 use tessera_proto::time::to_proto_duration;
 use tessera_runners::{CommandRunner, RunnerConfig};
 
@@ -325,6 +326,109 @@ pub fn environment(
     Ok(env)
 }
 
+/// The cells of a matrix run from the `--matrix NAME=v1,v2` items: the cross product of every
+/// name's values, in the order the names were first given, the first name varying slowest.
+/// Empty when `items` is (a plain run).
+///
+/// A NAME given once is split on commas; a NAME given more than once takes each occurrence as
+/// one value, literally, commas included (the way to give a value containing a comma). A cell's
+/// name is its variables as `A=1,B=x`. Refused, naming the problem: an item without `=`, a name
+/// that is not an environment variable name, an empty value, a value given twice for one name,
+/// a name also set by `--env` (`explicit_env`: two flags setting one variable is a
+/// contradiction; a variable merely passed from here is replaced by the matrix's values), and
+/// more than [`MAX_CELLS`] cells.
+pub fn matrix(items: &[String], explicit_env: &[String]) -> Result<Vec<MatrixCell>, CliError> {
+    let mut parsed = Vec::with_capacity(items.len());
+    for item in items {
+        let Some((name, value)) = item.split_once('=') else {
+            return Err(CliError::usage(format!(
+                "--matrix {item}: expected NAME=VALUE[,VALUE...]"
+            )));
+        };
+        if !is_variable_name(name) {
+            return Err(CliError::usage(format!(
+                "--matrix {item}: \"{name}\" is not an environment variable name (letters, digits \
+                 and _, not starting with a digit)"
+            )));
+        }
+        parsed.push((item, name, value));
+    }
+    let given = |name: &str| parsed.iter().filter(|(_, n, _)| *n == name).count();
+    // Each name with its values, in the order the names were first given.
+    let mut axes: Vec<(&str, Vec<&str>)> = Vec::new();
+    for &(item, name, value) in &parsed {
+        let values: Vec<&str> = if given(name) == 1 {
+            value.split(',').collect()
+        } else {
+            vec![value]
+        };
+        let index = match axes.iter().position(|(n, _)| *n == name) {
+            Some(index) => index,
+            None => {
+                axes.push((name, Vec::new()));
+                axes.len() - 1
+            }
+        };
+        for value in values {
+            if value.is_empty() {
+                return Err(CliError::usage(format!(
+                    "--matrix {item}: empty value for {name} (a value containing a comma is \
+                     given by repeating --matrix {name}=VALUE)"
+                )));
+            }
+            if axes[index].1.contains(&value) {
+                return Err(CliError::usage(format!(
+                    "--matrix {item}: {name}={value} is given twice"
+                )));
+            }
+            axes[index].1.push(value);
+        }
+    }
+    for item in explicit_env {
+        let key = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
+        if axes.iter().any(|(name, _)| *name == key) {
+            return Err(CliError::usage(format!(
+                "--matrix {key} and --env {item} both set {key}; give it one way"
+            )));
+        }
+    }
+    if axes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = axes
+        .iter()
+        .try_fold(1usize, |count, (_, values)| count.checked_mul(values.len()));
+    if count.is_none_or(|count| count > MAX_CELLS) {
+        let sizes: Vec<String> = axes.iter().map(|(_, v)| v.len().to_string()).collect();
+        return Err(CliError::usage(format!(
+            "--matrix gives {} cells, more than the limit of {MAX_CELLS}; split the matrix \
+             into several runs",
+            sizes.join(" × ")
+        )));
+    }
+    let mut cells = vec![MatrixCell::default()];
+    for (name, values) in &axes {
+        cells = cells
+            .iter()
+            .flat_map(|cell| {
+                values.iter().map(move |value| {
+                    let mut cell = cell.clone();
+                    if !cell.name.is_empty() {
+                        cell.name.push(',');
+                    }
+                    cell.name.push_str(&format!("{name}={value}"));
+                    cell.environment.push(EnvironmentVariable {
+                        name: (*name).to_owned(),
+                        value: (*value).to_owned(),
+                    });
+                    cell
+                })
+            })
+            .collect();
+    }
+    Ok(cells)
+}
+
 /// `--platform K=V` values, sorted by key (a repeated key keeps its last value), with
 /// `network=on` for `--network`.
 pub fn platform(items: &[String], network: bool) -> Result<BTreeMap<String, String>, CliError> {
@@ -395,6 +499,8 @@ pub struct JobSettings {
     pub output_limit: u32,
     /// Keep each file's tests together, in listing order.
     pub keep_files_together: bool,
+    /// The cells of a matrix run ([`matrix`]); empty for a plain run.
+    pub matrix: Vec<MatrixCell>,
     /// The project, whose test history the job shares (`crate::project`).
     pub project: String,
 }
@@ -412,9 +518,16 @@ pub fn job_spec(
         input_root_digest: Some(input_root.to_proto()),
         runner_json,
         exec_root: settings.exec_root.display().to_string(),
+        // A variable the matrix sets is each cell's own, not the job's.
         environment: settings
             .environment
             .iter()
+            .filter(|(name, _)| {
+                !settings
+                    .matrix
+                    .iter()
+                    .any(|cell| cell.environment.iter().any(|v| v.name == **name))
+            })
             .map(|(name, value)| EnvironmentVariable {
                 name: name.clone(),
                 value: value.clone(),
@@ -440,7 +553,7 @@ pub fn job_spec(
         output_limit: settings.output_limit,
         keep_files_together: settings.keep_files_together,
         project: settings.project.clone(),
-        cells: Vec::new(),
+        cells: settings.matrix.clone(),
     })
 }
 
@@ -573,6 +686,131 @@ mod tests {
         assert_eq!(keys, vec!["A", "FROM_HERE", "HOME", "PATH"]);
         assert_eq!(env["FROM_HERE"], "here");
         assert!(environment(lookup, &["MISSING".to_owned()]).is_err());
+    }
+
+    fn cells(items: &[&str]) -> Result<Vec<MatrixCell>, CliError> {
+        let items: Vec<String> = items.iter().map(|s| (*s).to_owned()).collect();
+        matrix(&items, &["KEPT=1".to_owned(), "FROM_HERE".to_owned()])
+    }
+
+    fn names(cells: &[MatrixCell]) -> Vec<&str> {
+        cells.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_matrix_is_the_cross_product_first_name_slowest() {
+        assert!(cells(&[]).unwrap().is_empty());
+        let got = cells(&["A=1,2", "B=x,y,z"]).unwrap();
+        assert_eq!(
+            names(&got),
+            [
+                "A=1,B=x", "A=1,B=y", "A=1,B=z", "A=2,B=x", "A=2,B=y", "A=2,B=z"
+            ]
+        );
+        let vars: Vec<(&str, &str)> = got[5]
+            .environment
+            .iter()
+            .map(|v| (v.name.as_str(), v.value.as_str()))
+            .collect();
+        assert_eq!(vars, [("A", "2"), ("B", "z")]);
+        assert_eq!(names(&cells(&["ONE=only"]).unwrap()), ["ONE=only"]);
+    }
+
+    #[test]
+    fn a_name_given_more_than_once_takes_each_value_literally_commas_included() {
+        let got = cells(&["OPTS=a,b", "MODE=x", "OPTS=c"]).unwrap();
+        assert_eq!(names(&got), ["OPTS=a,b,MODE=x", "OPTS=c,MODE=x"]);
+        assert_eq!(got[0].environment[0].value, "a,b");
+        assert_eq!(got[1].environment[0].value, "c");
+    }
+
+    #[test]
+    fn every_bad_matrix_is_refused_naming_the_problem() {
+        let refused = |items: &[&str]| match cells(items) {
+            Err(CliError::Usage(message)) => message,
+            other => panic!("{items:?} was not refused: {other:?}"),
+        };
+        assert_eq!(
+            refused(&["A="]),
+            "--matrix A=: empty value for A (a value containing a comma is given by repeating \
+             --matrix A=VALUE)"
+        );
+        assert!(
+            refused(&["A=x,,y"]).starts_with("--matrix A=x,,y: empty value for A"),
+            "{}",
+            refused(&["A=x,,y"])
+        );
+        assert!(refused(&["A=x,"]).starts_with("--matrix A=x,: empty value for A"));
+        assert!(refused(&["A=x", "A="]).starts_with("--matrix A=: empty value for A"));
+        assert_eq!(
+            refused(&["FEATURE"]),
+            "--matrix FEATURE: expected NAME=VALUE[,VALUE...]"
+        );
+        assert_eq!(
+            refused(&["1X=a"]),
+            "--matrix 1X=a: \"1X\" is not an environment variable name (letters, digits and _, \
+             not starting with a digit)"
+        );
+        assert!(refused(&["=a"]).contains("\"\" is not an environment variable name"));
+        assert!(refused(&["A-B=a"]).contains("\"A-B\" is not an environment variable name"));
+        assert_eq!(
+            refused(&["A=x,y,x"]),
+            "--matrix A=x,y,x: A=x is given twice"
+        );
+        assert_eq!(refused(&["A=x", "A=x"]), "--matrix A=x: A=x is given twice");
+        assert_eq!(
+            refused(&["KEPT=2,3"]),
+            "--matrix KEPT and --env KEPT=1 both set KEPT; give it one way"
+        );
+        assert_eq!(
+            refused(&["FROM_HERE=a"]),
+            "--matrix FROM_HERE and --env FROM_HERE both set FROM_HERE; give it one way"
+        );
+        // 4 × 4 × 4 = 64 is the limit; one more value is over it.
+        assert_eq!(
+            cells(&["A=1,2,3,4", "B=1,2,3,4", "C=1,2,3,4"])
+                .unwrap()
+                .len(),
+            MAX_CELLS
+        );
+        assert_eq!(
+            refused(&["A=1,2,3,4,5", "B=1,2,3,4", "C=1,2,3,4"]),
+            "--matrix gives 5 × 4 × 4 cells, more than the limit of 64; split the matrix into \
+             several runs"
+        );
+    }
+
+    #[test]
+    fn a_matrix_variable_is_each_cells_own_not_the_jobs() {
+        let settings = JobSettings {
+            runner: RunnerChoice::new(RunnerConfig::Command(
+                CommandRunner::new("/x", argv("ls"), argv("run {tests}")).unwrap(),
+            )),
+            exec_root: PathBuf::from("/x"),
+            environment: BTreeMap::from([
+                ("MODE".to_owned(), "from-here".to_owned()),
+                ("PATH".to_owned(), "/bin".to_owned()),
+            ]),
+            platform: BTreeMap::new(),
+            retries: 0,
+            fail_fast: false,
+            timeout: None,
+            priority: 0,
+            submitter: "s".to_owned(),
+            title: "t".to_owned(),
+            no_cache: false,
+            prepare_network: true,
+            output_limit: 0,
+            keep_files_together: false,
+            matrix: cells(&["MODE=a,b"]).unwrap(),
+            project: "github.com/acme/widget".to_owned(),
+        };
+        let root = tessera_cas::digest::DigestFunction::Blake3.digest_of(b"");
+        let spec = job_spec(&settings, &root).unwrap();
+        let env: Vec<&str> = spec.environment.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(env, ["PATH"]);
+        assert_eq!(names(&spec.cells), ["MODE=a", "MODE=b"]);
+        assert_eq!(spec.project, "github.com/acme/widget");
     }
 
     #[test]

@@ -151,7 +151,13 @@ impl<'a> RunPhase<'a> {
             match self.tests.apply(&test, TestEvent::Stopped) {
                 Ok(TestState::Done(done)) => {
                     self.tally.count(done.outcome);
-                    job.emit(Kind::Test(final_event(&test, done, None, "")));
+                    job.emit(Kind::Test(final_event(
+                        &self.steps.cell.name,
+                        &test,
+                        done,
+                        None,
+                        "",
+                    )));
                 }
                 other => tracing::warn!(?other, job = %job.id, "a stopped test did not end"),
             }
@@ -174,20 +180,20 @@ impl<'a> RunPhase<'a> {
                 Some(TestState::Retrying { failed_on, .. }) => Some(failed_on.clone()),
                 _ => None,
             });
-        let runner_has_worker = self.job.runner.runner().long_lived_worker();
         for test in &batch.tests {
             let started = TestEvent::Started { batch: batch.id };
             if let Err(error) = self.tests.apply(test, started) {
                 tracing::warn!(%error, job = %self.job.id, "the planner handed out a test that cannot start");
             }
         }
+        let runner_has_worker = self.job.runner.runner().long_lived_worker();
         let spec = StepSpec::Batch {
             runner: self.job.runner.clone(),
             prepared: self.prepared.clone(),
             tests: batch.tests.clone(),
             test_timeout_ms: u64::try_from(test_timeout.as_millis()).unwrap_or(u64::MAX),
-            // A worker serves this job only.
-            worker: runner_has_worker.then(|| self.job.id.clone()),
+            // Batches of one job may share a long-lived worker on an agent; other jobs' never.
+            worker: runner_has_worker.then(|| format!("{}/{}", self.job.id, self.steps.cell.name)),
         };
         self.tally.batches += 1;
         let timeout = test_timeout
@@ -356,7 +362,7 @@ impl<'a> RunPhase<'a> {
                         failed_attempts: Vec::new(),
                         output_digest: output_digest.map(|d| d.to_proto()),
                         subtest: false,
-                        cell: String::new(),
+                        cell: self.steps.cell.name.clone(),
                     }));
                     // Its subtests are reported with the run that ends it.
                     subtests_of.remove(&test);
@@ -394,7 +400,7 @@ impl<'a> RunPhase<'a> {
             }
             self.tally.count(done.outcome);
             let attempt = done.attempt;
-            let mut event = final_event(&test, done, result.duration, agent);
+            let mut event = final_event(&self.steps.cell.name, &test, done, result.duration, agent);
             if is_failure(done.outcome) {
                 event.output_digest = output_digest.map(|d| d.to_proto());
             }
@@ -462,7 +468,7 @@ impl<'a> RunPhase<'a> {
             failed_attempts: Vec::new(),
             output_digest: output_digest.map(|d| d.to_proto()),
             subtest: true,
-            cell: String::new(),
+            cell: self.steps.cell.name.clone(),
         }
     }
 
@@ -485,12 +491,12 @@ impl<'a> RunPhase<'a> {
             busy_slots: u32::try_from(busy).unwrap_or(u32::MAX),
             total_slots: u32::try_from(total_slots).unwrap_or(u32::MAX),
             eta: Some(to_proto_duration(eta)),
+            cell: self.steps.cell.name.clone(),
         }));
         total_slots
     }
 }
 
-/// The event that tells the client `test`'s final outcome.
 /// A subtest's outcome as clients see it.
 fn subtest_outcome(outcome: Outcome) -> TestOutcome {
     match outcome {
@@ -504,7 +510,9 @@ fn subtest_outcome(outcome: Outcome) -> TestOutcome {
     }
 }
 
+/// The event that tells the client `test`'s final outcome in the matrix cell `cell`.
 fn final_event(
+    cell: &str,
     test: &TestId,
     done: &Final,
     duration: Option<Duration>,
@@ -531,6 +539,6 @@ fn final_event(
         },
         output_digest: None,
         subtest: false,
-        cell: String::new(),
+        cell: cell.to_owned(),
     }
 }

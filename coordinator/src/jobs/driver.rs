@@ -1,6 +1,15 @@
 //! Runs one job (DESIGN.md §5) through its phases: prepare, list, answer cached tests, then
 //! run the rest (`batches.rs`), and emit the final event (`tally.rs`).
 //!
+//! The phases run once per matrix cell (`cells.rs`; a plain job is one unnamed cell), each
+//! cell with its own environment, so its own prepare and list actions, cached passes and
+//! history. The cells run side by side, not one after another: they share the fleet like any
+//! jobs do, each planning its batches for its share of the slots, so a matrix run takes about
+//! the time of its slowest cell on a fleet big enough for all of them, and a cell's build does
+//! not wait for another cell's tests. A cell whose build is broken stops alone; a failure that
+//! stops the job (an infrastructure failure, fail-fast, cancellation) stops every cell. The
+//! job's final event counts every cell and says how each one ended.
+//!
 //! Every step is a REAPI action (`steps.rs`) submitted through the execution layer, so steps
 //! share the scheduler, fair share, leases, retries and the action cache with every other
 //! client. Prepare and list actions are cacheable like any action; batch actions are not
@@ -16,10 +25,9 @@ use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::MetaError;
 use tessera_cas::store::BlobStore;
 use tessera_proto::reapi::ActionResult;
-use tessera_proto::reapi::platform::Property;
 use tessera_proto::tessera::v1::{
-    JobPhase, PhaseChanged, QueuePosition, TestFinished, TestOutcome, TestRef, TestsPlanned,
-    job_event::Kind,
+    CellFinished, JobFinished, JobPhase, PhaseChanged, QueuePosition, TestFinished, TestOutcome,
+    TestRef, TestsPlanned, job_event::Kind,
 };
 use tessera_proto::time::to_proto_duration;
 use tessera_runners::step::{StepReport, StepSpec};
@@ -27,6 +35,7 @@ use tessera_runners::{Prepared, TestId};
 use tokio_util::sync::CancellationToken;
 
 use super::batches::RunPhase;
+use super::cells::Cell;
 use super::job::Job;
 use super::planner::{PlannerConfig, ShardPlanner, Startups};
 use super::results::{CachedPass, SuiteKey, TestStore};
@@ -77,8 +86,8 @@ impl std::fmt::Debug for JobContext {
     }
 }
 
-/// Why a job stopped early.
-#[derive(Debug)]
+/// Why a job (or one cell of it) stopped early.
+#[derive(Debug, Clone)]
 pub(super) enum Stop {
     /// The user's project is broken (prepare or list failed) or the spec cannot run.
     Error {
@@ -111,48 +120,150 @@ pub enum Ended {
 
 /// Runs `job` to its end and emits its final event, unless the coordinator stops first.
 pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
-    // Results restored after a restart stand and count (`journal.rs`).
-    let mut tally = Tally::restored(job.restored().values());
     let started = Instant::now();
-    let stop = drive(&ctx, &job, &mut tally).await.err();
+    let cells = Cell::of(&job.spec);
+    // Results restored after a restart stand and count, each in its cell (`journal.rs`).
+    let mut tallies: Vec<Tally> = cells
+        .iter()
+        .map(|cell| {
+            Tally::restored(
+                job.restored()
+                    .iter()
+                    .filter(|((restored_in, _), _)| *restored_in == cell.name)
+                    .map(|(_, test)| test),
+            )
+        })
+        .collect();
+    let (stops, before_cells) = match drive(&ctx, &job, &cells, &mut tallies).await {
+        Ok(stops) => (stops, None),
+        // No cell started: the job's own stop.
+        Err(stop) => (vec![None; cells.len()], Some(stop)),
+    };
+    let stop = before_cells.clone().or_else(|| job_stop(&stops));
     if matches!(stop, Some(Stop::Infrastructure(_))) && ctx.shutdown.is_cancelled() {
         tracing::info!(job = %job.id, "job interrupted by shutdown; it runs again at the next start");
         return Ended::Interrupted;
     }
-    if let Some(Stop::FailFast { test }) = &stop {
-        tracing::info!(job = %job.id, %test, "stopped by --fail-fast");
+    for (cell, stop) in cells.iter().zip(&stops) {
+        if let Some(Stop::FailFast { test }) = stop {
+            tracing::info!(job = %job.id, cell = %cell.name, %test, "stopped by --fail-fast");
+        }
     }
     // Whatever stopped the job, none of its operations keeps a slot.
     for name in job.operations() {
         let _ = ctx.scheduler.cancel(&name).await;
     }
-    job.emit(Kind::Finished(tally.finished(stop, started.elapsed())));
+    let ends: Vec<(&Cell, Tally, Option<Stop>)> = cells
+        .iter()
+        .zip(tallies)
+        .zip(stops)
+        .map(|((cell, tally), stop)| (cell, tally, stop))
+        .collect();
+    job.emit(Kind::Finished(finished(
+        ends,
+        before_cells,
+        started.elapsed(),
+    )));
     Ended::Finished
 }
 
-async fn drive(ctx: &JobContext, job: &Arc<Job>, tally: &mut Tally) -> Result<(), Stop> {
+/// Runs every cell of the job side by side, each counting into its tally; how each one
+/// stopped, in the cells' order. An error is the job's own (nothing ran).
+async fn drive(
+    ctx: &JobContext,
+    job: &Arc<Job>,
+    cells: &[Cell],
+    tallies: &mut [Tally],
+) -> Result<Vec<Option<Stop>>, Stop> {
     let function = DigestFunction::from_request(job.spec.digest_function)
         .map_err(|e| stop_error(format!("digest_function: {e}")))?;
     let input_root = Digest::from_proto_opt(function, job.spec.input_root_digest.as_ref())
         .map_err(|e| stop_error(format!("input_root_digest: {e}")))?;
     let pinned = super::toolchain::pin(&ctx.scheduler, job).await?;
-    let steps = Steps {
-        ctx,
-        job,
-        function,
-        pinned,
-    };
+    let steps: Vec<Steps<'_>> = cells
+        .iter()
+        .map(|cell| Steps {
+            ctx,
+            job,
+            function,
+            pinned: pinned.clone(),
+            cell,
+        })
+        .collect();
     let positions = tokio::spawn(report_queue_position(
         ctx.scheduler.clone(),
         Arc::clone(job),
     ));
-    let outcome = phases(&steps, input_root, tally).await;
+    let runs = steps
+        .iter()
+        .zip(tallies.iter_mut())
+        .map(|(steps, tally)| phases(steps, input_root, cells.len(), tally));
+    let stops = futures::future::join_all(runs).await;
     positions.abort();
-    outcome
+    Ok(stops.into_iter().map(Result::err).collect())
 }
 
-async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Result<(), Stop> {
-    let (ctx, job) = (steps.ctx, steps.job);
+/// What stopped the job as a whole, given how each cell stopped: an infrastructure failure
+/// first (the fleet failed the job), then a broken build, then fail-fast (its failure stopped
+/// the other cells, which read as cancelled), then cancellation.
+fn job_stop(stops: &[Option<Stop>]) -> Option<Stop> {
+    let rank = |stop: &Stop| match stop {
+        Stop::Infrastructure(_) => 3,
+        Stop::Error { .. } => 2,
+        Stop::FailFast { .. } => 1,
+        Stop::Cancelled => 0,
+    };
+    stops.iter().flatten().max_by_key(|s| rank(s)).cloned()
+}
+
+/// The job's final event from how each cell ended: the counts of every cell and the job's
+/// result ([`job_stop`], or `before_cells`, what stopped the job before any cell started); a
+/// matrix job whose cells ran also says how each one ended, and its message and log are those
+/// of every cell that stopped early, each under its cell's name.
+fn finished(
+    ends: Vec<(&Cell, Tally, Option<Stop>)>,
+    before_cells: Option<Stop>,
+    wall: Duration,
+) -> JobFinished {
+    let stops: Vec<Option<Stop>> = ends.iter().map(|(_, _, stop)| stop.clone()).collect();
+    let mut total = Tally::default();
+    for (_, tally, _) in &ends {
+        total.add(tally);
+    }
+    let matrix = ends.iter().any(|(cell, _, _)| !cell.name.is_empty());
+    if before_cells.is_some() || !matrix {
+        return total.finished(before_cells.or_else(|| job_stop(&stops)), wall);
+    }
+    let mut finished = total.finished(job_stop(&stops), wall);
+    let (mut messages, mut logs) = (Vec::new(), Vec::new());
+    for (cell, tally, stop) in ends {
+        let ended = tally.finished(stop, wall);
+        if !ended.message.is_empty() {
+            messages.push(format!("[{}] {}", cell.name, ended.message));
+        }
+        if !ended.log.is_empty() {
+            logs.push(format!("== [{}] ==\n{}", cell.name, ended.log));
+        }
+        finished.cells.push(CellFinished {
+            cell: cell.name.clone(),
+            result: ended.result,
+            message: ended.message,
+        });
+    }
+    finished.message = messages.join("\n");
+    finished.log = logs.join("\n");
+    finished
+}
+
+/// Runs one cell of the job (`steps.cell`) through its phases, counting into `tally`;
+/// `cells` run side by side.
+async fn phases(
+    steps: &Steps<'_>,
+    input_root: Digest,
+    cells: usize,
+    tally: &mut Tally,
+) -> Result<(), Stop> {
+    let (ctx, job, cell) = (steps.ctx, steps.job, steps.cell);
     let (prepared, prepared_root) = prepare(steps, input_root).await?;
     let (listed, list_wall) = list(steps, &prepared, prepared_root).await?;
     let listed_count = listed.len();
@@ -160,14 +271,14 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
     // Results restored after a restart stand (they are in the tally already); cached passes
     // answer at once; the rest is planned from its history.
     let suite = SuiteKey::new(
-        &settings_key(job, &steps.pinned),
+        &settings_key(steps),
         &prepared_root.to_string(),
-        &history_scope(job, ""),
+        &history_scope(job, &cell.name),
     );
     let mut tests = TestTable::default();
     let mut listed_anew = Vec::with_capacity(listed.len());
     for test in listed {
-        let Some(restored) = job.restored().get(&test) else {
+        let Some(restored) = job.restored().get(&(cell.name.clone(), test.clone())) else {
             listed_anew.push(test);
             continue;
         };
@@ -212,6 +323,7 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
                     r#final: true,
                     cached: true,
                     duration: Some(to_proto_duration(pass.duration)),
+                    cell: cell.name.clone(),
                     ..Default::default()
                 });
                 // Its subtests, as the passing run reported them.
@@ -228,6 +340,7 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
                         r#final: true,
                         cached: true,
                         subtest: true,
+                        cell: cell.name.clone(),
                         ..Default::default()
                     });
                 }
@@ -236,7 +349,8 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
         }
     }
     let to_run_count = to_run.len();
-    let slots = fleet_slots(&ctx.scheduler).await;
+    // Cells run side by side: each plans for its share of the fleet.
+    let slots = fleet_slots(&ctx.scheduler).await.div_ceil(cells);
     let config = job_planner_config(job, list_wall, listed_count, recorded_startup);
     let mut planner = ShardPlanner::new(to_run, slots, config);
     if job.spec.keep_files_together {
@@ -249,6 +363,7 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
             .unwrap_or(u32::MAX),
         to_run: u32::try_from(to_run_count).unwrap_or(u32::MAX),
         expected: Some(to_proto_duration(planner.expected_remaining())),
+        cell: cell.name.clone(),
     }));
     for event in cached_events {
         tally.cached += 1;
@@ -259,7 +374,7 @@ async fn phases(steps: &Steps<'_>, input_root: Digest, tally: &mut Tally) -> Res
         return Ok(());
     }
 
-    job.emit(phase(JobPhase::Running, ""));
+    job.emit(phase(cell, JobPhase::Running, ""));
     RunPhase::new(
         steps,
         &prepared,
@@ -280,7 +395,7 @@ async fn prepare(steps: &Steps<'_>, input_root: Digest) -> Result<(Prepared, Dig
     if job.runner.runner().prepare_command().is_none() {
         return Ok((Prepared::default(), input_root));
     }
-    job.emit(phase(JobPhase::Preparing, ""));
+    job.emit(phase(steps.cell, JobPhase::Preparing, ""));
     let spec = StepSpec::Prepare {
         runner: job.runner.clone(),
         persist: job.spec.persist.iter().map(Into::into).collect(),
@@ -292,7 +407,11 @@ async fn prepare(steps: &Steps<'_>, input_root: Digest) -> Result<(Prepared, Dig
     };
     let root = steps.prepared_root(&input_root, &run.result).await?;
     if run.cached {
-        job.emit(phase(JobPhase::Preparing, "prepare answered from cache"));
+        job.emit(phase(
+            steps.cell,
+            JobPhase::Preparing,
+            "prepare answered from cache",
+        ));
     }
     Ok((prepared, root))
 }
@@ -305,7 +424,7 @@ async fn list(
     prepared_root: Digest,
 ) -> Result<(Vec<TestId>, Option<Duration>), Stop> {
     let job = steps.job;
-    job.emit(phase(JobPhase::Listing, ""));
+    job.emit(phase(steps.cell, JobPhase::Listing, ""));
     let spec = StepSpec::List {
         runner: job.runner.clone(),
         prepared: prepared.clone(),
@@ -430,9 +549,10 @@ async fn fleet_slots(scheduler: &SchedulerHandle) -> usize {
         .max(1)
 }
 
-/// Everything besides the input root that decides a test's result, in a stable encoding.
-fn settings_key(job: &Job, pinned: &[Property]) -> Vec<u8> {
-    let spec = &job.spec;
+/// Everything besides the input root that decides a test's result in the cell `steps` run,
+/// in a stable encoding.
+fn settings_key(steps: &Steps<'_>) -> Vec<u8> {
+    let (spec, pinned) = (&steps.job.spec, &steps.pinned);
     let mut key = Vec::new();
     let mut push = |part: &str| {
         key.extend_from_slice(&(part.len() as u64).to_le_bytes());
@@ -442,11 +562,13 @@ fn settings_key(job: &Job, pinned: &[Property]) -> Vec<u8> {
     push(&spec.digest_function.to_string());
     // The runner without its test selection: a test picked by `-k` or a path answers from the
     // pass it had when the whole suite ran.
-    let runner = serde_json::to_string(&job.runner.key_settings())
+    let runner = serde_json::to_string(&steps.job.runner.key_settings())
         .unwrap_or_else(|_| spec.runner_json.clone());
     push(&runner);
     push(&spec.exec_root);
-    let mut env: Vec<_> = spec
+    // The cell's environment: the job's with the cell's variables laid over it.
+    let mut env: Vec<_> = steps
+        .cell
         .environment
         .iter()
         .map(|v| (&v.name, &v.value))
@@ -531,10 +653,11 @@ pub(super) fn test_ref(test: &TestId) -> TestRef {
     }
 }
 
-fn phase(phase: JobPhase, detail: &str) -> Kind {
+fn phase(cell: &Cell, phase: JobPhase, detail: &str) -> Kind {
     Kind::Phase(PhaseChanged {
         phase: phase as i32,
         detail: detail.to_owned(),
+        cell: cell.name.clone(),
     })
 }
 
@@ -548,10 +671,96 @@ fn stop_error(message: String) -> Stop {
 #[cfg(test)]
 mod tests {
     use tessera_proto::reapi::command::EnvironmentVariable;
-    use tessera_proto::tessera::v1::JobSpec;
+    use tessera_proto::tessera::v1::{JobResult, JobSpec};
     use tessera_runners::{PytestRunner, RunnerConfig};
 
     use super::*;
+
+    fn cell(name: &str) -> Cell {
+        Cell {
+            name: name.to_owned(),
+            environment: Vec::new(),
+        }
+    }
+
+    fn tally(passed: u32, failed: u32) -> Tally {
+        let mut tally = Tally::default();
+        for _ in 0..passed {
+            tally.count(TestOutcome::Passed);
+        }
+        for _ in 0..failed {
+            tally.count(TestOutcome::Failed);
+        }
+        tally
+    }
+
+    #[test]
+    fn the_job_stops_for_its_worst_cell() {
+        let broken = stop_error("the prepare step failed".to_owned());
+        let fail_fast = Stop::FailFast {
+            test: TestId::new("g", "t"),
+        };
+        let infra = Stop::Infrastructure("lost".to_owned());
+        assert!(job_stop(&[None, None]).is_none());
+        assert!(matches!(
+            job_stop(&[Some(Stop::Cancelled), Some(fail_fast.clone())]),
+            Some(Stop::FailFast { .. })
+        ));
+        assert!(matches!(
+            job_stop(&[Some(fail_fast), None, Some(broken.clone())]),
+            Some(Stop::Error { .. })
+        ));
+        assert!(matches!(
+            job_stop(&[Some(broken), Some(infra), None]),
+            Some(Stop::Infrastructure(_))
+        ));
+    }
+
+    #[test]
+    fn a_matrix_job_counts_every_cell_and_says_how_each_ended() {
+        let (a, b, c) = (cell("MODE=a"), cell("MODE=b"), cell("MODE=c"));
+        let broken = Stop::Error {
+            message: "the prepare step failed".to_owned(),
+            log: "error[E0425]".to_owned(),
+        };
+        let ends = vec![
+            (&a, tally(3, 0), None),
+            (&b, tally(2, 1), None),
+            (&c, Tally::default(), Some(broken)),
+        ];
+        let job = finished(ends, None, Duration::from_secs(1));
+        assert_eq!((job.passed, job.failed), (5, 1));
+        assert_eq!(job.result(), JobResult::Error);
+        let results: Vec<(&str, JobResult)> = job
+            .cells
+            .iter()
+            .map(|c| (c.cell.as_str(), c.result()))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("MODE=a", JobResult::Passed),
+                ("MODE=b", JobResult::Failed),
+                ("MODE=c", JobResult::Error)
+            ]
+        );
+        assert_eq!(job.message, "[MODE=c] the prepare step failed");
+        assert_eq!(job.log, "== [MODE=c] ==\nerror[E0425]");
+
+        // A plain job is one unnamed cell: no cells in its final event.
+        let plain = cell("");
+        let job = finished(vec![(&plain, tally(1, 1), None)], None, Duration::ZERO);
+        assert!(job.cells.is_empty());
+        assert_eq!(job.result(), JobResult::Failed);
+
+        // A job stopped before any cell started says so once, not once per cell.
+        let missing_tool = stop_error("no agent has cargo".to_owned());
+        let ends = vec![(&a, Tally::default(), None), (&b, Tally::default(), None)];
+        let job = finished(ends, Some(missing_tool), Duration::ZERO);
+        assert_eq!(job.result(), JobResult::Error);
+        assert_eq!(job.message, "no agent has cargo");
+        assert!(job.cells.is_empty());
+    }
 
     /// A pytest job of `project`, submitted by `submitter` with `home`, from a checkout whose
     /// exec root is `exec_root`.
@@ -580,7 +789,7 @@ mod tests {
     }
 
     #[test]
-    fn two_submitters_of_one_project_share_its_history_but_not_its_results() {
+    fn two_submitters_of_one_project_share_its_history() {
         let laptop = job(
             "github.com/acme/widget",
             "ann@laptop",
@@ -594,7 +803,6 @@ mod tests {
             "/var/tmp/tessera/widget-ci",
         );
         assert_eq!(history_scope(&laptop, ""), history_scope(&ci, ""));
-        assert_ne!(settings_key(&laptop, &[]), settings_key(&ci, &[]));
         // Another project, another cell, or other runner settings: other histories.
         let other = job(
             "github.com/acme/gadget",
@@ -648,7 +856,8 @@ mod tests {
         let config = job_planner_config(&job, Some(Duration::from_secs(4)), 2000, None);
         assert_eq!(config.startup, Duration::from_secs(4));
         assert_eq!(config.unmeasured_test, Duration::from_millis(2));
-        assert_eq!(config.startups, Startups::PerBatch);
+        // pytest runs its batches in a long-lived worker per slot.
+        assert_eq!(config.startups, Startups::PerSlot);
         let recorded = Some(Duration::from_millis(700));
         let config = job_planner_config(&job, None, 0, recorded);
         assert_eq!(config.startup, Duration::from_millis(700));

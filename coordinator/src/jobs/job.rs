@@ -36,8 +36,9 @@ pub struct Job {
     shown: watch::Sender<u64>,
     /// Wakes [`Job::keep_journal`]: events wait to be shown.
     hidden: Notify,
-    /// Final results an earlier run of the coordinator made durable, by test.
-    restored: BTreeMap<TestId, TestFinished>,
+    /// Final results an earlier run of the coordinator made durable, by matrix cell (empty for
+    /// a plain job) and test: the same test in two cells is two results.
+    restored: BTreeMap<(String, TestId), TestFinished>,
     /// Cancelled by `Jobs.Cancel` (or the coordinator shutting down).
     pub cancel: CancellationToken,
 }
@@ -56,7 +57,9 @@ struct State {
     phase: JobPhase,
     result: JobResult,
     done: u32,
-    total: u32,
+    /// Tests planned, by matrix cell (a plain job's one unnamed cell): the job's total is the
+    /// sum, each cell's latest plan counting once.
+    planned: BTreeMap<String, u32>,
     /// Names of this job's operations in the scheduler that have not finished.
     operations: Vec<String>,
 }
@@ -89,13 +92,16 @@ impl Job {
     ) -> Arc<Self> {
         let last = restored.events.last().map_or(0, |e| e.seq);
         let top = restored.ceiling.max(last);
-        let finals: BTreeMap<TestId, TestFinished> = restored
+        let finals: BTreeMap<(String, TestId), TestFinished> = restored
             .events
             .iter()
             .filter_map(|e| match &e.kind {
                 Some(job_event::Kind::Test(t)) if t.r#final => {
                     let test = t.test.clone().unwrap_or_default();
-                    Some((TestId::new(test.group, test.name), t.clone()))
+                    Some((
+                        (t.cell.clone(), TestId::new(test.group, test.name)),
+                        t.clone(),
+                    ))
                 }
                 _ => None,
             })
@@ -124,7 +130,7 @@ impl Job {
         created_unix_ms: u64,
         started: Instant,
         state: State,
-        restored: BTreeMap<TestId, TestFinished>,
+        restored: BTreeMap<(String, TestId), TestFinished>,
     ) -> Arc<Self> {
         let shown = state.shown;
         Arc::new(Job {
@@ -145,9 +151,9 @@ impl Job {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Final results restored from an earlier run of the coordinator: clients may have seen
-    /// them, so they stand, and their tests are not run again.
-    pub fn restored(&self) -> &BTreeMap<TestId, TestFinished> {
+    /// Final results restored from an earlier run of the coordinator, by cell and test: clients
+    /// may have seen them, so they stand, and their tests are not run again in their cell.
+    pub fn restored(&self) -> &BTreeMap<(String, TestId), TestFinished> {
         &self.restored
     }
 
@@ -156,7 +162,9 @@ impl Job {
         let mut state = self.lock();
         match &kind {
             job_event::Kind::Phase(p) => state.phase = p.phase(),
-            job_event::Kind::Planned(p) => state.total = p.total,
+            job_event::Kind::Planned(p) => {
+                state.planned.insert(p.cell.clone(), p.total);
+            }
             job_event::Kind::Test(t) if t.r#final => state.done += 1,
             job_event::Kind::Finished(f) => {
                 state.phase = JobPhase::Done;
@@ -302,7 +310,7 @@ impl Job {
             phase: state.phase as i32,
             result: state.result as i32,
             done: state.done,
-            total: state.total,
+            total: state.planned.values().sum(),
             created_unix_ms: self.created_unix_ms,
             elapsed_ms: state.events.last().map_or(0, |e| e.elapsed_ms).max(
                 if state.phase == JobPhase::Done {
@@ -373,6 +381,61 @@ mod tests {
             .expect("job alive");
     }
 
+    #[test]
+    fn a_matrix_jobs_total_is_the_sum_of_its_cells_plans() {
+        let job = Job::new("j".into(), JobSpec::default(), runner(), 0);
+        let planned = |cell: &str, total: u32| {
+            Kind::Planned(tessera_proto::tessera::v1::TestsPlanned {
+                total,
+                cell: cell.into(),
+                ..Default::default()
+            })
+        };
+        job.emit(planned("MODE=a", 2));
+        job.emit(planned("MODE=b", 3));
+        // A cell that plans again (after a restart) counts once.
+        job.emit(planned("MODE=b", 3));
+        assert_eq!(job.summary().total, 5);
+    }
+
+    /// A matrix job restored after a restart: the same test's results in two cells are two
+    /// results, each standing in its own cell only.
+    #[test]
+    fn restored_results_are_kept_by_cell_and_test() {
+        let in_cell = |seq: u64, cell: &str, outcome: TestOutcome| JobEvent {
+            seq,
+            elapsed_ms: 0,
+            kind: Some(Kind::Test(TestFinished {
+                test: Some(TestRef {
+                    group: "g".into(),
+                    name: "t".into(),
+                }),
+                outcome: outcome as i32,
+                r#final: true,
+                cell: cell.into(),
+                ..TestFinished::default()
+            })),
+        };
+        let restored = Restored {
+            events: vec![
+                in_cell(1, "MODE=a", TestOutcome::Passed),
+                in_cell(2, "MODE=b", TestOutcome::Failed),
+            ],
+            ceiling: 1024,
+        };
+        let job = Job::restore("j".into(), JobSpec::default(), runner(), 0, restored);
+        let restored = job.restored();
+        assert_eq!(restored.len(), 2);
+        let outcome = |cell: &str| {
+            restored
+                .get(&(cell.to_owned(), TestId::new("g", "t")))
+                .map(TestFinished::outcome)
+        };
+        assert_eq!(outcome("MODE=a"), Some(TestOutcome::Passed));
+        assert_eq!(outcome("MODE=b"), Some(TestOutcome::Failed));
+        assert_eq!(outcome(""), None);
+    }
+
     #[tokio::test]
     async fn nothing_is_shown_before_the_journal_has_it_and_a_restart_never_renumbers() {
         let meta = Arc::new(MemoryMetaStore::new());
@@ -410,7 +473,10 @@ mod tests {
         let job = Job::restore("j".into(), JobSpec::default(), runner(), 0, restored);
         assert_eq!(
             job.restored().keys().cloned().collect::<Vec<_>>(),
-            [TestId::new("g", "a"), TestId::new("g", "b")]
+            [
+                (String::new(), TestId::new("g", "a")),
+                (String::new(), TestId::new("g", "b"))
+            ]
         );
         assert_eq!(job.summary().done, 2);
         // A client that saw up to 4 re-attaches after 4: it gets b's result and then what the

@@ -13,7 +13,9 @@
 //! being written anyway, so keeping numbers costs one flush per block, not one per event.
 //!
 //! After a restart, a resumed job gets back its final results with their numbers, and numbers
-//! its new events from above the ceiling. So every number a client saw before the crash still
+//! its new events from above the ceiling. Each result names its matrix cell
+//! (`TestFinished.cell`), and the job keeps them by cell and test, so a restart of a matrix
+//! job never takes one cell's result for another's. So every number a client saw before the crash still
 //! names the same event, a client that re-attaches after the last number it saw misses no
 //! final result, and no test a client saw finish is run or reported again (the driver counts
 //! the restored results and does not run those tests).

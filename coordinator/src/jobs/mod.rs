@@ -1,10 +1,11 @@
 //! Test-suite jobs (`tessera run`, DESIGN.md §5): the registry of accepted jobs, the driver
 //! that runs a job's steps as actions, the journal that keeps what clients saw across a crash,
-//! the lifecycle of each test in a job, the per-test result cache and history, and the planner
-//! that splits the tests a job still has to run into batches for the agents' slots. The gRPC
-//! service is `services::jobs`.
+//! the lifecycle of each test in a job, a job's matrix cells, the per-test result cache and
+//! history, and the planner that splits the tests a job still has to run into batches for the
+//! agents' slots. The gRPC service is `services::jobs`.
 
 mod batches;
+pub mod cells;
 pub mod driver;
 pub mod job;
 pub mod journal;

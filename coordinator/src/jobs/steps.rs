@@ -24,6 +24,7 @@ use tessera_runners::TestResult;
 use tessera_runners::step::{PREPARED_DIR, REPORT_PATH, StepReport, StepSpec};
 use tonic::Code;
 
+use super::cells::Cell;
 use super::driver::{JobContext, Stop};
 use super::job::Job;
 use super::overlay::overlay;
@@ -96,6 +97,9 @@ pub(super) struct Steps<'a> {
     pub(super) function: DigestFunction,
     /// Platform requirements the job was pinned to (its runner's tool and toolchain).
     pub(super) pinned: Vec<Property>,
+    /// The matrix cell these steps run (a plain job's one unnamed cell): its environment is
+    /// every step's.
+    pub(super) cell: &'a Cell,
 }
 
 impl Steps<'_> {
@@ -149,7 +153,7 @@ impl Steps<'_> {
     /// Writes the step's Command and Action to the CAS and returns the request that runs it.
     fn store_action(&self, request: &StepRequest) -> Result<ExecuteRequest, Stop> {
         let spec = &self.job.spec;
-        let mut env: Vec<EnvironmentVariable> = spec.environment.clone();
+        let mut env: Vec<EnvironmentVariable> = self.cell.environment.clone();
         env.sort_by(|a, b| a.name.cmp(&b.name));
         let mut properties: Vec<Property> = spec
             .platform

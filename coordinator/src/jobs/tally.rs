@@ -45,6 +45,21 @@ impl Tally {
         tally
     }
 
+    /// Adds `other`'s counts (another matrix cell of the same job) to these.
+    pub(super) fn add(&mut self, other: &Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+        self.flaky += other.flaky;
+        self.timed_out += other.timed_out;
+        self.errors += other.errors;
+        self.cached += other.cached;
+        self.not_run += other.not_run;
+        self.serial += other.serial;
+        self.batches += other.batches;
+        self.tool_startups += other.tool_startups;
+    }
+
     /// Counts one final outcome.
     pub(super) fn count(&mut self, outcome: TestOutcome) {
         match outcome {
@@ -105,6 +120,7 @@ impl Tally {
             errors: self.errors,
             batches: self.batches,
             tool_startups: self.tool_startups,
+            cells: Vec::new(),
         }
     }
 }

@@ -16,8 +16,8 @@ use crate::execution::execute::PRIORITY_RANGE;
 /// Most retries a job may ask for.
 const MAX_RETRIES: u32 = 100;
 
-/// Checks every field of `spec`, normalizes its environment (sorted by name) and returns its
-/// runner.
+/// Checks every field of `spec`, normalizes its environment and its matrix cells' (sorted by
+/// name) and returns its runner.
 pub(super) fn validate(spec: &mut JobSpec, ctx: &JobContext) -> Result<RunnerConfig, JobsError> {
     let bad = |field: &'static str, problem: String| JobsError::Invalid { field, problem };
     validate_instance_name(&spec.instance_name).map_err(|e| bad("instance_name", e.to_string()))?;
@@ -59,6 +59,7 @@ pub(super) fn validate(spec: &mut JobSpec, ctx: &JobContext) -> Result<RunnerCon
             format!("invalid variable name \"{}\"", var.name),
         ));
     }
+    super::cells::check(&mut spec.cells).map_err(|problem| bad("cells", problem))?;
     if let Some(p) = spec.platform.iter().find(|p| p.name.is_empty()) {
         return Err(bad(
             "platform",

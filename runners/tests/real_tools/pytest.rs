@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use tessera_runners::{CommandSpec, Outcome, PytestRunner, Runner, TestId, junit};
+use tessera_runners::{CommandSpec, Outcome, Prepared, PytestRunner, Runner, TestId, junit};
 
 use crate::harness::{
     STATE_VAR, examples, execute, flaky_state, names, outcomes, path_str, prepare_and_list, result,
@@ -586,5 +586,172 @@ fn exitfirst_in_the_configuration_does_not_cut_a_batch_short() {
             .list_command(&prepared)
             .argv
             .contains(&"not slow".to_owned())
+    );
+}
+
+/// A long-lived pytest worker run as the agent runs one (`Runner::worker_command`): started
+/// once, then sent batch after batch through its FIFOs.
+struct LocalWorker {
+    child: std::process::Child,
+    requests: std::fs::File,
+    replies: std::io::BufReader<std::fs::File>,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalWorker {
+    fn start(runner: &PytestRunner, prepared: &Prepared, group: &str) -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let start = runner
+            .worker_command(prepared, group, dir.path())
+            .expect("pytest has a worker");
+        assert_eq!(start.dir, dir.path());
+        for file in &start.files {
+            std::fs::write(&file.path, &file.contents).unwrap();
+        }
+        let (requests, replies) = (dir.path().join("requests"), dir.path().join("replies"));
+        for fifo in [&requests, &replies] {
+            let made = std::process::Command::new("mkfifo").arg(fifo).status();
+            assert!(made.unwrap().success(), "mkfifo {}", fifo.display());
+        }
+        let open = |path: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(0)
+                .open(path)
+                .unwrap()
+        };
+        let (requests_file, replies_file) = (open(&requests), open(&replies));
+        let mut command = start.command.to_command();
+        for (name, path) in &start.prepend_paths {
+            let old = std::env::var(name).unwrap_or_default();
+            command.env(name, format!("{}:{old}", path.display()));
+        }
+        let child = command
+            .env(tessera_runners::WORKER_REQUESTS_ENV, &requests)
+            .env(tessera_runners::WORKER_REPLIES_ENV, &replies)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("out")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
+            .spawn()
+            .unwrap();
+        LocalWorker {
+            child,
+            requests: requests_file,
+            replies: std::io::BufReader::new(replies_file),
+            _dir: dir,
+        }
+    }
+
+    /// Runs `tests` on the worker and reads their results as the agent does.
+    fn batch(
+        &mut self,
+        runner: &PytestRunner,
+        prepared: &Prepared,
+        tests: &[TestId],
+    ) -> Vec<tessera_runners::TestResult> {
+        use std::io::{BufRead, Write};
+        let scratch = tempfile::tempdir().unwrap();
+        let request = runner.worker_request(tests, scratch.path()).unwrap();
+        assert!(!request.contains('\n'), "one line: {request}");
+        writeln!(self.requests, "{request}").unwrap();
+        let mut reply = String::new();
+        self.replies.read_line(&mut reply).unwrap();
+        assert!(reply.contains("\"ran\""), "reply: {reply:?}");
+        let output = tessera_runners::CommandOutput {
+            termination: tessera_runners::Termination::Exited(0),
+            stdout: String::new(),
+            stderr: String::new(),
+            elapsed: Duration::ZERO,
+        };
+        runner
+            .parse_results(prepared, tests, &output, scratch.path())
+            .unwrap()
+    }
+}
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_worker_reports_every_batch_as_a_process_per_batch_does() {
+    if !pytest_available() {
+        return;
+    }
+    let project = Project::new(&[
+        ("pyproject.toml", PYPROJECT),
+        ("tests/conftest.py", CONFTEST),
+        ("tests/test_shapes.py", SHAPES),
+    ]);
+    let runner = project.runner("");
+    let (prepared, tests) = prepare_and_list(&runner);
+    let per_process = run_all(&runner, &prepared, &tests);
+    let mut worker = LocalWorker::start(&runner, &prepared, "");
+    let mut served = Vec::new();
+    // Three batches, the last in reverse order, as the planner may hand them out.
+    let third = tests.len() / 3;
+    served.extend(worker.batch(&runner, &prepared, &tests[..third]));
+    served.extend(worker.batch(&runner, &prepared, &tests[third..2 * third]));
+    let mut last: Vec<TestId> = tests[2 * third..].to_vec();
+    last.reverse();
+    served.extend(worker.batch(&runner, &prepared, &last));
+    assert_eq!(by_node_id(&served), by_node_id(&per_process));
+    assert_eq!(served.len(), per_process.len());
+    // Its output too: the teardown error after a failure is in the failure's output.
+    let both = result(
+        &served,
+        "tests/test_shapes.py::test_fail_and_teardown_error",
+    );
+    assert!(both.output.contains("teardown boom"), "{}", both.output);
+    // A test asked for again runs again.
+    let again = worker.batch(&runner, &prepared, &tests[..1]);
+    assert_eq!(again[0].outcome, by_node_id(&per_process)[&tests[0].name]);
+}
+
+#[test]
+fn a_worker_keeps_its_process_and_reports_collection_errors_by_file() {
+    if !pytest_available() {
+        return;
+    }
+    let project = Project::new(&[
+        ("pytest.ini", "[pytest]\n"),
+        (
+            "tests/test_state.py",
+            "import os\n\ndef test_pid():\n    print('pid', os.getpid())\n    assert False\n",
+        ),
+        (
+            "tests/test_bad.py",
+            "import module_that_does_not_exist\n\ndef test_never():\n    pass\n",
+        ),
+    ]);
+    let runner = project.runner("").args(["--continue-on-collection-errors"]);
+    let (prepared, tests) = prepare_and_list(&runner);
+    assert_eq!(tests.len(), 2, "{tests:?}");
+    let mut worker = LocalWorker::start(&runner, &prepared, "");
+    let pid_test = [TestId::ungrouped("tests/test_state.py::test_pid")];
+    let first = worker.batch(&runner, &prepared, &pid_test);
+    let second = worker.batch(&runner, &prepared, &pid_test);
+    let pid = |results: &[tessera_runners::TestResult]| {
+        let output = &results[0].output;
+        let at = output.find("pid ").unwrap_or_else(|| panic!("{output}"));
+        output[at..].split_whitespace().nth(1).unwrap().to_owned()
+    };
+    assert_eq!(pid(&first), pid(&second), "one process serves both batches");
+    assert_eq!(pid(&first), worker.child.id().to_string());
+    let bad = worker.batch(
+        &runner,
+        &prepared,
+        &[TestId::ungrouped("tests/test_bad.py")],
+    );
+    assert_eq!(bad[0].outcome, Outcome::Error);
+    assert!(
+        bad[0].output.contains("module_that_does_not_exist"),
+        "{}",
+        bad[0].output
     );
 }
