@@ -70,10 +70,31 @@ pub struct AgentConfig {
     pub drain_timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL when a command's process group is stopped.
     pub kill_grace: Duration,
+    /// Lay large input roots out once, as shared read-only layers that each lease sees
+    /// through its own overlay mount (where the host allows mounting; see `layer`); `false`
+    /// lays every root out file by file for every lease.
+    pub layers: bool,
+    /// Input roots with fewer entries (files, directories and symlinks) than this are laid
+    /// out file by file even with `layers` (linking a few files costs less than a mount).
+    pub layer_min_entries: u64,
+    /// Layers kept at most; the least recently used one not in use is evicted beyond it.
+    pub max_layers: usize,
+    /// Entries in all kept layers together at most; least recently used layers not in use
+    /// are evicted beyond it.
+    pub max_layer_entries: u64,
 }
 
 /// Default local cache budget: 10 GiB.
 pub const DEFAULT_MAX_CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// Default smallest root given a layer (the measured crossover is ~100 entries; see the README
+/// `job` section).
+pub const DEFAULT_LAYER_MIN_ENTRIES: u64 = 256;
+/// Default number of layers kept.
+pub const DEFAULT_MAX_LAYERS: usize = 16;
+/// Default entries in all layers together: 16 roots of ~60,000 entries. A layer's files are
+/// hard links to cached blobs, so what it costs is directory entries and inodes of
+/// directories, not the files' bytes.
+pub const DEFAULT_MAX_LAYER_ENTRIES: u64 = 1_000_000;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -89,6 +110,10 @@ impl Default for AgentConfig {
             keep_failed: false,
             drain_timeout: None,
             kill_grace: Duration::from_secs(2),
+            layers: true,
+            layer_min_entries: DEFAULT_LAYER_MIN_ENTRIES,
+            max_layers: DEFAULT_MAX_LAYERS,
+            max_layer_entries: DEFAULT_MAX_LAYER_ENTRIES,
         }
     }
 }
@@ -129,6 +154,10 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_AGENT_KEEP_FAILED",
     "TESSERA_AGENT_DRAIN_TIMEOUT",
     "TESSERA_AGENT_KILL_GRACE",
+    "TESSERA_AGENT_LAYERS",
+    "TESSERA_AGENT_LAYER_MIN_ENTRIES",
+    "TESSERA_AGENT_MAX_LAYERS",
+    "TESSERA_AGENT_MAX_LAYER_ENTRIES",
 ];
 
 /// The file form: every key optional, unknown keys refused.
@@ -145,6 +174,10 @@ pub struct FileConfig {
     keep_failed: Option<bool>,
     drain_timeout: Option<String>,
     kill_grace: Option<String>,
+    layers: Option<bool>,
+    layer_min_entries: Option<u64>,
+    max_layers: Option<usize>,
+    max_layer_entries: Option<u64>,
 }
 
 /// Parses one `key=value` property.
@@ -191,6 +224,13 @@ impl AgentConfig {
             check_agent_id(id)
                 .map_err(|reason| BadValue::new(id.as_str(), reason).for_key("id"))?;
         }
+        if self.max_layers == 0 {
+            return Err(BadValue::new(
+                "0",
+                "at least one layer must fit (layers = false turns layers off)",
+            )
+            .for_key("max_layers"));
+        }
         Ok(())
     }
 }
@@ -235,6 +275,18 @@ impl Settings for AgentConfig {
         if let Some(v) = file.kill_grace {
             self.kill_grace = file_duration("kill_grace", &v)?;
         }
+        if let Some(v) = file.layers {
+            self.layers = v;
+        }
+        if let Some(v) = file.layer_min_entries {
+            self.layer_min_entries = v;
+        }
+        if let Some(v) = file.max_layers {
+            self.max_layers = v;
+        }
+        if let Some(v) = file.max_layer_entries {
+            self.max_layer_entries = v;
+        }
         Ok(())
     }
 
@@ -255,6 +307,10 @@ impl Settings for AgentConfig {
             "TESSERA_AGENT_KEEP_FAILED" => self.keep_failed = parse_bool(value)?,
             "TESSERA_AGENT_DRAIN_TIMEOUT" => self.drain_timeout = Some(parse_duration(value)?),
             "TESSERA_AGENT_KILL_GRACE" => self.kill_grace = parse_duration(value)?,
+            "TESSERA_AGENT_LAYERS" => self.layers = parse_bool(value)?,
+            "TESSERA_AGENT_LAYER_MIN_ENTRIES" => self.layer_min_entries = parse(value)?,
+            "TESSERA_AGENT_MAX_LAYERS" => self.max_layers = parse(value)?,
+            "TESSERA_AGENT_MAX_LAYER_ENTRIES" => self.max_layer_entries = parse(value)?,
             // TESSERA_AGENT_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -439,6 +495,35 @@ mod tests {
         let err =
             AgentConfig::load(None, &env(&[("TESSERA_AGENT_SANDBOX", "on")]), &none).unwrap_err();
         assert!(err.to_string().contains("auto or off"), "{err}");
+
+        let err =
+            AgentConfig::load(None, &env(&[("TESSERA_AGENT_MAX_LAYERS", "0")]), &none).unwrap_err();
+        assert!(err.to_string().contains("layers = false"), "{err}");
+        let err =
+            AgentConfig::load(None, &env(&[("TESSERA_AGENT_LAYERS", "maybe")]), &none).unwrap_err();
+        assert!(err.to_string().contains("TESSERA_AGENT_LAYERS"), "{err}");
+    }
+
+    #[test]
+    fn layer_settings_come_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "layers = false\nlayer_min_entries = 10\nmax_layers = 3\nmax_layer_entries = 99\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(
+            Some(&file),
+            &env(&[("TESSERA_AGENT_MAX_LAYERS", "5")]),
+            &AgentOverrides::default(),
+        )
+        .unwrap();
+        assert!(!c.layers);
+        assert_eq!(
+            (c.layer_min_entries, c.max_layers, c.max_layer_entries),
+            (10, 5, 99)
+        );
     }
 
     #[test]
