@@ -92,8 +92,8 @@ pub const DEFAULT_LAYER_MIN_ENTRIES: u64 = 256;
 /// Default number of layers kept.
 pub const DEFAULT_MAX_LAYERS: usize = 16;
 /// Default entries in all layers together: 16 roots of ~60,000 entries. A layer's files are
-/// hard links to cached blobs, so what it costs is directory entries and inodes of
-/// directories, not the files' bytes.
+/// hard links to cached blobs, so it costs directory entries and directories, not copies of
+/// the files; but a blob the cache evicts stays on disk while a layer links it.
 pub const DEFAULT_MAX_LAYER_ENTRIES: u64 = 1_000_000;
 
 impl Default for AgentConfig {

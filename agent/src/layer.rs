@@ -919,6 +919,11 @@ mod tests {
         probe_overlay(&scratch).unwrap();
         assert!(!scratch.exists());
         assert!(!mounted_below(dir.path()));
+
+        // A path the mount options cannot carry is a failed probe that names it.
+        let error = probe_overlay(&dir.path().join("a,b")).unwrap_err();
+        assert!(error.to_string().contains("a,b"), "{error}");
+        assert!(!mounted_below(dir.path()));
     }
 
     #[test]

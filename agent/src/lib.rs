@@ -278,32 +278,34 @@ fn prepare_layers(
     layout: &WorkLayout,
 ) -> Result<Option<Arc<LayeredRoots>>, AgentError> {
     let dir = layout.layers_dir();
-    let off = |reason: &str| {
-        tracing::info!(
-            reason,
-            "input roots are laid out file by file for every lease"
-        );
-        // Layers of an earlier run would otherwise stay on disk for good.
+    // Layers of an earlier run would otherwise stay on disk for good.
+    let off = || {
         workdir::remove_tree(&dir).map_err(|source| AgentError::WorkDir {
             path: dir.clone(),
             source,
         })
     };
-    if !config.layers {
-        off("layers = false")?;
-        return Ok(None);
-    }
-    if config.keep_failed {
-        off("keep_failed: a kept directory must not depend on a layer")?;
-        return Ok(None);
-    }
-    if let Err(error) = layer::probe_overlay(&layout.probe_dir()) {
+    let reason = if !config.layers {
+        "layers = false"
+    } else if config.keep_failed {
+        "keep_failed (a kept directory must not depend on a layer)"
+    } else if let Err(error) = layer::probe_overlay(&layout.probe_dir()) {
         tracing::warn!(
             %error,
-            "overlay mounts are not available: large input roots are laid out file by file \
-             for every lease"
+            "overlay mounts are not available: every input root is laid out file by file for \
+             every lease"
         );
-        off("no overlay mounts")?;
+        off()?;
+        return Ok(None);
+    } else {
+        ""
+    };
+    if !reason.is_empty() {
+        tracing::info!(
+            reason,
+            "every input root is laid out file by file for every lease"
+        );
+        off()?;
         return Ok(None);
     }
     let settings = LayerSettings {
