@@ -37,7 +37,9 @@
 //!   0444, executables 0555, as a plain layout makes them). A command that may write them (one
 //!   running as root) writes to its own copy: overlayfs copies a file up into the lease's upper
 //!   directory on write, so neither the layer, the cache nor another lease sees it. A command
-//!   that may not write them fails exactly as on a plain layout.
+//!   that may not write them fails exactly as on a plain layout. Renaming an input directory
+//!   works too (`redirect_dir=on`; without it overlayfs refuses with EXDEV). What a command can
+//!   still tell apart: `statfs` says overlayfs, and the exec root is a mount point.
 //!
 //! Does not fetch anything or decide what goes into a layer: the caller builds it (see
 //! `pipeline`).
@@ -518,8 +520,10 @@ fn check_option_path(path: &Path) -> Result<String, LayerError> {
 }
 
 fn mount_overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<(), LayerError> {
+    // redirect_dir: renaming a directory of the layer works as on a plain layout (without it,
+    // rename(2) of a lower directory fails with EXDEV).
     let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},redirect_dir=on",
         check_option_path(lower)?,
         check_option_path(upper)?,
         check_option_path(work)?
@@ -548,8 +552,8 @@ fn detach(target: &Path) -> Result<(), LayerError> {
 }
 
 /// Checks, once, whether this host lets the agent mount an overlay the way a lease does, in
-/// `scratch` (created, then removed): a layer, a mount, a write through it that reaches the
-/// upper directory only. Blocking.
+/// `scratch` (created, then removed): a layer, a mount, a write and a directory rename through
+/// it that reach the upper directory only. Blocking.
 pub fn probe_overlay(scratch: &Path) -> Result<(), LayerError> {
     let result = try_overlay(scratch);
     let _ = remove_tree(scratch);
@@ -564,21 +568,26 @@ fn try_overlay(scratch: &Path) -> Result<(), LayerError> {
     }
     let file = lower.join("input");
     std::fs::write(&file, "layer").map_err(io_error("write", &file))?;
+    let dir = lower.join("dir");
+    std::fs::create_dir(&dir).map_err(io_error("create", &dir))?;
     for dir in [&dirs.upper, &dirs.overlay_work] {
         std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
     }
     mount_overlay(&lower, &dirs.upper, &dirs.overlay_work, &dirs.root)?;
     let merged = dirs.root.join("input");
     let written = std::fs::write(&merged, "lease").map_err(io_error("write", &merged));
+    let moved = std::fs::rename(dirs.root.join("dir"), dirs.root.join("moved"))
+        .map_err(io_error("rename a directory of the layer in", &dirs.root));
     let unmounted = detach(&dirs.root);
     written?;
+    moved?;
     unmounted?;
     let kept = std::fs::read_to_string(&file).map_err(io_error("read", &file))?;
-    if kept != "layer" {
+    if kept != "layer" || !dir.is_dir() {
         return Err(LayerError::Io {
             op: "keep the layer unchanged under",
             path: lower,
-            source: io::Error::other("a write through the overlay reached the lower layer"),
+            source: io::Error::other("a change through the overlay reached the lower layer"),
         });
     }
     Ok(())
@@ -872,6 +881,7 @@ mod tests {
         std::fs::write(one.root.join("input"), "written").unwrap();
         std::fs::write(one.root.join("new"), "new").unwrap();
         std::fs::remove_file(one.root.join("sub/other")).unwrap();
+        std::fs::rename(one.root.join("sub"), one.root.join("moved")).unwrap();
 
         let layer = dir.path().join("layers/root");
         assert_eq!(
@@ -885,6 +895,8 @@ mod tests {
             "layer"
         );
         assert!(two.root.join("sub/other").exists());
+        assert!(layer.join("sub").is_dir() && !layer.join("moved").exists());
+        assert!(!two.root.join("moved").exists());
         assert!(!two.root.join("new").exists());
         assert_eq!(
             std::fs::read_to_string(one.upper.join("input")).unwrap(),
