@@ -278,34 +278,22 @@ fn prepare_layers(
     layout: &WorkLayout,
 ) -> Result<Option<Arc<LayeredRoots>>, AgentError> {
     let dir = layout.layers_dir();
-    // Layers of an earlier run would otherwise stay on disk for good.
-    let off = || {
-        workdir::remove_tree(&dir).map_err(|source| AgentError::WorkDir {
-            path: dir.clone(),
-            source,
-        })
-    };
-    let reason = if !config.layers {
-        "layers = false"
+    let off = if !config.layers {
+        Some("layers = false".to_owned())
     } else if config.keep_failed {
-        "keep_failed (a kept directory must not depend on a layer)"
-    } else if let Err(error) = layer::probe_overlay(&layout.probe_dir()) {
-        tracing::warn!(
-            %error,
-            "overlay mounts are not available: every input root is laid out file by file for \
-             every lease"
-        );
-        off()?;
-        return Ok(None);
+        Some("keep_failed: a kept directory must not depend on a layer".to_owned())
     } else {
-        ""
+        layer::probe_overlay(&layout.probe_dir())
+            .err()
+            .map(|error| format!("overlay mounts are not available: {error}"))
     };
-    if !reason.is_empty() {
-        tracing::info!(
-            reason,
+    if let Some(reason) = off {
+        tracing::warn!(
+            %reason,
             "every input root is laid out file by file for every lease"
         );
-        off()?;
+        // Layers of an earlier run would otherwise stay on disk for good.
+        workdir::remove_tree(&dir).map_err(|source| AgentError::WorkDir { path: dir, source })?;
         return Ok(None);
     }
     let settings = LayerSettings {

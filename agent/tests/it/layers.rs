@@ -17,8 +17,10 @@ use crate::harness::{
     FakeCoordinator, TestAgent, input_dir, lease, namespaces_available, set_platform,
 };
 
-/// Files in the large root: above the agent's default `layer_min_entries` (256).
+/// Files in the large root.
 const FILES: usize = 300;
+/// The agents' `layer_min_entries` here: the large root is above it.
+const LAYER_MIN_ENTRIES: u64 = 256;
 
 /// A root of [`FILES`] files in 10 directories, plus `data.txt` ("original").
 fn large_root() -> tempfile::TempDir {
@@ -97,7 +99,9 @@ async fn leases_on_one_large_root_share_one_layer_and_keep_their_writes() {
     let mut coordinator = FakeCoordinator::start().await;
     let inputs = large_root();
     let root = coordinator.upload_dir(inputs.path()).await;
-    let agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let agent = TestAgent::start(&coordinator.endpoint, |c| {
+        c.layer_min_entries = LAYER_MIN_ENTRIES;
+    });
     let work_dir = agent.work_dir.path().to_owned();
     let mut link = coordinator.link().await;
 
@@ -163,7 +167,10 @@ async fn a_fixed_exec_root_shows_the_layer_with_and_without_namespaces() {
         let mut coordinator = FakeCoordinator::start().await;
         let inputs = large_root();
         let root = coordinator.upload_dir(inputs.path()).await;
-        let agent = TestAgent::start(&coordinator.endpoint, |c| c.sandbox = mode);
+        let agent = TestAgent::start(&coordinator.endpoint, |c| {
+            c.sandbox = mode;
+            c.layer_min_entries = LAYER_MIN_ENTRIES;
+        });
         let mut link = coordinator.link().await;
         let fixed = std::env::temp_dir()
             .join(format!("tessera-it-layers-{:08x}", rand::random::<u32>()))
@@ -189,7 +196,10 @@ async fn without_layers_every_root_is_laid_out_file_by_file() {
     let mut coordinator = FakeCoordinator::start().await;
     let inputs = large_root();
     let root = coordinator.upload_dir(inputs.path()).await;
-    let agent = TestAgent::start(&coordinator.endpoint, |c| c.layers = false);
+    let agent = TestAgent::start(&coordinator.endpoint, |c| {
+        c.layers = false;
+        c.layer_min_entries = LAYER_MIN_ENTRIES;
+    });
     let work_dir = agent.work_dir.path().to_owned();
     let mut link = coordinator.link().await;
     let script = "cat d4/f4.txt; echo; stat -f -c %T .; stat -c %h data.txt";
@@ -218,7 +228,10 @@ async fn an_input_file_stays_read_only_to_a_command_that_may_not_write_it() {
         let mut coordinator = FakeCoordinator::start().await;
         let inputs = large_root();
         let root = coordinator.upload_dir(inputs.path()).await;
-        let agent = TestAgent::start(&coordinator.endpoint, |c| c.layers = layers);
+        let agent = TestAgent::start(&coordinator.endpoint, |c| {
+            c.layers = layers;
+            c.layer_min_entries = LAYER_MIN_ENTRIES;
+        });
         let mut link = coordinator.link().await;
         let script = "stat -c %a data.txt; \
             setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo x >> data.txt' \
@@ -251,6 +264,7 @@ fn agent_process_for_the_crash_story() {
         coordinator: coordinator.to_owned(),
         work_dir: PathBuf::from(work_dir),
         id: Some("killed".into()),
+        layer_min_entries: LAYER_MIN_ENTRIES,
         ..AgentConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -296,7 +310,9 @@ async fn overlays_a_killed_agent_left_are_unmounted_at_the_next_start() {
     let half_built = work_dir.path().join("layers/.building-99");
     std::fs::create_dir_all(half_built.join("d0")).unwrap();
 
-    let agent = TestAgent::start_in(&coordinator.endpoint, work_dir, |_| {});
+    let agent = TestAgent::start_in(&coordinator.endpoint, work_dir, |c| {
+        c.layer_min_entries = LAYER_MIN_ENTRIES;
+    });
     let mut link = coordinator.link().await;
     let work_dir = agent.work_dir.path().to_owned();
     assert!(overlays_below(&work_dir).is_empty(), "unmounted at start");
