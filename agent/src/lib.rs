@@ -2,7 +2,8 @@
 //!
 //! It keeps one session with the coordinator (`session`), receives leases and runs each through
 //! its pipeline (`pipeline`): fetch the input root into the local blob cache (`cache`), lay it
-//! out in a private exec root (`materialize`), run the command in its own process group,
+//! out in a private exec root (`materialize`; a large root once per agent, as a shared layer
+//! under each lease's overlay mount: `layer`), run the command in its own process group,
 //! sandboxed where the host allows (`sandbox`), collect and upload outputs (`outputs`), report
 //! the result as one of the outcomes `lease` lists.
 //! An action may ask to see its input root at a fixed path (`exec_root`); a job's steps arrive
@@ -15,6 +16,7 @@
 pub mod cache;
 pub mod config;
 pub mod exec_root;
+pub mod layer;
 pub mod lease;
 pub mod materialize;
 pub mod outputs;
@@ -38,6 +40,7 @@ pub use lease::RunOutcome;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::cache::LocalCache;
+use crate::layer::{LayerSettings, LayerStore, LayeredRoots};
 use crate::pipeline::{CasClients, LeasePipeline};
 use crate::platform::HostFacts;
 use crate::sandbox::{LocalRunner, ProcessRunner};
@@ -117,7 +120,13 @@ impl Agent {
         runner: Option<Arc<dyn ProcessRunner>>,
     ) -> Result<(), AgentError> {
         config.check()?;
-        let (layout, agent_id, cache, namespaces) = prepare(&config).await?;
+        let Prepared {
+            layout,
+            agent_id,
+            cache,
+            namespaces,
+            layers,
+        } = prepare(&config).await?;
         let facts = tokio::task::spawn_blocking(move || HostFacts::detect(namespaces))
             .await
             .map_err(|e| AgentError::Startup(format!("toolchain detection failed: {e}")))?;
@@ -127,6 +136,7 @@ impl Agent {
             work_dir = %layout.root().display(),
             slots = config.slots,
             sandbox = if namespaces { "namespaces" } else { "none" },
+            layers = layers.is_some(),
             coordinator = %config.coordinator,
             "agent starting"
         );
@@ -161,8 +171,10 @@ impl Agent {
                 worker::WorkerPool::new(
                     usize::try_from(config.slots).unwrap_or(usize::MAX),
                     config.worker_idle,
+                    layers.clone(),
                 )
             }),
+            layers,
         });
         let hello = tessera_proto::tessera::v1::Hello {
             agent_id,
@@ -202,10 +214,19 @@ impl Agent {
     }
 }
 
-/// Prepares the work directory, the agent id, the local cache and the sandbox probe.
-async fn prepare(
-    config: &AgentConfig,
-) -> Result<(WorkLayout, String, LocalCache, bool), AgentError> {
+/// What [`prepare`] readies.
+struct Prepared {
+    layout: WorkLayout,
+    agent_id: String,
+    cache: LocalCache,
+    namespaces: bool,
+    /// `None`: every input root is laid out file by file.
+    layers: Option<Arc<LayeredRoots>>,
+}
+
+/// Prepares the work directory (detaching overlays a killed agent left mounted in it before
+/// clearing it), the agent id, the local cache, the sandbox probe and the layers.
+async fn prepare(config: &AgentConfig) -> Result<Prepared, AgentError> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
         let work_error = |path: &std::path::Path| {
@@ -218,6 +239,9 @@ async fn prepare(
         let layout = WorkLayout::new(root);
         let agent_id = config::agent_id(config.id.as_deref(), layout.root())
             .map_err(work_error(layout.root()))?;
+        if let Err(error) = layer::unmount_stale(layout.root()) {
+            tracing::warn!(%error, "failed to unmount the overlays a previous run left");
+        }
         layout
             .clear_exec_base()
             .map_err(work_error(&layout.exec_base()))?;
@@ -242,10 +266,54 @@ async fn prepare(
                 }
             }
         };
-        Ok((layout, agent_id, cache, namespaces))
+        let layers = prepare_layers(&config, &layout)?;
+        Ok(Prepared {
+            layout,
+            agent_id,
+            cache,
+            namespaces,
+            layers,
+        })
     })
     .await
     .map_err(|e| AgentError::Startup(e.to_string()))?
+}
+
+/// The layer store, if the settings ask for layers and a probe shows the host can mount
+/// them. Blocking.
+fn prepare_layers(
+    config: &AgentConfig,
+    layout: &WorkLayout,
+) -> Result<Option<Arc<LayeredRoots>>, AgentError> {
+    let dir = layout.layers_dir();
+    let off = if !config.layers {
+        Some("layers = false".to_owned())
+    } else if config.keep_failed {
+        Some("keep_failed: a kept directory must not depend on a layer".to_owned())
+    } else {
+        layer::probe_overlay(&layout.probe_dir())
+            .err()
+            .map(|error| format!("overlay mounts are not available: {error}"))
+    };
+    if let Some(reason) = off {
+        tracing::warn!(
+            %reason,
+            "every input root is laid out file by file for every lease"
+        );
+        // Layers of an earlier run would otherwise stay on disk for good.
+        workdir::remove_tree(&dir).map_err(|source| AgentError::WorkDir { path: dir, source })?;
+        return Ok(None);
+    }
+    let settings = LayerSettings {
+        min_entries: config.layer_min_entries,
+        max_layers: config.max_layers,
+        max_entries: config.max_layer_entries,
+    };
+    let store = LayerStore::open(dir.clone(), settings).map_err(|error| AgentError::WorkDir {
+        path: dir,
+        source: std::io::Error::other(error),
+    })?;
+    Ok(Some(Arc::new(LayeredRoots::new(store))))
 }
 
 async fn persist_cache(cache: LocalCache, stop: CancellationToken) {

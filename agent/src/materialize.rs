@@ -16,6 +16,9 @@
 //! Inputs are therefore read-only to the action: an action running as root could still write
 //! through a link and corrupt the cached blob, which the cache does not re-verify on link.
 //!
+//! A large root is laid out this way once per agent, as a shared layer that leases see through
+//! an overlay (see `layer`); [`InputTree::entry_count`] is what decides.
+//!
 //! Also owns the rules for relative paths inside the exec root (working directory, outputs)
 //! and the creation of output parent directories, which never follows a symlink.
 
@@ -115,6 +118,35 @@ impl InputTree {
             }
         }
         out
+    }
+
+    /// Entries (files, directories and symlinks) that laying the tree out creates, the root
+    /// itself not counted: a directory that appears at several paths counts at each.
+    pub fn entry_count(&self) -> u64 {
+        let mut memo: HashMap<Digest, u64> = HashMap::new();
+        // Children before parents: a directory is counted once its children are.
+        let mut stack = vec![(self.root, false)];
+        while let Some((digest, children_done)) = stack.pop() {
+            if memo.contains_key(&digest) {
+                continue;
+            }
+            let Some(dir) = self.directories.get(&digest) else {
+                memo.insert(digest, 0);
+                continue;
+            };
+            let children = dir.directories.iter().filter_map(|node| {
+                Digest::from_proto_opt(self.function, node.digest.as_ref()).ok()
+            });
+            if children_done {
+                let below: u64 = children.map(|c| memo.get(&c).copied().unwrap_or(0)).sum();
+                let here = dir.files.len() + dir.directories.len() + dir.symlinks.len();
+                memo.insert(digest, below + here as u64);
+            } else {
+                stack.push((digest, true));
+                stack.extend(children.map(|c| (c, false)));
+            }
+        }
+        memo.get(&self.root).copied().unwrap_or(0)
     }
 }
 
@@ -384,6 +416,44 @@ pub fn create_dirs_within(root: &Path, components: &[&str]) -> Result<bool, Mate
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_proto::reapi::{DirectoryNode, FileNode, SymlinkNode};
+
+    #[test]
+    fn entries_count_every_path_a_directory_appears_at() {
+        let function = DigestFunction::Sha256;
+        let file = |name: &str| FileNode {
+            name: name.into(),
+            digest: Some(function.digest_of(b"x").to_proto()),
+            ..FileNode::default()
+        };
+        let leaf = Directory {
+            files: vec![file("a"), file("b")],
+            symlinks: vec![SymlinkNode {
+                name: "l".into(),
+                target: "a".into(),
+                ..SymlinkNode::default()
+            }],
+            ..Directory::default()
+        };
+        let (leaf_digest, _) = tessera_cas::digest::digest_message(function, &leaf);
+        let node = |name: &str| DirectoryNode {
+            name: name.into(),
+            digest: Some(leaf_digest.to_proto()),
+        };
+        let root = Directory {
+            files: vec![file("top")],
+            directories: vec![node("one"), node("two")],
+            ..Directory::default()
+        };
+        let (root_digest, _) = tessera_cas::digest::digest_message(function, &root);
+        let tree = InputTree {
+            function,
+            root: root_digest,
+            directories: HashMap::from([(root_digest, root), (leaf_digest, leaf)]),
+        };
+        // top, one, two, and three entries in each of one and two.
+        assert_eq!(tree.entry_count(), 9);
+    }
 
     #[test]
     fn relative_paths() {

@@ -23,9 +23,11 @@ use tonic::transport::Channel;
 
 use crate::cache::LocalCache;
 use crate::exec_root::{PathMap, SymlinkedRoot, check_disjoint};
+use crate::layer::{LayerRef, LayeredRoots, layer_name};
 use crate::lease::{LeaseCancel, LeaseError, Report, RunOutcome, Stage};
 use crate::materialize::{
-    MaterializeError, create_dirs_within, fetch_input_tree, materialize, relative_components,
+    InputTree, MaterializeError, create_dirs_within, fetch_input_tree, materialize,
+    relative_components,
 };
 use crate::outputs::{
     OutputError, RequestedOutput, collect_outputs, file_blob, requested_outputs, upload,
@@ -117,6 +119,8 @@ pub struct LeasePipeline {
     /// Long-lived test workers between batches (see `worker`); `None` runs every batch as
     /// processes of its own.
     pub workers: Option<Arc<WorkerPool>>,
+    /// Layers for large input roots; `None` lays every root out file by file.
+    pub layers: Option<Arc<LayeredRoots>>,
 }
 
 impl std::fmt::Debug for LeasePipeline {
@@ -125,6 +129,7 @@ impl std::fmt::Debug for LeasePipeline {
             .field("agent_id", &self.agent_id)
             .field("layout", &self.layout)
             .field("namespaces", &self.namespaces)
+            .field("layers", &self.layers.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -188,6 +193,14 @@ fn worker_key(lease: &Lease, plan: &Plan) -> Option<WorkerKey> {
         plan.command.working_directory.as_bytes(),
         options.as_bytes(),
     ]))
+}
+
+/// How a lease's input root gets into its exec root.
+enum Layout {
+    /// Its own files, linked from the cache one by one.
+    Files(InputTree),
+    /// An overlay over the shared layer of the root.
+    Layer(LayerRef, Arc<LayeredRoots>),
 }
 
 /// How to run a lease once its inputs are laid out.
@@ -386,6 +399,7 @@ impl LeasePipeline {
             downloaded = download => downloaded?,
             () = cancel.token().cancelled() => return Ok(None),
         };
+        let layout = self.layout_of(tree).await?;
         let cache = self.cache.clone();
         let lease_dirs = dirs.clone();
         let working_directory = plan.command.working_directory.clone();
@@ -403,7 +417,15 @@ impl LeasePipeline {
             lease_dirs
                 .create()
                 .map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
-            let stats = materialize(&tree, &cache, &lease_dirs.root)?;
+            let stats = match layout {
+                Layout::Files(tree) => Some(materialize(&tree, &cache, &lease_dirs.root)?),
+                Layout::Layer(layer, layers) => {
+                    layers
+                        .mount(layer, &lease_dirs)
+                        .map_err(MaterializeError::from)?;
+                    None
+                }
+            };
             let cwd = relative_components(&working_directory).unwrap_or_default();
             if !create_dirs_within(&lease_dirs.root, &cwd)? {
                 return Err(LeaseError::BadLease(format!(
@@ -438,7 +460,7 @@ impl LeasePipeline {
             source: std::io::Error::other(e.to_string()),
         })??;
         drop(pins); // Linked files keep their inodes even if the cache evicts them now.
-        tracing::debug!(lease = %lease.lease_id, ?stats, "inputs laid out");
+        tracing::debug!(lease = %lease.lease_id, ?stats, layered = stats.is_none(), "inputs laid out");
 
         let mut map = PathMap::new(
             plan.options
@@ -497,6 +519,24 @@ impl LeasePipeline {
             (held, dirs.clone())
         });
         Ok(Some((plan, Launch { spec, map }, worker)))
+    }
+
+    /// A layer for a large root where layers are on (built now if no lease has built it yet,
+    /// or waited for if one is building it); the root's own files otherwise.
+    async fn layout_of(&self, tree: InputTree) -> Result<Layout, MaterializeError> {
+        let entries = tree.entry_count();
+        let Some(layers) = self.layers.as_ref().filter(|l| l.wants(entries)) else {
+            return Ok(Layout::Files(tree));
+        };
+        let name = layer_name(&tree.root);
+        let cache = self.cache.clone();
+        let layer = layers
+            .store()
+            .acquire(&name, entries, move |dir| {
+                materialize(&tree, &cache, dir).map(drop)
+            })
+            .await?;
+        Ok(Layout::Layer(layer, Arc::clone(layers)))
     }
 
     /// Runs a builtin step; its report is then in the exec root, and the exit code 0.
@@ -645,7 +685,13 @@ impl LeasePipeline {
         }
         let keep = (self.keep_failed && outcome.is_failure())
             .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
+        let layers = self.layers.clone();
         let done = tokio::task::spawn_blocking(move || {
+            // The overlay goes first: removing the lease's directories must not reach into
+            // its layer.
+            if let Some(layers) = layers {
+                layers.unmount(&dirs.root).map_err(std::io::Error::other)?;
+            }
             if let Some(kept) = keep {
                 if let Some(parent) = kept.parent() {
                     std::fs::create_dir_all(parent)?;

@@ -5,13 +5,17 @@
 //! WORK_DIR/cache/            local blob cache (DiskStore, uncompressed)
 //! WORK_DIR/cache-meta/       its redb index
 //! WORK_DIR/x/N/              one lease: root/ (the exec root), tmp/ (its private /tmp),
-//!                            stdout, stderr; removed once the result is sent
+//!                            stdout, stderr; with a layer, upper/ and ovl-work/ (the
+//!                            overlay's writable side); removed once the result is sent
+//! WORK_DIR/layers/NAME/      a large input root laid out once, shared by leases as the
+//!                            lower layer of an overlay on their root/ (see layer)
 //! WORK_DIR/kept/LEASE-ATTEMPT/  a failed lease's directory, with --keep-failed
 //! WORK_DIR/persist/HASH/     a directory prepare steps keep between runs (see step)
 //! WORK_DIR/probe/            scratch for the sandbox probe at startup
 //! ```
 //!
-//! The exec root is laid out at the path [`WorkLayout::lease_dirs`] gives; an action that asks
+//! The exec root is laid out (or a layer mounted) at the path [`WorkLayout::lease_dirs`] gives;
+//! an action that asks
 //! for a fixed path (`exec-root`) sees it there instead (see `exec_root`). Short names keep
 //! these paths short.
 
@@ -37,6 +41,11 @@ pub struct LeaseDirs {
     pub stdout: PathBuf,
     /// The command's stderr.
     pub stderr: PathBuf,
+    /// With a layer: where the lease's writes to its exec root go (the overlay's upper
+    /// directory).
+    pub upper: PathBuf,
+    /// With a layer: the overlay's work directory.
+    pub overlay_work: PathBuf,
 }
 
 impl WorkLayout {
@@ -65,7 +74,12 @@ impl WorkLayout {
         self.root.join("persist")
     }
 
-    /// Scratch directory for the sandbox probe.
+    /// Parent of the input root layers (see `layer`).
+    pub fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    /// Scratch directory for the sandbox and overlay probes.
     pub fn probe_dir(&self) -> PathBuf {
         self.root.join("probe")
     }
@@ -73,14 +87,7 @@ impl WorkLayout {
     /// The directories of the lease numbered `seq` (a number the agent gives each lease it
     /// accepts, unique for the life of the process).
     pub fn lease_dirs(&self, seq: u64) -> LeaseDirs {
-        let base = self.exec_base().join(seq.to_string());
-        LeaseDirs {
-            root: base.join("root"),
-            tmp: base.join("tmp"),
-            stdout: base.join("stdout"),
-            stderr: base.join("stderr"),
-            base,
-        }
+        LeaseDirs::under(self.exec_base().join(seq.to_string()))
     }
 
     /// Where a failed lease's directory is kept with `keep_failed`.
@@ -107,6 +114,19 @@ impl WorkLayout {
 }
 
 impl LeaseDirs {
+    /// The directories of a lease whose directory is `base`.
+    pub fn under(base: PathBuf) -> LeaseDirs {
+        LeaseDirs {
+            root: base.join("root"),
+            tmp: base.join("tmp"),
+            stdout: base.join("stdout"),
+            stderr: base.join("stderr"),
+            upper: base.join("upper"),
+            overlay_work: base.join("ovl-work"),
+            base,
+        }
+    }
+
     /// Creates the lease directory afresh (exec root and tmp). Blocking.
     pub fn create(&self) -> io::Result<()> {
         remove_tree(&self.base)?;
@@ -162,6 +182,8 @@ mod tests {
         let dirs = layout.lease_dirs(7);
         assert_eq!(dirs.root, PathBuf::from("/w/x/7/root"));
         assert_eq!(dirs.tmp, PathBuf::from("/w/x/7/tmp"));
+        assert_eq!(dirs.upper, PathBuf::from("/w/x/7/upper"));
+        assert_eq!(layout.layers_dir(), PathBuf::from("/w/layers"));
         assert_eq!(
             layout.kept_dir("ops/abc:1", 2),
             PathBuf::from("/w/kept/ops_abc_1-2")

@@ -39,6 +39,7 @@ use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec_root::PathMap;
+use crate::layer::LayeredRoots;
 use crate::sandbox::{ProcessSpec, Started};
 use crate::workdir::{LeaseDirs, remove_tree};
 
@@ -328,12 +329,20 @@ pub struct WorkerPool {
     idle_timeout: Duration,
     /// Counts workers started, for logs and tests.
     started: AtomicUsize,
+    /// Where a lease's exec root may be an overlay over a shared layer (`layer`): unmounted
+    /// before a worker's directories are removed.
+    layers: Option<Arc<LayeredRoots>>,
 }
 
 impl WorkerPool {
     /// A pool of at most `capacity` workers (the agent's slots) that stops workers idle for
-    /// `idle_timeout`, checked by a task that ends when the pool is dropped.
-    pub fn new(capacity: usize, idle_timeout: Duration) -> Arc<Self> {
+    /// `idle_timeout`, checked by a task that ends when the pool is dropped; `layers` are the
+    /// agent's, if its exec roots may be overlays.
+    pub fn new(
+        capacity: usize,
+        idle_timeout: Duration,
+        layers: Option<Arc<LayeredRoots>>,
+    ) -> Arc<Self> {
         let pool = Arc::new(WorkerPool {
             idle: Mutex::new(Vec::new()),
             adopted: Mutex::new(HashSet::new()),
@@ -341,6 +350,7 @@ impl WorkerPool {
             capacity: capacity.max(1),
             idle_timeout,
             started: AtomicUsize::new(0),
+            layers,
         });
         tokio::spawn(reap(Arc::downgrade(&pool)));
         pool
@@ -388,8 +398,16 @@ impl WorkerPool {
     /// Removes `dirs`, which a worker owned and no worker runs in any more.
     pub fn release_dirs(&self, dirs: &LeaseDirs) {
         lock(&self.adopted).remove(&dirs.base);
-        let base = dirs.base.clone();
+        let (base, root) = (dirs.base.clone(), dirs.root.clone());
+        let layers = self.layers.clone();
         tokio::task::spawn_blocking(move || {
+            // The overlay goes first: removing the directories must not reach into its layer.
+            if let Some(layers) = layers
+                && let Err(error) = layers.unmount(&root)
+            {
+                tracing::warn!(%error, dir = %root.display(), "failed to unmount a worker's exec root");
+                return;
+            }
             if let Err(error) = remove_tree(&base) {
                 tracing::warn!(%error, dir = %base.display(), "failed to remove a worker's directory");
             }

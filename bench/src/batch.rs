@@ -5,8 +5,9 @@
 //! costs the shard planner, which assumes 50 ms (`PlannerConfig::default().batch_overhead`).
 //!
 //! The same batch is then run on the fixture repository's whole working tree as its input
-//! root (as a job's batches are), for context: the agent lays out every file of the input
-//! root for every batch.
+//! root (as a job's batches are), for context: the agent lays such a root out once, as a
+//! shared layer (in the untimed warm-up), and mounts an overlay of it for every batch (see
+//! `tessera_agent::layer`).
 //!
 //! Owns the action, the Execute loop and the rows it yields; the coordinator and agent are
 //! started by [`crate::job`].

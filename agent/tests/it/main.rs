@@ -2,6 +2,7 @@
 //! serving the real CAS services, and agents run in-process), and stories by topic.
 
 mod harness;
+mod layers;
 mod leases;
 mod protocol;
 mod runner;
