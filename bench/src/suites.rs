@@ -635,3 +635,124 @@ fn summarize(environment: Environment, cores: usize, runs: &[SuiteRuns]) -> Repo
         notes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+    use crate::report::Verdict;
+    use crate::world::SUITES;
+
+    fn suite(name: &str) -> WorldSuite {
+        *SUITES.iter().find(|s| s.name == name).expect("a suite")
+    }
+
+    fn counts(passed: u64, failed: u64) -> Counts {
+        Counts {
+            passed,
+            failed,
+            errors: 0,
+            skipped: 2,
+        }
+    }
+
+    fn direct(secs: u64, counts: Counts) -> DirectRun {
+        DirectRun {
+            wall: Duration::from_secs(secs),
+            status: ExitStatus::from_raw(0),
+            counts: Ok(counts),
+        }
+    }
+
+    fn tessera(ms: u64, counts: Counts, cached: u64) -> TesseraRun {
+        TesseraRun {
+            wall: Duration::from_millis(ms),
+            exit: Some(0),
+            finished: Ok(serde_json::json!({
+                "event": "finished", "passed": counts.passed, "failed": counts.failed,
+                "skipped": counts.skipped, "errors": 0, "cached": cached,
+                "batches": 4, "tool_startups": 3,
+            })),
+        }
+    }
+
+    fn verdicts(report: &Report) -> Vec<(String, Verdict)> {
+        report
+            .rows
+            .iter()
+            .map(|row| (row.measurement.clone(), row.verdict()))
+            .collect()
+    }
+
+    #[test]
+    fn targets_depend_on_the_tool_and_the_size_of_the_suite() {
+        let dateutil = suite("dateutil");
+        assert_eq!(
+            first_run_target(&dateutil, &direct(20, counts(600, 0))),
+            Ok(PYTEST_MAX_RATIO)
+        );
+        assert_eq!(
+            first_run_target(&dateutil, &direct(20, counts(400, 0))),
+            Err("under 500 tests".to_owned())
+        );
+        assert_eq!(
+            first_run_target(&dateutil, &direct(9, counts(600, 0))),
+            Err("under 10 s directly".to_owned())
+        );
+        let smallvec = suite("smallvec");
+        assert_eq!(
+            first_run_target(&smallvec, &direct(1, counts(5, 0))),
+            Ok(CARGO_MAX_RATIO)
+        );
+        assert!(first_run_target(&suite("go-cmp"), &direct(60, counts(900, 0))).is_err());
+    }
+
+    #[test]
+    fn every_row_is_judged_and_differing_counts_miss() {
+        let answer = counts(600, 0);
+        let runs = [
+            SuiteRuns {
+                suite: suite("dateutil"),
+                direct: direct(20, answer),
+                first: tessera(14_000, answer, 0),
+                reruns: vec![tessera(120, answer, 602), tessera(400, answer, 602)],
+            },
+            SuiteRuns {
+                suite: suite("smallvec"),
+                direct: direct(10, counts(90, 1)),
+                first: tessera(12_000, counts(91, 0), 0),
+                reruns: vec![tessera(900, counts(91, 0), 91)],
+            },
+        ];
+        let report = summarize(Environment::here("test", None), 2, &runs);
+        let want = |m: &str, v| (m.to_owned(), v);
+        assert_eq!(
+            verdicts(&report),
+            [
+                want("dateutil: first `tessera run`", Verdict::Pass),
+                want("dateutil: cached re-run", Verdict::Pass),
+                want("dateutil: same counts as direct", Verdict::Pass),
+                want("smallvec: first `tessera run`", Verdict::Miss),
+                // smallvec failed a test directly: its re-run has no target.
+                want("smallvec: cached re-run", Verdict::NoTarget),
+                want("smallvec: same counts as direct", Verdict::Miss),
+            ]
+        );
+        assert!(
+            report.rows[0]
+                .workload
+                .contains("3 tool start-ups, 4 batches"),
+            "{}",
+            report.rows[0].workload
+        );
+        let markdown = report.to_markdown();
+        assert!(
+            markdown.contains(
+                "| smallvec | cargo | 93 | 10.0 s | 12.0 s | 1.20× | 900 ms | 3 | 4 | **no** |"
+            ),
+            "{markdown}"
+        );
+        assert!(!markdown.contains("read 0"), "start-ups were reported");
+    }
+}
