@@ -309,7 +309,7 @@ fn summarize(plan: &BazelPlan, environment: Environment, rounds: &[Round]) -> Re
                 baseline_seconds: seconds(|r| &r.local_cold),
                 baseline: "local cold build",
                 runs: rounds.len(),
-                max_ratio: MAX_COLD_RATIO,
+                max_ratio: Some(MAX_COLD_RATIO),
             },
         },
         Row {
@@ -335,7 +335,7 @@ fn summarize(plan: &BazelPlan, environment: Environment, rounds: &[Round]) -> Re
                 baseline_seconds: seconds(|r| &r.local_cached),
                 baseline: "local --disk_cache",
                 runs: rounds.len(),
-                max_ratio: MAX_CACHED_RATIO,
+                max_ratio: Some(MAX_CACHED_RATIO),
             },
         },
     ];

@@ -6,6 +6,7 @@
 //! was missed, 2 usage error, 3 the benchmark could not run.
 
 mod actions;
+mod answers;
 mod batch;
 mod bazel;
 mod cas;
@@ -21,6 +22,8 @@ mod server;
 mod shard;
 mod sim_agent;
 mod suite_repo;
+mod suites;
+mod world;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -35,6 +38,7 @@ use crate::job::JobPlan;
 use crate::reopen::ReopenPlan;
 use crate::report::{Report, Verdict};
 use crate::sched::SchedPlan;
+use crate::suites::SuitesPlan;
 
 /// Exit code when `--check` is given and a target was missed.
 const EXIT_MISSED: u8 = 1;
@@ -96,6 +100,33 @@ enum Command {
     /// Runs the real disk store and metadata store in this process (no coordinator, no gRPC)
     /// in a temporary directory.
     Reopen(ReopenArgs),
+    /// Real suites (the fidelity tests' pinned world suites, each whole): a first `tessera
+    /// run` against the project's command run directly, a cached re-run, tool start-ups and
+    /// batches, and whether both answers count the same.
+    ///
+    /// Fetches the suites with tests/world/fetch.sh into ~/.cache/tessera-world, then runs
+    /// each directly and through a fresh `tessera coordinator` and one `tessera agent` with a
+    /// slot per core (child processes of the `tessera` binary beside this one: build it with
+    /// `cargo build --release -p tessera-cli`). Needs python3, cargo and go (the Go sources
+    /// from Debian: .ci/install-deps.sh); leave a suite out with --suite.
+    Suites(SuitesArgs),
+}
+
+#[derive(Args)]
+struct SuitesArgs {
+    /// One cached re-run per suite instead of 3. The targets stay the same.
+    #[arg(long)]
+    quick: bool,
+    /// Only these suites (repeat, or separate with commas) [default: all: dateutil,
+    /// markupsafe, more-itertools, smallvec, thiserror-workspace, memoffset, go-cmp,
+    /// pkg-errors].
+    #[arg(long = "suite", value_name = "NAME", value_delimiter = ',')]
+    suites: Vec<String>,
+    /// The `tessera` binary [default: `tessera` beside this executable].
+    #[arg(long, value_name = "PATH")]
+    tessera: Option<PathBuf>,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -303,6 +334,7 @@ fn main() -> ExitCode {
                 &args.output,
             )
         }
+        Command::Suites(args) => run_suites(&args),
         Command::Bazel(args) => {
             let mut plan = if args.quick {
                 BazelPlan::quick()
@@ -356,6 +388,30 @@ fn finish(outcome: Result<Report, BenchError>, output: &Output) -> ExitCode {
         return ExitCode::from(EXIT_MISSED);
     }
     ExitCode::SUCCESS
+}
+
+/// Runs the `suites` benchmark (child processes only: no runtime).
+fn run_suites(args: &SuitesArgs) -> ExitCode {
+    let suites = match world::select(&args.suites) {
+        Ok(suites) => suites,
+        Err(why) => {
+            eprintln!("tessera-bench: --suite: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut plan = if args.quick {
+        SuitesPlan::quick(suites)
+    } else {
+        SuitesPlan::full(suites)
+    };
+    if !args.suites.is_empty() {
+        plan.command = std::env::args().collect::<Vec<_>>().join(" ");
+    }
+    plan.tessera = args.tessera.clone();
+    finish(
+        suites::run(&plan, args.output.data_dir.as_deref()),
+        &args.output,
+    )
 }
 
 /// Runs the `shard` benchmark (no coordinator, no runtime: a simulation and sleeping threads).

@@ -95,7 +95,7 @@ pub(crate) enum Check {
         cpu_ms_per_spawn: f64,
     },
     /// A wall time held against a baseline measured in the same run: `seconds /
-    /// baseline_seconds` must not exceed `max_ratio`.
+    /// baseline_seconds` must not exceed `max_ratio` when there is a target.
     Ratio {
         /// Measured wall time (median of `runs`), seconds.
         seconds: f64,
@@ -105,8 +105,8 @@ pub(crate) enum Check {
         baseline: &'static str,
         /// Runs each median is taken over.
         runs: usize,
-        /// Largest ratio allowed.
-        max_ratio: f64,
+        /// Largest ratio allowed; `None` for a ratio measured for context.
+        max_ratio: Option<f64>,
     },
     /// Wall times of repeated runs or calls, whose median must not exceed `max_p50_ms` when
     /// there is a target.
@@ -150,6 +150,17 @@ pub(crate) enum Check {
         context: String,
         /// Required fraction of the limit.
         share: f64,
+    },
+    /// An answer that must equal one found another way in the same run (a suite's counts
+    /// through `tessera run` and run directly). Both are rendered by the same code, so equal
+    /// text is an equal answer.
+    Agreement {
+        /// What was found ("5,300 passed, 2 failed, 40 skipped").
+        result: String,
+        /// What it must equal.
+        expected: String,
+        /// Where `expected` comes from ("direct").
+        baseline: &'static str,
     },
 }
 
@@ -206,9 +217,14 @@ impl Check {
             Check::Ratio {
                 seconds,
                 baseline_seconds,
-                max_ratio,
+                max_ratio: Some(max_ratio),
                 ..
             } => seconds / baseline_seconds <= max_ratio,
+            Check::Agreement {
+                ref result,
+                ref expected,
+                ..
+            } => result == expected,
             Check::ShareOfLimit {
                 mb_per_s,
                 limit_mb_per_s,
@@ -222,6 +238,9 @@ impl Check {
             } => p50_ms <= max_p50_ms,
             Check::Rate {
                 min_per_s: None, ..
+            }
+            | Check::Ratio {
+                max_ratio: None, ..
             }
             | Check::CpuPerAction { max_ms: None, .. }
             | Check::Time {
@@ -262,8 +281,8 @@ pub(crate) enum Layout {
     /// Transfers beside their hash and TCP limits (`tessera-bench cas`).
     Cas,
     /// Execution: rates, latencies, CPU costs and wall times beside their baselines
-    /// (`tessera-bench sched`, `tessera-bench bazel`, `tessera-bench job`); also the blob
-    /// store's start-up (`tessera-bench reopen`).
+    /// (`tessera-bench sched`, `bazel`, `job` and `suites`); also the blob store's start-up
+    /// (`tessera-bench reopen`).
     Execution,
 }
 
@@ -498,7 +517,16 @@ fn describe_execution(check: &Check) -> (String, String, String) {
                 seconds / baseline_seconds
             ),
             format!("{baseline} {baseline_seconds:.2} s"),
-            format!("≤ {max_ratio:.2}×"),
+            max_ratio.map_or_else(dash, |max| format!("≤ {max:.2}×")),
+        ),
+        Check::Agreement {
+            ref result,
+            ref expected,
+            baseline,
+        } => (
+            result.clone(),
+            format!("{baseline}: {expected}"),
+            format!("the same as {baseline}"),
         ),
         Check::Time {
             samples,
@@ -635,6 +663,7 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
         Check::CpuPerAction { .. }
         | Check::Spawn { .. }
         | Check::Ratio { .. }
+        | Check::Agreement { .. }
         | Check::Time { .. }
         | Check::Breakdown { .. }
         | Check::ShareOfLimit { .. } => {
@@ -738,10 +767,23 @@ mod tests {
             baseline_seconds: 2.0,
             baseline: "local",
             runs: 3,
-            max_ratio: 1.1,
+            max_ratio: Some(1.1),
         };
         assert_eq!(ratio(2.2).verdict(), Verdict::Pass);
         assert_eq!(ratio(2.3).verdict(), Verdict::Miss);
+        let context = Check::Ratio {
+            seconds: 9.0,
+            baseline_seconds: 2.0,
+            baseline: "direct",
+            runs: 1,
+            max_ratio: None,
+        };
+        assert_eq!(context.verdict(), Verdict::NoTarget);
+        let (result, beside, target) = describe_execution(&context);
+        assert_eq!(
+            (result.as_str(), beside.as_str(), target.as_str()),
+            ("9.00 s = 4.50× (median of 1)", "direct 2.00 s", "—")
+        );
     }
 
     #[test]
@@ -768,6 +810,20 @@ mod tests {
         assert_eq!(breakdown.verdict(), Verdict::NoTarget);
         let (result, _, _) = describe_execution(&breakdown);
         assert_eq!(result, "snapshot 60.0 ms (medians of 5)");
+    }
+
+    #[test]
+    fn answers_must_agree() {
+        let answer = |result: &str| Check::Agreement {
+            result: result.to_owned(),
+            expected: "3 passed, 1 skipped".to_owned(),
+            baseline: "direct",
+        };
+        assert_eq!(answer("3 passed, 1 skipped").verdict(), Verdict::Pass);
+        assert_eq!(answer("2 passed, 1 skipped").verdict(), Verdict::Miss);
+        let (_, beside, target) = describe_execution(&answer("x"));
+        assert_eq!(beside, "direct: 3 passed, 1 skipped");
+        assert_eq!(target, "the same as direct");
     }
 
     #[test]

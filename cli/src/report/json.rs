@@ -16,7 +16,7 @@
 //! | `progress` | `done`, `total`, `running_batches`, `agents`, `busy_slots`, `total_slots`, `eta_ms`, `cell` (`done`, `total` and `eta_ms` are that cell's) |
 //! | `log` | `text` |
 //! | `note` | `text` (from the client: re-attaching, cancelling, a test reported twice, counts that differ from the coordinator's) |
-//! | `finished` | `job_id`, `result` (`passed`, `failed`, `error`, `infrastructure`, `cancelled`), `message`, `passed`, `failed`, `errors`, `skipped`, `flaky`, `timed_out`, `cached`, `not_run`, `wall_ms`, `serial_ms`, `log`, `exit_code`, `cells` (a matrix run: one object per cell with `cell`, `result`, `message` and its counts `passed` to `not_run`) |
+//! | `finished` | `job_id`, `result` (`passed`, `failed`, `error`, `infrastructure`, `cancelled`), `message`, `passed`, `failed`, `errors`, `skipped`, `flaky`, `timed_out`, `cached`, `not_run`, `wall_ms`, `serial_ms`, `batches` (handed to agents, every attempt), `tool_startups` (test-tool processes the agents started), `log`, `exit_code`, `cells` (a matrix run: one object per cell with `cell`, `result`, `message` and its counts `passed` to `not_run`) |
 //!
 //! `cell` is the matrix cell the event is of, as `[NAME=v1]` (`[A=1,B=x]` for several names;
 //! `tessera run --matrix`), and `""` in a plain run. A test's `test` does not name its cell: in
@@ -75,7 +75,8 @@ pub fn event_json(event: &JobEvent, tally: &Tally) -> Value {
             "message": f.message, "passed": f.passed, "failed": f.failed, "errors": f.errors,
             "skipped": f.skipped, "flaky": f.flaky, "timed_out": f.timed_out,
             "cached": f.cached, "not_run": f.not_run, "wall_ms": ms(f.wall.as_ref()),
-            "serial_ms": ms(f.serial.as_ref()), "log": f.log,
+            "serial_ms": ms(f.serial.as_ref()), "batches": f.batches,
+            "tool_startups": f.tool_startups, "log": f.log,
             "exit_code": exit_for(f) as u8, "cells": cells_json(f, tally),
         }),
         None => json!({ "event": "unknown" }),
@@ -185,6 +186,8 @@ mod tests {
                     result: JobResult::Failed as i32,
                     passed: 3,
                     timed_out: 1,
+                    batches: 2,
+                    tool_startups: 1,
                     ..JobFinished::default()
                 })),
             },
@@ -207,6 +210,13 @@ mod tests {
         assert_eq!(lines[2]["job_id"], "job-1");
         assert_eq!(lines[2]["result"], "failed");
         assert_eq!(lines[2]["exit_code"], 1);
+        assert_eq!(
+            (
+                lines[2]["batches"].as_u64(),
+                lines[2]["tool_startups"].as_u64()
+            ),
+            (Some(2), Some(1))
+        );
         // A plain run: no cell.
         assert_eq!(lines[1]["cell"], "");
         assert_eq!(lines[2]["cells"], serde_json::json!([]));
