@@ -335,6 +335,23 @@ impl Spawn for SandboxSpawner<'_> {
         )))
     }
 
+    async fn warm_worker(&self, start: &WorkerInvocation) -> Result<bool, CommandError> {
+        let Some(lease_worker) = self.ctx.worker else {
+            return Ok(false);
+        };
+        let mut held = lease_worker.held.lock().await;
+        if held
+            .as_mut()
+            .is_some_and(|worker| worker.serves(&start.command))
+        {
+            return Ok(false);
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        // It collects while it waits in the pool for the job's first batch.
+        *held = self.start_worker(lease_worker, start, n).await?;
+        Ok(held.is_some())
+    }
+
     fn results(&self, results: &[TestResult]) {
         if results.is_empty() {
             return;

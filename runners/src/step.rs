@@ -193,6 +193,17 @@ pub trait Spawn {
         async { Ok(None) }
     }
 
+    /// Starts a worker for `start` ahead of the job's first batches, if this spawner keeps
+    /// workers and has none for it yet (see [`StepSpec::Batch`] with no tests); whether one was
+    /// started. The default keeps none.
+    fn warm_worker(
+        &self,
+        start: &WorkerInvocation,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send {
+        let _ = start;
+        async { Ok(false) }
+    }
+
     /// Called with each group of results as a batch step reads them, before the step ends, so
     /// the caller can report tests as they finish. The default ignores them.
     fn results(&self, _results: &[TestResult]) {}
@@ -268,6 +279,18 @@ pub async fn execute_step<S: Spawn + Sync>(
             let mut results = Vec::with_capacity(tests.len());
             let mut startups = 0u32;
             let on_worker = worker.is_some() && runner.long_lived_worker();
+            if on_worker && tests.is_empty() {
+                // No tests: start the job's worker early (while its tests are being listed),
+                // for the usual rootdir, the project root.
+                let dir = worker_dir(scratch, "");
+                if let Some(start) = runner.worker_command(prepared, "", &dir) {
+                    let started = spawn
+                        .warm_worker(&start)
+                        .await
+                        .map_err(ExecuteError::Spawn)?;
+                    startups += u32::from(started);
+                }
+            }
             let mut groups = runner.batching().split(tests);
             if on_worker {
                 // One worker runs the tests of one group (a pytest rootdir).

@@ -19,7 +19,7 @@ use tessera_runners::step::{StepReport, StepSpec};
 use tessera_runners::{Outcome, Prepared, TestId, TestResult};
 use tokio::sync::mpsc;
 
-use super::driver::{Stop, TICK, execution_wall, test_ref};
+use super::driver::{Stop, TICK, execution_wall, test_ref, worker_name};
 use super::job::{Job, is_failure};
 use super::output;
 use super::planner::{Batch, BatchId, ShardPlanner};
@@ -193,7 +193,7 @@ impl<'a> RunPhase<'a> {
             tests: batch.tests.clone(),
             test_timeout_ms: u64::try_from(test_timeout.as_millis()).unwrap_or(u64::MAX),
             // Batches of one job may share a long-lived worker on an agent; other jobs' never.
-            worker: runner_has_worker.then(|| format!("{}/{}", self.job.id, self.steps.cell.name)),
+            worker: runner_has_worker.then(|| worker_name(self.job, self.steps.cell)),
         };
         self.tally.batches += 1;
         let timeout = test_timeout
@@ -207,6 +207,7 @@ impl<'a> RunPhase<'a> {
             cacheable: false,
             timeout: Some(timeout),
             avoid_agent,
+            queued: None,
             partial_sink: Some(Box::new(move |agent, results| {
                 let _ = partial_tx.send((id, agent, results));
             })),

@@ -39,7 +39,7 @@ use super::cells::Cell;
 use super::job::Job;
 use super::planner::{PlannerConfig, ShardPlanner, Startups};
 use super::results::{CachedPass, SuiteKey, TestStore};
-use super::steps::{StepRequest, Steps, step_failed, tests_have_network};
+use super::steps::{StepRequest, StepRun, Steps, step_failed, tests_have_network};
 use super::tally::Tally;
 use super::test_state::{TestEvent, TestTable};
 use crate::execution::execute::Executor;
@@ -265,7 +265,8 @@ async fn phases(
 ) -> Result<(), Stop> {
     let (ctx, job, cell) = (steps.ctx, steps.job, steps.cell);
     let (prepared, prepared_root) = prepare(steps, input_root).await?;
-    let (listed, list_wall) = list(steps, &prepared, prepared_root).await?;
+    let (listed, list_wall, warmed) = list(steps, &prepared, prepared_root).await?;
+    tally.tool_startups += warmed;
     let listed_count = listed.len();
 
     // Results restored after a restart stand (they are in the tally already); cached passes
@@ -422,16 +423,30 @@ async fn list(
     steps: &Steps<'_>,
     prepared: &Prepared,
     prepared_root: Digest,
-) -> Result<(Vec<TestId>, Option<Duration>), Stop> {
+) -> Result<(Vec<TestId>, Option<Duration>, u32), Stop> {
     let job = steps.job;
     job.emit(phase(steps.cell, JobPhase::Listing, ""));
     let spec = StepSpec::List {
         runner: job.runner.clone(),
         prepared: prepared.clone(),
     };
-    let run = steps
-        .run(StepRequest::cacheable(spec, prepared_root))
-        .await?;
+    let (queued, listing_queued) = tokio::sync::oneshot::channel();
+    let request = StepRequest {
+        queued: Some(queued),
+        ..StepRequest::cacheable(spec, prepared_root)
+    };
+    let listing = steps.run(request);
+    let warming = warm_up(steps, prepared, prepared_root, listing_queued);
+    tokio::pin!(listing, warming);
+    // The list's answer waits for the warm-up's report (its start-up counts) a moment at
+    // most: the worker is started either way.
+    let (run, warmed) = tokio::select! {
+        run = &mut listing => {
+            let warmed = tokio::time::timeout(WARM_UP_REPORT_WAIT, &mut warming).await;
+            (run?, warmed.unwrap_or(0))
+        }
+        warmed = &mut warming => (listing.await?, warmed),
+    };
     let StepReport::Listed { tests } = run.report else {
         return Err(step_failed(
             "list",
@@ -439,7 +454,62 @@ async fn list(
             tests_have_network(&job.spec),
         ));
     };
-    Ok((tests, execution_wall(&run.result)))
+    Ok((tests, execution_wall(&run.result), warmed))
+}
+
+/// For a runner with a long-lived worker ([`tessera_runners::Runner::long_lived_worker`]):
+/// once the list step is `queued` (not answered from the action cache, so the tests will
+/// probably run), a batch with no tests starts one of the job's workers on the fleet, so that
+/// it collects the suite while the list step does instead of after it. Only with a slot to
+/// spare beside the list step; a failure only means the first batch starts its worker itself.
+async fn warm_up(
+    steps: &Steps<'_>,
+    prepared: &Prepared,
+    root: Digest,
+    queued: tokio::sync::oneshot::Receiver<()>,
+) -> u32 {
+    let job = steps.job;
+    if !job.runner.runner().long_lived_worker() || queued.await.is_err() {
+        return 0;
+    }
+    if fleet_slots(&steps.ctx.scheduler).await < 2 {
+        return 0;
+    }
+    let spec = StepSpec::Batch {
+        runner: job.runner.clone(),
+        prepared: prepared.clone(),
+        tests: Vec::new(),
+        test_timeout_ms: 0,
+        worker: Some(worker_name(job, steps.cell)),
+    };
+    let request = StepRequest {
+        cacheable: false,
+        timeout: Some(WARM_UP_TIMEOUT),
+        ..StepRequest::cacheable(spec, root)
+    };
+    match steps.run(request).await {
+        Ok(StepRun {
+            report: StepReport::Ran { startups, .. },
+            ..
+        }) => startups,
+        Ok(_) => 0,
+        Err(error) => {
+            tracing::debug!(job = %job.id, ?error, "warming up a test worker failed");
+            0
+        }
+    }
+}
+
+/// How long the list step's answer waits for the warm-up's report, at most.
+const WARM_UP_REPORT_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest a warm-up step (starting a worker, not waiting for it) may take.
+const WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The name of `job`'s workers in `cell` (`StepSpec::Batch`'s `worker`): batches of one job
+/// and cell may share a worker on an agent; other jobs' never.
+pub(super) fn worker_name(job: &Job, cell: &Cell) -> String {
+    format!("{}/{}", job.id, cell.name)
 }
 
 /// The planner settings of `job`: [`planner_config`] with what the job knows of its suite.

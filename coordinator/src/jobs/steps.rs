@@ -52,6 +52,8 @@ pub(super) struct StepRequest {
     pub(super) avoid_agent: Option<String>,
     /// Where results it reports while running go; `None` ignores them.
     pub(super) partial_sink: Option<PartialSink>,
+    /// Told when the step is queued to run on the fleet (the action cache did not answer it).
+    pub(super) queued: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl StepRequest {
@@ -65,6 +67,7 @@ impl StepRequest {
             timeout: None,
             avoid_agent: None,
             partial_sink: None,
+            queued: None,
         }
     }
 }
@@ -104,7 +107,7 @@ pub(super) struct Steps<'a> {
 
 impl Steps<'_> {
     /// Executes `request` and reads its report.
-    pub(super) async fn run(&self, request: StepRequest) -> Result<StepRun, Stop> {
+    pub(super) async fn run(&self, mut request: StepRequest) -> Result<StepRun, Stop> {
         let step = step_name(&request.spec);
         let execute = self.store_action(&request)?;
         let submitter = if self.job.spec.submitter.is_empty() {
@@ -120,10 +123,15 @@ impl Steps<'_> {
             .map_err(|error| not_accepted(step, error))?;
         let (response, cached) = match submitted {
             Submitted::Cached(snapshot) => (snapshot.response, true),
-            Submitted::Queued(watch) => (
-                self.follow(watch, request.partial_sink.as_ref()).await?,
-                false,
-            ),
+            Submitted::Queued(watch) => {
+                if let Some(queued) = request.queued.take() {
+                    let _ = queued.send(());
+                }
+                (
+                    self.follow(watch, request.partial_sink.as_ref()).await?,
+                    false,
+                )
+            }
         };
         let response = response.ok_or_else(|| {
             Stop::Infrastructure(format!(
