@@ -226,7 +226,8 @@ impl<Id: Clone + Eq + Hash + Ord> ShardPlanner<Id> {
                 (TestEstimate { id, expected }, (recorded, listed))
             })
             .collect();
-        planned.sort_by(|(a, _), (b, _)| plan_order(a, b));
+        let scattered = config.startups == Startups::PerSlot;
+        planned.sort_by(|(a, _), (b, _)| plan_order(a, b, scattered));
         let (tests, extra): (Vec<TestEstimate<Id>>, Vec<Origin>) = planned.into_iter().unzip();
         let (known, listed): (Vec<Option<Duration>>, Vec<usize>) = extra.into_iter().unzip();
         let ids: Vec<Id> = tests.into_iter().map(|test| test.id).collect();
@@ -588,15 +589,21 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Slowest first; equal durations (tests without history, all estimated alike) in an order
-/// scattered by a hash of their ids, then by id, so that plans are deterministic. Scattered,
-/// because a suite's slow tests sit together (one file, one parametrized test): in id order a
-/// batch of estimated-alike tests can take all of them, and its slot ends long after the
-/// others.
-fn plan_order<Id: Ord + Hash>(a: &TestEstimate<Id>, b: &TestEstimate<Id>) -> std::cmp::Ordering {
+/// Slowest first; equal durations by id, so that plans are deterministic. With `scattered`
+/// (runners with a worker per slot, whose batches cost little), equal durations (tests
+/// without history, all estimated alike) go in an order scattered by a hash of their ids
+/// first: a suite's slow tests sit together (one file, one parametrized test), and in id
+/// order a batch of estimated-alike tests can take all of them, its slot ending long after
+/// the others. Runners that pay a start-up per batch keep each file's tests together.
+fn plan_order<Id: Ord + Hash>(
+    a: &TestEstimate<Id>,
+    b: &TestEstimate<Id>,
+    scattered: bool,
+) -> std::cmp::Ordering {
+    let spread = |id: &Id| if scattered { scatter(id) } else { 0 };
     b.expected
         .cmp(&a.expected)
-        .then_with(|| scatter(&a.id).cmp(&scatter(&b.id)))
+        .then_with(|| spread(&a.id).cmp(&spread(&b.id)))
         .then_with(|| a.id.cmp(&b.id))
 }
 
