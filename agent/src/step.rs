@@ -424,19 +424,17 @@ impl SandboxSpawner<'_> {
             template: self.ctx.template.clone(),
             map: self.ctx.map.clone(),
         };
-        let runner = self.ctx.runner;
         let worker = Worker::start(
             &lease_worker.pool,
+            self.ctx.runner,
             &start.command,
             &start.dir,
             spec,
             home,
-            |spec| async move { runner.start(&spec).await },
         )
         .await
         .map_err(could_not_start)?;
         if worker.is_some() {
-            lease_worker.pool.count_start();
             tracing::info!(
                 program = %start.command.argv.first().map_or("", String::as_str),
                 dir = %self.ctx.dirs.base.display(),
@@ -532,17 +530,26 @@ impl SandboxSpawner<'_> {
 /// The last `limit` bytes of a file, from the first line that starts inside them, decoded
 /// lossily.
 fn read_tail(path: &Path, limit: u64) -> io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    read_since(path, 0, limit)
+}
+
+/// What `path` holds after byte `from`: at most its last `limit` bytes, from the first line
+/// that starts inside them, decoded lossily; empty if the file does not exist.
+pub(crate) fn read_since(path: &Path, from: u64, limit: u64) -> io::Result<String> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && from > 0 => return Ok(String::new()),
+        Err(e) => return Err(e),
+    };
     let len = file.metadata()?.len();
+    let start = from.max(len.saturating_sub(limit));
+    file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
-    if len > limit {
-        file.seek(SeekFrom::Start(len - limit))?;
-        file.read_to_end(&mut bytes)?;
-        if let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
-            bytes.drain(..=newline);
-        }
-    } else {
-        file.read_to_end(&mut bytes)?;
+    file.read_to_end(&mut bytes)?;
+    if start > from
+        && let Some(newline) = bytes.iter().position(|&b| b == b'\n')
+    {
+        bytes.drain(..=newline);
     }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -27,7 +27,7 @@
 //! lay out inputs or upload (the lease pipeline).
 
 use std::collections::HashSet;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec_root::PathMap;
 use crate::layer::LayeredRoots;
-use crate::sandbox::{ProcessSpec, Started};
+use crate::sandbox::{ProcessRunner, ProcessSpec, Started};
 use crate::workdir::{LeaseDirs, remove_tree};
 
 /// How often the pool looks for workers idle too long.
@@ -118,20 +118,16 @@ pub struct BatchOutput {
 
 impl Worker {
     /// Starts a worker: creates its FIFOs in `dir` (as both sides see it), then starts `spec`
-    /// (whose environment must name them, see [`fifo_paths`]) with `start`. `None` when the
+    /// (whose environment must name them, see [`fifo_paths`]) with `runner`. `None` when the
     /// process runner keeps no long-lived processes.
-    pub async fn start<F, Fut>(
+    pub async fn start(
         pool: &WorkerPool,
+        runner: &dyn ProcessRunner,
         command: &CommandSpec,
         dir: &Path,
         spec: ProcessSpec,
         home: WorkerHome,
-        start: F,
-    ) -> Result<Option<Worker>, crate::sandbox::SpawnError>
-    where
-        F: FnOnce(ProcessSpec) -> Fut,
-        Fut: std::future::Future<Output = Result<Option<Started>, crate::sandbox::SpawnError>>,
-    {
+    ) -> Result<Option<Worker>, crate::sandbox::SpawnError> {
         let (requests_path, replies_path) = fifo_paths(dir);
         let prepare = |path: &Path| crate::sandbox::SpawnError::Prepare {
             path: path.to_owned(),
@@ -169,7 +165,7 @@ impl Worker {
             .map_err(open_error(&replies_path))?;
         pool.make_room().await;
         let (stdout, stderr) = (spec.stdout.clone(), spec.stderr.clone());
-        let Some(process) = start(spec).await? else {
+        let Some(process) = runner.start(&spec).await? else {
             return Ok(None);
         };
         Ok(Some(Worker {
@@ -247,8 +243,8 @@ impl Worker {
         let (stdout_path, stderr_path) = (self.stdout.clone(), self.stderr.clone());
         let (stdout, stderr) = tokio::task::spawn_blocking(move || {
             (
-                read_since(&stdout_path, from.0, output_limit),
-                read_since(&stderr_path, from.1, output_limit),
+                crate::step::read_since(&stdout_path, from.0, output_limit),
+                crate::step::read_since(&stderr_path, from.1, output_limit),
             )
         })
         .await
@@ -269,27 +265,6 @@ pub fn fifo_paths(dir: &Path) -> (PathBuf, PathBuf) {
 
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// What `path` gained after byte `from`: its last `limit` bytes, from the first line that
-/// starts inside them, decoded lossily.
-fn read_since(path: &Path, from: u64, limit: u64) -> io::Result<String> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata()?.len();
-    let start = from.max(len.saturating_sub(limit));
-    file.seek(SeekFrom::Start(start))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    if start > from
-        && let Some(newline) = bytes.iter().position(|&b| b == b'\n')
-    {
-        bytes.drain(..=newline);
-    }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Counts a live worker until dropped.
@@ -327,8 +302,6 @@ pub struct WorkerPool {
     live: Arc<AtomicUsize>,
     capacity: usize,
     idle_timeout: Duration,
-    /// Counts workers started, for logs and tests.
-    started: AtomicUsize,
     /// Where a lease's exec root may be an overlay over a shared layer (`layer`): unmounted
     /// before a worker's directories are removed.
     layers: Option<Arc<LayeredRoots>>,
@@ -349,7 +322,6 @@ impl WorkerPool {
             live: Arc::new(AtomicUsize::new(0)),
             capacity: capacity.max(1),
             idle_timeout,
-            started: AtomicUsize::new(0),
             layers,
         });
         tokio::spawn(reap(Arc::downgrade(&pool)));
@@ -412,16 +384,6 @@ impl WorkerPool {
                 tracing::warn!(%error, dir = %base.display(), "failed to remove a worker's directory");
             }
         });
-    }
-
-    /// Counts a worker start (see [`WorkerPool::started`]).
-    pub fn count_start(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Workers started since the agent started.
-    pub fn started(&self) -> usize {
-        self.started.load(Ordering::Relaxed)
     }
 
     /// Workers running now (idle or serving a batch).
@@ -508,28 +470,16 @@ pub struct LeaseWorker {
 }
 
 impl LeaseWorker {
-    /// Gives the worker back to the pool, if the lease still holds a running one. `dirs` are
-    /// the directories the lease ran in: when they belonged to a worker (the lease took one
-    /// from the pool) and no worker runs in them any more, they are removed. Returns whether
-    /// a worker now keeps `dirs`.
-    pub fn finish(self, dirs: &LeaseDirs) -> bool {
-        let mut worker = self.held.into_inner();
-        let running = worker.as_mut().is_some_and(|w| !w.process.exited());
-        match worker {
-            Some(worker) if running => {
-                let keeps = worker.home.dirs.base == dirs.base;
-                if !keeps {
-                    self.pool.release_dirs(dirs);
-                }
-                self.pool.put(self.key, worker);
-                keeps
-            }
-            _ => {
-                if self.pool.owns(&dirs.base) {
-                    self.pool.release_dirs(dirs);
-                }
-                false
-            }
+    /// Gives the worker back to the pool, if the lease still holds a running one; it keeps the
+    /// directories it runs in. Otherwise `dirs`, the directories the lease ran in, are removed
+    /// when they belonged to a worker (the lease took one from the pool that is gone now).
+    pub fn finish(self, dirs: &LeaseDirs) {
+        let mut held = self.held.into_inner();
+        if let Some(worker) = held.take_if(|worker| !worker.process.exited()) {
+            debug_assert_eq!(worker.home.dirs.base, dirs.base);
+            self.pool.put(self.key, worker);
+        } else if self.pool.owns(&dirs.base) {
+            self.pool.release_dirs(dirs);
         }
     }
 }
