@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tessera_config::{
-    BadValue, EnvScope, Settings, file_duration, parse, parse_duration, parse_list,
+    BadValue, EnvScope, Settings, file_duration, parse, parse_bool, parse_duration, parse_list,
 };
 
 pub use tessera_config::ConfigError;
@@ -43,11 +43,75 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// How callers are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every caller may do everything (loopback only, unless `insecure_no_auth`).
+    #[default]
+    None,
+    /// Every call carries `authorization: Bearer TOKEN`; the token's role and instance scope
+    /// decide what it may do.
+    Tokens,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(AuthMode::None),
+            "tokens" => Ok(AuthMode::Tokens),
+            other => Err(BadValue::new(
+                other,
+                format!("unknown auth mode \"{other}\" (expected none or tokens)"),
+            )),
+        }
+    }
+}
+
+/// Per-token limits against abuse (with `auth = "tokens"`). A rate is per second and its burst
+/// is the bucket's size; 0 turns that limit off. Answered with `RESOURCE_EXHAUSTED` and a
+/// `RetryInfo` delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Execute calls per second.
+    pub execute_rate: u32,
+    /// Execute calls at once above the rate.
+    pub execute_burst: u32,
+    /// Execute calls running at once.
+    pub execute_inflight: u32,
+    /// Job submissions per second.
+    pub submit_rate: u32,
+    /// Job submissions at once above the rate.
+    pub submit_burst: u32,
+    /// Jobs running at once.
+    pub jobs_inflight: u32,
+    /// Uploaded blob bytes per second (agents' uploads are not counted).
+    pub upload_bytes_rate: u64,
+    /// Uploaded bytes at once above the rate.
+    pub upload_bytes_burst: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            execute_rate: 1000,
+            execute_burst: 5000,
+            execute_inflight: 10_000,
+            submit_rate: 5,
+            submit_burst: 50,
+            jobs_inflight: 100,
+            upload_bytes_rate: 1 << 30,
+            upload_bytes_burst: 8 << 30,
+        }
+    }
+}
+
 /// Everything the coordinator needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoordinatorConfig {
-    /// gRPC listen address. Loopback by default: until authentication exists, a coordinator
-    /// reachable from a network runs whatever its clients send.
+    /// gRPC listen address. Loopback by default; any other address needs TLS and tokens (or
+    /// the `insecure_*` settings that allow going without).
     pub listen: SocketAddr,
     /// Directory for all state: `meta/` (the redb metadata store) and `cas/` (blobs).
     pub data_dir: PathBuf,
@@ -76,6 +140,23 @@ pub struct CoordinatorConfig {
     pub history_runs: usize,
     /// A test's history not recorded for this long is removed.
     pub history_retention: Duration,
+    /// TLS certificate chain (PEM) for the gRPC port; with `tls_key`, turns TLS on.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: when set, every client must present
+    /// one (mutual TLS), in addition to its token.
+    pub tls_client_ca: Option<PathBuf>,
+    /// How callers are authenticated.
+    pub auth: AuthMode,
+    /// Allow a non-loopback listen address without TLS.
+    pub insecure_no_tls: bool,
+    /// Allow a non-loopback listen address without authentication.
+    pub insecure_no_auth: bool,
+    /// Audit log entries older than this are removed.
+    pub audit_retention: Duration,
+    /// Per-token limits.
+    pub limits: Limits,
 }
 
 impl Default for CoordinatorConfig {
@@ -103,6 +184,14 @@ impl Default for CoordinatorConfig {
             ],
             history_runs: 10,
             history_retention: Duration::from_secs(30 * 86_400),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth: AuthMode::None,
+            insecure_no_tls: false,
+            insecure_no_auth: false,
+            audit_retention: Duration::from_secs(90 * 86_400),
+            limits: Limits::default(),
         }
     }
 }
@@ -125,6 +214,28 @@ pub struct FileConfig {
     platform_keys: Option<Vec<String>>,
     history_runs: Option<usize>,
     history_retention: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    auth: Option<AuthMode>,
+    insecure_no_tls: Option<bool>,
+    insecure_no_auth: Option<bool>,
+    audit_retention: Option<String>,
+    limits: Option<FileLimits>,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    execute_rate: Option<u32>,
+    execute_burst: Option<u32>,
+    execute_inflight: Option<u32>,
+    submit_rate: Option<u32>,
+    submit_burst: Option<u32>,
+    jobs_inflight: Option<u32>,
+    upload_bytes_rate: Option<u64>,
+    upload_bytes_burst: Option<u64>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -138,6 +249,18 @@ pub struct ConfigOverrides {
     pub max_cas_bytes: Option<u64>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// `--auth`.
+    pub auth: Option<AuthMode>,
+    /// `--insecure-no-tls` (only ever turns it on).
+    pub insecure_no_tls: bool,
+    /// `--insecure-no-auth` (only ever turns it on).
+    pub insecure_no_auth: bool,
 }
 
 /// Most durations kept per test: each is 8 bytes in every test's history entry.
@@ -160,6 +283,21 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_PLATFORM_KEYS",
     "TESSERA_HISTORY_RUNS",
     "TESSERA_HISTORY_RETENTION",
+    "TESSERA_TLS_CERT",
+    "TESSERA_TLS_KEY",
+    "TESSERA_TLS_CLIENT_CA",
+    "TESSERA_AUTH",
+    "TESSERA_INSECURE_NO_TLS",
+    "TESSERA_INSECURE_NO_AUTH",
+    "TESSERA_AUDIT_RETENTION",
+    "TESSERA_LIMIT_EXECUTE_RATE",
+    "TESSERA_LIMIT_EXECUTE_BURST",
+    "TESSERA_LIMIT_EXECUTE_INFLIGHT",
+    "TESSERA_LIMIT_SUBMIT_RATE",
+    "TESSERA_LIMIT_SUBMIT_BURST",
+    "TESSERA_LIMIT_JOBS_INFLIGHT",
+    "TESSERA_LIMIT_UPLOAD_BYTES_RATE",
+    "TESSERA_LIMIT_UPLOAD_BYTES_BURST",
     "TESSERA_CONFIG",
 ];
 
@@ -172,6 +310,12 @@ pub const OTHER_ENV_KEYS: &[&str] = &[
     "TESSERA_AGENT_ID",
     "TESSERA_BIN",
     "TESSERA_SUBMITTER",
+    "TESSERA_TOKEN",
+    "TESSERA_TOKEN_FILE",
+    "TESSERA_TLS_CA",
+    "TESSERA_TLS_CLIENT_CERT",
+    "TESSERA_TLS_CLIENT_KEY",
+    "TESSERA_ON_BEHALF_OF",
     "TESSERA_AGENT_*",
 ];
 
@@ -244,6 +388,38 @@ impl Settings for CoordinatorConfig {
         if let Some(v) = file.history_retention {
             self.history_retention = file_duration("history_retention", &v)?;
         }
+        if let Some(v) = file.tls_cert {
+            self.tls_cert = Some(v);
+        }
+        if let Some(v) = file.tls_key {
+            self.tls_key = Some(v);
+        }
+        if let Some(v) = file.tls_client_ca {
+            self.tls_client_ca = Some(v);
+        }
+        if let Some(v) = file.auth {
+            self.auth = v;
+        }
+        if let Some(v) = file.insecure_no_tls {
+            self.insecure_no_tls = v;
+        }
+        if let Some(v) = file.insecure_no_auth {
+            self.insecure_no_auth = v;
+        }
+        if let Some(v) = file.audit_retention {
+            self.audit_retention = file_duration("audit_retention", &v)?;
+        }
+        if let Some(l) = file.limits {
+            let limits = &mut self.limits;
+            limits.execute_rate = l.execute_rate.unwrap_or(limits.execute_rate);
+            limits.execute_burst = l.execute_burst.unwrap_or(limits.execute_burst);
+            limits.execute_inflight = l.execute_inflight.unwrap_or(limits.execute_inflight);
+            limits.submit_rate = l.submit_rate.unwrap_or(limits.submit_rate);
+            limits.submit_burst = l.submit_burst.unwrap_or(limits.submit_burst);
+            limits.jobs_inflight = l.jobs_inflight.unwrap_or(limits.jobs_inflight);
+            limits.upload_bytes_rate = l.upload_bytes_rate.unwrap_or(limits.upload_bytes_rate);
+            limits.upload_bytes_burst = l.upload_bytes_burst.unwrap_or(limits.upload_bytes_burst);
+        }
         Ok(())
     }
 
@@ -267,6 +443,21 @@ impl Settings for CoordinatorConfig {
             "TESSERA_PLATFORM_KEYS" => self.platform_keys = parse_list(value),
             "TESSERA_HISTORY_RUNS" => self.history_runs = parse(value)?,
             "TESSERA_HISTORY_RETENTION" => self.history_retention = parse_duration(value)?,
+            "TESSERA_TLS_CERT" => self.tls_cert = Some(PathBuf::from(value)),
+            "TESSERA_TLS_KEY" => self.tls_key = Some(PathBuf::from(value)),
+            "TESSERA_TLS_CLIENT_CA" => self.tls_client_ca = Some(PathBuf::from(value)),
+            "TESSERA_AUTH" => self.auth = parse(value)?,
+            "TESSERA_INSECURE_NO_TLS" => self.insecure_no_tls = parse_bool(value)?,
+            "TESSERA_INSECURE_NO_AUTH" => self.insecure_no_auth = parse_bool(value)?,
+            "TESSERA_AUDIT_RETENTION" => self.audit_retention = parse_duration(value)?,
+            "TESSERA_LIMIT_EXECUTE_RATE" => self.limits.execute_rate = parse(value)?,
+            "TESSERA_LIMIT_EXECUTE_BURST" => self.limits.execute_burst = parse(value)?,
+            "TESSERA_LIMIT_EXECUTE_INFLIGHT" => self.limits.execute_inflight = parse(value)?,
+            "TESSERA_LIMIT_SUBMIT_RATE" => self.limits.submit_rate = parse(value)?,
+            "TESSERA_LIMIT_SUBMIT_BURST" => self.limits.submit_burst = parse(value)?,
+            "TESSERA_LIMIT_JOBS_INFLIGHT" => self.limits.jobs_inflight = parse(value)?,
+            "TESSERA_LIMIT_UPLOAD_BYTES_RATE" => self.limits.upload_bytes_rate = parse(value)?,
+            "TESSERA_LIMIT_UPLOAD_BYTES_BURST" => self.limits.upload_bytes_burst = parse(value)?,
             // TESSERA_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -286,6 +477,20 @@ impl Settings for CoordinatorConfig {
         if let Some(format) = flags.log_format {
             self.log_format = format;
         }
+        if let Some(v) = &flags.tls_cert {
+            self.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_key {
+            self.tls_key = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_client_ca {
+            self.tls_client_ca = Some(v.clone());
+        }
+        if let Some(v) = flags.auth {
+            self.auth = v;
+        }
+        self.insecure_no_tls |= flags.insecure_no_tls;
+        self.insecure_no_auth |= flags.insecure_no_auth;
         Ok(())
     }
 
@@ -313,6 +518,50 @@ impl Settings for CoordinatorConfig {
                 format!("must be between 1 and {MAX_HISTORY_RUNS}"),
             )
             .for_key("history_runs"));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(
+                    BadValue::new("(unset)", "tls_cert is set: set tls_key too").for_key("tls_key")
+                );
+            }
+            (None, Some(_)) => {
+                return Err(BadValue::new("(unset)", "tls_key is set: set tls_cert too")
+                    .for_key("tls_cert"));
+            }
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(BadValue::new(
+                "(unset)",
+                "tls_client_ca needs TLS: set tls_cert and tls_key (--tls-cert, --tls-key)",
+            )
+            .for_key("tls_cert"));
+        }
+        if !self.listen.ip().is_loopback() {
+            if self.tls_cert.is_none() && !self.insecure_no_tls {
+                return Err(BadValue::new(
+                    self.listen.to_string(),
+                    "is not a loopback address and TLS is off: give --tls-cert and --tls-key \
+                     (see README \"Deploying on a network\"), or --insecure-no-tls to allow it",
+                )
+                .for_key("listen"));
+            }
+            if self.auth == AuthMode::None && !self.insecure_no_auth {
+                return Err(BadValue::new(
+                    self.listen.to_string(),
+                    "is not a loopback address and authentication is off: give --auth tokens \
+                     (see README \"Deploying on a network\"), or --insecure-no-auth to allow it",
+                )
+                .for_key("listen"));
+            }
+        }
+        if self.audit_retention < Duration::from_secs(3600) {
+            return Err(BadValue::new(
+                format!("{:?}", self.audit_retention),
+                "must be at least 1h",
+            )
+            .for_key("audit_retention"));
         }
         if self.history_retention < Duration::from_secs(86_400) {
             return Err(BadValue::new(

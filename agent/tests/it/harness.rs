@@ -313,6 +313,7 @@ pub(crate) fn lease(id: &str, input_root: Digest, arguments: &[&str]) -> Lease {
             ..Command::default()
         }),
         timeout: Some(Duration::from_secs(10).try_into().unwrap()),
+        secrets: Vec::new(),
     }
 }
 

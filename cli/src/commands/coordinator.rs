@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use tessera_coordinator::config::AuthMode;
 use tessera_coordinator::{ConfigOverrides, Coordinator, CoordinatorConfig, LogFormat};
 
 use crate::exit::{CliError, Exit};
@@ -31,6 +32,29 @@ pub struct CoordinatorArgs {
     /// Also TESSERA_LOG_FORMAT.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key, clients connect with
+    /// https:// (Bazel: grpcs://). Re-read on SIGHUP. Also TESSERA_TLS_CERT.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert. Also TESSERA_TLS_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) of client certificates: every client must then present one signed by it
+    /// (mutual TLS), in addition to its token. Also TESSERA_TLS_CLIENT_CA.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Authentication: none, or tokens (every call carries `authorization: Bearer TOKEN`; the
+    /// first start writes an admin token to DATA_DIR/admin-token) [default: none].
+    /// Also TESSERA_AUTH.
+    #[arg(long, value_name = "MODE")]
+    pub auth: Option<AuthMode>,
+    /// Allow listening on a non-loopback address without TLS. Also TESSERA_INSECURE_NO_TLS.
+    #[arg(long)]
+    pub insecure_no_tls: bool,
+    /// Allow listening on a non-loopback address without authentication.
+    /// Also TESSERA_INSECURE_NO_AUTH.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 impl CoordinatorArgs {
@@ -41,6 +65,12 @@ impl CoordinatorArgs {
             data_dir: self.data_dir.clone(),
             max_cas_bytes: self.max_cas_bytes,
             log_format: self.log_format,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_client_ca: self.tls_client_ca.clone(),
+            auth: self.auth,
+            insecure_no_tls: self.insecure_no_tls,
+            insecure_no_auth: self.insecure_no_auth,
         }
     }
 }

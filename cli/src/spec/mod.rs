@@ -554,6 +554,9 @@ pub fn job_spec(
         keep_files_together: settings.keep_files_together,
         project: settings.project.clone(),
         cells: settings.matrix.clone(),
+        on_behalf_of: String::new(),
+        secrets: Vec::new(),
+        trust_domain: String::new(),
     })
 }
 

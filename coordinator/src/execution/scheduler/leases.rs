@@ -332,6 +332,7 @@ impl Scheduler {
             timeout: Some(to_proto_duration(Duration::from_millis(
                 u64::try_from(spec.timeout_ms).unwrap_or(0),
             ))),
+            secrets: Vec::new(),
         };
         if tx
             .try_send(Ok(CoordinatorMessage {
