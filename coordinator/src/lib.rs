@@ -6,6 +6,7 @@
 //! `tessera-cas`; the coordinator never depends on the agent.
 
 pub mod action_cache;
+pub mod auth;
 pub mod config;
 pub mod execution;
 pub mod jobs;

@@ -19,6 +19,7 @@ use tessera_proto::reapi::action_cache_server::ActionCacheServer;
 use tessera_proto::reapi::capabilities_server::CapabilitiesServer;
 use tessera_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use tessera_proto::reapi::execution_server::ExecutionServer;
+use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
 use tessera_proto::tessera::v1::jobs_server::JobsServer;
 use thiserror::Error;
@@ -27,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::action_cache::{AcError, ActionCache};
+use crate::auth::{AuditLog, Auth, AuthLayer, Limiter, TokenError, TokenStore};
+use crate::config::AuthMode;
 use crate::config::CoordinatorConfig;
 use crate::execution::execute::Executor;
 use crate::execution::inputs::ExecLimits;
@@ -35,6 +38,7 @@ use crate::jobs::driver::JobContext;
 use crate::jobs::registry::JobRegistry;
 use crate::jobs::results::{HistoryLimits, TestStore};
 use crate::services::action_cache::ActionCacheService;
+use crate::services::admin::AdminService;
 use crate::services::agent_session::AgentSessionService;
 use crate::services::bytestream::ByteStreamService;
 use crate::services::capabilities::CapabilitiesService;
@@ -88,6 +92,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The token store failed at start (the admin token could not be created or written).
+    #[error("failed to set up authentication: {0}")]
+    Auth(#[from] TokenError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -184,6 +191,22 @@ impl Coordinator {
             Arc::clone(&meta_dyn),
         )?;
 
+        let auth = Auth {
+            mode: config.auth,
+            tokens: TokenStore::open(Arc::clone(&meta_dyn))?,
+            audit: AuditLog::open(&meta_dyn, config.audit_retention)?,
+            limits: Limiter::new(config.limits),
+        };
+        if config.auth == AuthMode::Tokens
+            && let Some(path) = auth.tokens.bootstrap(&config.data_dir).await?
+        {
+            tracing::warn!(
+                file = %path.display(),
+                "authentication is on and no token existed: wrote an admin token to this file \
+                 (readable by this user only); create other tokens with `tessera token create`"
+            );
+        }
+
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -202,29 +225,42 @@ impl Coordinator {
             .max_frame_size(1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024)
             .initial_stream_window_size(16 * 1024 * 1024)
+            .layer(AuthLayer::new(
+                config.auth,
+                auth.tokens.clone(),
+                auth.audit.clone(),
+            ))
             .add_service(CapabilitiesServer::new(CapabilitiesService::new(batch)))
+            .add_service(AdminServer::new(AdminService::new(auth.clone())))
             .add_service(
-                ContentAddressableStorageServer::new(CasService::new(Arc::clone(&blobs), batch))
+                ContentAddressableStorageServer::new(
+                    CasService::new(Arc::clone(&blobs), batch).with_auth(auth.clone()),
+                )
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ByteStreamServer::new(
+                    ByteStreamService::new(Arc::clone(&blobs)).with_auth(auth.clone()),
+                )
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ActionCacheServer::new(
+                    ActionCacheService::new(cache.clone(), Arc::clone(&blobs))
+                        .with_auth(auth.clone()),
+                )
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ExecutionServer::new(ExecutionService::new(executor).with_auth(auth.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                ByteStreamServer::new(ByteStreamService::new(Arc::clone(&blobs)))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                ActionCacheServer::new(ActionCacheService::new(cache.clone(), Arc::clone(&blobs)))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                ExecutionServer::new(ExecutionService::new(executor))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                JobsServer::new(JobsService::new(jobs))
+                JobsServer::new(JobsService::new(jobs).with_auth(auth.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
@@ -232,9 +268,11 @@ impl Coordinator {
                 scheduler.clone(),
             )))
             .add_service(
-                AgentSessionServer::new(AgentSessionService::new(scheduler.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                AgentSessionServer::new(
+                    AgentSessionService::new(scheduler.clone()).with_auth(auth.clone()),
+                )
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
         // TCP_NODELAY must be set on the incoming stream: the builder's setting is ignored by
         // serve_with_incoming, and without it replies stall on delayed ACKs (~40 ms).
@@ -267,6 +305,7 @@ impl Coordinator {
                 }
             }
         });
+        tasks.spawn(auth.audit.clone().sweep_until(token.clone()));
         tasks.close();
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "coordinator listening");
         Ok(Coordinator {

@@ -269,6 +269,21 @@ impl JobRegistry {
         Ok(cancelled)
     }
 
+    /// Who submitted job `id` (its recorded submitter) and its instance name.
+    pub fn owner(&self, id: &str) -> Result<(String, String), JobsError> {
+        let job = self.job(id)?;
+        Ok((job.spec.submitter.clone(), job.spec.instance_name.clone()))
+    }
+
+    /// How many unfinished jobs token `name` submitted (itself, or on behalf of someone).
+    pub fn running_of(&self, name: &str) -> usize {
+        self.lock()
+            .jobs
+            .values()
+            .filter(|j| !j.finished() && owned_by(&j.spec.submitter, name))
+            .count()
+    }
+
     /// The jobs (running first, then newest first) and the fleet.
     pub async fn status(&self) -> Result<StatusResponse, JobsError> {
         let (stats, agents) = self
@@ -337,6 +352,14 @@ fn decode_record(bytes: &[u8]) -> Option<(u64, JobSpec)> {
         u64::from_be_bytes(created.try_into().ok()?),
         JobSpec::decode(spec).ok()?,
     ))
+}
+
+/// Whether a job recorded with `submitter` belongs to token `name`: its own (`name`) or run on
+/// someone's behalf (`name/WHO`).
+pub fn owned_by(submitter: &str, name: &str) -> bool {
+    submitter
+        .strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]

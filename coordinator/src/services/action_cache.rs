@@ -10,6 +10,7 @@ use tessera_proto::reapi::{
 use tonic::{Request, Response, Status};
 
 use crate::action_cache::{AcError, ActionCache};
+use crate::auth::{AuditRecord, Auth, Caller};
 use crate::status::{meta_error, missing_blobs, store_error};
 
 /// Most bytes inlined into one GetActionResult answer (stdout, stderr and files together).
@@ -36,12 +37,23 @@ impl From<AcError> for Status {
 pub struct ActionCacheService {
     cache: ActionCache,
     store: Arc<dyn BlobStore>,
+    auth: Option<Auth>,
 }
 
 impl ActionCacheService {
     /// Serves `cache`, inlining outputs from `store` when asked.
     pub fn new(cache: ActionCache, store: Arc<dyn BlobStore>) -> Self {
-        ActionCacheService { cache, store }
+        ActionCacheService {
+            cache,
+            store,
+            auth: None,
+        }
+    }
+
+    /// Checks each caller's instance scope against `auth`, and audits writes.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     async fn get(&self, req: GetActionResultRequest) -> Result<ActionResult, Status> {
@@ -120,6 +132,8 @@ impl action_cache_server::ActionCache for ActionCacheService {
         &self,
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
+        Caller::of(self.auth.as_ref(), &request)
+            .instance("GetActionResult", &request.get_ref().instance_name)?;
         Ok(Response::new(self.get(request.into_inner()).await?))
     }
 
@@ -127,6 +141,23 @@ impl action_cache_server::ActionCache for ActionCacheService {
         &self,
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
-        Ok(Response::new(self.update(request.into_inner()).await?))
+        let caller = Caller::of(self.auth.as_ref(), &request);
+        let req = request.into_inner();
+        caller.instance("UpdateActionResult", &req.instance_name)?;
+        let instance = req.instance_name.clone();
+        let action = req
+            .action_digest
+            .as_ref()
+            .map(|d| format!("{}/{}", d.hash, d.size_bytes))
+            .unwrap_or_default();
+        let result = self.update(req).await?;
+        caller.record(AuditRecord {
+            action: "ac.update",
+            instance: &instance,
+            object: &action,
+            allowed: true,
+            ..Default::default()
+        });
+        Ok(Response::new(result))
     }
 }

@@ -8,6 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures::Stream;
 use tessera_proto::AGENT_PROTOCOL_VERSION;
@@ -20,6 +21,7 @@ use thiserror::Error;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::auth::{AuditRecord, Auth, Caller};
 use crate::execution::platform::Platform;
 use crate::execution::scheduler::SchedulerHandle;
 
@@ -87,12 +89,49 @@ pub fn check_protocol(hello: &Hello) -> Result<(), ProtocolMismatch> {
 #[derive(Clone, Debug)]
 pub struct AgentSessionService {
     scheduler: SchedulerHandle,
+    auth: Option<Auth>,
 }
 
 impl AgentSessionService {
     /// Connects agents to `scheduler`.
     pub fn new(scheduler: SchedulerHandle) -> Self {
-        AgentSessionService { scheduler }
+        AgentSessionService {
+            scheduler,
+            auth: None,
+        }
+    }
+
+    /// Audits joins and leaves in `auth`, and ends a session when its token is revoked or
+    /// expires.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+}
+
+/// How often a session re-checks its token's expiry (revocation is noticed at once).
+const EXPIRY_CHECK: Duration = Duration::from_secs(5);
+
+/// Resolves with the refusal once the session's token is revoked or has expired; never for
+/// the anonymous principal (auth off).
+async fn token_lost(caller: &Caller) -> Status {
+    let (Some(auth), false) = (caller.auth(), caller.principal().is_anonymous()) else {
+        return std::future::pending().await;
+    };
+    let mut changes = auth.tokens.changes();
+    let mut tick = tokio::time::interval(EXPIRY_CHECK);
+    loop {
+        if let Err(status) = auth.tokens.still_valid(caller.principal()) {
+            return status;
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+            _ = tick.tick() => {}
+        }
     }
 }
 
@@ -121,6 +160,7 @@ impl agent_session_server::AgentSession for AgentSessionService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = Caller::of(self.auth.as_ref(), &request);
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -164,14 +204,39 @@ impl agent_session_server::AgentSession for AgentSessionService {
             .map_err(|_| Status::internal("session closed"))?;
         let properties = Platform::new(hello.properties.into_iter().map(|p| (p.name, p.value)));
         let id = hello.agent_id;
+        caller.record(AuditRecord {
+            action: "agent.join",
+            object: &id,
+            allowed: true,
+            detail: &format!("{} slots", hello.slots),
+            ..Default::default()
+        });
+        let refusals = tx.clone();
         self.scheduler
             .agent_joined(id.clone(), session, properties, hello.slots, tx);
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
+            let lost = token_lost(&caller);
+            tokio::pin!(lost);
             loop {
                 let next = tokio::select! {
                     // Shutting down: let go of the stream so the connection can close.
                     () = scheduler.stopped() => break,
+                    status = &mut lost => {
+                        tracing::warn!(agent = %id, %status, "ending the session of an agent whose token is no longer valid");
+                        let refusal = CoordinatorMessage {
+                            kind: Some(coordinator_message::Kind::Refused(
+                                tessera_proto::rpc::Status {
+                                    code: status.code() as i32,
+                                    message: status.message().to_owned(),
+                                    details: Vec::new(),
+                                },
+                            )),
+                        };
+                        let _ = refusals.send(Ok(refusal)).await;
+                        let _ = refusals.send(Err(status)).await;
+                        break;
+                    }
                     next = inbound.message() => next,
                 };
                 match next {
@@ -183,7 +248,13 @@ impl agent_session_server::AgentSession for AgentSessionService {
                     }
                 }
             }
-            scheduler.agent_left(id, session);
+            scheduler.agent_left(id.clone(), session);
+            caller.record(AuditRecord {
+                action: "agent.leave",
+                object: &id,
+                allowed: true,
+                ..Default::default()
+            });
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -26,6 +26,7 @@ use thiserror::Error;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Auth, Caller};
 use crate::status::store_error;
 
 /// How long a broken upload waits to be resumed.
@@ -71,6 +72,9 @@ enum ByteStreamError {
     /// status is passed on.
     #[error("{}", .0.message())]
     Stream(Status),
+    /// The caller may not write here, or is over its upload rate: that status is passed on.
+    #[error("{}", .0.message())]
+    Denied(Status),
 }
 
 impl From<ByteStreamError> for Status {
@@ -88,7 +92,7 @@ impl From<ByteStreamError> for Status {
             ByteStreamError::NotFound(_) => Status::not_found(error.to_string()),
             ByteStreamError::Store(inner) => store_error(inner),
             ByteStreamError::Internal(_) => Status::internal(error.to_string()),
-            ByteStreamError::Stream(status) => status.clone(),
+            ByteStreamError::Stream(status) | ByteStreamError::Denied(status) => status.clone(),
         }
     }
 }
@@ -111,6 +115,7 @@ struct Parked {
 pub struct ByteStreamService {
     store: Arc<dyn BlobStore>,
     parked: Arc<Mutex<HashMap<String, Parked>>>,
+    auth: Option<Auth>,
 }
 
 impl ByteStreamService {
@@ -119,7 +124,14 @@ impl ByteStreamService {
         ByteStreamService {
             store,
             parked: Arc::default(),
+            auth: None,
         }
+    }
+
+    /// Checks each caller's instance scope and upload rate against `auth`.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     fn parked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Parked>> {
@@ -247,6 +259,7 @@ impl ByteStreamService {
 
     async fn write(
         &self,
+        caller: Caller,
         mut stream: Streaming<WriteRequest>,
     ) -> Result<WriteResponse, ByteStreamError> {
         let first = match stream.message().await {
@@ -255,6 +268,10 @@ impl ByteStreamService {
             Err(status) => return Err(ByteStreamError::Stream(status)),
         };
         let resource = resource::parse_write(&first.resource_name)?;
+        caller
+            .instance("ByteStream.Write", &resource.instance_name)
+            .and_then(|()| caller.upload(resource.digest.size_bytes))
+            .map_err(ByteStreamError::Denied)?;
         let digest = resource.digest;
         let compressed = resource.compressor == Compressor::Zstd;
         let key = resource::format_write(&resource);
@@ -396,6 +413,12 @@ impl byte_stream_server::ByteStream for ByteStreamService {
         &self,
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        if self.auth.is_some() {
+            let resource = resource::parse_read(&request.get_ref().resource_name)
+                .map_err(ByteStreamError::from)?;
+            Caller::of(self.auth.as_ref(), &request)
+                .instance("ByteStream.Read", &resource.instance_name)?;
+        }
         let stream = self.start_read(request.get_ref())?;
         Ok(Response::new(Box::pin(stream)))
     }
@@ -404,7 +427,10 @@ impl byte_stream_server::ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
-        Ok(Response::new(self.write(request.into_inner()).await?))
+        let caller = Caller::of(self.auth.as_ref(), &request);
+        Ok(Response::new(
+            self.write(caller, request.into_inner()).await?,
+        ))
     }
 
     async fn query_write_status(

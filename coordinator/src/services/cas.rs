@@ -20,6 +20,7 @@ use tessera_proto::reapi::{
 use thiserror::Error;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, Caller};
 use crate::status::{rpc_ok, rpc_status, store_error};
 
 /// Directories per GetTree page when the client sets no page size, and the most it may ask.
@@ -118,6 +119,7 @@ async fn blocking<T: Send + 'static>(
 pub struct CasService {
     store: Arc<dyn BlobStore>,
     max_batch_bytes: u64,
+    auth: Option<Auth>,
 }
 
 impl CasService {
@@ -126,7 +128,14 @@ impl CasService {
         CasService {
             store,
             max_batch_bytes,
+            auth: None,
         }
+    }
+
+    /// Checks each caller's instance scope and upload rate against `auth`.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     fn find_missing(
@@ -391,6 +400,8 @@ impl content_addressable_storage_server::ContentAddressableStorage for CasServic
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        Caller::of(self.auth.as_ref(), &request)
+            .instance("FindMissingBlobs", &request.get_ref().instance_name)?;
         Ok(Response::new(self.find_missing(request.get_ref())?))
     }
 
@@ -398,6 +409,16 @@ impl content_addressable_storage_server::ContentAddressableStorage for CasServic
         &self,
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let caller = Caller::of(self.auth.as_ref(), &request);
+        caller.instance("BatchUpdateBlobs", &request.get_ref().instance_name)?;
+        caller.upload(
+            request
+                .get_ref()
+                .requests
+                .iter()
+                .map(|r| r.data.len() as u64)
+                .sum(),
+        )?;
         Ok(Response::new(
             self.batch_update(request.into_inner()).await?,
         ))
@@ -407,6 +428,8 @@ impl content_addressable_storage_server::ContentAddressableStorage for CasServic
         &self,
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        Caller::of(self.auth.as_ref(), &request)
+            .instance("BatchReadBlobs", &request.get_ref().instance_name)?;
         Ok(Response::new(self.batch_read(request.into_inner()).await?))
     }
 
@@ -416,6 +439,8 @@ impl content_addressable_storage_server::ContentAddressableStorage for CasServic
         &self,
         request: Request<GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
+        Caller::of(self.auth.as_ref(), &request)
+            .instance("GetTree", &request.get_ref().instance_name)?;
         let pages = self.get_tree(request.into_inner()).await?;
         Ok(Response::new(Box::pin(futures::stream::iter(
             pages.into_iter().map(Ok),

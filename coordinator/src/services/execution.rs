@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use tessera_proto::longrunning::Operation;
 use tessera_proto::reapi::{
@@ -18,6 +18,7 @@ use tessera_proto::reapi::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, Caller};
 use crate::execution::execute::{ExecuteError, Executor, OperationWatch, Submitted};
 use crate::execution::scheduler::SchedulerError;
 use crate::status::{meta_error, missing_blobs, store_error};
@@ -105,12 +106,22 @@ fn operation_stream(watch: OperationWatch) -> OperationStream {
 #[derive(Clone, Debug)]
 pub struct ExecutionService {
     executor: Executor,
+    auth: Option<Auth>,
 }
 
 impl ExecutionService {
     /// Serves `executor`.
     pub fn new(executor: Executor) -> Self {
-        ExecutionService { executor }
+        ExecutionService {
+            executor,
+            auth: None,
+        }
+    }
+
+    /// Checks each caller's instance scope and Execute limits against `auth`.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     async fn execute(
@@ -140,9 +151,18 @@ impl execution_server::Execution for ExecutionService {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let requester = requester(&request);
-        Ok(Response::new(
-            self.execute(requester, request.into_inner()).await?,
-        ))
+        let caller = Caller::of(self.auth.as_ref(), &request);
+        caller.instance("Execute", &request.get_ref().instance_name)?;
+        // Held by the stream: the call counts as running until the client lets go of it.
+        let inflight = match caller.auth() {
+            Some(auth) => Some(auth.limits.execute(caller.principal())?),
+            None => None,
+        };
+        let stream = self.execute(requester, request.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream.map(move |item| {
+            let _held = &inflight;
+            item
+        }))))
     }
 
     type WaitExecutionStream = OperationStream;

@@ -3,6 +3,7 @@
 //! `From` impl.
 
 pub mod action_cache;
+pub mod admin;
 pub mod agent_session;
 pub mod bytestream;
 pub mod capabilities;
