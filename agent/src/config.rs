@@ -2,8 +2,11 @@
 //!
 //! Precedence, lowest first: built-in defaults, the TOML file (`--config`), `TESSERA_AGENT_*`
 //! environment variables (plus `TESSERA_COORDINATOR`, shared with the client commands), then
-//! command-line flags. Unknown file keys, unknown `TESSERA_AGENT_*` variables and malformed
-//! values are errors. Other `TESSERA_*` variables belong to other commands and are left alone.
+//! command-line flags. The client commands' `TESSERA_TOKEN`, `TESSERA_TOKEN_FILE` and
+//! `TESSERA_TLS_CA` are fallbacks below all of these: each applies only when no layer sets
+//! the agent's own setting (`TESSERA_TOKEN` beats `TESSERA_TOKEN_FILE`). Unknown file keys,
+//! unknown `TESSERA_AGENT_*` variables and malformed values are errors. Other `TESSERA_*`
+//! variables belong to other commands and are left alone.
 //! The layering itself, the value parsers and [`ConfigError`] live in `tessera-config`, shared
 //! with the coordinator and the CLI.
 //! Also owns the agent's identity: the configured id, or one generated once and kept in the
@@ -17,6 +20,7 @@ use serde::Deserialize;
 use tessera_config::{
     BadValue, EnvScope, Settings, file_duration, parse, parse_bool, parse_duration, parse_list,
 };
+use tessera_net::client::{ClientAuth, ClientError, Token};
 
 pub use tessera_config::ConfigError;
 
@@ -86,6 +90,18 @@ pub struct AgentConfig {
     /// Entries in all kept layers together at most; least recently used layers not in use
     /// are evicted beyond it.
     pub max_layer_entries: u64,
+    /// File holding the agent's bearer token (a coordinator with `auth = "tokens"` needs one
+    /// of role `agent`); read at start. Wins over [`AgentConfig::token`].
+    pub token_file: Option<PathBuf>,
+    /// The token itself, from `TESSERA_TOKEN` (only when no `token_file` is set).
+    pub token: Option<Token>,
+    /// CA certificate (PEM) that signed the coordinator's certificate; needed for an
+    /// `https://` coordinator.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a coordinator that requires mutual TLS.
+    pub tls_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_client_cert`.
+    pub tls_client_key: Option<PathBuf>,
 }
 
 /// Default local cache budget: 10 GiB.
@@ -120,6 +136,11 @@ impl Default for AgentConfig {
             layer_min_entries: DEFAULT_LAYER_MIN_ENTRIES,
             max_layers: DEFAULT_MAX_LAYERS,
             max_layer_entries: DEFAULT_MAX_LAYER_ENTRIES,
+            token_file: None,
+            token: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 }
@@ -145,6 +166,14 @@ pub struct AgentOverrides {
     pub keep_failed: bool,
     /// `--drain-timeout`.
     pub drain_timeout: Option<Duration>,
+    /// `--token-file`.
+    pub token_file: Option<PathBuf>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-client-cert`.
+    pub tls_client_cert: Option<PathBuf>,
+    /// `--tls-client-key`.
+    pub tls_client_key: Option<PathBuf>,
 }
 
 /// Environment variables read by [`AgentConfig::load`].
@@ -165,6 +194,14 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_AGENT_LAYER_MIN_ENTRIES",
     "TESSERA_AGENT_MAX_LAYERS",
     "TESSERA_AGENT_MAX_LAYER_ENTRIES",
+    "TESSERA_AGENT_TOKEN_FILE",
+    "TESSERA_AGENT_TLS_CA",
+    "TESSERA_AGENT_TLS_CLIENT_CERT",
+    "TESSERA_AGENT_TLS_CLIENT_KEY",
+    // The client commands' variables, read as fallbacks (see the module docs).
+    "TESSERA_TOKEN",
+    "TESSERA_TOKEN_FILE",
+    "TESSERA_TLS_CA",
 ];
 
 /// The file form: every key optional, unknown keys refused.
@@ -186,6 +223,10 @@ pub struct FileConfig {
     layer_min_entries: Option<u64>,
     max_layers: Option<usize>,
     max_layer_entries: Option<u64>,
+    token_file: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
 }
 
 /// Parses one `key=value` property.
@@ -216,6 +257,20 @@ impl AgentConfig {
         self.merge_file(tessera_config::parse_file(path, text)?)
     }
 
+    /// How the agent connects to the coordinator: reads the token file, if any.
+    pub fn client_auth(&self) -> Result<ClientAuth, ClientError> {
+        let token = match &self.token_file {
+            Some(path) => Some(Token::read_file(path)?),
+            None => self.token.clone(),
+        };
+        Ok(ClientAuth {
+            tls_ca: self.tls_ca.clone(),
+            client_cert: self.tls_client_cert.clone(),
+            client_key: self.tls_client_key.clone(),
+            token,
+        })
+    }
+
     /// Checks values that parse but make no sense.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.slots == 0 {
@@ -227,6 +282,31 @@ impl AgentConfig {
                 "expected an endpoint like http://127.0.0.1:8980",
             )
             .for_key("coordinator"));
+        }
+        if self.coordinator.starts_with("https://") && self.tls_ca.is_none() {
+            return Err(BadValue::new(
+                "(unset)",
+                "an https:// coordinator needs the CA that signed its certificate: --tls-ca \
+                 FILE (or TESSERA_AGENT_TLS_CA, or TESSERA_TLS_CA)",
+            )
+            .for_key("tls_ca"));
+        }
+        match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(_), None) => {
+                return Err(BadValue::new(
+                    "(unset)",
+                    "tls_client_cert is set: set tls_client_key too (--tls-client-key)",
+                )
+                .for_key("tls_client_key"));
+            }
+            (None, Some(_)) => {
+                return Err(BadValue::new(
+                    "(unset)",
+                    "tls_client_key is set: set tls_client_cert too (--tls-client-cert)",
+                )
+                .for_key("tls_client_cert"));
+            }
+            _ => {}
         }
         if let Some(id) = &self.id {
             check_agent_id(id)
@@ -298,6 +378,18 @@ impl Settings for AgentConfig {
         if let Some(v) = file.max_layer_entries {
             self.max_layer_entries = v;
         }
+        if let Some(v) = file.token_file {
+            self.set_token_file(v);
+        }
+        if let Some(v) = file.tls_ca {
+            self.tls_ca = Some(v);
+        }
+        if let Some(v) = file.tls_client_cert {
+            self.tls_client_cert = Some(v);
+        }
+        if let Some(v) = file.tls_client_key {
+            self.tls_client_key = Some(v);
+        }
         Ok(())
     }
 
@@ -323,6 +415,30 @@ impl Settings for AgentConfig {
             "TESSERA_AGENT_LAYER_MIN_ENTRIES" => self.layer_min_entries = parse(value)?,
             "TESSERA_AGENT_MAX_LAYERS" => self.max_layers = parse(value)?,
             "TESSERA_AGENT_MAX_LAYER_ENTRIES" => self.max_layer_entries = parse(value)?,
+            "TESSERA_AGENT_TOKEN_FILE" => self.set_token_file(PathBuf::from(value)),
+            "TESSERA_AGENT_TLS_CA" => self.tls_ca = Some(PathBuf::from(value)),
+            "TESSERA_AGENT_TLS_CLIENT_CERT" => self.tls_client_cert = Some(PathBuf::from(value)),
+            "TESSERA_AGENT_TLS_CLIENT_KEY" => self.tls_client_key = Some(PathBuf::from(value)),
+            // Fallbacks: they never replace a value set by the agent's own settings, whatever
+            // order the variables come in (the agent's own ones overwrite, these fill gaps).
+            "TESSERA_TOKEN" => {
+                if self.token_file.is_none() && self.token.is_none() {
+                    // The value is a secret: never echo it in an error.
+                    let token = Token::new(value.to_owned())
+                        .map_err(|e| BadValue::new("(hidden)", e.to_string()))?;
+                    self.token = Some(token);
+                }
+            }
+            "TESSERA_TOKEN_FILE" => {
+                if self.token_file.is_none() && self.token.is_none() {
+                    self.token_file = Some(PathBuf::from(value));
+                }
+            }
+            "TESSERA_TLS_CA" => {
+                if self.tls_ca.is_none() {
+                    self.tls_ca = Some(PathBuf::from(value));
+                }
+            }
             // TESSERA_AGENT_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -358,11 +474,31 @@ impl Settings for AgentConfig {
         if let Some(v) = flags.drain_timeout {
             self.drain_timeout = Some(v);
         }
+        if let Some(v) = &flags.token_file {
+            self.set_token_file(v.clone());
+        }
+        if let Some(v) = &flags.tls_ca {
+            self.tls_ca = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_client_cert {
+            self.tls_client_cert = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_client_key {
+            self.tls_client_key = Some(v.clone());
+        }
         Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.check()
+    }
+}
+
+impl AgentConfig {
+    /// The agent's own token file setting, which replaces a `TESSERA_TOKEN` fallback.
+    fn set_token_file(&mut self, path: PathBuf) {
+        self.token_file = Some(path);
+        self.token = None;
     }
 }
 

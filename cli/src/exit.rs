@@ -75,6 +75,8 @@ impl CliError {
             Self::Usage(_) | Self::Config(_) => Exit::Usage,
             // Unreadable or mismatched certificate files are configuration mistakes.
             Self::Coordinator(ServerError::Tls(_)) => Exit::Usage,
+            // So are an agent's unreadable token, CA or client certificate files.
+            Self::Agent(AgentError::Client(_)) => Exit::Usage,
             Self::Infrastructure(_) | Self::Coordinator(_) | Self::Agent(_) => Exit::Infrastructure,
         }
     }
