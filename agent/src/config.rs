@@ -421,23 +421,17 @@ impl Settings for AgentConfig {
             "TESSERA_AGENT_TLS_CLIENT_KEY" => self.tls_client_key = Some(PathBuf::from(value)),
             // Fallbacks: they never replace a value set by the agent's own settings, whatever
             // order the variables come in (the agent's own ones overwrite, these fill gaps).
-            "TESSERA_TOKEN" => {
-                if self.token_file.is_none() && self.token.is_none() {
-                    // The value is a secret: never echo it in an error.
-                    let token = Token::new(value.to_owned())
-                        .map_err(|e| BadValue::new("(hidden)", e.to_string()))?;
-                    self.token = Some(token);
-                }
+            "TESSERA_TOKEN" if self.token_file.is_none() && self.token.is_none() => {
+                // The value is a secret: never echo it in an error.
+                let token = Token::new(value.to_owned())
+                    .map_err(|e| BadValue::new("(hidden)", e.to_string()))?;
+                self.token = Some(token);
             }
-            "TESSERA_TOKEN_FILE" => {
-                if self.token_file.is_none() && self.token.is_none() {
-                    self.token_file = Some(PathBuf::from(value));
-                }
+            "TESSERA_TOKEN_FILE" if self.token_file.is_none() && self.token.is_none() => {
+                self.token_file = Some(PathBuf::from(value));
             }
-            "TESSERA_TLS_CA" => {
-                if self.tls_ca.is_none() {
-                    self.tls_ca = Some(PathBuf::from(value));
-                }
+            "TESSERA_TLS_CA" if self.tls_ca.is_none() => {
+                self.tls_ca = Some(PathBuf::from(value));
             }
             // TESSERA_AGENT_CONFIG: read by the command line before loading starts.
             _ => {}
@@ -684,6 +678,91 @@ mod tests {
             AgentConfig::default(),
             "the example should set something"
         );
+    }
+
+    #[test]
+    fn client_variables_are_fallbacks_below_the_agents_own_settings() {
+        let none = AgentOverrides::default();
+        let c = AgentConfig::load(
+            None,
+            &env(&[
+                ("TESSERA_TOKEN", "from-env"),
+                ("TESSERA_TOKEN_FILE", "/client/token"),
+                ("TESSERA_TLS_CA", "/client/ca.pem"),
+                ("TESSERA_TLS_CLIENT_CERT", "/client/cert.pem"),
+                ("TESSERA_ON_BEHALF_OF", "someone"),
+                ("TESSERA_CLIENT_CONFIG", "/client/config.toml"),
+            ]),
+            &none,
+        )
+        .unwrap();
+        assert_eq!(c.token.as_ref().map(Token::secret), Some("from-env"));
+        assert_eq!(c.token_file, None, "TESSERA_TOKEN beats TESSERA_TOKEN_FILE");
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/client/ca.pem")));
+        assert_eq!(
+            c.tls_client_cert, None,
+            "only the agent's own variable sets it"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "token_file = \"/file/token\"\ntls_ca = \"/file/ca.pem\"\n",
+        )
+        .unwrap();
+        let client_env = env(&[
+            ("TESSERA_TOKEN", "from-env"),
+            ("TESSERA_TLS_CA", "/client/ca.pem"),
+        ]);
+        let c = AgentConfig::load(Some(&file), &client_env, &none).unwrap();
+        assert_eq!(c.token_file, Some(PathBuf::from("/file/token")));
+        assert_eq!(c.token, None);
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/file/ca.pem")));
+
+        let mut agent_env = client_env.clone();
+        agent_env.insert("TESSERA_AGENT_TLS_CA".into(), "/agent/ca.pem".into());
+        let flags = AgentOverrides {
+            token_file: Some("/flag/token".into()),
+            tls_client_cert: Some("/flag/cert.pem".into()),
+            tls_client_key: Some("/flag/key.pem".into()),
+            ..AgentOverrides::default()
+        };
+        let c = AgentConfig::load(None, &agent_env, &flags).unwrap();
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/agent/ca.pem")));
+        assert_eq!(c.token_file, Some(PathBuf::from("/flag/token")));
+        assert_eq!(c.token, None, "--token-file replaces TESSERA_TOKEN");
+        assert_eq!(c.tls_client_key, Some(PathBuf::from("/flag/key.pem")));
+    }
+
+    #[test]
+    fn credential_mistakes_are_errors_that_never_show_the_token() {
+        let none = AgentOverrides::default();
+        let err = AgentConfig::load(None, &env(&[("TESSERA_TOKEN", "bad secret")]), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("TESSERA_TOKEN") && !err.contains("bad secret"),
+            "{err}"
+        );
+
+        let https = AgentOverrides {
+            coordinator: Some("https://coordinator:8980".into()),
+            ..AgentOverrides::default()
+        };
+        let err = AgentConfig::load(None, &BTreeMap::new(), &https).unwrap_err();
+        assert!(err.to_string().contains("--tls-ca"), "{err}");
+
+        let half = AgentOverrides {
+            tls_client_cert: Some("/cert.pem".into()),
+            ..AgentOverrides::default()
+        };
+        let err = AgentConfig::load(None, &BTreeMap::new(), &half).unwrap_err();
+        assert!(err.to_string().contains("tls_client_key"), "{err}");
+
+        let err =
+            AgentConfig::load(None, &env(&[("TESSERA_AGENT_TOKEN", "x")]), &none).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnv(_)), "{err}");
     }
 
     #[test]

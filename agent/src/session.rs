@@ -209,9 +209,9 @@ struct Connected {
 
 enum LinkEvent {
     Retry,
-    Connected(Connected),
+    Connected(Box<Connected>),
     Failed(LinkError),
-    Message(CoordinatorMessage),
+    Message(Box<CoordinatorMessage>),
     Lost(String),
     /// The coordinator refused the agent for good (see [`is_final`]).
     Refused(Status),
@@ -242,7 +242,7 @@ impl Link {
                 LinkEvent::Retry
             }
             Link::Connecting(connecting) => match connecting.as_mut().await {
-                Ok(connected) => LinkEvent::Connected(connected),
+                Ok(connected) => LinkEvent::Connected(Box::new(connected)),
                 Err(LinkError::Refused(refusal)) if is_final(Code::from(refusal.code)) => {
                     LinkEvent::Refused(refusal)
                 }
@@ -253,7 +253,7 @@ impl Link {
             },
             Link::Up(connected) => tokio::select! {
                 message = connected.inbound.message() => match message {
-                    Ok(Some(message)) => LinkEvent::Message(message),
+                    Ok(Some(message)) => LinkEvent::Message(Box::new(message)),
                     Ok(None) => LinkEvent::Lost("the coordinator closed the stream".into()),
                     Err(status) if is_final(status.code()) => {
                         LinkEvent::Refused(refusal_of(&status))
@@ -540,7 +540,7 @@ impl Session {
                     "connected to the coordinator"
                 );
                 self.backoff.reset();
-                self.link = Link::Up(Box::new(connected));
+                self.link = Link::Up(connected);
                 if self.draining {
                     self.send(message(AgentKind::Draining(Draining {})));
                 }
@@ -564,7 +564,7 @@ impl Session {
                 self.send(message(AgentKind::Heartbeat(Heartbeat { lease_ids })));
                 self.flush_pending();
             }
-            LinkEvent::Message(message) => self.on_message(message),
+            LinkEvent::Message(message) => self.on_message(*message),
         }
     }
 
