@@ -2,8 +2,11 @@
 //!
 //! Precedence, lowest first: built-in defaults, the TOML file (`--config`), `TESSERA_AGENT_*`
 //! environment variables (plus `TESSERA_COORDINATOR`, shared with the client commands), then
-//! command-line flags. Unknown file keys, unknown `TESSERA_AGENT_*` variables and malformed
-//! values are errors. Other `TESSERA_*` variables belong to other commands and are left alone.
+//! command-line flags. The client commands' `TESSERA_TOKEN`, `TESSERA_TOKEN_FILE` and
+//! `TESSERA_TLS_CA` are fallbacks below all of these: each applies only when no layer sets
+//! the agent's own setting (`TESSERA_TOKEN` beats `TESSERA_TOKEN_FILE`). Unknown file keys,
+//! unknown `TESSERA_AGENT_*` variables and malformed values are errors. Other `TESSERA_*`
+//! variables belong to other commands and are left alone.
 //! The layering itself, the value parsers and [`ConfigError`] live in `tessera-config`, shared
 //! with the coordinator and the CLI.
 //! Also owns the agent's identity: the configured id, or one generated once and kept in the
@@ -17,6 +20,7 @@ use serde::Deserialize;
 use tessera_config::{
     BadValue, EnvScope, Settings, file_duration, parse, parse_bool, parse_duration, parse_list,
 };
+use tessera_net::client::{ClientAuth, ClientError, Token};
 
 pub use tessera_config::ConfigError;
 
@@ -86,6 +90,18 @@ pub struct AgentConfig {
     /// Entries in all kept layers together at most; least recently used layers not in use
     /// are evicted beyond it.
     pub max_layer_entries: u64,
+    /// File holding the agent's bearer token (a coordinator with `auth = "tokens"` needs one
+    /// of role `agent`); read at start. Wins over [`AgentConfig::token`].
+    pub token_file: Option<PathBuf>,
+    /// The token itself, from `TESSERA_TOKEN` (only when no `token_file` is set).
+    pub token: Option<Token>,
+    /// CA certificate (PEM) that signed the coordinator's certificate; needed for an
+    /// `https://` coordinator.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a coordinator that requires mutual TLS.
+    pub tls_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_client_cert`.
+    pub tls_client_key: Option<PathBuf>,
 }
 
 /// Default local cache budget: 10 GiB.
@@ -120,6 +136,11 @@ impl Default for AgentConfig {
             layer_min_entries: DEFAULT_LAYER_MIN_ENTRIES,
             max_layers: DEFAULT_MAX_LAYERS,
             max_layer_entries: DEFAULT_MAX_LAYER_ENTRIES,
+            token_file: None,
+            token: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 }
@@ -145,6 +166,14 @@ pub struct AgentOverrides {
     pub keep_failed: bool,
     /// `--drain-timeout`.
     pub drain_timeout: Option<Duration>,
+    /// `--token-file`.
+    pub token_file: Option<PathBuf>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-client-cert`.
+    pub tls_client_cert: Option<PathBuf>,
+    /// `--tls-client-key`.
+    pub tls_client_key: Option<PathBuf>,
 }
 
 /// Environment variables read by [`AgentConfig::load`].
@@ -165,6 +194,14 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_AGENT_LAYER_MIN_ENTRIES",
     "TESSERA_AGENT_MAX_LAYERS",
     "TESSERA_AGENT_MAX_LAYER_ENTRIES",
+    "TESSERA_AGENT_TOKEN_FILE",
+    "TESSERA_AGENT_TLS_CA",
+    "TESSERA_AGENT_TLS_CLIENT_CERT",
+    "TESSERA_AGENT_TLS_CLIENT_KEY",
+    // The client commands' variables, read as fallbacks (see the module docs).
+    "TESSERA_TOKEN",
+    "TESSERA_TOKEN_FILE",
+    "TESSERA_TLS_CA",
 ];
 
 /// The file form: every key optional, unknown keys refused.
@@ -186,6 +223,10 @@ pub struct FileConfig {
     layer_min_entries: Option<u64>,
     max_layers: Option<usize>,
     max_layer_entries: Option<u64>,
+    token_file: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
 }
 
 /// Parses one `key=value` property.
@@ -216,6 +257,20 @@ impl AgentConfig {
         self.merge_file(tessera_config::parse_file(path, text)?)
     }
 
+    /// How the agent connects to the coordinator: reads the token file, if any.
+    pub fn client_auth(&self) -> Result<ClientAuth, ClientError> {
+        let token = match &self.token_file {
+            Some(path) => Some(Token::read_file(path)?),
+            None => self.token.clone(),
+        };
+        Ok(ClientAuth {
+            tls_ca: self.tls_ca.clone(),
+            client_cert: self.tls_client_cert.clone(),
+            client_key: self.tls_client_key.clone(),
+            token,
+        })
+    }
+
     /// Checks values that parse but make no sense.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.slots == 0 {
@@ -227,6 +282,31 @@ impl AgentConfig {
                 "expected an endpoint like http://127.0.0.1:8980",
             )
             .for_key("coordinator"));
+        }
+        if self.coordinator.starts_with("https://") && self.tls_ca.is_none() {
+            return Err(BadValue::new(
+                "(unset)",
+                "an https:// coordinator needs the CA that signed its certificate: --tls-ca \
+                 FILE (or TESSERA_AGENT_TLS_CA, or TESSERA_TLS_CA)",
+            )
+            .for_key("tls_ca"));
+        }
+        match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(_), None) => {
+                return Err(BadValue::new(
+                    "(unset)",
+                    "tls_client_cert is set: set tls_client_key too (--tls-client-key)",
+                )
+                .for_key("tls_client_key"));
+            }
+            (None, Some(_)) => {
+                return Err(BadValue::new(
+                    "(unset)",
+                    "tls_client_key is set: set tls_client_cert too (--tls-client-cert)",
+                )
+                .for_key("tls_client_cert"));
+            }
+            _ => {}
         }
         if let Some(id) = &self.id {
             check_agent_id(id)
@@ -298,6 +378,18 @@ impl Settings for AgentConfig {
         if let Some(v) = file.max_layer_entries {
             self.max_layer_entries = v;
         }
+        if let Some(v) = file.token_file {
+            self.set_token_file(v);
+        }
+        if let Some(v) = file.tls_ca {
+            self.tls_ca = Some(v);
+        }
+        if let Some(v) = file.tls_client_cert {
+            self.tls_client_cert = Some(v);
+        }
+        if let Some(v) = file.tls_client_key {
+            self.tls_client_key = Some(v);
+        }
         Ok(())
     }
 
@@ -323,6 +415,24 @@ impl Settings for AgentConfig {
             "TESSERA_AGENT_LAYER_MIN_ENTRIES" => self.layer_min_entries = parse(value)?,
             "TESSERA_AGENT_MAX_LAYERS" => self.max_layers = parse(value)?,
             "TESSERA_AGENT_MAX_LAYER_ENTRIES" => self.max_layer_entries = parse(value)?,
+            "TESSERA_AGENT_TOKEN_FILE" => self.set_token_file(PathBuf::from(value)),
+            "TESSERA_AGENT_TLS_CA" => self.tls_ca = Some(PathBuf::from(value)),
+            "TESSERA_AGENT_TLS_CLIENT_CERT" => self.tls_client_cert = Some(PathBuf::from(value)),
+            "TESSERA_AGENT_TLS_CLIENT_KEY" => self.tls_client_key = Some(PathBuf::from(value)),
+            // Fallbacks: they never replace a value set by the agent's own settings, whatever
+            // order the variables come in (the agent's own ones overwrite, these fill gaps).
+            "TESSERA_TOKEN" if self.token_file.is_none() && self.token.is_none() => {
+                // The value is a secret: never echo it in an error.
+                let token = Token::new(value.to_owned())
+                    .map_err(|e| BadValue::new("(hidden)", e.to_string()))?;
+                self.token = Some(token);
+            }
+            "TESSERA_TOKEN_FILE" if self.token_file.is_none() && self.token.is_none() => {
+                self.token_file = Some(PathBuf::from(value));
+            }
+            "TESSERA_TLS_CA" if self.tls_ca.is_none() => {
+                self.tls_ca = Some(PathBuf::from(value));
+            }
             // TESSERA_AGENT_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -358,11 +468,31 @@ impl Settings for AgentConfig {
         if let Some(v) = flags.drain_timeout {
             self.drain_timeout = Some(v);
         }
+        if let Some(v) = &flags.token_file {
+            self.set_token_file(v.clone());
+        }
+        if let Some(v) = &flags.tls_ca {
+            self.tls_ca = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_client_cert {
+            self.tls_client_cert = Some(v.clone());
+        }
+        if let Some(v) = &flags.tls_client_key {
+            self.tls_client_key = Some(v.clone());
+        }
         Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.check()
+    }
+}
+
+impl AgentConfig {
+    /// The agent's own token file setting, which replaces a `TESSERA_TOKEN` fallback.
+    fn set_token_file(&mut self, path: PathBuf) {
+        self.token_file = Some(path);
+        self.token = None;
     }
 }
 
@@ -548,6 +678,91 @@ mod tests {
             AgentConfig::default(),
             "the example should set something"
         );
+    }
+
+    #[test]
+    fn client_variables_are_fallbacks_below_the_agents_own_settings() {
+        let none = AgentOverrides::default();
+        let c = AgentConfig::load(
+            None,
+            &env(&[
+                ("TESSERA_TOKEN", "from-env"),
+                ("TESSERA_TOKEN_FILE", "/client/token"),
+                ("TESSERA_TLS_CA", "/client/ca.pem"),
+                ("TESSERA_TLS_CLIENT_CERT", "/client/cert.pem"),
+                ("TESSERA_ON_BEHALF_OF", "someone"),
+                ("TESSERA_CLIENT_CONFIG", "/client/config.toml"),
+            ]),
+            &none,
+        )
+        .unwrap();
+        assert_eq!(c.token.as_ref().map(Token::secret), Some("from-env"));
+        assert_eq!(c.token_file, None, "TESSERA_TOKEN beats TESSERA_TOKEN_FILE");
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/client/ca.pem")));
+        assert_eq!(
+            c.tls_client_cert, None,
+            "only the agent's own variable sets it"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "token_file = \"/file/token\"\ntls_ca = \"/file/ca.pem\"\n",
+        )
+        .unwrap();
+        let client_env = env(&[
+            ("TESSERA_TOKEN", "from-env"),
+            ("TESSERA_TLS_CA", "/client/ca.pem"),
+        ]);
+        let c = AgentConfig::load(Some(&file), &client_env, &none).unwrap();
+        assert_eq!(c.token_file, Some(PathBuf::from("/file/token")));
+        assert_eq!(c.token, None);
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/file/ca.pem")));
+
+        let mut agent_env = client_env.clone();
+        agent_env.insert("TESSERA_AGENT_TLS_CA".into(), "/agent/ca.pem".into());
+        let flags = AgentOverrides {
+            token_file: Some("/flag/token".into()),
+            tls_client_cert: Some("/flag/cert.pem".into()),
+            tls_client_key: Some("/flag/key.pem".into()),
+            ..AgentOverrides::default()
+        };
+        let c = AgentConfig::load(None, &agent_env, &flags).unwrap();
+        assert_eq!(c.tls_ca, Some(PathBuf::from("/agent/ca.pem")));
+        assert_eq!(c.token_file, Some(PathBuf::from("/flag/token")));
+        assert_eq!(c.token, None, "--token-file replaces TESSERA_TOKEN");
+        assert_eq!(c.tls_client_key, Some(PathBuf::from("/flag/key.pem")));
+    }
+
+    #[test]
+    fn credential_mistakes_are_errors_that_never_show_the_token() {
+        let none = AgentOverrides::default();
+        let err = AgentConfig::load(None, &env(&[("TESSERA_TOKEN", "bad secret")]), &none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("TESSERA_TOKEN") && !err.contains("bad secret"),
+            "{err}"
+        );
+
+        let https = AgentOverrides {
+            coordinator: Some("https://coordinator:8980".into()),
+            ..AgentOverrides::default()
+        };
+        let err = AgentConfig::load(None, &BTreeMap::new(), &https).unwrap_err();
+        assert!(err.to_string().contains("--tls-ca"), "{err}");
+
+        let half = AgentOverrides {
+            tls_client_cert: Some("/cert.pem".into()),
+            ..AgentOverrides::default()
+        };
+        let err = AgentConfig::load(None, &BTreeMap::new(), &half).unwrap_err();
+        assert!(err.to_string().contains("tls_client_key"), "{err}");
+
+        let err =
+            AgentConfig::load(None, &env(&[("TESSERA_AGENT_TOKEN", "x")]), &none).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnv(_)), "{err}");
     }
 
     #[test]

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tonic::transport::Endpoint;
 
 pub use config::{AgentConfig, AgentOverrides, ConfigError, SandboxMode};
 pub use lease::RunOutcome;
@@ -70,19 +69,14 @@ pub enum AgentError {
     /// The local blob cache could not be opened (is another agent using this work directory?).
     #[error(transparent)]
     Cache(#[from] cache::OpenError),
-    /// The coordinator endpoint is malformed.
-    #[error("invalid coordinator endpoint {endpoint}: {reason}")]
-    Endpoint {
-        /// The endpoint.
-        endpoint: String,
-        /// What is wrong.
-        reason: String,
-    },
+    /// The coordinator URL, the TLS files or the token are unusable.
+    #[error(transparent)]
+    Client(#[from] tessera_net::client::ClientError),
     /// A start-up task failed.
     #[error("agent start-up failed: {0}")]
     Startup(String),
-    /// The coordinator refused this agent for good (most often: it speaks another agent
-    /// protocol version; see README "Upgrading a fleet").
+    /// The coordinator refused this agent for good: it speaks another agent protocol version
+    /// (see README "Upgrading a fleet"), or it does not accept the agent's token.
     #[error("the coordinator refused this agent: {0}")]
     Refused(String),
 }
@@ -120,6 +114,9 @@ impl Agent {
         runner: Option<Arc<dyn ProcessRunner>>,
     ) -> Result<(), AgentError> {
         config.check()?;
+        // Before anything else, so a bad token or certificate file is reported at once.
+        let auth = config.client_auth()?;
+        let endpoint = tessera_net::client::endpoint(&config.coordinator, &auth)?;
         let Prepared {
             layout,
             agent_id,
@@ -138,14 +135,12 @@ impl Agent {
             sandbox = if namespaces { "namespaces" } else { "none" },
             layers = layers.is_some(),
             coordinator = %config.coordinator,
+            token = auth.token.is_some(),
+            client_cert = auth.client_cert.is_some(),
             "agent starting"
         );
 
-        let channel = Endpoint::from_shared(config.coordinator.clone())
-            .map_err(|e| AgentError::Endpoint {
-                endpoint: config.coordinator.clone(),
-                reason: e.to_string(),
-            })?
+        let channel = endpoint
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -154,6 +149,7 @@ impl Agent {
             .initial_connection_window_size(32 * 1024 * 1024)
             .initial_stream_window_size(16 * 1024 * 1024)
             .connect_lazy();
+        let channel = tessera_net::client::link(channel, &auth);
         let runner = runner.unwrap_or_else(|| {
             Arc::new(LocalRunner {
                 kill_grace: config.kill_grace,

@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime};
 
 use tessera_cas::client::{CasClient, ClientError};
 use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_net::client::Link;
 use tessera_proto::reapi::{ActionResult, Command, ExecutedActionMetadata};
 use tessera_proto::tessera::v1::{Lease, LeaseResult, LeaseStage};
 use tessera_proto::time::from_proto_duration;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::cache::LocalCache;
 use crate::exec_root::{PathMap, SymlinkedRoot, check_disjoint};
@@ -65,13 +65,13 @@ fn io_error(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LeaseError 
 /// CAS clients per (instance name, digest function), sharing one channel.
 #[derive(Debug, Clone)]
 pub struct CasClients {
-    channel: Channel,
+    channel: Link,
     clients: Arc<Mutex<HashMap<(String, DigestFunction), CasClient>>>,
 }
 
 impl CasClients {
     /// Clients over `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: Link) -> Self {
         CasClients {
             channel,
             clients: Arc::default(),
@@ -88,7 +88,7 @@ impl CasClients {
         if let Some(client) = self.lock().get(&key) {
             return Ok(client.clone());
         }
-        let client = CasClient::from_channel(self.channel.clone(), instance, function).await?;
+        let client = CasClient::from_link(self.channel.clone(), instance, function).await?;
         self.lock().insert(key, client.clone());
         Ok(client)
     }

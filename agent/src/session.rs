@@ -27,10 +27,13 @@
 //! once and gives up on undelivered results after a short flush.
 //!
 //! Refusal: a coordinator that refuses the session with FAILED_PRECONDITION (an agent of
-//! another protocol version) will refuse it again however often the agent retries, so the
-//! session ends at once, cancelling running leases (their results could not be delivered),
-//! and [`SessionEnd::refused`] says why. A refusal with any other code is retried like a
-//! broken stream.
+//! another protocol version), UNAUTHENTICATED (no token, or an unknown, revoked or expired
+//! one) or PERMISSION_DENIED (a token of another role or instance scope) will refuse it again
+//! however often the agent retries, so the session ends at once, cancelling running leases
+//! (their results could not be delivered), and [`SessionEnd::refused`] says why and what to
+//! do. The codes count whether they come as a `Refused` message, as the answer to the
+//! session call, or as the error that ends an open stream (a token revoked mid-session). A
+//! refusal with any other code is retried like a broken stream.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -57,7 +60,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
 use tonic::codec::Streaming;
-use tonic::transport::Channel;
 
 use crate::lease::{CancelReason, LeaseCancel, Report, RunOutcome};
 use crate::pipeline::LeasePipeline;
@@ -91,8 +93,8 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What the session needs.
 pub struct SessionParams {
-    /// Channel to the coordinator.
-    pub channel: Channel,
+    /// Channel to the coordinator, carrying the agent's token.
+    pub channel: tessera_net::client::Link,
     /// Sent on every connection.
     pub hello: Hello,
     /// Leases run at once.
@@ -207,10 +209,12 @@ struct Connected {
 
 enum LinkEvent {
     Retry,
-    Connected(Connected),
+    Connected(Box<Connected>),
     Failed(LinkError),
-    Message(CoordinatorMessage),
+    Message(Box<CoordinatorMessage>),
     Lost(String),
+    /// The coordinator refused the agent for good (see [`is_final`]).
+    Refused(Status),
     HeartbeatDue,
 }
 
@@ -238,13 +242,22 @@ impl Link {
                 LinkEvent::Retry
             }
             Link::Connecting(connecting) => match connecting.as_mut().await {
-                Ok(connected) => LinkEvent::Connected(connected),
+                Ok(connected) => LinkEvent::Connected(Box::new(connected)),
+                Err(LinkError::Refused(refusal)) if is_final(Code::from(refusal.code)) => {
+                    LinkEvent::Refused(refusal)
+                }
+                Err(LinkError::Rpc(status)) if is_final(status.code()) => {
+                    LinkEvent::Refused(refusal_of(&status))
+                }
                 Err(error) => LinkEvent::Failed(error),
             },
             Link::Up(connected) => tokio::select! {
                 message = connected.inbound.message() => match message {
-                    Ok(Some(message)) => LinkEvent::Message(message),
+                    Ok(Some(message)) => LinkEvent::Message(Box::new(message)),
                     Ok(None) => LinkEvent::Lost("the coordinator closed the stream".into()),
+                    Err(status) if is_final(status.code()) => {
+                        LinkEvent::Refused(refusal_of(&status))
+                    }
                     Err(status) => LinkEvent::Lost(status.to_string()),
                 },
                 _ = connected.heartbeat.tick() => LinkEvent::HeartbeatDue,
@@ -270,14 +283,45 @@ fn duration_of(d: Option<prost_types::Duration>) -> Option<Duration> {
         .filter(|d| !d.is_zero())
 }
 
-/// Whether a refusal is for good: FAILED_PRECONDITION says the agent cannot work with this
-/// coordinator as it is (another protocol version), so retrying would only repeat it.
-fn is_final(refusal: &Status) -> bool {
-    Code::from(refusal.code) == Code::FailedPrecondition
+/// Whether a refusal is for good, since retrying would only repeat it: FAILED_PRECONDITION
+/// says the agent cannot work with this coordinator as it is (another protocol version);
+/// UNAUTHENTICATED and PERMISSION_DENIED, that its token is not (or no longer) good for an
+/// agent session.
+fn is_final(code: Code) -> bool {
+    matches!(
+        code,
+        Code::FailedPrecondition | Code::Unauthenticated | Code::PermissionDenied
+    )
+}
+
+/// A gRPC status as the `Refused` message would carry it.
+fn refusal_of(status: &tonic::Status) -> Status {
+    Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: Vec::new(),
+    }
+}
+
+/// What to do about a final refusal, by its code.
+fn refusal_hint(code: Code) -> Option<&'static str> {
+    match code {
+        Code::Unauthenticated => Some(
+            "the coordinator does not accept this agent's token (none, or unknown, revoked or \
+             expired): create a new agent token with `tessera token create --role agent --name \
+             NAME` and give it with --token-file (or TESSERA_AGENT_TOKEN_FILE)",
+        ),
+        Code::PermissionDenied => Some(
+            "this agent's token may not run an agent session (another role, or an instance \
+             scope that does not fit): create an agent token with `tessera token create --role \
+             agent --name NAME` and give it with --token-file (or TESSERA_AGENT_TOKEN_FILE)",
+        ),
+        _ => None,
+    }
 }
 
 /// Opens a stream, says hello, waits for the welcome.
-async fn connect(channel: Channel, hello: Hello) -> Result<Connected, LinkError> {
+async fn connect(channel: tessera_net::client::Link, hello: Hello) -> Result<Connected, LinkError> {
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
     tx.try_send(message(AgentKind::Hello(hello)))
         .map_err(|_| LinkError::Protocol("outbound queue unusable"))?;
@@ -496,15 +540,13 @@ impl Session {
                     "connected to the coordinator"
                 );
                 self.backoff.reset();
-                self.link = Link::Up(Box::new(connected));
+                self.link = Link::Up(connected);
                 if self.draining {
                     self.send(message(AgentKind::Draining(Draining {})));
                 }
                 self.flush_pending();
             }
-            LinkEvent::Failed(LinkError::Refused(refusal)) if is_final(&refusal) => {
-                self.refuse_session(refusal);
-            }
+            LinkEvent::Refused(refusal) => self.refuse_session(refusal),
             LinkEvent::Failed(error) => {
                 let wait = self.backoff.next();
                 if self.backoff.failures <= 1 || self.backoff.failures.is_multiple_of(20) {
@@ -522,7 +564,7 @@ impl Session {
                 self.send(message(AgentKind::Heartbeat(Heartbeat { lease_ids })));
                 self.flush_pending();
             }
-            LinkEvent::Message(message) => self.on_message(message),
+            LinkEvent::Message(message) => self.on_message(*message),
         }
     }
 
@@ -565,7 +607,7 @@ impl Session {
                     connected.heartbeat = heartbeat_timer(&welcome);
                 }
             }
-            Some(CoordinatorKind::Refused(status)) if is_final(&status) => {
+            Some(CoordinatorKind::Refused(status)) if is_final(Code::from(status.code)) => {
                 self.refuse_session(status);
             }
             Some(CoordinatorKind::Refused(status)) => {
@@ -583,14 +625,19 @@ impl Session {
     /// Ends the session: the coordinator will not take this agent. Running leases are
     /// cancelled, since no result of theirs could be delivered.
     fn refuse_session(&mut self, refusal: Status) {
+        let code = Code::from(refusal.code);
+        let why = match refusal_hint(code) {
+            Some(hint) => format!("{:?}: {} ({hint})", code, refusal.message),
+            None => refusal.message,
+        };
         tracing::error!(
-            code = ?Code::from(refusal.code),
-            reason = %refusal.message,
+            ?code,
+            reason = %why,
             running = self.leases.len(),
             "the coordinator refused this agent; stopping"
         );
         self.cancel_all(CancelReason::AgentStopping);
-        self.refused = Some(refusal.message);
+        self.refused = Some(why);
         self.link = Link::Down {
             retry_at: Instant::now(),
         };

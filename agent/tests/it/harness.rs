@@ -56,6 +56,8 @@ pub(crate) struct AgentLink {
     pub heartbeats: Vec<Vec<String>>,
     /// Whether the agent said it is draining.
     pub draining: bool,
+    /// The `authorization` header the agent sent with the session call.
+    pub authorization: Option<String>,
 }
 
 impl AgentLink {
@@ -75,6 +77,14 @@ impl AgentLink {
     /// Ends the coordinator's side of the stream, as a coordinator restart would.
     pub(crate) fn close(&mut self) {
         self.to_agent = None;
+    }
+
+    /// Ends the stream with `status`, as the coordinator does when it revokes the token of an
+    /// open session.
+    pub(crate) async fn fail(&mut self, status: Status) {
+        if let Some(to_agent) = self.to_agent.take() {
+            to_agent.send(Err(status)).await.expect("agent stream gone");
+        }
     }
 
     /// The next message from the agent, noting heartbeats, progress and draining on the way;
@@ -131,6 +141,8 @@ struct FakeSession {
     links: mpsc::UnboundedSender<AgentLink>,
     /// The refusal the next session gets instead of `Welcome`.
     refuse: Arc<Mutex<Option<tessera_proto::rpc::Status>>>,
+    /// The error the next session call is answered with (as an authentication layer would).
+    reject: Arc<Mutex<Option<Status>>>,
 }
 
 #[tonic::async_trait]
@@ -142,6 +154,14 @@ impl AgentSession for FakeSession {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        if let Some(status) = self.reject.lock().unwrap().take() {
+            return Err(status);
+        }
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.and_then(|m| m.kind);
         let Some(AgentKind::Hello(hello)) = first else {
@@ -186,6 +206,7 @@ impl AgentSession for FakeSession {
             progress: Vec::new(),
             heartbeats: Vec::new(),
             draining: false,
+            authorization,
         });
         let outbound = ReceiverStream::new(rx).take_until(agent_done.cancelled_owned());
         Ok(Response::new(Box::pin(outbound)))
@@ -198,6 +219,7 @@ pub(crate) struct FakeCoordinator {
     pub endpoint: String,
     links: mpsc::UnboundedReceiver<AgentLink>,
     refuse: Arc<Mutex<Option<tessera_proto::rpc::Status>>>,
+    reject: Arc<Mutex<Option<Status>>>,
     stop: CancellationToken,
 }
 
@@ -212,6 +234,7 @@ impl FakeCoordinator {
         let blobs: Arc<dyn BlobStore> = Arc::new(MemoryStore::new());
         let (links_tx, links) = mpsc::unbounded_channel();
         let refuse = Arc::new(Mutex::new(None));
+        let reject = Arc::new(Mutex::new(None));
         let stop = CancellationToken::new();
         let batch = 4 * 1024 * 1024;
         let router = tonic::transport::Server::builder()
@@ -224,6 +247,7 @@ impl FakeCoordinator {
             .add_service(AgentSessionServer::new(FakeSession {
                 links: links_tx,
                 refuse: Arc::clone(&refuse),
+                reject: Arc::clone(&reject),
             }));
         tokio::spawn(router.serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
@@ -234,6 +258,7 @@ impl FakeCoordinator {
             endpoint: format!("http://{addr}"),
             links,
             refuse,
+            reject,
             stop,
         }
     }
@@ -246,6 +271,12 @@ impl FakeCoordinator {
             message: message.to_owned(),
             details: Vec::new(),
         });
+    }
+
+    /// The next session call is answered with `status` (no stream at all), as the
+    /// coordinator's authentication does for a token it refuses.
+    pub(crate) fn reject_next(&self, status: Status) {
+        *self.reject.lock().unwrap() = Some(status);
     }
 
     /// The next agent stream to connect.

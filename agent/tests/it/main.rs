@@ -1,6 +1,7 @@
 //! The agent's integration tests: one binary, a small harness (`harness`: a fake coordinator
 //! serving the real CAS services, and agents run in-process), and stories by topic.
 
+mod auth;
 mod harness;
 mod layers;
 mod leases;

@@ -51,6 +51,22 @@ pub struct AgentArgs {
     /// for their timeouts]. Also TESSERA_AGENT_DRAIN_TIMEOUT.
     #[arg(long, value_name = "DURATION", value_parser = tessera_config::parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// File holding the agent's token (role agent; `tessera token create --role agent`), for
+    /// a coordinator with --auth tokens. Also TESSERA_AGENT_TOKEN_FILE; without either, the
+    /// agent falls back to TESSERA_TOKEN, then TESSERA_TOKEN_FILE.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the coordinator's certificate; needed for an https://
+    /// coordinator. Also TESSERA_AGENT_TLS_CA, falling back to TESSERA_TLS_CA.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a coordinator that requires one (mutual TLS).
+    /// Also TESSERA_AGENT_TLS_CLIENT_CERT.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-client-cert. Also TESSERA_AGENT_TLS_CLIENT_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_key: Option<PathBuf>,
     /// Log format: text or json [default: text]. Verbosity comes from RUST_LOG.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -69,6 +85,10 @@ impl AgentArgs {
             sandbox: self.sandbox,
             keep_failed: self.keep_failed,
             drain_timeout: self.drain_timeout,
+            token_file: self.token_file.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_client_cert: self.tls_client_cert.clone(),
+            tls_client_key: self.tls_client_key.clone(),
         }
     }
 }
