@@ -855,7 +855,7 @@ mod tests {
             project: project.to_owned(),
             ..JobSpec::default()
         };
-        Job::new("j".to_owned(), spec, runner, 0)
+        Job::new("j".to_owned(), spec, runner, 0, Default::default())
     }
 
     #[test]

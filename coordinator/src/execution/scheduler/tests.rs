@@ -94,6 +94,7 @@ impl Harness {
             record: Box::new(record),
             platform: Platform::default(),
             mergeable: true,
+            secrets: Vec::new(),
             reply,
         });
         let (watch, created) = rx.try_recv().unwrap().unwrap();
