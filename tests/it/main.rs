@@ -17,6 +17,7 @@ mod lifecycle;
 mod matrix;
 mod network;
 mod run_refusals;
+mod secrets;
 mod runners_e2e;
 mod store_full;
 mod test_output;
