@@ -5,6 +5,7 @@
 //! between jobs (a persisted directory) is never shared between trust domains.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,12 +13,15 @@ use nix::sys::signal::Signal;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
 use tessera_proto::reapi::command::EnvironmentVariable;
+use tessera_proto::tessera::v1::SubmitJobRequest;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{
     JobEvent, JobResult, JobSpec, SecretEnv, TestOutcome, job_event::Kind,
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, ServerProcess, run_job, upload_dir};
+use tessera_tests::{
+    AgentProcess, ServerProcess, free_port, run_job, upload_dir, wait_job_event, watch_job_to_end,
+};
 use tonic::transport::Channel;
 
 /// The secret: distinctive enough that finding its bytes anywhere means it leaked.
@@ -180,12 +184,19 @@ async fn a_secret_reaches_the_steps_and_is_stored_nowhere() {
     server.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
     agent.signal(Signal::SIGTERM);
     agent.wait_exit(Duration::from_secs(30));
+    // The search reads the stores: it finds the suite (by the hash it holds) and the steps'
+    // Commands (by their placeholders).
+    assert!(!files_containing(&data_dir, expected.as_bytes()).is_empty());
+    assert!(!files_containing(&data_dir, b"tessera-secret:").is_empty());
     for value in [SECRET, OTHER_SECRET] {
         assert!(!all_events.contains(value), "an event shows {value}");
         assert_eq!(server.log.count(value), 0, "the coordinator logged {value}");
         assert_eq!(agent.log.count(value), 0, "the agent logged {value}");
         let stored = files_containing(&data_dir, value.as_bytes());
-        assert!(stored.is_empty(), "the coordinator stored {value}: {stored:?}");
+        assert!(
+            stored.is_empty(),
+            "the coordinator stored {value}: {stored:?}"
+        );
         let kept = files_containing(&agent.work_dir, value.as_bytes());
         assert!(kept.is_empty(), "the agent kept {value}: {kept:?}");
     }
@@ -246,4 +257,56 @@ async fn a_persisted_directory_is_never_shared_between_trust_domains() {
         again.log.contains("found a planted file from developer:*"),
         "{again:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_restored_after_a_restart_fails_rather_than_run_without_its_secrets() {
+    let dir = tessera_tests::visible_tempdir();
+    let data_dir = dir.path().join("data");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut server = ServerProcess::start_on(addr, &data_dir, &[], &[]);
+    let endpoint = server.endpoint();
+    let _agent =
+        AgentProcess::start_connected(&endpoint, &dir.path().join("agent"), "agent-0", 1, &[])
+            .await;
+    let cas = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
+        .await
+        .expect("cas client");
+    let mut jobs = jobs_client(&endpoint).await;
+    let script = "case \"$1\" in list) echo a; echo b;; *) sleep 5;; esac\n";
+    let spec = JobSpec {
+        secrets: vec![SecretEnv {
+            name: "TOKEN".to_owned(),
+            value: SECRET.to_owned(),
+        }],
+        ..suite_job(&cas, "secrets-restart", script, false).await
+    };
+    let id = jobs
+        .submit(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job_id;
+    wait_job_event(
+        &mut jobs,
+        &id,
+        "progress with a busy slot",
+        Duration::from_secs(60),
+        |e| matches!(&e.kind, Some(Kind::Progress(p)) if p.busy_slots > 0),
+    )
+    .await;
+    server.kill();
+    let server = ServerProcess::start_on(addr, &data_dir, &[], &[]);
+    let mut jobs = jobs_client(&server.endpoint()).await;
+    let (events, finished) = watch_job_to_end(&mut jobs, &id).await;
+    assert_eq!(finished.result(), JobResult::Error, "{finished:?}");
+    assert!(
+        finished
+            .message
+            .contains("secret values are not kept across coordinator restarts; run the job again"),
+        "{finished:?}"
+    );
+    assert!(!format!("{events:?}").contains(SECRET));
+    assert_eq!(server.log.count(SECRET), 0);
+    assert!(files_containing(&data_dir, SECRET.as_bytes()).is_empty());
 }
