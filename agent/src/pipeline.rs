@@ -780,3 +780,87 @@ impl LeasePipeline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_proto::reapi::command::EnvironmentVariable;
+    use tessera_proto::tessera::v1::SecretEnv;
+
+    use super::*;
+
+    const PLACEHOLDER: &str =
+        "tessera-secret:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn command(env: &[(&str, &str)]) -> Command {
+        Command {
+            environment_variables: env
+                .iter()
+                .map(|(name, value)| EnvironmentVariable {
+                    name: (*name).to_owned(),
+                    value: (*value).to_owned(),
+                })
+                .collect(),
+            ..Command::default()
+        }
+    }
+
+    fn lease(secrets: &[(&str, &str)]) -> Lease {
+        Lease {
+            secrets: secrets
+                .iter()
+                .map(|(name, value)| SecretEnv {
+                    name: (*name).to_owned(),
+                    value: (*value).to_owned(),
+                })
+                .collect(),
+            ..Lease::default()
+        }
+    }
+
+    #[test]
+    fn secret_values_replace_exactly_their_placeholders() {
+        let cmd = command(&[("PATH", "/bin"), ("TOKEN", PLACEHOLDER)]);
+        let values = secret_values(&lease(&[("TOKEN", "s3cret")]), &cmd).unwrap();
+        assert_eq!(values.len(), 1);
+        assert_eq!(values["TOKEN"], "s3cret");
+        assert!(secret_values(&lease(&[]), &command(&[("PATH", "/bin")])).is_ok());
+    }
+
+    #[test]
+    fn secret_mismatches_name_the_variable_never_the_value() {
+        let cases = [
+            // A placeholder without its value: a coordinator that restarted.
+            (
+                lease(&[]),
+                command(&[("TOKEN", PLACEHOLDER)]),
+                "environment variable TOKEN holds a secret's placeholder but the lease carries no value",
+            ),
+            // A value for a variable that holds no placeholder.
+            (
+                lease(&[("PATH", "s3cret")]),
+                command(&[("PATH", "/bin")]),
+                "the lease carries a secret value for PATH, but",
+            ),
+            (
+                lease(&[("OTHER", "s3cret")]),
+                command(&[("TOKEN", PLACEHOLDER)]),
+                "the lease carries a secret value for OTHER, but",
+            ),
+            (
+                lease(&[("TOKEN", "s3cret"), ("TOKEN", "s3cret")]),
+                command(&[("TOKEN", PLACEHOLDER)]),
+                "the lease carries two secret values for TOKEN",
+            ),
+        ];
+        for (lease, command, expected) in cases {
+            let error = LeaseError::from(secret_values(&lease, &command).unwrap_err());
+            assert_eq!(
+                error.outcome(),
+                tessera_proto::tessera::v1::LeaseOutcome::InvalidAction
+            );
+            let message = error.to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains("s3cret"), "{message}");
+        }
+    }
+}
