@@ -87,12 +87,24 @@ pub fn check_disjoint(exec_root: &Path, work_dir: &Path) -> Result<(), ExecRootE
 }
 
 /// Where a prepare step's persistent directory for `relative` under `exec_root` lives on this
-/// agent: `<persist base>/<hash of both>`, one per (exec root, path), so the same job keeps
-/// finding its cargo `target` and different jobs never share one.
-pub fn persist_dir(persist_base: &Path, exec_root: &Path, relative: &Path) -> PathBuf {
+/// agent for jobs of `trust_domain`: `<persist base>/<hash of all three>`, one per (trust
+/// domain, exec root, path), so the same job keeps finding its cargo `target`, different jobs
+/// never share one, and a job of one trust domain never sees what a job of another planted.
+/// The empty domain (auth off) names the directories it always did.
+pub fn persist_dir(
+    persist_base: &Path,
+    trust_domain: &str,
+    exec_root: &Path,
+    relative: &Path,
+) -> PathBuf {
     let mut key = exec_root.as_os_str().as_encoded_bytes().to_vec();
     key.push(0);
     key.extend_from_slice(relative.as_os_str().as_encoded_bytes());
+    if !trust_domain.is_empty() {
+        // Paths hold no NUL, so this second separator keeps every key apart.
+        key.push(0);
+        key.extend_from_slice(trust_domain.as_bytes());
+    }
     let hash = DigestFunction::Sha256.digest_of(&key).hash_hex();
     persist_base.join(&hash[..32])
 }
@@ -265,26 +277,33 @@ mod tests {
     #[test]
     fn persist_dirs_are_per_exec_root_and_path() {
         let base = Path::new("/w/persist");
-        let a = persist_dir(base, Path::new("/tmp/t/repo"), Path::new("target"));
+        let dir = |domain: &str, root: &str, relative: &str| {
+            persist_dir(base, domain, Path::new(root), Path::new(relative))
+        };
+        let a = dir("", "/tmp/t/repo", "target");
         assert_eq!(a.parent(), Some(base));
         assert_eq!(a.file_name().unwrap().len(), 32);
-        assert_eq!(
-            a,
-            persist_dir(base, Path::new("/tmp/t/repo"), Path::new("target"))
-        );
-        assert_ne!(
-            a,
-            persist_dir(base, Path::new("/tmp/t/other"), Path::new("target"))
-        );
-        assert_ne!(
-            a,
-            persist_dir(base, Path::new("/tmp/t/repo"), Path::new("build"))
-        );
+        assert_eq!(a, dir("", "/tmp/t/repo", "target"));
+        assert_ne!(a, dir("", "/tmp/t/other", "target"));
+        assert_ne!(a, dir("", "/tmp/t/repo", "build"));
         // The separator keeps ("/a", "b/c") and ("/a/b", "c") apart.
-        assert_ne!(
-            persist_dir(base, Path::new("/a"), Path::new("b/c")),
-            persist_dir(base, Path::new("/a/b"), Path::new("c"))
+        assert_ne!(dir("", "/a", "b/c"), dir("", "/a/b", "c"));
+        // Without a trust domain, the directory is the one agents always used.
+        assert_eq!(
+            a.file_name().unwrap().to_str().unwrap(),
+            &DigestFunction::Sha256
+                .digest_of(b"/tmp/t/repo\0target")
+                .hash_hex()[..32]
         );
+    }
+
+    #[test]
+    fn trust_domains_never_share_a_persist_dir() {
+        let base = Path::new("/w/persist");
+        let dir = |domain: &str| persist_dir(base, domain, Path::new("/r"), Path::new("target"));
+        assert_ne!(dir("developer:*"), dir("ci:*"));
+        assert_ne!(dir("developer:*"), dir(""));
+        assert_eq!(dir("ci:*"), dir("ci:*"));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! | stopped because the agent is stopping | RETRYABLE | none |
 //! | inputs missing from the CAS | MISSING_INPUTS, `missing` lists them | none |
 //! | bad lease, tree, command, platform, outputs or step spec | INVALID_ACTION | none |
+//! | a secret's placeholder without its value (or a value without a placeholder) | INVALID_ACTION | none |
 //! | CAS unreachable, local cache full | RETRYABLE | none |
 //! | local disk or other agent trouble | RETRYABLE | none |
 //! | not started: slots busy or draining (`session`) | REFUSED | none |
@@ -36,6 +37,7 @@ use crate::cache::FetchError;
 use crate::exec_root::ExecRootError;
 use crate::materialize::MaterializeError;
 use crate::outputs::OutputError;
+use crate::pipeline::SecretError;
 use crate::platform::PlatformError;
 use crate::sandbox::SpawnError;
 use crate::step::{PersistPathError, StepError};
@@ -174,6 +176,9 @@ pub enum LeaseError {
     /// A builtin step could not be run.
     #[error(transparent)]
     Step(#[from] StepError),
+    /// The lease's secret values do not fit its command's placeholders.
+    #[error("malformed lease: {0}")]
+    Secrets(#[from] SecretError),
     /// A local filesystem operation failed.
     #[error("failed to {op}: {source}")]
     Io {
@@ -193,6 +198,7 @@ impl LeaseError {
             LeaseError::BadLease(_)
             | LeaseError::StepArgv(_)
             | LeaseError::PersistPath(_)
+            | LeaseError::Secrets(_)
             | LeaseError::Platform(_) => InvalidAction,
             LeaseError::Inputs(error) => match error {
                 MaterializeError::Fetch(FetchError::Missing(_)) => MissingInputs,

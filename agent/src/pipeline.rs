@@ -37,7 +37,7 @@ use crate::sandbox::{Isolation, ProcessExit, ProcessRunner, ProcessSpec, resolve
 use crate::step::{StepContext, StepEnd, check_persist_paths, lay_out_persist, run_step};
 use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
 use crate::worker::{LeaseWorker, WorkerKey, WorkerPool};
-use tessera_runners::step::{StepReport, StepSpec};
+use tessera_runners::step::{StepReport, StepSpec, TRUST_DOMAIN_ENV, is_secret_placeholder};
 
 /// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
 const UPLOAD_ATTEMPTS: u32 = 5;
@@ -145,6 +145,11 @@ struct Plan {
     cas: CasClient,
     /// The builtin step the command asks for, if it is one.
     step: Option<StepSpec>,
+    /// The value of each variable whose placeholder the command holds (see [`secret_values`]).
+    secrets: HashMap<String, String>,
+    /// The job's trust domain ([`TRUST_DOMAIN_ENV`]), empty when none: what the agent keeps
+    /// between jobs (persisted directories, workers) is kept apart by it.
+    trust_domain: String,
 }
 
 /// What a lease's stages leave behind for its end: the action's metadata, and the worker the
@@ -159,8 +164,8 @@ struct LeaseState {
 type Fetched = (Plan, Launch, Option<(LeaseWorker, LeaseDirs)>);
 
 /// The key of the workers that may run `plan`'s step: `None` unless it is a batch naming its
-/// job's worker. Everything that decides how the tool runs is in it; the tests and their
-/// timeout are not.
+/// job's worker. Everything that decides how the tool runs is in it, the job's trust domain
+/// too; the tests and their timeout are not, nor secret values (their placeholders are).
 fn worker_key(lease: &Lease, plan: &Plan) -> Option<WorkerKey> {
     let Some(StepSpec::Batch {
         runner,
@@ -185,6 +190,7 @@ fn worker_key(lease: &Lease, plan: &Plan) -> Option<WorkerKey> {
     let env = serde_json::to_vec(&env).ok()?;
     let options = format!("{:?}", plan.options);
     Some(WorkerKey::of(&[
+        plan.trust_domain.as_bytes(),
         job.as_bytes(),
         lease.instance_name.as_bytes(),
         plan.input_root.to_string().as_bytes(),
@@ -193,6 +199,54 @@ fn worker_key(lease: &Lease, plan: &Plan) -> Option<WorkerKey> {
         plan.command.working_directory.as_bytes(),
         options.as_bytes(),
     ]))
+}
+
+/// Why a lease's secret values do not fit its command. Messages name variables, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The command holds a placeholder the lease has no value for.
+    #[error(
+        "environment variable {0} holds a secret's placeholder but the lease carries no value for it (secret values are not kept across coordinator restarts; run the job again)"
+    )]
+    Missing(String),
+    /// The lease carries a value for a variable the command holds no placeholder in.
+    #[error(
+        "the lease carries a secret value for {0}, but the command's {0} is not a secret's placeholder"
+    )]
+    Unexpected(String),
+    /// The lease carries two values for one variable.
+    #[error("the lease carries two secret values for {0}")]
+    Twice(String),
+}
+
+/// The value of each variable of `command` that holds a secret's placeholder
+/// ([`is_secret_placeholder`]), from `lease.secrets`. Not trusted blindly: every placeholder
+/// must have exactly one value, and every value a placeholder to replace.
+fn secret_values(lease: &Lease, command: &Command) -> Result<HashMap<String, String>, SecretError> {
+    let mut values = HashMap::with_capacity(lease.secrets.len());
+    for secret in &lease.secrets {
+        if values
+            .insert(secret.name.clone(), secret.value.clone())
+            .is_some()
+        {
+            return Err(SecretError::Twice(secret.name.clone()));
+        }
+        let placeholder = command
+            .environment_variables
+            .iter()
+            .any(|v| v.name == secret.name && is_secret_placeholder(&v.value));
+        if !placeholder {
+            return Err(SecretError::Unexpected(secret.name.clone()));
+        }
+    }
+    if let Some(var) = command
+        .environment_variables
+        .iter()
+        .find(|v| is_secret_placeholder(&v.value) && !values.contains_key(&v.name))
+    {
+        return Err(SecretError::Missing(var.name.clone()));
+    }
+    Ok(values)
 }
 
 /// How a lease's input root gets into its exec root.
@@ -406,6 +460,7 @@ impl LeasePipeline {
         let outputs = plan.outputs.clone();
         let step = plan.step.clone();
         let persist_base = self.layout.persist_base();
+        let trust_domain = plan.trust_domain.clone();
         let seen_root = plan
             .options
             .exec_root
@@ -445,6 +500,7 @@ impl LeasePipeline {
                 Some(step) if fixed_root => lay_out_persist(
                     step,
                     &persist_base,
+                    &trust_domain,
                     &seen_root,
                     &lease_dirs.root,
                     namespaces,
@@ -473,11 +529,15 @@ impl LeasePipeline {
             map.mount(relative, local);
         }
         let cwd = map.seen_root().join(&plan.command.working_directory);
+        // The one place secret values enter: the processes' environment, never the Command.
         let env: Vec<(String, String)> = plan
             .command
             .environment_variables
             .iter()
-            .map(|v| (v.name.clone(), v.value.clone()))
+            .map(|v| {
+                let value = plan.secrets.get(&v.name).unwrap_or(&v.value);
+                (v.name.clone(), value.clone())
+            })
             .collect();
         let program = match plan.step {
             // A step's commands are resolved one by one (see `step`).
@@ -606,6 +666,13 @@ impl LeasePipeline {
             }
             Some(Err(error)) => return Err(error.into()),
         };
+        let secrets = secret_values(lease, &command)?;
+        let trust_domain = command
+            .environment_variables
+            .iter()
+            .find(|v| v.name == TRUST_DOMAIN_ENV)
+            .map(|v| v.value.clone())
+            .unwrap_or_default();
         let outputs = requested_outputs(&command)?;
         let timeout = lease
             .timeout
@@ -621,6 +688,8 @@ impl LeasePipeline {
             timeout,
             cas,
             step,
+            secrets,
+            trust_domain,
         })
     }
 
@@ -708,6 +777,90 @@ impl LeasePipeline {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "failed to clean up a lease directory"),
             Err(error) => tracing::warn!(%error, "lease clean-up task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_proto::reapi::command::EnvironmentVariable;
+    use tessera_proto::tessera::v1::SecretEnv;
+
+    use super::*;
+
+    const PLACEHOLDER: &str =
+        "tessera-secret:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn command(env: &[(&str, &str)]) -> Command {
+        Command {
+            environment_variables: env
+                .iter()
+                .map(|(name, value)| EnvironmentVariable {
+                    name: (*name).to_owned(),
+                    value: (*value).to_owned(),
+                })
+                .collect(),
+            ..Command::default()
+        }
+    }
+
+    fn lease(secrets: &[(&str, &str)]) -> Lease {
+        Lease {
+            secrets: secrets
+                .iter()
+                .map(|(name, value)| SecretEnv {
+                    name: (*name).to_owned(),
+                    value: (*value).to_owned(),
+                })
+                .collect(),
+            ..Lease::default()
+        }
+    }
+
+    #[test]
+    fn secret_values_replace_exactly_their_placeholders() {
+        let cmd = command(&[("PATH", "/bin"), ("TOKEN", PLACEHOLDER)]);
+        let values = secret_values(&lease(&[("TOKEN", "s3cret")]), &cmd).unwrap();
+        assert_eq!(values.len(), 1);
+        assert_eq!(values["TOKEN"], "s3cret");
+        assert!(secret_values(&lease(&[]), &command(&[("PATH", "/bin")])).is_ok());
+    }
+
+    #[test]
+    fn secret_mismatches_name_the_variable_never_the_value() {
+        let cases = [
+            // A placeholder without its value: a coordinator that restarted.
+            (
+                lease(&[]),
+                command(&[("TOKEN", PLACEHOLDER)]),
+                "environment variable TOKEN holds a secret's placeholder but the lease carries no value",
+            ),
+            // A value for a variable that holds no placeholder.
+            (
+                lease(&[("PATH", "s3cret")]),
+                command(&[("PATH", "/bin")]),
+                "the lease carries a secret value for PATH, but",
+            ),
+            (
+                lease(&[("OTHER", "s3cret")]),
+                command(&[("TOKEN", PLACEHOLDER)]),
+                "the lease carries a secret value for OTHER, but",
+            ),
+            (
+                lease(&[("TOKEN", "s3cret"), ("TOKEN", "s3cret")]),
+                command(&[("TOKEN", PLACEHOLDER)]),
+                "the lease carries two secret values for TOKEN",
+            ),
+        ];
+        for (lease, command, expected) in cases {
+            let error = LeaseError::from(secret_values(&lease, &command).unwrap_err());
+            assert_eq!(
+                error.outcome(),
+                tessera_proto::tessera::v1::LeaseOutcome::InvalidAction
+            );
+            let message = error.to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains("s3cret"), "{message}");
         }
     }
 }

@@ -689,12 +689,14 @@ pub struct Persisted {
 
 /// Puts the persistent directory of each of a prepare step's `persist` paths in place under
 /// `lease_root`, replacing whatever the input root had there: a mount point for a bind mount
-/// with `namespaces`, else a symlink. The directories live in `persist_base`, named after
-/// `exec_root` (the path the step sees) and the relative path. Paths must have been checked
+/// with `namespaces`, else a symlink. The directories live in `persist_base`, named after the
+/// job's `trust_domain`, `exec_root` (the path the step sees) and the relative path (see
+/// [`persist_dir`]). Paths must have been checked
 /// with [`check_persist_paths`]. Blocking.
 pub fn lay_out_persist(
     step: &StepSpec,
     persist_base: &Path,
+    trust_domain: &str,
     exec_root: &Path,
     lease_root: &Path,
     namespaces: bool,
@@ -704,7 +706,7 @@ pub fn lay_out_persist(
         return Ok(persisted);
     };
     for relative in persist {
-        let dir = persist_dir(persist_base, exec_root, relative);
+        let dir = persist_dir(persist_base, trust_domain, exec_root, relative);
         std::fs::create_dir_all(&dir)?;
         let place = lease_root.join(relative);
         let existing = std::fs::symlink_metadata(&place).ok();
@@ -843,12 +845,13 @@ mod tests {
             let persisted = lay_out_persist(
                 &prepare(&["target"]),
                 &base,
+                "ci:*",
                 exec_root,
                 &lease_root,
                 namespaces,
             )
             .unwrap();
-            let kept = persist_dir(&base, exec_root, Path::new("target"));
+            let kept = persist_dir(&base, "ci:*", exec_root, Path::new("target"));
             assert!(kept.is_dir());
             assert_eq!(persisted.mounts, [(PathBuf::from("target"), kept.clone())]);
             if namespaces {

@@ -43,6 +43,27 @@ pub const PREPARED_DIR: &str = ".tessera/prepared";
 /// Per-step scratch directories (JUnit reports, id files) live here, relative to the exec root.
 pub const SCRATCH_DIR: &str = ".tessera/scratch";
 
+/// How a secret variable's value starts in a step's Command (`tessera run --secret-env`): this
+/// prefix and the hex of a keyed hash of the secret. The action (and so its cache key) holds
+/// only that; the agent gives the step the value the lease carries for the variable.
+pub const SECRET_PLACEHOLDER_PREFIX: &str = "tessera-secret:";
+
+/// Whether `value` has the form of a secret's placeholder: [`SECRET_PLACEHOLDER_PREFIX`] and 64
+/// lowercase hex digits.
+pub fn is_secret_placeholder(value: &str) -> bool {
+    value
+        .strip_prefix(SECRET_PLACEHOLDER_PREFIX)
+        .is_some_and(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// The variable in which the coordinator names a job's trust domain (its submitter's role and
+/// instance scope), set on the steps that use what an agent keeps between jobs (persisted
+/// directories, workers) when the domain is not empty. The agent keeps those apart by it, and
+/// the action's cache key includes it. Clients may not set it.
+pub const TRUST_DOMAIN_ENV: &str = "TESSERA_TRUST_DOMAIN";
+
 /// What one step action does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]

@@ -19,7 +19,8 @@ use tessera_cas::meta::{MetaError, MetadataStore};
 use tessera_cas::resource::{ResourceError, validate_instance_name};
 use tessera_cas::store::{BlobStore, StoreError};
 use tessera_proto::reapi::{ExecuteRequest, ExecuteResponse, execution_stage, platform::Property};
-use tessera_proto::tessera::v1::OperationRecord;
+use tessera_proto::tessera::v1::{OperationRecord, SecretEnv};
+use tessera_runners::step::TRUST_DOMAIN_ENV;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -184,11 +185,35 @@ impl Executor {
     }
 
     /// Answers `req` from the action cache, or queues its action on behalf of `requester`
-    /// (the fair-share key).
+    /// (the fair-share key). For REAPI clients: a Command that sets
+    /// [`TRUST_DOMAIN_ENV`] is refused, since only the coordinator names a job's trust domain.
     pub async fn submit(
         &self,
         requester: String,
         req: ExecuteRequest,
+    ) -> Result<Submitted, ExecuteError> {
+        self.submit_inner(requester, req, Vec::new(), false).await
+    }
+
+    /// Like [`Executor::submit`], for a job's step: its Command may name the job's trust
+    /// domain, and `secrets` (the job's secret values, whose placeholders the Command holds)
+    /// go to the agent with the lease. They are kept in memory beside the queued operation,
+    /// never in its record.
+    pub async fn submit_step(
+        &self,
+        requester: String,
+        req: ExecuteRequest,
+        secrets: Vec<SecretEnv>,
+    ) -> Result<Submitted, ExecuteError> {
+        self.submit_inner(requester, req, secrets, true).await
+    }
+
+    async fn submit_inner(
+        &self,
+        requester: String,
+        req: ExecuteRequest,
+        secrets: Vec<SecretEnv>,
+        job_step: bool,
     ) -> Result<Submitted, ExecuteError> {
         validate_instance_name(&req.instance_name).map_err(ExecuteError::InstanceName)?;
         let function = DigestFunction::from_request(req.digest_function)
@@ -211,6 +236,17 @@ impl Executor {
         let resolved =
             tokio::task::spawn_blocking(move || resolve(store.as_ref(), function, digest, &limits))
                 .await??;
+        if !job_step
+            && resolved
+                .command
+                .environment_variables
+                .iter()
+                .any(|v| v.name == TRUST_DOMAIN_ENV)
+        {
+            return Err(ExecuteError::InvalidAction(InputError::Invalid(format!(
+                "command: {TRUST_DOMAIN_ENV} is set by the coordinator for job steps only; remove it from the environment"
+            ))));
+        }
         self.scheduler
             .check_platform(resolved.platform.clone())
             .await?;
@@ -243,7 +279,7 @@ impl Executor {
         };
         let (rx, created) = self
             .scheduler
-            .submit(record, resolved.platform, !do_not_cache)
+            .submit(record, resolved.platform, !do_not_cache, secrets)
             .await?;
         if created {
             // The operation name is a promise: make it survive a crash before handing it out.

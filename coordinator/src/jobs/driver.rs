@@ -648,6 +648,16 @@ fn settings_key(steps: &Steps<'_>) -> Vec<u8> {
         push(name);
         push(value);
     }
+    // Secrets by their placeholders (so a pass is cached per value, and the value is not
+    // here); nothing for a job without secrets, whose key stays what it was.
+    let secrets = steps.job.secrets.environment().unwrap_or_default();
+    if !secrets.is_empty() {
+        push("--secrets--");
+        for var in &secrets {
+            push(&var.name);
+            push(&var.value);
+        }
+    }
     push("--platform--");
     let mut platform: Vec<_> = spec
         .platform
@@ -855,7 +865,7 @@ mod tests {
             project: project.to_owned(),
             ..JobSpec::default()
         };
-        Job::new("j".to_owned(), spec, runner, 0)
+        Job::new("j".to_owned(), spec, runner, 0, Default::default())
     }
 
     #[test]

@@ -18,14 +18,17 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{Journal, Restored, SEQ_BLOCK};
+use super::secrets::{JobSecrets, strip};
 
 /// A job, shared by its driver, its watchers and the registry.
 #[derive(Debug)]
 pub struct Job {
     /// Its id.
     pub id: String,
-    /// What was submitted.
+    /// What was submitted, without its secrets' values ([`super::secrets::strip`]).
     pub spec: JobSpec,
+    /// Its secrets' values and placeholders, in memory only.
+    pub secrets: JobSecrets,
     /// The runner named in the spec, parsed.
     pub runner: RunnerConfig,
     /// When it was accepted (Unix milliseconds).
@@ -65,11 +68,18 @@ struct State {
 }
 
 impl Job {
-    /// A new job with an empty log.
-    pub fn new(id: String, spec: JobSpec, runner: RunnerConfig, created_unix_ms: u64) -> Arc<Self> {
+    /// A new job with an empty log; `secrets` are its spec's (which is stored stripped).
+    pub fn new(
+        id: String,
+        spec: JobSpec,
+        runner: RunnerConfig,
+        created_unix_ms: u64,
+        secrets: JobSecrets,
+    ) -> Arc<Self> {
         Self::with_state(
             id,
-            spec,
+            strip(&spec),
+            secrets,
             runner,
             created_unix_ms,
             Instant::now(),
@@ -120,12 +130,27 @@ impl Job {
             ceiling: top,
             ..State::default()
         };
-        Self::with_state(id, spec, runner, created_unix_ms, started, state, finals)
+        let secrets = JobSecrets::restored(&spec);
+        Self::with_state(
+            id,
+            strip(&spec),
+            secrets,
+            runner,
+            created_unix_ms,
+            started,
+            state,
+            finals,
+        )
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the two constructors' one common path"
+    )]
     fn with_state(
         id: String,
         spec: JobSpec,
+        secrets: JobSecrets,
         runner: RunnerConfig,
         created_unix_ms: u64,
         started: Instant,
@@ -136,6 +161,7 @@ impl Job {
         Arc::new(Job {
             id,
             spec,
+            secrets,
             runner,
             created_unix_ms,
             started,
@@ -383,7 +409,13 @@ mod tests {
 
     #[test]
     fn a_matrix_jobs_total_is_the_sum_of_its_cells_plans() {
-        let job = Job::new("j".into(), JobSpec::default(), runner(), 0);
+        let job = Job::new(
+            "j".into(),
+            JobSpec::default(),
+            runner(),
+            0,
+            Default::default(),
+        );
         let planned = |cell: &str, total: u32| {
             Kind::Planned(tessera_proto::tessera::v1::TestsPlanned {
                 total,
@@ -440,7 +472,13 @@ mod tests {
     async fn nothing_is_shown_before_the_journal_has_it_and_a_restart_never_renumbers() {
         let meta = Arc::new(MemoryMetaStore::new());
         let journal = Journal::open(meta.clone()).expect("journal");
-        let job = Job::new("j".into(), JobSpec::default(), runner(), 0);
+        let job = Job::new(
+            "j".into(),
+            JobSpec::default(),
+            runner(),
+            0,
+            Default::default(),
+        );
 
         // No keeper yet: neither a result nor a log line is shown (the log line's number is
         // not reserved yet either).

@@ -14,6 +14,7 @@ pub mod overlay;
 pub mod planner;
 pub mod registry;
 pub mod results;
+pub mod secrets;
 mod steps;
 mod tally;
 mod test_state;

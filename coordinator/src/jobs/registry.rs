@@ -27,10 +27,12 @@ use thiserror::Error;
 use super::driver::{self, JobContext};
 use super::job::Job;
 use super::journal::Journal;
+use super::secrets::{JobSecrets, LOST_MESSAGE, PlaceholderKey, strip};
 use super::validate::validate;
 use crate::execution::execute::ExecuteError;
 
-/// Table of accepted jobs that have not finished: id → `JobSpec` with its creation time.
+/// Table of accepted jobs that have not finished: id → `JobSpec` (its secrets' values
+/// stripped) with its creation time.
 const TABLE: &str = "jobs";
 /// Finished jobs kept for `Watch` and `Status`.
 const KEEP_FINISHED: usize = 200;
@@ -72,6 +74,7 @@ pub struct JobRegistry {
     meta: Arc<dyn MetadataStore>,
     table: Table,
     journal: Journal,
+    secret_key: PlaceholderKey,
     jobs: Arc<Mutex<Registry>>,
 }
 
@@ -94,6 +97,7 @@ impl JobRegistry {
         let registry = JobRegistry {
             ctx,
             journal: Journal::open(Arc::clone(&meta))?,
+            secret_key: PlaceholderKey::new(Arc::clone(&meta)),
             meta,
             table,
             jobs: Arc::new(Mutex::new(Registry::default())),
@@ -114,11 +118,16 @@ impl JobRegistry {
             let restored = registry.journal.load(&id)?;
             let job = Job::restore(id, spec, runner, created, restored);
             let kept = job.restored().len();
-            job.emit(Kind::Log(LogLine {
-                text: format!(
+            let text = if let JobSecrets::Lost(_) = job.secrets {
+                format!(
+                    "the coordinator restarted; {kept} test results already reported stand, but the job's other steps cannot run: {LOST_MESSAGE}"
+                )
+            } else {
+                format!(
                     "the coordinator restarted; the job goes on: {kept} test results already reported stand, the other tests run again (cached results are kept)"
-                ),
-            }));
+                )
+            };
+            job.emit(Kind::Log(LogLine { text }));
             registry.launch(job);
             resumed += 1;
         }
@@ -214,13 +223,20 @@ impl JobRegistry {
             problem: "missing".to_owned(),
         })?;
         let runner = validate(&mut spec, &self.ctx)?;
+        let secrets = if spec.secrets.is_empty() {
+            JobSecrets::default()
+        } else {
+            let key = self.secret_key.get().await.map_err(JobsError::Persist)?;
+            JobSecrets::held(&spec, &key)
+        };
         let id = uuid::Uuid::new_v4().simple().to_string();
         let created = u64::try_from(tessera_proto::time::unix_ms()).unwrap_or(0);
+        // The record names the secrets but never holds their values (`secrets.rs`).
         self.table
-            .insert(id.as_bytes(), &encode_record(created, &spec))
+            .insert(id.as_bytes(), &encode_record(created, &strip(&spec)))
             .map_err(JobsError::Record)?;
         self.meta.flush_async().await.map_err(JobsError::Persist)?;
-        let job = Job::new(id.clone(), spec, runner, created);
+        let job = Job::new(id.clone(), spec, runner, created, secrets);
         self.launch(job);
         tracing::info!(job = %id, "job accepted");
         Ok(id)

@@ -21,7 +21,7 @@ use tessera_proto::reapi::{
 };
 use tessera_proto::time::to_proto_duration;
 use tessera_runners::TestResult;
-use tessera_runners::step::{PREPARED_DIR, REPORT_PATH, StepReport, StepSpec};
+use tessera_runners::step::{PREPARED_DIR, REPORT_PATH, StepReport, StepSpec, TRUST_DOMAIN_ENV};
 use tonic::Code;
 
 use super::cells::Cell;
@@ -118,7 +118,7 @@ impl Steps<'_> {
         let submitted = self
             .ctx
             .executor
-            .submit(submitter, execute)
+            .submit_step(submitter, execute, self.job.secrets.for_lease())
             .await
             .map_err(|error| not_accepted(step, error))?;
         let (response, cached) = match submitted {
@@ -162,6 +162,18 @@ impl Steps<'_> {
     fn store_action(&self, request: &StepRequest) -> Result<ExecuteRequest, Stop> {
         let spec = &self.job.spec;
         let mut env: Vec<EnvironmentVariable> = self.cell.environment.clone();
+        // Placeholders, never values: the Command is stored and is the action's cache key.
+        let secrets = self.job.secrets.environment().map_err(|lost| Stop::Error {
+            message: format!("the {} step cannot run: {lost}", step_name(&request.spec)),
+            log: String::new(),
+        })?;
+        env.extend(secrets);
+        if keeps_between_jobs(&request.spec) && !spec.trust_domain.is_empty() {
+            env.push(EnvironmentVariable {
+                name: TRUST_DOMAIN_ENV.to_owned(),
+                value: spec.trust_domain.clone(),
+            });
+        }
         env.sort_by(|a, b| a.name.cmp(&b.name));
         let mut properties: Vec<Property> = spec
             .platform
@@ -354,6 +366,17 @@ impl Steps<'_> {
             .map_err(|e| {
                 Stop::Infrastructure(format!("failed to build the prepared input root: {e}"))
             })
+    }
+}
+
+/// Whether a step uses what an agent keeps between jobs (persisted directories, a long-lived
+/// worker), so the job's trust domain must enter its Command: the agent keeps those apart by
+/// it, and the action cache never answers one domain's step with another's result.
+fn keeps_between_jobs(spec: &StepSpec) -> bool {
+    match spec {
+        StepSpec::Prepare { persist, .. } => !persist.is_empty(),
+        StepSpec::Batch { worker, .. } => worker.is_some(),
+        StepSpec::List { .. } => false,
     }
 }
 

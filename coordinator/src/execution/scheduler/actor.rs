@@ -16,7 +16,7 @@ use prost::Message;
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::{MetadataStore, Table};
 use tessera_proto::reapi::ExecuteResponse;
-use tessera_proto::tessera::v1::OperationRecord;
+use tessera_proto::tessera::v1::{OperationRecord, SecretEnv};
 use tokio::sync::{mpsc, watch};
 
 use super::agents::AgentRegistry;
@@ -43,12 +43,20 @@ pub(super) struct Op {
     pub(super) tx: watch::Sender<OpSnapshot>,
     /// Its key among in-flight mergeable operations, until it finishes.
     pub(super) merge_key: Option<Vec<u8>>,
+    /// The secret values its leases carry (a job step's `--secret-env`); in memory only, so
+    /// an operation recovered after a restart has none.
+    pub(super) secrets: Vec<SecretEnv>,
 }
 
 impl Op {
-    pub(super) fn new(op: Operation, merge_key: Option<Vec<u8>>) -> Self {
+    pub(super) fn new(op: Operation, merge_key: Option<Vec<u8>>, secrets: Vec<SecretEnv>) -> Self {
         let tx = watch::channel(op.snapshot()).0;
-        Op { op, tx, merge_key }
+        Op {
+            op,
+            tx,
+            merge_key,
+            secrets,
+        }
     }
 
     /// Shows watchers the current state.
@@ -166,9 +174,10 @@ impl Scheduler {
                 record,
                 platform,
                 mergeable,
+                secrets,
                 reply,
             } => {
-                let _ = reply.send(self.submit(*record, platform, mergeable));
+                let _ = reply.send(self.submit(*record, platform, mergeable, secrets));
             }
             Request::CheckPlatform { platform, reply } => {
                 let _ = reply.send(self.check_platform(&platform));
@@ -250,14 +259,20 @@ impl Scheduler {
         record: OperationRecord,
         platform: Platform,
         mergeable: bool,
+        secrets: Vec<SecretEnv>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
         let key = merge_key(&record);
         if mergeable
             && let Some(existing) = self.inflight.get(&key)
-            && let Some(op) = self.ops.get(existing)
+            && let Some(op) = self.ops.get_mut(existing)
             && !op.op.is_done()
         {
             self.stats.merged += 1;
+            // The same action holds the same placeholders, so the same values: an operation
+            // that came without them (another client's) gets them.
+            if op.secrets.is_empty() {
+                op.secrets = secrets;
+            }
             return Ok((op.tx.subscribe(), false));
         }
         let op = Operation::new(record, platform);
@@ -267,7 +282,7 @@ impl Scheduler {
             .insert(record.name.as_bytes(), &record.encode_to_vec())?;
         let name = op.name().to_owned();
         enqueue(&mut self.queue, &op);
-        let op = Op::new(op, mergeable.then(|| key.clone()));
+        let op = Op::new(op, mergeable.then(|| key.clone()), secrets);
         let rx = op.tx.subscribe();
         if mergeable {
             self.inflight.insert(key, name.clone());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_cas::meta::MetaError;
-use tessera_proto::tessera::v1::{AgentMessage, CoordinatorMessage, OperationRecord};
+use tessera_proto::tessera::v1::{AgentMessage, CoordinatorMessage, OperationRecord, SecretEnv};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
@@ -101,6 +101,7 @@ pub(crate) enum Request {
         record: Box<OperationRecord>,
         platform: Platform,
         mergeable: bool,
+        secrets: Vec<SecretEnv>,
         reply: oneshot::Sender<SubmitReply>,
     },
     CheckPlatform {
@@ -176,16 +177,19 @@ impl SchedulerHandle {
 
     /// Queues an operation (or joins an identical in-flight one when `mergeable`). Returns a
     /// watch on it and whether a new operation was created (which the caller must flush).
+    /// `secrets` go to the agent with each lease of it; they are kept in memory only.
     pub async fn submit(
         &self,
         record: OperationRecord,
         platform: Platform,
         mergeable: bool,
+        secrets: Vec<SecretEnv>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
         self.ask(|reply| Request::Submit {
             record: Box::new(record),
             platform,
             mergeable,
+            secrets,
             reply,
         })
         .await?

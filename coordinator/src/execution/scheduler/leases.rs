@@ -332,7 +332,7 @@ impl Scheduler {
             timeout: Some(to_proto_duration(Duration::from_millis(
                 u64::try_from(spec.timeout_ms).unwrap_or(0),
             ))),
-            secrets: Vec::new(),
+            secrets: entry.secrets.clone(),
         };
         if tx
             .try_send(Ok(CoordinatorMessage {

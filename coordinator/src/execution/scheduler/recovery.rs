@@ -54,7 +54,9 @@ impl Scheduler {
                 self.inflight.insert(key.clone(), name.clone());
                 merge = Some(key);
             }
-            self.ops.insert(name, Op::new(op, merge));
+            // Secret values are never persisted: a recovered job step that needs them fails on
+            // the agent, which names the variable (the job itself fails before that).
+            self.ops.insert(name, Op::new(op, merge, Vec::new()));
         }
         for key in expired {
             self.table.remove(&key)?;

@@ -12,7 +12,7 @@ use tessera_proto::reapi::{Action, ExecuteResponse, execution_stage};
 use tessera_proto::rpc::PreconditionFailure;
 use tessera_proto::tessera::v1::{
     AgentMessage, CoordinatorMessage, Heartbeat, Lease, LeaseOutcome, LeaseResult, OperationRecord,
-    agent_message, coordinator_message,
+    SecretEnv, agent_message, coordinator_message,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Status};
@@ -79,6 +79,17 @@ impl Harness {
     }
 
     fn submit_with(&mut self, n: u8, function: DigestFunction) -> watch::Receiver<OpSnapshot> {
+        self.submit_secret(n, function, Vec::new(), true)
+    }
+
+    /// Submits operation `n` with `secrets`; whether a new operation was `created` is checked.
+    fn submit_secret(
+        &mut self,
+        n: u8,
+        function: DigestFunction,
+        secrets: Vec<SecretEnv>,
+        created_expected: bool,
+    ) -> watch::Receiver<OpSnapshot> {
         let digest = function.digest_of(&[n]);
         let record = OperationRecord {
             name: format!("operations/op-{n}"),
@@ -94,10 +105,11 @@ impl Harness {
             record: Box::new(record),
             platform: Platform::default(),
             mergeable: true,
+            secrets,
             reply,
         });
         let (watch, created) = rx.try_recv().unwrap().unwrap();
-        assert!(created);
+        assert_eq!(created, created_expected);
         self.scheduler.dispatch();
         watch
     }
@@ -180,6 +192,40 @@ fn a_completed_lease_finishes_the_operation() {
     let done = response(&op).unwrap();
     assert_eq!(code(&done), Code::Ok);
     assert_eq!(h.scheduler.stats.completed, 1);
+}
+
+#[test]
+fn secrets_ride_with_every_lease_and_never_in_the_record() {
+    let mut h = Harness::new(3);
+    let secret = SecretEnv {
+        name: "TOKEN".into(),
+        value: "s3cret".into(),
+    };
+    // Submitted first without them (another client's identical action), then merged with a
+    // job step's: the operation takes them.
+    let _op = h.submit_secret(1, DigestFunction::Sha256, Vec::new(), true);
+    let _merged = h.submit_secret(1, DigestFunction::Sha256, vec![secret.clone()], false);
+    let (session, mut rx) = h.agent("a", 1);
+    h.heartbeat("a", session, &[]);
+    let lease = next_lease(&mut rx).unwrap();
+    assert_eq!(lease.secrets, [secret]);
+    let stored: Vec<u8> = h
+        .meta
+        .table(super::OPERATIONS_TABLE)
+        .unwrap()
+        .scan_prefix(b"")
+        .flat_map(|entry| entry.unwrap().1)
+        .collect();
+    assert!(!stored.is_empty());
+    assert!(!stored.windows(6).any(|w| w == b"s3cret"));
+    // After a restart the operation is back, its secrets are not.
+    let (meta, clock) = (Arc::clone(&h.meta), h.clock.clone());
+    let mut h = Harness::open(meta, clock, 3);
+    h.advance(LEASE_TIMEOUT);
+    let (session, mut rx) = h.agent("b", 1);
+    h.heartbeat("b", session, &[]);
+    let lease = next_lease(&mut rx).expect("queued again after the restart");
+    assert!(lease.secrets.is_empty());
 }
 
 #[test]
