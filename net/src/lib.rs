@@ -1,0 +1,13 @@
+//! Tessera's network edge, shared by the coordinator, the agent and the client commands.
+//!
+//! - `server`: TLS for the gRPC port (rustls with ring; certificates re-read on demand for
+//!   new connections), optional client certificates (mutual TLS), and the accepted
+//!   connections' [`server::Peer`] info handed to every request.
+//! - `client`: the endpoint for an `http://` or `https://` coordinator URL (trust root,
+//!   server name, client certificate) and the [`client::Link`] that carries the bearer token.
+//!
+//! It knows nothing of Tessera's services, tokens' roles or configuration files: callers pass
+//! paths and tokens in, and decide what a peer may do.
+
+pub mod client;
+pub mod server;
