@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
+use tessera_net::client::{ClientAuth, Link};
 use tessera_proto::bytestream::byte_stream_client::ByteStreamClient;
 use tessera_proto::bytestream::{ReadRequest, WriteRequest};
 use tessera_proto::reapi::capabilities_client::CapabilitiesClient;
@@ -76,8 +77,8 @@ fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
 /// A client for one instance of a REAPI content store.
 #[derive(Debug, Clone)]
 pub struct CasClient {
-    cas: ContentAddressableStorageClient<Channel>,
-    bytestream: ByteStreamClient<Channel>,
+    cas: ContentAddressableStorageClient<Link>,
+    bytestream: ByteStreamClient<Link>,
     instance: String,
     function: DigestFunction,
     max_batch_bytes: u64,
@@ -108,9 +109,19 @@ impl CasClient {
         Self::from_channel(channel, instance, function).await
     }
 
-    /// Uses an existing channel.
+    /// Uses an existing channel, without TLS settings or token of its own.
     pub async fn from_channel(
         channel: Channel,
+        instance: &str,
+        function: DigestFunction,
+    ) -> Result<Self, ClientError> {
+        let link = tessera_net::client::link(channel, &ClientAuth::default());
+        Self::from_link(link, instance, function).await
+    }
+
+    /// Uses an existing link (a channel with the token it sends, see `tessera_net::client`).
+    pub async fn from_link(
+        channel: Link,
         instance: &str,
         function: DigestFunction,
     ) -> Result<Self, ClientError> {

@@ -239,7 +239,11 @@ impl Settings for ClientConfig {
         reads: ENV_KEYS,
         prefix: "TESSERA_TLS_",
         // The coordinator's.
-        others: &["TESSERA_TLS_CERT", "TESSERA_TLS_KEY", "TESSERA_TLS_CLIENT_CA"],
+        others: &[
+            "TESSERA_TLS_CERT",
+            "TESSERA_TLS_KEY",
+            "TESSERA_TLS_CLIENT_CA",
+        ],
     };
 
     fn merge_file(&mut self, file: ClientFile) -> Result<(), ConfigError> {

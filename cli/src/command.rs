@@ -143,6 +143,91 @@ mod tests {
     }
 
     #[test]
+    fn token_create_takes_the_contract_flags() {
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "token",
+            "create",
+            "--coordinator",
+            "https://ci.example:9090",
+            "--role",
+            "ci",
+            "--name",
+            "nightly",
+            "--instance",
+            "main",
+            "--instance",
+            "release",
+            "--expires",
+            "30d",
+        ])
+        .unwrap();
+        let Command::Token(TokenCommand::Create(args)) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.role, token::RoleArg::Ci);
+        assert_eq!(args.name, "nightly");
+        assert_eq!(args.instances, ["main", "release"]);
+        assert_eq!(
+            args.expires,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            args.client.coordinator.as_deref(),
+            Some("https://ci.example:9090")
+        );
+        let err = Cli::try_parse_from([
+            "tessera", "token", "create", "--role", "root", "--name", "x",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), Exit::Usage as i32);
+    }
+
+    #[test]
+    fn client_commands_share_the_client_flags() {
+        for command in [
+            &["status"][..],
+            &["cancel", "J"],
+            &["watch", "J"],
+            &["logs", "J", "T"],
+            &["audit"],
+            &["token", "list"],
+            &["token", "revoke", "N"],
+        ] {
+            let mut argv = vec!["tessera"];
+            argv.extend_from_slice(command);
+            argv.extend([
+                "--coordinator",
+                "https://c:1",
+                "--token-file",
+                "t",
+                "--tls-ca",
+                "ca.pem",
+            ]);
+            assert!(Cli::try_parse_from(&argv).is_ok(), "{argv:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "run",
+            "--secret-env",
+            "API_KEY",
+            "--secret-env",
+            "DB_PASSWORD",
+            "--on-behalf-of",
+            "ann",
+            "--",
+            "cargo",
+            "test",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.secret_env, ["API_KEY", "DB_PASSWORD"]);
+        assert_eq!(args.on_behalf_of.as_deref(), Some("ann"));
+    }
+
+    #[test]
     fn duration_flags_share_the_config_parser() {
         let cli = Cli::try_parse_from(["tessera", "agent", "--drain-timeout", "10m"]).unwrap();
         let Command::Agent(args) = cli.command else {

@@ -147,9 +147,15 @@ pub fn transport_failure(status: &tonic::Status) -> Option<String> {
 /// Whether a transport failure's cause is TLS (certificate verification, handshake).
 fn is_tls_failure(cause: &str) -> bool {
     let cause = cause.to_ascii_lowercase();
-    ["certificate", "handshake", "tls", "unknownissuer", "notvalidforname"]
-        .iter()
-        .any(|word| cause.contains(word))
+    [
+        "certificate",
+        "handshake",
+        "tls",
+        "unknownissuer",
+        "notvalidforname",
+    ]
+    .iter()
+    .any(|word| cause.contains(word))
 }
 
 /// The innermost cause of a transport error, in words: an I/O error's kind where there is one
@@ -216,6 +222,41 @@ mod tests {
         );
         let status = tonic::Status::invalid_argument("no");
         assert_eq!(CliError::from_status("Submit", &status).exit(), Exit::Usage);
+    }
+
+    #[test]
+    fn a_refused_token_says_what_to_set() {
+        let status = tonic::Status::unauthenticated("unknown token");
+        let error = CliError::from_status("Submit", &status);
+        assert_eq!(error.exit(), Exit::Usage);
+        assert_eq!(
+            error.to_string(),
+            "the coordinator refused the token: unknown token (Submit; set TESSERA_TOKEN or \
+             --token-file, see README \"Deploying on a network\")"
+        );
+        let status = tonic::Status::permission_denied("a reader token cannot submit jobs");
+        let error = CliError::from_status("Submit", &status);
+        assert_eq!(error.exit(), Exit::Usage);
+        assert_eq!(
+            error.to_string(),
+            "Submit: a reader token cannot submit jobs: your token's role/instances do not \
+             allow this"
+        );
+    }
+
+    #[test]
+    fn a_certificate_that_does_not_verify_is_configuration() {
+        let error = CliError::unreachable(
+            Some("https://ci.example:9090"),
+            "invalid peer certificate: UnknownIssuer",
+        );
+        assert_eq!(error.exit(), Exit::Usage);
+        let text = error.to_string();
+        assert!(
+            text.starts_with("TLS with the coordinator at https://ci.example:9090 failed"),
+            "{text}"
+        );
+        assert!(text.contains("--tls-ca"), "{text}");
     }
 
     #[test]

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use tessera_net::client::Link;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{CancelJobRequest, WatchJobRequest};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tessera_net::client::Link;
 
 use crate::connect;
 use crate::exit::{CliError, transport_failure};

@@ -173,7 +173,10 @@ mod tests {
             lines[1].contains("  j-1  ") && lines[1].ends_with("  allowed"),
             "{text}"
         );
-        assert!(lines[2].contains("  denied  PERMISSION_DENIED: developer"), "{text}");
+        assert!(
+            lines[2].contains("  denied   PERMISSION_DENIED: developer"),
+            "{text}"
+        );
         let json = entry_json(&entries[1]);
         assert_eq!(json["time"], "2023-11-14T22:14:20Z");
         assert_eq!(json["allowed"], false);

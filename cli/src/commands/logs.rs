@@ -98,7 +98,7 @@ pub async fn logs(args: LogsArgs) -> Result<Exit, CliError> {
             args.job
         )));
     }
-    let cas = CasClient::from_channel(connection.link, "", DIGEST_FUNCTION)
+    let cas = CasClient::from_link(connection.link, "", DIGEST_FUNCTION)
         .await
         .map_err(|e| cas_failed(&format!("cannot reach the CAS at {}", connection.url), e))?;
     for run in &runs {

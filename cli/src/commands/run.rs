@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tessera_cas::client::CasClient;
+use tessera_net::client::Link;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{JobPhase, StatusRequest, SubmitJobRequest};
-use tessera_net::client::Link;
 
 use crate::client_config::{ClientConfig, ClientFlags};
 use crate::cluster::{ClusterLock, ClusterOptions, EmbeddedCluster};
@@ -295,7 +295,7 @@ async fn submit_and_follow(
 ) -> Result<Exit, CliError> {
     let uploaded = tokio::select! {
         uploaded = async {
-            let cas = CasClient::from_channel(connection.link.clone(), "", upload::DIGEST_FUNCTION)
+            let cas = CasClient::from_link(connection.link.clone(), "", upload::DIGEST_FUNCTION)
                 .await
                 .map_err(|e| upload::cas_failed("cannot reach the CAS", e))?;
             upload::snapshot_and_upload(&cas, root, &args.include, &args.exclude, cache_dir).await
@@ -362,7 +362,14 @@ pub async fn watch(args: WatchArgs) -> Result<Exit, CliError> {
     let connection = connect::existing(&config, &paths::cache_dir()).await?;
     let mut jobs = JobsClient::new(connection.link);
     let mut views = Views::new(args.json, args.junit);
-    follow(&mut jobs, &connection.url, &args.job, &mut views, &mut interrupt).await
+    follow(
+        &mut jobs,
+        &connection.url,
+        &args.job,
+        &mut views,
+        &mut interrupt,
+    )
+    .await
 }
 
 /// Joins the running embedded cluster, or starts one in this process.

@@ -119,7 +119,9 @@ pub async fn token(command: TokenCommand) -> Result<Exit, CliError> {
 }
 
 /// The Admin service of the configured coordinator (or the embedded cluster).
-pub async fn admin(flags: &ClientFlags) -> Result<(Connection, AdminClient<tessera_net::client::Link>), CliError> {
+pub async fn admin(
+    flags: &ClientFlags,
+) -> Result<(Connection, AdminClient<tessera_net::client::Link>), CliError> {
     let config = ClientConfig::from_process(flags)?;
     let connection = connect::existing(&config, &paths::cache_dir()).await?;
     let client = AdminClient::new(connection.link.clone());
@@ -256,9 +258,17 @@ pub fn token_table(tokens: &[TokenInfo]) -> String {
         return "no tokens\n".to_owned();
     }
     let mut rows = vec![
-        ["NAME", "ROLE", "INSTANCES", "CREATED", "EXPIRES", "REVOKED", "CREATED BY"]
-            .map(str::to_owned)
-            .to_vec(),
+        [
+            "NAME",
+            "ROLE",
+            "INSTANCES",
+            "CREATED",
+            "EXPIRES",
+            "REVOKED",
+            "CREATED BY",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
     ];
     for info in tokens {
         rows.push(vec![

@@ -465,7 +465,10 @@ pub fn secrets(
     matrix_items: &[String],
 ) -> Result<Secrets, CliError> {
     let mut out: Vec<SecretEnv> = Vec::with_capacity(names.len());
-    let key = |item: &String| item.split_once('=').map_or(item.clone(), |(k, _)| k.to_owned());
+    let key = |item: &String| {
+        item.split_once('=')
+            .map_or(item.clone(), |(k, _)| k.to_owned())
+    };
     for name in names {
         if !is_variable_name(name) {
             return Err(CliError::usage(format!(
@@ -920,8 +923,13 @@ mod tests {
             _ => None,
         };
         let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let ok = secrets(lookup, &list(&["API_KEY", "DB_PASSWORD"]), &list(&["A=1"]), &[])
-            .unwrap();
+        let ok = secrets(
+            lookup,
+            &list(&["API_KEY", "DB_PASSWORD"]),
+            &list(&["A=1"]),
+            &[],
+        )
+        .unwrap();
         assert_eq!(ok.names().collect::<Vec<_>>(), ["API_KEY", "DB_PASSWORD"]);
         assert_eq!(
             format!("{ok:?}"),
