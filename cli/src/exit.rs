@@ -123,6 +123,15 @@ impl CliError {
                  --token-file, see README \"Deploying on a network\")",
                 status.message()
             )),
+            Code::Unimplemented => Self::Infrastructure(format!(
+                "the coordinator does not offer {call} ({}); is it an older version of \
+                 tessera, or started without the feature?",
+                if status.message().is_empty() {
+                    "Unimplemented"
+                } else {
+                    status.message()
+                }
+            )),
             Code::PermissionDenied => Self::Usage(format!(
                 "{call}: {}: your token's role/instances do not allow this",
                 status.message()
@@ -222,6 +231,14 @@ mod tests {
         );
         let status = tonic::Status::invalid_argument("no");
         assert_eq!(CliError::from_status("Submit", &status).exit(), Exit::Usage);
+        let status = tonic::Status::unimplemented("");
+        let error = CliError::from_status("ReadAudit", &status);
+        assert_eq!(error.exit(), Exit::Infrastructure);
+        assert!(
+            error
+                .to_string()
+                .starts_with("the coordinator does not offer ReadAudit (Unimplemented)")
+        );
     }
 
     #[test]
