@@ -73,6 +73,8 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         match self {
             Self::Usage(_) | Self::Config(_) => Exit::Usage,
+            // Unreadable or mismatched certificate files are configuration mistakes.
+            Self::Coordinator(ServerError::Tls(_)) => Exit::Usage,
             Self::Infrastructure(_) | Self::Coordinator(_) | Self::Agent(_) => Exit::Infrastructure,
         }
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tessera_cas::meta::{MetaError, MetadataStore, RedbStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, StoreError};
+use tessera_net::server::{TlsError, TlsFiles, TlsReloader};
 use tessera_proto::bytestream::byte_stream_server::ByteStreamServer;
 use tessera_proto::longrunning::operations_server::OperationsServer;
 use tessera_proto::reapi::action_cache_server::ActionCacheServer;
@@ -88,6 +89,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificate, key or client CA could not be loaded (a configuration error).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -99,6 +103,7 @@ pub struct Coordinator {
     token: CancellationToken,
     tasks: TaskTracker,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tls: Option<TlsReloader>,
     store: DiskStore,
     scheduler: SchedulerHandle,
     scheduler_stop: CancellationToken,
@@ -117,6 +122,15 @@ impl Coordinator {
     /// Opens the stores and starts serving on `config.listen` (port 0 picks a free port; see
     /// [`Coordinator::local_addr`]).
     pub async fn start(config: &CoordinatorConfig) -> Result<Self, ServerError> {
+        // First, so that a bad certificate is reported before anything is opened.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsReloader::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            })?),
+            _ => None,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -236,10 +250,9 @@ impl Coordinator {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             );
-        // TCP_NODELAY must be set on the incoming stream: the builder's setting is ignored by
-        // serve_with_incoming, and without it replies stall on delayed ACKs (~40 ms).
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Sets TCP_NODELAY on every socket (the builder's setting is ignored by
+        // serve_with_incoming) and puts a `tessera_net::server::Peer` in every request.
+        let incoming = tessera_net::server::incoming(listener, tls.clone());
         let serve = tokio::spawn(
             router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned()),
         );
@@ -268,12 +281,23 @@ impl Coordinator {
             }
         });
         tasks.close();
-        tracing::info!(%addr, data_dir = %config.data_dir.display(), "coordinator listening");
+        let tls_mode = match &tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual (client certificates required)",
+            Some(_) => "on",
+        };
+        tracing::info!(
+            %addr,
+            data_dir = %config.data_dir.display(),
+            tls = tls_mode,
+            "coordinator listening"
+        );
         Ok(Coordinator {
             addr,
             token,
             tasks,
             serve,
+            tls,
             store,
             scheduler,
             scheduler_stop,
@@ -284,6 +308,12 @@ impl Coordinator {
     /// The scheduler (for status queries and tests).
     pub fn scheduler(&self) -> &SchedulerHandle {
         &self.scheduler
+    }
+
+    /// The TLS settings, when the gRPC port serves TLS; [`TlsReloader::reload`] re-reads the
+    /// certificate files for new connections (the CLI does so on SIGHUP).
+    pub fn tls(&self) -> Option<TlsReloader> {
+        self.tls.clone()
     }
 
     /// The address the server is bound to.

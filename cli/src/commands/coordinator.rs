@@ -1,5 +1,6 @@
 //! `tessera coordinator`: load the coordinator's settings, serve until SIGTERM or SIGINT, then
-//! drain and flush (the server's own shutdown protocol, in `tessera-coordinator`).
+//! drain and flush (the server's own shutdown protocol, in `tessera-coordinator`). SIGHUP
+//! re-reads the TLS certificate files for new connections.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::path::PathBuf;
 
 use tessera_coordinator::config::AuthMode;
 use tessera_coordinator::{ConfigOverrides, Coordinator, CoordinatorConfig, LogFormat};
+use tessera_net::server::TlsReloader;
 
 use crate::exit::{CliError, Exit};
 use crate::logging;
@@ -86,6 +88,36 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<Exit, CliError> {
         shutdown_signal().await;
         token.cancel();
     });
+    tokio::spawn(reload_on_sighup(server.tls()));
     server.run_until_shutdown().await?;
     Ok(Exit::Success)
+}
+
+/// On every SIGHUP, re-reads the TLS files (`tls`: `None` when TLS is off) and logs the outcome;
+/// a failed reload keeps the certificate in use and never stops the server. Ends with the
+/// runtime (the server's shutdown ends `main`).
+async fn reload_on_sighup(tls: Option<TlsReloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot handle SIGHUP: TLS certificates will not be reloaded");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match &tls {
+            None => tracing::info!("received SIGHUP: TLS is off, nothing to reload"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %tls.files().cert.display(),
+                    "received SIGHUP: TLS certificate reloaded for new connections"
+                ),
+                Err(error) => tracing::error!(
+                    %error,
+                    "received SIGHUP: TLS reload failed; still serving the previous certificate"
+                ),
+            },
+        }
+    }
 }

@@ -76,7 +76,9 @@ pub(crate) fn requester<T>(request: &Request<T>) -> String {
         Some(m) if !m.correlated_invocations_id.is_empty() => m.correlated_invocations_id,
         Some(m) if !m.tool_invocation_id.is_empty() => m.tool_invocation_id,
         _ => request
-            .remote_addr()
+            .extensions()
+            .get::<tessera_net::server::Peer>()
+            .and_then(|peer| peer.addr)
             .map_or_else(|| "anonymous".to_owned(), |a| a.ip().to_string()),
     }
 }
