@@ -4,10 +4,12 @@
 use clap::{Parser, Subcommand};
 
 use crate::commands::agent::{self, AgentArgs};
+use crate::commands::audit::{self, AuditArgs};
 use crate::commands::coordinator::{self, CoordinatorArgs};
 use crate::commands::logs::{self, LogsArgs};
 use crate::commands::run::{self, RunArgs, WatchArgs};
 use crate::commands::status::{self, CancelArgs, StatusArgs};
+use crate::commands::token::{self, TokenCommand};
 use crate::commands::up::{self, UpArgs};
 use crate::exit::{CliError, EXIT_CODES_HELP, Exit};
 use crate::{logging, spec};
@@ -35,9 +37,18 @@ pub enum Command {
     /// `tessera run -- cargo test`, `-- cargo nextest run`, `-- pytest -k fast`, `-- go test
     /// ./...`, or any command with `--runner command --list-command CMD -- RUN TEMPLATE` (the
     /// template names {tests} or {tests_file}). The project root (git top level, else the
-    /// current directory) is seen at /var/tmp/tessera/<its name> on every agent. Without
-    /// --coordinator or TESSERA_COORDINATOR, the run joins the embedded cluster of `tessera up`
-    /// or starts one for its duration. Ctrl-C (or SIGTERM) cancels the job and exits 130.
+    /// current directory) is seen at /var/tmp/tessera/<its name> on every agent. Without a
+    /// coordinator (--coordinator, TESSERA_COORDINATOR or the client config file), the run
+    /// joins the embedded cluster of `tessera up` or starts one for its duration. Ctrl-C (or
+    /// SIGTERM) cancels the job and exits 130.
+    ///
+    /// Client config file: $XDG_CONFIG_HOME/tessera/config.toml (else
+    /// ~/.config/tessera/config.toml; TESSERA_CLIENT_CONFIG names another), keys `coordinator`
+    /// (a URL or a list tried in order), `token_file`, `tls_ca`, `tls_client_cert`,
+    /// `tls_client_key`; relative paths are from the file's directory. TESSERA_COORDINATOR,
+    /// TESSERA_TOKEN (the token itself), TESSERA_TOKEN_FILE, TESSERA_TLS_CA,
+    /// TESSERA_TLS_CLIENT_CERT and TESSERA_TLS_CLIENT_KEY override it, and the flags override
+    /// those. Every client command (watch, cancel, status, logs, token, audit) reads it.
     #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
     /// Follow a job (again) from its first event, shown like `tessera run`, with the same exit
@@ -51,6 +62,14 @@ pub enum Command {
     /// Print the whole output of each run of one test of a job (events keep its head and tail
     /// only, at most --output-limit bytes).
     Logs(LogsArgs),
+    /// Create, list and revoke the coordinator's tokens (needs an `admin` token: TESSERA_TOKEN,
+    /// --token-file or the client config file).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Read the coordinator's audit log: job submit and cancel, action-cache writes, token
+    /// create and revoke, agent join and leave, denied calls; with time, token, role, peer,
+    /// instance and object (needs an `admin` token).
+    Audit(AuditArgs),
     /// Run an embedded cluster in the foreground: a coordinator and local agents on loopback,
     /// with state under the user cache directory; `tessera run` on this machine uses it.
     /// Ctrl-C or SIGTERM stops it.
@@ -100,6 +119,14 @@ impl Command {
                 logging::init_client();
                 logs::logs(args).await
             }
+            Command::Token(command) => {
+                logging::init_client();
+                token::token(command).await
+            }
+            Command::Audit(args) => {
+                logging::init_client();
+                audit::audit(args).await
+            }
         }
     }
 }
@@ -113,6 +140,91 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn token_create_takes_the_contract_flags() {
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "token",
+            "create",
+            "--coordinator",
+            "https://ci.example:9090",
+            "--role",
+            "ci",
+            "--name",
+            "nightly",
+            "--instance",
+            "main",
+            "--instance",
+            "release",
+            "--expires",
+            "30d",
+        ])
+        .unwrap();
+        let Command::Token(TokenCommand::Create(args)) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.role, token::RoleArg::Ci);
+        assert_eq!(args.name, "nightly");
+        assert_eq!(args.instances, ["main", "release"]);
+        assert_eq!(
+            args.expires,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(
+            args.client.coordinator.as_deref(),
+            Some("https://ci.example:9090")
+        );
+        let err = Cli::try_parse_from([
+            "tessera", "token", "create", "--role", "root", "--name", "x",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), Exit::Usage as i32);
+    }
+
+    #[test]
+    fn client_commands_share_the_client_flags() {
+        for command in [
+            &["status"][..],
+            &["cancel", "J"],
+            &["watch", "J"],
+            &["logs", "J", "T"],
+            &["audit"],
+            &["token", "list"],
+            &["token", "revoke", "N"],
+        ] {
+            let mut argv = vec!["tessera"];
+            argv.extend_from_slice(command);
+            argv.extend([
+                "--coordinator",
+                "https://c:1",
+                "--token-file",
+                "t",
+                "--tls-ca",
+                "ca.pem",
+            ]);
+            assert!(Cli::try_parse_from(&argv).is_ok(), "{argv:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "run",
+            "--secret-env",
+            "API_KEY",
+            "--secret-env",
+            "DB_PASSWORD",
+            "--on-behalf-of",
+            "ann",
+            "--",
+            "cargo",
+            "test",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.secret_env, ["API_KEY", "DB_PASSWORD"]);
+        assert_eq!(args.on_behalf_of.as_deref(), Some("ann"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | 0 | every test passed (flaky tests count as passed), or the command did what it was asked |
 //! | 1 | tests failed (timed-out tests count as failed), or the prepare or list step failed: the build under test is broken |
-//! | 2 | usage or bad input: flags, configuration (file, `TESSERA_*` variables), an unsupported runner combination, a job the coordinator refused (`INVALID_ARGUMENT`) |
+//! | 2 | usage or bad input: flags, configuration (file, `TESSERA_*` variables), an unsupported runner combination, a job the coordinator refused (`INVALID_ARGUMENT`), a token it refused (`UNAUTHENTICATED`) or one that does not allow the call (`PERMISSION_DENIED`), a coordinator certificate that does not verify |
 //! | 3 | infrastructure: coordinator unreachable (one line: its URL, the cause, what to do), the fleet lost the job (`JOB_RESULT_INFRASTRUCTURE`), the watch stream could not be re-attached, a server that cannot bind or open its data directory |
 //! | 130 | interrupted (Ctrl-C or SIGTERM): the job was cancelled |
 //!
@@ -45,7 +45,7 @@ impl From<Exit> for ExitCode {
 /// Text for `--help` listing the exit codes.
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 all tests passed (flaky counts as passed), \
 1 tests failed (timed out counts as failed) or the prepare/list step failed, \
-2 usage or bad input, 3 infrastructure (coordinator unreachable, job lost), 130 interrupted (Ctrl-C or SIGTERM; the job is cancelled). \
+2 usage or bad input (also a refused token, a token without the right role, a certificate that does not verify), 3 infrastructure (coordinator unreachable, job lost), 130 interrupted (Ctrl-C or SIGTERM; the job is cancelled). \
 A --matrix run exits 3 if any cell hit an infrastructure failure, else 1 if any cell failed, else 0.";
 
 /// Why a command stopped early; each variant maps to one exit code.
@@ -93,8 +93,18 @@ impl CliError {
 
     /// The coordinator (at `url`, when known) did not answer: one line saying where, why
     /// (`cause`, as [`transport_cause`] words it) and what to do.
+    ///
+    /// A TLS failure (the certificate does not verify, the server does not speak TLS) is a
+    /// configuration problem, not an absent coordinator: a usage error saying what to check.
     pub fn unreachable(url: Option<&str>, cause: &str) -> Self {
         let at = url.map(|u| format!(" at {u}")).unwrap_or_default();
+        if is_tls_failure(cause) {
+            return Self::Usage(format!(
+                "TLS with the coordinator{at} failed: {cause}; check the CA certificate \
+                 (--tls-ca or TESSERA_TLS_CA) and that the URL's host name is in the \
+                 coordinator's certificate"
+            ));
+        }
         Self::Infrastructure(format!(
             "cannot reach the coordinator{at}: {cause}; is `tessera coordinator` running{there}? \
              (set --coordinator or TESSERA_COORDINATOR)",
@@ -112,13 +122,29 @@ impl CliError {
         }
         let message = format!("{call}: {} ({:?})", status.message(), status.code());
         match status.code() {
+            Code::Unauthenticated => Self::Usage(format!(
+                "the coordinator refused the token: {} ({call}; set TESSERA_TOKEN or \
+                 --token-file, see README \"Deploying on a network\")",
+                status.message()
+            )),
+            Code::Unimplemented => Self::Infrastructure(format!(
+                "the coordinator does not offer {call} ({}); is it an older version of \
+                 tessera, or started without the feature?",
+                if status.message().is_empty() {
+                    "Unimplemented"
+                } else {
+                    status.message()
+                }
+            )),
+            Code::PermissionDenied => Self::Usage(format!(
+                "{call}: {}: your token's role/instances do not allow this",
+                status.message()
+            )),
             Code::InvalidArgument
             | Code::NotFound
             | Code::FailedPrecondition
             | Code::OutOfRange
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated => Self::Usage(message),
+            | Code::AlreadyExists => Self::Usage(message),
             _ => Self::Infrastructure(message),
         }
     }
@@ -129,6 +155,20 @@ impl CliError {
 /// a status made from a transport error that error as its source.
 pub fn transport_failure(status: &tonic::Status) -> Option<String> {
     std::error::Error::source(status).map(transport_cause)
+}
+
+/// Whether a transport failure's cause is TLS (certificate verification, handshake).
+fn is_tls_failure(cause: &str) -> bool {
+    let cause = cause.to_ascii_lowercase();
+    [
+        "certificate",
+        "handshake",
+        "tls",
+        "unknownissuer",
+        "notvalidforname",
+    ]
+    .iter()
+    .any(|word| cause.contains(word))
 }
 
 /// The innermost cause of a transport error, in words: an I/O error's kind where there is one
@@ -195,6 +235,49 @@ mod tests {
         );
         let status = tonic::Status::invalid_argument("no");
         assert_eq!(CliError::from_status("Submit", &status).exit(), Exit::Usage);
+        let status = tonic::Status::unimplemented("");
+        let error = CliError::from_status("ReadAudit", &status);
+        assert_eq!(error.exit(), Exit::Infrastructure);
+        assert!(
+            error
+                .to_string()
+                .starts_with("the coordinator does not offer ReadAudit (Unimplemented)")
+        );
+    }
+
+    #[test]
+    fn a_refused_token_says_what_to_set() {
+        let status = tonic::Status::unauthenticated("unknown token");
+        let error = CliError::from_status("Submit", &status);
+        assert_eq!(error.exit(), Exit::Usage);
+        assert_eq!(
+            error.to_string(),
+            "the coordinator refused the token: unknown token (Submit; set TESSERA_TOKEN or \
+             --token-file, see README \"Deploying on a network\")"
+        );
+        let status = tonic::Status::permission_denied("a reader token cannot submit jobs");
+        let error = CliError::from_status("Submit", &status);
+        assert_eq!(error.exit(), Exit::Usage);
+        assert_eq!(
+            error.to_string(),
+            "Submit: a reader token cannot submit jobs: your token's role/instances do not \
+             allow this"
+        );
+    }
+
+    #[test]
+    fn a_certificate_that_does_not_verify_is_configuration() {
+        let error = CliError::unreachable(
+            Some("https://ci.example:9090"),
+            "invalid peer certificate: UnknownIssuer",
+        );
+        assert_eq!(error.exit(), Exit::Usage);
+        let text = error.to_string();
+        assert!(
+            text.starts_with("TLS with the coordinator at https://ci.example:9090 failed"),
+            "{text}"
+        );
+        assert!(text.contains("--tls-ca"), "{text}");
     }
 
     #[test]

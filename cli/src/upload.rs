@@ -223,6 +223,18 @@ pub fn take_snapshot(
     Ok((tree, files.len(), notes))
 }
 
+/// A failed CAS call, `context` saying what was being done: what the coordinator answered
+/// (a refused token, a role that may not upload) as [`CliError::from_status`] words it, anything
+/// else as infrastructure.
+pub fn cas_failed(context: &str, error: tessera_cas::client::ClientError) -> CliError {
+    match error {
+        tessera_cas::client::ClientError::Rpc { call, status } => {
+            CliError::from_status(call, &status)
+        }
+        other => CliError::infra(format!("{context}: {other}")),
+    }
+}
+
 /// Uploads whatever of `tree` the CAS lacks.
 pub async fn upload_tree(cas: &CasClient, tree: &MerkleTree) -> Result<(usize, u64), CliError> {
     let mut all: Vec<Digest> = tree.directories.iter().map(|(d, _)| *d).collect();
@@ -230,15 +242,14 @@ pub async fn upload_tree(cas: &CasClient, tree: &MerkleTree) -> Result<(usize, u
     let missing: std::collections::HashSet<Digest> = cas
         .find_missing(&all)
         .await
-        .map_err(|e| CliError::infra(format!("cannot reach the CAS: {e}")))?
+        .map_err(|e| cas_failed("cannot reach the CAS", e))?
         .into_iter()
         .collect();
     if missing.is_empty() {
         return Ok((0, 0));
     }
-    let upload_error = |e: tessera_cas::client::ClientError| {
-        CliError::infra(format!("failed to upload the snapshot: {e}"))
-    };
+    let upload_error =
+        |e: tessera_cas::client::ClientError| cas_failed("failed to upload the snapshot", e);
     let mut batch: Vec<(Digest, Bytes)> = Vec::new();
     let mut batch_bytes = 0;
     let (mut count, mut bytes) = (0, 0);

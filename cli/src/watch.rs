@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use tessera_net::client::Link;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{CancelJobRequest, WatchJobRequest};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tonic::transport::Channel;
 
 use crate::connect;
 use crate::exit::{CliError, transport_failure};
@@ -63,7 +63,7 @@ pub enum WatchEnd {
 /// Follows `job_id` on `jobs` (the coordinator at `url`), showing events on `sinks`, until it
 /// finishes or `interrupt` fires (then cancels it and waits a little for its end).
 pub async fn follow(
-    jobs: &mut JobsClient<Channel>,
+    jobs: &mut JobsClient<Link>,
     url: &str,
     job_id: &str,
     sinks: &mut [&mut dyn EventSink],
@@ -158,7 +158,10 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 fn is_final(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+        tonic::Code::NotFound
+            | tonic::Code::InvalidArgument
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
     )
 }
 
@@ -207,7 +210,7 @@ impl Lost {
 }
 
 async fn cancel(
-    jobs: &mut JobsClient<Channel>,
+    jobs: &mut JobsClient<Link>,
     job_id: &str,
     sinks: &mut [&mut dyn EventSink],
 ) -> tokio::time::Instant {

@@ -51,12 +51,24 @@ impl Project {
     }
 
     fn tessera(&self, args: &[&str]) -> Output {
+        self.tessera_with(args, &[])
+    }
+
+    /// `tessera ARGS` with the variables `env` set. The user's own client config and
+    /// coordinator never leak in.
+    fn tessera_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let output = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("TESSERA_COORDINATOR")
+            .env_remove("TESSERA_CLIENT_CONFIG")
+            .env_remove("TESSERA_TOKEN")
+            .env_remove("TESSERA_TOKEN_FILE")
+            .env_remove("TESSERA_TLS_CA")
             .env("XDG_CACHE_HOME", self.cache.path())
+            .env("XDG_CONFIG_HOME", self.cache.path())
             .env("TESSERA_SUBMITTER", "cli-e2e")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         eprintln!(
@@ -235,4 +247,106 @@ fn usage_errors_exit_2_with_what_to_do() {
     let output = project.tessera(&["run", "--", "make", "check"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--list-command"));
+}
+
+#[test]
+fn secret_variables_must_be_set_here_and_given_one_way() {
+    let project = Project::copy_of("command-suite");
+    let mut args = vec!["run", "--secret-env", "TESSERA_E2E_UNSET_SECRET"];
+    args.extend_from_slice(COMMAND_SUITE);
+    let output = project.tessera(&args);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TESSERA_E2E_UNSET_SECRET is not set here"),
+        "{stderr}"
+    );
+
+    let mut args = vec!["run", "--secret-env", "API_KEY", "--env", "API_KEY"];
+    args.extend_from_slice(COMMAND_SUITE);
+    let output = project.tessera_with(&args, &[("API_KEY", "hunter2")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--env API_KEY both set"), "{stderr}");
+    assert!(!stderr.contains("hunter2") && !stdout(&output).contains("hunter2"));
+}
+
+#[test]
+fn a_bad_client_config_exits_2_naming_the_file() {
+    let project = Project::copy_of("command-suite");
+    let output = project.tessera_with(
+        &["status"],
+        &[("TESSERA_CLIENT_CONFIG", "/nonexistent/tessera-client.toml")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/tessera-client.toml"),
+        "{stderr}"
+    );
+
+    let file = project.cache.path().join("client.toml");
+    std::fs::write(
+        &file,
+        "coordinator = \"http://127.0.0.1:1\"\ntoken = \"x\"\n",
+    )
+    .unwrap();
+    let output = project.tessera_with(
+        &["status"],
+        &[("TESSERA_CLIENT_CONFIG", file.to_str().unwrap())],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("client.toml") && stderr.contains("token"),
+        "{stderr}"
+    );
+
+    // A configured coordinator that is not there: exit 3, naming it.
+    std::fs::write(
+        &file,
+        "coordinator = [\"http://127.0.0.1:1\", \"127.0.0.1:2\"]\n",
+    )
+    .unwrap();
+    let output = project.tessera_with(
+        &["status"],
+        &[("TESSERA_CLIENT_CONFIG", file.to_str().unwrap())],
+    );
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("none of the 2 configured coordinators answered")
+            && stderr.contains("http://127.0.0.1:2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_security_commands_are_described_in_help() {
+    let project = Project::copy_of("command-suite");
+    let help = stdout(&project.tessera(&["token", "create", "--help"]));
+    for flag in [
+        "--role",
+        "--name",
+        "--instance",
+        "--expires",
+        "--coordinator",
+        "--token-file",
+        "--tls-ca",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    let help = stdout(&project.tessera(&["audit", "--help"]));
+    for flag in ["--since", "--limit", "--json"] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    let help = stdout(&project.tessera(&["run", "--help"]));
+    for flag in [
+        "--secret-env",
+        "--on-behalf-of",
+        "TESSERA_ON_BEHALF_OF",
+        "config.toml",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
 }

@@ -12,11 +12,12 @@ use tessera_cas::digest::Digest;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{TestFinished, WatchJobRequest, job_event::Kind};
 
+use crate::client_config::{ClientConfig, ClientFlags};
 use crate::connect;
 use crate::exit::{CliError, Exit};
 use crate::paths;
 use crate::report::tally::{outcome_name, test_name};
-use crate::upload::DIGEST_FUNCTION;
+use crate::upload::{DIGEST_FUNCTION, cas_failed};
 
 /// `tessera logs` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,30 +30,31 @@ pub struct LogsArgs {
     /// Only this attempt (1 for the first run).
     #[arg(long, value_name = "N")]
     pub attempt: Option<u32>,
-    /// Coordinator URL [default: TESSERA_COORDINATOR, else the running embedded cluster].
-    #[arg(long, value_name = "URL")]
-    pub coordinator: Option<String>,
+    /// Coordinator, token and TLS (without a coordinator anywhere: the running embedded
+    /// cluster).
+    #[command(flatten)]
+    pub client: ClientFlags,
 }
 
 /// `tessera logs`.
 pub async fn logs(args: LogsArgs) -> Result<Exit, CliError> {
-    let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
-    let channel = connect::channel(&url)?;
-    let mut jobs = JobsClient::new(channel.clone());
+    let config = ClientConfig::from_process(&args.client)?;
+    let connection = connect::existing(&config, &paths::cache_dir()).await?;
+    let mut jobs = JobsClient::new(connection.link.clone());
     let mut events = jobs
         .watch(WatchJobRequest {
             job_id: args.job.clone(),
             after_seq: 0,
         })
         .await
-        .map_err(|s| CliError::from_status("Watch", &s))?
+        .map_err(|s| connection.failed("Watch", &s))?
         .into_inner();
     let mut runs: Vec<TestFinished> = Vec::new();
     let mut names = std::collections::BTreeSet::new();
     while let Some(event) = events
         .message()
         .await
-        .map_err(|s| CliError::from_status("Watch", &s))?
+        .map_err(|s| connection.failed("Watch", &s))?
     {
         match event.kind {
             Some(Kind::Test(test)) => {
@@ -96,9 +98,9 @@ pub async fn logs(args: LogsArgs) -> Result<Exit, CliError> {
             args.job
         )));
     }
-    let cas = CasClient::from_channel(channel, "", DIGEST_FUNCTION)
+    let cas = CasClient::from_link(connection.link, "", DIGEST_FUNCTION)
         .await
-        .map_err(|e| CliError::infra(format!("cannot reach the CAS at {url}: {e}")))?;
+        .map_err(|e| cas_failed(&format!("cannot reach the CAS at {}", connection.url), e))?;
     for run in &runs {
         println!("{}", header(run));
         let text = match run

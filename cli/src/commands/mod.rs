@@ -6,13 +6,17 @@
 //! | [`run`] | `tessera run`, `tessera watch` |
 //! | [`status`] | `tessera status`, `tessera cancel` |
 //! | [`logs`] | `tessera logs`: a test's whole output |
+//! | [`token`] | `tessera token create`, `list`, `revoke` |
+//! | [`audit`] | `tessera audit`: the coordinator's audit log |
 //! | [`up`] | `tessera up`: the embedded cluster in the foreground |
 //! | [`coordinator`] | `tessera coordinator` |
 //! | [`agent`] | `tessera agent` |
 
 pub mod agent;
+pub mod audit;
 pub mod coordinator;
 pub mod logs;
 pub mod run;
 pub mod status;
+pub mod token;
 pub mod up;

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tessera_cas::client::CasClient;
+use tessera_net::client::Link;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{JobPhase, StatusRequest, SubmitJobRequest};
-use tonic::transport::Channel;
 
+use crate::client_config::{ClientConfig, ClientFlags};
 use crate::cluster::{ClusterLock, ClusterOptions, EmbeddedCluster};
-use crate::connect;
+use crate::connect::{self, Connection};
 use crate::exit::{CliError, Exit};
 use crate::paths;
 use crate::report::EventSink;
@@ -30,10 +31,19 @@ const IDLE_POLL: Duration = Duration::from_millis(300);
 /// `tessera run` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Coordinator URL [default: TESSERA_COORDINATOR, else the running embedded cluster, else
-    /// one started for this run].
-    #[arg(long, value_name = "URL")]
-    pub coordinator: Option<String>,
+    /// Coordinator, token and TLS (without a coordinator anywhere: the running embedded
+    /// cluster, else one started for this run).
+    #[command(flatten)]
+    pub client: ClientFlags,
+    /// With a `ci` token: the pipeline or person this job runs for; the job's submitter
+    /// becomes TOKEN/NAME, with its own fair share.
+    #[arg(long, value_name = "NAME", env = "TESSERA_ON_BEHALF_OF")]
+    pub on_behalf_of: Option<String>,
+    /// Pass variable NAME's value from here to every step as a secret: only a keyed hash of it
+    /// enters cache keys, and it is never stored, logged or shown; repeatable. NAME must be
+    /// set here, and not also given to --env or --matrix.
+    #[arg(long = "secret-env", value_name = "NAME")]
+    pub secret_env: Vec<String>,
     /// Runner [default: inferred from the command: `cargo test`, `cargo nextest run`,
     /// `pytest` / `python3 -m pytest`, `go test`].
     #[arg(long, value_enum)]
@@ -124,9 +134,10 @@ pub struct RunArgs {
 pub struct WatchArgs {
     /// The job's id.
     pub job: String,
-    /// Coordinator URL [default: TESSERA_COORDINATOR, else the running embedded cluster].
-    #[arg(long, value_name = "URL")]
-    pub coordinator: Option<String>,
+    /// Coordinator, token and TLS (without a coordinator anywhere: the running embedded
+    /// cluster).
+    #[command(flatten)]
+    pub client: ClientFlags,
     /// Write a JUnit XML report to FILE.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
@@ -209,6 +220,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         &args.args,
         &placement,
     )?;
+    let config = ClientConfig::from_process(&args.client)?;
     let lookup = |k: &str| std::env::var(k).ok();
     let fail_fast = args.fail_fast || runner.fail_fast;
     if args.by_file && runner.config.runner().batching() == tessera_runners::Batching::PerTest {
@@ -236,20 +248,23 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         title,
         no_cache: args.no_cache,
         project: crate::project::identify(&root),
+        on_behalf_of: args.on_behalf_of.clone().unwrap_or_default(),
+        secrets: spec::secrets(lookup, &args.secret_env, &args.env, &args.matrix)?,
     };
     let cache_dir = paths::cache_dir();
     let mut views = Views::new(args.json, args.junit.clone());
 
-    let (url, cluster) = match connect::configured(args.coordinator.as_deref()) {
-        Some(url) => (url, None),
-        None => join_or_start(&cache_dir, &mut views).await?,
+    let (connection, cluster) = match connect::configured(&config).await? {
+        Some(connection) => (connection, None),
+        None => {
+            let (url, cluster) = join_or_start(&cache_dir, &mut views).await?;
+            (connect::connect_embedded(&url).await?, cluster)
+        }
     };
-    let channel = connect::connect(&url).await?;
-    let mut jobs = JobsClient::new(channel.clone());
+    let mut jobs = JobsClient::new(connection.link.clone());
     let outcome = submit_and_follow(
         &mut jobs,
-        &url,
-        channel,
+        &connection,
         &root,
         &args,
         &settings,
@@ -269,9 +284,8 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
     reason = "one call site; the pieces of one run"
 )]
 async fn submit_and_follow(
-    jobs: &mut JobsClient<Channel>,
-    url: &str,
-    channel: Channel,
+    jobs: &mut JobsClient<Link>,
+    connection: &Connection,
     root: &std::path::Path,
     args: &RunArgs,
     settings: &JobSettings,
@@ -281,9 +295,9 @@ async fn submit_and_follow(
 ) -> Result<Exit, CliError> {
     let uploaded = tokio::select! {
         uploaded = async {
-            let cas = CasClient::from_channel(channel, "", upload::DIGEST_FUNCTION)
+            let cas = CasClient::from_link(connection.link.clone(), "", upload::DIGEST_FUNCTION)
                 .await
-                .map_err(|e| CliError::infra(format!("cannot reach the coordinator: {e}")))?;
+                .map_err(|e| upload::cas_failed("cannot reach the CAS", e))?;
             upload::snapshot_and_upload(&cas, root, &args.include, &args.exclude, cache_dir).await
         } => uploaded,
         _ = interrupt.recv() => return Ok(Exit::Interrupted),
@@ -311,7 +325,7 @@ async fn submit_and_follow(
     let job_id = jobs
         .submit(SubmitJobRequest { spec: Some(spec) })
         .await
-        .map_err(|s| connect::call_failed(url, "Submit", &s))?
+        .map_err(|s| connection.failed("Submit", &s))?
         .into_inner()
         .job_id;
     if let Some(json) = &mut views.json {
@@ -320,11 +334,11 @@ async fn submit_and_follow(
     views.note(&format!(
         "job {job_id} (`tessera watch {job_id}` follows it too)"
     ));
-    follow(jobs, url, &job_id, views, interrupt).await
+    follow(jobs, &connection.url, &job_id, views, interrupt).await
 }
 
 async fn follow(
-    jobs: &mut JobsClient<Channel>,
+    jobs: &mut JobsClient<Link>,
     url: &str,
     job_id: &str,
     views: &mut Views,
@@ -344,10 +358,18 @@ async fn follow(
 /// `tessera watch`.
 pub async fn watch(args: WatchArgs) -> Result<Exit, CliError> {
     let mut interrupt = Interrupt::listen()?;
-    let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
-    let mut jobs = JobsClient::new(connect::connect(&url).await?);
+    let config = ClientConfig::from_process(&args.client)?;
+    let connection = connect::existing(&config, &paths::cache_dir()).await?;
+    let mut jobs = JobsClient::new(connection.link);
     let mut views = Views::new(args.json, args.junit);
-    follow(&mut jobs, &url, &args.job, &mut views, &mut interrupt).await
+    follow(
+        &mut jobs,
+        &connection.url,
+        &args.job,
+        &mut views,
+        &mut interrupt,
+    )
+    .await
 }
 
 /// Joins the running embedded cluster, or starts one in this process.
@@ -388,7 +410,7 @@ async fn join_or_start(
 /// Keeps the embedded cluster serving while other clients' jobs run on it, then stops it.
 async fn serve_until_idle(
     cluster: EmbeddedCluster,
-    jobs: &mut JobsClient<Channel>,
+    jobs: &mut JobsClient<Link>,
     views: &mut Views,
     interrupt: &mut Interrupt,
 ) {

@@ -10,9 +10,11 @@ use tessera_proto::tessera::v1::{
     CancelJobRequest, JobPhase, JobSummary, StatusRequest, StatusResponse, StoreSummary,
 };
 
+use crate::client_config::{ClientConfig, ClientFlags};
 use crate::connect;
 use crate::exit::{CliError, Exit};
 use crate::paths;
+use crate::report::table::table;
 use crate::report::tally::{phase_name, result_name, seconds};
 
 /// Finished jobs `tessera status` shows unless told otherwise.
@@ -21,9 +23,10 @@ pub const DEFAULT_LIMIT: usize = 20;
 /// `tessera status` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// Coordinator URL [default: TESSERA_COORDINATOR, else the running embedded cluster].
-    #[arg(long, value_name = "URL")]
-    pub coordinator: Option<String>,
+    /// Coordinator, token and TLS (without a coordinator anywhere: the running embedded
+    /// cluster).
+    #[command(flatten)]
+    pub client: ClientFlags,
     /// Print the status as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -40,19 +43,21 @@ pub struct StatusArgs {
 pub struct CancelArgs {
     /// The job's id.
     pub job: String,
-    /// Coordinator URL [default: TESSERA_COORDINATOR, else the running embedded cluster].
-    #[arg(long, value_name = "URL")]
-    pub coordinator: Option<String>,
+    /// Coordinator, token and TLS (without a coordinator anywhere: the running embedded
+    /// cluster).
+    #[command(flatten)]
+    pub client: ClientFlags,
 }
 
 /// `tessera status`.
 pub async fn status(args: StatusArgs) -> Result<Exit, CliError> {
-    let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
-    let mut jobs = JobsClient::new(connect::connect(&url).await?);
+    let config = ClientConfig::from_process(&args.client)?;
+    let connection = connect::existing(&config, &paths::cache_dir()).await?;
+    let mut jobs = JobsClient::new(connection.link.clone());
     let mut status = jobs
         .status(StatusRequest {})
         .await
-        .map_err(|s| connect::call_failed(&url, "Status", &s))?
+        .map_err(|s| connection.failed("Status", &s))?
         .into_inner();
     let left_out = recent(&mut status, (!args.all).then_some(args.limit));
     if args.json {
@@ -82,14 +87,15 @@ pub fn recent(status: &mut StatusResponse, limit: Option<usize>) -> usize {
 
 /// `tessera cancel`.
 pub async fn cancel(args: CancelArgs) -> Result<Exit, CliError> {
-    let url = connect::existing(args.coordinator.as_deref(), &paths::cache_dir()).await?;
-    let mut jobs = JobsClient::new(connect::connect(&url).await?);
+    let config = ClientConfig::from_process(&args.client)?;
+    let connection = connect::existing(&config, &paths::cache_dir()).await?;
+    let mut jobs = JobsClient::new(connection.link.clone());
     let response = jobs
         .cancel(CancelJobRequest {
             job_id: args.job.clone(),
         })
         .await
-        .map_err(|s| connect::call_failed(&url, "Cancel", &s))?
+        .map_err(|s| connection.failed("Cancel", &s))?
         .into_inner();
     if response.cancelled {
         println!("cancelled job {}", args.job);
@@ -233,32 +239,6 @@ fn store_line(store: &StoreSummary) -> String {
         ));
     }
     line
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tessera_coordinator::jobs::cells::{MAX_CELLS, is_variable_name};
 use tessera_proto::reapi::{command::EnvironmentVariable, platform::Property};
-use tessera_proto::tessera::v1::{JobSpec, MatrixCell};
+use tessera_proto::tessera::v1::{JobSpec, MatrixCell, SecretEnv};
 use tessera_proto::time::to_proto_duration;
 use tessera_runners::{CommandRunner, RunnerConfig};
 
@@ -429,6 +429,83 @@ pub fn matrix(items: &[String], explicit_env: &[String]) -> Result<Vec<MatrixCel
     Ok(cells)
 }
 
+/// The values of `tessera run --secret-env NAME`: given to every step, never shown. Its `Debug`
+/// names the variables only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(Vec<SecretEnv>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|s| format!("{}=<secret>", s.name)))
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// The variables' names, in the order given.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| s.name.as_str())
+    }
+
+    /// Whether `name` is one of them.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names().any(|n| n == name)
+    }
+}
+
+/// The secrets of `--secret-env NAME` items, each value taken from `lookup`. Refused, naming
+/// the variable and never its value: a name that is not a variable name, one given twice, one
+/// not set here, one also given to `--env` (`env_flags`) or `--matrix` (`matrix_items`): a
+/// secret given a second, visible way would not stay secret.
+pub fn secrets(
+    lookup: impl Fn(&str) -> Option<String>,
+    names: &[String],
+    env_flags: &[String],
+    matrix_items: &[String],
+) -> Result<Secrets, CliError> {
+    let mut out: Vec<SecretEnv> = Vec::with_capacity(names.len());
+    let key = |item: &String| {
+        item.split_once('=')
+            .map_or(item.clone(), |(k, _)| k.to_owned())
+    };
+    for name in names {
+        if !is_variable_name(name) {
+            return Err(CliError::usage(format!(
+                "--secret-env {name}: not an environment variable name (letters, digits and _, \
+                 not starting with a digit); give the variable's name, its value is taken from \
+                 here"
+            )));
+        }
+        if out.iter().any(|s| s.name == *name) {
+            return Err(CliError::usage(format!(
+                "--secret-env {name} is given twice"
+            )));
+        }
+        if env_flags.iter().any(|item| key(item) == *name) {
+            return Err(CliError::usage(format!(
+                "--secret-env {name} and --env {name} both set {name}; a secret is given with \
+                 --secret-env alone"
+            )));
+        }
+        if matrix_items.iter().any(|item| key(item) == *name) {
+            return Err(CliError::usage(format!(
+                "--secret-env {name} and --matrix {name} both set {name}; give it one way"
+            )));
+        }
+        let Some(value) = lookup(name) else {
+            return Err(CliError::usage(format!(
+                "--secret-env {name}: {name} is not set here; export it before `tessera run`"
+            )));
+        };
+        out.push(SecretEnv {
+            name: name.clone(),
+            value,
+        });
+    }
+    Ok(Secrets(out))
+}
+
 /// `--platform K=V` values, sorted by key (a repeated key keeps its last value), with
 /// `network=on` for `--network`.
 pub fn platform(items: &[String], network: bool) -> Result<BTreeMap<String, String>, CliError> {
@@ -503,6 +580,10 @@ pub struct JobSettings {
     pub matrix: Vec<MatrixCell>,
     /// The project, whose test history the job shares (`crate::project`).
     pub project: String,
+    /// `--on-behalf-of`: who a `ci` token's job runs for; empty for the token itself.
+    pub on_behalf_of: String,
+    /// `--secret-env` values.
+    pub secrets: Secrets,
 }
 
 /// The job spec for `settings` with the snapshot root `input_root`.
@@ -518,7 +599,8 @@ pub fn job_spec(
         input_root_digest: Some(input_root.to_proto()),
         runner_json,
         exec_root: settings.exec_root.display().to_string(),
-        // A variable the matrix sets is each cell's own, not the job's.
+        // A variable the matrix sets is each cell's own, not the job's; a secret passed from
+        // here too (PATH-like variables are passed by default) goes as the secret only.
         environment: settings
             .environment
             .iter()
@@ -527,6 +609,7 @@ pub fn job_spec(
                     .matrix
                     .iter()
                     .any(|cell| cell.environment.iter().any(|v| v.name == **name))
+                    && !settings.secrets.contains(name)
             })
             .map(|(name, value)| EnvironmentVariable {
                 name: name.clone(),
@@ -554,8 +637,8 @@ pub fn job_spec(
         keep_files_together: settings.keep_files_together,
         project: settings.project.clone(),
         cells: settings.matrix.clone(),
-        on_behalf_of: String::new(),
-        secrets: Vec::new(),
+        on_behalf_of: settings.on_behalf_of.clone(),
+        secrets: settings.secrets.0.clone(),
         trust_domain: String::new(),
     })
 }
@@ -807,6 +890,8 @@ mod tests {
             keep_files_together: false,
             matrix: cells(&["MODE=a,b"]).unwrap(),
             project: "github.com/acme/widget".to_owned(),
+            on_behalf_of: String::new(),
+            secrets: Secrets::default(),
         };
         let root = tessera_cas::digest::DigestFunction::Blake3.digest_of(b"");
         let spec = job_spec(&settings, &root).unwrap();
@@ -814,6 +899,62 @@ mod tests {
         assert_eq!(env, ["PATH"]);
         assert_eq!(names(&spec.cells), ["MODE=a", "MODE=b"]);
         assert_eq!(spec.project, "github.com/acme/widget");
+
+        // A secret is sent as a secret only, even when the variable is passed by default.
+        let lookup = |k: &str| (k == "PATH").then(|| "/secret/bin".to_owned());
+        let settings = JobSettings {
+            secrets: secrets(lookup, &["PATH".to_owned()], &[], &[]).unwrap(),
+            on_behalf_of: "nightly".to_owned(),
+            ..settings
+        };
+        let spec = job_spec(&settings, &root).unwrap();
+        assert!(spec.environment.iter().all(|v| v.name != "PATH"));
+        assert_eq!(spec.secrets.len(), 1);
+        assert_eq!(spec.secrets[0].value, "/secret/bin");
+        assert_eq!(spec.on_behalf_of, "nightly");
+        assert!(!format!("{settings:?}").contains("/secret/bin"));
+    }
+
+    #[test]
+    fn secret_variables_are_checked_and_never_shown() {
+        let lookup = |k: &str| match k {
+            "API_KEY" => Some("hunter2".to_owned()),
+            "DB_PASSWORD" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let ok = secrets(
+            lookup,
+            &list(&["API_KEY", "DB_PASSWORD"]),
+            &list(&["A=1"]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.names().collect::<Vec<_>>(), ["API_KEY", "DB_PASSWORD"]);
+        assert_eq!(
+            format!("{ok:?}"),
+            "[\"API_KEY=<secret>\", \"DB_PASSWORD=<secret>\"]"
+        );
+
+        let refused = |names: &[&str], env: &[&str], matrix: &[&str]| {
+            let err = secrets(lookup, &list(names), &list(env), &list(matrix)).unwrap_err();
+            assert_eq!(err.exit(), crate::exit::Exit::Usage);
+            let text = err.to_string();
+            assert!(!text.contains("hunter2"), "{text}");
+            text
+        };
+        assert_eq!(
+            refused(&["MISSING"], &[], &[]),
+            "--secret-env MISSING: MISSING is not set here; export it before `tessera run`"
+        );
+        assert_eq!(
+            refused(&["API_KEY", "API_KEY"], &[], &[]),
+            "--secret-env API_KEY is given twice"
+        );
+        assert!(refused(&["API_KEY"], &["API_KEY"], &[]).contains("--env API_KEY both set"));
+        assert!(refused(&["API_KEY"], &["API_KEY=x"], &[]).contains("--env API_KEY both set"));
+        assert!(refused(&["API_KEY"], &[], &["API_KEY=a,b"]).contains("--matrix API_KEY"));
+        assert!(refused(&["API-KEY"], &[], &[]).contains("not an environment variable name"));
     }
 
     #[test]
