@@ -77,6 +77,9 @@ pub fn bearer(value: &http::HeaderValue) -> Result<&str, Status> {
 
 /// The caller's address, from the connection info tonic puts in the extensions.
 pub fn peer_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
+    if let Some(peer) = extensions.get::<tessera_net::server::Peer>() {
+        return peer.addr;
+    }
     extensions
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|info| info.remote_addr())
