@@ -24,6 +24,7 @@ if [ "${TESSERA_SKIP_BAZEL:-0}" != 1 ]; then
   need bazel bazel-bootstrap
 fi
 need ip iproute2
+need openssl openssl  # security tests: test CA and certificates
 need python3 python3
 need gcc gcc
 need g++ g++

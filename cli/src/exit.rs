@@ -105,9 +105,17 @@ impl CliError {
                  coordinator's certificate"
             ));
         }
+        // A coordinator that requires client certificates closes the handshake of a client
+        // without one: it looks like a closed connection from here.
+        let mtls = if url.is_some_and(|u| u.starts_with("https://")) && cause.contains("closed") {
+            " If it requires client certificates (mutual TLS), set TESSERA_TLS_CLIENT_CERT and \
+             TESSERA_TLS_CLIENT_KEY (or tls_client_cert and tls_client_key in the client config)."
+        } else {
+            ""
+        };
         Self::Infrastructure(format!(
             "cannot reach the coordinator{at}: {cause}; is `tessera coordinator` running{there}? \
-             (set --coordinator or TESSERA_COORDINATOR)",
+             (set --coordinator or TESSERA_COORDINATOR){mtls}",
             there = if url.is_some() { " there" } else { "" }
         ))
     }

@@ -671,6 +671,71 @@ mod tests {
     }
 
     #[test]
+    fn a_network_address_needs_tls_and_auth_or_the_flags_that_allow_going_without() {
+        let public = ConfigOverrides {
+            listen: Some("0.0.0.0:8980".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = CoordinatorConfig::load(None, &BTreeMap::new(), &public).unwrap_err();
+        assert!(err.to_string().contains("--insecure-no-tls"), "{err}");
+        let tls = ConfigOverrides {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..public.clone()
+        };
+        let err = CoordinatorConfig::load(None, &BTreeMap::new(), &tls).unwrap_err();
+        assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
+        let secure = ConfigOverrides {
+            auth: Some(AuthMode::Tokens),
+            ..tls
+        };
+        CoordinatorConfig::load(None, &BTreeMap::new(), &secure).unwrap();
+        let e = env(&[
+            ("TESSERA_INSECURE_NO_TLS", "true"),
+            ("TESSERA_INSECURE_NO_AUTH", "1"),
+        ]);
+        CoordinatorConfig::load(None, &e, &public).unwrap();
+        // Loopback needs nothing.
+        CoordinatorConfig::load(None, &BTreeMap::new(), &ConfigOverrides::default()).unwrap();
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_limits_parse() {
+        let none = ConfigOverrides::default();
+        let err = CoordinatorConfig::load(None, &env(&[("TESSERA_TLS_CERT", "c.pem")]), &none)
+            .unwrap_err();
+        assert!(err.to_string().contains("tls_key"), "{err}");
+        let err =
+            CoordinatorConfig::load(None, &env(&[("TESSERA_TLS_CLIENT_CA", "ca.pem")]), &none)
+                .unwrap_err();
+        assert!(err.to_string().contains("tls_cert"), "{err}");
+        let err = CoordinatorConfig::load(None, &env(&[("TESSERA_AUTH", "password")]), &none)
+            .unwrap_err();
+        assert!(err.to_string().contains("none or tokens"), "{err}");
+        let c = CoordinatorConfig::load(
+            None,
+            &env(&[
+                ("TESSERA_AUTH", "tokens"),
+                ("TESSERA_LIMIT_SUBMIT_RATE", "2"),
+                ("TESSERA_TOKEN", "tsr_x"),
+                ("TESSERA_TLS_CA", "ca.pem"),
+                ("TESSERA_CLIENT_CONFIG", "c.toml"),
+            ]),
+            &none,
+        )
+        .unwrap();
+        assert_eq!((c.auth, c.limits.submit_rate), (AuthMode::Tokens, 2));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[limits]\nexecute_inflight = 7\n").unwrap();
+        let c = CoordinatorConfig::load(Some(&file), &BTreeMap::new(), &none).unwrap();
+        assert_eq!(c.limits.execute_inflight, 7);
+        assert_eq!(c.limits.submit_burst, Limits::default().submit_burst);
+        std::fs::write(&file, "[limits]\nexecute_rat = 7\n").unwrap();
+        assert!(CoordinatorConfig::load(Some(&file), &BTreeMap::new(), &none).is_err());
+    }
+
+    #[test]
     fn the_example_config_in_deploy_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
         let c = CoordinatorConfig::load(Some(&path), &BTreeMap::new(), &ConfigOverrides::default())

@@ -1,7 +1,7 @@
 //! The dependency rule of DESIGN.md §2, checked: `proto` and `cas` know nothing of the
 //! coordinator or the agent; the agent and the coordinator never depend on each other;
 //! `config` (configuration loading, shared by every command) depends on nothing of ours and
-//! stays tiny.
+//! stays tiny; `net` (TLS and the client link) depends on nothing of ours either.
 
 use std::path::Path;
 
@@ -58,11 +58,13 @@ fn crates_depend_only_downwards() {
             &["tessera-coordinator", "tessera-agent", "tessera-cli"],
         ),
     ];
-    assert!(
-        tessera_deps("config").is_empty(),
-        "config/ must not depend on our other crates: {:?}",
-        tessera_deps("config")
-    );
+    for leaf in ["config", "net"] {
+        assert!(
+            tessera_deps(leaf).is_empty(),
+            "{leaf}/ must not depend on our other crates: {:?}",
+            tessera_deps(leaf)
+        );
+    }
     for (crate_dir, not_allowed) in forbidden {
         for dep in tessera_deps(crate_dir) {
             assert!(
