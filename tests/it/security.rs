@@ -376,3 +376,521 @@ async fn tokens_agents_and_a_run_over_tls_are_all_in_the_audit_log() {
         );
     }
 }
+
+/// A blob only this case writes: its digest (proto) and bytes.
+fn blob(case: &str) -> (tessera_proto::reapi::Digest, Vec<u8>) {
+    let data = format!("security test blob for {case}").into_bytes();
+    (DigestFunction::Sha256.digest_of(&data).to_proto(), data)
+}
+
+/// Whether the admin sees `digest` missing from instance `instance`'s CAS.
+async fn missing(cluster: &Secure, instance: &str, digest: &tessera_proto::reapi::Digest) -> bool {
+    let missing = ContentAddressableStorageClient::new(cluster.link(Some(&cluster.admin)).await)
+        .find_missing_blobs(FindMissingBlobsRequest {
+            instance_name: instance.to_owned(),
+            blob_digests: vec![digest.clone()],
+            digest_function: DigestFunction::Sha256.to_proto(),
+        })
+        .await
+        .expect("admin FindMissingBlobs")
+        .into_inner()
+        .missing_blob_digests;
+    missing.contains(digest)
+}
+
+/// Whether the admin finds no action-cache entry for `digest`.
+async fn ac_absent(cluster: &Secure, digest: &tessera_proto::reapi::Digest) -> bool {
+    let got = ActionCacheClient::new(cluster.link(Some(&cluster.admin)).await)
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(digest.clone()),
+            digest_function: DigestFunction::Sha256.to_proto(),
+            ..Default::default()
+        })
+        .await;
+    match got {
+        Err(status) if status.code() == Code::NotFound => true,
+        Err(status) => panic!("admin GetActionResult: {status:?}"),
+        Ok(_) => false,
+    }
+}
+
+fn batch_update(instance: &str, case: &str) -> BatchUpdateBlobsRequest {
+    let (digest, data) = blob(case);
+    BatchUpdateBlobsRequest {
+        instance_name: instance.to_owned(),
+        requests: vec![batch_update_blobs_request::Request {
+            digest: Some(digest),
+            data: data.into(),
+            ..Default::default()
+        }],
+        digest_function: DigestFunction::Sha256.to_proto(),
+    }
+}
+
+fn update_ac(case: &str) -> UpdateActionResultRequest {
+    UpdateActionResultRequest {
+        action_digest: Some(blob(case).0),
+        action_result: Some(ActionResult {
+            exit_code: 0,
+            stdout_raw: b"poisoned".to_vec().into(),
+            ..Default::default()
+        }),
+        digest_function: DigestFunction::Sha256.to_proto(),
+        ..Default::default()
+    }
+}
+
+/// One call a role may not make.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    /// BatchUpdateBlobs of the case's blob on instance "".
+    UploadBlob,
+    /// BatchUpdateBlobs of the case's blob on instance "b".
+    UploadBlobOnB,
+    /// FindMissingBlobs on instance "b".
+    FindMissingOnB,
+    /// UpdateActionResult for the case's digest.
+    WriteActionCache,
+    /// GetActionResult.
+    ReadActionCache,
+    /// Execute.
+    Execute,
+    /// Jobs.Submit.
+    SubmitJob,
+    /// Admin.CreateToken.
+    CreateToken,
+    /// Admin.ReadAudit.
+    ReadAudit,
+}
+
+/// Makes `call` over `link`; `case` names what it writes.
+async fn make(call: Call, link: Link, case: &str) -> Result<(), Status> {
+    let sha256 = DigestFunction::Sha256.to_proto();
+    match call {
+        Call::UploadBlob => ContentAddressableStorageClient::new(link)
+            .batch_update_blobs(batch_update("", case))
+            .await
+            .map(drop),
+        Call::UploadBlobOnB => ContentAddressableStorageClient::new(link)
+            .batch_update_blobs(batch_update("b", case))
+            .await
+            .map(drop),
+        Call::FindMissingOnB => ContentAddressableStorageClient::new(link)
+            .find_missing_blobs(FindMissingBlobsRequest {
+                instance_name: "b".to_owned(),
+                blob_digests: vec![blob(case).0],
+                digest_function: sha256,
+            })
+            .await
+            .map(drop),
+        Call::WriteActionCache => ActionCacheClient::new(link)
+            .update_action_result(update_ac(case))
+            .await
+            .map(drop),
+        Call::ReadActionCache => ActionCacheClient::new(link)
+            .get_action_result(GetActionResultRequest {
+                action_digest: Some(blob(case).0),
+                digest_function: sha256,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Call::Execute => ExecutionClient::new(link)
+            .execute(ExecuteRequest {
+                action_digest: Some(blob(case).0),
+                digest_function: sha256,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Call::SubmitJob => JobsClient::new(link)
+            .submit(SubmitJobRequest {
+                spec: Some(JobSpec::default()),
+            })
+            .await
+            .map(drop),
+        Call::CreateToken => AdminClient::new(link)
+            .create_token(CreateTokenRequest {
+                name: format!("made-by-{case}"),
+                role: ProtoRole::Admin as i32,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Call::ReadAudit => AdminClient::new(link)
+            .read_audit(ReadAuditRequest::default())
+            .await
+            .map(drop),
+    }
+}
+
+/// A job of one test that sleeps `secs` seconds, uploaded with `cas`.
+async fn sleeping_job(cas: &CasClient, name: &str, secs: u32) -> JobSpec {
+    let dir = tempfile::tempdir().expect("suite dir");
+    let script = format!("case \"$1\" in list) echo nap;; *) sleep {secs};; esac\n");
+    std::fs::write(dir.path().join("suite.sh"), script).expect("write suite");
+    let root = tessera_tests::upload_dir(cas, dir.path()).await;
+    let exec_root = format!("/tmp/tessera-it/{name}");
+    let sh = |verb: &str| vec!["sh".to_owned(), "suite.sh".to_owned(), verb.to_owned()];
+    let runner = CommandRunner::new(&exec_root, sh("list"), {
+        let mut run = sh("run");
+        run.push("{tests}".to_owned());
+        run
+    })
+    .expect("runner");
+    JobSpec {
+        digest_function: DigestFunction::Sha256.to_proto(),
+        input_root_digest: Some(root.to_proto()),
+        runner_json: serde_json::to_string(&RunnerConfig::Command(runner)).expect("json"),
+        exec_root,
+        // What the client claims is ignored: the token names the submitter.
+        submitter: "someone-else".to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_unauthenticated_and_roles_stop_at_their_boundaries() {
+    let Some(cluster) = Secure::start(&[]) else {
+        return;
+    };
+    let expiring = cluster.create_token("developer", "short-lived", &["--expires", "1s"]);
+    let created = std::time::Instant::now();
+    let revoked = cluster.create_token("developer", "revoked-dev", &[]);
+    let out = cluster.client(&["token", "revoke", "revoked-dev"], Some(&cluster.admin));
+    assert!(out.status.success(), "{}", transcript(&out));
+    let reader = cluster.create_token("reader", "reader", &[]);
+    let developer = cluster.create_token("developer", "dev", &[]);
+    let ci = cluster.create_token("ci", "ci", &[]);
+    let agent = cluster.create_token("agent", "agent", &[]);
+    let scoped = cluster.create_token("developer", "scoped-a", &["--instance", "a"]);
+
+    // Real time must pass for the expiry.
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(created.elapsed())).await;
+
+    // Bad credentials: UNAUTHENTICATED naming the problem, and the upload did not happen.
+    let unknown = format!("Bearer tsr_{}", "0".repeat(64));
+    let unauthenticated: [(&str, Option<String>, &str); 6] = [
+        ("no-token", None, "no token"),
+        (
+            "basic",
+            Some("Basic dXNlcjpwYXNz".into()),
+            "scheme \"Basic\" is not Bearer",
+        ),
+        (
+            "bearer-alone",
+            Some("Bearer".into()),
+            "expected `Bearer TOKEN`",
+        ),
+        ("unknown", Some(unknown), "unknown token"),
+        (
+            "revoked",
+            Some(format!("Bearer {revoked}")),
+            "token \"revoked-dev\" was revoked at",
+        ),
+        (
+            "expired",
+            Some(format!("Bearer {expiring}")),
+            "token \"short-lived\" expired at",
+        ),
+    ];
+    let bare = cluster.link(None).await;
+    for (case, header, says) in &unauthenticated {
+        let mut request = Request::new(batch_update("", case));
+        if let Some(header) = header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.parse().expect("header value"));
+        }
+        let status = ContentAddressableStorageClient::new(bare.clone())
+            .batch_update_blobs(request)
+            .await
+            .expect_err(case);
+        assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
+        assert!(status.message().contains(says), "{case}: {status:?}");
+        assert!(
+            missing(&cluster, "", &blob(case).0).await,
+            "{case}: the blob was stored"
+        );
+    }
+
+    // Known tokens past their role or scope: PERMISSION_DENIED, and nothing changed.
+    let denied: [(&str, &str, Call, &str); 12] = [
+        (
+            "reader",
+            &reader,
+            Call::UploadBlob,
+            "does not allow CAS writes",
+        ),
+        (
+            "reader",
+            &reader,
+            Call::WriteActionCache,
+            "does not allow action cache writes",
+        ),
+        (
+            "reader",
+            &reader,
+            Call::Execute,
+            "does not allow remote execution",
+        ),
+        (
+            "reader",
+            &reader,
+            Call::SubmitJob,
+            "does not allow submitting jobs",
+        ),
+        (
+            "dev",
+            &developer,
+            Call::WriteActionCache,
+            "does not allow action cache writes",
+        ),
+        (
+            "agent",
+            &agent,
+            Call::ReadActionCache,
+            "does not allow action cache reads",
+        ),
+        (
+            "dev",
+            &developer,
+            Call::CreateToken,
+            "does not allow administration",
+        ),
+        (
+            "ci",
+            &ci,
+            Call::CreateToken,
+            "does not allow administration",
+        ),
+        ("ci", &ci, Call::ReadAudit, "does not allow administration"),
+        (
+            "agent",
+            &agent,
+            Call::ReadAudit,
+            "does not allow administration",
+        ),
+        (
+            "scoped-a",
+            &scoped,
+            Call::FindMissingOnB,
+            "not allowed on instance \"b\"",
+        ),
+        (
+            "scoped-a",
+            &scoped,
+            Call::UploadBlobOnB,
+            "not allowed on instance \"b\"",
+        ),
+    ];
+    for (name, token, call, says) in denied {
+        let case = format!("{name}-{call:?}");
+        let status = make(call, cluster.link(Some(token)).await, &case)
+            .await
+            .expect_err(&case);
+        assert_eq!(status.code(), Code::PermissionDenied, "{case}: {status:?}");
+        assert!(status.message().contains(says), "{case}: {status:?}");
+        assert!(
+            status.message().contains(&format!("token \"{name}\"")),
+            "{case}: {status:?}"
+        );
+        let (digest, _) = blob(&case);
+        match call {
+            Call::UploadBlob => assert!(missing(&cluster, "", &digest).await, "{case}"),
+            Call::UploadBlobOnB => assert!(missing(&cluster, "b", &digest).await, "{case}"),
+            Call::WriteActionCache => assert!(ac_absent(&cluster, &digest).await, "{case}"),
+            _ => {}
+        }
+    }
+    let mut admin = cluster.admin().await;
+    let tokens = admin
+        .list_tokens(ListTokensRequest { all: true })
+        .await
+        .expect("list tokens")
+        .into_inner()
+        .tokens;
+    assert!(
+        !tokens.iter().any(|t| t.name.starts_with("made-by-")),
+        "a non-admin created a token: {tokens:?}"
+    );
+    let mut jobs = JobsClient::new(cluster.link(Some(&cluster.admin)).await);
+    let status = jobs
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(
+        status.jobs.is_empty(),
+        "a reader submitted a job: {:?}",
+        status.jobs
+    );
+
+    // Every refusal is in the audit log, by token name where the token was known.
+    let entries = cluster.audit().await;
+    let refusals: Vec<&AuditEntry> = entries.iter().filter(|e| e.action == "denied").collect();
+    for (case, _, says) in &unauthenticated {
+        assert!(
+            refusals.iter().any(|e| !e.allowed
+                && e.detail.contains("Unauthenticated")
+                && e.detail.contains(says)),
+            "no denied entry for {case}:\n{}",
+            show(&entries)
+        );
+    }
+    for (name, _, call, says) in denied {
+        assert!(
+            refusals.iter().any(|e| e.token == name
+                && e.detail.contains("PermissionDenied")
+                && e.detail.contains(says)),
+            "no denied entry for {name} {call:?}:\n{}",
+            show(&entries)
+        );
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|e| e.token == "scoped-a" && e.instance == "b"),
+        "the instance is recorded:\n{}",
+        show(&entries)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_jobs_submitter_or_an_admin_cancels_it_and_only_ci_speaks_for_others() {
+    let Some(cluster) = Secure::start(&[]) else {
+        return;
+    };
+    let dev_a = cluster.create_token("developer", "dev-a", &[]);
+    let dev_b = cluster.create_token("developer", "dev-b", &[]);
+    let ci = cluster.create_token("ci", "ci-pipe", &[]);
+    let cas = CasClient::from_link(cluster.link(Some(&dev_a)).await, "", DigestFunction::Sha256)
+        .await
+        .expect("cas client");
+    let spec = sleeping_job(&cas, "security-cancel", 30).await;
+    // No agent: the jobs wait in the queue, where cancelling them is all that happens.
+    let submit = async |token: &str, spec: JobSpec| {
+        JobsClient::new(cluster.link(Some(token)).await)
+            .submit(SubmitJobRequest { spec: Some(spec) })
+            .await
+            .map(|r| r.into_inner().job_id)
+    };
+    let cancel = async |token: &str, job_id: &str| {
+        JobsClient::new(cluster.link(Some(token)).await)
+            .cancel(CancelJobRequest {
+                job_id: job_id.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().cancelled)
+    };
+
+    let first = submit(&dev_a, spec.clone()).await.expect("dev-a submits");
+    let status = cancel(&dev_b, &first)
+        .await
+        .expect_err("dev-b may not cancel");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("belongs to \"dev-a\""),
+        "{status:?}"
+    );
+    assert!(
+        cancel(&dev_a, &first)
+            .await
+            .expect("dev-a cancels its own job")
+    );
+    let second = submit(&dev_a, spec.clone()).await.expect("dev-a submits");
+    assert!(
+        cancel(&cluster.admin, &second)
+            .await
+            .expect("the admin cancels anyone's job")
+    );
+
+    // --on-behalf-of: refused for a developer (the CLI exits 2 naming why), recorded as
+    // TOKEN/NAME for ci.
+    let status = submit(
+        &dev_a,
+        JobSpec {
+            on_behalf_of: "ann".to_owned(),
+            ..spec.clone()
+        },
+    )
+    .await
+    .expect_err("a developer may not speak for others");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("--on-behalf-of"), "{status:?}");
+    let project = cluster.project("security-behalf", QUICK_SUITE);
+    let out = cluster
+        .run_command(&project, &dev_a, &["--on-behalf-of", "ann"])
+        .output()
+        .expect("tessera run");
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only ci and admin tokens"),
+        "{}",
+        transcript(&out)
+    );
+    let third = submit(
+        &ci,
+        JobSpec {
+            on_behalf_of: "ann".to_owned(),
+            ..spec.clone()
+        },
+    )
+    .await
+    .expect("ci submits for ann");
+    let out = cluster.client(&["status", "--json"], Some(&dev_b));
+    assert!(out.status.success(), "{}", transcript(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let submitters: BTreeMap<String, String> = status["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| {
+            (
+                j["job_id"].as_str().unwrap_or_default().to_owned(),
+                j["submitter"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        submitters.get(&first).map(String::as_str),
+        Some("dev-a"),
+        "{status}"
+    );
+    assert_eq!(
+        submitters.get(&third).map(String::as_str),
+        Some("ci-pipe/ann"),
+        "{status}"
+    );
+    assert!(
+        cancel(&ci, &third)
+            .await
+            .expect("ci cancels what it submitted")
+    );
+
+    let entries = cluster.audit().await;
+    assert!(
+        has_entry(&entries, "job.cancel", "dev-a", &first),
+        "{}",
+        show(&entries)
+    );
+    assert!(
+        has_entry(&entries, "job.cancel", "admin", &second),
+        "{}",
+        show(&entries)
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "denied" && e.token == "dev-b" && e.object == "Jobs.Cancel"),
+        "{}",
+        show(&entries)
+    );
+    assert!(
+        entries.iter().any(|e| e.action == "job.submit"
+            && e.object == third
+            && e.detail.contains("ci-pipe/ann")),
+        "{}",
+        show(&entries)
+    );
+}
