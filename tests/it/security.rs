@@ -8,8 +8,10 @@
 //!   token, and the audit log naming each of them;
 //! - bad input and role boundaries, one table: the status, its message, nothing visible
 //!   afterwards, a `denied` audit entry; job ownership and `--on-behalf-of`;
-//! - Bazel 4.2.3 over `grpcs://` with a token: a ci token writes the action cache, a
-//!   developer token's local results never reach it;
+//! - Bazel 4.2.3 over TLS with a token: a ci token writes the action cache, a developer
+//!   token's local results never reach it (Debian's Bazel cannot do `grpcs://` itself: its
+//!   netty has no ALPN; the test checks that this is the reason and goes through a
+//!   [`TlsTunnel`]);
 //! - a revoked agent token ends the agent's session; mutual TLS for agents; certificates
 //!   rotated with SIGHUP during a run; a "laptop" in its own network namespace configured by
 //!   its client config file alone.
@@ -40,7 +42,9 @@ use tessera_proto::tessera::v1::{
     Role as ProtoRole, StatusRequest, SubmitJobRequest,
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
-use tessera_tests::{AgentProcess, Pki, ServerProcess, free_port, lines, visible_tempdir};
+use tessera_tests::{
+    AgentProcess, Pki, ServerProcess, TlsTunnel, free_port, lines, visible_tempdir,
+};
 use tonic::{Code, Request, Status};
 
 /// A suite of two quick tests for `tessera run --runner command`.
@@ -893,4 +897,164 @@ async fn only_a_jobs_submitter_or_an_admin_cancels_it_and_only_ci_speaks_for_oth
         "{}",
         show(&entries)
     );
+}
+
+/// What the Bazel test builds: genrules (several outputs, a 5 MiB one, a chain) and a
+/// directory output; quick to build locally and remotely.
+const BAZEL_TARGETS: [&str; 2] = ["//gen/...", "//tree/..."];
+
+#[test]
+fn bazel_over_tls_with_tokens_ci_writes_the_action_cache_and_a_developer_cannot() {
+    use crate::bazel::{Checkout, assert_all_remote, bazel_or_skip, non_internal, serial};
+    let _serial = serial();
+    let Some(bazel) = bazel_or_skip() else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let Some(mut cluster) = Secure::start(&[]) else {
+        return;
+    };
+    let ci = cluster.create_token("ci", "ci-bazel", &[]);
+    let developer = cluster.create_token("developer", "dev-bazel", &[]);
+    for id in ["agent-1", "agent-2"] {
+        let token = cluster.create_token("agent", id, &[]);
+        runtime.block_on(cluster.add_agent(id, &token, &[]));
+    }
+    let mut checkout = Checkout::new(&bazel, cluster.dir.path(), "bazel");
+    let grpcs = format!("grpcs://localhost:{}", cluster.server.addr.port());
+    let ca = format!("--tls_certificate={}", cluster.pki.cert("ca").display());
+    let header = |token: &str| format!("--remote_header=authorization=Bearer {token}");
+
+    // Bazel's own TLS first. Debian's Bazel 4.2.3 cannot do it (its netty lacks ALPN on the
+    // JDK provider); then Bazel goes through a TLS tunnel to the same port instead, and the
+    // rest of the test (tokens, roles, the action cache) holds the same.
+    let probe = checkout.run(&[
+        "build",
+        "//gen:multi",
+        &format!("--remote_cache={grpcs}"),
+        &ca,
+        &header(&developer),
+        "--noremote_upload_local_results",
+    ]);
+    let _tunnel;
+    let (endpoint, tls_flag) = if probe.status.success() {
+        (grpcs, ca)
+    } else {
+        let java_log =
+            std::fs::read_to_string(cluster.dir.path().join("bazel/output-base/java.log"))
+                .unwrap_or_default();
+        assert!(
+            java_log.contains("JDK provider does not support ALPN protocol"),
+            "Bazel failed over grpcs:// for another reason than its missing ALPN: {}\n{}",
+            probe.stderr,
+            java_log
+                .lines()
+                .filter(|l| l.contains("Exception"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        println!(
+            "bazel: this Bazel cannot do TLS itself (JDK provider does not support ALPN); \
+             connecting through a TLS tunnel to the coordinator's TLS port"
+        );
+        let tunnel = TlsTunnel::start(cluster.server.addr, "localhost", &cluster.pki.cert("ca"));
+        let endpoint = format!("grpc://{}", tunnel.addr);
+        _tunnel = tunnel;
+        // A harmless flag in place of --tls_certificate.
+        (endpoint, "--remote_retries=0".to_owned())
+    };
+    let ca = tls_flag;
+    let cache = format!("--remote_cache={endpoint}");
+    let build = |flags: &[&str]| -> Vec<String> {
+        let mut args = vec!["build".to_owned()];
+        args.extend(BAZEL_TARGETS.iter().map(|t| (*t).to_owned()));
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
+        args
+    };
+    let mut bazel_run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        checkout.run(&args)
+    };
+    bazel_run(vec!["clean".to_owned()]).ok();
+
+    // 1. Remote execution with a ci token, on its own instance (its action cache is apart
+    //    from the default instance's, which the rest of the test is about).
+    let remote = bazel_run(build(&[
+        &format!("--remote_executor={endpoint}"),
+        &ca,
+        &header(&ci),
+        "--remote_instance_name=rbe",
+        "--remote_retries=0",
+    ]))
+    .ok();
+    remote.report("remote execution over TLS with a ci token");
+    assert!(assert_all_remote(&remote) >= 5, "{:?}", remote.processes());
+    bazel_run(vec!["clean".to_owned()]).ok();
+
+    // 2. A developer's local build with --remote_upload_local_results: it builds, uploads
+    //    blobs, and its action-cache writes are refused.
+    let dev = bazel_run(build(&[
+        &cache,
+        &ca,
+        &header(&developer),
+        "--remote_upload_local_results",
+    ]));
+    assert!(dev.status.success(), "{}", dev.stderr);
+    let dev_counts = dev.processes();
+    assert_eq!(dev_counts.get("remote cache hit"), None, "{dev_counts:?}");
+    let actions = non_internal(&dev_counts);
+    bazel_run(vec!["clean".to_owned()]).ok();
+
+    // 3. The same build with a ci token: no hit (the developer run left nothing), and its
+    //    uploads are accepted.
+    let ci_run = bazel_run(build(&[
+        &cache,
+        &ca,
+        &header(&ci),
+        "--remote_upload_local_results",
+    ]))
+    .ok();
+    let ci_counts = ci_run.processes();
+    assert_eq!(
+        ci_counts.get("remote cache hit"),
+        None,
+        "the developer's run wrote the action cache: {ci_counts:?}"
+    );
+    bazel_run(vec!["clean".to_owned()]).ok();
+
+    // 4. Anyone reading the cache now gets the ci run's results.
+    let reread = bazel_run(build(&[
+        &cache,
+        &ca,
+        &header(&developer),
+        "--noremote_upload_local_results",
+    ]))
+    .ok();
+    let counts = reread.processes();
+    assert_eq!(
+        counts.get("remote cache hit").copied(),
+        Some(actions),
+        "every action answered from what the ci token wrote: {counts:?}"
+    );
+
+    let entries = runtime.block_on(cluster.audit());
+    assert!(
+        entries.iter().any(|e| e.action == "denied"
+            && e.token == "dev-bazel"
+            && e.object.ends_with("UpdateActionResult")),
+        "{}",
+        show(&entries)
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "ac.update" && e.token == "ci-bazel"),
+        "{}",
+        show(&entries)
+    );
+    drop(checkout);
 }
