@@ -63,6 +63,9 @@ struct Secure {
     /// `https://localhost:PORT`.
     url: String,
     admin: String,
+    /// Whether the coordinator requires client certificates: the CLI and gRPC clients here
+    /// then present `client` (agents get theirs explicitly).
+    mutual: bool,
     /// Scratch: data, agents' work directories, token files, projects.
     dir: TempDir,
 }
@@ -91,6 +94,7 @@ impl Secure {
             key.to_str().expect("utf-8 path"),
         ];
         args.extend_from_slice(extra);
+        let mutual = args.contains(&"--tls-client-ca");
         let server = ServerProcess::start_on(addr, &data_dir, &args, &[]);
         let admin_file = data_dir.join("admin-token");
         let admin = std::fs::read_to_string(&admin_file)
@@ -117,6 +121,7 @@ impl Secure {
             server,
             pki,
             admin,
+            mutual,
             dir,
         }
     }
@@ -137,6 +142,11 @@ impl Secure {
             .env("XDG_CACHE_HOME", self.dir.path().join("cache"));
         if let Some(token) = token {
             command.env("TESSERA_TOKEN", token);
+        }
+        if self.mutual {
+            command
+                .env("TESSERA_TLS_CLIENT_CERT", self.pki.cert("client"))
+                .env("TESSERA_TLS_CLIENT_KEY", self.pki.key("client"));
         }
         command
     }
@@ -207,7 +217,8 @@ impl Secure {
         let auth = ClientAuth {
             tls_ca: Some(self.pki.cert("ca")),
             token: token.map(|t| Token::new(t.to_owned()).expect("a valid token")),
-            ..ClientAuth::default()
+            client_cert: self.mutual.then(|| self.pki.cert("client")),
+            client_key: self.mutual.then(|| self.pki.key("client")),
         };
         let channel = client::endpoint(&self.url, &auth)
             .expect("endpoint")
@@ -1057,4 +1068,100 @@ fn bazel_over_tls_with_tokens_ci_writes_the_action_cache_and_a_developer_cannot(
         show(&entries)
     );
     drop(checkout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_token_ends_the_agents_session() {
+    let Some(mut cluster) = Secure::start(&[]) else {
+        return;
+    };
+    let token = cluster.create_token("agent", "doomed", &[]);
+    cluster.add_agent("doomed", &token, &[]).await;
+    let mut agent = cluster.agents.pop().expect("the agent");
+
+    let out = cluster.client(&["token", "revoke", "doomed"], Some(&cluster.admin));
+    assert!(out.status.success(), "{}", transcript(&out));
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("the agent exits once its token is revoked");
+    assert!(!status.success(), "{status}");
+    let line = agent
+        .log
+        .wait_for("the coordinator refused this agent", Duration::from_secs(5))
+        .await;
+    assert!(
+        line.contains("token \"doomed\" was revoked at"),
+        "the log names the cause: {line}"
+    );
+    assert_eq!(agent.log.count(&token), 0, "the agent logged its token");
+
+    let entries = cluster.audit().await;
+    assert!(
+        has_entry(&entries, "token.revoke", "admin", "doomed"),
+        "{}",
+        show(&entries)
+    );
+    assert!(
+        has_entry(&entries, "agent.leave", "doomed", "doomed"),
+        "{}",
+        show(&entries)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_an_agent_needs_a_client_certificate_as_well_as_its_token() {
+    let Some(pki) = Pki::standard(&[]) else {
+        return;
+    };
+    let client_ca = pki.cert("ca");
+    let addr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let client_ca = client_ca.to_str().expect("utf-8 path").to_owned();
+    let mut cluster = Secure::start_with(pki, addr, &["--tls-client-ca", &client_ca]);
+    let token = cluster.create_token("agent", "fleet", &[]);
+
+    // Its token is good, but without a certificate the handshake fails: it keeps trying.
+    let anonymous = cluster.spawn_agent("no-cert", &token, &[]);
+    anonymous
+        .log
+        .wait_for("cannot reach the coordinator", Duration::from_secs(30))
+        .await;
+
+    let cert = cluster.pki.cert("client");
+    let key = cluster.pki.key("client");
+    cluster
+        .add_agent(
+            "with-cert",
+            &token,
+            &[
+                "--tls-client-cert",
+                cert.to_str().expect("utf-8 path"),
+                "--tls-client-key",
+                key.to_str().expect("utf-8 path"),
+            ],
+        )
+        .await;
+    let out = cluster.client(&["status", "--json"], Some(&cluster.admin));
+    assert!(out.status.success(), "{}", transcript(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let agents: Vec<&str> = status["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["agent_id"].as_str())
+        .collect();
+    assert_eq!(agents, ["with-cert"], "{status}");
+    assert_eq!(anonymous.log.count(lines::AGENT_CONNECTED), 0);
+
+    // The CLI without a certificate cannot even ask.
+    let out = cluster
+        .tessera(&["status"], Some(&cluster.admin))
+        .env_remove("TESSERA_TLS_CLIENT_CERT")
+        .env_remove("TESSERA_TLS_CLIENT_KEY")
+        .arg("--coordinator")
+        .arg(&cluster.url)
+        .arg("--tls-ca")
+        .arg(cluster.pki.cert("ca"))
+        .output()
+        .expect("tessera status");
+    assert!(!out.status.success(), "{}", transcript(&out));
 }
