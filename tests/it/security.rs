@@ -117,7 +117,11 @@ impl Secure {
         assert_eq!(server.log.count(&admin), 0, "the log never shows a token");
         Secure {
             agents: Vec::new(),
-            url: format!("https://localhost:{}", addr.port()),
+            url: if addr.ip().is_loopback() {
+                format!("https://localhost:{}", addr.port())
+            } else {
+                format!("https://{addr}")
+            },
             server,
             pki,
             admin,
@@ -1164,4 +1168,196 @@ async fn with_mutual_tls_an_agent_needs_a_client_certificate_as_well_as_its_toke
         .output()
         .expect("tessera status");
     assert!(!out.status.success(), "{}", transcript(&out));
+}
+
+/// A suite of four tests of 2 s each: about 4 s on an agent with 2 slots.
+const SLOW_SUITE: &str = "case \"$1\" in\n\
+    list) for t in a b c d; do echo $t; done;;\n\
+    run) shift; for t in \"$@\"; do sleep 2; echo \"ran $t\"; done;;\n\
+    esac\n";
+
+/// The serial number of the certificate `addr` presents (for `localhost`), read with
+/// `openssl s_client` on a new connection.
+fn served_serial(addr: std::net::SocketAddr, ca: &Path) -> String {
+    let mut s_client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-verify_return_error"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(s_client.stdout.take().expect("piped stdout"))
+        .output()
+        .expect("openssl x509");
+    let _ = s_client.wait();
+    String::from_utf8_lossy(&x509.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_on_sighup_while_a_run_goes_on() {
+    let Some(mut cluster) = Secure::start(&[]) else {
+        return;
+    };
+    let agent_token = cluster.create_token("agent", "agent-1", &[]);
+    let developer = cluster.create_token("developer", "dev", &[]);
+    cluster.add_agent("agent-1", &agent_token, &[]).await;
+    let old_serial = cluster.pki.serial("server");
+    let ca = cluster.pki.cert("ca");
+    assert_eq!(served_serial(cluster.server.addr, &ca), old_serial);
+
+    let project = cluster.project("security-rotation", SLOW_SUITE);
+    let mut run = cluster
+        .run_command(&project, &developer, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tessera run");
+    cluster.agents[0]
+        .log
+        .wait_for(lines::LEASE_ACCEPTED, Duration::from_secs(30))
+        .await;
+
+    // Mid-run: a new certificate from the same CA in the same files, then SIGHUP.
+    cluster
+        .pki
+        .server("server", "ca", &["localhost", "127.0.0.1"]);
+    let new_serial = cluster.pki.serial("server");
+    assert_ne!(new_serial, old_serial);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(cluster.server.child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("send SIGHUP");
+    assert!(
+        run.try_wait().expect("poll tessera run").is_none(),
+        "the run was still going when the certificate changed"
+    );
+    cluster
+        .server
+        .log
+        .wait_for("TLS certificate reloaded", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        served_serial(cluster.server.addr, &ca),
+        new_serial,
+        "a new connection gets the new certificate"
+    );
+
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output())
+        .await
+        .expect("join")
+        .expect("tessera run");
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    let finished = finished_line(&out.stdout);
+    assert_eq!(finished["result"], "passed", "{}", transcript(&out));
+    assert_eq!(
+        cluster.agents[0].log.count("lost the coordinator"),
+        0,
+        "the agent's connection survived the reload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_laptop_in_its_own_network_namespace_runs_with_its_client_config_alone() {
+    let Some(netns) = tessera_tests::Netns::create(9) else {
+        assert!(
+            !tessera_tests::in_ci(),
+            "network namespaces are required under CI (root and iproute2)"
+        );
+        eprintln!("SKIP: network namespaces need root and iproute2");
+        return;
+    };
+    let Some(pki) = Pki::standard(&[&netns.host_ip]) else {
+        return;
+    };
+    let addr: std::net::SocketAddr = format!("{}:{}", netns.host_ip, free_port())
+        .parse()
+        .expect("addr");
+
+    // Beyond loopback, no TLS is refused, naming the flag that would allow it.
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut plain = ServerProcess::spawn(
+        addr,
+        &scratch.path().join("data"),
+        &["--auth", "tokens"],
+        &[],
+        "plain",
+    );
+    let status = tessera_tests::wait_exit(&mut plain.child, Duration::from_secs(30))
+        .expect("the coordinator refuses to start");
+    assert_eq!(status.code(), Some(2), "{status}");
+    plain
+        .log
+        .wait_for("--insecure-no-tls", Duration::from_secs(5))
+        .await;
+
+    let mut cluster = Secure::start_with(pki, addr, &[]);
+    assert!(cluster.url.contains(&netns.host_ip), "{}", cluster.url);
+    let agent_token = cluster.create_token("agent", "agent-1", &[]);
+    let developer = cluster.create_token("developer", "laptop", &[]);
+    cluster.add_agent("agent-1", &agent_token, &[]).await;
+
+    // The laptop's config: the coordinator, its token and CA, paths relative to the file.
+    let config_home = cluster.dir.path().join("laptop-config");
+    let config_dir = config_home.join("tessera");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    std::fs::copy(cluster.pki.cert("ca"), config_dir.join("ca.pem")).expect("copy the CA");
+    std::fs::write(config_dir.join("token"), format!("{developer}\n")).expect("token file");
+    std::fs::write(
+        config_dir.join("config.toml"),
+        format!(
+            "coordinator = \"{}\"\ntoken_file = \"token\"\ntls_ca = \"ca.pem\"\n",
+            cluster.url
+        ),
+    )
+    .expect("config.toml");
+    let project = cluster.project("security-laptop", QUICK_SUITE);
+    let mut laptop = netns.command(tessera_tests::tessera_bin());
+    laptop
+        .args(["run", "--json"])
+        .args(run_suite_args())
+        .current_dir(&project)
+        .stdin(Stdio::null())
+        .env("XDG_CONFIG_HOME", &config_home)
+        .env("XDG_CACHE_HOME", cluster.dir.path().join("laptop-cache"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TESSERA_") {
+            laptop.env_remove(name);
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || laptop.output())
+        .await
+        .expect("join")
+        .expect("ip netns exec tessera run");
+    assert_eq!(out.status.code(), Some(0), "{}", transcript(&out));
+    assert_eq!(
+        finished_line(&out.stdout)["result"],
+        "passed",
+        "{}",
+        transcript(&out)
+    );
+
+    // It came from the namespace, as the laptop's token.
+    let entries = cluster.audit().await;
+    assert!(
+        entries.iter().any(|e| e.action == "job.submit"
+            && e.token == "laptop"
+            && e.peer.starts_with(&format!("{}:", netns.peer_ip))),
+        "{}",
+        show(&entries)
+    );
 }
