@@ -35,6 +35,10 @@ impl TlsTunnel {
                 .add(cert.expect("a PEM certificate"))
                 .expect("a usable CA");
         }
+        #[expect(
+            deprecated,
+            reason = "ring is the provider the workspace builds with, as tessera-net does"
+        )]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
