@@ -40,7 +40,7 @@ const JOBS: &str = "--jobs=8";
 /// Held by each test for its whole run: one Bazel server at a time on a small machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -356,7 +356,7 @@ impl Drop for Cluster {
 }
 
 /// The number of non-internal processes of `run`, all of which ran remotely.
-fn assert_all_remote(run: &Run) -> u64 {
+pub(crate) fn assert_all_remote(run: &Run) -> u64 {
     let counts = run.processes();
     let actions = non_internal(&counts);
     assert_eq!(
@@ -453,7 +453,7 @@ fn assert_all_cached(run: &Run, actions: u64, cold_tests: &[TestResult]) {
     );
 }
 
-fn non_internal(counts: &BTreeMap<String, u64>) -> u64 {
+pub(crate) fn non_internal(counts: &BTreeMap<String, u64>) -> u64 {
     counts
         .iter()
         .filter(|(kind, _)| kind.as_str() != "internal")
@@ -463,7 +463,7 @@ fn non_internal(counts: &BTreeMap<String, u64>) -> u64 {
 
 /// A copy of the fixture with its own Bazel output base and home; its Bazel server is shut
 /// down on drop.
-struct Checkout {
+pub(crate) struct Checkout {
     bazel: PathBuf,
     /// `.../workspace` inside the copy.
     workspace: PathBuf,
@@ -475,7 +475,7 @@ struct Checkout {
 
 impl Checkout {
     /// Copies `tests/fixtures/bazel/` (dotfiles included) to `parent/name/fixture`.
-    fn new(bazel: &Path, parent: &Path, name: &str) -> Self {
+    pub(crate) fn new(bazel: &Path, parent: &Path, name: &str) -> Self {
         let root = parent.join(name);
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bazel");
         copy_tree(&fixture, &root.join("fixture"));
@@ -490,7 +490,7 @@ impl Checkout {
     }
 
     /// Runs `bazel STARTUP... args` in the workspace, with a time limit.
-    fn run(&mut self, args: &[&str]) -> Run {
+    pub(crate) fn run(&mut self, args: &[&str]) -> Run {
         self.spawn(args).wait()
     }
 
@@ -518,7 +518,7 @@ impl Checkout {
     }
 
     /// Like [`Checkout::run`], and the command must succeed without warnings or errors.
-    fn run_ok(&mut self, args: &[&str]) -> Run {
+    pub(crate) fn run_ok(&mut self, args: &[&str]) -> Run {
         self.run(args).ok()
     }
 
@@ -637,12 +637,12 @@ impl Drop for Pending {
 }
 
 /// One finished Bazel command.
-struct Run {
+pub(crate) struct Run {
     args: String,
-    status: ExitStatus,
+    pub(crate) status: ExitStatus,
     took: Duration,
     stdout: String,
-    stderr: String,
+    pub(crate) stderr: String,
 }
 
 /// One line of Bazel's test summary, e.g. `//tests:pass_test   (cached) PASSED in 0.0s`.
@@ -655,7 +655,7 @@ struct TestResult {
 
 impl Run {
     /// The command must have succeeded without warnings or errors.
-    fn ok(self) -> Run {
+    pub(crate) fn ok(self) -> Run {
         assert!(
             self.status.success(),
             "`bazel {}` failed: {}\nstdout:\n{}\nstderr:\n{}",
@@ -688,7 +688,7 @@ impl Run {
 
     /// The process summary as kind -> count (`24 remote cache hit, 12 internal`); the parts
     /// add up to the total.
-    fn processes(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn processes(&self) -> BTreeMap<String, u64> {
         let line = self.summary_line();
         let (total, kinds) = line["INFO: ".len()..]
             .split_once(" processes: ")
@@ -728,7 +728,7 @@ impl Run {
     }
 
     /// Prints the summary lines and the wall time (`--nocapture` shows them).
-    fn report(&self, what: &str) {
+    pub(crate) fn report(&self, what: &str) {
         let elapsed = self
             .stderr
             .lines()
@@ -749,7 +749,7 @@ impl Run {
 
 /// `bazel` on `PATH`, installed by `.ci/install-deps.sh` if missing; `None` (skip) outside CI
 /// when that fails.
-fn bazel_or_skip() -> Option<PathBuf> {
+pub(crate) fn bazel_or_skip() -> Option<PathBuf> {
     if std::env::var("TESSERA_SKIP_BAZEL").is_ok_and(|v| v == "1") {
         println!("SKIP: TESSERA_SKIP_BAZEL=1");
         return None;

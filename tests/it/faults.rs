@@ -3,7 +3,7 @@
 //! case the work finishes exactly once, with the result of the attempt that counted.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,7 +16,8 @@ use tessera_proto::reapi::{
     ExecuteRequest, ExecuteResponse, GetActionResultRequest, WaitExecutionRequest, execution_stage,
 };
 use tessera_tests::{
-    AgentProcess, ServerProcess, free_port, in_ci, lines, response_of, upload_action, wait_stage,
+    AgentProcess, Netns, ServerProcess, free_port, in_ci, lines, response_of, upload_action,
+    wait_stage,
 };
 use tonic::transport::Channel;
 
@@ -289,117 +290,9 @@ async fn a_draining_agent_finishes_its_work_then_exits() {
     assert!(status.success(), "{status}");
 }
 
-/// A network namespace with a veth link to the host, removed on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-    host_ip: String,
-}
-
-impl Netns {
-    fn create(index: u8) -> Option<Netns> {
-        let id = std::process::id() % 10_000;
-        let ns = Netns {
-            name: format!("tsr{id}n{index}"),
-            host_if: format!("tsr{id}h{index}"),
-            host_ip: format!("10.231.{index}.1"),
-        };
-        let agent_if = format!("tsr{id}a{index}");
-        let agent_ip = format!("10.231.{index}.2/24");
-        let steps: Vec<Vec<String>> = vec![
-            vec!["netns".into(), "add".into(), ns.name.clone()],
-            vec![
-                "link".into(),
-                "add".into(),
-                ns.host_if.clone(),
-                "type".into(),
-                "veth".into(),
-                "peer".into(),
-                "name".into(),
-                agent_if.clone(),
-            ],
-            vec![
-                "link".into(),
-                "set".into(),
-                agent_if.clone(),
-                "netns".into(),
-                ns.name.clone(),
-            ],
-            vec![
-                "addr".into(),
-                "add".into(),
-                format!("{}/24", ns.host_ip),
-                "dev".into(),
-                ns.host_if.clone(),
-            ],
-            vec!["link".into(), "set".into(), ns.host_if.clone(), "up".into()],
-            vec![
-                "-n".into(),
-                ns.name.clone(),
-                "addr".into(),
-                "add".into(),
-                agent_ip,
-                "dev".into(),
-                agent_if.clone(),
-            ],
-            vec![
-                "-n".into(),
-                ns.name.clone(),
-                "link".into(),
-                "set".into(),
-                agent_if,
-                "up".into(),
-            ],
-            vec![
-                "-n".into(),
-                ns.name.clone(),
-                "link".into(),
-                "set".into(),
-                "lo".into(),
-                "up".into(),
-            ],
-        ];
-        for step in steps {
-            let ok = Command::new("ip")
-                .args(&step)
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                eprintln!("`ip {}` failed", step.join(" "));
-                return None;
-            }
-        }
-        Some(ns)
-    }
-
-    fn cut(&self) {
-        let status = Command::new("ip")
-            .args(["link", "set", &self.host_if, "down"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "link down");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cut_off_from_the_network_loses_its_work_to_another() {
-    let root = nix::unistd::Uid::effective().is_root();
-    let netns = if root { Netns::create(7) } else { None };
-    let Some(netns) = netns else {
+    let Some(netns) = Netns::create(7) else {
         assert!(
             !in_ci(),
             "network namespaces are required under CI (root and iproute2)"
@@ -413,9 +306,8 @@ async fn an_agent_cut_off_from_the_network_loses_its_work_to_another() {
     let endpoint = server.endpoint();
     // The isolated agent reaches the coordinator only through the veth link.
     let remote_endpoint = format!("http://{}:{port}", netns.host_ip);
-    let mut isolated = Command::new("ip")
-        .args(["netns", "exec", &netns.name])
-        .arg(tessera_tests::tessera_bin())
+    let mut isolated = netns
+        .command(tessera_tests::tessera_bin())
         .args([
             "agent",
             "--coordinator",

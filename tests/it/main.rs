@@ -19,6 +19,7 @@ mod network;
 mod run_refusals;
 mod runners_e2e;
 mod secrets;
+mod security;
 mod store_full;
 mod test_output;
 mod toolchains;

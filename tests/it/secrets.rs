@@ -2,7 +2,8 @@
 //! coordinator` and `tessera agent`: a secret's value reaches the steps and nothing else (not
 //! the coordinator's data directory, the CAS included, not the agent's work directory, not a
 //! log, not an event), and only a keyed hash of it enters cache keys; what an agent keeps
-//! between jobs (a persisted directory) is never shared between trust domains.
+//! between jobs (a persisted directory) is never shared between trust domains (named by the
+//! coordinator from the submitter's token).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,11 +13,13 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
+use tessera_net::client::{ClientAuth, Link, Token};
 use tessera_proto::reapi::command::EnvironmentVariable;
-use tessera_proto::tessera::v1::SubmitJobRequest;
+use tessera_proto::tessera::v1::admin_client::AdminClient;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{
-    JobEvent, JobResult, JobSpec, SecretEnv, TestOutcome, job_event::Kind,
+    CreateTokenRequest, JobEvent, JobFinished, JobResult, JobSpec, Role, SecretEnv,
+    SubmitJobRequest, TestOutcome, WatchJobRequest, job_event::Kind,
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
 use tessera_tests::{
@@ -202,21 +205,96 @@ async fn a_secret_reaches_the_steps_and_is_stored_nowhere() {
     }
 }
 
-/// Until the Jobs service names the trust domain from the submitter's token, this test names
-/// it in the spec (the coordinator passes it on as given with auth off); with tokens, submit
-/// each job with a token of the matching role instead.
+/// A link to `endpoint` sending `token`.
+async fn link(endpoint: &str, token: &str) -> Link {
+    let auth = ClientAuth {
+        token: Some(Token::new(token.to_owned()).expect("a valid token")),
+        ..ClientAuth::default()
+    };
+    let channel = tessera_net::client::endpoint(endpoint, &auth)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    tessera_net::client::link(channel, &auth)
+}
+
+/// Creates a token of `role` named `name` with the `admin` token; returns its secret.
+async fn create_token(endpoint: &str, admin: &str, role: Role, name: &str) -> String {
+    AdminClient::new(link(endpoint, admin).await)
+        .create_token(CreateTokenRequest {
+            name: name.to_owned(),
+            role: role as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("create a token")
+        .into_inner()
+        .token
+}
+
+/// Submits `spec` through `jobs` and returns its events and final event (one minute at most).
+async fn run_job_as(jobs: &mut JobsClient<Link>, spec: JobSpec) -> (Vec<JobEvent>, JobFinished) {
+    let job_id = jobs
+        .submit(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .expect("submit the job")
+        .into_inner()
+        .job_id;
+    let mut stream = jobs
+        .watch(WatchJobRequest {
+            job_id: job_id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .expect("watch the job")
+        .into_inner();
+    let mut events = Vec::new();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = stream.message().await.expect("job event stream") {
+            events.push(event.clone());
+            if let Some(Kind::Finished(finished)) = event.kind {
+                return finished;
+            }
+        }
+        panic!("job {job_id}: the stream ended without a finished event: {events:#?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("job {job_id} did not finish within a minute"));
+    (events, finished)
+}
+
+/// The coordinator names each job's trust domain from its submitter's token (role and
+/// instance scope), whatever the spec says: a developer's and a ci token's jobs never share
+/// what the agent keeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persisted_directory_is_never_shared_between_trust_domains() {
     let dir = tessera_tests::visible_tempdir();
-    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    let data_dir = dir.path().join("data");
+    let server = ServerProcess::start(&data_dir, &["--auth", "tokens"]);
     let endpoint = server.endpoint();
-    let _agent =
-        AgentProcess::start_connected(&endpoint, &dir.path().join("agent"), "agent-0", 1, &[])
-            .await;
-    let cas = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
-        .await
-        .expect("cas client");
-    let mut jobs = jobs_client(&endpoint).await;
+    let admin = std::fs::read_to_string(data_dir.join("admin-token")).expect("admin token");
+    let admin = admin.trim();
+    let agent_token = create_token(&endpoint, admin, Role::Agent, "agent-0").await;
+    let developer = create_token(&endpoint, admin, Role::Developer, "dev").await;
+    let ci = create_token(&endpoint, admin, Role::Ci, "ci").await;
+    let token_file = dir.path().join("agent.token");
+    std::fs::write(&token_file, &agent_token).expect("write the agent token");
+    let _agent = AgentProcess::start_connected(
+        &endpoint,
+        &dir.path().join("agent"),
+        "agent-0",
+        1,
+        &["--token-file", token_file.to_str().expect("utf-8 path")],
+    )
+    .await;
+    let cas = CasClient::from_link(
+        link(&endpoint, &developer).await,
+        "",
+        DigestFunction::Sha256,
+    )
+    .await
+    .expect("cas client");
 
     // The prepare step fails if an earlier job left a file in its kept directory, and leaves
     // one itself.
@@ -230,19 +308,22 @@ async fn a_persisted_directory_is_never_shared_between_trust_domains() {
         persist: vec!["cache".to_owned()],
         ..suite_job(&cas, "trust-domains", script, true).await
     };
-    let in_domain = |domain: &str, run: &str| JobSpec {
-        trust_domain: domain.to_owned(),
+    // What a client claims is replaced by the token's domain.
+    let run = |run: &str| JobSpec {
+        trust_domain: "ci:*".to_owned(),
         environment: env(&[("PATH", "/usr/bin:/bin"), ("RUN", run)]),
         ..spec.clone()
     };
+    let mut as_developer = JobsClient::new(link(&endpoint, &developer).await);
+    let mut as_ci = JobsClient::new(link(&endpoint, &ci).await);
 
-    let (_, developer) = run_job(&mut jobs, in_domain("developer:*", "1")).await;
-    assert_eq!(developer.result(), JobResult::Passed, "{developer:?}");
+    let (_, first) = run_job_as(&mut as_developer, run("1")).await;
+    assert_eq!(first.result(), JobResult::Passed, "{first:?}");
 
     // Another domain: its prepare step is not the developer's cached one, and its kept
     // directory is its own.
-    let (events, ci) = run_job(&mut jobs, in_domain("ci:*", "1")).await;
-    assert_eq!(ci.result(), JobResult::Passed, "{ci:?}");
+    let (events, ci_job) = run_job_as(&mut as_ci, run("1")).await;
+    assert_eq!(ci_job.result(), JobResult::Passed, "{ci_job:?}");
     assert!(
         !events
             .iter()
@@ -251,7 +332,7 @@ async fn a_persisted_directory_is_never_shared_between_trust_domains() {
     );
 
     // The same domain (a new run, so its prepare step runs) finds what the first job planted.
-    let (_, again) = run_job(&mut jobs, in_domain("developer:*", "2")).await;
+    let (_, again) = run_job_as(&mut as_developer, run("2")).await;
     assert_eq!(again.result(), JobResult::Error, "{again:?}");
     assert!(
         again.log.contains("found a planted file from developer:*"),
