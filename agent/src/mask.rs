@@ -66,6 +66,11 @@ impl SecretMask {
         SecretMask { values, longest }
     }
 
+    /// A mask for the secret values `lease` carries.
+    pub fn of_lease(lease: &tessera_proto::tessera::v1::Lease) -> Self {
+        Self::new(lease.secrets.iter().map(|s| s.value.as_bytes()))
+    }
+
     /// True if there is nothing to mask.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
@@ -117,8 +122,17 @@ impl SecretMask {
         if self.is_empty() || !self.holds_value(path)? {
             return Ok(false);
         }
-        let error = |op| move |source| MaskError { op, path: path.to_owned(), source };
-        let mode = fs::metadata(path).map_err(error("stat"))?.permissions().mode();
+        let error = |op| {
+            move |source| MaskError {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let mode = fs::metadata(path)
+            .map_err(error("stat"))?
+            .permissions()
+            .mode();
         let copy = masked_copy_path(path);
         let written = self.write_masked(path, &copy, mode);
         let replaced = written.and_then(|()| {
@@ -175,7 +189,11 @@ impl SecretMask {
     fn write_masked(&self, path: &Path, copy: &Path, mode: u32) -> Result<(), MaskError> {
         let error = |op, at: &Path| {
             let at = at.to_owned();
-            move |source| MaskError { op, path: at, source }
+            move |source| MaskError {
+                op,
+                path: at,
+                source,
+            }
         };
         let mut reader = fs::File::open(path).map_err(error("open", path))?;
         let mut writer = fs::OpenOptions::new()
@@ -206,7 +224,13 @@ impl SecretMask {
 
     /// Whether the file at `path` holds a value: one read, nothing written.
     fn holds_value(&self, path: &Path) -> Result<bool, MaskError> {
-        let error = |op| move |source| MaskError { op, path: path.to_owned(), source };
+        let error = |op| {
+            move |source| MaskError {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
         let mut reader = fs::File::open(path).map_err(error("open"))?;
         let mut stream = self.stream();
         let mut chunk = vec![0; CHUNK_BYTES];
@@ -442,7 +466,11 @@ mod tests {
             text.splice(at..at, b"0123456789".iter().copied());
             let expected: Vec<u8> = [&text[..at], b"***", &text[at + 10..]].concat();
             for piece in [1, 3, 9, 10, 11, 17, 50] {
-                assert_eq!(streamed(&mask, &text, piece), expected, "at {at}, pieces of {piece}");
+                assert_eq!(
+                    streamed(&mask, &text, piece),
+                    expected,
+                    "at {at}, pieces of {piece}"
+                );
             }
         }
     }
