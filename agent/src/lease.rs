@@ -20,8 +20,10 @@
 //! | not started: slots busy or draining (`session`) | REFUSED | none |
 //! | the agent's lease task failed (`session`) | RETRYABLE | none |
 //!
-//! Every outcome but COMPLETED carries a message saying why. The agent names missing blobs by
-//! digest only; the coordinator builds the REAPI `PreconditionFailure` from them.
+//! Every outcome but COMPLETED carries a message saying why. For a lease with secret values,
+//! everything in the result (stdout, stderr, output files, test results) and the message has
+//! the values masked as `***` (see `mask`). The agent names missing blobs by digest only; the
+//! coordinator builds the REAPI `PreconditionFailure` from them.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -4,7 +4,8 @@
 //! its pipeline (`pipeline`): fetch the input root into the local blob cache (`cache`), lay it
 //! out in a private exec root (`materialize`; a large root once per agent, as a shared layer
 //! under each lease's overlay mount: `layer`), run the command in its own process group,
-//! sandboxed where the host allows (`sandbox`), collect and upload outputs (`outputs`), report
+//! sandboxed where the host allows (`sandbox`), mask the lease's secret values in what it left
+//! (`mask`), collect and upload outputs (`outputs`), report
 //! the result as one of the outcomes `lease` lists.
 //! An action may ask to see its input root at a fixed path (`exec_root`); a job's steps arrive
 //! as builtin actions that the agent runs itself (`step`).
@@ -18,6 +19,7 @@ pub mod config;
 pub mod exec_root;
 pub mod layer;
 pub mod lease;
+pub mod mask;
 pub mod materialize;
 pub mod outputs;
 pub mod pipeline;

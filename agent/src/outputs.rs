@@ -8,7 +8,9 @@
 //! symlink becomes an `OutputSymlink` (for old clients also the matching deprecated
 //! `output_file_symlinks` or `output_directory_symlinks`). A path that does not exist is left
 //! out, as REAPI says. A path whose parent resolves outside the exec root (through a symlink)
-//! is left out too. Uploads ask FindMissingBlobs first and send only what the CAS lacks, small
+//! is left out too. A lease's secret values are masked in every file before it is hashed (see
+//! `mask`): in place, so what is uploaded, and what is left on the agent's disk, is the masked
+//! file. Uploads ask FindMissingBlobs first and send only what the CAS lacks, small
 //! blobs in batches, large ones through ByteStream, reading files in bounded groups.
 
 use std::collections::HashSet;
@@ -25,6 +27,7 @@ use tessera_proto::reapi::{ActionResult, Command, OutputDirectory, OutputFile, O
 use thiserror::Error;
 
 use crate::cache::{Transfer, plan_transfers};
+use crate::mask::{MaskError, SecretMask};
 use crate::materialize::relative_components;
 
 /// Most file bytes read into memory at once while uploading.
@@ -79,6 +82,9 @@ pub enum OutputError {
         #[source]
         source: io::Error,
     },
+    /// A file could not be masked.
+    #[error(transparent)]
+    Mask(#[from] MaskError),
     /// Uploading failed.
     #[error("failed to upload outputs: {0}")]
     Upload(#[from] ClientError),
@@ -97,7 +103,7 @@ impl OutputError {
                     TreeError::NotUtf8(_) | TreeError::UnsupportedFileType(_)
                 ) || source.is_invalid_tree()
             }
-            OutputError::Io { .. } | OutputError::Upload(_) => false,
+            OutputError::Io { .. } | OutputError::Mask(_) | OutputError::Upload(_) => false,
         }
     }
 }
@@ -198,11 +204,14 @@ pub struct CollectedOutputs {
     pub blobs: Vec<(Digest, BlobSource)>,
 }
 
-/// The digest of a local file, and the blob to upload for it. Blocking.
+/// The digest of a local file, and the blob to upload for it, after masking `mask`'s values
+/// in it. Blocking.
 pub fn file_blob(
     path: &Path,
     function: DigestFunction,
+    mask: &SecretMask,
 ) -> Result<(Digest, BlobSource), OutputError> {
+    mask.mask_file(path)?;
     let file = fs::File::open(path).map_err(io_error("open", path))?;
     let digest = function
         .digest_reader(file)
@@ -214,16 +223,27 @@ pub fn file_blob(
     deprecated,
     reason = "REAPI 2.0 clients read symlinks from output_file_symlinks and output_directory_symlinks"
 )]
-/// Looks at each requested output under `working_dir` (inside `exec_root`). Blocking.
+/// Looks at each requested output under `working_dir` (inside `exec_root`), masking `mask`'s
+/// values in every file first, except in the files at `masked_already` (requested paths the
+/// agent itself wrote with their values masked field by field, such as a step's report, which
+/// byte masking could break). Blocking.
 pub fn collect_outputs(
     exec_root: &Path,
     working_dir: &Path,
     requested: &[RequestedOutput],
     function: DigestFunction,
+    mask: &SecretMask,
+    masked_already: &[&str],
 ) -> Result<CollectedOutputs, OutputError> {
     let root = fs::canonicalize(exec_root).map_err(io_error("resolve", exec_root))?;
     let mut out = CollectedOutputs::default();
+    let unmasked = SecretMask::default();
     for output in requested {
+        let mask = if masked_already.contains(&output.path.as_str()) {
+            &unmasked
+        } else {
+            mask
+        };
         let path = working_dir.join(&output.path);
         let meta = match fs::symlink_metadata(&path) {
             Ok(meta) => meta,
@@ -278,7 +298,7 @@ pub fn collect_outputs(
                     found: "file",
                 });
             }
-            let (digest, source) = file_blob(&path, function)?;
+            let (digest, source) = file_blob(&path, function, mask)?;
             out.result.output_files.push(OutputFile {
                 path: output.path.clone(),
                 digest: Some(digest.to_proto()),
@@ -299,6 +319,7 @@ pub fn collect_outputs(
                 path: output.path.clone(),
                 source: Box::new(source),
             };
+            mask.mask_tree(&path)?;
             let tree = build_tree(&path, function).map_err(tree_error)?;
             let message = assemble_tree(&tree).map_err(tree_error)?;
             let (tree_digest, tree_bytes) = digest_message(function, &message);
@@ -474,7 +495,8 @@ mod tests {
             })
             .collect();
         let f = DigestFunction::Sha256;
-        let out = collect_outputs(root, root, &requested, f).unwrap();
+        let none = SecretMask::default();
+        let out = collect_outputs(root, root, &requested, f, &none, &[]).unwrap();
         assert_eq!(out.result.output_files.len(), 1);
         assert!(out.result.output_files[0].is_executable);
         assert_eq!(
@@ -492,13 +514,13 @@ mod tests {
             path: "out/tree".into(),
             declared: Declared::File,
         }];
-        let err = collect_outputs(root, root, &as_file, f).unwrap_err();
+        let err = collect_outputs(root, root, &as_file, f, &none, &[]).unwrap_err();
         assert!(err.is_user_error(), "{err}");
         let old_link = [RequestedOutput {
             path: "out/link".into(),
             declared: Declared::File,
         }];
-        let out = collect_outputs(root, root, &old_link, f).unwrap();
+        let out = collect_outputs(root, root, &old_link, f, &none, &[]).unwrap();
         assert_eq!(out.result.output_file_symlinks.len(), 1);
         assert_eq!(out.result.output_symlinks.len(), 1);
     }
@@ -515,8 +537,56 @@ mod tests {
             path: "s/key".into(),
             declared: Declared::Any,
         }];
-        let out = collect_outputs(&root, &root, &requested, DigestFunction::Sha256).unwrap();
+        let out = collect_outputs(
+            &root,
+            &root,
+            &requested,
+            DigestFunction::Sha256,
+            &SecretMask::default(),
+            &[],
+        )
+        .unwrap();
         assert!(out.result.output_files.is_empty());
         assert!(out.blobs.is_empty());
+    }
+
+    #[test]
+    fn secret_values_are_masked_before_outputs_are_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("tree/sub")).unwrap();
+        fs::write(root.join("file"), "token=s3cret-value").unwrap();
+        fs::write(root.join("tree/sub/x"), "s3cret-value!").unwrap();
+        fs::write(root.join("report.json"), r#"{"output":"s3cret-value"}"#).unwrap();
+        let requested: Vec<RequestedOutput> = ["file", "tree", "report.json"]
+            .iter()
+            .map(|p| RequestedOutput {
+                path: (*p).into(),
+                declared: Declared::Any,
+            })
+            .collect();
+        let f = DigestFunction::Sha256;
+        let mask = SecretMask::new(["s3cret-value"]);
+        let out = collect_outputs(root, root, &requested, f, &mask, &["report.json"]).unwrap();
+        assert_eq!(fs::read_to_string(root.join("file")).unwrap(), "token=***");
+        assert_eq!(
+            out.result.output_files[0].digest,
+            Some(f.digest_of(b"token=***").to_proto())
+        );
+        assert_eq!(fs::read_to_string(root.join("tree/sub/x")).unwrap(), "***!");
+        assert!(out.blobs.contains(&(
+            f.digest_of(b"***!"),
+            BlobSource::File(root.join("tree/sub/x"))
+        )));
+        // Written by the agent with its fields masked: left as it is.
+        assert_eq!(
+            out.result.output_files[1].digest,
+            Some(f.digest_of(br#"{"output":"s3cret-value"}"#).to_proto())
+        );
+        let (stdout, _) = {
+            fs::write(root.join("stdout"), "s3cret-value\n").unwrap();
+            file_blob(&root.join("stdout"), f, &mask).unwrap()
+        };
+        assert_eq!(stdout, f.digest_of(b"***\n"));
     }
 }

@@ -6,6 +6,10 @@
 //! the run differs (see `step`). An action with an `exec-root` platform property sees its input
 //! root at that path (see `exec_root`).
 //!
+//! Secret values enter in one place, the processes' environment, and are masked in everything
+//! the lease leaves before it is hashed: stdout, stderr, output files, a step's test results
+//! and report, the lease's message (see `mask`).
+//!
 //! Does not talk to the coordinator (see `session`); progress goes out through a callback.
 
 use std::collections::HashMap;
@@ -25,6 +29,7 @@ use crate::cache::LocalCache;
 use crate::exec_root::{PathMap, SymlinkedRoot, check_disjoint};
 use crate::layer::{LayerRef, LayeredRoots, layer_name};
 use crate::lease::{LeaseCancel, LeaseError, Report, RunOutcome, Stage};
+use crate::mask::SecretMask;
 use crate::materialize::{
     InputTree, MaterializeError, create_dirs_within, fetch_input_tree, materialize,
     relative_components,
@@ -37,7 +42,9 @@ use crate::sandbox::{Isolation, ProcessExit, ProcessRunner, ProcessSpec, resolve
 use crate::step::{StepContext, StepEnd, check_persist_paths, lay_out_persist, run_step};
 use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
 use crate::worker::{LeaseWorker, WorkerKey, WorkerPool};
-use tessera_runners::step::{StepReport, StepSpec, TRUST_DOMAIN_ENV, is_secret_placeholder};
+use tessera_runners::step::{
+    REPORT_PATH, StepReport, StepSpec, TRUST_DOMAIN_ENV, is_secret_placeholder,
+};
 
 /// Upload attempts for a lease's outputs when the CAS is briefly unavailable.
 const UPLOAD_ATTEMPTS: u32 = 5;
@@ -147,6 +154,8 @@ struct Plan {
     step: Option<StepSpec>,
     /// The value of each variable whose placeholder the command holds (see [`secret_values`]).
     secrets: HashMap<String, String>,
+    /// Masks those values in what the lease leaves: stdout, stderr, outputs, test results.
+    mask: SecretMask,
     /// The job's trust domain ([`TRUST_DOMAIN_ENV`]), empty when none: what the agent keeps
     /// between jobs (persisted directories, workers) is kept apart by it.
     trust_domain: String,
@@ -266,6 +275,24 @@ struct Launch {
     map: PathMap,
 }
 
+/// Runs a builtin step; its report is then in the exec root, and the exit code 0.
+async fn run_builtin(
+    step: &StepSpec,
+    context: &StepContext<'_>,
+) -> Result<ProcessExit, LeaseError> {
+    Ok(match run_step(step, context).await? {
+        // A failed step exits 1 so that no cache keeps it (a broken build is retried on the
+        // next run); its report is uploaded all the same.
+        StepEnd::Reported(StepReport::Failed { .. }) => ProcessExit::Exited { exit_code: 1 },
+        StepEnd::Reported(_) => ProcessExit::Exited { exit_code: 0 },
+        StepEnd::TimedOut { after } => ProcessExit::TimedOut {
+            after,
+            exit_code: 128 + libc::SIGKILL,
+        },
+        StepEnd::Cancelled => ProcessExit::Cancelled,
+    })
+}
+
 fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp::from(time))
 }
@@ -304,7 +331,10 @@ impl LeasePipeline {
             result.execution_metadata = Some(metadata);
             result
         });
-        (Report::of(&outcome).into_result(lease, result), outcome)
+        let mut report = Report::of(&outcome);
+        // An error may quote what the command printed.
+        SecretMask::of_lease(lease).mask_in_place(&mut report.message);
+        (report.into_result(lease, result), outcome)
     }
 
     async fn stages(
@@ -368,8 +398,17 @@ impl LeasePipeline {
                 .map_err(LeaseError::from),
             Some(step) => {
                 let worker = hold.as_ref().map(|(worker, _)| worker);
-                self.run_step(step, &launch, dirs, cancel, step_results, worker)
-                    .await
+                let context = StepContext {
+                    runner: self.runner.as_ref(),
+                    template: &launch.spec,
+                    map: &launch.map,
+                    dirs,
+                    cancel: cancel.token(),
+                    results: step_results,
+                    worker,
+                    mask: &plan.mask,
+                };
+                run_builtin(step, &context).await
             }
         };
         drop(linked);
@@ -599,38 +638,6 @@ impl LeasePipeline {
         Ok(Layout::Layer(layer, Arc::clone(layers)))
     }
 
-    /// Runs a builtin step; its report is then in the exec root, and the exit code 0.
-    async fn run_step(
-        &self,
-        step: &StepSpec,
-        launch: &Launch,
-        dirs: &LeaseDirs,
-        cancel: &LeaseCancel,
-        step_results: &(dyn Fn(String) + Send + Sync),
-        worker: Option<&LeaseWorker>,
-    ) -> Result<ProcessExit, LeaseError> {
-        let context = StepContext {
-            runner: self.runner.as_ref(),
-            template: &launch.spec,
-            map: &launch.map,
-            dirs,
-            cancel: cancel.token(),
-            results: step_results,
-            worker,
-        };
-        Ok(match run_step(step, &context).await? {
-            // A failed step exits 1 so that no cache keeps it (a broken build is retried on
-            // the next run); its report is uploaded all the same.
-            StepEnd::Reported(StepReport::Failed { .. }) => ProcessExit::Exited { exit_code: 1 },
-            StepEnd::Reported(_) => ProcessExit::Exited { exit_code: 0 },
-            StepEnd::TimedOut { after } => ProcessExit::TimedOut {
-                after,
-                exit_code: 128 + libc::SIGKILL,
-            },
-            StepEnd::Cancelled => ProcessExit::Cancelled,
-        })
-    }
-
     async fn plan(&self, lease: &Lease) -> Result<Plan, LeaseError> {
         let bad = |message: String| LeaseError::BadLease(message);
         let function =
@@ -667,6 +674,7 @@ impl LeasePipeline {
             Some(Err(error)) => return Err(error.into()),
         };
         let secrets = secret_values(lease, &command)?;
+        let mask = SecretMask::new(secrets.values());
         let trust_domain = command
             .environment_variables
             .iter()
@@ -689,11 +697,13 @@ impl LeasePipeline {
             cas,
             step,
             secrets,
+            mask,
             trust_domain,
         })
     }
 
-    /// Collects the requested outputs and uploads them with stdout and stderr.
+    /// Masks the lease's secret values in the requested outputs, stdout and stderr, then
+    /// collects and uploads them.
     async fn upload(
         &self,
         plan: &Plan,
@@ -706,10 +716,17 @@ impl LeasePipeline {
         let cwd = dirs.root.join(&plan.command.working_directory);
         let stdout = dirs.stdout.clone();
         let stderr = dirs.stderr.clone();
+        let mask = plan.mask.clone();
+        // A step's report is written by the agent with its values masked field by field.
+        let masked_already: &[&str] = match plan.step {
+            Some(_) => &[REPORT_PATH],
+            None => &[],
+        };
         let (mut collected, stdout, stderr) = tokio::task::spawn_blocking(move || {
-            let collected = collect_outputs(&root, &cwd, &requested, function)?;
-            let stdout = file_blob(&stdout, function)?;
-            let stderr = file_blob(&stderr, function)?;
+            let collected =
+                collect_outputs(&root, &cwd, &requested, function, &mask, masked_already)?;
+            let stdout = file_blob(&stdout, function, &mask)?;
+            let stderr = file_blob(&stderr, function, &mask)?;
             Ok::<_, OutputError>((collected, stdout, stderr))
         })
         .await
@@ -755,6 +772,7 @@ impl LeasePipeline {
         let keep = (self.keep_failed && outcome.is_failure())
             .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
         let layers = self.layers.clone();
+        let mask = SecretMask::of_lease(lease);
         let done = tokio::task::spawn_blocking(move || {
             // The overlay goes first: removing the lease's directories must not reach into
             // its layer.
@@ -762,6 +780,8 @@ impl LeasePipeline {
                 layers.unmount(&dirs.root).map_err(std::io::Error::other)?;
             }
             if let Some(kept) = keep {
+                // What is kept for a look is what would have been uploaded: masked.
+                mask.mask_tree(&dirs.base).map_err(std::io::Error::other)?;
                 if let Some(parent) = kept.parent() {
                     std::fs::create_dir_all(parent)?;
                 }

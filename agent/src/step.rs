@@ -35,6 +35,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec_root::{PathMap, persist_dir};
+use crate::mask::SecretMask;
 use crate::sandbox::{ProcessExit, ProcessRunner, ProcessSpec, SpawnError, resolve_program};
 use crate::workdir::{LeaseDirs, remove_tree};
 use crate::worker::{LeaseWorker, Served, Worker, WorkerHome, fifo_paths};
@@ -79,6 +80,8 @@ pub enum StepError {
 
 /// Everything a step needs from its lease.
 pub struct StepContext<'a> {
+    /// The lease's secret values, masked in test results, the report and the step's log.
+    pub mask: &'a SecretMask,
     /// Runs the commands.
     pub runner: &'a dyn ProcessRunner,
     /// The action's command as the lease pipeline prepared it: environment, isolation, limits,
@@ -134,6 +137,7 @@ pub async fn run_step(step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepEnd,
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let map = ctx.map.clone();
     let dirs = ctx.dirs.clone();
+    let mask = ctx.mask.clone();
     tokio::task::spawn_blocking(move || {
         let report = match report {
             StepReport::Prepared { prepared } => match copy_prepared(&prepared, &map, &dirs.root) {
@@ -144,7 +148,9 @@ pub async fn run_step(step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepEnd,
             },
             other => other,
         };
+        let report = mask_report(report, &mask);
         log.push_str(&summary(&report));
+        mask.mask_in_place(&mut log);
         write_report(&report, &dirs.root)?;
         std::fs::write(&dirs.stdout, log.as_bytes()).map_err(io_error("write the step log"))?;
         std::fs::write(&dirs.stderr, b"").map_err(io_error("write the step log"))?;
@@ -356,6 +362,13 @@ impl Spawn for SandboxSpawner<'_> {
         if results.is_empty() {
             return;
         }
+        let masked;
+        let results = if self.ctx.mask.is_empty() {
+            results
+        } else {
+            masked = masked_results(results.to_vec(), self.ctx.mask);
+            &masked
+        };
         match serde_json::to_string(results) {
             Ok(json) => (self.ctx.results)(json),
             Err(error) => tracing::warn!(%error, "failed to encode test results for progress"),
@@ -655,6 +668,32 @@ fn write_report(report: &StepReport, lease_root: &Path) -> Result<(), StepError>
     std::fs::write(&path, json).map_err(io_error("write the step report"))
 }
 
+/// `report` with the secret values masked in what the tool printed: test output and failure
+/// messages. Test names and paths are not masked: they come from the source, not from a run.
+fn mask_report(report: StepReport, mask: &SecretMask) -> StepReport {
+    if mask.is_empty() {
+        return report;
+    }
+    match report {
+        StepReport::Ran { results, startups } => StepReport::Ran {
+            results: masked_results(results, mask),
+            startups,
+        },
+        StepReport::Failed { error } => StepReport::Failed {
+            error: mask.mask_str(&error),
+        },
+        other => other,
+    }
+}
+
+/// `results` with the secret values masked in their output.
+fn masked_results(mut results: Vec<TestResult>, mask: &SecretMask) -> Vec<TestResult> {
+    for result in &mut results {
+        mask.mask_in_place(&mut result.output);
+    }
+    results
+}
+
 /// The last line of the step's log.
 fn summary(report: &StepReport) -> String {
     match report {
@@ -874,5 +913,42 @@ mod tests {
             "first line\nsecond\nthird\n"
         );
         assert_eq!(read_tail(&path, 10).unwrap(), "third\n");
+    }
+
+    #[test]
+    fn reports_mask_what_the_tool_printed_not_test_names() {
+        let mask = SecretMask::new(["s3cret-value"]);
+        let result = |name: &str, output: &str| TestResult {
+            id: tessera_runners::TestId::new("", name),
+            outcome: tessera_runners::Outcome::Failed,
+            duration: None,
+            output: output.to_owned(),
+        };
+        let ran = StepReport::Ran {
+            results: vec![
+                result("prints_it", "got s3cret-value\n"),
+                result("s3cret-value", "quiet"),
+            ],
+            startups: 1,
+        };
+        let StepReport::Ran { results, startups } = mask_report(ran, &mask) else {
+            panic!("not a batch report");
+        };
+        assert_eq!(startups, 1);
+        assert_eq!(results[0].output, "got ***\n");
+        assert_eq!(results[1].id.name, "s3cret-value");
+        let failed = StepReport::Failed {
+            error: "list failed: s3cret-value".into(),
+        };
+        let StepReport::Failed { error } = mask_report(failed, &mask) else {
+            panic!("not a failure");
+        };
+        assert_eq!(error, "list failed: ***");
+        // A value with JSON's special characters is masked before encoding, so escaping
+        // cannot hide it.
+        let quoted = SecretMask::new(["pa\"ss\\word"]);
+        let results = masked_results(vec![result("t", "pa\"ss\\word")], &quoted);
+        let json = serde_json::to_string(&results).unwrap();
+        assert!(json.contains(r#""output":"***""#), "{json}");
     }
 }

@@ -18,6 +18,7 @@ mod matrix;
 mod network;
 mod run_refusals;
 mod runners_e2e;
+mod secret_masking;
 mod secrets;
 mod security;
 mod store_full;
