@@ -148,7 +148,15 @@ async fn leases_on_one_large_root_share_one_layer_and_keep_their_writes() {
         "not built again"
     );
 
-    // Clean-up unmounted every lease's overlay and removed its directories.
+    // Clean-up unmounted every lease's overlay and removed its directories. It runs after the
+    // result is sent, so give it a moment rather than race it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (!overlays_below(&work_dir).is_empty()
+        || std::fs::read_dir(work_dir.join("x")).unwrap().count() != 0)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(overlays_below(&work_dir).is_empty());
     assert_eq!(std::fs::read_dir(work_dir.join("x")).unwrap().count(), 0);
     agent.stop().await;
