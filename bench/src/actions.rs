@@ -17,13 +17,14 @@ use futures::StreamExt;
 use prost::Message;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, digest_message};
+use tessera_net::client::{ClientAuth, Link};
 use tessera_proto::longrunning::operation;
 use tessera_proto::reapi::execution_client::ExecutionClient;
 use tessera_proto::reapi::{Action, Command, Directory, ExecuteRequest, ExecuteResponse, command};
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::error::BenchError;
+use crate::link::{self, Traffic};
 
 /// Blobs per BatchUpdateBlobs call when uploading actions.
 const UPLOAD_BATCH: usize = 2_000;
@@ -151,21 +152,15 @@ impl Timeline {
 }
 
 /// `count` HTTP/2 connections to `endpoint`, as separate clients would have, each connected
-/// now so that no timed call pays for it.
-pub(crate) async fn connect(endpoint: &str, count: usize) -> Result<Vec<Channel>, BenchError> {
-    let error = |source| BenchError::Connect {
-        endpoint: endpoint.to_owned(),
-        source,
-    };
+/// now so that no timed call pays for it, each presenting `auth`.
+pub(crate) async fn connect(
+    endpoint: &str,
+    auth: &ClientAuth,
+    count: usize,
+) -> Result<Vec<Link>, BenchError> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(error)?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(error)?;
-        channels.push(channel);
+        channels.push(link::connect(endpoint, auth, Traffic::Calls).await?);
     }
     Ok(channels)
 }
@@ -190,7 +185,7 @@ impl Executed {
 /// to the end of its operation stream; every one must pass (exit code 0). Marks submit times
 /// on `timeline` if given.
 pub(crate) async fn execute(
-    channels: &[Channel],
+    channels: &[Link],
     actions: &ActionSet,
     range: Range<usize>,
     in_flight: usize,
@@ -238,7 +233,7 @@ pub(crate) async fn execute(
 
 /// One Execute, read to its final operation, which must report a command that exited 0.
 async fn execute_one(
-    client: &mut ExecutionClient<Channel>,
+    client: &mut ExecutionClient<Link>,
     request: ExecuteRequest,
 ) -> Result<(), BenchError> {
     let rpc = |status| BenchError::Rpc {

@@ -22,6 +22,7 @@ use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, DigestFunction, digest_message};
 use tessera_cas::snapshot::{self, HashCache};
 use tessera_coordinator::jobs::planner::PlannerConfig;
+use tessera_net::client::{ClientAuth, Link};
 use tessera_proto::longrunning::operation;
 use tessera_proto::reapi::execution_client::ExecutionClient;
 use tessera_proto::reapi::{
@@ -31,9 +32,9 @@ use tessera_proto::reapi::{
 };
 use tessera_runners::step::{REPORT_PATH, StepReport, StepSpec};
 use tessera_runners::{CommandRunner, Outcome, Prepared, RunnerConfig, TestId};
-use tonic::transport::{Channel, Endpoint};
 
 use crate::error::BenchError;
+use crate::link::{self, Traffic};
 use crate::report::{self, Check, Part, Row, Tail};
 use crate::suite_repo::{self, LIST_COMMAND, RUN_TEMPLATE, SUITE};
 
@@ -114,22 +115,11 @@ pub(crate) async fn run(
     warmup: usize,
 ) -> Result<BatchRun, BenchError> {
     let function = DigestFunction::Blake3;
-    let cas = CasClient::connect(endpoint, "", function).await?;
+    let cas = link::cas_client(endpoint, &ClientAuth::default(), function).await?;
     let exec_root = format!("/tmp/tessera/bench-batch-{:08x}", rand::random::<u32>());
     let (root_digest, files) = upload_input_root(&cas, root).await?;
     let action = upload_batch_action(&cas, &exec_root, root_digest).await?;
-    let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|source| BenchError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|source| BenchError::Connect {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
+    let channel = link::connect(endpoint, &ClientAuth::default(), Traffic::Calls).await?;
     let mut client = ExecutionClient::new(channel);
     let mut timings = Vec::with_capacity(batches);
     let mut warmups = Vec::with_capacity(warmup);
@@ -314,7 +304,7 @@ fn prost_duration(d: Duration) -> prost_types::Duration {
 /// One Execute of `action`, timed to its final operation; its step report must say the test
 /// passed.
 async fn execute_batch(
-    client: &mut ExecutionClient<Channel>,
+    client: &mut ExecutionClient<Link>,
     cas: &CasClient,
     action: &Digest,
     function: DigestFunction,

@@ -11,6 +11,10 @@
 //! - FindMissingBlobs with Bazel's batch of 15,000 digests, half present: p50 at most 20 ms.
 //! - 4 KiB blobs each uploaded by its own ByteStream Write, many in flight as Bazel does with
 //!   `--jobs`: at least 5,000 writes per second.
+//!
+//! With `--security tls-tokens` the same rows run against a coordinator with TLS and tokens;
+//! with `both`, against each, and FindMissingBlobs must keep 90% of its plain throughput
+//! ([`security::combine`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use tokio::task::JoinSet;
 use crate::error::BenchError;
 use crate::limits::{self, mb_per_s};
 use crate::report::{Check, Environment, Layout, Report, Row, percentile, thousands};
+use crate::security::{self, Security, SecurityArg};
 use crate::server::BenchServer;
 
 const KIB: usize = 1024;
@@ -125,9 +130,31 @@ impl CasPlan {
     }
 }
 
+/// Runs `plan` against a coordinator secured as each of `security`'s modes asks, one after
+/// the other, each with its data under `data_parent`.
+pub(crate) async fn run(
+    plan: &CasPlan,
+    data_parent: Option<&Path>,
+    security: SecurityArg,
+) -> Result<Report, BenchError> {
+    let mut runs = Vec::new();
+    for &mode in security.modes() {
+        progress(&format!("coordinator: {}", mode.label()));
+        runs.push((mode, run_once(plan, data_parent, mode).await?));
+    }
+    security::combine(security, runs, |row| row.measurement == FIND_MISSING)
+}
+
+/// The FindMissingBlobs row's measurement: the row the issue holds to the cost target.
+const FIND_MISSING: &str = "FindMissingBlobs";
+
 /// Starts a coordinator with its data under `data_parent`, runs `plan` against it, stops it.
-pub(crate) async fn run(plan: &CasPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
-    let server = BenchServer::start(data_parent).await?;
+async fn run_once(
+    plan: &CasPlan,
+    data_parent: Option<&Path>,
+    security: Security,
+) -> Result<Report, BenchError> {
+    let server = BenchServer::start(data_parent, security).await?;
     let environment = Environment::here(plan.command, data_parent);
     let measured = measure(plan, &server).await;
     let stopped = server.stop().await;
@@ -314,7 +341,7 @@ async fn find_missing_row(
         }
     }
     Ok(Row {
-        measurement: "FindMissingBlobs".to_owned(),
+        measurement: FIND_MISSING.to_owned(),
         digest: function.to_string(),
         workload: format!("{} digests, half present", thousands(total)),
         check: Check::Latency {
@@ -425,7 +452,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn smoke_plan_measures_every_row() {
-        let report = run(&smoke(), None).await.expect("benchmark runs");
+        let report = run(&smoke(), None, SecurityArg::Plain)
+            .await
+            .expect("benchmark runs");
         // Upload and download per size and function, then FindMissingBlobs and small writes.
         assert_eq!(report.rows.len(), 2 * 2 * 2 + 2);
         for row in &report.rows {
@@ -459,5 +488,42 @@ mod tests {
             json["rows"].as_array().map(Vec::len),
             Some(report.rows.len())
         );
+    }
+
+    /// `--security both`: every row twice, then the comparison rows, FindMissingBlobs held to
+    /// the target.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_compares_every_row_with_tls_and_tokens() {
+        if std::env::var_os("CI").is_none()
+            && std::process::Command::new("openssl")
+                .arg("version")
+                .output()
+                .is_err()
+        {
+            eprintln!("skipped: no openssl (CI unset)");
+            return;
+        }
+        let report = run(&smoke(), None, SecurityArg::Both)
+            .await
+            .expect("benchmark runs with and without TLS and tokens");
+        let single = 2 * 2 * 2 + 2;
+        // Every row plain and secure, then one comparison per row.
+        assert_eq!(report.rows.len(), 3 * single);
+        let targeted: Vec<_> = report
+            .rows
+            .iter()
+            .filter(|row| {
+                matches!(
+                    row.check,
+                    Check::Secured {
+                        min_share: Some(_),
+                        ..
+                    }
+                )
+            })
+            .map(|row| row.measurement.as_str())
+            .collect();
+        assert_eq!(targeted, ["FindMissingBlobs: TLS + tokens / plain"]);
+        assert!(report.to_markdown().contains("% of plain"));
     }
 }

@@ -31,6 +31,9 @@ pub(crate) enum BenchError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A client could not be set up for the coordinator (its URL, CA file or token).
+    #[error("client setup failed: {0}")]
+    Net(#[from] tessera_net::client::ClientError),
     /// A tool the benchmark drives (Bazel, the `tessera` binary) is missing or failed.
     #[error("{0}")]
     Tool(String),

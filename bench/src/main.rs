@@ -14,10 +14,12 @@ mod cpu;
 mod error;
 mod job;
 mod limits;
+mod link;
 mod processes;
 mod reopen;
 mod report;
 mod sched;
+mod security;
 mod server;
 mod shard;
 mod sim_agent;
@@ -38,6 +40,7 @@ use crate::job::JobPlan;
 use crate::reopen::ReopenPlan;
 use crate::report::{Report, Verdict};
 use crate::sched::SchedPlan;
+use crate::security::SecurityArg;
 use crate::suites::SuitesPlan;
 
 /// Exit code when `--check` is given and a target was missed.
@@ -205,6 +208,11 @@ struct CasArgs {
     /// The targets stay the same.
     #[arg(long)]
     quick: bool,
+    /// The coordinator under test: plain, with TLS and tokens (certificates made with
+    /// `openssl`), or both one after the other, then what TLS and tokens cost per row
+    /// (FindMissingBlobs must keep 90% of its plain throughput).
+    #[arg(long, value_enum, default_value_t)]
+    security: SecurityArg,
     #[command(flatten)]
     output: Output,
 }
@@ -239,6 +247,11 @@ struct SchedArgs {
     /// The `tessera` binary for the real agents [default: `tessera` beside this executable].
     #[arg(long, value_name = "PATH")]
     tessera: Option<PathBuf>,
+    /// The coordinators under test: plain, with TLS and tokens (certificates made with
+    /// `openssl`), or both one after the other, then what TLS and tokens cost per row
+    /// (scheduler capacity must keep 90% of its plain figure).
+    #[arg(long, value_enum, default_value_t)]
+    security: SecurityArg,
     #[command(flatten)]
     output: Output,
 }
@@ -268,8 +281,9 @@ fn main() -> ExitCode {
                 CasPlan::full()
             };
             let data = args.output.data_dir.clone();
+            let security = args.security;
             finish(
-                block_on(async move { cas::run(&plan, data.as_deref()).await }),
+                block_on(async move { cas::run(&plan, data.as_deref(), security).await }),
                 &args.output,
             )
         }
@@ -300,8 +314,9 @@ fn main() -> ExitCode {
             }
             plan.real.tessera = args.tessera.clone();
             let data = args.output.data_dir.clone();
+            let security = args.security;
             finish(
-                block_on(async move { sched::run(&plan, data.as_deref()).await }),
+                block_on(async move { sched::run(&plan, data.as_deref(), security).await }),
                 &args.output,
             )
         }

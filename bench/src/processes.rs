@@ -1,6 +1,8 @@
 //! A coordinator and its agents as child processes of the `tessera` binary, the way they run
 //! in production, so that each one's CPU can be read from `/proc/<pid>/stat`. Logs go to
-//! files in the cluster's directory; every child is killed if the cluster is dropped.
+//! files in the cluster's directory; every child is killed if the cluster is dropped. A
+//! cluster may run with TLS and tokens (`--security tls-tokens`): the coordinator with the
+//! bench's certificates and `--auth tokens`, the agents with the CA and an agent token.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tessera_net::client::ClientAuth;
 
 use crate::cpu::{self, CpuTimes};
 use crate::error::BenchError;
+use crate::security::{self, Certificates};
 
 /// How long a child may take to come up, or to exit after SIGTERM.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -78,6 +82,8 @@ pub(crate) struct Cluster {
     agents: Vec<Child>,
     addr: SocketAddr,
     dir: PathBuf,
+    binary: PathBuf,
+    tls: bool,
 }
 
 impl Cluster {
@@ -91,23 +97,46 @@ impl Cluster {
         slots: u32,
         agent_args: &[&str],
     ) -> Result<Self, BenchError> {
+        let mut cluster = Cluster::start_coordinator(binary, dir, None)?;
+        cluster.start_agents(agents, slots, agent_args, &ClientAuth::default())?;
+        Ok(cluster)
+    }
+
+    /// Starts a coordinator alone, with its data in `dir` on a free loopback port, and waits
+    /// until it listens. With `tls`, it serves those certificates and checks tokens; it has
+    /// written its admin token to [`Cluster::admin_token_file`] when this returns.
+    pub(crate) fn start_coordinator(
+        binary: &Path,
+        dir: &Path,
+        tls: Option<&Certificates>,
+    ) -> Result<Self, BenchError> {
         let io = |what| move |source| BenchError::Io { what, source };
         std::fs::create_dir_all(dir).map_err(io("create the cluster directory"))?;
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(io("find a free port"))?;
-        let coordinator_log = dir.join("coordinator.log");
-        let coordinator = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("coordinator")
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--data-dir")
-            .arg(dir.join("data"))
+            .arg(dir.join("data"));
+        if let Some(tls) = tls {
+            command
+                .arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key)
+                .args(["--auth", "tokens"])
+                .envs(security::unthrottled_env());
+        }
+        let coordinator = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(File::create(&coordinator_log).map_err(io("create a log file"))?)
+            .stderr(File::create(dir.join("coordinator.log")).map_err(io("create a log file"))?)
             .spawn()
             .map_err(io("start tessera coordinator"))?;
         let mut cluster = Cluster {
@@ -115,25 +144,54 @@ impl Cluster {
             agents: Vec::new(),
             addr,
             dir: dir.to_owned(),
+            binary: binary.to_owned(),
+            tls: tls.is_some(),
         };
         cluster.wait(
             || Ok(TcpStream::connect(addr).is_ok()),
             "the coordinator to listen",
         )?;
-        for n in 0..agents {
-            let log = File::create(dir.join(format!("agent-{n}.log")))
+        if tls.is_some() {
+            security::wait_for_file(&cluster.admin_token_file())?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts `agents` agents with `slots` slots each (and `agent_args`), presenting `auth`'s
+    /// CA and token, and waits until every agent has connected.
+    pub(crate) fn start_agents(
+        &mut self,
+        agents: usize,
+        slots: u32,
+        agent_args: &[&str],
+        auth: &ClientAuth,
+    ) -> Result<(), BenchError> {
+        let io = |what| move |source| BenchError::Io { what, source };
+        let mut security_args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(token) = &auth.token {
+            let file = self.dir.join("agent-token");
+            std::fs::write(&file, token.secret()).map_err(io("write the agent token"))?;
+            security_args.extend(["--token-file".into(), file.into()]);
+        }
+        if let Some(ca) = &auth.tls_ca {
+            security_args.extend(["--tls-ca".into(), ca.into()]);
+        }
+        let first = self.agents.len();
+        for n in first..first + agents {
+            let log = File::create(self.dir.join(format!("agent-{n}.log")))
                 .map_err(io("create a log file"))?;
-            let agent = Command::new(binary)
+            let agent = Command::new(&self.binary)
                 .arg("agent")
                 .arg("--coordinator")
-                .arg(format!("http://{addr}"))
+                .arg(self.endpoint())
                 .arg("--work-dir")
-                .arg(dir.join(format!("agent-{n}")))
+                .arg(self.dir.join(format!("agent-{n}")))
                 .arg("--slots")
                 .arg(slots.to_string())
                 .arg("--id")
                 .arg(format!("bench-agent-{n}"))
                 .args(agent_args)
+                .args(&security_args)
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
@@ -141,17 +199,23 @@ impl Cluster {
                 .stderr(log)
                 .spawn()
                 .map_err(io("start tessera agent"))?;
-            cluster.agents.push(agent);
+            self.agents.push(agent);
         }
-        cluster.wait(
+        let coordinator_log = self.dir.join("coordinator.log");
+        let expected = self.agents.len();
+        self.wait(
             || {
                 let log = std::fs::read_to_string(&coordinator_log)
                     .map_err(io("read the coordinator's log"))?;
-                Ok(log.matches("agent connected").count() >= agents)
+                Ok(log.matches("agent connected").count() >= expected)
             },
             "every agent to connect",
-        )?;
-        Ok(cluster)
+        )
+    }
+
+    /// Where a coordinator with tokens wrote its admin token.
+    pub(crate) fn admin_token_file(&self) -> PathBuf {
+        self.dir.join("data").join("admin-token")
     }
 
     fn wait(
@@ -185,9 +249,10 @@ impl Cluster {
         format!("grpc://{}", self.addr)
     }
 
-    /// `http://127.0.0.1:PORT`, for gRPC clients.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), for gRPC clients.
     pub(crate) fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// How the first agent sandboxes actions, from its start-up log line (`namespaces` or

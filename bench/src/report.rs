@@ -151,6 +151,22 @@ pub(crate) enum Check {
         /// Required fraction of the limit.
         share: f64,
     },
+    /// One figure measured against a plain coordinator and one with TLS and tokens (`--security
+    /// both`): the secure run must keep at least `min_share` of the plain one's throughput
+    /// when there is a target.
+    Secured {
+        /// The plain coordinator's figure.
+        plain: f64,
+        /// The secure coordinator's figure.
+        secure: f64,
+        /// The figures' unit ("actions/s", "ms p50").
+        unit: String,
+        /// Whether a lower figure is better (a latency, a CPU cost): then the share kept is
+        /// `plain / secure`, otherwise `secure / plain`.
+        lower_is_better: bool,
+        /// Least share allowed; `None` for a comparison shown for context.
+        min_share: Option<f64>,
+    },
     /// An answer that must equal one found another way in the same run (a suite's counts
     /// through `tessera run` and run directly). Both are rendered by the same code, so equal
     /// text is an equal answer.
@@ -184,6 +200,15 @@ pub(crate) struct Part {
 }
 
 impl Check {
+    /// For [`Check::Secured`]: the share of the plain figure's throughput the secure run kept.
+    pub(crate) fn secured_share(plain: f64, secure: f64, lower_is_better: bool) -> f64 {
+        if lower_is_better {
+            plain / secure
+        } else {
+            secure / plain
+        }
+    }
+
     /// The rate a throughput check requires: `share` of the lower limit.
     fn required_mb_per_s(hash: f64, tcp: f64, share: f64) -> f64 {
         share * hash.min(tcp)
@@ -236,8 +261,18 @@ impl Check {
                 max_p50_ms: Some(max_p50_ms),
                 ..
             } => p50_ms <= max_p50_ms,
+            Check::Secured {
+                plain,
+                secure,
+                lower_is_better,
+                min_share: Some(min_share),
+                ..
+            } => Check::secured_share(plain, secure, lower_is_better) >= min_share,
             Check::Rate {
                 min_per_s: None, ..
+            }
+            | Check::Secured {
+                min_share: None, ..
             }
             | Check::Ratio {
                 max_ratio: None, ..
@@ -595,6 +630,21 @@ fn describe_execution(check: &Check) -> (String, String, String) {
                 share * 100.0
             ),
         ),
+        Check::Secured {
+            plain,
+            secure,
+            ref unit,
+            lower_is_better,
+            min_share,
+        } => (
+            format!(
+                "{:.0}% of plain ({} {unit})",
+                100.0 * Check::secured_share(plain, secure, lower_is_better),
+                figure(secure)
+            ),
+            format!("plain {} {unit}", figure(plain)),
+            min_share.map_or_else(dash, |min| format!("≥ {:.0}% of plain", min * 100.0)),
+        ),
         Check::Throughput { .. } => (dash(), dash(), dash()),
     }
 }
@@ -670,7 +720,21 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
             let (result, _, target) = describe_execution(check);
             (result, "—".into(), "—".into(), target, "—".into())
         }
+        Check::Secured { .. } => {
+            // No column for the plain figure here: it goes into the result.
+            let (result, plain, target) = describe_execution(check);
+            let result = format!("{result}; {plain}");
+            (result, "—".into(), "—".into(), target, "—".into())
+        }
     }
+}
+
+/// A compared figure: [`number`], with two decimals below 10 (latencies in ms).
+fn figure(value: f64) -> String {
+    if value < 10.0 {
+        return format!("{value:.2}");
+    }
+    number(value)
 }
 
 /// A rate for humans: thousands separated, one decimal below 100.

@@ -14,20 +14,26 @@
 //!   the bench's), with the CPU the coordinator and agents spend per action read from `/proc`,
 //!   beside the cost of a bare spawn of `/bin/true` here. No target: it says what a trivial
 //!   action costs, with the agent's default sandbox and with `--sandbox off`.
+//!
+//! With `--security tls-tokens` both parts run against coordinators with TLS and tokens (the
+//! clients with a `developer` token, the agents, simulated or real, with an `agent` token);
+//! with `both`, against each, and scheduler capacity must keep 90% of its plain figure
+//! ([`security::combine`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
 
 use crate::actions::{self, ActionSet, Timeline};
 use crate::cpu;
 use crate::error::BenchError;
 use crate::limits::{self, SpawnCost};
+use crate::link;
 use crate::processes::{Cluster, tessera_binary};
 use crate::report::{Check, Environment, Layout, Report, Row, percentile, thousands};
+use crate::security::{self, Certificates, Credentials, Security, SecurityArg};
 use crate::server::BenchServer;
 use crate::sim_agent::SimulatedAgents;
 
@@ -151,13 +157,31 @@ impl SchedPlan {
     }
 }
 
-/// Runs `plan`: each part against its own coordinator with its data under `data_parent`.
+/// Prefix of the capacity rows' measurement: the rows the issue holds to the cost target.
+const CAPACITY: &str = "Scheduler capacity";
+
+/// Runs `plan` secured as each of `security`'s modes asks, one after the other.
 pub(crate) async fn run(
     plan: &SchedPlan,
     data_parent: Option<&Path>,
+    security: SecurityArg,
+) -> Result<Report, BenchError> {
+    let mut runs = Vec::new();
+    for &mode in security.modes() {
+        progress(&format!("sched: coordinator {}", mode.label()));
+        runs.push((mode, run_once(plan, data_parent, mode).await?));
+    }
+    security::combine(security, runs, |row| row.measurement.starts_with(CAPACITY))
+}
+
+/// Runs `plan`: each part against its own coordinator with its data under `data_parent`.
+async fn run_once(
+    plan: &SchedPlan,
+    data_parent: Option<&Path>,
+    security: Security,
 ) -> Result<Report, BenchError> {
     let environment = Environment::here(&plan.command, data_parent);
-    let mut rows = simulated(plan, data_parent).await?;
+    let mut rows = simulated(plan, data_parent, security).await?;
     let mut notes = vec![format!(
         "Capacity rows: agents simulated in the bench process (real protocol, each lease \
          answered at once), Execute calls over {} connections, every action distinct with \
@@ -169,7 +193,7 @@ pub(crate) async fn run(
         thousands(plan.actions),
         environment.cores
     )];
-    let (real_rows, real_notes) = real(&plan.real, data_parent).await?;
+    let (real_rows, real_notes) = real(&plan.real, data_parent, security).await?;
     rows.extend(real_rows);
     notes.extend(real_notes);
     Ok(Report {
@@ -184,8 +208,12 @@ fn progress(message: &str) {
     eprintln!("tessera-bench: {message}");
 }
 
-async fn simulated(plan: &SchedPlan, data_parent: Option<&Path>) -> Result<Vec<Row>, BenchError> {
-    let server = BenchServer::start(data_parent).await?;
+async fn simulated(
+    plan: &SchedPlan,
+    data_parent: Option<&Path>,
+    security: Security,
+) -> Result<Vec<Row>, BenchError> {
+    let server = BenchServer::start(data_parent, security).await?;
     let measured = simulated_on(plan, &server).await;
     let stopped = server.stop().await;
     let rows = measured?;
@@ -205,13 +233,15 @@ async fn simulated_on(plan: &SchedPlan, server: &BenchServer) -> Result<Vec<Row>
     ));
     let agents = SimulatedAgents::start(
         server.endpoint(),
+        server.agent_auth(),
         plan.agents,
         plan.slots,
         Arc::clone(&timeline),
     )
     .await?;
     server.wait_for_agents(plan.agents).await?;
-    let channels = actions::connect(server.endpoint(), plan.connections).await?;
+    let channels =
+        actions::connect(server.endpoint(), server.client_auth(), plan.connections).await?;
     let timeline_for = || Some(Arc::clone(&timeline));
     let most = plan.loads.iter().copied().max().unwrap_or(1);
     actions::execute(&channels, &actions, 0..plan.warm_up, most, timeline_for()).await?;
@@ -238,7 +268,7 @@ async fn simulated_on(plan: &SchedPlan, server: &BenchServer) -> Result<Vec<Row>
         let coordinator_cpu = cpu::threads_named(COORDINATOR_THREADS)? - coordinator_before;
         let lease = timeline.submit_to_lease_ms(range)?;
         rows.push(Row {
-            measurement: format!("Scheduler capacity, {in_flight} in flight"),
+            measurement: format!("{CAPACITY}, {in_flight} in flight"),
             digest: String::new(),
             workload: format!(
                 "{} distinct actions, {fleet} (simulated); coordinator CPU {:.0} µs/action",
@@ -299,6 +329,7 @@ async fn simulated_on(plan: &SchedPlan, server: &BenchServer) -> Result<Vec<Row>
 async fn real(
     plan: &RealPlan,
     data_parent: Option<&Path>,
+    security: Security,
 ) -> Result<(Vec<Row>, Vec<String>), BenchError> {
     let binary = tessera_binary(plan.tessera.as_deref())?;
     progress(&format!(
@@ -324,21 +355,57 @@ async fn real(
     )];
     for &sandbox in &plan.sandboxes {
         let dir = scratch_dir(data_parent)?;
-        let cluster = {
-            let (binary, path) = (binary.clone(), dir.path().to_owned());
-            let (agents, slots) = (plan.agents, plan.slots);
-            tokio::task::spawn_blocking(move || {
-                Cluster::start(&binary, &path, agents, slots, sandbox.agent_args())
-            })
-            .await??
-        };
-        let measured = real_on(plan, sandbox, &spawn, &cluster).await;
+        let (cluster, credentials) =
+            start_cluster(&binary, dir.path(), plan, sandbox, security).await?;
+        let measured = real_on(plan, sandbox, &spawn, &cluster, &credentials).await;
         tokio::task::spawn_blocking(move || cluster.stop()).await??;
         let (more_rows, note) = measured?;
         rows.extend(more_rows);
         notes.push(note);
     }
     Ok((rows, notes))
+}
+
+/// A coordinator and `plan.agents` agents in `dir`, secured as `security` says, and what the
+/// clients present to it.
+async fn start_cluster(
+    binary: &Path,
+    dir: &Path,
+    plan: &RealPlan,
+    sandbox: Sandbox,
+    security: Security,
+) -> Result<(Cluster, Credentials), BenchError> {
+    let certificates = match security {
+        Security::Plain => None,
+        Security::TlsTokens => Some(Certificates::generate(&dir.join("tls"))?),
+    };
+    let cluster = {
+        let (binary, dir, certificates) = (binary.to_owned(), dir.to_owned(), certificates.clone());
+        tokio::task::spawn_blocking(move || {
+            Cluster::start_coordinator(&binary, &dir, certificates.as_ref())
+        })
+        .await??
+    };
+    let credentials = match &certificates {
+        None => Credentials::default(),
+        Some(certificates) => {
+            Credentials::create(
+                &cluster.endpoint(),
+                &certificates.ca,
+                &cluster.admin_token_file(),
+            )
+            .await?
+        }
+    };
+    let (agents, slots, agent_auth) = (plan.agents, plan.slots, credentials.agents.clone());
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        cluster
+            .start_agents(agents, slots, sandbox.agent_args(), &agent_auth)
+            .map(|()| cluster)
+    })
+    .await??;
+    Ok((cluster, credentials))
 }
 
 fn scratch_dir(parent: Option<&Path>) -> Result<tempfile::TempDir, BenchError> {
@@ -359,13 +426,14 @@ async fn real_on(
     sandbox: Sandbox,
     spawn: &SpawnCost,
     cluster: &Cluster,
+    credentials: &Credentials,
 ) -> Result<(Vec<Row>, String), BenchError> {
     let endpoint = cluster.endpoint();
     let warm_up = plan.agents * plan.slots as usize * 2;
     let total = warm_up + plan.actions;
-    let cas = CasClient::connect(&endpoint, "", DigestFunction::Sha256).await?;
+    let cas = link::cas_client(&endpoint, &credentials.clients, DigestFunction::Sha256).await?;
     let actions = ActionSet::upload(&cas, &[TRUE], total).await?;
-    let channels = actions::connect(&endpoint, 2).await?;
+    let channels = actions::connect(&endpoint, &credentials.clients, 2).await?;
     progress(&format!(
         "sched: {} real actions ({} agents × {} slots, sandbox {})",
         thousands(plan.actions),
@@ -463,7 +531,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn smoke_plan_measures_every_row() {
-        let report = run(&smoke(), None).await.expect("benchmark runs");
+        let report = run(&smoke(), None, SecurityArg::Plain)
+            .await
+            .expect("benchmark runs");
         // Capacity and latency at one load, one at a time, the spawn baseline, then rate and
         // CPU for one sandbox.
         assert_eq!(report.rows.len(), 2 + 1 + 1 + 2);

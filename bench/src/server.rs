@@ -1,30 +1,41 @@
 //! The coordinator under test: started in this process on its own Tokio runtime, as if it were
 //! its own process, serving real gRPC on a loopback port with a disk store in a temporary
 //! directory that is deleted afterwards. The benchmark's clients run on the caller's runtime.
+//! With [`Security::TlsTokens`] it serves TLS with certificates made in that directory and
+//! checks tokens, and hands out the [`Credentials`] its clients and agents present.
 
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
+use tessera_coordinator::config::AuthMode;
 use tessera_coordinator::execution::scheduler::SchedulerHandle;
 use tessera_coordinator::{Coordinator, CoordinatorConfig};
+use tessera_net::client::ClientAuth;
 use tokio::runtime::{Handle, Runtime};
 
 use crate::error::BenchError;
+use crate::link;
+use crate::security::{self, Certificates, Credentials, Security};
 
 /// A running coordinator and the runtime it runs on.
 pub(crate) struct BenchServer {
     runtime: Option<Runtime>,
     coordinator: Option<Coordinator>,
     endpoint: String,
+    credentials: Credentials,
     dir: TempDir,
 }
 
 impl BenchServer {
     /// Starts a coordinator with default settings on `127.0.0.1:0`, its data directory a fresh
-    /// temporary directory under `parent` (or the system temporary directory).
-    pub(crate) async fn start(parent: Option<&Path>) -> Result<Self, BenchError> {
+    /// temporary directory under `parent` (or the system temporary directory), secured as
+    /// `security` says.
+    pub(crate) async fn start(
+        parent: Option<&Path>,
+        security: Security,
+    ) -> Result<Self, BenchError> {
         let dir = match parent {
             Some(parent) => tempfile::Builder::new()
                 .prefix("tessera-bench-")
@@ -43,21 +54,44 @@ impl BenchServer {
                 what: "start the coordinator runtime",
                 source,
             })?;
-        let config = CoordinatorConfig {
+        let data_dir = dir.path().join("data");
+        let mut config = CoordinatorConfig {
             listen: ([127, 0, 0, 1], 0).into(),
-            data_dir: dir.path().join("data"),
+            data_dir: data_dir.clone(),
             ..CoordinatorConfig::default()
+        };
+        let certificates = match security {
+            Security::Plain => None,
+            Security::TlsTokens => {
+                let certificates = Certificates::generate(&dir.path().join("tls"))?;
+                config.tls_cert = Some(certificates.cert.clone());
+                config.tls_key = Some(certificates.key.clone());
+                config.auth = AuthMode::Tokens;
+                config.limits = security::UNTHROTTLED;
+                Some(certificates)
+            }
         };
         let coordinator = runtime
             .spawn(async move { Coordinator::start(&config).await })
             .await??;
-        let endpoint = format!("http://{}", coordinator.local_addr());
-        Ok(BenchServer {
+        let addr = coordinator.local_addr();
+        let mut server = BenchServer {
             runtime: Some(runtime),
             coordinator: Some(coordinator),
-            endpoint,
+            endpoint: format!("http://{addr}"),
+            credentials: Credentials::default(),
             dir,
-        })
+        };
+        if let Some(certificates) = certificates {
+            server.endpoint = format!("https://{addr}");
+            server.credentials = Credentials::create(
+                &server.endpoint,
+                &certificates.ca,
+                &data_dir.join("admin-token"),
+            )
+            .await?;
+        }
+        Ok(server)
     }
 
     /// A directory on the same filesystem as the store, for probes; deleted with it.
@@ -74,9 +108,19 @@ impl BenchServer {
             .clone()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` with TLS.
     pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// What the bench's clients present (nothing on a plain coordinator).
+    pub(crate) fn client_auth(&self) -> &ClientAuth {
+        &self.credentials.clients
+    }
+
+    /// What simulated agents present (nothing on a plain coordinator).
+    pub(crate) fn agent_auth(&self) -> &ClientAuth {
+        &self.credentials.agents
     }
 
     /// The coordinator's scheduler, to see which agents have connected.
@@ -112,7 +156,7 @@ impl BenchServer {
 
     /// A new client (its own HTTP/2 connection) for instance `""`, hashing with `function`.
     pub(crate) async fn client(&self, function: DigestFunction) -> Result<CasClient, BenchError> {
-        Ok(CasClient::connect(&self.endpoint, "", function).await?)
+        link::cas_client(&self.endpoint, &self.credentials.clients, function).await
     }
 
     /// Shuts the coordinator down cleanly and stops its runtime.

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_net::client::{ClientAuth, Link};
 use tessera_proto::reapi::platform::Property;
 use tessera_proto::reapi::{ActionResult, ExecutedActionMetadata};
 use tessera_proto::tessera::v1::agent_session_client::AgentSessionClient;
@@ -17,10 +18,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::actions::{Timeline, index_of};
 use crate::error::BenchError;
+use crate::link::{self, Traffic};
 
 /// Messages an agent may queue towards the coordinator.
 const OUTBOUND: usize = 1024;
@@ -34,10 +35,11 @@ pub(crate) struct SimulatedAgents {
 }
 
 impl SimulatedAgents {
-    /// Connects `count` agents with `slots` slots each to `endpoint`; each has a session open
-    /// (its `Welcome` received) when this returns.
+    /// Connects `count` agents with `slots` slots each to `endpoint`, presenting `auth`; each
+    /// has a session open (its `Welcome` received) when this returns.
     pub(crate) async fn start(
         endpoint: &str,
+        auth: &ClientAuth,
         count: usize,
         slots: u32,
         timeline: Arc<Timeline>,
@@ -45,16 +47,7 @@ impl SimulatedAgents {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         for n in 0..count {
-            let error = |source| BenchError::Connect {
-                endpoint: endpoint.to_owned(),
-                source,
-            };
-            let channel = Endpoint::from_shared(endpoint.to_owned())
-                .map_err(error)?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(error)?;
+            let channel = link::connect(endpoint, auth, Traffic::Calls).await?;
             let session = Session::open(channel, format!("bench-agent-{n}"), slots).await?;
             tasks.spawn(session.serve(Arc::clone(&timeline), stop.clone()));
         }
@@ -81,7 +74,7 @@ struct Session {
 
 impl Session {
     /// Sends `Hello` and waits for `Welcome`.
-    async fn open(channel: Channel, agent_id: String, slots: u32) -> Result<Self, BenchError> {
+    async fn open(channel: Link, agent_id: String, slots: u32) -> Result<Self, BenchError> {
         let rpc = |status| BenchError::Rpc {
             call: "AgentSession",
             status,
