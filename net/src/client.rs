@@ -164,6 +164,15 @@ pub enum ClientError {
         /// What is wrong.
         reason: String,
     },
+    /// An `http://` URL where only TLS makes sense (the tunnel).
+    #[error(
+        "{url} is not an https:// URL: the tunnel is for coordinators that require TLS (an \
+         http:// coordinator needs no tunnel: point the client at it directly)"
+    )]
+    NotHttps {
+        /// The URL.
+        url: String,
+    },
     /// An `https://` URL without a CA to verify the server with.
     #[error(
         "{url}: https:// needs --tls-ca FILE (or TESSERA_TLS_CA): the CA certificate (PEM) \

@@ -160,11 +160,9 @@ impl TlsDialer {
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") => {
-                return Err(bad(
-                    "the tunnel is for TLS coordinators: give its https:// URL \
-                     (an http:// coordinator needs no tunnel; point the client at it directly)"
-                        .to_owned(),
-                ));
+                return Err(ClientError::NotHttps {
+                    url: url.to_owned(),
+                });
             }
             Some(other) => return Err(bad(format!("unsupported scheme \"{other}\""))),
             None => return Err(bad("it has no scheme".to_owned())),
