@@ -12,7 +12,6 @@
 //! - `child_log.rs`: a child's stderr as lines to wait for;
 //! - `certs.rs`: throw-away CAs and certificates made with `openssl` ([`Pki`]);
 //! - `netns.rs`: network namespaces joined to the host by a veth link ([`Netns`]);
-//! - `tls_tunnel.rs`: TLS on behalf of a client that cannot (Debian's Bazel) ([`TlsTunnel`]);
 //! - `wait.rs`: waits on gRPC streams, and polling where there is no event;
 //! - `world/`: the world's suites, fetched, run directly and through `tessera run`, compared.
 
@@ -20,7 +19,6 @@ mod certs;
 mod child_log;
 mod netns;
 mod process;
-mod tls_tunnel;
 mod tmpfs;
 mod wait;
 pub mod world;
@@ -29,7 +27,6 @@ pub use certs::Pki;
 pub use child_log::ChildLog;
 pub use netns::Netns;
 pub use process::{AgentProcess, ServerProcess, wait_exit};
-pub use tls_tunnel::TlsTunnel;
 pub use tmpfs::{Filler, Tmpfs};
 pub use wait::{
     POLL_EVERY, blocking_poll_until, poll_until, run_job, wait_job_event, wait_stage,

@@ -10,9 +10,11 @@ use crate::commands::logs::{self, LogsArgs};
 use crate::commands::run::{self, RunArgs, WatchArgs};
 use crate::commands::status::{self, CancelArgs, StatusArgs};
 use crate::commands::token::{self, TokenCommand};
+use crate::commands::tunnel::{self, TunnelArgs};
 use crate::commands::up::{self, UpArgs};
 use crate::exit::{CliError, EXIT_CODES_HELP, Exit};
 use crate::{logging, spec};
+use tessera_coordinator::LogFormat;
 
 /// The `tessera` command line.
 #[derive(Debug, Parser)]
@@ -70,6 +72,21 @@ pub enum Command {
     /// create and revoke, agent join and leave, denied calls; with time, token, role, peer,
     /// instance and object (needs an `admin` token).
     Audit(AuditArgs),
+    /// Forward a local plain-text port to a TLS coordinator, for REAPI clients that cannot do
+    /// TLS themselves.
+    ///
+    /// Debian's bazel-bootstrap (Bazel 4.2.3) cannot use grpcs://: its netty's JDK TLS provider
+    /// lacks ALPN ("JDK provider does not support ALPN protocol" in OUTPUT_BASE/java.log, exit
+    /// 37). Run `tessera tunnel --coordinator https://HOST:PORT --tls-ca ca.pem` and point
+    /// Bazel at grpc://127.0.0.1:8981 with its usual --remote_header=authorization=Bearer
+    /// TOKEN: the header goes through the tunnel unchanged. The tunnel listens on loopback
+    /// only, so the plain-text hop never leaves this machine; each connection gets its own TLS
+    /// connection to the coordinator, verified against the CA and the URL's host name. The
+    /// client certificate for mutual TLS comes from TESSERA_TLS_CLIENT_CERT and
+    /// TESSERA_TLS_CLIENT_KEY or the client config file (see `tessera run --help`). Ctrl-C or
+    /// SIGTERM stops it (exit 0); bad settings (a non-loopback --listen, an http:// URL, an
+    /// unreadable CA) exit 2, a port already in use exits 3.
+    Tunnel(TunnelArgs),
     /// Run an embedded cluster in the foreground: a coordinator and local agents on loopback,
     /// with state under the user cache directory; `tessera run` on this machine uses it.
     /// Ctrl-C or SIGTERM stops it.
@@ -126,6 +143,11 @@ impl Command {
             Command::Audit(args) => {
                 logging::init_client();
                 audit::audit(args).await
+            }
+            Command::Tunnel(args) => {
+                // A long-running command: its start line and failed connections are logged.
+                logging::init_server(LogFormat::Text);
+                tunnel::tunnel(args).await
             }
         }
     }
@@ -225,6 +247,33 @@ mod tests {
         };
         assert_eq!(args.secret_env, ["API_KEY", "DB_PASSWORD"]);
         assert_eq!(args.on_behalf_of.as_deref(), Some("ann"));
+    }
+
+    #[test]
+    fn tunnel_listens_on_loopback_by_default() {
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "tunnel",
+            "--coordinator",
+            "https://build.example.com:8980",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        let Command::Tunnel(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.listen.to_string(), tunnel::DEFAULT_LISTEN);
+        assert_eq!(
+            args.coordinator.as_deref(),
+            Some("https://build.example.com:8980")
+        );
+        let err = Cli::try_parse_from(["tessera", "tunnel", "--token-file", "t"]).unwrap_err();
+        assert_eq!(
+            err.exit_code(),
+            Exit::Usage as i32,
+            "the client's own token goes through; the tunnel takes none"
+        );
     }
 
     #[test]

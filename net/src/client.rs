@@ -164,6 +164,15 @@ pub enum ClientError {
         /// What is wrong.
         reason: String,
     },
+    /// An `http://` URL where only TLS makes sense (the tunnel).
+    #[error(
+        "{url} is not an https:// URL: the tunnel is for coordinators that require TLS (an \
+         http:// coordinator needs no tunnel: point the client at it directly)"
+    )]
+    NotHttps {
+        /// The URL.
+        url: String,
+    },
     /// An `https://` URL without a CA to verify the server with.
     #[error(
         "{url}: https:// needs --tls-ca FILE (or TESSERA_TLS_CA): the CA certificate (PEM) \
@@ -226,6 +235,30 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// rustls refused the TLS settings (outside tonic: the tunnel's own connections).
+    #[error("failed to set up TLS for {url}: {source}")]
+    Rustls {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused the client certificate or its key (often: the key of another
+    /// certificate).
+    #[error(
+        "the client certificate {cert} or its key {key} is unusable: {source} (give the key \
+         the certificate was issued for)"
+    )]
+    Identity {
+        /// The certificate chain.
+        cert: PathBuf,
+        /// The key.
+        key: PathBuf,
+        /// The cause.
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 /// The endpoint for `url` (`http://HOST:PORT` or `https://HOST:PORT`): for `https://`, TLS
@@ -283,7 +316,8 @@ pub fn link(channel: Channel, auth: &ClientAuth) -> Link {
     InterceptedService::new(channel, Bearer::new(auth.token.as_ref()))
 }
 
-fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, ClientError> {
+/// The file's bytes; an error names the file and what it should hold.
+pub(crate) fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, ClientError> {
     std::fs::read(path).map_err(|source| ClientError::Read {
         what,
         path: path.to_owned(),
@@ -294,37 +328,49 @@ fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, ClientError> {
 /// The file's bytes, once checked to hold at least one PEM certificate.
 fn read_pem_certificates(path: &Path, what: &'static str) -> Result<Vec<u8>, ClientError> {
     let pem = read_file(path, what)?;
-    let mut count = 0;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        cert.map_err(|e| ClientError::Pem {
+    parse_certificates(path, &pem)?;
+    Ok(pem)
+}
+
+/// The certificates in `pem` (read from `path`, named in errors): at least one.
+pub(crate) fn parse_certificates(
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Pem {
             path: path.to_owned(),
             problem: format!("malformed PEM: {e}"),
             expected: "CERTIFICATE",
         })?;
-        count += 1;
-    }
-    if count == 0 {
+    if certs.is_empty() {
         return Err(ClientError::Pem {
             path: path.to_owned(),
             problem: "no certificate in it".to_owned(),
             expected: "CERTIFICATE",
         });
     }
-    Ok(pem)
+    Ok(certs)
 }
 
 /// The file's bytes, once checked to hold a PEM private key.
 fn read_pem_key(path: &Path) -> Result<Vec<u8>, ClientError> {
     let pem = read_file(path, "client key")?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| ClientError::Pem {
+    parse_key(path, &pem)?;
+    Ok(pem)
+}
+
+/// The private key in `pem` (read from `path`, named in errors).
+pub(crate) fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, ClientError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| ClientError::Pem {
         path: path.to_owned(),
         problem: match e {
             rustls_pki_types::pem::Error::NoItemsFound => "no private key in it".to_owned(),
             other => format!("malformed PEM: {other}"),
         },
         expected: "PRIVATE KEY",
-    })?;
-    Ok(pem)
+    })
 }
 
 #[cfg(test)]

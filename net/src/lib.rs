@@ -5,9 +5,12 @@
 //!   connections' [`server::Peer`] info handed to every request.
 //! - `client`: the endpoint for an `http://` or `https://` coordinator URL (trust root,
 //!   server name, client certificate) and the [`client::Link`] that carries the bearer token.
+//! - `tunnel`: TLS on behalf of clients that cannot do it (`tessera tunnel`): plain
+//!   connections accepted locally, forwarded over verified TLS to the coordinator.
 //!
 //! It knows nothing of Tessera's services, tokens' roles or configuration files: callers pass
 //! paths and tokens in, and decide what a peer may do.
 
 pub mod client;
 pub mod server;
+pub mod tunnel;

@@ -1,6 +1,6 @@
 //! TLS end to end: a tonic server on `tessera_net::server::incoming`, reached through
-//! `tessera_net::client`, with real certificates made by the `openssl` command for each run
-//! (two CAs, servers for `localhost`/`127.0.0.1` and for another name, client certificates).
+//! `tessera_net::client` and, in plain text, through `tessera_net::tunnel`, with real
+//! certificates made by the `openssl` command for each run (two CAs, servers for `localhost`/`127.0.0.1` and for another name, client certificates).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +8,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tessera_net::client::{self, ClientAuth, Token};
+use tessera_net::client::{self, ClientAuth, ClientError, Token};
 use tessera_net::server::{self, Peer, TlsError, TlsFiles, TlsReloader};
+use tessera_net::tunnel::{self, DialError, TlsDialer};
 use tessera_proto::reapi::capabilities_client::CapabilitiesClient;
 use tessera_proto::reapi::capabilities_server::{Capabilities, CapabilitiesServer};
 use tessera_proto::reapi::{GetCapabilitiesRequest, ServerCapabilities};
@@ -444,4 +445,162 @@ fn client_files_are_checked_before_connecting() {
     auth.client_key = Some(pki.path("client.pem"));
     let err = client::endpoint("https://localhost:1", &auth).unwrap_err();
     assert!(err.to_string().contains("no private key"), "{err}");
+}
+
+/// A tunnel on a free loopback port forwarding to `url` with `auth`; stops with `stop`.
+async fn start_tunnel(url: &str, auth: &ClientAuth, stop: &CancellationToken) -> String {
+    let dialer = TlsDialer::new(url, auth).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tunnel::forward(
+        listener,
+        dialer,
+        stop.clone().cancelled_owned(),
+    ));
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_plain_client_reaches_a_tls_server_through_the_tunnel() {
+    let Some(pki) = Pki::create() else { return };
+    let server = TestServer::start(Some(
+        TlsReloader::load(pki.server_files("server", None)).unwrap(),
+    ))
+    .await;
+    let stop = CancellationToken::new();
+    let tunnel = start_tunnel(
+        &server.url("https", "localhost"),
+        &pki.client("ca", None),
+        &stop,
+    )
+    .await;
+    let plain = ClientAuth {
+        token: Some(Token::new("tok-through".into()).unwrap()),
+        ..ClientAuth::default()
+    };
+    // Two calls on one connection, then one on another: each connection gets its own TLS.
+    let channel = connect(&tunnel, &plain).await.unwrap();
+    call_on(channel.clone(), &plain).await.unwrap();
+    call_on(channel, &plain).await.unwrap();
+    call(&tunnel, &plain).await.unwrap();
+
+    let seen = server.last_call();
+    let peer = seen.peer.unwrap();
+    assert!(peer.tls && !peer.client_cert, "{peer:?}");
+    assert_eq!(
+        seen.authorization.as_deref(),
+        Some("Bearer tok-through"),
+        "the client's own header goes through"
+    );
+    assert_eq!(server.recorder.calls.lock().unwrap().len(), 3);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while tokio::net::TcpStream::connect(tunnel.trim_start_matches("http://"))
+            .await
+            .is_ok()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the tunnel stops listening when shut down");
+}
+
+#[tokio::test]
+async fn the_tunnel_presents_the_client_certificate_for_mutual_tls() {
+    let Some(pki) = Pki::create() else { return };
+    let server = TestServer::start(Some(
+        TlsReloader::load(pki.server_files("server", Some("ca"))).unwrap(),
+    ))
+    .await;
+    let url = server.url("https", "localhost");
+    let stop = CancellationToken::new();
+
+    let without = start_tunnel(&url, &pki.client("ca", None), &stop).await;
+    call(&without, &ClientAuth::default())
+        .await
+        .expect_err("no client certificate");
+    assert!(server.recorder.calls.lock().unwrap().is_empty());
+
+    let with = start_tunnel(&url, &pki.client("ca", Some("client")), &stop).await;
+    call(&with, &ClientAuth::default()).await.unwrap();
+    let peer = server.last_call().peer.unwrap();
+    assert!(peer.tls && peer.client_cert, "{peer:?}");
+}
+
+#[tokio::test]
+async fn a_failed_handshake_closes_that_connection_only_and_names_the_cause() {
+    let Some(pki) = Pki::create() else { return };
+    let files = TlsFiles {
+        cert: pki.path("tunnel-live.pem"),
+        key: pki.path("tunnel-live.key"),
+        client_ca: None,
+    };
+    // First a certificate from another CA, then one for another name.
+    std::fs::copy(pki.path("server2.pem"), &files.cert).unwrap();
+    std::fs::copy(pki.path("server2.key"), &files.key).unwrap();
+    let tls = TlsReloader::load(files.clone()).unwrap();
+    let server = TestServer::start(Some(tls.clone())).await;
+    let url = server.url("https", "localhost");
+    let dialer = TlsDialer::new(&url, &pki.client("ca", None)).unwrap();
+    let stop = CancellationToken::new();
+    let tunnel = start_tunnel(&url, &pki.client("ca", None), &stop).await;
+
+    let err = dialer.connect_tls().await.map(drop).unwrap_err();
+    assert!(
+        matches!(err, DialError::Handshake { .. })
+            && err.to_string().contains("UnknownIssuer")
+            && err
+                .to_string()
+                .contains("not signed by the CA given with --tls-ca"),
+        "{err}"
+    );
+    call(&tunnel, &ClientAuth::default())
+        .await
+        .expect_err("another CA");
+
+    std::fs::copy(pki.path("elsewhere.pem"), &files.cert).unwrap();
+    std::fs::copy(pki.path("elsewhere.key"), &files.key).unwrap();
+    tls.reload().unwrap();
+    let err = dialer.connect_tls().await.map(drop).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("certificate does not name \"localhost\""),
+        "{err}"
+    );
+    call(&tunnel, &ClientAuth::default())
+        .await
+        .expect_err("another name");
+    assert!(server.recorder.calls.lock().unwrap().is_empty());
+
+    // The same tunnel serves the next connection once the certificate is right.
+    std::fs::copy(pki.path("server.pem"), &files.cert).unwrap();
+    std::fs::copy(pki.path("server.key"), &files.key).unwrap();
+    tls.reload().unwrap();
+    call(&tunnel, &ClientAuth::default()).await.unwrap();
+
+    drop(server);
+    let err = dialer.connect_tls().await.map(drop).unwrap_err();
+    assert!(matches!(err, DialError::Connect { .. }), "{err}");
+}
+
+#[test]
+fn tunnel_settings_are_checked_before_listening() {
+    let Some(pki) = Pki::create() else { return };
+    let err = TlsDialer::new("http://localhost:1", &pki.client("ca", None)).unwrap_err();
+    assert!(matches!(err, ClientError::NotHttps { .. }), "{err}");
+    let err = TlsDialer::new("https://localhost:1", &ClientAuth::default()).unwrap_err();
+    assert!(err.to_string().contains("--tls-ca"), "{err}");
+
+    let mut auth = pki.client("ca", Some("client"));
+    auth.client_key = Some(pki.path("client2.key"));
+    let err = TlsDialer::new("https://localhost:1", &auth).unwrap_err();
+    assert!(
+        matches!(err, ClientError::Identity { .. }) && err.to_string().contains("client2.key"),
+        "{err}"
+    );
+    auth.client_key = None;
+    let err = TlsDialer::new("https://localhost:1", &auth).unwrap_err();
+    assert!(err.to_string().contains("--tls-client-key"), "{err}");
 }

@@ -10,8 +10,8 @@
 //!   afterwards, a `denied` audit entry; job ownership and `--on-behalf-of`;
 //! - Bazel 4.2.3 over TLS with a token: a ci token writes the action cache, a developer
 //!   token's local results never reach it (Debian's Bazel cannot do `grpcs://` itself: its
-//!   netty has no ALPN; the test checks that this is the reason and goes through a
-//!   [`TlsTunnel`]);
+//!   netty has no ALPN; the test checks that this is the reason and goes through `tessera
+//!   tunnel`, as the README tells users of that Bazel to);
 //! - a revoked agent token ends the agent's session; mutual TLS for agents; certificates
 //!   rotated with SIGHUP during a run; a "laptop" in its own network namespace configured by
 //!   its client config file alone.
@@ -43,7 +43,7 @@ use tessera_proto::tessera::v1::{
 };
 use tessera_runners::{CommandRunner, RunnerConfig};
 use tessera_tests::{
-    AgentProcess, Pki, ServerProcess, TlsTunnel, free_port, lines, visible_tempdir,
+    AgentProcess, ChildLog, Pki, ServerProcess, free_port, lines, visible_tempdir, wait_exit,
 };
 use tonic::{Code, Request, Status};
 
@@ -914,6 +914,74 @@ async fn only_a_jobs_submitter_or_an_admin_cancels_it_and_only_ci_speaks_for_oth
     );
 }
 
+/// `tessera tunnel`'s start line, up to the addresses (`cli/src/commands/tunnel.rs`).
+const TUNNEL_LISTENING: &str = "tunnel listening on";
+
+/// A `tessera tunnel` child process (killed on drop).
+struct TunnelProcess {
+    child: std::process::Child,
+    /// Where the client connects in plain text: `127.0.0.1:PORT`.
+    addr: String,
+    log: ChildLog,
+}
+
+impl Secure {
+    /// Starts `tessera tunnel` to this coordinator on a free loopback port as a user runs it
+    /// (`--coordinator URL --tls-ca CA`, no token), and waits until it listens.
+    fn start_tunnel(&self) -> TunnelProcess {
+        let ca = self.pki.cert("ca");
+        let mut child = self
+            .tessera(
+                &[
+                    "tunnel",
+                    "--coordinator",
+                    &self.url,
+                    "--tls-ca",
+                    &ca.to_string_lossy(),
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                None,
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tessera tunnel");
+        let log = ChildLog::capture("tunnel", child.stderr.take().expect("piped stderr"));
+        let line = log.blocking_wait_for(TUNNEL_LISTENING, Duration::from_secs(30));
+        let addr = line
+            .split_once("point Bazel at grpc://")
+            .map(|(_, addr)| addr.trim().to_owned())
+            .unwrap_or_else(|| panic!("the start line names the address: {line}"));
+        assert!(
+            line.contains(&format!("-> {}", self.url)),
+            "the start line names the coordinator: {line}"
+        );
+        TunnelProcess { child, addr, log }
+    }
+}
+
+impl TunnelProcess {
+    /// SIGTERM: the tunnel stops and exits 0.
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid")),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal the tunnel");
+        let status = wait_exit(&mut self.child, Duration::from_secs(10))
+            .expect("the tunnel exits on SIGTERM");
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+impl Drop for TunnelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// What the Bazel test builds: genrules (several outputs, a 5 MiB one, a chain) and a
 /// directory output; quick to build locally and remotely.
 const BAZEL_TARGETS: [&str; 2] = ["//gen/...", "//tree/..."];
@@ -945,8 +1013,8 @@ fn bazel_over_tls_with_tokens_ci_writes_the_action_cache_and_a_developer_cannot(
     let header = |token: &str| format!("--remote_header=authorization=Bearer {token}");
 
     // Bazel's own TLS first. Debian's Bazel 4.2.3 cannot do it (its netty lacks ALPN on the
-    // JDK provider); then Bazel goes through a TLS tunnel to the same port instead, and the
-    // rest of the test (tokens, roles, the action cache) holds the same.
+    // JDK provider); then Bazel goes through `tessera tunnel` to the same port instead, and
+    // the rest of the test (tokens, roles, the action cache) holds the same.
     let probe = checkout.run(&[
         "build",
         "//gen:multi",
@@ -955,7 +1023,7 @@ fn bazel_over_tls_with_tokens_ci_writes_the_action_cache_and_a_developer_cannot(
         &header(&developer),
         "--noremote_upload_local_results",
     ]);
-    let _tunnel;
+    let mut tunnel = None;
     let (endpoint, tls_flag) = if probe.status.success() {
         (grpcs, ca)
     } else {
@@ -974,11 +1042,11 @@ fn bazel_over_tls_with_tokens_ci_writes_the_action_cache_and_a_developer_cannot(
         );
         println!(
             "bazel: this Bazel cannot do TLS itself (JDK provider does not support ALPN); \
-             connecting through a TLS tunnel to the coordinator's TLS port"
+             connecting through `tessera tunnel` to the coordinator's TLS port"
         );
-        let tunnel = TlsTunnel::start(cluster.server.addr, "localhost", &cluster.pki.cert("ca"));
-        let endpoint = format!("grpc://{}", tunnel.addr);
-        _tunnel = tunnel;
+        let started = cluster.start_tunnel();
+        let endpoint = format!("grpc://{}", started.addr);
+        tunnel = Some(started);
         // A harmless flag in place of --tls_certificate.
         (endpoint, "--remote_retries=0".to_owned())
     };
@@ -1071,6 +1139,14 @@ fn bazel_over_tls_with_tokens_ci_writes_the_action_cache_and_a_developer_cannot(
         "{}",
         show(&entries)
     );
+    if let Some(tunnel) = tunnel {
+        assert_eq!(
+            tunnel.log.count("WARN"),
+            0,
+            "no connection through the tunnel failed TLS"
+        );
+        tunnel.stop();
+    }
     drop(checkout);
 }
 

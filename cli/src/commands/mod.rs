@@ -8,6 +8,7 @@
 //! | [`logs`] | `tessera logs`: a test's whole output |
 //! | [`token`] | `tessera token create`, `list`, `revoke` |
 //! | [`audit`] | `tessera audit`: the coordinator's audit log |
+//! | [`tunnel`] | `tessera tunnel`: a loopback port forwarded over TLS to the coordinator |
 //! | [`up`] | `tessera up`: the embedded cluster in the foreground |
 //! | [`coordinator`] | `tessera coordinator` |
 //! | [`agent`] | `tessera agent` |
@@ -19,4 +20,5 @@ pub mod logs;
 pub mod run;
 pub mod status;
 pub mod token;
+pub mod tunnel;
 pub mod up;
