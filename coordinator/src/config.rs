@@ -157,6 +157,12 @@ pub struct CoordinatorConfig {
     pub audit_retention: Duration,
     /// Per-token limits.
     pub limits: Limits,
+    /// HTTP address for `/metrics`, `/healthz` and `/readyz`; `None`: no HTTP port.
+    pub http_listen: Option<SocketAddr>,
+    /// `/metrics` without a token (with `auth = "tokens"` it otherwise needs a reader token).
+    pub metrics_public: bool,
+    /// OTLP/gRPC endpoint that traces are exported to (`http://collector:4317`); `None`: off.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for CoordinatorConfig {
@@ -192,6 +198,9 @@ impl Default for CoordinatorConfig {
             insecure_no_auth: false,
             audit_retention: Duration::from_secs(90 * 86_400),
             limits: Limits::default(),
+            http_listen: None,
+            metrics_public: false,
+            otlp_endpoint: None,
         }
     }
 }
@@ -222,6 +231,9 @@ pub struct FileConfig {
     insecure_no_auth: Option<bool>,
     audit_retention: Option<String>,
     limits: Option<FileLimits>,
+    http_listen: Option<SocketAddr>,
+    metrics_public: Option<bool>,
+    otlp_endpoint: Option<String>,
 }
 
 /// The `[limits]` table.
@@ -261,6 +273,12 @@ pub struct ConfigOverrides {
     pub insecure_no_tls: bool,
     /// `--insecure-no-auth` (only ever turns it on).
     pub insecure_no_auth: bool,
+    /// `--http-listen`.
+    pub http_listen: Option<SocketAddr>,
+    /// `--metrics-public` (only ever turns it on).
+    pub metrics_public: bool,
+    /// `--otlp-endpoint`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Most durations kept per test: each is 8 bytes in every test's history entry.
@@ -298,6 +316,9 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_LIMIT_JOBS_INFLIGHT",
     "TESSERA_LIMIT_UPLOAD_BYTES_RATE",
     "TESSERA_LIMIT_UPLOAD_BYTES_BURST",
+    "TESSERA_HTTP_LISTEN",
+    "TESSERA_METRICS_PUBLIC",
+    "TESSERA_OTLP_ENDPOINT",
     "TESSERA_CONFIG",
 ];
 
@@ -410,6 +431,15 @@ impl Settings for CoordinatorConfig {
         if let Some(v) = file.audit_retention {
             self.audit_retention = file_duration("audit_retention", &v)?;
         }
+        if let Some(v) = file.http_listen {
+            self.http_listen = Some(v);
+        }
+        if let Some(v) = file.metrics_public {
+            self.metrics_public = v;
+        }
+        if let Some(v) = file.otlp_endpoint {
+            self.otlp_endpoint = Some(v);
+        }
         if let Some(l) = file.limits {
             let limits = &mut self.limits;
             limits.execute_rate = l.execute_rate.unwrap_or(limits.execute_rate);
@@ -459,6 +489,9 @@ impl Settings for CoordinatorConfig {
             "TESSERA_LIMIT_JOBS_INFLIGHT" => self.limits.jobs_inflight = parse(value)?,
             "TESSERA_LIMIT_UPLOAD_BYTES_RATE" => self.limits.upload_bytes_rate = parse(value)?,
             "TESSERA_LIMIT_UPLOAD_BYTES_BURST" => self.limits.upload_bytes_burst = parse(value)?,
+            "TESSERA_HTTP_LISTEN" => self.http_listen = Some(parse(value)?),
+            "TESSERA_METRICS_PUBLIC" => self.metrics_public = parse_bool(value)?,
+            "TESSERA_OTLP_ENDPOINT" => self.otlp_endpoint = Some(value.to_owned()),
             // TESSERA_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -492,6 +525,13 @@ impl Settings for CoordinatorConfig {
         }
         self.insecure_no_tls |= flags.insecure_no_tls;
         self.insecure_no_auth |= flags.insecure_no_auth;
+        if let Some(v) = flags.http_listen {
+            self.http_listen = Some(v);
+        }
+        self.metrics_public |= flags.metrics_public;
+        if let Some(v) = &flags.otlp_endpoint {
+            self.otlp_endpoint = Some(v.clone());
+        }
         Ok(())
     }
 
@@ -556,6 +596,35 @@ impl Settings for CoordinatorConfig {
                 )
                 .for_key("listen"));
             }
+        }
+        if let Some(http) = self.http_listen
+            && !http.ip().is_loopback()
+        {
+            if self.tls_cert.is_none() && !self.insecure_no_tls {
+                return Err(BadValue::new(
+                    http.to_string(),
+                    "is not a loopback address and TLS is off: the HTTP port uses the gRPC \
+                     port's certificate (--tls-cert, --tls-key), or give --insecure-no-tls",
+                )
+                .for_key("http_listen"));
+            }
+            if self.auth == AuthMode::None && !self.insecure_no_auth {
+                return Err(BadValue::new(
+                    http.to_string(),
+                    "is not a loopback address and authentication is off: give --auth tokens, \
+                     or --insecure-no-auth",
+                )
+                .for_key("http_listen"));
+            }
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(BadValue::new(
+                endpoint.clone(),
+                "must be an http:// or https:// URL (OTLP over gRPC, e.g. http://collector:4317)",
+            )
+            .for_key("otlp_endpoint"));
         }
         if self.audit_retention < Duration::from_secs(3600) {
             return Err(BadValue::new(

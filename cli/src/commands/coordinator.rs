@@ -57,6 +57,18 @@ pub struct CoordinatorArgs {
     /// Also TESSERA_INSECURE_NO_AUTH.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// HTTP address for /metrics (Prometheus), /healthz and /readyz [default: off]. Beyond
+    /// loopback it follows the gRPC port's rules: TLS with the same certificate, and /metrics
+    /// needs a reader token unless --metrics-public. Also TESSERA_HTTP_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Serve /metrics without a token even with --auth tokens. Also TESSERA_METRICS_PUBLIC.
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// Export traces over OTLP/gRPC to this endpoint (e.g. http://collector:4317) [default:
+    /// off]. Also TESSERA_OTLP_ENDPOINT.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl CoordinatorArgs {
@@ -73,6 +85,9 @@ impl CoordinatorArgs {
             auth: self.auth,
             insecure_no_tls: self.insecure_no_tls,
             insecure_no_auth: self.insecure_no_auth,
+            http_listen: self.http_listen,
+            metrics_public: self.metrics_public,
+            otlp_endpoint: self.otlp_endpoint.clone(),
         }
     }
 }
