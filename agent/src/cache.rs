@@ -21,6 +21,8 @@ use tessera_cas::meta::{MetaError, MetadataStore, RedbStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, PinGuard, StoreError};
 use thiserror::Error;
 
+use crate::metrics::CacheMeters;
+
 /// Blobs up to this size are fetched in batches.
 const BATCH_BLOB_MAX: u64 = 1024 * 1024;
 /// Most bytes asked for in one `BatchReadBlobs` call: below every common server limit (4 MiB).
@@ -97,6 +99,8 @@ pub struct LocalCache {
     /// Executable twins of cached blobs (mode 0555), made on first use and hard-linked into
     /// exec roots after that; emptied when the cache opens, so they live one agent run.
     exec_dir: PathBuf,
+    /// `tessera_agent_cache_bytes` and `tessera_agent_fetch_bytes_total` (see `metrics`).
+    meters: CacheMeters,
 }
 
 impl std::fmt::Debug for LocalCache {
@@ -127,7 +131,26 @@ impl LocalCache {
             Err(e) => return Err(OpenError::Io(e)),
         }
         std::fs::create_dir_all(&exec_dir).map_err(OpenError::Io)?;
-        Ok(LocalCache { store, exec_dir })
+        Ok(LocalCache {
+            store,
+            exec_dir,
+            meters: CacheMeters::default(),
+        })
+    }
+
+    /// Reports the cache's size and downloads to `meters` from now on.
+    pub fn with_meters(mut self, meters: CacheMeters) -> Self {
+        self.meters = meters;
+        self.report_size();
+        self
+    }
+
+    /// Sets the size gauge from the store (after writes, which may also evict).
+    fn report_size(&self) {
+        let bytes = self.store.stats().stored_bytes;
+        self.meters
+            .bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// A read-only executable (0555) copy of the cached blob `digest`, made once per agent
@@ -272,6 +295,11 @@ impl LocalCache {
                 Ok::<_, FetchError>(())
             })
             .await?;
+            let fetched: usize = blobs.iter().map(|(_, data)| data.len()).sum();
+            self.meters
+                .fetched
+                .inc_by(u64::try_from(fetched).unwrap_or(u64::MAX));
+            self.report_size();
             for (digest, data) in blobs {
                 sink(digest, data);
             }

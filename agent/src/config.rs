@@ -13,6 +13,7 @@
 //! work directory.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -102,6 +103,10 @@ pub struct AgentConfig {
     pub tls_client_cert: Option<PathBuf>,
     /// Private key (PEM) of `tls_client_cert`.
     pub tls_client_key: Option<PathBuf>,
+    /// Address of the HTTP port serving `/metrics`, `/healthz` and `/readyz`; `None` (the
+    /// default) serves none. Meant for loopback: the agent has no TLS server certificate, so
+    /// another address is served in plain HTTP, with a warning.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Default local cache budget: 10 GiB.
@@ -141,6 +146,7 @@ impl Default for AgentConfig {
             tls_ca: None,
             tls_client_cert: None,
             tls_client_key: None,
+            http_listen: None,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct AgentOverrides {
     pub tls_client_cert: Option<PathBuf>,
     /// `--tls-client-key`.
     pub tls_client_key: Option<PathBuf>,
+    /// `--http-listen`.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Environment variables read by [`AgentConfig::load`].
@@ -198,6 +206,7 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_AGENT_TLS_CA",
     "TESSERA_AGENT_TLS_CLIENT_CERT",
     "TESSERA_AGENT_TLS_CLIENT_KEY",
+    "TESSERA_AGENT_HTTP_LISTEN",
     // The client commands' variables, read as fallbacks (see the module docs).
     "TESSERA_TOKEN",
     "TESSERA_TOKEN_FILE",
@@ -227,6 +236,7 @@ pub struct FileConfig {
     tls_ca: Option<PathBuf>,
     tls_client_cert: Option<PathBuf>,
     tls_client_key: Option<PathBuf>,
+    http_listen: Option<SocketAddr>,
 }
 
 /// Parses one `key=value` property.
@@ -390,6 +400,9 @@ impl Settings for AgentConfig {
         if let Some(v) = file.tls_client_key {
             self.tls_client_key = Some(v);
         }
+        if let Some(v) = file.http_listen {
+            self.http_listen = Some(v);
+        }
         Ok(())
     }
 
@@ -419,6 +432,7 @@ impl Settings for AgentConfig {
             "TESSERA_AGENT_TLS_CA" => self.tls_ca = Some(PathBuf::from(value)),
             "TESSERA_AGENT_TLS_CLIENT_CERT" => self.tls_client_cert = Some(PathBuf::from(value)),
             "TESSERA_AGENT_TLS_CLIENT_KEY" => self.tls_client_key = Some(PathBuf::from(value)),
+            "TESSERA_AGENT_HTTP_LISTEN" => self.http_listen = Some(parse(value)?),
             // Fallbacks: they never replace a value set by the agent's own settings, whatever
             // order the variables come in (the agent's own ones overwrite, these fill gaps).
             "TESSERA_TOKEN" if self.token_file.is_none() && self.token.is_none() => {
@@ -479,6 +493,9 @@ impl Settings for AgentConfig {
         }
         if let Some(v) = &flags.tls_client_key {
             self.tls_client_key = Some(v.clone());
+        }
+        if let Some(v) = flags.http_listen {
+            self.http_listen = Some(v);
         }
         Ok(())
     }

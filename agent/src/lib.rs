@@ -9,8 +9,9 @@
 //! the result as one of the outcomes `lease` lists.
 //! An action may ask to see its input root at a fixed path (`exec_root`); a job's steps arrive
 //! as builtin actions that the agent runs itself (`step`).
-//! `config` loads the settings, `platform` says what the agent advertises and how it reads an
-//! action's platform, `workdir` says where everything lives on disk.
+//! `metrics` counts what operators alert on (served with `/healthz` and `/readyz` on
+//! `--http-listen`). `config` loads the settings, `platform` says what the agent advertises
+//! and how it reads an action's platform, `workdir` says where everything lives on disk.
 //!
 //! The agent never depends on the coordinator crate: they meet only in `tessera-proto`.
 
@@ -21,6 +22,7 @@ pub mod layer;
 pub mod lease;
 pub mod mask;
 pub mod materialize;
+pub mod metrics;
 pub mod outputs;
 pub mod pipeline;
 pub mod platform;
@@ -42,6 +44,7 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::cache::LocalCache;
 use crate::layer::{LayerSettings, LayerStore, LayeredRoots};
+use crate::metrics::AgentMetrics;
 use crate::pipeline::{CasClients, LeasePipeline};
 use crate::platform::HostFacts;
 use crate::sandbox::{LocalRunner, ProcessRunner};
@@ -126,6 +129,8 @@ impl Agent {
             namespaces,
             layers,
         } = prepare(&config).await?;
+        let metrics = AgentMetrics::new();
+        let cache = cache.with_meters(metrics.cache_meters());
         let facts = tokio::task::spawn_blocking(move || HostFacts::detect(namespaces))
             .await
             .map_err(|e| AgentError::Startup(format!("toolchain detection failed: {e}")))?;
@@ -173,6 +178,7 @@ impl Agent {
                 )
             }),
             layers,
+            metrics: metrics.clone(),
         });
         let hello = tessera_proto::tessera::v1::Hello {
             agent_id,

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tessera_cas::client::{CasClient, ClientError};
 use tessera_cas::digest::{Digest, DigestFunction};
@@ -34,6 +34,7 @@ use crate::materialize::{
     InputTree, MaterializeError, create_dirs_within, fetch_input_tree, materialize,
     relative_components,
 };
+use crate::metrics::{AgentMetrics, overhead};
 use crate::outputs::{
     OutputError, RequestedOutput, collect_outputs, file_blob, requested_outputs, upload,
 };
@@ -128,6 +129,8 @@ pub struct LeasePipeline {
     pub workers: Option<Arc<WorkerPool>>,
     /// Layers for large input roots; `None` lays every root out file by file.
     pub layers: Option<Arc<LayeredRoots>>,
+    /// Where each lease's time outside its command is recorded.
+    pub metrics: AgentMetrics,
 }
 
 impl std::fmt::Debug for LeasePipeline {
@@ -166,6 +169,8 @@ struct Plan {
 struct LeaseState {
     metadata: ExecutedActionMetadata,
     hold: Option<(LeaseWorker, LeaseDirs)>,
+    /// How long the command (or the builtin step) ran; zero if it never started.
+    command_time: Duration,
 }
 
 /// A lease ready to run: what it asks for, how to run it, and, for a batch of a job with
@@ -308,6 +313,7 @@ impl LeasePipeline {
         progress: &(dyn Fn(LeaseStage) + Send + Sync),
         step_results: &(dyn Fn(String) + Send + Sync),
     ) -> (LeaseResult, RunOutcome) {
+        let started = Instant::now();
         let dirs = self.layout.lease_dirs(seq);
         let mut state = LeaseState {
             metadata: ExecutedActionMetadata {
@@ -316,6 +322,7 @@ impl LeasePipeline {
                 ..ExecutedActionMetadata::default()
             },
             hold: None,
+            command_time: Duration::ZERO,
         };
         let (outcome, result) = self
             .stages(lease, &dirs, cancel, progress, step_results, &mut state)
@@ -325,6 +332,8 @@ impl LeasePipeline {
         if let Some((worker, ran_in)) = state.hold.take() {
             worker.finish(&ran_in);
         }
+        self.metrics
+            .observe_overhead(overhead(started.elapsed(), state.command_time));
         let mut metadata = state.metadata;
         let result = result.map(|mut result| {
             metadata.worker_completed_timestamp = timestamp(SystemTime::now());
@@ -346,7 +355,11 @@ impl LeasePipeline {
         step_results: &(dyn Fn(String) + Send + Sync),
         state: &mut LeaseState,
     ) -> (RunOutcome, Option<ActionResult>) {
-        let LeaseState { metadata, hold } = state;
+        let LeaseState {
+            metadata,
+            hold,
+            command_time,
+        } = state;
         let fail = |stage, error| (RunOutcome::Error { stage, error }, None);
         let cancelled = || {
             (
@@ -390,6 +403,7 @@ impl LeasePipeline {
 
         progress(LeaseStage::Executing);
         metadata.execution_start_timestamp = timestamp(SystemTime::now());
+        let command_started = Instant::now();
         let exit = match &plan.step {
             None => self
                 .runner
@@ -411,6 +425,7 @@ impl LeasePipeline {
                 run_builtin(step, &context).await
             }
         };
+        *command_time = command_started.elapsed();
         drop(linked);
         let exit = match exit {
             Ok(exit) => exit,

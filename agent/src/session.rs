@@ -62,6 +62,7 @@ use tonic::Code;
 use tonic::codec::Streaming;
 
 use crate::lease::{CancelReason, LeaseCancel, Report, RunOutcome};
+use crate::metrics::ActionOutcome;
 use crate::pipeline::LeasePipeline;
 
 /// First reconnection delay.
@@ -141,6 +142,7 @@ pub async fn run(
         events_rx,
         tasks: TaskTracker::new(),
     };
+    session.report_slots();
     while !session.is_done() {
         session.step(&shutdown, &abort).await;
     }
@@ -426,6 +428,7 @@ impl Session {
             "draining: taking no new leases"
         );
         self.draining = true;
+        self.params.pipeline.metrics.set_draining();
         self.drain_deadline = self.params.drain_timeout.map(|t| Instant::now() + t);
         self.send(message(AgentKind::Draining(Draining {})));
     }
@@ -472,6 +475,7 @@ impl Session {
             }
             Event::Finished { lease_id, result } => {
                 self.leases.remove(&lease_id);
+                self.report_slots();
                 self.queue_result(*result);
             }
         }
@@ -541,6 +545,7 @@ impl Session {
                 );
                 self.backoff.reset();
                 self.link = Link::Up(connected);
+                self.params.pipeline.metrics.set_connected(true);
                 if self.draining {
                     self.send(message(AgentKind::Draining(Draining {})));
                 }
@@ -590,6 +595,7 @@ impl Session {
         self.link = Link::Down {
             retry_at: now + wait,
         };
+        self.params.pipeline.metrics.set_connected(false);
     }
 
     fn on_message(&mut self, message: CoordinatorMessage) {
@@ -641,6 +647,7 @@ impl Session {
         self.link = Link::Down {
             retry_at: Instant::now(),
         };
+        self.params.pipeline.metrics.set_connected(false);
     }
 
     fn on_lease(&mut self, lease: Lease) {
@@ -656,6 +663,14 @@ impl Session {
             return self.refuse(&lease, &why);
         }
         self.start(lease);
+    }
+
+    /// Sets `tessera_agent_slots` from the table of running leases.
+    fn report_slots(&self) {
+        self.params
+            .pipeline
+            .metrics
+            .set_slots(self.leases.len(), self.params.slots);
     }
 
     fn refuse(&mut self, lease: &Lease, why: &str) {
@@ -675,8 +690,10 @@ impl Session {
                 cancel: cancel.clone(),
             },
         );
+        self.report_slots();
         tracing::info!(lease = %lease.lease_id, attempt = lease.attempt, seq, "lease accepted");
         let pipeline = Arc::clone(&self.params.pipeline);
+        let metrics = pipeline.metrics.clone();
         let events = self.events_tx.clone();
         let reported = Arc::new(AtomicBool::new(false));
         let lease = Arc::new(lease);
@@ -704,6 +721,7 @@ impl Session {
                     .run(&lease, seq, &cancel, &progress, &step_results)
                     .await;
                 log_outcome(&lease, &outcome);
+                pipeline.metrics.count_action(ActionOutcome::of(&outcome));
                 reported.store(true, Ordering::SeqCst);
                 let _ = events.send(Event::Finished {
                     lease_id,
@@ -716,6 +734,7 @@ impl Session {
             if let Err(error) = inner.await {
                 tracing::error!(lease = %lease.lease_id, %error, "lease task failed");
                 if !reported.load(Ordering::SeqCst) {
+                    metrics.count_action(ActionOutcome::InfraError);
                     let _ = events.send(Event::Finished {
                         lease_id: lease.lease_id.clone(),
                         result: Box::new(
