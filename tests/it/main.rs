@@ -16,6 +16,7 @@ mod jobs;
 mod lifecycle;
 mod matrix;
 mod network;
+mod prometheus_rules;
 mod run_refusals;
 mod runners_e2e;
 mod secret_masking;
