@@ -5,6 +5,8 @@
 //!   connections' [`server::Peer`] info handed to every request.
 //! - `client`: the endpoint for an `http://` or `https://` coordinator URL (trust root,
 //!   server name, client certificate) and the [`client::Link`] that carries the bearer token.
+//! - `http`: the small HTTP port (`/metrics`, `/healthz`, `/readyz`) with the same TLS as
+//!   the gRPC port and a caller-supplied check for who may read `/metrics`.
 //! - `tunnel`: TLS on behalf of clients that cannot do it (`tessera tunnel`): plain
 //!   connections accepted locally, forwarded over verified TLS to the coordinator.
 //!
@@ -12,5 +14,6 @@
 //! paths and tokens in, and decide what a peer may do.
 
 pub mod client;
+pub mod http;
 pub mod server;
 pub mod tunnel;
