@@ -80,6 +80,18 @@ pub enum AgentError {
     /// A start-up task failed.
     #[error("agent start-up failed: {0}")]
     Startup(String),
+    /// The HTTP port (`http_listen`) could not be opened.
+    #[error(
+        "failed to listen on {addr} for /metrics (http_listen): {source}; is another process \
+         using the port?"
+    )]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The coordinator refused this agent for good: it speaks another agent protocol version
     /// (see README "Upgrading a fleet"), or it does not accept the agent's token.
     #[error("the coordinator refused this agent: {0}")]
@@ -131,6 +143,11 @@ impl Agent {
         } = prepare(&config).await?;
         let metrics = AgentMetrics::new();
         let cache = cache.with_meters(metrics.cache_meters());
+        let http_stop = CancellationToken::new();
+        let http = match config.http_listen {
+            Some(addr) => Some(serve_metrics(addr, metrics.clone(), http_stop.clone()).await?),
+            None => None,
+        };
         let facts = tokio::task::spawn_blocking(move || HostFacts::detect(namespaces))
             .await
             .map_err(|e| AgentError::Startup(format!("toolchain detection failed: {e}")))?;
@@ -204,6 +221,10 @@ impl Agent {
         .await;
         persist_stop.cancel();
         let _ = persist.await;
+        http_stop.cancel();
+        if let Some(http) = http {
+            let _ = http.await;
+        }
         if end.undelivered > 0 {
             tracing::warn!(
                 undelivered = end.undelivered,
@@ -216,6 +237,45 @@ impl Agent {
             None => Ok(()),
         }
     }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`. Binds before
+/// returning, so a port in use fails the start. The agent has no TLS server certificate of its
+/// own: the port is plain HTTP, meant for loopback; another address is allowed with a warning.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: AgentMetrics,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Http { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AgentError::Http { addr, source })?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %bound,
+            "the agent's /metrics port is reachable beyond this host, in plain HTTP (the agent \
+             has no TLS server certificate): prefer a loopback address and a local scraper"
+        );
+    }
+    tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
+    let handlers = tessera_net::http::HttpHandlers {
+        metrics: Arc::new({
+            let metrics = metrics.clone();
+            move || metrics.encode()
+        }),
+        ready: Arc::new(move || metrics.readiness()),
+        metrics_access: None,
+    };
+    Ok(tokio::spawn(async move {
+        if let Err(error) =
+            tessera_net::http::serve_http(listener, None, handlers, stop.cancelled_owned()).await
+        {
+            tracing::warn!(%error, "the /metrics port stopped");
+        }
+    }))
 }
 
 /// What [`prepare`] readies.

@@ -67,6 +67,11 @@ pub struct AgentArgs {
     /// Private key (PEM) of --tls-client-cert. Also TESSERA_AGENT_TLS_CLIENT_KEY.
     #[arg(long, value_name = "FILE")]
     pub tls_client_key: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g.
+    /// 127.0.0.1:9465 [default: off]. Plain HTTP: keep it on loopback (another address is
+    /// served with a warning). Also TESSERA_AGENT_HTTP_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Log format: text or json [default: text]. Verbosity comes from RUST_LOG.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -89,6 +94,7 @@ impl AgentArgs {
             tls_ca: self.tls_ca.clone(),
             tls_client_cert: self.tls_client_cert.clone(),
             tls_client_key: self.tls_client_key.clone(),
+            http_listen: self.http_listen,
         }
     }
 }
