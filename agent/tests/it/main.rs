@@ -5,6 +5,7 @@ mod auth;
 mod harness;
 mod layers;
 mod leases;
+mod metrics;
 mod protocol;
 mod runner;
 mod session;
