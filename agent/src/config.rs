@@ -664,6 +664,36 @@ mod tests {
     }
 
     #[test]
+    fn http_listen_comes_from_file_environment_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "http_listen = \"127.0.0.1:9001\"\n").unwrap();
+        let none = AgentOverrides::default();
+        let c = AgentConfig::load(Some(&file), &env(&[]), &none).unwrap();
+        assert_eq!(c.http_listen, Some("127.0.0.1:9001".parse().unwrap()));
+        let e = env(&[("TESSERA_AGENT_HTTP_LISTEN", "127.0.0.1:9002")]);
+        let c = AgentConfig::load(Some(&file), &e, &none).unwrap();
+        assert_eq!(c.http_listen, Some("127.0.0.1:9002".parse().unwrap()));
+        let flags = AgentOverrides {
+            http_listen: Some("127.0.0.1:9003".parse().unwrap()),
+            ..AgentOverrides::default()
+        };
+        let c = AgentConfig::load(Some(&file), &e, &flags).unwrap();
+        assert_eq!(c.http_listen, Some("127.0.0.1:9003".parse().unwrap()));
+        assert_eq!(AgentConfig::default().http_listen, None, "off by default");
+        let err = AgentConfig::load(
+            None,
+            &env(&[("TESSERA_AGENT_HTTP_LISTEN", "localhost")]),
+            &none,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("TESSERA_AGENT_HTTP_LISTEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn layer_settings_come_from_file_and_environment() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.toml");
