@@ -162,6 +162,33 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// The `tessera_jobs_total` result of a job's final result (an unset result counts as
+/// `error`).
+pub fn job_result(result: tessera_proto::tessera::v1::JobResult) -> &'static str {
+    use tessera_proto::tessera::v1::JobResult as R;
+    match result {
+        R::Passed => "passed",
+        R::Failed => "failed",
+        R::Error | R::Unknown => "error",
+        R::Infrastructure => "infrastructure",
+        R::Cancelled => "cancelled",
+    }
+}
+
+/// The `tessera_tests_total` outcome of a test's final outcome; `None` for a test that did
+/// not run (cancelled). A test error and a test without a result count as `failed`.
+pub fn test_outcome(outcome: tessera_proto::tessera::v1::TestOutcome) -> Option<&'static str> {
+    use tessera_proto::tessera::v1::TestOutcome as O;
+    match outcome {
+        O::Passed => Some("passed"),
+        O::Failed | O::NoResult | O::Unknown | O::Error => Some("failed"),
+        O::Skipped => Some("skipped"),
+        O::Flaky => Some("flaky"),
+        O::TimedOut => Some("timed_out"),
+        O::Cancelled => None,
+    }
+}
+
 /// Every coordinator metric family.
 pub struct Metrics {
     registry: Registry,
