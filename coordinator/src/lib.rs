@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod execution;
 pub mod jobs;
+pub mod metrics;
 pub mod server;
 pub mod services;
 mod status;

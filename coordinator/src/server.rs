@@ -38,6 +38,7 @@ use crate::execution::scheduler::{self, SchedulerConfig, SchedulerError, Schedul
 use crate::jobs::driver::JobContext;
 use crate::jobs::registry::JobRegistry;
 use crate::jobs::results::{HistoryLimits, TestStore};
+use crate::metrics::layer::MetricsLayer;
 use crate::services::action_cache::ActionCacheService;
 use crate::services::admin::AdminService;
 use crate::services::agent_session::AgentSessionService;
@@ -99,6 +100,18 @@ pub enum ServerError {
     /// The TLS certificate, key or client CA could not be loaded (a configuration error).
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The HTTP address (`--http-listen`) could not be bound.
+    #[error(
+        "failed to listen for HTTP on {addr}: {source} (is the port in use? pick another with \
+         --http-listen)"
+    )]
+    HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -107,6 +120,7 @@ pub enum ServerError {
 /// A running coordinator.
 pub struct Coordinator {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     token: CancellationToken,
     tasks: TaskTracker,
     serve: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -239,6 +253,8 @@ impl Coordinator {
             .max_frame_size(1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024)
             .initial_stream_window_size(16 * 1024 * 1024)
+            // Outside the auth layer, so refused calls are counted too.
+            .layer(MetricsLayer::new(crate::metrics::metrics()))
             .layer(AuthLayer::new(
                 config.auth,
                 auth.tokens.clone(),
@@ -319,6 +335,36 @@ impl Coordinator {
             }
         });
         tasks.spawn(auth.audit.clone().sweep_until(token.clone()));
+        let http_addr = match config.http_listen {
+            None => None,
+            Some(http_addr) => {
+                let listener =
+                    TcpListener::bind(http_addr)
+                        .await
+                        .map_err(|source| ServerError::HttpBind {
+                            addr: http_addr,
+                            source,
+                        })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| ServerError::HttpBind {
+                        addr: http_addr,
+                        source,
+                    })?;
+                let handlers = http_handlers(config, &auth, &store, &token);
+                let http_tls = tls.clone();
+                let shutdown = token.clone().cancelled_owned();
+                tasks.spawn(async move {
+                    if let Err(error) =
+                        tessera_net::http::serve_http(listener, http_tls, handlers, shutdown).await
+                    {
+                        tracing::error!(%error, "HTTP port failed");
+                    }
+                });
+                tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+                Some(bound)
+            }
+        };
         tasks.close();
         let tls_mode = match &tls {
             None => "off",
@@ -333,6 +379,7 @@ impl Coordinator {
         );
         Ok(Coordinator {
             addr,
+            http_addr,
             token,
             tasks,
             serve,
@@ -358,6 +405,11 @@ impl Coordinator {
     /// The address the server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the HTTP port (`/metrics`, `/healthz`, `/readyz`), when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// A token that starts shutdown when cancelled.
@@ -405,5 +457,65 @@ impl Coordinator {
             Ok(Ok(())) => {}
         }
         served
+    }
+}
+
+/// What the HTTP port serves: the metrics (with the CAS figures read from the store at
+/// scrape time), readiness (the metadata store is open once started; not ready once shutdown
+/// begins), and who may read `/metrics`: anyone with auth off or `metrics_public`, otherwise
+/// any valid token (every role is reader-or-better for metrics).
+fn http_handlers(
+    config: &CoordinatorConfig,
+    auth: &Auth,
+    store: &DiskStore,
+    token: &CancellationToken,
+) -> tessera_net::http::HttpHandlers {
+    use tessera_net::http::{AccessDenied, HeaderMap, HttpHandlers};
+    let store = store.clone();
+    let metrics = Arc::new(move || {
+        let stats = store.stats();
+        let metrics = crate::metrics::metrics();
+        metrics.set_cas(stats.stored_bytes, stats.evicted_bytes);
+        metrics.encode()
+    });
+    let shutting_down = token.clone();
+    let ready = Arc::new(move || {
+        if shutting_down.is_cancelled() {
+            Err("shutting down: not accepting work".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    let metrics_access: Option<tessera_net::http::MetricsAccess> =
+        if config.auth == AuthMode::Tokens && !config.metrics_public {
+            let tokens = auth.tokens.clone();
+            Some(Arc::new(move |headers: &HeaderMap| {
+                let Some(value) = headers.get("authorization") else {
+                    return Err(AccessDenied::Unauthorized(
+                        "no token: /metrics needs `Authorization: Bearer TOKEN` (a reader \
+                         token or better; Prometheus: `authorization: {credentials_file: ...}`), \
+                         or start the coordinator with --metrics-public"
+                            .to_owned(),
+                    ));
+                };
+                let denied = |status: tonic::Status| match status.code() {
+                    tonic::Code::PermissionDenied => {
+                        AccessDenied::Forbidden(status.message().to_owned())
+                    }
+                    _ => AccessDenied::Unauthorized(status.message().to_owned()),
+                };
+                let secret = crate::auth::layer::bearer(value).map_err(denied)?;
+                tokens
+                    .authenticate(secret, None)
+                    .map(|_| ())
+                    .map_err(denied)
+            }))
+        } else {
+            None
+        };
+    HttpHandlers {
+        metrics,
+        ready,
+        metrics_access,
     }
 }

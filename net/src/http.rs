@@ -32,9 +32,13 @@ use crate::server::{Conn, Peer, TlsReloader, incoming};
 
 pub use axum::http::{HeaderMap, StatusCode};
 
-/// The content type of `/metrics`: `prometheus-client` writes OpenMetrics text, which
-/// Prometheus reads when told so.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of `/metrics` for a client that accepts OpenMetrics (Prometheus does):
+/// the text of [`HttpHandlers::metrics`] as it is.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of `/metrics` for any other client (`curl`, `promtool check metrics`):
+/// the classic Prometheus text format, see [`openmetrics_to_prometheus`].
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Why a request for `/metrics` is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +82,8 @@ pub type MetricsAccess = Arc<dyn Fn(&HeaderMap) -> Result<(), AccessDenied> + Se
 /// and must not block (they run on the async runtime).
 #[derive(Clone)]
 pub struct HttpHandlers {
-    /// The exposition text for `/metrics`.
+    /// The exposition text for `/metrics`, in OpenMetrics text format (as
+    /// `prometheus-client` writes it).
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// `Ok` when ready to accept work; otherwise the reason, sent with a 503.
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
@@ -131,11 +136,69 @@ async fn metrics(State(handlers): State<Arc<HttpHandlers>>, headers: HeaderMap) 
     {
         return denied.into_response();
     }
-    (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        (handlers.metrics)(),
-    )
-        .into_response()
+    let text = (handlers.metrics)();
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+            openmetrics_to_prometheus(&text),
+        )
+            .into_response()
+    }
+}
+
+/// The classic Prometheus text format (0.0.4) of OpenMetrics text as `prometheus-client`
+/// writes it, for clients that did not ask for OpenMetrics. The samples are the same; only
+/// the metadata differs: a counter family is named with its `_total` suffix (OpenMetrics
+/// names the family without it, which the classic parser and `promtool check metrics` read
+/// as a family without samples and samples without help), and the `# UNIT` and `# EOF`
+/// lines, which the classic format does not have, are dropped. Exemplars and info metrics
+/// are not converted (Tessera exposes none).
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    // HELP comes before TYPE: hold it until the type says whether to rename the family.
+    let mut help: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            flush_help(&mut out, help.take(), "");
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if kind == "counter" && !name.ends_with("_total") {
+                "_total"
+            } else {
+                ""
+            };
+            match help.take() {
+                Some(held) if held.0 == name => flush_help(&mut out, Some(held), suffix),
+                other => flush_help(&mut out, other, ""),
+            }
+            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+            continue;
+        }
+        flush_help(&mut out, help.take(), "");
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    flush_help(&mut out, help, "");
+    out
+}
+
+fn flush_help(out: &mut String, help: Option<(&str, &str)>, suffix: &str) {
+    if let Some((name, text)) = help {
+        out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
+    }
 }
 
 async fn readyz(State(handlers): State<Arc<HttpHandlers>>) -> Response {
@@ -186,10 +249,15 @@ mod tests {
 
     /// Sends one HTTP/1.1 GET and returns the status code and the body.
     async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let auth = auth
             .map(|token| format!("Authorization: Bearer {token}\r\n"))
             .unwrap_or_default();
+        get_with(addr, path, &auth).await
+    }
+
+    /// Like `get`, with extra header lines (each ending in CRLF).
+    async fn get_with(addr: SocketAddr, path: &str, auth: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -198,6 +266,33 @@ mod tests {
         let status = response[9..12].parse().unwrap();
         let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
         (status, body)
+    }
+
+    #[test]
+    fn openmetrics_counters_get_their_total_name_in_the_classic_format() {
+        let openmetrics = "# HELP jobs Jobs finished.\n\
+                           # TYPE jobs counter\n\
+                           jobs_total{result=\"passed\"} 1\n\
+                           # HELP wait_seconds Wait.\n\
+                           # TYPE wait_seconds histogram\n\
+                           # UNIT wait_seconds seconds\n\
+                           wait_seconds_count 0\n\
+                           # HELP up Up.\n\
+                           # TYPE up gauge\n\
+                           up 1\n\
+                           # EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(openmetrics),
+            "# HELP jobs_total Jobs finished.\n\
+             # TYPE jobs_total counter\n\
+             jobs_total{result=\"passed\"} 1\n\
+             # HELP wait_seconds Wait.\n\
+             # TYPE wait_seconds histogram\n\
+             wait_seconds_count 0\n\
+             # HELP up Up.\n\
+             # TYPE up gauge\n\
+             up 1\n"
+        );
     }
 
     fn handlers(ready: Result<(), String>) -> HttpHandlers {
@@ -234,6 +329,18 @@ mod tests {
         let (status, body) = get(addr, "/metrics", Some("good")).await;
         assert_eq!(status, 200);
         assert!(body.contains("up 1"), "{body}");
+        assert!(
+            !body.contains("# EOF"),
+            "classic text format without Accept: {body}"
+        );
+        let accept = "Authorization: Bearer good\r\n\
+                      Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n";
+        let (status, body) = get_with(addr, "/metrics", accept).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.ends_with("# EOF\n"),
+            "OpenMetrics when asked for: {body}"
+        );
         assert_eq!(get(addr, "/nope", None).await.0, 404);
     }
 

@@ -108,6 +108,8 @@ pub struct StoreStats {
     pub budget_bytes: u64,
     /// Blobs evicted since start.
     pub evicted: u64,
+    /// Bytes at rest of the blobs evicted since start.
+    pub evicted_bytes: u64,
     /// Writes refused because the file system was full.
     pub space: SpaceStats,
 }

@@ -797,6 +797,7 @@ impl BlobStore for DiskStore {
             stored_bytes: index.stored_bytes(),
             budget_bytes: index.budget,
             evicted: index.evicted,
+            evicted_bytes: index.evicted_bytes,
             space: self.inner.space.stats(),
         }
     }

@@ -56,6 +56,7 @@ pub(crate) struct Index {
     pub(crate) budget: u64,
     pub(crate) protect: Duration,
     pub(crate) evicted: u64,
+    pub(crate) evicted_bytes: u64,
     table: Table,
 }
 
@@ -151,6 +152,7 @@ impl Index {
             budget,
             protect,
             evicted: 0,
+            evicted_bytes: 0,
             table,
         })
     }
@@ -232,6 +234,7 @@ impl Index {
             .filter_map(|digest| {
                 self.remove(&digest).map(|entry| {
                     self.evicted += 1;
+                    self.evicted_bytes += entry.stored;
                     Victim {
                         digest,
                         form: entry.form,

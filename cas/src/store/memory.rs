@@ -131,6 +131,7 @@ impl BlobStore for MemoryStore {
             stored_bytes: bytes,
             budget_bytes: u64::MAX,
             evicted: 0,
+            evicted_bytes: 0,
             space: Default::default(),
         }
     }

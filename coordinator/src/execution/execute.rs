@@ -312,6 +312,7 @@ impl Executor {
         let hit = tokio::task::spawn_blocking(move || cache.get(&instance, &digest))
             .await?
             .map_err(ExecuteError::ActionCache)?;
+        crate::metrics::metrics().cache_lookup(hit.is_some());
         Ok(hit.map(|result| OpSnapshot {
             name: format!("operations/cached-{}", uuid_v4()),
             stage: execution_stage::Value::Completed,

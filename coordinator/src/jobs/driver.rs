@@ -159,11 +159,10 @@ pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
         .zip(stops)
         .map(|((cell, tally), stop)| (cell, tally, stop))
         .collect();
-    job.emit(Kind::Finished(finished(
-        ends,
-        before_cells,
-        started.elapsed(),
-    )));
+    let last = finished(ends, before_cells, started.elapsed());
+    crate::metrics::metrics()
+        .job_finished(crate::metrics::job_result(last.result()), started.elapsed());
+    job.emit(Kind::Finished(last));
     Ended::Finished
 }
 

@@ -34,7 +34,8 @@ impl Tally {
     pub(super) fn restored<'a>(finals: impl IntoIterator<Item = &'a TestFinished>) -> Self {
         let mut tally = Tally::default();
         for test in finals {
-            tally.count(test.outcome());
+            // Counted in the metrics by the run that reported it.
+            tally.tally(test.outcome());
             if test.cached {
                 tally.cached += 1;
             }
@@ -60,8 +61,15 @@ impl Tally {
         self.tool_startups += other.tool_startups;
     }
 
-    /// Counts one final outcome.
+    /// Counts one final outcome, here and in the metrics (`tessera_tests_total`).
     pub(super) fn count(&mut self, outcome: TestOutcome) {
+        self.tally(outcome);
+        if let Some(label) = crate::metrics::test_outcome(outcome) {
+            crate::metrics::metrics().test_finished(label);
+        }
+    }
+
+    fn tally(&mut self, outcome: TestOutcome) {
         match outcome {
             TestOutcome::Passed => self.passed += 1,
             TestOutcome::Flaky => self.flaky += 1,

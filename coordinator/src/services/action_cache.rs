@@ -63,7 +63,9 @@ impl ActionCacheService {
         let cache = self.cache.clone();
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
-            let Some(mut result) = cache.get(&req.instance_name, &action)? else {
+            let hit = cache.get(&req.instance_name, &action)?;
+            crate::metrics::metrics().cache_lookup(hit.is_some());
+            let Some(mut result) = hit else {
                 return Err(Status::not_found(format!(
                     "no action result for {action} in instance \"{}\"",
                     req.instance_name

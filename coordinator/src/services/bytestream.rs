@@ -203,6 +203,7 @@ impl ByteStreamService {
                 let mut data = data;
                 while !data.is_empty() {
                     let piece = data.split_to(data.len().min(MAX_READ_MESSAGE));
+                    crate::metrics::metrics().bytes_read(piece.len() as u64);
                     if tx.blocking_send(Ok(ReadResponse { data: piece })).is_err() {
                         return false;
                     }
@@ -400,6 +401,7 @@ fn feed(state: &mut UploadState, data: &[u8]) -> Result<(), ByteStreamError> {
         None => state.upload.write(data)?,
     }
     state.committed += data.len() as u64;
+    crate::metrics::metrics().bytes_written(data.len() as u64);
     Ok(())
 }
 

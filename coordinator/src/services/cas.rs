@@ -411,17 +411,16 @@ impl content_addressable_storage_server::ContentAddressableStorage for CasServic
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         let caller = Caller::of(self.auth.as_ref(), &request);
         caller.instance("BatchUpdateBlobs", &request.get_ref().instance_name)?;
-        caller.upload(
-            request
-                .get_ref()
-                .requests
-                .iter()
-                .map(|r| r.data.len() as u64)
-                .sum(),
-        )?;
-        Ok(Response::new(
-            self.batch_update(request.into_inner()).await?,
-        ))
+        let bytes = request
+            .get_ref()
+            .requests
+            .iter()
+            .map(|r| r.data.len() as u64)
+            .sum();
+        caller.upload(bytes)?;
+        let response = self.batch_update(request.into_inner()).await?;
+        crate::metrics::metrics().bytes_written(bytes);
+        Ok(Response::new(response))
     }
 
     async fn batch_read_blobs(
@@ -430,7 +429,10 @@ impl content_addressable_storage_server::ContentAddressableStorage for CasServic
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
         Caller::of(self.auth.as_ref(), &request)
             .instance("BatchReadBlobs", &request.get_ref().instance_name)?;
-        Ok(Response::new(self.batch_read(request.into_inner()).await?))
+        let response = self.batch_read(request.into_inner()).await?;
+        crate::metrics::metrics()
+            .bytes_read(response.responses.iter().map(|r| r.data.len() as u64).sum());
+        Ok(Response::new(response))
     }
 
     type GetTreeStream = TreeStream;

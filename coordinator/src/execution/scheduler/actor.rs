@@ -46,6 +46,10 @@ pub(super) struct Op {
     /// The secret values its leases carry (a job step's `--secret-env`); in memory only, so
     /// an operation recovered after a restart has none.
     pub(super) secrets: Vec<SecretEnv>,
+    /// When it was last queued and last leased (real clock, for the wait and duration
+    /// metrics only).
+    pub(super) queued_at: std::time::Instant,
+    pub(super) leased_at: Option<std::time::Instant>,
 }
 
 impl Op {
@@ -56,6 +60,8 @@ impl Op {
             tx,
             merge_key,
             secrets,
+            queued_at: std::time::Instant::now(),
+            leased_at: None,
         }
     }
 
@@ -165,6 +171,7 @@ impl Scheduler {
                 }
             }
             self.dispatch();
+            self.publish_gauges();
         }
     }
 
@@ -212,6 +219,12 @@ impl Scheduler {
                 let _ = reply.send(self.stats());
             }
         }
+    }
+
+    /// Sets the scheduler gauges of the metrics (queue depth, agents, slots) from the state.
+    fn publish_gauges(&self) {
+        let (agents, slots) = self.agents.counts();
+        crate::metrics::metrics().set_scheduler(self.queue.len(), agents, slots, self.leases.len());
     }
 
     fn stats(&self) -> (SchedulerStats, Vec<super::handle::AgentInfo>) {
@@ -338,9 +351,11 @@ impl Scheduler {
             self.inflight.remove(&key);
         }
         op.publish();
+        let ran_for = op.leased_at.map(|at| at.elapsed());
         let op = &self.ops[name].op;
         if let OpState::Done { response, .. } = op.state() {
             self.cache_result(op, response);
+            crate::metrics::metrics().action_finished(action_outcome(response), ran_for);
         }
         self.persist(op);
         self.stats.completed += 1;
@@ -412,4 +427,21 @@ pub(super) fn merge_key(record: &OperationRecord) -> Vec<u8> {
         key.extend_from_slice(&d.size_bytes.to_le_bytes());
     }
     key
+}
+
+/// The `tessera_actions_total` outcome of a final answer: `cancelled` (CANCELLED status),
+/// `timed_out` (DEADLINE_EXCEEDED), `infra_error` (any other error status, or no result),
+/// `failed` (the command exited non-zero) or `ok`.
+pub(super) fn action_outcome(response: &ExecuteResponse) -> &'static str {
+    let code = response.status.as_ref().map_or(0, |s| s.code);
+    match tonic::Code::from_i32(code) {
+        tonic::Code::Ok => match &response.result {
+            Some(result) if result.exit_code == 0 => "ok",
+            Some(_) => "failed",
+            None => "infra_error",
+        },
+        tonic::Code::Cancelled => "cancelled",
+        tonic::Code::DeadlineExceeded => "timed_out",
+        _ => "infra_error",
+    }
 }

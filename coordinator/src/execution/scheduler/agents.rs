@@ -164,6 +164,14 @@ impl AgentRegistry {
             .collect()
     }
 
+    /// The number of connected agents and their slots in all (cheap, for the metrics).
+    pub(super) fn counts(&self) -> (usize, usize) {
+        self.agents
+            .values()
+            .filter(|a| a.tx.is_some())
+            .fold((0, 0), |(n, slots), a| (n + 1, slots + a.slots as usize))
+    }
+
     /// Connected agents, for the status API.
     pub(super) fn connected(&self) -> Vec<AgentInfo> {
         self.agents

@@ -216,6 +216,7 @@ impl Scheduler {
             return;
         }
         op.publish();
+        op.queued_at = std::time::Instant::now();
         enqueue(&mut self.queue, &op.op);
     }
 
@@ -263,6 +264,7 @@ impl Scheduler {
             .collect();
         for (name, lease_id, agent) in expired {
             self.stats.expired_leases += 1;
+            crate::metrics::metrics().lease_expired.inc();
             tracing::warn!(operation = %name, lease = %lease_id, agent = %agent, "lease expired; queueing again");
             if let Some(entry) = self.agents.get(&agent) {
                 entry.send_cancel(&lease_id);
@@ -356,6 +358,13 @@ impl Scheduler {
             return;
         }
         entry.publish();
+        let leased_at = std::time::Instant::now();
+        crate::metrics::metrics().queue_wait.observe(
+            leased_at
+                .saturating_duration_since(entry.queued_at)
+                .as_secs_f64(),
+        );
+        entry.leased_at = Some(leased_at);
         let op = &self.ops[name].op;
         self.persist(op);
         self.leases.insert(lease_id.clone(), name.to_owned());
