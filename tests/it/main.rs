@@ -15,6 +15,7 @@ mod job_faults;
 mod jobs;
 mod lifecycle;
 mod matrix;
+mod metrics;
 mod network;
 mod run_refusals;
 mod runners_e2e;
