@@ -25,6 +25,7 @@ if [ "${TESSERA_SKIP_BAZEL:-0}" != 1 ]; then
 fi
 need ip iproute2
 need openssl openssl  # security tests: test CA and certificates
+need promtool prometheus  # metrics tests: promtool check metrics
 need python3 python3
 need gcc gcc
 need g++ g++

@@ -15,6 +15,7 @@ mod job_faults;
 mod jobs;
 mod lifecycle;
 mod matrix;
+mod metrics;
 mod network;
 mod prometheus_rules;
 mod run_refusals;
