@@ -33,7 +33,6 @@ need unzip unzip
 need zip zip          # test-setup.sh zips TEST_UNDECLARED_OUTPUTS_DIR
 need go golang-go     # runners: go test adapter
 need curl curl        # tests/world/fetch.sh: .crate files from crates.io
-need promtool prometheus # tests/it/prometheus_rules.rs: promtool check/test rules
 for deb in golang-github-google-go-cmp-dev golang-github-pkg-errors-dev; do
   dpkg -s "$deb" >/dev/null 2>&1 || pkgs+=("$deb") # tests/world/fetch.sh: Go sources
 done
