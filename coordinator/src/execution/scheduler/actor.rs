@@ -430,8 +430,9 @@ pub(super) fn merge_key(record: &OperationRecord) -> Vec<u8> {
 }
 
 /// The `tessera_actions_total` outcome of a final answer: `cancelled` (CANCELLED status),
-/// `timed_out` (DEADLINE_EXCEEDED), `infra_error` (any other error status, or no result),
-/// `failed` (the command exited non-zero) or `ok`.
+/// `timed_out` (DEADLINE_EXCEEDED), `failed` (the command exited non-zero, or the client's
+/// action could not run: missing inputs, an invalid action — as the agent counts them),
+/// `infra_error` (any other error status, or no result) or `ok`.
 pub(super) fn action_outcome(response: &ExecuteResponse) -> &'static str {
     let code = response.status.as_ref().map_or(0, |s| s.code);
     match tonic::Code::from_i32(code) {
@@ -442,6 +443,7 @@ pub(super) fn action_outcome(response: &ExecuteResponse) -> &'static str {
         },
         tonic::Code::Cancelled => "cancelled",
         tonic::Code::DeadlineExceeded => "timed_out",
+        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => "failed",
         _ => "infra_error",
     }
 }
