@@ -109,7 +109,8 @@ pub fn router(handlers: HttpHandlers) -> Router {
         .with_state(Arc::new(handlers))
 }
 
-/// Serves the HTTP port on `listener` (with TLS when `tls` is given) until `shutdown`
+/// Serves the HTTP port on `listener` (with TLS when `tls` is given, offering ALPN `h2` and
+/// `http/1.1`; both protocols are served) until `shutdown`
 /// completes; connections in progress then finish their current request.
 ///
 /// Errors only if the listener's address cannot be read; failed accepts and handshakes are
@@ -122,7 +123,7 @@ pub async fn serve_http(
 ) -> io::Result<()> {
     let local_addr = listener.local_addr()?;
     let listener = ConnListener {
-        conns: Box::pin(incoming(listener, tls)),
+        conns: Box::pin(incoming(listener, tls.map(|tls| tls.with_http_alpn()))),
         local_addr,
     };
     axum::serve(listener, router(handlers))

@@ -142,6 +142,9 @@ pub enum TlsError {
 #[derive(Clone)]
 pub struct TlsReloader {
     shared: Arc<Shared>,
+    /// ALPN `h2` and `http/1.1` instead of `h2` only (the HTTP port: Prometheus and curl
+    /// may speak either).
+    http_alpn: bool,
 }
 
 struct Shared {
@@ -167,6 +170,7 @@ impl TlsReloader {
                 files,
                 current: RwLock::new(Arc::new(config)),
             }),
+            http_alpn: false,
         })
     }
 
@@ -192,13 +196,29 @@ impl TlsReloader {
         self.shared.files.client_ca.is_some()
     }
 
+    /// The same settings (and reloads) offering ALPN `h2` and `http/1.1`, for an HTTP port
+    /// rather than gRPC.
+    pub fn with_http_alpn(&self) -> TlsReloader {
+        TlsReloader {
+            shared: Arc::clone(&self.shared),
+            http_alpn: true,
+        }
+    }
+
     fn acceptor(&self) -> TlsAcceptor {
-        let config = self
-            .shared
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        TlsAcceptor::from(Arc::clone(&config))
+        let config = Arc::clone(
+            &self
+                .shared
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if self.http_alpn {
+            let mut config = (*config).clone();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            return TlsAcceptor::from(Arc::new(config));
+        }
+        TlsAcceptor::from(config)
     }
 }
 

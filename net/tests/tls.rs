@@ -604,3 +604,57 @@ fn tunnel_settings_are_checked_before_listening() {
     let err = TlsDialer::new("https://localhost:1", &auth).unwrap_err();
     assert!(err.to_string().contains("--tls-client-key"), "{err}");
 }
+
+/// One HTTP/1.1 GET over `stream`: the status line and the body.
+async fn http_get<S>(mut stream: S, path: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn the_http_port_serves_tls_with_the_grpc_certificate() {
+    use tessera_net::http::{HttpHandlers, serve_http};
+    let Some(pki) = Pki::create() else { return };
+    let tls = TlsReloader::load(pki.server_files("server", None)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let handlers = HttpHandlers {
+        metrics: Arc::new(|| "# EOF\n".to_owned()),
+        ready: Arc::new(|| Ok(())),
+        metrics_access: None,
+    };
+    tokio::spawn(serve_http(
+        listener,
+        Some(tls),
+        handlers,
+        stop.clone().cancelled_owned(),
+    ));
+
+    // Prometheus and curl offer both protocols; a client that only speaks HTTP/1.1 too.
+    let url = format!("https://localhost:{}", addr.port());
+    let mut config = tunnel::client_config(&url, &pki.client("ca", None)).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let response = http_get(stream, "/healthz").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(15), http_get(plain, "/healthz"))
+        .await
+        .unwrap_or_default();
+    assert!(!response.contains("200"), "{response}");
+    stop.cancel();
+}
