@@ -505,9 +505,10 @@ fn http_handlers(
                     _ => AccessDenied::Unauthorized(status.message().to_owned()),
                 };
                 let secret = crate::auth::layer::bearer(value).map_err(denied)?;
+                // A reader token or better: every role but `agent` may read.
                 tokens
                     .authenticate(secret, None)
-                    .map(|_| ())
+                    .and_then(|principal| principal.check(crate::auth::Permission::JobRead))
                     .map_err(denied)
             }))
         } else {
