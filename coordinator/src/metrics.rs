@@ -212,6 +212,11 @@ pub struct Metrics {
     pub cas_bytes: Gauge,
     /// `tessera_cas_evicted_bytes_total` (set at scrape time from the store's total).
     pub cas_evicted_bytes: Counter,
+    /// `tessera_cas_budget_bytes`: the CAS's byte budget (0: unlimited).
+    pub cas_budget_bytes: Gauge,
+    /// `tessera_store_out_of_space`: 1 while the blob store or the metadata store refuses
+    /// writes for lack of disk space.
+    pub store_out_of_space: Gauge,
     /// `tessera_cas_transfer_bytes_total{direction}`.
     pub cas_transfer_bytes: Family<Labels, Counter>,
     /// `tessera_jobs_total{result}`.
@@ -261,6 +266,8 @@ impl Metrics {
             action_cache_requests: Family::default(),
             cas_bytes: Gauge::default(),
             cas_evicted_bytes: Counter::default(),
+            cas_budget_bytes: Gauge::default(),
+            store_out_of_space: Gauge::default(),
             cas_transfer_bytes: Family::default(),
             jobs: Family::default(),
             // 1 s .. ~2.3 h.
@@ -322,6 +329,16 @@ impl Metrics {
             "tessera_cas_evicted_bytes",
             "Bytes at rest evicted from the CAS",
             m.cas_evicted_bytes.clone(),
+        );
+        r.register(
+            "tessera_cas_budget_bytes",
+            "The CAS's byte budget (0: unlimited)",
+            m.cas_budget_bytes.clone(),
+        );
+        r.register(
+            "tessera_store_out_of_space",
+            "1 while a store refuses writes for lack of disk space",
+            m.store_out_of_space.clone(),
         );
         r.register(
             "tessera_cas_transfer_bytes",
@@ -449,6 +466,13 @@ impl Metrics {
         }
     }
 
+    /// Sets the budget and out-of-space gauges (at scrape time).
+    pub fn set_space(&self, budget_bytes: Option<u64>, out_of_space: bool) {
+        self.cas_budget_bytes
+            .set(budget_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
+        self.store_out_of_space.set(i64::from(out_of_space));
+    }
+
     /// Sets the scheduler gauges (the scheduler actor calls this after its state changes).
     pub fn set_scheduler(&self, queued: usize, agents: usize, slots: usize, busy: usize) {
         let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
@@ -503,6 +527,8 @@ mod tests {
             "tessera_lease_expired_total".to_owned(),
             "tessera_cas_bytes".to_owned(),
             "tessera_cas_evicted_bytes_total".to_owned(),
+            "tessera_cas_budget_bytes".to_owned(),
+            "tessera_store_out_of_space".to_owned(),
             "tessera_job_duration_seconds_count".to_owned(),
             r#"tessera_grpc_requests_total{service="ByteStream",method="Read",code="OK"}"#
                 .to_owned(),

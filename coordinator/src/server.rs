@@ -351,7 +351,7 @@ impl Coordinator {
                         addr: http_addr,
                         source,
                     })?;
-                let handlers = http_handlers(config, &auth, &store, &token);
+                let handlers = http_handlers(config, &auth, &store, &meta_dyn, &token);
                 let http_tls = tls.clone();
                 let shutdown = token.clone().cancelled_owned();
                 tasks.spawn(async move {
@@ -468,14 +468,18 @@ fn http_handlers(
     config: &CoordinatorConfig,
     auth: &Auth,
     store: &DiskStore,
+    meta: &Arc<dyn MetadataStore>,
     token: &CancellationToken,
 ) -> tessera_net::http::HttpHandlers {
     use tessera_net::http::{AccessDenied, HeaderMap, HttpHandlers};
     let store = store.clone();
+    let budget = config.max_cas_bytes;
+    let meta = Arc::clone(meta);
     let metrics = Arc::new(move || {
         let stats = store.stats();
         let metrics = crate::metrics::metrics();
         metrics.set_cas(stats.stored_bytes, stats.evicted_bytes);
+        metrics.set_space(budget, store.space().full || meta.space().full);
         metrics.encode()
     });
     let shutting_down = token.clone();
