@@ -44,12 +44,17 @@ impl Prometheus {
             .map(|a| format!("'{a}'"))
             .collect::<Vec<_>>()
             .join(", ");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n\
-             \x20 - job_name: coordinator\n    static_configs:\n      - targets: ['{coordinator}']\n\
-             \x20 - job_name: agents\n    static_configs:\n      - targets: [{agents}]\n"
-        );
+        let config = [
+            "global:".to_owned(),
+            "  scrape_interval: 1s".to_owned(),
+            "  scrape_timeout: 1s".to_owned(),
+            "scrape_configs:".to_owned(),
+            "  - job_name: coordinator".to_owned(),
+            format!("    static_configs: [{{targets: ['{coordinator}']}}]"),
+            "  - job_name: agents".to_owned(),
+            format!("    static_configs: [{{targets: [{agents}]}}]"),
+        ]
+        .join("\n");
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).expect("write prometheus.yml");
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus.log");
