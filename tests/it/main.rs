@@ -18,6 +18,7 @@ mod matrix;
 mod metrics;
 mod network;
 mod prometheus_rules;
+mod prometheus_scrape;
 mod run_refusals;
 mod runners_e2e;
 mod secret_masking;

@@ -21,13 +21,13 @@ use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, visible_tempd
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A suite of two quick tests for `tessera run --runner command`.
-const QUICK_SUITE: &str = "case \"$1\" in\n\
+pub(super) const QUICK_SUITE: &str = "case \"$1\" in\n\
     list) echo first; echo second;;\n\
     run) shift; for t in \"$@\"; do echo \"ran $t\"; done;;\n\
     esac\n";
 
 /// One HTTP/1.1 GET to `addr`: the status code and the body.
-async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+pub(super) async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the HTTP port");
@@ -97,7 +97,7 @@ fn promtool_check(text: &str) {
 }
 
 /// `tessera ARGS` with no `TESSERA_*` variable but `token`, and no client config file.
-fn tessera(dir: &Path, args: &[&str], token: Option<&str>) -> Command {
+pub(super) fn tessera(dir: &Path, args: &[&str], token: Option<&str>) -> Command {
     let mut command = Command::new(tessera_tests::tessera_bin());
     command.args(args).stdin(Stdio::null());
     for (name, _) in std::env::vars_os() {
