@@ -114,6 +114,35 @@ pub(super) fn tessera(dir: &Path, args: &[&str], token: Option<&str>) -> Command
     command
 }
 
+/// Runs the two-test [`QUICK_SUITE`] with `tessera run` against `endpoint` (no token), from a
+/// project under `dir`, and asserts that it passes.
+pub(super) fn run_quick_suite(dir: &Path, endpoint: &str) {
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).expect("project dir");
+    std::fs::write(project.join("suite.sh"), QUICK_SUITE).expect("suite.sh");
+    let out = tessera(dir, &["run", "--coordinator", endpoint], None)
+        .args([
+            "--runner",
+            "command",
+            "--list-command",
+            "sh suite.sh list",
+            "--",
+            "sh",
+            "suite.sh",
+            "run",
+            "{tests}",
+        ])
+        .current_dir(&project)
+        .output()
+        .expect("tessera run");
+    assert!(
+        out.status.success(),
+        "tessera run: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A coordinator with its HTTP port on a free loopback port.
 fn coordinator(dir: &Path, extra: &[&str]) -> (ServerProcess, SocketAddr) {
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -180,34 +209,7 @@ async fn a_scrape_shows_every_family_and_the_work_done() {
         &[],
     )
     .await;
-    let project = dir.path().join("project");
-    std::fs::create_dir_all(&project).expect("project dir");
-    std::fs::write(project.join("suite.sh"), QUICK_SUITE).expect("suite.sh");
-    let out = tessera(
-        dir.path(),
-        &["run", "--coordinator", &server.endpoint()],
-        None,
-    )
-    .args([
-        "--runner",
-        "command",
-        "--list-command",
-        "sh suite.sh list",
-        "--",
-        "sh",
-        "suite.sh",
-        "run",
-        "{tests}",
-    ])
-    .current_dir(&project)
-    .output()
-    .expect("tessera run");
-    assert!(
-        out.status.success(),
-        "tessera run: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_quick_suite(dir.path(), &server.endpoint());
 
     let (status, after) = get(http, "/metrics", None).await;
     assert_eq!(status, 200);

@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, visible_tempdir};
 
-use super::metrics::{QUICK_SUITE, get, tessera};
+use super::metrics::{get, run_quick_suite};
 
 /// How long Prometheus gets to show each expected state (it scrapes every second).
 const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(20);
@@ -197,34 +197,7 @@ async fn prometheus_sees_the_work_and_the_lost_agent() {
         return;
     };
 
-    let project = dir.path().join("project");
-    std::fs::create_dir_all(&project).expect("project dir");
-    std::fs::write(project.join("suite.sh"), QUICK_SUITE).expect("suite.sh");
-    let out = tessera(
-        dir.path(),
-        &["run", "--coordinator", &server.endpoint()],
-        None,
-    )
-    .args([
-        "--runner",
-        "command",
-        "--list-command",
-        "sh suite.sh list",
-        "--",
-        "sh",
-        "suite.sh",
-        "run",
-        "{tests}",
-    ])
-    .current_dir(&project)
-    .output()
-    .expect("tessera run");
-    assert!(
-        out.status.success(),
-        "tessera run: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_quick_suite(dir.path(), &server.endpoint());
 
     // Prometheus has seen both agents connected and all three targets up before one dies.
     prometheus

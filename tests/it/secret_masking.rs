@@ -4,7 +4,6 @@
 //! output in the CAS (what `tessera logs` prints), the coordinator's data directory and the
 //! agent's work directory show `***` where the values were, never the values.
 
-use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -16,6 +15,8 @@ use tessera_proto::tessera::v1::{JobResult, JobSpec, SecretEnv, TestOutcome, job
 use tessera_runners::{CommandRunner, RunnerConfig};
 use tessera_tests::{AgentProcess, ServerProcess, run_job, upload_dir};
 use tonic::transport::Channel;
+
+use super::secrets::files_containing;
 
 /// A plain value: distinctive enough that finding its bytes anywhere means it leaked.
 const PLAIN: &str = "tsr-mask-4d2e9b1c-plain-value";
@@ -57,32 +58,6 @@ fn spellings(value: &str) -> Vec<String> {
     ];
     all.dedup();
     all
-}
-
-/// Every regular file under `dir` (symlinks not followed) whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            let path = entry.path();
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file()
-                && let Ok(bytes) = std::fs::read(&path)
-                && bytes.windows(needle.len()).any(|w| w == needle)
-            {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,7 +85,7 @@ fn finals(events: &[JobEvent]) -> BTreeMap<String, (TestOutcome, bool)> {
 }
 
 /// Every regular file under `dir` (symlinks not followed) whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+pub(super) fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {

@@ -84,9 +84,12 @@ impl AuditLog {
     /// The log in `meta`, keeping entries for `retention`.
     pub fn open(meta: &Arc<dyn MetadataStore>, retention: Duration) -> Result<Self, MetaError> {
         let table = meta.table(TABLE)?;
-        // Continue the sequence after a restart (ties within one millisecond stay ordered).
+        // Continue the sequence after a restart, so entries within one millisecond stay
+        // ordered. Only today's entries can share a millisecond with the next one, so only
+        // today's day is read, not the whole retention.
+        let today = u32::try_from(tessera_proto::time::unix_ms().div_euclid(DAY_MS)).unwrap_or(0);
         let seq = table
-            .scan_prefix(b"")
+            .scan_prefix(&today.to_be_bytes())
             .filter_map(Result::ok)
             .last()
             .and_then(|(k, _)| Some(u64::from_be_bytes(k.get(12..20)?.try_into().ok()?)))
