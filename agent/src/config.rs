@@ -107,6 +107,9 @@ pub struct AgentConfig {
     /// default) serves none. Meant for loopback: the agent has no TLS server certificate, so
     /// another address is served in plain HTTP, with a warning.
     pub http_listen: Option<SocketAddr>,
+    /// OTLP/gRPC collector (`http://HOST:4317`) the agent's spans are exported to; `None` (the
+    /// default) exports none.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Default local cache budget: 10 GiB.
@@ -147,6 +150,7 @@ impl Default for AgentConfig {
             tls_client_cert: None,
             tls_client_key: None,
             http_listen: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -182,6 +186,8 @@ pub struct AgentOverrides {
     pub tls_client_key: Option<PathBuf>,
     /// `--http-listen`.
     pub http_listen: Option<SocketAddr>,
+    /// `--otlp-endpoint`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Environment variables read by [`AgentConfig::load`].
@@ -237,6 +243,7 @@ pub struct FileConfig {
     tls_client_cert: Option<PathBuf>,
     tls_client_key: Option<PathBuf>,
     http_listen: Option<SocketAddr>,
+    otlp_endpoint: Option<String>,
 }
 
 /// Parses one `key=value` property.
@@ -292,6 +299,15 @@ impl AgentConfig {
                 "expected an endpoint like http://127.0.0.1:8980",
             )
             .for_key("coordinator"));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(BadValue::new(
+                endpoint.as_str(),
+                "must be an http:// or https:// URL (OTLP over gRPC, e.g. http://collector:4317)",
+            )
+            .for_key("otlp_endpoint"));
         }
         if self.coordinator.starts_with("https://") && self.tls_ca.is_none() {
             return Err(BadValue::new(
@@ -403,6 +419,9 @@ impl Settings for AgentConfig {
         if let Some(v) = file.http_listen {
             self.http_listen = Some(v);
         }
+        if let Some(v) = file.otlp_endpoint {
+            self.otlp_endpoint = Some(v);
+        }
         Ok(())
     }
 
@@ -433,6 +452,7 @@ impl Settings for AgentConfig {
             "TESSERA_AGENT_TLS_CLIENT_CERT" => self.tls_client_cert = Some(PathBuf::from(value)),
             "TESSERA_AGENT_TLS_CLIENT_KEY" => self.tls_client_key = Some(PathBuf::from(value)),
             "TESSERA_AGENT_HTTP_LISTEN" => self.http_listen = Some(parse(value)?),
+            "TESSERA_AGENT_OTLP_ENDPOINT" => self.otlp_endpoint = Some(value.to_owned()),
             // Fallbacks: they never replace a value set by the agent's own settings, whatever
             // order the variables come in (the agent's own ones overwrite, these fill gaps).
             "TESSERA_TOKEN" if self.token_file.is_none() && self.token.is_none() => {
@@ -496,6 +516,9 @@ impl Settings for AgentConfig {
         }
         if let Some(v) = flags.http_listen {
             self.http_listen = Some(v);
+        }
+        if let Some(v) = &flags.otlp_endpoint {
+            self.otlp_endpoint = Some(v.clone());
         }
         Ok(())
     }

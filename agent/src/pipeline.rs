@@ -24,6 +24,7 @@ use tessera_proto::reapi::{ActionResult, Command, ExecutedActionMetadata};
 use tessera_proto::tessera::v1::{Lease, LeaseResult, LeaseStage};
 use tessera_proto::time::from_proto_duration;
 use tonic::Code;
+use tracing::Instrument;
 
 use crate::cache::LocalCache;
 use crate::exec_root::{PathMap, SymlinkedRoot, check_disjoint};
@@ -372,7 +373,11 @@ impl LeasePipeline {
 
         progress(LeaseStage::Fetching);
         metadata.input_fetch_start_timestamp = timestamp(SystemTime::now());
-        let (plan, launch, dirs) = match self.fetch(lease, dirs, cancel).await {
+        let fetched = self
+            .fetch(lease, dirs, cancel)
+            .instrument(tracing::info_span!("fetch inputs"))
+            .await;
+        let (plan, launch, dirs) = match fetched {
             Ok(Some((plan, launch, worker))) => match worker {
                 // A batch for a running worker runs where that worker does.
                 Some((worker, ran_in)) => {
@@ -404,27 +409,32 @@ impl LeasePipeline {
         progress(LeaseStage::Executing);
         metadata.execution_start_timestamp = timestamp(SystemTime::now());
         let command_started = Instant::now();
-        let exit = match &plan.step {
-            None => self
-                .runner
-                .run(&launch.spec, cancel.token())
-                .await
-                .map_err(LeaseError::from),
-            Some(step) => {
-                let worker = hold.as_ref().map(|(worker, _)| worker);
-                let context = StepContext {
-                    runner: self.runner.as_ref(),
-                    template: &launch.spec,
-                    map: &launch.map,
-                    dirs,
-                    cancel: cancel.token(),
-                    results: step_results,
-                    worker,
-                    mask: &plan.mask,
-                };
-                run_builtin(step, &context).await
+        let command_span = tracing::info_span!("command");
+        let exit = async {
+            match &plan.step {
+                None => self
+                    .runner
+                    .run(&launch.spec, cancel.token())
+                    .await
+                    .map_err(LeaseError::from),
+                Some(step) => {
+                    let worker = hold.as_ref().map(|(worker, _)| worker);
+                    let context = StepContext {
+                        runner: self.runner.as_ref(),
+                        template: &launch.spec,
+                        map: &launch.map,
+                        dirs,
+                        cancel: cancel.token(),
+                        results: step_results,
+                        worker,
+                        mask: &plan.mask,
+                    };
+                    run_builtin(step, &context).await
+                }
             }
-        };
+        }
+        .instrument(command_span)
+        .await;
         *command_time = command_started.elapsed();
         drop(linked);
         let exit = match exit {
@@ -449,7 +459,9 @@ impl LeasePipeline {
         progress(LeaseStage::Uploading);
         metadata.output_upload_start_timestamp = timestamp(SystemTime::now());
         let uploaded = tokio::select! {
-            uploaded = self.upload(&plan, dirs, requested) => uploaded,
+            uploaded = self
+                .upload(&plan, dirs, requested)
+                .instrument(tracing::info_span!("upload outputs")) => uploaded,
             () = cancel.token().cancelled() => return cancelled(),
         };
         let mut result = match uploaded {

@@ -60,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Code;
 use tonic::codec::Streaming;
+use tracing::Instrument;
 
 use crate::lease::{CancelReason, LeaseCancel, Report, RunOutcome};
 use crate::metrics::ActionOutcome;
@@ -696,6 +697,16 @@ impl Session {
         let metrics = pipeline.metrics.clone();
         let events = self.events_tx.clone();
         let reported = Arc::new(AtomicBool::new(false));
+        // The action's spans here: the children of the coordinator's, whatever this session
+        // was doing when the lease arrived.
+        let span = tracing::info_span!(
+            parent: None,
+            "lease",
+            otel.name = "action",
+            lease.id = %lease.lease_id,
+            lease.attempt = lease.attempt,
+        );
+        tessera_net::trace::adopt(&span, &lease.trace_context);
         let lease = Arc::new(lease);
         let inner = tokio::spawn({
             let events = events.clone();
@@ -729,6 +740,7 @@ impl Session {
                 });
                 pipeline.clean_up(&lease, seq, &outcome).await;
             }
+            .instrument(span)
         });
         self.tasks.spawn(async move {
             if let Err(error) = inner.await {

@@ -582,7 +582,7 @@ fn streaming_uploads_in_odd_chunks_store_small_and_large_blobs() {
         assert_eq!(stats.blobs, blobs.len() as u64, "{who}");
         assert_eq!(
             stats.logical_bytes,
-            blobs.iter().map(Blob::len).sum(),
+            blobs.iter().map(Blob::len).sum::<u64>(),
             "{who}"
         );
         fixture.assert_consistent();
@@ -900,7 +900,7 @@ fn concurrent_uploads_of_different_blobs_all_land() {
         assert_eq!(stats.blobs, all.len() as u64, "{who}");
         assert_eq!(
             stats.logical_bytes,
-            all.iter().map(|b| b.len()).sum(),
+            all.iter().map(|b| b.len()).sum::<u64>(),
             "{who}"
         );
         fixture.assert_consistent();

@@ -116,37 +116,37 @@ impl Command {
             Command::Agent(args) => agent::agent(args).await,
             Command::Up(args) => up::up(args).await,
             Command::Run(args) => {
-                logging::init_client();
+                logging::init_client(args.otlp_endpoint.as_deref())?;
                 let title = spec::title(&std::env::args().skip(1).collect::<Vec<_>>());
                 run::run(args, format!("tessera {title}")).await
             }
             Command::Watch(args) => {
-                logging::init_client();
+                logging::init_client(None)?;
                 run::watch(args).await
             }
             Command::Cancel(args) => {
-                logging::init_client();
+                logging::init_client(None)?;
                 status::cancel(args).await
             }
             Command::Status(args) => {
-                logging::init_client();
+                logging::init_client(None)?;
                 status::status(args).await
             }
             Command::Logs(args) => {
-                logging::init_client();
+                logging::init_client(None)?;
                 logs::logs(args).await
             }
             Command::Token(command) => {
-                logging::init_client();
+                logging::init_client(None)?;
                 token::token(command).await
             }
             Command::Audit(args) => {
-                logging::init_client();
+                logging::init_client(None)?;
                 audit::audit(args).await
             }
             Command::Tunnel(args) => {
                 // A long-running command: its start line and failed connections are logged.
-                logging::init_server(LogFormat::Text);
+                logging::init_server(LogFormat::Text, "tessera-tunnel", None)?;
                 tunnel::tunnel(args).await
             }
         }

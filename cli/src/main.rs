@@ -16,7 +16,12 @@ fn main() -> ExitCode {
         .build()
     {
         // The error is printed inside the runtime, before dropping it waits for blocking tasks.
-        Ok(runtime) => runtime.block_on(async { exit_code(cli.command.run().await) }),
+        Ok(runtime) => runtime.block_on(async {
+            let result = cli.command.run().await;
+            // The last spans, when they are exported, leave before the runtime does.
+            tessera_net::trace::shutdown().await;
+            exit_code(result)
+        }),
         Err(error) => exit_code(Err(CliError::infra(format!(
             "failed to start the async runtime: {error}"
         )))),

@@ -253,6 +253,8 @@ impl Coordinator {
             .max_frame_size(1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024)
             .initial_stream_window_size(16 * 1024 * 1024)
+            // A span per call, the child of the caller's when it sends a trace context.
+            .layer(tessera_net::trace::GrpcSpanLayer)
             // Outside the auth layer, so refused calls are counted too.
             .layer(MetricsLayer::new(crate::metrics::metrics()))
             .layer(AuthLayer::new(

@@ -109,34 +109,35 @@ impl std::fmt::Display for Token {
     }
 }
 
-/// A channel to the coordinator that carries the caller's token on every call.
-pub type Link = InterceptedService<Channel, Bearer>;
+/// A channel to the coordinator that carries the caller's token and trace context on every
+/// call.
+pub type Link = InterceptedService<Channel, CallHeaders>;
 
-/// The interceptor of a [`Link`]: adds `authorization: Bearer TOKEN` when a token is set,
-/// and nothing otherwise.
+/// The interceptor of a [`Link`]: adds `authorization: Bearer TOKEN` when a token is set, and
+/// the calling span's trace context when it is exported ([`crate::trace::inject`]).
 #[derive(Clone, Default)]
-pub struct Bearer {
+pub struct CallHeaders {
     header: Option<MetadataValue<Ascii>>,
 }
 
-impl Bearer {
+impl CallHeaders {
     /// An interceptor sending `token` (none: calls go out without `authorization`).
     pub fn new(token: Option<&Token>) -> Self {
-        Bearer {
+        CallHeaders {
             header: token.map(|t| t.header.clone()),
         }
     }
 }
 
-impl std::fmt::Debug for Bearer {
+impl std::fmt::Debug for CallHeaders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bearer")
+        f.debug_struct("CallHeaders")
             .field("token", &self.header.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
 
-impl Interceptor for Bearer {
+impl Interceptor for CallHeaders {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
@@ -146,6 +147,7 @@ impl Interceptor for Bearer {
                 .metadata_mut()
                 .insert("authorization", header.clone());
         }
+        crate::trace::inject(request.metadata_mut());
         Ok(request)
     }
 }
@@ -313,7 +315,7 @@ pub fn endpoint(url: &str, auth: &ClientAuth) -> Result<Endpoint, ClientError> {
 
 /// A link over `channel` that sends `auth.token` with every call.
 pub fn link(channel: Channel, auth: &ClientAuth) -> Link {
-    InterceptedService::new(channel, Bearer::new(auth.token.as_ref()))
+    InterceptedService::new(channel, CallHeaders::new(auth.token.as_ref()))
 }
 
 /// The file's bytes; an error names the file and what it should hold.
@@ -395,7 +397,7 @@ mod tests {
         let token = Token::new("s3cret".into()).unwrap();
         let shown = format!(
             "{token} {token:?} {:?} {:?}",
-            Bearer::new(Some(&token)),
+            CallHeaders::new(Some(&token)),
             ClientAuth {
                 token: Some(token.clone()),
                 ..ClientAuth::default()
@@ -430,14 +432,16 @@ mod tests {
     #[test]
     fn bearer_adds_the_header_only_with_a_token() {
         let token = Token::new("abc".into()).unwrap();
-        let request = Bearer::new(Some(&token))
+        let request = CallHeaders::new(Some(&token))
             .call(tonic::Request::new(()))
             .unwrap();
         assert_eq!(
             request.metadata().get("authorization").unwrap(),
             "Bearer abc"
         );
-        let request = Bearer::new(None).call(tonic::Request::new(())).unwrap();
+        let request = CallHeaders::new(None)
+            .call(tonic::Request::new(()))
+            .unwrap();
         assert!(request.metadata().get("authorization").is_none());
     }
 

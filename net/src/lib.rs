@@ -7,6 +7,8 @@
 //!   server name, client certificate) and the [`client::Link`] that carries the bearer token.
 //! - `http`: the small HTTP port (`/metrics`, `/healthz`, `/readyz`) with the same TLS as
 //!   the gRPC port and a caller-supplied check for who may read `/metrics`.
+//! - `trace`: OpenTelemetry spans exported over OTLP, and the W3C trace context carried on
+//!   every call and across the coordinator's hand-off of work to an agent.
 //! - `tunnel`: TLS on behalf of clients that cannot do it (`tessera tunnel`): plain
 //!   connections accepted locally, forwarded over verified TLS to the coordinator.
 //!
@@ -16,4 +18,5 @@
 pub mod client;
 pub mod http;
 pub mod server;
+pub mod trace;
 pub mod tunnel;

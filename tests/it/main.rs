@@ -27,4 +27,5 @@ mod security;
 mod store_full;
 mod test_output;
 mod toolchains;
+mod traces;
 mod world_suites;

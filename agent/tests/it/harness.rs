@@ -345,6 +345,7 @@ pub(crate) fn lease(id: &str, input_root: Digest, arguments: &[&str]) -> Lease {
         }),
         timeout: Some(Duration::from_secs(10).try_into().unwrap()),
         secrets: Vec::new(),
+        trace_context: Default::default(),
     }
 }
 

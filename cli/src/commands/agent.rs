@@ -72,6 +72,11 @@ pub struct AgentArgs {
     /// served with a warning). Also TESSERA_AGENT_HTTP_LISTEN.
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Export the agent's spans (one per action, children of the coordinator's) to this
+    /// OTLP/gRPC collector, e.g. http://127.0.0.1:4317 [default: off]. For https://, the CA is
+    /// read from OTEL_EXPORTER_OTLP_CERTIFICATE. Also TESSERA_AGENT_OTLP_ENDPOINT.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Log format: text or json [default: text]. Verbosity comes from RUST_LOG.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -95,6 +100,7 @@ impl AgentArgs {
             tls_client_cert: self.tls_client_cert.clone(),
             tls_client_key: self.tls_client_key.clone(),
             http_listen: self.http_listen,
+            otlp_endpoint: self.otlp_endpoint.clone(),
         }
     }
 }
@@ -103,7 +109,11 @@ impl AgentArgs {
 pub async fn agent(args: AgentArgs) -> Result<Exit, CliError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config = AgentConfig::load(args.config.as_deref(), &env, &args.overrides())?;
-    logging::init_server(args.log_format);
+    logging::init_server(
+        args.log_format,
+        "tessera-agent",
+        config.otlp_endpoint.as_deref(),
+    )?;
     let shutdown = CancellationToken::new();
     let abort = CancellationToken::new();
     tokio::spawn({

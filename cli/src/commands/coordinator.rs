@@ -66,7 +66,9 @@ pub struct CoordinatorArgs {
     #[arg(long)]
     pub metrics_public: bool,
     /// Export traces over OTLP/gRPC to this endpoint (e.g. http://collector:4317) [default:
-    /// off]. Also TESSERA_OTLP_ENDPOINT.
+    /// off]: a span per gRPC call, per job and per action, children of the client's when the
+    /// call carries a W3C trace context. For https://, the CA is read from
+    /// OTEL_EXPORTER_OTLP_CERTIFICATE. Also TESSERA_OTLP_ENDPOINT.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 }
@@ -96,7 +98,11 @@ impl CoordinatorArgs {
 pub async fn coordinator(args: CoordinatorArgs) -> Result<Exit, CliError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config = CoordinatorConfig::load(args.config.as_deref(), &env, &args.overrides())?;
-    logging::init_server(config.log_format);
+    logging::init_server(
+        config.log_format,
+        "tessera-coordinator",
+        config.otlp_endpoint.as_deref(),
+    )?;
     let server = Coordinator::start(&config).await?;
     let token = server.shutdown_token();
     tokio::spawn(async move {

@@ -123,6 +123,12 @@ pub struct RunArgs {
     /// For --runner command: a shell command printing one test id a line.
     #[arg(long, value_name = "CMD")]
     pub list_command: Option<String>,
+    /// Export this run's spans to an OTLP/gRPC collector, e.g. http://127.0.0.1:4317: the
+    /// job's trace then starts here and goes on in the coordinator and the agents (when they
+    /// export too) [default: off]. For https://, the CA is read from
+    /// OTEL_EXPORTER_OTLP_CERTIFICATE.
+    #[arg(long, value_name = "URL", env = "TESSERA_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// The test command: `cargo test ...`, `cargo nextest run ...`, `pytest ...`, `go test
     /// ...`, or a run template naming {tests} or {tests_file} for --runner command.
     #[arg(last = true, value_name = "ARGS")]
@@ -205,6 +211,11 @@ impl Views {
 }
 
 /// `tessera run`.
+///
+/// The whole run is one span, the root of the job's trace when spans are exported
+/// (`--otlp-endpoint`): the upload, the submission and the watch are its children, and the
+/// coordinator's and agents' spans hang below them.
+#[tracing::instrument(name = "tessera run", skip_all, fields(otel.kind = "client"))]
 pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
     let mut interrupt = Interrupt::listen()?;
     let cwd = std::env::current_dir()

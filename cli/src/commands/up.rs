@@ -27,7 +27,7 @@ pub struct UpArgs {
 
 /// `tessera up`: a cluster already serving this cache directory is a usage error (exit 2).
 pub async fn up(args: UpArgs) -> Result<Exit, CliError> {
-    logging::init_server(LogFormat::Text);
+    logging::init_server(LogFormat::Text, "tessera-up", None)?;
     let cache_dir = paths::cache_dir();
     let Some(lock) = ClusterLock::try_acquire(&cache_dir)? else {
         let running = connect::running_cluster(&cache_dir).await;

@@ -160,8 +160,9 @@ pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
         .map(|((cell, tally), stop)| (cell, tally, stop))
         .collect();
     let last = finished(ends, before_cells, started.elapsed());
-    crate::metrics::metrics()
-        .job_finished(crate::metrics::job_result(last.result()), started.elapsed());
+    let result = crate::metrics::job_result(last.result());
+    tracing::Span::current().record("job.result", result);
+    crate::metrics::metrics().job_finished(result, started.elapsed());
     job.emit(Kind::Finished(last));
     Ended::Finished
 }

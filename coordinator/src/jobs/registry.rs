@@ -23,6 +23,7 @@ use tessera_proto::tessera::v1::{
 };
 use tessera_runners::RunnerConfig;
 use thiserror::Error;
+use tracing::Instrument;
 
 use super::driver::{self, JobContext};
 use super::job::Job;
@@ -182,6 +183,14 @@ impl JobRegistry {
     fn launch(&self, job: Arc<Job>) {
         self.lock().jobs.insert(job.id.clone(), Arc::clone(&job));
         let registry = self.clone();
+        // The job's trace: the child of the call that submitted it (none after a restart).
+        let span = tracing::info_span!(
+            "job",
+            otel.name = "job",
+            job.id = %job.id,
+            job.project = %job.spec.project,
+            job.result = tracing::field::Empty,
+        );
         tokio::spawn(async move {
             let keeper = {
                 let job = Arc::clone(&job);
@@ -189,7 +198,9 @@ impl JobRegistry {
                 let shutdown = registry.ctx.shutdown.clone();
                 tokio::spawn(async move { job.keep_journal(&journal, &shutdown).await })
             };
-            let ended = driver::run(registry.ctx.clone(), Arc::clone(&job)).await;
+            let ended = driver::run(registry.ctx.clone(), Arc::clone(&job))
+                .instrument(span)
+                .await;
             // The keeper ends once the finished event is shown, or at shutdown.
             let all_shown = keeper.await.unwrap_or(false);
             if ended == driver::Ended::Interrupted || !all_shown {

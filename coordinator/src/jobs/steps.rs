@@ -106,7 +106,13 @@ pub(super) struct Steps<'a> {
 }
 
 impl Steps<'_> {
-    /// Executes `request` and reads its report.
+    /// Executes `request` and reads its report, in a span of its own (the parent of the
+    /// agent's spans for it).
+    #[tracing::instrument(
+        name = "step",
+        skip_all,
+        fields(otel.name = %format!("{} step", step_name(&request.spec)), cell = %self.cell.name)
+    )]
     pub(super) async fn run(&self, mut request: StepRequest) -> Result<StepRun, Stop> {
         let step = step_name(&request.spec);
         let execute = self.store_action(&request)?;

@@ -46,6 +46,9 @@ pub(super) struct Op {
     /// The secret values its leases carry (a job step's `--secret-env`); in memory only, so
     /// an operation recovered after a restart has none.
     pub(super) secrets: Vec<SecretEnv>,
+    /// The W3C trace context of the span that submitted it, handed to the agent with each
+    /// lease so that the agent's spans are its children (empty when traces are off).
+    pub(super) trace: HashMap<String, String>,
     /// When it was last queued and last leased (real clock, for the wait and duration
     /// metrics only).
     pub(super) queued_at: std::time::Instant,
@@ -53,13 +56,19 @@ pub(super) struct Op {
 }
 
 impl Op {
-    pub(super) fn new(op: Operation, merge_key: Option<Vec<u8>>, secrets: Vec<SecretEnv>) -> Self {
+    pub(super) fn new(
+        op: Operation,
+        merge_key: Option<Vec<u8>>,
+        secrets: Vec<SecretEnv>,
+        trace: HashMap<String, String>,
+    ) -> Self {
         let tx = watch::channel(op.snapshot()).0;
         Op {
             op,
             tx,
             merge_key,
             secrets,
+            trace,
             queued_at: std::time::Instant::now(),
             leased_at: None,
         }
@@ -182,9 +191,10 @@ impl Scheduler {
                 platform,
                 mergeable,
                 secrets,
+                trace,
                 reply,
             } => {
-                let _ = reply.send(self.submit(*record, platform, mergeable, secrets));
+                let _ = reply.send(self.submit(*record, platform, mergeable, secrets, trace));
             }
             Request::CheckPlatform { platform, reply } => {
                 let _ = reply.send(self.check_platform(&platform));
@@ -273,6 +283,7 @@ impl Scheduler {
         platform: Platform,
         mergeable: bool,
         secrets: Vec<SecretEnv>,
+        trace: HashMap<String, String>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
         let key = merge_key(&record);
         if mergeable
@@ -295,7 +306,7 @@ impl Scheduler {
             .insert(record.name.as_bytes(), &record.encode_to_vec())?;
         let name = op.name().to_owned();
         enqueue(&mut self.queue, &op);
-        let op = Op::new(op, mergeable.then(|| key.clone()), secrets);
+        let op = Op::new(op, mergeable.then(|| key.clone()), secrets, trace);
         let rx = op.tx.subscribe();
         if mergeable {
             self.inflight.insert(key, name.clone());

@@ -2,6 +2,7 @@
 //! [`Request`] and, where there is an answer, awaits it on a `oneshot`. Also the settings, the
 //! counters and the one error type of the scheduler's API.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,6 +103,7 @@ pub(crate) enum Request {
         platform: Platform,
         mergeable: bool,
         secrets: Vec<SecretEnv>,
+        trace: HashMap<String, String>,
         reply: oneshot::Sender<SubmitReply>,
     },
     CheckPlatform {
@@ -177,7 +179,8 @@ impl SchedulerHandle {
 
     /// Queues an operation (or joins an identical in-flight one when `mergeable`). Returns a
     /// watch on it and whether a new operation was created (which the caller must flush).
-    /// `secrets` go to the agent with each lease of it; they are kept in memory only.
+    /// `secrets` go to the agent with each lease of it; they are kept in memory only, as is
+    /// the calling span's trace context, which goes with them.
     pub async fn submit(
         &self,
         record: OperationRecord,
@@ -190,6 +193,7 @@ impl SchedulerHandle {
             platform,
             mergeable,
             secrets,
+            trace: tessera_net::trace::carry(),
             reply,
         })
         .await?

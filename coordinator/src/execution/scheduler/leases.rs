@@ -335,6 +335,7 @@ impl Scheduler {
                 u64::try_from(spec.timeout_ms).unwrap_or(0),
             ))),
             secrets: entry.secrets.clone(),
+            trace_context: entry.trace.clone(),
         };
         if tx
             .try_send(Ok(CoordinatorMessage {

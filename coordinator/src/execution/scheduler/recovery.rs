@@ -56,7 +56,8 @@ impl Scheduler {
             }
             // Secret values are never persisted: a recovered job step that needs them fails on
             // the agent, which names the variable (the job itself fails before that).
-            self.ops.insert(name, Op::new(op, merge, Vec::new()));
+            self.ops
+                .insert(name, Op::new(op, merge, Vec::new(), Default::default()));
         }
         for key in expired {
             self.table.remove(&key)?;

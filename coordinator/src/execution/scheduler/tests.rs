@@ -106,6 +106,7 @@ impl Harness {
             platform: Platform::default(),
             mergeable: true,
             secrets,
+            trace: trace_of(n),
             reply,
         });
         let (watch, created) = rx.try_recv().unwrap().unwrap();
@@ -194,6 +195,12 @@ fn a_completed_lease_finishes_the_operation() {
     assert_eq!(h.scheduler.stats.completed, 1);
 }
 
+/// The trace context operation `n` is submitted with.
+fn trace_of(n: u8) -> std::collections::HashMap<String, String> {
+    let traceparent = format!("00-{:032x}-{:016x}-01", u128::from(n) + 1, u64::from(n) + 1);
+    [("traceparent".to_owned(), traceparent)].into()
+}
+
 #[test]
 fn secrets_ride_with_every_lease_and_never_in_the_record() {
     let mut h = Harness::new(3);
@@ -209,6 +216,8 @@ fn secrets_ride_with_every_lease_and_never_in_the_record() {
     h.heartbeat("a", session, &[]);
     let lease = next_lease(&mut rx).unwrap();
     assert_eq!(lease.secrets, [secret]);
+    // The first submitter's trace context goes with it, so the agent's spans join its trace.
+    assert_eq!(lease.trace_context, trace_of(1));
     let stored: Vec<u8> = h
         .meta
         .table(super::OPERATIONS_TABLE)
@@ -226,6 +235,7 @@ fn secrets_ride_with_every_lease_and_never_in_the_record() {
     h.heartbeat("b", session, &[]);
     let lease = next_lease(&mut rx).expect("queued again after the restart");
     assert!(lease.secrets.is_empty());
+    assert!(lease.trace_context.is_empty());
 }
 
 #[test]
