@@ -385,7 +385,7 @@ fn assert_all_passed_remotely(run: &Run, tests: &[TestResult], expected: usize) 
 /// A lease directory of the agent in `work_dir` that is running a `//slow` genrule: the
 /// agent creates the parent of the declared outputs, `bazel-out/CONFIG/bin/slow`, in the exec
 /// root before it starts the command, and removes the whole lease directory after reporting.
-fn running_slow_lease(work_dir: &Path) -> Option<PathBuf> {
+pub(crate) fn running_slow_lease(work_dir: &Path) -> Option<PathBuf> {
     let leases = std::fs::read_dir(work_dir.join("x")).ok()?;
     for lease in leases.flatten() {
         let Ok(configs) = std::fs::read_dir(lease.path().join("root/bazel-out")) else {

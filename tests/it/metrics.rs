@@ -6,7 +6,10 @@
 //!   answer 200, and after a run the counters show it (job, tests, actions, calls, bytes);
 //!   `promtool check metrics` is clean on both scrapes;
 //! - with `--auth tokens`, `/metrics` needs a token (401 without, 200 with a reader token)
-//!   unless `--metrics-public`; `/healthz` and `/readyz` stay open.
+//!   unless `--metrics-public`; `/healthz` and `/readyz` stay open;
+//! - with a small `--max-cas-bytes`, blobs written through ByteStream past the budget evict
+//!   the oldest ones: the scrape shows `tessera_cas_evicted_bytes_total` counting them and
+//!   `tessera_cas_bytes` within `tessera_cas_budget_bytes`.
 //!
 //! A missing `promtool` (Debian package `prometheus`) fails under CI and skips that check
 //! otherwise.
@@ -17,7 +20,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, visible_tempdir};
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::DigestFunction;
+use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, noise, visible_tempdir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A suite of two quick tests for `tessera run --runner command`.
@@ -145,11 +150,24 @@ pub(super) fn run_quick_suite(dir: &Path, endpoint: &str) {
 
 /// A coordinator with its HTTP port on a free loopback port.
 fn coordinator(dir: &Path, extra: &[&str]) -> (ServerProcess, SocketAddr) {
+    coordinator_with_env(dir, extra, &[])
+}
+
+/// [`coordinator`] with extra `TESSERA_*` environment variables.
+fn coordinator_with_env(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (ServerProcess, SocketAddr) {
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let http_arg = http.to_string();
     let mut args = vec!["--http-listen", http_arg.as_str()];
     args.extend_from_slice(extra);
-    (ServerProcess::start(&dir.join("data"), &args), http)
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    (
+        ServerProcess::start_on(addr, &dir.join("data"), &args, env),
+        http,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,4 +326,64 @@ async fn metrics_need_a_reader_token_unless_public() {
     let (_server, http) = coordinator(public.path(), &["--auth", "tokens", "--metrics-public"]);
     let (status, body) = get(http, "/metrics", None).await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_past_the_cas_budget_are_evicted_and_counted() {
+    const BUDGET: u64 = 64 * 1024;
+    const BLOB: usize = 16 * 1024;
+    let dir = visible_tempdir();
+    // No recency protection: every blob not being written is a candidate at once.
+    let (server, http) = coordinator_with_env(
+        dir.path(),
+        &["--max-cas-bytes", &BUDGET.to_string()],
+        &[("TESSERA_CAS_PROTECT_RECENT", "0s")],
+    );
+    let (_, before) = get(http, "/metrics", None).await;
+    assert_eq!(sample(&before, "tessera_cas_evicted_bytes_total"), 0.0);
+    assert_eq!(sample(&before, "tessera_cas_budget_bytes"), BUDGET as f64);
+
+    // Eight incompressible 16 KiB blobs, one ByteStream Write each: twice the budget.
+    let client = CasClient::connect(&server.endpoint(), "", DigestFunction::Sha256)
+        .await
+        .expect("CAS client connects");
+    let mut digests = Vec::new();
+    for seed in 0..8 {
+        let data = noise(BLOB, seed);
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        client
+            .write(&digest, data, false)
+            .await
+            .unwrap_or_else(|error| panic!("write of blob {seed} past the budget: {error}"));
+        digests.push(digest);
+    }
+    let missing = client
+        .find_missing(&digests)
+        .await
+        .expect("FindMissingBlobs");
+    assert!(
+        !missing.is_empty() && !missing.contains(&digests[7]),
+        "the oldest blobs went, the newest stayed: missing {missing:?} of {digests:?}"
+    );
+
+    let (status, after) = get(http, "/metrics", None).await;
+    assert_eq!(status, 200, "{after}");
+    let evicted = sample(&after, "tessera_cas_evicted_bytes_total");
+    let stored = sample(&after, "tessera_cas_bytes");
+    assert!(
+        evicted >= (missing.len() * BLOB) as f64,
+        "{} blobs of {BLOB} bytes were evicted, the counter says {evicted}:\n{after}",
+        missing.len()
+    );
+    assert!(
+        stored > 0.0 && stored <= BUDGET as f64,
+        "stored {stored} bytes, budget {BUDGET}:\n{after}"
+    );
+    // Noise does not compress, so the store keeps each blob raw: its stored size is its size.
+    assert_eq!(
+        evicted + stored,
+        (digests.len() * BLOB) as f64,
+        "every byte written is either stored or evicted:\n{after}"
+    );
+    promtool_check(&after);
 }

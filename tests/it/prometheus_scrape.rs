@@ -1,21 +1,30 @@
 //! A real Prometheus scraping the fleet (issue 13): `prometheus` with a 1 s scrape interval
-//! targets a `tessera coordinator --http-listen` and two `tessera agent --http-listen`; a small
-//! `tessera run` passes; one agent is killed with SIGKILL. Prometheus's own query API then shows
-//! what an operator would see: the agents' own counters show the actions they ran, the agents
-//! went from 2 to 1, the job and its tests passed, and `up` is 1 for the coordinator and the
-//! surviving agent and 0 for the killed one.
+//! targets a `tessera coordinator --http-listen` and two `tessera agent --http-listen`, and
+//! Prometheus's own query API then shows what an operator would see.
 //!
-//! A missing `prometheus` (Debian package `prometheus`) fails under CI and skips otherwise.
+//! - A small `tessera run` passes and one agent is killed with SIGKILL: the agents' own
+//!   counters show the actions they ran, the agents went from 2 to 1, the job and its tests
+//!   passed, and `up` is 1 for the coordinator and the surviving agent and 0 for the killed one.
+//! - Bazel builds against the coordinator as its remote executor, with one slot per agent: the
+//!   four 3 s `//slow` genrules it sends at once fill the queue, and the agent running one of
+//!   them is frozen with SIGSTOP, so its lease expires and the action runs again on the other
+//!   agent; the build passes. Prometheus shows the REAPI traffic (Execute, CAS, ByteStream,
+//!   ActionCache calls; actions ok), a queue deeper than 0 and its waits counted, the lease
+//!   expiry, and `up` 0 for the frozen agent until it is continued.
+//!
+//! A missing `prometheus` (Debian package `prometheus`) fails under CI and skips otherwise;
+//! Bazel is found (or skipped) as in `bazel.rs`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, visible_tempdir};
+use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, poll_until, visible_tempdir};
 
+use super::bazel::{Checkout, assert_all_remote, bazel_or_skip, running_slow_lease, serial};
 use super::metrics::{get, run_quick_suite};
 
 /// How long Prometheus gets to show each expected state (it scrapes every second).
@@ -163,9 +172,49 @@ fn single(result: &[(Value, f64)]) -> Option<f64> {
     }
 }
 
-/// A free loopback address for an HTTP port.
+/// A check that the query result is one series with a value of at least `min`.
+fn at_least(min: f64) -> impl Fn(&[(Value, f64)]) -> bool {
+    move |r| single(r).is_some_and(|v| v >= min)
+}
+
+/// A check that the series of `instance` has the value `value` (in a result by instance).
+fn instance_is(instance: SocketAddr, value: f64) -> impl Fn(&[(Value, f64)]) -> bool {
+    let instance = instance.to_string();
+    move |r| {
+        r.iter().any(|(labels, v)| {
+            labels["instance"].as_str() == Some(instance.as_str()) && *v == value
+        })
+    }
+}
+
+/// A free loopback address (for an HTTP port, or a coordinator's gRPC port).
 fn http_addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().expect("addr")
+}
+
+/// Starts one connected agent per address in `http` (its `--http-listen`), with `slots`
+/// slots, ids `agent-0`, `agent-1`, ... and work directories of the same names under `dir`.
+async fn start_agents(
+    server: &ServerProcess,
+    dir: &Path,
+    http: &[SocketAddr],
+    slots: u32,
+) -> Vec<AgentProcess> {
+    let mut agents = Vec::new();
+    for (i, http) in http.iter().enumerate() {
+        let id = format!("agent-{i}");
+        agents.push(
+            AgentProcess::start_connected(
+                &server.endpoint(),
+                &dir.join(&id),
+                &id,
+                slots,
+                &["--http-listen", &http.to_string()],
+            )
+            .await,
+        );
+    }
+    agents
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,20 +226,7 @@ async fn prometheus_sees_the_work_and_the_lost_agent() {
         &["--http-listen", &coordinator_http.to_string()],
     );
     let agent_http = [http_addr(), http_addr()];
-    let mut agents = Vec::new();
-    for (i, http) in agent_http.iter().enumerate() {
-        let id = format!("agent-{i}");
-        agents.push(
-            AgentProcess::start_connected(
-                &server.endpoint(),
-                &dir.path().join(&id),
-                &id,
-                2,
-                &["--http-listen", &http.to_string()],
-            )
-            .await,
-        );
-    }
+    let mut agents = start_agents(&server, dir.path(), &agent_http, 2).await;
     let prom_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).expect("prometheus dir");
     let Some(prometheus) = Prometheus::start(&prom_dir, coordinator_http, &agent_http) else {
@@ -261,5 +297,161 @@ async fn prometheus_sees_the_work_and_the_lost_agent() {
                     })
                 })
         })
+        .await;
+}
+
+/// The coordinator's lease timeout in the Bazel story: the frozen agent's lease expires this
+/// long after its last heartbeat.
+const LEASE_TIMEOUT: &str = "2s";
+
+/// Longest the Bazel build may take to reach a `//slow` genrule (a Bazel server starts first).
+const BUILD_LIMIT: Duration = Duration::from_secs(180);
+
+#[test]
+fn prometheus_sees_a_bazel_build_a_full_queue_and_an_expired_lease() {
+    // One Bazel server at a time (see `bazel.rs`); the lock is held outside the runtime.
+    let _serial = serial();
+    let Some(bazel) = bazel_or_skip() else {
+        return;
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(bazel_build_story(bazel));
+}
+
+/// The story of [`prometheus_sees_a_bazel_build_a_full_queue_and_an_expired_lease`].
+async fn bazel_build_story(bazel: PathBuf) {
+    let dir = visible_tempdir();
+    let coordinator_http = http_addr();
+    let server = ServerProcess::start_on(
+        http_addr(),
+        &dir.path().join("data"),
+        &["--http-listen", &coordinator_http.to_string()],
+        &[("TESSERA_LEASE_TIMEOUT", LEASE_TIMEOUT)],
+    );
+    // One slot each: the four //slow genrules Bazel sends at once cannot all run.
+    let agent_http = [http_addr(), http_addr()];
+    let agents = start_agents(&server, dir.path(), &agent_http, 1).await;
+    let prom_dir = dir.path().join("prometheus");
+    std::fs::create_dir_all(&prom_dir).expect("prometheus dir");
+    let Some(prometheus) = Prometheus::start(&prom_dir, coordinator_http, &agent_http) else {
+        return;
+    };
+    // Every target scraped once before the build: the counters' increases start from zero.
+    prometheus
+        .wait_until(&prom_dir, "sum(up)", |r| single(r) == Some(3.0))
+        .await;
+    prometheus
+        .wait_until(&prom_dir, "tessera_agents_connected", |r| {
+            single(r) == Some(2.0)
+        })
+        .await;
+
+    // Declared after `dir`, so its Bazel server is shut down before the directory goes.
+    let mut checkout = Checkout::new(&bazel, dir.path(), "checkout");
+    let executor = format!("--remote_executor=grpc://{}", server.addr);
+    let build = std::thread::spawn(move || {
+        let run = checkout.run(&[
+            "test",
+            "//slow:slow_test",
+            "//tests:pass_test",
+            &executor,
+            "--jobs=8",
+            "--remote_retries=0",
+        ]);
+        (checkout, run)
+    });
+
+    // Freeze the agent that runs a //slow genrule. Polled: an agent announces a lease, not
+    // which action it runs; its lease directory is the sign (see `running_slow_lease`).
+    let found = poll_until("agent running a //slow genrule", BUILD_LIMIT, async || {
+        if build.is_finished() {
+            return Some(None);
+        }
+        agents
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| running_slow_lease(&a.work_dir).map(|_| Some(i)))
+    })
+    .await;
+    let Some(frozen) = found else {
+        let (_, run) = build.join().expect("the build thread");
+        panic!(
+            "the build ended before any agent ran a //slow genrule ({}):\n{}",
+            run.status, run.stderr
+        );
+    };
+    agents[frozen].signal(Signal::SIGSTOP);
+    let frozen_http = agent_http[frozen];
+
+    // The frozen agent stops heartbeating: its lease expires and Prometheus cannot scrape it.
+    prometheus
+        .wait_until(
+            &prom_dir,
+            "increase(tessera_lease_expired_total[5m])",
+            at_least(1.0),
+        )
+        .await;
+    prometheus
+        .wait_until(&prom_dir, "up", instance_is(frozen_http, 0.0))
+        .await;
+
+    // The expired action runs again on the other agent and the build passes (every test).
+    let (checkout, run) = tokio::task::spawn_blocking(move || build.join())
+        .await
+        .expect("join the build thread")
+        .expect("the build thread");
+    let run = run.ok();
+    run.report("remote execution, an agent frozen mid-build, scraped by Prometheus");
+    let actions = assert_all_remote(&run) as f64;
+    drop(checkout);
+
+    // Prometheus counted the REAPI traffic of the build: every remote action was an Execute
+    // answered OK and an action run ok; inputs and outputs went through the CAS (the 5 MiB
+    // gen/big.bin through ByteStream both ways); Bazel asked the action cache about each
+    // action before sending it, and each was a miss.
+    let grpc_ok = |service: &str, method: &str| {
+        format!(
+            "increase(tessera_grpc_requests_total\
+             {{service=\"{service}\",method=\"{method}\",code=\"OK\"}}[5m])"
+        )
+    };
+    for (promql, min) in [
+        (grpc_ok("Execution", "Execute"), actions),
+        (
+            r#"increase(tessera_actions_total{outcome="ok"}[5m])"#.to_owned(),
+            actions,
+        ),
+        (
+            grpc_ok("ContentAddressableStorage", "FindMissingBlobs"),
+            1.0,
+        ),
+        (grpc_ok("ByteStream", "Write"), 1.0),
+        (grpc_ok("ByteStream", "Read"), 1.0),
+        (
+            r#"increase(tessera_action_cache_requests_total{result="miss"}[5m])"#.to_owned(),
+            actions,
+        ),
+        // The queue filled: at some scrape actions waited for a slot, and every action's
+        // wait for one was counted.
+        ("max_over_time(tessera_queue_depth[5m])".to_owned(), 1.0),
+        (
+            "increase(tessera_queue_wait_seconds_count[5m])".to_owned(),
+            actions,
+        ),
+    ] {
+        let result = prometheus
+            .wait_until(&prom_dir, &promql, at_least(min))
+            .await;
+        println!("prometheus: {promql} = {:?} (>= {min})", single(&result));
+    }
+
+    // Continued, the frozen agent is scraped again; then every process stops on drop.
+    agents[frozen].signal(Signal::SIGCONT);
+    prometheus
+        .wait_until(&prom_dir, "up", instance_is(frozen_http, 1.0))
         .await;
 }
