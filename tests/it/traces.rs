@@ -6,6 +6,10 @@
 //! every other span's parent in the same trace, and the hops that cross processes (client to
 //! coordinator, coordinator to agent, agent back to the coordinator's CAS) linked parent to
 //! child.
+//!
+//! A REAPI client that sends no trace context (Bazel 4.2 sends none) still gets one trace per
+//! action: the coordinator's `Execution/Execute` span is its root, the agent's action its
+//! child.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,7 +23,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use tessera_tests::{AgentProcess, ServerProcess, visible_tempdir};
+use futures::StreamExt;
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::DigestFunction;
+use tessera_proto::reapi::ExecuteRequest;
+use tessera_proto::reapi::execution_client::ExecutionClient;
+use tessera_tests::{AgentProcess, ServerProcess, response_of, upload_action, visible_tempdir};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
@@ -237,6 +246,74 @@ async fn one_jobs_spans_from_client_coordinator_and_agent_form_one_tree() {
     let step = parent_of(action).expect("the action's parent");
     assert!(step.name.ends_with(" step"), "action's parent: {step:?}");
     assert_eq!(parent_of(step).map(|s| s.name.as_str()), Some("job"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reapi_action_without_a_trace_context_is_traced_from_the_execute_call() {
+    let dir = visible_tempdir();
+    let collector = Collector::default();
+    let otlp = format!("http://{}", collector.serve().await);
+    let server = ServerProcess::start(&dir.path().join("data"), &["--otlp-endpoint", &otlp]);
+    let _agent = AgentProcess::start_connected(
+        &server.endpoint(),
+        &dir.path().join("agent"),
+        "traced",
+        1,
+        &["--otlp-endpoint", &otlp],
+    )
+    .await;
+    let cas = CasClient::connect(&server.endpoint(), "", DigestFunction::Sha256)
+        .await
+        .expect("connect the CAS client");
+    let action = upload_action(&cas, &["/bin/true"], &[], &[], true).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut stream = ExecutionClient::new(channel)
+        .execute(ExecuteRequest {
+            action_digest: Some(action.to_proto()),
+            skip_cache_lookup: true,
+            ..Default::default()
+        })
+        .await
+        .expect("execute accepted")
+        .into_inner();
+    loop {
+        let op = stream
+            .next()
+            .await
+            .expect("the stream lasts until the action is done")
+            .expect("the stream does not fail");
+        if let Some(response) = response_of(&op) {
+            assert_eq!(response.status.unwrap_or_default().code, 0);
+            break;
+        }
+    }
+
+    let started = Instant::now();
+    let (execute, action) = loop {
+        let spans = collector.snapshot();
+        let execute = spans
+            .iter()
+            .find(|s| s.service == "tessera-coordinator" && s.name == "Execution/Execute");
+        let action = spans
+            .iter()
+            .find(|s| s.service == "tessera-agent" && s.name == "action");
+        if let (Some(execute), Some(action)) = (execute, action) {
+            break (execute.clone(), action.clone());
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no Execute span from the coordinator or no action span from the agent after \
+             {DEADLINE:?}: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(execute.parent.is_empty(), "the Execute call is the root");
+    assert_eq!(action.trace, execute.trace, "one trace for the action");
+    assert_eq!(action.parent, execute.id, "the agent's action is the call's child");
 }
 
 /// Lower-case hex of `bytes`.
