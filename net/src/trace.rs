@@ -208,9 +208,10 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// A tower layer for a gRPC server: each call runs in a span named after its method
-/// (`build.bazel.remote.execution.v2.Execution/Execute` becomes `Execution/Execute`), the
-/// child of the caller's span when the call carries a trace context.
+/// A tower layer for a gRPC server: when this process exports spans ([`export`]), each call
+/// runs in a span named after its method (`build.bazel.remote.execution.v2.Execution/Execute`
+/// becomes `Execution/Execute`), the child of the caller's span when the call carries a trace
+/// context.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcSpanLayer;
 
@@ -242,6 +243,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if PROVIDER.get().is_none() {
+            // Not exported: no span, so nothing is spent on it and the logs stay as they were.
+            return self.inner.call(request).instrument(tracing::Span::none());
+        }
         let (service, method) = grpc_method(request.uri().path());
         let span = tracing::info_span!(
             "grpc",

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -23,7 +24,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use futures::StreamExt;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::DigestFunction;
 use tessera_proto::reapi::ExecuteRequest;
@@ -313,7 +313,10 @@ async fn a_reapi_action_without_a_trace_context_is_traced_from_the_execute_call(
     };
     assert!(execute.parent.is_empty(), "the Execute call is the root");
     assert_eq!(action.trace, execute.trace, "one trace for the action");
-    assert_eq!(action.parent, execute.id, "the agent's action is the call's child");
+    assert_eq!(
+        action.parent, execute.id,
+        "the agent's action is the call's child"
+    );
 }
 
 /// Lower-case hex of `bytes`.
