@@ -6,6 +6,10 @@
 #   - iproute2 (ip), python3, gcc/g++ (cc_test in the Bazel fixture), zip/unzip (test outputs.zip)
 #   - golang-go (go test) and pytest >= 8.2 from PyPI (@file node ids): the runner adapters'
 #     tests in runners/tests drive the real tools on the projects under examples/
+#   - debootstrap (the Debian base image of the agent container in the Compose tests: no image
+#     registry is reachable) and systemd (systemd-analyze verify on deploy/systemd/*.service);
+#     Docker Engine and docker-compose v1 come with the machine
+#   - kubernetes-validate from PyPI (deploy/kubernetes/ manifests, --strict)
 #   - golang-github-google-go-cmp-dev, golang-github-pkg-errors-dev (Go sources under
 #     /usr/share/gocode/src) and curl (crates.io downloads): the world's suites that
 #     tests/it/world_suites.rs runs directly and through `tessera run` (tests/world/fetch.sh)
@@ -33,6 +37,8 @@ need unzip unzip
 need zip zip          # test-setup.sh zips TEST_UNDECLARED_OUTPUTS_DIR
 need go golang-go     # runners: go test adapter
 need curl curl        # tests/world/fetch.sh: .crate files from crates.io
+need debootstrap debootstrap            # deploy tests: the agent's Debian base image, built locally
+need systemd-analyze systemd            # deploy tests: systemd-analyze verify on the units
 for deb in golang-github-google-go-cmp-dev golang-github-pkg-errors-dev; do
   dpkg -s "$deb" >/dev/null 2>&1 || pkgs+=("$deb") # tests/world/fetch.sh: Go sources
 done
@@ -69,4 +75,20 @@ else
   # Debian's own python3 is "externally managed" (PEP 668); Debian 12 packages only pytest 7.
   pip_install 'pytest>=8.2' || pip_install --break-system-packages 'pytest>=8.2'
   python3 -m pytest --version
+fi
+
+# deploy tests: every manifest under deploy/kubernetes is checked with kubernetes-validate --strict.
+if command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "install-deps: kubernetes-validate present"
+else
+  echo "install-deps: installing kubernetes-validate"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    kubernetes-validate ||
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      --break-system-packages kubernetes-validate
+  kubernetes-validate --version
 fi

@@ -2,17 +2,20 @@
 
 mod agent_cache_crash;
 mod architecture;
+mod backup;
 mod bad_input;
 mod bazel;
 mod by_file;
 mod cas_api;
 mod cas_crash;
+mod compose;
 mod disk_full;
 mod execution;
 mod faults;
 mod harness;
 mod job_faults;
 mod jobs;
+mod kubernetes;
 mod lifecycle;
 mod matrix;
 mod metrics;
@@ -25,6 +28,7 @@ mod secret_masking;
 mod secrets;
 mod security;
 mod store_full;
+mod systemd;
 mod test_output;
 mod toolchains;
 mod traces;
