@@ -13,8 +13,10 @@
 //!   `--jobs`: at least 5,000 writes per second.
 //!
 //! With `--security tls-tokens` the same rows run against a coordinator with TLS and tokens;
-//! with `both`, against each, and FindMissingBlobs must keep 90% of its plain throughput
-//! ([`security::combine`]).
+//! with `both`, against each, and FindMissingBlobs must keep 90% of its plain throughput.
+//! With `--metrics off` they run with the coordinator's metrics off; with `both`, off then on
+//! (recorded and scraped every second), and FindMissingBlobs must keep 95% of its throughput
+//! without metrics ([`compare::combine`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,10 +31,12 @@ use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, DigestFunction};
 use tokio::task::JoinSet;
 
+use crate::compare::{self, Modes, Setup};
 use crate::error::BenchError;
 use crate::limits::{self, mb_per_s};
+use crate::metrics::Metrics;
 use crate::report::{Check, Environment, Layout, Report, Row, percentile, thousands};
-use crate::security::{self, Security, SecurityArg};
+use crate::security::{self, Security};
 use crate::server::BenchServer;
 
 const KIB: usize = 1024;
@@ -130,19 +134,23 @@ impl CasPlan {
     }
 }
 
-/// Runs `plan` against a coordinator secured as each of `security`'s modes asks, one after
-/// the other, each with its data under `data_parent`.
+/// Runs `plan` against a coordinator set up as each of `modes`' setups asks, one after the
+/// other, each with its data under `data_parent`.
 pub(crate) async fn run(
     plan: &CasPlan,
     data_parent: Option<&Path>,
-    security: SecurityArg,
+    modes: Modes,
 ) -> Result<Report, BenchError> {
     let mut runs = Vec::new();
-    for &mode in security.modes() {
-        progress(&format!("coordinator: {}", mode.label()));
-        runs.push((mode, run_once(plan, data_parent, mode).await?));
+    for setup in modes.setups() {
+        progress(&format!(
+            "coordinator: {}, {}",
+            setup.security.label(),
+            setup.metrics.label()
+        ));
+        runs.push(run_once(plan, data_parent, setup).await?);
     }
-    security::combine(security, runs, |row| row.measurement == FIND_MISSING)
+    compare::combine(modes, runs, |row| row.measurement == FIND_MISSING)
 }
 
 /// The FindMissingBlobs row's measurement: the row the issue holds to the cost target.
@@ -152,19 +160,27 @@ const FIND_MISSING: &str = "FindMissingBlobs";
 async fn run_once(
     plan: &CasPlan,
     data_parent: Option<&Path>,
-    security: Security,
+    setup: Setup,
 ) -> Result<Report, BenchError> {
-    let server = BenchServer::start(data_parent, security).await?;
+    let server = BenchServer::start(data_parent, setup).await?;
     let environment = Environment::here(plan.command, data_parent);
     let measured = measure(plan, &server).await;
     let stopped = server.stop().await;
     let rows = measured?;
-    stopped?;
+    let scrapes = stopped?;
+    let mut notes = Vec::new();
+    if setup.security == Security::TlsTokens {
+        notes.push(security::secure_note());
+    }
+    notes.extend(scrapes.map(|scrapes| scrapes.note()));
+    if setup.metrics == Metrics::Off {
+        notes.push(crate::metrics::off_note());
+    }
     Ok(Report {
         environment,
         layout: Layout::Cas,
         rows,
-        notes: Vec::new(),
+        notes,
     })
 }
 
@@ -427,6 +443,8 @@ async fn small_writes_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::MetricsArg;
+    use crate::security::SecurityArg;
 
     /// Small enough for a debug build in CI; exercises every measurement end to end.
     fn smoke() -> CasPlan {
@@ -452,7 +470,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn smoke_plan_measures_every_row() {
-        let report = run(&smoke(), None, SecurityArg::Plain)
+        let report = run(&smoke(), None, Modes::default())
             .await
             .expect("benchmark runs");
         // Upload and download per size and function, then FindMissingBlobs and small writes.
@@ -503,7 +521,8 @@ mod tests {
             eprintln!("skipped: no openssl (CI unset)");
             return;
         }
-        let report = run(&smoke(), None, SecurityArg::Both)
+        let modes = Modes::new(SecurityArg::Both, MetricsArg::On).unwrap();
+        let report = run(&smoke(), None, modes)
             .await
             .expect("benchmark runs with and without TLS and tokens");
         let single = 2 * 2 * 2 + 2;
@@ -515,7 +534,7 @@ mod tests {
             .filter(|row| {
                 matches!(
                     row.check,
-                    Check::Secured {
+                    Check::Compared {
                         min_share: Some(_),
                         ..
                     }
@@ -525,5 +544,41 @@ mod tests {
             .collect();
         assert_eq!(targeted, ["FindMissingBlobs: TLS + tokens / plain"]);
         assert!(report.to_markdown().contains("% of plain"));
+    }
+
+    /// `--metrics both`: every row without and with metrics, then the comparison rows,
+    /// FindMissingBlobs held to the target; the run with metrics was scraped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_both_compares_every_row_with_metrics_off() {
+        let modes = Modes::new(SecurityArg::Plain, MetricsArg::Both).unwrap();
+        let report = run(&smoke(), None, modes)
+            .await
+            .expect("benchmark runs with and without metrics");
+        let single = 2 * 2 * 2 + 2;
+        assert_eq!(report.rows.len(), 3 * single);
+        let targeted: Vec<_> = report
+            .rows
+            .iter()
+            .filter(|row| {
+                matches!(
+                    row.check,
+                    Check::Compared {
+                        min_share: Some(_),
+                        ..
+                    }
+                )
+            })
+            .map(|row| row.measurement.as_str())
+            .collect();
+        assert_eq!(targeted, ["FindMissingBlobs: metrics on / metrics off"]);
+        assert!(report.to_markdown().contains("% of metrics off"));
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|note| note.starts_with("[metrics on] Metrics on: ")),
+            "{:?}",
+            report.notes
+        );
     }
 }

@@ -10,11 +10,13 @@ mod answers;
 mod batch;
 mod bazel;
 mod cas;
+mod compare;
 mod cpu;
 mod error;
 mod job;
 mod limits;
 mod link;
+mod metrics;
 mod processes;
 mod reopen;
 mod report;
@@ -35,8 +37,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bazel::BazelPlan;
 use crate::cas::CasPlan;
+use crate::compare::Modes;
 use crate::error::BenchError;
 use crate::job::JobPlan;
+use crate::metrics::MetricsArg;
 use crate::reopen::ReopenPlan;
 use crate::report::{Report, Verdict};
 use crate::sched::SchedPlan;
@@ -45,6 +49,8 @@ use crate::suites::SuitesPlan;
 
 /// Exit code when `--check` is given and a target was missed.
 const EXIT_MISSED: u8 = 1;
+/// Exit code for a usage error (as clap uses).
+const EXIT_USAGE: u8 = 2;
 /// Exit code when the benchmark could not run.
 const EXIT_INFRA: u8 = 3;
 
@@ -213,6 +219,12 @@ struct CasArgs {
     /// (FindMissingBlobs must keep 90% of its plain throughput).
     #[arg(long, value_enum, default_value_t)]
     security: SecurityArg,
+    /// The coordinator's metrics: on (recorded, /metrics scraped every second), off (not
+    /// recorded, no HTTP port), or both one after the other, then what metrics cost per row
+    /// (FindMissingBlobs must keep 95% of its throughput without them). Not with `--security
+    /// both`.
+    #[arg(long, value_enum, default_value_t)]
+    metrics: MetricsArg,
     #[command(flatten)]
     output: Output,
 }
@@ -252,6 +264,13 @@ struct SchedArgs {
     /// (scheduler capacity must keep 90% of its plain figure).
     #[arg(long, value_enum, default_value_t)]
     security: SecurityArg,
+    /// The in-process coordinator's metrics: on (recorded, /metrics scraped every second),
+    /// off (not recorded, no HTTP port), or both one after the other, then what metrics cost
+    /// per row (scheduler capacity must keep 95% of its figure without them). `off` and
+    /// `both` leave out the real-agent rows (child processes always record). Not with
+    /// `--security both`.
+    #[arg(long, value_enum, default_value_t)]
+    metrics: MetricsArg,
     #[command(flatten)]
     output: Output,
 }
@@ -280,14 +299,21 @@ fn main() -> ExitCode {
             } else {
                 CasPlan::full()
             };
+            let modes = match Modes::new(args.security, args.metrics) {
+                Ok(modes) => modes,
+                Err(why) => return usage(&why),
+            };
             let data = args.output.data_dir.clone();
-            let security = args.security;
             finish(
-                block_on(async move { cas::run(&plan, data.as_deref(), security).await }),
+                block_on(async move { cas::run(&plan, data.as_deref(), modes).await }),
                 &args.output,
             )
         }
         Command::Sched(args) => {
+            let modes = match Modes::new(args.security, args.metrics) {
+                Ok(modes) => modes,
+                Err(why) => return usage(&why),
+            };
             let mut plan = if args.quick {
                 SchedPlan::quick()
             } else {
@@ -314,9 +340,8 @@ fn main() -> ExitCode {
             }
             plan.real.tessera = args.tessera.clone();
             let data = args.output.data_dir.clone();
-            let security = args.security;
             finish(
-                block_on(async move { sched::run(&plan, data.as_deref(), security).await }),
+                block_on(async move { sched::run(&plan, data.as_deref(), modes).await }),
                 &args.output,
             )
         }
@@ -370,6 +395,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reports a usage error.
+fn usage(why: &str) -> ExitCode {
+    eprintln!("tessera-bench: {why}");
+    ExitCode::from(EXIT_USAGE)
+}
+
 /// Runs `benchmark` on a fresh client runtime.
 fn block_on(
     benchmark: impl Future<Output = Result<Report, BenchError>>,
@@ -410,8 +441,7 @@ fn run_suites(args: &SuitesArgs) -> ExitCode {
     let suites = match world::select(&args.suites) {
         Ok(suites) => suites,
         Err(why) => {
-            eprintln!("tessera-bench: --suite: {why}");
-            return ExitCode::from(2);
+            return usage(&format!("--suite: {why}"));
         }
     };
     let mut plan = if args.quick {
@@ -444,8 +474,7 @@ fn run_shard(args: &ShardArgs) -> ExitCode {
     }
     if let Some(share) = args.batch_share {
         if !(share > 0.0 && share <= 1.0) {
-            eprintln!("tessera-bench: --batch-share must be in (0, 1], not {share}");
-            return ExitCode::from(2);
+            return usage(&format!("--batch-share must be in (0, 1], not {share}"));
         }
         plan.planner.batch_share = share;
     }

@@ -151,18 +151,20 @@ pub(crate) enum Check {
         /// Required fraction of the limit.
         share: f64,
     },
-    /// One figure measured against a plain coordinator and one with TLS and tokens (`--security
-    /// both`): the secure run must keep at least `min_share` of the plain one's throughput
-    /// when there is a target.
-    Secured {
-        /// The plain coordinator's figure.
-        plain: f64,
-        /// The secure coordinator's figure.
-        secure: f64,
+    /// One figure measured against two coordinators that differ in one setting (`--security
+    /// both`: plain, then TLS and tokens; `--metrics both`: metrics off, then on): the second
+    /// must keep at least `min_share` of the baseline's throughput when there is a target.
+    Compared {
+        /// How the baseline is named ("plain", "metrics off").
+        baseline_name: &'static str,
+        /// The baseline's figure.
+        baseline: f64,
+        /// The other coordinator's figure.
+        measured: f64,
         /// The figures' unit ("actions/s", "ms p50").
         unit: String,
         /// Whether a lower figure is better (a latency, a CPU cost): then the share kept is
-        /// `plain / secure`, otherwise `secure / plain`.
+        /// `baseline / measured`, otherwise `measured / baseline`.
         lower_is_better: bool,
         /// Least share allowed; `None` for a comparison shown for context.
         min_share: Option<f64>,
@@ -200,12 +202,12 @@ pub(crate) struct Part {
 }
 
 impl Check {
-    /// For [`Check::Secured`]: the share of the plain figure's throughput the secure run kept.
-    pub(crate) fn secured_share(plain: f64, secure: f64, lower_is_better: bool) -> f64 {
+    /// For [`Check::Compared`]: the share of the baseline's throughput the other run kept.
+    pub(crate) fn share_kept(baseline: f64, measured: f64, lower_is_better: bool) -> f64 {
         if lower_is_better {
-            plain / secure
+            baseline / measured
         } else {
-            secure / plain
+            measured / baseline
         }
     }
 
@@ -261,17 +263,17 @@ impl Check {
                 max_p50_ms: Some(max_p50_ms),
                 ..
             } => p50_ms <= max_p50_ms,
-            Check::Secured {
-                plain,
-                secure,
+            Check::Compared {
+                baseline,
+                measured,
                 lower_is_better,
                 min_share: Some(min_share),
                 ..
-            } => Check::secured_share(plain, secure, lower_is_better) >= min_share,
+            } => Check::share_kept(baseline, measured, lower_is_better) >= min_share,
             Check::Rate {
                 min_per_s: None, ..
             }
-            | Check::Secured {
+            | Check::Compared {
                 min_share: None, ..
             }
             | Check::Ratio {
@@ -630,20 +632,23 @@ fn describe_execution(check: &Check) -> (String, String, String) {
                 share * 100.0
             ),
         ),
-        Check::Secured {
-            plain,
-            secure,
+        Check::Compared {
+            baseline_name,
+            baseline,
+            measured,
             ref unit,
             lower_is_better,
             min_share,
         } => (
             format!(
-                "{:.0}% of plain ({} {unit})",
-                100.0 * Check::secured_share(plain, secure, lower_is_better),
-                figure(secure)
+                "{:.0}% of {baseline_name} ({} {unit})",
+                100.0 * Check::share_kept(baseline, measured, lower_is_better),
+                figure(measured)
             ),
-            format!("plain {} {unit}", figure(plain)),
-            min_share.map_or_else(dash, |min| format!("≥ {:.0}% of plain", min * 100.0)),
+            format!("{baseline_name} {} {unit}", figure(baseline)),
+            min_share.map_or_else(dash, |min| {
+                format!("≥ {:.0}% of {baseline_name}", min * 100.0)
+            }),
         ),
         Check::Throughput { .. } => (dash(), dash(), dash()),
     }
@@ -720,8 +725,8 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
             let (result, _, target) = describe_execution(check);
             (result, "—".into(), "—".into(), target, "—".into())
         }
-        Check::Secured { .. } => {
-            // No column for the plain figure here: it goes into the result.
+        Check::Compared { .. } => {
+            // No column for the baseline's figure here: it goes into the result.
             let (result, plain, target) = describe_execution(check);
             let result = format!("{result}; {plain}");
             (result, "—".into(), "—".into(), target, "—".into())

@@ -17,8 +17,11 @@
 //!
 //! With `--security tls-tokens` both parts run against coordinators with TLS and tokens (the
 //! clients with a `developer` token, the agents, simulated or real, with an `agent` token);
-//! with `both`, against each, and scheduler capacity must keep 90% of its plain figure
-//! ([`security::combine`]).
+//! with `both`, against each, and scheduler capacity must keep 90% of its plain figure.
+//! With `--metrics off` the capacity part runs with the coordinator's metrics off; with
+//! `both`, off then on (recorded and scraped every second), and scheduler capacity must keep
+//! 95% of its figure without metrics ([`compare::combine`]). The real part's `tessera
+//! coordinator` processes always record metrics, so `--metrics off|both` leaves it out.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,13 +30,15 @@ use std::time::Duration;
 use tessera_cas::digest::DigestFunction;
 
 use crate::actions::{self, ActionSet, Timeline};
+use crate::compare::{self, Modes, Setup};
 use crate::cpu;
 use crate::error::BenchError;
 use crate::limits::{self, SpawnCost};
 use crate::link;
+use crate::metrics::{Metrics, Scrapes};
 use crate::processes::{Cluster, tessera_binary};
 use crate::report::{Check, Environment, Layout, Report, Row, percentile, thousands};
-use crate::security::{self, Certificates, Credentials, Security, SecurityArg};
+use crate::security::{self, Certificates, Credentials, Security};
 use crate::server::BenchServer;
 use crate::sim_agent::SimulatedAgents;
 
@@ -160,28 +165,36 @@ impl SchedPlan {
 /// Prefix of the capacity rows' measurement: the rows the issue holds to the cost target.
 const CAPACITY: &str = "Scheduler capacity";
 
-/// Runs `plan` secured as each of `security`'s modes asks, one after the other.
+/// Runs `plan` set up as each of `modes`' setups asks, one after the other.
 pub(crate) async fn run(
     plan: &SchedPlan,
     data_parent: Option<&Path>,
-    security: SecurityArg,
+    modes: Modes,
 ) -> Result<Report, BenchError> {
+    // Child processes cannot be switched: leave them out of every run, so the runs compare.
+    let with_real = !modes.metrics_off_somewhere();
     let mut runs = Vec::new();
-    for &mode in security.modes() {
-        progress(&format!("sched: coordinator {}", mode.label()));
-        runs.push((mode, run_once(plan, data_parent, mode).await?));
+    for setup in modes.setups() {
+        progress(&format!(
+            "sched: coordinator {}, {}",
+            setup.security.label(),
+            setup.metrics.label()
+        ));
+        runs.push(run_once(plan, data_parent, setup, with_real).await?);
     }
-    security::combine(security, runs, |row| row.measurement.starts_with(CAPACITY))
+    compare::combine(modes, runs, |row| row.measurement.starts_with(CAPACITY))
 }
 
-/// Runs `plan`: each part against its own coordinator with its data under `data_parent`.
+/// Runs `plan`: each part against its own coordinator with its data under `data_parent`; the
+/// real part only `with_real`.
 async fn run_once(
     plan: &SchedPlan,
     data_parent: Option<&Path>,
-    security: Security,
+    setup: Setup,
+    with_real: bool,
 ) -> Result<Report, BenchError> {
     let environment = Environment::here(&plan.command, data_parent);
-    let mut rows = simulated(plan, data_parent, security).await?;
+    let (mut rows, scrapes) = simulated(plan, data_parent, setup).await?;
     let mut notes = vec![format!(
         "Capacity rows: agents simulated in the bench process (real protocol, each lease \
          answered at once), Execute calls over {} connections, every action distinct with \
@@ -193,9 +206,24 @@ async fn run_once(
         thousands(plan.actions),
         environment.cores
     )];
-    let (real_rows, real_notes) = real(&plan.real, data_parent, security).await?;
-    rows.extend(real_rows);
-    notes.extend(real_notes);
+    if setup.security == Security::TlsTokens {
+        notes.push(security::secure_note());
+    }
+    notes.extend(scrapes.map(|scrapes| scrapes.note()));
+    if setup.metrics == Metrics::Off {
+        notes.push(crate::metrics::off_note());
+    }
+    if with_real {
+        let (real_rows, real_notes) = real(&plan.real, data_parent, setup.security).await?;
+        rows.extend(real_rows);
+        notes.extend(real_notes);
+    } else {
+        notes.push(
+            "Real actions left out: their `tessera coordinator` processes always record \
+             metrics (the switch reaches only the coordinator in this process)."
+                .to_owned(),
+        );
+    }
     Ok(Report {
         environment,
         layout: Layout::Execution,
@@ -208,17 +236,17 @@ fn progress(message: &str) {
     eprintln!("tessera-bench: {message}");
 }
 
+/// The capacity rows, and what the scraper fetched (with metrics on).
 async fn simulated(
     plan: &SchedPlan,
     data_parent: Option<&Path>,
-    security: Security,
-) -> Result<Vec<Row>, BenchError> {
-    let server = BenchServer::start(data_parent, security).await?;
+    setup: Setup,
+) -> Result<(Vec<Row>, Option<Scrapes>), BenchError> {
+    let server = BenchServer::start(data_parent, setup).await?;
     let measured = simulated_on(plan, &server).await;
     let stopped = server.stop().await;
     let rows = measured?;
-    stopped?;
-    Ok(rows)
+    Ok((rows, stopped?))
 }
 
 async fn simulated_on(plan: &SchedPlan, server: &BenchServer) -> Result<Vec<Row>, BenchError> {
@@ -531,7 +559,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn smoke_plan_measures_every_row() {
-        let report = run(&smoke(), None, SecurityArg::Plain)
+        let report = run(&smoke(), None, Modes::default())
             .await
             .expect("benchmark runs");
         // Capacity and latency at one load, one at a time, the spawn baseline, then rate and
@@ -559,6 +587,44 @@ mod tests {
         assert_eq!(
             json["rows"].as_array().map(Vec::len),
             Some(report.rows.len())
+        );
+    }
+
+    /// `--metrics both`: the capacity rows without and with metrics (the real part left out,
+    /// so no `tessera` binary is needed), then the comparisons, capacity held to the target.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metrics_both_compares_the_capacity_rows() {
+        use crate::metrics::MetricsArg;
+        use crate::security::SecurityArg;
+        let modes = Modes::new(SecurityArg::Plain, MetricsArg::Both).unwrap();
+        let report = run(&smoke(), None, modes)
+            .await
+            .expect("benchmark runs with and without metrics");
+        // Capacity and latency at one load, one at a time: twice, then three comparisons.
+        assert_eq!(report.rows.len(), 3 * 3);
+        let targeted: Vec<_> = report
+            .rows
+            .iter()
+            .filter(|row| {
+                matches!(
+                    row.check,
+                    Check::Compared {
+                        min_share: Some(_),
+                        ..
+                    }
+                )
+            })
+            .map(|row| row.measurement.as_str())
+            .collect();
+        assert_eq!(
+            targeted,
+            ["Scheduler capacity, 8 in flight: metrics on / metrics off"]
+        );
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.starts_with("Real actions left out"))
         );
     }
 }

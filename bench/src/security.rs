@@ -8,10 +8,9 @@
 //! raised so that they never throttle the benchmark (that would measure a policy, not a cost)
 //! while every call still goes through them.
 //!
-//! The comparison pairs each plain row with the secure row in the same place and keeps the
-//! secure figure as a share of the plain one (for latencies and CPU, the plain cost over the
-//! secure cost, so that a share always reads as "throughput kept"). The rows the issue names
-//! (FindMissingBlobs and scheduler capacity) must keep at least [`MIN_SHARE`] of it.
+//! With `both`, [`crate::compare`] pairs each plain row with the secure row in the same place;
+//! the rows the issue names (FindMissingBlobs and scheduler capacity) must keep at least
+//! [`MIN_SHARE`] of the plain figure.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,7 +22,6 @@ use tessera_proto::tessera::v1::{CreateTokenRequest, Role};
 
 use crate::error::BenchError;
 use crate::link::{self, Traffic};
-use crate::report::{Check, Report, Row};
 
 /// Least share of the plain figure a targeted row must keep with TLS and tokens.
 pub(crate) const MIN_SHARE: f64 = 0.9;
@@ -285,82 +283,8 @@ pub(crate) fn wait_for_file(path: &Path) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// One report from the runs of `arg`: the single run's, or for `both` every plain row beside
-/// its secure twin, then one comparison row per pair with a figure to compare; `targeted`
-/// says which pairs are held to [`MIN_SHARE`]. The rows are tagged with their security in
-/// the measurement column.
-pub(crate) fn combine(
-    arg: SecurityArg,
-    mut runs: Vec<(Security, Report)>,
-    targeted: impl Fn(&Row) -> bool,
-) -> Result<Report, BenchError> {
-    // A command line copied from the arguments already has the flag.
-    let with_flag = |command: &mut String| {
-        if !command.contains("--security") {
-            command.push_str(arg.flag());
-        }
-    };
-    if runs.len() == 1 {
-        let (security, mut report) = runs.remove(0);
-        with_flag(&mut report.environment.command);
-        if security == Security::TlsTokens {
-            report.notes.push(secure_note());
-        }
-        return Ok(report);
-    }
-    let (Some((_, secure)), Some((_, plain))) = (runs.pop(), runs.pop()) else {
-        return Err(BenchError::Unexpected(
-            "--security both ran fewer than two benchmarks".to_owned(),
-        ));
-    };
-    if plain.rows.len() != secure.rows.len() {
-        return Err(BenchError::Unexpected(format!(
-            "the plain run has {} rows and the secure run {}",
-            plain.rows.len(),
-            secure.rows.len()
-        )));
-    }
-    let mut rows = Vec::with_capacity(plain.rows.len() * 3);
-    let mut comparisons = Vec::new();
-    for (plain_row, secure_row) in plain.rows.iter().zip(&secure.rows) {
-        if plain_row.measurement != secure_row.measurement {
-            return Err(BenchError::Unexpected(format!(
-                "row \"{}\" of the plain run faces \"{}\" in the secure run",
-                plain_row.measurement, secure_row.measurement
-            )));
-        }
-        rows.push(tagged(plain_row, Security::Plain));
-        rows.push(tagged(secure_row, Security::TlsTokens));
-        if let Some(check) = compare(&plain_row.check, &secure_row.check, targeted(plain_row)) {
-            comparisons.push(Row {
-                measurement: format!("{}: TLS + tokens / plain", plain_row.measurement),
-                digest: plain_row.digest.clone(),
-                workload: plain_row.workload.clone(),
-                check,
-            });
-        }
-    }
-    rows.extend(comparisons);
-    let mut environment = plain.environment;
-    with_flag(&mut environment.command);
-    let mut notes = plain.notes;
-    notes.push(secure_note());
-    notes.push(format!(
-        "Comparison rows: the secure figure as a share of the plain one (for latencies and CPU, \
-         the plain cost over the secure cost); FindMissingBlobs and scheduler capacity must keep \
-         at least {:.0}%. The two runs follow each other on the same machine, so part of any \
-         difference is noise: rerun before reading much into a few percent.",
-        MIN_SHARE * 100.0
-    ));
-    Ok(Report {
-        environment,
-        layout: plain.layout,
-        rows,
-        notes,
-    })
-}
-
-fn secure_note() -> String {
+/// The report's note about a run with TLS and tokens.
+pub(crate) fn secure_note() -> String {
     "TLS + tokens: the coordinator serves TLS 1.3 (rustls, P-256 certificate made by openssl \
      at start) with auth = tokens; clients present a developer token, agents an agent token, \
      every call authenticated, authorized and counted against per-token limits raised so that \
@@ -368,123 +292,9 @@ fn secure_note() -> String {
         .to_owned()
 }
 
-fn tagged(row: &Row, security: Security) -> Row {
-    Row {
-        measurement: format!("{} [{}]", row.measurement, security.label()),
-        ..row.clone()
-    }
-}
-
-/// The comparison of two measurements of the same row, if it has a figure to compare.
-fn compare(plain: &Check, secure: &Check, targeted: bool) -> Option<Check> {
-    let (plain_figure, unit, lower_is_better) = figure(plain)?;
-    let (secure_figure, _, _) = figure(secure)?;
-    Some(Check::Secured {
-        plain: plain_figure,
-        secure: secure_figure,
-        unit,
-        lower_is_better,
-        min_share: targeted.then_some(MIN_SHARE),
-    })
-}
-
-/// The figure a row is judged by, its unit, and whether lower is better.
-fn figure(check: &Check) -> Option<(f64, String, bool)> {
-    match *check {
-        Check::Throughput { mb_per_s, .. } => Some((mb_per_s, "MB/s".to_owned(), false)),
-        Check::Rate { unit, per_s, .. } => Some((per_s, format!("{unit}/s"), false)),
-        Check::Latency { p50_ms, .. } => Some((p50_ms, "ms p50".to_owned(), true)),
-        Check::CpuPerAction { ms, .. } => Some((ms, "ms CPU/action".to_owned(), true)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Environment, Layout, Verdict};
-
-    fn report(p50_ms: f64, per_s: f64) -> Report {
-        Report {
-            environment: Environment::here("cmd", None),
-            layout: Layout::Execution,
-            rows: vec![
-                Row {
-                    measurement: "FindMissingBlobs".to_owned(),
-                    digest: String::new(),
-                    workload: "w".to_owned(),
-                    check: Check::Latency {
-                        calls: 3,
-                        p50_ms,
-                        p99_ms: p50_ms,
-                        max_p50_ms: 20.0,
-                    },
-                },
-                Row {
-                    measurement: "ByteStream small writes".to_owned(),
-                    digest: String::new(),
-                    workload: "w".to_owned(),
-                    check: Check::Rate {
-                        unit: "writes",
-                        per_s,
-                        p50_ms: 1.0,
-                        p99_ms: 1.0,
-                        min_per_s: None,
-                        bare_spawn_ms: None,
-                    },
-                },
-            ],
-            notes: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn both_pairs_rows_and_judges_only_the_targeted_ones() {
-        let runs = vec![
-            (Security::Plain, report(2.0, 1000.0)),
-            (Security::TlsTokens, report(2.5, 500.0)),
-        ];
-        let combined = combine(SecurityArg::Both, runs, |row| {
-            row.measurement == "FindMissingBlobs"
-        })
-        .unwrap();
-        let names: Vec<&str> = combined
-            .rows
-            .iter()
-            .map(|r| r.measurement.as_str())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "FindMissingBlobs [plain]",
-                "FindMissingBlobs [TLS + tokens]",
-                "ByteStream small writes [plain]",
-                "ByteStream small writes [TLS + tokens]",
-                "FindMissingBlobs: TLS + tokens / plain",
-                "ByteStream small writes: TLS + tokens / plain",
-            ]
-        );
-        // 2.0 / 2.5 = 80% of the plain throughput: below 90%.
-        assert_eq!(combined.rows[4].verdict(), Verdict::Miss);
-        // Half the rate, but no target on this row.
-        assert_eq!(combined.rows[5].verdict(), Verdict::NoTarget);
-        assert!(combined.environment.command.ends_with("--security both"));
-    }
-
-    #[test]
-    fn shares_at_the_limit_pass() {
-        let secured = |plain, secure, lower_is_better| Check::Secured {
-            plain,
-            secure,
-            unit: "x".to_owned(),
-            lower_is_better,
-            min_share: Some(MIN_SHARE),
-        };
-        assert_eq!(secured(100.0, 90.0, false).verdict(), Verdict::Pass);
-        assert_eq!(secured(100.0, 89.0, false).verdict(), Verdict::Miss);
-        assert_eq!(secured(9.0, 10.0, true).verdict(), Verdict::Pass);
-        assert_eq!(secured(8.0, 10.0, true).verdict(), Verdict::Miss);
-    }
 
     #[test]
     fn generated_certificates_name_loopback() {

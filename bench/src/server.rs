@@ -2,7 +2,10 @@
 //! its own process, serving real gRPC on a loopback port with a disk store in a temporary
 //! directory that is deleted afterwards. The benchmark's clients run on the caller's runtime.
 //! With [`Security::TlsTokens`] it serves TLS with certificates made in that directory and
-//! checks tokens, and hands out the [`Credentials`] its clients and agents present.
+//! checks tokens, and hands out the [`Credentials`] its clients and agents present. With
+//! [`Metrics::On`] it records metrics and serves its HTTP port, which a [`Scraper`] scrapes
+//! until [`BenchServer::stop`]; with [`Metrics::Off`] recording is off for the process and
+//! there is no HTTP port.
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +18,10 @@ use tessera_coordinator::{Coordinator, CoordinatorConfig};
 use tessera_net::client::ClientAuth;
 use tokio::runtime::{Handle, Runtime};
 
+use crate::compare::Setup;
 use crate::error::BenchError;
 use crate::link;
+use crate::metrics::{Metrics, Scraper, Scrapes};
 use crate::security::{self, Certificates, Credentials, Security};
 
 /// A running coordinator and the runtime it runs on.
@@ -25,17 +30,15 @@ pub(crate) struct BenchServer {
     coordinator: Option<Coordinator>,
     endpoint: String,
     credentials: Credentials,
+    scraper: Option<Scraper>,
     dir: TempDir,
 }
 
 impl BenchServer {
     /// Starts a coordinator with default settings on `127.0.0.1:0`, its data directory a fresh
-    /// temporary directory under `parent` (or the system temporary directory), secured as
-    /// `security` says.
-    pub(crate) async fn start(
-        parent: Option<&Path>,
-        security: Security,
-    ) -> Result<Self, BenchError> {
+    /// temporary directory under `parent` (or the system temporary directory), secured and
+    /// with metrics as `setup` says.
+    pub(crate) async fn start(parent: Option<&Path>, setup: Setup) -> Result<Self, BenchError> {
         let dir = match parent {
             Some(parent) => tempfile::Builder::new()
                 .prefix("tessera-bench-")
@@ -60,7 +63,12 @@ impl BenchServer {
             data_dir: data_dir.clone(),
             ..CoordinatorConfig::default()
         };
-        let certificates = match security {
+        let metrics_on = setup.metrics == Metrics::On;
+        tessera_coordinator::metrics::set_recording(metrics_on);
+        if metrics_on {
+            config.http_listen = Some(([127, 0, 0, 1], 0).into());
+        }
+        let certificates = match setup.security {
             Security::Plain => None,
             Security::TlsTokens => {
                 let certificates = Certificates::generate(&dir.path().join("tls"))?;
@@ -75,12 +83,19 @@ impl BenchServer {
             .spawn(async move { Coordinator::start(&config).await })
             .await??;
         let addr = coordinator.local_addr();
+        let http_addr = coordinator.http_addr();
         let mut server = BenchServer {
             runtime: Some(runtime),
             coordinator: Some(coordinator),
             endpoint: format!("http://{addr}"),
             credentials: Credentials::default(),
+            scraper: None,
             dir,
+        };
+        let scheme = if certificates.is_some() {
+            "https"
+        } else {
+            "http"
         };
         if let Some(certificates) = certificates {
             server.endpoint = format!("https://{addr}");
@@ -90,6 +105,11 @@ impl BenchServer {
                 &data_dir.join("admin-token"),
             )
             .await?;
+        }
+        if let Some(http_addr) = http_addr {
+            // Its clients' token: a developer may read /metrics.
+            let url = format!("{scheme}://{http_addr}");
+            server.scraper = Some(Scraper::start(&url, &server.credentials.clients).await?);
         }
         Ok(server)
     }
@@ -159,12 +179,17 @@ impl BenchServer {
         link::cas_client(&self.endpoint, &self.credentials.clients, function).await
     }
 
-    /// Shuts the coordinator down cleanly and stops its runtime.
-    pub(crate) async fn stop(mut self) -> Result<(), BenchError> {
+    /// Stops scraping, shuts the coordinator down cleanly and stops its runtime: what the
+    /// scraper fetched (`None` with metrics off).
+    pub(crate) async fn stop(mut self) -> Result<Option<Scrapes>, BenchError> {
+        let scrapes = match self.scraper.take() {
+            Some(scraper) => Some(scraper.stop().await),
+            None => None,
+        };
         if let Some(coordinator) = self.coordinator.take() {
             self.handle().spawn(coordinator.shutdown()).await??;
         }
-        Ok(())
+        scrapes.transpose()
     }
 }
 

@@ -11,10 +11,17 @@
 //! Label values are bounded: outcomes and results are fixed sets, gRPC `service`/`method`
 //! come from the fixed table [`GRPC_METHODS`] (anything else is `unknown`), gRPC `code` is one
 //! of the 17 canonical names.
+//!
+//! Recording can be switched off for the whole process with [`set_recording`]. The switch
+//! exists for the benchmark (`tessera-bench cas|sched --metrics both` measures what metrics
+//! cost); nothing in the product turns it off. Every method of [`Metrics`] that changes a
+//! value, and the gRPC layer, checks it once on entry, so with recording off they return at
+//! once (the layer passes calls straight through).
 
 pub mod layer;
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -189,46 +196,47 @@ pub fn test_outcome(outcome: tessera_proto::tessera::v1::TestOutcome) -> Option<
     }
 }
 
-/// Every coordinator metric family.
+/// Every coordinator metric family. The families are private: every update goes through a
+/// method, which checks [`recording`] once.
 pub struct Metrics {
     registry: Registry,
     /// `tessera_queue_depth`: actions waiting for a slot.
-    pub queue_depth: Gauge,
+    queue_depth: Gauge,
     /// `tessera_queue_wait_seconds`: time from queued to leased.
-    pub queue_wait: Histogram,
+    queue_wait: Histogram,
     /// `tessera_agents_connected`.
-    pub agents_connected: Gauge,
+    agents_connected: Gauge,
     /// `tessera_slots{state}`.
-    pub slots: Family<Labels, Gauge>,
+    slots: Family<Labels, Gauge>,
     /// `tessera_actions_total{outcome}`.
-    pub actions: Family<Labels, Counter>,
+    actions: Family<Labels, Counter>,
     /// `tessera_action_duration_seconds`: time from leased to result.
-    pub action_duration: Histogram,
+    action_duration: Histogram,
     /// `tessera_lease_expired_total`.
-    pub lease_expired: Counter,
+    lease_expired: Counter,
     /// `tessera_action_cache_requests_total{result}`.
-    pub action_cache_requests: Family<Labels, Counter>,
+    action_cache_requests: Family<Labels, Counter>,
     /// `tessera_cas_bytes`: bytes at rest in the CAS (set at scrape time).
-    pub cas_bytes: Gauge,
+    cas_bytes: Gauge,
     /// `tessera_cas_evicted_bytes_total` (set at scrape time from the store's total).
-    pub cas_evicted_bytes: Counter,
+    cas_evicted_bytes: Counter,
     /// `tessera_cas_budget_bytes`: the CAS's byte budget (0: unlimited).
-    pub cas_budget_bytes: Gauge,
+    cas_budget_bytes: Gauge,
     /// `tessera_store_out_of_space`: 1 while the blob store or the metadata store refuses
     /// writes for lack of disk space.
-    pub store_out_of_space: Gauge,
+    store_out_of_space: Gauge,
     /// `tessera_cas_transfer_bytes_total{direction}`.
-    pub cas_transfer_bytes: Family<Labels, Counter>,
+    cas_transfer_bytes: Family<Labels, Counter>,
     /// `tessera_jobs_total{result}`.
-    pub jobs: Family<Labels, Counter>,
+    jobs: Family<Labels, Counter>,
     /// `tessera_job_duration_seconds`.
-    pub job_duration: Histogram,
+    job_duration: Histogram,
     /// `tessera_tests_total{outcome}`.
-    pub tests: Family<Labels, Counter>,
+    tests: Family<Labels, Counter>,
     /// `tessera_grpc_requests_total{service,method,code}`.
-    pub grpc_requests: Family<Labels, Counter>,
+    grpc_requests: Family<Labels, Counter>,
     /// `tessera_grpc_request_duration_seconds{service,method}`.
-    pub grpc_duration: Family<Labels, Histogram>,
+    grpc_duration: Family<Labels, Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -239,9 +247,27 @@ impl std::fmt::Debug for Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+/// Whether metrics are recorded in this process (see [`set_recording`]).
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
 /// The process's coordinator metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// Turns metric recording on or off for the whole process (every [`Metrics`], and the gRPC
+/// layer). On by default. For the benchmark only, which measures the coordinator with and
+/// without metrics: nothing in the product turns it off, and a scrape while it is off shows
+/// the values as they were when it was turned off.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
+
+/// Whether metrics are recorded ([`set_recording`]). Relaxed: a flag read on every event,
+/// ordered with nothing else; a change is seen by other threads soon, which is all the
+/// benchmark needs.
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
 }
 
 fn grpc_histogram() -> Histogram {
@@ -415,6 +441,9 @@ impl Metrics {
 
     /// Counts a finished action.
     pub fn action_finished(&self, outcome: &'static str, ran_for: Option<Duration>) {
+        if !recording() {
+            return;
+        }
         self.actions
             .get_or_create(&vec![("outcome", outcome)])
             .inc();
@@ -423,8 +452,27 @@ impl Metrics {
         }
     }
 
+    /// Times how long an action waited from queued to leased.
+    pub fn action_leased(&self, waited: Duration) {
+        if !recording() {
+            return;
+        }
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Counts a lease that expired (its agent went silent).
+    pub fn lease_expired(&self) {
+        if !recording() {
+            return;
+        }
+        self.lease_expired.inc();
+    }
+
     /// Counts an action cache lookup.
     pub fn cache_lookup(&self, hit: bool) {
+        if !recording() {
+            return;
+        }
         let result = if hit { "hit" } else { "miss" };
         self.action_cache_requests
             .get_or_create(&vec![("result", result)])
@@ -433,6 +481,9 @@ impl Metrics {
 
     /// Counts blob bytes sent to clients.
     pub fn bytes_read(&self, bytes: u64) {
+        if !recording() {
+            return;
+        }
         self.cas_transfer_bytes
             .get_or_create(&vec![("direction", "read")])
             .inc_by(bytes);
@@ -440,6 +491,9 @@ impl Metrics {
 
     /// Counts blob bytes received from clients.
     pub fn bytes_written(&self, bytes: u64) {
+        if !recording() {
+            return;
+        }
         self.cas_transfer_bytes
             .get_or_create(&vec![("direction", "write")])
             .inc_by(bytes);
@@ -447,17 +501,26 @@ impl Metrics {
 
     /// Counts a finished job.
     pub fn job_finished(&self, result: &'static str, ran_for: Duration) {
+        if !recording() {
+            return;
+        }
         self.jobs.get_or_create(&vec![("result", result)]).inc();
         self.job_duration.observe(ran_for.as_secs_f64());
     }
 
     /// Counts a test's final outcome.
     pub fn test_finished(&self, outcome: &'static str) {
+        if !recording() {
+            return;
+        }
         self.tests.get_or_create(&vec![("outcome", outcome)]).inc();
     }
 
     /// Sets the CAS figures from the store's totals (at scrape time).
     pub fn set_cas(&self, stored_bytes: u64, evicted_bytes_total: u64) {
+        if !recording() {
+            return;
+        }
         self.cas_bytes
             .set(i64::try_from(stored_bytes).unwrap_or(i64::MAX));
         let seen = self.cas_evicted_bytes.get();
@@ -468,6 +531,9 @@ impl Metrics {
 
     /// Sets the budget and out-of-space gauges (at scrape time).
     pub fn set_space(&self, budget_bytes: Option<u64>, out_of_space: bool) {
+        if !recording() {
+            return;
+        }
         self.cas_budget_bytes
             .set(budget_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
         self.store_out_of_space.set(i64::from(out_of_space));
@@ -475,6 +541,9 @@ impl Metrics {
 
     /// Sets the scheduler gauges (the scheduler actor calls this after its state changes).
     pub fn set_scheduler(&self, queued: usize, agents: usize, slots: usize, busy: usize) {
+        if !recording() {
+            return;
+        }
         let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         self.queue_depth.set(n(queued));
         self.agents_connected.set(n(agents));
@@ -579,6 +648,35 @@ mod tests {
                 "{line} missing from:\n{text}"
             );
         }
+    }
+
+    /// The switch is process-wide: this test relies on nextest running each test in its own
+    /// process (under `cargo test` a concurrent test could see recording off).
+    #[test]
+    fn with_recording_off_updates_change_nothing() {
+        let m = Metrics::new();
+        let before = m.encode();
+        set_recording(false);
+        m.action_finished("ok", Some(Duration::from_millis(30)));
+        m.action_leased(Duration::from_millis(5));
+        m.lease_expired();
+        m.cache_lookup(false);
+        m.bytes_read(7);
+        m.bytes_written(42);
+        m.job_finished("passed", Duration::from_secs(2));
+        m.test_finished("flaky");
+        m.set_cas(1000, 25);
+        m.set_space(Some(4096), true);
+        m.set_scheduler(3, 2, 8, 5);
+        let off = m.encode();
+        set_recording(true);
+        assert_eq!(off, before);
+        m.lease_expired();
+        assert!(
+            m.encode()
+                .lines()
+                .any(|l| l == "tessera_lease_expired_total 1")
+        );
     }
 
     #[test]

@@ -7,16 +7,19 @@
 //! with their real code; a streaming call that fails after its head (the status then comes in
 //! the trailers) is counted `OK`, and its duration is the time to its first response head,
 //! not the stream's length. Placed outside the auth layer, so refused calls are counted too.
+//!
+//! With recording off ([`super::set_recording`], for the benchmark) a call goes straight to the
+//! inner service: no label lookup, no clock, no boxed future.
 
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http;
 
-use super::{Metrics, code_name, grpc_labels};
+use super::{Metrics, code_name, grpc_labels, recording};
 
 /// Installs [`Metered`] in front of the services.
 #[derive(Clone, Copy, Debug)]
@@ -70,13 +73,17 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    /// `Left`: passed straight through (recording off); `Right`: counted and timed.
+    type Future = Either<S::Future, BoxFuture<'static, Result<Self::Response, Self::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !recording() {
+            return Either::Left(self.inner.call(request));
+        }
         let (service, method) = grpc_labels(request.uri().path());
         let metrics = self.metrics;
         let started = Instant::now();
@@ -84,7 +91,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = inner.call(request);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let response = call.await;
             let code = match &response {
                 Ok(response) => head_code(response),
@@ -104,7 +111,7 @@ where
                 .get_or_create(&vec![("service", service), ("method", method)])
                 .observe(started.elapsed().as_secs_f64());
             response
-        })
+        }))
     }
 }
 
@@ -147,6 +154,32 @@ mod tests {
                 "{line} missing from:\n{text}"
             );
         }
+    }
+
+    /// The switch is process-wide: this test relies on nextest running each test in its own
+    /// process.
+    #[tokio::test]
+    async fn with_recording_off_calls_pass_through_uncounted() {
+        let metrics: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let mut service = tower_layer::Layer::layer(
+            &MetricsLayer::new(metrics),
+            tower_service_fn(|| tonic::Status::not_found("no").into_http()),
+        );
+        let before = metrics.encode();
+        crate::metrics::set_recording(false);
+        let request = http::Request::builder()
+            .uri("/tessera.v1.Jobs/Submit")
+            .body(())
+            .unwrap();
+        let call = service.call(request);
+        crate::metrics::set_recording(true);
+        assert!(
+            matches!(call, Either::Left(_)),
+            "not passed straight through"
+        );
+        let response = call.await.unwrap();
+        assert_eq!(head_code(&response), "NOT_FOUND");
+        assert_eq!(metrics.encode(), before);
     }
 
     /// A service answering every request with `respond()`.

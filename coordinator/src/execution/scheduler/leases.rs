@@ -264,7 +264,7 @@ impl Scheduler {
             .collect();
         for (name, lease_id, agent) in expired {
             self.stats.expired_leases += 1;
-            crate::metrics::metrics().lease_expired.inc();
+            crate::metrics::metrics().lease_expired();
             tracing::warn!(operation = %name, lease = %lease_id, agent = %agent, "lease expired; queueing again");
             if let Some(entry) = self.agents.get(&agent) {
                 entry.send_cancel(&lease_id);
@@ -360,11 +360,8 @@ impl Scheduler {
         }
         entry.publish();
         let leased_at = std::time::Instant::now();
-        crate::metrics::metrics().queue_wait.observe(
-            leased_at
-                .saturating_duration_since(entry.queued_at)
-                .as_secs_f64(),
-        );
+        crate::metrics::metrics()
+            .action_leased(leased_at.saturating_duration_since(entry.queued_at));
         entry.leased_at = Some(leased_at);
         let op = &self.ops[name].op;
         self.persist(op);
