@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "google/rpc/error_details.proto",
         "tessera/v1/agent.proto",
         "tessera/v1/auth.proto",
+        "tessera/v1/backup.proto",
         "tessera/v1/jobs.proto",
         "tessera/v1/state.proto",
     ];

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::commands::agent::{self, AgentArgs};
 use crate::commands::audit::{self, AuditArgs};
+use crate::commands::backup::{self, BackupArgs, RestoreArgs};
 use crate::commands::coordinator::{self, CoordinatorArgs};
 use crate::commands::logs::{self, LogsArgs};
 use crate::commands::run::{self, RunArgs, WatchArgs};
@@ -72,6 +73,26 @@ pub enum Command {
     /// create and revoke, agent join and leave, denied calls; with time, token, role, peer,
     /// instance and object (needs an `admin` token).
     Audit(AuditArgs),
+    /// Back a coordinator up while it serves: a consistent snapshot of its metadata (action
+    /// cache, jobs, test history, tokens, audit log) and every blob that the kept action-cache
+    /// entries and jobs need, written to --to DIR on this machine (needs an `admin` token when
+    /// auth is on).
+    ///
+    /// Each backup is a snapshot under DIR/snapshots/<UTC time> with a manifest and a
+    /// checksum per file; blobs are shared by the snapshots in DIR, so only blobs DIR lacks are
+    /// copied. An entry whose blobs were already evicted is left out (and said so), so
+    /// everything in the backup has its blobs. The coordinator keeps the backup's blobs from
+    /// eviction until the copy ends. For daily backups by the coordinator itself, see
+    /// `tessera coordinator --backup-dir DIR --backup-interval 24h`.
+    Backup(BackupArgs),
+    /// Restore a coordinator's state from a backup directory into a new data directory, then
+    /// start the coordinator on it.
+    ///
+    /// Every checksum of the snapshot (the newest, or --snapshot NAME) is verified before
+    /// anything is written: a damaged backup is refused with the first bad file named (exit
+    /// 2), and so is a data directory that already holds a coordinator's state. Stop the
+    /// coordinator first; restore into an empty directory, then point --data-dir at it.
+    Restore(RestoreArgs),
     /// Forward a local plain-text port to a TLS coordinator, for REAPI clients that cannot do
     /// TLS themselves.
     ///
@@ -143,6 +164,14 @@ impl Command {
             Command::Audit(args) => {
                 logging::init_client(None)?;
                 audit::audit(args).await
+            }
+            Command::Backup(args) => {
+                logging::init_client(None)?;
+                backup::backup(args).await
+            }
+            Command::Restore(args) => {
+                logging::init_client(None)?;
+                backup::restore(args).await
             }
             Command::Tunnel(args) => {
                 // A long-running command: its start line and failed connections are logged.

@@ -63,6 +63,16 @@ impl std::fmt::Debug for ActionCache {
     }
 }
 
+/// The digest function of an entry's key (see [`key`]); `None` for a malformed key.
+pub(crate) fn function_of_key(key: &[u8]) -> Option<DigestFunction> {
+    let marker = key.len().checked_sub(41)?;
+    match key.get(marker)? {
+        1 => Some(DigestFunction::Sha256),
+        9 => Some(DigestFunction::Blake3),
+        _ => None,
+    }
+}
+
 fn key(instance: &str, action: &Digest) -> Vec<u8> {
     let mut key = Vec::with_capacity(instance.len() + 42);
     key.extend_from_slice(instance.as_bytes());
@@ -180,70 +190,78 @@ impl ActionCache {
     }
 
     /// Validates the result's paths and digests and lists every blob it needs, including the
-    /// files inside output trees. A tree blob that is missing or does not decode is reported
-    /// as missing.
-    #[expect(
-        deprecated,
-        reason = "v2.0 clients still send the pre-2.1 symlink fields"
-    )]
+    /// files inside output trees (see [`referenced_blobs`]).
     fn referenced_blobs(
         &self,
         function: DigestFunction,
         result: &ActionResult,
     ) -> Result<Vec<Digest>, AcError> {
-        let mut needed = Vec::new();
-        let parse = |d: &tessera_proto::reapi::Digest| Digest::from_proto(function, d);
-        for file in &result.output_files {
-            check_path("output file", &file.path, false)?;
-            needed.push(
-                Digest::from_proto_opt(function, file.digest.as_ref()).map_err(|e| {
-                    AcError::InvalidResult(format!("output file \"{}\": {e}", file.path))
-                })?,
-            );
-        }
-        for link in result
-            .output_symlinks
-            .iter()
-            .chain(&result.output_file_symlinks)
-            .chain(&result.output_directory_symlinks)
-        {
-            check_path("output symlink", &link.path, false)?;
-        }
-        if let Some(d) = &result.stdout_digest {
-            needed
-                .push(parse(d).map_err(|e| AcError::InvalidResult(format!("stdout_digest: {e}")))?);
-        }
-        if let Some(d) = &result.stderr_digest {
-            needed
-                .push(parse(d).map_err(|e| AcError::InvalidResult(format!("stderr_digest: {e}")))?);
-        }
-        for dir in &result.output_directories {
-            check_path("output directory", &dir.path, true)?;
-            let tree_digest =
-                Digest::from_proto_opt(function, dir.tree_digest.as_ref()).map_err(|e| {
-                    AcError::InvalidResult(format!(
-                        "output directory \"{}\": tree_digest: {e}",
-                        dir.path
-                    ))
-                })?;
-            needed.push(tree_digest);
-            let Some(bytes) = self.blobs.read(&tree_digest)? else {
-                return Err(AcError::MissingOutputs(vec![tree_digest]));
-            };
-            let Ok(tree) = Tree::decode(bytes) else {
-                return Err(AcError::InvalidResult(format!(
-                    "output directory \"{}\": tree {tree_digest} is not a Tree message",
-                    dir.path
-                )));
-            };
-            for directory in tree.root.iter().chain(&tree.children) {
-                collect_files(function, directory, &mut needed).map_err(|e| {
-                    AcError::InvalidResult(format!("output directory \"{}\": {e}", dir.path))
-                })?;
-            }
-        }
-        Ok(needed)
+        referenced_blobs(self.blobs.as_ref(), function, result)
     }
+}
+
+/// Validates `result`'s paths and digests and lists every blob it needs, reading its output
+/// trees from `blobs` for the files inside them. A tree blob that is missing or does not
+/// decode is reported as missing.
+#[expect(
+    deprecated,
+    reason = "v2.0 clients still send the pre-2.1 symlink fields"
+)]
+pub(crate) fn referenced_blobs(
+    blobs: &dyn BlobStore,
+    function: DigestFunction,
+    result: &ActionResult,
+) -> Result<Vec<Digest>, AcError> {
+    let mut needed = Vec::new();
+    let parse = |d: &tessera_proto::reapi::Digest| Digest::from_proto(function, d);
+    for file in &result.output_files {
+        check_path("output file", &file.path, false)?;
+        needed.push(
+            Digest::from_proto_opt(function, file.digest.as_ref()).map_err(|e| {
+                AcError::InvalidResult(format!("output file \"{}\": {e}", file.path))
+            })?,
+        );
+    }
+    for link in result
+        .output_symlinks
+        .iter()
+        .chain(&result.output_file_symlinks)
+        .chain(&result.output_directory_symlinks)
+    {
+        check_path("output symlink", &link.path, false)?;
+    }
+    if let Some(d) = &result.stdout_digest {
+        needed.push(parse(d).map_err(|e| AcError::InvalidResult(format!("stdout_digest: {e}")))?);
+    }
+    if let Some(d) = &result.stderr_digest {
+        needed.push(parse(d).map_err(|e| AcError::InvalidResult(format!("stderr_digest: {e}")))?);
+    }
+    for dir in &result.output_directories {
+        check_path("output directory", &dir.path, true)?;
+        let tree_digest =
+            Digest::from_proto_opt(function, dir.tree_digest.as_ref()).map_err(|e| {
+                AcError::InvalidResult(format!(
+                    "output directory \"{}\": tree_digest: {e}",
+                    dir.path
+                ))
+            })?;
+        needed.push(tree_digest);
+        let Some(bytes) = blobs.read(&tree_digest)? else {
+            return Err(AcError::MissingOutputs(vec![tree_digest]));
+        };
+        let Ok(tree) = Tree::decode(bytes) else {
+            return Err(AcError::InvalidResult(format!(
+                "output directory \"{}\": tree {tree_digest} is not a Tree message",
+                dir.path
+            )));
+        };
+        for directory in tree.root.iter().chain(&tree.children) {
+            collect_files(function, directory, &mut needed).map_err(|e| {
+                AcError::InvalidResult(format!("output directory \"{}\": {e}", dir.path))
+            })?;
+        }
+    }
+    Ok(needed)
 }
 
 fn collect_files(

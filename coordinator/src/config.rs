@@ -163,6 +163,12 @@ pub struct CoordinatorConfig {
     pub metrics_public: bool,
     /// OTLP/gRPC endpoint that traces are exported to (`http://collector:4317`); `None`: off.
     pub otlp_endpoint: Option<String>,
+    /// Directory of scheduled backups (`crate::backup::schedule`); needs `backup_interval`.
+    pub backup_dir: Option<PathBuf>,
+    /// Time between scheduled backups; `None`: no scheduled backups.
+    pub backup_interval: Option<Duration>,
+    /// Scheduled backups kept (the newest).
+    pub backup_keep: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -201,6 +207,9 @@ impl Default for CoordinatorConfig {
             http_listen: None,
             metrics_public: false,
             otlp_endpoint: None,
+            backup_dir: None,
+            backup_interval: None,
+            backup_keep: 7,
         }
     }
 }
@@ -234,6 +243,9 @@ pub struct FileConfig {
     http_listen: Option<SocketAddr>,
     metrics_public: Option<bool>,
     otlp_endpoint: Option<String>,
+    backup_dir: Option<PathBuf>,
+    backup_interval: Option<String>,
+    backup_keep: Option<usize>,
 }
 
 /// The `[limits]` table.
@@ -279,6 +291,12 @@ pub struct ConfigOverrides {
     pub metrics_public: bool,
     /// `--otlp-endpoint`.
     pub otlp_endpoint: Option<String>,
+    /// `--backup-dir`.
+    pub backup_dir: Option<PathBuf>,
+    /// `--backup-interval`.
+    pub backup_interval: Option<Duration>,
+    /// `--backup-keep`.
+    pub backup_keep: Option<usize>,
 }
 
 /// Most durations kept per test: each is 8 bytes in every test's history entry.
@@ -288,6 +306,9 @@ pub const MAX_HISTORY_RUNS: usize = 1000;
 /// belong to other commands are listed in [`OTHER_ENV_KEYS`] and ignored here.
 pub const ENV_KEYS: &[&str] = &[
     "TESSERA_LISTEN",
+    "TESSERA_BACKUP_DIR",
+    "TESSERA_BACKUP_INTERVAL",
+    "TESSERA_BACKUP_KEEP",
     "TESSERA_DATA_DIR",
     "TESSERA_MAX_CAS_BYTES",
     "TESSERA_CAS_PROTECT_RECENT",
@@ -437,6 +458,15 @@ impl Settings for CoordinatorConfig {
         if let Some(v) = file.metrics_public {
             self.metrics_public = v;
         }
+        if let Some(v) = file.backup_dir {
+            self.backup_dir = Some(v);
+        }
+        if let Some(v) = file.backup_interval {
+            self.backup_interval = Some(file_duration("backup_interval", &v)?);
+        }
+        if let Some(v) = file.backup_keep {
+            self.backup_keep = v;
+        }
         if let Some(v) = file.otlp_endpoint {
             self.otlp_endpoint = Some(v);
         }
@@ -492,6 +522,9 @@ impl Settings for CoordinatorConfig {
             "TESSERA_HTTP_LISTEN" => self.http_listen = Some(parse(value)?),
             "TESSERA_METRICS_PUBLIC" => self.metrics_public = parse_bool(value)?,
             "TESSERA_OTLP_ENDPOINT" => self.otlp_endpoint = Some(value.to_owned()),
+            "TESSERA_BACKUP_DIR" => self.backup_dir = Some(PathBuf::from(value)),
+            "TESSERA_BACKUP_INTERVAL" => self.backup_interval = Some(parse_duration(value)?),
+            "TESSERA_BACKUP_KEEP" => self.backup_keep = parse(value)?,
             // TESSERA_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -531,6 +564,15 @@ impl Settings for CoordinatorConfig {
         self.metrics_public |= flags.metrics_public;
         if let Some(v) = &flags.otlp_endpoint {
             self.otlp_endpoint = Some(v.clone());
+        }
+        if let Some(v) = &flags.backup_dir {
+            self.backup_dir = Some(v.clone());
+        }
+        if let Some(v) = flags.backup_interval {
+            self.backup_interval = Some(v);
+        }
+        if let Some(v) = flags.backup_keep {
+            self.backup_keep = v;
         }
         Ok(())
     }
@@ -625,6 +667,32 @@ impl Settings for CoordinatorConfig {
                 "must be an http:// or https:// URL (OTLP over gRPC, e.g. http://collector:4317)",
             )
             .for_key("otlp_endpoint"));
+        }
+        match (&self.backup_dir, self.backup_interval) {
+            (Some(_), None) => {
+                return Err(BadValue::new(
+                    "(unset)",
+                    "backup_dir is set: give backup_interval too (e.g. 24h for daily backups)",
+                )
+                .for_key("backup_interval"));
+            }
+            (None, Some(_)) => {
+                return Err(BadValue::new(
+                    "(unset)",
+                    "backup_interval is set: give backup_dir, the directory backups go to",
+                )
+                .for_key("backup_dir"));
+            }
+            (Some(_), Some(interval)) if interval < Duration::from_secs(60) => {
+                return Err(
+                    BadValue::new(format!("{interval:?}"), "must be at least 1m")
+                        .for_key("backup_interval"),
+                );
+            }
+            _ => {}
+        }
+        if self.backup_keep == 0 {
+            return Err(BadValue::new("0", "must keep at least 1 backup").for_key("backup_keep"));
         }
         if self.audit_retention < Duration::from_secs(3600) {
             return Err(BadValue::new(

@@ -7,6 +7,7 @@
 
 pub mod action_cache;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod execution;
 pub mod jobs;

@@ -199,7 +199,14 @@ pub fn test_outcome(outcome: tessera_proto::tessera::v1::TestOutcome) -> Option<
 /// Every coordinator metric family. The families are private: every update goes through a
 /// method, which checks [`recording`] once.
 pub struct Metrics {
-    registry: Registry,
+    registry: std::sync::Mutex<Registry>,
+    /// `tessera_backup_last_success_timestamp_seconds`: registered only once scheduled
+    /// backups are on ([`Metrics::enable_backups`]), so the backup-age alert never sees a
+    /// zero from a coordinator that takes none.
+    backup_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `tessera_backups_total{result="ok|failed"}` (with the above).
+    backups: Family<Labels, Counter>,
+    backups_enabled: std::sync::Once,
     /// `tessera_queue_depth`: actions waiting for a slot.
     queue_depth: Gauge,
     /// `tessera_queue_wait_seconds`: time from queued to leased.
@@ -301,7 +308,10 @@ impl Metrics {
             tests: Family::default(),
             grpc_requests: Family::default(),
             grpc_duration: Family::new_with_constructor(grpc_histogram),
-            registry: Registry::default(),
+            registry: std::sync::Mutex::new(Registry::default()),
+            backup_last_success: Gauge::default(),
+            backups: Family::default(),
+            backups_enabled: std::sync::Once::new(),
         };
         // prometheus-client appends `_total` to counters and the unit to unit-less names is
         // not added: names below are the family names without `_total`.
@@ -427,13 +437,20 @@ impl Metrics {
                 .grpc_duration
                 .get_or_create(&vec![("service", *service), ("method", *method)]);
         }
-        Metrics { registry, ..m }
+        Metrics {
+            registry: std::sync::Mutex::new(registry),
+            ..m
+        }
     }
 
     /// The exposition text (OpenMetrics), after `refresh` has set the scrape-time values.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        if let Err(error) = encode(&mut text, &self.registry) {
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(error) = encode(&mut text, &registry) {
             tracing::error!(%error, "failed to encode metrics");
         }
         text
@@ -497,6 +514,45 @@ impl Metrics {
         self.cas_transfer_bytes
             .get_or_create(&vec![("direction", "write")])
             .inc_by(bytes);
+    }
+
+    /// Adds the backup families (at most once): called when scheduled backups are on.
+    pub fn enable_backups(&self) {
+        self.backups_enabled.call_once(|| {
+            let mut registry = self
+                .registry
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            registry.register(
+                "tessera_backup_last_success_timestamp_seconds",
+                "When the last scheduled backup that succeeded was taken (Unix time)",
+                self.backup_last_success.clone(),
+            );
+            registry.register(
+                "tessera_backups",
+                "Scheduled backups, by result",
+                self.backups.clone(),
+            );
+            for result in ["ok", "failed"] {
+                let _ = self.backups.get_or_create(&vec![("result", result)]);
+            }
+        });
+    }
+
+    /// Records a scheduled backup: its result and, when it succeeded, when it was taken.
+    pub fn backup_finished(&self, taken: Option<std::time::SystemTime>) {
+        if !recording() {
+            return;
+        }
+        let result = if taken.is_some() { "ok" } else { "failed" };
+        self.backups.get_or_create(&vec![("result", result)]).inc();
+        if let Some(taken) = taken {
+            let secs = taken
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.backup_last_success.set(secs);
+        }
     }
 
     /// Counts a finished job.

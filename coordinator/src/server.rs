@@ -22,6 +22,7 @@ use tessera_proto::reapi::content_addressable_storage_server::ContentAddressable
 use tessera_proto::reapi::execution_server::ExecutionServer;
 use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
+use tessera_proto::tessera::v1::backups_server::BackupsServer;
 use tessera_proto::tessera::v1::jobs_server::JobsServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -30,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::action_cache::{AcError, ActionCache};
 use crate::auth::{AuditLog, Auth, AuthLayer, Limiter, TokenError, TokenStore};
+use crate::backup::{BackupSchedule, BackupService};
 use crate::config::AuthMode;
 use crate::config::CoordinatorConfig;
 use crate::execution::execute::Executor;
@@ -264,6 +266,10 @@ impl Coordinator {
             ))
             .add_service(CapabilitiesServer::new(CapabilitiesService::new(batch)))
             .add_service(AdminServer::new(AdminService::new(auth.clone())))
+            .add_service(BackupsServer::new(BackupService::new(
+                Arc::clone(&meta_dyn),
+                store.clone(),
+            )))
             .add_service(
                 ContentAddressableStorageServer::new(
                     CasService::new(Arc::clone(&blobs), batch).with_auth(auth.clone()),
@@ -337,6 +343,19 @@ impl Coordinator {
             }
         });
         tasks.spawn(auth.audit.clone().sweep_until(token.clone()));
+        if let (Some(dir), Some(interval)) = (&config.backup_dir, config.backup_interval) {
+            let schedule = BackupSchedule {
+                dir: dir.clone(),
+                interval,
+                keep: config.backup_keep,
+            };
+            tasks.spawn(crate::backup::schedule(
+                schedule,
+                Arc::clone(&meta_dyn),
+                store.clone(),
+                token.clone(),
+            ));
+        }
         let http_addr = match config.http_listen {
             None => None,
             Some(http_addr) => {

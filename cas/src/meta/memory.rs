@@ -6,7 +6,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::future::BoxFuture;
 
-use super::{Batch, BatchOp, Entries, MetaError, MetaTable, MetadataStore, SwapOutcome, Table};
+use super::{
+    Batch, BatchOp, Entries, MetaError, MetaTable, MetadataStore, SwapOutcome, Table, TableDump,
+};
 
 type Tables = HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -33,6 +35,22 @@ fn write(tables: &RwLock<Tables>) -> RwLockWriteGuard<'_, Tables> {
 }
 
 impl MetadataStore for MemoryMetaStore {
+    fn dump(&self) -> Result<Vec<TableDump>, MetaError> {
+        let tables = read(&self.tables);
+        let mut dump: Vec<TableDump> = tables
+            .iter()
+            .map(|(name, entries)| TableDump {
+                name: name.clone(),
+                entries: entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect();
+        dump.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(dump)
+    }
+
     fn table(&self, name: &str) -> Result<Table, MetaError> {
         if name.is_empty() {
             return Err(MetaError::InvalidTableName {

@@ -20,4 +20,4 @@ pub use error::MetaError;
 pub use group_flush::GroupFlush;
 pub use memory::MemoryMetaStore;
 pub use redb_store::RedbStore;
-pub use store::{Batch, BatchOp, Entries, MetaTable, MetadataStore, SwapOutcome, Table};
+pub use store::{Batch, BatchOp, Entries, MetaTable, MetadataStore, SwapOutcome, Table, TableDump};

@@ -25,11 +25,14 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 
 use super::error::{BackendError, display_key};
 use super::{
     Batch, BatchOp, Entries, GroupFlush, MetaError, MetaTable, MetadataStore, SwapOutcome, Table,
+    TableDump,
 };
 use crate::space::{SpaceStats, SpaceWatch, is_out_of_space};
 
@@ -394,6 +397,32 @@ impl MetadataStore for RedbStore {
         self.group
             .flush()
             .map_err(|e| Self::flush_error(&self.shared.dir, e))
+    }
+
+    fn dump(&self) -> Result<Vec<TableDump>, MetaError> {
+        self.shared.call(
+            |source| MetaError::Scan {
+                table: "(all tables)".to_owned(),
+                source,
+            },
+            |db| {
+                // One read transaction: every table as of the same commit.
+                let txn = db.begin_read()?;
+                let mut dump = Vec::new();
+                for handle in txn.list_tables()? {
+                    let name = handle.name().to_owned();
+                    let table = txn.open_table(def(&name))?;
+                    let mut entries = Vec::new();
+                    for entry in table.iter()? {
+                        let (k, v) = entry?;
+                        entries.push((k.value().to_vec(), v.value().to_vec()));
+                    }
+                    dump.push(TableDump { name, entries });
+                }
+                dump.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(dump)
+            },
+        )
     }
 
     fn space(&self) -> SpaceStats {

@@ -42,6 +42,19 @@ pub trait MetadataStore: Send + Sync + 'static {
     fn space(&self) -> SpaceStats {
         SpaceStats::default()
     }
+
+    /// Every table with every entry, as of one instant: no write is seen in part, and none
+    /// made after the call began (a consistent snapshot, for backups). Tables in name order.
+    fn dump(&self) -> Result<Vec<TableDump>, MetaError>;
+}
+
+/// One table's entries in key order, from [`MetadataStore::dump`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDump {
+    /// The table's name.
+    pub name: String,
+    /// Its entries, in key order.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One named table: an ordered map of byte keys to byte values.

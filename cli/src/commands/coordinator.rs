@@ -71,6 +71,17 @@ pub struct CoordinatorArgs {
     /// OTEL_EXPORTER_OTLP_CERTIFICATE. Also TESSERA_OTLP_ENDPOINT.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Take scheduled backups into DIR (with --backup-interval): a consistent snapshot of the
+    /// metadata and the blobs it needs, incremental by content; restore with `tessera restore
+    /// --from DIR --data-dir DIR`. Also TESSERA_BACKUP_DIR.
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Time between scheduled backups, e.g. 24h [default: off]. Also TESSERA_BACKUP_INTERVAL.
+    #[arg(long, value_name = "DURATION", value_parser = tessera_config::parse_duration)]
+    pub backup_interval: Option<std::time::Duration>,
+    /// Scheduled backups kept, the newest [default: 7]. Also TESSERA_BACKUP_KEEP.
+    #[arg(long, value_name = "N")]
+    pub backup_keep: Option<usize>,
 }
 
 impl CoordinatorArgs {
@@ -90,6 +101,9 @@ impl CoordinatorArgs {
             http_listen: self.http_listen,
             metrics_public: self.metrics_public,
             otlp_endpoint: self.otlp_endpoint.clone(),
+            backup_dir: self.backup_dir.clone(),
+            backup_interval: self.backup_interval,
+            backup_keep: self.backup_keep,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | [`logs`] | `tessera logs`: a test's whole output |
 //! | [`token`] | `tessera token create`, `list`, `revoke` |
 //! | [`audit`] | `tessera audit`: the coordinator's audit log |
+//! | [`backup`] | `tessera backup`, `tessera restore` |
 //! | [`tunnel`] | `tessera tunnel`: a loopback port forwarded over TLS to the coordinator |
 //! | [`up`] | `tessera up`: the embedded cluster in the foreground |
 //! | [`coordinator`] | `tessera coordinator` |
@@ -15,6 +16,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod backup;
 pub mod coordinator;
 pub mod logs;
 pub mod run;

@@ -66,6 +66,16 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+/// Whether `key` of journal table `table` belongs to job `job` (for backups, which leave out a
+/// job with its journal).
+pub(crate) fn journal_key_of(table: &str, key: &[u8], job: &str) -> bool {
+    match table {
+        EVENTS => key.starts_with(&prefix(job)),
+        SEQS => key == job.as_bytes(),
+        _ => false,
+    }
+}
+
 fn prefix(job: &str) -> Vec<u8> {
     let mut key = job.as_bytes().to_vec();
     key.push(b'/');

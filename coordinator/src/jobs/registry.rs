@@ -34,7 +34,7 @@ use crate::execution::execute::ExecuteError;
 
 /// Table of accepted jobs that have not finished: id → `JobSpec` (its secrets' values
 /// stripped) with its creation time.
-const TABLE: &str = "jobs";
+pub(crate) const TABLE: &str = "jobs";
 /// Finished jobs kept for `Watch` and `Status`.
 const KEEP_FINISHED: usize = 200;
 
@@ -373,7 +373,7 @@ fn encode_record(created: u64, spec: &JobSpec) -> Vec<u8> {
     bytes
 }
 
-fn decode_record(bytes: &[u8]) -> Option<(u64, JobSpec)> {
+pub(crate) fn decode_record(bytes: &[u8]) -> Option<(u64, JobSpec)> {
     let (created, spec) = bytes.split_at_checked(8)?;
     Some((
         u64::from_be_bytes(created.try_into().ok()?),
