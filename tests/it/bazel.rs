@@ -423,7 +423,7 @@ fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
 
 /// Every non-internal process of `run` was a remote cache hit, as many as the cold run had, and
 /// every test result came from the cache and passed.
-fn assert_all_cached(run: &Run, actions: u64, cold_tests: &[TestResult]) {
+pub(crate) fn assert_all_cached(run: &Run, actions: u64, cold_tests: &[TestResult]) {
     let counts = run.processes();
     assert_eq!(
         counts.get("remote cache hit").copied(),
@@ -523,7 +523,7 @@ impl Checkout {
     }
 
     /// `bazel test //...` with the remote cache flag.
-    fn test(&mut self, cache: &str) -> Run {
+    pub(crate) fn test(&mut self, cache: &str) -> Run {
         self.run_ok(&["test", "//...", cache])
     }
 
@@ -533,7 +533,7 @@ impl Checkout {
     }
 
     /// `bazel shutdown` (same directory and startup options as every command).
-    fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         if self.running {
             self.running = false;
             let status = self
@@ -647,7 +647,7 @@ pub(crate) struct Run {
 
 /// One line of Bazel's test summary, e.g. `//tests:pass_test   (cached) PASSED in 0.0s`.
 #[derive(Debug)]
-struct TestResult {
+pub(crate) struct TestResult {
     target: String,
     cached: bool,
     status: String,
@@ -707,7 +707,7 @@ impl Run {
     }
 
     /// The per-target lines of the test summary, sorted by target.
-    fn test_results(&self) -> Vec<TestResult> {
+    pub(crate) fn test_results(&self) -> Vec<TestResult> {
         let mut results: Vec<TestResult> = self
             .stdout
             .lines()
