@@ -110,7 +110,7 @@ fn a_restored_coordinator_answers_bazel_from_its_cache_and_keeps_test_history() 
     let mut server = ServerProcess::start_on(addr, &data, &[], &[]);
     let endpoint = server.endpoint();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let _agent = runtime.block_on(AgentProcess::start_connected(
+    let agent = runtime.block_on(AgentProcess::start_connected(
         &endpoint,
         &dir.join("agent"),
         "backup-agent",
@@ -125,10 +125,14 @@ fn a_restored_coordinator_answers_bazel_from_its_cache_and_keeps_test_history() 
     let actions = non_internal(&cold.processes());
     let cold_tests = cold.test_results();
     let quick = project(dir, "quick", QUICK_SUITE);
-    assert_eq!(planned(&run_suite(dir, &quick, &endpoint, &[]))["cached"], 0);
+    assert_eq!(
+        planned(&run_suite(dir, &quick, &endpoint, &[]))["cached"],
+        0
+    );
     planned(&run_suite(dir, &quick, &endpoint, &["--no-cache"]));
 
-    // An online backup, taken while a slow job runs.
+    // An online backup, taken while a slow job runs (its list step and first batch leased).
+    let leased = agent.log.count(tessera_tests::lines::LEASE_ACCEPTED);
     let slow = project(dir, "slow", SLOW_SUITE);
     let slow_job = tessera(dir, &["run", "--coordinator", &endpoint], None)
         .args([
@@ -148,13 +152,18 @@ fn a_restored_coordinator_answers_bazel_from_its_cache_and_keeps_test_history() 
         .spawn()
         .expect("start the slow job");
     let mut slow_job = scopeguard(slow_job);
-    server
-        .log
-        .blocking_wait_for("lease accepted", Duration::from_secs(30));
+    runtime.block_on(agent.log.wait_for_nth(
+        tessera_tests::lines::LEASE_ACCEPTED,
+        leased + 2,
+        Duration::from_secs(60),
+    ));
     let backups = dir.join("backups");
     let first = back_up(dir, &endpoint, &backups);
     assert!(first["blobs"].as_u64().unwrap() > 0, "{first}");
-    assert_eq!(first["copied"], first["blobs"], "a new directory copies every blob");
+    assert_eq!(
+        first["copied"], first["blobs"],
+        "a new directory copies every blob"
+    );
     assert!(
         slow_job.0.try_wait().unwrap().is_none(),
         "the backup was taken while the job ran"
@@ -162,8 +171,8 @@ fn a_restored_coordinator_answers_bazel_from_its_cache_and_keeps_test_history() 
     let status = slow_job.0.wait().expect("the slow job ends");
     assert!(status.success(), "the slow job passes: {status:?}");
     // The estimate the restored coordinator must give again (from the backed-up history).
-    let expected_ms = planned(&run_suite(dir, &quick, &endpoint, &["--no-cache"]))["expected_ms"]
-        .clone();
+    let expected_ms =
+        planned(&run_suite(dir, &quick, &endpoint, &["--no-cache"]))["expected_ms"].clone();
 
     // Incremental: a second backup copies nothing that is already there.
     let second = back_up(dir, &endpoint, &backups);
@@ -200,7 +209,10 @@ fn a_restored_coordinator_answers_bazel_from_its_cache_and_keeps_test_history() 
     assert_all_cached(&warm, actions, &cold_tests);
     checkout.shutdown();
     // The suite's cached results and history are back.
-    assert_eq!(planned(&run_suite(dir, &quick, &server.endpoint(), &[]))["cached"], 2);
+    assert_eq!(
+        planned(&run_suite(dir, &quick, &server.endpoint(), &[]))["cached"],
+        2
+    );
     let restored = planned(&run_suite(dir, &quick, &server.endpoint(), &["--no-cache"]));
     assert_eq!(
         restored["expected_ms"], expected_ms,
@@ -216,7 +228,11 @@ fn a_restored_coordinator_answers_bazel_from_its_cache_and_keeps_test_history() 
     let target = dir.join("data-again");
     let out = restore(dir, &backups, &target);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "damaged backup refused: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "damaged backup refused: {stderr}"
+    );
     assert!(
         stderr.contains(&blob.display().to_string()),
         "the bad file is named: {stderr}"
@@ -264,11 +280,15 @@ async fn scheduled_backups_are_written_counted_and_whole() {
         metrics.contains("tessera_backups_total{result=\"ok\"} 1"),
         "{metrics}"
     );
-    let out = tessera(dir, &["restore", "--verify-only", "--data-dir", "unused"], None)
-        .arg("--from")
-        .arg(&backups)
-        .output()
-        .unwrap();
+    let out = tessera(
+        dir,
+        &["restore", "--verify-only", "--data-dir", "unused"],
+        None,
+    )
+    .arg("--from")
+    .arg(&backups)
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "verify: {}",
@@ -289,11 +309,13 @@ async fn scheduled_backups_are_written_counted_and_whole() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        !server.log.contains("backup written"),
+        server.log.count("backup written") == 0,
         "a fresh snapshot exists: none is due {:?} after start",
         started.elapsed()
     );
-    let snapshots = std::fs::read_dir(backups.join("snapshots")).unwrap().count();
+    let snapshots = std::fs::read_dir(backups.join("snapshots"))
+        .unwrap()
+        .count();
     assert_eq!(snapshots, 1);
 }
 
