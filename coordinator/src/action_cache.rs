@@ -73,7 +73,7 @@ pub(crate) fn function_of_key(key: &[u8]) -> Option<DigestFunction> {
     }
 }
 
-fn key(instance: &str, action: &Digest) -> Vec<u8> {
+pub(crate) fn key(instance: &str, action: &Digest) -> Vec<u8> {
     let mut key = Vec::with_capacity(instance.len() + 42);
     key.extend_from_slice(instance.as_bytes());
     key.push(0);

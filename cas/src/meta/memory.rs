@@ -179,6 +179,11 @@ mod tests {
     }
 
     #[test]
+    fn a_dump_holds_every_table_in_order() {
+        contract::a_dump_holds_every_table_in_order(&MemoryMetaStore::new());
+    }
+
+    #[test]
     fn empty_table_name_is_refused() {
         contract::empty_table_name_is_refused(&MemoryMetaStore::new());
     }

@@ -575,6 +575,11 @@ mod tests {
     }
 
     #[test]
+    fn a_dump_holds_every_table_in_order() {
+        contract::a_dump_holds_every_table_in_order(&open().1);
+    }
+
+    #[test]
     fn empty_table_name_is_refused() {
         contract::empty_table_name_is_refused(&open().1);
     }

@@ -204,6 +204,26 @@ pub(crate) mod contract {
         table.scan_prefix(prefix).collect::<Result<_, _>>().unwrap()
     }
 
+    pub(crate) fn a_dump_holds_every_table_in_order(store: &dyn MetadataStore) {
+        let mut batch = Batch::new();
+        batch.insert("b", b"2".to_vec(), b"two".to_vec());
+        batch.insert("b", b"1".to_vec(), b"one".to_vec());
+        batch.insert("a", b"x".to_vec(), b"".to_vec());
+        store.apply_batch(batch).unwrap();
+        store.table("empty").unwrap();
+        let dump = store.dump().unwrap();
+        let names: Vec<&str> = dump.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "empty"]);
+        assert_eq!(
+            dump[1].entries,
+            [
+                (b"1".to_vec(), b"one".to_vec()),
+                (b"2".to_vec(), b"two".to_vec())
+            ]
+        );
+        assert!(dump[2].entries.is_empty());
+    }
+
     pub(crate) fn tables_are_separate_ordered_maps(store: &dyn MetadataStore) {
         let ac = store.table("ac").unwrap();
         let blobs = store.table("blobs").unwrap();

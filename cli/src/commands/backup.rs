@@ -8,16 +8,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::TableDump;
 use tessera_coordinator::backup::{self, Archive, SnapshotParts};
-use tessera_proto::tessera::v1::BackupRequest;
 use tessera_proto::tessera::v1::backup_part::Part;
 use tessera_proto::tessera::v1::backups_client::BackupsClient;
+use tessera_proto::tessera::v1::{BackupPart, BackupRequest};
 
 use crate::client_config::{ClientConfig, ClientFlags};
 use crate::exit::{CliError, Exit};
@@ -69,48 +69,15 @@ pub async fn backup(args: BackupArgs) -> Result<Exit, CliError> {
         .await
         .map_err(|s| connection.failed("Backup", &s))?
         .into_inner();
-    let mut created = UNIX_EPOCH;
-    let mut tables: BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
-    let mut blobs = BTreeSet::new();
-    let mut dropped = None;
-    while let Some(part) = parts
-        .message()
-        .await
-        .map_err(|s| connection.failed("Backup", &s))?
-    {
-        match part.part {
-            Some(Part::Header(header)) => {
-                created = UNIX_EPOCH
-                    + Duration::from_secs(u64::try_from(header.created_unix).unwrap_or(0));
-            }
-            Some(Part::Table(table)) => tables.entry(table.name).or_default().extend(
-                table
-                    .entries
-                    .into_iter()
-                    .map(|e| (e.key.to_vec(), e.value.to_vec())),
-            ),
-            Some(Part::Blobs(part)) => {
-                let function = DigestFunction::from_request(part.digest_function)
-                    .map_err(|e| CliError::infra(format!("the backup names {e}")))?;
-                for d in &part.digests {
-                    blobs.insert(Digest::from_proto(function, d).map_err(|e| {
-                        CliError::infra(format!("the backup names a bad digest: {e}"))
-                    })?);
-                }
-            }
-            Some(Part::Ready(ready)) => {
-                dropped = Some(ready.dropped);
-                break;
-            }
-            None => {}
-        }
-    }
-    let dropped: BTreeMap<String, u64> = dropped
-        .ok_or_else(|| {
-            CliError::infra("the coordinator ended the backup stream before the snapshot was whole")
-        })?
-        .into_iter()
-        .collect();
+    let Received {
+        created,
+        tables,
+        blobs,
+        dropped,
+    } = receive(&mut parts).await.map_err(|e| match e {
+        Receive::Call(s) => connection.failed("Backup", &s),
+        Receive::Bad(message) => CliError::infra(message),
+    })?;
     // The stream stays open (the blobs pinned) while they are copied.
     let missing = archive.missing(&blobs);
     let mut clients = BTreeMap::new();
@@ -140,10 +107,6 @@ pub async fn backup(args: BackupArgs) -> Result<Exit, CliError> {
         .buffer_unordered(PARALLEL_READS)
         .try_fold(0, |sum, len| async move { Ok(sum + len) })
         .await?;
-    let tables: Vec<TableDump> = tables
-        .into_iter()
-        .map(|(name, entries)| TableDump { name, entries })
-        .collect();
     let entries: usize = tables.iter().map(|t| t.entries.len()).sum();
     let source = connection.url.clone();
     let name = {
@@ -190,6 +153,74 @@ pub async fn backup(args: BackupArgs) -> Result<Exit, CliError> {
         }
     }
     Ok(Exit::Success)
+}
+
+/// A snapshot as the coordinator sent it.
+struct Received {
+    created: SystemTime,
+    tables: Vec<TableDump>,
+    blobs: BTreeSet<Digest>,
+    dropped: BTreeMap<String, u64>,
+}
+
+/// Why a snapshot was not received.
+enum Receive {
+    /// The call failed.
+    Call(tonic::Status),
+    /// The coordinator sent something unusable.
+    Bad(String),
+}
+
+/// Reads the stream's parts up to its `ready` part (the stream itself stays open).
+async fn receive(parts: &mut tonic::Streaming<BackupPart>) -> Result<Received, Receive> {
+    let mut created = UNIX_EPOCH;
+    let mut tables: BTreeMap<String, TableDump> = BTreeMap::new();
+    let mut blobs = BTreeSet::new();
+    while let Some(part) = parts.message().await.map_err(Receive::Call)? {
+        match part.part {
+            Some(Part::Header(header)) => {
+                created = UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(header.created_unix).unwrap_or(0));
+            }
+            Some(Part::Table(table)) => {
+                let name = table.name.clone();
+                tables
+                    .entry(table.name)
+                    .or_insert_with(|| TableDump {
+                        name,
+                        entries: Vec::new(),
+                    })
+                    .entries
+                    .extend(
+                        table
+                            .entries
+                            .into_iter()
+                            .map(|e| (e.key.to_vec(), e.value.to_vec())),
+                    );
+            }
+            Some(Part::Blobs(part)) => {
+                let function = DigestFunction::from_request(part.digest_function)
+                    .map_err(|e| Receive::Bad(format!("the backup names {e}")))?;
+                for d in &part.digests {
+                    blobs.insert(Digest::from_proto(function, d).map_err(|e| {
+                        Receive::Bad(format!("the backup names a bad digest: {e}"))
+                    })?);
+                }
+            }
+            Some(Part::Ready(ready)) => {
+                return Ok(Received {
+                    created,
+                    tables: tables.into_values().collect(),
+                    blobs,
+                    dropped: ready.dropped.into_iter().collect(),
+                });
+            }
+            None => {}
+        }
+    }
+    Err(Receive::Bad(
+        "the coordinator ended the backup stream before the snapshot was whole".to_owned(),
+    ))
 }
 
 /// `tessera restore`: exit 0 when restored (or verified), 2 when the backup is damaged, the

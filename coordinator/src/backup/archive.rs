@@ -641,6 +641,8 @@ fn sync_dir(dir: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn digest_of(data: &[u8]) -> Digest {
@@ -696,8 +698,9 @@ mod tests {
     #[test]
     fn snapshot_names_sort_as_time_does() {
         assert_eq!(snapshot_name(UNIX_EPOCH), "19700101T000000Z");
+        // `date -u -d @1796500000 +%Y%m%dT%H%M%SZ`
         let t = UNIX_EPOCH + Duration::from_secs(1_796_500_000);
-        assert_eq!(snapshot_name(t), "20261205T020640Z");
+        assert_eq!(snapshot_name(t), "20261205T194640Z");
         assert!(snapshot_name(t) < snapshot_name(t + Duration::from_secs(1)));
     }
 
@@ -763,7 +766,8 @@ mod tests {
                 _ => snapshot.join(MANIFEST_FILE),
             };
             let mut bytes = fs::read(&path).unwrap();
-            bytes[bytes.len() / 2] ^= 1;
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 1;
             fs::write(&path, bytes).unwrap();
             let data = dir.path().join("data");
             let err = restore(&archive, None, &data).unwrap_err();

@@ -200,3 +200,66 @@ fn tree_blobs(
     found.extend(files);
     Ok(Some(found))
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_cas::meta::MemoryMetaStore;
+    use tessera_cas::store::MemoryStore;
+    use tessera_proto::reapi::OutputFile;
+
+    use super::*;
+
+    const F: DigestFunction = DigestFunction::Sha256;
+
+    /// An action-cache entry for action `n` whose one output is `output`.
+    fn ac_entry(meta: &MemoryMetaStore, n: u8, output: Digest) {
+        let result = ActionResult {
+            output_files: vec![OutputFile {
+                path: format!("out-{n}"),
+                digest: Some(output.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        meta.table(action_cache::TABLE)
+            .unwrap()
+            .insert(
+                &action_cache::key("", &F.digest_of(&[n])),
+                &result.encode_to_vec(),
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn entries_whose_blobs_are_gone_are_left_out_and_counted() {
+        let meta = MemoryMetaStore::new();
+        let blobs = MemoryStore::new();
+        let kept = F.digest_of(b"kept output");
+        blobs.write(&kept, b"kept output").unwrap();
+        ac_entry(&meta, 1, kept);
+        ac_entry(&meta, 2, F.digest_of(b"evicted output"));
+        meta.table("tokens")
+            .unwrap()
+            .insert(b"t", b"token")
+            .unwrap();
+        // Neither the blob index nor in-flight operations are backed up.
+        meta.table(BLOB_INDEX_TABLE)
+            .unwrap()
+            .insert(b"i", b"x")
+            .unwrap();
+        meta.table(OPERATIONS_TABLE)
+            .unwrap()
+            .insert(b"o", b"x")
+            .unwrap();
+
+        let snapshot = Snapshot::take(&meta, &blobs).unwrap();
+        let names: Vec<&str> = snapshot.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, [action_cache::TABLE, "tokens"]);
+        assert_eq!(snapshot.tables[0].entries.len(), 1, "only the whole entry");
+        assert_eq!(snapshot.blobs, BTreeSet::from([kept]));
+        assert_eq!(
+            snapshot.dropped,
+            BTreeMap::from([(action_cache::TABLE.to_owned(), 1)])
+        );
+    }
+}
