@@ -20,6 +20,7 @@
 //! Settings of `coordinator` and `agent` are loaded by their crates through `tessera-config`;
 //! duration flags parse with `tessera_config::parse_duration`.
 
+pub mod ci_env;
 pub mod client_config;
 pub mod cluster;
 pub mod command;
