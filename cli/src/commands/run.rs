@@ -120,6 +120,14 @@ pub struct RunArgs {
     /// tail; the cut is said) [default: 64 KiB]; `tessera logs JOB TEST` prints all of it.
     #[arg(long, value_name = "BYTES")]
     pub output_limit: Option<u32>,
+    /// Label the job, KEY=VALUE; repeatable. Shown by `tessera status` and in --json, and
+    /// matched by the coordinator's webhook filters. In CI the branch, commit, pipeline and its
+    /// URL are added from the CI system's environment (GitHub Actions, GitLab CI, Buildkite,
+    /// Jenkins); a --label of the same key wins. `name` names the job in history and
+    /// notifications [default: the runner and the command]. Keys: a-z, 0-9, `_`, `-`, `.`,
+    /// starting with a letter, at most 63; values at most 1024 bytes.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// For --runner command: a shell command printing one test id a line.
     #[arg(long, value_name = "CMD")]
     pub list_command: Option<String>,
@@ -242,6 +250,7 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
             runner.config.runner().name()
         )));
     }
+    let runner_name = runner.config.runner().name();
     let settings = JobSettings {
         runner,
         exec_root,
@@ -261,6 +270,11 @@ pub async fn run(args: RunArgs, title: String) -> Result<Exit, CliError> {
         project: crate::project::identify(&root),
         on_behalf_of: args.on_behalf_of.clone().unwrap_or_default(),
         secrets: spec::secrets(lookup, &args.secret_env, &args.env, &args.matrix)?,
+        labels: spec::labels(
+            &args.labels,
+            crate::ci_env::labels(&std::env::vars().collect()),
+            &format!("{}: {}", runner_name, args.args.join(" ")),
+        )?,
     };
     let cache_dir = paths::cache_dir();
     let mut views = Views::new(args.json, args.junit.clone());

@@ -584,6 +584,8 @@ pub struct JobSettings {
     pub on_behalf_of: String,
     /// `--secret-env` values.
     pub secrets: Secrets,
+    /// The job's labels (`--label`, the CI environment's, and `name`).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The job spec for `settings` with the snapshot root `input_root`.
@@ -640,7 +642,82 @@ pub fn job_spec(
         on_behalf_of: settings.on_behalf_of.clone(),
         secrets: settings.secrets.0.clone(),
         trust_domain: String::new(),
+        labels: settings.labels.clone().into_iter().collect(),
     })
+}
+
+/// Most labels a job may have (the coordinator's limit too).
+pub const MAX_LABELS: usize = 64;
+/// Longest label key.
+pub const MAX_LABEL_KEY: usize = 63;
+/// Longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 1024;
+
+/// Why a label is refused; `None` when it is good (the coordinator checks the same rules).
+pub fn label_problem(key: &str, value: &str) -> Option<String> {
+    let key_ok = key.len() <= MAX_LABEL_KEY
+        && key.starts_with(|c: char| c.is_ascii_lowercase())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
+    if !key_ok {
+        return Some(format!(
+            "label key \"{key}\" must be 1 to {MAX_LABEL_KEY} of a-z, 0-9, `_`, `-`, `.`, \
+             starting with a letter"
+        ));
+    }
+    if value.len() > MAX_LABEL_VALUE {
+        return Some(format!(
+            "label \"{key}\" has a {}-byte value; at most {MAX_LABEL_VALUE}",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Some(format!("label \"{key}\" holds a control character"));
+    }
+    None
+}
+
+/// The job's labels: those of the CI environment (`ci`), then `--label KEY=VALUE` (`given`,
+/// which win), and `name` set to `default_name` unless given.
+pub fn labels(
+    given: &[String],
+    ci: BTreeMap<String, String>,
+    default_name: &str,
+) -> Result<BTreeMap<String, String>, CliError> {
+    let mut labels = ci;
+    for label in given {
+        let (key, value) = label.split_once('=').ok_or_else(|| {
+            CliError::usage(format!(
+                "--label {label}: expected KEY=VALUE, e.g. --label team=infra"
+            ))
+        })?;
+        if let Some(problem) = label_problem(key, value) {
+            return Err(CliError::usage(format!("--label {label}: {problem}")));
+        }
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    labels.entry("name".to_owned()).or_insert_with(|| {
+        let mut name = default_name.trim().to_owned();
+        if name.len() > MAX_LABEL_VALUE {
+            let mut cut = MAX_LABEL_VALUE;
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            name.truncate(cut);
+        }
+        name.retain(|c| !c.is_control());
+        name
+    });
+    // The CI environment's values are checked too: a refused one is dropped, not fatal.
+    labels.retain(|k, v| label_problem(k, v).is_none());
+    if labels.len() > MAX_LABELS {
+        return Err(CliError::usage(format!(
+            "{} labels; a job may have at most {MAX_LABELS}",
+            labels.len()
+        )));
+    }
+    Ok(labels)
 }
 
 /// The command line as the user would retype it, for the job's title.
@@ -892,6 +969,7 @@ mod tests {
             project: "github.com/acme/widget".to_owned(),
             on_behalf_of: String::new(),
             secrets: Secrets::default(),
+            labels: BTreeMap::new(),
         };
         let root = tessera_cas::digest::DigestFunction::Blake3.digest_of(b"");
         let spec = job_spec(&settings, &root).unwrap();

@@ -347,6 +347,7 @@ impl Job {
             ),
             priority: self.spec.priority,
             prepare_network: self.spec.prepare_network,
+            labels: self.spec.labels.clone(),
         }
     }
 }
