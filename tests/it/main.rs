@@ -16,6 +16,7 @@ mod harness;
 mod job_faults;
 mod jobs;
 mod kubernetes;
+mod labels;
 mod lifecycle;
 mod matrix;
 mod metrics;

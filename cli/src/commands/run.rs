@@ -354,7 +354,7 @@ async fn submit_and_follow(
         .into_inner()
         .job_id;
     if let Some(json) = &mut views.json {
-        json.submitted(&job_id);
+        json.submitted(&job_id, &settings.labels);
     }
     views.note(&format!(
         "job {job_id} (`tessera watch {job_id}` follows it too)"

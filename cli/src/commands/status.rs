@@ -5,6 +5,7 @@
 //! ones were left out; `--json` holds the same jobs and the count left out.
 
 use serde_json::json;
+use tessera_coordinator::jobs::labels;
 use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{
     CancelJobRequest, JobPhase, JobSummary, StatusRequest, StatusResponse, StoreSummary,
@@ -106,7 +107,7 @@ pub async fn cancel(args: CancelArgs) -> Result<Exit, CliError> {
 }
 
 /// The status as JSON: `jobs` (each with `prepare_network`: whether its build may use the
-/// network), `finished_jobs_not_shown`, `agents`, `queued_operations`, `running_operations`,
+/// network, and `labels`, an object), `finished_jobs_not_shown`, `agents`, `queued_operations`, `running_operations`,
 /// `store`.
 pub fn status_json(status: &StatusResponse, left_out: usize) -> serde_json::Value {
     json!({
@@ -116,6 +117,7 @@ pub fn status_json(status: &StatusResponse, left_out: usize) -> serde_json::Valu
             "done": j.done, "total": j.total, "created_unix_ms": j.created_unix_ms,
             "elapsed_ms": j.elapsed_ms, "priority": j.priority,
             "prepare_network": j.prepare_network,
+            "labels": j.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
         "finished_jobs_not_shown": left_out,
         "agents": status.agents.iter().map(|a| json!({
@@ -134,8 +136,23 @@ pub fn status_json(status: &StatusResponse, left_out: usize) -> serde_json::Valu
     })
 }
 
-/// The status as tables: jobs (`net` under NET: the job's build may use the network), a line
-/// on the finished jobs left out, agents, queue counts.
+/// A job's labels but `name`, as `key=value` in key order (`-` when none).
+fn label_text(job_labels: &std::collections::HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = job_labels
+        .iter()
+        .filter(|(k, _)| k.as_str() != labels::NAME)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if pairs.is_empty() {
+        return "-".to_owned();
+    }
+    pairs.sort();
+    pairs.join(" ")
+}
+
+/// The status as tables: jobs (`net` under NET: the job's build may use the network; NAME is
+/// the `name` label; LABELS the others), a line on the finished jobs left out, agents, queue
+/// counts.
 pub fn status_table(status: &StatusResponse, left_out: usize) -> String {
     let mut rows = vec![vec![
         "JOB".to_owned(),
@@ -145,7 +162,8 @@ pub fn status_table(status: &StatusResponse, left_out: usize) -> String {
         "ELAPSED".to_owned(),
         "NET".to_owned(),
         "SUBMITTER".to_owned(),
-        "TITLE".to_owned(),
+        "NAME".to_owned(),
+        "LABELS".to_owned(),
     ]];
     for j in &status.jobs {
         rows.push(vec![
@@ -160,7 +178,11 @@ pub fn status_table(status: &StatusResponse, left_out: usize) -> String {
             seconds(std::time::Duration::from_millis(j.elapsed_ms)),
             if j.prepare_network { "net" } else { "-" }.to_owned(),
             j.submitter.clone(),
-            j.title.clone(),
+            j.labels
+                .get(labels::NAME)
+                .cloned()
+                .unwrap_or_else(|| j.title.clone()),
+            label_text(&j.labels),
         ]);
     }
     let mut out = if status.jobs.is_empty() {

@@ -8,7 +8,7 @@
 //!
 //! | event | fields |
 //! | --- | --- |
-//! | `submitted` | `job_id` (the client's first line; `tessera watch` omits it) |
+//! | `submitted` | `job_id`, `labels` (an object; the client's first line; `tessera watch` omits it) |
 //! | `phase` | `phase` (`queued`, `preparing`, `listing`, `running`, `done`), `detail`, `cell` |
 //! | `queue` | `ahead` (operations of others ahead in the queue) |
 //! | `planned` | `total`, `cached`, `to_run`, `expected_ms`, `cell` (a matrix run plans each cell on its own) |
@@ -118,8 +118,8 @@ impl<W: Write> JsonLines<W> {
     }
 
     /// The `submitted` line.
-    pub fn submitted(&mut self, job_id: &str) {
-        self.line(&json!({ "event": "submitted", "job_id": job_id }));
+    pub fn submitted(&mut self, job_id: &str, labels: &std::collections::BTreeMap<String, String>) {
+        self.line(&json!({ "event": "submitted", "job_id": job_id, "labels": labels }));
     }
 
     fn line(&mut self, value: &Value) {
@@ -155,7 +155,7 @@ mod tests {
     fn every_event_is_one_parseable_line_with_documented_fields() {
         let mut sink = JsonLines::new(Vec::new());
         let tally = Tally::new("job-1");
-        sink.submitted("job-1");
+        sink.submitted("job-1", &[("name".to_owned(), "suite".to_owned())].into());
         sink.event(
             &JobEvent {
                 seq: 1,
@@ -200,6 +200,7 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["event"], "submitted");
+        assert_eq!(lines[0]["labels"]["name"], "suite");
         assert_eq!(lines[1]["event"], "test");
         assert_eq!(lines[1]["test"], "pkg t \"quoted\"\nnext");
         assert_eq!(lines[1]["outcome"], "timed_out");

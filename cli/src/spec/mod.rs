@@ -6,8 +6,10 @@
 //! `go.rs`); this one infers the tool and builds the spec.
 
 use std::collections::BTreeMap;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tessera_coordinator::jobs::labels;
 
 use tessera_coordinator::jobs::cells::{MAX_CELLS, is_variable_name};
 use tessera_proto::reapi::{command::EnvironmentVariable, platform::Property};
@@ -646,38 +648,6 @@ pub fn job_spec(
     })
 }
 
-/// Most labels a job may have (the coordinator's limit too).
-pub const MAX_LABELS: usize = 64;
-/// Longest label key.
-pub const MAX_LABEL_KEY: usize = 63;
-/// Longest label value, in bytes.
-pub const MAX_LABEL_VALUE: usize = 1024;
-
-/// Why a label is refused; `None` when it is good (the coordinator checks the same rules).
-pub fn label_problem(key: &str, value: &str) -> Option<String> {
-    let key_ok = key.len() <= MAX_LABEL_KEY
-        && key.starts_with(|c: char| c.is_ascii_lowercase())
-        && key
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
-    if !key_ok {
-        return Some(format!(
-            "label key \"{key}\" must be 1 to {MAX_LABEL_KEY} of a-z, 0-9, `_`, `-`, `.`, \
-             starting with a letter"
-        ));
-    }
-    if value.len() > MAX_LABEL_VALUE {
-        return Some(format!(
-            "label \"{key}\" has a {}-byte value; at most {MAX_LABEL_VALUE}",
-            value.len()
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Some(format!("label \"{key}\" holds a control character"));
-    }
-    None
-}
-
 /// The job's labels: those of the CI environment (`ci`), then `--label KEY=VALUE` (`given`,
 /// which win), and `name` set to `default_name` unless given.
 pub fn labels(
@@ -692,29 +662,21 @@ pub fn labels(
                 "--label {label}: expected KEY=VALUE, e.g. --label team=infra"
             ))
         })?;
-        if let Some(problem) = label_problem(key, value) {
+        if let Some(problem) = labels::label_problem(key, value) {
             return Err(CliError::usage(format!("--label {label}: {problem}")));
         }
         labels.insert(key.to_owned(), value.to_owned());
     }
-    labels.entry("name".to_owned()).or_insert_with(|| {
-        let mut name = default_name.trim().to_owned();
-        if name.len() > MAX_LABEL_VALUE {
-            let mut cut = MAX_LABEL_VALUE;
-            while !name.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            name.truncate(cut);
-        }
-        name.retain(|c| !c.is_control());
-        name
-    });
+    labels
+        .entry(labels::NAME.to_owned())
+        .or_insert_with(|| labels::fit(default_name));
     // The CI environment's values are checked too: a refused one is dropped, not fatal.
-    labels.retain(|k, v| label_problem(k, v).is_none());
-    if labels.len() > MAX_LABELS {
+    labels.retain(|k, v| labels::label_problem(k, v).is_none());
+    if labels.len() > labels::MAX_LABELS {
         return Err(CliError::usage(format!(
-            "{} labels; a job may have at most {MAX_LABELS}",
-            labels.len()
+            "{} labels; a job may have at most {}",
+            labels.len(),
+            labels::MAX_LABELS
         )));
     }
     Ok(labels)

@@ -9,6 +9,7 @@ pub mod cells;
 pub mod driver;
 pub mod job;
 pub mod journal;
+pub mod labels;
 mod output;
 pub mod overlay;
 pub mod planner;

@@ -23,11 +23,15 @@ pub(super) const MAX_SECRETS: usize = 64;
 
 /// Largest value of one secret variable.
 pub(super) const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// Longest project identity (a repository URL or a directory name).
+const MAX_PROJECT_BYTES: usize = 4096;
 
 /// Checks every field of `spec`, normalizes its environment and its matrix cells' (sorted by
 /// name) and returns its runner.
 pub(super) fn validate(spec: &mut JobSpec, ctx: &JobContext) -> Result<RunnerConfig, JobsError> {
     let bad = |field: &'static str, problem: String| JobsError::Invalid { field, problem };
+    super::labels::check(&mut spec.labels, &spec.title)
+        .map_err(|problem| bad("labels", problem))?;
     validate_instance_name(&spec.instance_name).map_err(|e| bad("instance_name", e.to_string()))?;
     let function = DigestFunction::from_request(spec.digest_function)
         .map_err(|e| bad("digest_function", e.to_string()))?;
@@ -68,6 +72,12 @@ pub(super) fn validate(spec: &mut JobSpec, ctx: &JobContext) -> Result<RunnerCon
         ));
     }
     super::cells::check(&mut spec.cells).map_err(|problem| bad("cells", problem))?;
+    if spec.project.len() > MAX_PROJECT_BYTES {
+        return Err(bad(
+            "project",
+            format!("{} bytes; at most {MAX_PROJECT_BYTES}", spec.project.len()),
+        ));
+    }
     check_reserved(spec)?;
     check_secrets(spec)?;
     if let Some(p) = spec.platform.iter().find(|p| p.name.is_empty()) {
