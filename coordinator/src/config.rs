@@ -169,6 +169,12 @@ pub struct CoordinatorConfig {
     pub backup_interval: Option<Duration>,
     /// Scheduled backups kept (the newest).
     pub backup_keep: usize,
+    /// Webhook subscriptions (`[[webhooks]]`).
+    pub webhooks: Vec<crate::notify::webhook::Webhook>,
+    /// Delivered and expired webhook deliveries are pruned after this.
+    pub webhook_retention: Duration,
+    /// `queue.stalled` is published when the oldest queued action has waited this long.
+    pub queue_stall_after: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -210,6 +216,9 @@ impl Default for CoordinatorConfig {
             backup_dir: None,
             backup_interval: None,
             backup_keep: 7,
+            webhooks: Vec::new(),
+            webhook_retention: Duration::from_secs(7 * 86_400),
+            queue_stall_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -246,6 +255,24 @@ pub struct FileConfig {
     backup_dir: Option<PathBuf>,
     backup_interval: Option<String>,
     backup_keep: Option<usize>,
+    webhooks: Option<Vec<FileWebhook>>,
+    webhook_retention: Option<String>,
+    queue_stall_after: Option<String>,
+}
+
+/// One `[[webhooks]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWebhook {
+    url: String,
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    events: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    format: crate::notify::webhook::Format,
 }
 
 /// The `[limits]` table.
@@ -309,6 +336,8 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_BACKUP_DIR",
     "TESSERA_BACKUP_INTERVAL",
     "TESSERA_BACKUP_KEEP",
+    "TESSERA_WEBHOOK_RETENTION",
+    "TESSERA_QUEUE_STALL_AFTER",
     "TESSERA_DATA_DIR",
     "TESSERA_MAX_CAS_BYTES",
     "TESSERA_CAS_PROTECT_RECENT",
@@ -467,6 +496,25 @@ impl Settings for CoordinatorConfig {
         if let Some(v) = file.backup_keep {
             self.backup_keep = v;
         }
+        if let Some(hooks) = file.webhooks {
+            self.webhooks = hooks
+                .into_iter()
+                .map(|h| crate::notify::webhook::Webhook {
+                    id: String::new(),
+                    url: h.url,
+                    secret: h.secret,
+                    events: h.events,
+                    labels: h.labels,
+                    format: h.format,
+                })
+                .collect();
+        }
+        if let Some(v) = file.webhook_retention {
+            self.webhook_retention = file_duration("webhook_retention", &v)?;
+        }
+        if let Some(v) = file.queue_stall_after {
+            self.queue_stall_after = file_duration("queue_stall_after", &v)?;
+        }
         if let Some(v) = file.otlp_endpoint {
             self.otlp_endpoint = Some(v);
         }
@@ -525,6 +573,8 @@ impl Settings for CoordinatorConfig {
             "TESSERA_BACKUP_DIR" => self.backup_dir = Some(PathBuf::from(value)),
             "TESSERA_BACKUP_INTERVAL" => self.backup_interval = Some(parse_duration(value)?),
             "TESSERA_BACKUP_KEEP" => self.backup_keep = parse(value)?,
+            "TESSERA_WEBHOOK_RETENTION" => self.webhook_retention = parse_duration(value)?,
+            "TESSERA_QUEUE_STALL_AFTER" => self.queue_stall_after = parse_duration(value)?,
             // TESSERA_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -690,6 +740,19 @@ impl Settings for CoordinatorConfig {
                 );
             }
             _ => {}
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if let Err(problem) = hook.check() {
+                return Err(BadValue::new(format!("[[webhooks]] #{}", i + 1), problem)
+                    .for_key("webhooks"));
+            }
+        }
+        if self.queue_stall_after < Duration::from_secs(1) {
+            return Err(BadValue::new(
+                format!("{:?}", self.queue_stall_after),
+                "must be at least 1s",
+            )
+            .for_key("queue_stall_after"));
         }
         if self.backup_keep == 0 {
             return Err(BadValue::new("0", "must keep at least 1 backup").for_key("backup_keep"));

@@ -12,6 +12,7 @@ pub mod config;
 pub mod execution;
 pub mod jobs;
 pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod services;
 mod status;

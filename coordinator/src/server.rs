@@ -33,6 +33,7 @@ use crate::action_cache::{AcError, ActionCache};
 use crate::auth::{AuditLog, Auth, AuthLayer, Limiter, TokenError, TokenStore};
 use crate::backup::{BackupSchedule, BackupService};
 use crate::config::AuthMode;
+use crate::notify::Notifier;
 use crate::config::CoordinatorConfig;
 use crate::execution::execute::Executor;
 use crate::execution::inputs::ExecLimits;
@@ -202,6 +203,11 @@ impl Coordinator {
             scheduler.clone(),
             limits,
         );
+        let notifier = Notifier::open(
+            Arc::clone(&meta_dyn),
+            config.webhooks.clone(),
+            config.listen.to_string(),
+        )?;
         let jobs = JobRegistry::start(
             JobContext {
                 shutdown: token.clone(),
@@ -217,6 +223,7 @@ impl Coordinator {
                 )?,
                 default_test_timeout: config.default_action_timeout,
                 max_action_timeout: config.max_action_timeout,
+                notifier: notifier.clone(),
             },
             Arc::clone(&meta_dyn),
         )?;
@@ -307,7 +314,9 @@ impl Coordinator {
             )))
             .add_service(
                 AgentSessionServer::new(
-                    AgentSessionService::new(scheduler.clone()).with_auth(auth.clone()),
+                    AgentSessionService::new(scheduler.clone())
+                        .with_auth(auth.clone())
+                        .with_notifier(notifier.clone()),
                 )
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -343,6 +352,21 @@ impl Coordinator {
             }
         });
         tasks.spawn(auth.audit.clone().sweep_until(token.clone()));
+        if let Some((hooks, outbox, wake)) = notifier.parts() {
+            tasks.spawn(crate::notify::deliver::run(
+                outbox,
+                hooks,
+                wake,
+                config.webhook_retention,
+                token.clone(),
+            ));
+        }
+        tasks.spawn(crate::notify::watch_queue(
+            scheduler.clone(),
+            notifier.clone(),
+            config.queue_stall_after,
+            token.clone(),
+        ));
         if let (Some(dir), Some(interval)) = (&config.backup_dir, config.backup_interval) {
             let schedule = BackupSchedule {
                 dir: dir.clone(),

@@ -9,6 +9,7 @@
 //!   the gRPC port and a caller-supplied check for who may read `/metrics`.
 //! - `trace`: OpenTelemetry spans exported over OTLP, and the W3C trace context carried on
 //!   every call and across the coordinator's hand-off of work to an agent.
+//! - `post`: one HTTP/1.1 POST over TCP or verified TLS, for outgoing webhooks.
 //! - `tunnel`: TLS on behalf of clients that cannot do it (`tessera tunnel`): plain
 //!   connections accepted locally, forwarded over verified TLS to the coordinator.
 //!
@@ -17,6 +18,7 @@
 
 pub mod client;
 pub mod http;
+pub mod post;
 pub mod server;
 pub mod trace;
 pub mod tunnel;

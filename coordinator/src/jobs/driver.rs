@@ -78,6 +78,8 @@ pub struct JobContext {
     pub default_test_timeout: Duration,
     /// Longest action timeout the coordinator accepts.
     pub max_action_timeout: Duration,
+    /// Publishes the job's end to the webhooks.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -163,8 +165,29 @@ pub async fn run(ctx: JobContext, job: Arc<Job>) -> Ended {
     let result = crate::metrics::job_result(last.result());
     tracing::Span::current().record("job.result", result);
     crate::metrics::metrics().job_finished(result, started.elapsed());
+    let flaky = flaky_tests(&job);
+    ctx.notifier.job_finished(crate::notify::FinishedJob {
+        id: &job.id,
+        spec: &job.spec,
+        finished: &last,
+        flaky: &flaky,
+    });
     job.emit(Kind::Finished(last));
     Ended::Finished
+}
+
+/// The tests whose final outcome in `job` was flaky.
+fn flaky_tests(job: &Job) -> Vec<TestRef> {
+    let (events, _) = job.events_after(0);
+    events
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            Some(Kind::Test(test)) if test.r#final && test.outcome() == TestOutcome::Flaky => {
+                test.test
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Runs every cell of the job side by side, each counting into its tally; how each one

@@ -90,6 +90,7 @@ pub fn check_protocol(hello: &Hello) -> Result<(), ProtocolMismatch> {
 pub struct AgentSessionService {
     scheduler: SchedulerHandle,
     auth: Option<Auth>,
+    notifier: crate::notify::Notifier,
 }
 
 impl AgentSessionService {
@@ -98,7 +99,14 @@ impl AgentSessionService {
         AgentSessionService {
             scheduler,
             auth: None,
+            notifier: crate::notify::Notifier::default(),
         }
+    }
+
+    /// Publishes `agent.lost` through `notifier` when a session ends without a drain.
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Audits joins and leaves in `auth`, and ends a session when its token is revoked or
@@ -215,13 +223,20 @@ impl agent_session_server::AgentSession for AgentSessionService {
         self.scheduler
             .agent_joined(id.clone(), session, properties, hello.slots, tx);
         let scheduler = self.scheduler.clone();
+        let notifier = self.notifier.clone();
         tokio::spawn(async move {
+            // Why the session ended, when the agent did not say it was going (a drain).
+            let mut lost_because: Option<String> = None;
+            let mut drained = false;
             let lost = token_lost(&caller);
             tokio::pin!(lost);
             loop {
                 let next = tokio::select! {
                     // Shutting down: let go of the stream so the connection can close.
-                    () = scheduler.stopped() => break,
+                    () = scheduler.stopped() => {
+                        drained = true;
+                        break;
+                    }
                     status = &mut lost => {
                         tracing::warn!(agent = %id, %status, "ending the session of an agent whose token is no longer valid");
                         let refusal = CoordinatorMessage {
@@ -235,20 +250,33 @@ impl agent_session_server::AgentSession for AgentSessionService {
                         };
                         let _ = refusals.send(Ok(refusal)).await;
                         let _ = refusals.send(Err(status)).await;
+                        drained = true;
                         break;
                     }
                     next = inbound.message() => next,
                 };
                 match next {
-                    Ok(Some(message)) => scheduler.agent_message(id.clone(), session, message),
-                    Ok(None) => break,
+                    Ok(Some(message)) => {
+                        if matches!(message.kind, Some(agent_message::Kind::Draining(_))) {
+                            drained = true;
+                        }
+                        scheduler.agent_message(id.clone(), session, message);
+                    }
+                    Ok(None) => {
+                        lost_because = Some("its session closed without a drain".to_owned());
+                        break;
+                    }
                     Err(status) => {
                         tracing::debug!(agent = %id, %status, "agent session broke");
+                        lost_because = Some(format!("its session broke: {}", status.message()));
                         break;
                     }
                 }
             }
             scheduler.agent_left(id.clone(), session);
+            if let Some(reason) = lost_because.filter(|_| !drained) {
+                notifier.agent_lost(&id, &reason);
+            }
             caller.record(AuditRecord {
                 action: "agent.leave",
                 object: &id,

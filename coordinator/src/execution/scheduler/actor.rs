@@ -244,6 +244,12 @@ impl Scheduler {
         stats.leased = self.leases.len();
         stats.agents = agents.len();
         stats.slots = agents.iter().map(|a| a.slots as usize).sum();
+        stats.oldest_queued = self
+            .ops
+            .iter()
+            .filter(|(name, _)| self.queue.contains(name))
+            .map(|(_, op)| op.queued_at.elapsed())
+            .max();
         (stats, agents)
     }
 

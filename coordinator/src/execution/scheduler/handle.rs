@@ -53,6 +53,8 @@ pub struct SchedulerStats {
     pub stale_results: u64,
     /// Executions merged into an identical in-flight one.
     pub merged: u64,
+    /// How long the longest-waiting queued operation has waited (real clock).
+    pub oldest_queued: Option<Duration>,
 }
 
 /// A connected agent as seen by the status API.
