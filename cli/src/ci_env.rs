@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::spec::MAX_LABEL_VALUE;
+use tessera_coordinator::jobs::labels::MAX_LABEL_VALUE;
 
 /// The labels the CI system's environment gives a job (`ci`, `branch`, `commit`,
 /// `pipeline`, `pipeline_url`); empty outside CI. A label whose variables are unset or empty is
@@ -218,7 +218,7 @@ fn fit(mut value: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::label_problem;
+    use tessera_coordinator::jobs::labels::label_problem;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

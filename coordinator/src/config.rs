@@ -743,8 +743,9 @@ impl Settings for CoordinatorConfig {
         }
         for (i, hook) in self.webhooks.iter().enumerate() {
             if let Err(problem) = hook.check() {
-                return Err(BadValue::new(format!("[[webhooks]] #{}", i + 1), problem)
-                    .for_key("webhooks"));
+                return Err(
+                    BadValue::new(format!("[[webhooks]] #{}", i + 1), problem).for_key("webhooks")
+                );
             }
         }
         if self.queue_stall_after < Duration::from_secs(1) {

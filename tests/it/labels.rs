@@ -82,6 +82,26 @@ async fn labels_travel_with_the_job_and_bad_ones_are_refused() {
     assert_eq!(first["labels"]["name"], "command: sh suite.sh run {tests}");
     let named = submitted(&run(dir, &endpoint, &["--label", "name=nightly"], &[]));
     assert_eq!(named["labels"]["name"], "nightly");
+    // In GitHub Actions the branch, commit and pipeline come from its environment; a --label
+    // of the same key wins.
+    let github = [
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_REF_NAME", "main"),
+        ("GITHUB_SHA", "0123abcd"),
+        ("GITHUB_WORKFLOW", "ci"),
+        ("GITHUB_SERVER_URL", "https://github.com"),
+        ("GITHUB_REPOSITORY", "acme/widgets"),
+        ("GITHUB_RUN_ID", "42"),
+    ];
+    let ci = submitted(&run(dir, &endpoint, &["--label", "pipeline=mine"], &github));
+    assert_eq!(ci["labels"]["ci"], "github-actions");
+    assert_eq!(ci["labels"]["branch"], "main");
+    assert_eq!(ci["labels"]["commit"], "0123abcd");
+    assert_eq!(
+        ci["labels"]["pipeline_url"],
+        "https://github.com/acme/widgets/actions/runs/42"
+    );
+    assert_eq!(ci["labels"]["pipeline"], "mine");
 
     let out = tessera(dir, &["status", "--coordinator", &endpoint, "--json"], None)
         .output()

@@ -197,7 +197,10 @@ mod tests {
         for (attempts, base) in [(1, 1), (2, 2), (3, 4), (10, 512), (13, 3600), (40, 3600)] {
             let wait = backoff(attempts);
             let base = Duration::from_secs(base);
-            assert!(wait >= base && wait <= base.mul_f64(1.2), "{attempts}: {wait:?}");
+            assert!(
+                wait >= base && wait <= base.mul_f64(1.2),
+                "{attempts}: {wait:?}"
+            );
         }
     }
 }

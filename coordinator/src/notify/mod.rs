@@ -156,7 +156,11 @@ impl Notifier {
                             _ => None,
                         };
                         if let Some(event) = event {
-                            let previous = if verdict == "failed" { "passed" } else { "failed" };
+                            let previous = if verdict == "failed" {
+                                "passed"
+                            } else {
+                                "failed"
+                            };
                             self.publish(
                                 event,
                                 Some(&labels),
@@ -182,11 +186,10 @@ impl Notifier {
                 test.name.as_str(),
             ]
             .join("\0");
-            let first = inner.flaky.compare_and_swap(
-                key.as_bytes(),
-                None,
-                Some(&now_ms().to_be_bytes()),
-            );
+            let first =
+                inner
+                    .flaky
+                    .compare_and_swap(key.as_bytes(), None, Some(&now_ms().to_be_bytes()));
             match first {
                 Ok(SwapOutcome::Swapped) => self.publish(
                     "test.flaky",

@@ -235,7 +235,10 @@ mod tests {
         bad.format = Format::Slack;
         assert_eq!(bad.check(), Ok(()));
         let shown = format!("{:?}", hook(&[], &[]));
-        assert!(!shown.contains("s3cret") && !shown.contains("secret-path"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("secret-path"),
+            "{shown}"
+        );
         assert_eq!(
             redacted_url("https://user:pw@hooks.example:8443/T0/B1/xyz"),
             "https://hooks.example:8443/…"
