@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tessera/v1/backup.proto",
         "tessera/v1/jobs.proto",
         "tessera/v1/state.proto",
+        "tessera/v1/webhooks.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed=protos/{file}");

@@ -24,6 +24,7 @@ use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
 use tessera_proto::tessera::v1::backups_server::BackupsServer;
 use tessera_proto::tessera::v1::jobs_server::JobsServer;
+use tessera_proto::tessera::v1::webhooks_server::WebhooksServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,7 @@ use crate::services::cas::CasService;
 use crate::services::execution::ExecutionService;
 use crate::services::jobs::JobsService;
 use crate::services::operations::OperationsService;
+use crate::services::webhooks::WebhooksService;
 
 /// How long running calls may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -273,6 +275,9 @@ impl Coordinator {
             ))
             .add_service(CapabilitiesServer::new(CapabilitiesService::new(batch)))
             .add_service(AdminServer::new(AdminService::new(auth.clone())))
+            .add_service(WebhooksServer::new(
+                WebhooksService::new(notifier.clone()).with_auth(auth.clone()),
+            ))
             .add_service(BackupsServer::new(BackupService::new(
                 Arc::clone(&meta_dyn),
                 store.clone(),

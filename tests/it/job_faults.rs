@@ -232,6 +232,19 @@ fn assert_same(what: &str, got: &Outcomes, direct: &Outcomes) {
 
 #[test]
 fn a_run_through_an_agent_kill_and_a_coordinator_restart_lists_every_test_once() {
+    through_an_agent_kill_and_a_restart(Signal::SIGKILL);
+}
+
+/// A graceful restart (SIGTERM, as `docker restart` and `systemctl restart` send) must not end
+/// the tests that were running: the job goes on at the next start and runs them.
+#[test]
+fn a_graceful_coordinator_restart_loses_no_test_either() {
+    through_an_agent_kill_and_a_restart(Signal::SIGTERM);
+}
+
+/// An agent SIGKILLed mid-job, then the coordinator stopped with `stop` and started again on
+/// its data directory and port: every test is listed once, as pytest run directly says.
+fn through_an_agent_kill_and_a_restart(stop: Signal) {
     if !pytest_available() {
         return;
     }
@@ -269,7 +282,16 @@ fn a_run_through_an_agent_kill_and_a_coordinator_restart_lists_every_test_once()
         .wait_exit(Duration::from_secs(10))
         .expect("the agent died");
     run.until_finals(&mut seen, KILL_COORDINATOR_AFTER);
-    server.kill();
+    if stop == Signal::SIGKILL {
+        server.kill();
+    } else {
+        assert!(
+            server
+                .signal_and_wait(stop, Duration::from_secs(30))
+                .is_some(),
+            "the coordinator stops on {stop}"
+        );
+    }
     let _server = ServerProcess::start_on(addr, &data, &[], &env);
 
     let status = wait_exit(&mut run.child, RUN_LIMIT);

@@ -146,7 +146,12 @@ impl<'a> RunPhase<'a> {
                 }
             }
         }
-        // Tests that never got a final outcome (cancelled, fail-fast, infrastructure).
+        // Tests that never got a final outcome (cancelled, fail-fast, infrastructure). Not when
+        // the coordinator is shutting down: the job runs again at the next start, and its
+        // journal must not say these tests ended (they would never run).
+        if self.steps.ctx.shutdown.is_cancelled() {
+            return stop.map_or(Ok(()), Err);
+        }
         for test in self.tests.unfinished() {
             match self.tests.apply(&test, TestEvent::Stopped) {
                 Ok(TestState::Done(done)) => {
