@@ -13,6 +13,7 @@ use crate::commands::status::{self, CancelArgs, StatusArgs};
 use crate::commands::token::{self, TokenCommand};
 use crate::commands::tunnel::{self, TunnelArgs};
 use crate::commands::up::{self, UpArgs};
+use crate::commands::webhook::{self, WebhookCommand};
 use crate::exit::{CliError, EXIT_CODES_HELP, Exit};
 use crate::{logging, spec};
 use tessera_coordinator::LogFormat;
@@ -69,6 +70,11 @@ pub enum Command {
     /// --token-file or the client config file).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Add, list and remove webhook subscriptions (needs an `admin` token): signed JSON (or
+    /// Slack) POSTs for job.finished, job.failed, test.flaky, branch.broken, branch.fixed,
+    /// agent.lost and queue.stalled, from a durable outbox with retries for 24 h.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Read the coordinator's audit log: job submit and cancel, action-cache writes, token
     /// create and revoke, agent join and leave, denied calls; with time, token, role, peer,
     /// instance and object (needs an `admin` token).
@@ -160,6 +166,10 @@ impl Command {
             Command::Token(command) => {
                 logging::init_client(None)?;
                 token::token(command).await
+            }
+            Command::Webhook(command) => {
+                logging::init_client(None)?;
+                webhook::webhook(command).await
             }
             Command::Audit(args) => {
                 logging::init_client(None)?;

@@ -10,6 +10,7 @@
 //! | [`audit`] | `tessera audit`: the coordinator's audit log |
 //! | [`backup`] | `tessera backup`, `tessera restore` |
 //! | [`tunnel`] | `tessera tunnel`: a loopback port forwarded over TLS to the coordinator |
+//! | [`webhook`] | `tessera webhook add`, `list`, `remove` |
 //! | [`up`] | `tessera up`: the embedded cluster in the foreground |
 //! | [`coordinator`] | `tessera coordinator` |
 //! | [`agent`] | `tessera agent` |
@@ -24,3 +25,4 @@ pub mod status;
 pub mod token;
 pub mod tunnel;
 pub mod up;
+pub mod webhook;
