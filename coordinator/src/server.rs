@@ -24,6 +24,7 @@ use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
 use tessera_proto::tessera::v1::backups_server::BackupsServer;
 use tessera_proto::tessera::v1::jobs_server::JobsServer;
+use tessera_proto::tessera::v1::quarantine_server::QuarantineServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,7 @@ use crate::execution::execute::Executor;
 use crate::execution::inputs::ExecLimits;
 use crate::execution::scheduler::{self, SchedulerConfig, SchedulerError, SchedulerHandle};
 use crate::jobs::driver::JobContext;
+use crate::jobs::quarantine::QuarantineStore;
 use crate::jobs::registry::JobRegistry;
 use crate::jobs::results::{HistoryLimits, TestStore};
 use crate::metrics::layer::MetricsLayer;
@@ -50,6 +52,7 @@ use crate::services::cas::CasService;
 use crate::services::execution::ExecutionService;
 use crate::services::jobs::JobsService;
 use crate::services::operations::OperationsService;
+use crate::services::quarantine::QuarantineService;
 
 /// How long running calls may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -202,6 +205,18 @@ impl Coordinator {
             scheduler.clone(),
             limits,
         );
+        let auth = Auth {
+            mode: config.auth,
+            tokens: TokenStore::open(Arc::clone(&meta_dyn))?,
+            audit: AuditLog::open(&meta_dyn, config.audit_retention)?,
+            limits: Limiter::new(config.limits),
+        };
+        // Quarantines are audited: the audit log opens first.
+        let quarantine = QuarantineStore::open(
+            Arc::clone(&meta_dyn),
+            config.quarantine.policy(),
+            auth.audit.clone(),
+        )?;
         let jobs = JobRegistry::start(
             JobContext {
                 shutdown: token.clone(),
@@ -215,18 +230,13 @@ impl Coordinator {
                         retention: config.history_retention,
                     },
                 )?,
+                quarantine: quarantine.clone(),
                 default_test_timeout: config.default_action_timeout,
                 max_action_timeout: config.max_action_timeout,
             },
             Arc::clone(&meta_dyn),
         )?;
 
-        let auth = Auth {
-            mode: config.auth,
-            tokens: TokenStore::open(Arc::clone(&meta_dyn))?,
-            audit: AuditLog::open(&meta_dyn, config.audit_retention)?,
-            limits: Limiter::new(config.limits),
-        };
         if config.auth == AuthMode::Tokens
             && let Some(path) = auth.tokens.bootstrap(&config.data_dir).await?
         {
@@ -266,6 +276,10 @@ impl Coordinator {
             ))
             .add_service(CapabilitiesServer::new(CapabilitiesService::new(batch)))
             .add_service(AdminServer::new(AdminService::new(auth.clone())))
+            .add_service(QuarantineServer::new(QuarantineService::new(
+                quarantine,
+                auth.clone(),
+            )))
             .add_service(BackupsServer::new(BackupService::new(
                 Arc::clone(&meta_dyn),
                 store.clone(),

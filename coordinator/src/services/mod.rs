@@ -11,3 +11,4 @@ pub mod cas;
 pub mod execution;
 pub mod jobs;
 pub mod operations;
+pub mod quarantine;
