@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tessera/v1/auth.proto",
         "tessera/v1/backup.proto",
         "tessera/v1/jobs.proto",
+        "tessera/v1/quarantine.proto",
         "tessera/v1/state.proto",
         "tessera/v1/webhooks.proto",
     ];

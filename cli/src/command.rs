@@ -8,6 +8,7 @@ use crate::commands::audit::{self, AuditArgs};
 use crate::commands::backup::{self, BackupArgs, RestoreArgs};
 use crate::commands::coordinator::{self, CoordinatorArgs};
 use crate::commands::logs::{self, LogsArgs};
+use crate::commands::quarantine::{self, QuarantineCommand};
 use crate::commands::run::{self, RunArgs, WatchArgs};
 use crate::commands::status::{self, CancelArgs, StatusArgs};
 use crate::commands::token::{self, TokenCommand};
@@ -79,6 +80,11 @@ pub enum Command {
     /// create and revoke, agent join and leave, denied calls; with time, token, role, peer,
     /// instance and object (needs an `admin` token).
     Audit(AuditArgs),
+    /// Quarantine flaky tests of a project (run inside its checkout, or give --project): a
+    /// quarantined test still runs and reports its true outcome, but its failure does not fail
+    /// the job. Changes need an `admin` or `ci` token when auth is on and are audited.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Back a coordinator up while it serves: a consistent snapshot of its metadata (action
     /// cache, jobs, test history, tokens, audit log) and every blob that the kept action-cache
     /// entries and jobs need, written to --to DIR on this machine (needs an `admin` token when
@@ -175,6 +181,10 @@ impl Command {
                 logging::init_client(None)?;
                 audit::audit(args).await
             }
+            Command::Quarantine(command) => {
+                logging::init_client(None)?;
+                quarantine::quarantine(command).await
+            }
             Command::Backup(args) => {
                 logging::init_client(None)?;
                 backup::backup(args).await
@@ -252,6 +262,9 @@ mod tests {
             &["watch", "J"],
             &["logs", "J", "T"],
             &["audit"],
+            &["quarantine", "list"],
+            &["quarantine", "add", "g t"],
+            &["quarantine", "remove", "t"],
             &["token", "list"],
             &["token", "revoke", "N"],
         ] {

@@ -175,6 +175,42 @@ pub struct CoordinatorConfig {
     pub webhook_retention: Duration,
     /// `queue.stalled` is published when the oldest queued action has waited this long.
     pub queue_stall_after: Duration,
+    /// The flake policy of `[quarantine]` (off by default).
+    pub quarantine: QuarantineConfig,
+}
+
+/// The `[quarantine]` table: a test flaky in more than `flake_rate` of its last `runs` runs
+/// is quarantined by itself (`jobs::quarantine`). Off while `flake_rate` is unset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuarantineConfig {
+    /// The share of flaky runs (0 to 1, exclusive) above which a test is quarantined;
+    /// `None`: the policy is off.
+    pub flake_rate: Option<f64>,
+    /// Runs the rate is taken over (1 to 64).
+    pub runs: u32,
+}
+
+// The rate is checked to be a number between 0 and 1, never NaN.
+impl Eq for QuarantineConfig {}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        QuarantineConfig {
+            flake_rate: None,
+            runs: 20,
+        }
+    }
+}
+
+impl QuarantineConfig {
+    /// The policy, if it is on.
+    pub fn policy(&self) -> Option<crate::jobs::quarantine::FlakePolicy> {
+        self.flake_rate
+            .map(|flake_rate| crate::jobs::quarantine::FlakePolicy {
+                flake_rate,
+                runs: self.runs,
+            })
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -219,6 +255,7 @@ impl Default for CoordinatorConfig {
             webhooks: Vec::new(),
             webhook_retention: Duration::from_secs(7 * 86_400),
             queue_stall_after: Duration::from_secs(15 * 60),
+            quarantine: QuarantineConfig::default(),
         }
     }
 }
@@ -258,6 +295,7 @@ pub struct FileConfig {
     webhooks: Option<Vec<FileWebhook>>,
     webhook_retention: Option<String>,
     queue_stall_after: Option<String>,
+    quarantine: Option<FileQuarantine>,
 }
 
 /// One `[[webhooks]]` table.
@@ -273,6 +311,14 @@ pub struct FileWebhook {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     format: crate::notify::webhook::Format,
+}
+
+/// The `[quarantine]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuarantine {
+    flake_rate: Option<f64>,
+    runs: Option<u32>,
 }
 
 /// The `[limits]` table.
@@ -369,6 +415,8 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_HTTP_LISTEN",
     "TESSERA_METRICS_PUBLIC",
     "TESSERA_OTLP_ENDPOINT",
+    "TESSERA_QUARANTINE_FLAKE_RATE",
+    "TESSERA_QUARANTINE_RUNS",
     "TESSERA_CONFIG",
 ];
 
@@ -518,6 +566,14 @@ impl Settings for CoordinatorConfig {
         if let Some(v) = file.otlp_endpoint {
             self.otlp_endpoint = Some(v);
         }
+        if let Some(q) = file.quarantine {
+            if let Some(rate) = q.flake_rate {
+                self.quarantine.flake_rate = Some(rate);
+            }
+            if let Some(runs) = q.runs {
+                self.quarantine.runs = runs;
+            }
+        }
         if let Some(l) = file.limits {
             let limits = &mut self.limits;
             limits.execute_rate = l.execute_rate.unwrap_or(limits.execute_rate);
@@ -575,6 +631,8 @@ impl Settings for CoordinatorConfig {
             "TESSERA_BACKUP_KEEP" => self.backup_keep = parse(value)?,
             "TESSERA_WEBHOOK_RETENTION" => self.webhook_retention = parse_duration(value)?,
             "TESSERA_QUEUE_STALL_AFTER" => self.queue_stall_after = parse_duration(value)?,
+            "TESSERA_QUARANTINE_FLAKE_RATE" => self.quarantine.flake_rate = Some(parse(value)?),
+            "TESSERA_QUARANTINE_RUNS" => self.quarantine.runs = parse(value)?,
             // TESSERA_CONFIG: read by the command line before loading starts.
             _ => {}
         }
@@ -765,6 +823,23 @@ impl Settings for CoordinatorConfig {
             )
             .for_key("audit_retention"));
         }
+        if let Some(rate) = self.quarantine.flake_rate
+            && (rate.is_nan() || rate <= 0.0 || rate >= 1.0)
+        {
+            return Err(BadValue::new(
+                rate.to_string(),
+                "must be above 0 and below 1 (the share of flaky runs)",
+            )
+            .for_key("quarantine.flake_rate"));
+        }
+        let max_runs = crate::jobs::quarantine::MAX_WINDOW_RUNS;
+        if !(1..=max_runs).contains(&self.quarantine.runs) {
+            return Err(BadValue::new(
+                self.quarantine.runs.to_string(),
+                format!("must be between 1 and {max_runs}"),
+            )
+            .for_key("quarantine.runs"));
+        }
         if self.history_retention < Duration::from_secs(86_400) {
             return Err(BadValue::new(
                 format!("{:?}", self.history_retention),
@@ -868,6 +943,35 @@ mod tests {
         ] {
             let err = CoordinatorConfig::load(None, &env(&[(var, value)]), &none).unwrap_err();
             assert!(err.to_string().contains("history_"), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_quarantine_policy_is_off_by_default_and_checked() {
+        let none = ConfigOverrides::default();
+        let c = CoordinatorConfig::load(None, &BTreeMap::new(), &none).unwrap();
+        assert_eq!(c.quarantine.policy(), None);
+        let mut c = CoordinatorConfig::default();
+        c.apply_file(
+            Path::new("c.toml"),
+            "[quarantine]\nflake_rate = 0.3\nruns = 20\n",
+        )
+        .unwrap();
+        let policy = c.quarantine.policy().unwrap();
+        assert_eq!((policy.flake_rate, policy.runs), (0.3, 20));
+        let e = env(&[("TESSERA_QUARANTINE_FLAKE_RATE", "0.5")]);
+        let c = CoordinatorConfig::load(None, &e, &none).unwrap();
+        assert_eq!(c.quarantine.flake_rate, Some(0.5));
+        for (var, value) in [
+            ("TESSERA_QUARANTINE_FLAKE_RATE", "1.5"),
+            ("TESSERA_QUARANTINE_FLAKE_RATE", "NaN"),
+            ("TESSERA_QUARANTINE_RUNS", "65"),
+        ] {
+            let err = CoordinatorConfig::load(None, &env(&[(var, value)]), &none).unwrap_err();
+            assert!(
+                err.to_string().contains("quarantine."),
+                "{var}={value}: {err}"
+            );
         }
     }
 

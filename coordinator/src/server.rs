@@ -25,6 +25,7 @@ use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
 use tessera_proto::tessera::v1::backups_server::BackupsServer;
 use tessera_proto::tessera::v1::jobs_server::JobsServer;
 use tessera_proto::tessera::v1::webhooks_server::WebhooksServer;
+use tessera_proto::tessera::v1::quarantine_server::QuarantineServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +40,7 @@ use crate::execution::execute::Executor;
 use crate::execution::inputs::ExecLimits;
 use crate::execution::scheduler::{self, SchedulerConfig, SchedulerError, SchedulerHandle};
 use crate::jobs::driver::JobContext;
+use crate::jobs::quarantine::QuarantineStore;
 use crate::jobs::registry::JobRegistry;
 use crate::jobs::results::{HistoryLimits, TestStore};
 use crate::metrics::layer::MetricsLayer;
@@ -53,6 +55,7 @@ use crate::services::execution::ExecutionService;
 use crate::services::jobs::JobsService;
 use crate::services::operations::OperationsService;
 use crate::services::webhooks::WebhooksService;
+use crate::services::quarantine::QuarantineService;
 
 /// How long running calls may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -205,6 +208,18 @@ impl Coordinator {
             scheduler.clone(),
             limits,
         );
+        let auth = Auth {
+            mode: config.auth,
+            tokens: TokenStore::open(Arc::clone(&meta_dyn))?,
+            audit: AuditLog::open(&meta_dyn, config.audit_retention)?,
+            limits: Limiter::new(config.limits),
+        };
+        // Quarantines are audited: the audit log opens first.
+        let quarantine = QuarantineStore::open(
+            Arc::clone(&meta_dyn),
+            config.quarantine.policy(),
+            auth.audit.clone(),
+        )?;
         let notifier = Notifier::open(
             Arc::clone(&meta_dyn),
             config.webhooks.clone(),
@@ -223,6 +238,7 @@ impl Coordinator {
                         retention: config.history_retention,
                     },
                 )?,
+                quarantine: quarantine.clone(),
                 default_test_timeout: config.default_action_timeout,
                 max_action_timeout: config.max_action_timeout,
                 notifier: notifier.clone(),
@@ -230,12 +246,6 @@ impl Coordinator {
             Arc::clone(&meta_dyn),
         )?;
 
-        let auth = Auth {
-            mode: config.auth,
-            tokens: TokenStore::open(Arc::clone(&meta_dyn))?,
-            audit: AuditLog::open(&meta_dyn, config.audit_retention)?,
-            limits: Limiter::new(config.limits),
-        };
         if config.auth == AuthMode::Tokens
             && let Some(path) = auth.tokens.bootstrap(&config.data_dir).await?
         {
@@ -278,6 +288,10 @@ impl Coordinator {
             .add_service(WebhooksServer::new(
                 WebhooksService::new(notifier.clone()).with_auth(auth.clone()),
             ))
+            .add_service(QuarantineServer::new(QuarantineService::new(
+                quarantine,
+                auth.clone(),
+            )))
             .add_service(BackupsServer::new(BackupService::new(
                 Arc::clone(&meta_dyn),
                 store.clone(),

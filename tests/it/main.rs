@@ -23,6 +23,7 @@ mod metrics;
 mod network;
 mod prometheus_rules;
 mod prometheus_scrape;
+mod quarantine;
 mod run_refusals;
 mod runners_e2e;
 mod secret_masking;

@@ -8,6 +8,7 @@
 //! | [`logs`] | `tessera logs`: a test's whole output |
 //! | [`token`] | `tessera token create`, `list`, `revoke` |
 //! | [`audit`] | `tessera audit`: the coordinator's audit log |
+//! | [`quarantine`] | `tessera quarantine add`, `remove`, `list` |
 //! | [`backup`] | `tessera backup`, `tessera restore` |
 //! | [`tunnel`] | `tessera tunnel`: a loopback port forwarded over TLS to the coordinator |
 //! | [`webhook`] | `tessera webhook add`, `list`, `remove` |
@@ -20,6 +21,7 @@ pub mod audit;
 pub mod backup;
 pub mod coordinator;
 pub mod logs;
+pub mod quarantine;
 pub mod run;
 pub mod status;
 pub mod token;

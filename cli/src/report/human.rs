@@ -115,8 +115,13 @@ impl<W: Write> Human<W> {
                     TestOutcome::Error => "ERROR",
                     _ => "FAIL",
                 };
+                let quarantined = if test.quarantined {
+                    ", quarantined: does not fail the job"
+                } else {
+                    ""
+                };
                 let mut text = format!(
-                    "{label:<7} {name} ({took}, attempt {}{agent})",
+                    "{label:<7} {name} ({took}, attempt {}{agent}{quarantined})",
                     test.attempt
                 );
                 let output = truncate_output(&test.output);
@@ -438,6 +443,53 @@ mod tests {
         assert!(lines[3].starts_with("FAIL    g bad"), "{text}");
         assert_eq!(lines[4], "    assert 1 == 2");
         assert_eq!(*lines.last().unwrap(), "2 passed, 1 failed");
+    }
+
+    #[test]
+    fn a_quarantined_failure_is_shown_as_such_and_summed_up() {
+        let mut human = Human::plain(Vec::new());
+        let mut tally = Tally::new("j");
+        let events = vec![
+            ev(
+                1,
+                Kind::Test(TestFinished {
+                    test: Some(TestRef {
+                        group: "g".into(),
+                        name: "flaps".into(),
+                    }),
+                    outcome: TestOutcome::Failed as i32,
+                    attempt: 1,
+                    r#final: true,
+                    quarantined: true,
+                    ..TestFinished::default()
+                }),
+            ),
+            ev(2, passed("good", false)),
+            ev(
+                3,
+                Kind::Finished(JobFinished {
+                    result: JobResult::Passed as i32,
+                    passed: 1,
+                    failed: 1,
+                    quarantined: 1,
+                    ..JobFinished::default()
+                }),
+            ),
+        ];
+        for e in events {
+            if let Some(shown) = tally.apply(e).event {
+                human.event(&shown, &tally);
+            }
+        }
+        let text = String::from_utf8(human.into_inner()).unwrap();
+        assert!(
+            text.contains("FAIL    g flaps (0ms, attempt 1, quarantined: does not fail the job)"),
+            "{text}"
+        );
+        assert_eq!(
+            text.lines().last().unwrap(),
+            "1 passed, 1 failed, 1 quarantined"
+        );
     }
 
     #[test]

@@ -12,11 +12,11 @@
 //! | `phase` | `phase` (`queued`, `preparing`, `listing`, `running`, `done`), `detail`, `cell` |
 //! | `queue` | `ahead` (operations of others ahead in the queue) |
 //! | `planned` | `total`, `cached`, `to_run`, `expected_ms`, `cell` (a matrix run plans each cell on its own) |
-//! | `test` | `test` (`"group name"`, or the name without a group), `group`, `name`, `outcome` (`passed`, `failed`, `error`, `skipped`, `timed_out`, `flaky`, `no_result`, `cancelled`), `attempt`, `final`, `cached`, `duration_ms`, `agent`, `output`, `failed_attempts`, `subtest` (go's `TestX/case`, reported beside its parent), `output_cut` (`tessera logs` has the whole output), `cell` |
+//! | `test` | `test` (`"group name"`, or the name without a group), `group`, `name`, `outcome` (`passed`, `failed`, `error`, `skipped`, `timed_out`, `flaky`, `no_result`, `cancelled`), `attempt`, `final`, `cached`, `duration_ms`, `agent`, `output`, `failed_attempts`, `subtest` (go's `TestX/case`, reported beside its parent), `output_cut` (`tessera logs` has the whole output), `cell`, `quarantined` (the test is quarantined: its outcome is true, but a failure does not fail the job) |
 //! | `progress` | `done`, `total`, `running_batches`, `agents`, `busy_slots`, `total_slots`, `eta_ms`, `cell` (`done`, `total` and `eta_ms` are that cell's) |
 //! | `log` | `text` |
 //! | `note` | `text` (from the client: re-attaching, cancelling, a test reported twice, counts that differ from the coordinator's) |
-//! | `finished` | `job_id`, `result` (`passed`, `failed`, `error`, `infrastructure`, `cancelled`), `message`, `passed`, `failed`, `errors`, `skipped`, `flaky`, `timed_out`, `cached`, `not_run`, `wall_ms`, `serial_ms`, `batches` (handed to agents, every attempt), `tool_startups` (test-tool processes the agents started), `log`, `exit_code`, `cells` (a matrix run: one object per cell with `cell`, `result`, `message` and its counts `passed` to `not_run`) |
+//! | `finished` | `job_id`, `result` (`passed`, `failed`, `error`, `infrastructure`, `cancelled`), `message`, `passed`, `failed`, `errors`, `skipped`, `flaky`, `timed_out`, `cached`, `not_run`, `wall_ms`, `serial_ms`, `batches` (handed to agents, every attempt), `tool_startups` (test-tool processes the agents started), `quarantined` (failures and errors of quarantined tests, also counted in `failed`, `errors`, `timed_out`), `log`, `exit_code`, `cells` (a matrix run: one object per cell with `cell`, `result`, `message` and its counts `passed` to `not_run`) |
 //!
 //! `cell` is the matrix cell the event is of, as `[NAME=v1]` (`[A=1,B=x]` for several names;
 //! `tessera run --matrix`), and `""` in a plain run. A test's `test` does not name its cell: in
@@ -60,7 +60,7 @@ pub fn event_json(event: &JobEvent, tally: &Tally) -> Value {
                 "cached": t.cached, "duration_ms": ms(t.duration.as_ref()), "agent": t.agent,
                 "output": t.output, "failed_attempts": t.failed_attempts,
                 "subtest": t.subtest, "output_cut": t.output_digest.is_some(),
-                "cell": cell_label(&t.cell),
+                "cell": cell_label(&t.cell), "quarantined": t.quarantined,
             })
         }
         Some(Kind::Progress(p)) => json!({
@@ -76,7 +76,7 @@ pub fn event_json(event: &JobEvent, tally: &Tally) -> Value {
             "skipped": f.skipped, "flaky": f.flaky, "timed_out": f.timed_out,
             "cached": f.cached, "not_run": f.not_run, "wall_ms": ms(f.wall.as_ref()),
             "serial_ms": ms(f.serial.as_ref()), "batches": f.batches,
-            "tool_startups": f.tool_startups, "log": f.log,
+            "tool_startups": f.tool_startups, "quarantined": f.quarantined, "log": f.log,
             "exit_code": exit_for(f) as u8, "cells": cells_json(f, tally),
         }),
         None => json!({ "event": "unknown" }),

@@ -7,6 +7,12 @@
 //! have `<skipped/>`. A flaky test is a passing test case with one `<flakyFailure>` per failed
 //! attempt, its output in `<system-out>`, as Maven Surefire writes them.
 //!
+//! A quarantined test keeps its true outcome here too (a failure keeps its `<failure>`), and
+//! its test case carries `<properties><property name="quarantined" value="true"/></properties>`
+//! and a `<system-out>` note saying its failure did not fail the job. CI tools that read the
+//! file (GitLab, Jenkins, GitHub test reporters) therefore still show the failure; only
+//! `tessera run`'s exit code, which decides the pipeline step, ignores it.
+//!
 //! A matrix run (`tessera run --matrix`) has one `<testsuite>` per cell instead, named as views
 //! show the cell (`[NAME=v1]`), in the order the cells reported first; a test case's
 //! `classname` is its group and its `name` ends with the cell (`adds [NAME=v1]`), so tools that
@@ -226,11 +232,29 @@ fn case(out: &mut String, suite: &str, name: &str, test: &TestFinished) {
             )
         }
     };
+    let body = if test.quarantined {
+        let mut parts = vec![QUARANTINED_PROPERTY.to_owned()];
+        parts.extend(body);
+        parts.push(format!(
+            "<system-out>{}</system-out>",
+            text(QUARANTINED_NOTE)
+        ));
+        Some(parts.join("\n      "))
+    } else {
+        body
+    };
     match body {
         None => out.push_str(&format!("{open}/>\n")),
         Some(body) => out.push_str(&format!("{open}>\n      {body}\n    </testcase>\n")),
     }
 }
+
+/// The property a quarantined test case carries.
+const QUARANTINED_PROPERTY: &str =
+    "<properties><property name=\"quarantined\" value=\"true\"/></properties>";
+
+/// The note in a quarantined test case's `<system-out>`.
+const QUARANTINED_NOTE: &str = "tessera: this test is quarantined: its outcome is reported, but a failure does not fail the job";
 
 /// Escapes `s` for XML text and attribute values, dropping characters XML 1.0 cannot hold
 /// (control characters other than tab, newline and carriage return; unpaired surrogates cannot
@@ -321,6 +345,30 @@ mod tests {
         assert_eq!(find("a.py::skipped").status, CaseStatus::Skipped);
         assert_eq!(find("a.py::skipped").suite, UNGROUPED_SUITE);
         assert_eq!(find("flaky").status, CaseStatus::Passed);
+    }
+
+    #[test]
+    fn a_quarantined_failure_keeps_its_failure_and_says_it_is_quarantined() {
+        let mut r = JunitReport::new();
+        let mut t = test("calc", "flaps", TestOutcome::Failed, "boom");
+        t.quarantined = true;
+        r.record(&t);
+        r.record(&test("calc", "adds", TestOutcome::Passed, ""));
+        let xml = r.to_xml();
+        let cases = parse(&xml).unwrap();
+        let flaps = cases.iter().find(|c| c.name == "flaps").unwrap();
+        assert_eq!(flaps.status, CaseStatus::Failed, "{xml}");
+        assert!(flaps.detail.contains("boom"), "{flaps:?}");
+        assert_eq!(
+            xml.matches("<property name=\"quarantined\" value=\"true\"/>")
+                .count(),
+            1
+        );
+        assert!(
+            xml.contains("quarantined: its outcome is reported"),
+            "{xml}"
+        );
+        assert!(xml.contains("failures=\"1\""), "{xml}");
     }
 
     #[test]

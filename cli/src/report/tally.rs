@@ -75,6 +75,8 @@ pub struct Tally {
     pub not_run: u32,
     /// Tests answered from the cache so far.
     pub cached: u32,
+    /// Of the failures and errors, those of quarantined tests (they do not fail the job).
+    pub quarantined: u32,
     /// The first final outcome of each test shown, by cell, group and name.
     finals: HashMap<(String, String, String), TestOutcome>,
     /// Counts of the tests shown of each matrix cell (none in a plain run).
@@ -192,6 +194,9 @@ impl Tally {
         if test.cached {
             self.cached += 1;
         }
+        if test.quarantined && fails_the_job(test.outcome()) {
+            self.quarantined += 1;
+        }
         match test.outcome() {
             TestOutcome::Passed => self.passed += 1,
             TestOutcome::Flaky => self.flaky += 1,
@@ -219,6 +224,7 @@ impl Tally {
             self.skipped,
             self.flaky,
             self.not_run,
+            self.quarantined,
         ];
         let theirs = [
             finished.passed,
@@ -228,6 +234,7 @@ impl Tally {
             finished.skipped,
             finished.flaky,
             finished.not_run,
+            finished.quarantined,
         ];
         let mut notes = Vec::new();
         if ours != theirs {
@@ -245,6 +252,7 @@ impl Tally {
             finished.skipped,
             finished.flaky,
             finished.not_run,
+            finished.quarantined,
         ] = ours;
         finished.cached = self.cached;
         if matches!(finished.result(), JobResult::Passed | JobResult::Failed) {
@@ -259,7 +267,7 @@ impl Tally {
                 notes.push(message.clone());
                 finished.set_result(JobResult::Infrastructure);
                 finished.message = message;
-            } else if self.failed + self.errors > 0 {
+            } else if self.failed + self.errors > self.quarantined {
                 finished.set_result(JobResult::Failed);
             } else {
                 finished.set_result(JobResult::Passed);
@@ -292,6 +300,9 @@ fn count_into(counts: &mut JobFinished, test: &TestFinished) {
     if test.cached {
         counts.cached += 1;
     }
+    if test.quarantined && fails_the_job(test.outcome()) {
+        counts.quarantined += 1;
+    }
     match test.outcome() {
         TestOutcome::Passed => counts.passed += 1,
         TestOutcome::Flaky => counts.flaky += 1,
@@ -301,6 +312,18 @@ fn count_into(counts: &mut JobFinished, test: &TestFinished) {
         TestOutcome::Error => counts.errors += 1,
         TestOutcome::Cancelled => counts.not_run += 1,
     }
+}
+
+/// Whether `outcome` fails a job unless its test is quarantined (as the coordinator counts).
+fn fails_the_job(outcome: TestOutcome) -> bool {
+    matches!(
+        outcome,
+        TestOutcome::Failed
+            | TestOutcome::NoResult
+            | TestOutcome::Unknown
+            | TestOutcome::TimedOut
+            | TestOutcome::Error
+    )
 }
 
 /// The exit code for a finished job: flaky counts as passed; a broken build (prepare or list
@@ -322,7 +345,8 @@ pub fn exit_for(finished: &JobFinished) -> Exit {
 }
 
 /// The last line of every human report: `N passed, N failed`, then `, N errors`, `, N
-/// skipped` and `, N flaky` when not zero. Timed-out tests are counted as failed (the line before it says
+/// skipped`, `, N flaky` and `, N quarantined` (quarantined failures, also counted as failed
+/// or errors) when not zero. Timed-out tests are counted as failed (the line before it says
 /// how many of them timed out).
 pub fn summary_line(finished: &JobFinished) -> String {
     let mut line = format!(
@@ -339,6 +363,9 @@ pub fn summary_line(finished: &JobFinished) -> String {
     }
     if finished.flaky > 0 {
         line.push_str(&format!(", {} flaky", finished.flaky));
+    }
+    if finished.quarantined > 0 {
+        line.push_str(&format!(", {} quarantined", finished.quarantined));
     }
     line
 }
@@ -718,6 +745,53 @@ mod tests {
             )
         );
         assert_eq!(tally.exit(), Some(Exit::Success));
+    }
+
+    #[test]
+    fn a_quarantined_failure_is_shown_and_counted_but_passes_the_run() {
+        let mut tally = Tally::new("j");
+        tally.apply(test_event(1, "a", TestOutcome::Passed, true));
+        let mut failing = test_event(2, "b", TestOutcome::Failed, true);
+        if let Some(Kind::Test(t)) = &mut failing.kind {
+            t.quarantined = true;
+        }
+        tally.apply(failing);
+        let applied = tally.apply(finished_event(
+            3,
+            JobFinished {
+                result: JobResult::Passed as i32,
+                passed: 1,
+                failed: 1,
+                quarantined: 1,
+                ..JobFinished::default()
+            },
+        ));
+        assert_eq!(applied.note, None);
+        let finished = shown_finished(&applied);
+        assert_eq!(finished.result(), JobResult::Passed);
+        assert_eq!(summary_line(&finished), "1 passed, 1 failed, 1 quarantined");
+        assert_eq!(tally.exit(), Some(Exit::Success));
+
+        // Another failure, not quarantined, fails it.
+        let mut tally = Tally::new("j");
+        let mut failing = test_event(1, "b", TestOutcome::Failed, true);
+        if let Some(Kind::Test(t)) = &mut failing.kind {
+            t.quarantined = true;
+        }
+        tally.apply(failing);
+        tally.apply(test_event(2, "c", TestOutcome::Error, true));
+        let applied = tally.apply(finished_event(
+            3,
+            JobFinished {
+                result: JobResult::Failed as i32,
+                failed: 1,
+                errors: 1,
+                quarantined: 1,
+                ..JobFinished::default()
+            },
+        ));
+        assert_eq!(shown_finished(&applied).result(), JobResult::Failed);
+        assert_eq!(tally.exit(), Some(Exit::TestsFailed));
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub fn permission(path: &str) -> Permission {
         "/tessera.v1.Jobs/Submit" | "/tessera.v1.Jobs/Cancel" => P::JobSubmit,
         "/tessera.v1.Jobs/Watch" | "/tessera.v1.Jobs/Status" => P::JobRead,
         "/tessera.v1.AgentSession/Session" => P::AgentSession,
+        "/tessera.v1.Quarantine/Add" | "/tessera.v1.Quarantine/Remove" => P::Quarantine,
+        "/tessera.v1.Quarantine/List" => P::JobRead,
         _ => P::Admin,
     }
 }
@@ -241,6 +243,9 @@ mod tests {
             ("/tessera.v1.Jobs/Submit", P::JobSubmit),
             ("/tessera.v1.Jobs/Status", P::JobRead),
             ("/tessera.v1.AgentSession/Session", P::AgentSession),
+            ("/tessera.v1.Quarantine/Add", P::Quarantine),
+            ("/tessera.v1.Quarantine/Remove", P::Quarantine),
+            ("/tessera.v1.Quarantine/List", P::JobRead),
             ("/tessera.v1.Admin/CreateToken", P::Admin),
             ("/some.New/Method", P::Admin),
             ("/build.bazel.remote.execution.v2.Unknown/X", P::Admin),

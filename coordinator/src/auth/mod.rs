@@ -108,7 +108,10 @@ impl Role {
                 Role::Reader.allows(permission)
                     || matches!(permission, P::CasWrite | P::Execute | P::JobSubmit)
             }
-            Role::Ci => Role::Developer.allows(permission) || permission == P::AcWrite,
+            Role::Ci => {
+                Role::Developer.allows(permission)
+                    || matches!(permission, P::AcWrite | P::Quarantine)
+            }
         }
     }
 }
@@ -152,6 +155,8 @@ pub enum Permission {
     JobRead,
     /// The agent session.
     AgentSession,
+    /// Quarantine.Add and Quarantine.Remove: quarantining tests.
+    Quarantine,
     /// The Admin service, cancelling anyone's job.
     Admin,
 }
@@ -169,6 +174,7 @@ impl Permission {
             Permission::JobSubmit => "submitting jobs",
             Permission::JobRead => "reading jobs",
             Permission::AgentSession => "agent sessions",
+            Permission::Quarantine => "quarantining tests",
             Permission::Admin => "administration",
         }
     }
@@ -370,6 +376,7 @@ mod tests {
             P::JobSubmit,
             P::JobRead,
             P::AgentSession,
+            P::Quarantine,
             P::Admin,
         ];
         let allowed =
@@ -400,7 +407,8 @@ mod tests {
                 P::AcWrite,
                 P::Execute,
                 P::JobSubmit,
-                P::JobRead
+                P::JobRead,
+                P::Quarantine
             ]
         );
         assert_eq!(

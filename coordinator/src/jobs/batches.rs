@@ -1,6 +1,8 @@
 //! The run phase of a job: free slots pull batches from the planner, each batch runs as one
 //! step, and every result it reports (while it runs, and at its end) moves its test on in the
 //! [`TestTable`], is told to the client, recorded for the next plan, and retried or counted.
+//! A quarantined test's events say so, its failure does not stop a fail-fast job, and each
+//! test's final outcome is a run in its flake window (`quarantine.rs`).
 //!
 //! Not here: a test's lifecycle rules (`test_state.rs`), how batches are cut (`planner.rs`),
 //! how a step runs (`steps.rs`).
@@ -23,6 +25,7 @@ use super::driver::{Stop, TICK, execution_wall, test_ref, worker_name};
 use super::job::{Job, is_failure};
 use super::output;
 use super::planner::{Batch, BatchId, ShardPlanner};
+use super::quarantine::Quarantined;
 use super::results::{CachedPass, Day, SuiteKey};
 use super::steps::{StepRequest, StepRun, Steps, no_network_hint, tests_have_network};
 use super::tally::Tally;
@@ -46,6 +49,8 @@ pub(super) struct RunPhase<'a> {
     suite: SuiteKey,
     tests: TestTable,
     planner: ShardPlanner<TestId>,
+    /// The job's quarantined tests.
+    quarantined: &'a Quarantined,
     tally: &'a mut Tally,
     /// Tool start-ups measured since the last write to the history.
     startups: Vec<Duration>,
@@ -53,6 +58,10 @@ pub(super) struct RunPhase<'a> {
 
 impl<'a> RunPhase<'a> {
     /// Runs the queued tests of `tests` as `planner` cuts them, on `prepared_root`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is its own part of the phase's state, given at its one call site"
+    )]
     pub(super) fn new(
         steps: &'a Steps<'a>,
         prepared: &'a Prepared,
@@ -60,6 +69,7 @@ impl<'a> RunPhase<'a> {
         suite: SuiteKey,
         tests: TestTable,
         planner: ShardPlanner<TestId>,
+        quarantined: &'a Quarantined,
         tally: &'a mut Tally,
     ) -> Self {
         RunPhase {
@@ -70,6 +80,7 @@ impl<'a> RunPhase<'a> {
             suite,
             tests,
             planner,
+            quarantined,
             tally,
             startups: Vec::new(),
         }
@@ -155,14 +166,11 @@ impl<'a> RunPhase<'a> {
         for test in self.tests.unfinished() {
             match self.tests.apply(&test, TestEvent::Stopped) {
                 Ok(TestState::Done(done)) => {
-                    self.tally.count(done.outcome);
-                    job.emit(Kind::Test(final_event(
-                        &self.steps.cell.name,
-                        &test,
-                        done,
-                        None,
-                        "",
-                    )));
+                    let quarantined = self.quarantined.contains(&test);
+                    self.tally.count_test(done.outcome, quarantined);
+                    let mut event = final_event(&self.steps.cell.name, &test, done, None, "");
+                    event.quarantined = quarantined;
+                    job.emit(Kind::Test(event));
                 }
                 other => tracing::warn!(?other, job = %job.id, "a stopped test did not end"),
             }
@@ -289,6 +297,8 @@ impl<'a> RunPhase<'a> {
         let mut durations = Vec::new();
         let mut passes = Vec::new();
         let mut requeue = Vec::new();
+        // Each test's final outcome, a run in its flake window: whether it was flaky.
+        let mut runs = Vec::new();
         let mut stop = None;
         // Subtests (go's `TestX/case`) are reported with their parent's final result.
         let runner = self.job.runner.runner();
@@ -309,6 +319,7 @@ impl<'a> RunPhase<'a> {
                 continue;
             }
             let test = result.id;
+            let quarantined = self.quarantined.contains(&test);
             let attempt = self.tests.get(&test).map_or(0, TestState::attempt);
             if let Some(took) = result.duration {
                 self.tally.serial += took;
@@ -369,6 +380,7 @@ impl<'a> RunPhase<'a> {
                         output_digest: output_digest.map(|d| d.to_proto()),
                         subtest: false,
                         cell: self.steps.cell.name.clone(),
+                        quarantined,
                     }));
                     // Its subtests are reported with the run that ends it.
                     subtests_of.remove(&test);
@@ -404,20 +416,25 @@ impl<'a> RunPhase<'a> {
                     },
                 ));
             }
-            self.tally.count(done.outcome);
+            self.tally.count_test(done.outcome, quarantined);
+            runs.push((test.clone(), done.outcome == TestOutcome::Flaky));
             let attempt = done.attempt;
             let mut event = final_event(&self.steps.cell.name, &test, done, result.duration, agent);
             if is_failure(done.outcome) {
                 event.output_digest = output_digest.map(|d| d.to_proto());
             }
+            event.quarantined = quarantined;
             self.job.emit(Kind::Test(event));
             let failed = is_failure(done.outcome);
             for sub in subtests {
-                let event = self.subtest_event(sub, attempt, agent);
-                self.tally.count(event.outcome());
+                let mut event = self.subtest_event(sub, attempt, agent);
+                // A subtest is quarantined with its parent.
+                event.quarantined = quarantined;
+                self.tally.count_test(event.outcome(), quarantined);
                 self.job.emit(Kind::Test(event));
             }
-            if failed && self.job.spec.fail_fast && stop.is_none() {
+            // A quarantined failure does not stop the job either.
+            if failed && !quarantined && self.job.spec.fail_fast && stop.is_none() {
                 self.job.emit(Kind::Log(LogLine {
                     text: format!("--fail-fast: stopping after {test} failed"),
                 }));
@@ -441,6 +458,15 @@ impl<'a> RunPhase<'a> {
             } else {
                 tracing::warn!(%error, job = %self.job.id, "failed to record test results");
             }
+        }
+        let spec = &self.job.spec;
+        if let Err(error) =
+            self.steps
+                .ctx
+                .quarantine
+                .observe(&spec.instance_name, &spec.project, &runs)
+        {
+            tracing::warn!(%error, job = %self.job.id, "failed to record flake windows");
         }
         if stop.is_some() {
             self.job.cancel.cancel();
@@ -475,6 +501,7 @@ impl<'a> RunPhase<'a> {
             output_digest: output_digest.map(|d| d.to_proto()),
             subtest: true,
             cell: self.steps.cell.name.clone(),
+            quarantined: false,
         }
     }
 
@@ -546,5 +573,6 @@ fn final_event(
         output_digest: None,
         subtest: false,
         cell: cell.to_owned(),
+        quarantined: false,
     }
 }

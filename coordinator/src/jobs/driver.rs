@@ -38,6 +38,7 @@ use super::batches::RunPhase;
 use super::cells::Cell;
 use super::job::Job;
 use super::planner::{PlannerConfig, ShardPlanner, Startups};
+use super::quarantine::{QuarantineStore, Quarantined};
 use super::results::{CachedPass, SuiteKey, TestStore};
 use super::steps::{StepRequest, StepRun, Steps, step_failed, tests_have_network};
 use super::tally::Tally;
@@ -74,6 +75,8 @@ pub struct JobContext {
     pub scheduler: SchedulerHandle,
     /// Cached passes and durations.
     pub tests: TestStore,
+    /// Quarantined tests, and the flake policy.
+    pub quarantine: QuarantineStore,
     /// Deadline of a test when the job names none.
     pub default_test_timeout: Duration,
     /// Longest action timeout the coordinator accepts.
@@ -203,6 +206,7 @@ async fn drive(
     let input_root = Digest::from_proto_opt(function, job.spec.input_root_digest.as_ref())
         .map_err(|e| stop_error(format!("input_root_digest: {e}")))?;
     let pinned = super::toolchain::pin(&ctx.scheduler, job).await?;
+    let quarantined = quarantined(ctx, job).await?;
     let steps: Vec<Steps<'_>> = cells
         .iter()
         .map(|cell| Steps {
@@ -220,10 +224,20 @@ async fn drive(
     let runs = steps
         .iter()
         .zip(tallies.iter_mut())
-        .map(|(steps, tally)| phases(steps, input_root, cells.len(), tally));
+        .map(|(steps, tally)| phases(steps, input_root, cells.len(), &quarantined, tally));
     let stops = futures::future::join_all(runs).await;
     positions.abort();
     Ok(stops.into_iter().map(Result::err).collect())
+}
+
+/// The tests of the job's project that are quarantined as it starts (every cell's).
+async fn quarantined(ctx: &JobContext, job: &Job) -> Result<Quarantined, Stop> {
+    let store = ctx.quarantine.clone();
+    let (instance, project) = (job.spec.instance_name.clone(), job.spec.project.clone());
+    tokio::task::spawn_blocking(move || store.quarantined(&instance, &project))
+        .await
+        .map_err(|e| Stop::Infrastructure(format!("quarantine lookup panicked: {e}")))?
+        .map_err(|e| Stop::Infrastructure(format!("failed to read the quarantine: {e}")))
 }
 
 /// What stopped the job as a whole, given how each cell stopped: an infrastructure failure
@@ -279,11 +293,12 @@ fn finished(
 }
 
 /// Runs one cell of the job (`steps.cell`) through its phases, counting into `tally`;
-/// `cells` run side by side.
+/// `cells` run side by side; `quarantined` tests' failures do not fail it.
 async fn phases(
     steps: &Steps<'_>,
     input_root: Digest,
     cells: usize,
+    quarantined: &Quarantined,
     tally: &mut Tally,
 ) -> Result<(), Stop> {
     let (ctx, job, cell) = (steps.ctx, steps.job, steps.cell);
@@ -340,6 +355,7 @@ async fn phases(
                 } else {
                     TestOutcome::Passed
                 };
+                let in_quarantine = quarantined.contains(&test);
                 cached_events.push(TestFinished {
                     test: Some(test_ref(&test)),
                     outcome: outcome as i32,
@@ -348,6 +364,7 @@ async fn phases(
                     cached: true,
                     duration: Some(to_proto_duration(pass.duration)),
                     cell: cell.name.clone(),
+                    quarantined: in_quarantine,
                     ..Default::default()
                 });
                 // Its subtests, as the passing run reported them.
@@ -365,6 +382,7 @@ async fn phases(
                         cached: true,
                         subtest: true,
                         cell: cell.name.clone(),
+                        quarantined: in_quarantine,
                         ..Default::default()
                     });
                 }
@@ -391,7 +409,7 @@ async fn phases(
     }));
     for event in cached_events {
         tally.cached += 1;
-        tally.count(event.outcome());
+        tally.count_test(event.outcome(), event.quarantined);
         job.emit(Kind::Test(event));
     }
     if to_run_count == 0 {
@@ -406,6 +424,7 @@ async fn phases(
         suite,
         tests,
         planner,
+        quarantined,
         tally,
     )
     .run(slots)

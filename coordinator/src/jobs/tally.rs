@@ -1,6 +1,9 @@
 //! Counting a job's final outcomes, and its last event: what the job's result is, given the
 //! tally and the reason it stopped, if any. The counts are those of the final test events the
 //! job emitted, restored ones included, so they agree with the tests its clients saw.
+//!
+//! A quarantined test (`quarantine.rs`) counts under its true outcome like any other, and a
+//! quarantined failure also in `quarantined`; the result ignores exactly those.
 
 use std::time::Duration;
 
@@ -21,6 +24,9 @@ pub(super) struct Tally {
     /// Passes answered from the result cache (also counted in `passed`).
     pub(super) cached: u32,
     pub(super) not_run: u32,
+    /// Failures (failed, error, timed out, no result) of quarantined tests (also counted under
+    /// their outcome).
+    pub(super) quarantined: u32,
     /// The sum of every run's duration, retries included.
     pub(super) serial: Duration,
     /// Batches handed to agents (every attempt).
@@ -36,6 +42,9 @@ impl Tally {
         for test in finals {
             // Counted in the metrics by the run that reported it.
             tally.tally(test.outcome());
+            if test.quarantined && fails_the_job(test.outcome()) {
+                tally.quarantined += 1;
+            }
             if test.cached {
                 tally.cached += 1;
             }
@@ -56,6 +65,7 @@ impl Tally {
         self.errors += other.errors;
         self.cached += other.cached;
         self.not_run += other.not_run;
+        self.quarantined += other.quarantined;
         self.serial += other.serial;
         self.batches += other.batches;
         self.tool_startups += other.tool_startups;
@@ -66,6 +76,15 @@ impl Tally {
         self.tally(outcome);
         if let Some(label) = crate::metrics::test_outcome(outcome) {
             crate::metrics::metrics().test_finished(label);
+        }
+    }
+
+    /// Counts the final outcome of a test that may be `quarantined`: a quarantined failure
+    /// counts under its outcome and in `quarantined`.
+    pub(super) fn count_test(&mut self, outcome: TestOutcome, quarantined: bool) {
+        self.count(outcome);
+        if quarantined && fails_the_job(outcome) {
+            self.quarantined += 1;
         }
     }
 
@@ -96,7 +115,8 @@ impl Tally {
     /// the tally, which ran for `wall`.
     pub(super) fn finished(&self, stop: Option<Stop>, wall: Duration) -> JobFinished {
         let (result, message, log) = match stop {
-            None if self.failed + self.errors + self.timed_out > 0 => {
+            // Quarantined failures are among these, and only they may be ignored.
+            None if self.failed + self.errors + self.timed_out > self.quarantined => {
                 (JobResult::Failed, String::new(), String::new())
             }
             None => (JobResult::Passed, String::new(), String::new()),
@@ -129,8 +149,22 @@ impl Tally {
             batches: self.batches,
             tool_startups: self.tool_startups,
             cells: Vec::new(),
+            quarantined: self.quarantined,
         }
     }
+}
+
+/// Whether `outcome` fails a job (unless its test is quarantined): the outcomes counted in
+/// `failed`, `errors` and `timed_out`.
+fn fails_the_job(outcome: TestOutcome) -> bool {
+    matches!(
+        outcome,
+        TestOutcome::Failed
+            | TestOutcome::NoResult
+            | TestOutcome::Unknown
+            | TestOutcome::Error
+            | TestOutcome::TimedOut
+    )
 }
 
 #[cfg(test)]
@@ -182,6 +216,47 @@ mod tests {
         assert_eq!(
             tally.finished(None, Duration::ZERO).result(),
             JobResult::Failed
+        );
+    }
+
+    #[test]
+    fn quarantined_failures_are_reported_but_do_not_fail_the_job() {
+        let mut tally = Tally::default();
+        tally.count_test(TestOutcome::Passed, false);
+        tally.count_test(TestOutcome::Failed, true);
+        tally.count_test(TestOutcome::TimedOut, true);
+        // A quarantined pass or flake is nothing to ignore.
+        tally.count_test(TestOutcome::Flaky, true);
+        let finished = tally.finished(None, Duration::ZERO);
+        assert_eq!(finished.result(), JobResult::Passed);
+        assert_eq!(
+            (
+                finished.failed,
+                finished.timed_out,
+                finished.flaky,
+                finished.quarantined
+            ),
+            (1, 1, 1, 2)
+        );
+        // One failure that is not quarantined fails it.
+        tally.count_test(TestOutcome::Error, false);
+        assert_eq!(
+            tally.finished(None, Duration::ZERO).result(),
+            JobResult::Failed
+        );
+
+        // Restored results count their quarantine as they were reported.
+        let restored = [TestFinished {
+            outcome: TestOutcome::Failed as i32,
+            r#final: true,
+            quarantined: true,
+            ..TestFinished::default()
+        }];
+        let tally = Tally::restored(&restored);
+        assert_eq!((tally.failed, tally.quarantined), (1, 1));
+        assert_eq!(
+            tally.finished(None, Duration::ZERO).result(),
+            JobResult::Passed
         );
     }
 

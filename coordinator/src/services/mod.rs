@@ -11,4 +11,5 @@ pub mod cas;
 pub mod execution;
 pub mod jobs;
 pub mod operations;
+pub mod quarantine;
 pub mod webhooks;
