@@ -24,8 +24,8 @@ use tessera_proto::tessera::v1::admin_server::AdminServer;
 use tessera_proto::tessera::v1::agent_session_server::AgentSessionServer;
 use tessera_proto::tessera::v1::backups_server::BackupsServer;
 use tessera_proto::tessera::v1::jobs_server::JobsServer;
-use tessera_proto::tessera::v1::webhooks_server::WebhooksServer;
 use tessera_proto::tessera::v1::quarantine_server::QuarantineServer;
+use tessera_proto::tessera::v1::webhooks_server::WebhooksServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -54,8 +54,8 @@ use crate::services::cas::CasService;
 use crate::services::execution::ExecutionService;
 use crate::services::jobs::JobsService;
 use crate::services::operations::OperationsService;
-use crate::services::webhooks::WebhooksService;
 use crate::services::quarantine::QuarantineService;
+use crate::services::webhooks::WebhooksService;
 
 /// How long running calls may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);

@@ -34,4 +34,5 @@ mod systemd;
 mod test_output;
 mod toolchains;
 mod traces;
+mod webhooks;
 mod world_suites;

@@ -126,12 +126,22 @@ impl Notifier {
             .collect();
         let result = job.finished.result();
         let job_json = job_json(job, &labels);
-        self.publish("job.finished", Some(&labels), json!({ "job": job_json }));
+        self.publish(
+            "job.finished",
+            Some(&labels),
+            json!({ "job": job_json }),
+            Some(job.id),
+        );
         if matches!(
             result,
             JobResult::Failed | JobResult::Error | JobResult::Infrastructure
         ) {
-            self.publish("job.failed", Some(&labels), json!({ "job": job_json }));
+            self.publish(
+                "job.failed",
+                Some(&labels),
+                json!({ "job": job_json }),
+                Some(job.id),
+            );
         }
         if let Some(branch) = labels.get("branch") {
             let verdict = match result {
@@ -171,6 +181,7 @@ impl Notifier {
                                         "previous": previous, "result": verdict,
                                     },
                                 }),
+                                Some(job.id),
                             );
                         }
                     }
@@ -198,6 +209,7 @@ impl Notifier {
                         "job": job_json,
                         "test": { "group": test.group, "name": test.name },
                     }),
+                    Some(&key),
                 ),
                 Ok(SwapOutcome::Conflict { .. }) => {}
                 Err(error) => tracing::warn!(%error, "cannot record a flaky test"),
@@ -211,6 +223,7 @@ impl Notifier {
             "agent.lost",
             None,
             json!({ "agent": { "id": agent, "reason": reason } }),
+            None,
         );
     }
 
@@ -224,12 +237,24 @@ impl Notifier {
                 "oldest_wait_ms": oldest_wait.as_millis() as u64,
                 "threshold_ms": threshold.as_millis() as u64,
             }}),
+            None,
         );
     }
 
     /// Writes one delivery of `event` (with `fields` added to the envelope) for each
     /// subscription that wants it, makes them durable, and wakes the delivery loop.
-    fn publish(&self, event: &str, labels: Option<&BTreeMap<String, String>>, fields: Value) {
+    ///
+    /// `subject` names what the event is about (a job, a job's test); the delivery id is
+    /// derived from it, the event and the subscription, so the same event published twice (a
+    /// job that ends again after a coordinator restart) is written once. `None`: every
+    /// publication is a new event.
+    fn publish(
+        &self,
+        event: &str,
+        labels: Option<&BTreeMap<String, String>>,
+        fields: Value,
+        subject: Option<&str>,
+    ) {
         let Some(inner) = &self.inner else {
             return;
         };
@@ -243,7 +268,10 @@ impl Notifier {
         let created_ms = now_ms();
         let mut written = 0;
         for hook in hooks.iter().filter(|h| h.wants(event, labels)) {
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = match subject {
+                Some(subject) => delivery_id(&hook.id, event, subject),
+                None => uuid::Uuid::new_v4().to_string(),
+            };
             let mut envelope = json!({
                 "id": id,
                 "event": event,
@@ -270,8 +298,11 @@ impl Notifier {
                 done_ms: 0,
                 last_error: String::new(),
             };
-            match inner.outbox.put(&delivery) {
-                Ok(()) => written += 1,
+            match inner.outbox.put_new(&delivery) {
+                Ok(true) => written += 1,
+                Ok(false) => {
+                    tracing::debug!(event, delivery = %delivery.id, "event already published")
+                }
                 Err(error) => tracing::warn!(%error, event, "cannot write a webhook delivery"),
             }
         }
@@ -319,6 +350,16 @@ pub async fn watch_queue(
             stalled = false;
         }
     }
+}
+
+/// The delivery id of `event` about `subject` for subscription `hook`: a UUID-shaped digest,
+/// the same whenever the same event is published again.
+fn delivery_id(hook: &str, event: &str, subject: &str) -> String {
+    use sha2::Digest as _;
+    let digest = Sha256::digest([hook, event, subject].join("\0").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::from_bytes(bytes).to_string()
 }
 
 /// `sha256=<hex>` of HMAC-SHA256 over `body` with `secret`; empty without a secret.

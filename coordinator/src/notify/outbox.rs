@@ -74,11 +74,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A delivery's key: creation time then id, so the table lists deliveries oldest first.
+/// A delivery's key: its id (an event published twice has one id, so one entry).
 fn key(delivery: &Delivery) -> Vec<u8> {
-    let mut key = delivery.created_ms.to_be_bytes().to_vec();
-    key.extend_from_slice(delivery.id.as_bytes());
-    key
+    delivery.id.as_bytes().to_vec()
 }
 
 impl Outbox {
@@ -89,7 +87,16 @@ impl Outbox {
         })
     }
 
-    /// Writes a delivery (new, or after an attempt).
+    /// Writes a new delivery unless one of its id exists (then `false`).
+    pub fn put_new(&self, delivery: &Delivery) -> Result<bool, MetaError> {
+        let json = serde_json::to_vec(delivery).expect("a delivery serializes");
+        Ok(self
+            .table
+            .compare_and_swap(&key(delivery), None, Some(&json))?
+            == tessera_cas::meta::SwapOutcome::Swapped)
+    }
+
+    /// Writes a delivery after an attempt.
     pub fn put(&self, delivery: &Delivery) -> Result<(), MetaError> {
         let json = serde_json::to_vec(delivery).expect("a delivery serializes");
         self.table.insert(&key(delivery), &json)?;
@@ -112,6 +119,7 @@ impl Outbox {
                 Err(error) => tracing::warn!(%error, "skipping an undecodable webhook delivery"),
             }
         }
+        out.sort_by_key(|d: &Delivery| d.created_ms);
         Ok(out)
     }
 }
