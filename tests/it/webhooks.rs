@@ -336,3 +336,82 @@ fn events_are_signed_delivered_once_each_retried_and_kept_through_a_crash() {
             .all(|r| !r["body"].as_str().unwrap().contains(SECRET))
     );
 }
+
+#[test]
+fn admins_add_list_and_remove_subscriptions_and_secrets_never_show() {
+    let tmp = visible_tempdir();
+    let dir = tmp.path();
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        "[[webhooks]]\nurl = \"https://hooks.slack.com/services/T0/B0/credential\"\nformat = \"slack\"\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let endpoint = server.endpoint();
+    let secret_file = dir.join("hook.key");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let webhook = |args: &[&str]| {
+        tessera(dir, &["webhook"], None)
+            .args(args)
+            .args(["--coordinator", &endpoint])
+            .output()
+            .unwrap()
+    };
+    let added = webhook(&[
+        "add",
+        "http://127.0.0.1:9/private/path",
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+        "--event",
+        "job.failed",
+        "--label",
+        "branch=main",
+    ]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let id = String::from_utf8_lossy(&added.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    let listed = webhook(&["list", "--json"]);
+    let hooks: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hooks.len(), 2, "{hooks:#?}");
+    assert_eq!(hooks[0]["id"], "config-1");
+    assert_eq!(hooks[0]["configured"], true);
+    assert_eq!(hooks[0]["url"], "https://hooks.slack.com/…");
+    assert_eq!(hooks[1]["id"], id.as_str());
+    assert_eq!(hooks[1]["signed"], true);
+    assert_eq!(hooks[1]["events"][0], "job.failed");
+    assert_eq!(hooks[1]["labels"]["branch"], "main");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(!text.contains(SECRET) && !text.contains("credential") && !text.contains("private"));
+    // Bad subscriptions are refused, naming what is wrong.
+    let bad = webhook(&["add", "http://x/", "--event", "job.exploded"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("job.exploded"));
+    let unsigned = webhook(&["add", "http://x/"]);
+    assert_eq!(unsigned.status.code(), Some(2));
+    // A configured one is removed from the file, not here.
+    let configured = webhook(&["remove", "config-1"]);
+    assert_ne!(configured.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&configured.stderr).contains("configuration file"));
+    assert!(webhook(&["remove", &id]).status.success());
+    assert_eq!(
+        webhook(&["list", "--json"])
+            .stdout
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count(),
+        1
+    );
+    assert_eq!(server.log.count(SECRET), 0, "the secret is never logged");
+    assert_eq!(server.log.count("credential"), 0, "nor the URL's path");
+}

@@ -445,6 +445,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn slack_messages_say_what_happened_in_one_line() {
+        let job = json!({
+            "id": "j1", "name": "unit", "result": "failed",
+            "labels": {"branch": "main"},
+            "counts": {"passed": 3, "failed": 1, "flaky": 0},
+        });
+        let text = |event: &str, extra: Value| {
+            let mut envelope = json!({ "event": event, "job": job });
+            if let (Value::Object(e), Value::Object(x)) = (&mut envelope, extra) {
+                e.extend(x);
+            }
+            slack_text(&envelope)
+        };
+        assert_eq!(
+            text("job.failed", json!({})),
+            ":x: Job `unit` on `main` failed: 3 passed, 1 failed, 0 flaky (job j1)"
+        );
+        assert!(text("branch.broken", json!({})).contains("`unit` on `main` is broken"));
+        assert_eq!(
+            text("agent.lost", json!({"agent": {"id": "a1", "reason": "gone"}})),
+            ":warning: Agent `a1` was lost: gone"
+        );
+    }
+
+    #[test]
+    fn delivery_ids_are_stable_per_subscription_event_and_subject() {
+        let id = delivery_id("hook-1", "job.finished", "job-9");
+        assert_eq!(id, delivery_id("hook-1", "job.finished", "job-9"));
+        assert_ne!(id, delivery_id("hook-2", "job.finished", "job-9"));
+        assert_ne!(id, delivery_id("hook-1", "job.failed", "job-9"));
+        assert_eq!(id.len(), 36);
+    }
+
+    #[test]
     fn signatures_are_hmac_sha256_of_the_raw_body() {
         // RFC 4231 test case 2.
         assert_eq!(
