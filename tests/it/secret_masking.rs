@@ -150,8 +150,11 @@ async fn secrets_a_test_prints_or_writes_show_as_stars_everywhere() {
     server.signal_and_wait(Signal::SIGTERM, Duration::from_secs(30));
     agent.signal(Signal::SIGTERM);
     agent.wait_exit(Duration::from_secs(30));
-    // The search reads the stores: it finds the masked output there.
-    assert!(!files_containing(&data_dir, b"stdout: *** and ***").is_empty());
+    // The search reads the stores: it finds there a test's name, a key of the test history
+    // the coordinator keeps. (Not the masked output itself: the job's journal goes when the
+    // job ends, and the whole output is stored zstd-compressed, so finding it in the files
+    // depended on redb's freed pages not being reused yet.)
+    assert!(!files_containing(&data_dir.join("meta"), b"quiet").is_empty());
     for value in [PLAIN, QUOTED] {
         for spelled in spellings(value) {
             assert!(!shown.contains(&spelled), "an event shows {spelled}");
