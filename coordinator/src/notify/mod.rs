@@ -464,7 +464,10 @@ mod tests {
         );
         assert!(text("branch.broken", json!({})).contains("`unit` on `main` is broken"));
         assert_eq!(
-            text("agent.lost", json!({"agent": {"id": "a1", "reason": "gone"}})),
+            text(
+                "agent.lost",
+                json!({"agent": {"id": "a1", "reason": "gone"}})
+            ),
             ":warning: Agent `a1` was lost: gone"
         );
     }
