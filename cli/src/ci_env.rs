@@ -27,11 +27,13 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(test)]
 use tessera_coordinator::jobs::labels::MAX_LABEL_VALUE;
+use tessera_coordinator::jobs::labels::cut_to_fit;
 
 /// The labels the CI system's environment gives a job (`ci`, `branch`, `commit`,
 /// `pipeline`, `pipeline_url`); empty outside CI. A label whose variables are unset or empty is
-/// left out; a value is trimmed and cut to [`MAX_LABEL_VALUE`] bytes.
+/// left out; a value is trimmed and cut to [`MAX_LABEL_VALUE`](tessera_coordinator::jobs::labels::MAX_LABEL_VALUE) bytes.
 pub fn labels(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let env = Env(env);
     let Some(system) = CiSystem::detect(&env) else {
@@ -202,16 +204,10 @@ impl Env<'_> {
     }
 }
 
-/// `value` cut to at most [`MAX_LABEL_VALUE`] bytes on a character boundary: a pipeline name
+/// `value` cut to at most [`MAX_LABEL_VALUE`](tessera_coordinator::jobs::labels::MAX_LABEL_VALUE) bytes on a character boundary: a pipeline name
 /// or URL that long is still worth its head, where refusing it would lose it all.
 fn fit(mut value: String) -> String {
-    if value.len() > MAX_LABEL_VALUE {
-        let mut cut = MAX_LABEL_VALUE;
-        while !value.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        value.truncate(cut);
-    }
+    cut_to_fit(&mut value);
     value
 }
 

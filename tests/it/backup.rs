@@ -20,7 +20,7 @@ use serde_json::Value;
 use tessera_tests::{AgentProcess, ServerProcess, free_port, visible_tempdir};
 
 use super::bazel::{Checkout, assert_all_cached, bazel_or_skip, non_internal, serial};
-use super::metrics::{QUICK_SUITE, get, tessera};
+use super::metrics::{QUICK_SUITE, get, suite_run, tessera};
 
 /// A suite whose two tests take a few seconds, to back up while it runs.
 const SLOW_SUITE: &str = "case \"$1\" in\n\
@@ -38,20 +38,8 @@ fn project(dir: &Path, name: &str, suite: &str) -> std::path::PathBuf {
 
 /// `tessera run --json` of the project's suite against `endpoint`, with `extra` flags.
 fn run_suite(dir: &Path, project: &Path, endpoint: &str, extra: &[&str]) -> Output {
-    tessera(dir, &["run", "--coordinator", endpoint, "--json"], None)
-        .args(extra)
-        .args([
-            "--runner",
-            "command",
-            "--list-command",
-            "sh suite.sh list",
-            "--",
-            "sh",
-            "suite.sh",
-            "run",
-            "{tests}",
-        ])
-        .current_dir(project)
+    let flags: Vec<&str> = ["--json"].iter().chain(extra).copied().collect();
+    suite_run(dir, project, endpoint, &flags)
         .output()
         .expect("tessera run")
 }
@@ -134,24 +122,12 @@ fn a_restored_coordinator_answers_bazel_from_its_cache_and_keeps_test_history() 
     // An online backup, taken while a slow job runs (its list step and first batch leased).
     let leased = agent.log.count(tessera_tests::lines::LEASE_ACCEPTED);
     let slow = project(dir, "slow", SLOW_SUITE);
-    let slow_job = tessera(dir, &["run", "--coordinator", &endpoint], None)
-        .args([
-            "--runner",
-            "command",
-            "--list-command",
-            "sh suite.sh list",
-            "--",
-            "sh",
-            "suite.sh",
-            "run",
-            "{tests}",
-        ])
-        .current_dir(&slow)
+    let slow_job = suite_run(dir, &slow, &endpoint, &[])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start the slow job");
-    let mut slow_job = scopeguard(slow_job);
+    let mut slow_job = KillOnDrop(slow_job);
     runtime.block_on(agent.log.wait_for_nth(
         tessera_tests::lines::LEASE_ACCEPTED,
         leased + 2,
@@ -345,8 +321,4 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn scopeguard(child: std::process::Child) -> KillOnDrop {
-    KillOnDrop(child)
 }

@@ -11,13 +11,14 @@ use tessera_proto::tessera::v1::jobs_client::JobsClient;
 use tessera_proto::tessera::v1::{JobSpec, SubmitJobRequest};
 use tessera_tests::{AgentProcess, ServerProcess, visible_tempdir};
 
-use super::metrics::{QUICK_SUITE, tessera};
+use super::metrics::{QUICK_SUITE, suite_run, tessera};
 
 fn run(dir: &Path, endpoint: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let project = dir.join("project");
     std::fs::create_dir_all(&project).unwrap();
     std::fs::write(project.join("suite.sh"), QUICK_SUITE).unwrap();
-    let mut command = tessera(dir, &["run", "--coordinator", endpoint, "--json"], None);
+    let flags: Vec<&str> = ["--json"].iter().chain(extra).copied().collect();
+    let mut command = suite_run(dir, &project, endpoint, &flags);
     for (name, _) in std::env::vars() {
         // This test's own CI must not label the jobs it checks.
         if ["GITHUB_", "GITLAB_", "CI_", "BUILDKITE", "JENKINS_"]
@@ -27,23 +28,7 @@ fn run(dir: &Path, endpoint: &str, extra: &[&str], env: &[(&str, &str)]) -> Outp
             command.env_remove(name);
         }
     }
-    command
-        .args(extra)
-        .args([
-            "--runner",
-            "command",
-            "--list-command",
-            "sh suite.sh list",
-            "--",
-            "sh",
-            "suite.sh",
-            "run",
-            "{tests}",
-        ])
-        .envs(env.iter().copied())
-        .current_dir(&project)
-        .output()
-        .unwrap()
+    command.envs(env.iter().copied()).output().unwrap()
 }
 
 fn submitted(out: &Output) -> Value {

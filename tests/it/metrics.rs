@@ -119,25 +119,32 @@ pub(super) fn tessera(dir: &Path, args: &[&str], token: Option<&str>) -> Command
     command
 }
 
-/// Runs the two-test [`QUICK_SUITE`] with `tessera run` against `endpoint` (no token), from a
-/// project under `dir`, and asserts that it passes.
-pub(super) fn run_quick_suite(dir: &Path, endpoint: &str) {
-    let project = dir.join("project");
-    std::fs::create_dir_all(&project).expect("project dir");
-    std::fs::write(project.join("suite.sh"), QUICK_SUITE).expect("suite.sh");
-    let out = tessera(dir, &["run", "--coordinator", endpoint], None)
+/// `tessera run --coordinator ENDPOINT EXTRA... --runner command` of the `suite.sh` in
+/// `project` (`sh suite.sh list`, `sh suite.sh run {tests}`), with [`tessera`]'s clean
+/// environment under `dir`.
+pub(super) fn suite_run(dir: &Path, project: &Path, endpoint: &str, extra: &[&str]) -> Command {
+    let mut command = tessera(dir, &["run", "--coordinator", endpoint], None);
+    command
+        .args(extra)
         .args([
             "--runner",
             "command",
             "--list-command",
             "sh suite.sh list",
             "--",
-            "sh",
-            "suite.sh",
-            "run",
-            "{tests}",
         ])
-        .current_dir(&project)
+        .args(["sh", "suite.sh", "run", "{tests}"])
+        .current_dir(project);
+    command
+}
+
+/// Runs the two-test [`QUICK_SUITE`] with `tessera run` against `endpoint` (no token), from a
+/// project under `dir`, and asserts that it passes.
+pub(super) fn run_quick_suite(dir: &Path, endpoint: &str) {
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).expect("project dir");
+    std::fs::write(project.join("suite.sh"), QUICK_SUITE).expect("suite.sh");
+    let out = suite_run(dir, &project, endpoint, &[])
         .output()
         .expect("tessera run");
     assert!(

@@ -32,7 +32,7 @@ use tessera_tests::{AgentProcess, ServerProcess, response_of, upload_action, vis
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use super::metrics::{QUICK_SUITE, tessera};
+use super::metrics::{QUICK_SUITE, suite_run};
 
 /// How long the spans get to arrive (the servers export every 5 s, the client at exit).
 const DEADLINE: Duration = Duration::from_secs(40);
@@ -161,29 +161,12 @@ async fn one_jobs_spans_from_client_coordinator_and_agent_form_one_tree() {
     let project = dir.path().join("project");
     std::fs::create_dir_all(&project).expect("project dir");
     std::fs::write(project.join("suite.sh"), QUICK_SUITE).expect("suite.sh");
-    let run = tessera(
+    let run = suite_run(
         dir.path(),
-        &[
-            "run",
-            "--coordinator",
-            &server.endpoint(),
-            "--otlp-endpoint",
-            &otlp,
-        ],
-        None,
+        &project,
+        &server.endpoint(),
+        &["--otlp-endpoint", &otlp],
     )
-    .args([
-        "--runner",
-        "command",
-        "--list-command",
-        "sh suite.sh list",
-        "--",
-        "sh",
-        "suite.sh",
-        "run",
-        "{tests}",
-    ])
-    .current_dir(&project)
     .output()
     .expect("tessera run");
     assert!(

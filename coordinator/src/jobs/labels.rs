@@ -65,6 +65,12 @@ pub(super) fn check(labels: &mut HashMap<String, String>, title: &str) -> Result
 /// boundary.
 pub fn fit(text: &str) -> String {
     let mut value: String = text.trim().chars().filter(|c| !c.is_control()).collect();
+    cut_to_fit(&mut value);
+    value
+}
+
+/// Cuts `value` to at most [`MAX_LABEL_VALUE`] bytes, on a character boundary.
+pub fn cut_to_fit(value: &mut String) {
     if value.len() > MAX_LABEL_VALUE {
         let mut cut = MAX_LABEL_VALUE;
         while !value.is_char_boundary(cut) {
@@ -72,7 +78,6 @@ pub fn fit(text: &str) -> String {
         }
         value.truncate(cut);
     }
-    value
 }
 
 #[cfg(test)]

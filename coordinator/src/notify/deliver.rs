@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::{Delivery, Outbox, State, now_ms};
-use super::webhook::{Webhooks, redacted_url};
+use super::webhook::{Webhook, Webhooks, redacted_url};
 
 /// How long an event is tried before it expires.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -70,11 +70,23 @@ pub async fn run(
             .min()
             .map_or(IDLE, |ms| Duration::from_millis(ms).min(IDLE));
         if !due.is_empty() {
+            // The subscriptions are read once per round, not once per delivery.
+            let subscriptions = match hooks.all() {
+                Ok(all) => all,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the webhooks; deliveries postponed");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(IDLE) => {}
+                    }
+                    continue;
+                }
+            };
             use futures::StreamExt;
             futures::stream::iter(due)
                 .for_each_concurrent(PARALLEL, |delivery| {
-                    let (outbox, hooks) = (&outbox, &hooks);
-                    async move { attempt(outbox, hooks, delivery).await }
+                    let (outbox, subscriptions) = (&outbox, &subscriptions);
+                    async move { attempt(outbox, subscriptions, delivery).await }
                 })
                 .await;
             continue;
@@ -87,15 +99,10 @@ pub async fn run(
     }
 }
 
-/// One attempt of `delivery`; its outcome is written back.
-async fn attempt(outbox: &Outbox, hooks: &Webhooks, mut delivery: Delivery) {
-    let hook = match hooks.all() {
-        Ok(all) => all.into_iter().find(|h| h.id == delivery.webhook),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the webhooks; delivery postponed");
-            return;
-        }
-    };
+/// One attempt of `delivery` to its subscription among `subscriptions`; its outcome is
+/// written back.
+async fn attempt(outbox: &Outbox, subscriptions: &[Webhook], mut delivery: Delivery) {
+    let hook = subscriptions.iter().find(|h| h.id == delivery.webhook);
     let now = now_ms();
     let Some(hook) = hook else {
         delivery.state = State::Dropped;
