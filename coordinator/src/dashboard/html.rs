@@ -14,8 +14,8 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::access::Viewer;
 use super::views::{
-    FlakeLine, FlakyView, FleetView, JobRow, JobView, JobsView, SpanLine, TestLine, TestView,
-    encode,
+    FlakeLine, FlakyView, FleetPage, JobRow, JobView, JobsView, SpanLine, TestLine, TestView,
+    encode, job_url,
 };
 use crate::auth::Permission;
 
@@ -629,39 +629,78 @@ pub(super) fn flaky_page(view: &FlakyView, viewer: &Viewer) -> Markup {
 }
 
 /// `/fleet`.
-pub(super) fn fleet_page(view: &FleetView, viewer: &Viewer) -> Markup {
+pub(super) fn fleet_page(view: &FleetPage, viewer: &Viewer) -> Markup {
+    let age = |unix_ms: u64| duration(view.now_unix_ms.saturating_sub(unix_ms) as f64);
     let content = html! {
         h1 { "Fleet" }
         div #fleet-live data-live="1" {
             p.note {
-                (view.agents.len()) " agents, " (view.slots) " slots, " (view.leased) " busy; "
+                (view.agents.len()) " agents, " (view.busy) " of " (view.slots) " slots busy; "
                 (view.queued) " operations queued"
-                @if let Some(ms) = view.oldest_queued_ms { ", the oldest for " (duration(ms as f64)) }
+            }
+            @if view.agents.is_empty() {
+                p.empty { "No agent is connected. Start one with " code { "tessera agent --coordinator URL --slots N" } "." }
             }
             table #agents {
                 caption.visually-hidden { "Connected agents" }
                 thead { tr {
                     th scope="col" { "Agent" } th scope="col" { "Slots busy / total" } th scope="col" { "Idle" }
-                    th scope="col" { "State" } th scope="col" { "Properties" }
+                    th scope="col" { "State" } th scope="col" { "Last heard" } th scope="col" { "Connected" }
+                    th scope="col" { "Leases" } th scope="col" { "Properties" }
                 } }
                 tbody {
                     @for a in &view.agents {
-                        tr data-agent=(a.id) {
-                            td { code { (a.id) } }
-                            td.num { (a.busy) " / " (a.slots) }
+                        tr data-agent=(a.agent.id) {
+                            td { code { (a.agent.id) } }
+                            td.num { (a.busy) " / " (a.agent.slots) }
                             td.num { (a.idle) }
-                            td { @if a.draining { span.badge.cancelled { "draining" } } @else { span.badge.passed { "serving" } } }
-                            td { @for (k, v) in &a.properties { span.label { (k) "=" (v) } " " } }
+                            td { @if a.agent.draining { span.badge.cancelled { "draining" } } @else { span.badge.passed { "serving" } } }
+                            td { (age(a.agent.last_heard_unix_ms)) " ago" }
+                            td { (time(a.agent.connected_unix_ms)) }
+                            td {
+                                @if a.agent.leases.is_empty() { span.note { "none" } }
+                                ul.leases {
+                                    @for lease in &a.agent.leases {
+                                        li {
+                                            @if let Some(job) = &lease.job {
+                                                a href=(job_url(job)) { "job " code { (job.get(..12).unwrap_or(job)) } }
+                                            } @else {
+                                                code { (lease.operation.rsplit('/').next().unwrap_or(&lease.operation).get(..12).unwrap_or("")) }
+                                            }
+                                            " · " (lease.requester)
+                                            @if lease.attempt > 1 { " · attempt " (lease.attempt) }
+                                            " · " (age(lease.leased_unix_ms))
+                                        }
+                                    }
+                                }
+                            }
+                            td { @for (k, v) in &a.agent.properties { span.label { (k) "=" (v) } " " } }
                         }
                     }
                 }
             }
-            @if view.agents.is_empty() { p.empty { "No agent is connected. Start one with " code { "tessera agent --coordinator URL" } "." } }
             h2 { "Queue" }
+            @if view.queue.is_empty() {
+                p.empty { "Nothing is waiting for a slot." }
+            }
             table #queue {
-                caption.visually-hidden { "Queued operations" }
-                thead { tr { th scope="col" { "Queued" } th scope="col" { "Running" } } }
-                tbody { tr { td.num { (view.queued) } td.num { (view.leased) } } }
+                caption.visually-hidden { "Queued work by requester, in fair-share order" }
+                thead { tr {
+                    th scope="col" { "Position" } th scope="col" { "Requester" } th scope="col" { "Queued" }
+                    th scope="col" { "Oldest wait" } th scope="col" { "Weight" } th scope="col" { "Service received" }
+                } }
+                tbody {
+                    @for q in &view.queue {
+                        tr data-requester=(q.requester) {
+                            td.num { (q.position) }
+                            td { (q.requester) }
+                            td.num { (q.queued) }
+                            td.num { (duration(q.oldest_wait_ms as f64)) }
+                            td.num { (format!("{:.1}", q.weight)) }
+                            td.num { (format!("{:.2}", q.virtual_time)) }
+                        }
+                    }
+                }
             }
         }
     };

@@ -530,32 +530,11 @@ async fn fleet(State(d): State<Shared>, headers: HeaderMap) -> Response {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, "/fleet", None),
     };
-    let (stats, agents) = match d.scheduler.stats().await {
-        Ok(s) => s,
+    let view = match d.scheduler.fleet().await {
+        Ok(fleet) => views::FleetPage::new(fleet),
         Err(e) => {
             return PageError::Internal(e.to_string()).respond(&headers, "/fleet", Some(&viewer));
         }
-    };
-    let view = views::FleetView {
-        agents: agents
-            .into_iter()
-            .map(|a| views::AgentLine {
-                idle: a
-                    .slots
-                    .saturating_sub(u32::try_from(a.running).unwrap_or(u32::MAX)),
-                id: a.id,
-                properties: a.properties,
-                slots: a.slots,
-                busy: a.running,
-                draining: a.draining,
-            })
-            .collect(),
-        queued: stats.queued,
-        leased: stats.leased,
-        slots: stats.slots,
-        oldest_queued_ms: stats
-            .oldest_queued
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     answer(&headers, &viewer, &view, |v| html::fleet_page(v, &viewer))
 }

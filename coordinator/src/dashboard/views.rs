@@ -8,6 +8,7 @@ use serde::Serialize;
 use tessera_cas::meta::MetaError;
 use tessera_proto::tessera::v1::{JobPhase, TestFinished, TestOutcome};
 
+use crate::execution::scheduler::{AgentView, FleetView, RequesterQueue};
 use crate::history::{
     BatchSpan, JobFilter, JobHistory, JobRecord, RunRecord, outcome_name, rerun_command,
     result_name, test_key,
@@ -652,24 +653,48 @@ pub(super) fn flaky_view(
     Ok(view)
 }
 
-/// `/fleet`: the agents and the queue.
-#[derive(Debug, Default, Serialize)]
-pub(super) struct FleetView {
+/// `/fleet`: the agents with their leases, and the queue in fair-share order.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct FleetPage {
     pub agents: Vec<AgentLine>,
+    pub queue: Vec<RequesterQueue>,
+    /// Operations queued, slots in all, slots busy.
     pub queued: usize,
-    pub leased: usize,
     pub slots: usize,
-    pub oldest_queued_ms: Option<u64>,
+    pub busy: usize,
+    /// When this was taken, Unix ms (the heartbeats' ages are against it).
+    pub now_unix_ms: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+/// An agent on the fleet page.
+#[derive(Debug, Clone, Serialize)]
 pub(super) struct AgentLine {
-    pub id: String,
-    pub properties: Vec<(String, String)>,
-    pub slots: u32,
+    #[serde(flatten)]
+    pub agent: AgentView,
     pub busy: usize,
-    pub idle: u32,
-    pub draining: bool,
+    pub idle: usize,
+}
+
+impl FleetPage {
+    pub(super) fn new(fleet: FleetView) -> Self {
+        let agents: Vec<AgentLine> = fleet
+            .agents
+            .into_iter()
+            .map(|agent| AgentLine {
+                busy: agent.busy(),
+                idle: agent.idle(),
+                agent,
+            })
+            .collect();
+        FleetPage {
+            slots: agents.iter().map(|a| a.agent.slots as usize).sum(),
+            busy: agents.iter().map(|a| a.busy).sum(),
+            agents,
+            queue: fleet.queue,
+            queued: fleet.queued,
+            now_unix_ms: u64::try_from(tessera_proto::time::unix_ms()).unwrap_or(0),
+        }
+    }
 }
 
 /// Shared handles the views read.
