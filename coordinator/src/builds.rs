@@ -172,6 +172,9 @@ pub struct InvocationSummary {
     pub id: String,
     /// The client: `ToolDetails` name and version (`bazel 4.2.3`), empty when not sent.
     pub tool: String,
+    /// The first `tool_invocation_id` seen: for Bazel, the command's id, which it prints as
+    /// `Invocation ID:` (while `id` is its build request id, which it does not print).
+    pub tool_invocation_id: String,
     /// First record, ms since the epoch.
     pub started_unix_ms: u64,
     /// Latest record, ms since the epoch.
@@ -255,6 +258,7 @@ pub struct InvocationDetail {
 struct Event {
     invocation: String,
     tool: String,
+    tool_invocation_id: String,
     action_key: String,
     row: ActionRow,
 }
@@ -348,6 +352,7 @@ impl BuildLog {
         let event = Event {
             invocation: cut(invocation),
             tool: cut(&tool),
+            tool_invocation_id: cut(&metadata.tool_invocation_id),
             action_key,
             row: ActionRow {
                 action_digest,
@@ -435,7 +440,7 @@ impl BuildLog {
             .filter(|a| a.kind.is_run())
             .cloned()
             .collect();
-        slowest.sort_by(|a, b| b.kind.duration_ms().cmp(&a.kind.duration_ms()));
+        slowest.sort_by_key(|a| std::cmp::Reverse(a.kind.duration_ms()));
         slowest.truncate(SLOWEST);
         Ok(Some(InvocationDetail {
             summary,
@@ -529,6 +534,7 @@ impl Writer {
                 let summary = loaded.unwrap_or_else(|| InvocationSummary {
                     id: event.invocation.clone(),
                     tool: event.tool.clone(),
+                    tool_invocation_id: event.tool_invocation_id.clone(),
                     started_unix_ms: event.row.first_unix_ms,
                     last_unix_ms: event.row.first_unix_ms,
                     actions: 0,
@@ -549,6 +555,9 @@ impl Writer {
             summary.last_unix_ms = summary.last_unix_ms.max(event.row.last_unix_ms);
             if summary.tool.is_empty() {
                 summary.tool = event.tool;
+            }
+            if summary.tool_invocation_id.is_empty() {
+                summary.tool_invocation_id = event.tool_invocation_id;
             }
             let row = match old {
                 None => {
@@ -840,6 +849,7 @@ mod tests {
             [InvocationSummary {
                 id: "b1".into(),
                 tool: "bazel 4.2.3".into(),
+                tool_invocation_id: "b1-command".into(),
                 started_unix_ms: 1_000,
                 last_unix_ms: 2_000,
                 actions: 3,

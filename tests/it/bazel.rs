@@ -227,6 +227,14 @@ fn remote_execution_runs_every_spawn_remotely_then_caches_them() {
     assert_eq!(list.len(), 2, "one invocation per bazel command: {list:#?}");
     let (warm_build, cold_build) = (&list[0], &list[1]);
     assert!(warm_build.tool.starts_with("bazel"), "{warm_build:?}");
+    // Bazel sends its command id (printed as `Invocation ID:`) as the tool invocation id.
+    assert_eq!(
+        [
+            Some(cold_build.tool_invocation_id.clone()),
+            Some(warm_build.tool_invocation_id.clone())
+        ],
+        [invocation_id(&cold), invocation_id(&warm)]
+    );
     assert_eq!(
         (
             cold_build.actions,

@@ -305,4 +305,79 @@ mod tests {
             "priority 5000 is outside the supported range -1000..=1000"
         );
     }
+
+    /// A finished execution is recorded once, with its exit code; one that failed without an
+    /// exit code counts as failed.
+    #[tokio::test]
+    async fn finished_executions_are_recorded_with_their_outcome() {
+        use tessera_cas::meta::{MemoryMetaStore, MetadataStore};
+        use tessera_proto::reapi::{
+            ActionResult, Digest as ProtoDigest, ExecuteResponse, execution_stage,
+        };
+        use tokio_util::sync::CancellationToken;
+
+        let meta: std::sync::Arc<dyn MetadataStore> = std::sync::Arc::new(MemoryMetaStore::new());
+        let token = CancellationToken::new();
+        let (log, writer) =
+            BuildLog::start(std::sync::Arc::clone(&meta), 10, token.clone()).unwrap();
+        let writer = tokio::spawn(writer);
+        let snapshot = |action: &str, response: Option<ExecuteResponse>| OpSnapshot {
+            name: "operations/x".into(),
+            stage: execution_stage::Value::Completed,
+            action_digest: ProtoDigest {
+                hash: action.into(),
+                size_bytes: 1,
+            },
+            digest_function: 0,
+            response,
+            partial: Vec::new(),
+        };
+        let recorder = |action_id: &str| BuildRecorder {
+            log: log.clone(),
+            metadata: RequestMetadata {
+                correlated_invocations_id: "build".into(),
+                action_id: action_id.into(),
+                ..Default::default()
+            },
+        };
+        recorder("running").finished(&snapshot("running", None));
+        recorder("passed").finished(&snapshot(
+            "passed",
+            Some(ExecuteResponse {
+                result: Some(ActionResult::default()),
+                ..Default::default()
+            }),
+        ));
+        recorder("timed-out").finished(&snapshot(
+            "timed-out",
+            Some(ExecuteResponse {
+                status: Some(tessera_proto::rpc::Status {
+                    code: tonic::Code::DeadlineExceeded as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        ));
+        token.cancel();
+        writer.await.unwrap();
+
+        let detail = log.invocation("build").unwrap().unwrap();
+        let outcomes: Vec<(&str, &ActionKind)> = detail
+            .actions
+            .iter()
+            .map(|a| (a.action_id.as_str(), &a.kind))
+            .collect();
+        let ran = |exit_code| ActionKind::Executed {
+            cached: false,
+            exit_code,
+            duration_ms: 0,
+            agent: String::new(),
+        };
+        assert_eq!(
+            outcomes,
+            [("passed", &ran(0)), ("timed-out", &ran(-1))],
+            "an operation not done is not recorded"
+        );
+        assert_eq!(detail.summary.failed, 1);
+    }
 }
