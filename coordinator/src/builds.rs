@@ -243,7 +243,7 @@ pub struct ActionRow {
 }
 
 /// One invocation with its actions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InvocationDetail {
     /// The summary, as listed.
     pub summary: InvocationSummary,
