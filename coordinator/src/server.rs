@@ -248,15 +248,6 @@ impl Coordinator {
             Arc::clone(&meta_dyn),
             config.dashboard_jobs,
         )?;
-        let dashboard = crate::dashboard::Dashboard::new(
-            jobs.clone(),
-            quarantine.clone(),
-            scheduler.clone(),
-            config.auth,
-            auth.tokens.clone(),
-            tls.is_some(),
-            token.clone(),
-        );
 
         if config.auth == AuthMode::Tokens
             && let Some(path) = auth.tokens.bootstrap(&config.data_dir).await?
@@ -283,6 +274,16 @@ impl Coordinator {
         let (builds, builds_writer) =
             BuildLog::start(Arc::clone(&meta_dyn), DEFAULT_KEEP, token.clone())?;
         tasks.spawn(builds_writer);
+        let dashboard = crate::dashboard::Dashboard::new(
+            jobs.clone(),
+            quarantine.clone(),
+            scheduler.clone(),
+            config.auth,
+            auth.tokens.clone(),
+            tls.is_some(),
+            token.clone(),
+            builds.clone(),
+        );
 
         let batch = config.max_batch_total_size_bytes;
         let router = tonic::transport::Server::builder()
