@@ -222,6 +222,18 @@ fn remote_execution_runs_every_spawn_remotely_then_caches_them() {
     //    first, each with one action per remote spawn; a lookup miss followed by Execute of
     //    the same action counted once. Read from the store once the coordinator has stopped
     //    cleanly (the log is made durable by its shutdown checkpoint, not per write).
+    // The dashboard shows both builds, and finds one by the id Bazel printed.
+    let listed = cluster.dashboard_json("/builds");
+    let listed = listed["builds"].as_array().expect("builds: a list");
+    assert_eq!(listed.len(), 2, "/builds lists both invocations: {listed:#?}");
+    assert_eq!(listed[0]["hit_ratio"], 1.0, "{listed:#?}");
+    let printed = invocation_id(&cold).expect("Bazel prints its invocation id");
+    let page = cluster.dashboard_json(&format!("/builds/{printed}"));
+    assert_eq!(
+        page["actions"].as_array().map(Vec::len),
+        Some(actions as usize),
+        "{page:#}"
+    );
     let builds = cluster.stop_and_read_builds();
     let list = builds.list(10, None).unwrap();
     assert_eq!(list.len(), 2, "one invocation per bazel command: {list:#?}");
@@ -372,13 +384,22 @@ const LEASE_TIMEOUT: &str = "3s";
 struct Cluster {
     agents: Vec<AgentProcess>,
     server: ServerProcess,
+    /// The coordinator's HTTP port (the dashboard).
+    http: SocketAddr,
     dir: PathBuf,
 }
 
 impl Cluster {
     fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], tessera_tests::free_port()));
-        let server = ServerProcess::start_on(addr, &dir.join("data"), &[], env);
+        let http = SocketAddr::from(([127, 0, 0, 1], tessera_tests::free_port()));
+        let http_arg = http.to_string();
+        let server = ServerProcess::start_on(
+            addr,
+            &dir.join("data"),
+            &["--http-listen", &http_arg],
+            env,
+        );
         let agents = ["agent-1", "agent-2"]
             .iter()
             .map(|id| AgentProcess::start(&server.endpoint(), &dir.join(id), id, 2, &[]))
@@ -386,6 +407,7 @@ impl Cluster {
         let cluster = Cluster {
             agents,
             server,
+            http,
             dir: dir.to_owned(),
         };
         cluster.wait_for_agents();
@@ -400,6 +422,21 @@ impl Cluster {
                 .log
                 .blocking_wait_for(lines::AGENT_CONNECTED, Duration::from_secs(30));
         }
+    }
+
+    /// The JSON answer of the coordinator's dashboard page `path`.
+    fn dashboard_json(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.http).expect("the dashboard answers");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: tessera\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}\n{body}");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
     }
 
     /// `--remote_executor=grpc://ADDR`.
