@@ -140,6 +140,9 @@ pub struct CoordinatorConfig {
     pub history_runs: usize,
     /// A test's history not recorded for this long is removed.
     pub history_retention: Duration,
+    /// Finished jobs the dashboard keeps (their tests, batches and runs), the oldest removed
+    /// first; 0 keeps none (the pages show running jobs only).
+    pub dashboard_jobs: usize,
     /// TLS certificate chain (PEM) for the gRPC port; with `tls_key`, turns TLS on.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM) of `tls_cert`.
@@ -237,6 +240,7 @@ impl Default for CoordinatorConfig {
                 "pool".to_owned(),
             ],
             history_runs: 10,
+            dashboard_jobs: 10_000,
             history_retention: Duration::from_secs(30 * 86_400),
             tls_cert: None,
             tls_key: None,
@@ -278,6 +282,7 @@ pub struct FileConfig {
     platform_keys: Option<Vec<String>>,
     history_runs: Option<usize>,
     history_retention: Option<String>,
+    dashboard_jobs: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -397,6 +402,7 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_PLATFORM_KEYS",
     "TESSERA_HISTORY_RUNS",
     "TESSERA_HISTORY_RETENTION",
+    "TESSERA_DASHBOARD_JOBS",
     "TESSERA_TLS_CERT",
     "TESSERA_TLS_KEY",
     "TESSERA_TLS_CLIENT_CA",
@@ -508,6 +514,9 @@ impl Settings for CoordinatorConfig {
         if let Some(v) = file.history_retention {
             self.history_retention = file_duration("history_retention", &v)?;
         }
+        if let Some(v) = file.dashboard_jobs {
+            self.dashboard_jobs = v;
+        }
         if let Some(v) = file.tls_cert {
             self.tls_cert = Some(v);
         }
@@ -607,6 +616,7 @@ impl Settings for CoordinatorConfig {
             "TESSERA_MAX_ACTION_TIMEOUT" => self.max_action_timeout = parse_duration(value)?,
             "TESSERA_PLATFORM_KEYS" => self.platform_keys = parse_list(value),
             "TESSERA_HISTORY_RUNS" => self.history_runs = parse(value)?,
+            "TESSERA_DASHBOARD_JOBS" => self.dashboard_jobs = parse(value)?,
             "TESSERA_HISTORY_RETENTION" => self.history_retention = parse_duration(value)?,
             "TESSERA_TLS_CERT" => self.tls_cert = Some(PathBuf::from(value)),
             "TESSERA_TLS_KEY" => self.tls_key = Some(PathBuf::from(value)),

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod execution;
+pub mod history;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;

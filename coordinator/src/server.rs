@@ -244,6 +244,7 @@ impl Coordinator {
                 notifier: notifier.clone(),
             },
             Arc::clone(&meta_dyn),
+            config.dashboard_jobs,
         )?;
 
         if config.auth == AuthMode::Tokens

@@ -30,6 +30,7 @@ use super::results::{CachedPass, Day, SuiteKey};
 use super::steps::{StepRequest, StepRun, Steps, no_network_hint, tests_have_network};
 use super::tally::Tally;
 use super::test_state::{Failure, Final, TestEvent, TestState, TestTable};
+use crate::history::BatchSpan;
 
 /// Fixed time added to a batch action's timeout on top of its tests' deadlines.
 const BATCH_SLACK: Duration = Duration::from_secs(60);
@@ -232,6 +233,9 @@ impl<'a> RunPhase<'a> {
     /// Handles the end of `batch`'s step: one result for each of its `unreported` tests.
     fn finish(&mut self, batch: BatchId, unreported: Vec<TestId>, run: StepRun) -> Option<Stop> {
         let agent = run.agent();
+        if let Some(span) = self.span_of(&run, &agent) {
+            self.job.record_batch(span);
+        }
         let no_result = |id: TestId, output: String| TestResult {
             id,
             outcome: Outcome::NoResult,
@@ -271,6 +275,41 @@ impl<'a> RunPhase<'a> {
             }
         };
         self.record(batch, &agent, results)
+    }
+
+    /// Where `run` (a batch's step) spent its wall time, for the job's timeline: `None` when
+    /// the agent did not say when it ran.
+    fn span_of(&self, run: &StepRun, agent: &str) -> Option<BatchSpan> {
+        let metadata = run.result.execution_metadata.as_ref()?;
+        let unix_ms = |t: &prost_types::Timestamp| {
+            u64::try_from(t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)).ok()
+        };
+        let start = unix_ms(metadata.execution_start_timestamp.as_ref()?)?;
+        let end = unix_ms(metadata.execution_completed_timestamp.as_ref()?)?;
+        let (tests, failed) = match &run.report {
+            StepReport::Ran { results, .. } => (
+                results.len(),
+                results
+                    .iter()
+                    .filter(|r| {
+                        !matches!(
+                            r.outcome,
+                            Outcome::Passed | Outcome::Skipped | Outcome::Flaky
+                        )
+                    })
+                    .count(),
+            ),
+            _ => (0, 0),
+        };
+        let created = self.job.created_unix_ms;
+        Some(BatchSpan {
+            agent: agent.to_owned(),
+            cell: self.steps.cell.name.clone(),
+            start_ms: start.saturating_sub(created),
+            end_ms: end.max(start).saturating_sub(created),
+            tests: u32::try_from(tests).unwrap_or(u32::MAX),
+            failed: u32::try_from(failed).unwrap_or(u32::MAX),
+        })
     }
 
     /// What one tool start-up of a batch that started `startups` processes cost: the command's

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tessera_proto::tessera::v1::{
-    JobEvent, JobPhase, JobResult, JobSpec, JobSummary, TestFinished, TestOutcome, job_event,
+    JobEvent, JobFinished, JobPhase, JobResult, JobSpec, JobSummary, TestFinished, TestOutcome,
+    job_event,
 };
 use tessera_runners::{RunnerConfig, TestId};
 use tokio::sync::{Notify, watch};
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{Journal, Restored, SEQ_BLOCK};
 use super::secrets::{JobSecrets, strip};
+use crate::history::{BatchSpan, JobRecord, result_name};
 
 /// A job, shared by its driver, its watchers and the registry.
 #[derive(Debug)]
@@ -65,6 +67,8 @@ struct State {
     planned: BTreeMap<String, u32>,
     /// Names of this job's operations in the scheduler that have not finished.
     operations: Vec<String>,
+    /// Its batches that ended, for the dashboard's timeline.
+    batches: Vec<BatchSpan>,
 }
 
 impl Job {
@@ -324,6 +328,97 @@ impl Job {
     /// The job's operations that have not finished.
     pub fn operations(&self) -> Vec<String> {
         self.lock().operations.clone()
+    }
+
+    /// Records a batch that ended, for the timeline.
+    pub fn record_batch(&self, span: BatchSpan) {
+        self.lock().batches.push(span);
+    }
+
+    /// The batches that ended, in the order they ended.
+    pub fn batches(&self) -> Vec<BatchSpan> {
+        self.lock().batches.clone()
+    }
+
+    /// The shown final test results after `seq`, and the highest seq shown.
+    pub fn final_tests_after(&self, seq: u64) -> (Vec<TestFinished>, u64) {
+        let state = self.lock();
+        let start = state.events.partition_point(|e| e.seq <= seq);
+        let end = state.events.partition_point(|e| e.seq <= state.shown);
+        let tests = state
+            .events
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(job_event::Kind::Test(t)) if t.r#final => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        (tests, state.shown)
+    }
+
+    /// Operations of other work ahead of this job's next one in the queue, as last reported
+    /// (0 once it runs).
+    pub fn queue_ahead(&self) -> u32 {
+        let state = self.lock();
+        if state.phase != JobPhase::Queued {
+            return 0;
+        }
+        state
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| match &e.kind {
+                Some(job_event::Kind::Queue(q)) => Some(q.ahead),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// The job's end as its finished event tells it, once it has one.
+    pub fn finished_event(&self) -> Option<JobFinished> {
+        self.lock().events.iter().rev().find_map(|e| match &e.kind {
+            Some(job_event::Kind::Finished(f)) => Some(f.clone()),
+            _ => None,
+        })
+    }
+
+    /// What the history keeps of the job once it has finished: its record, its final test
+    /// results (in the order they were shown) and its batches.
+    pub fn history_record(&self) -> (JobRecord, Vec<TestFinished>, Vec<BatchSpan>) {
+        let (tests, _) = self.final_tests_after(0);
+        let finished = self.finished_event().unwrap_or_default();
+        let ms = |d: Option<&prost_types::Duration>| {
+            d.and_then(tessera_proto::time::from_proto_duration)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let summary = self.summary();
+        let record = JobRecord {
+            id: self.id.clone(),
+            submitter: self.spec.submitter.clone(),
+            title: self.spec.title.clone(),
+            project: self.spec.project.clone(),
+            instance: self.spec.instance_name.clone(),
+            labels: self.spec.labels.clone().into_iter().collect(),
+            created_unix_ms: self.created_unix_ms,
+            wall_ms: ms(finished.wall.as_ref()).max(summary.elapsed_ms),
+            serial_ms: ms(finished.serial.as_ref()),
+            result: result_name(finished.result()).to_owned(),
+            message: finished.message.clone(),
+            passed: finished.passed,
+            failed: finished.failed,
+            skipped: finished.skipped,
+            flaky: finished.flaky,
+            timed_out: finished.timed_out,
+            errors: finished.errors,
+            cached: finished.cached,
+            not_run: finished.not_run,
+            quarantined: finished.quarantined,
+            total: u32::try_from(tests.len()).unwrap_or(u32::MAX),
+            batches: finished.batches,
+        };
+        (record, tests, self.batches())
     }
 
     /// One line of `Jobs.Status`.

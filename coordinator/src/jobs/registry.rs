@@ -31,6 +31,7 @@ use super::journal::Journal;
 use super::secrets::{JobSecrets, LOST_MESSAGE, PlaceholderKey, strip};
 use super::validate::validate;
 use crate::execution::execute::ExecuteError;
+use crate::history::{JobHistory, LiveChange, LiveFeed};
 
 /// Table of accepted jobs that have not finished: id → `JobSpec` (its secrets' values
 /// stripped) with its creation time.
@@ -77,6 +78,10 @@ pub struct JobRegistry {
     journal: Journal,
     secret_key: PlaceholderKey,
     jobs: Arc<Mutex<Registry>>,
+    /// Finished jobs for the dashboard; `None` when it keeps none.
+    history: Option<JobHistory>,
+    /// Changes of shown events, for live pages.
+    feed: LiveFeed,
 }
 
 #[derive(Default)]
@@ -92,10 +97,21 @@ impl std::fmt::Debug for JobRegistry {
 }
 
 impl JobRegistry {
-    /// The registry; jobs left unfinished by an earlier run of the coordinator go on.
-    pub fn start(ctx: JobContext, meta: Arc<dyn MetadataStore>) -> Result<Self, MetaError> {
+    /// The registry; jobs left unfinished by an earlier run of the coordinator go on. Up to
+    /// `keep_history` finished jobs are recorded in the history (0: none).
+    pub fn start(
+        ctx: JobContext,
+        meta: Arc<dyn MetadataStore>,
+        keep_history: usize,
+    ) -> Result<Self, MetaError> {
         let table = meta.table(TABLE)?;
+        let history = match keep_history {
+            0 => None,
+            keep => Some(JobHistory::open(Arc::clone(&meta), keep)?),
+        };
         let registry = JobRegistry {
+            history,
+            feed: LiveFeed::new(),
             ctx,
             journal: Journal::open(Arc::clone(&meta))?,
             secret_key: PlaceholderKey::new(Arc::clone(&meta)),
@@ -151,18 +167,42 @@ impl JobRegistry {
 
     /// Removes job `id`'s record and journal, in one batch.
     fn forget_now(&self, id: &str) -> Result<(), MetaError> {
+        self.meta.apply_batch(self.forget_batch(id)?)
+    }
+
+    fn forget_batch(&self, id: &str) -> Result<Batch, MetaError> {
         let mut batch = Batch::new();
         batch.remove(TABLE, id.as_bytes());
         self.journal.forget(id, &mut batch)?;
-        self.meta.apply_batch(batch)
+        Ok(batch)
     }
 
-    /// Removes a finished job's record and journal, so a restart does not run it again; on a
-    /// full disk, retries until space returns (or the coordinator stops).
-    async fn forget_record(&self, id: &str) {
+    /// Removes a finished job's record and journal, so a restart does not run it again, and
+    /// records it in the history in the same commit; on a full disk, retries until space
+    /// returns (or the coordinator stops).
+    async fn forget_record(&self, job: &Job) {
+        let id = job.id.as_str();
         let mut delay = Duration::from_millis(200);
+        let record = Arc::new(self.history.as_ref().map(|_| job.history_record()));
         loop {
-            match self.forget_now(id) {
+            // Off the async threads: a large job's history is thousands of writes.
+            let registry = self.clone();
+            let (owned_id, record) = (id.to_owned(), Arc::clone(&record));
+            let done = tokio::task::spawn_blocking(move || {
+                let batch = registry.forget_batch(&owned_id)?;
+                match (&registry.history, record.as_ref()) {
+                    (Some(history), Some((record, tests, spans))) => {
+                        history.record(record, tests, spans, batch)
+                    }
+                    _ => registry.meta.apply_batch(batch),
+                }
+            })
+            .await;
+            let Ok(done) = done else {
+                tracing::warn!(job = %id, "failed to forget a finished job: its writer panicked");
+                return;
+            };
+            match done {
                 Ok(()) => return,
                 Err(error) if error.is_out_of_space() => {
                     tracing::debug!(%error, job = %id, "finished job's record kept for now");
@@ -182,6 +222,7 @@ impl JobRegistry {
 
     fn launch(&self, job: Arc<Job>) {
         self.lock().jobs.insert(job.id.clone(), Arc::clone(&job));
+        tokio::spawn(publish_changes(Arc::clone(&job), self.feed.clone()));
         let registry = self.clone();
         // The job's trace: the child of the call that submitted it (none after a restart).
         let span = tracing::info_span!(
@@ -208,7 +249,10 @@ impl JobRegistry {
                 // end yet).
                 return;
             }
-            registry.forget_record(&job.id).await;
+            registry.forget_record(&job).await;
+            registry
+                .feed
+                .publish(LiveChange::Recorded { id: job.id.clone() });
             let mut jobs = registry.lock();
             jobs.finished.push_back(job.id.clone());
             while jobs.finished.len() > KEEP_FINISHED {
@@ -217,6 +261,26 @@ impl JobRegistry {
                 }
             }
         });
+    }
+
+    /// The history of finished jobs, when it keeps any.
+    pub fn history(&self) -> Option<&JobHistory> {
+        self.history.as_ref()
+    }
+
+    /// The feed of changes live pages follow.
+    pub fn feed(&self) -> &LiveFeed {
+        &self.feed
+    }
+
+    /// The jobs in memory: every unfinished one and the last finished ones.
+    pub fn jobs(&self) -> Vec<Arc<Job>> {
+        self.lock().jobs.values().cloned().collect()
+    }
+
+    /// Job `id`, while it is in memory.
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.lock().jobs.get(id).cloned()
     }
 
     fn job(&self, id: &str) -> Result<Arc<Job>, JobsError> {
@@ -364,6 +428,22 @@ impl JobRegistry {
                 metadata_writes_refused: meta.refused,
             }),
         })
+    }
+}
+
+/// Publishes every change of `job`'s shown events to `feed`, until the job has finished and
+/// all of it is shown.
+async fn publish_changes(job: Arc<Job>, feed: LiveFeed) {
+    let mut shown = job.subscribe();
+    loop {
+        let seq = *shown.borrow_and_update();
+        feed.publish(LiveChange::Job {
+            id: job.id.clone(),
+            seq,
+        });
+        if job.events_after(seq).1 || shown.changed().await.is_err() {
+            return;
+        }
     }
 }
 
