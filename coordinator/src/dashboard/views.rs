@@ -8,6 +8,8 @@ use serde::Serialize;
 use tessera_cas::meta::MetaError;
 use tessera_proto::tessera::v1::{JobPhase, TestFinished, TestOutcome};
 
+use crate::builds::{ActionRow, BuildLog, InvocationSummary};
+use crate::execution::scheduler::{AgentView, FleetView, RequesterQueue};
 use crate::history::{
     BatchSpan, JobFilter, JobHistory, JobRecord, RunRecord, outcome_name, rerun_command,
     result_name, test_key,
@@ -652,24 +654,138 @@ pub(super) fn flaky_view(
     Ok(view)
 }
 
-/// `/fleet`: the agents and the queue.
-#[derive(Debug, Default, Serialize)]
-pub(super) struct FleetView {
+/// `/fleet`: the agents with their leases, and the queue in fair-share order.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct FleetPage {
     pub agents: Vec<AgentLine>,
+    pub queue: Vec<RequesterQueue>,
+    /// Operations queued, slots in all, slots busy.
     pub queued: usize,
-    pub leased: usize,
     pub slots: usize,
-    pub oldest_queued_ms: Option<u64>,
+    pub busy: usize,
+    /// When this was taken, Unix ms (the heartbeats' ages are against it).
+    pub now_unix_ms: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+/// An agent on the fleet page.
+#[derive(Debug, Clone, Serialize)]
 pub(super) struct AgentLine {
-    pub id: String,
-    pub properties: Vec<(String, String)>,
-    pub slots: u32,
+    #[serde(flatten)]
+    pub agent: AgentView,
     pub busy: usize,
-    pub idle: u32,
-    pub draining: bool,
+    pub idle: usize,
+}
+
+impl FleetPage {
+    pub(super) fn new(fleet: FleetView) -> Self {
+        let agents: Vec<AgentLine> = fleet
+            .agents
+            .into_iter()
+            .map(|agent| AgentLine {
+                busy: agent.busy(),
+                idle: agent.idle(),
+                agent,
+            })
+            .collect();
+        FleetPage {
+            slots: agents.iter().map(|a| a.agent.slots as usize).sum(),
+            busy: agents.iter().map(|a| a.busy).sum(),
+            agents,
+            queue: fleet.queue,
+            queued: fleet.queued,
+            now_unix_ms: u64::try_from(tessera_proto::time::unix_ms()).unwrap_or(0),
+        }
+    }
+}
+
+/// Invocations per page of `/builds`.
+pub(super) const BUILDS_PER_PAGE: usize = 50;
+
+/// The link to an invocation's page.
+pub(super) fn build_url(id: &str) -> String {
+    format!("/builds/{}", encode(id))
+}
+
+/// An invocation as `/builds` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct BuildLine {
+    #[serde(flatten)]
+    pub summary: InvocationSummary,
+    pub url: String,
+    /// Cache hits over hits and executions.
+    pub hit_ratio: f64,
+}
+
+impl BuildLine {
+    fn new(summary: InvocationSummary) -> Self {
+        BuildLine {
+            url: build_url(&summary.id),
+            hit_ratio: summary.hit_ratio(),
+            summary,
+        }
+    }
+}
+
+/// `/builds`: REAPI invocations, newest first.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(super) struct BuildsView {
+    pub builds: Vec<BuildLine>,
+    /// The cursor of the next page (`?before=`), when there may be one.
+    pub next: Option<String>,
+    pub before: Option<String>,
+}
+
+pub(super) fn builds_view(
+    builds: &BuildLog,
+    before: Option<&str>,
+) -> Result<BuildsView, super::routes::PageError> {
+    let page = builds.list(BUILDS_PER_PAGE + 1, before)?;
+    let more = page.len() > BUILDS_PER_PAGE;
+    let lines: Vec<BuildLine> = page
+        .into_iter()
+        .take(BUILDS_PER_PAGE)
+        .map(BuildLine::new)
+        .collect();
+    Ok(BuildsView {
+        next: more
+            .then(|| lines.last().map(|l| l.summary.id.clone()))
+            .flatten(),
+        before: before.map(str::to_owned),
+        builds: lines,
+    })
+}
+
+/// `/builds/{invocation}`: one invocation's actions.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct BuildView {
+    #[serde(flatten)]
+    pub build: BuildLine,
+    pub actions: Vec<ActionRow>,
+    pub slowest: Vec<ActionRow>,
+}
+
+/// Invocation `id`'s page; `id` may also be the id the tool printed (Bazel's `Invocation ID`,
+/// its tool invocation id).
+pub(super) fn build_view(
+    builds: &BuildLog,
+    id: &str,
+) -> Result<Option<BuildView>, super::routes::PageError> {
+    let detail = match builds.invocation(id)? {
+        Some(detail) => Some(detail),
+        None => match builds
+            .list(usize::MAX, None)?
+            .into_iter()
+            .find(|s| !s.tool_invocation_id.is_empty() && s.tool_invocation_id == id)
+        {
+            Some(summary) => builds.invocation(&summary.id)?,
+            None => None,
+        },
+    };
+    Ok(detail.map(|detail| BuildView {
+        build: BuildLine::new(detail.summary),
+        actions: detail.actions,
+        slowest: detail.slowest,
+    }))
 }
 
 /// Shared handles the views read.
@@ -677,6 +793,7 @@ pub(super) struct AgentLine {
 pub(super) struct Sources {
     pub registry: JobRegistry,
     pub quarantine: QuarantineStore,
+    pub builds: BuildLog,
 }
 
 impl Sources {
