@@ -5,7 +5,8 @@
 //! This file sets the stage and judges the script's exit status; the script holds the checks:
 //! - every page loads and shows what was run here: the passing, failing and flaky jobs on `/`,
 //!   the failing job's tests, failure output, timeline and re-run command, the flaky test's
-//!   history and its place on `/flaky`, the agent on `/fleet`, `/builds`; each page as JSON too;
+//!   history and its place on `/flaky`, the agent on `/fleet`, a build sent the way Bazel sends
+//!   it on `/builds` and `/builds/{invocation}`; each page as JSON too;
 //! - a job whose test waits on a gate file: once the gate opens, the finished test shows on the
 //!   open job page within 1 s of the JSON showing it, without a reload;
 //! - axe-core finds no serious or critical violation on the main pages;
@@ -23,8 +24,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use prost::Message;
 use serde_json::Value;
-use tessera_tests::{AgentProcess, ServerProcess, free_port, in_ci, visible_tempdir, wait_exit};
+use tessera_cas::client::CasClient;
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_proto::REQUEST_METADATA_HEADER;
+use tessera_proto::reapi::action_cache_client::ActionCacheClient;
+use tessera_proto::reapi::execution_client::ExecutionClient;
+use tessera_proto::reapi::{ExecuteRequest, GetActionResultRequest, RequestMetadata, ToolDetails};
+use tessera_tests::{
+    AgentProcess, ServerProcess, free_port, in_ci, response_of, upload_action, visible_tempdir,
+    wait_exit,
+};
 
 use super::metrics::tessera;
 use super::quarantine::create_token;
@@ -213,6 +224,100 @@ impl RunningJob {
     }
 }
 
+/// `message` with `metadata` in the binary header where REAPI clients send it.
+fn with_metadata<T>(metadata: &RequestMetadata, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert_bin(
+        REQUEST_METADATA_HEADER,
+        tonic::metadata::MetadataValue::from_bytes(&metadata.encode_to_vec()),
+    );
+    request
+}
+
+/// Executes `digest` to its end (a minute at most), with `metadata` if given; checks that the
+/// command ran and exited 0.
+async fn execute(
+    channel: &tonic::transport::Channel,
+    digest: &Digest,
+    metadata: Option<&RequestMetadata>,
+) {
+    let message = ExecuteRequest {
+        action_digest: Some(digest.to_proto()),
+        ..Default::default()
+    };
+    let request = match metadata {
+        Some(metadata) => with_metadata(metadata, message),
+        None => tonic::Request::new(message),
+    };
+    let mut operations = ExecutionClient::new(channel.clone())
+        .execute(request)
+        .await
+        .expect("Execute accepted")
+        .into_inner();
+    let response = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(op) = operations.message().await.expect("operation stream") {
+            if op.done {
+                return response_of(&op).expect("a done operation has a response");
+            }
+        }
+        panic!("the operation stream ended before done");
+    })
+    .await
+    .expect("the action ran within a minute");
+    let exit = response.result.as_ref().map(|r| r.exit_code);
+    assert_eq!(exit, Some(0), "the action ran: {response:?}");
+}
+
+/// A build as Bazel sends it to a remote executor, every call carrying `RequestMetadata` under
+/// `invocation`, against a cache another build warmed for one of its two actions: `//gen:beta`
+/// is a cache hit, `//gen:alpha` a miss that runs on an agent. Its hit ratio is 50 %.
+async fn reapi_build(endpoint: &str, invocation: &str) {
+    let cas = CasClient::connect(endpoint, "", DigestFunction::Sha256)
+        .await
+        .expect("CAS client connects");
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the coordinator");
+    let mut cache = ActionCacheClient::new(channel.clone());
+    for (target, warm) in [("beta", true), ("alpha", false)] {
+        let script = format!("echo {target} > {target}.txt");
+        let output = format!("{target}.txt");
+        let digest =
+            upload_action(&cas, &["sh", "-c", &script], &[output.as_str()], &[], false).await;
+        if warm {
+            execute(&channel, &digest, None).await;
+        }
+        let metadata = RequestMetadata {
+            tool_details: Some(ToolDetails {
+                tool_name: "bazel".to_owned(),
+                tool_version: "7.4.1".to_owned(),
+            }),
+            action_id: digest.hash_hex(),
+            tool_invocation_id: invocation.to_owned(),
+            correlated_invocations_id: invocation.to_owned(),
+            action_mnemonic: "Genrule".to_owned(),
+            target_id: format!("//gen:{target}"),
+            configuration_id: "k8-fastbuild".to_owned(),
+        };
+        let lookup = GetActionResultRequest {
+            action_digest: Some(digest.to_proto()),
+            ..Default::default()
+        };
+        let found = cache
+            .get_action_result(with_metadata(&metadata, lookup))
+            .await;
+        match (warm, found) {
+            (true, Ok(_)) => {}
+            (false, Err(status)) if status.code() == tonic::Code::NotFound => {
+                execute(&channel, &digest, Some(&metadata)).await;
+            }
+            (warm, found) => panic!("//gen:{target} (warm: {warm}): lookup gave {found:?}"),
+        }
+    }
+}
+
 impl Drop for RunningJob {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -245,6 +350,8 @@ async fn the_dashboard_in_a_browser_shows_the_jobs_live_accessible_by_keyboard_a
     let passing = run_to_end(run("passing", &[]), 0);
     let failing = run_to_end(run("failing", &[]), 1);
     let flaky = run_to_end(run("flaky", &state_env), 0);
+    let invocation = "5bd4a4a1-ba5e-4c1d-9e0f-0da5b0a4d001";
+    reapi_build(&endpoint, invocation).await;
     let gate = dir.join("gate");
     let gated = RunningJob::start(run("gated", &[format!("GATE={}", gate.display())]));
 
@@ -296,6 +403,7 @@ async fn the_dashboard_in_a_browser_shows_the_jobs_live_accessible_by_keyboard_a
         .args(["--gated-test", GATED_TEST, "--gate"])
         .arg(&gate)
         .args(["--agent", "agent-0", "--failed-label", "suite=failing"])
+        .args(["--invocation", invocation])
         .args(["--auth-base", &auth_base, "--auth-flaky-job", &auth_flaky])
         .env("DASHBOARD_READER_TOKEN", &reader)
         .env("DASHBOARD_WRITER_TOKEN", &ci)
@@ -312,7 +420,9 @@ async fn the_dashboard_in_a_browser_shows_the_jobs_live_accessible_by_keyboard_a
         transcript(&out)
     );
     gated.finish(0);
-    for page in ["jobs", "job", "test", "flaky", "fleet", "builds", "login"] {
+    for page in [
+        "jobs", "job", "test", "flaky", "fleet", "builds", "build", "login",
+    ] {
         let shot = out_dir.join(format!("{page}.png"));
         assert!(shot.exists(), "no screenshot {}", shot.display());
         println!("screenshot: {}", shot.display());
