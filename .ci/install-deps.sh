@@ -10,6 +10,10 @@
 #     registry is reachable) and systemd (systemd-analyze verify on deploy/systemd/*.service);
 #     Docker Engine and docker-compose v1 come with the machine
 #   - kubernetes-validate from PyPI (deploy/kubernetes/ manifests, --strict)
+#   - chromium (Debian's), playwright and axe-playwright-python from PyPI: the dashboard's
+#     browser test (tests/it/dashboard.rs drives tests/fixtures/dashboard_browser.py). Playwright's
+#     own browser download is not reachable here, so the script launches /usr/bin/chromium; the
+#     axe package bundles axe.min.js, so the accessibility check needs no network either
 #   - golang-github-google-go-cmp-dev, golang-github-pkg-errors-dev (Go sources under
 #     /usr/share/gocode/src) and curl (crates.io downloads): the world's suites that
 #     tests/it/world_suites.rs runs directly and through `tessera run` (tests/world/fetch.sh)
@@ -39,6 +43,7 @@ need go golang-go     # runners: go test adapter
 need curl curl        # tests/world/fetch.sh: .crate files from crates.io
 need debootstrap debootstrap            # deploy tests: the agent's Debian base image, built locally
 need systemd-analyze systemd            # deploy tests: systemd-analyze verify on the units
+need chromium chromium                  # dashboard tests: the browser Playwright drives
 for deb in golang-github-google-go-cmp-dev golang-github-pkg-errors-dev; do
   dpkg -s "$deb" >/dev/null 2>&1 || pkgs+=("$deb") # tests/world/fetch.sh: Go sources
 done
@@ -91,4 +96,20 @@ else
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
       --break-system-packages kubernetes-validate
   kubernetes-validate --version
+fi
+
+# dashboard tests: Playwright (the Python package only; it drives Debian's chromium) and axe-core.
+if python3 -c 'import playwright.sync_api, axe_playwright_python.sync_playwright' >/dev/null 2>&1; then
+  echo "install-deps: playwright and axe-playwright-python present"
+else
+  echo "install-deps: installing playwright and axe-playwright-python"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    playwright axe-playwright-python ||
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      --break-system-packages playwright axe-playwright-python
+  python3 -c 'import playwright.sync_api, axe_playwright_python.sync_playwright'
 fi

@@ -9,6 +9,7 @@ mod by_file;
 mod cas_api;
 mod cas_crash;
 mod compose;
+mod dashboard;
 mod disk_full;
 mod execution;
 mod faults;

@@ -104,7 +104,13 @@ fn finished(lines: &[Value]) -> &Value {
         .expect("a finished line")
 }
 
-fn create_token(dir: &Path, endpoint: &str, admin: &str, role: &str, name: &str) -> String {
+pub(super) fn create_token(
+    dir: &Path,
+    endpoint: &str,
+    admin: &str,
+    role: &str,
+    name: &str,
+) -> String {
     let args = ["token", "create", "--role", role, "--name", name];
     let out = client(dir, dir, endpoint, &args, admin);
     assert!(out.status.success(), "{}", transcript(&out));
