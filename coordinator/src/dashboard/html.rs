@@ -467,12 +467,12 @@ fn quarantine_form(line: &FlakeLine, viewer: &Viewer, back: &str) -> Markup {
             input type="hidden" name="name" value=(line.name);
             input type="hidden" name="back" value=(back);
             @if add {
-                input type="hidden" name="action" value="add";
+                input type="hidden" name="op" value="add";
                 label.visually-hidden for={ "reason-" (encode(&line.key)) (encode(&line.project)) } { "Reason to quarantine " (line.key) }
                 input type="text" name="reason" id={ "reason-" (encode(&line.key)) (encode(&line.project)) } placeholder="reason" required;
                 button type="submit" { "Quarantine" }
             } @else {
-                input type="hidden" name="action" value="remove";
+                input type="hidden" name="op" value="remove";
                 button type="submit" { "Release" span.visually-hidden { " " (line.key) } }
             }
         }

@@ -8,7 +8,7 @@
 //! | `GET /jobs/{id}` | a job; `since=SEQ`: only the tests finished after event SEQ (a live page's update) |
 //! | `GET /tests/{key}` | a test's runs and flake rate (`key` URL-encoded; `runs=N`: the rate's window) |
 //! | `GET /flaky` | tests by flake rate over their last `runs` (default 20) runs |
-//! | `POST /flaky/quarantine` | quarantine (`action=add`) or release (`remove`) a test; CSRF token required |
+//! | `POST /flaky/quarantine` | quarantine (`op=add`) or release (`op=remove`) a test; CSRF token required |
 //! | `GET /fleet`, `GET /builds`, `GET /builds/{invocation}` | the agents and queue; REAPI invocations |
 //! | `GET /events` | server-sent events: `job` (a job's shown events changed), `recorded`, `tick` |
 //! | `GET /login`, `POST /login`, `POST /logout` | the session (auth on) |
@@ -472,8 +472,10 @@ struct QuarantineForm {
     group: String,
     #[serde(default)]
     name: String,
+    /// `add` or `remove` (not `action`: a field of that name hides the form's own `action`
+    /// property from scripts).
     #[serde(default)]
-    action: String,
+    op: String,
     #[serde(default)]
     reason: String,
     back: Option<String>,
@@ -516,15 +518,15 @@ async fn quarantine(
         };
         let store = d.sources.quarantine.clone();
         let principal = viewer.principal.clone();
-        let action = form.action.clone();
+        let op = form.op.clone();
         let reason = form.reason.trim().to_owned();
         blocking(move || {
-            let entry = match action.as_str() {
+            let entry = match op.as_str() {
                 "add" => store.add(&principal, &key, &reason),
                 "remove" => store.remove(&principal, &key),
                 other => {
                     return Err(PageError::BadRequest(format!(
-                        "action \"{other}\" is not add or remove"
+                        "op \"{other}\" is not add or remove"
                     )));
                 }
             };
