@@ -225,7 +225,11 @@ fn remote_execution_runs_every_spawn_remotely_then_caches_them() {
     // The dashboard shows both builds, and finds one by the id Bazel printed.
     let listed = cluster.dashboard_json("/builds");
     let listed = listed["builds"].as_array().expect("builds: a list");
-    assert_eq!(listed.len(), 2, "/builds lists both invocations: {listed:#?}");
+    assert_eq!(
+        listed.len(),
+        2,
+        "/builds lists both invocations: {listed:#?}"
+    );
     assert_eq!(listed[0]["hit_ratio"], 1.0, "{listed:#?}");
     let printed = invocation_id(&cold).expect("Bazel prints its invocation id");
     let page = cluster.dashboard_json(&format!("/builds/{printed}"));
@@ -394,12 +398,8 @@ impl Cluster {
         let addr = SocketAddr::from(([127, 0, 0, 1], tessera_tests::free_port()));
         let http = SocketAddr::from(([127, 0, 0, 1], tessera_tests::free_port()));
         let http_arg = http.to_string();
-        let server = ServerProcess::start_on(
-            addr,
-            &dir.join("data"),
-            &["--http-listen", &http_arg],
-            env,
-        );
+        let server =
+            ServerProcess::start_on(addr, &dir.join("data"), &["--http-listen", &http_arg], env);
         let agents = ["agent-1", "agent-2"]
             .iter()
             .map(|id| AgentProcess::start(&server.endpoint(), &dir.join(id), id, 2, &[]))

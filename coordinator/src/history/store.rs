@@ -5,14 +5,15 @@
 //! | --- | --- | --- |
 //! | `history_jobs` | newest-first order (`u64::MAX - created ms`, big-endian) ++ job id | [`JobRecord`] (JSON) |
 //! | `history_job_ids` | job id | its order (8 bytes) |
-//! | `history_tests` | job id ++ `/` ++ index (u32, big-endian) | the final `TestFinished` (protobuf) |
+//! | `history_tests` | job id | its final `TestFinished`s, in the order they were shown (protobuf, length-delimited, one after the other) |
 //! | `history_spans` | job id | its [`BatchSpan`]s (JSON) |
-//! | `history_runs` | test key (length-prefixed) ++ job order ++ job id | [`RunRecord`] (JSON) |
+//! | `history_runs` | test key (length-prefixed) ++ job order ++ job id | [`RunRecord`] (JSON) of a result that ran (cached answers are not runs) |
 //! | `history_flake` | test key, instance (length-prefixed each) ++ project | the test's [`FlakeWindow`] with its group and name (JSON) |
 //!
 //! So the jobs list is a scan from the front of `history_jobs` (newest first), a job's tests
-//! one prefix scan, a test's history one prefix scan (newest first), and the flaky list one
-//! scan of the windows (one per test, however many runs). A test's *key* is its id as
+//! one read, a test's history one prefix scan (newest first), and the flaky list one scan of
+//! the windows (one per test, however many runs). Recording a job whose tests were all
+//! answered from the cache is four writes, however many tests it has. A test's *key* is its id as
 //! `tessera run` prints it (`group name`, or the name alone).
 //!
 //! A finished job is recorded in the same batch that removes its record and journal
@@ -196,12 +197,6 @@ fn flake_key(test: &str, instance: &str, project: &str) -> Vec<u8> {
     key
 }
 
-fn tests_prefix(job: &str) -> Vec<u8> {
-    let mut key = job.as_bytes().to_vec();
-    key.push(b'/');
-    key
-}
-
 fn job_key(created: u64, id: &str) -> Vec<u8> {
     let mut key = order(created).to_vec();
     key.extend_from_slice(id.as_bytes());
@@ -271,14 +266,15 @@ impl JobHistory {
         batch.insert(IDS, job.id.as_bytes(), order(created));
         batch.insert(SPANS, job.id.as_bytes(), json(&spans));
         let mut windows: BTreeMap<Vec<u8>, FlakeValue> = BTreeMap::new();
-        let mut key_buf = tests_prefix(&job.id);
-        let prefix_len = key_buf.len();
-        for (index, event) in tests.iter().enumerate() {
+        let mut encoded = Vec::with_capacity(tests.iter().map(|t| t.encoded_len() + 3).sum());
+        for event in tests {
+            // Into a Vec, which grows as needed: encoding cannot fail.
+            let _ = event.encode_length_delimited(&mut encoded);
+            if event.cached {
+                continue;
+            }
             let test = event.test.clone().unwrap_or_default();
             let key = test_key(&test);
-            key_buf.truncate(prefix_len);
-            key_buf.extend_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
-            batch.insert(TESTS, key_buf.as_slice(), event.encode_to_vec());
             let run = RunRecord {
                 job: job.id.clone(),
                 created_unix_ms: created,
@@ -322,6 +318,7 @@ impl JobHistory {
                 );
             }
         }
+        batch.insert(TESTS, job.id.as_bytes(), encoded);
         for (key, value) in &windows {
             batch.insert(FLAKE, key.as_slice(), json(value));
         }
@@ -347,13 +344,12 @@ impl JobHistory {
         batch.remove(JOBS, job_key(created, id));
         batch.remove(IDS, id.as_bytes());
         batch.remove(SPANS, id.as_bytes());
-        for entry in self.tests.scan_prefix(&tests_prefix(id)) {
-            let (key, value) = entry?;
-            if let Ok(event) = TestFinished::decode(value.as_slice()) {
+        batch.remove(TESTS, id.as_bytes());
+        for event in self.events(id)? {
+            if !event.cached {
                 let test = test_key(&event.test.unwrap_or_default());
                 batch.remove(RUNS, run_key(&test, created, id));
             }
-            batch.remove(TESTS, key);
         }
         Ok(())
     }
@@ -417,17 +413,34 @@ impl JobHistory {
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
-    /// Job `id`'s final test results, in the order they finished.
+    /// Job `id`'s final test results, in the order they were shown.
     pub fn tests(&self, id: &str) -> Result<Vec<TestRow>, MetaError> {
-        let mut rows = Vec::new();
-        for entry in self.tests.scan_prefix(&tests_prefix(id)) {
-            let (_, value) = entry?;
-            if let Ok(event) = TestFinished::decode(value.as_slice()) {
-                let key = test_key(event.test.as_ref().unwrap_or(&TestRef::default()));
-                rows.push(TestRow { key, event });
+        Ok(self
+            .events(id)?
+            .into_iter()
+            .map(|event| TestRow {
+                key: test_key(event.test.as_ref().unwrap_or(&TestRef::default())),
+                event,
+            })
+            .collect())
+    }
+
+    fn events(&self, id: &str) -> Result<Vec<TestFinished>, MetaError> {
+        let Some(value) = self.tests.get(id.as_bytes())? else {
+            return Ok(Vec::new());
+        };
+        let mut events = Vec::new();
+        let mut bytes = value.as_slice();
+        while !bytes.is_empty() {
+            match TestFinished::decode_length_delimited(&mut bytes) {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    tracing::warn!(%error, job = id, "the rest of a job's recorded tests is undecodable");
+                    break;
+                }
             }
         }
-        Ok(rows)
+        Ok(events)
     }
 
     /// Job `id`'s batches.
@@ -681,6 +694,30 @@ mod tests {
             .unwrap();
         assert_eq!(reopened.job("j1").unwrap(), None);
         assert!(reopened.job("j3").unwrap().is_some());
+    }
+
+    #[test]
+    fn cached_answers_are_listed_with_their_job_but_are_not_runs() {
+        let history = JobHistory::open(Arc::new(MemoryMetaStore::new()), 10).unwrap();
+        let mut cached = test("", "c", TestOutcome::Passed);
+        cached.cached = true;
+        cached.agent.clear();
+        let ran = test("", "r", TestOutcome::Flaky);
+        history
+            .record(&job("j", 1, "passed"), &[cached, ran], &[], Batch::new())
+            .unwrap();
+        let tests = history.tests("j").unwrap();
+        assert_eq!(
+            tests
+                .iter()
+                .map(|t| (t.key.as_str(), t.event.cached))
+                .collect::<Vec<_>>(),
+            [("c", true), ("r", false)],
+            "in the order they were shown"
+        );
+        assert!(history.runs("c", 10).unwrap().is_empty());
+        assert!(history.flake("c").unwrap().is_empty());
+        assert_eq!(history.runs("r", 10).unwrap().len(), 1);
     }
 
     #[test]
