@@ -268,6 +268,7 @@ async fn serve_metrics(
         }),
         ready: Arc::new(move || metrics.readiness()),
         metrics_access: None,
+        extra: None,
     };
     Ok(tokio::spawn(async move {
         if let Err(error) =

@@ -9,6 +9,7 @@ pub mod action_cache;
 pub mod auth;
 pub mod backup;
 pub mod config;
+pub mod dashboard;
 pub mod execution;
 pub mod history;
 pub mod jobs;

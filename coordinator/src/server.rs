@@ -246,6 +246,15 @@ impl Coordinator {
             Arc::clone(&meta_dyn),
             config.dashboard_jobs,
         )?;
+        let dashboard = crate::dashboard::Dashboard::new(
+            jobs.clone(),
+            quarantine.clone(),
+            scheduler.clone(),
+            config.auth,
+            auth.tokens.clone(),
+            tls.is_some(),
+            token.clone(),
+        );
 
         if config.auth == AuthMode::Tokens
             && let Some(path) = auth.tokens.bootstrap(&config.data_dir).await?
@@ -416,7 +425,8 @@ impl Coordinator {
                         addr: http_addr,
                         source,
                     })?;
-                let handlers = http_handlers(config, &auth, &store, &meta_dyn, &token);
+                let mut handlers = http_handlers(config, &auth, &store, &meta_dyn, &token);
+                handlers.extra = Some(crate::dashboard::router(dashboard));
                 let http_tls = tls.clone();
                 let shutdown = token.clone().cancelled_owned();
                 tasks.spawn(async move {
@@ -426,7 +436,7 @@ impl Coordinator {
                         tracing::error!(%error, "HTTP port failed");
                     }
                 });
-                tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+                tracing::info!(addr = %bound, "serving the dashboard, /metrics, /healthz and /readyz");
                 Some(bound)
             }
         };
@@ -587,5 +597,6 @@ fn http_handlers(
         metrics,
         ready,
         metrics_access,
+        extra: None,
     }
 }

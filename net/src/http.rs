@@ -12,7 +12,7 @@
 //! | `/metrics` | 200 with the text of [`HttpHandlers::metrics`]     | [`MetricsAccess`]     |
 //! | `/healthz` | 200 `ok`                                           | always open           |
 //! | `/readyz`  | 200 `ready`, or 503 with the reason not ready      | always open           |
-//! | other      | 404                                                |                       |
+//! | other      | the caller's [`HttpHandlers::extra`] routes, else 404 |                       |
 
 use std::future::Future;
 use std::io;
@@ -89,12 +89,16 @@ pub struct HttpHandlers {
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Who may read `/metrics`; `None` leaves it open.
     pub metrics_access: Option<MetricsAccess>,
+    /// More routes served on the same port (the coordinator's dashboard); they must not
+    /// claim the paths above.
+    pub extra: Option<Router>,
 }
 
 impl std::fmt::Debug for HttpHandlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpHandlers")
             .field("metrics_access", &self.metrics_access.is_some())
+            .field("extra", &self.extra.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -102,11 +106,16 @@ impl std::fmt::Debug for HttpHandlers {
 /// The routes of the HTTP port, without a listener (for tests and for callers that serve
 /// it themselves).
 pub fn router(handlers: HttpHandlers) -> Router {
-    Router::new()
+    let extra = handlers.extra.clone();
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(handlers))
+        .with_state(Arc::new(handlers));
+    match extra {
+        Some(extra) => router.merge(extra),
+        None => router,
+    }
 }
 
 /// Serves the HTTP port on `listener` (with TLS when `tls` is given, offering ALPN `h2` and
@@ -307,6 +316,7 @@ mod tests {
                     Some(_) => Err(AccessDenied::Forbidden("token may not read metrics".into())),
                 }
             })),
+            extra: None,
         }
     }
 

@@ -630,6 +630,7 @@ async fn the_http_port_serves_tls_with_the_grpc_certificate() {
         metrics: Arc::new(|| "# EOF\n".to_owned()),
         ready: Arc::new(|| Ok(())),
         metrics_access: None,
+        extra: None,
     };
     tokio::spawn(serve_http(
         listener,

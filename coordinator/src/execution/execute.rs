@@ -192,28 +192,32 @@ impl Executor {
         requester: String,
         req: ExecuteRequest,
     ) -> Result<Submitted, ExecuteError> {
-        self.submit_inner(requester, req, Vec::new(), false).await
+        self.submit_inner(requester, req, Vec::new(), None).await
     }
 
     /// Like [`Executor::submit`], for a job's step: its Command may name the job's trust
     /// domain, and `secrets` (the job's secret values, whose placeholders the Command holds)
     /// go to the agent with the lease. They are kept in memory beside the queued operation,
-    /// never in its record.
+    /// never in its record. `job` is the job's id, which the scheduler shows beside the
+    /// operation's lease (in memory only too).
     pub async fn submit_step(
         &self,
+        job: &str,
         requester: String,
         req: ExecuteRequest,
         secrets: Vec<SecretEnv>,
     ) -> Result<Submitted, ExecuteError> {
-        self.submit_inner(requester, req, secrets, true).await
+        self.submit_inner(requester, req, secrets, Some(job.to_owned()))
+            .await
     }
 
+    /// Submits for a REAPI client (`job` is `None`) or a job's step.
     async fn submit_inner(
         &self,
         requester: String,
         req: ExecuteRequest,
         secrets: Vec<SecretEnv>,
-        job_step: bool,
+        job: Option<String>,
     ) -> Result<Submitted, ExecuteError> {
         validate_instance_name(&req.instance_name).map_err(ExecuteError::InstanceName)?;
         let function = DigestFunction::from_request(req.digest_function)
@@ -236,7 +240,7 @@ impl Executor {
         let resolved =
             tokio::task::spawn_blocking(move || resolve(store.as_ref(), function, digest, &limits))
                 .await??;
-        if !job_step
+        if job.is_none()
             && resolved
                 .command
                 .environment_variables
@@ -279,7 +283,7 @@ impl Executor {
         };
         let (rx, created) = self
             .scheduler
-            .submit(record, resolved.platform, !do_not_cache, secrets)
+            .submit(record, resolved.platform, !do_not_cache, secrets, job)
             .await?;
         if created {
             // The operation name is a promise: make it survive a crash before handing it out.

@@ -15,6 +15,21 @@ use super::platform::Platform;
 /// One queued item: the id of its operation.
 pub type ItemId = String;
 
+/// One requester's part of the queue, as status pages show it (see [`FairQueue::shares`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequesterShare {
+    /// The requester (fair-share key).
+    pub requester: String,
+    /// Its queued items, over every platform.
+    pub queued: usize,
+    /// Service received so far, divided by weight.
+    pub vtime: f64,
+    /// Its share weight.
+    pub weight: f64,
+    /// The item it queued first of those still queued (the one that has waited longest).
+    pub oldest: ItemId,
+}
+
 #[derive(Debug, Default)]
 struct Requester {
     /// (priority, sequence, id) in order.
@@ -178,6 +193,63 @@ impl FairQueue {
         )
     }
 
+    /// Every requester with queued work, in the order the queue would serve their next items
+    /// now: the lowest priority value first, then the least virtual time, then first come.
+    /// Platforms are ignored, so this is the order an agent satisfying every platform would
+    /// see; one that satisfies fewer skips the requesters it cannot serve.
+    pub fn shares(&self) -> Vec<RequesterShare> {
+        struct Tally<'a> {
+            /// (priority, seq) of its next item: the one `pop_for` would compare.
+            head: (i32, u64),
+            queued: usize,
+            vtime: f64,
+            weight: f64,
+            /// (seq, id) of the item queued first.
+            oldest: (u64, &'a ItemId),
+        }
+        let mut tallies: HashMap<&str, Tally<'_>> = HashMap::new();
+        for (name, r) in self.groups.values().flat_map(|g| g.iter()) {
+            let Some((priority, seq, _)) = r.items.first() else {
+                continue;
+            };
+            // Items are ordered by priority first, so the oldest may be anywhere in the set.
+            let Some((_, oldest_seq, oldest_id)) = r.items.iter().min_by_key(|(_, s, _)| *s) else {
+                continue;
+            };
+            let tally = tallies.entry(name.as_str()).or_insert_with(|| Tally {
+                head: (*priority, *seq),
+                queued: 0,
+                vtime: r.vtime,
+                weight: r.weight,
+                oldest: (*oldest_seq, oldest_id),
+            });
+            tally.queued += r.items.len();
+            tally.head = tally.head.min((*priority, *seq));
+            if *oldest_seq < tally.oldest.0 {
+                tally.oldest = (*oldest_seq, oldest_id);
+            }
+        }
+        let mut order: Vec<(&str, Tally<'_>)> = tallies.into_iter().collect();
+        // The comparison `pop_for` makes between the heads of two requesters.
+        order.sort_by(|(_, a), (_, b)| {
+            a.head
+                .0
+                .cmp(&b.head.0)
+                .then(a.vtime.total_cmp(&b.vtime))
+                .then(a.head.1.cmp(&b.head.1))
+        });
+        order
+            .into_iter()
+            .map(|(name, t)| RequesterShare {
+                requester: name.to_owned(),
+                queued: t.queued,
+                vtime: t.vtime,
+                weight: t.weight,
+                oldest: t.oldest.1.clone(),
+            })
+            .collect()
+    }
+
     /// Every platform with queued work (for the unknown-platform check and status).
     pub fn platforms(&self) -> impl Iterator<Item = &Platform> {
         self.groups.keys()
@@ -262,6 +334,45 @@ mod tests {
         assert_eq!(q.pop_for(&plain, None).as_deref(), Some("x"));
         assert!(q.pop_for(&plain, None).is_none());
         assert_eq!(q.pop_for(&gpu, None).as_deref(), Some("g"));
+    }
+
+    fn names(q: &FairQueue) -> Vec<String> {
+        q.shares().into_iter().map(|s| s.requester).collect()
+    }
+
+    #[test]
+    fn shares_follow_the_order_of_service() {
+        let mut q = FairQueue::new();
+        for i in 0..3 {
+            q.push(format!("a{i}"), any(), "a", 0);
+        }
+        q.push("b0".into(), any(), "b", 0);
+        q.push("b1".into(), any(), "b", 0);
+        // Equal service: first come first.
+        assert_eq!(names(&q), ["a", "b"]);
+        let a = &q.shares()[0];
+        assert_eq!((a.queued, a.oldest.as_str(), a.vtime), (3, "a0", 0.0));
+        // `a` is served once: `b` has had less and comes first, as `pop_for` agrees.
+        assert_eq!(q.pop_for(&any(), None).as_deref(), Some("a0"));
+        assert_eq!(names(&q), ["b", "a"]);
+        assert_eq!(q.shares()[1].vtime, 1.0);
+        assert_eq!(q.pop_for(&any(), None).as_deref(), Some("b0"));
+        // Equal again: `a` arrived first.
+        assert_eq!(names(&q), ["a", "b"]);
+    }
+
+    #[test]
+    fn shares_put_a_lower_priority_value_first_and_count_every_platform() {
+        let mut q = FairQueue::new();
+        let gpu = Platform::new([("pool".to_owned(), "gpu".to_owned())]);
+        q.push("a0".into(), any(), "a", 0);
+        q.push("b0".into(), any(), "b", 5);
+        q.push("b1".into(), gpu, "b", -1);
+        let shares = q.shares();
+        assert_eq!(names(&q), ["b", "a"]);
+        assert_eq!((shares[0].queued, shares[0].oldest.as_str()), (2, "b0"));
+        assert!(q.remove("b1"));
+        assert_eq!(names(&q), ["a", "b"]);
     }
 
     #[test]

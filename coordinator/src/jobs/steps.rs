@@ -124,7 +124,12 @@ impl Steps<'_> {
         let submitted = self
             .ctx
             .executor
-            .submit_step(submitter, execute, self.job.secrets.for_lease())
+            .submit_step(
+                &self.job.id,
+                submitter,
+                execute,
+                self.job.secrets.for_lease(),
+            )
             .await
             .map_err(|error| not_accepted(step, error))?;
         let (response, cached) = match submitted {

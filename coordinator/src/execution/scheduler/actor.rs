@@ -49,10 +49,14 @@ pub(super) struct Op {
     /// The W3C trace context of the span that submitted it, handed to the agent with each
     /// lease so that the agent's spans are its children (empty when traces are off).
     pub(super) trace: HashMap<String, String>,
-    /// When it was last queued and last leased (real clock, for the wait and duration
-    /// metrics only).
-    pub(super) queued_at: std::time::Instant,
-    pub(super) leased_at: Option<std::time::Instant>,
+    /// The Tessera job it is a step of, when a job submitted it; in memory only, like
+    /// `secrets`, so an operation recovered after a restart has none. Merged operations keep
+    /// the first job's.
+    pub(super) job: Option<String>,
+    /// When it was last queued and last leased (for the wait and duration metrics and the
+    /// fleet view). A lease recovered after a restart counts from the restart.
+    pub(super) queued_at: Stamp,
+    pub(super) leased_at: Option<Stamp>,
 }
 
 impl Op {
@@ -61,16 +65,20 @@ impl Op {
         merge_key: Option<Vec<u8>>,
         secrets: Vec<SecretEnv>,
         trace: HashMap<String, String>,
+        job: Option<String>,
+        now: Stamp,
     ) -> Self {
         let tx = watch::channel(op.snapshot()).0;
+        let leased_at = matches!(op.state(), OpState::Leased { .. }).then_some(now);
         Op {
             op,
             tx,
             merge_key,
             secrets,
             trace,
-            queued_at: std::time::Instant::now(),
-            leased_at: None,
+            job,
+            queued_at: now,
+            leased_at,
         }
     }
 
@@ -192,9 +200,11 @@ impl Scheduler {
                 mergeable,
                 secrets,
                 trace,
+                job,
                 reply,
             } => {
-                let _ = reply.send(self.submit(*record, platform, mergeable, secrets, trace));
+                let submitted = self.submit(*record, platform, mergeable, secrets, trace, job);
+                let _ = reply.send(submitted);
             }
             Request::CheckPlatform { platform, reply } => {
                 let _ = reply.send(self.check_platform(&platform));
@@ -228,6 +238,9 @@ impl Scheduler {
             Request::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+            Request::Fleet { reply } => {
+                let _ = reply.send(self.fleet());
+            }
         }
     }
 
@@ -239,6 +252,7 @@ impl Scheduler {
 
     fn stats(&self) -> (SchedulerStats, Vec<super::handle::AgentInfo>) {
         let agents = self.agents.connected();
+        let now = self.now().instant;
         let mut stats = self.stats.clone();
         stats.queued = self.queue.len();
         stats.leased = self.leases.len();
@@ -248,7 +262,7 @@ impl Scheduler {
             .ops
             .iter()
             .filter(|(name, _)| self.queue.contains(name))
-            .map(|(_, op)| op.queued_at.elapsed())
+            .map(|(_, op)| now.saturating_duration_since(op.queued_at.instant))
             .max();
         (stats, agents)
     }
@@ -290,6 +304,7 @@ impl Scheduler {
         mergeable: bool,
         secrets: Vec<SecretEnv>,
         trace: HashMap<String, String>,
+        job: Option<String>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
         let key = merge_key(&record);
         if mergeable
@@ -303,6 +318,9 @@ impl Scheduler {
             if op.secrets.is_empty() {
                 op.secrets = secrets;
             }
+            if op.job.is_none() {
+                op.job = job;
+            }
             return Ok((op.tx.subscribe(), false));
         }
         let op = Operation::new(record, platform);
@@ -312,7 +330,8 @@ impl Scheduler {
             .insert(record.name.as_bytes(), &record.encode_to_vec())?;
         let name = op.name().to_owned();
         enqueue(&mut self.queue, &op);
-        let op = Op::new(op, mergeable.then(|| key.clone()), secrets, trace);
+        let now = self.now();
+        let op = Op::new(op, mergeable.then(|| key.clone()), secrets, trace, job, now);
         let rx = op.tx.subscribe();
         if mergeable {
             self.inflight.insert(key, name.clone());
@@ -368,7 +387,12 @@ impl Scheduler {
             self.inflight.remove(&key);
         }
         op.publish();
-        let ran_for = op.leased_at.map(|at| at.elapsed());
+        let ran_for = op.leased_at.map(|at| {
+            self.clock
+                .now()
+                .instant
+                .saturating_duration_since(at.instant)
+        });
         let op = &self.ops[name].op;
         if let OpState::Done { response, .. } = op.state() {
             self.cache_result(op, response);

@@ -11,6 +11,7 @@ use std::time::Instant;
 use tessera_proto::tessera::v1::{CancelLease, CoordinatorMessage, coordinator_message};
 
 use super::handle::{AgentInfo, AgentTx};
+use crate::execution::clock::Stamp;
 use crate::execution::platform::Platform;
 
 /// One agent.
@@ -29,13 +30,16 @@ pub(super) struct AgentEntry {
     pub(super) saturated: bool,
     /// When the agent last sent anything. An agent silent for a lease timeout is presumed
     /// frozen or cut off and gets no new work until it speaks again.
-    pub(super) last_heard: Instant,
+    pub(super) last_heard: Stamp,
+    /// When its current session opened (when it became known, for an agent that has not
+    /// connected since a restart).
+    pub(super) connected: Stamp,
 }
 
 impl AgentEntry {
     /// An agent not connected yet (or known only from a recovered lease): no session, no
     /// slots, until its Hello says otherwise.
-    fn offline(now: Instant) -> Self {
+    fn offline(now: Stamp) -> Self {
         AgentEntry {
             session: 0,
             properties: Platform::default(),
@@ -45,6 +49,7 @@ impl AgentEntry {
             draining: false,
             saturated: false,
             last_heard: now,
+            connected: now,
         }
     }
 
@@ -84,7 +89,7 @@ impl AgentRegistry {
         properties: Platform,
         slots: u32,
         tx: AgentTx,
-        now: Instant,
+        now: Stamp,
     ) {
         tracing::info!(agent = %id, slots, properties = %properties, "agent connected");
         let entry = self
@@ -97,6 +102,7 @@ impl AgentRegistry {
         entry.tx = Some(tx);
         entry.draining = false;
         entry.last_heard = now;
+        entry.connected = now;
     }
 
     /// An agent's session closed; its leases stay until they expire or it reconnects.
@@ -114,7 +120,7 @@ impl AgentRegistry {
         &mut self,
         id: &str,
         session: u64,
-        now: Instant,
+        now: Stamp,
     ) -> Option<&mut AgentEntry> {
         let agent = self.agents.get_mut(id)?;
         if agent.session != session {
@@ -136,7 +142,7 @@ impl AgentRegistry {
 
     /// Records that `agent` holds `lease_id`; an agent known only from a recovered record is
     /// registered offline until it reconnects.
-    pub(super) fn hold(&mut self, agent: &str, lease_id: String, now: Instant) {
+    pub(super) fn hold(&mut self, agent: &str, lease_id: String, now: Stamp) {
         self.agents
             .entry(agent.to_owned())
             .or_insert_with(|| AgentEntry::offline(now))
@@ -159,7 +165,7 @@ impl AgentRegistry {
     ) -> Vec<String> {
         self.agents
             .iter()
-            .filter(|(_, a)| now.saturating_duration_since(a.last_heard) < silent_after)
+            .filter(|(_, a)| now.saturating_duration_since(a.last_heard.instant) < silent_after)
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -185,6 +191,11 @@ impl AgentRegistry {
                 draining: a.draining,
             })
             .collect()
+    }
+
+    /// Connected agents with what they hold, for the fleet view.
+    pub(super) fn connected_entries(&self) -> impl Iterator<Item = (&String, &AgentEntry)> {
+        self.agents.iter().filter(|(_, a)| a.tx.is_some())
     }
 
     /// Forgets agents that are gone and hold nothing.

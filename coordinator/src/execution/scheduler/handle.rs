@@ -11,6 +11,7 @@ use tessera_proto::tessera::v1::{AgentMessage, CoordinatorMessage, OperationReco
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
+use super::fleet::FleetView;
 use crate::execution::operation::OpSnapshot;
 use crate::execution::platform::Platform;
 
@@ -53,7 +54,7 @@ pub struct SchedulerStats {
     pub stale_results: u64,
     /// Executions merged into an identical in-flight one.
     pub merged: u64,
-    /// How long the longest-waiting queued operation has waited (real clock).
+    /// How long the longest-waiting queued operation has waited (scheduler clock).
     pub oldest_queued: Option<Duration>,
 }
 
@@ -106,6 +107,7 @@ pub(crate) enum Request {
         mergeable: bool,
         secrets: Vec<SecretEnv>,
         trace: HashMap<String, String>,
+        job: Option<String>,
         reply: oneshot::Sender<SubmitReply>,
     },
     CheckPlatform {
@@ -142,6 +144,9 @@ pub(crate) enum Request {
     Position {
         names: Vec<String>,
         reply: oneshot::Sender<Option<usize>>,
+    },
+    Fleet {
+        reply: oneshot::Sender<FleetView>,
     },
 }
 
@@ -182,13 +187,15 @@ impl SchedulerHandle {
     /// Queues an operation (or joins an identical in-flight one when `mergeable`). Returns a
     /// watch on it and whether a new operation was created (which the caller must flush).
     /// `secrets` go to the agent with each lease of it; they are kept in memory only, as is
-    /// the calling span's trace context, which goes with them.
+    /// the calling span's trace context, which goes with them. `job` names the Tessera job
+    /// it is a step of, for the fleet view (also in memory only).
     pub async fn submit(
         &self,
         record: OperationRecord,
         platform: Platform,
         mergeable: bool,
         secrets: Vec<SecretEnv>,
+        job: Option<String>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
         self.ask(|reply| Request::Submit {
             record: Box::new(record),
@@ -196,6 +203,7 @@ impl SchedulerHandle {
             mergeable,
             secrets,
             trace: tessera_net::trace::carry(),
+            job,
             reply,
         })
         .await?
@@ -231,6 +239,12 @@ impl SchedulerHandle {
     /// Counters and the connected agents.
     pub async fn stats(&self) -> Result<(SchedulerStats, Vec<AgentInfo>), SchedulerError> {
         self.ask(|reply| Request::Stats { reply }).await
+    }
+
+    /// The connected agents with their leases, and the queue by requester in fair-share
+    /// order, as of one instant (the dashboard's `/fleet`).
+    pub async fn fleet(&self) -> Result<FleetView, SchedulerError> {
+        self.ask(|reply| Request::Fleet { reply }).await
     }
 
     /// How many queued operations would be picked before the first of `names` that is still

@@ -58,19 +58,19 @@ impl Scheduler {
                 tracing::warn!(%error, "failed to record platform key");
             }
         }
-        let now = self.now().instant;
+        let now = self.now();
         self.agents.joined(id, session, properties, slots, tx, now);
     }
 
     pub(super) fn agent_message(&mut self, id: &str, session: u64, message: AgentMessage) {
-        let now = self.now().instant;
+        let now = self.now();
         let Some(agent) = self.agents.heard_from(id, session, now) else {
             return;
         };
         match message.kind {
             Some(agent_message::Kind::Heartbeat(beat)) => {
                 agent.saturated = false;
-                let deadline = now + self.config.lease_timeout;
+                let deadline = now.instant + self.config.lease_timeout;
                 let held: Vec<&String> = beat
                     .lease_ids
                     .iter()
@@ -216,7 +216,7 @@ impl Scheduler {
             return;
         }
         op.publish();
-        op.queued_at = std::time::Instant::now();
+        op.queued_at = self.clock.now();
         enqueue(&mut self.queue, &op.op);
     }
 
@@ -315,8 +315,8 @@ impl Scheduler {
 
     /// Sends `agent_id` a lease on operation `name`, just taken from the queue.
     fn lease(&mut self, agent_id: &str, name: &str, tx: &AgentTx) {
-        let now = self.now().instant;
-        let deadline = now + self.config.lease_timeout;
+        let now = self.now();
+        let deadline = now.instant + self.config.lease_timeout;
         let Some(entry) = self.ops.get_mut(name) else {
             return;
         };
@@ -359,10 +359,11 @@ impl Scheduler {
             return;
         }
         entry.publish();
-        let leased_at = std::time::Instant::now();
-        crate::metrics::metrics()
-            .action_leased(leased_at.saturating_duration_since(entry.queued_at));
-        entry.leased_at = Some(leased_at);
+        crate::metrics::metrics().action_leased(
+            now.instant
+                .saturating_duration_since(entry.queued_at.instant),
+        );
+        entry.leased_at = Some(now);
         let op = &self.ops[name].op;
         self.persist(op);
         self.leases.insert(lease_id.clone(), name.to_owned());

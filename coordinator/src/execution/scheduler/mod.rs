@@ -7,6 +7,7 @@
 //! - `actor`: the actor loop, submitting, cancelling, finishing and forgetting operations;
 //! - `leases`: dispatch, heartbeats, results and expiry of leases;
 //! - `agents`: the registry of agents and who can take work;
+//! - `fleet`: the snapshot of agents, leases and queue that the dashboard's `/fleet` shows;
 //! - `recovery`: rebuilding the state from persisted records after a restart.
 //!
 //! Operation states change only through `crate::execution::operation`'s transition function;
@@ -14,6 +15,7 @@
 
 mod actor;
 mod agents;
+mod fleet;
 mod handle;
 mod leases;
 mod recovery;
@@ -21,6 +23,7 @@ mod recovery;
 mod tests;
 
 pub use actor::{OPERATIONS_TABLE, PLATFORM_KEYS_TABLE, start};
+pub use fleet::{AgentView, FleetView, LeaseView, RequesterQueue};
 pub use handle::{
     AgentInfo, AgentTx, SchedulerConfig, SchedulerError, SchedulerHandle, SchedulerStats,
 };

@@ -42,7 +42,7 @@ impl Scheduler {
                     requeued += 1;
                     let lease_id = crate::execution::operation::lease_id(&name, *attempt);
                     self.leases.insert(lease_id.clone(), name.clone());
-                    self.agents.hold(agent, lease_id, now.instant);
+                    self.agents.hold(agent, lease_id, now);
                 }
                 OpState::Queued { .. } => {
                     requeued += 1;
@@ -56,8 +56,11 @@ impl Scheduler {
             }
             // Secret values are never persisted: a recovered job step that needs them fails on
             // the agent, which names the variable (the job itself fails before that).
-            self.ops
-                .insert(name, Op::new(op, merge, Vec::new(), Default::default()));
+            // Nor is the job an operation belongs to (the record has no field for it).
+            self.ops.insert(
+                name,
+                Op::new(op, merge, Vec::new(), Default::default(), None, now),
+            );
         }
         for key in expired {
             self.table.remove(&key)?;

@@ -11,16 +11,17 @@ use tessera_cas::store::MemoryStore;
 use tessera_proto::reapi::{Action, ExecuteResponse, execution_stage};
 use tessera_proto::rpc::PreconditionFailure;
 use tessera_proto::tessera::v1::{
-    AgentMessage, CoordinatorMessage, Heartbeat, Lease, LeaseOutcome, LeaseResult, OperationRecord,
-    SecretEnv, agent_message, coordinator_message,
+    AgentMessage, CoordinatorMessage, Draining, Heartbeat, Lease, LeaseOutcome, LeaseResult,
+    OperationRecord, SecretEnv, agent_message, coordinator_message,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Status};
 
+use super::LeaseView;
 use super::actor::Scheduler;
-use super::handle::{Request, SchedulerConfig};
+use super::handle::{Request, SchedulerConfig, SchedulerError};
 use crate::action_cache::ActionCache;
-use crate::execution::clock::ManualClock;
+use crate::execution::clock::{Clock, ManualClock};
 use crate::execution::operation::OpSnapshot;
 use crate::execution::platform::Platform;
 
@@ -90,16 +91,30 @@ impl Harness {
         secrets: Vec<SecretEnv>,
         created_expected: bool,
     ) -> watch::Receiver<OpSnapshot> {
-        let digest = function.digest_of(&[n]);
-        let record = OperationRecord {
-            name: format!("operations/op-{n}"),
-            action_digest: Some(digest.to_proto()),
-            digest_function: function.to_proto(),
-            requester: "someone".into(),
-            timeout_ms: 60_000,
-            action: Some(Action::default()),
-            ..Default::default()
-        };
+        let record = record(n, function, "someone");
+        self.submit_record(n, record, secrets, None, created_expected)
+    }
+
+    /// Submits operation `n` for `requester`, as a step of `job` when given.
+    fn submit_for(
+        &mut self,
+        n: u8,
+        requester: &str,
+        job: Option<&str>,
+    ) -> watch::Receiver<OpSnapshot> {
+        let record = record(n, DigestFunction::Sha256, requester);
+        self.submit_record(n, record, Vec::new(), job.map(str::to_owned), true)
+    }
+
+    /// Submits operation `n` as `record`.
+    fn submit_record(
+        &mut self,
+        n: u8,
+        record: OperationRecord,
+        secrets: Vec<SecretEnv>,
+        job: Option<String>,
+        created_expected: bool,
+    ) -> watch::Receiver<OpSnapshot> {
         let (reply, mut rx) = oneshot::channel();
         self.scheduler.handle(Request::Submit {
             record: Box::new(record),
@@ -107,6 +122,7 @@ impl Harness {
             mergeable: true,
             secrets,
             trace: trace_of(n),
+            job,
             reply,
         });
         let (watch, created) = rx.try_recv().unwrap().unwrap();
@@ -160,6 +176,19 @@ impl Harness {
         self.clock.advance(by);
         self.scheduler.expire_leases();
         self.scheduler.dispatch();
+    }
+}
+
+/// Operation `n`'s record, submitted by `requester`.
+fn record(n: u8, function: DigestFunction, requester: &str) -> OperationRecord {
+    OperationRecord {
+        name: format!("operations/op-{n}"),
+        action_digest: Some(function.digest_of(&[n]).to_proto()),
+        digest_function: function.to_proto(),
+        requester: requester.into(),
+        timeout_ms: 60_000,
+        action: Some(Action::default()),
+        ..Default::default()
     }
 }
 
@@ -481,4 +510,153 @@ fn a_refusal_with_every_attempt_spent_fails_the_operation() {
         done.status.unwrap().message,
         "action failed 2 times on agents; last failure: Refused"
     );
+}
+
+/// Wall-clock milliseconds of the harness clock, as the fleet view shows them.
+fn unix_ms(h: &Harness) -> u64 {
+    u64::try_from(h.clock.now().unix_ms).unwrap()
+}
+
+#[test]
+fn the_fleet_shows_connected_agents_with_their_leases_and_last_heartbeat() {
+    let mut h = Harness::new(3);
+    let joined = unix_ms(&h);
+    let (session, mut rx) = h.agent("a", 3);
+    let _job_step = h.submit_for(1, "alice", Some("job-7"));
+    let first = next_lease(&mut rx).unwrap();
+    h.advance(Duration::from_secs(1));
+    let _reapi = h.submit_for(2, "build-42", None);
+    let second = next_lease(&mut rx).unwrap();
+    // The REAPI action's first attempt fails on the agent; its second starts later.
+    h.advance(Duration::from_secs(1));
+    h.result("a", session, &second, LeaseOutcome::Retryable);
+    let retried = next_lease(&mut rx).unwrap();
+    assert_eq!(retried.attempt, 2);
+    let retried_at = unix_ms(&h);
+    h.advance(Duration::from_secs(2));
+    h.heartbeat("a", session, &[&first, &retried]);
+    let heard = unix_ms(&h);
+    h.advance(Duration::from_secs(1));
+    // Another agent joins after the work is out; one that left is not shown.
+    let (_, _b) = h.agent("b", 2);
+    let (gone, _c) = h.agent("c", 1);
+    h.scheduler.handle(Request::AgentLeft {
+        id: "c".into(),
+        session: gone,
+    });
+
+    let fleet = h.scheduler.fleet();
+    let ids: Vec<&str> = fleet.agents.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    let a = &fleet.agents[0];
+    assert_eq!((a.slots, a.busy(), a.idle(), a.draining), (3, 2, 1, false));
+    assert_eq!(a.connected_unix_ms, joined);
+    assert_eq!(a.last_heard_unix_ms, heard);
+    assert_eq!(
+        a.leases,
+        [
+            LeaseView {
+                operation: "operations/op-1".into(),
+                requester: "alice".into(),
+                job: Some("job-7".into()),
+                attempt: 1,
+                leased_unix_ms: joined,
+            },
+            LeaseView {
+                operation: "operations/op-2".into(),
+                requester: "build-42".into(),
+                job: None,
+                attempt: 2,
+                leased_unix_ms: retried_at,
+            },
+        ]
+    );
+    let b = &fleet.agents[1];
+    assert_eq!((b.busy(), b.idle()), (0, 2));
+    assert_eq!(b.connected_unix_ms, unix_ms(&h));
+    assert_eq!((fleet.queued, fleet.queue.len()), (0, 0));
+}
+
+#[test]
+fn queue_positions_follow_fair_share_and_swap_as_service_is_given() {
+    let mut h = Harness::new(3);
+    let _ = h.submit_for(1, "alice", Some("job-1"));
+    let _ = h.submit_for(2, "alice", Some("job-1"));
+    h.advance(Duration::from_secs(1));
+    let _ = h.submit_for(3, "bob", Some("job-2"));
+    let _ = h.submit_for(4, "bob", Some("job-2"));
+    h.advance(Duration::from_secs(1));
+    let positions = |h: &Harness| -> Vec<(String, usize, usize, f64)> {
+        h.scheduler
+            .fleet()
+            .queue
+            .into_iter()
+            .map(|q| (q.requester, q.position, q.queued, q.virtual_time))
+            .collect()
+    };
+    // Nobody served yet: alice came first.
+    assert_eq!(
+        positions(&h),
+        [("alice".into(), 1, 2, 0.0), ("bob".into(), 2, 2, 0.0)]
+    );
+    let fleet = h.scheduler.fleet();
+    assert_eq!(fleet.queued, 4);
+    let waits: Vec<u64> = fleet.queue.iter().map(|q| q.oldest_wait_ms).collect();
+    assert_eq!(waits, [2_000, 1_000]);
+    assert!(fleet.queue.iter().all(|q| q.weight == 1.0));
+
+    // An agent takes alice's first: bob has had less service and moves ahead.
+    let (session, mut rx) = h.agent("a", 1);
+    h.scheduler.dispatch();
+    let lease = next_lease(&mut rx).unwrap();
+    assert_eq!(lease.lease_id, "op-1#1");
+    assert_eq!(
+        positions(&h),
+        [("bob".into(), 1, 2, 0.0), ("alice".into(), 2, 1, 1.0)]
+    );
+
+    // Bob is served next, as the view said; with equal service alice leads again.
+    h.result("a", session, &lease, LeaseOutcome::Completed);
+    assert_eq!(next_lease(&mut rx).unwrap().lease_id, "op-3#1");
+    assert_eq!(
+        positions(&h),
+        [("alice".into(), 1, 1, 1.0), ("bob".into(), 2, 1, 1.0)]
+    );
+}
+
+#[test]
+fn a_draining_agent_shows_as_draining() {
+    let mut h = Harness::new(3);
+    let (session, _rx) = h.agent("a", 2);
+    assert!(!h.scheduler.fleet().agents[0].draining);
+    h.send("a", session, agent_message::Kind::Draining(Draining {}));
+    let _waiting = h.submit_for(1, "alice", None);
+    let fleet = h.scheduler.fleet();
+    assert!(fleet.agents[0].draining);
+    assert_eq!((fleet.agents[0].busy(), fleet.queued), (0, 1));
+    // Reconnecting (a restarted agent) clears it.
+    let (_, _rx) = h.agent("a", 2);
+    assert!(!h.scheduler.fleet().agents[0].draining);
+}
+
+#[tokio::test]
+async fn the_handle_answers_the_fleet_from_the_running_actor() {
+    let meta: Arc<dyn MetadataStore> = Arc::new(MemoryMetaStore::new());
+    let cache = ActionCache::open(Arc::clone(&meta), Arc::new(MemoryStore::new())).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (handle, task) = super::start(config(3), &meta, cache, stop.clone()).unwrap();
+    let (tx, _rx) = mpsc::channel(4);
+    let properties = Platform::new([("OSFamily".to_owned(), "linux".to_owned())]);
+    handle.agent_joined("a".into(), 1, properties, 4, tx);
+    // Requests are handled in order, so the join is in the view.
+    let fleet = handle.fleet().await.unwrap();
+    assert_eq!(fleet.agents.len(), 1);
+    assert_eq!(
+        fleet.agents[0].properties,
+        [("OSFamily".to_owned(), "linux".to_owned())]
+    );
+    assert_eq!((fleet.agents[0].slots, fleet.agents[0].idle()), (4, 4));
+    stop.cancel();
+    task.await.unwrap();
+    assert!(matches!(handle.fleet().await, Err(SchedulerError::Stopped)));
 }
