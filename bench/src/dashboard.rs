@@ -564,14 +564,14 @@ fn pages(filled: &Filled) -> Vec<Page> {
     let mut pages = Vec::new();
     for json in [false, true] {
         let kind = if json { "JSON" } else { "HTML" };
-        // JSON escapes nothing in these ids; HTML escapes none of their characters either
-        // except none (no `<`, `>`, `&`, quotes), so the raw id must appear in both.
+        // Job ids, test names and keys have no character HTML or JSON escapes, so the raw
+        // text must appear in both.
         for (name, path, must_contain) in [
             ("`/` (jobs)".to_owned(), "/".to_owned(), "j-".to_owned()),
             (
                 "`/?result=failed`".to_owned(),
                 "/?result=failed".to_owned(),
-                "failed".to_owned(),
+                "j-".to_owned(),
             ),
             (
                 format!(
