@@ -8,6 +8,7 @@
 pub mod action_cache;
 pub mod auth;
 pub mod backup;
+pub mod builds;
 pub mod config;
 pub mod dashboard;
 pub mod execution;

@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use crate::action_cache::{AcError, ActionCache};
 use crate::auth::{AuditLog, Auth, AuthLayer, Limiter, TokenError, TokenStore};
 use crate::backup::{BackupSchedule, BackupService};
+use crate::builds::{BuildLog, DEFAULT_KEEP};
 use crate::config::AuthMode;
 use crate::config::CoordinatorConfig;
 use crate::execution::execute::Executor;
@@ -137,6 +138,7 @@ pub struct Coordinator {
     scheduler: SchedulerHandle,
     scheduler_stop: CancellationToken,
     scheduler_task: tokio::task::JoinHandle<()>,
+    builds: BuildLog,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -246,15 +248,6 @@ impl Coordinator {
             Arc::clone(&meta_dyn),
             config.dashboard_jobs,
         )?;
-        let dashboard = crate::dashboard::Dashboard::new(
-            jobs.clone(),
-            quarantine.clone(),
-            scheduler.clone(),
-            config.auth,
-            auth.tokens.clone(),
-            tls.is_some(),
-            token.clone(),
-        );
 
         if config.auth == AuthMode::Tokens
             && let Some(path) = auth.tokens.bootstrap(&config.data_dir).await?
@@ -278,6 +271,19 @@ impl Coordinator {
             source,
         })?;
         let tasks = TaskTracker::new();
+        let (builds, builds_writer) =
+            BuildLog::start(Arc::clone(&meta_dyn), DEFAULT_KEEP, token.clone())?;
+        tasks.spawn(builds_writer);
+        let dashboard = crate::dashboard::Dashboard::new(
+            jobs.clone(),
+            quarantine.clone(),
+            scheduler.clone(),
+            config.auth,
+            auth.tokens.clone(),
+            tls.is_some(),
+            token.clone(),
+            builds.clone(),
+        );
 
         let batch = config.max_batch_total_size_bytes;
         let router = tonic::transport::Server::builder()
@@ -323,15 +329,20 @@ impl Coordinator {
             .add_service(
                 ActionCacheServer::new(
                     ActionCacheService::new(cache.clone(), Arc::clone(&blobs))
-                        .with_auth(auth.clone()),
+                        .with_auth(auth.clone())
+                        .with_builds(builds.clone()),
                 )
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                ExecutionServer::new(ExecutionService::new(executor).with_auth(auth.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                ExecutionServer::new(
+                    ExecutionService::new(executor)
+                        .with_auth(auth.clone())
+                        .with_builds(builds.clone()),
+                )
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
                 JobsServer::new(JobsService::new(jobs).with_auth(auth.clone()))
@@ -463,12 +474,18 @@ impl Coordinator {
             scheduler,
             scheduler_stop,
             scheduler_task,
+            builds,
         })
     }
 
     /// The scheduler (for status queries and tests).
     pub fn scheduler(&self) -> &SchedulerHandle {
         &self.scheduler
+    }
+
+    /// The Bazel (REAPI) invocations seen, for the `/builds` pages.
+    pub fn builds(&self) -> &BuildLog {
+        &self.builds
     }
 
     /// The TLS settings, when the gRPC port serves TLS; [`TlsReloader::reload`] re-reads the

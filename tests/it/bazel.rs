@@ -133,7 +133,7 @@ fn remote_execution_runs_every_spawn_remotely_then_caches_them() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(tmp.path(), &[]);
+    let mut cluster = Cluster::start(tmp.path(), &[]);
     let executor = cluster.executor();
 
     // 1. Cold: empty cache, every spawn runs on an agent.
@@ -217,6 +217,76 @@ fn remote_execution_runs_every_spawn_remotely_then_caches_them() {
         "bazel: remote execution cold {:.1?}, cached after clean {:.1?}",
         cold.took, warm.took
     );
+
+    // 3. The coordinator's build log (the dashboard's /builds): two invocations, newest
+    //    first, each with one action per remote spawn; a lookup miss followed by Execute of
+    //    the same action counted once. Read from the store once the coordinator has stopped
+    //    cleanly (the log is made durable by its shutdown checkpoint, not per write).
+    let builds = cluster.stop_and_read_builds();
+    let list = builds.list(10, None).unwrap();
+    assert_eq!(list.len(), 2, "one invocation per bazel command: {list:#?}");
+    let (warm_build, cold_build) = (&list[0], &list[1]);
+    assert!(warm_build.tool.starts_with("bazel"), "{warm_build:?}");
+    // Bazel sends its command id (printed as `Invocation ID:`) as the tool invocation id.
+    assert_eq!(
+        [
+            Some(cold_build.tool_invocation_id.clone()),
+            Some(warm_build.tool_invocation_id.clone())
+        ],
+        [invocation_id(&cold), invocation_id(&warm)]
+    );
+    assert_eq!(
+        (
+            cold_build.actions,
+            cold_build.executed,
+            cold_build.cache_hits,
+            cold_build.failed
+        ),
+        (actions, actions, 0, 0),
+        "cold build: every action executed once, none failed: {cold_build:?}"
+    );
+    assert_eq!(
+        (
+            warm_build.actions,
+            warm_build.executed,
+            warm_build.cache_hits
+        ),
+        (actions, 0, actions),
+        "after clean: every action a cache hit: {warm_build:?}"
+    );
+    assert_eq!(warm_build.hit_ratio(), 1.0);
+    let detail = builds.invocation(&cold_build.id).unwrap().unwrap();
+    assert_eq!(detail.actions.len() as u64, actions);
+    assert!(
+        detail
+            .actions
+            .iter()
+            .all(|a| !a.action_id.is_empty() && !a.mnemonic.is_empty() && !a.target_id.is_empty()),
+        "Bazel names each action's id, mnemonic and target: {:#?}",
+        detail.actions
+    );
+    assert!(!detail.slowest.is_empty() && detail.slowest.len() <= 10);
+    println!(
+        "bazel: build log: cold {} (tool {:?}) {} actions, warm {} {} hits; Bazel's own \
+         invocation ids: {:?}; e.g. {:#?}",
+        cold_build.id,
+        cold_build.tool,
+        cold_build.actions,
+        warm_build.id,
+        warm_build.cache_hits,
+        [invocation_id(&cold), invocation_id(&warm)],
+        detail.slowest.first()
+    );
+}
+
+/// The id Bazel prints as `INFO: Invocation ID: ...` (its command id, sent as
+/// `RequestMetadata.tool_invocation_id`).
+fn invocation_id(run: &Run) -> Option<String> {
+    run.stderr
+        .lines()
+        .chain(run.stdout.lines())
+        .find_map(|l| l.split("Invocation ID: ").nth(1))
+        .map(|id| id.trim().to_owned())
 }
 
 #[test]
@@ -335,6 +405,20 @@ impl Cluster {
     /// `--remote_executor=grpc://ADDR`.
     fn executor(&self) -> String {
         format!("--remote_executor=grpc://{}", self.server.addr)
+    }
+
+    /// Stops the coordinator cleanly (SIGTERM) and opens its build log from its data
+    /// directory.
+    fn stop_and_read_builds(&mut self) -> tessera_coordinator::builds::BuildLog {
+        let status = self
+            .server
+            .signal_and_wait(Signal::SIGTERM, Duration::from_secs(30))
+            .expect("the coordinator stops on SIGTERM");
+        assert!(status.success(), "coordinator exit: {status}");
+        let meta: std::sync::Arc<dyn tessera_cas::meta::MetadataStore> = std::sync::Arc::new(
+            tessera_cas::meta::RedbStore::open(self.server.data_dir.join("meta")).unwrap(),
+        );
+        tessera_coordinator::builds::BuildLog::read_only(meta).unwrap()
     }
 
     /// Prints how many blobs each agent's local cache holds (both took part when both > 0).

@@ -14,10 +14,11 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::access::Viewer;
 use super::views::{
-    FlakeLine, FlakyView, FleetPage, JobRow, JobView, JobsView, SpanLine, TestLine, TestView,
-    encode, job_url,
+    BuildView, BuildsView, FlakeLine, FlakyView, FleetPage, JobRow, JobView, JobsView, SpanLine,
+    TestLine, TestView, encode, job_url,
 };
 use crate::auth::Permission;
+use crate::builds::{ActionKind, ActionRow};
 
 /// The pages of the main navigation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -708,6 +709,126 @@ pub(super) fn fleet_page(view: &FleetPage, viewer: &Viewer) -> Markup {
         "Fleet",
         Section::Fleet,
         BodyData::page("fleet"),
+        Some(viewer),
+        content,
+    )
+}
+
+fn action_kind(kind: &ActionKind) -> Markup {
+    match kind {
+        ActionKind::CacheHit => badge("cache_hit"),
+        ActionKind::CacheMiss => badge("cache_miss"),
+        ActionKind::Executed { cached: true, .. } => badge("cache_hit"),
+        ActionKind::Executed { exit_code: 0, .. } => badge("passed"),
+        ActionKind::Executed { exit_code, .. } => {
+            html! { span.badge.failed { "exit " (exit_code) } }
+        }
+    }
+}
+
+fn action_table(id: &str, caption: &str, actions: &[ActionRow]) -> Markup {
+    html! {
+        table id=(id) {
+            caption.visually-hidden { (caption) }
+            thead { tr {
+                th scope="col" { "Target" } th scope="col" { "Mnemonic" } th scope="col" { "Outcome" }
+                th scope="col" { "Ran for" } th scope="col" { "Agent" } th scope="col" { "Action" }
+            } }
+            tbody {
+                @for a in actions {
+                    tr data-action=(a.action_digest) {
+                        td { @if a.target_id.is_empty() { span.note { "unknown" } } @else { code { (a.target_id) } } }
+                        td { (a.mnemonic) }
+                        td { (action_kind(&a.kind)) }
+                        td.num { @if let ActionKind::Executed { cached: false, duration_ms, .. } = &a.kind { (duration(*duration_ms as f64)) } }
+                        td { @if let ActionKind::Executed { agent, .. } = &a.kind { (agent) } }
+                        td { code { (a.action_digest.get(..12).unwrap_or(&a.action_digest)) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `/builds`.
+pub(super) fn builds_page(view: &BuildsView, viewer: &Viewer) -> Markup {
+    let content = html! {
+        h1 { "Builds" }
+        p.note { "Invocations of REAPI clients (Bazel, Buck2, ...) by their build id "
+            "(RequestMetadata's correlated invocations id, else the tool invocation id)." }
+        div #builds-list data-live="1" {
+            @if view.builds.is_empty() {
+                p.empty { "No build has used this coordinator yet. Point Bazel at it with "
+                    code { "--remote_executor=grpc://HOST:PORT" } "." }
+            } @else {
+                table #builds {
+                    caption.visually-hidden { "Builds, newest first" }
+                    thead { tr {
+                        th scope="col" { "Invocation" } th scope="col" { "Tool" } th scope="col" { "Started (UTC)" }
+                        th scope="col" { "Duration" } th scope="col" { "Actions" } th scope="col" { "Cache hits" }
+                        th scope="col" { "Executed" } th scope="col" { "Failed" }
+                    } }
+                    tbody {
+                        @for b in &view.builds {
+                            tr data-invocation=(b.summary.id) {
+                                td { a href=(b.url) { code { (b.summary.id.get(..13).unwrap_or(&b.summary.id)) } }
+                                     @if !b.summary.tool_invocation_id.is_empty() && b.summary.tool_invocation_id != b.summary.id {
+                                         br; span.title { "tool id " (b.summary.tool_invocation_id) } } }
+                                td { (b.summary.tool) }
+                                td { (time(b.summary.started_unix_ms)) }
+                                td.num { (duration(b.summary.last_unix_ms.saturating_sub(b.summary.started_unix_ms) as f64)) }
+                                td.num { (b.summary.actions) }
+                                td.num { (b.summary.cache_hits) " (" (percent(b.hit_ratio)) ")" }
+                                td.num { (b.summary.executed) }
+                                td.num { @if b.summary.failed > 0 { span.bad { (b.summary.failed) } } @else { "0" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        nav.pager aria-label="Pages" {
+            @if view.before.is_some() { a rel="prev" href="/builds" { "← Newest" } }
+            @if let Some(next) = &view.next { a rel="next" href={ "/builds?before=" (encode(next)) } { "Older →" } }
+        }
+    };
+    layout(
+        "Builds",
+        Section::Builds,
+        BodyData::page("builds"),
+        Some(viewer),
+        content,
+    )
+}
+
+/// `/builds/{invocation}`.
+pub(super) fn build_page(view: &BuildView, viewer: &Viewer) -> Markup {
+    let s = &view.build.summary;
+    let content = html! {
+        h1 { "Build " code { (s.id) } }
+        dl.summary {
+            div { dt { "Tool" } dd { (s.tool) } }
+            @if !s.tool_invocation_id.is_empty() { div { dt { "Tool invocation id" } dd { code { (s.tool_invocation_id) } } } }
+            div { dt { "Started (UTC)" } dd { (time(s.started_unix_ms)) } }
+            div { dt { "Actions" } dd { (s.actions) } }
+            div { dt { "Cache hit ratio" } dd #hit-ratio { (percent(view.build.hit_ratio)) " (" (s.cache_hits) " hits, " (s.executed) " executed)" } }
+            div { dt { "Failed" } dd { (s.failed) } }
+        }
+        @if !view.slowest.is_empty() {
+            section aria-labelledby="slowest-h" {
+                h2 #slowest-h { "Slowest actions" }
+                (action_table("slowest", "The actions that ran longest", &view.slowest))
+            }
+        }
+        section aria-labelledby="actions-h" {
+            h2 #actions-h { "Actions" }
+            (action_table("actions", "Every action of this build", &view.actions))
+        }
+    };
+    layout(
+        &format!("Build {}", s.id),
+        Section::Builds,
+        BodyData::page("build"),
         Some(viewer),
         content,
     )

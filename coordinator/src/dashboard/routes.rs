@@ -40,6 +40,7 @@ use super::access::{Access, Refusal, Viewer};
 use super::html;
 use super::views::{self, DEFAULT_FLAKE_RUNS, Sources};
 use crate::auth::{Permission, TokenStore};
+use crate::builds::{BuildLog, BuildLogError};
 use crate::config::AuthMode;
 use crate::execution::scheduler::SchedulerHandle;
 use crate::history::{FlakeWindow, JobFilter};
@@ -60,8 +61,12 @@ pub struct Dashboard {
 }
 
 impl Dashboard {
-    /// The dashboard over the coordinator's jobs, quarantine and scheduler. `auth` and `tokens`
+    /// The dashboard over the coordinator's jobs, quarantine, scheduler and build log. `auth` and `tokens`
     /// decide who may look (see `access.rs`); `tls`: the port serves TLS (cookies are `Secure`).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the coordinator's parts the pages read, each passed once at start"
+    )]
     pub fn new(
         registry: JobRegistry,
         quarantine: QuarantineStore,
@@ -70,11 +75,13 @@ impl Dashboard {
         tokens: TokenStore,
         tls: bool,
         shutdown: CancellationToken,
+        builds: BuildLog,
     ) -> Self {
         Dashboard {
             sources: Sources {
                 registry,
                 quarantine,
+                builds,
             },
             scheduler,
             access: Access::new(auth, tokens, tls),
@@ -94,6 +101,8 @@ pub fn router(dashboard: Dashboard) -> Router {
         .route("/flaky", get(flaky))
         .route("/flaky/quarantine", post(quarantine))
         .route("/fleet", get(fleet))
+        .route("/builds", get(builds))
+        .route("/builds/{invocation}", get(build))
         .route("/events", get(events))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
@@ -150,7 +159,7 @@ fn wants_json(headers: &HeaderMap) -> bool {
 
 /// Why a page could not be answered.
 #[derive(Debug)]
-enum PageError {
+pub(super) enum PageError {
     /// 400: a parameter is invalid.
     BadRequest(String),
     /// 404.
@@ -161,6 +170,15 @@ enum PageError {
     Store(MetaError),
     /// 500: the page's work did not finish.
     Internal(String),
+}
+
+impl From<BuildLogError> for PageError {
+    fn from(error: BuildLogError) -> Self {
+        match error {
+            BuildLogError::Meta(e) => PageError::Store(e),
+            other => PageError::Internal(other.to_string()),
+        }
+    }
 }
 
 impl From<MetaError> for PageError {
@@ -537,6 +555,59 @@ async fn fleet(State(d): State<Shared>, headers: HeaderMap) -> Response {
         }
     };
     answer(&headers, &viewer, &view, |v| html::fleet_page(v, &viewer))
+}
+
+/// Query of `/builds`.
+#[derive(Debug, Default, Deserialize)]
+struct BuildsQuery {
+    before: Option<String>,
+}
+
+async fn builds(
+    State(d): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<BuildsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let viewer = match d.access.viewer(&headers) {
+        Ok(v) => v,
+        Err(r) => return PageError::Refused(r).respond(&headers, "/builds", None),
+    };
+    let result = async {
+        let Query(q) = query.map_err(|e| PageError::BadRequest(e.body_text()))?;
+        let d = Arc::clone(&d);
+        blocking(move || views::builds_view(&d.sources.builds, nonempty(q.before).as_deref())).await
+    }
+    .await;
+    match result {
+        Ok(view) => answer(&headers, &viewer, &view, |v| html::builds_page(v, &viewer)),
+        Err(e) => e.respond(&headers, "/builds", Some(&viewer)),
+    }
+}
+
+async fn build(
+    State(d): State<Shared>,
+    Path(invocation): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = views::build_url(&invocation);
+    let viewer = match d.access.viewer(&headers) {
+        Ok(v) => v,
+        Err(r) => return PageError::Refused(r).respond(&headers, &path, None),
+    };
+    let found = {
+        let d = Arc::clone(&d);
+        let invocation = invocation.clone();
+        blocking(move || views::build_view(&d.sources.builds, &invocation)).await
+    };
+    match found {
+        Ok(Some(view)) => answer(&headers, &viewer, &view, |v| html::build_page(v, &viewer)),
+        Ok(None) => PageError::NotFound(format!(
+            "invocation \"{invocation}\" is not known: no REAPI call carried it, or it is \
+             older than the invocations kept"
+        ))
+        .respond(&headers, &path, Some(&viewer)),
+        Err(e) => e.respond(&headers, &path, Some(&viewer)),
+    }
 }
 
 async fn events(State(d): State<Shared>, headers: HeaderMap) -> Response {

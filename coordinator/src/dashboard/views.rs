@@ -8,6 +8,7 @@ use serde::Serialize;
 use tessera_cas::meta::MetaError;
 use tessera_proto::tessera::v1::{JobPhase, TestFinished, TestOutcome};
 
+use crate::builds::{ActionRow, BuildLog, InvocationSummary};
 use crate::execution::scheduler::{AgentView, FleetView, RequesterQueue};
 use crate::history::{
     BatchSpan, JobFilter, JobHistory, JobRecord, RunRecord, outcome_name, rerun_command,
@@ -697,11 +698,102 @@ impl FleetPage {
     }
 }
 
+/// Invocations per page of `/builds`.
+pub(super) const BUILDS_PER_PAGE: usize = 50;
+
+/// The link to an invocation's page.
+pub(super) fn build_url(id: &str) -> String {
+    format!("/builds/{}", encode(id))
+}
+
+/// An invocation as `/builds` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct BuildLine {
+    #[serde(flatten)]
+    pub summary: InvocationSummary,
+    pub url: String,
+    /// Cache hits over hits and executions.
+    pub hit_ratio: f64,
+}
+
+impl BuildLine {
+    fn new(summary: InvocationSummary) -> Self {
+        BuildLine {
+            url: build_url(&summary.id),
+            hit_ratio: summary.hit_ratio(),
+            summary,
+        }
+    }
+}
+
+/// `/builds`: REAPI invocations, newest first.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(super) struct BuildsView {
+    pub builds: Vec<BuildLine>,
+    /// The cursor of the next page (`?before=`), when there may be one.
+    pub next: Option<String>,
+    pub before: Option<String>,
+}
+
+pub(super) fn builds_view(
+    builds: &BuildLog,
+    before: Option<&str>,
+) -> Result<BuildsView, super::routes::PageError> {
+    let page = builds.list(BUILDS_PER_PAGE + 1, before)?;
+    let more = page.len() > BUILDS_PER_PAGE;
+    let lines: Vec<BuildLine> = page
+        .into_iter()
+        .take(BUILDS_PER_PAGE)
+        .map(BuildLine::new)
+        .collect();
+    Ok(BuildsView {
+        next: more
+            .then(|| lines.last().map(|l| l.summary.id.clone()))
+            .flatten(),
+        before: before.map(str::to_owned),
+        builds: lines,
+    })
+}
+
+/// `/builds/{invocation}`: one invocation's actions.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct BuildView {
+    #[serde(flatten)]
+    pub build: BuildLine,
+    pub actions: Vec<ActionRow>,
+    pub slowest: Vec<ActionRow>,
+}
+
+/// Invocation `id`'s page; `id` may also be the id the tool printed (Bazel's `Invocation ID`,
+/// its tool invocation id).
+pub(super) fn build_view(
+    builds: &BuildLog,
+    id: &str,
+) -> Result<Option<BuildView>, super::routes::PageError> {
+    let detail = match builds.invocation(id)? {
+        Some(detail) => Some(detail),
+        None => match builds
+            .list(usize::MAX, None)?
+            .into_iter()
+            .find(|s| !s.tool_invocation_id.is_empty() && s.tool_invocation_id == id)
+        {
+            Some(summary) => builds.invocation(&summary.id)?,
+            None => None,
+        },
+    };
+    Ok(detail.map(|detail| BuildView {
+        build: BuildLine::new(detail.summary),
+        actions: detail.actions,
+        slowest: detail.slowest,
+    }))
+}
+
 /// Shared handles the views read.
 #[derive(Clone, Debug)]
 pub(super) struct Sources {
     pub registry: JobRegistry,
     pub quarantine: QuarantineStore,
+    pub builds: BuildLog,
 }
 
 impl Sources {

@@ -5,12 +5,15 @@ use std::sync::Arc;
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::store::BlobStore;
 use tessera_proto::reapi::{
-    ActionResult, GetActionResultRequest, UpdateActionResultRequest, action_cache_server,
+    ActionResult, GetActionResultRequest, RequestMetadata, UpdateActionResultRequest,
+    action_cache_server,
 };
 use tonic::{Request, Response, Status};
 
 use crate::action_cache::{AcError, ActionCache};
 use crate::auth::{AuditRecord, Auth, Caller};
+use crate::builds::{ActionKind, ActionRecord, BuildLog};
+use crate::services::execution::request_metadata;
 use crate::status::{meta_error, missing_blobs, store_error};
 
 /// Most bytes inlined into one GetActionResult answer (stdout, stderr and files together).
@@ -38,6 +41,7 @@ pub struct ActionCacheService {
     cache: ActionCache,
     store: Arc<dyn BlobStore>,
     auth: Option<Auth>,
+    builds: Option<BuildLog>,
 }
 
 impl ActionCacheService {
@@ -47,7 +51,14 @@ impl ActionCacheService {
             cache,
             store,
             auth: None,
+            builds: None,
         }
+    }
+
+    /// Records the lookups of REAPI clients that send request metadata in `builds`.
+    pub fn with_builds(mut self, builds: BuildLog) -> Self {
+        self.builds = Some(builds);
+        self
     }
 
     /// Checks each caller's instance scope against `auth`, and audits writes.
@@ -56,15 +67,35 @@ impl ActionCacheService {
         self
     }
 
-    async fn get(&self, req: GetActionResultRequest) -> Result<ActionResult, Status> {
+    async fn get(
+        &self,
+        req: GetActionResultRequest,
+        metadata: Option<RequestMetadata>,
+    ) -> Result<ActionResult, Status> {
         let function = DigestFunction::from_request(req.digest_function).map_err(AcError::from)?;
         let action =
             Digest::from_proto_opt(function, req.action_digest.as_ref()).map_err(AcError::from)?;
         let cache = self.cache.clone();
         let store = Arc::clone(&self.store);
+        let builds = self.builds.clone();
         tokio::task::spawn_blocking(move || {
             let hit = cache.get(&req.instance_name, &action)?;
             crate::metrics::metrics().cache_lookup(hit.is_some());
+            if let (Some(builds), Some(metadata)) = (builds, metadata) {
+                let kind = if hit.is_some() {
+                    ActionKind::CacheHit
+                } else {
+                    ActionKind::CacheMiss
+                };
+                builds.record(
+                    &metadata,
+                    ActionRecord {
+                        action_digest: format!("{}/{}", action.hash_hex(), action.size_bytes),
+                        kind,
+                        at_unix_ms: crate::builds::now_unix_ms(),
+                    },
+                );
+            }
             let Some(mut result) = hit else {
                 return Err(Status::not_found(format!(
                     "no action result for {action} in instance \"{}\"",
@@ -136,7 +167,14 @@ impl action_cache_server::ActionCache for ActionCacheService {
     ) -> Result<Response<ActionResult>, Status> {
         Caller::of(self.auth.as_ref(), &request)
             .instance("GetActionResult", &request.get_ref().instance_name)?;
-        Ok(Response::new(self.get(request.into_inner()).await?))
+        let metadata = self
+            .builds
+            .is_some()
+            .then(|| request_metadata(&request))
+            .flatten();
+        Ok(Response::new(
+            self.get(request.into_inner(), metadata).await?,
+        ))
     }
 
     async fn update_action_result(

@@ -19,7 +19,9 @@ use tessera_proto::reapi::{
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, Caller};
+use crate::builds::{ActionKind, ActionRecord, BuildLog};
 use crate::execution::execute::{ExecuteError, Executor, OperationWatch, Submitted};
+use crate::execution::operation::OpSnapshot;
 use crate::execution::scheduler::SchedulerError;
 use crate::status::{meta_error, missing_blobs, store_error};
 
@@ -65,15 +67,19 @@ impl From<SchedulerError> for Status {
     }
 }
 
-/// Who is asking, for fair share: the build (correlated invocation) or the tool invocation
-/// from REAPI request metadata.
-pub(crate) fn requester<T>(request: &Request<T>) -> String {
-    let metadata = request
+/// The REAPI request metadata the client sent, if any (and if it decodes).
+pub(crate) fn request_metadata<T>(request: &Request<T>) -> Option<RequestMetadata> {
+    request
         .metadata()
         .get_bin(tessera_proto::REQUEST_METADATA_HEADER)
         .and_then(|v| v.to_bytes().ok())
-        .and_then(|b| RequestMetadata::decode(b).ok());
-    match metadata {
+        .and_then(|b| RequestMetadata::decode(b).ok())
+}
+
+/// Who is asking, for fair share: the build (correlated invocation) or the tool invocation
+/// from REAPI request metadata.
+pub(crate) fn requester<T>(request: &Request<T>) -> String {
+    match request_metadata(request) {
         Some(m) if !m.correlated_invocations_id.is_empty() => m.correlated_invocations_id,
         Some(m) if !m.tool_invocation_id.is_empty() => m.tool_invocation_id,
         _ => request
@@ -86,20 +92,73 @@ pub(crate) fn requester<T>(request: &Request<T>) -> String {
 
 type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;
 
-/// Streams the operation's snapshots until it is done.
-fn operation_stream(watch: OperationWatch) -> OperationStream {
+/// Where a finished operation is recorded for the `/builds` pages: the build log and the
+/// caller's request metadata (which names the invocation and the action).
+#[derive(Clone)]
+struct BuildRecorder {
+    log: BuildLog,
+    metadata: RequestMetadata,
+}
+
+impl BuildRecorder {
+    fn of<T>(log: Option<&BuildLog>, request: &Request<T>) -> Option<Self> {
+        Some(BuildRecorder {
+            log: log?.clone(),
+            metadata: request_metadata(request)?,
+        })
+    }
+
+    /// Records `snapshot` if it is done.
+    fn finished(&self, snapshot: &OpSnapshot) {
+        let Some(response) = &snapshot.response else {
+            return;
+        };
+        let result = response.result.as_ref();
+        let exit_code = result.map_or(0, |r| r.exit_code);
+        // An execution that failed without a command exit code (timed out, lost inputs)
+        // still failed.
+        let failed = response.status.as_ref().is_some_and(|s| s.code != 0);
+        let exit_code = if failed && exit_code == 0 {
+            -1
+        } else {
+            exit_code
+        };
+        let digest = &snapshot.action_digest;
+        self.log.record(
+            &self.metadata,
+            ActionRecord {
+                action_digest: format!("{}/{}", digest.hash, digest.size_bytes),
+                kind: ActionKind::executed(
+                    response.cached_result,
+                    exit_code,
+                    result.and_then(|r| r.execution_metadata.as_ref()),
+                ),
+                at_unix_ms: crate::builds::now_unix_ms(),
+            },
+        );
+    }
+}
+
+/// Streams the operation's snapshots until it is done, recording the last with `recorder`.
+fn operation_stream(watch: OperationWatch, recorder: Option<BuildRecorder>) -> OperationStream {
     Box::pin(futures::stream::unfold(
         (watch, true, false),
-        |(mut watch, first, finished)| async move {
-            if finished {
-                return None;
+        move |(mut watch, first, finished)| {
+            let recorder = recorder.clone();
+            async move {
+                if finished {
+                    return None;
+                }
+                if !first && let Err(error) = watch.changed().await {
+                    return Some((Err(error.into()), (watch, false, true)));
+                }
+                let snapshot = watch.latest().clone();
+                let done = snapshot.response.is_some();
+                if done && let Some(recorder) = &recorder {
+                    recorder.finished(&snapshot);
+                }
+                Some((Ok(snapshot.to_operation()), (watch, false, done)))
             }
-            if !first && let Err(error) = watch.changed().await {
-                return Some((Err(error.into()), (watch, false, true)));
-            }
-            let snapshot = watch.latest().clone();
-            let done = snapshot.response.is_some();
-            Some((Ok(snapshot.to_operation()), (watch, false, done)))
         },
     ))
 }
@@ -109,6 +168,7 @@ fn operation_stream(watch: OperationWatch) -> OperationStream {
 pub struct ExecutionService {
     executor: Executor,
     auth: Option<Auth>,
+    builds: Option<BuildLog>,
 }
 
 impl ExecutionService {
@@ -117,7 +177,14 @@ impl ExecutionService {
         ExecutionService {
             executor,
             auth: None,
+            builds: None,
         }
+    }
+
+    /// Records finished executions of REAPI clients that send request metadata in `builds`.
+    pub fn with_builds(mut self, builds: BuildLog) -> Self {
+        self.builds = Some(builds);
+        self
     }
 
     /// Checks each caller's instance scope and Execute limits against `auth`.
@@ -130,17 +197,28 @@ impl ExecutionService {
         &self,
         requester: String,
         req: ExecuteRequest,
+        recorder: Option<BuildRecorder>,
     ) -> Result<OperationStream, ExecuteError> {
         Ok(match self.executor.submit(requester, req).await? {
             Submitted::Cached(snapshot) => {
+                if let Some(recorder) = &recorder {
+                    recorder.finished(&snapshot);
+                }
                 Box::pin(futures::stream::iter([Ok(snapshot.to_operation())]))
             }
-            Submitted::Queued(watch) => operation_stream(watch),
+            Submitted::Queued(watch) => operation_stream(watch, recorder),
         })
     }
 
-    async fn wait(&self, req: WaitExecutionRequest) -> Result<OperationStream, ExecuteError> {
-        Ok(operation_stream(self.executor.wait(&req.name).await?))
+    async fn wait(
+        &self,
+        req: WaitExecutionRequest,
+        recorder: Option<BuildRecorder>,
+    ) -> Result<OperationStream, ExecuteError> {
+        Ok(operation_stream(
+            self.executor.wait(&req.name).await?,
+            recorder,
+        ))
     }
 }
 
@@ -153,6 +231,7 @@ impl execution_server::Execution for ExecutionService {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let requester = requester(&request);
+        let recorder = BuildRecorder::of(self.builds.as_ref(), &request);
         let caller = Caller::of(self.auth.as_ref(), &request);
         caller.instance("Execute", &request.get_ref().instance_name)?;
         // Held by the stream: the call counts as running until the client lets go of it.
@@ -160,7 +239,9 @@ impl execution_server::Execution for ExecutionService {
             Some(auth) => Some(auth.limits.execute(caller.principal())?),
             None => None,
         };
-        let stream = self.execute(requester, request.into_inner()).await?;
+        let stream = self
+            .execute(requester, request.into_inner(), recorder)
+            .await?;
         Ok(Response::new(Box::pin(stream.map(move |item| {
             let _held = &inflight;
             item
@@ -173,7 +254,10 @@ impl execution_server::Execution for ExecutionService {
         &self,
         request: Request<WaitExecutionRequest>,
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
-        Ok(Response::new(self.wait(request.into_inner()).await?))
+        let recorder = BuildRecorder::of(self.builds.as_ref(), &request);
+        Ok(Response::new(
+            self.wait(request.into_inner(), recorder).await?,
+        ))
     }
 }
 
@@ -220,5 +304,80 @@ mod tests {
             Status::from(ExecuteError::Priority(5000)).message(),
             "priority 5000 is outside the supported range -1000..=1000"
         );
+    }
+
+    /// A finished execution is recorded once, with its exit code; one that failed without an
+    /// exit code counts as failed.
+    #[tokio::test]
+    async fn finished_executions_are_recorded_with_their_outcome() {
+        use tessera_cas::meta::{MemoryMetaStore, MetadataStore};
+        use tessera_proto::reapi::{
+            ActionResult, Digest as ProtoDigest, ExecuteResponse, execution_stage,
+        };
+        use tokio_util::sync::CancellationToken;
+
+        let meta: std::sync::Arc<dyn MetadataStore> = std::sync::Arc::new(MemoryMetaStore::new());
+        let token = CancellationToken::new();
+        let (log, writer) =
+            BuildLog::start(std::sync::Arc::clone(&meta), 10, token.clone()).unwrap();
+        let writer = tokio::spawn(writer);
+        let snapshot = |action: &str, response: Option<ExecuteResponse>| OpSnapshot {
+            name: "operations/x".into(),
+            stage: execution_stage::Value::Completed,
+            action_digest: ProtoDigest {
+                hash: action.into(),
+                size_bytes: 1,
+            },
+            digest_function: 0,
+            response,
+            partial: Vec::new(),
+        };
+        let recorder = |action_id: &str| BuildRecorder {
+            log: log.clone(),
+            metadata: RequestMetadata {
+                correlated_invocations_id: "build".into(),
+                action_id: action_id.into(),
+                ..Default::default()
+            },
+        };
+        recorder("running").finished(&snapshot("running", None));
+        recorder("passed").finished(&snapshot(
+            "passed",
+            Some(ExecuteResponse {
+                result: Some(ActionResult::default()),
+                ..Default::default()
+            }),
+        ));
+        recorder("timed-out").finished(&snapshot(
+            "timed-out",
+            Some(ExecuteResponse {
+                status: Some(tessera_proto::rpc::Status {
+                    code: tonic::Code::DeadlineExceeded as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        ));
+        token.cancel();
+        writer.await.unwrap();
+
+        let detail = log.invocation("build").unwrap().unwrap();
+        let outcomes: Vec<(&str, &ActionKind)> = detail
+            .actions
+            .iter()
+            .map(|a| (a.action_id.as_str(), &a.kind))
+            .collect();
+        let ran = |exit_code| ActionKind::Executed {
+            cached: false,
+            exit_code,
+            duration_ms: 0,
+            agent: String::new(),
+        };
+        assert_eq!(
+            outcomes,
+            [("passed", &ran(0)), ("timed-out", &ran(-1))],
+            "an operation not done is not recorded"
+        );
+        assert_eq!(detail.summary.failed, 1);
     }
 }
