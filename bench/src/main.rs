@@ -12,6 +12,7 @@ mod bazel;
 mod cas;
 mod compare;
 mod cpu;
+mod dashboard;
 mod error;
 mod job;
 mod limits;
@@ -38,8 +39,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::bazel::BazelPlan;
 use crate::cas::CasPlan;
 use crate::compare::Modes;
+use crate::dashboard::DashboardPlan;
 use crate::error::BenchError;
-use crate::job::JobPlan;
+use crate::job::{HistoryArg, JobPlan};
 use crate::metrics::MetricsArg;
 use crate::reopen::ReopenPlan;
 use crate::report::{Report, Verdict};
@@ -119,6 +121,24 @@ enum Command {
     /// `cargo build --release -p tessera-cli`). Needs python3, cargo and go (the Go sources
     /// from Debian: .ci/install-deps.sh); leave a suite out with --suite.
     Suites(SuitesArgs),
+    /// Dashboard pages with a full history: fills a metadata store with 10,000 finished jobs
+    /// and 1,000,000 test results through the coordinator's history, then times the server
+    /// (its `Server-Timing`) for `/`, `/?result=failed`, `/jobs/{id}` of a 5,000-test job,
+    /// `/tests/{key}` and `/flaky`, as HTML and as JSON.
+    ///
+    /// Runs the real metadata store and a coordinator in this process (its own runtime, its
+    /// HTTP port on loopback) in a temporary directory.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Args)]
+struct DashboardArgs {
+    /// 1,000 jobs and 100,000 results instead of 10,000 and 1,000,000; 20 requests a page
+    /// instead of 50. The targets stay the same.
+    #[arg(long)]
+    quick: bool,
+    #[command(flatten)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -157,6 +177,13 @@ struct JobArgs {
     /// same.
     #[arg(long)]
     quick: bool,
+    /// The history of finished jobs the dashboard shows: on (recorded, as deployed), off
+    /// (`TESSERA_DASHBOARD_JOBS=0`), or both, then what the history costs a job on the
+    /// coordinator (the job's time there with it must stay within 105% of the time without).
+    /// `off` and `both` measure the `--coordinator` mode only (the embedded clusters of zero
+    /// setup always record), with three times the re-runs for `both`, interleaved.
+    #[arg(long, value_enum, default_value_t)]
+    history: HistoryArg,
     /// The `tessera` binary [default: `tessera` beside this executable].
     #[arg(long, value_name = "PATH")]
     tessera: Option<PathBuf>,
@@ -353,6 +380,7 @@ fn main() -> ExitCode {
                 JobPlan::full()
             };
             plan.tessera = args.tessera.clone();
+            plan.with_history(args.history);
             let data = args.output.data_dir.clone();
             finish(
                 block_on(async move { job::run(&plan, data.as_deref()).await }),
@@ -375,6 +403,18 @@ fn main() -> ExitCode {
             )
         }
         Command::Suites(args) => run_suites(&args),
+        Command::Dashboard(args) => {
+            let plan = if args.quick {
+                DashboardPlan::quick()
+            } else {
+                DashboardPlan::full()
+            };
+            let data = args.output.data_dir.clone();
+            finish(
+                block_on(async move { dashboard::run(&plan, data.as_deref()).await }),
+                &args.output,
+            )
+        }
         Command::Bazel(args) => {
             let mut plan = if args.quick {
                 BazelPlan::quick()

@@ -97,7 +97,19 @@ impl Cluster {
         slots: u32,
         agent_args: &[&str],
     ) -> Result<Self, BenchError> {
-        let mut cluster = Cluster::start_coordinator(binary, dir, None)?;
+        Cluster::start_with_env(binary, dir, agents, slots, agent_args, &[])
+    }
+
+    /// [`Cluster::start`] with `env` set for the coordinator (`TESSERA_*` settings).
+    pub(crate) fn start_with_env(
+        binary: &Path,
+        dir: &Path,
+        agents: usize,
+        slots: u32,
+        agent_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, BenchError> {
+        let mut cluster = Cluster::spawn_coordinator(binary, dir, None, env)?;
         cluster.start_agents(agents, slots, agent_args, &ClientAuth::default())?;
         Ok(cluster)
     }
@@ -109,6 +121,15 @@ impl Cluster {
         binary: &Path,
         dir: &Path,
         tls: Option<&Certificates>,
+    ) -> Result<Self, BenchError> {
+        Cluster::spawn_coordinator(binary, dir, tls, &[])
+    }
+
+    fn spawn_coordinator(
+        binary: &Path,
+        dir: &Path,
+        tls: Option<&Certificates>,
+        env: &[(&str, &str)],
     ) -> Result<Self, BenchError> {
         let io = |what| move |source| BenchError::Io { what, source };
         std::fs::create_dir_all(dir).map_err(io("create the cluster directory"))?;
@@ -132,6 +153,7 @@ impl Cluster {
                 .envs(security::unthrottled_env());
         }
         let coordinator = command
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -169,6 +169,29 @@ pub(crate) enum Check {
         /// Least share allowed; `None` for a comparison shown for context.
         min_share: Option<f64>,
     },
+    /// A server's own time for repeated requests (from the answers' `Server-Timing`), whose
+    /// 95th percentile must not exceed `max_p95_ms`; the client's latency and the answer's size
+    /// for context (`tessera-bench dashboard`).
+    ServerTime {
+        /// Requests timed.
+        samples: usize,
+        /// The server's time: median, 95th percentile and slowest, ms.
+        p50_ms: f64,
+        /// See `p50_ms`.
+        p95_ms: f64,
+        /// See `p50_ms`.
+        max_ms: f64,
+        /// The client's time (request sent to body read): median, 95th percentile, slowest, ms.
+        client_p50_ms: f64,
+        /// See `client_p50_ms`.
+        client_p95_ms: f64,
+        /// See `client_p50_ms`.
+        client_max_ms: f64,
+        /// Body bytes of the answer.
+        bytes: usize,
+        /// Largest p95 allowed, ms.
+        max_p95_ms: f64,
+    },
     /// An answer that must equal one found another way in the same run (a suite's counts
     /// through `tessera run` and run directly). Both are rendered by the same code, so equal
     /// text is an equal answer.
@@ -263,6 +286,9 @@ impl Check {
                 max_p50_ms: Some(max_p50_ms),
                 ..
             } => p50_ms <= max_p50_ms,
+            Check::ServerTime {
+                p95_ms, max_p95_ms, ..
+            } => p95_ms <= max_p95_ms,
             Check::Compared {
                 baseline,
                 measured,
@@ -587,6 +613,26 @@ fn describe_execution(check: &Check) -> (String, String, String) {
             },
             max_p50_ms.map_or_else(dash, |max| format!("p50 ≤ {max} ms")),
         ),
+        Check::ServerTime {
+            samples,
+            p50_ms,
+            p95_ms,
+            max_ms,
+            client_p50_ms,
+            client_p95_ms,
+            client_max_ms,
+            bytes,
+            max_p95_ms,
+        } => (
+            format!(
+                "server p50 {p50_ms:.2} ms, p95 {p95_ms:.2} ms, max {max_ms:.2} ms ({samples} requests)"
+            ),
+            format!(
+                "client p50 {client_p50_ms:.2} / p95 {client_p95_ms:.2} / max {client_max_ms:.2} ms; {} bytes",
+                thousands(bytes)
+            ),
+            format!("server p95 ≤ {max_p95_ms} ms"),
+        ),
         Check::Breakdown {
             samples,
             ref parts,
@@ -720,6 +766,7 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
         | Check::Ratio { .. }
         | Check::Agreement { .. }
         | Check::Time { .. }
+        | Check::ServerTime { .. }
         | Check::Breakdown { .. }
         | Check::ShareOfLimit { .. } => {
             let (result, _, target) = describe_execution(check);
