@@ -34,8 +34,11 @@ const MAX_SESSIONS: usize = 10_000;
 pub(super) struct Viewer {
     /// Who they are (the anonymous principal with auth off).
     pub principal: Principal,
-    /// Their session's CSRF token (`None` for a bearer-header caller, who needs none).
+    /// Their session's CSRF token (`None` without a session).
     pub csrf: Option<String>,
+    /// Identified by an `Authorization` header, which a browser never adds by itself: their
+    /// writes need no CSRF token.
+    pub bearer: bool,
     /// A `Set-Cookie` to send: a session was just created.
     pub set_cookie: Option<HeaderValue>,
 }
@@ -129,7 +132,8 @@ impl Access {
     }
 
     /// Who makes the request with `headers`; every role but `agent` may read the pages.
-    pub(super) fn viewer(&self, headers: &HeaderMap) -> Result<Viewer, Refusal> {
+    /// `page`: the answer is an HTML page (with auth off, it gets a session for its forms).
+    pub(super) fn viewer(&self, headers: &HeaderMap, page: bool) -> Result<Viewer, Refusal> {
         if self.mode == AuthMode::Tokens
             && let Some(value) = headers.get(header::AUTHORIZATION)
         {
@@ -142,6 +146,7 @@ impl Access {
             return Ok(Viewer {
                 principal,
                 csrf: None,
+                bearer: true,
                 set_cookie: None,
             });
         }
@@ -151,6 +156,7 @@ impl Access {
             return Ok(Viewer {
                 principal: session.principal,
                 csrf: Some(session.csrf),
+                bearer: false,
                 set_cookie: None,
             });
         }
@@ -160,11 +166,22 @@ impl Access {
                     .to_owned(),
             ));
         }
-        // Auth off: everyone may look, and gets a session for the CSRF token of writes.
+        // Auth off: everyone may look; a page (which may hold forms) opens a session for the
+        // CSRF token of writes, a JSON or event-stream client gets none (and cannot write
+        // without one).
+        if !page {
+            return Ok(Viewer {
+                principal: Principal::anonymous(None),
+                csrf: None,
+                bearer: false,
+                set_cookie: None,
+            });
+        }
         let (id, session) = self.open(Principal::anonymous(None));
         Ok(Viewer {
             principal: session.principal,
             csrf: Some(session.csrf),
+            bearer: false,
             set_cookie: Some(self.cookie_for(&id)),
         })
     }
@@ -254,14 +271,15 @@ impl Access {
         headers: &HeaderMap,
         csrf: Option<&str>,
     ) -> Result<(), Refusal> {
-        if let Some(expected) = &viewer.csrf {
-            let valid = csrf.is_some_and(|given| same(given, expected));
-            if !valid {
-                return Err(Refusal::Forbidden(
-                    "the form's CSRF token is missing or stale: reload the page and try again"
-                        .to_owned(),
-                ));
-            }
+        let valid = match &viewer.csrf {
+            Some(expected) => csrf.is_some_and(|given| same(given, expected)),
+            None => viewer.bearer,
+        };
+        if !valid {
+            return Err(Refusal::Forbidden(
+                "the form's CSRF token is missing or stale: reload the page and try again"
+                    .to_owned(),
+            ));
         }
         if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST))
         {
@@ -309,7 +327,7 @@ mod tests {
             .unwrap();
         let access = Access::new(AuthMode::Tokens, tokens.clone(), true);
         assert!(matches!(
-            access.viewer(&HeaderMap::new()),
+            access.viewer(&HeaderMap::new(), true),
             Err(Refusal::LogIn(_))
         ));
         assert!(matches!(access.log_in("wrong"), Err(Refusal::LogIn(_))));
@@ -319,7 +337,7 @@ mod tests {
             assert!(text.contains(part), "{text}");
         }
         let with_cookie = headers(&[(header::COOKIE, &session_of(&set))]);
-        let viewer = access.viewer(&with_cookie).unwrap();
+        let viewer = access.viewer(&with_cookie, true).unwrap();
         assert_eq!(viewer.principal.name, "r");
         assert!(!viewer.may(Permission::Quarantine));
         let csrf = viewer.csrf.clone().unwrap();
@@ -342,10 +360,16 @@ mod tests {
 
         // A bearer header works without a session; a revoked token ends the session.
         let bearer = headers(&[(header::AUTHORIZATION, &format!("Bearer {reader}"))]);
-        assert_eq!(access.viewer(&bearer).unwrap().principal.name, "r");
+        let by_header = access.viewer(&bearer, false).unwrap();
+        assert_eq!(by_header.principal.name, "r");
+        assert!(
+            access
+                .check_write(&by_header, &HeaderMap::new(), None)
+                .is_ok()
+        );
         tokens.revoke("r").await.unwrap();
         assert!(matches!(
-            access.viewer(&with_cookie),
+            access.viewer(&with_cookie, true),
             Err(Refusal::LogIn(_))
         ));
         let out = access.log_out(&with_cookie);
@@ -356,17 +380,25 @@ mod tests {
     async fn with_auth_off_everyone_reads_and_writes_still_need_the_csrf_token() {
         let tokens = TokenStore::open(Arc::new(MemoryMetaStore::new())).unwrap();
         let access = Access::new(AuthMode::None, tokens, false);
-        let first = access.viewer(&HeaderMap::new()).unwrap();
+        let first = access.viewer(&HeaderMap::new(), true).unwrap();
         let set = first
             .set_cookie
             .clone()
             .expect("a session for the CSRF token");
         assert!(!set.to_str().unwrap().contains("Secure"));
         let again = access
-            .viewer(&headers(&[(header::COOKIE, &session_of(&set))]))
+            .viewer(&headers(&[(header::COOKIE, &session_of(&set))]), true)
             .unwrap();
         assert!(again.set_cookie.is_none(), "the same session");
         assert_eq!(again.csrf, first.csrf);
         assert!(access.check_write(&again, &HeaderMap::new(), None).is_err());
+        // A script without a session gets none, and cannot write without one.
+        let script = access.viewer(&HeaderMap::new(), false).unwrap();
+        assert!(script.set_cookie.is_none() && script.csrf.is_none());
+        assert!(
+            access
+                .check_write(&script, &HeaderMap::new(), None)
+                .is_err()
+        );
     }
 }

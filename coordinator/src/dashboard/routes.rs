@@ -300,7 +300,7 @@ async fn jobs(
     headers: HeaderMap,
     query: Result<Query<JobsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match d.access.viewer(&headers) {
+    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, "/", None),
     };
@@ -351,7 +351,7 @@ async fn job(
     query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let path = views::job_url(&id);
-    let viewer = match d.access.viewer(&headers) {
+    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, &path, None),
     };
@@ -405,7 +405,7 @@ async fn test(
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let path = views::test_url(&key);
-    let viewer = match d.access.viewer(&headers) {
+    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, &path, None),
     };
@@ -434,7 +434,7 @@ async fn flaky(
     headers: HeaderMap,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match d.access.viewer(&headers) {
+    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, "/flaky", None),
     };
@@ -497,7 +497,7 @@ async fn quarantine(
     form: Result<Form<QuarantineForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let path = "/flaky";
-    let viewer = match d.access.viewer(&headers) {
+    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, path, None),
     };
@@ -546,7 +546,7 @@ async fn quarantine(
 }
 
 async fn fleet(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    let viewer = match d.access.viewer(&headers) {
+    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, "/fleet", None),
     };
@@ -570,7 +570,7 @@ async fn builds(
     headers: HeaderMap,
     query: Result<Query<BuildsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match d.access.viewer(&headers) {
+    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, "/builds", None),
     };
@@ -592,7 +592,7 @@ async fn build(
     headers: HeaderMap,
 ) -> Response {
     let path = views::build_url(&invocation);
-    let viewer = match d.access.viewer(&headers) {
+    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, &path, None),
     };
@@ -613,7 +613,7 @@ async fn build(
 }
 
 async fn events(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = d.access.viewer(&headers) {
+    if let Err(r) = d.access.viewer(&headers, false) {
         // An EventSource cannot follow a redirect to a login form: plain 401/403.
         return PageError::Refused(r).respond(
             &{
@@ -715,7 +715,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Response {
-    if let Ok(viewer) = d.access.viewer(&headers)
+    if let Ok(viewer) = d.access.viewer(&headers, true)
         && let Err(r) = d
             .access
             .check_write(&viewer, &headers, form.csrf.as_deref())
