@@ -751,3 +751,34 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn json_only_when_asked_for_before_html() {
+        assert!(wants_json(&accept("application/json")));
+        assert!(wants_json(&accept("application/json, text/html;q=0.5")));
+        assert!(!wants_json(&accept(
+            "text/html,application/xhtml+xml,application/json;q=0.9"
+        )));
+        assert!(!wants_json(&accept("*/*")));
+        assert!(!wants_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_return_path_never_leaves_the_site() {
+        assert_eq!(local(Some("/flaky?runs=5"), "/"), "/flaky?runs=5");
+        for outside in ["//evil.example/x", "https://evil.example", "/\\evil", ""] {
+            assert_eq!(local(Some(outside), "/"), "/", "{outside}");
+        }
+        assert_eq!(local(None, "/flaky"), "/flaky");
+    }
+}
