@@ -149,8 +149,13 @@ fn span_ms(
     start: Option<&prost_types::Timestamp>,
     end: Option<&prost_types::Timestamp>,
 ) -> Option<u64> {
-    let ms = |t: &prost_types::Timestamp| t.seconds * 1000 + i64::from(t.nanos / 1_000_000);
-    let span = ms(end?) - ms(start?);
+    // Timestamps come from agents and from results clients upload: no arithmetic may overflow.
+    let ms = |t: &prost_types::Timestamp| {
+        t.seconds
+            .checked_mul(1000)?
+            .checked_add(i64::from(t.nanos / 1_000_000))
+    };
+    let span = ms(end?)?.checked_sub(ms(start?)?)?;
     u64::try_from(span).ok()
 }
 

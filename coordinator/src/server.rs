@@ -281,6 +281,7 @@ impl Coordinator {
             config.auth,
             auth.tokens.clone(),
             tls.is_some(),
+            config.http_listen.is_some_and(|a| a.ip().is_loopback()),
             token.clone(),
             builds.clone(),
         );

@@ -73,6 +73,10 @@ pub(super) struct Access {
     tokens: TokenStore,
     /// The port serves TLS: cookies are `Secure`.
     secure: bool,
+    /// Auth is off and the port listens on loopback: only requests addressed to a loopback
+    /// name are answered (a page of another site that rebinds its name to 127.0.0.1 would
+    /// otherwise be same-origin with the dashboard).
+    loopback_only: bool,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
 }
 
@@ -113,8 +117,10 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 impl Access {
-    pub(super) fn new(mode: AuthMode, tokens: TokenStore, secure: bool) -> Self {
+    /// `loopback`: the HTTP port listens on a loopback address.
+    pub(super) fn new(mode: AuthMode, tokens: TokenStore, secure: bool, loopback: bool) -> Self {
         Access {
+            loopback_only: loopback && mode == AuthMode::None,
             mode,
             tokens,
             secure,
@@ -134,6 +140,7 @@ impl Access {
     /// Who makes the request with `headers`; every role but `agent` may read the pages.
     /// `page`: the answer is an HTML page (with auth off, it gets a session for its forms).
     pub(super) fn viewer(&self, headers: &HeaderMap, page: bool) -> Result<Viewer, Refusal> {
+        self.check_host(headers)?;
         if self.mode == AuthMode::Tokens
             && let Some(value) = headers.get(header::AUTHORIZATION)
         {
@@ -281,6 +288,41 @@ impl Access {
                     .to_owned(),
             ));
         }
+        self.check_origin(headers)
+    }
+
+    /// With auth off on a loopback port, refuses a request addressed to any other name than
+    /// `localhost` (and its subdomains) or a loopback address.
+    pub(super) fn check_host(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        if !self.loopback_only {
+            return Ok(());
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        let loopback = name.eq_ignore_ascii_case("localhost")
+            || name.to_ascii_lowercase().ends_with(".localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback || host.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::Forbidden(format!(
+                "the dashboard answers only to localhost while authentication is off (this \
+                 request was for {host:?}); start the coordinator with --auth tokens to serve \
+                 it under other names"
+            )))
+        }
+    }
+
+    /// Refuses a request whose `Origin` is another host than the one it was sent to.
+    pub(super) fn check_origin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST))
         {
             let origin = origin.to_str().unwrap_or("");
@@ -325,7 +367,7 @@ mod tests {
             .create("r", Role::Reader, Vec::new(), None, "test")
             .await
             .unwrap();
-        let access = Access::new(AuthMode::Tokens, tokens.clone(), true);
+        let access = Access::new(AuthMode::Tokens, tokens.clone(), true, true);
         assert!(matches!(
             access.viewer(&HeaderMap::new(), true),
             Err(Refusal::LogIn(_))
@@ -379,7 +421,29 @@ mod tests {
     #[tokio::test]
     async fn with_auth_off_everyone_reads_and_writes_still_need_the_csrf_token() {
         let tokens = TokenStore::open(Arc::new(MemoryMetaStore::new())).unwrap();
-        let access = Access::new(AuthMode::None, tokens, false);
+        let access = Access::new(AuthMode::None, tokens, false, true);
+        // Another name for this loopback port (DNS rebinding) is refused.
+        for host in ["evil.example", "evil.example:8080", "10.0.0.1:80"] {
+            assert!(
+                access
+                    .viewer(&headers(&[(header::HOST, host)]), true)
+                    .is_err(),
+                "{host}"
+            );
+        }
+        for host in [
+            "localhost:9464",
+            "127.0.0.1:9464",
+            "[::1]:9464",
+            "dash.localhost",
+        ] {
+            assert!(
+                access
+                    .viewer(&headers(&[(header::HOST, host)]), true)
+                    .is_ok(),
+                "{host}"
+            );
+        }
         let first = access.viewer(&HeaderMap::new(), true).unwrap();
         let set = first
             .set_cookie

@@ -268,7 +268,7 @@ pub(super) fn jobs_page(view: &JobsView, viewer: &Viewer) -> Markup {
 /// One test's row on its job's page (also sent alone to a live page).
 pub(super) fn test_row(test: &TestLine) -> Markup {
     html! {
-        tr data-test=(test.key) data-outcome=(test.outcome) {
+        tr data-test=(test.key) data-cell=(test.cell) data-outcome=(test.outcome) {
             td {
                 a href=(test.url) { (test.key) }
                 @if !test.cell.is_empty() { " " span.cell { "[" (test.cell) "]" } }

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::{Access, Refusal, Viewer};
 use super::html;
-use super::views::{self, DEFAULT_FLAKE_RUNS, Sources};
+use super::views::{self, DEFAULT_FLAKE_RUNS, Scope, Sources};
 use crate::auth::{Permission, TokenStore};
 use crate::builds::{BuildLog, BuildLogError};
 use crate::config::AuthMode;
@@ -62,7 +62,8 @@ pub struct Dashboard {
 
 impl Dashboard {
     /// The dashboard over the coordinator's jobs, quarantine, scheduler and build log. `auth` and `tokens`
-    /// decide who may look (see `access.rs`); `tls`: the port serves TLS (cookies are `Secure`).
+    /// decide who may look (see `access.rs`); `tls`: the port serves TLS (cookies are `Secure`);
+    /// `loopback`: it listens on a loopback address.
     #[expect(
         clippy::too_many_arguments,
         reason = "the coordinator's parts the pages read, each passed once at start"
@@ -74,6 +75,7 @@ impl Dashboard {
         auth: AuthMode,
         tokens: TokenStore,
         tls: bool,
+        loopback: bool,
         shutdown: CancellationToken,
         builds: BuildLog,
     ) -> Self {
@@ -84,7 +86,7 @@ impl Dashboard {
                 builds,
             },
             scheduler,
-            access: Access::new(auth, tokens, tls),
+            access: Access::new(auth, tokens, tls, loopback),
             shutdown,
         }
     }
@@ -319,8 +321,16 @@ async fn jobs(
             submitter: nonempty(q.submitter),
             label: nonempty(q.label),
             result,
+            instances: viewer.principal.instances.clone(),
         };
         let after = nonempty(q.after);
+        if let Some(cursor) = &after
+            && hex::decode(cursor).is_err()
+        {
+            return Err(PageError::BadRequest(format!(
+                "after=\"{cursor}\" is not a page cursor: use the link of the page before"
+            )));
+        }
         let d = Arc::clone(&d);
         blocking(move || {
             Ok(views::jobs_view(
@@ -364,7 +374,8 @@ async fn job(
     let found = {
         let d = Arc::clone(&d);
         let id = id.clone();
-        blocking(move || Ok(views::job_view(&d.sources.registry, &id, since)?)).await
+        let scope = Scope(viewer.principal.instances.clone());
+        blocking(move || Ok(views::job_view(&d.sources.registry, &id, since, &scope)?)).await
     };
     match found {
         Ok(Some(view)) if since.is_some() && !wants_json(&headers) => page(html::job_update(&view)),
@@ -412,12 +423,14 @@ async fn test(
     let result = async {
         let last = flake_runs(query)?;
         let d = Arc::clone(&d);
+        let scope = Scope(viewer.principal.instances.clone());
         blocking(move || {
             Ok(views::test_view(
                 d.sources.history(),
                 &d.sources.quarantine,
                 &key,
                 last,
+                &scope,
             )?)
         })
         .await
@@ -441,11 +454,13 @@ async fn flaky(
     let result = async {
         let last = flake_runs(query)?;
         let d = Arc::clone(&d);
+        let scope = Scope(viewer.principal.instances.clone());
         blocking(move || {
             Ok(views::flaky_view(
                 d.sources.history(),
                 &d.sources.quarantine,
                 last,
+                &scope,
             )?)
         })
         .await
@@ -481,10 +496,16 @@ struct QuarantineForm {
     back: Option<String>,
 }
 
-/// A local path to return to (never another site: `//host` and `scheme:` are refused).
+/// A local path to return to (never another site: `//host`, `/\\host`, `scheme:` and control
+/// characters, which browsers drop while parsing a URL, are refused).
 fn local(back: Option<&str>, default: &str) -> String {
     match back {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains('\\')
+                && !path.chars().any(char::is_control) =>
+        {
             path.to_owned()
         }
         _ => default.to_owned(),
@@ -576,6 +597,9 @@ async fn builds(
     };
     let result = async {
         let Query(q) = query.map_err(|e| PageError::BadRequest(e.body_text()))?;
+        if !Scope(viewer.principal.instances.clone()).all() {
+            return Ok(views::BuildsView::default());
+        }
         let d = Arc::clone(&d);
         blocking(move || views::builds_view(&d.sources.builds, nonempty(q.before).as_deref())).await
     }
@@ -596,10 +620,13 @@ async fn build(
         Ok(v) => v,
         Err(r) => return PageError::Refused(r).respond(&headers, &path, None),
     };
-    let found = {
+    // Builds are not kept per instance: a token limited to instances sees none.
+    let found = if Scope(viewer.principal.instances.clone()).all() {
         let d = Arc::clone(&d);
         let invocation = invocation.clone();
         blocking(move || views::build_view(&d.sources.builds, &invocation)).await
+    } else {
+        Ok(None)
     };
     match found {
         Ok(Some(view)) => answer(&headers, &viewer, &view, |v| html::build_page(v, &viewer)),
@@ -613,7 +640,8 @@ async fn build(
 }
 
 async fn events(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(r) = d.access.viewer(&headers, false) {
+    let viewer = d.access.viewer(&headers, false);
+    if let Err(r) = viewer {
         // An EventSource cannot follow a redirect to a login form: plain 401/403.
         return PageError::Refused(r).respond(
             &{
@@ -625,8 +653,12 @@ async fn events(State(d): State<Shared>, headers: HeaderMap) -> Response {
             None,
         );
     }
+    let scope = viewer
+        .map(|v| Scope(v.principal.instances))
+        .unwrap_or_default();
     Sse::new(event_stream(
         d.sources.registry.feed().subscribe(),
+        scope,
         d.shutdown.clone(),
     ))
     .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -636,16 +668,20 @@ async fn events(State(d): State<Shared>, headers: HeaderMap) -> Response {
 /// The feed's changes as events, a `tick` every [`TICK`], until the coordinator stops.
 fn event_stream(
     feed: tokio::sync::broadcast::Receiver<crate::history::LiveChange>,
+    scope: Scope,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let tick = tokio::time::interval(TICK);
     futures::stream::unfold(
-        (feed, tick, shutdown),
-        |(mut feed, mut tick, shutdown)| async move {
-            let event = tokio::select! {
+        (feed, tick, scope, shutdown),
+        |(mut feed, mut tick, scope, shutdown)| async move {
+            let event = loop {
+                break tokio::select! {
                 () = shutdown.cancelled() => return None,
                 _ = tick.tick() => Event::default().event("tick").data("{}"),
                 change = feed.recv() => match change {
+                    // Jobs of instances outside the viewer's scope are not told.
+                    Ok(change) if !scope.sees(change.instance()) => continue,
                     Ok(change) => {
                         let name = match &change {
                             crate::history::LiveChange::Job { .. } => "job",
@@ -658,8 +694,9 @@ fn event_stream(
                     Err(RecvError::Lagged(_)) => Event::default().event("recorded").data("{\"id\":\"\"}"),
                     Err(RecvError::Closed) => return None,
                 },
+                };
             };
-            Some((Ok(event), (feed, tick, shutdown)))
+            Some((Ok(event), (feed, tick, scope, shutdown)))
         },
     )
 }
@@ -686,8 +723,22 @@ struct LoginForm {
     next: Option<String>,
 }
 
-async fn login(State(d): State<Shared>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(d): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = local(form.next.as_deref(), "/");
+    // Another site must not log a browser in to its own token.
+    if let Err(Refusal::Forbidden(message) | Refusal::LogIn(message)) =
+        d.access.check_origin(&headers)
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            page(html::login_page(Some(&message), &next)),
+        )
+            .into_response();
+    }
     match d.access.log_in(&form.token) {
         Ok(cookie) => {
             let mut response = Redirect::to(&next).into_response();
@@ -776,7 +827,14 @@ mod tests {
     #[test]
     fn a_return_path_never_leaves_the_site() {
         assert_eq!(local(Some("/flaky?runs=5"), "/"), "/flaky?runs=5");
-        for outside in ["//evil.example/x", "https://evil.example", "/\\evil", ""] {
+        for outside in [
+            "//evil.example/x",
+            "https://evil.example",
+            "/\\evil",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "",
+        ] {
             assert_eq!(local(Some(outside), "/"), "/", "{outside}");
         }
         assert_eq!(local(None, "/flaky"), "/flaky");

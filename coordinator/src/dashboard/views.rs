@@ -18,6 +18,22 @@ use crate::jobs::job::Job;
 use crate::jobs::quarantine::QuarantineStore;
 use crate::jobs::registry::JobRegistry;
 
+/// The REAPI instances a viewer may see: its token's scope (empty: all).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Scope(pub Vec<String>);
+
+impl Scope {
+    /// Whether `instance` is in the scope.
+    pub(super) fn sees(&self, instance: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|i| i == instance)
+    }
+
+    /// Whether the scope is every instance.
+    pub(super) fn all(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Jobs per page of the jobs list.
 pub(super) const JOBS_PER_PAGE: usize = 50;
 /// Runs on a test's page.
@@ -56,6 +72,7 @@ pub(super) struct JobRow {
     pub submitter: String,
     pub title: String,
     pub project: String,
+    pub instance: String,
     pub labels: BTreeMap<String, String>,
     /// `queued`, `preparing`, `listing`, `running` or `done`.
     pub state: String,
@@ -101,6 +118,7 @@ impl JobRow {
             submitter: job.submitter.clone(),
             title: job.title.clone(),
             project: job.project.clone(),
+            instance: job.instance.clone(),
             labels: job.labels.clone(),
             state: "done".to_owned(),
             result: job.result.clone(),
@@ -132,6 +150,7 @@ impl JobRow {
             submitter: summary.submitter.clone(),
             title: summary.title.clone(),
             project: job.spec.project.clone(),
+            instance: job.spec.instance_name.clone(),
             labels: summary.labels.clone().into_iter().collect(),
             state: phase_name(summary.phase()).to_owned(),
             done: summary.done,
@@ -191,6 +210,7 @@ impl JobRow {
                     submitter: self.submitter.clone(),
                     labels: self.labels.clone(),
                     result: self.result.clone(),
+                    instance: self.instance.clone(),
                     ..JobRecord::default()
                 };
                 filter.matches(&record)
@@ -389,8 +409,12 @@ pub(super) fn job_view(
     registry: &JobRegistry,
     id: &str,
     since: Option<u64>,
+    scope: &Scope,
 ) -> Result<Option<JobView>, MetaError> {
     if let Some(job) = registry.get(id) {
+        if !scope.sees(&job.spec.instance_name) {
+            return Ok(None);
+        }
         let (events, seq) = job.final_tests_after(since.unwrap_or(0));
         let mut tests: Vec<TestLine> = events.iter().map(TestLine::from_event).collect();
         if since.is_none() {
@@ -408,7 +432,7 @@ pub(super) fn job_view(
     let Some(history) = registry.history() else {
         return Ok(None);
     };
-    let Some(record) = history.job(id)? else {
+    let Some(record) = history.job(id)?.filter(|r| scope.sees(&r.instance)) else {
         return Ok(None);
     };
     let mut tests: Vec<TestLine> = if since.is_some() {
@@ -552,6 +576,7 @@ pub(super) fn test_view(
     quarantine: &QuarantineStore,
     key: &str,
     last: u32,
+    scope: &Scope,
 ) -> Result<TestView, MetaError> {
     let mut view = TestView {
         key: key.to_owned(),
@@ -564,13 +589,19 @@ pub(super) fn test_view(
     view.runs = history
         .runs(key, RUNS_PER_PAGE)?
         .into_iter()
+        .filter(|run| scope.sees(&run.instance))
         .map(|run| RunLine {
             job_url: job_url(&run.job),
             duration_ms: run.duration_us as f64 / 1000.0,
             run,
         })
         .collect();
-    view.projects = flake_lines(history.flake(key)?, last, quarantine)?;
+    let windows = history
+        .flake(key)?
+        .into_iter()
+        .filter(|t| scope.sees(&t.instance))
+        .collect();
+    view.projects = flake_lines(windows, last, quarantine)?;
     let (flaky, runs) = view
         .projects
         .iter()
@@ -601,6 +632,7 @@ pub(super) fn flaky_view(
     history: Option<&JobHistory>,
     quarantine: &QuarantineStore,
     last: u32,
+    scope: &Scope,
 ) -> Result<FlakyView, MetaError> {
     let mut view = FlakyView {
         runs: last,
@@ -609,12 +641,18 @@ pub(super) fn flaky_view(
     let Some(history) = history else {
         return Ok(view);
     };
-    view.tests = flake_lines(history.flaky(last, FLAKY_LIMIT)?, last, quarantine)?;
+    let flaky = history
+        .flaky(last, FLAKY_LIMIT)?
+        .into_iter()
+        .filter(|t| scope.sees(&t.instance))
+        .collect();
+    view.tests = flake_lines(flaky, last, quarantine)?;
     // Quarantined tests no longer flaky: listed apart, so they can be released.
     let mut instances: Vec<String> = view.tests.iter().map(|t| t.instance.clone()).collect();
     instances.push(String::new());
     instances.sort();
     instances.dedup();
+    instances.retain(|i| scope.sees(i));
     let ranked: HashSet<(String, String, String)> = view
         .tests
         .iter()

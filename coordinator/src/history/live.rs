@@ -21,12 +21,27 @@ pub enum LiveChange {
         id: String,
         /// Its highest shown event.
         seq: u64,
+        /// Its REAPI instance (who may hear of it), not sent.
+        #[serde(skip)]
+        instance: String,
     },
     /// A job finished and its record is in the history.
     Recorded {
         /// The job.
         id: String,
+        /// See [`LiveChange::Job`].
+        #[serde(skip)]
+        instance: String,
     },
+}
+
+impl LiveChange {
+    /// The instance of the job it is about.
+    pub fn instance(&self) -> &str {
+        match self {
+            LiveChange::Job { instance, .. } | LiveChange::Recorded { instance, .. } => instance,
+        }
+    }
 }
 
 /// Where changes are published. Cheap to clone.

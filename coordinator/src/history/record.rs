@@ -111,6 +111,8 @@ pub struct RunRecord {
     pub cached: bool,
     /// The agent of the final run (empty for cached results).
     pub agent: String,
+    /// The job's REAPI instance.
+    pub instance: String,
     /// The job's project and submitter, and the matrix cell.
     pub project: String,
     /// See `project`.

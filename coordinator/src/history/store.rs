@@ -7,7 +7,7 @@
 //! | `history_job_ids` | job id | its order (8 bytes) |
 //! | `history_tests` | job id | its final `TestFinished`s, in the order they were shown (protobuf, length-delimited, one after the other) |
 //! | `history_spans` | job id | its [`BatchSpan`]s (JSON) |
-//! | `history_runs` | test key (length-prefixed) ++ job order ++ job id | [`RunRecord`] (JSON) of a result that ran (cached answers are not runs) |
+//! | `history_runs` | test key (length-prefixed) ++ job order ++ job id (length-prefixed) ++ matrix cell | [`RunRecord`] (JSON) of a result that ran (cached answers are not runs) |
 //! | `history_flake` | test key, instance (length-prefixed each) ++ project | the test's [`FlakeWindow`] with its group and name (JSON) |
 //!
 //! So the jobs list is a scan from the front of `history_jobs` (newest first), a job's tests
@@ -62,6 +62,8 @@ pub struct JobFilter {
     pub label: Option<String>,
     /// Jobs with this result (`passed`, `failed`, ...).
     pub result: Option<String>,
+    /// Jobs of these REAPI instances only (empty: every instance), the viewer's token scope.
+    pub instances: Vec<String>,
 }
 
 impl JobFilter {
@@ -183,10 +185,13 @@ fn runs_prefix(key: &str) -> Vec<u8> {
     prefix
 }
 
-fn run_key(test: &str, created: u64, job: &str) -> Vec<u8> {
+/// A run's key: the test, then its job (newest first), then the matrix cell (a matrix job
+/// runs a test once per cell).
+fn run_key(test: &str, created: u64, job: &str, cell: &str) -> Vec<u8> {
     let mut key = runs_prefix(test);
     key.extend_from_slice(&order(created));
-    key.extend_from_slice(job.as_bytes());
+    push_part(&mut key, job);
+    key.extend_from_slice(cut(cell).as_bytes());
     key
 }
 
@@ -287,12 +292,17 @@ impl JobHistory {
                 attempts: event.attempt.max(1),
                 cached: event.cached,
                 agent: event.agent.clone(),
+                instance: job.instance.clone(),
                 project: job.project.clone(),
                 submitter: job.submitter.clone(),
                 cell: event.cell.clone(),
                 quarantined: event.quarantined,
             };
-            batch.insert(RUNS, run_key(&key, created, &job.id), json(&run));
+            batch.insert(
+                RUNS,
+                run_key(&key, created, &job.id, &event.cell),
+                json(&run),
+            );
             if is_run(event) {
                 let fkey = flake_key(&key, &job.instance, &job.project);
                 let value = match windows.remove(&fkey) {
@@ -348,7 +358,7 @@ impl JobHistory {
         for event in self.events(id)? {
             if !event.cached {
                 let test = test_key(&event.test.unwrap_or_default());
-                batch.remove(RUNS, run_key(&test, created, id));
+                batch.remove(RUNS, run_key(&test, created, id, &event.cell));
             }
         }
         Ok(())
@@ -718,6 +728,36 @@ mod tests {
         assert!(history.runs("c", 10).unwrap().is_empty());
         assert!(history.flake("c").unwrap().is_empty());
         assert_eq!(history.runs("r", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_matrix_job_has_a_run_per_cell() {
+        let meta = Arc::new(MemoryMetaStore::new());
+        let history = JobHistory::open(meta.clone(), 1).unwrap();
+        let in_cell = |cell: &str| TestFinished {
+            cell: cell.to_owned(),
+            ..test("", "t", TestOutcome::Passed)
+        };
+        history
+            .record(
+                &job("j", 1, "passed"),
+                &[in_cell("PY=3.11"), in_cell("PY=3.12")],
+                &[],
+                Batch::new(),
+            )
+            .unwrap();
+        let cells: Vec<String> = history
+            .runs("t", 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.cell)
+            .collect();
+        assert_eq!(cells, ["PY=3.11", "PY=3.12"]);
+        // Pruned with its job, every cell's run.
+        history
+            .record(&job("k", 2, "passed"), &[], &[], Batch::new())
+            .unwrap();
+        assert!(history.runs("t", 10).unwrap().is_empty());
     }
 
     #[test]

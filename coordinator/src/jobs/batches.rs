@@ -282,7 +282,11 @@ impl<'a> RunPhase<'a> {
     fn span_of(&self, run: &StepRun, agent: &str) -> Option<BatchSpan> {
         let metadata = run.result.execution_metadata.as_ref()?;
         let unix_ms = |t: &prost_types::Timestamp| {
-            u64::try_from(t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)).ok()
+            let ms = t
+                .seconds
+                .checked_mul(1000)?
+                .checked_add(i64::from(t.nanos / 1_000_000))?;
+            u64::try_from(ms).ok()
         };
         let start = unix_ms(metadata.execution_start_timestamp.as_ref()?)?;
         let end = unix_ms(metadata.execution_completed_timestamp.as_ref()?)?;

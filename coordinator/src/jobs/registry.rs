@@ -250,9 +250,10 @@ impl JobRegistry {
                 return;
             }
             registry.forget_record(&job).await;
-            registry
-                .feed
-                .publish(LiveChange::Recorded { id: job.id.clone() });
+            registry.feed.publish(LiveChange::Recorded {
+                id: job.id.clone(),
+                instance: job.spec.instance_name.clone(),
+            });
             let mut jobs = registry.lock();
             jobs.finished.push_back(job.id.clone());
             while jobs.finished.len() > KEEP_FINISHED {
@@ -440,6 +441,7 @@ async fn publish_changes(job: Arc<Job>, feed: LiveFeed) {
         feed.publish(LiveChange::Job {
             id: job.id.clone(),
             seq,
+            instance: job.spec.instance_name.clone(),
         });
         if job.events_after(seq).1 || shown.changed().await.is_err() {
             return;

@@ -5,6 +5,8 @@
   var body = document.body;
   var page = body.dataset.page;
   if (!window.EventSource || page === "login" || page === "error") return;
+  // A finished job's page cannot change: no stream (browsers allow few connections per host).
+  if (page === "job" && !body.dataset.live) return;
 
   var events = new EventSource("/events");
   var busy = false, again = false;
@@ -50,9 +52,10 @@
           if (summary && here) here.replaceWith(summary);
           var empty = document.getElementById("no-tests");
           doc.querySelectorAll("#test-rows > tr").forEach(function (row) {
-            var key = row.getAttribute("data-test"), old = null;
+            // A test is its key in its matrix cell.
+            var key = row.getAttribute("data-test"), cell = row.getAttribute("data-cell"), old = null;
             rows.querySelectorAll("tr[data-test]").forEach(function (r) {
-              if (r.getAttribute("data-test") === key) old = r;
+              if (r.getAttribute("data-test") === key && r.getAttribute("data-cell") === cell) old = r;
             });
             var added = document.importNode(row, true);
             added.classList.add("fresh");
@@ -71,15 +74,20 @@
       var change = JSON.parse(e.data);
       if (change.id === id && change.seq > seq) update();
     });
+    // Its end, or a lag (an empty id: changes were dropped), or a reconnection (changes made
+    // while the stream was down were never sent): fetch what is new.
     events.addEventListener("recorded", function (e) {
-      if (JSON.parse(e.data).id === id) update();
+      var changed = JSON.parse(e.data).id;
+      if (changed === id || changed === "") update();
     });
+    events.addEventListener("open", update);
   }
 
   if (page === "job") {
     follow(body.dataset.job);
   } else if (page === "fleet") {
     events.addEventListener("tick", refresh);
+    events.addEventListener("open", refresh);
   } else {
     var pending = null;
     var soon = function () {
@@ -88,6 +96,7 @@
     };
     events.addEventListener("job", soon);
     events.addEventListener("recorded", soon);
+    events.addEventListener("open", soon);
     if (page === "builds") events.addEventListener("tick", soon);
   }
 })();
