@@ -106,6 +106,37 @@ fn browser_tools_present() -> bool {
     false
 }
 
+/// One HTTP/1.1 GET of `path` on `base` (`http://HOST:PORT`) with extra header lines: the
+/// status and the body.
+fn http_get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("the dashboard answers");
+    let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
 fn transcript(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -420,6 +451,53 @@ async fn the_dashboard_in_a_browser_shows_the_jobs_live_accessible_by_keyboard_a
         transcript(&out)
     );
     gated.finish(0);
+
+    // With auth off on loopback, another name for the port (DNS rebinding) gets nothing.
+    let (status, body) = http_get(&base, "/", &[("Host", "evil.example")]);
+    assert_eq!(status, 403, "a rebinding host is refused: {body}");
+    assert_eq!(http_get(&base, "/", &[]).0, 200);
+    // A token limited to another instance sees none of this instance's jobs.
+    let scoped = super::quarantine::client(
+        dir,
+        dir,
+        &auth_endpoint,
+        &[
+            "token",
+            "create",
+            "--role",
+            "reader",
+            "--name",
+            "elsewhere",
+            "--instance",
+            "other",
+        ],
+        &admin,
+    );
+    assert!(scoped.status.success(), "{}", transcript(&scoped));
+    let scoped = String::from_utf8(scoped.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let bearer = |token: &str| format!("Bearer {token}");
+    let job_path = format!("/jobs/{auth_flaky}");
+    let json = [("Accept", "application/json")];
+    let as_reader = [json[0], ("Authorization", bearer(&reader).leak())];
+    let as_scoped = [json[0], ("Authorization", bearer(&scoped).leak())];
+    assert_eq!(http_get(&auth_base, &job_path, &as_reader).0, 200);
+    let (status, body) = http_get(&auth_base, &job_path, &as_scoped);
+    assert_eq!(status, 404, "another instance's job is not shown: {body}");
+    let (_, body) = http_get(&auth_base, "/", &as_scoped);
+    let listed: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(listed["jobs"], Value::Array(Vec::new()), "{body}");
+    let (_, body) = http_get(&auth_base, "/", &as_reader);
+    let listed: Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        listed["jobs"]
+            .as_array()
+            .is_some_and(|jobs| !jobs.is_empty()),
+        "{body}"
+    );
+
     for page in [
         "jobs", "job", "test", "flaky", "fleet", "builds", "build", "login",
     ] {

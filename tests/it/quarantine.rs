@@ -42,7 +42,7 @@ fn transcript(out: &Output) -> String {
 
 /// `tessera ARGS --coordinator ENDPOINT` with `token`, run in `cwd` (not for `run`, whose
 /// command comes last).
-fn client(dir: &Path, cwd: &Path, endpoint: &str, args: &[&str], token: &str) -> Output {
+pub(super) fn client(dir: &Path, cwd: &Path, endpoint: &str, args: &[&str], token: &str) -> Output {
     tessera(dir, args, Some(token))
         .args(["--coordinator", endpoint])
         .current_dir(cwd)

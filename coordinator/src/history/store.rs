@@ -81,6 +81,7 @@ impl JobFilter {
                 None => job.labels.contains_key(l),
             })
             && self.result.as_deref().is_none_or(|r| job.result == r)
+            && (self.instances.is_empty() || self.instances.contains(&job.instance))
     }
 }
 
