@@ -2,7 +2,7 @@
 //!
 //! | auth | how a request is identified | writes |
 //! | --- | --- | --- |
-//! | off | anyone; a session cookie is still given, for the CSRF token | CSRF token of the session |
+//! | off | anyone; a page still sets a random cookie, whose keyed hash is the CSRF token (no state kept per visitor) | that CSRF token |
 //! | tokens | a session cookie from `/login` (a token typed into the form), or `Authorization: Bearer TOKEN` (scripts, JSON) | the token's role, and the session's CSRF token (not needed with a bearer header: a browser never adds one by itself) |
 //!
 //! The session cookie (`tessera_session`) is `HttpOnly`, `SameSite=Strict`, `Path=/` and
@@ -78,6 +78,8 @@ pub(super) struct Access {
     /// otherwise be same-origin with the dashboard).
     loopback_only: bool,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    /// Derives the CSRF token of an anonymous visitor (auth off) from their cookie.
+    key: [u8; 32],
 }
 
 impl std::fmt::Debug for Access {
@@ -125,6 +127,11 @@ impl Access {
             tokens,
             secure,
             sessions: Arc::new(Mutex::new(HashMap::new())),
+            key: {
+                let mut key = [0u8; 32];
+                rand::rng().fill_bytes(&mut key);
+                key
+            },
         }
     }
 
@@ -157,6 +164,9 @@ impl Access {
                 set_cookie: None,
             });
         }
+        if self.mode == AuthMode::None {
+            return Ok(self.anonymous(headers, page));
+        }
         if let Some(id) = cookie(headers, COOKIE)
             && let Some(session) = self.touch(id)?
         {
@@ -167,30 +177,33 @@ impl Access {
                 set_cookie: None,
             });
         }
-        if self.mode == AuthMode::Tokens {
-            return Err(Refusal::LogIn(
-                "log in with a token (`tessera token create NAME --role reader` makes one)"
-                    .to_owned(),
-            ));
-        }
-        // Auth off: everyone may look; a page (which may hold forms) opens a session for the
-        // CSRF token of writes, a JSON or event-stream client gets none (and cannot write
-        // without one).
-        if !page {
-            return Ok(Viewer {
-                principal: Principal::anonymous(None),
-                csrf: None,
-                bearer: false,
-                set_cookie: None,
-            });
-        }
-        let (id, session) = self.open(Principal::anonymous(None));
-        Ok(Viewer {
-            principal: session.principal,
-            csrf: Some(session.csrf),
+        Err(Refusal::LogIn(
+            "log in with a token (`tessera token create NAME --role reader` makes one)".to_owned(),
+        ))
+    }
+
+    /// Auth off: everyone may look. A page (which may hold forms) gets a random cookie and
+    /// the CSRF token derived from it with this process's key, so no state is kept per
+    /// visitor; a JSON or event-stream client without the cookie gets none (and cannot write
+    /// without one).
+    fn anonymous(&self, headers: &HeaderMap, page: bool) -> Viewer {
+        let (id, set_cookie) = match cookie(headers, COOKIE) {
+            Some(id) if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                (Some(id.to_owned()), None)
+            }
+            _ if page => {
+                let id = random_hex();
+                let set = self.cookie_for(&id);
+                (Some(id), Some(set))
+            }
+            _ => (None, None),
+        };
+        Viewer {
+            principal: Principal::anonymous(None),
+            csrf: id.map(|id| hex::encode(blake3::keyed_hash(&self.key, id.as_bytes()).as_bytes())),
             bearer: false,
-            set_cookie: Some(self.cookie_for(&id)),
-        })
+            set_cookie,
+        }
     }
 
     /// The session `id`, used now; `Err` if its token no longer holds.
