@@ -428,8 +428,11 @@ impl Cluster {
     fn dashboard_json(&self, path: &str) -> serde_json::Value {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(self.http).expect("the dashboard answers");
+        // Addressed to the loopback address it listens on: with auth off the dashboard answers
+        // no other name.
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: tessera\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+            self.http
         );
         stream.write_all(request.as_bytes()).unwrap();
         let mut response = String::new();
