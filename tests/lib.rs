@@ -17,6 +17,7 @@
 
 mod certs;
 mod child_log;
+mod http;
 mod netns;
 mod process;
 mod tmpfs;
@@ -25,6 +26,7 @@ pub mod world;
 
 pub use certs::Pki;
 pub use child_log::ChildLog;
+pub use http::http_get;
 pub use netns::Netns;
 pub use process::{AgentProcess, ServerProcess, wait_exit};
 pub use tmpfs::{Filler, Tmpfs};

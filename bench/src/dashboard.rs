@@ -27,13 +27,13 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use tempfile::TempDir;
 use tessera_cas::meta::{Batch, MetadataStore, RedbStore};
+use tessera_coordinator::CoordinatorConfig;
 use tessera_coordinator::history::{BatchSpan, JobHistory, JobRecord, test_key};
-use tessera_coordinator::{Coordinator, CoordinatorConfig};
 use tessera_proto::tessera::v1::{TestFinished, TestOutcome, TestRef};
-use tokio::runtime::Runtime;
 
 use crate::error::BenchError;
 use crate::report::{self, Check, Environment, Layout, Report, Row};
+use crate::server::InProcess;
 
 /// Largest p95 of the server's time for one page, ms (from the issue).
 pub(crate) const MAX_P95_MS: f64 = 100.0;
@@ -466,24 +466,14 @@ fn fill(plan: &DashboardPlan, meta_dir: &Path) -> Result<Filled, BenchError> {
     Ok(filled)
 }
 
-/// The coordinator serving the filled data directory, on its own runtime as if it were its
-/// own process.
+/// The coordinator on the filled data directory, in this process, and its HTTP port.
 struct PageServer {
-    runtime: Option<Runtime>,
-    coordinator: Option<Coordinator>,
+    server: InProcess,
     http: std::net::SocketAddr,
 }
 
 impl PageServer {
     async fn start(dir: &TempDir, jobs: usize) -> Result<Self, BenchError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("coordinator")
-            .build()
-            .map_err(|source| BenchError::Io {
-                what: "start the coordinator runtime",
-                source,
-            })?;
         let config = CoordinatorConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             http_listen: Some(([127, 0, 0, 1], 0).into()),
@@ -492,33 +482,15 @@ impl PageServer {
             dashboard_jobs: jobs.max(CoordinatorConfig::default().dashboard_jobs),
             ..CoordinatorConfig::default()
         };
-        let coordinator = runtime
-            .spawn(async move { Coordinator::start(&config).await })
-            .await??;
-        let http = coordinator.http_addr().ok_or_else(|| {
+        let server = InProcess::start(config).await?;
+        let http = server.coordinator().http_addr().ok_or_else(|| {
             BenchError::Unexpected("the coordinator serves no HTTP port".to_owned())
         })?;
-        Ok(PageServer {
-            runtime: Some(runtime),
-            coordinator: Some(coordinator),
-            http,
-        })
+        Ok(PageServer { server, http })
     }
 
     async fn stop(mut self) -> Result<(), BenchError> {
-        if let (Some(coordinator), Some(runtime)) = (self.coordinator.take(), &self.runtime) {
-            runtime.spawn(coordinator.shutdown()).await??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        // Usually dropped inside the client's runtime, where blocking is not allowed.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        self.server.stop().await
     }
 }
 

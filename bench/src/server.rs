@@ -24,10 +24,70 @@ use crate::link;
 use crate::metrics::{Metrics, Scraper, Scrapes};
 use crate::security::{self, Certificates, Credentials, Security};
 
-/// A running coordinator and the runtime it runs on.
-pub(crate) struct BenchServer {
+/// A coordinator started in this process on its own runtime, as if it were its own process.
+pub(crate) struct InProcess {
     runtime: Option<Runtime>,
     coordinator: Option<Coordinator>,
+}
+
+impl InProcess {
+    /// Starts a coordinator with `config` on a new multi-threaded runtime.
+    pub(crate) async fn start(config: CoordinatorConfig) -> Result<Self, BenchError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("coordinator")
+            .build()
+            .map_err(|source| BenchError::Io {
+                what: "start the coordinator runtime",
+                source,
+            })?;
+        let coordinator = runtime
+            .spawn(async move { Coordinator::start(&config).await })
+            .await??;
+        Ok(InProcess {
+            runtime: Some(runtime),
+            coordinator: Some(coordinator),
+        })
+    }
+
+    /// The coordinator (until [`InProcess::stop`]).
+    pub(crate) fn coordinator(&self) -> &Coordinator {
+        self.coordinator
+            .as_ref()
+            .expect("coordinator lives until stop")
+    }
+
+    /// The coordinator's runtime.
+    pub(crate) fn handle(&self) -> Handle {
+        self.runtime
+            .as_ref()
+            .expect("runtime lives until stop")
+            .handle()
+            .clone()
+    }
+
+    /// Shuts the coordinator down cleanly.
+    pub(crate) async fn stop(&mut self) -> Result<(), BenchError> {
+        if let Some(coordinator) = self.coordinator.take() {
+            self.handle().spawn(coordinator.shutdown()).await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        // The caller is usually inside its own runtime, where blocking on this one is not
+        // allowed; its tasks are simply abandoned.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A running coordinator and the runtime it runs on.
+pub(crate) struct BenchServer {
+    server: InProcess,
     endpoint: String,
     credentials: Credentials,
     scraper: Option<Scraper>,
@@ -49,14 +109,6 @@ impl BenchServer {
             what: "create the data directory",
             source,
         })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("coordinator")
-            .build()
-            .map_err(|source| BenchError::Io {
-                what: "start the coordinator runtime",
-                source,
-            })?;
         let data_dir = dir.path().join("data");
         let mut config = CoordinatorConfig {
             listen: ([127, 0, 0, 1], 0).into(),
@@ -79,14 +131,11 @@ impl BenchServer {
                 Some(certificates)
             }
         };
-        let coordinator = runtime
-            .spawn(async move { Coordinator::start(&config).await })
-            .await??;
-        let addr = coordinator.local_addr();
-        let http_addr = coordinator.http_addr();
+        let started = InProcess::start(config).await?;
+        let addr = started.coordinator().local_addr();
+        let http_addr = started.coordinator().http_addr();
         let mut server = BenchServer {
-            runtime: Some(runtime),
-            coordinator: Some(coordinator),
+            server: started,
             endpoint: format!("http://{addr}"),
             credentials: Credentials::default(),
             scraper: None,
@@ -121,11 +170,7 @@ impl BenchServer {
 
     /// The coordinator's runtime, for probes that should run where the server runs.
     pub(crate) fn handle(&self) -> Handle {
-        self.runtime
-            .as_ref()
-            .expect("runtime lives until stop")
-            .handle()
-            .clone()
+        self.server.handle()
     }
 
     /// `http://127.0.0.1:PORT`, or `https://` with TLS.
@@ -145,11 +190,7 @@ impl BenchServer {
 
     /// The coordinator's scheduler, to see which agents have connected.
     pub(crate) fn scheduler(&self) -> SchedulerHandle {
-        self.coordinator
-            .as_ref()
-            .expect("coordinator lives until stop")
-            .scheduler()
-            .clone()
+        self.server.coordinator().scheduler().clone()
     }
 
     /// Waits until `count` agents are connected to the scheduler (at most 30 s).
@@ -186,19 +227,7 @@ impl BenchServer {
             Some(scraper) => Some(scraper.stop().await),
             None => None,
         };
-        if let Some(coordinator) = self.coordinator.take() {
-            self.handle().spawn(coordinator.shutdown()).await??;
-        }
+        self.server.stop().await?;
         scrapes.transpose()
-    }
-}
-
-impl Drop for BenchServer {
-    fn drop(&mut self) {
-        // The caller is usually inside its own runtime, where blocking on this one is not
-        // allowed; its tasks are simply abandoned.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }

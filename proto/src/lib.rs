@@ -1,11 +1,12 @@
-//! Generated protocol code for Tessera, plus the protocol's constants and time conversions
-//! ([`time`]); nothing else.
+//! Generated protocol code for Tessera, plus the protocol's constants, time conversions
+//! ([`time`]) and the words for its enums ([`names`]); nothing else.
 //!
 //! The `.proto` files under `protos/` are our own, written to be wire-compatible with upstream
 //! `bazelbuild/remote-apis` and `googleapis` (same packages, names, numbers and types). Code is
 //! generated at build time by prost/tonic through protox, so no system `protoc` is needed.
 //! `bytes` fields are `bytes::Bytes`.
 
+pub mod names;
 pub mod time;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]

@@ -426,20 +426,16 @@ impl Cluster {
 
     /// The JSON answer of the coordinator's dashboard page `path`.
     fn dashboard_json(&self, path: &str) -> serde_json::Value {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(self.http).expect("the dashboard answers");
         // Addressed to the loopback address it listens on: with auth off the dashboard answers
         // no other name.
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
-            self.http
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}\n{body}");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+        let (status, body) = tessera_tests::http_get(
+            &self.http.to_string(),
+            path,
+            &[("Accept", "application/json")],
+        )
+        .expect("the dashboard answers");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
     }
 
     /// `--remote_executor=grpc://ADDR`.

@@ -109,32 +109,8 @@ fn browser_tools_present() -> bool {
 /// One HTTP/1.1 GET of `path` on `base` (`http://HOST:PORT`) with extra header lines: the
 /// status and the body.
 fn http_get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    use std::io::Write;
     let addr = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).expect("the dashboard answers");
-    let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
-    if !headers
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
-    {
-        request.push_str(&format!("Host: {addr}\r\n"));
-    }
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    tessera_tests::http_get(addr, path, headers).expect("the dashboard answers")
 }
 
 fn transcript(out: &Output) -> String {

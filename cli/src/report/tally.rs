@@ -409,44 +409,7 @@ pub fn seconds(d: Duration) -> String {
     }
 }
 
-/// The word for an outcome in JSON and JUnit (`passed`, `timed_out`, ...).
-pub fn outcome_name(outcome: TestOutcome) -> &'static str {
-    match outcome {
-        TestOutcome::Unknown => "unknown",
-        TestOutcome::Passed => "passed",
-        TestOutcome::Failed => "failed",
-        TestOutcome::Error => "error",
-        TestOutcome::Skipped => "skipped",
-        TestOutcome::TimedOut => "timed_out",
-        TestOutcome::Flaky => "flaky",
-        TestOutcome::NoResult => "no_result",
-        TestOutcome::Cancelled => "cancelled",
-    }
-}
-
-/// The word for a job result (`passed`, `failed`, `error`, `infrastructure`, `cancelled`).
-pub fn result_name(result: JobResult) -> &'static str {
-    match result {
-        JobResult::Unknown => "unknown",
-        JobResult::Passed => "passed",
-        JobResult::Failed => "failed",
-        JobResult::Error => "error",
-        JobResult::Infrastructure => "infrastructure",
-        JobResult::Cancelled => "cancelled",
-    }
-}
-
-/// The word for a phase.
-pub fn phase_name(phase: JobPhase) -> &'static str {
-    match phase {
-        JobPhase::Unknown => "unknown",
-        JobPhase::Queued => "queued",
-        JobPhase::Preparing => "preparing",
-        JobPhase::Listing => "listing",
-        JobPhase::Running => "running",
-        JobPhase::Done => "done",
-    }
-}
+pub use tessera_proto::names::{outcome_name, phase_name, result_name};
 
 /// A matrix cell as views show it: `[NAME=v1]` (`[A=1,B=x]` for several names); empty for a
 /// plain run's unnamed cell.

@@ -14,8 +14,8 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::access::Viewer;
 use super::views::{
-    BuildView, BuildsView, FlakeLine, FlakyView, FleetPage, JobRow, JobView, JobsView, SpanLine,
-    TestLine, TestView, encode, job_url,
+    BuildView, BuildsView, FlakeLine, FlakyView, FleetPage, JobRow, JobView, JobsView, RESULTS,
+    SpanLine, TestLine, TestView, encode, job_url,
 };
 use crate::auth::Permission;
 use crate::builds::{ActionKind, ActionRow};
@@ -126,6 +126,14 @@ impl BodyData {
     }
 }
 
+/// A table's caption (for screen readers) and its header row.
+fn head(caption: &str, columns: &[&str]) -> Markup {
+    html! {
+        caption.visually-hidden { (caption) }
+        thead { tr { @for column in columns { th scope="col" { (column) } } } }
+    }
+}
+
 fn badge(text: &str) -> Markup {
     let label = text.replace('_', " ");
     html! { span class={ "badge " (text) } { (label) } }
@@ -187,15 +195,6 @@ pub(super) fn jobs_page(view: &JobsView, viewer: &Viewer) -> Markup {
             format!("/?{}", parts.join("&"))
         }
     };
-    let results = [
-        "any",
-        "running",
-        "passed",
-        "failed",
-        "error",
-        "infrastructure",
-        "cancelled",
-    ];
     let content = html! {
         h1 { "Jobs" }
         form #filters method="get" action="/" {
@@ -210,7 +209,7 @@ pub(super) fn jobs_page(view: &JobsView, viewer: &Viewer) -> Markup {
             div.field {
                 label for="f-result" { "Result" }
                 select #f-result name="result" {
-                    @for r in results {
+                    @for r in std::iter::once("any").chain(RESULTS) {
                         option value=(r) selected[view.result == r || (view.result.is_empty() && r == "any")] { (r) }
                     }
                 }
@@ -225,12 +224,7 @@ pub(super) fn jobs_page(view: &JobsView, viewer: &Viewer) -> Markup {
                 p.empty { "No jobs match. Run one with " code { "tessera run -- <your test command>" } "." }
             } @else {
                 table #jobs {
-                    caption.visually-hidden { "Jobs, running first, then newest first" }
-                    thead { tr {
-                        th scope="col" { "Job" } th scope="col" { "Submitter" } th scope="col" { "Labels" }
-                        th scope="col" { "State" } th scope="col" { "Tests" } th scope="col" { "Duration" }
-                        th scope="col" { "Queue" } th scope="col" { "Started (UTC)" }
-                    } }
+                    (head("Jobs, running first, then newest first", &["Job", "Submitter", "Labels", "State", "Tests", "Duration", "Queue", "Started (UTC)"]))
                     tbody {
                         @for job in &view.jobs {
                             tr data-job=(job.id) {
@@ -416,11 +410,7 @@ pub(super) fn job_page(view: &JobView, viewer: &Viewer) -> Markup {
         section aria-labelledby="tests-h" {
             h2 #tests-h { "Tests" }
             table #tests {
-                caption.visually-hidden { "Tests of this job, failures first, then slowest first" }
-                thead { tr {
-                    th scope="col" { "Test" } th scope="col" { "Outcome" } th scope="col" { "Duration" }
-                    th scope="col" { "Attempts" } th scope="col" { "Agent" }
-                } }
+                (head("Tests of this job, failures first, then slowest first", &["Test", "Outcome", "Duration", "Attempts", "Agent"]))
                 tbody #test-rows {
                     @for test in &view.tests { (test_row(test)) }
                 }
@@ -524,12 +514,7 @@ pub(super) fn test_page(view: &TestView, viewer: &Viewer) -> Markup {
                 p.empty { "No finished job ran this test (is the key the id `tessera run` prints?)." }
             } @else {
                 table #runs {
-                    caption.visually-hidden { "Runs of this test, newest first" }
-                    thead { tr {
-                        th scope="col" { "Job" } th scope="col" { "Started (UTC)" } th scope="col" { "Outcome" }
-                        th scope="col" { "Duration" } th scope="col" { "Attempts" } th scope="col" { "Agent" }
-                        th scope="col" { "Submitter" }
-                    } }
+                    (head("Runs of this test, newest first", &["Job", "Started (UTC)", "Outcome", "Duration", "Attempts", "Agent", "Submitter"]))
                     tbody {
                         @for run in &view.runs {
                             tr data-job=(run.run.job) data-outcome=(run.run.outcome) {
@@ -566,12 +551,7 @@ fn flaky_table(
 ) -> Markup {
     html! {
         table id=(id) {
-            caption.visually-hidden { (caption) }
-            thead { tr {
-                th scope="col" { "Test" } th scope="col" { "Project" } th scope="col" { "Flake rate" }
-                th scope="col" { "Flaky / runs" } th scope="col" { "Failed" } th scope="col" { "Last run (UTC)" }
-                th scope="col" { "Quarantine" }
-            } }
+            (head(caption, &["Test", "Project", "Flake rate", "Flaky / runs", "Failed", "Last run (UTC)", "Quarantine"]))
             tbody {
                 @for line in lines {
                     tr data-test=(line.key) data-project=(line.project) {
@@ -643,12 +623,7 @@ pub(super) fn fleet_page(view: &FleetPage, viewer: &Viewer) -> Markup {
                 p.empty { "No agent is connected. Start one with " code { "tessera agent --coordinator URL --slots N" } "." }
             }
             table #agents {
-                caption.visually-hidden { "Connected agents" }
-                thead { tr {
-                    th scope="col" { "Agent" } th scope="col" { "Slots busy / total" } th scope="col" { "Idle" }
-                    th scope="col" { "State" } th scope="col" { "Last heard" } th scope="col" { "Connected" }
-                    th scope="col" { "Leases" } th scope="col" { "Properties" }
-                } }
+                (head("Connected agents", &["Agent", "Slots busy / total", "Idle", "State", "Last heard", "Connected", "Leases", "Properties"]))
                 tbody {
                     @for a in &view.agents {
                         tr data-agent=(a.agent.id) {
@@ -685,11 +660,7 @@ pub(super) fn fleet_page(view: &FleetPage, viewer: &Viewer) -> Markup {
                 p.empty { "Nothing is waiting for a slot." }
             }
             table #queue {
-                caption.visually-hidden { "Queued work by requester, in fair-share order" }
-                thead { tr {
-                    th scope="col" { "Position" } th scope="col" { "Requester" } th scope="col" { "Queued" }
-                    th scope="col" { "Oldest wait" } th scope="col" { "Weight" } th scope="col" { "Service received" }
-                } }
+                (head("Queued work by requester, in fair-share order", &["Position", "Requester", "Queued", "Oldest wait", "Weight", "Service received"]))
                 tbody {
                     @for q in &view.queue {
                         tr data-requester=(q.requester) {
@@ -729,11 +700,7 @@ fn action_kind(kind: &ActionKind) -> Markup {
 fn action_table(id: &str, caption: &str, actions: &[ActionRow]) -> Markup {
     html! {
         table id=(id) {
-            caption.visually-hidden { (caption) }
-            thead { tr {
-                th scope="col" { "Target" } th scope="col" { "Mnemonic" } th scope="col" { "Outcome" }
-                th scope="col" { "Ran for" } th scope="col" { "Agent" } th scope="col" { "Action" }
-            } }
+            (head(caption, &["Target", "Mnemonic", "Outcome", "Ran for", "Agent", "Action"]))
             tbody {
                 @for a in actions {
                     tr data-action=(a.action_digest) {
@@ -762,12 +729,7 @@ pub(super) fn builds_page(view: &BuildsView, viewer: &Viewer) -> Markup {
                     code { "--remote_executor=grpc://HOST:PORT" } "." }
             } @else {
                 table #builds {
-                    caption.visually-hidden { "Builds, newest first" }
-                    thead { tr {
-                        th scope="col" { "Invocation" } th scope="col" { "Tool" } th scope="col" { "Started (UTC)" }
-                        th scope="col" { "Duration" } th scope="col" { "Actions" } th scope="col" { "Cache hits" }
-                        th scope="col" { "Executed" } th scope="col" { "Failed" }
-                    } }
+                    (head("Builds, newest first", &["Invocation", "Tool", "Started (UTC)", "Duration", "Actions", "Cache hits", "Executed", "Failed"]))
                     tbody {
                         @for b in &view.builds {
                             tr data-invocation=(b.summary.id) {

@@ -10,7 +10,7 @@
 //! | `GET /flaky` | tests by flake rate over their last `runs` (default 20) runs |
 //! | `POST /flaky/quarantine` | quarantine (`op=add`) or release (`op=remove`) a test; CSRF token required |
 //! | `GET /fleet`, `GET /builds`, `GET /builds/{invocation}` | the agents and queue; REAPI invocations |
-//! | `GET /events` | server-sent events: `job` (a job's shown events changed), `recorded`, `tick` |
+//! | `GET /events` | server-sent events: `job` (a job's shown events changed), `recorded`, `tick`, `lagged` (changes were dropped) |
 //! | `GET /login`, `POST /login`, `POST /logout` | the session (auth on) |
 //!
 //! Statuses: 400 a parameter that cannot be read (the message names it), 401 no valid login
@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, Request, State};
+use axum::extract::{Form, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -38,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::access::{Access, Refusal, Viewer};
 use super::html;
-use super::views::{self, DEFAULT_FLAKE_RUNS, Scope, Sources};
+use super::views::{self, DEFAULT_FLAKE_RUNS, RESULTS, Scope, Sources};
 use crate::auth::{Permission, TokenStore};
 use crate::builds::{BuildLog, BuildLogError};
 use crate::config::AuthMode;
@@ -142,6 +143,22 @@ async fn timing(request: Request, next: Next) -> Response {
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// Who asks, for the pages that read: a request that may not look is answered here (an HTML
+/// page redirects to the login form; JSON gets 401 or 403).
+struct Look(Viewer);
+
+impl FromRequestParts<Shared> for Look {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, d: &Shared) -> Result<Self, Response> {
+        let page = !wants_json(&parts.headers);
+        d.access
+            .viewer(&parts.headers, page)
+            .map(Look)
+            .map_err(|r| PageError::Refused(r).respond(&parts.headers, parts.uri.path(), None))
+    }
 }
 
 /// Whether the client asked for JSON rather than HTML.
@@ -288,24 +305,12 @@ struct JobsQuery {
     after: Option<String>,
 }
 
-const RESULTS: [&str; 6] = [
-    "running",
-    "passed",
-    "failed",
-    "error",
-    "infrastructure",
-    "cancelled",
-];
-
 async fn jobs(
     State(d): State<Shared>,
+    Look(viewer): Look,
     headers: HeaderMap,
     query: Result<Query<JobsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
-        Ok(v) => v,
-        Err(r) => return PageError::Refused(r).respond(&headers, "/", None),
-    };
     let result = async {
         let Query(q) = query.map_err(|e| PageError::BadRequest(e.body_text()))?;
         let result = nonempty(q.result).filter(|r| r != "any");
@@ -356,15 +361,12 @@ struct JobQuery {
 
 async fn job(
     State(d): State<Shared>,
+    Look(viewer): Look,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let path = views::job_url(&id);
-    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
-        Ok(v) => v,
-        Err(r) => return PageError::Refused(r).respond(&headers, &path, None),
-    };
     let since = match query {
         Ok(Query(q)) => q.since,
         Err(e) => {
@@ -411,15 +413,12 @@ fn flake_runs(
 
 async fn test(
     State(d): State<Shared>,
+    Look(viewer): Look,
     Path(key): Path<String>,
     headers: HeaderMap,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let path = views::test_url(&key);
-    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
-        Ok(v) => v,
-        Err(r) => return PageError::Refused(r).respond(&headers, &path, None),
-    };
     let result = async {
         let last = flake_runs(query)?;
         let d = Arc::clone(&d);
@@ -444,13 +443,10 @@ async fn test(
 
 async fn flaky(
     State(d): State<Shared>,
+    Look(viewer): Look,
     headers: HeaderMap,
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
-        Ok(v) => v,
-        Err(r) => return PageError::Refused(r).respond(&headers, "/flaky", None),
-    };
     let result = async {
         let last = flake_runs(query)?;
         let d = Arc::clone(&d);
@@ -566,11 +562,7 @@ async fn quarantine(
     }
 }
 
-async fn fleet(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
-        Ok(v) => v,
-        Err(r) => return PageError::Refused(r).respond(&headers, "/fleet", None),
-    };
+async fn fleet(State(d): State<Shared>, Look(viewer): Look, headers: HeaderMap) -> Response {
     let view = match d.scheduler.fleet().await {
         Ok(fleet) => views::FleetPage::new(fleet),
         Err(e) => {
@@ -588,13 +580,10 @@ struct BuildsQuery {
 
 async fn builds(
     State(d): State<Shared>,
+    Look(viewer): Look,
     headers: HeaderMap,
     query: Result<Query<BuildsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
-        Ok(v) => v,
-        Err(r) => return PageError::Refused(r).respond(&headers, "/builds", None),
-    };
     let result = async {
         let Query(q) = query.map_err(|e| PageError::BadRequest(e.body_text()))?;
         if !Scope(viewer.principal.instances.clone()).all() {
@@ -612,14 +601,11 @@ async fn builds(
 
 async fn build(
     State(d): State<Shared>,
+    Look(viewer): Look,
     Path(invocation): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let path = views::build_url(&invocation);
-    let viewer = match d.access.viewer(&headers, !wants_json(&headers)) {
-        Ok(v) => v,
-        Err(r) => return PageError::Refused(r).respond(&headers, &path, None),
-    };
     // Builds are not kept per instance: a token limited to instances sees none.
     let found = if Scope(viewer.principal.instances.clone()).all() {
         let d = Arc::clone(&d);
@@ -675,28 +661,23 @@ fn event_stream(
     futures::stream::unfold(
         (feed, tick, scope, shutdown),
         |(mut feed, mut tick, scope, shutdown)| async move {
-            let event = loop {
-                break tokio::select! {
-                () = shutdown.cancelled() => return None,
-                _ = tick.tick() => Event::default().event("tick").data("{}"),
-                change = feed.recv() => match change {
-                    // Jobs of instances outside the viewer's scope are not told.
-                    Ok(change) if !scope.sees(change.instance()) => continue,
-                    Ok(change) => {
-                        let name = match &change {
-                            crate::history::LiveChange::Job { .. } => "job",
-                            crate::history::LiveChange::Recorded { .. } => "recorded",
-                        };
-                        let data = serde_json::to_string(&change).unwrap_or_default();
-                        Event::default().event(name).data(data)
-                    }
-                    // Too slow to follow every change: the page reloads what it shows.
-                    Err(RecvError::Lagged(_)) => Event::default().event("recorded").data("{\"id\":\"\"}"),
-                    Err(RecvError::Closed) => return None,
-                },
+            loop {
+                let event = tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    _ = tick.tick() => Event::default().event("tick").data("{}"),
+                    change = feed.recv() => match change {
+                        // Jobs of instances outside the viewer's scope are not told.
+                        Ok(change) if !scope.sees(change.instance()) => continue,
+                        Ok(change) => Event::default()
+                            .event(change.name())
+                            .data(serde_json::to_string(&change).unwrap_or_default()),
+                        // Too slow to follow every change: the page reloads what it shows.
+                        Err(RecvError::Lagged(_)) => Event::default().event("lagged").data("{}"),
+                        Err(RecvError::Closed) => return None,
+                    },
                 };
-            };
-            Some((Ok(event), (feed, tick, scope, shutdown)))
+                return Some((Ok(event), (feed, tick, scope, shutdown)));
+            }
         },
     )
 }

@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 use tessera_cas::meta::MetaError;
-use tessera_proto::tessera::v1::{JobPhase, TestFinished, TestOutcome};
+use tessera_proto::names::{outcome_name, phase_name, result_name};
+use tessera_proto::tessera::v1::{JobPhase, TestFinished, TestOutcome, TestRef};
 
 use crate::builds::{ActionRow, BuildLog, InvocationSummary};
 use crate::execution::scheduler::{AgentView, FleetView, RequesterQueue};
 use crate::history::{
-    BatchSpan, JobFilter, JobHistory, JobRecord, RunRecord, outcome_name, rerun_command,
-    result_name, test_key,
+    BatchSpan, FlakyTest, JobFilter, JobHistory, JobRecord, RunRecord, rerun_command, test_key,
 };
 use crate::jobs::job::Job;
 use crate::jobs::quarantine::QuarantineStore;
@@ -33,6 +33,16 @@ impl Scope {
         self.0.is_empty()
     }
 }
+
+/// The results the jobs list filters by (`result=`), besides `any`.
+pub(super) const RESULTS: [&str; 6] = [
+    "running",
+    "passed",
+    "failed",
+    "error",
+    "infrastructure",
+    "cancelled",
+];
 
 /// Jobs per page of the jobs list.
 pub(super) const JOBS_PER_PAGE: usize = 50;
@@ -100,16 +110,6 @@ pub(super) struct JobRow {
     pub batches: u32,
 }
 
-fn phase_name(phase: JobPhase) -> &'static str {
-    match phase {
-        JobPhase::Unknown | JobPhase::Queued => "queued",
-        JobPhase::Preparing => "preparing",
-        JobPhase::Listing => "listing",
-        JobPhase::Running => "running",
-        JobPhase::Done => "done",
-    }
-}
-
 impl JobRow {
     fn from_record(job: &JobRecord) -> Self {
         JobRow {
@@ -152,7 +152,12 @@ impl JobRow {
             project: job.spec.project.clone(),
             instance: job.spec.instance_name.clone(),
             labels: summary.labels.clone().into_iter().collect(),
-            state: phase_name(summary.phase()).to_owned(),
+            // Accepted, before its first phase: queued.
+            state: match summary.phase() {
+                JobPhase::Unknown => "queued",
+                phase => phase_name(phase),
+            }
+            .to_owned(),
             done: summary.done,
             total: summary.total,
             created_unix_ms: summary.created_unix_ms,
@@ -199,31 +204,20 @@ impl JobRow {
         row
     }
 
-    /// Whether the row passes `filter` (`result=running` selects the unfinished).
+    /// Whether the row passes `filter`; an unfinished job's result is `running`.
     fn matches(&self, filter: &JobFilter) -> bool {
-        let running = self.state != "done";
-        match filter.result.as_deref() {
-            Some("running") => running && self.matches_rest(filter),
-            Some(_) if running => false,
-            _ => {
-                let record = JobRecord {
-                    submitter: self.submitter.clone(),
-                    labels: self.labels.clone(),
-                    result: self.result.clone(),
-                    instance: self.instance.clone(),
-                    ..JobRecord::default()
-                };
-                filter.matches(&record)
-            }
-        }
-    }
-
-    fn matches_rest(&self, filter: &JobFilter) -> bool {
-        let rest = JobFilter {
-            result: None,
-            ..filter.clone()
+        let result = if self.state == "done" {
+            self.result.clone()
+        } else {
+            "running".to_owned()
         };
-        self.matches(&rest)
+        filter.matches(&JobRecord {
+            submitter: self.submitter.clone(),
+            labels: self.labels.clone(),
+            instance: self.instance.clone(),
+            result,
+            ..JobRecord::default()
+        })
     }
 }
 
@@ -262,10 +256,8 @@ pub(super) fn jobs_view(
         let mut live: Vec<(bool, JobRow)> = Vec::new();
         for job in registry.jobs() {
             let finished = job.finished();
-            let recorded = match history {
-                Some(h) if finished => h.job(&job.id)?.is_some(),
-                _ => false,
-            };
+            let recorded =
+                finished && history.is_some_and(|h| h.contains(job.created_unix_ms, &job.id));
             if !recorded {
                 let row = JobRow::from_live(&job);
                 if row.matches(filter) {
@@ -487,64 +479,60 @@ pub(super) struct FlakeLine {
 /// Quarantined tests: (instance, project, group, name) → (by, reason).
 type Quarantines = BTreeMap<(String, String, String, String), (String, String)>;
 
-fn quarantines(
+/// The quarantines of `instances` (each listed once).
+fn quarantines<'a>(
     quarantine: &QuarantineStore,
-    instances: &[String],
+    instances: impl IntoIterator<Item = &'a str>,
 ) -> Result<Quarantines, MetaError> {
+    let instances: std::collections::BTreeSet<&str> = instances.into_iter().collect();
     let mut all = Quarantines::new();
     for instance in instances {
         for entry in quarantine.list(instance, "")? {
-            let test = entry.test.clone().unwrap_or_default();
+            let test = entry.test.unwrap_or_default();
             all.insert(
-                (
-                    instance.clone(),
-                    entry.project.clone(),
-                    test.group,
-                    test.name,
-                ),
-                (entry.by.clone(), entry.reason.clone()),
+                (instance.to_owned(), entry.project, test.group, test.name),
+                (entry.by, entry.reason),
             );
         }
     }
     Ok(all)
 }
 
-fn flake_lines(
-    tests: Vec<crate::history::FlakyTest>,
-    last: u32,
-    quarantine: &QuarantineStore,
-) -> Result<Vec<FlakeLine>, MetaError> {
-    let mut instances: Vec<String> = tests.iter().map(|t| t.instance.clone()).collect();
-    instances.sort();
-    instances.dedup();
-    let quarantined = quarantines(quarantine, &instances)?;
-    Ok(tests
+impl FlakeLine {
+    /// Test `t`'s line, its rate over its newest `last` runs; `quarantined`: by whom and why.
+    fn new(t: FlakyTest, last: u32, quarantined: Option<&(String, String)>) -> Self {
+        let (flaky, runs) = t.window.flaky_in(last);
+        FlakeLine {
+            url: test_url(&t.key),
+            flake_rate: t.window.flake_rate(last),
+            flaky,
+            failed: t.window.failed_in(last),
+            runs_considered: runs,
+            last_unix_ms: t.window.last_unix_ms,
+            quarantined_by: quarantined.map(|(by, _)| by.clone()),
+            quarantine_reason: quarantined.map(|(_, reason)| reason.clone()),
+            key: t.key,
+            group: t.group,
+            name: t.name,
+            instance: t.instance,
+            project: t.project,
+        }
+    }
+}
+
+fn flake_lines(tests: Vec<FlakyTest>, last: u32, quarantined: &Quarantines) -> Vec<FlakeLine> {
+    tests
         .into_iter()
         .map(|t| {
-            let (flaky, runs) = t.window.flaky_in(last);
             let q = quarantined.get(&(
                 t.instance.clone(),
                 t.project.clone(),
                 t.group.clone(),
                 t.name.clone(),
             ));
-            FlakeLine {
-                url: test_url(&t.key),
-                flake_rate: t.window.flake_rate(last),
-                flaky,
-                failed: t.window.failed_in(last),
-                runs_considered: runs,
-                last_unix_ms: t.window.last_unix_ms,
-                quarantined_by: q.map(|(by, _)| by.clone()),
-                quarantine_reason: q.map(|(_, reason)| reason.clone()),
-                key: t.key,
-                group: t.group,
-                name: t.name,
-                instance: t.instance,
-                project: t.project,
-            }
+            FlakeLine::new(t, last, q)
         })
-        .collect())
+        .collect()
 }
 
 /// A run of a test, as its page lists it.
@@ -596,12 +584,13 @@ pub(super) fn test_view(
             run,
         })
         .collect();
-    let windows = history
+    let windows: Vec<FlakyTest> = history
         .flake(key)?
         .into_iter()
         .filter(|t| scope.sees(&t.instance))
         .collect();
-    view.projects = flake_lines(windows, last, quarantine)?;
+    let quarantined = quarantines(quarantine, windows.iter().map(|t| t.instance.as_str()))?;
+    view.projects = flake_lines(windows, last, &quarantined);
     let (flaky, runs) = view
         .projects
         .iter()
@@ -641,53 +630,57 @@ pub(super) fn flaky_view(
     let Some(history) = history else {
         return Ok(view);
     };
-    let flaky = history
+    let flaky: Vec<FlakyTest> = history
         .flaky(last, FLAKY_LIMIT)?
         .into_iter()
         .filter(|t| scope.sees(&t.instance))
         .collect();
-    view.tests = flake_lines(flaky, last, quarantine)?;
-    // Quarantined tests no longer flaky: listed apart, so they can be released.
-    let mut instances: Vec<String> = view.tests.iter().map(|t| t.instance.clone()).collect();
-    instances.push(String::new());
-    instances.sort();
-    instances.dedup();
-    instances.retain(|i| scope.sees(i));
-    let ranked: HashSet<(String, String, String)> = view
+    // The default instance's quarantines too: a quarantined test no longer flaky is listed
+    // apart, so it can be released.
+    let instances = flaky.iter().map(|t| t.instance.as_str()).chain([""]);
+    let quarantined = quarantines(quarantine, instances.filter(|i| scope.sees(i)))?;
+    view.tests = flake_lines(flaky, last, &quarantined);
+    let ranked: HashSet<(&str, &str, &str, &str)> = view
         .tests
         .iter()
-        .map(|t| (t.instance.clone(), t.project.clone(), t.key.clone()))
+        .map(|t| {
+            (
+                t.instance.as_str(),
+                t.project.as_str(),
+                t.group.as_str(),
+                t.name.as_str(),
+            )
+        })
         .collect();
-    for instance in &instances {
-        for entry in quarantine.list(instance, "")? {
-            let test = entry.test.clone().unwrap_or_default();
-            let key = test_key(&test);
-            if ranked.contains(&(instance.clone(), entry.project.clone(), key.clone())) {
-                continue;
-            }
-            let window = history
-                .flake(&key)?
-                .into_iter()
-                .find(|t| &t.instance == instance && t.project == entry.project)
-                .map(|t| t.window)
-                .unwrap_or_default();
-            let (flaky, runs) = window.flaky_in(last);
-            view.quarantined.push(FlakeLine {
-                url: test_url(&key),
-                key,
-                group: test.group,
-                name: test.name,
-                instance: instance.clone(),
-                project: entry.project.clone(),
-                flake_rate: window.flake_rate(last),
-                flaky,
-                failed: window.failed_in(last),
-                runs_considered: runs,
-                last_unix_ms: window.last_unix_ms,
-                quarantined_by: Some(entry.by.clone()),
-                quarantine_reason: Some(entry.reason.clone()),
-            });
+    for ((instance, project, group, name), entry) in &quarantined {
+        if ranked.contains(&(
+            instance.as_str(),
+            project.as_str(),
+            group.as_str(),
+            name.as_str(),
+        )) {
+            continue;
         }
+        let key = test_key(&TestRef {
+            group: group.clone(),
+            name: name.clone(),
+        });
+        let window = history
+            .flake(&key)?
+            .into_iter()
+            .find(|t| &t.instance == instance && &t.project == project)
+            .map(|t| t.window)
+            .unwrap_or_default();
+        let test = FlakyTest {
+            key,
+            group: group.clone(),
+            name: name.clone(),
+            instance: instance.clone(),
+            project: project.clone(),
+            window,
+        };
+        view.quarantined
+            .push(FlakeLine::new(test, last, Some(entry)));
     }
     Ok(view)
 }

@@ -36,6 +36,14 @@ pub enum LiveChange {
 }
 
 impl LiveChange {
+    /// Its event's name on `/events`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LiveChange::Job { .. } => "job",
+            LiveChange::Recorded { .. } => "recorded",
+        }
+    }
+
     /// The instance of the job it is about.
     pub fn instance(&self) -> &str {
         match self {

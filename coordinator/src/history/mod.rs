@@ -10,7 +10,5 @@ mod record;
 mod store;
 
 pub use live::{LiveChange, LiveFeed};
-pub use record::{
-    BatchSpan, FlakeWindow, JobRecord, RunRecord, outcome_name, rerun_command, result_name,
-};
+pub use record::{BatchSpan, FlakeWindow, JobRecord, RunRecord, rerun_command};
 pub use store::{FlakyTest, JobFilter, JobHistory, JobPage, TestRow, test_key};

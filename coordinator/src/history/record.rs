@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tessera_proto::tessera::v1::{JobResult, TestOutcome};
 
 /// A finished job, as the jobs list shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -176,35 +175,6 @@ impl FlakeWindow {
             (_, 0) => 0.0,
             (flaky, n) => f64::from(flaky) / f64::from(n),
         }
-    }
-}
-
-/// A test outcome's name in the pages and their JSON: `passed`, `failed`, `flaky`, `skipped`,
-/// `timed_out`, `error`, `no_result`, `cancelled` (and `unknown`).
-pub fn outcome_name(outcome: TestOutcome) -> &'static str {
-    match outcome {
-        TestOutcome::Unknown => "unknown",
-        TestOutcome::Passed => "passed",
-        TestOutcome::Failed => "failed",
-        TestOutcome::Skipped => "skipped",
-        TestOutcome::TimedOut => "timed_out",
-        TestOutcome::Flaky => "flaky",
-        TestOutcome::NoResult => "no_result",
-        TestOutcome::Cancelled => "cancelled",
-        TestOutcome::Error => "error",
-    }
-}
-
-/// A job result's name: `passed`, `failed`, `error`, `infrastructure`, `cancelled` (and
-/// `unknown`).
-pub fn result_name(result: JobResult) -> &'static str {
-    match result {
-        JobResult::Unknown => "unknown",
-        JobResult::Passed => "passed",
-        JobResult::Failed => "failed",
-        JobResult::Error => "error",
-        JobResult::Infrastructure => "infrastructure",
-        JobResult::Cancelled => "cancelled",
     }
 }
 

@@ -28,9 +28,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tessera_cas::meta::{Batch, MetaError, MetadataStore, Table};
+use tessera_proto::names::outcome_name;
 use tessera_proto::tessera::v1::{TestFinished, TestOutcome, TestRef};
 
-use super::record::{BatchSpan, FlakeWindow, JobRecord, RunRecord, outcome_name};
+use super::record::{BatchSpan, FlakeWindow, JobRecord, RunRecord};
+use crate::jobs::job::is_failure;
+use crate::jobs::registry::owned_by;
 
 const JOBS: &str = "history_jobs";
 const IDS: &str = "history_job_ids";
@@ -69,17 +72,16 @@ pub struct JobFilter {
 impl JobFilter {
     /// Whether `job` passes the filter.
     pub fn matches(&self, job: &JobRecord) -> bool {
-        self.submitter.as_deref().is_none_or(|s| {
-            job.submitter
-                .strip_prefix(s)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        }) && self
-            .label
+        self.submitter
             .as_deref()
-            .is_none_or(|l| match l.split_once('=') {
-                Some((k, v)) => job.labels.get(k).is_some_and(|have| have == v),
-                None => job.labels.contains_key(l),
-            })
+            .is_none_or(|s| owned_by(&job.submitter, s))
+            && self
+                .label
+                .as_deref()
+                .is_none_or(|l| match l.split_once('=') {
+                    Some((k, v)) => job.labels.get(k).is_some_and(|have| have == v),
+                    None => job.labels.contains_key(l),
+                })
             && self.result.as_deref().is_none_or(|r| job.result == r)
             && (self.instances.is_empty() || self.instances.contains(&job.instance))
     }
@@ -219,13 +221,6 @@ fn is_run(event: &TestFinished) -> bool {
         )
 }
 
-fn is_failure(outcome: TestOutcome) -> bool {
-    matches!(
-        outcome,
-        TestOutcome::Failed | TestOutcome::Error | TestOutcome::TimedOut | TestOutcome::NoResult
-    )
-}
-
 impl JobHistory {
     /// Opens the history's tables in `meta`; at most `keep` jobs are kept (at least one).
     pub fn open(meta: Arc<dyn MetadataStore>, keep: usize) -> Result<Self, MetaError> {
@@ -363,6 +358,11 @@ impl JobHistory {
             }
         }
         Ok(())
+    }
+
+    /// Whether job `id`, accepted at `created_unix_ms`, is recorded (no read of the store).
+    pub fn contains(&self, created_unix_ms: u64, id: &str) -> bool {
+        self.lock().contains(&(created_unix_ms, id.to_owned()))
     }
 
     /// Jobs recorded.

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tessera_proto::names::result_name;
 use tessera_proto::tessera::v1::{
     JobEvent, JobFinished, JobPhase, JobResult, JobSpec, JobSummary, TestFinished, TestOutcome,
     job_event,
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{Journal, Restored, SEQ_BLOCK};
 use super::secrets::{JobSecrets, strip};
-use crate::history::{BatchSpan, JobRecord, result_name};
+use crate::history::{BatchSpan, JobRecord};
 
 /// A job, shared by its driver, its watchers and the registry.
 #[derive(Debug)]

@@ -74,12 +74,11 @@
       var change = JSON.parse(e.data);
       if (change.id === id && change.seq > seq) update();
     });
-    // Its end, or a lag (an empty id: changes were dropped), or a reconnection (changes made
-    // while the stream was down were never sent): fetch what is new.
     events.addEventListener("recorded", function (e) {
-      var changed = JSON.parse(e.data).id;
-      if (changed === id || changed === "") update();
+      if (JSON.parse(e.data).id === id) update();
     });
+    // Changes dropped (a lag) or never sent (the stream was down): fetch what is new.
+    events.addEventListener("lagged", update);
     events.addEventListener("open", update);
   }
 
@@ -87,6 +86,7 @@
     follow(body.dataset.job);
   } else if (page === "fleet") {
     events.addEventListener("tick", refresh);
+    events.addEventListener("lagged", refresh);
     events.addEventListener("open", refresh);
   } else {
     var pending = null;
@@ -96,6 +96,7 @@
     };
     events.addEventListener("job", soon);
     events.addEventListener("recorded", soon);
+    events.addEventListener("lagged", soon);
     events.addEventListener("open", soon);
     if (page === "builds") events.addEventListener("tick", soon);
   }
