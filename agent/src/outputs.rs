@@ -31,11 +31,13 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use tessera_cas::client::{CasClient, ClientError};
+use futures::StreamExt;
+use tessera_cas::client::{CasClient, ClientError, WRITE_CHUNK};
 use tessera_cas::digest::{Digest, DigestFunction, digest_message};
 use tessera_cas::tree::{TreeError, assemble_tree, build_tree};
 use tessera_proto::reapi::{ActionResult, Command, OutputDirectory, OutputFile, OutputSymlink};
 use thiserror::Error;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::cache::{Kept, LocalCache, Transfer, plan_transfers};
 use crate::mask::{MaskError, SecretMask};
@@ -43,10 +45,12 @@ use crate::materialize::relative_components;
 
 /// Most file bytes read into memory at once while uploading.
 const UPLOAD_GROUP_BYTES: u64 = 64 * 1024 * 1024;
-/// Bytes per piece of a large file streamed to the CAS.
-const STREAM_CHUNK: usize = tessera_cas::client::WRITE_CHUNK;
-/// Pieces of a streamed file read ahead of the network.
-const STREAM_AHEAD: usize = 4;
+/// Bytes read at a time from a large file streamed to the CAS: several messages' worth, so
+/// the reading thread hands over seldom (on a loaded machine each hand-over can wait for a
+/// core).
+const STREAM_READ: usize = 8 * WRITE_CHUNK;
+/// Reads of a streamed file done ahead of the network.
+const STREAM_AHEAD: usize = 2;
 
 /// Why outputs could not be collected or uploaded.
 #[derive(Debug, Error)]
@@ -535,7 +539,7 @@ async fn upload_file(cas: &CasClient, digest: &Digest, path: &Path) -> Result<()
     let reader = tokio::task::spawn_blocking(move || -> io::Result<()> {
         let mut file = fs::File::open(&reading)?;
         loop {
-            let mut piece = vec![0u8; STREAM_CHUNK];
+            let mut piece = vec![0u8; STREAM_READ];
             let n = read_full(&mut file, &mut piece)?;
             if n == 0 {
                 return Ok(());
@@ -547,12 +551,15 @@ async fn upload_file(cas: &CasClient, digest: &Digest, path: &Path) -> Result<()
             }
         }
     });
-    let sent = cas
-        .write_stream(
-            digest,
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )
-        .await;
+    // Each read goes out as ByteStream messages of the usual size.
+    let messages = ReceiverStream::new(receiver).flat_map(|read: Bytes| {
+        let pieces: Vec<Bytes> = (0..read.len())
+            .step_by(WRITE_CHUNK)
+            .map(|start| read.slice(start..read.len().min(start + WRITE_CHUNK)))
+            .collect();
+        futures::stream::iter(pieces)
+    });
+    let sent = cas.write_stream(digest, messages).await;
     let read = reader.await.map_err(|e| OutputError::Io {
         op: "read for upload",
         path: path.to_owned(),

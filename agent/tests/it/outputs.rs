@@ -146,3 +146,94 @@ async fn the_next_action_on_the_agent_takes_the_outputs_from_its_cache() {
     drop(link);
     agent.stop().await;
 }
+
+/// Seconds between two timestamps of an action's metadata.
+fn seconds(from: Option<&prost_types::Timestamp>, to: Option<&prost_types::Timestamp>) -> f64 {
+    let at = |t: Option<&prost_types::Timestamp>| {
+        let t = t.expect("timestamp");
+        t.seconds as f64 + f64::from(t.nanos) / 1e9
+    };
+    at(to) - at(from)
+}
+
+/// Not a check but a measurement (see the issue's "prepare outputs without copies"): a
+/// prepare-like action leaves `TESSERA_MEASURE_MB` (default 512) MiB of executables in eight
+/// files, then the next action on the same agent takes them as inputs. Prints the upload
+/// stage of the first and the fetch stage of the second, and the bytes fetched. Run with
+/// `cargo test -p tessera-agent --release --test it measure_ -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_outputs_round_trip() {
+    let total_mb: u64 = std::env::var("TESSERA_MEASURE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let each = total_mb * 1024 * 1024 / 8;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut coordinator = FakeCoordinator::start().await;
+    let empty = input_dir(&[]);
+    let empty_root = coordinator.upload_dir(empty.path()).await;
+    let agent = TestAgent::start(&coordinator.endpoint, |config| {
+        config.http_listen = Some(addr);
+    });
+    let mut link = coordinator.link().await;
+    let script = format!(
+        "mkdir -p out && for i in 1 2 3 4 5 6 7 8; do head -c {each} /dev/urandom > out/t$i; done \
+         && chmod 755 out/t*"
+    );
+    let mut prepare = lease("prepare", empty_root, &["sh", "-c", &script]);
+    prepare.timeout = Some(std::time::Duration::from_secs(600).try_into().unwrap());
+    command(&mut prepare).output_paths = vec!["out".into()];
+    link.lease(prepare).await;
+    let answer = link.result().await;
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Completed,
+        "{}",
+        answer.message
+    );
+    let built = answer.result.expect("an action result");
+    let meta = built.execution_metadata.clone().unwrap();
+    let upload = seconds(
+        meta.output_upload_start_timestamp.as_ref(),
+        meta.output_upload_completed_timestamp.as_ref(),
+    );
+    let out_root = built.output_directories[0].root_directory_digest.clone();
+    let next_root = coordinator
+        .upload_message(&Directory {
+            directories: vec![DirectoryNode {
+                name: "out".into(),
+                digest: out_root,
+            }],
+            ..Directory::default()
+        })
+        .await;
+    let before = fetched_bytes(addr).await;
+    let mut next = lease("next", next_root, &["sh", "-c", "test -x out/t8"]);
+    next.timeout = Some(std::time::Duration::from_secs(600).try_into().unwrap());
+    link.lease(next).await;
+    let answer = link.result().await;
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Completed,
+        "{}",
+        answer.message
+    );
+    let ran = answer.result.expect("an action result");
+    assert_eq!(ran.exit_code, 0);
+    let meta = ran.execution_metadata.unwrap();
+    let fetch = seconds(
+        meta.input_fetch_start_timestamp.as_ref(),
+        meta.input_fetch_completed_timestamp.as_ref(),
+    );
+    let fetched = fetched_bytes(addr).await - before;
+    println!(
+        "outputs round trip: {total_mb} MiB in 8 files; upload stage {upload:.3} s; \
+         next action's fetch stage {fetch:.3} s; fetched {fetched} bytes"
+    );
+    drop(link);
+    agent.stop().await;
+}
