@@ -581,6 +581,103 @@ mod tests {
         assert!(plan_transfers(&[]).is_empty());
     }
 
+    /// Writes `data` at `path` with `mode` and returns its digest and its metadata after
+    /// "hashing".
+    fn output(path: &Path, data: &[u8], mode: u32) -> (Digest, fs::Metadata) {
+        fs::write(path, data).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        let digest = DigestFunction::Sha256.digest_of(data);
+        (digest, fs::metadata(path).unwrap())
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn outputs_only_the_exec_root_holds_are_linked_in_and_made_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&dir.path().join("work"), u64::MAX).unwrap();
+        let binary = dir.path().join("suite");
+        let (digest, hashed) = output(&binary, b"test binary", 0o755);
+        assert_eq!(
+            cache.keep_output(&digest, &binary, &hashed).unwrap(),
+            Kept::Linked
+        );
+        let blob = cache.store.raw_path(&digest).unwrap();
+        assert_eq!(fs::metadata(&blob).unwrap().ino(), hashed.ino());
+        assert_eq!(mode_of(&blob), EXECUTABLE_MODE);
+        // Its own executable twin: a link, no copy.
+        let twin = cache.executable_path_of(&digest).unwrap().unwrap();
+        assert_eq!(fs::metadata(&twin).unwrap().ino(), hashed.ino());
+        // Wanted as a plain input, it gets a read-only copy, so the twin keeps its mode.
+        let plain = cache.path_of(&digest).unwrap();
+        assert_ne!(fs::metadata(&plain).unwrap().ino(), hashed.ino());
+        assert_eq!(mode_of(&plain), BLOB_MODE);
+        assert_eq!(fs::read(&plain).unwrap(), b"test binary");
+        assert_eq!(mode_of(&blob), EXECUTABLE_MODE);
+        assert_eq!(
+            cache.keep_output(&digest, &binary, &hashed).unwrap(),
+            Kept::Present
+        );
+
+        let data = dir.path().join("data");
+        let (digest, hashed) = output(&data, b"fixture", 0o644);
+        assert_eq!(
+            cache.keep_output(&digest, &data, &hashed).unwrap(),
+            Kept::Linked
+        );
+        assert_eq!(
+            cache.path_of(&digest).unwrap(),
+            cache.store.raw_path(&digest).unwrap()
+        );
+        assert_eq!(mode_of(&data), BLOB_MODE);
+    }
+
+    #[test]
+    fn shared_outputs_are_copied_in_and_their_mode_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&dir.path().join("work"), u64::MAX).unwrap();
+        // A prepared file hard-linked from cargo's target: rustc must still be able to
+        // replace the target's file, so its mode must stay writable.
+        let target = dir.path().join("target-suite");
+        let (digest, _) = output(&target, b"test binary", 0o755);
+        let prepared = dir.path().join("prepared-suite");
+        fs::hard_link(&target, &prepared).unwrap();
+        let hashed = fs::metadata(&prepared).unwrap();
+        assert_eq!(
+            cache.keep_output(&digest, &prepared, &hashed).unwrap(),
+            Kept::Copied
+        );
+        assert_eq!(mode_of(&target), 0o755);
+        let blob = cache.store.raw_path(&digest).unwrap();
+        assert_ne!(fs::metadata(&blob).unwrap().ino(), hashed.ino());
+        assert_eq!(mode_of(&blob), EXECUTABLE_MODE);
+        assert_eq!(fs::read(&blob).unwrap(), b"test binary");
+    }
+
+    #[test]
+    fn outputs_changed_since_hashing_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&dir.path().join("work"), u64::MAX).unwrap();
+        let file = dir.path().join("out");
+        let (digest, hashed) = output(&file, b"as hashed", 0o644);
+        std::thread::sleep(Duration::from_millis(10));
+        fs::write(&file, b"rewritten").unwrap();
+        assert_eq!(
+            cache.keep_output(&digest, &file, &hashed).unwrap(),
+            Kept::Changed
+        );
+        // Shared and changed: the copy does not match the digest either.
+        let other = dir.path().join("other");
+        fs::hard_link(&file, &other).unwrap();
+        assert_eq!(
+            cache.keep_output(&digest, &file, &hashed).unwrap(),
+            Kept::Changed
+        );
+        assert!(!cache.contains(&digest));
+    }
+
     #[test]
     fn missing_lists_are_cut() {
         let digests: Vec<Digest> = (0..8).map(|i| blob(1, i)).collect();

@@ -15,9 +15,12 @@
 //! from disk, never whole in memory. Each file is hashed once, while it is collected; the
 //! upload reads it once more only if the CAS lacks it.
 //!
-//! Alongside the upload, every output file enters the agent's local cache (see
-//! `LocalCache::keep_output`: a hard link where only the exec root holds the file), so the next
-//! action on this agent that takes it as an input downloads nothing. To vouch for the bytes,
+//! Alongside the upload, every large output file (one that would be streamed, over 1 MiB)
+//! enters the agent's local cache (see `LocalCache::keep_output`: a hard link where only the
+//! exec root holds the file), so the next action on this agent that takes it as an input
+//! downloads none of it. Small files are left to come back in batches, many per call, where a
+//! download costs about what keeping them would (a store record each) and nothing is spent on
+//! outputs no later action here needs (most of a Bazel build's). To vouch for the bytes,
 //! each file's metadata is taken after hashing, and it is kept only if it was last modified
 //! before hashing began (masking, which replaces a file, comes before that): the action has
 //! ended, so nothing should write it, and a file that was written anyway is left out of the
@@ -438,7 +441,8 @@ pub struct KeptCounts {
     pub skipped: usize,
 }
 
-/// Puts every output file of `blobs` that is unchanged since it was hashed into `cache`.
+/// Puts every large output file of `blobs` that is unchanged since it was hashed into `cache`
+/// (see the module docs).
 pub async fn keep_in_cache(
     cache: &LocalCache,
     blobs: &[(Digest, BlobSource)],
@@ -446,7 +450,7 @@ pub async fn keep_in_cache(
     let files: Vec<(Digest, HashedFile)> = blobs
         .iter()
         .filter_map(|(digest, source)| match source {
-            BlobSource::File(file) if !digest.is_empty_blob() => Some((*digest, file.clone())),
+            BlobSource::File(file) if is_streamed(digest) => Some((*digest, file.clone())),
             _ => None,
         })
         .collect();
