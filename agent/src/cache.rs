@@ -313,9 +313,9 @@ impl LocalCache {
             match self.store.link_hashed(digest, path, hashed) {
                 Ok(true) => Kept::Linked,
                 Ok(false) => return Ok(Kept::Changed),
-                Err(StoreError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::CrossesDevices =>
-                {
+                // Another file system (an overlay exec root), the link-count limit, or links
+                // refused (protected_hardlinks): the bytes are copied instead.
+                Err(StoreError::Io { source, .. }) if link_refused(&source) => {
                     self.copy_in(digest, path, mode)?
                 }
                 Err(error) => return Err(error.into()),
@@ -497,6 +497,15 @@ impl LocalCache {
             other => other,
         }
     }
+}
+
+/// Errors of a hard link after which a copy can stand in for it.
+fn link_refused(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::CrossesDevices | ErrorKind::TooManyLinks | ErrorKind::PermissionDenied
+    ) || error.raw_os_error() == Some(libc::EOPNOTSUPP)
 }
 
 /// Copies `from` to a new file `to` and gives it `mode`.

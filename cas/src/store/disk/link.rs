@@ -27,9 +27,10 @@ impl DiskStore {
     /// descriptor it read, after reading): the link is refused (`Ok(false)`, nothing stored)
     /// when the linked inode is not that file any more, or its size or modification time
     /// changed since, or the size is not the digest's. `Ok(true)` when the store has the blob
-    /// afterwards, linked now or already present. Errors: the link itself failed (another
-    /// file system: [`std::io::ErrorKind::CrossesDevices`] in the source), or no room within
-    /// the budget ([`StoreError::Full`]). Blocking.
+    /// afterwards, linked now or already present. Errors: the link itself failed
+    /// ([`StoreError::Io`] with the cause, such as [`std::io::ErrorKind::CrossesDevices`] for
+    /// another file system, where the caller may copy instead), or no room within the budget
+    /// ([`StoreError::Full`]). Blocking.
     pub fn link_hashed(
         &self,
         digest: &Digest,
