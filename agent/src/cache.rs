@@ -214,7 +214,7 @@ impl LocalCache {
     /// (test binaries are large). A blob kept from an executable output is 0555 already and is
     /// linked as its own twin; any other is copied once. `None` if the blob is not cached.
     pub fn executable_path_of(&self, digest: &Digest) -> std::io::Result<Option<PathBuf>> {
-        let twin = self.twin_path(digest, "x");
+        let twin = self.twin_path(digest, "");
         if twin.exists() {
             return Ok(Some(twin));
         }
@@ -242,7 +242,7 @@ impl LocalCache {
         if !executable {
             return Some(blob);
         }
-        let copy = self.twin_path(digest, "r");
+        let copy = self.twin_path(digest, "-r");
         if copy.exists() {
             return Some(copy);
         }
@@ -257,18 +257,14 @@ impl LocalCache {
         }
     }
 
-    /// Where the twin of `digest` of `kind` ("x": executable, "r": read-only) lives.
-    fn twin_path(&self, digest: &Digest, kind: &str) -> PathBuf {
+    /// Where a twin of `digest` lives: `suffix` "" for the executable one, "-r" for the
+    /// read-only copy of an executable blob.
+    fn twin_path(&self, digest: &Digest, suffix: &str) -> PathBuf {
         self.exec_dir.join(format!(
-            "{}-{}-{}{}",
+            "{}-{}-{}{suffix}",
             digest.function.name(),
             digest.hash_hex(),
             digest.size_bytes,
-            if kind == "x" {
-                String::new()
-            } else {
-                format!("-{kind}")
-            }
         ))
     }
 
