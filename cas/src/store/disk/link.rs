@@ -8,8 +8,9 @@
 //! deferred to the next checkpoint); a start after a crash adopts or drops the file like any
 //! other. The one rule the store cannot check without reading is that the bytes match the
 //! digest: the caller vouches for it by handing over the metadata of the file it hashed
-//! (taken from the open file after reading it), and the link is refused if the file it makes
-//! is not that same inode with the same size and modification time. The linked file is kept
+//! (taken after hashing, of a file last modified before hashing began), and the link is
+//! refused if the file it makes is not that same inode with the same size and modification
+//! time. The linked file is kept
 //! raw and shares its inode with the caller's path, so the caller must never write through
 //! that path afterwards (an agent links only once the action that wrote the file has ended).
 
@@ -23,8 +24,9 @@ use crate::digest::Digest;
 impl DiskStore {
     /// Stores the file at `path` as the blob `digest` by hard-linking it into the store.
     ///
-    /// `hashed` is the metadata of the file as the caller hashed it to `digest` (`fstat` of the
-    /// descriptor it read, after reading): the link is refused (`Ok(false)`, nothing stored)
+    /// `hashed` is the metadata of the file as the caller hashed it to `digest` (taken after
+    /// hashing; the caller checks that the file was not modified after hashing began): the
+    /// link is refused (`Ok(false)`, nothing stored)
     /// when the linked inode is not that file any more, or its size or modification time
     /// changed since, or the size is not the digest's. `Ok(true)` when the store has the blob
     /// afterwards, linked now or already present. Errors: the link itself failed
