@@ -7,8 +7,22 @@
 //! never pulls an input from under a materialization. Downloads: small blobs in
 //! `BatchReadBlobs` calls, large ones through ByteStream, a few at a time. A blob the CAS does
 //! not have is reported as missing, by digest. Does not lay out trees (see `materialize`).
+//!
+//! An action's outputs enter the cache as they are uploaded ([`LocalCache::keep_output`]), so
+//! the next action on this agent that takes them as inputs (a job's list and batch steps after
+//! its prepare step) finds them here and downloads nothing. A file that is only the exec
+//! root's (one link; the action has ended, so nothing writes it again) becomes the blob by
+//! hard link, checked to be the very file that was hashed; its mode is set as a cached blob's
+//! first (0444, or 0555 for an executable, which then also serves as its own executable twin,
+//! see [`LocalCache::executable_path_of`]). A file with other links (a prepared file
+//! hard-linked from cargo's persistent `target`, see `step`) is copied instead: the cache must
+//! never change the mode of a file it does not own (rustc refuses to overwrite a read-only
+//! output), and cannot know what else writes it.
 
 use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +43,14 @@ const BATCH_BLOB_MAX: u64 = 1024 * 1024;
 const BATCH_TOTAL_MAX: u64 = 2 * 1024 * 1024;
 /// Download calls in flight at once per lease.
 const DOWNLOADS_IN_FLIGHT: usize = 4;
+/// Mode of a cached blob kept from a non-executable output: read-only, as `materialize` makes
+/// every blob it links.
+const BLOB_MODE: u32 = 0o444;
+/// Mode of a cached blob kept from an executable output, and of every executable twin.
+const EXECUTABLE_MODE: u32 = 0o555;
+/// Bytes read at a time when an output is copied into the cache.
+const COPY_CHUNK: usize = 1024 * 1024;
+
 /// Blobs used this recently are not evicted even if unpinned (a blob just written and not yet
 /// pinned, for one).
 const PROTECT_RECENT: Duration = Duration::from_secs(10);
@@ -62,6 +84,40 @@ fn list(digests: &[Digest]) -> String {
     } else {
         shown.join(", ")
     }
+}
+
+/// How [`LocalCache::keep_output`] kept an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// The output file became the blob (a hard link): no bytes copied.
+    Linked,
+    /// The output file is shared with something outside the exec root (or on another file
+    /// system): its bytes were copied in.
+    Copied,
+    /// The cache had the blob already.
+    Present,
+    /// The file is not what was hashed any more: not kept.
+    Changed,
+}
+
+/// Why an output could not be kept in the cache (the lease goes on: it only costs a download
+/// later).
+#[derive(Debug, Error)]
+pub enum KeepError {
+    /// The output file could not be read or its mode set.
+    #[error("failed to {op} {}: {source}", .path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store refused it (no room within the budget, a disk error).
+    #[error("local cache: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// Why the cache could not be opened.
@@ -153,35 +209,151 @@ impl LocalCache {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    /// A read-only executable (0555) copy of the cached blob `digest`, made once per agent
+    /// A read-only executable (0555) file with the cached blob `digest`, made once per agent
     /// run, so executables are hard-linked into exec roots instead of copied for every action
-    /// (test binaries are large). `None` if the blob is not cached.
+    /// (test binaries are large). A blob kept from an executable output is 0555 already and is
+    /// linked as its own twin; any other is copied once. `None` if the blob is not cached.
     pub fn executable_path_of(&self, digest: &Digest) -> std::io::Result<Option<PathBuf>> {
-        use std::os::unix::fs::PermissionsExt;
-        let twin = self.exec_dir.join(format!(
-            "{}-{}-{}",
-            digest.function.name(),
-            digest.hash_hex(),
-            digest.size_bytes
-        ));
+        let twin = self.twin_path(digest, "");
         if twin.exists() {
             return Ok(Some(twin));
         }
-        let Some(blob) = self.path_of(digest) else {
+        let Some(blob) = self.store.raw_path(digest) else {
             return Ok(None);
         };
-        let temp = self
-            .exec_dir
-            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::copy(&blob, &temp)?;
-        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o555))?;
-        std::fs::rename(&temp, &twin)?;
+        let temp = self.twin_temp();
+        let mode = fs::metadata(&blob)?.permissions().mode() & 0o7777;
+        if mode != EXECUTABLE_MODE || fs::hard_link(&blob, &temp).is_err() {
+            copy_with_mode(&blob, &temp, EXECUTABLE_MODE)?;
+        }
+        fs::rename(&temp, &twin)?;
         Ok(Some(twin))
     }
 
-    /// The file holding `digest` (read-only: it may be hard-linked into exec roots), if cached.
+    /// The file holding `digest`, if cached, for callers that hard-link it and make it
+    /// read-only (0444) first (`materialize`, for non-executable inputs). A blob kept from an
+    /// executable output is its own executable twin, which must keep mode 0555: for it, a
+    /// read-only copy is made once per agent run instead.
     pub fn path_of(&self, digest: &Digest) -> Option<PathBuf> {
-        self.store.raw_path(digest)
+        let blob = self.store.raw_path(digest)?;
+        let executable = fs::metadata(&blob)
+            .map(|m| m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !executable {
+            return Some(blob);
+        }
+        let copy = self.twin_path(digest, "-r");
+        if copy.exists() {
+            return Some(copy);
+        }
+        let temp = self.twin_temp();
+        match copy_with_mode(&blob, &temp, BLOB_MODE).and_then(|()| fs::rename(&temp, &copy)) {
+            Ok(()) => Some(copy),
+            Err(error) => {
+                let _ = fs::remove_file(&temp);
+                tracing::warn!(%digest, %error, "failed to make a read-only copy of an executable blob");
+                None
+            }
+        }
+    }
+
+    /// Where a twin of `digest` lives: `suffix` "" for the executable one, "-r" for the
+    /// read-only copy of an executable blob.
+    fn twin_path(&self, digest: &Digest, suffix: &str) -> PathBuf {
+        self.exec_dir.join(format!(
+            "{}-{}-{}{suffix}",
+            digest.function.name(),
+            digest.hash_hex(),
+            digest.size_bytes,
+        ))
+    }
+
+    fn twin_temp(&self) -> PathBuf {
+        self.exec_dir
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Keeps the output file at `path`, which the caller hashed to `digest`, in the cache (see
+    /// the module docs): linked when only the exec root holds it, copied otherwise. `hashed` is
+    /// the file's metadata taken after it was hashed, and the caller vouches that the file was
+    /// not modified after hashing began; a file that changed since is not kept. Call only once
+    /// the action that wrote it has ended. Blocking.
+    pub fn keep_output(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        hashed: &fs::Metadata,
+    ) -> Result<Kept, KeepError> {
+        if self.store.contains(digest) {
+            self.store.touch(std::slice::from_ref(digest));
+            return Ok(Kept::Present);
+        }
+        let io = |op| {
+            move |source| KeepError::Io {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let executable = hashed.mode() & 0o111 != 0;
+        let mode = if executable {
+            EXECUTABLE_MODE
+        } else {
+            BLOB_MODE
+        };
+        let now = fs::symlink_metadata(path).map_err(io("stat"))?;
+        let kept = if now.nlink() == 1 && now.ino() == hashed.ino() {
+            // The same inode: the exec root's link gets the blob's mode too, which is fine,
+            // since the action is over. chmod moves only the change time, which is not checked.
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
+            match self.store.link_hashed(digest, path, hashed) {
+                Ok(true) => Kept::Linked,
+                Ok(false) => return Ok(Kept::Changed),
+                // Another file system (an overlay exec root), the link-count limit, or links
+                // refused (protected_hardlinks): the bytes are copied instead.
+                Err(StoreError::Io { source, .. }) if link_refused(&source) => {
+                    self.copy_in(digest, path, mode)?
+                }
+                Err(error) => return Err(error.into()),
+            }
+        } else {
+            self.copy_in(digest, path, mode)?
+        };
+        self.report_size();
+        Ok(kept)
+    }
+
+    /// Streams the file at `path` into the store as `digest` (verified as it is written), then
+    /// gives the blob `mode`.
+    fn copy_in(&self, digest: &Digest, path: &Path, mode: u32) -> Result<Kept, KeepError> {
+        let io = |op| {
+            move |source| KeepError::Io {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let mut file = fs::File::open(path).map_err(io("open"))?;
+        let mut upload = self.store.begin_upload(digest)?;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => upload.write(&buf[..n])?,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(io("read")(error)),
+            }
+        }
+        match upload.commit() {
+            Ok(()) => {}
+            // Changed since it was hashed: simply not kept.
+            Err(StoreError::Digest(_)) => return Ok(Kept::Changed),
+            Err(error) => return Err(error.into()),
+        }
+        if let Some(blob) = self.store.raw_path(digest) {
+            fs::set_permissions(&blob, fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
+        }
+        Ok(Kept::Copied)
     }
 
     /// Whether `digest` is cached.
@@ -323,6 +495,21 @@ impl LocalCache {
     }
 }
 
+/// Errors of a hard link after which a copy can stand in for it.
+fn link_refused(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::CrossesDevices | ErrorKind::TooManyLinks | ErrorKind::PermissionDenied
+    ) || error.raw_os_error() == Some(libc::EOPNOTSUPP)
+}
+
+/// Copies `from` to a new file `to` and gives it `mode`.
+fn copy_with_mode(from: &Path, to: &Path, mode: u32) -> std::io::Result<()> {
+    fs::copy(from, to)?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))
+}
+
 fn is_not_found(error: &ClientError) -> bool {
     match error {
         ClientError::Blob { code, .. } => *code == tonic::Code::NotFound,
@@ -397,6 +584,103 @@ mod tests {
             ]
         );
         assert!(plan_transfers(&[]).is_empty());
+    }
+
+    /// Writes `data` at `path` with `mode` and returns its digest and its metadata after
+    /// "hashing".
+    fn output(path: &Path, data: &[u8], mode: u32) -> (Digest, fs::Metadata) {
+        fs::write(path, data).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        let digest = DigestFunction::Sha256.digest_of(data);
+        (digest, fs::metadata(path).unwrap())
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn outputs_only_the_exec_root_holds_are_linked_in_and_made_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&dir.path().join("work"), u64::MAX).unwrap();
+        let binary = dir.path().join("suite");
+        let (digest, hashed) = output(&binary, b"test binary", 0o755);
+        assert_eq!(
+            cache.keep_output(&digest, &binary, &hashed).unwrap(),
+            Kept::Linked
+        );
+        let blob = cache.store.raw_path(&digest).unwrap();
+        assert_eq!(fs::metadata(&blob).unwrap().ino(), hashed.ino());
+        assert_eq!(mode_of(&blob), EXECUTABLE_MODE);
+        // Its own executable twin: a link, no copy.
+        let twin = cache.executable_path_of(&digest).unwrap().unwrap();
+        assert_eq!(fs::metadata(&twin).unwrap().ino(), hashed.ino());
+        // Wanted as a plain input, it gets a read-only copy, so the twin keeps its mode.
+        let plain = cache.path_of(&digest).unwrap();
+        assert_ne!(fs::metadata(&plain).unwrap().ino(), hashed.ino());
+        assert_eq!(mode_of(&plain), BLOB_MODE);
+        assert_eq!(fs::read(&plain).unwrap(), b"test binary");
+        assert_eq!(mode_of(&blob), EXECUTABLE_MODE);
+        assert_eq!(
+            cache.keep_output(&digest, &binary, &hashed).unwrap(),
+            Kept::Present
+        );
+
+        let data = dir.path().join("data");
+        let (digest, hashed) = output(&data, b"fixture", 0o644);
+        assert_eq!(
+            cache.keep_output(&digest, &data, &hashed).unwrap(),
+            Kept::Linked
+        );
+        assert_eq!(
+            cache.path_of(&digest).unwrap(),
+            cache.store.raw_path(&digest).unwrap()
+        );
+        assert_eq!(mode_of(&data), BLOB_MODE);
+    }
+
+    #[test]
+    fn shared_outputs_are_copied_in_and_their_mode_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&dir.path().join("work"), u64::MAX).unwrap();
+        // A prepared file hard-linked from cargo's target: rustc must still be able to
+        // replace the target's file, so its mode must stay writable.
+        let target = dir.path().join("target-suite");
+        let (digest, _) = output(&target, b"test binary", 0o755);
+        let prepared = dir.path().join("prepared-suite");
+        fs::hard_link(&target, &prepared).unwrap();
+        let hashed = fs::metadata(&prepared).unwrap();
+        assert_eq!(
+            cache.keep_output(&digest, &prepared, &hashed).unwrap(),
+            Kept::Copied
+        );
+        assert_eq!(mode_of(&target), 0o755);
+        let blob = cache.store.raw_path(&digest).unwrap();
+        assert_ne!(fs::metadata(&blob).unwrap().ino(), hashed.ino());
+        assert_eq!(mode_of(&blob), EXECUTABLE_MODE);
+        assert_eq!(fs::read(&blob).unwrap(), b"test binary");
+    }
+
+    #[test]
+    fn outputs_changed_since_hashing_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&dir.path().join("work"), u64::MAX).unwrap();
+        let file = dir.path().join("out");
+        let (digest, hashed) = output(&file, b"as hashed", 0o644);
+        std::thread::sleep(Duration::from_millis(10));
+        fs::write(&file, b"rewritten").unwrap();
+        assert_eq!(
+            cache.keep_output(&digest, &file, &hashed).unwrap(),
+            Kept::Changed
+        );
+        // Shared and changed: the copy does not match the digest either.
+        let other = dir.path().join("other");
+        fs::hard_link(&file, &other).unwrap();
+        assert_eq!(
+            cache.keep_output(&digest, &file, &hashed).unwrap(),
+            Kept::Changed
+        );
+        assert!(!cache.contains(&digest));
     }
 
     #[test]

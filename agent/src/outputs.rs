@@ -10,28 +10,50 @@
 //! out, as REAPI says. A path whose parent resolves outside the exec root (through a symlink)
 //! is left out too. A lease's secret values are masked in every file before it is hashed (see
 //! `mask`): in place, so what is uploaded, and what is left on the agent's disk, is the masked
-//! file. Uploads ask FindMissingBlobs first and send only what the CAS lacks, small
-//! blobs in batches, large ones through ByteStream, reading files in bounded groups.
+//! file. Uploads ask FindMissingBlobs first and send only what the CAS lacks: small blobs in
+//! batches, read in bounded groups; large files streamed through ByteStream piece by piece
+//! from disk, never whole in memory. Each file is hashed once, while it is collected; the
+//! upload reads it once more only if the CAS lacks it.
+//!
+//! Alongside the upload, every large output file (one that would be streamed, over 1 MiB)
+//! enters the agent's local cache (see `LocalCache::keep_output`: a hard link where only the
+//! exec root holds the file), so the next action on this agent that takes it as an input
+//! downloads none of it. Small files are left to come back in batches, many per call, where a
+//! download costs about what keeping them would (a store record each) and nothing is spent on
+//! outputs no later action here needs (most of a Bazel build's). To vouch for the bytes,
+//! each file's metadata is taken after hashing, and it is kept only if it was last modified
+//! before hashing began (masking, which replaces a file, comes before that): the action has
+//! ended, so nothing should write it, and a file that was written anyway is left out of the
+//! cache, never kept under a digest it may not match.
 
 use std::collections::HashSet;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use tessera_cas::client::{CasClient, ClientError};
+use futures::StreamExt;
+use tessera_cas::client::{CasClient, ClientError, WRITE_CHUNK};
 use tessera_cas::digest::{Digest, DigestFunction, digest_message};
 use tessera_cas::tree::{TreeError, assemble_tree, build_tree};
 use tessera_proto::reapi::{ActionResult, Command, OutputDirectory, OutputFile, OutputSymlink};
 use thiserror::Error;
+use tokio_stream::wrappers::ReceiverStream;
 
-use crate::cache::{Transfer, plan_transfers};
+use crate::cache::{Kept, LocalCache, Transfer, plan_transfers};
 use crate::mask::{MaskError, SecretMask};
 use crate::materialize::relative_components;
 
 /// Most file bytes read into memory at once while uploading.
 const UPLOAD_GROUP_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes read at a time from a large file streamed to the CAS: several messages' worth, so
+/// the reading thread hands over seldom (on a loaded machine each hand-over can wait for a
+/// core).
+const STREAM_READ: usize = 8 * WRITE_CHUNK;
+/// Reads of a streamed file done ahead of the network.
+const STREAM_AHEAD: usize = 2;
 
 /// Why outputs could not be collected or uploaded.
 #[derive(Debug, Error)]
@@ -187,12 +209,32 @@ pub fn requested_outputs(command: &Command) -> Result<Vec<RequestedOutput>, Outp
 }
 
 /// Where the bytes of a blob to upload are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum BlobSource {
     /// In a local file.
-    File(PathBuf),
+    File(HashedFile),
     /// In memory.
     Bytes(Bytes),
+}
+
+/// A local file hashed for upload.
+#[derive(Debug, Clone)]
+pub struct HashedFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its metadata taken after hashing, if it was last modified before hashing began: then
+    /// the agent's cache may keep it as the blob it hashed to (see the module docs).
+    pub unchanged: Option<fs::Metadata>,
+}
+
+impl HashedFile {
+    /// `path`, hashed since `started`: stats it and notes whether it was modified before that.
+    fn stat(path: PathBuf, started: SystemTime) -> Self {
+        let unchanged = fs::symlink_metadata(&path)
+            .ok()
+            .filter(|meta| meta.modified().is_ok_and(|modified| modified < started));
+        HashedFile { path, unchanged }
+    }
 }
 
 /// Outputs found after the command ran, not yet uploaded.
@@ -205,18 +247,31 @@ pub struct CollectedOutputs {
 }
 
 /// The digest of a local file, and the blob to upload for it, after masking `mask`'s values
-/// in it. Blocking.
+/// in it. Not for the agent's cache: used for stdout and stderr, whose paths the agent writes
+/// again (for the next batch of a test worker). Blocking.
 pub fn file_blob(
     path: &Path,
     function: DigestFunction,
     mask: &SecretMask,
 ) -> Result<(Digest, BlobSource), OutputError> {
+    let (digest, mut file) = hashed_file(path, function, mask)?;
+    file.unchanged = None;
+    Ok((digest, BlobSource::File(file)))
+}
+
+/// Masks and hashes the file at `path`, noting whether the cache may keep it.
+fn hashed_file(
+    path: &Path,
+    function: DigestFunction,
+    mask: &SecretMask,
+) -> Result<(Digest, HashedFile), OutputError> {
     mask.mask_file(path)?;
+    let started = SystemTime::now();
     let file = fs::File::open(path).map_err(io_error("open", path))?;
     let digest = function
         .digest_reader(file)
         .map_err(io_error("read", path))?;
-    Ok((digest, BlobSource::File(path.to_owned())))
+    Ok((digest, HashedFile::stat(path.to_owned(), started)))
 }
 
 #[expect(
@@ -298,7 +353,14 @@ pub fn collect_outputs(
                     found: "file",
                 });
             }
-            let (digest, source) = file_blob(&path, function, mask)?;
+            // A file the agent wrote itself (a step's report) may be written again in place
+            // (a test worker's next batch): not for the cache.
+            let (digest, source) = if masked_already.contains(&output.path.as_str()) {
+                file_blob(&path, function, mask)?
+            } else {
+                let (digest, file) = hashed_file(&path, function, mask)?;
+                (digest, BlobSource::File(file))
+            };
             out.result.output_files.push(OutputFile {
                 path: output.path.clone(),
                 digest: Some(digest.to_proto()),
@@ -320,6 +382,7 @@ pub fn collect_outputs(
                 source: Box::new(source),
             };
             mask.mask_tree(&path)?;
+            let started = SystemTime::now();
             let tree = build_tree(&path, function).map_err(tree_error)?;
             let message = assemble_tree(&tree).map_err(tree_error)?;
             let (tree_digest, tree_bytes) = digest_message(function, &message);
@@ -335,7 +398,8 @@ pub fn collect_outputs(
                 out.blobs.push((digest, BlobSource::Bytes(bytes)));
             }
             for (digest, path) in tree.files {
-                out.blobs.push((digest, BlobSource::File(path)));
+                let hashed = HashedFile::stat(path, started);
+                out.blobs.push((digest, BlobSource::File(hashed)));
             }
         } else {
             return Err(OutputError::Unsupported {
@@ -347,8 +411,87 @@ pub fn collect_outputs(
     Ok(out)
 }
 
-/// Uploads whatever of `blobs` the CAS lacks.
-pub async fn upload(cas: &CasClient, blobs: &[(Digest, BlobSource)]) -> Result<(), OutputError> {
+/// Keeps the output files of `blobs` in the agent's `cache` (see the module docs), while
+/// uploading whatever of `blobs` the CAS lacks. A file the cache cannot keep costs a download
+/// later, not the lease: that is logged, not returned.
+pub async fn upload(
+    cas: &CasClient,
+    cache: &LocalCache,
+    blobs: &[(Digest, BlobSource)],
+) -> Result<(), OutputError> {
+    let keep = keep_in_cache(cache, blobs);
+    let (uploaded, kept) = tokio::join!(upload_missing(cas, blobs), keep);
+    match kept {
+        Ok(counts) => tracing::debug!(?counts, "outputs kept in the local cache"),
+        Err(error) => tracing::warn!(%error, "outputs not kept in the local cache"),
+    }
+    uploaded
+}
+
+/// How many output files [`keep_in_cache`] kept, and how.
+#[derive(Debug, Default)]
+pub struct KeptCounts {
+    /// Became the blob by hard link.
+    pub linked: usize,
+    /// Copied in (shared with files outside the exec root).
+    pub copied: usize,
+    /// Cached already.
+    pub present: usize,
+    /// Not kept: modified after hashing began, or the cache refused it.
+    pub skipped: usize,
+}
+
+/// Puts every large output file of `blobs` that is unchanged since it was hashed into `cache`
+/// (see the module docs).
+pub async fn keep_in_cache(
+    cache: &LocalCache,
+    blobs: &[(Digest, BlobSource)],
+) -> Result<KeptCounts, OutputError> {
+    let files: Vec<(Digest, HashedFile)> = blobs
+        .iter()
+        .filter_map(|(digest, source)| match source {
+            BlobSource::File(file) if is_streamed(digest) => Some((*digest, file.clone())),
+            _ => None,
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok(KeptCounts::default());
+    }
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut counts = KeptCounts::default();
+        for (digest, file) in files {
+            let Some(hashed) = &file.unchanged else {
+                counts.skipped += 1;
+                continue;
+            };
+            match cache.keep_output(&digest, &file.path, hashed) {
+                Ok(Kept::Linked) => counts.linked += 1,
+                Ok(Kept::Copied) => counts.copied += 1,
+                Ok(Kept::Present) => counts.present += 1,
+                Ok(Kept::Changed) => counts.skipped += 1,
+                Err(error) => {
+                    counts.skipped += 1;
+                    tracing::debug!(%digest, %error, "output not kept in the local cache");
+                }
+            }
+        }
+        counts
+    })
+    .await
+    .map_err(|e| OutputError::Io {
+        op: "keep outputs in",
+        path: PathBuf::from("a blocking task"),
+        source: io::Error::other(e.to_string()),
+    })
+}
+
+/// Uploads whatever of `blobs` the CAS lacks: small blobs in batches, read in bounded groups;
+/// large files streamed from disk.
+async fn upload_missing(
+    cas: &CasClient,
+    blobs: &[(Digest, BlobSource)],
+) -> Result<(), OutputError> {
     let mut seen = HashSet::new();
     let unique: Vec<&(Digest, BlobSource)> = blobs
         .iter()
@@ -364,6 +507,12 @@ pub async fn upload(cas: &CasClient, blobs: &[(Digest, BlobSource)]) -> Result<(
     let mut group: Vec<(Digest, BlobSource)> = Vec::new();
     let mut group_bytes = 0;
     for (digest, source) in todo {
+        if let BlobSource::File(file) = source
+            && is_streamed(digest)
+        {
+            upload_file(cas, digest, &file.path).await?;
+            continue;
+        }
         if !group.is_empty() && group_bytes + digest.size_bytes > UPLOAD_GROUP_BYTES {
             upload_group(cas, std::mem::take(&mut group)).await?;
             group_bytes = 0;
@@ -377,6 +526,68 @@ pub async fn upload(cas: &CasClient, blobs: &[(Digest, BlobSource)]) -> Result<(
     Ok(())
 }
 
+/// Whether `digest` goes through ByteStream rather than a batch.
+fn is_streamed(digest: &Digest) -> bool {
+    matches!(
+        plan_transfers(std::slice::from_ref(digest)).as_slice(),
+        [Transfer::Stream(_)]
+    )
+}
+
+/// Streams the file at `path` to the CAS as `digest`, read piece by piece on a blocking thread
+/// a few pieces ahead of the network. A read error ends the stream early (the CAS then refuses
+/// the short write) and is what is reported.
+async fn upload_file(cas: &CasClient, digest: &Digest, path: &Path) -> Result<(), OutputError> {
+    let (pieces, receiver) = tokio::sync::mpsc::channel::<Bytes>(STREAM_AHEAD);
+    let reading = path.to_owned();
+    let reader = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let mut file = fs::File::open(&reading)?;
+        loop {
+            let mut piece = vec![0u8; STREAM_READ];
+            let n = read_full(&mut file, &mut piece)?;
+            if n == 0 {
+                return Ok(());
+            }
+            piece.truncate(n);
+            if pieces.blocking_send(Bytes::from(piece)).is_err() {
+                // The upload ended (refused or failed): nothing more to send.
+                return Ok(());
+            }
+        }
+    });
+    // Each read goes out as ByteStream messages of the usual size.
+    let messages = ReceiverStream::new(receiver).flat_map(|read: Bytes| {
+        let pieces: Vec<Bytes> = (0..read.len())
+            .step_by(WRITE_CHUNK)
+            .map(|start| read.slice(start..read.len().min(start + WRITE_CHUNK)))
+            .collect();
+        futures::stream::iter(pieces)
+    });
+    let sent = cas.write_stream(digest, messages).await;
+    let read = reader.await.map_err(|e| OutputError::Io {
+        op: "read for upload",
+        path: path.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    read.map_err(io_error("read for upload", path))?;
+    sent?;
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends; how many bytes were read.
+fn read_full(file: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
 async fn upload_group(
     cas: &CasClient,
     group: Vec<(Digest, BlobSource)>,
@@ -387,8 +598,8 @@ async fn upload_group(
             .map(|(digest, source)| {
                 let data = match source {
                     BlobSource::Bytes(bytes) => bytes,
-                    BlobSource::File(path) => {
-                        Bytes::from(fs::read(&path).map_err(io_error("read", &path))?)
+                    BlobSource::File(file) => {
+                        Bytes::from(fs::read(&file.path).map_err(io_error("read", &file.path))?)
                     }
                 };
                 Ok((digest, data))
@@ -574,10 +785,10 @@ mod tests {
             Some(f.digest_of(b"token=***").to_proto())
         );
         assert_eq!(fs::read_to_string(root.join("tree/sub/x")).unwrap(), "***!");
-        assert!(out.blobs.contains(&(
-            f.digest_of(b"***!"),
-            BlobSource::File(root.join("tree/sub/x"))
-        )));
+        assert!(out.blobs.iter().any(|(digest, source)| {
+            *digest == f.digest_of(b"***!")
+                && matches!(source, BlobSource::File(file) if file.path == root.join("tree/sub/x"))
+        }));
         // Written by the agent with its fields masked: left as it is.
         assert_eq!(
             out.result.output_files[1].digest,

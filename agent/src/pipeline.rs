@@ -769,7 +769,7 @@ impl LeasePipeline {
         let mut wait = UPLOAD_RETRY_FIRST;
         let mut attempt = 1;
         loop {
-            match upload(&plan.cas, &collected.blobs).await {
+            match upload(&plan.cas, &self.cache, &collected.blobs).await {
                 Ok(()) => return Ok(collected.result),
                 Err(OutputError::Upload(error))
                     if attempt < UPLOAD_ATTEMPTS && is_transient(&error) =>

@@ -6,14 +6,27 @@
 //! action's environment (plus each command's own variables), isolation, limits and
 //! cancellation, and each in its own process group under its own timeout. Afterwards the agent
 //! writes the [`StepReport`] to `.tessera/report.json` in the exec root and, for a prepare
-//! step, copies the files it reported to `.tessera/prepared/`; the lease pipeline then uploads
-//! them as the action's declared outputs. A step whose tool failed ends with exit code 1 and a
+//! step, puts the files it reported in `.tessera/prepared/` without copying their bytes where
+//! the file system allows ([`keep_prepared_file`]); the lease pipeline then uploads them as the
+//! action's declared outputs and keeps them in the agent's cache. A step whose tool failed ends with exit code 1 and a
 //! [`StepReport::Failed`]: the tool's failure, not the agent's (no infrastructure retry), and
 //! never cached.
 //!
 //! Prepare steps may ask to keep directories (cargo's `target`) between runs:
 //! [`lay_out_persist`] puts an agent-local directory there, bind-mounted with namespaces or
 //! symlinked without.
+//!
+//! A prepared file is a reflink of the reported one (its own inode sharing the extents,
+//! copy-on-write: nothing done to either side ever shows in the other) where the file system
+//! has them (btrfs, XFS), else a hard link (same inode), else a copy. A hard link is safe for
+//! cargo's persistent `target`: rustc's linkers never rewrite an output in place (GNU ld and
+//! gold unlink it first, lld and mold write a new file and rename it; cargo removes a file
+//! before it hard-links an uplifted copy), so a rebuild gives the path a new inode and the
+//! prepared link keeps the old bytes, as checked by rebuilding a crate with a link held to its
+//! test binary. What must never happen to that shared inode is a change of mode: rustc refuses
+//! to overwrite a read-only output ("output file ... is not writeable"). So nothing on the
+//! agent changes the mode of a file with other links: masking replaces a file with a masked
+//! copy, and the cache copies such a file in rather than linking it (see `cache`).
 //!
 //! Does not lay out inputs, upload or report to the coordinator (see `lease`).
 
@@ -610,8 +623,9 @@ const SEEN_THROUGH_HINT: &str = "; the tool saw through the exec root to this ag
      directory, which happens without a mount namespace: cargo and nextest jobs need agents \
      with namespaces (run `tessera agent` as root)";
 
-/// Copies the files a prepare step reported into `<lease root>/PREPARED_DIR`, at their paths
-/// relative to the exec root, keeping their modes. Says which file is missing or outside.
+/// Puts the files a prepare step reported into `<lease root>/PREPARED_DIR`, at their paths
+/// relative to the exec root, keeping their modes (see [`keep_prepared_file`]). Says which
+/// file is missing or outside.
 fn copy_prepared(
     prepared: &Prepared,
     map: &PathMap,
@@ -634,7 +648,7 @@ fn copy_prepared(
         target
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::copy(map.to_local(file), &target))
+            .and_then(|()| keep_prepared_file(&map.to_local(file), &target))
             .map_err(|source| KeepPreparedError::File {
                 file: file.clone(),
                 source,
@@ -654,6 +668,81 @@ fn copy_prepared(
         )?;
     }
     Ok(())
+}
+
+/// How [`keep_prepared_file`] placed a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreparedBy {
+    /// A reflink: a new inode sharing the bytes, copy-on-write.
+    Reflink,
+    /// A hard link: the same inode.
+    HardLink,
+    /// A copy of the bytes.
+    Copy,
+}
+
+/// Places the file `from` at `to` (replacing a file there) as a reflink, else a hard link,
+/// else a copy; see the module docs for why a hard link is safe. Keeps the mode. Blocking.
+pub fn keep_prepared_file(from: &Path, to: &Path) -> io::Result<PreparedBy> {
+    match std::fs::remove_file(to) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    if reflink(from, to)? {
+        return Ok(PreparedBy::Reflink);
+    }
+    match std::fs::hard_link(from, to) {
+        Ok(()) => return Ok(PreparedBy::HardLink),
+        // Another file system, the link-count limit, or links not allowed here.
+        Err(error) if link_refused(&error) => {}
+        Err(error) => return Err(error),
+    }
+    std::fs::copy(from, to)?;
+    Ok(PreparedBy::Copy)
+}
+
+/// Makes `to` a reflink of `from` (`FICLONE`) with `from`'s mode; `false` (and no `to`) where
+/// the file system cannot.
+#[expect(
+    unsafe_code,
+    reason = "the FICLONE ioctl has no safe wrapper in std, libc or nix"
+)]
+fn reflink(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let source = std::fs::File::open(from)?;
+    let mode = source.metadata()?.permissions().mode() & 0o7777;
+    let target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(to)?;
+    // SAFETY: FICLONE takes the source descriptor as its argument; both descriptors are open
+    // for the duration of the call.
+    let cloned = unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) };
+    if cloned == 0 {
+        // The mode given at creation is cut by the umask; the prepared file must keep its own.
+        target.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    drop(target);
+    std::fs::remove_file(to)?;
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS) => {
+            Ok(false)
+        }
+        _ => Err(error),
+    }
+}
+
+/// Errors after which a copy can stand in for a hard link.
+fn link_refused(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EXDEV | libc::EMLINK | libc::EPERM | libc::EOPNOTSUPP)
+    )
 }
 
 fn write_report(report: &StepReport, lease_root: &Path) -> Result<(), StepError> {
@@ -844,6 +933,8 @@ mod tests {
         };
         copy_prepared(&kept, &map, &lease_root).unwrap();
         assert!(lease_root.join(PREPARED_DIR).join("target/t").is_file());
+        // Reported twice (a retried step): replaced, not refused.
+        copy_prepared(&kept, &map, &lease_root).unwrap();
 
         // Seen through the exec root into the agent's own directory: say why.
         let through = Prepared {
@@ -869,6 +960,40 @@ mod tests {
                 .to_string()
                 .starts_with("could not keep the prepared file /tmp/t/repo/target/gone: "),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn prepared_files_share_bytes_without_a_copy_and_keep_their_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let built = dir.path().join("target/debug/deps/suite-0123");
+        std::fs::create_dir_all(built.parent().unwrap()).unwrap();
+        std::fs::write(&built, b"\x7fELF test binary").unwrap();
+        std::fs::set_permissions(&built, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let prepared = dir.path().join("prepared-suite");
+        let by = keep_prepared_file(&built, &prepared).unwrap();
+        // Same file system here: never a copy.
+        assert_ne!(by, PreparedBy::Copy);
+        let (a, b) = (
+            std::fs::metadata(&built).unwrap(),
+            std::fs::metadata(&prepared).unwrap(),
+        );
+        assert_eq!(b.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(by == PreparedBy::HardLink, a.ino() == b.ino());
+        assert_eq!(std::fs::read(&prepared).unwrap(), b"\x7fELF test binary");
+        // A rebuild replaces the built file, as rustc's linkers do: the prepared one keeps
+        // the bytes it had.
+        std::fs::remove_file(&built).unwrap();
+        std::fs::write(&built, b"rebuilt").unwrap();
+        assert_eq!(std::fs::read(&prepared).unwrap(), b"\x7fELF test binary");
+        // The built file's mode is left alone (rustc cannot overwrite a read-only output).
+        let again = keep_prepared_file(&built, &prepared).unwrap();
+        assert_eq!(again, by);
+        assert_eq!(std::fs::read(&prepared).unwrap(), b"rebuilt");
+        assert_eq!(
+            std::fs::metadata(&built).unwrap().permissions().mode() & 0o200,
+            0o200
         );
     }
 

@@ -332,6 +332,42 @@ impl CasClient {
         Ok(response.committed_size)
     }
 
+    /// Uploads one blob with ByteStream Write, uncompressed, from `pieces` as they come (a
+    /// large file read a piece at a time, never whole in memory). The pieces must add up to the
+    /// blob; if they end short, the server refuses the write.
+    pub async fn write_stream(
+        &self,
+        digest: &Digest,
+        pieces: impl futures::Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<i64, ClientError> {
+        let mut resource = Some(format_write(&WriteResource {
+            instance_name: self.instance.clone(),
+            upload_id: uuid::Uuid::new_v4().to_string(),
+            compressor: Compressor::Identity,
+            digest: *digest,
+        }));
+        let size = digest.size_bytes;
+        let mut offset = 0u64;
+        let messages = futures::StreamExt::map(pieces, move |data| {
+            let write_offset = offset;
+            offset += data.len() as u64;
+            WriteRequest {
+                resource_name: resource.take().unwrap_or_default(),
+                write_offset: i64::try_from(write_offset).unwrap_or(i64::MAX),
+                finish_write: offset == size,
+                data,
+            }
+        });
+        let response = self
+            .bytestream
+            .clone()
+            .write(messages)
+            .await
+            .map_err(rpc("ByteStream.Write"))?
+            .into_inner();
+        Ok(response.committed_size)
+    }
+
     /// Downloads one blob with ByteStream Read (zstd on the wire if `compressed`) and verifies it.
     pub async fn read(&self, digest: &Digest, compressed: bool) -> Result<Bytes, ClientError> {
         let resource = format_read(&ReadResource {

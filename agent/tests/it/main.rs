@@ -6,6 +6,7 @@ mod harness;
 mod layers;
 mod leases;
 mod metrics;
+mod outputs;
 mod protocol;
 mod runner;
 mod session;

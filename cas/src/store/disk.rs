@@ -35,6 +35,7 @@ use super::index::{self, Entry, Form, Index, Victim, now_ms};
 use crate::digest::{Digest, DigestFunction, Hasher};
 use crate::meta::MetadataStore;
 use crate::space::{SpaceWatch, is_out_of_space};
+mod link;
 
 /// Uploads up to this size are held in memory and written in one go.
 const BUFFER_LIMIT: usize = 256 * 1024;
