@@ -227,15 +227,27 @@ struct Leader {
     stopping: bool,
 }
 
-/// Serves one agent on `socket` until it closes. Blocking, single-threaded: the process that
-/// calls it should have no other threads (it forks).
-pub fn serve(mut socket: UnixStream) -> io::Result<()> {
+/// Serves one agent on `socket` until it closes (or talking to it fails); either way the
+/// commands it started go with it. Blocking, single-threaded: the process that calls it
+/// should have no other threads (it forks).
+pub fn serve(socket: UnixStream) -> io::Result<()> {
+    let mut leaders: HashMap<i32, Leader> = HashMap::new();
+    let end = serve_until_closed(socket, &mut leaders);
+    for &pid in leaders.keys() {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    end
+}
+
+fn serve_until_closed(
+    mut socket: UnixStream,
+    leaders: &mut HashMap<i32, Leader>,
+) -> io::Result<()> {
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     chld.thread_block().map_err(io::Error::from)?;
     let signals = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(io::Error::from)?;
-    let mut leaders: HashMap<i32, Leader> = HashMap::new();
     let mut buffer = Vec::new();
     let mut fds: std::collections::VecDeque<OwnedFd> = std::collections::VecDeque::new();
     let mut pool = NetnsPool::default();
@@ -248,16 +260,13 @@ pub fn serve(mut socket: UnixStream) -> io::Result<()> {
         }
         if signals_ready {
             while let Ok(Some(_)) = signals.read_signal() {}
-            reap(&mut socket, &mut leaders)?;
+            reap(&mut socket, leaders)?;
         }
         if !socket_ready {
             continue;
         }
         if !receive(&socket, &mut buffer, &mut fds)? {
-            // The agent is gone: so are its commands.
-            for &pid in leaders.keys() {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            // The agent is gone.
             return Ok(());
         }
         for body in take_frames(&mut buffer)? {
@@ -292,7 +301,7 @@ pub fn serve(mut socket: UnixStream) -> io::Result<()> {
                     };
                     socket.write_all(&frame(&reply))?;
                 }
-                OP_SIGNAL => signal(&mut leaders, request.id, request.signal),
+                OP_SIGNAL => signal(leaders, request.id, request.signal),
                 OP_PING => {
                     let reply = Reply {
                         id: request.id,
