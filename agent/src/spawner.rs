@@ -231,6 +231,8 @@ struct Leader {
 /// commands it started go with it. Blocking, single-threaded: the process that calls it
 /// should have no other threads (it forks).
 pub fn serve(socket: UnixStream) -> io::Result<()> {
+    // Re-executed through /proc/self/exe, it would show as "exe" in ps, top and profiles.
+    let _ = nix::sys::prctl::set_name(c"tessera-spawner");
     let mut leaders: HashMap<i32, Leader> = HashMap::new();
     let end = serve_until_closed(socket, &mut leaders);
     for &pid in leaders.keys() {
