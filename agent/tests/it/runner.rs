@@ -385,3 +385,39 @@ async fn the_spawner_ends_with_the_agent() {
     drop(runner);
     assert!(wait_dead(&pid).await, "spawner {pid} outlived its agent");
 }
+
+/// Through one spawner, which keeps network namespaces made ahead: every sandboxed action
+/// still gets a pristine namespace (no traffic seen on its loopback: not one another action
+/// used), with loopback up and no way out.
+#[tokio::test]
+async fn every_action_gets_a_fresh_network_namespace() {
+    if !namespaces_available() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let runner = runner().await;
+    let cancel = CancellationToken::new();
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    for _ in 0..6 {
+        let s = Scratch::new();
+        // Loopback's received bytes, then traffic on it (which needs it up): a namespace used
+        // twice would show the first action's bytes.
+        let script = format!(
+            "readlink /proc/self/ns/net; awk '$1 == \"lo:\" {{ print $2 }}' /proc/net/dev; \
+             echo x > /dev/udp/127.0.0.1/9 && echo lo-up; \
+             (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo reached-host || echo cut-off"
+        );
+        let mut spec = s.sandboxed(&script, false);
+        spec.program = PathBuf::from("/bin/bash");
+        spec.argv[0] = "bash".into();
+        let exit = runner.run(&spec, &cancel).await.unwrap();
+        assert_eq!(exit, ProcessExit::Exited { exit_code: 0 }, "{}", s.stdout());
+        let out = s.stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_ne!(Path::new(lines[0]), host, "the host's network");
+        assert_eq!(lines[1..], ["0", "lo-up", "cut-off"], "{out}");
+        // Give the spawner an idle moment to make namespaces ahead.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
