@@ -4,7 +4,8 @@
 //! its pipeline (`pipeline`): fetch the input root into the local blob cache (`cache`), lay it
 //! out in a private exec root (`materialize`; a large root once per agent, as a shared layer
 //! under each lease's overlay mount: `layer`), run the command in its own process group,
-//! sandboxed where the host allows (`sandbox`), mask the lease's secret values in what it left
+//! sandboxed where the host allows (`sandbox`; forked by a small helper process, `spawner`,
+//! rather than by the agent itself), mask the lease's secret values in what it left
 //! (`mask`), collect and upload outputs (`outputs`), report
 //! the result as one of the outcomes `lease` lists.
 //! An action may ask to see its input root at a fixed path (`exec_root`); a job's steps arrive
@@ -28,6 +29,7 @@ pub mod pipeline;
 pub mod platform;
 pub mod sandbox;
 pub mod session;
+pub mod spawner;
 pub mod step;
 pub mod workdir;
 pub mod worker;
@@ -48,7 +50,7 @@ use crate::metrics::AgentMetrics;
 use crate::pipeline::{CasClients, LeasePipeline};
 use crate::platform::HostFacts;
 use crate::sandbox::{LocalRunner, ProcessRunner};
-use crate::workdir::WorkLayout;
+use crate::workdir::{Trash, WorkLayout};
 
 /// The agent's version, sent in `Hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -136,6 +138,7 @@ impl Agent {
         let endpoint = tessera_net::client::endpoint(&config.coordinator, &auth)?;
         let Prepared {
             layout,
+            trash,
             agent_id,
             cache,
             namespaces,
@@ -174,17 +177,17 @@ impl Agent {
             .initial_stream_window_size(16 * 1024 * 1024)
             .connect_lazy();
         let channel = tessera_net::client::link(channel, &auth);
-        let runner = runner.unwrap_or_else(|| {
-            Arc::new(LocalRunner {
-                kill_grace: config.kill_grace,
-            })
-        });
+        let runner = match runner {
+            Some(runner) => runner,
+            None => Arc::new(local_runner(config.kill_grace).await),
+        };
         let pipeline = Arc::new(LeasePipeline {
             agent_id: agent_id.clone(),
             cache: cache.clone(),
             cas: CasClients::new(channel.clone()),
             runner,
             layout,
+            trash,
             namespaces,
             keep_failed: config.keep_failed,
             workers: (!config.worker_idle.is_zero()).then(|| {
@@ -279,9 +282,23 @@ async fn serve_metrics(
     }))
 }
 
+/// The real runner: through a spawner process if this binary registered how to start one
+/// (`spawner::set_command`), else forking commands from the agent itself.
+async fn local_runner(kill_grace: Duration) -> LocalRunner {
+    match spawner::command() {
+        Some(command) => LocalRunner::with_spawner(kill_grace, command.clone()).await,
+        None => {
+            tracing::info!("no spawner registered: the agent forks commands itself");
+            LocalRunner::in_process(kill_grace)
+        }
+    }
+}
+
 /// What [`prepare`] readies.
 struct Prepared {
     layout: WorkLayout,
+    /// Deletes lease directories in the background.
+    trash: Trash,
     agent_id: String,
     cache: LocalCache,
     namespaces: bool,
@@ -307,8 +324,9 @@ async fn prepare(config: &AgentConfig) -> Result<Prepared, AgentError> {
         if let Err(error) = layer::unmount_stale(layout.root()) {
             tracing::warn!(%error, "failed to unmount the overlays a previous run left");
         }
+        let trash = Trash::open(layout.trash_dir()).map_err(work_error(&layout.trash_dir()))?;
         layout
-            .clear_exec_base()
+            .clear_exec_base(&trash)
             .map_err(work_error(&layout.exec_base()))?;
         let cache = LocalCache::open(layout.cache_dir(), config.max_cache_bytes)?;
         let namespaces = match config.sandbox {
@@ -334,6 +352,7 @@ async fn prepare(config: &AgentConfig) -> Result<Prepared, AgentError> {
         let layers = prepare_layers(&config, &layout)?;
         Ok(Prepared {
             layout,
+            trash,
             agent_id,
             cache,
             namespaces,

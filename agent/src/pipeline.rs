@@ -42,7 +42,7 @@ use crate::outputs::{
 use crate::platform::ExecutionOptions;
 use crate::sandbox::{Isolation, ProcessExit, ProcessRunner, ProcessSpec, resolve_program};
 use crate::step::{StepContext, StepEnd, check_persist_paths, lay_out_persist, run_step};
-use crate::workdir::{LeaseDirs, WorkLayout, remove_tree};
+use crate::workdir::{LeaseDirs, TRASH_MAX_PENDING, Trash, WorkLayout, remove_tree};
 use crate::worker::{LeaseWorker, WorkerKey, WorkerPool};
 use tessera_runners::step::{
     REPORT_PATH, StepReport, StepSpec, TRUST_DOMAIN_ENV, is_secret_placeholder,
@@ -121,6 +121,8 @@ pub struct LeasePipeline {
     pub runner: Arc<dyn ProcessRunner>,
     /// Where lease directories go.
     pub layout: WorkLayout,
+    /// Where finished leases' directories go (deleted in the background).
+    pub trash: Trash,
     /// Whether commands run in namespaces.
     pub namespaces: bool,
     /// Keep the directories of failed leases.
@@ -784,8 +786,8 @@ impl LeasePipeline {
         }
     }
 
-    /// Removes the lease's directories, or keeps them under `kept/` if it failed and
-    /// `keep_failed` is set.
+    /// Removes the lease's directories (into the trash, deleted in the background), or keeps
+    /// them under `kept/` if it failed and `keep_failed` is set.
     pub async fn clean_up(&self, lease: &Lease, seq: u64, outcome: &RunOutcome) {
         let dirs = self.layout.lease_dirs(seq);
         if self
@@ -798,7 +800,15 @@ impl LeasePipeline {
         }
         let keep = (self.keep_failed && outcome.is_failure())
             .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
+        if keep.is_none() && self.layers.is_none() && self.trash.pending() < TRASH_MAX_PENDING {
+            // One rename: not worth a hop to a blocking thread.
+            if let Err(error) = self.trash.discard(&dirs.base) {
+                tracing::warn!(%error, "failed to clean up a lease directory");
+            }
+            return;
+        }
         let layers = self.layers.clone();
+        let trash = self.trash.clone();
         let mask = SecretMask::of_lease(lease);
         let done = tokio::task::spawn_blocking(move || {
             // The overlay goes first: removing the lease's directories must not reach into
@@ -817,7 +827,7 @@ impl LeasePipeline {
                 tracing::info!(dir = %kept.display(), "kept the directory of a failed lease");
                 return Ok(());
             }
-            remove_tree(&dirs.base)
+            trash.discard(&dirs.base)
         })
         .await;
         match done {

@@ -18,6 +18,12 @@
 //! The code between `fork` and `exec` ([`Prepared::enter`]) only makes raw system calls on
 //! data prepared beforehand: no allocation, no locks, as async-signal-safety requires.
 //!
+//! Who forks: [`LocalRunner`] prepares everything here (checks, output files, [`Prepared`])
+//! and hands the fork to the agent's spawner process (`spawner`), a small process that forks
+//! cheaply and runs the same `Prepared::enter`; the agent forks itself only if no spawner could
+//! start. Either way the caller sees the same [`ProcessExit`]; a spawner that dies mid-command
+//! is [`SpawnError::SpawnerLost`], the agent's fault.
+//!
 //! Stopping (timeout or cancel): SIGTERM to the group, a grace period while the group still
 //! exists, then SIGKILL. A command that exits normally has any leftover group members
 //! SIGKILLed, so no stray daemon outlives its action.
@@ -30,6 +36,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -44,6 +51,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::platform::{DEFAULT_NOFILE, Limits};
+use crate::spawner::{SpawnedChild, Spawner, SpawnerCommand, WirePrepared};
 
 /// Spawn attempts when `exec` reports ETXTBSY (an executable still open for writing somewhere:
 /// the fork/exec race with a file another thread has just written).
@@ -142,6 +150,16 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The spawner process could not be started.
+    #[error("failed to start the spawner process: {source}")]
+    SpawnerStart {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The spawner process died before the command's end was known (the command was killed).
+    #[error("the agent's spawner process died while the command ran")]
+    SpawnerLost,
     /// `exec` (or the sandbox set-up before it) failed.
     #[error("failed to start {program}: {source}")]
     Exec {
@@ -159,7 +177,9 @@ impl SpawnError {
     pub fn is_user_error(&self) -> bool {
         match self {
             SpawnError::NoArguments | SpawnError::NotFound { .. } | SpawnError::Invalid(_) => true,
-            SpawnError::Prepare { .. } => false,
+            SpawnError::Prepare { .. }
+            | SpawnError::SpawnerStart { .. }
+            | SpawnError::SpawnerLost => false,
             SpawnError::Exec { source, .. } => matches!(
                 source.raw_os_error(),
                 Some(libc::ENOENT | libc::EACCES | libc::ENOEXEC | libc::ENOTDIR | libc::EISDIR)
@@ -193,7 +213,7 @@ pub trait ProcessRunner: Send + Sync + 'static {
 /// stopped whole: by [`Started::stop`], or killed when this is dropped.
 #[derive(Debug)]
 pub struct Started {
-    child: tokio::process::Child,
+    child: Child,
     group: Pid,
     kill_grace: Duration,
     /// The leader was reaped (its group id may be reused from then on).
@@ -203,7 +223,7 @@ pub struct Started {
 impl Started {
     /// Waits for the leader to exit, then kills what is left of its group; its exit code.
     pub async fn wait(&mut self) -> io::Result<i32> {
-        let status = self.child.wait().await?;
+        let status = self.child.wait().await.map_err(io::Error::other)?;
         let _ = killpg(self.group, Signal::SIGKILL);
         self.reaped = true;
         Ok(exit_code(status))
@@ -228,24 +248,106 @@ impl Started {
         }
         let status = stop_group(self.kill_grace, self.group, &mut self.child).await;
         self.reaped = true;
-        status.map_or(128 + libc::SIGKILL, exit_code)
+        status.ok().flatten().map_or(128 + libc::SIGKILL, exit_code)
     }
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
         if !self.reaped {
-            let _ = killpg(self.group, Signal::SIGKILL);
-            let _ = self.child.start_kill();
+            self.child.kill_group(self.group);
         }
     }
 }
 
-/// Runs commands as real processes on this host.
+/// A running command: forked by this process, or by the spawner.
+#[derive(Debug)]
+enum Child {
+    /// Forked here (no spawner).
+    Local(tokio::process::Child),
+    /// Forked by the spawner process.
+    Spawned(SpawnedChild),
+}
+
+impl Child {
+    async fn wait(&mut self) -> Result<ExitStatus, SpawnError> {
+        match self {
+            Child::Local(child) => child.wait().await.map_err(|source| SpawnError::Exec {
+                program: PathBuf::from("(waiting)"),
+                source,
+            }),
+            Child::Spawned(child) => child.wait().await,
+        }
+    }
+
+    /// The exit status if the leader has exited; `Err` if that can no longer be known.
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, SpawnError> {
+        match self {
+            Child::Local(child) => child.try_wait().map_err(|source| SpawnError::Exec {
+                program: PathBuf::from("(waiting)"),
+                source,
+            }),
+            Child::Spawned(child) => child.try_wait(),
+        }
+    }
+
+    /// Signals the group while its leader is known not to be reaped (so `group` is still
+    /// this command's).
+    fn signal_group(&self, group: Pid, signal: Signal) {
+        match self {
+            Child::Local(_) => {
+                let _ = killpg(group, signal);
+            }
+            Child::Spawned(child) => child.signal_group(signal),
+        }
+    }
+
+    /// Kills the whole group now, without waiting.
+    fn kill_group(&mut self, group: Pid) {
+        self.signal_group(group, Signal::SIGKILL);
+        if let Child::Local(child) = self {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Runs commands as real processes on this host: through the spawner process if it has one,
+/// else forking them itself.
 #[derive(Debug, Clone)]
 pub struct LocalRunner {
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// Forks the commands; `None`: this process forks them.
+    pub spawner: Option<Arc<Spawner>>,
+}
+
+impl LocalRunner {
+    /// A runner that forks commands itself.
+    pub fn in_process(kill_grace: Duration) -> LocalRunner {
+        LocalRunner {
+            kill_grace,
+            spawner: None,
+        }
+    }
+
+    /// A runner whose commands the spawner `command` starts; forking them itself (with a
+    /// warning) if the spawner cannot start.
+    pub async fn with_spawner(kill_grace: Duration, command: SpawnerCommand) -> LocalRunner {
+        match Spawner::start(command.clone()).await {
+            Ok(spawner) => LocalRunner {
+                kill_grace,
+                spawner: Some(Arc::new(spawner)),
+            },
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    program = %command.program.display(),
+                    "the spawner process could not start: the agent forks commands itself"
+                );
+                LocalRunner::in_process(kill_grace)
+            }
+        }
+    }
 }
 
 impl ProcessRunner for LocalRunner {
@@ -262,7 +364,7 @@ impl ProcessRunner for LocalRunner {
         spec: &'a ProcessSpec,
     ) -> BoxFuture<'a, Result<Option<Started>, SpawnError>> {
         Box::pin(async move {
-            let (child, group) = spawn_child(spec).await?;
+            let (child, group) = spawn_child(spec, self.spawner.as_deref()).await?;
             Ok(Some(Started {
                 child,
                 group,
@@ -279,7 +381,7 @@ impl LocalRunner {
         spec: &ProcessSpec,
         cancel: &CancellationToken,
     ) -> Result<ProcessExit, SpawnError> {
-        let (mut child, group) = spawn_child(spec).await?;
+        let (mut child, group) = spawn_child(spec, self.spawner.as_deref()).await?;
         let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
         let sleep_until_deadline = async {
             match deadline {
@@ -289,23 +391,20 @@ impl LocalRunner {
         };
         tokio::select! {
             status = child.wait() => {
-                let status = status.map_err(|source| SpawnError::Exec {
-                    program: spec.program.clone(),
-                    source,
-                })?;
+                let status = status?;
                 // Whatever the command left behind in its group goes with it.
                 let _ = killpg(group, Signal::SIGKILL);
                 Ok(ProcessExit::Exited { exit_code: exit_code(status) })
             }
             () = sleep_until_deadline => {
-                let status = stop_group(self.kill_grace, group, &mut child).await;
+                let status = stop_group(self.kill_grace, group, &mut child).await?;
                 Ok(ProcessExit::TimedOut {
                     after: spec.timeout.unwrap_or_default(),
                     exit_code: status.map_or(128 + libc::SIGKILL, exit_code),
                 })
             }
             () = cancel.cancelled() => {
-                stop_group(self.kill_grace, group, &mut child).await;
+                stop_group(self.kill_grace, group, &mut child).await?;
                 Ok(ProcessExit::Cancelled)
             }
         }
@@ -313,38 +412,50 @@ impl LocalRunner {
 }
 
 /// SIGTERM to the group; SIGKILL once the grace period is over if any member is left.
-/// Returns the leader's exit status.
+/// Returns the leader's exit status; `Err` if the spawner died meanwhile (the group is then
+/// killed).
 async fn stop_group(
     kill_grace: Duration,
     group: Pid,
-    child: &mut tokio::process::Child,
-) -> Option<ExitStatus> {
-    let _ = killpg(group, Signal::SIGTERM);
+    child: &mut Child,
+) -> Result<Option<ExitStatus>, SpawnError> {
+    child.signal_group(group, Signal::SIGTERM);
     let until = Instant::now() + kill_grace;
     let mut status = None;
     loop {
         if status.is_none() {
             // The leader must be reaped: a zombie still counts as a group member.
-            status = child.try_wait().ok().flatten();
+            status = child.try_wait()?;
         }
         if status.is_some() && killpg(group, None) == Err(Errno::ESRCH) {
-            return status;
+            return Ok(status);
         }
         if Instant::now() >= until {
             break;
         }
         tokio::time::sleep(GROUP_POLL).await;
     }
-    let _ = killpg(group, Signal::SIGKILL);
     match status {
-        Some(status) => Some(status),
-        None => child.wait().await.ok(),
+        Some(status) => {
+            let _ = killpg(group, Signal::SIGKILL);
+            Ok(Some(status))
+        }
+        None => {
+            child.signal_group(group, Signal::SIGKILL);
+            let status = child.wait().await.ok();
+            // What the leader left behind in its group goes with it.
+            let _ = killpg(group, Signal::SIGKILL);
+            Ok(status)
+        }
     }
 }
 
-/// Starts `spec` in a new session (its own process group) with its isolation: the child and
-/// its group.
-async fn spawn_child(spec: &ProcessSpec) -> Result<(tokio::process::Child, Pid), SpawnError> {
+/// Starts `spec` in a new session (its own process group) with its isolation, through
+/// `spawner` if given: the child and its group.
+async fn spawn_child(
+    spec: &ProcessSpec,
+    spawner: Option<&Spawner>,
+) -> Result<(Child, Pid), SpawnError> {
     let (argv0, rest) = spec.argv.split_first().ok_or(SpawnError::NoArguments)?;
     check_command(spec)?;
     let create = |path: &Path| {
@@ -358,6 +469,11 @@ async fn spawn_child(spec: &ProcessSpec) -> Result<(tokio::process::Child, Pid),
     // The working directory is entered in `Prepared::enter`, after the mounts it may
     // depend on (std would enter it before `pre_exec` runs).
     let prepared = Prepared::new(&spec.isolation, Some(&spec.cwd))?;
+    if let Some(spawner) = spawner {
+        let child = spawn_through(spawner, spec, &prepared, &stdout, &stderr).await?;
+        let group = Pid::from_raw(child.pid());
+        return Ok((Child::Spawned(child), group));
+    }
 
     let mut command = std::process::Command::new(&spec.program);
     command
@@ -378,7 +494,47 @@ async fn spawn_child(spec: &ProcessSpec) -> Result<(tokio::process::Child, Pid),
             source: io::Error::other("child exited before its pid was known"),
         });
     };
-    Ok((child, Pid::from_raw(pid)))
+    Ok((Child::Local(child), Pid::from_raw(pid)))
+}
+
+/// Has the spawner start `spec`, retrying on ETXTBSY as [`spawn_retrying`] does.
+async fn spawn_through(
+    spawner: &Spawner,
+    spec: &ProcessSpec,
+    prepared: &Prepared,
+    stdout: &File,
+    stderr: &File,
+) -> Result<SpawnedChild, SpawnError> {
+    let program = spec.program.as_os_str().as_bytes();
+    let mut wait = SPAWN_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        let started = spawner
+            .spawn(
+                program,
+                &spec.argv,
+                &spec.env,
+                prepared.to_wire(),
+                stdout,
+                stderr,
+            )
+            .await?;
+        match started {
+            Ok(child) => return Ok(child),
+            Err(libc::ETXTBSY) if attempt < SPAWN_ATTEMPTS => {
+                tracing::debug!(program = %spec.program.display(), attempt, "exec hit ETXTBSY; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(errno) => {
+                return Err(SpawnError::Exec {
+                    program: spec.program.clone(),
+                    source: io::Error::from_raw_os_error(errno),
+                });
+            }
+        }
+    }
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
@@ -442,7 +598,7 @@ async fn spawn_retrying(
     reason = "pre_exec runs Prepared::enter between fork and exec; it only makes raw system \
               calls on data prepared before the fork"
 )]
-fn install_pre_exec(command: &mut std::process::Command, prepared: Prepared) {
+pub(crate) fn install_pre_exec(command: &mut std::process::Command, prepared: Prepared) {
     // SAFETY: `Prepared::enter` is async-signal-safe: it allocates nothing and takes no
     // locks, it only issues system calls on memory that was set up before the fork.
     unsafe {
@@ -450,9 +606,10 @@ fn install_pre_exec(command: &mut std::process::Command, prepared: Prepared) {
     }
 }
 
-/// Everything the child needs between fork and exec, computed before the fork.
+/// Everything the child needs between fork and exec, computed before the fork (by the agent,
+/// which sends it to the spawner as [`WirePrepared`] when it has one).
 #[derive(Debug)]
-struct Prepared {
+pub(crate) struct Prepared {
     namespaces: bool,
     private_network: bool,
     /// Recursive bind mounts made in order before /tmp is covered: extra directories into the
@@ -464,6 +621,12 @@ struct Prepared {
     /// The working directory, entered last.
     cwd: Option<CString>,
     rlimits: Vec<(Resource, libc::rlim_t, libc::rlim_t)>,
+    /// With a private network: a fresh network namespace, loopback up, made ahead of time for
+    /// this command alone (the spawner keeps a few), joined instead of creating one.
+    pub(crate) netns: Option<std::os::fd::OwnedFd>,
+    /// SIGKILL the command when this process, its parent, dies (only for a single-threaded
+    /// forker, the spawner: the signal follows the forking thread).
+    pub(crate) die_with_parent: Option<Pid>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -486,7 +649,83 @@ fn create_mount_point(path: &Path) -> Result<(), SpawnError> {
     })
 }
 
+/// The resources `Prepared` may limit, numbered for the spawner's wire.
+const WIRE_RESOURCES: [Resource; 4] = [
+    Resource::RLIMIT_CORE,
+    Resource::RLIMIT_NOFILE,
+    Resource::RLIMIT_AS,
+    Resource::RLIMIT_CPU,
+];
+
 impl Prepared {
+    /// As sent to the spawner.
+    /// Whether the command gets a private network namespace.
+    pub(crate) fn private_network(&self) -> bool {
+        self.namespaces && self.private_network
+    }
+
+    pub(crate) fn to_wire(&self) -> WirePrepared {
+        let bytes = |c: &CString| c.as_bytes().to_vec();
+        WirePrepared {
+            namespaces: self.namespaces,
+            private_network: self.private_network,
+            bind_sources: self.binds.iter().map(|b| bytes(&b.source)).collect(),
+            bind_targets: self.binds.iter().map(|b| bytes(&b.target)).collect(),
+            tmp_source: self.tmp_source.as_ref().map(bytes),
+            cwd: self.cwd.as_ref().map(bytes),
+            rlimits: self
+                .rlimits
+                .iter()
+                .flat_map(|&(resource, soft, hard)| {
+                    let code = WIRE_RESOURCES.iter().position(|&r| r == resource);
+                    [code.unwrap_or(usize::MAX) as u64, soft, hard]
+                })
+                .collect(),
+        }
+    }
+
+    /// As the spawner received it; anything malformed is an error.
+    pub(crate) fn from_wire(wire: &WirePrepared) -> io::Result<Prepared> {
+        let c = |bytes: &Vec<u8>| CString::new(bytes.clone()).map_err(io::Error::other);
+        if wire.bind_sources.len() != wire.bind_targets.len()
+            || !wire.rlimits.len().is_multiple_of(3)
+        {
+            return Err(io::Error::other("malformed sandbox in a spawn request"));
+        }
+        let binds = wire
+            .bind_sources
+            .iter()
+            .zip(&wire.bind_targets)
+            .map(|(source, target)| {
+                Ok(Bind {
+                    source: c(source)?,
+                    target: c(target)?,
+                })
+            })
+            .collect::<io::Result<_>>()?;
+        let rlimits = wire
+            .rlimits
+            .chunks(3)
+            .map(|triple| {
+                let resource = usize::try_from(triple[0])
+                    .ok()
+                    .and_then(|code| WIRE_RESOURCES.get(code))
+                    .ok_or_else(|| io::Error::other("unknown resource in a spawn request"))?;
+                Ok((*resource, triple[1], triple[2]))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Prepared {
+            namespaces: wire.namespaces,
+            private_network: wire.private_network,
+            binds,
+            tmp_source: wire.tmp_source.as_ref().map(c).transpose()?,
+            cwd: wire.cwd.as_ref().map(c).transpose()?,
+            rlimits,
+            netns: None,
+            die_with_parent: None,
+        })
+    }
+
     fn new(isolation: &Isolation, cwd: Option<&Path>) -> Result<Prepared, SpawnError> {
         let limits = &isolation.limits;
         let mut rlimits = vec![(Resource::RLIMIT_CORE, 0, 0)];
@@ -510,6 +749,8 @@ impl Prepared {
             tmp_source: None,
             cwd: cwd.map(c_path).transpose()?,
             rlimits,
+            netns: None,
+            die_with_parent: None,
         };
         if !isolation.namespaces {
             return Ok(prepared);
@@ -554,16 +795,29 @@ impl Prepared {
     /// Runs in the child between fork and exec: new session, limits, namespaces, working
     /// directory.
     fn enter(&self) -> Result<(), Errno> {
+        if let Some(parent) = self.die_with_parent {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The parent may have died before that took effect.
+            if nix::unistd::getppid() != parent {
+                return Err(Errno::ESRCH);
+            }
+        }
         nix::unistd::setsid()?;
         for &(resource, soft, hard) in &self.rlimits {
             nix::sys::resource::setrlimit(resource, soft, hard)?;
         }
         if self.namespaces {
             let mut flags = CloneFlags::CLONE_NEWNS;
-            if self.private_network {
+            let fresh_network = self.private_network && self.netns.is_none();
+            if fresh_network {
                 flags |= CloneFlags::CLONE_NEWNET;
             }
             nix::sched::unshare(flags)?;
+            if self.private_network
+                && let Some(netns) = &self.netns
+            {
+                nix::sched::setns(netns, CloneFlags::CLONE_NEWNET)?;
+            }
             // Mounts made below must not propagate back to the host.
             mount(None, c"/", MsFlags::MS_REC | MsFlags::MS_PRIVATE)?;
             for bind in &self.binds {
@@ -576,7 +830,7 @@ impl Prepared {
             if let Some(tmp) = &self.tmp_source {
                 mount(Some(tmp), c"/tmp", MsFlags::MS_BIND | MsFlags::MS_REC)?;
             }
-            if self.private_network {
+            if fresh_network {
                 loopback_up()?;
             }
         }
@@ -629,7 +883,7 @@ fn mount(source: Option<&CStr>, target: &CStr, flags: MsFlags) -> Result<(), Err
     unsafe_code,
     reason = "socket/ioctl/close on a stack ifreq: the only way to set interface flags"
 )]
-fn loopback_up() -> Result<(), Errno> {
+pub(crate) fn loopback_up() -> Result<(), Errno> {
     // SAFETY: plain system calls; `ifreq` is a C struct for which all-zero is valid, and the
     // union member read and written is the one SIOCGIFFLAGS/SIOCSIFFLAGS use.
     unsafe {

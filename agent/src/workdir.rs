@@ -12,15 +12,27 @@
 //! WORK_DIR/kept/LEASE-ATTEMPT/  a failed lease's directory, with --keep-failed
 //! WORK_DIR/persist/HASH/     a directory prepare steps keep between runs (see step)
 //! WORK_DIR/probe/            scratch for the sandbox probe at startup
+//! WORK_DIR/trash/            lease directories waiting to be deleted (see [`Trash`])
 //! ```
 //!
 //! The exec root is laid out (or a layer mounted) at the path [`WorkLayout::lease_dirs`] gives;
 //! an action that asks
 //! for a fixed path (`exec-root`) sees it there instead (see `exec_root`). Short names keep
 //! these paths short.
+//!
+//! A finished lease's directory is not deleted on the lease's path: [`Trash::discard`] renames
+//! it into `trash/` (same file system, one `rename`) and a background thread deletes it. At
+//! start, the previous run's lease directories and trash are deleted the same way. The trash is
+//! bounded: while [`TRASH_MAX_PENDING`] directories wait, a discard deletes its directory
+//! itself, so a slow disk slows leases down rather than letting the trash fill it.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+/// Directories the trash holds at most before [`Trash::discard`] deletes inline.
+pub const TRASH_MAX_PENDING: usize = 64;
 
 /// The layout of one work directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,10 +118,103 @@ impl WorkLayout {
         self.root.join("kept").join(format!("{safe}-{attempt}"))
     }
 
-    /// Removes lease directories left by an earlier run of the agent. Blocking.
-    pub fn clear_exec_base(&self) -> io::Result<()> {
-        remove_tree(&self.exec_base())?;
+    /// Where discarded directories wait to be deleted.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.root.join("trash")
+    }
+
+    /// Moves lease directories left by an earlier run of the agent to `trash` and makes the
+    /// parent of lease directories afresh. Blocking.
+    pub fn clear_exec_base(&self, trash: &Trash) -> io::Result<()> {
+        trash.discard(&self.exec_base())?;
         std::fs::create_dir_all(self.exec_base())
+    }
+}
+
+/// Deletes directories in the background (see the module docs). Clones share one thread,
+/// which ends when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Trash {
+    inner: Arc<TrashInner>,
+}
+
+#[derive(Debug)]
+struct TrashInner {
+    dir: PathBuf,
+    /// Names in `dir` for the deleting thread.
+    queue: Mutex<mpsc::Sender<PathBuf>>,
+    /// Directories renamed into `dir` and not yet deleted.
+    pending: Arc<AtomicUsize>,
+    /// Makes names in `dir` unique for the life of the process.
+    next: AtomicU64,
+}
+
+impl Trash {
+    /// Opens (creating) the trash directory `dir` and starts its deleting thread, which first
+    /// deletes whatever an earlier run left there. Blocking.
+    pub fn open(dir: PathBuf) -> io::Result<Trash> {
+        std::fs::create_dir_all(&dir)?;
+        let (sender, receiver) = mpsc::channel::<PathBuf>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        for entry in std::fs::read_dir(&dir)? {
+            pending.fetch_add(1, Ordering::SeqCst);
+            // The receiver is alive: it is moved into the thread below.
+            let _ = sender.send(entry?.path());
+        }
+        let thread_pending = pending.clone();
+        std::thread::Builder::new()
+            .name("tessera-trash".into())
+            .spawn(move || {
+                for path in receiver {
+                    if let Err(error) = remove_tree(&path) {
+                        tracing::warn!(%error, dir = %path.display(), "failed to delete trash");
+                    }
+                    thread_pending.fetch_sub(1, Ordering::SeqCst);
+                }
+            })?;
+        Ok(Trash {
+            inner: Arc::new(TrashInner {
+                dir,
+                queue: Mutex::new(sender),
+                pending,
+                next: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Removes `path` (a directory on the trash's file system) from sight at once and deletes
+    /// it in the background; inline if the trash is full or `path` cannot be renamed into it.
+    /// A missing `path` is fine. Blocking.
+    pub fn discard(&self, path: &Path) -> io::Result<()> {
+        let inner = &self.inner;
+        if inner.pending.load(Ordering::SeqCst) >= TRASH_MAX_PENDING {
+            return remove_tree(path);
+        }
+        let seq = inner.next.fetch_add(1, Ordering::Relaxed);
+        let target = inner.dir.join(format!("{}-{seq}", std::process::id()));
+        match std::fs::rename(path, &target) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // Another file system (EXDEV), or something in the way: delete it here.
+            Err(_) => return remove_tree(path),
+        }
+        inner.pending.fetch_add(1, Ordering::SeqCst);
+        let sent = inner
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(target);
+        if let Err(mpsc::SendError(target)) = sent {
+            // The thread is gone (it never panics on purpose); do its work.
+            inner.pending.fetch_sub(1, Ordering::SeqCst);
+            return remove_tree(&target);
+        }
+        Ok(())
+    }
+
+    /// Directories waiting to be deleted.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.load(Ordering::SeqCst)
     }
 }
 
@@ -188,6 +293,59 @@ mod tests {
             layout.kept_dir("ops/abc:1", 2),
             PathBuf::from("/w/kept/ops_abc_1-2")
         );
+    }
+
+    fn wait_empty(trash: &Trash) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while trash.pending() > 0 {
+            assert!(std::time::Instant::now() < until, "the trash never emptied");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn discarded_directories_vanish_at_once_and_are_deleted_in_the_background() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = WorkLayout::new(dir.path());
+        // What a killed agent left: a trash entry and a lease directory.
+        std::fs::create_dir_all(layout.trash_dir().join("old/sub")).unwrap();
+        let old_lease = layout.lease_dirs(3);
+        old_lease.create().unwrap();
+        std::fs::write(old_lease.root.join("f"), "f").unwrap();
+        std::fs::set_permissions(&old_lease.root, std::fs::Permissions::from_mode(0o500)).unwrap();
+
+        let trash = Trash::open(layout.trash_dir()).unwrap();
+        layout.clear_exec_base(&trash).unwrap();
+        assert!(layout.exec_base().is_dir());
+        assert!(!old_lease.base.exists());
+
+        let lease = layout.lease_dirs(4);
+        lease.create().unwrap();
+        trash.discard(&lease.base).unwrap();
+        assert!(!lease.base.exists(), "gone from sight at once");
+        trash.discard(&lease.base).unwrap();
+        wait_empty(&trash);
+        let left: Vec<_> = std::fs::read_dir(layout.trash_dir()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_full_trash_deletes_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let trash_dir = dir.path().join("trash");
+        std::fs::create_dir_all(&trash_dir).unwrap();
+        let trash = Trash::open(trash_dir).unwrap();
+        // Fill the count as a backlog would, without the thread seeing anything.
+        trash
+            .inner
+            .pending
+            .fetch_add(TRASH_MAX_PENDING, Ordering::SeqCst);
+        let victim = dir.path().join("v");
+        std::fs::create_dir_all(victim.join("a")).unwrap();
+        trash.discard(&victim).unwrap();
+        assert!(!victim.exists());
+        assert_eq!(trash.pending(), TRASH_MAX_PENDING, "nothing was queued");
     }
 
     #[test]

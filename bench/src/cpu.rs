@@ -50,6 +50,44 @@ pub(crate) fn process(pid: &str) -> Result<CpuTimes, BenchError> {
     })
 }
 
+/// The live children of process `parent` whose command line holds the argument `arg`: an
+/// agent's helper processes (its spawner), whose CPU is the agent's own while they run.
+pub(crate) fn helpers_of(parent: u32, arg: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut helpers = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the reads: skip it.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if parent_of(&stat) != Some(parent) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|&b| b == 0).any(|a| a == arg.as_bytes()) {
+            helpers.push(pid);
+        }
+    }
+    helpers
+}
+
+/// The parent pid in a `stat` line (field 4, the second after the name).
+fn parent_of(stat: &str) -> Option<u32> {
+    let close = stat.rfind(')')?;
+    stat[close + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
 /// CPU time of this process's live threads whose name starts with one of `prefixes`. A thread
 /// that exits between two samples takes its time with it, so compare long-lived threads only.
 pub(crate) fn threads_named(prefixes: &[&str]) -> Result<Duration, BenchError> {
@@ -123,6 +161,22 @@ mod tests {
         let (name, fields) = parse_stat(line).expect("parses");
         assert_eq!(name, "a (b) c");
         assert_eq!(fields, [17, 5, 3, 2]);
+    }
+
+    #[test]
+    fn helpers_are_found_by_parent_and_argument() {
+        let line = "4243 (tessera) S 4242 4242 4242 0 -1 4194560 100 0 0 0 1 2 3 4 20 0";
+        assert_eq!(parent_of(line), Some(4242));
+        // `$0` of the shell: the marker is in its command line.
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 5; true", "tessera-bench-helper-marker"])
+            .spawn()
+            .expect("sh");
+        let found = helpers_of(std::process::id(), "tessera-bench-helper-marker");
+        let _ = shell.kill();
+        let _ = shell.wait();
+        assert_eq!(found, [shell.id()]);
+        assert!(helpers_of(std::process::id(), "no-such-argument").is_empty());
     }
 
     #[test]

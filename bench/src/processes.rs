@@ -57,12 +57,17 @@ pub(crate) fn tessera_binary(explicit: Option<&Path>) -> Result<PathBuf, BenchEr
         })
 }
 
+/// The argument an agent's spawner process runs with (`tessera_agent::spawner::SPAWNER_ARG`;
+/// the bench does not link the agent).
+const SPAWNER_ARG: &str = "__agent-spawner";
+
 /// CPU of the cluster's processes.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ClusterCpu {
     /// The coordinator.
     pub coordinator: CpuTimes,
-    /// All agents together (their `children` are the actions they ran).
+    /// All agents together, with their spawner processes (part of the agent): `own` is the
+    /// agents' and spawners' own CPU, `children` the actions they ran and reaped.
     pub agents: CpuTimes,
 }
 
@@ -296,11 +301,17 @@ impl Cluster {
             })
     }
 
-    /// CPU spent so far by the coordinator and by the agents.
+    /// CPU spent so far by the coordinator and by the agents (each with its spawner).
     pub(crate) fn cpu(&self) -> Result<ClusterCpu, BenchError> {
         let mut agents = CpuTimes::default();
         for agent in &self.agents {
             agents = agents + cpu::process(&agent.id().to_string())?;
+            for spawner in cpu::helpers_of(agent.id(), SPAWNER_ARG) {
+                // It may have just exited (its time then moves to the agent's children).
+                if let Ok(times) = cpu::process(&spawner.to_string()) {
+                    agents = agents + times;
+                }
+            }
         }
         Ok(ClusterCpu {
             coordinator: cpu::process(&self.coordinator.id().to_string())?,

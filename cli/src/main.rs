@@ -1,7 +1,7 @@
 //! `tessera`: the one user-facing binary. A doorway: parse the command line, run the command on
 //! an async runtime, turn its result into a documented exit code (see [`tessera_cli::exit`]:
 //! 0 success, 1 tests failed, 2 usage, bad input or configuration, 3 infrastructure,
-//! 130 interrupted).
+//! 130 interrupted). Run with `__agent-spawner`, it is an agent's spawner process instead.
 
 use std::process::ExitCode;
 
@@ -10,6 +10,12 @@ use tessera_cli::command::Cli;
 use tessera_cli::exit::{CliError, exit_code};
 
 fn main() -> ExitCode {
+    // The agent's spawner is this binary re-executed (see `tessera_agent::spawner`): it must
+    // start before any thread exists, so before the runtime.
+    if let Some(code) = tessera_agent::spawner::main_if_spawner() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    tessera_agent::spawner::set_command(tessera_agent::spawner::SpawnerCommand::this_binary());
     let cli = Cli::parse();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,7 +4,7 @@
 //! (or refuses it, when the test asks).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -394,6 +394,7 @@ impl TestAgent {
             ..AgentConfig::default()
         };
         adjust(&mut config);
+        use_test_spawner();
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
         let handle = tokio::spawn(Agent::run_with_abort(
@@ -442,6 +443,20 @@ pub(crate) fn input_dir(files: &[(&str, &str, bool)]) -> tempfile::TempDir {
         std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     dir
+}
+
+/// How the tests start the agent's spawner: its own binary (this test binary's `main` is
+/// libtest's, so it cannot re-execute itself as `tessera` does).
+pub(crate) fn spawner_command() -> tessera_agent::spawner::SpawnerCommand {
+    tessera_agent::spawner::SpawnerCommand {
+        program: PathBuf::from(env!("CARGO_BIN_EXE_tessera-spawner")),
+        args: Vec::new(),
+    }
+}
+
+/// Makes agents started in this process fork their commands through the spawner.
+pub(crate) fn use_test_spawner() {
+    tessera_agent::spawner::set_command(spawner_command());
 }
 
 /// Whether this host lets the agent use namespaces (root, or a permissive kernel).

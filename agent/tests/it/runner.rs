@@ -1,6 +1,7 @@
 //! The real process runner, running real commands: exit codes, exact environment, working
 //! directory, timeouts and cancellation that take the whole process group down, limits, the
-//! network and /tmp namespaces, and the ETXTBSY retry.
+//! network and /tmp namespaces, and the ETXTBSY retry. Commands go through the spawner process
+//! as they do in the agent; a few checks run without it (the fallback) and with it killed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use tessera_agent::sandbox::{Isolation, LocalRunner, ProcessExit, ProcessRunner, ProcessSpec};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::namespaces_available;
+use crate::harness::{namespaces_available, spawner_command};
 
 struct Scratch {
     dir: tempfile::TempDir,
@@ -57,14 +58,18 @@ impl Scratch {
     }
 }
 
-fn runner() -> LocalRunner {
-    LocalRunner {
-        kill_grace: Duration::from_millis(300),
-    }
+const KILL_GRACE: Duration = Duration::from_millis(300);
+
+/// A runner with its own spawner process.
+async fn runner() -> LocalRunner {
+    let runner = LocalRunner::with_spawner(KILL_GRACE, spawner_command()).await;
+    assert!(runner.spawner.is_some(), "the spawner did not start");
+    runner
 }
 
 async fn run(spec: &ProcessSpec) -> ProcessExit {
     runner()
+        .await
         .run(spec, &CancellationToken::new())
         .await
         .expect("spawn")
@@ -161,7 +166,7 @@ async fn cancel_stops_the_group() {
     let spec = s.spec("sleep 30 & echo $! > grandchild; wait");
     let cancel = CancellationToken::new();
     let started = Instant::now();
-    let runner = runner();
+    let runner = runner().await;
     let (exit, ()) = tokio::join!(runner.run(&spec, &cancel), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         cancel.cancel();
@@ -207,6 +212,7 @@ async fn a_missing_program_is_the_actions_fault() {
     let mut spec = s.spec("");
     spec.program = s.root().join("nope");
     let err = runner()
+        .await
         .run(&spec, &CancellationToken::new())
         .await
         .unwrap_err();
@@ -294,4 +300,124 @@ async fn tmp_is_private_and_the_exec_root_stays_reachable() {
     );
     // The private /tmp holds the marker and the path back to the exec root, nothing else.
     assert_eq!(s.stdout(), "2\nin");
+}
+
+#[tokio::test]
+async fn without_a_spawner_the_agent_forks_commands_itself() {
+    // A spawner that cannot start leaves the runner forking in-process.
+    let broken = tessera_agent::spawner::SpawnerCommand {
+        program: PathBuf::from("/bin/false"),
+        args: Vec::new(),
+    };
+    let runner = LocalRunner::with_spawner(KILL_GRACE, broken).await;
+    assert!(runner.spawner.is_none());
+    let s = Scratch::new();
+    let cancel = CancellationToken::new();
+    let exit = runner
+        .run(&s.spec("echo in-process; exit 3"), &cancel)
+        .await;
+    assert_eq!(exit.unwrap(), ProcessExit::Exited { exit_code: 3 });
+    assert_eq!(s.stdout(), "in-process\n");
+    let mut spec = s.spec("trap '' TERM; sleep 30 & echo $! > grandchild; wait");
+    spec.timeout = Some(Duration::from_millis(200));
+    let exit = runner.run(&spec, &cancel).await.unwrap();
+    assert!(matches!(exit, ProcessExit::TimedOut { .. }), "{exit:?}");
+    let grandchild = std::fs::read_to_string(s.root().join("grandchild")).unwrap();
+    assert!(wait_dead(&grandchild).await);
+}
+
+/// A spawner SIGKILLed mid-action: the action fails as the agent's fault (so it is retried
+/// elsewhere), its processes are killed, and the next action gets a new spawner.
+#[tokio::test]
+async fn a_dead_spawner_fails_its_actions_as_agent_errors_and_is_replaced() {
+    let runner = runner().await;
+    let spawner = runner.spawner.clone().unwrap();
+    let first = spawner.pid().unwrap();
+    let s = Scratch::new();
+    let spec = s.spec("echo $$ > leader; sleep 30 & echo $! > grandchild; wait");
+    let cancel = CancellationToken::new();
+    let (exit, ()) = tokio::join!(runner.run(&spec, &cancel), async {
+        let leader = s.root().join("leader");
+        let until = Instant::now() + Duration::from_secs(5);
+        // Started as far as the agent knows, and its child forked.
+        while !(s.root().join("grandchild").exists() && spawner.running() == 1)
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(leader.exists(), "the command never started");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(first).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    });
+    let error = exit.unwrap_err();
+    assert!(!error.is_user_error(), "{error}");
+    assert!(error.to_string().contains("spawner"), "{error}");
+    for file in ["leader", "grandchild"] {
+        let pid = std::fs::read_to_string(s.root().join(file)).unwrap();
+        assert!(wait_dead(&pid).await, "{file} {pid} survived its spawner");
+    }
+
+    let s = Scratch::new();
+    let exit = runner.run(&s.spec("echo again"), &cancel).await.unwrap();
+    assert_eq!(exit, ProcessExit::Exited { exit_code: 0 });
+    assert_eq!(s.stdout(), "again\n");
+    let second = spawner.pid().unwrap();
+    assert_ne!(first, second, "a new spawner serves the next action");
+}
+
+/// Dropping the runner (the agent going away) closes the spawner's socket: it exits.
+#[tokio::test]
+async fn the_spawner_ends_with_the_agent() {
+    let runner = runner().await;
+    let pid = runner.spawner.as_ref().unwrap().pid().unwrap().to_string();
+    let s = Scratch::new();
+    assert_eq!(
+        runner
+            .run(&s.spec("exit 0"), &CancellationToken::new())
+            .await
+            .unwrap(),
+        ProcessExit::Exited { exit_code: 0 }
+    );
+    assert!(!is_dead(&pid));
+    drop(runner);
+    assert!(wait_dead(&pid).await, "spawner {pid} outlived its agent");
+}
+
+/// Through one spawner, which keeps network namespaces made ahead: every sandboxed action
+/// still gets a pristine namespace (no traffic seen on its loopback: not one another action
+/// used), with loopback up and no way out.
+#[tokio::test]
+async fn every_action_gets_a_fresh_network_namespace() {
+    if !namespaces_available() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let runner = runner().await;
+    let cancel = CancellationToken::new();
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    for _ in 0..6 {
+        let s = Scratch::new();
+        // Loopback's received bytes, then traffic on it (which needs it up): a namespace used
+        // twice would show the first action's bytes.
+        let script = format!(
+            "readlink /proc/self/ns/net; awk '$1 == \"lo:\" {{ print $2 }}' /proc/net/dev; \
+             echo x > /dev/udp/127.0.0.1/9 && echo lo-up; \
+             (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo reached-host || echo cut-off"
+        );
+        let mut spec = s.sandboxed(&script, false);
+        spec.program = PathBuf::from("/bin/bash");
+        spec.argv[0] = "bash".into();
+        let exit = runner.run(&spec, &cancel).await.unwrap();
+        assert_eq!(exit, ProcessExit::Exited { exit_code: 0 }, "{}", s.stdout());
+        let out = s.stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_ne!(Path::new(lines[0]), host, "the host's network");
+        assert_eq!(lines[1..], ["0", "lo-up", "cut-off"], "{out}");
+        // Give the spawner an idle moment to make namespaces ahead.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
