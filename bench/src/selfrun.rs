@@ -172,7 +172,13 @@ fn progress(message: &str) {
 pub(crate) fn run(plan: &SelfPlan, data_parent: Option<&Path>) -> Result<Report, BenchError> {
     let parent = data_parent.unwrap_or(Path::new(DEFAULT_PARENT));
     let environment = Environment::here(&plan.command, Some(parent));
-    let binary = tessera_binary(plan.tessera.as_deref())?;
+    // Absolute: the commands run in the clones.
+    let binary = tessera_binary(plan.tessera.as_deref())?
+        .canonicalize()
+        .map_err(|source| BenchError::Io {
+            what: "find the tessera binary",
+            source,
+        })?;
     let top = git_output(&["rev-parse", "--show-toplevel"], None)?;
     let head = git_output(&["rev-parse", "HEAD"], Some(Path::new(&top)))?;
     let scratch = tempfile::Builder::new()
