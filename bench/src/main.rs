@@ -12,6 +12,7 @@ mod bazel;
 mod cas;
 mod compare;
 mod cpu;
+mod crosscheck;
 mod dashboard;
 mod error;
 mod job;
@@ -23,6 +24,7 @@ mod reopen;
 mod report;
 mod sched;
 mod security;
+mod selfrun;
 mod server;
 mod shard;
 mod sim_agent;
@@ -129,6 +131,62 @@ enum Command {
     /// Runs the real metadata store and a coordinator in this process (its own runtime, its
     /// HTTP port on loopback) in a temporary directory.
     Dashboard(DashboardArgs),
+    /// Our own suite: cold and warm `tessera run -- cargo test --workspace` on the embedded
+    /// cluster against `cargo nextest run --workspace` (and `cargo test --doc`), on fresh clones
+    /// of HEAD with fresh target directories and cluster state, in one run; then whether
+    /// `tessera run` reported exactly the tests the tools list, all passed.
+    ///
+    /// Runs the `tessera` binary beside this one (build it with `cargo build --release -p
+    /// tessera-cli`), cargo and cargo-nextest as child processes. About 20 minutes for the
+    /// workspace on 2 cores; --quick tests one small crate. The figures behind `.ci/test.sh`'s
+    /// default runner.
+    #[command(name = "self")]
+    SelfRun(SelfArgs),
+    /// Not a benchmark: CI's check (`.ci/test.sh`, mode `tessera`) that `tessera run` ran
+    /// exactly the tests `cargo nextest list` and `cargo test --doc -- --list` list, and that
+    /// every one passed. Names each test missing, extra, repeated or not passed.
+    ///
+    /// Exit codes: 0 the same tests, all passed; 1 a difference or a failure; 3 an input
+    /// could not be read.
+    Crosscheck(CrosscheckArgs),
+}
+
+#[derive(Args)]
+struct SelfArgs {
+    /// Only `-p tessera-config` on both sides, to try the benchmark out. The targets stay the
+    /// same.
+    #[arg(long)]
+    quick: bool,
+    /// Only these packages on both sides (repeat, or separate with commas) [default: the
+    /// workspace].
+    #[arg(
+        long = "package",
+        short = 'p',
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    packages: Vec<String>,
+    /// The `tessera` binary [default: `tessera` beside this executable].
+    #[arg(long, value_name = "PATH")]
+    tessera: Option<PathBuf>,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct CrosscheckArgs {
+    /// `tessera run --json`'s output.
+    #[arg(long, value_name = "FILE")]
+    events: PathBuf,
+    /// `tessera run --junit`'s report, held against the events too.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// `cargo nextest list --message-format json`'s output.
+    #[arg(long, value_name = "FILE")]
+    nextest_list: PathBuf,
+    /// `cargo test --doc -- --list`'s stdout and stderr, in one file.
+    #[arg(long, value_name = "FILE")]
+    doc_list: PathBuf,
 }
 
 #[derive(Args)]
@@ -415,6 +473,23 @@ fn main() -> ExitCode {
                 &args.output,
             )
         }
+        Command::SelfRun(args) => {
+            let mut plan = if args.quick {
+                selfrun::SelfPlan::quick()
+            } else {
+                selfrun::SelfPlan::full()
+            };
+            if !args.packages.is_empty() {
+                plan.packages = args.packages.clone();
+                plan.command = std::env::args().collect::<Vec<_>>().join(" ");
+            }
+            plan.tessera = args.tessera.clone();
+            finish(
+                selfrun::run(&plan, args.output.data_dir.as_deref()),
+                &args.output,
+            )
+        }
+        Command::Crosscheck(args) => run_crosscheck(&args),
         Command::Bazel(args) => {
             let mut plan = if args.quick {
                 BazelPlan::quick()
@@ -497,6 +572,44 @@ fn run_suites(args: &SuitesArgs) -> ExitCode {
         suites::run(&plan, args.output.data_dir.as_deref()),
         &args.output,
     )
+}
+
+/// CI's cross-check of `tessera run` against the tools' listings.
+fn run_crosscheck(args: &CrosscheckArgs) -> ExitCode {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let checked = (|| {
+        let mut listed =
+            crosscheck::nextest_list(&read(&args.nextest_list)?).map_err(|e| e.to_string())?;
+        listed.extend(crosscheck::doctest_list(&read(&args.doc_list)?).map_err(|e| e.to_string())?);
+        let reported =
+            crosscheck::tessera_events(&read(&args.events)?).map_err(|e| e.to_string())?;
+        let junit = match &args.junit {
+            Some(path) => Some(crosscheck::junit_tests(&read(path)?).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok::<_, String>((
+            listed.len(),
+            crosscheck::compare(&listed, &reported, junit.as_ref()),
+        ))
+    })();
+    match checked {
+        Ok((listed, findings)) if findings.is_clean() => {
+            println!("crosscheck: tessera run ran the {listed} tests the tools list, all passed");
+            ExitCode::SUCCESS
+        }
+        Ok((listed, findings)) => {
+            eprint!(
+                "crosscheck: tessera run against the {listed} tests the tools list:\n{findings}"
+            );
+            ExitCode::from(EXIT_MISSED)
+        }
+        Err(why) => {
+            eprintln!("crosscheck: {why}");
+            ExitCode::from(EXIT_INFRA)
+        }
+    }
 }
 
 /// Runs the `shard` benchmark (no coordinator, no runtime: a simulation and sleeping threads).
