@@ -13,7 +13,8 @@
 //! is proven wrong; one that cannot be read, or whose name is not a blob's, is left in place.
 //! Records loaded at start are trusted for reads through the store (those hash as they go) and
 //! hashed on first use by callers that link the file instead ([`DiskStore::raw_path`],
-//! [`DiskStore::find_missing_verified`]).
+//! [`DiskStore::find_missing_verified`]); a read of part of a blob already hashed in this
+//! process reads that part alone ([`BlobStore::open_range`]), like those callers trusting it.
 //!
 //! A full file system refuses the blob being written with [`StoreError::OutOfSpace`], leaving
 //! nothing behind, and is reported once per episode ([`SpaceWatch`]). A record that cannot be
