@@ -4,9 +4,10 @@
 //! Measures, each beside its limits and target (the targets come from the issue that asked for
 //! this benchmark):
 //! - ByteStream upload and download of fresh random blobs (incompressible, so they are stored
-//!   raw and compression cannot flatter the result), per digest function and size, one
-//!   transfer at a time: at least 60% of the lower of the single-core hash rate and the
-//!   loopback TCP rate, both measured just before. Uploads also show how fast the same bytes
+//!   raw and compression cannot flatter the result), per digest function and size, up to four
+//!   blobs in flight as a build client moves them (a large download itself comes as parallel
+//!   ranged Reads, see [`CasClient::read`]): at least 60% of the lower of the single-core hash
+//!   rate and the loopback TCP rate, both measured just before. Uploads also show how fast the same bytes
 //!   go into new files on the store's filesystem, for context only.
 //! - FindMissingBlobs with Bazel's batch of 15,000 digests, half present: p50 at most 20 ms.
 //! - 4 KiB blobs each uploaded by its own ByteStream Write, many in flight as Bazel does with
@@ -18,10 +19,11 @@
 //! (recorded and scraped every second), and FindMissingBlobs must keep 95% of its throughput
 //! without metrics ([`compare::combine`]).
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -44,6 +46,9 @@ const MIB: usize = 1024 * 1024;
 
 /// A large transfer must reach this share of the lower of its two limits.
 const TRANSFER_SHARE: f64 = 0.6;
+/// Blobs moved at once, as a client with several to move does (Bazel uploads and downloads
+/// up to `--jobs` at a time).
+const TRANSFERS_IN_FLIGHT: usize = 4;
 /// Largest median FindMissingBlobs latency allowed, milliseconds.
 const FIND_MISSING_MAX_P50_MS: f64 = 20.0;
 /// Fewest small writes per second allowed.
@@ -271,44 +276,79 @@ async fn transfer_rows(
     ])
 }
 
-/// Uploads `transfer.count` fresh blobs one at a time, then downloads each (verified by the
-/// client); returns the upload and download rates in MB/s. Generating and hashing the blobs
-/// before upload is not timed: a client knows its digests before it uploads.
+/// Uploads `transfer.count` fresh blobs, [`TRANSFERS_IN_FLIGHT`] at a time, then downloads
+/// each (verified by the client) the same way; returns the upload and download rates in MB/s.
+/// Generating and hashing the blobs before upload is not timed: a client knows its digests
+/// before it uploads.
 async fn transfer_rates(
     client: &CasClient,
     transfer: Transfer,
     rng: &mut SmallRng,
 ) -> Result<(f64, f64), BenchError> {
     let function = client.function();
-    let mut uploading = Duration::ZERO;
-    let mut digests = Vec::with_capacity(transfer.count);
-    for _ in 0..transfer.count {
-        let data = random_bytes(rng, transfer.size);
-        let digest = function.digest_of(&data);
-        let start = Instant::now();
-        let committed = client.write(&digest, data, false).await?;
-        uploading += start.elapsed();
-        if committed != digest.size_i64() {
-            return Err(BenchError::Unexpected(format!(
-                "upload of {digest} committed {committed} bytes"
-            )));
+    let blobs: Vec<(Digest, Bytes)> = (0..transfer.count)
+        .map(|_| {
+            let data = random_bytes(rng, transfer.size);
+            (function.digest_of(&data), data)
+        })
+        .collect();
+    let start = Instant::now();
+    in_flight(blobs.clone(), |(digest, data)| {
+        let client = client.clone();
+        async move {
+            let committed = client.write(&digest, data, false).await?;
+            if committed != digest.size_i64() {
+                return Err(BenchError::Unexpected(format!(
+                    "upload of {digest} committed {committed} bytes"
+                )));
+            }
+            Ok(())
         }
-        digests.push(digest);
-    }
-    let mut downloading = Duration::ZERO;
-    for digest in &digests {
-        let start = Instant::now();
-        let data = client.read(digest, false).await?;
-        downloading += start.elapsed();
-        if data.len() != transfer.size {
-            return Err(BenchError::Unexpected(format!(
-                "download of {digest} returned {} bytes",
-                data.len()
-            )));
+    })
+    .await?;
+    let uploading = start.elapsed();
+    let digests: Vec<Digest> = blobs.into_iter().map(|(digest, _)| digest).collect();
+    let start = Instant::now();
+    in_flight(digests, |digest| {
+        let client = client.clone();
+        async move {
+            let data = client.read(&digest, false).await?;
+            if data.len() != transfer.size {
+                return Err(BenchError::Unexpected(format!(
+                    "download of {digest} returned {} bytes",
+                    data.len()
+                )));
+            }
+            Ok(())
         }
-    }
+    })
+    .await?;
+    let downloading = start.elapsed();
     let total = (transfer.size * transfer.count) as u64;
     Ok((mb_per_s(total, uploading), mb_per_s(total, downloading)))
+}
+
+/// Runs `transfer` on each of `items`, each on its own task, at most [`TRANSFERS_IN_FLIGHT`]
+/// at once; the first error ends the run.
+async fn in_flight<T, F, Fut>(items: Vec<T>, transfer: F) -> Result<(), BenchError>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<(), BenchError>> + Send + 'static,
+{
+    let mut running = JoinSet::new();
+    for item in items {
+        if running.len() >= TRANSFERS_IN_FLIGHT
+            && let Some(joined) = running.join_next().await
+        {
+            joined??;
+        }
+        running.spawn(transfer(item));
+    }
+    while let Some(joined) = running.join_next().await {
+        joined??;
+    }
+    Ok(())
 }
 
 /// FindMissingBlobs with half of the digests present, the same list every call.

@@ -3,9 +3,13 @@
 //! large ones through ByteStream, optionally zstd-compressed on the wire. Everything
 //! downloaded is verified against its digest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
 use tessera_net::client::{ClientAuth, Link};
 use tessera_proto::bytestream::byte_stream_client::ByteStreamClient;
 use tessera_proto::bytestream::{ReadRequest, WriteRequest};
@@ -24,6 +28,19 @@ use crate::store::codec::{self, CodecError, StreamDecoder};
 
 /// Bytes per ByteStream WriteRequest.
 pub const WRITE_CHUNK: usize = 1024 * 1024;
+/// Blobs at least this large are downloaded as ranged Reads, several at once.
+pub const PARTS_MIN: u64 = 16 * 1024 * 1024;
+/// Bytes per ranged Read of a download in parts.
+pub const READ_PART: usize = 8 * 1024 * 1024;
+/// ByteStream Writes in flight for one [`CasClient::upload`].
+const WRITES_IN_FLIGHT: usize = 4;
+/// Ranged Reads in flight for one download.
+const PARTS_IN_FLIGHT: usize = 4;
+/// Response header by which a Tessera server says that it served a ranged Read from that
+/// part's bytes alone (it had hashed the blob before). Without it (another server, or a blob
+/// the server must read whole to verify or to decompress), further parts would each cost the
+/// server a pass over the whole blob, so the client fetches the rest in one Read instead.
+pub const PART_ONLY_HEADER: &str = "tessera-read-part-only";
 /// Digests per FindMissingBlobs call.
 const FIND_MISSING_CHUNK: usize = 16_384;
 
@@ -193,9 +210,10 @@ impl CasClient {
         let mut batch: Vec<(Digest, Bytes)> = Vec::new();
         let mut batch_bytes = 0u64;
         let headroom = self.max_batch_bytes.saturating_sub(64 * 1024).max(1);
+        let mut large = Vec::new();
         for (digest, data) in blobs.iter().filter(|(d, _)| missing.contains(d)) {
             if digest.size_bytes > headroom / 2 {
-                self.write(digest, data.clone(), compress).await?;
+                large.push((*digest, data.clone()));
                 continue;
             }
             if batch_bytes + digest.size_bytes > headroom {
@@ -209,6 +227,12 @@ impl CasClient {
         if !batch.is_empty() {
             self.batch_update(batch, compress).await?;
         }
+        // Several at once: one stream alone moves far less than the connection can.
+        futures::stream::iter(large)
+            .map(|(digest, data)| async move { self.write(&digest, data, compress).await })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?;
         Ok(())
     }
 
@@ -368,9 +392,137 @@ impl CasClient {
         Ok(response.committed_size)
     }
 
-    /// Downloads one blob with ByteStream Read (zstd on the wire if `compressed`) and verifies it.
+    /// Downloads one blob with ByteStream Read (zstd on the wire if `compressed`) and verifies
+    /// it. Blobs of [`PARTS_MIN`] bytes or more, uncompressed, come in parts
+    /// ([`CasClient::read_in_parts`]).
     pub async fn read(&self, digest: &Digest, compressed: bool) -> Result<Bytes, ClientError> {
-        let resource = format_read(&ReadResource {
+        if !compressed && digest.size_bytes >= PARTS_MIN {
+            return self.read_in_parts(digest, READ_PART).await;
+        }
+        self.read_whole(digest, compressed).await
+    }
+
+    /// Downloads one blob as ranged Reads of `part` bytes, [`PARTS_IN_FLIGHT`] at once, each
+    /// on its own task (so that both the decoding and the server's reads spread over cores),
+    /// hashing the parts in order as they arrive and verifying the whole. One stream tops out
+    /// well below what the machine can move.
+    ///
+    /// If the server says it had to read the whole blob for the first part
+    /// ([`PART_ONLY_HEADER`] missing), the blob is read in one Read instead. The server does
+    /// not hash a part it serves from the part alone, so if the whole does not match, the blob is read again in one Read: the server verifies that one as it
+    /// streams and removes the blob if it is corrupt at rest, so the next upload repairs it.
+    pub async fn read_in_parts(&self, digest: &Digest, part: usize) -> Result<Bytes, ClientError> {
+        match self.fetch_parts(digest, part.max(1)).await {
+            Err(ClientError::Mismatch(error)) => {
+                tracing::warn!(%digest, %error, "blob read in parts does not match; reading it whole");
+                self.read_whole(digest, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_parts(&self, digest: &Digest, part: usize) -> Result<Bytes, ClientError> {
+        let size = usize::try_from(digest.size_bytes)
+            .map_err(|_| ClientError::Protocol(format!("blob {digest} is too large to hold")))?;
+        // One allocation for the whole blob, split into disjoint parts that each task fills;
+        // joined again without copies.
+        let mut rest = BytesMut::with_capacity(size);
+        let mut offset = part.min(size);
+        let first = split_front(&mut rest, offset);
+        let (part_only_tx, part_only_rx) = tokio::sync::oneshot::channel();
+        let mut fetches = VecDeque::from([self.spawn_part(digest, 0, first, Some(part_only_tx))]);
+        if !part_only_rx.await.unwrap_or(false) {
+            drop(fetches);
+            return self.read_whole(digest, false).await;
+        }
+        let mut hasher = Some(digest.function.hasher());
+        let mut whole = BytesMut::new();
+        loop {
+            while fetches.len() < PARTS_IN_FLIGHT && offset < size {
+                let buf = split_front(&mut rest, part.min(size - offset));
+                let len = buf.capacity();
+                fetches.push_back(self.spawn_part(digest, offset, buf, None));
+                offset += len;
+            }
+            let Some(fetch) = fetches.pop_front() else {
+                break;
+            };
+            let filled = fetch.await?;
+            // Hashed off the runtime's threads: a part takes milliseconds.
+            let (updated, filled) = tokio::task::spawn_blocking({
+                let mut hasher = hasher.take().expect("hasher is returned after each part");
+                move || {
+                    hasher.update(&filled);
+                    (hasher, filled)
+                }
+            })
+            .await
+            .map_err(|e| ClientError::Protocol(format!("hashing task failed: {e}")))?;
+            hasher = Some(updated);
+            whole.unsplit(filled);
+        }
+        let hasher = hasher.expect("hasher is returned after each part");
+        digest.verify_against(&hasher.finish_digest())?;
+        Ok(whole.freeze())
+    }
+
+    /// Starts fetching `buf.capacity()` bytes of `digest` from `offset` into `buf`; tells
+    /// `part_only` whether the server read only that part.
+    fn spawn_part(
+        &self,
+        digest: &Digest,
+        offset: usize,
+        buf: BytesMut,
+        part_only: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> PartFetch {
+        let client = self.clone();
+        let digest = *digest;
+        PartFetch(tokio::spawn(async move {
+            client.fetch_part(&digest, offset, buf, part_only).await
+        }))
+    }
+
+    async fn fetch_part(
+        &self,
+        digest: &Digest,
+        offset: usize,
+        mut buf: BytesMut,
+        part_only: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> Result<BytesMut, ClientError> {
+        let want = buf.capacity();
+        let response = self
+            .bytestream
+            .clone()
+            .read(ReadRequest {
+                resource_name: self.read_resource(digest, false),
+                read_offset: offset as i64,
+                read_limit: want as i64,
+            })
+            .await
+            .map_err(rpc("ByteStream.Read"))?;
+        if let Some(part_only) = part_only {
+            let _ = part_only.send(response.metadata().contains_key(PART_ONLY_HEADER));
+        }
+        let mut stream = response.into_inner();
+        while let Some(message) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
+            if message.data.len() > want - buf.len() {
+                return Err(ClientError::Protocol(format!(
+                    "Read of {digest} from {offset} sent more than the {want} bytes asked for"
+                )));
+            }
+            buf.extend_from_slice(&message.data);
+        }
+        if buf.len() != want {
+            return Err(ClientError::Protocol(format!(
+                "Read of {digest} from {offset} ended after {} of {want} bytes",
+                buf.len()
+            )));
+        }
+        Ok(buf)
+    }
+
+    fn read_resource(&self, digest: &Digest, compressed: bool) -> String {
+        format_read(&ReadResource {
             instance_name: self.instance.clone(),
             compressor: if compressed {
                 Compressor::Zstd
@@ -378,12 +530,21 @@ impl CasClient {
                 Compressor::Identity
             },
             digest: *digest,
-        });
+        })
+    }
+
+    /// Downloads one blob in one ByteStream Read (zstd on the wire if `compressed`), hashing
+    /// as the bytes arrive so that verification overlaps the transfer.
+    pub async fn read_whole(
+        &self,
+        digest: &Digest,
+        compressed: bool,
+    ) -> Result<Bytes, ClientError> {
         let mut stream = self
             .bytestream
             .clone()
             .read(ReadRequest {
-                resource_name: resource,
+                resource_name: self.read_resource(digest, compressed),
                 read_offset: 0,
                 read_limit: 0,
             })
@@ -396,7 +557,6 @@ impl CasClient {
         } else {
             None
         };
-        // Hash as the bytes arrive, so verification overlaps the transfer.
         let mut hasher = digest.function.hasher();
         while let Some(message) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
             match &mut decoder {
@@ -464,5 +624,31 @@ impl CasClient {
             out.insert(digest, data);
         }
         Ok(out)
+    }
+}
+
+/// The first `len` bytes of `buf`'s free capacity, split off as a buffer of their own.
+fn split_front(buf: &mut BytesMut, len: usize) -> BytesMut {
+    let rest = buf.split_off(len);
+    std::mem::replace(buf, rest)
+}
+
+/// A part being fetched on its own task; dropping it (a download that failed or was given up)
+/// stops the fetch.
+struct PartFetch(tokio::task::JoinHandle<Result<BytesMut, ClientError>>);
+
+impl Future for PartFetch {
+    type Output = Result<BytesMut, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| Err(ClientError::Protocol(format!("part fetch failed: {e}"))))
+        })
+    }
+}
+
+impl Drop for PartFetch {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

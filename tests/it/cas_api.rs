@@ -265,6 +265,118 @@ async fn bytestream_read_honours_offset_and_limit() {
     }
 }
 
+/// A blob above the client's threshold for parallel ranged Reads, not a multiple of a part.
+const LARGE: usize = tessera_cas::client::PARTS_MIN as usize + 3 * 1024 * 1024 + 17;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_blob_read_in_parallel_parts_reassembles_and_verifies() {
+    let server = TestServer::start().await;
+    for function in DigestFunction::ALL {
+        let client = server.client(function).await;
+        let blob = noise(LARGE, 11);
+        let digest = function.digest_of(&blob);
+        client.write(&digest, blob.clone(), false).await.unwrap();
+        // The default parts, and small odd-sized ones so that many are in flight and the
+        // last is short.
+        let whole = client.read(&digest, false).await.unwrap();
+        assert!(whole == blob, "{function}: default parts");
+        let small = client
+            .read_in_parts(&digest, 1024 * 1024 + 7)
+            .await
+            .unwrap();
+        assert!(small == blob, "{function}: 1 MiB + 7 parts");
+    }
+}
+
+/// The server says when it served a range from that range alone: for a blob it has hashed
+/// (every blob uploaded since start), not for a whole read, which it verifies as it streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_reads_of_a_hashed_blob_are_marked_part_only() {
+    let server = TestServer::start().await;
+    let client = server.client(DigestFunction::Sha256).await;
+    let blob = noise(3 * 1024 * 1024 + 5, 12);
+    let digest = DigestFunction::Sha256.digest_of(&blob);
+    client.write(&digest, blob.clone(), false).await.unwrap();
+    let name = read_name(&digest, false);
+    let channel = server.channel().await;
+    for (offset, limit, part_only) in [(0, 0, false), (0, 1000, true), (1_000_000, 0, true)] {
+        let response = ByteStreamClient::new(channel.clone())
+            .read(ReadRequest {
+                resource_name: name.clone(),
+                read_offset: offset,
+                read_limit: limit,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            response
+                .metadata()
+                .contains_key(tessera_cas::client::PART_ONLY_HEADER),
+            part_only,
+            "offset {offset} limit {limit}"
+        );
+        let mut stream = response.into_inner();
+        let mut got = Vec::new();
+        while let Some(message) = stream.message().await.unwrap() {
+            got.extend_from_slice(&message.data);
+        }
+        let start = offset as usize;
+        let end = if limit == 0 {
+            blob.len()
+        } else {
+            start + limit as usize
+        };
+        assert!(got == blob[start..end], "offset {offset} limit {limit}");
+    }
+}
+
+/// A large blob kept compressed at rest cannot be served in parts cheaply: the client reads
+/// it whole instead, and still gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_blob_kept_compressed_is_read_whole() {
+    let server = TestServer::start().await;
+    let client = server.client(DigestFunction::Blake3).await;
+    let blob = text(LARGE, 13);
+    let digest = DigestFunction::Blake3.digest_of(&blob);
+    client.write(&digest, blob.clone(), false).await.unwrap();
+    let file = blob_file(&server.dir.path().join("data"), &digest).expect("blob file");
+    assert_eq!(file.extension().and_then(|e| e.to_str()), Some("zst"));
+    assert!(client.read(&digest, false).await.unwrap() == blob);
+}
+
+/// Regression for parallel downloads, whose parts the server does not hash: a blob damaged
+/// at rest after it was hashed is still caught by the client, and the whole read it falls
+/// back to makes the server find the damage and drop the blob, so it is reported missing
+/// (and uploaded again) instead of served forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_part_is_detected_and_the_blob_dropped() {
+    let server = TestServer::start().await;
+    let client = server.client(DigestFunction::Blake3).await;
+    let blob = noise(LARGE, 14);
+    let digest = DigestFunction::Blake3.digest_of(&blob);
+    client.write(&digest, blob.clone(), false).await.unwrap();
+    let file = blob_file(&server.dir.path().join("data"), &digest).expect("blob file");
+    // Flip bytes in the third part, keeping the length.
+    let mut damaged = std::fs::read(&file).unwrap();
+    let at = 2 * tessera_cas::client::READ_PART + 12_345;
+    for byte in &mut damaged[at..at + 8] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&file, &damaged).unwrap();
+
+    let error = client
+        .read(&digest, false)
+        .await
+        .expect_err("damaged blob must not be returned");
+    match error {
+        tessera_cas::client::ClientError::Rpc { status, .. } => {
+            assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+        }
+        other => panic!("expected DATA_LOSS from the whole read, got {other:?}"),
+    }
+    assert_eq!(client.find_missing(&[digest]).await.unwrap(), vec![digest]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_read_answers_in_zstd_when_the_client_accepts_it() {
     let server = TestServer::start().await;

@@ -115,12 +115,19 @@ pub struct StoreStats {
 }
 
 /// A verified, streaming read of one blob: chunks of its uncompressed bytes from the requested
-/// offset. The whole blob is hashed as it is read; if it does not match its digest, the last
+/// offset. The whole blob is hashed as it is read (unless the read is of a part of a blob the
+/// store has already hashed, see [`BlobRead::reads_part_only`]); if it does not match its digest, the last
 /// call returns [`StoreError::Corrupt`] instead of `Ok(None)` and the blob is removed, so a
 /// reader that waits for the end never accepts wrong bytes.
 pub trait BlobRead: Send {
     /// The next chunk, or `None` at the verified end.
     fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError>;
+
+    /// Whether this read of part of a blob touches only that part's bytes (see
+    /// [`BlobStore::open_range`]): then more parts may be fetched the same way cheaply.
+    fn reads_part_only(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed [`BlobRead`].
@@ -165,6 +172,21 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Opens a streaming, verified read from uncompressed `offset` (at most the blob's size).
     fn open(&self, digest: &Digest, offset: u64) -> Result<Option<BlobReader>, StoreError>;
+
+    /// Opens a streaming read of at most `limit` uncompressed bytes from `offset` (`None`: to
+    /// the end). A store may serve a part of a blob it has already hashed in this process
+    /// straight from its bytes, ending at the limit, instead of reading and hashing the whole
+    /// blob for every part (a client downloading a large blob in parallel ranges verifies the
+    /// whole itself). The chunks may run past the limit; callers cut them.
+    fn open_range(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<Option<BlobReader>, StoreError> {
+        let _ = limit;
+        self.open(digest, offset)
+    }
 
     /// Stores `data` after verifying it against `digest`. Storing a blob that is already
     /// present is a no-op.

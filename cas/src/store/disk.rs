@@ -13,7 +13,8 @@
 //! is proven wrong; one that cannot be read, or whose name is not a blob's, is left in place.
 //! Records loaded at start are trusted for reads through the store (those hash as they go) and
 //! hashed on first use by callers that link the file instead ([`DiskStore::raw_path`],
-//! [`DiskStore::find_missing_verified`]).
+//! [`DiskStore::find_missing_verified`]); a read of part of a blob already hashed in this
+//! process reads that part alone ([`BlobStore::open_range`]), like those callers trusting it.
 //!
 //! A full file system refuses the blob being written with [`StoreError::OutOfSpace`], leaving
 //! nothing behind, and is reported once per episode ([`SpaceWatch`]). A record that cannot be
@@ -22,7 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -731,6 +732,15 @@ impl BlobStore for DiskStore {
     }
 
     fn open(&self, digest: &Digest, offset: u64) -> Result<Option<BlobReader>, StoreError> {
+        self.open_range(digest, offset, None)
+    }
+
+    fn open_range(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<Option<BlobReader>, StoreError> {
         let offset = offset.min(digest.size_bytes);
         if digest.is_empty_blob() {
             return Ok(Some(Box::new(EmptyReader)));
@@ -752,22 +762,12 @@ impl BlobStore for DiskStore {
             }
             Err(error) => return Err(StoreError::io("failed to open blob file", &path, error)),
         };
-        let source: Box<dyn Read + Send> = match entry.form {
-            Form::Raw => Box::new(BufReader::with_capacity(READ_CHUNK, file)),
-            Form::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(file)
-                    .map_err(io_err("failed to open zstd blob", &path))?,
-            ),
-        };
-        Ok(Some(Box::new(DiskReader {
-            inner: Arc::clone(&self.inner),
-            digest: *digest,
-            source,
-            hasher: digest.function.hasher(),
-            pos: 0,
-            offset,
-            finished: false,
-        })))
+        let end = limit.map_or(digest.size_bytes, |limit| {
+            offset.saturating_add(limit).min(digest.size_bytes)
+        });
+        let reader = DiskReader::start(&self.inner, *digest, entry, file, offset, end)
+            .map_err(io_err("failed to open blob file", &path))?;
+        Ok(Some(Box::new(reader)))
     }
 
     fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
@@ -812,17 +812,62 @@ impl BlobRead for EmptyReader {
     }
 }
 
+/// A read of one blob file. A whole read (and any read of a blob this process has not hashed
+/// yet, or keeps compressed) starts at the file's beginning and hashes every byte, handing
+/// out those from the offset on; a part of a blob already hashed in this process is read
+/// straight from its offset to its end, as [`DiskStore::raw_path`] trusts such a file too.
 struct DiskReader {
     inner: Arc<Inner>,
     digest: Digest,
     source: Box<dyn Read + Send>,
-    hasher: Hasher,
+    /// `None` for a trusted part (see above).
+    hasher: Option<Hasher>,
+    /// Uncompressed position in the blob of the next byte `source` yields.
     pos: u64,
+    /// First byte handed out.
     offset: u64,
+    /// Where a trusted part stops; a hashing read goes on to the blob's end.
+    end: u64,
     finished: bool,
 }
 
 impl DiskReader {
+    fn start(
+        inner: &Arc<Inner>,
+        digest: Digest,
+        entry: Entry,
+        file: File,
+        offset: u64,
+        end: u64,
+    ) -> std::io::Result<DiskReader> {
+        let part = offset > 0 || end < digest.size_bytes;
+        let mut reader = DiskReader {
+            inner: Arc::clone(inner),
+            digest,
+            source: Box::new(std::io::empty()),
+            hasher: Some(digest.function.hasher()),
+            pos: 0,
+            offset,
+            end: digest.size_bytes,
+            finished: false,
+        };
+        match entry.form {
+            Form::Raw if part && entry.verified => {
+                let mut file = file;
+                file.seek(SeekFrom::Start(offset))?;
+                reader.source = Box::new(file);
+                reader.hasher = None;
+                reader.pos = offset;
+                reader.end = end;
+            }
+            // Chunks are read straight into their own buffers, which are as large as the
+            // buffer would be: a `BufReader` would only add a copy.
+            Form::Raw => reader.source = Box::new(file),
+            Form::Zstd => reader.source = Box::new(zstd::stream::read::Decoder::new(file)?),
+        }
+        Ok(reader)
+    }
+
     fn corrupt(&mut self, reason: String) -> StoreError {
         self.finished = true;
         self.inner.discard(&self.digest, &reason);
@@ -831,62 +876,74 @@ impl DiskReader {
             reason,
         }
     }
+
+    /// At the end of a hashing read: the blob must end exactly here and hash to its digest.
+    fn verify_end(&mut self) -> Result<(), StoreError> {
+        let Some(hasher) = self.hasher.take() else {
+            return Ok(());
+        };
+        let mut probe = [0u8; 1];
+        let extra = match self.source.read(&mut probe) {
+            Ok(n) => n,
+            Err(error) => {
+                return Err(self.corrupt(format!("unreadable past the end: {error}")));
+            }
+        };
+        if extra != 0 {
+            return Err(self.corrupt("file is longer than the digest's size".into()));
+        }
+        if let Err(error) = self.digest.verify_against(&hasher.finish_digest()) {
+            return Err(self.corrupt(error.to_string()));
+        }
+        self.inner.lock().set_verified(&self.digest);
+        Ok(())
+    }
+
+    /// The next `want` bytes of `source` (fewer only at its end), read into a fresh buffer
+    /// without first zeroing it.
+    fn read_chunk(&mut self, want: usize) -> std::io::Result<Bytes> {
+        let mut buf = Vec::with_capacity(want);
+        (&mut self.source).take(want as u64).read_to_end(&mut buf)?;
+        Ok(Bytes::from(buf))
+    }
 }
 
 impl BlobRead for DiskReader {
+    fn reads_part_only(&self) -> bool {
+        self.hasher.is_none()
+    }
+
     fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
         if self.finished {
             return Ok(None);
         }
-        let size = self.digest.size_bytes;
         loop {
-            if self.pos == size {
-                // The blob must end exactly here and hash to its digest.
-                let mut probe = [0u8; 1];
-                let extra = match self.source.read(&mut probe) {
-                    Ok(n) => n,
-                    Err(error) => {
-                        return Err(self.corrupt(format!("unreadable past the end: {error}")));
-                    }
-                };
-                let hasher = std::mem::replace(&mut self.hasher, self.digest.function.hasher());
-                let actual = hasher.finish_digest();
-                if extra != 0 {
-                    return Err(self.corrupt("file is longer than the digest's size".into()));
-                }
-                if let Err(error) = self.digest.verify_against(&actual) {
-                    return Err(self.corrupt(error.to_string()));
-                }
+            if self.pos == self.end {
+                self.verify_end()?;
                 self.finished = true;
                 return Ok(None);
             }
-            let want = usize::try_from(size - self.pos).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
-            let mut buf = BytesMut::zeroed(want);
-            let mut filled = 0;
-            while filled < want {
-                match self.source.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(error) => return Err(self.corrupt(format!("unreadable: {error}"))),
-                }
-            }
+            let want =
+                usize::try_from(self.end - self.pos).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
+            let buf = match self.read_chunk(want) {
+                Ok(buf) => buf,
+                Err(error) => return Err(self.corrupt(format!("unreadable: {error}"))),
+            };
+            let filled = buf.len();
             if filled == 0 {
+                let size = self.digest.size_bytes;
                 return Err(self.corrupt(format!("file ends after {} of {size} bytes", self.pos)));
             }
-            buf.truncate(filled);
-            self.hasher.update(&buf);
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(&buf);
+            }
             let start = self.pos;
             self.pos += filled as u64;
             if self.pos <= self.offset {
                 continue;
             }
             let skip = usize::try_from(self.offset.saturating_sub(start)).unwrap_or(0);
-            let mut chunk = buf.freeze();
-            if skip > 0 {
-                chunk = chunk.slice(skip..);
-            }
-            return Ok(Some(chunk));
+            return Ok(Some(buf.slice(skip..)));
         }
     }
 }

@@ -5,7 +5,10 @@
 //! QueryWriteStatus and resume from the committed offset; parked uploads expire after
 //! [`PARK_TTL`]. If the blob appears while an upload is running (another client finished it),
 //! the upload ends at once with the full size, as REAPI specifies. Reads verify the whole blob
-//! as they stream it and end in DATA_LOSS if it does not match its digest.
+//! as they stream it and end in DATA_LOSS if it does not match its digest; a read of part of
+//! a blob (an offset or a limit) that the store has already hashed in this process is served
+//! from the bytes of that part alone ([`BlobStore::open_range`]), so a client may fetch a large
+//! blob as parallel ranges, verifying the whole itself.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,6 +26,7 @@ use tessera_proto::bytestream::{
     WriteResponse, byte_stream_server,
 };
 use thiserror::Error;
+use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -33,6 +37,11 @@ use crate::status::store_error;
 pub const PARK_TTL: Duration = Duration::from_secs(600);
 /// Most broken uploads kept at once; the oldest go first.
 const MAX_PARKED: usize = 1024;
+/// Uploads at least this large are hashed and written while the next messages arrive
+/// ([`Feeding`]).
+const PIPELINE_MIN: u64 = 4 * 1024 * 1024;
+/// Messages queued for a pipelined upload's writer.
+const PIPELINE_QUEUE: usize = 4;
 /// Largest `data` in one ReadResponse.
 const MAX_READ_MESSAGE: usize = 1024 * 1024;
 
@@ -158,10 +167,12 @@ impl ByteStreamService {
         );
     }
 
+    /// Starts streaming what `req` asks for; also whether only that part of the blob is read
+    /// ([`tessera_cas::client::PART_ONLY_HEADER`]).
     fn start_read(
         &self,
         req: &ReadRequest,
-    ) -> Result<ReceiverStream<Result<ReadResponse, Status>>, ByteStreamError> {
+    ) -> Result<(ReceiverStream<Result<ReadResponse, Status>>, bool), ByteStreamError> {
         let resource = resource::parse_read(&req.resource_name)?;
         let digest = resource.digest;
         if req.read_offset < 0 || req.read_offset as u64 > digest.size_bytes {
@@ -178,7 +189,10 @@ impl ByteStreamService {
             return Err(ByteStreamError::CompressedLimit(req.read_limit));
         }
         let offset = req.read_offset as u64;
-        let Some(mut reader) = self.store.open(&digest, offset)? else {
+        let limit = u64::try_from(req.read_limit)
+            .ok()
+            .filter(|&limit| limit > 0);
+        let Some(mut reader) = self.store.open_range(&digest, offset, limit)? else {
             return Err(ByteStreamError::NotFound(digest));
         };
         let mut remaining = if req.read_limit == 0 {
@@ -186,6 +200,7 @@ impl ByteStreamService {
         } else {
             req.read_limit as u64
         };
+        let part_only = reader.reads_part_only();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut encoder = if compressed {
@@ -214,7 +229,8 @@ impl ByteStreamService {
                 match reader.next_chunk() {
                     Ok(Some(mut chunk)) => {
                         if remaining == 0 {
-                            // The limit is reached, but the rest is still read to verify the blob.
+                            // The limit is reached, but a reader that hashes the whole blob
+                            // goes on to verify it.
                             continue;
                         }
                         if (chunk.len() as u64) > remaining {
@@ -255,7 +271,7 @@ impl ByteStreamService {
                 }
             }
         });
-        Ok(ReceiverStream::new(rx))
+        Ok((ReceiverStream::new(rx), part_only))
     }
 
     async fn write(
@@ -285,7 +301,7 @@ impl ByteStreamService {
             return Ok(already_there);
         }
         let parked = self.parked().remove(&key);
-        let mut state = match (first.write_offset, parked) {
+        let state = match (first.write_offset, parked) {
             (0, _) => UploadState {
                 upload: self.store.begin_upload(&digest)?,
                 decoder: if compressed {
@@ -308,30 +324,37 @@ impl ByteStreamService {
                 });
             }
         };
+        let mut feeding = Feeding::start(state, digest.size_bytes, {
+            let service = self.clone();
+            let key = key.clone();
+            move |state| service.park(key, state)
+        });
         let mut message = first;
         loop {
             if !message.resource_name.is_empty() && !same_resource(&key, &message.resource_name) {
+                feeding.discard().await;
                 return Err(ByteStreamError::ResourceChanged {
                     expected: key,
                     found: message.resource_name,
                 });
             }
-            if message.write_offset < 0 || message.write_offset as u64 != state.committed {
+            if message.write_offset < 0 || message.write_offset as u64 != feeding.committed() {
                 let got = message.write_offset;
-                let expected = state.committed;
-                self.park(key.clone(), state);
+                let expected = feeding.committed();
+                self.park(key.clone(), feeding.stop().await?);
                 return Err(ByteStreamError::WrongOffset {
                     resource: key,
                     expected,
                     got,
                 });
             }
-            feed(&mut state, &message.data)?;
+            feeding.feed(message.data).await?;
             if message.finish_write {
-                let committed = state.committed;
                 let UploadState {
-                    upload, decoder, ..
-                } = state;
+                    upload,
+                    decoder,
+                    committed,
+                } = feeding.stop().await?;
                 if let Some(decoder) = &decoder {
                     decoder.finish()?;
                 }
@@ -348,17 +371,18 @@ impl ByteStreamService {
             }
             // Another writer finished the same blob: stop early, as REAPI allows.
             if self.store.contains(&digest) {
+                feeding.discard().await;
                 return Ok(already_there);
             }
             message = match stream.message().await {
                 Ok(Some(next)) => next,
                 Ok(None) => {
-                    self.park(key.clone(), state);
+                    self.park(key.clone(), feeding.stop().await?);
                     return Err(ByteStreamError::Unfinished(key));
                 }
                 Err(status) => {
                     tracing::debug!(resource = %key, %status, "upload stream broke; parked for resumption");
-                    self.park(key, state);
+                    self.park(key, feeding.stop().await?);
                     return Err(ByteStreamError::Stream(status));
                 }
             };
@@ -391,6 +415,118 @@ fn same_resource(key: &str, name: &str) -> bool {
     resource::parse_write(name).is_ok_and(|parsed| resource::format_write(&parsed) == key)
 }
 
+/// How an upload's bytes reach the store. A large upload is hashed and written on a blocking
+/// thread while the next messages arrive (the store's calls block, and this way receiving,
+/// hashing and writing overlap on different cores); a small one inline, where the hand-off
+/// would cost more than it saves.
+///
+/// The server drops a call's handler when its client resets the stream, possibly while the
+/// writer still holds the upload; the writer then parks the upload itself, so a broken upload
+/// can be resumed however it broke.
+enum Feeding {
+    Inline(UploadState),
+    Pipelined {
+        queue: tokio::sync::mpsc::Sender<Bytes>,
+        /// The state back once the queue is closed and drained, or at the first error.
+        done: Option<oneshot::Receiver<Written>>,
+        /// Wire bytes queued so far, the offset the next message must start at.
+        committed: u64,
+    },
+}
+
+/// What a pipelined upload's writer ends with.
+type Written = (UploadState, Result<(), ByteStreamError>);
+
+impl Feeding {
+    /// Feeds `state`, an upload of `size` bytes; `park` keeps a large upload whose handler is
+    /// gone.
+    fn start(
+        state: UploadState,
+        size: u64,
+        park: impl FnOnce(UploadState) + Send + 'static,
+    ) -> Feeding {
+        if size < PIPELINE_MIN {
+            return Feeding::Inline(state);
+        }
+        let committed = state.committed;
+        let (queue, mut received) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE_QUEUE);
+        let (done, finished) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let mut fed = Ok(());
+            while let Some(data) = received.blocking_recv() {
+                fed = feed(&mut state, &data);
+                if fed.is_err() {
+                    break;
+                }
+            }
+            if let Err((state, Ok(()))) = done.send((state, fed)) {
+                park(state);
+            }
+        });
+        Feeding::Pipelined {
+            queue,
+            done: Some(finished),
+            committed,
+        }
+    }
+
+    fn committed(&self) -> u64 {
+        match self {
+            Feeding::Inline(state) => state.committed,
+            Feeding::Pipelined { committed, .. } => *committed,
+        }
+    }
+
+    async fn feed(&mut self, data: Bytes) -> Result<(), ByteStreamError> {
+        match self {
+            Feeding::Inline(state) => feed(state, &data),
+            Feeding::Pipelined {
+                queue,
+                done,
+                committed,
+            } => {
+                let len = data.len() as u64;
+                if queue.send(data).await.is_ok() {
+                    *committed += len;
+                    return Ok(());
+                }
+                // The writer stopped at an error: report it.
+                Err(written(done.take()).await.err().unwrap_or_else(writer_gone))
+            }
+        }
+    }
+
+    /// Drops the upload (not parked).
+    async fn discard(self) {
+        let _ = self.stop().await;
+    }
+
+    /// Waits until everything fed is in the upload; gives the upload back.
+    async fn stop(self) -> Result<UploadState, ByteStreamError> {
+        match self {
+            Feeding::Inline(state) => Ok(state),
+            Feeding::Pipelined { queue, done, .. } => {
+                drop(queue);
+                written(done).await
+            }
+        }
+    }
+}
+
+/// The state a pipelined upload's writer gave back, or its error.
+async fn written(done: Option<oneshot::Receiver<Written>>) -> Result<UploadState, ByteStreamError> {
+    let (state, fed) = done
+        .ok_or_else(writer_gone)?
+        .await
+        .map_err(|_| writer_gone())?;
+    fed.map(|()| state)
+}
+
+fn writer_gone() -> ByteStreamError {
+    ByteStreamError::Internal("upload writer stopped".into())
+}
+
 fn feed(state: &mut UploadState, data: &[u8]) -> Result<(), ByteStreamError> {
     match &mut state.decoder {
         Some(decoder) => {
@@ -421,8 +557,15 @@ impl byte_stream_server::ByteStream for ByteStreamService {
             Caller::of(self.auth.as_ref(), &request)
                 .instance("ByteStream.Read", &resource.instance_name)?;
         }
-        let stream = self.start_read(request.get_ref())?;
-        Ok(Response::new(Box::pin(stream)))
+        let (stream, part_only) = self.start_read(request.get_ref())?;
+        let mut response = Response::new(Box::pin(stream) as Self::ReadStream);
+        if part_only {
+            response.metadata_mut().insert(
+                tessera_cas::client::PART_ONLY_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        Ok(response)
     }
 
     async fn write(
