@@ -333,6 +333,10 @@ impl LocalCache {
                 source,
             }
         };
+        if self.store.contains(digest) {
+            // Never chmod a blob someone else stored: it may be an executable's 0555 twin.
+            return Ok(Kept::Present);
+        }
         let mut file = fs::File::open(path).map_err(io("open"))?;
         let mut upload = self.store.begin_upload(digest)?;
         let mut buf = vec![0u8; COPY_CHUNK];

@@ -801,11 +801,13 @@ impl LeasePipeline {
         let keep = (self.keep_failed && outcome.is_failure())
             .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
         if keep.is_none() && self.layers.is_none() && self.trash.pending() < TRASH_MAX_PENDING {
-            // One rename: not worth a hop to a blocking thread.
-            if let Err(error) = self.trash.discard(&dirs.base) {
-                tracing::warn!(%error, "failed to clean up a lease directory");
+            // One rename: not worth a hop to a blocking thread. If the trash cannot take it,
+            // the tree is deleted below, on a blocking thread, never on this one.
+            match self.trash.try_discard(&dirs.base) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "failed to clean up a lease directory"),
             }
-            return;
         }
         let layers = self.layers.clone();
         let trash = self.trash.clone();

@@ -233,6 +233,21 @@ struct Leader {
 pub fn serve(socket: UnixStream) -> io::Result<()> {
     // Re-executed through /proc/self/exe, it would show as "exe" in ps, top and profiles.
     let _ = nix::sys::prctl::set_name(c"tessera-spawner");
+    // The agent decides when its commands stop (a drain lets them finish): a Ctrl-C, a SIGTERM
+    // or a `pkill tessera` meant for the agent must not kill the spawner, whose death kills
+    // every running command. Blocked, not ignored: the commands it starts get an empty mask
+    // (std resets it before exec) but would inherit an ignored disposition. The spawner still
+    // ends when the agent does (its socket closes).
+    let mut quiet = SigSet::empty();
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        quiet.add(signal);
+    }
+    quiet.thread_block().map_err(io::Error::from)?;
     let mut leaders: HashMap<i32, Leader> = HashMap::new();
     let end = serve_until_closed(socket, &mut leaders);
     for &pid in leaders.keys() {
@@ -671,6 +686,8 @@ impl Link {
             .args(&command.args)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
+            // Its own process group: a terminal's Ctrl-C for the agent does not reach it.
+            .process_group(0)
             .spawn()?;
         let pid = process.id();
         let reader = ours.try_clone()?;

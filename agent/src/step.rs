@@ -689,6 +689,12 @@ pub fn keep_prepared_file(from: &Path, to: &Path) -> io::Result<PreparedBy> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => return Err(error),
     }
+    if std::fs::symlink_metadata(from)?.file_type().is_symlink() {
+        // A link would copy the symlink, not the file it names (`link(2)` does not follow
+        // symlinks): the bytes are copied, as they always were.
+        std::fs::copy(from, to)?;
+        return Ok(PreparedBy::Copy);
+    }
     if reflink(from, to)? {
         return Ok(PreparedBy::Reflink);
     }

@@ -186,17 +186,33 @@ impl Trash {
     /// it in the background; inline if the trash is full or `path` cannot be renamed into it.
     /// A missing `path` is fine. Blocking.
     pub fn discard(&self, path: &Path) -> io::Result<()> {
+        if self.try_discard(path)? {
+            Ok(())
+        } else {
+            remove_tree(path)
+        }
+    }
+
+    /// [`Trash::discard`] without the inline deletion, for callers that must not block (an
+    /// async task): `Ok(true)` if `path` is gone from sight (moved to the trash, or missing),
+    /// `Ok(false)` if the caller must delete it itself (the trash is full, or `path` cannot be
+    /// renamed into it: another file system, a full disk). Never deletes a tree itself.
+    pub fn try_discard(&self, path: &Path) -> io::Result<bool> {
         let inner = &self.inner;
         if inner.pending.load(Ordering::SeqCst) >= TRASH_MAX_PENDING {
-            return remove_tree(path);
+            return Ok(false);
         }
+        // A name no earlier run can have left behind (the agent may always be PID 1 in a
+        // container, so the pid does not tell runs apart).
         let seq = inner.next.fetch_add(1, Ordering::Relaxed);
-        let target = inner.dir.join(format!("{}-{seq}", std::process::id()));
+        let target = inner
+            .dir
+            .join(format!("{}-{seq}", uuid::Uuid::new_v4().simple()));
         match std::fs::rename(path, &target) {
             Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
-            // Another file system (EXDEV), or something in the way: delete it here.
-            Err(_) => return remove_tree(path),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(true),
+            // Another file system (EXDEV), no space for the rename, or something in the way.
+            Err(_) => return Ok(false),
         }
         inner.pending.fetch_add(1, Ordering::SeqCst);
         let sent = inner
@@ -205,11 +221,11 @@ impl Trash {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .send(target);
         if let Err(mpsc::SendError(target)) = sent {
-            // The thread is gone (it never panics on purpose); do its work.
+            // The thread is gone (it never panics on purpose): the caller deletes it.
             inner.pending.fetch_sub(1, Ordering::SeqCst);
-            return remove_tree(&target);
+            return std::fs::rename(&target, path).map(|()| false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Directories waiting to be deleted.

@@ -172,7 +172,13 @@ mod tests {
             .args(["-c", "sleep 5; true", "tessera-bench-helper-marker"])
             .spawn()
             .expect("sh");
-        let found = helpers_of(std::process::id(), "tessera-bench-helper-marker");
+        // Until the child has exec'd, its command line is still this test's: wait for it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = helpers_of(std::process::id(), "tessera-bench-helper-marker");
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = helpers_of(std::process::id(), "tessera-bench-helper-marker");
+        }
         let _ = shell.kill();
         let _ = shell.wait();
         assert_eq!(found, [shell.id()]);
@@ -181,9 +187,15 @@ mod tests {
 
     #[test]
     fn this_process_has_cpu_time() {
+        // Spin until the kernel has charged at least one tick (on a loaded machine 30 ms of
+        // wall time can be less than a tick of CPU), for at most 10 s.
         let spin = std::time::Instant::now();
-        while spin.elapsed() < Duration::from_millis(30) {
-            std::hint::black_box(0u64);
+        while process("self").expect("own times").own == Duration::ZERO
+            && spin.elapsed() < Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                std::hint::black_box(0u64);
+            }
         }
         // Threads first: the process total read afterwards can only have grown (read in the
         // other order, a thread's time could pass the earlier total, which was flaky).
