@@ -177,6 +177,8 @@ impl LocalCache {
             budget_bytes,
             protect_recent: PROTECT_RECENT,
             compress: false,
+            // Every blob a file: materialization hard-links them (`DiskStore::raw_path`).
+            inline_max: 0,
         };
         let store = DiskStore::open(meta_dyn, options)?;
         let exec_dir = dir.join("cache-exec");

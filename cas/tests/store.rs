@@ -919,8 +919,8 @@ fn compressible_blobs_rest_as_zstd_and_incompressible_ones_raw() {
     let large_text = Blob::compressible(DigestFunction::Sha256, 3 * MIB + 1, 91);
     let small_noise = Blob::incompressible(DigestFunction::Sha256, 100 * KIB, 92);
     let large_noise = Blob::incompressible(DigestFunction::Sha256, 3 * MIB + 1, 93);
-    // Too small to be worth compressing, however repetitive.
-    let tiny_text = Blob::new(DigestFunction::Sha256, vec![b'a'; 100]);
+    // Under 16 KiB: too small to be worth compressing, however repetitive.
+    let tiny_text = Blob::compressible(DigestFunction::Sha256, 12 * KIB, 94);
 
     store.write(&small_text.digest, &small_text.data).unwrap();
     upload(store, &large_text).unwrap();
@@ -1153,7 +1153,8 @@ fn a_restart_adopts_blob_files_without_records_and_removes_only_files_proven_wro
     let disk = DiskFixture::open();
     let kept = Blob::incompressible(DigestFunction::Sha256, 10 * KIB, 700);
     let vanished = Blob::compressible(DigestFunction::Blake3, 10 * KIB, 701);
-    let compressed = Blob::compressible(DigestFunction::Sha256, 10 * KIB, 702);
+    // Large enough to be worth compressing (small blobs rest raw).
+    let compressed = Blob::compressible(DigestFunction::Sha256, 20 * KIB, 702);
     let truncated = Blob::incompressible(DigestFunction::Blake3, 10 * KIB, 706);
     for blob in [&kept, &vanished, &compressed, &truncated] {
         disk.store.write(&blob.digest, &blob.data).unwrap();

@@ -83,6 +83,14 @@ pub enum MetaError {
         #[source]
         source: Arc<dyn StdError + Send + Sync + 'static>,
     },
+    /// A group commit ([`super::GroupCommit`]) failed: none of the batches it held, this
+    /// writer's included, was written. Shared by every writer of that commit.
+    #[error("failed to apply a group commit")]
+    GroupCommit {
+        /// The store's error, shared by every writer of the commit.
+        #[source]
+        source: Arc<dyn StdError + Send + Sync + 'static>,
+    },
     /// The store was closed (or its flusher stopped) before the requested flush could run.
     #[error("metadata store is closed")]
     Closed,

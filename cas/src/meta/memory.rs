@@ -35,10 +35,11 @@ fn write(tables: &RwLock<Tables>) -> RwLockWriteGuard<'_, Tables> {
 }
 
 impl MetadataStore for MemoryMetaStore {
-    fn dump(&self) -> Result<Vec<TableDump>, MetaError> {
+    fn dump(&self, except: &[&str]) -> Result<Vec<TableDump>, MetaError> {
         let tables = read(&self.tables);
         let mut dump: Vec<TableDump> = tables
             .iter()
+            .filter(|(name, _)| !except.contains(&name.as_str()))
             .map(|(name, entries)| TableDump {
                 name: name.clone(),
                 entries: entries

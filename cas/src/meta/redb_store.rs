@@ -399,7 +399,7 @@ impl MetadataStore for RedbStore {
             .map_err(|e| Self::flush_error(&self.shared.dir, e))
     }
 
-    fn dump(&self) -> Result<Vec<TableDump>, MetaError> {
+    fn dump(&self, except: &[&str]) -> Result<Vec<TableDump>, MetaError> {
         self.shared.call(
             |source| MetaError::Scan {
                 table: "(all tables)".to_owned(),
@@ -411,6 +411,9 @@ impl MetadataStore for RedbStore {
                 let mut dump = Vec::new();
                 for handle in txn.list_tables()? {
                     let name = handle.name().to_owned();
+                    if except.contains(&name.as_str()) {
+                        continue;
+                    }
                     let table = txn.open_table(def(&name))?;
                     let mut entries = Vec::new();
                     for entry in table.iter()? {

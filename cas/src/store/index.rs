@@ -3,21 +3,37 @@
 //! The whole index lives in memory (a blob costs a few dozen bytes), so FindMissingBlobs is a
 //! hash-map probe per digest and never touches the database. Every insert and removal is also
 //! written to the metadata store table `blobs`; access times are only kept in memory and written
-//! back in batches (see [`Index::take_dirty`]), because losing some of them in a crash only makes
-//! eviction slightly less exact. The records are a cache of what the files say: a record that
-//! could not be written (a full disk) is kept in memory and written back with the access
-//! times, and a blob file whose record was lost is adopted again at the next start. Eviction is least-recently-used to a byte budget and skips
-//! pinned blobs and blobs used within the protection window.
+//! back in batches (see [`Index::queue_dirty`]), because losing some of them in a crash only makes
+//! eviction slightly less exact. The records of blob files are a cache of what the files say: a
+//! record that could not be written (a full disk) is kept in memory and written back with the
+//! access times, and a blob file whose record was lost is adopted again at the next start.
+//! Eviction is least-recently-used to a byte budget and skips pinned blobs and blobs used within
+//! the protection window.
+//!
+//! Small blobs may be kept inline ([`Form::Inline`]): their bytes are a value of the table
+//! `blobs_inline` under the same key as their record, written in the same batch, so record and
+//! content appear and go together. They are in a table of their own so that loading the index
+//! at start never reads blob contents.
+//!
+//! The index does not write to the metadata store itself: every change queues its writes in an
+//! outbox ([`Index::take_outbox`]) that the disk store hands, still under the index lock, to its
+//! group commit. So the store sees the writes in the order the index made them, whichever
+//! thread commits them. Until its commit has run, an inline blob's bytes are kept here
+//! ([`Index::pending_content`]) so that readers can be served the moment it is listed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use crate::digest::{Digest, DigestFunction};
 use crate::meta::{Batch, MetaError, Table};
 
 /// Name of the metadata table holding one record per blob.
 pub(crate) const TABLE: &str = "blobs";
+/// Name of the metadata table holding the bytes of inline blobs, keyed like their records.
+pub(crate) const INLINE_TABLE: &str = "blobs_inline";
 
 /// How a blob sits on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +42,15 @@ pub(crate) enum Form {
     Raw,
     /// One zstd frame.
     Zstd,
+    /// The bytes themselves, as a value of [`INLINE_TABLE`] instead of a file.
+    Inline,
+}
+
+impl Form {
+    /// Whether the blob is a file under `blobs/`.
+    pub(crate) fn is_file(self) -> bool {
+        self != Form::Inline
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,13 +76,18 @@ pub(crate) struct Victim {
 pub(crate) struct Index {
     entries: HashMap<Digest, Entry>,
     dirty: HashSet<Digest>,
+    /// Inline blobs whose commit has not run yet: their bytes, and which insert they are.
+    pending: HashMap<Digest, (u64, Bytes)>,
+    /// Numbers inline inserts, so a commit finishing late cannot settle a newer insert.
+    inserts: u64,
+    /// Writes queued by changes since the last [`Index::take_outbox`].
+    outbox: Batch,
     stored_bytes: u64,
     logical_bytes: u64,
     pub(crate) budget: u64,
     pub(crate) protect: Duration,
     pub(crate) evicted: u64,
     pub(crate) evicted_bytes: u64,
-    table: Table,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -80,7 +110,7 @@ pub(crate) fn key(digest: &Digest) -> Vec<u8> {
     key
 }
 
-fn decode_key(key: &[u8]) -> Option<Digest> {
+pub(crate) fn decode_key(key: &[u8]) -> Option<Digest> {
     let (&function, rest) = key.split_first()?;
     let function = match function {
         1 => DigestFunction::Sha256,
@@ -102,6 +132,7 @@ fn encode_value(entry: &Entry) -> Vec<u8> {
     value.push(match entry.form {
         Form::Raw => 0,
         Form::Zstd => 1,
+        Form::Inline => 2,
     });
     value.extend_from_slice(&entry.last_access.to_be_bytes());
     value
@@ -112,6 +143,7 @@ fn decode_value(value: &[u8]) -> Option<Entry> {
     let form = match value.get(8)? {
         0 => Form::Raw,
         1 => Form::Zstd,
+        2 => Form::Inline,
         _ => return None,
     };
     let last_access = u64::from_be_bytes(value.get(9..17)?.try_into().ok()?);
@@ -125,8 +157,9 @@ fn decode_value(value: &[u8]) -> Option<Entry> {
 }
 
 impl Index {
-    /// Loads every record of `table`. Records that do not decode are dropped from the table.
-    pub(crate) fn load(table: Table, budget: u64, protect: Duration) -> Result<Self, MetaError> {
+    /// Loads every record of `table`. Records that do not decode are dropped (their removal
+    /// is queued in the outbox).
+    pub(crate) fn load(table: &Table, budget: u64, protect: Duration) -> Result<Self, MetaError> {
         let mut entries = HashMap::new();
         let mut bad = Vec::new();
         for item in table.scan_prefix(b"") {
@@ -138,22 +171,26 @@ impl Index {
                 _ => bad.push(k),
             }
         }
+        let mut outbox = Batch::new();
         for k in bad {
             tracing::warn!("dropping undecodable blob index record");
-            table.remove(&k)?;
+            outbox.remove(TABLE, k.clone());
+            outbox.remove(INLINE_TABLE, k);
         }
         let stored_bytes = entries.values().map(|e| e.stored).sum();
         let logical_bytes = entries.keys().map(|d| d.size_bytes).sum();
         Ok(Index {
             entries,
             dirty: HashSet::new(),
+            pending: HashMap::new(),
+            inserts: 0,
+            outbox,
             stored_bytes,
             logical_bytes,
             budget,
             protect,
             evicted: 0,
             evicted_bytes: 0,
-            table,
         })
     }
 
@@ -244,36 +281,63 @@ impl Index {
             .collect())
     }
 
-    /// Adds (or replaces) a blob and writes its record. The blob is in the index even if the
-    /// record could not be written: it is retried by the next [`Index::take_dirty`].
-    pub(crate) fn insert(&mut self, digest: Digest, entry: Entry) -> Result<(), MetaError> {
+    /// Adds (or replaces) a blob file and queues its record. The record stays dirty until
+    /// [`Index::recorded`], so one whose commit failed is written again by the next
+    /// [`Index::queue_dirty`].
+    pub(crate) fn insert(&mut self, digest: Digest, entry: Entry) {
+        debug_assert!(entry.form.is_file());
         self.insert_in_memory(digest, entry);
-        match self.table.insert(&key(&digest), &encode_value(&entry)) {
-            Ok(_) => {
-                self.dirty.remove(&digest);
-                Ok(())
-            }
-            Err(error) => {
-                self.dirty.insert(digest);
-                Err(error)
-            }
+        self.dirty.insert(digest);
+        self.outbox
+            .insert(TABLE, key(&digest), encode_value(&entry));
+    }
+
+    /// Adds an inline blob: queues its record and its bytes in one batch and keeps the bytes
+    /// at hand until [`Index::settle_inline`]. Returns the insert's number for that call.
+    pub(crate) fn insert_inline(&mut self, digest: Digest, entry: Entry, content: Bytes) -> u64 {
+        debug_assert_eq!(entry.form, Form::Inline);
+        self.insert_in_memory(digest, entry);
+        let k = key(&digest);
+        self.outbox.insert(TABLE, k.clone(), encode_value(&entry));
+        self.outbox.insert(INLINE_TABLE, k, content.to_vec());
+        self.inserts += 1;
+        self.pending.insert(digest, (self.inserts, content));
+        self.inserts
+    }
+
+    /// The commit of inline insert `number` of `digest` has run: if it was written, the bytes
+    /// are read from the store from now on; if not, the blob is dropped (nothing of it was
+    /// written). An insert replaced or removed meanwhile is left alone.
+    pub(crate) fn settle_inline(&mut self, digest: &Digest, number: u64, written: bool) {
+        if self.pending.get(digest).is_none_or(|(n, _)| *n != number) {
+            return;
+        }
+        self.pending.remove(digest);
+        if !written && let Some(entry) = self.entries.remove(digest) {
+            self.stored_bytes -= entry.stored;
+            self.logical_bytes -= digest.size_bytes;
+            self.dirty.remove(digest);
         }
     }
 
-    /// Adds blobs found on disk without records and returns their records as one batch for
-    /// the caller to write (if that fails, [`Index::take_dirty`] offers them again).
-    pub(crate) fn adopt(&mut self, found: Vec<(Digest, Entry)>) -> Batch {
-        let mut batch = Batch::new();
+    /// The bytes of an inline blob whose commit has not run yet.
+    pub(crate) fn pending_content(&self, digest: &Digest) -> Option<Bytes> {
+        self.pending.get(digest).map(|(_, bytes)| bytes.clone())
+    }
+
+    /// Adds blobs found without records (files, or inline contents) and queues their records
+    /// (if that fails, [`Index::queue_dirty`] queues them again).
+    pub(crate) fn adopt(&mut self, found: Vec<(Digest, Entry)>) {
         for (digest, entry) in found {
             self.insert_in_memory(digest, entry);
             self.dirty.insert(digest);
-            batch.insert(TABLE, key(&digest), encode_value(&entry));
+            self.outbox
+                .insert(TABLE, key(&digest), encode_value(&entry));
         }
-        batch
     }
 
-    /// Marks blobs whose records were written (by a batch from [`Index::adopt`] or
-    /// [`Index::take_dirty`]) as clean.
+    /// Marks blobs whose records were written (queued by [`Index::insert`], [`Index::adopt`]
+    /// or [`Index::queue_dirty`]) as clean.
     pub(crate) fn recorded(&mut self, digests: &[Digest]) {
         for digest in digests {
             self.dirty.remove(digest);
@@ -296,16 +360,32 @@ impl Index {
         }
     }
 
+    /// Drops a blob and queues the removal of its record (and inline bytes). The caller
+    /// removes its file. A removal that fails to commit leaves a stale record, dropped or
+    /// adopted again at the next start.
     pub(crate) fn remove(&mut self, digest: &Digest) -> Option<Entry> {
         let entry = self.entries.remove(digest)?;
         self.stored_bytes -= entry.stored;
         self.logical_bytes -= digest.size_bytes;
         self.dirty.remove(digest);
-        if let Err(error) = self.table.remove(&key(digest)) {
-            // The file is gone either way; a stale record is dropped at the next start.
-            tracing::warn!(%digest, %error, "failed to remove blob index record");
+        self.pending.remove(digest);
+        let k = key(digest);
+        if entry.form == Form::Inline {
+            self.outbox.remove(INLINE_TABLE, k.clone());
         }
+        self.outbox.remove(TABLE, k);
         Some(entry)
+    }
+
+    /// Queues a raw write for the next commit (reconciling at start).
+    pub(crate) fn queue(&mut self, batch: Batch) {
+        self.outbox.append(batch);
+    }
+
+    /// The writes queued since the last call, to hand to the group commit while the index is
+    /// still locked.
+    pub(crate) fn take_outbox(&mut self) -> Batch {
+        std::mem::take(&mut self.outbox)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -320,22 +400,22 @@ impl Index {
         self.logical_bytes
     }
 
-    /// The records changed since the last write-back (access times, and records that could
-    /// not be written), as one batch, with the blobs it covers: pass those to
-    /// [`Index::recorded`] once the batch is written.
-    pub(crate) fn take_dirty(&self) -> Option<(Batch, Vec<Digest>)> {
-        if self.dirty.is_empty() {
-            return None;
-        }
-        let mut batch = Batch::new();
+    /// Queues the records changed since the last write-back (access times, and records that
+    /// could not be written) and returns the blobs they cover: pass those to
+    /// [`Index::recorded`] once the commit has run. Inline blobs whose own commit is still
+    /// pending wait for the next call.
+    pub(crate) fn queue_dirty(&mut self) -> Vec<Digest> {
         let mut digests = Vec::with_capacity(self.dirty.len());
         for digest in &self.dirty {
+            if self.pending.contains_key(digest) {
+                continue;
+            }
             if let Some(entry) = self.entries.get(digest) {
-                batch.insert(TABLE, key(digest), encode_value(entry));
+                self.outbox.insert(TABLE, key(digest), encode_value(entry));
             }
             digests.push(*digest);
         }
-        Some((batch, digests))
+        digests
     }
 }
 
@@ -346,7 +426,7 @@ mod tests {
 
     fn index(budget: u64) -> Index {
         let store = MemoryMetaStore::new();
-        Index::load(store.table(TABLE).unwrap(), budget, Duration::ZERO).unwrap()
+        Index::load(&store.table(TABLE).unwrap(), budget, Duration::ZERO).unwrap()
     }
 
     fn blob(n: u8, size: u64) -> Digest {
@@ -391,7 +471,7 @@ mod tests {
     fn eviction_takes_least_recently_used_first() {
         let mut idx = index(100);
         for n in 0..10u8 {
-            idx.insert(blob(n, 10), entry(10, u64::from(n))).unwrap();
+            idx.insert(blob(n, 10), entry(10, u64::from(n)));
         }
         // Blob 0 was used last, so it survives.
         idx.touch(&blob(0, 10), 1_000);
@@ -407,9 +487,9 @@ mod tests {
     fn pinned_and_recent_blobs_are_never_evicted() {
         let mut idx = index(30);
         idx.protect = Duration::from_millis(500);
-        idx.insert(blob(1, 10), entry(10, 0)).unwrap();
-        idx.insert(blob(2, 10), entry(10, 0)).unwrap();
-        idx.insert(blob(3, 10), entry(10, 900)).unwrap();
+        idx.insert(blob(1, 10), entry(10, 0));
+        idx.insert(blob(2, 10), entry(10, 0));
+        idx.insert(blob(3, 10), entry(10, 900));
         assert!(idx.pin(&blob(1, 10)));
         // Only blob 2 may go: 10 bytes free after it, so 20 bytes cannot fit.
         assert_eq!(idx.make_room(20, 1_000).unwrap_err(), 20);
@@ -430,16 +510,62 @@ mod tests {
     fn access_times_are_written_back_in_one_batch() {
         let store = MemoryMetaStore::new();
         let table = store.table(TABLE).unwrap();
-        let mut idx = Index::load(table.clone(), 1_000, Duration::ZERO).unwrap();
-        idx.insert(blob(1, 1), entry(1, 0)).unwrap();
-        assert!(idx.take_dirty().is_none());
+        let mut idx = Index::load(&table, 1_000, Duration::ZERO).unwrap();
+        idx.insert(blob(1, 1), entry(1, 0));
+        store.apply_batch(idx.take_outbox()).unwrap();
+        idx.recorded(&[blob(1, 1)]);
+        assert!(idx.queue_dirty().is_empty());
         idx.touch(&blob(1, 1), 50_000);
-        let (batch, digests) = idx.take_dirty().unwrap();
+        let digests = idx.queue_dirty();
+        let batch = idx.take_outbox();
         assert_eq!(batch.len(), 1);
         store.apply_batch(batch).unwrap();
         idx.recorded(&digests);
-        assert!(idx.take_dirty().is_none());
-        let reloaded = Index::load(table, 1_000, Duration::ZERO).unwrap();
+        assert!(idx.queue_dirty().is_empty());
+        let reloaded = Index::load(&table, 1_000, Duration::ZERO).unwrap();
         assert_eq!(reloaded.get(&blob(1, 1)).unwrap().last_access, 50_000);
+    }
+
+    #[test]
+    fn an_inline_blob_is_record_and_content_together_and_a_failed_commit_drops_it() {
+        let store = MemoryMetaStore::new();
+        let table = store.table(TABLE).unwrap();
+        let mut idx = Index::load(&table, 1_000, Duration::ZERO).unwrap();
+        let inline = |stored| Entry {
+            form: Form::Inline,
+            ..entry(stored, 0)
+        };
+        let written = idx.insert_inline(blob(1, 3), inline(3), Bytes::from_static(b"abc"));
+        let lost = idx.insert_inline(blob(2, 3), inline(3), Bytes::from_static(b"xyz"));
+        assert_eq!(idx.pending_content(&blob(1, 3)).unwrap(), &b"abc"[..]);
+        // Dirty access times wait for the blob's own commit.
+        idx.touch(&blob(1, 3), 50_000);
+        assert!(idx.queue_dirty().is_empty());
+        let batch = idx.take_outbox();
+        assert_eq!(batch.tables(), [TABLE, INLINE_TABLE]);
+        store.apply_batch(batch).unwrap();
+        idx.settle_inline(&blob(1, 3), written, true);
+        idx.settle_inline(&blob(2, 3), lost, false);
+        assert!(idx.pending_content(&blob(1, 3)).is_none());
+        assert!(
+            idx.get(&blob(2, 3)).is_none(),
+            "a failed commit drops the blob"
+        );
+        assert_eq!((idx.len(), idx.stored_bytes()), (1, 3));
+        // A settle for an older insert leaves a newer one alone.
+        let newer = idx.insert_inline(blob(3, 3), inline(3), Bytes::from_static(b"new"));
+        idx.settle_inline(&blob(3, 3), newer - 1, false);
+        assert!(idx.pending_content(&blob(3, 3)).is_some());
+
+        let reloaded = Index::load(&table, 1_000, Duration::ZERO).unwrap();
+        assert_eq!(reloaded.get(&blob(1, 3)).unwrap().form, Form::Inline);
+        let contents = store.table(INLINE_TABLE).unwrap();
+        assert_eq!(contents.get(&key(&blob(1, 3))).unwrap().unwrap(), b"abc");
+
+        // Removal queues both the record and the content.
+        idx.remove(&blob(1, 3));
+        store.apply_batch(idx.take_outbox()).unwrap();
+        assert!(contents.get(&key(&blob(1, 3))).unwrap().is_none());
+        assert!(table.get(&key(&blob(1, 3))).unwrap().is_none());
     }
 }

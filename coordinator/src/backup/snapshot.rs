@@ -1,8 +1,9 @@
 //! A consistent snapshot of a coordinator's state: every metadata table as of one commit, and
 //! the blobs that what it keeps refers to.
 //!
-//! Kept: every table but the blob store's index (a restore rebuilds it by writing the blobs)
-//! and the in-flight REAPI operations (transient: their clients execute again). Referenced
+//! Kept: every table but the blob store's own (its index and its inline blobs' bytes: a
+//! restore rebuilds both by writing the blobs, which the backup keeps as files like every
+//! other blob; they are not even read) and the in-flight REAPI operations (transient: their clients execute again). Referenced
 //! blobs: each action-cache entry's outputs (files, the trees of output directories and the
 //! files in them, stdout, stderr) and each job's input tree (every directory and file under
 //! its root). An entry whose blobs are already gone from the store is left out (a job with
@@ -26,6 +27,8 @@ use crate::jobs::registry;
 
 /// The blob store's own index table (`tessera_cas::store`): rebuilt by a restore.
 const BLOB_INDEX_TABLE: &str = "blobs";
+/// The blob store's inline blobs (`tessera_cas::store`): backed up as blob files instead.
+const BLOB_INLINE_TABLE: &str = "blobs_inline";
 
 /// Why a snapshot could not be taken.
 #[derive(Debug, Error)]
@@ -56,11 +59,8 @@ impl Snapshot {
     /// refers to; run it off the async runtime.
     pub fn take(meta: &dyn MetadataStore, blobs: &dyn BlobStore) -> Result<Self, SnapshotError> {
         let created = SystemTime::now();
-        let mut tables: Vec<TableDump> = meta
-            .dump()?
-            .into_iter()
-            .filter(|t| t.name != BLOB_INDEX_TABLE && t.name != OPERATIONS_TABLE)
-            .collect();
+        let mut tables: Vec<TableDump> =
+            meta.dump(&[BLOB_INDEX_TABLE, BLOB_INLINE_TABLE, OPERATIONS_TABLE])?;
         let mut needed = BTreeSet::new();
         let mut dropped = BTreeMap::new();
         let mut lost_jobs = Vec::new();
@@ -242,10 +242,14 @@ mod tests {
             .unwrap()
             .insert(b"t", b"token")
             .unwrap();
-        // Neither the blob index nor in-flight operations are backed up.
+        // Neither the blob index, nor inline blobs, nor in-flight operations are backed up.
         meta.table(BLOB_INDEX_TABLE)
             .unwrap()
             .insert(b"i", b"x")
+            .unwrap();
+        meta.table(BLOB_INLINE_TABLE)
+            .unwrap()
+            .insert(b"i", b"bytes")
             .unwrap();
         meta.table(OPERATIONS_TABLE)
             .unwrap()

@@ -1,0 +1,336 @@
+//! Group commit: many writers' batches applied in one transaction.
+//!
+//! With redb every write transaction costs a commit (a copy of the changed B-tree pages and a
+//! header update), so small writes from many threads are bound by the commit rate, not by the
+//! bytes. A dedicated committer thread takes everything queued since its last commit and
+//! applies it as one [`Batch`]; writers that queue while it commits are served by the next
+//! commit. So under load one commit serves as many writers as arrived during the previous one.
+//!
+//! Order is kept: batches are applied in the order they were queued (later operations on a key
+//! win), so a caller that queues under its own lock gets its lock's order in the store. A
+//! commit is all-or-nothing for every writer in it: if the combined batch fails, each of them
+//! gets the error and none of their writes was made. Like any [`MetadataStore::apply_batch`],
+//! a commit makes the writes visible, not durable: durability is a flush's job
+//! ([`MetadataStore::flush`]), unchanged.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use super::{Batch, MetaError, MetadataStore};
+
+/// Applies queued batches in groups; see the module docs. Dropping it commits what is already
+/// queued, then stops the committer thread.
+pub struct GroupCommit {
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the committer when something is queued or it must stop.
+    queued: Condvar,
+}
+
+struct State {
+    /// Everything queued since the committer last took the queue.
+    batch: Batch,
+    /// The outcome every writer of `batch` waits on.
+    group: Arc<Group>,
+    /// Set on drop: commit what is queued, then exit.
+    stopping: bool,
+    /// The committer has exited: nothing more will be committed.
+    stopped: bool,
+    /// Groups committed so far (for tests and metrics).
+    commits: u64,
+}
+
+/// The outcome of one commit, shared by its writers.
+#[derive(Default)]
+struct Group {
+    outcome: Mutex<Option<Result<(), Arc<MetaError>>>>,
+    done: Condvar,
+}
+
+impl Group {
+    fn finish(&self, outcome: Result<(), Arc<MetaError>>) {
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        self.done.notify_all();
+    }
+}
+
+/// A queued batch; [`Queued::wait`] blocks until the commit that holds it has run.
+#[must_use = "a queued batch is only known to be written once waited on"]
+pub struct Queued {
+    group: Option<Arc<Group>>,
+}
+
+impl Queued {
+    /// Blocks until the batch is applied (visible to readers) or its commit failed.
+    pub fn wait(self) -> Result<(), MetaError> {
+        let Some(group) = self.group else {
+            return Ok(());
+        };
+        let mut outcome = group.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            match &*outcome {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(error)) => return Err(shared_error(error)),
+                None => {
+                    outcome = group
+                        .done
+                        .wait(outcome)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+    }
+}
+
+/// One writer's copy of a commit's error: the kinds callers act on keep their kind.
+fn shared_error(error: &Arc<MetaError>) -> MetaError {
+    match &**error {
+        MetaError::OutOfSpace { path } => MetaError::OutOfSpace { path: path.clone() },
+        MetaError::Unavailable { path, cause } => MetaError::Unavailable {
+            path: path.clone(),
+            cause: cause.clone(),
+        },
+        MetaError::Closed => MetaError::Closed,
+        _ => MetaError::GroupCommit {
+            source: Arc::clone(error) as Arc<dyn std::error::Error + Send + Sync>,
+        },
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock is never held while committing, so a poisoned state is still whole.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl GroupCommit {
+    /// Starts the committer thread (named `thread_name`) writing to `meta`.
+    pub fn start(thread_name: &str, meta: Arc<dyn MetadataStore>) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                batch: Batch::new(),
+                group: Arc::default(),
+                stopping: false,
+                stopped: false,
+                commits: 0,
+            }),
+            queued: Condvar::new(),
+        });
+        let committer = std::thread::Builder::new()
+            .name(thread_name.to_owned())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || run_committer(&shared, &*meta)
+            })?;
+        Ok(GroupCommit {
+            shared,
+            committer: Some(committer),
+        })
+    }
+
+    /// Queues `batch` for the next commit. Cheap and non-blocking, so callers may queue under
+    /// their own lock to keep their order. An empty batch is done at once.
+    pub fn queue(&self, batch: Batch) -> Queued {
+        if batch.is_empty() {
+            return Queued { group: None };
+        }
+        let mut state = self.shared.lock();
+        if state.stopped {
+            let group = Arc::new(Group::default());
+            group.finish(Err(Arc::new(MetaError::Closed)));
+            return Queued { group: Some(group) };
+        }
+        state.batch.append(batch);
+        let group = Arc::clone(&state.group);
+        drop(state);
+        self.shared.queued.notify_one();
+        Queued { group: Some(group) }
+    }
+
+    /// Queues `batch` and waits for its commit.
+    pub fn apply(&self, batch: Batch) -> Result<(), MetaError> {
+        self.queue(batch).wait()
+    }
+
+    /// Number of commits run so far.
+    pub fn commits(&self) -> u64 {
+        self.shared.lock().commits
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.shared.lock().stopping = true;
+        self.shared.queued.notify_one();
+        if let Some(committer) = self.committer.take() {
+            // A panic in the store was already turned into `Closed` for the waiters.
+            let _ = committer.join();
+        }
+    }
+}
+
+fn run_committer(shared: &Shared, meta: &dyn MetadataStore) {
+    // Also runs if the store panics, so no writer waits forever on a dead committer.
+    struct MarkStopped<'a>(&'a Shared);
+    impl Drop for MarkStopped<'_> {
+        fn drop(&mut self) {
+            let mut state = self.0.lock();
+            state.stopped = true;
+            state.batch = Batch::new();
+            let group = std::mem::take(&mut state.group);
+            drop(state);
+            if group
+                .outcome
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none()
+            {
+                group.finish(Err(Arc::new(MetaError::Closed)));
+            }
+        }
+    }
+    let _stopped = MarkStopped(shared);
+
+    loop {
+        let (batch, group) = {
+            let mut state = shared.lock();
+            while state.batch.is_empty() && !state.stopping {
+                state = shared
+                    .queued
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.batch.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut state.batch);
+            let group = std::mem::take(&mut state.group);
+            (batch, group)
+        };
+        // Finished by the guard (as closed) if applying panics.
+        struct Unfinished(Option<Arc<Group>>);
+        impl Drop for Unfinished {
+            fn drop(&mut self) {
+                if let Some(group) = self.0.take() {
+                    group.finish(Err(Arc::new(MetaError::Closed)));
+                }
+            }
+        }
+        let mut pending = Unfinished(Some(group));
+        let outcome = meta.apply_batch(batch).map_err(Arc::new);
+        shared.lock().commits += 1;
+        if let Some(group) = pending.0.take() {
+            group.finish(outcome);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::meta::{MemoryMetaStore, RedbStore};
+
+    fn batch(table: &str, key: &str, value: &str) -> Batch {
+        let mut batch = Batch::new();
+        batch.insert(table, key.as_bytes().to_vec(), value.as_bytes().to_vec());
+        batch
+    }
+
+    #[test]
+    fn queued_batches_are_visible_once_waited_on_and_keep_their_order() {
+        let meta: Arc<dyn MetadataStore> = Arc::new(MemoryMetaStore::new());
+        let commits = GroupCommit::start("test-commit", Arc::clone(&meta)).unwrap();
+        let first = commits.queue(batch("t", "k", "first"));
+        let mut second = batch("t", "other", "x");
+        second.remove("t", b"k".to_vec());
+        second.insert("t", b"k".to_vec(), b"second".to_vec());
+        let second = commits.queue(second);
+        first.wait().unwrap();
+        second.wait().unwrap();
+        let table = meta.table("t").unwrap();
+        assert_eq!(table.get(b"k").unwrap(), Some(b"second".to_vec()));
+        assert_eq!(table.get(b"other").unwrap(), Some(b"x".to_vec()));
+        commits.apply(Batch::new()).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn MetadataStore> = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let commits = GroupCommit::start("test-commit", Arc::clone(&meta)).unwrap();
+        let start = Barrier::new(16);
+        std::thread::scope(|scope| {
+            for writer in 0..16 {
+                let (commits, start) = (&commits, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    for n in 0..50 {
+                        commits
+                            .apply(batch("t", &format!("{writer}/{n}"), "v"))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(meta.table("t").unwrap().len().unwrap(), 800);
+        // 800 batches; one commit each would be 800.
+        assert!(commits.commits() < 800, "{} commits", commits.commits());
+    }
+
+    /// A store whose batches all fail, as a full disk makes them.
+    struct Refusing;
+
+    impl MetadataStore for Refusing {
+        fn table(&self, _: &str) -> Result<crate::meta::Table, MetaError> {
+            Err(MetaError::Closed)
+        }
+        fn apply_batch(&self, _: Batch) -> Result<(), MetaError> {
+            Err(MetaError::OutOfSpace {
+                path: "/full".into(),
+            })
+        }
+        fn flush(&self) -> Result<(), MetaError> {
+            Ok(())
+        }
+        fn flush_async(&self) -> futures::future::BoxFuture<'static, Result<(), MetaError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn dump(&self, _: &[&str]) -> Result<Vec<crate::meta::TableDump>, MetaError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_fails_every_writer_in_it_with_its_kind() {
+        let commits = GroupCommit::start("test-commit", Arc::new(Refusing)).unwrap();
+        let waits: Vec<Queued> = (0..4)
+            .map(|n| commits.queue(batch("t", &n.to_string(), "v")))
+            .collect();
+        for wait in waits {
+            assert!(wait.wait().unwrap_err().is_out_of_space());
+        }
+    }
+
+    #[test]
+    fn drop_commits_what_is_queued() {
+        let meta: Arc<dyn MetadataStore> = Arc::new(MemoryMetaStore::new());
+        let commits = GroupCommit::start("test-commit", Arc::clone(&meta)).unwrap();
+        let queued = commits.queue(batch("t", "k", "v"));
+        drop(commits);
+        queued.wait().unwrap();
+        assert!(meta.table("t").unwrap().get(b"k").unwrap().is_some());
+    }
+}
