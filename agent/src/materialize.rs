@@ -10,8 +10,9 @@
 //! given; a non-executable file is a hard link to the cached blob, which is made read-only
 //! (0444) first, since every link shares the blob's inode and mode; an executable file is a
 //! hard link to the blob's executable twin (a copy with mode 0555 the cache makes once per
-//! agent run), because giving the blob itself the exec bit would change it for every other
-//! user, and copying large test binaries for every action costs seconds. Where a hard link is not possible (another
+//! agent run, or, for an executable output the agent kept from an earlier action, the 0555
+//! blob itself: `cache.rs`), because giving the blob itself the exec bit would change it for
+//! every other user, and copying large test binaries for every action costs seconds. Where a hard link is not possible (another
 //! filesystem, the link-count limit), files are copied. Empty files are created, not linked.
 //! Inputs are therefore read-only to the action: an action running as root could still write
 //! through a link and corrupt the cached blob, which the cache does not re-verify on link.
