@@ -660,8 +660,15 @@ impl Spawner {
             sandbox: Some(prepared),
             signal: 0,
         };
+        let frame = frame(&request);
+        if frame.len() - 4 > MAX_FRAME {
+            // The spawner would refuse the frame and end, killing every running command: this
+            // one fails alone, as exec would with so many arguments.
+            lock(&link.calls).by_id.remove(&id);
+            return Ok(Err(nix::errno::Errno::E2BIG as i32));
+        }
         let fds = [stdout.as_raw_fd(), stderr.as_raw_fd()];
-        if link.send(&frame(&request), &fds).is_err() {
+        if link.send(&frame, &fds).is_err() {
             lock(&link.calls).by_id.remove(&id);
             return Err(SpawnError::SpawnerLost);
         }
