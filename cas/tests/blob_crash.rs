@@ -37,7 +37,7 @@ fn blob_store_keeps_every_acknowledged_write_and_serves_only_whole_blobs_through
     crash_story(0);
 }
 
-/// Small blobs inline (as the coordinator has it). This test once "lost checkpointed inline
+/// Small blobs inline (off in every caller for now). This test once "lost checkpointed inline
 /// blobs": its verifier let a `durable` line of one cycle cover the writes of earlier cycles,
 /// which a crash before any checkpoint of theirs had lost (unflushed inline blobs did not
 /// survive a process crash then). Now an inline write returns only once flushed, and the

@@ -8,8 +8,8 @@
 //! again (DESIGN.md §3).
 //!
 //! **Inline blobs.** Blobs up to [`DiskStoreOptions::inline_max`] bytes (0, the default of
-//! [`DiskStoreOptions::new`], keeps every blob a file; the coordinator uses
-//! [`DiskStoreOptions::INLINE_MAX`]) are kept as values of the metadata table
+//! [`DiskStoreOptions::new`] and what every caller uses for now, keeps every blob a file; see
+//! [`DiskStoreOptions::INLINE_MAX`] for why) are kept as values of the metadata table
 //! `blobs_inline` instead of a file each: a small blob then costs a share of one group commit
 //! instead of a file create, write and rename. Record and bytes are written in one batch, so
 //! they appear and go together; reads hash them every time, like files. A write returns only
@@ -19,7 +19,10 @@
 //! acknowledged inline blob is at least as safe as a file: a process crash loses none, and a
 //! machine crash none either (a file it may; DESIGN.md §3). The crash test
 //! `inline_blobs_keep_every_acknowledged_write_through_sigkill` (`cas/tests/blob_crash.rs`)
-//! checks it. Callers that need files ([`DiskStore::raw_path`]: the agent's cache, which
+//! checks it. Not yet covered: between its insert and that flush an inline blob already
+//! counts as present for [`BlobStore::find_missing`] (a file counts once renamed into place),
+//! so a client told "present" in that window may find it missing after a process crash.
+//! Callers that need files ([`DiskStore::raw_path`]: the agent's cache, which
 //! hard-links them) keep `inline_max` at 0; uploads streamed past the upload buffer
 //! (256 KiB) are always files.
 //!
@@ -106,8 +109,10 @@ pub struct DiskStoreOptions {
 }
 
 impl DiskStoreOptions {
-    /// The inline limit for stores that serve no files to link (the coordinator's): the size
-    /// under which a blob is not worth compressing (see the module docs).
+    /// The inline limit to use once inline blobs are turned on: the size under which a blob
+    /// is not worth compressing (see the module docs). Nothing turns it on: with every inline
+    /// write flushed before it returns (what makes it crash-safe), `tessera-bench cas --quick`
+    /// measured 8,200 to 8,700 small writes/s against 13,400/s as files (2 cores, load 4 to 6).
     pub const INLINE_MAX: u64 = 16 * 1024;
 
     /// Defaults for `root`: no budget, a minute of protection, compression on, every blob a
