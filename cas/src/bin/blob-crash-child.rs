@@ -10,9 +10,12 @@
 //!
 //! `blob-crash-child verify <dir> <inline-max> <log>` reopens the store and checks it against the log:
 //! every blob it reports present among all that were ever written (acknowledged or not) reads
-//! back whole and matches, no other blob is present, and every write covered by a `durable`
-//! line is present. Exit 0 with `verified ...`, 1 with one line per problem, 2 if the store
-//! does not open.
+//! back whole and matches, no other blob is present, and every acknowledged write (every `w`
+//! line: a process crash must not lose one, inline or file) is present. A lost write is
+//! reported with whether a completed checkpoint of its own cycle covered it (a `durable k`
+//! line covers the first `k` writes of its cycle only: a checkpoint cannot make durable what
+//! an earlier process's crash already lost). Exit 0 with `verified ...`, 1 with one line per
+//! problem, 2 if the store does not open.
 //!
 //! A blob's bytes are a function of `(cycle, thread, n)`, so the verifier needs no copy.
 
@@ -176,7 +179,8 @@ fn verify(dir: &str, inline_max: u64, log: &str) -> ExitCode {
     // The log holds every cycle's lines, in order; `durable k` counts the `w` lines of its
     // own cycle, which start after that cycle's `ready`.
     let mut writes: Vec<(u64, u64, u64)> = Vec::new();
-    let mut must_have = 0usize;
+    // Per write: whether a completed checkpoint of its own cycle covered it.
+    let mut checkpointed: Vec<bool> = Vec::new();
     let mut cycle_start = 0usize;
     let mut cycles = 0u64;
     for line in text.lines() {
@@ -187,11 +191,17 @@ fn verify(dir: &str, inline_max: u64, log: &str) -> ExitCode {
                 cycles += 1;
             }
             ["w", c, t, n] => match (c.parse(), t.parse(), n.parse()) {
-                (Ok(c), Ok(t), Ok(n)) => writes.push((c, t, n)),
+                (Ok(c), Ok(t), Ok(n)) => {
+                    writes.push((c, t, n));
+                    checkpointed.push(false);
+                }
                 _ => return bad_log(line),
             },
             ["durable", k] => match k.parse::<usize>() {
-                Ok(k) => must_have = must_have.max(cycle_start + k),
+                Ok(k) => {
+                    let end = (cycle_start + k).min(checkpointed.len());
+                    checkpointed[cycle_start..end].fill(true);
+                }
                 Err(_) => return bad_log(line),
             },
             _ => return bad_log(line),
@@ -205,15 +215,21 @@ fn verify(dir: &str, inline_max: u64, log: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for &(c, t, n) in &writes[..must_have.min(writes.len())] {
+    for (&(c, t, n), &covered) in writes.iter().zip(&checkpointed) {
         let (digest, _) = blob(c, t, n);
         if !store.contains(&digest) {
+            let when = if covered {
+                "before a completed checkpoint"
+            } else {
+                "acknowledged, not yet checkpointed"
+            };
             problems.push(format!(
-                "LOST w {c} {t} {n} ({digest}): written before a completed checkpoint ({})",
+                "LOST w {c} {t} {n} ({digest}): {when} ({})",
                 stored_as(&meta, &digest)
             ));
         }
     }
+    let must_have = checkpointed.iter().filter(|&&c| c).count();
     // Every blob ever written, printed or not: the printed ones and a few past each thread's
     // last printed write in every cycle.
     let mut candidates = std::collections::BTreeSet::new();
