@@ -14,8 +14,8 @@
 # (README "Our own suite through `tessera run`" and Benchmarks `self` have the tables):
 #   whole workspace, before `tessera-bench self` (other builds running): nextest 440 s,
 #   tessera 495 s (the full `self` run could not finish on the shared machine);
-#   tessera-config alone (`self --quick`, load ~18): nextest 293.8 s, tessera 173.7 s, which
-#   says little: a small crate's dependency build is most of both, under a falling load;
+#   tessera-cas + tessera-agent (`self -p ...`, idle, 254 tests): nextest 275.8 s, tessera
+#   266.2 s (0.97x); warm: nextest 66.3 s, tessera 0.24 s;
 # and mode tessera pays a second build on top (the test binaries here, for the cross-check's
 # `cargo nextest list`): about as long as nextest's own build. So: nextest.
 # Only one mode runs: CI's time limit is shared by everything.
