@@ -26,16 +26,15 @@
 //! warm, `tessera run` ≤ 0.10 × nextest (a re-run of unchanged code answers from the cache).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use crate::crosscheck;
 use crate::error::BenchError;
 use crate::processes::tessera_binary;
 use crate::report::{self, Check, Environment, Layout, Report, Row};
-use crate::suites::wait_within;
+use crate::suites::run_timed;
 
 /// Longest one side may take (cold, the whole workspace on a busy 2-core machine).
 const RUN_LIMIT: Duration = Duration::from_secs(3600);
@@ -454,32 +453,8 @@ fn timed_split(
     stdout: &Path,
     stderr: &Path,
 ) -> Result<Timed, BenchError> {
-    let io = |what| move |source| BenchError::Io { what, source };
-    let out = File::create(stdout).map_err(io("create a log file"))?;
-    let err = if stderr == stdout {
-        out.try_clone().map_err(io("share a log file"))?
-    } else {
-        File::create(stderr).map_err(io("create a log file"))?
-    };
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| BenchError::Unexpected("an empty command".to_owned()))?;
-    let started = Instant::now();
-    let child = Command::new(program)
-        .args(args)
-        .current_dir(cwd)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(io("start a command"))?;
-    let status = wait_within(child, RUN_LIMIT, &argv.join(" "))?;
-    Ok(Timed {
-        wall: started.elapsed(),
-        status,
-    })
+    let (wall, status) = run_timed(argv, cwd, env, stdout, stderr, RUN_LIMIT)?;
+    Ok(Timed { wall, status })
 }
 
 fn seconds(d: Duration) -> String {

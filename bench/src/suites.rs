@@ -212,7 +212,7 @@ fn measure(
         online.remove("CARGO_NET_OFFLINE");
         let argv = ["cargo".to_owned(), "fetch".to_owned()];
         let log = dir.join("prefetch.log");
-        let (_, status) = run_timed(&argv, &copy, &online, &log, &log)?;
+        let (_, status) = run_timed(&argv, &copy, &online, &log, &log, RUN_LIMIT)?;
         if !status.success() {
             return Err(BenchError::Tool(format!(
                 "{}: cargo fetch failed ({status}); see {}",
@@ -323,7 +323,7 @@ fn run_directly(
     } else {
         &stderr
     };
-    let (wall, status) = run_timed(&argv, &copy, &env, &stdout, stderr)?;
+    let (wall, status) = run_timed(&argv, &copy, &env, &stdout, stderr, RUN_LIMIT)?;
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
@@ -347,12 +347,15 @@ fn run_directly(
 }
 
 /// Runs `argv` in `cwd` with exactly `env`, output to files, and times it spawn to exit.
-fn run_timed(
+/// Runs `argv` in `cwd` with exactly `env`, its output to `stdout` and `stderr` (one file if the
+/// same path), killed after `limit`; its wall time and exit status.
+pub(crate) fn run_timed(
     argv: &[String],
     cwd: &Path,
     env: &BTreeMap<String, String>,
     stdout: &Path,
     stderr: &Path,
+    limit: Duration,
 ) -> Result<(Duration, ExitStatus), BenchError> {
     let io = |what| move |source| BenchError::Io { what, source };
     let out = File::create(stdout).map_err(io("create a log file"))?;
@@ -374,17 +377,14 @@ fn run_timed(
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|source| BenchError::Io {
-            what: "start a suite's command",
-            source,
-        })?;
-    let status = wait_within(child, RUN_LIMIT, &argv.join(" "))?;
+        .map_err(io("start a command"))?;
+    let status = wait_within(child, limit, &argv.join(" "))?;
     Ok((started.elapsed(), status))
 }
 
 /// Waits for `child` to exit (no polling: a thread waits, so the wall time is exact), or
 /// kills it after `limit`.
-pub(crate) fn wait_within(
+fn wait_within(
     mut child: Child,
     limit: Duration,
     what: &str,
@@ -443,7 +443,7 @@ impl Invocation<'_> {
         argv.extend(self.command.iter().map(|s| (*s).to_owned()));
         let stdout = self.logs.join(format!("tessera-{label}.jsonl"));
         let stderr = self.logs.join(format!("tessera-{label}.err"));
-        let (wall, status) = run_timed(&argv, self.copy, self.env, &stdout, &stderr)?;
+        let (wall, status) = run_timed(&argv, self.copy, self.env, &stdout, &stderr, RUN_LIMIT)?;
         let text = std::fs::read_to_string(&stdout).map_err(|source| BenchError::Io {
             what: "read tessera run's output",
             source,
