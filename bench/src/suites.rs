@@ -384,11 +384,7 @@ pub(crate) fn run_timed(
 
 /// Waits for `child` to exit (no polling: a thread waits, so the wall time is exact), or
 /// kills it after `limit`.
-fn wait_within(
-    mut child: Child,
-    limit: Duration,
-    what: &str,
-) -> Result<ExitStatus, BenchError> {
+fn wait_within(mut child: Child, limit: Duration, what: &str) -> Result<ExitStatus, BenchError> {
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     let waiter = std::thread::spawn(move || {

@@ -25,7 +25,7 @@ use tessera_proto::reapi::capabilities_server::CapabilitiesServer;
 use tessera_proto::reapi::command::EnvironmentVariable;
 use tessera_proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
 use tessera_proto::reapi::platform::Property;
-use tessera_proto::reapi::{Action, Command, Platform};
+use tessera_proto::reapi::{Action, ActionResult, Command, Platform};
 use tessera_proto::tessera::v1::agent_message::Kind as AgentKind;
 use tessera_proto::tessera::v1::agent_session_server::{AgentSession, AgentSessionServer};
 use tessera_proto::tessera::v1::coordinator_message::Kind as CoordinatorKind;
@@ -115,6 +115,19 @@ impl AgentLink {
                 None => panic!("the agent closed the stream without a result"),
             }
         }
+    }
+
+    /// Sends `lease`, waits for its result and checks it completed; the action's result.
+    pub(crate) async fn run_completed(&mut self, lease: Lease) -> ActionResult {
+        self.lease(lease).await;
+        let answer = self.result().await;
+        assert_eq!(
+            answer.outcome(),
+            tessera_proto::tessera::v1::LeaseOutcome::Completed,
+            "{}",
+            answer.message
+        );
+        answer.result.expect("an action result")
     }
 
     /// Waits until the lease reaches `stage`.

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use tessera_cas::digest::Digest;
 use tessera_proto::reapi::{Directory, DirectoryNode};
-use tessera_proto::tessera::v1::LeaseOutcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{F, FakeCoordinator, TestAgent, command, input_dir, lease};
@@ -72,15 +71,7 @@ async fn the_next_action_on_the_agent_takes_the_outputs_from_its_cache() {
     );
     let mut prepare = lease("prepare", empty_root, &["sh", "-c", &script]);
     command(&mut prepare).output_paths = vec!["out".into()];
-    link.lease(prepare).await;
-    let answer = link.result().await;
-    assert_eq!(
-        answer.outcome(),
-        LeaseOutcome::Completed,
-        "{}",
-        answer.message
-    );
-    let built = answer.result.expect("an action result");
+    let built = link.run_completed(prepare).await;
     assert_eq!(built.exit_code, 0);
     let sums = coordinator.read(built.stdout_digest.as_ref()).await;
     let out = &built.output_directories[0];
@@ -113,16 +104,9 @@ async fn the_next_action_on_the_agent_takes_the_outputs_from_its_cache() {
     let next_root = coordinator.upload_message(&next_root).await;
     let before = fetched_bytes(addr).await;
     let check = "test -x out/suite && test ! -x out/data && sha256sum out/suite out/data";
-    link.lease(lease("batch", next_root, &["sh", "-c", check]))
+    let ran = link
+        .run_completed(lease("batch", next_root, &["sh", "-c", check]))
         .await;
-    let answer = link.result().await;
-    assert_eq!(
-        answer.outcome(),
-        LeaseOutcome::Completed,
-        "{}",
-        answer.message
-    );
-    let ran = answer.result.expect("an action result");
     assert_eq!(ran.exit_code, 0, "inputs not laid out as built");
     assert_eq!(coordinator.read(ran.stdout_digest.as_ref()).await, sums);
     // Only the two Directory messages and the small file (left to batches) came over the
@@ -188,15 +172,7 @@ async fn measure_outputs_round_trip() {
     let mut prepare = lease("prepare", empty_root, &["sh", "-c", &script]);
     prepare.timeout = Some(std::time::Duration::from_secs(600).try_into().unwrap());
     command(&mut prepare).output_paths = vec!["out".into()];
-    link.lease(prepare).await;
-    let answer = link.result().await;
-    assert_eq!(
-        answer.outcome(),
-        LeaseOutcome::Completed,
-        "{}",
-        answer.message
-    );
-    let built = answer.result.expect("an action result");
+    let built = link.run_completed(prepare).await;
     let meta = built.execution_metadata.clone().unwrap();
     let upload = seconds(
         meta.output_upload_start_timestamp.as_ref(),
@@ -215,15 +191,7 @@ async fn measure_outputs_round_trip() {
     let before = fetched_bytes(addr).await;
     let mut next = lease("next", next_root, &["sh", "-c", "test -x out/t8"]);
     next.timeout = Some(std::time::Duration::from_secs(600).try_into().unwrap());
-    link.lease(next).await;
-    let answer = link.result().await;
-    assert_eq!(
-        answer.outcome(),
-        LeaseOutcome::Completed,
-        "{}",
-        answer.message
-    );
-    let ran = answer.result.expect("an action result");
+    let ran = link.run_completed(next).await;
     assert_eq!(ran.exit_code, 0);
     let meta = ran.execution_metadata.unwrap();
     let fetch = seconds(
