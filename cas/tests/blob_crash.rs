@@ -14,12 +14,13 @@
 //! `TESSERA_BLOB_CRASH_CYCLES` (default 25) and `TESSERA_BLOB_CRASH_SEED` make longer or
 //! repeated runs; the seed is printed. On failure the directory and the log are kept.
 
+mod common;
+
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -96,24 +97,7 @@ fn run_cycles(dir: &Path, inline_max: u64, cycles: u64, seed: u64) -> Result<Str
             .stderr(File::create(&stderr_path).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut stdout = BufReader::new(stdout);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match stdout.read_until(b'\n', &mut line) {
-                    // A line cut off by the kill was never fully acknowledged.
-                    Ok(0) | Err(_) => return,
-                    Ok(_) if line.last() != Some(&b'\n') => return,
-                    Ok(_) => {
-                        line.pop();
-                        let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
-                    }
-                }
-            }
-        });
+        let (lines, reader) = common::read_lines(&mut child);
         match lines.recv_timeout(PATIENCE) {
             Ok(line) if line == "ready" => {}
             other => {

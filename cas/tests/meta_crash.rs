@@ -12,13 +12,14 @@
 //! failure the data directory and the ack log are kept.
 
 use std::fmt::Write as _;
+mod common;
+
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread::JoinHandle;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -120,7 +121,7 @@ fn run_cycles(dir: &Path, cycles: u64, seed: u64) -> Result<Totals, String> {
             .spawn()
             .unwrap();
         let spawned = Instant::now();
-        let (lines, reader) = read_lines(&mut child);
+        let (lines, reader) = common::read_lines(&mut child);
 
         match kill_at {
             // Real time: the kill lands at a random moment of the writer's life on purpose.
@@ -201,29 +202,6 @@ fn run_cycles(dir: &Path, cycles: u64, seed: u64) -> Result<Totals, String> {
         return Err("no write was ever acknowledged; the test proved nothing".into());
     }
     Ok(totals)
-}
-
-/// Complete lines the child prints, as they come; a line cut off by the kill is dropped (it
-/// was never fully acknowledged).
-fn read_lines(child: &mut Child) -> (Receiver<String>, JoinHandle<()>) {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut stdout = BufReader::new(stdout);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match stdout.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line.last() != Some(&b'\n') => return,
-                Ok(_) => {
-                    line.pop();
-                    let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
-                }
-            }
-        }
-    });
-    (rx, reader)
 }
 
 /// Runs the verifier; its summary line on success, the evidence otherwise.
