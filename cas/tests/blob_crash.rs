@@ -8,8 +8,8 @@
 //! directory; after every kill a fresh process (`blob-crash-child verify`) reopens the store
 //! and checks that every blob it reports present reads back whole and matches its digest, that
 //! nothing else is present, and that every acknowledged write is there (a process crash must
-//! lose none: files survive it in the page cache, inline blobs are flushed before their write
-//! returns).
+//! lose none: files survive it in the page cache, inline blobs through their journal, replayed
+//! at open).
 //!
 //! `TESSERA_BLOB_CRASH_CYCLES` (default 25) and `TESSERA_BLOB_CRASH_SEED` make longer or
 //! repeated runs; the seed is printed. On failure the directory and the log are kept.
@@ -38,11 +38,10 @@ fn blob_store_keeps_every_acknowledged_write_and_serves_only_whole_blobs_through
     crash_story(0);
 }
 
-/// Small blobs inline (off in every caller for now). This test once "lost checkpointed inline
-/// blobs": its verifier let a `durable` line of one cycle cover the writes of earlier cycles,
-/// which a crash before any checkpoint of theirs had lost (unflushed inline blobs did not
-/// survive a process crash then). Now an inline write returns only once flushed, and the
-/// verifier checks every acknowledged write.
+/// Small blobs inline, as the coordinator keeps them: an inline write returns once journaled
+/// and committed, not flushed, so only the journal's replay at open keeps the writes acknowledged
+/// since the last checkpoint (without it this test fails at the first kill that lands between
+/// two checkpoints).
 #[test]
 fn inline_blobs_keep_every_acknowledged_write_through_sigkill() {
     crash_story(16 * 1024);

@@ -171,6 +171,8 @@ impl Coordinator {
         let mut options = DiskStoreOptions::new(config.data_dir.join("cas"));
         options.budget_bytes = config.max_cas_bytes.unwrap_or(u64::MAX);
         options.protect_recent = config.cas_protect_recent;
+        // Small blobs in the metadata store, journaled until each checkpoint's flush.
+        options.inline_max = DiskStoreOptions::INLINE_MAX;
         let store = {
             let meta_dyn = Arc::clone(&meta_dyn);
             tokio::task::spawn_blocking(move || DiskStore::open(meta_dyn, options))

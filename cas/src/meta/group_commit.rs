@@ -48,6 +48,8 @@ struct State {
     stopped: bool,
     /// Groups committed so far (for tests and metrics).
     commits: u64,
+    /// The group the committer is applying now, if any.
+    in_flight: Option<Arc<Group>>,
 }
 
 /// The outcome of one commit, shared by its writers.
@@ -124,6 +126,7 @@ impl GroupCommit {
                 stopping: false,
                 stopped: false,
                 commits: 0,
+                in_flight: None,
             }),
             queued: Condvar::new(),
         });
@@ -156,6 +159,22 @@ impl GroupCommit {
         drop(state);
         self.shared.queued.notify_one();
         Queued { group: Some(group) }
+    }
+
+    /// A wait for everything queued before this call to be committed (nothing of its own):
+    /// the next commit if something is queued, else the one running, else done at once. What
+    /// a caller needs before a flush that must cover earlier writers' batches (an empty
+    /// [`GroupCommit::queue`] is done at once, whatever is still queued).
+    pub fn barrier(&self) -> Queued {
+        let state = self.shared.lock();
+        if !state.batch.is_empty() {
+            return Queued {
+                group: Some(Arc::clone(&state.group)),
+            };
+        }
+        Queued {
+            group: state.in_flight.clone(),
+        }
     }
 
     /// Queues `batch` and waits for its commit.
@@ -216,6 +235,7 @@ fn run_committer(shared: &Shared, meta: &dyn MetadataStore) {
             }
             let batch = std::mem::take(&mut state.batch);
             let group = std::mem::take(&mut state.group);
+            state.in_flight = Some(Arc::clone(&group));
             (batch, group)
         };
         // Finished by the guard (as closed) if applying panics.
@@ -229,7 +249,12 @@ fn run_committer(shared: &Shared, meta: &dyn MetadataStore) {
         }
         let mut pending = Unfinished(Some(group));
         let outcome = meta.apply_batch(batch).map_err(Arc::new);
-        shared.lock().commits += 1;
+        {
+            // Applied: a flush from here on covers it.
+            let mut state = shared.lock();
+            state.commits += 1;
+            state.in_flight = None;
+        }
         if let Some(group) = pending.0.take() {
             group.finish(outcome);
         }

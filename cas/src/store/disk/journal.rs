@@ -1,0 +1,277 @@
+//! The inline journal: what makes an inline blob survive a process crash without an fsync.
+//!
+//! A redb commit that is not durable does not survive even a process crash (redb reopens at
+//! its last durable commit), while a file written with `write(2)` does: its pages are the
+//! kernel's the moment the call returns. So before an inline blob is acknowledged, its key and
+//! bytes are appended to a journal file (one `write` of the whole record, no fsync); its
+//! record and bytes reach the metadata store in the next group commit as before, and become
+//! durable at the next flush. A journal is needed only until then:
+//! [`DiskStore::checkpoint`](super::DiskStore::checkpoint) switches new records to a fresh
+//! journal, commits and flushes everything queued, and deletes the journals that flush covered.
+//! At start, every journal left by a crash is replayed (each record is hashed; a record cut
+//! short or not matching its key ends that journal: a write killed mid-record was never
+//! acknowledged) before the store serves anything.
+//!
+//! Ordering: a record is appended under the index lock, after its blob is queued for the next
+//! commit. A checkpoint switches journals first and then queues its commit under the same
+//! lock, so every record of a journal it deletes belongs to a blob queued before that commit.
+//!
+//! A machine crash can lose the tail of a journal as it can lose a blob file written in the
+//! same seconds (blob files are not fsynced either): a cache miss, which clients repair.
+//!
+//! Record: magic `TIJ1`, key length (u16 LE), key ([`index::key`]), content length (u32 LE),
+//! content.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use crate::digest::Digest;
+use crate::store::index;
+
+const MAGIC: &[u8; 4] = b"TIJ1";
+const PREFIX: &str = "journal-";
+/// Longest key a record may carry (keys are 41 bytes today).
+const MAX_KEY: usize = 256;
+
+/// The journal files of one store, under their own directory.
+pub(super) struct Journal {
+    dir: PathBuf,
+    active: Mutex<Active>,
+}
+
+struct Active {
+    file: Option<File>,
+    generation: u64,
+    /// Bytes appended to the active file.
+    len: u64,
+}
+
+/// A record read back by [`replay`].
+pub(super) struct Replayed {
+    pub digest: Digest,
+    pub content: Vec<u8>,
+}
+
+/// What [`replay`] found.
+#[derive(Default)]
+pub(super) struct Replay {
+    /// Whole records whose content matches their key, oldest first.
+    pub records: Vec<Replayed>,
+    /// Journals that ended in a record cut short or not matching its key.
+    pub torn: usize,
+    /// The journal files read (to delete once their records are durable).
+    pub files: Vec<PathBuf>,
+}
+
+impl Journal {
+    /// Opens the journal directory `dir` (creating it). Existing journals are left for
+    /// [`replay`]; new records go to a generation after theirs.
+    pub(super) fn open(dir: &Path) -> io::Result<Journal> {
+        fs::create_dir_all(dir)?;
+        let next = list(dir)?
+            .last()
+            .map_or(0, |(generation, _)| generation + 1);
+        Ok(Journal {
+            dir: dir.to_owned(),
+            active: Mutex::new(Active {
+                file: None,
+                generation: next,
+                len: 0,
+            }),
+        })
+    }
+
+    /// Appends one record (a single `write` of the whole record). On an error the record may
+    /// be partly written; a later replay stops at it, so the caller must refuse the blob.
+    pub(super) fn append(&self, digest: &Digest, content: &[u8]) -> io::Result<()> {
+        let key = index::key(digest);
+        let length = u32::try_from(content.len())
+            .map_err(|_| io::Error::other("inline blob too large for the journal"))?;
+        let mut record = Vec::with_capacity(4 + 2 + key.len() + 4 + content.len());
+        record.extend_from_slice(MAGIC);
+        record.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        record.extend_from_slice(&key);
+        record.extend_from_slice(&length.to_le_bytes());
+        record.extend_from_slice(content);
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        if active.file.is_none() {
+            let path = self.path(active.generation);
+            active.file = Some(OpenOptions::new().create(true).append(true).open(&path)?);
+        }
+        let file = active.file.as_mut().expect("opened above");
+        file.write_all(&record)?;
+        active.len += record.len() as u64;
+        Ok(())
+    }
+
+    /// Starts a new generation if the active one holds records; returns the paths of every
+    /// journal before it, which the caller deletes once a durable flush covers them.
+    pub(super) fn rotate(&self) -> io::Result<Vec<PathBuf>> {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        if active.len > 0 {
+            active.file = None;
+            active.generation += 1;
+            active.len = 0;
+        }
+        let current = active.generation;
+        drop(active);
+        Ok(list(&self.dir)?
+            .into_iter()
+            .filter(|(generation, _)| *generation < current)
+            .map(|(_, path)| path)
+            .collect())
+    }
+
+    fn path(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("{PREFIX}{generation:020}"))
+    }
+
+    /// The directory the journals live in.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The journal files in `dir`, oldest first.
+fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(generation) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|g| g.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        found.push((generation, entry.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads every journal in `dir`, oldest first.
+pub(super) fn replay(dir: &Path) -> io::Result<Replay> {
+    let mut replay = Replay::default();
+    for (_, path) in list(dir)? {
+        let mut bytes = Vec::new();
+        File::open(&path)?.read_to_end(&mut bytes)?;
+        if !read_records(&bytes, &mut replay.records) {
+            replay.torn += 1;
+            tracing::warn!(path = %path.display(), "inline journal ends in a partial or damaged record; the records before it are kept");
+        }
+        replay.files.push(path);
+    }
+    Ok(replay)
+}
+
+/// Appends the records of one journal to `out`; false if it ended in a bad record.
+fn read_records(mut bytes: &[u8], out: &mut Vec<Replayed>) -> bool {
+    while !bytes.is_empty() {
+        match read_record(bytes) {
+            Some((record, used)) => {
+                out.push(record);
+                bytes = &bytes[used..];
+            }
+            None => return false,
+        }
+    }
+    true
+}
+
+/// One record at the start of `bytes` and its length; `None` if cut short or not whole.
+fn read_record(bytes: &[u8]) -> Option<(Replayed, usize)> {
+    let rest = bytes.strip_prefix(MAGIC)?;
+    let key_len = usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?));
+    if key_len > MAX_KEY {
+        return None;
+    }
+    let key = rest.get(2..2 + key_len)?;
+    let digest = index::decode_key(key)?;
+    let at = 2 + key_len;
+    let len = u32::from_le_bytes(rest.get(at..at + 4)?.try_into().ok()?) as usize;
+    let content = rest.get(at + 4..at + 4 + len)?;
+    digest.verify(content).ok()?;
+    let used = MAGIC.len() + at + 4 + len;
+    Some((
+        Replayed {
+            digest,
+            content: content.to_vec(),
+        },
+        used,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestFunction;
+
+    fn blob(text: &str) -> (Digest, Vec<u8>) {
+        let data = text.as_bytes().to_vec();
+        (DigestFunction::Blake3.digest_of(&data), data)
+    }
+
+    #[test]
+    fn records_are_replayed_in_order_across_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let (a, data_a) = blob("first");
+        let (b, data_b) = blob("second");
+        journal.append(&a, &data_a).unwrap();
+        assert!(journal.rotate().unwrap().len() == 1);
+        journal.append(&b, &data_b).unwrap();
+        let replay = replay(dir.path()).unwrap();
+        let digests: Vec<Digest> = replay.records.iter().map(|r| r.digest).collect();
+        assert_eq!(digests, vec![a, b]);
+        assert_eq!(replay.records[1].content, data_b);
+        assert_eq!((replay.torn, replay.files.len()), (0, 2));
+        // A journal opened over them writes after the newest.
+        let reopened = Journal::open(dir.path()).unwrap();
+        reopened.append(&a, &data_a).unwrap();
+        assert_eq!(list(dir.path()).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_empty_generation_is_not_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        assert!(journal.rotate().unwrap().is_empty());
+        let (a, data) = blob("x");
+        journal.append(&a, &data).unwrap();
+        let old = journal.rotate().unwrap();
+        assert_eq!(old.len(), 1);
+        assert!(journal.rotate().unwrap().len() == 1, "not yet deleted");
+        fs::remove_file(&old[0]).unwrap();
+        assert!(journal.rotate().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_record_cut_short_or_damaged_ends_its_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let (a, data_a) = blob("kept");
+        let (b, data_b) = blob("cut short");
+        journal.append(&a, &data_a).unwrap();
+        journal.append(&b, &data_b).unwrap();
+        let path = list(dir.path()).unwrap()[0].1.clone();
+        let whole = fs::read(&path).unwrap();
+        fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+        let cut = replay(dir.path()).unwrap();
+        assert_eq!(cut.records.len(), 1);
+        assert_eq!(cut.records[0].digest, a);
+        assert_eq!(cut.torn, 1);
+        // A flipped content byte: the record does not match its key.
+        let mut damaged = whole.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        let bad = replay(dir.path()).unwrap();
+        assert_eq!((bad.records.len(), bad.torn), (1, 1));
+        fs::write(&path, &whole).unwrap();
+        assert_eq!(replay(dir.path()).unwrap().records.len(), 2);
+    }
+}
