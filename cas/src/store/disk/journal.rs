@@ -84,7 +84,8 @@ impl Journal {
     }
 
     /// Appends one record (a single `write` of the whole record). On an error the record may
-    /// be partly written; a later replay stops at it, so the caller must refuse the blob.
+    /// be partly written; a later replay stops at it, so the caller must refuse the blob, and
+    /// the next record starts a new journal.
     pub(super) fn append(&self, digest: &Digest, content: &[u8]) -> io::Result<()> {
         let key = index::key(digest);
         let length = u32::try_from(content.len())
@@ -101,7 +102,14 @@ impl Journal {
             active.file = Some(OpenOptions::new().create(true).append(true).open(&path)?);
         }
         let file = active.file.as_mut().expect("opened above");
-        file.write_all(&record)?;
+        if let Err(error) = file.write_all(&record) {
+            // The record may be partly written, and replay stops at it: later records go to
+            // a fresh journal, so none of them is hidden behind it.
+            active.file = None;
+            active.generation += 1;
+            active.len = 0;
+            return Err(error);
+        }
         active.len += record.len() as u64;
         Ok(())
     }
