@@ -545,8 +545,9 @@ impl Coordinator {
         self.tasks.wait().await;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.checkpoint()).await {
-            // What was acknowledged was flushed when it was; this covers access times and
-            // blob records only (the next start adopts the files of records it lacks).
+            // Access times and blob records (the next start adopts the files of records it
+            // lacks), and small blobs: this flush makes them durable and retires the inline
+            // journal (without it, the next start replays the journal).
             Ok(Err(error)) => tracing::error!(%error, "final metadata checkpoint failed"),
             Err(error) => tracing::error!(%error, "final metadata checkpoint task failed"),
             Ok(Ok(())) => {}

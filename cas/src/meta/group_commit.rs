@@ -167,6 +167,11 @@ impl GroupCommit {
     /// [`GroupCommit::queue`] is done at once, whatever is still queued).
     pub fn barrier(&self) -> Queued {
         let state = self.shared.lock();
+        if state.stopped {
+            let group = Arc::new(Group::default());
+            group.finish(Err(Arc::new(MetaError::Closed)));
+            return Queued { group: Some(group) };
+        }
         if !state.batch.is_empty() {
             return Queued {
                 group: Some(Arc::clone(&state.group)),
@@ -207,6 +212,8 @@ fn run_committer(shared: &Shared, meta: &dyn MetadataStore) {
             let mut state = self.0.lock();
             state.stopped = true;
             state.batch = Batch::new();
+            // A group left in flight by a panic was finished (as closed) by its guard.
+            state.in_flight = None;
             let group = std::mem::take(&mut state.group);
             drop(state);
             if group
@@ -313,6 +320,60 @@ mod tests {
         assert_eq!(meta.table("t").unwrap().len().unwrap(), 800);
         // 800 batches; one commit each would be 800.
         assert!(commits.commits() < 800, "{} commits", commits.commits());
+    }
+
+    /// A memory store whose commits take a while, so a barrier has something to wait for.
+    struct Slow(MemoryMetaStore);
+
+    impl MetadataStore for Slow {
+        fn table(&self, name: &str) -> Result<crate::meta::Table, MetaError> {
+            self.0.table(name)
+        }
+        fn apply_batch(&self, batch: Batch) -> Result<(), MetaError> {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            self.0.apply_batch(batch)
+        }
+        fn flush(&self) -> Result<(), MetaError> {
+            self.0.flush()
+        }
+        fn flush_async(&self) -> futures::future::BoxFuture<'static, Result<(), MetaError>> {
+            self.0.flush_async()
+        }
+        fn dump(&self, skip: &[&str]) -> Result<Vec<crate::meta::TableDump>, MetaError> {
+            self.0.dump(skip)
+        }
+    }
+
+    /// An empty batch is done at once even while others are queued; a barrier waits for them
+    /// (the one being committed and the ones queued behind it).
+    #[test]
+    fn a_barrier_waits_for_every_batch_queued_before_it() {
+        let meta = Arc::new(Slow(MemoryMetaStore::new()));
+        let commits = GroupCommit::start("test-commit", Arc::clone(&meta) as _).unwrap();
+        commits.barrier().wait().unwrap();
+        let table = meta.table("t").unwrap();
+        let first = commits.queue(batch("t", "a", "1"));
+        // Let the committer take the first batch, then queue a second behind it.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let second = commits.queue(batch("t", "b", "2"));
+        assert!(commits.queue(Batch::new()).wait().is_ok());
+        assert_eq!(
+            table.get(b"b").unwrap(),
+            None,
+            "an empty batch waits for nothing"
+        );
+        commits.barrier().wait().unwrap();
+        assert_eq!(table.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(table.get(b"b").unwrap(), Some(b"2".to_vec()));
+        // Only the first in flight: the barrier waits for it alone.
+        let third = commits.queue(batch("t", "c", "3"));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        commits.barrier().wait().unwrap();
+        assert_eq!(table.get(b"c").unwrap(), Some(b"3".to_vec()));
+        for queued in [first, second, third] {
+            queued.wait().unwrap();
+        }
+        drop(commits);
     }
 
     /// A store whose batches all fail, as a full disk makes them.

@@ -57,13 +57,16 @@
 //! nothing behind, and is reported once per episode ([`SpaceWatch`]). A record that cannot be
 //! written does not refuse a blob file: the file is in place, the record is retried at the next
 //! [`DiskStore::checkpoint`], and the next start adopts the file if it never was. An inline
-//! blob whose commit fails is refused with the metadata store's error, and nothing of it stays.
+//! blob whose commit fails is refused with the metadata store's error and dropped from the
+//! index; its journal record stays until the next checkpoint, so a crash before then brings
+//! the blob back (whole and hashed: a refused write that was stored after all, never a wrong
+//! blob).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -148,6 +151,8 @@ struct Inner {
     commits: GroupCommit,
     /// Inline blobs written since the last checkpoint, so a process crash loses none.
     journal: Journal,
+    /// A writer is retiring a full journal (see [`journal::RETIRE_BYTES`]).
+    retiring: AtomicBool,
     meta: Arc<dyn MetadataStore>,
     space: SpaceWatch,
 }
@@ -202,6 +207,7 @@ impl DiskStore {
             contents,
             commits,
             journal,
+            retiring: AtomicBool::new(false),
             meta,
         };
         inner.reconcile()?;
@@ -213,38 +219,11 @@ impl DiskStore {
 
     /// Writes the records changed since the last call (access times, and records an earlier
     /// write could not store) and flushes the metadata store, so the index survives a crash
-    /// as of now and the next start has only the blobs written after this to hash and adopt.
-    /// Owners call it every few seconds and at shutdown.
+    /// as of now and the next start has only the blobs written after this to hash and adopt;
+    /// then retires the inline journals that flush covered. Owners call it every few seconds
+    /// and at shutdown.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        // New inline records go to a fresh journal from here; the ones before are covered by
-        // the flush below (their blobs were queued, under the index lock, before this commit).
-        let dir = self.inner.journal.dir();
-        let covered = self
-            .inner
-            .journal
-            .rotate()
-            .map_err(io_err("failed to switch journals in", dir))?;
-        // Queued under the index lock, so a blob evicted or replaced meanwhile cannot have its
-        // old record written back after its removal.
-        let (queued, digests) = {
-            let mut index = self.inner.lock();
-            let digests = index.queue_dirty();
-            (self.inner.commit(index), digests)
-        };
-        queued.wait()?;
-        self.inner.lock().recorded(&digests);
-        // Other writers' batches queued before ours (ours may be empty, and then is done at
-        // once): committed before the flush, so it covers every record of `covered`.
-        self.inner.commits.barrier().wait()?;
-        self.inner.meta.flush()?;
-        for path in covered {
-            if let Err(source) = fs::remove_file(&path)
-                && source.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(StoreError::io("failed to remove", &path, source));
-            }
-        }
-        Ok(())
+        self.inner.checkpoint()
     }
 
     /// The file holding `digest` if it is stored raw (uncompressed) in a file, for callers that
@@ -656,6 +635,38 @@ impl Inner {
         Ok(())
     }
 
+    /// See [`DiskStore::checkpoint`].
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        // New inline records go to a fresh journal from here; the ones before are covered by
+        // the flush below (their blobs were queued, under the index lock, before this commit).
+        let dir = self.journal.dir();
+        let covered = self
+            .journal
+            .rotate()
+            .map_err(io_err("failed to switch journals in", dir))?;
+        // Queued under the index lock, so a blob evicted or replaced meanwhile cannot have its
+        // old record written back after its removal.
+        let (queued, digests) = {
+            let mut index = self.lock();
+            let digests = index.queue_dirty();
+            (self.commit(index), digests)
+        };
+        queued.wait()?;
+        self.lock().recorded(&digests);
+        // Other writers' batches queued before ours (ours may be empty, and then is done at
+        // once): committed before the flush, so it covers every record of `covered`.
+        self.commits.barrier().wait()?;
+        self.meta.flush()?;
+        for path in covered {
+            if let Err(source) = fs::remove_file(&path)
+                && source.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(StoreError::io("failed to remove", &path, source));
+            }
+        }
+        Ok(())
+    }
+
     /// Stores a small blob inline: appends it to the journal, then queues its record and
     /// bytes for the next group commit. Returns once that commit has run (durable at the next
     /// checkpoint's flush; until then the journal holds it, see [`journal`]); if the commit
@@ -670,15 +681,6 @@ impl Inner {
         if index.touch(&digest, now) && !pending {
             // Durable, or journaled before it was listed.
             return Ok(());
-        }
-        // Under the index lock, before the blob is listed: see the journal's ordering rule.
-        if let Err(source) = self.journal.append(&digest, data) {
-            drop(index);
-            return Err(self.write_error(
-                "failed to append to the inline journal in",
-                self.journal.dir(),
-                source,
-            ));
         }
         let stored = data.len() as u64;
         let victims = if pending {
@@ -698,6 +700,20 @@ impl Inner {
             }
         };
         self.remove_victim_files(&victims);
+        // Under the index lock, just before the blob is listed: see the journal's ordering rule.
+        let journaled = match self.journal.append(&digest, data) {
+            Ok(size) => size,
+            Err(source) => {
+                // The victims' removals still go to the store.
+                let queued = self.commit(index);
+                let _ = queued.wait();
+                return Err(self.write_error(
+                    "failed to append to the inline journal in",
+                    self.journal.dir(),
+                    source,
+                ));
+            }
+        };
         let entry = Entry {
             stored,
             form: Form::Inline,
@@ -710,28 +726,76 @@ impl Inner {
         self.lock().settle_inline(&digest, number, written.is_ok());
         written?;
         self.space.accepted();
+        if journaled >= journal::RETIRE_BYTES && !self.retiring.swap(true, Ordering::AcqRel) {
+            // Bounds the journal (and a replay) between the owner's checkpoints.
+            if let Err(error) = self.checkpoint() {
+                tracing::warn!(%error, "checkpoint to retire a full inline journal failed");
+            }
+            self.retiring.store(false, Ordering::Release);
+        }
         Ok(())
     }
 
-    /// Restores the inline blobs of journals a crash left (see [`journal`]): each whole record
-    /// whose blob is not stored is added inline, the lot is committed and flushed, and only
-    /// then are the journals removed. Runs at open, before anything else writes.
+    /// Restores the inline blobs of journals a crash left (see [`journal`]), one journal at a
+    /// time: each whole record whose blob is not stored is added inline, the lot is committed
+    /// and flushed, and only then is that journal removed. Runs at open, before anything else
+    /// writes. If a journal's blobs cannot be stored (a full disk), it and the later ones are
+    /// kept for the next start and the store opens without them.
     fn replay_journal(&self) -> Result<(), StoreError> {
         let dir = self.journal.dir();
-        let replay = journal::replay(dir).map_err(io_err("failed to read the journal in", dir))?;
-        if replay.files.is_empty() {
-            return Ok(());
+        let leftovers = self
+            .journal
+            .leftovers()
+            .map_err(io_err("failed to list the journals in", dir))?;
+        let (mut restored, mut no_room, mut torn) = (0usize, 0usize, 0usize);
+        for (_, path) in &leftovers {
+            let (records, cut) =
+                journal::read_journal(path).map_err(io_err("failed to read the journal", path))?;
+            if cut {
+                torn += 1;
+                tracing::warn!(path = %path.display(), "inline journal ends in a partial or damaged record; the records before it are kept");
+            }
+            match self.replay_records(records) {
+                Ok((stored, refused)) => {
+                    restored += stored;
+                    no_room += refused;
+                }
+                Err(error) => {
+                    self.journal.keep_leftovers();
+                    tracing::warn!(%error, path = %path.display(), "could not store the blobs of an inline journal; it and any later ones are kept for the next start");
+                    break;
+                }
+            }
+            fs::remove_file(path).map_err(io_err("failed to remove", path))?;
         }
+        if !leftovers.is_empty() {
+            tracing::info!(
+                restored,
+                no_room,
+                torn_journals = torn,
+                journals = leftovers.len(),
+                "inline journal replayed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds the replayed `records` whose blobs are not stored, commits and flushes them.
+    /// Returns how many were added and how many found no room.
+    fn replay_records(
+        &self,
+        records: Vec<journal::Replayed>,
+    ) -> Result<(usize, usize), StoreError> {
         let mut index = self.lock();
         let now = now_ms();
-        let (mut restored, mut no_room) = (Vec::new(), 0usize);
-        for record in replay.records {
+        let (mut restored, mut victims, mut no_room) = (Vec::new(), Vec::new(), 0usize);
+        for record in records {
             if index.touch(&record.digest, now) {
                 continue;
             }
             let stored = record.content.len() as u64;
             match index.make_room(stored, now) {
-                Ok(victims) => self.remove_victim_files(&victims),
+                Ok(more) => victims.extend(more),
                 Err(_) => {
                     no_room += 1;
                     continue;
@@ -754,18 +818,10 @@ impl Inner {
         }
         drop(index);
         written?;
+        // Evicted files go only once their records' removal is stored.
+        self.remove_victim_files(&victims);
         self.meta.flush()?;
-        for path in &replay.files {
-            fs::remove_file(path).map_err(io_err("failed to remove", path))?;
-        }
-        tracing::info!(
-            restored = restored.len(),
-            no_room,
-            torn_journals = replay.torn,
-            journals = replay.files.len(),
-            "inline journal replayed"
-        );
-        Ok(())
+        Ok((restored.len(), no_room))
     }
 
     fn tmp_path(&self) -> PathBuf {
@@ -1512,8 +1568,8 @@ mod tests {
         (meta, store)
     }
 
-    /// Closes cleanly: the store dropped, the metadata store flushed and closed.
-    /// Closes as the coordinator does: a last checkpoint (which also retires the journal).
+    /// Closes as the coordinator does: a last checkpoint (which also retires the journal), the
+    /// store dropped, the metadata store flushed and closed.
     fn close(meta: Arc<RedbStore>, store: DiskStore) {
         store.checkpoint().unwrap();
         drop(store);

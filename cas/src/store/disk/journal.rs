@@ -12,9 +12,15 @@
 //! short or not matching its key ends that journal: a write killed mid-record was never
 //! acknowledged) before the store serves anything.
 //!
-//! Ordering: a record is appended under the index lock, after its blob is queued for the next
-//! commit. A checkpoint switches journals first and then queues its commit under the same
-//! lock, so every record of a journal it deletes belongs to a blob queued before that commit.
+//! Ordering: a record is appended under the index lock, just before its blob is queued for the
+//! next commit (in the same hold of the lock). A checkpoint switches journals first and then
+//! queues its commit (and waits for every earlier commit) under the same lock, so every record
+//! of a journal it deletes belongs to a blob committed before its flush.
+//!
+//! Bounds: a journal past [`RETIRE_BYTES`] asks its writer to retire it at once instead of at
+//! the next checkpoint; replay reads one journal at a time, and makes each durable and removes
+//! it before the next. A journal whose replay could not be committed (a full disk at start) is
+//! kept for the next start and never retired by this process.
 //!
 //! A machine crash can lose the tail of a journal as it can lose a blob file written in the
 //! same seconds (blob files are not fsynced either): a cache miss, which clients repair.
@@ -25,6 +31,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::digest::Digest;
@@ -34,11 +41,15 @@ const MAGIC: &[u8; 4] = b"TIJ1";
 const PREFIX: &str = "journal-";
 /// Longest key a record may carry (keys are 41 bytes today).
 const MAX_KEY: usize = 256;
+/// A journal this large is retired by its writer rather than at the next checkpoint.
+pub(super) const RETIRE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The journal files of one store, under their own directory.
 pub(super) struct Journal {
     dir: PathBuf,
     active: Mutex<Active>,
+    /// Journals up to this generation (exclusive) hold records not yet replayed: never retired.
+    kept_below: AtomicU64,
 }
 
 struct Active {
@@ -48,21 +59,10 @@ struct Active {
     len: u64,
 }
 
-/// A record read back by [`replay`].
+/// A record read back by [`read_journal`].
 pub(super) struct Replayed {
     pub digest: Digest,
     pub content: Vec<u8>,
-}
-
-/// What [`replay`] found.
-#[derive(Default)]
-pub(super) struct Replay {
-    /// Whole records whose content matches their key, oldest first.
-    pub records: Vec<Replayed>,
-    /// Journals that ended in a record cut short or not matching its key.
-    pub torn: usize,
-    /// The journal files read (to delete once their records are durable).
-    pub files: Vec<PathBuf>,
 }
 
 impl Journal {
@@ -80,13 +80,32 @@ impl Journal {
                 generation: next,
                 len: 0,
             }),
+            kept_below: AtomicU64::new(0),
         })
+    }
+
+    /// The journals left by an earlier process, oldest first, for [`read_journal`].
+    pub(super) fn leftovers(&self) -> io::Result<Vec<(u64, PathBuf)>> {
+        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let first_own = active.generation;
+        drop(active);
+        Ok(list(&self.dir)?
+            .into_iter()
+            .filter(|(generation, _)| *generation < first_own)
+            .collect())
+    }
+
+    /// The leftovers not yet replayed (a replay that could not be stored) are kept for the
+    /// next start: [`Journal::rotate`] never hands them out for deletion.
+    pub(super) fn keep_leftovers(&self) {
+        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        self.kept_below.store(active.generation, Ordering::Relaxed);
     }
 
     /// Appends one record (a single `write` of the whole record). On an error the record may
     /// be partly written; a later replay stops at it, so the caller must refuse the blob, and
-    /// the next record starts a new journal.
-    pub(super) fn append(&self, digest: &Digest, content: &[u8]) -> io::Result<()> {
+    /// the next record starts a new journal. Returns the size of the journal it went to.
+    pub(super) fn append(&self, digest: &Digest, content: &[u8]) -> io::Result<u64> {
         let key = index::key(digest);
         let length = u32::try_from(content.len())
             .map_err(|_| io::Error::other("inline blob too large for the journal"))?;
@@ -111,7 +130,7 @@ impl Journal {
             return Err(error);
         }
         active.len += record.len() as u64;
-        Ok(())
+        Ok(active.len)
     }
 
     /// Starts a new generation if the active one holds records; returns the paths of every
@@ -125,9 +144,10 @@ impl Journal {
         }
         let current = active.generation;
         drop(active);
+        let kept_below = self.kept_below.load(Ordering::Relaxed);
         Ok(list(&self.dir)?
             .into_iter()
-            .filter(|(generation, _)| *generation < current)
+            .filter(|(generation, _)| (kept_below..current).contains(generation))
             .map(|(_, path)| path)
             .collect())
     }
@@ -161,19 +181,14 @@ fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// Reads every journal in `dir`, oldest first.
-pub(super) fn replay(dir: &Path) -> io::Result<Replay> {
-    let mut replay = Replay::default();
-    for (_, path) in list(dir)? {
-        let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
-        if !read_records(&bytes, &mut replay.records) {
-            replay.torn += 1;
-            tracing::warn!(path = %path.display(), "inline journal ends in a partial or damaged record; the records before it are kept");
-        }
-        replay.files.push(path);
-    }
-    Ok(replay)
+/// The whole records of the journal at `path`, oldest first, and whether it ended in a record
+/// cut short or not matching its key (the records before it are returned).
+pub(super) fn read_journal(path: &Path) -> io::Result<(Vec<Replayed>, bool)> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let mut records = Vec::new();
+    let whole = read_records(&bytes, &mut records);
+    Ok((records, !whole))
 }
 
 /// Appends the records of one journal to `out`; false if it ended in a bad record.
@@ -223,24 +238,39 @@ mod tests {
         (DigestFunction::Blake3.digest_of(&data), data)
     }
 
+    fn digests(records: &[Replayed]) -> Vec<Digest> {
+        records.iter().map(|r| r.digest).collect()
+    }
+
     #[test]
-    fn records_are_replayed_in_order_across_generations() {
+    fn records_are_read_back_in_order_and_a_reopened_journal_writes_after_the_leftovers() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         let (a, data_a) = blob("first");
         let (b, data_b) = blob("second");
-        journal.append(&a, &data_a).unwrap();
-        assert!(journal.rotate().unwrap().len() == 1);
+        assert!(journal.append(&a, &data_a).unwrap() > 5);
+        assert_eq!(journal.rotate().unwrap().len(), 1);
         journal.append(&b, &data_b).unwrap();
-        let replay = replay(dir.path()).unwrap();
-        let digests: Vec<Digest> = replay.records.iter().map(|r| r.digest).collect();
-        assert_eq!(digests, vec![a, b]);
-        assert_eq!(replay.records[1].content, data_b);
-        assert_eq!((replay.torn, replay.files.len()), (0, 2));
-        // A journal opened over them writes after the newest.
+        let files = list(dir.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        let (first, torn) = read_journal(&files[0].1).unwrap();
+        assert_eq!((digests(&first), torn), (vec![a], false));
+        let (second, _) = read_journal(&files[1].1).unwrap();
+        assert_eq!(second[0].content, data_b);
+
         let reopened = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened.leftovers().unwrap(), files);
         reopened.append(&a, &data_a).unwrap();
         assert_eq!(list(dir.path()).unwrap().len(), 3);
+        assert_eq!(
+            reopened.leftovers().unwrap(),
+            files,
+            "its own journal is no leftover"
+        );
+        // Leftovers kept (their replay failed) are never handed out for deletion.
+        reopened.keep_leftovers();
+        let retired = reopened.rotate().unwrap();
+        assert_eq!(retired, vec![list(dir.path()).unwrap()[2].1.clone()]);
     }
 
     #[test]
@@ -252,7 +282,7 @@ mod tests {
         journal.append(&a, &data).unwrap();
         let old = journal.rotate().unwrap();
         assert_eq!(old.len(), 1);
-        assert!(journal.rotate().unwrap().len() == 1, "not yet deleted");
+        assert_eq!(journal.rotate().unwrap().len(), 1, "not yet deleted");
         fs::remove_file(&old[0]).unwrap();
         assert!(journal.rotate().unwrap().is_empty());
     }
@@ -268,18 +298,17 @@ mod tests {
         let path = list(dir.path()).unwrap()[0].1.clone();
         let whole = fs::read(&path).unwrap();
         fs::write(&path, &whole[..whole.len() - 3]).unwrap();
-        let cut = replay(dir.path()).unwrap();
-        assert_eq!(cut.records.len(), 1);
-        assert_eq!(cut.records[0].digest, a);
-        assert_eq!(cut.torn, 1);
+        let (cut, torn) = read_journal(&path).unwrap();
+        assert_eq!((digests(&cut), torn), (vec![a], true));
         // A flipped content byte: the record does not match its key.
         let mut damaged = whole.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
         fs::write(&path, &damaged).unwrap();
-        let bad = replay(dir.path()).unwrap();
-        assert_eq!((bad.records.len(), bad.torn), (1, 1));
+        let (bad, torn) = read_journal(&path).unwrap();
+        assert_eq!((bad.len(), torn), (1, true));
         fs::write(&path, &whole).unwrap();
-        assert_eq!(replay(dir.path()).unwrap().records.len(), 2);
+        let (all, torn) = read_journal(&path).unwrap();
+        assert_eq!((all.len(), torn), (2, false));
     }
 }
