@@ -29,6 +29,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use prost::Message;
 use tessera_cas::client::CasClient;
 use tessera_cas::digest::{Digest, DigestFunction};
@@ -160,15 +161,38 @@ pub async fn fetch_input_tree(
     let function = root.function;
     let limits = TreeLimits::default();
     let mut directories: HashMap<Digest, Directory> = HashMap::new();
+    // A root this agent has not seen (every new action's): its whole tree in one GetTree
+    // call instead of a round trip per level. Those directories are not kept in the cache (a
+    // file each would cost more than the call); any the tree names that GetTree did not give
+    // (by the digest of its encoding) are fetched by digest below, as without it.
+    let mut prefetched: HashMap<Digest, Bytes> = HashMap::new();
+    if !cache.contains(&root) {
+        match cas.get_tree(&root).await {
+            Ok(tree) => prefetched.extend(tree),
+            Err(error) => {
+                tracing::debug!(%root, %error, "GetTree failed; fetching the input tree level by level")
+            }
+        }
+    }
     let mut level: Vec<(Digest, String)> = vec![(root, String::new())];
     while !level.is_empty() {
         let wanted: Vec<Digest> = level
             .iter()
             .map(|(d, _)| *d)
+            .filter(|d| !prefetched.contains_key(d))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let blobs = cache.get_many(cas, &wanted).await?;
+        let mut blobs = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            cache.get_many(cas, &wanted).await?
+        };
+        for (digest, _) in &level {
+            if let Some(bytes) = prefetched.get(digest) {
+                blobs.insert(*digest, bytes.clone());
+            }
+        }
         let mut next = Vec::new();
         let mut queued = HashSet::new();
         for (digest, path) in level {

@@ -1380,7 +1380,8 @@ async fn corrupt_compressed_blob_on_disk_ends_the_read_in_data_loss() {
 async fn corrupt_blob_in_a_batch_read_is_not_found_and_then_missing() {
     let server = TestServer::start().await;
     let raw = Raw::connect(&server).await;
-    let blob = noise(4096, 7);
+    // Over 16 KiB, so it is a file (smaller blobs live in the metadata store).
+    let blob = noise(20_000, 7);
     let d = sha(&blob);
     raw.batch_update(vec![(d.to_proto(), blob.clone(), IDENTITY)])
         .await

@@ -749,6 +749,27 @@ fn tree() -> (Digest, Vec<(Digest, Bytes)>) {
     (root_digest, blobs)
 }
 
+/// What an agent uses to fetch an input tree in one round trip: every directory, each under
+/// the digest it was uploaded as; a missing root is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_gets_a_whole_tree_with_each_directory_under_its_digest() {
+    let server = TestServer::start().await;
+    let client = server.client(DigestFunction::Sha256).await;
+    let (root, blobs) = tree();
+    client.upload(&blobs, false).await.unwrap();
+    let got = client.get_tree(&root).await.unwrap();
+    assert_eq!(got[0].0, root, "the root comes first");
+    let uploaded: std::collections::HashMap<Digest, Bytes> =
+        blobs.iter().skip(1).cloned().collect();
+    let distinct: HashSet<Digest> = got.iter().map(|(d, _)| *d).collect();
+    assert_eq!(distinct.len(), uploaded.len());
+    for (digest, bytes) in &got {
+        assert_eq!(uploaded.get(digest), Some(bytes), "{digest} as uploaded");
+    }
+    let missing = DigestFunction::Sha256.digest_of(b"not uploaded");
+    assert!(client.get_tree(&missing).await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_tree_pages_through_every_directory_exactly_once() {
     let server = TestServer::start().await;
@@ -943,16 +964,14 @@ async fn action_cache_entry_whose_output_vanished_is_not_found() {
     let server = TestServer::start().await;
     let ac = ActionCacheClient::new(server.channel().await);
     let client = server.client(DigestFunction::Sha256).await;
-    let result = uploaded_result(
-        &client,
-        &[("out/gone", b"deleted behind the server's back")],
-    )
-    .await;
+    // Over 16 KiB, so it is a file (smaller blobs live in the metadata store).
+    let content: &'static [u8] = Vec::leak(noise(20_000, 11).to_vec());
+    let result = uploaded_result(&client, &[("out/gone", content)]).await;
     let action = DigestFunction::Sha256.digest_of(b"action with a lost output");
     update(&ac, "", &action, &result).await;
     assert!(get(&ac, "", &action).await.is_ok());
 
-    let output = DigestFunction::Sha256.digest_of(b"deleted behind the server's back");
+    let output = DigestFunction::Sha256.digest_of(content);
     let file = blob_file(&server.dir.path().join("data"), &output).expect("output file");
     std::fs::remove_file(file).unwrap();
     let status = get(&ac, "", &action).await.unwrap_err();
