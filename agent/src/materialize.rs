@@ -152,6 +152,9 @@ impl InputTree {
     }
 }
 
+/// Most directories of an input tree taken in its one GetTree call.
+const TREE_PREFETCH: usize = 256;
+
 /// Fetches the tree under `root` (through the local cache) and validates it.
 pub async fn fetch_input_tree(
     cache: &LocalCache,
@@ -161,13 +164,14 @@ pub async fn fetch_input_tree(
     let function = root.function;
     let limits = TreeLimits::default();
     let mut directories: HashMap<Digest, Directory> = HashMap::new();
-    // A root this agent has not seen (every new action's): its whole tree in one GetTree
-    // call instead of a round trip per level. Those directories are not kept in the cache (a
-    // file each would cost more than the call); any the tree names that GetTree did not give
-    // (by the digest of its encoding) are fetched by digest below, as without it.
+    // A root this agent has not seen (every new action's): the top of its tree (all of a
+    // small one) in one GetTree call instead of a round trip per level. Those directories are
+    // not kept in the cache (a file each would cost more than the call); any the tree names
+    // that GetTree did not give (past [`TREE_PREFETCH`], or by the digest of its encoding) are
+    // fetched by digest below, from the cache if it has them, as without it.
     let mut prefetched: HashMap<Digest, Bytes> = HashMap::new();
     if !cache.contains(&root) {
-        match cas.get_tree(&root).await {
+        match cas.get_tree(&root, TREE_PREFETCH).await {
             Ok(tree) => prefetched.extend(tree),
             Err(error) => {
                 tracing::debug!(%root, %error, "GetTree failed; fetching the input tree level by level")

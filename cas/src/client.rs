@@ -653,50 +653,42 @@ impl Drop for PartFetch {
     }
 }
 
-/// Most directories [`CasClient::get_tree`] takes from one tree; the rest is left to the caller.
-pub const GET_TREE_MAX_DIRECTORIES: usize = 100_000;
-
 impl CasClient {
-    /// The Directory messages of the tree under `root` (itself included) in one GetTree call
-    /// (more if the server pages), each with the digest of its encoding: one round trip
-    /// instead of one per level. A message re-encoded differently than its uploader encoded
-    /// it gets a digest no parent names, so a caller following digests from `root` never uses
-    /// it (and fetches that directory by its digest instead): nothing is taken on trust. Stops
-    /// after [`GET_TREE_MAX_DIRECTORIES`].
-    pub async fn get_tree(&self, root: &Digest) -> Result<Vec<(Digest, Bytes)>, ClientError> {
+    /// The top of the tree under `root`: up to `max` of its Directory messages, breadth first
+    /// from `root` itself, in one GetTree call (one page), each with the digest of its
+    /// encoding; one round trip instead of one per level. A message re-encoded differently
+    /// than its uploader encoded it gets a digest no parent names, so a caller following
+    /// digests from `root` never uses it (and fetches that directory by its digest instead):
+    /// nothing is taken on trust. Directories past `max` are left to the caller too, so a
+    /// large tree whose lower levels the caller already has costs the server `max`
+    /// directories, not the whole tree.
+    pub async fn get_tree(
+        &self,
+        root: &Digest,
+        max: usize,
+    ) -> Result<Vec<(Digest, Bytes)>, ClientError> {
         use prost::Message as _;
         use tessera_proto::reapi::GetTreeRequest;
+        let mut pages = self
+            .cas
+            .clone()
+            .get_tree(GetTreeRequest {
+                instance_name: self.instance.clone(),
+                root_digest: Some(root.to_proto()),
+                page_size: i32::try_from(max.max(1)).unwrap_or(i32::MAX),
+                page_token: String::new(),
+                digest_function: self.function.to_proto(),
+            })
+            .await
+            .map_err(rpc("GetTree"))?
+            .into_inner();
         let mut out = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let mut pages = self
-                .cas
-                .clone()
-                .get_tree(GetTreeRequest {
-                    instance_name: self.instance.clone(),
-                    root_digest: Some(root.to_proto()),
-                    page_size: 0,
-                    page_token: page_token.clone(),
-                    digest_function: self.function.to_proto(),
-                })
-                .await
-                .map_err(rpc("GetTree"))?
-                .into_inner();
-            let mut next = String::new();
-            while let Some(page) = pages.message().await.map_err(rpc("GetTree"))? {
-                for directory in page.directories {
-                    let bytes = Bytes::from(directory.encode_to_vec());
-                    out.push((self.function.digest_of(&bytes), bytes));
-                }
-                next = page.next_page_token;
-                if out.len() >= GET_TREE_MAX_DIRECTORIES {
-                    return Ok(out);
-                }
+        while let Some(page) = pages.message().await.map_err(rpc("GetTree"))? {
+            for directory in page.directories.into_iter().take(max - out.len().min(max)) {
+                let bytes = Bytes::from(directory.encode_to_vec());
+                out.push((self.function.digest_of(&bytes), bytes));
             }
-            if next.is_empty() || next == page_token {
-                return Ok(out);
-            }
-            page_token = next;
         }
+        Ok(out)
     }
 }

@@ -750,14 +750,14 @@ fn tree() -> (Digest, Vec<(Digest, Bytes)>) {
 }
 
 /// What an agent uses to fetch an input tree in one round trip: every directory, each under
-/// the digest it was uploaded as; a missing root is an error.
+/// the digest it was uploaded as, or only its top; a missing root is an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_gets_a_whole_tree_with_each_directory_under_its_digest() {
     let server = TestServer::start().await;
     let client = server.client(DigestFunction::Sha256).await;
     let (root, blobs) = tree();
     client.upload(&blobs, false).await.unwrap();
-    let got = client.get_tree(&root).await.unwrap();
+    let got = client.get_tree(&root, 100).await.unwrap();
     assert_eq!(got[0].0, root, "the root comes first");
     let uploaded: std::collections::HashMap<Digest, Bytes> =
         blobs.iter().skip(1).cloned().collect();
@@ -766,8 +766,15 @@ async fn the_client_gets_a_whole_tree_with_each_directory_under_its_digest() {
     for (digest, bytes) in &got {
         assert_eq!(uploaded.get(digest), Some(bytes), "{digest} as uploaded");
     }
+    // The top of it only: the root and its children, breadth first.
+    let top = client.get_tree(&root, 6).await.unwrap();
+    assert_eq!(top.len(), 6);
+    assert_eq!(top[0].0, root);
+    for (digest, bytes) in &top {
+        assert_eq!(uploaded.get(digest), Some(bytes));
+    }
     let missing = DigestFunction::Sha256.digest_of(b"not uploaded");
-    assert!(client.get_tree(&missing).await.is_err());
+    assert!(client.get_tree(&missing, 100).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

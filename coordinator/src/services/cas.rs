@@ -340,7 +340,20 @@ fn walk_tree(
     let mut order: Vec<Directory> = Vec::new();
     let mut seen: HashSet<Digest> = HashSet::from([root]);
     let mut queue = std::collections::VecDeque::from([root_dir]);
+    // One page asked for: the walk (breadth first, so its order is the same every call) stops
+    // once that page is full, so a client taking the top of a large tree does not pay for
+    // the whole of it.
+    let enough = if single_page {
+        start.saturating_add(page_size)
+    } else {
+        usize::MAX
+    };
     while let Some(dir) = queue.pop_front() {
+        if order.len() == enough {
+            // Something is left (this directory at least): the page says so.
+            order.push(dir);
+            break;
+        }
         for child in &dir.directories {
             let Ok(digest) = Digest::from_proto_opt(root.function, child.digest.as_ref()) else {
                 continue;
