@@ -19,7 +19,7 @@
 //! never change the mode of a file it does not own (rustc refuses to overwrite a read-only
 //! output), and cannot know what else writes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -429,6 +429,39 @@ impl LocalCache {
         Ok(pins)
     }
 
+    /// The top of the tree under `root` (up to `max` Directory messages, breadth first) in one
+    /// GetTree call, stored in the cache and counted as fetched like any download; each under
+    /// the digest of its encoding (see [`CasClient::get_tree`]: one no parent names is never
+    /// used, nor stored).
+    pub async fn fetch_tree_top(
+        &self,
+        cas: &CasClient,
+        root: &Digest,
+        max: usize,
+    ) -> Result<HashMap<Digest, Bytes>, FetchError> {
+        let tree: HashMap<Digest, Bytes> = cas.get_tree(root, max).await?.into_iter().collect();
+        let named = named_directories(root, &tree);
+        let kept: HashMap<Digest, Bytes> = tree
+            .into_iter()
+            .filter(|(digest, _)| named.contains(digest))
+            .collect();
+        let store = self.store.clone();
+        let stored = kept.clone();
+        blocking(move || {
+            for (digest, data) in &stored {
+                store.write(digest, data)?;
+            }
+            Ok::<_, FetchError>(())
+        })
+        .await?;
+        let fetched: usize = kept.values().map(Bytes::len).sum();
+        self.meters
+            .fetched
+            .inc_by(u64::try_from(fetched).unwrap_or(u64::MAX));
+        self.report_size();
+        Ok(kept)
+    }
+
     /// Downloads `digests` from `cas`, stores them, and returns their contents.
     async fn download(
         &self,
@@ -563,6 +596,30 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| FetchError::Task(e.to_string()))?
 }
 
+/// The digests of `tree` reachable from `root` through the directories `tree` holds.
+fn named_directories(root: &Digest, tree: &HashMap<Digest, Bytes>) -> HashSet<Digest> {
+    use prost::Message as _;
+    let mut named = HashSet::new();
+    let mut next = vec![*root];
+    while let Some(digest) = next.pop() {
+        let Some(bytes) = tree.get(&digest) else {
+            continue;
+        };
+        if !named.insert(digest) {
+            continue;
+        }
+        let Ok(dir) = tessera_proto::reapi::Directory::decode(bytes.as_ref()) else {
+            continue;
+        };
+        for child in &dir.directories {
+            if let Ok(child) = Digest::from_proto_opt(root.function, child.digest.as_ref()) {
+                next.push(child);
+            }
+        }
+    }
+    named
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,5 +751,32 @@ mod tests {
         let digests: Vec<Digest> = (0..8).map(|i| blob(1, i)).collect();
         let message = FetchError::Missing(digests).to_string();
         assert!(message.ends_with("and 3 more"), "{message}");
+    }
+
+    #[test]
+    fn only_directories_the_root_names_are_taken_from_a_tree() {
+        use prost::Message as _;
+        use tessera_proto::reapi::{Directory, DirectoryNode};
+        let f = DigestFunction::Sha256;
+        let encode = |d: &Directory| {
+            let bytes = Bytes::from(d.encode_to_vec());
+            (f.digest_of(&bytes), bytes)
+        };
+        let (leaf, leaf_bytes) = encode(&Directory::default());
+        let (root, root_bytes) = encode(&Directory {
+            directories: vec![DirectoryNode {
+                name: "sub".into(),
+                digest: Some(leaf.to_proto()),
+            }],
+            ..Directory::default()
+        });
+        let stray = f.digest_of(b"not a directory anyone names");
+        let tree = HashMap::from([
+            (root, root_bytes),
+            (leaf, leaf_bytes),
+            (stray, Bytes::from_static(b"x")),
+        ]);
+        assert_eq!(named_directories(&root, &tree), HashSet::from([root, leaf]));
+        assert!(named_directories(&stray, &HashMap::new()).is_empty());
     }
 }

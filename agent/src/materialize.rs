@@ -165,14 +165,14 @@ pub async fn fetch_input_tree(
     let limits = TreeLimits::default();
     let mut directories: HashMap<Digest, Directory> = HashMap::new();
     // A root this agent has not seen (every new action's): the top of its tree (all of a
-    // small one) in one GetTree call instead of a round trip per level. Those directories are
-    // not kept in the cache (a file each would cost more than the call); any the tree names
-    // that GetTree did not give (past [`TREE_PREFETCH`], or by the digest of its encoding) are
-    // fetched by digest below, from the cache if it has them, as without it.
+    // small one) in one GetTree call instead of a round trip per level, kept in the cache like
+    // any download; any the tree names that GetTree did not give (past [`TREE_PREFETCH`], or
+    // by the digest of its encoding) are fetched by digest below, from the cache if it has
+    // them, as without it.
     let mut prefetched: HashMap<Digest, Bytes> = HashMap::new();
     if !cache.contains(&root) {
-        match cas.get_tree(&root, TREE_PREFETCH).await {
-            Ok(tree) => prefetched.extend(tree),
+        match cache.fetch_tree_top(cas, &root, TREE_PREFETCH).await {
+            Ok(tree) => prefetched = tree,
             Err(error) => {
                 tracing::debug!(%root, %error, "GetTree failed; fetching the input tree level by level")
             }
