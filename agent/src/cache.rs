@@ -445,8 +445,13 @@ impl LocalCache {
             .into_iter()
             .filter(|(digest, _)| named.contains(digest))
             .collect();
+        // Those the cache has (shared subtrees) are not hashed and written again.
         let store = self.store.clone();
-        let stored = kept.clone();
+        let stored: Vec<(Digest, Bytes)> = kept
+            .iter()
+            .filter(|(digest, _)| !self.store.contains(digest))
+            .map(|(digest, data)| (*digest, data.clone()))
+            .collect();
         blocking(move || {
             for (digest, data) in &stored {
                 store.write(digest, data)?;

@@ -153,7 +153,7 @@ impl InputTree {
 }
 
 /// Most directories of an input tree taken in its one GetTree call.
-const TREE_PREFETCH: usize = 256;
+const TREE_PREFETCH: usize = 64;
 
 /// Fetches the tree under `root` (through the local cache) and validates it.
 pub async fn fetch_input_tree(
