@@ -251,12 +251,21 @@ fn sabotage(data: &Path, ledger: &Ledger, rng: &mut Rng) -> Damage {
             .unwrap_or_else(|| panic!("the workload left no {what} to damage"))
     };
 
-    let entry = rng.pick(&ledger.entries).expect("an acknowledged entry");
+    // An output kept as a file (blobs up to 16 KiB live in the metadata store).
+    let kept_as_file = |d: &Digest| d.size_bytes > 0 && file(d).is_some();
+    let with_file: Vec<&AcEntry> = ledger
+        .entries
+        .iter()
+        .filter(|e| e.outputs().iter().any(kept_as_file))
+        .collect();
+    let entry = *rng
+        .pick(&with_file)
+        .expect("an acknowledged entry with an output kept as a file");
     let output = *entry
         .outputs()
         .iter()
-        .find(|d| d.size_bytes > 0)
-        .expect("an entry with a non-empty output");
+        .find(|d| kept_as_file(d))
+        .expect("an entry with an output kept as a file");
     let mut deleted = vec![output];
     deleted.push(pick(rng, "raw blob", &deleted, &|d| !is_zst(d)));
     deleted.push(pick(rng, "zstd blob", &deleted, &|d| is_zst(d)));

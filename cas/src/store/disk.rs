@@ -835,7 +835,14 @@ impl Inner {
 
     fn write_whole(&self, digest: Digest, data: &[u8]) -> Result<(), StoreError> {
         if self.is_inline(data.len()) {
-            return self.write_inline(digest, data);
+            match self.write_inline(digest, data) {
+                // The metadata store is full but the blob directory may have room: a file
+                // (whose record waits for the next checkpoint) keeps the blob.
+                Err(error) if error.is_out_of_space() => {
+                    tracing::debug!(%digest, %error, "inline write refused; storing a file");
+                }
+                done => return done,
+            }
         }
         let compressed = if self.compress {
             compress_if_it_pays(data)
