@@ -992,7 +992,8 @@ async fn connect(endpoint: &str) -> Result<Channel, String> {
 enum Size {
     /// 0 to 200 bytes: never compressed at rest.
     Tiny,
-    /// 8 to 16 KiB: whole in memory on upload.
+    /// 8 to 48 KiB: whole in memory on upload; up to 16 KiB kept inline in the metadata store,
+    /// larger ones files (raw or, for text, zstd).
     Small,
     /// Past the 256 KiB a ByteStream upload holds in memory: streamed to a temporary file.
     Large,
@@ -1002,7 +1003,7 @@ enum Size {
 fn blob(rng: &mut Rng, size: Size) -> Bytes {
     let len = match size {
         Size::Tiny => rng.between(0, 200),
-        Size::Small => rng.between(8 * 1024, 16 * 1024),
+        Size::Small => rng.between(8 * 1024, 48 * 1024),
         Size::Large => rng.between(260 * 1024, 400 * 1024),
     };
     let len = usize::try_from(len).unwrap();
