@@ -446,25 +446,35 @@ impl LocalCache {
             .filter(|(digest, _)| named.contains(digest))
             .collect();
         // Those the cache has (shared subtrees) are not hashed and written again.
-        let store = self.store.clone();
-        let stored: Vec<(Digest, Bytes)> = kept
+        let new: Vec<(Digest, Bytes)> = kept
             .iter()
             .filter(|(digest, _)| !self.store.contains(digest))
             .map(|(digest, data)| (*digest, data.clone()))
             .collect();
+        let fetched: usize = kept.values().map(Bytes::len).sum();
+        self.store_fetched(new, fetched).await?;
+        Ok(kept)
+    }
+
+    /// Stores `blobs` (on a blocking thread) and counts `fetched` bytes as downloaded.
+    async fn store_fetched(
+        &self,
+        blobs: Vec<(Digest, Bytes)>,
+        fetched: usize,
+    ) -> Result<(), FetchError> {
+        let store = self.store.clone();
         blocking(move || {
-            for (digest, data) in &stored {
+            for (digest, data) in &blobs {
                 store.write(digest, data)?;
             }
             Ok::<_, FetchError>(())
         })
         .await?;
-        let fetched: usize = kept.values().map(Bytes::len).sum();
         self.meters
             .fetched
             .inc_by(u64::try_from(fetched).unwrap_or(u64::MAX));
         self.report_size();
-        Ok(kept)
+        Ok(())
     }
 
     /// Downloads `digests` from `cas`, stores them, and returns their contents.
@@ -502,20 +512,8 @@ impl LocalCache {
                 }
                 Transfer::Stream(digest) => vec![(digest, cas.read(&digest, false).await?)],
             };
-            let store = self.store.clone();
-            let stored = blobs.clone();
-            blocking(move || {
-                for (digest, data) in &stored {
-                    store.write(digest, data)?;
-                }
-                Ok::<_, FetchError>(())
-            })
-            .await?;
             let fetched: usize = blobs.iter().map(|(_, data)| data.len()).sum();
-            self.meters
-                .fetched
-                .inc_by(u64::try_from(fetched).unwrap_or(u64::MAX));
-            self.report_size();
+            self.store_fetched(blobs.clone(), fetched).await?;
             for (digest, data) in blobs {
                 sink(digest, data);
             }

@@ -402,13 +402,7 @@ impl Inner {
                         let _ = fs::remove_file(&found.path);
                         continue;
                     }
-                    let entry = Entry {
-                        stored,
-                        form: found.form,
-                        last_access: modified_ms,
-                        pins: 0,
-                        verified: true,
-                    };
+                    let entry = Entry::fresh(stored, found.form, modified_ms);
                     adopted.push((digest, entry));
                 }
                 Check::Wrong(reason) => {
@@ -476,13 +470,7 @@ impl Inner {
                 Some(digest) if index.get(&digest).is_none() && digest.verify(&bytes).is_ok() => {
                     done.adopted.push((
                         digest,
-                        Entry {
-                            stored: bytes.len() as u64,
-                            form: Form::Inline,
-                            last_access: now_ms(),
-                            pins: 0,
-                            verified: true,
-                        },
+                        Entry::fresh(bytes.len() as u64, Form::Inline, now_ms()),
                     ));
                 }
                 _ => {
@@ -614,13 +602,7 @@ impl Inner {
             let _ = queued.wait();
             return Err(self.write_error("failed to move blob into place at", &path, source));
         }
-        let entry = Entry {
-            stored,
-            form,
-            last_access: now,
-            pins: 0,
-            verified: true,
-        };
+        let entry = Entry::fresh(stored, form, now);
         index.insert(digest, entry);
         match self.commit(index).wait() {
             Ok(()) => self.lock().recorded(&[digest]),
@@ -715,11 +697,8 @@ impl Inner {
             }
         };
         let entry = Entry {
-            stored,
-            form: Form::Inline,
-            last_access: now,
             pins: existing.map_or(0, |e| e.pins),
-            verified: true,
+            ..Entry::fresh(stored, Form::Inline, now)
         };
         let number = index.insert_inline(digest, entry, Bytes::copy_from_slice(data));
         let written = self.commit(index).wait();
@@ -801,13 +780,7 @@ impl Inner {
                     continue;
                 }
             }
-            let entry = Entry {
-                stored,
-                form: Form::Inline,
-                last_access: now,
-                pins: 0,
-                verified: true,
-            };
+            let entry = Entry::fresh(stored, Form::Inline, now);
             let number = index.insert_inline(record.digest, entry, Bytes::from(record.content));
             restored.push((record.digest, number));
         }

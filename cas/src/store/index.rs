@@ -66,6 +66,19 @@ pub(crate) struct Entry {
     pub(crate) verified: bool,
 }
 
+impl Entry {
+    /// The record of a blob this process has just stored (or checked): unpinned, verified.
+    pub(crate) fn fresh(stored: u64, form: Form, last_access: u64) -> Entry {
+        Entry {
+            stored,
+            form,
+            last_access,
+            pins: 0,
+            verified: true,
+        }
+    }
+}
+
 /// A blob eviction chose; the caller deletes its file while still holding the index lock.
 #[derive(Debug)]
 pub(crate) struct Victim {
