@@ -68,11 +68,21 @@ impl Group {
 
 /// A queued batch; [`Queued::wait`] blocks until the commit that holds it has run.
 #[must_use = "a queued batch is only known to be written once waited on"]
+#[derive(Clone)]
 pub struct Queued {
     group: Option<Arc<Group>>,
 }
 
 impl Queued {
+    /// Without blocking: `None` while the commit is still to run, then whether it succeeded.
+    pub fn finished(&self) -> Option<bool> {
+        let Some(group) = &self.group else {
+            return Some(true);
+        };
+        let outcome = group.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        outcome.as_ref().map(Result::is_ok)
+    }
+
     /// Blocks until the batch is applied (visible to readers) or its commit failed.
     pub fn wait(self) -> Result<(), MetaError> {
         let Some(group) = self.group else {

@@ -75,7 +75,7 @@ use bytes::{Bytes, BytesMut};
 use super::blob_store::{BlobRead, BlobReader, BlobStore, StoreError, StoreStats, Upload};
 use super::index::{self, Entry, Form, INLINE_TABLE, Index, Victim, now_ms};
 use crate::digest::{Digest, DigestFunction, Hasher};
-use crate::meta::{Batch, GroupCommit, MetadataStore, Queued, Table};
+use crate::meta::{Batch, GroupCommit, MetaError, MetadataStore, Queued, Table};
 use crate::space::{SpaceWatch, is_out_of_space};
 mod journal;
 mod link;
@@ -95,6 +95,8 @@ const COMPRESS_PROBE: usize = 8 * 1024;
 /// A blob file is kept compressed only if that saves at least a file system block.
 const BLOCK: usize = 4096;
 const ZSTD_LEVEL: i32 = 1;
+/// Bytes of acknowledged inline blobs that may wait for their commits before writers wait too.
+const PENDING_MAX: u64 = 32 * 1024 * 1024;
 
 /// How a [`DiskStore`] is set up.
 #[derive(Debug, Clone)]
@@ -153,6 +155,9 @@ struct Inner {
     journal: Journal,
     /// A writer is retiring a full journal (see [`journal::RETIRE_BYTES`]).
     retiring: AtomicBool,
+    /// Inline inserts handed to a commit that has not been looked at since: each with its
+    /// insert number and that commit (see [`Inner::settle_finished`]).
+    unsettled: Mutex<Vec<(Digest, u64, Queued)>>,
     meta: Arc<dyn MetadataStore>,
     space: SpaceWatch,
 }
@@ -208,6 +213,7 @@ impl DiskStore {
             commits,
             journal,
             retiring: AtomicBool::new(false),
+            unsettled: Mutex::new(Vec::new()),
             meta,
         };
         inner.reconcile()?;
@@ -304,10 +310,54 @@ impl Inner {
 
     /// Hands the writes the index queued to the group commit, then releases the index lock:
     /// queued under it, they reach the store in the order the index made them.
+    /// Inline inserts in the outbox are paired with the commit, to be settled once it has run.
     fn commit(&self, mut index: MutexGuard<'_, Index>) -> Queued {
         let queued = self.commits.queue(index.take_outbox());
+        let inserts = index.take_unqueued();
+        if !inserts.is_empty() {
+            let mut unsettled = self
+                .unsettled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            unsettled.extend(inserts.into_iter().map(|(d, n)| (d, n, queued.clone())));
+        }
         drop(index);
         queued
+    }
+
+    /// Settles the inline inserts whose commits have run (never waits): one written is read
+    /// from the store from now on; one whose commit failed was acknowledged, so it is queued
+    /// again for the next commit, its bytes still at hand.
+    fn settle_finished(&self) {
+        let finished: Vec<(Digest, u64, bool)> = {
+            let mut unsettled = self
+                .unsettled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if unsettled.is_empty() {
+                return;
+            }
+            let mut finished = Vec::new();
+            unsettled.retain(|(digest, number, queued)| match queued.finished() {
+                Some(written) => {
+                    finished.push((*digest, *number, written));
+                    false
+                }
+                None => true,
+            });
+            finished
+        };
+        if finished.is_empty() {
+            return;
+        }
+        let mut index = self.lock();
+        for (digest, number, written) in finished {
+            if written {
+                index.settle_inline(&digest, number, true);
+            } else {
+                index.requeue_inline(&digest, number);
+            }
+        }
     }
 
     /// The bytes of inline blob `digest`: still pending in the index, or from the store.
@@ -619,26 +669,38 @@ impl Inner {
 
     /// See [`DiskStore::checkpoint`].
     fn checkpoint(&self) -> Result<(), StoreError> {
-        // New inline records go to a fresh journal from here; the ones before are covered by
-        // the flush below (their blobs were queued, under the index lock, before this commit).
-        let dir = self.journal.dir();
-        let covered = self
-            .journal
-            .rotate()
-            .map_err(io_err("failed to switch journals in", dir))?;
+        // Inline blobs whose commits failed are queued again with this commit.
+        self.settle_finished();
         // Queued under the index lock, so a blob evicted or replaced meanwhile cannot have its
-        // old record written back after its removal.
-        let (queued, digests) = {
+        // old record written back after its removal. New inline records go to a fresh journal
+        // from here (switched under the same lock, so every record of the ones before belongs
+        // to an insert numbered up to `last`, queued before this commit).
+        let (queued, digests, covered, last) = {
             let mut index = self.lock();
+            let dir = self.journal.dir();
+            let covered = self
+                .journal
+                .rotate()
+                .map_err(io_err("failed to switch journals in", dir))?;
+            let last = index.inserts();
             let digests = index.queue_dirty();
-            (self.commit(index), digests)
+            (self.commit(index), digests, covered, last)
         };
         queued.wait()?;
         self.lock().recorded(&digests);
         // Other writers' batches queued before ours (ours may be empty, and then is done at
-        // once): committed before the flush, so it covers every record of `covered`.
+        // once): committed before the flush.
         self.commits.barrier().wait()?;
+        self.settle_finished();
         self.meta.flush()?;
+        if self.lock().pending_up_to(last) {
+            // An acknowledged blob of those journals is not in the store yet (its commit
+            // failed and is queued again): they wait for a later checkpoint.
+            return Err(StoreError::Meta(MetaError::Unavailable {
+                path: self.journal.dir().to_owned(),
+                cause: "inline blobs wait for a commit; their journals are kept".into(),
+            }));
+        }
         for path in covered {
             if let Err(source) = fs::remove_file(&path)
                 && source.kind() != std::io::ErrorKind::NotFound
@@ -650,35 +712,45 @@ impl Inner {
     }
 
     /// Stores a small blob inline: appends it to the journal, then queues its record and
-    /// bytes for the next group commit. Returns once that commit has run (durable at the next
-    /// checkpoint's flush; until then the journal holds it, see [`journal`]); if the commit
-    /// failed, the blob is refused and dropped from the index.
+    /// bytes for the next group commit, and returns without waiting for that commit: the
+    /// journal already keeps the blob through a crash (see [`journal`]), readers are served its
+    /// bytes from the index until the commit has run, and a failed commit is queued again
+    /// ([`Inner::settle_finished`]). While more than [`PENDING_MAX`] bytes wait for their
+    /// commits (a store that falls behind or fails), a write first waits for them, and is
+    /// refused if they still wait.
     fn write_inline(&self, digest: Digest, data: &[u8]) -> Result<(), StoreError> {
+        self.settle_finished();
+        let backlog = self.lock().pending_bytes() > PENDING_MAX;
+        if backlog {
+            // Wait for the commits behind, retrying failed ones with the queue.
+            let waited = self.commit(self.lock()).wait();
+            self.settle_finished();
+            if self.lock().pending_bytes() > PENDING_MAX {
+                // The store refuses writes (a full disk, most often).
+                return Err(StoreError::Meta(waited.err().unwrap_or_else(|| {
+                    MetaError::Unavailable {
+                        path: self.journal.dir().to_owned(),
+                        cause: "inline blobs wait for their commits".into(),
+                    }
+                })));
+            }
+        }
         let mut index = self.lock();
         let now = now_ms();
-        let existing = index.get(&digest);
-        // A concurrent write of the same blob whose commit has not run: writing it again
-        // (queued after that one) is how this write learns whether it is stored.
-        let pending = existing.is_some() && index.pending_content(&digest).is_some();
-        if index.touch(&digest, now) && !pending {
+        if index.touch(&digest, now) {
             // Durable, or journaled before it was listed.
             return Ok(());
         }
         let stored = data.len() as u64;
-        let victims = if pending {
-            // Its bytes are already counted in the budget.
-            Vec::new()
-        } else {
-            match index.make_room(stored, now) {
-                Ok(victims) => victims,
-                Err(pinned) => {
-                    return Err(StoreError::Full {
-                        digest,
-                        needed: stored,
-                        budget: index.budget,
-                        pinned,
-                    });
-                }
+        let victims = match index.make_room(stored, now) {
+            Ok(victims) => victims,
+            Err(pinned) => {
+                return Err(StoreError::Full {
+                    digest,
+                    needed: stored,
+                    budget: index.budget,
+                    pinned,
+                });
             }
         };
         self.remove_victim_files(&victims);
@@ -687,8 +759,7 @@ impl Inner {
             Ok(size) => size,
             Err(source) => {
                 // The victims' removals still go to the store.
-                let queued = self.commit(index);
-                let _ = queued.wait();
+                drop(self.commit(index));
                 return Err(self.write_error(
                     "failed to append to the inline journal in",
                     self.journal.dir(),
@@ -696,14 +767,9 @@ impl Inner {
                 ));
             }
         };
-        let entry = Entry {
-            pins: existing.map_or(0, |e| e.pins),
-            ..Entry::fresh(stored, Form::Inline, now)
-        };
-        let number = index.insert_inline(digest, entry, Bytes::copy_from_slice(data));
-        let written = self.commit(index).wait();
-        self.lock().settle_inline(&digest, number, written.is_ok());
-        written?;
+        let entry = Entry::fresh(stored, Form::Inline, now);
+        index.insert_inline(digest, entry, Bytes::copy_from_slice(data));
+        drop(self.commit(index));
         self.space.accepted();
         if journaled >= journal::RETIRE_BYTES && !self.retiring.swap(true, Ordering::AcqRel) {
             // Bounds the journal (and a replay) between the owner's checkpoints.
@@ -784,8 +850,9 @@ impl Inner {
             let number = index.insert_inline(record.digest, entry, Bytes::from(record.content));
             restored.push((record.digest, number));
         }
-        // Nothing else writes yet, so these go straight to the store.
+        // Nothing else writes yet, so these go straight to the store (and are settled here).
         let written = self.meta.apply_batch(index.take_outbox());
+        index.take_unqueued();
         for (digest, number) in &restored {
             index.settle_inline(digest, *number, written.is_ok());
         }
@@ -1485,8 +1552,7 @@ impl Upload for DiskUpload {
             if self.digest.is_empty_blob() {
                 return Ok(());
             }
-            // An inline blob whose commit has not run yet is written again (its write path
-            // tells the two apart), so this upload learns whether it is stored.
+            // An inline write does its own check (under the same lock as its journal record).
             if !self.inner.is_inline(buffer.len())
                 && self.inner.lock().touch(&self.digest, now_ms())
             {
@@ -1584,6 +1650,103 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    /// A metadata store whose commits can be held (until `release`) or refused (`fail`).
+    struct Gated {
+        inner: RedbStore,
+        held: std::sync::Mutex<bool>,
+        released: std::sync::Condvar,
+        fail: AtomicBool,
+    }
+
+    impl Gated {
+        fn release(&self) {
+            *self.held.lock().unwrap() = false;
+            self.released.notify_all();
+        }
+    }
+
+    impl MetadataStore for Gated {
+        fn table(&self, name: &str) -> Result<Table, MetaError> {
+            self.inner.table(name)
+        }
+        fn apply_batch(&self, batch: Batch) -> Result<(), MetaError> {
+            let mut held = self.held.lock().unwrap();
+            while *held {
+                held = self.released.wait(held).unwrap();
+            }
+            drop(held);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(MetaError::Closed);
+            }
+            self.inner.apply_batch(batch)
+        }
+        fn flush(&self) -> Result<(), MetaError> {
+            self.inner.flush()
+        }
+        fn flush_async(&self) -> futures::future::BoxFuture<'static, Result<(), MetaError>> {
+            self.inner.flush_async()
+        }
+        fn dump(&self, except: &[&str]) -> Result<Vec<crate::meta::TableDump>, MetaError> {
+            self.inner.dump(except)
+        }
+    }
+
+    /// An inline write returns once journaled, without waiting for its commit; a commit that
+    /// fails is queued again, the blob served meanwhile, and its journal kept until a commit
+    /// succeeds; then it is in the store after a restart.
+    #[test]
+    fn an_inline_write_does_not_wait_for_its_commit_and_a_failed_commit_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let gated = Arc::new(Gated {
+            inner: RedbStore::open(dir.path().join("meta")).unwrap(),
+            held: std::sync::Mutex::new(false),
+            released: std::sync::Condvar::new(),
+            fail: AtomicBool::new(false),
+        });
+        let mut options = DiskStoreOptions::new(dir.path().join("cas"));
+        options.inline_max = 16 * KIB as u64;
+        let store = DiskStore::open(
+            Arc::clone(&gated) as Arc<dyn MetadataStore>,
+            options.clone(),
+        )
+        .unwrap();
+        let (held, held_data) = random(3 * KIB, 21);
+        let (refused, refused_data) = random(5 * KIB, 22);
+
+        *gated.held.lock().unwrap() = true;
+        store.write(&held, &held_data).unwrap();
+        assert_eq!(store.read(&held).unwrap().as_deref(), Some(&held_data[..]));
+        gated.fail.store(true, Ordering::SeqCst);
+        gated.release();
+        store.write(&refused, &refused_data).unwrap();
+        assert_eq!(
+            store.read(&refused).unwrap().as_deref(),
+            Some(&refused_data[..]),
+            "served while its commit fails"
+        );
+        assert!(store.checkpoint().is_err());
+        assert_eq!(journal_files(dir.path()).len(), 1, "the journal is kept");
+        assert!(store.find_missing(&[held, refused]).is_empty());
+
+        gated.fail.store(false, Ordering::SeqCst);
+        store.checkpoint().unwrap();
+        assert!(journal_files(dir.path()).is_empty());
+        drop(store);
+        let Ok(gated) = Arc::try_unwrap(gated) else {
+            panic!("the store is closed");
+        };
+        gated.inner.flush().unwrap();
+        drop(gated);
+        // No journal is left to replay: the blobs are in the store itself.
+        let (meta, store) = open(dir.path(), |_| {});
+        assert_eq!(store.read(&held).unwrap().as_deref(), Some(&held_data[..]));
+        assert_eq!(
+            store.read(&refused).unwrap().as_deref(),
+            Some(&refused_data[..])
+        );
+        close(meta, store);
     }
 
     /// An inline write costs no fsync: it is journaled before it returns (also a write of a
@@ -1811,6 +1974,8 @@ mod tests {
         let (damaged, vanished) = (random(4 * KIB, 40), random(4 * KIB, 41));
         store.write(&damaged.0, &damaged.1).unwrap();
         store.write(&vanished.0, &vanished.1).unwrap();
+        // Committed and settled: from here their bytes are read from the database.
+        store.checkpoint().unwrap();
         let contents = meta.table(INLINE_TABLE).unwrap();
         let mut bytes = damaged.1.clone();
         bytes[100] ^= 0xff;

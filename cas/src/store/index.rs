@@ -91,6 +91,11 @@ pub(crate) struct Index {
     dirty: HashSet<Digest>,
     /// Inline blobs whose commit has not run yet: their bytes, and which insert they are.
     pending: HashMap<Digest, (u64, Bytes)>,
+    /// Bytes held in `pending`.
+    pending_bytes: u64,
+    /// Inline inserts whose writes are in the outbox: handed, with it, to a commit, which
+    /// settles them (see [`Index::take_unqueued`]).
+    unqueued: Vec<(Digest, u64)>,
     /// Numbers inline inserts, so a commit finishing late cannot settle a newer insert.
     inserts: u64,
     /// Writes queued by changes since the last [`Index::take_outbox`].
@@ -196,6 +201,8 @@ impl Index {
             entries,
             dirty: HashSet::new(),
             pending: HashMap::new(),
+            pending_bytes: 0,
+            unqueued: Vec::new(),
             inserts: 0,
             outbox,
             stored_bytes,
@@ -314,7 +321,11 @@ impl Index {
         self.outbox.insert(TABLE, k.clone(), encode_value(&entry));
         self.outbox.insert(INLINE_TABLE, k, content.to_vec());
         self.inserts += 1;
-        self.pending.insert(digest, (self.inserts, content));
+        self.unqueued.push((digest, self.inserts));
+        self.pending_bytes += content.len() as u64;
+        if let Some((_, old)) = self.pending.insert(digest, (self.inserts, content)) {
+            self.pending_bytes -= old.len() as u64;
+        }
         self.inserts
     }
 
@@ -322,15 +333,65 @@ impl Index {
     /// are read from the store from now on; if not, the blob is dropped (nothing of it was
     /// written). An insert replaced or removed meanwhile is left alone.
     pub(crate) fn settle_inline(&mut self, digest: &Digest, number: u64, written: bool) {
-        if self.pending.get(digest).is_none_or(|(n, _)| *n != number) {
+        if !self.is_pending(digest, number) {
             return;
         }
-        self.pending.remove(digest);
+        self.drop_pending(digest);
         if !written && let Some(entry) = self.entries.remove(digest) {
             self.stored_bytes -= entry.stored;
             self.logical_bytes -= digest.size_bytes;
             self.dirty.remove(digest);
         }
+    }
+
+    /// The commit of inline insert `number` of `digest` failed, but the blob was acknowledged
+    /// (it is journaled): its record and bytes are queued again for the next commit, and its
+    /// bytes stay at hand until one succeeds. An insert replaced or removed meanwhile is left
+    /// alone.
+    pub(crate) fn requeue_inline(&mut self, digest: &Digest, number: u64) {
+        if !self.is_pending(digest, number) {
+            return;
+        }
+        let (Some(entry), Some((_, content))) =
+            (self.entries.get(digest), self.pending.get(digest))
+        else {
+            return;
+        };
+        let k = key(digest);
+        self.outbox.insert(TABLE, k.clone(), encode_value(entry));
+        self.outbox.insert(INLINE_TABLE, k, content.to_vec());
+        self.unqueued.push((*digest, number));
+    }
+
+    fn is_pending(&self, digest: &Digest, number: u64) -> bool {
+        self.pending.get(digest).is_some_and(|(n, _)| *n == number)
+    }
+
+    fn drop_pending(&mut self, digest: &Digest) {
+        if let Some((_, content)) = self.pending.remove(digest) {
+            self.pending_bytes -= content.len() as u64;
+        }
+    }
+
+    /// The inline inserts whose writes are in the outbox, to pair with the commit that takes
+    /// it (see [`Index::take_outbox`]).
+    pub(crate) fn take_unqueued(&mut self) -> Vec<(Digest, u64)> {
+        std::mem::take(&mut self.unqueued)
+    }
+
+    /// Bytes of inline blobs whose commit has not succeeded yet.
+    pub(crate) fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+
+    /// Whether an inline insert numbered `number` or lower still waits for its commit.
+    pub(crate) fn pending_up_to(&self, number: u64) -> bool {
+        self.pending.values().any(|(n, _)| *n <= number)
+    }
+
+    /// The number of the latest inline insert.
+    pub(crate) fn inserts(&self) -> u64 {
+        self.inserts
     }
 
     /// The bytes of an inline blob whose commit has not run yet.
@@ -381,7 +442,7 @@ impl Index {
         self.stored_bytes -= entry.stored;
         self.logical_bytes -= digest.size_bytes;
         self.dirty.remove(digest);
-        self.pending.remove(digest);
+        self.drop_pending(digest);
         let k = key(digest);
         if entry.form == Form::Inline {
             self.outbox.remove(INLINE_TABLE, k.clone());
@@ -569,6 +630,23 @@ mod tests {
         let newer = idx.insert_inline(blob(3, 3), inline(3), Bytes::from_static(b"new"));
         idx.settle_inline(&blob(3, 3), newer - 1, false);
         assert!(idx.pending_content(&blob(3, 3)).is_some());
+        assert_eq!(idx.pending_bytes(), 3);
+        assert!(idx.pending_up_to(newer) && !idx.pending_up_to(newer - 1));
+        assert_eq!(
+            idx.take_unqueued(),
+            [
+                (blob(1, 3), written),
+                (blob(2, 3), lost),
+                (blob(3, 3), newer)
+            ]
+        );
+        // An acknowledged insert whose commit failed is queued again, bytes kept.
+        let _ = idx.take_outbox();
+        idx.requeue_inline(&blob(3, 3), newer);
+        assert_eq!(idx.take_outbox().tables(), [TABLE, INLINE_TABLE]);
+        assert_eq!(idx.take_unqueued(), [(blob(3, 3), newer)]);
+        idx.settle_inline(&blob(3, 3), newer, true);
+        assert_eq!(idx.pending_bytes(), 0);
 
         let reloaded = Index::load(&table, 1_000, Duration::ZERO).unwrap();
         assert_eq!(reloaded.get(&blob(1, 3)).unwrap().form, Form::Inline);
