@@ -3,8 +3,9 @@
 //! A redb commit that is not durable does not survive even a process crash (redb reopens at
 //! its last durable commit), while a file written with `write(2)` does: its pages are the
 //! kernel's the moment the call returns. So before an inline blob is acknowledged, its key and
-//! bytes are appended to a journal file (one `write` of the whole record, no fsync); its
-//! record and bytes reach the metadata store in the next group commit as before, and become
+//! bytes are appended to a journal file (one `write` of the whole record, no fsync), and the
+//! write returns; its record and bytes reach the metadata store in the next group commit (queued
+//! again if that commit fails; readers get the bytes from the index meanwhile), and become
 //! durable at the next flush. A journal is needed only until then:
 //! [`DiskStore::checkpoint`](super::DiskStore::checkpoint) switches new records to a fresh
 //! journal, commits and flushes everything queued, and deletes the journals that flush covered.
@@ -13,9 +14,10 @@
 //! acknowledged) before the store serves anything.
 //!
 //! Ordering: a record is appended under the index lock, just before its blob is queued for the
-//! next commit (in the same hold of the lock). A checkpoint switches journals first and then
-//! queues its commit (and waits for every earlier commit) under the same lock, so every record
-//! of a journal it deletes belongs to a blob committed before its flush.
+//! next commit (in the same hold of the lock). A checkpoint switches journals and queues its
+//! commit in one hold of the same lock, waits for every earlier commit, and deletes the journals
+//! only if no blob inserted before the switch still waits for a successful commit, so every
+//! record of a journal it deletes belongs to a blob committed before its flush.
 //!
 //! Bounds: a journal past [`RETIRE_BYTES`] asks its writer to retire it at once instead of at
 //! the next checkpoint; replay reads one journal at a time, and makes each durable and removes
