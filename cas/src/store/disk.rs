@@ -153,7 +153,9 @@ struct Inner {
     commits: GroupCommit,
     /// Inline blobs written since the last checkpoint, so a process crash loses none.
     journal: Journal,
-    /// A writer is retiring a full journal (see [`journal::RETIRE_BYTES`]).
+    /// A write found the journal full (see [`Inner::retire_if_due`]).
+    retire_due: AtomicBool,
+    /// A checkpoint is retiring a full journal.
     retiring: AtomicBool,
     /// Inline inserts handed to a commit that has not been looked at since: each with its
     /// insert number and that commit (see [`Inner::settle_finished`]).
@@ -212,6 +214,7 @@ impl DiskStore {
             contents,
             commits,
             journal,
+            retire_due: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
             unsettled: Mutex::new(Vec::new()),
             meta,
@@ -771,14 +774,33 @@ impl Inner {
         index.insert_inline(digest, entry, Bytes::copy_from_slice(data));
         drop(self.commit(index));
         self.space.accepted();
-        if journaled >= journal::RETIRE_BYTES && !self.retiring.swap(true, Ordering::AcqRel) {
-            // Bounds the journal (and a replay) between the owner's checkpoints.
-            if let Err(error) = self.checkpoint() {
-                tracing::warn!(%error, "checkpoint to retire a full inline journal failed");
-            }
-            self.retiring.store(false, Ordering::Release);
+        if journaled >= journal::RETIRE_BYTES {
+            self.retire_due.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Retires a full journal (see [`journal::RETIRE_BYTES`]) if a write asked for it: a
+    /// checkpoint on a thread of its own, so the writer does not wait for its flush. Bounds the
+    /// journal (and a replay) between the owner's checkpoints.
+    fn retire_if_due(self: &Arc<Self>) {
+        if !self.retire_due.load(Ordering::Acquire) || self.retiring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.retire_due.store(false, Ordering::Release);
+        let inner = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("tessera-journal-retire".into())
+            .spawn(move || {
+                if let Err(error) = inner.checkpoint() {
+                    tracing::warn!(%error, "checkpoint to retire a full inline journal failed");
+                }
+                inner.retiring.store(false, Ordering::Release);
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start a thread to retire a full inline journal");
+            self.retiring.store(false, Ordering::Release);
+        }
     }
 
     /// Restores the inline blobs of journals a crash left (see [`journal`]), one journal at a
@@ -1234,13 +1256,14 @@ impl BlobStore for DiskStore {
 
     fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
         digest.verify(data)?;
-        // An inline blob whose commit has not run yet is written again (its write path tells
-        // the two apart), so this write learns whether it is stored.
+        // An inline write does its own check (under the same lock as its journal record).
         if !self.inner.is_inline(data.len()) && self.contains(digest) {
             self.touch(std::slice::from_ref(digest));
             return Ok(());
         }
-        self.inner.write_whole(*digest, data)
+        let written = self.inner.write_whole(*digest, data);
+        self.inner.retire_if_due();
+        written
     }
 
     fn begin_upload(&self, digest: &Digest) -> Result<Box<dyn Upload>, StoreError> {
@@ -1544,6 +1567,10 @@ impl Upload for DiskUpload {
         self.received
     }
 
+    fn commits_quickly(&self) -> bool {
+        self.sink.is_none() && self.inner.is_inline(self.buffer.len())
+    }
+
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         let hasher = std::mem::replace(&mut self.hasher, self.digest.function.hasher());
         self.digest.verify_against(&hasher.finish_digest())?;
@@ -1558,7 +1585,9 @@ impl Upload for DiskUpload {
             {
                 return Ok(());
             }
-            return self.inner.write_whole(self.digest, &buffer);
+            let written = self.inner.write_whole(self.digest, &buffer);
+            self.inner.retire_if_due();
+            return written;
         };
         let (form, finished) = match sink {
             Sink::Raw(w) => (Form::Raw, w.into_inner().map_err(|e| e.into_error())),

@@ -358,9 +358,14 @@ impl ByteStreamService {
                 if let Some(decoder) = &decoder {
                     decoder.finish()?;
                 }
-                tokio::task::spawn_blocking(move || upload.commit())
-                    .await
-                    .map_err(|e| ByteStreamError::Internal(e.to_string()))??;
+                if upload.commits_quickly() {
+                    // A small blob: the hop to a blocking thread would cost more than this.
+                    upload.commit()?;
+                } else {
+                    tokio::task::spawn_blocking(move || upload.commit())
+                        .await
+                        .map_err(|e| ByteStreamError::Internal(e.to_string()))??;
+                }
                 return Ok(WriteResponse {
                     committed_size: if compressed {
                         committed as i64
