@@ -98,6 +98,15 @@ const ZSTD_LEVEL: i32 = 1;
 /// Bytes of acknowledged inline blobs that may wait for their commits before writers wait too.
 const PENDING_MAX: u64 = 32 * 1024 * 1024;
 
+/// What to do with an insert once its commit has run (see [`Inner::settle_finished`]).
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    /// Inline insert number N: served from the store from now on, or queued again.
+    Inline(u64),
+    /// A blob file's record: clean, or left dirty for the next checkpoint.
+    Record,
+}
+
 /// How a [`DiskStore`] is set up.
 #[derive(Debug, Clone)]
 pub struct DiskStoreOptions {
@@ -157,9 +166,9 @@ struct Inner {
     retire_due: AtomicBool,
     /// A checkpoint is retiring a full journal.
     retiring: AtomicBool,
-    /// Inline inserts handed to a commit that has not been looked at since: each with its
-    /// insert number and that commit (see [`Inner::settle_finished`]).
-    unsettled: Mutex<Vec<(Digest, u64, Queued)>>,
+    /// Inserts handed to a commit that has not been looked at since, each with that commit
+    /// (see [`Inner::settle_finished`]).
+    unsettled: Mutex<Vec<(Digest, Settle, Queued)>>,
     meta: Arc<dyn MetadataStore>,
     space: SpaceWatch,
 }
@@ -322,17 +331,23 @@ impl Inner {
                 .unsettled
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            unsettled.extend(inserts.into_iter().map(|(d, n)| (d, n, queued.clone())));
+            unsettled.extend(
+                inserts
+                    .into_iter()
+                    .map(|(d, n)| (d, Settle::Inline(n), queued.clone())),
+            );
         }
         drop(index);
         queued
     }
 
-    /// Settles the inline inserts whose commits have run (never waits): one written is read
-    /// from the store from now on; one whose commit failed was acknowledged, so it is queued
-    /// again for the next commit, its bytes still at hand.
+    /// Settles the inserts whose commits have run (never waits). An inline blob written is
+    /// read from the store from now on; one whose commit failed was acknowledged, so it is
+    /// queued again for the next commit, its bytes still at hand. A blob file's record written
+    /// is clean; one that failed stays dirty, written again by the next checkpoint (the file is
+    /// in place and served either way, and a start adopts a file without record).
     fn settle_finished(&self) {
-        let finished: Vec<(Digest, u64, bool)> = {
+        let finished: Vec<(Digest, Settle, bool)> = {
             let mut unsettled = self
                 .unsettled
                 .lock()
@@ -341,9 +356,9 @@ impl Inner {
                 return;
             }
             let mut finished = Vec::new();
-            unsettled.retain(|(digest, number, queued)| match queued.finished() {
+            unsettled.retain(|(digest, settle, queued)| match queued.finished() {
                 Some(written) => {
-                    finished.push((*digest, *number, written));
+                    finished.push((*digest, *settle, written));
                     false
                 }
                 None => true,
@@ -354,11 +369,14 @@ impl Inner {
             return;
         }
         let mut index = self.lock();
-        for (digest, number, written) in finished {
-            if written {
-                index.settle_inline(&digest, number, true);
-            } else {
-                index.requeue_inline(&digest, number);
+        for (digest, settle, written) in finished {
+            match (settle, written) {
+                (Settle::Inline(number), true) => index.settle_inline(&digest, number, true),
+                (Settle::Inline(number), false) => index.requeue_inline(&digest, number),
+                (Settle::Record, true) => index.recorded(&[digest]),
+                (Settle::Record, false) => {
+                    tracing::debug!(%digest, "blob index record deferred to the next checkpoint");
+                }
             }
         }
     }
@@ -657,15 +675,13 @@ impl Inner {
         }
         let entry = Entry::fresh(stored, form, now);
         index.insert(digest, entry);
-        match self.commit(index).wait() {
-            Ok(()) => self.lock().recorded(&[digest]),
-            // The blob is in place and served; its record is retried at the next checkpoint,
-            // and the next start adopts the file if it never gets written.
-            Err(error) if error.is_out_of_space() => {
-                tracing::debug!(%digest, %error, "blob index record deferred");
-            }
-            Err(error) => tracing::warn!(%digest, %error, "blob index record deferred"),
-        }
+        // The blob is in place and served: its record needs no wait (see `settle_finished`).
+        let queued = self.commit(index);
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((digest, Settle::Record, queued));
+        self.settle_finished();
         self.space.accepted();
         Ok(())
     }
