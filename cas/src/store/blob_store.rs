@@ -142,9 +142,9 @@ pub trait Upload: Send {
     fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
     /// Bytes received so far.
     fn received(&self) -> u64;
-    /// Whether [`Upload::commit`] would take only a few microseconds now (no file to finish,
-    /// no wait for a commit of the metadata store in the normal case), so an async caller may
-    /// run it in place instead of on a blocking thread.
+    /// Whether [`Upload::commit`] would be short now (no file to finish, nothing to evict, no
+    /// backlog of metadata commits to wait for: a hash check and one small `write`), so an
+    /// async caller may run it in place instead of on a blocking thread.
     fn commits_quickly(&self) -> bool {
         false
     }

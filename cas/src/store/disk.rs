@@ -27,8 +27,8 @@
 //!
 //! **Group commit.** Every change of the index (records of new files, inline blobs, removals,
 //! written-back access times) is queued, under the index lock, to one [`GroupCommit`], which
-//! applies everything queued since its last commit in one transaction. A write returns once
-//! its commit has run. Measured with `tessera-bench cas` (20,000 × 4 KiB ByteStream writes, 32
+//! applies everything queued since its last commit in one transaction. No write waits for it
+//! (see [`Inner::settle_finished`]), unless more than [`PENDING_MAX`] waits. Measured with `tessera-bench cas` (20,000 × 4 KiB ByteStream writes, 32
 //! in flight): a commit per blob capped small writes near 5,500/s.
 //!
 //! **Compression pays only for larger blobs.** Measured on this project's 2-core machine with
@@ -57,12 +57,13 @@
 //! nothing behind, and is reported once per episode ([`SpaceWatch`]). A record that cannot be
 //! written does not refuse a blob file: the file is in place, the record is retried at the next
 //! [`DiskStore::checkpoint`], and the next start adopts the file if it never was. An inline
-//! blob whose commit fails is refused with the metadata store's error and dropped from the
-//! index; its journal record stays until the next checkpoint, so a crash before then brings
-//! the blob back (whole and hashed: a refused write that was stored after all, never a wrong
-//! blob).
+//! blob whose commit fails was acknowledged already (it is journaled): it is queued again with
+//! the next commit, served from memory meanwhile, and its journal kept until a commit holds
+//! it. Past [`PENDING_MAX`] of such waiting bytes a write waits for the commits, and is refused
+//! with the metadata store's error if they still fail (for a full disk it is then stored as a
+//! file).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -95,8 +96,11 @@ const COMPRESS_PROBE: usize = 8 * 1024;
 /// A blob file is kept compressed only if that saves at least a file system block.
 const BLOCK: usize = 4096;
 const ZSTD_LEVEL: i32 = 1;
-/// Bytes of acknowledged inline blobs that may wait for their commits before writers wait too.
+/// Bytes of acknowledged inline blobs that may wait for their commits before writers wait too
+/// (each unsettled insert counted as [`UNSETTLED_COST`] more).
 const PENDING_MAX: u64 = 32 * 1024 * 1024;
+/// What an insert waiting for its commit costs in memory besides its bytes, about.
+const UNSETTLED_COST: u64 = 256;
 
 /// What to do with an insert once its commit has run (see [`Inner::settle_finished`]).
 #[derive(Debug, Clone, Copy)]
@@ -168,7 +172,9 @@ struct Inner {
     retiring: AtomicBool,
     /// Inserts handed to a commit that has not been looked at since, each with that commit
     /// (see [`Inner::settle_finished`]).
-    unsettled: Mutex<Vec<(Digest, Settle, Queued)>>,
+    /// In commit order (pushed under the index lock, where commits are queued), so the ones
+    /// finished are always a prefix.
+    unsettled: Mutex<VecDeque<(Digest, Settle, Queued)>>,
     meta: Arc<dyn MetadataStore>,
     space: SpaceWatch,
 }
@@ -225,7 +231,7 @@ impl DiskStore {
             journal,
             retire_due: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
-            unsettled: Mutex::new(Vec::new()),
+            unsettled: Mutex::new(VecDeque::new()),
             meta,
         };
         inner.reconcile()?;
@@ -239,7 +245,8 @@ impl DiskStore {
     /// write could not store) and flushes the metadata store, so the index survives a crash
     /// as of now and the next start has only the blobs written after this to hash and adopt;
     /// then retires the inline journals that flush covered. Owners call it every few seconds
-    /// and at shutdown.
+    /// and at shutdown. Fails (keeping the journals) if an inline blob of them is still waiting
+    /// for a commit that succeeds.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.inner.checkpoint()
     }
@@ -331,11 +338,10 @@ impl Inner {
                 .unsettled
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            unsettled.extend(
-                inserts
-                    .into_iter()
-                    .map(|(d, n)| (d, Settle::Inline(n), queued.clone())),
-            );
+            unsettled.extend(inserts.into_iter().map(|(digest, number)| {
+                let settle = number.map_or(Settle::Record, Settle::Inline);
+                (digest, settle, queued.clone())
+            }));
         }
         drop(index);
         queued
@@ -347,29 +353,20 @@ impl Inner {
     /// is clean; one that failed stays dirty, written again by the next checkpoint (the file is
     /// in place and served either way, and a start adopts a file without record).
     fn settle_finished(&self) {
-        let finished: Vec<(Digest, Settle, bool)> = {
-            let mut unsettled = self
-                .unsettled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if unsettled.is_empty() {
-                return;
-            }
-            let mut finished = Vec::new();
-            unsettled.retain(|(digest, settle, queued)| match queued.finished() {
-                Some(written) => {
-                    finished.push((*digest, *settle, written));
-                    false
-                }
-                None => true,
-            });
-            finished
-        };
-        if finished.is_empty() {
-            return;
-        }
         let mut index = self.lock();
-        for (digest, settle, written) in finished {
+        self.settle_locked(&mut index);
+    }
+
+    /// [`Inner::settle_finished`] under a hold of the index lock the caller goes on using.
+    fn settle_locked(&self, index: &mut Index) {
+        let mut unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while let Some(written) = unsettled.front().and_then(|(_, _, q)| q.finished()) {
+            let Some((digest, settle, _)) = unsettled.pop_front() else {
+                break;
+            };
             match (settle, written) {
                 (Settle::Inline(number), true) => index.settle_inline(&digest, number, true),
                 (Settle::Inline(number), false) => index.requeue_inline(&digest, number),
@@ -379,6 +376,33 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Whether more than [`PENDING_MAX`] waits for commits: inline bytes, plus a share for
+    /// each insert not yet settled.
+    fn behind(&self, index: &Index) -> bool {
+        let unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len() as u64;
+        index.pending_bytes() + unsettled * UNSETTLED_COST > PENDING_MAX
+    }
+
+    /// Waits for every commit queued so far (with the index's queue, so failed inline inserts
+    /// are retried), then settles them; the last commit's outcome.
+    fn catch_up(&self) -> Result<(), MetaError> {
+        drop(self.commit(self.lock()));
+        let waited = self.commits.barrier().wait();
+        self.settle_finished();
+        waited
+    }
+
+    /// Whether an inline write of `len` bytes can run on an async thread: nothing to evict,
+    /// and no backlog of commits to wait for.
+    fn inline_write_is_quick(&self, len: usize) -> bool {
+        let index = self.lock();
+        index.stored_bytes() + len as u64 <= index.budget && !self.behind(&index)
     }
 
     /// The bytes of inline blob `digest`: still pending in the index, or from the store.
@@ -643,6 +667,10 @@ impl Inner {
         form: Form,
         stored: u64,
     ) -> Result<(), StoreError> {
+        if self.behind(&self.lock()) {
+            // Records need not be written to serve the file, but their queue stays bounded.
+            let _ = self.catch_up();
+        }
         let mut index = self.lock();
         let now = now_ms();
         if index.touch(&digest, now) {
@@ -676,11 +704,7 @@ impl Inner {
         let entry = Entry::fresh(stored, form, now);
         index.insert(digest, entry);
         // The blob is in place and served: its record needs no wait (see `settle_finished`).
-        let queued = self.commit(index);
-        self.unsettled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((digest, Settle::Record, queued));
+        drop(self.commit(index));
         self.settle_finished();
         self.space.accepted();
         Ok(())
@@ -710,9 +734,15 @@ impl Inner {
         // Other writers' batches queued before ours (ours may be empty, and then is done at
         // once): committed before the flush.
         self.commits.barrier().wait()?;
-        self.settle_finished();
+        // Decided before the flush, in the same hold of the lock as settling: an insert
+        // settled later may have been committed after the flush began.
+        let keep = {
+            let mut index = self.lock();
+            self.settle_locked(&mut index);
+            index.pending_up_to(last)
+        };
         self.meta.flush()?;
-        if self.lock().pending_up_to(last) {
+        if keep {
             // An acknowledged blob of those journals is not in the store yet (its commit
             // failed and is queued again): they wait for a later checkpoint.
             return Err(StoreError::Meta(MetaError::Unavailable {
@@ -739,12 +769,9 @@ impl Inner {
     /// refused if they still wait.
     fn write_inline(&self, digest: Digest, data: &[u8]) -> Result<(), StoreError> {
         self.settle_finished();
-        let backlog = self.lock().pending_bytes() > PENDING_MAX;
-        if backlog {
-            // Wait for the commits behind, retrying failed ones with the queue.
-            let waited = self.commit(self.lock()).wait();
-            self.settle_finished();
-            if self.lock().pending_bytes() > PENDING_MAX {
+        if self.behind(&self.lock()) {
+            let waited = self.catch_up();
+            if self.behind(&self.lock()) {
                 // The store refuses writes (a full disk, most often).
                 return Err(StoreError::Meta(waited.err().unwrap_or_else(|| {
                     MetaError::Unavailable {
@@ -1584,7 +1611,9 @@ impl Upload for DiskUpload {
     }
 
     fn commits_quickly(&self) -> bool {
-        self.sink.is_none() && self.inner.is_inline(self.buffer.len())
+        self.sink.is_none()
+            && self.inner.is_inline(self.buffer.len())
+            && self.inner.inline_write_is_quick(self.buffer.len())
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
@@ -1703,6 +1732,36 @@ mod tests {
         held: std::sync::Mutex<bool>,
         released: std::sync::Condvar,
         fail: AtomicBool,
+        /// Commits that began (held or not).
+        entered: AtomicUsize,
+        /// Fails the next commit holding this key, once.
+        poison: std::sync::Mutex<Option<Vec<u8>>>,
+    }
+
+    impl Gated {
+        fn over(dir: &Path) -> Arc<Gated> {
+            Arc::new(Gated {
+                inner: RedbStore::open(dir.join("meta")).unwrap(),
+                held: std::sync::Mutex::new(false),
+                released: std::sync::Condvar::new(),
+                fail: AtomicBool::new(false),
+                entered: AtomicUsize::new(0),
+                poison: std::sync::Mutex::new(None),
+            })
+        }
+
+        fn store(self: &Arc<Self>, dir: &Path) -> DiskStore {
+            let mut options = DiskStoreOptions::new(dir.join("cas"));
+            options.inline_max = 16 * KIB as u64;
+            DiskStore::open(Arc::clone(self) as Arc<dyn MetadataStore>, options).unwrap()
+        }
+
+        fn close(self: Arc<Self>) {
+            let Ok(gated) = Arc::try_unwrap(self) else {
+                panic!("the store is closed");
+            };
+            gated.inner.flush().unwrap();
+        }
     }
 
     impl Gated {
@@ -1717,6 +1776,7 @@ mod tests {
             self.inner.table(name)
         }
         fn apply_batch(&self, batch: Batch) -> Result<(), MetaError> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
             let mut held = self.held.lock().unwrap();
             while *held {
                 held = self.released.wait(held).unwrap();
@@ -1725,6 +1785,18 @@ mod tests {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(MetaError::Closed);
             }
+            let mut poison = self.poison.lock().unwrap();
+            let poisoned = poison.as_ref().is_some_and(|key| {
+                batch.ops().iter().any(|op| match op {
+                    crate::meta::BatchOp::Insert { key: k, .. }
+                    | crate::meta::BatchOp::Remove { key: k, .. } => k == key,
+                })
+            });
+            if poisoned {
+                *poison = None;
+                return Err(MetaError::Closed);
+            }
+            drop(poison);
             self.inner.apply_batch(batch)
         }
         fn flush(&self) -> Result<(), MetaError> {
@@ -1744,19 +1816,8 @@ mod tests {
     #[test]
     fn an_inline_write_does_not_wait_for_its_commit_and_a_failed_commit_is_retried() {
         let dir = tempfile::tempdir().unwrap();
-        let gated = Arc::new(Gated {
-            inner: RedbStore::open(dir.path().join("meta")).unwrap(),
-            held: std::sync::Mutex::new(false),
-            released: std::sync::Condvar::new(),
-            fail: AtomicBool::new(false),
-        });
-        let mut options = DiskStoreOptions::new(dir.path().join("cas"));
-        options.inline_max = 16 * KIB as u64;
-        let store = DiskStore::open(
-            Arc::clone(&gated) as Arc<dyn MetadataStore>,
-            options.clone(),
-        )
-        .unwrap();
+        let gated = Gated::over(dir.path());
+        let store = gated.store(dir.path());
         let (held, held_data) = random(3 * KIB, 21);
         let (refused, refused_data) = random(5 * KIB, 22);
 
@@ -1779,17 +1840,63 @@ mod tests {
         store.checkpoint().unwrap();
         assert!(journal_files(dir.path()).is_empty());
         drop(store);
-        let Ok(gated) = Arc::try_unwrap(gated) else {
-            panic!("the store is closed");
-        };
-        gated.inner.flush().unwrap();
-        drop(gated);
+        gated.close();
         // No journal is left to replay: the blobs are in the store itself.
         let (meta, store) = open(dir.path(), |_| {});
         assert_eq!(store.read(&held).unwrap().as_deref(), Some(&held_data[..]));
         assert_eq!(
             store.read(&refused).unwrap().as_deref(),
             Some(&refused_data[..])
+        );
+        close(meta, store);
+    }
+
+    /// A checkpoint whose own commit succeeds while an earlier writer's commit fails keeps
+    /// the journals: that blob is not in the store yet (it is queued again), so deleting its
+    /// journal would lose it in a crash. The next checkpoint commits it and retires them.
+    #[test]
+    fn a_checkpoint_keeps_the_journals_while_an_earlier_commit_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let gated = Gated::over(dir.path());
+        let store = gated.store(dir.path());
+        let (failed, failed_data) = random(3 * KIB, 31);
+        let (other, other_data) = random(3 * KIB, 32);
+        *gated.held.lock().unwrap() = true;
+        let before = gated.entered.load(Ordering::SeqCst);
+        store.write(&failed, &failed_data).unwrap();
+        while gated.entered.load(Ordering::SeqCst) == before {
+            std::thread::yield_now();
+        }
+        // Its commit is in flight (held); the next writer's waits behind it.
+        store.write(&other, &other_data).unwrap();
+        *gated.poison.lock().unwrap() = Some(index::key(&failed));
+        std::thread::scope(|scope| {
+            let checkpoint = scope.spawn(|| store.checkpoint());
+            // Let the checkpoint queue its commit and wait on the barrier first.
+            std::thread::sleep(Duration::from_millis(300));
+            gated.release();
+            assert!(
+                checkpoint.join().unwrap().is_err(),
+                "the failed blob's journal is kept"
+            );
+        });
+        assert_eq!(journal_files(dir.path()).len(), 1);
+        assert_eq!(
+            store.read(&failed).unwrap().as_deref(),
+            Some(&failed_data[..])
+        );
+        store.checkpoint().unwrap();
+        assert!(journal_files(dir.path()).is_empty());
+        drop(store);
+        gated.close();
+        let (meta, store) = open(dir.path(), |_| {});
+        assert_eq!(
+            store.read(&failed).unwrap().as_deref(),
+            Some(&failed_data[..])
+        );
+        assert_eq!(
+            store.read(&other).unwrap().as_deref(),
+            Some(&other_data[..])
         );
         close(meta, store);
     }
@@ -1956,6 +2063,8 @@ mod tests {
             (stats.blobs, stats.evicted, stats.stored_bytes),
             (4, 2, 40 * KIB as u64)
         );
+        // Writes do not wait for their commits: a checkpoint does.
+        store.checkpoint().unwrap();
         let contents = meta.table(INLINE_TABLE).unwrap();
         assert_eq!(contents.len().unwrap(), 4, "evicted contents are removed");
         assert!(matches!(

@@ -18,7 +18,7 @@
 //! The index does not write to the metadata store itself: every change queues its writes in an
 //! outbox ([`Index::take_outbox`]) that the disk store hands, still under the index lock, to its
 //! group commit. So the store sees the writes in the order the index made them, whichever
-//! thread commits them. Until its commit has run, an inline blob's bytes are kept here
+//! thread commits them. Until its commit has succeeded, an inline blob's bytes are kept here
 //! ([`Index::pending_content`]) so that readers can be served the moment it is listed.
 
 use std::collections::{HashMap, HashSet};
@@ -89,13 +89,14 @@ pub(crate) struct Victim {
 pub(crate) struct Index {
     entries: HashMap<Digest, Entry>,
     dirty: HashSet<Digest>,
-    /// Inline blobs whose commit has not run yet: their bytes, and which insert they are.
+    /// Inline blobs whose commit has not succeeded yet: their bytes, and which insert they are.
     pending: HashMap<Digest, (u64, Bytes)>,
     /// Bytes held in `pending`.
     pending_bytes: u64,
-    /// Inline inserts whose writes are in the outbox: handed, with it, to a commit, which
-    /// settles them (see [`Index::take_unqueued`]).
-    unqueued: Vec<(Digest, u64)>,
+    /// Inserts whose writes are in the outbox (an inline insert's number, `None` for a blob
+    /// file's record): handed, with it, to a commit, which settles them (see
+    /// [`Index::take_unqueued`]).
+    unqueued: Vec<(Digest, Option<u64>)>,
     /// Numbers inline inserts, so a commit finishing late cannot settle a newer insert.
     inserts: u64,
     /// Writes queued by changes since the last [`Index::take_outbox`].
@@ -310,6 +311,7 @@ impl Index {
         self.dirty.insert(digest);
         self.outbox
             .insert(TABLE, key(&digest), encode_value(&entry));
+        self.unqueued.push((digest, None));
     }
 
     /// Adds an inline blob: queues its record and its bytes in one batch and keeps the bytes
@@ -321,7 +323,7 @@ impl Index {
         self.outbox.insert(TABLE, k.clone(), encode_value(&entry));
         self.outbox.insert(INLINE_TABLE, k, content.to_vec());
         self.inserts += 1;
-        self.unqueued.push((digest, self.inserts));
+        self.unqueued.push((digest, Some(self.inserts)));
         self.pending_bytes += content.len() as u64;
         if let Some((_, old)) = self.pending.insert(digest, (self.inserts, content)) {
             self.pending_bytes -= old.len() as u64;
@@ -360,7 +362,7 @@ impl Index {
         let k = key(digest);
         self.outbox.insert(TABLE, k.clone(), encode_value(entry));
         self.outbox.insert(INLINE_TABLE, k, content.to_vec());
-        self.unqueued.push((*digest, number));
+        self.unqueued.push((*digest, Some(number)));
     }
 
     fn is_pending(&self, digest: &Digest, number: u64) -> bool {
@@ -375,7 +377,7 @@ impl Index {
 
     /// The inline inserts whose writes are in the outbox, to pair with the commit that takes
     /// it (see [`Index::take_outbox`]).
-    pub(crate) fn take_unqueued(&mut self) -> Vec<(Digest, u64)> {
+    pub(crate) fn take_unqueued(&mut self) -> Vec<(Digest, Option<u64>)> {
         std::mem::take(&mut self.unqueued)
     }
 
@@ -394,7 +396,7 @@ impl Index {
         self.inserts
     }
 
-    /// The bytes of an inline blob whose commit has not run yet.
+    /// The bytes of an inline blob whose commit has not succeeded yet.
     pub(crate) fn pending_content(&self, digest: &Digest) -> Option<Bytes> {
         self.pending.get(digest).map(|(_, bytes)| bytes.clone())
     }
@@ -635,16 +637,16 @@ mod tests {
         assert_eq!(
             idx.take_unqueued(),
             [
-                (blob(1, 3), written),
-                (blob(2, 3), lost),
-                (blob(3, 3), newer)
+                (blob(1, 3), Some(written)),
+                (blob(2, 3), Some(lost)),
+                (blob(3, 3), Some(newer))
             ]
         );
         // An acknowledged insert whose commit failed is queued again, bytes kept.
         let _ = idx.take_outbox();
         idx.requeue_inline(&blob(3, 3), newer);
         assert_eq!(idx.take_outbox().tables(), [TABLE, INLINE_TABLE]);
-        assert_eq!(idx.take_unqueued(), [(blob(3, 3), newer)]);
+        assert_eq!(idx.take_unqueued(), [(blob(3, 3), Some(newer))]);
         idx.settle_inline(&blob(3, 3), newer, true);
         assert_eq!(idx.pending_bytes(), 0);
 

@@ -19,9 +19,9 @@
 //! only if no blob inserted before the switch still waits for a successful commit, so every
 //! record of a journal it deletes belongs to a blob committed before its flush.
 //!
-//! Bounds: a journal past [`RETIRE_BYTES`] asks its writer to retire it at once instead of at
-//! the next checkpoint; replay reads one journal at a time, and makes each durable and removes
-//! it before the next. A journal whose replay could not be committed (a full disk at start) is
+//! Bounds: a journal past [`RETIRE_BYTES`] is retired at once by a checkpoint on a thread of
+//! its own, not at the next periodic one; replay reads one journal at a time, and makes each
+//! durable and removes it before the next. A journal whose replay could not be committed (a full disk at start) is
 //! kept for the next start and never retired by this process.
 //!
 //! A machine crash can lose the tail of a journal as it can lose a blob file written in the
@@ -43,7 +43,8 @@ const MAGIC: &[u8; 4] = b"TIJ1";
 const PREFIX: &str = "journal-";
 /// Longest key a record may carry (keys are 41 bytes today).
 const MAX_KEY: usize = 256;
-/// A journal this large is retired by its writer rather than at the next checkpoint.
+/// A journal this large is retired at once (by a checkpoint on its own thread) rather than at the
+/// next periodic checkpoint.
 pub(super) const RETIRE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The journal files of one store, under their own directory.
