@@ -128,6 +128,11 @@ pub trait BlobRead: Send {
     fn reads_part_only(&self) -> bool {
         false
     }
+
+    /// Whether the bytes are in memory already (verified), so reading them never blocks.
+    fn in_memory(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed [`BlobRead`].

@@ -1372,6 +1372,10 @@ impl BlobRead for InlineReader {
         let take = self.rest.len().min(READ_CHUNK);
         Ok(Some(self.rest.split_to(take)))
     }
+
+    fn in_memory(&self) -> bool {
+        true
+    }
 }
 
 struct EmptyReader;
@@ -1379,6 +1383,10 @@ struct EmptyReader;
 impl BlobRead for EmptyReader {
     fn next_chunk(&mut self) -> Result<Option<Bytes>, StoreError> {
         Ok(None)
+    }
+
+    fn in_memory(&self) -> bool {
+        true
     }
 }
 

@@ -169,10 +169,7 @@ impl ByteStreamService {
 
     /// Starts streaming what `req` asks for; also whether only that part of the blob is read
     /// ([`tessera_cas::client::PART_ONLY_HEADER`]).
-    fn start_read(
-        &self,
-        req: &ReadRequest,
-    ) -> Result<(ReceiverStream<Result<ReadResponse, Status>>, bool), ByteStreamError> {
+    fn start_read(&self, req: &ReadRequest) -> Result<(ReadStream, bool), ByteStreamError> {
         let resource = resource::parse_read(&req.resource_name)?;
         let digest = resource.digest;
         if req.read_offset < 0 || req.read_offset as u64 > digest.size_bytes {
@@ -201,6 +198,31 @@ impl ByteStreamService {
             req.read_limit as u64
         };
         let part_only = reader.reads_part_only();
+        if !compressed && reader.in_memory() {
+            // An inline blob, verified when opened: no blocking thread, no channel.
+            let mut responses = Vec::new();
+            while remaining > 0 {
+                match reader.next_chunk() {
+                    Ok(Some(mut chunk)) => {
+                        if (chunk.len() as u64) > remaining {
+                            chunk.truncate(remaining as usize);
+                        }
+                        remaining -= chunk.len() as u64;
+                        while !chunk.is_empty() {
+                            let piece = chunk.split_to(chunk.len().min(MAX_READ_MESSAGE));
+                            crate::metrics::metrics().bytes_read(piece.len() as u64);
+                            responses.push(Ok(ReadResponse { data: piece }));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        responses.push(Err(store_error(&error)));
+                        break;
+                    }
+                }
+            }
+            return Ok((Box::pin(futures::stream::iter(responses)), part_only));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut encoder = if compressed {
@@ -271,7 +293,7 @@ impl ByteStreamService {
                 }
             }
         });
-        Ok((ReceiverStream::new(rx), part_only))
+        Ok((Box::pin(ReceiverStream::new(rx)), part_only))
     }
 
     async fn write(
@@ -563,7 +585,7 @@ impl byte_stream_server::ByteStream for ByteStreamService {
                 .instance("ByteStream.Read", &resource.instance_name)?;
         }
         let (stream, part_only) = self.start_read(request.get_ref())?;
-        let mut response = Response::new(Box::pin(stream) as Self::ReadStream);
+        let mut response = Response::new(stream);
         if part_only {
             response.metadata_mut().insert(
                 tessera_cas::client::PART_ONLY_HEADER,
