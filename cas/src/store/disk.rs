@@ -28,8 +28,9 @@
 //! **Group commit.** Every change of the index (records of new files, inline blobs, removals,
 //! written-back access times) is queued, under the index lock, to one [`GroupCommit`], which
 //! applies everything queued since its last commit in one transaction. No write waits for it
-//! (see [`Inner::settle_finished`]), unless more than [`PENDING_MAX`] waits. Measured with `tessera-bench cas` (20,000 × 4 KiB ByteStream writes, 32
-//! in flight): a commit per blob capped small writes near 5,500/s.
+//! (see [`Inner::settle_finished`]), unless more than [`PENDING_MAX`] waits. Measured with
+//! `tessera-bench cas` (20,000 × 4 KiB ByteStream writes, 32 in flight): a commit per blob
+//! capped small writes near 5,500/s.
 //!
 //! **Compression pays only for larger blobs.** Measured on this project's 2-core machine with
 //! zstd level 1 (under load, so the times are high but their ratios hold): 4 KiB of random
@@ -398,6 +399,27 @@ impl Inner {
         waited
     }
 
+    /// The index lock, once finished commits are settled; while more than [`PENDING_MAX`]
+    /// waits for commits, first waits for them ([`Inner::catch_up`]), and fails with the last
+    /// commit's error if they still wait.
+    fn lock_caught_up(&self) -> Result<MutexGuard<'_, Index>, MetaError> {
+        let mut index = self.lock();
+        self.settle_locked(&mut index);
+        if !self.behind(&index) {
+            return Ok(index);
+        }
+        drop(index);
+        let waited = self.catch_up();
+        let index = self.lock();
+        if !self.behind(&index) {
+            return Ok(index);
+        }
+        Err(waited.err().unwrap_or_else(|| MetaError::Unavailable {
+            path: self.journal.dir().to_owned(),
+            cause: "inline blobs wait for their commits".into(),
+        }))
+    }
+
     /// Whether an inline write of `len` bytes can run on an async thread: nothing to evict,
     /// and no backlog of commits to wait for.
     fn inline_write_is_quick(&self, len: usize) -> bool {
@@ -667,11 +689,8 @@ impl Inner {
         form: Form,
         stored: u64,
     ) -> Result<(), StoreError> {
-        if self.behind(&self.lock()) {
-            // Records need not be written to serve the file, but their queue stays bounded.
-            let _ = self.catch_up();
-        }
-        let mut index = self.lock();
+        // Records need not be written to serve the file, but their queue stays bounded.
+        let mut index = self.lock_caught_up().unwrap_or_else(|_| self.lock());
         let now = now_ms();
         if index.touch(&digest, now) {
             drop(index);
@@ -705,7 +724,6 @@ impl Inner {
         index.insert(digest, entry);
         // The blob is in place and served: its record needs no wait (see `settle_finished`).
         drop(self.commit(index));
-        self.settle_finished();
         self.space.accepted();
         Ok(())
     }
@@ -768,20 +786,8 @@ impl Inner {
     /// commits (a store that falls behind or fails), a write first waits for them, and is
     /// refused if they still wait.
     fn write_inline(&self, digest: Digest, data: &[u8]) -> Result<(), StoreError> {
-        self.settle_finished();
-        if self.behind(&self.lock()) {
-            let waited = self.catch_up();
-            if self.behind(&self.lock()) {
-                // The store refuses writes (a full disk, most often).
-                return Err(StoreError::Meta(waited.err().unwrap_or_else(|| {
-                    MetaError::Unavailable {
-                        path: self.journal.dir().to_owned(),
-                        cause: "inline blobs wait for their commits".into(),
-                    }
-                })));
-            }
-        }
-        let mut index = self.lock();
+        // Refused if commits keep failing (a full disk, most often).
+        let mut index = self.lock_caught_up()?;
         let now = now_ms();
         if index.touch(&digest, now) {
             // Durable, or journaled before it was listed.
@@ -938,9 +944,13 @@ impl Inner {
         len > 0 && len as u64 <= self.inline_max
     }
 
-    fn write_whole(&self, digest: Digest, data: &[u8]) -> Result<(), StoreError> {
+    /// Stores `data` whole: inline if small enough (retiring a full journal afterwards), else
+    /// as a file.
+    fn write_whole(self: &Arc<Self>, digest: Digest, data: &[u8]) -> Result<(), StoreError> {
         if self.is_inline(data.len()) {
-            match self.write_inline(digest, data) {
+            let written = self.write_inline(digest, data);
+            self.retire_if_due();
+            match written {
                 // The metadata store is full but the blob directory may have room: a file
                 // (whose record waits for the next checkpoint) keeps the blob.
                 Err(error) if error.is_out_of_space() => {
@@ -1304,9 +1314,7 @@ impl BlobStore for DiskStore {
             self.touch(std::slice::from_ref(digest));
             return Ok(());
         }
-        let written = self.inner.write_whole(*digest, data);
-        self.inner.retire_if_due();
-        written
+        self.inner.write_whole(*digest, data)
     }
 
     fn begin_upload(&self, digest: &Digest) -> Result<Box<dyn Upload>, StoreError> {
@@ -1638,9 +1646,7 @@ impl Upload for DiskUpload {
             {
                 return Ok(());
             }
-            let written = self.inner.write_whole(self.digest, &buffer);
-            self.inner.retire_if_due();
-            return written;
+            return self.inner.write_whole(self.digest, &buffer);
         };
         let (form, finished) = match sink {
             Sink::Raw(w) => (Form::Raw, w.into_inner().map_err(|e| e.into_error())),
@@ -1764,15 +1770,27 @@ mod tests {
             DiskStore::open(Arc::clone(self) as Arc<dyn MetadataStore>, options).unwrap()
         }
 
-        fn close(self: Arc<Self>) {
+        /// Closes `store` and this metadata store, reopens the store in `dir` over plain redb,
+        /// and checks that every blob of `blobs` reads back.
+        fn close_and_reopen(
+            self: Arc<Self>,
+            store: DiskStore,
+            dir: &Path,
+            blobs: &[(&Digest, &[u8])],
+        ) {
+            drop(store);
             let Ok(gated) = Arc::try_unwrap(self) else {
                 panic!("the store is closed");
             };
             gated.inner.flush().unwrap();
+            drop(gated);
+            let (meta, store) = open(dir, |_| {});
+            for (digest, data) in blobs {
+                assert_eq!(store.read(digest).unwrap().as_deref(), Some(*data));
+            }
+            close(meta, store);
         }
-    }
 
-    impl Gated {
         fn release(&self) {
             *self.held.lock().unwrap() = false;
             self.released.notify_all();
@@ -1847,16 +1865,12 @@ mod tests {
         gated.fail.store(false, Ordering::SeqCst);
         store.checkpoint().unwrap();
         assert!(journal_files(dir.path()).is_empty());
-        drop(store);
-        gated.close();
         // No journal is left to replay: the blobs are in the store itself.
-        let (meta, store) = open(dir.path(), |_| {});
-        assert_eq!(store.read(&held).unwrap().as_deref(), Some(&held_data[..]));
-        assert_eq!(
-            store.read(&refused).unwrap().as_deref(),
-            Some(&refused_data[..])
+        gated.close_and_reopen(
+            store,
+            dir.path(),
+            &[(&held, &held_data), (&refused, &refused_data)],
         );
-        close(meta, store);
     }
 
     /// A checkpoint whose own commit succeeds while an earlier writer's commit fails keeps
@@ -1895,18 +1909,11 @@ mod tests {
         );
         store.checkpoint().unwrap();
         assert!(journal_files(dir.path()).is_empty());
-        drop(store);
-        gated.close();
-        let (meta, store) = open(dir.path(), |_| {});
-        assert_eq!(
-            store.read(&failed).unwrap().as_deref(),
-            Some(&failed_data[..])
+        gated.close_and_reopen(
+            store,
+            dir.path(),
+            &[(&failed, &failed_data), (&other, &other_data)],
         );
-        assert_eq!(
-            store.read(&other).unwrap().as_deref(),
-            Some(&other_data[..])
-        );
-        close(meta, store);
     }
 
     /// An inline write costs no fsync: it is journaled before it returns (also a write of a
