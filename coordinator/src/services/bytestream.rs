@@ -203,16 +203,8 @@ impl ByteStreamService {
             let mut responses = Vec::new();
             while remaining > 0 {
                 match reader.next_chunk() {
-                    Ok(Some(mut chunk)) => {
-                        if (chunk.len() as u64) > remaining {
-                            chunk.truncate(remaining as usize);
-                        }
-                        remaining -= chunk.len() as u64;
-                        while !chunk.is_empty() {
-                            let piece = chunk.split_to(chunk.len().min(MAX_READ_MESSAGE));
-                            crate::metrics::metrics().bytes_read(piece.len() as u64);
-                            responses.push(Ok(ReadResponse { data: piece }));
-                        }
+                    Ok(Some(chunk)) => {
+                        responses.extend(read_messages(cut_to(chunk, &mut remaining)).map(Ok));
                     }
                     Ok(None) => break,
                     Err(error) => {
@@ -237,28 +229,17 @@ impl ByteStreamService {
                 None
             };
             let send = |data: Bytes| -> bool {
-                let mut data = data;
-                while !data.is_empty() {
-                    let piece = data.split_to(data.len().min(MAX_READ_MESSAGE));
-                    crate::metrics::metrics().bytes_read(piece.len() as u64);
-                    if tx.blocking_send(Ok(ReadResponse { data: piece })).is_err() {
-                        return false;
-                    }
-                }
-                true
+                read_messages(data).all(|message| tx.blocking_send(Ok(message)).is_ok())
             };
             loop {
                 match reader.next_chunk() {
-                    Ok(Some(mut chunk)) => {
+                    Ok(Some(chunk)) => {
                         if remaining == 0 {
                             // The limit is reached, but a reader that hashes the whole blob
                             // goes on to verify it.
                             continue;
                         }
-                        if (chunk.len() as u64) > remaining {
-                            chunk.truncate(remaining as usize);
-                        }
-                        remaining -= chunk.len() as u64;
+                        let chunk = cut_to(chunk, &mut remaining);
                         let out = match &mut encoder {
                             Some(encoder) => match encoder.feed(&chunk) {
                                 Ok(c) => Bytes::from(c),
@@ -434,6 +415,27 @@ impl ByteStreamService {
             complete: false,
         })
     }
+}
+
+/// `chunk` cut to the `remaining` bytes a read may still hand out, which it counts down.
+fn cut_to(mut chunk: Bytes, remaining: &mut u64) -> Bytes {
+    if chunk.len() as u64 > *remaining {
+        chunk.truncate(*remaining as usize);
+    }
+    *remaining -= chunk.len() as u64;
+    chunk
+}
+
+/// `data` as Read responses of at most [`MAX_READ_MESSAGE`] bytes each, counted as read.
+fn read_messages(mut data: Bytes) -> impl Iterator<Item = ReadResponse> {
+    std::iter::from_fn(move || {
+        if data.is_empty() {
+            return None;
+        }
+        let piece = data.split_to(data.len().min(MAX_READ_MESSAGE));
+        crate::metrics::metrics().bytes_read(piece.len() as u64);
+        Some(ReadResponse { data: piece })
+    })
 }
 
 /// Later messages may repeat the resource name, possibly with other trailing metadata; they
