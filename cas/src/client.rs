@@ -426,7 +426,7 @@ impl CasClient {
             .map_err(|_| ClientError::Protocol(format!("blob {digest} is too large to hold")))?;
         // One allocation for the whole blob, split into disjoint parts that each task fills;
         // joined again without copies.
-        let mut rest = BytesMut::with_capacity(size);
+        let mut rest = download_buffer(size);
         let mut offset = part.min(size);
         let first = split_front(&mut rest, offset);
         let (part_only_tx, part_only_rx) = tokio::sync::oneshot::channel();
@@ -551,7 +551,7 @@ impl CasClient {
             .await
             .map_err(rpc("ByteStream.Read"))?
             .into_inner();
-        let mut out = BytesMut::with_capacity(usize::try_from(digest.size_bytes).unwrap_or(0));
+        let mut out = download_buffer(usize::try_from(digest.size_bytes).unwrap_or(0));
         let mut decoder = if compressed {
             Some(StreamDecoder::new(digest.size_bytes)?)
         } else {
@@ -628,6 +628,49 @@ impl CasClient {
 }
 
 /// The first `len` bytes of `buf`'s free capacity, split off as a buffer of their own.
+/// Blobs at least this large are received into memory backed by huge pages where the system
+/// allows it.
+const HUGE_BUFFER_MIN: usize = 4 * HUGE_PAGE;
+const HUGE_PAGE: usize = 2 * 1024 * 1024;
+
+/// An empty buffer with room for a `size`-byte download. A large one asks the kernel for
+/// transparent huge pages: filling 256 MiB of fresh memory otherwise takes 65,536 page faults,
+/// a fifth of a download's CPU on the client.
+fn download_buffer(size: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(size);
+    if size >= HUGE_BUFFER_MIN {
+        advise_huge_pages(buf.spare_capacity_mut());
+    }
+    buf
+}
+
+#[expect(
+    unsafe_code,
+    reason = "madvise(MADV_HUGEPAGE) on memory this process owns and has not yet written; the \
+              advice changes how it is backed, never its contents"
+)]
+fn advise_huge_pages(memory: &mut [std::mem::MaybeUninit<u8>]) {
+    let start = memory.as_mut_ptr() as usize;
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    let end = (start + memory.len()) / HUGE_PAGE * HUGE_PAGE;
+    let Some(addr) = std::ptr::NonNull::new(aligned as *mut std::ffi::c_void) else {
+        return;
+    };
+    if end <= aligned {
+        return;
+    }
+    // SAFETY: [aligned, end) lies inside `memory`, which the caller holds exclusively;
+    // MADV_HUGEPAGE only tells the kernel how to back the pages, and failing is harmless
+    // (ordinary pages are used).
+    let _ = unsafe {
+        nix::sys::mman::madvise(
+            addr,
+            end - aligned,
+            nix::sys::mman::MmapAdvise::MADV_HUGEPAGE,
+        )
+    };
+}
+
 fn split_front(buf: &mut BytesMut, len: usize) -> BytesMut {
     let rest = buf.split_off(len);
     std::mem::replace(buf, rest)
