@@ -22,7 +22,7 @@ use tessera_proto::reapi::{
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::digest::{Digest, DigestError, DigestFunction};
+use crate::digest::{Digest, DigestError, DigestFunction, PartHash, PartHashing};
 use crate::resource::{Compressor, ReadResource, WriteResource, format_read, format_write};
 use crate::store::codec::{self, CodecError, StreamDecoder};
 
@@ -430,55 +430,93 @@ impl CasClient {
         let mut offset = part.min(size);
         let first = split_front(&mut rest, offset);
         let (part_only_tx, part_only_rx) = tokio::sync::oneshot::channel();
-        let mut fetches = VecDeque::from([self.spawn_part(digest, 0, first, Some(part_only_tx))]);
+        // BLAKE3: each part is hashed on its own as soon as it is in, on whichever core is
+        // free; the hashes combine into the blob's at the end. Otherwise in order, here.
+        let parts = digest.function.parts(size as u64, part as u64);
+        let mut fetches =
+            VecDeque::from([self.spawn_part(digest, 0, first, Some(part_only_tx), parts)]);
         if !part_only_rx.await.unwrap_or(false) {
             drop(fetches);
             return self.read_whole(digest, false).await;
         }
         let mut hasher = Some(digest.function.hasher());
+        let mut part_hashes = Vec::new();
         let mut whole = BytesMut::new();
         loop {
             while fetches.len() < PARTS_IN_FLIGHT && offset < size {
                 let buf = split_front(&mut rest, part.min(size - offset));
                 let len = buf.capacity();
-                fetches.push_back(self.spawn_part(digest, offset, buf, None));
+                fetches.push_back(self.spawn_part(digest, offset, buf, None, parts));
                 offset += len;
             }
             let Some(fetch) = fetches.pop_front() else {
                 break;
             };
-            let filled = fetch.await?;
-            // Hashed off the runtime's threads: a part takes milliseconds.
-            let (updated, filled) = tokio::task::spawn_blocking({
-                let mut hasher = hasher.take().expect("hasher is returned after each part");
-                move || {
-                    hasher.update(&filled);
-                    (hasher, filled)
+            let (filled, part_hash) = fetch.await?;
+            let filled = match part_hash {
+                Some(part_hash) => {
+                    part_hashes.push(part_hash);
+                    filled
                 }
-            })
-            .await
-            .map_err(|e| ClientError::Protocol(format!("hashing task failed: {e}")))?;
-            hasher = Some(updated);
+                None => {
+                    // Hashed off the runtime's threads: a part takes milliseconds.
+                    let (updated, filled) = tokio::task::spawn_blocking({
+                        let mut hasher = hasher.take().expect("hasher is returned after each part");
+                        move || {
+                            hasher.update(&filled);
+                            (hasher, filled)
+                        }
+                    })
+                    .await
+                    .map_err(|e| ClientError::Protocol(format!("hashing task failed: {e}")))?;
+                    hasher = Some(updated);
+                    filled
+                }
+            };
             whole.unsplit(filled);
         }
-        let hasher = hasher.expect("hasher is returned after each part");
-        digest.verify_against(&hasher.finish_digest())?;
+        let actual = match parts {
+            Some(parts) => parts.finish(&part_hashes).ok_or_else(|| {
+                ClientError::Protocol(format!("blob {digest} came in the wrong number of parts"))
+            })?,
+            None => hasher
+                .expect("hasher is returned after each part")
+                .finish_digest(),
+        };
+        digest.verify_against(&actual)?;
         Ok(whole.freeze())
     }
 
     /// Starts fetching `buf.capacity()` bytes of `digest` from `offset` into `buf`; tells
-    /// `part_only` whether the server read only that part.
+    /// `part_only` whether the server read only that part. With `parts`, also hashes the part.
     fn spawn_part(
         &self,
         digest: &Digest,
         offset: usize,
         buf: BytesMut,
         part_only: Option<tokio::sync::oneshot::Sender<bool>>,
+        parts: Option<PartHashing>,
     ) -> PartFetch {
         let client = self.clone();
         let digest = *digest;
         PartFetch(tokio::spawn(async move {
-            client.fetch_part(&digest, offset, buf, part_only).await
+            let filled = client.fetch_part(&digest, offset, buf, part_only).await?;
+            let Some(parts) = parts else {
+                return Ok((filled, None));
+            };
+            let index = (offset as u64) / parts.part_len();
+            tokio::task::spawn_blocking(move || {
+                let hash = parts.hash_part(index, &filled);
+                (filled, hash)
+            })
+            .await
+            .map_err(|e| ClientError::Protocol(format!("hashing task failed: {e}")))
+            .and_then(|(filled, hash)| match hash {
+                Some(hash) => Ok((filled, Some(hash))),
+                None => Err(ClientError::Protocol(format!(
+                    "part {index} of {digest} does not fit the blob"
+                ))),
+            })
         }))
     }
 
@@ -627,7 +665,6 @@ impl CasClient {
     }
 }
 
-/// The first `len` bytes of `buf`'s free capacity, split off as a buffer of their own.
 /// Blobs at least this large are received into memory backed by huge pages where the system
 /// allows it.
 const HUGE_BUFFER_MIN: usize = 4 * HUGE_PAGE;
@@ -671,6 +708,7 @@ fn advise_huge_pages(memory: &mut [std::mem::MaybeUninit<u8>]) {
     };
 }
 
+/// The first `len` bytes of `buf`'s free capacity, split off as a buffer of their own.
 fn split_front(buf: &mut BytesMut, len: usize) -> BytesMut {
     let rest = buf.split_off(len);
     std::mem::replace(buf, rest)
@@ -678,10 +716,13 @@ fn split_front(buf: &mut BytesMut, len: usize) -> BytesMut {
 
 /// A part being fetched on its own task; dropping it (a download that failed or was given up)
 /// stops the fetch.
-struct PartFetch(tokio::task::JoinHandle<Result<BytesMut, ClientError>>);
+struct PartFetch(tokio::task::JoinHandle<Result<FetchedPart, ClientError>>);
+
+/// A part's bytes, and their hash when the blob is hashed in parts.
+type FetchedPart = (BytesMut, Option<PartHash>);
 
 impl Future for PartFetch {
-    type Output = Result<BytesMut, ClientError>;
+    type Output = Result<FetchedPart, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map(|joined| {

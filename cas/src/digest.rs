@@ -104,6 +104,96 @@ impl DigestFunction {
     pub fn empty_digest(self) -> Digest {
         self.digest_of(&[])
     }
+
+    /// A way to hash a `size`-byte blob as independent parts of `part` bytes (the last one
+    /// possibly shorter), each on any thread and in any order, when this function allows it:
+    /// BLAKE3 is a tree, and an aligned part whose length is a power of two of at least one
+    /// chunk is one of its subtrees. `None` for SHA-256, for an odd part length, and for a blob
+    /// of one part or less (hash it whole).
+    pub fn parts(self, size: u64, part: u64) -> Option<PartHashing> {
+        (self == DigestFunction::Blake3
+            && part.is_power_of_two()
+            && part >= blake3::CHUNK_LEN as u64
+            && size > part)
+            .then_some(PartHashing { size, part })
+    }
+}
+
+/// The hash of one part of a blob, from [`PartHashing::hash_part`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PartHash([u8; 32]);
+
+/// Hashes one blob in parts that are hashed apart and combined at the end
+/// ([`DigestFunction::parts`]); gives the same digest as hashing the blob whole.
+#[derive(Clone, Copy, Debug)]
+pub struct PartHashing {
+    size: u64,
+    part: u64,
+}
+
+impl PartHashing {
+    /// The length of every part but the last.
+    pub fn part_len(&self) -> u64 {
+        self.part
+    }
+
+    /// The number of parts.
+    pub fn count(&self) -> u64 {
+        self.size.div_ceil(self.part)
+    }
+
+    /// The hash of part `index`, whose bytes are `data`; `None` if `data` is not that part's
+    /// length or there is no such part.
+    pub fn hash_part(&self, index: u64, data: &[u8]) -> Option<PartHash> {
+        let offset = index.checked_mul(self.part).filter(|&o| o < self.size)?;
+        if data.len() as u64 != self.part.min(self.size - offset) {
+            return None;
+        }
+        let mut hasher = blake3::Hasher::new();
+        blake3::hazmat::HasherExt::set_input_offset(&mut hasher, offset);
+        hasher.update(data);
+        Some(PartHash(blake3::hazmat::HasherExt::finalize_non_root(
+            &hasher,
+        )))
+    }
+
+    /// The digest of the whole blob from the hashes of all its parts, in order; `None` if
+    /// their number is wrong.
+    pub fn finish(&self, parts: &[PartHash]) -> Option<Digest> {
+        if parts.len() as u64 != self.count() {
+            return None;
+        }
+        // The root's two children: the left one holds the largest power-of-two number of
+        // chunks that leaves the right one at least a byte (BLAKE3 paper, section 2.1), always
+        // a whole number of parts here because parts are powers of two and there are two or
+        // more.
+        let left = blake3::hazmat::left_subtree_len(self.size);
+        let (left_cv, right_cv) = (
+            self.subtree(&parts[..(left / self.part) as usize], left),
+            self.subtree(&parts[(left / self.part) as usize..], self.size - left),
+        );
+        let root =
+            blake3::hazmat::merge_subtrees_root(&left_cv, &right_cv, blake3::hazmat::Mode::Hash);
+        Some(Digest {
+            function: DigestFunction::Blake3,
+            hash: *root.as_bytes(),
+            size_bytes: self.size,
+        })
+    }
+
+    /// The chaining value of the subtree of `len` bytes made of `parts`.
+    fn subtree(&self, parts: &[PartHash], len: u64) -> [u8; 32] {
+        if len <= self.part {
+            return parts[0].0;
+        }
+        let left = blake3::hazmat::left_subtree_len(len);
+        let split = (left / self.part) as usize;
+        blake3::hazmat::merge_subtrees_non_root(
+            &self.subtree(&parts[..split], left),
+            &self.subtree(&parts[split..], len - left),
+            blake3::hazmat::Mode::Hash,
+        )
+    }
 }
 
 impl fmt::Display for DigestFunction {
@@ -383,6 +473,63 @@ pub(crate) fn shorten(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn blake3_parts_hashed_apart_give_the_whole_blob_digest() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let data: Vec<u8> = (0..(3 << 20) + 12_345)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        for part in [1024u64, 4096, 64 * 1024, 1 << 20, 2 << 20] {
+            for size in [
+                part + 1,
+                2 * part,
+                3 * part - 1,
+                5 * part,
+                data.len() as u64,
+            ] {
+                let Some(size) = Some(size).filter(|&s| s <= data.len() as u64) else {
+                    continue;
+                };
+                let blob = &data[..size as usize];
+                let parts = DigestFunction::Blake3.parts(size, part).unwrap();
+                // Hashed last to first: order must not matter.
+                let mut hashes: Vec<PartHash> = blob
+                    .chunks(part as usize)
+                    .enumerate()
+                    .rev()
+                    .map(|(i, piece)| parts.hash_part(i as u64, piece).unwrap())
+                    .collect();
+                hashes.reverse();
+                assert_eq!(
+                    parts.finish(&hashes),
+                    Some(DigestFunction::Blake3.digest_of(blob)),
+                    "{size} bytes in parts of {part}"
+                );
+                assert_eq!(parts.finish(&hashes[1..]), None);
+            }
+        }
+    }
+
+    #[test]
+    fn only_blake3_with_aligned_power_of_two_parts_is_hashed_in_parts() {
+        assert!(DigestFunction::Sha256.parts(1 << 30, 8 << 20).is_none());
+        assert!(DigestFunction::Blake3.parts(1 << 30, 3 << 20).is_none());
+        assert!(DigestFunction::Blake3.parts(1 << 30, 512).is_none());
+        assert!(DigestFunction::Blake3.parts(8 << 20, 8 << 20).is_none());
+        let parts = DigestFunction::Blake3
+            .parts((16 << 20) + 1, 8 << 20)
+            .unwrap();
+        assert_eq!(parts.count(), 3);
+        assert!(parts.hash_part(3, &[]).is_none());
+        assert!(parts.hash_part(2, &[0, 0]).is_none());
+        assert!(parts.hash_part(2, &[0]).is_some());
+    }
+
     use super::*;
     use std::io::Write;
 

@@ -276,8 +276,7 @@ async fn a_large_blob_read_in_parallel_parts_reassembles_and_verifies() {
         let blob = noise(LARGE, 11);
         let digest = function.digest_of(&blob);
         client.write(&digest, blob.clone(), false).await.unwrap();
-        // The default parts, and small odd-sized ones so that many are in flight and the
-        // last is short.
+        // The default parts, and small ones so that many are in flight and the last is short.
         let whole = client.read(&digest, false).await.unwrap();
         assert!(whole == blob, "{function}: default parts");
         let small = client
@@ -285,6 +284,9 @@ async fn a_large_blob_read_in_parallel_parts_reassembles_and_verifies() {
             .await
             .unwrap();
         assert!(small == blob, "{function}: 1 MiB + 7 parts");
+        // Power-of-two parts: BLAKE3 hashes each on its own and combines 20 part hashes.
+        let aligned = client.read_in_parts(&digest, 1024 * 1024).await.unwrap();
+        assert!(aligned == blob, "{function}: 1 MiB parts");
     }
 }
 
