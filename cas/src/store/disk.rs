@@ -75,7 +75,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use super::blob_store::{BlobRead, BlobReader, BlobStore, StoreError, StoreStats, Upload};
-use super::index::{self, Entry, Form, INLINE_TABLE, Index, Victim, now_ms};
+use super::index::{self, Entry, Form, INLINE_TABLE, Index, Insert, Victim, now_ms};
 use crate::digest::{Digest, DigestFunction, Hasher};
 use crate::meta::{Batch, GroupCommit, MetaError, MetadataStore, Queued, Table};
 use crate::space::{SpaceWatch, is_out_of_space};
@@ -102,15 +102,6 @@ const ZSTD_LEVEL: i32 = 1;
 const PENDING_MAX: u64 = 32 * 1024 * 1024;
 /// What an insert waiting for its commit costs in memory besides its bytes, about.
 const UNSETTLED_COST: u64 = 256;
-
-/// What to do with an insert once its commit has run (see [`Inner::settle_finished`]).
-#[derive(Debug, Clone, Copy)]
-enum Settle {
-    /// Inline insert number N: served from the store from now on, or queued again.
-    Inline(u64),
-    /// A blob file's record: clean, or left dirty for the next checkpoint.
-    Record,
-}
 
 /// How a [`DiskStore`] is set up.
 #[derive(Debug, Clone)]
@@ -175,7 +166,7 @@ struct Inner {
     /// (see [`Inner::settle_finished`]).
     /// In commit order (pushed under the index lock, where commits are queued), so the ones
     /// finished are always a prefix.
-    unsettled: Mutex<VecDeque<(Digest, Settle, Queued)>>,
+    unsettled: Mutex<VecDeque<(Digest, Insert, Queued)>>,
     meta: Arc<dyn MetadataStore>,
     space: SpaceWatch,
 }
@@ -339,10 +330,11 @@ impl Inner {
                 .unsettled
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            unsettled.extend(inserts.into_iter().map(|(digest, number)| {
-                let settle = number.map_or(Settle::Record, Settle::Inline);
-                (digest, settle, queued.clone())
-            }));
+            unsettled.extend(
+                inserts
+                    .into_iter()
+                    .map(|(digest, insert)| (digest, insert, queued.clone())),
+            );
         }
         drop(index);
         queued
@@ -365,14 +357,14 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         while let Some(written) = unsettled.front().and_then(|(_, _, q)| q.finished()) {
-            let Some((digest, settle, _)) = unsettled.pop_front() else {
+            let Some((digest, insert, _)) = unsettled.pop_front() else {
                 break;
             };
-            match (settle, written) {
-                (Settle::Inline(number), true) => index.settle_inline(&digest, number, true),
-                (Settle::Inline(number), false) => index.requeue_inline(&digest, number),
-                (Settle::Record, true) => index.recorded(&[digest]),
-                (Settle::Record, false) => {
+            match (insert, written) {
+                (Insert::Inline(number), true) => index.settle_inline(&digest, number, true),
+                (Insert::Inline(number), false) => index.requeue_inline(&digest, number),
+                (Insert::Record(_), true) => index.recorded(insert.record_of(digest).as_slice()),
+                (Insert::Record(_), false) => {
                     tracing::debug!(%digest, "blob index record deferred to the next checkpoint");
                 }
             }
@@ -536,11 +528,10 @@ impl Inner {
         let inline = self.reconcile_inline(&mut index)?;
         adopted.extend(inline.adopted);
         let adopted_count = adopted.len();
-        let digests: Vec<Digest> = adopted.iter().map(|(d, _)| *d).collect();
-        index.adopt(adopted);
+        let marks = index.adopt(adopted);
         // Nothing else writes yet, so these go straight to the store.
         match self.meta.apply_batch(index.take_outbox()) {
-            Ok(()) => index.recorded(&digests),
+            Ok(()) => index.recorded(&marks),
             Err(error) => {
                 tracing::warn!(%error, "could not record adopted blobs yet; retried at the next checkpoint");
             }
@@ -736,7 +727,7 @@ impl Inner {
         // old record written back after its removal. New inline records go to a fresh journal
         // from here (switched under the same lock, so every record of the ones before belongs
         // to an insert numbered up to `last`, queued before this commit).
-        let (queued, digests, covered, last) = {
+        let (queued, marks, covered, last) = {
             let mut index = self.lock();
             let dir = self.journal.dir();
             let covered = self
@@ -744,11 +735,11 @@ impl Inner {
                 .rotate()
                 .map_err(io_err("failed to switch journals in", dir))?;
             let last = index.inserts();
-            let digests = index.queue_dirty();
-            (self.commit(index), digests, covered, last)
+            let marks = index.queue_dirty();
+            (self.commit(index), marks, covered, last)
         };
         queued.wait()?;
-        self.lock().recorded(&digests);
+        self.lock().recorded(&marks);
         // Other writers' batches queued before ours (ours may be empty, and then is done at
         // once): committed before the flush.
         self.commits.barrier().wait()?;

@@ -21,7 +21,7 @@
 //! thread commits them. Until its commit has succeeded, an inline blob's bytes are kept here
 //! ([`Index::pending_content`]) so that readers can be served the moment it is listed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -86,9 +86,41 @@ pub(crate) struct Victim {
     pub(crate) form: Form,
 }
 
+/// A record queued for writing as it was at one change (numbered by the index): once the
+/// write has run, [`Index::recorded`] marks it clean only if nothing changed it since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    pub(crate) digest: Digest,
+    change: u64,
+}
+
+/// An insert handed to a commit, to settle once that commit has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Insert {
+    /// Inline insert number N: served from the store from then on, or queued again
+    /// ([`Index::settle_inline`], [`Index::requeue_inline`]).
+    Inline(u64),
+    /// A blob file's record as of change N: clean once written ([`Index::recorded`]), or left
+    /// dirty for the next checkpoint.
+    Record(u64),
+}
+
+impl Insert {
+    /// The record this insert wrote, for [`Index::recorded`].
+    pub(crate) fn record_of(self, digest: Digest) -> Option<Mark> {
+        match self {
+            Insert::Record(change) => Some(Mark { digest, change }),
+            Insert::Inline(_) => None,
+        }
+    }
+}
+
 pub(crate) struct Index {
     entries: HashMap<Digest, Entry>,
-    dirty: HashSet<Digest>,
+    /// Records to write back, each with the number of its latest change (see [`Mark`]).
+    dirty: HashMap<Digest, u64>,
+    /// Numbers changes that mark records dirty.
+    changes: u64,
     /// Inline blobs whose commit has not succeeded yet: their bytes, and which insert they are.
     pending: HashMap<Digest, (u64, Bytes)>,
     /// Bytes held in `pending`.
@@ -96,7 +128,7 @@ pub(crate) struct Index {
     /// Inserts whose writes are in the outbox (an inline insert's number, `None` for a blob
     /// file's record): handed, with it, to a commit, which settles them (see
     /// [`Index::take_unqueued`]).
-    unqueued: Vec<(Digest, Option<u64>)>,
+    unqueued: Vec<(Digest, Insert)>,
     /// Numbers inline inserts, so a commit finishing late cannot settle a newer insert.
     inserts: u64,
     /// Writes queued by changes since the last [`Index::take_outbox`].
@@ -200,7 +232,8 @@ impl Index {
         let logical_bytes = entries.keys().map(|d| d.size_bytes).sum();
         Ok(Index {
             entries,
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
+            changes: 0,
             pending: HashMap::new(),
             pending_bytes: 0,
             unqueued: Vec::new(),
@@ -228,7 +261,8 @@ impl Index {
             Some(entry) => {
                 // Only a change worth writing back marks the record dirty.
                 if now.saturating_sub(entry.last_access) > 1_000 {
-                    self.dirty.insert(*digest);
+                    self.changes += 1;
+                    self.dirty.insert(*digest, self.changes);
                 }
                 entry.last_access = now;
                 true
@@ -308,10 +342,10 @@ impl Index {
     pub(crate) fn insert(&mut self, digest: Digest, entry: Entry) {
         debug_assert!(entry.form.is_file());
         self.insert_in_memory(digest, entry);
-        self.dirty.insert(digest);
+        let mark = self.mark_dirty(digest);
         self.outbox
             .insert(TABLE, key(&digest), encode_value(&entry));
-        self.unqueued.push((digest, None));
+        self.unqueued.push((digest, Insert::Record(mark.change)));
     }
 
     /// Adds an inline blob: queues its record and its bytes in one batch and keeps the bytes
@@ -323,7 +357,7 @@ impl Index {
         self.outbox.insert(TABLE, k.clone(), encode_value(&entry));
         self.outbox.insert(INLINE_TABLE, k, content.to_vec());
         self.inserts += 1;
-        self.unqueued.push((digest, Some(self.inserts)));
+        self.unqueued.push((digest, Insert::Inline(self.inserts)));
         self.pending_bytes += content.len() as u64;
         if let Some((_, old)) = self.pending.insert(digest, (self.inserts, content)) {
             self.pending_bytes -= old.len() as u64;
@@ -362,7 +396,7 @@ impl Index {
         let k = key(digest);
         self.outbox.insert(TABLE, k.clone(), encode_value(entry));
         self.outbox.insert(INLINE_TABLE, k, content.to_vec());
-        self.unqueued.push((*digest, Some(number)));
+        self.unqueued.push((*digest, Insert::Inline(number)));
     }
 
     fn is_pending(&self, digest: &Digest, number: u64) -> bool {
@@ -377,7 +411,7 @@ impl Index {
 
     /// The inline inserts whose writes are in the outbox, to pair with the commit that takes
     /// it (see [`Index::take_outbox`]).
-    pub(crate) fn take_unqueued(&mut self) -> Vec<(Digest, Option<u64>)> {
+    pub(crate) fn take_unqueued(&mut self) -> Vec<(Digest, Insert)> {
         std::mem::take(&mut self.unqueued)
     }
 
@@ -403,20 +437,35 @@ impl Index {
 
     /// Adds blobs found without records (files, or inline contents) and queues their records
     /// (if that fails, [`Index::queue_dirty`] queues them again).
-    pub(crate) fn adopt(&mut self, found: Vec<(Digest, Entry)>) {
-        for (digest, entry) in found {
-            self.insert_in_memory(digest, entry);
-            self.dirty.insert(digest);
-            self.outbox
-                .insert(TABLE, key(&digest), encode_value(&entry));
+    pub(crate) fn adopt(&mut self, found: Vec<(Digest, Entry)>) -> Vec<Mark> {
+        found
+            .into_iter()
+            .map(|(digest, entry)| {
+                self.insert_in_memory(digest, entry);
+                self.outbox
+                    .insert(TABLE, key(&digest), encode_value(&entry));
+                self.mark_dirty(digest)
+            })
+            .collect()
+    }
+
+    fn mark_dirty(&mut self, digest: Digest) -> Mark {
+        self.changes += 1;
+        self.dirty.insert(digest, self.changes);
+        Mark {
+            digest,
+            change: self.changes,
         }
     }
 
     /// Marks blobs whose records were written (queued by [`Index::insert`], [`Index::adopt`]
-    /// or [`Index::queue_dirty`]) as clean.
-    pub(crate) fn recorded(&mut self, digests: &[Digest]) {
-        for digest in digests {
-            self.dirty.remove(digest);
+    /// or [`Index::queue_dirty`]) as clean, unless a later change marked one again (its
+    /// record as written is then already stale).
+    pub(crate) fn recorded(&mut self, marks: &[Mark]) {
+        for mark in marks {
+            if self.dirty.get(&mark.digest) == Some(&mark.change) {
+                self.dirty.remove(&mark.digest);
+            }
         }
     }
 
@@ -480,18 +529,21 @@ impl Index {
     /// could not be written) and returns the blobs they cover: pass those to
     /// [`Index::recorded`] once the commit has run. Inline blobs whose own commit is still
     /// pending wait for the next call.
-    pub(crate) fn queue_dirty(&mut self) -> Vec<Digest> {
-        let mut digests = Vec::with_capacity(self.dirty.len());
-        for digest in &self.dirty {
+    pub(crate) fn queue_dirty(&mut self) -> Vec<Mark> {
+        let mut marks = Vec::with_capacity(self.dirty.len());
+        for (digest, &change) in &self.dirty {
             if self.pending.contains_key(digest) {
                 continue;
             }
             if let Some(entry) = self.entries.get(digest) {
                 self.outbox.insert(TABLE, key(digest), encode_value(entry));
             }
-            digests.push(*digest);
+            marks.push(Mark {
+                digest: *digest,
+                change,
+            });
         }
-        digests
+        marks
     }
 }
 
@@ -589,7 +641,10 @@ mod tests {
         let mut idx = Index::load(&table, 1_000, Duration::ZERO).unwrap();
         idx.insert(blob(1, 1), entry(1, 0));
         store.apply_batch(idx.take_outbox()).unwrap();
-        idx.recorded(&[blob(1, 1)]);
+        let [(digest, insert)] = idx.take_unqueued()[..] else {
+            panic!("one insert");
+        };
+        idx.recorded(&[insert.record_of(digest).unwrap()]);
         assert!(idx.queue_dirty().is_empty());
         idx.touch(&blob(1, 1), 50_000);
         let digests = idx.queue_dirty();
@@ -600,6 +655,38 @@ mod tests {
         assert!(idx.queue_dirty().is_empty());
         let reloaded = Index::load(&table, 1_000, Duration::ZERO).unwrap();
         assert_eq!(reloaded.get(&blob(1, 1)).unwrap().last_access, 50_000);
+    }
+
+    /// Regression: a record written as it was before a later change must not mark the blob
+    /// clean, or the change (an access time) is never written.
+    #[test]
+    fn a_record_changed_while_its_write_ran_stays_dirty() {
+        let store = MemoryMetaStore::new();
+        let table = store.table(TABLE).unwrap();
+        let mut idx = Index::load(&table, 1_000, Duration::ZERO).unwrap();
+        idx.insert(blob(1, 1), entry(1, 0));
+        let batch = idx.take_outbox();
+        let [(digest, insert)] = idx.take_unqueued()[..] else {
+            panic!("one insert");
+        };
+        // Touched after the insert's record was queued, before its commit settles.
+        idx.touch(&blob(1, 1), 50_000);
+        store.apply_batch(batch).unwrap();
+        idx.recorded(&[insert.record_of(digest).unwrap()]);
+        let marks = idx.queue_dirty();
+        assert_eq!(marks.len(), 1, "the access time is still to be written");
+        // The same for a write-back that a touch overtakes.
+        let batch = idx.take_outbox();
+        idx.touch(&blob(1, 1), 90_000);
+        store.apply_batch(batch).unwrap();
+        idx.recorded(&marks);
+        let marks = idx.queue_dirty();
+        assert_eq!(marks.len(), 1);
+        store.apply_batch(idx.take_outbox()).unwrap();
+        idx.recorded(&marks);
+        assert!(idx.queue_dirty().is_empty());
+        let reloaded = Index::load(&table, 1_000, Duration::ZERO).unwrap();
+        assert_eq!(reloaded.get(&blob(1, 1)).unwrap().last_access, 90_000);
     }
 
     #[test]
@@ -637,16 +724,16 @@ mod tests {
         assert_eq!(
             idx.take_unqueued(),
             [
-                (blob(1, 3), Some(written)),
-                (blob(2, 3), Some(lost)),
-                (blob(3, 3), Some(newer))
+                (blob(1, 3), Insert::Inline(written)),
+                (blob(2, 3), Insert::Inline(lost)),
+                (blob(3, 3), Insert::Inline(newer))
             ]
         );
         // An acknowledged insert whose commit failed is queued again, bytes kept.
         let _ = idx.take_outbox();
         idx.requeue_inline(&blob(3, 3), newer);
         assert_eq!(idx.take_outbox().tables(), [TABLE, INLINE_TABLE]);
-        assert_eq!(idx.take_unqueued(), [(blob(3, 3), Some(newer))]);
+        assert_eq!(idx.take_unqueued(), [(blob(3, 3), Insert::Inline(newer))]);
         idx.settle_inline(&blob(3, 3), newer, true);
         assert_eq!(idx.pending_bytes(), 0);
 
