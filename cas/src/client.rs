@@ -404,8 +404,9 @@ impl CasClient {
 
     /// Downloads one blob as ranged Reads of `part` bytes, [`PARTS_IN_FLIGHT`] at once, each
     /// on its own task (so that both the decoding and the server's reads spread over cores),
-    /// hashing the parts in order as they arrive and verifying the whole. One stream tops out
-    /// well below what the machine can move.
+    /// hashing the parts and verifying the whole: in order as they arrive, or, for BLAKE3 with
+    /// power-of-two parts, each on its own as it arrives, the part hashes combined at the end
+    /// ([`DigestFunction::parts`]). One stream tops out well below what the machine can move.
     ///
     /// If the server says it had to read the whole blob for the first part
     /// ([`PART_ONLY_HEADER`] missing), the blob is read in one Read instead. The server does
@@ -439,7 +440,7 @@ impl CasClient {
             drop(fetches);
             return self.read_whole(digest, false).await;
         }
-        let mut hasher = Some(digest.function.hasher());
+        let mut hasher = parts.is_none().then(|| digest.function.hasher());
         let mut part_hashes = Vec::new();
         let mut whole = BytesMut::new();
         loop {
@@ -665,9 +666,10 @@ impl CasClient {
     }
 }
 
-/// Blobs at least this large are received into memory backed by huge pages where the system
-/// allows it.
-const HUGE_BUFFER_MIN: usize = 4 * HUGE_PAGE;
+/// Blobs larger than this are received into memory backed by huge pages where the system
+/// allows it. glibc maps every allocation this large on its own (its largest mmap threshold),
+/// so the advice never reaches memory that outlives the buffer.
+const HUGE_BUFFER_MIN: usize = 32 * 1024 * 1024;
 const HUGE_PAGE: usize = 2 * 1024 * 1024;
 
 /// An empty buffer with room for a `size`-byte download. A large one asks the kernel for
@@ -675,7 +677,7 @@ const HUGE_PAGE: usize = 2 * 1024 * 1024;
 /// a fifth of a download's CPU on the client.
 fn download_buffer(size: usize) -> BytesMut {
     let mut buf = BytesMut::with_capacity(size);
-    if size >= HUGE_BUFFER_MIN {
+    if size > HUGE_BUFFER_MIN {
         advise_huge_pages(buf.spare_capacity_mut());
     }
     buf
@@ -684,18 +686,24 @@ fn download_buffer(size: usize) -> BytesMut {
 #[expect(
     unsafe_code,
     reason = "madvise(MADV_HUGEPAGE) on memory this process owns and has not yet written; the \
-              advice changes how it is backed, never its contents"
+              advice changes how it is backed, never its contents, and lasts as long as the \
+              mapping, which is this buffer's own"
 )]
 fn advise_huge_pages(memory: &mut [std::mem::MaybeUninit<u8>]) {
-    let start = memory.as_mut_ptr() as usize;
+    let start = memory.as_mut_ptr().addr();
     let aligned = start.next_multiple_of(HUGE_PAGE);
     let end = (start + memory.len()) / HUGE_PAGE * HUGE_PAGE;
-    let Some(addr) = std::ptr::NonNull::new(aligned as *mut std::ffi::c_void) else {
-        return;
-    };
     if end <= aligned {
         return;
     }
+    let Some(addr) = std::ptr::NonNull::new(
+        memory
+            .as_mut_ptr()
+            .wrapping_byte_add(aligned - start)
+            .cast::<std::ffi::c_void>(),
+    ) else {
+        return;
+    };
     // SAFETY: [aligned, end) lies inside `memory`, which the caller holds exclusively;
     // MADV_HUGEPAGE only tells the kernel how to back the pages, and failing is harmless
     // (ordinary pages are used).

@@ -59,6 +59,9 @@ pub(crate) struct Entry {
     pub(crate) form: Form,
     /// Milliseconds since the Unix epoch.
     pub(crate) last_access: u64,
+    /// The access time as last queued for writing (or loaded): a touch marks the record
+    /// dirty once `last_access` has moved a second past it.
+    pub(crate) marked_access: u64,
     pub(crate) pins: u32,
     /// Whether the file has been hashed by this process (written by it, or checked since).
     /// Records loaded at start are not: the file is hashed on its first use by a caller that
@@ -73,6 +76,7 @@ impl Entry {
             stored,
             form,
             last_access,
+            marked_access: last_access,
             pins: 0,
             verified: true,
         }
@@ -125,8 +129,8 @@ pub(crate) struct Index {
     pending: HashMap<Digest, (u64, Bytes)>,
     /// Bytes held in `pending`.
     pending_bytes: u64,
-    /// Inserts whose writes are in the outbox (an inline insert's number, `None` for a blob
-    /// file's record): handed, with it, to a commit, which settles them (see
+    /// Inserts whose writes are in the outbox (inline inserts by number, blob files' records
+    /// by change): handed, with it, to a commit, which settles them (see
     /// [`Index::take_unqueued`]).
     unqueued: Vec<(Digest, Insert)>,
     /// Numbers inline inserts, so a commit finishing late cannot settle a newer insert.
@@ -202,6 +206,7 @@ fn decode_value(value: &[u8]) -> Option<Entry> {
         stored,
         form,
         last_access,
+        marked_access: last_access,
         pins: 0,
         verified: false,
     })
@@ -259,12 +264,14 @@ impl Index {
     pub(crate) fn touch(&mut self, digest: &Digest, now: u64) -> bool {
         match self.entries.get_mut(digest) {
             Some(entry) => {
-                // Only a change worth writing back marks the record dirty.
-                if now.saturating_sub(entry.last_access) > 1_000 {
+                // Only a change worth writing back marks the record dirty: a second past the
+                // time last marked, however often it was touched since.
+                entry.last_access = entry.last_access.max(now);
+                if entry.last_access.saturating_sub(entry.marked_access) > 1_000 {
+                    entry.marked_access = entry.last_access;
                     self.changes += 1;
                     self.dirty.insert(*digest, self.changes);
                 }
-                entry.last_access = now;
                 true
             }
             None => false,
@@ -409,8 +416,8 @@ impl Index {
         }
     }
 
-    /// The inline inserts whose writes are in the outbox, to pair with the commit that takes
-    /// it (see [`Index::take_outbox`]).
+    /// The inserts (inline blobs and blob files' records) whose writes are in the outbox, to
+    /// pair with the commit that takes it (see [`Index::take_outbox`]).
     pub(crate) fn take_unqueued(&mut self) -> Vec<(Digest, Insert)> {
         std::mem::take(&mut self.unqueued)
     }
@@ -567,11 +574,8 @@ mod tests {
 
     fn entry(stored: u64, last_access: u64) -> Entry {
         Entry {
-            stored,
             form: Form::Raw,
-            last_access,
-            pins: 0,
-            verified: true,
+            ..Entry::fresh(stored, Form::Raw, last_access)
         }
     }
 
@@ -580,11 +584,8 @@ mod tests {
         let d = blob(7, 1234);
         assert_eq!(decode_key(&key(&d)), Some(d));
         let e = Entry {
-            stored: 99,
-            form: Form::Zstd,
-            last_access: 42,
             pins: 3,
-            verified: true,
+            ..Entry::fresh(99, Form::Zstd, 42)
         };
         let back = decode_value(&encode_value(&e)).unwrap();
         assert_eq!(
@@ -655,6 +656,32 @@ mod tests {
         assert!(idx.queue_dirty().is_empty());
         let reloaded = Index::load(&table, 1_000, Duration::ZERO).unwrap();
         assert_eq!(reloaded.get(&blob(1, 1)).unwrap().last_access, 50_000);
+    }
+
+    /// Regression: a blob touched more often than once a second still has its access time
+    /// written back once it has moved a second past the one written.
+    #[test]
+    fn frequent_touches_still_mark_the_record_dirty() {
+        let store = MemoryMetaStore::new();
+        let table = store.table(TABLE).unwrap();
+        let mut idx = Index::load(&table, 1_000, Duration::ZERO).unwrap();
+        idx.insert(blob(1, 1), entry(1, 0));
+        store.apply_batch(idx.take_outbox()).unwrap();
+        let marks = idx.queue_dirty();
+        idx.recorded(&marks);
+        let _ = idx.take_outbox();
+        idx.touch(&blob(1, 1), 900);
+        assert!(
+            idx.queue_dirty().is_empty(),
+            "under a second: not worth a write"
+        );
+        idx.touch(&blob(1, 1), 1_800);
+        let marks = idx.queue_dirty();
+        assert_eq!(marks.len(), 1, "1.8 s past the written access time");
+        store.apply_batch(idx.take_outbox()).unwrap();
+        idx.recorded(&marks);
+        let reloaded = Index::load(&table, 1_000, Duration::ZERO).unwrap();
+        assert_eq!(reloaded.get(&blob(1, 1)).unwrap().last_access, 1_800);
     }
 
     /// Regression: a record written as it was before a later change must not mark the blob
