@@ -38,6 +38,17 @@ async fn sigterm_stops_cleanly_and_data_survives_restart() {
         .signal_and_wait(Signal::SIGINT, Duration::from_secs(15))
         .expect("exits after SIGINT");
     assert!(status.success(), "clean exit after SIGINT, got {status}");
+
+    // Regression: the handlers are installed before the coordinator listens, so a signal
+    // the moment it does still stops it cleanly (it used to die of the signal's default
+    // action when the task waiting for it had not run yet).
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut third = ServerProcess::start(&data, &[]);
+        let status = third
+            .signal_and_wait(signal, Duration::from_secs(15))
+            .expect("exits after the signal");
+        assert!(status.success(), "clean exit after {signal}, got {status}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

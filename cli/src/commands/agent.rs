@@ -11,7 +11,7 @@ use tessera_coordinator::LogFormat;
 
 use crate::exit::{CliError, Exit};
 use crate::logging;
-use crate::signals::shutdown_signal;
+use crate::signals::ShutdownSignal;
 
 /// `tessera agent` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -116,12 +116,13 @@ pub async fn agent(args: AgentArgs) -> Result<Exit, CliError> {
     )?;
     let shutdown = CancellationToken::new();
     let abort = CancellationToken::new();
+    let mut signal = ShutdownSignal::install();
     tokio::spawn({
         let (shutdown, abort) = (shutdown.clone(), abort.clone());
         async move {
-            shutdown_signal().await;
+            signal.recv().await;
             shutdown.cancel();
-            shutdown_signal().await;
+            signal.recv().await;
             tracing::warn!("second signal: stopping running actions now");
             abort.cancel();
         }

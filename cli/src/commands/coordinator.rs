@@ -12,7 +12,7 @@ use tessera_net::server::TlsReloader;
 
 use crate::exit::{CliError, Exit};
 use crate::logging;
-use crate::signals::shutdown_signal;
+use crate::signals::ShutdownSignal;
 
 /// `tessera coordinator` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -108,7 +108,8 @@ impl CoordinatorArgs {
     }
 }
 
-/// `tessera coordinator`: a configuration error exits 2; failing to start or to serve, 3.
+/// `tessera coordinator`: a configuration error exits 2; failing to start or to serve, 3;
+/// SIGTERM or SIGINT stop it cleanly, exit 0 (while it starts: where the start got to).
 pub async fn coordinator(args: CoordinatorArgs) -> Result<Exit, CliError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config = CoordinatorConfig::load(args.config.as_deref(), &env, &args.overrides())?;
@@ -117,10 +118,19 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<Exit, CliError> {
         "tessera-coordinator",
         config.otlp_endpoint.as_deref(),
     )?;
-    let server = Coordinator::start(&config).await?;
+    let mut signal = ShutdownSignal::install();
+    // A start can take a while (a store whose index was lost hashes every file): a signal
+    // meanwhile stops it there (what it wrote is crash-safe).
+    let server = tokio::select! {
+        server = Coordinator::start(&config) => server?,
+        () = signal.recv() => {
+            tracing::info!("stopped while starting");
+            return Ok(Exit::Success);
+        }
+    };
     let token = server.shutdown_token();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.recv().await;
         token.cancel();
     });
     tokio::spawn(reload_on_sighup(server.tls()));

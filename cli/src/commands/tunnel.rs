@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::client_config::{ClientConfig, ClientFlags};
 use crate::exit::{CliError, Exit};
-use crate::signals::shutdown_signal;
+use crate::signals::ShutdownSignal;
 
 /// Where the tunnel listens unless told otherwise (the coordinator's default port plus one).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8981";
@@ -60,6 +60,7 @@ pub async fn tunnel(args: TunnelArgs) -> Result<Exit, CliError> {
         client_key: config.tls_client_key.clone(),
         token: None,
     };
+    let mut signal = ShutdownSignal::install();
     let dialer = TlsDialer::new(url, &auth).map_err(|e| CliError::usage(e.to_string()))?;
     let listener = TcpListener::bind(args.listen).await.map_err(|e| {
         CliError::infra(format!(
@@ -72,7 +73,7 @@ pub async fn tunnel(args: TunnelArgs) -> Result<Exit, CliError> {
         .local_addr()
         .map_err(|e| CliError::infra(format!("cannot read the tunnel's own address: {e}")))?;
     tracing::info!("tunnel listening on {addr} -> {url}; point Bazel at grpc://{addr}");
-    tunnel::forward(listener, dialer, shutdown_signal()).await;
+    tunnel::forward(listener, dialer, async move { signal.recv().await }).await;
     tracing::info!("tunnel stopped");
     Ok(Exit::Success)
 }

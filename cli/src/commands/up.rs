@@ -8,7 +8,7 @@ use tessera_coordinator::LogFormat;
 
 use crate::cluster::{ClusterLock, ClusterOptions, EmbeddedCluster};
 use crate::exit::{CliError, Exit};
-use crate::signals::shutdown_signal;
+use crate::signals::ShutdownSignal;
 use crate::{connect, logging, paths};
 
 /// `tessera up` flags.
@@ -43,6 +43,7 @@ pub async fn up(args: UpArgs) -> Result<Exit, CliError> {
         listen: args.listen,
         ..ClusterOptions::new(cache_dir.clone())
     };
+    let mut signal = ShutdownSignal::install();
     let cluster = EmbeddedCluster::start(&options, lock).await?;
     println!(
         "tessera: embedded cluster at {} ({} agent(s)), started in {} ms; state in {}",
@@ -51,7 +52,7 @@ pub async fn up(args: UpArgs) -> Result<Exit, CliError> {
         cluster.started_in().as_millis(),
         paths::cluster_dir(&cache_dir).display()
     );
-    shutdown_signal().await;
+    signal.recv().await;
     cluster.shutdown().await?;
     Ok(Exit::Success)
 }
