@@ -460,16 +460,12 @@ impl CasClient {
                     filled
                 }
                 None => {
-                    // Hashed off the runtime's threads: a part takes milliseconds.
-                    let (updated, filled) = tokio::task::spawn_blocking({
-                        let mut hasher = hasher.take().expect("hasher is returned after each part");
-                        move || {
-                            hasher.update(&filled);
-                            (hasher, filled)
-                        }
+                    let mut in_order = hasher.take().expect("hasher is returned after each part");
+                    let (updated, filled) = off_runtime(move || {
+                        in_order.update(&filled);
+                        (in_order, filled)
                     })
-                    .await
-                    .map_err(|e| ClientError::Protocol(format!("hashing task failed: {e}")))?;
+                    .await?;
                     hasher = Some(updated);
                     filled
                 }
@@ -506,12 +502,11 @@ impl CasClient {
                 return Ok((filled, None));
             };
             let index = (offset as u64) / parts.part_len();
-            tokio::task::spawn_blocking(move || {
+            off_runtime(move || {
                 let hash = parts.hash_part(index, &filled);
                 (filled, hash)
             })
             .await
-            .map_err(|e| ClientError::Protocol(format!("hashing task failed: {e}")))
             .and_then(|(filled, hash)| match hash {
                 Some(hash) => Ok((filled, Some(hash))),
                 None => Err(ClientError::Protocol(format!(
@@ -664,6 +659,16 @@ impl CasClient {
         }
         Ok(out)
     }
+}
+
+/// Runs `hash` on a blocking thread: hashing a part takes milliseconds, too long for the
+/// runtime's threads.
+async fn off_runtime<T: Send + 'static>(
+    hash: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(hash)
+        .await
+        .map_err(|e| ClientError::Protocol(format!("hashing task failed: {e}")))
 }
 
 /// Blobs larger than this are received into memory backed by huge pages where the system

@@ -163,17 +163,8 @@ impl PartHashing {
         if parts.len() as u64 != self.count() {
             return None;
         }
-        // The root's two children: the left one holds the largest power-of-two number of
-        // chunks that leaves the right one at least a byte (BLAKE3 paper, section 2.1), always
-        // a whole number of parts here because parts are powers of two and there are two or
-        // more.
-        let left = blake3::hazmat::left_subtree_len(self.size);
-        let (left_cv, right_cv) = (
-            self.subtree(&parts[..(left / self.part) as usize], left),
-            self.subtree(&parts[(left / self.part) as usize..], self.size - left),
-        );
-        let root =
-            blake3::hazmat::merge_subtrees_root(&left_cv, &right_cv, blake3::hazmat::Mode::Hash);
+        let (left, right) = self.children(parts, self.size);
+        let root = blake3::hazmat::merge_subtrees_root(&left, &right, blake3::hazmat::Mode::Hash);
         Some(Digest {
             function: DigestFunction::Blake3,
             hash: *root.as_bytes(),
@@ -186,12 +177,20 @@ impl PartHashing {
         if len <= self.part {
             return parts[0].0;
         }
+        let (left, right) = self.children(parts, len);
+        blake3::hazmat::merge_subtrees_non_root(&left, &right, blake3::hazmat::Mode::Hash)
+    }
+
+    /// The chaining values of the two children of the node over `len` bytes made of `parts`
+    /// (two or more): the left one holds the largest power-of-two number of chunks that
+    /// leaves the right one at least a byte (BLAKE3 paper, section 2.1), always a whole number
+    /// of parts because parts are powers of two.
+    fn children(&self, parts: &[PartHash], len: u64) -> ([u8; 32], [u8; 32]) {
         let left = blake3::hazmat::left_subtree_len(len);
         let split = (left / self.part) as usize;
-        blake3::hazmat::merge_subtrees_non_root(
-            &self.subtree(&parts[..split], left),
-            &self.subtree(&parts[split..], len - left),
-            blake3::hazmat::Mode::Hash,
+        (
+            self.subtree(&parts[..split], left),
+            self.subtree(&parts[split..], len - left),
         )
     }
 }

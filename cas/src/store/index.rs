@@ -262,20 +262,17 @@ impl Index {
     }
 
     pub(crate) fn touch(&mut self, digest: &Digest, now: u64) -> bool {
-        match self.entries.get_mut(digest) {
-            Some(entry) => {
-                // Only a change worth writing back marks the record dirty: a second past the
-                // time last marked, however often it was touched since.
-                entry.last_access = entry.last_access.max(now);
-                if entry.last_access.saturating_sub(entry.marked_access) > 1_000 {
-                    entry.marked_access = entry.last_access;
-                    self.changes += 1;
-                    self.dirty.insert(*digest, self.changes);
-                }
-                true
-            }
-            None => false,
+        let Some(entry) = self.entries.get_mut(digest) else {
+            return false;
+        };
+        // Only a change worth writing back marks the record dirty: a second past the time
+        // last marked, however often it was touched since.
+        entry.last_access = entry.last_access.max(now);
+        if entry.last_access.saturating_sub(entry.marked_access) > 1_000 {
+            entry.marked_access = entry.last_access;
+            self.mark_dirty(*digest);
         }
+        true
     }
 
     pub(crate) fn pin(&mut self, digest: &Digest) -> bool {
