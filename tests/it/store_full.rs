@@ -109,6 +109,93 @@ fn metadata_store_refuses_writes_when_full_and_recovers_without_restart() {
     }
 }
 
+/// A write that failed for lack of space makes the store reopen its database, which redb opens
+/// at its last durable commit. The commits made since then were visible, so callers rely on
+/// them (the blob store forgets an inline blob's bytes once its commit succeeds): the store
+/// must make them again on reopening, not lose them. Reads while the disk is full answer them
+/// or say the store is out of space; never that they are missing.
+#[test]
+fn metadata_store_reopened_after_a_full_disk_keeps_every_commit_since_the_last_flush() {
+    let Some(fs_) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let dir = fs_.path().join("meta");
+    let committed: Vec<u32> = (0..40).collect();
+    {
+        let store = RedbStore::open(&dir).unwrap();
+        let table = store.table("t").unwrap();
+        table.insert(b"flushed, then removed", b"v").unwrap();
+        store.flush().unwrap();
+        // Committed and visible, none of it flushed.
+        for n in &committed {
+            table.insert(&n.to_be_bytes(), &value(*n)).unwrap();
+        }
+        table.remove(b"flushed, then removed").unwrap();
+        let gone = b"swapped away".as_slice();
+        table.insert(gone, b"1").unwrap();
+        table.compare_and_swap(gone, Some(b"1"), None).unwrap();
+        let batch_table = {
+            let mut batch = tessera_cas::meta::Batch::new();
+            batch.insert("other", b"batched".to_vec(), b"b".to_vec());
+            store.apply_batch(batch).unwrap();
+            store.table("other").unwrap()
+        };
+
+        let filler = Filler::fill(fs_.path().join("filler"));
+        let mut failed = false;
+        for n in 1_000..6_000u32 {
+            if let Err(error) = table.insert(&n.to_be_bytes(), &value(n)) {
+                assert!(error.is_out_of_space(), "{error}");
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "the store never ran out of space");
+        // Past the pause after a refusal, the next call reopens the database.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let check = |full: bool| {
+            for n in &committed {
+                match table.get(&n.to_be_bytes()) {
+                    Ok(found) => assert!(
+                        found == Some(value(*n)),
+                        "key {n} after a reopen: {:?} bytes",
+                        found.map(|v| v.len())
+                    ),
+                    Err(error) if full => assert!(error.is_out_of_space(), "{error}"),
+                    Err(error) => panic!("key {n} with space back: {error}"),
+                }
+            }
+            for (t, key, want) in [
+                (&table, b"flushed, then removed".as_slice(), None),
+                (&table, gone, None),
+                (&batch_table, b"batched".as_slice(), Some(b"b".to_vec())),
+            ] {
+                match t.get(key) {
+                    Ok(found) => assert_eq!(found, want, "{}", String::from_utf8_lossy(key)),
+                    Err(error) if full => assert!(error.is_out_of_space(), "{error}"),
+                    Err(error) => panic!("with space back: {error}"),
+                }
+            }
+        };
+        check(true);
+
+        filler.remove();
+        retry_briefly(|| table.get(&0u32.to_be_bytes()));
+        check(false);
+        retry_briefly(|| store.flush());
+    }
+    let store = RedbStore::open(&dir).unwrap();
+    let table = store.table("t").unwrap();
+    for n in &committed {
+        assert_eq!(
+            table.get(&n.to_be_bytes()).unwrap(),
+            Some(value(*n)),
+            "key {n} after the flush and a restart"
+        );
+    }
+    assert_eq!(table.get(b"flushed, then removed").unwrap(), None);
+}
+
 #[test]
 fn blob_store_refuses_blobs_when_full_leaves_nothing_partial_and_recovers_without_restart() {
     let Some(fs_) = Tmpfs::mount("16m") else {

@@ -13,9 +13,14 @@
 //!
 //! After an I/O error (a full disk, most often) redb refuses every further call until the
 //! database is reopened. So the store drops the failed database and the next call reopens it
-//! (at most once per [`REOPEN_EVERY`] while reopening keeps failing). Reopening goes back to the
-//! last flush: what was acknowledged was flushed, so nothing acknowledged is lost, and the
-//! callers whose writes were not yet flushed get the error from their flush.
+//! (at most once per [`REOPEN_EVERY`] while reopening keeps failing). A reopened redb database
+//! is at its last *durable* commit: the non-durable commits since then are gone from it, though
+//! their writers were told they succeeded and may rely on them (the blob store drops an inline
+//! blob's bytes from memory once its commit succeeds, and keeps only its journal until the next
+//! flush). So the store keeps a [`Redo`] log of what every commit since the last durable one
+//! changed, and a reopen applies it again before anything else may use the database: a reopen
+//! loses nothing that was committed. The log is dropped by each durable commit, and a write
+//! commits durably once it holds [`REDO_MAX`] bytes, which bounds its memory.
 //! A full file system is reported as [`MetaError::OutOfSpace`] and logged once per episode.
 
 use std::path::{Path, PathBuf};
@@ -44,6 +49,8 @@ const REOPEN_EVERY: Duration = Duration::from_millis(500);
 /// at once. Each failed write closes the database and the next call reopens it, which can mean
 /// a repair pass over the whole file, so a burst of writes must not each pay for one.
 const WRITE_RETRY: Duration = Duration::from_millis(250);
+/// Bytes of changes the [`Redo`] log may hold before a write commits durably, which empties it.
+const REDO_MAX: usize = 16 * 1024 * 1024;
 
 fn def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
@@ -55,6 +62,89 @@ struct Failure(Box<redb::Error>);
 impl<E: Into<redb::Error>> From<E> for Failure {
     fn from(error: E) -> Self {
         Failure(Box::new(error.into()))
+    }
+}
+
+/// One change a commit made, as it must be made again: a table created, or a key's new value
+/// (`None`: removed).
+enum Change {
+    Table(String),
+    Set {
+        table: String,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+}
+
+impl Change {
+    fn set(table: &str, key: &[u8], value: Option<&[u8]>) -> Self {
+        Change::Set {
+            table: table.to_owned(),
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Change::Table(name) => name.len(),
+            Change::Set { table, key, value } => {
+                table.len() + key.len() + value.as_ref().map_or(0, Vec::len)
+            }
+        }
+    }
+
+    fn apply(&self, txn: &redb::WriteTransaction) -> Result<(), Failure> {
+        match self {
+            Change::Table(name) => {
+                txn.open_table(def(name))?;
+            }
+            Change::Set { table, key, value } => {
+                let mut t = txn.open_table(def(table))?;
+                match value {
+                    Some(value) => t.insert(key.as_slice(), value.as_slice())?,
+                    None => t.remove(key.as_slice())?,
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The changes of every commit since the last durable one, in commit order; see the module
+/// docs. Its lock is held from `begin_write` to the end of the commit, so the log's order is
+/// the commits' order (redb runs one write transaction at a time anyway).
+#[derive(Default)]
+struct Redo {
+    changes: Vec<Change>,
+    bytes: usize,
+}
+
+impl Redo {
+    /// Records a commit: a durable one empties the log, any other adds its changes.
+    fn committed(&mut self, durable: bool, changes: Vec<Change>) {
+        if durable {
+            self.changes = Vec::new();
+            self.bytes = 0;
+        } else {
+            self.bytes += changes.iter().map(Change::bytes).sum::<usize>();
+            self.changes.extend(changes);
+        }
+    }
+
+    /// Makes the logged changes again on a reopened database, in one non-durable commit (the
+    /// log stays until a durable commit holds them).
+    fn replay(&self, db: &Database) -> Result<(), Failure> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None);
+        for change in &self.changes {
+            change.apply(&txn)?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 }
 
@@ -80,6 +170,7 @@ struct Shared {
     writes: AtomicU64,
     /// Set when a write found the file system full: writes before then are refused untried.
     writes_resume: Mutex<Option<Instant>>,
+    redo: Mutex<Redo>,
 }
 
 impl Shared {
@@ -97,15 +188,22 @@ impl Shared {
         if now < state.next_attempt {
             return Err(self.closed_error(state));
         }
-        match Database::create(&self.file) {
-            Ok(db) => {
+        let reopened = Database::create(&self.file)
+            .map_err(|e| Failure::from(e).0)
+            .and_then(|db| {
+                let redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
+                redo.replay(&db).map_err(|Failure(error)| error)?;
+                Ok((db, redo.changes.len()))
+            });
+        match reopened {
+            Ok((db, replayed)) => {
                 let db = Arc::new(db);
                 *slot = Slot::Open(Arc::clone(&db));
-                tracing::info!(path = %self.dir.display(), "metadata store reopened");
+                tracing::info!(path = %self.dir.display(), replayed, "metadata store reopened");
                 Ok(db)
             }
             Err(error) => {
-                let error = redb::Error::from(error);
+                let error = *error;
                 if let redb::Error::DatabaseAlreadyOpen = error {
                     // A call that began before the error still holds the old database; it
                     // ends soon, so the next call tries again at once.
@@ -187,23 +285,28 @@ impl Shared {
         }
     }
 
-    /// Runs `f` in a write transaction and commits it (visible, not yet durable).
+    /// Runs `f` in a write transaction and commits it (visible, not yet durable); `f` lists
+    /// what it changed, for the [`Redo`] log.
     fn write<T>(
         &self,
         wrap: impl FnOnce(BackendError) -> MetaError,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, Failure>,
+        f: impl FnOnce(&redb::WriteTransaction, &mut Vec<Change>) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
         self.check_space()?;
         let value = self.call(wrap, |db| {
+            let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
             let mut txn = db.begin_write()?;
             let n = self.writes.fetch_add(1, Ordering::Relaxed);
-            txn.set_durability(if n % RECLAIM_EVERY == RECLAIM_EVERY - 1 {
+            let durable = n % RECLAIM_EVERY == RECLAIM_EVERY - 1 || redo.bytes >= REDO_MAX;
+            txn.set_durability(if durable {
                 Durability::Eventual
             } else {
                 Durability::None
             });
-            let value = f(&txn)?;
+            let mut changes = Vec::new();
+            let value = f(&txn, &mut changes)?;
             txn.commit()?;
+            redo.committed(durable, changes);
             Ok(value)
         })?;
         self.space.accepted();
@@ -239,9 +342,11 @@ impl Shared {
                 source: Arc::from(source),
             },
             |db| {
+                let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut txn = db.begin_write()?;
                 txn.set_durability(Durability::Immediate);
                 txn.commit()?;
+                redo.committed(true, Vec::new());
                 Ok(())
             },
         )?;
@@ -295,6 +400,7 @@ impl RedbStore {
             slot: RwLock::new(Slot::Open(Arc::new(db))),
             writes: AtomicU64::new(0),
             writes_resume: Mutex::new(None),
+            redo: Mutex::default(),
         });
         let group = GroupFlush::start("tessera-meta-flush", {
             let shared = Arc::clone(&shared);
@@ -350,8 +456,9 @@ impl MetadataStore for RedbStore {
                 table: name.to_owned(),
                 source,
             },
-            |txn| {
+            |txn, changes| {
                 txn.open_table(def(name))?;
+                changes.push(Change::Table(name.to_owned()));
                 Ok(())
             },
         )?;
@@ -375,18 +482,22 @@ impl MetadataStore for RedbStore {
         }
         self.shared.write(
             |source| MetaError::Batch { tables, source },
-            |txn| {
+            |txn, changes| {
                 for op in batch.into_ops() {
-                    match op {
-                        BatchOp::Insert { table, key, value } => {
-                            let mut t = txn.open_table(def(&table))?;
-                            t.insert(key.as_slice(), value.as_slice())?;
-                        }
-                        BatchOp::Remove { table, key } => {
-                            let mut t = txn.open_table(def(&table))?;
-                            t.remove(key.as_slice())?;
-                        }
-                    }
+                    let change = match op {
+                        BatchOp::Insert { table, key, value } => Change::Set {
+                            table,
+                            key,
+                            value: Some(value),
+                        },
+                        BatchOp::Remove { table, key } => Change::Set {
+                            table,
+                            key,
+                            value: None,
+                        },
+                    };
+                    change.apply(txn)?;
+                    changes.push(change);
                 }
                 Ok(())
             },
@@ -466,10 +577,12 @@ impl RedbTable {
         )
     }
 
+    /// Runs `f` on the table in a write transaction; `f` says whether it changed `key` (the
+    /// only key it may change), whose new value then goes to the [`Redo`] log.
     fn write<T>(
         &self,
         key: &[u8],
-        f: impl FnOnce(&mut redb::Table<'_, &'static [u8], &'static [u8]>) -> Result<T, Failure>,
+        f: impl FnOnce(&mut redb::Table<'_, &'static [u8], &'static [u8]>) -> Result<(T, bool), Failure>,
     ) -> Result<T, MetaError> {
         self.shared.write(
             |source| MetaError::Write {
@@ -477,9 +590,18 @@ impl RedbTable {
                 key: display_key(key),
                 source,
             },
-            |txn| {
+            |txn, changes| {
                 let mut table = txn.open_table(def(&self.name))?;
-                f(&mut table)
+                let (value, changed) = f(&mut table)?;
+                if changed {
+                    let now = table.get(key)?;
+                    changes.push(Change::set(
+                        &self.name,
+                        key,
+                        now.as_ref().map(|v| v.value()),
+                    ));
+                }
+                Ok(value)
             },
         )
     }
@@ -496,12 +618,16 @@ impl MetaTable for RedbTable {
 
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
         self.write(key, |t| {
-            Ok(t.insert(key, value)?.map(|v| v.value().to_vec()))
+            Ok((t.insert(key, value)?.map(|v| v.value().to_vec()), true))
         })
     }
 
     fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
-        self.write(key, |t| Ok(t.remove(key)?.map(|v| v.value().to_vec())))
+        self.write(key, |t| {
+            let old = t.remove(key)?.map(|v| v.value().to_vec());
+            let changed = old.is_some();
+            Ok((old, changed))
+        })
     }
 
     fn compare_and_swap(
@@ -513,7 +639,7 @@ impl MetaTable for RedbTable {
         self.write(key, |t| {
             let current = t.get(key)?.map(|v| v.value().to_vec());
             if current.as_deref() != expected {
-                return Ok(SwapOutcome::Conflict { current });
+                return Ok((SwapOutcome::Conflict { current }, false));
             }
             match new {
                 Some(value) => {
@@ -523,7 +649,7 @@ impl MetaTable for RedbTable {
                     t.remove(key)?;
                 }
             }
-            Ok(SwapOutcome::Swapped)
+            Ok((SwapOutcome::Swapped, true))
         })
     }
 
