@@ -18,13 +18,18 @@
 //! their writers were told they succeeded and may rely on them (the blob store drops an inline
 //! blob's bytes from memory once its commit succeeds, and keeps only its journal until the next
 //! flush). So the store keeps a [`Redo`] log of what every commit since the last durable one
-//! changed, and a reopen applies it again before anything else may use the database: a reopen
-//! loses nothing that was committed. The log is dropped by each durable commit, and a write
-//! commits durably once it holds [`REDO_MAX`] bytes, which bounds its memory.
+//! changed. After a reopen the database is *behind* the log until the next commit, which makes
+//! the log's changes again before its own: a reopen loses nothing that was committed. Reading
+//! needs no write, so it goes on while the disk is full: meanwhile a key the log changed is
+//! answered from the log, and a scan of a table the log changed is refused (out of space or
+//! unavailable, never a wrong answer). Writes always commit without durability; a durable
+//! commit is an empty one of its own (a flush, or every [`RECLAIM_EVERY`]th write, or once the
+//! log holds [`REDO_MAX`] bytes), so whatever commit a reopen lands on, the log makes the rest.
+//! A durable commit empties the log.
 //! A full file system is reported as [`MetaError::OutOfSpace`] and logged once per episode.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,7 +46,7 @@ use super::{
 };
 use crate::space::{SpaceStats, SpaceWatch, is_out_of_space};
 
-/// Writes between commits that let redb reclaim pages.
+/// Writes between durable commits (which let redb reclaim pages).
 const RECLAIM_EVERY: u64 = 256;
 /// Least time between two attempts to reopen a database that failed to reopen.
 const REOPEN_EVERY: Duration = Duration::from_millis(500);
@@ -49,7 +54,7 @@ const REOPEN_EVERY: Duration = Duration::from_millis(500);
 /// at once. Each failed write closes the database and the next call reopens it, which can mean
 /// a repair pass over the whole file, so a burst of writes must not each pay for one.
 const WRITE_RETRY: Duration = Duration::from_millis(250);
-/// Bytes of changes the [`Redo`] log may hold before a write commits durably, which empties it.
+/// Bytes of changes the [`Redo`] log may hold before a durable commit empties it.
 const REDO_MAX: usize = 16 * 1024 * 1024;
 
 fn def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
@@ -132,20 +137,59 @@ impl Redo {
         }
     }
 
-    /// Makes the logged changes again on a reopened database, in one non-durable commit (the
-    /// log stays until a durable commit holds them).
-    fn replay(&self, db: &Database) -> Result<(), Failure> {
-        if self.changes.is_empty() {
-            return Ok(());
-        }
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::None);
+    /// Makes the logged changes again, in a database that is behind them.
+    fn apply_all(&self, txn: &redb::WriteTransaction) -> Result<(), Failure> {
         for change in &self.changes {
-            change.apply(&txn)?;
+            change.apply(txn)?;
         }
-        txn.commit()?;
         Ok(())
     }
+
+    /// A read of `key` in `table` as the log decides it.
+    fn key(&self, table: &str, key: &[u8]) -> FromLog<Option<Vec<u8>>> {
+        let mut created = false;
+        for change in self.changes.iter().rev() {
+            match change {
+                Change::Set {
+                    table: t,
+                    key: k,
+                    value,
+                } if t == table && k == key => {
+                    return FromLog::Answer(value.clone());
+                }
+                Change::Table(t) if t == table => created = true,
+                _ => {}
+            }
+        }
+        if created {
+            // The database may not have the table yet.
+            FromLog::Refuse
+        } else {
+            FromLog::Untouched
+        }
+    }
+
+    /// A read of the whole of `table` as the log decides it.
+    fn table<T>(&self, table: &str) -> FromLog<T> {
+        let touched = self.changes.iter().any(|change| match change {
+            Change::Table(t) | Change::Set { table: t, .. } => t == table,
+        });
+        if touched {
+            FromLog::Refuse
+        } else {
+            FromLog::Untouched
+        }
+    }
+}
+
+/// What the [`Redo`] log says of a read while the database is behind it.
+enum FromLog<T> {
+    /// The log changed what is read last: this is the answer.
+    Answer(T),
+    /// The log did not change it: the database answers.
+    Untouched,
+    /// The log changed some of it: refused until the next commit makes the log again.
+    Refuse,
 }
 
 /// Why the database is closed, while it is.
@@ -171,6 +215,9 @@ struct Shared {
     /// Set when a write found the file system full: writes before then are refused untried.
     writes_resume: Mutex<Option<Instant>>,
     redo: Mutex<Redo>,
+    /// The open database lacks the [`Redo`] log's changes (it was reopened since they were
+    /// made); changed only under the `redo` lock.
+    behind: AtomicBool,
 }
 
 impl Shared {
@@ -188,22 +235,19 @@ impl Shared {
         if now < state.next_attempt {
             return Err(self.closed_error(state));
         }
-        let reopened = Database::create(&self.file)
-            .map_err(|e| Failure::from(e).0)
-            .and_then(|db| {
-                let redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
-                redo.replay(&db).map_err(|Failure(error)| error)?;
-                Ok((db, redo.changes.len()))
-            });
-        match reopened {
-            Ok((db, replayed)) => {
+        match Database::create(&self.file) {
+            Ok(db) => {
                 let db = Arc::new(db);
+                let redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
+                let behind = redo.changes.len();
+                self.behind.store(behind > 0, Ordering::Release);
+                drop(redo);
                 *slot = Slot::Open(Arc::clone(&db));
-                tracing::info!(path = %self.dir.display(), replayed, "metadata store reopened");
+                tracing::info!(path = %self.dir.display(), behind, "metadata store reopened");
                 Ok(db)
             }
             Err(error) => {
-                let error = *error;
+                let error = redb::Error::from(error);
                 if let redb::Error::DatabaseAlreadyOpen = error {
                     // A call that began before the error still holds the old database; it
                     // ends soon, so the next call tries again at once.
@@ -243,7 +287,61 @@ impl Shared {
         f: impl FnOnce(&Database) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
         let db = self.database()?;
-        let error = match f(&db) {
+        let result = f(&db);
+        self.outcome(&db, wrap, result)
+    }
+
+    /// Runs the read `f` on the database; while the database is behind the [`Redo`] log,
+    /// `from_log` first says whether the log answers it, refuses it or leaves it to `f`.
+    fn read<T>(
+        &self,
+        wrap: impl FnOnce(BackendError) -> MetaError,
+        from_log: impl FnOnce(&Redo) -> FromLog<T>,
+        f: impl FnOnce(&Database) -> Result<T, Failure>,
+    ) -> Result<T, MetaError> {
+        let db = self.database()?;
+        if self.behind.load(Ordering::Acquire) {
+            // Held while `f` runs, so no commit makes the log again meanwhile.
+            let redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.behind.load(Ordering::Acquire) {
+                let result = match from_log(&redo) {
+                    FromLog::Answer(value) => return Ok(value),
+                    FromLog::Refuse => return Err(self.behind_error()),
+                    FromLog::Untouched => f(&db),
+                };
+                drop(redo);
+                return self.outcome(&db, wrap, result);
+            }
+        }
+        let result = f(&db);
+        self.outcome(&db, wrap, result)
+    }
+
+    /// The refusal of a read the [`Redo`] log changed part of while the database is behind it.
+    fn behind_error(&self) -> MetaError {
+        if self.space.stats().full {
+            MetaError::OutOfSpace {
+                path: self.dir.clone(),
+            }
+        } else {
+            MetaError::Unavailable {
+                path: self.dir.clone(),
+                cause: "reopened after an I/O error; the changes since the last flush are \
+                        written again by the next write"
+                    .to_owned(),
+            }
+        }
+    }
+
+    /// A call's result: an I/O error closes `db` (the next call reopens it); a full file
+    /// system becomes [`MetaError::OutOfSpace`]; other errors go through `wrap`.
+    fn outcome<T>(
+        &self,
+        db: &Arc<Database>,
+        wrap: impl FnOnce(BackendError) -> MetaError,
+        result: Result<T, Failure>,
+    ) -> Result<T, MetaError> {
+        let error = match result {
             Ok(value) => return Ok(value),
             Err(Failure(error)) => *error,
         };
@@ -255,7 +353,7 @@ impl Shared {
             ),
             _ => return Err(wrap(Box::new(error))),
         };
-        self.close(&db, out_of_space, &error);
+        self.close(db, out_of_space, &error);
         if out_of_space {
             self.space.refused();
             *self
@@ -293,23 +391,30 @@ impl Shared {
         f: impl FnOnce(&redb::WriteTransaction, &mut Vec<Change>) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
         self.check_space()?;
-        let value = self.call(wrap, |db| {
+        let (value, sync) = self.call(wrap, |db| {
             let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
             let mut txn = db.begin_write()?;
-            let n = self.writes.fetch_add(1, Ordering::Relaxed);
-            let durable = n % RECLAIM_EVERY == RECLAIM_EVERY - 1 || redo.bytes >= REDO_MAX;
-            txn.set_durability(if durable {
-                Durability::Eventual
-            } else {
-                Durability::None
-            });
+            txn.set_durability(Durability::None);
+            if self.behind.load(Ordering::Acquire) {
+                redo.apply_all(&txn)?;
+            }
             let mut changes = Vec::new();
             let value = f(&txn, &mut changes)?;
             txn.commit()?;
-            redo.committed(durable, changes);
-            Ok(value)
+            self.behind.store(false, Ordering::Release);
+            redo.committed(false, changes);
+            let n = self.writes.fetch_add(1, Ordering::Relaxed);
+            Ok((
+                value,
+                n % RECLAIM_EVERY == RECLAIM_EVERY - 1 || redo.bytes >= REDO_MAX,
+            ))
         })?;
         self.space.accepted();
+        if sync {
+            // The write is made and logged whatever becomes of this; a failure closes the
+            // database like any other, and the log makes the write again after the reopen.
+            let _ = self.durable_commit(Durability::Eventual);
+        }
         Ok(value)
     }
 
@@ -336,6 +441,12 @@ impl Shared {
 
     /// The durable commit a flush runs.
     fn flush(&self) -> Result<(), MetaError> {
+        self.durable_commit(Durability::Immediate)
+    }
+
+    /// An empty commit with `durability` (which must be durable), making the [`Redo`] log's
+    /// changes again first if the database is behind them; it empties the log.
+    fn durable_commit(&self, durability: Durability) -> Result<(), MetaError> {
         self.check_space()?;
         self.call(
             |source| MetaError::Flush {
@@ -344,8 +455,12 @@ impl Shared {
             |db| {
                 let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate);
+                txn.set_durability(durability);
+                if self.behind.load(Ordering::Acquire) {
+                    redo.apply_all(&txn)?;
+                }
                 txn.commit()?;
+                self.behind.store(false, Ordering::Release);
                 redo.committed(true, Vec::new());
                 Ok(())
             },
@@ -401,6 +516,7 @@ impl RedbStore {
             writes: AtomicU64::new(0),
             writes_resume: Mutex::new(None),
             redo: Mutex::default(),
+            behind: AtomicBool::new(false),
         });
         let group = GroupFlush::start("tessera-meta-flush", {
             let shared = Arc::clone(&shared);
@@ -511,11 +627,13 @@ impl MetadataStore for RedbStore {
     }
 
     fn dump(&self, except: &[&str]) -> Result<Vec<TableDump>, MetaError> {
-        self.shared.call(
+        self.shared.read(
             |source| MetaError::Scan {
                 table: "(all tables)".to_owned(),
                 source,
             },
+            // Behind a log, which is never empty then, some table is not as committed.
+            |_| FromLog::Refuse,
             |db| {
                 // One read transaction: every table as of the same commit.
                 let txn = db.begin_read()?;
@@ -558,17 +676,20 @@ struct RedbTable {
 }
 
 impl RedbTable {
+    /// Runs `f` on the table in a read transaction; `from_log` as in [`Shared::read`].
     fn read<T>(
         &self,
         key: &[u8],
+        from_log: impl FnOnce(&Redo) -> FromLog<T>,
         f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
-        self.shared.call(
+        self.shared.read(
             |source| MetaError::Read {
                 table: self.name.clone(),
                 key: display_key(key),
                 source,
             },
+            from_log,
             |db| {
                 let txn = db.begin_read()?;
                 let table = txn.open_table(def(&self.name))?;
@@ -577,12 +698,14 @@ impl RedbTable {
         )
     }
 
-    /// Runs `f` on the table in a write transaction; `f` says whether it changed `key` (the
-    /// only key it may change), whose new value then goes to the [`Redo`] log.
-    fn write<T>(
+    /// Runs `f` on the table in a write transaction; `f` says what it did to `key` (the only
+    /// key it may change), for the [`Redo`] log.
+    fn write<'v, T>(
         &self,
         key: &[u8],
-        f: impl FnOnce(&mut redb::Table<'_, &'static [u8], &'static [u8]>) -> Result<(T, bool), Failure>,
+        f: impl FnOnce(
+            &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        ) -> Result<(T, KeyWrite<'v>), Failure>,
     ) -> Result<T, MetaError> {
         self.shared.write(
             |source| MetaError::Write {
@@ -592,19 +715,23 @@ impl RedbTable {
             },
             |txn, changes| {
                 let mut table = txn.open_table(def(&self.name))?;
-                let (value, changed) = f(&mut table)?;
-                if changed {
-                    let now = table.get(key)?;
-                    changes.push(Change::set(
-                        &self.name,
-                        key,
-                        now.as_ref().map(|v| v.value()),
-                    ));
+                let (value, write) = f(&mut table)?;
+                match write {
+                    KeyWrite::Unchanged => {}
+                    KeyWrite::Set(new) => changes.push(Change::set(&self.name, key, Some(new))),
+                    KeyWrite::Removed => changes.push(Change::set(&self.name, key, None)),
                 }
                 Ok(value)
             },
         )
     }
+}
+
+/// What a [`RedbTable::write`] did to its key.
+enum KeyWrite<'a> {
+    Unchanged,
+    Set(&'a [u8]),
+    Removed,
 }
 
 impl MetaTable for RedbTable {
@@ -613,20 +740,29 @@ impl MetaTable for RedbTable {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
-        self.read(key, |t| Ok(t.get(key)?.map(|v| v.value().to_vec())))
+        self.read(
+            key,
+            |redo| redo.key(&self.name, key),
+            |t| Ok(t.get(key)?.map(|v| v.value().to_vec())),
+        )
     }
 
     fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
         self.write(key, |t| {
-            Ok((t.insert(key, value)?.map(|v| v.value().to_vec()), true))
+            let old = t.insert(key, value)?.map(|v| v.value().to_vec());
+            Ok((old, KeyWrite::Set(value)))
         })
     }
 
     fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
         self.write(key, |t| {
             let old = t.remove(key)?.map(|v| v.value().to_vec());
-            let changed = old.is_some();
-            Ok((old, changed))
+            let write = if old.is_some() {
+                KeyWrite::Removed
+            } else {
+                KeyWrite::Unchanged
+            };
+            Ok((old, write))
         })
     }
 
@@ -639,33 +775,39 @@ impl MetaTable for RedbTable {
         self.write(key, |t| {
             let current = t.get(key)?.map(|v| v.value().to_vec());
             if current.as_deref() != expected {
-                return Ok((SwapOutcome::Conflict { current }, false));
+                return Ok((SwapOutcome::Conflict { current }, KeyWrite::Unchanged));
             }
-            match new {
+            let write = match new {
                 Some(value) => {
                     t.insert(key, value)?;
+                    KeyWrite::Set(value)
                 }
                 None => {
                     t.remove(key)?;
+                    KeyWrite::Removed
                 }
-            }
-            Ok((SwapOutcome::Swapped, true))
+            };
+            Ok((SwapOutcome::Swapped, write))
         })
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Entries {
         let table = self.name.clone();
-        let collected = self.read(prefix, |t| {
-            let mut out = Vec::new();
-            for entry in t.range(prefix..)? {
-                let (k, v) = entry?;
-                if !k.value().starts_with(prefix) {
-                    break;
+        let collected = self.read(
+            prefix,
+            |redo| redo.table(&self.name),
+            |t| {
+                let mut out = Vec::new();
+                for entry in t.range(prefix..)? {
+                    let (k, v) = entry?;
+                    if !k.value().starts_with(prefix) {
+                        break;
+                    }
+                    out.push((k.value().to_vec(), v.value().to_vec()));
                 }
-                out.push((k.value().to_vec(), v.value().to_vec()));
-            }
-            Ok(out)
-        });
+                Ok(out)
+            },
+        );
         match collected {
             Ok(entries) => Box::new(entries.into_iter().map(Ok)),
             Err(error @ (MetaError::OutOfSpace { .. } | MetaError::Unavailable { .. })) => {
@@ -679,7 +821,11 @@ impl MetaTable for RedbTable {
     }
 
     fn len(&self) -> Result<usize, MetaError> {
-        self.read(b"", |t| Ok(t.len()? as usize))
+        self.read(
+            b"",
+            |redo| redo.table(&self.name),
+            |t| Ok(t.len()? as usize),
+        )
     }
 
     fn is_empty(&self) -> Result<bool, MetaError> {
