@@ -21,13 +21,18 @@
 //! changed. After a reopen the database is *behind* the log until the next commit, which makes
 //! the log's changes again before its own: a reopen loses nothing that was committed. Reading
 //! needs no write, so it goes on while the disk is full: meanwhile a key the log changed is
-//! answered from the log, and a scan of a table the log changed is refused (out of space or
-//! unavailable, never a wrong answer). Writes always commit without durability; a durable
-//! commit is an empty one of its own (a flush, or every [`RECLAIM_EVERY`]th write, or once the
-//! log holds [`REDO_MAX`] bytes), so whatever commit a reopen lands on, the log makes the rest.
-//! A durable commit empties the log.
+//! answered from the log (indexed by key while the database is behind it), and a scan of a
+//! table the log changed is refused (out of space or unavailable, never a wrong answer).
+//!
+//! Writes always commit without durability; a durable commit is an empty one of its own (a
+//! flush, or every [`RECLAIM_EVERY`]th write, or once the log holds [`REDO_MAX`] bytes), so
+//! whatever commit a reopen lands on, the log makes the rest. A durable commit empties the
+//! log; if durable commits keep failing while other commits succeed, writes are refused once
+//! the log holds twice [`REDO_MAX`].
+//!
 //! A full file system is reported as [`MetaError::OutOfSpace`] and logged once per episode.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -54,8 +59,11 @@ const REOPEN_EVERY: Duration = Duration::from_millis(500);
 /// at once. Each failed write closes the database and the next call reopens it, which can mean
 /// a repair pass over the whole file, so a burst of writes must not each pay for one.
 const WRITE_RETRY: Duration = Duration::from_millis(250);
-/// Bytes of changes the [`Redo`] log may hold before a durable commit empties it.
+/// Bytes of changes the [`Redo`] log may hold before a durable commit empties it; at twice
+/// this (durable commits keep failing) writes are refused until one succeeds.
 const REDO_MAX: usize = 16 * 1024 * 1024;
+/// What one logged change costs besides its bytes: the entry and its allocations' headers.
+const CHANGE_OVERHEAD: usize = 96;
 
 fn def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
@@ -90,13 +98,15 @@ impl Change {
         }
     }
 
+    /// Memory it takes, about (its allocations' headers counted as [`CHANGE_OVERHEAD`]).
     fn bytes(&self) -> usize {
-        match self {
-            Change::Table(name) => name.len(),
-            Change::Set { table, key, value } => {
-                table.len() + key.len() + value.as_ref().map_or(0, Vec::len)
+        CHANGE_OVERHEAD
+            + match self {
+                Change::Table(name) => name.len(),
+                Change::Set { table, key, value } => {
+                    table.len() + key.len() + value.as_ref().map_or(0, Vec::len)
+                }
             }
-        }
     }
 
     fn apply(&self, txn: &redb::WriteTransaction) -> Result<(), Failure> {
@@ -123,11 +133,22 @@ impl Change {
 struct Redo {
     changes: Vec<Change>,
     bytes: usize,
+    /// While the database is behind the log: what the log changed, for reads.
+    view: Option<View>,
+}
+
+/// The log indexed for reads: each changed key's last change, and the tables the log created.
+#[derive(Default)]
+struct View {
+    keys: HashMap<String, HashMap<Vec<u8>, usize>>,
+    created: HashSet<String>,
 }
 
 impl Redo {
-    /// Records a commit: a durable one empties the log, any other adds its changes.
+    /// Records a commit (which made the whole log, if the database was behind it): a durable
+    /// one empties the log, any other adds its changes.
     fn committed(&mut self, durable: bool, changes: Vec<Change>) {
+        self.view = None;
         if durable {
             self.changes = Vec::new();
             self.bytes = 0;
@@ -145,39 +166,48 @@ impl Redo {
         Ok(())
     }
 
-    /// A read of `key` in `table` as the log decides it.
-    fn key(&self, table: &str, key: &[u8]) -> FromLog<Option<Vec<u8>>> {
-        let mut created = false;
-        for change in self.changes.iter().rev() {
+    /// Indexes the log for reads, once the database is behind it.
+    fn fell_behind(&mut self) {
+        let mut view = View::default();
+        for (n, change) in self.changes.iter().enumerate() {
             match change {
-                Change::Set {
-                    table: t,
-                    key: k,
-                    value,
-                } if t == table && k == key => {
-                    return FromLog::Answer(value.clone());
+                Change::Table(table) => {
+                    view.created.insert(table.clone());
                 }
-                Change::Table(t) if t == table => created = true,
-                _ => {}
+                Change::Set { table, key, .. } => {
+                    view.keys
+                        .entry(table.clone())
+                        .or_default()
+                        .insert(key.clone(), n);
+                }
             }
         }
-        if created {
+        self.view = Some(view);
+    }
+
+    /// A read of `key` in `table` as the log decides it.
+    fn key(&self, table: &str, key: &[u8]) -> FromLog<Option<Vec<u8>>> {
+        let Some(view) = &self.view else {
+            return FromLog::Refuse;
+        };
+        match view.keys.get(table).and_then(|keys| keys.get(key)) {
+            Some(&n) => match &self.changes[n] {
+                Change::Set { value, .. } => FromLog::Answer(value.clone()),
+                Change::Table(_) => FromLog::Refuse,
+            },
             // The database may not have the table yet.
-            FromLog::Refuse
-        } else {
-            FromLog::Untouched
+            None if view.created.contains(table) => FromLog::Refuse,
+            None => FromLog::Untouched,
         }
     }
 
     /// A read of the whole of `table` as the log decides it.
     fn table<T>(&self, table: &str) -> FromLog<T> {
-        let touched = self.changes.iter().any(|change| match change {
-            Change::Table(t) | Change::Set { table: t, .. } => t == table,
-        });
-        if touched {
-            FromLog::Refuse
-        } else {
-            FromLog::Untouched
+        match &self.view {
+            Some(view) if !view.keys.contains_key(table) && !view.created.contains(table) => {
+                FromLog::Untouched
+            }
+            _ => FromLog::Refuse,
         }
     }
 }
@@ -238,9 +268,12 @@ impl Shared {
         match Database::create(&self.file) {
             Ok(db) => {
                 let db = Arc::new(db);
-                let redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
                 let behind = redo.changes.len();
-                self.behind.store(behind > 0, Ordering::Release);
+                if behind > 0 {
+                    redo.fell_behind();
+                    self.behind.store(true, Ordering::Release);
+                }
                 drop(redo);
                 *slot = Slot::Open(Arc::clone(&db));
                 tracing::info!(path = %self.dir.display(), behind, "metadata store reopened");
@@ -301,16 +334,16 @@ impl Shared {
     ) -> Result<T, MetaError> {
         let db = self.database()?;
         if self.behind.load(Ordering::Acquire) {
-            // Held while `f` runs, so no commit makes the log again meanwhile.
             let redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
             if self.behind.load(Ordering::Acquire) {
-                let result = match from_log(&redo) {
+                match from_log(&redo) {
                     FromLog::Answer(value) => return Ok(value),
                     FromLog::Refuse => return Err(self.behind_error()),
-                    FromLog::Untouched => f(&db),
-                };
-                drop(redo);
-                return self.outcome(&db, wrap, result);
+                    // What the log did not change the database has; a commit that makes the
+                    // log again meanwhile only makes it newer (and `db` cannot be reopened
+                    // under this call).
+                    FromLog::Untouched => {}
+                }
             }
         }
         let result = f(&db);
@@ -391,6 +424,16 @@ impl Shared {
         f: impl FnOnce(&redb::WriteTransaction, &mut Vec<Change>) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
         self.check_space()?;
+        let stuck = self
+            .redo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
+            >= 2 * REDO_MAX;
+        if stuck {
+            // Durable commits keep failing: the log may not grow without bound.
+            self.durable_commit(Durability::Eventual)?;
+        }
         let (value, sync) = self.call(wrap, |db| {
             let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
             let mut txn = db.begin_write()?;
@@ -409,11 +452,13 @@ impl Shared {
                 n % RECLAIM_EVERY == RECLAIM_EVERY - 1 || redo.bytes >= REDO_MAX,
             ))
         })?;
-        self.space.accepted();
         if sync {
             // The write is made and logged whatever becomes of this; a failure closes the
             // database like any other, and the log makes the write again after the reopen.
+            // A success ends an out-of-space episode, as any write's does.
             let _ = self.durable_commit(Durability::Eventual);
+        } else {
+            self.space.accepted();
         }
         Ok(value)
     }
