@@ -309,3 +309,75 @@ fn blob_store_refuses_blobs_when_full_leaves_nothing_partial_and_recovers_withou
         );
     }
 }
+
+/// The blob store's side of a metadata store reopened on a full disk: inline blobs whose
+/// commits had succeeded (their bytes no longer held in memory, their journal not yet retired)
+/// are still read back while the disk is full, after space returns and after a restart. Before
+/// the metadata store kept its log of changes, the reopen lost their contents and the blob
+/// store removed them as "inline content missing".
+#[test]
+fn inline_blobs_survive_the_metadata_store_reopening_on_a_full_disk() {
+    let Some(fs_) = Tmpfs::mount("8m") else {
+        return;
+    };
+    let meta_dir = fs_.path().join("meta");
+    let root = tempfile::tempdir().unwrap();
+    let mut options = DiskStoreOptions::new(root.path().join("cas"));
+    options.inline_max = DiskStoreOptions::INLINE_MAX;
+    let blobs: Vec<(Digest, Vec<u8>)> = (0..40u32)
+        .map(|n| {
+            let data = value(n)[..1000].to_vec();
+            (DigestFunction::Sha256.digest_of(&data), data)
+        })
+        .collect();
+    {
+        let meta = Arc::new(RedbStore::open(&meta_dir).unwrap());
+        let store =
+            DiskStore::open(Arc::clone(&meta) as Arc<dyn MetadataStore>, options.clone()).unwrap();
+        store.checkpoint().unwrap();
+        for (digest, data) in &blobs {
+            store.write(digest, data).unwrap();
+        }
+        // Their commits run behind the writes; give them time to (the test holds either way).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+
+        let table = meta.table("other").unwrap();
+        let filler = Filler::fill(fs_.path().join("filler"));
+        let mut failed = false;
+        for n in 0..6_000u32 {
+            if let Err(error) = table.insert(&n.to_be_bytes(), &value(n)) {
+                assert!(error.is_out_of_space(), "{error}");
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "the metadata store never ran out of space");
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        for (digest, data) in &blobs {
+            assert_eq!(
+                store.read(digest).unwrap().as_deref(),
+                Some(data.as_slice()),
+                "inline blob {digest} while the disk is full, after the reopen"
+            );
+        }
+
+        filler.remove();
+        retry_briefly(|| store.checkpoint());
+        for (digest, data) in &blobs {
+            assert_eq!(
+                store.read(digest).unwrap().as_deref(),
+                Some(data.as_slice()),
+                "inline blob {digest} once space returned"
+            );
+        }
+    }
+    let meta = Arc::new(RedbStore::open(&meta_dir).unwrap());
+    let store = DiskStore::open(meta as Arc<dyn MetadataStore>, options).unwrap();
+    for (digest, data) in &blobs {
+        assert_eq!(
+            store.read(digest).unwrap().as_deref(),
+            Some(data.as_slice()),
+            "inline blob {digest} after a restart"
+        );
+    }
+}
