@@ -8,7 +8,7 @@ use std::fs;
 use std::sync::Arc;
 
 use tessera_cas::digest::{Digest, DigestFunction};
-use tessera_cas::meta::{MetaError, MetadataStore, RedbStore};
+use tessera_cas::meta::{MetaError, MetadataStore, RedbStore, Table};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, StoreError};
 use tessera_tests::{Filler, Tmpfs};
 
@@ -26,6 +26,23 @@ fn retry_briefly<T, E: std::fmt::Display>(mut write: impl FnMut() -> Result<T, E
             Err(error) => panic!("still refused 5 s after space returned: {error}"),
         }
     }
+}
+
+/// Fills `fs_` and writes to `table` (of a metadata store on it) until a write is refused for
+/// lack of space, which closes the store's database; then waits out the pause after a
+/// refusal, so that the next call reopens it. Remove the filler to give the space back.
+fn fill_until_the_store_reopens(fs_: &Tmpfs, table: &Table) -> Filler {
+    let filler = Filler::fill(fs_.path().join("filler"));
+    let refused = (1_000..6_000u32).any(|n| match table.insert(&n.to_be_bytes(), &value(n)) {
+        Ok(_) => false,
+        Err(error) => {
+            assert!(error.is_out_of_space(), "{error}");
+            true
+        }
+    });
+    assert!(refused, "the metadata store never ran out of space");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    filler
 }
 
 fn value(n: u32) -> Vec<u8> {
@@ -143,18 +160,7 @@ fn metadata_store_reopened_after_a_full_disk_keeps_every_commit_since_the_last_f
             store.table("other").unwrap()
         };
 
-        let filler = Filler::fill(fs_.path().join("filler"));
-        let mut failed = false;
-        for n in 1_000..6_000u32 {
-            if let Err(error) = table.insert(&n.to_be_bytes(), &value(n)) {
-                assert!(error.is_out_of_space(), "{error}");
-                failed = true;
-                break;
-            }
-        }
-        assert!(failed, "the store never ran out of space");
-        // Past the pause after a refusal, the next call reopens the database.
-        std::thread::sleep(std::time::Duration::from_millis(700));
+        let filler = fill_until_the_store_reopens(&fs_, &table);
         let check = || {
             for n in &committed {
                 let found = table.get(&n.to_be_bytes()).unwrap();
@@ -342,17 +348,7 @@ fn inline_blobs_survive_the_metadata_store_reopening_on_a_full_disk() {
         std::thread::sleep(std::time::Duration::from_millis(300));
 
         let table = meta.table("other").unwrap();
-        let filler = Filler::fill(fs_.path().join("filler"));
-        let mut failed = false;
-        for n in 0..6_000u32 {
-            if let Err(error) = table.insert(&n.to_be_bytes(), &value(n)) {
-                assert!(error.is_out_of_space(), "{error}");
-                failed = true;
-                break;
-            }
-        }
-        assert!(failed, "the metadata store never ran out of space");
-        std::thread::sleep(std::time::Duration::from_millis(700));
+        let filler = fill_until_the_store_reopens(&fs_, &table);
         for (digest, data) in &blobs {
             assert_eq!(
                 store.read(digest).unwrap().as_deref(),

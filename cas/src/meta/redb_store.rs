@@ -158,10 +158,12 @@ impl Redo {
         }
     }
 
-    /// Makes the logged changes again, in a database that is behind them.
-    fn apply_all(&self, txn: &redb::WriteTransaction) -> Result<(), Failure> {
-        for change in &self.changes {
-            change.apply(txn)?;
+    /// Makes the logged changes again in `txn` if the database is behind them.
+    fn catch_up(&self, txn: &redb::WriteTransaction) -> Result<(), Failure> {
+        if self.view.is_some() {
+            for change in &self.changes {
+                change.apply(txn)?;
+            }
         }
         Ok(())
     }
@@ -184,30 +186,28 @@ impl Redo {
         }
         self.view = Some(view);
     }
+}
 
-    /// A read of `key` in `table` as the log decides it.
-    fn key(&self, table: &str, key: &[u8]) -> FromLog<Option<Vec<u8>>> {
-        let Some(view) = &self.view else {
-            return FromLog::Refuse;
-        };
-        match view.keys.get(table).and_then(|keys| keys.get(key)) {
-            Some(&n) => match &self.changes[n] {
+impl View {
+    /// A read of `key` in `table` as the log (`changes`, which this indexes) decides it.
+    fn key(&self, changes: &[Change], table: &str, key: &[u8]) -> FromLog<Option<Vec<u8>>> {
+        match self.keys.get(table).and_then(|keys| keys.get(key)) {
+            Some(&n) => match &changes[n] {
                 Change::Set { value, .. } => FromLog::Answer(value.clone()),
                 Change::Table(_) => FromLog::Refuse,
             },
             // The database may not have the table yet.
-            None if view.created.contains(table) => FromLog::Refuse,
+            None if self.created.contains(table) => FromLog::Refuse,
             None => FromLog::Untouched,
         }
     }
 
     /// A read of the whole of `table` as the log decides it.
     fn table<T>(&self, table: &str) -> FromLog<T> {
-        match &self.view {
-            Some(view) if !view.keys.contains_key(table) && !view.created.contains(table) => {
-                FromLog::Untouched
-            }
-            _ => FromLog::Refuse,
+        if self.keys.contains_key(table) || self.created.contains(table) {
+            FromLog::Refuse
+        } else {
+            FromLog::Untouched
         }
     }
 }
@@ -245,8 +245,8 @@ struct Shared {
     /// Set when a write found the file system full: writes before then are refused untried.
     writes_resume: Mutex<Option<Instant>>,
     redo: Mutex<Redo>,
-    /// The open database lacks the [`Redo`] log's changes (it was reopened since they were
-    /// made); changed only under the `redo` lock.
+    /// Whether `redo.view` is set: the open database lacks the log's changes (it was reopened
+    /// since they were made). Lets reads skip the lock; changed only under it.
     behind: AtomicBool,
 }
 
@@ -329,14 +329,14 @@ impl Shared {
     fn read<T>(
         &self,
         wrap: impl FnOnce(BackendError) -> MetaError,
-        from_log: impl FnOnce(&Redo) -> FromLog<T>,
+        from_log: impl FnOnce(&View, &[Change]) -> FromLog<T>,
         f: impl FnOnce(&Database) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
         let db = self.database()?;
         if self.behind.load(Ordering::Acquire) {
             let redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
-            if self.behind.load(Ordering::Acquire) {
-                match from_log(&redo) {
+            if let Some(view) = &redo.view {
+                match from_log(view, &redo.changes) {
                     FromLog::Answer(value) => return Ok(value),
                     FromLog::Refuse => return Err(self.behind_error()),
                     // What the log did not change the database has; a commit that makes the
@@ -348,6 +348,13 @@ impl Shared {
         }
         let result = f(&db);
         self.outcome(&db, wrap, result)
+    }
+
+    /// Records a commit in the log (see [`Redo::committed`]): the database is no longer
+    /// behind it.
+    fn committed(&self, redo: &mut Redo, durable: bool, changes: Vec<Change>) {
+        redo.committed(durable, changes);
+        self.behind.store(false, Ordering::Release);
     }
 
     /// The refusal of a read the [`Redo`] log changed part of while the database is behind it.
@@ -438,14 +445,11 @@ impl Shared {
             let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::None);
-            if self.behind.load(Ordering::Acquire) {
-                redo.apply_all(&txn)?;
-            }
+            redo.catch_up(&txn)?;
             let mut changes = Vec::new();
             let value = f(&txn, &mut changes)?;
             txn.commit()?;
-            self.behind.store(false, Ordering::Release);
-            redo.committed(false, changes);
+            self.committed(&mut redo, false, changes);
             let n = self.writes.fetch_add(1, Ordering::Relaxed);
             Ok((
                 value,
@@ -501,12 +505,9 @@ impl Shared {
                 let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut txn = db.begin_write()?;
                 txn.set_durability(durability);
-                if self.behind.load(Ordering::Acquire) {
-                    redo.apply_all(&txn)?;
-                }
+                redo.catch_up(&txn)?;
                 txn.commit()?;
-                self.behind.store(false, Ordering::Release);
-                redo.committed(true, Vec::new());
+                self.committed(&mut redo, true, Vec::new());
                 Ok(())
             },
         )?;
@@ -678,7 +679,7 @@ impl MetadataStore for RedbStore {
                 source,
             },
             // Behind a log, which is never empty then, some table is not as committed.
-            |_| FromLog::Refuse,
+            |_, _| FromLog::Refuse,
             |db| {
                 // One read transaction: every table as of the same commit.
                 let txn = db.begin_read()?;
@@ -725,7 +726,7 @@ impl RedbTable {
     fn read<T>(
         &self,
         key: &[u8],
-        from_log: impl FnOnce(&Redo) -> FromLog<T>,
+        from_log: impl FnOnce(&View, &[Change]) -> FromLog<T>,
         f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, Failure>,
     ) -> Result<T, MetaError> {
         self.shared.read(
@@ -787,7 +788,7 @@ impl MetaTable for RedbTable {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
         self.read(
             key,
-            |redo| redo.key(&self.name, key),
+            |view, changes| view.key(changes, &self.name, key),
             |t| Ok(t.get(key)?.map(|v| v.value().to_vec())),
         )
     }
@@ -840,7 +841,7 @@ impl MetaTable for RedbTable {
         let table = self.name.clone();
         let collected = self.read(
             prefix,
-            |redo| redo.table(&self.name),
+            |view, _| view.table(&self.name),
             |t| {
                 let mut out = Vec::new();
                 for entry in t.range(prefix..)? {
@@ -868,7 +869,7 @@ impl MetaTable for RedbTable {
     fn len(&self) -> Result<usize, MetaError> {
         self.read(
             b"",
-            |redo| redo.table(&self.name),
+            |view, _| view.table(&self.name),
             |t| Ok(t.len()? as usize),
         )
     }

@@ -632,9 +632,8 @@ mod tests {
         assert_eq!(idx.make_room(101, 0).unwrap_err(), 0);
     }
 
-    #[test]
-    fn access_times_are_written_back_in_one_batch() {
-        let store = MemoryMetaStore::new();
+    /// An index in `store` holding `blob(1, 1)`, accessed at 0, its record written and clean.
+    fn one_clean_record(store: &MemoryMetaStore) -> (Table, Index) {
         let table = store.table(TABLE).unwrap();
         let mut idx = Index::load(&table, 1_000, Duration::ZERO).unwrap();
         idx.insert(blob(1, 1), entry(1, 0));
@@ -644,6 +643,13 @@ mod tests {
         };
         idx.recorded(&[insert.record_of(digest).unwrap()]);
         assert!(idx.queue_dirty().is_empty());
+        (table, idx)
+    }
+
+    #[test]
+    fn access_times_are_written_back_in_one_batch() {
+        let store = MemoryMetaStore::new();
+        let (table, mut idx) = one_clean_record(&store);
         idx.touch(&blob(1, 1), 50_000);
         let digests = idx.queue_dirty();
         let batch = idx.take_outbox();
@@ -660,13 +666,7 @@ mod tests {
     #[test]
     fn frequent_touches_still_mark_the_record_dirty() {
         let store = MemoryMetaStore::new();
-        let table = store.table(TABLE).unwrap();
-        let mut idx = Index::load(&table, 1_000, Duration::ZERO).unwrap();
-        idx.insert(blob(1, 1), entry(1, 0));
-        store.apply_batch(idx.take_outbox()).unwrap();
-        let marks = idx.queue_dirty();
-        idx.recorded(&marks);
-        let _ = idx.take_outbox();
+        let (table, mut idx) = one_clean_record(&store);
         idx.touch(&blob(1, 1), 900);
         assert!(
             idx.queue_dirty().is_empty(),
