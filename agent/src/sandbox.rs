@@ -13,7 +13,10 @@
 //! (brought up). In that mount namespace, extra directories may be bind-mounted into the exec
 //! root, and the exec root may be shown at a fixed path ([`Isolation::exec_root_at`]); the
 //! working directory is entered after the mounts, so it may lie below that path. Resource
-//! limits are set with `setrlimit` whether or not namespaces are used.
+//! limits are set with `setrlimit` whether or not namespaces are used. Where the host allows
+//! it ([`pid_namespaces`]), the command also runs in a PID namespace of its own with `/proc`
+//! mounted for it, under a small init; when the command ends, the namespace ends with it, so
+//! nothing it started survives it, not even a daemon that left its process group.
 //!
 //! The code between `fork` and `exec` ([`Prepared::enter`]) only makes raw system calls on
 //! data prepared beforehand: no allocation, no locks, as async-signal-safety requires.
@@ -26,7 +29,7 @@
 //!
 //! Stopping (timeout or cancel): SIGTERM to the group, a grace period while the group still
 //! exists, then SIGKILL. A command that exits normally has any leftover group members
-//! SIGKILLed, so no stray daemon outlives its action.
+//! SIGKILLed; without a PID namespace, that is all that stops a stray daemon.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -627,6 +630,9 @@ pub(crate) struct Prepared {
     /// SIGKILL the command when this process, its parent, dies (only for a single-threaded
     /// forker, the spawner: the signal follows the forking thread).
     pub(crate) die_with_parent: Option<Pid>,
+    /// With namespaces: the command runs in its own PID namespace under a small init (see
+    /// [`Prepared::enter_own_pids`]), so nothing it starts outlives it.
+    own_pids: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -669,6 +675,7 @@ impl Prepared {
         WirePrepared {
             namespaces: self.namespaces,
             private_network: self.private_network,
+            own_pids: self.own_pids,
             bind_sources: self.binds.iter().map(|b| bytes(&b.source)).collect(),
             bind_targets: self.binds.iter().map(|b| bytes(&b.target)).collect(),
             tmp_source: self.tmp_source.as_ref().map(bytes),
@@ -723,6 +730,7 @@ impl Prepared {
             rlimits,
             netns: None,
             die_with_parent: None,
+            own_pids: wire.namespaces && wire.own_pids,
         })
     }
 
@@ -751,6 +759,7 @@ impl Prepared {
             rlimits,
             netns: None,
             die_with_parent: None,
+            own_pids: isolation.namespaces && pid_namespaces(),
         };
         if !isolation.namespaces {
             return Ok(prepared);
@@ -812,6 +821,10 @@ impl Prepared {
             if fresh_network {
                 flags |= CloneFlags::CLONE_NEWNET;
             }
+            if self.own_pids {
+                // For this process's children: the init forked below is its PID 1.
+                flags |= CloneFlags::CLONE_NEWPID;
+            }
             nix::sched::unshare(flags)?;
             if self.private_network
                 && let Some(netns) = &self.netns
@@ -833,12 +846,130 @@ impl Prepared {
             if fresh_network {
                 loopback_up()?;
             }
+            if self.own_pids {
+                enter_own_pids()?;
+            }
         }
         if let Some(cwd) = &self.cwd {
             nix::unistd::chdir(cwd.as_c_str())?;
         }
         Ok(())
     }
+}
+
+/// In the child, once its namespaces are made (the new PID namespace is for its children):
+/// forks the namespace's init, which mounts a `/proc` of the namespace (so `ps`, `/proc/$$`
+/// and the like see the command's processes, not the host's) and forks the command. Returns
+/// in the command only (PID 2), which goes on to `exec`.
+///
+/// Why an init: when a PID namespace's init ends, the kernel kills every process left in the
+/// namespace and waits for them, so nothing the command started (a daemon that left its
+/// process group with `setsid` included) outlives it. The init is not the command itself
+/// because a namespace's init gets no signal it has no handler for, so the SIGTERM of a
+/// graceful stop would never reach a command that relies on the default action.
+///
+/// The child itself stays outside, as the command's stand-in for whoever forked it
+/// ([`stand_in`]): same pid as before, same process group, and it ends as the command did.
+/// A failure before the command is forked (mounting `/proc`) returns in the init, so the
+/// spawn fails with it as with any error here.
+#[expect(
+    unsafe_code,
+    reason = "fork(2) in the forked child: every process only makes system calls afterwards"
+)]
+fn enter_own_pids() -> Result<(), Errno> {
+    use nix::unistd::ForkResult;
+    // SAFETY: this process is the single-threaded child of a fork; both sides only make
+    // async-signal-safe system calls on memory set up before the first fork.
+    if let ForkResult::Parent { child } = unsafe { nix::unistd::fork() }? {
+        stand_in(child);
+    }
+    // The init, PID 1 of the new namespace; it dies with its stand-in, and the namespace
+    // with it.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    nix::mount::mount(
+        Some(c"proc"),
+        c"/proc",
+        Some(c"proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&CStr>,
+    )?;
+    // SAFETY: as above.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => Ok(()),
+        ForkResult::Parent { child } => reap_as_init(child),
+    }
+}
+
+/// The stand-in: waits for the init and exits as it did (the init exits as the command did).
+/// It keeps no descriptor (the one through which `std` learns that `exec` succeeded must
+/// close once the command has run `exec`) and holds back the signals a graceful stop sends
+/// the process group, so that the command, not its stand-in, decides when the action ends.
+fn stand_in(init: Pid) -> ! {
+    close_descriptors_from(3);
+    let mut stop = nix::sys::signal::SigSet::empty();
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        stop.add(signal);
+    }
+    let _ = stop.thread_block();
+    let code = loop {
+        match nix::sys::wait::waitpid(init, None) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            // Only SIGKILL ends an init from outside: so does the stand-in.
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
+                break 128 + signal as i32;
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break 127,
+        }
+    };
+    exit_now(code)
+}
+
+/// The init's life: reaps every process the namespace leaves to it until the command ends,
+/// then exits with the command's exit code (128 + the signal if a signal ended it, as a shell
+/// reports it), which ends the namespace.
+fn reap_as_init(command: Pid) -> ! {
+    close_descriptors_from(3);
+    loop {
+        match nix::sys::wait::waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == command => exit_now(code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == command => {
+                exit_now(128 + signal as i32)
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => exit_now(127),
+        }
+    }
+}
+
+#[expect(
+    unsafe_code,
+    reason = "close_range(2) and close(2) on raw descriptor numbers"
+)]
+fn close_descriptors_from(first: u32) {
+    // SAFETY: closes descriptors only; this process uses none of them afterwards.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) != 0 {
+            for fd in first..4096 {
+                libc::close(fd as libc::c_int);
+            }
+        }
+    }
+}
+
+#[expect(
+    unsafe_code,
+    reason = "_exit(2): leave without running anything of the parent's"
+)]
+fn exit_now(code: i32) -> ! {
+    // SAFETY: async-signal-safe; never returns.
+    unsafe { libc::_exit(code) }
 }
 
 /// The open-files limit commands get when the action does not ask for one.
@@ -924,6 +1055,38 @@ pub enum ProbeError {
     /// The probe child could not be forked.
     #[error("fork failed: {0}")]
     Fork(Errno),
+}
+
+/// Whether commands run with namespaces also get a PID namespace of their own here: a new
+/// PID namespace and a `/proc` mounted for it, tried once in a forked child (a container may
+/// allow the other namespaces but not mounting `/proc`). Without it, what a command leaves
+/// behind is killed by process group only, and a process that left the group can outlive it.
+pub fn pid_namespaces() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        let prepared = Prepared {
+            namespaces: true,
+            private_network: false,
+            binds: Vec::new(),
+            tmp_source: None,
+            cwd: None,
+            rlimits: Vec::new(),
+            netns: None,
+            die_with_parent: None,
+            own_pids: true,
+        };
+        match fork_and_enter(&prepared) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(
+                    %reason,
+                    "PID namespaces are not available: a process an action starts outside its \
+                     process group can outlive the action"
+                );
+                false
+            }
+        }
+    })
 }
 
 /// Checks, once, whether this host lets the agent run commands in namespaces the way

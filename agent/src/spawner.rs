@@ -163,6 +163,8 @@ pub(crate) struct WirePrepared {
     /// (resource, soft, hard) triples; resources as [`crate::sandbox`] numbers them.
     #[prost(uint64, repeated, tag = "7")]
     pub rlimits: Vec<u64>,
+    #[prost(bool, tag = "8")]
+    pub own_pids: bool,
 }
 
 /// Spawner → agent.

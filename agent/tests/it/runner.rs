@@ -189,6 +189,105 @@ async fn leftovers_of_a_finished_command_are_killed() {
     );
 }
 
+/// Host pids of the processes whose command line holds `marker`.
+fn host_processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).ok()?;
+            let alive = !is_dead(&name);
+            (alive && String::from_utf8_lossy(&cmdline).contains(marker)).then_some(name)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn with_namespaces_nothing_outlives_the_command_even_outside_its_group() {
+    if !namespaces_available() {
+        return;
+    }
+    let s = Scratch::new();
+    // GNU sleep takes a fraction: a duration no other process on the host is sleeping.
+    let marker = format!("1000.{}", std::process::id());
+    let spec = s.sandboxed(
+        &format!(
+            "setsid sh -c 'touch ready; exec sleep {marker}' > /dev/null 2>&1 < /dev/null &
+             while [ ! -e ready ]; do sleep 0.01; done; echo started"
+        ),
+        false,
+    );
+    assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+    assert_eq!(s.stdout(), "started\n");
+    // The command's namespace ends with it: the kernel has killed and reaped the rest before
+    // the exit is reported, so there is nothing to wait for.
+    let left = host_processes_with(&marker);
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+#[tokio::test]
+async fn with_namespaces_the_command_sees_its_own_processes() {
+    if !namespaces_available() {
+        return;
+    }
+    let s = Scratch::new();
+    // PID 1 is the namespace's init, the command is PID 2, and /proc is the namespace's.
+    let spec = s.sandboxed(
+        "echo $$; sleep 5 & ls /proc | grep -c '^[0-9]'; cat /proc/$$/comm; kill $!",
+        false,
+    );
+    assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+    // init, the shell, sleep, ls and grep: the host's processes are not there.
+    assert_eq!(s.stdout(), "2\n5\nsh\n");
+}
+
+#[tokio::test]
+async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands() {
+    if !namespaces_available() {
+        return;
+    }
+    let s = Scratch::new();
+    assert_eq!(
+        run(&s.sandboxed("exit 7", false)).await,
+        ProcessExit::Exited { exit_code: 7 }
+    );
+    assert_eq!(
+        run(&s.sandboxed("kill -9 $$", false)).await,
+        ProcessExit::Exited { exit_code: 137 }
+    );
+    // The SIGTERM of a timeout reaches the command (not only its stand-in outside the
+    // namespace), whose handler decides the exit code.
+    let mut spec = s.sandboxed(
+        "trap 'echo stopping; exit 3' TERM; echo started; while :; do sleep 0.05; done",
+        false,
+    );
+    spec.timeout = Some(Duration::from_millis(500));
+    let exit = run(&spec).await;
+    assert!(
+        matches!(exit, ProcessExit::TimedOut { exit_code: 3, .. }),
+        "{exit:?}"
+    );
+    assert_eq!(s.stdout(), "started\nstopping\n");
+    // A command that ignores SIGTERM is killed after the grace period, namespace and all.
+    let marker = format!("1001.{}", std::process::id());
+    let mut spec = s.sandboxed(
+        &format!(
+            "trap '' TERM; setsid sh -c 'touch ready2; exec sleep {marker}' > /dev/null 2>&1 &
+             while [ ! -e ready2 ]; do sleep 0.01; done; echo started; wait"
+        ),
+        false,
+    );
+    spec.timeout = Some(Duration::from_millis(300));
+    let exit = run(&spec).await;
+    assert!(
+        matches!(exit, ProcessExit::TimedOut { exit_code: 137, .. }),
+        "{exit:?}"
+    );
+    let left = host_processes_with(&marker);
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
 #[tokio::test]
 async fn resource_limits_apply() {
     let s = Scratch::new();

@@ -557,8 +557,9 @@ const WORKER_SUITE: &[(&str, &str, bool)] = &[
     ("pytest.ini", "[pytest]\n", false),
     (
         "test_worker.py",
-        "import os, time\n\n\
-         def test_pid():\n    print('pid', os.getpid())\n    assert False\n\n\
+        "import os, time, uuid\n\n\
+         PROCESS = f'{os.getpid()}-{uuid.uuid4().hex}'\n\n\
+         def test_pid():\n    print('pid', PROCESS)\n    assert False\n\n\
          def test_die():\n    os._exit(3)\n\n\
          def test_hang():\n    time.sleep(60)\n",
         false,
@@ -613,7 +614,8 @@ async fn run_counted(
     }
 }
 
-/// The process id `test_pid` printed.
+/// What `test_pid` printed to tell its process from others: its pid (which a PID namespace
+/// of its own may repeat) and a token drawn when the module was imported.
 fn pid_of(results: &[TestResult]) -> String {
     let output = &results[0].output;
     let at = output.find("pid ").unwrap_or_else(|| panic!("{output}"));
