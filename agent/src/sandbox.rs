@@ -40,6 +40,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -735,6 +736,14 @@ impl Prepared {
     }
 
     fn new(isolation: &Isolation, cwd: Option<&Path>) -> Result<Prepared, SpawnError> {
+        Prepared::build(isolation, cwd, isolation.namespaces && pid_namespaces())
+    }
+
+    fn build(
+        isolation: &Isolation,
+        cwd: Option<&Path>,
+        own_pids: bool,
+    ) -> Result<Prepared, SpawnError> {
         let limits = &isolation.limits;
         let mut rlimits = vec![(Resource::RLIMIT_CORE, 0, 0)];
         let nofile = clamp_limit(
@@ -759,7 +768,7 @@ impl Prepared {
             rlimits,
             netns: None,
             die_with_parent: None,
-            own_pids: isolation.namespaces && pid_namespaces(),
+            own_pids,
         };
         if !isolation.namespaces {
             return Ok(prepared);
@@ -853,7 +862,20 @@ impl Prepared {
         if let Some(cwd) = &self.cwd {
             nix::unistd::chdir(cwd.as_c_str())?;
         }
+        // The command starts with no signal blocked, whatever its forker blocks (the
+        // spawner blocks the signals meant for the agent; std keeps the mask across `exec`).
+        clear_signal_mask();
         Ok(())
+    }
+}
+
+#[expect(unsafe_code, reason = "pthread_sigmask(2) on a local set")]
+fn clear_signal_mask() {
+    // SAFETY: async-signal-safe; the set is a local.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
 
@@ -872,91 +894,167 @@ impl Prepared {
 /// ([`stand_in`]): same pid as before, same process group, and it ends as the command did.
 /// A failure before the command is forked (mounting `/proc`) returns in the init, so the
 /// spawn fails with it as with any error here.
+/// Set in a namespace's init when a stop of the action began (SIGTERM, SIGINT or SIGHUP to
+/// the process group): the init then waits for the namespace to empty instead of ending it
+/// when the command ends, so the command's children get their grace period too.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_stop(_signal: libc::c_int) {
+    STOPPING.store(true, Ordering::Relaxed);
+}
+
 #[expect(
     unsafe_code,
-    reason = "fork(2) in the forked child: every process only makes system calls afterwards"
+    reason = "fork(2), signal masks and handlers in the forked child, with raw system calls only"
 )]
 fn enter_own_pids() -> Result<(), Errno> {
-    use nix::unistd::ForkResult;
-    // SAFETY: this process is the single-threaded child of a fork; both sides only make
-    // async-signal-safe system calls on memory set up before the first fork.
-    if let ForkResult::Parent { child } = unsafe { nix::unistd::fork() }? {
-        stand_in(child);
-    }
-    // The init, PID 1 of the new namespace; it dies with its stand-in, and the namespace
-    // with it.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-    nix::mount::mount(
-        Some(c"proc"),
-        c"/proc",
-        Some(c"proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&CStr>,
-    )?;
-    // SAFETY: as above.
-    match unsafe { nix::unistd::fork() }? {
-        ForkResult::Child => Ok(()),
-        ForkResult::Parent { child } => reap_as_init(child),
+    // SAFETY (whole function): this process is the single-threaded child of a fork; every
+    // process here only makes async-signal-safe system calls on its own stack's memory.
+    unsafe {
+        // Everything blocked across the forks: the stand-in must never die of a signal meant
+        // for the command (a stop's SIGTERM may come as soon as std sees `exec` succeed, or a
+        // command may signal its whole group).
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        // Lets the init see whether its stand-in died before the init's death signal was set
+        // (-1 on kernels without pidfds: then that window stays open).
+        let stand_in_fd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) as libc::c_int;
+        let init = libc::fork();
+        if init < 0 {
+            return Err(Errno::last());
+        }
+        if init > 0 {
+            stand_in(init);
+        }
+        // The init, PID 1 of the new namespace; it dies with its stand-in, and the namespace
+        // with it.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(Errno::last());
+        }
+        if stand_in_fd >= 0 {
+            let mut gone = libc::pollfd {
+                fd: stand_in_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut gone, 1, 0) > 0 {
+                exit_now(128 + libc::SIGKILL);
+            }
+        }
+        nix::mount::mount(
+            Some(c"proc"),
+            c"/proc",
+            Some(c"proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&CStr>,
+        )?;
+        let mut handler: libc::sigaction = std::mem::zeroed();
+        handler.sa_sigaction = note_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut handler.sa_mask);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaction(signal, &handler, std::ptr::null_mut());
+        }
+        let command = libc::fork();
+        if command < 0 {
+            return Err(Errno::last());
+        }
+        if command == 0 {
+            // The command: its mask is emptied before `exec` (`Prepared::enter`), and `exec`
+            // resets the handlers.
+            return Ok(());
+        }
+        let mut stops: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut stops);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut stops, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &stops, std::ptr::null_mut());
+        reap_as_init(command)
     }
 }
 
 /// The stand-in: waits for the init and exits as it did (the init exits as the command did).
 /// It keeps no descriptor (the one through which `std` learns that `exec` succeeded must
-/// close once the command has run `exec`) and holds back the signals a graceful stop sends
-/// the process group, so that the command, not its stand-in, decides when the action ends.
-fn stand_in(init: Pid) -> ! {
+/// close once the command has run `exec`), and every signal but SIGKILL stays blocked, so
+/// the command, not its stand-in, decides when the action ends.
+#[expect(unsafe_code, reason = "waitpid(2) for the raw status")]
+fn stand_in(init: libc::pid_t) -> ! {
     close_descriptors_from(3);
-    let mut stop = nix::sys::signal::SigSet::empty();
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        stop.add(signal);
-    }
-    let _ = stop.thread_block();
-    let code = loop {
-        match nix::sys::wait::waitpid(init, None) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            // Only SIGKILL ends an init from outside: so does the stand-in.
-            Ok(WaitStatus::Signaled(_, signal, _)) => {
-                let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
-                break 128 + signal as i32;
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for this process's own child, writing into a local.
+        if unsafe { libc::waitpid(init, &mut status, 0) } == init {
+            if libc::WIFSIGNALED(status) {
+                // Only SIGKILL ends an init from outside: so does the stand-in.
+                // SAFETY: signals this very process.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
             }
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(_) => break 127,
+            exit_now(exit_code_of(status));
         }
-    };
-    exit_now(code)
+        if Errno::last() != Errno::EINTR {
+            exit_now(127);
+        }
+    }
 }
 
 /// The init's life: reaps every process the namespace leaves to it until the command ends,
-/// then exits with the command's exit code (128 + the signal if a signal ended it, as a shell
-/// reports it), which ends the namespace.
-fn reap_as_init(command: Pid) -> ! {
+/// then exits with the command's exit code, which ends the namespace; during a stop
+/// ([`STOPPING`]), only once nothing else is left in it either (the agent's SIGKILL ends the
+/// grace period through the stand-in).
+#[expect(unsafe_code, reason = "waitpid(2) for the raw status")]
+fn reap_as_init(command: libc::pid_t) -> ! {
     close_descriptors_from(3);
+    let mut code = None;
     loop {
-        match nix::sys::wait::waitpid(None::<Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == command => exit_now(code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == command => {
-                exit_now(128 + signal as i32)
+        let mut status = 0;
+        // SAFETY: waits for any child of this process, writing into a local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
             }
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(_) => exit_now(127),
+            // ECHILD: every process of the namespace descends from the init, so it is empty.
+            exit_now(code.unwrap_or(127));
         }
+        if pid == command {
+            code = Some(exit_code_of(status));
+        }
+        if let Some(code) = code
+            && !STOPPING.load(Ordering::Relaxed)
+        {
+            exit_now(code);
+        }
+    }
+}
+
+/// A raw wait status as a shell reports it: the exit code, or 128 + the signal.
+fn exit_code_of(status: libc::c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        127
     }
 }
 
 #[expect(
     unsafe_code,
-    reason = "close_range(2) and close(2) on raw descriptor numbers"
+    reason = "close_range(2), getrlimit(2) and close(2) on raw descriptor numbers"
 )]
 fn close_descriptors_from(first: u32) {
     // SAFETY: closes descriptors only; this process uses none of them afterwards.
     unsafe {
         if libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) != 0 {
-            for fd in first..4096 {
+            // Kernels before 5.9: every number up to the limit.
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            let last = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_max.clamp(4096, 1 << 20)
+            } else {
+                1 << 16
+            };
+            for fd in u64::from(first)..last {
                 libc::close(fd as libc::c_int);
             }
         }
@@ -1091,7 +1189,8 @@ pub fn pid_namespaces() -> bool {
 
 /// Checks, once, whether this host lets the agent run commands in namespaces the way
 /// [`LocalRunner`] does (mount and network namespaces, a bind mount on /tmp, loopback up), by
-/// doing exactly that in a forked child. `scratch` is an empty directory to bind on /tmp.
+/// doing exactly that in a forked child (then, once, whether it can also give them a PID
+/// namespace: [`pid_namespaces`]). `scratch` is an empty directory to bind on /tmp.
 /// Blocking; call it from a blocking thread.
 pub fn probe_namespaces(scratch: &Path) -> Result<(), ProbeError> {
     let isolation = Isolation {
@@ -1100,8 +1199,11 @@ pub fn probe_namespaces(scratch: &Path) -> Result<(), ProbeError> {
         private_tmp: Some(scratch.to_owned()),
         ..Isolation::default()
     };
-    let prepared = Prepared::new(&isolation, None)?;
-    fork_and_enter(&prepared)
+    // Without a PID namespace first: a host that refuses only that still sandboxes.
+    let prepared = Prepared::build(&isolation, None, false)?;
+    fork_and_enter(&prepared)?;
+    pid_namespaces();
+    Ok(())
 }
 
 #[expect(

@@ -235,11 +235,14 @@ struct Leader {
 pub fn serve(socket: UnixStream) -> io::Result<()> {
     // Re-executed through /proc/self/exe, it would show as "exe" in ps, top and profiles.
     let _ = nix::sys::prctl::set_name(c"tessera-spawner");
+    // Orphans of its commands are its to reap (`reap` takes any child), not the host's init,
+    // which in a container may be the agent, reaping nothing it did not start.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
     // The agent decides when its commands stop (a drain lets them finish): a Ctrl-C, a SIGTERM
     // or a `pkill tessera` meant for the agent must not kill the spawner, whose death kills
     // every running command. Blocked, not ignored: the commands it starts get an empty mask
-    // (std resets it before exec) but would inherit an ignored disposition. The spawner still
-    // ends when the agent does (its socket closes).
+    // (`Prepared::enter` empties it before exec) but would inherit an ignored disposition.
+    // The spawner still ends when the agent does (its socket closes).
     let mut quiet = SigSet::empty();
     for signal in [
         Signal::SIGINT,

@@ -189,7 +189,7 @@ async fn leftovers_of_a_finished_command_are_killed() {
     );
 }
 
-/// Host pids of the processes whose command line holds `marker`.
+/// Host pids of the live processes one of whose arguments is `marker`.
 fn host_processes_with(marker: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -197,15 +197,34 @@ fn host_processes_with(marker: &str) -> Vec<String> {
             let name = entry.ok()?.file_name().into_string().ok()?;
             name.parse::<u32>().ok()?;
             let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).ok()?;
-            let alive = !is_dead(&name);
-            (alive && String::from_utf8_lossy(&cmdline).contains(marker)).then_some(name)
+            let has = cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == marker.as_bytes());
+            (has && !is_dead(&name)).then_some(name)
         })
         .collect()
 }
 
+/// Whether commands get PID namespaces here (namespaces, and a `/proc` mounted for them).
+fn pid_namespaces_available() -> bool {
+    namespaces_available() && tessera_agent::sandbox::pid_namespaces()
+}
+
+/// Waits up to 2 s for the processes with `marker` to be gone; those left.
+async fn left_after_a_while(marker: &str) -> Vec<String> {
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = host_processes_with(marker);
+        if left.is_empty() || Instant::now() >= until {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn with_namespaces_nothing_outlives_the_command_even_outside_its_group() {
-    if !namespaces_available() {
+    if !pid_namespaces_available() {
         return;
     }
     let s = Scratch::new();
@@ -228,23 +247,23 @@ async fn with_namespaces_nothing_outlives_the_command_even_outside_its_group() {
 
 #[tokio::test]
 async fn with_namespaces_the_command_sees_its_own_processes() {
-    if !namespaces_available() {
+    if !pid_namespaces_available() {
         return;
     }
     let s = Scratch::new();
     // PID 1 is the namespace's init, the command is PID 2, and /proc is the namespace's.
     let spec = s.sandboxed(
-        "echo $$; sleep 5 & ls /proc | grep -c '^[0-9]'; cat /proc/$$/comm; kill $!",
+        "echo $$; sleep 5 & ls /proc > listed; grep -c '^[0-9]' listed; cat /proc/$$/comm; kill $!",
         false,
     );
     assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
-    // init, the shell, sleep, ls and grep: the host's processes are not there.
-    assert_eq!(s.stdout(), "2\n5\nsh\n");
+    // The init, the shell, sleep and ls: none of the host's processes.
+    assert_eq!(s.stdout(), "2\n4\nsh\n");
 }
 
 #[tokio::test]
 async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands() {
-    if !namespaces_available() {
+    if !pid_namespaces_available() {
         return;
     }
     let s = Scratch::new();
@@ -284,8 +303,51 @@ async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands
         matches!(exit, ProcessExit::TimedOut { exit_code: 137, .. }),
         "{exit:?}"
     );
-    let left = host_processes_with(&marker);
+    // SIGKILLed with its stand-in, the init leaves the kernel to empty the namespace.
+    let left = left_after_a_while(&marker).await;
     assert!(left.is_empty(), "left running: {left:?}");
+
+    // A stop's grace period holds for the command's children too: the shell dies of the
+    // SIGTERM at once, its child finishes what its handler does.
+    let script = "sh -c 'trap \"sleep 0.1; echo cleaned > child; exit 0\" TERM; \
+                  touch ready3; while :; do sleep 0.02; done' &
+                  while [ ! -e ready3 ]; do sleep 0.01; done; echo started; wait";
+    let mut spec = s.sandboxed(script, false);
+    spec.timeout = Some(Duration::from_millis(300));
+    let exit = run(&spec).await;
+    assert!(
+        matches!(exit, ProcessExit::TimedOut { exit_code: 143, .. }),
+        "{exit:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.root().join("child")).unwrap_or_default(),
+        "cleaned\n"
+    );
+}
+
+#[tokio::test]
+async fn commands_start_with_no_signal_blocked() {
+    let s = Scratch::new();
+    // Run directly (not through a shell, which might reset its mask itself).
+    let mut spec = s.spec("");
+    spec.program = PathBuf::from("/bin/grep");
+    spec.argv = vec!["grep".into(), "SigBlk".into(), "/proc/self/status".into()];
+    let mut sandboxed = s.sandboxed("", false);
+    sandboxed.program = spec.program.clone();
+    sandboxed.argv = spec.argv.clone();
+    let mut specs = vec![spec];
+    if namespaces_available() {
+        specs.push(sandboxed);
+    }
+    for spec in specs {
+        assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+        assert_eq!(
+            s.stdout(),
+            "SigBlk:\t0000000000000000\n",
+            "{:?}",
+            spec.isolation
+        );
+    }
 }
 
 #[tokio::test]
