@@ -40,7 +40,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -821,6 +821,7 @@ impl Prepared {
             }
         }
         nix::unistd::setsid()?;
+        let fd_limit = descriptor_limit();
         for &(resource, soft, hard) in &self.rlimits {
             nix::sys::resource::setrlimit(resource, soft, hard)?;
         }
@@ -856,7 +857,7 @@ impl Prepared {
                 loopback_up()?;
             }
             if self.own_pids {
-                enter_own_pids()?;
+                enter_own_pids(fd_limit)?;
             }
         }
         if let Some(cwd) = &self.cwd {
@@ -879,41 +880,71 @@ fn clear_signal_mask() {
     }
 }
 
+/// In a namespace's init: the command's pid (its process group too, inside the namespace).
+static COMMAND: AtomicI32 = AtomicI32::new(0);
+/// Set in a namespace's init when a stop of the action began (SIGTERM, SIGINT or SIGHUP from
+/// outside the namespace, where the agent is): the init passes the signal on to the command's
+/// process group, and when the command ends it asks the rest of the namespace to stop too and
+/// waits for it to empty instead of ending it at once, so everything the command started gets
+/// the grace period.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+#[expect(
+    unsafe_code,
+    reason = "a signal handler reading its siginfo and calling kill(2)"
+)]
+extern "C" fn note_stop(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; kill(2) is
+    // async-signal-safe.
+    unsafe {
+        // A sender outside the namespace shows as pid 0; one inside (a command signalling
+        // the init) is not the agent stopping the action.
+        let info = &*info;
+        if info.si_code != libc::SI_USER || info.si_pid() != 0 {
+            return;
+        }
+        STOPPING.store(true, Ordering::Relaxed);
+        let command = COMMAND.load(Ordering::Relaxed);
+        // To its process group; to the command alone in the instant before it made one.
+        if command > 0 && libc::kill(-command, signal) != 0 {
+            libc::kill(command, signal);
+        }
+    }
+}
+
 /// In the child, once its namespaces are made (the new PID namespace is for its children):
 /// forks the namespace's init, which mounts a `/proc` of the namespace (so `ps`, `/proc/$$`
 /// and the like see the command's processes, not the host's) and forks the command. Returns
-/// in the command only (PID 2), which goes on to `exec`.
+/// in the command only (PID 2, leader of its own session and process group, as a command
+/// without a PID namespace is), which goes on to `exec`.
 ///
 /// Why an init: when a PID namespace's init ends, the kernel kills every process left in the
 /// namespace and waits for them, so nothing the command started (a daemon that left its
 /// process group with `setsid` included) outlives it. The init is not the command itself
 /// because a namespace's init gets no signal it has no handler for, so the SIGTERM of a
-/// graceful stop would never reach a command that relies on the default action.
+/// graceful stop would never reach a command that relies on the default action; the init
+/// passes the stop signals on instead ([`note_stop`]), as `tini -g` does.
 ///
 /// The child itself stays outside, as the command's stand-in for whoever forked it
-/// ([`stand_in`]): same pid as before, same process group, and it ends as the command did.
-/// A failure before the command is forked (mounting `/proc`) returns in the init, so the
-/// spawn fails with it as with any error here.
-/// Set in a namespace's init when a stop of the action began (SIGTERM, SIGINT or SIGHUP to
-/// the process group): the init then waits for the namespace to empty instead of ending it
-/// when the command ends, so the command's children get their grace period too.
-static STOPPING: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn note_stop(_signal: libc::c_int) {
-    STOPPING.store(true, Ordering::Relaxed);
-}
-
+/// ([`stand_in`]): same pid as before, same process group (the one the agent signals), and it
+/// ends as the command did. A failure before the command is forked (mounting `/proc`) returns
+/// in the init, so the spawn fails with it as with any error here. `fd_limit` bounds the
+/// descriptors to close where `close_range` is missing: the forker's own limit.
 #[expect(
     unsafe_code,
     reason = "fork(2), signal masks and handlers in the forked child, with raw system calls only"
 )]
-fn enter_own_pids() -> Result<(), Errno> {
+fn enter_own_pids(fd_limit: u64) -> Result<(), Errno> {
+    let stops = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
     // SAFETY (whole function): this process is the single-threaded child of a fork; every
     // process here only makes async-signal-safe system calls on its own stack's memory.
     unsafe {
         // Everything blocked across the forks: the stand-in must never die of a signal meant
-        // for the command (a stop's SIGTERM may come as soon as std sees `exec` succeed, or a
-        // command may signal its whole group).
+        // for the command (a stop's SIGTERM may come as soon as std sees `exec` succeed).
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
@@ -925,7 +956,7 @@ fn enter_own_pids() -> Result<(), Errno> {
             return Err(Errno::last());
         }
         if init > 0 {
-            stand_in(init);
+            stand_in(init, fd_limit);
         }
         // The init, PID 1 of the new namespace; it dies with its stand-in, and the namespace
         // with it.
@@ -950,9 +981,12 @@ fn enter_own_pids() -> Result<(), Errno> {
             None::<&CStr>,
         )?;
         let mut handler: libc::sigaction = std::mem::zeroed();
-        handler.sa_sigaction = note_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        handler.sa_sigaction = note_stop
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as libc::sighandler_t;
+        handler.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigemptyset(&mut handler.sa_mask);
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for signal in stops {
             libc::sigaction(signal, &handler, std::ptr::null_mut());
         }
         let command = libc::fork();
@@ -960,17 +994,26 @@ fn enter_own_pids() -> Result<(), Errno> {
             return Err(Errno::last());
         }
         if command == 0 {
-            // The command: its mask is emptied before `exec` (`Prepared::enter`), and `exec`
-            // resets the handlers.
+            // The command: default actions again (still blocked; `Prepared::enter` empties
+            // the mask just before `exec`), and a session of its own inside the namespace.
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            for signal in stops {
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+            if libc::setsid() < 0 {
+                return Err(Errno::last());
+            }
             return Ok(());
         }
-        let mut stops: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut stops);
-        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut stops, signal);
+        COMMAND.store(command, Ordering::Relaxed);
+        let mut unblock: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut unblock);
+        for signal in stops {
+            libc::sigaddset(&mut unblock, signal);
         }
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &stops, std::ptr::null_mut());
-        reap_as_init(command)
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
+        reap_as_init(command, fd_limit)
     }
 }
 
@@ -979,8 +1022,8 @@ fn enter_own_pids() -> Result<(), Errno> {
 /// close once the command has run `exec`), and every signal but SIGKILL stays blocked, so
 /// the command, not its stand-in, decides when the action ends.
 #[expect(unsafe_code, reason = "waitpid(2) for the raw status")]
-fn stand_in(init: libc::pid_t) -> ! {
-    close_descriptors_from(3);
+fn stand_in(init: libc::pid_t, fd_limit: u64) -> ! {
+    close_descriptors_from(3, fd_limit);
     loop {
         let mut status = 0;
         // SAFETY: waits for this process's own child, writing into a local.
@@ -999,13 +1042,15 @@ fn stand_in(init: libc::pid_t) -> ! {
 }
 
 /// The init's life: reaps every process the namespace leaves to it until the command ends,
-/// then exits with the command's exit code, which ends the namespace; during a stop
-/// ([`STOPPING`]), only once nothing else is left in it either (the agent's SIGKILL ends the
-/// grace period through the stand-in).
-#[expect(unsafe_code, reason = "waitpid(2) for the raw status")]
-fn reap_as_init(command: libc::pid_t) -> ! {
-    close_descriptors_from(3);
+/// then exits with the command's exit code, which ends the namespace. During a stop
+/// ([`STOPPING`]) it first sends what is left in the namespace a SIGTERM (a daemon outside the
+/// command's group gets one too) and exits once the namespace is empty; the agent's SIGKILL at
+/// the end of the grace period ends it through the stand-in.
+#[expect(unsafe_code, reason = "waitpid(2) for the raw status, kill(2)")]
+fn reap_as_init(command: libc::pid_t, fd_limit: u64) -> ! {
+    close_descriptors_from(3, fd_limit);
     let mut code = None;
+    let mut told_the_rest = false;
     loop {
         let mut status = 0;
         // SAFETY: waits for any child of this process, writing into a local.
@@ -1020,10 +1065,14 @@ fn reap_as_init(command: libc::pid_t) -> ! {
         if pid == command {
             code = Some(exit_code_of(status));
         }
-        if let Some(code) = code
-            && !STOPPING.load(Ordering::Relaxed)
-        {
+        let Some(code) = code else { continue };
+        if !STOPPING.load(Ordering::Relaxed) {
             exit_now(code);
+        }
+        if !told_the_rest {
+            told_the_rest = true;
+            // SAFETY: kill(-1) from the init reaches every other process of its namespace.
+            unsafe { libc::kill(-1, libc::SIGTERM) };
         }
     }
 }
@@ -1041,22 +1090,31 @@ fn exit_code_of(status: libc::c_int) -> i32 {
 
 #[expect(
     unsafe_code,
-    reason = "close_range(2), getrlimit(2) and close(2) on raw descriptor numbers"
+    reason = "close_range(2) and close(2) on raw descriptor numbers"
 )]
-fn close_descriptors_from(first: u32) {
+fn close_descriptors_from(first: u32, limit: u64) {
     // SAFETY: closes descriptors only; this process uses none of them afterwards.
     unsafe {
         if libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) != 0 {
-            // Kernels before 5.9: every number up to the limit.
-            let mut limit: libc::rlimit = std::mem::zeroed();
-            let last = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-                limit.rlim_max.clamp(4096, 1 << 20)
-            } else {
-                1 << 16
-            };
-            for fd in u64::from(first)..last {
+            // Kernels before 5.9: every number below the forker's limit.
+            for fd in u64::from(first)..limit.clamp(4096, 1 << 20) {
                 libc::close(fd as libc::c_int);
             }
+        }
+    }
+}
+
+/// The hard limit on open descriptors of the calling process, read before an action's own
+/// limits replace it (every descriptor it holds is below it).
+#[expect(unsafe_code, reason = "getrlimit(2) into a local")]
+fn descriptor_limit() -> u64 {
+    // SAFETY: async-signal-safe; writes into a local.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_max
+        } else {
+            1 << 16
         }
     }
 }

@@ -205,6 +205,10 @@ fn host_processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// Shell code that waits until the process `$!` runs `sleep` (not `setsid` still).
+const WAIT_FOR_IT: &str =
+    "while ! tr '\\0' ' ' < /proc/$!/cmdline | grep -q '^sleep '; do sleep 0.01; done";
+
 /// Whether commands get PID namespaces here (namespaces, and a `/proc` mounted for them).
 fn pid_namespaces_available() -> bool {
     namespaces_available() && tessera_agent::sandbox::pid_namespaces()
@@ -232,8 +236,7 @@ async fn with_namespaces_nothing_outlives_the_command_even_outside_its_group() {
     let marker = format!("1000.{}", std::process::id());
     let spec = s.sandboxed(
         &format!(
-            "setsid sh -c 'touch ready; exec sleep {marker}' > /dev/null 2>&1 < /dev/null &
-             while [ ! -e ready ]; do sleep 0.01; done; echo started"
+            "setsid sleep {marker} > /dev/null 2>&1 < /dev/null & {WAIT_FOR_IT}; echo started"
         ),
         false,
     );
@@ -281,7 +284,8 @@ async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands
         "trap 'echo stopping; exit 3' TERM; echo started; while :; do sleep 0.05; done",
         false,
     );
-    spec.timeout = Some(Duration::from_millis(500));
+    // Long enough for the shell to have set its trap on a loaded machine.
+    spec.timeout = Some(Duration::from_secs(2));
     let exit = run(&spec).await;
     assert!(
         matches!(exit, ProcessExit::TimedOut { exit_code: 3, .. }),
@@ -291,13 +295,10 @@ async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands
     // A command that ignores SIGTERM is killed after the grace period, namespace and all.
     let marker = format!("1001.{}", std::process::id());
     let mut spec = s.sandboxed(
-        &format!(
-            "trap '' TERM; setsid sh -c 'touch ready2; exec sleep {marker}' > /dev/null 2>&1 &
-             while [ ! -e ready2 ]; do sleep 0.01; done; echo started; wait"
-        ),
+        &format!("trap '' TERM; setsid sleep {marker} > /dev/null 2>&1 & {WAIT_FOR_IT}; wait"),
         false,
     );
-    spec.timeout = Some(Duration::from_millis(300));
+    spec.timeout = Some(Duration::from_secs(2));
     let exit = run(&spec).await;
     assert!(
         matches!(exit, ProcessExit::TimedOut { exit_code: 137, .. }),
@@ -313,16 +314,57 @@ async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands
                   touch ready3; while :; do sleep 0.02; done' &
                   while [ ! -e ready3 ]; do sleep 0.01; done; echo started; wait";
     let mut spec = s.sandboxed(script, false);
-    spec.timeout = Some(Duration::from_millis(300));
-    let exit = run(&spec).await;
+    spec.timeout = Some(Duration::from_secs(2));
+    // A long grace period, so a loaded machine cannot end it first: the stop ends as soon as
+    // the namespace is empty.
+    let patient = LocalRunner::with_spawner(Duration::from_secs(10), spawner_command()).await;
+    let started = Instant::now();
+    let exit = patient
+        .run(&spec, &CancellationToken::new())
+        .await
+        .expect("spawn");
     assert!(
         matches!(exit, ProcessExit::TimedOut { exit_code: 143, .. }),
         "{exit:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
     );
     assert_eq!(
         std::fs::read_to_string(s.root().join("child")).unwrap_or_default(),
         "cleaned\n"
     );
+}
+
+#[tokio::test]
+async fn with_namespaces_the_command_leads_its_own_group_and_signals_it_freely() {
+    if !pid_namespaces_available() {
+        return;
+    }
+    let s = Scratch::new();
+    // The command is its own process group's leader inside the namespace, as without one;
+    // a TERM it sends its whole group does not look like the agent stopping the action, so
+    // when it exits the namespace ends at once, daemon and all.
+    let marker = format!("1002.{}", std::process::id());
+    let script = format!(
+        "read -r _ _ _ _ group _ < /proc/$$/stat; echo $$ $group; \
+         setsid sleep {marker} > /dev/null 2>&1 < /dev/null & {WAIT_FOR_IT}; \
+         sleep 30 & trap '' TERM; kill -TERM 0; wait $!; echo survived"
+    );
+    let mut spec = s.sandboxed(&script, false);
+    spec.timeout = Some(Duration::from_secs(20));
+    let started = Instant::now();
+    assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.stdout(), "2 2\nsurvived\n");
+    let left = host_processes_with(&marker);
+    assert!(left.is_empty(), "left running: {left:?}");
 }
 
 #[tokio::test]
