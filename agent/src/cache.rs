@@ -37,6 +37,10 @@ use thiserror::Error;
 
 use crate::metrics::CacheMeters;
 
+/// How long opening the cache waits for its database while another process holds it (the
+/// stand-ins of an agent killed mid-spawn let go within milliseconds; a second agent on the
+/// same work directory is refused after this).
+const LOCKED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Blobs up to this size are fetched in batches.
 const BATCH_BLOB_MAX: u64 = 1024 * 1024;
 /// Most bytes asked for in one `BatchReadBlobs` call: below every common server limit (4 MiB).
@@ -171,7 +175,10 @@ impl LocalCache {
     /// Opens (creating) the cache: blobs under `dir/cache`, index under `dir/cache-meta`.
     /// Blocking.
     pub fn open(dir: &Path, budget_bytes: u64) -> Result<Self, OpenError> {
-        let meta_dyn: Arc<dyn MetadataStore> = Arc::new(RedbStore::open(dir.join("cache-meta"))?);
+        let meta_dyn: Arc<dyn MetadataStore> = Arc::new(RedbStore::open_waiting(
+            dir.join("cache-meta"),
+            LOCKED_PATIENCE,
+        )?);
         let options = DiskStoreOptions {
             root: dir.join("cache"),
             budget_bytes,

@@ -219,6 +219,8 @@ pub trait ProcessRunner: Send + Sync + 'static {
 pub struct Started {
     child: Child,
     group: Pid,
+    /// What asks the command to stop: SIGTERM, or [`STOP_SIGNAL`] in a PID namespace.
+    stop_signal: Signal,
     kill_grace: Duration,
     /// The leader was reaped (its group id may be reused from then on).
     reaped: bool,
@@ -250,7 +252,13 @@ impl Started {
         if self.reaped {
             return 128 + libc::SIGKILL;
         }
-        let status = stop_group(self.kill_grace, self.group, &mut self.child).await;
+        let status = stop_group(
+            self.kill_grace,
+            self.group,
+            self.stop_signal,
+            &mut self.child,
+        )
+        .await;
         self.reaped = true;
         status.ok().flatten().map_or(128 + libc::SIGKILL, exit_code)
     }
@@ -368,10 +376,11 @@ impl ProcessRunner for LocalRunner {
         spec: &'a ProcessSpec,
     ) -> BoxFuture<'a, Result<Option<Started>, SpawnError>> {
         Box::pin(async move {
-            let (child, group) = spawn_child(spec, self.spawner.as_deref()).await?;
+            let (child, group, stop_signal) = spawn_child(spec, self.spawner.as_deref()).await?;
             Ok(Some(Started {
                 child,
                 group,
+                stop_signal,
                 kill_grace: self.kill_grace,
                 reaped: false,
             }))
@@ -385,7 +394,7 @@ impl LocalRunner {
         spec: &ProcessSpec,
         cancel: &CancellationToken,
     ) -> Result<ProcessExit, SpawnError> {
-        let (mut child, group) = spawn_child(spec, self.spawner.as_deref()).await?;
+        let (mut child, group, stop_signal) = spawn_child(spec, self.spawner.as_deref()).await?;
         let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
         let sleep_until_deadline = async {
             match deadline {
@@ -401,29 +410,31 @@ impl LocalRunner {
                 Ok(ProcessExit::Exited { exit_code: exit_code(status) })
             }
             () = sleep_until_deadline => {
-                let status = stop_group(self.kill_grace, group, &mut child).await?;
+                let status = stop_group(self.kill_grace, group, stop_signal, &mut child).await?;
                 Ok(ProcessExit::TimedOut {
                     after: spec.timeout.unwrap_or_default(),
                     exit_code: status.map_or(128 + libc::SIGKILL, exit_code),
                 })
             }
             () = cancel.cancelled() => {
-                stop_group(self.kill_grace, group, &mut child).await?;
+                stop_group(self.kill_grace, group, stop_signal, &mut child).await?;
                 Ok(ProcessExit::Cancelled)
             }
         }
     }
 }
 
-/// SIGTERM to the group; SIGKILL once the grace period is over if any member is left.
+/// `stop_signal` to the group (SIGTERM, or [`STOP_SIGNAL`] for the stand-in and init of a
+/// command in a PID namespace); SIGKILL once the grace period is over if any member is left.
 /// Returns the leader's exit status; `Err` if the spawner died meanwhile (the group is then
 /// killed).
 async fn stop_group(
     kill_grace: Duration,
     group: Pid,
+    stop_signal: Signal,
     child: &mut Child,
 ) -> Result<Option<ExitStatus>, SpawnError> {
-    child.signal_group(group, Signal::SIGTERM);
+    child.signal_group(group, stop_signal);
     let until = Instant::now() + kill_grace;
     let mut status = None;
     loop {
@@ -459,7 +470,7 @@ async fn stop_group(
 async fn spawn_child(
     spec: &ProcessSpec,
     spawner: Option<&Spawner>,
-) -> Result<(Child, Pid), SpawnError> {
+) -> Result<(Child, Pid, Signal), SpawnError> {
     let (argv0, rest) = spec.argv.split_first().ok_or(SpawnError::NoArguments)?;
     check_command(spec)?;
     let create = |path: &Path| {
@@ -473,10 +484,15 @@ async fn spawn_child(
     // The working directory is entered in `Prepared::enter`, after the mounts it may
     // depend on (std would enter it before `pre_exec` runs).
     let prepared = Prepared::new(&spec.isolation, Some(&spec.cwd))?;
+    let stop_signal = if prepared.own_pids {
+        STOP_SIGNAL
+    } else {
+        Signal::SIGTERM
+    };
     if let Some(spawner) = spawner {
         let child = spawn_through(spawner, spec, &prepared, &stdout, &stderr).await?;
         let group = Pid::from_raw(child.pid());
-        return Ok((Child::Spawned(child), group));
+        return Ok((Child::Spawned(child), group, stop_signal));
     }
 
     let mut command = std::process::Command::new(&spec.program);
@@ -498,7 +514,7 @@ async fn spawn_child(
             source: io::Error::other("child exited before its pid was known"),
         });
     };
-    Ok((Child::Local(child), Pid::from_raw(pid)))
+    Ok((Child::Local(child), Pid::from_raw(pid), stop_signal))
 }
 
 /// Has the spawner start `spec`, retrying on ETXTBSY as [`spawn_retrying`] does.
@@ -882,24 +898,31 @@ fn clear_signal_mask() {
 
 /// In a namespace's init: the command's pid (its process group too, inside the namespace).
 static COMMAND: AtomicI32 = AtomicI32::new(0);
-/// Set in a namespace's init when a stop of the action began (SIGTERM, SIGINT or SIGHUP from
-/// outside the namespace, where the agent is): the init passes the signal on to the command's
-/// process group, and when the command ends it asks the rest of the namespace to stop too and
-/// waits for it to empty instead of ending it at once, so everything the command started gets
-/// the grace period.
+/// How the agent asks a command in a PID namespace of its own to stop: sent to the stand-in's
+/// process group, where the namespace's init takes it and passes a SIGTERM on to the
+/// command's group. Not SIGTERM itself: a `pkill tessera` meant for the agent reaches the
+/// stand-ins and inits too (they are forks of the spawner), and must not stop actions; a
+/// namespace's init simply never gets a SIGTERM, having no handler for it.
+pub(crate) const STOP_SIGNAL: Signal = Signal::SIGUSR2;
+
+/// Set in a namespace's init when a stop of the action began ([`STOP_SIGNAL`] from outside
+/// the namespace, where the agent is): the init has passed a SIGTERM on to the command's
+/// process group, and when the command ends it asks the rest of the namespace to stop too
+/// and waits for it to empty instead of ending it at once, so everything the command started
+/// gets the grace period.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
 #[expect(
     unsafe_code,
-    reason = "a signal handler reading its siginfo and calling kill(2)"
+    reason = "a signal handler reading its siginfo and errno, and calling kill(2)"
 )]
 extern "C" fn note_stop(
-    signal: libc::c_int,
+    _signal: libc::c_int,
     info: *mut libc::siginfo_t,
     _context: *mut libc::c_void,
 ) {
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; kill(2) is
-    // async-signal-safe.
+    // async-signal-safe, and errno is this thread's.
     unsafe {
         // A sender outside the namespace shows as pid 0; one inside (a command signalling
         // the init) is not the agent stopping the action.
@@ -907,12 +930,14 @@ extern "C" fn note_stop(
         if info.si_code != libc::SI_USER || info.si_pid() != 0 {
             return;
         }
+        let errno = *libc::__errno_location();
         STOPPING.store(true, Ordering::Relaxed);
         let command = COMMAND.load(Ordering::Relaxed);
         // To its process group; to the command alone in the instant before it made one.
-        if command > 0 && libc::kill(-command, signal) != 0 {
-            libc::kill(command, signal);
+        if command > 0 && libc::kill(-command, libc::SIGTERM) != 0 {
+            libc::kill(command, libc::SIGTERM);
         }
+        *libc::__errno_location() = errno;
     }
 }
 
@@ -926,8 +951,9 @@ extern "C" fn note_stop(
 /// namespace and waits for them, so nothing the command started (a daemon that left its
 /// process group with `setsid` included) outlives it. The init is not the command itself
 /// because a namespace's init gets no signal it has no handler for, so the SIGTERM of a
-/// graceful stop would never reach a command that relies on the default action; the init
-/// passes the stop signals on instead ([`note_stop`]), as `tini -g` does.
+/// graceful stop would never reach a command that relies on the default action; the agent
+/// asks the init instead ([`STOP_SIGNAL`]), which passes a SIGTERM on to the command's group
+/// ([`note_stop`]), as `tini -g` does.
 ///
 /// The child itself stays outside, as the command's stand-in for whoever forked it
 /// ([`stand_in`]): same pid as before, same process group (the one the agent signals), and it
@@ -939,7 +965,7 @@ extern "C" fn note_stop(
     reason = "fork(2), signal masks and handlers in the forked child, with raw system calls only"
 )]
 fn enter_own_pids(fd_limit: u64) -> Result<(), Errno> {
-    let stops = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    let stop = STOP_SIGNAL as libc::c_int;
     // SAFETY (whole function): this process is the single-threaded child of a fork; every
     // process here only makes async-signal-safe system calls on its own stack's memory.
     unsafe {
@@ -986,9 +1012,7 @@ fn enter_own_pids(fd_limit: u64) -> Result<(), Errno> {
             as libc::sighandler_t;
         handler.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigemptyset(&mut handler.sa_mask);
-        for signal in stops {
-            libc::sigaction(signal, &handler, std::ptr::null_mut());
-        }
+        libc::sigaction(stop, &handler, std::ptr::null_mut());
         let command = libc::fork();
         if command < 0 {
             return Err(Errno::last());
@@ -998,9 +1022,7 @@ fn enter_own_pids(fd_limit: u64) -> Result<(), Errno> {
             // the mask just before `exec`), and a session of its own inside the namespace.
             let mut default: libc::sigaction = std::mem::zeroed();
             default.sa_sigaction = libc::SIG_DFL;
-            for signal in stops {
-                libc::sigaction(signal, &default, std::ptr::null_mut());
-            }
+            libc::sigaction(stop, &default, std::ptr::null_mut());
             if libc::setsid() < 0 {
                 return Err(Errno::last());
             }
@@ -1009,9 +1031,7 @@ fn enter_own_pids(fd_limit: u64) -> Result<(), Errno> {
         COMMAND.store(command, Ordering::Relaxed);
         let mut unblock: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut unblock);
-        for signal in stops {
-            libc::sigaddset(&mut unblock, signal);
-        }
+        libc::sigaddset(&mut unblock, stop);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
         reap_as_init(command, fd_limit)
     }

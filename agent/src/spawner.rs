@@ -224,8 +224,8 @@ fn bad_frame(error: prost::DecodeError) -> io::Error {
 /// One process group the spawner started and has not reaped.
 struct Leader {
     id: u64,
-    /// A stop began (SIGTERM or SIGKILL asked for): on exit the agent, not the spawner, deals
-    /// with what is left of the group.
+    /// A stop began (SIGTERM, `sandbox::STOP_SIGNAL` or SIGKILL asked for): on exit the
+    /// agent, not the spawner, deals with what is left of the group.
     stopping: bool,
 }
 
@@ -504,7 +504,10 @@ fn signal(leaders: &mut HashMap<i32, Leader>, id: u64, signal: i32) {
     let Ok(signal) = Signal::try_from(signal) else {
         return;
     };
-    if matches!(signal, Signal::SIGTERM | Signal::SIGKILL) {
+    if matches!(
+        signal,
+        Signal::SIGTERM | Signal::SIGKILL | crate::sandbox::STOP_SIGNAL
+    ) {
         leader.stopping = true;
     }
     let _ = killpg(Pid::from_raw(pid), signal);

@@ -284,9 +284,14 @@ async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands
         "trap 'echo stopping; exit 3' TERM; echo started; while :; do sleep 0.05; done",
         false,
     );
-    // Long enough for the shell to have set its trap on a loaded machine.
+    // Long enough for the shell to have set its trap on a loaded machine; a grace period a
+    // loaded machine cannot outlast (the stop ends as soon as the namespace is empty).
     spec.timeout = Some(Duration::from_secs(2));
-    let exit = run(&spec).await;
+    let patient = LocalRunner::with_spawner(Duration::from_secs(10), spawner_command()).await;
+    let exit = patient
+        .run(&spec, &CancellationToken::new())
+        .await
+        .expect("spawn");
     assert!(
         matches!(exit, ProcessExit::TimedOut { exit_code: 3, .. }),
         "{exit:?}"
@@ -315,9 +320,6 @@ async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands
                   while [ ! -e ready3 ]; do sleep 0.01; done; echo started; wait";
     let mut spec = s.sandboxed(script, false);
     spec.timeout = Some(Duration::from_secs(2));
-    // A long grace period, so a loaded machine cannot end it first: the stop ends as soon as
-    // the namespace is empty.
-    let patient = LocalRunner::with_spawner(Duration::from_secs(10), spawner_command()).await;
     let started = Instant::now();
     let exit = patient
         .run(&spec, &CancellationToken::new())
@@ -365,6 +367,66 @@ async fn with_namespaces_the_command_leads_its_own_group_and_signals_it_freely()
     assert_eq!(s.stdout(), "2 2\nsurvived\n");
     let left = host_processes_with(&marker);
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// The pids of `root` and its descendants whose command name is `comm`.
+fn processes_named_under(root: u32, comm: &str) -> Vec<i32> {
+    let stats: Vec<(i32, i32, String)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let parent = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, parent, name.to_owned()))
+        })
+        .collect();
+    let mut under = vec![root as i32];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (pid, parent, _) in &stats {
+            if under.contains(parent) && !under.contains(pid) {
+                under.push(*pid);
+                grew = true;
+            }
+        }
+    }
+    stats
+        .into_iter()
+        .filter(|(pid, _, name)| under.contains(pid) && name == comm)
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+#[tokio::test]
+async fn with_namespaces_a_sigterm_meant_for_the_agent_stops_no_action() {
+    if !pid_namespaces_available() {
+        return;
+    }
+    let s = Scratch::new();
+    let runner = runner().await;
+    let spawner = runner.spawner.as_ref().unwrap().pid().unwrap();
+    let spec = s.sandboxed("touch ready; sleep 1; echo finished", false);
+    let cancel = CancellationToken::new();
+    let (exit, signalled) = tokio::join!(runner.run(&spec, &cancel), async {
+        while !s.root().join("ready").exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // What `pkill tessera-spawner` would reach: the spawner, and the command's stand-in
+        // and init, which are forks of it.
+        let named = processes_named_under(spawner, "tessera-spawner");
+        for &pid in &named {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        named.len()
+    });
+    assert_eq!(signalled, 3, "the spawner, the stand-in and the init");
+    assert_eq!(exit.unwrap(), ProcessExit::Exited { exit_code: 0 });
+    assert_eq!(s.stdout(), "finished\n");
 }
 
 #[tokio::test]

@@ -545,6 +545,15 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, MetaError> {
+        RedbStore::open_waiting(path, Duration::ZERO)
+    }
+
+    /// Like [`RedbStore::open`], but while another process holds the database, tries again
+    /// for up to `patience` before giving up. For an agent's own stores: the processes it
+    /// forks (its actions' stand-ins) hold its descriptors, and so the lock, until they close
+    /// them a moment after the fork, so an agent killed mid-spawn and started again at once
+    /// can find its database still locked for that moment.
+    pub fn open_waiting(path: impl AsRef<Path>, patience: Duration) -> Result<Self, MetaError> {
         let path = path.as_ref().to_owned();
         let open_error = |source: BackendError| MetaError::Open {
             path: path.clone(),
@@ -553,7 +562,15 @@ impl RedbStore {
         std::fs::create_dir_all(&path).map_err(|e| open_error(Box::new(e)))?;
         let file = path.join("meta.redb");
         create_whole(&file).map_err(open_error)?;
-        let db = Database::create(&file).map_err(|e| open_error(Box::new(e)))?;
+        let give_up = Instant::now() + patience;
+        let db = loop {
+            match Database::create(&file) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.map_err(|e| open_error(Box::new(e)))?,
+            }
+        };
         let shared = Arc::new(Shared {
             space: SpaceWatch::new("metadata", &path),
             dir: path.clone(),
