@@ -1053,7 +1053,7 @@ fn stand_in(init: libc::pid_t, fd_limit: u64) -> ! {
                 // SAFETY: signals this very process.
                 unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
             }
-            exit_now(exit_code_of(status));
+            exit_now(exit_code(ExitStatus::from_raw(status)));
         }
         if Errno::last() != Errno::EINTR {
             exit_now(127);
@@ -1083,7 +1083,7 @@ fn reap_as_init(command: libc::pid_t, fd_limit: u64) -> ! {
             exit_now(code.unwrap_or(127));
         }
         if pid == command {
-            code = Some(exit_code_of(status));
+            code = Some(exit_code(ExitStatus::from_raw(status)));
         }
         let Some(code) = code else { continue };
         if !STOPPING.load(Ordering::Relaxed) {
@@ -1094,17 +1094,6 @@ fn reap_as_init(command: libc::pid_t, fd_limit: u64) -> ! {
             // SAFETY: kill(-1) from the init reaches every other process of its namespace.
             unsafe { libc::kill(-1, libc::SIGTERM) };
         }
-    }
-}
-
-/// A raw wait status as a shell reports it: the exit code, or 128 + the signal.
-fn exit_code_of(status: libc::c_int) -> i32 {
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else {
-        127
     }
 }
 
@@ -1240,18 +1229,16 @@ pub enum ProbeError {
 pub fn pid_namespaces() -> bool {
     static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *WORKS.get_or_init(|| {
-        let prepared = Prepared {
+        // The network left alone: only what a PID namespace adds is tried.
+        let isolation = Isolation {
             namespaces: true,
-            private_network: false,
-            binds: Vec::new(),
-            tmp_source: None,
-            cwd: None,
-            rlimits: Vec::new(),
-            netns: None,
-            die_with_parent: None,
-            own_pids: true,
+            network: true,
+            ..Isolation::default()
         };
-        match fork_and_enter(&prepared) {
+        let probed = Prepared::build(&isolation, None, true)
+            .map_err(ProbeError::from)
+            .and_then(|prepared| fork_and_enter(&prepared));
+        match probed {
             Ok(()) => true,
             Err(reason) => {
                 tracing::warn!(

@@ -5,6 +5,7 @@
 //! restart. `disk_full` tells the same story through a real coordinator.
 
 use std::fs;
+use std::path::Path;
 use std::sync::Arc;
 
 use tessera_cas::digest::{Digest, DigestFunction};
@@ -43,6 +44,23 @@ fn fill_until_the_store_reopens(fs_: &Tmpfs, table: &Table) -> Filler {
     assert!(refused, "the metadata store never ran out of space");
     std::thread::sleep(std::time::Duration::from_millis(700));
     filler
+}
+
+/// Asserts `store` reads back every one of `blobs`; `what` and `when` name them in a failure.
+fn assert_reads_back(store: &DiskStore, blobs: &[(Digest, Vec<u8>)], what: &str, when: &str) {
+    for (digest, data) in blobs {
+        assert_eq!(
+            store.read(digest).unwrap().as_deref(),
+            Some(data.as_slice()),
+            "{what} {digest} {when}"
+        );
+    }
+}
+
+/// The blob store over the metadata store in `meta_dir`, opened as a restart does.
+fn reopen(meta_dir: &Path, options: DiskStoreOptions) -> DiskStore {
+    let meta = Arc::new(RedbStore::open(meta_dir).unwrap());
+    DiskStore::open(meta as Arc<dyn MetadataStore>, options).unwrap()
 }
 
 fn value(n: u32) -> Vec<u8> {
@@ -305,15 +323,13 @@ fn blob_store_refuses_blobs_when_full_leaves_nothing_partial_and_recovers_withou
         store.checkpoint().unwrap();
         meta.flush().unwrap();
     }
-    let meta = Arc::new(RedbStore::open(&meta_dir).unwrap());
-    let store = DiskStore::open(meta as Arc<dyn MetadataStore>, options).unwrap();
-    for (digest, data) in &acknowledged {
-        assert_eq!(
-            store.read(digest).unwrap().as_deref(),
-            Some(data.as_slice()),
-            "acknowledged blob {digest} lost after restart"
-        );
-    }
+    let store = reopen(&meta_dir, options);
+    assert_reads_back(
+        &store,
+        &acknowledged,
+        "acknowledged blob",
+        "lost after restart",
+    );
 }
 
 /// The blob store's side of a metadata store reopened on a full disk: inline blobs whose
@@ -349,31 +365,13 @@ fn inline_blobs_survive_the_metadata_store_reopening_on_a_full_disk() {
 
         let table = meta.table("other").unwrap();
         let filler = fill_until_the_store_reopens(&fs_, &table);
-        for (digest, data) in &blobs {
-            assert_eq!(
-                store.read(digest).unwrap().as_deref(),
-                Some(data.as_slice()),
-                "inline blob {digest} while the disk is full, after the reopen"
-            );
-        }
+        let when = "while the disk is full, after the reopen";
+        assert_reads_back(&store, &blobs, "inline blob", when);
 
         filler.remove();
         retry_briefly(|| store.checkpoint());
-        for (digest, data) in &blobs {
-            assert_eq!(
-                store.read(digest).unwrap().as_deref(),
-                Some(data.as_slice()),
-                "inline blob {digest} once space returned"
-            );
-        }
+        assert_reads_back(&store, &blobs, "inline blob", "once space returned");
     }
-    let meta = Arc::new(RedbStore::open(&meta_dir).unwrap());
-    let store = DiskStore::open(meta as Arc<dyn MetadataStore>, options).unwrap();
-    for (digest, data) in &blobs {
-        assert_eq!(
-            store.read(digest).unwrap().as_deref(),
-            Some(data.as_slice()),
-            "inline blob {digest} after a restart"
-        );
-    }
+    let store = reopen(&meta_dir, options);
+    assert_reads_back(&store, &blobs, "inline blob", "after a restart");
 }

@@ -205,25 +205,18 @@ fn host_processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
-/// Shell code that waits until the process `$!` runs `sleep` (not `setsid` still).
-const WAIT_FOR_IT: &str =
-    "while ! tr '\\0' ' ' < /proc/$!/cmdline | grep -q '^sleep '; do sleep 0.01; done";
+/// Shell code that starts a daemon outside the command's process group, `sleep {marker}`,
+/// and waits until it runs `sleep` (not `setsid` still).
+fn setsid_daemon(marker: &str) -> String {
+    format!(
+        "setsid sleep {marker} > /dev/null 2>&1 < /dev/null & \
+         while ! tr '\\0' ' ' < /proc/$!/cmdline | grep -q '^sleep '; do sleep 0.01; done"
+    )
+}
 
 /// Whether commands get PID namespaces here (namespaces, and a `/proc` mounted for them).
 fn pid_namespaces_available() -> bool {
     namespaces_available() && tessera_agent::sandbox::pid_namespaces()
-}
-
-/// Waits up to 2 s for the processes with `marker` to be gone; those left.
-async fn left_after_a_while(marker: &str) -> Vec<String> {
-    let until = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left = host_processes_with(marker);
-        if left.is_empty() || Instant::now() >= until {
-            return left;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -234,12 +227,7 @@ async fn with_namespaces_nothing_outlives_the_command_even_outside_its_group() {
     let s = Scratch::new();
     // GNU sleep takes a fraction: a duration no other process on the host is sleeping.
     let marker = format!("1000.{}", std::process::id());
-    let spec = s.sandboxed(
-        &format!(
-            "setsid sleep {marker} > /dev/null 2>&1 < /dev/null & {WAIT_FOR_IT}; echo started"
-        ),
-        false,
-    );
+    let spec = s.sandboxed(&format!("{}; echo started", setsid_daemon(&marker)), false);
     assert_eq!(run(&spec).await, ProcessExit::Exited { exit_code: 0 });
     assert_eq!(s.stdout(), "started\n");
     // The command's namespace ends with it: the kernel has killed and reaped the rest before
@@ -300,7 +288,7 @@ async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands
     // A command that ignores SIGTERM is killed after the grace period, namespace and all.
     let marker = format!("1001.{}", std::process::id());
     let mut spec = s.sandboxed(
-        &format!("trap '' TERM; setsid sleep {marker} > /dev/null 2>&1 & {WAIT_FOR_IT}; wait"),
+        &format!("trap '' TERM; {}; wait", setsid_daemon(&marker)),
         false,
     );
     spec.timeout = Some(Duration::from_secs(2));
@@ -310,8 +298,9 @@ async fn with_namespaces_exit_codes_signals_and_a_graceful_stop_are_the_commands
         "{exit:?}"
     );
     // SIGKILLed with its stand-in, the init leaves the kernel to empty the namespace.
-    let left = left_after_a_while(&marker).await;
-    assert!(left.is_empty(), "left running: {left:?}");
+    for pid in host_processes_with(&marker) {
+        assert!(wait_dead(&pid).await, "left running: {pid}");
+    }
 
     // A stop's grace period holds for the command's children too: the shell dies of the
     // SIGTERM at once, its child finishes what its handler does.
@@ -352,8 +341,9 @@ async fn with_namespaces_the_command_leads_its_own_group_and_signals_it_freely()
     let marker = format!("1002.{}", std::process::id());
     let script = format!(
         "read -r _ _ _ _ group _ < /proc/$$/stat; echo $$ $group; \
-         setsid sleep {marker} > /dev/null 2>&1 < /dev/null & {WAIT_FOR_IT}; \
-         sleep 30 & trap '' TERM; kill -TERM 0; wait $!; echo survived"
+         {daemon}; \
+         sleep 30 & trap '' TERM; kill -TERM 0; wait $!; echo survived",
+        daemon = setsid_daemon(&marker)
     );
     let mut spec = s.sandboxed(&script, false);
     spec.timeout = Some(Duration::from_secs(20));
