@@ -70,6 +70,9 @@ pub struct AgentConfig {
     pub sandbox: SandboxMode,
     /// Keep the directory of a failed lease (non-zero exit or error) under `work_dir/kept/`.
     pub keep_failed: bool,
+    /// Reuse a finished lease's directory for a later lease of the same trust domain (only
+    /// where each command runs in a PID namespace of its own; see `workdir::LeaseDirPool`).
+    pub recycle_dirs: bool,
     /// When draining, cancel leases still running after this long (`None`: wait for each
     /// lease's own timeout).
     pub drain_timeout: Option<Duration>,
@@ -137,6 +140,7 @@ impl Default for AgentConfig {
             max_cache_bytes: DEFAULT_MAX_CACHE_BYTES,
             sandbox: SandboxMode::Auto,
             keep_failed: false,
+            recycle_dirs: true,
             drain_timeout: None,
             kill_grace: Duration::from_secs(2),
             worker_idle: Duration::from_secs(30),
@@ -174,6 +178,8 @@ pub struct AgentOverrides {
     pub sandbox: Option<SandboxMode>,
     /// `--keep-failed` (only ever turns it on).
     pub keep_failed: bool,
+    /// `--no-recycle-dirs` (only ever turns recycling off).
+    pub no_recycle_dirs: bool,
     /// `--drain-timeout`.
     pub drain_timeout: Option<Duration>,
     /// `--token-file`.
@@ -201,6 +207,7 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_AGENT_MAX_CACHE_BYTES",
     "TESSERA_AGENT_SANDBOX",
     "TESSERA_AGENT_KEEP_FAILED",
+    "TESSERA_AGENT_RECYCLE_DIRS",
     "TESSERA_AGENT_DRAIN_TIMEOUT",
     "TESSERA_AGENT_KILL_GRACE",
     "TESSERA_AGENT_WORKER_IDLE",
@@ -231,6 +238,7 @@ pub struct FileConfig {
     max_cache_bytes: Option<u64>,
     sandbox: Option<SandboxMode>,
     keep_failed: Option<bool>,
+    recycle_dirs: Option<bool>,
     drain_timeout: Option<String>,
     kill_grace: Option<String>,
     worker_idle: Option<String>,
@@ -383,6 +391,9 @@ impl Settings for AgentConfig {
         if let Some(v) = file.keep_failed {
             self.keep_failed = v;
         }
+        if let Some(v) = file.recycle_dirs {
+            self.recycle_dirs = v;
+        }
         if let Some(v) = file.drain_timeout {
             self.drain_timeout = Some(file_duration("drain_timeout", &v)?);
         }
@@ -440,6 +451,7 @@ impl Settings for AgentConfig {
             "TESSERA_AGENT_MAX_CACHE_BYTES" => self.max_cache_bytes = parse(value)?,
             "TESSERA_AGENT_SANDBOX" => self.sandbox = parse(value)?,
             "TESSERA_AGENT_KEEP_FAILED" => self.keep_failed = parse_bool(value)?,
+            "TESSERA_AGENT_RECYCLE_DIRS" => self.recycle_dirs = parse_bool(value)?,
             "TESSERA_AGENT_DRAIN_TIMEOUT" => self.drain_timeout = Some(parse_duration(value)?),
             "TESSERA_AGENT_KILL_GRACE" => self.kill_grace = parse_duration(value)?,
             "TESSERA_AGENT_WORKER_IDLE" => self.worker_idle = parse_duration(value)?,
@@ -498,6 +510,9 @@ impl Settings for AgentConfig {
         }
         if flags.keep_failed {
             self.keep_failed = true;
+        }
+        if flags.no_recycle_dirs {
+            self.recycle_dirs = false;
         }
         if let Some(v) = flags.drain_timeout {
             self.drain_timeout = Some(v);

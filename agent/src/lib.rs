@@ -186,6 +186,15 @@ impl Agent {
             cache: cache.clone(),
             cas: CasClients::new(channel.clone()),
             runner,
+            // Directories are reused only where nothing a command starts outlives it.
+            dirs: workdir::LeaseDirPool::new(
+                layout.clone(),
+                if config.recycle_dirs && namespaces && sandbox::pid_namespaces() {
+                    usize::try_from(config.slots).unwrap_or(usize::MAX)
+                } else {
+                    0
+                },
+            ),
             layout,
             trash,
             namespaces,

@@ -43,6 +43,8 @@ use crate::cache::{FetchError, LocalCache};
 const READ_ONLY: u32 = 0o444;
 /// Mode of a materialized executable file.
 const EXECUTABLE: u32 = 0o555;
+/// Mode of a materialized directory.
+const DIRECTORY: u32 = 0o755;
 
 /// Why an input root could not be fetched or laid out.
 #[derive(Debug, Error)]
@@ -258,6 +260,11 @@ pub struct MaterializeStats {
     pub directories: u64,
     /// Symlinks created.
     pub symlinks: u64,
+    /// Entries an earlier lease left that were already what the tree wants (see
+    /// [`materialize_over`]).
+    pub kept: u64,
+    /// Entries an earlier lease left that the tree does not want, removed.
+    pub removed: u64,
 }
 
 /// Lays `tree` out under `dest` (an existing empty directory) from `cache`, which must hold
@@ -267,99 +274,297 @@ pub fn materialize(
     cache: &LocalCache,
     dest: &Path,
 ) -> Result<MaterializeStats, MaterializeError> {
-    let mut stats = MaterializeStats::default();
-    let mut read_only_blobs: HashSet<Digest> = HashSet::new();
+    let mut placer = Placer::new(tree, cache);
+    placer.fresh(tree.root, dest.to_owned())?;
+    Ok(placer.stats)
+}
+
+/// Lays `tree` out under `dest`, a directory that holds what an earlier lease left there (its
+/// inputs and whatever its command wrote; see `recycle`), so that afterwards it holds exactly
+/// what [`materialize`] into an empty directory would. An entry that already is what the tree
+/// wants stays: a file that is a hard link to the very cached blob (same inode), a symlink with
+/// the same target, a directory (mode reset to 0755); anything else is removed or replaced. It
+/// never follows a symlink it finds, never descends into one, and reads entry types without
+/// following them. The command that wrote there must be dead (every process of it), or it
+/// could change the tree after it was checked. Blocking.
+pub fn materialize_over(
+    tree: &InputTree,
+    cache: &LocalCache,
+    dest: &Path,
+) -> Result<MaterializeStats, MaterializeError> {
+    let mut placer = Placer::new(tree, cache);
+    let owner = nix::unistd::geteuid().as_raw();
     let mut stack: Vec<(Digest, PathBuf)> = vec![(tree.root, dest.to_owned())];
+    let mut fresh: Vec<(Digest, PathBuf)> = Vec::new();
     while let Some((digest, dir_path)) = stack.pop() {
-        let dir = tree
-            .directories
-            .get(&digest)
-            .ok_or(TreeError::MissingDirectory(
-                dir_path.display().to_string(),
-                digest,
-            ))?;
+        let dir = placer.directory(digest, &dir_path)?;
+        reset_directory(&dir_path, owner)?;
+        let mut found: HashMap<std::ffi::OsString, fs::FileType> = HashMap::new();
+        for entry in fs::read_dir(&dir_path).map_err(io_error("list directory", &dir_path))? {
+            let entry = entry.map_err(io_error("list directory", &dir_path))?;
+            let kind = entry.file_type().map_err(io_error("stat", &entry.path()))?;
+            found.insert(entry.file_name(), kind);
+        }
         for file in &dir.files {
             let path = dir_path.join(&file.name);
-            let digest =
-                Digest::from_proto_opt(tree.function, file.digest.as_ref()).map_err(|source| {
-                    TreeError::InvalidDigest {
-                        path: path.display().to_string(),
-                        source,
-                    }
-                })?;
-            let mode = if file.is_executable {
-                EXECUTABLE
-            } else {
-                READ_ONLY
-            };
-            if digest.size_bytes == 0 {
-                fs::File::create(&path).map_err(io_error("create file", &path))?;
-                set_mode(&path, mode)?;
-                continue;
-            }
-            if file.is_executable {
-                let twin = cache
-                    .executable_path_of(&digest)
-                    .map_err(io_error("make an executable copy of", &path))?
-                    .ok_or(MaterializeError::NotCached(digest))?;
-                match fs::hard_link(&twin, &path) {
-                    Ok(()) => stats.linked += 1,
-                    Err(error) if link_unsupported(&error) => {
-                        copy(&twin, &path, mode)?;
-                        stats.copied += 1;
-                    }
-                    Err(source) => {
-                        return Err(MaterializeError::Io {
-                            op: "hard-link executable input",
-                            path,
-                            source,
-                        });
-                    }
+            let source = placer.source_of(file, &path)?;
+            if let Some(kind) = found.remove(std::ffi::OsStr::new(&file.name)) {
+                if kind.is_file() && source.is_at(&path, owner)? {
+                    placer.stats.kept += 1;
+                    continue;
                 }
-                continue;
+                remove_entry(&path, kind)?;
+                placer.stats.removed += 1;
             }
-            let blob = cache
-                .path_of(&digest)
-                .ok_or(MaterializeError::NotCached(digest))?;
-            if read_only_blobs.insert(digest) {
-                make_read_only(&blob)?;
-            }
-            match fs::hard_link(&blob, &path) {
-                Ok(()) => stats.linked += 1,
-                Err(error) if link_unsupported(&error) => {
-                    copy(&blob, &path, mode)?;
-                    stats.copied += 1;
-                }
-                Err(source) => {
-                    return Err(MaterializeError::Io {
-                        op: "hard-link input",
-                        path,
-                        source,
-                    });
-                }
-            }
+            placer.place_file(source, &path)?;
         }
         for node in &dir.directories {
             let path = dir_path.join(&node.name);
-            fs::create_dir(&path).map_err(io_error("create directory", &path))?;
-            stats.directories += 1;
-            let child =
-                Digest::from_proto_opt(tree.function, node.digest.as_ref()).map_err(|source| {
-                    TreeError::InvalidDigest {
-                        path: path.display().to_string(),
-                        source,
+            let child = placer.child(node, &path)?;
+            match found.remove(std::ffi::OsStr::new(&node.name)) {
+                Some(kind) if kind.is_dir() => {
+                    placer.stats.kept += 1;
+                    stack.push((child, path));
+                }
+                other => {
+                    if let Some(kind) = other {
+                        remove_entry(&path, kind)?;
+                        placer.stats.removed += 1;
                     }
-                })?;
-            stack.push((child, path));
+                    placer.create_dir(&path)?;
+                    fresh.push((child, path));
+                }
+            }
         }
         for link in &dir.symlinks {
             let path = dir_path.join(&link.name);
-            std::os::unix::fs::symlink(&link.target, &path)
-                .map_err(io_error("create symlink", &path))?;
-            stats.symlinks += 1;
+            if let Some(kind) = found.remove(std::ffi::OsStr::new(&link.name)) {
+                let same = kind.is_symlink()
+                    && fs::read_link(&path).map_err(io_error("read symlink", &path))?
+                        == Path::new(&link.target);
+                if same {
+                    placer.stats.kept += 1;
+                    continue;
+                }
+                remove_entry(&path, kind)?;
+                placer.stats.removed += 1;
+            }
+            placer.place_symlink(&link.target, &path)?;
+        }
+        for (name, kind) in found {
+            remove_entry(&dir_path.join(name), kind)?;
+            placer.stats.removed += 1;
         }
     }
-    Ok(stats)
+    // What had to be made anew is laid out as into an empty directory.
+    for (digest, path) in fresh {
+        placer.fresh(digest, path)?;
+    }
+    Ok(placer.stats)
+}
+
+/// Gives a directory an earlier command may have changed back the mode [`materialize`]
+/// creates directories with, so it can be listed and what it holds removed. One not owned by
+/// the agent (a command running as another user made it) is refused: its owner could still
+/// change it.
+fn reset_directory(path: &Path, owner: u32) -> Result<(), MaterializeError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).map_err(io_error("stat", path))?;
+    if !meta.is_dir() || meta.uid() != owner {
+        return Err(MaterializeError::Io {
+            op: "reuse directory",
+            path: path.to_owned(),
+            source: io::Error::other("not a directory the agent owns"),
+        });
+    }
+    if meta.mode() & 0o7777 != DIRECTORY {
+        set_mode(path, DIRECTORY)?;
+    }
+    Ok(())
+}
+
+/// Removes what an earlier lease left at `path` (`kind` as listed, never followed).
+fn remove_entry(path: &Path, kind: fs::FileType) -> Result<(), MaterializeError> {
+    crate::workdir::remove_entry(path, kind).map_err(io_error("remove", path))
+}
+
+/// What a file of the tree is made from.
+enum Source {
+    /// An empty file, created with this mode.
+    Empty(u32),
+    /// A hard link to (or, where that fails, a copy of) this cached file, with this mode.
+    Cached(PathBuf, u32),
+}
+
+impl Source {
+    /// Whether `path` (a regular file an earlier lease left) already is this file: the cached
+    /// file itself through another link, or an empty file of the agent's with nothing else
+    /// linked to it (its mode is set right).
+    fn is_at(&self, path: &Path, owner: u32) -> Result<bool, MaterializeError> {
+        use std::os::unix::fs::MetadataExt;
+        let here = fs::symlink_metadata(path).map_err(io_error("stat", path))?;
+        match self {
+            Source::Cached(blob, _) => {
+                let blob = fs::metadata(blob).map_err(io_error("stat cached blob", blob))?;
+                Ok(here.dev() == blob.dev() && here.ino() == blob.ino())
+            }
+            Source::Empty(mode) => {
+                if here.len() != 0 || here.nlink() != 1 || here.uid() != owner {
+                    return Ok(false);
+                }
+                if here.mode() & 0o7777 != *mode {
+                    set_mode(path, *mode)?;
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Lays out files, directories and symlinks of one tree, counting what it does.
+struct Placer<'a> {
+    tree: &'a InputTree,
+    cache: &'a LocalCache,
+    stats: MaterializeStats,
+    /// Cached blobs already made read-only during this layout.
+    read_only_blobs: HashSet<Digest>,
+}
+
+impl<'a> Placer<'a> {
+    fn new(tree: &'a InputTree, cache: &'a LocalCache) -> Self {
+        Placer {
+            tree,
+            cache,
+            stats: MaterializeStats::default(),
+            read_only_blobs: HashSet::new(),
+        }
+    }
+
+    /// Lays the directory `digest` out under `dest`, which exists and is empty.
+    fn fresh(&mut self, digest: Digest, dest: PathBuf) -> Result<(), MaterializeError> {
+        let mut stack: Vec<(Digest, PathBuf)> = vec![(digest, dest)];
+        while let Some((digest, dir_path)) = stack.pop() {
+            let dir = self.directory(digest, &dir_path)?;
+            for file in &dir.files {
+                let path = dir_path.join(&file.name);
+                let source = self.source_of(file, &path)?;
+                self.place_file(source, &path)?;
+            }
+            for node in &dir.directories {
+                let path = dir_path.join(&node.name);
+                let child = self.child(node, &path)?;
+                self.create_dir(&path)?;
+                stack.push((child, path));
+            }
+            for link in &dir.symlinks {
+                self.place_symlink(&link.target, &dir_path.join(&link.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn directory(&self, digest: Digest, path: &Path) -> Result<&'a Directory, MaterializeError> {
+        let directories = &self.tree.directories;
+        Ok(directories.get(&digest).ok_or(TreeError::MissingDirectory(
+            path.display().to_string(),
+            digest,
+        ))?)
+    }
+
+    fn child(
+        &self,
+        node: &tessera_proto::reapi::DirectoryNode,
+        path: &Path,
+    ) -> Result<Digest, MaterializeError> {
+        Ok(
+            Digest::from_proto_opt(self.tree.function, node.digest.as_ref()).map_err(|source| {
+                TreeError::InvalidDigest {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?,
+        )
+    }
+
+    /// Where `file` comes from; a cached non-executable blob is made read-only (0444) first.
+    fn source_of(
+        &mut self,
+        file: &tessera_proto::reapi::FileNode,
+        path: &Path,
+    ) -> Result<Source, MaterializeError> {
+        let digest =
+            Digest::from_proto_opt(self.tree.function, file.digest.as_ref()).map_err(|source| {
+                TreeError::InvalidDigest {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        let mode = if file.is_executable {
+            EXECUTABLE
+        } else {
+            READ_ONLY
+        };
+        if digest.size_bytes == 0 {
+            return Ok(Source::Empty(mode));
+        }
+        if file.is_executable {
+            let twin = self
+                .cache
+                .executable_path_of(&digest)
+                .map_err(io_error("make an executable copy of", path))?
+                .ok_or(MaterializeError::NotCached(digest))?;
+            return Ok(Source::Cached(twin, mode));
+        }
+        let blob = self
+            .cache
+            .path_of(&digest)
+            .ok_or(MaterializeError::NotCached(digest))?;
+        if self.read_only_blobs.insert(digest) {
+            make_read_only(&blob)?;
+        }
+        Ok(Source::Cached(blob, mode))
+    }
+
+    fn place_file(&mut self, source: Source, path: &Path) -> Result<(), MaterializeError> {
+        match source {
+            Source::Empty(mode) => {
+                fs::File::create(path).map_err(io_error("create file", path))?;
+                set_mode(path, mode)
+            }
+            Source::Cached(blob, mode) => match fs::hard_link(&blob, path) {
+                Ok(()) => {
+                    self.stats.linked += 1;
+                    Ok(())
+                }
+                Err(error) if link_unsupported(&error) => {
+                    copy(&blob, path, mode)?;
+                    self.stats.copied += 1;
+                    Ok(())
+                }
+                Err(source) => Err(MaterializeError::Io {
+                    op: if mode == EXECUTABLE {
+                        "hard-link executable input"
+                    } else {
+                        "hard-link input"
+                    },
+                    path: path.to_owned(),
+                    source,
+                }),
+            },
+        }
+    }
+
+    fn create_dir(&mut self, path: &Path) -> Result<(), MaterializeError> {
+        fs::create_dir(path).map_err(io_error("create directory", path))?;
+        self.stats.directories += 1;
+        Ok(())
+    }
+
+    fn place_symlink(&mut self, target: &str, path: &Path) -> Result<(), MaterializeError> {
+        std::os::unix::fs::symlink(target, path).map_err(io_error("create symlink", path))?;
+        self.stats.symlinks += 1;
+        Ok(())
+    }
 }
 
 /// Errors after which a copy can stand in for a hard link.
@@ -482,6 +687,220 @@ mod tests {
         };
         // top, one, two, and three entries in each of one and two.
         assert_eq!(tree.entry_count(), 9);
+    }
+
+    /// What a tree of the tests holds at a path.
+    enum Entry {
+        File(&'static str, bool),
+        Link(&'static str),
+        Dir,
+    }
+
+    /// Builds the tree of `entries` (parents before children), its files put in `cache`.
+    fn tree_of(cache: &LocalCache, scratch: &Path, entries: &[(&str, Entry)]) -> InputTree {
+        use std::collections::BTreeMap;
+        let function = DigestFunction::Sha256;
+        let mut dirs: BTreeMap<String, Directory> =
+            BTreeMap::from([(String::new(), Directory::default())]);
+        for (path, entry) in entries {
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+            let dir = dirs.get_mut(parent).expect("parents come first");
+            match entry {
+                Entry::File(data, executable) => {
+                    let digest = function.digest_of(data.as_bytes());
+                    if !data.is_empty() {
+                        let staged = scratch.join(format!("staged-{digest}").replace('/', "-"));
+                        fs::write(&staged, data).unwrap();
+                        let mode = if *executable { 0o755 } else { 0o644 };
+                        fs::set_permissions(&staged, fs::Permissions::from_mode(mode)).unwrap();
+                        let meta = fs::metadata(&staged).unwrap();
+                        cache.keep_output(&digest, &staged, &meta).unwrap();
+                    }
+                    dir.files.push(FileNode {
+                        name: name.into(),
+                        digest: Some(digest.to_proto()),
+                        is_executable: *executable,
+                        ..FileNode::default()
+                    });
+                }
+                Entry::Link(target) => dir.symlinks.push(SymlinkNode {
+                    name: name.into(),
+                    target: (*target).into(),
+                    ..SymlinkNode::default()
+                }),
+                Entry::Dir => {
+                    dirs.insert((*path).to_owned(), Directory::default());
+                }
+            }
+        }
+        // Children before parents: the deepest paths first.
+        let mut paths: Vec<String> = dirs.keys().cloned().collect();
+        paths.sort_by_key(|p| {
+            std::cmp::Reverse(p.matches('/').count() + usize::from(!p.is_empty()))
+        });
+        let mut directories = HashMap::new();
+        let mut root = None;
+        for path in paths {
+            let mut dir = dirs.remove(&path).unwrap();
+            dir.files.sort_by(|a, b| a.name.cmp(&b.name));
+            dir.directories.sort_by(|a, b| a.name.cmp(&b.name));
+            dir.symlinks.sort_by(|a, b| a.name.cmp(&b.name));
+            let (digest, _) = tessera_cas::digest::digest_message(function, &dir);
+            directories.insert(digest, dir);
+            if path.is_empty() {
+                root = Some(digest);
+            } else {
+                let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+                dirs.get_mut(parent)
+                    .unwrap()
+                    .directories
+                    .push(DirectoryNode {
+                        name: name.into(),
+                        digest: Some(digest.to_proto()),
+                    });
+            }
+        }
+        InputTree {
+            function,
+            root: root.unwrap(),
+            directories,
+        }
+    }
+
+    /// Every path under `dir` with what is there: type, mode, contents or target, inode.
+    fn listing(dir: &Path) -> std::collections::BTreeMap<String, (String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(at) = stack.pop() {
+            for entry in fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let mode = meta.mode() & 0o7777;
+                let what = if meta.is_dir() {
+                    stack.push(path.clone());
+                    format!("dir {mode:o}")
+                } else if meta.file_type().is_symlink() {
+                    format!("link {}", fs::read_link(&path).unwrap().display())
+                } else {
+                    format!("file {mode:o} {}", fs::read_to_string(&path).unwrap())
+                };
+                let relative = path.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(relative, (what, meta.ino()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn laying_out_over_an_earlier_root_leaves_what_a_fresh_layout_would() {
+        let scratch = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&scratch.path().join("work"), u64::MAX).unwrap();
+        let first = tree_of(
+            &cache,
+            scratch.path(),
+            &[
+                ("a", Entry::File("A", false)),
+                ("x", Entry::File("X", true)),
+                ("e", Entry::File("", false)),
+                ("l", Entry::Link("a")),
+                ("sub", Entry::Dir),
+                ("sub/b", Entry::File("B", false)),
+                ("keep", Entry::Dir),
+                ("keep/c", Entry::File("C", false)),
+                ("gone", Entry::Dir),
+                ("gone/g", Entry::File("G", false)),
+            ],
+        );
+        let root = scratch.path().join("root");
+        fs::create_dir(&root).unwrap();
+        materialize(&first, &cache, &root).unwrap();
+        let before = listing(&root);
+
+        // What a command could leave: outputs, a changed input, a symlink where a directory
+        // will be wanted, an unlistable directory, a changed mode.
+        let outside = scratch.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::create_dir_all(root.join("sub/out/deep")).unwrap();
+        fs::write(root.join("sub/out/deep/o"), "output").unwrap();
+        fs::remove_file(root.join("keep/c")).unwrap();
+        fs::write(root.join("keep/c"), "not C").unwrap();
+        let tampered = {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(root.join("keep/c")).unwrap().ino()
+        };
+        std::os::unix::fs::symlink(&outside, root.join("new")).unwrap();
+        fs::remove_file(root.join("l")).unwrap();
+        std::os::unix::fs::symlink("x", root.join("l")).unwrap();
+        fs::set_permissions(root.join("e"), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(root.join("gone"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o500)).unwrap();
+
+        let second = tree_of(
+            &cache,
+            scratch.path(),
+            &[
+                ("a", Entry::File("A", false)),
+                ("e", Entry::File("", false)),
+                ("l", Entry::Link("a")),
+                ("sub", Entry::Dir),
+                ("sub/b", Entry::File("B", false)),
+                ("keep", Entry::Dir),
+                ("keep/c", Entry::File("C", false)),
+                ("new", Entry::Dir),
+                ("new/n", Entry::File("N", true)),
+            ],
+        );
+        let stats = materialize_over(&second, &cache, &root).unwrap();
+        let fresh = scratch.path().join("fresh");
+        fs::create_dir(&fresh).unwrap();
+        materialize(&second, &cache, &fresh).unwrap();
+
+        let over = listing(&root);
+        let strip =
+            |l: &std::collections::BTreeMap<String, (String, u64)>| -> Vec<(String, String)> {
+                l.iter()
+                    .map(|(p, (what, _))| (p.clone(), what.clone()))
+                    .collect()
+            };
+        assert_eq!(strip(&over), strip(&listing(&fresh)));
+        // What was right stayed (the same inodes); the rest went.
+        for kept in ["a", "e", "sub", "sub/b", "keep"] {
+            assert_eq!(over[kept].1, before[kept].1, "{kept} was replaced");
+        }
+        // The changed input is the cached blob's link again.
+        assert_eq!(over["keep/c"].1, before["keep/c"].1);
+        assert_ne!(over["keep/c"].1, tampered);
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "followed a symlink"
+        );
+        // a, e, sub, sub/b, keep kept; x, l, gone, sub/out, keep/c, new removed.
+        assert_eq!((stats.kept, stats.removed), (5, 6), "{stats:?}");
+    }
+
+    #[test]
+    fn a_directory_another_user_owns_is_not_reused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&scratch.path().join("work"), u64::MAX).unwrap();
+        let tree = tree_of(&cache, scratch.path(), &[("d", Entry::Dir)]);
+        let root = scratch.path().join("root");
+        fs::create_dir_all(root.join("d")).unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        nix::unistd::chown(
+            &root.join("d"),
+            Some(nix::unistd::Uid::from_raw(65534)),
+            None,
+        )
+        .unwrap();
+        let error = materialize_over(&tree, &cache, &root).unwrap_err();
+        assert!(
+            error.to_string().contains("not a directory the agent owns"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -32,17 +32,19 @@ use crate::layer::{LayerRef, LayeredRoots, layer_name};
 use crate::lease::{LeaseCancel, LeaseError, Report, RunOutcome, Stage};
 use crate::mask::SecretMask;
 use crate::materialize::{
-    InputTree, MaterializeError, create_dirs_within, fetch_input_tree, materialize,
-    relative_components,
+    InputTree, MaterializeError, MaterializeStats, create_dirs_within, fetch_input_tree,
+    materialize, materialize_over, relative_components,
 };
 use crate::metrics::{AgentMetrics, overhead};
 use crate::outputs::{
     OutputError, RequestedOutput, collect_outputs, file_blob, requested_outputs, upload,
 };
 use crate::platform::ExecutionOptions;
-use crate::sandbox::{Isolation, ProcessExit, ProcessRunner, ProcessSpec, resolve_program};
+use crate::sandbox::{
+    Isolation, ProcessExit, ProcessRunner, ProcessSpec, mount_points_in_tmp, resolve_program,
+};
 use crate::step::{StepContext, StepEnd, check_persist_paths, lay_out_persist, run_step};
-use crate::workdir::{LeaseDirs, TRASH_MAX_PENDING, Trash, WorkLayout, remove_tree};
+use crate::workdir::{LeaseDirPool, LeaseDirs, TRASH_MAX_PENDING, Trash, WorkLayout, remove_tree};
 use crate::worker::{LeaseWorker, WorkerKey, WorkerPool};
 use tessera_runners::step::{
     REPORT_PATH, StepReport, StepSpec, TRUST_DOMAIN_ENV, is_secret_placeholder,
@@ -123,6 +125,8 @@ pub struct LeasePipeline {
     pub layout: WorkLayout,
     /// Where finished leases' directories go (deleted in the background).
     pub trash: Trash,
+    /// The directories leases run in, and those kept for reuse.
+    pub dirs: LeaseDirPool,
     /// Whether commands run in namespaces.
     pub namespaces: bool,
     /// Keep the directories of failed leases.
@@ -176,9 +180,10 @@ struct LeaseState {
     command_time: Duration,
 }
 
-/// A lease ready to run: what it asks for, how to run it, and, for a batch of a job with
-/// long-lived workers, its hold on a worker with the directories to run in.
-type Fetched = (Plan, Launch, Option<(LeaseWorker, LeaseDirs)>);
+/// A lease ready to run: what it asks for, how to run it, the directories it runs in and, for
+/// a batch of a job with long-lived workers, its hold on the worker those directories are
+/// the worker's.
+type Fetched = (Plan, Launch, LeaseDirs, Option<LeaseWorker>);
 
 /// The key of the workers that may run `plan`'s step: `None` unless it is a batch naming its
 /// job's worker. Everything that decides how the tool runs is in it, the job's trust domain
@@ -301,6 +306,47 @@ async fn run_builtin(
     })
 }
 
+/// Whether every process of a lease is known dead, or none ran, so its directories may be
+/// reused: its command ended by itself (a command in a PID namespace ends with all it
+/// started), or it failed before its command or after it. Not after a timeout or a cancel,
+/// whose stop may end with a SIGKILL that the namespace's end follows only a moment later.
+fn ended_by_itself(outcome: &RunOutcome) -> bool {
+    match outcome {
+        RunOutcome::Passed | RunOutcome::Failed { .. } => true,
+        RunOutcome::Error { stage, .. } => matches!(stage, Stage::Fetch | Stage::Upload),
+        RunOutcome::TimedOut { .. } | RunOutcome::Cancelled { .. } => false,
+    }
+}
+
+/// Lays `tree` out over directories an earlier lease ran in (see [`LeaseDirPool`]); if that
+/// fails (something the earlier command left cannot be removed), they go to the trash and the
+/// tree is laid out afresh. Blocking.
+fn lay_out_over(
+    tree: &InputTree,
+    cache: &LocalCache,
+    dirs: &LeaseDirs,
+    mount_points: &[PathBuf],
+    trash: &Trash,
+) -> Result<MaterializeStats, LeaseError> {
+    let over = dirs
+        .tidy_for_reuse(mount_points)
+        .map_err(|e| MaterializeError::Io {
+            op: "tidy",
+            path: dirs.base.clone(),
+            source: e,
+        })
+        .and_then(|()| materialize_over(tree, cache, &dirs.root));
+    match over {
+        Ok(stats) => Ok(stats),
+        Err(error) => {
+            tracing::warn!(%error, dir = %dirs.base.display(), "failed to reuse a lease directory; laying the inputs out afresh");
+            let fresh = trash.discard(&dirs.base).and_then(|()| dirs.create());
+            fresh.map_err(io_error(format!("create {}", dirs.base.display())))?;
+            Ok(materialize(tree, cache, &dirs.root)?)
+        }
+    }
+}
+
 fn timestamp(time: SystemTime) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp::from(time))
 }
@@ -317,7 +363,6 @@ impl LeasePipeline {
         step_results: &(dyn Fn(String) + Send + Sync),
     ) -> (LeaseResult, RunOutcome) {
         let started = Instant::now();
-        let dirs = self.layout.lease_dirs(seq);
         let mut state = LeaseState {
             metadata: ExecutedActionMetadata {
                 worker: self.agent_id.clone(),
@@ -328,7 +373,7 @@ impl LeasePipeline {
             command_time: Duration::ZERO,
         };
         let (outcome, result) = self
-            .stages(lease, &dirs, cancel, progress, step_results, &mut state)
+            .stages(lease, seq, cancel, progress, step_results, &mut state)
             .await;
         // A worker the lease started or took goes back to the pool, with the directories it
         // runs in.
@@ -352,7 +397,7 @@ impl LeasePipeline {
     async fn stages(
         &self,
         lease: &Lease,
-        dirs: &LeaseDirs,
+        seq: u64,
         cancel: &LeaseCancel,
         progress: &(dyn Fn(LeaseStage) + Send + Sync),
         step_results: &(dyn Fn(String) + Send + Sync),
@@ -376,18 +421,17 @@ impl LeasePipeline {
         progress(LeaseStage::Fetching);
         metadata.input_fetch_start_timestamp = timestamp(SystemTime::now());
         let fetched = self
-            .fetch(lease, dirs, cancel)
+            .fetch(lease, seq, cancel)
             .instrument(tracing::info_span!("fetch inputs"))
             .await;
         let (plan, launch, dirs) = match fetched {
-            Ok(Some((plan, launch, worker))) => match worker {
+            Ok(Some((plan, launch, dirs, worker))) => {
                 // A batch for a running worker runs where that worker does.
-                Some((worker, ran_in)) => {
-                    *hold = Some((worker, ran_in.clone()));
-                    (plan, launch, ran_in)
+                if let Some(worker) = worker {
+                    *hold = Some((worker, dirs.clone()));
                 }
-                None => (plan, launch, dirs.clone()),
-            },
+                (plan, launch, dirs)
+            }
             Ok(None) => return cancelled(),
             Err(error) => return fail(Stage::Fetch, error),
         };
@@ -481,7 +525,7 @@ impl LeasePipeline {
     async fn fetch(
         &self,
         lease: &Lease,
-        dirs: &LeaseDirs,
+        seq: u64,
         cancel: &LeaseCancel,
     ) -> Result<Option<Fetched>, LeaseError> {
         let plan = tokio::select! {
@@ -506,7 +550,7 @@ impl LeasePipeline {
                 key: key.clone(),
                 held: tokio::sync::Mutex::new(Some(worker)),
             };
-            return Ok(Some((plan, launch, Some((held, home.dirs)))));
+            return Ok(Some((plan, launch, home.dirs, Some(held))));
         }
         let download = async {
             let tree = fetch_input_tree(&self.cache, &plan.cas, plan.input_root).await?;
@@ -522,8 +566,13 @@ impl LeasePipeline {
             () = cancel.token().cancelled() => return Ok(None),
         };
         let layout = self.layout_of(tree).await?;
+        let claim = self.dirs.claim(seq, &plan.trust_domain);
+        let dirs = &claim.dirs;
         let cache = self.cache.clone();
+        let trash = self.trash.clone();
         let lease_dirs = dirs.clone();
+        let mount_points =
+            mount_points_in_tmp(&dirs.tmp, &dirs.root, plan.options.exec_root.as_deref());
         let working_directory = plan.command.working_directory.clone();
         let outputs = plan.outputs.clone();
         let step = plan.step.clone();
@@ -536,17 +585,34 @@ impl LeasePipeline {
             .unwrap_or_else(|| dirs.root.clone());
         let fixed_root = plan.options.exec_root.is_some();
         let namespaces = self.namespaces;
+        let recycled = claim.recycled;
         let (stats, persisted) = tokio::task::spawn_blocking(move || {
-            lease_dirs
-                .create()
-                .map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
             let stats = match layout {
-                Layout::Files(tree) => Some(materialize(&tree, &cache, &lease_dirs.root)?),
-                Layout::Layer(layer, layers) => {
-                    layers
-                        .mount(layer, &lease_dirs)
-                        .map_err(MaterializeError::from)?;
-                    None
+                Layout::Files(tree) if recycled => Some(lay_out_over(
+                    &tree,
+                    &cache,
+                    &lease_dirs,
+                    &mount_points,
+                    &trash,
+                )?),
+                layout => {
+                    if recycled {
+                        trash
+                            .discard(&lease_dirs.base)
+                            .map_err(io_error(format!("remove {}", lease_dirs.base.display())))?;
+                    }
+                    lease_dirs
+                        .create()
+                        .map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
+                    match layout {
+                        Layout::Files(tree) => Some(materialize(&tree, &cache, &lease_dirs.root)?),
+                        Layout::Layer(layer, layers) => {
+                            layers
+                                .mount(layer, &lease_dirs)
+                                .map_err(MaterializeError::from)?;
+                            None
+                        }
+                    }
                 }
             };
             let cwd = relative_components(&working_directory).unwrap_or_default();
@@ -584,7 +650,10 @@ impl LeasePipeline {
             source: std::io::Error::other(e.to_string()),
         })??;
         drop(pins); // Linked files keep their inodes even if the cache evicts them now.
-        tracing::debug!(lease = %lease.lease_id, ?stats, layered = stats.is_none(), "inputs laid out");
+        tracing::debug!(lease = %lease.lease_id, ?stats, layered = stats.is_none(), recycled, "inputs laid out");
+        if stats.is_some() && persisted.mounts.is_empty() && persisted.binds.is_empty() {
+            self.dirs.mark_reusable(seq);
+        }
 
         let mut map = PathMap::new(
             plan.options
@@ -638,15 +707,12 @@ impl LeasePipeline {
                 limits: plan.options.limits,
             },
         };
-        let worker = worker_key.map(|(pool, key)| {
-            let held = LeaseWorker {
-                pool: Arc::clone(pool),
-                key,
-                held: tokio::sync::Mutex::new(None),
-            };
-            (held, dirs.clone())
+        let worker = worker_key.map(|(pool, key)| LeaseWorker {
+            pool: Arc::clone(pool),
+            key,
+            held: tokio::sync::Mutex::new(None),
         });
-        Ok(Some((plan, Launch { spec, map }, worker)))
+        Ok(Some((plan, Launch { spec, map }, dirs.clone(), worker)))
     }
 
     /// A layer for a large root where layers are on (built now if no lease has built it yet,
@@ -786,10 +852,15 @@ impl LeasePipeline {
         }
     }
 
-    /// Removes the lease's directories (into the trash, deleted in the background), or keeps
-    /// them under `kept/` if it failed and `keep_failed` is set.
+    /// Gives the lease's directories back for a later lease (see [`LeaseDirPool`]), removes
+    /// them (into the trash, deleted in the background), or keeps them under `kept/` if it
+    /// failed and `keep_failed` is set.
     pub async fn clean_up(&self, lease: &Lease, seq: u64, outcome: &RunOutcome) {
-        let dirs = self.layout.lease_dirs(seq);
+        let Some(claim) = self.dirs.release(seq) else {
+            // It never got as far as directories of its own.
+            return;
+        };
+        let dirs = claim.dirs.clone();
         if self
             .workers
             .as_ref()
@@ -800,6 +871,9 @@ impl LeasePipeline {
         }
         let keep = (self.keep_failed && outcome.is_failure())
             .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
+        if keep.is_none() && ended_by_itself(outcome) && self.dirs.give_back(&claim) {
+            return;
+        }
         if keep.is_none() && self.layers.is_none() && self.trash.pending() < TRASH_MAX_PENDING {
             // One rename: not worth a hop to a blocking thread. If the trash cannot take it,
             // the tree is deleted below, on a blocking thread, never on this one.
@@ -846,6 +920,26 @@ mod tests {
     use tessera_proto::tessera::v1::SecretEnv;
 
     use super::*;
+
+    #[test]
+    fn only_leases_whose_processes_are_known_dead_give_their_directories_back() {
+        use crate::lease::CancelReason;
+        let error = |stage| RunOutcome::Error {
+            stage,
+            error: LeaseError::BadLease("x".into()),
+        };
+        assert!(ended_by_itself(&RunOutcome::Passed));
+        assert!(ended_by_itself(&RunOutcome::Failed { exit_code: 137 }));
+        assert!(ended_by_itself(&error(Stage::Fetch)));
+        assert!(ended_by_itself(&error(Stage::Upload)));
+        assert!(!ended_by_itself(&error(Stage::Execute)));
+        assert!(!ended_by_itself(&RunOutcome::TimedOut {
+            after: Duration::from_secs(1)
+        }));
+        assert!(!ended_by_itself(&RunOutcome::Cancelled {
+            reason: CancelReason::Coordinator
+        }));
+    }
 
     const PLACEHOLDER: &str =
         "tessera-secret:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

@@ -680,6 +680,35 @@ const WIRE_RESOURCES: [Resource; 4] = [
     Resource::RLIMIT_CPU,
 ];
 
+/// Where a mount point for a path the command sees is made before /tmp is covered: a path
+/// under /tmp goes inside the directory that will become /tmp (the recursive bind on /tmp
+/// carries it along).
+fn placed_before_tmp(private_tmp: Option<&Path>, path: &Path) -> PathBuf {
+    match (private_tmp, path.strip_prefix("/tmp")) {
+        (Some(tmp), Ok(below_tmp)) => tmp.join(below_tmp),
+        _ => path.to_owned(),
+    }
+}
+
+/// The mount points the sandbox makes inside a lease's private tmp directory `tmp` for an
+/// exec root at `exec_root`, seen by the command at `exec_root_at` if set: what a tmp reused
+/// for a later lease may keep (see `LeaseDirs::tidy_for_reuse`).
+pub fn mount_points_in_tmp(
+    tmp: &Path,
+    exec_root: &Path,
+    exec_root_at: Option<&Path>,
+) -> Vec<PathBuf> {
+    let mut points = Vec::new();
+    if let Some(at) = exec_root_at {
+        points.push(placed_before_tmp(Some(tmp), at));
+    }
+    if exec_root.starts_with("/tmp") {
+        points.push(placed_before_tmp(Some(tmp), exec_root));
+    }
+    points.retain(|point| point.starts_with(tmp) && point != tmp);
+    points
+}
+
 impl Prepared {
     /// As sent to the spawner.
     /// Whether the command gets a private network namespace.
@@ -789,13 +818,8 @@ impl Prepared {
         if !isolation.namespaces {
             return Ok(prepared);
         }
-        // Where a path the command sees ends up before /tmp is covered: under /tmp, inside
-        // the directory that will become /tmp (the recursive bind on /tmp carries it along).
         let private_tmp = isolation.private_tmp.as_deref();
-        let placed = |path: &Path| match (private_tmp, path.strip_prefix("/tmp")) {
-            (Some(tmp), Ok(below_tmp)) => tmp.join(below_tmp),
-            _ => path.to_owned(),
-        };
+        let placed = |path: &Path| placed_before_tmp(private_tmp, path);
         for (source, target) in &isolation.binds {
             prepared.binds.push(Bind {
                 source: c_path(source)?,

@@ -234,6 +234,126 @@ impl Trash {
     }
 }
 
+/// The directories leases run in, and those kept for reuse.
+///
+/// Each lease runs in a numbered directory under `x/` ([`WorkLayout::lease_dirs`]). With
+/// recycling on, a finished lease's directory is not deleted: it goes back to an idle list
+/// (at most `keep` of them), holding what the lease left, and a later lease of the same trust
+/// domain lays its inputs out over it ([`crate::materialize::materialize_over`]): what is
+/// already right stays, the rest is removed. On a file system where every new inode is
+/// costly (ext4 walks the inodes deleted lately for each one), that saves most of a lease's
+/// `mkdir`s and every `unlink` and `rmdir` of its deletion.
+///
+/// Only a directory whose every process is known dead may be reused (a process left over
+/// could write into a later lease's inputs after they were checked): so recycling is on only
+/// where each command runs in a PID namespace of its own (see `sandbox`), whose end kills
+/// everything the command started, and the pipeline gives back only leases whose command
+/// ended by itself ([`LeaseDirPool::give_back`]). Trust domains never share a directory:
+/// what a command can leave that laying out over it does not undo (extended attributes, the
+/// times of directories) stays within its domain.
+#[derive(Debug)]
+pub struct LeaseDirPool {
+    layout: WorkLayout,
+    keep: usize,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    /// The next number never used.
+    next: u64,
+    /// Directories no lease runs in, most recent last, with their trust domain.
+    idle: Vec<(String, u64)>,
+    /// The directories of the leases that claimed one, by the lease's sequence number.
+    claims: std::collections::HashMap<u64, Claim>,
+}
+
+/// The directories one lease runs in.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Its directories.
+    pub dirs: LeaseDirs,
+    /// They hold what an earlier lease left: lay out over them, don't create them.
+    pub recycled: bool,
+    /// Laid out file by file with nothing mounted or bound into them (set by
+    /// [`LeaseDirPool::mark_reusable`]): the condition for giving them to a later lease.
+    reusable: bool,
+    number: u64,
+    domain: String,
+}
+
+impl LeaseDirPool {
+    /// A pool keeping at most `keep` idle directories; 0 turns recycling off.
+    pub fn new(layout: WorkLayout, keep: usize) -> Self {
+        LeaseDirPool {
+            layout,
+            keep,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether finished leases' directories are kept for reuse.
+    pub fn recycles(&self) -> bool {
+        self.keep > 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The directories for lease `seq` of trust domain `domain`: the most recently idle one of
+    /// that domain, or a new number (whose directories do not exist yet).
+    pub fn claim(&self, seq: u64, domain: &str) -> Claim {
+        let mut state = self.lock();
+        let reused = state
+            .idle
+            .iter()
+            .rposition(|(d, _)| d == domain)
+            .map(|at| state.idle.remove(at).1);
+        let recycled = reused.is_some();
+        let number = reused.unwrap_or_else(|| {
+            state.next += 1;
+            state.next - 1
+        });
+        let claim = Claim {
+            dirs: self.layout.lease_dirs(number),
+            recycled,
+            reusable: false,
+            number,
+            domain: domain.to_owned(),
+        };
+        state.claims.insert(seq, claim.clone());
+        claim
+    }
+
+    /// Lease `seq`'s directories hold its inputs laid out file by file, nothing mounted.
+    pub fn mark_reusable(&self, seq: u64) {
+        if let Some(claim) = self.lock().claims.get_mut(&seq) {
+            claim.reusable = true;
+        }
+    }
+
+    /// Ends lease `seq`'s claim: its directories, for the caller to dispose of or give back;
+    /// `None` if it never claimed any.
+    pub fn release(&self, seq: u64) -> Option<Claim> {
+        self.lock().claims.remove(&seq)
+    }
+
+    /// Keeps `claim`'s directories for a later lease of its trust domain, if recycling is on,
+    /// they were marked reusable and fewer than `keep` wait; `false` if the caller must
+    /// dispose of them. The caller vouches that no process of the lease is left.
+    pub fn give_back(&self, claim: &Claim) -> bool {
+        let mut state = self.lock();
+        if !claim.reusable || state.idle.len() >= self.keep {
+            return false;
+        }
+        state.idle.push((claim.domain.clone(), claim.number));
+        true
+    }
+}
+
 impl LeaseDirs {
     /// The directories of a lease whose directory is `base`.
     pub fn under(base: PathBuf) -> LeaseDirs {
@@ -256,6 +376,70 @@ impl LeaseDirs {
         // Commands may run as any user; /tmp is world-writable and sticky.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.tmp, std::fs::Permissions::from_mode(0o1777))
+    }
+
+    /// Readies directories an earlier lease ran in for the next, except the exec root (laid
+    /// out over by `materialize_over`): the lease directory keeps only the exec root, tmp and
+    /// the output files (which the next command truncates); tmp is emptied but for the
+    /// directories on the way to each of `mount_points` (paths inside tmp where the sandbox
+    /// mounts; listed without following symlinks, so a symlink planted on the way is removed,
+    /// not followed) and is world-writable and sticky again. Blocking.
+    pub fn tidy_for_reuse(&self, mount_points: &[PathBuf]) -> io::Result<()> {
+        let keep_in_base = [&self.root, &self.tmp, &self.stdout, &self.stderr];
+        for entry in std::fs::read_dir(&self.base)? {
+            let entry = entry?;
+            let path = entry.path();
+            let wanted = keep_in_base.contains(&&path)
+                && if path == self.root || path == self.tmp {
+                    entry.file_type()?.is_dir()
+                } else {
+                    entry.file_type()?.is_file()
+                };
+            if !wanted {
+                remove_entry(&path, entry.file_type()?)?;
+            }
+        }
+        for dir in [&self.root, &self.tmp] {
+            if !dir.is_dir() {
+                std::fs::create_dir(dir)?;
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.tmp, std::fs::Permissions::from_mode(0o1777))?;
+        empty_keeping(&self.tmp, mount_points)
+    }
+}
+
+/// Removes everything under `dir` except the directories on the way to each of `keep`
+/// (absolute paths under `dir`), which are made 0755 and emptied the same way. Never follows
+/// a symlink. Blocking.
+fn empty_keeping(dir: &Path, keep: &[PathBuf]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        let on_the_way: Vec<PathBuf> = keep
+            .iter()
+            .filter(|k| k.starts_with(&path))
+            .cloned()
+            .collect();
+        if kind.is_dir() && !on_the_way.is_empty() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            empty_keeping(&path, &on_the_way)?;
+        } else {
+            remove_entry(&path, kind)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `path`, of type `kind` as listed (never followed).
+pub(crate) fn remove_entry(path: &Path, kind: std::fs::FileType) -> io::Result<()> {
+    if kind.is_dir() {
+        remove_tree(path)
+    } else {
+        std::fs::remove_file(path)
     }
 }
 
@@ -308,6 +492,92 @@ mod tests {
         assert_eq!(
             layout.kept_dir("ops/abc:1", 2),
             PathBuf::from("/w/kept/ops_abc_1-2")
+        );
+    }
+
+    #[test]
+    fn the_pool_reuses_directories_within_a_trust_domain_and_keeps_at_most_its_bound() {
+        let pool = LeaseDirPool::new(WorkLayout::new("/w"), 2);
+        let first = pool.claim(1, "");
+        assert!(!first.recycled);
+        // Not laid out file by file: never given back.
+        assert!(!pool.give_back(&pool.release(1).unwrap()));
+        assert!(pool.release(1).is_none(), "released twice");
+
+        let a = pool.claim(2, "");
+        let b = pool.claim(3, "");
+        let c = pool.claim(4, "team");
+        assert_eq!(
+            [&a, &b, &c].map(|c| c.dirs.base.display().to_string()),
+            ["/w/x/1", "/w/x/2", "/w/x/3"]
+        );
+        for seq in [2, 3, 4] {
+            pool.mark_reusable(seq);
+        }
+        assert!(pool.give_back(&pool.release(2).unwrap()));
+        assert!(pool.give_back(&pool.release(3).unwrap()));
+        assert!(!pool.give_back(&pool.release(4).unwrap()), "over the bound");
+
+        // Another domain never gets them; the most recent goes first.
+        let other = pool.claim(5, "team");
+        assert!(!other.recycled);
+        assert_eq!(other.dirs.base, PathBuf::from("/w/x/4"));
+        let again = pool.claim(6, "");
+        assert!(again.recycled);
+        assert_eq!(again.dirs, b.dirs);
+        assert_eq!(pool.claim(7, "").dirs, a.dirs);
+        assert!(!pool.claim(8, "").recycled);
+
+        let off = LeaseDirPool::new(WorkLayout::new("/w"), 0);
+        off.claim(1, "");
+        off.mark_reusable(1);
+        assert!(!off.recycles());
+        assert!(!off.give_back(&off.release(1).unwrap()));
+    }
+
+    #[test]
+    fn tidying_for_reuse_empties_tmp_but_for_mount_points_and_never_follows_symlinks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = LeaseDirs::under(dir.path().join("x/0"));
+        dirs.create().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("precious"), "keep me").unwrap();
+        // A mount point two levels down, a symlink planted on the way to another, and what a
+        // command leaves: files, a directory, a changed mode.
+        let point = dirs.tmp.join("a/b");
+        let planted = dirs.tmp.join("p/q");
+        std::fs::create_dir_all(&point).unwrap();
+        std::fs::write(dirs.tmp.join("a/left"), "x").unwrap();
+        std::fs::write(point.join("under"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, dirs.tmp.join("p")).unwrap();
+        std::fs::create_dir_all(dirs.tmp.join("junk/deep")).unwrap();
+        std::fs::write(&dirs.stdout, "out").unwrap();
+        std::fs::write(dirs.base.join("stray"), "x").unwrap();
+        std::fs::set_permissions(&dirs.tmp, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        dirs.tidy_for_reuse(&[point.clone(), planted]).unwrap();
+
+        let names = |p: &Path| {
+            let mut n: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&dirs.tmp), ["a"]);
+        assert_eq!(names(&dirs.tmp.join("a")), ["b"]);
+        assert!(names(&point).is_empty());
+        assert_eq!(names(&dirs.base), ["root", "stdout", "tmp"]);
+        assert_eq!(
+            std::fs::metadata(&dirs.tmp).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("precious")).unwrap(),
+            "keep me"
         );
     }
 

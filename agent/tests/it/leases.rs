@@ -381,3 +381,77 @@ async fn the_local_cache_outlives_the_agent_and_serves_the_next_lease() {
     );
     assert_eq!(answer.result.unwrap().exit_code, 0);
 }
+
+/// Runs `script` with `sh -c` as a lease on `link` and returns what it printed, checking it
+/// exited 0.
+async fn printed(
+    coordinator: &FakeCoordinator,
+    link: &mut crate::harness::AgentLink,
+    id: &str,
+    root: Digest,
+    script: &str,
+) -> String {
+    link.lease(lease(id, root, &["sh", "-c", script])).await;
+    let answer = link.result().await;
+    let result = answer.result.expect(&answer.message);
+    let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
+    let stderr = coordinator.read(result.stderr_digest.as_ref()).await;
+    assert_eq!(
+        result.exit_code,
+        0,
+        "{id}: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    String::from_utf8_lossy(&stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_finished_leases_directory_is_reused_and_shows_nothing_of_it() {
+    let available =
+        crate::harness::namespaces_available() && tessera_agent::sandbox::pid_namespaces();
+    if !available {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "PID namespaces are needed for directory reuse"
+        );
+        return;
+    }
+    let mut coordinator = FakeCoordinator::start().await;
+    let first = input_dir(&[("shared/f", "same", false), ("a.txt", "a", false)]);
+    let second = input_dir(&[("shared/f", "same", false), ("b.txt", "b", false)]);
+    let first = coordinator.upload_dir(first.path()).await;
+    let second = coordinator.upload_dir(second.path()).await;
+    // What a command leaves: outputs, a file in its /tmp, a changed mode, and a daemon
+    // outside its process group that keeps writing (it dies with the command's namespace).
+    let messy = "pwd; mkdir -p out/deep && echo o > out/deep/o && echo t > /tmp/left && \
+                 chmod 700 shared && \
+                 setsid sh -c 'while :; do echo x > late; sleep 0.01; done' \
+                 > /dev/null 2>&1 < /dev/null & sleep 0.1";
+    let look = "pwd; find . | sort; stat -c %a shared; test ! -e /tmp/left && echo clean";
+
+    let agent = TestAgent::start(&coordinator.endpoint, |c| c.slots = 1);
+    let mut link = coordinator.link().await;
+    let before = printed(&coordinator, &mut link, "messy", first, messy).await;
+    // Give a surviving daemon time to write again after the next layout.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let after = printed(&coordinator, &mut link, "look", second, look).await;
+    let (pwd, listing) = after.split_once('\n').unwrap();
+    assert_eq!(before.trim(), pwd, "the second lease got another directory");
+    assert_eq!(
+        listing, ".\n./b.txt\n./shared\n./shared/f\n755\nclean\n",
+        "what the first lease left shows"
+    );
+    drop(link);
+    drop(agent);
+
+    // Off: each lease gets a directory of its own.
+    let _agent = TestAgent::start(&coordinator.endpoint, |c| {
+        c.slots = 1;
+        c.recycle_dirs = false;
+    });
+    let mut link = coordinator.link().await;
+    let one = printed(&coordinator, &mut link, "one", first, "pwd").await;
+    let two = printed(&coordinator, &mut link, "two", second, "pwd").await;
+    assert_ne!(one, two);
+}

@@ -47,6 +47,11 @@ pub struct AgentArgs {
     /// Keep the directories of failed leases under WORK_DIR/kept/ for debugging.
     #[arg(long)]
     pub keep_failed: bool,
+    /// Delete each lease's directory when it ends instead of reusing it for a later lease of
+    /// the same trust domain (reuse is on only where each command runs in a PID namespace of
+    /// its own). Also TESSERA_AGENT_RECYCLE_DIRS=false.
+    #[arg(long)]
+    pub no_recycle_dirs: bool,
     /// When draining, cancel leases still running after this long, e.g. "10m" [default: wait
     /// for their timeouts]. Also TESSERA_AGENT_DRAIN_TIMEOUT.
     #[arg(long, value_name = "DURATION", value_parser = tessera_config::parse_duration)]
@@ -94,6 +99,7 @@ impl AgentArgs {
             max_cache_bytes: self.max_cache_bytes,
             sandbox: self.sandbox,
             keep_failed: self.keep_failed,
+            no_recycle_dirs: self.no_recycle_dirs,
             drain_timeout: self.drain_timeout,
             token_file: self.token_file.clone(),
             tls_ca: self.tls_ca.clone(),
