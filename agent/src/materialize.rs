@@ -26,6 +26,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -43,8 +44,6 @@ use crate::cache::{FetchError, LocalCache};
 const READ_ONLY: u32 = 0o444;
 /// Mode of a materialized executable file.
 const EXECUTABLE: u32 = 0o555;
-/// Mode of a materialized directory.
-const DIRECTORY: u32 = 0o755;
 
 /// Why an input root could not be fetched or laid out.
 #[derive(Debug, Error)]
@@ -283,7 +282,7 @@ pub fn materialize(
 /// inputs and whatever its command wrote; see `recycle`), so that afterwards it holds exactly
 /// what [`materialize`] into an empty directory would. An entry that already is what the tree
 /// wants stays: a file that is a hard link to the very cached blob (same inode), a symlink with
-/// the same target, a directory (mode reset to 0755); anything else is removed or replaced. It
+/// the same target, a directory (its mode reset); anything else is removed or replaced. It
 /// never follows a symlink it finds, never descends into one, and reads entry types without
 /// following them. The command that wrote there must be dead (every process of it), or it
 /// could change the tree after it was checked. Blocking.
@@ -339,9 +338,13 @@ pub fn materialize_over(
         for link in &dir.symlinks {
             let path = dir_path.join(&link.name);
             if let Some(kind) = found.remove(std::ffi::OsStr::new(&link.name)) {
+                // Byte for byte: as paths, "a/." and "a" would compare equal.
                 let same = kind.is_symlink()
-                    && fs::read_link(&path).map_err(io_error("read symlink", &path))?
-                        == Path::new(&link.target);
+                    && fs::read_link(&path)
+                        .map_err(io_error("read symlink", &path))?
+                        .as_os_str()
+                        .as_bytes()
+                        == link.target.as_bytes();
                 if same {
                     placer.stats.kept += 1;
                     continue;
@@ -377,10 +380,27 @@ fn reset_directory(path: &Path, owner: u32) -> Result<(), MaterializeError> {
             source: io::Error::other("not a directory the agent owns"),
         });
     }
-    if meta.mode() & 0o7777 != DIRECTORY {
-        set_mode(path, DIRECTORY)?;
+    let mode = directory_mode();
+    if meta.mode() & 0o7777 != mode {
+        set_mode(path, mode)?;
     }
     Ok(())
+}
+
+/// The mode [`materialize`] creates directories with: 0777 less the process's umask (read
+/// from `/proc/self/status`, since setting the umask to read it would race other threads;
+/// 0755 if it cannot be read).
+fn directory_mode() -> u32 {
+    static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        let umask = fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+                u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+            });
+        umask.map_or(0o755, |umask| 0o777 & !umask)
+    })
 }
 
 /// Removes what an earlier lease left at `path` (`kind` as listed, never followed).
@@ -831,7 +851,8 @@ mod tests {
         };
         std::os::unix::fs::symlink(&outside, root.join("new")).unwrap();
         fs::remove_file(root.join("l")).unwrap();
-        std::os::unix::fs::symlink("x", root.join("l")).unwrap();
+        // The same path to the eye of a path comparison, not to readlink.
+        std::os::unix::fs::symlink("a/.", root.join("l")).unwrap();
         fs::set_permissions(root.join("e"), fs::Permissions::from_mode(0o600)).unwrap();
         fs::set_permissions(root.join("gone"), fs::Permissions::from_mode(0o000)).unwrap();
         fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o500)).unwrap();

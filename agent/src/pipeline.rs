@@ -306,18 +306,6 @@ async fn run_builtin(
     })
 }
 
-/// Whether every process of a lease is known dead, or none ran, so its directories may be
-/// reused: its command ended by itself (a command in a PID namespace ends with all it
-/// started), or it failed before its command or after it. Not after a timeout or a cancel,
-/// whose stop may end with a SIGKILL that the namespace's end follows only a moment later.
-fn ended_by_itself(outcome: &RunOutcome) -> bool {
-    match outcome {
-        RunOutcome::Passed | RunOutcome::Failed { .. } => true,
-        RunOutcome::Error { stage, .. } => matches!(stage, Stage::Fetch | Stage::Upload),
-        RunOutcome::TimedOut { .. } | RunOutcome::Cancelled { .. } => false,
-    }
-}
-
 /// Lays `tree` out over directories an earlier lease ran in (see [`LeaseDirPool`]); if that
 /// fails (something the earlier command left cannot be removed), they go to the trash and the
 /// tree is laid out afresh. Blocking.
@@ -338,12 +326,14 @@ fn lay_out_over(
         .and_then(|()| materialize_over(tree, cache, &dirs.root));
     match over {
         Ok(stats) => Ok(stats),
-        Err(error) => {
+        // Only what is on disk can be cured by starting afresh.
+        Err(error @ MaterializeError::Io { .. }) => {
             tracing::warn!(%error, dir = %dirs.base.display(), "failed to reuse a lease directory; laying the inputs out afresh");
             let fresh = trash.discard(&dirs.base).and_then(|()| dirs.create());
             fresh.map_err(io_error(format!("create {}", dirs.base.display())))?;
             Ok(materialize(tree, cache, &dirs.root)?)
         }
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -489,6 +479,13 @@ impl LeasePipeline {
         };
         metadata.execution_completed_timestamp = timestamp(SystemTime::now());
 
+        // A plain command that ended by itself in a PID namespace ended with everything it
+        // started: its directories may serve a later lease (see `LeaseDirPool`). A timeout or
+        // cancel may end in a SIGKILL of the command's stand-in, which its namespace follows
+        // only a moment later; a builtin step may have stopped commands of its own that way.
+        if plan.step.is_none() && hold.is_none() && matches!(exit, ProcessExit::Exited { .. }) {
+            self.dirs.command_ended(seq);
+        }
         let (outcome, exit_code, requested) = match exit {
             ProcessExit::Cancelled => return cancelled(),
             ProcessExit::TimedOut { after, exit_code } => {
@@ -566,7 +563,9 @@ impl LeasePipeline {
             () = cancel.token().cancelled() => return Ok(None),
         };
         let layout = self.layout_of(tree).await?;
-        let claim = self.dirs.claim(seq, &plan.trust_domain);
+        let claim = self
+            .dirs
+            .claim(seq, &lease.instance_name, &plan.trust_domain);
         let dirs = &claim.dirs;
         let cache = self.cache.clone();
         let trash = self.trash.clone();
@@ -652,7 +651,7 @@ impl LeasePipeline {
         drop(pins); // Linked files keep their inodes even if the cache evicts them now.
         tracing::debug!(lease = %lease.lease_id, ?stats, layered = stats.is_none(), recycled, "inputs laid out");
         if stats.is_some() && persisted.mounts.is_empty() && persisted.binds.is_empty() {
-            self.dirs.mark_reusable(seq);
+            self.dirs.laid_out_file_by_file(seq);
         }
 
         let mut map = PathMap::new(
@@ -852,6 +851,22 @@ impl LeasePipeline {
         }
     }
 
+    /// Removes directories no lease will use (into the trash; deleted on a blocking thread
+    /// if the trash cannot take them).
+    async fn discard(&self, dirs: LeaseDirs) {
+        match self.trash.try_discard(&dirs.base) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "failed to clean up a lease directory"),
+        }
+        let trash = self.trash.clone();
+        match tokio::task::spawn_blocking(move || trash.discard(&dirs.base)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "failed to clean up a lease directory"),
+            Err(error) => tracing::warn!(%error, "lease clean-up task failed"),
+        }
+    }
+
     /// Gives the lease's directories back for a later lease (see [`LeaseDirPool`]), removes
     /// them (into the trash, deleted in the background), or keeps them under `kept/` if it
     /// failed and `keep_failed` is set.
@@ -871,7 +886,13 @@ impl LeasePipeline {
         }
         let keep = (self.keep_failed && outcome.is_failure())
             .then(|| self.layout.kept_dir(&lease.lease_id, lease.attempt));
-        if keep.is_none() && ended_by_itself(outcome) && self.dirs.give_back(&claim) {
+        if keep.is_none()
+            && let Some(evicted) = self.dirs.give_back(&claim)
+        {
+            // The oldest idle directory made room for this one.
+            for dirs in evicted {
+                self.discard(dirs).await;
+            }
             return;
         }
         if keep.is_none() && self.layers.is_none() && self.trash.pending() < TRASH_MAX_PENDING {
@@ -920,26 +941,6 @@ mod tests {
     use tessera_proto::tessera::v1::SecretEnv;
 
     use super::*;
-
-    #[test]
-    fn only_leases_whose_processes_are_known_dead_give_their_directories_back() {
-        use crate::lease::CancelReason;
-        let error = |stage| RunOutcome::Error {
-            stage,
-            error: LeaseError::BadLease("x".into()),
-        };
-        assert!(ended_by_itself(&RunOutcome::Passed));
-        assert!(ended_by_itself(&RunOutcome::Failed { exit_code: 137 }));
-        assert!(ended_by_itself(&error(Stage::Fetch)));
-        assert!(ended_by_itself(&error(Stage::Upload)));
-        assert!(!ended_by_itself(&error(Stage::Execute)));
-        assert!(!ended_by_itself(&RunOutcome::TimedOut {
-            after: Duration::from_secs(1)
-        }));
-        assert!(!ended_by_itself(&RunOutcome::Cancelled {
-            reason: CancelReason::Coordinator
-        }));
-    }
 
     const PLACEHOLDER: &str =
         "tessera-secret:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

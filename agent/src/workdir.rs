@@ -238,19 +238,20 @@ impl Trash {
 ///
 /// Each lease runs in a numbered directory under `x/` ([`WorkLayout::lease_dirs`]). With
 /// recycling on, a finished lease's directory is not deleted: it goes back to an idle list
-/// (at most `keep` of them), holding what the lease left, and a later lease of the same trust
-/// domain lays its inputs out over it ([`crate::materialize::materialize_over`]): what is
-/// already right stays, the rest is removed. On a file system where every new inode is
-/// costly (ext4 walks the inodes deleted lately for each one), that saves most of a lease's
-/// `mkdir`s and every `unlink` and `rmdir` of its deletion.
+/// (at most `keep` of them; the oldest makes room), holding what the lease left, and a later
+/// lease of the same instance and trust domain lays its inputs out over it
+/// ([`crate::materialize::materialize_over`]): what is already right stays, the rest is
+/// removed. On a file system where every new inode is costly (ext4 walks the inodes deleted
+/// lately for each one), that saves most of a lease's `mkdir`s and every `unlink` and `rmdir`
+/// of its deletion.
 ///
 /// Only a directory whose every process is known dead may be reused (a process left over
 /// could write into a later lease's inputs after they were checked): so recycling is on only
 /// where each command runs in a PID namespace of its own (see `sandbox`), whose end kills
-/// everything the command started, and the pipeline gives back only leases whose command
-/// ended by itself ([`LeaseDirPool::give_back`]). Trust domains never share a directory:
-/// what a command can leave that laying out over it does not undo (extended attributes, the
-/// times of directories) stays within its domain.
+/// everything the command started, and a directory goes back only if its inputs were laid out
+/// file by file with nothing mounted into them ([`LeaseDirPool::laid_out_file_by_file`]) and
+/// a plain command ended there by itself ([`LeaseDirPool::command_ended`]). Instances and
+/// trust domains never share a directory.
 #[derive(Debug)]
 pub struct LeaseDirPool {
     layout: WorkLayout,
@@ -262,7 +263,7 @@ pub struct LeaseDirPool {
 struct PoolState {
     /// The next number never used.
     next: u64,
-    /// Directories no lease runs in, most recent last, with their trust domain.
+    /// Directories no lease runs in, most recent last, with whose they are.
     idle: Vec<(String, u64)>,
     /// The directories of the leases that claimed one, by the lease's sequence number.
     claims: std::collections::HashMap<u64, Claim>,
@@ -275,11 +276,10 @@ pub struct Claim {
     pub dirs: LeaseDirs,
     /// They hold what an earlier lease left: lay out over them, don't create them.
     pub recycled: bool,
-    /// Laid out file by file with nothing mounted or bound into them (set by
-    /// [`LeaseDirPool::mark_reusable`]): the condition for giving them to a later lease.
-    reusable: bool,
+    laid_out: bool,
+    ended: bool,
     number: u64,
-    domain: String,
+    owner: String,
 }
 
 impl LeaseDirPool {
@@ -303,14 +303,16 @@ impl LeaseDirPool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The directories for lease `seq` of trust domain `domain`: the most recently idle one of
-    /// that domain, or a new number (whose directories do not exist yet).
-    pub fn claim(&self, seq: u64, domain: &str) -> Claim {
+    /// The directories for lease `seq` of `instance` and trust domain `domain`: the most
+    /// recently idle one of theirs, or a new number (whose directories do not exist yet).
+    pub fn claim(&self, seq: u64, instance: &str, domain: &str) -> Claim {
+        // Both are free text: the length of the first keeps the pair unambiguous.
+        let owner = format!("{}:{instance}{domain}", instance.len());
         let mut state = self.lock();
         let reused = state
             .idle
             .iter()
-            .rposition(|(d, _)| d == domain)
+            .rposition(|(o, _)| *o == owner)
             .map(|at| state.idle.remove(at).1);
         let recycled = reused.is_some();
         let number = reused.unwrap_or_else(|| {
@@ -320,18 +322,27 @@ impl LeaseDirPool {
         let claim = Claim {
             dirs: self.layout.lease_dirs(number),
             recycled,
-            reusable: false,
+            laid_out: false,
+            ended: false,
             number,
-            domain: domain.to_owned(),
+            owner,
         };
         state.claims.insert(seq, claim.clone());
         claim
     }
 
-    /// Lease `seq`'s directories hold its inputs laid out file by file, nothing mounted.
-    pub fn mark_reusable(&self, seq: u64) {
+    /// Lease `seq`'s inputs are laid out file by file, nothing mounted or bound into them.
+    pub fn laid_out_file_by_file(&self, seq: u64) {
         if let Some(claim) = self.lock().claims.get_mut(&seq) {
-            claim.reusable = true;
+            claim.laid_out = true;
+        }
+    }
+
+    /// Lease `seq`'s command (a plain command, no builtin step) ended by itself, and with it
+    /// every process it started.
+    pub fn command_ended(&self, seq: u64) {
+        if let Some(claim) = self.lock().claims.get_mut(&seq) {
+            claim.ended = true;
         }
     }
 
@@ -341,16 +352,22 @@ impl LeaseDirPool {
         self.lock().claims.remove(&seq)
     }
 
-    /// Keeps `claim`'s directories for a later lease of its trust domain, if recycling is on,
-    /// they were marked reusable and fewer than `keep` wait; `false` if the caller must
-    /// dispose of them. The caller vouches that no process of the lease is left.
-    pub fn give_back(&self, claim: &Claim) -> bool {
-        let mut state = self.lock();
-        if !claim.reusable || state.idle.len() >= self.keep {
-            return false;
+    /// Keeps `claim`'s directories for a later lease, if recycling is on and they may be
+    /// reused (see the type's docs), and returns the idle directories that made room for
+    /// them, for the caller to dispose of; `None` if the caller must dispose of `claim`'s.
+    pub fn give_back(&self, claim: &Claim) -> Option<Vec<LeaseDirs>> {
+        if self.keep == 0 || !claim.laid_out || !claim.ended {
+            return None;
         }
-        state.idle.push((claim.domain.clone(), claim.number));
-        true
+        let mut state = self.lock();
+        let over = (state.idle.len() + 1).saturating_sub(self.keep);
+        let evicted = state
+            .idle
+            .drain(..over)
+            .map(|(_, number)| self.layout.lease_dirs(number))
+            .collect();
+        state.idle.push((claim.owner.clone(), claim.number));
+        Some(evicted)
     }
 }
 
@@ -379,24 +396,19 @@ impl LeaseDirs {
     }
 
     /// Readies directories an earlier lease ran in for the next, except the exec root (laid
-    /// out over by `materialize_over`): the lease directory keeps only the exec root, tmp and
-    /// the output files (which the next command truncates); tmp is emptied but for the
-    /// directories on the way to each of `mount_points` (paths inside tmp where the sandbox
-    /// mounts; listed without following symlinks, so a symlink planted on the way is removed,
-    /// not followed) and is world-writable and sticky again. Blocking.
+    /// out over by `materialize_over`): the lease directory keeps only the exec root and tmp
+    /// (the output files go: the next command's must be new, never a file the last one could
+    /// have replaced); tmp is emptied but for the directories on the way to each of
+    /// `mount_points` (paths inside tmp where the sandbox mounts; listed without following
+    /// symlinks, so a symlink planted on the way is removed, not followed) and is
+    /// world-writable and sticky again. Blocking.
     pub fn tidy_for_reuse(&self, mount_points: &[PathBuf]) -> io::Result<()> {
-        let keep_in_base = [&self.root, &self.tmp, &self.stdout, &self.stderr];
         for entry in std::fs::read_dir(&self.base)? {
             let entry = entry?;
             let path = entry.path();
-            let wanted = keep_in_base.contains(&&path)
-                && if path == self.root || path == self.tmp {
-                    entry.file_type()?.is_dir()
-                } else {
-                    entry.file_type()?.is_file()
-                };
-            if !wanted {
-                remove_entry(&path, entry.file_type()?)?;
+            let kind = entry.file_type()?;
+            if !((path == self.root || path == self.tmp) && kind.is_dir()) {
+                remove_entry(&path, kind)?;
             }
         }
         for dir in [&self.root, &self.tmp] {
@@ -496,43 +508,60 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_reuses_directories_within_a_trust_domain_and_keeps_at_most_its_bound() {
+    fn the_pool_reuses_directories_of_the_same_owner_and_keeps_at_most_its_bound() {
         let pool = LeaseDirPool::new(WorkLayout::new("/w"), 2);
-        let first = pool.claim(1, "");
+        let ready = |seq: u64, instance: &str, domain: &str| {
+            let claim = pool.claim(seq, instance, domain);
+            pool.laid_out_file_by_file(seq);
+            pool.command_ended(seq);
+            claim
+        };
+        let base = |claim: &Claim| claim.dirs.base.display().to_string();
+        // Given back only once laid out file by file and ended by itself.
+        let first = pool.claim(1, "", "");
         assert!(!first.recycled);
-        // Not laid out file by file: never given back.
-        assert!(!pool.give_back(&pool.release(1).unwrap()));
+        pool.laid_out_file_by_file(1);
+        assert!(pool.give_back(&pool.release(1).unwrap()).is_none());
+        pool.claim(1, "", "");
+        pool.command_ended(1);
+        assert!(pool.give_back(&pool.release(1).unwrap()).is_none());
         assert!(pool.release(1).is_none(), "released twice");
 
-        let a = pool.claim(2, "");
-        let b = pool.claim(3, "");
-        let c = pool.claim(4, "team");
+        let a = ready(2, "", "");
+        let b = ready(3, "", "");
+        let c = ready(4, "i", "");
+        let d = ready(5, "", "i");
         assert_eq!(
-            [&a, &b, &c].map(|c| c.dirs.base.display().to_string()),
-            ["/w/x/1", "/w/x/2", "/w/x/3"]
+            [&a, &b, &c, &d].map(base),
+            ["/w/x/2", "/w/x/3", "/w/x/4", "/w/x/5"]
         );
-        for seq in [2, 3, 4] {
-            pool.mark_reusable(seq);
-        }
-        assert!(pool.give_back(&pool.release(2).unwrap()));
-        assert!(pool.give_back(&pool.release(3).unwrap()));
-        assert!(!pool.give_back(&pool.release(4).unwrap()), "over the bound");
-
-        // Another domain never gets them; the most recent goes first.
-        let other = pool.claim(5, "team");
+        assert_eq!(pool.give_back(&pool.release(2).unwrap()), Some(vec![]));
+        assert_eq!(pool.give_back(&pool.release(3).unwrap()), Some(vec![]));
+        // Over the bound, the oldest idle one makes room.
+        assert_eq!(
+            pool.give_back(&pool.release(4).unwrap()),
+            Some(vec![a.dirs.clone()])
+        );
+        assert_eq!(
+            pool.give_back(&pool.release(5).unwrap()),
+            Some(vec![b.dirs.clone()])
+        );
+        // Instance and domain both count, and are not confused with each other.
+        let other = pool.claim(6, "", "");
         assert!(!other.recycled);
-        assert_eq!(other.dirs.base, PathBuf::from("/w/x/4"));
-        let again = pool.claim(6, "");
+        assert_eq!(base(&other), "/w/x/6");
+        let again = pool.claim(7, "", "i");
         assert!(again.recycled);
-        assert_eq!(again.dirs, b.dirs);
-        assert_eq!(pool.claim(7, "").dirs, a.dirs);
-        assert!(!pool.claim(8, "").recycled);
+        assert_eq!(again.dirs, d.dirs);
+        assert_eq!(pool.claim(8, "i", "").dirs, c.dirs);
+        assert!(!pool.claim(9, "i", "").recycled);
 
         let off = LeaseDirPool::new(WorkLayout::new("/w"), 0);
-        off.claim(1, "");
-        off.mark_reusable(1);
+        off.claim(1, "", "");
+        off.laid_out_file_by_file(1);
+        off.command_ended(1);
         assert!(!off.recycles());
-        assert!(!off.give_back(&off.release(1).unwrap()));
+        assert!(off.give_back(&off.release(1).unwrap()).is_none());
     }
 
     #[test]
@@ -570,7 +599,7 @@ mod tests {
         assert_eq!(names(&dirs.tmp), ["a"]);
         assert_eq!(names(&dirs.tmp.join("a")), ["b"]);
         assert!(names(&point).is_empty());
-        assert_eq!(names(&dirs.base), ["root", "stdout", "tmp"]);
+        assert_eq!(names(&dirs.base), ["root", "tmp"]);
         assert_eq!(
             std::fs::metadata(&dirs.tmp).unwrap().permissions().mode() & 0o7777,
             0o1777

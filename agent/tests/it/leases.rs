@@ -442,6 +442,18 @@ async fn a_finished_leases_directory_is_reused_and_shows_nothing_of_it() {
         listing, ".\n./b.txt\n./shared\n./shared/f\n755\nclean\n",
         "what the first lease left shows"
     );
+
+    // A command stopped at its timeout may have been SIGKILLed through its stand-in, which
+    // its namespace follows only a moment later: its directory is never reused.
+    let mut slow = lease("slow", second, &["sh", "-c", "pwd; sleep 30"]);
+    slow.timeout = Some(Duration::from_millis(300).try_into().unwrap());
+    link.lease(slow).await;
+    let answer = link.result().await;
+    assert_eq!(answer.outcome(), LeaseOutcome::TimedOut);
+    let stdout = answer.result.unwrap().stdout_digest;
+    let stopped = String::from_utf8_lossy(&coordinator.read(stdout.as_ref()).await).into_owned();
+    let next = printed(&coordinator, &mut link, "next", second, "pwd").await;
+    assert_ne!(stopped, next, "a timed-out lease's directory was reused");
     drop(link);
     drop(agent);
 
