@@ -6,6 +6,13 @@
 //! applies it as one [`Batch`]; writers that queue while it commits are served by the next
 //! commit. So under load one commit serves as many writers as arrived during the previous one.
 //!
+//! **Lingering.** A committer started with [`GroupCommit::start_lingering`] waits up to its
+//! linger after the first batch arrives for more to join it (up to `LINGER_MAX_OPS`
+//! operations), so writes that come one by one, as a build tool's uploads do, share commits
+//! too. It is for callers that never wait on a commit in the normal course (the blob store's
+//! writers are acknowledged before their index records commit): a [`GroupCommit::barrier`] or
+//! [`GroupCommit::apply`] cuts the linger short, so whoever does wait is not delayed.
+//!
 //! Order is kept: batches are applied in the order they were queued (later operations on a key
 //! win), so a caller that queues under its own lock gets its lock's order in the store. A
 //! commit is all-or-nothing for every writer in it: if the combined batch fails, each of them
@@ -15,6 +22,7 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::{Batch, MetaError, MetadataStore};
 
@@ -31,10 +39,15 @@ impl std::fmt::Debug for GroupCommit {
     }
 }
 
+/// Operations a lingering commit stops gathering at.
+const LINGER_MAX_OPS: usize = 4096;
+
 struct Shared {
     state: Mutex<State>,
     /// Wakes the committer when something is queued or it must stop.
     queued: Condvar,
+    /// How long the committer waits for more after the first batch (see the module docs).
+    linger: Duration,
 }
 
 struct State {
@@ -50,6 +63,8 @@ struct State {
     commits: u64,
     /// The group the committer is applying now, if any.
     in_flight: Option<Arc<Group>>,
+    /// Someone waits for the queued batch: commit it without lingering.
+    hurry: bool,
 }
 
 /// The outcome of one commit, shared by its writers.
@@ -129,6 +144,16 @@ impl Shared {
 impl GroupCommit {
     /// Starts the committer thread (named `thread_name`) writing to `meta`.
     pub fn start(thread_name: &str, meta: Arc<dyn MetadataStore>) -> std::io::Result<Self> {
+        GroupCommit::start_lingering(thread_name, meta, Duration::ZERO)
+    }
+
+    /// [`GroupCommit::start`], with a committer that waits up to `linger` for more batches
+    /// to join the first (see the module docs).
+    pub fn start_lingering(
+        thread_name: &str,
+        meta: Arc<dyn MetadataStore>,
+        linger: Duration,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 batch: Batch::new(),
@@ -137,8 +162,10 @@ impl GroupCommit {
                 stopped: false,
                 commits: 0,
                 in_flight: None,
+                hurry: false,
             }),
             queued: Condvar::new(),
+            linger,
         });
         let committer = std::thread::Builder::new()
             .name(thread_name.to_owned())
@@ -164,10 +191,15 @@ impl GroupCommit {
             group.finish(Err(Arc::new(MetaError::Closed)));
             return Queued { group: Some(group) };
         }
+        // A committer with something queued already is committing or lingering: it needs no
+        // wake-up per batch, only once there is enough to commit at once.
+        let wake = state.batch.is_empty() || state.batch.len() + batch.len() >= LINGER_MAX_OPS;
         state.batch.append(batch);
         let group = Arc::clone(&state.group);
         drop(state);
-        self.shared.queued.notify_one();
+        if wake {
+            self.shared.queued.notify_one();
+        }
         Queued { group: Some(group) }
     }
 
@@ -176,16 +208,18 @@ impl GroupCommit {
     /// a caller needs before a flush that must cover earlier writers' batches (an empty
     /// [`GroupCommit::queue`] is done at once, whatever is still queued).
     pub fn barrier(&self) -> Queued {
-        let state = self.shared.lock();
+        let mut state = self.shared.lock();
         if state.stopped {
             let group = Arc::new(Group::default());
             group.finish(Err(Arc::new(MetaError::Closed)));
             return Queued { group: Some(group) };
         }
         if !state.batch.is_empty() {
-            return Queued {
-                group: Some(Arc::clone(&state.group)),
-            };
+            state.hurry = true;
+            let group = Arc::clone(&state.group);
+            drop(state);
+            self.shared.queued.notify_one();
+            return Queued { group: Some(group) };
         }
         Queued {
             group: state.in_flight.clone(),
@@ -194,7 +228,12 @@ impl GroupCommit {
 
     /// Queues `batch` and waits for its commit.
     pub fn apply(&self, batch: Batch) -> Result<(), MetaError> {
-        self.queue(batch).wait()
+        let queued = self.queue(batch);
+        if queued.group.is_some() {
+            self.shared.lock().hurry = true;
+            self.shared.queued.notify_one();
+        }
+        queued.wait()
     }
 
     /// Number of commits run so far.
@@ -250,6 +289,21 @@ fn run_committer(shared: &Shared, meta: &dyn MetadataStore) {
             if state.batch.is_empty() {
                 return;
             }
+            let until = Instant::now() + shared.linger;
+            while !state.hurry && !state.stopping && state.batch.len() < LINGER_MAX_OPS {
+                let Some(left) = until.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                if left.is_zero() {
+                    break;
+                }
+                state = shared
+                    .queued
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            state.hurry = false;
             let batch = std::mem::take(&mut state.batch);
             let group = std::mem::take(&mut state.group);
             state.in_flight = Some(Arc::clone(&group));
@@ -306,6 +360,55 @@ mod tests {
         assert_eq!(table.get(b"k").unwrap(), Some(b"second".to_vec()));
         assert_eq!(table.get(b"other").unwrap(), Some(b"x".to_vec()));
         commits.apply(Batch::new()).unwrap();
+    }
+
+    #[test]
+    fn a_lingering_committer_gathers_batches_that_come_one_by_one() {
+        let meta: Arc<dyn MetadataStore> = Arc::new(MemoryMetaStore::new());
+        let commits = GroupCommit::start_lingering(
+            "test-commit",
+            Arc::clone(&meta),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let queued: Vec<Queued> = (0..5)
+            .map(|i| {
+                std::thread::sleep(Duration::from_millis(5));
+                commits.queue(batch("t", &i.to_string(), "v"))
+            })
+            .collect();
+        let started = Instant::now();
+        for q in queued {
+            q.wait().unwrap();
+        }
+        assert_eq!(commits.commits(), 1, "one commit for all five");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            meta.table("t").unwrap().get(b"4").unwrap(),
+            Some(b"v".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_barrier_or_an_apply_cuts_the_linger_short() {
+        let meta: Arc<dyn MetadataStore> = Arc::new(MemoryMetaStore::new());
+        // Longer than any test may take: only being cut short lets these return.
+        let linger = Duration::from_secs(3600);
+        let commits =
+            GroupCommit::start_lingering("test-commit", Arc::clone(&meta), linger).unwrap();
+        let queued = commits.queue(batch("t", "a", "1"));
+        commits.barrier().wait().unwrap();
+        assert_eq!(queued.finished(), Some(true));
+        commits.apply(batch("t", "b", "2")).unwrap();
+        assert_eq!(commits.commits(), 2);
+        // Dropping commits what is queued at once too.
+        let last = commits.queue(batch("t", "c", "3"));
+        drop(commits);
+        last.wait().unwrap();
+        assert_eq!(
+            meta.table("t").unwrap().get(b"c").unwrap(),
+            Some(b"3".to_vec())
+        );
     }
 
     #[test]
