@@ -652,6 +652,26 @@ mod tests {
     }
 
     #[test]
+    fn directory_reuse_is_on_unless_a_file_the_environment_or_a_flag_turns_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "recycle_dirs = false\n").unwrap();
+        let none = AgentOverrides::default();
+        let off = AgentOverrides {
+            no_recycle_dirs: true,
+            ..AgentOverrides::default()
+        };
+        let load = |file: Option<&Path>, vars: &[(&str, &str)], flags: &AgentOverrides| {
+            AgentConfig::load(file, &env(vars), flags).unwrap().recycle_dirs
+        };
+        assert!(load(None, &[], &none));
+        assert!(!load(Some(&file), &[], &none));
+        assert!(!load(None, &[("TESSERA_AGENT_RECYCLE_DIRS", "false")], &none));
+        assert!(load(Some(&file), &[("TESSERA_AGENT_RECYCLE_DIRS", "true")], &none));
+        assert!(!load(None, &[("TESSERA_AGENT_RECYCLE_DIRS", "true")], &off));
+    }
+
+    #[test]
     fn mistakes_are_errors() {
         let none = AgentOverrides::default();
         let mut c = AgentConfig::default();
