@@ -662,12 +662,22 @@ mod tests {
             ..AgentOverrides::default()
         };
         let load = |file: Option<&Path>, vars: &[(&str, &str)], flags: &AgentOverrides| {
-            AgentConfig::load(file, &env(vars), flags).unwrap().recycle_dirs
+            AgentConfig::load(file, &env(vars), flags)
+                .unwrap()
+                .recycle_dirs
         };
         assert!(load(None, &[], &none));
         assert!(!load(Some(&file), &[], &none));
-        assert!(!load(None, &[("TESSERA_AGENT_RECYCLE_DIRS", "false")], &none));
-        assert!(load(Some(&file), &[("TESSERA_AGENT_RECYCLE_DIRS", "true")], &none));
+        assert!(!load(
+            None,
+            &[("TESSERA_AGENT_RECYCLE_DIRS", "false")],
+            &none
+        ));
+        assert!(load(
+            Some(&file),
+            &[("TESSERA_AGENT_RECYCLE_DIRS", "true")],
+            &none
+        ));
         assert!(!load(None, &[("TESSERA_AGENT_RECYCLE_DIRS", "true")], &off));
     }
 

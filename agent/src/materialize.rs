@@ -390,7 +390,7 @@ fn reset_directory(path: &Path, owner: u32) -> Result<(), MaterializeError> {
 /// The mode [`materialize`] creates directories with: 0777 less the process's umask (read
 /// from `/proc/self/status`, since setting the umask to read it would race other threads;
 /// 0755 if it cannot be read).
-fn directory_mode() -> u32 {
+pub(crate) fn directory_mode() -> u32 {
     static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *MODE.get_or_init(|| {
         let umask = fs::read_to_string("/proc/self/status")

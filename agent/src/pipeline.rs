@@ -480,12 +480,15 @@ impl LeasePipeline {
         metadata.execution_completed_timestamp = timestamp(SystemTime::now());
 
         // A plain command that ended by itself in a PID namespace ended with everything it
-        // started: its directories may serve a later lease (see `LeaseDirPool`). A timeout or
-        // cancel may end in a SIGKILL of the command's stand-in, which its namespace follows
-        // only a moment later; a builtin step may have stopped commands of its own that way.
-        if plan.step.is_none() && hold.is_none() && matches!(exit, ProcessExit::Exited { .. }) {
-            self.dirs.command_ended(seq);
-        }
+        // started: its directories may serve a later lease (see `LeaseDirPool`) once its
+        // outputs are uploaded (a cancelled upload may leave a blocking task at work there).
+        // Not after a timeout or a cancel, which may end in a SIGKILL of the command's
+        // stand-in that its namespace follows only a moment later; not for a signal's exit
+        // code (the stand-in itself may have been killed, by the OOM killer say); not for a
+        // builtin step, which may have stopped commands of its own that way.
+        let ended_by_itself = plan.step.is_none()
+            && hold.is_none()
+            && matches!(exit, ProcessExit::Exited { exit_code } if (0..128).contains(&exit_code));
         let (outcome, exit_code, requested) = match exit {
             ProcessExit::Cancelled => return cancelled(),
             ProcessExit::TimedOut { after, exit_code } => {
@@ -513,6 +516,9 @@ impl LeasePipeline {
         };
         metadata.output_upload_completed_timestamp = timestamp(SystemTime::now());
         result.exit_code = exit_code;
+        if ended_by_itself {
+            self.dirs.command_ended(seq);
+        }
         (outcome, Some(result))
     }
 

@@ -423,7 +423,8 @@ impl LeaseDirs {
 }
 
 /// Removes everything under `dir` except the directories on the way to each of `keep`
-/// (absolute paths under `dir`), which are made 0755 and emptied the same way. Never follows
+/// (absolute paths under `dir`), which get the mode a new directory gets and are emptied the
+/// same way. Never follows
 /// a symlink. Blocking.
 fn empty_keeping(dir: &Path, keep: &[PathBuf]) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -437,7 +438,8 @@ fn empty_keeping(dir: &Path, keep: &[PathBuf]) -> io::Result<()> {
             .cloned()
             .collect();
         if kind.is_dir() && !on_the_way.is_empty() {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            let mode = crate::materialize::directory_mode();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
             empty_keeping(&path, &on_the_way)?;
         } else {
             remove_entry(&path, kind)?;

@@ -454,6 +454,15 @@ async fn a_finished_leases_directory_is_reused_and_shows_nothing_of_it() {
     let stopped = String::from_utf8_lossy(&coordinator.read(stdout.as_ref()).await).into_owned();
     let next = printed(&coordinator, &mut link, "next", second, "pwd").await;
     assert_ne!(stopped, next, "a timed-out lease's directory was reused");
+    // Nor after a signal's exit code: it may be the stand-in's own death.
+    link.lease(lease("killed", second, &["sh", "-c", "pwd; kill -9 $$"]))
+        .await;
+    let result = link.result().await.result.unwrap();
+    assert_eq!(result.exit_code, 137);
+    let killed = String::from_utf8_lossy(&coordinator.read(result.stdout_digest.as_ref()).await)
+        .into_owned();
+    let after_kill = printed(&coordinator, &mut link, "after-kill", second, "pwd").await;
+    assert_ne!(killed, after_kill, "a killed lease's directory was reused");
     drop(link);
     drop(agent);
 
