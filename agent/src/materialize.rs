@@ -307,52 +307,36 @@ pub fn materialize_over(
         for file in &dir.files {
             let path = dir_path.join(&file.name);
             let source = placer.source_of(file, &path)?;
-            if let Some(kind) = found.remove(std::ffi::OsStr::new(&file.name)) {
-                if kind.is_file() && source.is_at(&path, owner)? {
-                    placer.stats.kept += 1;
-                    continue;
-                }
-                remove_entry(&path, kind)?;
-                placer.stats.removed += 1;
+            let wanted = |kind: fs::FileType| Ok(kind.is_file() && source.is_at(&path, owner)?);
+            if !placer.keep_or_remove(&mut found, &file.name, &path, wanted)? {
+                placer.place_file(source, &path)?;
             }
-            placer.place_file(source, &path)?;
         }
         for node in &dir.directories {
             let path = dir_path.join(&node.name);
             let child = placer.child(node, &path)?;
-            match found.remove(std::ffi::OsStr::new(&node.name)) {
-                Some(kind) if kind.is_dir() => {
-                    placer.stats.kept += 1;
-                    stack.push((child, path));
-                }
-                other => {
-                    if let Some(kind) = other {
-                        remove_entry(&path, kind)?;
-                        placer.stats.removed += 1;
-                    }
-                    placer.create_dir(&path)?;
-                    fresh.push((child, path));
-                }
+            let wanted = |kind: fs::FileType| Ok(kind.is_dir());
+            if placer.keep_or_remove(&mut found, &node.name, &path, wanted)? {
+                stack.push((child, path));
+            } else {
+                placer.create_dir(&path)?;
+                fresh.push((child, path));
             }
         }
         for link in &dir.symlinks {
             let path = dir_path.join(&link.name);
-            if let Some(kind) = found.remove(std::ffi::OsStr::new(&link.name)) {
-                // Byte for byte: as paths, "a/." and "a" would compare equal.
-                let same = kind.is_symlink()
+            // Byte for byte: as paths, "a/." and "a" would compare equal.
+            let wanted = |kind: fs::FileType| {
+                Ok(kind.is_symlink()
                     && fs::read_link(&path)
                         .map_err(io_error("read symlink", &path))?
                         .as_os_str()
                         .as_bytes()
-                        == link.target.as_bytes();
-                if same {
-                    placer.stats.kept += 1;
-                    continue;
-                }
-                remove_entry(&path, kind)?;
-                placer.stats.removed += 1;
+                        == link.target.as_bytes())
+            };
+            if !placer.keep_or_remove(&mut found, &link.name, &path, wanted)? {
+                placer.place_symlink(&link.target, &path)?;
             }
-            placer.place_symlink(&link.target, &path)?;
         }
         for (name, kind) in found {
             remove_entry(&dir_path.join(name), kind)?;
@@ -572,6 +556,28 @@ impl<'a> Placer<'a> {
                 }),
             },
         }
+    }
+
+    /// What an earlier lease left at `path` (named `name` in `found`, its listing): `true` if
+    /// there is something and `wanted` says it already is what the tree wants (kept);
+    /// otherwise whatever is there is removed, for the caller to lay the entry out.
+    fn keep_or_remove(
+        &mut self,
+        found: &mut HashMap<std::ffi::OsString, fs::FileType>,
+        name: &str,
+        path: &Path,
+        wanted: impl FnOnce(fs::FileType) -> Result<bool, MaterializeError>,
+    ) -> Result<bool, MaterializeError> {
+        let Some(kind) = found.remove(std::ffi::OsStr::new(name)) else {
+            return Ok(false);
+        };
+        if wanted(kind)? {
+            self.stats.kept += 1;
+            return Ok(true);
+        }
+        remove_entry(path, kind)?;
+        self.stats.removed += 1;
+        Ok(false)
     }
 
     fn create_dir(&mut self, path: &Path) -> Result<(), MaterializeError> {

@@ -44,7 +44,7 @@ use crate::sandbox::{
     Isolation, ProcessExit, ProcessRunner, ProcessSpec, mount_points_in_tmp, resolve_program,
 };
 use crate::step::{StepContext, StepEnd, check_persist_paths, lay_out_persist, run_step};
-use crate::workdir::{LeaseDirPool, LeaseDirs, TRASH_MAX_PENDING, Trash, WorkLayout, remove_tree};
+use crate::workdir::{LeaseDirPool, LeaseDirs, Trash, WorkLayout, remove_tree};
 use crate::worker::{LeaseWorker, WorkerKey, WorkerPool};
 use tessera_runners::step::{
     REPORT_PATH, StepReport, StepSpec, TRUST_DOMAIN_ENV, is_secret_placeholder,
@@ -329,8 +329,8 @@ fn lay_out_over(
         // Only what is on disk can be cured by starting afresh.
         Err(error @ MaterializeError::Io { .. }) => {
             tracing::warn!(%error, dir = %dirs.base.display(), "failed to reuse a lease directory; laying the inputs out afresh");
-            let fresh = trash.discard(&dirs.base).and_then(|()| dirs.create());
-            fresh.map_err(io_error(format!("create {}", dirs.base.display())))?;
+            dirs.create_afresh(trash)
+                .map_err(io_error(format!("create {}", dirs.base.display())))?;
             Ok(materialize(tree, cache, &dirs.root)?)
         }
         Err(error) => Err(error.into()),
@@ -485,9 +485,9 @@ impl LeasePipeline {
         // Not after a timeout or a cancel, which may end in a SIGKILL of the command's
         // stand-in that its namespace follows only a moment later; not for a signal's exit
         // code (the stand-in itself may have been killed, by the OOM killer say); not for a
-        // builtin step, which may have stopped commands of its own that way.
+        // builtin step, which may have stopped commands of its own that way (a lease held on
+        // a long-lived worker is always one).
         let ended_by_itself = plan.step.is_none()
-            && hold.is_none()
             && matches!(exit, ProcessExit::Exited { exit_code } if (0..128).contains(&exit_code));
         let (outcome, exit_code, requested) = match exit {
             ProcessExit::Cancelled => return cancelled(),
@@ -601,14 +601,12 @@ impl LeasePipeline {
                     &trash,
                 )?),
                 layout => {
-                    if recycled {
-                        trash
-                            .discard(&lease_dirs.base)
-                            .map_err(io_error(format!("remove {}", lease_dirs.base.display())))?;
-                    }
-                    lease_dirs
-                        .create()
-                        .map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
+                    let created = if recycled {
+                        lease_dirs.create_afresh(&trash)
+                    } else {
+                        lease_dirs.create()
+                    };
+                    created.map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
                     match layout {
                         Layout::Files(tree) => Some(materialize(&tree, &cache, &lease_dirs.root)?),
                         Layout::Layer(layer, layers) => {
@@ -857,8 +855,9 @@ impl LeasePipeline {
         }
     }
 
-    /// Removes directories no lease will use (into the trash; deleted on a blocking thread
-    /// if the trash cannot take them).
+    /// Removes directories no lease will use: one rename into the trash, not worth a hop to a
+    /// blocking thread; if the trash cannot take them (full, or the rename fails), deleted on
+    /// a blocking thread, never on this one.
     async fn discard(&self, dirs: LeaseDirs) {
         match self.trash.try_discard(&dirs.base) {
             Ok(true) => return,
@@ -901,14 +900,9 @@ impl LeasePipeline {
             }
             return;
         }
-        if keep.is_none() && self.layers.is_none() && self.trash.pending() < TRASH_MAX_PENDING {
-            // One rename: not worth a hop to a blocking thread. If the trash cannot take it,
-            // the tree is deleted below, on a blocking thread, never on this one.
-            match self.trash.try_discard(&dirs.base) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(error) => tracing::warn!(%error, "failed to clean up a lease directory"),
-            }
+        if keep.is_none() && self.layers.is_none() {
+            self.discard(dirs).await;
+            return;
         }
         let layers = self.layers.clone();
         let trash = self.trash.clone();

@@ -690,6 +690,24 @@ fn placed_before_tmp(private_tmp: Option<&Path>, path: &Path) -> PathBuf {
     }
 }
 
+/// Where the sandbox bind-mounts the exec root, as (exec root, mount point) pairs: at the path
+/// the action asked for, if any; and, when the exec root itself is under /tmp, at its own path
+/// (which the private /tmp would otherwise hide).
+fn exec_root_mounts(isolation: &Isolation) -> Vec<(&Path, PathBuf)> {
+    let private_tmp = isolation.private_tmp.as_deref();
+    let Some(root) = isolation.exec_root.as_deref() else {
+        return Vec::new();
+    };
+    let mut mounts = Vec::new();
+    if let Some(at) = &isolation.exec_root_at {
+        mounts.push((root, placed_before_tmp(private_tmp, at)));
+    }
+    if private_tmp.is_some() && root.starts_with("/tmp") {
+        mounts.push((root, placed_before_tmp(private_tmp, root)));
+    }
+    mounts
+}
+
 /// The mount points the sandbox makes inside a lease's private tmp directory `tmp` for an
 /// exec root at `exec_root`, seen by the command at `exec_root_at` if set: what a tmp reused
 /// for a later lease may keep (see `LeaseDirs::tidy_for_reuse`).
@@ -698,15 +716,17 @@ pub fn mount_points_in_tmp(
     exec_root: &Path,
     exec_root_at: Option<&Path>,
 ) -> Vec<PathBuf> {
-    let mut points = Vec::new();
-    if let Some(at) = exec_root_at {
-        points.push(placed_before_tmp(Some(tmp), at));
-    }
-    if exec_root.starts_with("/tmp") {
-        points.push(placed_before_tmp(Some(tmp), exec_root));
-    }
-    points.retain(|point| point.starts_with(tmp) && point != tmp);
-    points
+    let isolation = Isolation {
+        private_tmp: Some(tmp.to_owned()),
+        exec_root: Some(exec_root.to_owned()),
+        exec_root_at: exec_root_at.map(Path::to_owned),
+        ..Isolation::default()
+    };
+    exec_root_mounts(&isolation)
+        .into_iter()
+        .map(|(_, point)| point)
+        .filter(|point| point.starts_with(tmp) && point != tmp)
+        .collect()
 }
 
 impl Prepared {
@@ -818,34 +838,21 @@ impl Prepared {
         if !isolation.namespaces {
             return Ok(prepared);
         }
-        let private_tmp = isolation.private_tmp.as_deref();
-        let placed = |path: &Path| placed_before_tmp(private_tmp, path);
         for (source, target) in &isolation.binds {
             prepared.binds.push(Bind {
                 source: c_path(source)?,
                 target: c_path(target)?,
             });
         }
-        if let (Some(root), Some(at)) = (&isolation.exec_root, &isolation.exec_root_at) {
-            let target = placed(at);
+        for (root, target) in exec_root_mounts(isolation) {
             create_mount_point(&target)?;
             prepared.binds.push(Bind {
                 source: c_path(root)?,
                 target: c_path(&target)?,
             });
         }
-        if let Some(tmp) = private_tmp {
+        if let Some(tmp) = &isolation.private_tmp {
             prepared.tmp_source = Some(c_path(tmp)?);
-            if let Some(root) = &isolation.exec_root
-                && root.starts_with("/tmp")
-            {
-                let target = placed(root);
-                create_mount_point(&target)?;
-                prepared.binds.push(Bind {
-                    source: c_path(root)?,
-                    target: c_path(&target)?,
-                });
-            }
         }
         Ok(prepared)
     }

@@ -395,6 +395,13 @@ impl LeaseDirs {
         std::fs::set_permissions(&self.tmp, std::fs::Permissions::from_mode(0o1777))
     }
 
+    /// [`LeaseDirs::create`] where an earlier lease's directory may be in the way: it goes to
+    /// `trash` (deleted in the background) instead of being deleted here. Blocking.
+    pub fn create_afresh(&self, trash: &Trash) -> io::Result<()> {
+        trash.discard(&self.base)?;
+        self.create()
+    }
+
     /// Readies directories an earlier lease ran in for the next, except the exec root (laid
     /// out over by `materialize_over`): the lease directory keeps only the exec root and tmp
     /// (the output files go: the next command's must be new, never a file the last one could

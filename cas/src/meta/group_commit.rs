@@ -95,6 +95,16 @@ pub struct Queued {
 }
 
 impl Queued {
+    /// A batch the committer will never take: it has stopped.
+    fn closed() -> Queued {
+        let group = Arc::new(Group::default());
+        group.finish(Err(Arc::new(MetaError::Closed)));
+        Queued {
+            group: Some(group),
+            shared: None,
+        }
+    }
+
     /// Without blocking: `None` while the commit is still to run, then whether it succeeded.
     pub fn finished(&self) -> Option<bool> {
         let Some(group) = &self.group else {
@@ -206,12 +216,7 @@ impl GroupCommit {
         }
         let mut state = self.shared.lock();
         if state.stopped {
-            let group = Arc::new(Group::default());
-            group.finish(Err(Arc::new(MetaError::Closed)));
-            return Queued {
-                group: Some(group),
-                shared: None,
-            };
+            return Queued::closed();
         }
         // A committer with something queued already is committing or lingering: it needs no
         // wake-up per batch, only once there is enough to commit at once.
@@ -239,12 +244,7 @@ impl GroupCommit {
     pub fn barrier(&self) -> Queued {
         let state = self.shared.lock();
         if state.stopped {
-            let group = Arc::new(Group::default());
-            group.finish(Err(Arc::new(MetaError::Closed)));
-            return Queued {
-                group: Some(group),
-                shared: None,
-            };
+            return Queued::closed();
         }
         if !state.batch.is_empty() {
             return Queued {
@@ -318,9 +318,7 @@ fn run_committer(shared: &Shared, meta: &dyn MetadataStore) {
             }
             let until = state.first_queued.unwrap_or_else(Instant::now) + shared.linger;
             while !state.hurry && !state.stopping && state.batch.len() < LINGER_MAX_OPS {
-                let Some(left) = until.checked_duration_since(Instant::now()) else {
-                    break;
-                };
+                let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
