@@ -295,6 +295,8 @@ impl Report {
             outcome: self.outcome as i32,
             message: self.message,
             missing: self.missing.iter().map(Digest::to_proto).collect(),
+            blobs: Vec::new(),
+            digest_function: 0,
         }
     }
 }

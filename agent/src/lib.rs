@@ -208,6 +208,7 @@ impl Agent {
             }),
             layers,
             metrics: metrics.clone(),
+            inline_output_bytes: Arc::default(),
         });
         let hello = tessera_proto::tessera::v1::Hello {
             agent_id,

@@ -156,11 +156,15 @@ impl InputTree {
 /// Most directories of an input tree taken in its one GetTree call.
 const TREE_PREFETCH: usize = 64;
 
-/// Fetches the tree under `root` (through the local cache) and validates it.
+/// Fetches the tree under `root` (through the local cache) and validates it. `carried` are
+/// Directory messages the lease brought (`Lease.input_directories`): each is keyed by its
+/// own hash, so one the tree does not name is never used, and the tree is then fetched only
+/// for what they lack.
 pub async fn fetch_input_tree(
     cache: &LocalCache,
     cas: &CasClient,
     root: Digest,
+    carried: &[Bytes],
 ) -> Result<InputTree, MaterializeError> {
     let function = root.function;
     let limits = TreeLimits::default();
@@ -170,8 +174,11 @@ pub async fn fetch_input_tree(
     // any download; any the tree names that GetTree did not give (past [`TREE_PREFETCH`], or
     // by the digest of its encoding) are fetched by digest below, from the cache if it has
     // them, as without it.
-    let mut prefetched: HashMap<Digest, Bytes> = HashMap::new();
-    if !cache.contains(&root) {
+    let mut prefetched: HashMap<Digest, Bytes> = carried
+        .iter()
+        .map(|data| (function.digest_of(data), data.clone()))
+        .collect();
+    if !prefetched.contains_key(&root) && !cache.contains(&root) {
         match cache.fetch_tree_top(cas, &root, TREE_PREFETCH).await {
             Ok(tree) => prefetched = tree,
             Err(error) => {

@@ -10,10 +10,13 @@
 //! out, as REAPI says. A path whose parent resolves outside the exec root (through a symlink)
 //! is left out too. A lease's secret values are masked in every file before it is hashed (see
 //! `mask`): in place, so what is uploaded, and what is left on the agent's disk, is the masked
-//! file. Uploads ask FindMissingBlobs first and send only what the CAS lacks: small blobs in
-//! batches, read in bounded groups; large files streamed through ByteStream piece by piece
-//! from disk, never whole in memory. Each file is hashed once, while it is collected; the
-//! upload reads it once more only if the CAS lacks it.
+//! file. When the coordinator takes outputs inline with the result (protocol 3,
+//! `Welcome.inline_output_bytes`), the small ones, up to that many bytes in all, go with it:
+//! no FindMissingBlobs, no upload call (a round trip costs more than sending a few kilobytes
+//! the CAS may have already). The rest are uploaded as before: FindMissingBlobs first, then
+//! only what the CAS lacks, small blobs in batches, read in bounded groups; large files
+//! streamed through ByteStream piece by piece from disk, never whole in memory. Each file is
+//! hashed once, while it is collected; it is read once more only to be sent.
 //!
 //! Alongside the upload, every large output file (one that would be streamed, over 1 MiB)
 //! enters the agent's local cache (see `LocalCache::keep_output`: a hard link where only the
@@ -412,15 +415,17 @@ pub fn collect_outputs(
 }
 
 /// Keeps the output files of `blobs` in the agent's `cache` (see the module docs), while
-/// uploading whatever of `blobs` the CAS lacks. A file the cache cannot keep costs a download
-/// later, not the lease: that is logged, not returned.
+/// uploading whatever of `blobs` the CAS lacks, but for the small ones that go inline with
+/// the result: up to `inline_bytes` in all, returned with their contents. A file the cache
+/// cannot keep costs a download later, not the lease: that is logged, not returned.
 pub async fn upload(
     cas: &CasClient,
     cache: &LocalCache,
     blobs: &[(Digest, BlobSource)],
-) -> Result<(), OutputError> {
+    inline_bytes: u64,
+) -> Result<Vec<(Digest, Bytes)>, OutputError> {
     let keep = keep_in_cache(cache, blobs);
-    let (uploaded, kept) = tokio::join!(upload_missing(cas, blobs), keep);
+    let (uploaded, kept) = tokio::join!(upload_missing(cas, blobs, inline_bytes), keep);
     match kept {
         Ok(counts) => tracing::debug!(?counts, "outputs kept in the local cache"),
         Err(error) => tracing::warn!(%error, "outputs not kept in the local cache"),
@@ -486,17 +491,36 @@ pub async fn keep_in_cache(
     })
 }
 
-/// Uploads whatever of `blobs` the CAS lacks: small blobs in batches, read in bounded groups;
-/// large files streamed from disk.
+/// Reads the small blobs of `blobs` that go inline with the result (up to `inline_bytes` in
+/// all, in order) and returns them; uploads whatever else of `blobs` the CAS lacks: small
+/// blobs in batches, read in bounded groups; large files streamed from disk.
 async fn upload_missing(
     cas: &CasClient,
     blobs: &[(Digest, BlobSource)],
-) -> Result<(), OutputError> {
+    inline_bytes: u64,
+) -> Result<Vec<(Digest, Bytes)>, OutputError> {
     let mut seen = HashSet::new();
-    let unique: Vec<&(Digest, BlobSource)> = blobs
+    let mut unique: Vec<&(Digest, BlobSource)> = blobs
         .iter()
         .filter(|(d, _)| !d.is_empty_blob() && seen.insert(*d))
         .collect();
+    let mut budget = inline_bytes;
+    let (inline, rest): (Vec<_>, Vec<_>) = unique.into_iter().partition(|(digest, _)| {
+        let fits = !is_streamed(digest) && digest.size_bytes <= budget;
+        if fits {
+            budget -= digest.size_bytes;
+        }
+        fits
+    });
+    unique = rest;
+    let inline = if inline.is_empty() {
+        Vec::new()
+    } else {
+        load(inline.into_iter().cloned().collect()).await?
+    };
+    if unique.is_empty() {
+        return Ok(inline);
+    }
     let digests: Vec<Digest> = unique.iter().map(|(d, _)| *d).collect();
     let missing: HashSet<Digest> = cas.find_missing(&digests).await?.into_iter().collect();
     let todo: Vec<&(Digest, BlobSource)> = unique
@@ -523,7 +547,7 @@ async fn upload_missing(
     if !group.is_empty() {
         upload_group(cas, group).await?;
     }
-    Ok(())
+    Ok(inline)
 }
 
 /// Whether `digest` goes through ByteStream rather than a batch.
@@ -588,11 +612,10 @@ fn read_full(file: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-async fn upload_group(
-    cas: &CasClient,
-    group: Vec<(Digest, BlobSource)>,
-) -> Result<(), OutputError> {
-    let loaded = tokio::task::spawn_blocking(move || {
+/// The contents of `group`: files read on a blocking thread (none taken when every blob is
+/// in memory already).
+async fn load(group: Vec<(Digest, BlobSource)>) -> Result<Vec<(Digest, Bytes)>, OutputError> {
+    let read = |group: Vec<(Digest, BlobSource)>| {
         group
             .into_iter()
             .map(|(digest, source)| {
@@ -605,13 +628,27 @@ async fn upload_group(
                 Ok((digest, data))
             })
             .collect::<Result<Vec<(Digest, Bytes)>, OutputError>>()
-    })
-    .await
-    .map_err(|e| OutputError::Io {
-        op: "read outputs in",
-        path: PathBuf::from("a blocking task"),
-        source: io::Error::other(e.to_string()),
-    })??;
+    };
+    if group
+        .iter()
+        .all(|(_, source)| matches!(source, BlobSource::Bytes(_)))
+    {
+        return read(group);
+    }
+    tokio::task::spawn_blocking(move || read(group))
+        .await
+        .map_err(|e| OutputError::Io {
+            op: "read outputs in",
+            path: PathBuf::from("a blocking task"),
+            source: io::Error::other(e.to_string()),
+        })?
+}
+
+async fn upload_group(
+    cas: &CasClient,
+    group: Vec<(Digest, BlobSource)>,
+) -> Result<(), OutputError> {
+    let loaded = load(group).await?;
     let digests: Vec<Digest> = loaded.iter().map(|(d, _)| *d).collect();
     let data: std::collections::HashMap<Digest, Bytes> = loaded.into_iter().collect();
     for transfer in plan_transfers(&digests) {

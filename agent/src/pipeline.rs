@@ -14,13 +14,18 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 
 use tessera_cas::client::{CasClient, ClientError};
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_net::client::Link;
-use tessera_proto::reapi::{ActionResult, Command, ExecutedActionMetadata};
+use tessera_proto::reapi::{
+    ActionResult, Command, ExecutedActionMetadata, batch_update_blobs_request, compressor,
+};
 use tessera_proto::tessera::v1::{Lease, LeaseResult, LeaseStage};
 use tessera_proto::time::from_proto_duration;
 use tonic::Code;
@@ -138,6 +143,9 @@ pub struct LeasePipeline {
     pub layers: Option<Arc<LayeredRoots>>,
     /// Where each lease's time outside its command is recorded.
     pub metrics: AgentMetrics,
+    /// Output bytes a result may carry inline, as the coordinator last said
+    /// (`Welcome.inline_output_bytes`; 0 until then).
+    pub inline_output_bytes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LeasePipeline {
@@ -178,6 +186,8 @@ struct LeaseState {
     hold: Option<(LeaseWorker, LeaseDirs)>,
     /// How long the command (or the builtin step) ran; zero if it never started.
     command_time: Duration,
+    /// Outputs that go with the result instead of uploaded (see `outputs::upload`).
+    inline: Vec<(Digest, Bytes)>,
 }
 
 /// A lease ready to run: what it asks for, how to run it, the directories it runs in and, for
@@ -361,6 +371,7 @@ impl LeasePipeline {
             },
             hold: None,
             command_time: Duration::ZERO,
+            inline: Vec::new(),
         };
         let (outcome, result) = self
             .stages(lease, seq, cancel, progress, step_results, &mut state)
@@ -381,7 +392,20 @@ impl LeasePipeline {
         let mut report = Report::of(&outcome);
         // An error may quote what the command printed.
         SecretMask::of_lease(lease).mask_in_place(&mut report.message);
-        (report.into_result(lease, result), outcome)
+        let mut answer = report.into_result(lease, result);
+        if answer.result.is_some() && !state.inline.is_empty() {
+            answer.digest_function = lease.digest_function;
+            answer.blobs = state
+                .inline
+                .into_iter()
+                .map(|(digest, data)| batch_update_blobs_request::Request {
+                    digest: Some(digest.to_proto()),
+                    data,
+                    compressor: compressor::Value::Identity as i32,
+                })
+                .collect();
+        }
+        (answer, outcome)
     }
 
     async fn stages(
@@ -397,6 +421,7 @@ impl LeasePipeline {
             metadata,
             hold,
             command_time,
+            inline,
         } = state;
         let fail = |stage, error| (RunOutcome::Error { stage, error }, None);
         let cancelled = || {
@@ -511,7 +536,10 @@ impl LeasePipeline {
             () = cancel.token().cancelled() => return cancelled(),
         };
         let mut result = match uploaded {
-            Ok(result) => result,
+            Ok((result, blobs)) => {
+                *inline = blobs;
+                result
+            }
             Err(error) => return fail(Stage::Upload, error),
         };
         metadata.output_upload_completed_timestamp = timestamp(SystemTime::now());
@@ -556,7 +584,13 @@ impl LeasePipeline {
             return Ok(Some((plan, launch, home.dirs, Some(held))));
         }
         let download = async {
-            let tree = fetch_input_tree(&self.cache, &plan.cas, plan.input_root).await?;
+            let tree = fetch_input_tree(
+                &self.cache,
+                &plan.cas,
+                plan.input_root,
+                &lease.input_directories,
+            )
+            .await?;
             let pins = self
                 .cache
                 .ensure(&plan.cas, &tree.file_digests())
@@ -807,7 +841,7 @@ impl LeasePipeline {
         plan: &Plan,
         dirs: &LeaseDirs,
         requested: Vec<RequestedOutput>,
-    ) -> Result<ActionResult, LeaseError> {
+    ) -> Result<(ActionResult, Vec<(Digest, Bytes)>), LeaseError> {
         let function = plan.function;
         let root = dirs.root.clone();
         // Where the agent sees the working directory (the command may see it elsewhere).
@@ -837,11 +871,12 @@ impl LeasePipeline {
         collected.blobs.push(stdout);
         collected.blobs.push(stderr);
         // The command has run: ride out a short CAS outage rather than waste the run.
+        let inline_bytes = self.inline_output_bytes.load(Ordering::Relaxed);
         let mut wait = UPLOAD_RETRY_FIRST;
         let mut attempt = 1;
         loop {
-            match upload(&plan.cas, &self.cache, &collected.blobs).await {
-                Ok(()) => return Ok(collected.result),
+            match upload(&plan.cas, &self.cache, &collected.blobs, inline_bytes).await {
+                Ok(inline) => return Ok((collected.result, inline)),
                 Err(OutputError::Upload(error))
                     if attempt < UPLOAD_ATTEMPTS && is_transient(&error) =>
                 {

@@ -208,6 +208,26 @@ struct Connected {
     tx: mpsc::Sender<AgentMessage>,
     inbound: Streaming<CoordinatorMessage>,
     heartbeat: Interval,
+    /// What the coordinator said it takes: outputs inline, lease stages.
+    offers: Offers,
+}
+
+/// What a `Welcome` offers beyond timing (protocol 3).
+#[derive(Debug, Clone, Copy, Default)]
+struct Offers {
+    /// Output bytes a result may carry inline.
+    inline_output_bytes: u64,
+    /// Whether it wants a progress message for each stage a lease enters.
+    lease_stages: bool,
+}
+
+impl Offers {
+    fn of(welcome: &Welcome) -> Offers {
+        Offers {
+            inline_output_bytes: welcome.inline_output_bytes,
+            lease_stages: welcome.lease_stages,
+        }
+    }
 }
 
 enum LinkEvent {
@@ -350,7 +370,28 @@ async fn connect(channel: tessera_net::client::Link, hello: Hello) -> Result<Con
         tx,
         inbound,
         heartbeat: heartbeat_timer(&welcome),
+        offers: Offers::of(&welcome),
     })
+}
+
+/// Makes `result` one the coordinator can take: if it carries more output bytes inline than
+/// `allowed` (it was made while talking to a coordinator that took more), it cannot be
+/// delivered with its outputs, so it becomes a retryable failure and the action runs again.
+fn fit_inline_outputs(result: &mut LeaseResult, allowed: u64) {
+    let inline = result
+        .blobs
+        .iter()
+        .fold(0u64, |sum, blob| sum.saturating_add(blob.data.len() as u64));
+    if inline == 0 || inline <= allowed {
+        return;
+    }
+    tracing::warn!(lease = %result.lease_id, inline, allowed,
+        "a result's inline outputs are more than this coordinator takes; it runs again");
+    result.blobs.clear();
+    result.result = None;
+    result.outcome = LeaseOutcome::Retryable as i32;
+    result.message =
+        format!("its outputs went inline ({inline} bytes) but the coordinator now takes {allowed}");
 }
 
 fn heartbeat_timer(welcome: &Welcome) -> Interval {
@@ -468,6 +509,14 @@ impl Session {
                 stage,
                 results_json,
             } => {
+                // A bare stage goes only to a coordinator that asked for stages.
+                let wanted = match &self.link {
+                    Link::Up(connected) => connected.offers.lease_stages,
+                    _ => false,
+                };
+                if results_json.is_empty() && !wanted {
+                    return;
+                }
                 self.send(message(AgentKind::Progress(LeaseProgress {
                     lease_id,
                     stage: stage as i32,
@@ -508,7 +557,8 @@ impl Session {
         let Link::Up(connected) = &self.link else {
             return;
         };
-        while let Some(pending) = self.pending.pop_front() {
+        while let Some(mut pending) = self.pending.pop_front() {
+            fit_inline_outputs(&mut pending.result, connected.offers.inline_output_bytes);
             match connected
                 .tx
                 .try_send(message(AgentKind::Result(pending.result.clone())))
@@ -545,6 +595,7 @@ impl Session {
                     "connected to the coordinator"
                 );
                 self.backoff.reset();
+                self.offered(connected.offers);
                 self.link = Link::Up(connected);
                 self.params.pipeline.metrics.set_connected(true);
                 if self.draining {
@@ -572,6 +623,14 @@ impl Session {
             }
             LinkEvent::Message(message) => self.on_message(*message),
         }
+    }
+
+    /// Leases uploading from now on send inline what `offers` allows.
+    fn offered(&self, offers: Offers) {
+        self.params
+            .pipeline
+            .inline_output_bytes
+            .store(offers.inline_output_bytes, Ordering::Relaxed);
     }
 
     fn lose_link(&mut self, reason: &str) {
@@ -612,7 +671,9 @@ impl Session {
             Some(CoordinatorKind::Welcome(welcome)) => {
                 if let Link::Up(connected) = &mut self.link {
                     connected.heartbeat = heartbeat_timer(&welcome);
+                    connected.offers = Offers::of(&welcome);
                 }
+                self.offered(Offers::of(&welcome));
             }
             Some(CoordinatorKind::Refused(status)) if is_final(Code::from(status.code)) => {
                 self.refuse_session(status);

@@ -359,7 +359,8 @@ impl Coordinator {
                 AgentSessionServer::new(
                     AgentSessionService::new(scheduler.clone())
                         .with_auth(auth.clone())
-                        .with_notifier(notifier.clone()),
+                        .with_notifier(notifier.clone())
+                        .with_store(Arc::clone(&blobs)),
                 )
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),

@@ -59,8 +59,10 @@ pub use google::rpc;
 /// accepts only agents that speak the same version (see `Hello.protocol_version`).
 ///
 /// History: 1 carried lease outcomes as `google.rpc.Status` codes (and sent no version);
-/// 2 carries `LeaseOutcome`.
-pub const AGENT_PROTOCOL_VERSION: u32 = 2;
+/// 2 carries `LeaseOutcome`; 3 lets a result carry small outputs inline
+/// (`LeaseResult.blobs`, up to `Welcome.inline_output_bytes`) and sends lease stages only when
+/// the `Welcome` asks for them.
+pub const AGENT_PROTOCOL_VERSION: u32 = 3;
 
 /// The gRPC metadata key under which REAPI clients send `RequestMetadata`.
 pub const REQUEST_METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";

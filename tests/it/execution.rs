@@ -609,3 +609,87 @@ async fn a_lease_held_across_a_coordinator_restart_still_counts() {
     let stats = second.wait_for_stats(|s| s.completed == 1).await;
     assert_eq!(stats.stale_results, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_carry_the_input_tree_and_results_their_small_outputs() {
+    use tessera_proto::reapi::{OutputFile, batch_update_blobs_request};
+    let server = server(Duration::from_secs(10)).await;
+    let function = DigestFunction::Sha256;
+    let client = server.client(function).await;
+    let mut agent = ScriptedAgent::connect(&server, "a1", 2, &[("OSFamily", "linux")]).await;
+    let digest = upload_action(&client, &["make", "out"], &["out"], &[], false).await;
+
+    let stream = execute(&server, &digest, false).await;
+    let lease = agent.next_lease().await;
+    // The input root (empty) as read when the action was accepted: the agent need not ask.
+    let action = lease.action.clone().unwrap();
+    let root = Digest::from_proto_opt(function, action.input_root_digest.as_ref()).unwrap();
+    let carried: Vec<Digest> = lease
+        .input_directories
+        .iter()
+        .map(|d| function.digest_of(d))
+        .collect();
+    assert_eq!(carried, vec![root]);
+
+    // Its output comes with the result, not through the CAS: the client reads it all the same.
+    let made = b"made, and sent inline";
+    let made_digest = function.digest_of(made);
+    let inline = |data: &'static [u8], digest: Digest| batch_update_blobs_request::Request {
+        digest: Some(digest.to_proto()),
+        data: bytes::Bytes::from_static(data),
+        compressor: 0,
+    };
+    let answer = |lease: &Lease, blob: batch_update_blobs_request::Request| LeaseResult {
+        lease_id: lease.lease_id.clone(),
+        attempt: lease.attempt,
+        result: Some(ActionResult {
+            output_files: vec![OutputFile {
+                path: "out".to_owned(),
+                digest: Some(made_digest.to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        outcome: LeaseOutcome::Completed as i32,
+        digest_function: function.to_proto(),
+        blobs: vec![blob],
+        ..Default::default()
+    };
+    assert_eq!(
+        client.find_missing(&[made_digest]).await.unwrap(),
+        vec![made_digest]
+    );
+    agent
+        .send(agent_message::Kind::Result(answer(
+            &lease,
+            inline(made, made_digest),
+        )))
+        .await;
+    let (_, _, response) = drain(stream).await;
+    assert_eq!(response.status.unwrap_or_default().code, 0);
+    assert_eq!(&client.read(&made_digest, false).await.unwrap()[..], made);
+
+    // A result whose inline output does not match its digest is not taken: the action runs
+    // again, on the next attempt.
+    let other = b"another output";
+    let other_digest = function.digest_of(other);
+    let stream = execute(&server, &digest, true).await;
+    let lease = agent.next_lease().await;
+    assert_eq!(lease.attempt, 1);
+    let mut result = answer(&lease, inline(b"not what it says!", other_digest));
+    result.result.as_mut().unwrap().output_files[0].digest = Some(other_digest.to_proto());
+    agent.send(agent_message::Kind::Result(result)).await;
+    let again = agent.next_lease().await;
+    assert_eq!(
+        again.attempt, 2,
+        "the refused result counts as a failed attempt"
+    );
+    assert_eq!(
+        client.find_missing(&[other_digest]).await.unwrap(),
+        vec![other_digest],
+        "nothing of the refused result was stored"
+    );
+    agent.finish(&again, 0).await;
+    let (_, _, response) = drain(stream).await;
+    assert_eq!(response.status.unwrap_or_default().code, 0);
+}

@@ -156,6 +156,8 @@ struct FakeSession {
     refuse: Arc<Mutex<Option<tessera_proto::rpc::Status>>>,
     /// The error the next session call is answered with (as an authentication layer would).
     reject: Arc<Mutex<Option<Status>>>,
+    /// What `Welcome` offers: inline output bytes, lease stages.
+    offers: Arc<Mutex<(u64, bool)>>,
 }
 
 #[tonic::async_trait]
@@ -202,9 +204,12 @@ impl AgentSession for FakeSession {
                 agent_done.cancel();
             }
         });
+        let (inline_output_bytes, lease_stages) = *self.offers.lock().unwrap();
         let welcome = Welcome {
             heartbeat_interval: Some(HEARTBEAT.try_into().unwrap()),
             lease_timeout: Some(Duration::from_secs(3).try_into().unwrap()),
+            inline_output_bytes,
+            lease_stages,
         };
         to_agent
             .send(Ok(CoordinatorMessage {
@@ -233,6 +238,7 @@ pub(crate) struct FakeCoordinator {
     links: mpsc::UnboundedReceiver<AgentLink>,
     refuse: Arc<Mutex<Option<tessera_proto::rpc::Status>>>,
     reject: Arc<Mutex<Option<Status>>>,
+    offers: Arc<Mutex<(u64, bool)>>,
     stop: CancellationToken,
 }
 
@@ -248,6 +254,8 @@ impl FakeCoordinator {
         let (links_tx, links) = mpsc::unbounded_channel();
         let refuse = Arc::new(Mutex::new(None));
         let reject = Arc::new(Mutex::new(None));
+        // Stages on: the tests wait for them.
+        let offers = Arc::new(Mutex::new((0, true)));
         let stop = CancellationToken::new();
         let batch = 4 * 1024 * 1024;
         let router = tonic::transport::Server::builder()
@@ -261,6 +269,7 @@ impl FakeCoordinator {
                 links: links_tx,
                 refuse: Arc::clone(&refuse),
                 reject: Arc::clone(&reject),
+                offers: Arc::clone(&offers),
             }));
         tokio::spawn(router.serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
@@ -272,8 +281,15 @@ impl FakeCoordinator {
             links,
             refuse,
             reject,
+            offers,
             stop,
         }
+    }
+
+    /// Sessions from now on are welcomed with these offers: output bytes a result may carry
+    /// inline, and whether stages are wanted (by default none inline, stages on).
+    pub(crate) fn offer(&self, inline_output_bytes: u64, lease_stages: bool) {
+        *self.offers.lock().unwrap() = (inline_output_bytes, lease_stages);
     }
 
     /// The next agent stream is answered with `refused` (code and message) instead of
@@ -359,6 +375,7 @@ pub(crate) fn lease(id: &str, input_root: Digest, arguments: &[&str]) -> Lease {
         timeout: Some(Duration::from_secs(10).try_into().unwrap()),
         secrets: Vec::new(),
         trace_context: Default::default(),
+        input_directories: Vec::new(),
     }
 }
 

@@ -185,6 +185,153 @@ async fn working_directory_and_old_style_outputs() {
 }
 
 #[tokio::test]
+async fn small_outputs_ride_with_the_result_when_the_coordinator_takes_them() {
+    let mut coordinator = FakeCoordinator::start().await;
+    // 64 KiB inline, no stages.
+    coordinator.offer(64 * 1024, false);
+    let inputs = input_dir(&[("BUILD", "", false)]);
+    let root = coordinator.upload_dir(inputs.path()).await;
+    let _agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let mut link = coordinator.link().await;
+
+    // A small file, a directory, 40 KiB and another 40 KiB (the second no longer fits), and
+    // 2 MiB (streamed, never inline).
+    let mut l = lease(
+        "inline",
+        root,
+        &[
+            "sh",
+            "-c",
+            "echo small > out/small; mkdir out/dir; echo a > out/dir/a; \
+             head -c 40960 /dev/urandom > out/first; head -c 40960 /dev/urandom > out/second; \
+             head -c 2097152 /dev/urandom > out/big; echo printed",
+        ],
+    );
+    command(&mut l).output_paths = ["out/small", "out/dir", "out/first", "out/second", "out/big"]
+        .map(String::from)
+        .to_vec();
+    link.lease(l).await;
+    let answer = link.result().await;
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Completed,
+        "{}",
+        answer.message
+    );
+    assert!(link.progress.is_empty(), "no stages: {:?}", link.progress);
+    assert_eq!(answer.digest_function, F.to_proto());
+    let result = answer.result.clone().unwrap();
+    let file = |path: &str| {
+        let file = result.output_files.iter().find(|f| f.path == path);
+        Digest::from_proto(F, file.unwrap().digest.as_ref().unwrap()).unwrap()
+    };
+    let inline: std::collections::HashMap<Digest, bytes::Bytes> = answer
+        .blobs
+        .iter()
+        .map(|blob| {
+            let digest = Digest::from_proto(F, blob.digest.as_ref().unwrap()).unwrap();
+            assert_eq!(
+                F.digest_of(&blob.data),
+                digest,
+                "inline data matches its digest"
+            );
+            assert_eq!(blob.compressor, 0, "uncompressed");
+            (digest, blob.data.clone())
+        })
+        .collect();
+    let total: usize = inline.values().map(bytes::Bytes::len).sum();
+    assert!(total <= 64 * 1024, "{total} bytes inline");
+    let stdout = Digest::from_proto(F, result.stdout_digest.as_ref().unwrap()).unwrap();
+    let dir = &result.output_directories[0];
+    let tree = Digest::from_proto(F, dir.tree_digest.as_ref().unwrap()).unwrap();
+    for digest in [file("out/small"), file("out/first"), stdout, tree] {
+        assert!(inline.contains_key(&digest), "{digest} inline");
+    }
+    assert_eq!(&inline[&stdout][..], b"printed\n");
+    for digest in [file("out/second"), file("out/big")] {
+        assert!(!inline.contains_key(&digest), "{digest} not inline");
+    }
+    // What went inline was not uploaded; the rest was.
+    let cas = coordinator.cas().await;
+    let missing = cas
+        .find_missing(&[
+            file("out/small"),
+            file("out/second"),
+            file("out/big"),
+            stdout,
+        ])
+        .await
+        .unwrap();
+    assert_eq!(missing, vec![file("out/small"), stdout]);
+}
+
+#[tokio::test]
+async fn directories_the_lease_carries_are_used_and_what_they_lack_is_fetched() {
+    let coordinator = FakeCoordinator::start().await;
+    // Only the files and the `kept` directory are in the CAS; the root and `sub` come with
+    // the lease, beside a message the tree does not name.
+    let inputs = input_dir(&[
+        ("top.txt", "top", false),
+        ("sub/inner.txt", "inner", false),
+        ("kept/deep.txt", "deep", false),
+    ]);
+    let tree = tessera_cas::tree::build_tree(inputs.path(), F).unwrap();
+    let encoded: std::collections::HashMap<Digest, bytes::Bytes> =
+        tree.directories.iter().cloned().collect();
+    let root_dir = Directory::decode(encoded[&tree.root].clone()).unwrap();
+    let child = |name: &str| {
+        let node = root_dir
+            .directories
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap();
+        Digest::from_proto(F, node.digest.as_ref().unwrap()).unwrap()
+    };
+    let mut blobs: Vec<(Digest, bytes::Bytes)> = tree
+        .files
+        .iter()
+        .map(|(digest, path)| (*digest, bytes::Bytes::from(std::fs::read(path).unwrap())))
+        .collect();
+    blobs.push((child("kept"), encoded[&child("kept")].clone()));
+    let cas = coordinator.cas().await;
+    cas.upload(&blobs, false).await.unwrap();
+    assert_eq!(
+        cas.find_missing(&[tree.root, child("sub")])
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "the carried directories are not in the CAS"
+    );
+
+    let mut coordinator = coordinator;
+    let _agent = TestAgent::start(&coordinator.endpoint, |_| {});
+    let mut link = coordinator.link().await;
+    let mut l = lease(
+        "carried",
+        tree.root,
+        &["sh", "-c", "cat top.txt sub/inner.txt kept/deep.txt"],
+    );
+    l.input_directories = vec![
+        bytes::Bytes::from_static(b"not a directory anyone names"),
+        encoded[&tree.root].clone(),
+        encoded[&child("sub")].clone(),
+    ];
+    link.lease(l).await;
+    let answer = link.result().await;
+    assert_eq!(
+        answer.outcome(),
+        LeaseOutcome::Completed,
+        "{}",
+        answer.message
+    );
+    let result = answer.result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
+    assert_eq!(&stdout[..], b"topinnerdeep");
+}
+
+#[tokio::test]
 async fn inputs_missing_from_the_cas_are_a_failed_precondition_naming_them() {
     let mut coordinator = FakeCoordinator::start().await;
     let gone = F.digest_of(b"never uploaded");

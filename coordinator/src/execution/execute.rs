@@ -283,7 +283,13 @@ impl Executor {
         };
         let (rx, created) = self
             .scheduler
-            .submit(record, resolved.platform, !do_not_cache, secrets, job)
+            .submit(
+                record,
+                resolved.platform,
+                !do_not_cache,
+                (secrets, resolved.directories),
+                job,
+            )
             .await?;
         if created {
             // The operation name is a promise: make it survive a crash before handing it out.

@@ -6,6 +6,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prost::Message;
 use tessera_cas::digest::{Digest, DigestError, DigestFunction};
 use tessera_cas::store::{BlobStore, StoreError};
@@ -34,6 +35,11 @@ pub struct ExecLimits {
 const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most roots remembered.
 const VERIFIED_MAX: usize = 4096;
+/// Most Directory messages, and most bytes of them, that an input tree read at Execute may
+/// have for its leases to carry them (see [`ResolvedAction::directories`]). Bazel's actions
+/// have a few to a few dozen; an agent fetches a larger tree itself.
+const CARRIED_DIRECTORIES: usize = 256;
+const CARRIED_DIRECTORY_BYTES: usize = 256 * 1024;
 
 /// Input roots recently found complete and valid (shared by every clone).
 #[derive(Debug, Clone, Default)]
@@ -70,6 +76,10 @@ pub struct ResolvedAction {
     pub platform: Platform,
     /// Its execution timeout.
     pub timeout: Duration,
+    /// Every Directory message of its input tree, as stored, when the tree was read here
+    /// (not when it was found complete a moment ago) and is small (see
+    /// [`CARRIED_DIRECTORIES`]): its leases carry them so the agent need not fetch them.
+    pub directories: Vec<Bytes>,
 }
 
 /// Why an action was refused.
@@ -173,12 +183,17 @@ pub fn resolve(
         }
         Err(other) => return Err(other),
     };
+    let mut directories = Vec::new();
     if !limits.verified.fresh(&root_digest) {
-        let missing_files = missing_inputs(store, function, root_digest, &limits.tree)?;
-        if missing_files.is_empty() {
+        let walked = missing_inputs(store, function, root_digest, &limits.tree)?;
+        if walked.missing.is_empty() {
             limits.verified.record(root_digest);
         }
-        missing.extend(missing_files);
+        missing.extend(walked.missing);
+        let bytes: usize = walked.directories.iter().map(Bytes::len).sum();
+        if walked.directories.len() <= CARRIED_DIRECTORIES && bytes <= CARRIED_DIRECTORY_BYTES {
+            directories = walked.directories;
+        }
     }
     if !missing.is_empty() {
         return Err(InputError::Missing(missing));
@@ -227,18 +242,28 @@ pub fn resolve(
         command,
         platform,
         timeout,
+        directories,
     })
 }
 
-/// Walks the input tree and returns every blob it references that the CAS lacks (directory
-/// messages included). Each directory present is validated.
+/// What walking an input tree found.
+struct Walked {
+    /// Every blob it references that the CAS lacks.
+    missing: Vec<Digest>,
+    /// Every Directory message read, once each.
+    directories: Vec<Bytes>,
+}
+
+/// Walks the input tree: every blob it references that the CAS lacks (directory messages
+/// included), and the directory messages read. Each directory present is validated.
 fn missing_inputs(
     store: &dyn BlobStore,
     function: DigestFunction,
     root: Digest,
     limits: &TreeLimits,
-) -> Result<Vec<Digest>, InputError> {
+) -> Result<Walked, InputError> {
     let mut missing = Vec::new();
+    let mut directories = Vec::new();
     let mut files = Vec::new();
     let mut seen = HashSet::from([root]);
     let mut queue = VecDeque::from([(root, String::new(), 0usize)]);
@@ -255,10 +280,11 @@ fn missing_inputs(
             missing.push(digest);
             continue;
         };
-        let dir = Directory::decode(bytes).map_err(|_| InputError::Undecodable {
+        let dir = Directory::decode(bytes.clone()).map_err(|_| InputError::Undecodable {
             what: "Directory",
             digest,
         })?;
+        directories.push(bytes);
         validate_directory(&dir, function, &path)?;
         entries += dir.files.len() + dir.directories.len() + dir.symlinks.len();
         if entries > limits.max_entries {
@@ -289,5 +315,8 @@ fn missing_inputs(
     files.sort_unstable();
     files.dedup();
     missing.extend(store.find_missing_checked(&files));
-    Ok(missing)
+    Ok(Walked {
+        missing,
+        directories,
+    })
 }

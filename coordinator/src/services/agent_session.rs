@@ -5,16 +5,26 @@
 //! it. Every later message is forwarded to the scheduler; when the stream ends, the scheduler
 //! is told (the agent's leases then live until they expire, so an agent that reconnects in
 //! time keeps them). Does not decide anything about leases (see the scheduler).
+//!
+//! A result may carry the lease's small outputs inline (protocol 3, up to
+//! [`INLINE_OUTPUT_BYTES`]), saving the agent a FindMissingBlobs and a BatchUpdateBlobs per
+//! action: they are verified and stored here, before the scheduler hears of the result, so the
+//! scheduler still sees only results whose outputs are all in the CAS.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
+use tessera_cas::digest::{Digest, DigestFunction};
+use tessera_cas::store::BlobStore;
 use tessera_proto::AGENT_PROTOCOL_VERSION;
+use tessera_proto::reapi::batch_update_blobs_request;
+use tessera_proto::reapi::compressor;
 use tessera_proto::tessera::v1::{
-    AgentMessage, CoordinatorMessage, Hello, Welcome, agent_message, agent_session_server,
-    coordinator_message,
+    AgentMessage, CoordinatorMessage, Hello, LeaseOutcome, LeaseResult, Welcome, agent_message,
+    agent_session_server, coordinator_message,
 };
 use tessera_proto::time::to_proto_duration;
 use thiserror::Error;
@@ -27,6 +37,11 @@ use crate::execution::scheduler::SchedulerHandle;
 
 /// Most slots one agent may declare.
 const MAX_SLOTS: u32 = 4096;
+
+/// Most output bytes one result may carry inline (`Welcome.inline_output_bytes`). Larger
+/// outputs are uploaded through the CAS first, as before protocol 3. A megabyte costs a
+/// few milliseconds on a slow link and spares two round trips.
+pub const INLINE_OUTPUT_BYTES: u64 = 1 << 20;
 
 /// This coordinator's release, named in refusals.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -86,11 +101,22 @@ pub fn check_protocol(hello: &Hello) -> Result<(), ProtocolMismatch> {
 }
 
 /// The AgentSession service.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentSessionService {
     scheduler: SchedulerHandle,
     auth: Option<Auth>,
     notifier: crate::notify::Notifier,
+    /// Where a result's inline outputs go; without it agents are offered none.
+    store: Option<Arc<dyn BlobStore>>,
+}
+
+impl std::fmt::Debug for AgentSessionService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSessionService")
+            .field("scheduler", &self.scheduler)
+            .field("inline_outputs", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AgentSessionService {
@@ -100,7 +126,14 @@ impl AgentSessionService {
             scheduler,
             auth: None,
             notifier: crate::notify::Notifier::default(),
+            store: None,
         }
+    }
+
+    /// Lets results carry small outputs inline (protocol 3), stored in `store`.
+    pub fn with_store(mut self, store: Arc<dyn BlobStore>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Publishes `agent.lost` through `notifier` when a session ends without a drain.
@@ -205,6 +238,13 @@ impl agent_session_server::AgentSession for AgentSessionService {
             kind: Some(coordinator_message::Kind::Welcome(Welcome {
                 heartbeat_interval: Some(to_proto_duration(config.heartbeat_interval())),
                 lease_timeout: Some(to_proto_duration(config.lease_timeout)),
+                inline_output_bytes: if self.store.is_some() {
+                    INLINE_OUTPUT_BYTES
+                } else {
+                    0
+                },
+                // The scheduler has no use for them: an operation is EXECUTING from its lease.
+                lease_stages: false,
             })),
         };
         tx.send(Ok(welcome))
@@ -224,6 +264,7 @@ impl agent_session_server::AgentSession for AgentSessionService {
             .agent_joined(id.clone(), session, properties, hello.slots, tx);
         let scheduler = self.scheduler.clone();
         let notifier = self.notifier.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             // Why the session ended, when the agent did not say it was going (a drain).
             let mut lost_because: Option<String> = None;
@@ -256,9 +297,12 @@ impl agent_session_server::AgentSession for AgentSessionService {
                     next = inbound.message() => next,
                 };
                 match next {
-                    Ok(Some(message)) => {
+                    Ok(Some(mut message)) => {
                         if matches!(message.kind, Some(agent_message::Kind::Draining(_))) {
                             drained = true;
+                        }
+                        if let Some(agent_message::Kind::Result(result)) = &mut message.kind {
+                            take_inline_outputs(store.as_ref(), &id, result).await;
                         }
                         scheduler.agent_message(id.clone(), session, message);
                     }
@@ -288,6 +332,69 @@ impl agent_session_server::AgentSession for AgentSessionService {
     }
 }
 
+/// Stores the outputs `result` carries inline (on a blocking thread), before the scheduler
+/// takes it. If any is refused (too many bytes, a bad digest, data that does not match it, a
+/// store that cannot take it), or this coordinator offered none, the result becomes a
+/// retryable failure that says why: its outputs are not all in the CAS, so the action runs
+/// again rather than answer with blobs nobody can read.
+async fn take_inline_outputs(
+    store: Option<&Arc<dyn BlobStore>>,
+    agent: &str,
+    result: &mut LeaseResult,
+) {
+    if result.blobs.is_empty() {
+        return;
+    }
+    let blobs = std::mem::take(&mut result.blobs);
+    let function = result.digest_function;
+    let stored = match store {
+        Some(store) => {
+            let store = Arc::clone(store);
+            tokio::task::spawn_blocking(move || store_inline(store.as_ref(), function, &blobs))
+                .await
+                .unwrap_or_else(|error| Err(format!("the storing task failed: {error}")))
+        }
+        None => Err("this coordinator takes no inline outputs".to_owned()),
+    };
+    if let Err(why) = stored {
+        tracing::warn!(%agent, lease = %result.lease_id, %why, "refusing a result's inline outputs");
+        result.outcome = LeaseOutcome::Retryable as i32;
+        result.message = format!("the result's inline outputs were refused: {why}");
+        result.result = None;
+    }
+}
+
+/// Verifies and stores each of `blobs` (of the REAPI digest function `function`).
+fn store_inline(
+    store: &dyn BlobStore,
+    function: i32,
+    blobs: &[batch_update_blobs_request::Request],
+) -> Result<(), String> {
+    let total = blobs
+        .iter()
+        .fold(0u64, |sum, blob| sum.saturating_add(blob.data.len() as u64));
+    if total > INLINE_OUTPUT_BYTES {
+        return Err(format!(
+            "{total} bytes, more than the {INLINE_OUTPUT_BYTES} a result may carry"
+        ));
+    }
+    let function = DigestFunction::from_request(function).map_err(|e| e.to_string())?;
+    for (i, blob) in blobs.iter().enumerate() {
+        if blob.compressor != compressor::Value::Identity as i32 {
+            return Err(format!(
+                "blobs[{i}]: compressor {} (inline outputs are uncompressed)",
+                blob.compressor
+            ));
+        }
+        let digest = Digest::from_proto_opt(function, blob.digest.as_ref())
+            .map_err(|e| format!("blobs[{i}].digest: {e}"))?;
+        store
+            .write(&digest, &blob.data)
+            .map_err(|e| format!("blobs[{i}] ({digest}): {e}"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +407,79 @@ mod tests {
             protocol_version,
             ..Hello::default()
         }
+    }
+
+    fn blob(data: &[u8]) -> batch_update_blobs_request::Request {
+        batch_update_blobs_request::Request {
+            digest: Some(DigestFunction::Blake3.digest_of(data).to_proto()),
+            data: bytes::Bytes::copy_from_slice(data),
+            compressor: compressor::Value::Identity as i32,
+        }
+    }
+
+    fn completed(blobs: Vec<batch_update_blobs_request::Request>) -> LeaseResult {
+        LeaseResult {
+            lease_id: "l".to_owned(),
+            attempt: 1,
+            result: Some(tessera_proto::reapi::ActionResult::default()),
+            outcome: LeaseOutcome::Completed as i32,
+            digest_function: DigestFunction::Blake3.to_proto(),
+            blobs,
+            ..LeaseResult::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn inline_outputs_are_stored_before_the_result_goes_on() {
+        let memory = Arc::new(tessera_cas::store::MemoryStore::new());
+        let store: Arc<dyn BlobStore> = memory.clone();
+        let mut result = completed(vec![blob(b"out"), blob(b"stdout"), blob(b"")]);
+        take_inline_outputs(Some(&store), "a1", &mut result).await;
+        assert_eq!(result.outcome(), LeaseOutcome::Completed);
+        assert!(result.result.is_some());
+        assert!(result.blobs.is_empty(), "the scheduler gets no blobs");
+        for data in [&b"out"[..], b"stdout"] {
+            let digest = DigestFunction::Blake3.digest_of(data);
+            assert_eq!(store.read(&digest).unwrap().as_deref(), Some(data));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_whose_inline_outputs_are_refused_runs_again() {
+        let memory = Arc::new(tessera_cas::store::MemoryStore::new());
+        let store: Arc<dyn BlobStore> = memory.clone();
+        let mut longer = blob(b"what it says");
+        longer.data = bytes::Bytes::from_static(b"something else");
+        let mut lying = blob(b"what it says");
+        lying.data = bytes::Bytes::from_static(b"what it sayz");
+        let mut compressed = blob(b"x");
+        compressed.compressor = compressor::Value::Zstd as i32;
+        let mut no_digest = blob(b"y");
+        no_digest.digest = None;
+        let too_many = vec![blob(&vec![1u8; 600 * 1024]), blob(&vec![2u8; 600 * 1024])];
+        let cases = [
+            (vec![blob(b"fine"), longer], "blobs[1]"),
+            (vec![lying], "blobs[0]"),
+            (vec![compressed], "compressor"),
+            (vec![no_digest], "blobs[0].digest"),
+            (too_many, "more than the 1048576"),
+        ];
+        for (blobs, why) in cases {
+            let mut result = completed(blobs);
+            take_inline_outputs(Some(&store), "a1", &mut result).await;
+            assert_eq!(result.outcome(), LeaseOutcome::Retryable, "{why}");
+            assert!(result.result.is_none());
+            assert!(result.message.contains(why), "{}", result.message);
+        }
+        // Without a store, nothing is taken inline.
+        let mut result = completed(vec![blob(b"z")]);
+        take_inline_outputs(None, "a1", &mut result).await;
+        assert_eq!(result.outcome(), LeaseOutcome::Retryable);
+        assert!(result.message.contains("takes no inline outputs"));
+        // A result without blobs is left alone.
+        let mut result = completed(Vec::new());
+        take_inline_outputs(None, "a1", &mut result).await;
+        assert_eq!(result.outcome(), LeaseOutcome::Completed);
     }
 
     #[test]

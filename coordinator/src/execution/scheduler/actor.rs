@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use prost::Message;
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::{MetadataStore, Table};
@@ -49,6 +50,10 @@ pub(super) struct Op {
     /// The W3C trace context of the span that submitted it, handed to the agent with each
     /// lease so that the agent's spans are its children (empty when traces are off).
     pub(super) trace: HashMap<String, String>,
+    /// The Directory messages of its input tree, read when it was accepted, that each lease
+    /// carries so the agent need not fetch them (empty when the tree was not read or is
+    /// large); in memory only, like `secrets`.
+    pub(super) input_directories: Vec<Bytes>,
     /// The Tessera job it is a step of, when a job submitted it; in memory only, like
     /// `secrets`, so an operation recovered after a restart has none. Merged operations keep
     /// the first job's.
@@ -64,6 +69,7 @@ impl Op {
         op: Operation,
         merge_key: Option<Vec<u8>>,
         secrets: Vec<SecretEnv>,
+        input_directories: Vec<Bytes>,
         trace: HashMap<String, String>,
         job: Option<String>,
         now: Stamp,
@@ -75,6 +81,7 @@ impl Op {
             tx,
             merge_key,
             secrets,
+            input_directories,
             trace,
             job,
             queued_at: now,
@@ -199,11 +206,19 @@ impl Scheduler {
                 platform,
                 mergeable,
                 secrets,
+                input_directories,
                 trace,
                 job,
                 reply,
             } => {
-                let submitted = self.submit(*record, platform, mergeable, secrets, trace, job);
+                let submitted = self.submit(
+                    *record,
+                    platform,
+                    mergeable,
+                    (secrets, input_directories),
+                    trace,
+                    job,
+                );
                 let _ = reply.send(submitted);
             }
             Request::CheckPlatform { platform, reply } => {
@@ -302,7 +317,7 @@ impl Scheduler {
         record: OperationRecord,
         platform: Platform,
         mergeable: bool,
-        secrets: Vec<SecretEnv>,
+        (secrets, input_directories): (Vec<SecretEnv>, Vec<Bytes>),
         trace: HashMap<String, String>,
         job: Option<String>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
@@ -331,7 +346,15 @@ impl Scheduler {
         let name = op.name().to_owned();
         enqueue(&mut self.queue, &op);
         let now = self.now();
-        let op = Op::new(op, mergeable.then(|| key.clone()), secrets, trace, job, now);
+        let op = Op::new(
+            op,
+            mergeable.then(|| key.clone()),
+            secrets,
+            input_directories,
+            trace,
+            job,
+            now,
+        );
         let rx = op.tx.subscribe();
         if mergeable {
             self.inflight.insert(key, name.clone());

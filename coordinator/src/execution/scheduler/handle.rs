@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tessera_cas::meta::MetaError;
 use tessera_proto::tessera::v1::{AgentMessage, CoordinatorMessage, OperationRecord, SecretEnv};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -106,6 +107,7 @@ pub(crate) enum Request {
         platform: Platform,
         mergeable: bool,
         secrets: Vec<SecretEnv>,
+        input_directories: Vec<Bytes>,
         trace: HashMap<String, String>,
         job: Option<String>,
         reply: oneshot::Sender<SubmitReply>,
@@ -187,14 +189,15 @@ impl SchedulerHandle {
     /// Queues an operation (or joins an identical in-flight one when `mergeable`). Returns a
     /// watch on it and whether a new operation was created (which the caller must flush).
     /// `secrets` go to the agent with each lease of it; they are kept in memory only, as is
-    /// the calling span's trace context, which goes with them. `job` names the Tessera job
-    /// it is a step of, for the fleet view (also in memory only).
+    /// the calling span's trace context, which goes with them, and `input_directories` (the
+    /// input tree's Directory messages, when read at hand). `job` names the Tessera job it is
+    /// a step of, for the fleet view (also in memory only).
     pub async fn submit(
         &self,
         record: OperationRecord,
         platform: Platform,
         mergeable: bool,
-        secrets: Vec<SecretEnv>,
+        (secrets, input_directories): (Vec<SecretEnv>, Vec<Bytes>),
         job: Option<String>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
         self.ask(|reply| Request::Submit {
@@ -202,6 +205,7 @@ impl SchedulerHandle {
             platform,
             mergeable,
             secrets,
+            input_directories,
             trace: tessera_net::trace::carry(),
             job,
             reply,

@@ -336,6 +336,7 @@ impl Scheduler {
             ))),
             secrets: entry.secrets.clone(),
             trace_context: entry.trace.clone(),
+            input_directories: entry.input_directories.clone(),
         };
         if tx
             .try_send(Ok(CoordinatorMessage {

@@ -59,7 +59,15 @@ impl Scheduler {
             // Nor is the job an operation belongs to (the record has no field for it).
             self.ops.insert(
                 name,
-                Op::new(op, merge, Vec::new(), Default::default(), None, now),
+                Op::new(
+                    op,
+                    merge,
+                    Vec::new(),
+                    Vec::new(),
+                    Default::default(),
+                    None,
+                    now,
+                ),
             );
         }
         for key in expired {

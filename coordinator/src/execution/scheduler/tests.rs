@@ -118,6 +118,7 @@ impl Harness {
         let (reply, mut rx) = oneshot::channel();
         self.scheduler.handle(Request::Submit {
             record: Box::new(record),
+            input_directories: Vec::new(),
             platform: Platform::default(),
             mergeable: true,
             secrets,
