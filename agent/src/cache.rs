@@ -186,6 +186,8 @@ impl LocalCache {
             compress: false,
             // Every blob a file: materialization hard-links them (`DiskStore::raw_path`).
             inline_max: 0,
+            // Read by linking, not through the store.
+            hot_bytes: 0,
         };
         let store = DiskStore::open(meta_dyn, options)?;
         let exec_dir = dir.join("cache-exec");
@@ -409,12 +411,14 @@ impl LocalCache {
         Ok(found)
     }
 
-    /// Makes sure every blob of `digests` is cached, downloading what is not, and pins them all
-    /// until the returned guard is dropped.
+    /// Makes sure every blob of `digests` is cached, taking what is not from `carried` (blobs
+    /// the lease brought, each stored only if it matches its digest) and downloading the rest,
+    /// and pins them all until the returned guard is dropped.
     pub async fn ensure(
         &self,
         cas: &CasClient,
         digests: &[Digest],
+        carried: HashMap<Digest, Bytes>,
     ) -> Result<CachePins, FetchError> {
         let mut pins = CachePins::default();
         pins._guards.push(self.store.pin(digests));
@@ -422,13 +426,36 @@ impl LocalCache {
         // agent was down is fetched again instead of linked into an action.
         let store = self.store.clone();
         let wanted = digests.to_vec();
-        let missing =
-            blocking(move || Ok::<_, FetchError>(store.find_missing_verified(&wanted))).await?;
+        let (missing, to_fetch, taken) = blocking(move || {
+            let missing = store.find_missing_verified(&wanted);
+            let mut to_fetch = Vec::new();
+            let mut taken = 0usize;
+            for digest in &missing {
+                match carried.get(digest).map(|data| (data.len(), store.write(digest, data))) {
+                    Some((len, Ok(()))) => taken += len,
+                    Some((_, Err(error))) => {
+                        tracing::debug!(%digest, %error, "a carried input was not taken; fetching it");
+                        to_fetch.push(*digest);
+                    }
+                    None => to_fetch.push(*digest),
+                }
+            }
+            Ok::<_, FetchError>((missing, to_fetch, taken))
+        })
+        .await?;
         if missing.is_empty() {
             return Ok(pins);
         }
+        if taken > 0 {
+            self.meters
+                .fetched
+                .inc_by(u64::try_from(taken).unwrap_or(u64::MAX));
+            self.report_size();
+        }
         // Blobs are written as they arrive; only their digests are kept.
-        self.download_with(cas, &missing, |_, _| {}).await?;
+        if !to_fetch.is_empty() {
+            self.download_with(cas, &to_fetch, |_, _| {}).await?;
+        }
         pins._guards.push(self.store.pin(&missing));
         if let Some(gone) = self.store.find_missing(&missing).first() {
             return Err(FetchError::Evicted(*gone));

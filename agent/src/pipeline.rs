@@ -195,6 +195,24 @@ struct LeaseState {
 /// the worker's.
 type Fetched = (Plan, Launch, LeaseDirs, Option<LeaseWorker>);
 
+/// The input files `lease` carries (`Lease.input_files`), by the digest each claims (the cache
+/// checks each against it before taking it); any that does not parse, or comes compressed, is
+/// left out and fetched instead.
+fn carried_files(lease: &Lease) -> HashMap<Digest, Bytes> {
+    let Ok(function) = DigestFunction::from_request(lease.digest_function) else {
+        return HashMap::new();
+    };
+    lease
+        .input_files
+        .iter()
+        .filter(|blob| blob.compressor == compressor::Value::Identity as i32)
+        .filter_map(|blob| {
+            let digest = Digest::from_proto_opt(function, blob.digest.as_ref()).ok()?;
+            Some((digest, blob.data.clone()))
+        })
+        .collect()
+}
+
 /// The key of the workers that may run `plan`'s step: `None` unless it is a batch naming its
 /// job's worker. Everything that decides how the tool runs is in it, the job's trust domain
 /// too; the tests and their timeout are not, nor secret values (their placeholders are).
@@ -593,7 +611,7 @@ impl LeasePipeline {
             .await?;
             let pins = self
                 .cache
-                .ensure(&plan.cas, &tree.file_digests())
+                .ensure(&plan.cas, &tree.file_digests(), carried_files(lease))
                 .await
                 .map_err(MaterializeError::from)?;
             Ok::<_, LeaseError>((plan, tree, pins))

@@ -58,6 +58,10 @@ use crate::services::operations::OperationsService;
 use crate::services::quarantine::QuarantineService;
 use crate::services::webhooks::WebhooksService;
 
+/// Bytes of recently stored blob files the blob store also keeps in memory (blobs of up to a
+/// quarter of it, 16 MiB at most).
+const HOT_BLOB_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How long running calls may take to finish once shutdown starts.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the blob index is checkpointed: access times written back, the metadata store
@@ -173,6 +177,10 @@ impl Coordinator {
         options.protect_recent = config.cas_protect_recent;
         // Small blobs in the metadata store, journaled until each checkpoint's flush.
         options.inline_max = DiskStoreOptions::INLINE_MAX;
+        // Blob files stored a moment ago, whole in memory too: the outputs a build tool
+        // downloads right after an agent uploads them are served without reading,
+        // decompressing and hashing their files again.
+        options.hot_bytes = HOT_BLOB_BYTES;
         let store = {
             let meta_dyn = Arc::clone(&meta_dyn);
             tokio::task::spawn_blocking(move || DiskStore::open(meta_dyn, options))
@@ -200,6 +208,7 @@ impl Coordinator {
         )?;
         let limits = ExecLimits {
             verified: Default::default(),
+            carried: Default::default(),
             default_timeout: config.default_action_timeout,
             max_timeout: config.max_action_timeout,
             tree: tessera_cas::validate::TreeLimits::default(),

@@ -669,6 +669,47 @@ async fn leases_carry_the_input_tree_and_results_their_small_outputs() {
     assert_eq!(response.status.unwrap_or_default().code, 0);
     assert_eq!(&client.read(&made_digest, false).await.unwrap()[..], made);
 
+    // Small input files come with the tree, each under its digest.
+    let source = b"fn main() {}";
+    let source_digest = function.digest_of(source);
+    let root = tessera_proto::reapi::Directory {
+        files: vec![tessera_proto::reapi::FileNode {
+            name: "main.rs".to_owned(),
+            digest: Some(source_digest.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let (root_digest, root_bytes) = tessera_cas::digest::digest_message(function, &root);
+    let mut action = action.clone();
+    action.input_root_digest = Some(root_digest.to_proto());
+    let (with_files, action_bytes) = tessera_cas::digest::digest_message(function, &action);
+    client
+        .upload(
+            &[
+                (source_digest, bytes::Bytes::from_static(source)),
+                (root_digest, root_bytes.into()),
+                (with_files, action_bytes.into()),
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    let stream = execute(&server, &with_files, false).await;
+    let lease = agent.next_lease().await;
+    let files: Vec<(Digest, &[u8])> = lease
+        .input_files
+        .iter()
+        .map(|blob| {
+            let digest = Digest::from_proto_opt(function, blob.digest.as_ref()).unwrap();
+            (digest, &blob.data[..])
+        })
+        .collect();
+    assert_eq!(files, vec![(source_digest, &source[..])]);
+    assert_eq!(lease.input_directories.len(), 1);
+    agent.finish(&lease, 0).await;
+    drain(stream).await;
+
     // A result whose inline output does not match its digest is not taken: the action runs
     // again, on the next attempt.
     let other = b"another output";

@@ -376,6 +376,7 @@ pub(crate) fn lease(id: &str, input_root: Digest, arguments: &[&str]) -> Lease {
         secrets: Vec::new(),
         trace_context: Default::default(),
         input_directories: Vec::new(),
+        input_files: Vec::new(),
     }
 }
 

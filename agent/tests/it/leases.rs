@@ -266,10 +266,11 @@ async fn small_outputs_ride_with_the_result_when_the_coordinator_takes_them() {
 }
 
 #[tokio::test]
-async fn directories_the_lease_carries_are_used_and_what_they_lack_is_fetched() {
+async fn directories_and_files_the_lease_carries_are_used_and_what_they_lack_is_fetched() {
     let coordinator = FakeCoordinator::start().await;
-    // Only the files and the `kept` directory are in the CAS; the root and `sub` come with
-    // the lease, beside a message the tree does not name.
+    // Only two files and the `kept` directory are in the CAS; the root, `sub` and `top.txt`
+    // come with the lease, beside a message the tree does not name, and a wrong copy of
+    // `kept/deep.txt` (which is fetched instead).
     let inputs = input_dir(&[
         ("top.txt", "top", false),
         ("sub/inner.txt", "inner", false),
@@ -287,21 +288,24 @@ async fn directories_the_lease_carries_are_used_and_what_they_lack_is_fetched() 
             .unwrap();
         Digest::from_proto(F, node.digest.as_ref().unwrap()).unwrap()
     };
+    let top = F.digest_of(b"top");
+    let deep = F.digest_of(b"deep");
     let mut blobs: Vec<(Digest, bytes::Bytes)> = tree
         .files
         .iter()
+        .filter(|(digest, _)| *digest != top)
         .map(|(digest, path)| (*digest, bytes::Bytes::from(std::fs::read(path).unwrap())))
         .collect();
     blobs.push((child("kept"), encoded[&child("kept")].clone()));
     let cas = coordinator.cas().await;
     cas.upload(&blobs, false).await.unwrap();
     assert_eq!(
-        cas.find_missing(&[tree.root, child("sub")])
+        cas.find_missing(&[tree.root, child("sub"), top])
             .await
             .unwrap()
             .len(),
-        2,
-        "the carried directories are not in the CAS"
+        3,
+        "what is carried is not in the CAS"
     );
 
     let mut coordinator = coordinator;
@@ -317,6 +321,14 @@ async fn directories_the_lease_carries_are_used_and_what_they_lack_is_fetched() 
         encoded[&tree.root].clone(),
         encoded[&child("sub")].clone(),
     ];
+    let carried = |digest: Digest, data: &'static [u8]| {
+        tessera_proto::reapi::batch_update_blobs_request::Request {
+            digest: Some(digest.to_proto()),
+            data: bytes::Bytes::from_static(data),
+            compressor: 0,
+        }
+    };
+    l.input_files = vec![carried(top, b"top"), carried(deep, b"DEEP")];
     link.lease(l).await;
     let answer = link.result().await;
     assert_eq!(

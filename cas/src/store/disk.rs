@@ -81,9 +81,11 @@ use super::index::{self, Entry, Form, INLINE_TABLE, Index, Insert, Victim, now_m
 use crate::digest::{Digest, DigestFunction, Hasher};
 use crate::meta::{Batch, GroupCommit, MetaError, MetadataStore, Queued, Table};
 use crate::space::{SpaceWatch, is_out_of_space};
+mod hot;
 mod journal;
 mod link;
 
+use hot::HotBlobs;
 use journal::Journal;
 
 /// Uploads up to this size are held in memory and written in one go.
@@ -124,6 +126,10 @@ pub struct DiskStoreOptions {
     /// each (see the module docs); 0 keeps every blob a file. At most the upload buffer
     /// (256 KiB) takes effect.
     pub inline_max: u64,
+    /// Bytes of blob files stored a moment ago kept in memory as well, so that reads of them
+    /// (a build tool downloading the outputs an agent just uploaded) read, decompress and hash
+    /// no file (see `disk/hot.rs`); 0 keeps none.
+    pub hot_bytes: u64,
 }
 
 impl DiskStoreOptions {
@@ -142,6 +148,7 @@ impl DiskStoreOptions {
             protect_recent: Duration::from_secs(60),
             compress: true,
             inline_max: 0,
+            hot_bytes: 0,
         }
     }
 }
@@ -175,6 +182,8 @@ struct Inner {
     unsettled: Mutex<VecDeque<(Digest, Insert, Queued)>>,
     meta: Arc<dyn MetadataStore>,
     space: SpaceWatch,
+    /// Blob files stored a moment ago, whole.
+    hot: Mutex<HotBlobs>,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -232,6 +241,7 @@ impl DiskStore {
             retiring: AtomicBool::new(false),
             unsettled: Mutex::new(VecDeque::new()),
             meta,
+            hot: Mutex::new(HotBlobs::new(options.hot_bytes)),
         };
         inner.reconcile()?;
         inner.replay_journal()?;
@@ -658,6 +668,7 @@ impl Inner {
             return;
         };
         tracing::error!(%digest, reason, "removing corrupt blob");
+        self.hot().forget(digest);
         if entry.form.is_file() {
             let _ = fs::remove_file(self.path(digest, entry.form));
         }
@@ -673,6 +684,7 @@ impl Inner {
         for Victim { digest, form } in victims {
             if form.is_file() {
                 let _ = fs::remove_file(self.path(digest, *form));
+                self.hot().forget(digest);
             }
         }
     }
@@ -971,7 +983,15 @@ impl Inner {
             let _ = fs::remove_file(&tmp);
             return Err(self.write_error("failed to write blob file", &tmp, source));
         }
-        self.install(digest, &tmp, form, bytes.len() as u64)
+        self.install(digest, &tmp, form, bytes.len() as u64)?;
+        if self.hot().wants(digest.size_bytes) {
+            self.hot().keep(digest, Bytes::copy_from_slice(data));
+        }
+        Ok(())
+    }
+
+    fn hot(&self) -> MutexGuard<'_, HotBlobs> {
+        self.hot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -1288,6 +1308,18 @@ impl BlobStore for DiskStore {
             });
             return self.open_inline(digest, offset, end);
         }
+        let hot = self.inner.hot().get(digest);
+        if let Some(bytes) = hot {
+            let end = limit.map_or(bytes.len(), |limit| {
+                usize::try_from(offset.saturating_add(limit))
+                    .map_or(bytes.len(), |end| end.min(bytes.len()))
+            });
+            let offset = usize::try_from(offset).map_or(end, |o| o.min(end));
+            return Ok(Some(Box::new(InlineReader {
+                rest: bytes.slice(offset..end),
+                part_only: true,
+            })));
+        }
         let path = self.inner.path(digest, entry.form);
         let file = match File::open(&path) {
             Ok(file) => file,
@@ -1323,6 +1355,7 @@ impl BlobStore for DiskStore {
             buffer: Vec::new(),
             sink: None,
             received: 0,
+            copy: None,
         }))
     }
 
@@ -1361,13 +1394,17 @@ impl DiskStore {
         let offset = usize::try_from(offset).map_or(end, |o| o.min(end));
         Ok(Some(Box::new(InlineReader {
             rest: bytes.slice(offset..end),
+            part_only: false,
         })))
     }
 }
 
-/// Hands out a verified inline blob in chunks of at most [`READ_CHUNK`].
+/// Hands out a verified blob in memory (inline, or kept hot) in chunks of at most
+/// [`READ_CHUNK`].
 struct InlineReader {
     rest: Bytes,
+    /// Whether only the part asked for was touched (a hot blob: more parts cost nothing).
+    part_only: bool,
 }
 
 impl BlobRead for InlineReader {
@@ -1381,6 +1418,10 @@ impl BlobRead for InlineReader {
 
     fn in_memory(&self) -> bool {
         true
+    }
+
+    fn reads_part_only(&self) -> bool {
+        self.part_only
     }
 }
 
@@ -1548,6 +1589,8 @@ struct DiskUpload {
     /// Once past the limit: the temporary file being written.
     sink: Option<(PathBuf, Sink)>,
     received: u64,
+    /// With a sink, a copy of every byte, for the hot blobs (see `disk/hot.rs`).
+    copy: Option<Vec<u8>>,
 }
 
 impl DiskUpload {
@@ -1568,6 +1611,11 @@ impl DiskUpload {
         };
         self.sink = Some((path, sink));
         let buffered = std::mem::take(&mut self.buffer);
+        if self.inner.hot().wants(self.digest.size_bytes) {
+            let mut copy = Vec::with_capacity(usize::try_from(self.digest.size_bytes).unwrap_or(0));
+            copy.extend_from_slice(&buffered);
+            self.copy = Some(copy);
+        }
         self.write_sink(&buffered)
     }
 
@@ -1610,6 +1658,9 @@ impl Upload for DiskUpload {
         self.hasher.update(data);
         self.received = received;
         if self.sink.is_some() {
+            if let Some(copy) = &mut self.copy {
+                copy.extend_from_slice(data);
+            }
             self.write_sink(data)
         } else {
             self.buffer.extend_from_slice(data);
@@ -1669,7 +1720,11 @@ impl Upload for DiskUpload {
             }
         };
         drop(file);
-        self.inner.install(self.digest, &path, form, stored)
+        self.inner.install(self.digest, &path, form, stored)?;
+        if let Some(copy) = self.copy.take() {
+            self.inner.hot().keep(self.digest, Bytes::from(copy));
+        }
+        Ok(())
     }
 }
 
@@ -2174,5 +2229,42 @@ mod tests {
         mixed.extend_from_slice(&text[..56 * KIB]);
         assert!(compress_if_it_pays(&mixed).is_none());
         assert!(compress_if_it_pays(&random(64 * KIB, 51).1).is_none());
+    }
+
+    #[test]
+    fn blob_files_stored_a_moment_ago_are_read_from_memory_when_kept_hot() {
+        let text: Vec<u8> = b"fn main() { println!(\"hello\"); }\n".repeat(30_000);
+        let digest = DigestFunction::Sha256.digest_of(&text);
+        let (raw_digest, raw) = random(300 * KIB, 60);
+        for hot_bytes in [0, 64 * 1024 * 1024] {
+            let dir = tempfile::tempdir().unwrap();
+            let (_meta, store) = open(dir.path(), |o| o.hot_bytes = hot_bytes);
+            // One streamed (and kept compressed), one written whole.
+            let mut upload = store.begin_upload(&digest).unwrap();
+            for piece in text.chunks(64 * KIB) {
+                upload.write(piece).unwrap();
+            }
+            upload.commit().unwrap();
+            store.write(&raw_digest, &raw).unwrap();
+            let zst = store.inner.path(&digest, Form::Zstd);
+            assert!(zst.exists(), "kept compressed on disk");
+            // Damage both files: a read from disk notices, one from memory never reads them.
+            fs::write(&zst, b"damaged").unwrap();
+            fs::write(store.inner.path(&raw_digest, Form::Raw), b"damaged").unwrap();
+            if hot_bytes == 0 {
+                assert_eq!(store.read(&digest).unwrap(), None);
+                assert_eq!(store.read(&raw_digest).unwrap(), None);
+                continue;
+            }
+            assert_eq!(store.read(&digest).unwrap().as_deref(), Some(&text[..]));
+            assert_eq!(store.read(&raw_digest).unwrap().as_deref(), Some(&raw[..]));
+            let mut part = store.open_range(&digest, 10, Some(20)).unwrap().unwrap();
+            assert!(part.in_memory() && part.reads_part_only());
+            assert_eq!(part.next_chunk().unwrap().as_deref(), Some(&text[10..30]));
+            assert_eq!(part.next_chunk().unwrap(), None);
+            // A blob the index no longer has is not served from memory either.
+            store.inner.discard(&raw_digest, "test");
+            assert_eq!(store.read(&raw_digest).unwrap(), None);
+        }
     }
 }

@@ -287,7 +287,12 @@ impl Executor {
                 record,
                 resolved.platform,
                 !do_not_cache,
-                (secrets, resolved.directories),
+                (
+                    secrets,
+                    self.limits
+                        .carried
+                        .take(resolved.directories, resolved.files),
+                ),
                 job,
             )
             .await?;

@@ -27,6 +27,8 @@ pub struct ExecLimits {
     pub tree: TreeLimits,
     /// Input roots found complete and valid a moment ago.
     pub verified: VerifiedRoots,
+    /// Bytes that operations not yet finished hold for their leases to carry.
+    pub carried: CarriedBudget,
 }
 
 /// How long an input root found complete stays trusted without another walk. A job runs many
@@ -40,6 +42,11 @@ const VERIFIED_MAX: usize = 4096;
 /// have a few to a few dozen; an agent fetches a larger tree itself.
 const CARRIED_DIRECTORIES: usize = 256;
 const CARRIED_DIRECTORY_BYTES: usize = 256 * 1024;
+/// Most bytes of input files read with the tree for its leases to carry, and the largest
+/// file among them: a build's sources and small tools, which an agent new to them would
+/// fetch in a BatchReadBlobs of its own.
+const CARRIED_FILE_BYTES: usize = 256 * 1024;
+const CARRIED_FILE_MAX: u64 = 64 * 1024;
 
 /// Input roots recently found complete and valid (shared by every clone).
 #[derive(Debug, Clone, Default)]
@@ -65,6 +72,80 @@ impl VerifiedRoots {
     }
 }
 
+/// Most bytes of Directory messages that all unfinished operations hold for their leases to
+/// carry: a deep queue of actions with large trees holds no more than this in memory; past
+/// it, a new operation carries none and its agent fetches the tree as before.
+const CARRIED_TOTAL: usize = 64 * 1024 * 1024;
+
+/// What unfinished operations hold for their leases to carry, across the coordinator (shared
+/// by every clone).
+#[derive(Debug, Clone, Default)]
+pub struct CarriedBudget(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl CarriedBudget {
+    /// `directories` and `files` to carry, counted against the budget until the returned
+    /// value is dropped; none at all if they do not fit.
+    pub fn take(&self, directories: Vec<Bytes>, files: Vec<(Digest, Bytes)>) -> Carried {
+        use std::sync::atomic::Ordering;
+        let bytes: usize = directories.iter().map(Bytes::len).sum::<usize>()
+            + files.iter().map(|(_, data)| data.len()).sum::<usize>();
+        if directories.is_empty() && files.is_empty() {
+            return Carried::default();
+        }
+        let fits = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes)
+                    .filter(|total| *total <= CARRIED_TOTAL)
+            })
+            .is_ok();
+        if !fits {
+            return Carried::default();
+        }
+        Carried {
+            directories,
+            files,
+            held: Some((self.clone(), bytes)),
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Blobs an operation's leases carry (see [`CarriedBudget`]); given back to the budget when
+/// dropped.
+#[derive(Debug, Default)]
+pub struct Carried {
+    directories: Vec<Bytes>,
+    files: Vec<(Digest, Bytes)>,
+    held: Option<(CarriedBudget, usize)>,
+}
+
+impl Carried {
+    /// The input tree's Directory messages.
+    pub fn directories(&self) -> &[Bytes] {
+        &self.directories
+    }
+
+    /// Small input files, each with its digest.
+    pub fn files(&self) -> &[(Digest, Bytes)] {
+        &self.files
+    }
+}
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        if let Some((budget, bytes)) = self.held.take() {
+            budget
+                .0
+                .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
 /// An action ready to queue.
 #[derive(Debug, Clone)]
 pub struct ResolvedAction {
@@ -80,6 +161,8 @@ pub struct ResolvedAction {
     /// (not when it was found complete a moment ago) and is small (see
     /// [`CARRIED_DIRECTORIES`]): its leases carry them so the agent need not fetch them.
     pub directories: Vec<Bytes>,
+    /// Small files of that tree, read with it (see [`CARRIED_FILE_BYTES`]), for the same.
+    pub files: Vec<(Digest, Bytes)>,
 }
 
 /// Why an action was refused.
@@ -184,6 +267,7 @@ pub fn resolve(
         Err(other) => return Err(other),
     };
     let mut directories = Vec::new();
+    let mut files = Vec::new();
     if !limits.verified.fresh(&root_digest) {
         let walked = missing_inputs(store, function, root_digest, &limits.tree)?;
         if walked.missing.is_empty() {
@@ -193,6 +277,7 @@ pub fn resolve(
         let bytes: usize = walked.directories.iter().map(Bytes::len).sum();
         if walked.directories.len() <= CARRIED_DIRECTORIES && bytes <= CARRIED_DIRECTORY_BYTES {
             directories = walked.directories;
+            files = walked.small_files;
         }
     }
     if !missing.is_empty() {
@@ -243,6 +328,7 @@ pub fn resolve(
         platform,
         timeout,
         directories,
+        files,
     })
 }
 
@@ -252,6 +338,8 @@ struct Walked {
     missing: Vec<Digest>,
     /// Every Directory message read, once each.
     directories: Vec<Bytes>,
+    /// The smallest files, read (see [`CARRIED_FILE_BYTES`]), when nothing is missing.
+    small_files: Vec<(Digest, Bytes)>,
 }
 
 /// Walks the input tree: every blob it references that the CAS lacks (directory messages
@@ -315,8 +403,68 @@ fn missing_inputs(
     files.sort_unstable();
     files.dedup();
     missing.extend(store.find_missing_checked(&files));
+    let small_files = if missing.is_empty() {
+        read_small_files(store, &files)
+    } else {
+        Vec::new()
+    };
     Ok(Walked {
         missing,
         directories,
+        small_files,
     })
+}
+
+/// The smallest of `files` (none empty, none over [`CARRIED_FILE_MAX`]), read until
+/// [`CARRIED_FILE_BYTES`] would be passed. One that cannot be read is left to the agent.
+fn read_small_files(store: &dyn BlobStore, files: &[Digest]) -> Vec<(Digest, Bytes)> {
+    let mut small: Vec<&Digest> = files
+        .iter()
+        .filter(|d| d.size_bytes > 0 && d.size_bytes <= CARRIED_FILE_MAX)
+        .collect();
+    small.sort_by_key(|d| d.size_bytes);
+    let mut read = Vec::new();
+    let mut bytes = 0usize;
+    for digest in small {
+        let size = usize::try_from(digest.size_bytes).unwrap_or(usize::MAX);
+        if bytes.saturating_add(size) > CARRIED_FILE_BYTES {
+            break;
+        }
+        if let Ok(Some(data)) = store.read(digest) {
+            bytes += data.len();
+            read.push((*digest, data));
+        }
+    }
+    read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carried_blobs_count_until_dropped_and_none_are_held_past_the_budget() {
+        let budget = CarriedBudget::default();
+        let blob = |n: usize| Bytes::from(vec![0u8; n]);
+        let first = budget.take(
+            vec![blob(10)],
+            vec![(DigestFunction::Sha256.digest_of(&[0; 20]), blob(20))],
+        );
+        assert_eq!((first.directories().len(), first.files().len()), (1, 1));
+        assert_eq!(budget.held(), 30);
+        let big = budget.take(vec![blob(CARRIED_TOTAL)], Vec::new());
+        assert!(
+            big.directories().is_empty(),
+            "past the budget nothing is carried"
+        );
+        assert_eq!(budget.held(), 30);
+        drop(big);
+        assert_eq!(budget.held(), 30);
+        let rest = budget.take(vec![blob(CARRIED_TOTAL - 30)], Vec::new());
+        assert_eq!(rest.directories().len(), 1, "exactly up to the budget");
+        drop(first);
+        drop(rest);
+        assert_eq!(budget.held(), 0);
+        assert!(budget.take(Vec::new(), Vec::new()).files().is_empty());
+    }
 }

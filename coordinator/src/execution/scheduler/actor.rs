@@ -12,7 +12,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use prost::Message;
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_cas::meta::{MetadataStore, Table};
@@ -24,6 +23,7 @@ use super::agents::AgentRegistry;
 use super::handle::{Request, SchedulerConfig, SchedulerError, SchedulerHandle, SchedulerStats};
 use crate::action_cache::ActionCache;
 use crate::execution::clock::{Clock, Stamp, SystemClock};
+use crate::execution::inputs::Carried;
 use crate::execution::operation::{OpEvent, OpSnapshot, OpState, Operation};
 use crate::execution::platform::{Platform, is_execution_only};
 use crate::execution::queue::FairQueue;
@@ -50,10 +50,10 @@ pub(super) struct Op {
     /// The W3C trace context of the span that submitted it, handed to the agent with each
     /// lease so that the agent's spans are its children (empty when traces are off).
     pub(super) trace: HashMap<String, String>,
-    /// The Directory messages of its input tree, read when it was accepted, that each lease
-    /// carries so the agent need not fetch them (empty when the tree was not read or is
-    /// large); in memory only, like `secrets`.
-    pub(super) input_directories: Vec<Bytes>,
+    /// The Directory messages and small files of its input tree, read when it was accepted,
+    /// that each lease carries so the agent need not fetch them (none when the tree was not
+    /// read or is large); in memory only, like `secrets`.
+    pub(super) carried: Carried,
     /// The Tessera job it is a step of, when a job submitted it; in memory only, like
     /// `secrets`, so an operation recovered after a restart has none. Merged operations keep
     /// the first job's.
@@ -69,7 +69,7 @@ impl Op {
         op: Operation,
         merge_key: Option<Vec<u8>>,
         secrets: Vec<SecretEnv>,
-        input_directories: Vec<Bytes>,
+        carried: Carried,
         trace: HashMap<String, String>,
         job: Option<String>,
         now: Stamp,
@@ -81,7 +81,7 @@ impl Op {
             tx,
             merge_key,
             secrets,
-            input_directories,
+            carried,
             trace,
             job,
             queued_at: now,
@@ -206,19 +206,13 @@ impl Scheduler {
                 platform,
                 mergeable,
                 secrets,
-                input_directories,
+                carried,
                 trace,
                 job,
                 reply,
             } => {
-                let submitted = self.submit(
-                    *record,
-                    platform,
-                    mergeable,
-                    (secrets, input_directories),
-                    trace,
-                    job,
-                );
+                let submitted =
+                    self.submit(*record, platform, mergeable, (secrets, carried), trace, job);
                 let _ = reply.send(submitted);
             }
             Request::CheckPlatform { platform, reply } => {
@@ -317,7 +311,7 @@ impl Scheduler {
         record: OperationRecord,
         platform: Platform,
         mergeable: bool,
-        (secrets, input_directories): (Vec<SecretEnv>, Vec<Bytes>),
+        (secrets, carried): (Vec<SecretEnv>, Carried),
         trace: HashMap<String, String>,
         job: Option<String>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
@@ -350,7 +344,7 @@ impl Scheduler {
             op,
             mergeable.then(|| key.clone()),
             secrets,
-            input_directories,
+            carried,
             trace,
             job,
             now,
@@ -409,6 +403,8 @@ impl Scheduler {
         if let Some(key) = op.merge_key.take() {
             self.inflight.remove(&key);
         }
+        // No lease of it will carry them again.
+        op.carried = Carried::default();
         op.publish();
         let ran_for = op.leased_at.map(|at| {
             self.clock

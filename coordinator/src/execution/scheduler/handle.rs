@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tessera_cas::meta::MetaError;
 use tessera_proto::tessera::v1::{AgentMessage, CoordinatorMessage, OperationRecord, SecretEnv};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
 use super::fleet::FleetView;
+use crate::execution::inputs::Carried;
 use crate::execution::operation::OpSnapshot;
 use crate::execution::platform::Platform;
 
@@ -107,7 +107,7 @@ pub(crate) enum Request {
         platform: Platform,
         mergeable: bool,
         secrets: Vec<SecretEnv>,
-        input_directories: Vec<Bytes>,
+        carried: Carried,
         trace: HashMap<String, String>,
         job: Option<String>,
         reply: oneshot::Sender<SubmitReply>,
@@ -189,15 +189,15 @@ impl SchedulerHandle {
     /// Queues an operation (or joins an identical in-flight one when `mergeable`). Returns a
     /// watch on it and whether a new operation was created (which the caller must flush).
     /// `secrets` go to the agent with each lease of it; they are kept in memory only, as is
-    /// the calling span's trace context, which goes with them, and `input_directories` (the
-    /// input tree's Directory messages, when read at hand). `job` names the Tessera job it is
+    /// the calling span's trace context, which goes with them, and `carried` (the input
+    /// tree's Directory messages and small files, when read at hand). `job` names the Tessera job it is
     /// a step of, for the fleet view (also in memory only).
     pub async fn submit(
         &self,
         record: OperationRecord,
         platform: Platform,
         mergeable: bool,
-        (secrets, input_directories): (Vec<SecretEnv>, Vec<Bytes>),
+        (secrets, carried): (Vec<SecretEnv>, Carried),
         job: Option<String>,
     ) -> Result<(watch::Receiver<OpSnapshot>, bool), SchedulerError> {
         self.ask(|reply| Request::Submit {
@@ -205,7 +205,7 @@ impl SchedulerHandle {
             platform,
             mergeable,
             secrets,
-            input_directories,
+            carried,
             trace: tessera_net::trace::carry(),
             job,
             reply,

@@ -63,7 +63,7 @@ impl Scheduler {
                     op,
                     merge,
                     Vec::new(),
-                    Vec::new(),
+                    Default::default(),
                     Default::default(),
                     None,
                     now,

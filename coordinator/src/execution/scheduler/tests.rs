@@ -118,7 +118,7 @@ impl Harness {
         let (reply, mut rx) = oneshot::channel();
         self.scheduler.handle(Request::Submit {
             record: Box::new(record),
-            input_directories: Vec::new(),
+            carried: Default::default(),
             platform: Platform::default(),
             mergeable: true,
             secrets,
