@@ -1356,6 +1356,7 @@ impl BlobStore for DiskStore {
             sink: None,
             received: 0,
             copy: None,
+            reserved: 0,
         }))
     }
 
@@ -1589,8 +1590,10 @@ struct DiskUpload {
     /// Once past the limit: the temporary file being written.
     sink: Option<(PathBuf, Sink)>,
     received: u64,
-    /// With a sink, a copy of every byte, for the hot blobs (see `disk/hot.rs`).
+    /// With a sink, a copy of every byte, for the hot blobs (see `disk/hot.rs`), and the
+    /// bytes reserved for it there.
     copy: Option<Vec<u8>>,
+    reserved: u64,
 }
 
 impl DiskUpload {
@@ -1611,10 +1614,10 @@ impl DiskUpload {
         };
         self.sink = Some((path, sink));
         let buffered = std::mem::take(&mut self.buffer);
-        if self.inner.hot().wants(self.digest.size_bytes) {
-            let mut copy = Vec::with_capacity(usize::try_from(self.digest.size_bytes).unwrap_or(0));
-            copy.extend_from_slice(&buffered);
-            self.copy = Some(copy);
+        if self.inner.hot().reserve(self.digest.size_bytes) {
+            self.reserved = self.digest.size_bytes;
+            // Grown as bytes arrive, never sized from the size the client names.
+            self.copy = Some(buffered.clone());
         }
         self.write_sink(&buffered)
     }
@@ -1637,6 +1640,9 @@ impl Drop for DiskUpload {
     fn drop(&mut self) {
         if let Some((path, _)) = self.sink.take() {
             let _ = fs::remove_file(path);
+        }
+        if self.reserved > 0 {
+            self.inner.hot().release(self.reserved);
         }
     }
 }

@@ -47,6 +47,7 @@ const CARRIED_DIRECTORY_BYTES: usize = 256 * 1024;
 /// fetch in a BatchReadBlobs of its own.
 const CARRIED_FILE_BYTES: usize = 256 * 1024;
 const CARRIED_FILE_MAX: u64 = 64 * 1024;
+const CARRIED_FILES: usize = 1024;
 
 /// Input roots recently found complete and valid (shared by every clone).
 #[derive(Debug, Clone, Default)]
@@ -72,9 +73,9 @@ impl VerifiedRoots {
     }
 }
 
-/// Most bytes of Directory messages that all unfinished operations hold for their leases to
-/// carry: a deep queue of actions with large trees holds no more than this in memory; past
-/// it, a new operation carries none and its agent fetches the tree as before.
+/// Most bytes of Directory messages and files that all unfinished operations hold for their
+/// leases to carry: a deep queue holds no more than this in memory; past it, a new operation
+/// carries none and its agent fetches its tree and files as before.
 const CARRIED_TOTAL: usize = 64 * 1024 * 1024;
 
 /// What unfinished operations hold for their leases to carry, across the coordinator (shared
@@ -274,11 +275,8 @@ pub fn resolve(
             limits.verified.record(root_digest);
         }
         missing.extend(walked.missing);
-        let bytes: usize = walked.directories.iter().map(Bytes::len).sum();
-        if walked.directories.len() <= CARRIED_DIRECTORIES && bytes <= CARRIED_DIRECTORY_BYTES {
-            directories = walked.directories;
-            files = walked.small_files;
-        }
+        directories = walked.directories;
+        files = walked.small_files;
     }
     if !missing.is_empty() {
         return Err(InputError::Missing(missing));
@@ -336,9 +334,11 @@ pub fn resolve(
 struct Walked {
     /// Every blob it references that the CAS lacks.
     missing: Vec<Digest>,
-    /// Every Directory message read, once each.
+    /// Every Directory message read, once each, if they are few and small enough to carry
+    /// (see [`CARRIED_DIRECTORIES`]); none otherwise.
     directories: Vec<Bytes>,
-    /// The smallest files, read (see [`CARRIED_FILE_BYTES`]), when nothing is missing.
+    /// The smallest files, read (see [`CARRIED_FILE_BYTES`]), when the directories are
+    /// carried and nothing is missing.
     small_files: Vec<(Digest, Bytes)>,
 }
 
@@ -352,6 +352,8 @@ fn missing_inputs(
 ) -> Result<Walked, InputError> {
     let mut missing = Vec::new();
     let mut directories = Vec::new();
+    let mut directory_bytes = 0usize;
+    let mut carriable = true;
     let mut files = Vec::new();
     let mut seen = HashSet::from([root]);
     let mut queue = VecDeque::from([(root, String::new(), 0usize)]);
@@ -372,7 +374,15 @@ fn missing_inputs(
             what: "Directory",
             digest,
         })?;
-        directories.push(bytes);
+        if carriable {
+            directory_bytes += bytes.len();
+            directories.push(bytes);
+            if directories.len() > CARRIED_DIRECTORIES || directory_bytes > CARRIED_DIRECTORY_BYTES
+            {
+                carriable = false;
+                directories = Vec::new();
+            }
+        }
         validate_directory(&dir, function, &path)?;
         entries += dir.files.len() + dir.directories.len() + dir.symlinks.len();
         if entries > limits.max_entries {
@@ -403,7 +413,7 @@ fn missing_inputs(
     files.sort_unstable();
     files.dedup();
     missing.extend(store.find_missing_checked(&files));
-    let small_files = if missing.is_empty() {
+    let small_files = if carriable && missing.is_empty() {
         read_small_files(store, &files)
     } else {
         Vec::new()
@@ -425,7 +435,7 @@ fn read_small_files(store: &dyn BlobStore, files: &[Digest]) -> Vec<(Digest, Byt
     small.sort_by_key(|d| d.size_bytes);
     let mut read = Vec::new();
     let mut bytes = 0usize;
-    for digest in small {
+    for digest in small.into_iter().take(CARRIED_FILES) {
         let size = usize::try_from(digest.size_bytes).unwrap_or(usize::MAX);
         if bytes.saturating_add(size) > CARRIED_FILE_BYTES {
             break;

@@ -332,11 +332,18 @@ impl agent_session_server::AgentSession for AgentSessionService {
     }
 }
 
+/// How long storing a result's inline outputs is retried when the store, not the blobs, is
+/// at fault (commits behind, a disk briefly full), before the result is given up as retryable.
+/// The agent used to ride out such trouble retrying its uploads; its session waits meanwhile.
+const STORE_RETRY_FOR: Duration = Duration::from_secs(3);
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(50);
+
 /// Stores the outputs `result` carries inline (on a blocking thread), before the scheduler
-/// takes it. If any is refused (too many bytes, a bad digest, data that does not match it, a
-/// store that cannot take it), or this coordinator offered none, the result becomes a
-/// retryable failure that says why: its outputs are not all in the CAS, so the action runs
-/// again rather than answer with blobs nobody can read.
+/// takes it. Blobs that are wrong (too many bytes, a bad digest, data that does not match it),
+/// or blobs sent to a coordinator that offered to take none, make the result a retryable
+/// failure that says why: its outputs are not all in the CAS, so the action runs again rather
+/// than answer with blobs nobody can read. A store that cannot take them is retried for
+/// [`STORE_RETRY_FOR`] first.
 async fn take_inline_outputs(
     store: Option<&Arc<dyn BlobStore>>,
     agent: &str,
@@ -348,13 +355,28 @@ async fn take_inline_outputs(
     let blobs = std::mem::take(&mut result.blobs);
     let function = result.digest_function;
     let stored = match store {
+        None => Err("this coordinator takes no inline outputs".to_owned()),
         Some(store) => {
-            let store = Arc::clone(store);
-            tokio::task::spawn_blocking(move || store_inline(store.as_ref(), function, &blobs))
+            // Checked and stored in one hop to a blocking thread; only a store that failed
+            // is tried again.
+            let first = {
+                let store = Arc::clone(store);
+                tokio::task::spawn_blocking(move || {
+                    let checked = checked_inline(function, blobs)?;
+                    Ok(match store_all(store.as_ref(), &checked) {
+                        Ok(()) => None,
+                        Err(why) => Some((checked, why)),
+                    })
+                })
                 .await
                 .unwrap_or_else(|error| Err(format!("the storing task failed: {error}")))
+            };
+            match first {
+                Err(why) => Err(why),
+                Ok(None) => Ok(()),
+                Ok(Some((checked, why))) => store_with_retries(store, checked, why).await,
+            }
         }
-        None => Err("this coordinator takes no inline outputs".to_owned()),
     };
     if let Err(why) = stored {
         tracing::warn!(%agent, lease = %result.lease_id, %why, "refusing a result's inline outputs");
@@ -364,12 +386,11 @@ async fn take_inline_outputs(
     }
 }
 
-/// Verifies and stores each of `blobs` (of the REAPI digest function `function`).
-fn store_inline(
-    store: &dyn BlobStore,
+/// `blobs` (of the REAPI digest function `function`), each checked against its digest.
+fn checked_inline(
     function: i32,
-    blobs: &[batch_update_blobs_request::Request],
-) -> Result<(), String> {
+    blobs: Vec<batch_update_blobs_request::Request>,
+) -> Result<Vec<(Digest, bytes::Bytes)>, String> {
     let total = blobs
         .iter()
         .fold(0u64, |sum, blob| sum.saturating_add(blob.data.len() as u64));
@@ -379,20 +400,60 @@ fn store_inline(
         ));
     }
     let function = DigestFunction::from_request(function).map_err(|e| e.to_string())?;
-    for (i, blob) in blobs.iter().enumerate() {
-        if blob.compressor != compressor::Value::Identity as i32 {
-            return Err(format!(
-                "blobs[{i}]: compressor {} (inline outputs are uncompressed)",
-                blob.compressor
-            ));
-        }
-        let digest = Digest::from_proto_opt(function, blob.digest.as_ref())
-            .map_err(|e| format!("blobs[{i}].digest: {e}"))?;
+    blobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, blob)| {
+            if blob.compressor != compressor::Value::Identity as i32 {
+                return Err(format!(
+                    "blobs[{i}]: compressor {} (inline outputs are uncompressed)",
+                    blob.compressor
+                ));
+            }
+            let digest = Digest::from_proto_opt(function, blob.digest.as_ref())
+                .map_err(|e| format!("blobs[{i}].digest: {e}"))?;
+            digest
+                .verify(&blob.data)
+                .map_err(|e| format!("blobs[{i}] ({digest}): {e}"))?;
+            Ok((digest, blob.data))
+        })
+        .collect()
+}
+
+/// Stores each of `blobs` (checked already).
+fn store_all(store: &dyn BlobStore, blobs: &[(Digest, bytes::Bytes)]) -> Result<(), String> {
+    for (digest, data) in blobs {
         store
-            .write(&digest, &blob.data)
-            .map_err(|e| format!("blobs[{i}] ({digest}): {e}"))?;
+            .write(digest, data)
+            .map_err(|e| format!("storing {digest}: {e}"))?;
     }
     Ok(())
+}
+
+/// Stores `blobs`, which the store refused once (`why`), on a blocking thread, trying again
+/// for [`STORE_RETRY_FOR`].
+async fn store_with_retries(
+    store: &Arc<dyn BlobStore>,
+    blobs: Vec<(Digest, bytes::Bytes)>,
+    why: String,
+) -> Result<(), String> {
+    let blobs = Arc::new(blobs);
+    let deadline = tokio::time::Instant::now() + STORE_RETRY_FOR;
+    let mut wait = STORE_RETRY_FIRST;
+    let mut stored = Err(why);
+    while let Err(why) = &stored {
+        if tokio::time::Instant::now() + wait >= deadline {
+            break;
+        }
+        tracing::debug!(%why, retry_in = ?wait, "inline outputs not stored yet; retrying");
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        let (store, todo) = (Arc::clone(store), Arc::clone(&blobs));
+        stored = tokio::task::spawn_blocking(move || store_all(store.as_ref(), &todo))
+            .await
+            .unwrap_or_else(|error| Err(format!("the storing task failed: {error}")));
+    }
+    stored
 }
 
 #[cfg(test)]
@@ -480,6 +541,87 @@ mod tests {
         let mut result = completed(Vec::new());
         take_inline_outputs(None, "a1", &mut result).await;
         assert_eq!(result.outcome(), LeaseOutcome::Completed);
+    }
+
+    /// A store that refuses its first `refusals` writes, as a full disk would.
+    struct Refusing {
+        inner: tessera_cas::store::MemoryStore,
+        refusals: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlobStore for Refusing {
+        fn find_missing(&self, digests: &[Digest]) -> Vec<Digest> {
+            self.inner.find_missing(digests)
+        }
+        fn contains(&self, digest: &Digest) -> bool {
+            self.inner.contains(digest)
+        }
+        fn touch(&self, digests: &[Digest]) {
+            self.inner.touch(digests);
+        }
+        fn read(
+            &self,
+            digest: &Digest,
+        ) -> Result<Option<bytes::Bytes>, tessera_cas::store::StoreError> {
+            self.inner.read(digest)
+        }
+        fn open(
+            &self,
+            digest: &Digest,
+            offset: u64,
+        ) -> Result<Option<tessera_cas::store::BlobReader>, tessera_cas::store::StoreError>
+        {
+            self.inner.open(digest, offset)
+        }
+        fn write(
+            &self,
+            digest: &Digest,
+            data: &[u8],
+        ) -> Result<(), tessera_cas::store::StoreError> {
+            let left = self.refusals.load(Ordering::SeqCst);
+            if left > 0 {
+                self.refusals.store(left - 1, Ordering::SeqCst);
+                return Err(tessera_cas::store::StoreError::Io {
+                    op: "failed to write",
+                    path: "blob".into(),
+                    source: std::io::Error::other("no space left"),
+                });
+            }
+            self.inner.write(digest, data)
+        }
+        fn begin_upload(
+            &self,
+            digest: &Digest,
+        ) -> Result<Box<dyn tessera_cas::store::Upload>, tessera_cas::store::StoreError> {
+            self.inner.begin_upload(digest)
+        }
+        fn stats(&self) -> tessera_cas::store::StoreStats {
+            self.inner.stats()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_refuses_for_a_moment_is_tried_again_and_then_given_up() {
+        for (refusals, taken) in [(3, true), (1000, false)] {
+            let store: Arc<dyn BlobStore> = Arc::new(Refusing {
+                inner: tessera_cas::store::MemoryStore::new(),
+                refusals: refusals.into(),
+            });
+            let mut result = completed(vec![blob(b"out")]);
+            take_inline_outputs(Some(&store), "a1", &mut result).await;
+            let digest = DigestFunction::Blake3.digest_of(b"out");
+            assert_eq!(store.contains(&digest), taken);
+            if taken {
+                assert_eq!(result.outcome(), LeaseOutcome::Completed);
+            } else {
+                assert_eq!(result.outcome(), LeaseOutcome::Retryable);
+                assert!(
+                    result.message.contains("no space left"),
+                    "{}",
+                    result.message
+                );
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@ const MAX_BLOB: u64 = 16 * 1024 * 1024;
 pub(super) struct HotBlobs {
     budget: u64,
     held: u64,
+    /// Bytes uploads in progress may copy for it (see [`HotBlobs::reserve`]).
+    copying: u64,
     blobs: HashMap<Digest, Bytes>,
     /// Oldest first.
     order: VecDeque<Digest>,
@@ -36,6 +38,23 @@ impl HotBlobs {
     /// Whether a blob of `size` bytes would be kept.
     pub(super) fn wants(&self, size: u64) -> bool {
         size > 0 && size <= MAX_BLOB.min(self.budget / 4)
+    }
+
+    /// Lets an upload in progress copy a blob of `size` bytes to keep, if it would be kept
+    /// and the copies under way stay within the budget (a client naming large sizes and
+    /// sending little cannot make the copies outgrow it); give it back with
+    /// [`HotBlobs::release`].
+    pub(super) fn reserve(&mut self, size: u64) -> bool {
+        let fits = self.wants(size) && self.copying + size <= self.budget;
+        if fits {
+            self.copying += size;
+        }
+        fits
+    }
+
+    /// Gives back what [`HotBlobs::reserve`] took.
+    pub(super) fn release(&mut self, size: u64) {
+        self.copying = self.copying.saturating_sub(size);
     }
 
     /// Keeps `data`, verified as the blob `digest`, dropping the oldest to make room.
@@ -113,6 +132,10 @@ mod tests {
         let (lying, _) = blob(10, 7);
         hot.keep(lying, Bytes::from_static(b"short"));
         assert!(hot.get(&lying).is_none(), "size does not match the digest");
+        assert!(hot.reserve(25) && hot.reserve(25) && hot.reserve(25) && hot.reserve(25));
+        assert!(!hot.reserve(25), "copies under way stay within the budget");
+        hot.release(25);
+        assert!(hot.reserve(25));
         let mut none = HotBlobs::new(0);
         let (x, x_data) = blob(1, 8);
         none.keep(x, x_data);

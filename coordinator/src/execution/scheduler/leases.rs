@@ -131,7 +131,7 @@ impl Scheduler {
         op.publish();
     }
 
-    pub(super) fn lease_result(&mut self, agent_id: &str, result: LeaseResult) {
+    pub(super) fn lease_result(&mut self, agent_id: &str, mut result: LeaseResult) {
         let Some(name) = self.current_lease(&result.lease_id, agent_id, Some(result.attempt))
         else {
             self.stats.stale_results += 1;
@@ -140,6 +140,22 @@ impl Scheduler {
             return;
         };
         self.release_lease(agent_id, &result.lease_id);
+        // Inline outputs (stored before this, see `services::agent_session`) hashed with
+        // another function than the action's are not its outputs.
+        let function = self.ops[&name].op.spec().digest_function;
+        if result.digest_function != 0
+            && DigestFunction::from_request(result.digest_function)
+                .ok()
+                .zip(DigestFunction::from_request(function).ok())
+                .is_none_or(|(sent, wanted)| sent != wanted)
+        {
+            result.message = format!(
+                "the result's inline outputs are of digest function {}, the action's is {}",
+                result.digest_function, function
+            );
+            result.outcome = LeaseOutcome::Retryable as i32;
+            result.result = None;
+        }
         let outcome = lease_outcome(&result);
         let message = if result.outcome == LeaseOutcome::Unspecified as i32 {
             format!("the agent's result names no outcome ({})", result.message)

@@ -661,3 +661,51 @@ async fn the_handle_answers_the_fleet_from_the_running_actor() {
     task.await.unwrap();
     assert!(matches!(handle.fleet().await, Err(SchedulerError::Stopped)));
 }
+
+#[test]
+fn what_leases_carry_is_given_back_when_the_operation_ends_and_wrong_outputs_run_again() {
+    use crate::execution::inputs::CarriedBudget;
+    let mut h = Harness::new(3);
+    let (session, mut rx) = h.agent("a", 1);
+    let budget = CarriedBudget::default();
+    let directory = bytes::Bytes::from_static(b"a directory");
+    let (reply, mut submitted) = oneshot::channel();
+    h.scheduler.handle(Request::Submit {
+        record: Box::new(record(1, DigestFunction::Sha256, "someone")),
+        carried: budget.take(vec![directory.clone()], Vec::new()),
+        platform: Platform::default(),
+        mergeable: true,
+        secrets: Vec::new(),
+        trace: trace_of(1),
+        job: None,
+        reply,
+    });
+    let (op, _) = submitted.try_recv().unwrap().unwrap();
+    h.scheduler.dispatch();
+    let lease = next_lease(&mut rx).unwrap();
+    assert_eq!(lease.input_directories, vec![directory.clone()]);
+    assert_eq!(budget.held(), directory.len());
+
+    // Outputs of another digest function than the action's: not its outputs, so it runs
+    // again (and the next lease carries the same).
+    h.report(
+        "a",
+        session,
+        LeaseResult {
+            lease_id: lease.lease_id.clone(),
+            attempt: lease.attempt,
+            outcome: LeaseOutcome::Completed as i32,
+            digest_function: DigestFunction::Blake3.to_proto(),
+            result: Some(Default::default()),
+            ..Default::default()
+        },
+    );
+    let again = next_lease(&mut rx).unwrap();
+    assert_eq!(again.attempt, 2);
+    assert_eq!(again.input_directories, vec![directory.clone()]);
+    assert!(response(&op).is_none());
+
+    h.result("a", session, &again, LeaseOutcome::Completed);
+    assert_eq!(code(&response(&op).unwrap()), Code::Ok);
+    assert_eq!(budget.held(), 0, "given back when the operation ended");
+}
