@@ -655,9 +655,6 @@ impl Session {
         self.link = Link::Down {
             retry_at: now + wait,
         };
-        // Leases that finish meanwhile upload their outputs: a result waiting for a link
-        // holds no blobs, and the next coordinator may take fewer inline.
-        self.offered(Offers::default());
         self.params.pipeline.metrics.set_connected(false);
     }
 

@@ -1616,8 +1616,10 @@ impl DiskUpload {
         let buffered = std::mem::take(&mut self.buffer);
         if self.inner.hot().reserve(self.digest.size_bytes) {
             self.reserved = self.digest.size_bytes;
-            // Grown as bytes arrive, never sized from the size the client names.
-            self.copy = Some(buffered.clone());
+            // Sized once: the reservation bounds what all copies under way may take.
+            let mut copy = Vec::with_capacity(usize::try_from(self.reserved).unwrap_or(0));
+            copy.extend_from_slice(&buffered);
+            self.copy = Some(copy);
         }
         self.write_sink(&buffered)
     }
@@ -2235,6 +2237,39 @@ mod tests {
         mixed.extend_from_slice(&text[..56 * KIB]);
         assert!(compress_if_it_pays(&mixed).is_none());
         assert!(compress_if_it_pays(&random(64 * KIB, 51).1).is_none());
+    }
+
+    #[test]
+    fn uploads_give_back_what_they_reserved_for_hot_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_meta, store) = open(dir.path(), |o| o.hot_bytes = 4 * 1024 * KIB as u64);
+        // Twenty uploads of 600 KiB one after another: 12 MiB through a 4 MiB budget. One
+        // dropped unfinished and one refused at commit give theirs back too.
+        let mut last = None;
+        for n in 0..20u8 {
+            let (digest, data) = random(600 * KIB, n);
+            let mut upload = store.begin_upload(&digest).unwrap();
+            upload.write(&data[..300 * KIB]).unwrap();
+            match n {
+                5 => drop(upload),
+                6 => {
+                    upload.write(&random(300 * KIB, 99).1).unwrap();
+                    assert!(upload.commit().is_err(), "wrong bytes");
+                }
+                _ => {
+                    upload.write(&data[300 * KIB..]).unwrap();
+                    upload.commit().unwrap();
+                    last = Some((digest, data));
+                }
+            }
+        }
+        let (digest, data) = last.unwrap();
+        fs::write(store.inner.path(&digest, Form::Raw), b"damaged").unwrap();
+        assert_eq!(
+            store.read(&digest).unwrap().as_deref(),
+            Some(&data[..]),
+            "the last upload was still kept in memory"
+        );
     }
 
     #[test]

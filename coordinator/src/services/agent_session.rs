@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use tessera_cas::digest::{Digest, DigestFunction};
-use tessera_cas::store::BlobStore;
+use tessera_cas::store::{BlobStore, StoreError};
 use tessera_proto::AGENT_PROTOCOL_VERSION;
 use tessera_proto::reapi::batch_update_blobs_request;
 use tessera_proto::reapi::compressor;
@@ -265,6 +265,26 @@ impl agent_session_server::AgentSession for AgentSessionService {
         let scheduler = self.scheduler.clone();
         let notifier = self.notifier.clone();
         let store = self.store.clone();
+        // Results go to the scheduler in order, each once its inline outputs are stored;
+        // heartbeats and the rest go at once, so a store that is slow to take outputs never
+        // holds up the heartbeats that keep the agent's other leases alive.
+        let (results, mut to_store) = tokio::sync::mpsc::unbounded_channel::<LeaseResult>();
+        let forwarder = tokio::spawn({
+            let scheduler = scheduler.clone();
+            let id = id.clone();
+            async move {
+                while let Some(mut result) = to_store.recv().await {
+                    take_inline_outputs(store.as_ref(), &id, &mut result).await;
+                    scheduler.agent_message(
+                        id.clone(),
+                        session,
+                        AgentMessage {
+                            kind: Some(agent_message::Kind::Result(result)),
+                        },
+                    );
+                }
+            }
+        });
         tokio::spawn(async move {
             // Why the session ended, when the agent did not say it was going (a drain).
             let mut lost_because: Option<String> = None;
@@ -297,12 +317,13 @@ impl agent_session_server::AgentSession for AgentSessionService {
                     next = inbound.message() => next,
                 };
                 match next {
-                    Ok(Some(mut message)) => {
+                    Ok(Some(message)) => {
                         if matches!(message.kind, Some(agent_message::Kind::Draining(_))) {
                             drained = true;
                         }
-                        if let Some(agent_message::Kind::Result(result)) = &mut message.kind {
-                            take_inline_outputs(store.as_ref(), &id, result).await;
+                        if let Some(agent_message::Kind::Result(result)) = message.kind {
+                            let _ = results.send(result);
+                            continue;
                         }
                         scheduler.agent_message(id.clone(), session, message);
                     }
@@ -317,6 +338,9 @@ impl agent_session_server::AgentSession for AgentSessionService {
                     }
                 }
             }
+            // Results already read reach the scheduler before it hears the agent left.
+            drop(results);
+            let _ = forwarder.await;
             scheduler.agent_left(id.clone(), session);
             if let Some(reason) = lost_because.filter(|_| !drained) {
                 notifier.agent_lost(&id, &reason);
@@ -333,8 +357,9 @@ impl agent_session_server::AgentSession for AgentSessionService {
 }
 
 /// How long storing a result's inline outputs is retried when the store, not the blobs, is
-/// at fault (commits behind, a disk briefly full), before the result is given up as retryable.
-/// The agent used to ride out such trouble retrying its uploads; its session waits meanwhile.
+/// at fault (commits behind, a disk briefly full), before the result is given up as retryable,
+/// as the agent used to ride out such trouble retrying its uploads. Only that agent's results
+/// wait meanwhile, not its heartbeats.
 const STORE_RETRY_FOR: Duration = Duration::from_secs(3);
 const STORE_RETRY_FIRST: Duration = Duration::from_millis(50);
 
@@ -365,7 +390,7 @@ async fn take_inline_outputs(
                     let checked = checked_inline(function, blobs)?;
                     Ok(match store_all(store.as_ref(), &checked) {
                         Ok(()) => None,
-                        Err(why) => Some((checked, why)),
+                        Err(error) => Some((checked, error)),
                     })
                 })
                 .await
@@ -374,10 +399,17 @@ async fn take_inline_outputs(
             match first {
                 Err(why) => Err(why),
                 Ok(None) => Ok(()),
-                Ok(Some((checked, why))) => store_with_retries(store, checked, why).await,
+                Ok(Some((checked, error))) => store_with_retries(store, checked, error).await,
             }
         }
     };
+    if stored.is_ok() {
+        // What the blobs were checked and stored as (0 reads as SHA-256): the scheduler
+        // compares it with the action's.
+        if let Ok(function) = DigestFunction::from_request(function) {
+            result.digest_function = function.to_proto();
+        }
+    }
     if let Err(why) = stored {
         tracing::warn!(%agent, lease = %result.lease_id, %why, "refusing a result's inline outputs");
         result.outcome = LeaseOutcome::Retryable as i32;
@@ -420,40 +452,57 @@ fn checked_inline(
         .collect()
 }
 
+/// A blob the store refused, and why.
+type Refusal = Box<(Digest, StoreError)>;
+
 /// Stores each of `blobs` (checked already).
-fn store_all(store: &dyn BlobStore, blobs: &[(Digest, bytes::Bytes)]) -> Result<(), String> {
+fn store_all(store: &dyn BlobStore, blobs: &[(Digest, bytes::Bytes)]) -> Result<(), Refusal> {
     for (digest, data) in blobs {
         store
             .write(digest, data)
-            .map_err(|e| format!("storing {digest}: {e}"))?;
+            .map_err(|e| Box::new((*digest, e)))?;
     }
     Ok(())
 }
 
-/// Stores `blobs`, which the store refused once (`why`), on a blocking thread, trying again
-/// for [`STORE_RETRY_FOR`].
+/// Whether a store that refused a checked blob with `error` may take it a moment later.
+fn may_pass(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Full { .. }
+            | StoreError::Io { .. }
+            | StoreError::Meta(_)
+            | StoreError::OutOfSpace { .. }
+    )
+}
+
+/// Stores `blobs`, which the store refused once (`error`), on a blocking thread, trying again
+/// until [`STORE_RETRY_FOR`] has passed while the refusal is one that may pass.
 async fn store_with_retries(
     store: &Arc<dyn BlobStore>,
     blobs: Vec<(Digest, bytes::Bytes)>,
-    why: String,
+    error: Refusal,
 ) -> Result<(), String> {
     let blobs = Arc::new(blobs);
     let deadline = tokio::time::Instant::now() + STORE_RETRY_FOR;
     let mut wait = STORE_RETRY_FIRST;
-    let mut stored = Err(why);
-    while let Err(why) = &stored {
-        if tokio::time::Instant::now() + wait >= deadline {
-            break;
+    let mut last = error;
+    loop {
+        let now = tokio::time::Instant::now();
+        if !may_pass(&last.1) || now >= deadline {
+            return Err(format!("storing {}: {}", last.0, last.1));
         }
-        tracing::debug!(%why, retry_in = ?wait, "inline outputs not stored yet; retrying");
-        tokio::time::sleep(wait).await;
+        tracing::debug!(digest = %last.0, error = %last.1, retry_in = ?wait,
+            "inline outputs not stored yet; retrying");
+        tokio::time::sleep(wait.min(deadline - now)).await;
         wait *= 2;
         let (store, todo) = (Arc::clone(store), Arc::clone(&blobs));
-        stored = tokio::task::spawn_blocking(move || store_all(store.as_ref(), &todo))
-            .await
-            .unwrap_or_else(|error| Err(format!("the storing task failed: {error}")));
+        match tokio::task::spawn_blocking(move || store_all(store.as_ref(), &todo)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => last = error,
+            Err(error) => return Err(format!("the storing task failed: {error}")),
+        }
     }
-    stored
 }
 
 #[cfg(test)]
