@@ -984,7 +984,8 @@ impl Inner {
             return Err(self.write_error("failed to write blob file", &tmp, source));
         }
         self.install(digest, &tmp, form, bytes.len() as u64)?;
-        if self.hot().wants(digest.size_bytes) {
+        // As for uploads: only a blob kept compressed.
+        if compressed.is_some() && self.hot().wants(digest.size_bytes) {
             self.hot().keep(digest, Bytes::copy_from_slice(data));
         }
         Ok(())
@@ -1612,9 +1613,12 @@ impl DiskUpload {
         } else {
             Sink::Raw(writer)
         };
+        let compressed = matches!(sink, Sink::Zstd(_));
         self.sink = Some((path, sink));
         let buffered = std::mem::take(&mut self.buffer);
-        if self.inner.hot().reserve(self.digest.size_bytes) {
+        // Only a blob kept compressed: reading its file costs a decompression besides the
+        // hash, which is worth a copy; a raw file is read back nearly as fast as copied.
+        if compressed && self.inner.hot().reserve(self.digest.size_bytes) {
             self.reserved = self.digest.size_bytes;
             // Sized once: the reservation bounds what all copies under way may take.
             let mut copy = Vec::with_capacity(usize::try_from(self.reserved).unwrap_or(0));
@@ -2247,7 +2251,9 @@ mod tests {
         // dropped unfinished and one refused at commit give theirs back too.
         let mut last = None;
         for n in 0..20u8 {
-            let (digest, data) = random(600 * KIB, n);
+            let data: Vec<u8> =
+                format!("line {n}\n").repeat(600 * KIB / 7 + 1).as_bytes()[..600 * KIB].to_vec();
+            let digest = DigestFunction::Sha256.digest_of(&data);
             let mut upload = store.begin_upload(&digest).unwrap();
             upload.write(&data[..300 * KIB]).unwrap();
             match n {
@@ -2264,7 +2270,7 @@ mod tests {
             }
         }
         let (digest, data) = last.unwrap();
-        fs::write(store.inner.path(&digest, Form::Raw), b"damaged").unwrap();
+        fs::write(store.inner.path(&digest, Form::Zstd), b"damaged").unwrap();
         assert_eq!(
             store.read(&digest).unwrap().as_deref(),
             Some(&data[..]),
@@ -2276,7 +2282,9 @@ mod tests {
     fn blob_files_stored_a_moment_ago_are_read_from_memory_when_kept_hot() {
         let text: Vec<u8> = b"fn main() { println!(\"hello\"); }\n".repeat(30_000);
         let digest = DigestFunction::Sha256.digest_of(&text);
-        let (raw_digest, raw) = random(300 * KIB, 60);
+        let raw: Vec<u8> = b"let x = 1;\n".repeat(30_000);
+        let raw_digest = DigestFunction::Sha256.digest_of(&raw);
+        let (random_digest, random_data) = random(300 * KIB, 60);
         for hot_bytes in [0, 64 * 1024 * 1024] {
             let dir = tempfile::tempdir().unwrap();
             let (_meta, store) = open(dir.path(), |o| o.hot_bytes = hot_bytes);
@@ -2287,11 +2295,15 @@ mod tests {
             }
             upload.commit().unwrap();
             store.write(&raw_digest, &raw).unwrap();
+            store.write(&random_digest, &random_data).unwrap();
             let zst = store.inner.path(&digest, Form::Zstd);
             assert!(zst.exists(), "kept compressed on disk");
-            // Damage both files: a read from disk notices, one from memory never reads them.
+            // Damage the files: a read from disk notices, one from memory never reads them.
             fs::write(&zst, b"damaged").unwrap();
-            fs::write(store.inner.path(&raw_digest, Form::Raw), b"damaged").unwrap();
+            fs::write(store.inner.path(&raw_digest, Form::Zstd), b"damaged").unwrap();
+            fs::write(store.inner.path(&random_digest, Form::Raw), b"damaged").unwrap();
+            // A blob kept raw is never copied: read from its file.
+            assert_eq!(store.read(&random_digest).unwrap(), None);
             if hot_bytes == 0 {
                 assert_eq!(store.read(&digest).unwrap(), None);
                 assert_eq!(store.read(&raw_digest).unwrap(), None);

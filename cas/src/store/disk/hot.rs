@@ -1,6 +1,7 @@
-//! Blob files stored a moment ago, kept whole in memory as well: a build tool reads an action's
-//! outputs right after the agent uploads them, and a file kept compressed would otherwise be
-//! read, decompressed and hashed again for each read. Only bytes this process hashed against
+//! Blob files kept compressed that were stored a moment ago, kept whole in memory as well: a
+//! build tool reads an action's outputs right after the agent uploads them, and such a file
+//! would otherwise be read, decompressed and hashed again for each read (a raw file is read
+//! back nearly as fast as it would be copied, so it is not). Only bytes this process hashed against
 //! their digest on the way in are kept, so a read served from here needs no second check (a
 //! read from disk still hashes what it reads: the disk is what can go bad). First in, first
 //! out, within a byte budget; a blob over a quarter of the budget is never kept.
