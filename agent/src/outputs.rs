@@ -500,19 +500,17 @@ async fn upload_missing(
     inline_bytes: u64,
 ) -> Result<Vec<(Digest, Bytes)>, OutputError> {
     let mut seen = HashSet::new();
-    let mut unique: Vec<&(Digest, BlobSource)> = blobs
+    let mut budget = inline_bytes;
+    let (inline, unique): (Vec<&(Digest, BlobSource)>, Vec<_>) = blobs
         .iter()
         .filter(|(d, _)| !d.is_empty_blob() && seen.insert(*d))
-        .collect();
-    let mut budget = inline_bytes;
-    let (inline, rest): (Vec<_>, Vec<_>) = unique.into_iter().partition(|(digest, _)| {
-        let fits = !is_streamed(digest) && digest.size_bytes <= budget;
-        if fits {
-            budget -= digest.size_bytes;
-        }
-        fits
-    });
-    unique = rest;
+        .partition(|(digest, _)| {
+            let fits = !is_streamed(digest) && digest.size_bytes <= budget;
+            if fits {
+                budget -= digest.size_bytes;
+            }
+            fits
+        });
     let inline = if inline.is_empty() {
         Vec::new()
     } else {

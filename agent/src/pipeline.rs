@@ -20,12 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use tessera_cas::client::{CasClient, ClientError};
+use tessera_cas::client::{CasClient, ClientError, blob_request};
 use tessera_cas::digest::{Digest, DigestFunction};
 use tessera_net::client::Link;
-use tessera_proto::reapi::{
-    ActionResult, Command, ExecutedActionMetadata, batch_update_blobs_request, compressor,
-};
+use tessera_proto::reapi::{ActionResult, Command, ExecutedActionMetadata, compressor};
 use tessera_proto::tessera::v1::{Lease, LeaseResult, LeaseStage};
 use tessera_proto::time::from_proto_duration;
 use tonic::Code;
@@ -416,11 +414,7 @@ impl LeasePipeline {
             answer.blobs = state
                 .inline
                 .into_iter()
-                .map(|(digest, data)| batch_update_blobs_request::Request {
-                    digest: Some(digest.to_proto()),
-                    data,
-                    compressor: compressor::Value::Identity as i32,
-                })
+                .map(|(digest, data)| blob_request(&digest, data))
                 .collect();
         }
         (answer, outcome)

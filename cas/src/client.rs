@@ -44,6 +44,16 @@ pub const PART_ONLY_HEADER: &str = "tessera-read-part-only";
 /// Digests per FindMissingBlobs call.
 const FIND_MISSING_CHUNK: usize = 16_384;
 
+/// `data`, the blob `digest`, as an uncompressed BatchUpdateBlobs entry (also how Tessera's
+/// agent protocol carries blobs inline).
+pub fn blob_request(digest: &Digest, data: Bytes) -> batch_update_blobs_request::Request {
+    batch_update_blobs_request::Request {
+        digest: Some(digest.to_proto()),
+        data,
+        compressor: compressor::Value::Identity as i32,
+    }
+}
+
 /// Why a client call failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -245,15 +255,14 @@ impl CasClient {
         let requests = blobs
             .iter()
             .map(|(digest, data)| {
-                let (data, compressor) = if compress {
-                    (Bytes::from(codec::compress(data)), compressor::Value::Zstd)
+                if compress {
+                    batch_update_blobs_request::Request {
+                        digest: Some(digest.to_proto()),
+                        data: Bytes::from(codec::compress(data)),
+                        compressor: compressor::Value::Zstd as i32,
+                    }
                 } else {
-                    (data.clone(), compressor::Value::Identity)
-                };
-                batch_update_blobs_request::Request {
-                    digest: Some(digest.to_proto()),
-                    data,
-                    compressor: compressor as i32,
+                    blob_request(digest, data.clone())
                 }
             })
             .collect();

@@ -634,10 +634,8 @@ async fn leases_carry_the_input_tree_and_results_their_small_outputs() {
     // Its output comes with the result, not through the CAS: the client reads it all the same.
     let made = b"made, and sent inline";
     let made_digest = function.digest_of(made);
-    let inline = |data: &'static [u8], digest: Digest| batch_update_blobs_request::Request {
-        digest: Some(digest.to_proto()),
-        data: bytes::Bytes::from_static(data),
-        compressor: 0,
+    let inline = |data: &'static [u8], digest: Digest| {
+        tessera_cas::client::blob_request(&digest, bytes::Bytes::from_static(data))
     };
     let answer = |lease: &Lease, blob: batch_update_blobs_request::Request| LeaseResult {
         lease_id: lease.lease_id.clone(),

@@ -322,11 +322,7 @@ async fn directories_and_files_the_lease_carries_are_used_and_what_they_lack_is_
         encoded[&child("sub")].clone(),
     ];
     let carried = |digest: Digest, data: &'static [u8]| {
-        tessera_proto::reapi::batch_update_blobs_request::Request {
-            digest: Some(digest.to_proto()),
-            data: bytes::Bytes::from_static(data),
-            compressor: 0,
-        }
+        tessera_cas::client::blob_request(&digest, bytes::Bytes::from_static(data))
     };
     l.input_files = vec![carried(top, b"top"), carried(deep, b"DEEP")];
     link.lease(l).await;

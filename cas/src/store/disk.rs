@@ -1303,23 +1303,16 @@ impl BlobStore for DiskStore {
         let Some(entry) = entry else {
             return Ok(None);
         };
+        let end = limit.map_or(digest.size_bytes, |limit| {
+            offset.saturating_add(limit).min(digest.size_bytes)
+        });
         if entry.form == Form::Inline {
-            let end = limit.map_or(digest.size_bytes, |limit| {
-                offset.saturating_add(limit).min(digest.size_bytes)
-            });
             return self.open_inline(digest, offset, end);
         }
         let hot = self.inner.hot().get(digest);
         if let Some(bytes) = hot {
-            let end = limit.map_or(bytes.len(), |limit| {
-                usize::try_from(offset.saturating_add(limit))
-                    .map_or(bytes.len(), |end| end.min(bytes.len()))
-            });
-            let offset = usize::try_from(offset).map_or(end, |o| o.min(end));
-            return Ok(Some(Box::new(InlineReader {
-                rest: bytes.slice(offset..end),
-                part_only: true,
-            })));
+            // Checked on the way in; more parts of it cost nothing.
+            return Ok(Some(InlineReader::part(bytes, offset, end, true)));
         }
         let path = self.inner.path(digest, entry.form);
         let file = match File::open(&path) {
@@ -1330,9 +1323,6 @@ impl BlobStore for DiskStore {
             }
             Err(error) => return Err(StoreError::io("failed to open blob file", &path, error)),
         };
-        let end = limit.map_or(digest.size_bytes, |limit| {
-            offset.saturating_add(limit).min(digest.size_bytes)
-        });
         let reader = DiskReader::start(&self.inner, *digest, entry, file, offset, end)
             .map_err(io_err("failed to open blob file", &path))?;
         Ok(Some(Box::new(reader)))
@@ -1392,12 +1382,7 @@ impl DiskStore {
             self.inner.discard(digest, &error.to_string());
             return Ok(None);
         }
-        let end = usize::try_from(end).map_or(bytes.len(), |e| e.min(bytes.len()));
-        let offset = usize::try_from(offset).map_or(end, |o| o.min(end));
-        Ok(Some(Box::new(InlineReader {
-            rest: bytes.slice(offset..end),
-            part_only: false,
-        })))
+        Ok(Some(InlineReader::part(bytes, offset, end, false)))
     }
 }
 
@@ -1407,6 +1392,18 @@ struct InlineReader {
     rest: Bytes,
     /// Whether only the part asked for was touched (a hot blob: more parts cost nothing).
     part_only: bool,
+}
+
+impl InlineReader {
+    /// Hands out `bytes[offset..end]` (both clamped to the blob).
+    fn part(bytes: Bytes, offset: u64, end: u64, part_only: bool) -> BlobReader {
+        let end = usize::try_from(end).map_or(bytes.len(), |e| e.min(bytes.len()));
+        let offset = usize::try_from(offset).map_or(end, |o| o.min(end));
+        Box::new(InlineReader {
+            rest: bytes.slice(offset..end),
+            part_only,
+        })
+    }
 }
 
 impl BlobRead for InlineReader {

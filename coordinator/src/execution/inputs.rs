@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
+use tessera_cas::client::blob_request;
 use tessera_cas::digest::{Digest, DigestError, DigestFunction};
 use tessera_cas::store::{BlobStore, StoreError};
 use tessera_cas::validate::{TreeError, TreeLimits, validate_directory};
-use tessera_proto::reapi::{Action, Command, Directory};
+use tessera_proto::reapi::{Action, Command, Directory, batch_update_blobs_request};
 use thiserror::Error;
 
 use super::platform::Platform;
@@ -105,7 +106,11 @@ impl CarriedBudget {
         }
         Carried {
             directories,
-            files,
+            // In the form each lease sends them, made once.
+            files: files
+                .into_iter()
+                .map(|(digest, data)| blob_request(&digest, data))
+                .collect(),
             held: Some((self.clone(), bytes)),
         }
     }
@@ -121,7 +126,7 @@ impl CarriedBudget {
 #[derive(Debug, Default)]
 pub struct Carried {
     directories: Vec<Bytes>,
-    files: Vec<(Digest, Bytes)>,
+    files: Vec<batch_update_blobs_request::Request>,
     held: Option<(CarriedBudget, usize)>,
 }
 
@@ -131,8 +136,8 @@ impl Carried {
         &self.directories
     }
 
-    /// Small input files, each with its digest.
-    pub fn files(&self) -> &[(Digest, Bytes)] {
+    /// Small input files, each with its digest, as `Lease.input_files` carries them.
+    pub fn files(&self) -> &[batch_update_blobs_request::Request] {
         &self.files
     }
 }

@@ -378,49 +378,55 @@ async fn take_inline_outputs(
         return;
     }
     let blobs = std::mem::take(&mut result.blobs);
-    let function = result.digest_function;
-    let stored = match store {
-        None => Err("this coordinator takes no inline outputs".to_owned()),
-        Some(store) => {
-            // Checked and stored in one hop to a blocking thread; only a store that failed
-            // is tried again.
-            let first = {
-                let store = Arc::clone(store);
-                tokio::task::spawn_blocking(move || {
-                    let checked = checked_inline(function, blobs)?;
-                    Ok(match store_all(store.as_ref(), &checked) {
-                        Ok(()) => None,
-                        Err(error) => Some((checked, error)),
-                    })
-                })
-                .await
-                .unwrap_or_else(|error| Err(format!("the storing task failed: {error}")))
-            };
-            match first {
-                Err(why) => Err(why),
-                Ok(None) => Ok(()),
-                Ok(Some((checked, error))) => store_with_retries(store, checked, error).await,
-            }
-        }
+    let stored = match (store, DigestFunction::from_request(result.digest_function)) {
+        (None, _) => Err("this coordinator takes no inline outputs".to_owned()),
+        (_, Err(error)) => Err(error.to_string()),
+        (Some(store), Ok(function)) => store_inline(store, function, blobs)
+            .await
+            .map(|()| function),
     };
-    if stored.is_ok() {
-        // What the blobs were checked and stored as (0 reads as SHA-256): the scheduler
-        // compares it with the action's.
-        if let Ok(function) = DigestFunction::from_request(function) {
-            result.digest_function = function.to_proto();
+    match stored {
+        // What the blobs were stored as (0 reads as SHA-256): the scheduler compares it with
+        // the action's.
+        Ok(function) => result.digest_function = function.to_proto(),
+        Err(why) => {
+            tracing::warn!(%agent, lease = %result.lease_id, %why, "refusing a result's inline outputs");
+            result.outcome = LeaseOutcome::Retryable as i32;
+            result.message = format!("the result's inline outputs were refused: {why}");
+            result.result = None;
         }
-    }
-    if let Err(why) = stored {
-        tracing::warn!(%agent, lease = %result.lease_id, %why, "refusing a result's inline outputs");
-        result.outcome = LeaseOutcome::Retryable as i32;
-        result.message = format!("the result's inline outputs were refused: {why}");
-        result.result = None;
     }
 }
 
-/// `blobs` (of the REAPI digest function `function`), each checked against its digest.
+/// Checks and stores `blobs` in one hop to a blocking thread; only a store that refused is
+/// tried again.
+async fn store_inline(
+    store: &Arc<dyn BlobStore>,
+    function: DigestFunction,
+    blobs: Vec<batch_update_blobs_request::Request>,
+) -> Result<(), String> {
+    let first = {
+        let store = Arc::clone(store);
+        tokio::task::spawn_blocking(move || {
+            let checked = checked_inline(function, blobs)?;
+            Ok(match store_all(store.as_ref(), &checked) {
+                Ok(()) => None,
+                Err(refusal) => Some((checked, refusal)),
+            })
+        })
+        .await
+        .unwrap_or_else(|error| Err(format!("the storing task failed: {error}")))?
+    };
+    match first {
+        None => Ok(()),
+        Some((checked, refusal)) => store_with_retries(store, checked, refusal).await,
+    }
+}
+
+/// `blobs` (of the digest function `function`) with their digests parsed; their bytes
+/// are checked against them as the store takes them ([`BlobStore::write`]).
 fn checked_inline(
-    function: i32,
+    function: DigestFunction,
     blobs: Vec<batch_update_blobs_request::Request>,
 ) -> Result<Vec<(Digest, bytes::Bytes)>, String> {
     let total = blobs
@@ -431,7 +437,6 @@ fn checked_inline(
             "{total} bytes, more than the {INLINE_OUTPUT_BYTES} a result may carry"
         ));
     }
-    let function = DigestFunction::from_request(function).map_err(|e| e.to_string())?;
     blobs
         .into_iter()
         .enumerate()
@@ -444,28 +449,40 @@ fn checked_inline(
             }
             let digest = Digest::from_proto_opt(function, blob.digest.as_ref())
                 .map_err(|e| format!("blobs[{i}].digest: {e}"))?;
-            digest
-                .verify(&blob.data)
-                .map_err(|e| format!("blobs[{i}] ({digest}): {e}"))?;
             Ok((digest, blob.data))
         })
         .collect()
 }
 
-/// A blob the store refused, and why.
-type Refusal = Box<(Digest, StoreError)>;
+/// A blob the store refused (its place among the result's blobs, its digest), and why.
+struct Refusal {
+    index: usize,
+    digest: Digest,
+    error: StoreError,
+}
 
-/// Stores each of `blobs` (checked already).
-fn store_all(store: &dyn BlobStore, blobs: &[(Digest, bytes::Bytes)]) -> Result<(), Refusal> {
-    for (digest, data) in blobs {
-        store
-            .write(digest, data)
-            .map_err(|e| Box::new((*digest, e)))?;
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "blobs[{}] ({}): {}", self.index, self.digest, self.error)
+    }
+}
+
+/// Stores each of `blobs`; the store checks each against its digest.
+fn store_all(store: &dyn BlobStore, blobs: &[(Digest, bytes::Bytes)]) -> Result<(), Box<Refusal>> {
+    for (index, (digest, data)) in blobs.iter().enumerate() {
+        store.write(digest, data).map_err(|error| {
+            Box::new(Refusal {
+                index,
+                digest: *digest,
+                error,
+            })
+        })?;
     }
     Ok(())
 }
 
-/// Whether a store that refused a checked blob with `error` may take it a moment later.
+/// Whether a store that refused a blob with `error` may take it a moment later (not bytes
+/// that do not match their digest).
 fn may_pass(error: &StoreError) -> bool {
     matches!(
         error,
@@ -481,7 +498,7 @@ fn may_pass(error: &StoreError) -> bool {
 async fn store_with_retries(
     store: &Arc<dyn BlobStore>,
     blobs: Vec<(Digest, bytes::Bytes)>,
-    error: Refusal,
+    error: Box<Refusal>,
 ) -> Result<(), String> {
     let blobs = Arc::new(blobs);
     let deadline = tokio::time::Instant::now() + STORE_RETRY_FOR;
@@ -489,11 +506,10 @@ async fn store_with_retries(
     let mut last = error;
     loop {
         let now = tokio::time::Instant::now();
-        if !may_pass(&last.1) || now >= deadline {
-            return Err(format!("storing {}: {}", last.0, last.1));
+        if !may_pass(&last.error) || now >= deadline {
+            return Err(last.to_string());
         }
-        tracing::debug!(digest = %last.0, error = %last.1, retry_in = ?wait,
-            "inline outputs not stored yet; retrying");
+        tracing::debug!(refusal = %last, retry_in = ?wait, "inline outputs not stored yet; retrying");
         tokio::time::sleep(wait.min(deadline - now)).await;
         wait *= 2;
         let (store, todo) = (Arc::clone(store), Arc::clone(&blobs));

@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use tessera_cas::digest::{Digest, DigestFunction};
-use tessera_proto::reapi::{ExecuteResponse, batch_update_blobs_request, compressor};
+use tessera_proto::reapi::ExecuteResponse;
 use tessera_proto::rpc;
 use tessera_proto::tessera::v1::{
     AgentMessage, CoordinatorMessage, Lease, LeaseOutcome, LeaseProgress, LeaseResult,
@@ -353,16 +353,7 @@ impl Scheduler {
             secrets: entry.secrets.clone(),
             trace_context: entry.trace.clone(),
             input_directories: entry.carried.directories().to_vec(),
-            input_files: entry
-                .carried
-                .files()
-                .iter()
-                .map(|(digest, data)| batch_update_blobs_request::Request {
-                    digest: Some(digest.to_proto()),
-                    data: data.clone(),
-                    compressor: compressor::Value::Identity as i32,
-                })
-                .collect(),
+            input_files: entry.carried.files().to_vec(),
         };
         if tx
             .try_send(Ok(CoordinatorMessage {

@@ -686,38 +686,25 @@ fn what_leases_carry_is_given_back_when_the_operation_ends_and_wrong_outputs_run
     assert_eq!(lease.input_directories, vec![directory.clone()]);
     assert_eq!(budget.held(), directory.len());
 
+    // A completed result whose inline outputs were stored as `function`.
+    let stored_as = |lease: &Lease, function: DigestFunction| LeaseResult {
+        lease_id: lease.lease_id.clone(),
+        attempt: lease.attempt,
+        outcome: LeaseOutcome::Completed as i32,
+        digest_function: function.to_proto(),
+        result: Some(Default::default()),
+        ..Default::default()
+    };
     // Outputs of another digest function than the action's: not its outputs, so it runs
     // again (and the next lease carries the same).
-    h.report(
-        "a",
-        session,
-        LeaseResult {
-            lease_id: lease.lease_id.clone(),
-            attempt: lease.attempt,
-            outcome: LeaseOutcome::Completed as i32,
-            digest_function: DigestFunction::Blake3.to_proto(),
-            result: Some(Default::default()),
-            ..Default::default()
-        },
-    );
+    h.report("a", session, stored_as(&lease, DigestFunction::Blake3));
     let again = next_lease(&mut rx).unwrap();
     assert_eq!(again.attempt, 2);
     assert_eq!(again.input_directories, vec![directory.clone()]);
     assert!(response(&op).is_none());
 
     // Outputs of the action's own function are taken.
-    h.report(
-        "a",
-        session,
-        LeaseResult {
-            lease_id: again.lease_id.clone(),
-            attempt: again.attempt,
-            outcome: LeaseOutcome::Completed as i32,
-            digest_function: DigestFunction::Sha256.to_proto(),
-            result: Some(Default::default()),
-            ..Default::default()
-        },
-    );
+    h.report("a", session, stored_as(&again, DigestFunction::Sha256));
     assert_eq!(code(&response(&op).unwrap()), Code::Ok);
     assert_eq!(budget.held(), 0, "given back when the operation ended");
 }
