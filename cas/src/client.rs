@@ -6,6 +6,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -43,6 +45,15 @@ const PARTS_IN_FLIGHT: usize = 4;
 pub const PART_ONLY_HEADER: &str = "tessera-read-part-only";
 /// Digests per FindMissingBlobs call.
 const FIND_MISSING_CHUNK: usize = 16_384;
+
+/// Largest gRPC message the client sends or accepts.
+const MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
+
+fn bytestream_client(link: Link) -> ByteStreamClient<Link> {
+    ByteStreamClient::new(link)
+        .max_decoding_message_size(MESSAGE_LIMIT)
+        .max_encoding_message_size(MESSAGE_LIMIT)
+}
 
 /// `data`, the blob `digest`, as an uncompressed BatchUpdateBlobs entry (also how Tessera's
 /// agent protocol carries blobs inline).
@@ -105,7 +116,11 @@ fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
 #[derive(Debug, Clone)]
 pub struct CasClient {
     cas: ContentAddressableStorageClient<Link>,
-    bytestream: ByteStreamClient<Link>,
+    /// ByteStream over the first link, then over each link added with
+    /// [`CasClient::with_transfer_links`]: each transfer (a Write, a Read, a part of a Read
+    /// in parts) takes the next in turn, so large transfers spread over connections.
+    lanes: Arc<[ByteStreamClient<Link>]>,
+    next_lane: Arc<AtomicUsize>,
     instance: String,
     function: DigestFunction,
     max_batch_bytes: u64,
@@ -166,18 +181,37 @@ impl CasClient {
             Ok(0) | Err(_) => 4 * 1024 * 1024,
             Ok(n) => n,
         };
-        let limit = 64 * 1024 * 1024;
         Ok(CasClient {
             cas: ContentAddressableStorageClient::new(channel.clone())
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
-            bytestream: ByteStreamClient::new(channel)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
+                .max_decoding_message_size(MESSAGE_LIMIT)
+                .max_encoding_message_size(MESSAGE_LIMIT),
+            lanes: Arc::from([bytestream_client(channel)]),
+            next_lane: Arc::new(AtomicUsize::new(0)),
             instance: instance.to_owned(),
             function,
             max_batch_bytes,
         })
+    }
+
+    /// Adds `links` (further connections to the same server) for ByteStream transfers, as
+    /// Bazel's `--remote_max_connections` does: one HTTP/2 connection's task does every
+    /// socket copy of its streams on one core, so large transfers in flight at once go faster
+    /// over several. Other calls stay on the first link.
+    pub fn with_transfer_links(mut self, links: impl IntoIterator<Item = Link>) -> Self {
+        let lanes: Vec<_> = self
+            .lanes
+            .iter()
+            .cloned()
+            .chain(links.into_iter().map(bytestream_client))
+            .collect();
+        self.lanes = Arc::from(lanes);
+        self
+    }
+
+    /// The ByteStream client for the next transfer (see [`CasClient::with_transfer_links`]).
+    fn bytestream(&self) -> ByteStreamClient<Link> {
+        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.lanes[lane].clone()
     }
 
     /// The digest function this client hashes with.
@@ -356,8 +390,7 @@ impl CasClient {
                 .collect()
         };
         let response = self
-            .bytestream
-            .clone()
+            .bytestream()
             .write(futures::stream::iter(messages))
             .await
             .map_err(rpc("ByteStream.Write"))?
@@ -392,8 +425,7 @@ impl CasClient {
             }
         });
         let response = self
-            .bytestream
-            .clone()
+            .bytestream()
             .write(messages)
             .await
             .map_err(rpc("ByteStream.Write"))?
@@ -534,8 +566,7 @@ impl CasClient {
     ) -> Result<BytesMut, ClientError> {
         let want = buf.capacity();
         let response = self
-            .bytestream
-            .clone()
+            .bytestream()
             .read(ReadRequest {
                 resource_name: self.read_resource(digest, false),
                 read_offset: offset as i64,
@@ -584,8 +615,7 @@ impl CasClient {
         compressed: bool,
     ) -> Result<Bytes, ClientError> {
         let mut stream = self
-            .bytestream
-            .clone()
+            .bytestream()
             .read(ReadRequest {
                 resource_name: self.read_resource(digest, compressed),
                 read_offset: 0,

@@ -290,6 +290,55 @@ async fn a_large_blob_read_in_parallel_parts_reassembles_and_verifies() {
     }
 }
 
+/// Transfers take the client's links in turn: with a second server's link added, every other
+/// Write lands there, and a blob read in parts needs its parts from both (each server holds
+/// the blob, so the parts verify as one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_take_the_links_in_turn() {
+    let first = TestServer::start().await;
+    let second = TestServer::start().await;
+    let function = DigestFunction::Blake3;
+    let extra = tessera_net::client::link(second.channel().await, &Default::default());
+    let client = first.client(function).await.with_transfer_links([extra]);
+    let blobs: Vec<_> = (0..4)
+        .map(|i| noise(64 * 1024 + i, 20 + i as u64))
+        .collect();
+    for blob in &blobs {
+        let digest = function.digest_of(blob);
+        client.write(&digest, blob.clone(), false).await.unwrap();
+    }
+    let (on_first, on_second) = (first.client(function).await, second.client(function).await);
+    for (i, blob) in blobs.iter().enumerate() {
+        let digest = function.digest_of(blob);
+        let (holder, other) = if i % 2 == 0 {
+            (&on_first, &on_second)
+        } else {
+            (&on_second, &on_first)
+        };
+        assert_eq!(
+            holder.find_missing(&[digest]).await.unwrap(),
+            vec![],
+            "blob {i}"
+        );
+        assert_eq!(
+            other.find_missing(&[digest]).await.unwrap(),
+            vec![digest],
+            "blob {i}"
+        );
+    }
+    // A large blob on both servers reads in parts over both links; on one server only, the
+    // parts sent to the other fail, so the read does too.
+    let large = noise(LARGE, 21);
+    let digest = function.digest_of(&large);
+    on_first.write(&digest, large.clone(), false).await.unwrap();
+    assert!(client.read(&digest, false).await.is_err());
+    on_second
+        .write(&digest, large.clone(), false)
+        .await
+        .unwrap();
+    assert!(client.read(&digest, false).await.unwrap() == large);
+}
+
 /// The server says when it served a range from that range alone: for a blob it has hashed
 /// (every blob uploaded since start), not for a whole read, which it verifies as it streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
