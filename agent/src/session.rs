@@ -14,7 +14,9 @@
 //! [`RESEND_WINDOW`] are sent again on the next connection; the coordinator must treat a
 //! repeated result for a lease it has already closed as stale (it refuses stale results
 //! anyway). Waiting results are bounded: at most [`MAX_PENDING`], none older than
-//! [`MAX_PENDING_AGE`].
+//! [`MAX_PENDING_AGE`], and their inline outputs at most [`MAX_PENDING_INLINE_BYTES`] in all
+//! (past that, the oldest that carry outputs inline become retryable failures: their actions
+//! run again rather than the agent's memory growing).
 //!
 //! Leases beyond the agent's slots, and leases that arrive while draining, are answered at once
 //! with REFUSED so the coordinator can place them elsewhere without spending an attempt.
@@ -76,6 +78,8 @@ pub const RESEND_WINDOW: Duration = Duration::from_secs(10);
 pub const MAX_PENDING: usize = 1000;
 /// Results waiting longer than this are dropped: their leases have long expired.
 pub const MAX_PENDING_AGE: Duration = Duration::from_secs(600);
+/// Most output bytes that waiting results may hold inline, in all (see [`bound_pending_inline`]).
+pub const MAX_PENDING_INLINE_BYTES: u64 = 64 << 20;
 /// When draining with results left and no link, how long to keep trying to deliver them.
 pub const RESULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// After an abort, how long to try to deliver the cancellations.
@@ -374,24 +378,65 @@ async fn connect(channel: tessera_net::client::Link, hello: Hello) -> Result<Con
     })
 }
 
+/// Output bytes `result` carries inline.
+fn inline_bytes(result: &LeaseResult) -> u64 {
+    result
+        .blobs
+        .iter()
+        .fold(0u64, |sum, blob| sum.saturating_add(blob.data.len() as u64))
+}
+
+/// Drops `result`'s inline outputs and makes it a retryable failure: the action runs again.
+fn retry_without_inline(result: &mut LeaseResult, message: String) {
+    result.blobs.clear();
+    result.result = None;
+    result.outcome = LeaseOutcome::Retryable as i32;
+    result.message = message;
+}
+
 /// Makes `result` one the coordinator can take: if it carries more output bytes inline than
 /// `allowed` (it was made while talking to a coordinator that took more), it cannot be
 /// delivered with its outputs, so it becomes a retryable failure and the action runs again.
 fn fit_inline_outputs(result: &mut LeaseResult, allowed: u64) {
-    let inline = result
-        .blobs
-        .iter()
-        .fold(0u64, |sum, blob| sum.saturating_add(blob.data.len() as u64));
+    let inline = inline_bytes(result);
     if inline == 0 || inline <= allowed {
         return;
     }
     tracing::warn!(lease = %result.lease_id, inline, allowed,
         "a result's inline outputs are more than this coordinator takes; it runs again");
-    result.blobs.clear();
-    result.result = None;
-    result.outcome = LeaseOutcome::Retryable as i32;
-    result.message =
-        format!("its outputs went inline ({inline} bytes) but the coordinator now takes {allowed}");
+    retry_without_inline(
+        result,
+        format!("its outputs went inline ({inline} bytes) but the coordinator now takes {allowed}"),
+    );
+}
+
+/// Keeps the inline outputs of waiting results within [`MAX_PENDING_INLINE_BYTES`], counting
+/// `also_held` (results handed to a stream, kept to send again): the oldest waiting results
+/// that carry outputs inline become retryable failures until the rest fit. Returns how many.
+fn bound_pending_inline(pending: &mut VecDeque<Pending>, also_held: u64) -> usize {
+    let mut held = pending.iter().fold(also_held, |sum, p| {
+        sum.saturating_add(inline_bytes(&p.result))
+    });
+    let mut dropped = 0;
+    for waiting in pending.iter_mut() {
+        if held <= MAX_PENDING_INLINE_BYTES {
+            break;
+        }
+        let inline = inline_bytes(&waiting.result);
+        if inline == 0 {
+            continue;
+        }
+        retry_without_inline(
+            &mut waiting.result,
+            format!(
+                "its outputs went inline ({inline} bytes) and waited for a connection while \
+                 more than {MAX_PENDING_INLINE_BYTES} bytes of such outputs did"
+            ),
+        );
+        held -= inline;
+        dropped += 1;
+    }
+    dropped
 }
 
 fn heartbeat_timer(welcome: &Welcome) -> Interval {
@@ -552,6 +597,16 @@ impl Session {
             tracing::warn!(
                 dropped = before - self.pending.len(),
                 "dropped results that waited too long for a connection"
+            );
+        }
+        let in_sent = self.sent.iter().fold(0u64, |sum, (_, p)| {
+            sum.saturating_add(inline_bytes(&p.result))
+        });
+        let retried = bound_pending_inline(&mut self.pending, in_sent);
+        if retried > 0 {
+            tracing::warn!(
+                retried,
+                "results waiting for a connection held too many outputs inline; their actions run again"
             );
         }
         let Link::Up(connected) = &self.link else {
@@ -891,5 +946,66 @@ mod tests {
         assert!(late >= BACKOFF_MAX / 2, "{late:?}");
         backoff.reset();
         assert!(backoff.next() <= BACKOFF_MIN);
+    }
+
+    fn waiting(lease: &str, inline: usize) -> Pending {
+        let blobs = if inline == 0 {
+            Vec::new()
+        } else {
+            let data = bytes::Bytes::from(vec![7u8; inline]);
+            let digest = tessera_cas::digest::DigestFunction::Sha256.digest_of(&data);
+            vec![tessera_cas::client::blob_request(&digest, data)]
+        };
+        Pending {
+            result: LeaseResult {
+                lease_id: lease.to_owned(),
+                outcome: LeaseOutcome::Completed as i32,
+                result: Some(Default::default()),
+                blobs,
+                ..LeaseResult::default()
+            },
+            since: Instant::now(),
+        }
+    }
+
+    fn retried(pending: &VecDeque<Pending>) -> Vec<&str> {
+        pending
+            .iter()
+            .filter(|p| p.result.outcome == LeaseOutcome::Retryable as i32)
+            .map(|p| p.result.lease_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn waiting_results_keep_inline_outputs_within_the_bound() {
+        const MIB: usize = 1 << 20;
+        let budget = usize::try_from(MAX_PENDING_INLINE_BYTES).unwrap();
+        // Within the bound, counting what was handed to the stream: nothing changes.
+        let mut pending: VecDeque<Pending> = [waiting("a", MIB), waiting("b", 0)].into();
+        assert_eq!(bound_pending_inline(&mut pending, (budget - MIB) as u64), 0);
+        assert!(retried(&pending).is_empty());
+        assert_eq!(pending[0].result.blobs.len(), 1);
+        // Over it: the oldest with outputs inline run again until the rest fit; a result
+        // without inline outputs and the newest are kept as they are.
+        let mut pending: VecDeque<Pending> = [
+            waiting("old", MIB),
+            waiting("plain", 0),
+            waiting("middle", MIB),
+            waiting("new", MIB),
+        ]
+        .into();
+        assert_eq!(bound_pending_inline(&mut pending, (budget - MIB) as u64), 2);
+        assert_eq!(retried(&pending), ["old", "middle"]);
+        assert!(pending[0].result.blobs.is_empty() && pending[2].result.blobs.is_empty());
+        let old = &pending[0].result;
+        assert!(old.result.is_none());
+        assert!(
+            old.message.contains("waited for a connection"),
+            "{}",
+            old.message
+        );
+        assert_eq!(pending[1].result.outcome, LeaseOutcome::Completed as i32);
+        assert_eq!(pending[3].result.outcome, LeaseOutcome::Completed as i32);
+        assert_eq!(pending[3].result.blobs.len(), 1);
     }
 }
