@@ -14,9 +14,10 @@
 //! [`RESEND_WINDOW`] are sent again on the next connection; the coordinator must treat a
 //! repeated result for a lease it has already closed as stale (it refuses stale results
 //! anyway). Waiting results are bounded: at most [`MAX_PENDING`], none older than
-//! [`MAX_PENDING_AGE`], and their inline outputs at most [`MAX_PENDING_INLINE_BYTES`] in all
-//! (past that, the oldest that carry outputs inline become retryable failures: their actions
-//! run again rather than the agent's memory growing).
+//! [`MAX_PENDING_AGE`]; and the inline outputs of those and of the results kept to send again
+//! hold at most [`MAX_PENDING_INLINE_BYTES`] in all, counted after each hand-over to the stream
+//! (past that, the oldest that carry outputs inline become retryable failures: an undelivered
+//! one runs again rather than the agent's memory growing).
 //!
 //! Leases beyond the agent's slots, and leases that arrive while draining, are answered at once
 //! with REFUSED so the coordinator can place them elsewhere without spending an attempt.
@@ -78,7 +79,8 @@ pub const RESEND_WINDOW: Duration = Duration::from_secs(10);
 pub const MAX_PENDING: usize = 1000;
 /// Results waiting longer than this are dropped: their leases have long expired.
 pub const MAX_PENDING_AGE: Duration = Duration::from_secs(600);
-/// Most output bytes that waiting results may hold inline, in all (see [`bound_pending_inline`]).
+/// Most output bytes that results not known delivered may hold inline, in all (see
+/// [`bound_held_inline`]).
 pub const MAX_PENDING_INLINE_BYTES: u64 = 64 << 20;
 /// When draining with results left and no link, how long to keep trying to deliver them.
 pub const RESULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -410,33 +412,40 @@ fn fit_inline_outputs(result: &mut LeaseResult, allowed: u64) {
     );
 }
 
-/// Keeps the inline outputs of waiting results within [`MAX_PENDING_INLINE_BYTES`], counting
-/// `also_held` (results handed to a stream, kept to send again): the oldest waiting results
-/// that carry outputs inline become retryable failures until the rest fit. Returns how many.
-fn bound_pending_inline(pending: &mut VecDeque<Pending>, also_held: u64) -> usize {
-    let mut held = pending.iter().fold(also_held, |sum, p| {
-        sum.saturating_add(inline_bytes(&p.result))
-    });
-    let mut dropped = 0;
-    for waiting in pending.iter_mut() {
+/// Keeps the inline outputs the session holds within [`MAX_PENDING_INLINE_BYTES`]: those of
+/// results handed to a stream and kept to send again (`sent`, oldest first), then those of
+/// results still waiting (`pending`). While over, the oldest that carry outputs inline become
+/// retryable failures (a kept copy of a delivered result is then refused as stale if it is
+/// ever sent again; an undelivered one runs again). Returns how many.
+fn bound_held_inline(
+    sent: &mut VecDeque<(Instant, Pending)>,
+    pending: &mut VecDeque<Pending>,
+) -> usize {
+    let mut held = sent
+        .iter()
+        .map(|(_, p)| p)
+        .chain(pending.iter())
+        .fold(0u64, |sum, p| sum.saturating_add(inline_bytes(&p.result)));
+    let mut retried = 0;
+    for held_result in sent.iter_mut().map(|(_, p)| p).chain(pending.iter_mut()) {
         if held <= MAX_PENDING_INLINE_BYTES {
             break;
         }
-        let inline = inline_bytes(&waiting.result);
+        let inline = inline_bytes(&held_result.result);
         if inline == 0 {
             continue;
         }
         retry_without_inline(
-            &mut waiting.result,
+            &mut held_result.result,
             format!(
-                "its outputs went inline ({inline} bytes) and waited for a connection while \
-                 more than {MAX_PENDING_INLINE_BYTES} bytes of such outputs did"
+                "its outputs went inline ({inline} bytes) while the agent held more than \
+                 {MAX_PENDING_INLINE_BYTES} bytes of such outputs for results not known delivered"
             ),
         );
-        held -= inline;
-        dropped += 1;
+        held = held.saturating_sub(inline);
+        retried += 1;
     }
-    dropped
+    retried
 }
 
 fn heartbeat_timer(welcome: &Welcome) -> Interval {
@@ -599,39 +608,36 @@ impl Session {
                 "dropped results that waited too long for a connection"
             );
         }
-        let in_sent = self.sent.iter().fold(0u64, |sum, (_, p)| {
-            sum.saturating_add(inline_bytes(&p.result))
-        });
-        let retried = bound_pending_inline(&mut self.pending, in_sent);
+        if let Link::Up(connected) = &self.link {
+            while let Some(mut pending) = self.pending.pop_front() {
+                fit_inline_outputs(&mut pending.result, connected.offers.inline_output_bytes);
+                match connected
+                    .tx
+                    .try_send(message(AgentKind::Result(pending.result.clone())))
+                {
+                    Ok(()) => self.sent.push_back((now, pending)),
+                    Err(_) => {
+                        // Full or closed: keep it for the next try (or the next connection).
+                        self.pending.push_front(pending);
+                        break;
+                    }
+                }
+            }
+            while self
+                .sent
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > RESEND_WINDOW)
+            {
+                self.sent.pop_front();
+            }
+        }
+        // Bounded after sending: a result the link can take now is never turned away.
+        let retried = bound_held_inline(&mut self.sent, &mut self.pending);
         if retried > 0 {
             tracing::warn!(
                 retried,
-                "results waiting for a connection held too many outputs inline; their actions run again"
+                "results not known delivered held too many outputs inline; those not delivered run again"
             );
-        }
-        let Link::Up(connected) = &self.link else {
-            return;
-        };
-        while let Some(mut pending) = self.pending.pop_front() {
-            fit_inline_outputs(&mut pending.result, connected.offers.inline_output_bytes);
-            match connected
-                .tx
-                .try_send(message(AgentKind::Result(pending.result.clone())))
-            {
-                Ok(()) => self.sent.push_back((now, pending)),
-                Err(_) => {
-                    // Full or closed: keep it for the next try (or the next connection).
-                    self.pending.push_front(pending);
-                    break;
-                }
-            }
-        }
-        while self
-            .sent
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > RESEND_WINDOW)
-        {
-            self.sent.pop_front();
         }
     }
 
@@ -977,35 +983,48 @@ mod tests {
     }
 
     #[test]
-    fn waiting_results_keep_inline_outputs_within_the_bound() {
+    fn held_inline_outputs_stay_within_the_bound() {
         const MIB: usize = 1 << 20;
         let budget = usize::try_from(MAX_PENDING_INLINE_BYTES).unwrap();
-        // Within the bound, counting what was handed to the stream: nothing changes.
+        let now = Instant::now();
+        // Within the bound, sent and waiting together: nothing changes.
+        let mut sent: VecDeque<(Instant, Pending)> =
+            [(now, waiting("sent", budget - 2 * MIB))].into();
         let mut pending: VecDeque<Pending> = [waiting("a", MIB), waiting("b", 0)].into();
-        assert_eq!(bound_pending_inline(&mut pending, (budget - MIB) as u64), 0);
+        assert_eq!(bound_held_inline(&mut sent, &mut pending), 0);
         assert!(retried(&pending).is_empty());
+        assert_eq!(sent[0].1.result.blobs.len(), 1);
         assert_eq!(pending[0].result.blobs.len(), 1);
-        // Over it: the oldest with outputs inline run again until the rest fit; a result
-        // without inline outputs and the newest are kept as they are.
+        // Over it: the oldest with outputs inline, kept copies of sent results first, become
+        // retryable until the rest fit; results without inline outputs and the newest are
+        // kept as they are.
+        let mut sent: VecDeque<(Instant, Pending)> =
+            [(now, waiting("plain-sent", 0)), (now, waiting("sent", MIB))].into();
         let mut pending: VecDeque<Pending> = [
             waiting("old", MIB),
             waiting("plain", 0),
-            waiting("middle", MIB),
-            waiting("new", MIB),
+            waiting("new", budget),
         ]
         .into();
-        assert_eq!(bound_pending_inline(&mut pending, (budget - MIB) as u64), 2);
-        assert_eq!(retried(&pending), ["old", "middle"]);
-        assert!(pending[0].result.blobs.is_empty() && pending[2].result.blobs.is_empty());
+        assert_eq!(bound_held_inline(&mut sent, &mut pending), 2);
+        let sent_retried: Vec<&str> = sent
+            .iter()
+            .filter(|(_, p)| p.result.outcome == LeaseOutcome::Retryable as i32)
+            .map(|(_, p)| p.result.lease_id.as_str())
+            .collect();
+        assert_eq!(sent_retried, ["sent"]);
+        assert_eq!(retried(&pending), ["old"]);
+        assert!(sent[1].1.result.blobs.is_empty() && pending[0].result.blobs.is_empty());
         let old = &pending[0].result;
         assert!(old.result.is_none());
         assert!(
-            old.message.contains("waited for a connection"),
+            old.message.contains("not known delivered"),
             "{}",
             old.message
         );
+        assert_eq!(sent[0].1.result.outcome, LeaseOutcome::Completed as i32);
         assert_eq!(pending[1].result.outcome, LeaseOutcome::Completed as i32);
-        assert_eq!(pending[3].result.outcome, LeaseOutcome::Completed as i32);
-        assert_eq!(pending[3].result.blobs.len(), 1);
+        assert_eq!(pending[2].result.outcome, LeaseOutcome::Completed as i32);
+        assert_eq!(pending[2].result.blobs.len(), 1);
     }
 }

@@ -193,7 +193,7 @@ async fn measure(plan: &CasPlan, server: &BenchServer) -> Result<Vec<Row>, Bench
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut clients = Vec::new();
     for &function in &plan.functions {
-        let client = server.client(function).await?;
+        let client = server.transfer_client(function).await?;
         warm_up(&client, &mut rng).await?;
         clients.push(client);
     }

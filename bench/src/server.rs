@@ -220,6 +220,15 @@ impl BenchServer {
         link::cas_client(&self.endpoint, &self.credentials.clients, function).await
     }
 
+    /// A new client for instance `""` whose ByteStream transfers spread over connections of
+    /// its own (see `link::cas_transfer_client`), hashing with `function`.
+    pub(crate) async fn transfer_client(
+        &self,
+        function: DigestFunction,
+    ) -> Result<CasClient, BenchError> {
+        link::cas_transfer_client(&self.endpoint, &self.credentials.clients, function).await
+    }
+
     /// Stops scraping, shuts the coordinator down cleanly and stops its runtime: what the
     /// scraper fetched (`None` with metrics off).
     pub(crate) async fn stop(mut self) -> Result<Option<Scrapes>, BenchError> {

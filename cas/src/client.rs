@@ -193,10 +193,12 @@ impl CasClient {
         })
     }
 
-    /// Adds `links` (further connections to the same server) for ByteStream transfers, as
-    /// Bazel's `--remote_max_connections` does: one HTTP/2 connection's task does every
-    /// socket copy of its streams on one core, so large transfers in flight at once go faster
-    /// over several. Other calls stay on the first link.
+    /// Adds `links` (further connections to the same server) for ByteStream transfers: each
+    /// transfer (a Write, a Read, a part of a Read in parts) takes the next link in turn,
+    /// counted by calls, not bytes. One HTTP/2 connection's task does every socket copy of its
+    /// streams on one core, so large transfers in flight at once go faster over several (a
+    /// REAPI client may open several; Bazel's pool holds up to `--remote_max_connections`).
+    /// Other calls stay on the first link.
     pub fn with_transfer_links(mut self, links: impl IntoIterator<Item = Link>) -> Self {
         let lanes: Vec<_> = self
             .lanes
