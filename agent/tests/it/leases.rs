@@ -184,6 +184,65 @@ async fn working_directory_and_old_style_outputs() {
     assert_eq!(result.output_directories[0].path, "d");
 }
 
+/// A healthy link takes every result with its inline outputs, however many bytes went inline
+/// in the last seconds: the agent's bound on inline outputs not known delivered (64 MiB)
+/// counts only after each hand-over to the stream, so it never turns a result the link can
+/// take into a retry. 72 results of nearly 1 MiB inline each, all sent within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_link_takes_every_result_with_its_inline_outputs() {
+    const RESULTS: usize = 72;
+    let mut coordinator = FakeCoordinator::start().await;
+    coordinator.offer(1024 * 1024, false);
+    let inputs = input_dir(&[("BUILD", "", false)]);
+    let root = coordinator.upload_dir(inputs.path()).await;
+    let _agent = TestAgent::start(&coordinator.endpoint, |c| c.slots = 4);
+    let mut link = coordinator.link().await;
+    let started = std::time::Instant::now();
+    let mut inline_total = 0usize;
+    let mut sent = 0usize;
+    let mut received = 0usize;
+    while received < RESULTS {
+        while sent < RESULTS && sent - received < 4 {
+            let mut l = lease(
+                &format!("inline-{sent}"),
+                root,
+                &["sh", "-c", "head -c 1000000 /dev/urandom > out/f"],
+            );
+            command(&mut l).output_paths = vec!["out/f".into()];
+            link.lease(l).await;
+            sent += 1;
+        }
+        let answer = link.result().await;
+        received += 1;
+        assert_eq!(
+            answer.outcome(),
+            LeaseOutcome::Completed,
+            "{}: {}",
+            answer.lease_id,
+            answer.message
+        );
+        let result = answer.result.as_ref().unwrap();
+        let file = Digest::from_proto(F, result.output_files[0].digest.as_ref().unwrap()).unwrap();
+        assert!(
+            answer
+                .blobs
+                .iter()
+                .any(|b| b.digest.as_ref() == Some(&file.to_proto())),
+            "{}: its output went inline",
+            answer.lease_id
+        );
+        inline_total += answer.blobs.iter().map(|b| b.data.len()).sum::<usize>();
+    }
+    assert!(
+        inline_total > 64 << 20,
+        "{inline_total} bytes inline in all"
+    );
+    eprintln!(
+        "{RESULTS} results, {inline_total} bytes inline, in {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn small_outputs_ride_with_the_result_when_the_coordinator_takes_them() {
     let mut coordinator = FakeCoordinator::start().await;
