@@ -974,9 +974,9 @@ mod tests {
         }
     }
 
-    fn retried(pending: &VecDeque<Pending>) -> Vec<&str> {
-        pending
-            .iter()
+    fn retried<'a>(results: impl IntoIterator<Item = &'a Pending>) -> Vec<&'a str> {
+        results
+            .into_iter()
             .filter(|p| p.result.outcome == LeaseOutcome::Retryable as i32)
             .map(|p| p.result.lease_id.as_str())
             .collect()
@@ -1007,12 +1007,7 @@ mod tests {
         ]
         .into();
         assert_eq!(bound_held_inline(&mut sent, &mut pending), 2);
-        let sent_retried: Vec<&str> = sent
-            .iter()
-            .filter(|(_, p)| p.result.outcome == LeaseOutcome::Retryable as i32)
-            .map(|(_, p)| p.result.lease_id.as_str())
-            .collect();
-        assert_eq!(sent_retried, ["sent"]);
+        assert_eq!(retried(sent.iter().map(|(_, p)| p)), ["sent"]);
         assert_eq!(retried(&pending), ["old"]);
         assert!(sent[1].1.result.blobs.is_empty() && pending[0].result.blobs.is_empty());
         let old = &pending[0].result;

@@ -115,7 +115,7 @@ pub(crate) async fn run(
     warmup: usize,
 ) -> Result<BatchRun, BenchError> {
     let function = DigestFunction::Blake3;
-    let cas = link::cas_client(endpoint, &ClientAuth::default(), function).await?;
+    let cas = link::cas_client(endpoint, &ClientAuth::default(), function, 1).await?;
     let exec_root = format!("/tmp/tessera/bench-batch-{:08x}", rand::random::<u32>());
     let (root_digest, files) = upload_input_root(&cas, root).await?;
     let action = upload_batch_action(&cas, &exec_root, root_digest).await?;

@@ -193,7 +193,9 @@ async fn measure(plan: &CasPlan, server: &BenchServer) -> Result<Vec<Row>, Bench
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut clients = Vec::new();
     for &function in &plan.functions {
-        let client = server.transfer_client(function).await?;
+        let client = server
+            .client(function, crate::link::CAS_CONNECTIONS)
+            .await?;
         warm_up(&client, &mut rng).await?;
         clients.push(client);
     }
@@ -203,7 +205,7 @@ async fn measure(plan: &CasPlan, server: &BenchServer) -> Result<Vec<Row>, Bench
             rows.extend(transfer_rows(server, client, *transfer, plan, &mut rng).await?);
         }
     }
-    let sha256 = server.client(DigestFunction::Sha256).await?;
+    let sha256 = server.client(DigestFunction::Sha256, 1).await?;
     warm_up(&sha256, &mut rng).await?;
     rows.push(find_missing_row(&sha256, plan, &mut rng).await?);
     rows.push(small_writes_row(&sha256, plan, &mut rng).await?);

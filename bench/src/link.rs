@@ -44,33 +44,15 @@ pub(crate) async fn connect(
     Ok(tessera_net::client::link(channel, auth))
 }
 
-/// Connections of a CAS client made for transfers ([`cas_transfer_client`]): ByteStream
+/// Connections of a CAS client made for the `cas` benchmark's transfer rows: ByteStream
 /// transfers take them in turn ([`CasClient::with_transfer_links`]). Measured on the 2-core
 /// VM, BLAKE3 2 × 256 MiB, eight transfers each: one connection 1,108 MB/s down and
 /// 1,327 MB/s up (medians), two 1,210 and 1,475 MB/s; four were no faster than two.
-const CAS_CONNECTIONS: usize = 2;
+pub(crate) const CAS_CONNECTIONS: usize = 2;
 
-/// A CAS client for instance `""` on a connection of its own, hashing with `function`.
+/// A CAS client for instance `""` on `connections` connections of its own (at least one; its
+/// ByteStream transfers take them in turn), hashing with `function`.
 pub(crate) async fn cas_client(
-    url: &str,
-    auth: &ClientAuth,
-    function: DigestFunction,
-) -> Result<CasClient, BenchError> {
-    client_on(url, auth, function, 1).await
-}
-
-/// A CAS client for instance `""` whose ByteStream transfers spread over
-/// [`CAS_CONNECTIONS`] connections of its own, hashing with `function`: what the `cas`
-/// benchmark's transfer rows use, as a client moving large blobs would.
-pub(crate) async fn cas_transfer_client(
-    url: &str,
-    auth: &ClientAuth,
-    function: DigestFunction,
-) -> Result<CasClient, BenchError> {
-    client_on(url, auth, function, CAS_CONNECTIONS).await
-}
-
-async fn client_on(
     url: &str,
     auth: &ClientAuth,
     function: DigestFunction,

@@ -252,7 +252,7 @@ async fn simulated(
 async fn simulated_on(plan: &SchedPlan, server: &BenchServer) -> Result<Vec<Row>, BenchError> {
     let total = plan.warm_up + plan.actions * plan.loads.len() + plan.one_at_a_time;
     progress(&format!("sched: uploading {} actions", thousands(total)));
-    let cas = server.client(DigestFunction::Sha256).await?;
+    let cas = server.client(DigestFunction::Sha256, 1).await?;
     let actions = ActionSet::upload(&cas, &[TRUE], total).await?;
     let timeline = Arc::new(Timeline::new(total));
     progress(&format!(
@@ -459,7 +459,7 @@ async fn real_on(
     let endpoint = cluster.endpoint();
     let warm_up = plan.agents * plan.slots as usize * 2;
     let total = warm_up + plan.actions;
-    let cas = link::cas_client(&endpoint, &credentials.clients, DigestFunction::Sha256).await?;
+    let cas = link::cas_client(&endpoint, &credentials.clients, DigestFunction::Sha256, 1).await?;
     let actions = ActionSet::upload(&cas, &[TRUE], total).await?;
     let channels = actions::connect(&endpoint, &credentials.clients, 2).await?;
     progress(&format!(

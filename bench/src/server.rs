@@ -215,18 +215,20 @@ impl BenchServer {
         }
     }
 
-    /// A new client (its own HTTP/2 connection) for instance `""`, hashing with `function`.
-    pub(crate) async fn client(&self, function: DigestFunction) -> Result<CasClient, BenchError> {
-        link::cas_client(&self.endpoint, &self.credentials.clients, function).await
-    }
-
-    /// A new client for instance `""` whose ByteStream transfers spread over connections of
-    /// its own (see `link::cas_transfer_client`), hashing with `function`.
-    pub(crate) async fn transfer_client(
+    /// A new client for instance `""` on `connections` HTTP/2 connections of its own (see
+    /// `link::cas_client`), hashing with `function`.
+    pub(crate) async fn client(
         &self,
         function: DigestFunction,
+        connections: usize,
     ) -> Result<CasClient, BenchError> {
-        link::cas_transfer_client(&self.endpoint, &self.credentials.clients, function).await
+        link::cas_client(
+            &self.endpoint,
+            &self.credentials.clients,
+            function,
+            connections,
+        )
+        .await
     }
 
     /// Stops scraping, shuts the coordinator down cleanly and stops its runtime: what the

@@ -409,7 +409,7 @@ async fn store_inline(
         let store = Arc::clone(store);
         tokio::task::spawn_blocking(move || {
             let checked = checked_inline(function, blobs)?;
-            Ok(match store_all(store.as_ref(), &checked) {
+            Ok(match store_all(store.as_ref(), &checked, 0) {
                 Ok(()) => None,
                 Err(refusal) => Some((checked, refusal)),
             })
@@ -467,9 +467,13 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Stores each of `blobs`; the store checks each against its digest.
-fn store_all(store: &dyn BlobStore, blobs: &[(Digest, bytes::Bytes)]) -> Result<(), Box<Refusal>> {
-    for (index, (digest, data)) in blobs.iter().enumerate() {
+/// Stores each of `blobs` from the one at `from` on; the store checks each against its digest.
+fn store_all(
+    store: &dyn BlobStore,
+    blobs: &[(Digest, bytes::Bytes)],
+    from: usize,
+) -> Result<(), Box<Refusal>> {
+    for (index, (digest, data)) in blobs.iter().enumerate().skip(from) {
         store.write(digest, data).map_err(|error| {
             Box::new(Refusal {
                 index,
@@ -494,7 +498,8 @@ fn may_pass(error: &StoreError) -> bool {
 }
 
 /// Stores `blobs`, which the store refused once (`error`), on a blocking thread, trying again
-/// until [`STORE_RETRY_FOR`] has passed while the refusal is one that may pass.
+/// from the refused blob until [`STORE_RETRY_FOR`] has passed while the refusal is one that
+/// may pass.
 async fn store_with_retries(
     store: &Arc<dyn BlobStore>,
     blobs: Vec<(Digest, bytes::Bytes)>,
@@ -512,8 +517,8 @@ async fn store_with_retries(
         tracing::debug!(refusal = %last, retry_in = ?wait, "inline outputs not stored yet; retrying");
         tokio::time::sleep(wait.min(deadline - now)).await;
         wait *= 2;
-        let (store, todo) = (Arc::clone(store), Arc::clone(&blobs));
-        match tokio::task::spawn_blocking(move || store_all(store.as_ref(), &todo)).await {
+        let (store, todo, from) = (Arc::clone(store), Arc::clone(&blobs), last.index);
+        match tokio::task::spawn_blocking(move || store_all(store.as_ref(), &todo, from)).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(error)) => last = error,
             Err(error) => return Err(format!("the storing task failed: {error}")),
