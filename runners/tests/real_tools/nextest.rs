@@ -217,7 +217,10 @@ path = "ci-junit.xml"
     ),
 ];
 
-/// Writes [`CONFIG_CRATE`] into a fresh directory.
+/// Writes [`CONFIG_CRATE`] into a fresh directory. Its tests build it into its own `target`
+/// ([`config_target_dir`]): two of them run at once, and with one target directory shared, one
+/// test's cargo rebuilt the binary (the copies' paths and mtimes differ) while the other's nextest
+/// was starting tests from it, and a test failed to start.
 fn config_crate() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (path, contents) in CONFIG_CRATE {
@@ -236,7 +239,7 @@ fn nextest_run_directly(dir: &Path, state: &Path, args: &[&str]) -> BTreeMap<Str
         .args(["nextest", "run", "--no-fail-fast", "--color", "never"])
         .args(["--status-level", "all", "--final-status-level", "none"])
         .args(args.iter().copied())
-        .env("CARGO_TARGET_DIR", path_str(&rust_target_dir()))
+        .env("CARGO_TARGET_DIR", path_str(&config_target_dir(dir)))
         .env(STATE_VAR, path_str(state))
         .cwd(dir);
     let output = execute(&spec);
@@ -271,10 +274,15 @@ fn nextest_run_directly(dir: &Path, state: &Path, args: &[&str]) -> BTreeMap<Str
     reported
 }
 
+/// Where a copy of [`CONFIG_CRATE`] in `dir` is built: its own `target`, never shared.
+fn config_target_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("target")
+}
+
 fn config_runner(dir: &Path, state: &Path, archive_dir: &Path) -> NextestRunner {
     NextestRunner::new(dir)
         .archive_file(archive_dir.join("nextest-config.tar.zst"))
-        .env("CARGO_TARGET_DIR", path_str(&rust_target_dir()))
+        .env("CARGO_TARGET_DIR", path_str(&config_target_dir(dir)))
         .env(STATE_VAR, path_str(state))
 }
 
