@@ -3,13 +3,18 @@
 //! Chosen over sled after the crash test (`cas/tests/meta_crash.rs`) caught sled 0.34 unable to
 //! reopen its database ("Read corrupted data") after a SIGKILL that landed while it was
 //! generating a snapshot, about once in a few thousand kills. redb is copy-on-write with
-//! checksummed commits: after a crash it opens at the last commit that reached the file.
+//! checksummed commits: after a crash it opens at the last commit that reached the file. redb
+//! 2.6 once panicked reopening the file after a SIGKILL (in its repair, `buddy_allocator.rs`:
+//! `assertion failed: !self.get_order_allocated(order).get(page_number)`, in the CAS crash test
+//! under CI); redb 4 fixed several repair bugs of that kind, so the store moved to it, and a file
+//! in redb 2's format is migrated when it is opened ([`migrate_from_v2`]).
 //!
 //! Every write is its own transaction committed with `Durability::None`: visible at once, made
 //! durable by the next flush, which is an empty commit with `Durability::Immediate` run by the
-//! [`GroupFlush`] thread, so many waiting writers share one fsync. Non-durable commits do not
-//! free pages, so every [`RECLAIM_EVERY`]th write commits with `Durability::Eventual` (which on
-//! Linux also fsyncs: it must stay rare, never one per write).
+//! [`GroupFlush`] thread, so many waiting writers share one fsync. Every [`RECLAIM_EVERY`]th
+//! write is followed by a durable commit of its own as well, which lets redb return to its free
+//! list the pages that only non-durable commits freed (it fsyncs: it must stay rare, never one
+//! per write).
 //!
 //! After an I/O error (a full disk, most often) redb refuses every further call until the
 //! database is reopened. So the store drops the failed database and the next call reopens it
@@ -41,7 +46,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableHandle,
 };
 
 use super::error::{BackendError, display_key};
@@ -59,6 +65,9 @@ const REOPEN_EVERY: Duration = Duration::from_millis(500);
 /// at once. Each failed write closes the database and the next call reopens it, which can mean
 /// a repair pass over the whole file, so a burst of writes must not each pay for one.
 const WRITE_RETRY: Duration = Duration::from_millis(250);
+/// How long a call that met redb's `PreviousIo` waits for the call that met the I/O error
+/// itself to say what it was (see [`Shared::earlier_error_was_out_of_space`]).
+const EARLIER_ERROR_WAIT: Duration = Duration::from_millis(200);
 /// Bytes of changes the [`Redo`] log may hold before a durable commit empties it; at twice
 /// this (durable commits keep failing) writes are refused until one succeeds.
 const REDO_MAX: usize = 16 * 1024 * 1024;
@@ -248,6 +257,8 @@ struct Shared {
     /// Whether `redo.view` is set: the open database lacks the log's changes (it was reopened
     /// since they were made). Lets reads skip the lock; changed only under it.
     behind: AtomicBool,
+    /// Whether the database was last closed for a full file system.
+    closed_out_of_space: AtomicBool,
 }
 
 impl Shared {
@@ -387,10 +398,7 @@ impl Shared {
         };
         let out_of_space = match &error {
             redb::Error::Io(io) => is_out_of_space(io),
-            redb::Error::PreviousIo => matches!(
-                &*self.slot.read().unwrap_or_else(PoisonError::into_inner),
-                Slot::Closed(c) if c.out_of_space
-            ),
+            redb::Error::PreviousIo => self.earlier_error_was_out_of_space(db),
             _ => return Err(wrap(Box::new(error))),
         };
         self.close(db, out_of_space, &error);
@@ -407,12 +415,37 @@ impl Shared {
         Err(wrap(Box::new(error)))
     }
 
+    /// Whether the I/O error that failed `db` before this call met `PreviousIo` was a full
+    /// file system, as the call that met that error decided when it closed `db`. That call may
+    /// still be on its way back from redb (it set redb's failure flag, then returns through its
+    /// transaction), so while `db` is open this waits a moment for it; without that, the other
+    /// call closed `db` as for an unexplained error and answered unavailable where the disk was
+    /// full (seen under load). If `db` stays open, no call met the error itself: not known to
+    /// be a full disk.
+    fn earlier_error_was_out_of_space(&self, db: &Arc<Database>) -> bool {
+        let give_up = Instant::now() + EARLIER_ERROR_WAIT;
+        loop {
+            match &*self.slot.read().unwrap_or_else(PoisonError::into_inner) {
+                Slot::Closed(closed) => return closed.out_of_space,
+                Slot::Open(current) if !Arc::ptr_eq(current, db) => {
+                    // Closed and opened again since: as it was closed.
+                    return self.closed_out_of_space.load(Ordering::Acquire);
+                }
+                Slot::Open(_) if Instant::now() >= give_up => return false,
+                Slot::Open(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Closes `db` after an I/O error, unless another call already has.
     fn close(&self, db: &Arc<Database>, out_of_space: bool, error: &redb::Error) {
         let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
         if !matches!(&*slot, Slot::Open(current) if Arc::ptr_eq(current, db)) {
             return;
         }
+        self.closed_out_of_space
+            .store(out_of_space, Ordering::Release);
         *slot = Slot::Closed(Closed {
             out_of_space,
             cause: error.to_string(),
@@ -439,12 +472,12 @@ impl Shared {
             >= 2 * REDO_MAX;
         if stuck {
             // Durable commits keep failing: the log may not grow without bound.
-            self.durable_commit(Durability::Eventual)?;
+            self.durable_commit()?;
         }
         let (value, sync) = self.call(wrap, |db| {
             let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
             let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::None);
+            txn.set_durability(Durability::None)?;
             redo.catch_up(&txn)?;
             let mut changes = Vec::new();
             let value = f(&txn, &mut changes)?;
@@ -460,7 +493,7 @@ impl Shared {
             // The write is made and logged whatever becomes of this; a failure closes the
             // database like any other, and the log makes the write again after the reopen.
             // A success ends an out-of-space episode, as any write's does.
-            let _ = self.durable_commit(Durability::Eventual);
+            let _ = self.durable_commit();
         } else {
             self.space.accepted();
         }
@@ -490,12 +523,12 @@ impl Shared {
 
     /// The durable commit a flush runs.
     fn flush(&self) -> Result<(), MetaError> {
-        self.durable_commit(Durability::Immediate)
+        self.durable_commit()
     }
 
-    /// An empty commit with `durability` (which must be durable), making the [`Redo`] log's
-    /// changes again first if the database is behind them; it empties the log.
-    fn durable_commit(&self, durability: Durability) -> Result<(), MetaError> {
+    /// An empty durable commit, making the [`Redo`] log's changes again first if the database
+    /// is behind them; it empties the log.
+    fn durable_commit(&self) -> Result<(), MetaError> {
         self.check_space()?;
         self.call(
             |source| MetaError::Flush {
@@ -504,7 +537,7 @@ impl Shared {
             |db| {
                 let mut redo = self.redo.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut txn = db.begin_write()?;
-                txn.set_durability(durability);
+                txn.set_durability(Durability::Immediate)?;
                 redo.catch_up(&txn)?;
                 txn.commit()?;
                 self.committed(&mut redo, true, Vec::new());
@@ -532,6 +565,56 @@ fn create_whole(file: &Path) -> Result<(), BackendError> {
     drop(Database::create(&fresh)?);
     std::fs::File::open(&fresh)?.sync_all()?;
     std::fs::rename(&fresh, file)?;
+    Ok(())
+}
+
+/// Rewrites `file`, a store that Tessera wrote with redb 2 (its file format v2, which redb 3 and
+/// later refuse to open), in the current format: every table is copied into a new file, which
+/// then takes the old one's name. A process killed part way leaves the old file as it was, and
+/// the next start migrates it again. Opening the old file repairs it first if its last writer
+/// was killed.
+fn migrate_from_v2(file: &Path) -> Result<(), BackendError> {
+    let started = Instant::now();
+    let fresh = file.with_extension("redb.v3");
+    match std::fs::remove_file(&fresh) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(Box::new(error)),
+    }
+    let old = redb2::Database::open(file)?;
+    let new = Database::create(&fresh)?;
+    let (mut tables, mut entries) = (0_usize, 0_u64);
+    {
+        let read = old.begin_read()?;
+        let write = new.begin_write()?;
+        for handle in read.list_tables()? {
+            let name = redb2::TableHandle::name(&handle).to_owned();
+            let from = read.open_table(redb2::TableDefinition::<&[u8], &[u8]>::new(&name))?;
+            let mut to = write.open_table(def(&name))?;
+            for entry in redb2::ReadableTable::iter(&from)? {
+                let (key, value) = entry?;
+                to.insert(key.value(), value.value())?;
+                entries += 1;
+            }
+            tables += 1;
+        }
+        // The default durability: the copy is on disk before it replaces the old file.
+        write.commit()?;
+    }
+    drop(new);
+    drop(old);
+    std::fs::File::open(&fresh)?.sync_all()?;
+    std::fs::rename(&fresh, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    tracing::info!(
+        path = %file.display(),
+        tables,
+        entries,
+        took_ms = started.elapsed().as_millis() as u64,
+        "metadata store migrated from redb's file format v2"
+    );
     Ok(())
 }
 
@@ -568,6 +651,9 @@ impl RedbStore {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
+                Err(redb::DatabaseError::UpgradeRequired(2)) => {
+                    migrate_from_v2(&file).map_err(open_error)?;
+                }
                 other => break other.map_err(|e| open_error(Box::new(e)))?,
             }
         };
@@ -580,6 +666,7 @@ impl RedbStore {
             writes_resume: Mutex::new(None),
             redo: Mutex::default(),
             behind: AtomicBool::new(false),
+            closed_out_of_space: AtomicBool::new(false),
         });
         let group = GroupFlush::start("tessera-meta-flush", {
             let shared = Arc::clone(&shared);
@@ -905,6 +992,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path().join("meta")).unwrap();
         (dir, store)
+    }
+
+    /// A store written by redb 2 (file format v2, as Tessera wrote it before redb 4) opens
+    /// with every table and entry, once migrated; a copy left by a migration killed part way
+    /// is replaced, and the old file is no longer kept.
+    #[test]
+    fn a_store_in_redb_2s_format_is_migrated_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta");
+        std::fs::create_dir_all(&meta).unwrap();
+        let file = meta.join("meta.redb");
+        {
+            let old = redb2::Database::create(&file).unwrap();
+            let txn = old.begin_write().unwrap();
+            {
+                let blobs = redb2::TableDefinition::<&[u8], &[u8]>::new("blobs");
+                let mut table = txn.open_table(blobs).unwrap();
+                for n in 0..1000_u32 {
+                    table
+                        .insert(n.to_be_bytes().as_slice(), vec![n as u8; 100].as_slice())
+                        .unwrap();
+                }
+                let ac = redb2::TableDefinition::<&[u8], &[u8]>::new("ac");
+                txn.open_table(ac)
+                    .unwrap()
+                    .insert(b"action".as_slice(), b"result".as_slice())
+                    .unwrap();
+                let empty = redb2::TableDefinition::<&[u8], &[u8]>::new("empty");
+                txn.open_table(empty).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        std::fs::write(meta.join("meta.redb.v3"), b"a killed migration's copy").unwrap();
+        assert!(matches!(
+            Database::create(&file),
+            Err(redb::DatabaseError::UpgradeRequired(2))
+        ));
+
+        let store = RedbStore::open(&meta).unwrap();
+        let blobs = store.table("blobs").unwrap();
+        assert_eq!(blobs.len().unwrap(), 1000);
+        assert_eq!(
+            blobs.get(&7_u32.to_be_bytes()).unwrap(),
+            Some(vec![7_u8; 100])
+        );
+        let names: Vec<String> = store
+            .dump(&[])
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["ac", "blobs", "empty"]);
+        assert_eq!(
+            store.table("ac").unwrap().get(b"action").unwrap(),
+            Some(b"result".to_vec())
+        );
+        store.table("ac").unwrap().insert(b"more", b"x").unwrap();
+        store.flush().unwrap();
+        drop((blobs, store));
+        assert!(!meta.join("meta.redb.v3").exists());
+
+        // Now in the current format: opened as it is.
+        let store = RedbStore::open(&meta).unwrap();
+        assert_eq!(
+            store.table("ac").unwrap().get(b"more").unwrap(),
+            Some(b"x".to_vec())
+        );
     }
 
     #[test]
