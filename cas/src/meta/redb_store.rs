@@ -257,8 +257,6 @@ struct Shared {
     /// Whether `redo.view` is set: the open database lacks the log's changes (it was reopened
     /// since they were made). Lets reads skip the lock; changed only under it.
     behind: AtomicBool,
-    /// Whether the database was last closed for a full file system.
-    closed_out_of_space: AtomicBool,
 }
 
 impl Shared {
@@ -399,6 +397,9 @@ impl Shared {
         let out_of_space = match &error {
             redb::Error::Io(io) => is_out_of_space(io),
             redb::Error::PreviousIo => self.earlier_error_was_out_of_space(db),
+            // redb refuses every further write after a commit that failed part way, until the
+            // database is reopened (which repairs it).
+            redb::Error::Corrupted(_) => false,
             _ => return Err(wrap(Box::new(error))),
         };
         self.close(db, out_of_space, &error);
@@ -427,10 +428,9 @@ impl Shared {
         loop {
             match &*self.slot.read().unwrap_or_else(PoisonError::into_inner) {
                 Slot::Closed(closed) => return closed.out_of_space,
-                Slot::Open(current) if !Arc::ptr_eq(current, db) => {
-                    // Closed and opened again since: as it was closed.
-                    return self.closed_out_of_space.load(Ordering::Acquire);
-                }
+                // (It cannot have been opened again: `db` is still open here, so a reopen
+                // would find the file locked.)
+                Slot::Open(current) if !Arc::ptr_eq(current, db) => return false,
                 Slot::Open(_) if Instant::now() >= give_up => return false,
                 Slot::Open(_) => {}
             }
@@ -444,8 +444,7 @@ impl Shared {
         if !matches!(&*slot, Slot::Open(current) if Arc::ptr_eq(current, db)) {
             return;
         }
-        self.closed_out_of_space
-            .store(out_of_space, Ordering::Release);
+
         *slot = Slot::Closed(Closed {
             out_of_space,
             cause: error.to_string(),
@@ -568,54 +567,114 @@ fn create_whole(file: &Path) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// Why a store in redb 2's format was not migrated.
+enum MigrationError {
+    /// Another process holds the old file (an earlier Tessera, or another start migrating it).
+    Busy,
+    Failed(BackendError),
+}
+
+impl<E: Into<BackendError>> From<E> for MigrationError {
+    fn from(error: E) -> Self {
+        MigrationError::Failed(error.into())
+    }
+}
+
 /// Rewrites `file`, a store that Tessera wrote with redb 2 (its file format v2, which redb 3 and
-/// later refuse to open), in the current format: every table is copied into a new file, which
-/// then takes the old one's name. A process killed part way leaves the old file as it was, and
-/// the next start migrates it again. Opening the old file repairs it first if its last writer
-/// was killed.
-fn migrate_from_v2(file: &Path) -> Result<(), BackendError> {
+/// later refuse to open), in the current format, without changing the old file:
+///
+/// 1. with the old file locked (redb 2 locks it the same way, so neither an earlier Tessera
+///    nor another start migrating it can have it meanwhile), it is copied to `meta.redb.v2-work`;
+/// 2. redb 2 opens the copy (repairing it if its last writer was killed; a panic there is
+///    caught and reported) and every table is copied into `meta.redb.v3`, committed and synced;
+/// 3. the old file is kept as `meta.redb.v2` (a hard link: no copy), and `meta.redb.v3` is
+///    renamed over `meta.redb`.
+///
+/// A process killed before the rename leaves the old file as it was and the next start
+/// migrates it again; after it, the store is migrated. It needs room for two more copies of
+/// the store while it runs; a failure removes them.
+fn migrate_from_v2(file: &Path) -> Result<(), MigrationError> {
     let started = Instant::now();
-    let fresh = file.with_extension("redb.v3");
-    match std::fs::remove_file(&fresh) {
+    let old = std::fs::File::open(file)?;
+    match old.try_lock() {
         Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(Box::new(error)),
+        Err(std::fs::TryLockError::WouldBlock) => return Err(MigrationError::Busy),
+        Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
     }
-    let old = redb2::Database::open(file)?;
-    let new = Database::create(&fresh)?;
-    let (mut tables, mut entries) = (0_usize, 0_u64);
-    {
-        let read = old.begin_read()?;
-        let write = new.begin_write()?;
-        for handle in read.list_tables()? {
-            let name = redb2::TableHandle::name(&handle).to_owned();
-            let from = read.open_table(redb2::TableDefinition::<&[u8], &[u8]>::new(&name))?;
-            let mut to = write.open_table(def(&name))?;
-            for entry in redb2::ReadableTable::iter(&from)? {
-                let (key, value) = entry?;
-                to.insert(key.value(), value.value())?;
-                entries += 1;
-            }
-            tables += 1;
+    let work = file.with_extension("redb.v2-work");
+    let fresh = file.with_extension("redb.v3");
+    let backup = file.with_extension("redb.v2");
+    let remove = |path: &Path| match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    };
+    remove(&work)?;
+    remove(&fresh)?;
+    let copied = std::fs::copy(file, &work)
+        .map_err(BackendError::from)
+        .and_then(|_| copy_tables_from_v2(&work, &fresh));
+    let _ = remove(&work);
+    let (tables, entries) = match copied {
+        Ok(counts) => counts,
+        Err(error) => {
+            let _ = remove(&fresh);
+            return Err(error.into());
         }
-        // The default durability: the copy is on disk before it replaces the old file.
-        write.commit()?;
-    }
-    drop(new);
-    drop(old);
-    std::fs::File::open(&fresh)?.sync_all()?;
+    };
+    remove(&backup)?;
+    std::fs::hard_link(file, &backup)?;
     std::fs::rename(&fresh, file)?;
     if let Some(dir) = file.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
+    drop(old);
     tracing::info!(
         path = %file.display(),
         tables,
         entries,
+        backup = %backup.display(),
         took_ms = started.elapsed().as_millis() as u64,
         "metadata store migrated from redb's file format v2"
     );
     Ok(())
+}
+
+/// Copies every table of the redb 2 database `from` into a new database `to`, committed durably
+/// and synced; returns the number of tables and entries.
+fn copy_tables_from_v2(from: &Path, to: &Path) -> Result<(usize, u64), BackendError> {
+    let opened = std::panic::catch_unwind(|| redb2::Database::open(from));
+    let old = match opened {
+        Ok(opened) => opened?,
+        Err(_) => {
+            return Err(format!(
+                "redb 2 panicked opening a copy of the store ({}) to migrate it; the store \
+                 itself is unchanged",
+                from.display()
+            )
+            .into());
+        }
+    };
+    let new = Database::create(to)?;
+    let (mut tables, mut entries) = (0_usize, 0_u64);
+    let read = old.begin_read()?;
+    let write = new.begin_write()?;
+    for handle in read.list_tables()? {
+        let name = redb2::TableHandle::name(&handle).to_owned();
+        let from = read.open_table(redb2::TableDefinition::<&[u8], &[u8]>::new(&name))?;
+        let mut to = write.open_table(def(&name))?;
+        for entry in redb2::ReadableTable::iter(&from)? {
+            let (key, value) = entry?;
+            to.insert(key.value(), value.value())?;
+            entries += 1;
+        }
+        tables += 1;
+    }
+    // The default durability: the copy is on disk before it replaces the old file.
+    write.commit()?;
+    drop(new);
+    std::fs::File::open(to)?.sync_all()?;
+    Ok((tables, entries))
 }
 
 /// A metadata store in one redb file inside directory `path`. Only one process may open it at
@@ -651,9 +710,30 @@ impl RedbStore {
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < give_up => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(redb::DatabaseError::UpgradeRequired(2)) => {
-                    migrate_from_v2(&file).map_err(open_error)?;
-                }
+                Err(redb::DatabaseError::UpgradeRequired(2)) => match migrate_from_v2(&file) {
+                    Ok(()) => {}
+                    Err(MigrationError::Busy) if Instant::now() < give_up => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(MigrationError::Busy) => {
+                        return Err(open_error(
+                            "the store is in redb 2's format and another process holds it \
+                             (an earlier Tessera still running on this directory?): stop it, \
+                             then start again to migrate the store"
+                                .into(),
+                        ));
+                    }
+                    Err(MigrationError::Failed(error)) => {
+                        return Err(open_error(
+                            format!(
+                                "migrating the store from redb 2's format failed (the old file \
+                                 is unchanged; the migration needs room for two more copies \
+                                 of it): {error}"
+                            )
+                            .into(),
+                        ));
+                    }
+                },
                 other => break other.map_err(|e| open_error(Box::new(e)))?,
             }
         };
@@ -666,7 +746,6 @@ impl RedbStore {
             writes_resume: Mutex::new(None),
             redo: Mutex::default(),
             behind: AtomicBool::new(false),
-            closed_out_of_space: AtomicBool::new(false),
         });
         let group = GroupFlush::start("tessera-meta-flush", {
             let shared = Arc::clone(&shared);
@@ -1025,10 +1104,23 @@ mod tests {
             txn.commit().unwrap();
         }
         std::fs::write(meta.join("meta.redb.v3"), b"a killed migration's copy").unwrap();
+        std::fs::write(meta.join("meta.redb.v2-work"), b"a killed migration's copy").unwrap();
+        let old_bytes = std::fs::read(&file).unwrap();
         assert!(matches!(
             Database::create(&file),
             Err(redb::DatabaseError::UpgradeRequired(2))
         ));
+
+        // While an earlier Tessera holds it, it is left alone, and the error says why.
+        let held = redb2::Database::open(&file).unwrap();
+        let error = RedbStore::open(&meta).err().expect("refused while held");
+        let error = format!("{error:?}");
+        assert!(
+            error.contains("DatabaseAlreadyOpen") || error.contains("another process holds it"),
+            "{error}"
+        );
+        drop(held);
+        assert_eq!(std::fs::read(&file).unwrap(), old_bytes);
 
         let store = RedbStore::open(&meta).unwrap();
         let blobs = store.table("blobs").unwrap();
@@ -1052,6 +1144,9 @@ mod tests {
         store.flush().unwrap();
         drop((blobs, store));
         assert!(!meta.join("meta.redb.v3").exists());
+        assert!(!meta.join("meta.redb.v2-work").exists());
+        // The old file is kept as it was, beside the store.
+        assert_eq!(std::fs::read(meta.join("meta.redb.v2")).unwrap(), old_bytes);
 
         // Now in the current format: opened as it is.
         let store = RedbStore::open(&meta).unwrap();
