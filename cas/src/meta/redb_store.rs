@@ -396,7 +396,7 @@ impl Shared {
         };
         let out_of_space = match &error {
             redb::Error::Io(io) => is_out_of_space(io),
-            redb::Error::PreviousIo => self.earlier_error_was_out_of_space(db),
+            redb::Error::PreviousIo => self.earlier_error_was_out_of_space(),
             // redb refuses every further write after a commit that failed part way, until the
             // database is reopened (which repairs it).
             redb::Error::Corrupted(_) => false,
@@ -416,22 +416,21 @@ impl Shared {
         Err(wrap(Box::new(error)))
     }
 
-    /// Whether the I/O error that failed `db` before this call met `PreviousIo` was a full
-    /// file system, as the call that met that error decided when it closed `db`. That call may
-    /// still be on its way back from redb (it set redb's failure flag, then returns through its
-    /// transaction), so while `db` is open this waits a moment for it; without that, the other
-    /// call closed `db` as for an unexplained error and answered unavailable where the disk was
-    /// full (seen under load). If `db` stays open, no call met the error itself: not known to
-    /// be a full disk.
-    fn earlier_error_was_out_of_space(&self, db: &Arc<Database>) -> bool {
+    /// Whether the I/O error that failed the open database before this call met `PreviousIo`
+    /// was a full file system, as the call that met that error decided when it closed the
+    /// database. That call may still be on its way back from redb (it set redb's failure flag,
+    /// then returns through its transaction), so while the database is open this waits a moment
+    /// for it; without that, the other call closed it as for an unexplained error and answered
+    /// unavailable where the disk was full (seen under load). If it stays open, no call met the
+    /// error itself: not known to be a full disk.
+    fn earlier_error_was_out_of_space(&self) -> bool {
         let give_up = Instant::now() + EARLIER_ERROR_WAIT;
         loop {
             match &*self.slot.read().unwrap_or_else(PoisonError::into_inner) {
                 Slot::Closed(closed) => return closed.out_of_space,
-                // (It cannot have been opened again: `db` is still open here, so a reopen
-                // would find the file locked.)
-                Slot::Open(current) if !Arc::ptr_eq(current, db) => return false,
                 Slot::Open(_) if Instant::now() >= give_up => return false,
+                // (Never another database: the caller still holds the failed one, so a reopen
+                // would find the file locked.)
                 Slot::Open(_) => {}
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -444,7 +443,6 @@ impl Shared {
         if !matches!(&*slot, Slot::Open(current) if Arc::ptr_eq(current, db)) {
             return;
         }
-
         *slot = Slot::Closed(Closed {
             out_of_space,
             cause: error.to_string(),
@@ -548,6 +546,14 @@ impl Shared {
     }
 }
 
+/// Removes `path` if it is there.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// Creates the database `file` if it does not exist, under a temporary name first: a process
 /// killed while redb writes a new file's first pages would otherwise leave a file that no
 /// later start can open.
@@ -556,11 +562,7 @@ fn create_whole(file: &Path) -> Result<(), BackendError> {
         return Ok(());
     }
     let fresh = file.with_extension("redb.new");
-    match std::fs::remove_file(&fresh) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(Box::new(error)),
-    }
+    remove_if_present(&fresh)?;
     drop(Database::create(&fresh)?);
     std::fs::File::open(&fresh)?.sync_all()?;
     std::fs::rename(&fresh, file)?;
@@ -604,25 +606,20 @@ fn migrate_from_v2(file: &Path) -> Result<(), MigrationError> {
     let work = file.with_extension("redb.v2-work");
     let fresh = file.with_extension("redb.v3");
     let backup = file.with_extension("redb.v2");
-    let remove = |path: &Path| match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error),
-    };
-    remove(&work)?;
-    remove(&fresh)?;
+    remove_if_present(&work)?;
+    remove_if_present(&fresh)?;
     let copied = std::fs::copy(file, &work)
         .map_err(BackendError::from)
         .and_then(|_| copy_tables_from_v2(&work, &fresh));
-    let _ = remove(&work);
+    let _ = remove_if_present(&work);
     let (tables, entries) = match copied {
         Ok(counts) => counts,
         Err(error) => {
-            let _ = remove(&fresh);
+            let _ = remove_if_present(&fresh);
             return Err(error.into());
         }
     };
-    remove(&backup)?;
+    remove_if_present(&backup)?;
     std::fs::hard_link(file, &backup)?;
     std::fs::rename(&fresh, file)?;
     if let Some(dir) = file.parent() {
@@ -706,23 +703,11 @@ impl RedbStore {
         create_whole(&file).map_err(open_error)?;
         let give_up = Instant::now() + patience;
         let db = loop {
-            match Database::create(&file) {
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < give_up => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+            let opened = match Database::create(&file) {
                 Err(redb::DatabaseError::UpgradeRequired(2)) => match migrate_from_v2(&file) {
-                    Ok(()) => {}
-                    Err(MigrationError::Busy) if Instant::now() < give_up => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(MigrationError::Busy) => {
-                        return Err(open_error(
-                            "the store is in redb 2's format and another process holds it \
-                             (an earlier Tessera still running on this directory?): stop it, \
-                             then start again to migrate the store"
-                                .into(),
-                        ));
-                    }
+                    Ok(()) => continue,
+                    // Another start is migrating it: as for a store held open.
+                    Err(MigrationError::Busy) => Err(redb::DatabaseError::DatabaseAlreadyOpen),
                     Err(MigrationError::Failed(error)) => {
                         return Err(open_error(
                             format!(
@@ -734,6 +719,12 @@ impl RedbStore {
                         ));
                     }
                 },
+                other => other,
+            };
+            match opened {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < give_up => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 other => break other.map_err(|e| open_error(Box::new(e)))?,
             }
         };
