@@ -405,18 +405,21 @@ impl Scheduler {
         }
         // No lease of it will carry them again.
         op.carried = Carried::default();
-        op.publish();
         let ran_for = op.leased_at.map(|at| {
             self.clock
                 .now()
                 .instant
                 .saturating_duration_since(at.instant)
         });
-        let op = &self.ops[name].op;
+        let entry = &self.ops[name];
+        let op = &entry.op;
         if let OpState::Done { response, .. } = op.state() {
+            // Cached before any watcher hears of it: a client that saw the operation done and
+            // asks the action cache next (as build tools do) finds the result there.
             self.cache_result(op, response);
             crate::metrics::metrics().action_finished(action_outcome(response), ran_for);
         }
+        entry.publish();
         self.persist(op);
         self.stats.completed += 1;
     }

@@ -708,3 +708,123 @@ fn what_leases_carry_is_given_back_when_the_operation_ends_and_wrong_outputs_run
     assert_eq!(code(&response(&op).unwrap()), Code::Ok);
     assert_eq!(budget.held(), 0, "given back when the operation ended");
 }
+
+/// A store whose action cache table notes, at each write, whether the watched operation was
+/// already shown done.
+struct WatchingStore {
+    inner: MemoryMetaStore,
+    watched: Arc<std::sync::Mutex<Option<watch::Receiver<OpSnapshot>>>>,
+    done_when_cached: Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+struct WatchingTable {
+    inner: tessera_cas::meta::Table,
+    watched: Arc<std::sync::Mutex<Option<watch::Receiver<OpSnapshot>>>>,
+    done_when_cached: Arc<std::sync::Mutex<Vec<bool>>>,
+}
+
+impl MetadataStore for WatchingStore {
+    fn table(&self, name: &str) -> Result<tessera_cas::meta::Table, tessera_cas::meta::MetaError> {
+        let inner = self.inner.table(name)?;
+        if name != crate::action_cache::TABLE {
+            return Ok(inner);
+        }
+        Ok(Arc::new(WatchingTable {
+            inner,
+            watched: Arc::clone(&self.watched),
+            done_when_cached: Arc::clone(&self.done_when_cached),
+        }))
+    }
+    fn apply_batch(
+        &self,
+        batch: tessera_cas::meta::Batch,
+    ) -> Result<(), tessera_cas::meta::MetaError> {
+        self.inner.apply_batch(batch)
+    }
+    fn flush(&self) -> Result<(), tessera_cas::meta::MetaError> {
+        self.inner.flush()
+    }
+    fn flush_async(
+        &self,
+    ) -> futures::future::BoxFuture<'static, Result<(), tessera_cas::meta::MetaError>> {
+        self.inner.flush_async()
+    }
+    fn dump(
+        &self,
+        except: &[&str],
+    ) -> Result<Vec<tessera_cas::meta::TableDump>, tessera_cas::meta::MetaError> {
+        self.inner.dump(except)
+    }
+}
+
+impl tessera_cas::meta::MetaTable for WatchingTable {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, tessera_cas::meta::MetaError> {
+        self.inner.get(key)
+    }
+    fn insert(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, tessera_cas::meta::MetaError> {
+        if let Some(watched) = self.watched.lock().unwrap().as_ref() {
+            let done = watched.borrow().response.is_some();
+            self.done_when_cached.lock().unwrap().push(done);
+        }
+        self.inner.insert(key, value)
+    }
+    fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, tessera_cas::meta::MetaError> {
+        self.inner.remove(key)
+    }
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<tessera_cas::meta::SwapOutcome, tessera_cas::meta::MetaError> {
+        self.inner.compare_and_swap(key, expected, new)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> tessera_cas::meta::Entries {
+        self.inner.scan_prefix(prefix)
+    }
+    fn len(&self) -> Result<usize, tessera_cas::meta::MetaError> {
+        self.inner.len()
+    }
+    fn is_empty(&self) -> Result<bool, tessera_cas::meta::MetaError> {
+        self.inner.is_empty()
+    }
+}
+
+/// A client that saw its operation done and asks the action cache next (Bazel does, and so
+/// does a second build) must find the result: it is cached before any watcher hears.
+#[test]
+fn a_result_is_in_the_action_cache_before_its_operation_shows_done() {
+    let watched = Arc::new(std::sync::Mutex::new(None));
+    let done_when_cached = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let meta: Arc<dyn MetadataStore> = Arc::new(WatchingStore {
+        inner: MemoryMetaStore::new(),
+        watched: Arc::clone(&watched),
+        done_when_cached: Arc::clone(&done_when_cached),
+    });
+    let mut h = Harness::open(meta, ManualClock::new(), 3);
+    let (session, mut rx) = h.agent("a", 1);
+    let op = h.submit(1);
+    *watched.lock().unwrap() = Some(op.clone());
+    let lease = next_lease(&mut rx).unwrap();
+    h.report(
+        "a",
+        session,
+        LeaseResult {
+            lease_id: lease.lease_id.clone(),
+            attempt: lease.attempt,
+            outcome: LeaseOutcome::Completed as i32,
+            digest_function: DigestFunction::Sha256.to_proto(),
+            result: Some(Default::default()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(code(&response(&op).unwrap()), Code::Ok);
+    assert_eq!(*done_when_cached.lock().unwrap(), [false]);
+}
