@@ -413,12 +413,15 @@ impl LocalCache {
 
     /// Makes sure every blob of `digests` is cached, taking what is not from `carried` (blobs
     /// the lease brought, each stored only if it matches its digest) and downloading the rest,
-    /// and pins them all until the returned guard is dropped.
+    /// and pins them all until the returned guard is dropped. Those of `executable` that are
+    /// new are stored executable, so [`executable_path_of`](Self::executable_path_of) links
+    /// them instead of copying.
     pub async fn ensure(
         &self,
         cas: &CasClient,
         digests: &[Digest],
         carried: HashMap<Digest, Bytes>,
+        executable: &Arc<HashSet<Digest>>,
     ) -> Result<CachePins, FetchError> {
         let mut pins = CachePins::default();
         pins._guards.push(self.store.pin(digests));
@@ -426,12 +429,20 @@ impl LocalCache {
         // agent was down is fetched again instead of linked into an action.
         let store = self.store.clone();
         let wanted = digests.to_vec();
+        let wanted_executable = Arc::clone(executable);
         let (missing, to_fetch, taken) = blocking(move || {
             let missing = store.find_missing_verified(&wanted);
             let mut to_fetch = Vec::new();
             let mut taken = 0usize;
             for digest in &missing {
-                match carried.get(digest).map(|data| (data.len(), store.write(digest, data))) {
+                let write = |data: &Bytes| {
+                    if wanted_executable.contains(digest) {
+                        store.write_executable(digest, data)
+                    } else {
+                        store.write(digest, data)
+                    }
+                };
+                match carried.get(digest).map(|data| (data.len(), write(data))) {
                     Some((len, Ok(()))) => taken += len,
                     Some((_, Err(error))) => {
                         tracing::debug!(%digest, %error, "a carried input was not taken; fetching it");
@@ -454,7 +465,8 @@ impl LocalCache {
         }
         // Blobs are written as they arrive; only their digests are kept.
         if !to_fetch.is_empty() {
-            self.download_with(cas, &to_fetch, |_, _| {}).await?;
+            self.download_with(cas, &to_fetch, executable, |_, _| {})
+                .await?;
         }
         pins._guards.push(self.store.pin(&missing));
         if let Some(gone) = self.store.find_missing(&missing).first() {
@@ -486,20 +498,27 @@ impl LocalCache {
             .map(|(digest, data)| (*digest, data.clone()))
             .collect();
         let fetched: usize = kept.values().map(Bytes::len).sum();
-        self.store_fetched(new, fetched).await?;
+        self.store_fetched(new, fetched, &Arc::default()).await?;
         Ok(kept)
     }
 
-    /// Stores `blobs` (on a blocking thread) and counts `fetched` bytes as downloaded.
+    /// Stores `blobs` (on a blocking thread; those of `executable` executable) and counts
+    /// `fetched` bytes as downloaded.
     async fn store_fetched(
         &self,
         blobs: Vec<(Digest, Bytes)>,
         fetched: usize,
+        executable: &Arc<HashSet<Digest>>,
     ) -> Result<(), FetchError> {
         let store = self.store.clone();
+        let executable = Arc::clone(executable);
         blocking(move || {
             for (digest, data) in &blobs {
-                store.write(digest, data)?;
+                if executable.contains(digest) {
+                    store.write_executable(digest, data)?;
+                } else {
+                    store.write(digest, data)?;
+                }
             }
             Ok::<_, FetchError>(())
         })
@@ -519,7 +538,7 @@ impl LocalCache {
     ) -> Result<Vec<(Digest, Bytes)>, FetchError> {
         let mut out = Vec::with_capacity(digests.len());
         let collected = std::sync::Mutex::new(&mut out);
-        self.download_with(cas, digests, |digest, data| {
+        self.download_with(cas, digests, &Arc::default(), |digest, data| {
             collected
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -530,11 +549,12 @@ impl LocalCache {
     }
 
     /// Downloads `digests` (small ones batched, large ones streamed, a few calls at a time),
-    /// stores each in the cache and hands it to `sink`.
+    /// stores each in the cache (those of `executable` executable) and hands it to `sink`.
     async fn download_with(
         &self,
         cas: &CasClient,
         digests: &[Digest],
+        executable: &Arc<HashSet<Digest>>,
         sink: impl Fn(Digest, Bytes),
     ) -> Result<(), FetchError> {
         let calls = plan_transfers(digests);
@@ -547,7 +567,8 @@ impl LocalCache {
                 Transfer::Stream(digest) => vec![(digest, cas.read(&digest, false).await?)],
             };
             let fetched: usize = blobs.iter().map(|(_, data)| data.len()).sum();
-            self.store_fetched(blobs.clone(), fetched).await?;
+            self.store_fetched(blobs.clone(), fetched, executable)
+                .await?;
             for (digest, data) in blobs {
                 sink(digest, data);
             }
@@ -737,6 +758,42 @@ mod tests {
             cache.store.raw_path(&digest).unwrap()
         );
         assert_eq!(mode_of(&data), BLOB_MODE);
+    }
+
+    #[tokio::test]
+    async fn fetched_executables_are_stored_executable_and_linked_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LocalCache::open(&dir.path().join("work"), u64::MAX).unwrap();
+        let function = DigestFunction::Sha256;
+        let (tool, data) = (
+            function.digest_of(b"#!/bin/sh\ntrue\n"),
+            b"data file".as_slice(),
+        );
+        let data = (function.digest_of(data), Bytes::from_static(data));
+        let fetched = vec![
+            (tool, Bytes::from_static(b"#!/bin/sh\ntrue\n")),
+            data.clone(),
+        ];
+        let executable = Arc::new(HashSet::from([tool]));
+        cache.store_fetched(fetched, 0, &executable).await.unwrap();
+
+        let blob = cache.store.raw_path(&tool).unwrap();
+        assert_eq!(mode_of(&blob), EXECUTABLE_MODE);
+        let twin = cache.executable_path_of(&tool).unwrap().unwrap();
+        let inode = |path: &Path| fs::metadata(path).unwrap().ino();
+        assert_eq!(inode(&twin), inode(&blob), "linked, not copied");
+        // Wanted as a plain input too, it gets a read-only copy; the twin keeps its mode.
+        let plain = cache.path_of(&tool).unwrap();
+        assert_ne!(inode(&plain), inode(&blob));
+        assert_eq!(mode_of(&twin), EXECUTABLE_MODE);
+
+        // A blob fetched as data and later wanted as an executable is copied once.
+        let blob = cache.store.raw_path(&data.0).unwrap();
+        assert_eq!(mode_of(&blob) & 0o111, 0);
+        let twin = cache.executable_path_of(&data.0).unwrap().unwrap();
+        assert_ne!(inode(&twin), inode(&blob));
+        assert_eq!(mode_of(&twin), EXECUTABLE_MODE);
+        assert_eq!(fs::read(&twin).unwrap(), b"data file");
     }
 
     #[test]

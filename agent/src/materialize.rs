@@ -123,6 +123,17 @@ impl InputTree {
         out
     }
 
+    /// Distinct digests of the non-empty files the tree holds as executables.
+    pub fn executable_digests(&self) -> HashSet<Digest> {
+        self.directories
+            .values()
+            .flat_map(|dir| &dir.files)
+            .filter(|file| file.is_executable)
+            .filter_map(|file| Digest::from_proto(self.function, file.digest.as_ref()?).ok())
+            .filter(|digest| digest.size_bytes > 0)
+            .collect()
+    }
+
     /// Entries (files, directories and symlinks) that laying the tree out creates, the root
     /// itself not counted: a directory that appears at several paths counts at each.
     pub fn entry_count(&self) -> u64 {

@@ -605,7 +605,12 @@ impl LeasePipeline {
             .await?;
             let pins = self
                 .cache
-                .ensure(&plan.cas, &tree.file_digests(), carried_files(lease))
+                .ensure(
+                    &plan.cas,
+                    &tree.file_digests(),
+                    carried_files(lease),
+                    &Arc::new(tree.executable_digests()),
+                )
                 .await
                 .map_err(MaterializeError::from)?;
             Ok::<_, LeaseError>((plan, tree, pins))

@@ -79,12 +79,13 @@ async fn runs_a_command_and_uploads_files_directories_and_symlinks() {
         ]
     );
 
-    // Inputs: the plain file is a read-only hard link to the cached blob, the executable a
-    // hard link to the blob's executable twin (never the blob itself, which stays 0444).
+    // Inputs: the plain file is a read-only hard link to the cached blob; the executable,
+    // fetched as one, was stored 0555 and is a hard link to that blob and its executable
+    // twin (three names, one file: nothing was copied).
     let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
     assert_eq!(
         String::from_utf8_lossy(&stdout),
-        "444 2\n555 2\nargs: x y\n"
+        "444 2\n555 3\nargs: x y\n"
     );
     let stderr = coordinator.read(result.stderr_digest.as_ref()).await;
     assert_eq!(&stderr[..], b"oops\n");

@@ -69,6 +69,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -101,6 +102,8 @@ const COMPRESS_PROBE: usize = 8 * 1024;
 /// A blob file is kept compressed only if that saves at least a file system block.
 const BLOCK: usize = 4096;
 const ZSTD_LEVEL: i32 = 1;
+/// Mode of a blob file written for an executable ([`DiskStore::write_executable`]).
+const EXECUTABLE_MODE: u32 = 0o555;
 /// How long the index's committer waits for more writes to join a commit: no writer waits
 /// for it (see the module docs), and a build tool's uploads arrive one by one, each its own
 /// redb commit without it.
@@ -258,6 +261,24 @@ impl DiskStore {
     /// for a commit that succeeds.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.inner.checkpoint()
+    }
+
+    /// Like [`BlobStore::write`], for a blob wanted as an executable: if it is kept raw in a
+    /// file of its own, that file is created with mode 0555, so a caller can hard-link it where
+    /// an executable is wanted instead of copying it (the agent's executable inputs: test
+    /// binaries are large). A blob already stored keeps its file as it is.
+    pub fn write_executable(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
+        self.write_as(digest, data, true)
+    }
+
+    fn write_as(&self, digest: &Digest, data: &[u8], executable: bool) -> Result<(), StoreError> {
+        digest.verify(data)?;
+        // An inline write does its own check (under the same lock as its journal record).
+        if !self.inner.is_inline(data.len()) && self.contains(digest) {
+            self.touch(std::slice::from_ref(digest));
+            return Ok(());
+        }
+        self.inner.write_whole(*digest, data, executable)
     }
 
     /// The file holding `digest` if it is stored raw (uncompressed) in a file, for callers that
@@ -955,8 +976,13 @@ impl Inner {
     }
 
     /// Stores `data` whole: inline if small enough (retiring a full journal afterwards), else
-    /// as a file.
-    fn write_whole(self: &Arc<Self>, digest: Digest, data: &[u8]) -> Result<(), StoreError> {
+    /// as a file, created `executable` (0555) if asked and kept raw.
+    fn write_whole(
+        self: &Arc<Self>,
+        digest: Digest,
+        data: &[u8],
+        executable: bool,
+    ) -> Result<(), StoreError> {
         if self.is_inline(data.len()) {
             let written = self.write_inline(digest, data);
             self.retire_if_due();
@@ -979,7 +1005,14 @@ impl Inner {
             None => (Form::Raw, data),
         };
         let tmp = self.tmp_path();
-        if let Err(source) = fs::write(&tmp, bytes) {
+        // The mode is set before the file is installed: no reader sees it change.
+        let written = fs::write(&tmp, bytes).and_then(|()| match form {
+            Form::Raw if executable => {
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(EXECUTABLE_MODE))
+            }
+            _ => Ok(()),
+        });
+        if let Err(source) = written {
             let _ = fs::remove_file(&tmp);
             return Err(self.write_error("failed to write blob file", &tmp, source));
         }
@@ -1329,13 +1362,7 @@ impl BlobStore for DiskStore {
     }
 
     fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
-        digest.verify(data)?;
-        // An inline write does its own check (under the same lock as its journal record).
-        if !self.inner.is_inline(data.len()) && self.contains(digest) {
-            self.touch(std::slice::from_ref(digest));
-            return Ok(());
-        }
-        self.inner.write_whole(*digest, data)
+        self.write_as(digest, data, false)
     }
 
     fn begin_upload(&self, digest: &Digest) -> Result<Box<dyn Upload>, StoreError> {
@@ -1704,7 +1731,7 @@ impl Upload for DiskUpload {
             {
                 return Ok(());
             }
-            return self.inner.write_whole(self.digest, &buffer);
+            return self.inner.write_whole(self.digest, &buffer, false);
         };
         let (form, finished) = match sink {
             Sink::Raw(w) => (Form::Raw, w.into_inner().map_err(|e| e.into_error())),
