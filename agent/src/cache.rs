@@ -226,8 +226,18 @@ impl LocalCache {
     /// linked as its own twin; any other is copied once. `None` if the blob is not cached.
     pub fn executable_path_of(&self, digest: &Digest) -> std::io::Result<Option<PathBuf>> {
         let twin = self.twin_path(digest, "");
-        if twin.exists() {
-            return Ok(Some(twin));
+        match fs::symlink_metadata(&twin) {
+            Ok(meta) if meta.permissions().mode() & 0o7777 == EXECUTABLE_MODE => {
+                return Ok(Some(twin));
+            }
+            // Never expected (blob modes are set before the blobs are installed); made again
+            // rather than handed out without its execute bits.
+            Ok(meta) => {
+                tracing::warn!(twin = %twin.display(), mode = format!("{:o}", meta.permissions().mode() & 0o7777), "an executable twin lost its mode; making it again");
+                fs::remove_file(&twin)?;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
         }
         let Some(blob) = self.store.raw_path(digest) else {
             return Ok(None);
@@ -349,7 +359,9 @@ impl LocalCache {
             return Ok(Kept::Present);
         }
         let mut file = fs::File::open(path).map_err(io("open"))?;
-        let mut upload = self.store.begin_upload(digest)?;
+        // The mode is set before the blob is installed: a blob another writer stored meanwhile
+        // (perhaps executable, with twins sharing its file) keeps its own.
+        let mut upload = self.store.begin_upload_with_mode(digest, mode)?;
         let mut buf = vec![0u8; COPY_CHUNK];
         loop {
             match file.read(&mut buf) {
@@ -364,9 +376,6 @@ impl LocalCache {
             // Changed since it was hashed: simply not kept.
             Err(StoreError::Digest(_)) => return Ok(Kept::Changed),
             Err(error) => return Err(error.into()),
-        }
-        if let Some(blob) = self.store.raw_path(digest) {
-            fs::set_permissions(&blob, fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
         }
         Ok(Kept::Copied)
     }
@@ -437,7 +446,7 @@ impl LocalCache {
             for digest in &missing {
                 let write = |data: &Bytes| {
                     if wanted_executable.contains(digest) {
-                        store.write_executable(digest, data)
+                        store.write_with_mode(digest, data, EXECUTABLE_MODE)
                     } else {
                         store.write(digest, data)
                     }
@@ -515,7 +524,7 @@ impl LocalCache {
         blocking(move || {
             for (digest, data) in &blobs {
                 if executable.contains(digest) {
-                    store.write_executable(digest, data)?;
+                    store.write_with_mode(digest, data, EXECUTABLE_MODE)?;
                 } else {
                     store.write(digest, data)?;
                 }
@@ -786,6 +795,12 @@ mod tests {
         let plain = cache.path_of(&tool).unwrap();
         assert_ne!(inode(&plain), inode(&blob));
         assert_eq!(mode_of(&twin), EXECUTABLE_MODE);
+        // A twin that lost its execute bits is never handed out: it is made again.
+        fs::set_permissions(&twin, fs::Permissions::from_mode(0o444)).unwrap();
+        let again = cache.executable_path_of(&tool).unwrap().unwrap();
+        assert_eq!(again, twin);
+        assert_eq!(mode_of(&again), EXECUTABLE_MODE);
+        assert_eq!(fs::read(&again).unwrap(), b"#!/bin/sh\ntrue\n");
 
         // A blob fetched as data and later wanted as an executable is copied once.
         let blob = cache.store.raw_path(&data.0).unwrap();

@@ -102,8 +102,6 @@ const COMPRESS_PROBE: usize = 8 * 1024;
 /// A blob file is kept compressed only if that saves at least a file system block.
 const BLOCK: usize = 4096;
 const ZSTD_LEVEL: i32 = 1;
-/// Mode of a blob file written for an executable ([`DiskStore::write_executable`]).
-const EXECUTABLE_MODE: u32 = 0o555;
 /// How long the index's committer waits for more writes to join a commit: no writer waits
 /// for it (see the module docs), and a build tool's uploads arrive one by one, each its own
 /// redb commit without it.
@@ -263,22 +261,37 @@ impl DiskStore {
         self.inner.checkpoint()
     }
 
-    /// Like [`BlobStore::write`], for a blob wanted as an executable: if it is kept raw in a
-    /// file of its own, that file is created with mode 0555, so a caller can hard-link it where
-    /// an executable is wanted instead of copying it (the agent's executable inputs: test
-    /// binaries are large). A blob already stored keeps its file as it is.
-    pub fn write_executable(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
-        self.write_as(digest, data, true)
+    /// Like [`BlobStore::write`], but if the blob is kept raw in a file of its own, that file
+    /// gets permission bits `mode` before it is installed, so no reader ever sees them change
+    /// (the agent stores executable inputs 0555, to hard-link them where an executable is
+    /// wanted instead of copying them). A blob already stored keeps its file as it is.
+    pub fn write_with_mode(
+        &self,
+        digest: &Digest,
+        data: &[u8],
+        mode: u32,
+    ) -> Result<(), StoreError> {
+        self.write_as(digest, data, Some(mode))
     }
 
-    fn write_as(&self, digest: &Digest, data: &[u8], executable: bool) -> Result<(), StoreError> {
+    /// Like [`BlobStore::begin_upload`], with the file's `mode` set as by
+    /// [`write_with_mode`](Self::write_with_mode).
+    pub fn begin_upload_with_mode(
+        &self,
+        digest: &Digest,
+        mode: u32,
+    ) -> Result<Box<dyn Upload>, StoreError> {
+        Ok(Box::new(DiskUpload::new(&self.inner, *digest, Some(mode))))
+    }
+
+    fn write_as(&self, digest: &Digest, data: &[u8], mode: Option<u32>) -> Result<(), StoreError> {
         digest.verify(data)?;
         // An inline write does its own check (under the same lock as its journal record).
         if !self.inner.is_inline(data.len()) && self.contains(digest) {
             self.touch(std::slice::from_ref(digest));
             return Ok(());
         }
-        self.inner.write_whole(*digest, data, executable)
+        self.inner.write_whole(*digest, data, mode)
     }
 
     /// The file holding `digest` if it is stored raw (uncompressed) in a file, for callers that
@@ -976,12 +989,12 @@ impl Inner {
     }
 
     /// Stores `data` whole: inline if small enough (retiring a full journal afterwards), else
-    /// as a file, created `executable` (0555) if asked and kept raw.
+    /// as a file, with permission bits `mode` if given and it is kept raw.
     fn write_whole(
         self: &Arc<Self>,
         digest: Digest,
         data: &[u8],
-        executable: bool,
+        mode: Option<u32>,
     ) -> Result<(), StoreError> {
         if self.is_inline(data.len()) {
             let written = self.write_inline(digest, data);
@@ -1005,13 +1018,8 @@ impl Inner {
             None => (Form::Raw, data),
         };
         let tmp = self.tmp_path();
-        // The mode is set before the file is installed: no reader sees it change.
-        let written = fs::write(&tmp, bytes).and_then(|()| match form {
-            Form::Raw if executable => {
-                fs::set_permissions(&tmp, fs::Permissions::from_mode(EXECUTABLE_MODE))
-            }
-            _ => Ok(()),
-        });
+        let written =
+            fs::write(&tmp, bytes).and_then(|()| set_mode_before_install(&tmp, form, mode));
         if let Err(source) = written {
             let _ = fs::remove_file(&tmp);
             return Err(self.write_error("failed to write blob file", &tmp, source));
@@ -1227,6 +1235,18 @@ fn check_all(found: &[Found]) -> Vec<Check> {
         .collect()
 }
 
+/// Gives the temporary file `tmp` of a blob about to be installed in `form` the permission
+/// bits `mode`, if any and the blob is kept raw (a compressed file is never linked, so its
+/// mode means nothing).
+fn set_mode_before_install(tmp: &Path, form: Form, mode: Option<u32>) -> std::io::Result<()> {
+    match mode {
+        Some(mode) if form == Form::Raw => {
+            fs::set_permissions(tmp, fs::Permissions::from_mode(mode))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The compressed form of a blob written whole, if it pays (see the module docs): the blob is
 /// at least [`COMPRESS_MIN`] bytes, a [`COMPRESS_PROBE`] sample of it shrinks by a tenth, and
 /// the whole shrinks by a tenth and at least a [`BLOCK`].
@@ -1362,20 +1382,11 @@ impl BlobStore for DiskStore {
     }
 
     fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
-        self.write_as(digest, data, false)
+        self.write_as(digest, data, None)
     }
 
     fn begin_upload(&self, digest: &Digest) -> Result<Box<dyn Upload>, StoreError> {
-        Ok(Box::new(DiskUpload {
-            inner: Arc::clone(&self.inner),
-            digest: *digest,
-            hasher: digest.function.hasher(),
-            buffer: Vec::new(),
-            sink: None,
-            received: 0,
-            copy: None,
-            reserved: 0,
-        }))
+        Ok(Box::new(DiskUpload::new(&self.inner, *digest, None)))
     }
 
     fn stats(&self) -> StoreStats {
@@ -1619,6 +1630,24 @@ struct DiskUpload {
     /// bytes reserved for it there.
     copy: Option<Vec<u8>>,
     reserved: u64,
+    /// Permission bits for the file of a blob kept raw, set before it is installed.
+    mode: Option<u32>,
+}
+
+impl DiskUpload {
+    fn new(inner: &Arc<Inner>, digest: Digest, mode: Option<u32>) -> Self {
+        DiskUpload {
+            inner: Arc::clone(inner),
+            digest,
+            hasher: digest.function.hasher(),
+            buffer: Vec::new(),
+            sink: None,
+            received: 0,
+            copy: None,
+            reserved: 0,
+            mode,
+        }
+    }
 }
 
 impl DiskUpload {
@@ -1731,7 +1760,7 @@ impl Upload for DiskUpload {
             {
                 return Ok(());
             }
-            return self.inner.write_whole(self.digest, &buffer, false);
+            return self.inner.write_whole(self.digest, &buffer, self.mode);
         };
         let (form, finished) = match sink {
             Sink::Raw(w) => (Form::Raw, w.into_inner().map_err(|e| e.into_error())),
@@ -1756,6 +1785,10 @@ impl Upload for DiskUpload {
             }
         };
         drop(file);
+        if let Err(source) = set_mode_before_install(&path, form, self.mode) {
+            let _ = fs::remove_file(&path);
+            return Err(StoreError::io("failed to chmod", &path, source));
+        }
         self.inner.install(self.digest, &path, form, stored)?;
         if let Some(copy) = self.copy.take() {
             self.inner.hot().keep(self.digest, Bytes::from(copy));
@@ -2343,5 +2376,58 @@ mod tests {
             store.inner.discard(&raw_digest, "test");
             assert_eq!(store.read(&raw_digest).unwrap(), None);
         }
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::meta::MemoryMetaStore;
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// A store of raw files only (no inline blobs, no compression), as the agent's cache.
+    fn raw_store(dir: &Path) -> DiskStore {
+        let mut options = DiskStoreOptions::new(dir.join("cas"));
+        options.inline_max = 0;
+        options.compress = false;
+        DiskStore::open(Arc::new(MemoryMetaStore::new()), options).unwrap()
+    }
+
+    #[test]
+    fn a_files_mode_is_set_before_it_is_installed_and_a_stored_blob_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = raw_store(dir.path());
+        let function = DigestFunction::Sha256;
+
+        // Written whole, and uploaded small (buffered) and large (through a file).
+        let small = b"#!/bin/sh\ntrue\n".to_vec();
+        let large = vec![7u8; 3 * BUFFER_LIMIT];
+        let tool = function.digest_of(&small);
+        store.write_with_mode(&tool, &small, 0o555).unwrap();
+        assert_eq!(mode_of(&store.raw_path(&tool).unwrap()), 0o555);
+        for (data, mode) in [(b"data".to_vec(), 0o444), (large.clone(), 0o555)] {
+            let digest = function.digest_of(&data);
+            let mut upload = store.begin_upload_with_mode(&digest, mode).unwrap();
+            upload.write(&data).unwrap();
+            upload.commit().unwrap();
+            assert_eq!(mode_of(&store.raw_path(&digest).unwrap()), mode);
+        }
+
+        // An upload that another writer beats to the same blob leaves that writer's file, and
+        // its mode, alone.
+        let other = vec![9u8; 2 * BUFFER_LIMIT];
+        let digest = function.digest_of(&other);
+        let mut late = store.begin_upload_with_mode(&digest, 0o444).unwrap();
+        late.write(&other).unwrap();
+        store.write_with_mode(&digest, &other, 0o555).unwrap();
+        late.commit().unwrap();
+        assert_eq!(mode_of(&store.raw_path(&digest).unwrap()), 0o555);
+        store.write_with_mode(&digest, &other, 0o444).unwrap();
+        assert_eq!(mode_of(&store.raw_path(&digest).unwrap()), 0o555);
     }
 }
