@@ -100,6 +100,8 @@ struct Round {
     remote_actions: u64,
     /// Coordinator and agent CPU during the remote cold build.
     cpu: ClusterCpu,
+    /// What the agents' live threads spent during it, by kind of thread.
+    agent_threads: BTreeMap<String, Duration>,
     /// `bazel info` on a fresh output base (server start), seconds, local and remote.
     server_start: [f64; 2],
 }
@@ -159,16 +161,16 @@ fn one_round(
         }
     }
     let (local_cold, local_cached, local_start) = local.expect("local side ran");
-    let (remote_cold, remote_cached, remote_actions, cpu, remote_start) =
-        remote.expect("remote side ran");
+    let remote: RemoteSide = remote.expect("remote side ran");
     Ok(Round {
         local_cold,
         local_cached,
-        remote_cold,
-        remote_cached,
-        remote_actions,
-        cpu,
-        server_start: [local_start, remote_start],
+        remote_cold: remote.cold,
+        remote_cached: remote.cached,
+        remote_actions: remote.actions,
+        cpu: remote.cpu,
+        agent_threads: remote.agent_threads,
+        server_start: [local_start, remote.server_start],
     })
 }
 
@@ -209,7 +211,7 @@ fn remote_round(
     scratch: &Path,
     round: usize,
     jobs: &str,
-) -> Result<(Measured, Measured, u64, ClusterCpu, f64), BenchError> {
+) -> Result<RemoteSide, BenchError> {
     progress(&format!(
         "bazel round {}: remote, {} agents × {} slots",
         round + 1,
@@ -227,8 +229,10 @@ fn remote_round(
     let mut checkout = Checkout::new(bazel, scratch, &format!("remote-{round}"))?;
     let start = checkout.run(&["info", "release"])?.seconds;
     let before = cluster.cpu()?;
+    let threads_before = cluster.agent_threads();
     let cold = checkout.run(&["test", "//...", jobs, &executor])?;
     let cpu = cluster.cpu()? - before;
+    let agent_threads = crate::cpu::growth(&threads_before, &cluster.agent_threads());
     let ran = cold.processes()?;
     expect_only(&ran, REMOTE, "remote cold build", &cold)?;
     let remote_actions = ran.get(REMOTE).copied().unwrap_or(0);
@@ -242,13 +246,28 @@ fn remote_round(
     )?;
     checkout.shutdown();
     cluster.stop()?;
-    Ok((
-        cold.measured(),
-        cached.measured(),
-        remote_actions,
+    Ok(RemoteSide {
+        cold: cold.measured(),
+        cached: cached.measured(),
+        actions: remote_actions,
         cpu,
-        start,
-    ))
+        agent_threads,
+        server_start: start,
+    })
+}
+
+/// What one round's remote side measured.
+struct RemoteSide {
+    cold: Measured,
+    cached: Measured,
+    /// Actions Bazel ran remotely in the cold build.
+    actions: u64,
+    /// Coordinator and agent CPU during the cold build.
+    cpu: ClusterCpu,
+    /// What the agents' live threads spent during it, by kind.
+    agent_threads: BTreeMap<String, Duration>,
+    /// `bazel info` on a fresh output base, seconds.
+    server_start: f64,
 }
 
 /// Every non-internal process of a run was of `kind`, and all tests passed.
@@ -370,6 +389,12 @@ fn summarize(plan: &BazelPlan, environment: Environment, rounds: &[Round]) -> Re
             r.local_cached.elapsed_line,
             r.remote_cached.elapsed_line,
         ));
+        notes.push(format!(
+            "Round {}: the agents' CPU by thread during the remote build (live threads, exact; \
+             threads that exited in it are in the agents' total only): {}.",
+            n + 1,
+            thread_breakdown(&r.agent_threads)
+        ));
     }
     Report {
         environment,
@@ -377,6 +402,20 @@ fn summarize(plan: &BazelPlan, environment: Environment, rounds: &[Round]) -> Re
         rows,
         notes,
     }
+}
+
+/// `kind 12.3 ms` for each kind of thread, the largest first.
+fn thread_breakdown(threads: &BTreeMap<String, Duration>) -> String {
+    let mut kinds: Vec<(&String, &Duration)> = threads.iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    if kinds.is_empty() {
+        return "none".to_owned();
+    }
+    kinds
+        .iter()
+        .map(|(kind, spent)| format!("{kind} {:.1} ms", spent.as_secs_f64() * 1e3))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A copy of the fixture with its own output base, user root and `HOME`; its Bazel server is

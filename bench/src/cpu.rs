@@ -5,6 +5,7 @@
 //!
 //! Resolution is one clock tick (`CLK_TCK`, usually 10 ms): divide by enough actions.
 
+use std::collections::BTreeMap;
 use std::ops::Sub;
 use std::time::Duration;
 
@@ -110,6 +111,51 @@ pub(crate) fn threads_named(prefixes: &[&str]) -> Result<Duration, BenchError> {
     Ok(spent)
 }
 
+/// CPU time of each live thread of process `pid`, exact (from `schedstat`, in nanoseconds;
+/// `stat` rounds each thread down to a tick), summed by thread name with its digits dropped,
+/// so that a pool's threads count as one kind. A thread that exits takes its time with it.
+pub(crate) fn threads_by_kind(pid: u32) -> BTreeMap<String, Duration> {
+    let mut by_kind = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_kind;
+    };
+    for task in tasks.flatten() {
+        // A thread may exit between the listing and the reads: skip it.
+        let (Ok(stat), Ok(schedstat)) = (
+            std::fs::read_to_string(task.path().join("stat")),
+            std::fs::read_to_string(task.path().join("schedstat")),
+        ) else {
+            continue;
+        };
+        let (Ok((name, _)), Some(ns)) = (
+            parse_stat(&stat),
+            schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        let kind: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *by_kind.entry(kind).or_insert(Duration::ZERO) += Duration::from_nanos(ns);
+    }
+    by_kind
+}
+
+/// What each kind grew by from `before` to `after` (kinds that did not grow left out).
+pub(crate) fn growth(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+) -> BTreeMap<String, Duration> {
+    after
+        .iter()
+        .filter_map(|(kind, &spent)| {
+            let grew = spent.saturating_sub(before.get(kind).copied().unwrap_or_default());
+            (!grew.is_zero()).then(|| (kind.clone(), grew))
+        })
+        .collect()
+}
+
 fn read(path: &str) -> Result<String, BenchError> {
     std::fs::read_to_string(path).map_err(|source| BenchError::Io {
         what: "read CPU times from /proc",
@@ -153,6 +199,47 @@ fn ticks_to_duration(ticks: u64, per_second: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_are_summed_by_kind_and_only_growth_is_kept() {
+        // A thread of this process named with digits, spinning until the kernel has charged it,
+        // then waiting (alive, so it is listed) until it is told to end.
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let (spun, spinning) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("kind-worker-7".to_owned())
+            .spawn(move || {
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_millis(30) {
+                    std::hint::black_box(0u64);
+                }
+                let _ = spun.send(());
+                let _ = wait.recv();
+            })
+            .expect("spawn");
+        spinning.recv().expect("the worker spun");
+        let kinds = threads_by_kind(std::process::id());
+        let _ = done.send(());
+        worker.join().expect("the worker ends");
+        assert!(
+            kinds
+                .get("kind-worker-")
+                .is_some_and(|spent| *spent >= Duration::from_millis(10)),
+            "{kinds:?}"
+        );
+
+        let ms = Duration::from_millis;
+        let before = BTreeMap::from([("a".to_owned(), ms(5)), ("b".to_owned(), ms(7))]);
+        let after = BTreeMap::from([
+            ("a".to_owned(), ms(9)),
+            ("b".to_owned(), ms(7)),
+            ("c".to_owned(), ms(2)),
+        ]);
+        assert_eq!(
+            growth(&before, &after),
+            BTreeMap::from([("a".to_owned(), ms(4)), ("c".to_owned(), ms(2))])
+        );
+    }
 
     #[test]
     fn stat_lines_with_odd_names_parse() {

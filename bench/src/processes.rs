@@ -319,6 +319,25 @@ impl Cluster {
         })
     }
 
+    /// CPU so far of the agents' live threads and their spawners', by kind of thread (see
+    /// [`cpu::threads_by_kind`]); a spawner's threads are named `spawner: <kind>`.
+    pub(crate) fn agent_threads(&self) -> std::collections::BTreeMap<String, Duration> {
+        let mut all = std::collections::BTreeMap::new();
+        for agent in &self.agents {
+            let mut add = |prefix: &str, pid: u32| {
+                for (kind, spent) in cpu::threads_by_kind(pid) {
+                    *all.entry(format!("{prefix}{kind}"))
+                        .or_insert(Duration::ZERO) += spent;
+                }
+            };
+            add("", agent.id());
+            for spawner in cpu::helpers_of(agent.id(), SPAWNER_ARG) {
+                add("spawner: ", spawner);
+            }
+        }
+        all
+    }
+
     /// Stops the agents, then the coordinator, each with SIGTERM and a bounded wait.
     pub(crate) fn stop(mut self) -> Result<(), BenchError> {
         let mut agents = std::mem::take(&mut self.agents);
