@@ -233,7 +233,12 @@ impl LocalCache {
             // Never expected (blob modes are set before the blobs are installed); made again
             // rather than handed out without its execute bits.
             Ok(meta) => {
-                tracing::warn!(twin = %twin.display(), mode = format!("{:o}", meta.permissions().mode() & 0o7777), "an executable twin lost its mode; making it again");
+                let mode = format!("{:o}", meta.permissions().mode() & 0o7777);
+                tracing::warn!(
+                    twin = %twin.display(),
+                    %mode,
+                    "an executable twin lost its mode; making it again"
+                );
                 fs::remove_file(&twin)?;
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -444,13 +449,7 @@ impl LocalCache {
             let mut to_fetch = Vec::new();
             let mut taken = 0usize;
             for digest in &missing {
-                let write = |data: &Bytes| {
-                    if wanted_executable.contains(digest) {
-                        store.write_with_mode(digest, data, EXECUTABLE_MODE)
-                    } else {
-                        store.write(digest, data)
-                    }
-                };
+                let write = |data: &Bytes| write_fetched(&store, digest, data, &wanted_executable);
                 match carried.get(digest).map(|data| (data.len(), write(data))) {
                     Some((len, Ok(()))) => taken += len,
                     Some((_, Err(error))) => {
@@ -523,11 +522,7 @@ impl LocalCache {
         let executable = Arc::clone(executable);
         blocking(move || {
             for (digest, data) in &blobs {
-                if executable.contains(digest) {
-                    store.write_with_mode(digest, data, EXECUTABLE_MODE)?;
-                } else {
-                    store.write(digest, data)?;
-                }
+                write_fetched(&store, digest, data, &executable)?;
             }
             Ok::<_, FetchError>(())
         })
@@ -598,6 +593,21 @@ impl LocalCache {
             }
             other => other,
         }
+    }
+}
+
+/// Stores a fetched blob, executable (0555) if `executable` holds it, so that its executable
+/// twin can be a link (see [`LocalCache::executable_path_of`]).
+fn write_fetched(
+    store: &DiskStore,
+    digest: &Digest,
+    data: &[u8],
+    executable: &HashSet<Digest>,
+) -> Result<(), StoreError> {
+    if executable.contains(digest) {
+        store.write_with_mode(digest, data, EXECUTABLE_MODE)
+    } else {
+        store.write(digest, data)
     }
 }
 

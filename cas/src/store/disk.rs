@@ -1648,9 +1648,7 @@ impl DiskUpload {
             mode,
         }
     }
-}
 
-impl DiskUpload {
     fn open_sink(&mut self) -> Result<(), StoreError> {
         let path = self.inner.tmp_path();
         let file = File::create(&path)
@@ -2377,31 +2375,16 @@ mod tests {
             assert_eq!(store.read(&raw_digest).unwrap(), None);
         }
     }
-}
-
-#[cfg(test)]
-mod mode_tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
-    use super::*;
-    use crate::meta::MemoryMetaStore;
-
-    fn mode_of(path: &Path) -> u32 {
-        fs::metadata(path).unwrap().permissions().mode() & 0o7777
-    }
-
-    /// A store of raw files only (no inline blobs, no compression), as the agent's cache.
-    fn raw_store(dir: &Path) -> DiskStore {
-        let mut options = DiskStoreOptions::new(dir.join("cas"));
-        options.inline_max = 0;
-        options.compress = false;
-        DiskStore::open(Arc::new(MemoryMetaStore::new()), options).unwrap()
-    }
 
     #[test]
     fn a_files_mode_is_set_before_it_is_installed_and_a_stored_blob_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let store = raw_store(dir.path());
+        // Raw files only (no inline blobs, no compression), as the agent's cache.
+        let (_meta, store) = open(dir.path(), |options| {
+            options.inline_max = 0;
+            options.compress = false;
+        });
+        let mode_of = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
         let function = DigestFunction::Sha256;
 
         // Written whole, and uploaded small (buffered) and large (through a file).

@@ -207,6 +207,18 @@ fn response(watch: &watch::Receiver<OpSnapshot>) -> Option<ExecuteResponse> {
     watch.borrow().response.clone()
 }
 
+/// A completed result of `lease` whose (empty) outputs were stored as `function`.
+fn completed(lease: &Lease, function: DigestFunction) -> LeaseResult {
+    LeaseResult {
+        lease_id: lease.lease_id.clone(),
+        attempt: lease.attempt,
+        outcome: LeaseOutcome::Completed as i32,
+        digest_function: function.to_proto(),
+        result: Some(Default::default()),
+        ..Default::default()
+    }
+}
+
 fn code(response: &ExecuteResponse) -> Code {
     Code::from(response.status.as_ref().map_or(0, |s| s.code))
 }
@@ -686,41 +698,37 @@ fn what_leases_carry_is_given_back_when_the_operation_ends_and_wrong_outputs_run
     assert_eq!(lease.input_directories, vec![directory.clone()]);
     assert_eq!(budget.held(), directory.len());
 
-    // A completed result whose inline outputs were stored as `function`.
-    let stored_as = |lease: &Lease, function: DigestFunction| LeaseResult {
-        lease_id: lease.lease_id.clone(),
-        attempt: lease.attempt,
-        outcome: LeaseOutcome::Completed as i32,
-        digest_function: function.to_proto(),
-        result: Some(Default::default()),
-        ..Default::default()
-    };
     // Outputs of another digest function than the action's: not its outputs, so it runs
     // again (and the next lease carries the same).
-    h.report("a", session, stored_as(&lease, DigestFunction::Blake3));
+    h.report("a", session, completed(&lease, DigestFunction::Blake3));
     let again = next_lease(&mut rx).unwrap();
     assert_eq!(again.attempt, 2);
     assert_eq!(again.input_directories, vec![directory.clone()]);
     assert!(response(&op).is_none());
 
     // Outputs of the action's own function are taken.
-    h.report("a", session, stored_as(&again, DigestFunction::Sha256));
+    h.report("a", session, completed(&again, DigestFunction::Sha256));
     assert_eq!(code(&response(&op).unwrap()), Code::Ok);
     assert_eq!(budget.held(), 0, "given back when the operation ended");
 }
 
-/// A store whose action cache table notes, at each write, whether the watched operation was
-/// already shown done.
+/// The operation a [`WatchingStore`] watches, and at each write to its action cache table
+/// whether that operation already showed done.
+#[derive(Default)]
+struct CacheProbe {
+    watched: std::sync::Mutex<Option<watch::Receiver<OpSnapshot>>>,
+    done_when_cached: std::sync::Mutex<Vec<bool>>,
+}
+
+/// A store whose action cache table reports its writes to a [`CacheProbe`].
 struct WatchingStore {
     inner: MemoryMetaStore,
-    watched: Arc<std::sync::Mutex<Option<watch::Receiver<OpSnapshot>>>>,
-    done_when_cached: Arc<std::sync::Mutex<Vec<bool>>>,
+    probe: Arc<CacheProbe>,
 }
 
 struct WatchingTable {
     inner: tessera_cas::meta::Table,
-    watched: Arc<std::sync::Mutex<Option<watch::Receiver<OpSnapshot>>>>,
-    done_when_cached: Arc<std::sync::Mutex<Vec<bool>>>,
+    probe: Arc<CacheProbe>,
 }
 
 impl MetadataStore for WatchingStore {
@@ -731,8 +739,7 @@ impl MetadataStore for WatchingStore {
         }
         Ok(Arc::new(WatchingTable {
             inner,
-            watched: Arc::clone(&self.watched),
-            done_when_cached: Arc::clone(&self.done_when_cached),
+            probe: Arc::clone(&self.probe),
         }))
     }
     fn apply_batch(
@@ -769,9 +776,9 @@ impl tessera_cas::meta::MetaTable for WatchingTable {
         key: &[u8],
         value: &[u8],
     ) -> Result<Option<Vec<u8>>, tessera_cas::meta::MetaError> {
-        if let Some(watched) = self.watched.lock().unwrap().as_ref() {
+        if let Some(watched) = self.probe.watched.lock().unwrap().as_ref() {
             let done = watched.borrow().response.is_some();
-            self.done_when_cached.lock().unwrap().push(done);
+            self.probe.done_when_cached.lock().unwrap().push(done);
         }
         self.inner.insert(key, value)
     }
@@ -801,30 +808,17 @@ impl tessera_cas::meta::MetaTable for WatchingTable {
 /// does a second build) must find the result: it is cached before any watcher hears.
 #[test]
 fn a_result_is_in_the_action_cache_before_its_operation_shows_done() {
-    let watched = Arc::new(std::sync::Mutex::new(None));
-    let done_when_cached = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = Arc::new(CacheProbe::default());
     let meta: Arc<dyn MetadataStore> = Arc::new(WatchingStore {
         inner: MemoryMetaStore::new(),
-        watched: Arc::clone(&watched),
-        done_when_cached: Arc::clone(&done_when_cached),
+        probe: Arc::clone(&probe),
     });
     let mut h = Harness::open(meta, ManualClock::new(), 3);
     let (session, mut rx) = h.agent("a", 1);
     let op = h.submit(1);
-    *watched.lock().unwrap() = Some(op.clone());
+    *probe.watched.lock().unwrap() = Some(op.clone());
     let lease = next_lease(&mut rx).unwrap();
-    h.report(
-        "a",
-        session,
-        LeaseResult {
-            lease_id: lease.lease_id.clone(),
-            attempt: lease.attempt,
-            outcome: LeaseOutcome::Completed as i32,
-            digest_function: DigestFunction::Sha256.to_proto(),
-            result: Some(Default::default()),
-            ..Default::default()
-        },
-    );
+    h.report("a", session, completed(&lease, DigestFunction::Sha256));
     assert_eq!(code(&response(&op).unwrap()), Code::Ok);
-    assert_eq!(*done_when_cached.lock().unwrap(), [false]);
+    assert_eq!(*probe.done_when_cached.lock().unwrap(), [false]);
 }
