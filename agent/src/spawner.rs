@@ -271,6 +271,9 @@ fn serve_until_closed(
     let signals = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(io::Error::from)?;
     let mut buffer = Vec::new();
+    // One receive buffer for the spawner's life: allocated per message it was a fresh
+    // zeroed mapping, and its pages faults, for every command.
+    let mut chunk = vec![0u8; RECEIVE_CHUNK];
     let mut fds: std::collections::VecDeque<OwnedFd> = std::collections::VecDeque::new();
     let mut pool = NetnsPool::default();
     loop {
@@ -287,7 +290,7 @@ fn serve_until_closed(
         if !socket_ready {
             continue;
         }
-        if !receive(&socket, &mut buffer, &mut fds)? {
+        if !receive(&socket, &mut chunk, &mut buffer, &mut fds)? {
             // The agent is gone.
             return Ok(());
         }
@@ -417,15 +420,19 @@ fn wait_readable(
     }
 }
 
-/// Reads what the socket has, with any descriptors passed along; false at end of stream.
+/// Bytes the spawner receives at most per read.
+const RECEIVE_CHUNK: usize = 256 * 1024;
+
+/// Reads what the socket has into `chunk`, appends it to `buffer`, with any descriptors passed
+/// along; false at end of stream.
 fn receive(
     socket: &UnixStream,
+    chunk: &mut [u8],
     buffer: &mut Vec<u8>,
     fds: &mut std::collections::VecDeque<OwnedFd>,
 ) -> io::Result<bool> {
-    let mut chunk = vec![0u8; 256 * 1024];
     let mut space = nix::cmsg_space!([RawFd; 8]);
-    let mut iov = [IoSliceMut::new(&mut chunk)];
+    let mut iov = [IoSliceMut::new(chunk)];
     let message = loop {
         match recvmsg::<()>(
             socket.as_raw_fd(),

@@ -119,6 +119,15 @@ impl ActionCache {
         Ok(ActionCache { meta, table, blobs })
     }
 
+    /// Whether `instance` has no entry for `action` at all: one read of the metadata store,
+    /// whose pages are in memory, so callers on the async runtime answer the common miss
+    /// (every action of a cold build) with it, and hand only a hit to a blocking thread for
+    /// [`ActionCache::get`], which reads and checks the blobs the entry names.
+    pub fn lacks(&self, instance: &str, action: &Digest) -> Result<bool, AcError> {
+        validate_instance_name(instance)?;
+        Ok(self.table.get(&key(instance, action))?.is_none())
+    }
+
     /// The entry for `action` in `instance`, if present and every blob it needs is in the CAS.
     /// An entry with missing blobs is removed.
     pub fn get(&self, instance: &str, action: &Digest) -> Result<Option<ActionResult>, AcError> {
@@ -305,6 +314,7 @@ mod tests {
         let (ac, blobs) = cache();
         let out = DigestFunction::Sha256.digest_of(b"output");
         let action = DigestFunction::Sha256.digest_of(b"action");
+        assert!(ac.lacks("ci", &action).unwrap());
         let err = ac
             .update("", &action, result_with_file(&out, "out/a"))
             .await
@@ -316,14 +326,25 @@ mod tests {
             .await
             .unwrap();
         assert!(ac.get("ci", &action).unwrap().is_some());
+        assert!(!ac.lacks("ci", &action).unwrap());
         assert!(
             ac.get("", &action).unwrap().is_none(),
             "instances are separate"
         );
+        assert!(ac.lacks("", &action).unwrap(), "instances are separate");
+        assert!(
+            matches!(ac.lacks("a/../b", &action), Err(AcError::Instance(_))),
+            "the instance name is checked as in get"
+        );
 
-        // The output vanishes: the entry is no longer returned.
+        // The output vanishes: the entry is no longer returned, and then no longer there.
         blobs.corrupt_for_test(&out, bytes::Bytes::from_static(b"tampered"));
+        assert!(
+            !ac.lacks("ci", &action).unwrap(),
+            "lacks only says what get surely misses; get checks the outputs"
+        );
         assert!(ac.get("ci", &action).unwrap().is_none());
+        assert!(ac.lacks("ci", &action).unwrap());
     }
 
     #[tokio::test]

@@ -322,11 +322,20 @@ impl Executor {
         function: DigestFunction,
         digest: Digest,
     ) -> Result<Option<OpSnapshot>, ExecuteError> {
-        let cache = self.cache.clone();
-        let instance = instance.to_owned();
-        let hit = tokio::task::spawn_blocking(move || cache.get(&instance, &digest))
-            .await?
-            .map_err(ExecuteError::ActionCache)?;
+        // A miss (every action of a cold build) is answered here, without a blocking thread.
+        let hit = if self
+            .cache
+            .lacks(instance, &digest)
+            .map_err(ExecuteError::ActionCache)?
+        {
+            None
+        } else {
+            let cache = self.cache.clone();
+            let instance = instance.to_owned();
+            tokio::task::spawn_blocking(move || cache.get(&instance, &digest))
+                .await?
+                .map_err(ExecuteError::ActionCache)?
+        };
         crate::metrics::metrics().cache_lookup(hit.is_some());
         Ok(hit.map(|result| OpSnapshot {
             name: format!("operations/cached-{}", uuid_v4()),

@@ -75,32 +75,19 @@ impl ActionCacheService {
         let function = DigestFunction::from_request(req.digest_function).map_err(AcError::from)?;
         let action =
             Digest::from_proto_opt(function, req.action_digest.as_ref()).map_err(AcError::from)?;
+        // A miss (every action of a cold build) is answered here, without a blocking thread.
+        if self.cache.lacks(&req.instance_name, &action)? {
+            record_lookup(self.builds.as_ref(), metadata.as_ref(), &action, false);
+            return Err(not_cached(&action, &req.instance_name));
+        }
         let cache = self.cache.clone();
         let store = Arc::clone(&self.store);
         let builds = self.builds.clone();
         tokio::task::spawn_blocking(move || {
             let hit = cache.get(&req.instance_name, &action)?;
-            crate::metrics::metrics().cache_lookup(hit.is_some());
-            if let (Some(builds), Some(metadata)) = (builds, metadata) {
-                let kind = if hit.is_some() {
-                    ActionKind::CacheHit
-                } else {
-                    ActionKind::CacheMiss
-                };
-                builds.record(
-                    &metadata,
-                    ActionRecord {
-                        action_digest: format!("{}/{}", action.hash_hex(), action.size_bytes),
-                        kind,
-                        at_unix_ms: crate::builds::now_unix_ms(),
-                    },
-                );
-            }
+            record_lookup(builds.as_ref(), metadata.as_ref(), &action, hit.is_some());
             let Some(mut result) = hit else {
-                return Err(Status::not_found(format!(
-                    "no action result for {action} in instance \"{}\"",
-                    req.instance_name
-                )));
+                return Err(not_cached(&action, &req.instance_name));
             };
             inline_outputs(store.as_ref(), function, &req, &mut result);
             Ok(result)
@@ -119,6 +106,37 @@ impl ActionCacheService {
             .update(&req.instance_name, &action, result)
             .await?)
     }
+}
+
+/// Counts a lookup and, for REAPI clients that send request metadata, records it in `builds`.
+fn record_lookup(
+    builds: Option<&BuildLog>,
+    metadata: Option<&RequestMetadata>,
+    action: &Digest,
+    hit: bool,
+) {
+    crate::metrics::metrics().cache_lookup(hit);
+    if let (Some(builds), Some(metadata)) = (builds, metadata) {
+        let kind = if hit {
+            ActionKind::CacheHit
+        } else {
+            ActionKind::CacheMiss
+        };
+        builds.record(
+            metadata,
+            ActionRecord {
+                action_digest: format!("{}/{}", action.hash_hex(), action.size_bytes),
+                kind,
+                at_unix_ms: crate::builds::now_unix_ms(),
+            },
+        );
+    }
+}
+
+fn not_cached(action: &Digest, instance: &str) -> Status {
+    Status::not_found(format!(
+        "no action result for {action} in instance \"{instance}\""
+    ))
 }
 
 /// Fills `stdout_raw`, `stderr_raw` and output file `contents` as far as the request asks and
