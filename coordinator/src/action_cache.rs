@@ -119,13 +119,18 @@ impl ActionCache {
         Ok(ActionCache { meta, table, blobs })
     }
 
-    /// Whether `instance` has no entry for `action` at all: one read of the metadata store,
-    /// whose pages are in memory, so callers on the async runtime answer the common miss
-    /// (every action of a cold build) with it, and hand only a hit to a blocking thread for
-    /// [`ActionCache::get`], which reads and checks the blobs the entry names.
-    pub fn lacks(&self, instance: &str, action: &Digest) -> Result<bool, AcError> {
+    /// Whether `instance` has no entry for `action` at all, from one read of the metadata
+    /// store made only while the store reads without waiting
+    /// ([`MetadataStore::reads_quickly`]; `None` otherwise): callers on the async runtime
+    /// answer the common miss (every action of a cold build) with it, and hand a hit, or a
+    /// store that is recovering, to a blocking thread for [`ActionCache::get`], which also
+    /// reads and checks the blobs the entry names.
+    pub fn lacks(&self, instance: &str, action: &Digest) -> Result<Option<bool>, AcError> {
         validate_instance_name(instance)?;
-        Ok(self.table.get(&key(instance, action))?.is_none())
+        if !self.meta.reads_quickly() {
+            return Ok(None);
+        }
+        Ok(Some(self.table.get(&key(instance, action))?.is_none()))
     }
 
     /// The entry for `action` in `instance`, if present and every blob it needs is in the CAS.
@@ -314,7 +319,7 @@ mod tests {
         let (ac, blobs) = cache();
         let out = DigestFunction::Sha256.digest_of(b"output");
         let action = DigestFunction::Sha256.digest_of(b"action");
-        assert!(ac.lacks("ci", &action).unwrap());
+        assert_eq!(ac.lacks("ci", &action).unwrap(), Some(true));
         let err = ac
             .update("", &action, result_with_file(&out, "out/a"))
             .await
@@ -326,12 +331,16 @@ mod tests {
             .await
             .unwrap();
         assert!(ac.get("ci", &action).unwrap().is_some());
-        assert!(!ac.lacks("ci", &action).unwrap());
+        assert_eq!(ac.lacks("ci", &action).unwrap(), Some(false));
         assert!(
             ac.get("", &action).unwrap().is_none(),
             "instances are separate"
         );
-        assert!(ac.lacks("", &action).unwrap(), "instances are separate");
+        assert_eq!(
+            ac.lacks("", &action).unwrap(),
+            Some(true),
+            "instances are separate"
+        );
         assert!(
             matches!(ac.lacks("a/../b", &action), Err(AcError::Instance(_))),
             "the instance name is checked as in get"
@@ -339,12 +348,46 @@ mod tests {
 
         // The output vanishes: the entry is no longer returned, and then no longer there.
         blobs.corrupt_for_test(&out, bytes::Bytes::from_static(b"tampered"));
-        assert!(
-            !ac.lacks("ci", &action).unwrap(),
+        assert_eq!(
+            ac.lacks("ci", &action).unwrap(),
+            Some(false),
             "lacks only says what get surely misses; get checks the outputs"
         );
         assert!(ac.get("ci", &action).unwrap().is_none());
-        assert!(ac.lacks("ci", &action).unwrap());
+        assert_eq!(ac.lacks("ci", &action).unwrap(), Some(true));
+    }
+
+    /// A metadata store that is recovering (it says reads may wait).
+    struct Recovering(MemoryMetaStore);
+
+    impl MetadataStore for Recovering {
+        fn table(&self, name: &str) -> Result<tessera_cas::meta::Table, MetaError> {
+            self.0.table(name)
+        }
+        fn apply_batch(&self, batch: tessera_cas::meta::Batch) -> Result<(), MetaError> {
+            self.0.apply_batch(batch)
+        }
+        fn flush(&self) -> Result<(), MetaError> {
+            self.0.flush()
+        }
+        fn flush_async(&self) -> futures::future::BoxFuture<'static, Result<(), MetaError>> {
+            self.0.flush_async()
+        }
+        fn dump(&self, except: &[&str]) -> Result<Vec<tessera_cas::meta::TableDump>, MetaError> {
+            self.0.dump(except)
+        }
+    }
+
+    #[test]
+    fn a_recovering_store_is_not_asked_on_the_runtime() {
+        let ac = ActionCache::open(
+            Arc::new(Recovering(MemoryMetaStore::new())),
+            Arc::new(MemoryStore::new()),
+        )
+        .unwrap();
+        let action = DigestFunction::Sha256.digest_of(b"action");
+        assert_eq!(ac.lacks("", &action).unwrap(), None);
+        assert!(ac.get("", &action).unwrap().is_none(), "get still answers");
     }
 
     #[tokio::test]

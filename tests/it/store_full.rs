@@ -159,6 +159,10 @@ fn metadata_store_reopened_after_a_full_disk_keeps_every_commit_since_the_last_f
     let committed: Vec<u32> = (0..40).collect();
     {
         let store = RedbStore::open(&dir).unwrap();
+        assert!(
+            store.reads_quickly(),
+            "an open store in step reads without waiting"
+        );
         let table = store.table("t").unwrap();
         table.insert(b"flushed, then removed", b"v").unwrap();
         table.insert(b"flushed, kept", b"k").unwrap();
@@ -199,6 +203,10 @@ fn metadata_store_reopened_after_a_full_disk_keeps_every_commit_since_the_last_f
             }
         };
         check();
+        assert!(
+            !store.reads_quickly(),
+            "reopened behind its log: async callers must read on a blocking thread"
+        );
         // A scan or count of a changed table cannot be answered from the database alone yet:
         // refused, not answered without the changes.
         let scan = table.scan_prefix(b"").collect::<Result<Vec<_>, _>>();
@@ -216,6 +224,10 @@ fn metadata_store_reopened_after_a_full_disk_keeps_every_commit_since_the_last_f
         filler.remove();
         retry_briefly(|| store.flush());
         check();
+        assert!(
+            store.reads_quickly(),
+            "in step again once the log is made again"
+        );
         let keys: Vec<Vec<u8>> = table
             .scan_prefix(b"")
             .map(|entry| entry.expect("a scan once the log is made again").0)

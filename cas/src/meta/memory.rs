@@ -35,6 +35,10 @@ fn write(tables: &RwLock<Tables>) -> RwLockWriteGuard<'_, Tables> {
 }
 
 impl MetadataStore for MemoryMetaStore {
+    fn reads_quickly(&self) -> bool {
+        true
+    }
+
     fn dump(&self, except: &[&str]) -> Result<Vec<TableDump>, MetaError> {
         let tables = read(&self.tables);
         let mut dump: Vec<TableDump> = tables

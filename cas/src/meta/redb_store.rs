@@ -781,6 +781,11 @@ impl RedbStore {
 }
 
 impl MetadataStore for RedbStore {
+    fn reads_quickly(&self) -> bool {
+        let open = matches!(self.shared.slot.try_read().as_deref(), Ok(Slot::Open(_)));
+        open && !self.shared.behind.load(Ordering::Acquire)
+    }
+
     fn table(&self, name: &str) -> Result<Table, MetaError> {
         if name.is_empty() {
             return Err(MetaError::InvalidTableName {

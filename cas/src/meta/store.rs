@@ -38,6 +38,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// does not cancel the flush others may be waiting on.
     fn flush_async(&self) -> BoxFuture<'static, Result<(), MetaError>>;
 
+    /// Whether a read may be made on an async runtime's thread now: the store is open and in
+    /// step, so a read takes short locks only. False while it recovers from an I/O error
+    /// (reopening its file, replaying changes it logged), when a read may wait for that; and
+    /// for stores that do not say.
+    fn reads_quickly(&self) -> bool {
+        false
+    }
+
     /// Writes refused for lack of disk space (none for stores that keep no files).
     fn space(&self) -> SpaceStats {
         SpaceStats::default()

@@ -323,11 +323,11 @@ impl Executor {
         digest: Digest,
     ) -> Result<Option<OpSnapshot>, ExecuteError> {
         // A miss (every action of a cold build) is answered here, without a blocking thread.
-        let hit = if self
+        let lacks = self
             .cache
             .lacks(instance, &digest)
-            .map_err(ExecuteError::ActionCache)?
-        {
+            .map_err(ExecuteError::ActionCache)?;
+        let hit = if lacks == Some(true) {
             None
         } else {
             let cache = self.cache.clone();

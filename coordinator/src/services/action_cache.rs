@@ -76,7 +76,7 @@ impl ActionCacheService {
         let action =
             Digest::from_proto_opt(function, req.action_digest.as_ref()).map_err(AcError::from)?;
         // A miss (every action of a cold build) is answered here, without a blocking thread.
-        if self.cache.lacks(&req.instance_name, &action)? {
+        if self.cache.lacks(&req.instance_name, &action)? == Some(true) {
             record_lookup(self.builds.as_ref(), metadata.as_ref(), &action, false);
             return Err(not_cached(&action, &req.instance_name));
         }
