@@ -47,6 +47,9 @@ pub enum AcError {
     /// The blob store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A lookup's blocking thread failed.
+    #[error("action cache lookup failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// The action cache over a metadata store and a blob store.
@@ -119,13 +122,29 @@ impl ActionCache {
         Ok(ActionCache { meta, table, blobs })
     }
 
+    /// Looks `action` up in `instance` from the async runtime and gives the entry, if any, to
+    /// `on_hit` on a blocking thread. A hit reads and checks the blobs the entry names
+    /// ([`ActionCache::get`]) on that thread; a miss (every action of a cold build) is
+    /// answered without one while the metadata store reads without waiting
+    /// ([`ActionCache::lacks`]).
+    pub async fn lookup<T: Send + 'static>(
+        &self,
+        instance: &str,
+        action: Digest,
+        on_hit: impl FnOnce(ActionResult) -> T + Send + 'static,
+    ) -> Result<Option<T>, AcError> {
+        if self.lacks(instance, &action)? == Some(true) {
+            return Ok(None);
+        }
+        let cache = self.clone();
+        let instance = instance.to_owned();
+        tokio::task::spawn_blocking(move || Ok(cache.get(&instance, &action)?.map(on_hit))).await?
+    }
+
     /// Whether `instance` has no entry for `action` at all, from one read of the metadata
     /// store made only while the store reads without waiting
-    /// ([`MetadataStore::reads_quickly`]; `None` otherwise): callers on the async runtime
-    /// answer the common miss (every action of a cold build) with it, and hand a hit, or a
-    /// store that is recovering, to a blocking thread for [`ActionCache::get`], which also
-    /// reads and checks the blobs the entry names.
-    pub fn lacks(&self, instance: &str, action: &Digest) -> Result<Option<bool>, AcError> {
+    /// ([`MetadataStore::reads_quickly`]; `None` otherwise).
+    fn lacks(&self, instance: &str, action: &Digest) -> Result<Option<bool>, AcError> {
         validate_instance_name(instance)?;
         if !self.meta.reads_quickly() {
             return Ok(None);

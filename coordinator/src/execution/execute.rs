@@ -322,20 +322,11 @@ impl Executor {
         function: DigestFunction,
         digest: Digest,
     ) -> Result<Option<OpSnapshot>, ExecuteError> {
-        // A miss (every action of a cold build) is answered here, without a blocking thread.
-        let lacks = self
+        let hit = self
             .cache
-            .lacks(instance, &digest)
+            .lookup(instance, digest, |result| result)
+            .await
             .map_err(ExecuteError::ActionCache)?;
-        let hit = if lacks == Some(true) {
-            None
-        } else {
-            let cache = self.cache.clone();
-            let instance = instance.to_owned();
-            tokio::task::spawn_blocking(move || cache.get(&instance, &digest))
-                .await?
-                .map_err(ExecuteError::ActionCache)?
-        };
         crate::metrics::metrics().cache_lookup(hit.is_some());
         Ok(hit.map(|result| OpSnapshot {
             name: format!("operations/cached-{}", uuid_v4()),

@@ -30,7 +30,7 @@ impl From<AcError> for Status {
             AcError::MissingOutputs(missing) => missing_blobs(error.to_string(), missing),
             AcError::Store(inner) => store_error(inner),
             AcError::Meta(inner) => meta_error(&error, inner),
-            AcError::Undecodable(_) => Status::internal(error.to_string()),
+            AcError::Undecodable(_) | AcError::Task(_) => Status::internal(error.to_string()),
         }
     }
 }
@@ -75,25 +75,22 @@ impl ActionCacheService {
         let function = DigestFunction::from_request(req.digest_function).map_err(AcError::from)?;
         let action =
             Digest::from_proto_opt(function, req.action_digest.as_ref()).map_err(AcError::from)?;
-        // A miss (every action of a cold build) is answered here, without a blocking thread.
-        if self.cache.lacks(&req.instance_name, &action)? == Some(true) {
-            record_lookup(self.builds.as_ref(), metadata.as_ref(), &action, false);
-            return Err(not_cached(&action, &req.instance_name));
-        }
-        let cache = self.cache.clone();
+        let instance = req.instance_name.clone();
         let store = Arc::clone(&self.store);
-        let builds = self.builds.clone();
-        tokio::task::spawn_blocking(move || {
-            let hit = cache.get(&req.instance_name, &action)?;
-            record_lookup(builds.as_ref(), metadata.as_ref(), &action, hit.is_some());
-            let Some(mut result) = hit else {
-                return Err(not_cached(&action, &req.instance_name));
-            };
-            inline_outputs(store.as_ref(), function, &req, &mut result);
-            Ok(result)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        let hit = self
+            .cache
+            .lookup(&instance, action, move |mut result| {
+                inline_outputs(store.as_ref(), function, &req, &mut result);
+                result
+            })
+            .await?;
+        record_lookup(
+            self.builds.as_ref(),
+            metadata.as_ref(),
+            &action,
+            hit.is_some(),
+        );
+        hit.ok_or_else(|| not_cached(&action, &instance))
     }
 
     async fn update(&self, req: UpdateActionResultRequest) -> Result<ActionResult, Status> {
