@@ -14,7 +14,6 @@ use std::time::Duration;
 use tessera_cas::meta::{MetaError, MetadataStore, RedbStore};
 use tessera_cas::store::{BlobStore, DiskStore, DiskStoreOptions, StoreError};
 use tessera_net::server::{TlsError, TlsFiles, TlsReloader};
-use tessera_proto::bytestream::byte_stream_server::ByteStreamServer;
 use tessera_proto::longrunning::operations_server::OperationsServer;
 use tessera_proto::reapi::action_cache_server::ActionCacheServer;
 use tessera_proto::reapi::capabilities_server::CapabilitiesServer;
@@ -49,7 +48,7 @@ use crate::notify::Notifier;
 use crate::services::action_cache::ActionCacheService;
 use crate::services::admin::AdminService;
 use crate::services::agent_session::AgentSessionService;
-use crate::services::bytestream::ByteStreamService;
+use crate::services::bytestream::{ByteStreamRoutes, ByteStreamService};
 use crate::services::capabilities::CapabilitiesService;
 use crate::services::cas::CasService;
 use crate::services::execution::ExecutionService;
@@ -331,13 +330,10 @@ impl Coordinator {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(
-                ByteStreamServer::new(
-                    ByteStreamService::new(Arc::clone(&blobs)).with_auth(auth.clone()),
-                )
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
+            .add_service(ByteStreamRoutes::new(
+                ByteStreamService::new(Arc::clone(&blobs)).with_auth(auth.clone()),
+                MAX_MESSAGE_BYTES,
+            ))
             .add_service(
                 ActionCacheServer::new(
                     ActionCacheService::new(cache.clone(), Arc::clone(&blobs))

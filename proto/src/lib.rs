@@ -1,5 +1,6 @@
 //! Generated protocol code for Tessera, plus the protocol's constants, time conversions
-//! ([`time`]) and the words for its enums ([`names`]); nothing else.
+//! ([`time`]), the words for its enums ([`names`]) and ByteStream's bulk messages read and
+//! written on the wire without copies ([`wire`]); nothing else.
 //!
 //! The `.proto` files under `protos/` are our own, written to be wire-compatible with upstream
 //! `bazelbuild/remote-apis` and `googleapis` (same packages, names, numbers and types). Code is
@@ -8,6 +9,7 @@
 
 pub mod names;
 pub mod time;
+pub mod wire;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
 pub mod build {

@@ -309,9 +309,18 @@ pub struct Caller {
 impl Caller {
     /// The caller of `request`.
     pub fn of<T>(auth: Option<&Auth>, request: &Request<T>) -> Caller {
+        Caller::of_extensions(auth, request.extensions())
+    }
+
+    /// The caller of a call whose request carries `extensions` (where the auth layer put the
+    /// principal), for a service that reads the HTTP request itself.
+    pub fn of_extensions(auth: Option<&Auth>, extensions: &http::Extensions) -> Caller {
         Caller {
             auth: auth.cloned(),
-            principal: principal(request),
+            principal: extensions
+                .get::<Arc<Principal>>()
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Principal::anonymous(None))),
         }
     }
 

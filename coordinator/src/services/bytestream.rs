@@ -17,17 +17,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
+use http_body::Frame;
 use tessera_cas::digest::Digest;
 use tessera_cas::resource::{self, Compressor, ResourceError};
 use tessera_cas::store::codec::{CodecError, StreamDecoder, StreamEncoder};
 use tessera_cas::store::{BlobStore, StoreError, Upload};
+use tessera_proto::bytestream::byte_stream_server::{self, ByteStreamServer};
 use tessera_proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
-    WriteResponse, byte_stream_server,
+    WriteResponse,
 };
+use tessera_proto::wire::{self, BodyMessages, Rope, WriteChunk};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::Service;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Auth, Caller};
@@ -280,9 +284,9 @@ impl ByteStreamService {
     async fn write(
         &self,
         caller: Caller,
-        mut stream: Streaming<WriteRequest>,
+        mut stream: impl WriteMessages,
     ) -> Result<WriteResponse, ByteStreamError> {
-        let first = match stream.message().await {
+        let first = match stream.next_chunk().await {
             Ok(Some(first)) => first,
             Ok(None) => return Err(ByteStreamError::EmptyWrite),
             Err(status) => return Err(ByteStreamError::Stream(status)),
@@ -382,7 +386,7 @@ impl ByteStreamService {
                 feeding.discard().await;
                 return Ok(already_there);
             }
-            message = match stream.message().await {
+            message = match stream.next_chunk().await {
                 Ok(Some(next)) => next,
                 Ok(None) => {
                     self.park(key.clone(), feeding.stop().await?);
@@ -455,7 +459,7 @@ fn same_resource(key: &str, name: &str) -> bool {
 enum Feeding {
     Inline(UploadState),
     Pipelined {
-        queue: tokio::sync::mpsc::Sender<Bytes>,
+        queue: tokio::sync::mpsc::Sender<Rope>,
         /// The state back once the queue is closed and drained, or at the first error.
         done: Option<oneshot::Receiver<Written>>,
         /// Wire bytes queued so far, the offset the next message must start at.
@@ -478,7 +482,7 @@ impl Feeding {
             return Feeding::Inline(state);
         }
         let committed = state.committed;
-        let (queue, mut received) = tokio::sync::mpsc::channel::<Bytes>(PIPELINE_QUEUE);
+        let (queue, mut received) = tokio::sync::mpsc::channel::<Rope>(PIPELINE_QUEUE);
         let (done, finished) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
             let mut state = state;
@@ -507,7 +511,7 @@ impl Feeding {
         }
     }
 
-    async fn feed(&mut self, data: Bytes) -> Result<(), ByteStreamError> {
+    async fn feed(&mut self, data: Rope) -> Result<(), ByteStreamError> {
         match self {
             Feeding::Inline(state) => feed(state, &data),
             Feeding::Pipelined {
@@ -556,16 +560,20 @@ fn writer_gone() -> ByteStreamError {
     ByteStreamError::Internal("upload writer stopped".into())
 }
 
-fn feed(state: &mut UploadState, data: &[u8]) -> Result<(), ByteStreamError> {
-    match &mut state.decoder {
-        Some(decoder) => {
-            let upload = &mut state.upload;
-            decoder
-                .feed::<ByteStreamError>(data, |piece| upload.write(piece).map_err(Into::into))?;
+/// Feeds one message's data, piece by piece as it arrived.
+fn feed(state: &mut UploadState, data: &Rope) -> Result<(), ByteStreamError> {
+    for piece in data.pieces() {
+        match &mut state.decoder {
+            Some(decoder) => {
+                let upload = &mut state.upload;
+                decoder.feed::<ByteStreamError>(piece, |piece| {
+                    upload.write(piece).map_err(Into::into)
+                })?;
+            }
+            None => state.upload.write(piece)?,
         }
-        None => state.upload.write(data)?,
+        state.committed += piece.len() as u64;
     }
-    state.committed += data.len() as u64;
     crate::metrics::metrics().bytes_written(data.len() as u64);
     Ok(())
 }
@@ -612,5 +620,226 @@ impl byte_stream_server::ByteStream for ByteStreamService {
         request: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         Ok(Response::new(self.query_write_status(request.get_ref())?))
+    }
+}
+
+/// Where an upload's messages come from: tonic's decoder, or the request body read directly
+/// ([`ByteStreamRoutes`]).
+trait WriteMessages: Send {
+    /// The next message, `None` at the end of the stream.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<WriteChunk>, Status>> + Send;
+}
+
+impl WriteMessages for Streaming<WriteRequest> {
+    async fn next_chunk(&mut self) -> Result<Option<WriteChunk>, Status> {
+        Ok(self.message().await?.map(WriteChunk::from))
+    }
+}
+
+impl WriteMessages for BodyMessages {
+    async fn next_chunk(&mut self) -> Result<Option<WriteChunk>, Status> {
+        self.next_message().await?.map(wire::decode_write).transpose()
+    }
+}
+
+type HttpRequest = http::Request<tonic::body::Body>;
+type HttpResponse = http::Response<tonic::body::Body>;
+
+/// ByteStream as the server mounts it: Write and Read read and write their messages on the
+/// wire directly ([`tessera_proto::wire`]), so a blob's bytes go from the socket's frames to
+/// the store, and from the store to the socket, without tonic's two copies;
+/// QueryWriteStatus goes through tonic. Authorization, metrics and tracing are the server's
+/// layers around this, as for every other service.
+#[derive(Clone)]
+pub struct ByteStreamRoutes {
+    service: ByteStreamService,
+    grpc: ByteStreamServer<ByteStreamService>,
+    message_limit: usize,
+}
+
+impl ByteStreamRoutes {
+    /// Serves `service`, taking and sending messages of at most `message_limit` bytes.
+    pub fn new(service: ByteStreamService, message_limit: usize) -> Self {
+        ByteStreamRoutes {
+            grpc: ByteStreamServer::new(service.clone())
+                .max_decoding_message_size(message_limit)
+                .max_encoding_message_size(message_limit),
+            service,
+            message_limit,
+        }
+    }
+}
+
+impl tonic::server::NamedService for ByteStreamRoutes {
+    const NAME: &'static str = "google.bytestream.ByteStream";
+}
+
+impl Service<HttpRequest> for ByteStreamRoutes {
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<HttpResponse, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let service = self.service.clone();
+        let limit = self.message_limit;
+        match request.uri().path() {
+            "/google.bytestream.ByteStream/Write" => {
+                Box::pin(async move { Ok(service.serve_write(request, limit).await) })
+            }
+            "/google.bytestream.ByteStream/Read" => {
+                Box::pin(async move { Ok(service.serve_read(request, limit).await) })
+            }
+            _ => Box::pin(self.grpc.call(request)),
+        }
+    }
+}
+
+impl ByteStreamService {
+    async fn serve_write(&self, request: HttpRequest, limit: usize) -> HttpResponse {
+        let (parts, body) = request.into_parts();
+        let caller = Caller::of_extensions(self.auth.as_ref(), &parts.extensions);
+        match self.write(caller, BodyMessages::new(body, limit)).await {
+            Ok(response) => grpc_response(
+                http::HeaderMap::new(),
+                RawBody::Once(Some(wire::framed(&response))),
+            ),
+            Err(error) => Status::from(error).into_http(),
+        }
+    }
+
+    async fn serve_read(&self, request: HttpRequest, limit: usize) -> HttpResponse {
+        let (parts, body) = request.into_parts();
+        match self.raw_read(&parts.extensions, body, limit).await {
+            Ok((stream, part_only)) => {
+                let mut headers = http::HeaderMap::new();
+                if part_only {
+                    headers.insert(
+                        tessera_cas::client::PART_ONLY_HEADER,
+                        http::HeaderValue::from_static("1"),
+                    );
+                }
+                grpc_response(
+                    headers,
+                    RawBody::Read {
+                        stream,
+                        data: None,
+                    },
+                )
+            }
+            Err(status) => status.into_http(),
+        }
+    }
+
+    async fn raw_read(
+        &self,
+        extensions: &http::Extensions,
+        body: tonic::body::Body,
+        limit: usize,
+    ) -> Result<(ReadStream, bool), Status> {
+        let message = BodyMessages::new(body, limit)
+            .next_message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("ByteStream.Read request carried no message"))?;
+        let request = <ReadRequest as prost::Message>::decode(message).map_err(|e| {
+            Status::invalid_argument(format!("malformed ReadRequest: {e}"))
+        })?;
+        if self.auth.is_some() {
+            let resource =
+                resource::parse_read(&request.resource_name).map_err(ByteStreamError::from)?;
+            Caller::of_extensions(self.auth.as_ref(), extensions)
+                .instance("ByteStream.Read", &resource.instance_name)?;
+        }
+        Ok(self.start_read(&request)?)
+    }
+}
+
+/// A gRPC response with `headers` (besides the content type) and `body`.
+fn grpc_response(headers: http::HeaderMap, body: RawBody) -> HttpResponse {
+    let mut response = http::Response::new(tonic::body::Body::new(body));
+    *response.headers_mut() = headers;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// The trailers that end a response with `status`.
+fn trailers(status: &Status) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    if status.add_header(&mut trailers).is_err() {
+        trailers.insert(Status::GRPC_STATUS, http::HeaderValue::from_static("13"));
+    }
+    trailers
+}
+
+/// A response body written on the wire directly: each message's head, then its data as the
+/// store handed it over, then the trailers with the call's status.
+enum RawBody {
+    /// One message, then OK.
+    Once(Option<Bytes>),
+    /// Read's messages, as the store reads them.
+    Read {
+        stream: ReadStream,
+        /// The data of the message whose head went out last.
+        data: Option<Bytes>,
+    },
+    /// The trailers went out.
+    Done,
+}
+
+impl http_body::Body for RawBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Status>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let frame = match this {
+            RawBody::Once(message) => match message.take() {
+                Some(message) => Frame::data(message),
+                None => {
+                    *this = RawBody::Done;
+                    Frame::trailers(trailers(&Status::ok("")))
+                }
+            },
+            RawBody::Read { stream, data } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                match stream.as_mut().poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(message))) => {
+                        let head = wire::read_response_head(message.data.len());
+                        *data = Some(message.data).filter(|data| !data.is_empty());
+                        Frame::data(head)
+                    }
+                    Poll::Ready(Some(Err(status))) => {
+                        *this = RawBody::Done;
+                        Frame::trailers(trailers(&status))
+                    }
+                    Poll::Ready(None) => {
+                        *this = RawBody::Done;
+                        Frame::trailers(trailers(&Status::ok("")))
+                    }
+                }
+            }
+            RawBody::Done => return Poll::Ready(None),
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, RawBody::Done)
     }
 }
