@@ -13,14 +13,14 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use tessera_net::client::{ClientAuth, Link};
-use tessera_proto::bytestream::byte_stream_client::ByteStreamClient;
-use tessera_proto::bytestream::{ReadRequest, WriteRequest};
+use tessera_proto::bytestream::{ReadRequest, WriteResponse};
 use tessera_proto::reapi::capabilities_client::CapabilitiesClient;
 use tessera_proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use tessera_proto::reapi::{
     BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
     GetCapabilitiesRequest, batch_update_blobs_request, compressor,
 };
+use tessera_proto::wire::{self, BodyMessages};
 use thiserror::Error;
 use tonic::transport::{Channel, Endpoint};
 
@@ -48,11 +48,24 @@ const FIND_MISSING_CHUNK: usize = 16_384;
 
 /// Largest gRPC message the client sends or accepts.
 const MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
+/// Most data in one WriteRequest: well inside [`MESSAGE_LIMIT`] with the other fields.
+const WRITE_PIECE_MAX: usize = MESSAGE_LIMIT / 2;
 
-fn bytestream_client(link: Link) -> ByteStreamClient<Link> {
-    ByteStreamClient::new(link)
-        .max_decoding_message_size(MESSAGE_LIMIT)
-        .max_encoding_message_size(MESSAGE_LIMIT)
+/// The gRPC status for an HTTP response that is not a gRPC one (a proxy's error page), as
+/// gRPC's HTTP-to-status table (and tonic) maps it.
+fn http_status(status: http::StatusCode) -> tonic::Status {
+    let code = match status.as_u16() {
+        400 => tonic::Code::Internal,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::Unimplemented,
+        429 | 502..=504 => tonic::Code::Unavailable,
+        _ => tonic::Code::Unknown,
+    };
+    tonic::Status::new(
+        code,
+        format!("the server answered HTTP {status} instead of a gRPC response"),
+    )
 }
 
 /// `data`, the blob `digest`, as an uncompressed BatchUpdateBlobs entry (also how Tessera's
@@ -119,7 +132,7 @@ pub struct CasClient {
     /// ByteStream over the first link, then over each link added with
     /// [`CasClient::with_transfer_links`]: each transfer (a Write, a Read, a part of a Read
     /// in parts) takes the next in turn, so large transfers spread over connections.
-    lanes: Arc<[ByteStreamClient<Link>]>,
+    lanes: Arc<[Link]>,
     next_lane: Arc<AtomicUsize>,
     instance: String,
     function: DigestFunction,
@@ -185,7 +198,7 @@ impl CasClient {
             cas: ContentAddressableStorageClient::new(channel.clone())
                 .max_decoding_message_size(MESSAGE_LIMIT)
                 .max_encoding_message_size(MESSAGE_LIMIT),
-            lanes: Arc::from([bytestream_client(channel)]),
+            lanes: Arc::from([channel]),
             next_lane: Arc::new(AtomicUsize::new(0)),
             instance: instance.to_owned(),
             function,
@@ -200,20 +213,115 @@ impl CasClient {
     /// REAPI client may open several; Bazel's pool holds up to `--remote_max_connections`).
     /// Other calls stay on the first link.
     pub fn with_transfer_links(mut self, links: impl IntoIterator<Item = Link>) -> Self {
-        let lanes: Vec<_> = self
-            .lanes
-            .iter()
-            .cloned()
-            .chain(links.into_iter().map(bytestream_client))
-            .collect();
+        let lanes: Vec<_> = self.lanes.iter().cloned().chain(links).collect();
         self.lanes = Arc::from(lanes);
         self
     }
 
-    /// The ByteStream client for the next transfer (see [`CasClient::with_transfer_links`]).
-    fn bytestream(&self) -> ByteStreamClient<Link> {
+    /// The link for the next transfer (see [`CasClient::with_transfer_links`]).
+    fn lane(&self) -> Link {
         let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         self.lanes[lane].clone()
+    }
+
+    /// Calls ByteStream `method` with `body` on the next lane, on the wire directly
+    /// ([`tessera_proto::wire`]: no copy of the data into tonic's buffers either way); the
+    /// response's headers and its messages as they come.
+    async fn call_raw(
+        &self,
+        method: &'static str,
+        body: tonic::body::Body,
+    ) -> Result<(http::HeaderMap, BodyMessages), tonic::Status> {
+        let mut link = self.lane();
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("/google.bytestream.ByteStream/{method}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(body)
+            .map_err(|e| tonic::Status::internal(format!("building the request: {e}")))?;
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut link, cx))
+            .await
+            .map_err(|e| tonic::Status::from_error(e.into()))?;
+        let response = tower_service::Service::call(&mut link, request)
+            .await
+            .map_err(|e| tonic::Status::from_error(e.into()))?;
+        let (parts, body) = response.into_parts();
+        let messages = BodyMessages::new(tonic::body::Body::new(body), MESSAGE_LIMIT);
+        // A response of headers only carries its status there.
+        if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+            if status.code() != tonic::Code::Ok {
+                return Err(status);
+            }
+            return Ok((parts.headers.clone(), messages.ended_by(parts.headers)));
+        }
+        if parts.status != http::StatusCode::OK {
+            return Err(http_status(parts.status));
+        }
+        Ok((parts.headers, messages))
+    }
+
+    /// One ByteStream Read of `resource` from `offset` (at most `limit` bytes, 0 for all),
+    /// taken off the wire directly: each piece of data goes to `sink` as it arrived, uncopied.
+    /// Tells `part_only` whether the server read only that part.
+    async fn read_raw(
+        &self,
+        resource: String,
+        offset: i64,
+        limit: i64,
+        part_only: Option<tokio::sync::oneshot::Sender<bool>>,
+        mut sink: impl FnMut(&[u8]) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let request = wire::framed(&ReadRequest {
+            resource_name: resource,
+            read_offset: offset,
+            read_limit: limit,
+        });
+        let body = tonic::body::Body::new(http_body_util::Full::new(request));
+        let (headers, mut messages) = self
+            .call_raw("Read", body)
+            .await
+            .map_err(rpc("ByteStream.Read"))?;
+        if let Some(part_only) = part_only {
+            let _ = part_only.send(headers.contains_key(PART_ONLY_HEADER));
+        }
+        while let Some(message) = messages
+            .next_message()
+            .await
+            .map_err(rpc("ByteStream.Read"))?
+        {
+            let data = wire::decode_read_response(message).map_err(rpc("ByteStream.Read"))?;
+            for piece in data.pieces() {
+                sink(piece)?;
+            }
+        }
+        messages.finish().await.map_err(rpc("ByteStream.Read"))
+    }
+
+    /// One ByteStream Write of `frames` (each message's head, then its data), taken to the
+    /// wire directly; the committed size the server answers.
+    async fn write_raw(
+        &self,
+        frames: impl futures::Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<i64, ClientError> {
+        let body = http_body_util::StreamBody::new(
+            frames.map(|frame| Ok::<_, std::convert::Infallible>(http_body::Frame::data(frame))),
+        );
+        let (_, mut messages) = self
+            .call_raw("Write", tonic::body::Body::new(body))
+            .await
+            .map_err(rpc("ByteStream.Write"))?;
+        let message = messages
+            .next_message()
+            .await
+            .map_err(rpc("ByteStream.Write"))?
+            .ok_or_else(|| {
+                ClientError::Protocol("ByteStream.Write answered OK without a response".into())
+            })?;
+        let response = <WriteResponse as prost::Message>::decode(message)
+            .map_err(|e| ClientError::Protocol(format!("malformed WriteResponse: {e}")))?;
+        messages.finish().await.map_err(rpc("ByteStream.Write"))?;
+        Ok(response.committed_size)
     }
 
     /// The digest function this client hashes with.
@@ -364,40 +472,24 @@ impl CasClient {
         } else {
             data
         };
-        let chunk = chunk.max(1);
+        let chunk = chunk.clamp(1, WRITE_PIECE_MAX);
         let total = payload.len();
-        let messages: Vec<WriteRequest> = if total == 0 {
-            vec![WriteRequest {
-                resource_name: resource,
-                write_offset: 0,
-                finish_write: true,
-                data: Bytes::new(),
-            }]
-        } else {
-            (0..total)
-                .step_by(chunk)
-                .map(|start| {
-                    let end = (start + chunk).min(total);
-                    WriteRequest {
-                        resource_name: if start == 0 {
-                            resource.clone()
-                        } else {
-                            String::new()
-                        },
-                        write_offset: start as i64,
-                        finish_write: end == total,
-                        data: payload.slice(start..end),
-                    }
-                })
-                .collect()
-        };
-        let response = self
-            .bytestream()
-            .write(futures::stream::iter(messages))
-            .await
-            .map_err(rpc("ByteStream.Write"))?
-            .into_inner();
-        Ok(response.committed_size)
+        let mut frames = Vec::with_capacity(2 * total.div_ceil(chunk) + 1);
+        if total == 0 {
+            frames.push(wire::write_request_head(&resource, 0, true, 0));
+        }
+        for start in (0..total).step_by(chunk) {
+            let end = (start + chunk).min(total);
+            let name = if start == 0 { resource.as_str() } else { "" };
+            frames.push(wire::write_request_head(
+                name,
+                start as i64,
+                end == total,
+                end - start,
+            ));
+            frames.push(payload.slice(start..end));
+        }
+        self.write_raw(futures::stream::iter(frames)).await
     }
 
     /// Uploads one blob with ByteStream Write, uncompressed, from `pieces` as they come (a
@@ -416,23 +508,27 @@ impl CasClient {
         }));
         let size = digest.size_bytes;
         let mut offset = 0u64;
-        let messages = futures::StreamExt::map(pieces, move |data| {
+        // A piece larger than a message may be is sent as several.
+        let pieces = pieces.flat_map(|mut data| {
+            let mut parts = Vec::with_capacity(data.len().div_ceil(WRITE_PIECE_MAX));
+            while data.len() > WRITE_PIECE_MAX {
+                parts.push(data.split_to(WRITE_PIECE_MAX));
+            }
+            parts.push(data);
+            futures::stream::iter(parts)
+        });
+        let frames = pieces.flat_map(move |data| {
             let write_offset = offset;
             offset += data.len() as u64;
-            WriteRequest {
-                resource_name: resource.take().unwrap_or_default(),
-                write_offset: i64::try_from(write_offset).unwrap_or(i64::MAX),
-                finish_write: offset == size,
-                data,
-            }
+            let head = wire::write_request_head(
+                &resource.take().unwrap_or_default(),
+                i64::try_from(write_offset).unwrap_or(i64::MAX),
+                offset == size,
+                data.len(),
+            );
+            futures::stream::iter([head, data])
         });
-        let response = self
-            .bytestream()
-            .write(messages)
-            .await
-            .map_err(rpc("ByteStream.Write"))?
-            .into_inner();
-        Ok(response.committed_size)
+        self.write_raw(frames).await
     }
 
     /// Downloads one blob with ByteStream Read (zstd on the wire if `compressed`) and verifies
@@ -567,27 +663,22 @@ impl CasClient {
         part_only: Option<tokio::sync::oneshot::Sender<bool>>,
     ) -> Result<BytesMut, ClientError> {
         let want = buf.capacity();
-        let response = self
-            .bytestream()
-            .read(ReadRequest {
-                resource_name: self.read_resource(digest, false),
-                read_offset: offset as i64,
-                read_limit: want as i64,
-            })
-            .await
-            .map_err(rpc("ByteStream.Read"))?;
-        if let Some(part_only) = part_only {
-            let _ = part_only.send(response.metadata().contains_key(PART_ONLY_HEADER));
-        }
-        let mut stream = response.into_inner();
-        while let Some(message) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
-            if message.data.len() > want - buf.len() {
-                return Err(ClientError::Protocol(format!(
-                    "Read of {digest} from {offset} sent more than the {want} bytes asked for"
-                )));
-            }
-            buf.extend_from_slice(&message.data);
-        }
+        self.read_raw(
+            self.read_resource(digest, false),
+            offset as i64,
+            want as i64,
+            part_only,
+            |data| {
+                if data.len() > want - buf.len() {
+                    return Err(ClientError::Protocol(format!(
+                        "Read of {digest} from {offset} sent more than the {want} bytes asked for"
+                    )));
+                }
+                buf.extend_from_slice(data);
+                Ok(())
+            },
+        )
+        .await?;
         if buf.len() != want {
             return Err(ClientError::Protocol(format!(
                 "Read of {digest} from {offset} ended after {} of {want} bytes",
@@ -616,16 +707,6 @@ impl CasClient {
         digest: &Digest,
         compressed: bool,
     ) -> Result<Bytes, ClientError> {
-        let mut stream = self
-            .bytestream()
-            .read(ReadRequest {
-                resource_name: self.read_resource(digest, compressed),
-                read_offset: 0,
-                read_limit: 0,
-            })
-            .await
-            .map_err(rpc("ByteStream.Read"))?
-            .into_inner();
         let mut out = download_buffer(usize::try_from(digest.size_bytes).unwrap_or(0));
         let mut decoder = if compressed {
             Some(StreamDecoder::new(digest.size_bytes)?)
@@ -633,19 +714,21 @@ impl CasClient {
             None
         };
         let mut hasher = digest.function.hasher();
-        while let Some(message) = stream.message().await.map_err(rpc("ByteStream.Read"))? {
+        self.read_raw(self.read_resource(digest, compressed), 0, 0, None, |data| {
             match &mut decoder {
-                Some(decoder) => decoder.feed::<CodecError>(&message.data, |piece| {
+                Some(decoder) => decoder.feed::<CodecError>(data, |piece| {
                     hasher.update(piece);
                     out.extend_from_slice(piece);
                     Ok(())
                 })?,
                 None => {
-                    hasher.update(&message.data);
-                    out.extend_from_slice(&message.data);
+                    hasher.update(data);
+                    out.extend_from_slice(data);
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         if let Some(decoder) = &decoder {
             decoder.finish()?;
         }

@@ -9,9 +9,16 @@
 //! pieces; a message to send is a short head (the gRPC prefix and every field before `data`)
 //! followed by the data's own `Bytes`, so nothing is copied on either side.
 //!
-//! Only these two messages are handled here; every other message (and every other field
-//! layout a client might send: fields in any order, repeated, unknown) decodes the same as
-//! prost would decode it.
+//! Only these two messages are handled here. They decode as prost decodes them (fields in any
+//! order, repeated ones, unknown ones skipped), except that a group (a wire type proto3 no
+//! longer writes, and no field of REAPI uses) is refused instead of skipped.
+//!
+//! Frames smaller than [`KEEP_FRAME_MIN`] are copied into a buffer of the message's own
+//! instead of kept: an HTTP/2 frame shares the memory of the connection's read buffer, so
+//! keeping many small ones could hold far more memory than the message limit allows (a peer
+//! sending 1-byte frames, or interleaving other streams' frames with ours). Only large frames,
+//! which fill most of the buffer they came in, are kept as they are; a Bazel client's 16 KiB
+//! frames are copied once, as tonic would copy them.
 
 use std::collections::VecDeque;
 
@@ -21,6 +28,8 @@ use tonic::Status;
 
 /// Bytes before each gRPC message: a compressed flag and the message's length (big-endian).
 pub const PREFIX_LEN: usize = 5;
+/// Received frames at least this large are kept uncopied; smaller ones are copied.
+pub const KEEP_FRAME_MIN: usize = 256 * 1024;
 
 /// `WriteRequest` and `ReadResponse` field numbers (google/bytestream/bytestream.proto).
 const WRITE_RESOURCE_NAME: u32 = 1;
@@ -122,7 +131,11 @@ impl Buf for Rope {
     }
 
     fn advance(&mut self, mut cnt: usize) {
-        assert!(cnt <= self.len, "advanced {cnt} bytes past a rope of {}", self.len);
+        assert!(
+            cnt <= self.len,
+            "advanced {cnt} bytes past a rope of {}",
+            self.len
+        );
         while cnt > 0 {
             let Some(front) = self.pieces.front_mut() else {
                 break;
@@ -138,7 +151,11 @@ impl Buf for Rope {
     }
 
     fn copy_to_bytes(&mut self, len: usize) -> Bytes {
-        assert!(len <= self.len, "took {len} bytes from a rope of {}", self.len);
+        assert!(
+            len <= self.len,
+            "took {len} bytes from a rope of {}",
+            self.len
+        );
         match self.pieces.front_mut() {
             Some(front) if front.len() >= len => {
                 let out = front.split_to(len);
@@ -162,7 +179,10 @@ impl Buf for Rope {
 /// Whole gRPC messages cut from a stream's data as it arrives.
 #[derive(Debug)]
 pub struct Messages {
+    /// Data received, in order: `buffered`, then `small`.
     buffered: Rope,
+    /// Small frames received since the last large one, copied together.
+    small: BytesMut,
     limit: usize,
 }
 
@@ -171,46 +191,67 @@ impl Messages {
     pub fn new(limit: usize) -> Self {
         Messages {
             buffered: Rope::new(),
+            small: BytesMut::new(),
             limit,
         }
     }
 
-    /// Adds data as it came off the stream.
+    /// Adds data as it came off the stream: kept if large, copied if small.
     pub fn push(&mut self, data: Bytes) {
-        self.buffered.push(data);
+        if data.len() < KEEP_FRAME_MIN {
+            self.small.extend_from_slice(&data);
+        } else {
+            self.flush_small();
+            self.buffered.push(data);
+        }
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.buffered.push(self.small.split().freeze());
+        }
     }
 
     /// The next message, once all of it has arrived. A compressed message (this path
     /// advertises no compression) or one over the limit is an error.
     pub fn next_message(&mut self) -> Result<Option<Rope>, Status> {
+        if self.buffered.len() < PREFIX_LEN {
+            self.flush_small();
+        }
         let Some(prefix) = self.buffered.peek::<PREFIX_LEN>() else {
             return Ok(None);
         };
         match prefix[0] {
             0 => {}
             1 => {
-                return Err(Status::unimplemented(
-                    "this call does not accept compressed gRPC messages; send them with \
-                     grpc-encoding identity (blobs can travel zstd-compressed through \
+                // As the gRPC compression spec asks of a compressed message on a call whose
+                // grpc-encoding is identity.
+                return Err(Status::internal(
+                    "a gRPC message came compressed on a call without compression; send it \
+                     uncompressed (blobs can travel zstd-compressed through \
                      compressed-blobs/zstd resources instead)",
                 ));
             }
             flag => {
-                return Err(Status::internal(format!(
+                return Err(Status::invalid_argument(format!(
                     "gRPC message prefix has compressed-flag {flag}; only 0 and 1 exist"
                 )));
             }
         }
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if len > self.limit {
-            return Err(Status::resource_exhausted(format!(
+            // The code tonic answers with.
+            return Err(Status::out_of_range(format!(
                 "gRPC message of {len} bytes is too large: at most {} bytes are taken per \
                  message; send the data in smaller messages",
                 self.limit
             )));
         }
         if self.buffered.len() < PREFIX_LEN + len {
-            return Ok(None);
+            if self.buffered.len() + self.small.len() < PREFIX_LEN + len {
+                return Ok(None);
+            }
+            self.flush_small();
         }
         self.buffered.advance(PREFIX_LEN);
         Ok(Some(self.buffered.split_to(len)))
@@ -219,7 +260,7 @@ impl Messages {
     /// Bytes received that do not yet make a whole message: at the end of the stream, a
     /// message cut short.
     pub fn pending(&self) -> usize {
-        self.buffered.len()
+        self.buffered.len() + self.small.len()
     }
 }
 
@@ -253,7 +294,7 @@ impl BodyMessages {
             if self.ended {
                 return match self.messages.pending() {
                     0 => Ok(None),
-                    left => Err(Status::internal(format!(
+                    left => Err(Status::invalid_argument(format!(
                         "the stream ended inside a gRPC message ({left} bytes of it came)"
                     ))),
                 };
@@ -277,11 +318,19 @@ impl BodyMessages {
         }
     }
 
+    /// A body whose status came in `headers` (a response of headers only).
+    pub fn ended_by(mut self, headers: http::HeaderMap) -> Self {
+        self.trailers = Some(headers);
+        self
+    }
+
     /// Reads to the end and answers the status its trailers carry: a response's outcome. A
     /// message after the last one expected is an error.
     pub async fn finish(mut self) -> Result<(), Status> {
         if self.next_message().await?.is_some() {
-            return Err(Status::internal("the response carried more messages than expected"));
+            return Err(Status::internal(
+                "the response carried more messages than expected",
+            ));
         }
         match self.trailers.as_ref().and_then(Status::from_header_map) {
             Some(status) if status.code() == tonic::Code::Ok => Ok(()),
@@ -446,10 +495,11 @@ fn key(message: &mut Rope, what: &str) -> Result<(u32, WireType), Status> {
     let key = varint(message, what)?;
     let wire = WireType::try_from(key & 7)
         .map_err(|_| malformed(format!("{what}: wire type {} does not exist", key & 7)))?;
-    let field = u32::try_from(key >> 3)
+    let field = u32::try_from(key)
         .ok()
+        .map(|key| key >> 3)
         .filter(|&field| field > 0)
-        .ok_or_else(|| malformed(format!("{what}: field number {} is invalid", key >> 3)))?;
+        .ok_or_else(|| malformed(format!("{what}: key {key} is invalid")))?;
     Ok((field, wire))
 }
 
@@ -478,11 +528,15 @@ fn skip(message: &mut Rope, wire: WireType, what: &str) -> Result<(), Status> {
         WireType::ThirtyTwoBit => 4,
         WireType::LengthDelimited => delimited(message, what)?,
         WireType::StartGroup | WireType::EndGroup => {
-            return Err(malformed(format!("{what}: groups are not used by this message")));
+            return Err(malformed(format!(
+                "{what}: groups are not used by this message"
+            )));
         }
     };
     if message.remaining() < len {
-        return Err(malformed(format!("{what}: a field runs past the message's end")));
+        return Err(malformed(format!(
+            "{what}: a field runs past the message's end"
+        )));
     }
     message.advance(len);
     Ok(())
@@ -579,7 +633,11 @@ mod tests {
         let error = decode_write(Rope::from(Bytes::from_static(&[0x0a, 1, 0xff]))).unwrap_err();
         assert!(error.message().contains("UTF-8"), "{}", error.message());
         let error = decode_write(Rope::from(Bytes::from_static(&[0x52, 9, 1]))).unwrap_err();
-        assert!(error.message().contains("claims 9 bytes"), "{}", error.message());
+        assert!(
+            error.message().contains("claims 9 bytes"),
+            "{}",
+            error.message()
+        );
     }
 
     #[test]
@@ -639,14 +697,46 @@ mod tests {
         big.push(two.clone());
         assert_eq!(
             big.next_message().unwrap_err().code(),
-            tonic::Code::ResourceExhausted
+            tonic::Code::OutOfRange
         );
         let mut compressed = Messages::new(1024);
         compressed.push(Bytes::from_static(&[1, 0, 0, 0, 0]));
         assert_eq!(
             compressed.next_message().unwrap_err().code(),
-            tonic::Code::Unimplemented
+            tonic::Code::Internal
         );
+    }
+
+    #[test]
+    fn small_frames_are_gathered_and_large_ones_kept_as_they_came() {
+        let data: Vec<u8> = (0..3 * KEEP_FRAME_MIN).map(|i| i as u8).collect();
+        let request = request("", 0, true, &data);
+        let stream = framed(&request);
+        // One byte per frame: copied into one buffer, not kept as millions of pieces.
+        let mut messages = Messages::new(usize::MAX);
+        for byte in stream.iter() {
+            messages.push(Bytes::copy_from_slice(&[*byte]));
+        }
+        let message = messages.next_message().unwrap().unwrap();
+        assert_eq!(message.pieces().count(), 1);
+        assert_eq!(flat(&decode_write(message).unwrap().data), data);
+        // Large frames are the data as it arrived, small ones between them gathered.
+        let mut messages = Messages::new(usize::MAX);
+        let (head, body) = stream.split_at(100);
+        let large = Bytes::copy_from_slice(&body[..2 * KEEP_FRAME_MIN]);
+        messages.push(Bytes::copy_from_slice(head));
+        messages.push(large.clone());
+        for piece in body[2 * KEEP_FRAME_MIN..].chunks(1000) {
+            messages.push(Bytes::copy_from_slice(piece));
+        }
+        let message = messages.next_message().unwrap().unwrap();
+        assert_eq!(message.pieces().count(), 3);
+        assert!(
+            message
+                .pieces()
+                .any(|piece| piece.as_ptr() == large.as_ptr())
+        );
+        assert_eq!(flat(&decode_write(message).unwrap().data), data);
     }
 
     #[test]

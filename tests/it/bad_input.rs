@@ -1678,3 +1678,119 @@ async fn write_message_beyond_the_message_limit_is_not_an_internal_error() {
     raw.assert_absent(&d).await;
     raw.assert_healthy(b"after an oversized message").await;
 }
+
+/// ByteStream `method` called with `frames` as the request body, byte for byte as given (as a
+/// client with its own encoder might frame them); the call's outcome.
+async fn call_with_frames(
+    server: &TestServer,
+    method: &str,
+    frames: Vec<Vec<u8>>,
+) -> Result<(), Status> {
+    let mut channel = server.channel().await;
+    let body =
+        http_body_util::StreamBody::new(futures::stream::iter(frames.into_iter().map(|frame| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(frame)))
+        })));
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("/google.bytestream.ByteStream/{method}"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(tonic::body::Body::new(body))
+        .unwrap();
+    std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut channel, cx))
+        .await
+        .unwrap();
+    let response = tower_service::Service::call(&mut channel, request)
+        .await
+        .expect("the server answers");
+    let (parts, body) = response.into_parts();
+    if let Some(status) = Status::from_header_map(&parts.headers) {
+        return if status.code() == Code::Ok {
+            Ok(())
+        } else {
+            Err(status)
+        };
+    }
+    let mut messages = tessera_proto::wire::BodyMessages::new(body, 1 << 20);
+    while messages.next_message().await?.is_some() {}
+    messages.finish().await
+}
+
+/// `message` behind a gRPC prefix with compressed-flag `flag` and length `len`.
+fn grpc_frame(flag: u8, len: usize, message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![flag];
+    frame.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_messages_malformed_on_the_wire_are_refused_by_name_and_store_nothing() {
+    let server = TestServer::start().await;
+    let raw = Raw::connect(&server).await;
+    let data = b"framed by hand, not by tonic";
+    let d = sha(data);
+    let good = message(&upload_name("w1", &d), 0, data, true).encode_to_vec();
+    let cases: [(&str, Vec<Vec<u8>>, Code, &str); 4] = [
+        (
+            "compressed without an encoding",
+            vec![grpc_frame(1, good.len(), &good)],
+            Code::Internal,
+            "compressed",
+        ),
+        (
+            "data longer than its message",
+            vec![grpc_frame(0, good.len() - 1, &good[..good.len() - 1])],
+            Code::InvalidArgument,
+            "WriteRequest.data claims",
+        ),
+        (
+            "stream ends inside a message",
+            vec![grpc_frame(0, good.len(), &good[..good.len() / 2])],
+            Code::InvalidArgument,
+            "ended inside a gRPC message",
+        ),
+        (
+            "a group field",
+            vec![grpc_frame(0, 1, &[0x23])],
+            Code::InvalidArgument,
+            "groups",
+        ),
+    ];
+    for (case, frames, code, needle) in cases {
+        let status = call_with_frames(&server, "Write", frames)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{case}: {status:?}");
+        assert!(status.message().contains(needle), "{case}: {status:?}");
+        raw.assert_absent(&d).await;
+    }
+    // Fields in an order prost never writes (data first), an unknown field, and the message
+    // cut into 3-byte frames: decoded as any protobuf decoder would, and stored.
+    let mut reordered = Vec::new();
+    prost::encoding::bytes::encode(10, &Bytes::from_static(data), &mut reordered);
+    prost::encoding::uint64::encode(99, &7, &mut reordered);
+    prost::encoding::string::encode(1, &upload_name("w2", &d), &mut reordered);
+    prost::encoding::bool::encode(3, &true, &mut reordered);
+    let frames = grpc_frame(0, reordered.len(), &reordered)
+        .chunks(3)
+        .map(<[u8]>::to_vec)
+        .collect();
+    call_with_frames(&server, "Write", frames)
+        .await
+        .expect("a reordered message is a valid message");
+    let (read, outcome) = raw.read(&read_name(&d), 0, 0).await;
+    outcome.expect("the blob written by hand reads back");
+    assert_eq!(read, data.to_vec());
+
+    let status = call_with_frames(&server, "Read", vec![grpc_frame(0, 2, &[0x0a, 9])])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("malformed ReadRequest"),
+        "{status:?}"
+    );
+    raw.assert_healthy(b"after requests framed by hand").await;
+}

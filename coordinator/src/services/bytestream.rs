@@ -638,7 +638,10 @@ impl WriteMessages for Streaming<WriteRequest> {
 
 impl WriteMessages for BodyMessages {
     async fn next_chunk(&mut self) -> Result<Option<WriteChunk>, Status> {
-        self.next_message().await?.map(wire::decode_write).transpose()
+        self.next_message()
+            .await?
+            .map(wire::decode_write)
+            .transpose()
     }
 }
 
@@ -704,6 +707,9 @@ impl Service<HttpRequest> for ByteStreamRoutes {
 impl ByteStreamService {
     async fn serve_write(&self, request: HttpRequest, limit: usize) -> HttpResponse {
         let (parts, body) = request.into_parts();
+        if let Some(refused) = unsupported_encoding(&parts.headers) {
+            return refused;
+        }
         let caller = Caller::of_extensions(self.auth.as_ref(), &parts.extensions);
         match self.write(caller, BodyMessages::new(body, limit)).await {
             Ok(response) => grpc_response(
@@ -716,6 +722,9 @@ impl ByteStreamService {
 
     async fn serve_read(&self, request: HttpRequest, limit: usize) -> HttpResponse {
         let (parts, body) = request.into_parts();
+        if let Some(refused) = unsupported_encoding(&parts.headers) {
+            return refused;
+        }
         match self.raw_read(&parts.extensions, body, limit).await {
             Ok((stream, part_only)) => {
                 let mut headers = http::HeaderMap::new();
@@ -725,13 +734,7 @@ impl ByteStreamService {
                         http::HeaderValue::from_static("1"),
                     );
                 }
-                grpc_response(
-                    headers,
-                    RawBody::Read {
-                        stream,
-                        data: None,
-                    },
-                )
+                grpc_response(headers, RawBody::Read { stream, data: None })
             }
             Err(status) => status.into_http(),
         }
@@ -746,10 +749,11 @@ impl ByteStreamService {
         let message = BodyMessages::new(body, limit)
             .next_message()
             .await?
-            .ok_or_else(|| Status::invalid_argument("ByteStream.Read request carried no message"))?;
-        let request = <ReadRequest as prost::Message>::decode(message).map_err(|e| {
-            Status::invalid_argument(format!("malformed ReadRequest: {e}"))
-        })?;
+            .ok_or_else(|| {
+                Status::invalid_argument("ByteStream.Read request carried no message")
+            })?;
+        let request = <ReadRequest as prost::Message>::decode(message)
+            .map_err(|e| Status::invalid_argument(format!("malformed ReadRequest: {e}")))?;
         if self.auth.is_some() {
             let resource =
                 resource::parse_read(&request.resource_name).map_err(ByteStreamError::from)?;
@@ -758,6 +762,27 @@ impl ByteStreamService {
         }
         Ok(self.start_read(&request)?)
     }
+}
+
+/// UNIMPLEMENTED, as tonic answers it, for a request compressed with anything but identity
+/// (this path accepts no compression; blobs can travel zstd-compressed through
+/// `compressed-blobs/zstd` resources).
+fn unsupported_encoding(headers: &http::HeaderMap) -> Option<HttpResponse> {
+    let encoding = headers.get("grpc-encoding")?;
+    if encoding.as_bytes() == b"identity" {
+        return None;
+    }
+    let mut response = Status::unimplemented(format!(
+        "Content is compressed with `{}` which isn't supported; send it uncompressed (blobs \
+         can travel zstd-compressed through compressed-blobs/zstd resources)",
+        String::from_utf8_lossy(encoding.as_bytes())
+    ))
+    .into_http();
+    response.headers_mut().insert(
+        "grpc-accept-encoding",
+        http::HeaderValue::from_static("identity"),
+    );
+    Some(response)
 }
 
 /// A gRPC response with `headers` (besides the content type) and `body`.
