@@ -311,13 +311,17 @@ impl CasClient {
             .call_raw("Write", tonic::body::Body::new(body))
             .await
             .map_err(rpc("ByteStream.Write"))?;
-        let message = messages
+        let Some(message) = messages
             .next_message()
             .await
             .map_err(rpc("ByteStream.Write"))?
-            .ok_or_else(|| {
-                ClientError::Protocol("ByteStream.Write answered OK without a response".into())
-            })?;
+        else {
+            // A server that fails after sending its headers says why in the trailers.
+            messages.finish().await.map_err(rpc("ByteStream.Write"))?;
+            return Err(ClientError::Protocol(
+                "ByteStream.Write answered OK without a response".into(),
+            ));
+        };
         let response = <WriteResponse as prost::Message>::decode(message)
             .map_err(|e| ClientError::Protocol(format!("malformed WriteResponse: {e}")))?;
         messages.finish().await.map_err(rpc("ByteStream.Write"))?;
@@ -911,5 +915,91 @@ impl CasClient {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every call with headers, then trailers carrying UNAVAILABLE: how a server (or a
+    /// proxy) fails once its headers are out.
+    #[derive(Clone)]
+    struct FailsAfterHeaders;
+
+    impl tonic::server::NamedService for FailsAfterHeaders {
+        const NAME: &'static str = "google.bytestream.ByteStream";
+    }
+
+    impl tower_service::Service<http::Request<tonic::body::Body>> for FailsAfterHeaders {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: http::Request<tonic::body::Body>) -> Self::Future {
+            let mut trailers = http::HeaderMap::new();
+            tonic::Status::unavailable("draining")
+                .add_header(&mut trailers)
+                .unwrap();
+            let body = http_body_util::StreamBody::new(futures::stream::iter([Ok::<
+                _,
+                std::convert::Infallible,
+            >(
+                http_body::Frame::trailers(trailers),
+            )]));
+            let mut response = http::Response::new(tonic::body::Body::new(body));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_status_sent_in_trailers_after_the_headers_reaches_the_caller() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(FailsAfterHeaders)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let link = tessera_net::client::link(channel, &ClientAuth::default());
+        let client = CasClient {
+            cas: ContentAddressableStorageClient::new(link.clone()),
+            lanes: Arc::from([link]),
+            next_lane: Arc::default(),
+            instance: String::new(),
+            function: DigestFunction::Sha256,
+            max_batch_bytes: 1 << 20,
+        };
+        let data = Bytes::from_static(b"a blob");
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        let outcomes = [
+            (
+                "Write",
+                client.write(&digest, data.clone(), false).await.map(drop),
+            ),
+            ("Read", client.read_whole(&digest, false).await.map(drop)),
+        ];
+        for (call, outcome) in outcomes {
+            match outcome {
+                Err(ClientError::Rpc { status, .. }) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{call}");
+                    assert_eq!(status.message(), "draining", "{call}");
+                }
+                other => panic!("{call}: expected the trailers' UNAVAILABLE, got {other:?}"),
+            }
+        }
     }
 }

@@ -471,6 +471,10 @@ fn head(fields: BytesMut, data_len: usize) -> Bytes {
         1 + encoded_len_varint(data_len as u64)
     };
     let message_len = fields.len() + data_head + data_len;
+    debug_assert!(
+        u32::try_from(message_len).is_ok(),
+        "callers send messages far below 4 GiB"
+    );
     let mut out = BytesMut::with_capacity(PREFIX_LEN + fields.len() + data_head);
     out.put_u8(0);
     out.put_u32(u32::try_from(message_len).unwrap_or(u32::MAX));
