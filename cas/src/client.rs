@@ -298,12 +298,40 @@ impl CasClient {
         messages.finish().await.map_err(rpc("ByteStream.Read"))
     }
 
-    /// One ByteStream Write of `frames` (each message's head, then its data), taken to the
-    /// wire directly; the committed size the server answers.
+    /// One ByteStream Write to `resource` of `size` bytes (on the wire) from `pieces`, a
+    /// message each (a piece larger than a message may be, several), taken to the wire
+    /// directly: each message's head, then the piece itself. The committed size the server
+    /// answers.
     async fn write_raw(
         &self,
-        frames: impl futures::Stream<Item = Bytes> + Send + 'static,
+        resource: String,
+        size: u64,
+        pieces: impl futures::Stream<Item = Bytes> + Send + 'static,
     ) -> Result<i64, ClientError> {
+        let mut resource = Some(resource);
+        let mut offset = 0u64;
+        let frames = pieces
+            .flat_map(|mut data| {
+                let mut parts = Vec::with_capacity(data.len().div_ceil(WRITE_PIECE_MAX).max(1));
+                while data.len() > WRITE_PIECE_MAX {
+                    parts.push(data.split_to(WRITE_PIECE_MAX));
+                }
+                parts.push(data);
+                futures::stream::iter(parts)
+            })
+            .flat_map(move |data| {
+                let write_offset = offset;
+                offset += data.len() as u64;
+                let head = wire::write_request_head(
+                    &resource.take().unwrap_or_default(),
+                    i64::try_from(write_offset).unwrap_or(i64::MAX),
+                    offset == size,
+                    data.len(),
+                );
+                futures::stream::iter(
+                    std::iter::once(head).chain(Some(data).filter(|d| !d.is_empty())),
+                )
+            });
         let body = http_body_util::StreamBody::new(
             frames.map(|frame| Ok::<_, std::convert::Infallible>(http_body::Frame::data(frame))),
         );
@@ -476,24 +504,19 @@ impl CasClient {
         } else {
             data
         };
-        let chunk = chunk.clamp(1, WRITE_PIECE_MAX);
+        let chunk = chunk.max(1);
         let total = payload.len();
-        let mut frames = Vec::with_capacity(2 * total.div_ceil(chunk) + 1);
-        if total == 0 {
-            frames.push(wire::write_request_head(&resource, 0, true, 0));
-        }
-        for start in (0..total).step_by(chunk) {
-            let end = (start + chunk).min(total);
-            let name = if start == 0 { resource.as_str() } else { "" };
-            frames.push(wire::write_request_head(
-                name,
-                start as i64,
-                end == total,
-                end - start,
-            ));
-            frames.push(payload.slice(start..end));
-        }
-        self.write_raw(futures::stream::iter(frames)).await
+        // An empty blob is one message with finish_write and no data.
+        let pieces: Vec<Bytes> = if total == 0 {
+            vec![Bytes::new()]
+        } else {
+            (0..total)
+                .step_by(chunk)
+                .map(|start| payload.slice(start..(start + chunk).min(total)))
+                .collect()
+        };
+        self.write_raw(resource, total as u64, futures::stream::iter(pieces))
+            .await
     }
 
     /// Uploads one blob with ByteStream Write, uncompressed, from `pieces` as they come (a
@@ -504,35 +527,13 @@ impl CasClient {
         digest: &Digest,
         pieces: impl futures::Stream<Item = Bytes> + Send + 'static,
     ) -> Result<i64, ClientError> {
-        let mut resource = Some(format_write(&WriteResource {
+        let resource = format_write(&WriteResource {
             instance_name: self.instance.clone(),
             upload_id: uuid::Uuid::new_v4().to_string(),
             compressor: Compressor::Identity,
             digest: *digest,
-        }));
-        let size = digest.size_bytes;
-        let mut offset = 0u64;
-        // A piece larger than a message may be is sent as several.
-        let pieces = pieces.flat_map(|mut data| {
-            let mut parts = Vec::with_capacity(data.len().div_ceil(WRITE_PIECE_MAX));
-            while data.len() > WRITE_PIECE_MAX {
-                parts.push(data.split_to(WRITE_PIECE_MAX));
-            }
-            parts.push(data);
-            futures::stream::iter(parts)
         });
-        let frames = pieces.flat_map(move |data| {
-            let write_offset = offset;
-            offset += data.len() as u64;
-            let head = wire::write_request_head(
-                &resource.take().unwrap_or_default(),
-                i64::try_from(write_offset).unwrap_or(i64::MAX),
-                offset == size,
-                data.len(),
-            );
-            futures::stream::iter([head, data])
-        });
-        self.write_raw(frames).await
+        self.write_raw(resource, digest.size_bytes, pieces).await
     }
 
     /// Downloads one blob with ByteStream Read (zstd on the wire if `compressed`) and verifies

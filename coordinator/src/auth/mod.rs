@@ -263,8 +263,12 @@ impl Principal {
 /// The principal the [`layer`] attached to `request` (the anonymous one if none: only in unit
 /// tests that call services directly, since the server always installs the layer).
 pub fn principal<T>(request: &Request<T>) -> Arc<Principal> {
-    request
-        .extensions()
+    principal_in(request.extensions())
+}
+
+/// [`principal`], from the extensions of a request (tonic's or the HTTP request itself).
+fn principal_in(extensions: &http::Extensions) -> Arc<Principal> {
+    extensions
         .get::<Arc<Principal>>()
         .cloned()
         .unwrap_or_else(|| Arc::new(Principal::anonymous(None)))
@@ -317,10 +321,7 @@ impl Caller {
     pub fn of_extensions(auth: Option<&Auth>, extensions: &http::Extensions) -> Caller {
         Caller {
             auth: auth.cloned(),
-            principal: extensions
-                .get::<Arc<Principal>>()
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Principal::anonymous(None))),
+            principal: principal_in(extensions),
         }
     }
 

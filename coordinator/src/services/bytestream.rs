@@ -588,12 +588,7 @@ impl byte_stream_server::ByteStream for ByteStreamService {
         &self,
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        if self.auth.is_some() {
-            let resource = resource::parse_read(&request.get_ref().resource_name)
-                .map_err(ByteStreamError::from)?;
-            Caller::of(self.auth.as_ref(), &request)
-                .instance("ByteStream.Read", &resource.instance_name)?;
-        }
+        self.may_read(request.extensions(), request.get_ref())?;
         let (stream, part_only) = self.start_read(request.get_ref())?;
         let mut response = Response::new(stream);
         if part_only {
@@ -714,7 +709,7 @@ impl ByteStreamService {
         match self.write(caller, BodyMessages::new(body, limit)).await {
             Ok(response) => grpc_response(
                 http::HeaderMap::new(),
-                RawBody::Once(Some(wire::framed(&response))),
+                RawBody::new(futures::stream::iter([Ok(wire::framed(&response))])),
             ),
             Err(error) => Status::from(error).into_http(),
         }
@@ -734,7 +729,7 @@ impl ByteStreamService {
                         http::HeaderValue::from_static("1"),
                     );
                 }
-                grpc_response(headers, RawBody::Read { stream, data: None })
+                grpc_response(headers, RawBody::read(stream))
             }
             Err(status) => status.into_http(),
         }
@@ -754,13 +749,20 @@ impl ByteStreamService {
             })?;
         let request = <ReadRequest as prost::Message>::decode(message)
             .map_err(|e| Status::invalid_argument(format!("malformed ReadRequest: {e}")))?;
-        if self.auth.is_some() {
-            let resource =
-                resource::parse_read(&request.resource_name).map_err(ByteStreamError::from)?;
-            Caller::of_extensions(self.auth.as_ref(), extensions)
-                .instance("ByteStream.Read", &resource.instance_name)?;
-        }
+        self.may_read(extensions, &request)?;
         Ok(self.start_read(&request)?)
+    }
+
+    /// PERMISSION_DENIED unless the caller (from the request's `extensions`) may read the
+    /// instance `request` names.
+    fn may_read(&self, extensions: &http::Extensions, request: &ReadRequest) -> Result<(), Status> {
+        if self.auth.is_none() {
+            return Ok(());
+        }
+        let resource =
+            resource::parse_read(&request.resource_name).map_err(ByteStreamError::from)?;
+        Caller::of_extensions(self.auth.as_ref(), extensions)
+            .instance("ByteStream.Read", &resource.instance_name)
     }
 }
 
@@ -805,19 +807,37 @@ fn trailers(status: &Status) -> http::HeaderMap {
     trailers
 }
 
-/// A response body written on the wire directly: each message's head, then its data as the
-/// store handed it over, then the trailers with the call's status.
-enum RawBody {
-    /// One message, then OK.
-    Once(Option<Bytes>),
-    /// Read's messages, as the store reads them.
-    Read {
-        stream: ReadStream,
-        /// The data of the message whose head went out last.
-        data: Option<Bytes>,
-    },
-    /// The trailers went out.
-    Done,
+/// A response body written on the wire directly: its frames (each message's head, then its
+/// data as the store handed it over), then the trailers with the call's status: the first
+/// error, or OK at the end.
+struct RawBody {
+    /// `None` once the trailers went out.
+    frames: Option<Frames>,
+}
+
+/// A response's data frames, or the error that ends it.
+type Frames = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+impl RawBody {
+    fn new(frames: impl Stream<Item = Result<Bytes, Status>> + Send + 'static) -> Self {
+        RawBody {
+            frames: Some(Box::pin(frames)),
+        }
+    }
+
+    /// Read's messages, each as its head and then its data.
+    fn read(messages: ReadStream) -> Self {
+        RawBody::new(futures::StreamExt::flat_map(messages, |message| {
+            let (head, data) = match message {
+                Ok(message) => (
+                    Ok(wire::read_response_head(message.data.len())),
+                    Some(message.data).filter(|data| !data.is_empty()).map(Ok),
+                ),
+                Err(status) => (Err(status), None),
+            };
+            futures::stream::iter(std::iter::once(head).chain(data))
+        }))
+    }
 }
 
 impl http_body::Body for RawBody {
@@ -828,43 +848,19 @@ impl http_body::Body for RawBody {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Status>>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        let frame = match this {
-            RawBody::Once(message) => match message.take() {
-                Some(message) => Frame::data(message),
-                None => {
-                    *this = RawBody::Done;
-                    Frame::trailers(trailers(&Status::ok("")))
-                }
-            },
-            RawBody::Read { stream, data } => {
-                if let Some(data) = data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                match stream.as_mut().poll_next(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(message))) => {
-                        let head = wire::read_response_head(message.data.len());
-                        *data = Some(message.data).filter(|data| !data.is_empty());
-                        Frame::data(head)
-                    }
-                    Poll::Ready(Some(Err(status))) => {
-                        *this = RawBody::Done;
-                        Frame::trailers(trailers(&status))
-                    }
-                    Poll::Ready(None) => {
-                        *this = RawBody::Done;
-                        Frame::trailers(trailers(&Status::ok("")))
-                    }
-                }
-            }
-            RawBody::Done => return Poll::Ready(None),
+        let Some(frames) = self.frames.as_mut() else {
+            return std::task::Poll::Ready(None);
         };
-        Poll::Ready(Some(Ok(frame)))
+        let status = match std::task::ready!(frames.as_mut().poll_next(cx)) {
+            Some(Ok(data)) => return std::task::Poll::Ready(Some(Ok(Frame::data(data)))),
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        self.frames = None;
+        std::task::Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, RawBody::Done)
+        self.frames.is_none()
     }
 }
