@@ -361,9 +361,10 @@ fn summarize(plan: &BazelPlan, environment: Environment, rounds: &[Round]) -> Re
     let mut notes = vec![
         "Wall times are of the `bazel test` command alone, its Bazel server already started by \
          `bazel info` (not timed); they include loading and analysis, the same for both sides. \
-         CPU is user + system time of the coordinator and agent processes from /proc/<pid>/stat \
-         (10 ms ticks), from just before to just after the remote cold build; \"actions' own \
-         CPU\" is the agents' reaped children."
+         CPU is user + system time of the coordinator and agent processes (each one's own from \
+         its CPU-time clock, to the nanosecond), from just before to just after the remote cold \
+         build; \"actions' own CPU\" is the agents' reaped children (/proc/<pid>/stat, 10 ms \
+         ticks)."
             .to_owned(),
     ];
     for (n, r) in rounds.iter().enumerate() {

@@ -821,8 +821,8 @@ fn summarize(
              {:.1}% kept). The history is written after the job has finished (in the commit \
              that forgets its record), so its cost shows in the CPU row more than in the job's \
              time. CPU = the coordinator \
-             process's user + system time across each re-run (/proc, 10 ms ticks), summed over \
-             the re-runs and divided by their number.",
+             process's user + system time across each re-run (its CPU-time clock, to the \
+             nanosecond), summed over the re-runs and divided by their number.",
             100.0 / HISTORY_MIN_SHARE,
             HISTORY_MIN_SHARE * 100.0
         ));

@@ -377,8 +377,9 @@ async fn real(
     }];
     let mut notes = vec![format!(
         "Real actions: `tessera coordinator` and `tessera agent` processes from {}; CPU is \
-         user + system time from /proc/<pid>/stat (10 ms ticks) over the timed actions only; \
-         \"actions' own CPU\" is the agents' reaped children (the sandboxed /bin/true).",
+         user + system time (each process's own from its CPU-time clock, to the nanosecond) \
+         over the timed actions only; \"actions' own CPU\" is the agents' reaped children (the \
+         sandboxed /bin/true; /proc/<pid>/stat, 10 ms ticks).",
         binary.display()
     )];
     for &sandbox in &plan.sandboxes {
