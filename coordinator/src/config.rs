@@ -178,6 +178,10 @@ pub struct CoordinatorConfig {
     pub webhook_retention: Duration,
     /// `queue.stalled` is published when the oldest queued action has waited this long.
     pub queue_stall_after: Duration,
+    /// A ByteStream Write that receives nothing for this long is ended (DEADLINE_EXCEEDED) and
+    /// set aside for resumption, so that a client that froze or vanished mid-upload does not
+    /// hold the upload (and, for a large one, a writer thread) until its connection closes.
+    pub upload_idle_timeout: Duration,
     /// The flake policy of `[quarantine]` (off by default).
     pub quarantine: QuarantineConfig,
 }
@@ -259,6 +263,7 @@ impl Default for CoordinatorConfig {
             webhooks: Vec::new(),
             webhook_retention: Duration::from_secs(7 * 86_400),
             queue_stall_after: Duration::from_secs(15 * 60),
+            upload_idle_timeout: Duration::from_secs(60),
             quarantine: QuarantineConfig::default(),
         }
     }
@@ -300,6 +305,7 @@ pub struct FileConfig {
     webhooks: Option<Vec<FileWebhook>>,
     webhook_retention: Option<String>,
     queue_stall_after: Option<String>,
+    upload_idle_timeout: Option<String>,
     quarantine: Option<FileQuarantine>,
 }
 
@@ -389,6 +395,7 @@ pub const ENV_KEYS: &[&str] = &[
     "TESSERA_BACKUP_KEEP",
     "TESSERA_WEBHOOK_RETENTION",
     "TESSERA_QUEUE_STALL_AFTER",
+    "TESSERA_UPLOAD_IDLE_TIMEOUT",
     "TESSERA_DATA_DIR",
     "TESSERA_MAX_CAS_BYTES",
     "TESSERA_CAS_PROTECT_RECENT",
@@ -572,6 +579,9 @@ impl Settings for CoordinatorConfig {
         if let Some(v) = file.queue_stall_after {
             self.queue_stall_after = file_duration("queue_stall_after", &v)?;
         }
+        if let Some(v) = file.upload_idle_timeout {
+            self.upload_idle_timeout = file_duration("upload_idle_timeout", &v)?;
+        }
         if let Some(v) = file.otlp_endpoint {
             self.otlp_endpoint = Some(v);
         }
@@ -641,6 +651,7 @@ impl Settings for CoordinatorConfig {
             "TESSERA_BACKUP_KEEP" => self.backup_keep = parse(value)?,
             "TESSERA_WEBHOOK_RETENTION" => self.webhook_retention = parse_duration(value)?,
             "TESSERA_QUEUE_STALL_AFTER" => self.queue_stall_after = parse_duration(value)?,
+            "TESSERA_UPLOAD_IDLE_TIMEOUT" => self.upload_idle_timeout = parse_duration(value)?,
             "TESSERA_QUARANTINE_FLAKE_RATE" => self.quarantine.flake_rate = Some(parse(value)?),
             "TESSERA_QUARANTINE_RUNS" => self.quarantine.runs = parse(value)?,
             // TESSERA_CONFIG: read by the command line before loading starts.
@@ -823,6 +834,13 @@ impl Settings for CoordinatorConfig {
             )
             .for_key("queue_stall_after"));
         }
+        if self.upload_idle_timeout < Duration::from_millis(100) {
+            return Err(BadValue::new(
+                format!("{:?}", self.upload_idle_timeout),
+                "must be at least 100ms",
+            )
+            .for_key("upload_idle_timeout"));
+        }
         if self.backup_keep == 0 {
             return Err(BadValue::new("0", "must keep at least 1 backup").for_key("backup_keep"));
         }
@@ -954,6 +972,24 @@ mod tests {
             let err = CoordinatorConfig::load(None, &env(&[(var, value)]), &none).unwrap_err();
             assert!(err.to_string().contains("history_"), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_upload_idle_timeout_is_set_checked_and_defaults_to_a_minute() {
+        let none = ConfigOverrides::default();
+        let c = CoordinatorConfig::load(None, &BTreeMap::new(), &none).unwrap();
+        assert_eq!(c.upload_idle_timeout, Duration::from_secs(60));
+        let e = env(&[("TESSERA_UPLOAD_IDLE_TIMEOUT", "5m")]);
+        let c = CoordinatorConfig::load(None, &e, &none).unwrap();
+        assert_eq!(c.upload_idle_timeout, Duration::from_secs(300));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "upload_idle_timeout = \"90s\"\n").unwrap();
+        let c = CoordinatorConfig::load(Some(&file), &BTreeMap::new(), &none).unwrap();
+        assert_eq!(c.upload_idle_timeout, Duration::from_secs(90));
+        let e = env(&[("TESSERA_UPLOAD_IDLE_TIMEOUT", "10ms")]);
+        let err = CoordinatorConfig::load(None, &e, &none).unwrap_err();
+        assert!(err.to_string().contains("upload_idle_timeout"), "{err}");
     }
 
     #[test]

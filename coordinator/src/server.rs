@@ -68,6 +68,10 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 const WRITE_BACK_EVERY: Duration = Duration::from_secs(10);
 /// Largest gRPC message accepted or sent: room for a full batch plus framing.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// How often the server PINGs an HTTP/2 connection that has been quiet.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why the coordinator could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -298,6 +302,10 @@ impl Coordinator {
 
         let batch = config.max_batch_total_size_bytes;
         let router = tonic::transport::Server::builder()
+            // A peer that stops answering PINGs (its host gone, its network cut, the process
+            // frozen) is dropped, and with it every call it had open.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_frame_size(1024 * 1024)
             .initial_connection_window_size(32 * 1024 * 1024)
             .initial_stream_window_size(16 * 1024 * 1024)
@@ -331,7 +339,9 @@ impl Coordinator {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(ByteStreamRoutes::new(
-                ByteStreamService::new(Arc::clone(&blobs)).with_auth(auth.clone()),
+                ByteStreamService::new(Arc::clone(&blobs))
+                    .with_auth(auth.clone())
+                    .with_idle_timeout(config.upload_idle_timeout),
                 MAX_MESSAGE_BYTES,
             ))
             .add_service(

@@ -1686,11 +1686,27 @@ async fn call_with_frames(
     method: &str,
     frames: Vec<Vec<u8>>,
 ) -> Result<(), Status> {
+    call_sending(server, method, frames, false).await
+}
+
+/// [`call_with_frames`], the request's body sending `frames` and then, if `stall`, nothing
+/// more while staying open: a client frozen or gone with its connection still up.
+async fn call_sending(
+    server: &TestServer,
+    method: &str,
+    frames: Vec<Vec<u8>>,
+    stall: bool,
+) -> Result<(), Status> {
+    use futures::StreamExt as _;
     let mut channel = server.channel().await;
-    let body =
-        http_body_util::StreamBody::new(futures::stream::iter(frames.into_iter().map(|frame| {
-            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(frame)))
-        })));
+    let frames = futures::stream::iter(frames.into_iter().map(|frame| {
+        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(frame)))
+    }));
+    let body = http_body_util::StreamBody::new(if stall {
+        frames.chain(futures::stream::pending()).boxed()
+    } else {
+        frames.boxed()
+    });
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri(format!("/google.bytestream.ByteStream/{method}"))
@@ -1715,6 +1731,74 @@ async fn call_with_frames(
     let mut messages = tessera_proto::wire::BodyMessages::new(body, 1 << 20);
     while messages.next_message().await?.is_some() {}
     messages.finish().await
+}
+
+/// A Write whose client stops sending, its stream and connection still open (a client frozen
+/// or cut off mid-upload), is ended after the server's idle timeout with DEADLINE_EXCEEDED
+/// naming the offset to resume from, and parked: QueryWriteStatus reports that offset and a
+/// Write from it completes the blob. Large uploads (a writer thread each) and small ones; a
+/// Write that never sends its first message is ended the same way.
+#[tokio::test]
+async fn a_write_whose_client_stops_sending_is_ended_and_can_be_resumed() {
+    let idle = std::time::Duration::from_millis(500);
+    let server = TestServer::start_with(|config| config.upload_idle_timeout = idle).await;
+    let raw = Raw::connect(&server).await;
+    for (id, size) in [("large", 6usize << 20), ("small", 64 << 10)] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 ^ (size as u8)).collect();
+        let d = sha(&data);
+        let half = size / 2;
+        let first = message(&upload_name(id, &d), 0, &data[..half], false).encode_to_vec();
+        let started = std::time::Instant::now();
+        let status = call_sending(
+            &server,
+            "Write",
+            vec![grpc_frame(0, first.len(), &first)],
+            true,
+        )
+        .await
+        .unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{id}: {status:?}");
+        assert!(
+            status.message().contains("no data for")
+                && status
+                    .message()
+                    .contains(&format!("resume it from offset {half}")),
+            "{id}: {status:?}"
+        );
+        assert!(
+            waited >= idle && waited < std::time::Duration::from_secs(10),
+            "{id}: ended after {waited:?}"
+        );
+        raw.assert_absent(&d).await;
+        let queried = raw
+            .bytestream
+            .clone()
+            .query_write_status(QueryWriteStatusRequest {
+                resource_name: upload_name(id, &d),
+            })
+            .await
+            .expect("QueryWriteStatus of the parked upload")
+            .into_inner();
+        assert_eq!(queried.committed_size, half as i64, "{id}");
+        assert!(!queried.complete, "{id}");
+        let rest = message(&upload_name(id, &d), half as i64, &data[half..], true).encode_to_vec();
+        call_with_frames(&server, "Write", vec![grpc_frame(0, rest.len(), &rest)])
+            .await
+            .expect("the upload resumes from the parked offset");
+        let (read, outcome) = raw.read(&read_name(&d), 0, 0).await;
+        outcome.expect("the resumed blob reads back");
+        assert!(read == data, "{id}: the resumed blob reads back whole");
+    }
+    let status = call_sending(&server, "Write", Vec::new(), true)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("no data for this Write"),
+        "{status:?}"
+    );
+    raw.assert_healthy(b"after writes that stalled").await;
 }
 
 /// `message` behind a gRPC prefix with compressed-flag `flag` and length `len`.

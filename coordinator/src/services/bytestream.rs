@@ -3,7 +3,9 @@
 //!
 //! An upload whose stream breaks is parked under its resource name, so the client can ask
 //! QueryWriteStatus and resume from the committed offset; parked uploads expire after
-//! [`PARK_TTL`]. If the blob appears while an upload is running (another client finished it),
+//! [`PARK_TTL`]. So is one that receives nothing for the idle timeout
+//! ([`ByteStreamService::with_idle_timeout`]), ended with DEADLINE_EXCEEDED: a client that
+//! froze or was cut off mid-upload holds neither the upload nor its writer thread for longer. If the blob appears while an upload is running (another client finished it),
 //! the upload ends at once with the full size, as REAPI specifies. Reads verify the whole blob
 //! as they stream it and end in DATA_LOSS if it does not match its digest; a read of part of
 //! a blob (an offset or a limit) that the store has already hashed in this process is served
@@ -46,6 +48,9 @@ const MAX_PARKED: usize = 1024;
 const PIPELINE_MIN: u64 = 4 * 1024 * 1024;
 /// Messages queued for a pipelined upload's writer.
 const PIPELINE_QUEUE: usize = 4;
+/// How long a Write may receive nothing before it is ended and parked, unless the server
+/// says otherwise ([`ByteStreamService::with_idle_timeout`]).
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest `data` in one ReadResponse.
 const MAX_READ_MESSAGE: usize = 1024 * 1024;
 
@@ -55,6 +60,16 @@ enum ByteStreamError {
     Resource(#[from] ResourceError),
     #[error("write stream is empty")]
     EmptyWrite,
+    #[error(
+        "no data for {} in {after:?}: the upload was set aside; resume it from offset \
+         {committed} (QueryWriteStatus) or send it again",
+        resource.as_deref().unwrap_or("this Write")
+    )]
+    Idle {
+        resource: Option<String>,
+        committed: u64,
+        after: Duration,
+    },
     #[error("write for {expected} continued with a different resource name \"{found}\"")]
     ResourceChanged { expected: String, found: String },
     #[error(
@@ -103,6 +118,7 @@ impl From<ByteStreamError> for Status {
             | ByteStreamError::Codec(_) => Status::invalid_argument(error.to_string()),
             ByteStreamError::OffsetOutOfRange { .. } => Status::out_of_range(error.to_string()),
             ByteStreamError::NotFound(_) => Status::not_found(error.to_string()),
+            ByteStreamError::Idle { .. } => Status::deadline_exceeded(error.to_string()),
             ByteStreamError::Store(inner) => store_error(inner),
             ByteStreamError::Internal(_) => Status::internal(error.to_string()),
             ByteStreamError::Stream(status) | ByteStreamError::Denied(status) => status.clone(),
@@ -129,6 +145,7 @@ pub struct ByteStreamService {
     store: Arc<dyn BlobStore>,
     parked: Arc<Mutex<HashMap<String, Parked>>>,
     auth: Option<Auth>,
+    idle_timeout: Duration,
 }
 
 impl ByteStreamService {
@@ -138,7 +155,16 @@ impl ByteStreamService {
             store,
             parked: Arc::default(),
             auth: None,
+            idle_timeout: UPLOAD_IDLE_TIMEOUT,
         }
+    }
+
+    /// Ends a Write that receives nothing for `idle` (DEADLINE_EXCEEDED) and parks it, so that
+    /// a client that froze or vanished mid-upload holds neither the upload nor, for a large
+    /// one, its writer thread until the connection closes.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
     }
 
     /// Checks each caller's instance scope and upload rate against `auth`.
@@ -286,10 +312,18 @@ impl ByteStreamService {
         caller: Caller,
         mut stream: impl WriteMessages,
     ) -> Result<WriteResponse, ByteStreamError> {
-        let first = match stream.next_chunk().await {
-            Ok(Some(first)) => first,
-            Ok(None) => return Err(ByteStreamError::EmptyWrite),
-            Err(status) => return Err(ByteStreamError::Stream(status)),
+        let idle = self.idle_timeout;
+        let first = match tokio::time::timeout(idle, stream.next_chunk()).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Ok(None)) => return Err(ByteStreamError::EmptyWrite),
+            Ok(Err(status)) => return Err(ByteStreamError::Stream(status)),
+            Err(_) => {
+                return Err(ByteStreamError::Idle {
+                    resource: None,
+                    committed: 0,
+                    after: idle,
+                });
+            }
         };
         let resource = resource::parse_write(&first.resource_name)?;
         caller
@@ -386,16 +420,26 @@ impl ByteStreamService {
                 feeding.discard().await;
                 return Ok(already_there);
             }
-            message = match stream.next_chunk().await {
-                Ok(Some(next)) => next,
-                Ok(None) => {
+            message = match tokio::time::timeout(idle, stream.next_chunk()).await {
+                Ok(Ok(Some(next))) => next,
+                Ok(Ok(None)) => {
                     self.park(key.clone(), feeding.stop().await?);
                     return Err(ByteStreamError::Unfinished(key));
                 }
-                Err(status) => {
+                Ok(Err(status)) => {
                     tracing::debug!(resource = %key, %status, "upload stream broke; parked for resumption");
                     self.park(key, feeding.stop().await?);
                     return Err(ByteStreamError::Stream(status));
+                }
+                Err(_) => {
+                    let committed = feeding.committed();
+                    tracing::info!(resource = %key, committed, ?idle, "upload received nothing; parked for resumption");
+                    self.park(key.clone(), feeding.stop().await?);
+                    return Err(ByteStreamError::Idle {
+                        resource: Some(key),
+                        committed,
+                        after: idle,
+                    });
                 }
             };
         }
