@@ -272,6 +272,7 @@ pub struct BodyMessages {
     messages: Messages,
     trailers: Option<http::HeaderMap>,
     ended: bool,
+    received: u64,
 }
 
 impl BodyMessages {
@@ -282,7 +283,14 @@ impl BodyMessages {
             messages: Messages::new(limit),
             trailers: None,
             ended: false,
+            received: 0,
         }
+    }
+
+    /// Bytes of data received so far, whole messages or not: whether a peer is still sending
+    /// while a large message is on its way.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// The next message; `None` once the body ended cleanly.
@@ -307,7 +315,10 @@ impl BodyMessages {
                 None => self.ended = true,
                 Some(Err(status)) => return Err(status),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.messages.push(data),
+                    Ok(data) => {
+                        self.received += data.len() as u64;
+                        self.messages.push(data);
+                    }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             self.trailers = Some(trailers);

@@ -1686,26 +1686,42 @@ async fn call_with_frames(
     method: &str,
     frames: Vec<Vec<u8>>,
 ) -> Result<(), Status> {
-    call_sending(server, method, frames, false).await
+    call_sending(server, method, frames, Sending::AtOnce).await
 }
 
-/// [`call_with_frames`], the request's body sending `frames` and then, if `stall`, nothing
-/// more while staying open: a client frozen or gone with its connection still up.
+/// How a request's body sends its frames.
+#[derive(Clone, Copy)]
+enum Sending {
+    /// All at once, then the body ends.
+    AtOnce,
+    /// All at once, then nothing more while the body stays open: a client frozen or gone
+    /// with its connection still up.
+    ThenStall,
+    /// One every so often, then the body ends.
+    Paced(std::time::Duration),
+}
+
+/// [`call_with_frames`], the request's body sending `frames` as `sending` says.
 async fn call_sending(
     server: &TestServer,
     method: &str,
     frames: Vec<Vec<u8>>,
-    stall: bool,
+    sending: Sending,
 ) -> Result<(), Status> {
     use futures::StreamExt as _;
     let mut channel = server.channel().await;
     let frames = futures::stream::iter(frames.into_iter().map(|frame| {
         Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(frame)))
     }));
-    let body = http_body_util::StreamBody::new(if stall {
-        frames.chain(futures::stream::pending()).boxed()
-    } else {
-        frames.boxed()
+    let body = http_body_util::StreamBody::new(match sending {
+        Sending::AtOnce => frames.boxed(),
+        Sending::ThenStall => frames.chain(futures::stream::pending()).boxed(),
+        Sending::Paced(every) => frames
+            .then(move |frame| async move {
+                tokio::time::sleep(every).await;
+                frame
+            })
+            .boxed(),
     });
     let request = http::Request::builder()
         .method(http::Method::POST)
@@ -1753,7 +1769,7 @@ async fn a_write_whose_client_stops_sending_is_ended_and_can_be_resumed() {
             &server,
             "Write",
             vec![grpc_frame(0, first.len(), &first)],
-            true,
+            Sending::ThenStall,
         )
         .await
         .unwrap_err();
@@ -1790,7 +1806,7 @@ async fn a_write_whose_client_stops_sending_is_ended_and_can_be_resumed() {
         outcome.expect("the resumed blob reads back");
         assert!(read == data, "{id}: the resumed blob reads back whole");
     }
-    let status = call_sending(&server, "Write", Vec::new(), true)
+    let status = call_sending(&server, "Write", Vec::new(), Sending::ThenStall)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
@@ -1798,6 +1814,22 @@ async fn a_write_whose_client_stops_sending_is_ended_and_can_be_resumed() {
         status.message().contains("no data for this Write"),
         "{status:?}"
     );
+    // A client on a slow link: one message taking four times the idle timeout to arrive, a
+    // piece every fifth of it. It is still sending, so it is not cut off.
+    let data = vec![7u8; 64 << 10];
+    let d = sha(&data);
+    let whole = message(&upload_name("slow", &d), 0, &data, true).encode_to_vec();
+    let framed = grpc_frame(0, whole.len(), &whole);
+    let pieces: Vec<Vec<u8>> = framed
+        .chunks(framed.len().div_ceil(20))
+        .map(<[u8]>::to_vec)
+        .collect();
+    call_sending(&server, "Write", pieces, Sending::Paced(idle / 5))
+        .await
+        .expect("a message that keeps arriving is not cut off");
+    let (read, outcome) = raw.read(&read_name(&d), 0, 0).await;
+    outcome.expect("the slowly sent blob reads back");
+    assert!(read == data, "the slowly sent blob reads back whole");
     raw.assert_healthy(b"after writes that stalled").await;
 }
 

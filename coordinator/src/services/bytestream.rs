@@ -313,11 +313,11 @@ impl ByteStreamService {
         mut stream: impl WriteMessages,
     ) -> Result<WriteResponse, ByteStreamError> {
         let idle = self.idle_timeout;
-        let first = match tokio::time::timeout(idle, stream.next_chunk()).await {
-            Ok(Ok(Some(first))) => first,
-            Ok(Ok(None)) => return Err(ByteStreamError::EmptyWrite),
-            Ok(Err(status)) => return Err(ByteStreamError::Stream(status)),
-            Err(_) => {
+        let first = match stream.next_chunk_within(idle).await {
+            Some(Ok(Some(first))) => first,
+            Some(Ok(None)) => return Err(ByteStreamError::EmptyWrite),
+            Some(Err(status)) => return Err(ByteStreamError::Stream(status)),
+            None => {
                 return Err(ByteStreamError::Idle {
                     resource: None,
                     committed: 0,
@@ -420,18 +420,18 @@ impl ByteStreamService {
                 feeding.discard().await;
                 return Ok(already_there);
             }
-            message = match tokio::time::timeout(idle, stream.next_chunk()).await {
-                Ok(Ok(Some(next))) => next,
-                Ok(Ok(None)) => {
+            message = match stream.next_chunk_within(idle).await {
+                Some(Ok(Some(next))) => next,
+                Some(Ok(None)) => {
                     self.park(key.clone(), feeding.stop().await?);
                     return Err(ByteStreamError::Unfinished(key));
                 }
-                Ok(Err(status)) => {
+                Some(Err(status)) => {
                     tracing::debug!(resource = %key, %status, "upload stream broke; parked for resumption");
                     self.park(key, feeding.stop().await?);
                     return Err(ByteStreamError::Stream(status));
                 }
-                Err(_) => {
+                None => {
                     let committed = feeding.committed();
                     tracing::info!(resource = %key, committed, ?idle, "upload received nothing; parked for resumption");
                     self.park(key.clone(), feeding.stop().await?);
@@ -665,8 +665,33 @@ impl byte_stream_server::ByteStream for ByteStreamService {
 /// Where an upload's messages come from: tonic's decoder, or the request body read directly
 /// ([`ByteStreamRoutes`]).
 trait WriteMessages: Send {
-    /// The next message, `None` at the end of the stream.
+    /// The next message, `None` at the end of the stream. Cancel-safe: bytes of a message
+    /// received before the future is dropped stay for the next call.
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<WriteChunk>, Status>> + Send;
+
+    /// Bytes received so far, whole messages or not, where the source counts them (0 where
+    /// it does not: only whole messages then show that the client is still sending).
+    fn received(&self) -> u64 {
+        0
+    }
+
+    /// [`WriteMessages::next_chunk`], unless nothing at all arrives for `idle` (`None`); a
+    /// large message still coming in keeps the wait going.
+    fn next_chunk_within(
+        &mut self,
+        idle: Duration,
+    ) -> impl Future<Output = Option<Result<Option<WriteChunk>, Status>>> + Send {
+        async move {
+            loop {
+                let before = self.received();
+                match tokio::time::timeout(idle, self.next_chunk()).await {
+                    Ok(next) => return Some(next),
+                    Err(_) if self.received() != before => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+    }
 }
 
 impl WriteMessages for Streaming<WriteRequest> {
@@ -681,6 +706,10 @@ impl WriteMessages for BodyMessages {
             .await?
             .map(wire::decode_write)
             .transpose()
+    }
+
+    fn received(&self) -> u64 {
+        BodyMessages::received(self)
     }
 }
 
