@@ -146,6 +146,7 @@ pub struct ByteStreamService {
     parked: Arc<Mutex<HashMap<String, Parked>>>,
     auth: Option<Auth>,
     idle_timeout: Duration,
+    park_ttl: Duration,
 }
 
 impl ByteStreamService {
@@ -156,6 +157,7 @@ impl ByteStreamService {
             parked: Arc::default(),
             auth: None,
             idle_timeout: UPLOAD_IDLE_TIMEOUT,
+            park_ttl: PARK_TTL,
         }
     }
 
@@ -173,13 +175,19 @@ impl ByteStreamService {
         self
     }
 
+    /// The parked uploads, those parked longer than [`PARK_TTL`] dropped first (with their
+    /// temporary files), whenever any upload starts, parks or is asked about: not only when
+    /// another one parks.
     fn parked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Parked>> {
-        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        if !parked.is_empty() {
+            parked.retain(|_, p| p.since.elapsed() < self.park_ttl);
+        }
+        parked
     }
 
     fn park(&self, key: String, state: UploadState) {
         let mut parked = self.parked();
-        parked.retain(|_, p| p.since.elapsed() < PARK_TTL);
         if parked.len() >= MAX_PARKED
             && let Some(oldest) = parked
                 .iter()
@@ -935,5 +943,87 @@ impl http_body::Body for RawBody {
 
     fn is_end_stream(&self) -> bool {
         self.frames.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use tessera_cas::digest::DigestFunction;
+    use tessera_cas::store::MemoryStore;
+
+    use super::*;
+
+    /// A client's Write that sends `chunks` and then nothing, staying open.
+    struct ThenSilent(VecDeque<WriteChunk>);
+
+    impl WriteMessages for ThenSilent {
+        async fn next_chunk(&mut self) -> Result<Option<WriteChunk>, Status> {
+            match self.0.pop_front() {
+                Some(chunk) => Ok(Some(chunk)),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn chunk(name: &str, offset: usize, data: &[u8], finish_write: bool) -> WriteChunk {
+        WriteChunk::from(WriteRequest {
+            resource_name: name.to_owned(),
+            write_offset: offset as i64,
+            finish_write,
+            data: Bytes::copy_from_slice(data),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_silent_upload_is_parked_and_forgotten_after_its_time_without_another_parking() {
+        let mut service = ByteStreamService::new(Arc::new(MemoryStore::new()))
+            .with_idle_timeout(Duration::from_millis(50));
+        service.park_ttl = Duration::from_millis(300);
+        let data = vec![3u8; 10_000];
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        let name = format!(
+            "uploads/u1/blobs/{}/{}",
+            digest.hash_hex(),
+            digest.size_bytes
+        );
+        let caller = || Caller::of_extensions(None, &http::Extensions::new());
+        let silent = ThenSilent(VecDeque::from([chunk(&name, 0, &data[..4_000], false)]));
+        let error = service.write(caller(), silent).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ByteStreamError::Idle {
+                    committed: 4_000,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let query = QueryWriteStatusRequest {
+            resource_name: name.clone(),
+        };
+        assert_eq!(
+            service.query_write_status(&query).unwrap().committed_size,
+            4_000
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Nothing else parked in the meantime: asking is enough to drop it.
+        assert_eq!(
+            service.query_write_status(&query).unwrap().committed_size,
+            0
+        );
+        assert!(service.parked().is_empty());
+        let resumed = ThenSilent(VecDeque::from([chunk(&name, 4_000, &data[4_000..], true)]));
+        let error = service.write(caller(), resumed).await.unwrap_err();
+        assert!(
+            matches!(error, ByteStreamError::WrongOffset { expected: 0, .. }),
+            "{error}"
+        );
+        let whole = ThenSilent(VecDeque::from([chunk(&name, 0, &data, true)]));
+        let written = service.write(caller(), whole).await.unwrap();
+        assert_eq!(written.committed_size, 10_000);
+        assert!(service.store.contains(&digest));
     }
 }
