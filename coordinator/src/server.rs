@@ -70,8 +70,10 @@ const WRITE_BACK_EVERY: Duration = Duration::from_secs(10);
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// How often the server PINGs an HTTP/2 connection that has been quiet.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a PING may go unanswered before the connection is dropped.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a PING may go unanswered before the connection is dropped: generous, since the
+/// answer may queue behind a send buffer of upload data on a slow link (hyper does not count
+/// data that keeps arriving as an answer).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the coordinator could not start or stopped with an error.
 #[derive(Debug, Error)]

@@ -5,7 +5,10 @@
 //! QueryWriteStatus and resume from the committed offset; parked uploads expire after
 //! [`PARK_TTL`]. So is one that receives nothing for the idle timeout
 //! ([`ByteStreamService::with_idle_timeout`]), ended with DEADLINE_EXCEEDED: a client that
-//! froze or was cut off mid-upload holds neither the upload nor its writer thread for longer. If the blob appears while an upload is running (another client finished it),
+//! froze or was cut off mid-upload holds neither the upload nor its writer thread for longer.
+//! (A client that keeps sending, however slowly, is not cut off. The timeout must exceed the
+//! longest the store may stall: while it does not read, HTTP/2 flow control stops every
+//! upload on that connection.) If the blob appears while an upload is running (another client finished it),
 //! the upload ends at once with the full size, as REAPI specifies. Reads verify the whole blob
 //! as they stream it and end in DATA_LOSS if it does not match its digest; a read of part of
 //! a blob (an offset or a limit) that the store has already hashed in this process is served
@@ -60,13 +63,14 @@ enum ByteStreamError {
     Resource(#[from] ResourceError),
     #[error("write stream is empty")]
     EmptyWrite,
+    #[error("no message for this Write in {0:?}: send it again")]
+    Silent(Duration),
     #[error(
-        "no data for {} in {after:?}: the upload was set aside; resume it from offset \
-         {committed} (QueryWriteStatus) or send it again",
-        resource.as_deref().unwrap_or("this Write")
+        "no data for {resource} in {after:?}: the upload was set aside; resume it from offset \
+         {committed} (QueryWriteStatus) or send it again"
     )]
     Idle {
-        resource: Option<String>,
+        resource: String,
         committed: u64,
         after: Duration,
     },
@@ -118,7 +122,9 @@ impl From<ByteStreamError> for Status {
             | ByteStreamError::Codec(_) => Status::invalid_argument(error.to_string()),
             ByteStreamError::OffsetOutOfRange { .. } => Status::out_of_range(error.to_string()),
             ByteStreamError::NotFound(_) => Status::not_found(error.to_string()),
-            ByteStreamError::Idle { .. } => Status::deadline_exceeded(error.to_string()),
+            ByteStreamError::Idle { .. } | ByteStreamError::Silent(_) => {
+                Status::deadline_exceeded(error.to_string())
+            }
             ByteStreamError::Store(inner) => store_error(inner),
             ByteStreamError::Internal(_) => Status::internal(error.to_string()),
             ByteStreamError::Stream(status) | ByteStreamError::Denied(status) => status.clone(),
@@ -325,13 +331,7 @@ impl ByteStreamService {
             Some(Ok(Some(first))) => first,
             Some(Ok(None)) => return Err(ByteStreamError::EmptyWrite),
             Some(Err(status)) => return Err(ByteStreamError::Stream(status)),
-            None => {
-                return Err(ByteStreamError::Idle {
-                    resource: None,
-                    committed: 0,
-                    after: idle,
-                });
-            }
+            None => return Err(ByteStreamError::Silent(idle)),
         };
         let resource = resource::parse_write(&first.resource_name)?;
         caller
@@ -444,7 +444,7 @@ impl ByteStreamService {
                     tracing::info!(resource = %key, committed, ?idle, "upload received nothing; parked for resumption");
                     self.park(key.clone(), feeding.stop().await?);
                     return Err(ByteStreamError::Idle {
-                        resource: Some(key),
+                        resource: key,
                         committed,
                         after: idle,
                     });
