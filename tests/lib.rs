@@ -50,6 +50,9 @@ use tonic::transport::Channel;
 pub mod lines {
     /// The coordinator has bound its port (`coordinator/src/server.rs`).
     pub const COORDINATOR_LISTENING: &str = "coordinator listening";
+    /// A ByteStream Write received nothing for the idle timeout and was parked, with
+    /// `resource` and `committed` (`coordinator/src/services/bytestream.rs`).
+    pub const UPLOAD_IDLE_PARKED: &str = "upload received nothing; parked for resumption";
     /// An agent got the coordinator's Welcome: the scheduler registered it before sending it
     /// (`agent/src/session.rs`).
     pub const AGENT_CONNECTED: &str = "connected to the coordinator";

@@ -373,3 +373,165 @@ async fn a_client_that_drops_its_execute_stream_re_attaches_with_wait_execution(
     assert_ok(&response);
     assert_eq!(response.result.unwrap().output_files.len(), 1);
 }
+
+/// A client frozen mid-upload does not hold its upload. The client is a real `curl` sending a
+/// ByteStream Write over HTTP/2 from its stdin: the first message (half of a 6 MiB blob, so
+/// the upload has a writer thread of its own) and the first MiB of the second go in, then
+/// curl is stopped with SIGSTOP, its connection still up (the kernel keeps answering for it).
+/// The coordinator, a real process with `TESSERA_UPLOAD_IDLE_TIMEOUT=1s`, ends the Write and
+/// parks it; QueryWriteStatus from another client reports the first message's bytes (the
+/// second never came whole), and a Write from there completes the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_frozen_mid_upload_does_not_hold_it() {
+    use std::io::Write as _;
+
+    use prost::Message as _;
+    use tessera_proto::bytestream::byte_stream_client::ByteStreamClient;
+    use tessera_proto::bytestream::{QueryWriteStatusRequest, WriteRequest};
+
+    if which("curl").is_none() {
+        assert!(
+            !in_ci(),
+            "curl is needed (the README's test command installs it)"
+        );
+        eprintln!("skipped: curl not found");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_on(
+        loopback(),
+        &dir.path().join("data"),
+        &[],
+        &[("TESSERA_UPLOAD_IDLE_TIMEOUT", "1s")],
+    );
+    let endpoint = server.endpoint();
+    let data: Vec<u8> = (0..6usize << 20).map(|i| (i % 253) as u8).collect();
+    let digest = DigestFunction::Sha256.digest_of(&data);
+    let name = format!(
+        "uploads/frozen/blobs/{}/{}",
+        digest.hash_hex(),
+        digest.size_bytes
+    );
+    let half = data.len() / 2;
+    let frame = |offset: usize, end: usize| {
+        let message = WriteRequest {
+            resource_name: if offset == 0 {
+                name.clone()
+            } else {
+                String::new()
+            },
+            write_offset: offset as i64,
+            finish_write: end == data.len(),
+            data: bytes::Bytes::copy_from_slice(&data[offset..end]),
+        }
+        .encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(&message);
+        framed
+    };
+    // Once curl has read all this, all of the first message has left it: it holds back at
+    // most its upload buffer (64 KiB), and the pipe at most as much again.
+    let mut framed = frame(0, half);
+    framed.extend_from_slice(&frame(half, data.len())[..1 << 20]);
+
+    let mut curl = std::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-T",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("{endpoint}/google.bytestream.ByteStream/Write"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start curl");
+    let curl_pid = nix::unistd::Pid::from_raw(i32::try_from(curl.id()).unwrap());
+    // The message goes into curl's stdin, which stays open: no end of the request.
+    let stdin = curl.stdin.take().unwrap();
+    let stdin = tokio::task::spawn_blocking(move || {
+        let mut stdin = stdin;
+        stdin.write_all(&framed).expect("feed curl");
+        stdin.flush().expect("feed curl");
+        stdin
+    })
+    .await
+    .unwrap();
+    nix::sys::signal::kill(curl_pid, Signal::SIGSTOP).expect("stop curl");
+
+    let line = server
+        .log
+        .wait_for(lines::UPLOAD_IDLE_PARKED, Duration::from_secs(30))
+        .await;
+    let state = std::fs::read_to_string(format!("/proc/{curl_pid}/stat")).unwrap();
+    assert!(
+        state.contains(") T "),
+        "curl is still there, stopped, its connection up: {state}"
+    );
+    // Whole messages count: the first one.
+    let channel = Channel::from_shared(endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let committed = ByteStreamClient::new(channel.clone())
+        .query_write_status(QueryWriteStatusRequest {
+            resource_name: name.clone(),
+        })
+        .await
+        .expect("QueryWriteStatus")
+        .into_inner()
+        .committed_size;
+    assert_eq!(committed, half as i64);
+    assert!(line.contains(&format!("committed={half}")), "{line}");
+    let offset = usize::try_from(committed).unwrap();
+    let rest = WriteRequest {
+        resource_name: name.clone(),
+        write_offset: committed,
+        finish_write: true,
+        data: bytes::Bytes::copy_from_slice(&data[offset..]),
+    };
+    let written = ByteStreamClient::new(channel)
+        .max_encoding_message_size(16 << 20)
+        .write(futures::stream::iter([rest]))
+        .await
+        .expect("the upload resumes where the frozen client left it")
+        .into_inner();
+    assert_eq!(written.committed_size, digest.size_bytes as i64);
+    let client = CasClient::connect(&endpoint, "", DigestFunction::Sha256)
+        .await
+        .unwrap();
+    let read = client
+        .read(&digest, false)
+        .await
+        .expect("the blob reads back");
+    assert!(read == data, "the blob reads back whole");
+
+    let _ = curl.kill();
+    drop(stdin);
+    let _ = curl.wait();
+    assert_eq!(
+        server.log.count("panicked"),
+        0,
+        "a panic in the coordinator"
+    );
+}
+
+/// The path of `tool` on `PATH`, if it is there.
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(tool))
+            .find(|candidate| candidate.is_file())
+    })
+}
