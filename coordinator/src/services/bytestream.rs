@@ -8,11 +8,13 @@
 //! froze or was cut off mid-upload holds neither the upload nor its writer thread for longer.
 //! (A client that keeps sending, however slowly, is not cut off. The timeout must exceed the
 //! longest the store may stall: while it does not read, HTTP/2 flow control stops every
-//! upload on that connection.) If the blob appears while an upload is running (another client finished it),
-//! the upload ends at once with the full size, as REAPI specifies. Reads verify the whole blob
-//! as they stream it and end in DATA_LOSS if it does not match its digest; a read of part of
-//! a blob (an offset or a limit) that the store has already hashed in this process is served
-//! from the bytes of that part alone ([`BlobStore::open_range`]), so a client may fetch a large
+//! upload on that connection.)
+//!
+//! If the blob appears while an upload is running (another client finished it), the upload
+//! ends at once with the full size, as REAPI specifies. Reads verify the whole blob as they
+//! stream it and end in DATA_LOSS if it does not match its digest; a read of part of a blob
+//! (an offset or a limit) that the store has already hashed in this process is served from
+//! the bytes of that part alone ([`BlobStore::open_range`]), so a client may fetch a large
 //! blob as parallel ranges, verifying the whole itself.
 
 use std::collections::HashMap;
