@@ -1078,3 +1078,48 @@ async fn action_results_survive_a_clean_restart() {
         Bytes::from_static(b"kept")
     );
 }
+
+/// Reads whose clients stop reading hold no thread of the server's blocking pool. Here the
+/// pool has four threads, and six Reads of a 64 MiB blob file, each on its own connection,
+/// are left unread once their streams' flow-control windows (16 MiB) are full. Another
+/// client's download of the same blob (its parts read from disk on that pool, its hashing on
+/// it too) still completes: the stalled Reads each hold only the chunk read ahead.
+#[test]
+fn reads_whose_clients_stop_reading_hold_no_blocking_thread() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = TestServer::start().await;
+        let client = server.client(DigestFunction::Sha256).await;
+        let data = noise(64 << 20, 17);
+        let digest = DigestFunction::Sha256.digest_of(&data);
+        client.write(&digest, data.clone(), false).await.unwrap();
+        let mut stalled = Vec::new();
+        for _ in 0..6 {
+            let stream = ByteStreamClient::new(server.channel().await)
+                .max_decoding_message_size(4 << 20)
+                .read(ReadRequest {
+                    resource_name: format!("blobs/{}/{}", digest.hash_hex(), digest.size_bytes),
+                    read_offset: 0,
+                    read_limit: 0,
+                })
+                .await
+                .expect("the Read starts")
+                .into_inner();
+            stalled.push(stream);
+        }
+        // Long enough for each Read to fill its window and, had it a thread, block it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reader = server.client(DigestFunction::Sha256).await;
+        let read = tokio::time::timeout(Duration::from_secs(30), reader.read(&digest, false))
+            .await
+            .expect("a download beside stalled Reads finishes")
+            .expect("the download succeeds");
+        assert!(read == data, "the blob reads back whole");
+        drop(stalled);
+    });
+}

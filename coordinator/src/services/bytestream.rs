@@ -28,7 +28,7 @@ use http_body::Frame;
 use tessera_cas::digest::Digest;
 use tessera_cas::resource::{self, Compressor, ResourceError};
 use tessera_cas::store::codec::{CodecError, StreamDecoder, StreamEncoder};
-use tessera_cas::store::{BlobStore, StoreError, Upload};
+use tessera_cas::store::{BlobReader, BlobStore, StoreError, Upload};
 use tessera_proto::bytestream::byte_stream_server::{self, ByteStreamServer};
 use tessera_proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
@@ -37,7 +37,6 @@ use tessera_proto::bytestream::{
 use tessera_proto::wire::{self, BodyMessages, Rope, WriteChunk};
 use thiserror::Error;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::Service;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -261,66 +260,18 @@ impl ByteStreamService {
             }
             return Ok((Box::pin(futures::stream::iter(responses)), part_only));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let mut encoder = if compressed {
-                match StreamEncoder::new() {
-                    Ok(encoder) => Some(encoder),
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-                        return;
-                    }
-                }
-            } else {
-                None
-            };
-            let send = |data: Bytes| -> bool {
-                read_messages(data).all(|message| tx.blocking_send(Ok(message)).is_ok())
-            };
-            loop {
-                match reader.next_chunk() {
-                    Ok(Some(chunk)) => {
-                        if remaining == 0 {
-                            // The limit is reached, but a reader that hashes the whole blob
-                            // goes on to verify it.
-                            continue;
-                        }
-                        let chunk = cut_to(chunk, &mut remaining);
-                        let out = match &mut encoder {
-                            Some(encoder) => match encoder.feed(&chunk) {
-                                Ok(c) => Bytes::from(c),
-                                Err(e) => {
-                                    let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-                                    return;
-                                }
-                            },
-                            None => chunk,
-                        };
-                        if !send(out) {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        if let Some(encoder) = &mut encoder {
-                            match encoder.finish() {
-                                Ok(tail) => {
-                                    send(Bytes::from(tail));
-                                }
-                                Err(e) => {
-                                    let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-                                }
-                            }
-                        }
-                        return;
-                    }
-                    Err(error) => {
-                        let _ = tx.blocking_send(Err(store_error(&error)));
-                        return;
-                    }
-                }
-            }
-        });
-        Ok((Box::pin(ReceiverStream::new(rx)), part_only))
+        let encoder = if compressed {
+            Some(StreamEncoder::new().map_err(|e| ByteStreamError::Internal(e.to_string()))?)
+        } else {
+            None
+        };
+        let pump = DiskPump {
+            reader,
+            encoder,
+            remaining,
+            done: false,
+        };
+        Ok((pump.into_stream(), part_only))
     }
 
     async fn write(
@@ -482,6 +433,88 @@ fn cut_to(mut chunk: Bytes, remaining: &mut u64) -> Bytes {
     }
     *remaining -= chunk.len() as u64;
     chunk
+}
+
+/// A blob read from disk (or decompressed, or compressed for the wire) for one Read, a chunk
+/// per trip to the blocking pool. Each trip ends by itself, so a client that stops reading
+/// holds no thread, only the chunk read ahead; before, a reader thread per Read waited for
+/// the client to make room.
+struct DiskPump {
+    reader: BlobReader,
+    encoder: Option<StreamEncoder>,
+    /// Bytes still to hand out (`u64::MAX`: no limit).
+    remaining: u64,
+    done: bool,
+}
+
+/// The messages of one [`DiskPump::step`]; `None` once the read is over.
+type Pumped = Option<Vec<Result<ReadResponse, Status>>>;
+
+impl DiskPump {
+    /// The messages of the next chunk that yields any; `None` once the read is over. A reader
+    /// that hashes the whole blob reads on past the limit to verify it.
+    fn step(&mut self) -> Pumped {
+        while !self.done {
+            let out = match self.reader.next_chunk() {
+                Ok(Some(chunk)) => {
+                    if self.remaining == 0 {
+                        continue;
+                    }
+                    let chunk = cut_to(chunk, &mut self.remaining);
+                    match &mut self.encoder {
+                        Some(encoder) => match encoder.feed(&chunk) {
+                            Ok(compressed) => Bytes::from(compressed),
+                            Err(e) => return self.fail(Status::internal(e.to_string())),
+                        },
+                        None => chunk,
+                    }
+                }
+                Ok(None) => {
+                    self.done = true;
+                    match self.encoder.as_mut().map(StreamEncoder::finish) {
+                        None => Bytes::new(),
+                        Some(Ok(tail)) => Bytes::from(tail),
+                        Some(Err(e)) => return self.fail(Status::internal(e.to_string())),
+                    }
+                }
+                Err(error) => return self.fail(store_error(&error)),
+            };
+            let messages: Vec<_> = read_messages(out).map(Ok).collect();
+            if !messages.is_empty() {
+                return Some(messages);
+            }
+        }
+        None
+    }
+
+    fn fail(&mut self, status: Status) -> Pumped {
+        self.done = true;
+        Some(vec![Err(status)])
+    }
+
+    /// The Read's messages: each chunk is read on the blocking pool while the one before it
+    /// goes out.
+    fn into_stream(self) -> ReadStream {
+        fn ahead(mut pump: DiskPump) -> tokio::task::JoinHandle<(DiskPump, Pumped)> {
+            tokio::task::spawn_blocking(move || {
+                let messages = pump.step();
+                (pump, messages)
+            })
+        }
+        let stream = futures::stream::unfold(Some(ahead(self)), |pending| async move {
+            let (pump, messages) = match pending?.await {
+                Ok(stepped) => stepped,
+                Err(e) => {
+                    let failed = vec![Err(Status::internal(format!("blob read failed: {e}")))];
+                    return Some((futures::stream::iter(failed), None));
+                }
+            };
+            let messages = messages?;
+            let next = (!pump.done).then(|| ahead(pump));
+            Some((futures::stream::iter(messages), next))
+        });
+        Box::pin(futures::StreamExt::flatten(stream))
+    }
 }
 
 /// `data` as Read responses of at most [`MAX_READ_MESSAGE`] bytes each, counted as read.
