@@ -1081,7 +1081,8 @@ async fn action_results_survive_a_clean_restart() {
 
 /// Reads whose clients stop reading hold no thread of the server's blocking pool. Here the
 /// pool has four threads, and six Reads of a 64 MiB blob file, each on its own connection,
-/// are left unread once their streams' flow-control windows (16 MiB) are full. Another
+/// are left unread once their streams' flow-control windows (tonic's client default, about
+/// 2 MiB) are full. Another
 /// client's download of the same blob (its parts read from disk on that pool, its hashing on
 /// it too) still completes: the stalled Reads each hold only the chunk read ahead.
 #[test]
@@ -1101,7 +1102,6 @@ fn reads_whose_clients_stop_reading_hold_no_blocking_thread() {
         let mut stalled = Vec::new();
         for _ in 0..6 {
             let stream = ByteStreamClient::new(server.channel().await)
-                .max_decoding_message_size(4 << 20)
                 .read(ReadRequest {
                     resource_name: format!("blobs/{}/{}", digest.hash_hex(), digest.size_bytes),
                     read_offset: 0,

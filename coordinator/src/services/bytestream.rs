@@ -258,7 +258,10 @@ impl ByteStreamService {
                     }
                 }
             }
-            return Ok((Box::pin(futures::stream::iter(responses)), part_only));
+            return Ok((
+                counted(Box::pin(futures::stream::iter(responses))),
+                part_only,
+            ));
         }
         let encoder = if compressed {
             Some(StreamEncoder::new().map_err(|e| ByteStreamError::Internal(e.to_string()))?)
@@ -271,7 +274,7 @@ impl ByteStreamService {
             remaining,
             done: false,
         };
-        Ok((pump.into_stream(), part_only))
+        Ok((counted(pump.into_stream()), part_only))
     }
 
     async fn write(
@@ -517,16 +520,25 @@ impl DiskPump {
     }
 }
 
-/// `data` as Read responses of at most [`MAX_READ_MESSAGE`] bytes each, counted as read.
+/// `data` as Read responses of at most [`MAX_READ_MESSAGE`] bytes each.
 fn read_messages(mut data: Bytes) -> impl Iterator<Item = ReadResponse> {
     std::iter::from_fn(move || {
         if data.is_empty() {
             return None;
         }
         let piece = data.split_to(data.len().min(MAX_READ_MESSAGE));
-        crate::metrics::metrics().bytes_read(piece.len() as u64);
         Some(ReadResponse { data: piece })
     })
+}
+
+/// `stream`, each response's bytes counted as read when it is handed out (not when read
+/// ahead for a client that may leave).
+fn counted(stream: ReadStream) -> ReadStream {
+    Box::pin(futures::StreamExt::inspect(stream, |response| {
+        if let Ok(response) = response {
+            crate::metrics::metrics().bytes_read(response.data.len() as u64);
+        }
+    }))
 }
 
 /// Later messages may repeat the resource name, possibly with other trailing metadata; they
