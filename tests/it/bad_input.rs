@@ -1770,9 +1770,9 @@ async fn a_write_whose_client_stops_sending_is_ended_and_can_be_resumed() {
         let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 ^ (size as u8)).collect();
         let d = sha(&data);
         let half = size / 2;
-        let first = message(&upload_name(id, &d), 0, &data[..half], false).encode_to_vec();
+        let first = framed(&message(&upload_name(id, &d), 0, &data[..half], false));
         let started = std::time::Instant::now();
-        let frames = vec![grpc_frame(0, first.len(), &first)];
+        let frames = vec![first];
         let status = within(call_sending(&server, "Write", frames, Sending::ThenStall))
             .await
             .unwrap_err();
@@ -1798,14 +1798,15 @@ async fn a_write_whose_client_stops_sending_is_ended_and_can_be_resumed() {
             .into_inner();
         assert_eq!(queried.committed_size, half as i64, "{id}");
         assert!(!queried.complete, "{id}");
-        let rest = message(&upload_name(id, &d), half as i64, &data[half..], true).encode_to_vec();
-        within(call_with_frames(
-            &server,
-            "Write",
-            vec![grpc_frame(0, rest.len(), &rest)],
-        ))
-        .await
-        .expect("the upload resumes from the parked offset");
+        let rest = framed(&message(
+            &upload_name(id, &d),
+            half as i64,
+            &data[half..],
+            true,
+        ));
+        within(call_with_frames(&server, "Write", vec![rest]))
+            .await
+            .expect("the upload resumes from the parked offset");
         let (read, outcome) = raw.read(&read_name(&d), 0, 0).await;
         outcome.expect("the resumed blob reads back");
         assert!(read == data, "{id}: the resumed blob reads back whole");
@@ -1827,10 +1828,13 @@ async fn a_write_whose_client_stops_sending_is_ended_and_can_be_resumed() {
     // timeout to arrive, in pieces a tenth of it apart. It is still sending: not cut off.
     let data = vec![7u8; 64 << 10];
     let d = sha(&data);
-    let first = message(&upload_name("slow", &d), 0, &data[..1000], false).encode_to_vec();
-    let second = message("", 1000, &data[1000..], true).encode_to_vec();
-    let second = grpc_frame(0, second.len(), &second);
-    let mut pieces = vec![grpc_frame(0, first.len(), &first)];
+    let second = framed(&message("", 1000, &data[1000..], true));
+    let mut pieces = vec![framed(&message(
+        &upload_name("slow", &d),
+        0,
+        &data[..1000],
+        false,
+    ))];
     pieces.extend(second.chunks(second.len().div_ceil(20)).map(<[u8]>::to_vec));
     within(call_sending(
         &server,
@@ -1844,6 +1848,11 @@ async fn a_write_whose_client_stops_sending_is_ended_and_can_be_resumed() {
     outcome.expect("the slowly sent blob reads back");
     assert!(read == data, "the slowly sent blob reads back whole");
     raw.assert_healthy(b"after writes that stalled").await;
+}
+
+/// `message` as a client sends it: its gRPC prefix, then its encoding.
+fn framed(message: &impl Message) -> Vec<u8> {
+    tessera_proto::wire::framed(message).to_vec()
 }
 
 /// `message` behind a gRPC prefix with compressed-flag `flag` and length `len`.

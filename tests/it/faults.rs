@@ -385,11 +385,14 @@ async fn a_client_that_drops_its_execute_stream_re_attaches_with_wait_execution(
 async fn a_client_frozen_mid_upload_does_not_hold_it() {
     use std::io::Write as _;
 
-    use prost::Message as _;
     use tessera_proto::bytestream::byte_stream_client::ByteStreamClient;
     use tessera_proto::bytestream::{QueryWriteStatusRequest, WriteRequest};
 
-    if which("curl").is_none() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         assert!(
             !in_ci(),
             "curl is needed (the README's test command installs it)"
@@ -414,7 +417,7 @@ async fn a_client_frozen_mid_upload_does_not_hold_it() {
     );
     let half = data.len() / 2;
     let frame = |offset: usize, end: usize| {
-        let message = WriteRequest {
+        tessera_proto::wire::framed(&WriteRequest {
             resource_name: if offset == 0 {
                 name.clone()
             } else {
@@ -423,12 +426,8 @@ async fn a_client_frozen_mid_upload_does_not_hold_it() {
             write_offset: offset as i64,
             finish_write: end == data.len(),
             data: bytes::Bytes::copy_from_slice(&data[offset..end]),
-        }
-        .encode_to_vec();
-        let mut framed = vec![0u8];
-        framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
-        framed.extend_from_slice(&message);
-        framed
+        })
+        .to_vec()
     };
     // Once curl has read all this, all of the first message has left it: it holds back at
     // most its upload buffer (64 KiB), and the pipe at most as much again.
@@ -525,13 +524,4 @@ async fn a_client_frozen_mid_upload_does_not_hold_it() {
         0,
         "a panic in the coordinator"
     );
-}
-
-/// The path of `tool` on `PATH`, if it is there.
-fn which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(tool))
-            .find(|candidate| candidate.is_file())
-    })
 }

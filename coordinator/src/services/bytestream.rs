@@ -234,47 +234,34 @@ impl ByteStreamService {
         let limit = u64::try_from(req.read_limit)
             .ok()
             .filter(|&limit| limit > 0);
-        let Some(mut reader) = self.store.open_range(&digest, offset, limit)? else {
+        let Some(reader) = self.store.open_range(&digest, offset, limit)? else {
             return Err(ByteStreamError::NotFound(digest));
         };
-        let mut remaining = if req.read_limit == 0 {
-            u64::MAX
-        } else {
-            req.read_limit as u64
-        };
         let part_only = reader.reads_part_only();
-        if !compressed && reader.in_memory() {
-            // An inline blob, verified when opened: no blocking thread, no channel.
-            let mut responses = Vec::new();
-            while remaining > 0 {
-                match reader.next_chunk() {
-                    Ok(Some(chunk)) => {
-                        responses.extend(read_messages(cut_to(chunk, &mut remaining)).map(Ok));
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        responses.push(Err(store_error(&error)));
-                        break;
-                    }
-                }
-            }
-            return Ok((
-                counted(Box::pin(futures::stream::iter(responses))),
-                part_only,
-            ));
-        }
+        let in_memory = !compressed && reader.in_memory();
         let encoder = if compressed {
             Some(StreamEncoder::new().map_err(|e| ByteStreamError::Internal(e.to_string()))?)
         } else {
             None
         };
-        let pump = DiskPump {
+        let mut pump = ReadPump {
             reader,
             encoder,
-            remaining,
+            remaining: if req.read_limit == 0 {
+                u64::MAX
+            } else {
+                req.read_limit as u64
+            },
             done: false,
         };
-        Ok((counted(pump.into_stream()), part_only))
+        let stream = if in_memory {
+            // An inline or hot blob, verified when opened: no blocking thread.
+            let responses: Vec<_> = std::iter::from_fn(|| pump.step()).flatten().collect();
+            Box::pin(futures::stream::iter(responses))
+        } else {
+            pump.into_stream()
+        };
+        Ok((counted(stream), part_only))
     }
 
     async fn write(
@@ -438,11 +425,12 @@ fn cut_to(mut chunk: Bytes, remaining: &mut u64) -> Bytes {
     chunk
 }
 
-/// A blob read from disk (or decompressed, or compressed for the wire) for one Read, a chunk
-/// per trip to the blocking pool. Each trip ends by itself, so a client that stops reading
-/// holds no thread, only the chunk read ahead; before, a reader thread per Read waited for
-/// the client to make room.
-struct DiskPump {
+/// One Read's chunks of a blob (decompressed, or compressed for the wire), cut to its limit,
+/// as messages. From disk it runs a chunk per trip to the blocking pool
+/// ([`ReadPump::into_stream`]): each trip ends by itself, so a client that stops reading holds
+/// no thread, only the chunk read ahead; before, a reader thread per Read waited for the
+/// client to make room.
+struct ReadPump {
     reader: BlobReader,
     encoder: Option<StreamEncoder>,
     /// Bytes still to hand out (`u64::MAX`: no limit).
@@ -450,10 +438,10 @@ struct DiskPump {
     done: bool,
 }
 
-/// The messages of one [`DiskPump::step`]; `None` once the read is over.
+/// The messages of one [`ReadPump::step`]; `None` once the read is over.
 type Pumped = Option<Vec<Result<ReadResponse, Status>>>;
 
-impl DiskPump {
+impl ReadPump {
     /// The messages of the next chunk that yields any; `None` once the read is over. A reader
     /// that hashes the whole blob reads on past the limit to verify it.
     fn step(&mut self) -> Pumped {
@@ -498,7 +486,7 @@ impl DiskPump {
     /// The Read's messages: each chunk is read on the blocking pool while the one before it
     /// goes out.
     fn into_stream(self) -> ReadStream {
-        fn ahead(mut pump: DiskPump) -> tokio::task::JoinHandle<(DiskPump, Pumped)> {
+        fn ahead(mut pump: ReadPump) -> tokio::task::JoinHandle<(ReadPump, Pumped)> {
             tokio::task::spawn_blocking(move || {
                 let messages = pump.step();
                 (pump, messages)
