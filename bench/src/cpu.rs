@@ -220,15 +220,22 @@ mod tests {
 
     #[test]
     fn threads_are_summed_by_kind_and_only_growth_is_kept() {
-        // A thread of this process named with digits, spinning until the kernel has charged it,
-        // then waiting (alive, so it is listed) until it is told to end.
+        // A thread of this process named with digits, spinning until the kernel has charged it
+        // 30 ms of CPU (its own clock, not the wall's: on a loaded machine 30 ms of wall time
+        // may be a few ms of CPU), then waiting (alive, so it is listed) until told to end.
         let (done, wait) = std::sync::mpsc::channel::<()>();
         let (spun, spinning) = std::sync::mpsc::channel::<()>();
         let worker = std::thread::Builder::new()
             .name("kind-worker-7".to_owned())
             .spawn(move || {
-                let start = std::time::Instant::now();
-                while start.elapsed() < Duration::from_millis(30) {
+                let own = || {
+                    Duration::from(
+                        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+                            .expect("this thread's CPU-time clock"),
+                    )
+                };
+                let start = own();
+                while own().saturating_sub(start) < Duration::from_millis(30) {
                     std::hint::black_box(0u64);
                 }
                 let _ = spun.send(());
