@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod platform;
 pub mod sandbox;
 pub mod session;
+pub mod spare;
 pub mod spawner;
 pub mod step;
 pub mod workdir;
@@ -50,6 +51,7 @@ use crate::metrics::AgentMetrics;
 use crate::pipeline::{CasClients, LeasePipeline};
 use crate::platform::HostFacts;
 use crate::sandbox::{LocalRunner, ProcessRunner};
+use crate::spare::SpareDirs;
 use crate::workdir::{Trash, WorkLayout};
 
 /// The agent's version, sent in `Hello`.
@@ -139,6 +141,7 @@ impl Agent {
         let Prepared {
             layout,
             trash,
+            spares,
             agent_id,
             cache,
             namespaces,
@@ -197,6 +200,7 @@ impl Agent {
             ),
             layout,
             trash,
+            spares,
             namespaces,
             keep_failed: config.keep_failed,
             workers: (!config.worker_idle.is_zero()).then(|| {
@@ -309,6 +313,8 @@ struct Prepared {
     layout: WorkLayout,
     /// Deletes lease directories in the background.
     trash: Trash,
+    /// Empty directories that stand in for new ones.
+    spares: SpareDirs,
     agent_id: String,
     cache: LocalCache,
     namespaces: bool,
@@ -338,6 +344,8 @@ async fn prepare(config: &AgentConfig) -> Result<Prepared, AgentError> {
         layout
             .clear_exec_base(&trash)
             .map_err(work_error(&layout.exec_base()))?;
+        let spares =
+            SpareDirs::open(layout.spare_dir(), &trash).map_err(work_error(&layout.spare_dir()))?;
         let cache = LocalCache::open(layout.cache_dir(), config.max_cache_bytes)?;
         let namespaces = match config.sandbox {
             SandboxMode::Off => false,
@@ -363,6 +371,7 @@ async fn prepare(config: &AgentConfig) -> Result<Prepared, AgentError> {
         Ok(Prepared {
             layout,
             trash,
+            spares,
             agent_id,
             cache,
             namespaces,

@@ -39,6 +39,7 @@ use tessera_proto::reapi::Directory;
 use thiserror::Error;
 
 use crate::cache::{FetchError, LocalCache};
+use crate::spare::Spares;
 
 /// Mode of a materialized non-executable file (and of its cached blob).
 const READ_ONLY: u32 = 0o444;
@@ -285,13 +286,15 @@ pub struct MaterializeStats {
 }
 
 /// Lays `tree` out under `dest` (an existing empty directory) from `cache`, which must hold
-/// every file blob of the tree (see [`LocalCache::ensure`]). Blocking.
+/// every file blob of the tree (see [`LocalCache::ensure`]); its directories are made of
+/// `spares` where there are some. Blocking.
 pub fn materialize(
     tree: &InputTree,
     cache: &LocalCache,
+    spares: &Spares,
     dest: &Path,
 ) -> Result<MaterializeStats, MaterializeError> {
-    let mut placer = Placer::new(tree, cache);
+    let mut placer = Placer::new(tree, cache, spares);
     placer.fresh(tree.root, dest.to_owned())?;
     Ok(placer.stats)
 }
@@ -303,13 +306,15 @@ pub fn materialize(
 /// the same target, a directory (its mode reset); anything else is removed or replaced. It
 /// never follows a symlink it finds, never descends into one, and reads entry types without
 /// following them. The command that wrote there must be dead (every process of it), or it
-/// could change the tree after it was checked. Blocking.
+/// could change the tree after it was checked. Directories it removes become `spares`, and
+/// those it creates are made of them (see [`crate::spare`]). Blocking.
 pub fn materialize_over(
     tree: &InputTree,
     cache: &LocalCache,
+    spares: &Spares,
     dest: &Path,
 ) -> Result<MaterializeStats, MaterializeError> {
-    let mut placer = Placer::new(tree, cache);
+    let mut placer = Placer::new(tree, cache, spares);
     let owner = nix::unistd::geteuid().as_raw();
     let mut stack: Vec<(Digest, PathBuf)> = vec![(tree.root, dest.to_owned())];
     let mut fresh: Vec<(Digest, PathBuf)> = Vec::new();
@@ -357,7 +362,7 @@ pub fn materialize_over(
             }
         }
         for (name, kind) in found {
-            remove_entry(&dir_path.join(name), kind)?;
+            placer.remove_entry(&dir_path.join(name), kind)?;
             placer.stats.removed += 1;
         }
     }
@@ -405,11 +410,6 @@ pub(crate) fn directory_mode() -> u32 {
     })
 }
 
-/// Removes what an earlier lease left at `path` (`kind` as listed, never followed).
-fn remove_entry(path: &Path, kind: fs::FileType) -> Result<(), MaterializeError> {
-    crate::workdir::remove_entry(path, kind).map_err(io_error("remove", path))
-}
-
 /// What a file of the tree is made from.
 enum Source {
     /// An empty file, created with this mode.
@@ -447,16 +447,19 @@ impl Source {
 struct Placer<'a> {
     tree: &'a InputTree,
     cache: &'a LocalCache,
+    /// What directories are made of, and what removed ones become.
+    spares: &'a Spares,
     stats: MaterializeStats,
     /// Cached blobs already made read-only during this layout.
     read_only_blobs: HashSet<Digest>,
 }
 
 impl<'a> Placer<'a> {
-    fn new(tree: &'a InputTree, cache: &'a LocalCache) -> Self {
+    fn new(tree: &'a InputTree, cache: &'a LocalCache, spares: &'a Spares) -> Self {
         Placer {
             tree,
             cache,
+            spares,
             stats: MaterializeStats::default(),
             read_only_blobs: HashSet::new(),
         }
@@ -593,13 +596,26 @@ impl<'a> Placer<'a> {
             self.stats.kept += 1;
             return Ok(true);
         }
-        remove_entry(path, kind)?;
+        self.remove_entry(path, kind)?;
         self.stats.removed += 1;
         Ok(false)
     }
 
+    /// Removes what an earlier lease left at `path` (`kind` as listed, never followed); a
+    /// directory's directories become spares.
+    fn remove_entry(&self, path: &Path, kind: fs::FileType) -> Result<(), MaterializeError> {
+        let removed = if kind.is_dir() {
+            self.spares.remove_tree(path)
+        } else {
+            fs::remove_file(path)
+        };
+        removed.map_err(io_error("remove", path))
+    }
+
     fn create_dir(&mut self, path: &Path) -> Result<(), MaterializeError> {
-        fs::create_dir(path).map_err(io_error("create directory", path))?;
+        self.spares
+            .create_dir(path)
+            .map_err(io_error("create directory", path))?;
         self.stats.directories += 1;
         Ok(())
     }
@@ -667,9 +683,14 @@ pub fn relative_components(path: &str) -> Result<Vec<&str>, &'static str> {
     Ok(components)
 }
 
-/// Creates the directories `components` under `root` (like `mkdir -p`), never following a
-/// symlink: if a component exists as anything but a directory, stops and returns `false`.
-pub fn create_dirs_within(root: &Path, components: &[&str]) -> Result<bool, MaterializeError> {
+/// Creates the directories `components` under `root` (like `mkdir -p`, of `spares` where
+/// there are some), never following a symlink: if a component exists as anything but a
+/// directory, stops and returns `false`.
+pub fn create_dirs_within(
+    spares: &Spares,
+    root: &Path,
+    components: &[&str],
+) -> Result<bool, MaterializeError> {
     let mut path = root.to_owned();
     for component in components {
         path.push(component);
@@ -677,7 +698,9 @@ pub fn create_dirs_within(root: &Path, components: &[&str]) -> Result<bool, Mate
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => return Ok(false),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&path).map_err(io_error("create directory", &path))?;
+                spares
+                    .create_dir(&path)
+                    .map_err(io_error("create directory", &path))?;
             }
             Err(source) => {
                 return Err(MaterializeError::Io {
@@ -856,9 +879,13 @@ mod tests {
                 ("gone/g", Entry::File("G", false)),
             ],
         );
+        let trash = crate::workdir::Trash::open(scratch.path().join("trash")).unwrap();
+        let spare_dirs =
+            crate::spare::SpareDirs::open(scratch.path().join("spare"), &trash).unwrap();
+        let spares = spare_dirs.of("instance-and-domain");
         let root = scratch.path().join("root");
         fs::create_dir(&root).unwrap();
-        materialize(&first, &cache, &root).unwrap();
+        materialize(&first, &cache, &Spares::none(), &root).unwrap();
         let before = listing(&root);
 
         // What a command could leave: outputs, a changed input, a symlink where a directory
@@ -896,10 +923,14 @@ mod tests {
                 ("new/n", Entry::File("N", true)),
             ],
         );
-        let stats = materialize_over(&second, &cache, &root).unwrap();
+        let stats = materialize_over(&second, &cache, &spares, &root).unwrap();
+        // The removed directories (gone, sub/out, sub/out/deep) wait as spares, emptied...
+        assert_eq!(spare_dirs.count(), 3);
+        // ...and a fresh layout's directories (sub, keep, new) are made of them.
         let fresh = scratch.path().join("fresh");
         fs::create_dir(&fresh).unwrap();
-        materialize(&second, &cache, &fresh).unwrap();
+        materialize(&second, &cache, &spares, &fresh).unwrap();
+        assert_eq!(spare_dirs.count(), 0);
 
         let over = listing(&root);
         let strip =
@@ -941,7 +972,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let error = materialize_over(&tree, &cache, &root).unwrap_err();
+        let error = materialize_over(&tree, &cache, &Spares::none(), &root).unwrap_err();
         assert!(
             error.to_string().contains("not a directory the agent owns"),
             "{error}"
@@ -966,13 +997,14 @@ mod tests {
         fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
 
-        assert!(create_dirs_within(&root, &["a", "b"]).unwrap());
+        let none = Spares::none();
+        assert!(create_dirs_within(&none, &root, &["a", "b"]).unwrap());
         assert!(root.join("a/b").is_dir());
         assert!(
-            create_dirs_within(&root, &["a", "b"]).unwrap(),
+            create_dirs_within(&none, &root, &["a", "b"]).unwrap(),
             "idempotent"
         );
-        assert!(!create_dirs_within(&root, &["link", "x"]).unwrap());
+        assert!(!create_dirs_within(&none, &root, &["link", "x"]).unwrap());
         assert!(!outside.join("x").exists());
     }
 }

@@ -46,6 +46,7 @@ use crate::platform::ExecutionOptions;
 use crate::sandbox::{
     Isolation, ProcessExit, ProcessRunner, ProcessSpec, mount_points_in_tmp, resolve_program,
 };
+use crate::spare::{SpareDirs, Spares};
 use crate::step::{StepContext, StepEnd, check_persist_paths, lay_out_persist, run_step};
 use crate::workdir::{LeaseDirPool, LeaseDirs, Trash, WorkLayout, remove_tree};
 use crate::worker::{LeaseWorker, WorkerKey, WorkerPool};
@@ -130,6 +131,8 @@ pub struct LeasePipeline {
     pub trash: Trash,
     /// The directories leases run in, and those kept for reuse.
     pub dirs: LeaseDirPool,
+    /// Empty directories that stand in for new ones (see [`crate::spare`]).
+    pub spares: SpareDirs,
     /// Whether commands run in namespaces.
     pub namespaces: bool,
     /// Keep the directories of failed leases.
@@ -341,6 +344,7 @@ fn lay_out_over(
     dirs: &LeaseDirs,
     mount_points: &[PathBuf],
     trash: &Trash,
+    spares: &Spares,
 ) -> Result<MaterializeStats, LeaseError> {
     let over = dirs
         .tidy_for_reuse(mount_points)
@@ -349,7 +353,7 @@ fn lay_out_over(
             path: dirs.base.clone(),
             source: e,
         })
-        .and_then(|()| materialize_over(tree, cache, &dirs.root));
+        .and_then(|()| materialize_over(tree, cache, spares, &dirs.root));
     match over {
         Ok(stats) => Ok(stats),
         // Only what is on disk can be cured by starting afresh.
@@ -357,7 +361,7 @@ fn lay_out_over(
             tracing::warn!(%error, dir = %dirs.base.display(), "failed to reuse a lease directory; laying the inputs out afresh");
             dirs.create_afresh(trash)
                 .map_err(io_error(format!("create {}", dirs.base.display())))?;
-            Ok(materialize(tree, cache, &dirs.root)?)
+            Ok(materialize(tree, cache, spares, &dirs.root)?)
         }
         Err(error) => Err(error.into()),
     }
@@ -642,6 +646,7 @@ impl LeasePipeline {
         let fixed_root = plan.options.exec_root.is_some();
         let namespaces = self.namespaces;
         let recycled = claim.recycled;
+        let spares = self.spares.of(claim.owner());
         let (stats, persisted) = tokio::task::spawn_blocking(move || {
             let stats = match layout {
                 Layout::Files(tree) if recycled => Some(lay_out_over(
@@ -650,6 +655,7 @@ impl LeasePipeline {
                     &lease_dirs,
                     &mount_points,
                     &trash,
+                    &spares,
                 )?),
                 layout => {
                     let created = if recycled {
@@ -659,7 +665,9 @@ impl LeasePipeline {
                     };
                     created.map_err(io_error(format!("create {}", lease_dirs.base.display())))?;
                     match layout {
-                        Layout::Files(tree) => Some(materialize(&tree, &cache, &lease_dirs.root)?),
+                        Layout::Files(tree) => {
+                            Some(materialize(&tree, &cache, &spares, &lease_dirs.root)?)
+                        }
                         Layout::Layer(layer, layers) => {
                             layers
                                 .mount(layer, &lease_dirs)
@@ -670,7 +678,7 @@ impl LeasePipeline {
                 }
             };
             let cwd = relative_components(&working_directory).unwrap_or_default();
-            if !create_dirs_within(&lease_dirs.root, &cwd)? {
+            if !create_dirs_within(&spares, &lease_dirs.root, &cwd)? {
                 return Err(LeaseError::BadLease(format!(
                     "working directory \"{working_directory}\" is not a directory of the input root"
                 )));
@@ -680,7 +688,7 @@ impl LeasePipeline {
                 let components = output.components();
                 if let Some((_, parents)) = components.split_last() {
                     // A parent that the inputs made a file or symlink is left alone.
-                    create_dirs_within(&cwd_path, parents)?;
+                    create_dirs_within(&spares, &cwd_path, parents)?;
                 }
             }
             // Kept directories only make sense at a path that stays the same.
@@ -781,7 +789,7 @@ impl LeasePipeline {
         let layer = layers
             .store()
             .acquire(&name, entries, move |dir| {
-                materialize(&tree, &cache, dir).map(drop)
+                materialize(&tree, &cache, &Spares::none(), dir).map(drop)
             })
             .await?;
         Ok(Layout::Layer(layer, Arc::clone(layers)))

@@ -13,6 +13,8 @@
 //! WORK_DIR/persist/HASH/     a directory prepare steps keep between runs (see step)
 //! WORK_DIR/probe/            scratch for the sandbox probe at startup
 //! WORK_DIR/trash/            lease directories waiting to be deleted (see [`Trash`])
+//! WORK_DIR/spare/            empty directories kept to stand in for new ones (see
+//!                            `spare`)
 //! ```
 //!
 //! The exec root is laid out (or a layer mounted) at the path [`WorkLayout::lease_dirs`] gives;
@@ -121,6 +123,11 @@ impl WorkLayout {
     /// Where discarded directories wait to be deleted.
     pub fn trash_dir(&self) -> PathBuf {
         self.root.join("trash")
+    }
+
+    /// Where empty directories wait to stand in for new ones (see [`crate::spare`]).
+    pub fn spare_dir(&self) -> PathBuf {
+        self.root.join("spare")
     }
 
     /// Moves lease directories left by an earlier run of the agent to `trash` and makes the
@@ -280,6 +287,13 @@ pub struct Claim {
     ended: bool,
     number: u64,
     owner: String,
+}
+
+impl Claim {
+    /// Whose the directories are: the instance and trust domain, as one key.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
 }
 
 impl LeaseDirPool {

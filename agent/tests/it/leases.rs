@@ -657,6 +657,34 @@ async fn a_finished_leases_directory_is_reused_and_shows_nothing_of_it() {
         listing, ".\n./b.txt\n./shared\n./shared/f\n755\nclean\n",
         "what the first lease left shows"
     );
+    // The first lease's output directories (out, out/deep) wait, emptied, as spares; the
+    // next lease that wants directories is given them instead of new ones.
+    let spare_dir = agent.work_dir.path().join("spare");
+    let spares = || std::fs::read_dir(&spare_dir).unwrap().count();
+    assert_eq!(spares(), 2);
+    let mut made = lease(
+        "made",
+        first,
+        &[
+            "sh",
+            "-c",
+            "pwd; stat -c %a o1 o1/o2; ls -A o1/o2; echo r > o1/o2/file",
+        ],
+    );
+    crate::harness::command(&mut made).output_paths = vec!["o1/o2/file".into()];
+    link.lease(made).await;
+    let result = link.result().await.result.unwrap();
+    assert_eq!(result.exit_code, 0);
+    assert_eq!(result.output_files.len(), 1);
+    let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
+    // The same directory, the output's parents made of the spares (empty, a new one's mode).
+    assert_eq!(
+        String::from_utf8_lossy(&stdout),
+        format!("{}\n755\n755\n", before.trim())
+    );
+    assert_eq!(spares(), 0);
+    printed(&coordinator, &mut link, "more", second, "true").await;
+    assert_eq!(spares(), 2, "o1 and o1/o2 went back");
 
     // A command stopped at its timeout may have been SIGKILLed through its stand-in, which
     // its namespace follows only a moment later: its directory is never reused.
