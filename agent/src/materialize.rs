@@ -321,11 +321,23 @@ pub fn materialize_over(
     while let Some((digest, dir_path)) = stack.pop() {
         let dir = placer.directory(digest, &dir_path)?;
         reset_directory(&dir_path, owner)?;
+        let wanted: HashSet<&str> = (dir.files.iter().map(|f| f.name.as_str()))
+            .chain(dir.directories.iter().map(|d| d.name.as_str()))
+            .chain(dir.symlinks.iter().map(|l| l.name.as_str()))
+            .collect();
         let mut found: HashMap<std::ffi::OsString, fs::FileType> = HashMap::new();
         for entry in fs::read_dir(&dir_path).map_err(io_error("list directory", &dir_path))? {
             let entry = entry.map_err(io_error("list directory", &dir_path))?;
             let kind = entry.file_type().map_err(io_error("stat", &entry.path()))?;
-            found.insert(entry.file_name(), kind);
+            let name = entry.file_name();
+            // What the tree does not want goes first, so that its directories are spares for
+            // the directories this one is missing.
+            if name.to_str().is_some_and(|name| wanted.contains(name)) {
+                found.insert(name, kind);
+            } else {
+                placer.remove_entry(&entry.path(), kind)?;
+                placer.stats.removed += 1;
+            }
         }
         for file in &dir.files {
             let path = dir_path.join(&file.name);
@@ -361,10 +373,8 @@ pub fn materialize_over(
                 placer.place_symlink(&link.target, &path)?;
             }
         }
-        for (name, kind) in found {
-            placer.remove_entry(&dir_path.join(name), kind)?;
-            placer.stats.removed += 1;
-        }
+        // Every name left was wanted and taken by `keep_or_remove` above.
+        debug_assert!(found.is_empty(), "{found:?}");
     }
     // What had to be made anew is laid out as into an empty directory.
     for (digest, path) in fresh {
@@ -923,10 +933,16 @@ mod tests {
                 ("new/n", Entry::File("N", true)),
             ],
         );
+        let gone = {
+            use std::os::unix::fs::MetadataExt;
+            fs::symlink_metadata(root.join("gone")).unwrap().ino()
+        };
         let stats = materialize_over(&second, &cache, &spares, &root).unwrap();
-        // The removed directories (gone, sub/out, sub/out/deep) wait as spares, emptied...
-        assert_eq!(spare_dirs.count(), 3);
-        // ...and a fresh layout's directories (sub, keep, new) are made of them.
+        // The removed directories became spares, emptied: gone, removed first, is now new;
+        // sub/out and sub/out/deep wait...
+        assert_eq!(listing(&root)["new"].1, gone);
+        assert_eq!(spare_dirs.count(), 2);
+        // ...and a fresh layout's directories (sub, keep, new) are made of them first.
         let fresh = scratch.path().join("fresh");
         fs::create_dir(&fresh).unwrap();
         materialize(&second, &cache, &spares, &fresh).unwrap();

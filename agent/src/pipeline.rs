@@ -646,7 +646,11 @@ impl LeasePipeline {
         let fixed_root = plan.options.exec_root.is_some();
         let namespaces = self.namespaces;
         let recycled = claim.recycled;
-        let spares = self.spares.of(claim.owner());
+        // An overlay's root is another file system: nothing to rename there.
+        let spares = match &layout {
+            Layout::Layer(..) => Spares::none(),
+            Layout::Files(_) => self.spares.of(claim.owner()),
+        };
         let (stats, persisted) = tokio::task::spawn_blocking(move || {
             let stats = match layout {
                 Layout::Files(tree) if recycled => Some(lay_out_over(

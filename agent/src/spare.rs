@@ -10,13 +10,19 @@
 //! directory that would be created is a spare renamed into place: no inode is freed or
 //! allocated, on any file system.
 //!
-//! A spare is only what `mkdir` would make: empty, the agent's own user and group, the mode a
-//! new directory gets, no extended attributes (so no ACL); a directory that is not (made by
-//! another user, carrying an ACL) is removed as before. Spares are kept per owner (instance
+//! A spare is empty, the agent's own (user and group), with the mode a new directory gets and
+//! no extended attribute but an SELinux label (so no ACL); a directory that is not (made by
+//! another user, carrying an ACL) is removed as before. What emptying and a mode do not undo
+//! (its times, inode flags a command may set on its own directories, such as `noatime`) goes
+//! with it, as it stays with a directory reused in place: spares are kept per owner (instance
 //! and trust domain, as lease directories are: see [`crate::workdir::LeaseDirPool`]), so no
 //! directory passes between trust domains. Only directories whose every process is known
-//! dead are retired (the callers lay out over recycled lease directories only). At most
-//! [`SPARE_MAX`] are kept; the directory is emptied at start.
+//! dead are retired (the callers lay out over recycled lease directories only); like the
+//! lease directories themselves, `spare/` is not hidden from commands of the agent's own user
+//! that see the host's file system. At most [`SPARE_MAX`] are kept (when full, an owner with
+//! more gives one up); the directory is emptied at start. Where renaming cannot work (another
+//! file system under the work directory, no `RENAME_NOREPLACE`), the agent stops trying and
+//! creates and deletes directories as before.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -24,7 +30,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::workdir::{Trash, remove_tree};
@@ -47,8 +53,9 @@ struct Inner {
     /// Spares by owner.
     free: Mutex<HashMap<String, Vec<PathBuf>>>,
     /// How many `free` holds.
-    count: std::sync::atomic::AtomicUsize,
-    /// The file system refused `RENAME_NOREPLACE`: create directories with `mkdir`.
+    count: AtomicUsize,
+    /// Renaming cannot work here (no `RENAME_NOREPLACE`, another file system): directories
+    /// are created and removed as without spares.
     no_rename: AtomicBool,
     /// The agent's user and group: a spare is theirs.
     uid: u32,
@@ -114,10 +121,7 @@ impl Spares {
             match rename_noreplace(&spare, path) {
                 Ok(()) => return Ok(()),
                 Err(error) => {
-                    // EINVAL: the file system cannot rename without replacing.
-                    if error.raw_os_error() == Some(libc::EINVAL) {
-                        inner.no_rename.store(true, Ordering::Relaxed);
-                    }
+                    inner.latch(&error);
                     // Something in the way, no parent, another file system: `mkdir` below
                     // says which, and the spare waits for the next.
                     if std::fs::symlink_metadata(&spare).is_ok_and(|m| m.is_dir()) {
@@ -133,10 +137,14 @@ impl Spares {
     /// directories, emptied, as spares. A missing `path` is fine. Blocking.
     pub fn remove_tree(&self, path: &Path) -> io::Result<()> {
         match &self.inner {
-            Some(inner) => inner
-                .retire(&self.owner, path)
-                .or_else(|_| remove_tree(path)),
-            None => remove_tree(path),
+            Some(inner) if !inner.no_rename.load(Ordering::Relaxed) => {
+                inner.retire(&self.owner, path).or_else(|error| {
+                    inner.latch(&error);
+                    tracing::debug!(%error, path = %path.display(), "could not keep spare directories; deleting");
+                    remove_tree(path)
+                })
+            }
+            _ => remove_tree(path),
         }
     }
 }
@@ -144,6 +152,40 @@ impl Spares {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<PathBuf>>> {
         self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops renaming for good after an error that says it cannot work here: EINVAL (no
+    /// `RENAME_NOREPLACE`), EXDEV (another file system), ENOSYS (no `renameat2`).
+    fn latch(&self, error: &io::Error) {
+        if matches!(
+            error.raw_os_error(),
+            Some(libc::EINVAL | libc::EXDEV | libc::ENOSYS)
+        ) {
+            self.no_rename.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Makes room for one more spare when all [`SPARE_MAX`] are taken: the owner other than
+    /// `owner` with the most gives one up (deleted). `false` if none can.
+    fn make_room(&self, owner: &str) -> bool {
+        let given_up = {
+            let mut free = self.lock();
+            let Some(spares) = free
+                .iter_mut()
+                .filter(|(o, _)| o.as_str() != owner)
+                .map(|(_, spares)| spares)
+                .max_by_key(|spares| spares.len())
+            else {
+                return false;
+            };
+            spares.pop()
+        };
+        let Some(spare) = given_up else {
+            return false;
+        };
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        let _ = remove_tree(&spare);
+        true
     }
 
     fn take(&self, owner: &str) -> Option<PathBuf> {
@@ -166,7 +208,7 @@ impl Inner {
         while let Some((dir, emptied)) = stack.pop() {
             if emptied {
                 // Others may have filled the spares while this tree was emptied.
-                if self.count.load(Ordering::Relaxed) >= SPARE_MAX {
+                if self.count.load(Ordering::Relaxed) >= SPARE_MAX && !self.make_room(owner) {
                     std::fs::remove_dir(&dir)?;
                     continue;
                 }
@@ -177,7 +219,7 @@ impl Inner {
                 self.put(owner, spare);
                 continue;
             }
-            if !self.can_keep(&dir)? {
+            if !self.can_keep(owner, &dir)? {
                 remove_tree(&dir)?;
                 continue;
             }
@@ -197,13 +239,13 @@ impl Inner {
     /// Whether the directory at `dir` (not followed) can become a spare once emptied: there
     /// is room, it is the agent's (user and group) and carries no extended attribute. Gives it
     /// the mode a new directory gets (which also lets the agent empty it).
-    fn can_keep(&self, dir: &Path) -> io::Result<bool> {
+    fn can_keep(&self, owner: &str, dir: &Path) -> io::Result<bool> {
         let meta = match std::fs::symlink_metadata(dir) {
             Ok(meta) => meta,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(error) => return Err(error),
         };
-        if self.count.load(Ordering::Relaxed) >= SPARE_MAX
+        if (self.count.load(Ordering::Relaxed) >= SPARE_MAX && !self.make_room(owner))
             || !meta.is_dir()
             || meta.uid() != self.uid
             || meta.gid() != self.gid
@@ -232,21 +274,30 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// Whether `path` (not followed) has extended attributes (an ACL is one); `true` if that
-/// cannot be told, so such a directory is not kept.
-#[expect(unsafe_code, reason = "llistxattr(2): nix has no binding")]
+/// Whether `path` (not followed) has extended attributes (an ACL is one) other than its
+/// SELinux label, which every file has where SELinux is on and `mkdir` gives too; `true` if
+/// that cannot be told, so such a directory is not kept.
 fn has_xattrs(path: &Path) -> bool {
     let Ok(path) = CString::new(path.as_os_str().as_bytes()) else {
         return true;
     };
-    // SAFETY: `path` is a NUL-terminated string that outlives the call; a null list with
-    // size 0 only asks for the size of the list.
-    let size = unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
-    match size {
-        0 => false,
-        -1 => io::Error::last_os_error().raw_os_error() != Some(libc::ENOTSUP),
-        _ => true,
+    let mut names = [0u8; 256];
+    match list_xattrs(&path, &mut names) {
+        Ok(len) => names[..len]
+            .split(|b| *b == 0)
+            .any(|name| !name.is_empty() && name != b"security.selinux"),
+        Err(error) => error.raw_os_error() != Some(libc::ENOTSUP),
     }
+}
+
+/// `llistxattr(path, names)`: the length of the NUL-separated list of `path`'s attribute
+/// names written to `names` (ERANGE if it does not fit).
+#[expect(unsafe_code, reason = "llistxattr(2): nix has no binding")]
+fn list_xattrs(path: &std::ffi::CStr, names: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `path` is NUL-terminated and `names` is writable for `names.len()` bytes; both
+    // outlive the call, which writes at most that many bytes.
+    let len = unsafe { libc::llistxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    usize::try_from(len).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]
@@ -271,7 +322,10 @@ mod tests {
         std::fs::create_dir_all(tree.join("sub/deep")).unwrap();
         std::fs::write(tree.join("file"), b"x").unwrap();
         std::fs::write(tree.join("sub/deep/file"), b"y").unwrap();
-        std::os::unix::fs::symlink("/etc", tree.join("sub/link")).unwrap();
+        let outside = scratch.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("sentinel"), b"s").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("sub/link")).unwrap();
         // A command may leave a directory read-only, or with odd bits.
         std::fs::set_permissions(tree.join("sub"), std::fs::Permissions::from_mode(0o2555))
             .unwrap();
@@ -283,6 +337,7 @@ mod tests {
         mine.remove_tree(&tree).unwrap();
         assert!(!tree.exists());
         assert_eq!(dirs.count(), 3);
+        assert!(outside.join("sentinel").exists(), "followed a symlink");
         // Nothing of the tree is left in the spares but the directories themselves.
         for entry in std::fs::read_dir(scratch.path().join("spare")).unwrap() {
             let entry = entry.unwrap();
@@ -371,6 +426,42 @@ mod tests {
         dirs.of("a").remove_tree(&tree).unwrap();
         assert!(!tree.exists());
         assert_eq!(dirs.count(), 1, "only the unmarked top is kept");
+    }
+
+    #[test]
+    fn when_full_an_owner_with_more_gives_one_up() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (dirs, _trash) = spares(scratch.path());
+        let tree = scratch.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        for i in 0..SPARE_MAX + 9 {
+            std::fs::create_dir(tree.join(i.to_string())).unwrap();
+        }
+        dirs.of("many").remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(
+            dirs.count(),
+            SPARE_MAX,
+            "past the cap, directories are deleted"
+        );
+
+        let other = scratch.path().join("other");
+        std::fs::create_dir_all(other.join("sub")).unwrap();
+        dirs.of("few").remove_tree(&other).unwrap();
+        assert_eq!(dirs.count(), SPARE_MAX);
+        assert_eq!(
+            std::fs::read_dir(scratch.path().join("spare"))
+                .unwrap()
+                .count(),
+            SPARE_MAX,
+            "what was given up is deleted"
+        );
+        // Both of the newcomer's directories were kept.
+        let few = dirs.of("few");
+        for name in ["x", "y"] {
+            few.create_dir(&scratch.path().join(name)).unwrap();
+        }
+        assert_eq!(dirs.count(), SPARE_MAX - 2);
     }
 
     #[test]

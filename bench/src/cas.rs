@@ -257,10 +257,26 @@ async fn transfer_rows(
     let hash = limits::hash_rate(function, random_bytes(rng, plan.hash_probe_bytes)).await?;
     let blob = random_bytes(rng, transfer.size);
     let tcp = limits::tcp_rate(&server.handle(), blob.clone(), transfer.count).await?;
-    let disk = limits::disk_write_rate(server.scratch_dir(), blob, transfer.count).await?;
+    let disk = limits::disk_write_rate(server.scratch_dir(), blob.clone(), transfer.count).await?;
+    let plain_dir = server.scratch_dir().join("plain");
+    let count = transfer.count;
+    let (plain_up, plain_down) = tokio::task::spawn_blocking(move || {
+        let up = limits::plain_verified_rate(
+            function,
+            blob.clone(),
+            count,
+            limits::Keep::Files(plain_dir),
+        )?;
+        let down = limits::plain_verified_rate(function, blob, count, limits::Keep::Memory)?;
+        Ok::<_, BenchError>((up, down))
+    })
+    .await??;
     progress(&format!("{function}: ByteStream {workload}"));
     let (upload, download) = transfer_rates(client, transfer, rng).await?;
-    let row = |measurement: &str, mb_per_s: f64, disk_write_mb_per_s: Option<f64>| Row {
+    let row = |measurement: &str,
+               mb_per_s: f64,
+               plain_mb_per_s: f64,
+               disk_write_mb_per_s: Option<f64>| Row {
         measurement: measurement.to_owned(),
         digest: function.to_string(),
         workload: workload.clone(),
@@ -269,12 +285,13 @@ async fn transfer_rows(
             hash_limit_mb_per_s: hash,
             tcp_limit_mb_per_s: tcp,
             disk_write_mb_per_s,
+            plain_mb_per_s,
             share: TRANSFER_SHARE,
         },
     };
     Ok([
-        row("ByteStream upload", upload, Some(disk)),
-        row("ByteStream download", download, None),
+        row("ByteStream upload", upload, plain_up, Some(disk)),
+        row("ByteStream download", download, plain_down, None),
     ])
 }
 
@@ -524,9 +541,15 @@ mod tests {
                     hash_limit_mb_per_s,
                     tcp_limit_mb_per_s,
                     disk_write_mb_per_s,
+                    plain_mb_per_s,
                     ..
                 } => {
-                    let mut values = vec![mb_per_s, hash_limit_mb_per_s, tcp_limit_mb_per_s];
+                    let mut values = vec![
+                        mb_per_s,
+                        hash_limit_mb_per_s,
+                        tcp_limit_mb_per_s,
+                        plain_mb_per_s,
+                    ];
                     values.extend(disk_write_mb_per_s);
                     values
                 }

@@ -112,6 +112,148 @@ async fn tcp_once(server: &Handle, chunk: Bytes, count: usize) -> Result<f64, Be
     Ok(mb_per_s(total, end - start))
 }
 
+/// Where [`plain_verified_rate`]'s receiving end keeps what it received.
+#[derive(Debug, Clone)]
+pub(crate) enum Keep {
+    /// In one new buffer per blob (as a download to memory must; the client's own buffer,
+    /// with its huge-page advice), copied there from 1 MiB reads.
+    Memory,
+    /// In a new file per blob in this directory, written as it arrives in 1 MiB pieces (as
+    /// the store keeps an upload); deleted afterwards.
+    Files(PathBuf),
+}
+
+/// Rate, in MB/s, of a plain verified transfer of `count` copies of `chunk`: one loopback TCP
+/// connection between two threads, the receiving end hashing every byte with `function` on
+/// one core and keeping it as `keep` says. A reference for what the transfer does with no
+/// framing, no gRPC and no second core for hashing; context, not part of a target. Blocking.
+pub(crate) fn plain_verified_rate(
+    function: DigestFunction,
+    chunk: Bytes,
+    count: usize,
+    keep: Keep,
+) -> Result<f64, BenchError> {
+    let mut best: f64 = 0.0;
+    for _ in 0..PROBE_RUNS {
+        best = best.max(plain_verified_once(function, chunk.clone(), count, &keep)?);
+    }
+    Ok(best)
+}
+
+fn plain_verified_once(
+    function: DigestFunction,
+    chunk: Bytes,
+    count: usize,
+    keep: &Keep,
+) -> Result<f64, BenchError> {
+    use std::io::Read as _;
+    let io = |what: &'static str| move |source| BenchError::Io { what, source };
+    let size = chunk.len();
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind a loopback port"))?;
+    let addr = listener.local_addr().map_err(io("bind a loopback port"))?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        for _ in 0..count {
+            socket.write_all(&chunk)?;
+        }
+        Ok(())
+    });
+    let mut socket = std::net::TcpStream::connect(addr).map_err(io("connect over loopback"))?;
+    let start = Instant::now();
+    let mut scratch = vec![0u8; IO_BUFFER];
+    let mut kept = Vec::new();
+    for blob in 0..count {
+        let mut hasher = Hasher::new(function);
+        match keep {
+            Keep::Memory => {
+                let mut buf = tessera_cas::client::download_buffer(size);
+                while buf.len() < size {
+                    let room = (size - buf.len()).min(IO_BUFFER);
+                    let n = socket
+                        .read(&mut scratch[..room])
+                        .map_err(io("read from the loopback socket"))?;
+                    if n == 0 {
+                        return Err(BenchError::Unexpected(
+                            "the plain transfer ended early".into(),
+                        ));
+                    }
+                    hasher.update(&scratch[..n]);
+                    buf.extend_from_slice(&scratch[..n]);
+                }
+                kept.push(buf);
+            }
+            Keep::Files(dir) => {
+                std::fs::create_dir_all(dir).map_err(io("create the plain transfer directory"))?;
+                let path = dir.join(format!("plain-{blob}"));
+                let mut file =
+                    std::fs::File::create(&path).map_err(io("create a plain transfer file"))?;
+                let mut received = 0;
+                while received < size {
+                    let room = (size - received).min(IO_BUFFER);
+                    let n = socket
+                        .read(&mut scratch[..room])
+                        .map_err(io("read from the loopback socket"))?;
+                    if n == 0 {
+                        return Err(BenchError::Unexpected(
+                            "the plain transfer ended early".into(),
+                        ));
+                    }
+                    hasher.update(&scratch[..n]);
+                    file.write_all(&scratch[..n])
+                        .map_err(io("write a plain transfer file"))?;
+                    received += n;
+                }
+            }
+        }
+        black_box(hasher.finish());
+    }
+    let elapsed = start.elapsed();
+    sender
+        .join()
+        .map_err(|_| BenchError::Unexpected("the plain transfer's sender panicked".into()))?
+        .map_err(io("write to the loopback socket"))?;
+    drop(kept);
+    if let Keep::Files(dir) = keep {
+        for blob in 0..count {
+            let _ = std::fs::remove_file(dir.join(format!("plain-{blob}")));
+        }
+    }
+    Ok(mb_per_s(size as u64 * count as u64, elapsed))
+}
+
+/// One digest function's hasher, single-threaded as [`hash_rate`] measures it.
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    fn new(function: DigestFunction) -> Self {
+        match function {
+            DigestFunction::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            DigestFunction::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(hasher) => hasher.update(data),
+            Hasher::Blake3(hasher) => {
+                hasher.update(data);
+            }
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Sha256(hasher) => hasher.finalize().to_vec(),
+            Hasher::Blake3(hasher) => hasher.finalize().as_bytes().to_vec(),
+        }
+    }
+}
+
 /// Rate, in MB/s, at which `count` copies of `chunk` are written to new files in `dir` in
 /// 1 MiB writes, not synced: what the disk store does with an upload, minus hashing. The files
 /// are deleted afterwards.

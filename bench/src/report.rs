@@ -34,6 +34,10 @@ pub(crate) enum Check {
         /// For uploads, the same bytes written to new files beside the store, MB/s. Shown
         /// for context only: the target is defined by the two limits above.
         disk_write_mb_per_s: Option<f64>,
+        /// The same bytes in a plain verified transfer (one TCP connection, the receiving end
+        /// hashing on one core and keeping them as the transfer does; see
+        /// `limits::plain_verified_rate`), MB/s. Context only, like `disk_write_mb_per_s`.
+        plain_mb_per_s: f64,
         /// Required fraction of the lower limit.
         share: f64,
     },
@@ -454,14 +458,27 @@ impl Report {
 
     fn cas_table(&self, out: &mut String) {
         out.push_str(
-            "| measurement | digest | workload | result | hash, 1 core | loopback TCP | disk write | target | verdict |\n",
+            "| measurement | digest | workload | result | hash, 1 core | loopback TCP | plain verified | disk write | target | verdict |\n",
         );
-        out.push_str("|---|---|---|--:|--:|--:|--:|---|---|\n");
+        out.push_str("|---|---|---|--:|--:|--:|--:|--:|---|---|\n");
         for row in &self.rows {
             let (result, hash, tcp, target, disk) = describe(&row.check);
+            let plain = match row.check {
+                Check::Throughput {
+                    plain_mb_per_s,
+                    hash_limit_mb_per_s,
+                    tcp_limit_mb_per_s,
+                    ..
+                } => format!(
+                    "{} MB/s ({:.0}%)",
+                    number(plain_mb_per_s),
+                    100.0 * plain_mb_per_s / hash_limit_mb_per_s.min(tcp_limit_mb_per_s)
+                ),
+                _ => "—".into(),
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {result} | {hash} | {tcp} | {disk} | {target} | {} |",
+                "| {} | {} | {} | {result} | {hash} | {tcp} | {plain} | {disk} | {target} | {} |",
                 row.measurement,
                 row.digest,
                 row.workload,
@@ -470,8 +487,12 @@ impl Report {
         }
         out.push_str(
             "\nMB = 10^6 bytes. Limits are measured in the same run (best of 3); a transfer must \
-             reach 60% of the lower of the hash and TCP limits. \"disk write\" (the same bytes \
-             written to new files beside the store) is context, not part of the target. \
+             reach 60% of the lower of the hash and TCP limits. \"plain verified\" (the same \
+             bytes over one plain TCP connection, the receiving end hashing them on one core and \
+             keeping them as the transfer does: a download in one new buffer per blob, an upload \
+             in new files beside the store; its share of the lower limit in brackets) and \
+             \"disk write\" (the same bytes written to new files beside the store) are context, \
+             not part of the target. \
              Latencies are per call as the client sees them.\n",
         );
     }
@@ -709,6 +730,7 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
             tcp_limit_mb_per_s,
             disk_write_mb_per_s,
             share,
+            ..
         } => {
             let lower = hash_limit_mb_per_s.min(tcp_limit_mb_per_s);
             (
@@ -836,6 +858,7 @@ mod tests {
             hash_limit_mb_per_s: 1000.0,
             tcp_limit_mb_per_s: 3000.0,
             disk_write_mb_per_s: Some(100.0),
+            plain_mb_per_s: 700.0,
             share: 0.6,
         }
     }

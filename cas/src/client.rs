@@ -809,7 +809,7 @@ const HUGE_PAGE: usize = 2 * 1024 * 1024;
 /// An empty buffer with room for a `size`-byte download. A large one asks the kernel for
 /// transparent huge pages: filling 256 MiB of fresh memory otherwise takes 65,536 page faults,
 /// a fifth of a download's CPU on the client.
-fn download_buffer(size: usize) -> BytesMut {
+pub fn download_buffer(size: usize) -> BytesMut {
     let mut buf = BytesMut::with_capacity(size);
     if size > HUGE_BUFFER_MIN {
         advise_huge_pages(buf.spare_capacity_mut());

@@ -678,9 +678,16 @@ async fn a_finished_leases_directory_is_reused_and_shows_nothing_of_it() {
     assert_eq!(result.output_files.len(), 1);
     let stdout = coordinator.read(result.stdout_digest.as_ref()).await;
     // The same directory, the output's parents made of the spares (empty, a new one's mode).
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+        .unwrap();
+    let mode = format!("{:o}", 0o777 & !umask);
     assert_eq!(
         String::from_utf8_lossy(&stdout),
-        format!("{}\n755\n755\n", before.trim())
+        format!("{}\n{mode}\n{mode}\n", before.trim())
     );
     assert_eq!(spares(), 0);
     printed(&coordinator, &mut link, "more", second, "true").await;
