@@ -384,8 +384,9 @@ impl ByteStreamService {
                 }
                 None => {
                     let committed = feeding.committed();
-                    tracing::info!(resource = %key, committed, ?idle, "upload received nothing; parked for resumption");
                     self.park(key.clone(), feeding.stop().await?);
+                    // Once parked: a QueryWriteStatus after this line sees the offset.
+                    tracing::info!(resource = %key, committed, ?idle, "upload received nothing; parked for resumption");
                     return Err(ByteStreamError::Idle {
                         resource: key,
                         committed,
