@@ -30,7 +30,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::workdir::{Trash, remove_tree};
@@ -52,8 +52,6 @@ struct Inner {
     next: AtomicU64,
     /// Spares by owner.
     free: Mutex<HashMap<String, Vec<PathBuf>>>,
-    /// How many `free` holds.
-    count: AtomicUsize,
     /// Renaming cannot work here (no `RENAME_NOREPLACE`, another file system): directories
     /// are created and removed as without spares.
     no_rename: AtomicBool,
@@ -80,7 +78,6 @@ impl SpareDirs {
                 dir,
                 next: AtomicU64::new(0),
                 free: Mutex::default(),
-                count: Default::default(),
                 no_rename: AtomicBool::new(false),
                 uid: nix::unistd::geteuid().as_raw(),
                 gid: nix::unistd::getegid().as_raw(),
@@ -98,7 +95,7 @@ impl SpareDirs {
 
     /// Spares waiting, over all owners.
     pub fn count(&self) -> usize {
-        self.inner.count.load(Ordering::Relaxed)
+        self.inner.lock().values().map(Vec::len).sum()
     }
 }
 
@@ -165,38 +162,32 @@ impl Inner {
         }
     }
 
-    /// Makes room for one more spare when all [`SPARE_MAX`] are taken: the owner other than
-    /// `owner` with the most gives one up (deleted). `false` if none can.
-    fn make_room(&self, owner: &str) -> bool {
+    /// Whether one more spare of `owner` fits: fewer than [`SPARE_MAX`] wait, or the owner
+    /// other than `owner` with the most has just given one up (deleted).
+    fn has_room(&self, owner: &str) -> bool {
         let given_up = {
             let mut free = self.lock();
-            let Some(spares) = free
-                .iter_mut()
+            if free.values().map(Vec::len).sum::<usize>() < SPARE_MAX {
+                return true;
+            }
+            free.iter_mut()
                 .filter(|(o, _)| o.as_str() != owner)
                 .map(|(_, spares)| spares)
                 .max_by_key(|spares| spares.len())
-            else {
-                return false;
-            };
-            spares.pop()
+                .and_then(Vec::pop)
         };
-        let Some(spare) = given_up else {
-            return false;
-        };
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        let _ = remove_tree(&spare);
-        true
+        given_up.is_some_and(|spare| {
+            let _ = remove_tree(&spare);
+            true
+        })
     }
 
     fn take(&self, owner: &str) -> Option<PathBuf> {
-        let spare = self.lock().get_mut(owner)?.pop()?;
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        Some(spare)
+        self.lock().get_mut(owner)?.pop()
     }
 
     fn put(&self, owner: &str, spare: PathBuf) {
         self.lock().entry(owner.to_owned()).or_default().push(spare);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Empties the tree at `top` and renames each of its directories into the spares,
@@ -208,7 +199,7 @@ impl Inner {
         while let Some((dir, emptied)) = stack.pop() {
             if emptied {
                 // Others may have filled the spares while this tree was emptied.
-                if self.count.load(Ordering::Relaxed) >= SPARE_MAX && !self.make_room(owner) {
+                if !self.has_room(owner) {
                     std::fs::remove_dir(&dir)?;
                     continue;
                 }
@@ -245,11 +236,11 @@ impl Inner {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(error) => return Err(error),
         };
-        if (self.count.load(Ordering::Relaxed) >= SPARE_MAX && !self.make_room(owner))
-            || !meta.is_dir()
+        if !meta.is_dir()
             || meta.uid() != self.uid
             || meta.gid() != self.gid
             || has_xattrs(dir)
+            || !self.has_room(owner)
         {
             return Ok(false);
         }

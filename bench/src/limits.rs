@@ -161,53 +161,46 @@ fn plain_verified_once(
         Ok(())
     });
     let mut socket = std::net::TcpStream::connect(addr).map_err(io("connect over loopback"))?;
+    if let Keep::Files(dir) = keep {
+        std::fs::create_dir_all(dir).map_err(io("create the plain transfer directory"))?;
+    }
     let start = Instant::now();
     let mut scratch = vec![0u8; IO_BUFFER];
     let mut kept = Vec::new();
     for blob in 0..count {
-        let mut hasher = Hasher::new(function);
-        match keep {
-            Keep::Memory => {
-                let mut buf = tessera_cas::client::download_buffer(size);
-                while buf.len() < size {
-                    let room = (size - buf.len()).min(IO_BUFFER);
-                    let n = socket
-                        .read(&mut scratch[..room])
-                        .map_err(io("read from the loopback socket"))?;
-                    if n == 0 {
-                        return Err(BenchError::Unexpected(
-                            "the plain transfer ended early".into(),
-                        ));
-                    }
-                    hasher.update(&scratch[..n]);
-                    buf.extend_from_slice(&scratch[..n]);
-                }
-                kept.push(buf);
+        let mut hasher = function.hasher();
+        let mut sink = match keep {
+            Keep::Memory => Sink::Memory(tessera_cas::client::download_buffer(size)),
+            Keep::Files(dir) => Sink::File(
+                std::fs::File::create(dir.join(format!("plain-{blob}")))
+                    .map_err(io("create a plain transfer file"))?,
+            ),
+        };
+        let mut received = 0;
+        while received < size {
+            let room = (size - received).min(IO_BUFFER);
+            let n = socket
+                .read(&mut scratch[..room])
+                .map_err(io("read from the loopback socket"))?;
+            if n == 0 {
+                return Err(BenchError::Unexpected(
+                    "the plain transfer ended early".into(),
+                ));
             }
-            Keep::Files(dir) => {
-                std::fs::create_dir_all(dir).map_err(io("create the plain transfer directory"))?;
-                let path = dir.join(format!("plain-{blob}"));
-                let mut file =
-                    std::fs::File::create(&path).map_err(io("create a plain transfer file"))?;
-                let mut received = 0;
-                while received < size {
-                    let room = (size - received).min(IO_BUFFER);
-                    let n = socket
-                        .read(&mut scratch[..room])
-                        .map_err(io("read from the loopback socket"))?;
-                    if n == 0 {
-                        return Err(BenchError::Unexpected(
-                            "the plain transfer ended early".into(),
-                        ));
-                    }
-                    hasher.update(&scratch[..n]);
-                    file.write_all(&scratch[..n])
-                        .map_err(io("write a plain transfer file"))?;
-                    received += n;
-                }
+            let piece = &scratch[..n];
+            hasher.update(piece);
+            match &mut sink {
+                Sink::Memory(buf) => buf.extend_from_slice(piece),
+                Sink::File(file) => file
+                    .write_all(piece)
+                    .map_err(io("write a plain transfer file"))?,
             }
+            received += n;
         }
-        black_box(hasher.finish());
+        black_box(hasher.finish_digest());
+        if let Sink::Memory(buf) = sink {
+            kept.push(buf);
+        }
     }
     let elapsed = start.elapsed();
     sender
@@ -223,35 +216,10 @@ fn plain_verified_once(
     Ok(mb_per_s(size as u64 * count as u64, elapsed))
 }
 
-/// One digest function's hasher, single-threaded as [`hash_rate`] measures it.
-enum Hasher {
-    Sha256(sha2::Sha256),
-    Blake3(Box<blake3::Hasher>),
-}
-
-impl Hasher {
-    fn new(function: DigestFunction) -> Self {
-        match function {
-            DigestFunction::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
-            DigestFunction::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha256(hasher) => hasher.update(data),
-            Hasher::Blake3(hasher) => {
-                hasher.update(data);
-            }
-        }
-    }
-
-    fn finish(self) -> Vec<u8> {
-        match self {
-            Hasher::Sha256(hasher) => hasher.finalize().to_vec(),
-            Hasher::Blake3(hasher) => hasher.finalize().as_bytes().to_vec(),
-        }
-    }
+/// Where one blob of [`plain_verified_once`] goes.
+enum Sink {
+    Memory(bytes::BytesMut),
+    File(std::fs::File),
 }
 
 /// Rate, in MB/s, at which `count` copies of `chunk` are written to new files in `dir` in

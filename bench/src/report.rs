@@ -462,20 +462,7 @@ impl Report {
         );
         out.push_str("|---|---|---|--:|--:|--:|--:|--:|---|---|\n");
         for row in &self.rows {
-            let (result, hash, tcp, target, disk) = describe(&row.check);
-            let plain = match row.check {
-                Check::Throughput {
-                    plain_mb_per_s,
-                    hash_limit_mb_per_s,
-                    tcp_limit_mb_per_s,
-                    ..
-                } => format!(
-                    "{} MB/s ({:.0}%)",
-                    number(plain_mb_per_s),
-                    100.0 * plain_mb_per_s / hash_limit_mb_per_s.min(tcp_limit_mb_per_s)
-                ),
-                _ => "—".into(),
-            };
+            let [result, hash, tcp, plain, target, disk] = describe(&row.check);
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {result} | {hash} | {tcp} | {plain} | {disk} | {target} | {} |",
@@ -721,19 +708,20 @@ fn describe_execution(check: &Check) -> (String, String, String) {
     }
 }
 
-/// Result, hash limit, TCP limit, target and disk cells of a row.
-fn describe(check: &Check) -> (String, String, String, String, String) {
+/// Result, hash limit, TCP limit, plain verified transfer, target and disk cells of a row.
+fn describe(check: &Check) -> [String; 6] {
+    let dash = || "—".to_owned();
     match *check {
         Check::Throughput {
             mb_per_s,
             hash_limit_mb_per_s,
             tcp_limit_mb_per_s,
             disk_write_mb_per_s,
+            plain_mb_per_s,
             share,
-            ..
         } => {
             let lower = hash_limit_mb_per_s.min(tcp_limit_mb_per_s);
-            (
+            [
                 format!(
                     "{} MB/s ({:.0}% of limit)",
                     number(mb_per_s),
@@ -741,6 +729,11 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
                 ),
                 format!("{} MB/s", number(hash_limit_mb_per_s)),
                 format!("{} MB/s", number(tcp_limit_mb_per_s)),
+                format!(
+                    "{} MB/s ({:.0}%)",
+                    number(plain_mb_per_s),
+                    100.0 * plain_mb_per_s / lower
+                ),
                 format!(
                     "≥ {} MB/s ({:.0}% of {})",
                     number(Check::required_mb_per_s(
@@ -751,21 +744,22 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
                     share * 100.0,
                     number(lower)
                 ),
-                disk_write_mb_per_s.map_or("—".into(), |disk| format!("{} MB/s", number(disk))),
-            )
+                disk_write_mb_per_s.map_or_else(dash, |disk| format!("{} MB/s", number(disk))),
+            ]
         }
         Check::Latency {
             calls,
             p50_ms,
             p99_ms,
             max_p50_ms,
-        } => (
+        } => [
             format!("p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms ({calls} calls)"),
-            "—".into(),
-            "—".into(),
+            dash(),
+            dash(),
+            dash(),
             format!("p50 ≤ {max_p50_ms:.0} ms"),
-            "—".into(),
-        ),
+            dash(),
+        ],
         Check::Rate {
             unit,
             per_s,
@@ -773,16 +767,17 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
             p99_ms,
             min_per_s,
             ..
-        } => (
+        } => [
             format!(
                 "{} {unit}/s (p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms)",
                 number(per_s)
             ),
-            "—".into(),
-            "—".into(),
-            min_per_s.map_or("—".into(), |min| format!("≥ {} {unit}/s", number(min))),
-            "—".into(),
-        ),
+            dash(),
+            dash(),
+            dash(),
+            min_per_s.map_or_else(dash, |min| format!("≥ {} {unit}/s", number(min))),
+            dash(),
+        ],
         Check::CpuPerAction { .. }
         | Check::Spawn { .. }
         | Check::Ratio { .. }
@@ -792,13 +787,13 @@ fn describe(check: &Check) -> (String, String, String, String, String) {
         | Check::Breakdown { .. }
         | Check::ShareOfLimit { .. } => {
             let (result, _, target) = describe_execution(check);
-            (result, "—".into(), "—".into(), target, "—".into())
+            [result, dash(), dash(), dash(), target, dash()]
         }
         Check::Compared { .. } => {
             // No column for the baseline's figure here: it goes into the result.
             let (result, plain, target) = describe_execution(check);
             let result = format!("{result}; {plain}");
-            (result, "—".into(), "—".into(), target, "—".into())
+            [result, dash(), dash(), dash(), target, dash()]
         }
     }
 }
