@@ -188,6 +188,9 @@ impl LocalCache {
             inline_max: 0,
             // Read by linking, not through the store.
             hot_bytes: 0,
+            // Its files are hard-linked into actions' inputs: never mapped (a file truncated
+            // through a link while mapped would end the agent).
+            map_reads: false,
         };
         let store = DiskStore::open(meta_dyn, options)?;
         let exec_dir = dir.join("cache-exec");

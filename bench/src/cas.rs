@@ -23,7 +23,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
@@ -34,6 +34,7 @@ use tessera_cas::digest::{Digest, DigestFunction};
 use tokio::task::JoinSet;
 
 use crate::compare::{self, Modes, Setup};
+use crate::cpu;
 use crate::error::BenchError;
 use crate::limits::{self, mb_per_s};
 use crate::metrics::Metrics;
@@ -311,6 +312,8 @@ async fn transfer_rates(
             (function.digest_of(&data), data)
         })
         .collect();
+    let cpu_before = cpu::process("self")?.own;
+    let faults_before = minor_faults();
     let start = Instant::now();
     in_flight(blobs.clone(), |(digest, data)| {
         let client = client.clone();
@@ -326,7 +329,11 @@ async fn transfer_rates(
     })
     .await?;
     let uploading = start.elapsed();
+    let upload_cpu = cpu::process("self")?.own.saturating_sub(cpu_before);
+    let upload_faults = minor_faults().saturating_sub(faults_before);
     let digests: Vec<Digest> = blobs.into_iter().map(|(digest, _)| digest).collect();
+    let cpu_before = cpu::process("self")?.own;
+    let faults_before = minor_faults();
     let start = Instant::now();
     in_flight(digests, |digest| {
         let client = client.clone();
@@ -343,8 +350,30 @@ async fn transfer_rates(
     })
     .await?;
     let downloading = start.elapsed();
+    let download_cpu = cpu::process("self")?.own.saturating_sub(cpu_before);
+    let download_faults = minor_faults().saturating_sub(faults_before);
     let total = (transfer.size * transfer.count) as u64;
+    // Context for comparing builds on a noisy machine: the rate moves with what else runs,
+    // the CPU both ends spend per byte less, and the page faults (fresh memory touched) not
+    // at all.
+    let gb = total as f64 / 1e9;
+    let per_gb = |cpu: Duration| cpu.as_secs_f64() / gb;
+    progress(&format!(
+        "{function}: client and server per GB: upload {:.2} s CPU, {:.0} page faults; \
+         download {:.2} s CPU, {:.0} page faults",
+        per_gb(upload_cpu),
+        upload_faults as f64 / gb,
+        per_gb(download_cpu),
+        download_faults as f64 / gb,
+    ));
     Ok((mb_per_s(total, uploading), mb_per_s(total, downloading)))
+}
+
+/// Minor page faults this process has taken so far (0 if unknown).
+fn minor_faults() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0, |usage| {
+        u64::try_from(usage.minor_page_faults()).unwrap_or(0)
+    })
 }
 
 /// Runs `transfer` on each of `items`, each on its own task, at most [`TRANSFERS_IN_FLIGHT`]

@@ -376,6 +376,8 @@ struct BazelArgs {
 }
 
 fn main() -> ExitCode {
+    // As `tessera` does: the in-process coordinator and clients are measured as they run.
+    tessera_cas::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Cas(args) => {

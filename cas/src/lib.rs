@@ -5,6 +5,7 @@
 //! metadata store trait that everything durable goes through. Knows nothing of the coordinator
 //! or the agent.
 
+pub mod alloc;
 pub mod client;
 pub mod digest;
 pub mod meta;

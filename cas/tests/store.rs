@@ -280,6 +280,7 @@ impl Fixture {
     fn name(&self) -> &'static str {
         match self {
             Fixture::Memory(_) => "memory store",
+            Fixture::Disk(disk) if disk.options.map_reads => "disk store, reads mapped",
             Fixture::Disk(_) => "disk store",
         }
     }
@@ -302,10 +303,14 @@ impl Fixture {
     }
 }
 
-/// Runs `story` against a fresh memory store and a fresh disk store.
+/// Runs `story` against a fresh memory store, a fresh disk store, and one that maps its
+/// reads of large raw files (as the coordinator's does).
 fn for_each_store(story: impl Fn(&Fixture)) {
     story(&Fixture::Memory(MemoryStore::new()));
     story(&Fixture::Disk(DiskFixture::open()));
+    story(&Fixture::Disk(DiskFixture::open_with(|o| {
+        o.map_reads = true
+    })));
 }
 
 /// Uploads `blob` through [`BlobStore::begin_upload`] in [`ODD_CHUNKS`].
@@ -684,11 +689,22 @@ fn reads_from_an_offset_return_exactly_the_rest_of_the_blob() {
     for_each_store(|fixture| {
         let store = fixture.store();
         let who = fixture.name();
-        // Three read chunks and a bit; on disk one is kept raw and one compressed.
-        let size = 3 * READ_CHUNK + 13;
-        for blob in [
-            Blob::incompressible(DigestFunction::Sha256, size, 50),
-            Blob::compressible(DigestFunction::Blake3, size, 51),
+        // Three read chunks and a bit; on disk one is kept raw and one compressed. The larger
+        // raw one is large enough to be mapped where the store maps reads: its parts start at
+        // offsets off page boundaries.
+        for (size, blob) in [
+            (
+                3 * READ_CHUNK + 13,
+                Blob::incompressible(DigestFunction::Sha256, 3 * READ_CHUNK + 13, 50),
+            ),
+            (
+                3 * READ_CHUNK + 13,
+                Blob::compressible(DigestFunction::Blake3, 3 * READ_CHUNK + 13, 51),
+            ),
+            (
+                9 * READ_CHUNK + 13,
+                Blob::incompressible(DigestFunction::Blake3, 9 * READ_CHUNK + 13, 52),
+            ),
         ] {
             store.write(&blob.digest, &blob.data).unwrap();
             let size = size as u64;

@@ -16,6 +16,8 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     tessera_agent::spawner::set_command(tessera_agent::spawner::SpawnerCommand::this_binary());
+    // Freed transfer buffers are kept for the next, not faulted in afresh.
+    tessera_cas::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

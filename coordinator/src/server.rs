@@ -186,6 +186,9 @@ impl Coordinator {
         // downloads right after an agent uploads them are served without reading,
         // decompressing and hashing their files again.
         options.hot_bytes = HOT_BLOB_BYTES;
+        // Large blob files are served from the page cache's own pages: no file is linked out
+        // of the coordinator's store or written after it is in place.
+        options.map_reads = true;
         let store = {
             let meta_dyn = Arc::clone(&meta_dyn);
             tokio::task::spawn_blocking(move || DiskStore::open(meta_dyn, options))

@@ -85,6 +85,7 @@ use crate::space::{SpaceWatch, is_out_of_space};
 mod hot;
 mod journal;
 mod link;
+mod mapped;
 
 use hot::HotBlobs;
 use journal::Journal;
@@ -93,6 +94,11 @@ use journal::Journal;
 const BUFFER_LIMIT: usize = 256 * 1024;
 /// Bytes per chunk handed out by readers.
 const READ_CHUNK: usize = 256 * 1024;
+/// Reads of fewer bytes than this are never mapped: a mapping's set-up and tear-down (and the
+/// other core's TLB flush) cost more than copying so few.
+const MAP_MIN: usize = 1024 * 1024;
+/// Bytes per chunk handed out by a mapped read (populated in one call).
+const MAPPED_CHUNK: usize = 2 * 1024 * 1024;
 /// Bytes of a large upload used to decide whether to keep it compressed.
 const COMPRESS_SAMPLE: usize = 32 * 1024;
 /// Blobs smaller than this are never compressed at rest (see the module docs).
@@ -131,6 +137,12 @@ pub struct DiskStoreOptions {
     /// (a build tool downloading the outputs an agent just uploaded) read, decompress and hash
     /// no file (see `disk/hot.rs`); 0 keeps none.
     pub hot_bytes: u64,
+    /// Whether reads of large raw blob files map them (`disk/mapped.rs`) instead of reading
+    /// them into buffers: no copy on the server beyond the socket's. Only for a store whose
+    /// files nothing else holds open for writing or links elsewhere (not an agent's cache,
+    /// whose files are hard-linked into actions' inputs): a file truncated while mapped
+    /// would end the process with `SIGBUS`.
+    pub map_reads: bool,
 }
 
 impl DiskStoreOptions {
@@ -150,6 +162,7 @@ impl DiskStoreOptions {
             compress: true,
             inline_max: 0,
             hot_bytes: 0,
+            map_reads: false,
         }
     }
 }
@@ -185,6 +198,9 @@ struct Inner {
     space: SpaceWatch,
     /// Blob files stored a moment ago, whole.
     hot: Mutex<HotBlobs>,
+    /// Large raw files are read through a mapping ([`DiskStoreOptions::map_reads`], where
+    /// the kernel can populate one).
+    map_reads: bool,
 }
 
 impl std::fmt::Debug for DiskStore {
@@ -243,6 +259,7 @@ impl DiskStore {
             unsettled: Mutex::new(VecDeque::new()),
             meta,
             hot: Mutex::new(HotBlobs::new(options.hot_bytes)),
+            map_reads: options.map_reads && mapped::supported(),
         };
         inner.reconcile()?;
         inner.replay_journal()?;
@@ -1478,10 +1495,12 @@ impl BlobRead for EmptyReader {
 /// yet, or keeps compressed) starts at the file's beginning and hashes every byte, handing
 /// out those from the offset on; a part of a blob already hashed in this process is read
 /// straight from its offset to its end, as [`DiskStore::raw_path`] trusts such a file too.
+/// A raw file of a store that maps its reads is mapped instead of read
+/// ([`DiskStoreOptions::map_reads`], `disk/mapped.rs`).
 struct DiskReader {
     inner: Arc<Inner>,
     digest: Digest,
-    source: Box<dyn Read + Send>,
+    source: Source,
     /// `None` for a trusted part (see above).
     hasher: Option<Hasher>,
     /// Uncompressed position in the blob of the next byte `source` yields.
@@ -1491,6 +1510,19 @@ struct DiskReader {
     /// Where a trusted part stops; a hashing read goes on to the blob's end.
     end: u64,
     finished: bool,
+}
+
+/// Where a [`DiskReader`]'s bytes come from.
+enum Source {
+    /// Read (and decompressed) into fresh buffers.
+    Read(Box<dyn Read + Send>),
+    /// The file's bytes from `pos` (the reader's position when it was mapped) to the end of
+    /// the read, mapped: chunks are slices of it, each populated before it is handed out.
+    Mapped {
+        bytes: Bytes,
+        mapping: Arc<mapped::Mapping>,
+        from: u64,
+    },
 }
 
 impl DiskReader {
@@ -1506,7 +1538,7 @@ impl DiskReader {
         let mut reader = DiskReader {
             inner: Arc::clone(inner),
             digest,
-            source: Box::new(std::io::empty()),
+            source: Source::Read(Box::new(std::io::empty())),
             hasher: Some(digest.function.hasher()),
             pos: 0,
             offset,
@@ -1515,21 +1547,52 @@ impl DiskReader {
         };
         match entry.form {
             Form::Raw if part && entry.verified => {
-                let mut file = file;
-                file.seek(SeekFrom::Start(offset))?;
-                reader.source = Box::new(file);
                 reader.hasher = None;
                 reader.pos = offset;
                 reader.end = end;
+                reader.source = reader.source_of(file)?;
             }
             // Chunks are read straight into their own buffers, which are as large as the
             // buffer would be: a `BufReader` would only add a copy.
-            Form::Raw => reader.source = Box::new(file),
-            Form::Zstd => reader.source = Box::new(zstd::stream::read::Decoder::new(file)?),
+            Form::Raw => reader.source = reader.source_of(file)?,
+            Form::Zstd => {
+                reader.source = Source::Read(Box::new(zstd::stream::read::Decoder::new(file)?));
+            }
             // Opened from the metadata store before a file is looked for.
             Form::Inline => return Err(std::io::Error::other("an inline blob has no file")),
         }
         Ok(reader)
+    }
+
+    /// The source for a raw `file` from `pos` to `end`: mapped if the store maps its reads
+    /// and the file is exactly the blob's size (a file of another size is read, so that the
+    /// read reports it), read otherwise.
+    fn source_of(&self, mut file: File) -> std::io::Result<Source> {
+        let len = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        if self.inner.map_reads
+            && len >= MAP_MIN
+            && file.metadata()?.len() == self.digest.size_bytes
+        {
+            match mapped::Mapping::map(&file, self.pos, len) {
+                Ok(mapping) => {
+                    let mapping = Arc::new(mapping);
+                    return Ok(Source::Mapped {
+                        bytes: Bytes::from_owner(SharedMapping(Arc::clone(&mapping))),
+                        mapping,
+                        from: self.pos,
+                    });
+                }
+                Err(error) => tracing::debug!(
+                    digest = %self.digest,
+                    %error,
+                    "mapping a blob file failed; reading it"
+                ),
+            }
+        }
+        if self.pos > 0 {
+            file.seek(SeekFrom::Start(self.pos))?;
+        }
+        Ok(Source::Read(Box::new(file)))
     }
 
     fn corrupt(&mut self, reason: String) -> StoreError {
@@ -1546,15 +1609,17 @@ impl DiskReader {
         let Some(hasher) = self.hasher.take() else {
             return Ok(());
         };
-        let mut probe = [0u8; 1];
-        let extra = match self.source.read(&mut probe) {
-            Ok(n) => n,
-            Err(error) => {
-                return Err(self.corrupt(format!("unreadable past the end: {error}")));
+        if let Source::Read(source) = &mut self.source {
+            let mut probe = [0u8; 1];
+            let extra = match source.read(&mut probe) {
+                Ok(n) => n,
+                Err(error) => {
+                    return Err(self.corrupt(format!("unreadable past the end: {error}")));
+                }
+            };
+            if extra != 0 {
+                return Err(self.corrupt("file is longer than the digest's size".into()));
             }
-        };
-        if extra != 0 {
-            return Err(self.corrupt("file is longer than the digest's size".into()));
         }
         if let Err(error) = self.digest.verify_against(&hasher.finish_digest()) {
             return Err(self.corrupt(error.to_string()));
@@ -1563,12 +1628,37 @@ impl DiskReader {
         Ok(())
     }
 
-    /// The next `want` bytes of `source` (fewer only at its end), read into a fresh buffer
-    /// without first zeroing it.
+    /// The next bytes of `source`, at most `want` (fewer only at its end): read into a fresh
+    /// buffer without first zeroing it, or a populated slice of the mapping.
     fn read_chunk(&mut self, want: usize) -> std::io::Result<Bytes> {
-        let mut buf = Vec::with_capacity(want);
-        (&mut self.source).take(want as u64).read_to_end(&mut buf)?;
-        Ok(Bytes::from(buf))
+        match &mut self.source {
+            Source::Read(source) => {
+                let mut buf = Vec::with_capacity(want);
+                source.take(want as u64).read_to_end(&mut buf)?;
+                Ok(Bytes::from(buf))
+            }
+            Source::Mapped {
+                bytes,
+                mapping,
+                from,
+            } => {
+                let start = usize::try_from(self.pos - *from).map_err(std::io::Error::other)?;
+                let end = bytes
+                    .len()
+                    .min(start.saturating_add(want.max(MAPPED_CHUNK)));
+                mapping.populate(start..end)?;
+                Ok(bytes.slice(start..end))
+            }
+        }
+    }
+}
+
+/// A mapping shared by the reader (which populates it) and the `Bytes` handed out.
+struct SharedMapping(Arc<mapped::Mapping>);
+
+impl AsRef<[u8]> for SharedMapping {
+    fn as_ref(&self) -> &[u8] {
+        (*self.0).as_ref()
     }
 }
 
@@ -2374,6 +2464,85 @@ mod tests {
             store.inner.discard(&raw_digest, "test");
             assert_eq!(store.read(&raw_digest).unwrap(), None);
         }
+    }
+
+    /// Whether `chunk` lies in a mapping of the file at `path` (from `/proc/self/maps`).
+    fn mapped_from(chunk: &[u8], path: &Path) -> bool {
+        let address = chunk.as_ptr().addr();
+        let path = fs::canonicalize(path).unwrap();
+        fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|line| line.ends_with(&*path.to_string_lossy()))
+            .filter_map(|line| line.split_whitespace().next()?.split_once('-'))
+            .any(|(start, end)| {
+                let start = usize::from_str_radix(start, 16).unwrap();
+                let end = usize::from_str_radix(end, 16).unwrap();
+                (start..end).contains(&address) && address + chunk.len() <= end
+            })
+    }
+
+    #[test]
+    fn large_raw_files_are_read_through_a_mapping_where_the_store_maps_reads() {
+        let size = MAP_MIN + MAPPED_CHUNK + 4321;
+        let (digest, data) = random(size, 9);
+        for map_reads in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (_meta, store) = open(dir.path(), |options| options.map_reads = map_reads);
+            store.write(&digest, &data).unwrap();
+            let path = store.inner.path(&digest, Form::Raw);
+            assert!(path.exists(), "kept raw");
+            // A whole read (hashing) and, the blob now verified, a part from an odd offset.
+            for (offset, limit) in [(0, None), (4097, Some(MAPPED_CHUNK as u64 + 10))] {
+                let mut reader = store.open_range(&digest, offset, limit).unwrap().unwrap();
+                let mut out = Vec::new();
+                while let Some(chunk) = reader.next_chunk().unwrap() {
+                    assert_eq!(
+                        mapped_from(&chunk, &path),
+                        map_reads,
+                        "map_reads {map_reads}, offset {offset}: a chunk of {} bytes",
+                        chunk.len()
+                    );
+                    out.extend_from_slice(&chunk);
+                }
+                let end = limit.map_or(size, |limit| offset as usize + limit as usize);
+                assert!(out == data[offset as usize..end], "offset {offset}");
+            }
+            // A small one is read as before.
+            let (small, small_data) = random(MAP_MIN - 1, 10);
+            store.write(&small, &small_data).unwrap();
+            let mut reader = store.open(&small, 0).unwrap().unwrap();
+            let chunk = reader.next_chunk().unwrap().unwrap();
+            assert!(!mapped_from(&chunk, &store.inner.path(&small, Form::Raw)));
+        }
+    }
+
+    /// A file of the wrong size is not mapped (touching a mapping past a file's end would
+    /// raise SIGBUS): it is read, and found corrupt as it would be without mapping.
+    #[test]
+    fn a_mapped_store_reads_a_file_of_the_wrong_size_and_finds_it_corrupt() {
+        let size = 2 * MAP_MIN;
+        let (digest, data) = random(size, 11);
+        let dir = tempfile::tempdir().unwrap();
+        let (_meta, store) = open(dir.path(), |options| options.map_reads = true);
+        store.write(&digest, &data).unwrap();
+        let path = store.inner.path(&digest, Form::Raw);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(size as u64 / 2)
+            .unwrap();
+        let mut reader = store.open_range(&digest, 0, None).unwrap().unwrap();
+        let error = loop {
+            match reader.next_chunk() {
+                Ok(Some(chunk)) => assert!(!mapped_from(&chunk, &path)),
+                Ok(None) => panic!("a short file was read to its end"),
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        assert!(!store.contains(&digest));
     }
 
     #[test]

@@ -1,0 +1,49 @@
+//! How the process's allocator treats memory freed by blob transfers.
+//!
+//! A transfer's buffers come and go by the megabyte: HTTP/2 receive buffers (a new one each
+//! time frames still held fill the last), parts of blobs, files read for upload. glibc's
+//! allocator by default hands the free memory at the top of each arena back to the kernel once
+//! it passes twice its (adaptive) mapping threshold, so the next buffer is fresh pages again,
+//! each faulted in and zeroed by the kernel: measured on a BLAKE3 256 MiB download through the
+//! `cas` benchmark, up to 150,000 page faults per GB and a sixth of both ends' CPU.
+//! [`keep_freed_memory`] fixes the thresholds instead: blocks of 32 MiB and more are still
+//! mapped on their own and returned when freed (the large download buffers, advised for huge
+//! pages), smaller ones come from the arenas, which keep up to 64 MiB free at their top for
+//! the next buffer. A process's resident memory then stays near its high-water mark instead of
+//! falling back after each burst.
+
+/// Fixes glibc's mapping and trimming thresholds (see the module docs); with another C
+/// library, does nothing. Call it once, early in `main`.
+pub fn keep_freed_memory() {
+    imp::keep_freed_memory();
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod imp {
+    /// Allocations this large are mapped on their own (glibc's largest adaptive threshold).
+    const MMAP_THRESHOLD: i32 = 32 * 1024 * 1024;
+    /// Free memory an arena keeps at its top before giving it back.
+    const TRIM_THRESHOLD: i32 = 64 * 1024 * 1024;
+
+    #[expect(
+        unsafe_code,
+        reason = "mallopt only sets two of glibc's allocator parameters; it touches no memory \
+                  of ours"
+    )]
+    pub(super) fn keep_freed_memory() {
+        // SAFETY: plain calls into glibc with valid parameters; a refusal (0) leaves the
+        // defaults, which are correct, only slower.
+        let set = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        };
+        if !set {
+            tracing::debug!("glibc refused the allocator thresholds; keeping its defaults");
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+mod imp {
+    pub(super) fn keep_freed_memory() {}
+}
