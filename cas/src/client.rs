@@ -801,8 +801,10 @@ async fn off_runtime<T: Send + 'static>(
 }
 
 /// Blobs larger than this are received into memory backed by huge pages where the system
-/// allows it. glibc maps every allocation this large on its own (its largest mmap threshold),
-/// so the advice never reaches memory that outlives the buffer.
+/// allows it. glibc maps allocations this large on their own (its largest mmap threshold, and
+/// the one [`crate::alloc::keep_freed_memory`] fixes), so the advice reaches memory that
+/// outlives the buffer only if an arena happens to hold a larger free block (its arenas keep
+/// at most that much free at their top); such memory is then merely eligible for huge pages.
 const HUGE_BUFFER_MIN: usize = 32 * 1024 * 1024;
 const HUGE_PAGE: usize = 2 * 1024 * 1024;
 

@@ -1568,7 +1568,7 @@ impl DiskReader {
     /// and the file is exactly the blob's size (a file of another size is read, so that the
     /// read reports it), read otherwise.
     fn source_of(&self, mut file: File) -> std::io::Result<Source> {
-        let len = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        let len = usize::try_from(self.end - self.pos).unwrap_or(0);
         if self.inner.map_reads
             && len >= MAP_MIN
             && file.metadata()?.len() == self.digest.size_bytes
@@ -1628,8 +1628,9 @@ impl DiskReader {
         Ok(())
     }
 
-    /// The next bytes of `source`, at most `want` (fewer only at its end): read into a fresh
-    /// buffer without first zeroing it, or a populated slice of the mapping.
+    /// The next bytes of `source`: `want` of them (fewer only at its end) read into a fresh
+    /// buffer without first zeroing it, or a populated slice of the mapping of up to
+    /// [`MAPPED_CHUNK`] bytes.
     fn read_chunk(&mut self, want: usize) -> std::io::Result<Bytes> {
         match &mut self.source {
             Source::Read(source) => {
@@ -1643,14 +1644,24 @@ impl DiskReader {
                 from,
             } => {
                 let start = usize::try_from(self.pos - *from).map_err(std::io::Error::other)?;
-                let end = bytes
-                    .len()
-                    .min(start.saturating_add(want.max(MAPPED_CHUNK)));
+                let end = bytes.len().min(start.saturating_add(MAPPED_CHUNK));
                 mapping.populate(start..end)?;
                 Ok(bytes.slice(start..end))
             }
         }
     }
+}
+
+/// Whether a read failed for a reason that says nothing of the file: memory short for a
+/// moment (a mapping's pages are faulted in under the process's memory limit), a signal, or a
+/// page of memory (not of the disk) found bad.
+fn is_transient(error: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    error.raw_os_error().is_some_and(|code| {
+        [Errno::ENOMEM, Errno::EAGAIN, Errno::EINTR, Errno::EHWPOISON]
+            .iter()
+            .any(|errno| *errno as i32 == code)
+    })
 }
 
 /// A mapping shared by the reader (which populates it) and the `Bytes` handed out.
@@ -1681,6 +1692,12 @@ impl BlobRead for DiskReader {
                 usize::try_from(self.end - self.pos).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
             let buf = match self.read_chunk(want) {
                 Ok(buf) => buf,
+                // Memory short for a moment, or a signal: the file is not at fault.
+                Err(error) if is_transient(&error) => {
+                    self.finished = true;
+                    let path = self.inner.path(&self.digest, Form::Raw);
+                    return Err(StoreError::io("failed to read blob file", &path, error));
+                }
                 Err(error) => return Err(self.corrupt(format!("unreadable: {error}"))),
             };
             let filled = buf.len();
@@ -2497,9 +2514,10 @@ mod tests {
                 let mut reader = store.open_range(&digest, offset, limit).unwrap().unwrap();
                 let mut out = Vec::new();
                 while let Some(chunk) = reader.next_chunk().unwrap() {
+                    // Where the kernel cannot populate a mapping, the store maps nothing.
                     assert_eq!(
                         mapped_from(&chunk, &path),
-                        map_reads,
+                        store.inner.map_reads,
                         "map_reads {map_reads}, offset {offset}: a chunk of {} bytes",
                         chunk.len()
                     );

@@ -1,16 +1,20 @@
 //! Blob files read through a shared read-only mapping instead of `read` (see
 //! [`super::DiskStoreOptions::map_reads`]): the bytes handed out are the page cache's own
-//! pages, so a read costs no copy into a buffer of ours and no fresh memory for one; the socket
-//! write (a `writev` of the mapped pages) is the only copy left on the server.
+//! pages, so a read costs no copy into a buffer of ours and no fresh memory for one; over
+//! plain TCP the socket write (a `writev` of the mapped pages) is the only copy left on the
+//! server, and under TLS the encryption reads them in place.
 //!
 //! A page of a mapping is faulted in from disk when first touched, and a fault that cannot
-//! read its page raises `SIGBUS`, which would end the process. So every range is populated
+//! read its page raises `SIGBUS` in user space (a system call touching it fails with `EFAULT`
+//! instead), which would end the process. So every range is populated
 //! (`madvise(MADV_POPULATE_READ)`, on the reader's blocking thread) before it is handed out:
 //! that reads the pages in and reports a disk error as an error instead. What remains is a
-//! page the kernel reclaims between that and its use (milliseconds) and then fails to read
-//! again, or a file truncated while mapped; the store's files are written once, renamed into
-//! place and never changed, and only stores whose files no one else holds (the coordinator's,
-//! not an agent's, whose files are hard-linked into actions' inputs) map their reads.
+//! clean page the kernel reclaims after that, while the chunk waits to be sent (as long as a
+//! slow client keeps its flow-control window shut), and then fails to read again when TLS
+//! encrypts it; or a file truncated while mapped. The store's files are written once, renamed
+//! into place and never changed, and only stores whose files no one else holds (the
+//! coordinator's, not an agent's, whose files are hard-linked into actions' inputs) map their
+//! reads.
 
 use std::fs::File;
 use std::num::NonZeroUsize;
@@ -43,8 +47,9 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes of `file` from `offset`. The file must be at least that long (a
-    /// mapping past a file's end raises `SIGBUS` when touched); the caller checks its size.
+    /// Maps `len` bytes of `file` from `offset`. The file must be at least `offset + len`
+    /// bytes long (a mapping past a file's end raises `SIGBUS` when touched); the caller
+    /// checks its size.
     #[expect(
         unsafe_code,
         reason = "mmap of a file this process opened, read-only and shared; the pointer is \
@@ -54,8 +59,10 @@ impl Mapping {
         let page = page_size();
         let aligned = offset / page as u64 * page as u64;
         let skip = usize::try_from(offset - aligned).map_err(std::io::Error::other)?;
-        let mapped =
-            NonZeroUsize::new(len + skip).ok_or_else(|| std::io::Error::other("nothing to map"))?;
+        let mapped = len
+            .checked_add(skip)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| std::io::Error::other("nothing to map, or too much"))?;
         let aligned = i64::try_from(aligned).map_err(std::io::Error::other)?;
         // SAFETY: a new mapping chosen by the kernel (no address given), read-only, backed by
         // `file`; it aliases no memory of ours and is unmapped only by `Drop`.
@@ -103,8 +110,9 @@ impl Mapping {
             };
             match populated {
                 Ok(()) => return Ok(()),
-                // Interrupted, or memory briefly short: the pages read so far stay in.
-                Err(Errno::EINTR | Errno::EAGAIN) if attempts < 16 => attempts += 1,
+                // Memory briefly short: the pages read so far stay in. (EINTR here means a
+                // fatal signal is pending: the caller reports it.)
+                Err(Errno::EAGAIN) if attempts < 16 => attempts += 1,
                 // EFAULT: a page lies past the file's end, where touching it would raise
                 // SIGBUS; EIO: the disk could not read one.
                 Err(errno) => return Err(std::io::Error::from(errno)),
