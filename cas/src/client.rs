@@ -546,7 +546,7 @@ impl CasClient {
         self.read_whole(digest, compressed).await
     }
 
-    /// Downloads one blob as ranged Reads of `part` bytes, [`PARTS_IN_FLIGHT`] at once, each
+    /// Downloads one blob as ranged Reads of `part` bytes, `PARTS_IN_FLIGHT` (4) at once, each
     /// on its own task (so that both the decoding and the server's reads spread over cores),
     /// hashing the parts and verifying the whole: in order as they arrive, or, for BLAKE3 with
     /// power-of-two parts, each on its own as it arrives, the part hashes combined at the end

@@ -56,6 +56,10 @@
 //! [`DiskStore::find_missing_verified`]); a read of part of a blob already hashed in this
 //! process reads that part alone ([`BlobStore::open_range`]), like those callers trusting it.
 //!
+//! **Mapped reads.** A store opened with [`DiskStoreOptions::map_reads`] (the coordinator's)
+//! serves raw files of [`MAP_MIN`] bytes and more from a read-only mapping, each chunk
+//! populated before it is handed out (`disk/mapped.rs`): no copy into a buffer of ours.
+//!
 //! A full file system refuses the blob being written with [`StoreError::OutOfSpace`], leaving
 //! nothing behind, and is reported once per episode ([`SpaceWatch`]). A record that cannot be
 //! written does not refuse a blob file: the file is in place, the record is retried at the next
