@@ -312,8 +312,7 @@ async fn transfer_rates(
             (function.digest_of(&data), data)
         })
         .collect();
-    let cpu_before = cpu::process("self")?.own;
-    let faults_before = minor_faults();
+    let before = Usage::now()?;
     let start = Instant::now();
     in_flight(blobs.clone(), |(digest, data)| {
         let client = client.clone();
@@ -329,11 +328,9 @@ async fn transfer_rates(
     })
     .await?;
     let uploading = start.elapsed();
-    let upload_cpu = cpu::process("self")?.own.saturating_sub(cpu_before);
-    let upload_faults = minor_faults().saturating_sub(faults_before);
+    let upload_usage = Usage::now()?.since(before);
     let digests: Vec<Digest> = blobs.into_iter().map(|(digest, _)| digest).collect();
-    let cpu_before = cpu::process("self")?.own;
-    let faults_before = minor_faults();
+    let before = Usage::now()?;
     let start = Instant::now();
     in_flight(digests, |digest| {
         let client = client.clone();
@@ -350,8 +347,7 @@ async fn transfer_rates(
     })
     .await?;
     let downloading = start.elapsed();
-    let download_cpu = cpu::process("self")?.own.saturating_sub(cpu_before);
-    let download_faults = minor_faults().saturating_sub(faults_before);
+    let download_usage = Usage::now()?.since(before);
     let total = (transfer.size * transfer.count) as u64;
     // Context for comparing builds on a noisy machine: the rate moves with what else runs,
     // the CPU both ends spend per byte less, and the page faults (fresh memory touched) not
@@ -361,19 +357,40 @@ async fn transfer_rates(
     progress(&format!(
         "{function}: client and server per GB: upload {:.2} s CPU, {:.0} page faults; \
          download {:.2} s CPU, {:.0} page faults",
-        per_gb(upload_cpu),
-        upload_faults as f64 / gb,
-        per_gb(download_cpu),
-        download_faults as f64 / gb,
+        per_gb(upload_usage.cpu),
+        upload_usage.faults as f64 / gb,
+        per_gb(download_usage.cpu),
+        download_usage.faults as f64 / gb,
     ));
     Ok((mb_per_s(total, uploading), mb_per_s(total, downloading)))
 }
 
-/// Minor page faults this process has taken so far (0 if unknown).
-fn minor_faults() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0, |usage| {
-        u64::try_from(usage.minor_page_faults()).unwrap_or(0)
-    })
+/// This process's CPU time and minor page faults (0 if unknown) so far, or since an earlier
+/// reading.
+#[derive(Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    faults: u64,
+}
+
+impl Usage {
+    fn now() -> Result<Usage, BenchError> {
+        let faults = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .map_or(0, |usage| {
+                u64::try_from(usage.minor_page_faults()).unwrap_or(0)
+            });
+        Ok(Usage {
+            cpu: cpu::process("self")?.own,
+            faults,
+        })
+    }
+
+    fn since(self, earlier: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            faults: self.faults.saturating_sub(earlier.faults),
+        }
+    }
 }
 
 /// Runs `transfer` on each of `items`, each on its own task, at most [`TRANSFERS_IN_FLIGHT`]

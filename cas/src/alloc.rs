@@ -47,14 +47,12 @@ mod imp {
                   of ours"
     )]
     pub(super) fn keep_freed_memory() {
-        // SAFETY: plain calls into glibc with valid parameters; a refusal (0) leaves the
-        // defaults, which are correct, only slower.
-        let set = unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        };
-        if !set {
-            tracing::debug!("glibc refused the allocator thresholds; keeping its defaults");
+        // SAFETY: plain calls into glibc with valid parameters. A refusal (0) leaves the
+        // defaults, which are correct, only slower; nothing could report it yet (this runs
+        // before logging is set up).
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
         }
     }
 }
